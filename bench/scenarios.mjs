@@ -1,0 +1,226 @@
+// The benchmarks. Each returns rows of figures, each row with its baseline from the same run and the
+// ratio between the two. The runner prints them and writes them to bench/results/.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { MemoryCache, OfficialAccount } from '@wxkit/core';
+import { FileCache } from '@wxkit/file';
+import { MemcachedCache } from '@wxkit/memcached';
+import { RedisCache } from '@wxkit/redis';
+import { percentile, round, startWorkers, totals } from './lib/harness.mjs';
+
+const PEERS = ['node-easywechat', 'co-wechat-api'];
+const STORES = ['file', 'redis', 'memcached'];
+
+/** 1. Cold stampede: P processes × C concurrent sends on an empty store. Limit: one token fetch. */
+export async function stampede(env, { processes = 4, concurrency = 50 } = {}) {
+  const subjects = [...STORES.map((store) => ({ library: 'wxkit', store })), ...PEERS.map((library) => ({ library, store: 'redis' }))];
+  const rows = [];
+  for (const { library, store } of subjects) {
+    const app = env.mock.createApp();
+    const workers = await startWorkers(processes, { library, ...app, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
+    const cold = await workers.all({ op: 'send', count: concurrency, concurrency });
+    const counters = env.mock.counters(app.appId);
+    // Baseline for the wall time: the same sends again, now that a token is shared (one round trip).
+    const warm = await workers.all({ op: 'send', count: concurrency, concurrency });
+    await workers.stop();
+    const sent = totals(cold.results);
+    rows.push({
+      subject: `${library} (${store})`,
+      upstreamFetches: counters.tokenRequests,
+      fetchLimit: 1,
+      fetchRatio: counters.tokenRequests / 1,
+      rejectedByWeChat: counters.rejectedCalls,
+      lostSends: sent.failed,
+      wallMs: round(cold.wallMs),
+      warmWallMs: round(warm.wallMs),
+      wallRatio: round(cold.wallMs / warm.wallMs, 2),
+      errors: sent.errors,
+    });
+  }
+  return {
+    title: `Cold stampede: ${processes} processes × ${concurrency} concurrent sends on an empty store (classic endpoint)`,
+    baseline: 'the limit: 1 upstream fetch; wall time against the same sends with the token already shared',
+    rows,
+  };
+}
+
+/** 2. Throughput: one process, warm, N sends at concurrency C, against a raw undici Pool with a valid token. */
+export async function throughput(env, { sends = 5000, concurrency = 32 } = {}) {
+  const app = env.mock.createApp();
+  // A valid token for the raw baseline, fetched the way another program would.
+  const token = env.mock.issueClassicToken(app.appId);
+  const measure = async (library, store) => {
+    const workers = await startWorkers(1, { library, ...app, token, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
+    await workers.one({ op: 'send', count: concurrency, concurrency }); // warm: connections and token
+    const result = await workers.one({ op: 'send', count: sends, concurrency, latencies: true });
+    await workers.stop();
+    return {
+      sendsPerSecond: round(result.ok / (result.ms / 1000)),
+      p50Ms: round(percentile(result.latencies, 50), 2),
+      p99Ms: round(percentile(result.latencies, 99), 2),
+      failed: result.failed,
+    };
+  };
+  const raw = await measure('raw', 'memory');
+  const rows = [{ subject: 'raw undici Pool, fixed valid token (the limit)', ...raw, ratio: 1 }];
+  for (const [library, store] of [['wxkit', 'redis'], ['wxkit', 'memory'], ...PEERS.map((peer) => [peer, 'redis'])]) {
+    // Each library needs its own token source; the mock hands out fresh tokens for it.
+    const figures = await measure(library, store);
+    rows.push({ subject: `${library} (${store})`, ...figures, ratio: round(figures.sendsPerSecond / raw.sendsPerSecond, 3) });
+  }
+  return {
+    title: `Throughput: one process, warm, ${sends} template sends at concurrency ${concurrency}`,
+    baseline: 'a raw undici Pool sending the same requests with a token known to be valid; goal ≥ 0.9×',
+    rows,
+  };
+}
+
+/** 3. Token read cost: getToken() on a warm cache, memo on and off, against a raw GET of the same key. */
+export async function tokenRead(env, { reads = 100_000 } = {}) {
+  const rows = [];
+  for (const kind of ['memory', 'file', 'redis', 'memcached']) {
+    const app = env.mock.createApp();
+    const spec = env.store(kind);
+    const make = () =>
+      kind === 'memory'
+        ? shared
+        : kind === 'file'
+          ? new FileCache({ dir: spec.dir })
+          : kind === 'redis'
+            ? new RedisCache(spec.url)
+            : new MemcachedCache(spec.url);
+    const shared = new MemoryCache();
+    const caches = [];
+    const cache = () => {
+      const created = make();
+      caches.push(created);
+      return created;
+    };
+    // Interleaved rounds, median of each: the first loop of a run is slower (JIT, CPU clock), and no
+    // subject should pay for going first.
+    const rounds = 5;
+    const per = reads / rounds;
+    const once = async (fn) => {
+      const started = performance.now();
+      for (let i = 0; i < per; i += 1) await fn();
+      return per / ((performance.now() - started) / 1000);
+    };
+    const withMemo = new OfficialAccount({ ...app, baseUrl: env.mock.url, cache: cache(), logger: false });
+    const noMemo = new OfficialAccount({ ...app, baseUrl: env.mock.url, cache: cache(), logger: false, memoMs: 0 });
+    await withMemo.accessToken.getToken();
+    const key = withMemo.accessToken.cacheKey;
+    // The baseline: the same key read with the store's own client, nothing else.
+    let rawRead;
+    let rawClose = async () => {};
+    if (kind === 'memory') rawRead = () => shared.get(key);
+    // FileCache names a key's file with ':' as %3A (the only character of these keys it encodes).
+    else if (kind === 'file') rawRead = () => readFile(join(spec.dir, key.replaceAll(':', '%3A')), 'utf8');
+    else if (kind === 'redis') {
+      const { createClient } = await import('@keyv/redis');
+      const client = createClient({ url: spec.url });
+      await client.connect();
+      rawRead = () => client.get(key);
+      rawClose = () => client.close();
+    } else {
+      const memjs = (await import('memjs')).default;
+      const client = memjs.Client.create(spec.url, { logger: { log() {} } });
+      rawRead = () => client.get(key);
+      rawClose = async () => client.close();
+    }
+    const samples = { raw: [], memo: [], direct: [] };
+    const subjects = { raw: rawRead, memo: () => withMemo.accessToken.getToken(), direct: () => noMemo.accessToken.getToken() };
+    for (const fn of Object.values(subjects)) for (let i = 0; i < 1000; i += 1) await fn(); // warm up
+    for (let round = 0; round < rounds; round += 1) {
+      for (const [name, fn] of Object.entries(subjects)) samples[name].push(await once(fn));
+    }
+    const median = (values) => percentile(values, 50);
+    const [raw, memo, direct] = [median(samples.raw), median(samples.memo), median(samples.direct)];
+    await rawClose();
+    await Promise.all([withMemo.close(), noMemo.close()]);
+    await Promise.all(caches.map((c) => (c === shared ? undefined : c.close?.())));
+    rows.push({
+      subject: kind,
+      rawGetPerSecond: round(raw),
+      memoOnPerSecond: round(memo),
+      memoOnRatio: round(memo / raw, 2),
+      memoOffPerSecond: round(direct),
+      memoOffRatio: round(direct / raw, 3),
+    });
+  }
+  return {
+    title: `Token read cost: ${reads.toLocaleString('en')} sequential getToken() on a warm cache`,
+    baseline: "a raw GET of the same key with the store's own client (file: fs.readFile); medians of 5 interleaved rounds",
+    rows,
+  };
+}
+
+/** 4. External invalidation: warm, then every token dies upstream; P processes × N sends. */
+export async function invalidation(env, { processes = 4, sends = 20 } = {}) {
+  const subjects = [...STORES.map((store) => ({ library: 'wxkit', store })), ...PEERS.map((library) => ({ library, store: 'redis' }))];
+  const rows = [];
+  for (const { library, store } of subjects) {
+    const app = env.mock.createApp();
+    const workers = await startWorkers(processes, { library, ...app, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
+    await workers.all({ op: 'send', count: 1, concurrency: 1 });
+    const warm = await workers.all({ op: 'send', count: sends, concurrency: sends });
+    const before = env.mock.counters(app.appId);
+    env.mock.invalidateTokens(app.appId);
+    const hit = await workers.all({ op: 'send', count: sends, concurrency: sends });
+    const after = env.mock.counters(app.appId);
+    await workers.stop();
+    const sent = totals(hit.results);
+    rows.push({
+      subject: `${library} (${store})`,
+      lostSends: sent.failed,
+      upstreamFetches: after.tokenRequests - before.tokenRequests,
+      rejectedByWeChat: after.rejectedCalls - before.rejectedCalls,
+      recoverMs: round(hit.wallMs),
+      warmMs: round(warm.wallMs),
+      recoverRatio: round(hit.wallMs / warm.wallMs, 2),
+      errors: sent.errors,
+    });
+  }
+  return {
+    title: `External invalidation: warm cache, every token killed upstream, then ${processes} processes × ${sends} sends`,
+    baseline: 'goals: 0 lost sends, 1 upstream fetch; time against the same sends on a valid token',
+    rows,
+  };
+}
+
+/** 6. Memory: RSS of one worker over 100,000 sends, sampled every 10,000. */
+export async function memory(env, { sends = 100_000, concurrency = 128, every = 10_000 } = {}) {
+  const app = env.mock.createApp();
+  const token = env.mock.issueClassicToken(app.appId);
+  const rows = [];
+  for (const [library, store] of [['raw', 'memory'], ['wxkit', 'redis']]) {
+    const workers = await startWorkers(1, { library, ...app, token, baseUrl: env.mock.url, store: env.store(store) }, { execArgv: ['--expose-gc'] });
+    const samples = [];
+    let failed = 0;
+    for (let done = 0; done < sends; done += every) {
+      const result = await workers.one({ op: 'send', count: every, concurrency });
+      failed += result.failed;
+      samples.push(await workers.one({ op: 'rss' }));
+    }
+    await workers.stop();
+    const mb = (bytes) => round(bytes / 1024 / 1024, 1);
+    const growth = (field) => round(((samples.at(-1)[field] - samples[0][field]) / samples[0][field]) * 100, 1);
+    rows.push({
+      subject: library === 'raw' ? 'raw undici Pool (baseline)' : `${library} (${store})`,
+      rssAt10kMb: mb(samples[0].rss),
+      rssAtEndMb: mb(samples.at(-1).rss),
+      rssGrowthPercent: growth('rss'),
+      heapAt10kMb: mb(samples[0].heapUsed),
+      heapAtEndMb: mb(samples.at(-1).heapUsed),
+      heapGrowthPercent: growth('heapUsed'),
+      samplesMb: samples.map((sample) => mb(sample.rss)),
+      failed,
+    });
+  }
+  return {
+    title: `Memory: RSS and heap of one worker after each ${every.toLocaleString('en')} of ${sends.toLocaleString('en')} sends (after GC)`,
+    baseline: 'a raw undici Pool doing the same sends; goal: no growth from the first 10,000 to the last',
+    rows,
+  };
+}
+
+export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory };

@@ -1,0 +1,86 @@
+import * as core from '@wxkit/core';
+import {
+  ConfigError,
+  MiniProgram,
+  OfficialAccount,
+  Work,
+  nativeSchema,
+  type ClientOptions,
+  type KeySchema,
+  type KeySubject,
+  type TokenCache,
+  type WeChatClient,
+} from '@wxkit/core';
+
+/** The key schemas the command line knows by name: wxkit's own and the compatibility profiles. */
+export const PROFILES = ['native', 'easyWeChat4', 'easyWeChat6', 'nodeEasyWeChat', 'wechatpy', 'silenceper', 'wxJava'] as const;
+
+/** `--profile NAME [--profile-options JSON]`, or the native schema with `--prefix`. */
+export function resolveSchema(options: { profile?: string; profileOptions?: string; prefix?: string }): KeySchema {
+  const name = options.profile ?? 'native';
+  if (!(PROFILES as readonly string[]).includes(name)) {
+    throw new ConfigError(`--profile must be one of ${PROFILES.join(', ')} (got ${JSON.stringify(name)})`, 'profile');
+  }
+  let parsed: Record<string, unknown> = {};
+  if (options.profileOptions !== undefined) {
+    try {
+      parsed = JSON.parse(options.profileOptions) as Record<string, unknown>;
+    } catch {
+      throw new ConfigError(`--profile-options must be JSON, e.g. '{"prefix":"think:"}'`, 'profile-options');
+    }
+  }
+  if (name === 'native') return nativeSchema({ ...(options.prefix === undefined ? {} : { prefix: options.prefix }), ...parsed });
+  return (core as unknown as Record<string, (options: object) => KeySchema>)[name]!(parsed);
+}
+
+/** An app named on the command line or in a service config. */
+export type AppRef =
+  | { kind: 'official_account' | 'mini_program'; appId: string }
+  | { kind: 'work'; corpId: string; agentId: string };
+
+const KINDS: Record<string, 'official_account' | 'mini_program' | 'work'> = {
+  official_account: 'official_account',
+  oa: 'official_account',
+  mini_program: 'mini_program',
+  mp: 'mini_program',
+  work: 'work',
+};
+
+/** `official_account:wx…`, `mini_program:wx…` (or `oa:`/`mp:`), `work:ww…:1000002`. */
+export function parseApp(spec: string): AppRef {
+  const [kind = '', id = '', agent] = spec.split(':');
+  const resolved = KINDS[kind];
+  if (resolved === 'work' && id && agent && /^\d+$/.test(agent)) return { kind: 'work', corpId: id, agentId: agent };
+  if (resolved && resolved !== 'work' && id && agent === undefined) return { kind: resolved, appId: id };
+  throw new ConfigError(
+    `--app must be official_account:<appid>, mini_program:<appid> or work:<corpid>:<agentid> (got ${JSON.stringify(spec)})`,
+    'app',
+  );
+}
+
+/** The id used in service URLs and events: the AppID, or `corpid:agentid`. */
+export function appId(app: AppRef): string {
+  return app.kind === 'work' ? `${app.corpId}:${app.agentId}` : app.appId;
+}
+
+/** The store key of an app's access token, as the client computes it. */
+export function accessTokenKey(app: AppRef, endpoint: 'stable' | 'classic', schema: KeySchema, secret?: string): string {
+  const withSecret = secret === undefined ? {} : { secret };
+  const subject: KeySubject =
+    app.kind === 'work' ? { kind: 'work', corpId: app.corpId, agentId: app.agentId, ...withSecret } : { kind: app.kind, appId: app.appId, endpoint, ...withSecret };
+  return schema.accessTokenKey(subject);
+}
+
+/** Builds the client of an app. `secret` may be undefined for commands that never fetch. */
+export function buildClient(
+  app: AppRef,
+  options: { secret?: string; cache: TokenCache; endpoint?: 'stable' | 'classic'; prefix?: string } & ClientOptions,
+): WeChatClient {
+  const { secret, endpoint, prefix, ...rest } = options;
+  const common: ClientOptions = { ...rest, ...(prefix === undefined || rest.schema ? {} : { schema: nativeSchema({ prefix }) }) };
+  // Without a secret the client may only read: follower mode, which never fetches.
+  const credentials = secret === undefined ? { refresh: 'never' as const } : { secret };
+  if (app.kind === 'work') return new Work({ corpId: app.corpId, agentId: app.agentId, ...credentials, ...common });
+  const Client = app.kind === 'mini_program' ? MiniProgram : OfficialAccount;
+  return new Client({ appId: app.appId, ...(endpoint ? { tokenEndpoint: endpoint } : {}), ...credentials, ...common });
+}

@@ -1,0 +1,64 @@
+// One demo worker: its own OfficialAccount and its own client of the shared store, like a separate
+// program on the same host. It sends when the demo tells it to and reports what happened.
+import { OfficialAccount } from '@wxkit/core';
+import { openStore } from './stores.js';
+
+interface DemoConfig {
+  appId: string;
+  secret: string;
+  baseUrl?: string;
+  endpoint: 'stable' | 'classic';
+  store: string;
+  template: { openid?: string; templateId?: string };
+}
+
+const config = JSON.parse(process.env.WXKIT_DEMO ?? 'null') as DemoConfig | null;
+if (!config || !process.send) throw new Error('the demo starts its workers itself');
+const cache = openStore(config.store);
+
+// Count what this process did from wxkit's own log events: tokens fetched, tokens WeChat rejected.
+const counts = { fetches: 0, rejected: 0 };
+const app = new OfficialAccount({
+  appId: config.appId,
+  secret: config.secret,
+  ...(config.baseUrl ? { baseUrl: config.baseUrl } : {}),
+  tokenEndpoint: config.endpoint,
+  cache,
+  logger: { warn: (_fields, message) => process.stderr.write(`  [worker ${process.pid}] ${message}\n`) },
+});
+app.on('access_token.fetched', () => (counts.fetches += 1));
+app.on('access_token.invalidated', () => (counts.rejected += 1));
+
+let serial = 0;
+async function sendOne(): Promise<void> {
+  if (!config!.template.openid || !config!.template.templateId) {
+    await app.client.get('cgi-bin/get_api_domain_ip');
+    return;
+  }
+  await app.templateMessage.send({
+    touser: config!.template.openid,
+    template_id: config!.template.templateId,
+    data: { first: { value: `order ${process.pid}-${serial++} paid` } },
+  });
+}
+
+process.on('message', async (message: { type: 'send'; count: number } | { type: 'exit' }) => {
+  if (message.type === 'exit') {
+    await app.close();
+    await cache.close?.();
+    process.exit(0);
+  }
+  const before = { ...counts };
+  const results = await Promise.allSettled(Array.from({ length: message.count }, sendOne));
+  const failures = results.filter((result): result is PromiseRejectedResult => result.status === 'rejected');
+  process.send!({
+    sent: results.length - failures.length,
+    fetches: counts.fetches - before.fetches,
+    rejected: counts.rejected - before.rejected,
+    errors: failures.map(({ reason }) => {
+      const error = reason as { code?: string; errcode?: number; message?: string };
+      return `${error.code ?? 'ERROR'}${error.errcode ? ` ${error.errcode}` : ''}: ${error.message}`;
+    }),
+  });
+});
+process.send({ ready: true });

@@ -1,0 +1,5 @@
+export { main, mask, EXIT } from './main.js';
+export { openStore, describeStore } from './stores.js';
+export { parseApp, type AppRef } from './apps.js';
+export { startTokenService, loadServeConfig, type TokenServiceOptions, type TokenService, type ServiceApp } from './serve.js';
+export { runDemo } from './demo.js';

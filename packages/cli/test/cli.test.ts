@@ -1,0 +1,204 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memcachedGet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+
+// The built `wxkit` binary, run as a child process against real stores and the mock server.
+const bin = fileURLToPath(new URL('../bin/wxkit.mjs', import.meta.url));
+
+let mock: MockWeChat;
+let redis: StoreServer;
+let memcached: StoreServer;
+const dir = mkdtempSync(join(tmpdir(), 'wxkit-cli-'));
+beforeAll(async () => {
+  [mock, redis, memcached] = await Promise.all([startMockWeChat(), startRedis(), startMemcached()]);
+});
+afterAll(async () => {
+  await Promise.all([mock?.close(), redis?.stop(), memcached?.stop()]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  json: Record<string, unknown>;
+}
+
+function wxkit(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
+  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  return new Promise((resolve) =>
+    child.once('close', (code) => {
+      let json: Record<string, unknown> = {};
+      try {
+        json = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
+      } catch {
+        // not a --json run
+      }
+      resolve({ code, stdout, stderr, json });
+    }),
+  );
+}
+
+describe('wxkit token', () => {
+  it('get fetches once through the store, masks the token, and never prints the secret', async () => {
+    const { appId, secret } = mock.createApp();
+    const args = ['token', 'get', '--store', redis.url, '--app', `official_account:${appId}`, '--base-url', mock.url, '--json'];
+    const run = await wxkit(args, { WECHAT_SECRET: secret });
+    expect(run.code, run.stderr).toBe(0);
+    const key = `wechat:stable_access_token:${appId}`;
+    const stored = JSON.parse(redisCli(redis.port, 'GET', key)) as { access_token: string };
+    expect(run.json).toMatchObject({ ok: true, key, remaining_seconds: expect.any(Number) });
+    expect(run.json.token).toMatch(/^.{5}….{4} \(\d+ chars\)$/);
+    expect(run.stdout).not.toContain(stored.access_token);
+    expect(run.stdout + run.stderr).not.toContain(secret);
+
+    const again = await wxkit([...args, '--show-token'], { WECHAT_SECRET: secret });
+    expect(again.json.token).toBe(stored.access_token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
+  it('inspect shows key, remaining life, fetched_at, and the lock holder with its lease', async () => {
+    const { appId, secret } = mock.createApp();
+    await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'SET', `${key}:lock`, 'build-host:4242:abcdef123456', 'PX', '12000');
+    const run = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(run.code).toBe(0);
+    expect(run.json).toMatchObject({ state: 'present', key, lock: { holder: 'build-host:4242:abcdef123456' } });
+    expect((run.json.lock as { lease_ms: number }).lease_ms).toBeGreaterThan(10_000);
+    expect(run.json.remaining_seconds).toBeGreaterThan(7100);
+    expect(run.json.store_ttl_ms).toBeGreaterThan(6_800_000);
+    expect(run.json.fetched_at).toBeGreaterThan(1_700_000_000);
+    const text = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`]);
+    expect(text.stdout).toMatch(/lock\s+held by build-host:4242:abcdef123456, lease \d+\.\d s left/);
+    expect(text.stdout).toMatch(/state\s+present/);
+  });
+
+  it('inspect: an absent entry exits 5, a corrupt one says so and exits 5', async () => {
+    const { appId } = mock.createApp();
+    const absent = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(absent.code).toBe(5);
+    expect(absent.json.state).toBe('absent');
+    redisCli(redis.port, 'SET', `wechat:stable_access_token:${appId}`, 'not json');
+    const corrupt = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`]);
+    expect(corrupt.code).toBe(5);
+    expect(corrupt.stdout).toMatch(/state\s+corrupt/);
+  });
+
+  it('refresh fetches a new token (classic) and force-refreshes (stable); clear removes entry and lock', async () => {
+    const { appId, secret } = mock.createApp();
+    const common = ['--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json', '--show-token'];
+    const first = await wxkit(['token', 'get', '--endpoint', 'classic', ...common], { WECHAT_SECRET: secret });
+    const refreshed = await wxkit(['token', 'refresh', '--endpoint', 'classic', ...common], { WECHAT_SECRET: secret });
+    expect(refreshed.code).toBe(0);
+    expect(refreshed.json.token).not.toBe(first.json.token);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await wxkit(['token', 'refresh', ...common], { WECHAT_SECRET: secret });
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+
+    const key = `wechat:access_token:${appId}`;
+    redisCli(redis.port, 'SET', `${key}:lock`, 'someone', 'PX', '60000');
+    const cleared = await wxkit(['token', 'clear', '--endpoint', 'classic', '--store', redis.url, '--app', `oa:${appId}`, '--lock', '--json']);
+    expect(cleared.json).toMatchObject({ ok: true, key, removed: true, lock_removed: true });
+    expect(redisCli(redis.port, 'EXISTS', key)).toBe('0');
+    expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+  });
+
+  it('reads the secret from --secret-env NAME, never from a flag', async () => {
+    const { appId, secret } = mock.createApp();
+    const run = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--secret-env', 'OA_SECRET', '--json'], { OA_SECRET: secret });
+    expect(run.code).toBe(0);
+    const missing = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret-env', 'NOT_SET_ANYWHERE']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('NOT_SET_ANYWHERE');
+    const flag = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret', secret]);
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toContain("Unknown option '--secret'");
+  });
+
+  it('on a file store and on memcached, and for a WeCom agent', async () => {
+    const { appId, secret } = mock.createApp();
+    const fileStore = pathToFileURL(join(dir, 'tokens')).href;
+    const viaFile = await wxkit(['token', 'get', '--store', fileStore, '--app', `mp:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+    expect(viaFile.code, viaFile.stderr).toBe(0);
+    const inspected = await wxkit(['token', 'inspect', '--store', fileStore, '--app', `mp:${appId}`, '--json']);
+    expect(inspected.json).toMatchObject({ state: 'present', store_ttl_ms: expect.any(Number) });
+
+    const viaMemcached = await wxkit(['token', 'get', '--store', `memcached://${memcached.url}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+    expect(viaMemcached.code, viaMemcached.stderr).toBe(0);
+    expect(await memcachedGet(memcached.port, `wechat:stable_access_token:${appId}`)).toMatch(/^\{"access_token"/);
+
+    const work = mock.createWorkApp();
+    const viaWork = await wxkit(['token', 'get', '--store', redis.url, '--app', `work:${work.corpId}:${work.agentId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: work.secret });
+    expect(viaWork.code, viaWork.stderr).toBe(0);
+    expect(viaWork.json.key).toBe(`wechat:work:access_token:${work.corpId}:${work.agentId}`);
+  });
+
+  it('--profile reads and writes another SDK’s entry: EasyWeChat 4 on ThinkPHP, with its classic endpoint', async () => {
+    const { appId, secret } = mock.createApp();
+    const profile = ['--profile', 'easyWeChat4', '--profile-options', '{"prefix":"think:"}'];
+    const got = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, ...profile, '--json', '--show-token'], { WECHAT_SECRET: secret });
+    expect(got.code, got.stderr).toBe(0);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    const key = got.json.key as string;
+    expect(key).toMatch(/^think:easywechat\.kernel\.access_token\.[0-9a-f]{32}$/);
+    const token = got.json.token as string;
+    expect(redisCli(redis.port, 'GET', key)).toBe(`a:2:{s:12:"access_token";s:${token.length}:"${token}";s:10:"expires_in";i:7200;}`);
+    const inspected = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, ...profile, '--json'], { WECHAT_SECRET: secret });
+    expect(inspected.json).toMatchObject({ state: 'present', schema: 'easyWeChat4', key });
+    expect(inspected.json.remaining_seconds).toBeGreaterThan(7100);
+    const unknown = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'laravel-magic']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--profile must be one of native, easyWeChat4');
+  });
+
+  it('exit codes: WeChat refused 1, usage 2, store down 3, no token without a secret 5', async () => {
+    const { appId, secret } = mock.createApp();
+    const wrong = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: 'not-the-secret' });
+    expect(wrong.code).toBe(1);
+    expect(wrong.json).toMatchObject({ ok: false, error: { code: 'ERR_WXKIT_WECHAT_API', errcode: 40125 } });
+    expect(wrong.stdout).not.toContain('not-the-secret');
+    expect((await wxkit(['token', 'get', '--store', 'ftp://x', '--app', `oa:${appId}`])).code).toBe(2);
+    expect((await wxkit(['token', 'get', '--store', redis.url, '--app', 'oa'])).code).toBe(2);
+    expect((await wxkit(['token', 'launch', '--store', redis.url])).code).toBe(2);
+    expect((await wxkit(['fly'])).code).toBe(2);
+    const down = await wxkit(['token', 'inspect', '--store', 'redis://127.0.0.1:1', '--app', `oa:${appId}`, '--json']);
+    expect(down.code).toBe(3);
+    expect(down.json).toMatchObject({ error: { code: 'ERR_WXKIT_CACHE' } });
+    const noSecret = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(noSecret.code).toBe(5);
+    expect(noSecret.json).toMatchObject({ error: { code: 'ERR_WXKIT_NO_TOKEN' } });
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    void secret;
+  });
+
+  it('--help for each command, exit 0', async () => {
+    for (const args of [['--help'], ['token', '--help'], ['serve', '--help'], ['mock-server', '--help'], ['demo', '--help']]) {
+      const run = await wxkit(args);
+      expect(run.code, args.join(' ')).toBe(0);
+      expect(run.stdout).toMatch(/usage: wxkit/);
+    }
+  });
+});
+
+describe('wxkit mock-server', () => {
+  it('prints its URL and app, serves, and exits 0 on SIGTERM', async () => {
+    const child = spawn(process.execPath, [bin, 'mock-server', '--json', '--port', '0', '--latency', '5']);
+    const line = await new Promise<string>((resolve) => createInterface({ input: child.stdout }).once('line', resolve));
+    const { url, apps } = JSON.parse(line) as { url: string; apps: { appId: string; secret: string }[] };
+    const body = (await (await fetch(`${url}/cgi-bin/token?grant_type=client_credential&appid=${apps[0]!.appId}&secret=${apps[0]!.secret}`)).json()) as Record<string, unknown>;
+    expect(body.expires_in).toBe(7200);
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    child.kill('SIGTERM');
+    expect(await exited).toBe(0);
+  });
+});

@@ -1,0 +1,99 @@
+import { spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { memcachedGet, redisCli, startMemcached, startMockWeChat, startRedis } from '@wxkit/testing';
+
+// The demo as a user runs it: the built `wxkit` binary.
+const bin = fileURLToPath(new URL('../bin/wxkit.mjs', import.meta.url));
+
+/** Runs the demo and returns its exit code, its output, and the figures of its table. */
+async function runDemo(args: string[], env: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [bin, 'demo', ...args], {
+    env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env },
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const figure = (label: string) => Number(new RegExp(`^\\s+${label}\\s+(\\d+)`, 'm').exec(output)?.[1]);
+  return {
+    code,
+    output,
+    sent: figure('messages sent'),
+    fetches: figure('upstream token fetches'),
+    rejected: figure('sends rejected by WeChat'),
+    lost: figure('messages lost'),
+  };
+}
+
+describe('the demo', () => {
+  it('3 processes, cold start then another system’s refresh: 2 fetches, rejected sends resent, 0 lost', async () => {
+    const run = await runDemo(['--processes', '3', '--sends', '10']);
+    expect(run.code, run.output).toBe(0);
+    expect(run.sent).toBe(60);
+    expect(run.lost).toBe(0);
+    expect(run.fetches).toBe(2);
+    expect(run.rejected).toBeGreaterThanOrEqual(3);
+    expect(run.output).toMatch(/What happened: the 3 processes fetched one token between them/);
+  });
+
+  it('on the stable endpoint, the other system’s classic refresh rejects nothing', async () => {
+    const run = await runDemo(['--processes', '2', '--sends', '5', '--endpoint', 'stable']);
+    expect(run.code, run.output).toBe(0);
+    expect(run).toMatchObject({ sent: 20, lost: 0, fetches: 1, rejected: 0 });
+  });
+
+  it('with WECHAT_APPID and WECHAT_SECRET it talks to that account (here a mock behind WECHAT_BASE_URL) and never invalidates it', async () => {
+    const mock = await startMockWeChat();
+    try {
+      const { appId, secret } = mock.createApp();
+      const run = await runDemo(['--processes', '2', '--sends', '5'], {
+        WECHAT_APPID: appId,
+        WECHAT_SECRET: secret,
+        WECHAT_BASE_URL: mock.url,
+      });
+      expect(run.code, run.output).toBe(0);
+      expect(run).toMatchObject({ sent: 20, lost: 0, fetches: 1 });
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, externalFetches: 0, rejectedCalls: 0 });
+    } finally {
+      await mock.close();
+    }
+  });
+
+  it('--store redis://… shares the token through Redis', async () => {
+    const redis = await startRedis();
+    try {
+      const run = await runDemo(['--processes', '3', '--sends', '5', '--store', redis.url]);
+      expect(run.code, run.output).toBe(0);
+      expect(run).toMatchObject({ sent: 30, lost: 0, fetches: 2 });
+      expect(run.output).toContain(`RedisCache at ${redis.url}`);
+      // The demo's app left its token in the documented key.
+      expect(redisCli(redis.port, '--scan', '--pattern', 'wechat:access_token:*')).toMatch(/^wechat:access_token:wx[0-9a-f]{16}$/);
+    } finally {
+      await redis.stop();
+    }
+  });
+
+  it('--store memcached://… shares the token through Memcached', async () => {
+    const memcached = await startMemcached();
+    try {
+      const run = await runDemo(['--processes', '3', '--sends', '5', '--store', `memcached://${memcached.url}`]);
+      expect(run.code, run.output).toBe(0);
+      expect(run).toMatchObject({ sent: 30, lost: 0, fetches: 2 });
+      expect(run.output).toContain(`MemcachedCache at memcached://${memcached.url}`);
+      const appId = /appid (wx[0-9a-f]{16})/.exec(run.output)?.[1];
+      expect(await memcachedGet(memcached.port, `wechat:access_token:${appId}`)).toMatch(/^\{"access_token":"[^"]+","expires_at":\d+,"fetched_at":\d+\}$/);
+    } finally {
+      await memcached.stop();
+    }
+  });
+
+  it('refuses bad flags with exit code 2', async () => {
+    const run = await runDemo(['--processes', '1']);
+    expect(run.code).toBe(2);
+    expect(run.output).toContain('--processes must be an integer from 2 to 32');
+    const store = await runDemo(['--store', 'mongodb://127.0.0.1']);
+    expect(store.code).toBe(2);
+    expect(store.output).toContain('--store mongodb:// is not a store wxkit knows');
+  });
+});

@@ -1,0 +1,145 @@
+import { CacheError } from './errors.js';
+import { assertOptionsObject, optionalFunction } from './validate.js';
+
+/**
+ * The store contract every wxkit adapter implements: a string key/value store with TTL, in the spirit
+ * of PHP's PSR-16, plus two optional atomic operations.
+ *
+ * A store receives and returns exactly the strings wxkit hands it: no namespace, no JSON envelope.
+ * Reading the same key with the store's own tools (`redis-cli GET …`) shows the documented value.
+ *
+ * Failures must reject (with a {@link CacheError} where the adapter can), never resolve as a miss:
+ * a miss sends every process to WeChat for a new token.
+ *
+ * @example
+ * ```ts
+ * const cache: TokenCache = new MemoryCache();
+ * await cache.set('wechat:stable_access_token:wx123', '{"access_token":"…"}', 7200 - 300);
+ * ```
+ */
+export interface TokenCache {
+  /** The stored string, or `undefined` when the key is absent or expired. */
+  get(key: string): Promise<string | undefined>;
+  /**
+   * Stores `value` under `key` for `ttlSeconds` (> 0; may be fractional; stores that keep whole seconds
+   * round up).
+   */
+  set(key: string, value: string, ttlSeconds: number): Promise<void>;
+  /** Removes `key`; resolves whether or not it existed. */
+  delete(key: string): Promise<void>;
+  /**
+   * Stores `value` only if `key` is absent, atomically; resolves `true` when this call stored it.
+   * Leave it out when the store cannot do it atomically: wxkit then limits single-flight to one process.
+   */
+  add?(key: string, value: string, ttlSeconds: number): Promise<boolean>;
+  /**
+   * Deletes `key` only if it holds exactly `expected`, atomically; resolves `true` when it deleted.
+   * Leave it out when the store cannot do it atomically.
+   */
+  deleteIfEquals?(key: string, expected: string): Promise<boolean>;
+  /**
+   * Milliseconds `key` has left before the store drops it, or undefined when it is absent. Optional:
+   * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it.
+   */
+  ttlMs?(key: string): Promise<number | undefined>;
+  /** Releases what the adapter opened itself. Later calls reject with a CacheError. */
+  close?(): Promise<void>;
+}
+
+/** Options of {@link MemoryCache}. */
+export interface MemoryCacheOptions {
+  /**
+   * Clock in milliseconds since the epoch, for tests that move time forward.
+   * @default Date.now
+   */
+  now?: () => number;
+}
+
+interface MemoryEntry {
+  value: string;
+  expiresAt: number;
+}
+
+/**
+ * A TokenCache inside this process. It is the default store: right for a single process, and tokens are
+ * not shared with any other process (each would fetch its own). Pick `FileCache` for several processes
+ * on one host, or a Redis or Memcached adapter across hosts.
+ *
+ * @example
+ * ```ts
+ * const app = new OfficialAccount({ appId, secret, cache: new MemoryCache() });
+ * ```
+ */
+export class MemoryCache implements TokenCache {
+  readonly #entries = new Map<string, MemoryEntry>();
+  readonly #now: () => number;
+  #closed = false;
+
+  constructor(options: MemoryCacheOptions = {}) {
+    assertOptionsObject('MemoryCache', options);
+    this.#now = optionalFunction<() => number>('MemoryCache', options, 'now') ?? Date.now;
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    return this.#live(key)?.value;
+  }
+
+  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    this.#open();
+    this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+  }
+
+  async delete(key: string): Promise<void> {
+    this.#open();
+    this.#entries.delete(key);
+  }
+
+  async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    if (this.#live(key)) return false;
+    this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    return true;
+  }
+
+  async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    const entry = this.#live(key);
+    if (!entry || entry.value !== expected) return false;
+    this.#entries.delete(key);
+    return true;
+  }
+
+  async ttlMs(key: string): Promise<number | undefined> {
+    const entry = this.#live(key);
+    return entry ? entry.expiresAt - this.#now() : undefined;
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#entries.clear();
+  }
+
+  #open(): void {
+    if (this.#closed) throw new CacheError('MemoryCache is closed');
+  }
+
+  #live(key: string): MemoryEntry | undefined {
+    this.#open();
+    const entry = this.#entries.get(key);
+    if (entry && entry.expiresAt <= this.#now()) {
+      this.#entries.delete(key);
+      return undefined;
+    }
+    return entry;
+  }
+
+  #expiry(ttlSeconds: number): number {
+    assertTtl('MemoryCache', ttlSeconds);
+    return this.#now() + ttlSeconds * 1000;
+  }
+}
+
+/** Rejects a TTL that no store can honour; wxkit itself never passes one. */
+export function assertTtl(store: string, ttlSeconds: number): void {
+  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+    throw new RangeError(`${store} ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
+  }
+}

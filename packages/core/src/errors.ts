@@ -1,0 +1,201 @@
+/**
+ * Every error wxkit throws on purpose is a {@link WxkitError} with a stable `code`.
+ *
+ * Match on `code` rather than on the class: an application that loads both the ESM and the CJS build
+ * of `@wxkit/core` has two copies of each class. `instanceof` still works across the copies (each class
+ * checks a `Symbol.for` brand), but `code` is the contract.
+ */
+export type WxkitErrorCode =
+  | 'ERR_WXKIT_WECHAT_API'
+  | 'ERR_WXKIT_HTTP'
+  | 'ERR_WXKIT_TIMEOUT'
+  | 'ERR_WXKIT_BAD_RESPONSE'
+  | 'ERR_WXKIT_CACHE'
+  | 'ERR_WXKIT_NO_TOKEN'
+  | 'ERR_WXKIT_INVALID_OPTION';
+
+const kWxkitError = Symbol.for('wxkit.error');
+const kWeChatApiError = Symbol.for('wxkit.error.WeChatApiError');
+const kHttpError = Symbol.for('wxkit.error.HttpError');
+const kBadResponseError = Symbol.for('wxkit.error.BadResponseError');
+const kCacheError = Symbol.for('wxkit.error.CacheError');
+const kConfigError = Symbol.for('wxkit.error.ConfigError');
+const kTokenUnavailableError = Symbol.for('wxkit.error.TokenUnavailableError');
+
+function branded(instance: unknown, brand: symbol): boolean {
+  return typeof instance === 'object' && instance !== null && (instance as Record<symbol, unknown>)[brand] === true;
+}
+
+/** Base class of the errors wxkit throws. `name` is the class name; `code` never changes meaning. */
+export class WxkitError extends Error {
+  readonly code: WxkitErrorCode;
+
+  constructor(code: WxkitErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    Object.defineProperty(this, kWxkitError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kWxkitError);
+  }
+}
+
+/** Fields of a WeChat error response, as WeChat spells them. */
+export interface WeChatErrorBody {
+  errcode: number;
+  errmsg?: string;
+}
+
+/**
+ * WeChat answered with a non-zero `errcode`.
+ *
+ * `path` is the API path without its query string, so no `access_token` ever appears in it.
+ * `rid` is WeChat's request id (the `rid: …` suffix of `errmsg`), which WeChat support asks for.
+ */
+export class WeChatApiError extends WxkitError {
+  readonly errcode: number;
+  readonly errmsg: string;
+  readonly rid: string | undefined;
+  readonly path: string;
+
+  constructor(
+    body: WeChatErrorBody,
+    path: string,
+    options: { message?: string; cause?: unknown } = {},
+  ) {
+    const errmsg = typeof body.errmsg === 'string' ? body.errmsg : '';
+    const hint = describeErrcode(body.errcode);
+    super(
+      'ERR_WXKIT_WECHAT_API',
+      options.message ?? `WeChat rejected ${path}: errcode ${body.errcode}${hint ? ` (${hint})` : ''}`,
+      { cause: options.cause },
+    );
+    this.errcode = body.errcode;
+    this.errmsg = errmsg;
+    this.rid = /rid:\s*([0-9a-f-]+)/i.exec(errmsg)?.[1];
+    this.path = path;
+    Object.defineProperty(this, kWeChatApiError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kWeChatApiError);
+  }
+}
+
+/** The HTTP exchange failed: connection refused or reset, a non-2xx status, or a timeout. */
+export class HttpError extends WxkitError {
+  /** HTTP status when the server answered; undefined when no response arrived. */
+  readonly status: number | undefined;
+  readonly path: string;
+
+  constructor(
+    code: 'ERR_WXKIT_HTTP' | 'ERR_WXKIT_TIMEOUT',
+    message: string,
+    options: { path: string; status?: number; cause?: unknown },
+  ) {
+    super(code, message, { cause: options.cause });
+    this.status = options.status;
+    this.path = options.path;
+    Object.defineProperty(this, kHttpError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kHttpError);
+  }
+}
+
+/** The server answered, but not with what WeChat sends: not JSON, truncated, too large, or the wrong shape. */
+export class BadResponseError extends WxkitError {
+  readonly status: number | undefined;
+  readonly path: string;
+
+  constructor(message: string, options: { path: string; status?: number; cause?: unknown }) {
+    super('ERR_WXKIT_BAD_RESPONSE', message, { cause: options.cause });
+    this.status = options.status;
+    this.path = options.path;
+    Object.defineProperty(this, kBadResponseError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kBadResponseError);
+  }
+}
+
+/** The token store failed (down, timed out, closed, or it holds something unreadable). `cause` is the driver's error. */
+export class CacheError extends WxkitError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_WXKIT_CACHE', message, options);
+    Object.defineProperty(this, kCacheError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kCacheError);
+  }
+}
+
+/**
+ * No token could be had without fetching one, and this client may not fetch: in follower mode
+ * (`refresh: 'never'`) nobody wrote a valid entry within `lockWaitMs`.
+ */
+export class TokenUnavailableError extends WxkitError {
+  constructor(message: string) {
+    super('ERR_WXKIT_NO_TOKEN', message);
+    Object.defineProperty(this, kTokenUnavailableError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kTokenUnavailableError);
+  }
+}
+
+/** An option or argument is invalid. Thrown synchronously, before any I/O. */
+export class ConfigError extends WxkitError {
+  /** The option at fault, e.g. `appId` or `cache`. */
+  readonly option: string;
+
+  constructor(message: string, option: string) {
+    super('ERR_WXKIT_INVALID_OPTION', message);
+    this.option = option;
+    Object.defineProperty(this, kConfigError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kConfigError);
+  }
+}
+
+// Short descriptions of the errcodes an integrator meets first. Wording follows WeChat's global
+// return-code page; anything else is shown by number only.
+const ERRCODE_HINTS: Record<number, string> = {
+  [-1]: 'WeChat system busy',
+  40001: 'access_token invalid or not the latest',
+  40002: 'invalid grant_type',
+  40003: 'invalid openid',
+  40013: 'invalid appid',
+  40014: 'invalid access_token',
+  40037: 'invalid template_id',
+  40125: 'invalid appsecret',
+  40164: 'caller IP not in the whitelist',
+  40243: 'appsecret frozen',
+  41001: 'access_token missing',
+  41002: 'appid missing',
+  41004: 'appsecret missing',
+  42001: 'access_token expired',
+  43004: 'user has not subscribed',
+  45009: 'daily API quota reached',
+  45011: 'API minute quota reached',
+  47001: 'data format error',
+  47003: 'argument invalid',
+};
+
+/** A short English description of a WeChat errcode, or undefined when wxkit has none. */
+export function describeErrcode(errcode: number): string | undefined {
+  return ERRCODE_HINTS[errcode];
+}
+
+/** Wraps anything a store threw into a CacheError, keeping the original as `cause`. */
+export function toCacheError(error: unknown, message: string): CacheError {
+  return error instanceof CacheError ? error : new CacheError(message, { cause: error });
+}

@@ -1,0 +1,66 @@
+export { OfficialAccount, type OfficialAccountOptions, type TokenEndpoint } from './official-account.js';
+export {
+  MiniProgram,
+  type MiniProgramOptions,
+  type SubscribeMessageInput,
+  type WxaCodeUnlimitedInput,
+  type Code2SessionResult,
+} from './mini-program.js';
+export { Work, WORK_BASE_URL, type WorkOptions, type WorkMessageInput, type WorkMessageResult } from './work.js';
+export { WeChatClient, type ClientEvent } from './base-client.js';
+export { remoteTokenSource, type TokenSource, type TokenSourceRequest, type RemoteTokenSourceOptions } from './token-source.js';
+export type { ClientOptions } from './client-base.js';
+export { AccessToken, type TokenCallOptions } from './access-token.js';
+export { ApiClient, type WeChatResponse, type RequestOptions } from './api-client.js';
+export type { Query, QueryValue, BinaryResponse } from './http.js';
+export {
+  TemplateMessage,
+  type TemplateMessageInput,
+  type TemplateMessageResult,
+  type TemplateDataItem,
+} from './template-message.js';
+export {
+  Jssdk,
+  WorkJssdk,
+  signJsapi,
+  type JssdkConfig,
+  type JssdkConfigInput,
+  type TicketType,
+  type WorkTicketType,
+  type WorkAgentConfig,
+} from './jssdk.js';
+export { MemoryCache, type MemoryCacheOptions, type TokenCache } from './cache.js';
+export {
+  nativeSchema,
+  type NativeSchemaOptions,
+  type KeySchema,
+  type KeySubject,
+  type EntryField,
+  type StoredEntry,
+} from './schema.js';
+export {
+  easyWeChat4,
+  easyWeChat6,
+  nodeEasyWeChat,
+  wechatpy,
+  silenceper,
+  wxJava,
+  type EasyWeChat4Options,
+  type EasyWeChat6Options,
+  type WechatpyOptions,
+  type SilenceperOptions,
+  type WxJavaOptions,
+} from './profiles.js';
+export type { Logger, LogFields } from './logger.js';
+export {
+  WxkitError,
+  WeChatApiError,
+  HttpError,
+  BadResponseError,
+  CacheError,
+  ConfigError,
+  TokenUnavailableError,
+  type WxkitErrorCode,
+  type WeChatErrorBody,
+} from './errors.js';
+export { VERSION } from './version.js';

@@ -1,0 +1,221 @@
+import { createHash, randomBytes } from 'node:crypto';
+import type { ApiClient } from './api-client.js';
+import type { TokenCallOptions } from './access-token.js';
+import type { ClientCore } from './client-base.js';
+import { ConfigError } from './errors.js';
+import { validateFetched } from './fetchers.js';
+import type { KeySubject } from './schema.js';
+import type { TokenManager } from './token-manager.js';
+import { typeName } from './validate.js';
+
+/** Ticket types of cgi-bin/ticket/getticket. */
+export type TicketType = 'jsapi' | 'wx_card';
+
+/** Input of {@link Jssdk.buildConfig}. */
+export interface JssdkConfigInput {
+  /** The page URL exactly as the browser shows it; anything after `#` is dropped before signing. */
+  url: string;
+  jsApiList: string[];
+  /** @default false */
+  debug?: boolean;
+  /** Open tags such as `wx-open-launch-weapp`. */
+  openTagList?: string[];
+  /** Fixed nonce, for reproducible signatures in tests. Default: 16 random characters. */
+  nonceStr?: string;
+  /** Fixed unix time in seconds, for reproducible signatures. Default: now. */
+  timestamp?: number;
+}
+
+/** What `wx.config()` takes in the browser. */
+export interface JssdkConfig {
+  debug: boolean;
+  appId: string;
+  timestamp: number;
+  nonceStr: string;
+  signature: string;
+  jsApiList: string[];
+  openTagList?: string[];
+}
+
+/** Where a ticket type is fetched, for official accounts and WeCom. */
+const TICKET_PATHS: Record<string, { path: string; query?: Record<string, string> }> = {
+  jsapi: { path: 'cgi-bin/ticket/getticket', query: { type: 'jsapi' } },
+  wx_card: { path: 'cgi-bin/ticket/getticket', query: { type: 'wx_card' } },
+};
+const WORK_TICKET_PATHS: Record<string, { path: string; query?: Record<string, string> }> = {
+  // The corp ticket signs wx.config; the agent ticket signs wx.agentConfig.
+  jsapi: { path: 'cgi-bin/get_jsapi_ticket' },
+  agent_jsapi: { path: 'cgi-bin/ticket/get', query: { type: 'agent_config' } },
+};
+
+/** Shared by the official account's and WeCom's JS-SDK helpers: tickets cached like the token. */
+abstract class TicketKeeper<T extends string> {
+  protected readonly core: ClientCore;
+  readonly #client: ApiClient;
+  readonly #subject: KeySubject;
+  readonly #paths: Record<string, { path: string; query?: Record<string, string> }>;
+  readonly #tickets = new Map<string, TokenManager>();
+
+  protected constructor(core: ClientCore, client: ApiClient, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
+    this.core = core;
+    this.#client = client;
+    this.#subject = subject;
+    this.#paths = paths;
+  }
+
+  /** A valid ticket of `type`, shared through the cache. */
+  getTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
+    return this.#ticket(type).get(options.signal);
+  }
+
+  /** Fetches a new ticket of `type` now and stores it. */
+  refreshTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
+    return this.#ticket(type).forceRefresh(options.signal);
+  }
+
+  /** The `wx.config()` object for `input`, signed with a ticket of `type`; `appId` is the client's id. */
+  protected async jsConfig(what: string, input: JssdkConfigInput, type: T, options: TokenCallOptions): Promise<JssdkConfig> {
+    const signed = await this.sign(what, input, type, options);
+    const config: JssdkConfig = {
+      debug: input.debug ?? false,
+      appId: this.core.appId,
+      timestamp: signed.timestamp,
+      nonceStr: signed.nonceStr,
+      signature: signed.signature,
+      jsApiList: input.jsApiList,
+    };
+    if (input.openTagList) config.openTagList = input.openTagList;
+    return config;
+  }
+
+  /** Signs `url` with a ticket of `type`, validating the input first. */
+  protected async sign(what: string, input: JssdkConfigInput, type: T, options: TokenCallOptions) {
+    const fail = (name: string, rule: string, value: unknown) =>
+      new ConfigError(`${what} input.${name} must be ${rule} (got ${typeName(value)})`, name);
+    if (input === null || typeof input !== 'object') throw fail('', 'an object', input);
+    if (typeof input.url !== 'string' || !/^https?:\/\//i.test(input.url)) throw fail('url', 'an http(s) URL', input.url);
+    if (!Array.isArray(input.jsApiList) || input.jsApiList.some((name) => typeof name !== 'string')) {
+      throw fail('jsApiList', 'an array of strings', input.jsApiList);
+    }
+    if (input.nonceStr !== undefined && (typeof input.nonceStr !== 'string' || !/^[A-Za-z0-9]{1,32}$/.test(input.nonceStr))) {
+      throw fail('nonceStr', 'up to 32 letters and digits', input.nonceStr);
+    }
+    if (input.timestamp !== undefined && (!Number.isInteger(input.timestamp) || input.timestamp <= 0)) {
+      throw fail('timestamp', 'a positive integer (unix seconds)', input.timestamp);
+    }
+    const ticket = await this.getTicket(type, options);
+    const nonceStr = input.nonceStr ?? randomNonce();
+    const timestamp = input.timestamp ?? Math.floor(this.core.settings.now() / 1000);
+    return { nonceStr, timestamp, signature: signJsapi(ticket, nonceStr, timestamp, input.url) };
+  }
+
+  #ticket(type: string): TokenManager {
+    const where = this.#paths[type];
+    if (!where) {
+      throw new ConfigError(`jssdk ticket type must be one of ${Object.keys(this.#paths).map((t) => `'${t}'`).join(', ')} (got ${typeName(type)})`, 'type');
+    }
+    let manager = this.#tickets.get(type);
+    if (!manager) {
+      const subject = this.#subject;
+      const id = subject.kind === 'work' ? `${subject.corpId}:${subject.agentId}` : subject.appId;
+      manager = this.core.manager(
+        `${type}_ticket`,
+        this.core.schema.ticketKey(subject, type),
+        { kind: subject.kind, id, field: 'ticket', ticketType: type },
+        async () => validateFetched(await this.#client.get(where.path, where.query), 'ticket', where.path),
+      );
+      this.#tickets.set(type, manager);
+    }
+    return manager;
+  }
+}
+
+/**
+ * JS-SDK helpers of an official account (`app.jssdk`). The jsapi_ticket is cached and shared exactly
+ * like the access token, under its own key, lock and memo.
+ *
+ * @example
+ * ```ts
+ * const config = await app.jssdk.buildConfig({ url: 'https://shop.example/cart', jsApiList: ['chooseImage'] });
+ * ```
+ */
+export class Jssdk extends TicketKeeper<TicketType> {
+  /** @internal Created by the client. */
+  constructor(core: ClientCore, client: ApiClient, subject: KeySubject) {
+    super(core, client, subject, TICKET_PATHS);
+  }
+
+  /** A valid ticket of `type` (default `jsapi`), shared through the cache. */
+  override getTicket(type: TicketType = 'jsapi', options: TokenCallOptions = {}): Promise<string> {
+    return super.getTicket(type, options);
+  }
+
+  /** Fetches a new ticket of `type` (default `jsapi`) now and stores it. */
+  override refreshTicket(type: TicketType = 'jsapi', options: TokenCallOptions = {}): Promise<string> {
+    return super.refreshTicket(type, options);
+  }
+
+  /** The signed configuration for `wx.config()` on the page at `input.url`. */
+  buildConfig(input: JssdkConfigInput, options: TokenCallOptions = {}): Promise<JssdkConfig> {
+    return this.jsConfig('jssdk.buildConfig()', input, 'jsapi', options);
+  }
+}
+
+/** Ticket types of WeCom: the corp's (`wx.config`) and the agent's (`wx.agentConfig`). */
+export type WorkTicketType = 'jsapi' | 'agent_jsapi';
+
+/** What `wx.agentConfig()` takes in the browser. */
+export interface WorkAgentConfig {
+  corpid: string;
+  agentid: string;
+  timestamp: number;
+  nonceStr: string;
+  signature: string;
+  jsApiList: string[];
+}
+
+/**
+ * JS-SDK helpers of a WeCom app (`work.jssdk`): the corp ticket for `wx.config` and the agent ticket
+ * for `wx.agentConfig`, each cached and shared like the token.
+ */
+export class WorkJssdk extends TicketKeeper<WorkTicketType> {
+  readonly #agentId: string;
+
+  /** @internal Created by the client. */
+  constructor(core: ClientCore, client: ApiClient, subject: KeySubject & { kind: 'work' }) {
+    super(core, client, subject, WORK_TICKET_PATHS);
+    this.#agentId = subject.agentId;
+  }
+
+  /** The signed configuration for `wx.config()` (the corp's ticket; `appId` is the corp id). */
+  buildConfig(input: JssdkConfigInput, options: TokenCallOptions = {}): Promise<JssdkConfig> {
+    return this.jsConfig('jssdk.buildConfig()', input, 'jsapi', options);
+  }
+
+  /** The signed configuration for `wx.agentConfig()` (the agent's ticket). */
+  async buildAgentConfig(input: JssdkConfigInput, options: TokenCallOptions = {}): Promise<WorkAgentConfig> {
+    const signed = await this.sign('jssdk.buildAgentConfig()', input, 'agent_jsapi', options);
+    return {
+      corpid: this.core.appId,
+      agentid: this.#agentId,
+      timestamp: signed.timestamp,
+      nonceStr: signed.nonceStr,
+      signature: signed.signature,
+      jsApiList: input.jsApiList,
+    };
+  }
+}
+
+/**
+ * WeChat's JS-SDK signature: sha1 of `jsapi_ticket=…&noncestr=…&timestamp=…&url=…` with the URL's
+ * fragment removed (JS-SDK documentation, appendix 1).
+ */
+export function signJsapi(ticket: string, nonceStr: string, timestamp: number, url: string): string {
+  const page = url.split('#', 1)[0];
+  return createHash('sha1').update(`jsapi_ticket=${ticket}&noncestr=${nonceStr}&timestamp=${timestamp}&url=${page}`).digest('hex');
+}
+
+function randomNonce(): string {
+  const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+  return Array.from(randomBytes(16), (byte) => alphabet[byte % alphabet.length]).join('');
+}

@@ -1,0 +1,82 @@
+import { EventEmitter } from 'node:events';
+
+/**
+ * What wxkit logs through. `console` and pino (or any logger with pino's `(fields, message)` call
+ * shape) fit as they are. Fields never hold a token, a ticket, a secret or a URL with its query string.
+ */
+export interface Logger {
+  debug?(fields: LogFields, message: string): void;
+  info?(fields: LogFields, message: string): void;
+  warn(fields: LogFields, message: string): void;
+  error?(fields: LogFields, message: string): void;
+}
+
+/** Structured fields of a log line. `event` names what happened, e.g. `token.fetched`. */
+export interface LogFields {
+  event: string;
+  appId?: string;
+  key?: string;
+  [field: string]: unknown;
+}
+
+type Level = 'debug' | 'info' | 'warn' | 'error';
+
+/**
+ * Internal: one place that turns any accepted logger option into calls that cannot throw, and that
+ * emits every line's fields as an event of the same name on the client (`app.on('access_token.fetched', …)`).
+ */
+export class Log {
+  readonly #target: Logger | undefined;
+  readonly #events: EventEmitter;
+
+  constructor(target: Logger | false | undefined, events: EventEmitter = new EventEmitter()) {
+    this.#target = target === false ? undefined : (target ?? defaultLogger);
+    this.#events = events;
+  }
+
+  debug(fields: LogFields, message: string): void {
+    this.#emit('debug', fields, message);
+  }
+
+  info(fields: LogFields, message: string): void {
+    this.#emit('info', fields, message);
+  }
+
+  warn(fields: LogFields, message: string): void {
+    this.#emit('warn', fields, message);
+  }
+
+  error(fields: LogFields, message: string): void {
+    this.#emit('error', fields, message);
+  }
+
+  #emit(level: Level, fields: LogFields, message: string): void {
+    if (this.#events.listenerCount(fields.event) > 0) {
+      try {
+        this.#events.emit(fields.event, { ...fields, level, message });
+      } catch {
+        // A throwing listener must not break token handling either.
+      }
+    }
+    const target = this.#target;
+    const fn = target?.[level] ?? (level === 'error' ? target?.warn : undefined);
+    if (!target || typeof fn !== 'function') return;
+    try {
+      // console prints its arguments in order; pino wants fields first. Give console the readable order.
+      if (target === globalThis.console) fn.call(target, `[wxkit] ${message}` as never, fields as never);
+      else fn.call(target, fields, message);
+    } catch {
+      // A broken logger must not break token handling.
+    }
+  }
+}
+
+/** The logger used when none is given: warnings and errors to stderr, nothing else. */
+const defaultLogger: Logger = {
+  warn(fields, message) {
+    process.stderr.write(`[wxkit] ${message} ${JSON.stringify(fields)}\n`);
+  },
+  error(fields, message) {
+    process.stderr.write(`[wxkit] ${message} ${JSON.stringify(fields)}\n`);
+  },
+};

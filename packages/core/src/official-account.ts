@@ -1,0 +1,102 @@
+import { WeChatClient } from './base-client.js';
+import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from './client-base.js';
+import { validateFetched } from './fetchers.js';
+import { Jssdk } from './jssdk.js';
+import type { KeySubject } from './schema.js';
+import { TemplateMessage } from './template-message.js';
+import type { Fetched } from './token-manager.js';
+import { invalidOption } from './validate.js';
+
+/** Which WeChat endpoint issues access tokens. */
+export type TokenEndpoint = 'stable' | 'classic';
+
+/** Options of {@link OfficialAccount}. */
+export interface OfficialAccountOptions extends ClientOptions {
+  /** The account's AppID (`wx…`). */
+  appId: string;
+  /**
+   * The account's AppSecret. It is sent to WeChat's token endpoint and nowhere else. Not needed with
+   * `tokenSource` or `refresh: 'never'`.
+   */
+  secret?: string;
+  /**
+   * `stable`: `POST cgi-bin/stable_token`. WeChat returns the current token while it is valid and never
+   * invalidates a token another program holds; tokens are shared only with programs on the same endpoint.
+   * `classic`: `GET cgi-bin/token`. Every fetch invalidates the previous token after a grace window;
+   * pick it to share a token with a program that uses it (EasyWeChat 4, most older SDKs).
+   * @default 'stable', or the endpoint of the schema's peer SDK (easyWeChat4(): 'classic')
+   */
+  tokenEndpoint?: TokenEndpoint;
+}
+
+const OWN_OPTIONS = ['appId', 'secret', 'tokenEndpoint'] as const;
+
+/**
+ * A WeChat official account (公众号) client whose access token and jsapi_ticket are shared through the
+ * cache you set, in the style of EasyWeChat.
+ *
+ * @example
+ * ```ts
+ * const app = new OfficialAccount({ appId: 'wx1234abcd5678ef90', secret: process.env.WECHAT_SECRET! });
+ * app.setCache(new FileCache({ dir: '/var/lib/myapp/wechat' }));
+ * await app.templateMessage.send({ touser: openid, template_id: 'TPL', data: { first: { value: 'Hi' } } });
+ * ```
+ */
+export class OfficialAccount extends WeChatClient {
+  readonly appId: string;
+  readonly templateMessage: TemplateMessage;
+  readonly jssdk: Jssdk;
+
+  constructor(options: OfficialAccountOptions) {
+    const { core, subject, token } = setUp('OfficialAccount', 'official_account', options, OWN_OPTIONS);
+    super(core, token);
+    this.appId = subject.appId;
+    this.templateMessage = new TemplateMessage(this.client);
+    this.jssdk = new Jssdk(core, this.client, subject);
+  }
+}
+
+/**
+ * What official accounts and mini programs share: the same credentials, token endpoints and keys.
+ * @internal
+ */
+export function setUp(owner: string, kind: 'official_account' | 'mini_program', options: unknown, own: readonly string[]) {
+  assertOptionsObject(owner, options);
+  const appId = requireId(owner, options, 'appId');
+  const secret = requireSecret(owner, options, 'secret');
+  const given = options.tokenEndpoint;
+  if (given !== undefined && given !== 'stable' && given !== 'classic') {
+    throw invalidOption(owner, 'tokenEndpoint', "'stable' or 'classic'", given);
+  }
+  const core = new ClientCore(owner, appId, options, own);
+  // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
+  const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
+  const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
+  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, (force) => {
+    const key = core.requireSecret(secret, 'fetching an access token');
+    return endpoint === 'stable' ? fetchStable(core, appId, key, force) : fetchClassic(core, appId, key);
+  });
+  return { core, subject, token, secret };
+}
+
+/**
+ * `POST cgi-bin/stable_token`. In normal mode WeChat hands back the token it already issued while that
+ * one is valid, so fetching never knocks another program offline. `force_refresh` is sent only when
+ * asked for: it invalidates everyone's token and is limited to 20 calls a day.
+ */
+async function fetchStable(core: ClientCore, appId: string, secret: string, force: boolean): Promise<Fetched> {
+  const path = 'cgi-bin/stable_token';
+  const json: Record<string, unknown> = { grant_type: 'client_credential', appid: appId, secret };
+  if (force) json.force_refresh = true;
+  return validateFetched(await core.http.json({ method: 'POST', path, json }), 'access_token', path);
+}
+
+/**
+ * `GET cgi-bin/token`. Every call issues a new token and starts the old one's grace window (about
+ * 5 minutes), which is why only one process may call it at a time.
+ */
+async function fetchClassic(core: ClientCore, appId: string, secret: string): Promise<Fetched> {
+  const path = 'cgi-bin/token';
+  const query = { grant_type: 'client_credential', appid: appId, secret };
+  return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+}

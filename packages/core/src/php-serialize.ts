@@ -1,0 +1,124 @@
+/**
+ * PHP's serialize() and unserialize() for the values PHP caches hold for WeChat SDKs: strings, integers,
+ * floats, booleans, null and arrays of them. Lengths count UTF-8 bytes, as PHP's do. Objects, references
+ * and custom serializers are refused with an error, never guessed at.
+ */
+
+export type PhpValue = string | number | boolean | null | PhpArray;
+/** A PHP array, in insertion order: `[key, value]` pairs (keys are strings or integers). */
+export type PhpArray = { __php: 'array'; entries: [string | number, PhpValue][] };
+
+/** A PHP array from an object's own properties, in insertion order. */
+export function phpArray(record: Record<string, PhpValue>): PhpArray {
+  return { __php: 'array', entries: Object.entries(record) };
+}
+
+/** Exactly what PHP's `serialize()` writes for `value`. */
+export function phpSerialize(value: PhpValue): string {
+  if (value === null) return 'N;';
+  if (typeof value === 'boolean') return `b:${value ? 1 : 0};`;
+  if (typeof value === 'number') {
+    if (Number.isInteger(value)) return `i:${value};`;
+    // serialize_precision -1: the shortest repeatable form, as JavaScript prints doubles.
+    return `d:${Number.isFinite(value) ? String(value).replace('e+', 'E+').replace('e-', 'E-') : value > 0 ? 'INF' : value < 0 ? '-INF' : 'NAN'};`;
+  }
+  if (typeof value === 'string') return `s:${Buffer.byteLength(value, 'utf8')}:"${value}";`;
+  const body = value.entries.map(([key, item]) => `${phpSerialize(key)}${phpSerialize(item)}`).join('');
+  return `a:${value.entries.length}:{${body}}`;
+}
+
+/** Why an input is not something `phpUnserialize` reads. */
+export class PhpFormatError extends Error {}
+
+/** Reads what PHP's `serialize()` wrote. Throws PhpFormatError on anything else, or on objects. */
+export function phpUnserialize(text: string): PhpValue {
+  const bytes = Buffer.from(text, 'utf8');
+  let at = 0;
+  const fail = (why: string): never => {
+    throw new PhpFormatError(`${why} at byte ${at}`);
+  };
+  const expect = (char: string) => {
+    if (bytes[at] !== char.charCodeAt(0)) fail(`expected "${char}"`);
+    at += 1;
+  };
+  const until = (char: string) => {
+    const end = bytes.indexOf(char.charCodeAt(0), at);
+    if (end < 0) fail(`no "${char}"`);
+    const slice = bytes.subarray(at, end).toString('latin1');
+    at = end + 1;
+    return slice;
+  };
+  const integer = (literal: string) => {
+    if (!/^[+-]?\d{1,19}$/.test(literal)) fail('not an integer');
+    const n = Number(literal);
+    return Number.isSafeInteger(n) ? n : fail('an integer beyond 2^53');
+  };
+  const read = (depth: number): PhpValue => {
+    if (depth > 32) fail('nested too deep');
+    const type = String.fromCharCode(bytes[at] ?? 0);
+    at += 1;
+    switch (type) {
+      case 'N':
+        expect(';');
+        return null;
+      case 'b': {
+        expect(':');
+        const flag = until(';');
+        return flag === '1' ? true : flag === '0' ? false : fail('not a boolean');
+      }
+      case 'i':
+        expect(':');
+        return integer(until(';'));
+      case 'd': {
+        expect(':');
+        const literal = until(';');
+        if (literal === 'INF') return Number.POSITIVE_INFINITY;
+        if (literal === '-INF') return Number.NEGATIVE_INFINITY;
+        if (literal === 'NAN') return Number.NaN;
+        if (!/^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(literal)) fail('not a number');
+        return Number(literal);
+      }
+      case 's': {
+        expect(':');
+        const length = integer(until(':'));
+        expect('"');
+        if (at + length > bytes.length) fail('string longer than the input');
+        const value = bytes.subarray(at, at + length).toString('utf8');
+        at += length;
+        expect('"');
+        expect(';');
+        return value;
+      }
+      case 'a': {
+        expect(':');
+        const count = integer(until(':'));
+        expect('{');
+        const entries: [string | number, PhpValue][] = [];
+        for (let i = 0; i < count; i += 1) {
+          const key = read(depth + 1);
+          if (typeof key !== 'string' && typeof key !== 'number') fail('an array key that is not a string or an integer');
+          entries.push([key as string | number, read(depth + 1)]);
+        }
+        expect('}');
+        return { __php: 'array', entries };
+      }
+      case 'O':
+      case 'C':
+        return fail('a PHP object');
+      case 'r':
+      case 'R':
+        return fail('a PHP reference');
+      default:
+        return fail(`an unknown type "${type}"`);
+    }
+  };
+  const value = read(0);
+  if (at !== bytes.length) fail('trailing bytes');
+  return value;
+}
+
+/** The value under `key` in a PHP array, or undefined. */
+export function phpGet(value: PhpValue, key: string): PhpValue | undefined {
+  if (value === null || typeof value !== 'object') return undefined;
+  return value.entries.find(([entryKey]) => String(entryKey) === key)?.[1];
+}

@@ -1,0 +1,157 @@
+import { assertOptionsObject, invalidOption, optionalNumber } from './validate.js';
+
+/** Which WeChat credential an entry belongs to. */
+export type KeySubject =
+  | {
+      /** `official_account` and `mini_program` share WeChat's token endpoints and so the same keys. */
+      kind: 'official_account' | 'mini_program';
+      appId: string;
+      /** The token endpoint the entry came from: stable and classic tokens are different tokens. */
+      endpoint: 'stable' | 'classic';
+      /** Only for profiles whose peer SDK builds its key from the secret (EasyWeChat). Never logged. */
+      secret?: string;
+    }
+  | {
+      /** A WeCom (企业微信) app: one token per agent secret, so the agent is part of the key. */
+      kind: 'work';
+      corpId: string;
+      agentId: string;
+      /** Only for profiles whose peer SDK builds its key from the secret (EasyWeChat). Never logged. */
+      secret?: string;
+    };
+
+/** The two kinds of value a schema stores: an access token, or a JS-SDK ticket. */
+export type EntryField = 'access_token' | 'ticket';
+
+/** A decoded cache entry. Times are unix seconds, as in the stored value. */
+export interface StoredEntry {
+  /** The token or ticket. */
+  value: string;
+  /** When WeChat stops accepting it; undefined when the format does not record it. */
+  expiresAt?: number;
+  /** When it was fetched from WeChat; undefined when the format does not record it. */
+  fetchedAt?: number;
+}
+
+/**
+ * How entries are named and encoded in the store. The token protocol is the same for every schema; the
+ * schema only decides the bytes. `nativeSchema()` is wxkit's own, documented in docs/key-schema.md; the
+ * compatibility profiles (`easyWeChat4()`, `wechatpy()`…) write what another SDK writes.
+ */
+export interface KeySchema {
+  /** Shown in logs and errors, e.g. `native-v1`. */
+  readonly name: string;
+  /** The token endpoint the peer SDK uses; a client without `tokenEndpoint` follows it. */
+  readonly defaultEndpoint?: 'stable' | 'classic';
+  /** Whether keys are built from the secret (so a client must have it, even in follower mode). */
+  readonly keyNeedsSecret?: boolean;
+  accessTokenKey(subject: KeySubject): string;
+  ticketKey(subject: KeySubject, type: string): string;
+  /** The refresh lock that guards an entry. */
+  lockKey(entryKey: string): string;
+  /**
+   * The stored string for a freshly fetched value; `expiresIn` is WeChat's, in seconds. `response` is
+   * WeChat's whole answer, for formats that store it (EasyWeChat 4 tickets).
+   */
+  encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, response?: Record<string, unknown>): string;
+  /**
+   * The entry inside a stored string, or undefined when it is not a valid entry of this schema (it is
+   * then replaced). Throws a CacheError for a value in a recognisably foreign encoding that must not be
+   * overwritten (a PHP cache serialised with igbinary, say).
+   */
+  decode(field: EntryField, raw: string): StoredEntry | undefined;
+  /** Store TTL for a value WeChat gave `expiresIn` seconds of life, stored under `key`. Always >= 1. */
+  ttlSeconds(expiresIn: number, field?: EntryField, key?: string): number;
+  /** Entries the peer SDK keeps next to the main one (wechatpy's `…_expires_at`), written after it. */
+  companions?(entryKey: string, field: EntryField, value: string, expiresIn: number, fetchedAt: number): { key: string; value: string; ttlSeconds: number }[];
+  /** The key as logs, events and errors may show it: a key that holds the secret is masked. */
+  redactKey?(key: string): string;
+}
+
+/** Options of {@link nativeSchema}. */
+export interface NativeSchemaOptions {
+  /**
+   * Prepended to every key. Keep the trailing separator.
+   * @default 'wechat:'
+   */
+  prefix?: string;
+  /**
+   * Seconds taken off WeChat's `expires_in` for the store TTL, so no reader is handed a token in its last
+   * minutes. Larger margins refresh earlier (more fetches a day); smaller ones risk clock skew.
+   * @default 300
+   */
+  marginSeconds?: number;
+}
+
+const NATIVE_DEFAULTS = Object.freeze({ prefix: 'wechat:', marginSeconds: 300 });
+
+/**
+ * The store TTL rule of schema v1: `expires_in − margin`, and when that leaves less than one second,
+ * half of `expires_in` (at least 1). The stable endpoint can hand out a token with as little as 300 s
+ * left, exactly the default margin; caching it for half its life beats caching it for zero seconds,
+ * which would send every caller back to WeChat.
+ */
+export function nativeTtlSeconds(expiresIn: number, marginSeconds: number): number {
+  const ttl = Math.floor(expiresIn - marginSeconds);
+  return ttl >= 1 ? ttl : Math.max(1, Math.floor(expiresIn / 2));
+}
+
+/**
+ * wxkit's own key schema, version 1: keys `wechat:stable_access_token:{appid}` and friends, values
+ * `{"access_token":"…","expires_at":…,"fetched_at":…}`. docs/key-schema.md is the contract that other
+ * languages implement.
+ *
+ * @example
+ * ```ts
+ * new OfficialAccount({ appId, secret, schema: nativeSchema({ prefix: 'shop:wechat:' }) });
+ * ```
+ */
+export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
+  assertOptionsObject('nativeSchema', options);
+  const prefix = options.prefix ?? NATIVE_DEFAULTS.prefix;
+  if (typeof prefix !== 'string') throw invalidOption('nativeSchema', 'prefix', 'a string', prefix);
+  if (/[\s\u0000-\u001f\u007f]/.test(prefix)) {
+    throw invalidOption('nativeSchema', 'prefix', 'free of whitespace and control characters', prefix);
+  }
+  const marginSeconds = optionalNumber('nativeSchema', options, 'marginSeconds', NATIVE_DEFAULTS.marginSeconds, {
+    integer: true,
+  });
+
+  return {
+    name: 'native-v1',
+    accessTokenKey: (subject) =>
+      subject.kind === 'work'
+        ? `${prefix}work:access_token:${subject.corpId}:${subject.agentId}`
+        : `${prefix}${subject.endpoint === 'stable' ? 'stable_access_token' : 'access_token'}:${subject.appId}`,
+    ticketKey: (subject, type) =>
+      subject.kind === 'work'
+        ? `${prefix}work:${type}_ticket:${subject.corpId}:${subject.agentId}`
+        : `${prefix}${type}_ticket:${subject.appId}`,
+    lockKey: (entryKey) => `${entryKey}:lock`,
+    encode: (field, value, expiresIn, fetchedAt) =>
+      // Field order is part of the format: WeChat's own field name first. JSON.stringify keeps
+      // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII.
+      JSON.stringify({ [field]: value, expires_at: fetchedAt + Math.floor(expiresIn), fetched_at: fetchedAt }),
+    decode: (field, raw) => decodeNative(field, raw),
+    ttlSeconds: (expiresIn) => nativeTtlSeconds(expiresIn, marginSeconds),
+  };
+}
+
+function decodeNative(field: EntryField, raw: string): StoredEntry | undefined {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return undefined;
+  const record = parsed as Record<string, unknown>;
+  const value = record[field];
+  const expiresAt = record.expires_at;
+  const fetchedAt = record.fetched_at;
+  if (typeof value !== 'string' || value.length === 0) return undefined;
+  if (typeof expiresAt !== 'number' || !Number.isFinite(expiresAt)) return undefined;
+  // Readers ignore unknown fields; fetched_at is informative, so a hand-written entry may leave it out.
+  if (fetchedAt !== undefined && (typeof fetchedAt !== 'number' || !Number.isFinite(fetchedAt))) return undefined;
+  return fetchedAt === undefined ? { value, expiresAt } : { value, expiresAt, fetchedAt };
+}

@@ -1,0 +1,160 @@
+import type { TokenCache } from './cache.js';
+import { CacheError, ConfigError } from './errors.js';
+import type { Log } from './logger.js';
+import { typeName } from './validate.js';
+
+/**
+ * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
+ * and an outage reported once when it starts and once when it ends, not once per call.
+ */
+export class GuardedStore {
+  readonly cache: TokenCache;
+  readonly #timeoutMs: number;
+  readonly #log: Log;
+  readonly #appId: string;
+  #down = false;
+
+  readonly #redact: (key: string) => string;
+
+  constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = (key) => key) {
+    this.cache = cache;
+    this.#redact = redact;
+    this.#timeoutMs = timeoutMs;
+    this.#log = log;
+    this.#appId = appId;
+  }
+
+  /** True between a failed call and the next successful one. */
+  get down(): boolean {
+    return this.#down;
+  }
+
+  get atomicAdd(): boolean {
+    return typeof this.cache.add === 'function';
+  }
+
+  get atomicDeleteIfEquals(): boolean {
+    return typeof this.cache.deleteIfEquals === 'function';
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.#call('get', key, () => this.cache.get(key));
+  }
+
+  set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    return this.#call('set', key, () => this.cache.set(key, value, ttlSeconds));
+  }
+
+  delete(key: string): Promise<void> {
+    return this.#call('delete', key, () => this.cache.delete(key));
+  }
+
+  /** Undefined when the store cannot tell (no ttlMs). */
+  ttlMs(key: string): Promise<number | undefined> {
+    const ttlMs = this.cache.ttlMs;
+    if (typeof ttlMs !== 'function') return Promise.resolve(undefined);
+    return this.#call('ttlMs', key, () => ttlMs.call(this.cache, key));
+  }
+
+  /** Undefined when the store has no atomic add. */
+  add(key: string, value: string, ttlSeconds: number): Promise<boolean> | undefined {
+    const add = this.cache.add;
+    if (typeof add !== 'function') return undefined;
+    return this.#call('add', key, () => add.call(this.cache, key, value, ttlSeconds));
+  }
+
+  /**
+   * Deletes `key` if it holds `expected`. Without an atomic deleteIfEquals in the store this is a read,
+   * a compare and a delete, which can remove a value written between the two (documented).
+   */
+  async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    const deleteIfEquals = this.cache.deleteIfEquals;
+    if (typeof deleteIfEquals === 'function') {
+      return this.#call('deleteIfEquals', key, () => deleteIfEquals.call(this.cache, key, expected));
+    }
+    if ((await this.get(key)) !== expected) return false;
+    await this.delete(key);
+    return true;
+  }
+
+  async #call<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      const result = await Promise.race([
+        Promise.resolve().then(run),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new CacheError(
+                  `The token store did not answer ${op} within ${this.#timeoutMs} ms; check that it is up, or raise options.cacheTimeoutMs`,
+                ),
+              ),
+            this.#timeoutMs,
+          );
+          timer.unref?.();
+        }),
+      ]);
+      if (this.#down) {
+        this.#down = false;
+        this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
+      }
+      return result;
+    } catch (error) {
+      const wrapped =
+        error instanceof CacheError ? error : new CacheError(`The token store failed on ${op}`, { cause: error });
+      if (!this.#down) {
+        this.#down = true;
+        this.#log.warn(
+          { event: 'cache.unavailable', appId: this.#appId, op, key: this.#redact(key), error: describeError(wrapped) },
+          'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
+        );
+      }
+      throw wrapped;
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+}
+
+function describeError(error: CacheError): string {
+  const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
+  const causeCode = typeof cause?.code === 'string' ? ` (${cause.code})` : '';
+  return `${error.message}${causeCode}`;
+}
+
+/**
+ * Checks that `cache` is a TokenCache, and says how to adapt the usual near-misses. `where` names the
+ * argument in messages, e.g. `OfficialAccount options.cache` or `OfficialAccount setCache() cache`.
+ */
+export function assertTokenCache(where: string, cache: unknown): asserts cache is TokenCache {
+  const candidate = cache as Partial<Record<string, unknown>> | null | undefined;
+  if (candidate && typeof candidate === 'object' && looksLikeKeyv(candidate)) {
+    throw new ConfigError(
+      `${where} is a Keyv instance or store, which adds its own namespace and JSON envelope to the stored bytes; ` +
+        'wrap it as a TokenCache with `new KeyvCache(keyv)` from @wxkit/keyv, or use an adapter such as RedisCache or FileCache',
+      'cache',
+    );
+  }
+  if (
+    !candidate ||
+    typeof candidate !== 'object' ||
+    typeof candidate.get !== 'function' ||
+    typeof candidate.set !== 'function' ||
+    typeof candidate.delete !== 'function'
+  ) {
+    throw new ConfigError(
+      `${where} must be a TokenCache: an object with get(), set() and delete() methods (got ${typeName(cache)})`,
+      'cache',
+    );
+  }
+}
+
+function looksLikeKeyv(candidate: Partial<Record<string, unknown>>): boolean {
+  const name = (candidate.constructor as { name?: unknown } | undefined)?.name;
+  return (
+    name === 'Keyv' ||
+    (typeof candidate.opts === 'object' && candidate.opts !== null && typeof candidate.iterator !== 'undefined') ||
+    (typeof candidate.namespace !== 'undefined' && typeof candidate.getMany === 'function' && typeof candidate.clear === 'function')
+  );
+}

@@ -1,0 +1,111 @@
+import type { Dispatcher } from 'undici';
+import { BadResponseError, ConfigError } from './errors.js';
+import { HttpClient } from './http.js';
+import { assertOptionsObject, invalidOption, optionalNumber, typeName } from './validate.js';
+import { VERSION } from './version.js';
+
+/** What a client asks a token source for. */
+export interface TokenSourceRequest {
+  kind: 'official_account' | 'mini_program' | 'work';
+  /** The AppID, or `{corpId}:{agentId}` for WeCom. */
+  id: string;
+  field: 'access_token' | 'ticket';
+  /** For tickets: `jsapi`, `wx_card`, `agent_jsapi`. */
+  ticketType?: string;
+}
+
+/**
+ * Where a client gets its token when something else owns the refresh, such as `wxkit serve`, the
+ * central token service WeChat recommends (中控服务器). The client then needs no AppSecret and never
+ * calls WeChat's token endpoints.
+ */
+export interface TokenSource {
+  /** The current value and its remaining life in seconds. */
+  fetch(request: TokenSourceRequest): Promise<{ value: string; expiresIn: number }>;
+  /**
+   * WeChat rejected `value` (40001, 40014, 42001). The source refreshes only if `value` is still its
+   * current one, so N clients reporting the same token cause one refresh.
+   */
+  invalidate(request: TokenSourceRequest, value: string): Promise<void>;
+  /** Releases connections the source opened. */
+  close?(): Promise<void>;
+}
+
+/** Options of {@link remoteTokenSource}. */
+export interface RemoteTokenSourceOptions {
+  /** The service's base URL, e.g. `http://127.0.0.1:7400`. */
+  url: string;
+  /** A bearer key from the service's configuration. Sent as `Authorization: Bearer …`, never logged. */
+  key: string;
+  /**
+   * Deadline of one request to the service, in ms.
+   * @default 5000
+   */
+  timeoutMs?: number;
+  /** An undici dispatcher to reach the service through. */
+  dispatcher?: Dispatcher;
+}
+
+/**
+ * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
+ * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`.
+ *
+ * @example
+ * ```ts
+ * const app = new OfficialAccount({
+ *   appId: 'wx1234abcd5678ef90',
+ *   tokenSource: remoteTokenSource({ url: 'http://tokens.internal:7400', key: process.env.WXKIT_SERVE_KEY! }),
+ * });
+ * ```
+ */
+export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSource {
+  const owner = 'remoteTokenSource';
+  assertOptionsObject(owner, options);
+  const { url, key } = options;
+  let parsed: URL | undefined;
+  try {
+    parsed = typeof url === 'string' ? new URL(url) : undefined;
+  } catch {
+    parsed = undefined;
+  }
+  if (!parsed || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
+    throw invalidOption(owner, 'url', 'an http:// or https:// URL', url);
+  }
+  if (typeof key !== 'string' || key.length < 8) {
+    // Never echo the key.
+    throw new ConfigError(`${owner} options.key must be a string of at least 8 characters (got ${typeName(key)})`, 'key');
+  }
+  const timeoutMs = optionalNumber(owner, options as unknown as Record<string, unknown>, 'timeoutMs', 5000, { min: 1 });
+  const http = new HttpClient({
+    baseUrl: url,
+    timeoutMs,
+    maxResponseBytes: 64 * 1024,
+    dispatcher: options.dispatcher,
+    userAgent: `wxkit/${VERSION}`,
+    peer: 'The token service',
+  });
+  const headers = { authorization: `Bearer ${key}` };
+  const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
+
+  return {
+    async fetch(request) {
+      const path =
+        request.field === 'ticket'
+          ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
+          : `v1/token/${segment(request)}`;
+      const body = await http.json({ method: 'GET', path, headers });
+      const value = body[request.field];
+      const expiresAt = body.expires_at;
+      if (typeof value !== 'string' || !/^[\x21-\x7e]{1,2048}$/.test(value) || typeof expiresAt !== 'number') {
+        throw new BadResponseError(`The token service answered ${path} without a usable ${request.field}`, { path });
+      }
+      const expiresIn = Math.floor(expiresAt - Date.now() / 1000);
+      if (expiresIn <= 0) throw new BadResponseError(`The token service answered ${path} with an expired ${request.field}`, { path });
+      return { value, expiresIn };
+    },
+    async invalidate(request, value) {
+      await http.json({ method: 'POST', path: `v1/token/${segment(request)}/invalidate`, json: { token: value }, headers });
+    },
+    close: () => http.close(),
+  };
+}

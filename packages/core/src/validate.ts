@@ -1,0 +1,62 @@
+import { ConfigError } from './errors.js';
+
+/** `string`, `number`, `null`, `array`… as shown in option errors. Never the value itself: it may be a secret. */
+export function typeName(value: unknown): string {
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return 'array';
+  if (typeof value === 'string' && value.length === 0) return 'empty string';
+  if (typeof value === 'number' && !Number.isFinite(value)) return String(value);
+  return typeof value;
+}
+
+/** `<Owner> options.<name> must be <rule> (got <type>)`: the one shape every option error takes. */
+export function invalidOption(owner: string, name: string, rule: string, value: unknown): ConfigError {
+  return new ConfigError(`${owner} options.${name} must be ${rule} (got ${typeName(value)})`, name);
+}
+
+export function assertOptionsObject(owner: string, options: unknown): asserts options is Record<string, unknown> {
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError(`${owner} options must be an object (got ${typeName(options)})`, 'options');
+  }
+}
+
+export function optionalNumber(
+  owner: string,
+  options: Record<string, unknown>,
+  name: string,
+  fallback: number,
+  { min = 0, integer = false }: { min?: number; integer?: boolean } = {},
+): number {
+  const value = options[name];
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || (integer && !Number.isInteger(value))) {
+    throw invalidOption(owner, name, `${integer ? 'an integer' : 'a number'} >= ${min}`, value);
+  }
+  return value;
+}
+
+export function optionalFunction<T>(owner: string, options: Record<string, unknown>, name: string): T | undefined {
+  const value = options[name];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'function') throw invalidOption(owner, name, 'a function', value);
+  return value as T;
+}
+
+export function requiredString(owner: string, options: Record<string, unknown>, name: string): string {
+  const value = options[name];
+  if (typeof value !== 'string' || value.trim().length === 0) throw invalidOption(owner, name, 'a non-empty string', value);
+  return value;
+}
+
+/** Rejects a message without the fields WeChat requires, before any request. */
+export function requireFields(what: string, input: unknown, fields: string[]): void {
+  if (input === null || typeof input !== 'object') {
+    throw new ConfigError(`${what} must be an object (got ${typeName(input)})`, 'input');
+  }
+  for (const field of fields) {
+    const value = (input as Record<string, unknown>)[field];
+    if (typeof value !== 'string' || value.length === 0) {
+      throw new ConfigError(`${what}.${field} must be a non-empty string (got ${typeName(value)})`, field);
+    }
+  }
+}

@@ -1,0 +1,96 @@
+import type { RequestOptions } from './api-client.js';
+import { WeChatClient } from './base-client.js';
+import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from './client-base.js';
+import { validateFetched } from './fetchers.js';
+import { WorkJssdk } from './jssdk.js';
+import type { KeySubject } from './schema.js';
+import { invalidOption, requireFields } from './validate.js';
+
+/** Options of {@link Work}. */
+export interface WorkOptions extends ClientOptions {
+  /** The corp id (`ww…`). */
+  corpId: string;
+  /** The agent (app) id. One token per agent secret: two agents of one corp never share an entry. */
+  agentId: string | number;
+  /** The agent's secret. Not needed with `tokenSource` or `refresh: 'never'`. */
+  secret?: string;
+}
+
+/** A WeCom message (`cgi-bin/message/send`), as WeChat spells it; `agentid` is filled in. */
+export interface WorkMessageInput {
+  touser?: string;
+  toparty?: string;
+  totag?: string;
+  msgtype: string;
+  agentid?: number;
+  [field: string]: unknown;
+}
+
+/** WeCom's answer to a message send. */
+export interface WorkMessageResult {
+  errcode: 0;
+  errmsg: string;
+  invaliduser?: string;
+  invalidparty?: string;
+  invalidtag?: string;
+  msgid?: string;
+}
+
+const OWN_OPTIONS = ['corpId', 'agentId', 'secret'] as const;
+
+/** WeCom's API host; `baseUrl` overrides it (a mock, a proxy). */
+export const WORK_BASE_URL = 'https://qyapi.weixin.qq.com';
+
+/**
+ * A WeCom (企业微信) app client. Its token comes from `cgi-bin/gettoken` and is shared under
+ * `wechat:work:access_token:{corpid}:{agentid}`, with the same protocol as the other clients.
+ *
+ * @example
+ * ```ts
+ * const work = new Work({ corpId: 'ww0123456789abcdef', agentId: 1000002, secret: process.env.WECOM_SECRET! });
+ * await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'Deploy finished' } });
+ * ```
+ */
+export class Work extends WeChatClient {
+  readonly corpId: string;
+  readonly agentId: string;
+  readonly message: {
+    /** Sends an app message; `agentid` defaults to this client's agent. */
+    send(message: WorkMessageInput, options?: RequestOptions): Promise<WorkMessageResult>;
+  };
+  readonly jssdk: WorkJssdk;
+
+  constructor(options: WorkOptions) {
+    const owner = 'Work';
+    assertOptionsObject(owner, options);
+    const raw = options as unknown as Record<string, unknown>;
+    const corpId = requireId(owner, raw, 'corpId');
+    const agentId = String(raw.agentId);
+    if (!/^\d{1,12}$/.test(agentId)) throw invalidOption(owner, 'agentId', 'the agent id, a number such as 1000002', raw.agentId);
+    const secret = requireSecret(owner, raw, 'secret');
+    const core = new ClientCore(owner, corpId, raw, OWN_OPTIONS, WORK_BASE_URL);
+    const subject = { kind: 'work', corpId, agentId, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
+    const token = core.manager(
+      'access_token',
+      core.schema.accessTokenKey(subject),
+      { kind: 'work', id: `${corpId}:${agentId}`, field: 'access_token' },
+      async () => {
+        // gettoken hands back the current token while it is valid, like the stable endpoint.
+        const path = 'cgi-bin/gettoken';
+        const query = { corpid: corpId, corpsecret: core.requireSecret(secret, 'fetching an access token') };
+        return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+      },
+    );
+    super(core, token);
+    this.corpId = corpId;
+    this.agentId = agentId;
+    const client = this.client;
+    this.message = {
+      async send(message, requestOptions = {}) {
+        requireFields('message.send() message', message, ['msgtype']);
+        return client.postJson('cgi-bin/message/send', { agentid: Number(agentId), ...message }, requestOptions);
+      },
+    };
+    this.jssdk = new WorkJssdk(core, this.client, subject);
+  }
+}

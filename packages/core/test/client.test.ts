@@ -1,0 +1,91 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { VERSION } from '../src/index.js';
+import { parseJson } from '../src/http.js';
+import { newApp, rejection } from './helpers.js';
+import pkg from '../package.json' with { type: 'json' };
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+describe('client and templateMessage', () => {
+  it('templateMessage.send() returns WeChat’s answer, with the 64-bit msgid digit for digit', async () => {
+    const { app, appId } = newApp(mock);
+    const first = await app.templateMessage.send({
+      touser: 'oUser1',
+      template_id: 'TPL1',
+      url: 'https://shop.example/order/1',
+      miniprogram: { appid: 'wxmini', pagepath: 'pages/index' },
+      data: { first: { value: 'Paid', color: '#173177' } },
+    });
+    expect(first.errcode).toBe(0);
+    expect(first.errmsg).toBe('ok');
+    expect(typeof first.msgid).toBe('string');
+    expect(BigInt(first.msgid)).toBeGreaterThan(BigInt(Number.MAX_SAFE_INTEGER));
+    const second = await app.templateMessage.send({ touser: 'oUser1', template_id: 'TPL1', data: {} });
+    expect(BigInt(second.msgid) - BigInt(first.msgid)).toBe(1n);
+    expect(mock.counters(appId).templateSends).toBe(2);
+  });
+
+  it('WeChat’s errors come back as WeChatApiError with errcode and path', async () => {
+    const { app } = newApp(mock);
+    const error = await rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: 'x' as never }));
+    expect(error.code).toBe('ERR_WXKIT_INVALID_OPTION');
+    const api = await rejection(app.client.postJson('cgi-bin/message/template/send', { touser: '', template_id: 'T', data: {} }));
+    expect(api).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40003, path: 'cgi-bin/message/template/send' });
+  });
+
+  it('client.get() and client.postJson() reach any API with the token injected', async () => {
+    const { app, appId } = newApp(mock);
+    const ips = await app.client.get<{ ip_list: string[] }>('/cgi-bin/get_api_domain_ip');
+    expect(ips.ip_list.length).toBeGreaterThan(0);
+    const sent = await app.client.postJson<{ errcode: number }>('cgi-bin/message/template/send', {
+      touser: 'o1',
+      template_id: 'T',
+      data: {},
+    });
+    expect(sent.errcode).toBe(0);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
+  it('an unknown path is an HttpError with its status', async () => {
+    const { app } = newApp(mock);
+    const error = await rejection(app.client.get('cgi-bin/no/such/api'));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 404, path: 'cgi-bin/no/such/api' });
+  });
+
+  it('a baseUrl with a path prefix keeps it', async () => {
+    const { app } = newApp(mock, { baseUrl: `${mock.url}/prefix` });
+    const error = await rejection(app.accessToken.getToken());
+    expect(error).toMatchObject({ status: 404, path: 'cgi-bin/stable_token' });
+  });
+});
+
+describe('parseJson', () => {
+  it('keeps integers beyond 2^53 exact as strings and leaves everything else alone', () => {
+    expect(parseJson('{"msgid":2000000000000000001,"n":12,"f":1.5e300,"s":"12345678901234567890","neg":-9007199254740993}')).toEqual({
+      msgid: '2000000000000000001',
+      n: 12,
+      f: 1.5e300,
+      s: '12345678901234567890',
+      neg: '-9007199254740993',
+    });
+    expect(parseJson('{"safe":9007199254740991,"frac":0.12345678901234567890}')).toEqual({
+      safe: 9007199254740991,
+      frac: 0.12345678901234568,
+    });
+    expect(parseJson('{"esc":"a\\"1234567890123456789","x":[1234567890123456789]}')).toEqual({
+      esc: 'a"1234567890123456789',
+      x: ['1234567890123456789'],
+    });
+  });
+});
+
+it('VERSION matches package.json', () => {
+  expect(VERSION).toBe(pkg.version);
+});

@@ -1,0 +1,38 @@
+import { createRequire } from 'node:module';
+import { describe, expect, it } from 'vitest';
+import * as esm from '../src/index.js';
+
+describe('errors', () => {
+  it('each class has its code and its name', () => {
+    const api = new esm.WeChatApiError({ errcode: 40125, errmsg: 'invalid appsecret rid: 6929a1b2-2c3d4e5f-0a1b2c3d' }, 'cgi-bin/token');
+    expect(api).toMatchObject({
+      name: 'WeChatApiError',
+      code: 'ERR_WXKIT_WECHAT_API',
+      errcode: 40125,
+      rid: '6929a1b2-2c3d4e5f-0a1b2c3d',
+      path: 'cgi-bin/token',
+    });
+    expect(api.message).toBe('WeChat rejected cgi-bin/token: errcode 40125 (invalid appsecret)');
+    expect(new esm.CacheError('x')).toMatchObject({ name: 'CacheError', code: 'ERR_WXKIT_CACHE' });
+    expect(new esm.BadResponseError('x', { path: 'p' })).toMatchObject({ name: 'BadResponseError', code: 'ERR_WXKIT_BAD_RESPONSE' });
+    expect(new esm.HttpError('ERR_WXKIT_TIMEOUT', 'x', { path: 'p' })).toMatchObject({ name: 'HttpError', code: 'ERR_WXKIT_TIMEOUT' });
+    expect(new esm.ConfigError('x', 'appId')).toMatchObject({ name: 'ConfigError', code: 'ERR_WXKIT_INVALID_OPTION', option: 'appId' });
+  });
+
+  it('instanceof holds across the ESM and the CJS copy of the package', () => {
+    const cjs = createRequire(import.meta.url)('../dist/index.cjs') as typeof esm;
+    expect(cjs.CacheError).not.toBe(esm.CacheError);
+    const fromCjs = new cjs.CacheError('down');
+    expect(fromCjs).toBeInstanceOf(esm.CacheError);
+    expect(fromCjs).toBeInstanceOf(esm.WxkitError);
+    expect(new esm.WeChatApiError({ errcode: 1 }, 'p')).toBeInstanceOf(cjs.WeChatApiError);
+    // …and the brand does not make one class pass for another.
+    expect(fromCjs).not.toBeInstanceOf(esm.WeChatApiError);
+    expect(new Error('plain')).not.toBeInstanceOf(esm.WxkitError);
+  });
+
+  it('keeps the cause', () => {
+    const cause = new Error('ECONNREFUSED');
+    expect(new esm.CacheError('down', { cause }).cause).toBe(cause);
+  });
+});

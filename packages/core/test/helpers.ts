@@ -1,0 +1,49 @@
+import type { MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
+
+/** A logger that keeps every line, to assert on what was (and was not) logged. */
+export function recordingLogger(): Logger & { lines: { level: string; fields: unknown; message: string }[] } {
+  const lines: { level: string; fields: unknown; message: string }[] = [];
+  const record = (level: string) => (fields: unknown, message: string) => {
+    lines.push({ level, fields, message });
+  };
+  return { lines, debug: record('debug'), info: record('info'), warn: record('warn'), error: record('error') };
+}
+
+/** An OfficialAccount on a fresh mock app with its own MemoryCache unless one is given. */
+export function newApp(
+  mock: MockWeChat,
+  options: Partial<OfficialAccountOptions> = {},
+): { app: OfficialAccount; appId: string; secret: string; cache: TokenCache } {
+  const { appId, secret } = mock.createApp();
+  const cache = options.cache ?? new MemoryCache();
+  const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, ...options, cache });
+  return { app, appId, secret, cache };
+}
+
+/** Everything an error exposes as text: message, stack, cause chain, and its JSON form. */
+export function errorText(error: unknown): string {
+  const parts: string[] = [];
+  let current: unknown = error;
+  for (let depth = 0; current && depth < 5; depth += 1) {
+    const e = current as { message?: unknown; stack?: unknown; cause?: unknown };
+    parts.push(String(e.message), String(e.stack));
+    try {
+      parts.push(JSON.stringify(current));
+    } catch {
+      // circular: the other parts are enough
+    }
+    current = e.cause;
+  }
+  return parts.join('\n');
+}
+
+/** Captures the rejection of a promise that must reject. */
+export async function rejection(promise: Promise<unknown>): Promise<Error & Record<string, unknown>> {
+  try {
+    await promise;
+  } catch (error) {
+    return error as Error & Record<string, unknown>;
+  }
+  throw new Error('expected the promise to reject');
+}

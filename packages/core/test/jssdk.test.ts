@@ -1,0 +1,80 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, nativeSchema, signJsapi } from '../src/index.js';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+// WeChat's published example (JS-SDK documentation, appendix 1).
+const VECTOR = {
+  ticket: 'sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg',
+  nonceStr: 'Wm3WZYTPz0wzccnW',
+  timestamp: 1414587457,
+  url: 'http://mp.weixin.qq.com',
+  signature: 'f4d90daf4b3bca3078ab155816175ba34c443a7b',
+};
+
+describe('jssdk', () => {
+  it("matches WeChat's published signature example", () => {
+    expect(signJsapi(VECTOR.ticket, VECTOR.nonceStr, VECTOR.timestamp, VECTOR.url)).toBe(VECTOR.signature);
+    expect(signJsapi(VECTOR.ticket, VECTOR.nonceStr, VECTOR.timestamp, `${VECTOR.url}#wechat_redirect`)).toBe(VECTOR.signature);
+  });
+
+  it('buildConfig() signs with the ticket WeChat issued, fetched once and cached like the token', async () => {
+    const { appId, secret } = mock.createApp({ jsapiTicket: VECTOR.ticket });
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const config = await app.jssdk.buildConfig({
+      url: `${VECTOR.url}#section`,
+      jsApiList: ['chooseImage'],
+      nonceStr: VECTOR.nonceStr,
+      timestamp: VECTOR.timestamp,
+    });
+    expect(config).toEqual({
+      debug: false,
+      appId,
+      timestamp: VECTOR.timestamp,
+      nonceStr: VECTOR.nonceStr,
+      signature: VECTOR.signature,
+      jsApiList: ['chooseImage'],
+    });
+    const second = await app.jssdk.buildConfig({ url: 'https://shop.example/a', jsApiList: [], debug: true, openTagList: ['wx-open-launch-weapp'] });
+    expect(second.nonceStr).toMatch(/^[A-Za-z0-9]{16}$/);
+    expect(second.openTagList).toEqual(['wx-open-launch-weapp']);
+    expect(second.signature).toBe(signJsapi(VECTOR.ticket, second.nonceStr, second.timestamp, 'https://shop.example/a'));
+    expect(mock.counters(appId).ticketRequests).toBe(1);
+
+    const key = nativeSchema().ticketKey({ kind: 'official_account', appId, endpoint: 'stable' }, 'jsapi');
+    expect(key).toBe(`wechat:jsapi_ticket:${appId}`);
+    const stored = JSON.parse((await cache.get(key)) ?? 'null') as Record<string, unknown>;
+    expect(Object.keys(stored)).toEqual(['ticket', 'expires_at', 'fetched_at']);
+    expect(stored.ticket).toBe(VECTOR.ticket);
+  });
+
+  it('a ticket fetch on a dead token recovers the token once', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    await app.accessToken.getToken();
+    mock.invalidateTokens(appId);
+    expect(await app.jssdk.getTicket()).toMatch(/\S+/);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+  });
+
+  it('rejects bad input with a ConfigError naming the field', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false });
+    await expect(app.jssdk.buildConfig({ url: 'mp.weixin.qq.com', jsApiList: [] })).rejects.toMatchObject({
+      code: 'ERR_WXKIT_INVALID_OPTION',
+      option: 'url',
+    });
+    await expect(app.jssdk.buildConfig({ url: 'https://a.example', jsApiList: 'chooseImage' as never })).rejects.toMatchObject({
+      option: 'jsApiList',
+    });
+    expect(mock.counters(appId).requests).toBe(0);
+  });
+});

@@ -1,0 +1,84 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { nativeSchema, type EntryField, type KeySubject } from '../src/index.js';
+
+// docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
+const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
+
+/** The rows of the first table after `### <heading>`, as objects keyed by column name, backticks removed. */
+function table(heading: string): Record<string, string>[] {
+  const start = doc.indexOf(`### ${heading}\n`);
+  if (start < 0) throw new Error(`docs/key-schema.md has no "### ${heading}" section`);
+  const lines = doc.slice(start).split('\n');
+  const first = lines.findIndex((line) => line.startsWith('|'));
+  const rows: string[][] = [];
+  for (const line of lines.slice(first)) {
+    if (!line.startsWith('|')) break;
+    rows.push(line.slice(1, -1).split('|').map((cell) => cell.trim().replace(/^`(.*)`$/, '$1')));
+  }
+  const [header, , ...body] = rows;
+  return body.map((cells) => Object.fromEntries(header!.map((name, i) => [name, cells[i] ?? ''])));
+}
+
+describe('docs/key-schema.md test vectors', () => {
+  it('keys', () => {
+    const rows = table('Keys');
+    expect(rows.length).toBeGreaterThanOrEqual(7);
+    for (const row of rows) {
+      const schema = nativeSchema({ prefix: row.prefix! });
+      const subject = (endpoint: 'stable' | 'classic'): KeySubject => ({ kind: 'official_account', appId: row.appid!, endpoint });
+      const entry = row.entry!;
+      const key =
+        entry === 'access_token, stable'
+          ? schema.accessTokenKey(subject('stable'))
+          : entry === 'access_token, classic'
+            ? schema.accessTokenKey(subject('classic'))
+            : entry === 'jsapi ticket'
+              ? schema.ticketKey(subject('stable'), 'jsapi')
+              : entry === 'wx_card ticket'
+                ? schema.ticketKey(subject('stable'), 'wx_card')
+                : entry === 'lock, stable'
+                  ? schema.lockKey(schema.accessTokenKey(subject('stable')))
+                  : entry === 'lock, classic'
+                    ? schema.lockKey(schema.accessTokenKey(subject('classic')))
+                    : `unknown entry ${entry}`;
+      expect(key, entry).toBe(row.key);
+    }
+  });
+
+  it('values, byte for byte', () => {
+    const rows = table('Values');
+    expect(rows.length).toBeGreaterThanOrEqual(3);
+    for (const row of rows) {
+      const value = nativeSchema().encode(row.field as EntryField, row.value!, Number(row.expires_in), Number(row.fetched_at));
+      expect(value).toBe(row['stored value']);
+      expect(Buffer.byteLength(value, 'utf8')).toBe(Number(row.bytes));
+    }
+  });
+
+  it('TTL rule', () => {
+    const rows = table('TTL');
+    expect(rows.length).toBeGreaterThanOrEqual(8);
+    for (const row of rows) {
+      const ttl = nativeSchema({ marginSeconds: Number(row.margin) }).ttlSeconds(Number(row.expires_in));
+      expect(ttl, `expires_in ${row.expires_in}, margin ${row.margin}`).toBe(Number(row.ttl));
+    }
+  });
+
+  it('reading', () => {
+    const rows = table('Reading');
+    expect(rows.length).toBeGreaterThanOrEqual(12);
+    for (const row of rows) {
+      const entry = nativeSchema().decode(row.field as EntryField, row['stored value']!);
+      if (row['well-formed'] === 'yes') expect(entry?.value, row['stored value']).toBe(row.token);
+      else expect(entry, row['stored value']).toBeUndefined();
+    }
+  });
+
+  it('the key table names the keys the implementation builds', () => {
+    // The prose table uses placeholders; check that each native key shape appears in it.
+    for (const shape of ['{prefix}access_token:{appid}', '{prefix}stable_access_token:{appid}', '{prefix}jsapi_ticket:{appid}', '{entry key}:lock']) {
+      expect(doc).toContain(`\`${shape}\``);
+    }
+  });
+});

@@ -1,0 +1,53 @@
+import { describe, expect, it } from 'vitest';
+import { describeTokenCache } from '@wxkit/testing/suite';
+import { CacheError, MemoryCache, type TokenCache } from '../src/index.js';
+
+// The suite wants several clients of one store, each closed on its own. A MemoryCache *is* its store,
+// so each client here is a thin handle on one shared instance; MemoryCache's own close() is tested below.
+const store = new MemoryCache();
+class Handle implements TokenCache {
+  #closed = false;
+  #use(): MemoryCache {
+    if (this.#closed) throw new CacheError('handle closed');
+    return store;
+  }
+  get = async (key: string) => this.#use().get(key);
+  set = async (key: string, value: string, ttl: number) => this.#use().set(key, value, ttl);
+  delete = async (key: string) => this.#use().delete(key);
+  add = async (key: string, value: string, ttl: number) => this.#use().add(key, value, ttl);
+  deleteIfEquals = async (key: string, expected: string) => this.#use().deleteIfEquals(key, expected);
+  close = async () => {
+    this.#closed = true;
+  };
+}
+
+describeTokenCache('MemoryCache', { create: () => new Handle() });
+
+describe('MemoryCache', () => {
+  it('expires entries by its clock', async () => {
+    let now = 1_000_000;
+    const cache = new MemoryCache({ now: () => now });
+    await cache.set('k', 'v', 10);
+    now += 9_999;
+    expect(await cache.get('k')).toBe('v');
+    now += 1;
+    expect(await cache.get('k')).toBeUndefined();
+    expect(await cache.add('k', 'again', 10)).toBe(true);
+  });
+
+  it('rejects a TTL no store can honour', async () => {
+    const cache = new MemoryCache();
+    await expect(cache.set('k', 'v', 0)).rejects.toThrow(RangeError);
+    await expect(cache.add('k', 'v', Number.NaN)).rejects.toThrow(/ttlSeconds/);
+  });
+
+  it('after close(), every method rejects with ERR_WXKIT_CACHE', async () => {
+    const cache = new MemoryCache();
+    await cache.set('k', 'v', 60);
+    await cache.close();
+    for (const call of [cache.get('k'), cache.set('k', 'v', 1), cache.delete('k'), cache.add('k', 'v', 1), cache.deleteIfEquals('k', 'v')]) {
+      await expect(call).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    }
+    await expect(cache.close()).resolves.toBeUndefined();
+  });
+});

@@ -1,0 +1,112 @@
+import { describe, expect, it } from 'vitest';
+import { ConfigError, MemoryCache, OfficialAccount, nativeSchema } from '../src/index.js';
+
+const base = { appId: 'wx4202f388888ab123', secret: 'a-very-secret-secret', logger: false as const };
+
+/** Builds a client with `options` and returns the ConfigError it throws. */
+function configError(options: unknown): ConfigError {
+  try {
+    new OfficialAccount(options as never);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).code).toBe('ERR_WXKIT_INVALID_OPTION');
+    return error as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('OfficialAccount options are checked at construction, before any I/O', () => {
+  it.each([
+    ['appId', { ...base, appId: undefined }],
+    ['appId', { ...base, appId: 'wx 123' }],
+    ['appId', { ...base, appId: 'wx:123' }],
+    ['secret', { ...base, secret: undefined }],
+    ['secret', { ...base, secret: '   ' }],
+    ['tokenEndpoint', { ...base, tokenEndpoint: 'fast' }],
+    ['baseUrl', { ...base, baseUrl: 'ftp://example.com' }],
+    ['baseUrl', { ...base, baseUrl: 'https://api.example.com/?debug=1' }],
+    ['timeoutMs', { ...base, timeoutMs: -1 }],
+    ['timeoutMs', { ...base, timeoutMs: '10s' }],
+    ['memoMs', { ...base, memoMs: Number.NaN }],
+    ['lockLeaseMs', { ...base, timeoutMs: 20_000, lockLeaseMs: 15_000 }],
+    ['cache', { ...base, cache: {} }],
+    ['cache', { ...base, cache: 'redis://127.0.0.1:6379' }],
+    ['logger', { ...base, logger: 'console' }],
+    ['dispatcher', { ...base, dispatcher: {} }],
+    ['schema', { ...base, schema: { name: 'x' } }],
+    ['now', { ...base, now: 5 }],
+  ])('names options.%s', (option, options) => {
+    const error = configError(options);
+    expect(error.option).toBe(option);
+    expect(error.message).toContain(`options.${option}`);
+  });
+
+  it('never echoes the secret', () => {
+    const error = configError({ ...base, tokenEndpoint: 'fast' });
+    expect(error.message).not.toContain(base.secret);
+    const numeric = configError({ ...base, secret: 12345678 });
+    expect(numeric.message).toContain('(got number)');
+    expect(numeric.message).not.toContain('12345678');
+  });
+
+  it('rejects an unknown option and suggests the right spelling', () => {
+    const error = configError({ ...base, tokenEndPoint: 'classic' });
+    expect(error.option).toBe('tokenEndPoint');
+    expect(error.message).toContain('did you mean tokenEndpoint?');
+    expect(configError({ ...base, app_id: 'x' }).message).toContain('did you mean appId?');
+  });
+
+  it('the options must be an object', () => {
+    expect(configError(undefined).message).toBe('OfficialAccount options must be an object (got undefined)');
+  });
+
+  it('a Keyv instance as cache gets an error that says how to wrap it', () => {
+    class Keyv {
+      opts = {};
+      iterator = undefined;
+      get() {}
+      set() {}
+      delete() {}
+    }
+    const error = configError({ ...base, cache: new Keyv() });
+    expect(error.message).toContain('KeyvCache');
+    expect(error.message).toContain('@wxkit/keyv');
+  });
+
+  it('setCache() checks its argument the same way', () => {
+    const app = new OfficialAccount(base);
+    expect(() => app.setCache({} as never)).toThrow(ConfigError);
+    expect(() => app.accessToken.setCache(null as never)).toThrow(/cache must be a TokenCache/);
+    const cache = new MemoryCache();
+    expect(app.setCache(cache)).toBe(app);
+    expect(app.cache).toBe(cache);
+  });
+
+  it('accepts every documented option', () => {
+    const app = new OfficialAccount({
+      ...base,
+      baseUrl: 'https://proxy.internal/wechat',
+      tokenEndpoint: 'classic',
+      cache: new MemoryCache(),
+      schema: nativeSchema({ prefix: 'shop:', marginSeconds: 600 }),
+      timeoutMs: 5000,
+      maxResponseBytes: 65536,
+      memoMs: 0,
+      lockLeaseMs: 8000,
+      lockWaitMs: 9000,
+      cacheTimeoutMs: 500,
+      logger: console,
+      now: Date.now,
+    });
+    expect(app.accessToken.cacheKey).toBe('shop:access_token:wx4202f388888ab123');
+  });
+
+  it('nativeSchema() checks its own options', () => {
+    expect(() => nativeSchema({ prefix: 'a b:' })).toThrow(/nativeSchema options.prefix/);
+    expect(() => nativeSchema({ marginSeconds: 1.5 })).toThrow(/nativeSchema options.marginSeconds must be an integer/);
+  });
+
+  it('MemoryCache checks its options', () => {
+    expect(() => new MemoryCache({ now: 1 as never })).toThrow(/MemoryCache options.now must be a function/);
+  });
+});

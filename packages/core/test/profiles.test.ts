@@ -1,0 +1,188 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import {
+  MemoryCache,
+  OfficialAccount,
+  easyWeChat4,
+  easyWeChat6,
+  nodeEasyWeChat,
+  silenceper,
+  wechatpy,
+  wxJava,
+  type EntryField,
+  type KeySchema,
+  type KeySubject,
+} from '../src/index.js';
+import { phpArray, phpSerialize, phpUnserialize } from '../src/php-serialize.js';
+import { phpJsonEncode } from '../src/profiles.js';
+import { recordingLogger, rejection } from './helpers.js';
+
+const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
+
+/** Every table under `### <heading>`, up to the next heading, as rows keyed by column name. */
+function tables(heading: string): Record<string, string>[][] {
+  const start = doc.indexOf(`### ${heading}\n`);
+  if (start < 0) throw new Error(`docs/key-schema.md has no "### ${heading}" section`);
+  const rest = doc.slice(start + heading.length + 5);
+  const section = rest.slice(0, rest.search(/\n#{2,3} /) >>> 0);
+  const result: Record<string, string>[][] = [];
+  let current: string[][] = [];
+  for (const line of [...section.split('\n'), '']) {
+    if (line.startsWith('|')) current.push(line.slice(1, -1).split(/(?<!\\)\|/).map((cell) => cell.trim().replace(/^`(.*)`$/, '$1')));
+    else if (current.length) {
+      const [header, , ...body] = current;
+      result.push(body.map((cells) => Object.fromEntries(header!.map((name, i) => [name, cells[i] ?? '']))));
+      current = [];
+    }
+  }
+  return result;
+}
+
+const PROFILES: Record<string, (options: never) => KeySchema> = { easyWeChat4, easyWeChat6, nodeEasyWeChat, wechatpy, silenceper, wxJava };
+const SECRET = '0123456789abcdef0123456789abcdef';
+function subject(description: string): KeySubject {
+  if (description.includes('work')) return { kind: 'work', corpId: 'ww4202f388888ab123', agentId: '1000002', secret: 's3cr3t/with-slash_and-ü' };
+  const kind = description.startsWith('mini_program') ? 'mini_program' : 'official_account';
+  return { kind, appId: 'wx4202f388888ab123', endpoint: description.includes('stable') ? 'stable' : 'classic', secret: SECRET };
+}
+
+describe('profile vectors in docs/key-schema.md', () => {
+  const [keys, values] = tables('Profile vectors');
+
+  it('keys and locks, byte for byte (the md5 keys as PHP 8.2 computed them)', () => {
+    expect(keys!.length).toBeGreaterThanOrEqual(11);
+    for (const row of keys!) {
+      const schema = PROFILES[row.profile!]!(JSON.parse(row.options!) as never);
+      const isLock = row.subject!.startsWith('lock of ');
+      const key = schema.accessTokenKey(subject(row.subject!.replace('lock of ', '')));
+      expect(isLock ? schema.lockKey(key) : key, `${row.profile} ${row.subject}`).toBe(row.key);
+    }
+  });
+
+  it('values and TTLs, byte for byte, and each value reads back', () => {
+    expect(values!.length).toBeGreaterThanOrEqual(10);
+    for (const row of values!) {
+      const schema = PROFILES[row.profile!]!(JSON.parse(row.options!) as never);
+      const field = row.field as EntryField;
+      const expiresIn = Number(row.expires_in);
+      const response = field === 'ticket' ? { errcode: 0, errmsg: 'ok', ticket: row.value, expires_in: expiresIn } : undefined;
+      const stored = schema.encode(field, row.value!, expiresIn, 1763996400, response);
+      expect(stored, `${row.profile} ${row.field}`).toBe(row['stored value']);
+      expect(schema.ttlSeconds(expiresIn, field), `${row.profile} ${row.field} ttl`).toBe(Number(row.ttl));
+      expect(schema.decode(field, stored)?.value).toBe(row.value);
+    }
+  });
+});
+
+describe('PHP formats', () => {
+  it('serialize and unserialize as PHP does, counting UTF-8 bytes', () => {
+    const value = phpArray({ access_token: '令牌🚀', expires_in: 7200, ok: true, none: null, ratio: 0.5 });
+    const text = phpSerialize(value);
+    expect(text).toBe('a:5:{s:12:"access_token";s:10:"令牌🚀";s:10:"expires_in";i:7200;s:2:"ok";b:1;s:4:"none";N;s:5:"ratio";d:0.5;}');
+    expect(phpUnserialize(text)).toEqual(value);
+    expect(phpUnserialize('a:1:{i:0;s:1:"x";}')).toEqual({ __php: 'array', entries: [[0, 'x']] });
+  });
+
+  it('refuses objects, references, wrong lengths and trailing bytes', () => {
+    for (const bad of ['O:8:"stdClass":0:{}', 'a:1:{i:0;r:1;}', 's:9:"TOKEN123";', 's:8:"TOKEN123";x', 'a:2:{s:1:"a";i:1;}', 'i:99999999999999999999;']) {
+      expect(() => phpUnserialize(bad), bad).toThrow();
+    }
+  });
+
+  it("json_encode's default flags for the key: / as \\/, non-ASCII as lowercase \\uXXXX", () => {
+    expect(phpJsonEncode({ s: '中文🚀/x' })).toBe('{"s":"\\u4e2d\\u6587\\ud83d\\ude80\\/x"}');
+  });
+
+  it('a value written with igbinary or as a PHP object is a CacheError naming the profile; garbage is a miss', () => {
+    const profile = easyWeChat4();
+    expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\)/);
+    expect(() => profile.decode('access_token', 'O:8:"stdClass":1:{s:12:"access_token";s:1:"x";}')).toThrow(/found a PHP object/);
+    expect(profile.decode('access_token', 'not php at all')).toBeUndefined();
+    expect(profile.decode('access_token', 'a:1:{s:10:"expires_in";i:7200;}')).toBeUndefined();
+  });
+});
+
+describe('profiles in the token protocol', () => {
+  let mock: MockWeChat;
+  beforeAll(async () => {
+    mock = await startMockWeChat();
+  });
+  afterAll(async () => {
+    await mock.close();
+  });
+
+  it('easyWeChat4 fetches on the classic endpoint, stores the PHP array, and reads one PHP wrote', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const schema = easyWeChat4({ prefix: 'think:' });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema, logger: false });
+    const key = app.accessToken.cacheKey;
+    expect(key).toMatch(/^think:easywechat\.kernel\.access_token\.[0-9a-f]{32}$/);
+    const token = await app.accessToken.getToken();
+    expect(mock.counters(appId)).toMatchObject({ classicTokenRequests: 1, stableTokenRequests: 0 });
+    expect(await cache.get(key)).toBe(`a:2:{s:12:"access_token";s:${token.length}:"${token}";s:10:"expires_in";i:7200;}`);
+    expect(await cache.ttlMs(key)).toBeGreaterThan(7_190_000);
+
+    const other = mock.createApp();
+    const php = new MemoryCache();
+    const phpKey = schema.accessTokenKey({ kind: 'official_account', appId: other.appId, endpoint: 'classic', secret: other.secret });
+    await php.set(phpKey, 'a:2:{s:12:"access_token";s:11:"FROM_PHP_01";s:10:"expires_in";i:7200;}', 7100);
+    const reader = new OfficialAccount({ ...other, baseUrl: mock.url, cache: php, schema, logger: false });
+    expect(await reader.accessToken.getToken()).toBe('FROM_PHP_01');
+    expect(mock.counters(other.appId).tokenRequests).toBe(0);
+  });
+
+  it('a PHP value in a foreign serializer is a CacheError, and it is left untouched', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), logger: false });
+    const foreign = '\u0000\u0000\u0000\u0002\u0014\u0002';
+    await cache.set(app.accessToken.cacheKey, foreign, 600);
+    const error = await rejection(app.accessToken.getToken());
+    expect(error.code).toBe('ERR_WXKIT_CACHE');
+    expect(String(error.message)).toContain('easyWeChat4');
+    expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+  });
+
+  it('wechatpy writes the token as a JSON string and its expires_at companion', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: wechatpy(), logger: false });
+    const token = await app.accessToken.getToken();
+    expect(await cache.get(`wechatpy:${appId}_access_token`)).toBe(JSON.stringify(token));
+    const expiresAt = Number(await cache.get(`wechatpy:${appId}_access_token_expires_at`));
+    expect(expiresAt - Math.floor(Date.now() / 1000)).toBeGreaterThan(7190);
+  });
+
+  it('easyWeChat6 keeps the secret out of logs, events and errors', async () => {
+    const { appId, secret } = mock.createApp();
+    const logger = recordingLogger();
+    const refuse = async () => {
+      throw new Error('ECONNREFUSED');
+    };
+    const app = new OfficialAccount({
+      appId,
+      secret,
+      baseUrl: mock.url,
+      logger,
+      schema: easyWeChat6(),
+      refresh: 'auto',
+      cache: { get: refuse, set: refuse, delete: refuse, add: refuse, deleteIfEquals: refuse },
+    });
+    expect(app.accessToken.cacheKey).toContain(secret);
+    const events: unknown[] = [];
+    app.on('access_token.fetched', (event) => events.push(event));
+    await app.accessToken.getToken();
+    const text = JSON.stringify([logger.lines, events]);
+    expect(text).toContain('official_account.access_token.');
+    expect(text).toContain('***');
+    expect(text).not.toContain(secret);
+  });
+
+  it('a profile that keys on the secret needs it even in follower mode', () => {
+    expect(() => new OfficialAccount({ appId: 'wx1', refresh: 'never', schema: easyWeChat4() })).toThrow(/builds its keys from the secret/);
+    expect(() => new OfficialAccount({ appId: 'wx1', refresh: 'never', schema: wxJava() })).not.toThrow();
+  });
+});

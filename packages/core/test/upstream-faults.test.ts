@@ -1,0 +1,110 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockFaultKind, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, nativeSchema } from '../src/index.js';
+import { newApp, rejection } from './helpers.js';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterEach(() => mock.clearFaults());
+afterAll(async () => {
+  await mock.close();
+});
+
+const key = (appId: string) => nativeSchema().accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' });
+
+// Every way the token endpoint can answer badly, and the typed error each must become. The client's
+// timeout is short so that "never answers" and "trickles forever" end quickly; the point is that they end.
+const cases: [MockFaultKind, string, number | undefined][] = [
+  ['html', 'ERR_WXKIT_BAD_RESPONSE', 200],
+  ['truncated-json', 'ERR_WXKIT_BAD_RESPONSE', 200],
+  ['wrong-types', 'ERR_WXKIT_BAD_RESPONSE', undefined],
+  ['empty-token', 'ERR_WXKIT_BAD_RESPONSE', undefined],
+  ['huge', 'ERR_WXKIT_BAD_RESPONSE', 200],
+  ['http-502', 'ERR_WXKIT_HTTP', 502],
+  ['http-500', 'ERR_WXKIT_HTTP', 500],
+  ['reset', 'ERR_WXKIT_HTTP', undefined],
+  ['hang', 'ERR_WXKIT_TIMEOUT', undefined],
+  ['slow-body', 'ERR_WXKIT_TIMEOUT', undefined],
+];
+
+describe('a bad answer from the token endpoint is a typed error, and nothing is cached', () => {
+  it.each(cases)('%s → %s', async (kind, code, status) => {
+    const { app, appId, cache } = newApp(mock, { timeoutMs: 400, lockLeaseMs: 1000 });
+    mock.injectFault({ kind, path: 'cgi-bin/stable_token', times: 1 });
+    const error = await rejection(app.accessToken.getToken());
+    expect(error.code).toBe(code);
+    expect(error.path).toBe('cgi-bin/stable_token');
+    if (status !== undefined) expect(error.status).toBe(status);
+    expect(await cache.get(key(appId))).toBeUndefined();
+    expect(await cache.get(`${key(appId)}:lock`)).toBeUndefined();
+    // The failure was not remembered: the next call fetches and succeeds.
+    const token = await app.accessToken.getToken();
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    await app.close();
+  });
+
+  it('a business API answering garbage is a typed error too, and the token stays cached', async () => {
+    const { app, appId, cache } = newApp(mock, { timeoutMs: 400 });
+    await app.accessToken.getToken();
+    mock.injectFault({ kind: 'html', path: 'cgi-bin/message/template/send', times: 1 });
+    const error = await rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
+    expect(error.code).toBe('ERR_WXKIT_BAD_RESPONSE');
+    expect(await cache.get(key(appId))).toBeDefined();
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
+  it('the server is gone: ERR_WXKIT_HTTP, not a crash', async () => {
+    const gone = await startMockWeChat();
+    const { app } = newApp(gone, { timeoutMs: 1000 });
+    await gone.close();
+    const error = await rejection(app.accessToken.getToken());
+    expect(error.code).toBe('ERR_WXKIT_HTTP');
+  });
+});
+
+describe('WeChat refuses the credentials or the quota', () => {
+  it('wrong secret (40125): WeChatApiError, one request per call, nothing cached', async () => {
+    const { appId } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret: 'not-the-secret', baseUrl: mock.url, cache, logger: false });
+    for (let attempt = 1; attempt <= 3; attempt += 1) {
+      const error = await rejection(app.accessToken.getToken());
+      expect(error.code).toBe('ERR_WXKIT_WECHAT_API');
+      expect(error.errcode).toBe(40125);
+      expect(error.rid).toMatch(/^[0-9a-f]+-[0-9a-f]+-[0-9a-f]+$/);
+      expect(mock.counters(appId).tokenRequests).toBe(attempt);
+    }
+    expect(await cache.get(key(appId))).toBeUndefined();
+    expect(await cache.get(`${key(appId)}:lock`)).toBeUndefined();
+  });
+
+  it('IP not whitelisted (40164) and unknown appid (40013) surface as they are', async () => {
+    const { app, appId } = newApp(mock);
+    mock.setIpAllowed(appId, false);
+    expect((await rejection(app.accessToken.getToken())).errcode).toBe(40164);
+    mock.setIpAllowed(appId, true);
+    const unknown = new OfficialAccount({ appId: 'wx0000000000000000', secret: 'x', baseUrl: mock.url, logger: false });
+    expect((await rejection(unknown.accessToken.getToken())).errcode).toBe(40013);
+  });
+
+  it('daily quota reached (45009): surfaced plainly, no retry storm', async () => {
+    const limited = await startMockWeChat({ quotas: { token: 1 } });
+    try {
+      const { app, appId } = newApp(limited, { tokenEndpoint: 'classic' });
+      await app.accessToken.getToken();
+      limited.invalidateTokens(appId);
+      const sends = Array.from({ length: 10 }, (_, i) =>
+        rejection(app.templateMessage.send({ touser: `o${i}`, template_id: 'T', data: {} })),
+      );
+      const errors = await Promise.all(sends);
+      expect(errors.every((error) => error.errcode === 45009)).toBe(true);
+      // One fetch that worked, then one refresh attempt shared by the ten callers.
+      expect(limited.counters(appId).classicTokenRequests).toBe(2);
+    } finally {
+      await limited.close();
+    }
+  });
+});

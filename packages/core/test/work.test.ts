@@ -1,0 +1,77 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, Work, nativeSchema, signJsapi } from '../src/index.js';
+import { rejection } from './helpers.js';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+describe('Work (WeCom)', () => {
+  it('one entry per agent: two agents of one corp never overwrite each other', async () => {
+    const first = mock.createWorkApp();
+    const second = mock.createWorkApp({ corpId: first.corpId });
+    const cache = new MemoryCache();
+    const a = new Work({ ...first, baseUrl: mock.url, cache, logger: false });
+    const b = new Work({ ...second, agentId: Number(second.agentId), baseUrl: mock.url, cache, logger: false });
+    const [tokenA, tokenB] = [await a.accessToken.getToken(), await b.accessToken.getToken()];
+    expect(tokenA).not.toBe(tokenB);
+    expect(a.accessToken.cacheKey).toBe(`wechat:work:access_token:${first.corpId}:${first.agentId}`);
+    expect(b.accessToken.cacheKey).toBe(`wechat:work:access_token:${first.corpId}:${second.agentId}`);
+    expect(nativeSchema().decode('access_token', (await cache.get(a.accessToken.cacheKey)) ?? '')?.value).toBe(tokenA);
+    expect(nativeSchema().decode('access_token', (await cache.get(b.accessToken.cacheKey)) ?? '')?.value).toBe(tokenB);
+  });
+
+  it('gettoken hands back the current token; message.send fills in agentid and recovers from a dead token', async () => {
+    const app = mock.createWorkApp();
+    const work = new Work({ ...app, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const result = await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'Deploy finished' } });
+    expect(result).toMatchObject({ errcode: 0, errmsg: 'ok' });
+    const id = `${app.corpId}:${app.agentId}`;
+    mock.invalidateTokens(id);
+    expect((await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'again' } })).errcode).toBe(0);
+    expect(mock.counters(id)).toMatchObject({ messageSends: 2, tokenRequests: 2, rejectedCalls: 1 });
+  });
+
+  it('a wrong secret is WeCom’s 40001 at gettoken, surfaced once, never retried', async () => {
+    const app = mock.createWorkApp();
+    const work = new Work({ ...app, secret: 'wrong-secret', baseUrl: mock.url, logger: false });
+    const error = await rejection(work.accessToken.getToken());
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40001, path: 'cgi-bin/gettoken' });
+    expect(String(error.message)).not.toContain('wrong-secret');
+  });
+
+  it('signs wx.config with the corp ticket and wx.agentConfig with the agent ticket, each cached', async () => {
+    const app = mock.createWorkApp();
+    const cache = new MemoryCache();
+    const work = new Work({ ...app, baseUrl: mock.url, cache, logger: false });
+    const input = { url: 'https://oa.example/page#x', jsApiList: ['selectEnterpriseContact'], nonceStr: 'abc123', timestamp: 1700000000 };
+    const config = await work.jssdk.buildConfig(input);
+    const agent = await work.jssdk.buildAgentConfig(input);
+    const corpTicket = await work.jssdk.getTicket('jsapi');
+    const agentTicket = await work.jssdk.getTicket('agent_jsapi');
+    expect(corpTicket).not.toBe(agentTicket);
+    expect(config).toMatchObject({ appId: app.corpId, signature: signJsapi(corpTicket, 'abc123', 1700000000, 'https://oa.example/page') });
+    expect(agent).toEqual({
+      corpid: app.corpId,
+      agentid: app.agentId,
+      timestamp: 1700000000,
+      nonceStr: 'abc123',
+      signature: signJsapi(agentTicket, 'abc123', 1700000000, 'https://oa.example/page'),
+      jsApiList: ['selectEnterpriseContact'],
+    });
+    expect(mock.counters(`${app.corpId}:${app.agentId}`).ticketRequests).toBe(2);
+    expect(await cache.get(`wechat:work:jsapi_ticket:${app.corpId}:${app.agentId}`)).toContain(corpTicket);
+    expect(await cache.get(`wechat:work:agent_jsapi_ticket:${app.corpId}:${app.agentId}`)).toContain(agentTicket);
+  });
+
+  it('checks its options', () => {
+    expect(() => new Work({ corpId: 'ww1', agentId: 'abc', secret: 's' })).toThrow(/Work options.agentId must be the agent id/);
+    expect(() => new Work({ corpId: 'w w', agentId: 1, secret: 's' })).toThrow(/Work options.corpId/);
+    expect(() => new Work({ corpId: 'ww1', agentId: 1 } as never)).toThrow(/Work options.secret must be a non-empty string/);
+  });
+});

@@ -1,0 +1,211 @@
+import { fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { describeTokenCache } from '@wxkit/testing/suite';
+import { FileCache } from '../src/index.js';
+
+const root = mkdtempSync(join(tmpdir(), 'wxkit-file-test-'));
+const suiteDir = join(root, 'suite');
+// Child processes load the built package, as an application would.
+const builtModule = new URL('../dist/index.js', import.meta.url).href;
+
+describeTokenCache('FileCache', {
+  create: () => new FileCache({ dir: suiteDir }),
+  shared: { module: builtModule, export: 'FileCache', args: [{ dir: suiteDir }] },
+  supports: { ttlMs: true },
+});
+
+const fresh = (name: string) => join(root, name);
+
+describe('FileCache on disk', () => {
+  it('creates the directory 0700 and writes files 0600, leaving no temp or guard files', async () => {
+    const dir = fresh('modes/nested');
+    const cache = new FileCache({ dir });
+    await Promise.all(Array.from({ length: 20 }, (_, i) => cache.set(`k${i % 3}`, `v${i}`, 60)));
+    await Promise.all(Array.from({ length: 20 }, (_, i) => cache.add(`lock${i % 2}`, `o${i}`, 60)));
+    await Promise.all(Array.from({ length: 10 }, (_, i) => cache.deleteIfEquals(`lock${i % 2}`, `o${i}`)));
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(statSync(fresh('modes')).mode & 0o777).toBe(0o700);
+    const files = readdirSync(dir);
+    expect(files.filter((name) => name.includes('~'))).toEqual([]);
+    for (const name of files) expect(statSync(join(dir, name)).mode & 0o777).toBe(0o600);
+  });
+
+  it('leaves an existing directory’s mode as it was', async () => {
+    const dir = fresh('existing');
+    mkdirSync(dir, { mode: 0o755 });
+    await new FileCache(dir).set('k', 'v', 60);
+    expect(statSync(dir).mode & 0o777).toBe(0o755);
+  });
+
+  it('names files after their keys: safe characters kept, every other byte %XX, long keys hashed', async () => {
+    // Two levels down, so that `../../etc/passwd`, were it used as a path, would land in root/etc.
+    const dir = fresh('names/inner');
+    const cache = new FileCache({ dir });
+    const keys = ['wechat:stable_access_token:wx4202f388888ab123', '../../etc/passwd', '.hidden', '微', 'x'.repeat(300)];
+    for (const key of keys) await cache.set(key, 'v', 60);
+    const names = readdirSync(dir).sort();
+    expect(names).toContain('wechat%3Astable_access_token%3Awx4202f388888ab123');
+    expect(names).toContain('%2E.%2F..%2Fetc%2Fpasswd');
+    expect(names).toContain('%2Ehidden');
+    expect(names).toContain('%E5%BE%AE');
+    const long = names.find((name) => name.includes('%%'));
+    expect(long).toMatch(/^x{150}%%[0-9a-f]{40}$/);
+    expect(names).toHaveLength(keys.length);
+    for (const name of names) expect(dirname(resolve(dir, name))).toBe(dir);
+    expect(existsSync(join(root, 'etc'))).toBe(false);
+  });
+
+  it('stores `v1 <expiresAtMs>` and the value, byte for byte', async () => {
+    const dir = fresh('format');
+    const now = 1_764_000_000_000;
+    await new FileCache({ dir, now: () => now }).set('k', '{"access_token":"T"}', 6900);
+    expect(readFileSync(join(dir, 'k'), 'utf8')).toBe(`v1 ${now + 6_900_000}\n{"access_token":"T"}`);
+  });
+
+  it('a corrupt file reads as absent and set() replaces it', async () => {
+    const dir = fresh('corrupt');
+    const cache = new FileCache({ dir });
+    await cache.set('k', 'good', 60);
+    writeFileSync(join(dir, 'k'), 'garbage without a header', { mode: 0o600 });
+    expect(await cache.get('k')).toBeUndefined();
+    await cache.set('k', 'replacement', 60);
+    expect(await cache.get('k')).toBe('replacement');
+    // A header that is there but not a number, and an add() over a corrupt file.
+    writeFileSync(join(dir, 'k'), 'v1 soon\nvalue', { mode: 0o600 });
+    expect(await cache.get('k')).toBeUndefined();
+    expect(await cache.add('k', 'added', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('added');
+  });
+
+  it('add() replaces a lock whose lease ran out (its holder died)', async () => {
+    const dir = fresh('stale-lock');
+    let now = Date.now();
+    const cache = new FileCache({ dir, now: () => now });
+    expect(await cache.add('wechat:access_token:wx1:lock', 'dead-holder', 15)).toBe(true);
+    expect(await cache.add('wechat:access_token:wx1:lock', 'waiter', 15)).toBe(false);
+    now += 15_001;
+    expect(await cache.add('wechat:access_token:wx1:lock', 'waiter', 15)).toBe(true);
+    expect(await cache.get('wechat:access_token:wx1:lock')).toBe('waiter');
+  });
+
+  it('breaks a guard left by a process that is gone', async () => {
+    const dir = fresh('dead-guard');
+    const cache = new FileCache({ dir, guardTimeoutMs: 2000 });
+    await cache.set('k', 'v', 60);
+    const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+    writeFileSync(join(dir, 'k~guard'), `${child.stdout} deadbeef`, { mode: 0o600 });
+    await cache.set('k', 'after', 60);
+    expect(await cache.get('k')).toBe('after');
+    expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
+  });
+
+  it('a live guard that never goes away makes writes fail with ERR_WXKIT_CACHE after guardTimeoutMs', async () => {
+    const dir = fresh('live-guard');
+    const cache = new FileCache({ dir, guardTimeoutMs: 200 });
+    await cache.set('k', 'v', 60);
+    writeFileSync(join(dir, 'k~guard'), `${process.pid} mine`, { mode: 0o600 });
+    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(await cache.get('k')).toBe('v');
+  });
+
+  it('a directory it cannot use gives ERR_WXKIT_CACHE naming the directory', async () => {
+    const file = fresh('not-a-dir');
+    writeFileSync(file, 'x');
+    const cache = new FileCache({ dir: join(file, 'sub') });
+    const error = (await cache.get('k').then(
+      () => undefined,
+      (e: unknown) => e,
+    )) as { code: string; message: string };
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(error.message).toContain(join(file, 'sub'));
+  });
+
+  it('checks its options before any I/O', () => {
+    expect(() => new FileCache({ dir: '' })).toThrow(/FileCache options.dir must be a non-empty path \(got string\)/);
+    expect(() => new FileCache({ guardStaleMs: -1 })).toThrow(/FileCache options.guardStaleMs/);
+    expect(() => new FileCache(null as never)).toThrow(/FileCache options must be/);
+    expect(new FileCache().dir).toBe(join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`));
+  });
+});
+
+// The test kit's generic child (built), which runs TokenCache operations in another process.
+const cacheChild = join(dirname(createRequire(import.meta.url).resolve('@wxkit/testing/package.json')), 'dist/cache-child.js');
+
+interface ChildResult {
+  result?: unknown;
+  error?: string;
+}
+
+/** The next IPC message of `child`; rejects if it exits first. */
+function nextMessage<T>(child: ChildProcess): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onExit = (code: number | null) => reject(new Error(`cache child exited (${code}) before it answered`));
+    child.once('exit', onExit);
+    child.once('message', (message: T) => {
+      child.off('exit', onExit);
+      resolve(message);
+    });
+  });
+}
+
+describe('FileCache across processes', () => {
+  it('4 processes × 200 rounds of set()/get() while another process reads: never a torn value, no ~ files left', async () => {
+    const dir = fresh('torn');
+    const key = 'wechat:access_token:wxtorn';
+    // Values of different lengths and fill, a few KiB each: a read that mixed two writes, or caught one
+    // half written, would not be any of them.
+    const valueOf = (p: number, r: number) => `${p}:${r}:${String.fromCharCode(97 + ((p * 7 + r) % 26)).repeat(1024 + ((p * 31 + r * 17) % 8192))}`;
+    const written = new Set<string>();
+    const opsOf = (p: number) =>
+      Array.from({ length: 200 }, (_, r) => {
+        written.add(valueOf(p, r));
+        return [
+          { op: 'set', key, value: valueOf(p, r), ttlSeconds: 60 },
+          { op: 'get', key },
+        ];
+      }).flat();
+    const spec = { module: builtModule, export: 'FileCache', args: [{ dir }] };
+    const children = Array.from({ length: 4 }, () =>
+      fork(cacheChild, [], { env: { ...process.env, WXKIT_CACHE_CHILD: JSON.stringify({ spec }) }, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] }),
+    );
+    try {
+      await Promise.all(children.map((child) => nextMessage(child)));
+      const reports = Promise.all(children.map((child) => nextMessage<{ results: ChildResult[] }>(child)));
+      let writing = true;
+      void reports.finally(() => (writing = false)).catch(() => undefined);
+      for (const [p, child] of children.entries()) child.send({ go: true, ops: opsOf(p) });
+
+      // This process is the reader: it reads for as long as any writer runs.
+      const reader = new FileCache({ dir });
+      const bad: string[] = [];
+      let values = 0;
+      while (writing) {
+        const value = await reader.get(key);
+        if (value === undefined) continue;
+        values += 1;
+        if (!written.has(value)) bad.push(`${value.length} chars: ${JSON.stringify(value.slice(0, 24))}`);
+      }
+      const results = (await reports).map((report) => report.results);
+
+      expect(bad).toEqual([]);
+      expect(values).toBeGreaterThan(0);
+      for (const list of results) {
+        expect(list).toHaveLength(400);
+        expect(list.filter((r) => r.error !== undefined)).toEqual([]);
+        // No one deletes the key, so every writer's get() finds one of the written values, whole.
+        for (const r of list.filter((_, i) => i % 2 === 1)) expect(written.has(r.result as string)).toBe(true);
+      }
+      // Whoever wrote last wrote its round 199.
+      expect([0, 1, 2, 3].map((p) => valueOf(p, 199))).toContain(await reader.get(key));
+      expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
+    } finally {
+      for (const child of children) if (child.exitCode === null) child.kill();
+    }
+  });
+});
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));

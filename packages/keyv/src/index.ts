@@ -1,0 +1,1 @@
+export { KeyvCache, type KeyvOrStore } from './keyv-cache.js';

@@ -1,0 +1,109 @@
+import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import type { Keyv, KeyvStoreAdapter } from 'keyv';
+
+/** A Keyv instance, or the store adapter underneath one (`new KeyvRedis(…)`, `new KeyvPostgres(…)`…). */
+export type KeyvOrStore = Keyv | KeyvStoreAdapter;
+
+type StoreLike = {
+  get(key: string): Promise<unknown>;
+  set(key: string, value: string, ttl?: number): Promise<unknown>;
+  delete(key: string): Promise<unknown>;
+  namespace?: string;
+  throwOnErrors?: boolean;
+  on?(event: string, listener: (...args: unknown[]) => void): unknown;
+};
+
+/**
+ * Any Keyv store as a TokenCache, writing exactly the strings wxkit hands it: it talks to the store
+ * adapter underneath Keyv, so neither Keyv's namespace (`keyv:`) nor its JSON envelope
+ * (`{"value":…,"expires":…}`) ends up in the stored bytes.
+ *
+ * Keyv stores have no atomic add or compare-and-delete, so KeyvCache has neither: refreshes are
+ * single-flight within one process only. For a lock across processes, use RedisCache, MemcachedCache
+ * or FileCache.
+ *
+ * @example
+ * ```ts
+ * app.setCache(new KeyvCache(new KeyvPostgres('postgresql://localhost/app')));
+ * ```
+ */
+export class KeyvCache implements TokenCache {
+  readonly #store: StoreLike;
+  #closed = false;
+
+  constructor(keyvOrStore: KeyvOrStore) {
+    const store = storeOf(keyvOrStore);
+    if (store.namespace) {
+      throw new ConfigError(
+        `KeyvCache needs a store without a namespace, or wxkit's keys would be stored under "${store.namespace}" ` +
+          '(Keyv gives its store the namespace "keyv" unless told otherwise). Give wxkit a store of its own, ' +
+          'e.g. new KeyvCache(new KeyvRedis(url)), or create the Keyv instance with { namespace: undefined }',
+        'keyvOrStore',
+      );
+    }
+    // A store that swallows errors (as @keyv/redis does unless told) turns an outage into a miss, and a
+    // miss sends every process to WeChat. Keyv instances still swallow on their own level, so this
+    // changes nothing for other users of the store through Keyv.
+    if (store.throwOnErrors === false) store.throwOnErrors = true;
+    // Stores re-emit driver errors as 'error' events; the calls that fail report them instead.
+    store.on?.('error', () => undefined);
+    this.#store = store;
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.#run('get', async () => {
+      const value = await this.#store.get(key);
+      if (value === undefined || value === null) return undefined;
+      // Anything but a string was written by something else; hand it over as text so wxkit sees a
+      // corrupt entry (and replaces it) rather than a crash.
+      if (typeof value === 'string') return value;
+      return Buffer.isBuffer(value) ? value.toString('utf8') : JSON.stringify(value);
+    });
+  }
+
+  set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    return this.#run('set', async () => {
+      if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+        throw new RangeError(`KeyvCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
+      }
+      // Keyv stores take milliseconds. A store without TTL support keeps the entry until it is
+      // overwritten; wxkit's readers then go by the expiry inside the value.
+      await this.#store.set(key, value, Math.ceil(ttlSeconds * 1000));
+    });
+  }
+
+  delete(key: string): Promise<void> {
+    return this.#run('delete', async () => {
+      await this.#store.delete(key);
+    });
+  }
+
+  /** Marks this cache closed. The store is yours: KeyvCache never disconnects it. */
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new CacheError(`KeyvCache ${op} after close()`);
+    try {
+      return await fn();
+    } catch (error) {
+      if (error instanceof RangeError) throw error;
+      throw new CacheError(`KeyvCache ${op} failed in the Keyv store`, { cause: error });
+    }
+  }
+}
+
+function storeOf(keyvOrStore: unknown): StoreLike {
+  const candidate = keyvOrStore as { store?: unknown; opts?: unknown } | null;
+  // A Keyv instance holds its adapter in `store`; an adapter is used as it is.
+  const isKeyv = candidate !== null && typeof candidate === 'object' && candidate.constructor?.name === 'Keyv';
+  const store = (isKeyv ? candidate.store : candidate) as StoreLike | null;
+  if (!store || typeof store !== 'object' || typeof store.get !== 'function' || typeof store.set !== 'function' || typeof store.delete !== 'function') {
+    throw new ConfigError(
+      `KeyvCache needs a Keyv instance or a Keyv store such as new KeyvRedis(url) (got ${keyvOrStore === null ? 'null' : typeof keyvOrStore})`,
+      'keyvOrStore',
+    );
+  }
+  return store;
+}

@@ -1,0 +1,1 @@
+export { MemcachedCache, type MemcachedCacheOptions } from './memcached-cache.js';

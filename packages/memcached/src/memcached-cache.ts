@@ -1,0 +1,201 @@
+import KeyvMemcache from '@keyv/memcache';
+import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+
+/** Options of {@link MemcachedCache}. */
+export interface MemcachedCacheOptions {
+  /**
+   * `host:port`, several separated by commas, or an array of them. A `memcached://` prefix is accepted.
+   * Keys are spread over several servers by hash, as memjs does.
+   */
+  servers: string | string[];
+  /** SASL user name, for servers that require it. */
+  username?: string;
+  /** SASL password. Never shown in messages. */
+  password?: string;
+  /**
+   * How long one request may take, in ms, before it counts as failed (and is retried once).
+   * @default 500
+   */
+  timeoutMs?: number;
+}
+
+const DEFAULTS = Object.freeze({ timeoutMs: 500 });
+
+/** The part of memjs's client that wxkit uses. */
+interface MemjsClient {
+  set(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
+  add(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
+  delete(key: string): Promise<boolean>;
+  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void): void;
+  incrSeq(): void;
+  seq: number;
+  close(): void;
+}
+
+interface MemjsResponse {
+  header: { status: number; cas: Buffer };
+  val: Buffer;
+}
+
+// Binary protocol opcodes and statuses (memcached protocol_binary.h).
+const OP_GET = 0x00;
+const OP_DELETE = 0x04;
+const STATUS_OK = 0;
+const STATUS_NOT_FOUND = 1;
+const STATUS_EXISTS = 2;
+
+/**
+ * A TokenCache on Memcached, built on @keyv/memcache's memjs client: raw values (a plain `get` returns
+ * the documented bytes; @keyv/memcache's own `get` would JSON-parse them), TTL in whole seconds, `add`
+ * atomic, and `deleteIfEquals` as a binary-protocol `DELETE` carrying the CAS of the value it compared,
+ * so a value written in between is never deleted.
+ *
+ * @example
+ * ```ts
+ * app.setCache(new MemcachedCache('10.0.0.7:11211'));
+ * ```
+ */
+export class MemcachedCache implements TokenCache {
+  readonly #client: MemjsClient;
+  readonly #where: string;
+  #closed = false;
+
+  constructor(options: string | MemcachedCacheOptions) {
+    const opts: MemcachedCacheOptions = typeof options === 'string' ? { servers: options } : options;
+    if (opts === null || typeof opts !== 'object') {
+      throw new ConfigError(`MemcachedCache options must be "host:port" or an options object (got ${opts === null ? 'null' : typeof opts})`, 'options');
+    }
+    const servers = parseServers(opts.servers);
+    const timeoutMs = opts.timeoutMs ?? DEFAULTS.timeoutMs;
+    if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+      throw new ConfigError(`MemcachedCache options.timeoutMs must be a number > 0 (got ${typeof timeoutMs})`, 'timeoutMs');
+    }
+    for (const name of ['username', 'password'] as const) {
+      if (opts[name] !== undefined && typeof opts[name] !== 'string') {
+        throw new ConfigError(`MemcachedCache options.${name} must be a string (got ${typeof opts[name]})`, name);
+      }
+    }
+    this.#where = `memcached ${servers.join(',')}`;
+    const store = new KeyvMemcache(servers.join(','), {
+      username: opts.username,
+      password: opts.password,
+      timeout: timeoutMs / 1000,
+      conntimeout: timeoutMs / 1000,
+      retries: 2,
+      retry_delay: 0.05,
+      keepAlive: true,
+      // memjs logs every failed request to console; failures reach the caller as CacheErrors instead.
+      logger: { log: () => undefined },
+    } as never);
+    store.on('error', () => undefined);
+    this.#client = store.client as unknown as MemjsClient;
+  }
+
+  get(key: string): Promise<string | undefined> {
+    return this.#run('get', key, async () => (await this.#get(key))?.value.toString('utf8'));
+  }
+
+  set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    return this.#run('set', key, async () => {
+      await this.#client.set(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) });
+    });
+  }
+
+  delete(key: string): Promise<void> {
+    return this.#run('delete', key, async () => {
+      await this.#client.delete(key);
+    });
+  }
+
+  add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    return this.#run('add', key, () => this.#client.add(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) }));
+  }
+
+  deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    return this.#run('deleteIfEquals', key, async () => {
+      const current = await this.#get(key);
+      if (!current || current.value.toString('utf8') !== expected) return false;
+      // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since.
+      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, current.cas));
+      if (response.header.status === STATUS_OK) return true;
+      if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
+      throw new Error(`memcached DELETE answered status ${response.header.status}`);
+    });
+  }
+
+  /** Closes the connections. Later calls reject with a CacheError. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#client.close();
+  }
+
+  /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */
+  async #get(key: string): Promise<{ value: Buffer; cas: Buffer } | undefined> {
+    const response = await this.#perform(key, request(OP_GET, this.#nextSeq(), key));
+    if (response.header.status === STATUS_NOT_FOUND) return undefined;
+    if (response.header.status !== STATUS_OK) throw new Error(`memcached GET answered status ${response.header.status}`);
+    return { value: response.val, cas: response.header.cas };
+  }
+
+  #perform(key: string, buffer: Buffer): Promise<MemjsResponse> {
+    return new Promise((resolve, reject) => {
+      this.#client.perform(key, buffer, buffer.readUInt32BE(12), (error, response) =>
+        error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response),
+      );
+    });
+  }
+
+  #nextSeq(): number {
+    this.#client.incrSeq();
+    return this.#client.seq;
+  }
+
+  async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
+    if (this.#closed) throw new CacheError(`MemcachedCache ${op} after close() (${this.#where})`);
+    // memcached keys are at most 250 bytes of printable characters without spaces; wxkit's keys are.
+    if (Buffer.byteLength(key) > 250 || /[\s\u0000-\u001f\u007f]/.test(key)) {
+      throw new CacheError(`MemcachedCache ${op}: memcached keys must be at most 250 bytes without spaces or control characters`);
+    }
+    try {
+      return await fn();
+    } catch (error) {
+      throw new CacheError(`MemcachedCache ${op} failed on ${this.#where}`, { cause: error });
+    }
+  }
+}
+
+/** A binary-protocol request with no extras and no value: GET or DELETE, with an optional CAS. */
+function request(opcode: number, seq: number, key: string, cas?: Buffer): Buffer {
+  const keyBytes = Buffer.from(key, 'utf8');
+  const buffer = Buffer.alloc(24 + keyBytes.length);
+  buffer.writeUInt8(0x80, 0); // request magic
+  buffer.writeUInt8(opcode, 1);
+  buffer.writeUInt16BE(keyBytes.length, 2);
+  buffer.writeUInt32BE(keyBytes.length, 8); // total body length
+  buffer.writeUInt32BE(seq >>> 0, 12); // opaque: memjs matches the response by it
+  cas?.copy(buffer, 16);
+  keyBytes.copy(buffer, 24);
+  return buffer;
+}
+
+/** memcached keeps whole seconds; round up so an entry never expires before its TTL. */
+function expires(ttlSeconds: number): number {
+  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+    throw new RangeError(`MemcachedCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
+  }
+  // Values above 30 days would be read by memcached as a unix timestamp.
+  return Math.min(Math.ceil(ttlSeconds), 30 * 24 * 3600);
+}
+
+function parseServers(servers: unknown): string[] {
+  const list = typeof servers === 'string' ? servers.split(',') : Array.isArray(servers) ? servers : undefined;
+  const parsed = list?.map((entry) => (typeof entry === 'string' ? entry.trim().replace(/^memcached:\/\//, '').replace(/\/$/, '') : ''));
+  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_[\]:]+:\d{1,5}$/.test(entry))) {
+    throw new ConfigError(
+      `MemcachedCache options.servers must be "host:port", several separated by commas, or an array of them (got ${Array.isArray(servers) ? 'array' : typeof servers})`,
+      'servers',
+    );
+  }
+  return parsed;
+}

@@ -1,0 +1,89 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memcachedGet, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { describeTokenCache } from '@wxkit/testing/suite';
+import { OfficialAccount } from '@wxkit/core';
+import { MemcachedCache } from '../src/index.js';
+
+let memcached: StoreServer;
+let mock: MockWeChat;
+beforeAll(async () => {
+  [memcached, mock] = await Promise.all([startMemcached(), startMockWeChat()]);
+});
+afterAll(async () => {
+  await Promise.all([memcached?.stop(), mock?.close()]);
+});
+
+const built = new URL('../dist/index.js', import.meta.url).href;
+
+describeTokenCache('MemcachedCache', {
+  create: () => new MemcachedCache(memcached.url),
+  shared: () => ({ module: built, export: 'MemcachedCache', args: [memcached.url] }),
+  // memcached counts TTLs in whole seconds.
+  ttlSlackSeconds: 1,
+});
+
+describe('MemcachedCache on a real memcached', () => {
+  it('stores raw bytes: a plain `get` returns exactly the documented value', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemcachedCache(memcached.url);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const token = await app.accessToken.getToken();
+    const raw = await memcachedGet(memcached.port, `wechat:stable_access_token:${appId}`);
+    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10}\\}$`));
+    expect(await memcachedGet(memcached.port, `wechat:stable_access_token:${appId}:lock`)).toBeUndefined();
+    await Promise.all([app.close(), cache.close()]);
+  });
+
+  it('uses a value another program wrote with a plain `set`, without an upstream fetch', async () => {
+    const { appId, secret } = mock.createApp();
+    const now = Math.floor(Date.now() / 1000);
+    await memcachedSet(memcached.port, `wechat:stable_access_token:${appId}`, `{"access_token":"FROM_PHP","expires_at":${now + 7000},"fetched_at":${now}}`, 6700);
+    const cache = new MemcachedCache(`memcached://${memcached.url}`);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    expect(await app.accessToken.getToken()).toBe('FROM_PHP');
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await cache.close();
+  });
+
+  it('spreads keys over several servers, and each reads back', async () => {
+    const second = await startMemcached();
+    try {
+      const cache = new MemcachedCache({ servers: [memcached.url, second.url] });
+      const keys = Array.from({ length: 20 }, (_, i) => `wechat:stable_access_token:wxspread${i}`);
+      for (const key of keys) await cache.set(key, `v-${key}`, 60);
+      for (const key of keys) expect(await cache.get(key)).toBe(`v-${key}`);
+      const onSecond = await Promise.all(keys.map((key) => memcachedGet(second.port, key)));
+      const onFirst = await Promise.all(keys.map((key) => memcachedGet(memcached.port, key)));
+      expect(onSecond.filter(Boolean).length).toBeGreaterThan(0);
+      expect(onFirst.filter(Boolean).length).toBeGreaterThan(0);
+      expect(onFirst.filter(Boolean).length + onSecond.filter(Boolean).length).toBe(keys.length);
+      await cache.close();
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it('a server that is not there: ERR_WXKIT_CACHE, not a hang', async () => {
+    const cache = new MemcachedCache({ servers: '127.0.0.1:1', timeoutMs: 200 });
+    const calls = await Promise.allSettled([cache.get('k'), cache.set('k', 'v', 1), cache.add('k', 'v', 1), cache.deleteIfEquals('k', 'v')]);
+    for (const call of calls) {
+      expect((call as PromiseRejectedResult).reason).toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringContaining('127.0.0.1:1') });
+    }
+    await cache.close();
+  });
+
+  it('refuses keys memcached cannot hold', async () => {
+    const cache = new MemcachedCache(memcached.url);
+    await expect(cache.get('has space')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await expect(cache.set('k'.repeat(251), 'v', 1)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await cache.close();
+  });
+
+  it('checks its options before connecting', () => {
+    expect(() => new MemcachedCache('localhost')).toThrow(/MemcachedCache options.servers must be "host:port"/);
+    expect(() => new MemcachedCache({ servers: [] })).toThrow(/options.servers/);
+    expect(() => new MemcachedCache({ servers: 'a:1', timeoutMs: -5 })).toThrow(/options.timeoutMs/);
+    expect(() => new MemcachedCache({ servers: 'a:1', password: 5 as never })).toThrow(/options.password must be a string \(got number\)/);
+    expect(() => new MemcachedCache('memcached://10.0.0.1:11211,10.0.0.2:11211')).not.toThrow();
+  });
+});

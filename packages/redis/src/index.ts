@@ -1,0 +1,1 @@
+export { RedisCache, type RedisCacheOptions, type RedisClientLike } from './redis-cache.js';

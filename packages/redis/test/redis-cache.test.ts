@@ -1,0 +1,162 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from '@keyv/redis';
+import { startMockWeChat, startRedis, redisCli, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { describeTokenCache } from '@wxkit/testing/suite';
+import { OfficialAccount } from '@wxkit/core';
+import { RedisCache } from '../src/index.js';
+
+let redis: StoreServer;
+let mock: MockWeChat;
+beforeAll(async () => {
+  [redis, mock] = await Promise.all([startRedis(), startMockWeChat()]);
+});
+afterAll(async () => {
+  await Promise.all([redis?.stop(), mock?.close()]);
+});
+
+const built = new URL('../dist/index.js', import.meta.url).href;
+
+describeTokenCache('RedisCache', {
+  create: () => new RedisCache(redis.url),
+  shared: () => ({ module: built, export: 'RedisCache', args: [redis.url] }),
+  supports: { ttlMs: true },
+});
+
+describe('RedisCache on a real redis-server', () => {
+  it('stores raw bytes: redis-cli GET prints exactly the documented value, with the TTL rule', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new RedisCache(redis.url);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const token = await app.accessToken.getToken();
+    const key = `wechat:stable_access_token:${appId}`;
+    const raw = redisCli(redis.port, 'GET', key);
+    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10}\\}$`));
+    const { expires_at, fetched_at } = JSON.parse(raw) as { expires_at: number; fetched_at: number };
+    expect(expires_at - fetched_at).toBe(7200);
+    const ttl = Number(redisCli(redis.port, 'TTL', key));
+    expect(ttl).toBeGreaterThan(6890);
+    expect(ttl).toBeLessThanOrEqual(6900);
+    expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+    await Promise.all([app.close(), cache.close()]);
+  });
+
+  it('uses a value another program wrote with redis-cli, without an upstream fetch', async () => {
+    const { appId, secret } = mock.createApp();
+    const now = Math.floor(Date.now() / 1000);
+    const value = `{"access_token":"FROM_REDIS_CLI","expires_at":${now + 7000},"fetched_at":${now - 200}}`;
+    redisCli(redis.port, 'SET', `wechat:access_token:${appId}`, value, 'EX', '6700');
+    const cache = new RedisCache(redis.url);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false });
+    expect(await app.accessToken.getToken()).toBe('FROM_REDIS_CLI');
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await cache.close();
+  });
+
+  it('holds the refresh lock as {key}:lock with the owner and a lease, and releases it', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new RedisCache(redis.url);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, lockLeaseMs: 15_000 });
+    mock.setLatency(300);
+    try {
+      const pending = app.accessToken.getToken();
+      const lockKey = `wechat:stable_access_token:${appId}:lock`;
+      let owner = '';
+      for (let i = 0; i < 100 && !owner; i += 1) {
+        owner = redisCli(redis.port, 'GET', lockKey);
+        if (!owner) await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      expect(owner).toMatch(/^.+:\d+:[0-9a-f]{12}$/);
+      const pttl = Number(redisCli(redis.port, 'PTTL', lockKey));
+      expect(pttl).toBeGreaterThan(0);
+      expect(pttl).toBeLessThanOrEqual(15_000);
+      await pending;
+      expect(redisCli(redis.port, 'EXISTS', lockKey)).toBe('0');
+    } finally {
+      mock.setLatency(0);
+      await cache.close();
+    }
+  });
+
+  it('connects with an ACL user, a password and a database number', async () => {
+    const acl = await startRedis({ args: ['--user', 'default', 'off', '--user', 'wxkit', 'on', '>s3cr3t-pass', '~wechat:*', '+@all'] });
+    try {
+      const cache = new RedisCache(`redis://wxkit:s3cr3t-pass@127.0.0.1:${acl.port}/3`);
+      await cache.set('wechat:acl-test', 'v', 60);
+      expect(await cache.get('wechat:acl-test')).toBe('v');
+      expect(redisCli(acl.port, '--user', 'wxkit', '--pass', 's3cr3t-pass', '-n', '3', 'GET', 'wechat:acl-test')).toBe('v');
+      await cache.close();
+
+      const wrong = new RedisCache({ url: `redis://wxkit:not-the-pass@127.0.0.1:${acl.port}/3`, connectTimeoutMs: 500 });
+      const error = await wrong.get('wechat:x').then(
+        () => undefined,
+        (e: unknown) => e as Error & { code: string },
+      );
+      expect(error?.code).toBe('ERR_WXKIT_CACHE');
+      expect(error?.message).toContain(`redis://wxkit:***@127.0.0.1:${acl.port}/3`);
+      expect(JSON.stringify({ message: error?.message, stack: error?.stack })).not.toContain('not-the-pass');
+      await wrong.close();
+    } finally {
+      await acl.stop();
+    }
+  });
+
+  it('speaks TLS on rediss://, trusting the CA it is given and no other', async () => {
+    const tls = await startRedis({ tls: true });
+    try {
+      expect(tls.url).toMatch(/^rediss:\/\//);
+      const cache = new RedisCache({ url: tls.url, clientOptions: { socket: { tls: true, ca: tls.ca } } });
+      await cache.set('wechat:tls-test', 'over tls', 60);
+      expect(await cache.get('wechat:tls-test')).toBe('over tls');
+      await cache.close();
+      const untrusting = new RedisCache({ url: tls.url, connectTimeoutMs: 500 });
+      await expect(untrusting.get('wechat:tls-test')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+      await untrusting.close();
+    } finally {
+      await tls.stop();
+    }
+  });
+
+  it('uses an existing client and leaves it open on close()', async () => {
+    const client = createClient({ url: redis.url });
+    await client.connect();
+    const cache = new RedisCache({ client });
+    await cache.set('wechat:shared-client', 'v', 60);
+    expect(await cache.get('wechat:shared-client')).toBe('v');
+    await cache.close();
+    expect(await client.get('wechat:shared-client')).toBe('v');
+    await client.close();
+  });
+
+  it('a server that is not there: ERR_WXKIT_CACHE after connectTimeoutMs, no unhandled rejection', async () => {
+    const cache = new RedisCache({ url: 'redis://:pw@127.0.0.1:1/0', connectTimeoutMs: 300 });
+    const calls = await Promise.allSettled([cache.get('k'), cache.set('k', 'v', 1), cache.add('k', 'v', 1), cache.deleteIfEquals('k', 'v')]);
+    for (const call of calls) {
+      expect(call.status).toBe('rejected');
+      expect((call as PromiseRejectedResult).reason).toMatchObject({
+        code: 'ERR_WXKIT_CACHE',
+        message: expect.stringContaining('redis://:***@127.0.0.1:1/0'),
+      });
+    }
+    await cache.close();
+  });
+
+  it('checks its options before connecting, and never echoes a password', () => {
+    const error = (fn: () => unknown) => {
+      try {
+        fn();
+      } catch (e) {
+        return e as Error & { code: string; option: string };
+      }
+      throw new Error('expected an error');
+    };
+    expect(error(() => new RedisCache('http://127.0.0.1:6379'))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'url' });
+    const bad = error(() => new RedisCache('redis://u:topsecret@host:6379/notadb'));
+    expect(bad.message).toContain('redis://u:***@host:6379/notadb');
+    expect(bad.message).not.toContain('topsecret');
+    expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster or client');
+    expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
+    expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
+    expect(error(() => new RedisCache(42 as never)).option).toBe('options');
+    expect(() => new RedisCache('rediss://user:pw@redis.example:6380/1')).not.toThrow();
+  });
+});

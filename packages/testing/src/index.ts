@@ -1,0 +1,25 @@
+export {
+  startMockWeChat,
+  type MockWeChat,
+  type MockWeChatOptions,
+  type MockApp,
+  type MockWorkApp,
+  type MockQuotas,
+  type MockFault,
+  type MockFaultKind,
+  type MockCounters,
+} from './mock-wechat.js';
+export { mockServerCommand } from './cli.js';
+export { WorkerGroup, createStore, type StoreSpec, type WorkerConfig, type WorkerResult } from './processes.js';
+export {
+  startRedis,
+  startRedisCluster,
+  startMemcached,
+  freePort,
+  redisCli,
+  memcachedGet,
+  memcachedSet,
+  type StoreServer,
+  type RedisClusterServers,
+  type RedisServerOptions,
+} from './servers.js';

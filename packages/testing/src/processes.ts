@@ -1,0 +1,170 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import type { TokenCache } from '@wxkit/core';
+
+/** How to build a TokenCache in another process. `module` must resolve from anywhere: a file URL or an absolute path. */
+export interface StoreSpec {
+  module: string;
+  export: string;
+  args: unknown[];
+}
+
+/** How a worker builds its client; passed as JSON in the WXKIT_WORKER env variable. */
+export interface WorkerConfig {
+  baseUrl: string;
+  appId: string;
+  /** Not needed with `tokenSource`. */
+  secret?: string;
+  tokenEndpoint?: 'stable' | 'classic';
+  /** The shared store; omitted, each worker keeps tokens in its own memory. */
+  store?: StoreSpec;
+  /** Take tokens from a `wxkit serve` service instead of WeChat. */
+  tokenSource?: { url: string; key: string };
+  /** A key schema by its @wxkit/core export name and options, e.g. `{ name: 'easyWeChat4', options: { prefix: 'think:' } }`. */
+  schema?: { name: string; options?: Record<string, unknown> };
+  /** Extra OfficialAccount options with numeric values (timeoutMs, lockLeaseMs, memoMs…). */
+  clientOptions?: Record<string, number>;
+  /** Give the client a clock the test can move forward with `WorkerGroup.advance()`. */
+  clockControl?: boolean;
+}
+
+export interface WorkerRun {
+  type: 'run';
+  id: number;
+  op: 'getToken' | 'send';
+  count: number;
+  /** Calls in flight at once. @default count (all at once) */
+  concurrency?: number;
+}
+
+export interface WorkerResult {
+  type: 'result';
+  id: number;
+  /** Tokens returned (getToken) or msgids (send), in completion order. */
+  values: string[];
+  ok: number;
+  /** `code:errcode` of each failure, e.g. `ERR_WXKIT_WECHAT_API:40001`. */
+  errors: string[];
+  /** wxkit log events seen during this run, by name (`cache.unavailable`, `access_token.fetched`…). */
+  events: Record<string, number>;
+}
+
+/** Builds the store a spec describes: `new (await import(module))[export](...args)`. */
+export async function createStore(spec: StoreSpec): Promise<TokenCache> {
+  const mod = (await import(spec.module)) as Record<string, new (...args: unknown[]) => TokenCache>;
+  const Store = mod[spec.export];
+  if (typeof Store !== 'function') throw new Error(`${spec.module} has no export ${spec.export}`);
+  return new Store(...spec.args);
+}
+
+/** Worker processes, each with its own OfficialAccount and store client, run in lockstep. */
+export class WorkerGroup {
+  readonly #children: ChildProcess[] = [];
+  #nextId = 1;
+
+  private constructor() {}
+
+  /** Forks `count` workers and resolves once every one has built its client. */
+  static async start(count: number, config: WorkerConfig): Promise<WorkerGroup> {
+    const group = new WorkerGroup();
+    const script = fileURLToPath(new URL('./worker.js', import.meta.url));
+    await Promise.all(
+      Array.from({ length: count }, () => {
+        const child = fork(script, [], {
+          env: { ...process.env, WXKIT_WORKER: JSON.stringify(config) },
+          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+        });
+        group.#children.push(child);
+        return new Promise<void>((resolve, reject) => {
+          child.once('message', (message: { type?: string }) =>
+            message.type === 'ready' ? resolve() : reject(new Error(`worker sent ${JSON.stringify(message)}`)),
+          );
+          child.once('exit', (code) => reject(new Error(`worker exited with ${code} before it was ready`)));
+        });
+      }),
+    );
+    return group;
+  }
+
+  get size(): number {
+    return this.#children.length;
+  }
+
+  /**
+   * Runs `op` `count` times in the given workers (all by default), `concurrency` at a time (all at
+   * once by default); resolves their results in worker order.
+   */
+  run(
+    op: WorkerRun['op'],
+    count: number,
+    which: number[] = this.#children.map((_, i) => i),
+    concurrency?: number,
+  ): Promise<WorkerResult[]> {
+    const id = this.#nextId++;
+    return Promise.all(
+      which.map((index) => {
+        const child = this.#children[index]!;
+        return new Promise<WorkerResult>((resolve, reject) => {
+          const onMessage = (message: WorkerResult) => {
+            if (message.type !== 'result' || message.id !== id) return;
+            child.off('message', onMessage);
+            child.off('exit', onExit);
+            resolve(message);
+          };
+          const onExit = (code: number | null, signal: string | null) =>
+            reject(new Error(`worker ${index} exited (${signal ?? code}) during ${op}`));
+          child.on('message', onMessage);
+          child.once('exit', onExit);
+          child.send({ type: 'run', id, op, count, concurrency } satisfies WorkerRun);
+        });
+      }),
+    );
+  }
+
+  /** Moves every worker's client clock forward by `ms` (workers started with `clockControl`). */
+  async advance(ms: number): Promise<void> {
+    const id = this.#nextId++;
+    await Promise.all(
+      this.#children.map(
+        (child) =>
+          new Promise<void>((resolve) => {
+            const onMessage = (message: { type?: string; id?: number }) => {
+              if (message.type !== 'advanced' || message.id !== id) return;
+              child.off('message', onMessage);
+              resolve();
+            };
+            child.on('message', onMessage);
+            child.send({ type: 'advance', id, ms });
+          }),
+      ),
+    );
+  }
+
+  /** All worker indexes, for `run(op, count, group.all, concurrency)`. */
+  get all(): number[] {
+    return this.#children.map((_, i) => i);
+  }
+
+  /** SIGKILLs one worker and waits for it to be gone. */
+  async kill(index: number): Promise<void> {
+    const child = this.#children[index]!;
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise((resolve) => child.once('exit', resolve));
+    child.kill('SIGKILL');
+    await gone;
+  }
+
+  /** Asks every worker to close its clients and exit; kills those that do not within 5 s. */
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.#children.map(async (child) => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const gone = new Promise((resolve) => child.once('exit', resolve));
+        child.send({ type: 'exit' });
+        const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+        await gone;
+        clearTimeout(timer);
+      }),
+    );
+  }
+}

@@ -1,0 +1,239 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+/** A real store server started for a test, on 127.0.0.1 and a free port. */
+export interface StoreServer {
+  readonly host: string;
+  readonly port: number;
+  /** `redis://127.0.0.1:PORT` or `127.0.0.1:PORT` (memcached). */
+  readonly url: string;
+  /** Stops the server (SIGTERM, or SIGKILL to simulate a crash) and waits until its port is closed. */
+  stop(signal?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** Starts it again on the same port, with no data (as after a crash without persistence). */
+  start(): Promise<void>;
+  /** The CA certificate (PEM) of a TLS server. */
+  readonly ca?: string;
+}
+
+/** Three (or more) Redis Cluster masters. */
+export interface RedisClusterServers {
+  readonly nodes: StoreServer[];
+  /** Root node URLs, e.g. for `new RedisCache({ cluster: urls })`. */
+  readonly urls: string[];
+  stop(): Promise<void>;
+}
+
+export interface RedisServerOptions {
+  /** Extra `redis-server` arguments, e.g. `['--requirepass', 'secret']` or an ACL `--user` line. */
+  args?: string[];
+  /**
+   * Serve TLS only, with a self-signed certificate for 127.0.0.1 made by `openssl`: the server's `url`
+   * is then `rediss://…` and its `ca` is the certificate to trust.
+   */
+  tls?: boolean;
+}
+
+/** A port nobody listens on right now (the kernel's pick, released before the server takes it). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function requireCommand(command: string, debianPackage: string): void {
+  const found = spawnSync('sh', ['-c', `command -v ${command}`], { stdio: 'ignore' }).status === 0;
+  if (!found) {
+    throw new Error(`${command} is not installed; run the README's test command (it installs ${debianPackage}) or apt-get install ${debianPackage}`);
+  }
+}
+
+async function waitForPort(port: number, up: boolean, timeoutMs = 10_000): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    const open = await new Promise<boolean>((resolve) => {
+      const socket = createConnection({ host: '127.0.0.1', port });
+      socket.once('connect', () => {
+        socket.destroy();
+        resolve(true);
+      });
+      socket.once('error', () => resolve(false));
+    });
+    if (open === up) return;
+    if (Date.now() - started > timeoutMs) throw new Error(`port ${port} did not ${up ? 'open' : 'close'} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+}
+
+/** Runs `command args` as a server process we own; restartable on the same port. */
+function managedServer(command: string, args: (port: number) => string[], port: number, url: string): StoreServer {
+  let child: ChildProcess | undefined;
+  let output = '';
+  const server: StoreServer = {
+    host: '127.0.0.1',
+    port,
+    url,
+    async start() {
+      if (child && child.exitCode === null && child.signalCode === null) return;
+      output = '';
+      child = spawn(command, args(port), { stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4000)));
+      child.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4000)));
+      const exited = new Promise<never>((_, reject) =>
+        child!.once('exit', (code) => reject(new Error(`${command} exited with ${code} at start:\n${output}`))),
+      );
+      await Promise.race([waitForPort(port, true), exited]);
+    },
+    async stop(signal = 'SIGTERM') {
+      const current = child;
+      if (!current || current.exitCode !== null || current.signalCode !== null) return;
+      const gone = new Promise((resolve) => current.once('exit', resolve));
+      current.kill(signal);
+      await gone;
+      await waitForPort(port, false);
+    },
+  };
+  return server;
+}
+
+/**
+ * Starts a real `redis-server` (Debian's package) on a free 127.0.0.1 port, without persistence, in a
+ * directory of its own. It never touches another Redis on the machine.
+ */
+export async function startRedis(options: RedisServerOptions = {}): Promise<StoreServer> {
+  requireCommand('redis-server', 'redis-server');
+  const port = await freePort();
+  let tls: string[] = [];
+  let ca: string | undefined;
+  if (options.tls) {
+    requireCommand('openssl', 'openssl');
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-redis-tls-'));
+    const made = spawnSync('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
+      '-addext', 'subjectAltName=IP:127.0.0.1', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+    ]);
+    if (made.status !== 0) throw new Error(`openssl could not make a certificate: ${made.stderr}`);
+    ca = readFileSync(join(dir, 'cert.pem'), 'utf8');
+    tls = ['--tls-cert-file', join(dir, 'cert.pem'), '--tls-key-file', join(dir, 'key.pem'), '--tls-ca-cert-file', join(dir, 'cert.pem'), '--tls-auth-clients', 'no'];
+  }
+  // No persistence: `--save ''` and no AOF, so the server writes nothing to its directory.
+  const server = managedServer(
+    'redis-server',
+    (p) => [
+      ...(options.tls ? ['--port', '0', '--tls-port', String(p), ...tls] : ['--port', String(p)]),
+      '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', tmpdir(), '--daemonize', 'no', ...(options.args ?? []),
+    ],
+    port,
+    `${options.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
+  );
+  await server.start();
+  return ca === undefined ? server : Object.assign(server, { ca });
+}
+
+/**
+ * Starts a Redis Cluster of `masters` (default 3) real `redis-server` processes with no replicas, all
+ * slots assigned, and waits until every node reports `cluster_state:ok`.
+ */
+export async function startRedisCluster(masters = 3): Promise<RedisClusterServers> {
+  requireCommand('redis-server', 'redis-server');
+  requireCommand('redis-cli', 'redis-tools');
+  const dir = mkdtempSync(join(tmpdir(), 'wxkit-redis-cluster-'));
+  const nodes: StoreServer[] = [];
+  for (let i = 0; i < masters; i += 1) {
+    const port = await freePort();
+    const node = managedServer(
+      'redis-server',
+      (p) => [
+        '--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no',
+        '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000',
+      ],
+      port,
+      `redis://127.0.0.1:${port}`,
+    );
+    await node.start();
+    nodes.push(node);
+  }
+  const create = spawnSync('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  if (create.status !== 0) throw new Error(`redis-cli --cluster create failed:\n${create.stdout}${create.stderr}`);
+  const started = Date.now();
+  for (const node of nodes) {
+    for (;;) {
+      const info = spawnSync('redis-cli', ['-p', String(node.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout;
+      if (info.includes('cluster_state:ok')) break;
+      if (Date.now() - started > 20_000) throw new Error(`Redis Cluster node ${node.port} never reached cluster_state:ok`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  return {
+    nodes,
+    urls: nodes.map((node) => node.url),
+    async stop() {
+      await Promise.all(nodes.map((node) => node.stop()));
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Starts a real `memcached` (Debian's package) on a free 127.0.0.1 port, TCP only. */
+export async function startMemcached(): Promise<StoreServer> {
+  requireCommand('memcached', 'memcached');
+  const port = await freePort();
+  const runAsRoot = process.getuid?.() === 0 ? ['-u', 'root'] : [];
+  const server = managedServer('memcached', (p) => ['-p', String(p), '-l', '127.0.0.1', '-U', '0', '-m', '64', ...runAsRoot], port, `127.0.0.1:${port}`);
+  await server.start();
+  return server;
+}
+
+/** Runs `redis-cli` against a server and returns its output without the trailing newline. */
+export function redisCli(port: number, ...args: string[]): string {
+  const result = spawnSync('redis-cli', ['-p', String(port), '--no-auth-warning', ...args], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`redis-cli ${args.join(' ')} failed: ${result.stderr}`);
+  return result.stdout.replace(/\n$/, '');
+}
+
+/**
+ * Reads a key from memcached with the plain text protocol (`get <key>`), as a PHP or Python client
+ * would see it: the exact bytes, or undefined when absent.
+ */
+export async function memcachedGet(port: number, key: string): Promise<string | undefined> {
+  return memcachedText(port, `get ${key}\r\n`).then((reply) => {
+    const match = /^VALUE \S+ \d+ (\d+)\r\n/.exec(reply);
+    if (!match) return undefined;
+    const start = match[0].length;
+    return Buffer.from(reply, 'latin1').subarray(start, start + Number(match[1])).toString('utf8');
+  });
+}
+
+/** Writes a key to memcached with the plain text protocol (`set <key> 0 <ttl> <bytes>`). */
+export async function memcachedSet(port: number, key: string, value: string, ttlSeconds: number): Promise<void> {
+  const bytes = Buffer.from(value, 'utf8');
+  const reply = await memcachedText(port, `set ${key} 0 ${ttlSeconds} ${bytes.length}\r\n${bytes.toString('latin1')}\r\n`);
+  if (!reply.startsWith('STORED')) throw new Error(`memcached set failed: ${reply}`);
+}
+
+function memcachedText(port: number, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection({ host: '127.0.0.1', port });
+    let reply = '';
+    socket.setEncoding('latin1');
+    socket.once('connect', () => socket.write(command, 'latin1'));
+    socket.on('data', (chunk: string) => {
+      reply += chunk;
+      if (/(END|STORED|NOT_STORED|ERROR[^\r]*)\r\n$/.test(reply)) socket.end();
+    });
+    socket.once('end', () => resolve(reply));
+    socket.once('error', reject);
+  });
+}

@@ -1,0 +1,85 @@
+/**
+ * A worker process for multi-process tests: one OfficialAccount with its own client of the shared store,
+ * driven over IPC by {@link describeTokenSharing} (or any test that forks it).
+ *
+ * Parent → worker: `{ type: 'run', id, op: 'getToken' | 'send', count }` runs `count` calls at once.
+ * Worker → parent: `{ type: 'ready' }` once built, then `{ type: 'result', id, values, ok, errors }`.
+ */
+import * as core from '@wxkit/core';
+import { MemoryCache, OfficialAccount, remoteTokenSource, type KeySchema } from '@wxkit/core';
+import { createStore, type WorkerConfig, type WorkerResult, type WorkerRun } from './processes.js';
+
+async function main(): Promise<void> {
+  const config = JSON.parse(process.env.WXKIT_WORKER ?? 'null') as WorkerConfig | null;
+  if (!config || !process.send) throw new Error('worker.js is started by describeTokenSharing through fork()');
+  const cache = config.store ? await createStore(config.store) : new MemoryCache();
+  let events: Record<string, number> = {};
+  const record = (fields: { event: string }) => {
+    events[fields.event] = (events[fields.event] ?? 0) + 1;
+  };
+  let offset = 0;
+  const makeSchema = config.schema ? (core as unknown as Record<string, (options?: object) => KeySchema>)[config.schema.name] : undefined;
+  if (config.schema && typeof makeSchema !== 'function') throw new Error(`@wxkit/core has no schema ${config.schema.name}`);
+  const app = new OfficialAccount({
+    appId: config.appId,
+    ...(config.tokenSource ? { tokenSource: remoteTokenSource(config.tokenSource) } : { secret: config.secret }),
+    baseUrl: config.baseUrl,
+    tokenEndpoint: config.tokenEndpoint ?? 'stable',
+    cache,
+    logger: { debug: record, info: record, warn: record, error: record },
+    ...config.clientOptions,
+    ...(config.clockControl ? { now: () => Date.now() + offset } : {}),
+    ...(makeSchema ? { schema: makeSchema(config.schema!.options) } : {}),
+  });
+  let sent = 0;
+  const one = async (op: WorkerRun['op']): Promise<string> => {
+    if (op === 'getToken') return app.accessToken.getToken();
+    const result = await app.templateMessage.send({
+      touser: `o${process.pid}x${sent++}`,
+      template_id: 'TPL_SHARING_TEST',
+      data: { first: { value: 'hello' } },
+    });
+    return String(result.msgid);
+  };
+  process.on('message', async (message: WorkerRun | { type: 'exit' } | { type: 'advance'; id: number; ms: number }) => {
+    if (message.type === 'advance') {
+      offset += message.ms;
+      process.send!({ type: 'advanced', id: message.id });
+      return;
+    }
+    if (message.type === 'exit') {
+      await app.close();
+      await cache.close?.();
+      process.exit(0);
+    }
+    if (message.type !== 'run') return;
+    events = {};
+    const settled: PromiseSettledResult<string>[] = [];
+    let next = 0;
+    const lane = async () => {
+      while (next < message.count) {
+        next += 1;
+        const [outcome] = await Promise.allSettled([one(message.op)]);
+        settled.push(outcome!);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(message.concurrency ?? message.count, message.count) }, lane));
+    const result: WorkerResult = { type: 'result', id: message.id, values: [], ok: 0, errors: [], events };
+    for (const outcome of settled) {
+      if (outcome.status === 'fulfilled') {
+        result.ok += 1;
+        result.values.push(outcome.value);
+      } else {
+        const error = outcome.reason as { code?: string; errcode?: number; message?: string };
+        result.errors.push(`${error.code ?? 'UNKNOWN'}:${error.errcode ?? error.message ?? ''}`);
+      }
+    }
+    process.send!(result);
+  });
+  process.send({ type: 'ready' });
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`worker failed to start: ${error instanceof Error ? error.stack : String(error)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,157 @@
+#!/usr/bin/env node
+// The README's commands in one place, so each works on a fresh machine with only Node and npm:
+//   pnpm demo  → install, build, run the demo
+//   pnpm test  → install what the tests need (Debian packages included), build, lint, run every test,
+//                and end with one plain line "N passed, N failed" read from vitest's JSON report.
+//   pnpm bench → install, build, run the benchmarks
+// It runs pnpm through the copy that started it, or through `npx pnpm@<packageManager version>` when
+// started by npm, so a failing corepack never stands in the way.
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const [task, ...rest] = process.argv.slice(2);
+const args = rest[0] === '--' ? rest.slice(1) : rest;
+
+// Debian packages each task needs, each with the shell check that shows it is there. Tests start their
+// own servers from these binaries on free ports; nothing needs to be running beforehand.
+const STORE_SERVERS = [
+  { check: 'command -v redis-server', pkg: 'redis-server' },
+  { check: 'command -v redis-cli', pkg: 'redis-tools' },
+  { check: 'command -v memcached', pkg: 'memcached' },
+  // The TLS test makes a self-signed certificate for its rediss:// server.
+  { check: 'command -v openssl', pkg: 'openssl' },
+];
+// The polyglot examples: PHP and Python programs sharing tokens with wxkit (Debian's python3, which the
+// python3-* modules are built for, whatever python3 comes first on the PATH).
+const POLYGLOT = [
+  { check: 'command -v php', pkg: 'php-cli' },
+  { check: 'php -m | grep -qx redis', pkg: 'php-redis' },
+  { check: 'php -m | grep -qx memcached', pkg: 'php-memcached' },
+  { check: '/usr/bin/python3 -c "import redis"', pkg: 'python3-redis' },
+  { check: '/usr/bin/python3 -c "import pymemcache"', pkg: 'python3-pymemcache' },
+];
+const SYSTEM_PACKAGES = {
+  test: [...STORE_SERVERS, ...POLYGLOT],
+  demo: [],
+  bench: STORE_SERVERS,
+};
+
+function run(command, commandArgs, options = {}) {
+  const result = spawnSync(command, commandArgs, { stdio: 'inherit', cwd: root, ...options });
+  if (result.error) throw result.error;
+  return result.status ?? 1;
+}
+
+function must(command, commandArgs, what, { quiet = false } = {}) {
+  if (!quiet) {
+    const status = run(command, commandArgs);
+    if (status === 0) return;
+    console.error(`\n${what} failed (exit ${status}).`);
+    process.exit(status);
+  }
+  // Quiet steps show their output only when they fail.
+  const result = spawnSync(command, commandArgs, { cwd: root, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (result.error) throw result.error;
+  if (result.status === 0) return;
+  process.stdout.write(result.stdout ?? '');
+  process.stderr.write(result.stderr ?? '');
+  console.error(`\n${what} failed (exit ${result.status}).`);
+  process.exit(result.status ?? 1);
+}
+
+function pnpm() {
+  const execPath = process.env.npm_execpath ?? '';
+  if (/pnpm/.test(execPath) && existsSync(execPath)) {
+    return execPath.endsWith('.js') || execPath.endsWith('.cjs') ? [process.execPath, execPath] : [execPath];
+  }
+  const { packageManager } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8'));
+  return ['npx', '-y', packageManager];
+}
+
+function pnpmRun(pnpmArgs, what, options) {
+  const [command, ...prefix] = pnpm();
+  must(command, [...prefix, ...pnpmArgs], what, options);
+}
+
+function installSystemPackages(list) {
+  const missing = list.filter(({ check }) => run('sh', ['-c', `${check} >/dev/null 2>&1`], { stdio: 'ignore' }) !== 0);
+  if (missing.length === 0) return;
+  const names = missing.map(({ pkg }) => pkg);
+  if (process.getuid?.() !== 0) {
+    console.error(`The tests need these Debian packages: ${names.join(' ')}. Install them (sudo apt-get install -y ${names.join(' ')}) or run as root.`);
+    process.exit(1);
+  }
+  console.log(`Installing ${names.join(', ')} from Debian…`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  if (run('apt-get', ['update', '-qq'], { env }) !== 0 || run('apt-get', ['install', '-y', '-qq', ...names], { env }) !== 0) {
+    console.error(`apt-get could not install ${names.join(' ')}.`);
+    process.exit(1);
+  }
+}
+
+function prepare(name) {
+  installSystemPackages(SYSTEM_PACKAGES[name] ?? []);
+  console.log('Installing dependencies and building the packages…');
+  pnpmRun(['install', '--frozen-lockfile', '--prefer-offline'], 'pnpm install', { quiet: true });
+  pnpmRun(['run', 'build'], 'The build', { quiet: true });
+}
+
+function test() {
+  prepare('test');
+  if (!args.includes('--no-lint')) pnpmRun(['run', 'lint'], 'The lint (type check, publint, are-the-types-wrong)');
+  const vitestArgs = args.filter((arg) => arg !== '--no-lint');
+  const reportDir = join(root, 'node_modules', '.cache', 'wxkit');
+  const report = join(reportDir, 'vitest.json');
+  mkdirSync(reportDir, { recursive: true });
+  rmSync(report, { force: true });
+  const [command, ...prefix] = pnpm();
+  const status = run(command, [
+    ...prefix,
+    'exec',
+    'vitest',
+    'run',
+    '--reporter=default',
+    '--reporter=json',
+    `--outputFile.json=${report}`,
+    ...vitestArgs,
+  ]);
+  let passed = 0;
+  let failed = 0;
+  let skipped = 0;
+  if (existsSync(report)) {
+    const json = JSON.parse(readFileSync(report, 'utf8'));
+    passed = json.numPassedTests ?? 0;
+    failed = json.numFailedTests ?? 0;
+    skipped = (json.numPendingTests ?? 0) + (json.numTodoTests ?? 0);
+    // A test file that fails to load runs no test; count it as a failure rather than lose it.
+    for (const file of json.testResults ?? []) {
+      if (file.status === 'failed' && !(file.assertionResults ?? []).some((t) => t.status === 'failed')) failed += 1;
+    }
+  } else {
+    failed = 1;
+    console.error('vitest wrote no report; counting the run as failed.');
+  }
+  if (skipped > 0) console.log(`${skipped} skipped (not counted as passed)`);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exit(failed > 0 || status !== 0 ? 1 : 0);
+}
+
+function demo() {
+  prepare('demo');
+  process.exit(run(process.execPath, [join(root, 'packages', 'cli', 'bin', 'wxkit.mjs'), 'demo', ...args]));
+}
+
+function bench() {
+  prepare('bench');
+  process.exit(run(process.execPath, [join(root, 'bench', 'run.mjs'), ...args]));
+}
+
+const tasks = { test, demo, bench };
+if (!tasks[task]) {
+  console.error(`usage: node scripts/task.mjs <${Object.keys(tasks).join('|')}> [-- args]`);
+  process.exit(2);
+}
+tasks[task]();
