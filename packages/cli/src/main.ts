@@ -194,6 +194,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     if (action === 'refresh' && secret === undefined) {
       throw new UsageError(`token refresh fetches from WeChat and needs the secret: set WECHAT_SECRET or use --secret-env NAME`);
     }
+    // A library client keeps working when its store is down (it fetches and keeps the token to itself);
+    // an operator asking for the shared token must not get a private one instead, and a refresh that
+    // cannot be published would kill the token every other program holds. So: store first, or exit 3.
+    await cache.get(key);
     const client: WeChatClient = buildClient(app, {
       secret,
       cache,

@@ -174,6 +174,15 @@ describe('wxkit token', () => {
     const down = await wxkit(['token', 'inspect', '--store', 'redis://127.0.0.1:1', '--app', `oa:${appId}`, '--json']);
     expect(down.code).toBe(3);
     expect(down.json).toMatchObject({ error: { code: 'ERR_WXKIT_CACHE' } });
+    // With the store down, get and refresh fetch nothing: a token that cannot be shared would kill the
+    // one every other program holds (classic endpoint), and is not what the operator asked for.
+    const other = mock.createApp();
+    for (const [action, store] of [['get', 'redis://127.0.0.1:1'], ['refresh', 'redis://127.0.0.1:1'], ['refresh', 'memcached://127.0.0.1:1']]) {
+      const run = await wxkit(['token', action!, '--endpoint', 'classic', '--store', store!, '--app', `oa:${other.appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: other.secret });
+      expect(run.code, `${action} on ${store}: ${run.stdout}${run.stderr}`).toBe(3);
+      expect(run.json).toMatchObject({ ok: false, error: { code: 'ERR_WXKIT_CACHE' } });
+    }
+    expect(mock.counters(other.appId).tokenRequests).toBe(0);
     const noSecret = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
     expect(noSecret.code).toBe(5);
     expect(noSecret.json).toMatchObject({ error: { code: 'ERR_WXKIT_NO_TOKEN' } });
