@@ -8,7 +8,7 @@ import { nativeSchema, type KeySchema } from './schema.js';
 import { GuardedStore, assertTokenCache } from './store.js';
 import { TokenManager, type Fetcher, type ProtocolSettings, type TokenMode } from './token-manager.js';
 import type { TokenSource, TokenSourceRequest } from './token-source.js';
-import { assertOptionsObject, invalidOption, optionalFunction, optionalNumber, typeName } from './validate.js';
+import { assertOptionsObject, invalidChoice, invalidOption, optionalFunction, optionalNumber, typeName } from './validate.js';
 import { VERSION } from './version.js';
 
 /** Options every wxkit client accepts, next to its credentials. */
@@ -186,7 +186,7 @@ export class ClientCore {
     const refreshAheadSeconds = optionalNumber(owner, options, 'refreshAheadSeconds', 0);
     const refreshAheadJitterMs = optionalNumber(owner, options, 'refreshAheadJitterMs', CLIENT_DEFAULTS.refreshAheadJitterMs);
     const refresh = options.refresh ?? 'auto';
-    if (refresh !== 'auto' && refresh !== 'never') throw invalidOption(owner, 'refresh', "'auto' or 'never'", refresh);
+    if (refresh !== 'auto' && refresh !== 'never') throw invalidChoice(owner, 'refresh', ['auto', 'never'], refresh);
     const source = options.tokenSource as TokenSource | undefined;
     if (source !== undefined && (source === null || typeof source.fetch !== 'function' || typeof source.invalidate !== 'function')) {
       throw invalidOption(owner, 'tokenSource', 'a TokenSource such as remoteTokenSource({ url, key })', source);

@@ -6,7 +6,7 @@ import { ConfigError } from './errors.js';
 import { validateFetched } from './fetchers.js';
 import type { KeySubject } from './schema.js';
 import type { TokenManager } from './token-manager.js';
-import { typeName } from './validate.js';
+import { listChoices, shownChoice, typeName } from './validate.js';
 
 /** Ticket types of cgi-bin/ticket/getticket. */
 export type TicketType = 'jsapi' | 'wx_card';
@@ -112,7 +112,7 @@ abstract class TicketKeeper<T extends string> {
   #ticket(type: string): TokenManager {
     const where = this.#paths[type];
     if (!where) {
-      throw new ConfigError(`jssdk ticket type must be one of ${Object.keys(this.#paths).map((t) => `'${t}'`).join(', ')} (got ${typeName(type)})`, 'type');
+      throw new ConfigError(`jssdk ticket type must be ${listChoices(Object.keys(this.#paths))} (got ${shownChoice(type)})`, 'type');
     }
     let manager = this.#tickets.get(type);
     if (!manager) {

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { CacheError, ConfigError } from './errors.js';
 import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpValue } from './php-serialize.js';
 import type { KeySchema, KeySubject, StoredEntry } from './schema.js';
-import { assertOptionsObject, invalidOption } from './validate.js';
+import { assertOptionsObject, invalidChoice, invalidOption } from './validate.js';
 
 // Compatibility profiles: the same token protocol, reading and writing the entries another SDK keeps,
 // so a Node service joins a PHP, Python, Go or Java deployment without a migration. Every detail is
@@ -90,7 +90,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
   if (options.store !== undefined && options.store !== 'thinkphp' && options.store !== 'laravel') {
-    throw invalidOption(name, 'store', "'thinkphp' or 'laravel'", options.store);
+    throw invalidChoice(name, 'store', ['thinkphp', 'laravel'], options.store);
   }
   const safeSeconds = options.legacyTtl ? 500 : 0;
   return {
@@ -174,7 +174,7 @@ function easyWeChat6Like(
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
   if (options.store !== undefined && options.store !== 'thinkphp' && options.store !== 'laravel') {
-    throw invalidOption(name, 'store', "'thinkphp' or 'laravel'", options.store);
+    throw invalidChoice(name, 'store', ['thinkphp', 'laravel'], options.store);
   }
   const secrets = new Set<string>();
   return {
@@ -263,7 +263,7 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
   const name = 'silenceper';
   assertOptionsObject(name, options);
   const store = options.store ?? 'redis';
-  if (store !== 'redis' && store !== 'memcached') throw invalidOption(name, 'store', "'redis' or 'memcached'", store);
+  if (store !== 'redis' && store !== 'memcached') throw invalidChoice(name, 'store', ['redis', 'memcached'], store);
   const stableKeys = new Set<string>();
   return {
     name,

@@ -14,6 +14,24 @@ export function invalidOption(owner: string, name: string, rule: string, value: 
   return new ConfigError(`${owner} options.${name} must be ${rule} (got ${typeName(value)})`, name);
 }
 
+/**
+ * `<Owner> options.<name> must be 'a' or 'b' (got "fast")`: for options with a fixed set of values, which
+ * never hold a secret, so a short string is echoed to show the typo.
+ */
+export function invalidChoice(owner: string, name: string, choices: readonly string[], value: unknown): ConfigError {
+  return new ConfigError(`${owner} options.${name} must be ${listChoices(choices)} (got ${shownChoice(value)})`, name);
+}
+
+export function listChoices(choices: readonly string[]): string {
+  const quoted = choices.map((choice) => `'${choice}'`);
+  return quoted.length <= 2 ? quoted.join(' or ') : `one of ${quoted.join(', ')}`;
+}
+
+/** A short string as JSON, anything else as its type: for values that are never secrets. */
+export function shownChoice(value: unknown): string {
+  return typeof value === 'string' && value.length > 0 && value.length <= 32 ? JSON.stringify(value) : typeName(value);
+}
+
 export function assertOptionsObject(owner: string, options: unknown): asserts options is Record<string, unknown> {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new ConfigError(`${owner} options must be an object (got ${typeName(options)})`, 'options');
