@@ -101,17 +101,17 @@ function prepare(name) {
 
 function test() {
   prepare('test');
-  if (!args.includes('--no-lint')) pnpmRun(['run', 'lint'], 'The lint (type check, publint, are-the-types-wrong)');
-  const vitestArgs = args.filter((arg) => arg !== '--no-lint');
+  const { node, rest: testArgs } = takeNodeFlag(args);
+  if (!testArgs.includes('--no-lint')) pnpmRun(['run', 'lint'], 'The lint (type check, publint, are-the-types-wrong)');
+  const vitestArgs = testArgs.filter((arg) => arg !== '--no-lint');
   const reportDir = join(root, 'node_modules', '.cache', 'wxkit');
   const report = join(reportDir, 'vitest.json');
   mkdirSync(reportDir, { recursive: true });
   rmSync(report, { force: true });
-  const [command, ...prefix] = pnpm();
+  // vitest, and every process the tests start (they use process.execPath), run on the chosen Node.
+  const [command, ...prefix] = node ? [node, join(root, 'node_modules', 'vitest', 'vitest.mjs')] : [...pnpm(), 'exec', 'vitest'];
   const status = run(command, [
     ...prefix,
-    'exec',
-    'vitest',
     'run',
     '--reporter=default',
     '--reporter=json',
@@ -137,6 +137,32 @@ function test() {
   if (skipped > 0) console.log(`${skipped} skipped (not counted as passed)`);
   console.log(`${passed} passed, ${failed} failed`);
   process.exit(failed > 0 || status !== 0 ? 1 : 0);
+}
+
+/**
+ * `--node 22` (or 24, or a full version): runs the tests on that Node release, fetched once from the npm
+ * registry's `node` package, so the supported releases can be checked on a machine that has only one.
+ */
+function takeNodeFlag(list) {
+  const at = list.indexOf('--node');
+  if (at === -1) return { node: undefined, rest: list };
+  const version = list[at + 1];
+  if (!version || !/^\d+(\.\d+){0,2}$/.test(version)) {
+    console.error('--node needs a Node.js version such as 22 or 24.1.0');
+    process.exit(2);
+  }
+  const found = spawnSync('npx', ['-y', `node@${version}`, '-e', 'process.stdout.write(process.execPath + " " + process.version)'], {
+    cwd: root,
+    encoding: 'utf8',
+  });
+  const [execPath, release] = (found.stdout ?? '').trim().split(' ');
+  if (found.status !== 0 || !execPath || !existsSync(execPath)) {
+    process.stderr.write(found.stderr ?? '');
+    console.error(`Could not get Node.js ${version} from the npm registry.`);
+    process.exit(1);
+  }
+  console.log(`Running the tests on Node.js ${release}.`);
+  return { node: execPath, rest: [...list.slice(0, at), ...list.slice(at + 2)] };
 }
 
 function demo() {
