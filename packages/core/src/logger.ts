@@ -11,7 +11,7 @@ export interface Logger {
   error?(fields: LogFields, message: string): void;
 }
 
-/** Structured fields of a log line. `event` names what happened, e.g. `token.fetched`. */
+/** Structured fields of a log line. `event` names what happened, e.g. `access_token.fetched`. */
 export interface LogFields {
   event: string;
   appId?: string;
