@@ -8,7 +8,7 @@ import { nativeSchema, type KeySchema } from './schema.js';
 import { GuardedStore, assertTokenCache } from './store.js';
 import { TokenManager, type Fetcher, type ProtocolSettings, type TokenMode } from './token-manager.js';
 import type { TokenSource, TokenSourceRequest } from './token-source.js';
-import { assertOptionsObject, invalidChoice, invalidOption, optionalFunction, optionalNumber, typeName } from './validate.js';
+import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from './validate.js';
 import { VERSION } from './version.js';
 
 /** Options every wxkit client accepts, next to its credentials. */
@@ -185,8 +185,7 @@ export class ClientCore {
     const now = optionalFunction<() => number>(owner, options, 'now') ?? Date.now;
     const refreshAheadSeconds = optionalNumber(owner, options, 'refreshAheadSeconds', 0);
     const refreshAheadJitterMs = optionalNumber(owner, options, 'refreshAheadJitterMs', CLIENT_DEFAULTS.refreshAheadJitterMs);
-    const refresh = options.refresh ?? 'auto';
-    if (refresh !== 'auto' && refresh !== 'never') throw invalidChoice(owner, 'refresh', ['auto', 'never'], refresh);
+    const refresh = optionalChoice(owner, options, 'refresh', ['auto', 'never'], 'auto');
     const source = options.tokenSource as TokenSource | undefined;
     if (source !== undefined && (source === null || typeof source.fetch !== 'function' || typeof source.invalidate !== 'function')) {
       throw invalidOption(owner, 'tokenSource', 'a TokenSource such as remoteTokenSource({ url, key })', source);

@@ -5,7 +5,7 @@ import { Jssdk } from './jssdk.js';
 import type { KeySubject } from './schema.js';
 import { TemplateMessage } from './template-message.js';
 import type { Fetched } from './token-manager.js';
-import { invalidChoice } from './validate.js';
+import { optionalChoice } from './validate.js';
 
 /** Which WeChat endpoint issues access tokens. */
 export type TokenEndpoint = 'stable' | 'classic';
@@ -64,10 +64,7 @@ export function setUp(owner: string, kind: 'official_account' | 'mini_program', 
   assertOptionsObject(owner, options);
   const appId = requireId(owner, options, 'appId');
   const secret = requireSecret(owner, options, 'secret');
-  const given = options.tokenEndpoint;
-  if (given !== undefined && given !== 'stable' && given !== 'classic') {
-    throw invalidChoice(owner, 'tokenEndpoint', ['stable', 'classic'], given);
-  }
+  const given = optionalChoice(owner, options, 'tokenEndpoint', ['stable', 'classic'], undefined);
   const core = new ClientCore(owner, appId, options, own);
   // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
   const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';

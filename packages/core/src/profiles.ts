@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { CacheError, ConfigError } from './errors.js';
 import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpValue } from './php-serialize.js';
 import type { KeySchema, KeySubject, StoredEntry } from './schema.js';
-import { assertOptionsObject, invalidChoice, invalidOption } from './validate.js';
+import { assertOptionsObject, invalidOption, optionalChoice } from './validate.js';
 
 // Compatibility profiles: the same token protocol, reading and writing the entries another SDK keeps,
 // so a Node service joins a PHP, Python, Go or Java deployment without a migration. Every detail is
@@ -89,9 +89,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   assertOptionsObject(name, options);
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
-  if (options.store !== undefined && options.store !== 'thinkphp' && options.store !== 'laravel') {
-    throw invalidChoice(name, 'store', ['thinkphp', 'laravel'], options.store);
-  }
+  optionalChoice(name, options, 'store', ['thinkphp', 'laravel'], undefined);
   const safeSeconds = options.legacyTtl ? 500 : 0;
   return {
     name,
@@ -173,9 +171,7 @@ function easyWeChat6Like(
   assertOptionsObject(name, options);
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
-  if (options.store !== undefined && options.store !== 'thinkphp' && options.store !== 'laravel') {
-    throw invalidChoice(name, 'store', ['thinkphp', 'laravel'], options.store);
-  }
+  optionalChoice(name, options, 'store', ['thinkphp', 'laravel'], undefined);
   const secrets = new Set<string>();
   return {
     name,
@@ -262,8 +258,7 @@ export interface SilenceperOptions {
 export function silenceper(options: SilenceperOptions = {}): KeySchema {
   const name = 'silenceper';
   assertOptionsObject(name, options);
-  const store = options.store ?? 'redis';
-  if (store !== 'redis' && store !== 'memcached') throw invalidChoice(name, 'store', ['redis', 'memcached'], store);
+  const store = optionalChoice(name, options, 'store', ['redis', 'memcached'], 'redis');
   const stableKeys = new Set<string>();
   return {
     name,

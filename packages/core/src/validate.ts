@@ -9,17 +9,29 @@ export function typeName(value: unknown): string {
   return typeof value;
 }
 
-/** `<Owner> options.<name> must be <rule> (got <type>)`: the one shape every option error takes. */
-export function invalidOption(owner: string, name: string, rule: string, value: unknown): ConfigError {
-  return new ConfigError(`${owner} options.${name} must be ${rule} (got ${typeName(value)})`, name);
+/**
+ * `<Owner> options.<name> must be <rule> (got <type>)`: the one shape every option error takes. `shown`
+ * replaces the type only for values that can never be a secret (see {@link optionalChoice}).
+ */
+export function invalidOption(owner: string, name: string, rule: string, value: unknown, shown = typeName(value)): ConfigError {
+  return new ConfigError(`${owner} options.${name} must be ${rule} (got ${shown})`, name);
 }
 
 /**
- * `<Owner> options.<name> must be 'a' or 'b' (got "fast")`: for options with a fixed set of values, which
- * never hold a secret, so a short string is echoed to show the typo.
+ * An option with a fixed set of values: `fallback` when absent, else one of `choices`. Such a value never
+ * holds a secret, so the error echoes a short string to show the typo: `must be 'a' or 'b' (got "fast")`.
  */
-export function invalidChoice(owner: string, name: string, choices: readonly string[], value: unknown): ConfigError {
-  return new ConfigError(`${owner} options.${name} must be ${listChoices(choices)} (got ${shownChoice(value)})`, name);
+export function optionalChoice<T extends string, F extends T | undefined>(
+  owner: string,
+  options: Record<string, unknown>,
+  name: string,
+  choices: readonly T[],
+  fallback: F,
+): T | F {
+  const value = options[name];
+  if (value === undefined) return fallback;
+  if (!(choices as readonly unknown[]).includes(value)) throw invalidOption(owner, name, listChoices(choices), value, shownChoice(value));
+  return value as T;
 }
 
 export function listChoices(choices: readonly string[]): string {
