@@ -38,6 +38,14 @@ export interface TokenCache {
    */
   deleteIfEquals?(key: string, expected: string): Promise<boolean>;
   /**
+   * Replaces the value of `key` with `value` (and a new TTL) only if it holds exactly `expected`,
+   * atomically; resolves `true` when this call wrote. An absent key is never written (use `add`).
+   * wxkit writes a freshly fetched token with it, so a writer that outlived its lock never replaces a
+   * token fetched after its own. Leave it out when the store cannot do it atomically: wxkit then reads,
+   * compares and writes under its refresh lock.
+   */
+  compareAndSet?(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean>;
+  /**
    * Milliseconds `key` has left before the store drops it, or undefined when it is absent. Optional:
    * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it.
    */
@@ -104,6 +112,13 @@ export class MemoryCache implements TokenCache {
     const entry = this.#live(key);
     if (!entry || entry.value !== expected) return false;
     this.#entries.delete(key);
+    return true;
+  }
+
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const entry = this.#live(key);
+    if (!entry || entry.value !== expected) return false;
+    this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
     return true;
   }
 

@@ -19,7 +19,8 @@ export type CacheChildOp =
   | { op: 'get'; key: string }
   | { op: 'set'; key: string; value: string; ttlSeconds: number }
   | { op: 'add'; key: string; value: string; ttlSeconds: number }
-  | { op: 'deleteIfEquals'; key: string; value: string };
+  | { op: 'deleteIfEquals'; key: string; value: string }
+  | { op: 'compareAndSet'; key: string; expected: string; value: string; ttlSeconds: number };
 
 /** What a cache child reports for one operation: its result (`null` for a miss), or the `code` of the error it threw. */
 export interface CacheChildResult {
@@ -32,14 +33,20 @@ export interface CacheChildSetup {
   spec: StoreSpec;
   op?: CacheChildOp;
   ops?: CacheChildOp[];
+  /**
+   * Close the store, report what is still open, let go of the parent and end without process.exit():
+   * the process then exits only if the store left nothing open.
+   */
+  exitByItself?: boolean;
 }
 
-async function run(cache: Awaited<ReturnType<typeof createStore>>, op: CacheChildOp): Promise<CacheChildResult> {
+export async function runCacheOp(cache: Awaited<ReturnType<typeof createStore>>, op: CacheChildOp): Promise<CacheChildResult> {
   try {
     if (op.op === 'get') return { result: (await cache.get(op.key)) ?? null };
     if (op.op === 'set') return { result: await cache.set(op.key, op.value, op.ttlSeconds) };
     if (op.op === 'add') return { result: await cache.add!(op.key, op.value, op.ttlSeconds) };
     if (op.op === 'deleteIfEquals') return { result: await cache.deleteIfEquals!(op.key, op.value) };
+    if (op.op === 'compareAndSet') return { result: await cache.compareAndSet!(op.key, op.expected, op.value, op.ttlSeconds) };
     return { error: `unknown op ${String((op as { op: unknown }).op)}` };
   } catch (error) {
     return { error: (error as { code?: string } | null)?.code ?? String(error) };
@@ -58,14 +65,21 @@ async function main(): Promise<void> {
   let report: CacheChildResult | { results: CacheChildResult[] };
   if (ops) {
     const results: CacheChildResult[] = [];
-    for (const op of ops) results.push(await run(cache, op));
+    for (const op of ops) results.push(await runCacheOp(cache, op));
     report = { results };
   } else if (setup.op) {
-    report = await run(cache, setup.op);
+    report = await runCacheOp(cache, setup.op);
   } else {
     report = { error: 'no operation given' };
   }
   await cache.close?.();
+  if (setup.exitByItself) {
+    // Let sockets that close() ended finish closing before looking at what is left.
+    await new Promise((resolve) => setImmediate(resolve));
+    const resources = process.getActiveResourcesInfo().filter((name) => name !== 'PipeWrap' && name !== 'TTYWrap');
+    process.send!({ ...report, resources }, () => process.disconnect());
+    return;
+  }
   // Exit only once the report is flushed to the parent; an early exit would lose it.
   process.send!(report, () => process.exit(0));
 }

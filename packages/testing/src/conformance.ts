@@ -24,9 +24,10 @@ export interface DescribeTokenCacheOptions {
    * `ttl: false` is for stores that keep entries until they are overwritten (wxkit's readers then go
    * by the expiry inside the value).
    * `ttlMs`: the optional remaining-life query.
-   * @default { add: true, deleteIfEquals: true, ttl: true, ttlMs: false }
+   * `compareAndSet`: the optional atomic replace-if-equal.
+   * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false }
    */
-  supports?: { add?: boolean; deleteIfEquals?: boolean; ttl?: boolean; ttlMs?: boolean };
+  supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean };
 }
 
 /**
@@ -46,6 +47,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   const supportsDeleteIfEquals = options.supports?.deleteIfEquals ?? true;
   const supportsTtl = options.supports?.ttl ?? true;
   const supportsTtlMs = options.supports?.ttlMs ?? false;
+  const supportsCompareAndSet = options.supports?.compareAndSet ?? false;
 
   const key = (label: string) => `wxkit-test:${randomBytes(6).toString('hex')}:${label}`;
   async function withCache<T>(fn: (cache: TokenCache) => Promise<T>): Promise<T> {
@@ -58,10 +60,11 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   }
 
   describe(`TokenCache conformance: ${name}`, () => {
-    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, ttlMs: ${supportsTtlMs})`, () =>
+    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, compareAndSet: ${supportsCompareAndSet}, ttlMs: ${supportsTtlMs})`, () =>
       withCache(async (cache) => {
         expect(typeof cache.add === 'function').toBe(supportsAdd);
         expect(typeof cache.deleteIfEquals === 'function').toBe(supportsDeleteIfEquals);
+        expect(typeof cache.compareAndSet === 'function').toBe(supportsCompareAndSet);
         expect(typeof cache.ttlMs === 'function').toBe(supportsTtlMs);
       }));
 
@@ -236,6 +239,70 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
       },
     );
 
+    it.skipIf(!supportsCompareAndSet)('compareAndSet replaces only an equal value, never creates an absent key, and sets the new TTL', () =>
+      withCache(async (cache) => {
+        const k = key('cas');
+        expect(await cache.compareAndSet!(k, 'anything', 'new', 60)).toBe(false);
+        expect(await cache.get(k)).toBeUndefined();
+        await cache.set(k, 'current', 60);
+        expect(await cache.compareAndSet!(k, 'other', 'new', 60)).toBe(false);
+        expect(await cache.get(k)).toBe('current');
+        expect(await cache.compareAndSet!(k, 'current', 'next', 60)).toBe(true);
+        expect(await cache.get(k)).toBe('next');
+        expect(await cache.compareAndSet!(k, 'current', 'again', 60)).toBe(false);
+        expect(await cache.get(k)).toBe('next');
+        if (supportsTtl) {
+          // The replacement carries its own TTL: a short one ends the entry.
+          expect(await cache.compareAndSet!(k, 'next', 'short', 1)).toBe(true);
+          await until(async () => (await cache.get(k)) === undefined, (1 + slack) * 1000 + 1500);
+          expect(await cache.get(k)).toBeUndefined();
+        }
+      }));
+
+    it.skipIf(!supportsCompareAndSet)('30 concurrent compareAndSet of one value through 3 clients: exactly one wins, and its value is stored', async () => {
+      const clients = await Promise.all(Array.from({ length: 3 }, () => options.create()));
+      try {
+        const k = key('cas-race');
+        await clients[0]!.set(k, 'base', 60);
+        const results = await Promise.all(
+          Array.from({ length: 30 }, (_, i) => clients[i % 3]!.compareAndSet!(k, 'base', `writer-${i}`, 60).then((won) => ({ won, i }))),
+        );
+        const winners = results.filter((r) => r.won);
+        expect(winners).toHaveLength(1);
+        expect(await clients[1]!.get(k)).toBe(`writer-${winners[0]!.i}`);
+      } finally {
+        await Promise.all(clients.map((client) => client.close?.()));
+      }
+    });
+
+    it.skipIf(!options.shared || !supportsCompareAndSet)('compareAndSet across 4 processes started together: exactly one winner', async () => {
+      const spec = typeof options.shared === 'function' ? await options.shared() : options.shared!;
+      const k = key('cas-processes');
+      await withCache((cache) => cache.set(k, 'base', 60));
+      const results = await inChildren(spec, 4, (i) => ({ op: 'compareAndSet', key: k, expected: 'base', value: `process-${i}`, ttlSeconds: 60 }));
+      expect(results.map((r) => r.error)).toEqual([undefined, undefined, undefined, undefined]);
+      const winners = results.filter((r) => r.result === true);
+      expect(winners).toHaveLength(1);
+      await withCache(async (cache) => expect(await cache.get(k)).toBe(`process-${winners[0]!.index}`));
+    });
+
+    it.skipIf(!options.shared)('a process that used the store and closed it exits on its own, without process.exit()', async () => {
+      const spec = typeof options.shared === 'function' ? await options.shared() : options.shared!;
+      const k = key('exit');
+      const ops: CacheChildOp[] = [
+        { op: 'set', key: k, value: 'v', ttlSeconds: 60 },
+        { op: 'get', key: k },
+      ];
+      if (supportsAdd) ops.push({ op: 'add', key: `${k}:lock`, value: 'owner', ttlSeconds: 60 });
+      if (supportsDeleteIfEquals) ops.push({ op: 'deleteIfEquals', key: `${k}:lock`, value: 'owner' });
+      const { code, results, resources } = await childThatExitsByItself(spec, ops);
+      expect(results.map((r) => r.error)).toEqual(ops.map(() => undefined));
+      expect(results[1]!.result).toBe('v');
+      // The child never calls process.exit(): it ends only when nothing the store opened keeps it alive.
+      // `resources` is what it still had open right after close(), shown when it did not exit.
+      expect({ code, resources: code === 0 ? [] : resources }).toEqual({ code: 0, resources: [] });
+    });
+
     it.skipIf(!supportsTtlMs)('ttlMs() tells the life left, and undefined for an absent key', () =>
       withCache(async (cache) => {
         const k = key('ttl-ms');
@@ -254,6 +321,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
       const calls: Promise<unknown>[] = [cache.get(k), cache.set(k, 'v', 60), cache.delete(k)];
       if (cache.add) calls.push(cache.add(k, 'v', 60));
       if (cache.deleteIfEquals) calls.push(cache.deleteIfEquals(k, 'v'));
+      if (cache.compareAndSet) calls.push(cache.compareAndSet(k, 'v', 'w', 60));
       for (const call of await Promise.allSettled(calls)) {
         expect(call.status).toBe('rejected');
         expect((call as PromiseRejectedResult).reason).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
@@ -269,6 +337,39 @@ async function until(condition: () => Promise<boolean>, timeoutMs: number): Prom
   while (!(await condition()) && Date.now() - started < timeoutMs) {
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/**
+ * Runs `ops` in a child process that then closes its store and lets go of its parent, without calling
+ * process.exit(): it exits only if the store left nothing open. Resolves its exit code (null when it had
+ * not exited `graceMs` after it closed the store, and was killed) and the resources it still held right
+ * after close() (`process.getActiveResourcesInfo()`), to tell what kept it alive.
+ */
+export async function childThatExitsByItself(
+  spec: StoreSpec,
+  ops: CacheChildOp[],
+  graceMs = 15_000,
+): Promise<{ code: number | null; results: CacheChildResult[]; resources: string[] }> {
+  const script = fileURLToPath(new URL('./cache-child.js', import.meta.url));
+  const child = fork(script, [], {
+    env: { ...process.env, WXKIT_CACHE_CHILD: JSON.stringify({ spec, ops, exitByItself: true }) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const report = new Promise<{ results: CacheChildResult[]; resources: string[] }>((resolve, reject) => {
+    child.on('message', (message: { ready?: boolean; results?: CacheChildResult[]; resources?: string[] }) => {
+      if (message.ready) child.send('go');
+      else resolve({ results: message.results ?? [], resources: message.resources ?? [] });
+    });
+    void exited.then(() => reject(new Error('cache child exited without a report')));
+  });
+  const { results, resources } = await report;
+  let timer: NodeJS.Timeout | undefined;
+  // A bound on a failure, not a measurement: a child that still runs this long after close() is held open.
+  const code = await Promise.race([exited, new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), graceMs)))]);
+  clearTimeout(timer);
+  if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  return { code, results, resources };
 }
 
 /**
