@@ -28,6 +28,12 @@ export interface DescribeTokenCacheOptions {
    * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false }
    */
   supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean };
+  /**
+   * Stops and restarts the store's server, for the check that a store which is down rejects every
+   * call (a miss would send every process to WeChat) and works again once it is back. Omit for stores
+   * without a server.
+   */
+  outage?: { stop(): Promise<void>; start(): Promise<void> };
 }
 
 /**
@@ -312,6 +318,27 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         expect(left).toBeLessThanOrEqual(60_000);
         expect(await cache.ttlMs!(key('ttl-ms-missing'))).toBeUndefined();
       }));
+
+    it.skipIf(!options.outage)('while the server is down every call rejects with ERR_WXKIT_CACHE, never a miss; once it is back the same client works', async () => {
+      const cache = await options.create();
+      const k = key('outage');
+      try {
+        await cache.set(k, 'before', 60);
+        await options.outage!.stop();
+        const calls: Promise<unknown>[] = [cache.get(k), cache.set(k, 'v', 60), cache.delete(k)];
+        if (cache.add) calls.push(cache.add(`${k}:lock`, 'v', 60));
+        if (cache.deleteIfEquals) calls.push(cache.deleteIfEquals(`${k}:lock`, 'v'));
+        if (cache.compareAndSet) calls.push(cache.compareAndSet(k, 'before', 'w', 60));
+        const settled = await Promise.allSettled(calls);
+        expect(settled.map((call) => call.status)).toEqual(calls.map(() => 'rejected'));
+        for (const call of settled) expect((call as PromiseRejectedResult).reason).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+        await options.outage!.start();
+        await until(async () => (await cache.set(k, 'after', 60).then(() => true, () => false)), 10_000);
+        expect(await cache.get(k)).toBe('after');
+      } finally {
+        await cache.close?.();
+      }
+    });
 
     it('after close(), every method rejects with ERR_WXKIT_CACHE, and close() again resolves', async () => {
       const cache = await options.create();
