@@ -82,7 +82,7 @@ describe('the demo', () => {
       expect(run).toMatchObject({ sent: 30, lost: 0, fetches: 2 });
       expect(run.output).toContain(`MemcachedCache at memcached://${memcached.url}`);
       const appId = /appid (wx[0-9a-f]{16})/.exec(run.output)?.[1];
-      expect(await memcachedGet(memcached.port, `wechat:access_token:${appId}`)).toMatch(/^\{"access_token":"[^"]+","expires_at":\d+,"fetched_at":\d+\}$/);
+      expect(await memcachedGet(memcached.port, `wechat:access_token:${appId}`)).toMatch(/^\{"access_token":"[^"]+","expires_at":\d+,"fetched_at":\d+,"fetched_by":"[^"]+:\d+"\}$/);
     } finally {
       await memcached.stop();
     }

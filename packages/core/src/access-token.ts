@@ -1,7 +1,7 @@
 import type { TokenCache } from './cache.js';
 import type { ClientCore } from './client-base.js';
-import type { StoredEntry } from './schema.js';
-import type { TokenManager } from './token-manager.js';
+import type { StoredEntry } from './token/entry.js';
+import type { TokenManager } from './token/manager.js';
 
 /** Per-call options of token methods. */
 export interface TokenCallOptions {

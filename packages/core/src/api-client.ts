@@ -1,7 +1,7 @@
 import type { ClientCore } from './client-base.js';
-import { WeChatApiError } from './errors.js';
+import { WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
-import type { TokenManager } from './token-manager.js';
+import type { TokenManager } from './token/manager.js';
 
 /** What WeChat answers: `errcode` 0 or absent on success, plus the API's own fields. */
 export interface WeChatResponse {
@@ -16,14 +16,18 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
-// The errcodes that mean "this access token is no good", after which a fresh token may succeed.
-// 40001: superseded by a newer token; 40014: malformed or unknown; 42001: expired.
-const TOKEN_ERRCODES = new Set([40001, 40014, 42001]);
+// Resends after WeChat rejected the token: a lockless peer (an SDK that refreshes without a lock) can
+// supersede the token a resend carries, once or twice in a row. Each resend uses a token newer than the
+// one rejected, and all of them happen within WeChat's 5-minute grace window, or not at all.
+const MAX_RESENDS = 3;
+const GRACE_MS = 300_000;
 
 /**
  * Calls any WeChat API with the access token in its query string. When WeChat rejects the token
- * (40001, 40014, 42001) the client invalidates exactly that token, gets the current one (one fetch
- * across all processes) and resends once; a second rejection is thrown, never retried again.
+ * (40001, 40014, 42001) the client invalidates exactly that token and resends with a newer one: one the
+ * store already holds (another program refreshed), or else one refresh shared by every process. A
+ * rejected resend is tried again only with yet another token from the store, at most three resends in
+ * all; a call never fetches twice and never loops.
  *
  * @example
  * ```ts
@@ -64,24 +68,28 @@ export class ApiClient {
       const req = { method, path, query: { ...query, access_token: token }, json, signal: options.signal };
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);
     };
-    const token = await this.#token.get(options.signal);
-    const sentAt = performance.now();
-    try {
-      return (await send(token)) as T;
-    } catch (error) {
-      if (!(error instanceof WeChatApiError) || !TOKEN_ERRCODES.has(error.errcode)) throw error;
+    let token = await this.#token.get(options.signal);
+    const recovery = { fetched: false };
+    let firstRejection: number | undefined;
+    let rejection: WeChatApiError;
+    for (let resends = 0; ; resends += 1) {
+      try {
+        return (await send(token)) as T;
+      } catch (error) {
+        if (!isTokenRejection(error)) throw error;
+        rejection = error;
+      }
+      firstRejection ??= performance.now();
+      if (resends === MAX_RESENDS || performance.now() - firstRejection > GRACE_MS) break;
+      const next = await this.#token.recover(token, rejection.errcode, recovery, options.signal);
+      if (next === undefined) break;
+      token = next;
     }
-    const fresh = await this.#token.replacementFor(token, sentAt, options.signal);
-    try {
-      return (await send(fresh)) as T;
-    } catch (error) {
-      if (!(error instanceof WeChatApiError) || !TOKEN_ERRCODES.has(error.errcode)) throw error;
-      // Leave the second token to the next caller's own recovery: invalidating it here too could turn
-      // one broken account into a fetch per call.
-      throw new WeChatApiError({ errcode: error.errcode, errmsg: error.errmsg }, cleanPath(path), {
-        message: `${error.message}; the token was refreshed once and the retry failed too`,
-        cause: error,
-      });
-    }
+    // Leave the last token to the next caller's own recovery: invalidating it here too could turn one
+    // broken account into a fetch per call.
+    throw new WeChatApiError({ errcode: rejection.errcode, errmsg: rejection.errmsg }, cleanPath(path), {
+      message: `${rejection.message}; the token was replaced and the call resent, and WeChat rejected the newer token too`,
+      cause: rejection,
+    });
   }
 }

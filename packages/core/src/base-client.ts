@@ -3,7 +3,7 @@ import { ApiClient } from './api-client.js';
 import type { TokenCache } from './cache.js';
 import type { ClientCore } from './client-base.js';
 import type { LogFields } from './logger.js';
-import type { TokenManager } from './token-manager.js';
+import type { TokenManager } from './token/manager.js';
 
 /** An event a client emits: the fields of the log line of the same name, with its level and message. */
 export type ClientEvent = LogFields & { level: 'debug' | 'info' | 'warn' | 'error'; message: string };

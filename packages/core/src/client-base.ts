@@ -4,9 +4,17 @@ import { MemoryCache, type TokenCache } from './cache.js';
 import { ConfigError } from './errors.js';
 import { HttpClient } from './http.js';
 import { Log, type Logger } from './logger.js';
-import { nativeSchema, type KeySchema } from './schema.js';
 import { GuardedStore, assertTokenCache } from './store.js';
-import { TokenManager, type Fetcher, type ProtocolSettings, type TokenMode } from './token-manager.js';
+import { EntryStore } from './token/entry-store.js';
+import { nativeSchema, type KeySchema } from './token/entry.js';
+import { writerId } from './token/identity.js';
+import { TokenManager } from './token/manager.js';
+import type { ProtocolSettings, Refresher, TokenContext } from './token/refresher.js';
+import { FollowRefresher } from './token/refreshers/follow.js';
+import { LockedFetchRefresher } from './token/refreshers/locked-fetch.js';
+import { RemoteRefresher } from './token/refreshers/remote.js';
+import { StoreTiers } from './token/tiers.js';
+import type { Upstream } from './token/upstream.js';
 import type { TokenSource, TokenSourceRequest } from './token-source.js';
 import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from './validate.js';
 import { VERSION } from './version.js';
@@ -49,16 +57,19 @@ export interface ClientOptions {
    */
   memoMs?: number;
   /**
-   * Lease of the refresh lock, in ms. It must outlast one fetch (`timeoutMs`), or a slow fetch could
-   * lose its lock to a second fetcher. A holder that dies blocks others for at most this long.
-   * @default 15000
-   */
-  lockLeaseMs?: number;
-  /**
-   * How long a process waits for another one's refresh before fetching on its own, in ms.
-   * @default 20000
+   * How long a process waits for another one's refresh, in ms. A waiter never fetches beside a holder:
+   * it takes the holder's token or the holder's error, or the lock once the holder's lease ends (a
+   * holder that died). The lease itself is computed from the critical section it guards (`timeoutMs`
+   * and `cacheTimeoutMs`; about 21 s by default), so the default outlasts it.
+   * @default the lock's lease + 5000
    */
   lockWaitMs?: number;
+  /**
+   * A name for this program, recorded with `host:pid` as the `fetched_by` of every token it fetches, so
+   * a token invalidated from outside the fleet can be traced to its last writer (`order-service`).
+   * Letters, digits, `.`, `_` and `-`, at most 64.
+   */
+  serviceName?: string;
   /**
    * Deadline of one store call, in ms. A store that does not answer in time counts as down, and the
    * process serves the token it holds (see docs).
@@ -102,8 +113,6 @@ export const CLIENT_DEFAULTS = Object.freeze({
   timeoutMs: 10_000,
   maxResponseBytes: 1024 * 1024,
   memoMs: 30_000,
-  lockLeaseMs: 15_000,
-  lockWaitMs: 20_000,
   cacheTimeoutMs: 2_000,
   refreshAheadJitterMs: 5_000,
 });
@@ -116,8 +125,8 @@ const CLIENT_OPTION_NAMES = [
   'maxResponseBytes',
   'dispatcher',
   'memoMs',
-  'lockLeaseMs',
   'lockWaitMs',
+  'serviceName',
   'cacheTimeoutMs',
   'logger',
   'now',
@@ -128,7 +137,14 @@ const CLIENT_OPTION_NAMES = [
 ] as const;
 
 let sharedMemoryCache: MemoryCache | undefined;
+// Where a client's entries go while its store is down and this host has no other fallback: this process.
+let processFallback: MemoryCache | undefined;
 let warnedDefaultStore = false;
+
+/** Options that were renamed or dropped, with what to use instead. */
+const RETIRED_OPTIONS: Record<string, string> = {
+  lockLeaseMs: 'the lease is now computed from timeoutMs and cacheTimeoutMs (the critical section it guards); drop the option',
+};
 
 /** The parts of a client that its token managers, API client and helpers share. */
 export class ClientCore {
@@ -142,9 +158,13 @@ export class ClientCore {
   readonly cacheTimeoutMs: number;
   /** `auto`, `never` (follower) or `remote` (a token source). */
   readonly refresh: 'auto' | 'never' | 'remote';
+  /** `host:pid[:service]`, recorded as `fetched_by`. */
+  readonly writer: string;
   readonly #source: TokenSource | undefined;
   #store: GuardedStore;
   #defaultStore: boolean;
+  readonly #tiers: StoreTiers;
+  readonly #local: GuardedStore;
   readonly #managers: TokenManager[] = [];
 
   constructor(
@@ -156,6 +176,9 @@ export class ClientCore {
   ) {
     this.owner = owner;
     this.appId = appId;
+    for (const [name, instead] of Object.entries(RETIRED_OPTIONS)) {
+      if (options[name] !== undefined) throw new ConfigError(`${owner} options.${name} is no longer an option: ${instead}`, name);
+    }
     rejectUnknownOptions(owner, options, [...ownNames, ...CLIENT_OPTION_NAMES]);
 
     const baseUrl = options.baseUrl ?? defaultBaseUrl;
@@ -171,17 +194,13 @@ export class ClientCore {
       integer: true,
     });
     const memoMs = optionalNumber(owner, options, 'memoMs', CLIENT_DEFAULTS.memoMs);
-    const lockLeaseMs = optionalNumber(owner, options, 'lockLeaseMs', Math.max(CLIENT_DEFAULTS.lockLeaseMs, timeoutMs + 5_000), {
-      min: 1000,
-    });
-    if (lockLeaseMs <= timeoutMs) {
-      throw new ConfigError(
-        `${owner} options.lockLeaseMs must be greater than options.timeoutMs (got ${lockLeaseMs} <= ${timeoutMs}): a lease shorter than a fetch lets a second process fetch while the first still waits`,
-        'lockLeaseMs',
-      );
-    }
-    const lockWaitMs = optionalNumber(owner, options, 'lockWaitMs', Math.max(CLIENT_DEFAULTS.lockWaitMs, lockLeaseMs + 5_000));
+    const lockWaitMs = options.lockWaitMs === undefined ? undefined : optionalNumber(owner, options, 'lockWaitMs', 0, { min: 1 });
     this.cacheTimeoutMs = optionalNumber(owner, options, 'cacheTimeoutMs', CLIENT_DEFAULTS.cacheTimeoutMs, { min: 1 });
+    const serviceName = options.serviceName;
+    if (serviceName !== undefined && (typeof serviceName !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(serviceName))) {
+      throw invalidOption(owner, 'serviceName', 'up to 64 letters, digits, `.`, `_` or `-`', serviceName);
+    }
+    this.writer = writerId(serviceName as string | undefined);
     const now = optionalFunction<() => number>(owner, options, 'now') ?? Date.now;
     const refreshAheadSeconds = optionalNumber(owner, options, 'refreshAheadSeconds', 0);
     const refreshAheadJitterMs = optionalNumber(owner, options, 'refreshAheadJitterMs', CLIENT_DEFAULTS.refreshAheadJitterMs);
@@ -208,7 +227,14 @@ export class ClientCore {
     if (!isKeySchema(schema)) throw invalidOption(owner, 'schema', 'a KeySchema such as nativeSchema()', schema);
 
     this.schema = schema;
-    this.settings = { memoMs, lockLeaseMs, lockWaitMs, now, refreshAheadMs: refreshAheadSeconds * 1000, refreshAheadJitterMs };
+    this.settings = {
+      memoMs,
+      lockWaitMs,
+      cacheTimeoutMs: this.cacheTimeoutMs,
+      now,
+      refreshAheadMs: refreshAheadSeconds * 1000,
+      refreshAheadJitterMs,
+    };
     this.log = new Log(logger as Logger | false | undefined, this.events);
     this.http = new HttpClient({
       baseUrl,
@@ -220,11 +246,14 @@ export class ClientCore {
     if (options.cache !== undefined) assertTokenCache(`${owner} options.cache`, options.cache);
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard((options.cache as TokenCache | undefined) ?? (sharedMemoryCache ??= new MemoryCache()));
+    this.#local = this.#guard((processFallback ??= new MemoryCache()));
+    this.#tiers = new StoreTiers(() => this.#store, () => undefined, this.#local);
   }
 
   /** Swaps the store for every token and ticket of this client. */
   setCache(cache: TokenCache): void {
     assertTokenCache(`${this.owner} setCache() cache`, cache);
+    this.#store.dispose();
     this.#store = this.#guard(cache);
     this.#defaultStore = false;
     for (const manager of this.#managers) manager.reset();
@@ -235,23 +264,27 @@ export class ClientCore {
   }
 
   /**
-   * The token manager of one entry. `request` names it to a token source; `fetch` gets it from WeChat.
-   * Access tokens follow the client's refresh mode; tickets come from the token source when there is
-   * one, and otherwise from WeChat (a follower still fetches tickets: they invalidate nobody).
+   * The token manager of one entry. `request` names it to a token source; `upstream` fetches it from
+   * WeChat. Access tokens follow the client's refresh mode; tickets come from the token source when
+   * there is one, and otherwise from WeChat (a follower still fetches tickets: they invalidate nobody).
    */
-  manager(label: string, key: string, request: TokenSourceRequest, fetch: Fetcher): TokenManager {
-    const manager = new TokenManager({
+  manager(label: string, key: string, request: TokenSourceRequest, upstream: Upstream): TokenManager {
+    const logKey = this.schema.redactKey?.(key) ?? key;
+    let manager: TokenManager | undefined;
+    const ctx: TokenContext = {
       label,
       field: request.field,
       key,
+      logKey,
       appId: this.appId,
-      schema: this.schema,
       settings: this.settings,
-      store: () => this.#store,
-      mode: this.#mode(request, fetch),
+      entries: new EntryStore({ key, field: request.field, schema: this.schema, label, appId: this.appId, logKey, log: this.log, now: this.settings.now }),
+      tiers: this.#tiers,
       log: this.log,
-      onFirstUse: () => this.#warnIfDefaultStore(),
-    });
+      writer: this.writer,
+      rejected: (value) => manager?.isRejected(value) ?? false,
+    };
+    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore());
     this.#managers.push(manager);
     return manager;
   }
@@ -265,20 +298,15 @@ export class ClientCore {
   }
 
   async close(): Promise<void> {
+    this.#store.dispose();
+    this.#local.dispose();
     await Promise.all([this.http.close(), this.#source?.close?.()]);
   }
 
-  #mode(request: TokenSourceRequest, fetch: Fetcher): TokenMode {
-    const source = this.#source;
-    if (source) {
-      return {
-        kind: 'remote',
-        fetch: () => source.fetch(request),
-        invalidate: (failed) => source.invalidate(request, failed),
-      };
-    }
-    if (this.refresh === 'never' && request.field === 'access_token') return { kind: 'follow' };
-    return { kind: 'fetch', fetch };
+  #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {
+    if (this.#source) return new RemoteRefresher(ctx, this.#source, request);
+    if (this.refresh === 'never' && request.field === 'access_token') return new FollowRefresher(ctx);
+    return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key), this.schema.companions ? 1 : 0);
   }
 
   #guard(cache: TokenCache): GuardedStore {

@@ -195,6 +195,15 @@ export function describeErrcode(errcode: number): string | undefined {
   return ERRCODE_HINTS[errcode];
 }
 
+// The errcodes that mean "this access token is no good", after which a fresh token may succeed.
+// 40001: superseded by a newer token; 40014: malformed or unknown; 42001: expired.
+const TOKEN_ERRCODES = new Set([40001, 40014, 42001]);
+
+/** Whether WeChat refused the call for its access token (40001, 40014, 42001): a fresh token may succeed. */
+export function isTokenRejection(error: unknown): error is WeChatApiError {
+  return error instanceof WeChatApiError && TOKEN_ERRCODES.has(error.errcode);
+}
+
 /** Wraps anything a store threw into a CacheError, keeping the original as `cause`. */
 export function toCacheError(error: unknown, message: string): CacheError {
   return error instanceof CacheError ? error : new CacheError(message, { cause: error });

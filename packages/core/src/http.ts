@@ -66,6 +66,11 @@ export class HttpClient {
       });
   }
 
+  /** Deadline of one exchange, connect to last body byte, in ms. */
+  get timeoutMs(): number {
+    return this.#settings.timeoutMs;
+  }
+
   /** Sends the request and returns the parsed JSON body. Throws WeChatApiError when `errcode` is set and not 0. */
   async json(req: HttpRequest): Promise<Record<string, unknown>> {
     const { status, bytes } = await this.#exchange(req);

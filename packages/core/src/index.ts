@@ -37,7 +37,7 @@ export {
   type KeySubject,
   type EntryField,
   type StoredEntry,
-} from './schema.js';
+} from './token/entry.js';
 export {
   easyWeChat4,
   easyWeChat6,

@@ -1,11 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
-import type { ApiClient } from './api-client.js';
 import type { TokenCallOptions } from './access-token.js';
 import type { ClientCore } from './client-base.js';
-import { ConfigError } from './errors.js';
-import { validateFetched } from './fetchers.js';
-import type { KeySubject } from './schema.js';
-import type { TokenManager } from './token-manager.js';
+import { ConfigError, isTokenRejection } from './errors.js';
+import type { KeySubject } from './token/entry.js';
+import type { TokenManager } from './token/manager.js';
+import { validateFetched } from './token/upstream.js';
 import { listChoices, shownChoice, typeName } from './validate.js';
 
 /** Ticket types of cgi-bin/ticket/getticket. */
@@ -51,25 +50,25 @@ const WORK_TICKET_PATHS: Record<string, { path: string; query?: Record<string, s
 /** Shared by the official account's and WeCom's JS-SDK helpers: tickets cached like the token. */
 abstract class TicketKeeper<T extends string> {
   protected readonly core: ClientCore;
-  readonly #client: ApiClient;
+  readonly #token: TokenManager;
   readonly #subject: KeySubject;
   readonly #paths: Record<string, { path: string; query?: Record<string, string> }>;
   readonly #tickets = new Map<string, TokenManager>();
 
-  protected constructor(core: ClientCore, client: ApiClient, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
+  protected constructor(core: ClientCore, token: TokenManager, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
     this.core = core;
-    this.#client = client;
+    this.#token = token;
     this.#subject = subject;
     this.#paths = paths;
   }
 
   /** A valid ticket of `type`, shared through the cache. */
-  getTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
+  async getTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
     return this.#ticket(type).get(options.signal);
   }
 
   /** Fetches a new ticket of `type` now and stores it. */
-  refreshTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
+  async refreshTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
     return this.#ticket(type).forceRefresh(options.signal);
   }
 
@@ -122,7 +121,17 @@ abstract class TicketKeeper<T extends string> {
         `${type}_ticket`,
         this.core.schema.ticketKey(subject, type),
         { kind: subject.kind, id, field: 'ticket', ticketType: type },
-        async () => validateFetched(await this.#client.get(where.path, where.query), 'ticket', where.path),
+        {
+          budgetMs: this.core.http.timeoutMs,
+          // The access token is had before the ticket's lock is taken, so the lock guards one call.
+          prepare: () => this.#token.get(),
+          fetch: async (_force, token) => {
+            const query = { ...where.query, access_token: token as string };
+            return validateFetched(await this.core.http.json({ method: 'GET', path: where.path, query }), 'ticket', where.path);
+          },
+          rejectsInput: isTokenRejection,
+          dropInput: (token, error) => this.#token.invalidate(token as string, (error as { errcode?: number }).errcode),
+        },
       );
       this.#tickets.set(type, manager);
     }
@@ -141,8 +150,8 @@ abstract class TicketKeeper<T extends string> {
  */
 export class Jssdk extends TicketKeeper<TicketType> {
   /** @internal Created by the client. */
-  constructor(core: ClientCore, client: ApiClient, subject: KeySubject) {
-    super(core, client, subject, TICKET_PATHS);
+  constructor(core: ClientCore, token: TokenManager, subject: KeySubject) {
+    super(core, token, subject, TICKET_PATHS);
   }
 
   /** A valid ticket of `type` (default `jsapi`), shared through the cache. */
@@ -182,8 +191,8 @@ export class WorkJssdk extends TicketKeeper<WorkTicketType> {
   readonly #agentId: string;
 
   /** @internal Created by the client. */
-  constructor(core: ClientCore, client: ApiClient, subject: KeySubject & { kind: 'work' }) {
-    super(core, client, subject, WORK_TICKET_PATHS);
+  constructor(core: ClientCore, token: TokenManager, subject: KeySubject & { kind: 'work' }) {
+    super(core, token, subject, WORK_TICKET_PATHS);
     this.#agentId = subject.agentId;
   }
 

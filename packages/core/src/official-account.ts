@@ -1,10 +1,9 @@
 import { WeChatClient } from './base-client.js';
 import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from './client-base.js';
-import { validateFetched } from './fetchers.js';
 import { Jssdk } from './jssdk.js';
-import type { KeySubject } from './schema.js';
 import { TemplateMessage } from './template-message.js';
-import type { Fetched } from './token-manager.js';
+import type { KeySubject } from './token/entry.js';
+import { validateFetched, type Fetched } from './token/upstream.js';
 import { optionalChoice } from './validate.js';
 
 /** Which WeChat endpoint issues access tokens. */
@@ -52,7 +51,7 @@ export class OfficialAccount extends WeChatClient {
     super(core, token);
     this.appId = subject.appId;
     this.templateMessage = new TemplateMessage(this.client);
-    this.jssdk = new Jssdk(core, this.client, subject);
+    this.jssdk = new Jssdk(core, token, subject);
   }
 }
 
@@ -69,9 +68,16 @@ export function setUp(owner: string, kind: 'official_account' | 'mini_program', 
   // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
   const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
   const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
-  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, (force) => {
-    const key = core.requireSecret(secret, 'fetching an access token');
-    return endpoint === 'stable' ? fetchStable(core, appId, key, force) : fetchClassic(core, appId, key);
+  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, {
+    budgetMs: core.http.timeoutMs,
+    // Every classic fetch invalidates the previous token; stable_token hands back the current one, and
+    // only its force_refresh (20 a day) replaces it.
+    invalidatesPrevious: endpoint === 'classic',
+    scarceForce: endpoint === 'stable',
+    fetch(force) {
+      const key = core.requireSecret(secret, 'fetching an access token');
+      return endpoint === 'stable' ? fetchStable(core, appId, key, force) : fetchClassic(core, appId, key);
+    },
   });
   return { core, subject, token, secret };
 }

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { CacheError, ConfigError } from './errors.js';
 import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpValue } from './php-serialize.js';
-import type { KeySchema, KeySubject, StoredEntry } from './schema.js';
+import { bareEntry, storeTtlSeconds, type KeySchema, type KeySubject, type StoredEntry } from './token/entry.js';
 import { assertOptionsObject, invalidOption, optionalChoice } from './validate.js';
 
 // Compatibility profiles: the same token protocol, reading and writing the entries another SDK keeps,
@@ -11,10 +11,6 @@ import { assertOptionsObject, invalidOption, optionalChoice } from './validate.j
 /** The lock of an entry, for peers that take none: wxkit's own `{key}:lock`. */
 const defaultLock = (entryKey: string) => `${entryKey}:lock`;
 
-/** A token or ticket as the peer stores it bare, checked like a fetched one. */
-function bareValue(value: unknown): StoredEntry | undefined {
-  return typeof value === 'string' && /^[\x21-\x7e]{1,2048}$/.test(value) ? { value } : undefined;
-}
 
 /** PHP's `json_encode()` with default flags, for keys: `/` as `\/`, non-ASCII as lowercase `\uXXXX`. */
 export function phpJsonEncode(record: Record<string, string>): string {
@@ -109,19 +105,19 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
       return `${prefix}easywechat.basic_service.jssdk.ticket.${type}.${subject.appId}`;
     },
     lockKey: defaultLock,
-    encode(field, value, expiresIn, _fetchedAt, response) {
+    encode(field, value, expiresIn, _fetchedAt, extra) {
       if (field === 'ticket') {
         // BasicService/Jssdk/Client.php caches WeChat's whole answer.
-        const answer = response ?? { errcode: 0, errmsg: 'ok', ticket: value, expires_in: expiresIn };
+        const answer = extra?.response ?? { errcode: 0, errmsg: 'ok', ticket: value, expires_in: expiresIn };
         return phpSerialize(phpArray(Object.fromEntries(Object.entries(answer).filter(([, v]) => isPhp(v))) as Record<string, PhpValue>));
       }
       return phpSerialize(phpArray({ access_token: value, expires_in: expiresIn }));
     },
     decode(field, raw) {
       const parsed = phpValue(name, raw);
-      return parsed === undefined ? undefined : bareValue(phpGet(parsed, field));
+      return parsed === undefined ? undefined : bareEntry(phpGet(parsed, field));
     },
-    ttlSeconds: (expiresIn, field) => Math.max(1, field === 'ticket' ? expiresIn - 500 : expiresIn - safeSeconds),
+    ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 500 : safeSeconds),
   };
 }
 
@@ -150,7 +146,7 @@ export interface EasyWeChat6Options {
 export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
   return easyWeChat6Like('easyWeChat6', options, (token) => phpSerialize(token), (raw) => {
     const parsed = phpValue('easyWeChat6', raw);
-    return parsed === undefined ? undefined : bareValue(parsed);
+    return parsed === undefined ? undefined : bareEntry(parsed);
   });
 }
 
@@ -159,7 +155,7 @@ export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
  * project move from it to wxkit without a token gap. The key holds the plain AppSecret (see easyWeChat6).
  */
 export function nodeEasyWeChat(options: { prefix?: string } = {}): KeySchema {
-  return easyWeChat6Like('nodeEasyWeChat', options, (token) => token, bareValue);
+  return easyWeChat6Like('nodeEasyWeChat', options, (token) => token, bareEntry);
 }
 
 function easyWeChat6Like(
@@ -194,7 +190,7 @@ function easyWeChat6Like(
     lockKey: (entryKey) => `${entryKey}:lock`,
     encode: (_field, value) => encode(value),
     decode: (_field, raw) => decode(raw),
-    ttlSeconds: (expiresIn) => Math.max(1, expiresIn),
+    ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 0),
     redactKey(key) {
       let redacted = key;
       for (const secret of secrets) redacted = redacted.split(secret).join('***');
@@ -230,12 +226,12 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
     encode: (_field, value) => JSON.stringify(value),
     decode: (_field, raw) => {
       try {
-        return bareValue(JSON.parse(raw));
+        return bareEntry(JSON.parse(raw));
       } catch {
         return undefined;
       }
     },
-    ttlSeconds: (expiresIn) => Math.max(1, expiresIn),
+    ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 0),
     companions: (entryKey, field, _value, expiresIn, fetchedAt) =>
       field === 'access_token'
         ? // wechatpy writes it without a TTL; wxkit gives it the token's, so it never outlives the token.
@@ -276,15 +272,15 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
     lockKey: defaultLock,
     encode: (_field, value) => (store === 'memcached' ? JSON.stringify(value) : value),
     decode: (_field, raw) => {
-      if (store === 'redis') return bareValue(raw);
+      if (store === 'redis') return bareEntry(raw);
       try {
-        return bareValue(JSON.parse(raw));
+        return bareEntry(JSON.parse(raw));
       } catch {
         return undefined;
       }
     },
     // The classic token lives expires_in − 1500 s, the stable one expires_in − 300 s.
-    ttlSeconds: (expiresIn, _field, key) => Math.max(1, expiresIn - (key !== undefined && stableKeys.has(key) ? 300 : 1500)),
+    ttlSeconds: (expiresIn, _field, key) => storeTtlSeconds(expiresIn, key !== undefined && stableKeys.has(key) ? 300 : 1500),
   };
 }
 
@@ -323,8 +319,8 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
       return `${entryKey}:lock`;
     },
     encode: (_field, value) => value,
-    decode: (_field, raw) => bareValue(raw),
+    decode: (_field, raw) => bareEntry(raw),
     // WxMpRedisConfigImpl: tokens for expires_in, tickets for expires_in − 200.
-    ttlSeconds: (expiresIn, field) => Math.max(1, field === 'ticket' ? expiresIn - 200 : expiresIn),
+    ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 200 : 0),
   };
 }

@@ -3,18 +3,30 @@ import { CacheError, ConfigError } from './errors.js';
 import type { Log } from './logger.js';
 import { typeName } from './validate.js';
 
+// After a failure the store is not asked again by callers: every call fails at once until a probe in the
+// background (a read of PROBE_KEY) gets an answer, so a hung store costs a caller at most one timeout,
+// not one per call (nor one per step of the token protocol). Probes are 250 ms apart, growing to 5 s
+// while the store stays down; their timer never keeps the process alive.
+const PROBE_MIN_MS = 250;
+const PROBE_MAX_MS = 5_000;
+const PROBE_KEY = 'wxkit:probe';
+
 /**
  * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
- * and an outage reported once when it starts and once when it ends, not once per call.
+ * a circuit breaker that stops waiting on a store that is down, and an outage reported once when it
+ * starts and once when it ends, not once per call.
  */
 export class GuardedStore {
   readonly cache: TokenCache;
   readonly #timeoutMs: number;
   readonly #log: Log;
   readonly #appId: string;
-  #down = false;
-
   readonly #redact: (key: string) => string;
+  #down = false;
+  #probeDelayMs = PROBE_MIN_MS;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #disposed = false;
+  readonly #recoveryListeners = new Set<() => void>();
 
   constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = (key) => key) {
     this.cache = cache;
@@ -22,6 +34,11 @@ export class GuardedStore {
     this.#timeoutMs = timeoutMs;
     this.#log = log;
     this.#appId = appId;
+  }
+
+  /** The deadline of one call, in ms. */
+  get timeoutMs(): number {
+    return this.#timeoutMs;
   }
 
   /** True between a failed call and the next successful one. */
@@ -35,6 +52,17 @@ export class GuardedStore {
 
   get atomicDeleteIfEquals(): boolean {
     return typeof this.cache.deleteIfEquals === 'function';
+  }
+
+  /** Stops probing a store that is down (the client closed). */
+  dispose(): void {
+    this.#disposed = true;
+    clearTimeout(this.#probeTimer);
+  }
+
+  /** Calls `listener` once, the next time the store answers after an outage. */
+  onRecovered(listener: () => void): void {
+    this.#recoveryListeners.add(listener);
   }
 
   get(key: string): Promise<string | undefined> {
@@ -77,7 +105,26 @@ export class GuardedStore {
     return true;
   }
 
-  async #call<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+  /**
+   * Replaces `expected` with `value`. Without an atomic compareAndSet in the store this is a read, a
+   * compare and a write, which the caller makes safe by holding the refresh lock.
+   */
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const compareAndSet = this.cache.compareAndSet;
+    if (typeof compareAndSet === 'function') {
+      return this.#call('compareAndSet', key, () => compareAndSet.call(this.cache, key, expected, value, ttlSeconds));
+    }
+    if ((await this.get(key)) !== expected) return false;
+    await this.set(key, value, ttlSeconds);
+    return true;
+  }
+
+  #call<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+    if (this.#down) return Promise.reject(new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`));
+    return this.#send(op, key, run);
+  }
+
+  async #send<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
       const result = await Promise.race([
@@ -95,24 +142,56 @@ export class GuardedStore {
           timer.unref?.();
         }),
       ]);
-      if (this.#down) {
-        this.#down = false;
-        this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
-      }
+      if (this.#down) this.#recovered(op);
       return result;
     } catch (error) {
       const wrapped =
         error instanceof CacheError ? error : new CacheError(`The token store failed on ${op}`, { cause: error });
-      if (!this.#down) {
-        this.#down = true;
-        this.#log.warn(
-          { event: 'cache.unavailable', appId: this.#appId, op, key: this.#redact(key), error: describeError(wrapped) },
-          'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
-        );
-      }
+      this.#failed(op, key, wrapped);
       throw wrapped;
     } finally {
       if (timer) clearTimeout(timer);
+    }
+  }
+
+  #failed(op: string, key: string, error: CacheError): void {
+    if (this.#down) {
+      this.#probeDelayMs = Math.min(this.#probeDelayMs * 2, PROBE_MAX_MS);
+    } else {
+      this.#down = true;
+      this.#probeDelayMs = PROBE_MIN_MS;
+      this.#log.warn(
+        { event: 'cache.unavailable', appId: this.#appId, op, key: this.#redact(key), error: describeError(error) },
+        'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
+      );
+    }
+    this.#scheduleProbe();
+  }
+
+  #scheduleProbe(): void {
+    if (this.#disposed || this.#probeTimer) return;
+    this.#probeTimer = setTimeout(() => {
+      this.#probeTimer = undefined;
+      if (this.#disposed || !this.#down) return;
+      this.#send('get', PROBE_KEY, () => this.cache.get(PROBE_KEY)).catch(() => undefined);
+    }, this.#probeDelayMs);
+    this.#probeTimer.unref?.();
+  }
+
+  #recovered(op: string): void {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = undefined;
+    this.#down = false;
+    this.#probeDelayMs = PROBE_MIN_MS;
+    this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
+    const listeners = [...this.#recoveryListeners];
+    this.#recoveryListeners.clear();
+    for (const listener of listeners) {
+      try {
+        listener();
+      } catch {
+        // A listener's failure is its own.
+      }
     }
   }
 }

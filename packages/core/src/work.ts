@@ -1,9 +1,9 @@
 import type { RequestOptions } from './api-client.js';
 import { WeChatClient } from './base-client.js';
 import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from './client-base.js';
-import { validateFetched } from './fetchers.js';
 import { WorkJssdk } from './jssdk.js';
-import type { KeySubject } from './schema.js';
+import type { KeySubject } from './token/entry.js';
+import { validateFetched } from './token/upstream.js';
 import { invalidOption, requireFields } from './validate.js';
 
 /** Options of {@link Work}. */
@@ -74,11 +74,14 @@ export class Work extends WeChatClient {
       'access_token',
       core.schema.accessTokenKey(subject),
       { kind: 'work', id: `${corpId}:${agentId}`, field: 'access_token' },
-      async () => {
+      {
+        budgetMs: core.http.timeoutMs,
         // gettoken hands back the current token while it is valid, like the stable endpoint.
-        const path = 'cgi-bin/gettoken';
-        const query = { corpid: corpId, corpsecret: core.requireSecret(secret, 'fetching an access token') };
-        return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+        async fetch() {
+          const path = 'cgi-bin/gettoken';
+          const query = { corpid: corpId, corpsecret: core.requireSecret(secret, 'fetching an access token') };
+          return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+        },
       },
     );
     super(core, token);
@@ -91,6 +94,6 @@ export class Work extends WeChatClient {
         return client.postJson('cgi-bin/message/send', { agentid: Number(agentId), ...message }, requestOptions);
       },
     };
-    this.jssdk = new WorkJssdk(core, this.client, subject);
+    this.jssdk = new WorkJssdk(core, token, subject);
   }
 }

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, signJsapi } from '../src/index.js';
@@ -52,7 +53,8 @@ describe('jssdk', () => {
     const key = nativeSchema().ticketKey({ kind: 'official_account', appId, endpoint: 'stable' }, 'jsapi');
     expect(key).toBe(`wechat:jsapi_ticket:${appId}`);
     const stored = JSON.parse((await cache.get(key)) ?? 'null') as Record<string, unknown>;
-    expect(Object.keys(stored)).toEqual(['ticket', 'expires_at', 'fetched_at']);
+    expect(Object.keys(stored)).toEqual(['ticket', 'expires_at', 'fetched_at', 'fetched_by']);
+    expect(stored.fetched_by).toBe(`${hostname()}:${process.pid}`);
     expect(stored.ticket).toBe(VECTOR.ticket);
   });
 

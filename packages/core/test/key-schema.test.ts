@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { nativeSchema, type EntryField, type KeySubject } from '../src/index.js';
+import { HttpError, WeChatApiError, nativeSchema, type EntryField, type KeySubject } from '../src/index.js';
+import { isPlausibleToken } from '../src/token/entry.js';
+import { encodeMarker, markerFor } from '../src/token/failure.js';
 
 // docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
@@ -41,7 +43,9 @@ describe('docs/key-schema.md test vectors', () => {
                   ? schema.lockKey(schema.accessTokenKey(subject('stable')))
                   : entry === 'lock, classic'
                     ? schema.lockKey(schema.accessTokenKey(subject('classic')))
-                    : `unknown entry ${entry}`;
+                    : entry === 'failure marker, classic'
+                      ? `${schema.accessTokenKey(subject('classic'))}:failed`
+                      : `unknown entry ${entry}`;
       expect(key, entry).toBe(row.key);
     }
   });
@@ -50,7 +54,9 @@ describe('docs/key-schema.md test vectors', () => {
     const rows = table('Values');
     expect(rows.length).toBeGreaterThanOrEqual(3);
     for (const row of rows) {
-      const value = nativeSchema().encode(row.field as EntryField, row.value!, Number(row.expires_in), Number(row.fetched_at));
+      const value = nativeSchema().encode(row.field as EntryField, row.value!, Number(row.expires_in), Number(row.fetched_at), {
+        fetchedBy: row.fetched_by || undefined,
+      });
       expect(value).toBe(row['stored value']);
       expect(Buffer.byteLength(value, 'utf8')).toBe(Number(row.bytes));
     }
@@ -69,9 +75,28 @@ describe('docs/key-schema.md test vectors', () => {
     const rows = table('Reading');
     expect(rows.length).toBeGreaterThanOrEqual(12);
     for (const row of rows) {
-      const entry = nativeSchema().decode(row.field as EntryField, row['stored value']!);
+      // A reader's rule: the schema's fields, and a token that could be WeChat's.
+      const decoded = nativeSchema().decode(row.field as EntryField, row['stored value']!);
+      const entry = decoded && isPlausibleToken(decoded.value) ? decoded : undefined;
       if (row['well-formed'] === 'yes') expect(entry?.value, row['stored value']).toBe(row.token);
       else expect(entry, row['stored value']).toBeUndefined();
+    }
+    expect(isPlausibleToken('A'.repeat(512))).toBe(true);
+    expect(isPlausibleToken('A'.repeat(513))).toBe(false);
+  });
+
+  it('failure markers', () => {
+    const rows = table('Failure markers');
+    expect(rows.length).toBeGreaterThanOrEqual(7);
+    for (const row of rows) {
+      const stored = JSON.parse(row['stored marker']!) as { errcode?: number; errmsg?: string; path: string; status?: number };
+      const error =
+        stored.errcode !== undefined
+          ? new WeChatApiError({ errcode: stored.errcode, errmsg: stored.errmsg }, stored.path)
+          : new HttpError('ERR_WXKIT_HTTP', `WeChat answered ${stored.path} with HTTP ${stored.status}`, { path: stored.path, status: stored.status });
+      // random() = 0.5: the middle of the jitter.
+      const marker = markerFor(error, Number(row.attempt), Number(row.failed_at), row.failed_by!, () => 0.5);
+      expect(encodeMarker(marker!), `${row.failure} attempt ${row.attempt}`).toBe(row['stored marker']);
     }
   });
 

@@ -74,7 +74,7 @@ describe("follower mode (refresh: 'never')", () => {
 
   it('with nobody writing, ERR_WXKIT_NO_TOKEN after lockWaitMs; forceRefresh() is refused', async () => {
     const { appId } = mock.createApp();
-    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache: new MemoryCache(), logger: false, lockWaitMs: 200, lockLeaseMs: 11_000 });
+    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache: new MemoryCache(), logger: false, lockWaitMs: 200 });
     const error = await rejection(follower.accessToken.getToken());
     expect(error).toBeInstanceOf(TokenUnavailableError);
     expect(error.code).toBe('ERR_WXKIT_NO_TOKEN');

@@ -67,7 +67,7 @@ describe('profile vectors in docs/key-schema.md', () => {
       const field = row.field as EntryField;
       const expiresIn = Number(row.expires_in);
       const response = field === 'ticket' ? { errcode: 0, errmsg: 'ok', ticket: row.value, expires_in: expiresIn } : undefined;
-      const stored = schema.encode(field, row.value!, expiresIn, 1763996400, response);
+      const stored = schema.encode(field, row.value!, expiresIn, 1763996400, { response });
       expect(stored, `${row.profile} ${row.field}`).toBe(row['stored value']);
       expect(schema.ttlSeconds(expiresIn, field), `${row.profile} ${row.field} ttl`).toBe(Number(row.ttl));
       expect(schema.decode(field, stored)?.value).toBe(row.value);
@@ -133,17 +133,23 @@ describe('profiles in the token protocol', () => {
     expect(mock.counters(other.appId).tokenRequests).toBe(0);
   });
 
-  it('a PHP value in a foreign serializer is a CacheError, and it is left untouched', async () => {
+  it('a PHP value in a foreign serializer is a miss, logged once, never overwritten; the token fetched serves from memory', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), logger: false });
+    const logger = recordingLogger();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), logger, memoMs: 0 });
     const foreign = '\u0000\u0000\u0000\u0002\u0014\u0002';
     await cache.set(app.accessToken.cacheKey, foreign, 600);
-    const error = await rejection(app.accessToken.getToken());
-    expect(error.code).toBe('ERR_WXKIT_CACHE');
-    expect(String(error.message)).toContain('easyWeChat4');
+    const token = await app.accessToken.getToken();
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    // memoMs 0: every call reads the store, finds the foreign value again, and keeps the token it has.
+    for (let i = 0; i < 5; i += 1) expect(await app.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
-    expect(mock.counters(appId).tokenRequests).toBe(0);
+    const corrupt = logger.lines.filter((line) => (line.fields as { event: string }).event === 'cache.corrupt_entry');
+    expect(corrupt).toHaveLength(1);
+    expect(corrupt[0]!.message).toContain('easyWeChat4');
+    expect(corrupt[0]!.fields).toMatchObject({ foreign: true });
   });
 
   it('wechatpy writes the token as a JSON string and its expires_at companion', async () => {

@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
@@ -14,14 +15,27 @@ afterAll(async () => {
 const schema = nativeSchema();
 const stableKey = (appId: string) => schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' });
 
-/** A MemoryCache that records every set() call. */
+/** A MemoryCache that records every write of an entry (set, add, compareAndSet), locks and markers aside. */
 function recordingCache(now?: () => number): MemoryCache & { sets: { key: string; value: string; ttl: number }[] } {
   const cache = new MemoryCache(now ? { now } : {}) as MemoryCache & { sets: { key: string; value: string; ttl: number }[] };
   cache.sets = [];
-  const set = cache.set.bind(cache);
+  const record = (key: string, value: string, ttl: number) => {
+    if (!/:(lock|failed)$/.test(key)) cache.sets.push({ key, value, ttl });
+  };
+  const [set, add, compareAndSet] = [cache.set.bind(cache), cache.add.bind(cache), cache.compareAndSet.bind(cache)];
   cache.set = async (key, value, ttl) => {
-    cache.sets.push({ key, value, ttl });
+    record(key, value, ttl);
     return set(key, value, ttl);
+  };
+  cache.add = async (key, value, ttl) => {
+    const added = await add(key, value, ttl);
+    if (added) record(key, value, ttl);
+    return added;
+  };
+  cache.compareAndSet = async (key, expected, value, ttl) => {
+    const replaced = await compareAndSet(key, expected, value, ttl);
+    if (replaced) record(key, value, ttl);
+    return replaced;
   };
   return cache;
 }
@@ -66,13 +80,16 @@ describe('getToken', () => {
     expect(key).toBe(`wechat:stable_access_token:${appId}`);
     expect(app.accessToken.cacheKey).toBe(key);
     expect(ttl).toBe(7200 - 300);
-    const parsed = JSON.parse(value) as { access_token: string; expires_at: number; fetched_at: number };
-    expect(Object.keys(parsed)).toEqual(['access_token', 'expires_at', 'fetched_at']);
+    const parsed = JSON.parse(value) as { access_token: string; expires_at: number; fetched_at: number; fetched_by: string };
+    expect(Object.keys(parsed)).toEqual(['access_token', 'expires_at', 'fetched_at', 'fetched_by']);
+    expect(parsed.fetched_by).toBe(`${hostname()}:${process.pid}`);
     expect(parsed.access_token).toBe(token);
     expect(parsed.fetched_at).toBeGreaterThanOrEqual(before);
     expect(parsed.fetched_at).toBeLessThanOrEqual(after);
     expect(parsed.expires_at).toBe(parsed.fetched_at + 7200);
-    expect(value).toBe(`{"access_token":"${token}","expires_at":${parsed.expires_at},"fetched_at":${parsed.fetched_at}}`);
+    expect(value).toBe(
+      `{"access_token":"${token}","expires_at":${parsed.expires_at},"fetched_at":${parsed.fetched_at},"fetched_by":"${hostname()}:${process.pid}"}`,
+    );
   });
 
   it('uses an entry another program wrote, without fetching', async () => {
@@ -203,7 +220,7 @@ describe('token-scoped invalidation', () => {
       expect(error.code).toBe('ERR_WXKIT_WECHAT_API');
       expect(error.errcode).toBe(40001);
       expect(error.path).toBe('cgi-bin/message/template/send');
-      expect(String(error.message)).toContain('refreshed once and the retry failed too');
+      expect(String(error.message)).toContain('WeChat rejected the newer token too');
     } finally {
       mock.clearFaults();
     }
@@ -286,7 +303,10 @@ describe('the store', () => {
     const logger = { warn: (f: { event: string }) => events.push(f.event), info: (f: { event: string }) => events.push(f.event) };
     const { app, appId } = newApp(mock, { cache: flaky, logger, memoMs: 0 });
     const token = await app.accessToken.getToken();
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
     up = true;
+    // A probe in the background notices the store is back; no caller waits on a store that is down.
+    await recovered;
     mock.invalidateTokens(appId);
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: { a: { value: 'x' } } });
     const stored = schema.decode('access_token', (await inner.get(stableKey(appId))) ?? '');

@@ -29,9 +29,10 @@ const cases: [MockFaultKind, string, number | undefined][] = [
   ['slow-body', 'ERR_WXKIT_TIMEOUT', undefined],
 ];
 
-describe('a bad answer from the token endpoint is a typed error, and nothing is cached', () => {
+describe('a bad answer from the token endpoint is a typed error, nothing is cached, and the next fetch waits its back-off', () => {
   it.each(cases)('%s → %s', async (kind, code, status) => {
-    const { app, appId, cache } = newApp(mock, { timeoutMs: 400, lockLeaseMs: 1000 });
+    let now = Date.now();
+    const { app, appId, cache } = newApp(mock, { timeoutMs: 400, now: () => now });
     mock.injectFault({ kind, path: 'cgi-bin/stable_token', times: 1 });
     const error = await rejection(app.accessToken.getToken());
     expect(error.code).toBe(code);
@@ -39,10 +40,18 @@ describe('a bad answer from the token endpoint is a typed error, and nothing is 
     if (status !== undefined) expect(error.status).toBe(status);
     expect(await cache.get(key(appId))).toBeUndefined();
     expect(await cache.get(`${key(appId)}:lock`)).toBeUndefined();
-    // The failure was not remembered: the next call fetches and succeeds.
+    // The failure is shared beside the entry, and the next call within the first back-off step (about
+    // 1 s) gets the same error without asking WeChat.
+    expect(JSON.parse((await cache.get(`${key(appId)}:failed`))!)).toMatchObject({ code, attempt: 1 });
+    const again = await rejection(app.accessToken.getToken());
+    expect(again.code).toBe(code);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    // Once the step has passed, the next call fetches and succeeds, and the marker is gone.
+    now += 2_000;
     const token = await app.accessToken.getToken();
     expect(mock.isTokenValid(appId, token)).toBe(true);
     expect(mock.counters(appId).tokenRequests).toBe(2);
+    expect(await cache.get(`${key(appId)}:failed`)).toBeUndefined();
     await app.close();
   });
 
@@ -66,17 +75,28 @@ describe('a bad answer from the token endpoint is a typed error, and nothing is 
 });
 
 describe('WeChat refuses the credentials or the quota', () => {
-  it('wrong secret (40125): WeChatApiError, one request per call, nothing cached', async () => {
+  it('wrong secret (40125): WeChatApiError, asked again at most once a minute, or at once on forceRefresh(); nothing cached', async () => {
     const { appId } = mock.createApp();
     const cache = new MemoryCache();
-    const app = new OfficialAccount({ appId, secret: 'not-the-secret', baseUrl: mock.url, cache, logger: false });
-    for (let attempt = 1; attempt <= 3; attempt += 1) {
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret: 'not-the-secret', baseUrl: mock.url, cache, logger: false, now: () => now });
+    for (let call = 1; call <= 3; call += 1) {
       const error = await rejection(app.accessToken.getToken());
       expect(error.code).toBe('ERR_WXKIT_WECHAT_API');
       expect(error.errcode).toBe(40125);
       expect(error.rid).toMatch(/^[0-9a-f]+-[0-9a-f]+-[0-9a-f]+$/);
-      expect(mock.counters(appId).tokenRequests).toBe(attempt);
+      // The first call asked WeChat; the others within the minute got the same error from the marker.
+      expect(mock.counters(appId).tokenRequests).toBe(1);
     }
+    now += 59_000;
+    await rejection(app.accessToken.getToken());
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    now += 2_000;
+    expect((await rejection(app.accessToken.getToken())).errcode).toBe(40125);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    // A fixed secret is tried at once with forceRefresh(), marker or not.
+    expect((await rejection(app.accessToken.forceRefresh())).errcode).toBe(40125);
+    expect(mock.counters(appId).tokenRequests).toBe(3);
     expect(await cache.get(key(appId))).toBeUndefined();
     expect(await cache.get(`${key(appId)}:lock`)).toBeUndefined();
   });

@@ -55,7 +55,7 @@ describe('KeyvCache', () => {
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new KeyvCache(redisStore()), logger: false });
     const token = await app.accessToken.getToken();
     const raw = redisCli(redis.port, 'GET', `wechat:stable_access_token:${appId}`);
-    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10}\\}$`));
+    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10},"fetched_by":"[^"]+:${process.pid}"\\}$`));
     expect(Number(redisCli(redis.port, 'TTL', `wechat:stable_access_token:${appId}`))).toBeGreaterThan(6800);
     expect(redisCli(redis.port, 'KEYS', 'keyv*')).toBe('');
     await app.close();
@@ -66,7 +66,7 @@ describe('KeyvCache', () => {
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new KeyvCache(postgresStore()), logger: false });
     const token = await app.accessToken.getToken();
     const row = psql(`SELECT value FROM public.${table} WHERE key = 'wechat:stable_access_token:${appId}'`);
-    expect(row.stdout.trim()).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10}\\}$`));
+    expect(row.stdout.trim()).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10},"fetched_by":"[^"]+:${process.pid}"\\}$`));
     await app.close();
   });
 

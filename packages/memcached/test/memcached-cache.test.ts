@@ -29,7 +29,7 @@ describe('MemcachedCache on a real memcached', () => {
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
     const token = await app.accessToken.getToken();
     const raw = await memcachedGet(memcached.port, `wechat:stable_access_token:${appId}`);
-    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10}\\}$`));
+    expect(raw).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10},"fetched_by":"[^"]+:${process.pid}"\\}$`));
     expect(await memcachedGet(memcached.port, `wechat:stable_access_token:${appId}:lock`)).toBeUndefined();
     await Promise.all([app.close(), cache.close()]);
   });

@@ -22,7 +22,7 @@ export interface WorkerConfig {
   tokenSource?: { url: string; key: string };
   /** A key schema by its @wxkit/core export name and options, e.g. `{ name: 'easyWeChat4', options: { prefix: 'think:' } }`. */
   schema?: { name: string; options?: Record<string, unknown> };
-  /** Extra OfficialAccount options with numeric values (timeoutMs, lockLeaseMs, memoMs…). */
+  /** Extra OfficialAccount options with numeric values (timeoutMs, cacheTimeoutMs, memoMs…). */
   clientOptions?: Record<string, number>;
   /** Give the client a clock the test can move forward with `WorkerGroup.advance()`. */
   clockControl?: boolean;
@@ -45,7 +45,7 @@ export interface WorkerResult {
   ok: number;
   /** `code:errcode` of each failure, e.g. `ERR_WXKIT_WECHAT_API:40001`. */
   errors: string[];
-  /** wxkit log events seen during this run, by name (`cache.unavailable`, `access_token.fetched`…). */
+  /** wxkit log events seen since the previous result (during this run, or between the two), by name (`cache.unavailable`…). */
   events: Record<string, number>;
 }
 

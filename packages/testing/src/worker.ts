@@ -53,7 +53,6 @@ async function main(): Promise<void> {
       process.exit(0);
     }
     if (message.type !== 'run') return;
-    events = {};
     const settled: PromiseSettledResult<string>[] = [];
     let next = 0;
     const lane = async () => {
@@ -64,7 +63,9 @@ async function main(): Promise<void> {
       }
     };
     await Promise.all(Array.from({ length: Math.min(message.concurrency ?? message.count, message.count) }, lane));
+    // Events since the previous result: a background probe's may fall between two runs.
     const result: WorkerResult = { type: 'result', id: message.id, values: [], ok: 0, errors: [], events };
+    events = {};
     for (const outcome of settled) {
       if (outcome.status === 'fulfilled') {
         result.ok += 1;

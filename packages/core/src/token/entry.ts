@@ -1,4 +1,4 @@
-import { assertOptionsObject, invalidOption, optionalNumber } from './validate.js';
+import { assertOptionsObject, invalidOption, optionalNumber } from '../validate.js';
 
 /** Which WeChat credential an entry belongs to. */
 export type KeySubject =
@@ -29,8 +29,18 @@ export interface StoredEntry {
   value: string;
   /** When WeChat stops accepting it; undefined when the format does not record it. */
   expiresAt?: number;
-  /** When it was fetched from WeChat; undefined when the format does not record it. */
+  /** When the writer asked WeChat for it; undefined when the format does not record it. */
   fetchedAt?: number;
+  /** Who fetched it (`host:pid` or `host:pid:service`), when the format records it. */
+  fetchedBy?: string;
+}
+
+/** What a schema may record next to a freshly fetched value. */
+export interface EncodeExtra {
+  /** WeChat's whole answer, for formats that store it (EasyWeChat 4 tickets). */
+  response?: Record<string, unknown>;
+  /** Who fetched it: `host:pid` or `host:pid:service`. */
+  fetchedBy?: string;
 }
 
 /**
@@ -50,10 +60,10 @@ export interface KeySchema {
   /** The refresh lock that guards an entry. */
   lockKey(entryKey: string): string;
   /**
-   * The stored string for a freshly fetched value; `expiresIn` is WeChat's, in seconds. `response` is
-   * WeChat's whole answer, for formats that store it (EasyWeChat 4 tickets).
+   * The stored string for a freshly fetched value; `expiresIn` is WeChat's, in seconds, and `fetchedAt`
+   * when the request for it was sent, in unix seconds.
    */
-  encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, response?: Record<string, unknown>): string;
+  encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, extra?: EncodeExtra): string;
   /**
    * The entry inside a stored string, or undefined when it is not a valid entry of this schema (it is
    * then replaced). Throws a CacheError for a value in a recognisably foreign encoding that must not be
@@ -77,7 +87,8 @@ export interface NativeSchemaOptions {
   prefix?: string;
   /**
    * Seconds taken off WeChat's `expires_in` for the store TTL, so no reader is handed a token in its last
-   * minutes. Larger margins refresh earlier (more fetches a day); smaller ones risk clock skew.
+   * minutes. It never takes more than a quarter of a short-lived token's life (see {@link storeTtlSeconds}).
+   * Larger margins refresh earlier (more fetches a day); smaller ones risk clock skew.
    * @default 300
    */
   marginSeconds?: number;
@@ -86,20 +97,41 @@ export interface NativeSchemaOptions {
 const NATIVE_DEFAULTS = Object.freeze({ prefix: 'wechat:', marginSeconds: 300 });
 
 /**
- * The store TTL rule of schema v1: `expires_in − margin`, and when that leaves less than one second,
- * half of `expires_in` (at least 1). The stable endpoint can hand out a token with as little as 300 s
- * left, exactly the default margin; caching it for half its life beats caching it for zero seconds,
- * which would send every caller back to WeChat.
+ * A margin never takes more than this share of the token's life. The stable endpoint hands out the
+ * current token with its remaining life (as little as 300 s, sometimes a little more): a token with 345 s
+ * left keeps 259 s in the store instead of 45 s, and is used rather than fetched again and again.
  */
-export function nativeTtlSeconds(expiresIn: number, marginSeconds: number): number {
-  const ttl = Math.floor(expiresIn - marginSeconds);
-  return ttl >= 1 ? ttl : Math.max(1, Math.floor(expiresIn / 2));
+const MAX_MARGIN_SHARE = 0.25;
+
+/**
+ * The store TTL rule every schema shares: `expires_in` minus a safety margin that never exceeds a quarter
+ * of `expires_in`, and never less than 1 second. `marginSeconds` is the schema's own (native: 300 s;
+ * profiles: what their peer SDK subtracts).
+ */
+export function storeTtlSeconds(expiresIn: number, marginSeconds: number): number {
+  const margin = Math.min(marginSeconds, Math.floor(expiresIn * MAX_MARGIN_SHARE));
+  return Math.max(1, Math.floor(expiresIn - margin));
+}
+
+// WeChat asks integrators to reserve 512 characters for an access_token; tokens and tickets are
+// printable ASCII without spaces. Anything else in a store was not written by WeChat's answer: a 1 MB
+// or control-character "token" would make every request fail (HTTP 431, or a broken request line).
+const PLAUSIBLE_TOKEN = /^[\x21-\x7e]{1,512}$/;
+
+/** Whether `value` could be a WeChat access token or ticket: 1–512 printable ASCII characters, no spaces. */
+export function isPlausibleToken(value: unknown): value is string {
+  return typeof value === 'string' && PLAUSIBLE_TOKEN.test(value);
+}
+
+/** The entry's field, when the value is a plausible token: what every bare-value format returns. */
+export function bareEntry(value: unknown): StoredEntry | undefined {
+  return isPlausibleToken(value) ? { value } : undefined;
 }
 
 /**
  * wxkit's own key schema, version 1: keys `wechat:stable_access_token:{appid}` and friends, values
- * `{"access_token":"…","expires_at":…,"fetched_at":…}`. docs/key-schema.md is the contract that other
- * languages implement.
+ * `{"access_token":"…","expires_at":…,"fetched_at":…,"fetched_by":"…"}`. docs/key-schema.md is the
+ * contract that other languages implement.
  *
  * @example
  * ```ts
@@ -128,12 +160,17 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
         ? `${prefix}work:${type}_ticket:${subject.corpId}:${subject.agentId}`
         : `${prefix}${type}_ticket:${subject.appId}`,
     lockKey: (entryKey) => `${entryKey}:lock`,
-    encode: (field, value, expiresIn, fetchedAt) =>
+    encode: (field, value, expiresIn, fetchedAt, extra) =>
       // Field order is part of the format: WeChat's own field name first. JSON.stringify keeps
       // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII.
-      JSON.stringify({ [field]: value, expires_at: fetchedAt + Math.floor(expiresIn), fetched_at: fetchedAt }),
+      JSON.stringify({
+        [field]: value,
+        expires_at: fetchedAt + Math.floor(expiresIn),
+        fetched_at: fetchedAt,
+        ...(extra?.fetchedBy === undefined ? {} : { fetched_by: extra.fetchedBy }),
+      }),
     decode: (field, raw) => decodeNative(field, raw),
-    ttlSeconds: (expiresIn) => nativeTtlSeconds(expiresIn, marginSeconds),
+    ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, marginSeconds),
   };
 }
 
@@ -149,9 +186,14 @@ function decodeNative(field: EntryField, raw: string): StoredEntry | undefined {
   const value = record[field];
   const expiresAt = record.expires_at;
   const fetchedAt = record.fetched_at;
+  const fetchedBy = record.fetched_by;
   if (typeof value !== 'string' || value.length === 0) return undefined;
   if (typeof expiresAt !== 'number' || !Number.isFinite(expiresAt)) return undefined;
-  // Readers ignore unknown fields; fetched_at is informative, so a hand-written entry may leave it out.
+  // Readers ignore unknown fields; fetched_at and fetched_by are informative, so a hand-written entry may
+  // leave them out.
   if (fetchedAt !== undefined && (typeof fetchedAt !== 'number' || !Number.isFinite(fetchedAt))) return undefined;
-  return fetchedAt === undefined ? { value, expiresAt } : { value, expiresAt, fetchedAt };
+  const entry: StoredEntry = { value, expiresAt };
+  if (fetchedAt !== undefined) entry.fetchedAt = fetchedAt;
+  if (typeof fetchedBy === 'string' && fetchedBy.length <= 256) entry.fetchedBy = fetchedBy;
+  return entry;
 }

@@ -1,0 +1,190 @@
+import { CacheError } from '../errors.js';
+import type { Log } from '../logger.js';
+import type { GuardedStore } from '../store.js';
+import { isPlausibleToken, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
+import type { Fetched } from './upstream.js';
+
+/**
+ * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as
+ * another program's and must not overwrite (a PHP cache serialised with igbinary, say).
+ */
+export type EntryRead = { kind: 'hit'; entry: StoredEntry; raw: string } | { kind: 'miss'; foreign?: boolean };
+
+/** A value encoded for the store, with the TTL and the entry it stands for. */
+export interface EncodedEntry {
+  raw: string;
+  ttlSeconds: number;
+  entry: StoredEntry;
+}
+
+export interface EntryStoreInit {
+  key: string;
+  field: EntryField;
+  schema: KeySchema;
+  /** `access_token`, `jsapi_ticket`…, for log lines. */
+  label: string;
+  appId: string;
+  /** The key as logs may show it. */
+  logKey: string;
+  log: Log;
+  now: () => number;
+}
+
+// A token this close to its expiry is treated as expired: a call that takes it may arrive too late.
+export const NEAR_EXPIRY_MS = 30_000;
+// A freshly fetched value is written with compare-and-set; losing the race this often means the key is
+// written continuously by someone else, and the value is kept in memory only.
+const WRITE_ROUNDS = 3;
+
+/**
+ * One entry in the store: reading it (decode, validation of what comes out of the store, expiry), and
+ * writing a freshly fetched value so that it never replaces a value fetched later.
+ */
+export class EntryStore {
+  readonly key: string;
+  readonly #init: EntryStoreInit;
+  /** The corrupt value last reported, so each one is logged once, not on every read. */
+  #reportedCorrupt: string | undefined;
+
+  constructor(init: EntryStoreInit) {
+    this.#init = init;
+    this.key = init.key;
+  }
+
+  /**
+   * The entry, or a miss: absent, corrupt (logged once), a value WeChat rejected (`rejected`), past
+   * its TTL, or within 30 s of its expiry. Rejects with a CacheError when the store fails.
+   */
+  async read(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
+    const raw = await store.get(this.key);
+    if (raw === undefined) return { kind: 'miss' };
+    const { entry, foreign } = this.decode(raw);
+    if (!entry) return foreign ? { kind: 'miss', foreign } : { kind: 'miss' };
+    if (rejected(entry.value)) return { kind: 'miss' };
+    // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is the store's
+    // TTL where the store can tell; otherwise the entry counts as valid until it disappears.
+    if (entry.expiresAt === undefined && store.cache.ttlMs) {
+      const left = await store.ttlMs(this.key);
+      if (left === undefined) return { kind: 'miss' };
+      if (Number.isFinite(left)) entry.expiresAt = Math.floor((this.#init.now() + left) / 1000);
+    }
+    // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
+    // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
+    const { expiresAtMs, staleAtMs } = this.lifetime(entry);
+    const now = this.#init.now();
+    if ((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS)) {
+      return { kind: 'miss' };
+    }
+    return { kind: 'hit', entry, raw };
+  }
+
+  /**
+   * The entry inside a stored value, or none when wxkit cannot use it: not of the schema, or holding
+   * something that is no plausible WeChat token (a 1 MB or control-character "token" would make every
+   * request fail): a miss, logged once, replaced under the lock. A value the schema recognises as
+   * another program's encoding is `foreign`: a miss too, logged once, but never overwritten.
+   */
+  decode(raw: string): { entry?: StoredEntry; foreign?: boolean } {
+    const { schema, field, label, appId, logKey, log } = this.#init;
+    let entry: StoredEntry | undefined;
+    let foreign = false;
+    let reason = `is not a valid ${schema.name} entry; treating it as a miss and replacing it`;
+    try {
+      entry = schema.decode(field, raw);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      foreign = true;
+      reason = `cannot be read: ${error.message}. It is left as it is, and this process keeps the token it fetches in memory`;
+    }
+    if (entry && !isPlausibleToken(entry.value)) {
+      entry = undefined;
+      reason = `holds no plausible WeChat token (1–512 printable characters); treating it as a miss and replacing it`;
+    }
+    if (entry) return { entry };
+    const identity = `${raw.length}:${raw.slice(0, 64)}`;
+    if (this.#reportedCorrupt !== identity) {
+      this.#reportedCorrupt = identity;
+      log.warn(
+        { event: 'cache.corrupt_entry', appId, key: logKey, schema: schema.name, bytes: raw.length, foreign },
+        `The stored ${label} ${reason}`,
+      );
+    }
+    return { foreign };
+  }
+
+  /** WeChat's expiry, and when the schema's TTL rule ends the entry (known when fetched_at is recorded). */
+  lifetime(entry: StoredEntry): { expiresAtMs: number | undefined; staleAtMs: number | undefined } {
+    const { expiresAt, fetchedAt } = entry;
+    return {
+      expiresAtMs: expiresAt === undefined ? undefined : expiresAt * 1000,
+      staleAtMs:
+        expiresAt !== undefined && fetchedAt !== undefined && expiresAt > fetchedAt
+          ? (fetchedAt + this.#init.schema.ttlSeconds(expiresAt - fetchedAt, this.#init.field, this.key)) * 1000
+          : undefined,
+    };
+  }
+
+  /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
+  encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {
+    const { schema, field } = this.#init;
+    return {
+      raw: schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy }),
+      ttlSeconds: schema.ttlSeconds(fetched.expiresIn, field, this.key),
+      entry: { value: fetched.value, expiresAt: fetchedAt + fetched.expiresIn, fetchedAt, fetchedBy },
+    };
+  }
+
+  /**
+   * Writes a fresh value, unless the store holds a value fetched later (its `fetched_at` is greater):
+   * that one is the token WeChat considers latest, and it is kept. The compare is atomic where the store
+   * can compare-and-set; elsewhere the refresh lock makes it safe. Resolves the entry the store holds
+   * afterwards, and whether it is ours. Rejects with a CacheError when the store fails.
+   */
+  async write(store: GuardedStore, fresh: EncodedEntry, fetched: Fetched): Promise<{ entry: StoredEntry; stored: boolean }> {
+    const { raw, ttlSeconds, entry } = fresh;
+    let stored = false;
+    for (let round = 0; round < WRITE_ROUNDS && !stored; round += 1) {
+      const current = await store.get(this.key);
+      if (current === undefined) {
+        const added = store.add(this.key, raw, ttlSeconds);
+        if (added === undefined) await store.set(this.key, raw, ttlSeconds);
+        stored = added === undefined || (await added);
+        continue;
+      }
+      if (current === raw) return { entry, stored: true };
+      const { entry: theirs, foreign } = this.#quietDecode(current);
+      // Another program's value in an encoding this schema cannot read: never replaced.
+      if (foreign) return { entry, stored: false };
+      if (theirs && theirs.value !== entry.value && theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined && theirs.fetchedAt > entry.fetchedAt) {
+        return { entry: theirs, stored: false };
+      }
+      stored = await store.compareAndSet(this.key, current, raw, ttlSeconds);
+    }
+    if (!stored) return { entry, stored: false };
+    const { schema, field } = this.#init;
+    for (const companion of schema.companions?.(this.key, field, fetched.value, fetched.expiresIn, entry.fetchedAt!) ?? []) {
+      await store.set(companion.key, companion.value, companion.ttlSeconds);
+    }
+    return { entry, stored: true };
+  }
+
+  /**
+   * Deletes the entry if it still holds `value` (compare-and-delete against the exact bytes read), so a
+   * newer token written by another process survives. Resolves whether it deleted, and the entry it found.
+   */
+  async deleteIfHolds(store: GuardedStore, value: string): Promise<{ deleted: boolean; entry: StoredEntry | undefined }> {
+    const raw = await store.get(this.key);
+    const entry = raw === undefined ? undefined : this.#quietDecode(raw).entry;
+    if (raw === undefined || entry?.value !== value) return { deleted: false, entry };
+    return { deleted: await store.deleteIfEquals(this.key, raw), entry };
+  }
+
+  #quietDecode(raw: string): { entry?: StoredEntry; foreign?: boolean } {
+    try {
+      const entry = this.#init.schema.decode(this.#init.field, raw);
+      return entry && isPlausibleToken(entry.value) ? { entry } : {};
+    } catch (error) {
+      return error instanceof CacheError ? { foreign: true } : {};
+    }
+  }
+}

@@ -1,0 +1,285 @@
+import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
+import type { GuardedStore } from '../store.js';
+
+/**
+ * When may WeChat be asked again. A failed fetch leaves a marker beside the entry, `{key}:failed`, that
+ * every process reads before it fetches: the whole fleet backs off together, by errcode, and a process
+ * that waited on the lock holder returns the holder's error instead of fetching again.
+ * docs/key-schema.md documents the marker for other languages.
+ */
+
+/** A failed fetch as the marker records it. Times are unix milliseconds. */
+export interface FailureMarker {
+  code: WxkitErrorCode;
+  errcode?: number;
+  errmsg?: string;
+  status?: number;
+  path?: string;
+  message?: string;
+  failedAt: number;
+  retryAt: number;
+  /** Failures in a row, fleet-wide: the exponent of the next pause. */
+  attempt: number;
+  failedBy?: string;
+}
+
+/** How an error is backed off: the kinds of docs/protocol.md. */
+type Policy = 'transient' | 'minute' | 'credential' | 'quota';
+
+// Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
+// service runs: the fleet tries again once a minute (or at once on forceRefresh()).
+const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503]);
+const MINUTE_MS = 60_000;
+/** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
+const TRANSIENT_BASE_MS = 1_000;
+const TRANSIENT_MAX_MS = 60_000;
+const JITTER = 0.2;
+/** A marker outlives its pause by this much, so the next failure in a row grows the pause further. */
+const REMEMBER_MS = 10 * MINUTE_MS;
+// WeChat's daily quotas reset at midnight Beijing time (UTC+8).
+const BEIJING_OFFSET_MS = 8 * 3_600_000;
+const DAY_MS = 86_400_000;
+
+/** The back-off policy of an error from a fetch, or undefined for errors that are not WeChat's (store, abort). */
+export function policyOf(error: unknown): Policy | undefined {
+  if (error instanceof WeChatApiError) {
+    if (error.errcode === 45009) return 'quota';
+    if (error.errcode === 45011) return 'minute';
+    if (CREDENTIAL_ERRCODES.has(error.errcode)) return 'credential';
+    return 'transient';
+  }
+  if (error instanceof HttpError || error instanceof BadResponseError) return 'transient';
+  return undefined;
+}
+
+/** The next midnight in Beijing after `now`, in unix ms: when WeChat's daily quotas start again. */
+export function nextQuotaDay(now: number): number {
+  return Math.floor((now + BEIJING_OFFSET_MS) / DAY_MS) * DAY_MS + DAY_MS - BEIJING_OFFSET_MS;
+}
+
+/** The marker for `error`, the `attempt`-th failure in a row; undefined when the error is not WeChat's. */
+export function markerFor(error: unknown, attempt: number, now: number, failedBy: string, random = Math.random): FailureMarker | undefined {
+  const policy = policyOf(error);
+  if (!policy) return undefined;
+  let pauseMs: number;
+  if (policy === 'quota') pauseMs = nextQuotaDay(now) - now;
+  else if (policy === 'minute' || policy === 'credential') pauseMs = MINUTE_MS;
+  else {
+    const base = Math.min(TRANSIENT_BASE_MS * 2 ** Math.min(attempt - 1, 16), TRANSIENT_MAX_MS);
+    pauseMs = Math.round(base * (1 - JITTER + 2 * JITTER * random()));
+  }
+  const marker: FailureMarker = { code: (error as WeChatApiError).code, failedAt: now, retryAt: now + pauseMs, attempt, failedBy };
+  if (error instanceof WeChatApiError) {
+    marker.errcode = error.errcode;
+    marker.errmsg = error.errmsg;
+    marker.path = error.path;
+  } else if (error instanceof HttpError || error instanceof BadResponseError) {
+    marker.path = error.path;
+    marker.message = error.message;
+    if (error.status !== undefined) marker.status = error.status;
+  }
+  return marker;
+}
+
+/** The stored form: compact JSON with WeChat's own field names, times in unix milliseconds. */
+export function encodeMarker(marker: FailureMarker): string {
+  return JSON.stringify({
+    code: marker.code,
+    ...(marker.errcode === undefined ? {} : { errcode: marker.errcode, errmsg: marker.errmsg ?? '' }),
+    ...(marker.status === undefined ? {} : { status: marker.status }),
+    ...(marker.path === undefined ? {} : { path: marker.path }),
+    ...(marker.message === undefined ? {} : { message: marker.message }),
+    failed_at: marker.failedAt,
+    retry_at: marker.retryAt,
+    attempt: marker.attempt,
+    ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
+  });
+}
+
+export function decodeMarker(raw: string | undefined): FailureMarker | undefined {
+  if (raw === undefined) return undefined;
+  let record: Record<string, unknown>;
+  try {
+    const parsed: unknown = JSON.parse(raw);
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return undefined;
+    record = parsed as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  const { failed_at: failedAt, retry_at: retryAt, attempt } = record;
+  if (typeof failedAt !== 'number' || typeof retryAt !== 'number' || !Number.isFinite(retryAt)) return undefined;
+  const marker: FailureMarker = {
+    // Another language may write a marker with an errcode only: it is WeChat's refusal all the same.
+    code: typeof record.code === 'string' ? (record.code as WxkitErrorCode) : 'ERR_WXKIT_WECHAT_API',
+    failedAt,
+    retryAt,
+    attempt: typeof attempt === 'number' && attempt >= 1 ? Math.floor(attempt) : 1,
+  };
+  if (typeof record.errcode === 'number') marker.errcode = record.errcode;
+  if (typeof record.errmsg === 'string') marker.errmsg = record.errmsg.slice(0, 512);
+  if (typeof record.status === 'number') marker.status = record.status;
+  if (typeof record.path === 'string') marker.path = record.path.slice(0, 256);
+  if (typeof record.message === 'string') marker.message = record.message.slice(0, 512);
+  if (typeof record.failed_by === 'string') marker.failedBy = record.failed_by.slice(0, 256);
+  return marker;
+}
+
+/**
+ * The error a marker stands for, as the process that failed threw it: callers that did not fetch get the
+ * same class, code and errcode, and a message saying the failure is shared and when WeChat is asked again.
+ */
+export function markerError(marker: FailureMarker, label: string): Error {
+  const path = marker.path ?? 'the token endpoint';
+  const shared = `a fetch of the ${label} failed ${marker.failedBy ? `in ${marker.failedBy} ` : ''}at ${iso(marker.failedAt)}; the fleet asks WeChat again after ${iso(marker.retryAt)}`;
+  if (marker.errcode !== undefined) {
+    const hint = describeErrcode(marker.errcode);
+    return new WeChatApiError({ errcode: marker.errcode, errmsg: marker.errmsg ?? '' }, path, {
+      message: `WeChat rejected ${path}: errcode ${marker.errcode}${hint ? ` (${hint})` : ''}; ${shared}`,
+    });
+  }
+  if (marker.code === 'ERR_WXKIT_HTTP' || marker.code === 'ERR_WXKIT_TIMEOUT') {
+    return new HttpError(marker.code, `${marker.message ?? `The request to ${path} failed`}; ${shared}`, { path, ...(marker.status === undefined ? {} : { status: marker.status }) });
+  }
+  if (marker.code === 'ERR_WXKIT_BAD_RESPONSE') {
+    return new BadResponseError(`${marker.message ?? `WeChat answered ${path} badly`}; ${shared}`, { path });
+  }
+  return new TokenUnavailableError(`No ${label} could be had: ${shared}`);
+}
+
+function iso(ms: number): string {
+  return new Date(ms).toISOString();
+}
+
+/**
+ * The back-off of one entry. It reads and writes the marker in whichever store the entry lives in now
+ * (the shared one, or this host's or process's fallback while it is down), and keeps the last marker it
+ * saw or wrote in memory too, so a marker whose write failed still holds this process back.
+ */
+export class FailureGate {
+  readonly key: string;
+  readonly #label: string;
+  #local: FailureMarker | undefined;
+
+  constructor(entryKey: string, label: string) {
+    this.key = `${entryKey}:failed`;
+    this.#label = label;
+  }
+
+  /** The marker in force at `now` (the store's, or this process's own), if any. */
+  async active(store: GuardedStore, now: number): Promise<FailureMarker | undefined> {
+    const stored = decodeMarker(await store.get(this.key));
+    const marker = latest(stored, this.#local);
+    return marker && marker.retryAt > now ? marker : undefined;
+  }
+
+  /**
+   * Throws the shared error when a marker is in force. `force` (an explicit forceRefresh()) passes a
+   * credential or transient marker, since the caller may just have fixed what failed; never a quota.
+   */
+  async check(store: GuardedStore, now: number, force: boolean): Promise<void> {
+    const marker = await this.active(store, now);
+    if (!marker) return;
+    if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return;
+    throw markerError(marker, this.#label);
+  }
+
+  /** A marker written at or after `since` (a waiter's start): the holder it waited on failed. */
+  async failedSince(store: GuardedStore, since: number): Promise<Error | undefined> {
+    const marker = decodeMarker(await store.get(this.key));
+    return marker && marker.failedAt >= since ? markerError(marker, this.#label) : undefined;
+  }
+
+  /** Records a failed fetch; returns whether the error was WeChat's (and so backed off). */
+  async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<boolean> {
+    let previous: FailureMarker | undefined;
+    try {
+      previous = latest(decodeMarker(await store.get(this.key)), this.#local);
+    } catch {
+      previous = this.#local;
+    }
+    const marker = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
+    if (!marker) return false;
+    this.#local = marker;
+    const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
+    await store.set(this.key, encodeMarker(marker), ttlSeconds).catch(() => undefined);
+    return true;
+  }
+
+  /** A fetch succeeded: the fleet may fetch at will again. */
+  async clear(store: GuardedStore): Promise<void> {
+    this.#local = undefined;
+    await store.delete(this.key).catch(() => undefined);
+  }
+}
+
+function latest(a: FailureMarker | undefined, b: FailureMarker | undefined): FailureMarker | undefined {
+  if (!a) return b;
+  if (!b) return a;
+  return a.failedAt >= b.failedAt ? a : b;
+}
+
+/** A spacing slot as stored: until when (unix ms), how long it was, and why it was closed early. */
+export interface SpacingSlot {
+  until: number;
+  step: number;
+  reason?: 'quota';
+}
+
+/**
+ * Spacing of fetches that cost everyone else: WeChat's force_refresh (20 a day, ignored when less than
+ * 30 s apart), and classic fetches while the shared store is down (each invalidates the token the hosts
+ * that cannot see it hold). A fetch takes a slot with an atomic write; until the slot ends nobody takes
+ * another.
+ */
+export class FetchSpacing {
+  readonly key: string;
+
+  constructor(entryKey: string, suffix: string) {
+    this.key = `${entryKey}:${suffix}`;
+  }
+
+  async slot(store: GuardedStore): Promise<SpacingSlot | undefined> {
+    return decodeSlot(await store.get(this.key));
+  }
+
+  /** When the current slot ends (unix ms), or undefined when a fetch may go now. */
+  async busyUntil(store: GuardedStore, now: number): Promise<number | undefined> {
+    const slot = await this.slot(store);
+    return slot && slot.until > now ? slot.until : undefined;
+  }
+
+  /**
+   * Takes the slot for `pauseMs`, doubling the pause (up to `maxMs`) while slots follow each other
+   * closely. False when someone holds a slot that has not ended.
+   */
+  async take(store: GuardedStore, now: number, pauseMs: number, maxMs = pauseMs): Promise<boolean> {
+    const raw = await store.get(this.key);
+    const previous = decodeSlot(raw);
+    if (previous && previous.until > now) return false;
+    const step = previous ? Math.min(previous.step * 2, maxMs) : pauseMs;
+    const value = JSON.stringify({ until: now + step, step });
+    // The slot is remembered for one more step after it ends, so the next one in a row grows.
+    const ttlSeconds = (2 * step) / 1000;
+    if (raw !== undefined) return store.compareAndSet(this.key, raw, value, ttlSeconds);
+    const added = store.add(this.key, value, ttlSeconds);
+    if (added !== undefined) return added;
+    await store.set(this.key, value, ttlSeconds);
+    return true;
+  }
+
+  /** Closes the slot until `until`: after a 45009 on a forced fetch, none before the quota day ends. */
+  async block(store: GuardedStore, now: number, until: number, reason: 'quota'): Promise<void> {
+    await store.set(this.key, JSON.stringify({ until, step: until - now, reason }), (until - now) / 1000).catch(() => undefined);
+  }
+}
+
+function decodeSlot(raw: string | undefined): SpacingSlot | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(raw) as { until?: unknown; step?: unknown; reason?: unknown };
+    if (typeof parsed.until !== 'number' || typeof parsed.step !== 'number' || !(parsed.step > 0)) return undefined;
+    return { until: parsed.until, step: parsed.step, ...(parsed.reason === 'quota' ? { reason: 'quota' as const } : {}) };
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,111 @@
+import { randomBytes } from 'node:crypto';
+import { CacheError } from '../errors.js';
+import type { Log } from '../logger.js';
+import type { GuardedStore } from '../store.js';
+import { PROCESS_ID } from './identity.js';
+
+/** A held lock: release it when done, and stop trusting it once its lease has passed. */
+export interface LockHandle {
+  readonly owner: string;
+  readonly leaseMs: number;
+  /** Milliseconds left of the lease, by this process's monotonic clock (never negative). */
+  remainingMs(): number;
+  /** Deletes the lock if it is still ours. Never throws; a failed release is cleaned up later. */
+  release(): Promise<void>;
+}
+
+export type LockAttempt = LockHandle | 'held' | 'unavailable';
+
+/**
+ * The refresh lock of one entry, `{key}:lock` in the store: `add` with a unique owner and a lease,
+ * released with compare-and-delete against that owner.
+ *
+ * A lock write whose answer was lost (a timeout on `add` that still reached the store, a release that
+ * failed) may have left our owner in the store. Each such owner is remembered and deleted, by owner,
+ * once the store answers again, so nobody waits for a lease that nobody holds.
+ */
+export class RefreshLock {
+  readonly key: string;
+  readonly #logKey: string;
+  readonly #log: Log;
+  readonly #appId: string;
+  /** Owners that may be in a store without our knowing: deleted once that store answers. */
+  readonly #lost = new Map<string, GuardedStore>();
+
+  constructor(key: string, logKey: string, log: Log, appId: string) {
+    this.key = key;
+    this.#logKey = logKey;
+    this.#log = log;
+    this.#appId = appId;
+  }
+
+  /**
+   * One attempt: the lock, `held` by another owner, or `unavailable` when the store has no atomic add.
+   * Rejects with a CacheError when the store fails (the owner is then remembered for clean-up).
+   */
+  async tryAcquire(store: GuardedStore, leaseMs: number): Promise<LockAttempt> {
+    await this.cleanUp();
+    const owner = `${PROCESS_ID}:${randomBytes(6).toString('hex')}`;
+    const added = store.add(this.key, owner, leaseMs / 1000);
+    if (added === undefined) return 'unavailable';
+    const started = performance.now();
+    let won: boolean;
+    try {
+      won = await added;
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      // The answer was lost, not necessarily the write: the lock may be ours in the store.
+      this.#remember(owner, store);
+      throw error;
+    }
+    if (!won) return 'held';
+    return {
+      owner,
+      leaseMs,
+      remainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
+      release: () => this.#release(owner, store),
+    };
+  }
+
+  /** Who holds the lock now (the owner string), for messages; undefined when free or unreadable. */
+  async holder(store: GuardedStore): Promise<string | undefined> {
+    try {
+      return await store.get(this.key);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Deletes the owners whose lock write went unanswered, where their store answers now. */
+  async cleanUp(): Promise<void> {
+    for (const [owner, store] of [...this.#lost]) {
+      if (store.down) continue;
+      try {
+        const deleted = await store.deleteIfEquals(this.key, owner);
+        this.#lost.delete(owner);
+        if (deleted) {
+          this.#log.info(
+            { event: 'lock.cleaned_up', appId: this.#appId, key: this.#logKey },
+            'Removed a refresh lock this process had taken while the store did not answer',
+          );
+        }
+      } catch {
+        // Still down: tried again when it answers.
+      }
+    }
+  }
+
+  async #release(owner: string, store: GuardedStore): Promise<void> {
+    try {
+      await store.deleteIfEquals(this.key, owner);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      this.#remember(owner, store);
+    }
+  }
+
+  #remember(owner: string, store: GuardedStore): void {
+    this.#lost.set(owner, store);
+    store.onRecovered(() => void this.cleanUp());
+  }
+}

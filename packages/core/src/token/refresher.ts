@@ -1,0 +1,84 @@
+import type { Log } from '../logger.js';
+import type { EncodedEntry, EntryStore } from './entry-store.js';
+import type { EntryField, StoredEntry } from './entry.js';
+import type { StoreTiers, Tier } from './tiers.js';
+
+/** The tunables of the token protocol, resolved and validated by the client. */
+export interface ProtocolSettings {
+  memoMs: number;
+  /** How long a process waits for another's refresh; undefined: the lock's lease plus 5 s. */
+  lockWaitMs: number | undefined;
+  /** Deadline of one store call, in ms: part of the lock's lease. */
+  cacheTimeoutMs: number;
+  /** Refresh in the background when the entry has less than this left in the store, in ms; 0: never. */
+  refreshAheadMs: number;
+  /** Longest random delay before a background refresh, in ms, so processes do not all try at once. */
+  refreshAheadJitterMs: number;
+  /** Clock in unix ms: expiries, failure markers. */
+  now: () => number;
+}
+
+/** What every refresher of one entry shares with its manager. */
+export interface TokenContext {
+  /** `access_token`, `jsapi_ticket`…, for log lines and events. */
+  label: string;
+  field: EntryField;
+  key: string;
+  /** The key as logs, events and errors may show it (masked where a profile's key holds the secret). */
+  logKey: string;
+  appId: string;
+  settings: ProtocolSettings;
+  entries: EntryStore;
+  tiers: StoreTiers;
+  log: Log;
+  /** Who this process is in `fetched_by` and lock owners: `host:pid[:service]`. */
+  writer: string;
+  /** Whether WeChat rejected `value` (this process keeps a short list). */
+  rejected(value: string): boolean;
+}
+
+export interface RefreshRequest {
+  /** A new value even if the stored one is valid (an explicit forceRefresh() only). */
+  force: boolean;
+  /** A background refresh ahead of expiry: only if the lock is free at once, never waiting, never failing loudly. */
+  ahead?: boolean;
+  /** The value the caller holds and wants replaced (force, ahead), when it has one. */
+  current?: string;
+}
+
+/** A refresh's outcome: the entry to serve, where it lives, and whether it still has to reach the shared store. */
+export interface Refreshed {
+  entry: StoredEntry;
+  tier: Tier['name'];
+  /** This process asked WeChat (or the token service) for it. */
+  fetched: boolean;
+  /** Set when the value lives only in a fallback (or in memory): offered to the shared store once it answers. */
+  unshared?: EncodedEntry;
+}
+
+/** One way of getting a new value for an entry: fetched under the store's lock, asked of a token service, or followed. */
+export interface Refresher {
+  /** Whether this refresher ever asks WeChat (a follower does not). */
+  readonly fetches: boolean;
+  /** A new value; undefined only for `ahead` requests that found nothing to do. */
+  refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
+  /** WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the others. */
+  invalidate(value: string, errcode: number | undefined): Promise<void>;
+}
+
+/**
+ * Calls `attempt` with jittered, growing pauses (20 ms up to 500 ms) until it returns something or
+ * `budgetMs` has passed; undefined then.
+ */
+export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>): Promise<T | undefined> {
+  const started = performance.now();
+  let delay = 20;
+  while (performance.now() - started < budgetMs) {
+    const pause = Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started));
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, pause)));
+    delay = Math.min(delay * 1.5, 500);
+    const result = await attempt();
+    if (result !== undefined) return result;
+  }
+  return undefined;
+}

@@ -1,0 +1,46 @@
+import { TokenUnavailableError } from '../../errors.js';
+import { pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+
+/**
+ * Follower mode (`refresh: 'never'`): another program owns the refresh. Wait (bounded) for it to write a
+ * valid entry, and never call WeChat's token endpoints, nor delete what the owner wrote.
+ */
+export class FollowRefresher implements Refresher {
+  readonly fetches = false;
+  readonly #ctx: TokenContext;
+
+  constructor(ctx: TokenContext) {
+    this.#ctx = ctx;
+  }
+
+  async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    if (request.force) {
+      throw new TokenUnavailableError(`This client follows ${ctx.logKey} (refresh: 'never') and never fetches; refresh it where it is owned`);
+    }
+    if (request.ahead) return undefined;
+    const waitMs = ctx.settings.lockWaitMs ?? FOLLOW_WAIT_MS;
+    const started = performance.now();
+    const found = await pollWithBackoff(waitMs, async () => {
+      const tier = ctx.tiers.current();
+      const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
+      return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false } : undefined;
+    });
+    if (found) return found;
+    ctx.log.warn(
+      { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, waitedMs: Math.round(performance.now() - started) },
+      `No valid ${ctx.label} appeared under ${ctx.logKey} within ${waitMs} ms`,
+    );
+    throw new TokenUnavailableError(
+      `No valid ${ctx.label} appeared in the store under ${ctx.logKey} within ${waitMs} ms. This client follows ` +
+        `(refresh: 'never') and never fetches: check that the program that owns the refresh runs and writes that key`,
+    );
+  }
+
+  async invalidate(): Promise<void> {
+    // The owner's entry is the owner's: a follower waits for its next value instead of deleting this one.
+  }
+}
+
+/** How long a follower waits for the owner's entry when lockWaitMs is not set. */
+const FOLLOW_WAIT_MS = 20_000;

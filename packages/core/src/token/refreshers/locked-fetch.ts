@@ -1,0 +1,299 @@
+import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
+import { FailureGate, FetchSpacing, nextQuotaDay, policyOf } from '../failure.js';
+import { RefreshLock, type LockHandle } from '../refresh-lock.js';
+import { pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import type { Tier } from '../tiers.js';
+import type { Upstream } from '../upstream.js';
+
+// Store calls inside the lock, one after the other: the second read of the entry (and the TTL query of
+// formats without an expiry), the read and compare-and-set of the write, and the clearing of a failure
+// marker; companions (wechatpy's `_expires_at`) add one each.
+const STORE_CALLS_IN_SECTION = 5;
+// Timers and scheduling between the calls, which their deadlines do not cover.
+const LEASE_SLACK_MS = 1_000;
+// stable_token ignores force_refresh calls less than 30 s apart (WeChat's documentation).
+const FORCE_SPACING_MS = 30_000;
+// While the shared store is down, classic fetches of one host are at least this far apart, growing to
+// the maximum while the store stays down: each one invalidates the token other hosts hold.
+const DOWN_SPACING_MS = 1_000;
+const DOWN_SPACING_MAX_MS = 60_000;
+
+/**
+ * The lease of the refresh lock: the whole critical section it guards, every upstream call and store
+ * call inside it with their deadlines, never a constant. A holder that outlives it has, by construction,
+ * been stalled, and its write still cannot replace a newer token (EntryStore.write compares fetched_at).
+ */
+export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number, companions = 0): number {
+  return upstreamBudgetMs + (STORE_CALLS_IN_SECTION + companions) * cacheTimeoutMs + LEASE_SLACK_MS;
+}
+
+type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
+
+/**
+ * Fetches from WeChat under the store's refresh lock: one process of the fleet fetches, the others wait
+ * for its entry and take its result, success or failure (the failure marker). Fetches back off by
+ * errcode, fleet-wide; forced stable fetches are spaced fleet-wide; while the shared store is down the
+ * processes of a host share a fallback, and classic fetches are spaced out.
+ */
+export class LockedFetchRefresher implements Refresher {
+  readonly fetches = true;
+  readonly leaseMs: number;
+  readonly #ctx: TokenContext;
+  readonly #upstream: Upstream;
+  readonly #lock: RefreshLock;
+  readonly #failures: FailureGate;
+  readonly #forceSpacing: FetchSpacing;
+  readonly #downSpacing: FetchSpacing;
+  /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
+  #externalInvalidations = 0;
+
+  constructor(ctx: TokenContext, upstream: Upstream, lockKey: string, companions = 0) {
+    this.#ctx = ctx;
+    this.#upstream = upstream;
+    this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs, companions);
+    this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId);
+    this.#failures = new FailureGate(ctx.key, ctx.label);
+    this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
+    this.#downSpacing = new FetchSpacing(ctx.key, 'throttle');
+  }
+
+  /** How long a waiter waits for the holder: the option, or the lease and 5 s more. */
+  get lockWaitMs(): number {
+    return this.#ctx.settings.lockWaitMs ?? this.leaseMs + 5_000;
+  }
+
+  async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
+    for (let round = 0; ; round += 1) {
+      const prepared = await this.#upstream.prepare?.();
+      const tier = this.#ctx.tiers.current();
+      try {
+        return await this.#refreshIn(tier, request, prepared);
+      } catch (error) {
+        // The store failed before anything was fetched: once more, in the fallback it fell back to.
+        if (round === 0 && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
+        // A ticket's access token was rejected: it is reported, and the ticket fetched once more.
+        if (prepared !== undefined && this.#upstream.rejectsInput?.(error)) {
+          await this.#upstream.dropInput?.(prepared, error);
+          if (round === 0) continue;
+        }
+        throw error;
+      }
+    }
+  }
+
+  async invalidate(value: string, errcode: number | undefined): Promise<void> {
+    const ctx = this.#ctx;
+    const started = performance.now();
+    const tier = ctx.tiers.current();
+    let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
+    try {
+      outcome = await ctx.entries.deleteIfHolds(tier.entries, value);
+    } catch (error) {
+      // The store is down: the rejected list keeps this process off the value, and the next read that
+      // reaches the store decides.
+      if (!(error instanceof CacheError)) throw error;
+    }
+    ctx.log.info(
+      { event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, deleted: outcome.deleted, ms: Math.round(performance.now() - started) },
+      `WeChat rejected the cached ${ctx.label}; ${outcome.deleted ? 'removed it from the store' : 'the store already holds another one'}`,
+    );
+    // The store still held the very token WeChat says was superseded: nobody in the fleet replaced it,
+    // so something outside the fleet fetched one. Only the process whose delete won reports it.
+    if (outcome.deleted && errcode === 40001) {
+      this.#externalInvalidations += 1;
+      const { entry } = outcome;
+      ctx.log.warn(
+        {
+          event: `${ctx.label}.invalidated_externally`,
+          appId: ctx.appId,
+          key: ctx.logKey,
+          fetchedBy: entry?.fetchedBy,
+          fetchedAt: entry?.fetchedAt,
+          count: this.#externalInvalidations,
+        },
+        `WeChat says the ${ctx.label} the store holds was superseded, but no newer one was written: a program outside the fleet ` +
+          `fetched one (the last writer the store knows: ${entry?.fetchedBy ?? 'unknown'}). Make it share this store, or follow it (refresh: 'never')`,
+      );
+    }
+  }
+
+  async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const store = tier.entries;
+    const now = ctx.settings.now();
+    if (request.ahead) {
+      if (await this.#failures.active(store, now)) return undefined;
+    } else {
+      await this.#failures.check(store, now, request.force);
+    }
+    if (request.force && this.#upstream.scarceForce) {
+      const spaced = await this.#spaceForced(tier, now);
+      if (spaced) return spaced;
+    }
+    if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious && !request.ahead) {
+      const until = await this.#downSpacing.busyUntil(store, now);
+      if (until !== undefined) {
+        const read = await ctx.entries.read(store, (value) => ctx.rejected(value));
+        if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false };
+        throw new TokenUnavailableError(
+          `The token store is down, and this host fetched a ${ctx.label} from the classic endpoint moments ago; the next fetch waits until ` +
+            `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
+        );
+      }
+    }
+
+    let handle: LockHandle | undefined;
+    const attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs) : 'unavailable';
+    if (attempt === 'held') {
+      if (request.ahead) return undefined;
+      const waited = await this.#waitForHolder(tier, request);
+      if ('refreshed' in waited) return waited.refreshed;
+      handle = waited.handle;
+    } else if (attempt === 'unavailable') {
+      // Nowhere to hold a lock: leave a background refresh to the entry's expiry.
+      if (request.ahead) return undefined;
+    } else {
+      handle = attempt;
+    }
+
+    try {
+      if (!request.force) {
+        // Another process may have written between our read and our lock.
+        const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
+        if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
+          return { entry: again.entry, tier: tier.name, fetched: false };
+        }
+      }
+      if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious) {
+        await this.#downSpacing.take(store, now, DOWN_SPACING_MS, DOWN_SPACING_MAX_MS);
+      }
+      return await this.#fetchAndWrite(tier, request, prepared, handle);
+    } finally {
+      await handle?.release();
+    }
+  }
+
+  /**
+   * Another process holds the lock: poll the entry (not the lock) with backoff until its value appears,
+   * or its failure marker does (its error is ours: we do not fetch again), or the lock is free (a holder
+   * that died leaves it at the end of the lease): then it is ours.
+   */
+  async #waitForHolder(tier: Tier, request: RefreshRequest): Promise<WaitOutcome> {
+    const ctx = this.#ctx;
+    const since = ctx.settings.now();
+    const started = performance.now();
+    const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
+      const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
+      if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
+        return { refreshed: { entry: read.entry, tier: tier.name, fetched: false } };
+      }
+      const failed = await this.#failures.failedSince(tier.entries, since);
+      if (failed) throw failed;
+      const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs);
+      if (attempt === 'held') return undefined;
+      if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
+      return { handle: attempt };
+    });
+    if (outcome) return outcome;
+    const holder = await this.#lock.holder(tier.lock!);
+    ctx.log.warn(
+      { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
+      `Waited ${this.lockWaitMs} ms for another process to refresh the ${ctx.label}`,
+    );
+    throw new TokenUnavailableError(
+      `Waited ${this.lockWaitMs} ms for another process (${holder ?? 'unknown'}) to refresh the ${ctx.label} under ${ctx.logKey}; ` +
+        'it holds the refresh lock and wrote neither a token nor a failure. wxkit does not fetch beside it; raise lockWaitMs if refreshes are that slow',
+    );
+  }
+
+  async #fetchAndWrite(tier: Tier, request: RefreshRequest, prepared: unknown, handle: LockHandle | undefined): Promise<Refreshed> {
+    const ctx = this.#ctx;
+    const startedAt = ctx.settings.now();
+    const started = performance.now();
+    let fetched;
+    try {
+      fetched = await this.#upstream.fetch(request.force, prepared);
+    } catch (error) {
+      if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
+      throw error;
+    }
+    // fetched_at is when the request was sent: a token asked for later is a newer token, even when
+    // its answer arrived first.
+    const fresh = ctx.entries.encode(fetched, Math.floor(startedAt / 1000), ctx.writer);
+    let outcome: { entry: typeof fresh.entry; stored: boolean } = { entry: fresh.entry, stored: false };
+    let unshared: typeof fresh | undefined = tier.name === 'shared' ? undefined : fresh;
+    try {
+      outcome = await ctx.entries.write(tier.entries, fresh, fetched);
+      await this.#failures.clear(tier.entries);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      unshared = fresh;
+      // The store failed as the value came back: keep it where the processes of this host can see it.
+      const fallback = ctx.tiers.current();
+      if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, fetched).catch(() => outcome);
+    }
+    ctx.log.info(
+      {
+        event: `${ctx.label}.fetched`,
+        appId: ctx.appId,
+        key: ctx.logKey,
+        forced: request.force,
+        ahead: request.ahead === true,
+        locked: handle !== undefined,
+        tier: tier.name,
+        stored: outcome.stored,
+        keptNewer: outcome.entry.value !== fetched.value,
+        expiresIn: fetched.expiresIn,
+        ms: Math.round(performance.now() - started),
+      },
+      request.ahead ? `Refreshed the ${ctx.label} ahead of its expiry` : `Fetched a new ${ctx.label} from WeChat`,
+    );
+    return { entry: outcome.entry, tier: tier.name, fetched: true, ...(unshared && outcome.entry.value === fetched.value ? { unshared } : {}) };
+  }
+
+  async #recordFailure(tier: Tier, request: RefreshRequest, error: unknown): Promise<void> {
+    const ctx = this.#ctx;
+    const now = ctx.settings.now();
+    if (request.force && this.#upstream.scarceForce && error instanceof WeChatApiError && error.errcode === 45009) {
+      // force_refresh's own daily quota: no more forced fetches until it renews; normal fetches go on.
+      await this.#forceSpacing.block(tier.entries, now, nextQuotaDay(now), 'quota');
+      return;
+    }
+    if (policyOf(error) === undefined) return;
+    await this.#failures.record(tier.entries, error, now, ctx.writer);
+    ctx.log.warn(
+      {
+        event: `${ctx.label}.fetch_failed`,
+        appId: ctx.appId,
+        key: ctx.logKey,
+        code: (error as { code?: string }).code,
+        errcode: (error as { errcode?: number }).errcode,
+        tier: tier.name,
+      },
+      `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
+    );
+  }
+
+  /**
+   * A forced stable fetch takes a fleet-wide slot of 30 s first: WeChat ignores force_refresh calls
+   * closer together and allows 20 a day. Without a slot the current entry is the answer, as WeChat's
+   * would have been; after a 45009 on force_refresh, the quota error until the quota day ends.
+   */
+  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const slot = await this.#forceSpacing.slot(tier.entries);
+    if (slot?.reason === 'quota' && slot.until > now) {
+      throw new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token', {
+        message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(slot.until).toISOString()}`,
+      });
+    }
+    if (await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS)) return undefined;
+    const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
+    if (read.kind === 'miss') return undefined;
+    ctx.log.info(
+      { event: `${ctx.label}.force_spaced`, appId: ctx.appId, key: ctx.logKey },
+      `Another forced refresh of the ${ctx.label} happened less than 30 s ago; WeChat would ignore this one, so the current token is the answer`,
+    );
+    return { entry: read.entry, tier: tier.name, fetched: false };
+  }
+}

@@ -1,0 +1,66 @@
+import { BadResponseError } from '../errors.js';
+import { isPlausibleToken } from './entry.js';
+
+/** A value fresh from WeChat (or from a token service). */
+export interface Fetched {
+  value: string;
+  /** Seconds of life WeChat gave it. */
+  expiresIn: number;
+  /** WeChat's whole answer, for formats that store it. */
+  response?: Record<string, unknown>;
+}
+
+/**
+ * How one kind of token is fetched from WeChat, and what the refresher must know about it to guard the
+ * fetch: how long it can take (part of the lock's lease), and what a fetch does to everyone else's token.
+ */
+export interface Upstream<P = unknown> {
+  /** The longest one `fetch()` can take, in ms: the HTTP deadline of every call it makes. */
+  budgetMs: number;
+  /**
+   * Each fetch invalidates the token every other program holds (the classic endpoint): while the shared
+   * store is down such fetches are spaced out, so hosts that cannot see each other's tokens do not take
+   * turns killing them.
+   */
+  invalidatesPrevious?: boolean;
+  /**
+   * A forced fetch is scarce (stable_token's force_refresh: 20 a day, ignored when less than 30 s apart):
+   * forced fetches are spaced fleet-wide through the store.
+   */
+  scarceForce?: boolean;
+  /**
+   * Runs before the refresh lock is taken, so the lock guards only `fetch()`: a ticket gets the access
+   * token it is fetched with here.
+   */
+  prepare?(signal?: AbortSignal): Promise<P>;
+  /** Asks WeChat. `force`: a new value even if the current one is valid (only ever on request). */
+  fetch(force: boolean, prepared: P, signal?: AbortSignal): Promise<Fetched>;
+  /**
+   * Whether `error` says the prepared input was rejected (WeChat refused the access token a ticket fetch
+   * carried): no failure of this endpoint, so nothing is backed off; the input is dropped, and the refresh
+   * starts over once with a fresh one.
+   */
+  rejectsInput?(error: unknown): boolean;
+  /** Reports a rejected input (invalidates the access token) before the refresh starts over. */
+  dropInput?(prepared: P, error: unknown): Promise<void>;
+}
+
+// WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store.
+const MAX_EXPIRES_IN = 7 * 24 * 3600;
+
+/**
+ * Checks a token or ticket response before anything is stored: a plausible token (1–512 printable
+ * ASCII characters) and a positive integer lifetime. A response that fails is a BadResponseError, and
+ * nothing is cached.
+ */
+export function validateFetched(body: Record<string, unknown>, field: string, path: string): Fetched {
+  const value = body[field];
+  const expiresIn = body.expires_in;
+  if (!isPlausibleToken(value)) {
+    throw new BadResponseError(`WeChat answered ${path} without a usable ${field}`, { path });
+  }
+  if (typeof expiresIn !== 'number' || !Number.isInteger(expiresIn) || expiresIn <= 0 || expiresIn > MAX_EXPIRES_IN) {
+    throw new BadResponseError(`WeChat answered ${path} without a usable expires_in`, { path });
+  }
+  return { value, expiresIn, response: body };
+}
