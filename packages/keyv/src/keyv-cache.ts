@@ -1,5 +1,6 @@
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
+import { sqlTableOf, type SqlTable } from './sql-store.js';
 
 /** A Keyv instance, or the store adapter underneath one (`new KeyvRedis(…)`, `new KeyvPostgres(…)`…). */
 export type KeyvOrStore = Keyv | KeyvStoreAdapter;
@@ -18,18 +19,34 @@ type StoreLike = {
  * adapter underneath Keyv, so neither Keyv's namespace (`keyv:`) nor its JSON envelope
  * (`{"value":…,"expires":…}`) ends up in the stored bytes.
  *
- * Keyv stores have no atomic add or compare-and-delete, so KeyvCache has neither: refreshes are
- * single-flight within one process only. For a lock across processes, use RedisCache, MemcachedCache
- * or FileCache.
+ * On @keyv/postgres, @keyv/mysql and @keyv/sqlite, KeyvCache runs its own statements through the
+ * store's query function and has atomic `add`, `deleteIfEquals` and `compareAndSet`, so one process
+ * refreshes for all. Those stores keep no expiry of their own, so the table gets a nullable `expires`
+ * column (added on first use when missing). Other Keyv stores have no atomic operations: refreshes are
+ * then single-flight within one process only.
  *
  * @example
  * ```ts
- * app.setCache(new KeyvCache(new KeyvPostgres('postgresql://localhost/app')));
+ * app.setCache(new KeyvCache(new KeyvPostgres({ uri: 'postgresql://localhost/app', table: 'wechat_tokens' })));
  * ```
  */
 export class KeyvCache implements TokenCache {
   readonly #store: StoreLike;
+  readonly #sql: SqlTable | undefined;
   #closed = false;
+
+  /**
+   * Stores `value` only if `key` is absent or expired, atomically; resolves `true` when this call
+   * stored it. Present on SQL stores only.
+   */
+  readonly add?: (key: string, value: string, ttlSeconds: number) => Promise<boolean>;
+  /** Deletes `key` only if it holds exactly `expected`, atomically. Present on SQL stores only. */
+  readonly deleteIfEquals?: (key: string, expected: string) => Promise<boolean>;
+  /**
+   * Replaces the value of `key` (and its TTL) only if it holds exactly `expected`, atomically; never
+   * creates an absent key. Present on SQL stores only.
+   */
+  readonly compareAndSet?: (key: string, expected: string, value: string, ttlSeconds: number) => Promise<boolean>;
 
   constructor(keyvOrStore: KeyvOrStore) {
     const store = storeOf(keyvOrStore);
@@ -48,11 +65,19 @@ export class KeyvCache implements TokenCache {
     // Stores re-emit driver errors as 'error' events; the calls that fail report them instead.
     store.on?.('error', () => undefined);
     this.#store = store;
+    const sql = sqlTableOf(store);
+    this.#sql = sql;
+    if (sql) {
+      this.add = (key, value, ttlSeconds) => this.#run('add', () => sql.add(key, value, ttlMs(ttlSeconds)));
+      this.deleteIfEquals = (key, expected) => this.#run('deleteIfEquals', () => sql.deleteIfEquals(key, expected));
+      this.compareAndSet = (key, expected, value, ttlSeconds) =>
+        this.#run('compareAndSet', () => sql.compareAndSet(key, expected, value, ttlMs(ttlSeconds)));
+    }
   }
 
   get(key: string): Promise<string | undefined> {
     return this.#run('get', async () => {
-      const value = await this.#store.get(key);
+      const value = await (this.#sql ?? this.#store).get(key);
       if (value === undefined || value === null) return undefined;
       // Anything but a string was written by something else; hand it over as text so wxkit sees a
       // corrupt entry (and replaces it) rather than a crash.
@@ -63,18 +88,16 @@ export class KeyvCache implements TokenCache {
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', async () => {
-      if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-        throw new RangeError(`KeyvCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-      }
       // Keyv stores take milliseconds. A store without TTL support keeps the entry until it is
       // overwritten; wxkit's readers then go by the expiry inside the value.
-      await this.#store.set(key, value, Math.ceil(ttlSeconds * 1000));
+      if (this.#sql) await this.#sql.set(key, value, ttlMs(ttlSeconds));
+      else await this.#store.set(key, value, ttlMs(ttlSeconds));
     });
   }
 
   delete(key: string): Promise<void> {
     return this.#run('delete', async () => {
-      await this.#store.delete(key);
+      await (this.#sql ?? this.#store).delete(key);
     });
   }
 
@@ -92,6 +115,13 @@ export class KeyvCache implements TokenCache {
       throw new CacheError(`KeyvCache ${op} failed in the Keyv store`, { cause: error });
     }
   }
+}
+
+function ttlMs(ttlSeconds: number): number {
+  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+    throw new RangeError(`KeyvCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
+  }
+  return Math.ceil(ttlSeconds * 1000);
 }
 
 function storeOf(keyvOrStore: unknown): StoreLike {

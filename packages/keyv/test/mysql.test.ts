@@ -1,0 +1,140 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import KeyvMysql from '@keyv/mysql';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
+import { OfficialAccount } from '@wxkit/core';
+import { KeyvCache } from '../src/index.js';
+
+// @keyv/mysql on the machine's MariaDB (127.0.0.1:3306, root without a password, database test).
+// Every table is named at random for this run, so runs never meet, and dropped at the end.
+const MYSQL = 'mysql://root@127.0.0.1:3306/test';
+const fixtures = new URL('./fixtures/sql-caches.mjs', import.meta.url).href;
+const tables: string[] = [];
+const newTable = () => {
+  const table = `wxkit_keyv_${randomBytes(5).toString('hex')}`;
+  tables.push(table);
+  return table;
+};
+const mariadb = (sql: string) => {
+  const run = spawnSync('mariadb', ['-h', '127.0.0.1', '-P', '3306', '-u', 'root', '--batch', '--raw', '--skip-column-names', 'test', '-e', sql], { encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`mariadb failed: ${run.stderr}`);
+  return run.stdout.replace(/\n$/, '');
+};
+// The table the README tells MySQL users to create: keys and values compared byte for byte, values
+// up to 16 MiB (TEXT stops at 64 KiB), any Unicode, and the expiry column.
+const createTable = (table: string) =>
+  mariadb(
+    `CREATE TABLE ${table} (id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, ` +
+      'value MEDIUMTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin, expires BIGINT NULL DEFAULT NULL)',
+  );
+
+const stores: KeyvMysql[] = [];
+const store = (table: string) => {
+  const created = new KeyvMysql({ uri: MYSQL, table });
+  stores.push(created);
+  return created;
+};
+let mock: MockWeChat;
+const suiteTable = newTable();
+const sharingTable = newTable();
+beforeAll(async () => {
+  createTable(suiteTable);
+  createTable(sharingTable);
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  // Every store of this file shares the adapter's one pool for the URI: end it once.
+  await stores[0]?.disconnect();
+  mariadb(`DROP TABLE IF EXISTS ${tables.join(', ')}`);
+  await mock?.close();
+});
+
+describeTokenCache('KeyvCache on @keyv/mysql (MariaDB)', {
+  create: () => new KeyvCache(store(suiteTable)),
+  shared: { module: fixtures, export: 'MysqlKeyvCache', args: [{ uri: MYSQL, table: suiteTable }] },
+  supports: { add: true, deleteIfEquals: true, compareAndSet: true, ttl: true },
+});
+
+describeTokenSharing('KeyvCache on @keyv/mysql (MariaDB)', {
+  store: { module: fixtures, export: 'MysqlKeyvCache', args: [{ uri: MYSQL, table: sharingTable }] },
+});
+
+describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
+  it('writes raw bytes, readable with plain SQL, and keeps the expiry in the expires column', async () => {
+    const table = newTable();
+    createTable(table);
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new KeyvCache(store(table)), logger: false });
+    const token = await app.accessToken.getToken();
+    const [value, left] = mariadb(
+      `SELECT value, expires - (UNIX_TIMESTAMP() * 1000 + MICROSECOND(NOW(6)) DIV 1000) FROM ${table} WHERE id = 'wechat:stable_access_token:${appId}'`,
+    ).split('\t');
+    expect(value).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10},"fetched_by":"[^"]+:${process.pid}"\\}$`));
+    // Store TTL = 7200 s - 300 s margin, counted by the database's clock.
+    expect(Number(left)).toBeGreaterThan(6_890_000);
+    expect(Number(left)).toBeLessThanOrEqual(6_900_000);
+    expect(mariadb(`SELECT count(*) FROM ${table} WHERE id = 'wechat:stable_access_token:${appId}:lock'`)).toBe('0');
+    await app.close();
+  });
+
+  it("on the adapter's own table (case-insensitive collation) it adds the expires column and still compares values byte for byte", async () => {
+    const table = newTable();
+    const adapter = store(table);
+    await adapter.set('written-by-keyv', 'plain');
+    const columns = () => mariadb(`SELECT GROUP_CONCAT(column_name ORDER BY ordinal_position) FROM information_schema.columns WHERE table_schema = 'test' AND table_name = '${table}'`);
+    expect(columns()).toBe('id,value');
+    const cache = new KeyvCache(adapter);
+    expect(await cache.add!('wxkit-lock', 'owner', 60)).toBe(true);
+    expect(columns()).toBe('id,value,expires');
+    // The column compares 'OWNER' and 'owner ' equal to 'owner'; the lock's owner check must not.
+    expect(mariadb(`SELECT count(*) FROM ${table} WHERE value = 'OWNER ' AND id = 'wxkit-lock'`)).toBe('1');
+    for (const other of ['OWNER', 'owner ', 'Owner']) {
+      expect(await cache.compareAndSet!('wxkit-lock', other, 'stolen', 60)).toBe(false);
+      expect(await cache.deleteIfEquals!('wxkit-lock', other)).toBe(false);
+    }
+    expect(await cache.get('wxkit-lock')).toBe('owner');
+    expect(await cache.deleteIfEquals!('wxkit-lock', 'owner')).toBe(true);
+    // A row without an expiry (written by the adapter itself) never expires, and is not absent.
+    expect(await cache.add!('written-by-keyv', 'other', 60)).toBe(false);
+    expect(await cache.get('written-by-keyv')).toBe('plain');
+  });
+
+  it('a row whose expiry has passed is absent to get, deleteIfEquals and compareAndSet, and add takes it over', async () => {
+    const table = newTable();
+    createTable(table);
+    const cache = new KeyvCache(store(table));
+    await cache.set('k', 'old', 60);
+    mariadb(`UPDATE ${table} SET expires = UNIX_TIMESTAMP() * 1000 - 1000 WHERE id = 'k'`);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(await cache.deleteIfEquals!('k', 'old')).toBe(false);
+    expect(await cache.compareAndSet!('k', 'old', 'new', 60)).toBe(false);
+    expect(await cache.add!('k', 'mine', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('mine');
+  });
+
+  it('20 concurrent adds on an expired row through 4 clients: exactly one winner, no error', async () => {
+    const table = newTable();
+    createTable(table);
+    const clients = Array.from({ length: 4 }, () => new KeyvCache(store(table)));
+    for (let round = 0; round < 10; round += 1) {
+      const key = `expired-${round}`;
+      await clients[0]!.set(key, 'old', 60);
+      mariadb(`UPDATE ${table} SET expires = UNIX_TIMESTAMP() * 1000 - 1000 WHERE id = '${key}'`);
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => clients[i % 4]!.add!(key, `owner-${i}`, 60)));
+      expect(results.filter(Boolean)).toHaveLength(1);
+      expect(await clients[1]!.get(key)).toBe(`owner-${results.indexOf(true)}`);
+    }
+  });
+
+  it('a failed statement rejects with ERR_WXKIT_CACHE, never a miss', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    await adapter.get('ready'); // the adapter has created its table
+    mariadb(`DROP TABLE ${table}`);
+    const cache = new KeyvCache(adapter);
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: 'ER_NO_SUCH_TABLE' } });
+    await expect(cache.add!('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+  });
+});

@@ -1,0 +1,137 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import Keyv from 'keyv';
+import KeyvPostgres from '@keyv/postgres';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
+import { OfficialAccount } from '@wxkit/core';
+import { KeyvCache } from '../src/index.js';
+
+// @keyv/postgres on the machine's PostgreSQL (127.0.0.1:5432, database test, trust auth). Every table
+// is named at random for this run, so runs never meet, and dropped at the end.
+const POSTGRES = 'postgresql://postgres@127.0.0.1:5432/test';
+const fixtures = new URL('./fixtures/sql-caches.mjs', import.meta.url).href;
+const tables: string[] = [];
+const newTable = () => {
+  const table = `wxkit_keyv_${randomBytes(5).toString('hex')}`;
+  tables.push(table);
+  return table;
+};
+const psql = (sql: string) => {
+  const run = spawnSync('psql', [POSTGRES, '-v', 'ON_ERROR_STOP=1', '-Atc', sql], { encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(`psql failed: ${run.stderr}`);
+  return run.stdout.trim();
+};
+
+const stores: KeyvPostgres[] = [];
+const store = (table: string) => {
+  const created = new KeyvPostgres({ uri: POSTGRES, table });
+  stores.push(created);
+  return created;
+};
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  // Every store of this file shares the adapter's one pool for the URI: end it once.
+  await stores[0]?.disconnect();
+  if (tables.length > 0) psql(tables.map((table) => `DROP TABLE IF EXISTS public.${table};`).join(' '));
+  await mock?.close();
+});
+
+const suiteTable = newTable();
+describeTokenCache('KeyvCache on @keyv/postgres', {
+  create: () => new KeyvCache(store(suiteTable)),
+  shared: { module: fixtures, export: 'PostgresKeyvCache', args: [{ uri: POSTGRES, table: suiteTable }] },
+  supports: { add: true, deleteIfEquals: true, compareAndSet: true, ttl: true },
+});
+
+describeTokenSharing('KeyvCache on @keyv/postgres', {
+  store: { module: fixtures, export: 'PostgresKeyvCache', args: [{ uri: POSTGRES, table: newTable() }] },
+});
+
+describe('KeyvCache on @keyv/postgres', () => {
+  it('writes raw bytes, readable with plain SQL, and keeps the expiry in the expires column', async () => {
+    const table = newTable();
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new KeyvCache(store(table)), logger: false });
+    const token = await app.accessToken.getToken();
+    const [value, left] = psql(
+      `SELECT value, expires - (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint FROM public.${table} WHERE key = 'wechat:stable_access_token:${appId}'`,
+    ).split('|');
+    expect(value).toMatch(new RegExp(`^\\{"access_token":"${token}","expires_at":\\d{10},"fetched_at":\\d{10},"fetched_by":"[^"]+:${process.pid}"\\}$`));
+    // Store TTL = 7200 s - 300 s margin, counted by the database's clock.
+    expect(Number(left)).toBeGreaterThan(6_890_000);
+    expect(Number(left)).toBeLessThanOrEqual(6_900_000);
+    // The lock was taken and released: nothing is left under it.
+    expect(psql(`SELECT count(*) FROM public.${table} WHERE key = 'wechat:stable_access_token:${appId}:lock'`)).toBe('0');
+    await app.close();
+  });
+
+  it('adds the expires column to a table the adapter made without one, and the adapter keeps working on it', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    await adapter.set('written-by-keyv', 'plain');
+    const columns = () => psql(`SELECT string_agg(column_name, ',' ORDER BY ordinal_position) FROM information_schema.columns WHERE table_name = '${table}'`);
+    expect(columns()).toBe('key,value');
+    const cache = new KeyvCache(adapter);
+    expect(await cache.add!('wxkit-lock', 'owner', 60)).toBe(true);
+    expect(columns()).toBe('key,value,expires');
+    // A row without an expiry (written by the adapter itself) never expires, and is not absent.
+    expect(await cache.get('written-by-keyv')).toBe('plain');
+    expect(await cache.add!('written-by-keyv', 'other', 60)).toBe(false);
+    await adapter.set('written-by-keyv', 'again');
+    expect(await adapter.get('wxkit-lock')).toBe('owner');
+    expect(await cache.get('written-by-keyv')).toBe('again');
+  });
+
+  it('a row whose expiry has passed is absent to get, deleteIfEquals and compareAndSet, and add takes it over', async () => {
+    const table = newTable();
+    const cache = new KeyvCache(store(table));
+    await cache.set('k', 'old', 60);
+    psql(`UPDATE public.${table} SET expires = (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::bigint - 1 WHERE key = 'k'`);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(await cache.deleteIfEquals!('k', 'old')).toBe(false);
+    expect(await cache.compareAndSet!('k', 'old', 'new', 60)).toBe(false);
+    expect(await cache.add!('k', 'mine', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('mine');
+  });
+
+  it('a row the adapter wrote without an expiry, past its time by the value, is refreshed by wxkit, not served', async () => {
+    const { appId, secret } = mock.createApp();
+    const adapter = store(newTable());
+    const now = Math.floor(Date.now() / 1000);
+    // Fetched 7000 s ago with 7200 s of life: its store TTL (6900 s) has passed, though the token has not.
+    await adapter.set(`wechat:stable_access_token:${appId}`, `{"access_token":"OLD","expires_at":${now + 200},"fetched_at":${now - 7000}}`);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new KeyvCache(adapter), logger: false });
+    expect(await app.accessToken.getToken()).not.toBe('OLD');
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    await app.close();
+  });
+
+  it('a failed statement rejects with ERR_WXKIT_CACHE, never a miss, and the next call tries again', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    await adapter.get('ready'); // the adapter has created its table
+    psql(`DROP TABLE public.${table}`);
+    const cache = new KeyvCache(adapter);
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: '42P01' } });
+    await expect(cache.add!('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    psql(`CREATE TABLE public.${table} (key VARCHAR(255) PRIMARY KEY, value TEXT)`);
+    expect(await cache.add!('k', 'v', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('v');
+  });
+
+  it('is found through a Keyv instance too', () => {
+    const keyv = new Keyv(store(suiteTable), { namespace: undefined });
+    expect(typeof new KeyvCache(keyv).add).toBe('function');
+  });
+
+  it('refuses a table name it could not write safely into its SQL, naming the option', () => {
+    const odd = new KeyvPostgres({ uri: POSTGRES, table: 'x; DROP TABLE y' });
+    stores.push(odd);
+    expect(() => new KeyvCache(odd)).toThrow(/options\.table to be letters, digits and underscores.*\(got "x; DROP TABLE y"\)/);
+  });
+});

@@ -1,0 +1,65 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import KeyvSqlite from '@keyv/sqlite';
+import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
+import { KeyvCache } from '../src/index.js';
+
+// @keyv/sqlite on a database file of this run, shared by the processes of the cross-process tests.
+// Every connection waits for the file's write lock (busyTimeout) instead of failing with SQLITE_BUSY.
+const dir = mkdtempSync(join(tmpdir(), 'wxkit-keyv-sqlite-'));
+const uri = `sqlite://${join(dir, 'tokens.sqlite')}`;
+const fixtures = new URL('./fixtures/sql-caches.mjs', import.meta.url).href;
+const newTable = () => `wxkit_keyv_${randomBytes(5).toString('hex')}`;
+const options = (table: string) => ({ uri, table, busyTimeout: 10_000 });
+
+const stores: KeyvSqlite[] = [];
+const store = (table: string) => {
+  const created = new KeyvSqlite(options(table));
+  stores.push(created);
+  return created;
+};
+afterAll(async () => {
+  await Promise.all(stores.map((created) => created.disconnect()));
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const suiteTable = newTable();
+describeTokenCache('KeyvCache on @keyv/sqlite', {
+  create: () => new KeyvCache(store(suiteTable)),
+  shared: { module: fixtures, export: 'SqliteKeyvCache', args: [options(suiteTable)] },
+  supports: { add: true, deleteIfEquals: true, compareAndSet: true, ttl: true },
+});
+
+describeTokenSharing('KeyvCache on @keyv/sqlite', {
+  store: { module: fixtures, export: 'SqliteKeyvCache', args: [options(newTable())] },
+});
+
+describe('KeyvCache on @keyv/sqlite', () => {
+  it('adds the expires column to the table the adapter made, and the adapter reads the raw bytes', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    const columns = async () => ((await adapter.query(`PRAGMA table_info(${table})`)) as { name: string }[]).map((column) => column.name);
+    expect(await columns()).toEqual(['key', 'value']);
+    const cache = new KeyvCache(adapter);
+    const value = '{"access_token":"86_abc","expires_at":1764003600,"fetched_at":1763996400}';
+    expect(await cache.add!('wechat:access_token:wx1', value, 60)).toBe(true);
+    expect(await columns()).toEqual(['key', 'value', 'expires']);
+    expect(await adapter.get('wechat:access_token:wx1')).toBe(value);
+  });
+
+  it('a row whose expiry has passed is absent to get, deleteIfEquals and compareAndSet, and add takes it over', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    const cache = new KeyvCache(adapter);
+    await cache.set('k', 'old', 60);
+    await adapter.query(`UPDATE ${table} SET expires = expires - 61000 WHERE key = ?`, ['k']);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(await cache.deleteIfEquals!('k', 'old')).toBe(false);
+    expect(await cache.compareAndSet!('k', 'old', 'new', 60)).toBe(false);
+    expect(await cache.add!('k', 'mine', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('mine');
+  });
+});
