@@ -26,7 +26,7 @@ interface MemjsClient {
   set(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
   add(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
   delete(key: string): Promise<boolean>;
-  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void): void;
+  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries?: number): void;
   incrSeq(): void;
   seq: number;
   close(): void;
@@ -39,6 +39,7 @@ interface MemjsResponse {
 
 // Binary protocol opcodes and statuses (memcached protocol_binary.h).
 const OP_GET = 0x00;
+const OP_SET = 0x01;
 const OP_DELETE = 0x04;
 const STATUS_OK = 0;
 const STATUS_NOT_FOUND = 1;
@@ -47,8 +48,8 @@ const STATUS_EXISTS = 2;
 /**
  * A TokenCache on Memcached, built on @keyv/memcache's memjs client: raw values (a plain `get` returns
  * the documented bytes; @keyv/memcache's own `get` would JSON-parse them), TTL in whole seconds, `add`
- * atomic, and `deleteIfEquals` as a binary-protocol `DELETE` carrying the CAS of the value it compared,
- * so a value written in between is never deleted.
+ * atomic, and `deleteIfEquals` / `compareAndSet` as a binary-protocol `DELETE` / `SET` carrying the CAS
+ * of the value they compared, so a value written in between is never deleted or replaced.
  *
  * @example
  * ```ts
@@ -114,12 +115,28 @@ export class MemcachedCache implements TokenCache {
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', key, async () => {
       const current = await this.#get(key);
-      if (!current || current.value.toString('utf8') !== expected) return false;
+      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
       // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since.
-      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, current.cas));
+      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, { cas: current.cas }));
       if (response.header.status === STATUS_OK) return true;
       if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
       throw new Error(`memcached DELETE answered status ${response.header.status}`);
+    });
+  }
+
+  compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    return this.#run('compareAndSet', key, async () => {
+      const extras = storeExtras(ttlSeconds);
+      const current = await this.#get(key);
+      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
+      // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
+      // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
+      // would meet our own write and answer EXISTS.
+      const seq = this.#nextSeq();
+      const response = await this.#perform(key, request(OP_SET, seq, key, { extras, value: Buffer.from(value, 'utf8'), cas: current.cas }), 1);
+      if (response.header.status === STATUS_OK) return true;
+      if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
+      throw new Error(`memcached SET answered status ${response.header.status}`);
     });
   }
 
@@ -138,10 +155,15 @@ export class MemcachedCache implements TokenCache {
     return { value: response.val, cas: response.header.cas };
   }
 
-  #perform(key: string, buffer: Buffer): Promise<MemjsResponse> {
+  /** Sends `buffer` and resolves memcached's answer; `retries` is memjs's count of attempts. */
+  #perform(key: string, buffer: Buffer, retries?: number): Promise<MemjsResponse> {
     return new Promise((resolve, reject) => {
-      this.#client.perform(key, buffer, buffer.readUInt32BE(12), (error, response) =>
-        error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response),
+      this.#client.perform(
+        key,
+        buffer,
+        buffer.readUInt32BE(12),
+        (error, response) => (error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response)),
+        retries,
       );
     });
   }
@@ -165,18 +187,30 @@ export class MemcachedCache implements TokenCache {
   }
 }
 
-/** A binary-protocol request with no extras and no value: GET or DELETE, with an optional CAS. */
-function request(opcode: number, seq: number, key: string, cas?: Buffer): Buffer {
+/** A binary-protocol request (memcached protocol_binary.h): header, extras, key, value. */
+function request(opcode: number, seq: number, key: string, body: { extras?: Buffer; value?: Buffer; cas?: Buffer } = {}): Buffer {
   const keyBytes = Buffer.from(key, 'utf8');
-  const buffer = Buffer.alloc(24 + keyBytes.length);
+  const extras = body.extras ?? Buffer.alloc(0);
+  const value = body.value ?? Buffer.alloc(0);
+  const buffer = Buffer.alloc(24 + extras.length + keyBytes.length + value.length);
   buffer.writeUInt8(0x80, 0); // request magic
   buffer.writeUInt8(opcode, 1);
   buffer.writeUInt16BE(keyBytes.length, 2);
-  buffer.writeUInt32BE(keyBytes.length, 8); // total body length
+  buffer.writeUInt8(extras.length, 4);
+  buffer.writeUInt32BE(extras.length + keyBytes.length + value.length, 8); // total body length
   buffer.writeUInt32BE(seq >>> 0, 12); // opaque: memjs matches the response by it
-  cas?.copy(buffer, 16);
-  keyBytes.copy(buffer, 24);
+  body.cas?.copy(buffer, 16);
+  extras.copy(buffer, 24);
+  keyBytes.copy(buffer, 24 + extras.length);
+  value.copy(buffer, 24 + extras.length + keyBytes.length);
   return buffer;
+}
+
+/** The extras of SET and ADD: flags 0 (as memjs writes them) and the expiration. */
+function storeExtras(ttlSeconds: number): Buffer {
+  const extras = Buffer.alloc(8);
+  extras.writeUInt32BE(expires(ttlSeconds), 4);
+  return extras;
 }
 
 /** memcached keeps whole seconds; round up so an entry never expires before its TTL. */
