@@ -13,7 +13,9 @@ export interface MemcachedCacheOptions {
   /** SASL password. Never shown in messages. */
   password?: string;
   /**
-   * How long one request may take, in ms, before it counts as failed (and is retried once).
+   * How long one request may take, in ms, before it counts as failed. A failed `get`, `set` or `delete`
+   * is retried once; the conditional writes (`add`, and the CAS write of `deleteIfEquals` and
+   * `compareAndSet`) are never resent blindly.
    * @default 500
    */
   timeoutMs?: number;
@@ -24,7 +26,6 @@ const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 /** The part of memjs's client that wxkit uses. */
 interface MemjsClient {
   set(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
-  add(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
   delete(key: string): Promise<boolean>;
   perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries?: number): void;
   incrSeq(): void;
@@ -40,6 +41,7 @@ interface MemjsResponse {
 // Binary protocol opcodes and statuses (memcached protocol_binary.h).
 const OP_GET = 0x00;
 const OP_SET = 0x01;
+const OP_ADD = 0x02;
 const OP_DELETE = 0x04;
 const STATUS_OK = 0;
 const STATUS_NOT_FOUND = 1;
@@ -109,15 +111,35 @@ export class MemcachedCache implements TokenCache {
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('add', key, () => this.#client.add(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) }));
+    return this.#run('add', key, async () => {
+      const bytes = Buffer.from(value, 'utf8');
+      const buffer = request(OP_ADD, this.#nextSeq(), key, { extras: storeExtras(ttlSeconds), value: bytes });
+      let response: MemjsResponse;
+      try {
+        // Sent once, never resent blindly: an ADD whose answer was lost may have been stored, and a
+        // resend would then answer EXISTS, so the process would wait a whole lease for its own lock.
+        response = await this.#perform(key, buffer, 1);
+      } catch (lost) {
+        if (this.#closed) throw lost;
+        // The store knows whether it was stored: our value means this call stored it. Absent, it was
+        // not stored or is gone already, and unreadable, nothing is known: both reject.
+        const current = await this.#get(key).catch(() => undefined);
+        if (!current) throw lost;
+        return current.value.equals(bytes);
+      }
+      if (response.header.status === STATUS_OK) return true;
+      if (response.header.status === STATUS_EXISTS) return false;
+      throw new Error(`memcached ADD answered status ${response.header.status}`);
+    });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', key, async () => {
       const current = await this.#get(key);
       if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
-      // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since.
-      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, { cas: current.cas }));
+      // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
+      // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
+      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, { cas: current.cas }), 1);
       if (response.header.status === STATUS_OK) return true;
       if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
       throw new Error(`memcached DELETE answered status ${response.header.status}`);
