@@ -1,5 +1,6 @@
 import KeyvMemcache from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
 export interface MemcachedCacheOptions {
@@ -25,12 +26,10 @@ const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 
 /** The part of memjs's client that wxkit uses. */
 interface MemjsClient {
-  set(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
-  delete(key: string): Promise<boolean>;
-  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries?: number): void;
+  servers: MemjsServer[];
+  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries: number): void;
   incrSeq(): void;
   seq: number;
-  close(): void;
 }
 
 interface MemjsResponse {
@@ -60,6 +59,7 @@ const STATUS_EXISTS = 2;
  */
 export class MemcachedCache implements TokenCache {
   readonly #client: MemjsClient;
+  readonly #closeSockets: (reason: Error) => Promise<void>;
   readonly #where: string;
   #closed = false;
 
@@ -84,14 +84,16 @@ export class MemcachedCache implements TokenCache {
       password: opts.password,
       timeout: timeoutMs / 1000,
       conntimeout: timeoutMs / 1000,
-      retries: 2,
-      retry_delay: 0.05,
+      // memjs never resends (1 attempt): it would resend a stored ADD, and resend after close().
+      // MemcachedCache decides which requests may go out again.
+      retries: 1,
       keepAlive: true,
       // memjs logs every failed request to console; failures reach the caller as CacheErrors instead.
       logger: { log: () => undefined },
     } as never);
     store.on('error', () => undefined);
     this.#client = store.client as unknown as MemjsClient;
+    this.#closeSockets = ownSockets(this.#client.servers);
   }
 
   get(key: string): Promise<string | undefined> {
@@ -100,36 +102,34 @@ export class MemcachedCache implements TokenCache {
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', key, async () => {
-      await this.#client.set(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) });
+      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
+      answered('SET', await this.#send(key, (seq) => request(OP_SET, seq, key, body), 2), STATUS_OK);
     });
   }
 
   delete(key: string): Promise<void> {
     return this.#run('delete', key, async () => {
-      await this.#client.delete(key);
+      answered('DELETE', await this.#send(key, (seq) => request(OP_DELETE, seq, key), 2), STATUS_OK, STATUS_NOT_FOUND);
     });
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', key, async () => {
-      const bytes = Buffer.from(value, 'utf8');
-      const buffer = request(OP_ADD, this.#nextSeq(), key, { extras: storeExtras(ttlSeconds), value: bytes });
+      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
       let response: MemjsResponse;
       try {
         // Sent once, never resent blindly: an ADD whose answer was lost may have been stored, and a
         // resend would then answer EXISTS, so the process would wait a whole lease for its own lock.
-        response = await this.#perform(key, buffer, 1);
+        response = await this.#send(key, (seq) => request(OP_ADD, seq, key, body), 1);
       } catch (lost) {
         if (this.#closed) throw lost;
         // The store knows whether it was stored: our value means this call stored it. Absent, it was
         // not stored or is gone already, and unreadable, nothing is known: both reject.
         const current = await this.#get(key).catch(() => undefined);
         if (!current) throw lost;
-        return current.value.equals(bytes);
+        return current.value.equals(body.value);
       }
-      if (response.header.status === STATUS_OK) return true;
-      if (response.header.status === STATUS_EXISTS) return false;
-      throw new Error(`memcached ADD answered status ${response.header.status}`);
+      return answered('ADD', response, STATUS_OK, STATUS_EXISTS) === STATUS_OK;
     });
   }
 
@@ -139,10 +139,8 @@ export class MemcachedCache implements TokenCache {
       if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
       // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
       // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
-      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, { cas: current.cas }), 1);
-      if (response.header.status === STATUS_OK) return true;
-      if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
-      throw new Error(`memcached DELETE answered status ${response.header.status}`);
+      const response = await this.#send(key, (seq) => request(OP_DELETE, seq, key, { cas: current.cas }), 1);
+      return answered('DELETE', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });
   }
 
@@ -154,45 +152,49 @@ export class MemcachedCache implements TokenCache {
       // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
       // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
       // would meet our own write and answer EXISTS.
-      const seq = this.#nextSeq();
-      const response = await this.#perform(key, request(OP_SET, seq, key, { extras, value: Buffer.from(value, 'utf8'), cas: current.cas }), 1);
-      if (response.header.status === STATUS_OK) return true;
-      if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
-      throw new Error(`memcached SET answered status ${response.header.status}`);
+      const body = { extras, value: Buffer.from(value, 'utf8'), cas: current.cas };
+      const response = await this.#send(key, (seq) => request(OP_SET, seq, key, body), 1);
+      return answered('SET', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });
   }
 
-  /** Closes the connections. Later calls reject with a CacheError. */
+  /**
+   * Closes every connection, fails calls still waiting for an answer, and resolves once nothing is
+   * left open: the process can then exit by itself. Later calls reject with a CacheError.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#client.close();
+    await this.#closeSockets(new Error('MemcachedCache was closed before memcached answered'));
   }
 
   /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */
   async #get(key: string): Promise<{ value: Buffer; cas: Buffer } | undefined> {
-    const response = await this.#perform(key, request(OP_GET, this.#nextSeq(), key));
-    if (response.header.status === STATUS_NOT_FOUND) return undefined;
-    if (response.header.status !== STATUS_OK) throw new Error(`memcached GET answered status ${response.header.status}`);
+    const response = await this.#send(key, (seq) => request(OP_GET, seq, key), 2);
+    if (answered('GET', response, STATUS_OK, STATUS_NOT_FOUND) === STATUS_NOT_FOUND) return undefined;
     return { value: response.val, cas: response.header.cas };
   }
 
-  /** Sends `buffer` and resolves memcached's answer; `retries` is memjs's count of attempts. */
-  #perform(key: string, buffer: Buffer, retries?: number): Promise<MemjsResponse> {
-    return new Promise((resolve, reject) => {
-      this.#client.perform(
-        key,
-        buffer,
-        buffer.readUInt32BE(12),
-        (error, response) => (error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response)),
-        retries,
-      );
-    });
-  }
-
-  #nextSeq(): number {
-    this.#client.incrSeq();
-    return this.#client.seq;
+  /**
+   * Sends the request `build` makes for a fresh sequence number and resolves memcached's answer.
+   * `attempts` 2 is for requests that may go out twice (a connection memcached dropped since the last
+   * call fails the first), 1 for the conditional writes; never again once closed.
+   */
+  async #send(key: string, build: (seq: number) => Buffer, attempts: 1 | 2): Promise<MemjsResponse> {
+    for (let attempt = 1; ; attempt += 1) {
+      this.#client.incrSeq();
+      // Unsigned, as memjs reads the opaque of an answer (its own counter turns negative past 2^31).
+      const seq = this.#client.seq >>> 0;
+      try {
+        return await new Promise<MemjsResponse>((resolve, reject) => {
+          const settle = (error: Error | null, response?: MemjsResponse) =>
+            error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response);
+          this.#client.perform(key, build(seq), seq, settle, 1);
+        });
+      } catch (error) {
+        if (attempt >= attempts || this.#closed) throw error;
+      }
+    }
   }
 
   async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
@@ -209,6 +211,12 @@ export class MemcachedCache implements TokenCache {
   }
 }
 
+/** The status of memcached's answer; any other than `expected` is a failure (out of memory, too large…). */
+function answered(command: string, response: MemjsResponse, ...expected: number[]): number {
+  if (!expected.includes(response.header.status)) throw new Error(`memcached ${command} answered status ${response.header.status}`);
+  return response.header.status;
+}
+
 /** A binary-protocol request (memcached protocol_binary.h): header, extras, key, value. */
 function request(opcode: number, seq: number, key: string, body: { extras?: Buffer; value?: Buffer; cas?: Buffer } = {}): Buffer {
   const keyBytes = Buffer.from(key, 'utf8');
@@ -220,7 +228,7 @@ function request(opcode: number, seq: number, key: string, body: { extras?: Buff
   buffer.writeUInt16BE(keyBytes.length, 2);
   buffer.writeUInt8(extras.length, 4);
   buffer.writeUInt32BE(extras.length + keyBytes.length + value.length, 8); // total body length
-  buffer.writeUInt32BE(seq >>> 0, 12); // opaque: memjs matches the response by it
+  buffer.writeUInt32BE(seq, 12); // opaque: memjs matches the response by it
   body.cas?.copy(buffer, 16);
   extras.copy(buffer, 24);
   keyBytes.copy(buffer, 24 + extras.length);
