@@ -1,5 +1,6 @@
 import KeyvMemcache from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
 export interface MemcachedCacheOptions {
@@ -13,7 +14,9 @@ export interface MemcachedCacheOptions {
   /** SASL password. Never shown in messages. */
   password?: string;
   /**
-   * How long one request may take, in ms, before it counts as failed (and is retried once).
+   * How long one request may take, in ms, before it counts as failed. A failed `get`, `set` or `delete`
+   * is retried once; the conditional writes (`add`, and the CAS write of `deleteIfEquals` and
+   * `compareAndSet`) are never resent blindly.
    * @default 500
    */
   timeoutMs?: number;
@@ -23,13 +26,10 @@ const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 
 /** The part of memjs's client that wxkit uses. */
 interface MemjsClient {
-  set(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
-  add(key: string, value: Buffer, options: { expires: number }): Promise<boolean>;
-  delete(key: string): Promise<boolean>;
-  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void): void;
+  servers: MemjsServer[];
+  perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries: number): void;
   incrSeq(): void;
   seq: number;
-  close(): void;
 }
 
 interface MemjsResponse {
@@ -39,6 +39,8 @@ interface MemjsResponse {
 
 // Binary protocol opcodes and statuses (memcached protocol_binary.h).
 const OP_GET = 0x00;
+const OP_SET = 0x01;
+const OP_ADD = 0x02;
 const OP_DELETE = 0x04;
 const STATUS_OK = 0;
 const STATUS_NOT_FOUND = 1;
@@ -47,8 +49,8 @@ const STATUS_EXISTS = 2;
 /**
  * A TokenCache on Memcached, built on @keyv/memcache's memjs client: raw values (a plain `get` returns
  * the documented bytes; @keyv/memcache's own `get` would JSON-parse them), TTL in whole seconds, `add`
- * atomic, and `deleteIfEquals` as a binary-protocol `DELETE` carrying the CAS of the value it compared,
- * so a value written in between is never deleted.
+ * atomic, and `deleteIfEquals` / `compareAndSet` as a binary-protocol `DELETE` / `SET` carrying the CAS
+ * of the value they compared, so a value written in between is never deleted or replaced.
  *
  * @example
  * ```ts
@@ -57,6 +59,7 @@ const STATUS_EXISTS = 2;
  */
 export class MemcachedCache implements TokenCache {
   readonly #client: MemjsClient;
+  readonly #closeSockets: (reason: Error) => Promise<void>;
   readonly #where: string;
   #closed = false;
 
@@ -81,14 +84,16 @@ export class MemcachedCache implements TokenCache {
       password: opts.password,
       timeout: timeoutMs / 1000,
       conntimeout: timeoutMs / 1000,
-      retries: 2,
-      retry_delay: 0.05,
+      // memjs never resends (1 attempt): it would resend a stored ADD, and resend after close().
+      // MemcachedCache decides which requests may go out again.
+      retries: 1,
       keepAlive: true,
       // memjs logs every failed request to console; failures reach the caller as CacheErrors instead.
       logger: { log: () => undefined },
     } as never);
     store.on('error', () => undefined);
     this.#client = store.client as unknown as MemjsClient;
+    this.#closeSockets = ownSockets(this.#client.servers);
   }
 
   get(key: string): Promise<string | undefined> {
@@ -97,58 +102,99 @@ export class MemcachedCache implements TokenCache {
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', key, async () => {
-      await this.#client.set(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) });
+      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
+      answered('SET', await this.#send(key, (seq) => request(OP_SET, seq, key, body), 2), STATUS_OK);
     });
   }
 
   delete(key: string): Promise<void> {
     return this.#run('delete', key, async () => {
-      await this.#client.delete(key);
+      answered('DELETE', await this.#send(key, (seq) => request(OP_DELETE, seq, key), 2), STATUS_OK, STATUS_NOT_FOUND);
     });
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('add', key, () => this.#client.add(key, Buffer.from(value, 'utf8'), { expires: expires(ttlSeconds) }));
+    return this.#run('add', key, async () => {
+      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
+      let response: MemjsResponse;
+      try {
+        // Sent once, never resent blindly: an ADD whose answer was lost may have been stored, and a
+        // resend would then answer EXISTS, so the process would wait a whole lease for its own lock.
+        response = await this.#send(key, (seq) => request(OP_ADD, seq, key, body), 1);
+      } catch (lost) {
+        if (this.#closed) throw lost;
+        // The store knows whether it was stored: our value means this call stored it. Absent, it was
+        // not stored or is gone already, and unreadable, nothing is known: both reject.
+        const current = await this.#get(key).catch(() => undefined);
+        if (!current) throw lost;
+        return current.value.equals(body.value);
+      }
+      return answered('ADD', response, STATUS_OK, STATUS_EXISTS) === STATUS_OK;
+    });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', key, async () => {
       const current = await this.#get(key);
-      if (!current || current.value.toString('utf8') !== expected) return false;
-      // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since.
-      const response = await this.#perform(key, request(OP_DELETE, this.#nextSeq(), key, current.cas));
-      if (response.header.status === STATUS_OK) return true;
-      if (response.header.status === STATUS_NOT_FOUND || response.header.status === STATUS_EXISTS) return false;
-      throw new Error(`memcached DELETE answered status ${response.header.status}`);
+      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
+      // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
+      // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
+      const response = await this.#send(key, (seq) => request(OP_DELETE, seq, key, { cas: current.cas }), 1);
+      return answered('DELETE', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });
   }
 
-  /** Closes the connections. Later calls reject with a CacheError. */
+  compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    return this.#run('compareAndSet', key, async () => {
+      const extras = storeExtras(ttlSeconds);
+      const current = await this.#get(key);
+      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
+      // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
+      // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
+      // would meet our own write and answer EXISTS.
+      const body = { extras, value: Buffer.from(value, 'utf8'), cas: current.cas };
+      const response = await this.#send(key, (seq) => request(OP_SET, seq, key, body), 1);
+      return answered('SET', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
+    });
+  }
+
+  /**
+   * Closes every connection, fails calls still waiting for an answer, and resolves once nothing is
+   * left open: the process can then exit by itself. Later calls reject with a CacheError.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#client.close();
+    await this.#closeSockets(new Error('MemcachedCache was closed before memcached answered'));
   }
 
   /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */
   async #get(key: string): Promise<{ value: Buffer; cas: Buffer } | undefined> {
-    const response = await this.#perform(key, request(OP_GET, this.#nextSeq(), key));
-    if (response.header.status === STATUS_NOT_FOUND) return undefined;
-    if (response.header.status !== STATUS_OK) throw new Error(`memcached GET answered status ${response.header.status}`);
+    const response = await this.#send(key, (seq) => request(OP_GET, seq, key), 2);
+    if (answered('GET', response, STATUS_OK, STATUS_NOT_FOUND) === STATUS_NOT_FOUND) return undefined;
     return { value: response.val, cas: response.header.cas };
   }
 
-  #perform(key: string, buffer: Buffer): Promise<MemjsResponse> {
-    return new Promise((resolve, reject) => {
-      this.#client.perform(key, buffer, buffer.readUInt32BE(12), (error, response) =>
-        error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response),
-      );
-    });
-  }
-
-  #nextSeq(): number {
-    this.#client.incrSeq();
-    return this.#client.seq;
+  /**
+   * Sends the request `build` makes for a fresh sequence number and resolves memcached's answer.
+   * `attempts` 2 is for requests that may go out twice (a connection memcached dropped since the last
+   * call fails the first), 1 for the conditional writes; never again once closed.
+   */
+  async #send(key: string, build: (seq: number) => Buffer, attempts: 1 | 2): Promise<MemjsResponse> {
+    for (let attempt = 1; ; attempt += 1) {
+      this.#client.incrSeq();
+      // Unsigned, as memjs reads the opaque of an answer (its own counter turns negative past 2^31).
+      const seq = this.#client.seq >>> 0;
+      try {
+        return await new Promise<MemjsResponse>((resolve, reject) => {
+          const settle = (error: Error | null, response?: MemjsResponse) =>
+            error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response);
+          this.#client.perform(key, build(seq), seq, settle, 1);
+        });
+      } catch (error) {
+        if (attempt >= attempts || this.#closed) throw error;
+      }
+    }
   }
 
   async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
@@ -165,18 +211,36 @@ export class MemcachedCache implements TokenCache {
   }
 }
 
-/** A binary-protocol request with no extras and no value: GET or DELETE, with an optional CAS. */
-function request(opcode: number, seq: number, key: string, cas?: Buffer): Buffer {
+/** The status of memcached's answer; any other than `expected` is a failure (out of memory, too large…). */
+function answered(command: string, response: MemjsResponse, ...expected: number[]): number {
+  if (!expected.includes(response.header.status)) throw new Error(`memcached ${command} answered status ${response.header.status}`);
+  return response.header.status;
+}
+
+/** A binary-protocol request (memcached protocol_binary.h): header, extras, key, value. */
+function request(opcode: number, seq: number, key: string, body: { extras?: Buffer; value?: Buffer; cas?: Buffer } = {}): Buffer {
   const keyBytes = Buffer.from(key, 'utf8');
-  const buffer = Buffer.alloc(24 + keyBytes.length);
+  const extras = body.extras ?? Buffer.alloc(0);
+  const value = body.value ?? Buffer.alloc(0);
+  const buffer = Buffer.alloc(24 + extras.length + keyBytes.length + value.length);
   buffer.writeUInt8(0x80, 0); // request magic
   buffer.writeUInt8(opcode, 1);
   buffer.writeUInt16BE(keyBytes.length, 2);
-  buffer.writeUInt32BE(keyBytes.length, 8); // total body length
-  buffer.writeUInt32BE(seq >>> 0, 12); // opaque: memjs matches the response by it
-  cas?.copy(buffer, 16);
-  keyBytes.copy(buffer, 24);
+  buffer.writeUInt8(extras.length, 4);
+  buffer.writeUInt32BE(extras.length + keyBytes.length + value.length, 8); // total body length
+  buffer.writeUInt32BE(seq, 12); // opaque: memjs matches the response by it
+  body.cas?.copy(buffer, 16);
+  extras.copy(buffer, 24);
+  keyBytes.copy(buffer, 24 + extras.length);
+  value.copy(buffer, 24 + extras.length + keyBytes.length);
   return buffer;
+}
+
+/** The extras of SET and ADD: flags 0 (as memjs writes them) and the expiration. */
+function storeExtras(ttlSeconds: number): Buffer {
+  const extras = Buffer.alloc(8);
+  extras.writeUInt32BE(expires(ttlSeconds), 4);
+  return extras;
 }
 
 /** memcached keeps whole seconds; round up so an entry never expires before its TTL. */

@@ -5,19 +5,23 @@ import { OfficialAccount } from '@wxkit/core';
 import { MemcachedCache } from '../src/index.js';
 
 let memcached: StoreServer;
+// The conformance suite's own server: its outage test stops and restarts it.
+let conformance: StoreServer;
 let mock: MockWeChat;
 beforeAll(async () => {
-  [memcached, mock] = await Promise.all([startMemcached(), startMockWeChat()]);
+  [memcached, conformance, mock] = await Promise.all([startMemcached(), startMemcached(), startMockWeChat()]);
 });
 afterAll(async () => {
-  await Promise.all([memcached?.stop(), mock?.close()]);
+  await Promise.all([memcached?.stop(), conformance?.stop(), mock?.close()]);
 });
 
 const built = new URL('../dist/index.js', import.meta.url).href;
 
 describeTokenCache('MemcachedCache', {
-  create: () => new MemcachedCache(memcached.url),
-  shared: () => ({ module: built, export: 'MemcachedCache', args: [memcached.url] }),
+  create: () => new MemcachedCache(conformance.url),
+  shared: () => ({ module: built, export: 'MemcachedCache', args: [conformance.url] }),
+  supports: { add: true, deleteIfEquals: true, compareAndSet: true },
+  outage: { stop: () => conformance.stop(), start: () => conformance.start() },
   // memcached counts TTLs in whole seconds.
   ttlSlackSeconds: 1,
 });

@@ -1,4 +1,5 @@
-export { describeTokenCache, type DescribeTokenCacheOptions } from './conformance.js';
+export { describeTokenCache, childThatExitsByItself, type DescribeTokenCacheOptions } from './conformance.js';
+export type { CacheChildOp, CacheChildResult } from './cache-child.js';
 export {
   describeTokenSharing,
   describeStoreOutage,

@@ -1,0 +1,56 @@
+import type { Socket } from 'node:net';
+
+/** memjs 1.3's connection to one server (lib/memjs/server.js): the parts reached into here. */
+export interface MemjsServer {
+  _socket?: Socket;
+  sock(sasl: boolean, go: (socket: Socket) => void): void;
+  error(error: unknown): void;
+}
+
+/**
+ * Makes memjs let go of every socket it opens, so a process that closed its MemcachedCache exits by
+ * itself and no request waits for ever. memjs 1.3, left alone:
+ * - on a timeout only `end()`s the socket and forgets it; a server that never answers never closes its
+ *   side either, so the socket stays open for good;
+ * - clears its current socket when any of its sockets closes, an older one too: the newer socket is
+ *   then forgotten, and requests queued on it are never written or never time out (their deadline is
+ *   a timer on that socket);
+ * - on `Client.close()` only `end()`s the current socket: pending requests never settle.
+ *
+ * So every socket memjs opens is tracked; when memjs fails a server (`error()`, after a timeout or a
+ * socket error) every socket it opened for it is destroyed; only the current socket's close counts,
+ * and fails the requests waiting on it. Returns `close(reason)`: destroys every socket, fails every
+ * pending request with `reason`, and resolves once every socket is closed.
+ */
+export function ownSockets(servers: MemjsServer[]): (reason: Error) => Promise<void> {
+  const open = new Set<Socket>();
+  for (const server of servers) {
+    const mine = new Set<Socket>();
+    const sock = server.sock.bind(server);
+    const fail = server.error.bind(server);
+    server.error = (error) => {
+      for (const socket of mine) socket.destroy();
+      fail(error);
+    };
+    server.sock = (sasl, go) => {
+      const before = server._socket;
+      sock(sasl, go);
+      const socket = server._socket;
+      if (!socket || socket === before) return;
+      mine.add(socket);
+      open.add(socket);
+      // memjs's own 'close' listener is the one that clears a newer socket; Node adds none of its own.
+      socket.removeAllListeners('close');
+      socket.on('close', () => {
+        mine.delete(socket);
+        open.delete(socket);
+        if (server._socket === socket) server.error(new Error('memcached closed the connection'));
+      });
+    };
+  }
+  return async (reason) => {
+    const closed = [...open].map((socket) => new Promise((resolve) => socket.once('close', resolve)));
+    for (const server of servers) server.error(reason);
+    await Promise.all(closed);
+  };
+}
