@@ -390,11 +390,13 @@ export async function childThatExitsByItself(
     });
     void exited.then(() => reject(new Error('cache child exited without a report')));
   });
-  const { results, resources } = await report;
+  // Bounds on a failure, not measurements: a child whose operations (or close()) never end, or that
+  // still runs this long after close(), is reported with what it held, instead of timing the test out.
   let timer: NodeJS.Timeout | undefined;
-  // A bound on a failure, not a measurement: a child that still runs this long after close() is held open.
-  const code = await Promise.race([exited, new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), graceMs)))]);
-  clearTimeout(timer);
+  const bound = <T>(promise: Promise<T>, fallback: T) =>
+    Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), graceMs)))]).finally(() => clearTimeout(timer));
+  const { results, resources } = await bound(report, { results: [], resources: ['(no report: the operations or close() never ended)'] });
+  const code = await bound(exited, null);
   if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   return { code, results, resources };
 }
