@@ -28,4 +28,6 @@ export default defineWorkspace([
   project('testing'),
   // Runnable examples and the README's snippets, run as a user would run them.
   project('examples', {}, './examples', ['*/*.test.ts']),
+  // The token protocol at its edges, one file per failure: real stores, real processes, the mock's counters.
+  project('faults', {}, './tests/faults', ['*.test.ts']),
 ]);

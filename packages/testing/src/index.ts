@@ -23,3 +23,4 @@ export {
   type RedisClusterServers,
   type RedisServerOptions,
 } from './servers.js';
+export { startLocklessPeer, type LocklessPeer, type LocklessPeerOptions } from './peers.js';

@@ -22,8 +22,10 @@ export interface WorkerConfig {
   tokenSource?: { url: string; key: string };
   /** A key schema by its @wxkit/core export name and options, e.g. `{ name: 'easyWeChat4', options: { prefix: 'think:' } }`. */
   schema?: { name: string; options?: Record<string, unknown> };
-  /** Extra OfficialAccount options with numeric values (timeoutMs, cacheTimeoutMs, memoMs…). */
-  clientOptions?: Record<string, number>;
+  /** Extra OfficialAccount options with plain values (timeoutMs, cacheTimeoutMs, memoMs, serviceName…). */
+  clientOptions?: Record<string, number | string>;
+  /** Every store call of the worker waits this long first: a slow (not down) store. */
+  storeDelayMs?: number;
   /** Give the client a clock the test can move forward with `WorkerGroup.advance()`. */
   clockControl?: boolean;
 }
@@ -31,7 +33,8 @@ export interface WorkerConfig {
 export interface WorkerRun {
   type: 'run';
   id: number;
-  op: 'getToken' | 'send';
+  /** `ticket`: the jsapi ticket (`app.jssdk.getTicket()`). */
+  op: 'getToken' | 'send' | 'ticket';
   count: number;
   /** Calls in flight at once. @default count (all at once) */
   concurrency?: number;
@@ -45,6 +48,8 @@ export interface WorkerResult {
   ok: number;
   /** `code:errcode` of each failure, e.g. `ERR_WXKIT_WECHAT_API:40001`. */
   errors: string[];
+  /** Unhandled promise rejections the worker saw since it started (it keeps running through them). */
+  unhandled: number;
   /** wxkit log events seen since the previous result (during this run, or between the two), by name (`cache.unavailable`…). */
   events: Record<string, number>;
 }

@@ -6,13 +6,17 @@
  * Worker → parent: `{ type: 'ready' }` once built, then `{ type: 'result', id, values, ok, errors }`.
  */
 import * as core from '@wxkit/core';
-import { MemoryCache, OfficialAccount, remoteTokenSource, type KeySchema } from '@wxkit/core';
+import { MemoryCache, OfficialAccount, remoteTokenSource, type KeySchema, type TokenCache } from '@wxkit/core';
 import { createStore, type WorkerConfig, type WorkerResult, type WorkerRun } from './processes.js';
 
 async function main(): Promise<void> {
   const config = JSON.parse(process.env.WXKIT_WORKER ?? 'null') as WorkerConfig | null;
   if (!config || !process.send) throw new Error('worker.js is started by describeTokenSharing through fork()');
-  const cache = config.store ? await createStore(config.store) : new MemoryCache();
+  const created = config.store ? await createStore(config.store) : new MemoryCache();
+  const cache = config.storeDelayMs ? delayed(created, config.storeDelayMs) : created;
+  let unhandled = 0;
+  // Counted, not fatal: a test asserts there were none.
+  process.on('unhandledRejection', () => (unhandled += 1));
   let events: Record<string, number> = {};
   const record = (fields: { event: string }) => {
     events[fields.event] = (events[fields.event] ?? 0) + 1;
@@ -34,6 +38,7 @@ async function main(): Promise<void> {
   let sent = 0;
   const one = async (op: WorkerRun['op']): Promise<string> => {
     if (op === 'getToken') return app.accessToken.getToken();
+    if (op === 'ticket') return app.jssdk.getTicket();
     const result = await app.templateMessage.send({
       touser: `o${process.pid}x${sent++}`,
       template_id: 'TPL_SHARING_TEST',
@@ -64,7 +69,7 @@ async function main(): Promise<void> {
     };
     await Promise.all(Array.from({ length: Math.min(message.concurrency ?? message.count, message.count) }, lane));
     // Events since the previous result: a background probe's may fall between two runs.
-    const result: WorkerResult = { type: 'result', id: message.id, values: [], ok: 0, errors: [], events };
+    const result: WorkerResult = { type: 'result', id: message.id, values: [], ok: 0, errors: [], events, unhandled };
     events = {};
     for (const outcome of settled) {
       if (outcome.status === 'fulfilled') {
@@ -78,6 +83,25 @@ async function main(): Promise<void> {
     process.send!(result);
   });
   process.send({ type: 'ready' });
+}
+
+/** The same store, each call started `ms` late. */
+function delayed(cache: TokenCache, ms: number): TokenCache {
+  const later =
+    <A extends unknown[], R>(fn: ((...args: A) => Promise<R>) | undefined) =>
+    fn && (async (...args: A): Promise<R> => {
+      await new Promise((resolve) => setTimeout(resolve, ms));
+      return fn.apply(cache, args);
+    });
+  return {
+    get: later(cache.get)!,
+    set: later(cache.set)!,
+    delete: later(cache.delete)!,
+    ...(cache.add ? { add: later(cache.add) } : {}),
+    ...(cache.deleteIfEquals ? { deleteIfEquals: later(cache.deleteIfEquals) } : {}),
+    ...(cache.compareAndSet ? { compareAndSet: later(cache.compareAndSet) } : {}),
+    close: async () => cache.close?.(),
+  };
 }
 
 main().catch((error: unknown) => {

@@ -6,9 +6,9 @@ import type { Tier } from '../tiers.js';
 import type { Upstream } from '../upstream.js';
 
 // Store calls inside the lock, one after the other: the second read of the entry (and the TTL query of
-// formats without an expiry), the read and compare-and-set of the write, and the clearing of a failure
-// marker; companions (wechatpy's `_expires_at`) add one each.
-const STORE_CALLS_IN_SECTION = 5;
+// formats without an expiry), the second look at the failure marker, the read and compare-and-set of
+// the write, and the clearing of a failure marker; companions (wechatpy's `_expires_at`) add one each.
+const STORE_CALLS_IN_SECTION = 6;
 // Timers and scheduling between the calls, which their deadlines do not cover.
 const LEASE_SLACK_MS = 1_000;
 // stable_token ignores force_refresh calls less than 30 s apart (WeChat's documentation).
@@ -158,11 +158,14 @@ export class LockedFetchRefresher implements Refresher {
 
     try {
       if (!request.force) {
-        // Another process may have written between our read and our lock.
+        // Another process may have written between our read and our lock…
         const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
           return { entry: again.entry, tier: tier.name, fetched: false };
         }
+        // …or failed, and released the lock just before we took it.
+        if (request.ahead && (await this.#failures.active(store, ctx.settings.now()))) return undefined;
+        if (!request.ahead) await this.#failures.check(store, ctx.settings.now(), false);
       }
       if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious) {
         await this.#downSpacing.take(store, now, DOWN_SPACING_MS, DOWN_SPACING_MAX_MS);

@@ -1,0 +1,82 @@
+import { describe, expect, it } from 'vitest';
+import { MemoryCache, easyWeChat4, nativeSchema, type KeySchema } from '../src/index.js';
+import { Log } from '../src/logger.js';
+import { GuardedStore } from '../src/store.js';
+import { EntryStore } from '../src/token/entry-store.js';
+
+const key = 'wechat:access_token:wx4202f388888ab123';
+
+function setUp(schema: KeySchema = nativeSchema(), cache = new MemoryCache()) {
+  const log = new Log(false);
+  const store = new GuardedStore(cache, 1000, log, 'wx4202f388888ab123');
+  const entries = new EntryStore({ key, field: 'access_token', schema, label: 'access_token', appId: 'wx4202f388888ab123', logKey: key, log, now: Date.now });
+  return { cache, store, entries };
+}
+
+const fetched = (value: string) => ({ value, expiresIn: 7200 });
+const native = (value: string, fetchedAt: number) => JSON.stringify({ access_token: value, expires_at: fetchedAt + 7200, fetched_at: fetchedAt });
+
+describe('writes never go back in time', () => {
+  it('a token asked for earlier than the stored one is not written; the stored one is kept and returned', async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, native('NEWER', now), 6900);
+    const outcome = await entries.write(store, entries.encode(fetched('OLDER'), now - 20, 'web-1:1'), fetched('OLDER'));
+    expect(outcome).toMatchObject({ stored: false, entry: { value: 'NEWER', fetchedAt: now } });
+    expect(await cache.get(key)).toBe(native('NEWER', now));
+  });
+
+  it('a token asked for later replaces the stored one, with its own fetched_by', async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, native('OLDER', now - 20), 6900);
+    const outcome = await entries.write(store, entries.encode(fetched('NEWER'), now, 'web-1:1'), fetched('NEWER'));
+    expect(outcome).toMatchObject({ stored: true, entry: { value: 'NEWER' } });
+    expect(JSON.parse((await cache.get(key))!)).toEqual({ access_token: 'NEWER', expires_at: now + 7200, fetched_at: now, fetched_by: 'web-1:1' });
+  });
+
+  it('a newer token written between the read and the write wins: the compare-and-set fails, the next read keeps it', async () => {
+    const inner = new MemoryCache();
+    const now = Math.floor(Date.now() / 1000);
+    let raced = false;
+    const racing = Object.assign(inner, {
+      compareAndSet: async (k: string, expected: string, value: string, ttl: number) => {
+        if (!raced) {
+          raced = true;
+          // Another writer, holding a token asked for after ours, gets in first.
+          await MemoryCache.prototype.set.call(inner, k, native('NEWEST', now + 5), 6900);
+        }
+        return MemoryCache.prototype.compareAndSet.call(inner, k, expected, value, ttl);
+      },
+    });
+    const { store, entries } = setUp(nativeSchema(), racing);
+    await inner.set(key, native('OLD', now - 100), 6900);
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'), fetched('MINE'));
+    expect(raced).toBe(true);
+    expect(outcome).toMatchObject({ stored: false, entry: { value: 'NEWEST' } });
+    expect(await inner.get(key)).toBe(native('NEWEST', now + 5));
+  });
+
+  it('a value in an encoding the schema recognises as another program\'s is never replaced', async () => {
+    const { cache, store, entries } = setUp(easyWeChat4());
+    const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';
+    await cache.set(key, igbinary, 600);
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'), fetched('MINE'));
+    expect(outcome.stored).toBe(false);
+    expect(await cache.get(key)).toBe(igbinary);
+  });
+
+  it('an absent entry is added, never blindly set: a writer that loses the add keeps the winner', async () => {
+    const inner = new MemoryCache();
+    const now = Math.floor(Date.now() / 1000);
+    const racing = Object.assign(inner, {
+      add: async (k: string, value: string, ttl: number) => {
+        await MemoryCache.prototype.set.call(inner, k, native('FIRST', now + 1), 6900);
+        return MemoryCache.prototype.add.call(inner, k, value, ttl);
+      },
+    });
+    const { store, entries } = setUp(nativeSchema(), racing);
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'), fetched('MINE'));
+    expect(outcome).toMatchObject({ stored: false, entry: { value: 'FIRST' } });
+  });
+});
