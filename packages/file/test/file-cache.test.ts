@@ -4,6 +4,7 @@ import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import * as core from '@wxkit/core';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { FileCache } from '../src/index.js';
 
@@ -19,6 +20,13 @@ describeTokenCache('FileCache', {
 });
 
 const fresh = (name: string) => join(root, name);
+
+it('@wxkit/file hands out the very class @wxkit/core ships, in its built ESM and CJS forms', async () => {
+  expect(FileCache).toBe(core.FileCache);
+  expect((await import(builtModule)).FileCache).toBe(core.FileCache);
+  const required = createRequire(import.meta.url);
+  expect(required('../dist/index.cjs').FileCache).toBe(required('@wxkit/core').FileCache);
+});
 
 describe('FileCache on disk', () => {
   it('creates the directory 0700 and writes files 0600, leaving no temp or guard files', async () => {

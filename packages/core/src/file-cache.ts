@@ -2,7 +2,8 @@ import { createHash, randomBytes } from 'node:crypto';
 import { link, mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
-import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import type { TokenCache } from './cache.js';
+import { CacheError, ConfigError } from './errors.js';
 
 /** Options of {@link FileCache}. */
 export interface FileCacheOptions {
