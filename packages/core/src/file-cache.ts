@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { link, mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, readdir, readFile, readlink, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
@@ -17,9 +17,11 @@ export interface FileCacheOptions {
   dir?: string;
   /**
    * Age in ms after which another writer's guard file (which serialises the writers of one key for a
-   * few microseconds) is broken even though its process still runs. A guard whose process is gone is
-   * broken at once. Lower recovers sooner from a hung writer; too low could break the guard of a writer
-   * that is merely paused (a stopped or swapped-out process).
+   * few microseconds) is broken even though its process may still run. A guard whose process is gone is
+   * broken at once, but only when it was written in this PID namespace on this boot: the PID of another
+   * container sharing the directory means nothing here, so such a guard is judged by this age alone.
+   * Lower recovers sooner from a hung or killed writer; too low could break the guard of a writer that
+   * is merely paused (a stopped or swapped-out process).
    * @default 10000
    */
   guardStaleMs?: number;
@@ -39,6 +41,10 @@ export interface FileCacheOptions {
 
 // A writer waits longer than a guard takes to go stale, so a hung holder is broken before writers give up.
 const DEFAULTS = Object.freeze({ guardStaleMs: 10_000, guardTimeoutMs: 12_000 });
+
+// A guard holds `<pid> <namespace id> <random>`; a temp file is named `<file>~<namespace id>-<pid>-<random>.tmp`.
+const GUARD = /^(\d+) ([0-9a-f]{16}) [0-9a-f]+$/;
+const TEMP = /^([0-9a-f]{16})-(\d+)-[0-9a-f]+\.tmp$/;
 
 // An entry file is `v1 <expiresAtMs>\n<value>`. The header keeps the TTL next to the value, so any
 // process can tell an expired entry without a side table.
@@ -156,8 +162,7 @@ export class FileCache implements TokenCache {
 
   /** Temp file in the same directory, then rename: readers see the old file or the new one, never a part. */
   async #write(path: string, value: string, ttlSeconds: number, op: string): Promise<void> {
-    // The pid in the name lets whoever breaks this process's guard, should it die here, sweep the file.
-    const temp = `${path}~${process.pid}-${randomBytes(6).toString('hex')}.tmp`;
+    const temp = await tempName(path);
     const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
     try {
       await writeFile(temp, `v1 ${expiresAt}\n${value}`, { flag: 'wx', mode: 0o600 });
@@ -182,7 +187,7 @@ export class FileCache implements TokenCache {
    */
   async #guarded<T>(path: string, op: string, fn: () => Promise<T>): Promise<T> {
     const guard = `${path}~guard`;
-    const mine = `${process.pid} ${randomBytes(8).toString('hex')}`;
+    const mine = `${process.pid} ${await namespaceId()} ${randomBytes(8).toString('hex')}`;
     const started = Date.now();
     for (let attempt = 0; ; attempt += 1) {
       try {
@@ -208,9 +213,10 @@ export class FileCache implements TokenCache {
   }
 
   /**
-   * A guard whose process is gone, or that is older than guardStaleMs, is taken away: renamed to a
-   * unique name (only one breaker can win that rename), checked to be the same stale guard, then removed.
-   * If a live guard was caught instead, it is put back with link(), which never overwrites.
+   * A guard whose process is gone (judged only for guards of our own PID namespace), or that is older
+   * than guardStaleMs, is taken away: renamed to a unique name (only one breaker can win that rename),
+   * checked to be the same stale guard, then removed. If a live guard was caught instead, it is put back
+   * with link(), which never overwrites.
    */
   async #breakIfStale(guard: string, op: string): Promise<void> {
     let content: string;
@@ -221,14 +227,15 @@ export class FileCache implements TokenCache {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw this.#error(op, error);
     }
-    const pid = Number(content.split(' ')[0]);
-    const dead = Number.isInteger(pid) && pid > 0 && !alive(pid);
+    const owner = GUARD.exec(content);
+    const dead = owner !== null && (await gone(Number(owner[1]), owner[2]!));
     // An empty guard is written microseconds after it is created; one that stays empty for a second
-    // belongs to a process that died in between.
+    // belongs to a process that died in between. Any other content (a guard of an older format, or of
+    // another program) is judged by its age alone.
     const limit = content === '' ? Math.min(1000, this.#guardStaleMs) : this.#guardStaleMs;
     if (!dead && age < limit) return;
     // Named like a temp file of ours, so it is swept should we die before removing it.
-    const taken = `${guard.slice(0, -'~guard'.length)}~${process.pid}-${randomBytes(6).toString('hex')}.tmp`;
+    const taken = await tempName(guard.slice(0, -'~guard'.length));
     try {
       await rename(guard, taken);
     } catch {
@@ -240,20 +247,23 @@ export class FileCache implements TokenCache {
 
   /**
    * Under the guard no live process writes temp files for this key but us, so any other one was left by
-   * a process that died mid-write (or mid-break): remove those whose process is gone.
+   * a process that died mid-write (or mid-break): remove those whose process is gone, judged as guards
+   * are (by PID in our own namespace, else by an age past guardStaleMs).
    */
   async #sweepTemps(path: string): Promise<void> {
     const prefix = `${basename(path)}~`;
     const names = await readdir(this.dir).catch(() => [] as string[]);
-    await Promise.all(
+    const left = await Promise.all(
       names
         .filter((name) => name.startsWith(prefix) && name.endsWith('.tmp'))
-        .filter((name) => {
-          const pid = Number(/^(\d+)-/.exec(name.slice(prefix.length))?.[1]);
-          return Number.isInteger(pid) && pid !== process.pid && !alive(pid);
-        })
-        .map((name) => unlink(join(this.dir, name)).catch(() => undefined)),
+        .map(async (name) => {
+          const temp = TEMP.exec(name.slice(prefix.length));
+          if (temp && (await gone(Number(temp[2]), temp[1]!))) return name;
+          const age = await stat(join(this.dir, name)).then((s) => Date.now() - s.mtimeMs, () => 0);
+          return age >= this.#guardStaleMs ? name : undefined;
+        }),
     );
+    await Promise.all(left.filter((name) => name !== undefined).map((name) => unlink(join(this.dir, name)).catch(() => undefined)));
   }
 
   async #prepare(op: string, key: string, ttlSeconds: number): Promise<string> {
@@ -280,6 +290,68 @@ export class FileCache implements TokenCache {
   #error(op: string, cause: unknown): CacheError {
     const code = (cause as NodeJS.ErrnoException | null)?.code;
     return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause });
+  }
+}
+
+/** A unique temp file name beside `path`, carrying who writes it so that a sweeper can tell it is left over. */
+async function tempName(path: string): Promise<string> {
+  return `${path}~${await namespaceId()}-${process.pid}-${randomBytes(6).toString('hex')}.tmp`;
+}
+
+/**
+ * Whether the process that wrote a guard or temp file is known to be gone. A PID means something only in
+ * the PID namespace it was issued in, on the boot it was issued on: two containers sharing a volume each
+ * see the other's PIDs as dead, or as some unrelated process. So only our own namespace's PIDs are checked.
+ */
+async function gone(pid: number, namespace: string): Promise<boolean> {
+  return namespace === (await namespaceId()) && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid);
+}
+
+let ownNamespace: Promise<string> | undefined;
+
+/**
+ * 16 hex digits naming this process's PID namespace on this boot of this host, the same for every process
+ * that shares it. On Linux, a hash of the boot id and of the PID namespace's identity; where /proc cannot
+ * tell (another OS, a masked /proc), an id drawn once per host and kept in the OS temp directory. Should
+ * even that fail, an id of this process alone: its guards are then judged by age, which is slow but safe.
+ */
+function namespaceId(): Promise<string> {
+  ownNamespace ??= linuxNamespaceId()
+    .catch(() => hostNamespaceId())
+    .catch(() => randomBytes(8).toString('hex'));
+  return ownNamespace;
+}
+
+async function linuxNamespaceId(): Promise<string> {
+  const [bootId, pidNamespace] = await Promise.all([readFile('/proc/sys/kernel/random/boot_id', 'utf8'), readlink('/proc/self/ns/pid')]);
+  if (bootId.trim() === '' || !pidNamespace.startsWith('pid:')) throw new Error('no boot id or PID namespace in /proc');
+  return createHash('sha256').update(`${bootId.trim()}\n${pidNamespace}`).digest('hex').slice(0, 16);
+}
+
+/** Whichever process comes first writes the id; link() never overwrites, so every process reads the same one. */
+async function hostNamespaceId(): Promise<string> {
+  const file = join(tmpdir(), 'wxkit-namespace-id');
+  const read = async () => {
+    const id = (await readFile(file, 'utf8')).trim();
+    if (!/^[0-9a-f]{16}$/.test(id)) throw new Error(`${file} holds no namespace id`);
+    return id;
+  };
+  try {
+    return await read();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const id = randomBytes(8).toString('hex');
+  const temp = `${file}.${process.pid}-${randomBytes(6).toString('hex')}`;
+  await writeFile(temp, `${id}\n`, { mode: 0o644 });
+  try {
+    await link(temp, file);
+    return id;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    return await read();
+  } finally {
+    await unlink(temp).catch(() => undefined);
   }
 }
 
