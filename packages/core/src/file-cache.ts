@@ -52,7 +52,8 @@ const HEADER = /^v1 (\d{1,16})\n/;
 
 /**
  * A TokenCache in a directory: one file per key, for the processes of one host. Writes are atomic
- * (temp file + rename), `add` and `deleteIfEquals` are atomic across processes, files are 0600.
+ * (temp file + rename), `add`, `deleteIfEquals` and `compareAndSet` are atomic across processes, files
+ * are 0600.
  * Across hosts, use a Redis or Memcached adapter instead.
  *
  * @example
@@ -125,6 +126,16 @@ export class FileCache implements TokenCache {
     return this.#guarded(path, 'deleteIfEquals', async () => {
       if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
       await this.#unlink(path, 'deleteIfEquals');
+      return true;
+    });
+  }
+
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const path = await this.#prepare('compareAndSet', key, ttlSeconds);
+    return this.#guarded(path, 'compareAndSet', async () => {
+      // An expired file counts as absent, and an absent key is never created.
+      if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
+      await this.#write(path, value, ttlSeconds, 'compareAndSet');
       return true;
     });
   }

@@ -16,7 +16,7 @@ const builtModule = new URL('../dist/index.js', import.meta.url).href;
 describeTokenCache('FileCache', {
   create: () => new FileCache({ dir: suiteDir }),
   shared: { module: builtModule, export: 'FileCache', args: [{ dir: suiteDir }] },
-  supports: { ttlMs: true },
+  supports: { ttlMs: true, compareAndSet: true },
 });
 
 const fresh = (name: string) => join(root, name);
@@ -98,6 +98,17 @@ describe('FileCache on disk', () => {
     now += 15_001;
     expect(await cache.add('wechat:access_token:wx1:lock', 'waiter', 15)).toBe(true);
     expect(await cache.get('wechat:access_token:wx1:lock')).toBe('waiter');
+  });
+
+  it('compareAndSet() never revives an expired entry, even one that holds the expected value', async () => {
+    const dir = fresh('cas-expired');
+    let now = Date.now();
+    const cache = new FileCache({ dir, now: () => now });
+    await cache.set('k', 'old-token', 10);
+    now += 10_001;
+    expect(await cache.compareAndSet('k', 'old-token', 'new-token', 60)).toBe(false);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(readFileSync(join(dir, 'k'), 'utf8')).toBe(`v1 ${now - 1}\nold-token`);
   });
 
   it('a live guard that never goes away makes writes fail with ERR_WXKIT_CACHE after guardTimeoutMs', async () => {
