@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { link, mkdir, readdir, readFile, readlink, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
@@ -199,22 +199,31 @@ export class FileCache implements TokenCache {
   async #guarded<T>(path: string, op: string, fn: () => Promise<T>): Promise<T> {
     const guard = `${path}~guard`;
     const mine = `${process.pid} ${await namespaceId()} ${randomBytes(8).toString('hex')}`;
+    // The guard is written whole beside its place, then linked there: link() creates a name only where
+    // there is none, so a guard is never seen empty or half written. The draft is written afresh for
+    // each attempt, so that a guard gained after a long wait does not look old.
+    const draft = await tempName(path);
     const started = Date.now();
-    for (let attempt = 0; ; attempt += 1) {
-      try {
-        await writeFile(guard, mine, { flag: 'wx', mode: 0o600 });
-        break;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        try {
+          await writeFile(draft, mine, { mode: 0o600 });
+          await link(draft, guard);
+          break;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
+        }
+        await this.#breakIfStale(path, draft, op);
+        if (Date.now() - started > this.#guardTimeoutMs) {
+          throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
       }
-      await this.#breakIfStale(guard, op);
-      if (Date.now() - started > this.#guardTimeoutMs) {
-        throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
+    } finally {
+      await unlink(draft).catch(() => undefined);
     }
     try {
-      await this.#sweepTemps(path);
+      await this.#sweep(path, mine);
       return await fn();
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
@@ -224,50 +233,98 @@ export class FileCache implements TokenCache {
   }
 
   /**
-   * A guard whose process is gone (judged only for guards of our own PID namespace), or that is older
-   * than guardStaleMs, is taken away: renamed to a unique name (only one breaker can win that rename),
-   * checked to be the same stale guard, then removed. If a live guard was caught instead, it is put back
-   * with link(), which never overwrites.
+   * Breaks the guard of `path` if it is abandoned: its process is gone (judged only for guards of our own
+   * PID namespace) or it is older than guardStaleMs.
+   *
+   * Many waiters see the same abandoned guard at once, and a guard is only a name: a waiter that removed
+   * it by name a moment late would remove the next holder's guard and let a third writer in beside it.
+   * So a given guard is broken by one process only, the one that creates its claim file
+   * `<file>~break-<hash of the guard>-0` (linked from our draft, so never empty). The claimant reads the
+   * guard again: a guard's content is unique and never comes back once removed, so finding it unchanged
+   * means no one else has broken it, and no one else may until the claim is gone. Should a claimant die,
+   * its claim is abandoned like a guard, and the next claim (`-1`, `-2`, …) is taken instead; abandoned
+   * claims are never removed while their guard stands, so no claim is ever removed from under a live one.
    */
-  async #breakIfStale(guard: string, op: string): Promise<void> {
-    let content: string;
-    let age: number;
+  async #breakIfStale(path: string, draft: string, op: string): Promise<void> {
+    const guard = `${path}~guard`;
+    const seen = await this.#inspect(guard, op);
+    if (!seen || !(await this.#abandoned(seen))) return;
+    const id = createHash('sha256').update(seen.content).digest('hex').slice(0, 16);
+    const claims: string[] = [];
+    for (let k = 0; ; k += 1) {
+      const claim = `${path}~break-${id}-${k}`;
+      claims.push(claim);
+      try {
+        await link(draft, claim);
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
+      }
+      const other = await this.#inspect(claim, op);
+      if (other && !(await this.#abandoned(other))) return; // someone is breaking it right now
+    }
     try {
-      [content, age] = await Promise.all([readFile(guard, 'utf8'), stat(guard).then((s) => Date.now() - s.mtimeMs)]);
+      // Gone or replaced: someone broke it before we claimed it, and it never comes back.
+      if ((await this.#inspect(guard, op))?.content !== seen.content) return;
+      // Named like a temp file of ours, so it is swept should we die before removing it.
+      const taken = await tempName(path);
+      try {
+        await rename(guard, taken);
+      } catch {
+        return;
+      }
+      // Only the guard's own holder, waking from a pause past guardStaleMs, can have removed it in the
+      // meantime; if another writer's guard was caught instead, it is put back (link never overwrites).
+      if ((await readFile(taken, 'utf8').catch(() => '')) !== seen.content) await link(taken, guard).catch(() => undefined);
+      await unlink(taken).catch(() => undefined);
+    } finally {
+      // The guard these claims were for is gone for good, so they guard nothing any more.
+      await Promise.all(claims.map((claim) => unlink(claim).catch(() => undefined)));
+    }
+  }
+
+  /** A guard's or a claim's content and age, read through one handle; undefined when there is none. */
+  async #inspect(file: string, op: string): Promise<{ content: string; age: number } | undefined> {
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(file, 'r');
+      const [content, stats] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
+      return { content, age: Date.now() - stats.mtimeMs };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
       throw this.#error(op, error);
+    } finally {
+      await handle?.close();
     }
-    const owner = GUARD.exec(content);
-    const dead = owner !== null && (await gone(Number(owner[1]), owner[2]!));
-    // An empty guard is written microseconds after it is created; one that stays empty for a second
-    // belongs to a process that died in between. Any other content (a guard of an older format, or of
-    // another program) is judged by its age alone.
-    const limit = content === '' ? Math.min(1000, this.#guardStaleMs) : this.#guardStaleMs;
-    if (!dead && age < limit) return;
-    // Named like a temp file of ours, so it is swept should we die before removing it.
-    const taken = await tempName(guard.slice(0, -'~guard'.length));
-    try {
-      await rename(guard, taken);
-    } catch {
-      return; // someone else broke it first
-    }
-    if ((await readFile(taken, 'utf8').catch(() => '')) !== content) await link(taken, guard).catch(() => undefined);
-    await unlink(taken).catch(() => undefined);
   }
 
   /**
-   * Under the guard no live process writes temp files for this key but us, so any other one was left by
-   * a process that died mid-write (or mid-break): remove those whose process is gone, judged as guards
-   * are (by PID in our own namespace, else by an age past guardStaleMs).
+   * A guard or claim is abandoned when it is older than guardStaleMs, or when it names a process of our
+   * own namespace that is gone. Anything else (another namespace, an older format) is judged by age only.
    */
-  async #sweepTemps(path: string): Promise<void> {
+  async #abandoned({ content, age }: { content: string; age: number }): Promise<boolean> {
+    if (age >= this.#guardStaleMs) return true;
+    const owner = GUARD.exec(content);
+    return owner !== null && (await gone(Number(owner[1]), owner[2]!));
+  }
+
+  /**
+   * Under the guard, the other temp files of this key are the drafts of waiting writers (rewritten at
+   * every attempt) and files left by processes that died mid-write or mid-break: remove those whose
+   * process is gone, judged as guards are (by PID in our own namespace, else by an age past
+   * guardStaleMs). Claims to break a guard other than ours are claims on a guard that is gone: remove
+   * them too.
+   */
+  async #sweep(path: string, mine: string): Promise<void> {
     const prefix = `${basename(path)}~`;
+    const ours = `${prefix}break-${createHash('sha256').update(mine).digest('hex').slice(0, 16)}-`;
     const names = await readdir(this.dir).catch(() => [] as string[]);
     const left = await Promise.all(
       names
-        .filter((name) => name.startsWith(prefix) && name.endsWith('.tmp'))
+        .filter((name) => name.startsWith(prefix))
         .map(async (name) => {
+          if (name.startsWith(`${prefix}break-`)) return name.startsWith(ours) ? undefined : name;
+          if (!name.endsWith('.tmp')) return undefined;
           const temp = TEMP.exec(name.slice(prefix.length));
           if (temp && (await gone(Number(temp[2]), temp[1]!))) return name;
           const age = await stat(join(this.dir, name)).then((s) => Date.now() - s.mtimeMs, () => 0);
