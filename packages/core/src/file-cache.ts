@@ -112,6 +112,9 @@ export class FileCache implements TokenCache {
 
   async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     const path = await this.#prepare('add', key, ttlSeconds);
+    // A key seen live is a lost add as of that read, with no guard taken: the waiters of a refresh lock
+    // retry add() over and over, and would otherwise crowd out the holder's own release of the lock.
+    if ((await this.#read(path, 'add')).value !== undefined) return false;
     return this.#guarded(path, 'add', async () => {
       // An expired file counts as absent: that is how a lock whose holder died is recovered.
       if ((await this.#read(path, 'add')).value !== undefined) return false;
@@ -123,6 +126,8 @@ export class FileCache implements TokenCache {
   async deleteIfEquals(key: string, expected: string): Promise<boolean> {
     await this.#open('deleteIfEquals');
     const path = this.#path(key);
+    // As in add(): a value seen to differ decides the outcome as of that read, without the guard.
+    if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
     return this.#guarded(path, 'deleteIfEquals', async () => {
       if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
       await this.#unlink(path, 'deleteIfEquals');
@@ -132,6 +137,7 @@ export class FileCache implements TokenCache {
 
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     const path = await this.#prepare('compareAndSet', key, ttlSeconds);
+    if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
     return this.#guarded(path, 'compareAndSet', async () => {
       // An expired file counts as absent, and an absent key is never created.
       if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;

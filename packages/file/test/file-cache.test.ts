@@ -120,6 +120,23 @@ describe('FileCache on disk', () => {
     expect(await cache.get('k')).toBe('v');
   });
 
+  it('a lost add(), deleteIfEquals() or compareAndSet() is decided by a read, without waiting for the guard', async () => {
+    const dir = fresh('lost-without-guard');
+    const cache = new FileCache({ dir, guardTimeoutMs: 200 });
+    await cache.set('k', 'held', 60);
+    // A guard that stays: of another writer (another namespace, judged by age) that is not yet stale.
+    writeFileSync(join(dir, 'k~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    expect(await cache.add('k', 'mine', 60)).toBe(false);
+    expect(await cache.deleteIfEquals('k', 'other')).toBe(false);
+    expect(await cache.compareAndSet('k', 'other', 'mine', 60)).toBe(false);
+    // A call the read cannot decide still waits for the guard.
+    await expect(cache.deleteIfEquals('k', 'held')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await expect(cache.compareAndSet('k', 'held', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    writeFileSync(join(dir, 'absent~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    await expect(cache.add('absent', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(await cache.get('k')).toBe('held');
+  });
+
   it('a directory it cannot use gives ERR_WXKIT_CACHE naming the directory', async () => {
     const file = fresh('not-a-dir');
     writeFileSync(file, 'x');
