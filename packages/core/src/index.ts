@@ -30,6 +30,7 @@ export {
   type WorkAgentConfig,
 } from './jssdk.js';
 export { MemoryCache, type MemoryCacheOptions, type TokenCache } from './cache.js';
+export { FileCache, type FileCacheOptions } from './file-cache.js';
 export {
   nativeSchema,
   type NativeSchemaOptions,

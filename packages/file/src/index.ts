@@ -1,1 +1,1 @@
-export { FileCache, type FileCacheOptions } from './file-cache.js';
+export { FileCache, type FileCacheOptions } from '@wxkit/core';

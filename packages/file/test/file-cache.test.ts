@@ -1,9 +1,10 @@
-import { fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import * as core from '@wxkit/core';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { FileCache } from '../src/index.js';
 
@@ -15,10 +16,17 @@ const builtModule = new URL('../dist/index.js', import.meta.url).href;
 describeTokenCache('FileCache', {
   create: () => new FileCache({ dir: suiteDir }),
   shared: { module: builtModule, export: 'FileCache', args: [{ dir: suiteDir }] },
-  supports: { ttlMs: true },
+  supports: { ttlMs: true, compareAndSet: true },
 });
 
 const fresh = (name: string) => join(root, name);
+
+it('@wxkit/file hands out the very class @wxkit/core ships, in its built ESM and CJS forms', async () => {
+  expect(FileCache).toBe(core.FileCache);
+  expect((await import(builtModule)).FileCache).toBe(core.FileCache);
+  const required = createRequire(import.meta.url);
+  expect(required('../dist/index.cjs').FileCache).toBe(required('@wxkit/core').FileCache);
+});
 
 describe('FileCache on disk', () => {
   it('creates the directory 0700 and writes files 0600, leaving no temp or guard files', async () => {
@@ -92,15 +100,15 @@ describe('FileCache on disk', () => {
     expect(await cache.get('wechat:access_token:wx1:lock')).toBe('waiter');
   });
 
-  it('breaks a guard left by a process that is gone', async () => {
-    const dir = fresh('dead-guard');
-    const cache = new FileCache({ dir, guardTimeoutMs: 2000 });
-    await cache.set('k', 'v', 60);
-    const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
-    writeFileSync(join(dir, 'k~guard'), `${child.stdout} deadbeef`, { mode: 0o600 });
-    await cache.set('k', 'after', 60);
-    expect(await cache.get('k')).toBe('after');
-    expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
+  it('compareAndSet() never revives an expired entry, even one that holds the expected value', async () => {
+    const dir = fresh('cas-expired');
+    let now = Date.now();
+    const cache = new FileCache({ dir, now: () => now });
+    await cache.set('k', 'old-token', 10);
+    now += 10_001;
+    expect(await cache.compareAndSet('k', 'old-token', 'new-token', 60)).toBe(false);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(readFileSync(join(dir, 'k'), 'utf8')).toBe(`v1 ${now - 1}\nold-token`);
   });
 
   it('a live guard that never goes away makes writes fail with ERR_WXKIT_CACHE after guardTimeoutMs', async () => {
@@ -110,6 +118,23 @@ describe('FileCache on disk', () => {
     writeFileSync(join(dir, 'k~guard'), `${process.pid} mine`, { mode: 0o600 });
     await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
     expect(await cache.get('k')).toBe('v');
+  });
+
+  it('a lost add(), deleteIfEquals() or compareAndSet() is decided by a read, without waiting for the guard', async () => {
+    const dir = fresh('lost-without-guard');
+    const cache = new FileCache({ dir, guardTimeoutMs: 200 });
+    await cache.set('k', 'held', 60);
+    // A guard that stays: of another writer (another namespace, judged by age) that is not yet stale.
+    writeFileSync(join(dir, 'k~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    expect(await cache.add('k', 'mine', 60)).toBe(false);
+    expect(await cache.deleteIfEquals('k', 'other')).toBe(false);
+    expect(await cache.compareAndSet('k', 'other', 'mine', 60)).toBe(false);
+    // A call the read cannot decide still waits for the guard.
+    await expect(cache.deleteIfEquals('k', 'held')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await expect(cache.compareAndSet('k', 'held', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    writeFileSync(join(dir, 'absent~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    await expect(cache.add('absent', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(await cache.get('k')).toBe('held');
   });
 
   it('a directory it cannot use gives ERR_WXKIT_CACHE naming the directory', async () => {

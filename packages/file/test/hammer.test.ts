@@ -6,9 +6,12 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, expect, it } from 'vitest';
 import { FileCache } from '../src/index.js';
 
-// 8 processes hammer one directory for 10 s while random ones are SIGKILLed and replaced. Every value
-// written carries its own checksum; a reader that ever sees a torn, mixed or half-written value reports
-// it. Afterwards, ordinary use of the cache must leave no temp files and no guards behind.
+// 8 processes hammer one directory for 10 s while random ones are SIGKILLed and replaced (see the worker
+// for what each does). Every value written carries its own checksum, so a torn, mixed or half-written
+// read is reported; every process also contends for one refresh lock, whose holders check that no two
+// of them overlap. Twice, a holder is killed inside its critical section on purpose, so that the lock's
+// recovery by its lease is exercised, not merely possible. Afterwards, ordinary use of the cache must
+// leave no temp files and no guards behind.
 const dir = mkdtempSync(join(tmpdir(), 'wxkit-hammer-'));
 const script = fileURLToPath(new URL('./fixtures/hammer-worker.mjs', import.meta.url));
 const env = { ...process.env, HAMMER_DIR: dir, HAMMER_MODULE: new URL('../dist/index.js', import.meta.url).href };
@@ -17,17 +20,24 @@ interface Stats {
   reads: number;
   writes: number;
   violations: string[];
-  errors: number;
+  errors: string[];
+  acquired: number;
+  contended: number;
+  takeovers: number;
 }
 
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-it('8 processes for 10 s with random SIGKILLs: no torn or corrupt read, nothing left behind', async () => {
-  const totals: Stats = { reads: 0, writes: 0, violations: [], errors: 0 };
+it('8 processes for 10 s with random SIGKILLs: no torn read, no error, never two lock holders at once', async () => {
+  const totals: Stats = { reads: 0, writes: 0, violations: [], errors: [], acquired: 0, contended: 0, takeovers: 0 };
   const last = new Map<ChildProcess, Stats>();
+  const holding = new Map<ChildProcess, (owner: string) => void>();
   const start = () => {
     const child = fork(script, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    child.on('message', (stats: Stats) => last.set(child, stats));
+    child.on('message', (message: Stats | { holding: string }) => {
+      if ('holding' in message) holding.get(child)?.(message.holding);
+      else last.set(child, message);
+    });
     return child;
   };
   const settle = (child: ChildProcess) => {
@@ -35,42 +45,88 @@ it('8 processes for 10 s with random SIGKILLs: no torn or corrupt read, nothing 
     if (!stats) return;
     totals.reads += stats.reads;
     totals.writes += stats.writes;
-    totals.errors += stats.errors;
+    totals.acquired += stats.acquired;
+    totals.contended += stats.contended;
+    totals.takeovers += stats.takeovers;
     totals.violations.push(...stats.violations);
+    totals.errors.push(...stats.errors);
   };
-  let workers = Array.from({ length: 8 }, start);
-  let kills = 0;
-  const until = Date.now() + 10_000;
-  while (Date.now() < until) {
-    await new Promise((resolve) => setTimeout(resolve, 300 + Math.random() * 400));
-    const victim = workers[Math.floor(Math.random() * workers.length)]!;
+  const kill = async (victim: ChildProcess) => {
     const gone = new Promise((resolve) => victim.once('exit', resolve));
     victim.kill('SIGKILL');
     await gone;
-    kills += 1;
     settle(victim);
     workers = workers.map((worker) => (worker === victim ? start() : worker));
-  }
-  await Promise.all(
-    workers.map(
-      (worker) =>
-        new Promise((resolve) => {
-          worker.once('exit', resolve);
-          worker.send('stop');
-        }),
-    ),
-  );
-  workers.forEach(settle);
+  };
 
-  expect(kills).toBeGreaterThanOrEqual(10);
-  expect(totals.reads).toBeGreaterThan(1000);
-  expect(totals.writes).toBeGreaterThan(1000);
+  let workers = Array.from({ length: 8 }, start);
+  let kills = 0;
+  let holdersKilled = 0;
+  const began = Date.now();
+  const until = began + 10_000;
+  const holderKillsAt = [began + 2_500, began + 6_000];
+  try {
+    while (Date.now() < until) {
+      await new Promise((resolve) => setTimeout(resolve, 300 + Math.random() * 400));
+      if (holderKillsAt[0] !== undefined && Date.now() >= holderKillsAt[0]) {
+        holderKillsAt.shift();
+        // One worker takes the lock, says so from inside its critical section, and is killed right there.
+        let running = workers.filter((worker) => last.has(worker));
+        while (running.length === 0) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          running = workers.filter((worker) => last.has(worker));
+        }
+        const victim = running[Math.floor(Math.random() * running.length)]!;
+        const owner = await new Promise<string>((resolve, reject) => {
+          const timer = setTimeout(() => reject(new Error('no worker took the lock within 5 s to be killed holding it')), 5000);
+          holding.set(victim, (held) => {
+            clearTimeout(timer);
+            resolve(held);
+          });
+          victim.send('linger');
+        });
+        expect(owner).toMatch(new RegExp(`^${victim.pid}:`));
+        await kill(victim);
+        holdersKilled += 1;
+      } else {
+        await kill(workers[Math.floor(Math.random() * workers.length)]!);
+      }
+      kills += 1;
+    }
+    await Promise.all(
+      workers.map(
+        (worker) =>
+          new Promise((resolve) => {
+            worker.once('exit', resolve);
+            worker.send('stop');
+          }),
+      ),
+    );
+    workers.forEach(settle);
+  } finally {
+    // On a failure above, no worker is left running.
+    for (const worker of workers) if (worker.exitCode === null && worker.signalCode === null) worker.kill('SIGKILL');
+  }
+
   expect(totals.violations).toEqual([]);
+  // Killed writers leave guards and temp files behind; others break and sweep them, so no call fails.
+  expect(totals.errors).toEqual([]);
+  expect(kills).toBeGreaterThanOrEqual(10);
+  expect(holdersKilled).toBe(2);
+  // Enough work to mean something even on a loaded machine (counts since a killed worker's last report
+  // are lost): the lock changed hands many times, each time with others trying to take it.
+  expect(totals.reads).toBeGreaterThan(500);
+  expect(totals.writes).toBeGreaterThan(500);
+  expect(totals.acquired).toBeGreaterThanOrEqual(25);
+  expect(totals.contended).toBeGreaterThan(totals.acquired * 5);
+  // Each holder killed on purpose left its record; whoever took the lock after its lease found it.
+  expect(totals.takeovers).toBeGreaterThanOrEqual(holdersKilled);
 
   // Ordinary use afterwards: the next writer of each key breaks guards of dead processes and sweeps
   // their temp files; deleting the keys leaves an empty directory.
   const cache = new FileCache({ dir });
-  for (const key of ['wechat:access_token:wxhammer', 'wechat:access_token:wxhammer:lock', 'wechat:jsapi_ticket:wxhammer']) {
+  const keys = ['wechat:access_token:wxhammer', 'wechat:jsapi_ticket:wxhammer', 'wechat:wx_card_ticket:wxhammer', 'wechat:access_token:wxhammer:lock', 'hammer:holder'];
+  for (const key of keys) {
     await cache.set(key, 'final', 60);
     expect(await cache.get(key)).toBe('final');
     await cache.delete(key);

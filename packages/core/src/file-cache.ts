@@ -1,0 +1,444 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { link, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import type { TokenCache } from './cache.js';
+import { CacheError, ConfigError } from './errors.js';
+
+/** Options of {@link FileCache}. */
+export interface FileCacheOptions {
+  /**
+   * The directory that holds one file per key. Every process that shares tokens points at the same one.
+   * Created (recursively) with mode 0700 on first use when missing; an existing directory is used as it
+   * is, never chmod-ed. The default lives under the OS temp directory, which some hosts clean on reboot
+   * or by age: harmless (tokens are fetched again), but a directory of your own survives both.
+   * @default `${os.tmpdir()}/wxkit-${process.getuid()}` (`wxkit-user` where there are no uids)
+   */
+  dir?: string;
+  /**
+   * Age in ms after which another writer's guard file (which serialises the writers of one key for a
+   * few microseconds) is broken even though its process may still run. A guard whose process is gone is
+   * broken at once, but only when it was written in this PID namespace on this boot: the PID of another
+   * container sharing the directory means nothing here, so such a guard is judged by this age alone.
+   * Lower recovers sooner from a hung or killed writer; too low could break the guard of a writer that
+   * is merely paused (a stopped or swapped-out process).
+   * @default 10000
+   */
+  guardStaleMs?: number;
+  /**
+   * How long, in ms, a write waits for another writer's guard before it fails with a CacheError.
+   * Longer rides out a hung writer until its guard goes stale; shorter surfaces a stuck directory sooner.
+   * @default 12000 (longer than guardStaleMs, so a hung writer's guard is broken first)
+   */
+  guardTimeoutMs?: number;
+  /**
+   * Clock in ms since the epoch that expiries are written and checked against, for tests that move time
+   * forward. Guard ages always use the real clock.
+   * @default Date.now
+   */
+  now?: () => number;
+}
+
+// A writer waits longer than a guard takes to go stale, so a hung holder is broken before writers give up.
+const DEFAULTS = Object.freeze({ guardStaleMs: 10_000, guardTimeoutMs: 12_000 });
+
+// A guard holds `<pid> <namespace id> <random>`; a temp file is named `<file>~<namespace id>-<pid>-<random>.tmp`.
+const GUARD = /^(\d+) ([0-9a-f]{16}) [0-9a-f]+$/;
+const TEMP = /^([0-9a-f]{16})-(\d+)-[0-9a-f]+\.tmp$/;
+
+// An entry file is `v1 <expiresAtMs>\n<value>`. The header keeps the TTL next to the value, so any
+// process can tell an expired entry without a side table.
+const HEADER = /^v1 (\d{1,16})\n/;
+
+/**
+ * A TokenCache in a directory: one file per key, for the processes of one host. Writes are atomic
+ * (temp file + rename), `add`, `deleteIfEquals` and `compareAndSet` are atomic across processes, files
+ * are 0600.
+ * Across hosts, use a Redis or Memcached adapter instead.
+ *
+ * @example
+ * ```ts
+ * app.setCache(new FileCache({ dir: '/var/lib/myapp/wechat' }));
+ * ```
+ */
+export class FileCache implements TokenCache {
+  readonly dir: string;
+  readonly #guardStaleMs: number;
+  readonly #guardTimeoutMs: number;
+  readonly #now: () => number;
+  #ready: Promise<void> | undefined;
+  #closed = false;
+
+  constructor(options: FileCacheOptions | string = {}) {
+    const opts: FileCacheOptions = typeof options === 'string' ? { dir: options } : options;
+    if (opts === null || typeof opts !== 'object') throw invalid('', 'an object or a directory path', opts);
+    if (opts.dir !== undefined && (typeof opts.dir !== 'string' || opts.dir.length === 0)) {
+      throw invalid('dir', 'a non-empty path', opts.dir);
+    }
+    for (const name of ['guardStaleMs', 'guardTimeoutMs'] as const) {
+      const value = opts[name];
+      if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) {
+        throw invalid(name, 'a number > 0', value);
+      }
+    }
+    if (opts.now !== undefined && typeof opts.now !== 'function') throw invalid('now', 'a function', opts.now);
+    this.dir = opts.dir ?? join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`);
+    this.#guardStaleMs = opts.guardStaleMs ?? DEFAULTS.guardStaleMs;
+    this.#guardTimeoutMs = opts.guardTimeoutMs ?? DEFAULTS.guardTimeoutMs;
+    this.#now = opts.now ?? Date.now;
+  }
+
+  async get(key: string): Promise<string | undefined> {
+    await this.#open('get');
+    return (await this.#read(this.#path(key), 'get')).value;
+  }
+
+  async ttlMs(key: string): Promise<number | undefined> {
+    await this.#open('ttlMs');
+    const { value, expiresAt } = await this.#read(this.#path(key), 'ttlMs');
+    return value === undefined ? undefined : expiresAt - this.#now();
+  }
+
+  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    const path = await this.#prepare('set', key, ttlSeconds);
+    await this.#guarded(path, 'set', () => this.#write(path, value, ttlSeconds, 'set'));
+  }
+
+  async delete(key: string): Promise<void> {
+    await this.#open('delete');
+    const path = this.#path(key);
+    await this.#guarded(path, 'delete', () => this.#unlink(path, 'delete'));
+  }
+
+  async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const path = await this.#prepare('add', key, ttlSeconds);
+    // A key seen live is a lost add as of that read, with no guard taken: the waiters of a refresh lock
+    // retry add() over and over, and would otherwise crowd out the holder's own release of the lock.
+    if ((await this.#read(path, 'add')).value !== undefined) return false;
+    return this.#guarded(path, 'add', async () => {
+      // An expired file counts as absent: that is how a lock whose holder died is recovered.
+      if ((await this.#read(path, 'add')).value !== undefined) return false;
+      await this.#write(path, value, ttlSeconds, 'add');
+      return true;
+    });
+  }
+
+  async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    await this.#open('deleteIfEquals');
+    const path = this.#path(key);
+    // As in add(): a value seen to differ decides the outcome as of that read, without the guard.
+    if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
+    return this.#guarded(path, 'deleteIfEquals', async () => {
+      if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
+      await this.#unlink(path, 'deleteIfEquals');
+      return true;
+    });
+  }
+
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const path = await this.#prepare('compareAndSet', key, ttlSeconds);
+    if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
+    return this.#guarded(path, 'compareAndSet', async () => {
+      // An expired file counts as absent, and an absent key is never created.
+      if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
+      await this.#write(path, value, ttlSeconds, 'compareAndSet');
+      return true;
+    });
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+  }
+
+  /** The file that holds `key`: safe characters kept, every other byte as %XX, long names hashed. */
+  #path(key: string): string {
+    let name = '';
+    for (const byte of Buffer.from(key, 'utf8')) {
+      const ch = String.fromCharCode(byte);
+      name += /[A-Za-z0-9_.-]/.test(ch) && !(name === '' && ch === '.') ? ch : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+    }
+    // `%%` never occurs in an encoded name, so a hashed name cannot collide with a plain one.
+    if (name.length > 200) name = `${name.slice(0, 150)}%%${createHash('sha256').update(key).digest('hex').slice(0, 40)}`;
+    return join(this.dir, name);
+  }
+
+  async #read(path: string, op: string): Promise<{ value: string | undefined; expiresAt: number }> {
+    let raw: Buffer;
+    try {
+      raw = await readFile(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0 };
+      throw this.#error(op, error);
+    }
+    const text = raw.toString('utf8');
+    const header = HEADER.exec(text);
+    // An unreadable file is no entry: the next write replaces it. A reader never throws over it.
+    if (!header || Number(header[1]) <= this.#now()) return { value: undefined, expiresAt: 0 };
+    return { value: text.slice(header[0].length), expiresAt: Number(header[1]) };
+  }
+
+  /** Temp file in the same directory, then rename: readers see the old file or the new one, never a part. */
+  async #write(path: string, value: string, ttlSeconds: number, op: string): Promise<void> {
+    const temp = await tempName(path);
+    const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
+    try {
+      await writeFile(temp, `v1 ${expiresAt}\n${value}`, { flag: 'wx', mode: 0o600 });
+      await rename(temp, path);
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw this.#error(op, error);
+    }
+  }
+
+  async #unlink(path: string, op: string): Promise<void> {
+    try {
+      await unlink(path);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw this.#error(op, error);
+    }
+  }
+
+  /**
+   * Runs `fn` holding `<file>~guard`, created exclusively, so the writers of one key never interleave
+   * (an add between another's read and write would otherwise give two winners). Readers take no guard.
+   */
+  async #guarded<T>(path: string, op: string, fn: () => Promise<T>): Promise<T> {
+    const guard = `${path}~guard`;
+    const mine = `${process.pid} ${await namespaceId()} ${randomBytes(8).toString('hex')}`;
+    // The guard is written whole beside its place, then linked there: link() creates a name only where
+    // there is none, so a guard is never seen empty or half written. The draft is written afresh for
+    // each attempt, so that a guard gained after a long wait does not look old.
+    const draft = await tempName(path);
+    const started = Date.now();
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        try {
+          await writeFile(draft, mine, { mode: 0o600 });
+          await link(draft, guard);
+          break;
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
+        }
+        await this.#breakIfStale(path, draft, op);
+        if (Date.now() - started > this.#guardTimeoutMs) {
+          throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
+      }
+    } finally {
+      await unlink(draft).catch(() => undefined);
+    }
+    try {
+      await this.#sweep(path, mine);
+      return await fn();
+    } finally {
+      // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
+      // guard now there belongs to whoever broke ours.
+      if ((await readFile(guard, 'utf8').catch(() => '')) === mine) await unlink(guard).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Breaks the guard of `path` if it is abandoned: its process is gone (judged only for guards of our own
+   * PID namespace) or it is older than guardStaleMs.
+   *
+   * Many waiters see the same abandoned guard at once, and a guard is only a name: a waiter that removed
+   * it by name a moment late would remove the next holder's guard and let a third writer in beside it.
+   * So a given guard is broken by one process only, the one that creates its claim file
+   * `<file>~break-<hash of the guard>-0` (linked from our draft, so never empty). The claimant reads the
+   * guard again: a guard's content is unique and never comes back once removed, so finding it unchanged
+   * means no one else has broken it, and no one else may until the claim is gone. Should a claimant die,
+   * its claim is abandoned like a guard, and the next claim (`-1`, `-2`, …) is taken instead; abandoned
+   * claims are never removed while their guard stands, so no claim is ever removed from under a live one.
+   */
+  async #breakIfStale(path: string, draft: string, op: string): Promise<void> {
+    const guard = `${path}~guard`;
+    const seen = await this.#inspect(guard, op);
+    if (!seen || !(await this.#abandoned(seen))) return;
+    const id = createHash('sha256').update(seen.content).digest('hex').slice(0, 16);
+    const claims: string[] = [];
+    for (let k = 0; ; k += 1) {
+      const claim = `${path}~break-${id}-${k}`;
+      claims.push(claim);
+      try {
+        await link(draft, claim);
+        break;
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
+      }
+      const other = await this.#inspect(claim, op);
+      if (other && !(await this.#abandoned(other))) return; // someone is breaking it right now
+    }
+    try {
+      // Gone or replaced: someone broke it before we claimed it, and it never comes back.
+      if ((await this.#inspect(guard, op))?.content !== seen.content) return;
+      // Named like a temp file of ours, so it is swept should we die before removing it.
+      const taken = await tempName(path);
+      try {
+        await rename(guard, taken);
+      } catch {
+        return;
+      }
+      // Only the guard's own holder, waking from a pause past guardStaleMs, can have removed it in the
+      // meantime; if another writer's guard was caught instead, it is put back (link never overwrites).
+      if ((await readFile(taken, 'utf8').catch(() => '')) !== seen.content) await link(taken, guard).catch(() => undefined);
+      await unlink(taken).catch(() => undefined);
+    } finally {
+      // The guard these claims were for is gone for good, so they guard nothing any more.
+      await Promise.all(claims.map((claim) => unlink(claim).catch(() => undefined)));
+    }
+  }
+
+  /** A guard's or a claim's content and age, read through one handle; undefined when there is none. */
+  async #inspect(file: string, op: string): Promise<{ content: string; age: number } | undefined> {
+    let handle: FileHandle | undefined;
+    try {
+      handle = await open(file, 'r');
+      const [content, stats] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
+      return { content, age: Date.now() - stats.mtimeMs };
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw this.#error(op, error);
+    } finally {
+      await handle?.close();
+    }
+  }
+
+  /**
+   * A guard or claim is abandoned when it is older than guardStaleMs, or when it names a process of our
+   * own namespace that is gone. Anything else (another namespace, an older format) is judged by age only.
+   */
+  async #abandoned({ content, age }: { content: string; age: number }): Promise<boolean> {
+    if (age >= this.#guardStaleMs) return true;
+    const owner = GUARD.exec(content);
+    return owner !== null && (await gone(Number(owner[1]), owner[2]!));
+  }
+
+  /**
+   * Under the guard, the other temp files of this key are the drafts of waiting writers (rewritten at
+   * every attempt) and files left by processes that died mid-write or mid-break: remove those whose
+   * process is gone, judged as guards are (by PID in our own namespace, else by an age past
+   * guardStaleMs). Claims to break a guard other than ours are claims on a guard that is gone: remove
+   * them too.
+   */
+  async #sweep(path: string, mine: string): Promise<void> {
+    const prefix = `${basename(path)}~`;
+    const ours = `${prefix}break-${createHash('sha256').update(mine).digest('hex').slice(0, 16)}-`;
+    const names = await readdir(this.dir).catch(() => [] as string[]);
+    const left = await Promise.all(
+      names
+        .filter((name) => name.startsWith(prefix))
+        .map(async (name) => {
+          if (name.startsWith(`${prefix}break-`)) return name.startsWith(ours) ? undefined : name;
+          if (!name.endsWith('.tmp')) return undefined;
+          const temp = TEMP.exec(name.slice(prefix.length));
+          if (temp && (await gone(Number(temp[2]), temp[1]!))) return name;
+          const age = await stat(join(this.dir, name)).then((s) => Date.now() - s.mtimeMs, () => 0);
+          return age >= this.#guardStaleMs ? name : undefined;
+        }),
+    );
+    await Promise.all(left.filter((name) => name !== undefined).map((name) => unlink(join(this.dir, name)).catch(() => undefined)));
+  }
+
+  async #prepare(op: string, key: string, ttlSeconds: number): Promise<string> {
+    if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
+      throw new RangeError(`FileCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
+    }
+    await this.#open(op);
+    return this.#path(key);
+  }
+
+  /** Checks the cache is open and creates the directory (0700) once, on first use. */
+  #open(op: string): Promise<void> {
+    if (this.#closed) return Promise.reject(new CacheError(`FileCache ${op} after close() (${this.dir})`));
+    this.#ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(
+      () => undefined,
+      (error: unknown) => {
+        this.#ready = undefined;
+        throw this.#error(op, error);
+      },
+    );
+    return this.#ready;
+  }
+
+  #error(op: string, cause: unknown): CacheError {
+    const code = (cause as NodeJS.ErrnoException | null)?.code;
+    return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause });
+  }
+}
+
+/** A unique temp file name beside `path`, carrying who writes it so that a sweeper can tell it is left over. */
+async function tempName(path: string): Promise<string> {
+  return `${path}~${await namespaceId()}-${process.pid}-${randomBytes(6).toString('hex')}.tmp`;
+}
+
+/**
+ * Whether the process that wrote a guard or temp file is known to be gone. A PID means something only in
+ * the PID namespace it was issued in, on the boot it was issued on: two containers sharing a volume each
+ * see the other's PIDs as dead, or as some unrelated process. So only our own namespace's PIDs are checked.
+ */
+async function gone(pid: number, namespace: string): Promise<boolean> {
+  return namespace === (await namespaceId()) && Number.isInteger(pid) && pid > 0 && pid !== process.pid && !alive(pid);
+}
+
+let ownNamespace: Promise<string> | undefined;
+
+/**
+ * 16 hex digits naming this process's PID namespace on this boot of this host, the same for every process
+ * that shares it. On Linux, a hash of the boot id and of the PID namespace's identity; where /proc cannot
+ * tell (another OS, a masked /proc), an id drawn once per host and kept in the OS temp directory. Should
+ * even that fail, an id of this process alone: its guards are then judged by age, which is slow but safe.
+ */
+function namespaceId(): Promise<string> {
+  ownNamespace ??= linuxNamespaceId()
+    .catch(() => hostNamespaceId())
+    .catch(() => randomBytes(8).toString('hex'));
+  return ownNamespace;
+}
+
+async function linuxNamespaceId(): Promise<string> {
+  const [bootId, pidNamespace] = await Promise.all([readFile('/proc/sys/kernel/random/boot_id', 'utf8'), readlink('/proc/self/ns/pid')]);
+  if (bootId.trim() === '' || !pidNamespace.startsWith('pid:')) throw new Error('no boot id or PID namespace in /proc');
+  return createHash('sha256').update(`${bootId.trim()}\n${pidNamespace}`).digest('hex').slice(0, 16);
+}
+
+/** Whichever process comes first writes the id; link() never overwrites, so every process reads the same one. */
+async function hostNamespaceId(): Promise<string> {
+  const file = join(tmpdir(), 'wxkit-namespace-id');
+  const read = async () => {
+    const id = (await readFile(file, 'utf8')).trim();
+    if (!/^[0-9a-f]{16}$/.test(id)) throw new Error(`${file} holds no namespace id`);
+    return id;
+  };
+  try {
+    return await read();
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+  }
+  const id = randomBytes(8).toString('hex');
+  const temp = `${file}.${process.pid}-${randomBytes(6).toString('hex')}`;
+  await writeFile(temp, `${id}\n`, { mode: 0o644 });
+  try {
+    await link(temp, file);
+    return id;
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    return await read();
+  } finally {
+    await unlink(temp).catch(() => undefined);
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function invalid(name: string, rule: string, value: unknown): ConfigError {
+  const type = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
+  return new ConfigError(`FileCache options${name ? `.${name}` : ''} must be ${rule} (got ${type})`, name || 'options');
+}

@@ -1,0 +1,115 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { afterAll, describe, expect, it } from 'vitest';
+import { FileCache } from '../src/index.js';
+
+// When a writer dies holding a key's guard, every waiter sees the abandoned guard at once. Only one of
+// them may break it: one that removed it by name a moment late would remove the next holder's guard
+// instead and let a third writer in beside that holder (two add() winners). The breaker is whoever
+// creates the guard's claim file, `<file>~break-<hash of the guard>-<n>`.
+const root = mkdtempSync(join(tmpdir(), 'wxkit-file-break-'));
+const fresh = (name: string) => {
+  const dir = join(root, name);
+  mkdirSync(dir);
+  return dir;
+};
+const builtModule = new URL('../dist/index.js', import.meta.url).href;
+
+/** Our own namespace id, read from a guard this process writes (the cache reads its clock under the guard). */
+async function ownNamespace(): Promise<string> {
+  const dir = fresh(`probe-${randomBytes(4).toString('hex')}`);
+  let guard = '';
+  const now = () => {
+    if (guard === '') guard = readFileSync(join(dir, 'probe~guard'), 'utf8');
+    return Date.now();
+  };
+  await new FileCache({ dir, now }).set('probe', 'v', 60);
+  return guard.split(' ')[1]!;
+}
+
+function deadPid(): number {
+  return Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+}
+
+const claimOf = (guard: string, n: number) => `k~break-${createHash('sha256').update(guard).digest('hex').slice(0, 16)}-${n}`;
+const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('~'));
+
+describe('FileCache breaks an abandoned guard once', () => {
+  it('a claim on the guard by a live process holds other breakers off', async () => {
+    const dir = fresh('live-claim');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 300 });
+    await cache.set('k', 'before', 60);
+    const guard = `${deadPid()} ${await ownNamespace()} 0123456789abcdef`;
+    writeFileSync(join(dir, 'k~guard'), guard);
+    writeFileSync(join(dir, claimOf(guard, 0)), `${process.ppid} ${await ownNamespace()} fedcba9876543210`);
+    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(readFileSync(join(dir, 'k~guard'), 'utf8')).toBe(guard);
+    expect(await cache.get('k')).toBe('before');
+  });
+
+  it('claims left by breakers that died do not stop the next one, and are removed with the guard', async () => {
+    const dir = fresh('dead-claims');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 2000 });
+    await cache.set('k', 'before', 60);
+    const namespace = await ownNamespace();
+    const guard = `${deadPid()} ${namespace} 0123456789abcdef`;
+    writeFileSync(join(dir, 'k~guard'), guard);
+    writeFileSync(join(dir, claimOf(guard, 0)), `${deadPid()} ${namespace} 1111111111111111`);
+    writeFileSync(join(dir, claimOf(guard, 1)), `${deadPid()} ${namespace} 2222222222222222`);
+    await cache.set('k', 'after', 60);
+    expect(await cache.get('k')).toBe('after');
+    expect(leftovers(dir)).toEqual([]);
+  });
+
+  it('claims on a guard that is gone are swept by the next writer', async () => {
+    const dir = fresh('old-claims');
+    const cache = new FileCache({ dir });
+    await cache.set('k', 'before', 60);
+    writeFileSync(join(dir, claimOf('a guard long gone', 0)), `${process.ppid} ${await ownNamespace()} 3333333333333333`);
+    await cache.set('k', 'after', 60);
+    expect(leftovers(dir)).toEqual([]);
+  });
+});
+
+describe('FileCache across processes, breaking one abandoned guard', () => {
+  it('4 processes × 3 add() each on a key whose guard holder is gone, 60 rounds: exactly one winner per round', async () => {
+    const dir = fresh('race');
+    const namespace = await ownNamespace();
+    const dead = deadPid();
+    // The racer of the namespace test, here all in our own namespace: each round, every waiter finds the
+    // guard of a dead process of ours, which may be broken at once.
+    const racers = Array.from({ length: 4 }, (_, i) => {
+      const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/ns-racer.mjs', import.meta.url))], {
+        env: { ...process.env, RACE_MODULE: builtModule, RACE_DIR: dir, RACE_TAG: `p${i}`, RACE_CALLS: '3' },
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      const next = async () => JSON.parse((await lines.next()).value as string);
+      return { child, next };
+    });
+    try {
+      for (const racer of racers) expect((await racer.next()).guard.split(' ')[1]).toBe(namespace);
+      const wrong: string[] = [];
+      const errors: string[] = [];
+      for (let round = 0; round < 60; round += 1) {
+        writeFileSync(join(dir, `race%3A${round}~guard`), `${dead} ${namespace} ${round.toString(16).padStart(16, '0')}`);
+        for (const racer of racers) racer.child.stdin!.write(`${round}\n`);
+        const results = (await Promise.all(racers.map((racer) => racer.next()))) as Array<{ wins: number; errors: string[] }>;
+        const wins = results.map((result) => result.wins);
+        errors.push(...results.flatMap((result) => result.errors));
+        if (wins.reduce((a, b) => a + b, 0) !== 1) wrong.push(`round ${round}: ${wins.join(' + ')} winners`);
+      }
+      expect({ wrong, errors }).toEqual({ wrong: [], errors: [] });
+      expect(leftovers(dir).filter((name) => !name.startsWith('probe-'))).toEqual([]);
+    } finally {
+      for (const racer of racers) racer.child.stdin!.end();
+    }
+  });
+});
+
+afterAll(() => rmSync(root, { recursive: true, force: true }));
