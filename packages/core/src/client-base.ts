@@ -1,7 +1,10 @@
 import { EventEmitter } from 'node:events';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { MemoryCache, type TokenCache } from './cache.js';
 import { ConfigError } from './errors.js';
+import { FileCache } from './file-cache.js';
 import { HttpClient } from './http.js';
 import { Log, type Logger } from './logger.js';
 import { GuardedStore, assertTokenCache } from './store.js';
@@ -65,6 +68,14 @@ export interface ClientOptions {
    */
   lockWaitMs?: number;
   /**
+   * Where the processes of this host share tokens, locks and failures while the store is down (and
+   * the refresh lock, for a store without atomic `add`), so an outage costs one fetch per host, not one
+   * per process. A directory of this host only (files 0600); `false`: each process keeps to itself.
+   * Not used when the store is a MemoryCache or a FileCache.
+   * @default `${os.tmpdir()}/wxkit-${uid}/fallback`
+   */
+  fallbackDir?: string | false;
+  /**
    * A name for this program, recorded with `host:pid` as the `fetched_by` of every token it fetches, so
    * a token invalidated from outside the fleet can be traced to its last writer (`order-service`).
    * Letters, digits, `.`, `_` and `-`, at most 64.
@@ -126,6 +137,7 @@ const CLIENT_OPTION_NAMES = [
   'dispatcher',
   'memoMs',
   'lockWaitMs',
+  'fallbackDir',
   'serviceName',
   'cacheTimeoutMs',
   'logger',
@@ -137,8 +149,10 @@ const CLIENT_OPTION_NAMES = [
 ] as const;
 
 let sharedMemoryCache: MemoryCache | undefined;
-// Where a client's entries go while its store is down and this host has no other fallback: this process.
+// Where a client's entries go while its store is down: this host's directory, or this process.
 let processFallback: MemoryCache | undefined;
+const hostFallbacks = new Map<string, FileCache>();
+const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`, 'fallback');
 let warnedDefaultStore = false;
 
 /** Options that were renamed or dropped, with what to use instead. */
@@ -165,6 +179,8 @@ export class ClientCore {
   #defaultStore: boolean;
   readonly #tiers: StoreTiers;
   readonly #local: GuardedStore;
+  readonly #fallbackDir: string | false;
+  #host: GuardedStore | undefined;
   readonly #managers: TokenManager[] = [];
 
   constructor(
@@ -201,6 +217,11 @@ export class ClientCore {
       throw invalidOption(owner, 'serviceName', 'up to 64 letters, digits, `.`, `_` or `-`', serviceName);
     }
     this.writer = writerId(serviceName as string | undefined);
+    const fallbackDir = options.fallbackDir ?? DEFAULT_FALLBACK_DIR;
+    if (fallbackDir !== false && (typeof fallbackDir !== 'string' || fallbackDir.length === 0)) {
+      throw invalidOption(owner, 'fallbackDir', 'a directory path or false', fallbackDir);
+    }
+    this.#fallbackDir = fallbackDir;
     const now = optionalFunction<() => number>(owner, options, 'now') ?? Date.now;
     const refreshAheadSeconds = optionalNumber(owner, options, 'refreshAheadSeconds', 0);
     const refreshAheadJitterMs = optionalNumber(owner, options, 'refreshAheadJitterMs', CLIENT_DEFAULTS.refreshAheadJitterMs);
@@ -247,7 +268,7 @@ export class ClientCore {
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard((options.cache as TokenCache | undefined) ?? (sharedMemoryCache ??= new MemoryCache()));
     this.#local = this.#guard((processFallback ??= new MemoryCache()));
-    this.#tiers = new StoreTiers(() => this.#store, () => undefined, this.#local);
+    this.#tiers = new StoreTiers(() => this.#store, () => this.#hostStore(), this.#local);
   }
 
   /** Swaps the store for every token and ticket of this client. */
@@ -300,6 +321,7 @@ export class ClientCore {
   async close(): Promise<void> {
     this.#store.dispose();
     this.#local.dispose();
+    this.#host?.dispose();
     await Promise.all([this.http.close(), this.#source?.close?.()]);
   }
 
@@ -307,6 +329,21 @@ export class ClientCore {
     if (this.#source) return new RemoteRefresher(ctx, this.#source, request);
     if (this.refresh === 'never' && request.field === 'access_token') return new FollowRefresher(ctx);
     return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key), this.schema.companions ? 1 : 0);
+  }
+
+  /**
+   * This host's fallback, made on first need: only for a store shared beyond this host (a MemoryCache
+   * is this process's already, a FileCache this host's).
+   */
+  #hostStore(): GuardedStore | undefined {
+    const shared = this.#store.cache;
+    if (this.#fallbackDir === false || shared instanceof MemoryCache || shared instanceof FileCache) return undefined;
+    if (!this.#host) {
+      let cache = hostFallbacks.get(this.#fallbackDir);
+      if (!cache) hostFallbacks.set(this.#fallbackDir, (cache = new FileCache({ dir: this.#fallbackDir })));
+      this.#host = this.#guard(cache);
+    }
+    return this.#host;
   }
 
   #guard(cache: TokenCache): GuardedStore {

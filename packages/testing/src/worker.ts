@@ -31,7 +31,8 @@ async function main(): Promise<void> {
     tokenEndpoint: config.tokenEndpoint ?? 'stable',
     cache,
     logger: { debug: record, info: record, warn: record, error: record },
-    ...config.clientOptions,
+    // JSON has no `false` among clientOptions' plain values: 'false' stands for it.
+    ...Object.fromEntries(Object.entries(config.clientOptions ?? {}).map(([name, value]) => [name, value === 'false' ? false : value])),
     ...(config.clockControl ? { now: () => Date.now() + offset } : {}),
     ...(makeSchema ? { schema: makeSchema(config.schema!.options) } : {}),
   });

@@ -131,15 +131,8 @@ export class LockedFetchRefresher implements Refresher {
       if (spaced) return spaced;
     }
     if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious && !request.ahead) {
-      const until = await this.#downSpacing.busyUntil(store, now);
-      if (until !== undefined) {
-        const read = await ctx.entries.read(store, (value) => ctx.rejected(value));
-        if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false };
-        throw new TokenUnavailableError(
-          `The token store is down, and this host fetched a ${ctx.label} from the classic endpoint moments ago; the next fetch waits until ` +
-            `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
-        );
-      }
+      const spaced = await this.#awaitDownSpacing(tier, request, now);
+      if (spaced) return spaced;
     }
 
     let handle: LockHandle | undefined;
@@ -275,6 +268,27 @@ export class LockedFetchRefresher implements Refresher {
       },
       `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
     );
+  }
+
+  /**
+   * While the shared store is down, this host fetched a classic token moments ago: another fetch now
+   * would invalidate the token the hosts that cannot see this one hold. Take a token this host fetched
+   * meanwhile, or wait for the slot to end (no longer than a lock wait), then fetch.
+   */
+  async #awaitDownSpacing(tier: Tier, request: RefreshRequest, now: number): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const until = await this.#downSpacing.busyUntil(tier.entries, now);
+    if (until === undefined) return undefined;
+    const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
+    if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false };
+    if (until - now > this.lockWaitMs) {
+      throw new TokenUnavailableError(
+        `The token store is down, and this host fetched a ${ctx.label} from the classic endpoint moments ago; the next fetch waits until ` +
+          `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
+      );
+    }
+    await new Promise((resolve) => setTimeout(resolve, until - now));
+    return undefined;
   }
 
   /**

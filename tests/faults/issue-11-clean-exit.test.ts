@@ -1,0 +1,78 @@
+import { fork } from 'node:child_process';
+import { createServer, type Server, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { built } from './helpers.js';
+
+// Issue 11, item 11: after close() of a client and its store, the process exits on its own, whether the
+// store answered, refused, or never answered at all.
+
+let mock: MockWeChat;
+let redis: StoreServer;
+let memcached: StoreServer;
+let silent: Server;
+let silentPort: number;
+let closedPort: number;
+const sockets = new Set<Socket>();
+const dir = mkdtempSync(join(tmpdir(), 'wxkit-exit-'));
+
+beforeAll(async () => {
+  [mock, redis, memcached, closedPort] = await Promise.all([startMockWeChat(), startRedis(), startMemcached(), freePort()]);
+  // Accepts connections and never sends a byte.
+  silent = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+  silentPort = (silent.address() as { port: number }).port;
+});
+afterAll(async () => {
+  for (const socket of sockets) socket.destroy();
+  await Promise.all([mock?.close(), redis?.stop(), memcached?.stop(), new Promise((resolve) => silent?.close(resolve))]);
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function runChild(store: { module: string; export: string; args: unknown[] }) {
+  const { appId, secret } = mock.createApp();
+  const script = fileURLToPath(new URL('./fixtures/client-exit.mjs', import.meta.url));
+  const child = fork(script, [JSON.stringify({ baseUrl: mock.url, appId, secret, store })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  let report: { outcomes: string[]; heldOpenBy?: string[] } | undefined;
+  child.on('message', (message: NonNullable<typeof report>) => (report = { ...report, ...message }));
+  return new Promise<{ code: number | null; report: typeof report }>((resolve) => {
+    // A bound on a failure, not a measurement: a child still running this long after its work is held open.
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve({ code: null, report });
+    }, 20_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, report });
+    });
+  });
+}
+
+const stores: Record<string, () => { module: string; export: string; args: unknown[] }> = {
+  'RedisCache, server up': () => ({ module: built.redis, export: 'RedisCache', args: [redis.url] }),
+  'RedisCache, nothing listening': () => ({ module: built.redis, export: 'RedisCache', args: [`redis://127.0.0.1:${closedPort}`] }),
+  'RedisCache, a server that never answers': () => ({ module: built.redis, export: 'RedisCache', args: [`redis://127.0.0.1:${silentPort}`] }),
+  'MemcachedCache, server up': () => ({ module: built.memcached, export: 'MemcachedCache', args: [memcached.url] }),
+  'MemcachedCache, nothing listening': () => ({ module: built.memcached, export: 'MemcachedCache', args: [`127.0.0.1:${closedPort}`] }),
+  'MemcachedCache, a server that never answers': () => ({ module: built.memcached, export: 'MemcachedCache', args: [`127.0.0.1:${silentPort}`] }),
+  FileCache: () => ({ module: built.file, export: 'FileCache', args: [{ dir }] }),
+  'KeyvCache on @keyv/redis, server up': () => ({ module: keyvFixture, export: 'KeyvRedisCache', args: [redis.url] }),
+  'KeyvCache on @keyv/redis, nothing listening': () => ({ module: keyvFixture, export: 'KeyvRedisCache', args: [`redis://127.0.0.1:${closedPort}`] }),
+};
+const keyvFixture = fileURLToPath(new URL('./fixtures/keyv-redis-cache.mjs', import.meta.url));
+
+describe('item 11: a process exits on its own after close()', () => {
+  it.each(Object.keys(stores))('%s', async (what) => {
+    const { code, report } = await runChild(stores[what]!());
+    // The calls worked (through the fallback when the store was away), and the process ended by itself,
+    // not held open by a keep-alive socket or a retry timer (heldOpenBy names what was).
+    expect({ code, outcomes: report?.outcomes, heldOpenBy: report?.heldOpenBy }).toEqual({ code: 0, outcomes: ['ok', 'ok'], heldOpenBy: undefined });
+  });
+});

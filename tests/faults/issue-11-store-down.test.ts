@@ -1,0 +1,87 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryCache, OfficialAccount, type TokenCache } from '@wxkit/core';
+import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { errorsOf, okOf, redisSpec, workerPool } from './helpers.js';
+
+// Issue 11, item 1: with the shared store down, a token killed upstream must not turn into a fetch per
+// process (on the classic endpoint each fetch kills the others' tokens): the processes of one host share
+// one fetch through the host's fallback directory, and fetch again at most once per back-off step.
+
+let mock: MockWeChat;
+let redis: StoreServer;
+const dirs: string[] = [];
+const pool = workerPool(() => ({ baseUrl: mock.url }));
+const fallbackDir = () => {
+  const dir = mkdtempSync(join(tmpdir(), 'wxkit-fallback-'));
+  dirs.push(dir);
+  return dir;
+};
+
+beforeAll(async () => {
+  [mock, redis] = await Promise.all([startMockWeChat({ latencyMs: 5 }), startRedis()]);
+});
+afterEach(async () => {
+  await pool.stop();
+  await redis.start();
+});
+afterAll(async () => {
+  await Promise.all([mock?.close(), redis?.stop()]);
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+describe('item 1: store down, classic endpoint, tokens killed upstream', () => {
+  it('8 processes × 20 sends after the store died and the token was killed: 1 fetch for the host, 0 lost; killed again: 1 more', async () => {
+    const app = mock.createApp();
+    const group = await pool.start(8, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url), clientOptions: { fallbackDir: fallbackDir() } });
+    expect(errorsOf(await group.run('send', 2))).toEqual([]);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+
+    await redis.stop('SIGKILL');
+    mock.invalidateTokens(app.appId);
+    const first = await group.run('send', 20, group.all, 4);
+    expect(errorsOf(first)).toEqual([]);
+    expect(okOf(first)).toBe(160);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(2);
+
+    // Another program kills it again while the store is still down: one more fetch for the host, once
+    // the back-off step since the last one has passed; the sends wait for it rather than fail.
+    mock.invalidateTokens(app.appId);
+    const second = await group.run('send', 20, group.all, 4);
+    expect(errorsOf(second)).toEqual([]);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(3);
+  });
+});
+
+describe('the store comes back', () => {
+  it('a token fetched while the store was down is offered to it (add) once it answers, instead of fetching again', async () => {
+    const { appId, secret } = mock.createApp();
+    const inner = new MemoryCache();
+    let up = false;
+    const gate =
+      <A extends unknown[], R>(fn: (...args: A) => Promise<R>) =>
+      async (...args: A): Promise<R> => {
+        if (!up) throw new Error('ECONNREFUSED');
+        return fn(...args);
+      };
+    const flaky: TokenCache = {
+      get: gate((key: string) => inner.get(key)),
+      set: gate((key: string, value: string, ttl: number) => inner.set(key, value, ttl)),
+      delete: gate((key: string) => inner.delete(key)),
+      add: gate((key: string, value: string, ttl: number) => inner.add(key, value, ttl)),
+      deleteIfEquals: gate((key: string, expected: string) => inner.deleteIfEquals(key, expected)),
+    };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: flaky, memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const token = await app.accessToken.getToken();
+    expect(await inner.get(app.accessToken.cacheKey)).toBeUndefined();
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    up = true;
+    await recovered;
+    expect(await app.accessToken.getToken()).toBe(token);
+    expect(JSON.parse((await inner.get(app.accessToken.cacheKey))!).access_token).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    await app.close();
+  });
+});
