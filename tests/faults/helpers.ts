@@ -1,5 +1,16 @@
 import { fileURLToPath } from 'node:url';
-import { WorkerGroup, type StoreSpec, type WorkerConfig, type WorkerResult } from '@wxkit/testing';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import {
+  WorkerGroup,
+  startMockWeChat,
+  startRedis,
+  type MockWeChat,
+  type MockWeChatOptions,
+  type StoreServer,
+  type StoreSpec,
+  type WorkerConfig,
+  type WorkerResult,
+} from '@wxkit/testing';
 
 /** The built adapters, as worker processes import them. */
 export const built = {
@@ -39,4 +50,25 @@ export async function eventually(condition: () => boolean | Promise<boolean>, wh
     if (Date.now() - started > timeoutMs) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/**
+ * A mock WeChat and a redis-server of the file's own, and worker processes stopped after each test;
+ * faults and latency set by a test are cleared after it.
+ */
+export function faultEnvironment(mockOptions: MockWeChatOptions = {}) {
+  const env = {} as { mock: MockWeChat; redis: StoreServer; workers: ReturnType<typeof workerPool> };
+  env.workers = workerPool(() => ({ baseUrl: env.mock.url }));
+  beforeAll(async () => {
+    [env.mock, env.redis] = await Promise.all([startMockWeChat(mockOptions), startRedis()]);
+  });
+  afterEach(async () => {
+    env.mock.clearFaults();
+    env.mock.setLatency(mockOptions.latencyMs ?? 0);
+    await env.workers.stop();
+  });
+  afterAll(async () => {
+    await Promise.all([env.mock?.close(), env.redis?.stop()]);
+  });
+  return env;
 }

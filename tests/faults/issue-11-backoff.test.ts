@@ -1,48 +1,34 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { MemoryCache, OfficialAccount } from '@wxkit/core';
-import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
-import { errorsOf, redisSpec, workerPool } from './helpers.js';
+import { errorsOf, faultEnvironment, redisSpec } from './helpers.js';
 
 // Issue 11, items 2 and 3: a failed fetch is backed off by errcode and shared with the whole fleet
 // through the {key}:failed marker; processes waiting on the holder return its error, never fetch again.
 
-let mock: MockWeChat;
-let redis: StoreServer;
-const pool = workerPool(() => ({ baseUrl: mock.url }));
-
-beforeAll(async () => {
-  [mock, redis] = await Promise.all([startMockWeChat(), startRedis()]);
-});
-afterEach(async () => {
-  mock.clearFaults();
-  mock.setLatency(0);
-  await pool.stop();
-});
-afterAll(async () => {
-  await Promise.all([mock?.close(), redis?.stop()]);
-});
+const env = faultEnvironment();
+const pool = env.workers;
 
 describe('item 2: no back-off after a failed fetch', () => {
   it('errcode -1 on every fetch: 200 calls in one process cost 1 request, then one per exponential step (1 s, 2 s, 4 s)', async () => {
-    const { appId, secret } = mock.createApp();
-    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
+    const { appId, secret } = env.mock.createApp();
+    env.mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
     let now = Date.now();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: env.mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
     const burst = async (calls: number) => {
       const settled = await Promise.allSettled(Array.from({ length: calls }, () => app.accessToken.getToken()));
       return settled.map((outcome) => (outcome.status === 'rejected' ? (outcome.reason as { errcode?: number }).errcode : 'ok'));
     };
     expect(new Set(await burst(100))).toEqual(new Set([-1]));
     for (let i = 0; i < 100; i += 1) await burst(1);
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(appId).classicTokenRequests).toBe(1);
     // Steps of 1 s, 2 s and 4 s (±20 %): just short of a step nothing is sent, just past it one request.
     for (const [step, requests] of [[1000, 2], [2000, 3], [4000, 4]] as const) {
       now += step * 0.75;
       await burst(20);
-      expect(mock.counters(appId).classicTokenRequests).toBe(requests - 1);
+      expect(env.mock.counters(appId).classicTokenRequests).toBe(requests - 1);
       now += step * 0.5;
       await burst(20);
-      expect(mock.counters(appId).classicTokenRequests).toBe(requests);
+      expect(env.mock.counters(appId).classicTokenRequests).toBe(requests);
     }
     await app.close();
   });
@@ -52,78 +38,78 @@ describe('item 2: no back-off after a failed fetch', () => {
     [40125, 'a wrong secret: once a minute for the fleet', 60_000],
     [40164, 'an IP not in the whitelist: once a minute for the fleet', 60_000],
   ])('errcode %i (%s) is not fetched again before %i ms', async (errcode, _what, pauseMs) => {
-    const { appId, secret } = mock.createApp();
-    mock.injectFault({ kind: 'errcode', errcode, path: 'cgi-bin/token', times: Infinity });
+    const { appId, secret } = env.mock.createApp();
+    env.mock.injectFault({ kind: 'errcode', errcode, path: 'cgi-bin/token', times: Infinity });
     let now = Date.now();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: env.mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
     for (let i = 0; i < 50; i += 1) await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode });
     now += pauseMs - 1000;
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode });
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(appId).classicTokenRequests).toBe(1);
     now += 2000;
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode });
-    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(env.mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
 
   it('45009 (daily quota) is surfaced without a retry until the quota day rolls over at midnight, Beijing time', async () => {
-    const { appId, secret } = mock.createApp();
-    mock.injectFault({ kind: 'errcode', errcode: 45009, path: 'cgi-bin/token', times: Infinity });
+    const { appId, secret } = env.mock.createApp();
+    env.mock.injectFault({ kind: 'errcode', errcode: 45009, path: 'cgi-bin/token', times: Infinity });
     // 2025-11-25 10:00 in Beijing: the quota day ends 14 h later.
     let now = Date.UTC(2025, 10, 25, 2, 0, 0);
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: env.mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', logger: false, now: () => now });
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: 45009 });
     now += 14 * 3_600_000 - 1000;
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: 45009 });
     await expect(app.accessToken.forceRefresh()).rejects.toMatchObject({ errcode: 45009 });
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(appId).classicTokenRequests).toBe(1);
     now += 2000;
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: 45009 });
-    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(env.mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
 
   it('4 processes on one Redis back off together: 1 request per step for the fleet, not per process', async () => {
-    const app = mock.createApp();
-    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
-    const group = await pool.start(4, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url), clockControl: true });
+    const app = env.mock.createApp();
+    env.mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
+    const group = await pool.start(4, { ...app, tokenEndpoint: 'classic', store: redisSpec(env.redis.url), clockControl: true });
     const round = async () => errorsOf(await group.run('getToken', 10));
     expect(new Set(await round())).toEqual(new Set(['ERR_WXKIT_WECHAT_API:-1']));
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
     await group.advance(750);
     await round();
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
     await group.advance(500);
     await round();
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(2);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(2);
     // The second failure in a row doubles the step for everyone.
     await group.advance(1500);
     await round();
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(2);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(2);
     await group.advance(1000);
     await round();
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(3);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(3);
   });
 });
 
 describe('item 3: a failed fetch is shared', () => {
   it('6 processes waiting on a holder whose fetch fails (-1) return its error: 1 request in all', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     // The holder's request takes 400 ms, so the others find the lock held and wait on it.
-    mock.setLatency(400);
-    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: 1 });
-    const group = await pool.start(6, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url) });
+    env.mock.setLatency(400);
+    env.mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: 1 });
+    const group = await pool.start(6, { ...app, tokenEndpoint: 'classic', store: redisSpec(env.redis.url) });
     const results = await group.run('getToken', 5);
     expect(errorsOf(results)).toEqual(Array.from({ length: 30 }, () => 'ERR_WXKIT_WECHAT_API:-1'));
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
   });
 
   it('a hanging token endpoint: the waiters get the holder\'s timeout, and nobody fetches beside it', async () => {
-    const app = mock.createApp();
-    mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
-    const group = await pool.start(6, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url), clientOptions: { timeoutMs: 1500 } });
+    const app = env.mock.createApp();
+    env.mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
+    const group = await pool.start(6, { ...app, tokenEndpoint: 'classic', store: redisSpec(env.redis.url), clientOptions: { timeoutMs: 1500 } });
     const results = await group.run('getToken', 3);
     expect(errorsOf(results).map((error) => error.split(':')[0])).toEqual(Array.from({ length: 18 }, () => 'ERR_WXKIT_TIMEOUT'));
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
   });
 });

@@ -1,95 +1,86 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it } from 'vitest';
 import { OfficialAccount, type ClientEvent } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
-import { redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
-import { eventsOf, redisSpec, workerPool } from './helpers.js';
+import { redisCli } from '@wxkit/testing';
+import { eventsOf, faultEnvironment, redisSpec } from './helpers.js';
 
 // Issue 11: forced refreshes on the stable endpoint are scarce and spaced fleet-wide; a token killed from
 // outside the fleet is reported with its last writer; the TTL margin scales with the token's life.
 
-let mock: MockWeChat;
-let redis: StoreServer;
-const pool = workerPool(() => ({ baseUrl: mock.url }));
+const env = faultEnvironment({ quotas: { forceRefresh: 2 } });
+const pool = env.workers;
 const open: { close(): Promise<void> }[] = [];
-
-beforeAll(async () => {
-  [mock, redis] = await Promise.all([startMockWeChat({ quotas: { forceRefresh: 2 } }), startRedis()]);
-});
 afterEach(async () => {
-  await pool.stop();
   await Promise.all(open.splice(0).map((client) => client.close()));
-});
-afterAll(async () => {
-  await Promise.all([mock?.close(), redis?.stop()]);
 });
 
 function client(app: { appId: string; secret: string }, options: Record<string, unknown> = {}) {
-  const cache = new RedisCache(redis.url);
-  const wechat = new OfficialAccount({ ...app, baseUrl: mock.url, cache, logger: false, ...options });
+  const cache = new RedisCache(env.redis.url);
+  const wechat = new OfficialAccount({ ...app, baseUrl: env.mock.url, cache, logger: false, ...options });
   open.push(wechat, cache);
   return wechat;
 }
 
 describe("stable_token's force_refresh is scarce", () => {
   it('two processes force a refresh within 30 s: one force_refresh is sent, the second gets its token', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     const [a, b] = [client(app), client(app)];
     const before = await a.accessToken.getToken();
     const forced = await a.accessToken.forceRefresh();
     expect(forced).not.toBe(before);
     expect(await b.accessToken.forceRefresh()).toBe(forced);
-    expect(mock.counters(app.appId).forceRefreshes).toBe(1);
+    expect(env.mock.counters(app.appId).forceRefreshes).toBe(1);
   });
 
   it('after a 45009 on force_refresh, no forced fetch is sent again before the quota day ends; normal fetches go on', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     let now = Date.now();
     const a = client(app, { now: () => now });
     await a.accessToken.getToken();
     await a.accessToken.forceRefresh();
     now += 31_000;
-    mock.advanceClock(31);
+    env.mock.advanceClock(31);
     await a.accessToken.forceRefresh();
     now += 31_000;
-    mock.advanceClock(31);
+    env.mock.advanceClock(31);
     // The mock allows 2 a day here: the third is WeChat's 45009, and the ones after it never leave.
     await expect(a.accessToken.forceRefresh()).rejects.toMatchObject({ errcode: 45009 });
     now += 31_000;
     await expect(a.accessToken.forceRefresh()).rejects.toMatchObject({ errcode: 45009 });
-    expect(mock.counters(app.appId).forceRefreshes).toBe(3);
-    expect(mock.isTokenValid(app.appId, await a.accessToken.getToken())).toBe(true);
+    expect(env.mock.counters(app.appId).forceRefreshes).toBe(3);
+    expect(env.mock.isTokenValid(app.appId, await a.accessToken.getToken())).toBe(true);
   });
 
   it('no automatic path sends force_refresh: 40001 recovery on the stable endpoint uses a normal fetch', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     const a = client(app);
     await a.accessToken.getToken();
-    mock.invalidateTokens(app.appId);
+    env.mock.invalidateTokens(app.appId);
     await a.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
-    expect(mock.counters(app.appId).forceRefreshes).toBe(0);
+    expect(env.mock.counters(app.appId).forceRefreshes).toBe(0);
   });
 });
 
 describe('who refreshed my token?', () => {
   it('a 40001 on the token the store still holds is reported once for the fleet, naming its fetched_by', async () => {
-    const app = mock.createApp();
-    const group = await pool.start(4, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url), clientOptions: { serviceName: 'order-service' } });
+    const app = env.mock.createApp();
+    const group = await pool.start(4, { ...app, tokenEndpoint: 'classic', store: redisSpec(env.redis.url), clientOptions: { serviceName: 'order-service' } });
     await group.run('send', 1);
     // Something outside the fleet fetches twice: the fleet's token dies, and nothing newer is in the store.
-    mock.issueClassicToken(app.appId);
-    mock.issueClassicToken(app.appId);
+    env.mock.issueClassicToken(app.appId);
+    env.mock.issueClassicToken(app.appId);
     const results = await group.run('send', 5);
     expect(results.flatMap((result) => result.errors)).toEqual([]);
     expect(eventsOf(results, 'access_token.invalidated_externally')).toBe(1);
   });
 
   it('the event names the last writer the store knew, and counts', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     const writer = client(app, { tokenEndpoint: 'classic', serviceName: 'notify-worker' });
     const events: ClientEvent[] = [];
     writer.on('access_token.invalidated_externally', (event) => events.push(event));
     await writer.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
-    mock.invalidateTokens(app.appId);
+    env.mock.invalidateTokens(app.appId);
     await writer.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(events).toHaveLength(1);
     expect(events[0]).toMatchObject({ level: 'warn', appId: app.appId, count: 1 });
@@ -99,18 +90,18 @@ describe('who refreshed my token?', () => {
 
 describe('the safety margin scales with the token', () => {
   it('a stable token handed out with 345 s left is cached (259 s) and used by every client, not fetched per call', async () => {
-    const app = mock.createApp();
+    const app = env.mock.createApp();
     const first = client(app);
     await first.accessToken.getToken();
     // The token now has 345 s left; a new client on an empty store gets it with expires_in 345.
-    mock.advanceClock(7200 - 345);
-    await redis.stop();
-    await redis.start();
+    env.mock.advanceClock(7200 - 345);
+    await env.redis.stop();
+    await env.redis.start();
     const clients = [client(app, { memoMs: 0 }), client(app, { memoMs: 0 })];
     const token = await clients[0]!.accessToken.getToken();
     for (let i = 0; i < 10; i += 1) expect(await clients[i % 2]!.accessToken.getToken()).toBe(token);
-    expect(mock.counters(app.appId).stableTokenRequests).toBe(2);
-    const ttl = Number(redisCli(redis.port, 'TTL', first.accessToken.cacheKey));
+    expect(env.mock.counters(app.appId).stableTokenRequests).toBe(2);
+    const ttl = Number(redisCli(env.redis.port, 'TTL', first.accessToken.cacheKey));
     expect(ttl).toBeGreaterThan(250);
     expect(ttl).toBeLessThanOrEqual(259);
   });

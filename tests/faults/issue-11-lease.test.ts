@@ -1,58 +1,45 @@
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
-import { errorsOf, okOf, redisSpec, workerPool } from './helpers.js';
+import { describe, expect, it } from 'vitest';
+import { errorsOf, faultEnvironment, okOf, redisSpec } from './helpers.js';
 
 // Issue 11, item 4: the lock's lease covers the whole critical section it guards (every upstream and
 // store call in it, with their deadlines), so no second process fetches while the holder still works.
 
-let mock: MockWeChat;
-let redis: StoreServer;
-const pool = workerPool(() => ({ baseUrl: mock.url }));
-
-beforeAll(async () => {
-  [mock, redis] = await Promise.all([startMockWeChat(), startRedis()]);
-});
-afterEach(async () => {
-  mock.setLatency(0);
-  await pool.stop();
-});
-afterAll(async () => {
-  await Promise.all([mock?.close(), redis?.stop()]);
-});
+const env = faultEnvironment();
+const pool = env.workers;
 
 describe('item 4: the lease covers the critical section', () => {
   it('a cold ticket refresh in 4 processes (token fetch, then getticket, each 900 ms): 1 token fetch and 1 getticket', async () => {
-    const app = mock.createApp();
-    mock.setLatency(900);
+    const app = env.mock.createApp();
+    env.mock.setLatency(900);
     // Short deadlines make a short lease (1 s + 6 × 0.3 s + 1 s): a lease that left out the getticket
     // call, or the token fetch in front of it, would end while the holder still waits for WeChat.
     const group = await pool.start(4, {
       ...app,
       tokenEndpoint: 'classic',
-      store: redisSpec(redis.url),
+      store: redisSpec(env.redis.url),
       clientOptions: { timeoutMs: 1000, cacheTimeoutMs: 300 },
     });
     const results = await group.run('ticket', 5);
     expect(errorsOf(results)).toEqual([]);
     expect(new Set(results.flatMap((result) => result.values)).size).toBe(1);
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
-    expect(mock.counters(app.appId).ticketRequests).toBe(1);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).ticketRequests).toBe(1);
   });
 
   it('a slow store (every call 250 ms late): 4 processes, cold, classic endpoint: 1 fetch', async () => {
-    const app = mock.createApp();
-    mock.setLatency(300);
+    const app = env.mock.createApp();
+    env.mock.setLatency(300);
     const group = await pool.start(4, {
       ...app,
       tokenEndpoint: 'classic',
-      store: redisSpec(redis.url),
+      store: redisSpec(env.redis.url),
       storeDelayMs: 250,
       clientOptions: { timeoutMs: 1000, cacheTimeoutMs: 400 },
     });
     const results = await group.run('send', 5);
     expect(errorsOf(results)).toEqual([]);
     expect(okOf(results)).toBe(20);
-    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
-    expect(mock.counters(app.appId).rejectedCalls).toBe(0);
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(env.mock.counters(app.appId).rejectedCalls).toBe(0);
   });
 });

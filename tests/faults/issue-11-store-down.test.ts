@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryCache, OfficialAccount, type TokenCache } from '@wxkit/core';
-import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { OfficialAccount } from '@wxkit/core';
+import { startMockWeChat, startRedis, switchableStore, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { errorsOf, okOf, redisSpec, workerPool } from './helpers.js';
 
 // Issue 11, item 1: with the shared store down, a token killed upstream must not turn into a fetch per
@@ -58,26 +58,13 @@ describe('item 1: store down, classic endpoint, tokens killed upstream', () => {
 describe('the store comes back', () => {
   it('a token fetched while the store was down is offered to it (add) once it answers, instead of fetching again', async () => {
     const { appId, secret } = mock.createApp();
-    const inner = new MemoryCache();
-    let up = false;
-    const gate =
-      <A extends unknown[], R>(fn: (...args: A) => Promise<R>) =>
-      async (...args: A): Promise<R> => {
-        if (!up) throw new Error('ECONNREFUSED');
-        return fn(...args);
-      };
-    const flaky: TokenCache = {
-      get: gate((key: string) => inner.get(key)),
-      set: gate((key: string, value: string, ttl: number) => inner.set(key, value, ttl)),
-      delete: gate((key: string) => inner.delete(key)),
-      add: gate((key: string, value: string, ttl: number) => inner.add(key, value, ttl)),
-      deleteIfEquals: gate((key: string, expected: string) => inner.deleteIfEquals(key, expected)),
-    };
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: flaky, memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const store = switchableStore({ up: false });
+    const { inner } = store;
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, memoMs: 0, fallbackDir: fallbackDir(), logger: false });
     const token = await app.accessToken.getToken();
     expect(await inner.get(app.accessToken.cacheKey)).toBeUndefined();
     const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
-    up = true;
+    store.up();
     await recovered;
     expect(await app.accessToken.getToken()).toBe(token);
     expect(JSON.parse((await inner.get(app.accessToken.cacheKey))!).access_token).toBe(token);

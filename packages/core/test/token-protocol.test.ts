@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
 import { newApp, rejection } from './helpers.js';
 
@@ -284,27 +284,14 @@ describe('the store', () => {
   });
 
   it('once the store answers again, the token is shared through it and the recovery is logged', async () => {
-    const inner = new MemoryCache();
-    let up = false;
-    const gate =
-      <A extends unknown[], R>(fn: (...args: A) => Promise<R>) =>
-      async (...args: A): Promise<R> => {
-        if (!up) throw new Error('ECONNREFUSED');
-        return fn(...args);
-      };
-    const flaky: TokenCache = {
-      get: gate((key: string) => inner.get(key)),
-      set: gate((key: string, value: string, ttl: number) => inner.set(key, value, ttl)),
-      delete: gate((key: string) => inner.delete(key)),
-      add: gate((key: string, value: string, ttl: number) => inner.add(key, value, ttl)),
-      deleteIfEquals: gate((key: string, expected: string) => inner.deleteIfEquals(key, expected)),
-    };
+    const store = switchableStore({ up: false });
+    const { inner } = store;
     const events: string[] = [];
     const logger = { warn: (f: { event: string }) => events.push(f.event), info: (f: { event: string }) => events.push(f.event) };
-    const { app, appId } = newApp(mock, { cache: flaky, logger, memoMs: 0 });
+    const { app, appId } = newApp(mock, { cache: store.cache, logger, memoMs: 0 });
     const token = await app.accessToken.getToken();
     const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
-    up = true;
+    store.up();
     // A probe in the background notices the store is back; no caller waits on a store that is down.
     await recovered;
     mock.invalidateTokens(appId);

@@ -24,3 +24,4 @@ export {
   type RedisServerOptions,
 } from './servers.js';
 export { startLocklessPeer, type LocklessPeer, type LocklessPeerOptions } from './peers.js';
+export { switchableStore, type SwitchableStore } from './switchable-store.js';
