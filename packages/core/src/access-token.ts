@@ -62,10 +62,11 @@ export class AccessToken {
   /**
    * Reports that WeChat rejected `token` (40001, 40014, 42001). The cached entry is removed only if it
    * still holds that token, so a newer token written by another process is kept. `client` calls this
-   * for you; call it when you send requests with the token yourself.
+   * for you; call it when you send requests with the token yourself, with WeChat's `errcode` if you have
+   * it (a 40001 on the token the store still holds is reported as invalidated from outside the fleet).
    */
-  invalidate(token: string): Promise<void> {
-    return this.#manager.invalidate(token);
+  invalidate(token: string, errcode?: number): Promise<void> {
+    return this.#manager.invalidate(token, errcode);
   }
 
   /** Points this client at another store (same as `app.setCache()`). */

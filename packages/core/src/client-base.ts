@@ -16,7 +16,7 @@ import type { ProtocolSettings, Refresher, TokenContext } from './token/refreshe
 import { FollowRefresher } from './token/refreshers/follow.js';
 import { LockedFetchRefresher } from './token/refreshers/locked-fetch.js';
 import { RemoteRefresher } from './token/refreshers/remote.js';
-import { StoreTiers } from './token/tiers.js';
+import { StoreTiers, hostFallback } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';
 import type { TokenSource, TokenSourceRequest } from './token-source.js';
 import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from './validate.js';
@@ -151,7 +151,6 @@ const CLIENT_OPTION_NAMES = [
 let sharedMemoryCache: MemoryCache | undefined;
 // Where a client's entries go while its store is down: this host's directory, or this process.
 let processFallback: MemoryCache | undefined;
-const hostFallbacks = new Map<string, FileCache>();
 const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`, 'fallback');
 let warnedDefaultStore = false;
 
@@ -179,7 +178,7 @@ export class ClientCore {
   #defaultStore: boolean;
   readonly #tiers: StoreTiers;
   readonly #local: GuardedStore;
-  readonly #fallbackDir: string | false;
+  #fallbackDir: string | false;
   #host: GuardedStore | undefined;
   readonly #managers: TokenManager[] = [];
 
@@ -319,6 +318,7 @@ export class ClientCore {
   }
 
   async close(): Promise<void> {
+    for (const manager of this.#managers) manager.close();
     this.#store.dispose();
     this.#local.dispose();
     this.#host?.dispose();
@@ -326,9 +326,9 @@ export class ClientCore {
   }
 
   #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {
-    if (this.#source) return new RemoteRefresher(ctx, this.#source, request);
+    if (this.#source) return new RemoteRefresher(ctx, this.#source, request, this.http.timeoutMs);
     if (this.refresh === 'never' && request.field === 'access_token') return new FollowRefresher(ctx);
-    return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key), this.schema.companions ? 1 : 0);
+    return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key));
   }
 
   /**
@@ -339,8 +339,15 @@ export class ClientCore {
     const shared = this.#store.cache;
     if (this.#fallbackDir === false || shared instanceof MemoryCache || shared instanceof FileCache) return undefined;
     if (!this.#host) {
-      let cache = hostFallbacks.get(this.#fallbackDir);
-      if (!cache) hostFallbacks.set(this.#fallbackDir, (cache = new FileCache({ dir: this.#fallbackDir })));
+      const cache = hostFallback(this.#fallbackDir);
+      if (typeof cache === 'string') {
+        this.log.warn(
+          { event: 'cache.fallback_unusable', appId: this.appId, reason: cache },
+          `The fallback directory cannot be used (${cache}): while the store is down, each process keeps to itself. Set options.fallbackDir to a directory of this user only`,
+        );
+        this.#fallbackDir = false;
+        return undefined;
+      }
       this.#host = this.#guard(cache);
     }
     return this.#host;

@@ -4,12 +4,77 @@ import type { Log } from './logger.js';
 import { typeName } from './validate.js';
 
 // After a failure the store is not asked again by callers: every call fails at once until a probe in the
-// background (a read of PROBE_KEY) gets an answer, so a hung store costs a caller at most one timeout,
-// not one per call (nor one per step of the token protocol). Probes are 250 ms apart, growing to 5 s
-// while the store stays down; their timer never keeps the process alive.
+// background (a read of the key whose call failed, so an ACL that allows the app's keys allows it) gets
+// an answer. A hung store costs a caller at most one timeout, not one per call (nor one per step of the
+// token protocol). Probes are 250 ms apart, growing to 5 s while the store stays down; their timer never
+// keeps the process alive. The state is the store's, shared by every client of this process using it:
+// N accounts on one Redis make one probe, not N.
 const PROBE_MIN_MS = 250;
 const PROBE_MAX_MS = 5_000;
-const PROBE_KEY = 'wxkit:probe';
+
+// Calls the breaker refused without sending: their failure says nothing about what the store holds.
+const NOT_SENT = new WeakSet<object>();
+
+/** Whether `error` is a call the store never saw (refused while it was known to be down). */
+export function neverSent(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && NOT_SENT.has(error);
+}
+
+/** The health of one store in this process, shared by the clients that use it. */
+class StoreHealth {
+  down = false;
+  readonly users = new Set<GuardedStore>();
+  readonly #cache: TokenCache;
+  #probeDelayMs = PROBE_MIN_MS;
+  #probeTimer: NodeJS.Timeout | undefined;
+  #probeKey = '';
+
+  constructor(cache: TokenCache) {
+    this.#cache = cache;
+  }
+
+  failed(user: GuardedStore, op: string, key: string, error: CacheError): void {
+    this.#probeKey = key;
+    if (this.down) {
+      this.#probeDelayMs = Math.min(this.#probeDelayMs * 2, PROBE_MAX_MS);
+    } else {
+      this.down = true;
+      this.#probeDelayMs = PROBE_MIN_MS;
+      for (const each of this.users) each.reportUnavailable(op, each === user ? key : undefined, error);
+    }
+    this.#scheduleProbe(user);
+  }
+
+  recovered(op: string): void {
+    clearTimeout(this.#probeTimer);
+    this.#probeTimer = undefined;
+    this.down = false;
+    this.#probeDelayMs = PROBE_MIN_MS;
+    for (const each of this.users) each.reportRecovered(op);
+  }
+
+  leave(user: GuardedStore): void {
+    this.users.delete(user);
+    if (this.users.size === 0) {
+      clearTimeout(this.#probeTimer);
+      this.#probeTimer = undefined;
+    }
+  }
+
+  #scheduleProbe(user: GuardedStore): void {
+    if (this.#probeTimer || !this.users.has(user)) return;
+    this.#probeTimer = setTimeout(() => {
+      this.#probeTimer = undefined;
+      const prober = this.users.has(user) ? user : this.users.values().next().value;
+      if (!this.down || !prober) return;
+      const key = this.#probeKey;
+      prober.send('get', key, () => this.#cache.get(key)).catch(() => undefined);
+    }, this.#probeDelayMs);
+    this.#probeTimer.unref?.();
+  }
+}
+
+const healths = new WeakMap<TokenCache, StoreHealth>();
 
 /**
  * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
@@ -22,10 +87,7 @@ export class GuardedStore {
   readonly #log: Log;
   readonly #appId: string;
   readonly #redact: (key: string) => string;
-  #down = false;
-  #probeDelayMs = PROBE_MIN_MS;
-  #probeTimer: NodeJS.Timeout | undefined;
-  #disposed = false;
+  readonly #health: StoreHealth;
   readonly #recoveryListeners = new Set<() => void>();
 
   constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = (key) => key) {
@@ -34,6 +96,10 @@ export class GuardedStore {
     this.#timeoutMs = timeoutMs;
     this.#log = log;
     this.#appId = appId;
+    let health = healths.get(cache);
+    if (!health) healths.set(cache, (health = new StoreHealth(cache)));
+    this.#health = health;
+    health.users.add(this);
   }
 
   /** The deadline of one call, in ms. */
@@ -41,9 +107,9 @@ export class GuardedStore {
     return this.#timeoutMs;
   }
 
-  /** True between a failed call and the next successful one. */
+  /** True between a failed call and the next successful one (of any client of this store). */
   get down(): boolean {
-    return this.#down;
+    return this.#health.down;
   }
 
   get atomicAdd(): boolean {
@@ -54,10 +120,10 @@ export class GuardedStore {
     return typeof this.cache.deleteIfEquals === 'function';
   }
 
-  /** Stops probing a store that is down (the client closed). */
+  /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
-    this.#disposed = true;
-    clearTimeout(this.#probeTimer);
+    this.#health.leave(this);
+    this.#recoveryListeners.clear();
   }
 
   /** Calls `listener` once, the next time the store answers after an outage. */
@@ -120,11 +186,16 @@ export class GuardedStore {
   }
 
   #call<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
-    if (this.#down) return Promise.reject(new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`));
-    return this.#send(op, key, run);
+    if (this.#health.down) {
+      const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
+      NOT_SENT.add(refused);
+      return Promise.reject(refused);
+    }
+    return this.send(op, key, run);
   }
 
-  async #send<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+  /** @internal Sends a call whatever the breaker says: the probe, and calls made before it opened. */
+  async send<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
       const result = await Promise.race([
@@ -142,47 +213,28 @@ export class GuardedStore {
           timer.unref?.();
         }),
       ]);
-      if (this.#down) this.#recovered(op);
+      if (this.#health.down) this.#health.recovered(op);
       return result;
     } catch (error) {
       const wrapped =
         error instanceof CacheError ? error : new CacheError(`The token store failed on ${op}`, { cause: error });
-      this.#failed(op, key, wrapped);
+      this.#health.failed(this, op, key, wrapped);
       throw wrapped;
     } finally {
       if (timer) clearTimeout(timer);
     }
   }
 
-  #failed(op: string, key: string, error: CacheError): void {
-    if (this.#down) {
-      this.#probeDelayMs = Math.min(this.#probeDelayMs * 2, PROBE_MAX_MS);
-    } else {
-      this.#down = true;
-      this.#probeDelayMs = PROBE_MIN_MS;
-      this.#log.warn(
-        { event: 'cache.unavailable', appId: this.#appId, op, key: this.#redact(key), error: describeError(error) },
-        'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
-      );
-    }
-    this.#scheduleProbe();
+  /** @internal The store just failed: one warning per outage for this client. */
+  reportUnavailable(op: string, key: string | undefined, error: CacheError): void {
+    this.#log.warn(
+      { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error) },
+      'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
+    );
   }
 
-  #scheduleProbe(): void {
-    if (this.#disposed || this.#probeTimer) return;
-    this.#probeTimer = setTimeout(() => {
-      this.#probeTimer = undefined;
-      if (this.#disposed || !this.#down) return;
-      this.#send('get', PROBE_KEY, () => this.cache.get(PROBE_KEY)).catch(() => undefined);
-    }, this.#probeDelayMs);
-    this.#probeTimer.unref?.();
-  }
-
-  #recovered(op: string): void {
-    clearTimeout(this.#probeTimer);
-    this.#probeTimer = undefined;
-    this.#down = false;
-    this.#probeDelayMs = PROBE_MIN_MS;
+  /** @internal The store answers again. */
+  reportRecovered(op: string): void {
     this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
     const listeners = [...this.#recoveryListeners];
     this.#recoveryListeners.clear();

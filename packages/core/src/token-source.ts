@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
 import { BadResponseError, ConfigError } from './errors.js';
 import { HttpClient } from './http.js';
+import { isPlausibleToken } from './token/entry.js';
 import { assertOptionsObject, invalidOption, optionalNumber, typeName } from './validate.js';
 import { VERSION } from './version.js';
 
@@ -96,7 +97,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       const body = await http.json({ method: 'GET', path, headers });
       const value = body[request.field];
       const expiresAt = body.expires_at;
-      if (typeof value !== 'string' || !/^[\x21-\x7e]{1,2048}$/.test(value) || typeof expiresAt !== 'number') {
+      if (!isPlausibleToken(value) || typeof expiresAt !== 'number') {
         throw new BadResponseError(`The token service answered ${path} without a usable ${request.field}`, { path });
       }
       const expiresIn = Math.floor(expiresAt - Date.now() / 1000);

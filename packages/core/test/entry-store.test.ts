@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryCache, easyWeChat4, nativeSchema, type KeySchema } from '../src/index.js';
+import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, type KeySchema } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { EntryStore } from '../src/token/entry-store.js';
@@ -21,7 +21,7 @@ describe('writes never go back in time', () => {
     const { cache, store, entries } = setUp();
     const now = Math.floor(Date.now() / 1000);
     await cache.set(key, native('NEWER', now), 6900);
-    const outcome = await entries.write(store, entries.encode(fetched('OLDER'), now - 20, 'web-1:1'), fetched('OLDER'));
+    const outcome = await entries.write(store, entries.encode(fetched('OLDER'), now - 20, 'web-1:1'));
     expect(outcome).toMatchObject({ stored: false, entry: { value: 'NEWER', fetchedAt: now } });
     expect(await cache.get(key)).toBe(native('NEWER', now));
   });
@@ -30,7 +30,7 @@ describe('writes never go back in time', () => {
     const { cache, store, entries } = setUp();
     const now = Math.floor(Date.now() / 1000);
     await cache.set(key, native('OLDER', now - 20), 6900);
-    const outcome = await entries.write(store, entries.encode(fetched('NEWER'), now, 'web-1:1'), fetched('NEWER'));
+    const outcome = await entries.write(store, entries.encode(fetched('NEWER'), now, 'web-1:1'));
     expect(outcome).toMatchObject({ stored: true, entry: { value: 'NEWER' } });
     expect(JSON.parse((await cache.get(key))!)).toEqual({ access_token: 'NEWER', expires_at: now + 7200, fetched_at: now, fetched_by: 'web-1:1' });
   });
@@ -51,17 +51,29 @@ describe('writes never go back in time', () => {
     });
     const { store, entries } = setUp(nativeSchema(), racing);
     await inner.set(key, native('OLD', now - 100), 6900);
-    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'), fetched('MINE'));
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'));
     expect(raced).toBe(true);
     expect(outcome).toMatchObject({ stored: false, entry: { value: 'NEWEST' } });
     expect(await inner.get(key)).toBe(native('NEWEST', now + 5));
+  });
+
+  it('a writer whose lease ran out does not replace an entry whose age it cannot compare (a profile without fetched_at)', async () => {
+    const { cache, store, entries } = setUp(wechatpy());
+    await cache.set(key, '"NEWER"', 7200);
+    const late = await entries.write(store, entries.encode(fetched('OLDER'), Math.floor(Date.now() / 1000) - 30, 'web-1:1'), { leaseHeld: false });
+    expect(late).toMatchObject({ stored: false, entry: { value: 'NEWER' } });
+    expect(await cache.get(key)).toBe('"NEWER"');
+    // Still holding the lock, it is the writer of record.
+    const held = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'), { leaseHeld: true });
+    expect(held.stored).toBe(true);
+    expect(await cache.get(key)).toBe('"MINE"');
   });
 
   it('a value in an encoding the schema recognises as another program\'s is never replaced', async () => {
     const { cache, store, entries } = setUp(easyWeChat4());
     const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';
     await cache.set(key, igbinary, 600);
-    const outcome = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'), fetched('MINE'));
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'));
     expect(outcome.stored).toBe(false);
     expect(await cache.get(key)).toBe(igbinary);
   });
@@ -76,7 +88,7 @@ describe('writes never go back in time', () => {
       },
     });
     const { store, entries } = setUp(nativeSchema(), racing);
-    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'), fetched('MINE'));
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'));
     expect(outcome).toMatchObject({ stored: false, entry: { value: 'FIRST' } });
   });
 });

@@ -36,6 +36,20 @@ export const NEAR_EXPIRY_MS = 30_000;
 // written continuously by someone else, and the value is kept in memory only.
 const WRITE_ROUNDS = 3;
 
+/** How a write may treat what the store holds. */
+export interface WriteOptions {
+  /** Values WeChat rejected: replaced whatever their age. */
+  rejected?: (value: string) => boolean;
+  /**
+   * The writer still holds the refresh lock. Without it, an entry whose age cannot be compared (a format
+   * without fetched_at) is not replaced: it may be newer.
+   * @default true
+   */
+  leaseHeld?: boolean;
+  /** Whether there is time for another round after a lost compare-and-set. @default always */
+  mayRetry?: () => boolean;
+}
+
 /**
  * One entry in the store: reading it (decode, validation of what comes out of the store, expiry), and
  * writing a freshly fetched value so that it never replaces a value fetched later.
@@ -140,10 +154,11 @@ export class EntryStore {
    * can compare-and-set; elsewhere the refresh lock makes it safe. Resolves the entry the store holds
    * afterwards, and whether it is ours. Rejects with a CacheError when the store fails.
    */
-  async write(store: GuardedStore, fresh: EncodedEntry, fetched: Fetched): Promise<{ entry: StoredEntry; stored: boolean }> {
+  async write(store: GuardedStore, fresh: EncodedEntry, options: WriteOptions = {}): Promise<{ entry: StoredEntry; stored: boolean }> {
     const { raw, ttlSeconds, entry } = fresh;
+    const { rejected = () => false, leaseHeld = true, mayRetry = () => true } = options;
     let stored = false;
-    for (let round = 0; round < WRITE_ROUNDS && !stored; round += 1) {
+    for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
       const current = await store.get(this.key);
       if (current === undefined) {
         const added = store.add(this.key, raw, ttlSeconds);
@@ -155,14 +170,16 @@ export class EntryStore {
       const { entry: theirs, foreign } = this.#quietDecode(current);
       // Another program's value in an encoding this schema cannot read: never replaced.
       if (foreign) return { entry, stored: false };
-      if (theirs && theirs.value !== entry.value && theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined && theirs.fetchedAt > entry.fetchedAt) {
-        return { entry: theirs, stored: false };
+      if (theirs && theirs.value !== entry.value && !rejected(theirs.value)) {
+        const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
+        if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
       }
       stored = await store.compareAndSet(this.key, current, raw, ttlSeconds);
     }
     if (!stored) return { entry, stored: false };
     const { schema, field } = this.#init;
-    for (const companion of schema.companions?.(this.key, field, fetched.value, fetched.expiresIn, entry.fetchedAt!) ?? []) {
+    const fetchedAt = entry.fetchedAt!;
+    for (const companion of schema.companions?.(this.key, field, entry.value, entry.expiresAt! - fetchedAt, fetchedAt) ?? []) {
       await store.set(companion.key, companion.value, companion.ttlSeconds);
     }
     return { entry, stored: true };

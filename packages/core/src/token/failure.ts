@@ -152,23 +152,24 @@ function iso(ms: number): string {
 
 /**
  * The back-off of one entry. It reads and writes the marker in whichever store the entry lives in now
- * (the shared one, or this host's or process's fallback while it is down), and keeps the last marker it
- * saw or wrote in memory too, so a marker whose write failed still holds this process back.
+ * (the shared one, or this host's or process's fallback while it is down). A marker whose write failed
+ * is kept in this process instead, for as long as a stored one would have lived, so the failure still
+ * holds this process back; the store's own marker is the truth whenever there is one to write.
  */
 export class FailureGate {
   readonly key: string;
   readonly #label: string;
-  #local: FailureMarker | undefined;
+  /** A marker this process could not write to the store. */
+  #unwritten: FailureMarker | undefined;
 
   constructor(entryKey: string, label: string) {
     this.key = `${entryKey}:failed`;
     this.#label = label;
   }
 
-  /** The marker in force at `now` (the store's, or this process's own), if any. */
+  /** The marker in force at `now`, if any, and the stored form it was read in (to recognise it later). */
   async active(store: GuardedStore, now: number): Promise<FailureMarker | undefined> {
-    const stored = decodeMarker(await store.get(this.key));
-    const marker = latest(stored, this.#local);
+    const marker = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
     return marker && marker.retryAt > now ? marker : undefined;
   }
 
@@ -183,32 +184,52 @@ export class FailureGate {
     throw markerError(marker, this.#label);
   }
 
-  /** A marker written at or after `since` (a waiter's start): the holder it waited on failed. */
-  async failedSince(store: GuardedStore, since: number): Promise<Error | undefined> {
-    const marker = decodeMarker(await store.get(this.key));
-    return marker && marker.failedAt >= since ? markerError(marker, this.#label) : undefined;
+  /** The stored marker as it is now, to compare with later: a waiter's view when it starts waiting. */
+  async snapshot(store: GuardedStore): Promise<string | undefined> {
+    return store.get(this.key);
+  }
+
+  /**
+   * The holder's failure, if a marker other than `before` (the one there when the waiter started) has
+   * been written since. Compared by content, not by clock: hosts' clocks may disagree.
+   */
+  async failedSince(store: GuardedStore, before: string | undefined): Promise<Error | undefined> {
+    const raw = await store.get(this.key);
+    const marker = raw === before ? undefined : decodeMarker(raw);
+    return marker ? markerError(marker, this.#label) : undefined;
   }
 
   /** Records a failed fetch; returns whether the error was WeChat's (and so backed off). */
   async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<boolean> {
     let previous: FailureMarker | undefined;
     try {
-      previous = latest(decodeMarker(await store.get(this.key)), this.#local);
+      previous = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
     } catch {
-      previous = this.#local;
+      previous = this.#pending(now);
     }
     const marker = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
     if (!marker) return false;
-    this.#local = marker;
     const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
-    await store.set(this.key, encodeMarker(marker), ttlSeconds).catch(() => undefined);
+    try {
+      await store.set(this.key, encodeMarker(marker), ttlSeconds);
+      this.#unwritten = undefined;
+    } catch {
+      this.#unwritten = marker;
+    }
     return true;
   }
 
   /** A fetch succeeded: the fleet may fetch at will again. */
   async clear(store: GuardedStore): Promise<void> {
-    this.#local = undefined;
+    this.#unwritten = undefined;
     await store.delete(this.key).catch(() => undefined);
+  }
+
+  /** The unwritten marker, while a stored one would still exist. */
+  #pending(now: number): FailureMarker | undefined {
+    const marker = this.#unwritten;
+    if (marker && marker.retryAt + REMEMBER_MS <= now) this.#unwritten = undefined;
+    return this.#unwritten;
   }
 }
 

@@ -41,7 +41,6 @@ export class TokenManager {
   #memo: Memo | undefined;
   #flight: Promise<string> | undefined;
   #forceFlight: Promise<string> | undefined;
-  #probe: Promise<unknown> | undefined;
   readonly #invalidations = new Map<string, Promise<void>>();
   readonly #rejected: string[] = [];
 
@@ -63,19 +62,23 @@ export class TokenManager {
     this.#memo = undefined;
   }
 
+  /** The client closed: no background refresh starts any more. */
+  close(): void {
+    this.#ahead.cancel();
+  }
+
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
   get(signal?: AbortSignal): Promise<string> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     const now = this.#ctx.settings.now();
     const memo = this.#memo;
     if (memo && now < memo.recheckAt) {
-      this.#ahead.consider(memo.value, memo.staleAt, now);
+      this.#considerAhead(memo, now);
       return Promise.resolve(memo.value);
     }
     if (memo && now < memo.usableUntil && this.#ctx.tiers.shared.down) {
-      // The store is down and this process holds a token that is still good: serve it without waiting
-      // on the store, and look at the store again in the background.
-      this.#probe ??= this.#current().catch(() => undefined).finally(() => (this.#probe = undefined));
+      // The store is down and this process holds a token that is still good: serve it, without a read
+      // or a fetch (a probe in the background notices when the store answers again).
       return Promise.resolve(memo.value);
     }
     return abortable(this.#current(), signal);
@@ -171,7 +174,7 @@ export class TokenManager {
       const read = await ctx.entries.read(tier.entries, (value) => this.isRejected(value));
       if (read.kind === 'hit') {
         const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false });
-        this.#ahead.consider(value, this.#memo!.staleAt, ctx.settings.now());
+        this.#considerAhead(this.#memo!, ctx.settings.now());
         return value;
       }
       const memo = this.#memo;
@@ -197,13 +200,15 @@ export class TokenManager {
    * offer it with `add`, so a value another process published first wins and nothing newer is overwritten.
    */
   async #publish(memo: Memo): Promise<string | undefined> {
-    const { raw } = memo.unshared!;
+    const unshared = memo.unshared!;
     const ttlSeconds = Math.ceil(((memo.staleAt ?? 0) - this.#ctx.settings.now()) / 1000);
     if (ttlSeconds < 1) return undefined;
-    const added = this.#ctx.tiers.shared.add(this.key, raw, ttlSeconds);
-    if (added === undefined || !(await added)) return undefined;
+    // The newest token wins, not the first one back: the store may still hold the token it had before
+    // the outage, which the fetch made meanwhile has since invalidated.
+    const { entry, stored } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: (value) => this.isRejected(value) });
+    if (!stored) return undefined;
     memo.unshared = undefined;
-    return memo.value;
+    return entry.value;
   }
 
   async #refresh(request: { force: boolean; current?: string }): Promise<string> {
@@ -228,9 +233,18 @@ export class TokenManager {
     // without an expiry gets the memo window only.
     const usableUntil = expiresAtMs === undefined ? now + memoMs : expiresAtMs - NEAR_EXPIRY_MS;
     const previous = this.#memo;
+    // A read that started before a refresh may end after it: never go back to an older token.
+    if (previous && previous.value !== entry.value && !this.isRejected(previous.value) && (previous.entry.fetchedAt ?? 0) > (entry.fetchedAt ?? Infinity)) {
+      return previous.value;
+    }
     const unshared = refreshed.unshared ?? (previous?.value === entry.value && refreshed.tier !== 'shared' ? previous.unshared : undefined);
     this.#memo = { value: entry.value, entry, staleAt: staleAtMs, recheckAt, usableUntil, ...(unshared ? { unshared } : {}) };
     return entry.value;
+  }
+
+  #considerAhead(memo: Memo, now: number): void {
+    const fetchedAt = memo.entry.fetchedAt === undefined ? undefined : memo.entry.fetchedAt * 1000;
+    this.#ahead.consider(memo.value, memo.staleAt, fetchedAt, now);
   }
 }
 

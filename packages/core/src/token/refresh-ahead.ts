@@ -12,6 +12,7 @@ export class RefreshAhead {
   readonly #onRefreshed: (refreshed: Refreshed) => void;
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
+  #timer: NodeJS.Timeout | undefined;
 
   constructor(ctx: TokenContext, refresher: Refresher, onRefreshed: (refreshed: Refreshed) => void) {
     this.#ctx = ctx;
@@ -19,14 +20,29 @@ export class RefreshAhead {
     this.#onRefreshed = onRefreshed;
   }
 
-  /** Looks at the value served from memory; `staleAt` is when it leaves the store (unix ms), if known. */
-  consider(value: string, staleAt: number | undefined, now: number): void {
+  /**
+   * Looks at the value served from memory: `staleAt` is when it leaves the store, `fetchedAt` when it was
+   * asked for (unix ms), if known. The window never opens before half the entry's life has passed, or a
+   * window longer than the life of a token would refresh every new value at once.
+   */
+  consider(value: string, staleAt: number | undefined, fetchedAt: number | undefined, now: number): void {
     const { refreshAheadMs, refreshAheadJitterMs } = this.#ctx.settings;
-    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined) return;
-    if (staleAt - now >= refreshAheadMs || this.#startedFor === value) return;
+    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value) return;
+    const windowMs = fetchedAt === undefined ? refreshAheadMs : Math.min(refreshAheadMs, (staleAt - fetchedAt) / 2);
+    if (staleAt - now >= windowMs) return;
     this.#startedFor = value;
-    const timer = setTimeout(() => void this.#run(value), Math.random() * refreshAheadJitterMs);
-    timer.unref?.();
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      void this.#run(value);
+    }, Math.random() * refreshAheadJitterMs);
+    this.#timer.unref?.();
+  }
+
+  /** The client closed: a refresh not yet started never starts. */
+  cancel(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
   }
 
   async #run(current: string): Promise<void> {

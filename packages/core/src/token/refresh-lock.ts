@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { CacheError } from '../errors.js';
 import type { Log } from '../logger.js';
-import type { GuardedStore } from '../store.js';
+import { neverSent, type GuardedStore } from '../store.js';
 import { PROCESS_ID } from './identity.js';
 
 /** A held lock: release it when done, and stop trusting it once its lease has passed. */
@@ -55,7 +55,7 @@ export class RefreshLock {
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       // The answer was lost, not necessarily the write: the lock may be ours in the store.
-      this.#remember(owner, store);
+      if (!neverSent(error)) this.#remember(owner, store);
       throw error;
     }
     if (!won) return 'held';

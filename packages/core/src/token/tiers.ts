@@ -1,3 +1,8 @@
+import { createHash } from 'node:crypto';
+import { lstatSync, mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { TokenCache } from '../cache.js';
+import { FileCache } from '../file-cache.js';
 import type { GuardedStore } from '../store.js';
 
 /** Where an entry lives right now: the store the user chose, or a fallback while it is down. */
@@ -41,4 +46,53 @@ export class StoreTiers {
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
     return { name: 'process', entries: this.#process, lock: this.#process };
   }
+}
+
+const hostFallbacks = new Map<string, TokenCache | string>();
+
+/**
+ * This host's fallback in `dir`, one per directory and process: a FileCache whose file names are hashes
+ * of the keys (a profile's key may hold the secret). The directory (and the one it sits in) must belong
+ * to this user and be closed to everyone else, or another user could plant tokens and markers there: a
+ * string says why it cannot be used.
+ */
+export function hostFallback(dir: string): TokenCache | string {
+  let found = hostFallbacks.get(dir);
+  if (found === undefined) {
+    found = checkPrivateDir(dir) ?? hashedKeys(new FileCache({ dir }));
+    hostFallbacks.set(dir, found);
+  }
+  return found;
+}
+
+function checkPrivateDir(dir: string): string | undefined {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    for (const path of [dirname(dir), dir]) {
+      const stat = lstatSync(path);
+      const uid = process.getuid?.();
+      if (!stat.isDirectory()) return `${path} is not a directory`;
+      if (uid !== undefined && stat.uid !== uid && !(path === dirname(dir) && (stat.mode & 0o1000) !== 0 && stat.uid === 0)) {
+        return `${path} belongs to another user`;
+      }
+      if (path === dir && (stat.mode & 0o077) !== 0) return `${path} is open to other users (mode ${(stat.mode & 0o777).toString(8)})`;
+      if (path !== dir && (stat.mode & 0o022) !== 0 && (stat.mode & 0o1000) === 0) return `${path} may be written by other users`;
+    }
+  } catch (error) {
+    return `${dir} cannot be used (${(error as NodeJS.ErrnoException).code ?? 'error'})`;
+  }
+  return undefined;
+}
+
+function hashedKeys(cache: TokenCache): TokenCache {
+  const name = (key: string) => createHash('sha256').update(key).digest('hex');
+  return {
+    get: (key) => cache.get(name(key)),
+    set: (key, value, ttl) => cache.set(name(key), value, ttl),
+    delete: (key) => cache.delete(name(key)),
+    add: (key, value, ttl) => cache.add!(name(key), value, ttl),
+    deleteIfEquals: (key, expected) => cache.deleteIfEquals!(name(key), expected),
+    compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(name(key), expected, value, ttl),
+    close: () => cache.close?.() ?? Promise.resolve(),
+  };
 }

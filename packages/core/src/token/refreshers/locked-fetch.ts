@@ -1,14 +1,15 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
-import { FailureGate, FetchSpacing, nextQuotaDay, policyOf } from '../failure.js';
+import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Upstream } from '../upstream.js';
 
-// Store calls inside the lock, one after the other: the second read of the entry (and the TTL query of
-// formats without an expiry), the second look at the failure marker, the read and compare-and-set of
-// the write, and the clearing of a failure marker; companions (wechatpy's `_expires_at`) add one each.
-const STORE_CALLS_IN_SECTION = 6;
+// Store calls inside the lock, one after the other: the second read of the entry and the TTL query of
+// formats without an expiry (the second look at the failure marker runs beside them), the slot of a
+// store-down fetch (a read and an atomic write), the read and compare-and-set of the write, and the
+// clearing of the failure marker (companions, such as wechatpy's `_expires_at`, are written beside it).
+const STORE_CALLS_IN_SECTION = 7;
 // Timers and scheduling between the calls, which their deadlines do not cover.
 const LEASE_SLACK_MS = 1_000;
 // stable_token ignores force_refresh calls less than 30 s apart (WeChat's documentation).
@@ -16,15 +17,21 @@ const FORCE_SPACING_MS = 30_000;
 // While the shared store is down, classic fetches of one host are at least this far apart, growing to
 // the maximum while the store stays down: each one invalidates the token other hosts hold.
 const DOWN_SPACING_MS = 1_000;
-const DOWN_SPACING_MAX_MS = 60_000;
+const DOWN_SPACING_MAX_MS = 16_000;
+// A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
+// at most this often before it gives up.
+const MAX_ROUNDS = 3;
+
+/** Another process of this host took the store-down slot first: start over, and take its token. */
+class SlotTaken extends Error {}
 
 /**
  * The lease of the refresh lock: the whole critical section it guards, every upstream call and store
  * call inside it with their deadlines, never a constant. A holder that outlives it has, by construction,
  * been stalled, and its write still cannot replace a newer token (EntryStore.write compares fetched_at).
  */
-export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number, companions = 0): number {
-  return upstreamBudgetMs + (STORE_CALLS_IN_SECTION + companions) * cacheTimeoutMs + LEASE_SLACK_MS;
+export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): number {
+  return upstreamBudgetMs + STORE_CALLS_IN_SECTION * cacheTimeoutMs + LEASE_SLACK_MS;
 }
 
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
@@ -47,10 +54,10 @@ export class LockedFetchRefresher implements Refresher {
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
 
-  constructor(ctx: TokenContext, upstream: Upstream, lockKey: string, companions = 0) {
+  constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
     this.#upstream = upstream;
-    this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs, companions);
+    this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId);
     this.#failures = new FailureGate(ctx.key, ctx.label);
     this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
@@ -63,18 +70,24 @@ export class LockedFetchRefresher implements Refresher {
   }
 
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
-    for (let round = 0; ; round += 1) {
+    for (let round = 1; ; round += 1) {
       const prepared = await this.#upstream.prepare?.();
       const tier = this.#ctx.tiers.current();
       try {
         return await this.#refreshIn(tier, request, prepared);
       } catch (error) {
+        const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
-        if (round === 0 && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
+        if (!last && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
+        // Another process of this host fetched while the store is down: take its token.
+        if (!last && error instanceof SlotTaken) continue;
+        if (error instanceof SlotTaken) {
+          throw new TokenUnavailableError(`The token store is down, and the processes of this host keep fetching the ${this.#ctx.label} in turn; try again shortly`);
+        }
         // A ticket's access token was rejected: it is reported, and the ticket fetched once more.
         if (prepared !== undefined && this.#upstream.rejectsInput?.(error)) {
           await this.#upstream.dropInput?.(prepared, error);
-          if (round === 0) continue;
+          if (!last) continue;
         }
         throw error;
       }
@@ -126,11 +139,16 @@ export class LockedFetchRefresher implements Refresher {
     } else {
       await this.#failures.check(store, now, request.force);
     }
-    if (request.force && this.#upstream.scarceForce) {
+    let force = request.force;
+    if (force && this.#upstream.scarceForce) {
       const spaced = await this.#spaceForced(tier, now);
-      if (spaced) return spaced;
+      // Another forced refresh of the fleet, less than 30 s ago: its token is the current one, and a
+      // normal fetch hands it out without spending a force_refresh.
+      if (spaced === 'normal') force = false;
+      else if (spaced) return spaced;
     }
-    if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious && !request.ahead) {
+    const spacedWhileDown = tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
+    if (spacedWhileDown) {
       const spaced = await this.#awaitDownSpacing(tier, request, now);
       if (spaced) return spaced;
     }
@@ -151,19 +169,24 @@ export class LockedFetchRefresher implements Refresher {
 
     try {
       if (!request.force) {
-        // Another process may have written between our read and our lock…
-        const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
+        // Another process may have written between our read and our lock, or failed and released the
+        // lock just before we took it.
+        const [again, failed] = await Promise.all([
+          ctx.entries.read(store, (value) => ctx.rejected(value)),
+          this.#failures.active(store, ctx.settings.now()),
+        ]);
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
           return { entry: again.entry, tier: tier.name, fetched: false };
         }
-        // …or failed, and released the lock just before we took it.
-        if (request.ahead && (await this.#failures.active(store, ctx.settings.now()))) return undefined;
-        if (!request.ahead) await this.#failures.check(store, ctx.settings.now(), false);
+        if (failed) {
+          if (request.ahead) return undefined;
+          throw markerError(failed, ctx.label);
+        }
       }
-      if (tier.name !== 'shared' && this.#upstream.invalidatesPrevious) {
-        await this.#downSpacing.take(store, now, DOWN_SPACING_MS, DOWN_SPACING_MAX_MS);
+      if (spacedWhileDown && !(await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS))) {
+        throw new SlotTaken();
       }
-      return await this.#fetchAndWrite(tier, request, prepared, handle);
+      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle);
     } finally {
       await handle?.release();
     }
@@ -176,14 +199,14 @@ export class LockedFetchRefresher implements Refresher {
    */
   async #waitForHolder(tier: Tier, request: RefreshRequest): Promise<WaitOutcome> {
     const ctx = this.#ctx;
-    const since = ctx.settings.now();
+    const before = await this.#failures.snapshot(tier.entries);
     const started = performance.now();
     const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
         return { refreshed: { entry: read.entry, tier: tier.name, fetched: false } };
       }
-      const failed = await this.#failures.failedSince(tier.entries, since);
+      const failed = await this.#failures.failedSince(tier.entries, before);
       if (failed) throw failed;
       const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs);
       if (attempt === 'held') return undefined;
@@ -218,15 +241,22 @@ export class LockedFetchRefresher implements Refresher {
     const fresh = ctx.entries.encode(fetched, Math.floor(startedAt / 1000), ctx.writer);
     let outcome: { entry: typeof fresh.entry; stored: boolean } = { entry: fresh.entry, stored: false };
     let unshared: typeof fresh | undefined = tier.name === 'shared' ? undefined : fresh;
+    // A holder whose lease ran out (it was paused) may not know what was written meanwhile: it replaces
+    // only what it can prove older (fetched_at), never an entry of a format that records no time.
+    const write = {
+      rejected: (value: string) => ctx.rejected(value),
+      leaseHeld: handle === undefined || handle.remainingMs() > 0,
+      mayRetry: () => handle === undefined || handle.remainingMs() > 3 * ctx.settings.cacheTimeoutMs,
+    };
     try {
-      outcome = await ctx.entries.write(tier.entries, fresh, fetched);
+      outcome = await ctx.entries.write(tier.entries, fresh, write);
       await this.#failures.clear(tier.entries);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
       // The store failed as the value came back: keep it where the processes of this host can see it.
       const fallback = ctx.tiers.current();
-      if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, fetched).catch(() => outcome);
+      if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, write).catch(() => outcome);
     }
     ctx.log.info(
       {
@@ -244,7 +274,10 @@ export class LockedFetchRefresher implements Refresher {
       },
       request.ahead ? `Refreshed the ${ctx.label} ahead of its expiry` : `Fetched a new ${ctx.label} from WeChat`,
     );
-    return { entry: outcome.entry, tier: tier.name, fetched: true, ...(unshared && outcome.entry.value === fetched.value ? { unshared } : {}) };
+    const ours = outcome.entry.value === fetched.value;
+    // `fetched` only when the value served is the one WeChat just handed out: a newer one kept instead is
+    // not vouched for by this fetch (the manager forgives a rejected value only when WeChat re-issued it).
+    return { entry: outcome.entry, tier: tier.name, fetched: ours, ...(unshared && ours ? { unshared } : {}) };
   }
 
   async #recordFailure(tier: Tier, request: RefreshRequest, error: unknown): Promise<void> {
@@ -296,7 +329,7 @@ export class LockedFetchRefresher implements Refresher {
    * closer together and allows 20 a day. Without a slot the current entry is the answer, as WeChat's
    * would have been; after a 45009 on force_refresh, the quota error until the quota day ends.
    */
-  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | undefined> {
+  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | 'normal' | undefined> {
     const ctx = this.#ctx;
     const slot = await this.#forceSpacing.slot(tier.entries);
     if (slot?.reason === 'quota' && slot.until > now) {
@@ -306,7 +339,7 @@ export class LockedFetchRefresher implements Refresher {
     }
     if (await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS)) return undefined;
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
-    if (read.kind === 'miss') return undefined;
+    if (read.kind === 'miss') return 'normal';
     ctx.log.info(
       { event: `${ctx.label}.force_spaced`, appId: ctx.appId, key: ctx.logKey },
       `Another forced refresh of the ${ctx.label} happened less than 30 s ago; WeChat would ignore this one, so the current token is the answer`,

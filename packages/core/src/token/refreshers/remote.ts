@@ -1,21 +1,26 @@
+import { HttpError } from '../../errors.js';
+import { isPlausibleToken } from '../entry.js';
 import type { TokenSource, TokenSourceRequest } from '../../token-source.js';
 import type { Refreshed, RefreshRequest, Refresher, TokenContext } from '../refresher.js';
 
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
  * rejections are reported to it, and it refreshes only if the rejected value is still its current one.
- * The value is kept in this client's store for the memo's sake, never shared from here.
+ * The value is kept in this process's memo only: the service's store is the service's to write.
  */
 export class RemoteRefresher implements Refresher {
   readonly fetches = true;
   readonly #ctx: TokenContext;
   readonly #source: TokenSource;
   readonly #request: TokenSourceRequest;
+  readonly #deadlineMs: number;
 
-  constructor(ctx: TokenContext, source: TokenSource, request: TokenSourceRequest) {
+  /** `deadlineMs`: the longest a source's answer is waited for (a source of one's own may have none). */
+  constructor(ctx: TokenContext, source: TokenSource, request: TokenSourceRequest, deadlineMs: number) {
     this.#ctx = ctx;
     this.#source = source;
     this.#request = request;
+    this.#deadlineMs = deadlineMs;
   }
 
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
@@ -23,21 +28,34 @@ export class RemoteRefresher implements Refresher {
     if (request.ahead) return undefined;
     const ctx = this.#ctx;
     const started = performance.now();
-    const fetched = await this.#source.fetch(this.#request);
-    const fresh = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
-    const tier = ctx.tiers.current();
-    const outcome = await ctx.entries.write(tier.entries, fresh, fetched).catch(() => ({ entry: fresh.entry, stored: false }));
+    const fetched = await this.#withDeadline(this.#source.fetch(this.#request));
+    if (!isPlausibleToken(fetched?.value) || !(fetched.expiresIn > 0)) {
+      throw new HttpError('ERR_WXKIT_HTTP', `The token source answered without a usable ${ctx.label}`, { path: 'token source' });
+    }
+    const { entry } = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
     ctx.log.info(
-      { event: `${ctx.label}.fetched`, appId: ctx.appId, key: ctx.logKey, source: 'remote', stored: outcome.stored, expiresIn: fetched.expiresIn, ms: Math.round(performance.now() - started) },
+      { event: `${ctx.label}.fetched`, appId: ctx.appId, key: ctx.logKey, source: 'remote', expiresIn: fetched.expiresIn, ms: Math.round(performance.now() - started) },
       `Got a ${ctx.label} from the token service`,
     );
-    return { entry: outcome.entry, tier: tier.name, fetched: true };
+    return { entry, tier: 'process', fetched: true };
   }
 
   async invalidate(value: string): Promise<void> {
     const ctx = this.#ctx;
-    await ctx.entries.deleteIfHolds(ctx.tiers.current().entries, value).catch(() => undefined);
-    await this.#source.invalidate(this.#request, value);
+    await this.#withDeadline(this.#source.invalidate(this.#request, value));
     ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
+  }
+
+  /** A source that never answers must not hang every caller of this process. */
+  #withDeadline<T>(promise: Promise<T>): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new HttpError('ERR_WXKIT_TIMEOUT', `The token source did not answer within ${this.#deadlineMs} ms`, { path: 'token source' })),
+        this.#deadlineMs,
+      );
+      timer.unref?.();
+    });
+    return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
   }
 }

@@ -1,0 +1,273 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
+
+// Edges of the token protocol in one process: what a process does while the store is away, how long a
+// failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
+
+let mock: MockWeChat;
+const dirs: string[] = [];
+const fallbackDir = () => {
+  const dir = mkdtempSync(join(tmpdir(), 'wxkit-edges-'));
+  dirs.push(dir);
+  return dir;
+};
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+/** Resolves after timers already due (a 0 ms timeout set before this call) have fired. */
+const afterDueTimers = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+describe('while the store is down', () => {
+  it('a process that holds a valid token serves it past the memo window, and fetches nothing', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', now: () => now, fallbackDir: fallbackDir(), logger: false });
+    const token = await app.accessToken.getToken();
+    store.down();
+    for (let i = 0; i < 4; i += 1) {
+      now += 31_000;
+      expect(await app.accessToken.getToken()).toBe(token);
+    }
+    // Once the store is back (a probe noticed), nothing was fetched in the meantime.
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+
+  it('the probe asks for a key of the app, so a store user limited to its own keys (an ACL) is seen recovering', async () => {
+    const { appId, secret } = mock.createApp();
+    const inner = new MemoryCache();
+    let blip = false;
+    const acl =
+      <A extends [string, ...unknown[]], R>(fn: (...args: A) => Promise<R>) =>
+      async (...args: A): Promise<R> => {
+        if (blip) {
+          blip = false;
+          throw new Error('ECONNRESET');
+        }
+        if (!args[0].startsWith('wechat:')) throw new Error('NOPERM this user has no permissions to access one of the keys used as arguments');
+        return fn(...args);
+      };
+    const cache: TokenCache = {
+      get: acl((key: string) => inner.get(key)),
+      set: acl((key: string, value: string, ttl: number) => inner.set(key, value, ttl)),
+      delete: acl((key: string) => inner.delete(key)),
+      add: acl((key: string, value: string, ttl: number) => inner.add(key, value, ttl)),
+      deleteIfEquals: acl((key: string, expected: string) => inner.deleteIfEquals(key, expected)),
+    };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, memoMs: 0, fallbackDir: false, logger: false });
+    await app.accessToken.getToken();
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    blip = true;
+    await app.accessToken.getToken();
+    await recovered;
+    await app.close();
+  });
+
+  it('a token fetched during the outage replaces the older one the store kept through it: the newest wins, not the first back', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const before = await app.accessToken.getToken();
+    store.down();
+    // WeChat rejects the token; the process fetches a new one through its fallback, killing the old one.
+    await app.accessToken.invalidate(before, 40001);
+    mock.invalidateTokens(appId);
+    const during = await app.accessToken.getToken();
+    expect(during).not.toBe(before);
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    expect(await app.accessToken.getToken()).toBe(during);
+    expect(JSON.parse((await store.inner.get(app.accessToken.cacheKey))!).access_token).toBe(during);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
+describe('how long a failure holds a process back', () => {
+  it('a failure long after a recovered one starts at attempt 1 again', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    const cache = new MemoryCache({ now: () => now });
+    const options = { appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false as const };
+    const [a, b] = [new OfficialAccount(options), new OfficialAccount(options)];
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token' });
+    await expect(a.accessToken.getToken()).rejects.toMatchObject({ errcode: -1 });
+    now += 5_000;
+    await b.accessToken.getToken();
+    expect(await cache.get(`${a.accessToken.cacheKey}:failed`)).toBeUndefined();
+    now += 3 * 3_600_000;
+    mock.advanceClock(3 * 3_600);
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token' });
+    await expect(a.accessToken.getToken()).rejects.toMatchObject({ errcode: -1 });
+    expect(JSON.parse((await cache.get(`${a.accessToken.cacheKey}:failed`))!).attempt).toBe(1);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('a marker the store no longer holds no longer holds the process back (its clock may not move)', async () => {
+    const { appId, secret } = mock.createApp();
+    const now = Date.now();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false });
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token' });
+    await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: -1 });
+    await cache.delete(`${app.accessToken.cacheKey}:failed`);
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    await app.close();
+  });
+
+  it('a waiter whose clock runs ahead of the holder\'s still returns the holder\'s failure, without a fetch of its own', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const holder = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false });
+    const waiter = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false, now: () => Date.now() + 30_000 });
+    mock.setLatency(300);
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token' });
+    try {
+      const held = holder.accessToken.getToken();
+      // The holder's request is at WeChat (so it holds the lock) before the waiter starts.
+      while (mock.counters(appId).classicTokenRequests === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      const waited = waiter.accessToken.getToken();
+      await expect(held).rejects.toMatchObject({ errcode: -1 });
+      await expect(waited).rejects.toMatchObject({ errcode: -1 });
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    } finally {
+      mock.setLatency(0);
+    }
+    await Promise.all([holder.close(), waiter.close()]);
+  });
+});
+
+describe('background refreshes', () => {
+  it('close() cancels a background refresh that was scheduled: nothing is fetched or marked after it', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    await app.accessToken.getToken();
+    now += (6900 - 500) * 1000;
+    await app.accessToken.getToken();
+    await app.close();
+    await afterDueTimers();
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(await cache.get(`${app.accessToken.cacheKey}:failed`)).toBeUndefined();
+  });
+
+  it('a refresh-ahead window wider than half the token\'s life opens only at half its life, once', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 7000, refreshAheadJitterMs: 0, logger: false });
+    const ahead = new Promise((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve(event)));
+    await app.accessToken.getToken();
+    for (let i = 0; i < 10; i += 1) await app.accessToken.getToken();
+    // The store TTL is 6900 s: the window opens 3450 s before it ends, not at once.
+    now += 3_400_000;
+    await app.accessToken.getToken();
+    await afterDueTimers();
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    now += 100_000;
+    await app.accessToken.getToken();
+    await ahead;
+    for (let i = 0; i < 10; i += 1) await app.accessToken.getToken();
+    await afterDueTimers();
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+
+  it('a token source that never answers fails the call after timeoutMs instead of hanging every caller', async () => {
+    const app = new OfficialAccount({
+      appId: 'wx0000000000000001',
+      timeoutMs: 300,
+      logger: false,
+      tokenSource: { fetch: () => new Promise(() => undefined), invalidate: async () => undefined },
+    });
+    await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_TIMEOUT' });
+    await app.close();
+  });
+});
+
+describe('forced refreshes and the memo', () => {
+  it('a second forced refresh within 30 s sends no force_refresh, even when the entry was removed meanwhile', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false as const };
+    const [a, b] = [new OfficialAccount(options), new OfficialAccount(options)];
+    const forced = await a.accessToken.forceRefresh();
+    await cache.delete(a.accessToken.cacheKey);
+    expect(await b.accessToken.forceRefresh()).toBe(forced);
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+    await Promise.all([a.close(), b.close()]);
+  });
+
+  it('a token WeChat rejected is never served again because the store held it with a later fetched_at', async () => {
+    const { appId, secret } = mock.createApp();
+    const inner = new MemoryCache();
+    const cache: TokenCache = {
+      get: (key) => inner.get(key),
+      set: (key, value, ttl) => inner.set(key, value, ttl),
+      delete: (key) => inner.delete(key),
+      add: (key, value, ttl) => inner.add(key, value, ttl),
+      compareAndSet: (key, expected, value, ttl) => inner.compareAndSet(key, expected, value, ttl),
+      // The delete of the rejected entry loses (a race, or a peer wrote it back).
+      deleteIfEquals: async () => false,
+    };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false });
+    const now = Math.floor(Date.now() / 1000);
+    // Written by a host whose clock runs 10 minutes ahead.
+    await inner.set(app.accessToken.cacheKey, JSON.stringify({ access_token: 'DEAD', expires_at: now + 7000, fetched_at: now + 600 }), 6900);
+    expect(await app.accessToken.getToken()).toBe('DEAD');
+    await app.accessToken.invalidate('DEAD', 40001);
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe('DEAD');
+    expect(mock.isTokenValid(appId, next)).toBe(true);
+    expect(JSON.parse((await inner.get(app.accessToken.cacheKey))!).access_token).toBe(next);
+    await app.close();
+  });
+
+  it('a slow read that ends after a forced refresh does not bring the older token back into the memo', async () => {
+    const { appId, secret } = mock.createApp();
+    const inner = new MemoryCache();
+    let slow = false;
+    const cache: TokenCache = {
+      get: async (key) => {
+        const value = await inner.get(key);
+        if (slow && !key.endsWith(':failed') && !key.endsWith(':forced')) {
+          slow = false;
+          await new Promise((resolve) => setTimeout(resolve, 300));
+        }
+        return value;
+      },
+      set: (key, value, ttl) => inner.set(key, value, ttl),
+      delete: (key) => inner.delete(key),
+      add: (key, value, ttl) => inner.add(key, value, ttl),
+      compareAndSet: (key, expected, value, ttl) => inner.compareAndSet(key, expected, value, ttl),
+      deleteIfEquals: (key, expected) => inner.deleteIfEquals(key, expected),
+    };
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false });
+    const old = await app.accessToken.getToken();
+    // The memo window passes: the next call reads the store, slowly; a forced refresh ends meanwhile.
+    now += 31_000;
+    slow = true;
+    const read = app.accessToken.getToken();
+    const forced = await app.accessToken.forceRefresh();
+    expect(forced).not.toBe(old);
+    await read;
+    // The memo answers the next calls: it holds the newer token, not the one the slow read brought back.
+    expect(await app.accessToken.getToken()).toBe(forced);
+    await app.close();
+  });
+});
