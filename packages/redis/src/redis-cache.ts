@@ -28,14 +28,17 @@ export interface RedisCacheOptions {
 
 const DEFAULTS = Object.freeze({ connectTimeoutMs: 1000 });
 
-// Compare-and-delete in one step on the server: one key, so it runs on Redis Cluster too.
-const COMPARE_AND_DELETE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-const COMPARE_AND_DELETE_SHA = createHash('sha1').update(COMPARE_AND_DELETE).digest('hex');
+// Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it.
+const COMPARE_AND_DELETE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end");
+// GET of an absent key is false in Lua, never equal to a string: an absent key is never created.
+const COMPARE_AND_SET = script(
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
+);
 
 /**
  * A TokenCache on Redis, built on @keyv/redis: raw keys and values (`redis-cli GET wechat:…` prints the
- * documented value), `add` as `SET NX PX`, `deleteIfEquals` as a one-key Lua script. Standalone servers,
- * ACL users, databases, TLS and Redis Cluster.
+ * documented value), `add` as `SET NX PX`, `deleteIfEquals` and `compareAndSet` as one-key Lua scripts.
+ * Standalone servers, ACL users, databases, TLS and Redis Cluster.
  *
  * @example
  * ```ts
@@ -111,19 +114,11 @@ export class RedisCache implements TokenCache {
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async () => {
-      const client = this.#store.client;
-      const options = { keys: [key], arguments: [expected] };
-      let reply: unknown;
-      try {
-        reply = await client.evalSha(COMPARE_AND_DELETE_SHA, options);
-      } catch (error) {
-        // First use on this server (or after a restart, or on another cluster node): load the script.
-        if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
-        reply = await client.eval(COMPARE_AND_DELETE, options);
-      }
-      return reply === 1;
-    });
+    return this.#run('deleteIfEquals', async () => (await this.#eval(COMPARE_AND_DELETE, key, [expected])) === 1);
+  }
+
+  compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    return this.#run('compareAndSet', async () => (await this.#eval(COMPARE_AND_SET, key, [expected, value, String(ttlMs(ttlSeconds))])) === 1);
   }
 
   ttlMs(key: string): Promise<number | undefined> {
@@ -161,6 +156,18 @@ export class RedisCache implements TokenCache {
     await this.#connecting;
   }
 
+  /** EVALSHA, and EVAL when the server does not hold the script yet (first use, a restart, another cluster node). */
+  async #eval(lua: Script, key: string, args: string[]): Promise<unknown> {
+    const client = this.#store.client;
+    const options = { keys: [key], arguments: args };
+    try {
+      return await client.evalSha(lua.sha, options);
+    } catch (error) {
+      if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
+      return await client.eval(lua.source, options);
+    }
+  }
+
   async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`);
     try {
@@ -170,6 +177,15 @@ export class RedisCache implements TokenCache {
       throw new CacheError(`RedisCache ${op} failed on ${this.#where}`, { cause: error });
     }
   }
+}
+
+interface Script {
+  source: string;
+  sha: string;
+}
+
+function script(source: string): Script {
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
 }
 
 function ttlMs(ttlSeconds: number): number {
