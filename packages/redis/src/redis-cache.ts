@@ -1,9 +1,9 @@
 import { createHash } from 'node:crypto';
-import KeyvRedis, { type RedisClientOptions, type RedisClientType, type RedisClusterType } from '@keyv/redis';
+import { createClient, createCluster, type RedisClientOptions } from '@keyv/redis';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { Connection, type RedisClientLike } from './connection.js';
 
-/** A node-redis client or cluster, e.g. from `createClient()` / `createCluster()` of @keyv/redis. */
-export type RedisClientLike = RedisClientType | RedisClusterType;
+export type { RedisClientLike } from './connection.js';
 
 /** Options of {@link RedisCache}. */
 export interface RedisCacheOptions {
@@ -36,9 +36,9 @@ const COMPARE_AND_SET = script(
 );
 
 /**
- * A TokenCache on Redis, built on @keyv/redis: raw keys and values (`redis-cli GET wechat:…` prints the
- * documented value), `add` as `SET NX PX`, `deleteIfEquals` and `compareAndSet` as one-key Lua scripts.
- * Standalone servers, ACL users, databases, TLS and Redis Cluster.
+ * A TokenCache on Redis, through node-redis as @keyv/redis ships it: raw keys and values
+ * (`redis-cli GET wechat:…` prints the documented value), `add` as `SET NX PX`, `deleteIfEquals` and
+ * `compareAndSet` as one-key Lua scripts. Standalone servers, ACL users, databases, TLS and Redis Cluster.
  *
  * @example
  * ```ts
@@ -46,13 +46,10 @@ const COMPARE_AND_SET = script(
  * ```
  */
 export class RedisCache implements TokenCache {
-  readonly #store: KeyvRedis<string>;
-  readonly #owned: boolean;
+  readonly #connection: Connection;
   /** The URL or node list with passwords masked, for messages. */
   readonly #where: string;
   #closed = false;
-  #connecting: Promise<unknown> | undefined;
-  #connected = false;
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
     const opts = normalize(options);
@@ -71,111 +68,90 @@ export class RedisCache implements TokenCache {
       ...extra,
       socket: { ...common.socket, ...extra.socket } as RedisClientOptions['socket'],
     });
-    let connect: ConstructorParameters<typeof KeyvRedis>[0];
+    let source: RedisClientLike | (() => RedisClientLike);
     if (opts.client) {
-      connect = opts.client as never;
+      source = opts.client;
       this.#where = 'the given Redis client';
     } else if (opts.cluster) {
-      connect = { rootNodes: opts.cluster.map((url) => ({ url })), defaults: merge(opts.clientOptions) } as never;
+      // Root nodes serve only to discover the cluster, through a client of their own that node-redis
+      // never ends if a node accepts and never answers: a socket timeout ends its handshake.
+      const rootNodes = opts.cluster.map((url) => ({ url, socket: { socketTimeout: connectTimeoutMs } }));
+      source = () => createCluster({ rootNodes, defaults: merge(opts.clientOptions) }) as RedisClientLike;
       this.#where = `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`;
     } else {
-      connect = merge({ ...opts.clientOptions, url: opts.url });
+      source = () => createClient(merge({ ...opts.clientOptions, url: opts.url })) as RedisClientLike;
       this.#where = maskUrl(opts.url!);
     }
-    this.#owned = !opts.client;
-    this.#store = new KeyvRedis<string>(connect, {
-      throwOnErrors: true,
-      throwOnConnectError: true,
-      connectionTimeout: connectTimeoutMs,
-      useUnlink: false,
-    });
-    // node-redis reports every failed reconnect as an 'error' event; the calls that fail carry the news.
-    this.#store.on('error', () => undefined);
+    this.#connection = new Connection(source, connectTimeoutMs);
   }
 
   get(key: string): Promise<string | undefined> {
-    return this.#run('get', async () => (await this.#store.get(key)) ?? undefined);
+    return this.#run('get', async (client) => (await client.get(key)) ?? undefined);
   }
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    return this.#run('set', () => this.#store.set(key, value, ttlMs(ttlSeconds)).then(() => undefined));
+    return this.#run('set', async (client) => {
+      await client.set(key, value, { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+    });
   }
 
   delete(key: string): Promise<void> {
-    return this.#run('delete', () => this.#store.delete(key).then(() => undefined));
+    return this.#run('delete', async (client) => {
+      await client.del(key);
+    });
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('add', async () => {
-      const client = this.#store.client;
+    return this.#run('add', async (client) => {
       const reply = await client.set(key, value, { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
       return reply === 'OK';
     });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async () => (await this.#eval(COMPARE_AND_DELETE, key, [expected])) === 1);
+    return this.#run('deleteIfEquals', async (client) => (await evalScript(client, COMPARE_AND_DELETE, key, [expected])) === 1);
   }
 
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('compareAndSet', async () => (await this.#eval(COMPARE_AND_SET, key, [expected, value, String(ttlMs(ttlSeconds))])) === 1);
+    return this.#run(
+      'compareAndSet',
+      async (client) => (await evalScript(client, COMPARE_AND_SET, key, [expected, value, String(ttlMs(ttlSeconds))])) === 1,
+    );
   }
 
   ttlMs(key: string): Promise<number | undefined> {
-    return this.#run('ttlMs', async () => {
+    return this.#run('ttlMs', async (client) => {
       // PTTL: -2 when absent, -1 when the key has no expiry (not one wxkit wrote).
-      const pttl = Number(await this.#store.client.pTTL(key));
+      const pttl = Number(await client.pTTL(key));
       return pttl === -2 ? undefined : pttl === -1 ? Number.POSITIVE_INFINITY : pttl;
     });
   }
 
-  /** Closes the connection it opened; a client passed in stays open. */
+  /** Closes the connection it opened, or is opening; a client passed in stays open. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#owned) await this.#store.disconnect(true).catch(() => undefined);
+    await this.#connection.close();
   }
 
-  /**
-   * Connects once, shared by concurrent first calls: @keyv/redis hands out its client as soon as the
-   * socket opens, before it is ready, and a command sent then fails. A failed attempt is retried by the
-   * next call; once connected, node-redis reconnects on its own after an outage.
-   */
-  async #connect(): Promise<void> {
-    if (this.#connected && this.#store.client.isOpen) return;
-    this.#connecting ??= this.#store.getClient().then(
-      () => {
-        this.#connected = true;
-        this.#connecting = undefined;
-      },
-      (error: unknown) => {
-        this.#connecting = undefined;
-        throw error;
-      },
-    );
-    await this.#connecting;
-  }
-
-  /** EVALSHA, and EVAL when the server does not hold the script yet (first use, a restart, another cluster node). */
-  async #eval(lua: Script, key: string, args: string[]): Promise<unknown> {
-    const client = this.#store.client;
-    const options = { keys: [key], arguments: args };
-    try {
-      return await client.evalSha(lua.sha, options);
-    } catch (error) {
-      if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
-      return await client.eval(lua.source, options);
-    }
-  }
-
-  async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
+  async #run<T>(op: string, fn: (client: RedisClientLike) => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`);
     try {
-      await this.#connect();
-      return await fn();
+      return await fn(await this.#connection.client());
     } catch (error) {
       throw new CacheError(`RedisCache ${op} failed on ${this.#where}`, { cause: error });
     }
+  }
+}
+
+/** EVALSHA, and EVAL when the server does not hold the script yet (first use, a restart, another cluster node). */
+async function evalScript(client: RedisClientLike, lua: Script, key: string, args: string[]): Promise<unknown> {
+  const options = { keys: [key], arguments: args };
+  try {
+    return await client.evalSha(lua.sha, options);
+  } catch (error) {
+    if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
+    return await client.eval(lua.source, options);
   }
 }
 

@@ -34,6 +34,8 @@ export interface RedisServerOptions {
    * is then `rediss://…` and its `ca` is the certificate to trust.
    */
   tls?: boolean;
+  /** The port to listen on, e.g. one a client was already told about; a free one by default. */
+  port?: number;
 }
 
 /** A port nobody listens on right now (the kernel's pick, released before the server takes it). */
@@ -111,7 +113,7 @@ function managedServer(command: string, args: (port: number) => string[], port: 
  */
 export async function startRedis(options: RedisServerOptions = {}): Promise<StoreServer> {
   requireCommand('redis-server', 'redis-server');
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   let tls: string[] = [];
   let ca: string | undefined;
   if (options.tls) {
