@@ -1,7 +1,7 @@
-import type { RedisClientType, RedisClusterType } from '@keyv/redis';
+import type { RedisClientType, RedisClusterType, RedisSentinelType } from '@keyv/redis';
 
-/** A node-redis client or cluster, e.g. from `createClient()` / `createCluster()` of @keyv/redis. */
-export type RedisClientLike = RedisClientType | RedisClusterType;
+/** A node-redis client, cluster or sentinel, e.g. from `createClient()`, `createCluster()` or `createSentinel()` of @keyv/redis. */
+export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinelType;
 
 /**
  * The client RedisCache talks through, and its life. The first call connects, waiting at most
@@ -14,7 +14,7 @@ export type RedisClientLike = RedisClientType | RedisClusterType;
  * the one the client holds; the other keeps the process alive after close().
  */
 export class Connection {
-  readonly #create: (() => RedisClientLike) | undefined;
+  readonly #create: ((ended: AbortSignal) => RedisClientLike) | undefined;
   readonly #given: RedisClientLike | undefined;
   readonly #timeoutMs: number;
   /** Our client once it has connected. */
@@ -26,8 +26,11 @@ export class Connection {
   readonly #owned = new Set<Owned>();
   #closed = false;
 
-  /** `source`: a caller's client, used as it is and never ended, or how to make one of our own. */
-  constructor(source: RedisClientLike | (() => RedisClientLike), timeoutMs: number) {
+  /**
+   * `source`: a caller's client, used as it is and never ended, or how to make one of our own; its
+   * reconnect strategy must give up once `ended` is aborted.
+   */
+  constructor(source: RedisClientLike | ((ended: AbortSignal) => RedisClientLike), timeoutMs: number) {
     if (typeof source === 'function') this.#create = source;
     else this.#given = source;
     this.#timeoutMs = timeoutMs;
@@ -56,7 +59,7 @@ export class Connection {
     // Our last client stopped reconnecting (a reconnectStrategy in clientOptions said so).
     if (this.#client) this.#end(this.#client);
     this.#client = undefined;
-    const owned = new Owned(this.#create!());
+    const owned = new Owned(this.#create!);
     this.#owned.add(owned);
     try {
       await this.#within(owned.connect(), () => owned.lastError);
@@ -86,7 +89,8 @@ export class Connection {
 
   /** Ends a client in the background; close() waits for what is still ending. */
   #end(owned: Owned): void {
-    void owned.end().then(() => this.#owned.delete(owned));
+    const done = () => this.#owned.delete(owned);
+    void owned.end().then(done, done);
   }
 }
 
@@ -97,9 +101,11 @@ class Owned {
   lastError: unknown;
   /** A TCP connect is under way. */
   #dialing = false;
+  readonly #ending = new AbortController();
   #ended: Promise<void> | undefined;
 
-  constructor(client: RedisClientLike) {
+  constructor(create: (ended: AbortSignal) => RedisClientLike) {
+    const client = create(this.#ending.signal);
     this.client = client;
     // node-redis reports each failed attempt as an 'error' event; an unheard one would crash the process.
     client.on('error', (error: unknown) => {
@@ -122,6 +128,9 @@ class Owned {
 
   async #end(): Promise<void> {
     const { client } = this;
+    // No more reconnecting: a retry loop that will not stop (a wrong password) would hold a Sentinel's
+    // destroy() for ever, as it waits for its discovery to finish first.
+    this.#ending.abort();
     if (!client.isOpen) return;
     // destroy() closes the socket the client holds, not one whose TCP connect is under way: that one
     // would connect later, unseen, and keep the process alive. So let it land or fail first (node-redis
@@ -133,6 +142,12 @@ class Owned {
         client.once('error', resolve);
       });
     }
-    await Promise.resolve(client.destroy()).catch(() => undefined);
+    // Checked again: a connect that failed after the abort above closed the client itself.
+    if (!client.isOpen) return;
+    try {
+      await client.destroy();
+    } catch {
+      // Closed in between: nothing left to end.
+    }
   }
 }

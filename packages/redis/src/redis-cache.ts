@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
-import { createClient, createCluster, type RedisClientOptions } from '@keyv/redis';
-import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import type { RedisClientOptions } from '@keyv/redis';
+import { CacheError, type TokenCache } from '@wxkit/core';
 import { Connection, type RedisClientLike } from './connection.js';
+import { resolveOptions } from './options.js';
 
 export type { RedisClientLike } from './connection.js';
 
-/** Options of {@link RedisCache}. */
+/** Options of {@link RedisCache}: exactly one of `url`, `cluster`, `sentinel` or `client`. */
 export interface RedisCacheOptions {
   /**
    * `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. A user name selects an ACL user;
@@ -14,7 +15,12 @@ export interface RedisCacheOptions {
   url?: string;
   /** Redis Cluster root nodes, as URLs (`redis://user:pass@10.0.0.1:7000`). Every wxkit command uses one key, so any slot layout works. */
   cluster?: string[];
-  /** An existing node-redis client or cluster. wxkit neither configures nor closes it. */
+  /**
+   * A primary and its replicas behind Redis Sentinel: commands go to whichever node the Sentinels name
+   * as master, and follow it through a failover.
+   */
+  sentinel?: RedisCacheSentinelOptions;
+  /** An existing node-redis client, cluster or sentinel. wxkit neither configures nor closes it. */
   client?: RedisClientLike;
   /**
    * How long the first connection may take, in ms. A store that is down answers with a CacheError after
@@ -22,11 +28,32 @@ export interface RedisCacheOptions {
    * @default 1000
    */
   connectTimeoutMs?: number;
-  /** More node-redis client options (TLS `socket.ca`, `pingInterval`…), merged over wxkit's. */
+  /**
+   * More node-redis client options (TLS `socket.ca`, `pingInterval`…), merged over wxkit's. With
+   * `sentinel`, they apply to the primary and replicas, not to the Sentinels.
+   */
   clientOptions?: RedisClientOptions;
 }
 
-const DEFAULTS = Object.freeze({ connectTimeoutMs: 1000 });
+/** Options of {@link RedisCacheOptions.sentinel}. */
+export interface RedisCacheSentinelOptions {
+  /**
+   * The Sentinels to ask, as URLs: `redis://[user:password@]host:26379`. A user and password here are
+   * the Sentinels' own (Sentinel's `requirepass`), the same in every URL.
+   */
+  sentinels: string[];
+  /** The name the Sentinels monitor the primary under (`sentinel monitor <name> …` in sentinel.conf). */
+  masterName: string;
+  /** ACL user on the primary and replicas. */
+  username?: string;
+  /** Password on the primary and replicas (their `requirepass`, or the ACL user's). Never shown in messages. */
+  password?: string;
+  /**
+   * Database number on the primary and replicas.
+   * @default 0
+   */
+  database?: number;
+}
 
 // Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it.
 const COMPARE_AND_DELETE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end");
@@ -38,7 +65,8 @@ const COMPARE_AND_SET = script(
 /**
  * A TokenCache on Redis, through node-redis as @keyv/redis ships it: raw keys and values
  * (`redis-cli GET wechat:…` prints the documented value), `add` as `SET NX PX`, `deleteIfEquals` and
- * `compareAndSet` as one-key Lua scripts. Standalone servers, ACL users, databases, TLS and Redis Cluster.
+ * `compareAndSet` as one-key Lua scripts. Standalone servers, ACL users, databases, TLS, Redis Cluster
+ * and Redis Sentinel.
  *
  * @example
  * ```ts
@@ -52,36 +80,8 @@ export class RedisCache implements TokenCache {
   #closed = false;
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
-    const opts = normalize(options);
-    const connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
-    if (typeof connectTimeoutMs !== 'number' || !Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
-      throw invalid('connectTimeoutMs', 'a number > 0', connectTimeoutMs);
-    }
-    // A command sent while the connection is down fails at once instead of waiting in node-redis's
-    // offline queue, where it would run late, after the outage, over whatever was written meanwhile.
-    const common: RedisClientOptions = {
-      disableOfflineQueue: true,
-      socket: { connectTimeout: connectTimeoutMs, reconnectStrategy: (attempt: number) => Math.min(100 * 2 ** attempt, 2000) },
-    };
-    const merge = (extra: RedisClientOptions = {}): RedisClientOptions => ({
-      ...common,
-      ...extra,
-      socket: { ...common.socket, ...extra.socket } as RedisClientOptions['socket'],
-    });
-    let source: RedisClientLike | (() => RedisClientLike);
-    if (opts.client) {
-      source = opts.client;
-      this.#where = 'the given Redis client';
-    } else if (opts.cluster) {
-      // Root nodes serve only to discover the cluster, through a client of their own that node-redis
-      // never ends if a node accepts and never answers: a socket timeout ends its handshake.
-      const rootNodes = opts.cluster.map((url) => ({ url, socket: { socketTimeout: connectTimeoutMs } }));
-      source = () => createCluster({ rootNodes, defaults: merge(opts.clientOptions) }) as RedisClientLike;
-      this.#where = `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`;
-    } else {
-      source = () => createClient(merge({ ...opts.clientOptions, url: opts.url })) as RedisClientLike;
-      this.#where = maskUrl(opts.url!);
-    }
+    const { source, where, connectTimeoutMs } = resolveOptions(options);
+    this.#where = where;
     this.#connection = new Connection(source, connectTimeoutMs);
   }
 
@@ -169,60 +169,4 @@ function ttlMs(ttlSeconds: number): number {
     throw new RangeError(`RedisCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
   }
   return Math.max(1, Math.round(ttlSeconds * 1000));
-}
-
-function normalize(options: unknown): RedisCacheOptions {
-  if (typeof options === 'string') return { url: checkUrl(options) };
-  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
-    throw new ConfigError(`RedisCache options must be a redis:// URL, an options object or a node-redis client (got ${typeName(options)})`, 'options');
-  }
-  if (typeof (options as { connect?: unknown }).connect === 'function') return { client: options as RedisClientLike };
-  const opts = options as RedisCacheOptions;
-  const sources = [opts.url !== undefined, opts.cluster !== undefined, opts.client !== undefined].filter(Boolean).length;
-  if (sources !== 1) throw new ConfigError('RedisCache options must have exactly one of url, cluster or client', 'url');
-  if (opts.url !== undefined) checkUrl(opts.url);
-  if (opts.cluster !== undefined) {
-    if (!Array.isArray(opts.cluster) || opts.cluster.length === 0) throw invalid('cluster', 'a non-empty array of redis:// URLs', opts.cluster);
-    opts.cluster.forEach((url) => checkUrl(url, 'cluster'));
-  }
-  if (opts.client !== undefined && typeof (opts.client as { connect?: unknown }).connect !== 'function') {
-    throw invalid('client', 'a node-redis client or cluster', opts.client);
-  }
-  return opts;
-}
-
-function checkUrl(url: unknown, option = 'url'): string {
-  let parsed: URL | undefined;
-  try {
-    parsed = typeof url === 'string' ? new URL(url) : undefined;
-  } catch {
-    parsed = undefined;
-  }
-  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
-    // Never echo the URL: it may hold a password.
-    throw invalid(option, 'a redis:// or rediss:// URL such as redis://user:password@host:6379/0', url);
-  }
-  if (parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname)) {
-    throw new ConfigError(`RedisCache options.${option} path must be a database number such as /0 (got ${maskUrl(String(url))})`, option);
-  }
-  return url as string;
-}
-
-/** `redis://user:secret@host` → `redis://user:***@host`: URLs in messages never show a password. */
-export function maskUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparsable URL)';
-  }
-}
-
-function typeName(value: unknown): string {
-  return value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
-}
-
-function invalid(name: string, rule: string, value: unknown): ConfigError {
-  return new ConfigError(`RedisCache options.${name} must be ${rule} (got ${typeName(value)})`, name);
 }

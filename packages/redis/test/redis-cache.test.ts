@@ -177,7 +177,7 @@ describe('RedisCache on a real redis-server', () => {
     const bad = error(() => new RedisCache('redis://u:topsecret@host:6379/notadb'));
     expect(bad.message).toContain('redis://u:***@host:6379/notadb');
     expect(bad.message).not.toContain('topsecret');
-    expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster or client');
+    expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster, sentinel or client');
     expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
     expect(error(() => new RedisCache(42 as never)).option).toBe('options');

@@ -14,6 +14,7 @@ export { WorkerGroup, createStore, type StoreSpec, type WorkerConfig, type Worke
 export {
   startRedis,
   startRedisCluster,
+  startRedisSentinel,
   startMemcached,
   freePort,
   redisCli,
@@ -21,5 +22,7 @@ export {
   memcachedSet,
   type StoreServer,
   type RedisClusterServers,
+  type RedisSentinelServers,
+  type RedisSentinelOptions,
   type RedisServerOptions,
 } from './servers.js';
