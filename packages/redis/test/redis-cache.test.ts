@@ -6,20 +6,24 @@ import { OfficialAccount } from '@wxkit/core';
 import { RedisCache } from '../src/index.js';
 
 let redis: StoreServer;
+// The conformance suite's own server: its outage check stops and restarts it, which the other tests
+// here must not see.
+let conformance: StoreServer;
 let mock: MockWeChat;
 beforeAll(async () => {
-  [redis, mock] = await Promise.all([startRedis(), startMockWeChat()]);
+  [redis, conformance, mock] = await Promise.all([startRedis(), startRedis(), startMockWeChat()]);
 });
 afterAll(async () => {
-  await Promise.all([redis?.stop(), mock?.close()]);
+  await Promise.all([redis?.stop(), conformance?.stop(), mock?.close()]);
 });
 
 const built = new URL('../dist/index.js', import.meta.url).href;
 
 describeTokenCache('RedisCache', {
-  create: () => new RedisCache(redis.url),
-  shared: () => ({ module: built, export: 'RedisCache', args: [redis.url] }),
-  supports: { ttlMs: true },
+  create: () => new RedisCache(conformance.url),
+  shared: () => ({ module: built, export: 'RedisCache', args: [conformance.url] }),
+  supports: { ttlMs: true, compareAndSet: true },
+  outage: { stop: () => conformance.stop(), start: () => conformance.start() },
 });
 
 describe('RedisCache on a real redis-server', () => {
@@ -117,6 +121,24 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
+  it('compareAndSet and deleteIfEquals load their scripts again after SCRIPT FLUSH (NOSCRIPT)', async () => {
+    const cache = new RedisCache(redis.url);
+    try {
+      const key = `wechat:script-flush:${Date.now()}`;
+      await cache.set(key, 'one', 60);
+      for (const expected of ['one', 'two']) {
+        redisCli(redis.port, 'SCRIPT', 'FLUSH');
+        expect(await cache.compareAndSet(key, expected, expected === 'one' ? 'two' : 'three', 60)).toBe(true);
+      }
+      expect(redisCli(redis.port, 'GET', key)).toBe('three');
+      redisCli(redis.port, 'SCRIPT', 'FLUSH');
+      expect(await cache.deleteIfEquals(key, 'three')).toBe(true);
+      expect(redisCli(redis.port, 'EXISTS', key)).toBe('0');
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('uses an existing client and leaves it open on close()', async () => {
     const client = createClient({ url: redis.url });
     await client.connect();
@@ -130,7 +152,9 @@ describe('RedisCache on a real redis-server', () => {
 
   it('a server that is not there: ERR_WXKIT_CACHE after connectTimeoutMs, no unhandled rejection', async () => {
     const cache = new RedisCache({ url: 'redis://:pw@127.0.0.1:1/0', connectTimeoutMs: 300 });
-    const calls = await Promise.allSettled([cache.get('k'), cache.set('k', 'v', 1), cache.add('k', 'v', 1), cache.deleteIfEquals('k', 'v')]);
+    const calls = await Promise.allSettled([
+      cache.get('k'), cache.set('k', 'v', 1), cache.add('k', 'v', 1), cache.deleteIfEquals('k', 'v'), cache.compareAndSet('k', 'v', 'w', 1),
+    ]);
     for (const call of calls) {
       expect(call.status).toBe('rejected');
       expect((call as PromiseRejectedResult).reason).toMatchObject({
@@ -154,7 +178,7 @@ describe('RedisCache on a real redis-server', () => {
     const bad = error(() => new RedisCache('redis://u:topsecret@host:6379/notadb'));
     expect(bad.message).toContain('redis://u:***@host:6379/notadb');
     expect(bad.message).not.toContain('topsecret');
-    expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster or client');
+    expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster, sentinel or client');
     expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
     expect(error(() => new RedisCache(42 as never)).option).toBe('options');

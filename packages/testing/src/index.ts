@@ -14,6 +14,7 @@ export { WorkerGroup, createStore, type StoreSpec, type WorkerConfig, type Worke
 export {
   startRedis,
   startRedisCluster,
+  startRedisSentinel,
   startMemcached,
   freePort,
   redisCli,
@@ -21,6 +22,8 @@ export {
   memcachedSet,
   type StoreServer,
   type RedisClusterServers,
+  type RedisSentinelServers,
+  type RedisSentinelOptions,
   type RedisServerOptions,
 } from './servers.js';
 export { startLocklessPeer, type LocklessPeer, type LocklessPeerOptions } from './peers.js';

@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +26,33 @@ export interface RedisClusterServers {
   stop(): Promise<void>;
 }
 
+/** A Redis primary, its replica and three Sentinels watching them. */
+export interface RedisSentinelServers {
+  /** The name the Sentinels monitor the primary under (`sentinel monitor <name> …`). */
+  readonly masterName: string;
+  /** The Sentinels' URLs, e.g. for `new RedisCache({ sentinel: { sentinels: urls, masterName } })`. */
+  readonly urls: string[];
+  readonly sentinels: StoreServer[];
+  /** The primary and the replica as started; after a failover their roles are swapped. */
+  readonly primary: StoreServer;
+  readonly replica: StoreServer;
+  /**
+   * SIGKILLs the current primary (as a crash would) and resolves once a Sentinel announces the new
+   * master (`+switch-master`) and that node reports the role of master: the killed and the new master.
+   */
+  failover(): Promise<{ killed: StoreServer; promoted: StoreServer }>;
+  stop(): Promise<void>;
+}
+
+export interface RedisSentinelOptions {
+  /** The name the Sentinels monitor the primary under. @default 'wxkit-master' */
+  masterName?: string;
+  /** `requirepass` of the primary and the replica (and the Sentinels' `auth-pass` for them). */
+  password?: string;
+  /** `requirepass` of the Sentinels. */
+  sentinelPassword?: string;
+}
+
 export interface RedisServerOptions {
   /** Extra `redis-server` arguments, e.g. `['--requirepass', 'secret']` or an ACL `--user` line. */
   args?: string[];
@@ -34,6 +61,8 @@ export interface RedisServerOptions {
    * is then `rediss://…` and its `ca` is the certificate to trust.
    */
   tls?: boolean;
+  /** The port to listen on, e.g. one a client was already told about; a free one by default. */
+  port?: number;
 }
 
 /** A port nobody listens on right now (the kernel's pick, released before the server takes it). */
@@ -111,7 +140,7 @@ function managedServer(command: string, args: (port: number) => string[], port: 
  */
 export async function startRedis(options: RedisServerOptions = {}): Promise<StoreServer> {
   requireCommand('redis-server', 'redis-server');
-  const port = await freePort();
+  const port = options.port ?? (await freePort());
   let tls: string[] = [];
   let ca: string | undefined;
   if (options.tls) {
@@ -184,6 +213,135 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterServer
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Starts a primary, a replica of it and three Sentinels (`redis-server --sentinel`, quorum 2), all on
+ * free 127.0.0.1 ports, each Sentinel with a config file of its own in a temporary directory. A
+ * primary is declared down after 1 s and a failover may take 3 s, so one takes a few seconds. Resolves
+ * once the replica is in sync and every Sentinel sees the replica and the two other Sentinels.
+ */
+export async function startRedisSentinel(options: RedisSentinelOptions = {}): Promise<RedisSentinelServers> {
+  requireCommand('redis-server', 'redis-server');
+  requireCommand('redis-cli', 'redis-tools');
+  const masterName = options.masterName ?? 'wxkit-master';
+  const { password, sentinelPassword } = options;
+  const dir = mkdtempSync(join(tmpdir(), 'wxkit-redis-sentinel-'));
+  const auth = password ? ['--requirepass', password, '--masterauth', password] : [];
+  const dataArgs = (p: number) => ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no', ...auth];
+  const dataCli = (port: number, ...args: string[]) => redisCli(port, ...(password ? ['-a', password] : []), ...args);
+  const sentinelCli = (port: number, ...args: string[]) => redisCli(port, ...(sentinelPassword ? ['-a', sentinelPassword] : []), ...args);
+  const [primaryPort, replicaPort] = [await freePort(), await freePort()];
+  const primary = managedServer('redis-server', dataArgs, primaryPort, `redis://127.0.0.1:${primaryPort}`);
+  const replica = managedServer('redis-server', (p) => [...dataArgs(p), '--replicaof', '127.0.0.1', String(primaryPort)], replicaPort, `redis://127.0.0.1:${replicaPort}`);
+  const sentinels: StoreServer[] = [];
+  const started: StoreServer[] = [];
+  const stopAll = async () => {
+    await Promise.all(started.map((server) => server.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const server of [primary, replica]) {
+      await server.start();
+      started.push(server);
+    }
+    for (let i = 0; i < 3; i += 1) {
+      const port = await freePort();
+      // Sentinel rewrites its config file as it learns the topology: one file each.
+      const conf = join(dir, `sentinel-${port}.conf`);
+      writeFileSync(
+        conf,
+        [
+          `port ${port}`,
+          'bind 127.0.0.1',
+          `dir ${dir}`,
+          `sentinel monitor ${masterName} 127.0.0.1 ${primaryPort} 2`,
+          `sentinel down-after-milliseconds ${masterName} 1000`,
+          `sentinel failover-timeout ${masterName} 3000`,
+          `sentinel parallel-syncs ${masterName} 1`,
+          ...(password ? [`sentinel auth-pass ${masterName} ${password}`] : []),
+          // Sentinels use their own requirepass to talk to each other too.
+          ...(sentinelPassword ? [`requirepass ${sentinelPassword}`] : []),
+          '',
+        ].join('\n'),
+      );
+      const sentinel = managedServer('redis-server', () => [conf, '--sentinel'], port, `redis://127.0.0.1:${port}`);
+      await sentinel.start();
+      started.push(sentinel);
+      sentinels.push(sentinel);
+    }
+    await until(() => /master_link_status:up/.test(dataCli(replicaPort, 'INFO', 'replication')), 'the replica to sync with the primary');
+    for (const sentinel of sentinels) {
+      await until(() => {
+        const fields = sentinelCli(sentinel.port, 'SENTINEL', 'MASTER', masterName).split('\n');
+        const field = (name: string) => fields[fields.indexOf(name) + 1];
+        return field('num-slaves') === '1' && field('num-other-sentinels') === '2';
+      }, `Sentinel ${sentinel.port} to see the replica and the other Sentinels`);
+    }
+  } catch (error) {
+    await stopAll();
+    throw error;
+  }
+  const byPort = (port: number) => [primary, replica].find((server) => server.port === port);
+  return {
+    masterName,
+    urls: sentinels.map((sentinel) => sentinel.url),
+    sentinels,
+    primary,
+    replica,
+    async failover() {
+      const current = Number(sentinelCli(sentinels[0]!.port, 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', masterName).split('\n')[1]);
+      const killed = byPort(current);
+      if (!killed) throw new Error(`the Sentinels name an unknown master on port ${current}`);
+      const switched = sentinelEvent(sentinels[0]!.port, '+switch-master', masterName, sentinelPassword);
+      await switched.subscribed;
+      await killed.stop('SIGKILL');
+      const message = await switched.message;
+      // `+switch-master <name> <old-ip> <old-port> <new-ip> <new-port>`
+      const promoted = byPort(Number(message.split(' ')[4]));
+      if (!promoted || promoted === killed) throw new Error(`unexpected failover: ${message}`);
+      if (dataCli(promoted.port, 'ROLE').split('\n')[0] !== 'master') throw new Error(`${promoted.url} was announced but is not a master`);
+      return { killed, promoted };
+    },
+    stop: stopAll,
+  };
+}
+
+/** Polls a synchronous check every 50 ms, for at most 30 s. */
+async function until(check: () => boolean, what: string): Promise<void> {
+  const started = Date.now();
+  while (!check()) {
+    if (Date.now() - started > 30_000) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/**
+ * Subscribes to one Sentinel event channel over a plain connection (inline commands, replies read as
+ * text) and resolves the first message for `masterName`.
+ */
+function sentinelEvent(port: number, channel: string, masterName: string, password?: string): { subscribed: Promise<void>; message: Promise<string> } {
+  const socket = createConnection({ host: '127.0.0.1', port });
+  let buffer = '';
+  let onSubscribed: () => void = () => undefined;
+  const subscribed = new Promise<void>((resolve) => (onSubscribed = resolve));
+  const message = new Promise<string>((resolve, reject) => {
+    socket.setEncoding('utf8');
+    socket.once('connect', () => socket.write(`${password ? `AUTH ${password}\r\n` : ''}SUBSCRIBE ${channel}\r\n`));
+    socket.on('data', (chunk: string) => {
+      buffer += chunk;
+      // RESP2 push: *3 $7 message $<n> <channel> $<n> <payload>; the subscribe reply comes first.
+      if (buffer.includes('subscribe')) onSubscribed();
+      const lines = buffer.split('\r\n');
+      const payload = lines.find((line) => line.startsWith(`${masterName} `));
+      if (lines.includes('message') && payload) {
+        socket.destroy();
+        resolve(payload);
+      }
+    });
+    socket.once('error', reject);
+  });
+  return { subscribed, message };
 }
 
 /** Starts a real `memcached` (Debian's package) on a free 127.0.0.1 port, TCP only. */

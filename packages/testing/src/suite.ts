@@ -1,8 +1,8 @@
 export { describeTokenCache, childThatExitsByItself, type DescribeTokenCacheOptions } from './conformance.js';
-export type { CacheChildOp, CacheChildResult } from './cache-child.js';
 export {
   describeTokenSharing,
   describeStoreOutage,
   type DescribeTokenSharingOptions,
   type DescribeStoreOutageOptions,
 } from './sharing.js';
+export type { CacheChildOp, CacheChildResult } from './cache-child.js';

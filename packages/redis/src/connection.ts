@@ -1,0 +1,153 @@
+import type { RedisClientType, RedisClusterType, RedisSentinelType } from '@keyv/redis';
+
+/** A node-redis client, cluster or sentinel, e.g. from `createClient()`, `createCluster()` or `createSentinel()` of @keyv/redis. */
+export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinelType;
+
+/**
+ * The client RedisCache talks through, and its life. The first call connects, waiting at most
+ * `timeoutMs`; concurrent first calls share that attempt. Once connected, node-redis reconnects on its
+ * own after an outage (RedisCache's calls fail fast meanwhile). close() ends every client it made.
+ *
+ * An attempt that fails or times out ends its client for good, and the next call makes a new one.
+ * A client given up is never connect()ed again: its reconnect loop may still be asleep, a second loop
+ * would run beside it, and once the server answers each opens a socket, of which destroy() closes only
+ * the one the client holds; the other keeps the process alive after close().
+ */
+export class Connection {
+  readonly #create: ((ended: AbortSignal) => RedisClientLike) | undefined;
+  readonly #given: RedisClientLike | undefined;
+  readonly #timeoutMs: number;
+  /** Our client once it has connected. */
+  #client: Owned | undefined;
+  #connecting: Promise<RedisClientLike> | undefined;
+  /** Fails the attempt under way at once, for close(). */
+  #giveUp: ((error: Error) => void) | undefined;
+  /** Every client we made and have not finished ending. */
+  readonly #owned = new Set<Owned>();
+  #closed = false;
+
+  /**
+   * `source`: a caller's client, used as it is and never ended, or how to make one of our own; its
+   * reconnect strategy must give up once `ended` is aborted.
+   */
+  constructor(source: RedisClientLike | ((ended: AbortSignal) => RedisClientLike), timeoutMs: number) {
+    if (typeof source === 'function') this.#create = source;
+    else this.#given = source;
+    this.#timeoutMs = timeoutMs;
+  }
+
+  /** The connected client. */
+  client(): Promise<RedisClientLike> {
+    const current = this.#given ?? this.#client?.client;
+    if (current?.isOpen) return Promise.resolve(current);
+    this.#connecting ??= this.#connect().finally(() => (this.#connecting = undefined));
+    return this.#connecting;
+  }
+
+  /** Ends every client it made, including one still connecting; a caller's client stays open. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#giveUp?.(new Error('closed while connecting'));
+    await Promise.all([...this.#owned].map((owned) => owned.end()));
+  }
+
+  async #connect(): Promise<RedisClientLike> {
+    if (this.#given) {
+      await this.#within(this.#given.connect(), () => undefined);
+      return this.#given;
+    }
+    // Our last client stopped reconnecting (a reconnectStrategy in clientOptions said so).
+    if (this.#client) this.#end(this.#client);
+    this.#client = undefined;
+    const owned = new Owned(this.#create!);
+    this.#owned.add(owned);
+    try {
+      await this.#within(owned.connect(), () => owned.lastError);
+      if (this.#closed) throw new Error('closed while connecting');
+    } catch (error) {
+      this.#end(owned);
+      throw error;
+    }
+    this.#client = owned;
+    return owned.client;
+  }
+
+  /** Waits for `connecting` at most timeoutMs, or until close(). */
+  async #within(connecting: Promise<unknown>, lastError: () => unknown): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<never>((_, reject) => {
+      this.#giveUp = reject;
+      timer = setTimeout(() => reject(lastError() ?? new Error(`no connection within ${this.#timeoutMs} ms`)), this.#timeoutMs);
+    });
+    try {
+      await Promise.race([connecting, bound]);
+    } finally {
+      clearTimeout(timer);
+      this.#giveUp = undefined;
+    }
+  }
+
+  /** Ends a client in the background; close() waits for what is still ending. */
+  #end(owned: Owned): void {
+    const done = () => this.#owned.delete(owned);
+    void owned.end().then(done, done);
+  }
+}
+
+/** A client we made, watched so that it can be ended for good. */
+class Owned {
+  readonly client: RedisClientLike;
+  /** The last error node-redis reported: why an attempt that timed out did not connect. */
+  lastError: unknown;
+  /** A TCP connect is under way. */
+  #dialing = false;
+  readonly #ending = new AbortController();
+  #ended: Promise<void> | undefined;
+
+  constructor(create: (ended: AbortSignal) => RedisClientLike) {
+    const client = create(this.#ending.signal);
+    this.client = client;
+    // node-redis reports each failed attempt as an 'error' event; an unheard one would crash the process.
+    client.on('error', (error: unknown) => {
+      this.lastError = error;
+      this.#dialing = false;
+    });
+    client.on('connect', () => (this.#dialing = false));
+    client.on('reconnecting', () => (this.#dialing = true));
+  }
+
+  connect(): Promise<unknown> {
+    this.#dialing = true;
+    return this.client.connect();
+  }
+
+  end(): Promise<void> {
+    this.#ended ??= this.#end();
+    return this.#ended;
+  }
+
+  async #end(): Promise<void> {
+    const { client } = this;
+    // No more reconnecting: a retry loop that will not stop (a wrong password) would hold a Sentinel's
+    // destroy() for ever, as it waits for its discovery to finish first.
+    this.#ending.abort();
+    if (!client.isOpen) return;
+    // destroy() closes the socket the client holds, not one whose TCP connect is under way: that one
+    // would connect later, unseen, and keep the process alive. So let it land or fail first (node-redis
+    // bounds it with socket.connectTimeout). A single-server client only: a cluster's node clients are
+    // out of reach, and it reports no such step.
+    if (this.#dialing && 'unref' in client) {
+      await new Promise((resolve) => {
+        client.once('connect', resolve);
+        client.once('error', resolve);
+      });
+    }
+    // Checked again: a connect that failed after the abort above closed the client itself.
+    if (!client.isOpen) return;
+    try {
+      await client.destroy();
+    } catch {
+      // Closed in between: nothing left to end.
+    }
+  }
+}
