@@ -11,7 +11,7 @@ describe('item 4: the lease covers the critical section', () => {
   it('a cold ticket refresh in 4 processes (token fetch, then getticket, each 900 ms): 1 token fetch and 1 getticket', async () => {
     const app = env.mock.createApp();
     env.mock.setLatency(900);
-    // Short deadlines make a short lease (1 s + 6 × 0.3 s + 1 s): a lease that left out the getticket
+    // Short deadlines make a short lease (1 s + 7 × 0.3 s + 1 s): a lease that left out the getticket
     // call, or the token fetch in front of it, would end while the holder still waits for WeChat.
     const group = await pool.start(4, {
       ...app,

@@ -63,7 +63,7 @@ export interface ClientOptions {
    * How long a process waits for another one's refresh, in ms. A waiter never fetches beside a holder:
    * it takes the holder's token or the holder's error, or the lock once the holder's lease ends (a
    * holder that died). The lease itself is computed from the critical section it guards (`timeoutMs`
-   * and `cacheTimeoutMs`; about 23 s by default), so the default outlasts it.
+   * and `cacheTimeoutMs`; about 25 s by default), so the default outlasts it.
    * @default the lock's lease + 5000
    */
   lockWaitMs?: number;

@@ -6,11 +6,11 @@ import { typeName } from './validate.js';
 // After a failure the store is not asked again by callers: every call fails at once until a probe in the
 // background (a read of the key whose call failed, so an ACL that allows the app's keys allows it) gets
 // an answer. A hung store costs a caller at most one timeout, not one per call (nor one per step of the
-// token protocol). Probes are 250 ms apart, growing to 5 s while the store stays down; their timer never
+// token protocol). Probes are 250 ms apart, growing to 1 s while the store stays down; their timer never
 // keeps the process alive. The state is the store's, shared by every client of this process using it:
 // N accounts on one Redis make one probe, not N.
 const PROBE_MIN_MS = 250;
-const PROBE_MAX_MS = 5_000;
+const PROBE_MAX_MS = 1_000;
 
 // Calls the breaker refused without sending: their failure says nothing about what the store holds.
 const NOT_SENT = new WeakSet<object>();

@@ -172,20 +172,23 @@ export class TokenManager {
     const tier = ctx.tiers.current();
     try {
       const read = await ctx.entries.read(tier.entries, (value) => this.isRejected(value));
+      const memo = this.#memo;
+      const now = ctx.settings.now();
+      // The store is back, and this process holds a token it fetched while it was away: a newer one than
+      // what the store kept through the outage (or than nothing) is published, newest wins.
+      if (tier.name === 'shared' && memo?.unshared && now < (memo.staleAt ?? 0) && !this.isRejected(memo.value)) {
+        const older = read.kind === 'miss' || (read.entry.value !== memo.value && (read.entry.fetchedAt ?? 0) < (memo.entry.fetchedAt ?? 0));
+        const published = older ? await this.#publish(memo) : undefined;
+        if (published) return published;
+      }
       if (read.kind === 'hit') {
         const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false });
         this.#considerAhead(this.#memo!, ctx.settings.now());
         return value;
       }
-      const memo = this.#memo;
-      const now = ctx.settings.now();
       // Another program's entry that cannot be read is never replaced: the token this process fetched
       // serves until it nears its expiry, rather than a fetch on every read.
       if (read.foreign && memo && now < memo.usableUntil && !this.isRejected(memo.value)) return memo.value;
-      if (tier.name === 'shared' && memo?.unshared && now < (memo.staleAt ?? 0)) {
-        const published = await this.#publish(memo);
-        if (published) return published;
-      }
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       // The store just failed: a token this process holds is still good, or the refresh falls back.
