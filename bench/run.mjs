@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// `pnpm bench [-- name…]`: runs the benchmarks against the mock WeChat server (20 ms per call) and
-// real redis-server and memcached processes, prints each figure next to its baseline from the same
-// run, writes bench/results/<name>.json, and refreshes the tables in docs/benchmarks.md.
+// `pnpm bench [-- name…]`: runs the benchmarks against the mock WeChat server (20 ms per call; the
+// faults benchmark also 0 ms, and 400 ms where a slow answer is its point) and real redis-server and
+// memcached processes, prints each figure next to its baseline from the same run, writes
+// bench/results/<name>.json, and refreshes the tables in docs/benchmarks.md.
 import { cpus } from 'node:os';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -48,14 +49,22 @@ function cell(value) {
   return String(value ?? '');
 }
 
+/** Who a row's errors belong to: its subject, and in a table of scenarios its scenario and latency. */
+function who(row) {
+  return row.scenario === undefined ? row.subject : `${row.scenario} · ${row.subject}${row.mockMs === undefined ? '' : ` · ${row.mockMs} ms`}`;
+}
+
 function print(report) {
   const keys = columns(report.rows);
   const widths = keys.map((key) => Math.max(key.length, ...report.rows.map((row) => cell(row[key]).length)));
+  // Numbers to the right, words to the left.
+  const text = (i, value) => (typeof value === 'number' ? cell(value).padStart(widths[i]) : cell(value).padEnd(widths[i]));
   console.log(`${report.title}\nbaseline: ${report.baseline}`);
+  for (const [id, what] of report.legend ?? []) console.log(`  ${id}: ${what}`);
   console.log(keys.map((key, i) => key.padEnd(widths[i])).join('  '));
-  for (const row of report.rows) console.log(keys.map((key, i) => (i === 0 ? cell(row[key]).padEnd(widths[i]) : cell(row[key]).padStart(widths[i]))).join('  '));
+  for (const row of report.rows) console.log(keys.map((key, i) => text(i, row[key])).join('  '));
   for (const row of report.rows) {
-    if (row.errors && Object.keys(row.errors).length) console.log(`  ${row.subject} errors: ${JSON.stringify(row.errors)}`);
+    if (row.errors && Object.keys(row.errors).length) console.log(`  ${who(row)} errors: ${JSON.stringify(row.errors)}`);
   }
 }
 
@@ -66,12 +75,14 @@ function markdown(report) {
     '',
     `Baseline: ${report.baseline}. Run ${report.date.slice(0, 10)} on Node ${report.machine.node}, ${report.machine.cpus} × ${report.machine.cpu}.`,
     '',
+    ...(report.legend ?? []).map(([id, what]) => `- **${id}**: ${what}.`),
+    ...(report.legend ? [''] : []),
     `| ${keys.join(' | ')} |`,
     `|${keys.map(() => '---').join('|')}|`,
     ...report.rows.map((row) => `| ${keys.map((key) => cell(row[key])).join(' | ')} |`),
   ];
   const errors = report.rows.filter((row) => row.errors && Object.keys(row.errors).length);
-  if (errors.length) lines.push('', ...errors.map((row) => `- ${row.subject}: ${Object.entries(row.errors).map(([k, n]) => `${n} × ${k}`).join(', ')}`));
+  if (errors.length) lines.push('', ...errors.map((row) => `- ${who(row)}: ${Object.entries(row.errors).map(([k, n]) => `${n} × ${k}`).join(', ')}`));
   return lines.join('\n');
 }
 

@@ -6,6 +6,7 @@ import { MemoryCache, OfficialAccount } from '@wxkit/core';
 import { FileCache } from '@wxkit/file';
 import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
+import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, locklessPeers, storeDown } from './lib/faults.mjs';
 import { percentile, round, startWorkers, totals } from './lib/harness.mjs';
 
 const PEERS = ['node-easywechat', 'co-wechat-api'];
@@ -223,4 +224,28 @@ export async function memory(env, { sends = 100_000, concurrency = 128, every = 
   };
 }
 
-export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory };
+/**
+ * 7. Faults: the edges of the token protocol, one block of rows per scenario of issue 11 (1, 2, 3, 5, 6
+ * and Keyv's stores), wxkit beside the peers where the scenario applies to them. Each row gives the
+ * upstream token requests against the scenario's goal, and the lost sends out of the sends made.
+ */
+export async function faults(env) {
+  // [id, text] pairs, not an object: '1' and '6' would otherwise be listed before '2a'.
+  const legend = [];
+  const rows = [];
+  for (const scenario of [storeDown, failingEndpoint, failedHolder, locklessPeers, hungStore, keyvInvalidations]) {
+    const part = await scenario(env);
+    legend.push(...Object.entries(part.legend));
+    rows.push(...part.rows);
+  }
+  return {
+    title: 'Faults: upstream token requests and lost sends at the edges of the token protocol (classic endpoint)',
+    baseline:
+      "each scenario's goal, from the same run: requestGoal upstream token requests (requestRatio = tokenRequests / requestGoal), " +
+      'and lostGoal lost sends out of the sends made; mockMs is the mock\'s latency per call',
+    legend,
+    rows,
+  };
+}
+
+export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, faults };

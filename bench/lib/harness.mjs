@@ -1,6 +1,7 @@
 // What every benchmark shares: the servers, the worker processes, and the arithmetic.
 import { fork } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +16,12 @@ export async function startEnvironment() {
   const fileRoot = mkdtempSync(join(tmpdir(), 'wxkit-bench-'));
   let dirs = 0;
   return {
+    /** A fresh empty directory of this run (a host's fallback directory, say). */
+    tempDir() {
+      const dir = join(fileRoot, `t${dirs++}`);
+      mkdirSync(dir);
+      return dir;
+    },
     mock,
     redis,
     memcached,
@@ -27,24 +34,29 @@ export async function startEnvironment() {
     },
     async stop() {
       await Promise.all([mock.close(), redis.stop(), memcached.stop()]);
+      rmSync(fileRoot, { recursive: true, force: true });
     },
   };
 }
 
 const workerScript = fileURLToPath(new URL('./worker.mjs', import.meta.url));
 
-/** Forks `count` workers with `config` and resolves once all are ready. */
+/**
+ * Forks `count` workers with `config` (or `config(i)` for worker i, e.g. a fallback directory per
+ * simulated host) and resolves once all are ready.
+ */
 export async function startWorkers(count, config, { execArgv = [] } = {}) {
+  const configOf = typeof config === 'function' ? config : () => config;
   const children = await Promise.all(
-    Array.from({ length: count }, async () => {
+    Array.from({ length: count }, async (_, i) => {
       const child = fork(workerScript, [], {
-        env: { ...process.env, WXKIT_BENCH: JSON.stringify(config) },
+        env: { ...process.env, WXKIT_BENCH: JSON.stringify(configOf(i)) },
         execArgv,
         stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       });
       await new Promise((resolve, reject) => {
         child.once('message', resolve);
-        child.once('exit', (code) => reject(new Error(`a ${config.library} worker exited with ${code} at start`)));
+        child.once('exit', (code) => reject(new Error(`a ${configOf(i).library} worker exited with ${code} at start`)));
       });
       return child;
     }),
@@ -61,14 +73,20 @@ export async function startWorkers(count, config, { execArgv = [] } = {}) {
       const results = await Promise.all(children.map((child) => ask(child, message)));
       return { results, wallMs: performance.now() - started };
     },
-    one: (message) => ask(children[0], message),
+    /** Sends `message` to worker `index` (the first by default) alone. */
+    one: (message, index = 0) => ask(children[index], message),
+    /** Asks every worker to exit; one still there after 5 s (a client stuck on a hung store) is killed. */
     async stop() {
       await Promise.all(
         children.map(
           (child) =>
             new Promise((resolve) => {
-              if (child.exitCode !== null) return resolve();
-              child.once('exit', resolve);
+              if (child.exitCode !== null || child.signalCode !== null) return resolve();
+              const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+              child.once('exit', () => {
+                clearTimeout(timer);
+                resolve();
+              });
               child.send({ op: 'exit' });
             }),
         ),
@@ -77,17 +95,41 @@ export async function startWorkers(count, config, { execArgv = [] } = {}) {
   };
 }
 
-/** Sums ok/failed and merges error counts over worker results. */
+/** Sums ok/failed/sent and merges error counts over worker results. */
 export function totals(results) {
   const errors = {};
   let ok = 0;
   let failed = 0;
+  let sent = 0;
   for (const result of results) {
     ok += result.ok;
     failed += result.failed;
+    sent += result.sent ?? result.ok + result.failed;
     for (const [label, n] of Object.entries(result.errors)) errors[label] = (errors[label] ?? 0) + n;
   }
-  return { ok, failed, errors };
+  return { ok, failed, sent, errors };
+}
+
+/**
+ * A store that accepts connections and never answers a byte: what a hung Redis (a full disk, a paused
+ * VM, a half-open connection through a proxy) looks like to its clients.
+ */
+export async function startHungServer() {
+  const sockets = new Set();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('data', () => undefined);
+    socket.on('error', () => undefined);
+    socket.on('close', () => sockets.delete(socket));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `redis://127.0.0.1:${server.address().port}`,
+    async close() {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 export function percentile(values, p) {

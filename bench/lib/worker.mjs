@@ -2,6 +2,9 @@
 // WeChat server, driven over IPC by the benchmark runner.
 //
 //   parent → { op: 'send' | 'getToken', count, concurrency }   → { ok, failed, errors, latencies?, ms }
+//            with `deadlineMs`: calls still unanswered then count as failed ('no answer'), and the run ends
+//   parent → { op: 'send', durationMs, intervalMs, concurrency } → the same, for calls started during
+//            `durationMs`, each lane starting one every `intervalMs` (a service's steady traffic)
 //   parent → { op: 'rss' }                                      → { rss }
 //   parent → { op: 'exit' }
 import { createRequire } from 'node:module';
@@ -26,16 +29,42 @@ async function wxkitStore(store) {
       return new (await import('@wxkit/redis')).RedisCache(store.url);
     case 'memcached':
       return new (await import('@wxkit/memcached')).MemcachedCache(store.url);
+    case 'keyv-redis': {
+      // KeyvCache on @keyv/redis: no atomic operation KeyvCache can reach, so no store-wide lock.
+      const { KeyvCache } = await import('@wxkit/keyv');
+      const KeyvRedis = (await import('@keyv/redis')).default;
+      return owning(KeyvCache, new KeyvRedis({ url: store.url, socket: { connectTimeout: 500, reconnectStrategy: false } }, { connectionTimeout: 500 }));
+    }
+    case 'keyv-postgres': {
+      // KeyvCache on @keyv/postgres: add, deleteIfEquals and compareAndSet in SQL, so one lock for all.
+      const { KeyvCache } = await import('@wxkit/keyv');
+      const KeyvPostgres = (await import('@keyv/postgres')).default;
+      return owning(KeyvCache, new KeyvPostgres({ uri: store.uri, table: store.table }));
+    }
     default:
       throw new Error(`unknown store ${store.kind}`);
   }
+}
+
+/** KeyvCache never disconnects a store it was given; the worker owns this one, so close() ends both. */
+function owning(KeyvCache, store) {
+  const cache = new KeyvCache(store);
+  const close = cache.close.bind(cache);
+  cache.close = async () => {
+    await close();
+    await store.disconnect().catch(() => undefined);
+  };
+  return cache;
 }
 
 async function redisClient(url) {
   const { createClient } = await import('@keyv/redis');
   const client = createClient({ url });
   client.on('error', () => undefined);
-  await client.connect();
+  // node-redis's connect() waits forever for a server that accepts and never answers; pointed at one,
+  // the glue connects in the background and its commands wait in node-redis's offline queue.
+  if (config.connectInBackground) client.connect().catch(() => undefined);
+  else await client.connect();
   return client;
 }
 
@@ -52,6 +81,8 @@ async function build() {
       cache,
       logger: false,
       ...(config.memoMs === undefined ? {} : { memoMs: config.memoMs }),
+      // fallbackDir, timeoutMs, cacheTimeoutMs… as a scenario sets them.
+      ...config.clientOptions,
     });
     return {
       send: () => app.templateMessage.send(TEMPLATE),
@@ -159,34 +190,73 @@ async function build() {
 
 const client = await build();
 
-async function run({ op, count, concurrency, latencies: wantLatencies }) {
+/**
+ * An error's label in the results: its code (and errcode), or for an error without either the start of
+ * its message, cut before anything that may quote WeChat's answer or a URL (whose query holds the secret).
+ */
+function label(error) {
+  const message = String(error?.message ?? '')
+    .split(/:|\b(?:GET|POST) |https?\b/)[0]
+    .trim()
+    .slice(0, 48);
+  const code = error?.code ?? (error?.errcode === undefined ? `${error?.name ?? 'Error'}${message ? `: ${message}` : ''}` : error?.name);
+  return `${code}${error?.errcode ? ` ${error.errcode}` : ''}`;
+}
+
+async function run({ op, count, concurrency, latencies: wantLatencies, deadlineMs, durationMs, intervalMs = 0 }) {
   const fn = op === 'send' ? client.send : client.getToken;
-  const latencies = wantLatencies ? new Float64Array(count) : undefined;
+  const timed = durationMs !== undefined;
+  const latencies = wantLatencies && !timed ? new Float64Array(count) : undefined;
   const errors = {};
   let ok = 0;
-  let next = 0;
-  const started = performance.now();
+  let started = 0;
+  let expired = false;
+  const begin = performance.now();
+  // A call that never settles (a hung store or endpoint) must not hold the run: past the deadline the
+  // run ends, and what is unanswered counts as failed.
+  const NO_ANSWER = Symbol('no answer');
+  let deadlineTimer;
+  const deadline =
+    deadlineMs === undefined
+      ? undefined
+      : new Promise((resolve) => {
+          deadlineTimer = setTimeout(() => {
+            expired = true;
+            resolve(NO_ANSWER);
+          }, deadlineMs);
+        });
+  const more = () => !expired && (timed ? performance.now() - begin < durationMs : started < count);
   const lane = async () => {
-    while (next < count) {
-      const i = next++;
+    while (more()) {
+      const i = started++;
       const t = performance.now();
-      try {
-        await fn();
-        ok += 1;
-      } catch (error) {
-        const label = `${error?.code ?? error?.name ?? 'Error'}${error?.errcode ? ` ${error.errcode}` : ''}`;
-        errors[label] = (errors[label] ?? 0) + 1;
-      }
+      const call = fn().then(
+        () => undefined,
+        (error) => error ?? new Error('rejected'),
+      );
+      // Without a deadline, no race: a reaction left on a pending promise per call would grow the heap
+      // that the memory benchmark measures.
+      const outcome = deadline ? await Promise.race([call, deadline]) : await call;
+      if (outcome === NO_ANSWER) break;
+      if (outcome === undefined) ok += 1;
+      else errors[label(outcome)] = (errors[label(outcome)] ?? 0) + 1;
       if (latencies) latencies[i] = performance.now() - t;
+      const wait = intervalMs - (performance.now() - t);
+      if (timed && wait > 0 && more()) await new Promise((resolve) => setTimeout(resolve, wait));
     }
   };
-  await Promise.all(Array.from({ length: Math.min(concurrency ?? count, count) }, lane));
-  return { ok, failed: count - ok, errors, ms: performance.now() - started, latencies: latencies ? [...latencies] : undefined };
+  await Promise.all(Array.from({ length: timed ? concurrency : Math.min(concurrency ?? count, count) }, lane));
+  clearTimeout(deadlineTimer);
+  const total = timed ? started : count;
+  const answered = ok + Object.values(errors).reduce((sum, n) => sum + n, 0);
+  if (answered < total) errors[`no answer within ${deadlineMs} ms`] = total - answered;
+  return { ok, failed: total - ok, sent: total, errors, ms: performance.now() - begin, latencies: latencies ? [...latencies] : undefined };
 }
 
 process.on('message', async (message) => {
   if (message.op === 'exit') {
-    await client.close().catch(() => undefined);
+    // A client of a store that never answers may never finish closing: give it a second.
+    await Promise.race([client.close().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 1000))]);
     process.exit(0);
   }
   if (message.op === 'rss') {
