@@ -1,9 +1,9 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
+import { MemoryCache, OfficialAccount, easyWeChat6, type ClientEvent, type TokenCache } from '../src/index.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -93,6 +93,40 @@ describe('while the store is down', () => {
     expect(await app.accessToken.getToken()).toBe(during);
     expect(JSON.parse((await store.inner.get(app.accessToken.cacheKey))!).access_token).toBe(during);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
+describe('the host fallback directory', () => {
+  it('is not used when other users may write it (they could plant tokens); the client says so once', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const open = fallbackDir();
+    chmodSync(open, 0o777);
+    const warnings: ClientEvent[] = [];
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, fallbackDir: open, logger: false });
+    app.on('cache.fallback_unusable', (event) => warnings.push(event));
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    await app.accessToken.forceRefresh();
+    expect(warnings).toHaveLength(1);
+    expect(String(warnings[0]!.reason)).toContain('may be written by other users');
+    expect(readdirSync(open)).toEqual([]);
+    await app.close();
+  });
+
+  it('holds files named by a hash of the key, never the key (a profile\'s key may hold the secret)', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const dir = fallbackDir();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, fallbackDir: dir, schema: easyWeChat6(), logger: false });
+    await app.accessToken.getToken();
+    const names = readdirSync(dir);
+    expect(names.length).toBeGreaterThan(0);
+    for (const name of names) {
+      expect(name).toMatch(/^[0-9a-f]{64}$/);
+      expect(name).not.toContain(secret);
+      expect(statSync(join(dir, name)).mode & 0o777).toBe(0o600);
+    }
     await app.close();
   });
 });

@@ -51,10 +51,10 @@ export class StoreTiers {
 const hostFallbacks = new Map<string, TokenCache | string>();
 
 /**
- * This host's fallback in `dir`, one per directory and process: a FileCache whose file names are hashes
- * of the keys (a profile's key may hold the secret). The directory (and the one it sits in) must belong
- * to this user and be closed to everyone else, or another user could plant tokens and markers there: a
- * string says why it cannot be used.
+ * This host's fallback in `dir`, one per directory and process: a FileCache (files 0600) whose file names
+ * are hashes of the keys (a profile's key may hold the secret). The directory must belong to this user
+ * and be writable by nobody else, nor the one it sits in unless that is sticky (/tmp), or another user
+ * could plant tokens and markers there: a string says why it cannot be used.
  */
 export function hostFallback(dir: string): TokenCache | string {
   let found = hostFallbacks.get(dir);
@@ -75,8 +75,8 @@ function checkPrivateDir(dir: string): string | undefined {
       if (uid !== undefined && stat.uid !== uid && !(path === dirname(dir) && (stat.mode & 0o1000) !== 0 && stat.uid === 0)) {
         return `${path} belongs to another user`;
       }
-      if (path === dir && (stat.mode & 0o077) !== 0) return `${path} is open to other users (mode ${(stat.mode & 0o777).toString(8)})`;
-      if (path !== dir && (stat.mode & 0o022) !== 0 && (stat.mode & 0o1000) === 0) return `${path} may be written by other users`;
+      const sticky = path !== dir && (stat.mode & 0o1000) !== 0;
+      if ((stat.mode & 0o022) !== 0 && !sticky) return `${path} may be written by other users (mode ${(stat.mode & 0o777).toString(8)})`;
     }
   } catch (error) {
     return `${dir} cannot be used (${(error as NodeJS.ErrnoException).code ?? 'error'})`;

@@ -1,0 +1,92 @@
+import { NEAR_EXPIRY_MS, type EncodedEntry, type EntryStore } from './entry-store.js';
+import type { StoredEntry } from './entry.js';
+import type { ProtocolSettings, Refreshed } from './refresher.js';
+
+interface Held {
+  entry: StoredEntry;
+  /** Unix ms when the entry leaves the store (its TTL), if known: refresh-ahead counts from here. */
+  staleAt: number | undefined;
+  /** Unix ms after which the store is read again. */
+  recheckAt: number;
+  /** Unix ms until which the value may be served while the store is down. */
+  usableUntil: number;
+  /** The value lives only in a fallback (or memory): offered to the shared store once it answers. */
+  unshared?: EncodedEntry;
+}
+
+/** What this process holds of one entry, and for how long it may answer from it. */
+export class Memo {
+  readonly #entries: EntryStore;
+  readonly #settings: ProtocolSettings;
+  #held: Held | undefined;
+
+  constructor(entries: EntryStore, settings: ProtocolSettings) {
+    this.#entries = entries;
+    this.#settings = settings;
+  }
+
+  get entry(): StoredEntry | undefined {
+    return this.#held?.entry;
+  }
+
+  get value(): string | undefined {
+    return this.#held?.entry.value;
+  }
+
+  /** When the entry leaves the store (unix ms), if known. */
+  get staleAt(): number | undefined {
+    return this.#held?.staleAt;
+  }
+
+  /** The value fetched while the store was away, still to be offered to it. */
+  get unshared(): EncodedEntry | undefined {
+    return this.#held?.unshared;
+  }
+
+  /** The value, while the memo window lasts: no store read needed. */
+  fresh(now: number): string | undefined {
+    return this.#held && now < this.#held.recheckAt ? this.#held.entry.value : undefined;
+  }
+
+  /** The value, while it may still be used when the store cannot be read. */
+  usable(now: number): string | undefined {
+    return this.#held && now < this.#held.usableUntil ? this.#held.entry.value : undefined;
+  }
+
+  /** Forgets the value (all of it, or only if it is `value`). */
+  forget(value?: string): void {
+    if (value === undefined || this.#held?.entry.value === value) this.#held = undefined;
+  }
+
+  /** The unshared value reached the store. */
+  published(): void {
+    if (this.#held) this.#held.unshared = undefined;
+  }
+
+  /**
+   * Holds a refresh's entry, unless the memo holds a newer token (a read that started before a refresh
+   * may end after it) that is not `rejected`. Resolves the value held afterwards.
+   */
+  remember(refreshed: Refreshed, rejected: (value: string) => boolean): string {
+    const { entry } = refreshed;
+    const previous = this.#held;
+    if (previous && previous.entry.value !== entry.value && !rejected(previous.entry.value) && (previous.entry.fetchedAt ?? 0) > (entry.fetchedAt ?? Infinity)) {
+      return previous.entry.value;
+    }
+    const { expiresAtMs, staleAtMs } = this.#entries.lifetime(entry);
+    const now = this.#settings.now();
+    const { memoMs } = this.#settings;
+    const unshared = refreshed.unshared ?? (previous?.entry.value === entry.value && refreshed.tier !== 'shared' ? previous.unshared : undefined);
+    this.#held = {
+      entry,
+      staleAt: staleAtMs,
+      // Never serve from memory past the point where the store itself would have dropped the entry.
+      recheckAt: Math.min(now + memoMs, staleAtMs ?? Infinity, (expiresAtMs ?? Infinity) - NEAR_EXPIRY_MS),
+      // While the store is down, a value is usable until shortly before WeChat expires it; a format
+      // without an expiry gets the memo window only.
+      usableUntil: expiresAtMs === undefined ? now + memoMs : expiresAtMs - NEAR_EXPIRY_MS,
+      ...(unshared ? { unshared } : {}),
+    };
+    return entry.value;
+  }
+}
