@@ -1,5 +1,5 @@
 import type { TokenCache } from './cache.js';
-import type { ClientCore } from './client-base.js';
+import type { ClientCore } from './client-core.js';
 import type { StoredEntry } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';
 

@@ -1,4 +1,4 @@
-import type { ClientCore } from './client-base.js';
+import type { ClientCore } from './client-core.js';
 import { WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';

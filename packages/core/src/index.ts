@@ -1,15 +1,15 @@
-export { OfficialAccount, type OfficialAccountOptions, type TokenEndpoint } from './official-account.js';
+export { OfficialAccount, type OfficialAccountOptions, type TokenEndpoint } from './clients/official-account.js';
 export {
   MiniProgram,
   type MiniProgramOptions,
   type SubscribeMessageInput,
   type WxaCodeUnlimitedInput,
   type Code2SessionResult,
-} from './mini-program.js';
-export { Work, WORK_BASE_URL, type WorkOptions, type WorkMessageInput, type WorkMessageResult } from './work.js';
-export { WeChatClient, type ClientEvent } from './base-client.js';
+} from './clients/mini-program.js';
+export { Work, WORK_BASE_URL, type WorkOptions, type WorkMessageInput, type WorkMessageResult } from './clients/work.js';
+export { WeChatClient, type ClientEvent } from './clients/wechat-client.js';
 export { remoteTokenSource, type TokenSource, type TokenSourceRequest, type RemoteTokenSourceOptions } from './token-source.js';
-export type { ClientOptions } from './client-base.js';
+export type { ClientOptions } from './client-core.js';
 export { AccessToken, type TokenCallOptions } from './access-token.js';
 export { ApiClient, type WeChatResponse, type RequestOptions } from './api-client.js';
 export type { Query, QueryValue, BinaryResponse } from './http.js';

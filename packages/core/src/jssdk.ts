@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { TokenCallOptions } from './access-token.js';
-import type { ClientCore } from './client-base.js';
+import type { ClientCore } from './client-core.js';
 import { ConfigError, isTokenRejection } from './errors.js';
 import type { KeySubject } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';

@@ -1,59 +1,12 @@
 import { createHash } from 'node:crypto';
-import type { RedisClientOptions } from '@keyv/redis';
 import { CacheError, type TokenCache } from '@wxkit/core';
 import { Connection, type RedisClientLike } from './connection.js';
-import { resolveOptions } from './options.js';
+import { resolveOptions, type RedisCacheOptions } from './options.js';
 
 export type { RedisClientLike } from './connection.js';
+export type { RedisCacheOptions, RedisCacheSentinelOptions } from './options.js';
 
 /** Options of {@link RedisCache}: exactly one of `url`, `cluster`, `sentinel` or `client`. */
-export interface RedisCacheOptions {
-  /**
-   * `redis://[user:password@]host:port[/db]`, or `rediss://` for TLS. A user name selects an ACL user;
-   * the path selects the database.
-   */
-  url?: string;
-  /** Redis Cluster root nodes, as URLs (`redis://user:pass@10.0.0.1:7000`). Every wxkit command uses one key, so any slot layout works. */
-  cluster?: string[];
-  /**
-   * A primary and its replicas behind Redis Sentinel: commands go to whichever node the Sentinels name
-   * as master, and follow it through a failover.
-   */
-  sentinel?: RedisCacheSentinelOptions;
-  /** An existing node-redis client, cluster or sentinel. wxkit neither configures nor closes it. */
-  client?: RedisClientLike;
-  /**
-   * How long the first connection may take, in ms. A store that is down answers with a CacheError after
-   * this long, and wxkit's clients serve the token they hold meanwhile.
-   * @default 1000
-   */
-  connectTimeoutMs?: number;
-  /**
-   * More node-redis client options (TLS `socket.ca`, `pingInterval`…), merged over wxkit's. With
-   * `sentinel`, they apply to the primary and replicas, not to the Sentinels.
-   */
-  clientOptions?: RedisClientOptions;
-}
-
-/** Options of {@link RedisCacheOptions.sentinel}. */
-export interface RedisCacheSentinelOptions {
-  /**
-   * The Sentinels to ask, as URLs: `redis://[user:password@]host:26379`. A user and password here are
-   * the Sentinels' own (Sentinel's `requirepass`), the same in every URL.
-   */
-  sentinels: string[];
-  /** The name the Sentinels monitor the primary under (`sentinel monitor <name> …` in sentinel.conf). */
-  masterName: string;
-  /** ACL user on the primary and replicas. */
-  username?: string;
-  /** Password on the primary and replicas (their `requirepass`, or the ACL user's). Never shown in messages. */
-  password?: string;
-  /**
-   * Database number on the primary and replicas.
-   * @default 0
-   */
-  database?: number;
-}
 
 // Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it.
 const COMPARE_AND_DELETE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end");

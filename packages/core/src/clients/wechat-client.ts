@@ -1,9 +1,9 @@
-import { AccessToken } from './access-token.js';
-import { ApiClient } from './api-client.js';
-import type { TokenCache } from './cache.js';
-import type { ClientCore } from './client-base.js';
-import type { LogFields } from './logger.js';
-import type { TokenManager } from './token/manager.js';
+import { AccessToken } from '../access-token.js';
+import { ApiClient } from '../api-client.js';
+import type { TokenCache } from '../cache.js';
+import type { ClientCore } from '../client-core.js';
+import type { LogFields } from '../logger.js';
+import type { TokenManager } from '../token/manager.js';
 
 /** An event a client emits: the fields of the log line of the same name, with its level and message. */
 export type ClientEvent = LogFields & { level: 'debug' | 'info' | 'warn' | 'error'; message: string };

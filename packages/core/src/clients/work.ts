@@ -1,10 +1,10 @@
-import type { RequestOptions } from './api-client.js';
-import { WeChatClient } from './base-client.js';
-import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from './client-base.js';
-import { WorkJssdk } from './jssdk.js';
-import type { KeySubject } from './token/entry.js';
-import { validateFetched } from './token/upstream.js';
-import { invalidOption, requireFields } from './validate.js';
+import type { RequestOptions } from '../api-client.js';
+import { WeChatClient } from './wechat-client.js';
+import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from '../client-core.js';
+import { WorkJssdk } from '../jssdk.js';
+import type { KeySubject } from '../token/entry.js';
+import { validateFetched } from '../token/upstream.js';
+import { invalidOption, requireFields } from '../validate.js';
 
 /** Options of {@link Work}. */
 export interface WorkOptions extends ClientOptions {

@@ -1,9 +1,10 @@
-import type { RequestOptions } from './api-client.js';
-import { WeChatClient } from './base-client.js';
-import type { ClientCore, ClientOptions } from './client-base.js';
-import { BadResponseError, ConfigError } from './errors.js';
-import { setUp, type TokenEndpoint } from './official-account.js';
-import { requireFields, typeName } from './validate.js';
+import type { RequestOptions } from '../api-client.js';
+import { WeChatClient } from './wechat-client.js';
+import type { ClientCore, ClientOptions } from '../client-core.js';
+import { BadResponseError, ConfigError } from '../errors.js';
+import { setUp } from './app-token.js';
+import type { TokenEndpoint } from './official-account.js';
+import { requireFields, typeName } from '../validate.js';
 
 /** Options of {@link MiniProgram}. */
 export interface MiniProgramOptions extends ClientOptions {

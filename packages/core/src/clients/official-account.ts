@@ -1,0 +1,54 @@
+import { WeChatClient } from './wechat-client.js';
+import type { ClientOptions } from '../client-core.js';
+import { Jssdk } from '../jssdk.js';
+import { TemplateMessage } from '../template-message.js';
+import { setUp } from './app-token.js';
+
+/** Which WeChat endpoint issues access tokens. */
+export type TokenEndpoint = 'stable' | 'classic';
+
+/** Options of {@link OfficialAccount}. */
+export interface OfficialAccountOptions extends ClientOptions {
+  /** The account's AppID (`wx…`). */
+  appId: string;
+  /**
+   * The account's AppSecret. It is sent to WeChat's token endpoint and nowhere else. Not needed with
+   * `tokenSource` or `refresh: 'never'`.
+   */
+  secret?: string;
+  /**
+   * `stable`: `POST cgi-bin/stable_token`. WeChat returns the current token while it is valid and never
+   * invalidates a token another program holds; tokens are shared only with programs on the same endpoint.
+   * `classic`: `GET cgi-bin/token`. Every fetch invalidates the previous token after a grace window;
+   * pick it to share a token with a program that uses it (EasyWeChat 4, most older SDKs).
+   * @default 'stable', or the endpoint of the schema's peer SDK (easyWeChat4(): 'classic')
+   */
+  tokenEndpoint?: TokenEndpoint;
+}
+
+const OWN_OPTIONS = ['appId', 'secret', 'tokenEndpoint'] as const;
+
+/**
+ * A WeChat official account (公众号) client whose access token and jsapi_ticket are shared through the
+ * cache you set, in the style of EasyWeChat.
+ *
+ * @example
+ * ```ts
+ * const app = new OfficialAccount({ appId: 'wx1234abcd5678ef90', secret: process.env.WECHAT_SECRET! });
+ * app.setCache(new FileCache({ dir: '/var/lib/myapp/wechat' }));
+ * await app.templateMessage.send({ touser: openid, template_id: 'TPL', data: { first: { value: 'Hi' } } });
+ * ```
+ */
+export class OfficialAccount extends WeChatClient {
+  readonly appId: string;
+  readonly templateMessage: TemplateMessage;
+  readonly jssdk: Jssdk;
+
+  constructor(options: OfficialAccountOptions) {
+    const { core, subject, token } = setUp('OfficialAccount', 'official_account', options, OWN_OPTIONS);
+    super(core, token);
+    this.appId = subject.appId;
+    this.templateMessage = new TemplateMessage(this.client);
+    this.jssdk = new Jssdk(core, token, subject);
+  }
+}
