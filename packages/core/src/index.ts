@@ -61,7 +61,11 @@ export {
   CacheError,
   ConfigError,
   TokenUnavailableError,
+  MessageCryptoError,
+  type MessageCryptoFailure,
   type WxkitErrorCode,
   type WeChatErrorBody,
 } from './errors.js';
+// Open platform (third-party platforms): message encryption, component and authorizer tokens.
+export { MessageCrypto, type MessageCryptoOptions, type EncryptedMessage } from './open-platform/crypto.js';
 export { VERSION } from './version.js';
