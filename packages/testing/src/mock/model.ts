@@ -56,6 +56,14 @@ export interface MockCounters {
   wxaCodes: number;
   /** Business calls refused for their token: 40001, 40014, 42001, 41001. */
   rejectedCalls: number;
+  /** Requests to cgi-bin/component/api_component_token, whatever the answer. */
+  componentTokenRequests: number;
+  /** Requests to cgi-bin/component/api_authorizer_token, whatever the answer (counted for the authorizer named in the body). */
+  authorizerTokenRequests: number;
+  /** Requests to cgi-bin/component/api_query_auth, whatever the answer. */
+  queryAuthRequests: number;
+  /** component_verify_ticket pushes sent to the component's callback URL (answered or not). */
+  verifyTicketPushes: number;
   /** Every non-zero errcode answered, by code. */
   errcodes: Record<string, number>;
 }
@@ -81,6 +89,36 @@ export interface AppState {
   /** Quota use by `name:period`. */
   usage: Map<string, number>;
   counters: MockCounters;
+  /** Set when the app is an open-platform component (third-party platform). */
+  component?: ComponentState;
+  /** Set when the app is authorized to a component: its tokens come from api_query_auth / api_authorizer_token. */
+  authorizer?: AuthorizerState;
+}
+
+/** An open-platform component as WeChat holds it. */
+export interface ComponentState {
+  /** Callback token and key (WeChat's console), for the encrypted pushes. */
+  token: string;
+  encodingAESKey: string;
+  /** Where pushes go; none until a test registers one. */
+  callbackUrl?: string;
+  /** Tickets pushed, by value: each is accepted for 12 h after its push. */
+  tickets: Map<string, number>;
+  /** Mock time of the next scheduled push. */
+  nextPushAt?: number;
+  /** pre_auth_code → its expiry. */
+  preAuthCodes: Map<string, number>;
+  /** authorization_code → what it grants, until used or expired. */
+  authCodes: Map<string, { authorizerAppId: string; expiresAt: number }>;
+}
+
+/** An authorizer (an official account or mini program that authorized a component). */
+export interface AuthorizerState {
+  componentAppId: string;
+  /** The one refresh token WeChat accepts now; undefined once the account revoked the authorization. */
+  refreshToken: string | undefined;
+  funcInfo: number[];
+  authTime: number;
 }
 
 /** WeChat's own errmsg texts (as seen live; see /work/shared/wechat-api.md), without the trailing rid. */
@@ -106,6 +144,15 @@ export const ERRMSG: Record<number, string> = {
   45009: 'reach max api daily quota limit',
   45011: 'api minute-quota reach limit  mustslower  retry next minute',
   47001: 'data format error',
+  61003: 'component is not authorized by this account',
+  61004: 'access clientip is not registered',
+  61005: 'component ticket is expired',
+  61006: 'component ticket is invalid',
+  61007: 'api is unauthorized to component',
+  61009: 'code is invalid',
+  61010: 'code is expired',
+  61011: 'invalid component',
+  61023: 'refresh_token is invalid',
   60020: 'not allow to access from your ip',
 };
 
@@ -131,6 +178,10 @@ export function emptyCounters(): MockCounters {
     messageSends: 0,
     wxaCodes: 0,
     rejectedCalls: 0,
+    componentTokenRequests: 0,
+    authorizerTokenRequests: 0,
+    queryAuthRequests: 0,
+    verifyTicketPushes: 0,
     errcodes: {},
   };
 }
@@ -355,7 +406,10 @@ export class WeChatModel {
 
   /** The app that owns a business call's access_token, or the errcode WeChat answers. */
   authorize(call: Call): AppState {
-    return this.ownerOfToken(call.query.get('access_token'), call.t);
+    const state = this.ownerOfToken(call.query.get('access_token'), call.t);
+    // An authorizer that granted the component no permission set: WeChat refuses the component's calls for it.
+    if (state.authorizer && state.authorizer.funcInfo.length === 0) throw new WeChatError(61007);
+    return state;
   }
 
   /** A ticket of `type`: the same while it lives, a new one after; an app's fixed jsapi ticket always. */

@@ -14,6 +14,7 @@ import {
   type MockQuotas,
   type MockWorkApp,
 } from './model.js';
+import { OpenPlatform, type MockAuthorization, type MockAuthorizeOptions, type MockComponent, type MockPushResult } from './open-platform.js';
 import { createRoutes } from './routes.js';
 
 /** Options of {@link startMockWeChat}. */
@@ -42,6 +43,12 @@ export interface MockWeChatOptions {
    * (`() => T0`) makes every `expires_in` exact in tests. @default Date.now
    */
   now?: () => number;
+  /**
+   * Whether api_authorizer_token hands out a new authorizer_refresh_token on every call, the old one
+   * answering 61023 from then on. WeChat may rotate it (its docs say to store what comes back); the
+   * strict reading is the default so tests see the hard case. @default true
+   */
+  rotateRefreshTokens?: boolean;
 }
 
 /** A running mock WeChat API server. */
@@ -80,6 +87,28 @@ export interface MockWeChat {
   advanceClock(seconds: number): void;
   /** The mock's time, in ms. */
   now(): number;
+  /**
+   * Registers an open-platform component (third-party platform): `cgi-bin/component/*` answers for it.
+   * It has no verify ticket until one is pushed (`pushVerifyTicket`) or issued (`issueVerifyTicket`).
+   */
+  createComponent(overrides?: Partial<MockComponent>): MockComponent;
+  /**
+   * Sets the component's callback URL ("授权事件接收 URL"). From then on, every 10 minutes of mock
+   * time (`advanceClock`) WeChat pushes a new component_verify_ticket there, encrypted and signed.
+   */
+  setComponentCallback(componentAppId: string, url: string | undefined): void;
+  /** Pushes a new component_verify_ticket to the callback now; resolves with the callback's answer. */
+  pushVerifyTicket(componentAppId: string): Promise<MockPushResult>;
+  /** A new verify ticket (valid 12 h) without a push, for tests that set it in the store themselves. */
+  issueVerifyTicket(componentAppId: string): string;
+  /** Resolves once every push sent so far has been answered. */
+  pushesSettled(): Promise<void>;
+  /** An account's admin authorizes the component; returns the authorization code for api_query_auth. */
+  authorize(componentAppId: string, options?: MockAuthorizeOptions): MockAuthorization;
+  /** The account revokes the authorization: its refresh token answers 61003 and its tokens die. */
+  revokeAuthorization(authorizerAppId: string): void;
+  /** The authorizer_refresh_token WeChat accepts now (undefined once revoked). */
+  authorizerRefreshToken(authorizerAppId: string): string | undefined;
   /** Stops the server; hanging and trickling answers are cut, so this never hangs. */
   close(): Promise<void>;
 }
@@ -122,6 +151,9 @@ function validateOptions(options: MockWeChatOptions): void {
   checkNumber('tokenTtlSeconds', options.tokenTtlSeconds, 1);
   checkNumber('ticketTtlSeconds', options.ticketTtlSeconds, 1);
   checkNumber('latencyMs', options.latencyMs, 0);
+  if (options.rotateRefreshTokens !== undefined && typeof options.rotateRefreshTokens !== 'boolean') {
+    throw new TypeError(`startMockWeChat options.rotateRefreshTokens must be a boolean (got ${typeof options.rotateRefreshTokens})`);
+  }
   for (const [name, value] of Object.entries(options.quotas ?? {})) checkNumber(`quotas.${name}`, value, 0, true);
   if (options.now !== undefined && typeof options.now !== 'function') {
     throw new TypeError(`startMockWeChat options.now must be a function (got ${typeof options.now})`);
@@ -167,13 +199,19 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
   const count = model.count.bind(model);
   const countErrcode = model.countErrcode.bind(model);
   for (const app of options.apps ?? []) addApp(app);
-  const routes = createRoutes(model);
+  const openPlatform = new OpenPlatform(model, options.rotateRefreshTokens ?? true);
+  const routes = { ...createRoutes(model), ...openPlatform.routes() };
   const faults = new FaultQueue(model, later);
 
   /** The app a request names (its token's owner, appid in the query or body, a WeCom corp + secret), for the counters. */
   function ownerOf(path: string, query: URLSearchParams, json: Record<string, unknown> | undefined): AppState | undefined {
     const token = query.get('access_token');
     if (token) return tokenOwners.get(token);
+    // An authorizer's refresh counts against the authorizer; other component calls against the component.
+    if (path === 'cgi-bin/component/api_authorizer_token' && typeof json?.authorizer_appid === 'string') return apps.get(json.authorizer_appid);
+    const componentToken = query.get('component_access_token');
+    if (componentToken) return tokenOwners.get(componentToken);
+    if (typeof json?.component_appid === 'string') return apps.get(json.component_appid);
     if (path === 'cgi-bin/gettoken') {
       return corps.get(query.get('corpid') ?? '')?.find((agent) => agent.app.secret === query.get('corpsecret'));
     }
@@ -194,6 +232,12 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
       count(owner, 'stableTokenRequests');
       count(owner, 'tokenRequests');
       if (json?.force_refresh === true) count(owner, 'forceRefreshes');
+    } else if (path === 'cgi-bin/component/api_component_token') {
+      count(owner, 'componentTokenRequests');
+    } else if (path === 'cgi-bin/component/api_authorizer_token') {
+      count(owner, 'authorizerTokenRequests');
+    } else if (path === 'cgi-bin/component/api_query_auth') {
+      count(owner, 'queryAuthRequests');
     }
   }
 
@@ -360,7 +404,16 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     },
     advanceClock(seconds) {
       model.advanceClock(seconds);
+      openPlatform.pushDue();
     },
+    createComponent: (overrides) => openPlatform.createComponent(overrides),
+    setComponentCallback: (appId, url) => openPlatform.setCallback(appId, url),
+    pushVerifyTicket: (appId) => openPlatform.pushVerifyTicket(appId),
+    issueVerifyTicket: (appId) => openPlatform.issueVerifyTicket(appId),
+    pushesSettled: () => openPlatform.settled(),
+    authorize: (appId, authorizeOptions) => openPlatform.authorize(appId, authorizeOptions),
+    revokeAuthorization: (appId) => openPlatform.revoke(appId),
+    authorizerRefreshToken: (appId) => openPlatform.refreshTokenOf(appId),
     now,
     async close() {
       for (const timer of timers) clearTimeout(timer);
