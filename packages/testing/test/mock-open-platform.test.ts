@@ -167,6 +167,21 @@ describe('authorization and authorizer tokens', () => {
     expect(info.authorization_info.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
   });
 
+  it('a lost-answer fault: WeChat rotates the refresh token, and the caller never hears the new one', async () => {
+    const component = mock.createComponent();
+    const { token, grant } = await authorized(component);
+    const old = mock.authorizerRefreshToken(grant.authorizerAppId)!;
+    mock.injectFault({ kind: 'lost-answer', path: 'cgi-bin/component/api_authorizer_token' });
+    const request = fetch(`${mock.url}/cgi-bin/component/api_authorizer_token?component_access_token=${token}`, {
+      method: 'POST',
+      body: JSON.stringify({ component_appid: component.appId, authorizer_appid: grant.authorizerAppId, authorizer_refresh_token: old }),
+      signal: AbortSignal.timeout(300),
+    });
+    await expect(request).rejects.toThrow();
+    expect(mock.authorizerRefreshToken(grant.authorizerAppId)).not.toBe(old);
+    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, tokensIssued: 1 });
+  });
+
   it('61003 once revoked or for another component, 61007 without permissions', async () => {
     const component = mock.createComponent();
     const other = mock.createComponent();

@@ -26,6 +26,12 @@ export type MockFaultKind =
   | 'reset'
   /** A WeChat error: `{"errcode": errcode, "errmsg": "… rid: …"}`, HTTP 200. */
   | 'errcode'
+  /**
+   * WeChat handles the request (a token is issued, a refresh token rotated), but the answer never
+   * arrives: the connection hangs as with `hang`. What a client sees when the network fails after
+   * WeChat acted. `close()` cuts it.
+   */
+  | 'lost-answer'
   /** A seeded random mix of all of the above and of malformed answers, now and then a valid one. */
   | 'fuzz';
 
@@ -60,6 +66,7 @@ const FAULT_KINDS = new Set<MockFaultKind>([
   'reset',
   'errcode',
   'fuzz',
+  'lost-answer',
 ]);
 /** Paths whose answers are token-shaped: a fault there imitates a token answer. */
 const TOKEN_PATHS = new Set(['cgi-bin/token', 'cgi-bin/stable_token', 'cgi-bin/gettoken']);
@@ -218,6 +225,7 @@ export class FaultQueue {
         return;
       }
       case 'hang':
+      case 'lost-answer': // handled by the server before the answer is dropped
         return; // never answered; close() cuts the socket
       case 'slow-body': {
         res.writeHead(200, { 'content-type': 'application/json' });

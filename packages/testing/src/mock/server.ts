@@ -298,10 +298,20 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     const fault = faults.take(path);
     const respond = () => {
       if (res.destroyed) return;
-      if (fault) return faults.answer(fault, path, owner, res);
+      if (fault && fault.kind !== 'lost-answer') return faults.answer(fault, path, owner, res);
       const route = routes[path];
       if (!route) return send(res, 404, `404 Not Found: no API /${path}\n`, 'text/plain; charset=utf-8');
       const call: Call = { req, path, query: url.searchParams, body, json, t: now(), owner };
+      if (fault) {
+        // WeChat acts on the request; its answer is lost on the way back.
+        try {
+          route(call);
+        } catch (error) {
+          if (!(error instanceof WeChatError)) throw error;
+          countErrcode(owner, error.errcode);
+        }
+        return;
+      }
       try {
         const answer = route(call);
         if ('image' in answer) send(res, 200, answer.image, 'image/png');
