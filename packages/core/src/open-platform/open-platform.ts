@@ -60,7 +60,8 @@ export interface CallbackRequest {
   body: string | Buffer;
 }
 
-interface RefreshRecord {
+/** @internal */
+export interface RefreshRecord {
   token: string;
   /** Unix seconds; set while a refresh with `token` is under way (the write-ahead). */
   pendingSince?: number;
@@ -342,8 +343,7 @@ export class OpenPlatform {
     // A push delivered late (WeChat retries) must not replace a newer ticket.
     const stored = decodeTicket(await this.#durable.get(key).catch(() => undefined));
     if (stored && stored.createTime > createTime) return;
-    const now = Math.floor(this.#core.settings.now() / 1000);
-    const value = JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: now });
+    const value = encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
     await this.#durable.set(key, value, TICKET_TTL_SECONDS);
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
@@ -463,13 +463,7 @@ export class OpenPlatform {
   }
 
   async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
-    const now = Math.floor(this.#core.settings.now() / 1000);
-    const value = JSON.stringify({
-      authorizer_refresh_token: record.token,
-      updated_at: now,
-      updated_by: this.#core.writer,
-      ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
-    });
+    const value = encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
     await this.#durable.set(this.#key('authorizer_refresh_token', authorizerAppId), value, REFRESH_TTL_SECONDS);
   }
 
@@ -488,6 +482,29 @@ class BadAnswer extends BadResponseError {
   constructor(path: string) {
     super(`WeChat answered ${path} without the fields it documents`, { path });
   }
+}
+
+/**
+ * The stored verify ticket (docs/key-schema.md): WeChat's field name first, then the push's CreateTime
+ * and when it was received, unix seconds.
+ * @internal
+ */
+export function encodeTicketRecord(ticket: string, createTime: number, receivedAt: number): string {
+  return JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt });
+}
+
+/**
+ * The stored refresh token (docs/key-schema.md). `pending_since` / `pending_by` are the write-ahead:
+ * present while a refresh with this token is under way, or after one was interrupted.
+ * @internal
+ */
+export function encodeRefreshRecord(record: RefreshRecord, updatedAt: number, updatedBy: string): string {
+  return JSON.stringify({
+    authorizer_refresh_token: record.token,
+    updated_at: updatedAt,
+    updated_by: updatedBy,
+    ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
+  });
 }
 
 function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
