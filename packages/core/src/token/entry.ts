@@ -76,7 +76,16 @@ export interface KeySchema {
   companions?(entryKey: string, field: EntryField, value: string, expiresIn: number, fetchedAt: number): { key: string; value: string; ttlSeconds: number }[];
   /** The key as logs, events and errors may show it: a key that holds the secret is masked. */
   redactKey?(key: string): string;
+  /**
+   * Keys of the open platform's entries (docs/key-schema.md): the verify ticket and the component token
+   * per component app, the access and refresh token per authorizer. A schema without it cannot serve
+   * an OpenPlatform.
+   */
+  openPlatformKey?(entry: OpenPlatformEntry, componentAppId: string, authorizerAppId?: string): string;
 }
+
+/** The open platform's entries: see {@link KeySchema.openPlatformKey}. */
+export type OpenPlatformEntry = 'component_verify_ticket' | 'component_access_token' | 'authorizer_access_token' | 'authorizer_refresh_token';
 
 /** Options of {@link nativeSchema}. */
 export interface NativeSchemaOptions {
@@ -171,6 +180,10 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
       }),
     decode: (field, raw) => decodeNative(field, raw),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, marginSeconds),
+    openPlatformKey: (entry, componentAppId, authorizerAppId) =>
+      entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token'
+        ? `${prefix}${entry}:${componentAppId}:${authorizerAppId}`
+        : `${prefix}${entry}:${componentAppId}`,
   };
 }
 

@@ -28,7 +28,8 @@ type Policy = 'transient' | 'minute' | 'credential' | 'quota';
 
 // Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
 // service runs: the fleet tries again once a minute (or at once on forceRefresh()).
-const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503]);
+// 61003 (authorization revoked), 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too.
+const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503, 61003, 61004, 61023]);
 const MINUTE_MS = 60_000;
 /** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
 const TRANSIENT_BASE_MS = 1_000;
