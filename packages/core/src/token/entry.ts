@@ -1,3 +1,4 @@
+import { binaryToText, textToBinary } from '../bytes.js';
 import { assertOptionsObject, invalidOption, optionalNumber } from '../validate.js';
 
 /** Which WeChat credential an entry belongs to. */
@@ -162,13 +163,14 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
     lockKey: (entryKey) => `${entryKey}:lock`,
     encode: (field, value, expiresIn, fetchedAt, extra) =>
       // Field order is part of the format: WeChat's own field name first. JSON.stringify keeps
-      // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII.
-      JSON.stringify({
+      // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII; the
+      // store gets the JSON's UTF-8 bytes (a `fetched_by` of `订单` is e8 ae a2 e5 8d 95, as elsewhere).
+      textToBinary(JSON.stringify({
         [field]: value,
         expires_at: fetchedAt + Math.floor(expiresIn),
         fetched_at: fetchedAt,
         ...(extra?.fetchedBy === undefined ? {} : { fetched_by: extra.fetchedBy }),
-      }),
+      })),
     decode: (field, raw) => decodeNative(field, raw),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, marginSeconds),
   };
@@ -177,7 +179,7 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
 function decodeNative(field: EntryField, raw: string): StoredEntry | undefined {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw);
+    parsed = JSON.parse(binaryToText(raw));
   } catch {
     return undefined;
   }

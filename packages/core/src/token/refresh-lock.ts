@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { textToBinary } from '../bytes.js';
 import { CacheError } from '../errors.js';
 import type { Log } from '../logger.js';
 import { neverSent, type GuardedStore } from '../store.js';
@@ -45,7 +46,7 @@ export class RefreshLock {
    */
   async tryAcquire(store: GuardedStore, leaseMs: number): Promise<LockAttempt> {
     await this.cleanUp();
-    const owner = `${PROCESS_ID}:${randomBytes(6).toString('hex')}`;
+    const owner = textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
     const added = store.add(this.key, owner, leaseMs / 1000);
     if (added === undefined) return 'unavailable';
     const started = performance.now();
