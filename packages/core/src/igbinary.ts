@@ -243,12 +243,18 @@ export function igbinarySerialize(value: IgbinaryValue): string {
     else byte(positive ? T.long32p : T.long32n);
     be(k, width);
   };
-  const string = (s: string) => {
+  const string = (s: string): void => {
     if (/[^\x00-\xff]/.test(s)) throw new RangeError('igbinarySerialize takes binary strings (char codes 0–255)');
-    if (s === '') return byte(T.stringEmpty);
+    if (s === '') {
+      byte(T.stringEmpty);
+      return;
+    }
     if (!scalar) {
       const id = ids.get(s);
-      if (id !== undefined) return sized(id, [T.stringId8, T.stringId16, T.stringId32]);
+      if (id !== undefined) {
+        sized(id, [T.stringId8, T.stringId16, T.stringId32]);
+        return;
+      }
       ids.set(s, ids.size);
     }
     sized(s.length, [T.string8, T.string16, T.string32]);

@@ -97,9 +97,10 @@ describe('PHP formats', () => {
     expect(phpJsonEncode({ s: '中文🚀/x' })).toBe('{"s":"\\u4e2d\\u6587\\ud83d\\ude80\\/x"}');
   });
 
-  it('a value written with igbinary or as a PHP object is a CacheError naming the profile; garbage is a miss', () => {
+  it('a value in another serializer, broken igbinary or a PHP object is a CacheError naming the profile; garbage is a miss', () => {
     const profile = easyWeChat4();
-    expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\)/);
+    expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile could not read this igbinary value \(truncated/);
+    expect(() => profile.decode('access_token', '\u0082\u00acaccess_token\u00a8TOKEN123')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\) or igbinary/);
     expect(() => profile.decode('access_token', 'O:8:"stdClass":1:{s:12:"access_token";s:1:"x";}')).toThrow(/found a PHP object/);
     expect(profile.decode('access_token', 'not php at all')).toBeUndefined();
     expect(profile.decode('access_token', 'a:1:{s:10:"expires_in";i:7200;}')).toBeUndefined();
@@ -149,10 +150,15 @@ describe('profiles in the token protocol', () => {
     for (let i = 0; i < 5; i += 1) expect(await app.accessToken.getToken()).toBe(token);
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
-    const corrupt = logger.lines.filter((line) => (line.fields as { event: string }).event === 'cache.corrupt_entry');
+    const corrupt = logger.lines.filter((line) => (line.fields as { event: string }).event === 'cache.foreign_entry');
     expect(corrupt).toHaveLength(1);
     expect(corrupt[0]!.message).toContain('easyWeChat4');
     expect(corrupt[0]!.fields).toMatchObject({ foreign: true });
+    // forceRefresh() fetches, but still leaves the entry it could not read to the program that wrote it.
+    const forced = await app.accessToken.forceRefresh();
+    expect(forced).not.toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
   });
 
   it('wechatpy writes the token as a JSON string and its expires_at companion', async () => {

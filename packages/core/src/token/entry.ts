@@ -42,6 +42,8 @@ export interface EncodeExtra {
   response?: Record<string, unknown>;
   /** Who fetched it: `host:pid` or `host:pid:service`. */
   fetchedBy?: string;
+  /** The key the value is stored under, for schemas that write in the format the key already holds. */
+  key?: string;
 }
 
 /**
@@ -66,11 +68,24 @@ export interface KeySchema {
    */
   encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, extra?: EncodeExtra): string;
   /**
-   * The entry inside a stored string, or undefined when it is not a valid entry of this schema (it is
-   * then replaced). Throws a CacheError for a value in a recognisably foreign encoding that must not be
-   * overwritten (a PHP cache serialised with igbinary, say).
+   * The entry inside a stored value (a binary string: its characters are the bytes, see TokenCache), or
+   * undefined when it is not a valid entry of this schema. Throws (a CacheError, say) for a value in an
+   * encoding it cannot read (a PHP object, msgpack). Either way the read is a miss, logged; the entry is
+   * replaced only where {@link replacesUndecodable} says so. `key` is the key it was read from.
    */
-  decode(field: EntryField, raw: string): StoredEntry | undefined;
+  decode(field: EntryField, raw: string, key?: string): StoredEntry | undefined;
+  /**
+   * Whether an entry this schema cannot decode may be replaced (under the refresh lock): only where every
+   * program writing the key takes that same lock, in the same dialect (wxkit's own schema; WxJava's).
+   * Otherwise such an entry is another program's, and is left as it is. @default false
+   */
+  readonly replacesUndecodable?: boolean;
+  /**
+   * The refresh lock's value: `owner`, a unique string compared on release (wxkit, WxJava's RedisTemplate
+   * lock); `expiry-ms`, the lease's end in unix milliseconds as decimal digits, which jedis-lock (WxJava's
+   * Jedis config) parses with `Long.parseLong` and takes over once it has passed. @default 'owner'
+   */
+  readonly lockValue?: 'owner' | 'expiry-ms';
   /** Store TTL for a value WeChat gave `expiresIn` seconds of life, stored under `key`. Always >= 1. */
   ttlSeconds(expiresIn: number, field?: EntryField, key?: string): number;
   /** Entries the peer SDK keeps next to the main one (wechatpy's `…_expires_at`), written after it. */
@@ -152,6 +167,8 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
 
   return {
     name: 'native-v1',
+    // Every writer of the native schema takes its lock (docs/key-schema.md): a corrupt entry is replaced.
+    replacesUndecodable: true,
     accessTokenKey: (subject) =>
       subject.kind === 'work'
         ? `${prefix}work:access_token:${subject.corpId}:${subject.agentId}`
