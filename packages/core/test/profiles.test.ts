@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -114,6 +115,47 @@ describe('profiles in the token protocol', () => {
   });
   afterAll(async () => {
     await mock.close();
+  });
+
+  it("every profile built with no options uses its peer's default key and endpoint, as the peer's source builds them", async () => {
+    const { appId, secret } = mock.createApp();
+    const md5 = (text: string) => createHash('md5').update(text).digest('hex');
+    // Each key is the peer's own format applied to the same credentials; the endpoint is the peer's default.
+    const rows: [string, KeySchema, string][] = [
+      // EasyWeChat 4.2.12 src/Kernel/AccessToken.php:66 (cachePrefix) and :230 (md5(json_encode(credentials)));
+      // src/OfficialAccount/Auth/AccessToken.php:26 (cgi-bin/token) and :34–36 (credentials in this order).
+      ['easyWeChat4', easyWeChat4(), `easywechat.kernel.access_token.${md5(`{"grant_type":"client_credential","appid":"${appId}","secret":"${secret}"}`)}`],
+      // EasyWeChat 6.19.1 src/OfficialAccount/AccessToken.php:43 (sprintf('%s.access_token.%s.%s.%s', …, (int) $this->stable)),
+      // :35 ($stable = false); src/OfficialAccount/Application.php:138 (use_stable_access_token, default false).
+      ['easyWeChat6', easyWeChat6(), `official_account.access_token.${appId}.${secret}.0`],
+      // node-easywechat 3.6.2 dist/OfficialAccount/AccessToken.js:39 (`${prefix}.access_token.${appId}.${secret}.${stable ? 1 : 0}`),
+      // dist/OfficialAccount/Application.js:97 (use_stable_access_token, default false).
+      ['nodeEasyWeChat', nodeEasyWeChat(), `official_account.access_token.${appId}.${secret}.0`],
+      // wechatpy 1.8.18 wechatpy/session/redisstorage.py:10 (prefix='wechatpy') and :17 ('{0}:{1}'),
+      // wechatpy/client/base.py:60 (access_token_key: '{0}_access_token'); wechatpy/client/__init__.py:61 (cgi-bin/token).
+      ['wechatpy', wechatpy(), `wechatpy:${appId}_access_token`],
+      // silenceper/wechat v2.1.6 credential/default_access_token.go:22 ("gowechat_officialaccount_"),
+      // :68 (fmt.Sprintf("%s_access_token_%s", prefix, appID)), :16 (cgi-bin/token).
+      ['silenceper', silenceper(), `gowechat_officialaccount__access_token_${appId}`],
+      // WxJava 4.7.2.B weixin-java-mp/.../WxMpRedisConfigImpl.java:25 ("%s:access_token:%s"), the spring-boot
+      // starter's WxMpProperties.java:72 (keyPrefix = "wx"); WxMpServiceImpl fetches on cgi-bin/token.
+      ['wxJava', wxJava(), `wx:access_token:${appId}`],
+    ];
+    for (const [name, schema, key] of rows) {
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), schema, logger: false });
+      expect(app.accessToken.cacheKey, name).toBe(key);
+      const before = mock.counters(appId);
+      await app.accessToken.getToken();
+      const after = mock.counters(appId);
+      expect(after.classicTokenRequests - before.classicTokenRequests, name).toBe(1);
+      expect(after.stableTokenRequests - before.stableTokenRequests, name).toBe(0);
+    }
+    // WeCom under legacyTtl: EasyWeChat 4.2.11 src/Work/Auth/AccessToken.php:31 ($safeSeconds = 0) kept expires_in.
+    const legacy = easyWeChat4({ legacyTtl: true });
+    const workKey = legacy.accessTokenKey({ kind: 'work', corpId: 'ww4202f388888ab123', agentId: '1000002', secret: 's' });
+    const oaKey = legacy.accessTokenKey({ kind: 'official_account', appId, endpoint: 'classic', secret });
+    expect(legacy.ttlSeconds(7200, 'access_token', workKey)).toBe(7200);
+    expect(legacy.ttlSeconds(7200, 'access_token', oaKey)).toBe(6700);
   });
 
   it('easyWeChat4 fetches on the classic endpoint, stores the PHP array, and reads one PHP wrote', async () => {
