@@ -150,8 +150,9 @@ export interface EasyWeChat4Options {
 
 /**
  * EasyWeChat 4.x/5.x (PHP), on a ThinkPHP or Laravel cache: key
- * `easywechat.kernel.access_token.` + md5 of PHP's `json_encode()` of the credentials, value the
- * `serialize()`d array `['access_token' => …, 'expires_in' => …]`, TTL `expires_in`. EasyWeChat 4 fetches
+ * `easywechat.kernel.access_token.` + md5 of PHP's `json_encode()` of the credentials, value the array
+ * `['access_token' => …, 'expires_in' => …]` as the PHP cache store marshals it (`serialize()`, or
+ * igbinary on Symfony Cache: see `marshaller`), TTL `expires_in`. EasyWeChat 4 fetches
  * on the classic endpoint, so clients with this profile do too unless told otherwise. EasyWeChat takes no
  * lock: wxkit's `{key}:lock` keeps wxkit's processes to one fetch, and its token-scoped recovery covers a
  * PHP process that refreshes behind its back.
@@ -235,8 +236,8 @@ export interface EasyWeChat6Options {
 /**
  * EasyWeChat 6.15.1+ (PHP): key `official_account.access_token.{appId}.{secret}.{0|1}` (`mini_app.` for
  * mini programs, `work.access_token.{corpId}.{secret}` for WeCom; the last digit is 1 on the stable
- * endpoint), value the token as the PSR-16 store encodes a string (ThinkPHP and Laravel:
- * `s:8:"TOKEN123";`), TTL `expires_in`.
+ * endpoint, which is EasyWeChat's default), value the token as the PSR-16 store encodes a string
+ * (ThinkPHP and Laravel: `s:8:"TOKEN123";`; Symfony Cache with igbinary loaded: igbinary), TTL `expires_in`.
  *
  * The key holds the plain AppSecret, as EasyWeChat 6 builds it: anyone who can list the store's keys
  * can read the secret. wxkit masks it in every log line, event and error; prefer the native schema when
