@@ -30,6 +30,8 @@ const POLYGLOT = [
   { check: 'command -v php', pkg: 'php-cli' },
   { check: 'php -m | grep -qx redis', pkg: 'php-redis' },
   { check: 'php -m | grep -qx memcached', pkg: 'php-memcached' },
+  // igbinary: the codec's tests cross-check what wxkit writes against PHP's own igbinary_unserialize().
+  { check: 'php -m | grep -qx igbinary', pkg: 'php-igbinary' },
   { check: '/usr/bin/python3 -c "import redis"', pkg: 'python3-redis' },
   { check: '/usr/bin/python3 -c "import pymemcache"', pkg: 'python3-pymemcache' },
 ];

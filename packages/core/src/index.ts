@@ -52,6 +52,8 @@ export {
   type WechatpyOptions,
   type SilenceperOptions,
   type WxJavaOptions,
+  type PhpMarshaller,
+  type PhpCacheStore,
 } from './profiles.js';
 export type { Logger, LogFields } from './logger.js';
 export {

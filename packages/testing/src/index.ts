@@ -24,6 +24,8 @@ export {
   redisCli,
   memcachedGet,
   memcachedSet,
+  redisGetBytes,
+  memcachedGetBytes,
   type StoreServer,
   type RedisClusterServers,
   type RedisSentinelServers,

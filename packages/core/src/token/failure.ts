@@ -1,4 +1,5 @@
 import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
+import { binaryToText, textToBinary } from '../bytes.js';
 import type { GuardedStore } from '../store.js';
 
 /**
@@ -84,7 +85,8 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
 
 /** The stored form: compact JSON with WeChat's own field names, times in unix milliseconds. */
 export function encodeMarker(marker: FailureMarker): string {
-  return JSON.stringify({
+  // UTF-8 bytes, as the entry's JSON: an errmsg or a failed_by may hold non-ASCII text.
+  return textToBinary(JSON.stringify({
     code: marker.code,
     ...(marker.errcode === undefined ? {} : { errcode: marker.errcode, errmsg: marker.errmsg ?? '' }),
     ...(marker.status === undefined ? {} : { status: marker.status }),
@@ -94,14 +96,14 @@ export function encodeMarker(marker: FailureMarker): string {
     retry_at: marker.retryAt,
     attempt: marker.attempt,
     ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
-  });
+  }));
 }
 
 export function decodeMarker(raw: string | undefined): FailureMarker | undefined {
   if (raw === undefined) return undefined;
   let record: Record<string, unknown>;
   try {
-    const parsed: unknown = JSON.parse(raw);
+    const parsed: unknown = JSON.parse(binaryToText(raw));
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return undefined;
     record = parsed as Record<string, unknown>;
   } catch {
