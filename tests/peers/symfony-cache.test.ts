@@ -27,8 +27,10 @@ afterAll(async () => {
 
 const address = () => `127.0.0.1:${redis.port}`;
 const message = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from Node' } } };
-// The namespace EasyWeChat 6's cache page gives its RedisAdapter; the adapter joins it with ':'.
-const NAMESPACE = 'easywechat';
+// The RedisAdapter each version's cache page shows: EasyWeChat 5 `new RedisAdapter($client)`, no
+// namespace; EasyWeChat 6 `new RedisAdapter($redis, 'easywechat', 1500)`, which the adapter joins with ':'.
+const NAMESPACE = { '5': '', '6': 'easywechat' } as const;
+const wxkitPrefix = (sdk: '5' | '6') => (NAMESPACE[sdk] ? `${NAMESPACE[sdk]}:` : '');
 
 const cases = [
   { sdk: '5', marshaller: 'stock', wxkit: 'igbinary' },
@@ -38,13 +40,13 @@ const cases = [
 ] as const;
 
 function peerOptions(app: MockApp, sdk: '5' | '6', marshaller: 'stock' | 'serialize'): PhpPeerOptions {
-  return { redis: address(), sdk, store: 'symfony', marshaller, prefix: NAMESPACE, appid: app.appId, secret: app.secret, baseUrl: mock.url };
+  return { redis: address(), sdk, store: 'symfony', marshaller, prefix: NAMESPACE[sdk], appid: app.appId, secret: app.secret, baseUrl: mock.url };
 }
 
 /** The wxkit side: the profile of the peer, constructed as its README says, with the marshaller chosen. */
 function node(app: MockApp, sdk: '5' | '6', marshaller: 'igbinary' | 'php-serialize' | 'auto'): { client: OfficialAccount; key: string } {
   // A variable, not a literal: the marshaller option is checked by the profile at run time.
-  const options = { prefix: `${NAMESPACE}:`, marshaller };
+  const options = { prefix: wxkitPrefix(sdk), marshaller };
   const schema: KeySchema = sdk === '5' ? easyWeChat4(options) : easyWeChat6(options);
   const cache = new RedisCache(redis.url);
   caches.push(cache);
