@@ -62,6 +62,7 @@ export {
   ConfigError,
   TokenUnavailableError,
   type WxkitErrorCode,
+  type CacheErrorReason,
   type WeChatErrorBody,
 } from './errors.js';
 export { VERSION } from './version.js';
