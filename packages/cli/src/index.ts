@@ -1,4 +1,5 @@
-export { main, mask, EXIT } from './main.js';
+export { main, mask } from './main.js';
+export { EXIT } from './errors.js';
 export { openStore, describeStore } from './stores.js';
 export { parseApp, type AppRef } from './apps.js';
 export { startTokenService, loadServeConfig, type TokenServiceOptions, type TokenService, type ServiceApp } from './serve.js';
