@@ -4,7 +4,7 @@ import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from '
 import { parseCommand } from './args.js';
 import { runDemo } from './demo.js';
 import { CliError, EXIT, EXIT_HELP, type ExitKind } from './errors.js';
-import { serveCommand } from './serve.js';
+import { serveCommand } from './serve-command.js';
 import { checkWritable, describeStore, openStore } from './stores.js';
 
 export { EXIT } from './errors.js';
