@@ -12,6 +12,7 @@ Run 'wxkit serve --help' for the config file, the routes and the metrics.`;
 
 const SERVE_HELP = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
 
+--store and --port may come from WXKIT_STORE and WXKIT_PORT instead (containers).
 Runs the central token service for the apps in <file> until SIGINT or SIGTERM. Several services on one
 store elect one refresher. Logs are JSON lines on stdout (pino): one per request, with app, route,
 status and duration; never a token, a secret or a key. --log-level: debug, info (default), warn, error.
@@ -26,7 +27,7 @@ The config file (JSON) names environment variables, never secrets:
     ],
     "refreshAheadSeconds": 600,                optional
     "checkEverySeconds": 30,                   optional: how often each token is checked
-    "healthCheckMs": 5000,                     optional: how often the store is probed
+    "healthCheckMs": 2000,                     optional: how often the store is probed
     "headersTimeoutMs": 10000,                 optional: slow clients get 408
     "requestTimeoutMs": 30000,                 optional
     "keepAliveTimeoutMs": 5000,                optional: idle connections are closed
@@ -140,15 +141,18 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
     return 0;
   }
   const usage = (message: string) => new CliError('usage', message, { usage: SERVE_USAGE });
-  if (!values.store || !values.config) throw usage(`wxkit serve needs ${!values.store ? '--store, the store the services share' : '--config, the JSON file that lists the apps'}`);
-  const port = values.port === undefined ? 7400 : Number(values.port);
-  if (!/^\d+$/.test(values.port ?? '0') || port > 65535) throw usage(`--port must be a port number from 0 to 65535 (got ${JSON.stringify(values.port)})`);
+  // A container passes the store (it may hold a password) and the port through its environment.
+  const store = values.store ?? (process.env.WXKIT_STORE || undefined);
+  const portText = values.port ?? (process.env.WXKIT_PORT || undefined);
+  if (!store || !values.config) throw usage(`wxkit serve needs ${!store ? '--store (or WXKIT_STORE), the store the services share' : '--config, the JSON file that lists the apps'}`);
+  const port = portText === undefined ? 7400 : Number(portText);
+  if (!/^\d+$/.test(portText ?? '0') || port > 65535) throw usage(`--port (or WXKIT_PORT) must be a port number from 0 to 65535 (got ${JSON.stringify(portText)})`);
   const level = values['log-level'] ?? 'info';
   if (!(LOG_LEVELS as readonly string[]).includes(level)) throw usage(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${JSON.stringify(level)})`);
   const config = loadServeConfig(values.config);
   let cache;
   try {
-    cache = openStore(values.store);
+    cache = openStore(store);
   } catch (error) {
     throw usage((error as Error).message);
   }

@@ -31,7 +31,7 @@ export interface TokenServiceOptions {
   refreshAheadSeconds?: number;
   /** How often each app's token is checked, so refresh-ahead runs without callers. @default 30 */
   checkEverySeconds?: number;
-  /** How often the store is probed for `/healthz`, in ms. @default 5000 */
+  /** How often the store is probed for `/healthz`, in ms. @default 2000 */
   healthCheckMs?: number;
   /** A client that sends its request headers slower than this gets 408 and is disconnected, in ms. @default 10000 */
   headersTimeoutMs?: number;
@@ -120,7 +120,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   };
   // Node requires headersTimeout <= requestTimeout.
   timeouts.headersTimeout = Math.min(timeouts.headersTimeout, timeouts.requestTimeout);
-  const healthCheckMs = positive(options.healthCheckMs, 5_000, 'healthCheckMs');
+  const healthCheckMs = positive(options.healthCheckMs, 2_000, 'healthCheckMs');
   const digests = options.keys.map((key) => createHash('sha256').update(key).digest());
   const log = options.logger || undefined;
   const metrics = new ServiceMetrics();
