@@ -1,4 +1,8 @@
 import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
@@ -136,6 +140,32 @@ describe('wxkit exit codes and messages', () => {
     // The one fetch happened, and nobody can read its token back.
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(redisCli(partialAcl.port, 'EXISTS', `wechat:stable_access_token:${appId}`)).toBe('0');
+  });
+
+  it('serve: usage (2) for its flags, configuration (7) for its config file and its port', async () => {
+    const usage = await wxkit(['serve', '--store', redis.url, '--conifg', 'serve.json']);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain('wxkit serve has no option --conifg');
+    expect(usage.stderr).toContain('usage: wxkit serve --store <url> --config <file>');
+    const noConfig = await wxkit(['serve', '--store', redis.url]);
+    expect(noConfig.code).toBe(2);
+    expect(noConfig.stderr).toContain('wxkit serve needs --config');
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-exit-'));
+    const missing = await wxkit(['serve', '--store', redis.url, '--config', join(dir, 'absent.json')]);
+    expect(missing.code).toBe(7);
+    expect(missing.stderr).toContain('absent.json: no such file');
+    const config = join(dir, 'serve.json');
+    const { appId, secret } = mock.createApp();
+    writeFileSync(config, JSON.stringify({ keysEnv: 'EXIT_TEST_KEYS', apps: [{ app: `oa:${appId}`, secretEnv: 'EXIT_TEST_SECRET' }], baseUrl: mock.url }));
+    const taken = createServer();
+    const port = await new Promise<number>((resolve) => taken.listen(0, '127.0.0.1', () => resolve((taken.address() as { port: number }).port)));
+    try {
+      const busy = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', String(port)], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
+      expect(busy.code).toBe(7);
+      expect(busy.stderr).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE)`);
+    } finally {
+      taken.close();
+    }
   });
 
   it('WeChat API error (6), WeChat unreachable (4)', async () => {
