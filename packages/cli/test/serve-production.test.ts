@@ -77,7 +77,7 @@ const get = (url: string, headers: Record<string, string> = auth) => fetch(url, 
 
 /** Polls `url` until it answers `status`: waiting for a state the service reaches on its own. */
 async function until(url: string, status: number): Promise<Response> {
-  for (let i = 0; i < 200; i += 1) {
+  for (let i = 0; i < 800; i += 1) {
     const res = await fetch(url);
     if (res.status === status) return res;
     await res.arrayBuffer();
@@ -93,8 +93,9 @@ beforeAll(async () => {
   // A valid entry another program wrote: the service reads it (a hit) and fetches nothing.
   const now = Math.floor(Date.now() / 1000);
   redisCli(redis.port, 'SET', `wechat:stable_access_token:${seeded.appId}`, `{"access_token":"SEEDED_TOKEN_${seeded.appId}","expires_at":${now + 7000},"fetched_at":${now - 200}}`, 'EX', '6700');
-  // A refresh lock another process holds: the service waits for it (a lock wait), then fetches.
-  redisCli(redis.port, 'SET', `wechat:stable_access_token:${locked.appId}:lock`, 'other-host:1:abcdef123456', 'PX', '2500');
+  // A refresh lock another process holds until this test releases it: the service waits (a lock wait).
+  const lockKey = `wechat:stable_access_token:${locked.appId}:lock`;
+  redisCli(redis.port, 'SET', lockKey, 'other-host:1:abcdef123456', 'PX', '60000');
   [service, failing] = await Promise.all([
     startServe(
       'service',
@@ -107,6 +108,13 @@ beforeAll(async () => {
     ),
     startServe('failing', [{ app: `oa:${blocked.appId}`, secretEnv: 'BLOCKED_SECRET' }], { BLOCKED_SECRET: blocked.secret }),
   ]);
+  // The wait shows in the metrics; then the holder lets go, and the service takes the lock and fetches.
+  const waiting = `wxkit_lock_waits_total{app="official_account/${locked.appId}"} 1`;
+  for (let i = 0; i < 400 && !(await (await fetch(`${service.url}/metrics`)).text()).includes(waiting); i += 1) {
+    await new Promise((resolve) => setTimeout(resolve, 25));
+  }
+  expect(mock.counters(locked.appId).tokenRequests).toBe(0);
+  redisCli(redis.port, 'DEL', lockKey);
 });
 afterAll(async () => {
   await Promise.all(
