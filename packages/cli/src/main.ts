@@ -1,25 +1,13 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
+import { parseCommand } from './args.js';
 import { runDemo } from './demo.js';
-import { serveCommand } from './serve.js';
-import { describeStore, openStore } from './stores.js';
+import { CliError, EXIT, EXIT_HELP, type ExitKind } from './errors.js';
+import { serveCommand } from './serve-command.js';
+import { checkWritable, describeStore, openStore } from './stores.js';
 
-/** Exit codes of every command; documented in the README. */
-export const EXIT = Object.freeze({
-  ok: 0,
-  /** WeChat refused (an errcode): credentials, IP whitelist, quota. */
-  wechat: 1,
-  /** Bad flags, a missing environment variable, a bad config file. */
-  usage: 2,
-  /** The store failed: down, refused, unreadable. */
-  store: 3,
-  /** The network: WeChat (or the mock) unreachable, timed out, or answering garbage. */
-  network: 4,
-  /** No token: `inspect` found no entry; a follower found none in time. */
-  noToken: 5,
-});
+export { EXIT } from './errors.js';
 
 const HELP = `wxkit — share WeChat access tokens between programs, processes and languages
 
@@ -35,7 +23,11 @@ commands:
   demo            run the demo (processes sharing one token, another system refreshing it)
 
 Run \`wxkit <command> --help\` for a command's options. Every command takes --json.
-Exit codes: 0 ok, 1 WeChat refused, 2 usage, 3 store failed, 4 network, 5 no token.`;
+
+${EXIT_HELP}`;
+
+const TOKEN_USAGE = `usage: wxkit token <get|inspect|refresh|clear> --store <url> [--app KIND:ID] [options]
+Run 'wxkit token --help' for the options.`;
 
 const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url> [options]
 
@@ -52,12 +44,11 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
   --lock              clear: remove the refresh lock too
   --json              one JSON object on stdout
 
-The secret is read from the environment only, never from a flag: flags land in shell history.`;
+The secret is read from the environment only, never from a flag: flags land in shell history.
+get and refresh check first that the store takes writes (they write and delete <key>:probe):
+a token nobody else can read would only replace the one the others hold.
 
-
-
-/** Thrown for usage errors: printed with the command's help, exit code 2. */
-class UsageError extends Error {}
+${EXIT_HELP}`;
 
 interface Output {
   json: boolean;
@@ -91,52 +82,63 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
         output.out((await import('@wxkit/core')).VERSION);
         return EXIT.ok;
       default:
-        throw new UsageError(`unknown command ${JSON.stringify(command)}\n\n${HELP}`);
+        throw new CliError('usage', `${JSON.stringify(command)} is not a wxkit command (token, serve, mock-server, demo)`, {
+          usage: "usage: wxkit <command> [options]\nRun 'wxkit --help' for the commands.",
+        });
     }
   } catch (error) {
     return report(error, output, stderr);
   }
 }
 
-/** Maps an error to its exit code and prints it (as JSON with --json). Messages carry no secrets. */
-function report(error: unknown, output: Output, stderr: NodeJS.WritableStream): number {
-  const code = (error as { code?: string }).code;
-  const exit =
-    error instanceof UsageError || code === 'ERR_WXKIT_INVALID_OPTION'
-      ? EXIT.usage
-      : code === 'ERR_WXKIT_WECHAT_API'
-        ? EXIT.wechat
-        : code === 'ERR_WXKIT_CACHE'
-          ? EXIT.store
-          : code === 'ERR_WXKIT_NO_TOKEN'
-            ? EXIT.noToken
-            : code === 'ERR_WXKIT_HTTP' || code === 'ERR_WXKIT_TIMEOUT' || code === 'ERR_WXKIT_BAD_RESPONSE'
-              ? EXIT.network
-              : 1;
-  const message = error instanceof Error ? error.message : String(error);
-  if (output.json) {
-    const fields: Record<string, unknown> = { ok: false, error: { code: code ?? 'ERR_WXKIT_CLI', message } };
-    const errcode = (error as { errcode?: number }).errcode;
-    if (errcode !== undefined) (fields.error as Record<string, unknown>).errcode = errcode;
-    output.out(JSON.stringify(fields));
-  } else {
-    stderr.write(`wxkit: ${message}\n`);
+/** The exit code of a failure: the CLI's own kind, or the library error's code. */
+function exitKind(error: unknown): ExitKind {
+  if (error instanceof CliError) return error.exit;
+  const { code, reason } = error as { code?: string; reason?: string };
+  switch (code) {
+    case 'ERR_WXKIT_INVALID_OPTION':
+      return 'usage';
+    case 'ERR_WXKIT_WECHAT_API':
+      return 'wechat';
+    case 'ERR_WXKIT_CACHE':
+      // The store answered and refused a write: nothing it refused can be read back by anyone.
+      return reason === 'readonly' ? 'notStored' : 'store';
+    case 'ERR_WXKIT_NO_TOKEN':
+      return 'noToken';
+    case 'ERR_WXKIT_HTTP':
+    case 'ERR_WXKIT_TIMEOUT':
+    case 'ERR_WXKIT_BAD_RESPONSE':
+      return 'network';
+    default:
+      return 'unexpected';
   }
-  return exit;
 }
 
-function parse<T extends ParseArgsConfig['options']>(args: string[], options: T, help: string) {
-  try {
-    return parseArgs({ args, options: { ...options, json: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: true });
-  } catch (error) {
-    throw new UsageError(`${(error as Error).message}\n\n${help}`);
+/** Prints a failure (as JSON with --json) and maps it to its exit code. Messages carry no secrets. */
+export function report(error: unknown, output: Output, stderr: NodeJS.WritableStream): number {
+  const kind = exitKind(error);
+  const { code, errcode, cause } = error as { code?: string; errcode?: number; cause?: { reason?: string } };
+  const reason = (error as { reason?: string }).reason ?? cause?.reason;
+  const message = error instanceof Error ? error.message : String(error);
+  if (output.json) {
+    const fields: Record<string, unknown> = { code: code ?? 'ERR_WXKIT_CLI', message, exit: EXIT[kind] };
+    if (errcode !== undefined) fields.errcode = errcode;
+    if (reason !== undefined) fields.reason = reason;
+    output.out(JSON.stringify({ ok: false, error: fields }));
+  } else {
+    const usage = error instanceof CliError && error.usage ? `\n\n${error.usage}` : '';
+    const bug = kind === 'unexpected' && error instanceof Error && error.stack ? `\n${error.stack}` : '';
+    stderr.write(`wxkit: ${message}${usage}${bug}\n`);
   }
+  return EXIT[kind];
 }
 
 function secretFrom(envName: string | undefined): string | undefined {
   const name = envName ?? 'WECHAT_SECRET';
   const value = process.env[name];
-  if (envName !== undefined && !value) throw new UsageError(`--secret-env ${envName}: the environment variable is not set`);
+  if (envName !== undefined && !value) {
+    throw new CliError('config', `--secret-env ${envName} names an environment variable that is not set: export ${envName}=<the app's secret>`);
+  }
   return value || undefined;
 }
 
@@ -146,7 +148,8 @@ export function mask(token: string): string {
 }
 
 async function tokenCommand(args: string[], output: Output): Promise<number> {
-  const { values, positionals } = parse(
+  const { values, positionals } = parseCommand(
+    'token',
     args,
     {
       store: { type: 'string' },
@@ -160,27 +163,43 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       'show-token': { type: 'boolean' },
       lock: { type: 'boolean' },
     },
-    TOKEN_HELP,
+    TOKEN_USAGE,
+    { max: 1 },
   );
-  const action = positionals[0];
   if (values.help) {
     output.out(TOKEN_HELP);
     return EXIT.ok;
   }
-  if (!['get', 'inspect', 'refresh', 'clear'].includes(action ?? '')) throw new UsageError(`token needs get, inspect, refresh or clear\n\n${TOKEN_HELP}`);
-  if (!values.store) throw new UsageError(`token ${action} needs --store\n\n${TOKEN_HELP}`);
-  const schema = resolveSchema({ profile: values.profile, profileOptions: values['profile-options'], prefix: values.prefix });
-  const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
-  if (endpoint !== 'stable' && endpoint !== 'classic') throw new UsageError(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
+  const action = positionals[0];
+  const usage = (message: string) => new CliError('usage', message, { usage: TOKEN_USAGE });
+  if (action === undefined) throw usage('wxkit token needs an action: get, inspect, refresh or clear');
+  if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(action)} is not a token action: use get, inspect, refresh or clear`);
+  if (!values.store) throw usage(`wxkit token ${action} needs --store, the store the programs share (e.g. redis://127.0.0.1:6379)`);
+  const store = values.store;
   const envAppId = process.env.WECHAT_APPID;
-  if (!values.app && !envAppId) throw new UsageError(`token ${action} needs --app KIND:ID or WECHAT_APPID in the environment`);
-  const app = parseApp(values.app ?? `official_account:${envAppId}`);
+  if (!values.app && !envAppId) throw usage(`wxkit token ${action} needs --app KIND:ID (e.g. --app oa:wx1234abcd5678ef90), or WECHAT_APPID in the environment`);
+  // Flag values the library checks: its ConfigError becomes a usage error with the usage line.
+  const fromFlags = <T>(make: () => T): T => {
+    try {
+      return make();
+    } catch (error) {
+      if ((error as { code?: string }).code === 'ERR_WXKIT_INVALID_OPTION') throw usage((error as Error).message);
+      throw error;
+    }
+  };
+  const schema = fromFlags(() => resolveSchema({ profile: values.profile, profileOptions: values['profile-options'], prefix: values.prefix }));
+  const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
+  if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
+  const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
   const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : undefined;
+  if (schema.keyNeedsSecret && secretForKey === undefined) {
+    throw new CliError('config', `--profile ${schema.name} builds its keys from the app's secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`);
+  }
   const key = accessTokenKey(app, endpoint, schema, secretForKey);
   const shownKey = schema.redactKey?.(key) ?? key;
-  const cache = openStore(values.store);
+  const cache = fromFlags(() => openStore(store));
   try {
-    if (action === 'inspect') return await inspect(cache, key, shownKey, schema, values.store, values['show-token'] === true, output);
+    if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
       const had = (await cache.get(key)) !== undefined;
       await cache.delete(key);
@@ -192,24 +211,53 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     }
     const secret = secretFrom(values['secret-env']);
     if (action === 'refresh' && secret === undefined) {
-      throw new UsageError(`token refresh fetches from WeChat and needs the secret: set WECHAT_SECRET or use --secret-env NAME`);
+      throw new CliError('config', 'wxkit token refresh fetches from WeChat and needs the app\'s secret: set WECHAT_SECRET, or name another variable with --secret-env NAME');
     }
     // A library client keeps working when its store is down (it fetches and keeps the token to itself);
     // an operator asking for the shared token must not get a private one instead, and a refresh that
-    // cannot be published would kill the token every other program holds. So: store first, or exit 3.
-    await cache.get(key);
+    // cannot be published would kill the token every other program holds. So: the store must answer,
+    // and take writes, before anything is fetched (exit 3 or 8 otherwise).
+    const stored = await cache.get(key);
+    if (secret !== undefined && (action === 'refresh' || stored === undefined)) await checkWritable(cache, key, describeStore(store));
     const client: WeChatClient = buildClient(app, {
       secret,
       cache,
       endpoint,
       schema,
       logger: false,
+      // The shared store or nothing: a token kept in this host's fallback directory helps nobody here.
+      fallbackDir: false,
       ...(values['base-url'] ? { baseUrl: values['base-url'] } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : {}),
     });
     try {
       if (action === 'refresh') await client.accessToken.forceRefresh();
-      const entry = await client.accessToken.getEntry();
+      let entry;
+      try {
+        entry = await client.accessToken.getEntry();
+      } catch (error) {
+        if (secret === undefined && (error as { code?: string }).code === 'ERR_WXKIT_NO_TOKEN') {
+          throw new CliError(
+            'noToken',
+            `No token is stored under ${shownKey}, and none appeared within 2 s. wxkit token get fetches one only with the app's secret: ` +
+              'set WECHAT_SECRET (or name another variable with --secret-env NAME), or start the program that owns the refresh',
+          );
+        }
+        throw error;
+      }
+      // What the others read: a token this command holds and the store does not is no shared token.
+      const readBack = await cache.get(key);
+      const shared = readBack === undefined ? undefined : schema.decode('access_token', readBack);
+      // A newer entry another program wrote meanwhile is fine; an older one or none means ours is lost.
+      const lost = !shared || (shared.value !== entry.value && !(shared.fetchedAt !== undefined && entry.fetchedAt !== undefined && shared.fetchedAt >= entry.fetchedAt));
+      if (lost) {
+        throw new CliError(
+          'notStored',
+          `Fetched a token, but ${describeStore(store)} does not hold it under ${shownKey}: the store refused the write or dropped it, ` +
+            'so no other program can read it (check the store\'s write permissions for that key, its eviction policy and memory limit)',
+        );
+      }
+      if (shared!.value !== entry.value) entry = shared!;
       const token = values['show-token'] ? entry.value : mask(entry.value);
       const remaining = entry.expiresAt === undefined ? undefined : entry.expiresAt - Math.floor(Date.now() / 1000);
       emit(

@@ -1,11 +1,12 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { parseArgs } from 'node:util';
-import { ConfigError, WORK_BASE_URL, nativeSchema, type Logger, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { appId, buildClient, type AppRef } from './apps.js';
-import { openStore } from './stores.js';
+import { performance } from 'node:perf_hooks';
+import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
+import { Agent } from 'undici';
+import { appId, buildClient, parseApp, type AppRef } from './apps.js';
+import { StoreProbe, type StoreState } from './serve-health.js';
+import { ServiceMetrics } from './serve-metrics.js';
 
 /** One app the service owns the refresh of. */
 export type ServiceApp = AppRef & {
@@ -20,7 +21,7 @@ export interface TokenServiceOptions {
   /** The store every serve process (and every follower) shares. */
   cache: TokenCache;
   apps: ServiceApp[];
-  /** Bearer keys callers may present; at least one. */
+  /** Bearer keys callers may present; at least one, 16 characters or more each. */
   keys: string[];
   /** @default '127.0.0.1' */
   host?: string;
@@ -30,10 +31,19 @@ export interface TokenServiceOptions {
   refreshAheadSeconds?: number;
   /** How often each app's token is checked, so refresh-ahead runs without callers. @default 30 */
   checkEverySeconds?: number;
+  /** How often the store is probed for `/healthz`, in ms. @default 2000 */
+  healthCheckMs?: number;
+  /** A client that sends its request headers slower than this gets 408 and is disconnected, in ms. @default 10000 */
+  headersTimeoutMs?: number;
+  /** A client that sends its whole request slower than this gets 408 and is disconnected, in ms. @default 30000 */
+  requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this long, in ms. @default 5000 */
+  keepAliveTimeoutMs?: number;
   /** WeChat's API (a mock, a proxy). */
   baseUrl?: string;
   /** WeCom's API. */
   workBaseUrl?: string;
+  /** The service's log lines (one per request, store state changes) and its clients'. pino fits as it is. */
   logger?: Logger | false;
   /** Key name prefix. @default 'wechat:' */
   prefix?: string;
@@ -42,12 +52,46 @@ export interface TokenServiceOptions {
 /** A running token service. */
 export interface TokenService {
   readonly url: string;
+  /** Stops taking requests, finishes those under way, and closes the clients. The store is yours to close. */
   close(): Promise<void>;
 }
 
 interface Served {
   app: ServiceApp;
+  /** `official_account/wx…`, as in URLs, logs and metrics. */
+  name: string;
   client: WeChatClient & { jssdk?: { getTicket(type: never): Promise<string> } };
+  /** Unix seconds at which the last token this service handed out or checked expires. */
+  tokenExpiresAt: number | undefined;
+}
+
+/** Ticket types per app kind: what `jssdk.getTicket()` takes. */
+const TICKET_TYPES: Record<AppRef['kind'], readonly string[]> = {
+  official_account: ['jsapi', 'wx_card'],
+  mini_program: [],
+  work: ['jsapi', 'agent_jsapi'],
+};
+
+const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
+
+/** A failure answered with one JSON shape: `{"error":{"code","message",…}}`. */
+class Problem extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly details: Record<string, unknown> = {},
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+/** What a request log line and the metrics say of a request. */
+interface RequestInfo {
+  route: string;
+  app?: string;
+  reason?: string;
 }
 
 /**
@@ -58,122 +102,278 @@ interface Served {
  * - `GET /v1/ticket/{kind}/{id}/{type}` → `{"ticket","expires_at","fetched_at"}`
  * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` → refreshes only if that token is
  *   still the current one, then answers the current value
- * - `GET /healthz` (no key)
+ * - `GET /healthz` (the store answers), `GET /readyz` (every app has a token), `GET /metrics` (Prometheus); no key
  *
- * Several services on one shared store elect one refresher through the store's lock.
+ * `{kind}` is official_account (or oa), mini_program (or mp) or work; `{kind}/{id}` may also be written
+ * as one app spec, `oa:wx…`. Every failure is `{"error":{"code","message",…}}`. Several services on one
+ * shared store elect one refresher through the store's lock.
  */
 export async function startTokenService(options: TokenServiceOptions): Promise<TokenService> {
   if (!Array.isArray(options.keys) || options.keys.length === 0 || options.keys.some((key) => typeof key !== 'string' || key.length < 16)) {
     throw new ConfigError('the token service needs at least one bearer key of 16 characters or more', 'keys');
   }
   if (!Array.isArray(options.apps) || options.apps.length === 0) throw new ConfigError('the token service needs at least one app', 'apps');
+  const timeouts = {
+    headersTimeout: positive(options.headersTimeoutMs, 10_000, 'headersTimeoutMs'),
+    requestTimeout: positive(options.requestTimeoutMs, 30_000, 'requestTimeoutMs'),
+    keepAliveTimeout: positive(options.keepAliveTimeoutMs, 5_000, 'keepAliveTimeoutMs'),
+  };
+  // Node requires headersTimeout <= requestTimeout.
+  timeouts.headersTimeout = Math.min(timeouts.headersTimeout, timeouts.requestTimeout);
+  const healthCheckMs = positive(options.healthCheckMs, 2_000, 'healthCheckMs');
   const digests = options.keys.map((key) => createHash('sha256').update(key).digest());
-  const logger = options.logger ?? false;
+  const log = options.logger || undefined;
+  const metrics = new ServiceMetrics();
+  const schema = nativeSchema(options.prefix === undefined ? {} : { prefix: options.prefix });
+  const subjectOf = (app: ServiceApp): KeySubject =>
+    app.kind === 'work' ? { kind: 'work', corpId: app.corpId, agentId: app.agentId } : { kind: app.kind, appId: app.appId, endpoint: app.tokenEndpoint ?? 'stable' };
+
+  // The clients see the store through a wrapper that counts token reads and lock waits per app.
+  const tokenKeys = new Map<string, string>();
+  const lockKeys = new Map<string, string>();
+  for (const app of options.apps) {
+    const key = schema.accessTokenKey(subjectOf(app));
+    tokenKeys.set(key, `${app.kind}/${appId(app)}`);
+    lockKeys.set(schema.lockKey(key), `${app.kind}/${appId(app)}`);
+  }
+  const cache = metrics.countingCache(options.cache, tokenKeys, lockKeys);
+  // One connection pool for WeChat, timed per app; the clients do not own it, so close() ends it here.
+  const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: 10_000 }, headersTimeout: 10_000, bodyTimeout: 10_000 });
+
   const served = new Map<string, Served>();
   for (const app of options.apps) {
     if (typeof app.secret !== 'string' || app.secret.length === 0) throw new ConfigError(`the app ${appId(app)} has no secret`, 'secret');
+    const name = `${app.kind}/${appId(app)}`;
     const baseUrl = app.kind === 'work' ? (options.workBaseUrl ?? (options.baseUrl ? options.baseUrl : WORK_BASE_URL)) : options.baseUrl;
     const client = buildClient(app, {
       secret: app.secret,
-      cache: options.cache,
+      cache,
       endpoint: app.kind === 'work' ? undefined : app.tokenEndpoint,
       prefix: options.prefix,
       refreshAheadSeconds: options.refreshAheadSeconds ?? 600,
       // A token service hands its token to many clients: it reads the store about every second, so a
       // token another service instance refreshed reaches its clients at once, not up to 30 s late.
       memoMs: 1000,
-      logger,
+      logger: log ?? false,
+      dispatcher: metrics.timedDispatcher(agent, name),
       ...(baseUrl ? { baseUrl } : {}),
     }) as Served['client'];
-    served.set(`${app.kind}/${appId(app)}`, { app, client });
+    metrics.watch(client, name);
+    served.set(name, { app, name, client, tokenExpiresAt: undefined });
   }
 
-  // Keep each token warm so refresh-ahead runs even when no caller asks.
+  const entryOf = async (target: Served): Promise<StoredEntry> => {
+    const entry = await target.client.accessToken.getEntry();
+    target.tokenExpiresAt = entry.expiresAt ?? Math.floor(Date.now() / 1000) + 60;
+    return entry;
+  };
+  // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
-    for (const { client } of served.values()) client.accessToken.getToken().catch(() => undefined);
+    for (const target of served.values()) entryOf(target).catch(() => undefined);
   };
   const timer = setInterval(check, (options.checkEverySeconds ?? 30) * 1000);
   timer.unref();
   check();
 
-  const authorized = (req: IncomingMessage) => {
-    const header = req.headers.authorization ?? '';
-    const match = /^Bearer (.+)$/.exec(header);
-    if (!match) return false;
+  // /healthz: a read of the first app's token key (one the store's ACL lets the service read).
+  const probe = new StoreProbe(options.cache, tokenKeys.keys().next().value!, {
+    intervalMs: healthCheckMs,
+    timeoutMs: Math.min(healthCheckMs, 2_000),
+    onChange: (state: StoreState) => {
+      metrics.storeUp.set(state.up ? 1 : 0);
+      if (state.up) log?.info?.({ event: 'serve.store_up' }, 'The store answers');
+      else log?.warn({ event: 'serve.store_down', reason: state.reason, error: state.message }, 'The store does not answer; /healthz reports 503 until it does');
+    },
+  });
+  await probe.start();
+  let closing = false;
+
+  const authorize = (req: IncomingMessage) => {
+    const header = req.headers.authorization;
+    const challenge = { 'www-authenticate': 'Bearer' };
+    if (header === undefined) throw new Problem(401, 'unauthorized', 'this endpoint needs "Authorization: Bearer <key>"', { reason: 'missing_key' }, challenge);
+    const match = /^Bearer +(\S+)$/i.exec(header);
+    if (!match) throw new Problem(401, 'unauthorized', 'the Authorization header must be "Bearer <key>"', { reason: 'malformed_header' }, challenge);
     // Compare digests, so the comparison takes the same time whatever the key's length or content.
     const given = createHash('sha256').update(match[1]!).digest();
-    return digests.some((digest) => timingSafeEqual(digest, given));
+    if (!digests.some((digest) => timingSafeEqual(digest, given))) {
+      throw new Problem(401, 'unauthorized', 'this key is not one of the service\'s keys', { reason: 'unknown_key' }, { 'www-authenticate': 'Bearer error="invalid_token"' });
+    }
   };
 
-  const server = createServer((req, res) => {
-    const started = Date.now();
-    handle(req, res)
-      .catch((error: unknown) => fail(res, error))
-      .finally(() => {
-        if (logger && logger.info) {
-          logger.info({ event: 'serve.request', method: req.method, path: (req.url ?? '').replace(/\?.*$/, ''), status: res.statusCode, ms: Date.now() - started }, 'token service request');
+  /** `{kind}/{id}` or the spec `oa:wx…` at parts[i]: the served app and how many segments it took. */
+  const findApp = (parts: string[], i: number): { target: Served; used: number } => {
+    let ref: AppRef | undefined;
+    let used = 2;
+    const first = parts[i] ?? '';
+    if (first.includes(':')) {
+      try {
+        ref = parseApp(first);
+        used = 1;
+      } catch {
+        ref = undefined;
+      }
+    } else if (KIND_ALIASES[first] && parts[i + 1] !== undefined) {
+      const kind = KIND_ALIASES[first]!;
+      const id = parts[i + 1]!;
+      if (kind === 'work') {
+        const [corpId, agentId] = id.split(':');
+        if (corpId && agentId) ref = { kind, corpId, agentId };
+      } else {
+        ref = { kind, appId: id };
+      }
+    }
+    if (!ref) {
+      throw new Problem(404, 'unknown_app', 'name the app as {kind}/{id} (official_account or oa, mini_program or mp, work) or as one spec such as oa:wx…');
+    }
+    const target = served.get(`${ref.kind}/${appId(ref)}`);
+    if (!target) throw new Problem(404, 'unknown_app', `this service does not serve ${ref.kind}/${appId(ref)}`);
+    return { target, used };
+  };
+
+  async function handle(req: IncomingMessage, res: ServerResponse, info: RequestInfo): Promise<void> {
+    const path = (req.url ?? '/').replace(/[?#].*$/, '');
+    let parts: string[];
+    try {
+      parts = path.split('/').filter(Boolean).map((part) => decodeURIComponent(part));
+    } catch {
+      throw new Problem(400, 'bad_request', 'the path has a malformed percent-escape (a % not followed by two hex digits, or bytes that are not UTF-8)');
+    }
+    const method = req.method ?? 'GET';
+    const only = (...allowed: string[]) => {
+      if (!allowed.includes(method)) throw new Problem(405, 'method_not_allowed', `${info.route} takes ${allowed.join(' or ')}`, {}, { allow: allowed.join(', ') });
+    };
+
+    if (parts.length === 1 && (parts[0] === 'healthz' || parts[0] === 'readyz' || parts[0] === 'metrics')) {
+      info.route = `/${parts[0]}`;
+      only('GET', 'HEAD');
+      if (parts[0] === 'metrics') {
+        const body = await metrics.registry.metrics();
+        res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
+        return void res.end(body);
+      }
+      if (parts[0] === 'healthz') {
+        const state = probe.state!;
+        if (!state.up) {
+          throw new Problem(503, 'store_unavailable', `the store does not answer: ${state.message ?? 'no answer'}`, {
+            ...(state.reason ? { reason: state.reason } : {}),
+            since: new Date(state.since).toISOString(),
+          });
         }
-      });
-  });
+        return answer(res, 200, { status: 'ok', store: 'up', since: new Date(state.since).toISOString() });
+      }
+      const now = Math.floor(Date.now() / 1000);
+      const waiting = [...served.values()].filter((target) => !(target.tokenExpiresAt !== undefined && target.tokenExpiresAt > now)).map((target) => target.name);
+      if (closing) throw new Problem(503, 'shutting_down', 'the service is shutting down');
+      if (waiting.length > 0) throw new Problem(503, 'not_ready', `no token yet for ${waiting.join(', ')}`, { apps: waiting });
+      return answer(res, 200, { status: 'ready', apps: served.size });
+    }
 
-  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://service');
-    if (url.pathname === '/healthz') return answer(res, 200, { ok: true, apps: served.size });
-    if (!authorized(req)) {
-      res.setHeader('www-authenticate', 'Bearer');
-      return answer(res, 401, { error: 'a valid bearer key is required' });
+    if (parts[0] !== 'v1' || (parts[1] !== 'token' && parts[1] !== 'ticket')) {
+      throw new Problem(404, 'not_found', 'no such endpoint: /v1/token/{kind}/{id}, /v1/ticket/{kind}/{id}/{type}, /healthz, /readyz, /metrics');
     }
-    const parts = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-    // /v1/{token|ticket}/{kind}/{id}[/{type}|/invalidate]
-    if (parts[0] !== 'v1' || (parts[1] !== 'token' && parts[1] !== 'ticket')) return answer(res, 404, { error: 'no such endpoint' });
-    const target = served.get(`${parts[2]}/${parts[3]}`);
-    if (!target) return answer(res, 404, { error: `this service does not serve ${parts[2]}/${parts[3]}` });
-    const field = parts[1] === 'token' ? 'access_token' : 'ticket';
+    info.route = parts[1] === 'token' ? '/v1/token/{app}' : '/v1/ticket/{app}/{type}';
+    authorize(req);
+    const { target, used } = findApp(parts, 2);
+    info.app = target.name;
+    const rest = parts.slice(2 + used);
 
-    if (field === 'access_token' && parts.length === 5 && parts[4] === 'invalidate') {
-      if (req.method !== 'POST') return answer(res, 405, { error: 'POST only' });
-      const body = await readBody(req);
-      const token = body?.token;
-      if (typeof token !== 'string' || token.length === 0) return answer(res, 400, { error: 'the body must be {"token":"…"}' });
-      // Token-scoped: the entry is replaced only if it still holds this token.
-      await target.client.accessToken.invalidate(token);
-      return sendEntry(res, field, await target.client.accessToken.getEntry());
+    if (parts[1] === 'token') {
+      if (rest.length === 1 && rest[0] === 'invalidate') {
+        info.route = '/v1/token/{app}/invalidate';
+        only('POST');
+        const body = await readBody(req);
+        const token = body.token;
+        if (typeof token !== 'string' || token.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"token":"…"}, the token WeChat rejected');
+        // Token-scoped: the entry is replaced only if it still holds this token.
+        await target.client.accessToken.invalidate(token);
+        return sendEntry(res, 'access_token', await entryOf(target));
+      }
+      if (rest.length !== 0) throw new Problem(404, 'not_found', 'no such endpoint under /v1/token/{app}: only /invalidate');
+      only('GET');
+      return sendEntry(res, 'access_token', await entryOf(target));
     }
-    if (req.method !== 'GET') return answer(res, 405, { error: 'GET only' });
-    if (field === 'access_token' && parts.length === 4) return sendEntry(res, field, await target.client.accessToken.getEntry());
-    if (field === 'ticket' && parts.length === 5) {
-      const jssdk = target.client.jssdk;
-      if (!jssdk) return answer(res, 404, { error: `${parts[2]} apps have no tickets` });
-      const value = await jssdk.getTicket(parts[4] as never);
-      // Tickets have their own entry; the value's expiry comes from the store's copy.
-      const key = nativeSchema(options.prefix === undefined ? {} : { prefix: options.prefix }).ticketKey(
-        target.app.kind === 'work'
-          ? { kind: 'work', corpId: target.app.corpId, agentId: target.app.agentId }
-          : { kind: target.app.kind, appId: target.app.appId, endpoint: target.app.tokenEndpoint ?? 'stable' },
-        parts[4]!,
-      );
-      const stored = nativeSchema().decode('ticket', (await options.cache.get(key)) ?? '');
-      const entry = stored?.value === value ? stored : { value, expiresAt: Math.floor(Date.now() / 1000) + 600 };
-      return sendEntry(res, field, entry);
+
+    only('GET');
+    const type = rest[0];
+    if (rest.length !== 1 || type === undefined) throw new Problem(404, 'not_found', 'a ticket is /v1/ticket/{app}/{type}');
+    const types = TICKET_TYPES[target.app.kind];
+    if (!types.includes(type) || !target.client.jssdk) {
+      throw new Problem(404, 'unknown_ticket_type', types.length ? `${target.app.kind} apps have the tickets ${types.join(', ')}` : `${target.app.kind} apps have no tickets`);
     }
-    return answer(res, 404, { error: 'no such endpoint' });
+    const value = await target.client.jssdk.getTicket(type as never);
+    // Tickets have their own entry; the value's expiry comes from the store's copy.
+    const stored = schema.decode('ticket', (await options.cache.get(schema.ticketKey(subjectOf(target.app), type)).catch(() => undefined)) ?? '');
+    return sendEntry(res, 'ticket', stored?.value === value ? stored : { value, expiresAt: Math.floor(Date.now() / 1000) + 600 });
   }
+
+  const server = createServer(
+    {
+      ...timeouts,
+      // How often Node checks the two request timeouts; its default (30 s) would let a slow client stay far longer.
+      connectionsCheckingInterval: Math.max(100, Math.min(1_000, Math.floor(timeouts.headersTimeout / 4))),
+    },
+    (req, res) => {
+      const started = performance.now();
+      const info: RequestInfo = { route: 'unmatched' };
+      handle(req, res, info)
+        .catch((error: unknown) => fail(res, error, info, log))
+        .finally(() => {
+          const seconds = (performance.now() - started) / 1000;
+          metrics.request(info.route, res.statusCode, seconds);
+          log?.info?.(
+            {
+              event: 'serve.request',
+              method: req.method,
+              route: info.route,
+              ...(info.app ? { app: info.app } : {}),
+              status: res.statusCode,
+              ms: Math.round(seconds * 1000),
+              ...(info.reason ? { reason: info.reason } : {}),
+            },
+            'request',
+          );
+        });
+    },
+  );
+  // Node's own clientError handling stays: a stalled request gets 408 and is closed, a malformed one 400.
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(options.port ?? 7400, options.host ?? '127.0.0.1', () => resolve());
+    server.listen(options.port ?? 7400, options.host ?? '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve();
+    });
+  }).catch(async (error: unknown) => {
+    clearInterval(timer);
+    probe.stop();
+    await Promise.all([...served.values()].map(({ client }) => client.close()));
+    await agent.close();
+    throw error;
   });
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   return {
     url: `http://${host}:${address.port}`,
     async close() {
+      closing = true;
       clearInterval(timer);
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeAllConnections?.();
+      probe.stop();
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      server.closeIdleConnections();
+      await closed;
       await Promise.all([...served.values()].map(({ client }) => client.close()));
+      await agent.close();
     },
   };
+}
+
+function positive(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 2 ** 31 - 1) {
+    throw new ConfigError(`the token service's ${name} must be an integer number of ms between 1 and 2147483647`, name);
+  }
+  return value;
 }
 
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {
@@ -181,151 +381,58 @@ function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry:
   res.end(JSON.stringify({ [field]: entry.value, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt }));
 }
 
-function answer(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+function answer(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
   res.end(JSON.stringify(body));
 }
 
-/** WeChat's refusals pass through with their errcode (502); store and network failures are 503. */
-function fail(res: ServerResponse, error: unknown): void {
+/**
+ * Every failure as `{"error":{"code","message",…}}`: the service's own (4xx), WeChat's refusal (502, with
+ * its errcode and errmsg, also at the top level as WeChat answers, so WeChat-speaking clients such as
+ * remoteTokenSource see WeChat's error), the store or WeChat unreachable (503), anything else (500).
+ */
+function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logger | undefined): void {
   if (res.headersSent) return void res.destroy();
-  const { code, errcode, errmsg } = error as { code?: string; errcode?: number; errmsg?: string };
-  if (code === 'ERR_WXKIT_WECHAT_API') return answer(res, 502, { errcode, errmsg });
-  answer(res, code === 'ERR_WXKIT_INVALID_OPTION' ? 400 : 503, { error: code ?? 'ERR_WXKIT_SERVE', message: (error as Error).message });
+  if (error instanceof Problem) {
+    if (typeof error.details.reason === 'string') info.reason = error.details.reason;
+    return answer(res, error.status, { error: { code: error.code, message: error.message, ...error.details } }, error.headers);
+  }
+  const { code, errcode, errmsg, reason } = error as { code?: string; errcode?: number; errmsg?: string; reason?: string };
+  const message = error instanceof Error ? error.message : String(error);
+  switch (code) {
+    case 'ERR_WXKIT_WECHAT_API':
+      return answer(res, 502, { errcode, errmsg, error: { code: 'wechat_error', message, errcode, errmsg } });
+    case 'ERR_WXKIT_HTTP':
+    case 'ERR_WXKIT_TIMEOUT':
+    case 'ERR_WXKIT_BAD_RESPONSE':
+      return answer(res, 503, { error: { code: 'wechat_unreachable', message } });
+    case 'ERR_WXKIT_CACHE':
+      if (reason) info.reason = reason;
+      return answer(res, 503, { error: { code: 'store_unavailable', message, ...(reason ? { reason } : {}) } });
+    case 'ERR_WXKIT_NO_TOKEN':
+      return answer(res, 503, { error: { code: 'no_token', message } });
+    case 'ERR_WXKIT_INVALID_OPTION':
+      return answer(res, 400, { error: { code: 'bad_request', message } });
+    default:
+      log?.error?.({ event: 'serve.internal_error', route: info.route, error: message }, 'unexpected error');
+      return answer(res, 500, { error: { code: 'internal', message: 'the service failed unexpectedly; its log has the details' } });
+  }
 }
 
-async function readBody(req: IncomingMessage): Promise<Record<string, unknown> | undefined> {
+async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > 16 * 1024) return undefined;
+    if (size > 16 * 1024) throw new Problem(413, 'body_too_large', 'the body must be at most 16 KiB');
     chunks.push(chunk as Buffer);
   }
+  let parsed: unknown;
   try {
-    const parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
-    return parsed && typeof parsed === 'object' ? (parsed as Record<string, unknown>) : undefined;
+    parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch {
-    return undefined;
+    throw new Problem(400, 'bad_request', 'the body must be JSON: {"token":"…"}');
   }
-}
-
-const SERVE_HELP = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--json]
-
-Runs the central token service for the apps in <file> until SIGINT or SIGTERM. Several services on one
-store elect one refresher. The config file (JSON) names environment variables, never secrets:
-
-  {
-    "keysEnv": "WXKIT_SERVE_KEYS",          comma-separated bearer keys, 16+ characters each
-    "refreshAheadSeconds": 600,
-    "apps": [
-      { "kind": "official_account", "appId": "wx…", "secretEnv": "OA_SECRET", "tokenEndpoint": "stable" },
-      { "kind": "mini_program", "appId": "wx…", "secretEnv": "MP_SECRET" },
-      { "kind": "work", "corpId": "ww…", "agentId": "1000002", "secretEnv": "WECOM_SECRET" }
-    ],
-    "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
-    "prefix": "wechat:"                        optional
-  }
-
-Callers send "Authorization: Bearer <key>":
-  GET  /v1/token/{kind}/{id}               {"access_token","expires_at","fetched_at"}
-  GET  /v1/ticket/{kind}/{id}/{type}       {"ticket","expires_at","fetched_at"}
-  POST /v1/token/{kind}/{id}/invalidate    {"token":"…"}: refreshes only if it is still current
-  GET  /healthz                            (no key)
-{id} is the AppID, or corpid:agentid for WeCom.`;
-
-/** Reads and checks a serve config file; secrets and keys come from the environment it names. */
-export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'> {
-  let raw: Record<string, unknown>;
-  try {
-    raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (error) {
-    throw new ConfigError(`--config ${file}: ${(error as Error).message}`, 'config');
-  }
-  const fromEnv = (name: unknown, what: string) => {
-    if (typeof name !== 'string' || !name) throw new ConfigError(`--config ${file}: ${what} must name an environment variable`, 'config');
-    const value = process.env[name];
-    if (!value) throw new ConfigError(`--config ${file}: the environment variable ${name} (${what}) is not set`, 'config');
-    return value;
-  };
-  const keys = raw.keysEnv !== undefined ? fromEnv(raw.keysEnv, 'keysEnv').split(',').map((key) => key.trim()).filter(Boolean) : (raw.keys as string[]);
-  if (!Array.isArray(raw.apps)) throw new ConfigError(`--config ${file}: "apps" must be a list`, 'config');
-  const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {
-    const secret = fromEnv(entry.secretEnv, `apps[${i}].secretEnv`);
-    if (entry.kind === 'work') {
-      if (typeof entry.corpId !== 'string' || !/^\d+$/.test(String(entry.agentId))) {
-        throw new ConfigError(`--config ${file}: apps[${i}] (work) needs corpId and a numeric agentId`, 'config');
-      }
-      return { kind: 'work', corpId: entry.corpId, agentId: String(entry.agentId), secret };
-    }
-    if ((entry.kind !== 'official_account' && entry.kind !== 'mini_program') || typeof entry.appId !== 'string') {
-      throw new ConfigError(`--config ${file}: apps[${i}] needs kind official_account, mini_program or work, and its appId`, 'config');
-    }
-    const endpoint = entry.tokenEndpoint ?? 'stable';
-    if (endpoint !== 'stable' && endpoint !== 'classic') throw new ConfigError(`--config ${file}: apps[${i}].tokenEndpoint must be stable or classic`, 'config');
-    return { kind: entry.kind, appId: entry.appId, secret, tokenEndpoint: endpoint };
-  });
-  const number = (name: string) => {
-    const value = raw[name];
-    if (value === undefined) return undefined;
-    if (typeof value !== 'number' || !(value >= 0)) throw new ConfigError(`--config ${file}: "${name}" must be a number >= 0`, 'config');
-    return value;
-  };
-  const url = (name: string) => {
-    const value = raw[name];
-    if (value === undefined) return undefined;
-    if (typeof value !== 'string' || !/^https?:\/\//.test(value)) throw new ConfigError(`--config ${file}: "${name}" must be an http(s) URL`, 'config');
-    return value;
-  };
-  return {
-    keys,
-    apps,
-    refreshAheadSeconds: number('refreshAheadSeconds'),
-    checkEverySeconds: number('checkEverySeconds'),
-    baseUrl: url('baseUrl'),
-    workBaseUrl: url('workBaseUrl'),
-    prefix: typeof raw.prefix === 'string' ? raw.prefix : undefined,
-  };
-}
-
-/** `wxkit serve`. */
-export async function serveCommand(args: string[], output: { json: boolean; out: (line: string) => void }): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      options: {
-        store: { type: 'string' },
-        config: { type: 'string' },
-        host: { type: 'string' },
-        port: { type: 'string' },
-        json: { type: 'boolean' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (error) {
-    throw new ConfigError(`${(error as Error).message}\n\n${SERVE_HELP}`, 'args');
-  }
-  if (values.help) {
-    output.out(SERVE_HELP);
-    return 0;
-  }
-  if (!values.store || !values.config) throw new ConfigError(`serve needs --store and --config\n\n${SERVE_HELP}`, 'args');
-  const port = values.port === undefined ? 7400 : Number(values.port);
-  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError(`--port must be a port number (got ${JSON.stringify(values.port)})`, 'port');
-  const config = loadServeConfig(values.config);
-  const cache = openStore(values.store);
-  const logger: Logger = output.json
-    ? { warn: (fields, message) => output.out(JSON.stringify({ level: 'warn', message, ...fields })), info: (fields, message) => output.out(JSON.stringify({ level: 'info', message, ...fields })) }
-    : { warn: (fields, message) => process.stderr.write(`wxkit serve: ${message} ${JSON.stringify(fields)}\n`) };
-  const service = await startTokenService({ ...config, cache, host: values.host ?? '127.0.0.1', port, logger });
-  output.out(output.json ? JSON.stringify({ event: 'serve.listening', url: service.url, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) }) : `wxkit serve: listening on ${service.url} for ${config.apps.length} app(s)`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
-  await service.close();
-  await cache.close?.();
-  return 0;
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Problem(400, 'bad_request', 'the body must be a JSON object: {"token":"…"}');
+  return parsed as Record<string, unknown>;
 }

@@ -118,11 +118,12 @@ describe('wxkit token', () => {
     const run = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--secret-env', 'OA_SECRET', '--json'], { OA_SECRET: secret });
     expect(run.code).toBe(0);
     const missing = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret-env', 'NOT_SET_ANYWHERE']);
-    expect(missing.code).toBe(2);
     expect(missing.stderr).toContain('NOT_SET_ANYWHERE');
+    expect(missing.code).toBe(7);
     const flag = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret', secret]);
     expect(flag.code).toBe(2);
-    expect(flag.stderr).toContain("Unknown option '--secret'");
+    expect(flag.stderr).toContain('wxkit token has no option --secret: the secret is read from the environment only');
+    expect(flag.stderr).not.toContain(secret);
   });
 
   it('on a file store and on memcached, and for a WeCom agent', async () => {
@@ -161,10 +162,10 @@ describe('wxkit token', () => {
     expect(unknown.stderr).toContain('--profile must be one of native, easyWeChat4');
   });
 
-  it('exit codes: WeChat refused 1, usage 2, store down 3, no token without a secret 5', async () => {
+  it('exit codes: WeChat refused 6, usage 2, store down 3, no token without a secret 5', async () => {
     const { appId, secret } = mock.createApp();
     const wrong = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: 'not-the-secret' });
-    expect(wrong.code).toBe(1);
+    expect(wrong.code).toBe(6);
     expect(wrong.json).toMatchObject({ ok: false, error: { code: 'ERR_WXKIT_WECHAT_API', errcode: 40125 } });
     expect(wrong.stdout).not.toContain('not-the-secret');
     expect((await wxkit(['token', 'get', '--store', 'ftp://x', '--app', `oa:${appId}`])).code).toBe(2);
@@ -196,6 +197,9 @@ describe('wxkit token', () => {
       expect(run.code, args.join(' ')).toBe(0);
       expect(run.stdout).toMatch(/usage: wxkit/);
     }
+    const help = await wxkit(['--help']);
+    for (const line of ['2  usage', '3  store unreachable', '6  WeChat API error', '7  configuration', '8  token not stored']) expect(help.stdout).toContain(line);
+    expect((await wxkit(['token', '--help'])).stdout).toContain('8  token not stored');
   });
 });
 

@@ -156,7 +156,7 @@ describe('wxkit serve', () => {
     const child = spawn(process.execPath, [bin, 'serve', '--store', redis.url, '--config', config]);
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(2);
+    expect(await new Promise((resolve) => child.once('exit', resolve))).toBe(7);
     expect(stderr).toContain('UNSET_KEYS_VARIABLE');
   });
 });

@@ -125,10 +125,34 @@ export class BadResponseError extends WxkitError {
   }
 }
 
+/**
+ * Why a store failed, when its adapter can tell: `auth` (wrong or missing password or user), `refused`
+ * (nothing listens there), `unreachable` (no such host, no route), `timeout` (no answer in time), `tls`
+ * (the TLS handshake failed: certificate, or TLS against a plain server), `database` (no such database),
+ * `readonly` (the store takes no writes: a replica, too few replicas, a failed save), `permission` (the
+ * user may not run that command or touch that key), `disconnected` (the connection dropped), `closed`
+ * (used after close()).
+ */
+export type CacheErrorReason =
+  | 'auth'
+  | 'refused'
+  | 'unreachable'
+  | 'timeout'
+  | 'tls'
+  | 'database'
+  | 'readonly'
+  | 'permission'
+  | 'disconnected'
+  | 'closed';
+
 /** The token store failed (down, timed out, closed, or it holds something unreadable). `cause` is the driver's error. */
 export class CacheError extends WxkitError {
-  constructor(message: string, options?: { cause?: unknown }) {
+  /** Why, when the adapter can tell; undefined otherwise. */
+  readonly reason: CacheErrorReason | undefined;
+
+  constructor(message: string, options?: { cause?: unknown; reason?: CacheErrorReason }) {
     super('ERR_WXKIT_CACHE', message, options);
+    this.reason = options?.reason;
     Object.defineProperty(this, kCacheError, { value: true });
   }
 

@@ -67,6 +67,7 @@ export {
   MessageCryptoError,
   type MessageCryptoFailure,
   type WxkitErrorCode,
+  type CacheErrorReason,
   type WeChatErrorBody,
 } from './errors.js';
 // Open platform (third-party platforms): message encryption, component and authorizer tokens.

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { CacheError, type TokenCache } from '@wxkit/core';
 import { Connection, type RedisClientLike } from './connection.js';
+import { hintOf, reasonOf } from './failure.js';
 import { resolveOptions, type RedisCacheOptions } from './options.js';
 
 export type { RedisClientLike } from './connection.js';
@@ -93,11 +94,15 @@ export class RedisCache implements TokenCache {
   }
 
   async #run<T>(op: string, fn: (client: RedisClientLike) => Promise<T>): Promise<T> {
-    if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`);
+    if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`, { reason: 'closed' });
+    let connecting = true;
     try {
-      return await fn(await this.#connection.client());
+      const client = await this.#connection.client();
+      connecting = false;
+      return await fn(client);
     } catch (error) {
-      throw new CacheError(`RedisCache ${op} failed on ${this.#where}`, { cause: error });
+      const reason = reasonOf(error);
+      throw new CacheError(`RedisCache ${op} failed on ${this.#where}${hintOf(reason, connecting)}`, { cause: error, ...(reason ? { reason } : {}) });
     }
   }
 }

@@ -1,0 +1,183 @@
+import { readFileSync } from 'node:fs';
+import type { Logger } from '@wxkit/core';
+import { pino } from 'pino';
+import { appId, parseApp } from './apps.js';
+import { parseCommand } from './args.js';
+import { CliError, EXIT_HELP } from './errors.js';
+import { startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
+import { openStore } from './stores.js';
+
+const SERVE_USAGE = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
+Run 'wxkit serve --help' for the config file, the routes and the metrics.`;
+
+const SERVE_HELP = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
+
+--store and --port may come from WXKIT_STORE and WXKIT_PORT instead (containers).
+Runs the central token service for the apps in <file> until SIGINT or SIGTERM. Several services on one
+store elect one refresher. Logs are JSON lines on stdout (pino): one per request, with app, route,
+status and duration; never a token, a secret or a key. --log-level: debug, info (default), warn, error.
+The config file (JSON) names environment variables, never secrets:
+
+  {
+    "keysEnv": "WXKIT_SERVE_KEYS",          comma-separated bearer keys, 16+ characters each
+    "apps": [
+      { "app": "oa:wx…", "secretEnv": "OA_SECRET", "tokenEndpoint": "stable" },
+      { "kind": "mini_program", "appId": "wx…", "secretEnv": "MP_SECRET" },
+      { "app": "work:ww…:1000002", "secretEnv": "WECOM_SECRET" }
+    ],
+    "refreshAheadSeconds": 600,                optional
+    "checkEverySeconds": 30,                   optional: how often each token is checked
+    "healthCheckMs": 2000,                     optional: how often the store is probed
+    "headersTimeoutMs": 10000,                 optional: slow clients get 408
+    "requestTimeoutMs": 30000,                 optional
+    "keepAliveTimeoutMs": 5000,                optional: idle connections are closed
+    "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
+    "prefix": "wechat:"                        optional
+  }
+
+Callers send "Authorization: Bearer <key>":
+  GET  /v1/token/{kind}/{id}               {"access_token","expires_at","fetched_at"}
+  GET  /v1/ticket/{kind}/{id}/{type}       {"ticket","expires_at","fetched_at"}
+  POST /v1/token/{kind}/{id}/invalidate    {"token":"…"}: refreshes only if it is still current
+{kind} is official_account (oa), mini_program (mp) or work; {id} the AppID, or corpid:agentid for WeCom;
+{kind}/{id} may also be one app spec: /v1/token/oa:wx…
+No key:
+  GET  /healthz    200 while the store answers, 503 while it does not
+  GET  /readyz     200 once every app has a token, 503 before (and while shutting down)
+  GET  /metrics    Prometheus text: wxkit_token_fetches_total, wxkit_cache_reads_total,
+                   wxkit_lock_waits_total, wxkit_upstream_request_duration_seconds,
+                   wxkit_upstream_errors_total, wxkit_store_up, wxkit_http_requests_total, …
+Every failure is {"error":{"code","message",…}}; a 401 says why in error.reason.
+
+${EXIT_HELP}`;
+
+const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
+
+/** Reads and checks a serve config file; secrets and keys come from the environment it names. */
+export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'> {
+  const wrong = (message: string) => new CliError('config', `--config ${file}: ${message}`);
+  let raw: Record<string, unknown>;
+  try {
+    raw = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    const { code } = error as { code?: string };
+    throw wrong(code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'not readable' : `not JSON (${(error as Error).message})`);
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw wrong('must be a JSON object with "keysEnv" and "apps"');
+  const fromEnv = (name: unknown, what: string) => {
+    if (typeof name !== 'string' || !name) throw wrong(`${what} must name an environment variable`);
+    const value = process.env[name];
+    if (!value) throw wrong(`the environment variable ${name} (${what}) is not set: export ${name}=…`);
+    return value;
+  };
+  const keys = fromEnv(raw.keysEnv, 'keysEnv')
+    .split(',')
+    .map((key) => key.trim())
+    .filter(Boolean);
+  if (keys.length === 0 || keys.some((key) => key.length < 16)) throw wrong(`every key in ${String(raw.keysEnv)} must have 16 characters or more`);
+  if (!Array.isArray(raw.apps) || raw.apps.length === 0) throw wrong('"apps" must be a list of one app or more');
+  const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {
+    const secret = fromEnv(entry?.secretEnv, `apps[${i}].secretEnv`);
+    const endpoint = entry.tokenEndpoint ?? 'stable';
+    if (endpoint !== 'stable' && endpoint !== 'classic') throw wrong(`apps[${i}].tokenEndpoint must be stable or classic`);
+    const kind = entry.kind === 'oa' ? 'official_account' : entry.kind === 'mp' ? 'mini_program' : entry.kind;
+    let ref;
+    try {
+      // "app": "oa:wx…", as on the command line, or kind and appId (corpId and agentId for WeCom).
+      ref = typeof entry.app === 'string' ? parseApp(entry.app) : kind === 'work' ? parseApp(`work:${String(entry.corpId)}:${String(entry.agentId)}`) : parseApp(`${String(kind)}:${String(entry.appId)}`);
+    } catch {
+      throw wrong(`apps[${i}] needs "app" (oa:wx…, mp:wx…, work:ww…:1000002), or "kind" (official_account, mini_program, work) with "appId" (WeCom: "corpId" and a numeric "agentId")`);
+    }
+    return ref.kind === 'work' ? { ...ref, secret } : { ...ref, secret, tokenEndpoint: endpoint };
+  });
+  const number = (name: string) => {
+    const value = raw[name];
+    if (value === undefined) return undefined;
+    if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw wrong(`"${name}" must be a number > 0`);
+    return value;
+  };
+  const url = (name: string) => {
+    const value = raw[name];
+    if (value === undefined) return undefined;
+    if (typeof value !== 'string' || !/^https?:\/\//.test(value)) throw wrong(`"${name}" must be an http(s) URL`);
+    return value;
+  };
+  return {
+    keys,
+    apps,
+    refreshAheadSeconds: number('refreshAheadSeconds'),
+    checkEverySeconds: number('checkEverySeconds'),
+    healthCheckMs: number('healthCheckMs'),
+    headersTimeoutMs: number('headersTimeoutMs'),
+    requestTimeoutMs: number('requestTimeoutMs'),
+    keepAliveTimeoutMs: number('keepAliveTimeoutMs'),
+    baseUrl: url('baseUrl'),
+    workBaseUrl: url('workBaseUrl'),
+    prefix: typeof raw.prefix === 'string' ? raw.prefix : undefined,
+  };
+}
+
+/** The service's logger: JSON lines on stdout, level names, ISO times, token fields censored whatever logs them. */
+function serviceLogger(level: string): Logger & { flush(): void } {
+  return pino({
+    level,
+    base: { service: 'wxkit-serve' },
+    timestamp: pino.stdTimeFunctions.isoTime,
+    formatters: { level: (label) => ({ level: label }) },
+    redact: { paths: ['access_token', 'ticket', 'token', 'secret', 'authorization', '*.access_token', '*.ticket', '*.token', '*.authorization'], censor: '[redacted]' },
+  });
+}
+
+/** `wxkit serve`. */
+export async function serveCommand(args: string[], output: { json: boolean; out: (line: string) => void }): Promise<number> {
+  const { values } = parseCommand(
+    'serve',
+    args,
+    { store: { type: 'string' }, config: { type: 'string' }, host: { type: 'string' }, port: { type: 'string' }, 'log-level': { type: 'string' } },
+    SERVE_USAGE,
+  );
+  if (values.help) {
+    output.out(SERVE_HELP);
+    return 0;
+  }
+  const usage = (message: string) => new CliError('usage', message, { usage: SERVE_USAGE });
+  // A container passes the store (it may hold a password) and the port through its environment.
+  const store = values.store ?? (process.env.WXKIT_STORE || undefined);
+  const portText = values.port ?? (process.env.WXKIT_PORT || undefined);
+  if (!store || !values.config) throw usage(`wxkit serve needs ${!store ? '--store (or WXKIT_STORE), the store the services share' : '--config, the JSON file that lists the apps'}`);
+  const port = portText === undefined ? 7400 : Number(portText);
+  if (!/^\d+$/.test(portText ?? '0') || port > 65535) throw usage(`--port (or WXKIT_PORT) must be a port number from 0 to 65535 (got ${JSON.stringify(portText)})`);
+  const level = values['log-level'] ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) throw usage(`--log-level must be one of ${LOG_LEVELS.join(', ')} (got ${JSON.stringify(level)})`);
+  const config = loadServeConfig(values.config);
+  let cache;
+  try {
+    cache = openStore(store);
+  } catch (error) {
+    throw usage((error as Error).message);
+  }
+  const logger = serviceLogger(level);
+  const host = values.host ?? '127.0.0.1';
+  let service;
+  try {
+    service = await startTokenService({ ...config, cache, host, port, logger });
+  } catch (error) {
+    await cache.close?.();
+    const { code } = error as { code?: string };
+    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+      throw new CliError('config', `cannot listen on ${host}:${port} (${code}): ${code === 'EADDRINUSE' ? 'another process has that port' : 'not an address this host may listen on'}`);
+    }
+    if (code === 'ERR_WXKIT_INVALID_OPTION') throw new CliError('config', `--config ${values.config}: ${(error as Error).message}`);
+    throw error;
+  }
+  logger.info?.({ event: 'serve.listening', url: service.url, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) }, `listening on ${service.url}`);
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve);
+    process.once('SIGTERM', resolve);
+  });
+  logger.info?.({ event: 'serve.stopping' }, 'stopping: finishing the requests under way');
+  await service.close();
+  await cache.close?.();
+  logger.flush();
+  return 0;
+}

@@ -1,0 +1,151 @@
+import { performance } from 'node:perf_hooks';
+import type { TokenCache, WeChatClient } from '@wxkit/core';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
+
+/** The token kinds whose fetches the service counts (the event names' prefixes). */
+const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_jsapi_ticket'] as const;
+
+/**
+ * The service's Prometheus metrics, in a registry of its own (two services in one process do not mix):
+ *
+ * - `wxkit_token_fetches_total{app,token,result}`: fetches from WeChat, `result` ok or error
+ * - `wxkit_cache_reads_total{app,result}`: reads of an app's access-token entry in the store, hit or miss
+ * - `wxkit_lock_waits_total{app}`: refreshes that found the lock held by another process and waited
+ * - `wxkit_lock_wait_timeouts_total{app}`: waits that ended without a token
+ * - `wxkit_upstream_request_duration_seconds{app,path,outcome}`: WeChat's answer time, per API path
+ * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (or the transport's code)
+ * - `wxkit_store_up`: 1 while the store answers the health probe, 0 while it does not
+ * - `wxkit_http_requests_total{route,status}`, `wxkit_http_request_duration_seconds{route}`: the service's own requests
+ * - Node's process metrics (`process_*`, `nodejs_*`)
+ */
+export class ServiceMetrics {
+  readonly registry = new Registry();
+  readonly #fetches = new Counter({ name: 'wxkit_token_fetches_total', help: 'Fetches of a token or ticket from WeChat, by app, token and result (ok, error).', labelNames: ['app', 'token', 'result'], registers: [this.registry] });
+  readonly #reads = new Counter({ name: 'wxkit_cache_reads_total', help: "Reads of an app's access-token entry in the shared store: hit (an entry) or miss (none).", labelNames: ['app', 'result'], registers: [this.registry] });
+  readonly #lockWaits = new Counter({ name: 'wxkit_lock_waits_total', help: 'Refreshes that found the refresh lock held by another process, and waited for its token.', labelNames: ['app'], registers: [this.registry] });
+  readonly #lockTimeouts = new Counter({ name: 'wxkit_lock_wait_timeouts_total', help: 'Lock waits that ended without a token.', labelNames: ['app'], registers: [this.registry] });
+  readonly #upstream = new Histogram({
+    name: 'wxkit_upstream_request_duration_seconds',
+    help: 'Time from sending a request to WeChat to the end of its answer, by app, API path and outcome (ok, error).',
+    labelNames: ['app', 'path', 'outcome'],
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    registers: [this.registry],
+  });
+  readonly #errors = new Counter({ name: 'wxkit_upstream_errors_total', help: "Failed fetches from WeChat, by app and WeChat's errcode (or ERR_WXKIT_HTTP, ERR_WXKIT_TIMEOUT, ERR_WXKIT_BAD_RESPONSE).", labelNames: ['app', 'errcode'], registers: [this.registry] });
+  readonly storeUp = new Gauge({ name: 'wxkit_store_up', help: '1 while the shared store answers the health probe, 0 while it does not.', registers: [this.registry] });
+  readonly #requests = new Counter({ name: 'wxkit_http_requests_total', help: "The service's requests, by route and status.", labelNames: ['route', 'status'], registers: [this.registry] });
+  readonly #requestSeconds = new Histogram({
+    name: 'wxkit_http_request_duration_seconds',
+    help: "The service's answer time, by route.",
+    labelNames: ['route'],
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry });
+  }
+
+  /** Counts an app's fetches, failures and lock wait timeouts from its client's events. */
+  watch(client: WeChatClient, app: string): void {
+    for (const token of TOKEN_LABELS) {
+      client.on(`${token}.fetched`, () => this.#fetches.inc({ app, token, result: 'ok' }));
+      client.on(`${token}.fetch_failed`, (event) => {
+        this.#fetches.inc({ app, token, result: 'error' });
+        this.#errors.inc({ app, errcode: String(event.errcode ?? event.code ?? 'unknown') });
+      });
+    }
+    client.on('lock.wait_timeout', () => this.#lockTimeouts.inc({ app }));
+  }
+
+  /**
+   * The store as the clients see it, counting reads of each app's access-token key (hit or miss) and
+   * lock takes that found the lock held. Methods the store lacks stay absent: core reads their absence.
+   */
+  countingCache(cache: TokenCache, tokenKeys: Map<string, string>, lockKeys: Map<string, string>): TokenCache {
+    // A waiter polls the lock: one wait is counted from its first refused take until it takes the lock or
+    // reads a token, not once per poll.
+    const waiting = new Set<string>();
+    const counted: TokenCache = {
+      get: async (key) => {
+        const value = await cache.get(key);
+        const app = tokenKeys.get(key);
+        if (app !== undefined) {
+          this.#reads.inc({ app, result: value === undefined ? 'miss' : 'hit' });
+          if (value !== undefined) waiting.delete(app);
+        }
+        return value;
+      },
+      set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
+      delete: (key) => cache.delete(key),
+    };
+    const { add, deleteIfEquals, compareAndSet, ttlMs } = cache;
+    if (typeof add === 'function') {
+      counted.add = async (key, value, ttlSeconds) => {
+        const added = await add.call(cache, key, value, ttlSeconds);
+        const app = lockKeys.get(key);
+        if (app !== undefined) {
+          if (added) waiting.delete(app);
+          else if (!waiting.has(app)) {
+            waiting.add(app);
+            this.#lockWaits.inc({ app });
+          }
+        }
+        return added;
+      };
+    }
+    if (typeof deleteIfEquals === 'function') counted.deleteIfEquals = deleteIfEquals.bind(cache);
+    if (typeof compareAndSet === 'function') counted.compareAndSet = compareAndSet.bind(cache);
+    if (typeof ttlMs === 'function') counted.ttlMs = ttlMs.bind(cache);
+    return counted;
+  }
+
+  /**
+   * A dispatcher for an app's client that times each request to WeChat (from dispatch to the answer's
+   * last byte, or its error), labelled by the API path without its query string (which holds tokens).
+   */
+  timedDispatcher(agent: Agent, app: string): Dispatcher {
+    const histogram = this.#upstream;
+    return agent.compose((dispatch) => (options, handler) => {
+      const started = performance.now();
+      const path = String(options.path).replace(/\?.*$/, '').replace(/^\/+/, '');
+      const observe = (outcome: 'ok' | 'error') => histogram.observe({ app, path, outcome }, (performance.now() - started) / 1000);
+      return dispatch(options, new Timed(handler, observe));
+    });
+  }
+
+  request(route: string, status: number, seconds: number): void {
+    this.#requests.inc({ route, status: String(status) });
+    this.#requestSeconds.observe({ route }, seconds);
+  }
+}
+
+// undici's DecoratorHandler forwards every callback to the handler it wraps; its type declares none.
+type EndArgs = Parameters<Required<Dispatcher.DispatchHandler>['onResponseEnd']>;
+type ErrorArgs = Parameters<Required<Dispatcher.DispatchHandler>['onResponseError']>;
+interface Forwarding extends Dispatcher.DispatchHandler {
+  onResponseEnd(...args: EndArgs): void;
+  onResponseError(...args: ErrorArgs): void;
+}
+const Decorator = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => Forwarding;
+
+/** Reports how an exchange ended, once, then lets it go on as it would have. */
+class Timed extends Decorator {
+  readonly #observe: (outcome: 'ok' | 'error') => void;
+
+  constructor(handler: Dispatcher.DispatchHandler, observe: (outcome: 'ok' | 'error') => void) {
+    super(handler);
+    this.#observe = observe;
+  }
+
+  override onResponseEnd(...args: EndArgs): void {
+    this.#observe('ok');
+    super.onResponseEnd(...args);
+  }
+
+  override onResponseError(...args: ErrorArgs): void {
+    this.#observe('error');
+    super.onResponseError(...args);
+  }
+}

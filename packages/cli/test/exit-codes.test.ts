@@ -1,0 +1,183 @@
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort, redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+
+// The built `wxkit` binary, spawned as a user runs it: each kind of failure has its own exit code and
+// a message in wxkit's words, against real redis-server processes and the mock server.
+const bin = fileURLToPath(new URL('../bin/wxkit.mjs', import.meta.url));
+const PASSWORD = 'pw-7f3a19c2d0';
+
+let mock: MockWeChat;
+let redis: StoreServer;
+let replica: StoreServer;
+let partialAcl: StoreServer;
+let withPassword: StoreServer;
+beforeAll(async () => {
+  [mock, redis, replica, partialAcl, withPassword] = await Promise.all([
+    startMockWeChat(),
+    startRedis(),
+    // A replica of a primary that is not there: it answers reads and refuses writes (READONLY).
+    freePort().then((port) => startRedis({ args: ['--replicaof', '127.0.0.1', String(port)] })),
+    // An ACL user that may write the probe and the lock, and not the token's key (NOPERM).
+    startRedis({ args: ['--user', 'app', 'on', `>${PASSWORD}`, '+@all', '%R~*', '%RW~*:probe', '%RW~*:lock', '%RW~*:failure', '%RW~*:forced'] }),
+    startRedis({ args: ['--requirepass', PASSWORD] }),
+  ]);
+});
+afterAll(async () => {
+  await Promise.all([mock?.close(), redis?.stop(), replica?.stop(), partialAcl?.stop(), withPassword?.stop()]);
+});
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  json: Record<string, unknown> & { error?: Record<string, unknown> };
+}
+
+function wxkit(args: string[], env: Record<string, string> = {}): Promise<Run> {
+  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env } });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  return new Promise((resolve) =>
+    child.once('close', (code) => {
+      let json = {};
+      try {
+        json = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
+      } catch {
+        // not a --json run
+      }
+      resolve({ code, stdout, stderr, json });
+    }),
+  );
+}
+
+describe('wxkit exit codes and messages', () => {
+  it('usage (2): wxkit’s own sentence and the usage line, never the parser’s text', async () => {
+    const cases: [string[], string][] = [
+      [['token', 'get', '--store', redis.url, '--bogus'], 'wxkit token has no option --bogus'],
+      [['token', 'get', '--store'], '--store needs a value'],
+      [['token', 'get', '--store', '--app', 'oa:wx1'], '--store needs a value'],
+      [['token', 'get', '--store', redis.url, '--json=yes'], '--json is a switch and takes no value'],
+      [['token', 'get', 'extra', '--store', redis.url], 'wxkit token takes at most 1 argument besides its options (got "extra")'],
+      [['token', 'launch', '--store', redis.url], '"launch" is not a token action'],
+      [['token', '--store', redis.url], 'wxkit token needs an action'],
+      [['token', 'get', '--app', 'oa:wx1'], 'wxkit token get needs --store'],
+      [['token', 'get', '--store', redis.url], 'needs --app KIND:ID'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid>'],
+      [['token', 'get', '--store', 'ftp://x', '--app', 'oa:wx1'], 'is not a store wxkit knows'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--endpoint', 'fast'], '--endpoint must be stable or classic'],
+      [['token', 'get', '--store', redis.url, '--appid', 'wx1'], 'use --app official_account:<appid>'],
+      [['fly'], '"fly" is not a wxkit command'],
+    ];
+    for (const [args, sentence] of cases) {
+      const run = await wxkit(args);
+      expect(run.code, args.join(' ')).toBe(2);
+      expect(run.stderr, args.join(' ')).toMatch(/^wxkit: /);
+      expect(run.stderr, args.join(' ')).toContain(sentence);
+      expect(run.stderr, args.join(' ')).toMatch(/\n\nusage: wxkit /);
+      expect(run.stderr).not.toMatch(/ERR_PARSE_ARGS|To specify a positional argument|argument missing|Unknown option/);
+    }
+    const json = await wxkit(['token', 'get', '--store', redis.url, '--bogus', '--json']);
+    expect(json.json.error).toMatchObject({ code: 'ERR_WXKIT_USAGE', exit: 2 });
+  });
+
+  it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {
+    const { appId } = mock.createApp();
+    const refresh = await wxkit(['token', 'refresh', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url]);
+    expect(refresh.code).toBe(7);
+    expect(refresh.stderr).toContain('set WECHAT_SECRET, or name another variable with --secret-env NAME');
+    const unset = await wxkit(['token', 'refresh', '--store', redis.url, '--app', `oa:${appId}`, '--secret-env', 'OA_SECRET_NOT_SET', '--json']);
+    expect(unset.code).toBe(7);
+    expect(unset.json.error).toMatchObject({ code: 'ERR_WXKIT_CONFIG', exit: 7 });
+    expect(unset.json.error!.message).toContain('export OA_SECRET_NOT_SET=');
+    // get without the secret only reads: no token (5), and the message says how to let it fetch.
+    const get = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url]);
+    expect(get.code).toBe(5);
+    expect(get.stderr).toContain('set WECHAT_SECRET (or name another variable with --secret-env NAME)');
+    for (const run of [refresh, unset, get]) expect(run.stdout + run.stderr).not.toContain("refresh: 'never'");
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+  });
+
+  it('store unreachable (3): refused, and an authentication failure named as such', async () => {
+    const { appId, secret } = mock.createApp();
+    const refused = await wxkit(['token', 'get', '--store', `redis://127.0.0.1:${await freePort()}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+    expect(refused.code).toBe(3);
+    expect(refused.json.error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'refused', exit: 3 });
+    const url = withPassword.url.replace('redis://', 'redis://:not-the-password@');
+    const auth = await wxkit(['token', 'get', '--store', url, '--app', `oa:${appId}`, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    expect(auth.code).toBe(3);
+    expect(auth.stderr).toContain('authentication failed');
+    expect(auth.stderr).toContain('redis://:***@');
+    expect(auth.stderr).not.toContain('not-the-password');
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+  });
+
+  it('not stored (8): a read-only replica refuses the write, and nothing is fetched', async () => {
+    const { appId, secret } = mock.createApp();
+    for (const action of ['get', 'refresh']) {
+      const run = await wxkit(['token', action, '--store', replica.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+      expect(run.code, run.stdout + run.stderr).toBe(8);
+      expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_NOT_STORED', reason: 'readonly', exit: 8 });
+      expect(run.json.error!.message).toContain('refuses writes, so wxkit fetched nothing');
+    }
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+  });
+
+  it('not stored (8): a token fetched and then refused by the store is not handed out as if shared', async () => {
+    const { appId, secret } = mock.createApp();
+    const url = partialAcl.url.replace('redis://', `redis://app:${PASSWORD}@`);
+    const run = await wxkit(['token', 'get', '--store', url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json', '--show-token'], { WECHAT_SECRET: secret });
+    expect(run.code, run.stdout + run.stderr).toBe(8);
+    expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_NOT_STORED', exit: 8 });
+    expect(run.json.token).toBeUndefined();
+    // The one fetch happened, and nobody can read its token back.
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(redisCli(partialAcl.port, 'EXISTS', `wechat:stable_access_token:${appId}`)).toBe('0');
+  });
+
+  it('serve: usage (2) for its flags, configuration (7) for its config file and its port', async () => {
+    const usage = await wxkit(['serve', '--store', redis.url, '--conifg', 'serve.json']);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toContain('wxkit serve has no option --conifg');
+    expect(usage.stderr).toContain('usage: wxkit serve --store <url> --config <file>');
+    const noConfig = await wxkit(['serve', '--store', redis.url]);
+    expect(noConfig.code).toBe(2);
+    expect(noConfig.stderr).toContain('wxkit serve needs --config');
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-exit-'));
+    const missing = await wxkit(['serve', '--store', redis.url, '--config', join(dir, 'absent.json')]);
+    expect(missing.code).toBe(7);
+    expect(missing.stderr).toContain('absent.json: no such file');
+    const config = join(dir, 'serve.json');
+    const { appId, secret } = mock.createApp();
+    writeFileSync(config, JSON.stringify({ keysEnv: 'EXIT_TEST_KEYS', apps: [{ app: `oa:${appId}`, secretEnv: 'EXIT_TEST_SECRET' }], baseUrl: mock.url }));
+    const taken = createServer();
+    const port = await new Promise<number>((resolve) => taken.listen(0, '127.0.0.1', () => resolve((taken.address() as { port: number }).port)));
+    try {
+      const busy = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', String(port)], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
+      expect(busy.code).toBe(7);
+      expect(busy.stderr).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE)`);
+    } finally {
+      taken.close();
+    }
+  });
+
+  it('WeChat API error (6), WeChat unreachable (4)', async () => {
+    const { appId } = mock.createApp();
+    const wrong = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: 'not-the-secret' });
+    expect(wrong.code).toBe(6);
+    expect(wrong.json.error).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40125, exit: 6 });
+    const other = mock.createApp();
+    const down = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${other.appId}`, '--base-url', `http://127.0.0.1:${await freePort()}`, '--json'], {
+      WECHAT_SECRET: other.secret,
+    });
+    expect(down.code).toBe(4);
+    expect(down.json.error).toMatchObject({ code: 'ERR_WXKIT_HTTP', exit: 4 });
+  });
+});

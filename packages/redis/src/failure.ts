@@ -1,0 +1,53 @@
+import type { CacheErrorReason } from '@wxkit/core';
+
+/** What a reason means to the person running wxkit, and what to check. */
+const HINTS: Record<CacheErrorReason, string> = {
+  auth: 'authentication failed: check the user and password in the URL (the server answered NOAUTH or WRONGPASS)',
+  refused: 'connection refused: nothing listens at that host and port; check that Redis runs there',
+  unreachable: 'the host cannot be reached: check its name and the network',
+  timeout: 'no answer in time: check that Redis runs there and that no firewall drops the connection',
+  tls: 'the TLS handshake failed: check the certificate (clientOptions.socket.ca) and that the server speaks TLS (rediss://) or not (redis://)',
+  database: 'no such database: the server has fewer databases than the number in the URL (its `databases` setting)',
+  readonly: 'the server refuses writes (a read-only replica, too few replicas for min-replicas-to-write, or a failed save): point wxkit at the primary',
+  permission: 'the user may not run this command on this key: its ACL needs the read and write commands on the token keys',
+  disconnected: 'the connection dropped; node-redis reconnects on its own',
+  closed: 'closed',
+};
+
+const TLS_CODES = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$)/;
+
+/**
+ * Why a node-redis call failed, from the server's error reply (its first word) or the socket's error
+ * code; undefined when neither says.
+ */
+export function reasonOf(error: unknown): CacheErrorReason | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const { code, message, originalError } = error as { code?: unknown; message?: unknown; originalError?: unknown };
+  // node-redis wraps the socket's error when its reconnect strategy gives up.
+  if (originalError !== undefined) return reasonOf(originalError);
+  const text = typeof message === 'string' ? message : '';
+  if (typeof code === 'string') {
+    if (code === 'ECONNREFUSED') return 'refused';
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
+    if (code === 'ETIMEDOUT') return 'timeout';
+    if (code === 'ECONNRESET' || code === 'EPIPE') return 'disconnected';
+    if (TLS_CODES.test(code)) return 'tls';
+  }
+  const word = /^[A-Z]+/.exec(text)?.[0];
+  if (word === 'NOAUTH' || word === 'WRONGPASS' || /^ERR (AUTH|invalid password)/.test(text)) return 'auth';
+  if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF') return 'readonly';
+  if (word === 'NOPERM') return 'permission';
+  if (/^ERR (DB index is out of range|invalid DB index)/.test(text)) return 'database';
+  // node-redis's own errors, by their messages: their classes set no name.
+  if (/^(Connection timeout|Socket timeout|no connection within)/.test(text)) return 'timeout';
+  if (/^(Socket closed unexpectedly|The client is offline|The client is closed)/.test(text)) return 'disconnected';
+  return undefined;
+}
+
+/** `: authentication failed: …`, or nothing when the reason is unknown. */
+export function hintOf(reason: CacheErrorReason | undefined, connecting: boolean): string {
+  if (reason === 'disconnected' && connecting) {
+    return ': the server closed the connection while wxkit connected (a TLS-only server asked with redis:// instead of rediss:// does this)';
+  }
+  return reason === undefined ? '' : `: ${HINTS[reason]}`;
+}

@@ -1,0 +1,118 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CacheError } from '@wxkit/core';
+import { freePort, startRedis, type StoreServer } from '@wxkit/testing';
+import { RedisCache } from '../src/index.js';
+
+// Each store failure names its cause on the CacheError (`reason`) and in its message, against real
+// redis-server processes set up to fail in that one way.
+const PASSWORD = 'pw-4d1c9e0b7a';
+let withPassword: StoreServer;
+let twoDatabases: StoreServer;
+let tls: StoreServer;
+let replica: StoreServer;
+let lostReplicas: StoreServer;
+let acl: StoreServer;
+beforeAll(async () => {
+  [withPassword, twoDatabases, tls, replica, lostReplicas, acl] = await Promise.all([
+    startRedis({ args: ['--requirepass', PASSWORD] }),
+    startRedis({ args: ['--databases', '2'] }),
+    startRedis({ tls: true }),
+    // A replica of a primary that is not there: it serves reads and refuses writes (READONLY).
+    freePort().then((port) => startRedis({ args: ['--replicaof', '127.0.0.1', String(port)] })),
+    // A primary that lost its replicas: min-replicas-to-write refuses writes (NOREPLICAS).
+    startRedis({ args: ['--min-replicas-to-write', '1'] }),
+    // An ACL user that may read and not write (NOPERM).
+    startRedis({ args: ['--user', 'reader', 'on', `>${PASSWORD}`, '~*', '+@read', '+@connection'] }),
+  ]);
+});
+afterAll(async () => {
+  await Promise.all([withPassword, twoDatabases, tls, replica, lostReplicas, acl].map((server) => server?.stop()));
+});
+
+async function failure(url: string | { url: string; connectTimeoutMs?: number }, op: 'get' | 'set' = 'get'): Promise<CacheError> {
+  const cache = new RedisCache(url);
+  try {
+    if (op === 'get') await cache.get('wechat:reason-test');
+    else await cache.set('wechat:reason-test', 'value', 60);
+  } catch (error) {
+    expect(error).toBeInstanceOf(CacheError);
+    expect((error as Error).message).not.toContain(PASSWORD);
+    return error as CacheError;
+  } finally {
+    await cache.close();
+  }
+  throw new Error(`${op} succeeded`);
+}
+
+describe('RedisCache failures name their cause', () => {
+  it('auth: no password (NOAUTH), a wrong password, an unknown user (WRONGPASS)', async () => {
+    const url = new URL(withPassword.url);
+    const none = await failure(withPassword.url);
+    expect(none.reason).toBe('auth');
+    expect(none.message).toMatch(/authentication failed/);
+    url.password = 'not-the-password';
+    expect((await failure(url.href)).reason).toBe('auth');
+    url.username = 'nobody';
+    expect((await failure(url.href)).reason).toBe('auth');
+    url.username = '';
+    url.password = PASSWORD;
+    const cache = new RedisCache(url.href);
+    await expect(cache.get('wechat:reason-test')).resolves.toBeUndefined();
+    await cache.close();
+  });
+
+  it('refused: nothing listens on the port', async () => {
+    const error = await failure(`redis://127.0.0.1:${await freePort()}`);
+    expect(error.reason).toBe('refused');
+    expect(error.message).toMatch(/connection refused/);
+  });
+
+  it('tls: a certificate nobody said to trust, and TLS against a plain server', async () => {
+    const untrusted = await failure(tls.url);
+    expect(untrusted.reason).toBe('tls');
+    expect(untrusted.message).toMatch(/TLS handshake failed/);
+    // A plain server reads the TLS hello as a command and never answers it.
+    const plain = await failure({ url: twoDatabases.url.replace('redis:', 'rediss:'), connectTimeoutMs: 300 });
+    expect(plain.reason).toBe('timeout');
+    // Plain text against a TLS-only server: it closes the connection at once.
+    const reset = await failure(tls.url.replace('rediss:', 'redis:'));
+    expect(reset.reason).toBe('disconnected');
+    expect(reset.message).toMatch(/rediss:\/\//);
+  });
+
+  it('database: /5 on a server with 2 databases', async () => {
+    const error = await failure(`${twoDatabases.url}/5`);
+    expect(error.reason).toBe('database');
+    expect(error.message).toMatch(/no such database/);
+    const cache = new RedisCache(`${twoDatabases.url}/1`);
+    await expect(cache.get('wechat:reason-test')).resolves.toBeUndefined();
+    await cache.close();
+  });
+
+  it('readonly: a replica (READONLY) and a primary without its replicas (NOREPLICAS) read, and refuse writes', async () => {
+    for (const server of [replica, lostReplicas]) {
+      const cache = new RedisCache(server.url);
+      await expect(cache.get('wechat:reason-test')).resolves.toBeUndefined();
+      await cache.close();
+      const error = await failure(server.url, 'set');
+      expect(error.reason, server.url).toBe('readonly');
+      expect(error.message).toMatch(/refuses writes/);
+    }
+  });
+
+  it('permission: an ACL user without write rights (NOPERM)', async () => {
+    const url = acl.url.replace('redis://', `redis://reader:${PASSWORD}@`);
+    const cache = new RedisCache(url);
+    await expect(cache.get('wechat:reason-test')).resolves.toBeUndefined();
+    await cache.close();
+    const error = await failure(url, 'set');
+    expect(error.reason).toBe('permission');
+    expect(error.message).toContain('reader:***@');
+  });
+
+  it('closed: a call after close()', async () => {
+    const cache = new RedisCache(twoDatabases.url);
+    await cache.close();
+    await expect(cache.get('wechat:reason-test')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+  });
+});
