@@ -64,6 +64,9 @@ for (const name of readdirSync(join(root, 'packages')).sort()) {
 }
 rmSync(tarballs, { recursive: true, force: true });
 
+// The checked-in API reports (etc/*.api.md) must match what the build exports.
+step('api reports', process.execPath, [join(root, 'scripts', 'api-report.mjs'), '--check']);
+
 if (failures > 0) {
   process.stdout.write(`lint: ${failures} check(s) failed\n`);
   process.exit(1);

@@ -162,6 +162,14 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
       }
     });
 
+    it("core's public types declare none of its internals", () => {
+      const types = readFileSync(join(scratch, 'node_modules', '@wxkit', 'core', 'dist', 'index.d.ts'), 'utf8');
+      expect(types).toMatch(/declare class OfficialAccount\b/);
+      for (const internal of ['ClientCore', 'TokenManager', 'GuardedStore', 'HttpClient', 'Log', 'EntryStore', 'StoreTiers']) {
+        expect(types).not.toMatch(new RegExp(`\\b(class|interface|type) ${internal}\\b`));
+      }
+    });
+
     it('a strict TypeScript project compiles against the shipped types, ESM and CJS, without skipLibCheck', () => {
       const program = readFileSync(fileURLToPath(new URL('./uses-api.ts', import.meta.url)), 'utf8');
       writeFileSync(join(scratch, 'uses-api.mts'), program);

@@ -13,6 +13,7 @@ import {
   remoteTokenSource,
   type ClientOptions,
   type TokenCache,
+  type TokenEvents,
   type WxkitErrorCode,
 } from '@wxkit/core';
 import { FileCache } from '@wxkit/file';
@@ -48,9 +49,9 @@ export async function useTheApi(openid: string, pageUrl: string): Promise<string
   app.accessToken.setCache(new MemoryCache());
 
   const fetchedIn: number[] = [];
-  app.on('access_token.fetched', (event) => {
-    if (typeof event.ms === 'number') fetchedIn.push(event.ms);
-  });
+  const onFetched = (event: TokenEvents['access_token.fetched']) => fetchedIn.push(event.ms);
+  app.on('access_token.fetched', onFetched).once('cache.unavailable', (event) => console.warn(event.op, event.error));
+  app.off('access_token.fetched', onFetched);
   const sent = await app.templateMessage.send({ touser: openid, template_id: 'TPL', data: { first: { value: 'Paid' } } });
   const token: string = await app.accessToken.getToken();
   const config = await app.jssdk.buildConfig({ url: pageUrl, jsApiList: ['chooseImage'] });
