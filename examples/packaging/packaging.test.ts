@@ -127,6 +127,9 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
       npmInstall(names.filter((name) => !installed.includes(name)).map(tarball));
     }, 240_000);
 
+    // Each package's main entry, and the subpath the wxkit packages share helpers through.
+    const entries = [...names, '@wxkit/core/internal'];
+
     it('each package loads from ESM and from CJS, with the same exports, from the scratch project', () => {
       const report = (kind: 'esm' | 'cjs') => {
         const file = join(scratch, `load.${kind === 'esm' ? 'mjs' : 'cjs'}`);
@@ -138,7 +141,7 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
             kind === 'esm' ? "import { fileURLToPath } from 'node:url';" : "const { realpathSync } = require('node:fs');",
             kind === 'esm' ? "import { realpathSync } from 'node:fs';" : '',
             'const out = {};',
-            `for (const name of ${JSON.stringify(names)}) {`,
+            `for (const name of ${JSON.stringify(entries)}) {`,
             `  const mod = ${load};`,
             `  out[name] = { keys: Object.keys(mod).filter((k) => k !== 'default' && k !== 'module.exports').sort(), file: realpathSync(${where}) };`,
             '}',
@@ -152,7 +155,7 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
       };
       const esm = report('esm');
       const cjs = report('cjs');
-      for (const name of names) {
+      for (const name of entries) {
         expect(esm[name]!.file.startsWith(join(scratch, 'node_modules'))).toBe(true);
         expect(cjs[name]!.file.startsWith(join(scratch, 'node_modules'))).toBe(true);
         expect(esm[name]!.file).toMatch(/\.js$/);

@@ -1,4 +1,5 @@
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { assertTtl } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -118,9 +119,7 @@ export class KeyvCache implements TokenCache {
 }
 
 function ttlMs(ttlSeconds: number): number {
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-    throw new RangeError(`KeyvCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-  }
+  assertTtl('KeyvCache', ttlSeconds);
   return Math.ceil(ttlSeconds * 1000);
 }
 
