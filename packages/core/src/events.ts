@@ -11,19 +11,12 @@
  * app.on('cache.unavailable', (event) => alert(`token store down (${event.op}): ${event.error}`));
  * ```
  */
-export type TokenEvents = {
-  [L in TokenLabel as `${L}.fetched`]: TokenFetchedEvent;
-} & {
-  [L in TokenLabel as `${L}.fetch_failed`]: TokenFetchFailedEvent;
-} & {
-  [L in TokenLabel as `${L}.invalidated`]: TokenInvalidatedEvent;
-} & {
-  [L in TokenLabel as `${L}.invalidated_externally`]: TokenInvalidatedExternallyEvent;
-} & {
-  [L in TokenLabel as `${L}.force_spaced`]: TokenEventBase;
-} & {
-  [L in TokenLabel as `${L}.refresh_ahead_failed`]: RefreshAheadFailedEvent;
-} & {
+export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
+  PerLabel<'fetch_failed', TokenFetchFailedEvent> &
+  PerLabel<'invalidated', TokenInvalidatedEvent> &
+  PerLabel<'invalidated_externally', TokenInvalidatedExternallyEvent> &
+  PerLabel<'force_spaced', TokenEventBase> &
+  PerLabel<'refresh_ahead_failed', RefreshAheadFailedEvent> & {
   /** Another process held the refresh lock past `lockWaitMs` without a result; the call fails with ERR_WXKIT_NO_TOKEN. */
   'lock.wait_timeout': LockWaitTimeoutEvent;
   /** A lock this process took while the store did not answer was deleted, by owner, once it answered. */
@@ -39,6 +32,9 @@ export type TokenEvents = {
   /** `NODE_ENV=production` and no cache was set: nothing is shared between processes (once per process). */
   'cache.process_local': TokenEventBase;
 };
+
+/** `<label>.<what>` for the access token and each ticket, e.g. `access_token.fetched`, `jsapi_ticket.fetched`. */
+export type PerLabel<What extends string, Payload> = { [L in TokenLabel as `${L}.${What}`]: Payload };
 
 /** The name of any event of {@link TokenEvents}. */
 export type TokenEventName = keyof TokenEvents;

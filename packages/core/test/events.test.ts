@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, expectTypeOf, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, type TokenEvents, type TokenFetchedEvent } from '../src/index.js';
+import { OfficialAccount, type TokenEvents, type TokenFetchedEvent } from '../src/index.js';
+import { newApp } from './helpers.js';
 
 const src = fileURLToPath(new URL('../src', import.meta.url));
 const sources = (dir: string): string[] =>
@@ -23,7 +24,7 @@ describe('TokenEvents', () => {
   it('names every event the sources log, and only those', () => {
     const map = readFileSync(join(src, 'events.ts'), 'utf8');
     const fixed = new Set([...map.matchAll(/^\s+'([a-z_]+\.[a-z_]+)': /gm)].map((m) => m[1]!));
-    const perLabel = new Set([...map.matchAll(/as `\$\{L\}\.([a-z_]+)`/g)].map((m) => m[1]!));
+    const perLabel = new Set([...map.matchAll(/PerLabel<'([a-z_]+)'/g)].map((m) => m[1]!));
     const loggedFixed = new Set<string>();
     const loggedPerLabel = new Set<string>();
     for (const file of sources(src)) {
@@ -51,8 +52,7 @@ describe('TokenEvents', () => {
   });
 
   it('once() delivers the next event only, with the fields its type promises', async () => {
-    const { appId, secret } = mock.createApp();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const { app, appId } = newApp(mock);
     const fetched: TokenFetchedEvent[] = [];
     const tickets: Array<TokenEvents['jsapi_ticket.fetched']> = [];
     app.once('access_token.fetched', (event) => fetched.push(event));
