@@ -1,8 +1,10 @@
 #!/usr/bin/env node
-// `pnpm lint`: the type check over sources and tests, then publint and are-the-types-wrong on every
-// publishable package (ESM, CJS, node10/node16/bundler type resolution). Run after `pnpm build`.
+// `pnpm lint`: the type check over sources and tests, then publint and are-the-types-wrong on the
+// tarball of every publishable package as pnpm packs it (ESM, CJS, node16/bundler type resolution).
+// Run after `pnpm build`.
 import { spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -19,22 +21,51 @@ function step(label, command, args, cwd = root) {
   }
 }
 
+/** pnpm through the copy that runs this script, or the pinned one from the registry. */
+function pnpm() {
+  const execPath = process.env.npm_execpath ?? '';
+  if (/pnpm/.test(execPath) && existsSync(execPath)) {
+    return /\.c?js$/.test(execPath) ? [process.execPath, execPath] : [execPath];
+  }
+  return ['npx', '-y', JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).packageManager];
+}
+
 step('tsc --noEmit', bin('tsc'), ['-p', 'tsconfig.json', '--noEmit']);
+
+// The checks read the tarballs pnpm makes, which are what gets published: `npm pack` would keep the
+// `workspace:` ranges that pnpm rewrites.
+const tarballs = mkdtempSync(join(tmpdir(), 'wxkit-lint-'));
+const [pnpmCommand, ...pnpmPrefix] = pnpm();
+const packed = spawnSync(pnpmCommand, [...pnpmPrefix, '-r', '--filter=./packages/*', 'pack', '--pack-destination', tarballs], {
+  cwd: root,
+  encoding: 'utf8',
+});
+if (packed.status !== 0) {
+  process.stdout.write(`${packed.stdout ?? ''}${packed.stderr ?? ''}lint: pnpm pack FAILED\n`);
+  failures += 1;
+}
 
 for (const name of readdirSync(join(root, 'packages')).sort()) {
   const dir = join(root, 'packages', name);
   const manifest = join(dir, 'package.json');
-  if (!existsSync(manifest) || JSON.parse(readFileSync(manifest, 'utf8')).private) continue;
+  if (!existsSync(manifest)) continue;
+  const { name: packageName, version, private: unpublished } = JSON.parse(readFileSync(manifest, 'utf8'));
+  if (unpublished) continue;
   if (!existsSync(join(dir, 'dist'))) {
     process.stdout.write(`lint: ${name} has no dist/; run pnpm build first\n`);
     failures += 1;
     continue;
   }
-  step(`publint ${name}`, bin('publint'), ['--strict', '--pack', 'npm', dir]);
+  const tarball = join(tarballs, `${packageName.replace(/^@/, '').replace('/', '-')}-${version}.tgz`);
+  step(`publint ${packageName}`, bin('publint'), ['--strict', tarball]);
   // node16 profile: ESM and CJS under node16 and bundler resolution. Subpath exports such as
   // @wxkit/testing/suite cannot resolve under the old node10 rules, which no supported Node uses.
-  step(`attw ${name}`, bin('attw'), ['--pack', dir, '--profile', 'node16', '--format', 'ascii'], dir);
+  step(`attw ${packageName}`, bin('attw'), [tarball, '--profile', 'node16', '--format', 'ascii'], dir);
 }
+rmSync(tarballs, { recursive: true, force: true });
+
+// The checked-in API reports (etc/*.api.md) must match what the build exports.
+step('api reports', process.execPath, [join(root, 'scripts', 'api-report.mjs'), '--check']);
 
 if (failures > 0) {
   process.stdout.write(`lint: ${failures} check(s) failed\n`);

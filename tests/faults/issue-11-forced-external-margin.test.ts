@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { OfficialAccount, type ClientEvent } from '@wxkit/core';
+import { OfficialAccount, type TokenEvents } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
 import { redisCli } from '@wxkit/testing';
 import { eventsOf, faultEnvironment, redisSpec } from './helpers.js';
@@ -77,7 +77,7 @@ describe('who refreshed my token?', () => {
   it('the event names the last writer the store knew, and counts', async () => {
     const app = env.mock.createApp();
     const writer = client(app, { tokenEndpoint: 'classic', serviceName: 'notify-worker' });
-    const events: ClientEvent[] = [];
+    const events: TokenEvents['access_token.invalidated_externally'][] = [];
     writer.on('access_token.invalidated_externally', (event) => events.push(event));
     await writer.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     env.mock.invalidateTokens(app.appId);

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, type TokenCache } from '@wxkit/core';
+import { maskUrl } from '@wxkit/core/internal';
 import { FileCache } from '@wxkit/file';
 import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
@@ -33,13 +34,7 @@ export function openStore(url: string): TokenCache {
 
 /** The URL with any password masked, for output. */
 export function describeStore(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(invalid URL)';
-  }
+  return maskUrl(url);
 }
 
 /**

@@ -1,4 +1,5 @@
 import { CacheError } from './errors.js';
+import { assertTtl } from './ttl.js';
 import { assertOptionsObject, optionalFunction } from './validate.js';
 
 /**
@@ -158,12 +159,5 @@ export class MemoryCache implements TokenCache {
   #expiry(ttlSeconds: number): number {
     assertTtl('MemoryCache', ttlSeconds);
     return this.#now() + ttlSeconds * 1000;
-  }
-}
-
-/** Rejects a TTL that no store can honour; wxkit itself never passes one. */
-export function assertTtl(store: string, ttlSeconds: number): void {
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-    throw new RangeError(`${store} ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
   }
 }

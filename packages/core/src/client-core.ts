@@ -165,7 +165,8 @@ export class ClientCore {
   readonly appId: string;
   readonly http: HttpClient;
   readonly log: Log;
-  readonly events = new EventEmitter();
+  // Annotated: the inferred `EventEmitter<[never]>` of older @types/node breaks newer ones in .d.ts files.
+  readonly events: EventEmitter = new EventEmitter();
   readonly schema: KeySchema;
   readonly settings: ProtocolSettings;
   readonly cacheTimeoutMs: number;

@@ -15,17 +15,13 @@ export type WxkitErrorCode =
   | 'ERR_WXKIT_INVALID_OPTION'
   | 'ERR_WXKIT_MESSAGE_CRYPTO';
 
-const kWxkitError = Symbol.for('wxkit.error');
-const kWeChatApiError = Symbol.for('wxkit.error.WeChatApiError');
-const kHttpError = Symbol.for('wxkit.error.HttpError');
-const kBadResponseError = Symbol.for('wxkit.error.BadResponseError');
-const kCacheError = Symbol.for('wxkit.error.CacheError');
-const kConfigError = Symbol.for('wxkit.error.ConfigError');
-const kTokenUnavailableError = Symbol.for('wxkit.error.TokenUnavailableError');
-const kMessageCryptoError = Symbol.for('wxkit.error.MessageCryptoError');
+// The brand of each class, `Symbol.for('wxkit.error.<Class>')`: shared by every copy of this module in a
+// process (ESM and CJS builds, two installed versions), so `instanceof` holds across the copies.
+const BRANDS = new WeakMap<object, symbol>();
 
-function branded(instance: unknown, brand: symbol): boolean {
-  return typeof instance === 'object' && instance !== null && (instance as Record<symbol, unknown>)[brand] === true;
+/** Gives `cls` its cross-copy brand; called once in each class's static block. */
+function brand(cls: object, key: string): void {
+  BRANDS.set(cls, Symbol.for(key));
 }
 
 /** Base class of the errors wxkit throws. `name` is the class name; `code` never changes meaning. */
@@ -36,11 +32,22 @@ export class WxkitError extends Error {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = new.target.name;
     this.code = code;
-    Object.defineProperty(this, kWxkitError, { value: true });
+    // Mark the instance with the brand of every branded class it is made from.
+    for (let cls: object | null = new.target; cls !== null && cls !== Error; cls = Object.getPrototypeOf(cls)) {
+      const key = BRANDS.get(cls);
+      if (key) Object.defineProperty(this, key, { value: true });
+    }
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kWxkitError);
+  static {
+    brand(this, 'wxkit.error');
+  }
+
+  /** `instanceof` by brand for wxkit's classes; a user's subclass keeps the ordinary prototype check. */
+  static override [Symbol.hasInstance](this: object, instance: unknown): boolean {
+    const key = BRANDS.get(this);
+    if (key === undefined) return Function.prototype[Symbol.hasInstance].call(this, instance);
+    return typeof instance === 'object' && instance !== null && (instance as Record<symbol, unknown>)[key] === true;
   }
 }
 
@@ -78,11 +85,10 @@ export class WeChatApiError extends WxkitError {
     this.errmsg = errmsg;
     this.rid = /rid:\s*([0-9a-f-]+)/i.exec(errmsg)?.[1];
     this.path = path;
-    Object.defineProperty(this, kWeChatApiError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kWeChatApiError);
+  static {
+    brand(this, 'wxkit.error.WeChatApiError');
   }
 }
 
@@ -100,11 +106,10 @@ export class HttpError extends WxkitError {
     super(code, message, { cause: options.cause });
     this.status = options.status;
     this.path = options.path;
-    Object.defineProperty(this, kHttpError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kHttpError);
+  static {
+    brand(this, 'wxkit.error.HttpError');
   }
 }
 
@@ -117,11 +122,10 @@ export class BadResponseError extends WxkitError {
     super('ERR_WXKIT_BAD_RESPONSE', message, { cause: options.cause });
     this.status = options.status;
     this.path = options.path;
-    Object.defineProperty(this, kBadResponseError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kBadResponseError);
+  static {
+    brand(this, 'wxkit.error.BadResponseError');
   }
 }
 
@@ -153,11 +157,10 @@ export class CacheError extends WxkitError {
   constructor(message: string, options?: { cause?: unknown; reason?: CacheErrorReason }) {
     super('ERR_WXKIT_CACHE', message, options);
     this.reason = options?.reason;
-    Object.defineProperty(this, kCacheError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kCacheError);
+  static {
+    brand(this, 'wxkit.error.CacheError');
   }
 }
 
@@ -168,11 +171,10 @@ export class CacheError extends WxkitError {
 export class TokenUnavailableError extends WxkitError {
   constructor(message: string) {
     super('ERR_WXKIT_NO_TOKEN', message);
-    Object.defineProperty(this, kTokenUnavailableError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kTokenUnavailableError);
+  static {
+    brand(this, 'wxkit.error.TokenUnavailableError');
   }
 }
 
@@ -184,11 +186,10 @@ export class ConfigError extends WxkitError {
   constructor(message: string, option: string) {
     super('ERR_WXKIT_INVALID_OPTION', message);
     this.option = option;
-    Object.defineProperty(this, kConfigError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kConfigError);
+  static {
+    brand(this, 'wxkit.error.ConfigError');
   }
 }
 
@@ -215,11 +216,10 @@ export class MessageCryptoError extends WxkitError {
   constructor(reason: MessageCryptoFailure, message: string) {
     super('ERR_WXKIT_MESSAGE_CRYPTO', message);
     this.reason = reason;
-    Object.defineProperty(this, kMessageCryptoError, { value: true });
   }
 
-  static override [Symbol.hasInstance](instance: unknown): boolean {
-    return branded(instance, kMessageCryptoError);
+  static {
+    brand(this, 'wxkit.error.MessageCryptoError');
   }
 }
 

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
 import { binaryToBuffer } from './bytes.js';
+import { assertTtl } from './ttl.js';
 import { CacheError, ConfigError } from './errors.js';
 
 /** Options of {@link FileCache}. */
@@ -344,9 +345,7 @@ export class FileCache implements TokenCache {
   }
 
   async #prepare(op: string, key: string, ttlSeconds: number): Promise<string> {
-    if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-      throw new RangeError(`FileCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-    }
+    assertTtl('FileCache', ttlSeconds);
     await this.#open(op);
     return this.#path(key);
   }

@@ -7,7 +7,28 @@ export {
   type Code2SessionResult,
 } from './clients/mini-program.js';
 export { Work, WORK_BASE_URL, type WorkOptions, type WorkMessageInput, type WorkMessageResult } from './clients/work.js';
-export { WeChatClient, type ClientEvent } from './clients/wechat-client.js';
+export { WeChatClient } from './clients/wechat-client.js';
+export type {
+  TokenEvents,
+  TokenEventName,
+  ClientEvent,
+  TokenLabel,
+  TokenTier,
+  TokenEventBase,
+  TokenFetchedEvent,
+  TokenFetchFailedEvent,
+  TokenInvalidatedEvent,
+  TokenInvalidatedExternallyEvent,
+  RefreshAheadFailedEvent,
+  LockWaitTimeoutEvent,
+  CacheUnavailableEvent,
+  CacheRecoveredEvent,
+  CacheCorruptEntryEvent,
+  CacheFallbackUnusableEvent,
+  ComponentVerifyTicketReceivedEvent,
+  AuthorizerEvent,
+  AuthorizerRefreshTokenRecoveredEvent,
+} from './events.js';
 export { remoteTokenSource, type TokenSource, type TokenSourceRequest, type RemoteTokenSourceOptions } from './token-source.js';
 export type { ClientOptions } from './client-core.js';
 export { AccessToken, type TokenCallOptions } from './access-token.js';
@@ -37,6 +58,7 @@ export {
   type KeySchema,
   type KeySubject,
   type EntryField,
+  type EncodeExtra,
   type StoredEntry,
   type OpenPlatformEntry,
 } from './token/entry.js';

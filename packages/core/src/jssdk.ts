@@ -49,12 +49,14 @@ const WORK_TICKET_PATHS: Record<string, { path: string; query?: Record<string, s
 
 /** Shared by the official account's and WeCom's JS-SDK helpers: tickets cached like the token. */
 abstract class TicketKeeper<T extends string> {
+  /** @internal */
   protected readonly core: ClientCore;
   readonly #token: TokenManager;
   readonly #subject: KeySubject;
   readonly #paths: Record<string, { path: string; query?: Record<string, string> }>;
   readonly #tickets = new Map<string, TokenManager>();
 
+  /** @internal */
   protected constructor(core: ClientCore, token: TokenManager, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
     this.core = core;
     this.#token = token;
@@ -72,7 +74,7 @@ abstract class TicketKeeper<T extends string> {
     return this.#ticket(type).forceRefresh(options.signal);
   }
 
-  /** The `wx.config()` object for `input`, signed with a ticket of `type`; `appId` is the client's id. */
+  /** @internal The `wx.config()` object for `input`, signed with a ticket of `type`; `appId` is the client's id. */
   protected async jsConfig(what: string, input: JssdkConfigInput, type: T, options: TokenCallOptions): Promise<JssdkConfig> {
     const signed = await this.sign(what, input, type, options);
     const config: JssdkConfig = {
@@ -87,7 +89,7 @@ abstract class TicketKeeper<T extends string> {
     return config;
   }
 
-  /** Signs `url` with a ticket of `type`, validating the input first. */
+  /** @internal Signs `url` with a ticket of `type`, validating the input first. */
   protected async sign(what: string, input: JssdkConfigInput, type: T, options: TokenCallOptions) {
     const fail = (name: string, rule: string, value: unknown) =>
       new ConfigError(`${what} input.${name} must be ${rule} (got ${typeName(value)})`, name);

@@ -31,6 +31,18 @@ describe('errors', () => {
     expect(new Error('plain')).not.toBeInstanceOf(esm.WxkitError);
   });
 
+  it("a user's subclass keeps the ordinary instanceof, and its instances carry wxkit's brands", () => {
+    class StoreDown extends esm.CacheError {}
+    const cjs = createRequire(import.meta.url)('../dist/index.cjs') as typeof esm;
+    expect(new esm.CacheError('down')).not.toBeInstanceOf(StoreDown);
+    const down = new StoreDown('down');
+    expect(down).toBeInstanceOf(StoreDown);
+    expect(down).toBeInstanceOf(cjs.CacheError);
+    expect(down).toBeInstanceOf(cjs.WxkitError);
+    expect(down).not.toBeInstanceOf(cjs.ConfigError);
+    expect(down).toMatchObject({ name: 'StoreDown', code: 'ERR_WXKIT_CACHE' });
+  });
+
   it('keeps the cause', () => {
     const cause = new Error('ECONNREFUSED');
     expect(new esm.CacheError('down', { cause }).cause).toBe(cause);

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { FileCache, OpenPlatform, type ClientEvent } from '../src/index.js';
+import { FileCache, OpenPlatform, type ClientEvent, type AuthorizerRefreshTokenRecoveredEvent } from '../src/index.js';
 
 // The holder of an authorizer's refresh lock is SIGKILLed at each step of the refresh: after its
 // write-ahead but before WeChat acted; after WeChat rotated the refresh token but before the new one
@@ -105,9 +105,9 @@ async function record(s: Scenario): Promise<Record<string, unknown> | undefined>
 }
 
 /** After the kill: another process sends, and the store holds the refresh token WeChat accepts. */
-async function survivorSends(s: Scenario): Promise<ClientEvent[]> {
+async function survivorSends(s: Scenario): Promise<AuthorizerRefreshTokenRecoveredEvent[]> {
   const open = s.platform();
-  const events: ClientEvent[] = [];
+  const events: AuthorizerRefreshTokenRecoveredEvent[] = [];
   open.on('authorizer_refresh_token.recovered', (event) => events.push(event));
   await open.officialAccount(s.appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
   expect(s.mock.counters(s.appId).templateSends).toBe(1);

@@ -1,7 +1,7 @@
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryCache, OpenPlatform, type ClientEvent, type OpenPlatformOptions } from '../src/index.js';
+import { MemoryCache, OpenPlatform, type ClientEvent, type AuthorizerRefreshTokenRecoveredEvent, type OpenPlatformOptions } from '../src/index.js';
 import { rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -199,7 +199,7 @@ describe('authorizers', () => {
     await s.durable.delete(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`);
     await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${appId}`);
     const fresh = s.make();
-    const events: ClientEvent[] = [];
+    const events: AuthorizerRefreshTokenRecoveredEvent[] = [];
     fresh.on('authorizer_refresh_token.recovered', (event) => events.push(event));
     await send(fresh, appId);
     expect(events.map((event) => event.reason)).toEqual(['missing']);

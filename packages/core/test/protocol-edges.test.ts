@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, easyWeChat6, type ClientEvent, type TokenCache } from '../src/index.js';
+import { MemoryCache, OfficialAccount, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -103,7 +103,7 @@ describe('the host fallback directory', () => {
     const store = switchableStore({ up: false });
     const open = fallbackDir();
     chmodSync(open, 0o777);
-    const warnings: ClientEvent[] = [];
+    const warnings: TokenEvents['cache.fallback_unusable'][] = [];
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, fallbackDir: open, logger: false });
     app.on('cache.fallback_unusable', (event) => warnings.push(event));
     expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);

@@ -1,5 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { assertTtl } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -149,9 +150,7 @@ function toBinary(text: string): string {
 }
 
 function ttlMs(ttlSeconds: number): number {
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-    throw new RangeError(`KeyvCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-  }
+  assertTtl('KeyvCache', ttlSeconds);
   return Math.ceil(ttlSeconds * 1000);
 }
 

@@ -1,5 +1,6 @@
 import KeyvMemcache from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
+import { assertTtl } from '@wxkit/core/internal';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
@@ -245,9 +246,7 @@ function storeExtras(ttlSeconds: number): Buffer {
 
 /** memcached keeps whole seconds; round up so an entry never expires before its TTL. */
 function expires(ttlSeconds: number): number {
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-    throw new RangeError(`MemcachedCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-  }
+  assertTtl('MemcachedCache', ttlSeconds);
   // Values above 30 days would be read by memcached as a unix timestamp.
   return Math.min(Math.ceil(ttlSeconds), 30 * 24 * 3600);
 }

@@ -1,5 +1,6 @@
 import { createClient, createCluster, createSentinel, type RedisClientOptions } from '@keyv/redis';
 import { ConfigError } from '@wxkit/core';
+import { maskUrl } from '@wxkit/core/internal';
 import type { RedisClientLike } from './connection.js';
 
 /** Options of {@link RedisCache}: one of `url`, `cluster`, `sentinel` or `client`. */
@@ -173,17 +174,6 @@ function checkUrl(url: unknown, option = 'url'): string {
     throw new ConfigError(`RedisCache options.${option} path must be a database number such as /0 (got ${maskUrl(String(url))})`, option);
   }
   return url as string;
-}
-
-/** `redis://user:secret@host` → `redis://user:***@host`: URLs in messages never show a password. */
-export function maskUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '(unparsable URL)';
-  }
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { CacheError, type TokenCache } from '@wxkit/core';
+import { assertTtl } from '@wxkit/core/internal';
 import { Connection, type RedisClientLike } from './connection.js';
 import { hintOf, reasonOf } from './failure.js';
 import { resolveOptions, type RedisCacheOptions } from './options.js';
@@ -147,8 +148,6 @@ function script(source: string): Script {
 }
 
 function ttlMs(ttlSeconds: number): number {
-  if (typeof ttlSeconds !== 'number' || !Number.isFinite(ttlSeconds) || ttlSeconds <= 0) {
-    throw new RangeError(`RedisCache ttlSeconds must be a finite number > 0 (got ${String(ttlSeconds)})`);
-  }
+  assertTtl('RedisCache', ttlSeconds);
   return Math.max(1, Math.round(ttlSeconds * 1000));
 }

@@ -2,11 +2,8 @@ import { AccessToken } from '../access-token.js';
 import { ApiClient } from '../api-client.js';
 import type { TokenCache } from '../cache.js';
 import type { ClientCore } from '../client-core.js';
-import type { LogFields } from '../logger.js';
+import type { TokenEvents } from '../events.js';
 import type { TokenManager } from '../token/manager.js';
-
-/** An event a client emits: the fields of the log line of the same name, with its level and message. */
-export type ClientEvent = LogFields & { level: 'debug' | 'info' | 'warn' | 'error'; message: string };
 
 /**
  * What every wxkit client has: its access token, a client for any API, the store hook, and events.
@@ -42,22 +39,29 @@ export abstract class WeChatClient {
   }
 
   /**
-   * Listens to an event: `access_token.fetched`, `access_token.invalidated`, `access_token.refreshed_ahead`,
-   * `jsapi_ticket.fetched`, `lock.wait_timeout`, `cache.unavailable`, `cache.recovered`,
-   * `cache.corrupt_entry`. Fields carry the appId, the key and timings, never a token or secret.
+   * Listens to an event. {@link TokenEvents} lists every event and its payload: token and ticket
+   * fetches, failures and invalidations (`access_token.fetched`, `jsapi_ticket.fetch_failed`…), lock
+   * waits, and the store's health (`cache.unavailable`, `cache.recovered`…). Payloads carry the appId,
+   * the key and timings, never a token or secret.
    *
    * @example
    * ```ts
    * app.on('access_token.fetched', (event) => metrics.increment('wechat.token_fetch', { ms: event.ms }));
    * ```
    */
-  on(event: string, listener: (event: ClientEvent) => void): this {
+  on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.core.events.on(event, listener);
     return this;
   }
 
+  /** Listens to the next `event` only. */
+  once<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.core.events.once(event, listener);
+    return this;
+  }
+
   /** Stops listening. */
-  off(event: string, listener: (event: ClientEvent) => void): this {
+  off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.core.events.off(event, listener);
     return this;
   }

@@ -4,7 +4,8 @@ import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
-import type { WeChatClient, ClientEvent } from '../clients/wechat-client.js';
+import type { WeChatClient } from '../clients/wechat-client.js';
+import type { ClientEvent, TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, assertTokenCache } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
@@ -153,13 +154,13 @@ export class OpenPlatform {
   }
 
   /** Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`, `authorizer_refresh_token.recovered`…). */
-  on(event: string, listener: (event: ClientEvent) => void): this {
-    this.#core.events.on(event, listener);
+  on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.#core.events.on(event, listener as (event: ClientEvent) => void);
     return this;
   }
 
-  off(event: string, listener: (event: ClientEvent) => void): this {
-    this.#core.events.off(event, listener);
+  off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.#core.events.off(event, listener as (event: ClientEvent) => void);
     return this;
   }
 

@@ -113,10 +113,10 @@ export class EntryStore {
       const next = foreign
         ? 'It is left as it is, and this process keeps the token it fetches in memory'
         : 'treating it as a miss and replacing it';
-      log.warn(
-        { event: foreign ? 'cache.foreign_entry' : 'cache.corrupt_entry', appId, key: logKey, schema: schema.name, bytes: raw.length, foreign },
-        `The stored ${label} ${why}; ${next}`,
-      );
+      const fields = { appId, key: logKey, schema: schema.name, bytes: raw.length, foreign };
+      const message = `The stored ${label} ${why}; ${next}`;
+      if (foreign) log.warn({ event: 'cache.foreign_entry', ...fields }, message);
+      else log.warn({ event: 'cache.corrupt_entry', ...fields }, message);
     }
     return { foreign };
   }

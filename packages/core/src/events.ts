@@ -1,0 +1,191 @@
+/**
+ * The events a client emits, each with its payload: `app.on(name, listener)` is typed by this map.
+ *
+ * Every event is also a log line: the payload holds the line's fields plus its `level` and `message`,
+ * and never a token, a ticket, a secret or a URL with its query string. `key` is the store key, masked
+ * where a profile's key holds the secret.
+ *
+ * @example
+ * ```ts
+ * app.on('access_token.fetched', (event) => metrics.observe('wechat_token_fetch_ms', event.ms));
+ * app.on('cache.unavailable', (event) => alert(`token store down (${event.op}): ${event.error}`));
+ * ```
+ */
+export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
+  PerLabel<'fetch_failed', TokenFetchFailedEvent> &
+  PerLabel<'invalidated', TokenInvalidatedEvent> &
+  PerLabel<'invalidated_externally', TokenInvalidatedExternallyEvent> &
+  PerLabel<'force_spaced', TokenEventBase> &
+  PerLabel<'refresh_ahead_failed', RefreshAheadFailedEvent> & {
+  /** Another process held the refresh lock past `lockWaitMs` without a result; the call fails with ERR_WXKIT_NO_TOKEN. */
+  'lock.wait_timeout': LockWaitTimeoutEvent;
+  /** A lock this process took while the store did not answer was deleted, by owner, once it answered. */
+  'lock.cleaned_up': TokenEventBase;
+  /** The store failed; tokens are served from this process until it answers (once per outage). */
+  'cache.unavailable': CacheUnavailableEvent;
+  /** The store answers again. */
+  'cache.recovered': CacheRecoveredEvent;
+  /** A stored value is no valid entry of the schema; it counts as a miss. */
+  'cache.corrupt_entry': CacheCorruptEntryEvent;
+  /** The fallback directory cannot be used; while the store is down each process keeps to itself. */
+  'cache.fallback_unusable': CacheFallbackUnusableEvent;
+  /** `NODE_ENV=production` and no cache was set: nothing is shared between processes (once per process). */
+  'cache.process_local': TokenEventBase;
+  /** A stored value is another program's encoding that this schema cannot read: a miss, never overwritten. */
+  'cache.foreign_entry': CacheCorruptEntryEvent;
+  /** A peer's refresh lock (WxJava's jedis-lock) had passed its expiry and was taken over, as the peer does. */
+  'lock.taken_over': TokenEventBase;
+  /** OpenPlatform: a component_verify_ticket push was decrypted and stored. */
+  'component_verify_ticket.received': ComponentVerifyTicketReceivedEvent;
+  /** OpenPlatform: an account authorized the component; its first tokens are stored. */
+  'authorizer.authorized': AuthorizerEvent;
+  /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */
+  'authorizer_refresh_token.rotated': AuthorizerEvent;
+  /** OpenPlatform: the durable store did not take a new refresh token; the next refresh asks WeChat for it again. */
+  'authorizer_refresh_token.unsaved': AuthorizerEvent;
+  /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */
+  'authorizer_refresh_token.recovered': AuthorizerRefreshTokenRecoveredEvent;
+  /** OpenPlatform: the durable store is a memcached, which evicts; refresh tokens may be lost. */
+  'durable_store.evictable': TokenEventBase;
+};
+
+/** `component_verify_ticket.received`. */
+export interface ComponentVerifyTicketReceivedEvent extends TokenEventBase {
+  /** The push's CreateTime, unix seconds. */
+  createTime?: number;
+}
+
+/** OpenPlatform events about one authorizer. */
+export interface AuthorizerEvent extends TokenEventBase {
+  /** The authorizer's appId. */
+  authorizerAppId: string;
+}
+
+/** `authorizer_refresh_token.recovered`. */
+export interface AuthorizerRefreshTokenRecoveredEvent extends AuthorizerEvent {
+  reason: 'missing' | 'interrupted' | 'rejected';
+}
+
+/** `<label>.<what>` for the access token and each ticket, e.g. `access_token.fetched`, `jsapi_ticket.fetched`. */
+export type PerLabel<What extends string, Payload> = { [L in TokenLabel as `${L}.${What}`]: Payload };
+
+/** The name of any event of {@link TokenEvents}. */
+export type TokenEventName = keyof TokenEvents;
+
+/** Any event's payload. */
+export type ClientEvent = TokenEvents[TokenEventName];
+
+/** What a token event is about: the access token, or one of the tickets. */
+export type TokenLabel =
+  | 'access_token'
+  | 'jsapi_ticket'
+  | 'wx_card_ticket'
+  | 'agent_jsapi_ticket'
+  | 'component_access_token'
+  | 'authorizer_access_token';
+
+/** Where a token was fetched or read: the shared store, or this host's or process's fallback while it is down. */
+export type TokenTier = 'shared' | 'host' | 'process';
+
+/** Fields every event carries. */
+export interface TokenEventBase {
+  /** The event's name, e.g. `access_token.fetched`. */
+  event: string;
+  level: 'debug' | 'info' | 'warn' | 'error';
+  /** The log line's text. */
+  message: string;
+  /** The client's appId (a WeCom corpId). */
+  appId?: string;
+  /** The store key concerned, masked where it holds a secret. */
+  key?: string;
+}
+
+/** `<label>.fetched`: this process got a new token or ticket, from WeChat or from the token service. */
+export interface TokenFetchedEvent extends TokenEventBase {
+  /** Asked for by `forceRefresh()` / `refreshTicket()`. */
+  forced?: boolean;
+  /** A background refresh ahead of expiry (`refreshAheadSeconds`). */
+  ahead?: boolean;
+  /** This process held the refresh lock. */
+  locked?: boolean;
+  tier?: TokenTier;
+  /** The store took the new entry. */
+  stored?: boolean;
+  /** The store held a token asked for later, and that one was kept instead. */
+  keptNewer?: boolean;
+  /** `remote`: from a token source such as `wxkit serve`. */
+  source?: 'remote';
+  /** WeChat's `expires_in`, in seconds. */
+  expiresIn: number;
+  /** How long the fetch took, in ms. */
+  ms: number;
+}
+
+/** `<label>.fetch_failed`: a fetch failed; the shared failure marker makes the whole fleet back off. */
+export interface TokenFetchFailedEvent extends TokenEventBase {
+  /** The error's `code`, e.g. `ERR_WXKIT_WECHAT_API`. */
+  code?: string;
+  /** WeChat's errcode, when WeChat answered one. */
+  errcode?: number;
+  tier: TokenTier;
+}
+
+/** `<label>.invalidated`: WeChat rejected the token (40001, 40014, 42001), or it was reported to the token service. */
+export interface TokenInvalidatedEvent extends TokenEventBase {
+  errcode?: number;
+  /** This process removed the entry; false when the store already held a newer one. */
+  deleted?: boolean;
+  ms?: number;
+  source?: 'remote';
+}
+
+/** `<label>.invalidated_externally`: WeChat said 40001 for the token the store held: a program outside the fleet fetched one. */
+export interface TokenInvalidatedExternallyEvent extends TokenEventBase {
+  /** The last writer of that token, `host:pid[:service]`, when the entry records it. */
+  fetchedBy?: string;
+  /** When that token was fetched, unix seconds. */
+  fetchedAt?: number;
+  /** How many times this process has seen it. */
+  count: number;
+}
+
+/** `<label>.refresh_ahead_failed`: the background refresh failed; the current token keeps serving. */
+export interface RefreshAheadFailedEvent extends TokenEventBase {
+  /** The error's message. */
+  error?: string;
+}
+
+/** `lock.wait_timeout`. */
+export interface LockWaitTimeoutEvent extends TokenEventBase {
+  /** The lock's owner, `host:pid[:service]…`, when it could be read. */
+  holder?: string;
+  waitedMs: number;
+}
+
+/** `cache.unavailable`. */
+export interface CacheUnavailableEvent extends TokenEventBase {
+  /** The store call that failed: `get`, `set`, `add`… */
+  op: string;
+  /** What the store's driver said, without secrets. */
+  error: string;
+}
+
+/** `cache.recovered`. */
+export interface CacheRecoveredEvent extends TokenEventBase {
+  op: string;
+}
+
+/** `cache.corrupt_entry`. */
+export interface CacheCorruptEntryEvent extends TokenEventBase {
+  /** The key schema's name. */
+  schema: string;
+  /** Length of the stored value. */
+  bytes: number;
+  /** Another program's encoding: never replaced by wxkit. */
+  foreign: boolean;
+}
+
+/** `cache.fallback_unusable`. */
+export interface CacheFallbackUnusableEvent extends TokenEventBase {
+  reason: string;
+}

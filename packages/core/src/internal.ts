@@ -1,0 +1,9 @@
+/**
+ * `@wxkit/core/internal`: the helpers the wxkit packages share (the store adapters, the CLI), so that each
+ * rule lives in one place. For the wxkit packages only: NOT covered by semver, and it may change in any
+ * release. The packages that import it are released together with core, at the same version.
+ *
+ * @packageDocumentation
+ */
+export { assertTtl } from './ttl.js';
+export { maskUrl } from './redact.js';
