@@ -11,13 +11,15 @@ describe('item 4: the lease covers the critical section', () => {
   it('a cold ticket refresh in 4 processes (token fetch, then getticket, each 900 ms): 1 token fetch and 1 getticket', async () => {
     const app = env.mock.createApp();
     env.mock.setLatency(900);
-    // Short deadlines make a short lease (1 s + 7 × 0.3 s + 1 s): a lease that left out the getticket
-    // call, or the token fetch in front of it, would end while the holder still waits for WeChat.
+    // Short deadlines make a short lease (1.5 s + 7 × 0.3 s + 1 s = 4.6 s): a lease that left out the
+    // getticket call, or the token fetch in front of it (0.9 s each, plus the store calls), would end
+    // while the holder still waits for WeChat. The request deadline keeps 0.6 s above WeChat's latency
+    // so a loaded machine does not turn a slow answer into a timeout.
     const group = await pool.start(4, {
       ...app,
       tokenEndpoint: 'classic',
       store: redisSpec(env.redis.url),
-      clientOptions: { timeoutMs: 1000, cacheTimeoutMs: 300 },
+      clientOptions: { timeoutMs: 1500, cacheTimeoutMs: 300 },
     });
     const results = await group.run('ticket', 5);
     expect(errorsOf(results)).toEqual([]);
@@ -34,7 +36,9 @@ describe('item 4: the lease covers the critical section', () => {
       tokenEndpoint: 'classic',
       store: redisSpec(env.redis.url),
       storeDelayMs: 250,
-      clientOptions: { timeoutMs: 1000, cacheTimeoutMs: 400 },
+      // The store's deadline keeps 0.45 s above its delay, so a loaded machine does not turn a slow
+      // answer into an outage (which would rightly cost a fetch per process).
+      clientOptions: { timeoutMs: 1000, cacheTimeoutMs: 700 },
     });
     const results = await group.run('send', 5);
     expect(errorsOf(results)).toEqual([]);
