@@ -40,6 +40,8 @@ export class StoreTiers {
 
   current(): Tier {
     const shared = this.#shared();
+    // The usual case needs nothing of the host's directory: no handle on it is made until it does.
+    if (!shared.down && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#host();
     const hostUp = host !== undefined && !host.down ? host : undefined;
     if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#process) };
