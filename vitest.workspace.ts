@@ -30,4 +30,7 @@ export default defineWorkspace([
   project('examples', {}, './examples', ['*/*.test.ts']),
   // The token protocol at its edges, one file per failure: real stores, real processes, the mock's counters.
   project('faults', {}, './tests/faults', ['*.test.ts']),
+  // The peers' own code (node-easywechat from npm, Symfony Cache and PHP from Debian) sharing one real
+  // Redis with wxkit, the mock WeChat server upstream.
+  project('peers', {}, './tests/peers', ['*.test.ts']),
 ]);

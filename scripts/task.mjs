@@ -30,11 +30,21 @@ const POLYGLOT = [
   { check: 'command -v php', pkg: 'php-cli' },
   { check: 'php -m | grep -qx redis', pkg: 'php-redis' },
   { check: 'php -m | grep -qx memcached', pkg: 'php-memcached' },
+  // igbinary: the codec's tests cross-check what wxkit writes against PHP's own igbinary_unserialize().
+  { check: 'php -m | grep -qx igbinary', pkg: 'php-igbinary' },
   { check: '/usr/bin/python3 -c "import redis"', pkg: 'python3-redis' },
   { check: '/usr/bin/python3 -c "import pymemcache"', pkg: 'python3-pymemcache' },
 ];
+// The real peers (tests/peers): Symfony Cache's RedisAdapter and DefaultMarshaller, as EasyWeChat 5 and 6
+// use them, on Debian's PHP. Debian's php-redis is built against igbinary (it cannot load without it), so a
+// stock Debian PHP with Redis always has igbinary loaded: the case the igbinary codec exists for.
+const REAL_PEERS = [
+  { check: 'php -m | grep -qx igbinary', pkg: 'php-igbinary' },
+  { check: 'test -f /usr/share/php/Symfony/Component/Cache/Psr16Cache.php', pkg: 'php-symfony-cache' },
+  { check: 'test -f /usr/share/php/Psr/SimpleCache/autoload.php', pkg: 'php-psr-simple-cache' },
+];
 const SYSTEM_PACKAGES = {
-  test: [...STORE_SERVERS, ...POLYGLOT],
+  test: [...STORE_SERVERS, ...POLYGLOT, ...REAL_PEERS],
   demo: [],
   bench: STORE_SERVERS,
 };

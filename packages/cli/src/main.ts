@@ -255,7 +255,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       remaining_seconds: remaining,
       store_ttl_ms: ttl ?? null,
       lock,
-      bytes: raw === undefined ? 0 : Buffer.byteLength(raw),
+      bytes: raw === undefined ? 0 : raw.length, // a binary string: one character per byte
     },
     [
       `key         ${shownKey}`,

@@ -8,21 +8,30 @@ import { assertOptionsObject, optionalFunction } from './validate.js';
  * A store receives and returns exactly the strings wxkit hands it: no namespace, no JSON envelope.
  * Reading the same key with the store's own tools (`redis-cli GET …`) shows the documented value.
  *
+ * **Values are binary strings**: one character per byte, char codes 0–255 (Node's `latin1`). An
+ * adapter stores character `c` as the byte `c` (`Buffer.from(value, 'latin1')`) and returns each byte
+ * as that character (`buffer.toString('latin1')`), never decoding the bytes as UTF-8: a PHP peer's
+ * igbinary entry is binary. wxkit's own JSON values are handed over as their UTF-8 bytes, so a store
+ * holds exactly what a program in another language writes for the same text. A store that can only
+ * hold text (a SQL TEXT column) stores bytes that are UTF-8 as that text, and must still return every
+ * value byte for byte (KeyvCache's way is in its README). Keys are text (UTF-8 where the store has
+ * bytes). wxkit never hands over a character above U+00FF; an adapter may reject one with a RangeError.
+ *
  * Failures must reject (with a {@link CacheError} where the adapter can), never resolve as a miss:
  * a miss sends every process to WeChat for a new token.
  *
  * @example
  * ```ts
  * const cache: TokenCache = new MemoryCache();
- * await cache.set('wechat:stable_access_token:wx123', '{"access_token":"…"}', 7200 - 300);
+ * await cache.set('wechat:stable_access_token:wx123', '{"access_token":"ACCESS_TOKEN"}', 7200 - 300);
  * ```
  */
 export interface TokenCache {
-  /** The stored string, or `undefined` when the key is absent or expired. */
+  /** The stored bytes as a binary string, or `undefined` when the key is absent or expired. */
   get(key: string): Promise<string | undefined>;
   /**
-   * Stores `value` under `key` for `ttlSeconds` (> 0; may be fractional; stores that keep whole seconds
-   * round up).
+   * Stores `value` (a binary string: its characters are the bytes) under `key` for `ttlSeconds` (> 0;
+   * may be fractional; stores that keep whole seconds round up).
    */
   set(key: string, value: string, ttlSeconds: number): Promise<void>;
   /** Removes `key`; resolves whether or not it existed. */

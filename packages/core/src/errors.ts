@@ -12,7 +12,8 @@ export type WxkitErrorCode =
   | 'ERR_WXKIT_BAD_RESPONSE'
   | 'ERR_WXKIT_CACHE'
   | 'ERR_WXKIT_NO_TOKEN'
-  | 'ERR_WXKIT_INVALID_OPTION';
+  | 'ERR_WXKIT_INVALID_OPTION'
+  | 'ERR_WXKIT_MESSAGE_CRYPTO';
 
 const kWxkitError = Symbol.for('wxkit.error');
 const kWeChatApiError = Symbol.for('wxkit.error.WeChatApiError');
@@ -21,6 +22,7 @@ const kBadResponseError = Symbol.for('wxkit.error.BadResponseError');
 const kCacheError = Symbol.for('wxkit.error.CacheError');
 const kConfigError = Symbol.for('wxkit.error.ConfigError');
 const kTokenUnavailableError = Symbol.for('wxkit.error.TokenUnavailableError');
+const kMessageCryptoError = Symbol.for('wxkit.error.MessageCryptoError');
 
 function branded(instance: unknown, brand: symbol): boolean {
   return typeof instance === 'object' && instance !== null && (instance as Record<symbol, unknown>)[brand] === true;
@@ -166,6 +168,37 @@ export class ConfigError extends WxkitError {
   }
 }
 
+/** Why an encrypted WeChat message was refused; see {@link MessageCryptoError}. */
+export type MessageCryptoFailure =
+  /** `msg_signature` does not match sha1(sorted token, timestamp, nonce, Encrypt): not from WeChat, or the wrong token. */
+  | 'signature'
+  /** The message or its envelope is not what WeChat sends: no Encrypt field, not base64, not whole AES blocks. */
+  | 'format'
+  /** The decrypted bytes do not end in a valid PKCS#7 pad (1 to 32 bytes): the wrong EncodingAESKey, or tampering. */
+  | 'padding'
+  /** The length field points past the end of the message. */
+  | 'length'
+  /** The app id at the end of the message is not this app's: a message meant for another app. */
+  | 'appid';
+
+/**
+ * An encrypted WeChat message (a callback push in "safe mode") could not be verified or decrypted.
+ * `reason` says which check failed. The message never carries the token, key or plaintext.
+ */
+export class MessageCryptoError extends WxkitError {
+  readonly reason: MessageCryptoFailure;
+
+  constructor(reason: MessageCryptoFailure, message: string) {
+    super('ERR_WXKIT_MESSAGE_CRYPTO', message);
+    this.reason = reason;
+    Object.defineProperty(this, kMessageCryptoError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kMessageCryptoError);
+  }
+}
+
 // Short descriptions of the errcodes an integrator meets first. Wording follows WeChat's global
 // return-code page; anything else is shown by number only.
 const ERRCODE_HINTS: Record<number, string> = {
@@ -188,6 +221,12 @@ const ERRCODE_HINTS: Record<number, string> = {
   45011: 'API minute quota reached',
   47001: 'data format error',
   47003: 'argument invalid',
+  61003: 'component is not authorized by this account',
+  61004: 'access clientip is not registered (component IP whitelist)',
+  61005: 'component_verify_ticket is expired',
+  61006: 'component_verify_ticket is invalid',
+  61007: 'api is unauthorized to component',
+  61023: 'authorizer_refresh_token is invalid: the account must authorize again',
 };
 
 /** A short English description of a WeChat errcode, or undefined when wxkit has none. */

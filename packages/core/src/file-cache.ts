@@ -3,6 +3,7 @@ import { link, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, w
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
+import { binaryToBuffer } from './bytes.js';
 import { CacheError, ConfigError } from './errors.js';
 
 /** Options of {@link FileCache}. */
@@ -170,7 +171,8 @@ export class FileCache implements TokenCache {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0 };
       throw this.#error(op, error);
     }
-    const text = raw.toString('utf8');
+    // Values are binary strings (one character per byte), and the header is ASCII.
+    const text = raw.toString('latin1');
     const header = HEADER.exec(text);
     // An unreadable file is no entry: the next write replaces it. A reader never throws over it.
     if (!header || Number(header[1]) <= this.#now()) return { value: undefined, expiresAt: 0 };
@@ -179,10 +181,11 @@ export class FileCache implements TokenCache {
 
   /** Temp file in the same directory, then rename: readers see the old file or the new one, never a part. */
   async #write(path: string, value: string, ttlSeconds: number, op: string): Promise<void> {
+    const bytes = binaryToBuffer(value, 'FileCache');
     const temp = await tempName(path);
     const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
     try {
-      await writeFile(temp, `v1 ${expiresAt}\n${value}`, { flag: 'wx', mode: 0o600 });
+      await writeFile(temp, Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]), { flag: 'wx', mode: 0o600 });
       await rename(temp, path);
     } catch (error) {
       await unlink(temp).catch(() => undefined);

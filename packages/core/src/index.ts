@@ -38,6 +38,7 @@ export {
   type KeySubject,
   type EntryField,
   type StoredEntry,
+  type OpenPlatformEntry,
 } from './token/entry.js';
 export {
   easyWeChat4,
@@ -51,6 +52,8 @@ export {
   type WechatpyOptions,
   type SilenceperOptions,
   type WxJavaOptions,
+  type PhpMarshaller,
+  type PhpCacheStore,
 } from './profiles.js';
 export type { Logger, LogFields } from './logger.js';
 export {
@@ -61,7 +64,18 @@ export {
   CacheError,
   ConfigError,
   TokenUnavailableError,
+  MessageCryptoError,
+  type MessageCryptoFailure,
   type WxkitErrorCode,
   type WeChatErrorBody,
 } from './errors.js';
+// Open platform (third-party platforms): message encryption, component and authorizer tokens.
+export { MessageCrypto, type MessageCryptoOptions, type EncryptedMessage } from './open-platform/crypto.js';
+export {
+  OpenPlatform,
+  type OpenPlatformOptions,
+  type Authorization,
+  type OpenPlatformPush,
+  type CallbackRequest,
+} from './open-platform/open-platform.js';
 export { VERSION } from './version.js';

@@ -1,8 +1,11 @@
 /**
  * PHP's serialize() and unserialize() for the values PHP caches hold for WeChat SDKs: strings, integers,
- * floats, booleans, null and arrays of them. Lengths count UTF-8 bytes, as PHP's do. Objects, references
- * and custom serializers are refused with an error, never guessed at.
+ * floats, booleans, null and arrays of them. The serialized form is bytes, held as a binary string (see
+ * bytes.ts); PHP strings are taken to be UTF-8 text, and their lengths count UTF-8 bytes, as PHP's do.
+ * Objects, references and custom serializers are refused with an error, never guessed at.
  */
+import { binaryToBuffer, isBinaryString, textToBinary } from './bytes.js';
+
 
 export type PhpValue = string | number | boolean | null | PhpArray;
 /** A PHP array, in insertion order: `[key, value]` pairs (keys are strings or integers). */
@@ -13,7 +16,7 @@ export function phpArray(record: Record<string, PhpValue>): PhpArray {
   return { __php: 'array', entries: Object.entries(record) };
 }
 
-/** Exactly what PHP's `serialize()` writes for `value`. */
+/** Exactly the bytes PHP's `serialize()` writes for `value`, as a binary string. */
 export function phpSerialize(value: PhpValue): string {
   if (value === null) return 'N;';
   if (typeof value === 'boolean') return `b:${value ? 1 : 0};`;
@@ -22,7 +25,7 @@ export function phpSerialize(value: PhpValue): string {
     // serialize_precision -1: the shortest repeatable form, as JavaScript prints doubles.
     return `d:${Number.isFinite(value) ? String(value).replace('e+', 'E+').replace('e-', 'E-') : value > 0 ? 'INF' : value < 0 ? '-INF' : 'NAN'};`;
   }
-  if (typeof value === 'string') return `s:${Buffer.byteLength(value, 'utf8')}:"${value}";`;
+  if (typeof value === 'string') return `s:${Buffer.byteLength(value, 'utf8')}:"${textToBinary(value)}";`;
   const body = value.entries.map(([key, item]) => `${phpSerialize(key)}${phpSerialize(item)}`).join('');
   return `a:${value.entries.length}:{${body}}`;
 }
@@ -30,9 +33,13 @@ export function phpSerialize(value: PhpValue): string {
 /** Why an input is not something `phpUnserialize` reads. */
 export class PhpFormatError extends Error {}
 
-/** Reads what PHP's `serialize()` wrote. Throws PhpFormatError on anything else, or on objects. */
-export function phpUnserialize(text: string): PhpValue {
-  const bytes = Buffer.from(text, 'utf8');
+/**
+ * Reads what PHP's `serialize()` wrote, from its bytes as a binary string (a string that is no binary
+ * string is taken as text and read as its UTF-8 bytes). Throws PhpFormatError on anything else, or on
+ * objects.
+ */
+export function phpUnserialize(raw: string): PhpValue {
+  const bytes = isBinaryString(raw) ? binaryToBuffer(raw, 'phpUnserialize') : Buffer.from(raw, 'utf8');
   let at = 0;
   const fail = (why: string): never => {
     throw new PhpFormatError(`${why} at byte ${at}`);

@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
+import { binaryToText, textToBinary } from './bytes.js';
 import { CacheError, ConfigError } from './errors.js';
-import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpValue } from './php-serialize.js';
+import { igbinarySerialize, igbinaryUnserialize, looksLikeIgbinary, type IgbinaryValue } from './igbinary.js';
+import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpArray, type PhpValue } from './php-serialize.js';
 import { bareEntry, storeTtlSeconds, type KeySchema, type KeySubject, type StoredEntry } from './token/entry.js';
 import { assertOptionsObject, invalidOption, optionalChoice } from './validate.js';
 
@@ -28,11 +30,42 @@ function needSecret(profile: string, subject: KeySubject): string {
   return subject.secret;
 }
 
+/** How a PHP cache store turns values into bytes. */
+export type PhpMarshaller = 'php-serialize' | 'igbinary' | 'auto';
+/** The PHP cache stores the EasyWeChat profiles know. */
+export type PhpCacheStore = 'thinkphp' | 'laravel' | 'symfony';
+
 /**
- * Reads a value a PHP cache store wrote with `serialize()`. A value in another PHP encoding (igbinary,
- * msgpack, a framework's own prefix) is a CacheError naming the profile: wxkit must not overwrite what
- * the PHP side would then fail to read.
+ * What each PHP cache store writes out of the box. ThinkPHP's and Laravel's Redis stores call
+ * `serialize()`. Symfony Cache's DefaultMarshaller (symfony/cache 4.2–7.1, `Marshaller/DefaultMarshaller.php`)
+ * calls `igbinary_serialize()` whenever the igbinary extension (≥ 3.1.6) is loaded, which Debian's
+ * php-redis package brings in; Symfony reads both forms either way.
  */
+const STOCK_MARSHALLER: Record<PhpCacheStore, 'php-serialize' | 'igbinary'> = { thinkphp: 'php-serialize', laravel: 'php-serialize', symfony: 'igbinary' };
+
+/**
+ * The PHP value codec of a profile: reads `serialize()` and igbinary alike (Symfony's item envelopes
+ * unwrapped), and writes in the form `marshaller` says; `auto` writes the form the key held when last
+ * read, else the store's stock form. A value in another encoding (msgpack, a PHP object) is a CacheError
+ * naming the profile: a miss that wxkit leaves as it is.
+ */
+function phpCodec(profile: string, marshaller: PhpMarshaller, store: PhpCacheStore) {
+  const seen = new Map<string, 'php-serialize' | 'igbinary'>();
+  return {
+    read(raw: string, key: string | undefined): PhpValue | undefined {
+      const form = looksLikeIgbinary(raw) ? 'igbinary' : 'php-serialize';
+      const value = form === 'igbinary' ? fromIgbinary(profile, raw) : phpValue(profile, raw);
+      if (value !== undefined && key !== undefined) seen.set(key, form);
+      return value;
+    },
+    write(value: PhpValue, key: string | undefined): string {
+      const form = marshaller === 'auto' ? ((key === undefined ? undefined : seen.get(key)) ?? STOCK_MARSHALLER[store]) : marshaller;
+      return form === 'igbinary' ? igbinarySerialize(toIgbinary(value)) : phpSerialize(value);
+    },
+  };
+}
+
+/** Reads a value a PHP cache store wrote with `serialize()`; undefined when it is no such value. */
 function phpValue(profile: string, raw: string): PhpValue | undefined {
   try {
     return phpUnserialize(raw);
@@ -41,14 +74,49 @@ function phpValue(profile: string, raw: string): PhpValue | undefined {
     if (looksPhp && /^[OC]:/.test(raw)) {
       throw new CacheError(`The ${profile} profile found a PHP object where it expects an array or a string; the PHP side stores something else under this key`);
     }
-    // igbinary values start with a 4-byte version header (0x00000002), msgpack with a map/array marker.
-    if (/^\u0000\u0000\u0000[\u0001\u0002]/.test(raw) || /^[\u0080-\u009f\u00de\u00df]/.test(raw)) {
+    // msgpack starts with a map or array marker; igbinary of another format version with its header.
+    if (/^\u0000\u0000\u0000[\u0001\u0003-\u00ff]/.test(raw) || /^[\u0080-\u009f\u00de\u00df]/.test(raw)) {
       throw new CacheError(
-        `The ${profile} profile reads values written with PHP's serialize(); this one was written with another serializer (igbinary or msgpack?). Set the PHP cache store's serializer back to serialize, or share through wxkit's native schema`,
+        `The ${profile} profile reads values written with PHP's serialize() or igbinary; this one was written with another serializer (msgpack?). Set the PHP cache store's serializer back to one of those, or share through wxkit's native schema`,
       );
     }
     return undefined;
   }
+}
+
+/** An igbinary value as a PhpValue, Symfony Cache's item envelope taken off. */
+function fromIgbinary(profile: string, raw: string): PhpValue {
+  let value: IgbinaryValue;
+  try {
+    value = igbinaryUnserialize(raw);
+  } catch (error) {
+    throw new CacheError(`The ${profile} profile could not read this igbinary value (${(error as Error).message})`);
+  }
+  // Symfony Cache keeps an item's metadata beside its value: 5.x as a one-entry array whose 10-byte key
+  // is "\x9D", expiry, ctime, "\x5F" (Adapter/AbstractAdapter.php); 6.x+ as an object of the class "\xA9"
+  // whose __serialize() is [packed metadata => value] (Traits/ValueWrapper.php).
+  if (value !== null && typeof value === 'object' && value.entries.length >= 1) {
+    const [key, inner] = value.entries[0]!;
+    const envelope =
+      value.__php === 'object'
+        ? value.className === '\u00a9'
+        : value.entries.length === 1 && typeof key === 'string' && key.length === 10 && key[0] === '\u009d' && key[5] === '\u0000' && key[9] === '\u005f';
+    if (envelope) value = inner;
+  }
+  const convert = (v: IgbinaryValue, depth: number): PhpValue => {
+    if (v === null || typeof v !== 'object') return typeof v === 'string' ? binaryToText(v) : v;
+    if (v.__php === 'object' || depth > 8) {
+      throw new CacheError(`The ${profile} profile found a PHP object where it expects an array or a string; the PHP side stores something else under this key`);
+    }
+    return { __php: 'array', entries: v.entries.map(([k, item]) => [typeof k === 'string' ? binaryToText(k) : k, convert(item, depth + 1)]) };
+  };
+  return convert(value, 0);
+}
+
+/** A PhpValue with its strings as the UTF-8 bytes igbinary writes. */
+function toIgbinary(value: PhpValue): IgbinaryValue {
+  if (value === null || typeof value !== 'object') return typeof value === 'string' ? textToBinary(value) : value;
+  return { __php: 'array', entries: (value as PhpArray).entries.map(([k, item]) => [typeof k === 'string' ? textToBinary(k) : k, toIgbinary(item)]) };
 }
 
 /** Options of {@link easyWeChat4}. */
@@ -61,16 +129,30 @@ export interface EasyWeChat4Options {
    * @default ''
    */
   prefix?: string;
-  /** Which PHP cache store holds the entries; both serialize() arrays the same way. @default 'thinkphp' */
-  store?: 'thinkphp' | 'laravel';
-  /** EasyWeChat 4.0–4.2.11 stored tokens for `expires_in − 500` s; 4.2.12 and 5.x for `expires_in`. @default false */
+  /**
+   * Which PHP cache store holds the entries: ThinkPHP's and Laravel's write `serialize()`, Symfony
+   * Cache's RedisAdapter writes igbinary where the extension is loaded. It decides the form `auto` writes
+   * into an empty key. @default 'thinkphp'
+   */
+  store?: PhpCacheStore;
+  /**
+   * How values are turned into bytes. Every form is read whatever this says; `auto` writes the form the
+   * key already holds, else the store's stock form (`serialize()`; igbinary for `symfony`).
+   * @default 'auto'
+   */
+  marshaller?: PhpMarshaller;
+  /**
+   * EasyWeChat 4.0–4.2.11 stored tokens for `expires_in − 500` s (WeCom's for `expires_in`: its
+   * AccessToken sets safeSeconds to 0); 4.2.12 and 5.x for `expires_in`. @default false
+   */
   legacyTtl?: boolean;
 }
 
 /**
  * EasyWeChat 4.x/5.x (PHP), on a ThinkPHP or Laravel cache: key
- * `easywechat.kernel.access_token.` + md5 of PHP's `json_encode()` of the credentials, value the
- * `serialize()`d array `['access_token' => …, 'expires_in' => …]`, TTL `expires_in`. EasyWeChat 4 fetches
+ * `easywechat.kernel.access_token.` + md5 of PHP's `json_encode()` of the credentials, value the array
+ * `['access_token' => …, 'expires_in' => …]` as the PHP cache store marshals it (`serialize()`, or
+ * igbinary on Symfony Cache: see `marshaller`), TTL `expires_in`. EasyWeChat 4 fetches
  * on the classic endpoint, so clients with this profile do too unless told otherwise. EasyWeChat takes no
  * lock: wxkit's `{key}:lock` keeps wxkit's processes to one fetch, and its token-scoped recovery covers a
  * PHP process that refreshes behind its back.
@@ -85,8 +167,10 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   assertOptionsObject(name, options);
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
-  optionalChoice(name, options, 'store', ['thinkphp', 'laravel'], undefined);
+  const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
   const safeSeconds = options.legacyTtl ? 500 : 0;
+  // 4.0–4.2.11's WeCom token (src/Work/Auth/AccessToken.php: $safeSeconds = 0) kept expires_in.
+  const workKeys = new Set<string>();
   return {
     name,
     defaultEndpoint: 'classic',
@@ -98,7 +182,9 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
         subject.kind === 'work'
           ? { corpid: subject.corpId, corpsecret: secret }
           : { grant_type: 'client_credential', appid: subject.appId, secret };
-      return `${prefix}easywechat.kernel.access_token.${md5(phpJsonEncode(credentials))}`;
+      const key = `${prefix}easywechat.kernel.access_token.${md5(phpJsonEncode(credentials))}`;
+      if (subject.kind === 'work') workKeys.add(key);
+      return key;
     },
     ticketKey(subject, type) {
       if (subject.kind === 'work') throw new ConfigError(`The ${name} profile covers official account tickets only`, 'schema');
@@ -109,16 +195,25 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
       if (field === 'ticket') {
         // BasicService/Jssdk/Client.php caches WeChat's whole answer.
         const answer = extra?.response ?? { errcode: 0, errmsg: 'ok', ticket: value, expires_in: expiresIn };
-        return phpSerialize(phpArray(Object.fromEntries(Object.entries(answer).filter(([, v]) => isPhp(v))) as Record<string, PhpValue>));
+        return php.write(phpArray(Object.fromEntries(Object.entries(answer).filter(([, v]) => isPhp(v))) as Record<string, PhpValue>), extra?.key);
       }
-      return phpSerialize(phpArray({ access_token: value, expires_in: expiresIn }));
+      return php.write(phpArray({ access_token: value, expires_in: expiresIn }), extra?.key);
     },
-    decode(field, raw) {
-      const parsed = phpValue(name, raw);
+    decode(field, raw, key) {
+      const parsed = php.read(raw, key);
       return parsed === undefined ? undefined : bareEntry(phpGet(parsed, field));
     },
-    ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 500 : safeSeconds),
+    ttlSeconds: (expiresIn, field, key) =>
+      storeTtlSeconds(expiresIn, field === 'ticket' ? 500 : key !== undefined && workKeys.has(key) ? 0 : safeSeconds),
   };
+}
+
+function marshallerOption(name: string, options: { marshaller?: unknown }): PhpMarshaller {
+  return optionalChoice(name, options, 'marshaller', ['php-serialize', 'igbinary', 'auto'], 'auto') as PhpMarshaller;
+}
+
+function storeOption(name: string, options: { store?: unknown }): PhpCacheStore {
+  return optionalChoice(name, options, 'store', ['thinkphp', 'laravel', 'symfony'], 'thinkphp') as PhpCacheStore;
 }
 
 function isPhp(value: unknown): value is PhpValue {
@@ -129,23 +224,31 @@ function isPhp(value: unknown): value is PhpValue {
 export interface EasyWeChat6Options {
   /** As for easyWeChat4: what the PHP cache store puts in front of the key. @default '' */
   prefix?: string;
-  /** ThinkPHP and Laravel store a string `serialize()`d (`s:8:"TOKEN123";`). @default 'thinkphp' */
-  store?: 'thinkphp' | 'laravel';
+  /**
+   * The PHP cache store: ThinkPHP and Laravel store a string `serialize()`d (`s:8:"TOKEN123";`), Symfony
+   * Cache's RedisAdapter igbinary-serialized where the extension is loaded. @default 'thinkphp'
+   */
+  store?: PhpCacheStore;
+  /** As for easyWeChat4: every form is read; `auto` writes what the key holds, else the store's stock form. @default 'auto' */
+  marshaller?: PhpMarshaller;
 }
 
 /**
  * EasyWeChat 6.15.1+ (PHP): key `official_account.access_token.{appId}.{secret}.{0|1}` (`mini_app.` for
  * mini programs, `work.access_token.{corpId}.{secret}` for WeCom; the last digit is 1 on the stable
- * endpoint), value the token as the PSR-16 store encodes a string (ThinkPHP and Laravel:
- * `s:8:"TOKEN123";`), TTL `expires_in`.
+ * endpoint, which is EasyWeChat's default), value the token as the PSR-16 store encodes a string
+ * (ThinkPHP and Laravel: `s:8:"TOKEN123";`; Symfony Cache with igbinary loaded: igbinary), TTL `expires_in`.
  *
  * The key holds the plain AppSecret, as EasyWeChat 6 builds it: anyone who can list the store's keys
  * can read the secret. wxkit masks it in every log line, event and error; prefer the native schema when
  * EasyWeChat 6 is not in the deployment.
  */
 export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
-  return easyWeChat6Like('easyWeChat6', options, (token) => phpSerialize(token), (raw) => {
-    const parsed = phpValue('easyWeChat6', raw);
+  const name = 'easyWeChat6';
+  assertOptionsObject(name, options);
+  const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
+  return easyWeChat6Like(name, options, (token, key) => php.write(token, key), (raw, key) => {
+    const parsed = php.read(raw, key);
     return parsed === undefined ? undefined : bareEntry(parsed);
   });
 }
@@ -155,22 +258,24 @@ export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
  * project move from it to wxkit without a token gap. The key holds the plain AppSecret (see easyWeChat6).
  */
 export function nodeEasyWeChat(options: { prefix?: string } = {}): KeySchema {
-  return easyWeChat6Like('nodeEasyWeChat', options, (token) => token, bareEntry);
+  assertOptionsObject('nodeEasyWeChat', options);
+  return easyWeChat6Like('nodeEasyWeChat', options, (token) => token, (raw) => bareEntry(raw));
 }
 
 function easyWeChat6Like(
   name: string,
-  options: { prefix?: string; store?: string },
-  encode: (token: string) => string,
-  decode: (raw: string) => StoredEntry | undefined,
+  options: { prefix?: string },
+  encode: (token: string, key: string | undefined) => string,
+  decode: (raw: string, key: string | undefined) => StoredEntry | undefined,
 ): KeySchema {
-  assertOptionsObject(name, options);
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
-  optionalChoice(name, options, 'store', ['thinkphp', 'laravel'], undefined);
   const secrets = new Set<string>();
   return {
     name,
+    // Both fetch on the classic endpoint unless configured with use_stable_access_token: EasyWeChat
+    // 6.19.1 src/OfficialAccount/Application.php:138, node-easywechat 3.6.2 dist/OfficialAccount/Application.js:97.
+    defaultEndpoint: 'classic',
     keyNeedsSecret: true,
     accessTokenKey(subject) {
       const secret = needSecret(name, subject);
@@ -188,8 +293,8 @@ function easyWeChat6Like(
       return `${prefix}official_account.jsapi_ticket.${subject.appId}`;
     },
     lockKey: (entryKey) => `${entryKey}:lock`,
-    encode: (_field, value) => encode(value),
-    decode: (_field, raw) => decode(raw),
+    encode: (_field, value, _expiresIn, _fetchedAt, extra) => encode(value, extra?.key),
+    decode: (_field, raw, key) => decode(raw, key),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 0),
     redactKey(key) {
       let redacted = key;
@@ -288,6 +393,19 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
 export interface WxJavaOptions {
   /** The keyPrefix given to WxMpRedisConfigImpl. @default 'wx' */
   keyPrefix?: string;
+  /**
+   * The WxRedisOps the Java side runs on, which decides its lock:
+   * - `redisTemplate` (RedisTemplateWxRedisOps): `SET NX PX` with a UUID, released by a Lua
+   *   compare-and-delete; wxkit takes that lock with its own owner string, as another Java instance would.
+   * - `jedis` (JedisWxRedisOps, jedis-lock 1.0.0): the lock's value is its expiry in unix ms, which Java
+   *   reads with `Long.parseLong`; wxkit writes such a timestamp, and releases the lock only while it
+   *   still holds the exact value it wrote.
+   * - `redisson` (RedissonWxRedisOps): Redisson's lock is a hash with its own protocol, which wxkit does
+   *   not write; wxkit leaves it alone and takes `{key}:lock` among its own processes. Redisson's values
+   *   are raw only with `StringCodec`.
+   * @default 'redisTemplate'
+   */
+  redisOps?: 'redisTemplate' | 'jedis' | 'redisson';
 }
 
 /**
@@ -299,6 +417,7 @@ export interface WxJavaOptions {
 export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const name = 'wxJava';
   assertOptionsObject(name, options);
+  const redisOps = optionalChoice(name, options as Record<string, unknown>, 'redisOps', ['redisTemplate', 'jedis', 'redisson'], 'redisTemplate');
   const keyPrefix = options.keyPrefix ?? 'wx';
   if (typeof keyPrefix !== 'string' || keyPrefix.length === 0) throw invalidOption(name, 'keyPrefix', 'a non-empty string', keyPrefix);
   const id = (subject: KeySubject) => (subject.kind === 'work' ? subject.corpId : subject.appId);
@@ -308,10 +427,15 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
   return {
     name,
     defaultEndpoint: 'classic',
+    // WxJava's RedisTemplate and Jedis locks are the lock every Java writer takes, so wxkit holding it
+    // may replace an entry it cannot read; under Redisson wxkit's lock is its own, and it may not.
+    replacesUndecodable: redisOps !== 'redisson',
+    lockValue: redisOps === 'jedis' ? 'expiry-ms' : 'owner',
     // weixin-java-mp/…/config/impl/WxMpRedisConfigImpl.java: ACCESS_TOKEN_KEY_TPL, TICKET_KEY_TPL, LOCK_KEY_TPL
     accessTokenKey: (subject) => `${keyPrefix}:access_token:${id(subject)}`,
     ticketKey: (subject, type) => `${keyPrefix}:ticket:key:${id(subject)}:${type}`,
     lockKey(entryKey) {
+      if (redisOps === 'redisson') return `${entryKey}:lock`;
       const token = tokenKey.exec(entryKey);
       if (token) return `${keyPrefix}:lock:${token[1]}:accessTokenLock`;
       const ticket = ticketKey.exec(entryKey);

@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { HttpError, WeChatApiError, nativeSchema, type EntryField, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/entry.js';
 import { encodeMarker, markerFor } from '../src/token/failure.js';
+import { encodeRefreshRecord, encodeTicketRecord } from '../src/open-platform/open-platform.js';
 
 // docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
@@ -47,6 +48,34 @@ describe('docs/key-schema.md test vectors', () => {
                       ? `${schema.accessTokenKey(subject('classic'))}:failed`
                       : `unknown entry ${entry}`;
       expect(key, entry).toBe(row.key);
+    }
+  });
+
+  it('open-platform keys', () => {
+    const rows = table('Open-platform keys');
+    expect(rows).toHaveLength(5);
+    for (const row of rows) {
+      const schema = nativeSchema({ prefix: row.prefix! });
+      const entry = row.entry!.replace(/ lock$/, '') as Parameters<NonNullable<typeof schema.openPlatformKey>>[0];
+      const key = schema.openPlatformKey!(entry, row.component!, row.authorizer || undefined);
+      expect(row.entry!.endsWith(' lock') ? schema.lockKey(key) : key, row.entry).toBe(row.key);
+    }
+  });
+
+  it('open-platform values, byte for byte', () => {
+    const rows = table('Open-platform values');
+    expect(rows).toHaveLength(3);
+    for (const row of rows) {
+      const time = Number(row.time);
+      const value =
+        row.entry === 'component_verify_ticket'
+          ? encodeTicketRecord(row.token!, time, time)
+          : encodeRefreshRecord(
+              { token: row.token!, ...(row.pending_since ? { pendingSince: Number(row.pending_since), pendingBy: row.writer } : {}) },
+              time,
+              row.writer!,
+            );
+      expect(value, row.entry).toBe(row['stored value']);
     }
   });
 

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -78,9 +79,12 @@ describe('profile vectors in docs/key-schema.md', () => {
 describe('PHP formats', () => {
   it('serialize and unserialize as PHP does, counting UTF-8 bytes', () => {
     const value = phpArray({ access_token: '令牌🚀', expires_in: 7200, ok: true, none: null, ratio: 0.5 });
-    const text = phpSerialize(value);
-    expect(text).toBe('a:5:{s:12:"access_token";s:10:"令牌🚀";s:10:"expires_in";i:7200;s:2:"ok";b:1;s:4:"none";N;s:5:"ratio";d:0.5;}');
-    expect(phpUnserialize(text)).toEqual(value);
+    const bytes = phpSerialize(value);
+    // The stored form is bytes (a binary string): the UTF-8 of what PHP prints.
+    expect(Buffer.from(bytes, 'latin1').toString('utf8')).toBe(
+      'a:5:{s:12:"access_token";s:10:"令牌🚀";s:10:"expires_in";i:7200;s:2:"ok";b:1;s:4:"none";N;s:5:"ratio";d:0.5;}',
+    );
+    expect(phpUnserialize(bytes)).toEqual(value);
     expect(phpUnserialize('a:1:{i:0;s:1:"x";}')).toEqual({ __php: 'array', entries: [[0, 'x']] });
   });
 
@@ -94,9 +98,10 @@ describe('PHP formats', () => {
     expect(phpJsonEncode({ s: '中文🚀/x' })).toBe('{"s":"\\u4e2d\\u6587\\ud83d\\ude80\\/x"}');
   });
 
-  it('a value written with igbinary or as a PHP object is a CacheError naming the profile; garbage is a miss', () => {
+  it('a value in another serializer, broken igbinary or a PHP object is a CacheError naming the profile; garbage is a miss', () => {
     const profile = easyWeChat4();
-    expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\)/);
+    expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile could not read this igbinary value \(truncated/);
+    expect(() => profile.decode('access_token', '\u0082\u00acaccess_token\u00a8TOKEN123')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\) or igbinary/);
     expect(() => profile.decode('access_token', 'O:8:"stdClass":1:{s:12:"access_token";s:1:"x";}')).toThrow(/found a PHP object/);
     expect(profile.decode('access_token', 'not php at all')).toBeUndefined();
     expect(profile.decode('access_token', 'a:1:{s:10:"expires_in";i:7200;}')).toBeUndefined();
@@ -110,6 +115,47 @@ describe('profiles in the token protocol', () => {
   });
   afterAll(async () => {
     await mock.close();
+  });
+
+  it("every profile built with no options uses its peer's default key and endpoint, as the peer's source builds them", async () => {
+    const { appId, secret } = mock.createApp();
+    const md5 = (text: string) => createHash('md5').update(text).digest('hex');
+    // Each key is the peer's own format applied to the same credentials; the endpoint is the peer's default.
+    const rows: [string, KeySchema, string][] = [
+      // EasyWeChat 4.2.12 src/Kernel/AccessToken.php:66 (cachePrefix) and :230 (md5(json_encode(credentials)));
+      // src/OfficialAccount/Auth/AccessToken.php:26 (cgi-bin/token) and :34–36 (credentials in this order).
+      ['easyWeChat4', easyWeChat4(), `easywechat.kernel.access_token.${md5(`{"grant_type":"client_credential","appid":"${appId}","secret":"${secret}"}`)}`],
+      // EasyWeChat 6.19.1 src/OfficialAccount/AccessToken.php:43 (sprintf('%s.access_token.%s.%s.%s', …, (int) $this->stable)),
+      // :35 ($stable = false); src/OfficialAccount/Application.php:138 (use_stable_access_token, default false).
+      ['easyWeChat6', easyWeChat6(), `official_account.access_token.${appId}.${secret}.0`],
+      // node-easywechat 3.6.2 dist/OfficialAccount/AccessToken.js:39 (`${prefix}.access_token.${appId}.${secret}.${stable ? 1 : 0}`),
+      // dist/OfficialAccount/Application.js:97 (use_stable_access_token, default false).
+      ['nodeEasyWeChat', nodeEasyWeChat(), `official_account.access_token.${appId}.${secret}.0`],
+      // wechatpy 1.8.18 wechatpy/session/redisstorage.py:10 (prefix='wechatpy') and :17 ('{0}:{1}'),
+      // wechatpy/client/base.py:60 (access_token_key: '{0}_access_token'); wechatpy/client/__init__.py:61 (cgi-bin/token).
+      ['wechatpy', wechatpy(), `wechatpy:${appId}_access_token`],
+      // silenceper/wechat v2.1.6 credential/default_access_token.go:22 ("gowechat_officialaccount_"),
+      // :68 (fmt.Sprintf("%s_access_token_%s", prefix, appID)), :16 (cgi-bin/token).
+      ['silenceper', silenceper(), `gowechat_officialaccount__access_token_${appId}`],
+      // WxJava 4.7.2.B weixin-java-mp/.../WxMpRedisConfigImpl.java:25 ("%s:access_token:%s"), the spring-boot
+      // starter's WxMpProperties.java:72 (keyPrefix = "wx"); WxMpServiceImpl fetches on cgi-bin/token.
+      ['wxJava', wxJava(), `wx:access_token:${appId}`],
+    ];
+    for (const [name, schema, key] of rows) {
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), schema, logger: false });
+      expect(app.accessToken.cacheKey, name).toBe(key);
+      const before = mock.counters(appId);
+      await app.accessToken.getToken();
+      const after = mock.counters(appId);
+      expect(after.classicTokenRequests - before.classicTokenRequests, name).toBe(1);
+      expect(after.stableTokenRequests - before.stableTokenRequests, name).toBe(0);
+    }
+    // WeCom under legacyTtl: EasyWeChat 4.2.11 src/Work/Auth/AccessToken.php:31 ($safeSeconds = 0) kept expires_in.
+    const legacy = easyWeChat4({ legacyTtl: true });
+    const workKey = legacy.accessTokenKey({ kind: 'work', corpId: 'ww4202f388888ab123', agentId: '1000002', secret: 's' });
+    const oaKey = legacy.accessTokenKey({ kind: 'official_account', appId, endpoint: 'classic', secret });
+    expect(legacy.ttlSeconds(7200, 'access_token', workKey)).toBe(7200);
+    expect(legacy.ttlSeconds(7200, 'access_token', oaKey)).toBe(6700);
   });
 
   it('easyWeChat4 fetches on the classic endpoint, stores the PHP array, and reads one PHP wrote', async () => {
@@ -146,10 +192,15 @@ describe('profiles in the token protocol', () => {
     for (let i = 0; i < 5; i += 1) expect(await app.accessToken.getToken()).toBe(token);
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
-    const corrupt = logger.lines.filter((line) => (line.fields as { event: string }).event === 'cache.corrupt_entry');
+    const corrupt = logger.lines.filter((line) => (line.fields as { event: string }).event === 'cache.foreign_entry');
     expect(corrupt).toHaveLength(1);
     expect(corrupt[0]!.message).toContain('easyWeChat4');
     expect(corrupt[0]!.fields).toMatchObject({ foreign: true });
+    // forceRefresh() fetches, but still leaves the entry it could not read to the program that wrote it.
+    const forced = await app.accessToken.forceRefresh();
+    expect(forced).not.toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    expect(await cache.get(app.accessToken.cacheKey)).toBe(foreign);
   });
 
   it('wechatpy writes the token as a JSON string and its expires_at companion', async () => {

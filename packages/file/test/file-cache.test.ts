@@ -1,5 +1,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -17,6 +18,13 @@ describeTokenCache('FileCache', {
   create: () => new FileCache({ dir: suiteDir }),
   shared: { module: builtModule, export: 'FileCache', args: [{ dir: suiteDir }] },
   supports: { ttlMs: true, compareAndSet: true },
+  // The entry file is `v1 <expiresAtMs>\n` and the value's bytes; names keep [A-Za-z0-9_.-] and
+  // write every other byte as %XX (packages/file/README.md).
+  rawBytes: async (key) => {
+    const name = [...Buffer.from(key, 'utf8')].map((b) => (/[A-Za-z0-9_.-]/.test(String.fromCharCode(b)) ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`)).join('');
+    const file = await readFile(join(suiteDir, name)).catch(() => undefined);
+    return file?.subarray(file.indexOf(0x0a) + 1);
+  },
 });
 
 const fresh = (name: string) => join(root, name);

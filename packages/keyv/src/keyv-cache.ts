@@ -1,3 +1,4 @@
+import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
@@ -68,10 +69,10 @@ export class KeyvCache implements TokenCache {
     const sql = sqlTableOf(store);
     this.#sql = sql;
     if (sql) {
-      this.add = (key, value, ttlSeconds) => this.#run('add', () => sql.add(key, value, ttlMs(ttlSeconds)));
-      this.deleteIfEquals = (key, expected) => this.#run('deleteIfEquals', () => sql.deleteIfEquals(key, expected));
+      this.add = (key, value, ttlSeconds) => this.#run('add', () => sql.add(key, toStoredText(value), ttlMs(ttlSeconds)));
+      this.deleteIfEquals = (key, expected) => this.#run('deleteIfEquals', () => sql.deleteIfEquals(key, toStoredText(expected)));
       this.compareAndSet = (key, expected, value, ttlSeconds) =>
-        this.#run('compareAndSet', () => sql.compareAndSet(key, expected, value, ttlMs(ttlSeconds)));
+        this.#run('compareAndSet', () => sql.compareAndSet(key, toStoredText(expected), toStoredText(value), ttlMs(ttlSeconds)));
     }
   }
 
@@ -79,10 +80,10 @@ export class KeyvCache implements TokenCache {
     return this.#run('get', async () => {
       const value = await (this.#sql ?? this.#store).get(key);
       if (value === undefined || value === null) return undefined;
-      // Anything but a string was written by something else; hand it over as text so wxkit sees a
-      // corrupt entry (and replaces it) rather than a crash.
-      if (typeof value === 'string') return value;
-      return Buffer.isBuffer(value) ? value.toString('utf8') : JSON.stringify(value);
+      if (typeof value === 'string') return fromStoredText(value);
+      // Anything else was written by something else: its bytes, or its JSON, so wxkit sees a corrupt
+      // entry (and replaces it) rather than a crash.
+      return Buffer.isBuffer(value) ? value.toString('latin1') : toBinary(JSON.stringify(value));
     });
   }
 
@@ -90,8 +91,9 @@ export class KeyvCache implements TokenCache {
     return this.#run('set', async () => {
       // Keyv stores take milliseconds. A store without TTL support keeps the entry until it is
       // overwritten; wxkit's readers then go by the expiry inside the value.
-      if (this.#sql) await this.#sql.set(key, value, ttlMs(ttlSeconds));
-      else await this.#store.set(key, value, ttlMs(ttlSeconds));
+      const text = toStoredText(value);
+      if (this.#sql) await this.#sql.set(key, text, ttlMs(ttlSeconds));
+      else await this.#store.set(key, text, ttlMs(ttlSeconds));
     });
   }
 
@@ -115,6 +117,35 @@ export class KeyvCache implements TokenCache {
       throw new CacheError(`KeyvCache ${op} failed in the Keyv store`, { cause: error });
     }
   }
+}
+
+// TokenCache values are binary strings (one character per byte). Keyv stores keep text (a SQL TEXT
+// column, node-redis's UTF-8 strings), so a value whose bytes are UTF-8 (every wxkit entry, every token)
+// is stored as that text: the store holds exactly its UTF-8 bytes, as any other program reading the
+// column or key sees them. Bytes that are no UTF-8 (a PHP peer's igbinary entry), or hold a NUL, have no
+// text form in every store and are stored as BINARY_PREFIX + base64; pick RedisCache or MemcachedCache to share such entries with
+// the peer itself.
+const BINARY_PREFIX = 'wxkit-binary:base64,';
+
+function toStoredText(value: string): string {
+  if (/[^\x00-\xff]/.test(value)) {
+    throw new RangeError('KeyvCache values are binary strings (char codes 0–255, one per byte); encode text as UTF-8 first');
+  }
+  const bytes = Buffer.from(value, 'latin1');
+  // PostgreSQL's text refuses NUL, valid UTF-8 as it is; a text that starts like the envelope is put in
+  // one too, so that it reads back as itself.
+  const textual = isUtf8(bytes) && !bytes.includes(0) && !value.startsWith(BINARY_PREFIX);
+  return textual ? bytes.toString('utf8') : `${BINARY_PREFIX}${bytes.toString('base64')}`;
+}
+
+function fromStoredText(text: string): string {
+  if (text.startsWith(BINARY_PREFIX)) return Buffer.from(text.slice(BINARY_PREFIX.length), 'base64').toString('latin1');
+  return toBinary(text);
+}
+
+/** The binary string of a text's UTF-8 bytes. */
+function toBinary(text: string): string {
+  return /^[\x00-\x7f]*$/.test(text) ? text : Buffer.from(text, 'utf8').toString('latin1');
 }
 
 function ttlMs(ttlSeconds: number): number {

@@ -46,6 +46,11 @@ describeTokenCache('KeyvCache on @keyv/postgres', {
   create: () => new KeyvCache(store(suiteTable)),
   shared: { module: fixtures, export: 'PostgresKeyvCache', args: [{ uri: POSTGRES, table: suiteTable }] },
   supports: { add: true, deleteIfEquals: true, compareAndSet: true, ttl: true },
+  textStore: true,
+  rawBytes: async (key) => {
+    const hex = psql(`SELECT encode(convert_to(value, 'UTF8'), 'hex') FROM public.${suiteTable} WHERE key = '${key}'`);
+    return hex === '' ? undefined : Buffer.from(hex, 'hex');
+  },
 });
 
 describeTokenSharing('KeyvCache on @keyv/postgres', {

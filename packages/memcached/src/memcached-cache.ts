@@ -97,12 +97,12 @@ export class MemcachedCache implements TokenCache {
   }
 
   get(key: string): Promise<string | undefined> {
-    return this.#run('get', key, async () => (await this.#get(key))?.value.toString('utf8'));
+    return this.#run('get', key, async () => (await this.#get(key))?.value.toString('latin1'));
   }
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', key, async () => {
-      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
+      const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
       answered('SET', await this.#send(key, (seq) => request(OP_SET, seq, key, body), 2), STATUS_OK);
     });
   }
@@ -115,7 +115,7 @@ export class MemcachedCache implements TokenCache {
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', key, async () => {
-      const body = { extras: storeExtras(ttlSeconds), value: Buffer.from(value, 'utf8') };
+      const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
       let response: MemjsResponse;
       try {
         // Sent once, never resent blindly: an ADD whose answer was lost may have been stored, and a
@@ -136,7 +136,7 @@ export class MemcachedCache implements TokenCache {
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', key, async () => {
       const current = await this.#get(key);
-      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
+      if (!current || !current.value.equals(binary(expected))) return false;
       // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
       // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
       const response = await this.#send(key, (seq) => request(OP_DELETE, seq, key, { cas: current.cas }), 1);
@@ -148,11 +148,11 @@ export class MemcachedCache implements TokenCache {
     return this.#run('compareAndSet', key, async () => {
       const extras = storeExtras(ttlSeconds);
       const current = await this.#get(key);
-      if (!current || !current.value.equals(Buffer.from(expected, 'utf8'))) return false;
+      if (!current || !current.value.equals(binary(expected))) return false;
       // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
       // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
       // would meet our own write and answer EXISTS.
-      const body = { extras, value: Buffer.from(value, 'utf8'), cas: current.cas };
+      const body = { extras, value: binary(value), cas: current.cas };
       const response = await this.#send(key, (seq) => request(OP_SET, seq, key, body), 1);
       return answered('SET', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });
@@ -262,4 +262,15 @@ function parseServers(servers: unknown): string[] {
     );
   }
   return parsed;
+}
+
+/**
+ * The bytes of a value: TokenCache values are binary strings, one character per byte (see TokenCache),
+ * stored as they are, flags 0.
+ */
+function binary(value: string): Buffer {
+  if (/[^\x00-\xff]/.test(value)) {
+    throw new RangeError('MemcachedCache values are binary strings (char codes 0–255, one per byte); encode text as UTF-8 first');
+  }
+  return Buffer.from(value, 'latin1');
 }

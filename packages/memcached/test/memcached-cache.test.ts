@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memcachedGet, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { memcachedGet, memcachedGetBytes, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { MemcachedCache } from '../src/index.js';
@@ -22,6 +22,7 @@ describeTokenCache('MemcachedCache', {
   shared: () => ({ module: built, export: 'MemcachedCache', args: [conformance.url] }),
   supports: { add: true, deleteIfEquals: true, compareAndSet: true },
   outage: { stop: () => conformance.stop(), start: () => conformance.start() },
+  rawBytes: (key) => memcachedGetBytes(conformance.port, key),
   // memcached counts TTLs in whole seconds.
   ttlSlackSeconds: 1,
 });

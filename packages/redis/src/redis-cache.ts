@@ -39,12 +39,17 @@ export class RedisCache implements TokenCache {
   }
 
   get(key: string): Promise<string | undefined> {
-    return this.#run('get', async (client) => (await client.get(key)) ?? undefined);
+    return this.#run('get', async (client) => {
+      // Bulk strings as Buffers, not UTF-8 text: an igbinary entry is binary, and node-redis's default
+      // decoding would turn each byte that is not UTF-8 into U+FFFD.
+      const value = (await asBytes(client).get(key)) as Buffer | null;
+      return value === null ? undefined : value.toString('latin1');
+    });
   }
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', async (client) => {
-      await client.set(key, value, { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+      await client.set(key, binary(value), { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
     });
   }
 
@@ -56,19 +61,19 @@ export class RedisCache implements TokenCache {
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', async (client) => {
-      const reply = await client.set(key, value, { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+      const reply = await client.set(key, binary(value), { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
       return reply === 'OK';
     });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async (client) => (await evalScript(client, COMPARE_AND_DELETE, key, [expected])) === 1);
+    return this.#run('deleteIfEquals', async (client) => (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected)])) === 1);
   }
 
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run(
       'compareAndSet',
-      async (client) => (await evalScript(client, COMPARE_AND_SET, key, [expected, value, String(ttlMs(ttlSeconds))])) === 1,
+      async (client) => (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))])) === 1,
     );
   }
 
@@ -97,8 +102,27 @@ export class RedisCache implements TokenCache {
   }
 }
 
+// RESP_TYPES.BLOB_STRING of node-redis (`$`), which @keyv/redis does not re-export.
+const BLOB_STRING = 36;
+
+/** The client, answering bulk strings as Buffers. */
+function asBytes(client: RedisClientLike): RedisClientLike {
+  return (client as unknown as { withTypeMapping(mapping: Record<number, unknown>): RedisClientLike }).withTypeMapping({ [BLOB_STRING]: Buffer });
+}
+
+/**
+ * The bytes of a value: TokenCache values are binary strings, one character per byte (see TokenCache).
+ * node-redis would send a string as UTF-8, turning each byte 0x80–0xff into two.
+ */
+function binary(value: string): Buffer {
+  if (/[^\x00-\xff]/.test(value)) {
+    throw new RangeError('RedisCache values are binary strings (char codes 0–255, one per byte); encode text as UTF-8 first');
+  }
+  return Buffer.from(value, 'latin1');
+}
+
 /** EVALSHA, and EVAL when the server does not hold the script yet (first use, a restart, another cluster node). */
-async function evalScript(client: RedisClientLike, lua: Script, key: string, args: string[]): Promise<unknown> {
+async function evalScript(client: RedisClientLike, lua: Script, key: string, args: (string | Buffer)[]): Promise<unknown> {
   const options = { keys: [key], arguments: args };
   try {
     return await client.evalSha(lua.sha, options);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createClient } from '@keyv/redis';
-import { startMockWeChat, startRedis, redisCli, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { startMockWeChat, startRedis, redisCli, redisGetBytes, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { RedisCache } from '../src/index.js';
@@ -24,6 +24,7 @@ describeTokenCache('RedisCache', {
   shared: () => ({ module: built, export: 'RedisCache', args: [conformance.url] }),
   supports: { ttlMs: true, compareAndSet: true },
   outage: { stop: () => conformance.stop(), start: () => conformance.start() },
+  rawBytes: async (key) => redisGetBytes(conformance.port, key),
 });
 
 describe('RedisCache on a real redis-server', () => {

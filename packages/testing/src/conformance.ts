@@ -2,7 +2,7 @@ import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import type { TokenCache } from '@wxkit/core';
+import { nativeSchema, type TokenCache } from '@wxkit/core';
 import type { StoreSpec } from './processes.js';
 import type { CacheChildOp, CacheChildResult } from './cache-child.js';
 
@@ -34,6 +34,18 @@ export interface DescribeTokenCacheOptions {
    * without a server.
    */
   outage?: { stop(): Promise<void>; start(): Promise<void> };
+  /**
+   * The bytes the store holds under `key`, read around the adapter (redis-cli, a raw client, the file),
+   * or undefined when absent: the check that a value is stored byte for byte, as another language's
+   * client reads it. Omit for a store that lives in one process; the test then shows as skipped.
+   */
+  rawBytes?: (key: string) => Promise<Buffer | undefined>;
+  /**
+   * The store keeps text, not bytes (a SQL TEXT column): values whose bytes are UTF-8 are held as that
+   * text, and the raw-bytes check covers those only; other bytes are held in the adapter's own form and
+   * must still come back byte for byte. @default false
+   */
+  textStore?: boolean;
 }
 
 /**
@@ -54,6 +66,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   const supportsTtl = options.supports?.ttl ?? true;
   const supportsTtlMs = options.supports?.ttlMs ?? false;
   const supportsCompareAndSet = options.supports?.compareAndSet ?? false;
+  const textStore = options.textStore ?? false;
 
   const key = (label: string) => `wxkit-test:${randomBytes(6).toString('hex')}:${label}`;
   async function withCache<T>(fn: (cache: TokenCache) => Promise<T>): Promise<T> {
@@ -126,12 +139,13 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         expect(await cache.get(k)).toBe('v');
       }));
 
-    it('values come back byte for byte: 2 KiB, 64 KiB, non-ASCII, JSON, newlines and quotes', () =>
+    it('values come back byte for byte: 2 KiB, 64 KiB, UTF-8 text, JSON, newlines and quotes', () =>
       withCache(async (cache) => {
         const values = [
           'x'.repeat(2048),
           `{"access_token":"${'A'.repeat(65_536)}"}`,
-          '微信 access_token 令牌 🚀 e\u0301 \u0301',
+          // Values are binary strings: text goes in as its UTF-8 bytes, one character per byte.
+          utf8('微信 access_token 令牌 🚀 e\u0301 \u0301'),
           '{"access_token":"86_abc","expires_at":1764003600,"fetched_at":1763996400}',
           'line one\nline two\r\n"quoted" \'single\' \\ back\\slash\ttab',
           ' leading and trailing spaces ',
@@ -139,9 +153,50 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         for (const [i, value] of values.entries()) {
           const k = key(`bytes-${i}`);
           await cache.set(k, value, 60);
-          const back = await cache.get(k);
-          expect(back === undefined ? undefined : Buffer.from(back, 'utf8').equals(Buffer.from(value, 'utf8'))).toBe(true);
+          expect(await cache.get(k)).toBe(value);
         }
+      }));
+
+    it('all 256 byte values come back as they went in, alone and in an igbinary-shaped value', () =>
+      withCache(async (cache) => {
+        const every = Buffer.from(Array.from({ length: 256 }, (_, i) => i)).toString('latin1');
+        // igbinary: version 2 header, string8 type, a length byte of 0x88 (a 136-character token).
+        const igbinary = Buffer.concat([Buffer.from([0, 0, 0, 2, 0x11, 0x88]), Buffer.alloc(136, 0x41)]).toString('latin1');
+        const values = [every, every.split('').reverse().join(''), igbinary, '\u0000', '\u00ff\u00fe\u0080', '\u00e8\u00ae\u00a2'];
+        for (const [i, value] of values.entries()) {
+          const k = key(`bytes256-${i}`);
+          await cache.set(k, value, 60);
+          const back = await cache.get(k);
+          expect(back?.length).toBe(value.length);
+          expect(back === undefined ? undefined : Buffer.from(back, 'latin1').equals(Buffer.from(value, 'latin1'))).toBe(true);
+        }
+        if (supportsCompareAndSet) {
+          const k = key('bytes256-cas');
+          await cache.set(k, igbinary, 60);
+          expect(await cache.compareAndSet!(k, igbinary, every, 60)).toBe(true);
+          expect(await cache.get(k)).toBe(every);
+        }
+        if (supportsDeleteIfEquals) {
+          const k = key('bytes256-cad');
+          await cache.set(k, every, 60);
+          expect(await cache.deleteIfEquals!(k, igbinary)).toBe(false);
+          expect(await cache.deleteIfEquals!(k, every)).toBe(true);
+          expect(await cache.get(k)).toBeUndefined();
+        }
+      }));
+
+    it.skipIf(!options.rawBytes)(`the store holds the bytes themselves: a native entry with non-ASCII is its UTF-8 JSON${textStore ? '' : ', igbinary its bytes'}`, () =>
+      withCache(async (cache) => {
+        const k = key('raw-bytes');
+        const encoded = nativeSchema().encode('access_token', 'TOKEN123', 7200, 1763996400, { fetchedBy: 'web-1:4242:订单服务' });
+        await cache.set(k, encoded, 60);
+        const json = '{"access_token":"TOKEN123","expires_at":1764003600,"fetched_at":1763996400,"fetched_by":"web-1:4242:订单服务"}';
+        expect((await options.rawBytes!(k))?.toString('hex')).toBe(Buffer.from(json, 'utf8').toString('hex'));
+        expect(nativeSchema().decode('access_token', (await cache.get(k))!)?.fetchedBy).toBe('web-1:4242:订单服务');
+        if (textStore) return;
+        const binary = Buffer.from([0, 0, 0, 2, 0x11, 0x88, 0xff, 0x00, 0xc3]);
+        await cache.set(k, binary.toString('latin1'), 60);
+        expect((await options.rawBytes!(k))?.toString('hex')).toBe(binary.toString('hex'));
       }));
 
     it('keys with colons, slashes, dots, percent signs and unicode are distinct and work', () =>
@@ -436,4 +491,9 @@ export async function inChildren(
   } finally {
     for (const child of children) if (child.exitCode === null) child.kill();
   }
+}
+
+/** The binary string of a text's UTF-8 bytes, as a codec hands it to a store. */
+function utf8(text: string): string {
+  return Buffer.from(text, 'utf8').toString('latin1');
 }

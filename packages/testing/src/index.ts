@@ -8,6 +8,10 @@ export {
   type MockFault,
   type MockFaultKind,
   type MockCounters,
+  type MockComponent,
+  type MockAuthorizeOptions,
+  type MockAuthorization,
+  type MockPushResult,
 } from './mock-wechat.js';
 export { mockServerCommand } from './cli.js';
 export { WorkerGroup, createStore, type StoreSpec, type WorkerConfig, type WorkerResult } from './processes.js';
@@ -20,6 +24,8 @@ export {
   redisCli,
   memcachedGet,
   memcachedSet,
+  redisGetBytes,
+  memcachedGetBytes,
   type StoreServer,
   type RedisClusterServers,
   type RedisSentinelServers,

@@ -362,6 +362,26 @@ export function redisCli(port: number, ...args: string[]): string {
 }
 
 /**
+ * The bytes `redis-cli GET` prints for a key (redis-cli prints values raw when its output is no
+ * terminal), or undefined when the key is absent: what another language's client reads.
+ */
+export function redisGetBytes(port: number, key: string, ...args: string[]): Buffer | undefined {
+  if (redisCli(port, ...args, 'EXISTS', key) === '0') return undefined;
+  const result = spawnSync('redis-cli', ['-p', String(port), '--no-auth-warning', ...args, 'GET', key]);
+  if (result.status !== 0) throw new Error(`redis-cli GET failed: ${result.stderr.toString()}`);
+  return result.stdout.subarray(0, result.stdout.length - 1);
+}
+
+/** The exact bytes memcached holds for a key, read with the plain text protocol, or undefined. */
+export async function memcachedGetBytes(port: number, key: string): Promise<Buffer | undefined> {
+  const reply = await memcachedText(port, `get ${key}\r\n`);
+  const match = /^VALUE \S+ \d+ (\d+)\r\n/.exec(reply);
+  if (!match) return undefined;
+  const start = match[0].length;
+  return Buffer.from(reply, 'latin1').subarray(start, start + Number(match[1]));
+}
+
+/**
  * Reads a key from memcached with the plain text protocol (`get <key>`), as a PHP or Python client
  * would see it: the exact bytes, or undefined when absent.
  */

@@ -642,6 +642,10 @@ describe('counters and direct controls', () => {
         messageSends: 0,
         wxaCodes: 0,
         rejectedCalls: 0,
+        componentTokenRequests: 0,
+        authorizerTokenRequests: 0,
+        queryAuthRequests: 0,
+        verifyTicketPushes: 0,
         errcodes: {},
       });
       expect(local.counters(b.appId)).toMatchObject({ requests: 1, stableTokenRequests: 1, tokensIssued: 0, errcodes: { '40125': 1 } });

@@ -1,10 +1,19 @@
 import { ClientCore, assertOptionsObject, requireId, requireSecret } from '../client-core.js';
 import type { KeySubject } from '../token/entry.js';
-import { validateFetched, type Fetched } from '../token/upstream.js';
+import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { optionalChoice } from '../validate.js';
 
 // The access token of official accounts and mini programs: the same credentials, the same two token
 // endpoints, the same keys.
+
+/**
+ * Where an access token comes from when it is not the app's own (an open-platform authorizer's token):
+ * its key and how it is fetched. Passed under this symbol in the options, so it is no user option.
+ * @internal
+ */
+export const kTokenSource = Symbol.for('wxkit.internal.tokenSource');
+/** @internal */
+export type CustomToken = (core: ClientCore) => { key: string; label: string; upstream: Upstream };
 
 /**
  * The client core and the access token of an official account or a mini program: the same credentials,
@@ -14,12 +23,17 @@ import { optionalChoice } from '../validate.js';
 export function setUp(owner: string, kind: 'official_account' | 'mini_program', options: unknown, own: readonly string[]) {
   assertOptionsObject(owner, options);
   const appId = requireId(owner, options, 'appId');
-  const secret = requireSecret(owner, options, 'secret');
+  const custom = (options as Record<symbol, unknown>)[kTokenSource] as CustomToken | undefined;
+  const secret = custom ? undefined : requireSecret(owner, options, 'secret');
   const given = optionalChoice(owner, options, 'tokenEndpoint', ['stable', 'classic'], undefined);
   const core = new ClientCore(owner, appId, options, own);
   // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
   const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
   const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
+  if (custom) {
+    const { key, label, upstream } = custom(core);
+    return { core, subject, token: core.manager(label, key, { kind, id: appId, field: 'access_token' }, upstream), secret };
+  }
   const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, {
     budgetMs: core.http.timeoutMs,
     // Every classic fetch invalidates the previous token; stable_token hands back the current one, and

@@ -1,4 +1,3 @@
-import { CacheError } from '../errors.js';
 import type { Log } from '../logger.js';
 import type { GuardedStore } from '../store.js';
 import { isPlausibleToken, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
@@ -65,6 +64,11 @@ export class EntryStore {
     this.key = init.key;
   }
 
+  /** The schema the entry is stored in. */
+  get schema(): KeySchema {
+    return this.#init.schema;
+  }
+
   /**
    * The entry, or a miss: absent, corrupt (logged once), a value WeChat rejected (`rejected`), past
    * its TTL, or within 30 s of its expiry. Rejects with a CacheError when the store fails.
@@ -93,34 +97,25 @@ export class EntryStore {
   }
 
   /**
-   * The entry inside a stored value, or none when wxkit cannot use it: not of the schema, or holding
-   * something that is no plausible WeChat token (a 1 MB or control-character "token" would make every
-   * request fail): a miss, logged once, replaced under the lock. A value the schema recognises as
-   * another program's encoding is `foreign`: a miss too, logged once, but never overwritten.
+   * The entry inside a stored value, or none when wxkit cannot use it: not of the schema, in an encoding
+   * the schema cannot read, or holding something that is no plausible WeChat token (a 1 MB or
+   * control-character "token" would make every request fail). Each is a miss, logged once, never an
+   * error. Such an entry is replaced under the lock only where the schema says every writer of the key
+   * takes that lock (`replacesUndecodable`); otherwise it is `foreign`, another program's, and left as it is.
    */
   decode(raw: string): { entry?: StoredEntry; foreign?: boolean } {
-    const { schema, field, label, appId, logKey, log } = this.#init;
-    let entry: StoredEntry | undefined;
-    let foreign = false;
-    let reason = `is not a valid ${schema.name} entry; treating it as a miss and replacing it`;
-    try {
-      entry = schema.decode(field, raw);
-    } catch (error) {
-      if (!(error instanceof CacheError)) throw error;
-      foreign = true;
-      reason = `cannot be read: ${error.message}. It is left as it is, and this process keeps the token it fetches in memory`;
-    }
-    if (entry && !isPlausibleToken(entry.value)) {
-      entry = undefined;
-      reason = `holds no plausible WeChat token (1–512 printable characters); treating it as a miss and replacing it`;
-    }
+    const { schema, label, appId, logKey, log } = this.#init;
+    const { entry, foreign, why } = this.#decode(raw);
     if (entry) return { entry };
     const identity = `${raw.length}:${raw.slice(0, 64)}`;
     if (this.#reportedCorrupt !== identity) {
       this.#reportedCorrupt = identity;
+      const next = foreign
+        ? 'It is left as it is, and this process keeps the token it fetches in memory'
+        : 'treating it as a miss and replacing it';
       log.warn(
-        { event: 'cache.corrupt_entry', appId, key: logKey, schema: schema.name, bytes: raw.length, foreign },
-        `The stored ${label} ${reason}`,
+        { event: foreign ? 'cache.foreign_entry' : 'cache.corrupt_entry', appId, key: logKey, schema: schema.name, bytes: raw.length, foreign },
+        `The stored ${label} ${why}; ${next}`,
       );
     }
     return { foreign };
@@ -142,7 +137,7 @@ export class EntryStore {
   encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {
     const { schema, field } = this.#init;
     return {
-      raw: schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy }),
+      raw: schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy, key: this.key }),
       ttlSeconds: schema.ttlSeconds(fetched.expiresIn, field, this.key),
       entry: { value: fetched.value, expiresAt: fetchedAt + fetched.expiresIn, fetchedAt, fetchedBy },
     };
@@ -168,8 +163,9 @@ export class EntryStore {
       }
       if (current === raw) return { entry, stored: true };
       const { entry: theirs, foreign } = this.#quietDecode(current);
-      // Another program's value in an encoding this schema cannot read: never replaced.
-      if (foreign) return { entry, stored: false };
+      // Another program's value that this schema cannot read: never replaced. One it may replace (all
+      // writers take the same lock) only by the lock's holder.
+      if (foreign || (!theirs && !leaseHeld)) return { entry, stored: false };
       if (theirs && theirs.value !== entry.value && !rejected(theirs.value)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
         if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
@@ -197,11 +193,23 @@ export class EntryStore {
   }
 
   #quietDecode(raw: string): { entry?: StoredEntry; foreign?: boolean } {
+    const { entry, foreign } = this.#decode(raw);
+    return entry ? { entry } : { foreign };
+  }
+
+  /** The schema's decode, whatever it throws: a value wxkit cannot read is a miss, never an outage. */
+  #decode(raw: string): { entry?: StoredEntry; foreign: boolean; why: string } {
+    const { schema, field } = this.#init;
+    const foreign = schema.replacesUndecodable !== true;
+    let entry: StoredEntry | undefined;
     try {
-      const entry = this.#init.schema.decode(this.#init.field, raw);
-      return entry && isPlausibleToken(entry.value) ? { entry } : {};
+      entry = schema.decode(field, raw, this.key);
     } catch (error) {
-      return error instanceof CacheError ? { foreign: true } : {};
+      const detail = error instanceof Error ? error.message : String(error);
+      return { foreign, why: `cannot be read (${detail})` };
     }
+    if (!entry) return { foreign, why: `is not a valid ${schema.name} entry` };
+    if (!isPlausibleToken(entry.value)) return { foreign, why: 'holds no plausible WeChat token (1–512 printable characters)' };
+    return { entry, foreign: false, why: '' };
   }
 }

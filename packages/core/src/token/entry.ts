@@ -1,3 +1,4 @@
+import { binaryToText, textToBinary } from '../bytes.js';
 import { assertOptionsObject, invalidOption, optionalNumber } from '../validate.js';
 
 /** Which WeChat credential an entry belongs to. */
@@ -41,6 +42,8 @@ export interface EncodeExtra {
   response?: Record<string, unknown>;
   /** Who fetched it: `host:pid` or `host:pid:service`. */
   fetchedBy?: string;
+  /** The key the value is stored under, for schemas that write in the format the key already holds. */
+  key?: string;
 }
 
 /**
@@ -65,18 +68,40 @@ export interface KeySchema {
    */
   encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, extra?: EncodeExtra): string;
   /**
-   * The entry inside a stored string, or undefined when it is not a valid entry of this schema (it is
-   * then replaced). Throws a CacheError for a value in a recognisably foreign encoding that must not be
-   * overwritten (a PHP cache serialised with igbinary, say).
+   * The entry inside a stored value (a binary string: its characters are the bytes, see TokenCache), or
+   * undefined when it is not a valid entry of this schema. Throws (a CacheError, say) for a value in an
+   * encoding it cannot read (a PHP object, msgpack). Either way the read is a miss, logged; the entry is
+   * replaced only where {@link replacesUndecodable} says so. `key` is the key it was read from.
    */
-  decode(field: EntryField, raw: string): StoredEntry | undefined;
+  decode(field: EntryField, raw: string, key?: string): StoredEntry | undefined;
+  /**
+   * Whether an entry this schema cannot decode may be replaced (under the refresh lock): only where every
+   * program writing the key takes that same lock, in the same dialect (wxkit's own schema; WxJava's).
+   * Otherwise such an entry is another program's, and is left as it is. @default false
+   */
+  readonly replacesUndecodable?: boolean;
+  /**
+   * The refresh lock's value: `owner`, a unique string compared on release (wxkit, WxJava's RedisTemplate
+   * lock); `expiry-ms`, the lease's end in unix milliseconds as decimal digits, which jedis-lock (WxJava's
+   * Jedis config) parses with `Long.parseLong` and takes over once it has passed. @default 'owner'
+   */
+  readonly lockValue?: 'owner' | 'expiry-ms';
   /** Store TTL for a value WeChat gave `expiresIn` seconds of life, stored under `key`. Always >= 1. */
   ttlSeconds(expiresIn: number, field?: EntryField, key?: string): number;
   /** Entries the peer SDK keeps next to the main one (wechatpy's `…_expires_at`), written after it. */
   companions?(entryKey: string, field: EntryField, value: string, expiresIn: number, fetchedAt: number): { key: string; value: string; ttlSeconds: number }[];
   /** The key as logs, events and errors may show it: a key that holds the secret is masked. */
   redactKey?(key: string): string;
+  /**
+   * Keys of the open platform's entries (docs/key-schema.md): the verify ticket and the component token
+   * per component app, the access and refresh token per authorizer. A schema without it cannot serve
+   * an OpenPlatform.
+   */
+  openPlatformKey?(entry: OpenPlatformEntry, componentAppId: string, authorizerAppId?: string): string;
 }
+
+/** The open platform's entries: see {@link KeySchema.openPlatformKey}. */
+export type OpenPlatformEntry = 'component_verify_ticket' | 'component_access_token' | 'authorizer_access_token' | 'authorizer_refresh_token';
 
 /** Options of {@link nativeSchema}. */
 export interface NativeSchemaOptions {
@@ -151,6 +176,8 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
 
   return {
     name: 'native-v1',
+    // Every writer of the native schema takes its lock (docs/key-schema.md): a corrupt entry is replaced.
+    replacesUndecodable: true,
     accessTokenKey: (subject) =>
       subject.kind === 'work'
         ? `${prefix}work:access_token:${subject.corpId}:${subject.agentId}`
@@ -162,22 +189,27 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
     lockKey: (entryKey) => `${entryKey}:lock`,
     encode: (field, value, expiresIn, fetchedAt, extra) =>
       // Field order is part of the format: WeChat's own field name first. JSON.stringify keeps
-      // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII.
-      JSON.stringify({
+      // insertion order, writes integers without exponent, and does not escape `/` or non-ASCII; the
+      // store gets the JSON's UTF-8 bytes (a `fetched_by` of `订单` is e8 ae a2 e5 8d 95, as elsewhere).
+      textToBinary(JSON.stringify({
         [field]: value,
         expires_at: fetchedAt + Math.floor(expiresIn),
         fetched_at: fetchedAt,
         ...(extra?.fetchedBy === undefined ? {} : { fetched_by: extra.fetchedBy }),
-      }),
+      })),
     decode: (field, raw) => decodeNative(field, raw),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, marginSeconds),
+    openPlatformKey: (entry, componentAppId, authorizerAppId) =>
+      entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token'
+        ? `${prefix}${entry}:${componentAppId}:${authorizerAppId}`
+        : `${prefix}${entry}:${componentAppId}`,
   };
 }
 
 function decodeNative(field: EntryField, raw: string): StoredEntry | undefined {
   let parsed: unknown;
   try {
-    parsed = JSON.parse(raw);
+    parsed = JSON.parse(binaryToText(raw));
   } catch {
     return undefined;
   }

@@ -1,4 +1,5 @@
 import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
+import { binaryToText, textToBinary } from '../bytes.js';
 import type { GuardedStore } from '../store.js';
 
 /**
@@ -28,7 +29,8 @@ type Policy = 'transient' | 'minute' | 'credential' | 'quota';
 
 // Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
 // service runs: the fleet tries again once a minute (or at once on forceRefresh()).
-const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503]);
+// 61003 (authorization revoked), 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too.
+const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503, 61003, 61004, 61023]);
 const MINUTE_MS = 60_000;
 /** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
 const TRANSIENT_BASE_MS = 1_000;
@@ -83,7 +85,8 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
 
 /** The stored form: compact JSON with WeChat's own field names, times in unix milliseconds. */
 export function encodeMarker(marker: FailureMarker): string {
-  return JSON.stringify({
+  // UTF-8 bytes, as the entry's JSON: an errmsg or a failed_by may hold non-ASCII text.
+  return textToBinary(JSON.stringify({
     code: marker.code,
     ...(marker.errcode === undefined ? {} : { errcode: marker.errcode, errmsg: marker.errmsg ?? '' }),
     ...(marker.status === undefined ? {} : { status: marker.status }),
@@ -93,14 +96,14 @@ export function encodeMarker(marker: FailureMarker): string {
     retry_at: marker.retryAt,
     attempt: marker.attempt,
     ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
-  });
+  }));
 }
 
 export function decodeMarker(raw: string | undefined): FailureMarker | undefined {
   if (raw === undefined) return undefined;
   let record: Record<string, unknown>;
   try {
-    const parsed: unknown = JSON.parse(raw);
+    const parsed: unknown = JSON.parse(binaryToText(raw));
     if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) return undefined;
     record = parsed as Record<string, unknown>;
   } catch {

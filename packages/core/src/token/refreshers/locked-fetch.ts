@@ -58,7 +58,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#ctx = ctx;
     this.#upstream = upstream;
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
-    this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId);
+    this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
     this.#failures = new FailureGate(ctx.key, ctx.label);
     this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
     this.#downSpacing = new FetchSpacing(ctx.key, 'throttle');

@@ -1,0 +1,38 @@
+/**
+ * The TokenCache contract carries bytes as "binary strings": one character per byte, char codes 0–255
+ * (Node's `latin1` encoding). A PHP peer's igbinary entry is binary (a 136-character token has a length
+ * byte of 0x88), so the contract cannot be UTF-8 text. wxkit's own values are UTF-8 JSON: their codecs
+ * turn the JSON into its UTF-8 bytes, then into a binary string, so a non-ASCII character is stored as
+ * exactly the bytes any other language writes for it. docs/key-schema.md states the rule.
+ */
+
+/** The binary string of `text`'s UTF-8 bytes: what a codec hands the store for a text value. */
+export function textToBinary(text: string): string {
+  // ASCII is its own UTF-8 and its own binary string: the common case costs no copy.
+  return /^[\x00-\x7f]*$/.test(text) ? text : Buffer.from(text, 'utf8').toString('latin1');
+}
+
+/**
+ * The text whose UTF-8 bytes a binary string holds. A string with a character above U+00FF is no binary
+ * string (a hand-made store that returned text): it is taken as the text it already is.
+ */
+export function binaryToText(binary: string): string {
+  if (/^[\x00-\x7f]*$/.test(binary)) return binary;
+  if (!isBinaryString(binary)) return binary;
+  return Buffer.from(binary, 'latin1').toString('utf8');
+}
+
+/** Whether every character of `value` is one byte (char code 0–255). */
+export function isBinaryString(value: string): boolean {
+  return !/[^\x00-\xff]/.test(value);
+}
+
+/** The bytes of a binary string. Throws a RangeError for a character above U+00FF, which no byte is. */
+export function binaryToBuffer(value: string, where: string): Buffer {
+  if (!isBinaryString(value)) {
+    throw new RangeError(
+      `${where} takes binary strings (one character per byte, char codes 0–255); encode text as UTF-8 first`,
+    );
+  }
+  return Buffer.from(value, 'latin1');
+}

@@ -1,0 +1,546 @@
+import { Agent, type Dispatcher } from 'undici';
+import type { TokenCache } from '../cache.js';
+import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
+import { kTokenSource, type CustomToken } from '../clients/app-token.js';
+import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
+import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
+import type { WeChatClient, ClientEvent } from '../clients/wechat-client.js';
+import { BadResponseError, CacheError, ConfigError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
+import { GuardedStore, assertTokenCache } from '../store.js';
+import type { OpenPlatformEntry } from '../token/entry.js';
+import type { TokenManager } from '../token/manager.js';
+import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
+import { invalidOption, optionalNumber } from '../validate.js';
+import { MessageCrypto } from './crypto.js';
+import { parseFlatXml } from './xml.js';
+
+/** Options of {@link OpenPlatform}: the component app's credentials, its callback settings, and where its tokens live. */
+export interface OpenPlatformOptions extends ClientOptions {
+  /** The component (third-party platform) AppID. */
+  appId: string;
+  /** The component AppSecret, sent to api_component_token only. */
+  secret: string;
+  /** The callback Token set on WeChat's console ("消息校验Token"). */
+  token: string;
+  /** The callback EncodingAESKey ("消息加解密Key"), 43 characters. */
+  encodingAESKey: string;
+  /**
+   * Where the authorizers' refresh tokens and the last component_verify_ticket live: a store that keeps
+   * what it is given (Postgres or MySQL through Keyv, a FileCache on a persistent disk, Redis with AOF
+   * and `maxmemory-policy noeviction`). A lost refresh token costs a call to WeChat to get it back, and
+   * an account that revoked meanwhile must authorize again; a memcached store warns at start (it evicts).
+   * Access tokens stay in `cache`.
+   */
+  durableStore: TokenCache;
+  /**
+   * At most this many authorizer clients are kept; the least recently used one is closed beyond it.
+   * A client is cheap to make again (its tokens are in the store). @default 1000
+   */
+  maxClients?: number;
+  /** An authorizer client unused this long is closed at the next lookup (no timers). @default 600000 */
+  clientIdleMs?: number;
+}
+
+/** What {@link OpenPlatform.handleAuthorization} learned from api_query_auth. */
+export interface Authorization {
+  authorizerAppId: string;
+  /** The permission sets (funcscope_category ids) the account granted. */
+  funcInfo: number[];
+}
+
+/** A callback push, decrypted: WeChat's fields by name (`InfoType`, `AuthorizerAppid`, `AuthorizationCode`…). */
+export interface OpenPlatformPush {
+  infoType: string;
+  fields: Record<string, string>;
+}
+
+/** The request WeChat sent to the callback URL: its query (a URLSearchParams or a plain object) and raw body. */
+export interface CallbackRequest {
+  query: URLSearchParams | Record<string, string | string[] | undefined>;
+  body: string | Buffer;
+}
+
+/** @internal */
+export interface RefreshRecord {
+  token: string;
+  /** Unix seconds; set while a refresh with `token` is under way (the write-ahead). */
+  pendingSince?: number;
+  pendingBy?: string;
+}
+
+const OWN_OPTIONS = ['appId', 'secret', 'token', 'encodingAESKey', 'durableStore', 'maxClients', 'clientIdleMs'] as const;
+const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000 });
+/** A verify ticket is valid for 12 hours after its push (WeChat's component_verify_ticket doc). */
+const TICKET_TTL_SECONDS = 12 * 3600;
+/** Refresh tokens do not expire while the authorization stands; the record is rewritten at every refresh. */
+const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
+/** A durable write after WeChat rotated the refresh token is tried this many times before it is given up (and logged). */
+const DURABLE_WRITE_ATTEMPTS = 3;
+
+/**
+ * A WeChat open-platform component (第三方平台, "OpenPlatform" as EasyWeChat names it): it receives the
+ * component_verify_ticket pushes, keeps the component_access_token under wxkit's token protocol (one
+ * fetch per fleet, shared failures, 40001 recovery), takes accounts through authorization, and hands out
+ * ordinary clients for the authorized accounts, whose tokens it refreshes with their refresh tokens.
+ *
+ * A refresh token is written to `durableStore` before the old one is dropped: every refresh first
+ * records, under the refresh lock, that it is under way (write-ahead), then calls WeChat, then writes
+ * the new token. A process that dies in between leaves the record marked; the next refresh sees it,
+ * and if WeChat has already rotated the token, takes the current one from api_get_authorizer_info.
+ *
+ * @example
+ * ```ts
+ * const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: redis, durableStore: postgres });
+ * app.post('/wechat/open', async (req, res) => res.send(await open.handleCallback({ query: req.query, body: req.body }) && 'success'));
+ * await open.officialAccount(authorizerAppId).templateMessage.send({ touser, template_id, data });
+ * ```
+ */
+export class OpenPlatform {
+  readonly appId: string;
+  readonly #core: ClientCore;
+  readonly #secret: string;
+  readonly #crypto: MessageCrypto;
+  readonly #durable: GuardedStore;
+  readonly #component: TokenManager;
+  readonly #options: Record<string, unknown>;
+  readonly #dispatcher: Dispatcher | undefined;
+  readonly #clients = new Map<string, { client: WeChatClient; kind: 'official_account' | 'mini_program'; usedAt: number }>();
+  readonly #maxClients: number;
+  readonly #idleMs: number;
+  #closed = false;
+
+  constructor(options: OpenPlatformOptions) {
+    assertOptionsObject('OpenPlatform', options);
+    const opts = options as unknown as Record<string, unknown>;
+    this.appId = requireId('OpenPlatform', opts, 'appId');
+    const secret = opts.secret;
+    if (typeof secret !== 'string' || secret.trim() === '') {
+      throw new ConfigError(`OpenPlatform options.secret must be a non-empty string (got ${secret === undefined ? 'undefined' : typeof secret})`, 'secret');
+    }
+    this.#secret = secret;
+    // MessageCrypto checks token and encodingAESKey, naming them as OpenPlatform's would.
+    try {
+      this.#crypto = new MessageCrypto({ token: opts.token as string, encodingAESKey: opts.encodingAESKey as string, appId: this.appId });
+    } catch (error) {
+      if (error instanceof ConfigError) throw new ConfigError(error.message.replace('MessageCrypto', 'OpenPlatform'), error.option);
+      throw error;
+    }
+    if (opts.durableStore === undefined) {
+      throw new ConfigError(
+        'OpenPlatform options.durableStore is required: the authorizers\' refresh tokens must live in a store that does not evict (Postgres through Keyv, a FileCache, Redis with persistence and noeviction)',
+        'durableStore',
+      );
+    }
+    assertTokenCache('OpenPlatform options.durableStore', opts.durableStore);
+    this.#maxClients = optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true });
+    this.#idleMs = optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 });
+    // Every authorizer client sends through one pool: 10,000 accounts need sockets per origin, not per account.
+    this.#dispatcher = opts.dispatcher === undefined ? new Agent({ connections: 64 }) : undefined;
+    this.#options = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
+    for (const name of OWN_OPTIONS) delete this.#options[name];
+    this.#core = new ClientCore('OpenPlatform', this.appId, { ...this.#options }, OWN_OPTIONS);
+    if (!this.#core.schema.openPlatformKey) {
+      throw invalidOption('OpenPlatform', 'schema', `a KeySchema with open-platform keys (${this.#core.schema.name} has none; use nativeSchema())`, opts.schema);
+    }
+    this.#durable = new GuardedStore(opts.durableStore as TokenCache, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
+    this.#warnIfEvictable(opts.durableStore as TokenCache);
+    this.#component = this.#core.manager(
+      'component_access_token',
+      this.#key('component_access_token'),
+      { kind: 'official_account', id: this.appId, field: 'access_token' },
+      this.#componentUpstream(),
+    );
+  }
+
+  /** Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`, `authorizer_refresh_token.recovered`…). */
+  on(event: string, listener: (event: ClientEvent) => void): this {
+    this.#core.events.on(event, listener);
+    return this;
+  }
+
+  off(event: string, listener: (event: ClientEvent) => void): this {
+    this.#core.events.off(event, listener);
+    return this;
+  }
+
+  /**
+   * Handles a request to the component's callback URL ("授权事件接收URL"): checks the signature, decrypts,
+   * and stores a component_verify_ticket for every process. Answer WeChat with `success` once it resolves.
+   * Other pushes (`authorized`, `updateauthorized`, `unauthorized`) are returned for the caller to act on.
+   * Rejects with a MessageCryptoError for a request that is not from WeChat.
+   */
+  async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
+    const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
+    const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
+    const xml = this.#crypto.decrypt({
+      msgSignature: query.get('msg_signature') ?? '',
+      timestamp: query.get('timestamp') ?? '',
+      nonce: query.get('nonce') ?? '',
+      encrypt: parseFlatXml(body).Encrypt ?? '',
+    });
+    const fields = parseFlatXml(xml);
+    const infoType = fields.InfoType ?? '';
+    if (infoType === 'component_verify_ticket' && fields.ComponentVerifyTicket) {
+      await this.#storeTicket(fields.ComponentVerifyTicket, Number(fields.CreateTime) || Math.floor(this.#core.settings.now() / 1000));
+    }
+    return { infoType, fields };
+  }
+
+  /** The component_access_token, from the store or fetched (one process of the fleet at a time). */
+  componentAccessToken(signal?: AbortSignal): Promise<string> {
+    return this.#component.get(signal);
+  }
+
+  /** A pre_auth_code for the authorization page (`api_create_preauthcode`), valid for `expiresIn` seconds. */
+  async createPreAuthCode(): Promise<{ preAuthCode: string; expiresIn: number }> {
+    const body = await this.#componentCall('cgi-bin/component/api_create_preauthcode', { component_appid: this.appId });
+    const { value, expiresIn } = validateFetched(body, 'pre_auth_code', 'cgi-bin/component/api_create_preauthcode');
+    return { preAuthCode: value, expiresIn };
+  }
+
+  /**
+   * The authorization page's URL (PC): the account admin scans it and WeChat redirects to `redirectUri`
+   * with `auth_code`. `authType`: 1 official accounts, 2 mini programs, 3 both.
+   */
+  authorizationUrl(preAuthCode: string, redirectUri: string, authType: 1 | 2 | 3 = 3): string {
+    const query = new URLSearchParams({ component_appid: this.appId, pre_auth_code: preAuthCode, redirect_uri: redirectUri, auth_type: String(authType) });
+    return `https://mp.weixin.qq.com/cgi-bin/componentloginpage?${query}`;
+  }
+
+  /**
+   * Completes an authorization (`auth_code` from the redirect, or `AuthorizationCode` from an
+   * `authorized` push) with api_query_auth: the authorizer's refresh token goes to the durable store
+   * first, then its access token to the cache.
+   */
+  async handleAuthorization(authorizationCode: string): Promise<Authorization> {
+    if (typeof authorizationCode !== 'string' || authorizationCode === '') {
+      throw new ConfigError(`OpenPlatform handleAuthorization(authorizationCode) must be given a non-empty string (got ${typeof authorizationCode})`, 'authorizationCode');
+    }
+    const path = 'cgi-bin/component/api_query_auth';
+    const startedAt = Math.floor(this.#core.settings.now() / 1000);
+    const body = await this.#componentCall(path, { component_appid: this.appId, authorization_code: authorizationCode });
+    const info = body.authorization_info as Record<string, unknown> | undefined;
+    const authorizerAppId = info?.authorizer_appid;
+    const refresh = info?.authorizer_refresh_token;
+    if (!info || typeof authorizerAppId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
+      throw new BadAnswer(path);
+    }
+    const fetched = validateFetched(info, 'authorizer_access_token', path);
+    await this.#writeRefresh(authorizerAppId, { token: refresh });
+    const key = this.#key('authorizer_access_token', authorizerAppId);
+    const schema = this.#core.schema;
+    await this.#core.cache.set(key, schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }), schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
+    const funcInfo = Array.isArray(info.func_info)
+      ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
+      : [];
+    this.#core.log.info({ event: 'authorizer.authorized', appId: this.appId, authorizerAppId }, 'An account authorized the component');
+    return { authorizerAppId, funcInfo };
+  }
+
+  /**
+   * An ordinary OfficialAccount for an authorized account: template messages, JS-SDK tickets, any API;
+   * its token is the authorizer_access_token, refreshed by this platform. Made on first use, kept while used.
+   */
+  officialAccount(authorizerAppId: string): OfficialAccount {
+    return this.#client(authorizerAppId, 'official_account') as OfficialAccount;
+  }
+
+  /** An ordinary MiniProgram for an authorized mini program, as {@link officialAccount}. */
+  miniProgram(authorizerAppId: string): MiniProgram {
+    return this.#client(authorizerAppId, 'mini_program') as MiniProgram;
+  }
+
+  /** Closes every authorizer client, the shared connection pool, and this platform's own connections. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const clients = [...this.#clients.values()];
+    this.#clients.clear();
+    await Promise.all(clients.map(({ client }) => client.close()));
+    this.#durable.dispose();
+    await this.#core.close();
+    await this.#dispatcher?.close();
+  }
+
+  #key(entry: OpenPlatformEntry, authorizerAppId?: string): string {
+    return this.#core.schema.openPlatformKey!(entry, this.appId, authorizerAppId);
+  }
+
+  #client(authorizerAppId: string, kind: 'official_account' | 'mini_program'): WeChatClient {
+    if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizerAppId');
+    const id = requireId('OpenPlatform', { authorizerAppId }, 'authorizerAppId');
+    const now = performance.now();
+    const held = this.#clients.get(id);
+    if (held && held.kind === kind) {
+      // Most recently used last: Map order is the eviction order.
+      this.#clients.delete(id);
+      held.usedAt = now;
+      this.#clients.set(id, held);
+      return held.client;
+    }
+    this.#evict(now, held ? id : undefined);
+    const custom: CustomToken = () => ({
+      key: this.#key('authorizer_access_token', id),
+      label: 'authorizer_access_token',
+      upstream: this.#authorizerUpstream(id),
+    });
+    const options = { ...this.#options, appId: id, [kTokenSource]: custom };
+    const client =
+      kind === 'official_account' ? new OfficialAccount(options as unknown as OfficialAccountOptions) : new MiniProgram(options as unknown as MiniProgramOptions);
+    this.#clients.set(id, { client, kind, usedAt: now });
+    return client;
+  }
+
+  /** Closes `replace` (a client of the other kind), clients idle past clientIdleMs, and the least recently used beyond maxClients. */
+  #evict(now: number, replace: string | undefined): void {
+    const drop: WeChatClient[] = [];
+    if (replace !== undefined) {
+      drop.push(this.#clients.get(replace)!.client);
+      this.#clients.delete(replace);
+    }
+    // Map order is least recently used first: stop at the first client that stays.
+    for (const [id, held] of this.#clients) {
+      if (this.#clients.size < this.#maxClients && now - held.usedAt <= this.#idleMs) break;
+      drop.push(held.client);
+      this.#clients.delete(id);
+    }
+    // The clients share the pool and the store, which stay open: closing one drops its listeners only.
+    for (const client of drop) void client.close().catch(() => undefined);
+  }
+
+  #componentUpstream(): Upstream<string> {
+    const core = this.#core;
+    const path = 'cgi-bin/component/api_component_token';
+    return {
+      budgetMs: core.http.timeoutMs,
+      // A new component token supersedes the old one after a grace window, as the classic endpoint does.
+      invalidatesPrevious: true,
+      prepare: () => this.#ticket(),
+      fetch: async (_force, ticket) => {
+        const body = await core.http.json({
+          method: 'POST',
+          path,
+          json: { component_appid: this.appId, component_appsecret: this.#secret, component_verify_ticket: ticket },
+        });
+        return validateFetched(body, 'component_access_token', path);
+      },
+    };
+  }
+
+  /** The stored verify ticket: every process reads the one the push handler wrote. */
+  async #ticket(): Promise<string> {
+    const raw = await this.#durable.get(this.#key('component_verify_ticket'));
+    const ticket = decodeTicket(raw);
+    if (!ticket) {
+      throw new TokenUnavailableError(
+        `No component_verify_ticket is stored for ${this.appId}: WeChat pushes one every 10 minutes to the callback URL, which must call handleCallback(); until then no component_access_token can be fetched`,
+      );
+    }
+    return ticket.ticket;
+  }
+
+  async #storeTicket(ticket: string, createTime: number): Promise<void> {
+    const key = this.#key('component_verify_ticket');
+    // A push delivered late (WeChat retries) must not replace a newer ticket.
+    const stored = decodeTicket(await this.#durable.get(key).catch(() => undefined));
+    if (stored && stored.createTime > createTime) return;
+    const value = encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
+    await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+    this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
+  }
+
+  /** POST to a component API with the component token; on 40001/40014/42001, once more with a newer token. */
+  async #componentCall(path: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
+    let token = await this.#component.get();
+    const recovery = { fetched: false };
+    for (let attempt = 0; ; attempt += 1) {
+      try {
+        return await this.#core.http.json({ method: 'POST', path, query: { component_access_token: token }, json });
+      } catch (error) {
+        if (!isTokenRejection(error) || attempt >= 2) throw error;
+        const next = await this.#component.recover(token, error.errcode, recovery);
+        if (next === undefined) throw error;
+        token = next;
+      }
+    }
+  }
+
+  #authorizerUpstream(authorizerAppId: string): Upstream<string> {
+    const core = this.#core;
+    return {
+      // Inside the lock: the write-ahead, up to two token calls and an info call, and the durable writes.
+      budgetMs: 3 * core.http.timeoutMs + (2 + DURABLE_WRITE_ATTEMPTS) * core.cacheTimeoutMs,
+      invalidatesPrevious: true,
+      // The component token is got before the lock is taken, so the lock guards only the refresh itself.
+      prepare: () => this.#component.get(),
+      fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
+      rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
+      dropInput: (componentToken, error) => this.#component.invalidate(componentToken, (error as WeChatApiError).errcode),
+    };
+  }
+
+  /**
+   * One refresh of an authorizer's access token, under its refresh lock:
+   * 1. write-ahead: the record is marked "refresh under way with token T" (no call without it);
+   * 2. api_authorizer_token with T;
+   * 3. the token WeChat handed back (maybe a new one) replaces T in the record.
+   * A holder that dies between 2 and 3 leaves T marked; if WeChat rotated it meanwhile (61023), the next
+   * holder asks api_get_authorizer_info for the current one, so the refresh token is never lost.
+   */
+  async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
+    const key = this.#key('authorizer_refresh_token', authorizerAppId);
+    const stored = decodeRefresh(await this.#durable.get(key));
+    let token = stored?.token;
+    if (token === undefined) {
+      token = await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing');
+    }
+    try {
+      return await this.#refreshWith(authorizerAppId, componentToken, token);
+    } catch (error) {
+      if (!(error instanceof WeChatApiError) || error.errcode !== 61023) throw error;
+      // WeChat no longer takes T: a holder died after WeChat rotated it (the record says so when it was
+      // left marked), or the record was restored from an old copy. WeChat tells the current one.
+      const current = await this.#currentRefreshToken(authorizerAppId, componentToken, stored?.pendingSince !== undefined ? 'interrupted' : 'rejected');
+      if (current === token) throw error;
+      return await this.#refreshWith(authorizerAppId, componentToken, current);
+    }
+  }
+
+  async #refreshWith(authorizerAppId: string, componentToken: string, token: string): Promise<Fetched> {
+    const path = 'cgi-bin/component/api_authorizer_token';
+    const now = Math.floor(this.#core.settings.now() / 1000);
+    // The write-ahead: if it fails, WeChat is not asked (a rotation then could not be recorded).
+    await this.#writeRefresh(authorizerAppId, { token, pendingSince: now, pendingBy: this.#core.writer });
+    const body = await this.#core.http.json({
+      method: 'POST',
+      path,
+      query: { component_access_token: componentToken },
+      json: { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token },
+    });
+    const fetched = validateFetched(body, 'authorizer_access_token', path);
+    const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await this.#writeRefresh(authorizerAppId, { token: next });
+        break;
+      } catch (error) {
+        if (!(error instanceof CacheError)) throw error;
+        if (attempt >= DURABLE_WRITE_ATTEMPTS) {
+          // The record still holds the old token, marked: the next refresh recovers the new one from WeChat.
+          this.#core.log.error(
+            { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId },
+            'WeChat handed back a refresh token that the durable store did not take; the next refresh asks WeChat for it again',
+          );
+          break;
+        }
+      }
+    }
+    if (next !== token) {
+      this.#core.log.info({ event: 'authorizer_refresh_token.rotated', appId: this.appId, authorizerAppId }, 'WeChat handed out a new authorizer refresh token; stored it');
+    }
+    return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
+  }
+
+  /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */
+  async #currentRefreshToken(authorizerAppId: string, componentToken: string, why: 'missing' | 'interrupted' | 'rejected'): Promise<string> {
+    const path = 'cgi-bin/component/api_get_authorizer_info';
+    const body = await this.#core.http.json({
+      method: 'POST',
+      path,
+      query: { component_access_token: componentToken },
+      json: { component_appid: this.appId, authorizer_appid: authorizerAppId },
+    });
+    const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
+    if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
+    this.#core.log.warn(
+      { event: 'authorizer_refresh_token.recovered', appId: this.appId, authorizerAppId, reason: why },
+      why === 'missing'
+        ? 'No refresh token was stored for the authorizer; took the current one from WeChat'
+        : why === 'interrupted'
+          ? 'A refresh was interrupted after WeChat rotated the refresh token; took the current one from WeChat'
+          : 'WeChat no longer accepted the stored refresh token; took the current one from WeChat',
+    );
+    return token;
+  }
+
+  async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
+    const value = encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
+    await this.#durable.set(this.#key('authorizer_refresh_token', authorizerAppId), value, REFRESH_TTL_SECONDS);
+  }
+
+  #warnIfEvictable(store: TokenCache): void {
+    const names = [store?.constructor?.name, (store as { store?: { constructor?: { name?: string } } })?.store?.constructor?.name];
+    if (!names.some((name) => name !== undefined && /memcache/i.test(name))) return;
+    this.#core.log.warn(
+      { event: 'durable_store.evictable', appId: this.appId },
+      'OpenPlatform options.durableStore is a memcached: it evicts entries under memory pressure and on restart, and a lost refresh token must be fetched from WeChat again (or, if the account revoked meanwhile, authorized again). Use Postgres through Keyv, a FileCache, or Redis with persistence',
+    );
+  }
+}
+
+/** An answer without the fields WeChat documents. */
+class BadAnswer extends BadResponseError {
+  constructor(path: string) {
+    super(`WeChat answered ${path} without the fields it documents`, { path });
+  }
+}
+
+/**
+ * The stored verify ticket (docs/key-schema.md): WeChat's field name first, then the push's CreateTime
+ * and when it was received, unix seconds.
+ * @internal
+ */
+export function encodeTicketRecord(ticket: string, createTime: number, receivedAt: number): string {
+  return JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt });
+}
+
+/**
+ * The stored refresh token (docs/key-schema.md). `pending_since` / `pending_by` are the write-ahead:
+ * present while a refresh with this token is under way, or after one was interrupted.
+ * @internal
+ */
+export function encodeRefreshRecord(record: RefreshRecord, updatedAt: number, updatedBy: string): string {
+  return JSON.stringify({
+    authorizer_refresh_token: record.token,
+    updated_at: updatedAt,
+    updated_by: updatedBy,
+    ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
+  });
+}
+
+function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
+  const record = parseObject(raw);
+  const ticket = record?.component_verify_ticket;
+  if (typeof ticket !== 'string' || ticket === '') return undefined;
+  return { ticket, createTime: typeof record!.create_time === 'number' ? record!.create_time : 0 };
+}
+
+function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
+  const record = parseObject(raw);
+  const token = record?.authorizer_refresh_token;
+  if (typeof token !== 'string' || token === '') return undefined;
+  return {
+    token,
+    ...(typeof record!.pending_since === 'number' ? { pendingSince: record!.pending_since } : {}),
+    ...(typeof record!.pending_by === 'string' ? { pendingBy: record!.pending_by } : {}),
+  };
+}
+
+function parseObject(raw: string | undefined): Record<string, unknown> | undefined {
+  if (raw === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(raw) as unknown;
+    return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function flattenQuery(query: Record<string, string | string[] | undefined>): [string, string][] {
+  const pairs: [string, string][] = [];
+  for (const [name, value] of Object.entries(query ?? {})) {
+    if (typeof value === 'string') pairs.push([name, value]);
+    else if (Array.isArray(value) && typeof value[0] === 'string') pairs.push([name, value[0]]);
+  }
+  return pairs;
+}
+

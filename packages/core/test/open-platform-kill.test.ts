@@ -1,0 +1,167 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { FileCache, OpenPlatform, type ClientEvent } from '../src/index.js';
+
+// The holder of an authorizer's refresh lock is SIGKILLed at each step of the refresh: after its
+// write-ahead but before WeChat acted; after WeChat rotated the refresh token but before the new one
+// was written; after it was written. Each time the next process must send, and the durable store must
+// end holding the refresh token WeChat accepts: the refresh token is never lost.
+
+const child = fileURLToPath(new URL('./fixtures/open-platform-child.mjs', import.meta.url));
+// Short deadlines keep the dead holder's lease (computed from them) at about 3 s.
+const TIMEOUT_MS = 300;
+const CACHE_TIMEOUT_MS = 100;
+
+let root: string;
+beforeAll(() => {
+  root = mkdtempSync(join(tmpdir(), 'wxkit-open-kill-'));
+});
+afterAll(() => {
+  rmSync(root, { recursive: true, force: true });
+});
+
+interface Scenario {
+  /** A mock of its own: the scenarios run at once, and each queues its own fault. */
+  mock: MockWeChat;
+  component: MockComponent;
+  appId: string;
+  cacheDir: string;
+  durableDir: string;
+  durable: FileCache;
+  platform(): OpenPlatform;
+}
+
+async function scenario(name: string): Promise<Scenario> {
+  const mock = await startMockWeChat();
+  const component = mock.createComponent();
+  const cacheDir = join(root, name, 'cache');
+  const durableDir = join(root, name, 'durable');
+  const durable = new FileCache({ dir: durableDir });
+  const platforms: OpenPlatform[] = [];
+  const platform = () => {
+    const open = new OpenPlatform({
+      appId: component.appId,
+      secret: component.secret,
+      token: component.token,
+      encodingAESKey: component.encodingAESKey,
+      baseUrl: mock.url,
+      cache: new FileCache({ dir: cacheDir }),
+      durableStore: durable,
+      timeoutMs: TIMEOUT_MS,
+      cacheTimeoutMs: CACHE_TIMEOUT_MS,
+      fallbackDir: false,
+      logger: false,
+    });
+    platforms.push(open);
+    return open;
+  };
+  const ticket = mock.issueVerifyTicket(component.appId);
+  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  const open = platform();
+  const { preAuthCode } = await open.createPreAuthCode();
+  const { authorizerAppId } = await open.handleAuthorization(mock.authorize(component.appId, { preAuthCode }).authorizationCode);
+  // The access token dies and leaves the cache: the next send must refresh with the refresh token.
+  mock.invalidateTokens(authorizerAppId);
+  await new FileCache({ dir: cacheDir }).delete(`wechat:authorizer_access_token:${component.appId}:${authorizerAppId}`);
+  afterAll(async () => {
+    await Promise.all(platforms.map((each) => each.close()));
+    await mock.close();
+  });
+  return { mock, component, appId: authorizerAppId, cacheDir, durableDir, durable, platform };
+}
+
+function spawnHolder(s: Scenario): ChildProcess {
+  const config = {
+    component: { appId: s.component.appId, secret: s.component.secret, token: s.component.token, encodingAESKey: s.component.encodingAESKey },
+    baseUrl: s.mock.url,
+    cacheDir: s.cacheDir,
+    durableDir: s.durableDir,
+    timeoutMs: TIMEOUT_MS,
+    cacheTimeoutMs: CACHE_TIMEOUT_MS,
+    authorizerAppId: s.appId,
+  };
+  return spawn(process.execPath, [child], { env: { ...process.env, WXKIT_CHILD: JSON.stringify(config) }, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+async function until(condition: () => Promise<boolean> | boolean): Promise<void> {
+  while (!(await condition())) await new Promise((resolve) => setTimeout(resolve, 5));
+}
+
+async function kill(process: ChildProcess): Promise<number | null> {
+  const exited = new Promise<NodeJS.Signals | null>((resolve) => process.once('exit', (_code, signal) => resolve(signal)));
+  process.kill('SIGKILL');
+  expect(await exited).toBe('SIGKILL');
+  return null;
+}
+
+async function record(s: Scenario): Promise<Record<string, unknown> | undefined> {
+  const raw = await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${s.appId}`);
+  return raw === undefined ? undefined : (JSON.parse(raw) as Record<string, unknown>);
+}
+
+/** After the kill: another process sends, and the store holds the refresh token WeChat accepts. */
+async function survivorSends(s: Scenario): Promise<ClientEvent[]> {
+  const open = s.platform();
+  const events: ClientEvent[] = [];
+  open.on('authorizer_refresh_token.recovered', (event) => events.push(event));
+  await open.officialAccount(s.appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+  expect(s.mock.counters(s.appId).templateSends).toBe(1);
+  const stored = await record(s);
+  expect(stored?.authorizer_refresh_token).toBe(s.mock.authorizerRefreshToken(s.appId));
+  expect(stored?.pending_since).toBeUndefined();
+  return events;
+}
+
+describe.concurrent('a refresh-lock holder SIGKILLed during an authorizer refresh never loses the refresh token', () => {
+  it('killed after the write-ahead, before WeChat acted: the next process refreshes with the same token', async () => {
+    const s = await scenario('before-call');
+    const before = s.mock.authorizerRefreshToken(s.appId);
+    s.mock.injectFault({ kind: 'hang', path: 'cgi-bin/component/api_authorizer_token' });
+    const holder = spawnHolder(s);
+    await until(async () => s.mock.counters(s.appId).authorizerTokenRequests === 1 && (await record(s))?.pending_since !== undefined);
+    await kill(holder);
+    expect(s.mock.authorizerRefreshToken(s.appId)).toBe(before);
+    const events = await survivorSends(s);
+    expect(events).toEqual([]);
+    expect(s.mock.counters(s.appId).authorizerTokenRequests).toBe(2);
+  });
+
+  it('killed after WeChat rotated the token, before the new one was written: recovered from WeChat', async () => {
+    const s = await scenario('after-call');
+    const before = s.mock.authorizerRefreshToken(s.appId);
+    s.mock.injectFault({ kind: 'lost-answer', path: 'cgi-bin/component/api_authorizer_token' });
+    const holder = spawnHolder(s);
+    await until(() => s.mock.authorizerRefreshToken(s.appId) !== before);
+    await kill(holder);
+    // The store still holds the token WeChat no longer takes, marked as a refresh under way.
+    expect(await record(s)).toMatchObject({ authorizer_refresh_token: before, pending_since: expect.any(Number) });
+    const events = await survivorSends(s);
+    expect(events.map((event) => event.reason)).toEqual(['interrupted']);
+    // The stale token was tried once (61023), then the current one.
+    expect(s.mock.counters(s.appId)).toMatchObject({ authorizerTokenRequests: 3, errcodes: { '61023': 1 } });
+  });
+
+  it('killed after the new token was written: the next process uses it', async () => {
+    const s = await scenario('after-write');
+    const before = s.mock.authorizerRefreshToken(s.appId);
+    const holder = spawnHolder(s);
+    await until(async () => {
+      const stored = await record(s);
+      return stored?.authorizer_refresh_token !== before && stored?.pending_since === undefined && stored !== undefined;
+    });
+    await kill(holder);
+    expect((await record(s))?.authorizer_refresh_token).toBe(s.mock.authorizerRefreshToken(s.appId));
+    // The holder may have sent before it died; the survivor's send is counted on top.
+    const sentByHolder = s.mock.counters(s.appId).templateSends;
+    const open = s.platform();
+    await open.officialAccount(s.appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(s.mock.counters(s.appId).templateSends).toBe(sentByHolder + 1);
+    expect((await record(s))?.authorizer_refresh_token).toBe(s.mock.authorizerRefreshToken(s.appId));
+    expect(s.mock.counters(s.appId).errcodes['61023']).toBeUndefined();
+  });
+});

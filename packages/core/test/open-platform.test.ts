@@ -1,0 +1,242 @@
+import { createServer, type Server } from 'node:http';
+import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MemoryCache, OpenPlatform, type ClientEvent, type OpenPlatformOptions } from '../src/index.js';
+import { rejection } from './helpers.js';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+interface Setup {
+  component: MockComponent;
+  cache: MemoryCache;
+  durable: MemoryCache;
+  make(extra?: Partial<OpenPlatformOptions>): OpenPlatform;
+}
+
+const opened: OpenPlatform[] = [];
+afterAll(async () => {
+  await Promise.all(opened.map((open) => open.close()));
+});
+
+/** A component on the mock, with a cache and a durable store of its own, and a factory of OpenPlatforms on them. */
+function setup(): Setup {
+  const component = mock.createComponent();
+  const cache = new MemoryCache();
+  const durable = new MemoryCache();
+  const make = (extra: Partial<OpenPlatformOptions> = {}) => {
+    const open = new OpenPlatform({
+      appId: component.appId,
+      secret: component.secret,
+      token: component.token,
+      encodingAESKey: component.encodingAESKey,
+      baseUrl: mock.url,
+      cache,
+      durableStore: durable,
+      logger: false,
+      ...extra,
+    });
+    opened.push(open);
+    return open;
+  };
+  return { component, cache, durable, make };
+}
+
+/** A component whose ticket is stored, as if its push had arrived. */
+async function withTicket(s: Setup): Promise<void> {
+  const ticket = mock.issueVerifyTicket(s.component.appId);
+  await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+}
+
+/** An authorized account, through the pre-auth code and api_query_auth. */
+async function authorized(s: Setup, open: OpenPlatform): Promise<string> {
+  const { preAuthCode } = await open.createPreAuthCode();
+  const grant = mock.authorize(s.component.appId, { preAuthCode });
+  const { authorizerAppId } = await open.handleAuthorization(grant.authorizationCode);
+  expect(authorizerAppId).toBe(grant.authorizerAppId);
+  return authorizerAppId;
+}
+
+const send = (open: OpenPlatform, appId: string) => open.officialAccount(appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+
+describe('component_verify_ticket', () => {
+  let callback: Server;
+  let url: string;
+  let handler: (query: URLSearchParams, body: string) => Promise<number>;
+  beforeAll(async () => {
+    callback = createServer((req, res) => {
+      let body = '';
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        void handler(new URL(req.url ?? '/', 'http://x').searchParams, body).then((status) => {
+          res.statusCode = status;
+          res.end(status === 200 ? 'success' : 'error');
+        });
+      });
+    });
+    await new Promise<void>((resolve) => callback.listen(0, '127.0.0.1', resolve));
+    const address = callback.address();
+    url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/open`;
+  });
+  afterAll(() => new Promise((resolve) => callback.close(resolve)));
+
+  it('the pushed ticket is decrypted, stored for every process, and used for the component token', async () => {
+    const s = setup();
+    const receiver = s.make();
+    const events: ClientEvent[] = [];
+    receiver.on('component_verify_ticket.received', (event) => events.push(event));
+    handler = async (query, body) => (await receiver.handleCallback({ query, body }), 200);
+    mock.setComponentCallback(s.component.appId, url);
+    const push = await mock.pushVerifyTicket(s.component.appId);
+    expect(push.status).toBe(200);
+    expect(events).toHaveLength(1);
+    expect(JSON.parse((await s.durable.get(`wechat:component_verify_ticket:${s.component.appId}`))!)).toMatchObject({ component_verify_ticket: push.ticket });
+    // Another process (another instance on the same stores) reads it.
+    const other = s.make();
+    expect(await other.componentAccessToken()).toMatch(/^\d{2}_/);
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(1);
+    mock.setComponentCallback(s.component.appId, undefined);
+  });
+
+  it('a push with a bad signature is refused with a typed error and stores nothing', async () => {
+    const s = setup();
+    const receiver = s.make();
+    let failure: unknown;
+    handler = async (query, body) => {
+      query.set('msg_signature', '0'.repeat(40));
+      failure = await rejection(receiver.handleCallback({ query, body }));
+      return 403;
+    };
+    mock.setComponentCallback(s.component.appId, url);
+    expect((await mock.pushVerifyTicket(s.component.appId)).status).toBe(403);
+    expect(failure).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'signature' });
+    expect(await s.durable.get(`wechat:component_verify_ticket:${s.component.appId}`)).toBeUndefined();
+    mock.setComponentCallback(s.component.appId, undefined);
+  });
+
+  it('without a ticket there is no component token, and WeChat is not asked', async () => {
+    const s = setup();
+    const error = await rejection(s.make().componentAccessToken());
+    expect(error.code).toBe('ERR_WXKIT_NO_TOKEN');
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(0);
+  });
+});
+
+describe('component_access_token', () => {
+  it('eight processes on one store: one fetch', async () => {
+    const s = setup();
+    await withTicket(s);
+    const fleet = Array.from({ length: 8 }, () => s.make());
+    const tokens = await Promise.all(fleet.map((open) => open.componentAccessToken()));
+    expect(new Set(tokens).size).toBe(1);
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(1);
+  });
+
+  it('recovers from 40001 on a stale component token with one fetch', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    await open.createPreAuthCode();
+    mock.invalidateTokens(s.component.appId);
+    expect((await open.createPreAuthCode()).preAuthCode).toMatch(/^preauthcode@@@/);
+    expect(mock.counters(s.component.appId)).toMatchObject({ componentTokenRequests: 2, errcodes: { '40001': 1 } });
+  });
+
+  it('61006 (a ticket WeChat does not know) is a WeChatApiError, shared by the fleet without a second call', async () => {
+    const s = setup();
+    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: 1 }), 3600);
+    const [a, b] = [s.make(), s.make()];
+    expect(await rejection(a.componentAccessToken())).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 61006 });
+    expect(await rejection(b.componentAccessToken())).toMatchObject({ errcode: 61006 });
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(1);
+  });
+});
+
+describe('authorizers', () => {
+  it('api_query_auth stores the refresh token durably and the access token in the cache; the client sends with it', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const appId = await authorized(s, open);
+    const record = JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`))!);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    expect(record.pending_since).toBeUndefined();
+    expect(await s.cache.get(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`)).toBeUndefined();
+    expect(JSON.parse((await s.cache.get(`wechat:authorizer_access_token:${s.component.appId}:${appId}`))!).access_token).toMatch(/^\d{2}_/);
+    await send(open, appId);
+    expect(await open.officialAccount(appId).jssdk.getTicket('jsapi')).toBeTypeOf('string');
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 1, ticketRequests: 1, authorizerTokenRequests: 0 });
+  });
+
+  it('40001 on an authorizer token: one refresh with the stored refresh token, and the rotated one is stored', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const appId = await authorized(s, open);
+    const before = mock.authorizerRefreshToken(appId);
+    await send(open, appId);
+    mock.invalidateTokens(appId);
+    const fleet = [open, s.make(), s.make()];
+    await Promise.all(fleet.map((each) => send(each, appId)));
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 4, authorizerTokenRequests: 1 });
+    const now = mock.authorizerRefreshToken(appId);
+    expect(now).not.toBe(before);
+    const record = JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`))!);
+    expect(record).toMatchObject({ authorizer_refresh_token: now });
+    expect(record.pending_since).toBeUndefined();
+  });
+
+  it('a refresh token missing from the durable store is taken from WeChat (api_get_authorizer_info), with an event', async () => {
+    const s = setup();
+    await withTicket(s);
+    const appId = await authorized(s, s.make());
+    // An evicted or wiped record, and no access token cached: the next send must refresh without it.
+    await s.durable.delete(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`);
+    await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${appId}`);
+    const fresh = s.make();
+    const events: ClientEvent[] = [];
+    fresh.on('authorizer_refresh_token.recovered', (event) => events.push(event));
+    await send(fresh, appId);
+    expect(events.map((event) => event.reason)).toEqual(['missing']);
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 1, authorizerTokenRequests: 1 });
+    expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`))!).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+  });
+
+  it('a revoked authorization is a 61003 WeChatApiError, not a loop', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const appId = await authorized(s, open);
+    mock.revokeAuthorization(appId);
+    expect(await rejection(send(open, appId))).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 61003 });
+    expect(mock.counters(appId).authorizerTokenRequests).toBe(1);
+  });
+
+  it('clients are made on first use, reused, and closed beyond maxClients', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make({ maxClients: 2 });
+    const [a, b, c] = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+    const first = open.officialAccount(a);
+    expect(open.officialAccount(a)).toBe(first);
+    open.officialAccount(b);
+    open.officialAccount(c);
+    expect(open.officialAccount(a)).not.toBe(first);
+    await send(open, a);
+    expect(mock.counters(a).templateSends).toBe(1);
+  });
+});
+
+describe('options', () => {
+  it('durableStore is required, and bad keys are ConfigErrors naming the option', () => {
+    const s = setup();
+    expect(() => s.make({ durableStore: undefined })).toThrow(/options\.durableStore is required/);
+    expect(() => s.make({ encodingAESKey: 'short' })).toThrow(/OpenPlatform options\.encodingAESKey/);
+    expect(() => s.make({ maxClients: 0 })).toThrow(/options\.maxClients/);
+  });
+});

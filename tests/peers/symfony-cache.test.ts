@@ -1,0 +1,163 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { OfficialAccount, easyWeChat4, easyWeChat6, type KeySchema } from '@wxkit/core';
+import { RedisCache } from '@wxkit/redis';
+import { startMockWeChat, startRedis, type MockApp, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { IGBINARY_HEADER, gatedPhpPeer, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
+
+// EasyWeChat 5 and 6 on a Symfony Cache RedisAdapter: the peer's own storage code (Debian's
+// php-symfony-cache 5.4 with its DefaultMarshaller, on phpredis), EasyWeChat's few lines around it
+// (fixtures/easywechat-peer.php), one real redis-server shared with wxkit, the mock WeChat upstream.
+//
+// Two marshallers: "stock" is what the adapter picks by itself on Debian, igbinary (Debian's php-redis
+// cannot load without php-igbinary, so every Debian PHP that talks to Redis has it loaded); "serialize"
+// is DefaultMarshaller(false), what symfony/cache 7.2+ writes by default and what a PHP built without
+// igbinary writes. Choosing by `php -n` and explicit extensions is not possible here: Debian's redis.so
+// refuses to load without igbinary's symbols.
+
+let mock: MockWeChat;
+let redis: StoreServer;
+const caches: RedisCache[] = [];
+beforeAll(async () => {
+  [mock, redis] = await Promise.all([startMockWeChat(), startRedis()]);
+});
+afterAll(async () => {
+  await Promise.all(caches.map((cache) => cache.close()));
+  await Promise.all([mock?.close(), redis?.stop()]);
+});
+
+const address = () => `127.0.0.1:${redis.port}`;
+const message = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from Node' } } };
+// The RedisAdapter each version's cache page shows: EasyWeChat 5 `new RedisAdapter($client)`, no
+// namespace; EasyWeChat 6 `new RedisAdapter($redis, 'easywechat', 1500)`, which the adapter joins with ':'.
+const NAMESPACE = { '5': '', '6': 'easywechat' } as const;
+const wxkitPrefix = (sdk: '5' | '6') => (NAMESPACE[sdk] ? `${NAMESPACE[sdk]}:` : '');
+
+const cases = [
+  { sdk: '5', marshaller: 'stock', wxkit: 'igbinary' },
+  { sdk: '5', marshaller: 'serialize', wxkit: 'php-serialize' },
+  { sdk: '6', marshaller: 'stock', wxkit: 'igbinary' },
+  { sdk: '6', marshaller: 'serialize', wxkit: 'php-serialize' },
+] as const;
+
+function peerOptions(app: MockApp, sdk: '5' | '6', marshaller: 'stock' | 'serialize'): PhpPeerOptions {
+  return { redis: address(), sdk, store: 'symfony', marshaller, prefix: NAMESPACE[sdk], appid: app.appId, secret: app.secret, baseUrl: mock.url };
+}
+
+/** The wxkit side: the profile of the peer, constructed as its README says, with the marshaller chosen. */
+function node(app: MockApp, sdk: '5' | '6', marshaller: 'igbinary' | 'php-serialize' | 'auto'): { client: OfficialAccount; key: string } {
+  // A variable, not a literal: the marshaller option is checked by the profile at run time.
+  const options = { prefix: wxkitPrefix(sdk), marshaller };
+  const schema: KeySchema = sdk === '5' ? easyWeChat4(options) : easyWeChat6(options);
+  const cache = new RedisCache(redis.url);
+  caches.push(cache);
+  // No tokenEndpoint: each profile defaults to its peer's (EasyWeChat 5 and 6: the classic endpoint).
+  const client = new OfficialAccount({ appId: app.appId, secret: app.secret, baseUrl: mock.url, cache, logger: false, schema });
+  const subject = { kind: 'official_account', appId: app.appId, secret: app.secret, endpoint: 'classic' } as const;
+  return { client, key: schema.accessTokenKey(subject) };
+}
+
+describe.each(cases)('EasyWeChat $sdk on Symfony RedisAdapter, $marshaller marshaller', ({ sdk, marshaller, wxkit }) => {
+  const format = marshaller === 'stock' ? 'igbinary' : 'serialize';
+  const expectFormat = (hex: string) =>
+    format === 'igbinary' ? expect(hex.startsWith(IGBINARY_HEADER), hex).toBe(true) : expect(Buffer.from(hex, 'hex').toString('latin1')).toMatch(/^[as]:\d+:/);
+
+  it('the peer fetches and stores; wxkit reads it, with no fetch of its own, and sends', async () => {
+    const app = mock.createApp();
+    const php = peerOptions(app, sdk, marshaller);
+    const { token } = await phpPeer(php, 'refresh');
+    const { client, key } = node(app, sdk, wxkit);
+    expectFormat(await rawHex(address(), key));
+
+    expect(await client.accessToken.getToken()).toBe(token);
+    await client.templateMessage.send(message);
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 1, templateSends: 1, rejectedCalls: 0 });
+  });
+
+  it('wxkit fetches and stores; the peer reads it, with no fetch of its own, and sends', async () => {
+    const app = mock.createApp();
+    const { client, key } = node(app, sdk, wxkit);
+    const token = await client.accessToken.getToken();
+    expect(token.length).toBeGreaterThan(127); // real length: igbinary's length byte is ≥ 0x80
+    expectFormat(await rawHex(address(), key));
+
+    const php = peerOptions(app, sdk, marshaller);
+    expect(await phpPeer(php, 'read')).toEqual({ token, unparseable: 0 });
+    expect(await phpPeer(php, 'send', '2')).toEqual({ sent: 2, failed: 0, fetches: 0, rejected: 0, unparseable: 0 });
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 1, templateSends: 2, rejectedCalls: 0 });
+  });
+
+  it('both refresh at the same moment: wxkit loses no send, the peer parses every value it meets', async () => {
+    const app = mock.createApp();
+    const php = peerOptions(app, sdk, marshaller);
+    const { client, key } = node(app, sdk, wxkit);
+    await client.accessToken.getToken();
+    // Slow answers keep both fetches in flight together, whichever leaves first.
+    mock.setLatency(40);
+    try {
+      for (let round = 0; round < 3; round += 1) {
+        const peer = await gatedPhpPeer(php, 'refresh');
+        const [figures, fresh, sends] = await Promise.all([
+          peer.go(),
+          client.accessToken.forceRefresh(),
+          Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message))),
+        ]);
+        expect(figures.unparseable, `round ${round}`).toBe(0);
+        expect(typeof fresh).toBe('string');
+        expect(sends).toHaveLength(5);
+        expectFormat(await rawHex(address(), key));
+        // Whatever the last write was, each side reads a token WeChat accepts, and sends with it.
+        const read = await phpPeer(php, 'read');
+        expect(read.unparseable).toBe(0);
+        expect(mock.isTokenValid(app.appId, read.token ?? '')).toBe(true);
+        expect(await phpPeer(php, 'send', '1')).toMatchObject({ sent: 1, failed: 0, fetches: 0, unparseable: 0 });
+      }
+    } finally {
+      mock.setLatency(0);
+    }
+    // One fetch per refresh and side (1 first + 3 PHP + 3 wxkit): nobody fetched again over a value it
+    // could not read.
+    expect(mock.counters(app.appId).tokenRequests).toBe(7);
+
+    // Both sides still share one entry: the peer refreshes after WeChat dropped every token, and wxkit's
+    // next send, rejected with its remembered token, finds the peer's in the store and fetches nothing.
+    mock.invalidateTokens(app.appId);
+    const { token: last } = await phpPeer(php, 'refresh');
+    await Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message)));
+    expect(await client.accessToken.getToken()).toBe(last);
+    // Every send of both sides was delivered: 3 rounds × (5 wxkit + 1 PHP), then 5 more.
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 8, templateSends: 3 * 6 + 5 });
+  });
+});
+
+describe('the auto marshaller on a stock Debian PHP (igbinary)', () => {
+  it('reads the igbinary entry the peer wrote, and a refresh writes igbinary back, which the peer reads', async () => {
+    for (const sdk of ['5', '6'] as const) {
+      const app = mock.createApp();
+      const php = peerOptions(app, sdk, 'stock');
+      const { token } = await phpPeer(php, 'refresh');
+      const { client, key } = node(app, sdk, 'auto');
+      expect(await client.accessToken.getToken(), `EasyWeChat ${sdk}`).toBe(token);
+
+      const fresh = await client.accessToken.forceRefresh();
+      expect(fresh).not.toBe(token);
+      expect((await rawHex(address(), key)).startsWith(IGBINARY_HEADER), `EasyWeChat ${sdk}`).toBe(true);
+      expect(await phpPeer(php, 'read')).toEqual({ token: fresh, unparseable: 0 });
+    }
+  });
+
+  it('a refresh on the peer side is picked up by wxkit', async () => {
+    const app = mock.createApp();
+    const php = peerOptions(app, '6', 'stock');
+    const { client } = node(app, '6', 'auto');
+    const first = await client.accessToken.getToken();
+    const { token: fresh } = await phpPeer(php, 'refresh');
+    expect(fresh).not.toBe(first);
+    // wxkit's memo still holds the first token; WeChat now refuses it only after the grace window,
+    // which the mock ends here: the rejected send finds the peer's token in the store and resends with it.
+    mock.invalidateTokens(app.appId);
+    const { token: after } = await phpPeer(php, 'refresh');
+    await client.templateMessage.send(message);
+    expect(await client.accessToken.getToken()).toBe(after);
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 3, templateSends: 1 });
+  });
+});
