@@ -132,6 +132,35 @@ export class GuardedStore {
     (this.#recoveryListeners ??= new Set()).add(listener);
   }
 
+  /**
+   * Calls `onChange` when the store says one of `keys` was written, until the returned function is
+   * called; undefined when the store cannot tell (no `watch`), or its `watch` failed.
+   */
+  watch(keys: readonly string[], onChange: () => void): (() => void) | undefined {
+    const watch = this.cache.watch;
+    if (typeof watch !== 'function') return undefined;
+    const stops: (() => void)[] = [];
+    const stopAll = () => {
+      for (const stop of stops) {
+        try {
+          stop();
+        } catch {
+          // The adapter's own business; the wait is over either way.
+        }
+      }
+    };
+    try {
+      for (const key of keys) {
+        const stop = watch.call(this.cache, key, onChange);
+        if (typeof stop === 'function') stops.push(stop);
+      }
+    } catch {
+      stopAll();
+      return undefined;
+    }
+    return stopAll;
+  }
+
   get(key: string): Promise<string | undefined> {
     return this.#call('get', key, () => this.cache.get(key));
   }

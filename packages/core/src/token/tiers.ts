@@ -95,6 +95,7 @@ function hashedKeys(cache: TokenCache): TokenCache {
     add: (key, value, ttl) => cache.add!(name(key), value, ttl),
     deleteIfEquals: (key, expected) => cache.deleteIfEquals!(name(key), expected),
     compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(name(key), expected, value, ttl),
+    watch: (key, onChange) => cache.watch!(name(key), onChange),
     close: () => cache.close?.() ?? Promise.resolve(),
   };
 }
