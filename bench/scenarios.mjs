@@ -15,35 +15,55 @@ import { LATENCY_MS, percentile, round, startWorkers, totals } from './lib/harne
 const PEERS = ['node-easywechat', 'co-wechat-api'];
 const STORES = ['file', 'redis', 'memcached'];
 
-/** 1. Cold stampede: P processes × C concurrent sends on an empty store. Limit: one token fetch. */
-export async function stampede(env, { processes = 4, concurrency = 50 } = {}) {
+/**
+ * 1. Cold stampede: P processes × C concurrent sends on an empty store. Limit: one token fetch. Each
+ * subject runs `rounds` times (a fresh app and fresh processes each time) and the medians are kept: one
+ * cold run is one sample, and on a busy machine one sample says little.
+ */
+export async function stampede(env, { processes = 4, concurrency = 50, rounds = 5 } = {}) {
   const subjects = [...STORES.map((store) => ({ library: 'wxkit', store })), ...PEERS.map((library) => ({ library, store: 'redis' }))];
   const rows = [];
+  const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
   for (const { library, store } of subjects) {
-    const app = env.mock.createApp();
-    const workers = await startWorkers(processes, { library, ...app, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
-    const cold = await workers.all({ op: 'send', count: concurrency, concurrency });
-    const counters = env.mock.counters(app.appId);
-    // Baseline for the wall time: the same sends again, now that a token is shared (one round trip).
-    const warm = await workers.all({ op: 'send', count: concurrency, concurrency });
+    const samples = [];
+    // The processes warm up on an app of their own first: a cold account, not a cold process, is measured
+    // (connections open, code compiled), and each round switches every process to a new app.
+    const warmUp = env.mock.createApp();
+    const workers = await startWorkers(processes, { library, ...warmUp, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
+    await workers.all({ op: 'send', count: concurrency, concurrency });
+    await workers.all({ op: 'send', count: concurrency, concurrency });
+    for (let round = 0; round < rounds; round += 1) {
+      const app = env.mock.createApp();
+      await workers.all({ op: 'switch', ...app });
+      const cold = await workers.all({ op: 'send', count: concurrency, concurrency });
+      const counters = env.mock.counters(app.appId);
+      // Baseline for the wall time: the same sends again, now that a token is shared (one round trip).
+      const warm = await workers.all({ op: 'send', count: concurrency, concurrency });
+      samples.push({ cold, warm, counters, sent: totals(cold.results) });
+    }
     await workers.stop();
-    const sent = totals(cold.results);
+    const errors = {};
+    for (const { sent } of samples) for (const [label, n] of Object.entries(sent.errors)) errors[label] = (errors[label] ?? 0) + n;
+    const wallMs = median(samples.map((sample) => sample.cold.wallMs));
+    const warmWallMs = median(samples.map((sample) => sample.warm.wallMs));
     rows.push({
       subject: `${library} (${store})`,
-      upstreamFetches: counters.tokenRequests,
+      upstreamFetches: Math.max(...samples.map((sample) => sample.counters.tokenRequests)),
       fetchLimit: 1,
-      fetchRatio: counters.tokenRequests / 1,
-      rejectedByWeChat: counters.rejectedCalls,
-      lostSends: sent.failed,
-      wallMs: round(cold.wallMs),
-      warmWallMs: round(warm.wallMs),
-      wallRatio: round(cold.wallMs / warm.wallMs, 2),
-      errors: sent.errors,
+      fetchRatio: Math.max(...samples.map((sample) => sample.counters.tokenRequests)) / 1,
+      rejectedByWeChat: samples.reduce((sum, sample) => sum + sample.counters.rejectedCalls, 0),
+      lostSends: samples.reduce((sum, sample) => sum + sample.sent.failed, 0),
+      wallMs: round(wallMs),
+      warmWallMs: round(warmWallMs),
+      wallRatio: round(wallMs / warmWallMs, 2),
+      errors,
     });
   }
   return {
-    title: `Cold stampede: ${processes} processes × ${concurrency} concurrent sends on an empty store (classic endpoint)`,
-    baseline: 'the limit: 1 upstream fetch; wall time against the same sends with the token already shared',
+    title: `Cold stampede: ${processes} warm processes × ${concurrency} concurrent sends for an account with nothing stored (classic endpoint), ${rounds} rounds`,
+    baseline:
+      'the limit: 1 upstream fetch (upstreamFetches: the most in one round; rejected and lost: all rounds); wall time (median) against the same sends ' +
+      'with the token already shared (median); goal ≤ 1.3×',
     rows,
   };
 }
@@ -250,7 +270,7 @@ export async function memory(env, { sends = 100_000, concurrency = 128, every = 
 }
 
 /**
- * 8. Scale: many accounts in one process (a platform acting for thousands of official accounts), one
+ * 7. Scale: many accounts in one process (a platform acting for thousands of official accounts), one
  * plain client each, on one Redis: every account sends once from a cold store, then `sends` sends spread
  * over all of them. Heap and RSS per account, sockets to WeChat, token requests, lost sends, close().
  */
@@ -307,7 +327,7 @@ export async function scale(env, { accounts = 10_000, sends = 100_000, concurren
 }
 
 /**
- * 7. Faults: the edges of the token protocol, one block of rows per scenario of issue 11 (1, 2, 3, 5, 6
+ * 8. Faults: the edges of the token protocol, one block of rows per scenario of issue 11 (1, 2, 3, 5, 6
  * and Keyv's stores), wxkit beside the peers where the scenario applies to them. Each row gives the
  * upstream token requests against the scenario's goal, and the lost sends out of the sends made.
  */
