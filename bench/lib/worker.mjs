@@ -6,6 +6,8 @@
 //   parent → { op: 'send', durationMs, intervalMs, concurrency } → the same, for calls started during
 //            `durationMs`, each lane starting one every `intervalMs` (a service's steady traffic)
 //   parent → { op: 'rss' }                                      → { rss }
+//   parent → { op: 'switch', appId, secret }                    → {} a new client for another app, on the
+//            same store connection (a cold account in a warm process: connections open, code compiled)
 //   parent → { op: 'exit' }
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
@@ -57,7 +59,12 @@ function owning(KeyvCache, store) {
   return cache;
 }
 
+// One store connection per worker, kept across `switch`es: a cold account is not a cold process.
+let wxkitCache;
+let peerRedis;
+
 async function redisClient(url) {
+  if (peerRedis) return peerRedis;
   const { createClient } = await import('@keyv/redis');
   const client = createClient({ url });
   client.on('error', () => undefined);
@@ -65,6 +72,7 @@ async function redisClient(url) {
   // the glue connects in the background and its commands wait in node-redis's offline queue.
   if (config.connectInBackground) client.connect().catch(() => undefined);
   else await client.connect();
+  peerRedis = client;
   return client;
 }
 
@@ -72,7 +80,7 @@ async function redisClient(url) {
 async function build() {
   if (config.library === 'wxkit') {
     const { OfficialAccount } = await import('@wxkit/core');
-    const cache = await wxkitStore(config.store);
+    const cache = (wxkitCache ??= await wxkitStore(config.store));
     const app = new OfficialAccount({
       appId: config.appId,
       secret: config.secret,
@@ -87,6 +95,7 @@ async function build() {
     return {
       send: () => app.templateMessage.send(TEMPLATE),
       getToken: () => app.accessToken.getToken(),
+      closeApp: () => app.close(),
       close: async () => {
         await app.close();
         await cache.close?.();
@@ -188,7 +197,7 @@ async function build() {
   throw new Error(`unknown library ${config.library}`);
 }
 
-const client = await build();
+let client = await build();
 
 /**
  * An error's label in the results: its code (and errcode), or for an error without either the start of
@@ -258,6 +267,14 @@ process.on('message', async (message) => {
     // A client of a store that never answers may never finish closing: give it a second.
     await Promise.race([client.close().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 1000))]);
     process.exit(0);
+  }
+  if (message.op === 'switch') {
+    // The old client goes, its store connection stays (the peers' close() would end it: keep it open).
+    await client.closeApp?.().catch(() => undefined);
+    Object.assign(config, { appId: message.appId, secret: message.secret });
+    client = await build();
+    process.send({});
+    return;
   }
   if (message.op === 'rss') {
     globalThis.gc?.();

@@ -60,6 +60,15 @@ export interface TokenCache {
    * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it.
    */
   ttlMs?(key: string): Promise<number | undefined>;
+  /**
+   * Calls `onChange` soon after `key` is written or deleted, by this process or another, until the
+   * returned function is called. Optional and best effort: a process waiting for another's refresh
+   * re-reads the entry when it is called, instead of polling every 20–500 ms; it still polls, every
+   * 0.5–2 s, so a missed call costs at most one such step. `onChange` is never called synchronously
+   * from `watch` itself. A store that cannot tell leaves it out; one that cannot right now (a directory
+   * that cannot be watched) throws, and the waiter polls at the faster pace.
+   */
+  watch?(key: string, onChange: () => void): () => void;
   /** Releases what the adapter opened itself. Later calls reject with a CacheError. */
   close?(): Promise<void>;
 }
@@ -90,6 +99,7 @@ interface MemoryEntry {
  */
 export class MemoryCache implements TokenCache {
   readonly #entries = new Map<string, MemoryEntry>();
+  readonly #watchers = new Map<string, Set<() => void>>();
   readonly #now: () => number;
   #closed = false;
 
@@ -105,16 +115,19 @@ export class MemoryCache implements TokenCache {
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
     this.#open();
     this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    this.#changed(key);
   }
 
   async delete(key: string): Promise<void> {
     this.#open();
     this.#entries.delete(key);
+    this.#changed(key);
   }
 
   async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     if (this.#live(key)) return false;
     this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    this.#changed(key);
     return true;
   }
 
@@ -122,6 +135,7 @@ export class MemoryCache implements TokenCache {
     const entry = this.#live(key);
     if (!entry || entry.value !== expected) return false;
     this.#entries.delete(key);
+    this.#changed(key);
     return true;
   }
 
@@ -129,7 +143,18 @@ export class MemoryCache implements TokenCache {
     const entry = this.#live(key);
     if (!entry || entry.value !== expected) return false;
     this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    this.#changed(key);
     return true;
+  }
+
+  watch(key: string, onChange: () => void): () => void {
+    let listeners = this.#watchers.get(key);
+    if (!listeners) this.#watchers.set(key, (listeners = new Set()));
+    listeners.add(onChange);
+    return () => {
+      listeners.delete(onChange);
+      if (listeners.size === 0 && this.#watchers.get(key) === listeners) this.#watchers.delete(key);
+    };
   }
 
   async ttlMs(key: string): Promise<number | undefined> {
@@ -140,6 +165,13 @@ export class MemoryCache implements TokenCache {
   async close(): Promise<void> {
     this.#closed = true;
     this.#entries.clear();
+  }
+
+  /** Tells the watchers of `key`, after the writer's own continuation (never synchronously). */
+  #changed(key: string): void {
+    const listeners = this.#watchers.get(key);
+    if (!listeners) return;
+    for (const listener of listeners) queueMicrotask(listener);
   }
 
   #open(): void {

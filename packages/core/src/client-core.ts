@@ -51,7 +51,11 @@ export interface ClientOptions {
    * @default 1048576
    */
   maxResponseBytes?: number;
-  /** An undici dispatcher to send requests through (a ProxyAgent, say). wxkit does not close it. */
+  /**
+   * An undici dispatcher to send requests through (a ProxyAgent, say). wxkit does not close it.
+   * @default a connection pool per origin shared by every client of this process (128 connections);
+   * closing a client leaves it to the others, and the last client to close closes it
+   */
   dispatcher?: Dispatcher;
   /**
    * How long this process answers from memory before it reads the store again, in ms. Shorter notices
@@ -148,7 +152,10 @@ const CLIENT_OPTION_NAMES = [
   'refreshAheadJitterMs',
 ] as const;
 
+const USER_AGENT = `wxkit/${VERSION}`;
 let sharedMemoryCache: MemoryCache | undefined;
+// The default schema, one for every client: it holds no state, and 10,000 clients need not hold 10,000 copies.
+let defaultSchema: KeySchema | undefined;
 // Where a client's entries go while its store is down: this host's directory, or this process.
 let processFallback: MemoryCache | undefined;
 const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`, 'fallback');
@@ -165,8 +172,7 @@ export class ClientCore {
   readonly appId: string;
   readonly http: HttpClient;
   readonly log: Log;
-  // Annotated: the inferred `EventEmitter<[never]>` of older @types/node breaks newer ones in .d.ts files.
-  readonly events: EventEmitter = new EventEmitter();
+  #events: EventEmitter | undefined;
   readonly schema: KeySchema;
   readonly settings: ProtocolSettings;
   readonly cacheTimeoutMs: number;
@@ -244,7 +250,7 @@ export class ClientCore {
     if (logger !== undefined && logger !== false && (logger === null || typeof (logger as Logger).warn !== 'function')) {
       throw invalidOption(owner, 'logger', 'an object with a warn() method (console, pino…) or false', logger);
     }
-    const schema = options.schema ?? nativeSchema();
+    const schema = options.schema ?? (defaultSchema ??= nativeSchema());
     if (!isKeySchema(schema)) throw invalidOption(owner, 'schema', 'a KeySchema such as nativeSchema()', schema);
 
     this.schema = schema;
@@ -256,19 +262,24 @@ export class ClientCore {
       refreshAheadMs: refreshAheadSeconds * 1000,
       refreshAheadJitterMs,
     };
-    this.log = new Log(logger as Logger | false | undefined, this.events);
+    this.log = new Log(logger as Logger | false | undefined, () => this.#events);
     this.http = new HttpClient({
       baseUrl,
       timeoutMs,
       maxResponseBytes,
       dispatcher: dispatcher as Dispatcher | undefined,
-      userAgent: `wxkit/${VERSION}`,
+      userAgent: USER_AGENT,
     });
     if (options.cache !== undefined) assertTokenCache(`${owner} options.cache`, options.cache);
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard((options.cache as TokenCache | undefined) ?? (sharedMemoryCache ??= new MemoryCache()));
     this.#local = this.#guard((processFallback ??= new MemoryCache()));
     this.#tiers = new StoreTiers(() => this.#store, () => this.#hostStore(), this.#local);
+  }
+
+  /** Where the client's events are emitted; made when first asked for (a listener is added). */
+  get events(): EventEmitter {
+    return (this.#events ??= new EventEmitter());
   }
 
   /** Swaps the store for every token and ticket of this client. */
@@ -355,7 +366,7 @@ export class ClientCore {
   }
 
   #guard(cache: TokenCache): GuardedStore {
-    const redact = this.schema.redactKey?.bind(this.schema);
+    const redact = this.schema.redactKey ? this.schema.redactKey.bind(this.schema) : undefined;
     return new GuardedStore(cache, this.cacheTimeoutMs, this.log, this.appId, redact);
   }
 

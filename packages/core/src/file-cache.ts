@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
 import { link, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -70,6 +71,9 @@ export class FileCache implements TokenCache {
   readonly #now: () => number;
   #ready: Promise<void> | undefined;
   #closed = false;
+  /** Who waits for which file to change, and the one directory watch that tells them (while anyone waits). */
+  readonly #watchers = new Map<string, Set<() => void>>();
+  #dirWatch: FSWatcher | undefined;
 
   constructor(options: FileCacheOptions | string = {}) {
     const opts: FileCacheOptions = typeof options === 'string' ? { dir: options } : options;
@@ -148,8 +152,46 @@ export class FileCache implements TokenCache {
     });
   }
 
+  /**
+   * Calls `onChange` when the file of `key` is replaced or removed, by any process: one `fs.watch` of the
+   * directory while anyone waits, which never keeps the process alive. Throws when the directory cannot
+   * be watched (it does not exist yet, or the host is out of inotify watches): the caller polls then.
+   */
+  watch(key: string, onChange: () => void): () => void {
+    if (this.#closed) throw new CacheError(`FileCache watch after close() (${this.dir})`);
+    const name = basename(this.#path(key));
+    if (!this.#dirWatch) {
+      const dirWatch = watch(this.dir, { persistent: false }, (_event, file) => this.#changed(file === null ? undefined : String(file)));
+      // A watch that fails (the directory removed) tells nobody again; the waiters' polling takes over.
+      dirWatch.on('error', () => this.#stopWatching());
+      this.#dirWatch = dirWatch;
+    }
+    let listeners = this.#watchers.get(name);
+    if (!listeners) this.#watchers.set(name, (listeners = new Set()));
+    listeners.add(onChange);
+    return () => {
+      listeners.delete(onChange);
+      if (listeners.size === 0 && this.#watchers.get(name) === listeners) this.#watchers.delete(name);
+      if (this.#watchers.size === 0) this.#stopWatching();
+    };
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
+    this.#stopWatching();
+  }
+
+  /** A file of the directory changed (its name unknown on some platforms: then everyone looks). */
+  #changed(file: string | undefined): void {
+    const listeners = file === undefined ? [...this.#watchers.values()].flatMap((set) => [...set]) : this.#watchers.get(file);
+    if (!listeners) return;
+    for (const listener of listeners) listener();
+  }
+
+  #stopWatching(): void {
+    this.#dirWatch?.close();
+    this.#dirWatch = undefined;
+    this.#watchers.clear();
   }
 
   /** The file that holds `key`: safe characters kept, every other byte as %XX, long names hashed. */

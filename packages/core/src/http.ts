@@ -1,4 +1,4 @@
-import { Agent, type Dispatcher } from 'undici';
+import { Pool, type Dispatcher } from 'undici';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
 
 export type QueryValue = string | number | boolean | undefined;
@@ -8,7 +8,10 @@ export interface HttpSettings {
   baseUrl: string;
   timeoutMs: number;
   maxResponseBytes: number;
-  /** A caller's dispatcher (a ProxyAgent, say). When absent the client opens and owns an Agent. */
+  /**
+   * A caller's dispatcher (a ProxyAgent, say), used as it is and never closed. When absent the client
+   * uses the pool this process shares for the base URL's origin (see {@link sharedPool}).
+   */
   dispatcher: Dispatcher | undefined;
   userAgent: string;
   /** Who answers, in messages. @default 'WeChat' */
@@ -31,39 +34,102 @@ export interface BinaryResponse {
   body: Buffer;
 }
 
+// Connections per origin in the shared pool. Sends beyond it queue inside the pool (undici's timeouts
+// start once a request is on a socket), so a platform of 10,000 accounts sending at once holds this many
+// sockets, not one per account. 128 in flight at WeChat's ~20 ms is over 6,000 calls a second.
+const POOL_CONNECTIONS = 128;
+// Idle keep-alive connections are closed after this long; WeChat's servers keep them about as long.
+const KEEP_ALIVE_MS = 10_000;
+
+/** Releases one use of `used`, once; the last one closes the pool. */
+function leave(used: SharedPool): () => Promise<void> {
+  let released = false;
+  return async () => {
+    if (released) return;
+    released = true;
+    used.users -= 1;
+    if (used.users > 0) return;
+    // The last client of the pool is gone: forgotten first, so a client made meanwhile opens a new one.
+    if (pools.get(used.key) === used) pools.delete(used.key);
+    await used.pool.close();
+  };
+}
+
+const HEADERS = new Map<string, { plain: Readonly<Record<string, string>>; json: Readonly<Record<string, string>> }>();
+
+interface SharedPool {
+  key: string;
+  pool: Pool;
+  users: number;
+}
+
+// Origins as strings, one copy each, whatever number of clients name them.
+const ORIGINS = new Map<string, string>();
+
+// One pool per origin (and connect timeout) for the whole process: every client without a dispatcher
+// of its own sends through it. Idle sockets are unref'd by undici and never hold the process open; the
+// pool is closed when the last client using it closes.
+const pools = new Map<string, SharedPool>();
+
+/** The shared pool of `origin`, counted as used by one more client until `release()`. */
+function sharedPool(origin: string, connectTimeoutMs: number): { dispatcher: Dispatcher; release: () => Promise<void> } {
+  const key = `${origin} ${connectTimeoutMs}`;
+  let shared = pools.get(key);
+  if (!shared) {
+    shared = {
+      key,
+      pool: new Pool(origin, { connections: POOL_CONNECTIONS, keepAliveTimeout: KEEP_ALIVE_MS, connect: { timeout: connectTimeoutMs } }),
+      users: 0,
+    };
+    pools.set(key, shared);
+  }
+  shared.users += 1;
+  return { dispatcher: shared.pool, release: leave(shared) };
+}
+
 /**
- * JSON over HTTP with the guarantees the token protocol needs: a total deadline on every exchange
- * (connect, headers and the whole body: a body that trickles forever still ends), a size cap, and
- * errors that name the path but never the query string, where the access_token and the secret live.
+ * JSON over HTTP with the guarantees the token protocol needs: a deadline on every exchange (connect,
+ * headers, and the whole body: a body that trickles forever still ends), a size cap, and errors that
+ * name the path but never the query string, where the access_token and the secret live.
+ *
+ * The deadlines are undici's own (connect timeout, headersTimeout, bodyTimeout, on its shared timer
+ * wheel) plus a check of the body's total time as each chunk arrives: a send sets no timer and makes no
+ * AbortController of its own. A caller's signal is handed to undici as it is.
  */
 export class HttpClient {
   readonly #settings: HttpSettings;
   readonly #dispatcher: Dispatcher;
-  readonly #ownsDispatcher: boolean;
+  readonly #release: (() => Promise<void>) | undefined;
   readonly #origin: string;
   /** The base URL's path, without a trailing slash (`''` for https://api.weixin.qq.com). */
   readonly #basePath: string;
-  readonly #headers: Record<string, string>;
-  readonly #jsonHeaders: Record<string, string>;
+  readonly #headers: Readonly<Record<string, string>>;
+  readonly #jsonHeaders: Readonly<Record<string, string>>;
   readonly #peer: string;
 
   constructor(settings: HttpSettings) {
     this.#settings = settings;
     this.#peer = settings.peer ?? 'WeChat';
     const base = new URL(settings.baseUrl);
-    this.#origin = base.origin;
+    let origin = ORIGINS.get(base.origin);
+    if (origin === undefined) ORIGINS.set(base.origin, (origin = base.origin));
+    this.#origin = origin;
     this.#basePath = base.pathname.replace(/\/+$/, '');
-    this.#headers = { 'user-agent': settings.userAgent, accept: 'application/json' };
-    this.#jsonHeaders = { ...this.#headers, 'content-type': 'application/json' };
-    this.#ownsDispatcher = settings.dispatcher === undefined;
-    this.#dispatcher =
-      settings.dispatcher ??
-      new Agent({
-        keepAliveTimeout: 10_000,
-        connect: { timeout: settings.timeoutMs },
-        headersTimeout: settings.timeoutMs,
-        bodyTimeout: settings.timeoutMs,
-      });
+    // One pair of header objects per user agent, shared by every client of the process (undici copies them).
+    let headers = HEADERS.get(settings.userAgent);
+    if (!headers) {
+      const plain = Object.freeze({ 'user-agent': settings.userAgent, accept: 'application/json' });
+      HEADERS.set(settings.userAgent, (headers = { plain, json: Object.freeze({ ...plain, 'content-type': 'application/json' }) }));
+    }
+    this.#headers = headers.plain;
+    this.#jsonHeaders = headers.json;
+    if (settings.dispatcher) {
+      this.#dispatcher = settings.dispatcher;
+    } else {
+      const shared = sharedPool(this.#origin, settings.timeoutMs);
+      this.#dispatcher = shared.dispatcher;
+      this.#release = shared.release;
+    }
   }
 
   /** Deadline of one exchange, connect to last body byte, in ms. */
@@ -121,21 +187,15 @@ export class HttpClient {
     return record;
   }
 
+  /** Leaves the shared pool (closed with its last client); a caller's dispatcher stays open. */
   async close(): Promise<void> {
-    if (this.#ownsDispatcher) await this.#dispatcher.close();
+    await this.#release?.();
   }
 
   async #exchange(req: HttpRequest): Promise<{ status: number; contentType: string; bytes: Buffer }> {
     const path = cleanPath(req.path);
-    // One controller and one timer per exchange: the total deadline, and the caller's signal if any.
-    const controller = new AbortController();
-    let deadlineHit = false;
-    const timer = setTimeout(() => {
-      deadlineHit = true;
-      controller.abort();
-    }, this.#settings.timeoutMs);
-    const onCallerAbort = () => controller.abort();
-    req.signal?.addEventListener('abort', onCallerAbort, { once: true });
+    const { timeoutMs } = this.#settings;
+    const deadline = performance.now() + timeoutMs;
     try {
       const res = await this.#dispatcher.request({
         origin: this.#origin,
@@ -147,32 +207,31 @@ export class HttpClient {
             ? this.#headers
             : this.#jsonHeaders,
         body: req.json === undefined ? undefined : JSON.stringify(req.json),
-        signal: controller.signal,
-        headersTimeout: this.#settings.timeoutMs,
-        bodyTimeout: this.#settings.timeoutMs,
+        signal: req.signal,
+        headersTimeout: timeoutMs,
+        bodyTimeout: timeoutMs,
       });
-      const bytes = await readCapped(res.body, this.#settings.maxResponseBytes, path, res.statusCode, this.#peer);
+      const bytes = await readCapped(res.body, this.#settings.maxResponseBytes, deadline, () => this.#timeoutError(path), path, res.statusCode, this.#peer);
       const contentType = res.headers['content-type'];
       return { status: res.statusCode, contentType: (Array.isArray(contentType) ? contentType[0] : contentType) ?? '', bytes };
     } catch (error) {
       if (error instanceof HttpError || error instanceof BadResponseError) throw error;
       if (req.signal?.aborted) throw req.signal.reason;
-      throw this.#transportError(error, path, deadlineHit);
-    } finally {
-      clearTimeout(timer);
-      req.signal?.removeEventListener('abort', onCallerAbort);
+      throw this.#transportError(error, path);
     }
   }
 
-  #transportError(error: unknown, path: string, deadlineHit: boolean): HttpError {
+  #timeoutError(path: string, cause?: unknown): HttpError {
+    return new HttpError(
+      'ERR_WXKIT_TIMEOUT',
+      `${this.#peer} did not answer ${path} within ${this.#settings.timeoutMs} ms; raise options.timeoutMs if the network is slow`,
+      { path, ...(cause === undefined ? {} : { cause }) },
+    );
+  }
+
+  #transportError(error: unknown, path: string): HttpError {
     const code = (error as { code?: unknown } | null)?.code;
-    if (deadlineHit || code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') {
-      return new HttpError(
-        'ERR_WXKIT_TIMEOUT',
-        `${this.#peer} did not answer ${path} within ${this.#settings.timeoutMs} ms; raise options.timeoutMs if the network is slow`,
-        { path, cause: error },
-      );
-    }
+    if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return this.#timeoutError(path, error);
     return new HttpError(
       'ERR_WXKIT_HTTP',
       `The request to ${path} failed before ${this.#peer} answered${typeof code === 'string' ? ` (${code})` : ''}`,
@@ -203,11 +262,28 @@ function stringOr(value: unknown): string {
   return typeof value === 'string' ? value : '';
 }
 
-function readCapped(body: Dispatcher.ResponseData['body'], max: number, path: string, status: number, peer: string): Promise<Buffer> {
+/**
+ * The whole body, at most `max` bytes. A body still arriving after `deadline` (performance.now() ms)
+ * fails with `late()`: bodyTimeout bounds the pause between two chunks, this bounds their sum.
+ */
+function readCapped(
+  body: Dispatcher.ResponseData['body'],
+  max: number,
+  deadline: number,
+  late: () => HttpError,
+  path: string,
+  status: number,
+  peer: string,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     body.on('data', (chunk: Buffer) => {
+      if (performance.now() > deadline) {
+        body.destroy();
+        reject(late());
+        return;
+      }
       size += chunk.length;
       if (size > max) {
         body.destroy();

@@ -54,7 +54,8 @@ abstract class TicketKeeper<T extends string> {
   readonly #token: TokenManager;
   readonly #subject: KeySubject;
   readonly #paths: Record<string, { path: string; query?: Record<string, string> }>;
-  readonly #tickets = new Map<string, TokenManager>();
+  // Made on the first ticket: most accounts of a platform never sign a JS-SDK page.
+  #tickets: Map<string, TokenManager> | undefined;
 
   /** @internal */
   protected constructor(core: ClientCore, token: TokenManager, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
@@ -115,7 +116,7 @@ abstract class TicketKeeper<T extends string> {
     if (!where) {
       throw new ConfigError(`jssdk ticket type must be ${listChoices(Object.keys(this.#paths))} (got ${shownChoice(type)})`, 'type');
     }
-    let manager = this.#tickets.get(type);
+    let manager = this.#tickets?.get(type);
     if (!manager) {
       const subject = this.#subject;
       const id = subject.kind === 'work' ? `${subject.corpId}:${subject.agentId}` : subject.appId;
@@ -135,7 +136,7 @@ abstract class TicketKeeper<T extends string> {
           dropInput: (token, error) => this.#token.invalidate(token as string, (error as { errcode?: number }).errcode),
         },
       );
-      this.#tickets.set(type, manager);
+      (this.#tickets ??= new Map()).set(type, manager);
     }
     return manager;
   }

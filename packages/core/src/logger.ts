@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events';
+import type { EventEmitter } from 'node:events';
 
 /**
  * What wxkit logs through. `console` and pino (or any logger with pino's `(fields, message)` call
@@ -27,9 +27,10 @@ type Level = 'debug' | 'info' | 'warn' | 'error';
  */
 export class Log {
   readonly #target: Logger | undefined;
-  readonly #events: EventEmitter;
+  /** The client's emitter, once anyone listened (most of a platform's 10,000 clients never do). */
+  readonly #events: () => EventEmitter | undefined;
 
-  constructor(target: Logger | false | undefined, events: EventEmitter = new EventEmitter()) {
+  constructor(target: Logger | false | undefined, events: () => EventEmitter | undefined = () => undefined) {
     this.#target = target === false ? undefined : (target ?? defaultLogger);
     this.#events = events;
   }
@@ -51,9 +52,10 @@ export class Log {
   }
 
   #emit(level: Level, fields: LogFields, message: string): void {
-    if (this.#events.listenerCount(fields.event) > 0) {
+    const events = this.#events();
+    if (events !== undefined && events.listenerCount(fields.event) > 0) {
       try {
-        this.#events.emit(fields.event, { ...fields, level, message });
+        events.emit(fields.event, { ...fields, level, message });
       } catch {
         // A throwing listener must not break token handling either.
       }

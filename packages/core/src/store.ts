@@ -88,9 +88,10 @@ export class GuardedStore {
   readonly #appId: string;
   readonly #redact: (key: string) => string;
   readonly #health: StoreHealth;
-  readonly #recoveryListeners = new Set<() => void>();
+  // Made on first need: most clients never see an outage, and 10,000 of them need not hold empty sets.
+  #recoveryListeners: Set<() => void> | undefined;
 
-  constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = (key) => key) {
+  constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = sameKey) {
     this.cache = cache;
     this.#redact = redact;
     this.#timeoutMs = timeoutMs;
@@ -123,12 +124,41 @@ export class GuardedStore {
   /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
     this.#health.leave(this);
-    this.#recoveryListeners.clear();
+    this.#recoveryListeners = undefined;
   }
 
   /** Calls `listener` once, the next time the store answers after an outage. */
   onRecovered(listener: () => void): void {
-    this.#recoveryListeners.add(listener);
+    (this.#recoveryListeners ??= new Set()).add(listener);
+  }
+
+  /**
+   * Calls `onChange` when the store says one of `keys` was written, until the returned function is
+   * called; undefined when the store cannot tell (no `watch`), or its `watch` failed.
+   */
+  watch(keys: readonly string[], onChange: () => void): (() => void) | undefined {
+    const watch = this.cache.watch;
+    if (typeof watch !== 'function') return undefined;
+    const stops: (() => void)[] = [];
+    const stopAll = () => {
+      for (const stop of stops) {
+        try {
+          stop();
+        } catch {
+          // The adapter's own business; the wait is over either way.
+        }
+      }
+    };
+    try {
+      for (const key of keys) {
+        const stop = watch.call(this.cache, key, onChange);
+        if (typeof stop === 'function') stops.push(stop);
+      }
+    } catch {
+      stopAll();
+      return undefined;
+    }
+    return stopAll;
   }
 
   get(key: string): Promise<string | undefined> {
@@ -236,8 +266,8 @@ export class GuardedStore {
   /** @internal The store answers again. */
   reportRecovered(op: string): void {
     this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
-    const listeners = [...this.#recoveryListeners];
-    this.#recoveryListeners.clear();
+    const listeners = [...(this.#recoveryListeners ?? [])];
+    this.#recoveryListeners = undefined;
     for (const listener of listeners) {
       try {
         listener();
@@ -246,6 +276,10 @@ export class GuardedStore {
       }
     }
   }
+}
+
+function sameKey(key: string): string {
+  return key;
 }
 
 function describeError(error: CacheError): string {

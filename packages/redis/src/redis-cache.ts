@@ -8,7 +8,22 @@ import { resolveOptions, type RedisCacheOptions } from './options.js';
 export type { RedisClientLike } from './connection.js';
 export type { RedisCacheOptions, RedisCacheSentinelOptions } from './options.js';
 
-/** Options of {@link RedisCache}: exactly one of `url`, `cluster`, `sentinel` or `client`. */
+/**
+ * The channel every wxkit writer PUBLISHes a key's name on after it wrote or deleted that key, so that
+ * processes waiting for another's refresh re-read at once (docs/key-schema.md, "Write notifications").
+ */
+export const WRITTEN_CHANNEL = 'wxkit:written';
+// A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile.
+const SUBSCRIBE_RETRY_MS = 30_000;
+
+/** What watch() needs of a node-redis connection in subscriber mode. */
+interface Subscriber {
+  connect(): Promise<unknown>;
+  subscribe(channels: string, listener: (message: string, channel: string) => void): Promise<void>;
+  unsubscribe(channels: string, listener?: (message: string, channel: string) => void): Promise<void>;
+  destroy(): unknown;
+  on(event: 'error', listener: (error: unknown) => void): unknown;
+}
 
 // Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it.
 const COMPARE_AND_DELETE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end");
@@ -33,10 +48,18 @@ export class RedisCache implements TokenCache {
   /** The URL or node list with passwords masked, for messages. */
   readonly #where: string;
   #closed = false;
+  readonly #connectTimeoutMs: number;
+  /** Who waits for which key, and the subscriber connection that tells them (made on the first watch). */
+  readonly #watchers = new Map<string, Set<() => void>>();
+  #subscriber: Promise<Subscriber | undefined> | undefined;
+  #subscriberFailedAt = -Infinity;
+  /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
+  #keyspace: string | undefined;
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
     const { source, where, connectTimeoutMs } = resolveOptions(options);
     this.#where = where;
+    this.#connectTimeoutMs = connectTimeoutMs;
     this.#connection = new Connection(source, connectTimeoutMs);
   }
 
@@ -52,31 +75,65 @@ export class RedisCache implements TokenCache {
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', async (client) => {
       await client.set(key, binary(value), { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+      publish(client, key);
     });
   }
 
   delete(key: string): Promise<void> {
     return this.#run('delete', async (client) => {
       await client.del(key);
+      publish(client, key);
     });
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', async (client) => {
       const reply = await client.set(key, binary(value), { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+      if (reply === 'OK') publish(client, key);
       return reply === 'OK';
     });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async (client) => (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected)])) === 1);
+    return this.#run('deleteIfEquals', async (client) => {
+      const deleted = (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected)])) === 1;
+      if (deleted) publish(client, key);
+      return deleted;
+    });
   }
 
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run(
-      'compareAndSet',
-      async (client) => (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))])) === 1,
-    );
+    return this.#run('compareAndSet', async (client) => {
+      const written = (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))])) === 1;
+      if (written) publish(client, key);
+      return written;
+    });
+  }
+
+  /**
+   * Calls `onChange` when `key` is written or deleted: on the {@link WRITTEN_CHANNEL} that wxkit's
+   * writers publish to, and through Redis keyspace notifications when the server sends them
+   * (`notify-keyspace-events` with `K` and `$g` or `A`), which also tell of writers that do not publish.
+   * One subscriber connection per RedisCache, opened on the first watch and closed by close(). Throws
+   * while no subscriber can be had (a client that cannot make one, a recent failure): the caller polls.
+   */
+  watch(key: string, onChange: () => void): () => void {
+    if (this.#closed) throw new CacheError(`RedisCache watch after close() (${this.#where})`);
+    if (!this.#subscriber && performance.now() - this.#subscriberFailedAt < SUBSCRIBE_RETRY_MS) {
+      throw new CacheError(`RedisCache could not subscribe to write notifications lately (${this.#where})`);
+    }
+    let listeners = this.#watchers.get(key);
+    const first = !listeners;
+    if (!listeners) this.#watchers.set(key, (listeners = new Set()));
+    listeners.add(onChange);
+    const subscribed = this.#subscribe();
+    if (first) void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, true));
+    return () => {
+      listeners.delete(onChange);
+      if (listeners.size > 0 || this.#watchers.get(key) !== listeners) return;
+      this.#watchers.delete(key);
+      void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, false));
+    };
   }
 
   ttlMs(key: string): Promise<number | undefined> {
@@ -91,7 +148,77 @@ export class RedisCache implements TokenCache {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.#connection.close();
+    this.#watchers.clear();
+    const subscriber = this.#subscriber;
+    this.#subscriber = undefined;
+    await Promise.all([this.#connection.close(), subscriber?.then((sub) => sub?.destroy()).catch(() => undefined)]);
+  }
+
+  /** The subscriber connection, made once; undefined when none can be had (then every waiter is told to look). */
+  #subscribe(): Promise<Subscriber | undefined> {
+    this.#subscriber ??= this.#openSubscriber().then(
+      (subscriber) => {
+        // Writes made before the subscription was in place went unseen: every waiter looks once now.
+        this.#notifyAll();
+        return subscriber;
+      },
+      () => {
+        this.#subscriber = undefined;
+        this.#subscriberFailedAt = performance.now();
+        this.#notifyAll();
+        return undefined;
+      },
+    );
+    return this.#subscriber;
+  }
+
+  async #openSubscriber(): Promise<Subscriber> {
+    const client = await this.#connection.client();
+    const duplicate = (client as unknown as { duplicate?: () => Subscriber }).duplicate;
+    if (typeof duplicate !== 'function') throw new Error('this client cannot make a subscriber connection');
+    const subscriber = duplicate.call(client);
+    // node-redis reports failed reconnects as 'error' events; an unheard one would crash the process.
+    subscriber.on('error', () => undefined);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        subscriber.connect(),
+        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('subscriber connect timed out')), this.#connectTimeoutMs))),
+      ]);
+      await subscriber.subscribe(WRITTEN_CHANNEL, (key) => this.#notify(key));
+    } catch (error) {
+      await Promise.resolve(subscriber.destroy()).catch(() => undefined);
+      throw error;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this.#closed) {
+      await Promise.resolve(subscriber.destroy()).catch(() => undefined);
+      throw new Error('closed');
+    }
+    this.#keyspace = await keyspacePrefix(client);
+    return subscriber;
+  }
+
+  /** Subscribes to (or leaves) the keyspace channel of `key`, when the server sends keyspace notifications. */
+  async #keyspaceWatch(subscriber: Subscriber | undefined, key: string, on: boolean): Promise<void> {
+    if (!subscriber || this.#keyspace === undefined || this.#closed) return;
+    const channel = `${this.#keyspace}${key}`;
+    try {
+      if (on && this.#watchers.has(key)) await subscriber.subscribe(channel, () => this.#notify(key));
+      else if (!on && !this.#watchers.has(key)) await subscriber.unsubscribe(channel);
+    } catch {
+      // The channel is a shortcut; the waiters' polling covers for it.
+    }
+  }
+
+  #notify(key: string): void {
+    const listeners = this.#watchers.get(key);
+    if (listeners) for (const listener of listeners) listener();
+  }
+
+  #notifyAll(): void {
+    for (const listeners of this.#watchers.values()) for (const listener of listeners) listener();
   }
 
   async #run<T>(op: string, fn: (client: RedisClientLike) => Promise<T>): Promise<T> {
@@ -125,6 +252,32 @@ function binary(value: string): Buffer {
     throw new RangeError('RedisCache values are binary strings (char codes 0–255, one per byte); encode text as UTF-8 first');
   }
   return Buffer.from(value, 'latin1');
+}
+
+/**
+ * Tells the watchers of `key` in every process that it changed. Not awaited: the write is done whatever
+ * happens to the notification, and a lost one costs a waiter one poll step.
+ */
+function publish(client: RedisClientLike, key: string): void {
+  (client as unknown as { publish(channel: string, message: string): Promise<unknown> }).publish(WRITTEN_CHANNEL, key).catch(() => undefined);
+}
+
+/**
+ * `__keyspace@<db>__:` when a standalone server sends keyspace notifications for string writes and
+ * deletes (`K` with `A`, or with `$` and `g`); undefined otherwise, or when CONFIG is not allowed.
+ */
+async function keyspacePrefix(client: RedisClientLike): Promise<string | undefined> {
+  // A cluster's keyspace notifications stay on the node that owns the key: the channel alone serves it.
+  if (!('unref' in client)) return undefined;
+  try {
+    const config = (await (client as unknown as { configGet(name: string): Promise<Record<string, string>> }).configGet('notify-keyspace-events')) ?? {};
+    const flags = config['notify-keyspace-events'] ?? '';
+    if (!flags.includes('K') || !(flags.includes('A') || (flags.includes('$') && flags.includes('g')))) return undefined;
+    const database = (client as unknown as { options?: { database?: number } }).options?.database ?? 0;
+    return `__keyspace@${database}__:`;
+  } catch {
+    return undefined;
+  }
 }
 
 /** EVALSHA, and EVAL when the server does not hold the script yet (first use, a restart, another cluster node). */

@@ -160,15 +160,20 @@ function iso(ms: number): string {
  * holds this process back; the store's own marker is the truth whenever there is one to write.
  */
 export class FailureGate {
-  readonly key: string;
+  readonly #entryKey: string;
   readonly #label: string;
   /** A marker this process could not write to the store. */
   #unwritten: FailureMarker | undefined;
 
   constructor(entryKey: string, label: string) {
-    this.key = `${entryKey}:failed`;
+    this.#entryKey = entryKey;
     this.#label = label;
   }
+  /** `{key}:failed`, made when used: an idle account keeps no copy of it. */
+  get key(): string {
+    return `${this.#entryKey}:failed`;
+  }
+
 
   /** The marker in force at `now`, if any, and the stored form it was read in (to recognise it later). */
   async active(store: GuardedStore, now: number): Promise<FailureMarker | undefined> {
@@ -256,10 +261,17 @@ export interface SpacingSlot {
  * another.
  */
 export class FetchSpacing {
-  readonly key: string;
+  readonly #entryKey: string;
+  readonly #suffix: string;
 
   constructor(entryKey: string, suffix: string) {
-    this.key = `${entryKey}:${suffix}`;
+    this.#entryKey = entryKey;
+    this.#suffix = suffix;
+  }
+
+  /** `{key}:{suffix}`, made when used: an idle account keeps no copy of it. */
+  get key(): string {
+    return `${this.#entryKey}:${this.#suffix}`;
   }
 
   async slot(store: GuardedStore): Promise<SpacingSlot | undefined> {

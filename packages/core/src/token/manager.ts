@@ -28,7 +28,8 @@ export class TokenManager {
   readonly #onFirstUse: (() => void) | undefined;
   readonly #read = new SingleFlight<string>();
   readonly #forced = new SingleFlight<string>();
-  readonly #invalidations = new Map<string, Promise<void>>();
+  // Made on first need, as most accounts never see a rejected token.
+  #invalidations: Map<string, Promise<void>> | undefined;
   readonly #rejected: string[] = [];
 
   constructor(ctx: TokenContext, refresher: Refresher, onFirstUse?: () => void) {
@@ -90,7 +91,7 @@ export class TokenManager {
    * already under way is kept: if it brings back the rejected value, its callers read once more.
    */
   invalidate(value: string, errcode?: number): Promise<void> {
-    let pending = this.#invalidations.get(value);
+    let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
     // not start another round, or N slow callers would cause N fetches.
     if (!pending && this.#rejected.includes(value)) return Promise.resolve();
@@ -98,8 +99,9 @@ export class TokenManager {
       this.#rejected.push(value);
       if (this.#rejected.length > REJECTED_MEMORY) this.#rejected.shift();
       this.#memo.forget(value);
-      pending = handled(this.#refresher.invalidate(value, errcode).finally(() => this.#invalidations.delete(value)));
-      this.#invalidations.set(value, pending);
+      const invalidations = (this.#invalidations ??= new Map());
+      pending = handled(this.#refresher.invalidate(value, errcode).finally(() => invalidations.delete(value)));
+      invalidations.set(value, pending);
     }
     return pending;
   }

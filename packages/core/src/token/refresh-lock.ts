@@ -53,7 +53,7 @@ export class RefreshLock {
   readonly #log: Log;
   readonly #appId: string;
   /** Owners that may be in a store without our knowing: deleted once that store answers. */
-  readonly #lost = new Map<string, GuardedStore>();
+  #lost: Map<string, GuardedStore> | undefined;
 
   readonly #value: LockValue;
 
@@ -109,11 +109,12 @@ export class RefreshLock {
 
   /** Deletes the owners whose lock write went unanswered, where their store answers now. */
   async cleanUp(): Promise<void> {
+    if (!this.#lost) return;
     for (const [owner, store] of [...this.#lost]) {
       if (store.down) continue;
       try {
         const deleted = await store.deleteIfEquals(this.key, owner);
-        this.#lost.delete(owner);
+        this.#lost?.delete(owner);
         if (deleted) {
           this.#log.info(
             { event: 'lock.cleaned_up', appId: this.#appId, key: this.#logKey },
@@ -155,7 +156,7 @@ export class RefreshLock {
   }
 
   #remember(owner: string, store: GuardedStore): void {
-    this.#lost.set(owner, store);
+    (this.#lost ??= new Map()).set(owner, store);
     store.onRecovered(() => void this.cleanUp());
   }
 }

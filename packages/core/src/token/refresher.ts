@@ -66,19 +66,53 @@ export interface Refresher {
   invalidate(value: string, errcode: number | undefined): Promise<void>;
 }
 
+/** Pauses between two looks at the store, growing by half each time: without a watch, and with one. */
+export const POLL_PACE = Object.freeze({ firstMs: 20, maxMs: 500 });
+// With a watch the store says when to look; polling is only the safety net for a missed notification
+// (a writer that does not publish, a dropped subscription), so it can be slow.
+export const WATCHED_POLL_PACE = Object.freeze({ firstMs: 500, maxMs: 2_000 });
+
 /**
- * Calls `attempt` with jittered, growing pauses (20 ms up to 500 ms) until it returns something or
- * `budgetMs` has passed; undefined then.
+ * Subscribes `onChange` to the writes a waiter waits for; undefined when the store cannot tell.
+ * Returns the unsubscribe.
  */
-export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>): Promise<T | undefined> {
+export type Watch = (onChange: () => void) => (() => void) | undefined;
+
+/**
+ * Calls `attempt` until it returns something or `budgetMs` has passed (undefined then): at once when
+ * `watch` reports a write, else after jittered, growing pauses (20 ms up to 500 ms, or with a watch
+ * 0.5 s up to 2 s). A write reported while `attempt` runs makes the next one start without a pause.
+ */
+export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch): Promise<T | undefined> {
   const started = performance.now();
-  let delay = 20;
-  while (performance.now() - started < budgetMs) {
-    const pause = Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started));
-    await new Promise((resolve) => setTimeout(resolve, Math.max(0, pause)));
-    delay = Math.min(delay * 1.5, 500);
-    const result = await attempt();
-    if (result !== undefined) return result;
+  let woken = false;
+  let wake: (() => void) | undefined;
+  const unwatch = watch?.(() => {
+    woken = true;
+    wake?.();
+  });
+  const pace: { firstMs: number; maxMs: number } = unwatch ? WATCHED_POLL_PACE : POLL_PACE;
+  let delay: number = pace.firstMs;
+  try {
+    while (performance.now() - started < budgetMs) {
+      if (!woken) {
+        const pause = Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started));
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.max(0, pause));
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        wake = undefined;
+        delay = Math.min(delay * 1.5, pace.maxMs);
+      }
+      woken = false;
+      const result = await attempt();
+      if (result !== undefined) return result;
+    }
+    return undefined;
+  } finally {
+    unwatch?.();
   }
-  return undefined;
 }

@@ -40,6 +40,8 @@ export class StoreTiers {
 
   current(): Tier {
     const shared = this.#shared();
+    // The usual case needs nothing of the host's directory: no handle on it is made until it does.
+    if (!shared.down && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#host();
     const hostUp = host !== undefined && !host.down ? host : undefined;
     if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#process) };
@@ -93,6 +95,7 @@ function hashedKeys(cache: TokenCache): TokenCache {
     add: (key, value, ttl) => cache.add!(name(key), value, ttl),
     deleteIfEquals: (key, expected) => cache.deleteIfEquals!(name(key), expected),
     compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(name(key), expected, value, ttl),
+    watch: (key, onChange) => cache.watch!(name(key), onChange),
     close: () => cache.close?.() ?? Promise.resolve(),
   };
 }

@@ -25,7 +25,7 @@ export class FollowRefresher implements Refresher {
       const tier = ctx.tiers.current();
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
       return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false } : undefined;
-    });
+    }, (onChange) => ctx.tiers.shared.watch([ctx.key], onChange));
     if (found) return found;
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, waitedMs: Math.round(performance.now() - started) },

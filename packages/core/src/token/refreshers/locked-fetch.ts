@@ -201,6 +201,16 @@ export class LockedFetchRefresher implements Refresher {
     const ctx = this.#ctx;
     const before = await this.#failures.snapshot(tier.entries);
     const started = performance.now();
+    // Woken by the holder's writes where the store can tell: the entry, the failure marker, the lock's release.
+    const watch = (onChange: () => void) => {
+      const entries = tier.entries.watch([ctx.key, this.#failures.key], onChange);
+      if (!entries) return undefined;
+      const lock = tier.lock === tier.entries ? tier.entries.watch([this.#lock.key], onChange) : tier.lock?.watch([this.#lock.key], onChange);
+      return () => {
+        entries();
+        lock?.();
+      };
+    };
     const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
@@ -212,7 +222,7 @@ export class LockedFetchRefresher implements Refresher {
       if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
-    });
+    }, watch);
     if (outcome) return outcome;
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(

@@ -1,0 +1,109 @@
+import diagnostics from 'node:diagnostics_channel';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Agent } from 'undici';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount } from '../src/index.js';
+import { rejection } from './helpers.js';
+
+// Issue 14: clients share one connection pool per origin per process; a caller's dispatcher still wins;
+// closing one client leaves the pool to the others; a send makes no timer or AbortController of its own.
+
+let mock: MockWeChat;
+const connected: string[] = [];
+const onConnect = (message: unknown) => connected.push((message as { connectParams: { origin?: string; host?: string } }).connectParams.host ?? '');
+beforeAll(async () => {
+  mock = await startMockWeChat();
+  diagnostics.subscribe('undici:client:connected', onConnect);
+});
+afterAll(async () => {
+  diagnostics.unsubscribe('undici:client:connected', onConnect);
+  await mock.close();
+});
+
+const TEMPLATE = { touser: 'o1', template_id: 'T', data: {} };
+
+function client(options: Record<string, unknown> = {}) {
+  const { appId, secret } = mock.createApp();
+  return new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false, ...options });
+}
+
+describe('one pool per origin, shared by the clients of a process', () => {
+  it('many clients send over the connections of one pool; closing one leaves it to the others; the last one closes it', async () => {
+    // A base URL of its own (a path prefix is not part of the origin) so no other test's pool is reused.
+    const clients = Array.from({ length: 20 }, () => client({ baseUrl: `${mock.url}/`, timeoutMs: 9_001 }));
+    const before = connected.length;
+    // One at a time: 40 requests (a token fetch and a send per client), each finding an idle connection
+    // (at most one more while the last answer's connection is being handed back). A pool per client
+    // would have opened 20.
+    for (const each of clients) await each.templateMessage.send(TEMPLATE);
+    const opened = connected.length - before;
+    expect(opened).toBeGreaterThanOrEqual(1);
+    expect(opened).toBeLessThanOrEqual(2);
+
+    await Promise.all(clients.slice(1).map((each) => each.close()));
+    // The pool stayed open for the one client left: it sends over a connection already there.
+    await clients[0]!.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+    await clients[0]!.close();
+
+    // All gone: the pool was closed with its connections, and a new client opens a new one.
+    const later = client({ baseUrl: `${mock.url}/`, timeoutMs: 9_001 });
+    await later.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBeGreaterThan(opened);
+    await later.close();
+  });
+
+  it("a caller's dispatcher carries the client's requests, and close() leaves it open", async () => {
+    const agent = new Agent();
+    const dispatch = agent.dispatch.bind(agent);
+    let dispatched = 0;
+    agent.dispatch = (options, handler) => {
+      dispatched += 1;
+      return dispatch(options, handler);
+    };
+    const app = client({ dispatcher: agent });
+    await app.templateMessage.send(TEMPLATE);
+    // The token fetch and the send.
+    expect(dispatched).toBe(2);
+    await app.close();
+    expect(agent.closed).toBe(false);
+    await agent.close();
+  });
+});
+
+describe('a send without a signal makes no timer of its own', () => {
+  it('32 sends in flight add no timer per send, and still end with a typed error', async () => {
+    const local = await startMockWeChat();
+    const { appId, secret } = local.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: new MemoryCache(), logger: false });
+    await app.accessToken.getToken();
+    local.injectFault({ kind: 'hang', path: 'cgi-bin/message/template/send', times: 32 });
+    const timers = () => process.getActiveResourcesInfo().filter((what) => what === 'Timeout').length;
+    const idle = timers();
+    const sends = Array.from({ length: 32 }, () => rejection(app.templateMessage.send(TEMPLATE)));
+    await vi.waitFor(() => expect(local.counters().requests).toBe(1 + 32));
+    // undici's own timeouts share one timer for every request; the mock adds none for a hung answer.
+    expect(timers() - idle).toBeLessThanOrEqual(2);
+    // The server goes away: each send fails with a typed transport error, none hangs.
+    await local.close();
+    const errors = await Promise.all(sends);
+    expect(new Set(errors.map((error) => error.code))).toEqual(new Set(['ERR_WXKIT_HTTP']));
+    await app.close();
+  });
+
+  it("a caller's signal still stops a send, with the signal's reason", async () => {
+    const local = await startMockWeChat();
+    const { appId, secret } = local.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: new MemoryCache(), logger: false });
+    await app.accessToken.getToken();
+    local.injectFault({ kind: 'hang', path: 'cgi-bin/message/template/send', times: 1 });
+    const controller = new AbortController();
+    const sent = rejection(app.client.postJson('cgi-bin/message/template/send', TEMPLATE, { signal: controller.signal }));
+    await vi.waitFor(() => expect(local.counters().requests).toBe(2));
+    const reason = new Error('the caller gave up');
+    controller.abort(reason);
+    expect(await sent).toBe(reason);
+    await app.close();
+    await local.close();
+  });
+});

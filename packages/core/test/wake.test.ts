@@ -1,0 +1,196 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Agent, type Dispatcher } from 'undici';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { FileCache, MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
+import { pollWithBackoff } from '../src/token/refresher.js';
+
+// Issue 14: a process waiting for another's refresh wakes when the store says the entry was written,
+// instead of polling every 20–500 ms. These tests count attempts, reads and wake-ups, never time.
+
+describe('pollWithBackoff with a watch', () => {
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('looks again as soon as the watch fires, with no pause timer run', async () => {
+    vi.useFakeTimers();
+    let notify: (() => void) | undefined;
+    let unwatched = 0;
+    let attempts = 0;
+    const polling = pollWithBackoff(
+      60_000,
+      async () => {
+        attempts += 1;
+        return 'written';
+      },
+      (onChange) => {
+        notify = onChange;
+        return () => (unwatched += 1);
+      },
+    );
+    // No timer is advanced: only the notification can end the pause.
+    notify!();
+    expect(await polling).toBe('written');
+    expect(attempts).toBe(1);
+    expect(unwatched).toBe(1);
+  });
+
+  it('a write reported while an attempt runs starts the next attempt without a pause', async () => {
+    vi.useFakeTimers();
+    let notify: (() => void) | undefined;
+    let attempts = 0;
+    const polling = pollWithBackoff(
+      60_000,
+      async () => {
+        attempts += 1;
+        if (attempts === 1) {
+          notify!(); // the holder wrote between our read and the end of this attempt
+          return undefined;
+        }
+        return 'written';
+      },
+      (onChange) => {
+        notify = onChange;
+        return () => undefined;
+      },
+    );
+    notify!();
+    expect(await polling).toBe('written');
+    expect(attempts).toBe(2);
+  });
+
+  it('without a watch, nothing happens until the pause timer runs', async () => {
+    vi.useFakeTimers();
+    let attempts = 0;
+    const polling = pollWithBackoff(60_000, async () => {
+      attempts += 1;
+      return 'written';
+    });
+    await Promise.resolve();
+    expect(attempts).toBe(0);
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(await polling).toBe('written');
+    expect(attempts).toBe(1);
+  });
+});
+
+/** A store seen through one client: its reads of `entryKey`, and how often a watch told it of a write. */
+function counting(cache: TokenCache, withWatch = true) {
+  const counts = { entryReads: 0, lockAdds: 0, woken: 0 };
+  let entryKey = '';
+  const wrapped: TokenCache = {
+    get: (key) => {
+      if (key === entryKey) counts.entryReads += 1;
+      return cache.get(key);
+    },
+    set: (key, value, ttl) => cache.set(key, value, ttl),
+    delete: (key) => cache.delete(key),
+    add: (key, value, ttl) => {
+      if (key === `${entryKey}:lock`) counts.lockAdds += 1;
+      return cache.add!(key, value, ttl);
+    },
+    deleteIfEquals: (key, expected) => cache.deleteIfEquals!(key, expected),
+    compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(key, expected, value, ttl),
+    ...(withWatch && cache.watch
+      ? {
+          watch: (key: string, onChange: () => void) =>
+            cache.watch!(key, () => {
+              counts.woken += 1;
+              onChange();
+            }),
+        }
+      : {}),
+  };
+  return { cache: wrapped, counts, watchKey: (key: string) => (entryKey = key) };
+}
+
+/** A dispatcher that holds token requests until `release()`, and says when one arrived. */
+function gatedDispatcher() {
+  const agent = new Agent();
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let arrived = 0;
+  const dispatch = agent.dispatch.bind(agent);
+  agent.dispatch = (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => {
+    if (!String(options.path).includes('/cgi-bin/token')) return dispatch(options, handler);
+    arrived += 1;
+    void released.then(() => dispatch(options, handler));
+    return true;
+  };
+  return { agent, release, arrived: () => arrived };
+}
+
+let mock: MockWeChat;
+const dir = mkdtempSync(join(tmpdir(), 'wxkit-wake-'));
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+const stores: Record<string, () => [TokenCache, TokenCache]> = {
+  MemoryCache: () => {
+    const shared = new MemoryCache();
+    return [shared, shared];
+  },
+  'FileCache (two instances on one directory)': () => {
+    const sub = mkdtempSync(join(dir, 'd'));
+    return [new FileCache({ dir: sub }), new FileCache({ dir: sub })];
+  },
+};
+
+describe('a waiter of a cold fleet wakes on the holder’s write', () => {
+  it.each(Object.keys(stores))('%s', async (name) => {
+    const [holderStore, waiterStore] = stores[name]!();
+    const { appId, secret } = mock.createApp();
+    const gate = gatedDispatcher();
+    const waiterView = counting(waiterStore);
+    const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
+    const holder = new OfficialAccount({ ...options, cache: holderStore, dispatcher: gate.agent });
+    const waiter = new OfficialAccount({ ...options, cache: waiterView.cache });
+    waiterView.watchKey(waiter.accessToken.cacheKey);
+
+    // The holder takes the lock, and its token request waits at the gate.
+    const held = holder.accessToken.getToken();
+    await vi.waitFor(() => expect(gate.arrived()).toBe(1));
+    // The waiter finds the lock taken and waits for the holder.
+    const waited = waiter.accessToken.getToken();
+    await vi.waitFor(() => expect(waiterView.counts.lockAdds).toBe(1));
+    gate.release();
+
+    const [token, seen] = await Promise.all([held, waited]);
+    expect(seen).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    // Woken by the write, the waiter read the entry once more: its first read (a miss), the read after
+    // the wake-up, and at most one look of the slow safety-net polling.
+    expect(waiterView.counts.woken).toBeGreaterThanOrEqual(1);
+    expect(waiterView.counts.entryReads).toBeLessThanOrEqual(3);
+    await Promise.all([holder.close(), waiter.close(), gate.agent.close(), holderStore.close?.(), waiterStore === holderStore ? undefined : waiterStore.close?.()]);
+  });
+
+  it('a store without watch still hands the waiter the holder’s token, by polling', async () => {
+    const shared = new MemoryCache();
+    const { appId, secret } = mock.createApp();
+    const gate = gatedDispatcher();
+    const waiterView = counting(shared, false);
+    const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
+    const holder = new OfficialAccount({ ...options, cache: shared, dispatcher: gate.agent });
+    const waiter = new OfficialAccount({ ...options, cache: waiterView.cache });
+    waiterView.watchKey(waiter.accessToken.cacheKey);
+    const held = holder.accessToken.getToken();
+    await vi.waitFor(() => expect(gate.arrived()).toBe(1));
+    const waited = waiter.accessToken.getToken();
+    await vi.waitFor(() => expect(waiterView.counts.lockAdds).toBeGreaterThanOrEqual(1));
+    gate.release();
+    const [token, seen] = await Promise.all([held, waited]);
+    expect(seen).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(waiterView.counts.woken).toBe(0);
+    await Promise.all([holder.close(), waiter.close(), gate.agent.close()]);
+  });
+});

@@ -1,0 +1,103 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createClient } from '@keyv/redis';
+import { OfficialAccount } from '@wxkit/core';
+import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { RedisCache, WRITTEN_CHANNEL } from '../src/index.js';
+
+// Issue 14: watch() tells a waiting process that a key was written, through the channel wxkit's writers
+// publish to, and through keyspace notifications when the server sends them. Counts, never time.
+
+let redis: StoreServer;
+let mock: MockWeChat;
+beforeAll(async () => {
+  [redis, mock] = await Promise.all([startRedis(), startMockWeChat()]);
+});
+afterAll(async () => {
+  await Promise.all([redis?.stop(), mock?.close()]);
+});
+
+const key = () => `wechat:test:${randomBytes(6).toString('hex')}`;
+
+describe('RedisCache.watch', () => {
+  it('a write through another RedisCache calls onChange; a write to another key does not', async () => {
+    const [writer, watcher] = [new RedisCache(redis.url), new RedisCache(redis.url)];
+    const [watched, other] = [key(), key()];
+    const calls: string[] = [];
+    const stop = watcher.watch(watched, () => calls.push('watched'));
+    watcher.watch(other, () => calls.push('other'));
+    // Once subscribed, every watcher is told to look once (writes before the subscription went unseen).
+    await vi.waitFor(() => expect(calls.filter((c) => c === 'watched')).toHaveLength(1));
+    const before = calls.length;
+    await writer.set(watched, 'v1', 60);
+    await vi.waitFor(() => expect(calls.slice(before)).toEqual(['watched']));
+    // Unwatched: a later write calls nobody; an add that loses writes nothing and publishes nothing.
+    stop();
+    expect(await writer.add(other, 'x', 60)).toBe(true);
+    await vi.waitFor(() => expect(calls.slice(before)).toEqual(['watched', 'other']));
+    expect(await writer.add(other, 'y', 60)).toBe(false);
+    await writer.set(watched, 'v2', 60);
+    // The loser's add and the unwatched write left no call: a marker write after them is the only new one.
+    await writer.compareAndSet(other, 'x', 'z', 60);
+    await vi.waitFor(() => expect(calls.slice(before)).toEqual(['watched', 'other', 'other']));
+    await Promise.all([writer.close(), watcher.close()]);
+  });
+
+  it('wxkit writers publish the key on the documented channel, for watchers in any language', async () => {
+    const subscriber = createClient({ url: redis.url });
+    await subscriber.connect();
+    const messages: string[] = [];
+    await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
+    const writer = new RedisCache(redis.url);
+    const k = key();
+    await writer.set(k, 'v', 60);
+    await writer.deleteIfEquals(k, 'v');
+    await vi.waitFor(() => expect(messages.filter((m) => m === k)).toHaveLength(2));
+    expect(WRITTEN_CHANNEL).toBe('wxkit:written');
+    await Promise.all([writer.close(), subscriber.close()]);
+  });
+
+  it('with keyspace notifications on, a writer that does not publish wakes the watcher too', async () => {
+    const admin = createClient({ url: redis.url });
+    await admin.connect();
+    await admin.configSet('notify-keyspace-events', 'KA');
+    const watcher = new RedisCache(redis.url);
+    const k = key();
+    let calls = 0;
+    watcher.watch(k, () => (calls += 1));
+    await vi.waitFor(() => expect(calls).toBe(1)); // subscribed
+    // The keyspace subscription follows the channel's; a plain SET that publishes nothing must wake it.
+    await vi.waitFor(async () => {
+      const before = calls;
+      await admin.set(k, `v${before}`);
+      await vi.waitFor(() => expect(calls).toBeGreaterThan(before), { timeout: 200 });
+    });
+    await admin.configSet('notify-keyspace-events', '');
+    await Promise.all([watcher.close(), admin.close()]);
+  });
+
+  it('a cold waiter on another RedisCache wakes on the holder’s write: one token request, the same token', async () => {
+    const { appId, secret } = mock.createApp();
+    const [holderStore, waiterStore] = [new RedisCache(redis.url), new RedisCache(redis.url)];
+    let woken = 0;
+    const watch = waiterStore.watch.bind(waiterStore);
+    waiterStore.watch = (k, onChange) => watch(k, () => ((woken += 1), onChange()));
+    const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
+    // The mock answers slowly enough that the waiter finds the lock taken; the count, not the time, is asserted.
+    mock.setLatency(300);
+    try {
+      const holder = new OfficialAccount({ ...options, cache: holderStore });
+      const waiter = new OfficialAccount({ ...options, cache: waiterStore });
+      const held = holder.accessToken.getToken();
+      await vi.waitFor(async () => expect(await waiterStore.get(`${holder.accessToken.cacheKey}:lock`)).toBeDefined());
+      const [token, seen] = await Promise.all([held, waiter.accessToken.getToken()]);
+      expect(seen).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(woken).toBeGreaterThanOrEqual(1);
+      await Promise.all([holder.close(), waiter.close()]);
+    } finally {
+      mock.setLatency(0);
+      await Promise.all([holderStore.close(), waiterStore.close()]);
+    }
+  });
+});
