@@ -13,7 +13,8 @@ export type WxkitErrorCode =
   | 'ERR_WXKIT_CACHE'
   | 'ERR_WXKIT_NO_TOKEN'
   | 'ERR_WXKIT_INVALID_OPTION'
-  | 'ERR_WXKIT_MESSAGE_CRYPTO';
+  | 'ERR_WXKIT_MESSAGE_CRYPTO'
+  | 'ERR_WXKIT_CREDENTIALS';
 
 const kWxkitError = Symbol.for('wxkit.error');
 const kWeChatApiError = Symbol.for('wxkit.error.WeChatApiError');
@@ -23,6 +24,7 @@ const kCacheError = Symbol.for('wxkit.error.CacheError');
 const kConfigError = Symbol.for('wxkit.error.ConfigError');
 const kTokenUnavailableError = Symbol.for('wxkit.error.TokenUnavailableError');
 const kMessageCryptoError = Symbol.for('wxkit.error.MessageCryptoError');
+const kCredentialsError = Symbol.for('wxkit.error.CredentialsError');
 
 function branded(instance: unknown, brand: symbol): boolean {
   return typeof instance === 'object' && instance !== null && (instance as Record<symbol, unknown>)[brand] === true;
@@ -196,6 +198,39 @@ export class MessageCryptoError extends WxkitError {
 
   static override [Symbol.hasInstance](instance: unknown): boolean {
     return branded(instance, kMessageCryptoError);
+  }
+}
+
+/** Why a {@link ClientPool} could not make a client; see {@link CredentialsError}. */
+export type CredentialsFailure =
+  /** The resolver answered `undefined` or `null`: it knows no such account. */
+  | 'unknown'
+  /** The resolver threw or rejected; `cause` is its error. */
+  | 'failed'
+  /** The resolver did not answer within the pool's `credentialsTimeoutMs`. */
+  | 'timeout'
+  /** The resolver answered something that is not credentials (not an object, a secret that is no string…). */
+  | 'invalid';
+
+/**
+ * A {@link ClientPool}'s credentials resolver gave no usable credentials for an account. `id` is the
+ * account asked for; `reason` says what went wrong. The message names fields and types, never a value.
+ * Nothing is remembered: the next `get()` of the account asks the resolver again.
+ */
+export class CredentialsError extends WxkitError {
+  readonly reason: CredentialsFailure;
+  /** The account asked for (an appId, or a WeCom pool's id). */
+  readonly id: string;
+
+  constructor(reason: CredentialsFailure, id: string, message: string, options?: { cause?: unknown }) {
+    super('ERR_WXKIT_CREDENTIALS', message, options);
+    this.reason = reason;
+    this.id = id;
+    Object.defineProperty(this, kCredentialsError, { value: true });
+  }
+
+  static override [Symbol.hasInstance](instance: unknown): boolean {
+    return branded(instance, kCredentialsError);
   }
 }
 

@@ -8,6 +8,16 @@ export {
 } from './clients/mini-program.js';
 export { Work, WORK_BASE_URL, type WorkOptions, type WorkMessageInput, type WorkMessageResult } from './clients/work.js';
 export { WeChatClient, type ClientEvent } from './clients/wechat-client.js';
+export {
+  ClientPool,
+  type ClientPoolOptions,
+  type ClientPoolKind,
+  type CredentialsResolver,
+  type CredentialsOf,
+  type ClientOf,
+  type AppCredentials,
+  type WorkCredentials,
+} from './clients/client-pool.js';
 export { remoteTokenSource, type TokenSource, type TokenSourceRequest, type RemoteTokenSourceOptions } from './token-source.js';
 export type { ClientOptions } from './client-core.js';
 export { AccessToken, type TokenCallOptions } from './access-token.js';
@@ -63,7 +73,9 @@ export {
   ConfigError,
   TokenUnavailableError,
   MessageCryptoError,
+  CredentialsError,
   type MessageCryptoFailure,
+  type CredentialsFailure,
   type WxkitErrorCode,
   type WeChatErrorBody,
 } from './errors.js';

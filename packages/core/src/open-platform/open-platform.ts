@@ -2,6 +2,7 @@ import { Agent, type Dispatcher } from 'undici';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
+import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import type { WeChatClient, ClientEvent } from '../clients/wechat-client.js';
@@ -104,9 +105,7 @@ export class OpenPlatform {
   readonly #component: TokenManager;
   readonly #options: Record<string, unknown>;
   readonly #dispatcher: Dispatcher | undefined;
-  readonly #clients = new Map<string, { client: WeChatClient; kind: 'official_account' | 'mini_program'; usedAt: number }>();
-  readonly #maxClients: number;
-  readonly #idleMs: number;
+  readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   #closed = false;
 
   constructor(options: OpenPlatformOptions) {
@@ -132,8 +131,13 @@ export class OpenPlatform {
       );
     }
     assertTokenCache('OpenPlatform options.durableStore', opts.durableStore);
-    this.#maxClients = optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true });
-    this.#idleMs = optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 });
+    this.#clients = new ClientLru({
+      maxClients: optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
+      idleMs: optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 }),
+      now: () => performance.now(),
+      // The clients share the pool and the store, which stay open: closing one drops its listeners only.
+      drop: ({ client }) => void client.close().catch(() => undefined),
+    });
     // Every authorizer client sends through one pool: 10,000 accounts need sockets per origin, not per account.
     this.#dispatcher = opts.dispatcher === undefined ? new Agent({ connections: 64 }) : undefined;
     this.#options = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
@@ -253,9 +257,7 @@ export class OpenPlatform {
   /** Closes every authorizer client, the shared connection pool, and this platform's own connections. */
   async close(): Promise<void> {
     this.#closed = true;
-    const clients = [...this.#clients.values()];
-    this.#clients.clear();
-    await Promise.all(clients.map(({ client }) => client.close()));
+    await Promise.all(this.#clients.clear().map(({ client }) => client.close()));
     this.#durable.dispose();
     await this.#core.close();
     await this.#dispatcher?.close();
@@ -268,16 +270,10 @@ export class OpenPlatform {
   #client(authorizerAppId: string, kind: 'official_account' | 'mini_program'): WeChatClient {
     if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizerAppId');
     const id = requireId('OpenPlatform', { authorizerAppId }, 'authorizerAppId');
-    const now = performance.now();
     const held = this.#clients.get(id);
-    if (held && held.kind === kind) {
-      // Most recently used last: Map order is the eviction order.
-      this.#clients.delete(id);
-      held.usedAt = now;
-      this.#clients.set(id, held);
-      return held.client;
-    }
-    this.#evict(now, held ? id : undefined);
+    if (held?.kind === kind) return held.client;
+    // The account was last used as the other kind: that client goes.
+    if (held) void this.#clients.delete(id)!.client.close().catch(() => undefined);
     const custom: CustomToken = () => ({
       key: this.#key('authorizer_access_token', id),
       label: 'authorizer_access_token',
@@ -286,25 +282,8 @@ export class OpenPlatform {
     const options = { ...this.#options, appId: id, [kTokenSource]: custom };
     const client =
       kind === 'official_account' ? new OfficialAccount(options as unknown as OfficialAccountOptions) : new MiniProgram(options as unknown as MiniProgramOptions);
-    this.#clients.set(id, { client, kind, usedAt: now });
+    this.#clients.set(id, { client, kind });
     return client;
-  }
-
-  /** Closes `replace` (a client of the other kind), clients idle past clientIdleMs, and the least recently used beyond maxClients. */
-  #evict(now: number, replace: string | undefined): void {
-    const drop: WeChatClient[] = [];
-    if (replace !== undefined) {
-      drop.push(this.#clients.get(replace)!.client);
-      this.#clients.delete(replace);
-    }
-    // Map order is least recently used first: stop at the first client that stays.
-    for (const [id, held] of this.#clients) {
-      if (this.#clients.size < this.#maxClients && now - held.usedAt <= this.#idleMs) break;
-      drop.push(held.client);
-      this.#clients.delete(id);
-    }
-    // The clients share the pool and the store, which stay open: closing one drops its listeners only.
-    for (const client of drop) void client.close().catch(() => undefined);
   }
 
   #componentUpstream(): Upstream<string> {
