@@ -8,6 +8,7 @@ import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, locklessPeers, storeDown } from './lib/faults.mjs';
 import { percentile, round, startWorkers, totals } from './lib/harness.mjs';
+import { OPEN_PLATFORM } from './open-platform.mjs';
 
 const PEERS = ['node-easywechat', 'co-wechat-api'];
 const STORES = ['file', 'redis', 'memcached'];
@@ -248,4 +249,4 @@ export async function faults(env) {
   };
 }
 
-export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, faults };
+export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, faults, ...OPEN_PLATFORM };

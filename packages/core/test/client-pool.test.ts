@@ -119,6 +119,14 @@ describe('ClientPool', () => {
     expect(calls).toHaveLength(2);
   });
 
+  it('its clients share the pool\'s store: setCache() on one is a ConfigError, not a silent split', async () => {
+    const apps = appsOnMock(1);
+    const { pool } = officialAccounts(apps);
+    const client = await pool.get([...apps.keys()][0]!);
+    expect(() => client.setCache(new MemoryCache())).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'cache' }));
+    await send(client);
+  });
+
   it('makes mini programs and WeCom apps', async () => {
     const mp = mock.createApp();
     const miniPrograms = new ClientPool({ kind: 'miniProgram', credentials: () => ({ secret: mp.secret }), baseUrl: mock.url, cache: new MemoryCache(), logger: false });

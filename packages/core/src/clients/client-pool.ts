@@ -1,10 +1,11 @@
 import { Agent, type Dispatcher } from 'undici';
-import { ClientCore, type ClientOptions } from '../client-core.js';
+import { CLIENT_DEFAULTS, ClientCore, kPoolCore, type ClientOptions } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from '../validate.js';
 import { ClientLru } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
+import type { ClientEvent } from './wechat-client.js';
 import { Work, WORK_BASE_URL } from './work.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
@@ -87,7 +88,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly kind: K;
   readonly #resolve: CredentialsResolver<K>;
   readonly #timeoutMs: number;
-  readonly #options: Record<string, unknown>;
+  readonly #options: Record<string | symbol, unknown>;
+  readonly #core: ClientCore;
   readonly #dispatcher: Dispatcher | undefined;
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
@@ -110,15 +112,17 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of OWN_OPTIONS) if (name !== 'tokenEndpoint') delete clientOptions[name];
     // Every client option is checked now, before any account is asked for, by the code that will use it.
-    const probe = new ClientCore(owner, 'pool', clientOptions, OWN_OPTIONS, this.kind === 'work' ? WORK_BASE_URL : undefined);
-    const timeoutMs = probe.http.timeoutMs;
-    void probe.close();
+    const timeoutMs = optionalNumber(owner, opts, 'timeoutMs', CLIENT_DEFAULTS.timeoutMs, { min: 1 });
     // One pool of connections for every client: sockets per origin, not per account.
     this.#dispatcher =
       opts.dispatcher === undefined
         ? new Agent({ connections: 64, keepAliveTimeout: 10_000, connect: { timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
         : undefined;
-    this.#options = { ...clientOptions, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
+    if (this.#dispatcher) clientOptions.dispatcher = this.#dispatcher;
+    // The pool's core checks every client option now, before any account is asked for, and holds what
+    // the clients share: the HTTP client, the stores, the settings. Each account costs its token manager.
+    this.#core = new ClientCore(owner, 'pool', clientOptions, OWN_OPTIONS, this.kind === 'work' ? WORK_BASE_URL : undefined);
+    this.#options = { ...clientOptions, [kPoolCore]: this.#core };
     const now = typeof opts.now === 'function' ? (opts.now as () => number) : () => performance.now();
     this.#clients = new ClientLru({
       maxClients: optionalNumber(owner, opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
@@ -127,6 +131,21 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       // The clients share the connection pool and the store, which stay open: closing one drops its listeners only.
       drop: (client) => void client.close().catch(() => undefined),
     });
+  }
+
+  /**
+   * Listens to the pool's own events: `cache.unavailable` / `cache.recovered` for the store every client
+   * shares (reported once for the pool, not once per account). Each client's token events are on the
+   * client (`(await pool.get(id)).on(…)`).
+   */
+  on(event: string, listener: (event: ClientEvent) => void): this {
+    this.#core.events.on(event, listener);
+    return this;
+  }
+
+  off(event: string, listener: (event: ClientEvent) => void): this {
+    this.#core.events.off(event, listener);
+    return this;
   }
 
   /** How many clients are held now. */
@@ -171,6 +190,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     this.#closed = true;
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
     await Promise.all(this.#clients.clear().map((client) => client.close()));
+    await this.#core.close();
     await this.#dispatcher?.close();
   }
 

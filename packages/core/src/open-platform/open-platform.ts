@@ -1,6 +1,6 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { TokenCache } from '../cache.js';
-import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
+import { ClientCore, assertOptionsObject, kPoolCore, requireId, type ClientOptions } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
@@ -103,6 +103,7 @@ export class OpenPlatform {
   readonly #crypto: MessageCrypto;
   readonly #durable: GuardedStore;
   readonly #component: TokenManager;
+  readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
   readonly #options: Record<string, unknown>;
   readonly #dispatcher: Dispatcher | undefined;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
@@ -148,6 +149,10 @@ export class OpenPlatform {
     }
     this.#durable = new GuardedStore(opts.durableStore as TokenCache, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
     this.#warnIfEvictable(opts.durableStore as TokenCache);
+    // The authorizer clients share this platform's HTTP client, stores and key schema: each account
+    // costs its token manager, not a copy of those.
+    (this.#options as Record<symbol, unknown>)[kPoolCore] = this.#core;
+    this.#authorizerShared = this.#sharedAuthorizerUpstream();
     this.#component = this.#core.manager(
       'component_access_token',
       this.#key('component_access_token'),
@@ -344,6 +349,11 @@ export class OpenPlatform {
   }
 
   #authorizerUpstream(authorizerAppId: string): Upstream<string> {
+    // Only the fetch is the account's own: 10,000 accounts share the rest.
+    return { ...this.#authorizerShared, fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken) };
+  }
+
+  #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
     const core = this.#core;
     return {
       // Inside the lock: the write-ahead, up to two token calls and an info call, and the durable writes.
@@ -351,7 +361,6 @@ export class OpenPlatform {
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
-      fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
       rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
       dropInput: (componentToken, error) => this.#component.invalidate(componentToken, (error as WeChatApiError).errcode),
     };
