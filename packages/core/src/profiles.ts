@@ -3,6 +3,14 @@ import { CacheError, ConfigError } from './errors.js';
 import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpValue } from './php-serialize.js';
 import { bareEntry, storeTtlSeconds, type KeySchema, type KeySubject, type StoredEntry } from './token/entry.js';
 import { assertOptionsObject, invalidOption, optionalChoice } from './validate.js';
+import {
+  easyWeChat4OpenPlatform,
+  easyWeChat6OpenPlatform,
+  openKeyPrefixOption,
+  silenceperOpenPlatform,
+  withOpenPlatform,
+  wxJavaOpenPlatform,
+} from './open-platform/peer-layouts.js';
 
 // Compatibility profiles: the same token protocol, reading and writing the entries another SDK keeps,
 // so a Node service joins a PHP, Python, Go or Java deployment without a migration. Every detail is
@@ -87,7 +95,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
   optionalChoice(name, options, 'store', ['thinkphp', 'laravel'], undefined);
   const safeSeconds = options.legacyTtl ? 500 : 0;
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     keyNeedsSecret: true,
@@ -118,7 +126,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
       return parsed === undefined ? undefined : bareEntry(phpGet(parsed, field));
     },
     ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 500 : safeSeconds),
-  };
+  }, easyWeChat4OpenPlatform(prefix));
 }
 
 function isPhp(value: unknown): value is PhpValue {
@@ -144,10 +152,11 @@ export interface EasyWeChat6Options {
  * EasyWeChat 6 is not in the deployment.
  */
 export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
-  return easyWeChat6Like('easyWeChat6', options, (token) => phpSerialize(token), (raw) => {
+  const schema = easyWeChat6Like('easyWeChat6', options, (token) => phpSerialize(token), (raw) => {
     const parsed = phpValue('easyWeChat6', raw);
     return parsed === undefined ? undefined : bareEntry(parsed);
   });
+  return withOpenPlatform(schema, easyWeChat6OpenPlatform(options.prefix ?? ''));
 }
 
 /**
@@ -256,7 +265,7 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
   assertOptionsObject(name, options);
   const store = optionalChoice(name, options, 'store', ['redis', 'memcached'], 'redis');
   const stableKeys = new Set<string>();
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     // credential/default_access_token.go: fmt.Sprintf("%s_access_token_%s", prefix, appID)
@@ -281,13 +290,15 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
     },
     // The classic token lives expires_in − 1500 s, the stable one expires_in − 300 s.
     ttlSeconds: (expiresIn, _field, key) => storeTtlSeconds(expiresIn, key !== undefined && stableKeys.has(key) ? 300 : 1500),
-  };
+  }, silenceperOpenPlatform());
 }
 
 /** Options of {@link wxJava}. */
 export interface WxJavaOptions {
   /** The keyPrefix given to WxMpRedisConfigImpl. @default 'wx' */
   keyPrefix?: string;
+  /** The keyPrefix given to WxJava's open-platform Redis storage (WxOpenInRedisTemplateConfigStorage). @default '' */
+  openKeyPrefix?: string;
 }
 
 /**
@@ -305,7 +316,7 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const escaped = keyPrefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const tokenKey = new RegExp(`^${escaped}:access_token:(.+)$`);
   const ticketKey = new RegExp(`^${escaped}:ticket:key:(.+):([^:]+)$`);
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     // weixin-java-mp/…/config/impl/WxMpRedisConfigImpl.java: ACCESS_TOKEN_KEY_TPL, TICKET_KEY_TPL, LOCK_KEY_TPL
@@ -322,5 +333,5 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     decode: (_field, raw) => bareEntry(raw),
     // WxMpRedisConfigImpl: tokens for expires_in, tickets for expires_in − 200.
     ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 200 : 0),
-  };
+  }, wxJavaOpenPlatform(openKeyPrefixOption(options as Record<string, unknown>)));
 }

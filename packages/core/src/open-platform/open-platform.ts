@@ -312,8 +312,8 @@ export class OpenPlatform {
 
   /** The stored verify ticket: every process reads the one the push handler wrote. */
   async #ticket(): Promise<string> {
-    const raw = await this.#durable.get(this.#key('component_verify_ticket'));
-    const ticket = decodeTicket(raw);
+    const key = this.#key('component_verify_ticket');
+    const ticket = this.#decodeTicket(key, await this.#durable.get(key));
     if (!ticket) {
       throw new TokenUnavailableError(
         `No component_verify_ticket is stored for ${this.appId}: WeChat pushes one every 10 minutes to the callback URL, which must call handleCallback(); until then no component_access_token can be fetched`,
@@ -325,9 +325,10 @@ export class OpenPlatform {
   async #storeTicket(ticket: string, createTime: number): Promise<void> {
     const key = this.#key('component_verify_ticket');
     // A push delivered late (WeChat retries) must not replace a newer ticket.
-    const stored = decodeTicket(await this.#durable.get(key).catch(() => undefined));
+    const stored = this.#decodeTicket(key, await this.#durable.get(key).catch(() => undefined));
     if (stored && stored.createTime > createTime) return;
-    const value = encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    const value = codec ? codec.encode(ticket) : encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
     await this.#durable.set(key, value, TICKET_TTL_SECONDS);
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
@@ -376,7 +377,10 @@ export class OpenPlatform {
    */
   async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
-    const stored = decodeRefresh(await this.#durable.get(key));
+    const raw = await this.#durable.get(key);
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    // A peer's bare refresh token carries no write-ahead: a 61023 is then recovered all the same.
+    const stored = codec ? wrapToken(raw === undefined ? undefined : codec.decode(raw)) : decodeRefresh(raw);
     let token = stored?.token;
     if (token === undefined) {
       token = await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing');
@@ -451,8 +455,18 @@ export class OpenPlatform {
   }
 
   async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
-    const value = encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
-    await this.#durable.set(this.#key('authorizer_refresh_token', authorizerAppId), value, REFRESH_TTL_SECONDS);
+    const key = this.#key('authorizer_refresh_token', authorizerAppId);
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    const value = codec ? codec.encode(record.token) : encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
+    await this.#durable.set(key, value, REFRESH_TTL_SECONDS);
+  }
+
+  /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */
+  #decodeTicket(key: string, raw: string | undefined): { ticket: string; createTime: number } | undefined {
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    if (!codec) return decodeTicket(raw);
+    const ticket = raw === undefined ? undefined : codec.decode(raw);
+    return ticket ? { ticket, createTime: 0 } : undefined;
   }
 
   #warnIfEvictable(store: TokenCache): void {
@@ -500,6 +514,10 @@ function decodeTicket(raw: string | undefined): { ticket: string; createTime: nu
   const ticket = record?.component_verify_ticket;
   if (typeof ticket !== 'string' || ticket === '') return undefined;
   return { ticket, createTime: typeof record!.create_time === 'number' ? record!.create_time : 0 };
+}
+
+function wrapToken(token: string | undefined): RefreshRecord | undefined {
+  return token ? { token } : undefined;
 }
 
 function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
