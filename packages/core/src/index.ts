@@ -49,6 +49,7 @@ export {
   type EntryField,
   type StoredEntry,
   type OpenPlatformEntry,
+  type RecordCodec,
 } from './token/entry.js';
 export {
   easyWeChat4,
