@@ -11,6 +11,7 @@ import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, locklessPeers, storeDown } from './lib/faults.mjs';
 import { LATENCY_MS, percentile, round, startWorkers, totals } from './lib/harness.mjs';
+import { OPEN_PLATFORM } from './open-platform.mjs';
 
 const PEERS = ['node-easywechat', 'co-wechat-api'];
 const STORES = ['file', 'redis', 'memcached'];
@@ -350,4 +351,4 @@ export async function faults(env) {
   };
 }
 
-export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, scale, faults };
+export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, scale, faults, ...OPEN_PLATFORM };

@@ -166,6 +166,14 @@ const RETIRED_OPTIONS: Record<string, string> = {
   lockLeaseMs: 'the lease is now computed from timeoutMs and cacheTimeoutMs (the critical section it guards); drop the option',
 };
 
+/**
+ * A client made by a ClientPool or an OpenPlatform passes the pool's core under this symbol: it reuses
+ * the pool's HTTP client, store, fallbacks and settings, and keeps only its token managers and events,
+ * so 10,000 accounts cost 10,000 token managers, not 10,000 copies of what they have in common.
+ * @internal
+ */
+export const kPoolCore = Symbol.for('wxkit.internal.poolCore');
+
 /** The parts of a client that its token managers, API client and helpers share. */
 export class ClientCore {
   readonly owner: string;
@@ -188,6 +196,8 @@ export class ClientCore {
   #fallbackDir: string | false;
   #host: GuardedStore | undefined;
   readonly #managers: TokenManager[] = [];
+  /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
+  readonly #pool: ClientCore | undefined;
 
   constructor(
     owner: string,
@@ -250,10 +260,24 @@ export class ClientCore {
     if (logger !== undefined && logger !== false && (logger === null || typeof (logger as Logger).warn !== 'function')) {
       throw invalidOption(owner, 'logger', 'an object with a warn() method (console, pino…) or false', logger);
     }
-    const schema = options.schema ?? (defaultSchema ??= nativeSchema());
+    const pool = (options as Record<symbol, unknown>)[kPoolCore] as ClientCore | undefined;
+    const schema = options.schema ?? pool?.schema ?? (defaultSchema ??= nativeSchema());
     if (!isKeySchema(schema)) throw invalidOption(owner, 'schema', 'a KeySchema such as nativeSchema()', schema);
 
     this.schema = schema;
+    this.log = new Log(logger as Logger | false | undefined, () => this.#events);
+    this.#pool = pool;
+    if (pool) {
+      // Same options as the pool's (it checked them already), so the same settings, HTTP client and stores.
+      this.settings = pool.settings;
+      this.http = pool.http;
+      this.#defaultStore = pool.#defaultStore;
+      this.#store = pool.#store;
+      this.#local = pool.#local;
+      this.#fallbackDir = pool.#fallbackDir;
+      this.#tiers = pool.#tiers;
+      return;
+    }
     this.settings = {
       memoMs,
       lockWaitMs,
@@ -262,7 +286,6 @@ export class ClientCore {
       refreshAheadMs: refreshAheadSeconds * 1000,
       refreshAheadJitterMs,
     };
-    this.log = new Log(logger as Logger | false | undefined, () => this.#events);
     this.http = new HttpClient({
       baseUrl,
       timeoutMs,
@@ -284,6 +307,9 @@ export class ClientCore {
 
   /** Swaps the store for every token and ticket of this client. */
   setCache(cache: TokenCache): void {
+    if (this.#pool) {
+      throw new ConfigError(`${this.owner} setCache(): this client shares the store of the ${this.#pool.owner} that made it; set the cache there`, 'cache');
+    }
     assertTokenCache(`${this.owner} setCache() cache`, cache);
     this.#store.dispose();
     this.#store = this.#guard(cache);
@@ -331,6 +357,8 @@ export class ClientCore {
 
   async close(): Promise<void> {
     for (const manager of this.#managers) manager.close();
+    // The HTTP client and the stores are the pool's: it closes them.
+    if (this.#pool) return;
     this.#store.dispose();
     this.#local.dispose();
     this.#host?.dispose();

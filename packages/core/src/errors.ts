@@ -13,7 +13,8 @@ export type WxkitErrorCode =
   | 'ERR_WXKIT_CACHE'
   | 'ERR_WXKIT_NO_TOKEN'
   | 'ERR_WXKIT_INVALID_OPTION'
-  | 'ERR_WXKIT_MESSAGE_CRYPTO';
+  | 'ERR_WXKIT_MESSAGE_CRYPTO'
+  | 'ERR_WXKIT_CREDENTIALS';
 
 // The brand of each class, `Symbol.for('wxkit.error.<Class>')`: shared by every copy of this module in a
 // process (ESM and CJS builds, two installed versions), so `instanceof` holds across the copies.
@@ -220,6 +221,38 @@ export class MessageCryptoError extends WxkitError {
 
   static {
     brand(this, 'wxkit.error.MessageCryptoError');
+  }
+}
+
+/** Why a {@link ClientPool} could not make a client; see {@link CredentialsError}. */
+export type CredentialsFailure =
+  /** The resolver answered `undefined` or `null`: it knows no such account. */
+  | 'unknown'
+  /** The resolver threw or rejected; `cause` is its error. */
+  | 'failed'
+  /** The resolver did not answer within the pool's `credentialsTimeoutMs`. */
+  | 'timeout'
+  /** The resolver answered something that is not credentials (not an object, a secret that is no string…). */
+  | 'invalid';
+
+/**
+ * A {@link ClientPool}'s credentials resolver gave no usable credentials for an account. `id` is the
+ * account asked for; `reason` says what went wrong. The message names fields and types, never a value.
+ * Nothing is remembered: the next `get()` of the account asks the resolver again.
+ */
+export class CredentialsError extends WxkitError {
+  readonly reason: CredentialsFailure;
+  /** The account asked for (an appId, or a WeCom pool's id). */
+  readonly id: string;
+
+  constructor(reason: CredentialsFailure, id: string, message: string, options?: { cause?: unknown }) {
+    super('ERR_WXKIT_CREDENTIALS', message, options);
+    this.reason = reason;
+    this.id = id;
+  }
+
+  static {
+    brand(this, 'wxkit.error.CredentialsError');
   }
 }
 

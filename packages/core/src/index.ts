@@ -29,6 +29,16 @@ export type {
   AuthorizerEvent,
   AuthorizerRefreshTokenRecoveredEvent,
 } from './events.js';
+export {
+  ClientPool,
+  type ClientPoolOptions,
+  type ClientPoolKind,
+  type CredentialsResolver,
+  type CredentialsOf,
+  type ClientOf,
+  type AppCredentials,
+  type WorkCredentials,
+} from './clients/client-pool.js';
 export { remoteTokenSource, type TokenSource, type TokenSourceRequest, type RemoteTokenSourceOptions } from './token-source.js';
 export type { ClientOptions } from './client-core.js';
 export { AccessToken, type TokenCallOptions } from './access-token.js';
@@ -61,6 +71,7 @@ export {
   type EncodeExtra,
   type StoredEntry,
   type OpenPlatformEntry,
+  type RecordCodec,
 } from './token/entry.js';
 export {
   easyWeChat4,
@@ -87,7 +98,9 @@ export {
   ConfigError,
   TokenUnavailableError,
   MessageCryptoError,
+  CredentialsError,
   type MessageCryptoFailure,
+  type CredentialsFailure,
   type WxkitErrorCode,
   type CacheErrorReason,
   type WeChatErrorBody,

@@ -5,6 +5,14 @@ import { igbinarySerialize, igbinaryUnserialize, looksLikeIgbinary, type Igbinar
 import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize, type PhpArray, type PhpValue } from './php-serialize.js';
 import { bareEntry, storeTtlSeconds, type KeySchema, type KeySubject, type StoredEntry } from './token/entry.js';
 import { assertOptionsObject, invalidOption, optionalChoice } from './validate.js';
+import {
+  easyWeChat4OpenPlatform,
+  easyWeChat6OpenPlatform,
+  openKeyPrefixOption,
+  silenceperOpenPlatform,
+  withOpenPlatform,
+  wxJavaOpenPlatform,
+} from './open-platform/peer-layouts.js';
 
 // Compatibility profiles: the same token protocol, reading and writing the entries another SDK keeps,
 // so a Node service joins a PHP, Python, Go or Java deployment without a migration. Every detail is
@@ -171,7 +179,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   const safeSeconds = options.legacyTtl ? 500 : 0;
   // 4.0–4.2.11's WeCom token (src/Work/Auth/AccessToken.php: $safeSeconds = 0) kept expires_in.
   const workKeys = new Set<string>();
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     keyNeedsSecret: true,
@@ -205,7 +213,7 @@ export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
     },
     ttlSeconds: (expiresIn, field, key) =>
       storeTtlSeconds(expiresIn, field === 'ticket' ? 500 : key !== undefined && workKeys.has(key) ? 0 : safeSeconds),
-  };
+  }, easyWeChat4OpenPlatform(prefix));
 }
 
 function marshallerOption(name: string, options: { marshaller?: unknown }): PhpMarshaller {
@@ -247,10 +255,11 @@ export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
   const name = 'easyWeChat6';
   assertOptionsObject(name, options);
   const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
-  return easyWeChat6Like(name, options, (token, key) => php.write(token, key), (raw, key) => {
+  const schema = easyWeChat6Like(name, options, (token, key) => php.write(token, key), (raw, key) => {
     const parsed = php.read(raw, key);
     return parsed === undefined ? undefined : bareEntry(parsed);
   });
+  return withOpenPlatform(schema, easyWeChat6OpenPlatform(typeof options.prefix === 'string' ? options.prefix : ''));
 }
 
 /**
@@ -361,7 +370,7 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
   assertOptionsObject(name, options);
   const store = optionalChoice(name, options, 'store', ['redis', 'memcached'], 'redis');
   const stableKeys = new Set<string>();
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     // credential/default_access_token.go: fmt.Sprintf("%s_access_token_%s", prefix, appID)
@@ -386,7 +395,7 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
     },
     // The classic token lives expires_in − 1500 s, the stable one expires_in − 300 s.
     ttlSeconds: (expiresIn, _field, key) => storeTtlSeconds(expiresIn, key !== undefined && stableKeys.has(key) ? 300 : 1500),
-  };
+  }, silenceperOpenPlatform());
 }
 
 /** Options of {@link wxJava}. */
@@ -406,6 +415,8 @@ export interface WxJavaOptions {
    * @default 'redisTemplate'
    */
   redisOps?: 'redisTemplate' | 'jedis' | 'redisson';
+  /** The keyPrefix given to WxJava's open-platform Redis storage (WxOpenInRedisTemplateConfigStorage). @default '' */
+  openKeyPrefix?: string;
 }
 
 /**
@@ -424,7 +435,7 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const escaped = keyPrefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const tokenKey = new RegExp(`^${escaped}:access_token:(.+)$`);
   const ticketKey = new RegExp(`^${escaped}:ticket:key:(.+):([^:]+)$`);
-  return {
+  return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
     // WxJava's RedisTemplate and Jedis locks are the lock every Java writer takes, so wxkit holding it
@@ -446,5 +457,5 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     decode: (_field, raw) => bareEntry(raw),
     // WxMpRedisConfigImpl: tokens for expires_in, tickets for expires_in − 200.
     ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 200 : 0),
-  };
+  }, wxJavaOpenPlatform(openKeyPrefixOption(options as Record<string, unknown>)));
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { HttpError, WeChatApiError, nativeSchema, type EntryField, type KeySubject } from '../src/index.js';
+import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wxJava, type EntryField, type KeySchema, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/entry.js';
 import { encodeMarker, markerFor } from '../src/token/failure.js';
 import { encodeRefreshRecord, encodeTicketRecord } from '../src/open-platform/open-platform.js';
@@ -59,6 +59,32 @@ describe('docs/key-schema.md test vectors', () => {
       const entry = row.entry!.replace(/ lock$/, '') as Parameters<NonNullable<typeof schema.openPlatformKey>>[0];
       const key = schema.openPlatformKey!(entry, row.component!, row.authorizer || undefined);
       expect(row.entry!.endsWith(' lock') ? schema.lockKey(key) : key, row.entry).toBe(row.key);
+    }
+  });
+
+  it('open-platform keys, values, locks and TTLs on the compatibility profiles', () => {
+    const rows = table('Open-platform profile vectors');
+    expect(rows.length).toBeGreaterThanOrEqual(14);
+    const profiles: Record<string, (options: never) => KeySchema> = { easyWeChat4, easyWeChat6, wxJava, silenceper };
+    for (const row of rows) {
+      const label = `${row.profile} ${row.options} ${row.entry}`;
+      const schema = profiles[row.profile!]!(JSON.parse(row.options!) as never);
+      const entry = row.entry as Parameters<NonNullable<KeySchema['openPlatformKey']>>[0];
+      const key = schema.openPlatformKey!(entry, 'wxc0a1b2c3d4e5f601', entry.startsWith('authorizer_') ? 'wx4202f388888ab123' : undefined);
+      expect(key, label).toBe(row.key);
+      if (entry.endsWith('_access_token')) {
+        expect(schema.lockKey(key), label).toBe(row.lock);
+        expect(schema.encode('access_token', 'TOKEN123', 7200, 1763996400), label).toBe(row['stored value']);
+        expect(schema.ttlSeconds(7200, 'access_token', key), label).toBe(Number(row.ttl));
+        expect(schema.decode('access_token', row['stored value']!)?.value, label).toBe('TOKEN123');
+        expect(schema.openPlatformRecord?.(key), label).toBeUndefined();
+      } else if (row['stored value'] === 'wxkit record') {
+        expect(schema.openPlatformRecord?.(key), label).toBeUndefined();
+      } else {
+        const codec = schema.openPlatformRecord?.(key);
+        expect(codec?.encode('VALUE123'), label).toBe(row['stored value']);
+        expect(codec?.decode(row['stored value']!), label).toBe('VALUE123');
+      }
     }
   });
 

@@ -1,7 +1,16 @@
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MemoryCache, OpenPlatform, type ClientEvent, type AuthorizerRefreshTokenRecoveredEvent, type OpenPlatformOptions } from '../src/index.js';
+import {
+  MemoryCache,
+  OpenPlatform,
+  easyWeChat6,
+  silenceper,
+  wxJava,
+  type ClientEvent,
+  type AuthorizerRefreshTokenRecoveredEvent,
+  type OpenPlatformOptions,
+} from '../src/index.js';
 import { rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -231,6 +240,66 @@ describe('authorizers', () => {
     expect(mock.counters(a).templateSends).toBe(1);
   });
 });
+
+describe('on a compatibility profile', () => {
+  it('wxJava: the ticket and refresh tokens WxJava stored are used, and what wxkit writes is what WxJava reads (bare, its keys)', async () => {
+    const s = setup();
+    const open = s.make({ schema: wxJava() });
+    const c = s.component.appId;
+    // What WxJava's WxOpenInRedisTemplateConfigStorage left in the store: bare strings under its keys.
+    await s.durable.set(`wechat_component_verify_ticket:${c}`, mock.issueVerifyTicket(c), 3600);
+    const [{ authorizerAppId: a, refreshToken }] = mock.authorizeMany(c, 1) as [{ authorizerAppId: string; refreshToken: string }];
+    await s.durable.set(`wechat_authorizer_refresh_token:${c}:${a}`, refreshToken, 3600);
+    await send(open, a);
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+    // WeChat rotated the refresh token: the new one is stored bare, where WxJava reads it.
+    expect(await s.durable.get(`wechat_authorizer_refresh_token:${c}:${a}`)).toBe(mock.authorizerRefreshToken(a));
+    expect(mock.authorizerRefreshToken(a)).not.toBe(refreshToken);
+    const componentToken = await s.cache.get(`wechat_component_access_token:${c}`);
+    expect(componentToken).toMatch(/^\d{2}_/);
+    expect(await s.cache.get(`wechat_authorizer_access_token:${c}:${a}`)).toMatch(/^\d{2}_/);
+    // The TTL WxJava gives them: expires_in − 200.
+    expect(await s.cache.ttlMs!(`wechat_authorizer_access_token:${c}:${a}`)).toBeLessThanOrEqual((7200 - 200) * 1000);
+  });
+
+  it('wxJava: a bare refresh token WeChat no longer takes (a Java refresh died after WeChat rotated it) is recovered, not lost', async () => {
+    const s = setup();
+    const open = s.make({ schema: wxJava({ openKeyPrefix: 'shop1' }) });
+    const c = s.component.appId;
+    await s.durable.set(`shop1:wechat_component_verify_ticket:${c}`, mock.issueVerifyTicket(c), 3600);
+    const [{ authorizerAppId: a, refreshToken }] = mock.authorizeMany(c, 1) as [{ authorizerAppId: string; refreshToken: string }];
+    await s.durable.set(`shop1:wechat_authorizer_refresh_token:${c}:${a}`, 'refreshtoken@@@rotated-away', 3600);
+    expect(refreshToken).not.toBe('refreshtoken@@@rotated-away');
+    const events: AuthorizerRefreshTokenRecoveredEvent[] = [];
+    open.on('authorizer_refresh_token.recovered', (event) => events.push(event));
+    await send(open, a);
+    expect(events.map((event) => event.reason)).toEqual(['rejected']);
+    expect(await s.durable.get(`shop1:wechat_authorizer_refresh_token:${c}:${a}`)).toBe(mock.authorizerRefreshToken(a));
+    expect(mock.counters(a)).toMatchObject({ templateSends: 1, errcodes: { '61023': 1 } });
+  });
+
+  it('easyWeChat6: the verify ticket and the component token under EasyWeChat 6\'s keys, PHP-serialised', async () => {
+    const s = setup();
+    const c = s.component.appId;
+    // EasyWeChat 6's VerifyTicket::setTicket() through a ThinkPHP cache with prefix think:
+    await s.durable.set(`think:open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const token = await open.componentAccessToken();
+    expect(await s.cache.get(`think:open_platform.component_access_token.${c}`)).toBe(phpString(token));
+    expect(mock.counters(c).componentTokenRequests).toBe(1);
+  });
+
+  it('silenceper: the component token bare under component_access_token_{appid}, the ticket under wxkit\'s key', async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await withTicket(s);
+    const token = await s.make({ schema: silenceper() }).componentAccessToken();
+    expect(await s.cache.get(`component_access_token_${c}`)).toBe(token);
+  });
+});
+
+/** A string as PHP's serialize() writes it. */
+const phpString = (value: string) => `s:${Buffer.byteLength(value)}:"${value}";`;
 
 describe('options', () => {
   it('durableStore is required, and bad keys are ConfigErrors naming the option', () => {

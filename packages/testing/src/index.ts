@@ -11,6 +11,7 @@ export {
   type MockComponent,
   type MockAuthorizeOptions,
   type MockAuthorization,
+  type MockAuthorizedAccount,
   type MockPushResult,
 } from './mock-wechat.js';
 export { mockServerCommand } from './cli.js';

@@ -167,6 +167,25 @@ describe('authorization and authorizer tokens', () => {
     expect(info.authorization_info.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
   });
 
+  it('authorizeMany: accounts authorized at once, each refresh token working once, no access token issued', async () => {
+    const component = mock.createComponent();
+    const tokenAnswer = await componentToken(component);
+    const accounts = mock.authorizeMany(component.appId, 3);
+    expect(new Set(accounts.map((account) => account.authorizerAppId)).size).toBe(3);
+    for (const { authorizerAppId, refreshToken } of accounts) {
+      expect(mock.authorizerRefreshToken(authorizerAppId)).toBe(refreshToken);
+      expect(mock.counters(authorizerAppId).tokensIssued).toBe(0);
+      const refresh = () =>
+        post(`cgi-bin/component/api_authorizer_token?component_access_token=${tokenAnswer.component_access_token}`, {
+          component_appid: component.appId,
+          authorizer_appid: authorizerAppId,
+          authorizer_refresh_token: refreshToken,
+        });
+      expect((await refresh()).authorizer_access_token).toMatch(/^\d{2}_/);
+      expect((await refresh()).errcode).toBe(61023);
+    }
+  });
+
   it('a lost-answer fault: WeChat rotates the refresh token, and the caller never hears the new one', async () => {
     const component = mock.createComponent();
     const { token, grant } = await authorized(component);

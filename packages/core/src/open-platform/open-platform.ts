@@ -1,7 +1,8 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { TokenCache } from '../cache.js';
-import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
+import { ClientCore, assertOptionsObject, kPoolCore, requireId, type ClientOptions } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
+import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import type { WeChatClient } from '../clients/wechat-client.js';
@@ -103,11 +104,10 @@ export class OpenPlatform {
   readonly #crypto: MessageCrypto;
   readonly #durable: GuardedStore;
   readonly #component: TokenManager;
+  readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
   readonly #options: Record<string, unknown>;
   readonly #dispatcher: Dispatcher | undefined;
-  readonly #clients = new Map<string, { client: WeChatClient; kind: 'official_account' | 'mini_program'; usedAt: number }>();
-  readonly #maxClients: number;
-  readonly #idleMs: number;
+  readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   #closed = false;
 
   constructor(options: OpenPlatformOptions) {
@@ -133,8 +133,13 @@ export class OpenPlatform {
       );
     }
     assertTokenCache('OpenPlatform options.durableStore', opts.durableStore);
-    this.#maxClients = optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true });
-    this.#idleMs = optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 });
+    this.#clients = new ClientLru({
+      maxClients: optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
+      idleMs: optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 }),
+      now: () => performance.now(),
+      // The clients share the pool and the store, which stay open: closing one drops its listeners only.
+      drop: ({ client }) => void client.close().catch(() => undefined),
+    });
     // Every authorizer client sends through one pool: 10,000 accounts need sockets per origin, not per account.
     this.#dispatcher = opts.dispatcher === undefined ? new Agent({ connections: 64 }) : undefined;
     this.#options = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
@@ -145,6 +150,10 @@ export class OpenPlatform {
     }
     this.#durable = new GuardedStore(opts.durableStore as TokenCache, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
     this.#warnIfEvictable(opts.durableStore as TokenCache);
+    // The authorizer clients share this platform's HTTP client, stores and key schema: each account
+    // costs its token manager, not a copy of those.
+    (this.#options as Record<symbol, unknown>)[kPoolCore] = this.#core;
+    this.#authorizerShared = this.#sharedAuthorizerUpstream();
     this.#component = this.#core.manager(
       'component_access_token',
       this.#key('component_access_token'),
@@ -254,9 +263,7 @@ export class OpenPlatform {
   /** Closes every authorizer client, the shared connection pool, and this platform's own connections. */
   async close(): Promise<void> {
     this.#closed = true;
-    const clients = [...this.#clients.values()];
-    this.#clients.clear();
-    await Promise.all(clients.map(({ client }) => client.close()));
+    await Promise.all(this.#clients.clear().map(({ client }) => client.close()));
     this.#durable.dispose();
     await this.#core.close();
     await this.#dispatcher?.close();
@@ -269,16 +276,10 @@ export class OpenPlatform {
   #client(authorizerAppId: string, kind: 'official_account' | 'mini_program'): WeChatClient {
     if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizerAppId');
     const id = requireId('OpenPlatform', { authorizerAppId }, 'authorizerAppId');
-    const now = performance.now();
     const held = this.#clients.get(id);
-    if (held && held.kind === kind) {
-      // Most recently used last: Map order is the eviction order.
-      this.#clients.delete(id);
-      held.usedAt = now;
-      this.#clients.set(id, held);
-      return held.client;
-    }
-    this.#evict(now, held ? id : undefined);
+    if (held?.kind === kind) return held.client;
+    // The account was last used as the other kind: that client goes.
+    if (held) void this.#clients.delete(id)!.client.close().catch(() => undefined);
     const custom: CustomToken = () => ({
       key: this.#key('authorizer_access_token', id),
       label: 'authorizer_access_token',
@@ -287,25 +288,8 @@ export class OpenPlatform {
     const options = { ...this.#options, appId: id, [kTokenSource]: custom };
     const client =
       kind === 'official_account' ? new OfficialAccount(options as unknown as OfficialAccountOptions) : new MiniProgram(options as unknown as MiniProgramOptions);
-    this.#clients.set(id, { client, kind, usedAt: now });
+    this.#clients.set(id, { client, kind });
     return client;
-  }
-
-  /** Closes `replace` (a client of the other kind), clients idle past clientIdleMs, and the least recently used beyond maxClients. */
-  #evict(now: number, replace: string | undefined): void {
-    const drop: WeChatClient[] = [];
-    if (replace !== undefined) {
-      drop.push(this.#clients.get(replace)!.client);
-      this.#clients.delete(replace);
-    }
-    // Map order is least recently used first: stop at the first client that stays.
-    for (const [id, held] of this.#clients) {
-      if (this.#clients.size < this.#maxClients && now - held.usedAt <= this.#idleMs) break;
-      drop.push(held.client);
-      this.#clients.delete(id);
-    }
-    // The clients share the pool and the store, which stay open: closing one drops its listeners only.
-    for (const client of drop) void client.close().catch(() => undefined);
   }
 
   #componentUpstream(): Upstream<string> {
@@ -329,8 +313,8 @@ export class OpenPlatform {
 
   /** The stored verify ticket: every process reads the one the push handler wrote. */
   async #ticket(): Promise<string> {
-    const raw = await this.#durable.get(this.#key('component_verify_ticket'));
-    const ticket = decodeTicket(raw);
+    const key = this.#key('component_verify_ticket');
+    const ticket = this.#decodeTicket(key, await this.#durable.get(key));
     if (!ticket) {
       throw new TokenUnavailableError(
         `No component_verify_ticket is stored for ${this.appId}: WeChat pushes one every 10 minutes to the callback URL, which must call handleCallback(); until then no component_access_token can be fetched`,
@@ -342,9 +326,10 @@ export class OpenPlatform {
   async #storeTicket(ticket: string, createTime: number): Promise<void> {
     const key = this.#key('component_verify_ticket');
     // A push delivered late (WeChat retries) must not replace a newer ticket.
-    const stored = decodeTicket(await this.#durable.get(key).catch(() => undefined));
+    const stored = this.#decodeTicket(key, await this.#durable.get(key).catch(() => undefined));
     if (stored && stored.createTime > createTime) return;
-    const value = encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    const value = codec ? codec.encode(ticket) : encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
     await this.#durable.set(key, value, TICKET_TTL_SECONDS);
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
@@ -366,6 +351,11 @@ export class OpenPlatform {
   }
 
   #authorizerUpstream(authorizerAppId: string): Upstream<string> {
+    // Only the fetch is the account's own: 10,000 accounts share the rest.
+    return { ...this.#authorizerShared, fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken) };
+  }
+
+  #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
     const core = this.#core;
     return {
       // Inside the lock: the write-ahead, up to two token calls and an info call, and the durable writes.
@@ -373,7 +363,6 @@ export class OpenPlatform {
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
-      fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
       rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
       dropInput: (componentToken, error) => this.#component.invalidate(componentToken, (error as WeChatApiError).errcode),
     };
@@ -389,7 +378,10 @@ export class OpenPlatform {
    */
   async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
-    const stored = decodeRefresh(await this.#durable.get(key));
+    const raw = await this.#durable.get(key);
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    // A peer's bare refresh token carries no write-ahead: a 61023 is then recovered all the same.
+    const stored = codec ? wrapToken(raw === undefined ? undefined : codec.decode(raw)) : decodeRefresh(raw);
     let token = stored?.token;
     if (token === undefined) {
       token = await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing');
@@ -464,8 +456,18 @@ export class OpenPlatform {
   }
 
   async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
-    const value = encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
-    await this.#durable.set(this.#key('authorizer_refresh_token', authorizerAppId), value, REFRESH_TTL_SECONDS);
+    const key = this.#key('authorizer_refresh_token', authorizerAppId);
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    const value = codec ? codec.encode(record.token) : encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
+    await this.#durable.set(key, value, REFRESH_TTL_SECONDS);
+  }
+
+  /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */
+  #decodeTicket(key: string, raw: string | undefined): { ticket: string; createTime: number } | undefined {
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    if (!codec) return decodeTicket(raw);
+    const ticket = raw === undefined ? undefined : codec.decode(raw);
+    return ticket ? { ticket, createTime: 0 } : undefined;
   }
 
   #warnIfEvictable(store: TokenCache): void {
@@ -513,6 +515,10 @@ function decodeTicket(raw: string | undefined): { ticket: string; createTime: nu
   const ticket = record?.component_verify_ticket;
   if (typeof ticket !== 'string' || ticket === '') return undefined;
   return { ticket, createTime: typeof record!.create_time === 'number' ? record!.create_time : 0 };
+}
+
+function wrapToken(token: string | undefined): RefreshRecord | undefined {
+  return token ? { token } : undefined;
 }
 
 function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {

@@ -98,6 +98,19 @@ export interface KeySchema {
    * an OpenPlatform.
    */
   openPlatformKey?(entry: OpenPlatformEntry, componentAppId: string, authorizerAppId?: string): string;
+  /**
+   * How a durable entry (verify ticket, refresh token) stored under `key` is encoded when a peer SDK keeps
+   * it in its own format (the bare string, a PHP-serialised string); undefined: wxkit's JSON record
+   * (docs/key-schema.md), which also carries the write-ahead and the push time.
+   */
+  openPlatformRecord?(key: string): RecordCodec | undefined;
+}
+
+/** A peer's encoding of a durable open-platform entry: the value alone, nothing beside it. */
+export interface RecordCodec {
+  encode(value: string): string;
+  /** The value, or undefined when `raw` holds none. */
+  decode(raw: string): string | undefined;
 }
 
 /** The open platform's entries: see {@link KeySchema.openPlatformKey}. */

@@ -3,4 +3,4 @@
 export { startMockWeChat, type MockWeChat, type MockWeChatOptions } from './server.js';
 export type { MockApp, MockWorkApp, MockQuotas, MockCounters } from './model.js';
 export type { MockFault, MockFaultKind } from './faults.js';
-export type { MockComponent, MockAuthorizeOptions, MockAuthorization, MockPushResult } from './open-platform.js';
+export type { MockComponent, MockAuthorizeOptions, MockAuthorization, MockAuthorizedAccount, MockPushResult } from './open-platform.js';

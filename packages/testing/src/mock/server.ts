@@ -14,7 +14,7 @@ import {
   type MockQuotas,
   type MockWorkApp,
 } from './model.js';
-import { OpenPlatform, type MockAuthorization, type MockAuthorizeOptions, type MockComponent, type MockPushResult } from './open-platform.js';
+import { OpenPlatform, type MockAuthorization, type MockAuthorizeOptions, type MockAuthorizedAccount, type MockComponent, type MockPushResult } from './open-platform.js';
 import { createRoutes } from './routes.js';
 
 /** Options of {@link startMockWeChat}. */
@@ -105,6 +105,11 @@ export interface MockWeChat {
   pushesSettled(): Promise<void>;
   /** An account's admin authorizes the component; returns the authorization code for api_query_auth. */
   authorize(componentAppId: string, options?: MockAuthorizeOptions): MockAuthorization;
+  /**
+   * `count` new accounts authorize at once, their authorizations completed: each one's refresh token
+   * as api_query_auth would have handed it over, no access token yet. For seeding a durable store.
+   */
+  authorizeMany(componentAppId: string, count: number): MockAuthorizedAccount[];
   /** The account revokes the authorization: its refresh token answers 61003 and its tokens die. */
   revokeAuthorization(authorizerAppId: string): void;
   /** The authorizer_refresh_token WeChat accepts now (undefined once revoked). */
@@ -422,6 +427,7 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     issueVerifyTicket: (appId) => openPlatform.issueVerifyTicket(appId),
     pushesSettled: () => openPlatform.settled(),
     authorize: (appId, authorizeOptions) => openPlatform.authorize(appId, authorizeOptions),
+    authorizeMany: (appId, count) => openPlatform.authorizeMany(appId, count),
     revokeAuthorization: (appId) => openPlatform.revoke(appId),
     authorizerRefreshToken: (appId) => openPlatform.refreshTokenOf(appId),
     now,

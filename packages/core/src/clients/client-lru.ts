@@ -1,0 +1,70 @@
+/**
+ * Clients kept by id for the apps that hold many (OpenPlatform's authorizers, ClientPool's accounts):
+ * at most `maxClients`, none unused for longer than `idleMs`. Eviction happens when the map is used,
+ * never on a timer, so 10,000 idle accounts cost no timers and keep no event loop awake.
+ *
+ * A Map iterates in insertion order; a client is re-inserted when used, so the first entries are the
+ * least recently used ones and a sweep stops at the first one that stays.
+ * @internal
+ */
+export class ClientLru<T> {
+  readonly #entries = new Map<string, { value: T; usedAt: number }>();
+  readonly #maxClients: number;
+  readonly #idleMs: number;
+  readonly #now: () => number;
+  readonly #drop: (value: T) => void;
+
+  constructor(options: { maxClients: number; idleMs: number; now: () => number; drop: (value: T) => void }) {
+    this.#maxClients = options.maxClients;
+    this.#idleMs = options.idleMs;
+    this.#now = options.now;
+    this.#drop = options.drop;
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** The client held for `id`, marked as used now; idle ones are dropped first. */
+  get(id: string): T | undefined {
+    const now = this.#now();
+    const held = this.#entries.get(id);
+    if (held) {
+      this.#entries.delete(id);
+      held.usedAt = now;
+      this.#entries.set(id, held);
+    }
+    this.#sweep(now, 0);
+    return held?.value;
+  }
+
+  /** Holds `value` for `id` (replacing nothing: call {@link delete} first), making room beyond maxClients. */
+  set(id: string, value: T): void {
+    const now = this.#now();
+    this.#sweep(now, 1);
+    this.#entries.set(id, { value, usedAt: now });
+  }
+
+  /** Forgets `id` and hands its client back, unclosed. */
+  delete(id: string): T | undefined {
+    const held = this.#entries.get(id);
+    this.#entries.delete(id);
+    return held?.value;
+  }
+
+  /** Forgets every client and hands them back, unclosed. */
+  clear(): T[] {
+    const values = [...this.#entries.values()].map((held) => held.value);
+    this.#entries.clear();
+    return values;
+  }
+
+  /** Drops the clients idle past idleMs, and the least recently used while `room` more would exceed maxClients. */
+  #sweep(now: number, room: number): void {
+    for (const [id, held] of this.#entries) {
+      if (this.#entries.size + room <= this.#maxClients && now - held.usedAt <= this.#idleMs) break;
+      this.#entries.delete(id);
+      this.#drop(held.value);
+    }
+  }
+}

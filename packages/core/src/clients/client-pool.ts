@@ -1,0 +1,247 @@
+import { Agent, type Dispatcher } from 'undici';
+import { CLIENT_DEFAULTS, ClientCore, kPoolCore, type ClientOptions } from '../client-core.js';
+import { ConfigError, CredentialsError } from '../errors.js';
+import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from '../validate.js';
+import { ClientLru } from './client-lru.js';
+import { MiniProgram } from './mini-program.js';
+import { OfficialAccount, type TokenEndpoint } from './official-account.js';
+import type { ClientEvent, TokenEvents } from '../events.js';
+import { Work, WORK_BASE_URL } from './work.js';
+
+/** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
+export type ClientPoolKind = 'officialAccount' | 'miniProgram' | 'work';
+
+/** An official account's or mini program's credentials, as the resolver hands them back. */
+export interface AppCredentials {
+  /** The AppSecret. May be left out only when the pool has `tokenSource` or `refresh: 'never'`. */
+  secret?: string;
+}
+
+/** A WeCom app's credentials, as the resolver hands them back. */
+export interface WorkCredentials {
+  corpId: string;
+  agentId: string | number;
+  /** The agent's secret. May be left out only when the pool has `tokenSource` or `refresh: 'never'`. */
+  secret?: string;
+}
+
+/** The credentials a pool of `K` expects from its resolver. */
+export type CredentialsOf<K extends ClientPoolKind> = K extends 'work' ? WorkCredentials : AppCredentials;
+/** The client a pool of `K` hands out. */
+export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? OfficialAccount : K extends 'miniProgram' ? MiniProgram : Work;
+
+/**
+ * Looks an account's credentials up (in the SaaS's own database, a vault…). `undefined` or `null`: no
+ * such account. It is called once per client made, not per send, and never twice at once for one id.
+ */
+export type CredentialsResolver<K extends ClientPoolKind> = (
+  id: string,
+) => CredentialsOf<K> | undefined | null | Promise<CredentialsOf<K> | undefined | null>;
+
+/** Options of {@link ClientPool}: what to make, where credentials come from, and every client option, shared. */
+export interface ClientPoolOptions<K extends ClientPoolKind> extends ClientOptions {
+  /** `officialAccount`, `miniProgram` or `work`. */
+  kind: K;
+  /**
+   * Resolves an id to credentials on first use. For official accounts and mini programs the id is the
+   * appId; for WeCom it is any name of yours for the app (`ww…:1000002`, a tenant id), and the resolver
+   * returns `corpId`, `agentId` and `secret`.
+   */
+  credentials: CredentialsResolver<K>;
+  /**
+   * At most this many clients are kept; the least recently used one is closed beyond it. A client is
+   * cheap to make again: its tokens are in the store, and only the resolver is asked again. @default 1000
+   */
+  maxClients?: number;
+  /** A client unused this long, in ms, is closed at the next `get()` (no timers). @default 600000 */
+  clientIdleMs?: number;
+  /** How long the resolver may take, in ms, before `get()` fails with reason `timeout`. @default 10000 */
+  credentialsTimeoutMs?: number;
+  /** Official accounts and mini programs: the token endpoint of every client (see OfficialAccountOptions). */
+  tokenEndpoint?: TokenEndpoint;
+}
+
+const OWN_OPTIONS = ['kind', 'credentials', 'maxClients', 'clientIdleMs', 'credentialsTimeoutMs', 'tokenEndpoint'] as const;
+const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, credentialsTimeoutMs: 10_000 });
+const KINDS = ['officialAccount', 'miniProgram', 'work'] as const;
+const APP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/**
+ * Clients for many accounts, made on first use from credentials you resolve, so 10,000 accounts need no
+ * configuration up front: `get(appId)` asks the resolver once, builds an ordinary client (template
+ * messages, JS-SDK, 40001 recovery, the token shared through `cache`), and keeps it while it is used.
+ * Idle clients and those beyond `maxClients` are closed at the next `get()`; there is no timer per
+ * client. All clients share the options given here and one connection pool.
+ *
+ * @example
+ * ```ts
+ * const accounts = new ClientPool({
+ *   kind: 'officialAccount',
+ *   credentials: async (appId) => db.oneOrNone('SELECT secret FROM wechat_accounts WHERE app_id = $1', [appId]),
+ *   cache: new RedisCache(process.env.REDIS_URL!),
+ * });
+ * await (await accounts.get(appId)).templateMessage.send({ touser, template_id, data });
+ * ```
+ */
+export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
+  readonly kind: K;
+  readonly #resolve: CredentialsResolver<K>;
+  readonly #timeoutMs: number;
+  readonly #options: Record<string | symbol, unknown>;
+  readonly #core: ClientCore;
+  readonly #dispatcher: Dispatcher | undefined;
+  readonly #clients: ClientLru<ClientOf<K>>;
+  readonly #pending = new Map<string, Promise<ClientOf<K>>>();
+  #closed = false;
+
+  constructor(options: ClientPoolOptions<K>) {
+    const owner = 'ClientPool';
+    assertOptionsObject(owner, options);
+    const opts = options as unknown as Record<string, unknown>;
+    if (opts.kind === undefined) throw new ConfigError(`${owner} options.kind is required: 'officialAccount', 'miniProgram' or 'work'`, 'kind');
+    this.kind = optionalChoice(owner, opts, 'kind', KINDS, 'officialAccount') as K;
+    const resolve = optionalFunction<CredentialsResolver<K>>(owner, opts, 'credentials');
+    if (!resolve) throw invalidOption(owner, 'credentials', 'a function (id) => credentials, or a promise of them', opts.credentials);
+    this.#resolve = resolve;
+    this.#timeoutMs = optionalNumber(owner, opts, 'credentialsTimeoutMs', DEFAULTS.credentialsTimeoutMs, { min: 1 });
+    if (this.kind === 'work' && opts.tokenEndpoint !== undefined) {
+      throw new ConfigError(`${owner} options.tokenEndpoint is for official accounts and mini programs; WeCom has one token endpoint`, 'tokenEndpoint');
+    }
+    optionalChoice(owner, opts, 'tokenEndpoint', ['stable', 'classic'], undefined);
+    const clientOptions: Record<string, unknown> = { ...opts };
+    for (const name of OWN_OPTIONS) if (name !== 'tokenEndpoint') delete clientOptions[name];
+    // Every client option is checked now, before any account is asked for, by the code that will use it.
+    const timeoutMs = optionalNumber(owner, opts, 'timeoutMs', CLIENT_DEFAULTS.timeoutMs, { min: 1 });
+    // One pool of connections for every client: sockets per origin, not per account.
+    this.#dispatcher =
+      opts.dispatcher === undefined
+        ? new Agent({ connections: 64, keepAliveTimeout: 10_000, connect: { timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
+        : undefined;
+    if (this.#dispatcher) clientOptions.dispatcher = this.#dispatcher;
+    // The pool's core checks every client option now, before any account is asked for, and holds what
+    // the clients share: the HTTP client, the stores, the settings. Each account costs its token manager.
+    this.#core = new ClientCore(owner, 'pool', clientOptions, OWN_OPTIONS, this.kind === 'work' ? WORK_BASE_URL : undefined);
+    this.#options = { ...clientOptions, [kPoolCore]: this.#core };
+    const now = typeof opts.now === 'function' ? (opts.now as () => number) : () => performance.now();
+    this.#clients = new ClientLru({
+      maxClients: optionalNumber(owner, opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
+      idleMs: optionalNumber(owner, opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 }),
+      now,
+      // The clients share the connection pool and the store, which stay open: closing one drops its listeners only.
+      drop: (client) => void client.close().catch(() => undefined),
+    });
+  }
+
+  /**
+   * Listens to the pool's own events: `cache.unavailable` / `cache.recovered` for the store every client
+   * shares (reported once for the pool, not once per account). Each client's token events are on the
+   * client (`(await pool.get(id)).on(…)`).
+   */
+  on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.#core.events.on(event, listener as (event: ClientEvent) => void);
+    return this;
+  }
+
+  off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.#core.events.off(event, listener as (event: ClientEvent) => void);
+    return this;
+  }
+
+  /** How many clients are held now. */
+  get size(): number {
+    return this.#clients.size;
+  }
+
+  /**
+   * The client of `id`: the one held, or one made now from the resolver's credentials. Concurrent first
+   * calls for one id share one resolver call and one client. Rejects with a CredentialsError when the
+   * resolver fails, times out, knows no such account or returns something unusable; nothing of a failure
+   * is remembered, so the next call asks again.
+   */
+  get(id: string): Promise<ClientOf<K>> {
+    if (this.#closed) return Promise.reject(new ConfigError('ClientPool is closed', 'id'));
+    if (typeof id !== 'string' || !(this.kind === 'work' ? WORK_ID : APP_ID).test(id)) {
+      const rule = this.kind === 'work' ? 'up to 128 letters, digits, `_`, `.`, `:` or `-`' : 'an appId (letters, digits, `_`, `.` or `-`)';
+      return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
+    }
+    const held = this.#clients.get(id);
+    if (held) return Promise.resolve(held);
+    let pending = this.#pending.get(id);
+    if (!pending) {
+      pending = this.#make(id).finally(() => this.#pending.delete(id));
+      this.#pending.set(id, pending);
+    }
+    return pending;
+  }
+
+  /**
+   * Closes the client of `id`, if one is held (after its creation, if under way). The next `get(id)` asks
+   * the resolver again: call it after an account's credentials changed.
+   */
+  async delete(id: string): Promise<void> {
+    await this.#pending.get(id)?.catch(() => undefined);
+    await this.#clients.delete(id)?.close();
+  }
+
+  /** Closes every client and the shared connection pool. The cache is yours to close. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
+    await Promise.all(this.#clients.clear().map((client) => client.close()));
+    await this.#core.close();
+    await this.#dispatcher?.close();
+  }
+
+  async #make(id: string): Promise<ClientOf<K>> {
+    const credentials = await this.#credentials(id);
+    if (this.#closed) throw new ConfigError('ClientPool is closed', 'id');
+    let client: ClientOf<K>;
+    try {
+      client = this.#build(id, credentials);
+    } catch (error) {
+      if (!(error instanceof ConfigError)) throw error;
+      // The client's own check names the field and its type, never its value.
+      throw new CredentialsError('invalid', id, `ClientPool: the credentials resolved for ${id} are not usable: ${error.message}`);
+    }
+    this.#clients.set(id, client);
+    return client;
+  }
+
+  /** The resolver's answer, bounded in time, checked for shape; every failure a CredentialsError. */
+  async #credentials(id: string): Promise<Record<string, unknown>> {
+    let timer: NodeJS.Timeout | undefined;
+    let answer: unknown;
+    try {
+      const timeout = new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () => reject(new CredentialsError('timeout', id, `ClientPool's credentials resolver did not answer for ${id} within ${this.#timeoutMs} ms (credentialsTimeoutMs)`)),
+          this.#timeoutMs,
+        );
+      });
+      answer = await Promise.race([Promise.resolve().then(() => this.#resolve(id)), timeout]);
+    } catch (error) {
+      if (error instanceof CredentialsError) throw error;
+      throw new CredentialsError('failed', id, `ClientPool's credentials resolver failed for ${id}; its error is the cause`, { cause: error });
+    } finally {
+      clearTimeout(timer);
+    }
+    if (answer === undefined || answer === null) {
+      throw new CredentialsError('unknown', id, `ClientPool's credentials resolver knows no account ${id} (it returned ${typeName(answer)})`);
+    }
+    if (typeof answer !== 'object' || Array.isArray(answer)) {
+      throw new CredentialsError('invalid', id, `ClientPool's credentials resolver must return an object such as { secret } for ${id} (got ${typeName(answer)})`);
+    }
+    return answer as Record<string, unknown>;
+  }
+
+  #build(id: string, credentials: Record<string, unknown>): ClientOf<K> {
+    const secret = credentials.secret;
+    if (this.kind === 'work') {
+      return new Work({ ...this.#options, corpId: credentials.corpId, agentId: credentials.agentId, secret } as never) as ClientOf<K>;
+    }
+    const options = { ...this.#options, appId: id, secret } as never;
+    return (this.kind === 'officialAccount' ? new OfficialAccount(options) : new MiniProgram(options)) as ClientOf<K>;
+  }
+}

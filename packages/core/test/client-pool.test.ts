@@ -1,0 +1,219 @@
+import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { ClientPool, MemoryCache, MiniProgram, OfficialAccount, Work, type ClientPoolOptions } from '../src/index.js';
+import { errorText, rejection } from './helpers.js';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+const pools: ClientPool<never>[] = [];
+afterAll(async () => {
+  await Promise.all(pools.map((pool) => pool.close()));
+});
+
+/** A pool of official accounts on a cache of its own whose resolver reads `accounts`, counting its calls. */
+function officialAccounts(accounts: Map<string, MockApp>, extra: Partial<ClientPoolOptions<'officialAccount'>> = {}) {
+  const calls: string[] = [];
+  const pool = new ClientPool({
+    kind: 'officialAccount',
+    credentials: async (appId) => {
+      calls.push(appId);
+      const app = accounts.get(appId);
+      return app && { secret: app.secret };
+    },
+    baseUrl: mock.url,
+    cache: new MemoryCache(),
+    logger: false,
+    ...extra,
+  });
+  pools.push(pool as ClientPool<never>);
+  return { pool, calls };
+}
+
+function appsOnMock(count: number): Map<string, MockApp> {
+  const apps = new Map<string, MockApp>();
+  for (let i = 0; i < count; i += 1) {
+    const app = mock.createApp();
+    apps.set(app.appId, app);
+  }
+  return apps;
+}
+
+const send = (client: OfficialAccount) => client.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+
+describe('ClientPool', () => {
+  it('makes a client on first use from the resolver, then reuses it: one resolver call and one token per account', async () => {
+    const apps = appsOnMock(20);
+    const { pool, calls } = officialAccounts(apps);
+    for (let round = 0; round < 3; round += 1) {
+      await Promise.all([...apps.keys()].map(async (appId) => send(await pool.get(appId))));
+    }
+    expect(calls).toHaveLength(20);
+    expect(pool.size).toBe(20);
+    for (const appId of apps.keys()) expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, templateSends: 3 });
+  });
+
+  it('concurrent first use of one account makes one client', async () => {
+    const apps = appsOnMock(1);
+    const [appId] = apps.keys();
+    const { pool, calls } = officialAccounts(apps);
+    const clients = await Promise.all(Array.from({ length: 50 }, () => pool.get(appId!)));
+    expect(new Set(clients).size).toBe(1);
+    expect(clients[0]).toBeInstanceOf(OfficialAccount);
+    expect(calls).toEqual([appId]);
+    await Promise.all(clients.map(send));
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
+  it('drops the least recently used client beyond maxClients and the idle ones at the next get, without timers', async () => {
+    const apps = appsOnMock(4);
+    const [a, b, c, d] = [...apps.keys()] as [string, string, string, string];
+    let now = Date.now();
+    const { pool, calls } = officialAccounts(apps, { maxClients: 2, clientIdleMs: 60_000, now: () => now });
+    const first = await pool.get(a);
+    await send(first);
+    const closed = vi.spyOn(first, 'close');
+    await pool.get(b);
+    expect(await pool.get(a)).toBe(first);
+    await pool.get(c); // b was the least recently used
+    expect(pool.size).toBe(2);
+    expect(closed).not.toHaveBeenCalled();
+    expect(calls).toEqual([a, b, c]);
+    now += 60_001; // a and c idle
+    await pool.get(d);
+    expect(closed).toHaveBeenCalledTimes(1);
+    expect(pool.size).toBe(1);
+    const again = await pool.get(a);
+    expect(again).not.toBe(first);
+    expect(calls).toEqual([a, b, c, d, a]);
+    // The new client takes the token the first one left in the store.
+    await send(again);
+    expect(mock.counters(a).tokenRequests).toBe(1);
+  });
+
+  it('close() closes every client and the pool; get() after it is a typed error', async () => {
+    const apps = appsOnMock(3);
+    const { pool } = officialAccounts(apps);
+    const clients = await Promise.all([...apps.keys()].map((appId) => pool.get(appId)));
+    const spies = clients.map((client) => vi.spyOn(client, 'close'));
+    await pool.close();
+    for (const spy of spies) expect(spy).toHaveBeenCalledTimes(1);
+    expect(pool.size).toBe(0);
+    expect(await rejection(pool.get([...apps.keys()][0]!))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
+  });
+
+  it('delete() closes an account\'s client; the next get asks the resolver again (rotated credentials)', async () => {
+    const apps = appsOnMock(1);
+    const [appId] = apps.keys() as IterableIterator<string>;
+    const { pool, calls } = officialAccounts(apps);
+    const first = await pool.get(appId!);
+    const closed = vi.spyOn(first, 'close');
+    await pool.delete(appId!);
+    expect(closed).toHaveBeenCalledTimes(1);
+    expect(await pool.get(appId!)).not.toBe(first);
+    expect(calls).toHaveLength(2);
+  });
+
+  it('its clients share the pool\'s store: setCache() on one is a ConfigError, not a silent split', async () => {
+    const apps = appsOnMock(1);
+    const { pool } = officialAccounts(apps);
+    const client = await pool.get([...apps.keys()][0]!);
+    expect(() => client.setCache(new MemoryCache())).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'cache' }));
+    await send(client);
+  });
+
+  it('makes mini programs and WeCom apps', async () => {
+    const mp = mock.createApp();
+    const miniPrograms = new ClientPool({ kind: 'miniProgram', credentials: () => ({ secret: mp.secret }), baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    pools.push(miniPrograms as ClientPool<never>);
+    const client = await miniPrograms.get(mp.appId);
+    expect(client).toBeInstanceOf(MiniProgram);
+    await client.subscribeMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(mp.appId)).toMatchObject({ tokenRequests: 1, messageSends: 1 });
+
+    const work = mock.createWorkApp();
+    const id = `${work.corpId}:${work.agentId}`;
+    const resolver = vi.fn((name: string) => (name === id ? { corpId: work.corpId, agentId: work.agentId, secret: work.secret } : undefined));
+    const corps = new ClientPool({ kind: 'work', credentials: resolver, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    pools.push(corps as ClientPool<never>);
+    const agent = await corps.get(id);
+    expect(agent).toBeInstanceOf(Work);
+    await agent.message.send({ touser: 'u1', msgtype: 'text', text: { content: 'hi' } });
+    expect(mock.counters(id)).toMatchObject({ tokenRequests: 1, messageSends: 1 });
+    expect(await rejection(corps.get('ww-unknown:1'))).toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'unknown', id: 'ww-unknown:1' });
+    expect(resolver).toHaveBeenCalledTimes(2);
+  });
+});
+
+describe('ClientPool: a resolver that fails or answers garbage', () => {
+  const SECRET = 'resolver-secret-0123456789abcdef';
+
+  /** A pool whose resolver is `answer`; each failure checked for its reason, for no secret, and for not being remembered. */
+  async function failure(answer: (appId: string) => unknown, extra: Partial<ClientPoolOptions<'officialAccount'>> = {}) {
+    const appId = mock.createApp().appId;
+    const resolver = vi.fn(answer);
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver as never, baseUrl: mock.url, cache: new MemoryCache(), logger: false, ...extra });
+    pools.push(pool as ClientPool<never>);
+    const [one, two] = await Promise.all([rejection(pool.get(appId)), rejection(pool.get(appId))]);
+    // Concurrent callers share the one resolver call and its failure…
+    expect(two).toBe(one);
+    expect(resolver).toHaveBeenCalledTimes(1);
+    // …which is not remembered: the next get asks again.
+    await rejection(pool.get(appId));
+    expect(resolver).toHaveBeenCalledTimes(2);
+    expect(pool.size).toBe(0);
+    expect(mock.counters(appId).requests).toBe(0);
+    expect(one).toMatchObject({ name: 'CredentialsError', code: 'ERR_WXKIT_CREDENTIALS', id: appId });
+    expect(one.message).not.toContain(SECRET);
+    return one;
+  }
+
+  it('unknown account (undefined or null)', async () => {
+    expect((await failure(() => undefined)).reason).toBe('unknown');
+    expect((await failure(async () => null)).reason).toBe('unknown');
+  });
+
+  it('a resolver that throws or rejects: reason failed, its error as the cause', async () => {
+    const cause = new Error('connection refused');
+    const thrown = await failure(() => {
+      throw cause;
+    });
+    expect(thrown).toMatchObject({ reason: 'failed', cause });
+    expect((await failure(() => Promise.reject(cause))).reason).toBe('failed');
+  });
+
+  it('a resolver that never answers: reason timeout, no hang', async () => {
+    const error = await failure(() => new Promise(() => undefined), { credentialsTimeoutMs: 20 });
+    expect(error.reason).toBe('timeout');
+  });
+
+  it('garbage: not an object, a secret of the wrong type or empty; never echoed', async () => {
+    for (const answer of ['just-a-string', 42, [SECRET], { secret: 12345 }, { secret: '' }, { app_secret: SECRET }]) {
+      const error = await failure(() => answer);
+      expect(error.reason).toBe('invalid');
+      expect(errorText(error)).not.toContain(SECRET);
+      expect(errorText(error)).not.toContain('12345');
+    }
+  });
+
+  it('bad ids and options are ConfigErrors, before any resolver call', async () => {
+    const resolver = vi.fn(() => ({ secret: SECRET }));
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver, baseUrl: mock.url, logger: false });
+    pools.push(pool as ClientPool<never>);
+    expect(await rejection(pool.get('wx bad/../id'))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'id' });
+    expect(resolver).not.toHaveBeenCalled();
+    const make = (options: Record<string, unknown>) => () => new ClientPool({ kind: 'officialAccount', credentials: resolver, ...options } as never);
+    expect(make({ kind: undefined })).toThrow(/options\.kind is required/);
+    expect(make({ kind: 'openPlatform' })).toThrow(/options\.kind must be/);
+    expect(make({ credentials: { [SECRET]: SECRET } })).toThrow(/options\.credentials must be a function/);
+    expect(make({ maxClients: 0 })).toThrow(/options\.maxClients/);
+    expect(make({ timeoutMs: -1 })).toThrow(/ClientPool options\.timeoutMs/);
+    expect(make({ secret: SECRET })).toThrow(/options\.secret is not an option/);
+    expect(make({ kind: 'work', tokenEndpoint: 'stable' })).toThrow(/tokenEndpoint/);
+  });
+});
