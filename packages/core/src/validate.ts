@@ -96,13 +96,18 @@ export function checkOptions<T extends object>(
 
 /**
  * The known name a misspelt one was most likely meant as: the same letters but for case, `_` and `-`
- * (`app_id` → `appId`), else the nearest by edit distance within a third of its length
- * (`tokenEndPoint` → `tokenEndpoint`, `timeout` → `timeoutMs`).
+ * (`app_id` → `appId`), else one holding the other (`timeout` → `timeoutMs`), else the nearest by edit
+ * distance within a third of its length (`tokenEndPoint` → `tokenEndpoint`).
  */
 export function closestName(name: string, known: readonly string[]): string | undefined {
   const plain = (text: string) => text.toLowerCase().replace(/[_-]/g, '');
   const exact = known.find((candidate) => plain(candidate) === plain(name));
   if (exact) return exact;
+  // A name with its unit or a word left out (`timeout`, `durable`), or one word of it (`aesKey`).
+  const part = known
+    .filter((candidate) => Math.min(name.length, candidate.length) >= 3 && (plain(candidate).includes(plain(name)) || plain(name).includes(plain(candidate))))
+    .sort((a, b) => a.length - b.length)[0];
+  if (part) return part;
   let best: string | undefined;
   let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1;
   for (const candidate of known) {

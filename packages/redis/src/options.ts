@@ -132,11 +132,15 @@ const REDIS_OPTIONS = {
 const SENTINEL_OPTIONS = {
   // Sentinels speak plain TCP here; Sentinels behind TLS take a node-redis sentinel passed as `client`.
   sentinels: required(
-    rule(`a non-empty array of ${SENTINEL_URL_RULE}`, (value) => nonEmptyArray(value) && value.every(isSentinelUrl), {
+    rule(`a non-empty array of ${SENTINEL_URL_RULE}`, (value) => nonEmptyArray(value) && value.every(isSentinelUrl) && logins(value) === 1, {
       // Never echo a URL: it may hold a password. Its masked form is enough to find it.
       nearMiss: (value) => {
         const odd = nonEmptyArray(value) ? value.find((url) => !isSentinelUrl(url)) : undefined;
-        return typeof odd === 'string' ? `must be ${SENTINEL_URL_RULE} (got ${maskUrl(odd)})` : undefined;
+        if (typeof odd === 'string') return `must be ${SENTINEL_URL_RULE} (got ${maskUrl(odd)})`;
+        if (nonEmptyArray(value) && odd === undefined) {
+          return `must be URLs with one user and password, as the Sentinels share one (got ${logins(value)} different)`;
+        }
+        return undefined;
       },
     }),
   ),
@@ -160,11 +164,12 @@ function normalize(options: unknown): RedisCacheOptions {
 }
 
 function checkSentinel(sentinel: RedisCacheSentinelOptions): void {
-  const { sentinels } = checkOptions<RedisCacheSentinelOptions>('RedisCache', SENTINEL_OPTIONS, sentinel, { path: 'sentinel' });
-  const login = (url: string) => `${new URL(url).username}:${new URL(url).password}`;
-  if (new Set(sentinels.map(login)).size > 1) {
-    throw new ConfigError('RedisCache options.sentinel.sentinels must all carry the same user and password (the Sentinels share one)', 'sentinel.sentinels');
-  }
+  checkOptions<RedisCacheSentinelOptions>('RedisCache', SENTINEL_OPTIONS, sentinel, { path: 'sentinel' });
+}
+
+/** How many user:password pairs the Sentinel URLs carry: one, or a mistake. */
+function logins(urls: unknown[]): number {
+  return new Set(urls.map((url) => `${new URL(url as string).username}:${new URL(url as string).password}`)).size;
 }
 
 /** `ok`, `database` (a path that is no database number), or `no` (not a redis:// or rediss:// URL with a host). */
