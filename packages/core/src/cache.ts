@@ -1,6 +1,6 @@
 import { CacheError } from './errors.js';
 import { assertTtl } from './ttl.js';
-import { assertOptionsObject, optionalFunction } from './validate.js';
+import { checkOptions, fn, type OptionSchema } from './validate.js';
 
 /**
  * The store contract every wxkit adapter implements: a string key/value store with TTL, in the spirit
@@ -82,6 +82,8 @@ export interface MemoryCacheOptions {
   now?: () => number;
 }
 
+const MEMORY_CACHE_OPTIONS = { now: fn() } as const satisfies OptionSchema<keyof MemoryCacheOptions>;
+
 interface MemoryEntry {
   value: string;
   expiresAt: number;
@@ -104,8 +106,7 @@ export class MemoryCache implements TokenCache {
   #closed = false;
 
   constructor(options: MemoryCacheOptions = {}) {
-    assertOptionsObject('MemoryCache', options);
-    this.#now = optionalFunction<() => number>('MemoryCache', options, 'now') ?? Date.now;
+    this.#now = checkOptions<MemoryCacheOptions>('MemoryCache', MEMORY_CACHE_OPTIONS, options).now ?? Date.now;
   }
 
   async get(key: string): Promise<string | undefined> {

@@ -7,7 +7,7 @@ import { ConfigError } from './errors.js';
 import { FileCache } from './file-cache.js';
 import { HttpClient } from './http.js';
 import { Log, type Logger } from './logger.js';
-import { GuardedStore, assertTokenCache } from './store.js';
+import { GuardedStore, TOKEN_CACHE_RULE, assertTokenCache } from './store.js';
 import { EntryStore } from './token/entry-store.js';
 import { nativeSchema, type KeySchema } from './token/entry.js';
 import { writerId } from './token/identity.js';
@@ -19,7 +19,19 @@ import { RemoteRefresher } from './token/refreshers/remote.js';
 import { StoreTiers, hostFallback } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';
 import type { TokenSource, TokenSourceRequest } from './token-source.js';
-import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from './validate.js';
+import {
+  MAX_TIMER_MS,
+  checkOptions,
+  durationMs,
+  fn,
+  hasMethods,
+  integer,
+  matching,
+  oneOf,
+  rule,
+  type OptionSchema,
+  type RetiredOptions,
+} from './validate.js';
 import { VERSION } from './version.js';
 
 /** Options every wxkit client accepts, next to its credentials. */
@@ -132,25 +144,34 @@ export const CLIENT_DEFAULTS = Object.freeze({
   refreshAheadJitterMs: 5_000,
 });
 
-const CLIENT_OPTION_NAMES = [
-  'baseUrl',
-  'cache',
-  'schema',
-  'timeoutMs',
-  'maxResponseBytes',
-  'dispatcher',
-  'memoMs',
-  'lockWaitMs',
-  'fallbackDir',
-  'serviceName',
-  'cacheTimeoutMs',
-  'logger',
-  'now',
-  'refresh',
-  'tokenSource',
-  'refreshAheadSeconds',
-  'refreshAheadJitterMs',
-] as const;
+/**
+ * The rule of every ClientOptions field, checked in one pass with the client's own (see
+ * {@link clientSchema}). `satisfies` keeps it whole: an option added to ClientOptions without a rule
+ * does not compile.
+ */
+export const CLIENT_OPTIONS = {
+  baseUrl: rule('an http:// or https:// URL without query, fragment or credentials', isPlainHttpUrl),
+  cache: TOKEN_CACHE_RULE,
+  schema: rule('a KeySchema such as nativeSchema()', isKeySchema),
+  timeoutMs: durationMs(),
+  // The body is held in one Buffer; 2^31 − 1 bytes fits one on every platform Node runs on.
+  maxResponseBytes: integer(1024, 2 ** 31 - 1, 'bytes'),
+  dispatcher: rule('an undici Dispatcher (Agent, Pool, ProxyAgent…)', (value) => hasMethods(value, 'dispatch')),
+  // 0 reads the store on every call.
+  memoMs: durationMs(0),
+  // 0 would give up on a holder before it could write: a process would never take another's token.
+  lockWaitMs: durationMs(1),
+  fallbackDir: rule('a directory path or false', (value) => value === false || (typeof value === 'string' && value.length > 0)),
+  serviceName: matching(/^[A-Za-z0-9._-]{1,64}$/, 'up to 64 letters, digits, `.`, `_` or `-`'),
+  cacheTimeoutMs: durationMs(),
+  logger: rule('an object with a warn() method (console, pino…) or false', (value) => value === false || hasMethods(value, 'warn')),
+  now: fn(),
+  refresh: oneOf(['auto', 'never']),
+  tokenSource: rule('a TokenSource such as remoteTokenSource({ url, key })', (value) => hasMethods(value, 'fetch', 'invalidate')),
+  // Counted in ms by the refresh-ahead timer, so it stops where a timer does.
+  refreshAheadSeconds: integer(0, Math.floor(MAX_TIMER_MS / 1000), 's'),
+  refreshAheadJitterMs: durationMs(0),
+} as const satisfies OptionSchema<keyof ClientOptions>;
 
 const USER_AGENT = `wxkit/${VERSION}`;
 let sharedMemoryCache: MemoryCache | undefined;
@@ -162,7 +183,7 @@ const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user
 let warnedDefaultStore = false;
 
 /** Options that were renamed or dropped, with what to use instead. */
-const RETIRED_OPTIONS: Record<string, string> = {
+const RETIRED_OPTIONS: RetiredOptions = {
   lockLeaseMs: 'the lease is now computed from timeoutMs and cacheTimeoutMs (the critical section it guards); drop the option',
 };
 
@@ -199,70 +220,28 @@ export class ClientCore {
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
 
-  constructor(
-    owner: string,
-    appId: string,
-    options: Record<string, unknown>,
-    ownNames: readonly string[],
-    defaultBaseUrl: string = CLIENT_DEFAULTS.baseUrl,
-  ) {
+  /** `options` come checked by {@link checkClientOptions}: the core only reads them. */
+  constructor(owner: string, appId: string, options: ClientOptions, defaultBaseUrl: string = CLIENT_DEFAULTS.baseUrl) {
     this.owner = owner;
     this.appId = appId;
-    for (const [name, instead] of Object.entries(RETIRED_OPTIONS)) {
-      if (options[name] !== undefined) throw new ConfigError(`${owner} options.${name} is no longer an option: ${instead}`, name);
-    }
-    rejectUnknownOptions(owner, options, [...ownNames, ...CLIENT_OPTION_NAMES]);
-
     const baseUrl = options.baseUrl ?? defaultBaseUrl;
-    if (typeof baseUrl !== 'string' || !isHttpUrl(baseUrl)) {
-      throw invalidOption(owner, 'baseUrl', 'an http:// or https:// URL', baseUrl);
-    }
-    if (/[?#]/.test(baseUrl) || new URL(baseUrl).username || new URL(baseUrl).password) {
-      throw new ConfigError(`${owner} options.baseUrl must not carry a query, fragment or credentials`, 'baseUrl');
-    }
-    const timeoutMs = optionalNumber(owner, options, 'timeoutMs', CLIENT_DEFAULTS.timeoutMs, { min: 1 });
-    const maxResponseBytes = optionalNumber(owner, options, 'maxResponseBytes', CLIENT_DEFAULTS.maxResponseBytes, {
-      min: 1024,
-      integer: true,
-    });
-    const memoMs = optionalNumber(owner, options, 'memoMs', CLIENT_DEFAULTS.memoMs);
-    const lockWaitMs = options.lockWaitMs === undefined ? undefined : optionalNumber(owner, options, 'lockWaitMs', 0, { min: 1 });
-    this.cacheTimeoutMs = optionalNumber(owner, options, 'cacheTimeoutMs', CLIENT_DEFAULTS.cacheTimeoutMs, { min: 1 });
-    const serviceName = options.serviceName;
-    if (serviceName !== undefined && (typeof serviceName !== 'string' || !/^[A-Za-z0-9._-]{1,64}$/.test(serviceName))) {
-      throw invalidOption(owner, 'serviceName', 'up to 64 letters, digits, `.`, `_` or `-`', serviceName);
-    }
-    this.writer = writerId(serviceName as string | undefined);
-    const fallbackDir = options.fallbackDir ?? DEFAULT_FALLBACK_DIR;
-    if (fallbackDir !== false && (typeof fallbackDir !== 'string' || fallbackDir.length === 0)) {
-      throw invalidOption(owner, 'fallbackDir', 'a directory path or false', fallbackDir);
-    }
-    this.#fallbackDir = fallbackDir;
-    const now = optionalFunction<() => number>(owner, options, 'now') ?? Date.now;
-    const refreshAheadSeconds = optionalNumber(owner, options, 'refreshAheadSeconds', 0);
-    const refreshAheadJitterMs = optionalNumber(owner, options, 'refreshAheadJitterMs', CLIENT_DEFAULTS.refreshAheadJitterMs);
-    const refresh = optionalChoice(owner, options, 'refresh', ['auto', 'never'], 'auto');
-    const source = options.tokenSource as TokenSource | undefined;
-    if (source !== undefined && (source === null || typeof source.fetch !== 'function' || typeof source.invalidate !== 'function')) {
-      throw invalidOption(owner, 'tokenSource', 'a TokenSource such as remoteTokenSource({ url, key })', source);
-    }
-    if (source && refresh === 'never') {
-      throw new ConfigError(`${owner} options.tokenSource and options.refresh 'never' exclude each other: pick one owner of the refresh`, 'refresh');
-    }
+    const timeoutMs = options.timeoutMs ?? CLIENT_DEFAULTS.timeoutMs;
+    const maxResponseBytes = options.maxResponseBytes ?? CLIENT_DEFAULTS.maxResponseBytes;
+    const memoMs = options.memoMs ?? CLIENT_DEFAULTS.memoMs;
+    const lockWaitMs = options.lockWaitMs;
+    this.cacheTimeoutMs = options.cacheTimeoutMs ?? CLIENT_DEFAULTS.cacheTimeoutMs;
+    this.writer = writerId(options.serviceName);
+    this.#fallbackDir = options.fallbackDir ?? DEFAULT_FALLBACK_DIR;
+    const now = options.now ?? Date.now;
+    const refreshAheadSeconds = options.refreshAheadSeconds ?? 0;
+    const refreshAheadJitterMs = options.refreshAheadJitterMs ?? CLIENT_DEFAULTS.refreshAheadJitterMs;
+    const source = options.tokenSource;
     this.#source = source;
-    this.refresh = source ? 'remote' : refresh;
-
+    this.refresh = source ? 'remote' : (options.refresh ?? 'auto');
     const dispatcher = options.dispatcher;
-    if (dispatcher !== undefined && (dispatcher === null || typeof (dispatcher as Dispatcher).dispatch !== 'function')) {
-      throw invalidOption(owner, 'dispatcher', 'an undici Dispatcher (Agent, Pool, ProxyAgent…)', dispatcher);
-    }
     const logger = options.logger;
-    if (logger !== undefined && logger !== false && (logger === null || typeof (logger as Logger).warn !== 'function')) {
-      throw invalidOption(owner, 'logger', 'an object with a warn() method (console, pino…) or false', logger);
-    }
     const pool = (options as Record<symbol, unknown>)[kPoolCore] as ClientCore | undefined;
     const schema = options.schema ?? pool?.schema ?? (defaultSchema ??= nativeSchema());
-    if (!isKeySchema(schema)) throw invalidOption(owner, 'schema', 'a KeySchema such as nativeSchema()', schema);
 
     this.schema = schema;
     this.log = new Log(logger as Logger | false | undefined, () => this.#events);
@@ -293,9 +272,8 @@ export class ClientCore {
       dispatcher: dispatcher as Dispatcher | undefined,
       userAgent: USER_AGENT,
     });
-    if (options.cache !== undefined) assertTokenCache(`${owner} options.cache`, options.cache);
     this.#defaultStore = options.cache === undefined;
-    this.#store = this.#guard((options.cache as TokenCache | undefined) ?? (sharedMemoryCache ??= new MemoryCache()));
+    this.#store = this.#guard(options.cache ?? (sharedMemoryCache ??= new MemoryCache()));
     this.#local = this.#guard((processFallback ??= new MemoryCache()));
     this.#tiers = new StoreTiers(() => this.#store, () => this.#hostStore(), this.#local);
   }
@@ -408,18 +386,16 @@ export class ClientCore {
   }
 }
 
-function rejectUnknownOptions(owner: string, options: Record<string, unknown>, known: readonly string[]): void {
-  for (const name of Object.keys(options)) {
-    if (known.includes(name) || options[name] === undefined) continue;
-    const near = known.find((candidate) => candidate.toLowerCase() === name.toLowerCase().replace(/[_-]/g, ''));
-    throw new ConfigError(`${owner} options.${name} is not an option${near ? ` (did you mean ${near}?)` : ''}`, name);
-  }
-}
-
-function isHttpUrl(value: string): boolean {
+function isPlainHttpUrl(value: unknown): boolean {
   try {
-    const url = new URL(value);
-    return url.protocol === 'http:' || url.protocol === 'https:';
+    const url = new URL(value as string);
+    return (
+      typeof value === 'string' &&
+      (url.protocol === 'http:' || url.protocol === 'https:') &&
+      !/[?#]/.test(value) &&
+      url.username === '' &&
+      url.password === ''
+    );
   } catch {
     return false;
   }
@@ -439,30 +415,41 @@ function isKeySchema(value: unknown): value is KeySchema {
   );
 }
 
-/** Validates a credential-like id (appId, corpId) that becomes part of a store key. */
-export function requireId(owner: string, options: Record<string, unknown>, name: string): string {
-  const value = options[name];
-  if (typeof value !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(value)) {
-    throw invalidOption(owner, name, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)', value);
-  }
-  return value;
+/**
+ * The rules of a client's options: its own (credentials, first, so they are reported first) and every
+ * ClientOptions field. Declare `own` as `satisfies OptionSchema<OwnKeys<XOptions>>`.
+ */
+export function clientSchema<T extends ClientOptions>(own: OptionSchema<OwnKeys<T>>): OptionSchema<keyof T> {
+  return Object.freeze({ ...own, ...CLIENT_OPTIONS }) as unknown as OptionSchema<keyof T>;
 }
+
+/** The options a client declares beside ClientOptions. */
+export type OwnKeys<T extends ClientOptions> = Exclude<keyof T, keyof ClientOptions>;
 
 /**
- * Validates a secret without ever echoing it. It may be left out when the client does not fetch tokens
- * itself (`tokenSource`, or `refresh: 'never'`).
+ * Checks a client's options in one pass from its schema (retired and unknown names, then each rule),
+ * then the one combination no single rule can see. Returns them typed, for {@link ClientCore}.
  */
-export function requireSecret(owner: string, options: Record<string, unknown>, name: string): string | undefined {
-  const value = options[name];
-  const optional = options.tokenSource !== undefined || options.refresh === 'never';
-  if (value === undefined && optional) return undefined;
-  if (typeof value !== 'string' || value.trim().length === 0) {
-    throw new ConfigError(
-      `${owner} options.${name} must be a non-empty string (got ${typeName(value)})${optional ? '' : "; only a client with options.tokenSource or refresh: 'never' can do without it"}`,
-      name,
-    );
+export function checkClientOptions<T extends ClientOptions>(owner: string, schema: OptionSchema<keyof T>, options: unknown): T {
+  const checked = checkOptions<T>(owner, schema, options, { retired: RETIRED_OPTIONS });
+  if (checked.tokenSource !== undefined && checked.refresh === 'never') {
+    throw new ConfigError(`${owner} options.tokenSource and options.refresh 'never' exclude each other: pick one owner of the refresh`, 'refresh');
   }
-  return value;
+  return checked;
 }
 
-export { assertOptionsObject };
+/** A credential-like id (appId, corpId) that becomes part of a store key. */
+export const ID_RULE = matching(/^[A-Za-z0-9_.-]{1,64}$/, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)');
+
+/**
+ * A secret, checked as a non-empty string by the schema (never echoed), and here required unless the
+ * client does not fetch tokens itself (`tokenSource`, or `refresh: 'never'`).
+ */
+export function requireSecret(owner: string, options: ClientOptions & { secret?: string }, name = 'secret'): string | undefined {
+  const value = options.secret;
+  if (value !== undefined || options.tokenSource !== undefined || options.refresh === 'never') return value;
+  throw new ConfigError(
+    `${owner} options.${name} must be a non-empty string (got undefined); only a client with options.tokenSource or refresh: 'never' can do without it`,
+    name,
+  );
+}

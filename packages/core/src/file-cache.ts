@@ -7,6 +7,7 @@ import type { TokenCache } from './cache.js';
 import { binaryToBuffer } from './bytes.js';
 import { assertTtl } from './ttl.js';
 import { CacheError, ConfigError } from './errors.js';
+import { checkOptions, durationMs, fn, rule, typeName, type OptionSchema } from './validate.js';
 
 /** Options of {@link FileCache}. */
 export interface FileCacheOptions {
@@ -42,6 +43,13 @@ export interface FileCacheOptions {
   now?: () => number;
 }
 
+const FILE_CACHE_OPTIONS = {
+  dir: rule('a non-empty path', (value) => typeof value === 'string' && value.length > 0),
+  guardStaleMs: durationMs(),
+  guardTimeoutMs: durationMs(),
+  now: fn(),
+} as const satisfies OptionSchema<keyof FileCacheOptions>;
+
 // A writer waits longer than a guard takes to go stale, so a hung holder is broken before writers give up.
 const DEFAULTS = Object.freeze({ guardStaleMs: 10_000, guardTimeoutMs: 12_000 });
 
@@ -76,18 +84,10 @@ export class FileCache implements TokenCache {
   #dirWatch: FSWatcher | undefined;
 
   constructor(options: FileCacheOptions | string = {}) {
-    const opts: FileCacheOptions = typeof options === 'string' ? { dir: options } : options;
-    if (opts === null || typeof opts !== 'object') throw invalid('', 'an object or a directory path', opts);
-    if (opts.dir !== undefined && (typeof opts.dir !== 'string' || opts.dir.length === 0)) {
-      throw invalid('dir', 'a non-empty path', opts.dir);
+    if (options === null || typeof options !== 'object' && typeof options !== 'string') {
+      throw new ConfigError(`FileCache options must be an object or a directory path (got ${typeName(options)})`, 'options');
     }
-    for (const name of ['guardStaleMs', 'guardTimeoutMs'] as const) {
-      const value = opts[name];
-      if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value) || value <= 0)) {
-        throw invalid(name, 'a number > 0', value);
-      }
-    }
-    if (opts.now !== undefined && typeof opts.now !== 'function') throw invalid('now', 'a function', opts.now);
+    const opts = checkOptions<FileCacheOptions>('FileCache', FILE_CACHE_OPTIONS, typeof options === 'string' ? { dir: options } : options);
     this.dir = opts.dir ?? join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`);
     this.#guardStaleMs = opts.guardStaleMs ?? DEFAULTS.guardStaleMs;
     this.#guardTimeoutMs = opts.guardTimeoutMs ?? DEFAULTS.guardTimeoutMs;
@@ -482,7 +482,3 @@ function alive(pid: number): boolean {
   }
 }
 
-function invalid(name: string, rule: string, value: unknown): ConfigError {
-  const type = value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
-  return new ConfigError(`FileCache options${name ? `.${name}` : ''} must be ${rule} (got ${type})`, name || 'options');
-}

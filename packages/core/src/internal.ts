@@ -7,3 +7,20 @@
  */
 export { assertTtl } from './ttl.js';
 export { maskUrl } from './redact.js';
+export {
+  MAX_TIMER_MS,
+  checkOptions,
+  durationMs,
+  fn,
+  hasMethods,
+  integer,
+  matching,
+  nonEmptyString,
+  oneOf,
+  required,
+  rule,
+  typeName,
+  type OptionRule,
+  type OptionSchema,
+  type RetiredOptions,
+} from './validate.js';

@@ -5,7 +5,7 @@ import { ConfigError, isTokenRejection } from './errors.js';
 import type { KeySubject } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';
 import { validateFetched } from './token/upstream.js';
-import { listChoices, shownChoice, typeName } from './validate.js';
+import { listChoices, shownValue, typeName } from './validate.js';
 
 /** Ticket types of cgi-bin/ticket/getticket. */
 export type TicketType = 'jsapi' | 'wx_card';
@@ -114,7 +114,7 @@ abstract class TicketKeeper<T extends string> {
   #ticket(type: string): TokenManager {
     const where = this.#paths[type];
     if (!where) {
-      throw new ConfigError(`jssdk ticket type must be ${listChoices(Object.keys(this.#paths))} (got ${shownChoice(type)})`, 'type');
+      throw new ConfigError(`jssdk ticket type must be ${listChoices(Object.keys(this.#paths))} (got ${shownValue(type)})`, 'type');
     }
     let manager = this.#tickets?.get(type);
     if (!manager) {

@@ -1,7 +1,7 @@
 import type { TokenCache } from './cache.js';
 import { CacheError, ConfigError } from './errors.js';
 import type { Log } from './logger.js';
-import { typeName } from './validate.js';
+import { hasMethods, typeName, type OptionRule } from './validate.js';
 
 // After a failure the store is not asked again by callers: every call fails at once until a probe in the
 // background (a read of the key whose call failed, so an ACL that allows the app's keys allows it) gets
@@ -288,31 +288,28 @@ function describeError(error: CacheError): string {
   return `${error.message}${causeCode}`;
 }
 
+const KEYV_NEAR_MISS =
+  'is a Keyv instance or store, which adds its own namespace and JSON envelope to the stored bytes; ' +
+  'wrap it as a TokenCache with `new KeyvCache(keyv)` from @wxkit/keyv, or use an adapter such as RedisCache or FileCache';
+
+/** The rule of a TokenCache option (`cache`, `durableStore`), with the usual near miss spelled out. */
+export const TOKEN_CACHE_RULE: OptionRule = {
+  allowed: 'a TokenCache: an object with get(), set() and delete() methods',
+  accepts: (value) => !isKeyvLike(value) && hasMethods(value, 'get', 'set', 'delete'),
+  nearMiss: (value) => (isKeyvLike(value) ? KEYV_NEAR_MISS : undefined),
+};
+
 /**
  * Checks that `cache` is a TokenCache, and says how to adapt the usual near-misses. `where` names the
- * argument in messages, e.g. `OfficialAccount options.cache` or `OfficialAccount setCache() cache`.
+ * argument in messages, e.g. `OfficialAccount setCache() cache`.
  */
 export function assertTokenCache(where: string, cache: unknown): asserts cache is TokenCache {
-  const candidate = cache as Partial<Record<string, unknown>> | null | undefined;
-  if (candidate && typeof candidate === 'object' && looksLikeKeyv(candidate)) {
-    throw new ConfigError(
-      `${where} is a Keyv instance or store, which adds its own namespace and JSON envelope to the stored bytes; ` +
-        'wrap it as a TokenCache with `new KeyvCache(keyv)` from @wxkit/keyv, or use an adapter such as RedisCache or FileCache',
-      'cache',
-    );
-  }
-  if (
-    !candidate ||
-    typeof candidate !== 'object' ||
-    typeof candidate.get !== 'function' ||
-    typeof candidate.set !== 'function' ||
-    typeof candidate.delete !== 'function'
-  ) {
-    throw new ConfigError(
-      `${where} must be a TokenCache: an object with get(), set() and delete() methods (got ${typeName(cache)})`,
-      'cache',
-    );
-  }
+  if (TOKEN_CACHE_RULE.accepts(cache)) return;
+  throw new ConfigError(`${where} ${TOKEN_CACHE_RULE.nearMiss?.(cache) ?? `must be ${TOKEN_CACHE_RULE.allowed} (got ${typeName(cache)})`}`, 'cache');
+}
+
+function isKeyvLike(value: unknown): boolean {
+  return value !== null && typeof value === 'object' && looksLikeKeyv(value as Partial<Record<string, unknown>>);
 }
 
 function looksLikeKeyv(candidate: Partial<Record<string, unknown>>): boolean {

@@ -1,8 +1,8 @@
 import type { Dispatcher } from 'undici';
-import { BadResponseError, ConfigError } from './errors.js';
+import { BadResponseError } from './errors.js';
 import { HttpClient } from './http.js';
 import { isPlausibleToken } from './token/entry.js';
-import { assertOptionsObject, invalidOption, optionalNumber, typeName } from './validate.js';
+import { checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
 import { VERSION } from './version.js';
 
 /** What a client asks a token source for. */
@@ -47,6 +47,23 @@ export interface RemoteTokenSourceOptions {
   dispatcher?: Dispatcher;
 }
 
+const REMOTE_OPTIONS = {
+  url: required(rule('an http:// or https:// URL', (value) => isHttpUrl(value))),
+  // The key is never shown, not even its length.
+  key: required(rule('a string of at least 8 characters', (value) => typeof value === 'string' && value.length >= 8)),
+  timeoutMs: durationMs(),
+  dispatcher: rule('an undici Dispatcher (Agent, Pool, ProxyAgent…)', (value) => hasMethods(value, 'dispatch')),
+} as const satisfies OptionSchema<keyof RemoteTokenSourceOptions>;
+
+function isHttpUrl(value: unknown): boolean {
+  try {
+    const { protocol } = new URL(value as string);
+    return typeof value === 'string' && (protocol === 'http:' || protocol === 'https:');
+  } catch {
+    return false;
+  }
+}
+
 /**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
  * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`.
@@ -61,27 +78,12 @@ export interface RemoteTokenSourceOptions {
  */
 export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSource {
   const owner = 'remoteTokenSource';
-  assertOptionsObject(owner, options);
-  const { url, key } = options;
-  let parsed: URL | undefined;
-  try {
-    parsed = typeof url === 'string' ? new URL(url) : undefined;
-  } catch {
-    parsed = undefined;
-  }
-  if (!parsed || (parsed.protocol !== 'http:' && parsed.protocol !== 'https:')) {
-    throw invalidOption(owner, 'url', 'an http:// or https:// URL', url);
-  }
-  if (typeof key !== 'string' || key.length < 8) {
-    // Never echo the key.
-    throw new ConfigError(`${owner} options.key must be a string of at least 8 characters (got ${typeName(key)})`, 'key');
-  }
-  const timeoutMs = optionalNumber(owner, options as unknown as Record<string, unknown>, 'timeoutMs', 5000, { min: 1 });
+  const { url, key, timeoutMs = 5000, dispatcher } = checkOptions<RemoteTokenSourceOptions>(owner, REMOTE_OPTIONS, options);
   const http = new HttpClient({
     baseUrl: url,
     timeoutMs,
     maxResponseBytes: 64 * 1024,
-    dispatcher: options.dispatcher,
+    dispatcher,
     userAgent: `wxkit/${VERSION}`,
     peer: 'The token service',
   });

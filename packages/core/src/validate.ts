@@ -1,5 +1,43 @@
 import { ConfigError } from './errors.js';
 
+/**
+ * The longest delay a Node timer keeps, in ms (2^31 − 1, about 24.8 days). A longer one is not a long
+ * wait: Node warns (TimeoutOverflowWarning) and fires it after 1 ms, so an option meant as "wait
+ * practically forever" would become "do not wait at all". Every duration option stops here.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * One option's rule, declared once in its constructor's schema: what is allowed, said as the error
+ * says it, and the test. {@link checkOptions} reads a whole schema in one pass.
+ */
+export interface OptionRule {
+  /** What the option allows, as the error says it after `must be`: `an integer from 1 to 2147483647 (ms)`. */
+  readonly allowed: string;
+  /** Whether `value` (never `undefined`: that is the option left out) is allowed. */
+  readonly accepts: (value: unknown) => boolean;
+  /**
+   * How a rejected value appears in the error: its type (the default, as any value may be a secret), or
+   * the value itself for values that are never secrets (numbers, a fixed set of words) so the typo shows.
+   */
+  readonly shows?: 'type' | 'value';
+  /** Whether the option must be given. */
+  readonly required?: boolean;
+  /** Why a required option cannot be left out, said after its name instead of `must be …` when it is. */
+  readonly missing?: string;
+  /**
+   * A fuller sentence for a well-known near miss (a Keyv instance given as a TokenCache), which
+   * replaces `must be …` after the option's name; `undefined` for the ordinary message.
+   */
+  readonly nearMiss?: (value: unknown) => string | undefined;
+}
+
+/** The rules of one constructor's options, by name. Declare it `satisfies OptionSchema<keyof XOptions>`. */
+export type OptionSchema<K extends PropertyKey = string> = { readonly [name in K]-?: OptionRule };
+
+/** Options that were renamed or dropped, with what to use instead. */
+export type RetiredOptions = Readonly<Record<string, string>>;
+
 /** `string`, `number`, `null`, `array`… as shown in option errors. Never the value itself: it may be a secret. */
 export function typeName(value: unknown): string {
   if (value === null) return 'null';
@@ -11,10 +49,149 @@ export function typeName(value: unknown): string {
 
 /**
  * `<Owner> options.<name> must be <rule> (got <type>)`: the one shape every option error takes. `shown`
- * replaces the type only for values that can never be a secret (see {@link optionalChoice}).
+ * replaces the type only for values that can never be a secret (see {@link OptionRule.shows}).
  */
 export function invalidOption(owner: string, name: string, rule: string, value: unknown, shown = typeName(value)): ConfigError {
   return new ConfigError(`${owner} options.${name} must be ${rule} (got ${shown})`, name);
+}
+
+/**
+ * Checks `options` against `schema` in one pass, before any I/O, and returns them typed: first that
+ * they are an object, then every name given (a retired one names its replacement, an unknown one the
+ * closest known name), then every rule in the schema's order. The first fault throws a ConfigError
+ * whose `option` names the option and whose message says what is allowed. `path` prefixes nested
+ * options (`sentinel` → `options.sentinel.masterName`).
+ */
+export function checkOptions<T extends object>(
+  owner: string,
+  schema: OptionSchema<keyof T>,
+  options: unknown,
+  { retired = {}, path }: { retired?: RetiredOptions; path?: string } = {},
+): T {
+  const at = (name: string) => (path ? `${path}.${name}` : name);
+  if (options === null || typeof options !== 'object' || Array.isArray(options)) {
+    throw new ConfigError(`${owner} options${path ? `.${path}` : ''} must be an object (got ${typeName(options)})`, path ?? 'options');
+  }
+  const given = options as Record<string, unknown>;
+  const rules = schema as Readonly<Record<string, OptionRule>>;
+  for (const name of Object.keys(given)) {
+    if (Object.hasOwn(rules, name) || given[name] === undefined) continue;
+    const instead = Object.hasOwn(retired, name) ? retired[name] : undefined;
+    if (instead !== undefined) throw new ConfigError(`${owner} options.${at(name)} is no longer an option: ${instead}`, at(name));
+    const near = closestName(name, Object.keys(rules));
+    throw new ConfigError(
+      `${owner} options.${at(name)} is not an option${near ? ` (did you mean ${near}?)` : `; the options are ${Object.keys(rules).join(', ')}`}`,
+      at(name),
+    );
+  }
+  for (const [name, rule] of Object.entries(rules)) {
+    const value = given[name];
+    if (value === undefined ? !rule.required : rule.accepts(value)) continue;
+    const special = value === undefined ? rule.missing : rule.nearMiss?.(value);
+    if (special !== undefined) throw new ConfigError(`${owner} options.${at(name)} ${special}`, at(name));
+    throw invalidOption(owner, at(name), rule.allowed, value, rule.shows === 'value' ? shownValue(value) : typeName(value));
+  }
+  return options as T;
+}
+
+/**
+ * The known name a misspelt one was most likely meant as: the same letters but for case, `_` and `-`
+ * (`app_id` → `appId`), else one holding the other (`timeout` → `timeoutMs`), else the nearest by edit
+ * distance within a third of its length (`tokenEndPoint` → `tokenEndpoint`).
+ */
+export function closestName(name: string, known: readonly string[]): string | undefined {
+  const plain = (text: string) => text.toLowerCase().replace(/[_-]/g, '');
+  const exact = known.find((candidate) => plain(candidate) === plain(name));
+  if (exact) return exact;
+  // A name with its unit or a word left out (`timeout`, `durable`), or one word of it (`aesKey`).
+  const part = known
+    .filter((candidate) => Math.min(name.length, candidate.length) >= 3 && (plain(candidate).includes(plain(name)) || plain(name).includes(plain(candidate))))
+    .sort((a, b) => a.length - b.length)[0];
+  if (part) return part;
+  let best: string | undefined;
+  let bestDistance = Math.max(2, Math.floor(name.length / 3)) + 1;
+  for (const candidate of known) {
+    const distance = editDistance(plain(name), plain(candidate));
+    if (distance < bestDistance) [best, bestDistance] = [candidate, distance];
+  }
+  return best;
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i += 1) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j += 1) {
+      current[j] = Math.min(previous[j]! + 1, current[j - 1]! + 1, previous[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    }
+    previous = current;
+  }
+  return previous[b.length]!;
+}
+
+/** A short string as JSON, a number as written, anything else as its type: for values that are never secrets. */
+export function shownValue(value: unknown): string {
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  return typeof value === 'string' && value.length > 0 && value.length <= 32 ? JSON.stringify(value) : typeName(value);
+}
+
+// The rules options are made of. Each says in `allowed` exactly what its test lets through.
+
+/** An integer from `min` to `max`; `unit` is said after the range (`ms`, `s`, `bytes`). */
+export function integer(min: number, max: number, unit?: string): OptionRule {
+  return {
+    allowed: `an integer from ${min} to ${max}${unit ? ` (${unit})` : ''}`,
+    accepts: (value) => Number.isInteger(value) && (value as number) >= min && (value as number) <= max,
+    shows: 'value',
+  };
+}
+
+/**
+ * A duration in whole ms, from `min` (1 unless 0 means something, such as "off") to
+ * {@link MAX_TIMER_MS}, the longest a timer can wait.
+ */
+export function durationMs(min = 1): OptionRule {
+  return integer(min, MAX_TIMER_MS, 'ms');
+}
+
+/** One of a fixed set of words, shown as given when it is not one (a typo, never a secret). */
+export function oneOf(choices: readonly string[]): OptionRule {
+  return { allowed: listChoices(choices), accepts: (value) => choices.includes(value as string), shows: 'value' };
+}
+
+/** A string that is not empty (nor only spaces). Its message shows the type only: it may be a secret. */
+export function nonEmptyString(): OptionRule {
+  return { allowed: 'a non-empty string', accepts: (value) => typeof value === 'string' && value.trim().length > 0 };
+}
+
+/** A string the pattern matches in full; `allowed` says it in words. */
+export function matching(pattern: RegExp, allowed: string): OptionRule {
+  return { allowed, accepts: (value) => typeof value === 'string' && pattern.test(value) };
+}
+
+/** A function. */
+export function fn(): OptionRule {
+  return { allowed: 'a function', accepts: (value) => typeof value === 'function' };
+}
+
+/** Anything `accepts` lets through, said as `allowed`. */
+export function rule(allowed: string, accepts: (value: unknown) => boolean, extra: Omit<OptionRule, 'allowed' | 'accepts'> = {}): OptionRule {
+  return { allowed, accepts, ...extra };
+}
+
+/** The same rule, and the option must be given; `missing` says why, when the rule alone does not. */
+export function required(base: OptionRule, missing?: string): OptionRule {
+  return { ...base, required: true, ...(missing === undefined ? {} : { missing }) };
+}
+
+/** An object (not null, not an array) whose `methods` are functions. */
+export function hasMethods(value: unknown, ...methods: string[]): boolean {
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    !Array.isArray(value) &&
+    methods.every((method) => typeof (value as Record<string, unknown>)[method] === 'function')
+  );
 }
 
 /**
@@ -30,7 +207,7 @@ export function optionalChoice<T extends string, F extends T | undefined>(
 ): T | F {
   const value = options[name];
   if (value === undefined) return fallback;
-  if (!(choices as readonly unknown[]).includes(value)) throw invalidOption(owner, name, listChoices(choices), value, shownChoice(value));
+  if (!(choices as readonly unknown[]).includes(value)) throw invalidOption(owner, name, listChoices(choices), value, shownValue(value));
   return value as T;
 }
 
@@ -39,43 +216,10 @@ export function listChoices(choices: readonly string[]): string {
   return quoted.length <= 2 ? quoted.join(' or ') : `one of ${quoted.join(', ')}`;
 }
 
-/** A short string as JSON, anything else as its type: for values that are never secrets. */
-export function shownChoice(value: unknown): string {
-  return typeof value === 'string' && value.length > 0 && value.length <= 32 ? JSON.stringify(value) : typeName(value);
-}
-
 export function assertOptionsObject(owner: string, options: unknown): asserts options is Record<string, unknown> {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new ConfigError(`${owner} options must be an object (got ${typeName(options)})`, 'options');
   }
-}
-
-export function optionalNumber(
-  owner: string,
-  options: Record<string, unknown>,
-  name: string,
-  fallback: number,
-  { min = 0, integer = false }: { min?: number; integer?: boolean } = {},
-): number {
-  const value = options[name];
-  if (value === undefined) return fallback;
-  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || (integer && !Number.isInteger(value))) {
-    throw invalidOption(owner, name, `${integer ? 'an integer' : 'a number'} >= ${min}`, value);
-  }
-  return value;
-}
-
-export function optionalFunction<T>(owner: string, options: Record<string, unknown>, name: string): T | undefined {
-  const value = options[name];
-  if (value === undefined) return undefined;
-  if (typeof value !== 'function') throw invalidOption(owner, name, 'a function', value);
-  return value as T;
-}
-
-export function requiredString(owner: string, options: Record<string, unknown>, name: string): string {
-  const value = options[name];
-  if (typeof value !== 'string' || value.trim().length === 0) throw invalidOption(owner, name, 'a non-empty string', value);
-  return value;
 }
 
 /** Rejects a message without the fields WeChat requires, before any request. */

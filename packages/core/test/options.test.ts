@@ -46,7 +46,7 @@ describe('OfficialAccount options are checked at construction, before any I/O', 
   it('shows the value given to an option with a fixed set of values, to make the typo plain', () => {
     expect(configError({ ...base, tokenEndpoint: 'fast' }).message).toBe(`OfficialAccount options.tokenEndpoint must be 'stable' or 'classic' (got "fast")`);
     expect(configError({ ...base, refresh: 'sometimes' }).message).toBe(`OfficialAccount options.refresh must be 'auto' or 'never' (got "sometimes")`);
-    expect(configError({ ...base, tokenEndpoint: 7 }).message).toContain('(got number)');
+    expect(configError({ ...base, tokenEndpoint: 7 }).message).toContain('(got 7)');
   });
 
   it('never echoes the secret', () => {

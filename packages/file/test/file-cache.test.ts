@@ -158,7 +158,7 @@ describe('FileCache on disk', () => {
   });
 
   it('checks its options before any I/O', () => {
-    expect(() => new FileCache({ dir: '' })).toThrow(/FileCache options.dir must be a non-empty path \(got string\)/);
+    expect(() => new FileCache({ dir: '' })).toThrow(/FileCache options.dir must be a non-empty path \(got empty string\)/);
     expect(() => new FileCache({ guardStaleMs: -1 })).toThrow(/FileCache options.guardStaleMs/);
     expect(() => new FileCache(null as never)).toThrow(/FileCache options must be/);
     expect(new FileCache().dir).toBe(join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`));

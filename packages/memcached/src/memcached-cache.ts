@@ -1,6 +1,6 @@
 import KeyvMemcache from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
-import { assertTtl } from '@wxkit/core/internal';
+import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
@@ -24,6 +24,13 @@ export interface MemcachedCacheOptions {
 }
 
 const DEFAULTS = Object.freeze({ timeoutMs: 500 });
+
+const MEMCACHED_OPTIONS = {
+  servers: required(rule('"host:port", several separated by commas, or an array of them', (value) => parseServers(value) !== undefined)),
+  username: rule('a string', (value) => typeof value === 'string'),
+  password: rule('a string', (value) => typeof value === 'string'),
+  timeoutMs: durationMs(),
+} as const satisfies OptionSchema<keyof MemcachedCacheOptions>;
 
 /** The part of memjs's client that wxkit uses. */
 interface MemjsClient {
@@ -65,20 +72,12 @@ export class MemcachedCache implements TokenCache {
   #closed = false;
 
   constructor(options: string | MemcachedCacheOptions) {
-    const opts: MemcachedCacheOptions = typeof options === 'string' ? { servers: options } : options;
-    if (opts === null || typeof opts !== 'object') {
-      throw new ConfigError(`MemcachedCache options must be "host:port" or an options object (got ${opts === null ? 'null' : typeof opts})`, 'options');
+    if (options === null || (typeof options !== 'object' && typeof options !== 'string')) {
+      throw new ConfigError(`MemcachedCache options must be "host:port" or an options object (got ${typeName(options)})`, 'options');
     }
-    const servers = parseServers(opts.servers);
+    const opts = checkOptions<MemcachedCacheOptions>('MemcachedCache', MEMCACHED_OPTIONS, typeof options === 'string' ? { servers: options } : options);
+    const servers = parseServers(opts.servers)!;
     const timeoutMs = opts.timeoutMs ?? DEFAULTS.timeoutMs;
-    if (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0) {
-      throw new ConfigError(`MemcachedCache options.timeoutMs must be a number > 0 (got ${typeof timeoutMs})`, 'timeoutMs');
-    }
-    for (const name of ['username', 'password'] as const) {
-      if (opts[name] !== undefined && typeof opts[name] !== 'string') {
-        throw new ConfigError(`MemcachedCache options.${name} must be a string (got ${typeof opts[name]})`, name);
-      }
-    }
     this.#where = `memcached ${servers.join(',')}`;
     const store = new KeyvMemcache(servers.join(','), {
       username: opts.username,
@@ -251,15 +250,11 @@ function expires(ttlSeconds: number): number {
   return Math.min(Math.ceil(ttlSeconds), 30 * 24 * 3600);
 }
 
-function parseServers(servers: unknown): string[] {
+/** The servers as memjs takes them, `host:port` each; undefined when they are not that. */
+function parseServers(servers: unknown): string[] | undefined {
   const list = typeof servers === 'string' ? servers.split(',') : Array.isArray(servers) ? servers : undefined;
   const parsed = list?.map((entry) => (typeof entry === 'string' ? entry.trim().replace(/^memcached:\/\//, '').replace(/\/$/, '') : ''));
-  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_[\]:]+:\d{1,5}$/.test(entry))) {
-    throw new ConfigError(
-      `MemcachedCache options.servers must be "host:port", several separated by commas, or an array of them (got ${Array.isArray(servers) ? 'array' : typeof servers})`,
-      'servers',
-    );
-  }
+  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_[\]:]+:\d{1,5}$/.test(entry))) return undefined;
   return parsed;
 }
 

@@ -1,6 +1,6 @@
 import { createClient, createCluster, createSentinel, type RedisClientOptions } from '@keyv/redis';
 import { ConfigError } from '@wxkit/core';
-import { maskUrl } from '@wxkit/core/internal';
+import { MAX_TIMER_MS, checkOptions, durationMs, integer, maskUrl, nonEmptyString, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
 import type { RedisClientLike } from './connection.js';
 
 /** Options of {@link RedisCache}: one of `url`, `cluster`, `sentinel` or `client`. */
@@ -66,9 +66,6 @@ export interface ResolvedOptions {
 export function resolveOptions(options: unknown): ResolvedOptions {
   const opts = normalize(options);
   const connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
-  if (typeof connectTimeoutMs !== 'number' || !Number.isFinite(connectTimeoutMs) || connectTimeoutMs <= 0) {
-    throw invalid('connectTimeoutMs', 'a number > 0', connectTimeoutMs);
-  }
   // A command sent while the connection is down fails at once instead of waiting in node-redis's
   // offline queue, where it would run late, after the outage, over whatever was written meanwhile.
   // Reconnect with a backoff up to 2 s, until RedisCache gives the client up.
@@ -118,72 +115,88 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   return { source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as RedisClientLike, where: maskUrl(opts.url!), connectTimeoutMs };
 }
 
+const URL_RULE = 'a redis:// or rediss:// URL such as redis://user:password@host:6379/0';
+const SENTINEL_URL_RULE = 'redis://[user:password@]host:port URLs, without a database';
+
+const REDIS_OPTIONS = {
+  url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: badDatabase }),
+  cluster: rule(`a non-empty array of ${URL_RULE.slice(2)}s`, (value) => nonEmptyArray(value) && value.every((url) => redisUrl(url) === 'ok'), {
+    nearMiss: (value) => (nonEmptyArray(value) ? value.map(badDatabase).find(Boolean) : undefined),
+  }),
+  sentinel: rule('an object { sentinels, masterName }', isObject),
+  client: rule('a node-redis client, cluster or sentinel', (value) => isObject(value) && typeof value.connect === 'function'),
+  connectTimeoutMs: durationMs(),
+  clientOptions: rule('an object of node-redis client options', isObject),
+} as const satisfies OptionSchema<keyof RedisCacheOptions>;
+
+const SENTINEL_OPTIONS = {
+  // Sentinels speak plain TCP here; Sentinels behind TLS take a node-redis sentinel passed as `client`.
+  sentinels: required(
+    rule(`a non-empty array of ${SENTINEL_URL_RULE}`, (value) => nonEmptyArray(value) && value.every(isSentinelUrl) && logins(value) === 1, {
+      // Never echo a URL: it may hold a password. Its masked form is enough to find it.
+      nearMiss: (value) => {
+        const odd = nonEmptyArray(value) ? value.find((url) => !isSentinelUrl(url)) : undefined;
+        if (typeof odd === 'string') return `must be ${SENTINEL_URL_RULE} (got ${maskUrl(odd)})`;
+        if (nonEmptyArray(value) && odd === undefined) {
+          return `must be URLs with one user and password, as the Sentinels share one (got ${logins(value)} different)`;
+        }
+        return undefined;
+      },
+    }),
+  ),
+  masterName: required(nonEmptyString()),
+  username: rule('a string', (value) => typeof value === 'string'),
+  password: rule('a string', (value) => typeof value === 'string'),
+  database: integer(0, MAX_TIMER_MS),
+} as const satisfies OptionSchema<keyof RedisCacheSentinelOptions>;
+
 function normalize(options: unknown): RedisCacheOptions {
-  if (typeof options === 'string') return { url: checkUrl(options) };
+  if (typeof options === 'string') return { url: checkOptions<RedisCacheOptions>('RedisCache', REDIS_OPTIONS, { url: options }).url };
   if (!isObject(options)) {
     throw new ConfigError(`RedisCache options must be a redis:// URL, an options object or a node-redis client (got ${typeName(options)})`, 'options');
   }
   if (typeof options.connect === 'function') return { client: options as unknown as RedisClientLike };
-  const opts = options as RedisCacheOptions;
+  const opts = checkOptions<RedisCacheOptions>('RedisCache', REDIS_OPTIONS, options);
   const sources = [opts.url, opts.cluster, opts.sentinel, opts.client].filter((source) => source !== undefined).length;
   if (sources !== 1) throw new ConfigError('RedisCache options must have exactly one of url, cluster, sentinel or client', 'url');
-  if (opts.url !== undefined) checkUrl(opts.url);
-  if (opts.cluster !== undefined) {
-    if (!Array.isArray(opts.cluster) || opts.cluster.length === 0) throw invalid('cluster', 'a non-empty array of redis:// URLs', opts.cluster);
-    opts.cluster.forEach((url) => checkUrl(url, 'cluster'));
-  }
   if (opts.sentinel !== undefined) checkSentinel(opts.sentinel);
-  if (opts.client !== undefined && !(isObject(opts.client) && typeof opts.client.connect === 'function')) {
-    throw invalid('client', 'a node-redis client, cluster or sentinel', opts.client);
-  }
   return opts;
 }
 
 function checkSentinel(sentinel: RedisCacheSentinelOptions): void {
-  if (!isObject(sentinel)) throw invalid('sentinel', 'an object { sentinels, masterName }', sentinel);
-  const { sentinels, masterName, username, password, database } = sentinel;
-  if (!Array.isArray(sentinels) || sentinels.length === 0) throw invalid('sentinel.sentinels', 'a non-empty array of redis:// URLs', sentinels);
-  for (const url of sentinels) {
-    // Sentinels speak plain TCP here; Sentinels behind TLS take a node-redis sentinel passed as `client`.
-    if (!checkUrl(url, 'sentinel.sentinels').startsWith('redis:') || new URL(url).pathname.length > 1) {
-      throw new ConfigError(`RedisCache options.sentinel.sentinels must be redis://[user:password@]host:port URLs, without a database (got ${maskUrl(url)})`, 'sentinel.sentinels');
-    }
-  }
-  const login = (url: string) => `${new URL(url).username}:${new URL(url).password}`;
-  if (new Set(sentinels.map(login)).size > 1) {
-    throw new ConfigError('RedisCache options.sentinel.sentinels must all carry the same user and password (the Sentinels share one)', 'sentinel.sentinels');
-  }
-  if (typeof masterName !== 'string' || masterName === '') throw invalid('sentinel.masterName', 'a non-empty string', masterName);
-  if (username !== undefined && typeof username !== 'string') throw invalid('sentinel.username', 'a string', username);
-  if (password !== undefined && typeof password !== 'string') throw invalid('sentinel.password', 'a string', password);
-  if (database !== undefined && !(Number.isInteger(database) && database >= 0)) throw invalid('sentinel.database', 'an integer >= 0', database);
+  checkOptions<RedisCacheSentinelOptions>('RedisCache', SENTINEL_OPTIONS, sentinel, { path: 'sentinel' });
 }
 
-function checkUrl(url: unknown, option = 'url'): string {
+/** How many user:password pairs the Sentinel URLs carry: one, or a mistake. */
+function logins(urls: unknown[]): number {
+  return new Set(urls.map((url) => `${new URL(url as string).username}:${new URL(url as string).password}`)).size;
+}
+
+/** `ok`, `database` (a path that is no database number), or `no` (not a redis:// or rediss:// URL with a host). */
+function redisUrl(url: unknown): 'ok' | 'database' | 'no' {
   let parsed: URL | undefined;
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined;
   } catch {
     parsed = undefined;
   }
-  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) {
-    // Never echo the URL: it may hold a password.
-    throw invalid(option, 'a redis:// or rediss:// URL such as redis://user:password@host:6379/0', url);
-  }
-  if (parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname)) {
-    throw new ConfigError(`RedisCache options.${option} path must be a database number such as /0 (got ${maskUrl(String(url))})`, option);
-  }
-  return url as string;
+  if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) return 'no';
+  return parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname) ? 'database' : 'ok';
+}
+
+function isSentinelUrl(url: unknown): boolean {
+  return redisUrl(url) === 'ok' && (url as string).startsWith('redis:') && new URL(url as string).pathname.length <= 1;
+}
+
+/** The message for a URL whose path is no database number, with the URL masked: never its password. */
+function badDatabase(url: unknown): string | undefined {
+  return redisUrl(url) === 'database' ? `path must be a database number such as /0 (got ${maskUrl(String(url))})` : undefined;
+}
+
+function nonEmptyArray(value: unknown): value is unknown[] {
+  return Array.isArray(value) && value.length > 0;
 }
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return value !== null && typeof value === 'object' && !Array.isArray(value);
-}
-
-function typeName(value: unknown): string {
-  return value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value;
-}
-
-function invalid(name: string, rule: string, value: unknown): ConfigError {
-  return new ConfigError(`RedisCache options.${name} must be ${rule} (got ${typeName(value)})`, name);
 }

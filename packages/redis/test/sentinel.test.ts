@@ -80,7 +80,7 @@ describe('Redis Sentinel', () => {
     expect(withDb.option).toBe('sentinel.sentinels');
     expect(withDb.message).not.toContain('topsecret');
     const mixed = error({ sentinels: ['redis://:one@a:26379', 'redis://:two@b:26379'], masterName: 'm' });
-    expect(mixed.message).toContain('same user and password');
+    expect(mixed.message).toContain('one user and password');
     expect(mixed.message).not.toMatch(/one@|two@/);
     expect(() => new RedisCache({ url: 'redis://a:1', sentinel: { sentinels: ['redis://b:2'], masterName: 'm' } })).toThrow(/exactly one of url, cluster, sentinel or client/);
   });

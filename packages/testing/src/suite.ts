@@ -6,3 +6,4 @@ export {
   type DescribeStoreOutageOptions,
 } from './sharing.js';
 export type { CacheChildOp, CacheChildResult } from './cache-child.js';
+export { describeOptions, type DescribeOptionsOptions, type OptionCases } from './options.js';

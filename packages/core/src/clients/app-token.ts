@@ -1,7 +1,7 @@
-import { ClientCore, assertOptionsObject, requireId, requireSecret } from '../client-core.js';
+import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions } from '../client-core.js';
 import type { KeySubject } from '../token/entry.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
-import { optionalChoice } from '../validate.js';
+import { nonEmptyString, oneOf, required, type OptionSchema } from '../validate.js';
 
 // The access token of official accounts and mini programs: the same credentials, the same two token
 // endpoints, the same keys.
@@ -15,18 +15,37 @@ export const kTokenSource = Symbol.for('wxkit.internal.tokenSource');
 /** @internal */
 export type CustomToken = (core: ClientCore) => { key: string; label: string; upstream: Upstream };
 
+/** The options OfficialAccount and MiniProgram share: the same credentials, the same token endpoints. */
+interface AppOptions extends ClientOptions {
+  appId: string;
+  secret?: string;
+  tokenEndpoint?: 'stable' | 'classic';
+}
+
+const APP_OWN_OPTIONS = {
+  appId: required(ID_RULE),
+  secret: nonEmptyString(),
+  tokenEndpoint: oneOf(['stable', 'classic']),
+} as const satisfies OptionSchema<Exclude<keyof AppOptions, keyof ClientOptions>>;
+
+/**
+ * The rules of OfficialAccountOptions and MiniProgramOptions. {@link setUp} takes it typed by the
+ * client's options, so an option added to either without a rule here does not compile.
+ */
+export const APP_SCHEMA = clientSchema<AppOptions>(APP_OWN_OPTIONS);
+
 /**
  * The client core and the access token of an official account or a mini program: the same credentials,
  * token endpoints and keys for both.
  * @internal
  */
-export function setUp(owner: string, kind: 'official_account' | 'mini_program', options: unknown, own: readonly string[]) {
-  assertOptionsObject(owner, options);
-  const appId = requireId(owner, options, 'appId');
+export function setUp<T extends AppOptions>(owner: string, kind: 'official_account' | 'mini_program', options: unknown, schema: OptionSchema<keyof T>) {
+  const checked = checkClientOptions<T>(owner, schema, options);
+  const appId = checked.appId;
   const custom = (options as Record<symbol, unknown>)[kTokenSource] as CustomToken | undefined;
-  const secret = custom ? undefined : requireSecret(owner, options, 'secret');
-  const given = optionalChoice(owner, options, 'tokenEndpoint', ['stable', 'classic'], undefined);
-  const core = new ClientCore(owner, appId, options, own);
+  const secret = custom ? undefined : requireSecret(owner, checked);
+  const given = checked.tokenEndpoint;
+  const core = new ClientCore(owner, appId, checked);
   // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
   const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
   const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;

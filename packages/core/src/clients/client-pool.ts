@@ -1,7 +1,7 @@
 import { Agent, type Dispatcher } from 'undici';
-import { CLIENT_DEFAULTS, ClientCore, kPoolCore, type ClientOptions } from '../client-core.js';
+import { CLIENT_DEFAULTS, ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
-import { assertOptionsObject, invalidOption, optionalChoice, optionalFunction, optionalNumber, typeName } from '../validate.js';
+import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
@@ -61,9 +61,17 @@ export interface ClientPoolOptions<K extends ClientPoolKind> extends ClientOptio
   tokenEndpoint?: TokenEndpoint;
 }
 
-const OWN_OPTIONS = ['kind', 'credentials', 'maxClients', 'clientIdleMs', 'credentialsTimeoutMs', 'tokenEndpoint'] as const;
-const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, credentialsTimeoutMs: 10_000 });
 const KINDS = ['officialAccount', 'miniProgram', 'work'] as const;
+const OWN_OPTIONS = {
+  kind: required(oneOf(KINDS), "is required: 'officialAccount', 'miniProgram' or 'work'"),
+  credentials: required(rule('a function (id) => credentials, or a promise of them', (value) => typeof value === 'function')),
+  maxClients: integer(1, Number.MAX_SAFE_INTEGER),
+  clientIdleMs: durationMs(),
+  credentialsTimeoutMs: durationMs(),
+  tokenEndpoint: oneOf(['stable', 'classic']),
+} as const satisfies OptionSchema<OwnKeys<ClientPoolOptions<ClientPoolKind>>>;
+const SCHEMA = clientSchema<ClientPoolOptions<ClientPoolKind>>(OWN_OPTIONS);
+const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, credentialsTimeoutMs: 10_000 });
 const APP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
@@ -97,22 +105,16 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
 
   constructor(options: ClientPoolOptions<K>) {
     const owner = 'ClientPool';
-    assertOptionsObject(owner, options);
-    const opts = options as unknown as Record<string, unknown>;
-    if (opts.kind === undefined) throw new ConfigError(`${owner} options.kind is required: 'officialAccount', 'miniProgram' or 'work'`, 'kind');
-    this.kind = optionalChoice(owner, opts, 'kind', KINDS, 'officialAccount') as K;
-    const resolve = optionalFunction<CredentialsResolver<K>>(owner, opts, 'credentials');
-    if (!resolve) throw invalidOption(owner, 'credentials', 'a function (id) => credentials, or a promise of them', opts.credentials);
-    this.#resolve = resolve;
-    this.#timeoutMs = optionalNumber(owner, opts, 'credentialsTimeoutMs', DEFAULTS.credentialsTimeoutMs, { min: 1 });
+    const opts = checkClientOptions<ClientPoolOptions<K>>(owner, SCHEMA, options);
+    this.kind = opts.kind;
+    this.#resolve = opts.credentials;
+    this.#timeoutMs = opts.credentialsTimeoutMs ?? DEFAULTS.credentialsTimeoutMs;
     if (this.kind === 'work' && opts.tokenEndpoint !== undefined) {
       throw new ConfigError(`${owner} options.tokenEndpoint is for official accounts and mini programs; WeCom has one token endpoint`, 'tokenEndpoint');
     }
-    optionalChoice(owner, opts, 'tokenEndpoint', ['stable', 'classic'], undefined);
     const clientOptions: Record<string, unknown> = { ...opts };
-    for (const name of OWN_OPTIONS) if (name !== 'tokenEndpoint') delete clientOptions[name];
-    // Every client option is checked now, before any account is asked for, by the code that will use it.
-    const timeoutMs = optionalNumber(owner, opts, 'timeoutMs', CLIENT_DEFAULTS.timeoutMs, { min: 1 });
+    for (const name of Object.keys(OWN_OPTIONS)) if (name !== 'tokenEndpoint') delete clientOptions[name];
+    const timeoutMs = opts.timeoutMs ?? CLIENT_DEFAULTS.timeoutMs;
     // One pool of connections for every client: sockets per origin, not per account.
     this.#dispatcher =
       opts.dispatcher === undefined
@@ -121,12 +123,12 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     if (this.#dispatcher) clientOptions.dispatcher = this.#dispatcher;
     // The pool's core checks every client option now, before any account is asked for, and holds what
     // the clients share: the HTTP client, the stores, the settings. Each account costs its token manager.
-    this.#core = new ClientCore(owner, 'pool', clientOptions, OWN_OPTIONS, this.kind === 'work' ? WORK_BASE_URL : undefined);
+    this.#core = new ClientCore(owner, 'pool', clientOptions as ClientOptions, this.kind === 'work' ? WORK_BASE_URL : undefined);
     this.#options = { ...clientOptions, [kPoolCore]: this.#core };
-    const now = typeof opts.now === 'function' ? (opts.now as () => number) : () => performance.now();
+    const now = opts.now ?? (() => performance.now());
     this.#clients = new ClientLru({
-      maxClients: optionalNumber(owner, opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
-      idleMs: optionalNumber(owner, opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 }),
+      maxClients: opts.maxClients ?? DEFAULTS.maxClients,
+      idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now,
       // The clients share the connection pool and the store, which stay open: closing one drops its listeners only.
       drop: (client) => void client.close().catch(() => undefined),

@@ -2,7 +2,7 @@ import type { RequestOptions } from '../api-client.js';
 import { WeChatClient } from './wechat-client.js';
 import type { ClientCore, ClientOptions } from '../client-core.js';
 import { BadResponseError, ConfigError } from '../errors.js';
-import { setUp } from './app-token.js';
+import { APP_SCHEMA, setUp } from './app-token.js';
 import type { TokenEndpoint } from './official-account.js';
 import { requireFields, typeName } from '../validate.js';
 
@@ -48,7 +48,6 @@ export interface Code2SessionResult {
   unionid?: string;
 }
 
-const OWN_OPTIONS = ['appId', 'secret', 'tokenEndpoint'] as const;
 
 /**
  * A WeChat mini program (小程序) client: the same token protocol and cache hook as OfficialAccount,
@@ -77,7 +76,7 @@ export class MiniProgram extends WeChatClient {
   };
 
   constructor(options: MiniProgramOptions) {
-    const { core, subject, token, secret } = setUp('MiniProgram', 'mini_program', options, OWN_OPTIONS);
+    const { core, subject, token, secret } = setUp<MiniProgramOptions>('MiniProgram', 'mini_program', options, APP_SCHEMA);
     super(core, token);
     this.appId = subject.appId;
     const client = this.client;

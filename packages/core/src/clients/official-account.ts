@@ -2,7 +2,7 @@ import { WeChatClient } from './wechat-client.js';
 import type { ClientOptions } from '../client-core.js';
 import { Jssdk } from '../jssdk.js';
 import { TemplateMessage } from '../template-message.js';
-import { setUp } from './app-token.js';
+import { APP_SCHEMA, setUp } from './app-token.js';
 
 /** Which WeChat endpoint issues access tokens. */
 export type TokenEndpoint = 'stable' | 'classic';
@@ -26,7 +26,6 @@ export interface OfficialAccountOptions extends ClientOptions {
   tokenEndpoint?: TokenEndpoint;
 }
 
-const OWN_OPTIONS = ['appId', 'secret', 'tokenEndpoint'] as const;
 
 /**
  * A WeChat official account (公众号) client whose access token and jsapi_ticket are shared through the
@@ -45,7 +44,7 @@ export class OfficialAccount extends WeChatClient {
   readonly jssdk: Jssdk;
 
   constructor(options: OfficialAccountOptions) {
-    const { core, subject, token } = setUp('OfficialAccount', 'official_account', options, OWN_OPTIONS);
+    const { core, subject, token } = setUp<OfficialAccountOptions>('OfficialAccount', 'official_account', options, APP_SCHEMA);
     super(core, token);
     this.appId = subject.appId;
     this.templateMessage = new TemplateMessage(this.client);

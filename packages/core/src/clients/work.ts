@@ -1,10 +1,10 @@
 import type { RequestOptions } from '../api-client.js';
 import { WeChatClient } from './wechat-client.js';
-import { ClientCore, assertOptionsObject, requireId, requireSecret, type ClientOptions } from '../client-core.js';
+import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { WorkJssdk } from '../jssdk.js';
 import type { KeySubject } from '../token/entry.js';
 import { validateFetched } from '../token/upstream.js';
-import { invalidOption, requireFields } from '../validate.js';
+import { nonEmptyString, required, requireFields, rule, type OptionSchema } from '../validate.js';
 
 /** Options of {@link Work}. */
 export interface WorkOptions extends ClientOptions {
@@ -36,7 +36,11 @@ export interface WorkMessageResult {
   msgid?: string;
 }
 
-const OWN_OPTIONS = ['corpId', 'agentId', 'secret'] as const;
+const WORK_SCHEMA = clientSchema<WorkOptions>({
+  corpId: required(ID_RULE),
+  agentId: required(rule('the agent id, a number such as 1000002', (value) => /^\d{1,12}$/.test(typeof value === 'number' ? String(value) : typeof value === 'string' ? value : ''))),
+  secret: nonEmptyString(),
+} satisfies OptionSchema<OwnKeys<WorkOptions>>);
 
 /** WeCom's API host; `baseUrl` overrides it (a mock, a proxy). */
 export const WORK_BASE_URL = 'https://qyapi.weixin.qq.com';
@@ -62,13 +66,11 @@ export class Work extends WeChatClient {
 
   constructor(options: WorkOptions) {
     const owner = 'Work';
-    assertOptionsObject(owner, options);
-    const raw = options as unknown as Record<string, unknown>;
-    const corpId = requireId(owner, raw, 'corpId');
-    const agentId = String(raw.agentId);
-    if (!/^\d{1,12}$/.test(agentId)) throw invalidOption(owner, 'agentId', 'the agent id, a number such as 1000002', raw.agentId);
-    const secret = requireSecret(owner, raw, 'secret');
-    const core = new ClientCore(owner, corpId, raw, OWN_OPTIONS, WORK_BASE_URL);
+    const checked = checkClientOptions<WorkOptions>(owner, WORK_SCHEMA, options);
+    const corpId = checked.corpId;
+    const agentId = String(checked.agentId);
+    const secret = requireSecret(owner, checked);
+    const core = new ClientCore(owner, corpId, checked, WORK_BASE_URL);
     const subject = { kind: 'work', corpId, agentId, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
     const token = core.manager(
       'access_token',

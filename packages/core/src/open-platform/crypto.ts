@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { ConfigError, MessageCryptoError } from '../errors.js';
+import { MessageCryptoError } from '../errors.js';
+import { checkOptions, matching, nonEmptyString, required, type OptionSchema } from '../validate.js';
 
 /** Options of {@link MessageCrypto}: the values set on WeChat's console for the callback URL. */
 export interface MessageCryptoOptions {
@@ -21,7 +22,17 @@ export interface EncryptedMessage {
 
 // WeChat pads to a 32-byte block (its own spec), not AES's 16: a PKCS#7 pad byte runs from 1 to 32.
 const PAD_BLOCK = 32;
-const AES_KEY = /^[A-Za-z0-9]{43}$/;
+
+/** The callback Token: used only in signatures, never shown in messages. */
+export const CALLBACK_TOKEN_RULE = required(nonEmptyString());
+/** The EncodingAESKey: base64 of 32 bytes without its `=`; a secret, never shown in messages. */
+export const ENCODING_AES_KEY_RULE = required(matching(/^[A-Za-z0-9]{43}$/, 'a 43-character EncodingAESKey of letters and digits'));
+
+const MESSAGE_CRYPTO_OPTIONS = {
+  token: CALLBACK_TOKEN_RULE,
+  encodingAESKey: ENCODING_AES_KEY_RULE,
+  appId: required(nonEmptyString()),
+} as const satisfies OptionSchema<keyof MessageCryptoOptions>;
 
 /**
  * WeChat's message encryption ("safe mode", WXBizMsgCrypt), as used by official-account callbacks and
@@ -44,12 +55,7 @@ export class MessageCrypto {
   readonly #appId: string;
 
   constructor(options: MessageCryptoOptions) {
-    const check = (name: keyof MessageCryptoOptions, ok: boolean, rule: string) => {
-      if (!ok) throw new ConfigError(`MessageCrypto options.${name} must be ${rule} (got ${typeof options?.[name]})`, name);
-    };
-    check('token', typeof options?.token === 'string' && options.token.length > 0, 'a non-empty string');
-    check('encodingAESKey', typeof options?.encodingAESKey === 'string' && AES_KEY.test(options.encodingAESKey), 'a 43-character EncodingAESKey of letters and digits');
-    check('appId', typeof options?.appId === 'string' && options.appId.length > 0, 'a non-empty string');
+    checkOptions<MessageCryptoOptions>('MessageCrypto', MESSAGE_CRYPTO_OPTIONS, options);
     this.#token = options.token;
     this.#key = Buffer.from(`${options.encodingAESKey}=`, 'base64');
     this.#appId = options.appId;

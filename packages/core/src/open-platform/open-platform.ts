@@ -1,6 +1,6 @@
 import { Agent, type Dispatcher } from 'undici';
 import type { TokenCache } from '../cache.js';
-import { ClientCore, assertOptionsObject, kPoolCore, requireId, type ClientOptions } from '../client-core.js';
+import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
@@ -8,12 +8,12 @@ import { OfficialAccount, type OfficialAccountOptions } from '../clients/officia
 import type { WeChatClient } from '../clients/wechat-client.js';
 import type { ClientEvent, TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
-import { GuardedStore, assertTokenCache } from '../store.js';
+import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
-import { invalidOption, optionalNumber } from '../validate.js';
-import { MessageCrypto } from './crypto.js';
+import { durationMs, integer, invalidOption, nonEmptyString, required, type OptionSchema } from '../validate.js';
+import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto } from './crypto.js';
 import { parseFlatXml } from './xml.js';
 
 /** Options of {@link OpenPlatform}: the component app's credentials, its callback settings, and where its tokens live. */
@@ -70,7 +70,19 @@ export interface RefreshRecord {
   pendingBy?: string;
 }
 
-const OWN_OPTIONS = ['appId', 'secret', 'token', 'encodingAESKey', 'durableStore', 'maxClients', 'clientIdleMs'] as const;
+const OWN_OPTIONS = {
+  appId: required(ID_RULE),
+  secret: required(nonEmptyString()),
+  token: CALLBACK_TOKEN_RULE,
+  encodingAESKey: ENCODING_AES_KEY_RULE,
+  durableStore: required(
+    TOKEN_CACHE_RULE,
+    "is required: the authorizers' refresh tokens must live in a store that does not evict (Postgres through Keyv, a FileCache, Redis with persistence and noeviction)",
+  ),
+  maxClients: integer(1, Number.MAX_SAFE_INTEGER),
+  clientIdleMs: durationMs(),
+} as const satisfies OptionSchema<OwnKeys<OpenPlatformOptions>>;
+const SCHEMA = clientSchema<OpenPlatformOptions>(OWN_OPTIONS);
 const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000 });
 /** A verify ticket is valid for 12 hours after its push (WeChat's component_verify_ticket doc). */
 const TICKET_TTL_SECONDS = 12 * 3600;
@@ -105,51 +117,35 @@ export class OpenPlatform {
   readonly #durable: GuardedStore;
   readonly #component: TokenManager;
   readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
-  readonly #options: Record<string, unknown>;
+  /** The options every authorizer client is made with: the client options, without the component's own. */
+  readonly #options: ClientOptions;
   readonly #dispatcher: Dispatcher | undefined;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   #closed = false;
 
   constructor(options: OpenPlatformOptions) {
-    assertOptionsObject('OpenPlatform', options);
-    const opts = options as unknown as Record<string, unknown>;
-    this.appId = requireId('OpenPlatform', opts, 'appId');
-    const secret = opts.secret;
-    if (typeof secret !== 'string' || secret.trim() === '') {
-      throw new ConfigError(`OpenPlatform options.secret must be a non-empty string (got ${secret === undefined ? 'undefined' : typeof secret})`, 'secret');
-    }
-    this.#secret = secret;
-    // MessageCrypto checks token and encodingAESKey, naming them as OpenPlatform's would.
-    try {
-      this.#crypto = new MessageCrypto({ token: opts.token as string, encodingAESKey: opts.encodingAESKey as string, appId: this.appId });
-    } catch (error) {
-      if (error instanceof ConfigError) throw new ConfigError(error.message.replace('MessageCrypto', 'OpenPlatform'), error.option);
-      throw error;
-    }
-    if (opts.durableStore === undefined) {
-      throw new ConfigError(
-        'OpenPlatform options.durableStore is required: the authorizers\' refresh tokens must live in a store that does not evict (Postgres through Keyv, a FileCache, Redis with persistence and noeviction)',
-        'durableStore',
-      );
-    }
-    assertTokenCache('OpenPlatform options.durableStore', opts.durableStore);
+    const opts = checkClientOptions<OpenPlatformOptions>('OpenPlatform', SCHEMA, options);
+    this.appId = opts.appId;
+    this.#secret = opts.secret;
+    this.#crypto = new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId });
     this.#clients = new ClientLru({
-      maxClients: optionalNumber('OpenPlatform', opts, 'maxClients', DEFAULTS.maxClients, { min: 1, integer: true }),
-      idleMs: optionalNumber('OpenPlatform', opts, 'clientIdleMs', DEFAULTS.clientIdleMs, { min: 1 }),
+      maxClients: opts.maxClients ?? DEFAULTS.maxClients,
+      idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now: () => performance.now(),
       // The clients share the pool and the store, which stay open: closing one drops its listeners only.
       drop: ({ client }) => void client.close().catch(() => undefined),
     });
     // Every authorizer client sends through one pool: 10,000 accounts need sockets per origin, not per account.
     this.#dispatcher = opts.dispatcher === undefined ? new Agent({ connections: 64 }) : undefined;
-    this.#options = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
-    for (const name of OWN_OPTIONS) delete this.#options[name];
-    this.#core = new ClientCore('OpenPlatform', this.appId, { ...this.#options }, OWN_OPTIONS);
+    const clientOptions: Record<string, unknown> = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
+    for (const name of Object.keys(OWN_OPTIONS)) delete clientOptions[name];
+    this.#options = clientOptions;
+    this.#core = new ClientCore('OpenPlatform', this.appId, this.#options);
     if (!this.#core.schema.openPlatformKey) {
       throw invalidOption('OpenPlatform', 'schema', `a KeySchema with open-platform keys (${this.#core.schema.name} has none; use nativeSchema())`, opts.schema);
     }
-    this.#durable = new GuardedStore(opts.durableStore as TokenCache, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
-    this.#warnIfEvictable(opts.durableStore as TokenCache);
+    this.#durable = new GuardedStore(opts.durableStore, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
+    this.#warnIfEvictable(opts.durableStore);
     // The authorizer clients share this platform's HTTP client, stores and key schema: each account
     // costs its token manager, not a copy of those.
     (this.#options as Record<symbol, unknown>)[kPoolCore] = this.#core;
@@ -275,7 +271,8 @@ export class OpenPlatform {
 
   #client(authorizerAppId: string, kind: 'official_account' | 'mini_program'): WeChatClient {
     if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizerAppId');
-    const id = requireId('OpenPlatform', { authorizerAppId }, 'authorizerAppId');
+    if (!ID_RULE.accepts(authorizerAppId)) throw invalidOption('OpenPlatform', 'authorizerAppId', ID_RULE.allowed, authorizerAppId);
+    const id = authorizerAppId;
     const held = this.#clients.get(id);
     if (held?.kind === kind) return held.client;
     // The account was last used as the other kind: that client goes.

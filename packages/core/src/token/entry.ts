@@ -1,5 +1,5 @@
 import { binaryToText, textToBinary } from '../bytes.js';
-import { assertOptionsObject, invalidOption, optionalNumber } from '../validate.js';
+import { checkOptions, integer, rule, type OptionSchema } from '../validate.js';
 
 /** Which WeChat credential an entry belongs to. */
 export type KeySubject =
@@ -166,6 +166,13 @@ export function bareEntry(value: unknown): StoredEntry | undefined {
   return isPlausibleToken(value) ? { value } : undefined;
 }
 
+const NATIVE_SCHEMA_OPTIONS = {
+  // A key is one token of a Redis or memcached command line: no whitespace, no control characters.
+  prefix: rule('a string free of whitespace and control characters', (value) => typeof value === 'string' && !/[\s\u0000-\u001f\u007f]/.test(value)),
+  // A day is far past any token's life (7200 s): a larger margin is a typo.
+  marginSeconds: integer(0, 86_400, 's'),
+} as const satisfies OptionSchema<keyof NativeSchemaOptions>;
+
 /**
  * wxkit's own key schema, version 1: keys `wechat:stable_access_token:{appid}` and friends, values
  * `{"access_token":"…","expires_at":…,"fetched_at":…,"fetched_by":"…"}`. docs/key-schema.md is the
@@ -177,15 +184,9 @@ export function bareEntry(value: unknown): StoredEntry | undefined {
  * ```
  */
 export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
-  assertOptionsObject('nativeSchema', options);
-  const prefix = options.prefix ?? NATIVE_DEFAULTS.prefix;
-  if (typeof prefix !== 'string') throw invalidOption('nativeSchema', 'prefix', 'a string', prefix);
-  if (/[\s\u0000-\u001f\u007f]/.test(prefix)) {
-    throw invalidOption('nativeSchema', 'prefix', 'free of whitespace and control characters', prefix);
-  }
-  const marginSeconds = optionalNumber('nativeSchema', options, 'marginSeconds', NATIVE_DEFAULTS.marginSeconds, {
-    integer: true,
-  });
+  const checked = checkOptions<NativeSchemaOptions>('nativeSchema', NATIVE_SCHEMA_OPTIONS, options);
+  const prefix = checked.prefix ?? NATIVE_DEFAULTS.prefix;
+  const marginSeconds = checked.marginSeconds ?? NATIVE_DEFAULTS.marginSeconds;
 
   return {
     name: 'native-v1',

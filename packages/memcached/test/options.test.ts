@@ -1,0 +1,24 @@
+import { describeOptions, type OptionCases } from '@wxkit/testing/suite';
+import { MemcachedCache, type MemcachedCacheOptions } from '../src/index.js';
+
+// Every option of MemcachedCache, checked at construction before any I/O (no request is sent, so the
+// closed port is never dialled). Typed against the interface and compared with the built index.d.ts.
+
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+describeOptions({
+  owner: 'MemcachedCache',
+  make: (options) => new MemcachedCache(options as unknown as MemcachedCacheOptions),
+  close: (made) => (made as MemcachedCache).close(),
+  base: { servers: '127.0.0.1:9' },
+  cases: {
+    servers: { valid: ['127.0.0.1:9,127.0.0.1:10', ['127.0.0.1:9'], 'memcached://127.0.0.1:9'], invalid: ['localhost', [], ['a:1', 'b'], '', 42] },
+    username: { valid: ['app'], invalid: [42] },
+    password: { valid: ['topsecret'], invalid: [12345678, {}] },
+    timeoutMs: { valid: [1, 500, MAX_TIMER_MS], invalid: [0, -5, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '500'] },
+  } satisfies Record<keyof MemcachedCacheOptions, OptionCases>,
+  secrets: ['password'],
+  required: ['servers'],
+  misspelt: { server: 'servers', timeout: 'timeoutMs', user: 'username', pass: 'password' },
+  declarations: { file: new URL('../dist/index.d.ts', import.meta.url), interfaces: ['MemcachedCacheOptions'] },
+});
