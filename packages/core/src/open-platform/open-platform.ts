@@ -312,7 +312,7 @@ export class OpenPlatform {
     const core = this.#core;
     const path = 'cgi-bin/component/api_component_token';
     return {
-      budgetMs: core.http.timeoutMs,
+      budgetMs: core.http.callBudgetMs,
       // A new component token supersedes the old one after a grace window, as the classic endpoint does.
       invalidatesPrevious: true,
       prepare: () => this.#ticket(),
@@ -321,6 +321,7 @@ export class OpenPlatform {
           method: 'POST',
           path,
           json: { component_appid: this.appId, component_appsecret: this.#secret, component_verify_ticket: ticket },
+          tokenFetch: true,
         });
         return validateFetched(body, 'component_access_token', path);
       },
@@ -369,7 +370,7 @@ export class OpenPlatform {
     const core = this.#core;
     return {
       // Inside the lock: the write-ahead, up to two token calls and an info call, and the durable writes.
-      budgetMs: 3 * core.http.timeoutMs + (2 + DURABLE_WRITE_ATTEMPTS) * core.cacheTimeoutMs,
+      budgetMs: 3 * core.http.callBudgetMs + (2 + DURABLE_WRITE_ATTEMPTS) * core.cacheTimeoutMs,
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
@@ -416,6 +417,7 @@ export class OpenPlatform {
       path,
       query: { component_access_token: componentToken },
       json: { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token },
+      tokenFetch: true,
     });
     const fetched = validateFetched(body, 'authorizer_access_token', path);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
@@ -449,6 +451,7 @@ export class OpenPlatform {
       path,
       query: { component_access_token: componentToken },
       json: { component_appid: this.appId, authorizer_appid: authorizerAppId },
+      tokenFetch: true,
     });
     const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
     if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
