@@ -57,7 +57,7 @@ describe('item 6: lost lock writes and a hung store', () => {
     expect(mock.isTokenValid(appId, token)).toBe(true);
     expect(await inner.get(lockKey)).toMatch(/:\d+:[0-9a-f]{12}$/);
     await recovered;
-    // Without the clean-up the lock would stay for its whole lease (about 25 s).
+    // Without the clean-up the lock would stay for its whole lease (about 35 s).
     await eventually(async () => (await inner.get(lockKey)) === undefined, 'the lost lock to be deleted', 5_000);
     // Another process finds no lock, and takes the token this one published once the store was back.
     const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: inner, logger: false });

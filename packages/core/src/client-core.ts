@@ -54,7 +54,10 @@ export interface ClientOptions {
    */
   schema?: KeySchema;
   /**
-   * Deadline of one HTTP exchange with WeChat, connect to last body byte, in ms.
+   * Deadline of one HTTP exchange with WeChat, from the moment it is on a connection to the last body
+   * byte, in ms; and, separately, the longest a request waits for a free connection of the pool (one
+   * that never got one fails with `HttpError.sent` false: it was not sent). Time spent waiting for a
+   * connection never turns an answer into a timeout.
    * @default 10000
    */
   timeoutMs?: number;
@@ -65,7 +68,8 @@ export interface ClientOptions {
   maxResponseBytes?: number;
   /**
    * An undici dispatcher to send requests through (a ProxyAgent, say). wxkit does not close it.
-   * @default a connection pool per origin shared by every client of this process (128 connections);
+   * @default a connection pool per origin shared by every client of this process (128 connections, and
+   * a pool of 16 for token and ticket fetches, so queued API calls never hold back a fetch);
    * closing a client leaves it to the others, and the last client to close closes it
    */
   dispatcher?: Dispatcher;
@@ -79,7 +83,8 @@ export interface ClientOptions {
    * How long a process waits for another one's refresh, in ms. A waiter never fetches beside a holder:
    * it takes the holder's token or the holder's error, or the lock once the holder's lease ends (a
    * holder that died). The lease itself is computed from the critical section it guards (`timeoutMs`
-   * and `cacheTimeoutMs`; about 25 s by default), so the default outlasts it.
+   * twice, for the wait for a connection and the exchange, and `cacheTimeoutMs`; about 35 s by default),
+   * so the default outlasts it.
    * @default the lock's lease + 5000
    */
   lockWaitMs?: number;

@@ -98,15 +98,23 @@ export class HttpError extends WxkitError {
   /** HTTP status when the server answered; undefined when no response arrived. */
   readonly status: number | undefined;
   readonly path: string;
+  /**
+   * Whether the request may have reached the server. `false`: it never left this process (no
+   * connection, or no free connection within the queue window), so the server did nothing and a retry
+   * cannot act twice. `true`: the server may have acted on it (a send may have gone out; a classic
+   * token fetch may have replaced the token).
+   */
+  readonly sent: boolean;
 
   constructor(
     code: 'ERR_WXKIT_HTTP' | 'ERR_WXKIT_TIMEOUT',
     message: string,
-    options: { path: string; status?: number; cause?: unknown },
+    options: { path: string; status?: number; sent?: boolean; cause?: unknown },
   ) {
     super(code, message, { cause: options.cause });
     this.status = options.status;
     this.path = options.path;
+    this.sent = options.sent ?? true;
   }
 
   static {

@@ -45,6 +45,12 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'authorizer_refresh_token.unsaved': AuthorizerEvent;
   /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */
   'authorizer_refresh_token.recovered': AuthorizerRefreshTokenRecoveredEvent;
+  /**
+   * OpenPlatform: a refresh found the durable record changed under it (another process took over the
+   * refresh after this one's lease ran out) and left it alone: it never writes back a refresh token
+   * WeChat may have rotated away since.
+   */
+  'authorizer_refresh_token.superseded': AuthorizerEvent;
   /** OpenPlatform: the durable store is a memcached, which evicts; refresh tokens may be lost. */
   'durable_store.evictable': TokenEventBase;
 };

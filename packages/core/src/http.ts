@@ -16,6 +16,8 @@ export interface HttpSettings {
   userAgent: string;
   /** Who answers, in messages. @default 'WeChat' */
   peer?: string;
+  /** The longest a request waits in the pool's queue for a socket, in ms. @default timeoutMs */
+  queueTimeoutMs?: number;
 }
 
 export interface HttpRequest {
@@ -26,6 +28,11 @@ export interface HttpRequest {
   signal?: AbortSignal;
   /** Extra request headers (an Authorization header for a token service). Never logged. */
   headers?: Record<string, string>;
+  /**
+   * A token or ticket fetch: sent through the origin's small token pool, so API calls queued in the
+   * main pool cannot hold back the fetch they wait for (a caller's dispatcher carries both).
+   */
+  tokenFetch?: boolean;
 }
 
 /** A response body that is not JSON: an image from wxacode, say. */
@@ -34,10 +41,14 @@ export interface BinaryResponse {
   body: Buffer;
 }
 
-// Connections per origin in the shared pool. Sends beyond it queue inside the pool (undici's timeouts
-// start once a request is on a socket), so a platform of 10,000 accounts sending at once holds this many
-// sockets, not one per account. 128 in flight at WeChat's ~20 ms is over 6,000 calls a second.
+// Connections per origin in the shared pool of API calls. Sends beyond it queue inside the pool, so a
+// platform of 10,000 accounts sending at once holds this many sockets, not one per account. 128 in
+// flight at WeChat's ~20 ms is over 6,000 calls a second.
 const POOL_CONNECTIONS = 128;
+// Token and ticket fetches go through a small pool of their own per origin: every send of an account
+// waits for its token, and the fetch runs under a lock lease, so a queue of API calls in the main pool
+// must not hold it back.
+const TOKEN_POOL_CONNECTIONS = 16;
 // Idle keep-alive connections are closed after this long; WeChat's servers keep them about as long.
 const KEEP_ALIVE_MS = 10_000;
 
@@ -66,19 +77,20 @@ interface SharedPool {
 // Origins as strings, one copy each, whatever number of clients name them.
 const ORIGINS = new Map<string, string>();
 
-// One pool per origin (and connect timeout) for the whole process: every client without a dispatcher
-// of its own sends through it. Idle sockets are unref'd by undici and never hold the process open; the
-// pool is closed when the last client using it closes.
+// Pools per origin (and connect timeout, and lane) for the whole process: every client without a
+// dispatcher of its own sends through them. Idle sockets are unref'd by undici and never hold the
+// process open; a pool is closed when the last client using it closes.
 const pools = new Map<string, SharedPool>();
 
-/** The shared pool of `origin`, counted as used by one more client until `release()`. */
-function sharedPool(origin: string, connectTimeoutMs: number): { dispatcher: Dispatcher; release: () => Promise<void> } {
-  const key = `${origin} ${connectTimeoutMs}`;
+/** The shared pool of `origin` for `lane`, counted as used by one more client until `release()`. */
+function sharedPool(origin: string, connectTimeoutMs: number, lane: 'api' | 'token'): { dispatcher: Dispatcher; release: () => Promise<void> } {
+  const key = `${lane} ${origin} ${connectTimeoutMs}`;
   let shared = pools.get(key);
   if (!shared) {
+    const connections = lane === 'token' ? TOKEN_POOL_CONNECTIONS : POOL_CONNECTIONS;
     shared = {
       key,
-      pool: new Pool(origin, { connections: POOL_CONNECTIONS, keepAliveTimeout: KEEP_ALIVE_MS, connect: { timeout: connectTimeoutMs } }),
+      pool: new Pool(origin, { connections, keepAliveTimeout: KEEP_ALIVE_MS, connect: { timeout: connectTimeoutMs } }),
       users: 0,
     };
     pools.set(key, shared);
@@ -88,28 +100,249 @@ function sharedPool(origin: string, connectTimeoutMs: number): { dispatcher: Dis
 }
 
 /**
- * JSON over HTTP with the guarantees the token protocol needs: a deadline on every exchange (connect,
- * headers, and the whole body: a body that trickles forever still ends), a size cap, and errors that
- * name the path but never the query string, where the access_token and the secret live.
+ * The exchanges still waiting for a socket, in the order they were queued, by queue window: one timer
+ * for all of them, armed for the oldest, so a send that finds a free socket (the common case) costs no
+ * timer at all, and a queue of thousands costs one.
+ */
+class QueueWatch {
+  readonly #waiting = new Map<number, Set<Exchange>>();
+  #timer: NodeJS.Timeout | undefined;
+  #timerAt = Infinity;
+
+  add(exchange: Exchange): void {
+    let queue = this.#waiting.get(exchange.queueWindowMs);
+    if (!queue) this.#waiting.set(exchange.queueWindowMs, (queue = new Set()));
+    queue.add(exchange);
+    if (exchange.queueDeadline < this.#timerAt) this.#arm(exchange.queueDeadline);
+  }
+
+  delete(exchange: Exchange): void {
+    // The timer stays armed: it finds nothing due and re-arms for the oldest still waiting, if any.
+    this.#waiting.get(exchange.queueWindowMs)?.delete(exchange);
+  }
+
+  #arm(at: number): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timerAt = at;
+    // unref'd: a queued request is waiting for a socket of the pool, which holds the process open itself.
+    this.#timer = setTimeout(() => this.#sweep(), Math.max(0, at - performance.now()) + 1).unref();
+  }
+
+  #sweep(): void {
+    this.#timer = undefined;
+    this.#timerAt = Infinity;
+    const now = performance.now();
+    let next = Infinity;
+    for (const [window, queue] of this.#waiting) {
+      // Same window, queued in order: the deadlines of one set only grow.
+      for (const exchange of queue) {
+        if (exchange.queueDeadline > now) {
+          next = Math.min(next, exchange.queueDeadline);
+          break;
+        }
+        queue.delete(exchange);
+        exchange.expire();
+      }
+      if (queue.size === 0) this.#waiting.delete(window);
+    }
+    if (next !== Infinity) this.#arm(next);
+  }
+}
+
+const queueWatch = new QueueWatch();
+
+// Thrown from onConnect to drop a request that was given up while queued: undici then removes it
+// without writing a byte and keeps the socket for the next request.
+const GIVEN_UP = new Error('given up while queued');
+
+type Settle = (value: ExchangeResult) => void;
+
+interface ExchangeResult {
+  status: number;
+  contentType: string;
+  bytes: Buffer;
+}
+
+/**
+ * One request as undici's dispatcher sees it (its plain handler interface, as undici's own `request()`
+ * uses): the body is gathered straight into an array, no stream in between. The deadline of the
+ * exchange starts when undici hands the request to a socket (`onConnect`), not when it was queued;
+ * the time in the queue is bounded by its own window, and a request given up there was never sent.
+ */
+class Exchange {
+  readonly queueWindowMs: number;
+  readonly queueDeadline: number;
+  connected = false;
+  #settled = false;
+  get settled(): boolean {
+    return this.#settled;
+  }
+  #deadline = Infinity;
+  #abort: ((error?: Error) => void) | undefined;
+  #status = 0;
+  #contentType = '';
+  #expectedLength = -1;
+  readonly #chunks: Buffer[] = [];
+  #size = 0;
+  #lateCheck = false;
+  readonly #client: HttpClient;
+  readonly #path: string;
+  readonly #signal: AbortSignal | undefined;
+  readonly #resolve: Settle;
+  readonly #reject: (error: unknown) => void;
+  #onAbort: (() => void) | undefined;
+
+  constructor(client: HttpClient, path: string, queueWindowMs: number, signal: AbortSignal | undefined, resolve: Settle, reject: (error: unknown) => void) {
+    this.#client = client;
+    this.#path = path;
+    this.queueWindowMs = queueWindowMs;
+    this.queueDeadline = performance.now() + queueWindowMs;
+    this.#signal = signal;
+    this.#resolve = resolve;
+    this.#reject = reject;
+    if (signal) {
+      this.#onAbort = () => {
+        if (this.#settled) return;
+        // On a socket: undici stops the exchange (and closes that socket). Still queued: the request is
+        // dropped when its turn comes, unsent.
+        if (this.connected) this.#abort?.(signal.reason as Error);
+        else this.#fail(signal.reason);
+      };
+      signal.addEventListener('abort', this.#onAbort, { once: true });
+    }
+  }
+
+  /** The queue window has passed and no socket took the request: it fails, and was never sent. */
+  expire(): void {
+    if (this.connected || this.#settled) return;
+    this.#fail(this.#client.notSentError(this.#path));
+  }
+
+  onConnect(abort: (error?: Error) => void): void {
+    if (!this.connected) {
+      queueWatch.delete(this);
+      if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
+      if (this.#settled) throw GIVEN_UP;
+      this.connected = true;
+      this.#deadline = performance.now() + this.#client.timeoutMs;
+    }
+    this.#abort = abort;
+  }
+
+  onHeaders(status: number, headers: (Buffer | string)[] | string[] | null): boolean {
+    if (status < 200) return true;
+    this.#status = status;
+    if (headers) {
+      for (let i = 0; i + 1 < headers.length; i += 2) {
+        const name = headers[i]!;
+        // Only two names matter; compare lengths before making a string of the name.
+        if (name.length !== 12 && name.length !== 14) continue;
+        const lower = name.toString().toLowerCase();
+        if (lower === 'content-type') this.#contentType = headers[i + 1]!.toString();
+        else if (lower === 'content-length') this.#expectedLength = Number(headers[i + 1]!.toString());
+      }
+    }
+    return true;
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.#settled) return true;
+    this.#size += chunk.length;
+    const max = this.#client.maxResponseBytes;
+    if (this.#size > max) {
+      this.#abort?.(
+        new BadResponseError(`${this.#client.peer} answered ${this.#path} with a body over ${max} bytes; raise options.maxResponseBytes if that is expected`, {
+          path: this.#path,
+          status: this.#status,
+        }),
+      );
+      return false;
+    }
+    this.#chunks.push(chunk);
+    // bodyTimeout bounds the pause between two chunks; this bounds their sum. A chunk that completes the
+    // body is never thrown away: by its length when the answer declares one, else by the end of the
+    // message, which undici reports in the same parse as the last chunk when they arrived together.
+    if (!this.#lateCheck && performance.now() > this.#deadline && !(this.#expectedLength >= 0 && this.#size >= this.#expectedLength)) {
+      this.#lateCheck = true;
+      queueMicrotask(() => {
+        if (!this.#settled) this.#abort?.(this.#client.timeoutError(this.#path, true));
+      });
+    }
+    return true;
+  }
+
+  onComplete(): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    this.#cleanUp();
+    const chunks = this.#chunks;
+    this.#resolve({
+      status: this.#status,
+      contentType: this.#contentType,
+      bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.#size),
+    });
+  }
+
+  onError(error: Error): void {
+    if (this.#settled) return;
+    if (this.#signal?.aborted) return this.#fail(this.#signal.reason);
+    if (error instanceof HttpError || error instanceof BadResponseError) return this.#fail(error);
+    this.#fail(this.#client.transportError(error, this.#path, this.connected));
+  }
+
+  onUpgrade(): void {
+    // Never asked for; undici calls it only for upgrade or CONNECT requests.
+  }
+
+  #fail(error: unknown): void {
+    if (this.#settled) return;
+    this.#settled = true;
+    if (!this.connected) queueWatch.delete(this);
+    this.#cleanUp();
+    this.#reject(error);
+  }
+
+  #cleanUp(): void {
+    if (this.#onAbort) this.#signal!.removeEventListener('abort', this.#onAbort);
+  }
+}
+
+/**
+ * JSON over HTTP with the guarantees the token protocol needs: a deadline on every exchange (headers,
+ * and the whole body: a body that trickles forever still ends), a bounded wait for a socket, a size cap,
+ * and errors that name the path but never the query string, where the access_token and the secret live.
  *
- * The deadlines are undici's own (connect timeout, headersTimeout, bodyTimeout, on its shared timer
- * wheel) plus a check of the body's total time as each chunk arrives: a send sets no timer and makes no
- * AbortController of its own. A caller's signal is handed to undici as it is.
+ * Two windows, one after the other, each `timeoutMs` long: a request waits at most that long in the
+ * pool's queue for a socket (connecting one included), and failing there it was never sent
+ * (`HttpError.sent` false, safe to retry); once on a socket, the exchange has `timeoutMs` to answer. A
+ * request is never failed for the time it queued, so an answer WeChat gave is never thrown away as a
+ * timeout after WeChat acted on it. The deadlines are undici's own (connect timeout, headersTimeout,
+ * bodyTimeout, on its shared timer wheel), a check of the body's total time as each chunk arrives, and
+ * one timer shared by every queued request: a send sets no timer and makes no AbortController of its
+ * own. A caller's signal is honoured.
  */
 export class HttpClient {
   readonly #settings: HttpSettings;
   readonly #dispatcher: Dispatcher;
-  readonly #release: (() => Promise<void>) | undefined;
+  /** Token and ticket fetches: the origin's token pool, opened on the first fetch, or the caller's dispatcher. */
+  #tokenDispatcher: Dispatcher | undefined;
+  readonly #releases: (() => Promise<void>)[] = [];
+  #closed = false;
   readonly #origin: string;
   /** The base URL's path, without a trailing slash (`''` for https://api.weixin.qq.com). */
   readonly #basePath: string;
   readonly #headers: Readonly<Record<string, string>>;
   readonly #jsonHeaders: Readonly<Record<string, string>>;
-  readonly #peer: string;
+  /** Who answers, in messages. */
+  readonly peer: string;
+  readonly maxResponseBytes: number;
+  readonly #queueTimeoutMs: number;
 
   constructor(settings: HttpSettings) {
     this.#settings = settings;
-    this.#peer = settings.peer ?? 'WeChat';
+    this.#queueTimeoutMs = settings.queueTimeoutMs ?? settings.timeoutMs;
+    this.peer = settings.peer ?? 'WeChat';
+    this.maxResponseBytes = settings.maxResponseBytes;
     const base = new URL(settings.baseUrl);
     let origin = ORIGINS.get(base.origin);
     if (origin === undefined) ORIGINS.set(base.origin, (origin = base.origin));
@@ -124,17 +357,25 @@ export class HttpClient {
     this.#headers = headers.plain;
     this.#jsonHeaders = headers.json;
     if (settings.dispatcher) {
-      this.#dispatcher = settings.dispatcher;
+      this.#dispatcher = this.#tokenDispatcher = settings.dispatcher;
     } else {
-      const shared = sharedPool(this.#origin, settings.timeoutMs);
+      const shared = sharedPool(this.#origin, settings.timeoutMs, 'api');
       this.#dispatcher = shared.dispatcher;
-      this.#release = shared.release;
+      this.#releases.push(shared.release);
     }
   }
 
-  /** Deadline of one exchange, connect to last body byte, in ms. */
+  /** Deadline of one exchange once it is on a socket, first byte written to last byte read, in ms. */
   get timeoutMs(): number {
     return this.#settings.timeoutMs;
+  }
+
+  /**
+   * The longest one call takes before it answers or fails, in ms: the wait for a socket, then the
+   * exchange. What a lock lease that guards an HTTP call counts for it.
+   */
+  get callBudgetMs(): number {
+    return this.#queueTimeoutMs + this.#settings.timeoutMs;
   }
 
   /** Sends the request and returns the parsed JSON body. Throws WeChatApiError when `errcode` is set and not 0. */
@@ -154,7 +395,7 @@ export class HttpClient {
       return { contentType, body: bytes };
     }
     const record = this.#decode(path, status, bytes.toString('utf8'));
-    throw new BadResponseError(`${this.#peer} answered ${path} with JSON (${Object.keys(record).join(', ') || 'empty'}) where bytes were expected`, {
+    throw new BadResponseError(`${this.peer} answered ${path} with JSON (${Object.keys(record).join(', ') || 'empty'}) where bytes were expected`, {
       path,
       status,
     });
@@ -166,9 +407,9 @@ export class HttpClient {
     try {
       body = parseJson(text);
     } catch (error) {
-      if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.#peer} answered ${path} with HTTP ${status}`, { path, status });
+      if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}`, { path, status });
       throw new BadResponseError(
-        `${this.#peer} answered ${path} with a body that is not JSON (HTTP ${status}, ${text.length} bytes${/^\s*</.test(text) ? ', HTML' : ''})`,
+        `${this.peer} answered ${path} with a body that is not JSON (HTTP ${status}, ${text.length} bytes${/^\s*</.test(text) ? ', HTML' : ''})`,
         { path, status, cause: error },
       );
     }
@@ -177,65 +418,93 @@ export class HttpClient {
       // WeChat reports errors with HTTP 200, but a proxy in between may not; the errcode is what counts.
       throw new WeChatApiError({ errcode: record.errcode, errmsg: stringOr(record.errmsg) }, path);
     }
-    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.#peer} answered ${path} with HTTP ${status}`, { path, status });
+    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}`, { path, status });
     if (!record) {
-      throw new BadResponseError(`${this.#peer} answered ${path} with JSON that is not an object`, { path, status });
+      throw new BadResponseError(`${this.peer} answered ${path} with JSON that is not an object`, { path, status });
     }
     if (record.errcode !== undefined && record.errcode !== 0) {
-      throw new BadResponseError(`${this.#peer} answered ${path} with an errcode that is not a number`, { path, status });
+      throw new BadResponseError(`${this.peer} answered ${path} with an errcode that is not a number`, { path, status });
     }
     return record;
   }
 
-  /** Leaves the shared pool (closed with its last client); a caller's dispatcher stays open. */
+  /** Leaves the shared pools (each closed with its last client); a caller's dispatcher stays open. */
   async close(): Promise<void> {
-    await this.#release?.();
+    this.#closed = true;
+    await Promise.all(this.#releases.map((release) => release()));
   }
 
-  async #exchange(req: HttpRequest): Promise<{ status: number; contentType: string; bytes: Buffer }> {
+  #exchange(req: HttpRequest): Promise<ExchangeResult> {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
-    const deadline = performance.now() + timeoutMs;
-    try {
-      const res = await this.#dispatcher.request({
-        origin: this.#origin,
-        path: this.#path(path, req.query),
-        method: req.method,
-        headers: req.headers
-          ? { ...(req.json === undefined ? this.#headers : this.#jsonHeaders), ...req.headers }
-          : req.json === undefined
-            ? this.#headers
-            : this.#jsonHeaders,
-        body: req.json === undefined ? undefined : JSON.stringify(req.json),
-        signal: req.signal,
-        headersTimeout: timeoutMs,
-        bodyTimeout: timeoutMs,
-      });
-      const bytes = await readCapped(res.body, this.#settings.maxResponseBytes, deadline, () => this.#timeoutError(path), path, res.statusCode, this.#peer);
-      const contentType = res.headers['content-type'];
-      return { status: res.statusCode, contentType: (Array.isArray(contentType) ? contentType[0] : contentType) ?? '', bytes };
-    } catch (error) {
-      if (error instanceof HttpError || error instanceof BadResponseError) throw error;
-      if (req.signal?.aborted) throw req.signal.reason;
-      throw this.#transportError(error, path);
-    }
+    if (req.signal?.aborted) return Promise.reject(req.signal.reason);
+    return new Promise((resolve, reject) => {
+      const exchange = new Exchange(this, path, this.#queueTimeoutMs, req.signal, resolve, reject);
+      try {
+        this.#dispatcherFor(req).dispatch(
+          {
+            origin: this.#origin,
+            path: this.#path(path, req.query),
+            method: req.method,
+            headers: req.headers
+              ? { ...(req.json === undefined ? this.#headers : this.#jsonHeaders), ...req.headers }
+              : req.json === undefined
+                ? this.#headers
+                : this.#jsonHeaders,
+            body: req.json === undefined ? undefined : JSON.stringify(req.json),
+            headersTimeout: timeoutMs,
+            bodyTimeout: timeoutMs,
+          },
+          exchange,
+        );
+      } catch (error) {
+        // undici reports through onError; a caller's dispatcher might throw instead.
+        exchange.onError(error as Error);
+      }
+      // A free socket takes the request at once, inside dispatch(): only a request left waiting is watched.
+      if (!exchange.connected && !exchange.settled) queueWatch.add(exchange);
+    });
   }
 
-  #timeoutError(path: string, cause?: unknown): HttpError {
+  #dispatcherFor(req: HttpRequest): Dispatcher {
+    if (!req.tokenFetch) return this.#dispatcher;
+    if (!this.#tokenDispatcher) {
+      // After close() the client opens nothing new: the request fails on the closed API pool instead.
+      if (this.#closed) return this.#dispatcher;
+      const shared = sharedPool(this.#origin, this.#settings.timeoutMs, 'token');
+      this.#tokenDispatcher = shared.dispatcher;
+      this.#releases.push(shared.release);
+    }
+    return this.#tokenDispatcher;
+  }
+
+  /** @internal The exchange did not answer in time once sent (`sent`), or never left the queue. */
+  timeoutError(path: string, sent: boolean, cause?: unknown): HttpError {
     return new HttpError(
       'ERR_WXKIT_TIMEOUT',
-      `${this.#peer} did not answer ${path} within ${this.#settings.timeoutMs} ms; raise options.timeoutMs if the network is slow`,
-      { path, ...(cause === undefined ? {} : { cause }) },
+      `${this.peer} did not answer ${path} within ${this.#settings.timeoutMs} ms; raise options.timeoutMs if the network is slow`,
+      { path, sent, ...(cause === undefined ? {} : { cause }) },
     );
   }
 
-  #transportError(error: unknown, path: string): HttpError {
+  /** @internal The request waited its whole window for a socket and was never sent. */
+  notSentError(path: string): HttpError {
+    return new HttpError(
+      'ERR_WXKIT_TIMEOUT',
+      `The request to ${path} was not sent: no connection to ${this.peer} was free within ${this.#queueTimeoutMs} ms (too many requests in flight); it is safe to retry`,
+      { path, sent: false },
+    );
+  }
+
+  /** @internal A transport failure; `sent` false when the request never reached a socket. */
+  transportError(error: unknown, path: string, sent: boolean): HttpError {
     const code = (error as { code?: unknown } | null)?.code;
-    if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return this.#timeoutError(path, error);
+    if (code === 'UND_ERR_CONNECT_TIMEOUT') return this.timeoutError(path, false, error);
+    if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return this.timeoutError(path, sent, error);
     return new HttpError(
       'ERR_WXKIT_HTTP',
-      `The request to ${path} failed before ${this.#peer} answered${typeof code === 'string' ? ` (${code})` : ''}`,
-      { path, cause: error },
+      `The request to ${path} failed before ${this.peer} answered${typeof code === 'string' ? ` (${code})` : ''}`,
+      { path, sent, cause: error },
     );
   }
 
@@ -260,46 +529,6 @@ export function cleanPath(path: string): string {
 
 function stringOr(value: unknown): string {
   return typeof value === 'string' ? value : '';
-}
-
-/**
- * The whole body, at most `max` bytes. A body still arriving after `deadline` (performance.now() ms)
- * fails with `late()`: bodyTimeout bounds the pause between two chunks, this bounds their sum.
- */
-function readCapped(
-  body: Dispatcher.ResponseData['body'],
-  max: number,
-  deadline: number,
-  late: () => HttpError,
-  path: string,
-  status: number,
-  peer: string,
-): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    body.on('data', (chunk: Buffer) => {
-      if (performance.now() > deadline) {
-        body.destroy();
-        reject(late());
-        return;
-      }
-      size += chunk.length;
-      if (size > max) {
-        body.destroy();
-        reject(
-          new BadResponseError(
-            `${peer} answered ${path} with a body over ${max} bytes; raise options.maxResponseBytes if that is expected`,
-            { path, status },
-          ),
-        );
-        return;
-      }
-      chunks.push(chunk);
-    });
-    body.once('end', () => resolve(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, size)));
-    body.once('error', reject);
-  });
 }
 
 /**

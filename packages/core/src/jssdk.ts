@@ -125,12 +125,12 @@ abstract class TicketKeeper<T extends string> {
         this.core.schema.ticketKey(subject, type),
         { kind: subject.kind, id, field: 'ticket', ticketType: type },
         {
-          budgetMs: this.core.http.timeoutMs,
+          budgetMs: this.core.http.callBudgetMs,
           // The access token is had before the ticket's lock is taken, so the lock guards one call.
           prepare: () => this.#token.get(),
           fetch: async (_force, token) => {
             const query = { ...where.query, access_token: token as string };
-            return validateFetched(await this.core.http.json({ method: 'GET', path: where.path, query }), 'ticket', where.path);
+            return validateFetched(await this.core.http.json({ method: 'GET', path: where.path, query, tokenFetch: true }), 'ticket', where.path);
           },
           rejectsInput: isTokenRejection,
           dropInput: (token, error) => this.#token.invalidate(token as string, (error as { errcode?: number }).errcode),

@@ -32,15 +32,18 @@ describe('one pool per origin, shared by the clients of a process', () => {
     // A base URL of its own (a path prefix is not part of the origin) so no other test's pool is reused.
     const clients = Array.from({ length: 20 }, () => client({ baseUrl: `${mock.url}/`, timeoutMs: 9_001 }));
     const before = connected.length;
-    // One at a time: 40 requests (a token fetch and a send per client), each finding an idle connection
-    // (at most one more while the last answer's connection is being handed back). A pool per client
-    // would have opened 20.
+    // One at a time: 40 requests (a token fetch through the origin's token pool and a send through its
+    // API pool, per client), each finding an idle connection (at most one more while the last answer's
+    // connection is being handed back). A pool per client would have opened 20 or 40.
     for (const each of clients) await each.templateMessage.send(TEMPLATE);
     const opened = connected.length - before;
-    expect(opened).toBeGreaterThanOrEqual(1);
-    expect(opened).toBeLessThanOrEqual(2);
+    expect(opened).toBeGreaterThanOrEqual(2);
+    expect(opened).toBeLessThanOrEqual(3);
 
     await Promise.all(clients.slice(1).map((each) => each.close()));
+    // undici hands a connection back to its pool on the loop turn after the answer (setImmediate): a send
+    // made before then finds it busy and opens another. One turn, then the connection is idle again.
+    await new Promise((resolve) => setImmediate(resolve));
     // The pool stayed open for the one client left: it sends over a connection already there.
     await clients[0]!.templateMessage.send(TEMPLATE);
     expect(connected.length - before).toBe(opened);

@@ -54,7 +54,7 @@ export function setUp<T extends AppOptions>(owner: string, kind: 'official_accou
     return { core, subject, token: core.manager(label, key, { kind, id: appId, field: 'access_token' }, upstream), secret };
   }
   const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, {
-    budgetMs: core.http.timeoutMs,
+    budgetMs: core.http.callBudgetMs,
     // Every classic fetch invalidates the previous token; stable_token hands back the current one, and
     // only its force_refresh (20 a day) replaces it.
     invalidatesPrevious: endpoint === 'classic',
@@ -76,7 +76,7 @@ async function fetchStable(core: ClientCore, appId: string, secret: string, forc
   const path = 'cgi-bin/stable_token';
   const json: Record<string, unknown> = { grant_type: 'client_credential', appid: appId, secret };
   if (force) json.force_refresh = true;
-  return validateFetched(await core.http.json({ method: 'POST', path, json }), 'access_token', path);
+  return validateFetched(await core.http.json({ method: 'POST', path, json, tokenFetch: true }), 'access_token', path);
 }
 
 /**
@@ -86,5 +86,5 @@ async function fetchStable(core: ClientCore, appId: string, secret: string, forc
 async function fetchClassic(core: ClientCore, appId: string, secret: string): Promise<Fetched> {
   const path = 'cgi-bin/token';
   const query = { grant_type: 'client_credential', appid: appId, secret };
-  return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+  return validateFetched(await core.http.json({ method: 'GET', path, query, tokenFetch: true }), 'access_token', path);
 }

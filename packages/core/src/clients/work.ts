@@ -77,12 +77,12 @@ export class Work extends WeChatClient {
       core.schema.accessTokenKey(subject),
       { kind: 'work', id: `${corpId}:${agentId}`, field: 'access_token' },
       {
-        budgetMs: core.http.timeoutMs,
+        budgetMs: core.http.callBudgetMs,
         // gettoken hands back the current token while it is valid, like the stable endpoint.
         async fetch() {
           const path = 'cgi-bin/gettoken';
           const query = { corpid: corpId, corpsecret: core.requireSecret(secret, 'fetching an access token') };
-          return validateFetched(await core.http.json({ method: 'GET', path, query }), 'access_token', path);
+          return validateFetched(await core.http.json({ method: 'GET', path, query, tokenFetch: true }), 'access_token', path);
         },
       },
     );

@@ -62,6 +62,12 @@ export interface CallbackRequest {
   body: string | Buffer;
 }
 
+/** The durable record of one authorizer as this refresh last saw it: read, or written by this refresh. */
+interface HeldRecord {
+  key: string;
+  raw: string | undefined;
+}
+
 /** @internal */
 export interface RefreshRecord {
   token: string;
@@ -90,6 +96,14 @@ const TICKET_TTL_SECONDS = 12 * 3600;
 const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
 /** A durable write after WeChat rotated the refresh token is tried this many times before it is given up (and logged). */
 const DURABLE_WRITE_ATTEMPTS = 3;
+// The longest path of an authorizer refresh, all of it under the refresh lock (its lease counts it):
+// no record (api_get_authorizer_info), the write-ahead, api_authorizer_token rejected with 61023,
+// api_get_authorizer_info again, a second write-ahead, api_authorizer_token, the final write.
+const REFRESH_HTTP_CALLS = 4;
+// Durable store calls on that path: the read; two write-aheads, each a compare-and-set that a store
+// without an atomic one makes a read and a write; the final write, as many attempts, each such a
+// compare-and-set and a read that checks whether an attempt whose answer was lost went through.
+const REFRESH_DURABLE_CALLS = 1 + 2 * 2 + DURABLE_WRITE_ATTEMPTS * 3;
 
 /**
  * A WeChat open-platform component (第三方平台, "OpenPlatform" as EasyWeChat names it): it receives the
@@ -217,6 +231,11 @@ export class OpenPlatform {
    * Completes an authorization (`auth_code` from the redirect, or `AuthorizationCode` from an
    * `authorized` push) with api_query_auth: the authorizer's refresh token goes to the durable store
    * first, then its access token to the cache.
+   *
+   * The refresh token is written as it is, whatever the record held: it is the newest WeChat handed out,
+   * and nothing in the store can be newer (a refresh could only start from it after this write). A
+   * refresh under way meanwhile compares-and-sets against its own record, so it finds this write and
+   * leaves it in place instead of writing its older token over it.
    */
   async handleAuthorization(authorizationCode: string): Promise<Authorization> {
     if (typeof authorizationCode !== 'string' || authorizationCode === '') {
@@ -293,7 +312,7 @@ export class OpenPlatform {
     const core = this.#core;
     const path = 'cgi-bin/component/api_component_token';
     return {
-      budgetMs: core.http.timeoutMs,
+      budgetMs: core.http.callBudgetMs,
       // A new component token supersedes the old one after a grace window, as the classic endpoint does.
       invalidatesPrevious: true,
       prepare: () => this.#ticket(),
@@ -302,6 +321,7 @@ export class OpenPlatform {
           method: 'POST',
           path,
           json: { component_appid: this.appId, component_appsecret: this.#secret, component_verify_ticket: ticket },
+          tokenFetch: true,
         });
         return validateFetched(body, 'component_access_token', path);
       },
@@ -355,8 +375,7 @@ export class OpenPlatform {
   #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
     const core = this.#core;
     return {
-      // Inside the lock: the write-ahead, up to two token calls and an info call, and the durable writes.
-      budgetMs: 3 * core.http.timeoutMs + (2 + DURABLE_WRITE_ATTEMPTS) * core.cacheTimeoutMs,
+      budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + REFRESH_DURABLE_CALLS * core.cacheTimeoutMs,
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
@@ -372,6 +391,11 @@ export class OpenPlatform {
    * 3. the token WeChat handed back (maybe a new one) replaces T in the record.
    * A holder that dies between 2 and 3 leaves T marked; if WeChat rotated it meanwhile (61023), the next
    * holder asks api_get_authorizer_info for the current one, so the refresh token is never lost.
+   *
+   * Every write is a compare-and-set against the record this refresh read or last wrote. A holder
+   * stalled past its lease (a long queue, a GC pause, a slow durable store) may find that another took
+   * the lock, recovered and rotated the token meanwhile: the record has changed, and the stalled holder
+   * writes nothing, so it never puts back a refresh token WeChat has rotated away.
    */
   async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
@@ -379,38 +403,52 @@ export class OpenPlatform {
     const codec = this.#core.schema.openPlatformRecord?.(key);
     // A peer's bare refresh token carries no write-ahead: a 61023 is then recovered all the same.
     const stored = codec ? wrapToken(raw === undefined ? undefined : codec.decode(raw)) : decodeRefresh(raw);
+    const held: HeldRecord = { key, raw };
     let token = stored?.token;
     if (token === undefined) {
       token = await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing');
     }
     try {
-      return await this.#refreshWith(authorizerAppId, componentToken, token);
+      return await this.#refreshWith(authorizerAppId, componentToken, token, held);
     } catch (error) {
       if (!(error instanceof WeChatApiError) || error.errcode !== 61023) throw error;
       // WeChat no longer takes T: a holder died after WeChat rotated it (the record says so when it was
       // left marked), or the record was restored from an old copy. WeChat tells the current one.
       const current = await this.#currentRefreshToken(authorizerAppId, componentToken, stored?.pendingSince !== undefined ? 'interrupted' : 'rejected');
       if (current === token) throw error;
-      return await this.#refreshWith(authorizerAppId, componentToken, current);
+      return await this.#refreshWith(authorizerAppId, componentToken, current, held);
     }
   }
 
-  async #refreshWith(authorizerAppId: string, componentToken: string, token: string): Promise<Fetched> {
+  async #refreshWith(authorizerAppId: string, componentToken: string, token: string, held: HeldRecord): Promise<Fetched> {
     const path = 'cgi-bin/component/api_authorizer_token';
     const now = Math.floor(this.#core.settings.now() / 1000);
-    // The write-ahead: if it fails, WeChat is not asked (a rotation then could not be recorded).
-    await this.#writeRefresh(authorizerAppId, { token, pendingSince: now, pendingBy: this.#core.writer });
+    // The write-ahead: if it fails, WeChat is not asked (a rotation then could not be recorded). If the
+    // record changed since it was read, another process holds the refresh now: WeChat is not asked either.
+    const ahead = this.#refreshValue(held.key, { token, pendingSince: now, pendingBy: this.#core.writer });
+    if (!(await this.#replaceRefresh(held, ahead, false))) {
+      this.#superseded(authorizerAppId);
+      throw new TokenUnavailableError(
+        `Another process took over the refresh of authorizer ${authorizerAppId}'s token while this one was held up past its lock's lease; the next call takes its token`,
+      );
+    }
     const body = await this.#core.http.json({
       method: 'POST',
       path,
       query: { component_access_token: componentToken },
       json: { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token },
+      tokenFetch: true,
     });
     const fetched = validateFetched(body, 'authorizer_access_token', path);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
+    const after = this.#refreshValue(held.key, { token: next });
     for (let attempt = 1; ; attempt += 1) {
       try {
-        await this.#writeRefresh(authorizerAppId, { token: next });
+        if (!(await this.#replaceRefresh(held, after, attempt > 1))) {
+          // Another process took over meanwhile (this one outlived its lease) and holds a newer record.
+          this.#superseded(authorizerAppId);
+          return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
+        }
         break;
       } catch (error) {
         if (!(error instanceof CacheError)) throw error;
@@ -438,6 +476,7 @@ export class OpenPlatform {
       path,
       query: { component_access_token: componentToken },
       json: { component_appid: this.appId, authorizer_appid: authorizerAppId },
+      tokenFetch: true,
     });
     const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
     if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
@@ -450,6 +489,39 @@ export class OpenPlatform {
           : 'WeChat no longer accepted the stored refresh token; took the current one from WeChat',
     );
     return token;
+  }
+
+  /** The record's value: wxkit's record, or a peer's format for the key (the token alone, no write-ahead mark). */
+  #refreshValue(key: string, record: RefreshRecord): string {
+    const codec = this.#core.schema.openPlatformRecord?.(key);
+    return codec ? codec.encode(record.token) : encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
+  }
+
+  /**
+   * Writes `value` if the record still holds what `held` says (absent: `add`), and remembers it. `retry`:
+   * an earlier attempt's answer was lost, so a refusal is checked against what the store holds (that
+   * attempt may have written it). A store without an atomic add writes unconditionally, and one without
+   * an atomic compareAndSet reads and compares first: both are then only as safe as the lease.
+   */
+  async #replaceRefresh(held: HeldRecord, value: string, retry: boolean): Promise<boolean> {
+    let replaced: boolean;
+    if (held.raw === undefined) {
+      const added = this.#durable.add(held.key, value, REFRESH_TTL_SECONDS);
+      if (added === undefined) await this.#durable.set(held.key, value, REFRESH_TTL_SECONDS);
+      replaced = added === undefined ? true : await added;
+    } else {
+      replaced = await this.#durable.compareAndSet(held.key, held.raw, value, REFRESH_TTL_SECONDS);
+    }
+    if (!replaced && retry) replaced = (await this.#durable.get(held.key)) === value;
+    if (replaced) held.raw = value;
+    return replaced;
+  }
+
+  #superseded(authorizerAppId: string): void {
+    this.#core.log.warn(
+      { event: 'authorizer_refresh_token.superseded', appId: this.appId, authorizerAppId },
+      'The authorizer refresh token record changed during this refresh (another process took over after this one outlived its lock lease); left it as it is',
+    );
   }
 
   async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
