@@ -6,7 +6,7 @@ import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import type { WeChatClient } from '../clients/wechat-client.js';
 import type { ClientEvent, TokenEvents } from '../events.js';
-import { BadResponseError, CacheError, ConfigError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
+import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, assertTokenCache } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
 import type { TokenManager } from '../token/manager.js';
@@ -77,6 +77,8 @@ const TICKET_TTL_SECONDS = 12 * 3600;
 const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
 /** A durable write after WeChat rotated the refresh token is tried this many times before it is given up (and logged). */
 const DURABLE_WRITE_ATTEMPTS = 3;
+/** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
+const MAX_CALLBACK_BYTES = 64 * 1024;
 
 /**
  * A WeChat open-platform component (第三方平台, "OpenPlatform" as EasyWeChat names it): it receives the
@@ -172,6 +174,11 @@ export class OpenPlatform {
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
+    // The body is read before its signature can be checked: one far larger than any push is refused unread.
+    const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : Buffer.isBuffer(request.body) ? request.body.length : undefined;
+    if (size === undefined || size > MAX_CALLBACK_BYTES) {
+      throw new MessageCryptoError('format', `the callback body is not a string or Buffer of at most ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
+    }
     const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
     const xml = this.#crypto.decrypt({
       msgSignature: query.get('msg_signature') ?? '',
