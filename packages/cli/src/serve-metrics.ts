@@ -80,7 +80,7 @@ export class ServiceMetrics {
       set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
       delete: (key) => cache.delete(key),
     };
-    const { add, deleteIfEquals, compareAndSet, ttlMs } = cache;
+    const { add, deleteIfEquals, compareAndSet, ttlMs, watch, close } = cache;
     if (typeof add === 'function') {
       counted.add = async (key, value, ttlSeconds) => {
         const added = await add.call(cache, key, value, ttlSeconds);
@@ -98,6 +98,9 @@ export class ServiceMetrics {
     if (typeof deleteIfEquals === 'function') counted.deleteIfEquals = deleteIfEquals.bind(cache);
     if (typeof compareAndSet === 'function') counted.compareAndSet = compareAndSet.bind(cache);
     if (typeof ttlMs === 'function') counted.ttlMs = ttlMs.bind(cache);
+    // Write notifications wake the clients waiting on another instance's refresh instead of polling.
+    if (typeof watch === 'function') counted.watch = watch.bind(cache);
+    if (typeof close === 'function') counted.close = close.bind(cache);
     return counted;
   }
 
