@@ -72,6 +72,9 @@ const TICKET_TYPES: Record<AppRef['kind'], readonly string[]> = {
   work: ['jsapi', 'agent_jsapi'],
 };
 
+/** The deadline of the service's own store reads: the clients' cacheTimeoutMs default. */
+const STORE_READ_TIMEOUT_MS = 2_000;
+
 const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
 
 /** A failure answered with one JSON shape: `{"error":{"code","message",…}}`. */
@@ -303,7 +306,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     }
     const value = await target.client.jssdk.getTicket(type as never);
     // Tickets have their own entry; the value's expiry comes from the store's copy.
-    const stored = schema.decode('ticket', (await options.cache.get(schema.ticketKey(subjectOf(target.app), type)).catch(() => undefined)) ?? '');
+    // Read with the clients' store deadline: a store that does not answer costs the exact expiry, not the request.
+    const raw = await withinDeadline(options.cache.get(schema.ticketKey(subjectOf(target.app), type)), STORE_READ_TIMEOUT_MS);
+    const stored = schema.decode('ticket', raw ?? '');
     return sendEntry(res, 'ticket', stored?.value === value ? stored : { value, expiresAt: Math.floor(Date.now() / 1000) + 600 });
   }
 
@@ -366,6 +371,20 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       await agent.close();
     },
   };
+}
+
+/** `promise`'s value, or undefined when it fails or has not settled within `ms`. */
+async function withinDeadline<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, ms, undefined);
+    timer.unref();
+  });
+  try {
+    return await Promise.race([promise.catch(() => undefined), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function positive(value: number | undefined, fallback: number, name: string): number {

@@ -1,4 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
+import { encodedToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
@@ -237,7 +238,9 @@ export class OpenPlatform {
     await this.#writeRefresh(authorizerAppId, { token: refresh });
     const key = this.#key('authorizer_access_token', authorizerAppId);
     const schema = this.#core.schema;
-    await this.#core.cache.set(key, schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }), schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
+    // Through the guarded store: bounded by cacheTimeoutMs like every other store call, a CacheError on failure.
+    const value = encodedToBinary(schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }));
+    await this.#core.store.set(key, value, schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
