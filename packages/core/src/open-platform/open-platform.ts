@@ -1,5 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
-import { encodedToBinary } from '../bytes.js';
+import { binaryToText, encodedToBinary, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, assertOptionsObject, requireId, type ClientOptions } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
@@ -501,7 +501,7 @@ class BadAnswer extends BadResponseError {
  * @internal
  */
 export function encodeTicketRecord(ticket: string, createTime: number, receivedAt: number): string {
-  return JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt });
+  return textToBinary(JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt }));
 }
 
 /**
@@ -510,22 +510,26 @@ export function encodeTicketRecord(ticket: string, createTime: number, receivedA
  * @internal
  */
 export function encodeRefreshRecord(record: RefreshRecord, updatedAt: number, updatedBy: string): string {
-  return JSON.stringify({
-    authorizer_refresh_token: record.token,
-    updated_at: updatedAt,
-    updated_by: updatedBy,
-    ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
-  });
+  return textToBinary(
+    JSON.stringify({
+      authorizer_refresh_token: record.token,
+      updated_at: updatedAt,
+      updated_by: updatedBy,
+      ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
+    }),
+  );
 }
 
-function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
+/** @internal */
+export function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
   const record = parseObject(raw);
   const ticket = record?.component_verify_ticket;
   if (typeof ticket !== 'string' || ticket === '') return undefined;
   return { ticket, createTime: typeof record!.create_time === 'number' ? record!.create_time : 0 };
 }
 
-function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
+/** @internal */
+export function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
   const record = parseObject(raw);
   const token = record?.authorizer_refresh_token;
   if (typeof token !== 'string' || token === '') return undefined;
@@ -536,10 +540,11 @@ function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
   };
 }
 
+/** A stored record: UTF-8 JSON, handed over by the store as a binary string (see TokenCache). */
 function parseObject(raw: string | undefined): Record<string, unknown> | undefined {
   if (raw === undefined) return undefined;
   try {
-    const parsed = JSON.parse(raw) as unknown;
+    const parsed = JSON.parse(binaryToText(raw)) as unknown;
     return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
   } catch {
     return undefined;
