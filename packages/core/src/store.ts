@@ -122,6 +122,10 @@ export class GuardedStore {
     return typeof this.cache.deleteIfEquals === 'function';
   }
 
+  get atomicCompareAndSet(): boolean {
+    return typeof this.cache.compareAndSet === 'function';
+  }
+
   /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
     this.#health.leave(this);
