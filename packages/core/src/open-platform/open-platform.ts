@@ -351,11 +351,28 @@ export class OpenPlatform {
 
   async #storeTicket(ticket: string, createTime: number): Promise<void> {
     const key = this.#key('component_verify_ticket');
-    // A push delivered late (WeChat retries) must not replace a newer ticket.
-    const stored = decodeTicket(await this.#durable.get(key).catch(() => undefined));
-    if (stored && stored.createTime > createTime) return;
     const value = encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
-    await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+    // A push delivered late (WeChat retries) must not replace a newer ticket, even one another process
+    // stores between this read and this write: the write is an add or a compare-and-set on what was read.
+    for (let round = 0; ; round += 1) {
+      const raw = await this.#durable.get(key).catch(() => undefined);
+      const stored = decodeTicket(raw);
+      if (stored && stored.createTime > createTime) return;
+      let written: boolean;
+      if (raw === undefined) {
+        const added = this.#durable.add(key, value, TICKET_TTL_SECONDS);
+        written = added === undefined ? (await this.#durable.set(key, value, TICKET_TTL_SECONDS), true) : await added;
+      } else if (this.#durable.atomicCompareAndSet) {
+        written = await this.#durable.compareAndSet(key, raw, value, TICKET_TTL_SECONDS);
+      } else {
+        // A store without compare-and-set: the newer-ticket check above is all there is.
+        await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+        written = true;
+      }
+      if (written) break;
+      // Written by someone else meanwhile; read again. A key rewritten this often is given up on.
+      if (round >= 2) return;
+    }
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
 
