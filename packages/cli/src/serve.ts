@@ -258,7 +258,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       if (parts[0] === 'healthz') {
         const state = probe.state!;
         if (!state.up) {
-          throw new Problem(503, 'store_unavailable', `the store does not answer: ${state.message ?? 'no answer'}`, {
+          // The reason code only: the adapter's message names the store's host and port, which an
+          // unauthenticated endpoint does not tell (the log line has it).
+          throw new Problem(503, 'store_unavailable', `the store does not answer${state.reason ? ` (${state.reason})` : ''}`, {
             ...(state.reason ? { reason: state.reason } : {}),
             since: new Date(state.since).toISOString(),
           });

@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheError, MemoryCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ServiceMetrics } from '../src/serve-metrics.js';
+import { StoreProbe } from '../src/serve-health.js';
 import { startTokenService } from '../src/serve.js';
 
 // `wxkit serve` hands its clients a counting wrapper of the store. It must keep the store's optional
@@ -73,5 +74,18 @@ describe("the token service's own store reads", () => {
     } finally {
       await service.close();
     }
+  });
+});
+
+describe('the /healthz store probe', () => {
+  it('does not keep the process alive while the store does not answer', async () => {
+    const hung = Object.assign(new MemoryCache(), { get: () => new Promise<undefined>(() => {}) });
+    const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+    const before = timers();
+    const probe = new StoreProbe(hung, 'k', { intervalMs: 60_000, timeoutMs: 60_000, onChange: () => {} });
+    void probe.start();
+    // The probe's deadline timer exists now; it must be one that lets the process exit.
+    expect(timers()).toBe(before);
+    probe.stop();
   });
 });
