@@ -1,7 +1,20 @@
 import { performance } from 'node:perf_hooks';
 import type { TokenCache, WeChatClient } from '@wxkit/core';
+import { describeErrcode } from '@wxkit/core/internal';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
+
+/** WeChat errcodes a token fetch meets that core has no description for, counted under their own label. */
+const MORE_KNOWN_ERRCODES = new Set([48001, 50001, 50002, 89503]);
+
+/**
+ * The `errcode` label of a failed fetch: a WeChat errcode wxkit knows, `other` for any other errcode (an
+ * answer may carry any number, and each label value is a time series kept for ever), else wxkit's code.
+ */
+export function errcodeLabel(errcode: number | undefined, code: string | undefined): string {
+  if (typeof errcode === 'number') return describeErrcode(errcode) !== undefined || MORE_KNOWN_ERRCODES.has(errcode) ? String(errcode) : 'other';
+  return typeof code === 'string' && /^ERR_WXKIT_[A-Z_]+$/.test(code) ? code : 'unknown';
+}
 
 /** The token kinds whose fetches the service counts (the event names' prefixes). */
 const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_jsapi_ticket'] as const;
@@ -14,7 +27,8 @@ const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_j
  * - `wxkit_lock_waits_total{app}`: refreshes that found the lock held by another process and waited
  * - `wxkit_lock_wait_timeouts_total{app}`: waits that ended without a token
  * - `wxkit_upstream_request_duration_seconds{app,path,outcome}`: WeChat's answer time, per API path
- * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (or the transport's code)
+ * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (`other` for an errcode
+ *   wxkit does not know), or wxkit's code for a transport failure
  * - `wxkit_store_up`: 1 while the store answers the health probe, 0 while it does not
  * - `wxkit_http_requests_total{route,status}`, `wxkit_http_request_duration_seconds{route}`: the service's own requests
  * - Node's process metrics (`process_*`, `nodejs_*`)
@@ -53,7 +67,7 @@ export class ServiceMetrics {
       client.on(`${token}.fetched`, () => this.#fetches.inc({ app, token, result: 'ok' }));
       client.on(`${token}.fetch_failed`, (event) => {
         this.#fetches.inc({ app, token, result: 'error' });
-        this.#errors.inc({ app, errcode: String(event.errcode ?? event.code ?? 'unknown') });
+        this.#errors.inc({ app, errcode: errcodeLabel(event.errcode, event.code) });
       });
     }
     client.on('lock.wait_timeout', () => this.#lockTimeouts.inc({ app }));

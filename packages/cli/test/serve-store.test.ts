@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheError, MemoryCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { ServiceMetrics } from '../src/serve-metrics.js';
+import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
 import { StoreProbe } from '../src/serve-health.js';
 import { startTokenService } from '../src/serve.js';
 
@@ -87,5 +87,24 @@ describe('the /healthz store probe', () => {
     // The probe's deadline timer exists now; it must be one that lets the process exit.
     expect(timers()).toBe(before);
     probe.stop();
+  });
+});
+
+describe('the errcode label of wxkit_upstream_errors_total', () => {
+  it("keeps WeChat's known errcodes and wxkit's codes, and buckets any other errcode as other", async () => {
+    expect(errcodeLabel(40164, 'ERR_WXKIT_WECHAT_API')).toBe('40164');
+    expect(errcodeLabel(45009, 'ERR_WXKIT_WECHAT_API')).toBe('45009');
+    expect(errcodeLabel(-1, 'ERR_WXKIT_WECHAT_API')).toBe('-1');
+    expect(errcodeLabel(undefined, 'ERR_WXKIT_TIMEOUT')).toBe('ERR_WXKIT_TIMEOUT');
+    expect(errcodeLabel(undefined, 'anything else')).toBe('unknown');
+    // A server answering a fresh errcode each time makes one series, not one per number.
+    const metrics = new ServiceMetrics();
+    const listeners = new Map<string, (event: { errcode?: number; code?: string }) => void>();
+    const client = { on: (name: string, listener: (event: { errcode?: number; code?: string }) => void) => listeners.set(name, listener) };
+    metrics.watch(client as never, 'oa/wx1');
+    for (let errcode = 990_000; errcode < 990_050; errcode += 1) listeners.get('access_token.fetch_failed')!({ errcode, code: 'ERR_WXKIT_WECHAT_API' });
+    const text = await metrics.registry.metrics();
+    const series = text.split('\n').filter((line) => line.startsWith('wxkit_upstream_errors_total{'));
+    expect(series).toEqual(['wxkit_upstream_errors_total{app="oa/wx1",errcode="other"} 50']);
   });
 });

@@ -7,3 +7,4 @@
  */
 export { assertTtl } from './ttl.js';
 export { maskUrl } from './redact.js';
+export { describeErrcode } from './errors.js';
