@@ -108,3 +108,55 @@ describe('the errcode label of wxkit_upstream_errors_total', () => {
     expect(series).toEqual(['wxkit_upstream_errors_total{app="oa/wx1",errcode="other"} 50']);
   });
 });
+
+describe('POST /v1/token/{app}/invalidate', () => {
+  let mock: MockWeChat;
+  beforeAll(async () => {
+    mock = await startMockWeChat();
+  });
+  afterAll(() => mock.close());
+
+  it('right after a replacement, a report of the new token is checked with WeChat: a working token costs no fetch, a rejected one is replaced', async () => {
+    const KEY = 'invalidate-spacing-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const report = async (token: string) => {
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+      return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as { access_token?: string; error?: { code: string } } };
+    };
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      expect(fetches()).toBe(1);
+      // WeChat rejected it: one fetch, the new token in the answer; the same report again costs nothing.
+      const second = (await report(first)).body.access_token!;
+      expect(second).not.toBe(first);
+      expect((await report(first)).body.access_token).toBe(second);
+      expect(fetches()).toBe(2);
+      // A client that reports every token it is given: WeChat still takes this one, so no fetch.
+      for (let i = 0; i < 5; i += 1) {
+        const looped = await report(second);
+        expect(looped.status).toBe(200);
+        expect(looped.body.access_token).toBe(second);
+      }
+      expect(fetches()).toBe(2);
+      // WeChat cannot say (its answer is a 502): spaced, 429 with Retry-After, still no fetch.
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
+      const unsure = await report(second);
+      expect(unsure.status).toBe(429);
+      expect(unsure.body.error?.code).toBe('invalidate_spaced');
+      expect(Number(unsure.retryAfter)).toBeGreaterThan(0);
+      expect(fetches()).toBe(2);
+      // A program outside the fleet fetched: WeChat rejects the token, and it is replaced at once.
+      mock.invalidateTokens(appId);
+      const third = await report(second);
+      expect(third.status).toBe(200);
+      expect(third.body.access_token).not.toBe(second);
+      expect(mock.isTokenValid(appId, third.body.access_token!)).toBe(true);
+      expect(fetches()).toBe(3);
+    } finally {
+      await service.close();
+    }
+  });
+});
