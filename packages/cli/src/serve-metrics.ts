@@ -1,18 +1,23 @@
 import { performance } from 'node:perf_hooks';
 import type { TokenCache, WeChatClient } from '@wxkit/core';
-import { describeErrcode } from '@wxkit/core/internal';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
 
-/** WeChat errcodes a token fetch meets that core has no description for, counted under their own label. */
-const MORE_KNOWN_ERRCODES = new Set([48001, 50001, 50002, 89503]);
+/**
+ * The WeChat errcodes a token or ticket fetch meets (WeChat's global return-code page, the open
+ * platform's), each counted under its own label; any other is `other`.
+ */
+const KNOWN_ERRCODES = new Set([
+  -1, 40001, 40002, 40013, 40014, 40125, 40164, 40243, 41001, 41002, 41004, 42001, 45009, 45011, 48001, 50001, 50002, 61003, 61004, 61005,
+  61006, 61007, 61023, 89503,
+]);
 
 /**
  * The `errcode` label of a failed fetch: a WeChat errcode wxkit knows, `other` for any other errcode (an
  * answer may carry any number, and each label value is a time series kept for ever), else wxkit's code.
  */
 export function errcodeLabel(errcode: number | undefined, code: string | undefined): string {
-  if (typeof errcode === 'number') return describeErrcode(errcode) !== undefined || MORE_KNOWN_ERRCODES.has(errcode) ? String(errcode) : 'other';
+  if (typeof errcode === 'number') return KNOWN_ERRCODES.has(errcode) ? String(errcode) : 'other';
   return typeof code === 'string' && /^ERR_WXKIT_[A-Z_]+$/.test(code) ? code : 'unknown';
 }
 

@@ -7,4 +7,3 @@
  */
 export { assertTtl } from './ttl.js';
 export { maskUrl } from './redact.js';
-export { describeErrcode } from './errors.js';
