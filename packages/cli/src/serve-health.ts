@@ -7,6 +7,7 @@ export interface StoreState {
   since: number;
   /** Why it is down: the CacheError's reason when the adapter gives one (`refused`, `auth`…). */
   reason?: string;
+  /** The adapter's message, for the log only: it may name the store's host and port. */
   message?: string;
 }
 
@@ -55,6 +56,8 @@ export class StoreProbe {
         this.#cache.get(this.#key),
         new Promise((_, reject) => {
           timer = setTimeout(() => reject(Object.assign(new Error(`the store did not answer within ${this.#timeoutMs} ms`), { reason: 'timeout' })), this.#timeoutMs);
+          // A probe of a hung store must not keep a process that is shutting down alive.
+          timer.unref();
         }),
       ]);
       this.#set({ up: true, since: Date.now() });

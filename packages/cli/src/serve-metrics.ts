@@ -3,6 +3,24 @@ import type { TokenCache, WeChatClient } from '@wxkit/core';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
 
+/**
+ * The WeChat errcodes a token or ticket fetch meets (WeChat's global return-code page, the open
+ * platform's), each counted under its own label; any other is `other`.
+ */
+const KNOWN_ERRCODES = new Set([
+  -1, 40001, 40002, 40013, 40014, 40125, 40164, 40243, 41001, 41002, 41004, 42001, 45009, 45011, 48001, 50001, 50002, 61003, 61004, 61005,
+  61006, 61007, 61023, 89503,
+]);
+
+/**
+ * The `errcode` label of a failed fetch: a WeChat errcode wxkit knows, `other` for any other errcode (an
+ * answer may carry any number, and each label value is a time series kept for ever), else wxkit's code.
+ */
+export function errcodeLabel(errcode: number | undefined, code: string | undefined): string {
+  if (typeof errcode === 'number') return KNOWN_ERRCODES.has(errcode) ? String(errcode) : 'other';
+  return typeof code === 'string' && /^ERR_WXKIT_[A-Z_]+$/.test(code) ? code : 'unknown';
+}
+
 /** The token kinds whose fetches the service counts (the event names' prefixes). */
 const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_jsapi_ticket'] as const;
 
@@ -14,7 +32,8 @@ const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_j
  * - `wxkit_lock_waits_total{app}`: refreshes that found the lock held by another process and waited
  * - `wxkit_lock_wait_timeouts_total{app}`: waits that ended without a token
  * - `wxkit_upstream_request_duration_seconds{app,path,outcome}`: WeChat's answer time, per API path
- * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (or the transport's code)
+ * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (`other` for an errcode
+ *   wxkit does not know), or wxkit's code for a transport failure
  * - `wxkit_store_up`: 1 while the store answers the health probe, 0 while it does not
  * - `wxkit_http_requests_total{route,status}`, `wxkit_http_request_duration_seconds{route}`: the service's own requests
  * - Node's process metrics (`process_*`, `nodejs_*`)
@@ -53,7 +72,7 @@ export class ServiceMetrics {
       client.on(`${token}.fetched`, () => this.#fetches.inc({ app, token, result: 'ok' }));
       client.on(`${token}.fetch_failed`, (event) => {
         this.#fetches.inc({ app, token, result: 'error' });
-        this.#errors.inc({ app, errcode: String(event.errcode ?? event.code ?? 'unknown') });
+        this.#errors.inc({ app, errcode: errcodeLabel(event.errcode, event.code) });
       });
     }
     client.on('lock.wait_timeout', () => this.#lockTimeouts.inc({ app }));
@@ -80,7 +99,7 @@ export class ServiceMetrics {
       set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
       delete: (key) => cache.delete(key),
     };
-    const { add, deleteIfEquals, compareAndSet, ttlMs } = cache;
+    const { add, deleteIfEquals, compareAndSet, ttlMs, watch, close } = cache;
     if (typeof add === 'function') {
       counted.add = async (key, value, ttlSeconds) => {
         const added = await add.call(cache, key, value, ttlSeconds);
@@ -98,6 +117,9 @@ export class ServiceMetrics {
     if (typeof deleteIfEquals === 'function') counted.deleteIfEquals = deleteIfEquals.bind(cache);
     if (typeof compareAndSet === 'function') counted.compareAndSet = compareAndSet.bind(cache);
     if (typeof ttlMs === 'function') counted.ttlMs = ttlMs.bind(cache);
+    // Write notifications wake the clients waiting on another instance's refresh instead of polling.
+    if (typeof watch === 'function') counted.watch = watch.bind(cache);
+    if (typeof close === 'function') counted.close = close.bind(cache);
     return counted;
   }
 

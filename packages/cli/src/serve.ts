@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { Agent } from 'undici';
+import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
 import { ServiceMetrics } from './serve-metrics.js';
@@ -63,6 +63,12 @@ interface Served {
   client: WeChatClient & { jssdk?: { getTicket(type: never): Promise<string> } };
   /** Unix seconds at which the last token this service handed out or checked expires. */
   tokenExpiresAt: number | undefined;
+  /** The last reported token whose report replaced the token, and when (unix ms). */
+  invalidated?: { token: string; at: number };
+  /** Asks WeChat whether it still takes `token`; see {@link tokenWorks}. */
+  tokenWorks(token: string): Promise<boolean | undefined>;
+  /** The check under way per token, so concurrent reports of one token make one call. */
+  checks?: Map<string, Promise<boolean | undefined>>;
 }
 
 /** Ticket types per app kind: what `jssdk.getTicket()` takes. */
@@ -71,6 +77,16 @@ const TICKET_TYPES: Record<AppRef['kind'], readonly string[]> = {
   mini_program: [],
   work: ['jsapi', 'agent_jsapi'],
 };
+
+/**
+ * After a report replaced an app's token, a report of the new one within this long is checked with
+ * WeChat before it is acted on: unchecked replacements stay at 1,440 a day per service at most, under
+ * the classic endpoint's daily quota of 2,000 fetches.
+ */
+const INVALIDATE_SPACING_MS = 60_000;
+
+/** The deadline of the service's own store reads: the clients' cacheTimeoutMs default. */
+const STORE_READ_TIMEOUT_MS = 2_000;
 
 const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
 
@@ -145,6 +161,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     if (typeof app.secret !== 'string' || app.secret.length === 0) throw new ConfigError(`the app ${appId(app)} has no secret`, 'secret');
     const name = `${app.kind}/${appId(app)}`;
     const baseUrl = app.kind === 'work' ? (options.workBaseUrl ?? (options.baseUrl ? options.baseUrl : WORK_BASE_URL)) : options.baseUrl;
+    const dispatcher = metrics.timedDispatcher(agent, name);
     const client = buildClient(app, {
       secret: app.secret,
       cache,
@@ -155,11 +172,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       // token another service instance refreshed reaches its clients at once, not up to 30 s late.
       memoMs: 1000,
       logger: log ?? false,
-      dispatcher: metrics.timedDispatcher(agent, name),
+      dispatcher,
       ...(baseUrl ? { baseUrl } : {}),
     }) as Served['client'];
     metrics.watch(client, name);
-    served.set(name, { app, name, client, tokenExpiresAt: undefined });
+    const apiBase = baseUrl ?? 'https://api.weixin.qq.com';
+    served.set(name, { app, name, client, tokenExpiresAt: undefined, tokenWorks: (token) => tokenWorks(apiBase, token, dispatcher) });
   }
 
   const entryOf = async (target: Served): Promise<StoredEntry> => {
@@ -255,7 +273,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       if (parts[0] === 'healthz') {
         const state = probe.state!;
         if (!state.up) {
-          throw new Problem(503, 'store_unavailable', `the store does not answer: ${state.message ?? 'no answer'}`, {
+          // The reason code only: the adapter's message names the store's host and port, which an
+          // unauthenticated endpoint does not tell (the log line has it).
+          throw new Problem(503, 'store_unavailable', `the store does not answer${state.reason ? ` (${state.reason})` : ''}`, {
             ...(state.reason ? { reason: state.reason } : {}),
             since: new Date(state.since).toISOString(),
           });
@@ -285,9 +305,39 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         const body = await readBody(req);
         const token = body.token;
         if (typeof token !== 'string' || token.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"token":"…"}, the token WeChat rejected');
+        // After a report replaced the token, a report of the new one within the spacing is checked with
+        // WeChat first: a client that reports every token it gets (a loop) costs a harmless call, not a
+        // token fetch, while a token WeChat really rejected (another program fetched) is replaced at once.
+        const last = target.invalidated;
+        const now = Date.now();
+        if (last && last.token !== token && now - last.at < INVALIDATE_SPACING_MS) {
+          const current = await entryOf(target);
+          if (current.value !== token) return sendEntry(res, 'access_token', current);
+          const checks = (target.checks ??= new Map());
+          let check = checks.get(token);
+          if (!check) {
+            check = target.tokenWorks(token).finally(() => checks.delete(token));
+            checks.set(token, check);
+          }
+          const works = await check;
+          if (works === true) return sendEntry(res, 'access_token', current);
+          if (works === undefined) {
+            const seconds = Math.ceil((last.at + INVALIDATE_SPACING_MS - now) / 1000);
+            throw new Problem(
+              429,
+              'invalidate_spaced',
+              `the token was replaced less than ${INVALIDATE_SPACING_MS / 1000} s ago after another report, and WeChat could not say whether it takes this one; the service replaces it again in ${seconds} s at the earliest`,
+              { retryAfterSeconds: seconds },
+              { 'retry-after': String(seconds) },
+            );
+          }
+        }
+        const before = await entryOf(target);
         // Token-scoped: the entry is replaced only if it still holds this token.
         await target.client.accessToken.invalidate(token);
-        return sendEntry(res, 'access_token', await entryOf(target));
+        const after = await entryOf(target);
+        if (after.value !== before.value) target.invalidated = { token, at: now };
+        return sendEntry(res, 'access_token', after);
       }
       if (rest.length !== 0) throw new Problem(404, 'not_found', 'no such endpoint under /v1/token/{app}: only /invalidate');
       only('GET');
@@ -303,7 +353,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     }
     const value = await target.client.jssdk.getTicket(type as never);
     // Tickets have their own entry; the value's expiry comes from the store's copy.
-    const stored = schema.decode('ticket', (await options.cache.get(schema.ticketKey(subjectOf(target.app), type)).catch(() => undefined)) ?? '');
+    // Read with the clients' store deadline: a store that does not answer costs the exact expiry, not the request.
+    const raw = await withinDeadline(options.cache.get(schema.ticketKey(subjectOf(target.app), type)), STORE_READ_TIMEOUT_MS);
+    const stored = schema.decode('ticket', raw ?? '');
     return sendEntry(res, 'ticket', stored?.value === value ? stored : { value, expiresAt: Math.floor(Date.now() / 1000) + 600 });
   }
 
@@ -366,6 +418,47 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       await agent.close();
     },
   };
+}
+
+/**
+ * Whether WeChat still takes `token`, by a harmless call with it (`cgi-bin/get_api_domain_ip`, which
+ * official accounts, mini programs and WeCom all have): true when it answers, false when it rejects the
+ * token (40001, 40014, 42001), undefined when it could not say (unreachable, another errcode).
+ */
+async function tokenWorks(baseUrl: string, token: string, dispatcher: Dispatcher): Promise<boolean | undefined> {
+  try {
+    const url = new URL('cgi-bin/get_api_domain_ip', baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`);
+    url.searchParams.set('access_token', token);
+    const { statusCode, body } = await request(url, { dispatcher, signal: AbortSignal.timeout(10_000) });
+    let text = '';
+    for await (const chunk of body) {
+      text += String(chunk);
+      if (text.length > 64 * 1024) {
+        body.destroy();
+        return undefined;
+      }
+    }
+    if (statusCode !== 200) return undefined;
+    const errcode = (JSON.parse(text) as { errcode?: unknown }).errcode;
+    if (errcode === undefined || errcode === 0) return true;
+    return errcode === 40001 || errcode === 40014 || errcode === 42001 ? false : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** `promise`'s value, or undefined when it fails or has not settled within `ms`. */
+async function withinDeadline<T>(promise: Promise<T>, ms: number): Promise<T | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<undefined>((resolve) => {
+    timer = setTimeout(resolve, ms, undefined);
+    timer.unref();
+  });
+  try {
+    return await Promise.race([promise.catch(() => undefined), deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 function positive(value: number | undefined, fallback: number, name: string): number {

@@ -252,7 +252,11 @@ describe('wxkit serve in production', () => {
     expect(await down).toMatchObject({ level: 'warn', reason: expect.any(String) });
     const unhealthy = await fetch(`${service.url}/healthz`);
     expect(unhealthy.status).toBe(503);
-    expect(await unhealthy.json()).toMatchObject({ error: { code: 'store_unavailable', reason: expect.stringMatching(/^(refused|disconnected)$/) } });
+    const body = await unhealthy.text();
+    expect(JSON.parse(body)).toMatchObject({ error: { code: 'store_unavailable', reason: expect.stringMatching(/^(refused|disconnected)$/) } });
+    // An unauthenticated endpoint: the reason code, not the adapter's message with the store's address.
+    expect(body).not.toContain(String(redis.port));
+    expect(body).not.toContain('127.0.0.1');
     expect((await (await fetch(`${service.url}/metrics`)).text()).match(/^wxkit_store_up (\d)/m)?.[1]).toBe('0');
     // Still ready: it holds its tokens, and hands them out.
     expect((await fetch(`${service.url}/readyz`)).status).toBe(200);

@@ -22,6 +22,16 @@ export function binaryToText(binary: string): string {
   return Buffer.from(binary, 'latin1').toString('utf8');
 }
 
+/**
+ * A custom KeySchema's encoded value as the store takes it: a binary string as it is; a string with a
+ * character above U+00FF, which no byte is, taken as text and turned into its UTF-8 bytes, as the
+ * native codec does. (Text whose characters all lie below U+0100 cannot be told from bytes: a schema
+ * must return binary strings, see docs/key-schema.md.)
+ */
+export function encodedToBinary(value: string): string {
+  return isBinaryString(value) ? value : textToBinary(value);
+}
+
 /** Whether every character of `value` is one byte (char code 0–255). */
 export function isBinaryString(value: string): boolean {
   return !/[^\x00-\xff]/.test(value);

@@ -304,6 +304,11 @@ export class ClientCore {
     return this.#store.cache;
   }
 
+  /** The store as the token protocol uses it: each call bounded by cacheTimeoutMs, failures as CacheError. */
+  get store(): GuardedStore {
+    return this.#store;
+  }
+
   /**
    * The token manager of one entry. `request` names it to a token source; `upstream` fetches it from
    * WeChat. Access tokens follow the client's refresh mode; tickets come from the token source when

@@ -144,7 +144,8 @@ export class BadResponseError extends WxkitError {
  * (the TLS handshake failed: certificate, or TLS against a plain server), `database` (no such database),
  * `readonly` (the store takes no writes: a replica, too few replicas, a failed save), `permission` (the
  * user may not run that command or touch that key), `disconnected` (the connection dropped), `closed`
- * (used after close()).
+ * (used after close()), `value` (the value is no binary string, a character above U+00FF: a bug in the
+ * code that encoded it, such as a custom KeySchema; the store was not asked, and is not taken for down).
  */
 export type CacheErrorReason =
   | 'auth'
@@ -156,7 +157,8 @@ export type CacheErrorReason =
   | 'readonly'
   | 'permission'
   | 'disconnected'
-  | 'closed';
+  | 'closed'
+  | 'value';
 
 /** The token store failed (down, timed out, closed, or it holds something unreadable). `cause` is the driver's error. */
 export class CacheError extends WxkitError {

@@ -35,6 +35,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'cache.foreign_entry': CacheCorruptEntryEvent;
   /** A peer's refresh lock (WxJava's jedis-lock) had passed its expiry and was taken over, as the peer does. */
   'lock.taken_over': TokenEventBase;
+  /**
+   * A peer's refresh lock (jedis-lock) had passed its expiry, but the store has no atomic compareAndSet,
+   * so it was not taken over (two takers could both win); delete the key, or use a store that has one.
+   */
+  'lock.takeover_refused': TokenEventBase;
   /** OpenPlatform: a component_verify_ticket push was decrypted and stored. */
   'component_verify_ticket.received': ComponentVerifyTicketReceivedEvent;
   /** OpenPlatform: an account authorized the component; its first tokens are stored. */

@@ -1,3 +1,4 @@
+import { isBinaryString } from './bytes.js';
 import type { TokenCache } from './cache.js';
 import { CacheError, ConfigError } from './errors.js';
 import type { Log } from './logger.js';
@@ -121,6 +122,10 @@ export class GuardedStore {
     return typeof this.cache.deleteIfEquals === 'function';
   }
 
+  get atomicCompareAndSet(): boolean {
+    return typeof this.cache.compareAndSet === 'function';
+  }
+
   /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
     this.#health.leave(this);
@@ -166,7 +171,7 @@ export class GuardedStore {
   }
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    return this.#call('set', key, () => this.cache.set(key, value, ttlSeconds));
+    return this.#call('set', key, () => this.cache.set(key, value, ttlSeconds), value);
   }
 
   delete(key: string): Promise<void> {
@@ -184,7 +189,7 @@ export class GuardedStore {
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> | undefined {
     const add = this.cache.add;
     if (typeof add !== 'function') return undefined;
-    return this.#call('add', key, () => add.call(this.cache, key, value, ttlSeconds));
+    return this.#call('add', key, () => add.call(this.cache, key, value, ttlSeconds), value);
   }
 
   /**
@@ -194,7 +199,7 @@ export class GuardedStore {
   async deleteIfEquals(key: string, expected: string): Promise<boolean> {
     const deleteIfEquals = this.cache.deleteIfEquals;
     if (typeof deleteIfEquals === 'function') {
-      return this.#call('deleteIfEquals', key, () => deleteIfEquals.call(this.cache, key, expected));
+      return this.#call('deleteIfEquals', key, () => deleteIfEquals.call(this.cache, key, expected), expected);
     }
     if ((await this.get(key)) !== expected) return false;
     await this.delete(key);
@@ -208,14 +213,24 @@ export class GuardedStore {
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     const compareAndSet = this.cache.compareAndSet;
     if (typeof compareAndSet === 'function') {
-      return this.#call('compareAndSet', key, () => compareAndSet.call(this.cache, key, expected, value, ttlSeconds));
+      return this.#call('compareAndSet', key, () => compareAndSet.call(this.cache, key, expected, value, ttlSeconds), value, expected);
     }
     if ((await this.get(key)) !== expected) return false;
     await this.set(key, value, ttlSeconds);
     return true;
   }
 
-  #call<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+  #call<T>(op: string, key: string, run: () => Promise<T>, ...values: string[]): Promise<T> {
+    // A value no store can hold is a bug in whatever encoded it, not an outage: refused here, before the
+    // adapter's own check would reject it and the breaker would take the store for down for every client.
+    if (values.some((value) => typeof value !== 'string' || !isBinaryString(value))) {
+      return Promise.reject(
+        new CacheError(
+          `The value for ${op} ${this.#redact(key)} is no binary string (a character above U+00FF); store values are bytes, one character per byte: encode text as UTF-8 first (a custom KeySchema's encode must return binary strings, see docs/key-schema.md)`,
+          { reason: 'value' },
+        ),
+      );
+    }
     if (this.#health.down) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);

@@ -226,6 +226,26 @@ describe('authorizers', () => {
     expect(mock.counters(appId).authorizerTokenRequests).toBe(1);
   });
 
+  it("api_query_auth's access-token write to a store that never answers fails as a CacheError within cacheTimeoutMs, not a hang", async () => {
+    const s = setup();
+    await withTicket(s);
+    // The component token is shared as usual; only the authorizer token's write hangs.
+    class HangingWrites extends MemoryCache {
+      override set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        return key.includes('authorizer_access_token') ? new Promise<void>(() => {}) : super.set(key, value, ttlSeconds);
+      }
+    }
+    const open = s.make({ cache: new HangingWrites(), cacheTimeoutMs: 200 });
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(s.component.appId, { preAuthCode });
+    const error = await rejection(open.handleAuthorization(grant.authorizationCode));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    // The refresh token went to the durable store first, so the authorization is not lost.
+    expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!).authorizer_refresh_token).toBe(
+      mock.authorizerRefreshToken(grant.authorizerAppId),
+    );
+  });
+
   it('clients are made on first use, reused, and closed beyond maxClients', async () => {
     const s = setup();
     await withTicket(s);

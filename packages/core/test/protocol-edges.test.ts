@@ -151,6 +151,30 @@ describe('how long a failure holds a process back', () => {
     await Promise.all([a.close(), b.close()]);
   });
 
+  it('a marker whose retry_at lies 10 days ahead holds the fleet back no longer than its failure would', async () => {
+    const DAY = 86_400_000;
+    // errcode -1: at most the transient cap (60 s, +20 % jitter); 45009: until the next Beijing midnight.
+    for (const { errcode, pauseMs } of [
+      { errcode: -1, pauseMs: 72_000 },
+      { errcode: 45009, pauseMs: undefined },
+    ]) {
+      const { appId, secret } = mock.createApp();
+      // Two seconds before a Beijing midnight (UTC+8), so the 45009 pause ends two seconds later.
+      let now = Math.floor((Date.now() + 8 * 3_600_000) / DAY) * DAY + DAY - 8 * 3_600_000 - 2_000;
+      const cache = new MemoryCache({ now: () => now });
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false });
+      const marker = { code: 'ERR_WXKIT_WECHAT_API', errcode, errmsg: 'x', path: 'cgi-bin/stable_token', failed_at: now, retry_at: now + 10 * DAY, attempt: 1 };
+      await cache.set(`${app.accessToken.cacheKey}:failed`, JSON.stringify(marker), 10 * 86_400);
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode });
+      now += (pauseMs ?? 2_000) - 1_000;
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode });
+      now += 1_001;
+      expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      await app.close();
+    }
+  });
+
   it('a marker the store no longer holds no longer holds the process back (its clock may not move)', async () => {
     const { appId, secret } = mock.createApp();
     const now = Date.now();

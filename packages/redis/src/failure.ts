@@ -12,6 +12,7 @@ const HINTS: Record<CacheErrorReason, string> = {
   permission: 'the user may not run this command on this key: its ACL needs the read and write commands on the token keys',
   disconnected: 'the connection dropped; node-redis reconnects on its own',
   closed: 'closed',
+  value: 'the value is no binary string: encode text as UTF-8 first',
 };
 
 const TLS_CODES = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$)/;

@@ -1,1 +1,1 @@
-export { RedisCache, WRITTEN_CHANNEL, type RedisCacheOptions, type RedisCacheSentinelOptions, type RedisClientLike } from './redis-cache.js';
+export { RedisCache, WRITTEN_CHANNEL, writtenMessage, type RedisCacheOptions, type RedisCacheSentinelOptions, type RedisClientLike } from './redis-cache.js';

@@ -9,10 +9,19 @@ export type { RedisClientLike } from './connection.js';
 export type { RedisCacheOptions, RedisCacheSentinelOptions } from './options.js';
 
 /**
- * The channel every wxkit writer PUBLISHes a key's name on after it wrote or deleted that key, so that
- * processes waiting for another's refresh re-read at once (docs/key-schema.md, "Write notifications").
+ * The channel every wxkit writer PUBLISHes to after it wrote or deleted a key, so that processes waiting
+ * for another's refresh re-read at once (docs/key-schema.md, "Write notifications"). The message is
+ * {@link writtenMessage} of the key, not its name.
  */
 export const WRITTEN_CHANNEL = 'wxkit:written';
+
+/**
+ * What a writer publishes for `key`: the SHA-256 of its name, lowercase hex. Never the name itself, which
+ * any subscriber would see and which may hold a secret (EasyWeChat 6's keys hold the AppSecret).
+ */
+export function writtenMessage(key: string): string {
+  return createHash('sha256').update(key).digest('hex');
+}
 // A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile.
 const SUBSCRIBE_RETRY_MS = 30_000;
 
@@ -51,6 +60,8 @@ export class RedisCache implements TokenCache {
   readonly #connectTimeoutMs: number;
   /** Who waits for which key, and the subscriber connection that tells them (made on the first watch). */
   readonly #watchers = new Map<string, Set<() => void>>();
+  /** The watched keys by their {@link writtenMessage}. */
+  readonly #byMessage = new Map<string, string>();
   #subscriber: Promise<Subscriber | undefined> | undefined;
   #subscriberFailedAt = -Infinity;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
@@ -124,7 +135,10 @@ export class RedisCache implements TokenCache {
     }
     let listeners = this.#watchers.get(key);
     const first = !listeners;
-    if (!listeners) this.#watchers.set(key, (listeners = new Set()));
+    if (!listeners) {
+      this.#watchers.set(key, (listeners = new Set()));
+      this.#byMessage.set(writtenMessage(key), key);
+    }
     listeners.add(onChange);
     const subscribed = this.#subscribe();
     if (first) void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, true));
@@ -132,6 +146,7 @@ export class RedisCache implements TokenCache {
       listeners.delete(onChange);
       if (listeners.size > 0 || this.#watchers.get(key) !== listeners) return;
       this.#watchers.delete(key);
+      this.#byMessage.delete(writtenMessage(key));
       void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, false));
     };
   }
@@ -149,6 +164,7 @@ export class RedisCache implements TokenCache {
     if (this.#closed) return;
     this.#closed = true;
     this.#watchers.clear();
+    this.#byMessage.clear();
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
     await Promise.all([this.#connection.close(), subscriber?.then((sub) => sub?.destroy()).catch(() => undefined)]);
@@ -185,7 +201,8 @@ export class RedisCache implements TokenCache {
         subscriber.connect(),
         new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('subscriber connect timed out')), this.#connectTimeoutMs))),
       ]);
-      await subscriber.subscribe(WRITTEN_CHANNEL, (key) => this.#notify(key));
+      // A message is a key's digest; a writer that publishes the name itself is heard too.
+      await subscriber.subscribe(WRITTEN_CHANNEL, (message) => this.#notify(this.#byMessage.get(message) ?? message));
     } catch (error) {
       await Promise.resolve(subscriber.destroy()).catch(() => undefined);
       throw error;
@@ -259,7 +276,7 @@ function binary(value: string): Buffer {
  * happens to the notification, and a lost one costs a waiter one poll step.
  */
 function publish(client: RedisClientLike, key: string): void {
-  (client as unknown as { publish(channel: string, message: string): Promise<unknown> }).publish(WRITTEN_CHANNEL, key).catch(() => undefined);
+  (client as unknown as { publish(channel: string, message: string): Promise<unknown> }).publish(WRITTEN_CHANNEL, writtenMessage(key)).catch(() => undefined);
 }
 
 /**

@@ -1,9 +1,9 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createClient } from '@keyv/redis';
 import { OfficialAccount } from '@wxkit/core';
 import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
-import { RedisCache, WRITTEN_CHANNEL } from '../src/index.js';
+import { RedisCache, WRITTEN_CHANNEL, writtenMessage } from '../src/index.js';
 
 // Issue 14: watch() tells a waiting process that a key was written, through the channel wxkit's writers
 // publish to, and through keyspace notifications when the server sends them. Counts, never time.
@@ -43,18 +43,37 @@ describe('RedisCache.watch', () => {
     await Promise.all([writer.close(), watcher.close()]);
   });
 
-  it('wxkit writers publish the key on the documented channel, for watchers in any language', async () => {
+  it("wxkit writers publish the key's SHA-256 on the documented channel, never its name, for watchers in any language", async () => {
     const subscriber = createClient({ url: redis.url });
     await subscriber.connect();
     const messages: string[] = [];
     await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
     const writer = new RedisCache(redis.url);
-    const k = key();
+    // An EasyWeChat 6 key holds the AppSecret itself.
+    const secret = randomBytes(16).toString('hex');
+    const k = `official_account.access_token.wx${randomBytes(8).toString('hex')}.${secret}.0`;
     await writer.set(k, 'v', 60);
     await writer.deleteIfEquals(k, 'v');
-    await vi.waitFor(() => expect(messages.filter((m) => m === k)).toHaveLength(2));
+    const digest = createHash('sha256').update(k).digest('hex');
+    expect(writtenMessage(k)).toBe(digest);
+    await vi.waitFor(() => expect(messages.filter((m) => m === digest)).toHaveLength(2));
+    expect(messages.filter((m) => m.includes(secret))).toEqual([]);
     expect(WRITTEN_CHANNEL).toBe('wxkit:written');
     await Promise.all([writer.close(), subscriber.close()]);
+  });
+
+  it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
+    const watcher = new RedisCache(redis.url);
+    const publisher = createClient({ url: redis.url });
+    await publisher.connect();
+    const k = key();
+    let calls = 0;
+    watcher.watch(k, () => (calls += 1));
+    // Once subscribed, every watcher is told to look once.
+    await vi.waitFor(() => expect(calls).toBe(1));
+    await publisher.publish(WRITTEN_CHANNEL, k);
+    await vi.waitFor(() => expect(calls).toBe(2));
+    await Promise.all([watcher.close(), publisher.close()]);
   });
 
   it('with keyspace notifications on, a writer that does not publish wakes the watcher too', async () => {

@@ -1,4 +1,5 @@
 import { Agent, type Dispatcher } from 'undici';
+import { binaryToText, encodedToBinary, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
@@ -7,7 +8,7 @@ import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import type { WeChatClient } from '../clients/wechat-client.js';
 import type { ClientEvent, TokenEvents } from '../events.js';
-import { BadResponseError, CacheError, ConfigError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
+import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
 import type { TokenManager } from '../token/manager.js';
@@ -104,6 +105,8 @@ const REFRESH_HTTP_CALLS = 4;
 // without an atomic one makes a read and a write; the final write, as many attempts, each such a
 // compare-and-set and a read that checks whether an attempt whose answer was lost went through.
 const REFRESH_DURABLE_CALLS = 1 + 2 * 2 + DURABLE_WRITE_ATTEMPTS * 3;
+/** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
+const MAX_CALLBACK_BYTES = 64 * 1024;
 
 /**
  * A WeChat open-platform component (第三方平台, "OpenPlatform" as EasyWeChat names it): it receives the
@@ -191,6 +194,11 @@ export class OpenPlatform {
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
+    // The body is read before its signature can be checked: one far larger than any push is refused unread.
+    const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : Buffer.isBuffer(request.body) ? request.body.length : undefined;
+    if (size === undefined || size > MAX_CALLBACK_BYTES) {
+      throw new MessageCryptoError('format', `the callback body is not a string or Buffer of at most ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
+    }
     const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
     const xml = this.#crypto.decrypt({
       msgSignature: query.get('msg_signature') ?? '',
@@ -254,7 +262,9 @@ export class OpenPlatform {
     await this.#writeRefresh(authorizerAppId, { token: refresh });
     const key = this.#key('authorizer_access_token', authorizerAppId);
     const schema = this.#core.schema;
-    await this.#core.cache.set(key, schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }), schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
+    // Through the guarded store: bounded by cacheTimeoutMs like every other store call, a CacheError on failure.
+    const value = encodedToBinary(schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }));
+    await this.#core.store.set(key, value, schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
@@ -342,12 +352,30 @@ export class OpenPlatform {
 
   async #storeTicket(ticket: string, createTime: number): Promise<void> {
     const key = this.#key('component_verify_ticket');
-    // A push delivered late (WeChat retries) must not replace a newer ticket.
-    const stored = this.#decodeTicket(key, await this.#durable.get(key).catch(() => undefined));
-    if (stored && stored.createTime > createTime) return;
     const codec = this.#core.schema.openPlatformRecord?.(key);
+    // A peer's format records no push time: there, the newer-ticket check cannot hold.
     const value = codec ? codec.encode(ticket) : encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
-    await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+    // A push delivered late (WeChat retries) must not replace a newer ticket, even one another process
+    // stores between this read and this write: the write is an add or a compare-and-set on what was read.
+    for (let round = 0; ; round += 1) {
+      const raw = await this.#durable.get(key).catch(() => undefined);
+      const stored = this.#decodeTicket(key, raw);
+      if (stored && stored.createTime > createTime) return;
+      let written: boolean;
+      if (raw === undefined) {
+        const added = this.#durable.add(key, value, TICKET_TTL_SECONDS);
+        written = added === undefined ? (await this.#durable.set(key, value, TICKET_TTL_SECONDS), true) : await added;
+      } else if (this.#durable.atomicCompareAndSet) {
+        written = await this.#durable.compareAndSet(key, raw, value, TICKET_TTL_SECONDS);
+      } else {
+        // A store without compare-and-set: the newer-ticket check above is all there is.
+        await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+        written = true;
+      }
+      if (written) break;
+      // Written by someone else meanwhile; read again. A key rewritten this often is given up on.
+      if (round >= 2) return;
+    }
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
 
@@ -562,7 +590,7 @@ class BadAnswer extends BadResponseError {
  * @internal
  */
 export function encodeTicketRecord(ticket: string, createTime: number, receivedAt: number): string {
-  return JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt });
+  return textToBinary(JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: receivedAt }));
 }
 
 /**
@@ -571,15 +599,18 @@ export function encodeTicketRecord(ticket: string, createTime: number, receivedA
  * @internal
  */
 export function encodeRefreshRecord(record: RefreshRecord, updatedAt: number, updatedBy: string): string {
-  return JSON.stringify({
-    authorizer_refresh_token: record.token,
-    updated_at: updatedAt,
-    updated_by: updatedBy,
-    ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
-  });
+  return textToBinary(
+    JSON.stringify({
+      authorizer_refresh_token: record.token,
+      updated_at: updatedAt,
+      updated_by: updatedBy,
+      ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
+    }),
+  );
 }
 
-function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
+/** @internal */
+export function decodeTicket(raw: string | undefined): { ticket: string; createTime: number } | undefined {
   const record = parseObject(raw);
   const ticket = record?.component_verify_ticket;
   if (typeof ticket !== 'string' || ticket === '') return undefined;
@@ -590,7 +621,8 @@ function wrapToken(token: string | undefined): RefreshRecord | undefined {
   return token ? { token } : undefined;
 }
 
-function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
+/** @internal */
+export function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
   const record = parseObject(raw);
   const token = record?.authorizer_refresh_token;
   if (typeof token !== 'string' || token === '') return undefined;
@@ -601,10 +633,11 @@ function decodeRefresh(raw: string | undefined): RefreshRecord | undefined {
   };
 }
 
+/** A stored record: UTF-8 JSON, handed over by the store as a binary string (see TokenCache). */
 function parseObject(raw: string | undefined): Record<string, unknown> | undefined {
   if (raw === undefined) return undefined;
   try {
-    const parsed = JSON.parse(raw) as unknown;
+    const parsed = JSON.parse(binaryToText(raw)) as unknown;
     return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? (parsed as Record<string, unknown>) : undefined;
   } catch {
     return undefined;

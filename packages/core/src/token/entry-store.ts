@@ -1,3 +1,4 @@
+import { encodedToBinary } from '../bytes.js';
 import type { Log } from '../logger.js';
 import type { GuardedStore } from '../store.js';
 import { isPlausibleToken, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
@@ -137,7 +138,8 @@ export class EntryStore {
   encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {
     const { schema, field } = this.#init;
     return {
-      raw: schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy, key: this.key }),
+      // Stores take binary strings; a custom schema that returned text has it stored as its UTF-8 bytes.
+      raw: encodedToBinary(schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy, key: this.key })),
       ttlSeconds: schema.ttlSeconds(fetched.expiresIn, field, this.key),
       entry: { value: fetched.value, expiresAt: fetchedAt + fetched.expiresIn, fetchedAt, fetchedBy },
     };
@@ -176,7 +178,7 @@ export class EntryStore {
     const { schema, field } = this.#init;
     const fetchedAt = entry.fetchedAt!;
     for (const companion of schema.companions?.(this.key, field, entry.value, entry.expiresAt! - fetchedAt, fetchedAt) ?? []) {
-      await store.set(companion.key, companion.value, companion.ttlSeconds);
+      await store.set(companion.key, encodedToBinary(companion.value), companion.ttlSeconds);
     }
     return { entry, stored: true };
   }

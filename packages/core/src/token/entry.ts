@@ -64,7 +64,9 @@ export interface KeySchema {
   lockKey(entryKey: string): string;
   /**
    * The stored string for a freshly fetched value; `expiresIn` is WeChat's, in seconds, and `fetchedAt`
-   * when the request for it was sent, in unix seconds.
+   * when the request for it was sent, in unix seconds. It is a binary string, one character per byte
+   * (see TokenCache): text goes in as its UTF-8 bytes (`Buffer.from(text, 'utf8').toString('latin1')`).
+   * A string with a character above U+00FF is taken as text and stored as its UTF-8 bytes.
    */
   encode(field: EntryField, value: string, expiresIn: number, fetchedAt: number, extra?: EncodeExtra): string;
   /**

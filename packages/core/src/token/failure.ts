@@ -59,6 +59,23 @@ export function nextQuotaDay(now: number): number {
   return Math.floor((now + BEIJING_OFFSET_MS) / DAY_MS) * DAY_MS + DAY_MS - BEIJING_OFFSET_MS;
 }
 
+/**
+ * The `retry_at` a marker is held to: at most the longest pause its failure can call for (the next
+ * Beijing midnight for 45009, a minute for 45011 and credential errors, the transient cap with its
+ * jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead. A
+ * marker written by a clock far ahead, or by a peer with its own idea of a pause, cannot stop the fleet
+ * for longer than a failure of its kind would.
+ */
+export function clampRetryAt(marker: FailureMarker, now: number): number {
+  const from = Math.min(marker.failedAt, now);
+  const { errcode } = marker;
+  const latest =
+    errcode === 45009
+      ? nextQuotaDay(from)
+      : from + (errcode === 45011 || (errcode !== undefined && CREDENTIAL_ERRCODES.has(errcode)) ? MINUTE_MS : Math.ceil(TRANSIENT_MAX_MS * (1 + JITTER)));
+  return Math.min(marker.retryAt, latest);
+}
+
 /** The marker for `error`, the `attempt`-th failure in a row; undefined when the error is not WeChat's. */
 export function markerFor(error: unknown, attempt: number, now: number, failedBy: string, random = Math.random): FailureMarker | undefined {
   const policy = policyOf(error);
@@ -178,7 +195,9 @@ export class FailureGate {
   /** The marker in force at `now`, if any, and the stored form it was read in (to recognise it later). */
   async active(store: GuardedStore, now: number): Promise<FailureMarker | undefined> {
     const marker = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
-    return marker && marker.retryAt > now ? marker : undefined;
+    if (!marker) return undefined;
+    const retryAt = clampRetryAt(marker, now);
+    return retryAt > now ? { ...marker, retryAt } : undefined;
   }
 
   /**

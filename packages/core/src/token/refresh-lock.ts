@@ -41,7 +41,8 @@ export function parseJavaLong(value: string): bigint | undefined {
  * which a Java peer parses with `Long.parseLong` and compares with its clock; wxkit knows its hold by the
  * exact digits it wrote, and releases by compare-and-delete on them. jedis-lock writes its lock without
  * a TTL and takes over a lock whose time has passed (GETSET); wxkit does the same with compare-and-set,
- * so a Java process that died holding it stops nobody for longer than its lease.
+ * so a Java process that died holding it stops nobody for longer than its lease. Only with the store's
+ * own atomic compareAndSet: on a store without one the takeover is refused (and logged).
  *
  * A lock write whose answer was lost (a timeout on `add` that still reached the store, a release that
  * failed) may have left our owner in the store. Each such owner is remembered and deleted, by owner,
@@ -127,6 +128,9 @@ export class RefreshLock {
     }
   }
 
+  /** The expired lock value last refused a takeover, so each one is logged once. */
+  #refusedTakeover: string | undefined;
+
   /**
    * jedis-lock's takeover: a lock whose timestamp has passed is anyone's (Java writes it without a TTL,
    * so one left by a dead process would stay for ever). Replaced only if it still holds what was read.
@@ -136,6 +140,18 @@ export class RefreshLock {
     if (current === undefined) return false;
     const expiry = parseJavaLong(current);
     if (expiry === undefined || expiry >= BigInt(Date.now())) return false;
+    // Without an atomic compareAndSet the replacement would be a read then a write, and two takers
+    // (or a taker and jedis-lock's GETSET) could both believe they won.
+    if (!store.atomicCompareAndSet) {
+      if (this.#refusedTakeover !== current) {
+        this.#refusedTakeover = current;
+        this.#log.warn(
+          { event: 'lock.takeover_refused', appId: this.#appId, key: this.#logKey },
+          'A jedis-lock refresh lock has passed its expiry, but this store has no atomic compareAndSet, so wxkit does not take it over; delete the lock key, or use a store with compareAndSet (RedisCache)',
+        );
+      }
+      return false;
+    }
     const taken = await store.compareAndSet(this.key, current, owner, leaseMs / 1000);
     if (taken) {
       this.#log.info(

@@ -1,0 +1,162 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CacheError, MemoryCache } from '@wxkit/core';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
+import { StoreProbe } from '../src/serve-health.js';
+import { startTokenService } from '../src/serve.js';
+
+// `wxkit serve` hands its clients a counting wrapper of the store. It must keep the store's optional
+// methods: without watch() the instances waiting on another's refresh poll instead of waking on its write.
+describe('the store wrapper of wxkit serve', () => {
+  it("passes the store's write notifications through", async () => {
+    const cache = new MemoryCache();
+    const counted = new ServiceMetrics().countingCache(cache, new Map([['k', 'app']]), new Map());
+    const { watch } = counted;
+    expect(typeof watch).toBe('function');
+    let woken = 0;
+    const stop = watch!('k', () => (woken += 1));
+    await cache.set('k', 'v', 60);
+    await counted.set('k', 'w', 60);
+    await new Promise<void>((resolve) => queueMicrotask(resolve));
+    expect(woken).toBe(2);
+    stop();
+    await cache.set('k', 'x', 60);
+    await new Promise<void>((resolve) => queueMicrotask(resolve));
+    expect(woken).toBe(2);
+  });
+
+  it('closes the store it wraps', async () => {
+    const cache = new MemoryCache();
+    const counted = new ServiceMetrics().countingCache(cache, new Map(), new Map());
+    const { close } = counted;
+    expect(typeof close).toBe('function');
+    await close!();
+    await expect(cache.get('k')).rejects.toBeInstanceOf(CacheError);
+  });
+});
+
+describe("the token service's own store reads", () => {
+  let mock: MockWeChat;
+  beforeAll(async () => {
+    mock = await startMockWeChat();
+  });
+  afterAll(() => mock.close());
+
+  it('a ticket is answered when the store stops answering reads of its entry', async () => {
+    const KEY = 'store-deadline-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    // A store whose reads of the ticket entry never settle, once `hang` is set.
+    class HangingTicketReads extends MemoryCache {
+      hang = false;
+      hungReads = 0;
+      override get(key: string): Promise<string | undefined> {
+        if (!this.hang || key !== `wechat:jsapi_ticket:${appId}`) return super.get(key);
+        this.hungReads += 1;
+        return new Promise(() => {});
+      }
+    }
+    const cache = new HangingTicketReads();
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    try {
+      const ticket = async () => {
+        const res = await fetch(`${service.url}/v1/ticket/oa/${appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+        return { status: res.status, body: (await res.json()) as { ticket?: string; expires_at?: number } };
+      };
+      const first = await ticket();
+      expect(first.status).toBe(200);
+      cache.hang = true;
+      const second = await ticket();
+      expect(cache.hungReads).toBeGreaterThan(0);
+      expect(second.status).toBe(200);
+      expect(second.body.ticket).toBe(first.body.ticket);
+      expect(second.body.expires_at).toBeTypeOf('number');
+      expect(mock.counters(appId).ticketRequests).toBe(1);
+    } finally {
+      await service.close();
+    }
+  });
+});
+
+describe('the /healthz store probe', () => {
+  it('does not keep the process alive while the store does not answer', async () => {
+    const hung = Object.assign(new MemoryCache(), { get: () => new Promise<undefined>(() => {}) });
+    const timers = () => process.getActiveResourcesInfo().filter((kind) => kind === 'Timeout').length;
+    const before = timers();
+    const probe = new StoreProbe(hung, 'k', { intervalMs: 60_000, timeoutMs: 60_000, onChange: () => {} });
+    void probe.start();
+    // The probe's deadline timer exists now; it must be one that lets the process exit.
+    expect(timers()).toBe(before);
+    probe.stop();
+  });
+});
+
+describe('the errcode label of wxkit_upstream_errors_total', () => {
+  it("keeps WeChat's known errcodes and wxkit's codes, and buckets any other errcode as other", async () => {
+    expect(errcodeLabel(40164, 'ERR_WXKIT_WECHAT_API')).toBe('40164');
+    expect(errcodeLabel(45009, 'ERR_WXKIT_WECHAT_API')).toBe('45009');
+    expect(errcodeLabel(-1, 'ERR_WXKIT_WECHAT_API')).toBe('-1');
+    expect(errcodeLabel(undefined, 'ERR_WXKIT_TIMEOUT')).toBe('ERR_WXKIT_TIMEOUT');
+    expect(errcodeLabel(undefined, 'anything else')).toBe('unknown');
+    // A server answering a fresh errcode each time makes one series, not one per number.
+    const metrics = new ServiceMetrics();
+    const listeners = new Map<string, (event: { errcode?: number; code?: string }) => void>();
+    const client = { on: (name: string, listener: (event: { errcode?: number; code?: string }) => void) => listeners.set(name, listener) };
+    metrics.watch(client as never, 'oa/wx1');
+    for (let errcode = 990_000; errcode < 990_050; errcode += 1) listeners.get('access_token.fetch_failed')!({ errcode, code: 'ERR_WXKIT_WECHAT_API' });
+    const text = await metrics.registry.metrics();
+    const series = text.split('\n').filter((line) => line.startsWith('wxkit_upstream_errors_total{'));
+    expect(series).toEqual(['wxkit_upstream_errors_total{app="oa/wx1",errcode="other"} 50']);
+  });
+});
+
+describe('POST /v1/token/{app}/invalidate', () => {
+  let mock: MockWeChat;
+  beforeAll(async () => {
+    mock = await startMockWeChat();
+  });
+  afterAll(() => mock.close());
+
+  it('right after a replacement, a report of the new token is checked with WeChat: a working token costs no fetch, a rejected one is replaced', async () => {
+    const KEY = 'invalidate-spacing-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const report = async (token: string) => {
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+      return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as { access_token?: string; error?: { code: string } } };
+    };
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      expect(fetches()).toBe(1);
+      // WeChat rejected it: one fetch, the new token in the answer; the same report again costs nothing.
+      const second = (await report(first)).body.access_token!;
+      expect(second).not.toBe(first);
+      expect((await report(first)).body.access_token).toBe(second);
+      expect(fetches()).toBe(2);
+      // A client that reports every token it is given: WeChat still takes this one, so no fetch.
+      for (let i = 0; i < 5; i += 1) {
+        const looped = await report(second);
+        expect(looped.status).toBe(200);
+        expect(looped.body.access_token).toBe(second);
+      }
+      expect(fetches()).toBe(2);
+      // WeChat cannot say (its answer is a 502): spaced, 429 with Retry-After, still no fetch.
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
+      const unsure = await report(second);
+      expect(unsure.status).toBe(429);
+      expect(unsure.body.error?.code).toBe('invalidate_spaced');
+      expect(Number(unsure.retryAfter)).toBeGreaterThan(0);
+      expect(fetches()).toBe(2);
+      // A program outside the fleet fetched: WeChat rejects the token, and it is replaced at once.
+      mock.invalidateTokens(appId);
+      const third = await report(second);
+      expect(third.status).toBe(200);
+      expect(third.body.access_token).not.toBe(second);
+      expect(mock.isTokenValid(appId, third.body.access_token!)).toBe(true);
+      expect(fetches()).toBe(3);
+    } finally {
+      await service.close();
+    }
+  });
+});

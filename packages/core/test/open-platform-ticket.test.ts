@@ -1,0 +1,63 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { MemoryCache, MessageCrypto, OpenPlatform } from '../src/index.js';
+import { cdata } from '../src/open-platform/xml.js';
+
+// A verify-ticket push must never replace a newer ticket: not one already stored, and not one another
+// process stores between this push's read of the record and its write.
+const COMPONENT = 'wxcomponent0000002';
+const TOKEN = 'callback-token';
+const KEY = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG';
+const TICKET_KEY = `wechat:component_verify_ticket:${COMPONENT}`;
+const crypto = new MessageCrypto({ token: TOKEN, encodingAESKey: KEY, appId: COMPONENT });
+const opened: OpenPlatform[] = [];
+afterAll(() => Promise.all(opened.map((open) => open.close())));
+
+function platform(durableStore: MemoryCache): OpenPlatform {
+  const open = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore, logger: false });
+  opened.push(open);
+  return open;
+}
+
+/** The request WeChat sends for a verify-ticket push made at `createTime`. */
+function push(ticket: string, createTime: number) {
+  const xml = `<xml><AppId>${cdata(COMPONENT)}</AppId><CreateTime>${createTime}</CreateTime><InfoType>${cdata('component_verify_ticket')}</InfoType><ComponentVerifyTicket>${cdata(ticket)}</ComponentVerifyTicket></xml>`;
+  const encrypt = crypto.encrypt(xml);
+  const timestamp = String(createTime);
+  const nonce = 'n0nce';
+  return { query: { msg_signature: crypto.signature(timestamp, nonce, encrypt), timestamp, nonce }, body: `<xml><AppId>${cdata(COMPONENT)}</AppId><Encrypt>${cdata(encrypt)}</Encrypt></xml>` };
+}
+
+const storedTicket = async (store: MemoryCache) => JSON.parse(Buffer.from((await store.get(TICKET_KEY))!, 'latin1').toString('utf8')).component_verify_ticket;
+
+describe('storing a pushed component_verify_ticket', () => {
+  it('a late push does not replace a newer stored ticket; a newer push does', async () => {
+    const durable = new MemoryCache();
+    const open = platform(durable);
+    await open.handleCallback(push('ticket-200', 200));
+    await open.handleCallback(push('ticket-100', 100));
+    expect(await storedTicket(durable)).toBe('ticket-200');
+    await open.handleCallback(push('ticket-300', 300));
+    expect(await storedTicket(durable)).toBe('ticket-300');
+  });
+
+  it('a newer ticket stored by another process between the read and the write survives', async () => {
+    // The durable store: right after this push reads the record, another process stores a newer ticket.
+    class RacedStore extends MemoryCache {
+      raced = false;
+      override async get(key: string): Promise<string | undefined> {
+        const value = await super.get(key);
+        if (key === TICKET_KEY && !this.raced) {
+          this.raced = true;
+          await other.handleCallback(push('ticket-300', 300));
+        }
+        return value;
+      }
+    }
+    const durable = new RacedStore();
+    const other = platform(durable);
+    await durable.set(TICKET_KEY, Buffer.from(JSON.stringify({ component_verify_ticket: 'ticket-100', create_time: 100, received_at: 100 })).toString('latin1'), 3600);
+    await platform(durable).handleCallback(push('ticket-200', 200));
+    expect(durable.raced).toBe(true);
+    expect(await storedTicket(durable)).toBe('ticket-300');
+  });
+});

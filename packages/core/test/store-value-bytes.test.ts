@@ -1,0 +1,74 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { CacheError, FileCache, OfficialAccount, nativeSchema, type KeySchema, type LogFields } from '../src/index.js';
+import { Log } from '../src/logger.js';
+import { GuardedStore } from '../src/store.js';
+import { rejection } from './helpers.js';
+
+// Store values are binary strings (src/bytes.ts). A value with a character above U+00FF is a bug in what
+// encoded it: it must not be reported as the store being down (the breaker is shared by every client of
+// the store), and a custom schema's text is stored as its UTF-8 bytes, as the native codec stores its own.
+let mock: MockWeChat;
+let dir: string;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+  dir = mkdtempSync(join(tmpdir(), 'wxkit-bytes-'));
+});
+afterAll(async () => {
+  await mock.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function recording() {
+  const lines: LogFields[] = [];
+  const logger = { warn: (f: LogFields) => lines.push(f), info: (f: LogFields) => lines.push(f), error: (f: LogFields) => lines.push(f) };
+  return { lines, logger };
+}
+
+describe('a custom KeySchema whose encode returns text', () => {
+  it('has its entry stored as UTF-8 bytes and shared, and the store is not taken for down', async () => {
+    const base = nativeSchema();
+    const schema: KeySchema = { ...base, name: 'custom', encode: (...args) => base.encode(...args).replace('}', ',"team":"订单"}') };
+    const { lines, logger } = recording();
+    const { appId, secret } = mock.createApp();
+    const writer = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new FileCache({ dir }), schema, logger });
+    const token = await writer.accessToken.getToken();
+    await writer.close();
+    expect(lines.map((l) => l.event)).not.toContain('cache.unavailable');
+
+    const raw = await new FileCache({ dir }).get(base.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' }));
+    expect(JSON.parse(Buffer.from(raw!, 'latin1').toString('utf8'))).toMatchObject({ access_token: token, team: '订单' });
+    // Another process on the same directory takes the stored token.
+    const reader = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new FileCache({ dir }), schema, logger });
+    expect(await reader.accessToken.getToken()).toBe(token);
+    await reader.close();
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+});
+
+describe('GuardedStore given a value that is no binary string', () => {
+  it('rejects with CacheError reason "value", does not call the store, and leaves the breaker closed', async () => {
+    const cache = new FileCache({ dir });
+    let sets = 0;
+    const counted = Object.assign(Object.create(cache) as FileCache, {
+      set: (key: string, value: string, ttl: number) => ((sets += 1), cache.set(key, value, ttl)),
+    });
+    const { lines, logger } = recording();
+    const store = new GuardedStore(counted, 1000, new Log(logger), 'wx-bytes');
+    for (const call of [() => store.set('k', '订单', 60), () => store.add('k', '订单', 60)!, () => store.compareAndSet('k', 'a', '订单', 60)]) {
+      const error = await rejection(call());
+      expect(error).toBeInstanceOf(CacheError);
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'value' });
+    }
+    expect(sets).toBe(0);
+    expect(store.down).toBe(false);
+    expect(lines.map((l) => l.event)).not.toContain('cache.unavailable');
+    // The store still takes bytes: UTF-8 as a binary string.
+    await store.set('k', Buffer.from('订单').toString('latin1'), 60);
+    expect(sets).toBe(1);
+    store.dispose();
+  });
+});
