@@ -57,6 +57,9 @@ export async function stampede(env, { processes = 4, concurrency = 50, rounds = 
       wallMs: round(wallMs),
       warmWallMs: round(warmWallMs),
       wallRatio: round(wallMs / warmWallMs, 2),
+      // The least a cold burst can cost: the warm burst plus one token fetch, which WeChat (the mock)
+      // answers no sooner than its latency; the sends need the token, so they cannot overlap it.
+      floorRatio: round((warmWallMs + LATENCY_MS) / warmWallMs, 2),
       errors,
     });
   }
@@ -64,7 +67,8 @@ export async function stampede(env, { processes = 4, concurrency = 50, rounds = 
     title: `Cold stampede: ${processes} warm processes × ${concurrency} concurrent sends for an account with nothing stored (classic endpoint), ${rounds} rounds`,
     baseline:
       'the limit: 1 upstream fetch (upstreamFetches: the most in one round; rejected and lost: all rounds); wall time (median) against the same sends ' +
-      'with the token already shared (median); goal ≤ 1.3×',
+      'with the token already shared (median); goal ≤ 1.3×; floorRatio: the least possible, (warm + one token fetch at the mock\'s ' +
+      `${LATENCY_MS} ms) / warm`,
     rows,
   };
 }
