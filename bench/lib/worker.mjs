@@ -270,9 +270,12 @@ process.on('message', async (message) => {
   }
   if (message.op === 'switch') {
     // The old client goes, its store connection stays (the peers' close() would end it: keep it open).
-    await client.closeApp?.().catch(() => undefined);
+    // The new client is made first: the pool a process shares per origin closes with its last client,
+    // and a warm process keeps its connections to WeChat (a platform's other accounts hold them open).
+    const previous = client;
     Object.assign(config, { appId: message.appId, secret: message.secret });
     client = await build();
+    await previous.closeApp?.().catch(() => undefined);
     process.send({});
     return;
   }

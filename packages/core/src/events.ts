@@ -179,11 +179,18 @@ export interface CacheUnavailableEvent extends TokenEventBase {
   op: string;
   /** What the store's driver said, without secrets. */
   error: string;
+  /**
+   * How many clients of this process use the store. Every one of them emits this event; the log line is
+   * written once per store and outage (once per logger, where clients log to different ones).
+   */
+  clients: number;
 }
 
 /** `cache.recovered`. */
 export interface CacheRecoveredEvent extends TokenEventBase {
   op: string;
+  /** How many clients of this process use the store (the line is written once, as for `cache.unavailable`). */
+  clients: number;
 }
 
 /** `cache.corrupt_entry`. */

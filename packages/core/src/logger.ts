@@ -19,7 +19,7 @@ export interface LogFields {
   [field: string]: unknown;
 }
 
-type Level = 'debug' | 'info' | 'warn' | 'error';
+export type Level = 'debug' | 'info' | 'warn' | 'error';
 
 /**
  * Internal: one place that turns any accepted logger option into calls that cannot throw, and that
@@ -33,6 +33,19 @@ export class Log {
   constructor(target: Logger | false | undefined, events: () => EventEmitter | undefined = () => undefined) {
     this.#target = target === false ? undefined : (target ?? defaultLogger);
     this.#events = events;
+  }
+
+  /**
+   * Where the lines go (undefined: nowhere), so that a line about something many clients share (their
+   * store) is written once per logger, not once per client.
+   */
+  get sink(): Logger | undefined {
+    return this.#target;
+  }
+
+  /** The event alone, without a line: the line was written through another client with the same logger. */
+  event(level: Level, fields: LogFields, message: string): void {
+    this.#emit(level, fields, message, false);
   }
 
   debug(fields: LogFields, message: string): void {
@@ -51,7 +64,7 @@ export class Log {
     this.#emit('error', fields, message);
   }
 
-  #emit(level: Level, fields: LogFields, message: string): void {
+  #emit(level: Level, fields: LogFields, message: string, line = true): void {
     const events = this.#events();
     if (events !== undefined && events.listenerCount(fields.event) > 0) {
       try {
@@ -60,7 +73,7 @@ export class Log {
         // A throwing listener must not break token handling either.
       }
     }
-    const target = this.#target;
+    const target = line ? this.#target : undefined;
     const fn = target?.[level] ?? (level === 'error' ? target?.warn : undefined);
     if (!target || typeof fn !== 'function') return;
     try {

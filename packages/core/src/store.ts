@@ -41,7 +41,8 @@ class StoreHealth {
     } else {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
-      for (const each of this.users) each.reportUnavailable(op, each === user ? key : undefined, error);
+      const clients = this.users.size;
+      this.#report(user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, clients, line));
     }
     this.#scheduleProbe(user);
   }
@@ -51,7 +52,25 @@ class StoreHealth {
     this.#probeTimer = undefined;
     this.down = false;
     this.#probeDelayMs = PROBE_MIN_MS;
-    for (const each of this.users) each.reportRecovered(op);
+    const clients = this.users.size;
+    this.#report(undefined, (each, line) => each.reportRecovered(op, clients, line));
+  }
+
+  /**
+   * Tells every client of the store (their events, their recovery listeners), and writes the line once
+   * per logger, through `first` where it is one: 10,000 clients on one store and one logger make one
+   * line per outage, not 10,000.
+   */
+  #report(first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void): void {
+    const written = new Set<unknown>();
+    const line = (each: GuardedStore) => {
+      const sink = each.logSink;
+      if (sink === undefined || written.has(sink)) return false;
+      written.add(sink);
+      return true;
+    };
+    if (first !== undefined && this.users.has(first)) tell(first, line(first));
+    for (const each of [...this.users]) if (each !== first) tell(each, line(each));
   }
 
   leave(user: GuardedStore): void {
@@ -270,17 +289,31 @@ export class GuardedStore {
     }
   }
 
-  /** @internal The store just failed: one warning per outage for this client. */
-  reportUnavailable(op: string, key: string | undefined, error: CacheError): void {
-    this.#log.warn(
-      { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error) },
-      'The token store failed; serving tokens from this process until it answers again (one warning per outage)',
-    );
+  /** @internal Where this client's log lines go: one line per logger about the store they share. */
+  get logSink(): unknown {
+    return this.#log.sink;
   }
 
-  /** @internal The store answers again. */
-  reportRecovered(op: string): void {
-    this.#log.info({ event: 'cache.recovered', appId: this.#appId, op }, 'The token store answers again; sharing tokens through it once more');
+  /**
+   * @internal The store just failed: this client's event, and the outage's one warning when `line` (the
+   * first client of its logger). `clients`: how many clients of this process use the store.
+   */
+  reportUnavailable(op: string, key: string | undefined, error: CacheError, clients = 1, line = true): void {
+    const fields = { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error), clients };
+    const message =
+      clients > 1
+        ? `The token store failed; serving tokens from this process until it answers again (one warning per store and outage, for the ${clients} clients of this process that use it)`
+        : 'The token store failed; serving tokens from this process until it answers again (one warning per outage)';
+    if (line) this.#log.warn(fields, message);
+    else this.#log.event('warn', fields, message);
+  }
+
+  /** @internal The store answers again: this client's event and recovery listeners, and one line per logger. */
+  reportRecovered(op: string, clients = 1, line = true): void {
+    const fields = { event: 'cache.recovered', appId: this.#appId, op, clients };
+    const message = 'The token store answers again; sharing tokens through it once more';
+    if (line) this.#log.info(fields, message);
+    else this.#log.event('info', fields, message);
     const listeners = [...(this.#recoveryListeners ?? [])];
     this.#recoveryListeners = undefined;
     for (const listener of listeners) {

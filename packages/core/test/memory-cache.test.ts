@@ -16,12 +16,13 @@ class Handle implements TokenCache {
   delete = async (key: string) => this.#use().delete(key);
   add = async (key: string, value: string, ttl: number) => this.#use().add(key, value, ttl);
   deleteIfEquals = async (key: string, expected: string) => this.#use().deleteIfEquals(key, expected);
+  watch = (key: string, onChange: () => void) => this.#use().watch(key, onChange);
   close = async () => {
     this.#closed = true;
   };
 }
 
-describeTokenCache('MemoryCache', { create: () => new Handle() });
+describeTokenCache('MemoryCache', { create: () => new Handle(), supports: { watch: true } });
 
 describe('MemoryCache', () => {
   it('expires entries by its clock', async () => {

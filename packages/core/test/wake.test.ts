@@ -77,20 +77,32 @@ describe('pollWithBackoff with a watch', () => {
   });
 });
 
-/** A store seen through one client: its reads of `entryKey`, and how often a watch told it of a write. */
-function counting(cache: TokenCache, withWatch = true) {
-  const counts = { entryReads: 0, lockAdds: 0, woken: 0 };
+/**
+ * A store seen through one client: its calls on `entryKey` and its marker and lock, and how often a
+ * watch told it of a write. `afterLockAdd` runs once the store answered a lock `add`, before the client
+ * sees the answer.
+ */
+function counting(cache: TokenCache, withWatch = true, afterLockAdd?: (won: boolean) => Promise<void>) {
+  const counts = { entryReads: 0, entryAdds: 0, markerReads: 0, markerDeletes: 0, lockAdds: 0, woken: 0 };
   let entryKey = '';
   const wrapped: TokenCache = {
     get: (key) => {
       if (key === entryKey) counts.entryReads += 1;
+      if (key === `${entryKey}:failed`) counts.markerReads += 1;
       return cache.get(key);
     },
     set: (key, value, ttl) => cache.set(key, value, ttl),
-    delete: (key) => cache.delete(key),
-    add: (key, value, ttl) => {
-      if (key === `${entryKey}:lock`) counts.lockAdds += 1;
-      return cache.add!(key, value, ttl);
+    delete: (key) => {
+      if (key === `${entryKey}:failed`) counts.markerDeletes += 1;
+      return cache.delete(key);
+    },
+    add: async (key, value, ttl) => {
+      if (key === entryKey) counts.entryAdds += 1;
+      if (key !== `${entryKey}:lock`) return cache.add!(key, value, ttl);
+      counts.lockAdds += 1;
+      const won = await cache.add!(key, value, ttl);
+      await afterLockAdd?.(won);
+      return won;
     },
     deleteIfEquals: (key, expected) => cache.deleteIfEquals!(key, expected),
     compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(key, expected, value, ttl),
@@ -150,10 +162,12 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
     const { appId, secret } = mock.createApp();
     const gate = gatedDispatcher();
     const waiterView = counting(waiterStore);
+    const holderView = counting(holderStore);
     const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
-    const holder = new OfficialAccount({ ...options, cache: holderStore, dispatcher: gate.agent });
+    const holder = new OfficialAccount({ ...options, cache: holderView.cache, dispatcher: gate.agent });
     const waiter = new OfficialAccount({ ...options, cache: waiterView.cache });
     waiterView.watchKey(waiter.accessToken.cacheKey);
+    holderView.watchKey(holder.accessToken.cacheKey);
 
     // The holder takes the lock, and its token request waits at the gate.
     const held = holder.accessToken.getToken();
@@ -166,10 +180,48 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
     const [token, seen] = await Promise.all([held, waited]);
     expect(seen).toBe(token);
     expect(mock.counters(appId).tokenRequests).toBe(1);
-    // Woken by the write, the waiter read the entry once more: its first read (a miss), the read after
-    // the wake-up, and at most one look of the slow safety-net polling.
+    // Woken by the write, the waiter read the entry once more: its first read (a miss) and the read after
+    // the wake-up. Its watch was armed before its lock attempt, so it took the marker it read before that
+    // attempt as its view, and read neither the marker nor the entry again before it waited.
     expect(waiterView.counts.woken).toBeGreaterThanOrEqual(1);
-    expect(waiterView.counts.entryReads).toBeLessThanOrEqual(3);
+    expect(waiterView.counts.entryReads).toBe(2);
+    expect(waiterView.counts.markerReads).toBe(1);
+    expect(waiterView.counts.lockAdds).toBe(1);
+    // The holder read the entry twice (before and under the lock), wrote it with one add and no read
+    // in between (it saw it absent under the lock), and deleted no failure marker (it saw none).
+    expect(holderView.counts.entryReads).toBe(2);
+    expect(holderView.counts.entryAdds).toBe(1);
+    expect(holderView.counts.markerReads).toBe(2);
+    expect(holderView.counts.markerDeletes).toBe(0);
+    await Promise.all([holder.close(), waiter.close(), gate.agent.close(), holderStore.close?.(), waiterStore === holderStore ? undefined : waiterStore.close?.()]);
+  });
+
+  it.each(Object.keys(stores))('%s: a holder that writes and releases between the waiter’s lock attempt and its wait still wakes it', async (name) => {
+    const [holderStore, waiterStore] = stores[name]!();
+    const { appId, secret } = mock.createApp();
+    const gate = gatedDispatcher();
+    const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
+    const holder = new OfficialAccount({ ...options, cache: holderStore, dispatcher: gate.agent });
+    const held = holder.accessToken.getToken();
+    // The waiter's lock `add` is answered "held", and the client hears of it only once the holder has
+    // fetched, written its token and released the lock: every write of the holder falls in that gap.
+    const waiterView = counting(waiterStore, true, async (won) => {
+      if (won) return;
+      gate.release();
+      await held;
+    });
+    const waiter = new OfficialAccount({ ...options, cache: waiterView.cache });
+    waiterView.watchKey(waiter.accessToken.cacheKey);
+    await vi.waitFor(() => expect(gate.arrived()).toBe(1));
+
+    const [token, seen] = await Promise.all([held, waiter.accessToken.getToken()]);
+    expect(seen).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    // The writes in the gap were reported (the watch was armed before the attempt), so the waiter
+    // looked at once: its first read and one more, and not a poll's pause later, unwoken.
+    expect(waiterView.counts.woken).toBeGreaterThanOrEqual(1);
+    expect(waiterView.counts.entryReads).toBe(2);
+    expect(waiterView.counts.lockAdds).toBe(1);
     await Promise.all([holder.close(), waiter.close(), gate.agent.close(), holderStore.close?.(), waiterStore === holderStore ? undefined : waiterStore.close?.()]);
   });
 

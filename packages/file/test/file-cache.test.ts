@@ -17,7 +17,7 @@ const builtModule = new URL('../dist/index.js', import.meta.url).href;
 describeTokenCache('FileCache', {
   create: () => new FileCache({ dir: suiteDir }),
   shared: { module: builtModule, export: 'FileCache', args: [{ dir: suiteDir }] },
-  supports: { ttlMs: true, compareAndSet: true },
+  supports: { ttlMs: true, compareAndSet: true, watch: true },
   // The entry file is `v1 <expiresAtMs>\n` and the value's bytes; names keep [A-Za-z0-9_.-] and
   // write every other byte as %XX (packages/file/README.md).
   rawBytes: async (key) => {

@@ -66,6 +66,8 @@ export class RedisCache implements TokenCache {
   #subscriberFailedAt = -Infinity;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
   #keyspace: string | undefined;
+  /** PUBLISHes not answered yet: close() lets them go out, or a process that writes and exits wakes nobody. */
+  readonly #publishing = new Set<Promise<unknown>>();
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
     const { source, where, connectTimeoutMs } = resolveOptions(options);
@@ -86,21 +88,21 @@ export class RedisCache implements TokenCache {
   set(key: string, value: string, ttlSeconds: number): Promise<void> {
     return this.#run('set', async (client) => {
       await client.set(key, binary(value), { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
-      publish(client, key);
+      this.#publish(client, key);
     });
   }
 
   delete(key: string): Promise<void> {
     return this.#run('delete', async (client) => {
       await client.del(key);
-      publish(client, key);
+      this.#publish(client, key);
     });
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', async (client) => {
       const reply = await client.set(key, binary(value), { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
-      if (reply === 'OK') publish(client, key);
+      if (reply === 'OK') this.#publish(client, key);
       return reply === 'OK';
     });
   }
@@ -108,7 +110,7 @@ export class RedisCache implements TokenCache {
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', async (client) => {
       const deleted = (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected)])) === 1;
-      if (deleted) publish(client, key);
+      if (deleted) this.#publish(client, key);
       return deleted;
     });
   }
@@ -116,7 +118,7 @@ export class RedisCache implements TokenCache {
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('compareAndSet', async (client) => {
       const written = (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))])) === 1;
-      if (written) publish(client, key);
+      if (written) this.#publish(client, key);
       return written;
     });
   }
@@ -167,7 +169,33 @@ export class RedisCache implements TokenCache {
     this.#byMessage.clear();
     const subscriber = this.#subscriber;
     this.#subscriber = undefined;
+    // The connection is destroyed, not quit: a notification still queued on it would be dropped, and
+    // the other processes' waiters would find the write only at their next safety-net poll.
+    if (this.#publishing.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.allSettled([...this.#publishing]),
+        new Promise((resolve) => (timer = setTimeout(resolve, this.#connectTimeoutMs))),
+      ]);
+      clearTimeout(timer);
+    }
     await Promise.all([this.#connection.close(), subscriber?.then((sub) => sub?.destroy()).catch(() => undefined)]);
+  }
+
+  /**
+   * Tells the watchers of `key` in every process that it changed. Not awaited by the write: it is done
+   * whatever happens to the notification, and a lost one costs a waiter one poll step.
+   */
+  /**
+   * Tells the watchers of `key` in every process that it changed, by its digest. Not awaited by the write;
+   * a lost notification costs a waiter one poll step.
+   */
+  #publish(client: RedisClientLike, key: string): void {
+    const sent: Promise<unknown> = (client as unknown as { publish(channel: string, message: string): Promise<unknown> })
+      .publish(WRITTEN_CHANNEL, writtenMessage(key))
+      .catch(() => undefined)
+      .finally(() => this.#publishing.delete(sent));
+    this.#publishing.add(sent);
   }
 
   /** The subscriber connection, made once; undefined when none can be had (then every waiter is told to look). */
@@ -191,8 +219,7 @@ export class RedisCache implements TokenCache {
   async #openSubscriber(): Promise<Subscriber> {
     const client = await this.#connection.client();
     const duplicate = (client as unknown as { duplicate?: () => Subscriber }).duplicate;
-    if (typeof duplicate !== 'function') throw new Error('this client cannot make a subscriber connection');
-    const subscriber = duplicate.call(client);
+    const subscriber = typeof duplicate === 'function' ? duplicate.call(client) : ownPubSub(client);
     // node-redis reports failed reconnects as 'error' events; an unheard one would crash the process.
     subscriber.on('error', () => undefined);
     let timer: NodeJS.Timeout | undefined;
@@ -252,6 +279,34 @@ export class RedisCache implements TokenCache {
   }
 }
 
+/**
+ * A client that subscribes on a connection of its own and has no duplicate(): node-redis's Sentinel
+ * client, whose pub/sub goes through a connection to the primary that it keeps beside its commands' one.
+ * Ending it is the client's business (close() ends the client); here it only leaves its channels.
+ */
+function ownPubSub(client: RedisClientLike): Subscriber {
+  const pubSub = client as unknown as Partial<Pick<Subscriber, 'subscribe' | 'unsubscribe'>>;
+  if (typeof pubSub.subscribe !== 'function' || typeof pubSub.unsubscribe !== 'function') {
+    throw new Error('this client cannot make a subscriber connection');
+  }
+  const { subscribe, unsubscribe } = pubSub as Pick<Subscriber, 'subscribe' | 'unsubscribe'>;
+  const channels = new Set<string>();
+  return {
+    connect: async () => undefined,
+    subscribe: async (channel, listener) => {
+      channels.add(channel);
+      await subscribe.call(client, channel, listener);
+    },
+    unsubscribe: async (channel, listener) => {
+      channels.delete(channel);
+      await unsubscribe.call(client, channel, listener);
+    },
+    destroy: () => Promise.all([...channels].map((channel) => unsubscribe.call(client, channel).catch(() => undefined))),
+    // The client's own 'error' listener (the Connection's) hears its failures.
+    on: () => undefined,
+  };
+}
+
 // RESP_TYPES.BLOB_STRING of node-redis (`$`), which @keyv/redis does not re-export.
 const BLOB_STRING = 36;
 
@@ -269,14 +324,6 @@ function binary(value: string): Buffer {
     throw new RangeError('RedisCache values are binary strings (char codes 0–255, one per byte); encode text as UTF-8 first');
   }
   return Buffer.from(value, 'latin1');
-}
-
-/**
- * Tells the watchers of `key` in every process that it changed. Not awaited: the write is done whatever
- * happens to the notification, and a lost one costs a waiter one poll step.
- */
-function publish(client: RedisClientLike, key: string): void {
-  (client as unknown as { publish(channel: string, message: string): Promise<unknown> }).publish(WRITTEN_CHANNEL, writtenMessage(key)).catch(() => undefined);
 }
 
 /**

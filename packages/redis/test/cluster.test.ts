@@ -19,7 +19,7 @@ const options = () => ({ cluster: cluster.urls });
 describeTokenCache('RedisCache on Redis Cluster', {
   create: () => new RedisCache(options()),
   shared: () => ({ module: built, export: 'RedisCache', args: [options()] }),
-  supports: { ttlMs: true, compareAndSet: true },
+  supports: { ttlMs: true, compareAndSet: true, watch: true },
 });
 describeTokenSharing('RedisCache on Redis Cluster', { store: () => ({ module: built, export: 'RedisCache', args: [options()] }) });
 

@@ -22,7 +22,7 @@ const built = new URL('../dist/index.js', import.meta.url).href;
 describeTokenCache('RedisCache', {
   create: () => new RedisCache(conformance.url),
   shared: () => ({ module: built, export: 'RedisCache', args: [conformance.url] }),
-  supports: { ttlMs: true, compareAndSet: true },
+  supports: { ttlMs: true, compareAndSet: true, watch: true },
   outage: { stop: () => conformance.stop(), start: () => conformance.start() },
   rawBytes: async (key) => redisGetBytes(conformance.port, key),
 });

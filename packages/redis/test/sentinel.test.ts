@@ -28,7 +28,7 @@ afterAll(async () => {
 describeTokenCache('RedisCache on Redis Sentinel', {
   create: () => new RedisCache(optionsFor(servers)),
   shared: () => ({ module: built, export: 'RedisCache', args: [optionsFor(servers)] }),
-  supports: { ttlMs: true, compareAndSet: true },
+  supports: { ttlMs: true, compareAndSet: true, watch: true },
 });
 
 describe('Redis Sentinel', () => {

@@ -1,7 +1,7 @@
 import { fork } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { nativeSchema, type TokenCache } from '@wxkit/core';
 import type { StoreSpec } from './processes.js';
 import type { CacheChildOp, CacheChildResult } from './cache-child.js';
@@ -25,9 +25,10 @@ export interface DescribeTokenCacheOptions {
    * by the expiry inside the value).
    * `ttlMs`: the optional remaining-life query.
    * `compareAndSet`: the optional atomic replace-if-equal.
-   * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false }
+   * `watch`: the optional write notifications (a waiter wakes on another's write instead of polling).
+   * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false, watch: false }
    */
-  supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean };
+  supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean; watch?: boolean };
   /**
    * Stops and restarts the store's server, for the check that a store which is down rejects every
    * call (a miss would send every process to WeChat) and works again once it is back. Omit for stores
@@ -66,6 +67,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   const supportsTtl = options.supports?.ttl ?? true;
   const supportsTtlMs = options.supports?.ttlMs ?? false;
   const supportsCompareAndSet = options.supports?.compareAndSet ?? false;
+  const supportsWatch = options.supports?.watch ?? false;
   const textStore = options.textStore ?? false;
 
   const key = (label: string) => `wxkit-test:${randomBytes(6).toString('hex')}:${label}`;
@@ -79,12 +81,13 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   }
 
   describe(`TokenCache conformance: ${name}`, () => {
-    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, compareAndSet: ${supportsCompareAndSet}, ttlMs: ${supportsTtlMs})`, () =>
+    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, compareAndSet: ${supportsCompareAndSet}, ttlMs: ${supportsTtlMs}, watch: ${supportsWatch})`, () =>
       withCache(async (cache) => {
         expect(typeof cache.add === 'function').toBe(supportsAdd);
         expect(typeof cache.deleteIfEquals === 'function').toBe(supportsDeleteIfEquals);
         expect(typeof cache.compareAndSet === 'function').toBe(supportsCompareAndSet);
         expect(typeof cache.ttlMs === 'function').toBe(supportsTtlMs);
+        expect(typeof cache.watch === 'function').toBe(supportsWatch);
       }));
 
     it('get of a missing key resolves undefined', () =>
@@ -363,6 +366,85 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
       // `resources` is what it still had open right after close(), shown when it did not exit.
       expect({ code, resources: code === 0 ? [] : resources }).toEqual({ code: 0, resources: [] });
     });
+
+    // watch() is best effort and may call onChange more often than there were writes (a subscriber that
+    // just connected tells every watcher to look), never less: these tests count calls, at least one per
+    // write, and wait for them as events (a bound on a failure, not a measurement).
+    const calledAtLeast = (count: () => number, n: number) => vi.waitFor(() => expect(count()).toBeGreaterThanOrEqual(n), { timeout: 10_000, interval: 5 });
+
+    it.skipIf(!supportsWatch)('watch: every kind of write or delete of the key, by another client or this one, calls onChange', () =>
+      withCache(async (watcher) =>
+        withCache(async (writer) => {
+          const k = key('watch');
+          // A store may need a first use before it can watch (FileCache makes its directory then).
+          await watcher.set(key('first-use'), 'x', 60);
+          let calls = 0;
+          const stop = watcher.watch!(k, () => (calls += 1));
+          try {
+            const writes: [string, () => Promise<unknown>][] = [
+              ['set by another client', () => writer.set(k, 'one', 60)],
+              ['set by the watching client', () => watcher.set(k, 'two', 60)],
+              ['delete', () => writer.delete(k)],
+            ];
+            if (supportsAdd) writes.push(['add', () => writer.add!(k, 'three', 60)]);
+            if (supportsCompareAndSet) writes.push(['compareAndSet', () => writer.compareAndSet!(k, 'three', 'four', 60)]);
+            if (supportsDeleteIfEquals) writes.push(['deleteIfEquals', () => writer.deleteIfEquals!(k, supportsCompareAndSet ? 'four' : 'three')]);
+            for (const [what, write] of writes) {
+              const before = calls;
+              await write();
+              await calledAtLeast(() => calls, before + 1).catch(() => {
+                throw new Error(`watch() was not told of ${what}`);
+              });
+            }
+          } finally {
+            stop();
+          }
+        }),
+      ));
+
+    it.skipIf(!supportsWatch)('watch: after unsubscribing, onChange is no longer called; another watcher of the key still is', () =>
+      withCache(async (watcher) =>
+        withCache(async (writer) => {
+          const k = key('unwatch');
+          let stopped = 0;
+          let kept = 0;
+          const stop = watcher.watch!(k, () => (stopped += 1));
+          const keep = watcher.watch!(k, () => (kept += 1));
+          try {
+            await writer.set(k, 'one', 60);
+            await calledAtLeast(() => stopped, 1);
+            stop();
+            const [stoppedBefore, keptBefore] = [stopped, kept];
+            await writer.set(k, 'two', 60);
+            // The watcher still subscribed hears of the write: had the other one been, it would have too.
+            await calledAtLeast(() => kept, keptBefore + 1);
+            expect(stopped).toBe(stoppedBefore);
+            stop(); // twice: harmless
+          } finally {
+            keep();
+          }
+        }),
+      ));
+
+    it.skipIf(!supportsWatch || !options.shared)('watch: a write from another process calls onChange', () =>
+      withCache(async (watcher) => {
+        const spec = typeof options.shared === 'function' ? await options.shared() : options.shared!;
+        const k = key('watch-process');
+        let calls = 0;
+        const stop = watcher.watch!(k, () => (calls += 1));
+        try {
+          // A first write from here: once it is reported, the subscription is in place.
+          await watcher.set(k, 'here', 60);
+          await calledAtLeast(() => calls, 1);
+          const before = calls;
+          const [result] = await inChildren(spec, 1, () => ({ op: 'set', key: k, value: 'there', ttlSeconds: 60 }));
+          expect(result!.error).toBeUndefined();
+          await calledAtLeast(() => calls, before + 1);
+          expect(await watcher.get(k)).toBe('there');
+        } finally {
+          stop();
+        }
+      }));
 
     it.skipIf(!supportsTtlMs)('ttlMs() tells the life left, and undefined for an absent key', () =>
       withCache(async (cache) => {

@@ -8,7 +8,7 @@ import type { Fetched } from './upstream.js';
  * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as
  * another program's and must not overwrite (a PHP cache serialised with igbinary, say).
  */
-export type EntryRead = { kind: 'hit'; entry: StoredEntry; raw: string } | { kind: 'miss'; foreign?: boolean };
+export type EntryRead = { kind: 'hit'; entry: StoredEntry; raw: string } | { kind: 'miss'; foreign?: boolean; absent?: boolean };
 
 /** A value encoded for the store, with the TTL and the entry it stands for. */
 export interface EncodedEntry {
@@ -48,6 +48,11 @@ export interface WriteOptions {
   leaseHeld?: boolean;
   /** Whether there is time for another round after a lost compare-and-set. @default always */
   mayRetry?: () => boolean;
+  /**
+   * The key was just read absent (under the refresh lock): the first round tries an atomic `add`
+   * without reading it again. A store without `add` still reads first. @default false
+   */
+  absent?: boolean;
 }
 
 /**
@@ -76,7 +81,7 @@ export class EntryStore {
    */
   async read(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
     const raw = await store.get(this.key);
-    if (raw === undefined) return { kind: 'miss' };
+    if (raw === undefined) return { kind: 'miss', absent: true };
     const { entry, foreign } = this.decode(raw);
     if (!entry) return foreign ? { kind: 'miss', foreign } : { kind: 'miss' };
     if (rejected(entry.value)) return { kind: 'miss' };
@@ -153,10 +158,10 @@ export class EntryStore {
    */
   async write(store: GuardedStore, fresh: EncodedEntry, options: WriteOptions = {}): Promise<{ entry: StoredEntry; stored: boolean }> {
     const { raw, ttlSeconds, entry } = fresh;
-    const { rejected = () => false, leaseHeld = true, mayRetry = () => true } = options;
+    const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false } = options;
     let stored = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
-      const current = await store.get(this.key);
+      const current = round === 0 && absent && store.atomicAdd ? undefined : await store.get(this.key);
       if (current === undefined) {
         const added = store.add(this.key, raw, ttlSeconds);
         if (added === undefined) await store.set(this.key, raw, ttlSeconds);

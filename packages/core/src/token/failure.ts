@@ -192,28 +192,35 @@ export class FailureGate {
   }
 
 
-  /** The marker in force at `now`, if any, and the stored form it was read in (to recognise it later). */
+  /** The marker in force at `now`, if any. */
   async active(store: GuardedStore, now: number): Promise<FailureMarker | undefined> {
-    const marker = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
-    if (!marker) return undefined;
+    return (await this.look(store, now)).active;
+  }
+
+  /**
+   * The marker in force at `now`, if any, and whether the store holds one at all (one past its
+   * `retry_at` is kept a while, so the next failure counts as the next attempt).
+   */
+  async look(store: GuardedStore, now: number): Promise<{ active: FailureMarker | undefined; stored: boolean }> {
+    const raw = await store.get(this.key);
+    const marker = latest(decodeMarker(raw), this.#pending(now));
+    if (!marker) return { active: undefined, stored: raw !== undefined };
     const retryAt = clampRetryAt(marker, now);
-    return retryAt > now ? { ...marker, retryAt } : undefined;
+    return { active: retryAt > now ? { ...marker, retryAt } : undefined, stored: raw !== undefined };
   }
 
   /**
    * Throws the shared error when a marker is in force. `force` (an explicit forceRefresh()) passes a
    * credential or transient marker, since the caller may just have fixed what failed; never a quota.
+   * Resolves the stored marker as read, to compare with later: a waiter's view before it waits
+   * (see {@link failedSince}), so that it need not read the marker again.
    */
-  async check(store: GuardedStore, now: number, force: boolean): Promise<void> {
-    const marker = await this.active(store, now);
-    if (!marker) return;
-    if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return;
+  async check(store: GuardedStore, now: number, force: boolean): Promise<string | undefined> {
+    const raw = await store.get(this.key);
+    const marker = latest(decodeMarker(raw), this.#pending(now));
+    if (!marker || marker.retryAt <= now) return raw;
+    if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return raw;
     throw markerError(marker, this.#label);
-  }
-
-  /** The stored marker as it is now, to compare with later: a waiter's view when it starts waiting. */
-  async snapshot(store: GuardedStore): Promise<string | undefined> {
-    return store.get(this.key);
   }
 
   /**
@@ -246,10 +253,13 @@ export class FailureGate {
     return true;
   }
 
-  /** A fetch succeeded: the fleet may fetch at will again. */
-  async clear(store: GuardedStore): Promise<void> {
+  /**
+   * A fetch succeeded: the fleet may fetch at will again. `stored: false` when the lock's holder saw no
+   * marker under its lock: there is none to delete (only a holder writes one), so no store call is made.
+   */
+  async clear(store: GuardedStore, stored = true): Promise<void> {
     this.#unwritten = undefined;
-    await store.delete(this.key).catch(() => undefined);
+    if (stored) await store.delete(this.key).catch(() => undefined);
   }
 
   /** The unwritten marker, while a stored one would still exist. */

@@ -79,40 +79,78 @@ export const WATCHED_POLL_PACE = Object.freeze({ firstMs: 500, maxMs: 2_000 });
 export type Watch = (onChange: () => void) => (() => void) | undefined;
 
 /**
- * Calls `attempt` until it returns something or `budgetMs` has passed (undefined then): at once when
- * `watch` reports a write, else after jittered, growing pauses (20 ms up to 500 ms, or with a watch
- * 0.5 s up to 2 s). A write reported while `attempt` runs makes the next one start without a pause.
+ * A watch armed before the waiter's last look at the store, so that a write between that look and the
+ * wait is never missed: it is reported here, and the wait does not start. A lock's loser arms it before
+ * its `add`: whatever the holder writes after that `add` (its entry, its failure marker, its release)
+ * is reported, so the loser neither reads again before it waits nor falls back to a poll.
  */
-export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch): Promise<T | undefined> {
+export class Wakeup {
+  /** Whether the store can tell of writes (else the caller polls at the faster pace). */
+  readonly watching: boolean;
+  #woken = false;
+  #wake: (() => void) | undefined;
+  readonly #stop: (() => void) | undefined;
+
+  constructor(watch?: Watch) {
+    this.#stop = watch?.(() => {
+      this.#woken = true;
+      this.#wake?.();
+    });
+    this.watching = this.#stop !== undefined;
+  }
+
+  /** Whether a write was reported since the last call (and forgets it). */
+  take(): boolean {
+    const woken = this.#woken;
+    this.#woken = false;
+    return woken;
+  }
+
+  /** Resolves after `ms`, or as soon as a write is reported. */
+  pause(ms: number): Promise<void> {
+    if (this.#woken) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, Math.max(0, ms));
+      this.#wake = done;
+    });
+  }
+
+  /** Unsubscribes; idempotent. */
+  stop(): void {
+    this.#wake = undefined;
+    this.#stop?.();
+  }
+}
+
+/**
+ * Calls `attempt` until it returns something or `budgetMs` has passed (undefined then): at once when
+ * the watch reports a write, else after jittered, growing pauses (20 ms up to 500 ms, or with a watch
+ * 0.5 s up to 2 s). A write reported while `attempt` runs, or before the first attempt when the
+ * watch was armed earlier (a {@link Wakeup}), makes the next attempt start without a pause. The watch
+ * is stopped when this returns.
+ */
+export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup): Promise<T | undefined> {
   const started = performance.now();
-  let woken = false;
-  let wake: (() => void) | undefined;
-  const unwatch = watch?.(() => {
-    woken = true;
-    wake?.();
-  });
-  const pace: { firstMs: number; maxMs: number } = unwatch ? WATCHED_POLL_PACE : POLL_PACE;
+  const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch);
+  const pace: { firstMs: number; maxMs: number } = wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;
   let delay: number = pace.firstMs;
   try {
     while (performance.now() - started < budgetMs) {
-      if (!woken) {
-        const pause = Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started));
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, Math.max(0, pause));
-          wake = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        wake = undefined;
+      if (!wakeup.take()) {
+        await wakeup.pause(Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started)));
+        wakeup.take();
         delay = Math.min(delay * 1.5, pace.maxMs);
       }
-      woken = false;
       const result = await attempt();
       if (result !== undefined) return result;
     }
     return undefined;
   } finally {
-    unwatch?.();
+    wakeup.stop();
   }
 }

@@ -1,7 +1,7 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import { pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Upstream } from '../upstream.js';
 
@@ -35,6 +35,14 @@ export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): numbe
 }
 
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
+
+/** What the lock's holder read under the lock, in the entry's own store. */
+interface SeenUnderLock {
+  /** The entry's key was absent. */
+  entryAbsent?: boolean;
+  /** No failure marker was stored. */
+  noMarker?: boolean;
+}
 
 /**
  * Fetches from WeChat under the store's refresh lock: one process of the fleet fetches, the others wait
@@ -134,10 +142,12 @@ export class LockedFetchRefresher implements Refresher {
     const ctx = this.#ctx;
     const store = tier.entries;
     const now = ctx.settings.now();
+    // The failure marker as it was before the lock was tried: a waiter compares it with later reads.
+    let markerBefore: string | undefined;
     if (request.ahead) {
       if (await this.#failures.active(store, now)) return undefined;
     } else {
-      await this.#failures.check(store, now, request.force);
+      markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
     if (force && this.#upstream.scarceForce) {
@@ -154,10 +164,20 @@ export class LockedFetchRefresher implements Refresher {
     }
 
     let handle: LockHandle | undefined;
-    const attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs) : 'unavailable';
+    // Armed before the lock is tried: if another process holds it, whatever it writes after our attempt
+    // (its entry, its failure marker, its release) wakes us, and we wait without another look first.
+    const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier)) : undefined;
+    let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
+    try {
+      attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs) : 'unavailable';
+    } catch (error) {
+      wakeup?.stop();
+      throw error;
+    }
+    if (attempt !== 'held') wakeup?.stop();
     if (attempt === 'held') {
       if (request.ahead) return undefined;
-      const waited = await this.#waitForHolder(tier, request);
+      const waited = await this.#waitForHolder(tier, request, markerBefore, wakeup!);
       if ('refreshed' in waited) return waited.refreshed;
       handle = waited.handle;
     } else if (attempt === 'unavailable') {
@@ -168,25 +188,34 @@ export class LockedFetchRefresher implements Refresher {
     }
 
     try {
+      // What the holder learnt under the lock, which spares it store calls after the fetch.
+      const seen: SeenUnderLock = {};
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
-        const [again, failed] = await Promise.all([
+        const [again, marker] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
-          this.#failures.active(store, ctx.settings.now()),
+          this.#failures.look(store, ctx.settings.now()),
         ]);
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
           return { entry: again.entry, tier: tier.name, fetched: false };
         }
-        if (failed) {
+        if (marker.active) {
           if (request.ahead) return undefined;
-          throw markerError(failed, ctx.label);
+          throw markerError(marker.active, ctx.label);
+        }
+        // Only the holder of this lock writes the entry's failure marker: while we hold it in the entry's
+        // own store, no marker appears behind our back, and a success has none to delete. An absent entry
+        // is written with `add` at once; anyone who wrote it meanwhile makes the `add` fail, not succeed.
+        if (handle !== undefined && tier.lock === store) {
+          seen.entryAbsent = again.kind === 'miss' && again.absent === true;
+          seen.noMarker = !marker.stored;
         }
       }
       if (spacedWhileDown && !(await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS))) {
         throw new SlotTaken();
       }
-      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle);
+      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen);
     } finally {
       await handle?.release();
     }
@@ -197,20 +226,9 @@ export class LockedFetchRefresher implements Refresher {
    * or its failure marker does (its error is ours: we do not fetch again), or the lock is free (a holder
    * that died leaves it at the end of the lease): then it is ours.
    */
-  async #waitForHolder(tier: Tier, request: RefreshRequest): Promise<WaitOutcome> {
+  async #waitForHolder(tier: Tier, request: RefreshRequest, before: string | undefined, wakeup: Wakeup): Promise<WaitOutcome> {
     const ctx = this.#ctx;
-    const before = await this.#failures.snapshot(tier.entries);
     const started = performance.now();
-    // Woken by the holder's writes where the store can tell: the entry, the failure marker, the lock's release.
-    const watch = (onChange: () => void) => {
-      const entries = tier.entries.watch([ctx.key, this.#failures.key], onChange);
-      if (!entries) return undefined;
-      const lock = tier.lock === tier.entries ? tier.entries.watch([this.#lock.key], onChange) : tier.lock?.watch([this.#lock.key], onChange);
-      return () => {
-        entries();
-        lock?.();
-      };
-    };
     const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
@@ -222,7 +240,7 @@ export class LockedFetchRefresher implements Refresher {
       if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
-    }, watch);
+    }, wakeup);
     if (outcome) return outcome;
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(
@@ -235,7 +253,20 @@ export class LockedFetchRefresher implements Refresher {
     );
   }
 
-  async #fetchAndWrite(tier: Tier, request: RefreshRequest, prepared: unknown, handle: LockHandle | undefined): Promise<Refreshed> {
+  /** The holder's writes where the store can tell: the entry, the failure marker, the lock's release. */
+  #watch(tier: Tier): Watch {
+    return (onChange) => {
+      const entries = tier.entries.watch([this.#ctx.key, this.#failures.key], onChange);
+      if (!entries) return undefined;
+      const lock = tier.lock === tier.entries ? tier.entries.watch([this.#lock.key], onChange) : tier.lock?.watch([this.#lock.key], onChange);
+      return () => {
+        entries();
+        lock?.();
+      };
+    };
+  }
+
+  async #fetchAndWrite(tier: Tier, request: RefreshRequest, prepared: unknown, handle: LockHandle | undefined, seen: SeenUnderLock = {}): Promise<Refreshed> {
     const ctx = this.#ctx;
     const startedAt = ctx.settings.now();
     const started = performance.now();
@@ -257,10 +288,12 @@ export class LockedFetchRefresher implements Refresher {
       rejected: (value: string) => ctx.rejected(value),
       leaseHeld: handle === undefined || handle.remainingMs() > 0,
       mayRetry: () => handle === undefined || handle.remainingMs() > 3 * ctx.settings.cacheTimeoutMs,
+      // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
+      absent: seen.entryAbsent === true,
     };
     try {
       outcome = await ctx.entries.write(tier.entries, fresh, write);
-      await this.#failures.clear(tier.entries);
+      await this.#failures.clear(tier.entries, seen.noMarker !== true);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
