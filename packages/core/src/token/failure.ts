@@ -217,7 +217,9 @@ export class FailureGate {
    */
   async check(store: GuardedStore, now: number, force: boolean): Promise<string | undefined> {
     const raw = await store.get(this.key);
-    const marker = latest(decodeMarker(raw), this.#pending(now));
+    const found = latest(decodeMarker(raw), this.#pending(now));
+    // Held to the longest pause of its errcode: a marker from a clock far ahead holds no one back for days.
+    const marker = found && { ...found, retryAt: clampRetryAt(found, now) };
     if (!marker || marker.retryAt <= now) return raw;
     if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return raw;
     throw markerError(marker, this.#label);
