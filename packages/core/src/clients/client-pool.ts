@@ -5,7 +5,7 @@ import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema
 import { ClientLru } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
-import type { ClientEvent, TokenEvents } from '../events.js';
+import type { TokenEvents } from '../events.js';
 import { Work, WORK_BASE_URL } from './work.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
@@ -141,12 +141,12 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    * client (`(await pool.get(id)).on(…)`).
    */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
-    this.#core.events.on(event, listener as (event: ClientEvent) => void);
+    this.#core.events.on(event, listener);
     return this;
   }
 
   off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
-    this.#core.events.off(event, listener as (event: ClientEvent) => void);
+    this.#core.events.off(event, listener);
     return this;
   }
 

@@ -7,7 +7,7 @@ import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import type { WeChatClient } from '../clients/wechat-client.js';
-import type { ClientEvent, TokenEvents } from '../events.js';
+import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
@@ -177,12 +177,12 @@ export class OpenPlatform {
 
   /** Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`, `authorizer_refresh_token.recovered`…). */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
-    this.#core.events.on(event, listener as (event: ClientEvent) => void);
+    this.#core.events.on(event, listener);
     return this;
   }
 
   off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
-    this.#core.events.off(event, listener as (event: ClientEvent) => void);
+    this.#core.events.off(event, listener);
     return this;
   }
 

@@ -202,11 +202,20 @@ export class FailureGate {
    * `retry_at` is kept a while, so the next failure counts as the next attempt).
    */
   async look(store: GuardedStore, now: number): Promise<{ active: FailureMarker | undefined; stored: boolean }> {
+    const { raw, active } = await this.#read(store, now);
+    return { active, stored: raw !== undefined };
+  }
+
+  /**
+   * The stored marker as read, and the marker in force at `now`: its `retry_at` held to the longest
+   * pause of its errcode, so a marker from a clock far ahead holds no one back for days.
+   */
+  async #read(store: GuardedStore, now: number): Promise<{ raw: string | undefined; active: FailureMarker | undefined }> {
     const raw = await store.get(this.key);
     const marker = latest(decodeMarker(raw), this.#pending(now));
-    if (!marker) return { active: undefined, stored: raw !== undefined };
+    if (!marker) return { raw, active: undefined };
     const retryAt = clampRetryAt(marker, now);
-    return { active: retryAt > now ? { ...marker, retryAt } : undefined, stored: raw !== undefined };
+    return { raw, active: retryAt > now ? { ...marker, retryAt } : undefined };
   }
 
   /**
@@ -216,11 +225,8 @@ export class FailureGate {
    * (see {@link failedSince}), so that it need not read the marker again.
    */
   async check(store: GuardedStore, now: number, force: boolean): Promise<string | undefined> {
-    const raw = await store.get(this.key);
-    const found = latest(decodeMarker(raw), this.#pending(now));
-    // Held to the longest pause of its errcode: a marker from a clock far ahead holds no one back for days.
-    const marker = found && { ...found, retryAt: clampRetryAt(found, now) };
-    if (!marker || marker.retryAt <= now) return raw;
+    const { raw, active: marker } = await this.#read(store, now);
+    if (!marker) return raw;
     if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return raw;
     throw markerError(marker, this.#label);
   }
