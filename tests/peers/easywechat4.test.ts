@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OfficialAccount, easyWeChat4 } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
 import { WorkerGroup, startMockWeChat, startRedis, type MockApp, type MockWeChat, type StoreServer, type WorkerResult } from '@wxkit/testing';
-import { builtRedis, gatedPhpPeer, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
+import { builtRedis, expectOneEntryAfterPeerRefresh, expectPeerReadsAndSends, gatedPhpPeer, nodeMessage, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
 
 // EasyWeChat 4 on a ThinkPHP Redis store: PHP's own serialize()/unserialize() on phpredis (Debian's
 // php-cli and php-redis), EasyWeChat's key and refresh-on-40001 as its source has them
@@ -21,7 +21,6 @@ afterAll(async () => {
 
 const PREFIX = 'think:';
 const address = () => `127.0.0.1:${redis.port}`;
-const message = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from Node' } } };
 const peerOptions = (app: MockApp): PhpPeerOptions => ({
   redis: address(),
   sdk: '4',
@@ -51,7 +50,7 @@ describe('EasyWeChat 4 on a ThinkPHP Redis store (PHP serialize)', () => {
     const { client, key } = node(app);
     expect(phpArrayBytes(await rawHex(address(), key))).toBe(`a:2:{s:12:"access_token";s:${token!.length}:"${token}";s:10:"expires_in";i:7200;}`);
     expect(await client.accessToken.getToken()).toBe(token);
-    await client.templateMessage.send(message);
+    await client.templateMessage.send(nodeMessage);
     expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 1, templateSends: 1, rejectedCalls: 0 });
   });
 
@@ -78,24 +77,17 @@ describe('EasyWeChat 4 on a ThinkPHP Redis store (PHP serialize)', () => {
         const [figures, , sends] = await Promise.all([
           peer.go(),
           client.accessToken.forceRefresh(),
-          Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message))),
+          Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(nodeMessage))),
         ]);
         expect(figures.unparseable, `round ${round}`).toBe(0);
         expect(sends).toHaveLength(5);
-        const read = await phpPeer(php, 'read');
-        expect(read.unparseable).toBe(0);
-        expect(mock.isTokenValid(app.appId, read.token ?? '')).toBe(true);
-        expect(await phpPeer(php, 'send', '1')).toMatchObject({ sent: 1, failed: 0, fetches: 0, unparseable: 0 });
+        await expectPeerReadsAndSends(php, mock, app.appId);
       }
     } finally {
       mock.setLatency(0);
     }
     expect(mock.counters(app.appId).tokenRequests).toBe(7);
-    mock.invalidateTokens(app.appId);
-    const { token: last } = await phpPeer(php, 'refresh');
-    await Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message)));
-    expect(await client.accessToken.getToken()).toBe(last);
-    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 8, templateSends: 3 * 6 + 5 });
+    await expectOneEntryAfterPeerRefresh(php, mock, app.appId, client);
   });
 
   it('a mixed fleet: one PHP app, two Node processes, tokens killed upstream: 0 lost on the Node side, ≤ 1 Node fetch per invalidation', async () => {

@@ -94,3 +94,39 @@ export async function rawHex(redisAddress: string, key: string): Promise<string>
 
 /** igbinary's format header, version 2: what every igbinary_serialize() value starts with. */
 export const IGBINARY_HEADER = '00000002';
+
+/** The template message the Node side sends in the peer tests. */
+export const nodeMessage = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from Node' } } };
+
+/** What the peer tests need of a wxkit client and of the mock. */
+interface Sender {
+  templateMessage: { send(message: typeof nodeMessage): Promise<unknown> };
+  accessToken: { getToken(): Promise<string> };
+}
+interface Upstream {
+  isTokenValid(appId: string, token: string): boolean;
+  counters(appId: string): object;
+  invalidateTokens(appId: string): void;
+}
+
+/** After a round of simultaneous refreshes: the peer reads a token WeChat accepts, and sends with it without a fetch. */
+export async function expectPeerReadsAndSends(php: PhpPeerOptions, mock: Upstream, appId: string): Promise<void> {
+  const read = await phpPeer(php, 'read');
+  expect(read.unparseable).toBe(0);
+  expect(mock.isTokenValid(appId, read.token ?? '')).toBe(true);
+  expect(await phpPeer(php, 'send', '1')).toMatchObject({ sent: 1, failed: 0, fetches: 0, unparseable: 0 });
+}
+
+/**
+ * Both sides still share one entry after 3 rounds of simultaneous refreshes (7 fetches so far): the peer
+ * refreshes after WeChat dropped every token, and wxkit's next sends, rejected with its remembered
+ * token, find the peer's in the store and fetch nothing. Every send of both sides was delivered:
+ * 3 rounds × (5 wxkit + 1 PHP), then 5 more.
+ */
+export async function expectOneEntryAfterPeerRefresh(php: PhpPeerOptions, mock: Upstream, appId: string, client: Sender): Promise<void> {
+  mock.invalidateTokens(appId);
+  const { token: last } = await phpPeer(php, 'refresh');
+  await Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(nodeMessage)));
+  expect(await client.accessToken.getToken()).toBe(last);
+  expect(mock.counters(appId)).toMatchObject({ tokenRequests: 8, templateSends: 3 * 6 + 5 });
+}

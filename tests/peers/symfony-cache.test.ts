@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OfficialAccount, easyWeChat4, easyWeChat6, type KeySchema } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
 import { startMockWeChat, startRedis, type MockApp, type MockWeChat, type StoreServer } from '@wxkit/testing';
-import { IGBINARY_HEADER, gatedPhpPeer, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
+import { IGBINARY_HEADER, expectOneEntryAfterPeerRefresh, expectPeerReadsAndSends, gatedPhpPeer, nodeMessage, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
 
 // EasyWeChat 5 and 6 on a Symfony Cache RedisAdapter: the peer's own storage code (Debian's
 // php-symfony-cache 5.4 with its DefaultMarshaller, on phpredis), EasyWeChat's few lines around it
@@ -26,7 +26,6 @@ afterAll(async () => {
 });
 
 const address = () => `127.0.0.1:${redis.port}`;
-const message = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from Node' } } };
 // The RedisAdapter each version's cache page shows: EasyWeChat 5 `new RedisAdapter($client)`, no
 // namespace; EasyWeChat 6 `new RedisAdapter($redis, 'easywechat', 1500)`, which the adapter joins with ':'.
 const NAMESPACE = { '5': '', '6': 'easywechat' } as const;
@@ -69,7 +68,7 @@ describe.each(cases)('EasyWeChat $sdk on Symfony RedisAdapter, $marshaller marsh
     expectFormat(await rawHex(address(), key));
 
     expect(await client.accessToken.getToken()).toBe(token);
-    await client.templateMessage.send(message);
+    await client.templateMessage.send(nodeMessage);
     expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 1, templateSends: 1, rejectedCalls: 0 });
   });
 
@@ -99,17 +98,14 @@ describe.each(cases)('EasyWeChat $sdk on Symfony RedisAdapter, $marshaller marsh
         const [figures, fresh, sends] = await Promise.all([
           peer.go(),
           client.accessToken.forceRefresh(),
-          Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message))),
+          Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(nodeMessage))),
         ]);
         expect(figures.unparseable, `round ${round}`).toBe(0);
         expect(typeof fresh).toBe('string');
         expect(sends).toHaveLength(5);
         expectFormat(await rawHex(address(), key));
         // Whatever the last write was, each side reads a token WeChat accepts, and sends with it.
-        const read = await phpPeer(php, 'read');
-        expect(read.unparseable).toBe(0);
-        expect(mock.isTokenValid(app.appId, read.token ?? '')).toBe(true);
-        expect(await phpPeer(php, 'send', '1')).toMatchObject({ sent: 1, failed: 0, fetches: 0, unparseable: 0 });
+        await expectPeerReadsAndSends(php, mock, app.appId);
       }
     } finally {
       mock.setLatency(0);
@@ -118,14 +114,7 @@ describe.each(cases)('EasyWeChat $sdk on Symfony RedisAdapter, $marshaller marsh
     // could not read.
     expect(mock.counters(app.appId).tokenRequests).toBe(7);
 
-    // Both sides still share one entry: the peer refreshes after WeChat dropped every token, and wxkit's
-    // next send, rejected with its remembered token, finds the peer's in the store and fetches nothing.
-    mock.invalidateTokens(app.appId);
-    const { token: last } = await phpPeer(php, 'refresh');
-    await Promise.all(Array.from({ length: 5 }, () => client.templateMessage.send(message)));
-    expect(await client.accessToken.getToken()).toBe(last);
-    // Every send of both sides was delivered: 3 rounds × (5 wxkit + 1 PHP), then 5 more.
-    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 8, templateSends: 3 * 6 + 5 });
+    await expectOneEntryAfterPeerRefresh(php, mock, app.appId, client);
   });
 });
 
@@ -156,7 +145,7 @@ describe('the auto marshaller on a stock Debian PHP (igbinary)', () => {
     // which the mock ends here: the rejected send finds the peer's token in the store and resends with it.
     mock.invalidateTokens(app.appId);
     const { token: after } = await phpPeer(php, 'refresh');
-    await client.templateMessage.send(message);
+    await client.templateMessage.send(nodeMessage);
     expect(await client.accessToken.getToken()).toBe(after);
     expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 3, templateSends: 1 });
   });
