@@ -325,9 +325,8 @@ export class HttpClient {
   readonly #settings: HttpSettings;
   readonly #dispatcher: Dispatcher;
   /** Token and ticket fetches: the origin's token pool, opened on the first fetch, or the caller's dispatcher. */
-  #tokenDispatcher: Dispatcher | undefined;
+  readonly #tokenDispatcher: Dispatcher;
   readonly #releases: (() => Promise<void>)[] = [];
-  #closed = false;
   readonly #origin: string;
   /** The base URL's path, without a trailing slash (`''` for https://api.weixin.qq.com). */
   readonly #basePath: string;
@@ -361,7 +360,11 @@ export class HttpClient {
     } else {
       const shared = sharedPool(this.#origin, settings.timeoutMs, 'api');
       this.#dispatcher = shared.dispatcher;
-      this.#releases.push(shared.release);
+      // The token pool too, though this client may not fetch for a while: a process that replaces one
+      // client with the next keeps its connection for the next cold fetch, which every send waits for.
+      const tokens = sharedPool(this.#origin, settings.timeoutMs, 'token');
+      this.#tokenDispatcher = tokens.dispatcher;
+      this.#releases.push(shared.release, tokens.release);
     }
   }
 
@@ -430,7 +433,6 @@ export class HttpClient {
 
   /** Leaves the shared pools (each closed with its last client); a caller's dispatcher stays open. */
   async close(): Promise<void> {
-    this.#closed = true;
     await Promise.all(this.#releases.map((release) => release()));
   }
 
@@ -467,15 +469,7 @@ export class HttpClient {
   }
 
   #dispatcherFor(req: HttpRequest): Dispatcher {
-    if (!req.tokenFetch) return this.#dispatcher;
-    if (!this.#tokenDispatcher) {
-      // After close() the client opens nothing new: the request fails on the closed API pool instead.
-      if (this.#closed) return this.#dispatcher;
-      const shared = sharedPool(this.#origin, this.#settings.timeoutMs, 'token');
-      this.#tokenDispatcher = shared.dispatcher;
-      this.#releases.push(shared.release);
-    }
-    return this.#tokenDispatcher;
+    return req.tokenFetch ? this.#tokenDispatcher : this.#dispatcher;
   }
 
   /** @internal The exchange did not answer in time once sent (`sent`), or never left the queue. */

@@ -56,6 +56,25 @@ describe('one pool per origin, shared by the clients of a process', () => {
     await later.close();
   });
 
+  it('a client made before another closes keeps both pools open: its first token fetch reuses the connection', async () => {
+    // A process switching accounts (a platform, the benchmark's cold rounds) makes the next client, then
+    // closes the last: neither the API pool nor the token pool may close between them.
+    const options = { baseUrl: `${mock.url}/`, timeoutMs: 9_002 };
+    const first = client(options);
+    const before = connected.length;
+    await first.templateMessage.send(TEMPLATE);
+    // One connection for the token fetch, one (or two, see above) for the send.
+    const opened = connected.length - before;
+    expect(opened).toBeGreaterThanOrEqual(2);
+    const next = client(options);
+    await first.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    // A cold account: a token fetch and a send, over the connections already open.
+    await next.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+    await next.close();
+  });
+
   it("a caller's dispatcher carries the client's requests, and close() leaves it open", async () => {
     const agent = new Agent();
     const dispatch = agent.dispatch.bind(agent);

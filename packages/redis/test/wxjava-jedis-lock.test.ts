@@ -61,6 +61,7 @@ describe('WxJava Jedis lock dialect (jedis-lock 1.0.0) on a real redis-server', 
       expect(expiry < BigInt(Date.now())).toBe(false);
       const token = await pending;
       expect(redisCli(redis.port, 'GET', `wx:access_token:${appId}`)).toBe(token);
+      await app.close();
       expect(redisCli(redis.port, 'EXISTS', lockKey)).toBe('0');
     } finally {
       mock.setLatency(0);

@@ -51,9 +51,10 @@ export class TokenManager {
     this.#memo.forget();
   }
 
-  /** The client closed: no background refresh starts any more. */
-  close(): void {
+  /** The client closes: no background refresh starts any more; resolves once the last lock release ended. */
+  close(): Promise<void> {
     this.#ahead.cancel();
+    return this.#refresher.settle?.() ?? Promise.resolve();
   }
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */

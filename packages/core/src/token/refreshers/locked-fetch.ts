@@ -217,8 +217,16 @@ export class LockedFetchRefresher implements Refresher {
       }
       return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen);
     } finally {
-      await handle?.release();
+      // Not waited for: the entry (or the failure marker) is written, and is what the waiters wake on;
+      // this process's callers need not wait one more store call for their token. The lock's next attempt
+      // here, and the client's close(), wait for the release.
+      void handle?.release();
     }
+  }
+
+  /** Resolves once the lock releases under way have ended. */
+  settle(): Promise<void> {
+    return this.#lock.settle();
   }
 
   /**
