@@ -34,16 +34,23 @@ interface Subscriber {
   on(event: 'error', listener: (error: unknown) => void): unknown;
 }
 
-// Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it.
-const COMPARE_AND_DELETE = script("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end");
+// Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it. A
+// script that wrote also publishes the key's digest (ARGV: …, channel, message): the notification leaves
+// the server with the write, not a round trip later from a writer whose process may be busy by then.
+const ADD = script(
+  "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end",
+);
+const COMPARE_AND_DELETE = script(
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) return 1 else return 0 end",
+);
 // GET of an absent key is false in Lua, never equal to a string: an absent key is never created.
 const COMPARE_AND_SET = script(
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end",
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.call('PUBLISH', ARGV[4], ARGV[5]) return 1 else return 0 end",
 );
 
 /**
  * A TokenCache on Redis, through node-redis as @keyv/redis ships it: raw keys and values
- * (`redis-cli GET wechat:…` prints the documented value), `add` as `SET NX PX`, `deleteIfEquals` and
+ * (`redis-cli GET wechat:…` prints the documented value); `add` (`SET NX PX`), `deleteIfEquals` and
  * `compareAndSet` as one-key Lua scripts. Standalone servers, ACL users, databases, TLS, Redis Cluster
  * and Redis Sentinel.
  *
@@ -101,25 +108,19 @@ export class RedisCache implements TokenCache {
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('add', async (client) => {
-      const reply = await client.set(key, binary(value), { condition: 'NX', expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
-      if (reply === 'OK') this.#publish(client, key);
-      return reply === 'OK';
+      return (await evalScript(client, ADD, key, [binary(value), String(ttlMs(ttlSeconds)), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
     });
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
     return this.#run('deleteIfEquals', async (client) => {
-      const deleted = (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected)])) === 1;
-      if (deleted) this.#publish(client, key);
-      return deleted;
+      return (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
     });
   }
 
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     return this.#run('compareAndSet', async (client) => {
-      const written = (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))])) === 1;
-      if (written) this.#publish(client, key);
-      return written;
+      return (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds)), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
     });
   }
 
@@ -182,10 +183,6 @@ export class RedisCache implements TokenCache {
     await Promise.all([this.#connection.close(), subscriber?.then((sub) => sub?.destroy()).catch(() => undefined)]);
   }
 
-  /**
-   * Tells the watchers of `key` in every process that it changed. Not awaited by the write: it is done
-   * whatever happens to the notification, and a lost one costs a waiter one poll step.
-   */
   /**
    * Tells the watchers of `key` in every process that it changed, by its digest. Not awaited by the write;
    * a lost notification costs a waiter one poll step.

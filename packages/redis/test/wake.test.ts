@@ -62,6 +62,38 @@ describe('RedisCache.watch', () => {
     await Promise.all([writer.close(), subscriber.close()]);
   });
 
+  it('a won add, a compare-and-delete and a compare-and-set notify from the server, with the write: the writer sends no PUBLISH of its own', async () => {
+    const subscriber = createClient({ url: redis.url });
+    await subscriber.connect();
+    const messages: string[] = [];
+    await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
+    // The writer's own client cannot PUBLISH: whatever reaches the channel was published by the scripts.
+    const client = createClient({ url: redis.url });
+    await client.connect();
+    let ownPublishes = 0;
+    (client as unknown as { publish: () => Promise<number> }).publish = async () => {
+      ownPublishes += 1;
+      return 0;
+    };
+    const writer = new RedisCache({ client });
+    const k = key();
+    const digest = writtenMessage(k);
+    expect(await writer.add(k, 'a', 60)).toBe(true);
+    // A lost add writes nothing and tells nobody.
+    expect(await writer.add(k, 'b', 60)).toBe(false);
+    expect(await writer.compareAndSet(k, 'a', 'c', 60)).toBe(true);
+    expect(await writer.compareAndSet(k, 'a', 'd', 60)).toBe(false);
+    expect(await writer.deleteIfEquals(k, 'c')).toBe(true);
+    expect(await writer.deleteIfEquals(k, 'c')).toBe(false);
+    // A marker after the three, through the subscriber's own channel: every message before it has arrived.
+    await client.sendCommand(['PUBLISH', WRITTEN_CHANNEL, 'end']);
+    await vi.waitFor(() => expect(messages).toContain('end'));
+    expect(messages.filter((m) => m === digest)).toHaveLength(3);
+    expect(ownPublishes).toBe(0);
+    await writer.close();
+    await Promise.all([client.close(), subscriber.close()]);
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
