@@ -36,16 +36,18 @@ interface Subscriber {
 
 // Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it. A
 // script that wrote also publishes the key's digest (ARGV: …, channel, message): the notification leaves
-// the server with the write, not a round trip later from a writer whose process may be busy by then.
+// the server with the write, not a round trip later from a writer whose process may be busy by then. It
+// publishes with pcall: an ACL user without rights on the channel (Redis 7 users start with none) still
+// writes, and only its notification is lost, as a refused PUBLISH of its own would be.
 const ADD = script(
-  "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then redis.call('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end",
+  "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then redis.pcall('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end",
 );
 const COMPARE_AND_DELETE = script(
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.call('PUBLISH', ARGV[2], ARGV[3]) return 1 else return 0 end",
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.pcall('PUBLISH', ARGV[2], ARGV[3]) return 1 else return 0 end",
 );
 // GET of an absent key is false in Lua, never equal to a string: an absent key is never created.
 const COMPARE_AND_SET = script(
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.call('PUBLISH', ARGV[4], ARGV[5]) return 1 else return 0 end",
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.pcall('PUBLISH', ARGV[4], ARGV[5]) return 1 else return 0 end",
 );
 
 /**

@@ -94,6 +94,25 @@ describe('RedisCache.watch', () => {
     await Promise.all([client.close(), subscriber.close()]);
   });
 
+  it('an ACL user without rights on the channel still adds, compares-and-sets and compares-and-deletes (only the notification is lost)', async () => {
+    // Redis 7 ACL users start with no channel rights (acl-pubsub-default resetchannels).
+    const server = await startRedis({ args: ['--user', 'writer', 'on', '>pw', '~*', '+@all', 'resetchannels'] });
+    const url = `redis://writer:pw@127.0.0.1:${server.port}`;
+    const writer = new RedisCache(url);
+    try {
+      const k = key();
+      expect(await writer.add(k, 'a', 60)).toBe(true);
+      expect(await writer.add(k, 'b', 60)).toBe(false);
+      expect(await writer.compareAndSet(k, 'a', 'c', 60)).toBe(true);
+      expect(await writer.get(k)).toBe('c');
+      expect(await writer.deleteIfEquals(k, 'c')).toBe(true);
+      expect(await writer.get(k)).toBeUndefined();
+    } finally {
+      await writer.close();
+      await server.stop();
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
