@@ -10,6 +10,7 @@ import { FileCache } from '@wxkit/file';
 import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { startMockWeChat } from '@wxkit/testing';
+import { Pool } from 'undici';
 import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, locklessPeers, storeDown } from './lib/faults.mjs';
 import { LATENCY_MS, percentile, round, startWorkers, totals } from './lib/harness.mjs';
 import { OPEN_PLATFORM } from './open-platform.mjs';
@@ -18,58 +19,101 @@ const PEERS = ['node-easywechat', 'co-wechat-api'];
 const STORES = ['file', 'redis', 'memcached'];
 
 /**
- * 1. Cold stampede: P processes × C concurrent sends on an empty store. Limit: one token fetch. Each
- * subject runs `rounds` times (a fresh app and fresh processes each time) and the medians are kept: one
- * cold run is one sample, and on a busy machine one sample says little.
+ * 1. Cold stampede: P processes × C concurrent sends for an account with nothing stored. Limit: one token
+ * fetch. The processes are warm (they sent for another account first) and each round switches them to a
+ * new account; the subjects take turns within each round, so none pays for the machine's drift, and the
+ * medians of the rounds are kept: one cold burst is one sample, and on 2 cores one sample says little.
+ *
+ * Beside the subjects, the ideal: raw undici processes whose sends start the moment the one token fetch
+ * (made by the runner, over a warm connection) returns, the token handed to them over IPC. No client can
+ * do better on this machine: it is what the goal of ≤ 1.3× means here.
  */
-export async function stampede(env, { processes = 4, concurrency = 50, rounds = 5 } = {}) {
-  const subjects = [...STORES.map((store) => ({ library: 'wxkit', store })), ...PEERS.map((library) => ({ library, store: 'redis' }))];
+export async function stampede(env, { processes = 4, bursts = [50, 200], rounds = 9 } = {}) {
   const rows = [];
   const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-  for (const { library, store } of subjects) {
-    const samples = [];
-    // The processes warm up on an app of their own first: a cold account, not a cold process, is measured
-    // (connections open, code compiled), and each round switches every process to a new app.
-    const warmUp = env.mock.createApp();
-    const workers = await startWorkers(processes, { library, ...warmUp, baseUrl: env.mock.url, store: env.store(store), endpoint: 'classic' });
-    await workers.all({ op: 'send', count: concurrency, concurrency });
-    await workers.all({ op: 'send', count: concurrency, concurrency });
-    for (let round = 0; round < rounds; round += 1) {
-      const app = env.mock.createApp();
-      await workers.all({ op: 'switch', ...app });
-      const cold = await workers.all({ op: 'send', count: concurrency, concurrency });
-      const counters = env.mock.counters(app.appId);
-      // Baseline for the wall time: the same sends again, now that a token is shared (one round trip).
-      const warm = await workers.all({ op: 'send', count: concurrency, concurrency });
-      samples.push({ cold, warm, counters, sent: totals(cold.results) });
+  const fetcher = new Pool(env.mock.url, { connections: 1 });
+  const fetchToken = async ({ appId, secret }) => {
+    const res = await fetcher.request({ method: 'GET', path: `/cgi-bin/token?grant_type=client_credential&appid=${appId}&secret=${secret}` });
+    return JSON.parse(await res.body.text()).access_token;
+  };
+  try {
+    for (const concurrency of bursts) {
+      const subjects = [
+        { library: 'raw', store: 'memory', ideal: true },
+        ...STORES.map((store) => ({ library: 'wxkit', store })),
+        // The peers fail the limit at the first size already, by hundreds of fetches; once is enough.
+        ...(concurrency === bursts[0] ? PEERS.map((library) => ({ library, store: 'redis' })) : []),
+      ];
+      for (const subject of subjects) {
+        // The processes warm up on an app of their own first: a cold account, not a cold process, is measured
+        // (connections open, code compiled).
+        const warmUp = env.mock.createApp();
+        const token = subject.ideal ? await fetchToken(warmUp) : undefined;
+        subject.workers = await startWorkers(processes, { library: subject.library, ...warmUp, token, baseUrl: env.mock.url, store: env.store(subject.store), endpoint: 'classic' });
+        await subject.workers.all({ op: 'send', count: concurrency, concurrency });
+        await subject.workers.all({ op: 'send', count: concurrency, concurrency });
+        subject.samples = [];
+      }
+      for (let round = 0; round < rounds; round += 1) {
+        for (const subject of subjects) {
+          const { workers } = subject;
+          const app = env.mock.createApp();
+          await workers.all({ op: 'switch', ...app });
+          let cold;
+          if (subject.ideal) {
+            const burst = workers.all({ op: 'send', count: concurrency, concurrency, awaitToken: true });
+            workers.tell({ op: 'token', token: await fetchToken(app) });
+            cold = await burst;
+          } else {
+            cold = await workers.all({ op: 'send', count: concurrency, concurrency });
+          }
+          const counters = env.mock.counters(app.appId);
+          // Baseline for the wall time: the same sends again, now that a token is shared (one round trip).
+          const warm = await workers.all({ op: 'send', count: concurrency, concurrency });
+          subject.samples.push({ cold, warm, counters, sent: totals(cold.results) });
+        }
+      }
+      await Promise.all(subjects.map((subject) => subject.workers.stop()));
+      const ideal = subjects[0];
+      const idealWallMs = median(ideal.samples.map((sample) => sample.cold.wallMs));
+      const idealRatio = idealWallMs / median(ideal.samples.map((sample) => sample.warm.wallMs));
+      for (const { library, store, ideal: isIdeal, samples } of subjects) {
+        const errors = {};
+        for (const { sent } of samples) for (const [label, n] of Object.entries(sent.errors)) errors[label] = (errors[label] ?? 0) + n;
+        const wallMs = median(samples.map((sample) => sample.cold.wallMs));
+        const warmWallMs = median(samples.map((sample) => sample.warm.wallMs));
+        const fetches = Math.max(...samples.map((sample) => sample.counters.tokenRequests));
+        rows.push({
+          subject: isIdeal ? 'ideal: raw undici, one fetch, token handed over by IPC' : `${library} (${store})`,
+          sends: `${processes} × ${concurrency}`,
+          upstreamFetches: fetches,
+          fetchLimit: 1,
+          fetchRatio: fetches / 1,
+          rejectedByWeChat: samples.reduce((sum, sample) => sum + sample.counters.rejectedCalls, 0),
+          lostSends: samples.reduce((sum, sample) => sum + sample.sent.failed, 0),
+          wallMs: round(wallMs),
+          warmWallMs: round(warmWallMs),
+          wallRatio: round(wallMs / warmWallMs, 2),
+          // The least a cold burst can cost: the warm burst plus one token fetch, which WeChat (the mock)
+          // answers no sooner than its latency; the sends need the token, so they cannot overlap it.
+          floorRatio: round((warmWallMs + LATENCY_MS) / warmWallMs, 2),
+          // What the ideal client reached in the same rounds, and this subject's cold burst against it.
+          idealRatio: round(idealRatio, 2),
+          vsIdeal: round(wallMs / idealWallMs, 2),
+          errors,
+        });
+      }
     }
-    await workers.stop();
-    const errors = {};
-    for (const { sent } of samples) for (const [label, n] of Object.entries(sent.errors)) errors[label] = (errors[label] ?? 0) + n;
-    const wallMs = median(samples.map((sample) => sample.cold.wallMs));
-    const warmWallMs = median(samples.map((sample) => sample.warm.wallMs));
-    rows.push({
-      subject: `${library} (${store})`,
-      upstreamFetches: Math.max(...samples.map((sample) => sample.counters.tokenRequests)),
-      fetchLimit: 1,
-      fetchRatio: Math.max(...samples.map((sample) => sample.counters.tokenRequests)) / 1,
-      rejectedByWeChat: samples.reduce((sum, sample) => sum + sample.counters.rejectedCalls, 0),
-      lostSends: samples.reduce((sum, sample) => sum + sample.sent.failed, 0),
-      wallMs: round(wallMs),
-      warmWallMs: round(warmWallMs),
-      wallRatio: round(wallMs / warmWallMs, 2),
-      // The least a cold burst can cost: the warm burst plus one token fetch, which WeChat (the mock)
-      // answers no sooner than its latency; the sends need the token, so they cannot overlap it.
-      floorRatio: round((warmWallMs + LATENCY_MS) / warmWallMs, 2),
-      errors,
-    });
+  } finally {
+    await fetcher.close();
   }
   return {
-    title: `Cold stampede: ${processes} warm processes × ${concurrency} concurrent sends for an account with nothing stored (classic endpoint), ${rounds} rounds`,
+    title: `Cold stampede: ${processes} warm processes × ${bursts.join(' or ')} concurrent sends for an account with nothing stored (classic endpoint), ${rounds} rounds, subjects in turn`,
     baseline:
       'the limit: 1 upstream fetch (upstreamFetches: the most in one round; rejected and lost: all rounds); wall time (median) against the same sends ' +
-      'with the token already shared (median); goal ≤ 1.3×; floorRatio: the least possible, (warm + one token fetch at the mock\'s ' +
-      `${LATENCY_MS} ms) / warm`,
+      'with the token already shared (median); goal ≤ 1.3×; floorRatio: (warm + one token fetch at the mock\'s ' +
+      `${LATENCY_MS} ms) / warm; idealRatio: the ideal client's cold against its warm in the same rounds (raw undici processes handed the token ` +
+      'over IPC the moment one fetch returns: no client does better here); vsIdeal: the cold burst against the ideal\'s',
     rows,
   };
 }

@@ -73,6 +73,10 @@ export async function startWorkers(count, config, { execArgv = [] } = {}) {
       const results = await Promise.all(children.map((child) => ask(child, message)));
       return { results, wallMs: performance.now() - started };
     },
+    /** Sends `message` to every worker, expecting no answer. */
+    tell(message) {
+      for (const child of children) child.send(message);
+    },
     /** Sends `message` to worker `index` (the first by default) alone. */
     one: (message, index = 0) => ask(children[index], message),
     /** Asks every worker to exit; one still there after 5 s (a client stuck on a hung store) is killed. */

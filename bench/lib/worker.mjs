@@ -8,6 +8,8 @@
 //   parent → { op: 'rss' }                                      → { rss }
 //   parent → { op: 'switch', appId, secret }                    → {} a new client for another app, on the
 //            same store connection (a cold account in a warm process: connections open, code compiled)
+//   parent → { op: 'send', …, awaitToken: true }                 → the raw baseline starts its sends once
+//            parent → { op: 'token', token } (no answer) hands it the token one fetch brought back
 //   parent → { op: 'exit' }
 import { createRequire } from 'node:module';
 import { performance } from 'node:perf_hooks';
@@ -262,7 +264,17 @@ async function run({ op, count, concurrency, latencies: wantLatencies, deadlineM
   return { ok, failed: total - ok, sent: total, errors, ms: performance.now() - begin, latencies: latencies ? [...latencies] : undefined };
 }
 
+// The raw baseline's cold round: its sends wait for the token the runner fetched.
+let tokenArrived;
+
 process.on('message', async (message) => {
+  if (message.op === 'token') {
+    config.token = message.token;
+    tokenArrived?.();
+    tokenArrived = undefined;
+    return;
+  }
+  if (message.awaitToken) await new Promise((resolve) => (tokenArrived = resolve));
   if (message.op === 'exit') {
     // A client of a store that never answers may never finish closing: give it a second.
     await Promise.race([client.close().catch(() => undefined), new Promise((resolve) => setTimeout(resolve, 1000))]);
@@ -272,8 +284,13 @@ process.on('message', async (message) => {
     // The old client goes, its store connection stays (the peers' close() would end it: keep it open).
     // The new client is made first: the pool a process shares per origin closes with its last client,
     // and a warm process keeps its connections to WeChat (a platform's other accounts hold them open).
-    const previous = client;
     Object.assign(config, { appId: message.appId, secret: message.secret });
+    // The raw baseline keeps its pool: only the token changes, and it comes with the next cold round.
+    if (config.library === 'raw') {
+      process.send({});
+      return;
+    }
+    const previous = client;
     client = await build();
     await previous.closeApp?.().catch(() => undefined);
     process.send({});
