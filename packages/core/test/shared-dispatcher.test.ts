@@ -2,11 +2,12 @@ import diagnostics from 'node:diagnostics_channel';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount } from '../src/index.js';
+import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform } from '../src/index.js';
 import { rejection } from './helpers.js';
 
 // Issue 14: clients share one connection pool per origin per process; a caller's dispatcher still wins;
 // closing one client leaves the pool to the others; a send makes no timer or AbortController of its own.
+// ClientPool and OpenPlatform send through the same pools as plain clients, and leave them the same way.
 
 let mock: MockWeChat;
 const connected: string[] = [];
@@ -89,6 +90,131 @@ describe('one pool per origin, shared by the clients of a process', () => {
     expect(dispatched).toBe(2);
     await app.close();
     expect(agent.closed).toBe(false);
+    await agent.close();
+  });
+});
+
+/** One loop turn: undici hands an answered request's connection back to its pool on the next one (see above). */
+const turn = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A ClientPool of official accounts on the mock, and an account it knows. */
+function accountPool(options: Record<string, unknown>) {
+  const { appId, secret } = mock.createApp();
+  const pool = new ClientPool({ kind: 'officialAccount', credentials: () => ({ secret }), cache: new MemoryCache(), logger: false, ...options });
+  return { pool, send: async () => (await pool.get(appId)).templateMessage.send(TEMPLATE) };
+}
+
+/** An OpenPlatform of a component on the mock, its verify ticket stored. `authorize()` takes an account through authorization. */
+async function platform(options: Record<string, unknown>) {
+  const component = mock.createComponent();
+  const durableStore = new MemoryCache();
+  const ticket = mock.issueVerifyTicket(component.appId);
+  await durableStore.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  const { appId, secret, token, encodingAESKey } = component;
+  const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: new MemoryCache(), durableStore, logger: false, ...options });
+  return {
+    open,
+    /** api_component_token (token lane) and api_create_preauthcode, then api_query_auth (API lane). */
+    async authorize(): Promise<string> {
+      const { preAuthCode } = await open.createPreAuthCode();
+      await turn();
+      const grant = mock.authorize(appId, { preAuthCode });
+      return (await open.handleAuthorization(grant.authorizationCode)).authorizerAppId;
+    },
+  };
+}
+
+describe('ClientPool and OpenPlatform send through the pools of plain clients', () => {
+  // Each test has a timeout of its own, and with it pools of its own (the connect timeout is part of a pool's key).
+
+  it('a plain client, a ClientPool and an OpenPlatform of one origin send over the same connections', async () => {
+    const options = { baseUrl: `${mock.url}/`, timeoutMs: 9_003 };
+    const plain = client(options);
+    const before = connected.length;
+    // A token fetch through the origin's token pool and a send through its API pool.
+    await plain.templateMessage.send(TEMPLATE);
+    const opened = connected.length - before;
+    expect(opened).toBeGreaterThanOrEqual(2);
+    await turn();
+
+    // A connection pool of their own (as each had before) would open at least one connection more for each.
+    const accounts = accountPool(options);
+    await accounts.send();
+    await turn();
+    const { open, authorize } = await platform(options);
+    const authorizer = await authorize();
+    await turn();
+    await open.officialAccount(authorizer).templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+
+    // The plain client and the ClientPool go; the pools stay open for the OpenPlatform.
+    await plain.close();
+    await accounts.pool.close();
+    await turn();
+    await open.officialAccount(authorizer).templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+
+    // The last user closes them: a new client opens new connections.
+    await open.close();
+    const later = client(options);
+    await later.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBeGreaterThan(opened);
+    await later.close();
+  });
+
+  it('closing a ClientPool leaves its connections to a plain client, which sends over them without opening one', async () => {
+    const options = { baseUrl: `${mock.url}/`, timeoutMs: 9_004 };
+    const accounts = accountPool(options);
+    const before = connected.length;
+    await accounts.send();
+    const opened = connected.length - before;
+    expect(opened).toBeGreaterThanOrEqual(1);
+    // Made while the ClientPool is open, as a process that replaces one with the other.
+    const plain = client(options);
+    await accounts.pool.close();
+    await turn();
+    // A cold account: a token fetch and a send, over the connections the ClientPool opened.
+    await plain.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+    await plain.close();
+  });
+
+  it('closing an OpenPlatform leaves its connections to a plain client, which sends over them without opening one', async () => {
+    const options = { baseUrl: `${mock.url}/`, timeoutMs: 9_005 };
+    const { open, authorize } = await platform(options);
+    const before = connected.length;
+    await authorize();
+    const opened = connected.length - before;
+    expect(opened).toBeGreaterThanOrEqual(1);
+    const plain = client(options);
+    await open.close();
+    await turn();
+    await plain.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBe(opened);
+    await plain.close();
+  });
+
+  it("a caller's dispatcher carries a ClientPool's and an OpenPlatform's requests, and close() leaves it open", async () => {
+    const agent = new Agent();
+    const dispatch = agent.dispatch.bind(agent);
+    let dispatched = 0;
+    agent.dispatch = (options, handler) => {
+      dispatched += 1;
+      return dispatch(options, handler);
+    };
+    const options = { baseUrl: mock.url, dispatcher: agent };
+    const accounts = accountPool(options);
+    await accounts.send();
+    // The token fetch and the send.
+    expect(dispatched).toBe(2);
+    const { open, authorize } = await platform(options);
+    await authorize();
+    // api_component_token, api_create_preauthcode, api_query_auth.
+    expect(dispatched).toBe(5);
+    await accounts.pool.close();
+    await open.close();
+    expect(agent.closed).toBe(false);
+    expect(agent.destroyed).toBe(false);
     await agent.close();
   });
 });

@@ -1,5 +1,4 @@
-import { Agent, type Dispatcher } from 'undici';
-import { CLIENT_DEFAULTS, ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
+import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru } from './client-lru.js';
@@ -80,7 +79,8 @@ const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
  * configuration up front: `get(appId)` asks the resolver once, builds an ordinary client (template
  * messages, JS-SDK, 40001 recovery, the token shared through `cache`), and keeps it while it is used.
  * Idle clients and those beyond `maxClients` are closed at the next `get()`; there is no timer per
- * client. All clients share the options given here and one connection pool.
+ * client. All clients share the options given here and one HTTP client, which sends through the
+ * connection pools the process shares per origin with every other client (or through `dispatcher`).
  *
  * @example
  * ```ts
@@ -98,7 +98,6 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #timeoutMs: number;
   readonly #options: Record<string | symbol, unknown>;
   readonly #core: ClientCore;
-  readonly #dispatcher: Dispatcher | undefined;
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   #closed = false;
@@ -114,15 +113,10 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     }
     const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of Object.keys(OWN_OPTIONS)) if (name !== 'tokenEndpoint') delete clientOptions[name];
-    const timeoutMs = opts.timeoutMs ?? CLIENT_DEFAULTS.timeoutMs;
-    // One pool of connections for every client: sockets per origin, not per account.
-    this.#dispatcher =
-      opts.dispatcher === undefined
-        ? new Agent({ connections: 64, keepAliveTimeout: 10_000, connect: { timeout: timeoutMs }, headersTimeout: timeoutMs, bodyTimeout: timeoutMs })
-        : undefined;
-    if (this.#dispatcher) clientOptions.dispatcher = this.#dispatcher;
     // The pool's core checks every client option now, before any account is asked for, and holds what
     // the clients share: the HTTP client, the stores, the settings. Each account costs its token manager.
+    // Without a dispatcher of the caller's, that HTTP client sends through the process's shared pools of
+    // the origin, as a plain client does: sockets per origin and process, not per account nor per pool.
     this.#core = new ClientCore(owner, 'pool', clientOptions as ClientOptions, this.kind === 'work' ? WORK_BASE_URL : undefined);
     this.#options = { ...clientOptions, [kPoolCore]: this.#core };
     const now = opts.now ?? (() => performance.now());
@@ -130,7 +124,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now,
-      // The clients share the connection pool and the store, which stay open: closing one drops its listeners only.
+      // The clients share the pool's HTTP client and store, which stay open: closing one drops its listeners only.
       drop: (client) => void client.close().catch(() => undefined),
     });
   }
@@ -186,14 +180,16 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     await this.#clients.delete(id)?.close();
   }
 
-  /** Closes every client and the shared connection pool. The cache is yours to close. */
+  /**
+   * Closes every client and leaves the process's shared connection pools (closed with their last user;
+   * a dispatcher of yours is left open). The cache is yours to close.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
     await Promise.all(this.#clients.clear().map((client) => client.close()));
     await this.#core.close();
-    await this.#dispatcher?.close();
   }
 
   async #make(id: string): Promise<ClientOf<K>> {

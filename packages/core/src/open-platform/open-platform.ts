@@ -1,4 +1,3 @@
-import { Agent, type Dispatcher } from 'undici';
 import { binaryToText, encodedToBinary, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
@@ -136,7 +135,6 @@ export class OpenPlatform {
   readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
   /** The options every authorizer client is made with: the client options, without the component's own. */
   readonly #options: ClientOptions;
-  readonly #dispatcher: Dispatcher | undefined;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   #closed = false;
 
@@ -149,12 +147,10 @@ export class OpenPlatform {
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now: () => performance.now(),
-      // The clients share the pool and the store, which stay open: closing one drops its listeners only.
+      // The clients share the platform's HTTP client and store, which stay open: closing one drops its listeners only.
       drop: ({ client }) => void client.close().catch(() => undefined),
     });
-    // Every authorizer client sends through one pool: 10,000 accounts need sockets per origin, not per account.
-    this.#dispatcher = opts.dispatcher === undefined ? new Agent({ connections: 64 }) : undefined;
-    const clientOptions: Record<string, unknown> = { ...opts, ...(this.#dispatcher ? { dispatcher: this.#dispatcher } : {}) };
+    const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of Object.keys(OWN_OPTIONS)) delete clientOptions[name];
     this.#options = clientOptions;
     this.#core = new ClientCore('OpenPlatform', this.appId, this.#options);
@@ -164,7 +160,9 @@ export class OpenPlatform {
     this.#durable = new GuardedStore(opts.durableStore, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
     this.#warnIfEvictable(opts.durableStore);
     // The authorizer clients share this platform's HTTP client, stores and key schema: each account
-    // costs its token manager, not a copy of those.
+    // costs its token manager, not a copy of those. Without a dispatcher of the caller's, that HTTP client
+    // sends through the process's shared pools of the origin, as a plain client does: sockets per origin
+    // and process, not per account nor per platform.
     (this.#options as Record<symbol, unknown>)[kPoolCore] = this.#core;
     this.#authorizerShared = this.#sharedAuthorizerUpstream();
     this.#component = this.#core.manager(
@@ -285,13 +283,15 @@ export class OpenPlatform {
     return this.#client(authorizerAppId, 'mini_program') as MiniProgram;
   }
 
-  /** Closes every authorizer client, the shared connection pool, and this platform's own connections. */
+  /**
+   * Closes every authorizer client and leaves the process's shared connection pools (closed with their
+   * last user; a dispatcher of yours is left open). The cache and the durable store are yours to close.
+   */
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.all(this.#clients.clear().map(({ client }) => client.close()));
     this.#durable.dispose();
     await this.#core.close();
-    await this.#dispatcher?.close();
   }
 
   #key(entry: OpenPlatformEntry, authorizerAppId?: string): string {
