@@ -132,13 +132,22 @@ export interface TokenFetchedEvent extends TokenEventBase {
   ms: number;
 }
 
-/** `<label>.fetch_failed`: a fetch failed; the shared failure marker makes the whole fleet back off. */
+/**
+ * `<label>.fetch_failed`: a fetch failed; the shared failure marker makes the whole fleet back off, or,
+ * when the request never left this process (`sent` false), this process backs off alone.
+ */
 export interface TokenFetchFailedEvent extends TokenEventBase {
   /** The error's `code`, e.g. `ERR_WXKIT_WECHAT_API`. */
   code?: string;
   /** WeChat's errcode, when WeChat answered one. */
   errcode?: number;
   tier: TokenTier;
+  /**
+   * False when the request never left this process (no connection, DNS failure, connect timeout, no free
+   * connection in time): it tells nothing about WeChat, so no failure marker was written and only this
+   * process backs off.
+   */
+  sent: boolean;
 }
 
 /** `<label>.invalidated`: WeChat rejected the token (40001, 40014, 42001), or it was reported to the token service. */

@@ -6,7 +6,8 @@ import type { GuardedStore } from '../store.js';
  * When may WeChat be asked again. A failed fetch leaves a marker beside the entry, `{key}:failed`, that
  * every process reads before it fetches: the whole fleet backs off together, by errcode, and a process
  * that waited on the lock holder returns the holder's error instead of fetching again.
- * docs/key-schema.md documents the marker for other languages.
+ * docs/key-schema.md documents the marker for other languages. A fetch that never left its process
+ * (`HttpError.sent` false) tells nothing about WeChat and writes no marker: see local-backoff.ts.
  */
 
 /** A failed fetch as the marker records it. Times are unix milliseconds. */
@@ -37,7 +38,7 @@ const TRANSIENT_BASE_MS = 1_000;
 const TRANSIENT_MAX_MS = 60_000;
 const JITTER = 0.2;
 /** A marker outlives its pause by this much, so the next failure in a row grows the pause further. */
-const REMEMBER_MS = 10 * MINUTE_MS;
+export const REMEMBER_MS = 10 * MINUTE_MS;
 // WeChat's daily quotas reset at midnight Beijing time (UTC+8).
 const BEIJING_OFFSET_MS = 8 * 3_600_000;
 const DAY_MS = 86_400_000;

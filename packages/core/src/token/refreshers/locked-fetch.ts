@@ -1,5 +1,6 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
+import { LocalBackoff } from '../local-backoff.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
@@ -57,6 +58,8 @@ export class LockedFetchRefresher implements Refresher {
   readonly #upstream: Upstream;
   readonly #lock: RefreshLock;
   readonly #failures: FailureGate;
+  /** Fetches that never left this process: backed off here only. */
+  readonly #unsent: LocalBackoff;
   readonly #forceSpacing: FetchSpacing;
   readonly #downSpacing: FetchSpacing;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
@@ -68,6 +71,7 @@ export class LockedFetchRefresher implements Refresher {
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
     this.#failures = new FailureGate(ctx.key, ctx.label);
+    this.#unsent = new LocalBackoff(ctx.label);
     this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
     this.#downSpacing = new FetchSpacing(ctx.key, 'throttle');
   }
@@ -145,8 +149,10 @@ export class LockedFetchRefresher implements Refresher {
     // The failure marker as it was before the lock was tried: a waiter compares it with later reads.
     let markerBefore: string | undefined;
     if (request.ahead) {
-      if (await this.#failures.active(store, now)) return undefined;
+      if (this.#unsent.active(now) || (await this.#failures.active(store, now))) return undefined;
     } else {
+      // This host could not reach WeChat a moment ago: its callers fail at once, without a store call.
+      this.#unsent.check(now, request.force);
       markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
@@ -281,6 +287,7 @@ export class LockedFetchRefresher implements Refresher {
     let fetched;
     try {
       fetched = await this.#upstream.fetch(request.force, prepared);
+      this.#unsent.clear();
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
@@ -340,7 +347,16 @@ export class LockedFetchRefresher implements Refresher {
       return;
     }
     if (policyOf(error) === undefined) return;
-    await this.#failures.record(tier.entries, error, now, ctx.writer);
+    // A request that never left this process says nothing about WeChat: a marker would stop every
+    // healthy host of the fleet. This process backs off alone; the lock is released as after any
+    // failure, so a process waiting for it takes it and fetches at once.
+    const unsent = LocalBackoff.covers(error);
+    if (unsent) {
+      this.#unsent.record(error, now, ctx.writer);
+    } else {
+      this.#unsent.clear();
+      await this.#failures.record(tier.entries, error, now, ctx.writer);
+    }
     ctx.log.warn(
       {
         event: `${ctx.label}.fetch_failed`,
@@ -349,8 +365,11 @@ export class LockedFetchRefresher implements Refresher {
         code: (error as { code?: string }).code,
         errcode: (error as { errcode?: number }).errcode,
         tier: tier.name,
+        sent: !unsent,
       },
-      `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
+      unsent
+        ? `Fetching the ${ctx.label} failed before the request left this host; this process backs off before trying again, the other processes are not held back`
+        : `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
     );
   }
 

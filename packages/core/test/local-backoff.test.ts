@@ -1,0 +1,197 @@
+import { createServer } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { Agent, buildConnector } from 'undici';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { HttpError, MemoryCache, OfficialAccount, type TokenEvents } from '../src/index.js';
+import { rejection } from './helpers.js';
+
+// A fetch whose request never left the process (connection refused, DNS, connect timeout) tells nothing
+// about WeChat: it writes no shared failure marker, so the rest of the fleet still refreshes, and the
+// failing process backs off on its own. These tests count connection attempts and the mock's token
+// requests; the clock is the clients' `now`.
+
+let mock: MockWeChat;
+/** A port nothing listens on: a server was started there, then closed. */
+let closedPort = 0;
+const agents: Agent[] = [];
+beforeAll(async () => {
+  mock = await startMockWeChat();
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closedPort = (server.address() as AddressInfo).port;
+  await new Promise((resolve) => server.close(resolve));
+});
+afterEach(() => mock.clearFaults());
+afterAll(async () => {
+  await Promise.all(agents.map((agent) => agent.close()));
+  await mock.close();
+});
+
+/**
+ * A dispatcher whose connections go to the closed port while `blocked` (refused, for real), and to the
+ * mock otherwise. No keep-alive: every request opens a connection, so `connects` counts the requests
+ * that tried to leave.
+ */
+function gatedDispatcher() {
+  const connect = buildConnector({});
+  let holding: { arrived: () => void; released: Promise<void> } | undefined;
+  const gate = {
+    blocked: true,
+    connects: 0,
+    /** The next connection attempts wait for `release()`; `reached` resolves when one does. */
+    hold() {
+      let arrived!: () => void;
+      let release!: () => void;
+      const reached = new Promise<void>((resolve) => (arrived = resolve));
+      holding = { arrived, released: new Promise<void>((resolve) => (release = resolve)) };
+      return {
+        reached,
+        release: () => {
+          holding = undefined;
+          release();
+        },
+      };
+    },
+  };
+  const agent = new Agent({
+    pipelining: 0,
+    connect: (options, callback) => {
+      gate.connects += 1;
+      const go = () => connect(gate.blocked ? { ...options, hostname: '127.0.0.1', port: String(closedPort) } : options, callback);
+      if (!holding) return go();
+      holding.arrived();
+      void holding.released.then(go);
+    },
+  });
+  agents.push(agent);
+  return { agent, gate };
+}
+
+function twoProcesses(now?: () => number) {
+  const { appId, secret } = mock.createApp();
+  const cache = new MemoryCache(now ? { now } : {});
+  const { agent, gate } = gatedDispatcher();
+  const base = { appId, secret, baseUrl: mock.url, cache, logger: false as const, memoMs: 0, ...(now ? { now } : {}) };
+  const cutOff = new OfficialAccount({ ...base, dispatcher: agent });
+  const healthy = new OfficialAccount(base);
+  return { appId, cache, gate, cutOff, healthy, failedKey: `${cutOff.accessToken.cacheKey}:failed` };
+}
+
+describe('a fetch that never left this process', () => {
+  it('writes no failure marker: another process on the same store gets a token with one request to WeChat', async () => {
+    const { appId, cache, gate, cutOff, healthy, failedKey } = twoProcesses();
+    const events: TokenEvents['access_token.fetch_failed'][] = [];
+    cutOff.on('access_token.fetch_failed', (event) => events.push(event));
+    const error = await rejection(cutOff.accessToken.getToken());
+    expect(error).toBeInstanceOf(HttpError);
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, path: 'cgi-bin/stable_token' });
+    expect(gate.connects).toBe(1);
+    expect(await cache.get(failedKey)).toBeUndefined();
+    expect(await cache.get(`${cutOff.accessToken.cacheKey}:lock`)).toBeUndefined();
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+
+    const token = await healthy.accessToken.getToken();
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    // The token the healthy process wrote serves the cut-off one too: its pause holds back fetches only.
+    expect(await cutOff.accessToken.getToken()).toBe(token);
+    expect(gate.connects).toBe(1);
+    expect(events.map((event) => [event.code, event.sent])).toEqual([['ERR_WXKIT_HTTP', false]]);
+    await Promise.all([cutOff.close(), healthy.close()]);
+  });
+
+  it('its holder releases the lock: a process waiting for it takes it and fetches, instead of taking the failure', async () => {
+    const { appId, cache, gate, cutOff, healthy, failedKey } = twoProcesses();
+    const lockKey = `${cutOff.accessToken.cacheKey}:lock`;
+    // The healthy process's lock attempt that finds the lock held.
+    let lost!: () => void;
+    const lockLost = new Promise<void>((resolve) => (lost = resolve));
+    const add = cache.add.bind(cache);
+    cache.add = async (key, value, ttl) => {
+      const added = await add(key, value, ttl);
+      if (!added && key === lockKey) lost();
+      return added;
+    };
+    const held = gate.hold();
+    const failing = rejection(cutOff.accessToken.getToken());
+    // The cut-off process holds the lock while its connection attempt waits.
+    await held.reached;
+    expect(await cache.get(lockKey)).toBeDefined();
+    const waiting = healthy.accessToken.getToken();
+    await lockLost;
+    held.release();
+    expect(await failing).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+    expect(mock.isTokenValid(appId, await waiting)).toBe(true);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(gate.connects).toBe(1);
+    expect(await cache.get(failedKey)).toBeUndefined();
+    await Promise.all([cutOff.close(), healthy.close()]);
+  });
+
+  it('backs off this process alone: calls during the pause fail at once with the typed error, then it tries once more', async () => {
+    let now = Date.now();
+    const { appId, cache, gate, cutOff, failedKey } = twoProcesses(() => now);
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(1);
+    // The first pause is 1 s ± 20 %: five calls within 0.5 s open no connection.
+    for (let call = 0; call < 5; call += 1) {
+      now += 100;
+      const error = await rejection(cutOff.accessToken.getToken());
+      expect(error).toBeInstanceOf(HttpError);
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, path: 'cgi-bin/stable_token' });
+      expect(error.message).toMatch(/^This host could not reach WeChat: .*other processes are not held back/);
+    }
+    expect(gate.connects).toBe(1);
+    // Past the first pause: one more attempt. The next pause is 2 s ± 20 %.
+    now += 800;
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(2);
+    now += 1_500;
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(2);
+    now += 1_000;
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(3);
+    expect(await cache.get(failedKey)).toBeUndefined();
+
+    // forceRefresh() passes the pause, as it passes a shared transient marker.
+    expect(await rejection(cutOff.accessToken.forceRefresh())).toMatchObject({ sent: false });
+    expect(gate.connects).toBe(4);
+
+    // The network is back: after the pause, a token; and a success forgets the failures in a row, so
+    // the next unsent fetch pauses 1 s again, not 8.
+    gate.blocked = false;
+    now += 20_000;
+    expect(mock.isTokenValid(appId, await cutOff.accessToken.getToken())).toBe(true);
+    expect(gate.connects).toBe(5);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    gate.blocked = true;
+    await cache.delete(cutOff.accessToken.cacheKey);
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(6);
+    now += 1_300;
+    await rejection(cutOff.accessToken.getToken());
+    expect(gate.connects).toBe(7);
+    await cutOff.close();
+  });
+
+  it('a failure WeChat answered (HTTP 500, errcode -1) still writes the shared marker, which holds every process back', async () => {
+    let now = Date.now();
+    const { appId, cache, gate, cutOff, healthy, failedKey } = twoProcesses(() => now);
+    gate.blocked = false;
+    mock.injectFault({ kind: 'http-500', path: 'cgi-bin/stable_token', times: 1 });
+    expect(await rejection(cutOff.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 500, sent: true });
+    expect(JSON.parse((await cache.get(failedKey))!)).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 500, attempt: 1 });
+    expect(await rejection(healthy.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 500 });
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    now += 1_300;
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token', times: 1 });
+    expect(await rejection(healthy.accessToken.getToken())).toMatchObject({ errcode: -1 });
+    expect(JSON.parse((await cache.get(failedKey))!)).toMatchObject({ errcode: -1, attempt: 2 });
+    expect(await rejection(cutOff.accessToken.getToken())).toMatchObject({ errcode: -1 });
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    expect(gate.connects).toBe(1);
+    await Promise.all([cutOff.close(), healthy.close()]);
+  });
+});
