@@ -52,8 +52,8 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'authorizer_refresh_token.recovered': AuthorizerRefreshTokenRecoveredEvent;
   /**
    * OpenPlatform: a refresh found the durable record changed under it (another process took over the
-   * refresh after this one's lease ran out) and left it alone: it never writes back a refresh token
-   * WeChat may have rotated away since.
+   * refresh after this one's lease ran out, or an authorization stored the token api_query_auth handed
+   * out) and left it alone: it never writes back a refresh token WeChat may have rotated away since.
    */
   'authorizer_refresh_token.superseded': AuthorizerEvent;
   /** OpenPlatform: the durable store is a memcached, which evicts; refresh tokens may be lost. */

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wxJava, type EntryField, type KeySchema, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/entry.js';
 import { encodeMarker, markerFor } from '../src/token/failure.js';
-import { encodeRefreshRecord, encodeTicketRecord } from '../src/open-platform/open-platform.js';
+import { encodeRefreshRecord, encodeTicketRecord, refreshOrigin } from '../src/open-platform/open-platform.js';
 
 // docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
@@ -90,14 +90,18 @@ describe('docs/key-schema.md test vectors', () => {
 
   it('open-platform values, byte for byte', () => {
     const rows = table('Open-platform values');
-    expect(rows).toHaveLength(3);
+    expect(rows).toHaveLength(5);
     for (const row of rows) {
       const time = Number(row.time);
       const value =
         row.entry === 'component_verify_ticket'
           ? encodeTicketRecord(row.token!, time, time)
           : encodeRefreshRecord(
-              { token: row.token!, ...(row.pending_since ? { pendingSince: Number(row.pending_since), pendingBy: row.writer } : {}) },
+              {
+                token: row.token!,
+                ...(row['origin of'] ? { origin: refreshOrigin(row['origin of']) } : {}),
+                ...(row.pending_since ? { pendingSince: Number(row.pending_since), pendingBy: row.writer } : {}),
+              },
               time,
               row.writer!,
             );

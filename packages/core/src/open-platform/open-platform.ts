@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { binaryToText, encodedToBinary, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
@@ -68,9 +69,22 @@ interface HeldRecord {
   raw: string | undefined;
 }
 
+/** The token a refresh goes on with: the stored record's, or one api_get_authorizer_info just named current (`fromWeChat`). */
+interface RefreshLine {
+  token: string;
+  origin?: string | undefined;
+  fromWeChat?: boolean;
+}
+
 /** @internal */
 export interface RefreshRecord {
   token: string;
+  /**
+   * {@link refreshOrigin} of the token this record's line of rotations started from: the one
+   * api_query_auth handed to an authorization, or api_get_authorizer_info to a recovery. Every refresh
+   * keeps it, so an authorization can tell a token WeChat rotated its own into from an older one.
+   */
+  origin?: string | undefined;
   /** Unix seconds; set while a refresh with `token` is under way (the write-ahead). */
   pendingSince?: number;
   pendingBy?: string;
@@ -96,14 +110,21 @@ const TICKET_TTL_SECONDS = 12 * 3600;
 const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
 /** A durable write after WeChat rotated the refresh token is tried this many times before it is given up (and logged). */
 const DURABLE_WRITE_ATTEMPTS = 3;
+// An authorization's compare-and-set loses only to a write that landed between its read and its write.
+// A refresh under way writes the record at most five times (its write-ahead, a second one after a
+// 61023, its final write and that write's two retries), and a refresh with the authorization's token
+// is then left alone: this many rounds outlast it.
+const AUTHORIZATION_WRITE_ROUNDS = 6;
 // The longest path of an authorizer refresh, all of it under the refresh lock (its lease counts it):
 // no record (api_get_authorizer_info), the write-ahead, api_authorizer_token rejected with 61023,
 // api_get_authorizer_info again, a second write-ahead, api_authorizer_token, the final write.
 const REFRESH_HTTP_CALLS = 4;
 // Durable store calls on that path: the read; two write-aheads, each a compare-and-set that a store
-// without an atomic one makes a read and a write; the final write, as many attempts, each such a
-// compare-and-set and a read that checks whether an attempt whose answer was lost went through.
-const REFRESH_DURABLE_CALLS = 1 + 2 * 2 + DURABLE_WRITE_ATTEMPTS * 3;
+// without an atomic one makes a read and a write, and, when it finds the record changed to the token
+// WeChat named (an authorization wrote it), a read and the compare-and-set again; the final write, as
+// many attempts, each such a compare-and-set and a read that checks whether an attempt whose answer
+// was lost went through.
+const REFRESH_DURABLE_CALLS = 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
 
@@ -238,10 +259,16 @@ export class OpenPlatform {
    * `authorized` push) with api_query_auth: the authorizer's refresh token goes to the durable store
    * first, then its access token to the cache.
    *
-   * The refresh token is written as it is, whatever the record held: it is the newest WeChat handed out,
-   * and nothing in the store can be newer (a refresh could only start from it after this write). A
-   * refresh under way meanwhile compares-and-sets against its own record, so it finds this write and
-   * leaves it in place instead of writing its older token over it.
+   * Another process may be refreshing the account's token meanwhile (an admin who authorizes again, or
+   * a client used as soon as the `authorized` push arrived). The refresh token is written as a
+   * compare-and-set against the record read, and not at all when the record already holds it or a token
+   * WeChat rotated it into: every record names the token its line of rotations started from (`origin`),
+   * so a refresh that learnt this token from api_get_authorizer_info (its own answered 61023) and
+   * rotated it before this write landed keeps its rotation. A record with a token from before the
+   * authorization, which WeChat no longer takes, is replaced; a refresh with it then leaves this record
+   * in place, or, if its call was still to be made, gets 61023 and goes on with this token. A peer's
+   * bare record has no room for `origin`: there, a rotation that lands first costs the next refresh a
+   * 61023 and a recovery from WeChat, never the authorization.
    */
   async handleAuthorization(authorizationCode: string): Promise<Authorization> {
     if (typeof authorizationCode !== 'string' || authorizationCode === '') {
@@ -257,7 +284,7 @@ export class OpenPlatform {
       throw new BadAnswer(path);
     }
     const fetched = validateFetched(info, 'authorizer_access_token', path);
-    await this.#writeRefresh(authorizerAppId, { token: refresh });
+    await this.#storeAuthorization(authorizerAppId, refresh);
     const key = this.#key('authorizer_access_token', authorizerAppId);
     const schema = this.#core.schema;
     // Through the guarded store: bounded by cacheTimeoutMs like every other store call, a CacheError on failure.
@@ -423,41 +450,50 @@ export class OpenPlatform {
    * Every write is a compare-and-set against the record this refresh read or last wrote. A holder
    * stalled past its lease (a long queue, a GC pause, a slow durable store) may find that another took
    * the lock, recovered and rotated the token meanwhile: the record has changed, and the stalled holder
-   * writes nothing, so it never puts back a refresh token WeChat has rotated away.
+   * writes nothing, so it never puts back a refresh token WeChat has rotated away. An authorization
+   * writes without the lock (see {@link OpenPlatform.handleAuthorization}): every record keeps the
+   * `origin` of its line, so that the authorization can tell whether a token was rotated from its own.
    */
   async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
     const raw = await this.#durable.get(key);
-    const codec = this.#core.schema.openPlatformRecord?.(key);
     // A peer's bare refresh token carries no write-ahead: a 61023 is then recovered all the same.
-    const stored = codec ? wrapToken(raw === undefined ? undefined : codec.decode(raw)) : decodeRefresh(raw);
+    const stored = this.#decodeRefreshRecord(key, raw);
     const held: HeldRecord = { key, raw };
-    let token = stored?.token;
-    if (token === undefined) {
-      token = await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing');
-    }
+    // A token api_get_authorizer_info names starts a line of its own (its origin).
+    let line: RefreshLine = stored ?? { token: await this.#currentRefreshToken(authorizerAppId, componentToken, 'missing'), fromWeChat: true };
     try {
-      return await this.#refreshWith(authorizerAppId, componentToken, token, held);
+      return await this.#refreshWith(authorizerAppId, componentToken, line, held);
     } catch (error) {
       if (!(error instanceof WeChatApiError) || error.errcode !== 61023) throw error;
       // WeChat no longer takes T: a holder died after WeChat rotated it (the record says so when it was
-      // left marked), or the record was restored from an old copy. WeChat tells the current one.
+      // left marked), the account authorized again, or the record was restored from an old copy. WeChat
+      // tells the current one.
       const current = await this.#currentRefreshToken(authorizerAppId, componentToken, stored?.pendingSince !== undefined ? 'interrupted' : 'rejected');
-      if (current === token) throw error;
-      return await this.#refreshWith(authorizerAppId, componentToken, current, held);
+      if (current === line.token) throw error;
+      line = { token: current, fromWeChat: true };
+      return await this.#refreshWith(authorizerAppId, componentToken, line, held);
     }
   }
 
-  async #refreshWith(authorizerAppId: string, componentToken: string, token: string, held: HeldRecord): Promise<Fetched> {
+  async #refreshWith(authorizerAppId: string, componentToken: string, line: RefreshLine, held: HeldRecord): Promise<Fetched> {
     const path = 'cgi-bin/component/api_authorizer_token';
+    const { token } = line;
+    // The record keeps the origin of its line: a token WeChat named starts one, a rotation keeps it.
+    const origin = line.fromWeChat ? refreshOrigin(token) : line.origin;
     const now = Math.floor(this.#core.settings.now() / 1000);
     // The write-ahead: if it fails, WeChat is not asked (a rotation then could not be recorded). If the
-    // record changed since it was read, another process holds the refresh now: WeChat is not asked either.
-    const ahead = this.#refreshValue(held.key, { token, pendingSince: now, pendingBy: this.#core.writer });
-    if (!(await this.#replaceRefresh(held, ahead, false))) {
+    // record changed since it was read, another process holds the refresh now: WeChat is not asked either,
+    // unless the record now holds, unmarked, the very token WeChat just named current: an authorization
+    // wrote it meanwhile, over the token this refresh read and WeChat refused. No refresh is under way
+    // with it, and the write-ahead goes on from that record.
+    const ahead = this.#refreshValue(held.key, { token, origin, pendingSince: now, pendingBy: this.#core.writer });
+    let marked = await this.#replaceRefresh(held, ahead, false);
+    if (!marked && line.fromWeChat && (await this.#adoptSettled(held, token))) marked = await this.#replaceRefresh(held, ahead, false);
+    if (!marked) {
       this.#superseded(authorizerAppId);
       throw new TokenUnavailableError(
-        `Another process took over the refresh of authorizer ${authorizerAppId}'s token while this one was held up past its lock's lease; the next call takes its token`,
+        `The refresh token record of authorizer ${authorizerAppId} changed under this refresh (another process took over after this one outlived its lock's lease, or an authorization stored a new token); the next call takes the token stored since`,
       );
     }
     const body = await this.#core.http.json({
@@ -469,11 +505,12 @@ export class OpenPlatform {
     });
     const fetched = validateFetched(body, 'authorizer_access_token', path);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
-    const after = this.#refreshValue(held.key, { token: next });
+    const after = this.#refreshValue(held.key, { token: next, origin });
     for (let attempt = 1; ; attempt += 1) {
       try {
         if (!(await this.#replaceRefresh(held, after, attempt > 1))) {
-          // Another process took over meanwhile (this one outlived its lease) and holds a newer record.
+          // The record changed meanwhile: another process took over (this one outlived its lease), or an
+          // authorization stored the token it got from api_query_auth, newer than this one's.
           this.#superseded(authorizerAppId);
           return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
         }
@@ -548,15 +585,45 @@ export class OpenPlatform {
   #superseded(authorizerAppId: string): void {
     this.#core.log.warn(
       { event: 'authorizer_refresh_token.superseded', appId: this.appId, authorizerAppId },
-      'The authorizer refresh token record changed during this refresh (another process took over after this one outlived its lock lease); left it as it is',
+      'The authorizer refresh token record changed during this refresh (another process took over after this one outlived its lock lease, or an authorization stored a newer token); left it as it is',
     );
   }
 
-  async #writeRefresh(authorizerAppId: string, record: RefreshRecord): Promise<void> {
-    const key = this.#key('authorizer_refresh_token', authorizerAppId);
+  /** The stored record: wxkit's, or a peer's bare token (no write-ahead mark, no origin). */
+  #decodeRefreshRecord(key: string, raw: string | undefined): RefreshRecord | undefined {
     const codec = this.#core.schema.openPlatformRecord?.(key);
-    const value = codec ? codec.encode(record.token) : encodeRefreshRecord(record, Math.floor(this.#core.settings.now() / 1000), this.#core.writer);
-    await this.#durable.set(key, value, REFRESH_TTL_SECONDS);
+    return codec ? wrapToken(raw === undefined ? undefined : codec.decode(raw)) : decodeRefresh(raw);
+  }
+
+  /** Whether the record holds `token` unmarked (wxkit's record only); if so, `held` takes it as what was read. */
+  async #adoptSettled(held: HeldRecord, token: string): Promise<boolean> {
+    if (this.#core.schema.openPlatformRecord?.(held.key)) return false;
+    const raw = await this.#durable.get(held.key);
+    const stored = decodeRefresh(raw);
+    if (stored?.token !== token || stored.pendingSince !== undefined) return false;
+    held.raw = raw;
+    return true;
+  }
+
+  /**
+   * The refresh token api_query_auth handed out, written unless the record already holds it or a token
+   * WeChat rotated it into (same origin): a compare-and-set against what was read, read again when
+   * another write landed in between.
+   */
+  async #storeAuthorization(authorizerAppId: string, token: string): Promise<void> {
+    const key = this.#key('authorizer_refresh_token', authorizerAppId);
+    const origin = refreshOrigin(token);
+    const value = this.#refreshValue(key, { token, origin });
+    for (let round = 0; round < AUTHORIZATION_WRITE_ROUNDS; round += 1) {
+      const held: HeldRecord = { key, raw: await this.#durable.get(key) };
+      const stored = this.#decodeRefreshRecord(key, held.raw);
+      if (stored?.token === token || stored?.origin === origin) return;
+      if (await this.#replaceRefresh(held, value, false)) return;
+    }
+    this.#core.log.error(
+      { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId },
+      'The authorization\'s refresh token could not be stored: the record kept changing under it; the next refresh asks WeChat for the current one',
+    );
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */
@@ -604,6 +671,7 @@ export function encodeRefreshRecord(record: RefreshRecord, updatedAt: number, up
       authorizer_refresh_token: record.token,
       updated_at: updatedAt,
       updated_by: updatedBy,
+      ...(record.origin === undefined ? {} : { origin: record.origin }),
       ...(record.pendingSince === undefined ? {} : { pending_since: record.pendingSince, pending_by: record.pendingBy }),
     }),
   );
@@ -617,6 +685,15 @@ export function decodeTicket(raw: string | undefined): { ticket: string; createT
   return { ticket, createTime: typeof record!.create_time === 'number' ? record!.create_time : 0 };
 }
 
+/**
+ * What a record keeps of the token its line started from: the first 16 hex digits of the SHA-256 of its
+ * UTF-8 bytes (docs/key-schema.md). Enough to recognise the token, and no copy of it.
+ * @internal
+ */
+export function refreshOrigin(token: string): string {
+  return createHash('sha256').update(token, 'utf8').digest('hex').slice(0, 16);
+}
+
 function wrapToken(token: string | undefined): RefreshRecord | undefined {
   return token ? { token } : undefined;
 }
@@ -628,6 +705,7 @@ export function decodeRefresh(raw: string | undefined): RefreshRecord | undefine
   if (typeof token !== 'string' || token === '') return undefined;
   return {
     token,
+    ...(typeof record!.origin === 'string' ? { origin: record!.origin } : {}),
     ...(typeof record!.pending_since === 'number' ? { pendingSince: record!.pending_since } : {}),
     ...(typeof record!.pending_by === 'string' ? { pendingBy: record!.pending_by } : {}),
   };
