@@ -63,7 +63,7 @@ export interface TokenCache {
   /**
    * Calls `onChange` soon after `key` is written or deleted, by this process or another, until the
    * returned function is called. Optional and best effort: a process waiting for another's refresh
-   * re-reads the entry when it is called, instead of polling every 5–500 ms; it still polls, every
+   * re-reads the entry when it is called, instead of polling every 10–500 ms; it still polls, every
    * 0.5–2 s, so a missed call costs at most one such step. `onChange` is never called synchronously
    * from `watch` itself. A store that cannot tell leaves it out; one that cannot right now (a directory
    * that cannot be watched) throws, and the waiter polls at the faster pace.

@@ -344,8 +344,7 @@ export class ClientCore {
   }
 
   async close(): Promise<void> {
-    // A refresh's lock release is not waited for by its callers: it is here, before the stores go.
-    await Promise.all(this.#managers.map((manager) => manager.close()));
+    for (const manager of this.#managers) manager.close();
     // The HTTP client and the stores are the pool's: it closes them.
     if (this.#pool) return;
     this.#store.dispose();

@@ -324,7 +324,7 @@ class Exchange {
 export class HttpClient {
   readonly #settings: HttpSettings;
   readonly #dispatcher: Dispatcher;
-  /** Token and ticket fetches: the origin's token pool, opened on the first fetch, or the caller's dispatcher. */
+  /** Token and ticket fetches: the origin's token pool (held from construction), or the caller's dispatcher. */
   readonly #tokenDispatcher: Dispatcher;
   readonly #releases: (() => Promise<void>)[] = [];
   readonly #origin: string;

@@ -66,13 +66,7 @@ export abstract class WeChatClient {
     return this;
   }
 
-  /**
-   * Closes the HTTP connections this client opened (and its token source's), once the refresh lock it
-   * last held is released: a token is handed out as soon as it is stored, and the lock's release follows.
-   * Close the client before the cache, and before the process exits: a process that exits without it may
-   * leave the lock to its lease (35 s by default), which holds up the next refresh of the fleet within
-   * that time. The cache is yours to close.
-   */
+  /** Closes the HTTP connections this client opened (and its token source's). The cache is yours to close. */
   close(): Promise<void> {
     return this.core.close();
   }

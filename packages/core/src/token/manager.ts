@@ -51,10 +51,9 @@ export class TokenManager {
     this.#memo.forget();
   }
 
-  /** The client closes: no background refresh starts any more; resolves once the last lock release ended. */
-  close(): Promise<void> {
+  /** The client closed: no background refresh starts any more. */
+  close(): void {
     this.#ahead.cancel();
-    return this.#refresher.settle?.() ?? Promise.resolve();
   }
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */

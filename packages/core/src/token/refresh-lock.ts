@@ -11,11 +11,7 @@ export interface LockHandle {
   readonly leaseMs: number;
   /** Milliseconds left of the lease, by this process's monotonic clock (never negative). */
   remainingMs(): number;
-  /**
-   * Deletes the lock if it is still ours. Never throws; a failed release is cleaned up later. The
-   * holder need not wait for it: the lock's next attempt in this process, and {@link RefreshLock.settle},
-   * do.
-   */
+  /** Deletes the lock if it is still ours. Never throws; a failed release is cleaned up later. */
   release(): Promise<void>;
 }
 
@@ -59,8 +55,6 @@ export class RefreshLock {
   readonly #appId: string;
   /** Owners that may be in a store without our knowing: deleted once that store answers. */
   #lost: Map<string, GuardedStore> | undefined;
-  /** Releases under way, which the holder did not wait for. */
-  readonly #releasing = new Set<Promise<void>>();
 
   readonly #value: LockValue;
 
@@ -77,8 +71,6 @@ export class RefreshLock {
    * Rejects with a CacheError when the store fails (the owner is then remembered for clean-up).
    */
   async tryAcquire(store: GuardedStore, leaseMs: number): Promise<LockAttempt> {
-    // Our own release still under way would make this attempt lose to ourselves.
-    await this.settle();
     await this.cleanUp();
     const owner =
       this.#value === 'expiry-ms'
@@ -105,11 +97,6 @@ export class RefreshLock {
       remainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
       release: () => this.#release(owner, store),
     };
-  }
-
-  /** Resolves once the releases under way have ended (a client's close() waits for them). */
-  async settle(): Promise<void> {
-    while (this.#releasing.size > 0) await Promise.all(this.#releasing);
   }
 
   /** Who holds the lock now (the owner string), for messages; undefined when free or unreadable. */
@@ -175,15 +162,13 @@ export class RefreshLock {
     return taken;
   }
 
-  #release(owner: string, store: GuardedStore): Promise<void> {
-    const releasing: Promise<void> = store.deleteIfEquals(this.key, owner).then(
-      () => undefined,
-      // Never rejects (nobody may be waiting): the owner is deleted once the store answers again.
-      () => this.#remember(owner, store),
-    );
-    const tracked = releasing.finally(() => this.#releasing.delete(tracked));
-    this.#releasing.add(tracked);
-    return tracked;
+  async #release(owner: string, store: GuardedStore): Promise<void> {
+    try {
+      await store.deleteIfEquals(this.key, owner);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      this.#remember(owner, store);
+    }
   }
 
   #remember(owner: string, store: GuardedStore): void {

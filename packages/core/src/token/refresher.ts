@@ -64,8 +64,6 @@ export interface Refresher {
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /** WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the others. */
   invalidate(value: string, errcode: number | undefined): Promise<void>;
-  /** Resolves once the store calls left behind a finished refresh (a lock's release) have ended. */
-  settle?(): Promise<void>;
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */
@@ -76,12 +74,13 @@ interface PollPace {
 }
 
 /**
- * Without a watch: soon and often at first, as a holder's fetch takes tens of ms and a waiter that looks
- * late adds its lateness to every send it holds (by 30 % at each look: at most about a quarter of the
- * wait so far), then slower, to 500 ms, for a holder that takes long. Each waiting process looks, not
- * each waiting call: about 7 looks in the first 100 ms, 15 in the first second (20 ms at first: 8).
+ * Without a watch: soon at first, as a holder's fetch takes tens of ms and a waiter that looks late adds
+ * its lateness to every send it holds (by 30 % at each look: at most about a quarter of the wait so far),
+ * then slower, to 500 ms, for a holder that takes long. Each waiting process looks, not each waiting call:
+ * about 5 looks in the first 100 ms and 13 in the first second (at 20 ms growing by half: 3 and 8), each
+ * look a read of the entry, and while it is missing, of the failure marker and a lock attempt.
  */
-export const POLL_PACE: Readonly<PollPace> = Object.freeze({ firstMs: 5, growth: 1.3, maxMs: 500 });
+export const POLL_PACE: Readonly<PollPace> = Object.freeze({ firstMs: 10, growth: 1.3, maxMs: 500 });
 // With a watch the store says when to look; polling is only the safety net for a missed notification
 // (a writer that does not publish, a dropped subscription), so it can be slow.
 export const WATCHED_POLL_PACE: Readonly<PollPace> = Object.freeze({ firstMs: 500, growth: 1.5, maxMs: 2_000 });
@@ -143,7 +142,7 @@ export class Wakeup {
 
 /**
  * Calls `attempt` until it returns something or `budgetMs` has passed (undefined then): at once when
- * the watch reports a write, else after jittered, growing pauses (5 ms up to 500 ms, or with a watch
+ * the watch reports a write, else after jittered, growing pauses (10 ms up to 500 ms, or with a watch
  * 0.5 s up to 2 s). A write reported while `attempt` runs, or before the first attempt when the
  * watch was armed earlier (a {@link Wakeup}), makes the next attempt start without a pause. The watch
  * is stopped when this returns.

@@ -223,16 +223,11 @@ export class LockedFetchRefresher implements Refresher {
       }
       return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen);
     } finally {
-      // Not waited for: the entry (or the failure marker) is written, and is what the waiters wake on;
-      // this process's callers need not wait one more store call for their token. The lock's next attempt
-      // here, and the client's close(), wait for the release.
-      void handle?.release();
+      // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
+      // when the process exits without close() (a job that prints a token, a frozen function) would
+      // leave the lock to its lease, and hold up the fleet's next refresh that long.
+      await handle?.release();
     }
-  }
-
-  /** Resolves once the lock releases under way have ended. */
-  settle(): Promise<void> {
-    return this.#lock.settle();
   }
 
   /**
