@@ -87,7 +87,7 @@ export async function accounts(env, { count = fromEnv('WXKIT_BENCH_ACCOUNTS', 10
     baseline:
       'one plain OfficialAccount per account, each with a connection pool of its own, same traffic in the same run (ratios: subject / baseline). ' +
       'Heap and RSS per account: growth from before the accounts were touched to after the last send, after GC; sockets: open TCP sockets before close(), ' +
-      'besides the Redis connection. Goals: ≤ 5 KB heap per account, sockets bounded by the shared pools of the process (128 per origin for API calls, 16 for token fetches), one token request per account (+1 component token), 0 lost',
+      'besides the Redis connection. Goals: ≤ 5 KB heap per account, sockets bounded by the shared pools of the process (128 per origin for API calls, 64 for token fetches), one token request per account (+1 component token), 0 lost',
     rows,
   };
 }

@@ -69,7 +69,7 @@ export interface ClientOptions {
   /**
    * An undici dispatcher to send requests through (a ProxyAgent, say). wxkit does not close it.
    * @default a connection pool per origin shared by every client of this process (128 connections, and
-   * a pool of 16 for token and ticket fetches, so queued API calls never hold back a fetch);
+   * a pool of 64 for token and ticket fetches, so queued API calls never hold back a fetch);
    * closing a client leaves it to the others, and the last client to close closes it
    */
   dispatcher?: Dispatcher;

@@ -58,8 +58,8 @@ export class LockedFetchRefresher implements Refresher {
   readonly #upstream: Upstream;
   readonly #lock: RefreshLock;
   readonly #failures: FailureGate;
-  /** Fetches that never left this process: backed off here only. */
-  readonly #unsent: LocalBackoff;
+  /** Fetches that never left this process: backed off here only (made at the first such failure). */
+  #unsent: LocalBackoff | undefined;
   readonly #forceSpacing: FetchSpacing;
   readonly #downSpacing: FetchSpacing;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
@@ -71,7 +71,6 @@ export class LockedFetchRefresher implements Refresher {
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
     this.#failures = new FailureGate(ctx.key, ctx.label);
-    this.#unsent = new LocalBackoff(ctx.label);
     this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
     this.#downSpacing = new FetchSpacing(ctx.key, 'throttle');
   }
@@ -149,10 +148,10 @@ export class LockedFetchRefresher implements Refresher {
     // The failure marker as it was before the lock was tried: a waiter compares it with later reads.
     let markerBefore: string | undefined;
     if (request.ahead) {
-      if (this.#unsent.active(now) || (await this.#failures.active(store, now))) return undefined;
+      if (this.#unsent?.active(now) || (await this.#failures.active(store, now))) return undefined;
     } else {
       // This host could not reach WeChat a moment ago: its callers fail at once, without a store call.
-      this.#unsent.check(now, request.force);
+      this.#unsent?.check(now, request.force);
       markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
@@ -282,7 +281,7 @@ export class LockedFetchRefresher implements Refresher {
     let fetched;
     try {
       fetched = await this.#upstream.fetch(request.force, prepared);
-      this.#unsent.clear();
+      this.#unsent?.clear();
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
@@ -347,9 +346,9 @@ export class LockedFetchRefresher implements Refresher {
     // failure, so a process waiting for it takes it and fetches at once.
     const unsent = LocalBackoff.covers(error);
     if (unsent) {
-      this.#unsent.record(error, now, ctx.writer);
+      (this.#unsent ??= new LocalBackoff(ctx.label)).record(error, now, ctx.writer);
     } else {
-      this.#unsent.clear();
+      this.#unsent?.clear();
       await this.#failures.record(tier.entries, error, now, ctx.writer);
     }
     ctx.log.warn(
