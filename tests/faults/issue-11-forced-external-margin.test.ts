@@ -8,6 +8,8 @@ import { eventsOf, faultEnvironment, redisSpec } from './helpers.js';
 // outside the fleet is reported with its last writer; the TTL margin scales with the token's life.
 
 const env = faultEnvironment({ quotas: { forceRefresh: 2 } });
+const DAY_MS = 86_400_000;
+const BEIJING_OFFSET_MS = 8 * 3_600_000;
 const pool = env.workers;
 const open: { close(): Promise<void> }[] = [];
 afterEach(async () => {
@@ -34,7 +36,11 @@ describe("stable_token's force_refresh is scarce", () => {
 
   it('after a 45009 on force_refresh, no forced fetch is sent again before the quota day ends; normal fetches go on', async () => {
     const app = env.mock.createApp();
-    let now = Date.now();
+    // The mock's quota day ends at midnight, Beijing time; this test moves its clock on by 62 s. Run
+    // within that of a midnight, a new day would hand out new force_refresh calls: start past it.
+    const toMidnight = DAY_MS - ((env.mock.now() + BEIJING_OFFSET_MS) % DAY_MS);
+    if (toMidnight < 5 * 60_000) env.mock.advanceClock(Math.ceil(toMidnight / 1000) + 60);
+    let now = env.mock.now();
     const a = client(app, { now: () => now });
     await a.accessToken.getToken();
     await a.accessToken.forceRefresh();

@@ -1,4 +1,4 @@
-import type { MockWeChat } from '@wxkit/testing';
+import type { MockComponent, MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
 
 /** A logger that keeps every line, to assert on what was (and was not) logged. */
@@ -19,6 +19,17 @@ export function newApp(
   const cache = options.cache ?? new MemoryCache();
   const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, ...options, cache });
   return { app, appId, secret, cache };
+}
+
+/** The options an OpenPlatform needs to be the mock's component app: its credentials and the mock's URL. */
+export function componentOptions(mock: MockWeChat, component: MockComponent) {
+  return {
+    appId: component.appId,
+    secret: component.secret,
+    token: component.token,
+    encodingAESKey: component.encodingAESKey,
+    baseUrl: mock.url,
+  };
 }
 
 /** Everything an error exposes as text: message, stack, cause chain, and its JSON form. */

@@ -3,6 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OpenPlatform, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
 import { refreshOrigin } from '../src/open-platform/open-platform.js';
+import { componentOptions } from './helpers.js';
 
 // An admin authorizes the component again (handleAuthorization: api_query_auth hands out a new refresh
 // token, and the old one answers 61023 from then on) while another process is refreshing the same
@@ -127,11 +128,7 @@ async function scenario({ authorized = true } = {}) {
   const platforms: OpenPlatform[] = [];
   const make = (durableStore: TokenCache, dispatcher?: Dispatcher) => {
     const open = new OpenPlatform({
-      appId: component.appId,
-      secret: component.secret,
-      token: component.token,
-      encodingAESKey: component.encodingAESKey,
-      baseUrl: mock.url,
+      ...componentOptions(mock, component),
       cache,
       durableStore,
       fallbackDir: false,

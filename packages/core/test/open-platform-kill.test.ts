@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileCache, OpenPlatform, type ClientEvent, type AuthorizerRefreshTokenRecoveredEvent } from '../src/index.js';
+import { componentOptions } from './helpers.js';
 
 // The holder of an authorizer's refresh lock is SIGKILLed at each step of the refresh: after its
 // write-ahead but before WeChat acted; after WeChat rotated the refresh token but before the new one
@@ -45,11 +46,7 @@ async function scenario(name: string): Promise<Scenario> {
   const platforms: OpenPlatform[] = [];
   const platform = () => {
     const open = new OpenPlatform({
-      appId: component.appId,
-      secret: component.secret,
-      token: component.token,
-      encodingAESKey: component.encodingAESKey,
-      baseUrl: mock.url,
+      ...componentOptions(mock, component),
       cache: new FileCache({ dir: cacheDir }),
       durableStore: durable,
       timeoutMs: TIMEOUT_MS,

@@ -1,6 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, OpenPlatform, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
+import { componentOptions } from './helpers.js';
 
 // A refresh holder stalled past its lease (a long queue, a GC pause, a slow durable store) must not write
 // its refresh token over the newer one of the holder that took over: WeChat rotated that token away, and
@@ -70,11 +71,7 @@ describe('a refresh holder stalled past its lease', () => {
     const platforms: OpenPlatform[] = [];
     const make = (durableStore: TokenCache) => {
       const open = new OpenPlatform({
-        appId: component.appId,
-        secret: component.secret,
-        token: component.token,
-        encodingAESKey: component.encodingAESKey,
-        baseUrl: mock.url,
+        ...componentOptions(mock, component),
         cache,
         durableStore,
         fallbackDir: false,

@@ -11,7 +11,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { rejection } from './helpers.js';
+import { componentOptions, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -40,11 +40,7 @@ function setup(): Setup {
   const durable = new MemoryCache();
   const make = (extra: Partial<OpenPlatformOptions> = {}) => {
     const open = new OpenPlatform({
-      appId: component.appId,
-      secret: component.secret,
-      token: component.token,
-      encodingAESKey: component.encodingAESKey,
-      baseUrl: mock.url,
+      ...componentOptions(mock, component),
       cache,
       durableStore: durable,
       logger: false,

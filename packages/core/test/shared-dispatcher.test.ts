@@ -23,6 +23,18 @@ afterAll(async () => {
 
 const TEMPLATE = { touser: 'o1', template_id: 'T', data: {} };
 
+/** An Agent of the caller's that counts the requests given to it. */
+function countingAgent(): { agent: Agent; dispatched: () => number } {
+  const agent = new Agent();
+  const dispatch = agent.dispatch.bind(agent);
+  let count = 0;
+  agent.dispatch = (options, handler) => {
+    count += 1;
+    return dispatch(options, handler);
+  };
+  return { agent, dispatched: () => count };
+}
+
 function client(options: Record<string, unknown> = {}) {
   const { appId, secret } = mock.createApp();
   return new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false, ...options });
@@ -77,17 +89,11 @@ describe('one pool per origin, shared by the clients of a process', () => {
   });
 
   it("a caller's dispatcher carries the client's requests, and close() leaves it open", async () => {
-    const agent = new Agent();
-    const dispatch = agent.dispatch.bind(agent);
-    let dispatched = 0;
-    agent.dispatch = (options, handler) => {
-      dispatched += 1;
-      return dispatch(options, handler);
-    };
+    const { agent, dispatched } = countingAgent();
     const app = client({ dispatcher: agent });
     await app.templateMessage.send(TEMPLATE);
     // The token fetch and the send.
-    expect(dispatched).toBe(2);
+    expect(dispatched()).toBe(2);
     await app.close();
     expect(agent.closed).toBe(false);
     await agent.close();
@@ -195,22 +201,16 @@ describe('ClientPool and OpenPlatform send through the pools of plain clients', 
   });
 
   it("a caller's dispatcher carries a ClientPool's and an OpenPlatform's requests, and close() leaves it open", async () => {
-    const agent = new Agent();
-    const dispatch = agent.dispatch.bind(agent);
-    let dispatched = 0;
-    agent.dispatch = (options, handler) => {
-      dispatched += 1;
-      return dispatch(options, handler);
-    };
+    const { agent, dispatched } = countingAgent();
     const options = { baseUrl: mock.url, dispatcher: agent };
     const accounts = accountPool(options);
     await accounts.send();
     // The token fetch and the send.
-    expect(dispatched).toBe(2);
+    expect(dispatched()).toBe(2);
     const { open, authorize } = await platform(options);
     await authorize();
     // api_component_token, api_create_preauthcode, api_query_auth.
-    expect(dispatched).toBe(5);
+    expect(dispatched()).toBe(5);
     await accounts.pool.close();
     await open.close();
     expect(agent.closed).toBe(false);
