@@ -109,21 +109,15 @@ export class RedisCache implements TokenCache {
   }
 
   add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('add', async (client) => {
-      return (await evalScript(client, ADD, key, [binary(value), String(ttlMs(ttlSeconds)), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
-    });
+    return this.#run('add', async (client) => evalWrite(client, ADD, key, [binary(value), String(ttlMs(ttlSeconds))]));
   }
 
   deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async (client) => {
-      return (await evalScript(client, COMPARE_AND_DELETE, key, [binary(expected), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
-    });
+    return this.#run('deleteIfEquals', async (client) => evalWrite(client, COMPARE_AND_DELETE, key, [binary(expected)]));
   }
 
   compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('compareAndSet', async (client) => {
-      return (await evalScript(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds)), WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
-    });
+    return this.#run('compareAndSet', async (client) => evalWrite(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))]));
   }
 
   /**
@@ -352,6 +346,11 @@ async function evalScript(client: RedisClientLike, lua: Script, key: string, arg
     if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error;
     return await client.eval(lua.source, options);
   }
+}
+
+/** Runs one of the writing scripts: whether it wrote, in which case it also published the key's digest. */
+async function evalWrite(client: RedisClientLike, lua: Script, key: string, args: (string | Buffer)[]): Promise<boolean> {
+  return (await evalScript(client, lua, key, [...args, WRITTEN_CHANNEL, writtenMessage(key)])) === 1;
 }
 
 interface Script {
