@@ -32,6 +32,13 @@ export function componentOptions(mock: MockWeChat, component: MockComponent) {
   };
 }
 
+/** Stores a verify ticket the mock issued for `component`, as if WeChat's push had arrived; returns it. */
+export async function storeVerifyTicket(mock: MockWeChat, component: MockComponent, durable: TokenCache): Promise<string> {
+  const ticket = mock.issueVerifyTicket(component.appId);
+  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  return ticket;
+}
+
 /** Everything an error exposes as text: message, stack, cause chain, and its JSON form. */
 export function errorText(error: unknown): string {
   const parts: string[] = [];

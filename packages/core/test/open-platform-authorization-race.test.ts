@@ -3,7 +3,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OpenPlatform, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
 import { refreshOrigin } from '../src/open-platform/open-platform.js';
-import { componentOptions } from './helpers.js';
+import { componentOptions, storeVerifyTicket } from './helpers.js';
 
 // An admin authorizes the component again (handleAuthorization: api_query_auth hands out a new refresh
 // token, and the old one answers 61023 from then on) while another process is refreshing the same
@@ -138,8 +138,7 @@ async function scenario({ authorized = true } = {}) {
     platforms.push(open);
     return open;
   };
-  const ticket = mock.issueVerifyTicket(component.appId);
-  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  await storeVerifyTicket(mock, component, durable);
   const refresher = make(refresherStore, gate.agent);
   const admin = make(adminStore);
   const { preAuthCode } = await admin.createPreAuthCode();

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FileCache, OpenPlatform, type ClientEvent, type AuthorizerRefreshTokenRecoveredEvent } from '../src/index.js';
-import { componentOptions } from './helpers.js';
+import { componentOptions, storeVerifyTicket } from './helpers.js';
 
 // The holder of an authorizer's refresh lock is SIGKILLed at each step of the refresh: after its
 // write-ahead but before WeChat acted; after WeChat rotated the refresh token but before the new one
@@ -57,8 +57,7 @@ async function scenario(name: string): Promise<Scenario> {
     platforms.push(open);
     return open;
   };
-  const ticket = mock.issueVerifyTicket(component.appId);
-  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  await storeVerifyTicket(mock, component, durable);
   const open = platform();
   const { preAuthCode } = await open.createPreAuthCode();
   const { authorizerAppId } = await open.handleAuthorization(mock.authorize(component.appId, { preAuthCode }).authorizationCode);

@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, OpenPlatform, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
-import { componentOptions } from './helpers.js';
+import { componentOptions, storeVerifyTicket } from './helpers.js';
 
 // A refresh holder stalled past its lease (a long queue, a GC pause, a slow durable store) must not write
 // its refresh token over the newer one of the holder that took over: WeChat rotated that token away, and
@@ -80,8 +80,7 @@ describe('a refresh holder stalled past its lease', () => {
       platforms.push(open);
       return open;
     };
-    const ticket = mock.issueVerifyTicket(component.appId);
-    await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+    await storeVerifyTicket(mock, component, durable);
     const a = make(stalling);
     const b = make(durable);
     const { preAuthCode } = await a.createPreAuthCode();

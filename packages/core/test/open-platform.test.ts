@@ -11,7 +11,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, rejection } from './helpers.js';
+import { componentOptions, rejection, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -54,8 +54,7 @@ function setup(): Setup {
 
 /** A component whose ticket is stored, as if its push had arrived. */
 async function withTicket(s: Setup): Promise<void> {
-  const ticket = mock.issueVerifyTicket(s.component.appId);
-  await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  await storeVerifyTicket(mock, s.component, s.durable);
 }
 
 /** An authorized account, through the pre-auth code and api_query_auth. */

@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform } from '../src/index.js';
-import { rejection } from './helpers.js';
+import { rejection, storeVerifyTicket } from './helpers.js';
 
 // Issue 14: clients share one connection pool per origin per process; a caller's dispatcher still wins;
 // closing one client leaves the pool to the others; a send makes no timer or AbortController of its own.
@@ -114,8 +114,7 @@ function accountPool(options: Record<string, unknown>) {
 async function platform(options: Record<string, unknown>) {
   const component = mock.createComponent();
   const durableStore = new MemoryCache();
-  const ticket = mock.issueVerifyTicket(component.appId);
-  await durableStore.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  await storeVerifyTicket(mock, component, durableStore);
   const { appId, secret, token, encodingAESKey } = component;
   const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: new MemoryCache(), durableStore, logger: false, ...options });
   return {

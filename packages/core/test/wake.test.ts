@@ -106,10 +106,15 @@ describe('pollWithBackoff with a watch', () => {
 /**
  * A store seen through one client: its calls on `entryKey` and its marker and lock, and how often a
  * watch told it of a write. `afterLockAdd` runs once the store answered a lock `add`, before the client
- * sees the answer.
+ * sees the answer; `beforeLockRelease` runs before a release of the lock reaches the store.
  */
-function counting(cache: TokenCache, withWatch = true, afterLockAdd?: (won: boolean) => Promise<void>) {
-  const counts = { entryReads: 0, entryAdds: 0, markerReads: 0, markerDeletes: 0, lockAdds: 0, woken: 0 };
+function counting(
+  cache: TokenCache,
+  withWatch = true,
+  afterLockAdd?: (won: boolean) => Promise<void>,
+  beforeLockRelease?: () => Promise<void>,
+) {
+  const counts = { entryReads: 0, entryAdds: 0, markerReads: 0, markerDeletes: 0, lockAdds: 0, lockReleases: 0, woken: 0 };
   let entryKey = '';
   const wrapped: TokenCache = {
     get: (key) => {
@@ -130,7 +135,13 @@ function counting(cache: TokenCache, withWatch = true, afterLockAdd?: (won: bool
       await afterLockAdd?.(won);
       return won;
     },
-    deleteIfEquals: (key, expected) => cache.deleteIfEquals!(key, expected),
+    deleteIfEquals: async (key, expected) => {
+      if (key === `${entryKey}:lock`) {
+        counts.lockReleases += 1;
+        await beforeLockRelease?.();
+      }
+      return cache.deleteIfEquals!(key, expected);
+    },
     compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(key, expected, value, ttl),
     ...(withWatch && cache.watch
       ? {
@@ -279,30 +290,17 @@ describe('the holder of the lock releases it before it hands out the token', () 
     const { appId, secret } = mock.createApp();
     let open!: () => void;
     const gate = new Promise<void>((resolve) => (open = resolve));
-    let releases = 0;
-    let lockKey = '';
-    const gated: TokenCache = {
-      get: (key) => shared.get(key),
-      set: (key, value, ttl) => shared.set(key, value, ttl),
-      delete: (key) => shared.delete(key),
-      add: (key, value, ttl) => shared.add(key, value, ttl),
-      compareAndSet: (key, expected, value, ttl) => shared.compareAndSet(key, expected, value, ttl),
-      deleteIfEquals: async (key, expected) => {
-        if (key !== lockKey) return shared.deleteIfEquals(key, expected);
-        releases += 1;
-        await gate;
-        return shared.deleteIfEquals(key, expected);
-      },
-    };
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: gated, logger: false, tokenEndpoint: 'classic', fallbackDir: false });
-    lockKey = `${app.accessToken.cacheKey}:lock`;
+    const view = counting(shared, true, undefined, () => gate);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: view.cache, logger: false, tokenEndpoint: 'classic', fallbackDir: false });
+    view.watchKey(app.accessToken.cacheKey);
+    const lockKey = `${app.accessToken.cacheKey}:lock`;
     let resolved = false;
     const pending = app.accessToken.getToken().then((token) => {
       resolved = true;
       return token;
     });
     // The entry is written and the release has started: waiters elsewhere already have the token.
-    await vi.waitFor(() => expect(releases).toBe(1));
+    await vi.waitFor(() => expect(view.counts.lockReleases).toBe(1));
     expect(await shared.get(app.accessToken.cacheKey)).toBeDefined();
     // Every microtask and this turn's callbacks have run: a holder that did not wait would have resolved.
     await new Promise((resolve) => setImmediate(resolve));

@@ -19,6 +19,15 @@ afterAll(async () => {
 
 const key = () => `wechat:test:${randomBytes(6).toString('hex')}`;
 
+/** A plain node-redis subscriber of the written channel, as a watcher in another language would be, keeping every message. */
+async function listen() {
+  const subscriber = createClient({ url: redis.url });
+  await subscriber.connect();
+  const messages: string[] = [];
+  await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
+  return { messages, subscriber };
+}
+
 describe('RedisCache.watch', () => {
   it('a write through another RedisCache calls onChange; a write to another key does not', async () => {
     const [writer, watcher] = [new RedisCache(redis.url), new RedisCache(redis.url)];
@@ -44,10 +53,7 @@ describe('RedisCache.watch', () => {
   });
 
   it("wxkit writers publish the key's SHA-256 on the documented channel, never its name, for watchers in any language", async () => {
-    const subscriber = createClient({ url: redis.url });
-    await subscriber.connect();
-    const messages: string[] = [];
-    await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
+    const { messages, subscriber } = await listen();
     const writer = new RedisCache(redis.url);
     // An EasyWeChat 6 key holds the AppSecret itself.
     const secret = randomBytes(16).toString('hex');
@@ -63,10 +69,7 @@ describe('RedisCache.watch', () => {
   });
 
   it('a won add, a compare-and-delete and a compare-and-set notify from the server, with the write: the writer sends no PUBLISH of its own', async () => {
-    const subscriber = createClient({ url: redis.url });
-    await subscriber.connect();
-    const messages: string[] = [];
-    await subscriber.subscribe(WRITTEN_CHANNEL, (message) => messages.push(message));
+    const { messages, subscriber } = await listen();
     // The writer's own client cannot PUBLISH: whatever reaches the channel was published by the scripts.
     const client = createClient({ url: redis.url });
     await client.connect();
@@ -85,7 +88,7 @@ describe('RedisCache.watch', () => {
     expect(await writer.compareAndSet(k, 'a', 'd', 60)).toBe(false);
     expect(await writer.deleteIfEquals(k, 'c')).toBe(true);
     expect(await writer.deleteIfEquals(k, 'c')).toBe(false);
-    // A marker after the three, through the subscriber's own channel: every message before it has arrived.
+    // A marker published after the writes, on the same channel: once it is in, every message before it is.
     await client.sendCommand(['PUBLISH', WRITTEN_CHANNEL, 'end']);
     await vi.waitFor(() => expect(messages).toContain('end'));
     expect(messages.filter((m) => m === digest)).toHaveLength(3);
