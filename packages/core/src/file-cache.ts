@@ -82,6 +82,12 @@ export class FileCache implements TokenCache {
   /** Who waits for which file to change, and the one directory watch that tells them (while anyone waits). */
   readonly #watchers = new Map<string, Set<() => void>>();
   #dirWatch: FSWatcher | undefined;
+  /**
+   * When this process last swept each key's leftovers (real clock). A sweep reads the whole directory,
+   * which holds every account's files, so it runs at a key's first guarded write, then at most once per
+   * guardStaleMs (nothing younger may be swept unless its process is gone), and after any wait for a guard.
+   */
+  readonly #swept = new Map<string, number>();
 
   constructor(options: FileCacheOptions | string = {}) {
     if (options === null || typeof options !== 'object' && typeof options !== 'string') {
@@ -120,12 +126,23 @@ export class FileCache implements TokenCache {
     const path = await this.#prepare('add', key, ttlSeconds);
     // A key seen live is a lost add as of that read, with no guard taken: the waiters of a refresh lock
     // retry add() over and over, and would otherwise crowd out the holder's own release of the lock.
-    if ((await this.#read(path, 'add')).value !== undefined) return false;
-    return this.#guarded(path, 'add', async () => {
-      // An expired file counts as absent: that is how a lock whose holder died is recovered.
+    const seen = await this.#read(path, 'add');
+    if (seen.value !== undefined) return false;
+    // No file at all: link() creates the name only where there is none, so the add is atomic without
+    // the guard, in a few file operations instead of a dozen. The guarded add below creates with link()
+    // too, so of two adds only one wins; a set() replaces whatever is there, as it would after any add.
+    if (!seen.present) {
+      if (await this.#create(path, value, ttlSeconds, 'add')) return true;
       if ((await this.#read(path, 'add')).value !== undefined) return false;
-      await this.#write(path, value, ttlSeconds, 'add');
-      return true;
+    }
+    return this.#guarded(path, 'add', async () => {
+      // An expired file counts as absent: that is how a lock whose holder died is recovered. Only a
+      // guarded writer removes it, so it is still the one we read when we unlink it; after that, an
+      // unguarded add may link its own first, and ours loses.
+      const current = await this.#read(path, 'add');
+      if (current.value !== undefined) return false;
+      if (current.present) await this.#unlink(path, 'add');
+      return this.#create(path, value, ttlSeconds, 'add');
     });
   }
 
@@ -206,34 +223,60 @@ export class FileCache implements TokenCache {
     return join(this.dir, name);
   }
 
-  async #read(path: string, op: string): Promise<{ value: string | undefined; expiresAt: number }> {
+  /** The live value of a file, if any; `present` tells an expired or unreadable file from no file at all. */
+  async #read(path: string, op: string): Promise<{ value: string | undefined; expiresAt: number; present: boolean }> {
     let raw: Buffer;
     try {
       raw = await readFile(path);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0 };
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
       throw this.#error(op, error);
     }
     // Values are binary strings (one character per byte), and the header is ASCII.
     const text = raw.toString('latin1');
     const header = HEADER.exec(text);
     // An unreadable file is no entry: the next write replaces it. A reader never throws over it.
-    if (!header || Number(header[1]) <= this.#now()) return { value: undefined, expiresAt: 0 };
-    return { value: text.slice(header[0].length), expiresAt: Number(header[1]) };
+    if (!header || Number(header[1]) <= this.#now()) return { value: undefined, expiresAt: 0, present: true };
+    return { value: text.slice(header[0].length), expiresAt: Number(header[1]), present: true };
+  }
+
+  /** Temp file, then link(): the file is created whole, and only where no file of that name is; false if one is. */
+  async #create(path: string, value: string, ttlSeconds: number, op: string): Promise<boolean> {
+    const temp = await this.#draft(path, value, ttlSeconds, op);
+    try {
+      await link(temp, path);
+      return true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw this.#error(op, error);
+    } finally {
+      await unlink(temp).catch(() => undefined);
+    }
   }
 
   /** Temp file in the same directory, then rename: readers see the old file or the new one, never a part. */
   async #write(path: string, value: string, ttlSeconds: number, op: string): Promise<void> {
-    const bytes = binaryToBuffer(value, 'FileCache');
-    const temp = await tempName(path);
-    const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
+    const temp = await this.#draft(path, value, ttlSeconds, op);
     try {
-      await writeFile(temp, Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]), { flag: 'wx', mode: 0o600 });
       await rename(temp, path);
     } catch (error) {
       await unlink(temp).catch(() => undefined);
       throw this.#error(op, error);
     }
+  }
+
+  /** A temp file beside `path` holding the entry (0600), written whole; the caller renames, links or removes it. */
+  async #draft(path: string, value: string, ttlSeconds: number, op: string): Promise<string> {
+    const bytes = binaryToBuffer(value, 'FileCache');
+    const temp = await tempName(path);
+    const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
+    try {
+      await writeFile(temp, Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]), { flag: 'wx', mode: 0o600 });
+    } catch (error) {
+      await unlink(temp).catch(() => undefined);
+      throw this.#error(op, error);
+    }
+    return temp;
   }
 
   async #unlink(path: string, op: string): Promise<void> {
@@ -256,6 +299,7 @@ export class FileCache implements TokenCache {
     // each attempt, so that a guard gained after a long wait does not look old.
     const draft = await tempName(path);
     const started = Date.now();
+    let waited = false;
     try {
       for (let attempt = 0; ; attempt += 1) {
         try {
@@ -265,6 +309,7 @@ export class FileCache implements TokenCache {
         } catch (error) {
           if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
         }
+        waited = true;
         await this.#breakIfStale(path, draft, op);
         if (Date.now() - started > this.#guardTimeoutMs) {
           throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
@@ -275,7 +320,7 @@ export class FileCache implements TokenCache {
       await unlink(draft).catch(() => undefined);
     }
     try {
-      await this.#sweep(path, mine);
+      if (waited || this.#sweepDue(path)) await this.#sweep(path, mine);
       return await fn();
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
@@ -384,6 +429,17 @@ export class FileCache implements TokenCache {
         }),
     );
     await Promise.all(left.filter((name) => name !== undefined).map((name) => unlink(join(this.dir, name)).catch(() => undefined)));
+  }
+
+  /** Whether the leftovers of `path` are due for a sweep, noting that one runs now. */
+  #sweepDue(path: string): boolean {
+    const now = Date.now();
+    const last = this.#swept.get(path);
+    if (last !== undefined && now - last < this.#guardStaleMs) return false;
+    // Bounded: past this many keys written within guardStaleMs, forgetting costs only an early sweep.
+    if (this.#swept.size >= 4096) this.#swept.clear();
+    this.#swept.set(path, now);
+    return true;
   }
 
   async #prepare(op: string, key: string, ttlSeconds: number): Promise<string> {

@@ -140,9 +140,25 @@ describe('FileCache on disk', () => {
     // A call the read cannot decide still waits for the guard.
     await expect(cache.deleteIfEquals('k', 'held')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
     await expect(cache.compareAndSet('k', 'held', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
-    writeFileSync(join(dir, 'absent~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
-    await expect(cache.add('absent', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    // So does an add() over an expired file, which only a guarded writer may remove.
+    writeFileSync(join(dir, 'expired'), 'v1 1\nold', { mode: 0o600 });
+    writeFileSync(join(dir, 'expired~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    await expect(cache.add('expired', 'mine', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
     expect(await cache.get('k')).toBe('held');
+  });
+
+  it('an add() where no file is needs no guard: link() creates the file only where none is', async () => {
+    const dir = fresh('add-without-guard');
+    mkdirSync(dir);
+    const cache = new FileCache({ dir, guardTimeoutMs: 200 });
+    // Another writer's guard that stays: a guarded add() would wait for it and fail.
+    writeFileSync(join(dir, 'absent~guard'), `1 ${'f'.repeat(16)} 0123456789abcdef`, { mode: 0o600 });
+    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => cache.add('absent', `mine-${i}`, 60)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await cache.get('absent')).toBe(`mine-${results.indexOf(true)}`);
+    expect(statSync(join(dir, 'absent')).mode & 0o777).toBe(0o600);
+    // Its temp files are gone; the other writer's guard is left to its owner.
+    expect(readdirSync(dir).sort()).toEqual(['absent', 'absent~guard']);
   });
 
   it('a directory it cannot use gives ERR_WXKIT_CACHE naming the directory', async () => {

@@ -68,17 +68,44 @@ describe('FileCache breaks an abandoned guard once', () => {
 
   it('claims on a guard that is gone are swept by the next writer', async () => {
     const dir = fresh('old-claims');
-    const cache = new FileCache({ dir });
-    await cache.set('k', 'before', 60);
+    await new FileCache({ dir }).set('k', 'before', 60);
     writeFileSync(join(dir, claimOf('a guard long gone', 0)), `${process.ppid} ${await ownNamespace()} 3333333333333333`);
-    await cache.set('k', 'after', 60);
+    // The next writer: another process, or this one once guardStaleMs has passed.
+    await new FileCache({ dir }).set('k', 'after', 60);
     expect(leftovers(dir)).toEqual([]);
+  });
+
+  it('a writer sweeps a key at its first write, then not again within guardStaleMs unless it met a guard', async () => {
+    // A sweep reads the whole directory, which holds every account's files: not at every write.
+    const dir = fresh('sweep-pace');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 2000 });
+    const namespace = await ownNamespace();
+    const leftover = () => `k~${namespace}-${deadPid()}-${randomBytes(6).toString('hex')}.tmp`;
+    const first = leftover();
+    writeFileSync(join(dir, first), 'v1 0\npartial');
+    await cache.set('k', 'v1', 60);
+    expect(leftovers(dir)).toEqual([]);
+    const second = leftover();
+    writeFileSync(join(dir, second), 'v1 0\npartial');
+    await cache.set('k', 'v2', 60);
+    expect(leftovers(dir)).toEqual([second]);
+    // A guard left by a dead writer is evidence of more: breaking it sweeps at once.
+    writeFileSync(join(dir, 'k~guard'), `${deadPid()} ${namespace} 0123456789abcdef`);
+    await cache.set('k', 'v3', 60);
+    expect(leftovers(dir)).toEqual([]);
+    expect(await cache.get('k')).toBe('v3');
   });
 });
 
 describe('FileCache across processes, breaking one abandoned guard', () => {
-  it('4 processes × 3 add() each on a key whose guard holder is gone, 60 rounds: exactly one winner per round', async () => {
-    const dir = fresh('race');
+  // An add() where a file is, even an expired one, goes through the guard (only a guarded writer removes
+  // a file); where none is, link() decides without it, and the dead guard is left to the key's next
+  // guarded write.
+  it.each([
+    ['over an expired file: through the guard, broken by one of them', true],
+    ['where no file is: by link(), past the dead guard', false],
+  ])('4 processes × 3 add() each on a key whose guard holder is gone, 60 rounds, %s: exactly one winner per round', async (_, expired) => {
+    const dir = fresh(`race-${expired ? 'expired' : 'absent'}`);
     const namespace = await ownNamespace();
     const dead = deadPid();
     // The racer of the namespace test, here all in our own namespace: each round, every waiter finds the
@@ -98,6 +125,7 @@ describe('FileCache across processes, breaking one abandoned guard', () => {
       const errors: string[] = [];
       for (let round = 0; round < 60; round += 1) {
         writeFileSync(join(dir, `race%3A${round}~guard`), `${dead} ${namespace} ${round.toString(16).padStart(16, '0')}`);
+        if (expired) writeFileSync(join(dir, `race%3A${round}`), 'v1 1\nold');
         for (const racer of racers) racer.child.stdin!.write(`${round}\n`);
         const results = (await Promise.all(racers.map((racer) => racer.next()))) as Array<{ wins: number; errors: string[] }>;
         const wins = results.map((result) => result.wins);
@@ -105,7 +133,8 @@ describe('FileCache across processes, breaking one abandoned guard', () => {
         if (wins.reduce((a, b) => a + b, 0) !== 1) wrong.push(`round ${round}: ${wins.join(' + ')} winners`);
       }
       expect({ wrong, errors }).toEqual({ wrong: [], errors: [] });
-      expect(leftovers(dir).filter((name) => !name.startsWith('probe-'))).toEqual([]);
+      const guards = Array.from({ length: 60 }, (_, round) => `race%3A${round}~guard`);
+      expect(leftovers(dir).filter((name) => !name.startsWith('probe-')).sort()).toEqual(expired ? [] : guards.sort());
     } finally {
       for (const racer of racers) racer.child.stdin!.end();
     }

@@ -111,13 +111,15 @@ describe('FileCache guards carry a PID namespace id', () => {
     const unmarked = `k~${pid}-cccccccccccc.tmp`;
     for (const name of [foreign, ours, unmarked]) writeFileSync(join(dir, name), 'v1 0\npartial', { mode: 0o600 });
 
-    await cache.set('k', 'v2', 60);
+    // The next writer of the key (another process, or this one past guardStaleMs) sweeps.
+    const next = () => new FileCache({ dir, guardStaleMs: 60_000 });
+    await next().set('k', 'v2', 60);
     expect(leftovers(dir)).toEqual([foreign, unmarked].sort());
 
     const old = (Date.now() - 61_000) / 1000;
     utimesSync(join(dir, foreign), old, old);
     utimesSync(join(dir, unmarked), old, old);
-    await cache.set('k', 'v3', 60);
+    await next().set('k', 'v3', 60);
     expect(leftovers(dir)).toEqual([]);
     expect(await cache.get('k')).toBe('v3');
   });
@@ -170,6 +172,8 @@ describe('FileCache across PID namespaces', () => {
     const dir = fresh('ns-race');
     mkdirSync(dir);
     const racers = await Promise.all([startRacer(dir, 'a', 1, 3), startRacer(dir, 'b', 3, 3)]);
+    // Each round's key holds an expired file, so that every add() goes through the guard (where no file
+    // is, link() decides without one).
     try {
       const [a, b] = racers as [Racer, Racer];
       // The set-up is what it claims: two namespaces, PIDs that mean nothing in the other one.
@@ -182,6 +186,7 @@ describe('FileCache across PID namespaces', () => {
       const wrong: string[] = [];
       const errors: string[] = [];
       for (let round = 0; round < 300; round += 1) {
+        writeFileSync(join(dir, `race%3A${round}`), 'v1 1\nold');
         for (const racer of racers) racer.send(String(round));
         const [ra, rb] = await Promise.all(racers.map((racer) => racer.next()));
         expect([ra!.round, rb!.round]).toEqual([round, round]);
