@@ -118,7 +118,7 @@ const outcome = (promise: Promise<unknown>) =>
  * token gone, so the refresher's next send refreshes; or (`authorized: false`) one whose admin has just
  * approved the component at WeChat, the authorization code not yet taken (`firstCode`).
  */
-async function scenario({ authorized = true } = {}) {
+async function scenario({ authorized = true, refresherClockAheadMs = 0 } = {}) {
   const component = mock.createComponent();
   const cache = new MemoryCache();
   const durable = new MemoryCache();
@@ -126,7 +126,7 @@ async function scenario({ authorized = true } = {}) {
   const refresherStore = new HoldingStore(durable);
   const adminStore = new HoldingStore(durable);
   const platforms: OpenPlatform[] = [];
-  const make = (durableStore: TokenCache, dispatcher?: Dispatcher) => {
+  const make = (durableStore: TokenCache, dispatcher?: Dispatcher, now?: () => number) => {
     const open = new OpenPlatform({
       ...componentOptions(mock, component),
       cache,
@@ -134,12 +134,13 @@ async function scenario({ authorized = true } = {}) {
       fallbackDir: false,
       logger: false,
       ...(dispatcher ? { dispatcher } : {}),
+      ...(now ? { now } : {}),
     });
     platforms.push(open);
     return open;
   };
   await storeVerifyTicket(mock, component, durable);
-  const refresher = make(refresherStore, gate.agent);
+  const refresher = make(refresherStore, gate.agent, refresherClockAheadMs ? () => Date.now() + refresherClockAheadMs : undefined);
   const admin = make(adminStore);
   const { preAuthCode } = await admin.createPreAuthCode();
   const grant = mock.authorize(component.appId, { preAuthCode });
@@ -157,6 +158,7 @@ async function scenario({ authorized = true } = {}) {
 
   const send = (open: OpenPlatform) => open.officialAccount(appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
   const record = async () => JSON.parse((await durable.get(recordKey))!) as Record<string, unknown>;
+  const accessToken = async () => (JSON.parse((await cache.get(tokenKey))!) as { access_token: string }).access_token;
   return {
     appId,
     firstCode: grant.authorizationCode,
@@ -168,6 +170,8 @@ async function scenario({ authorized = true } = {}) {
     superseded,
     recovered,
     record,
+    /** The authorizer access token the cache holds. */
+    accessToken,
     /** The refresher's send, its outcome ('ok' or the error's code). */
     refresherSends: () => outcome(send(refresher)),
     /** The account's admin authorizes again at WeChat: the code for api_query_auth, and the refresh token it hands out. */
@@ -354,6 +358,27 @@ describe('handleAuthorization while another process refreshes the same authorize
       expect(s.superseded).toEqual([]);
       expect(mock.counters(s.appId).authorizerTokenRequests).toBe(1);
       expect(await s.record()).toMatchObject({ origin: refreshOrigin(granted) });
+      await s.check();
+      await s.close();
+    });
+  });
+
+  describe('the access token api_query_auth hands out', () => {
+    it('does not replace one a refresh fetched after it, which landed first', async () => {
+      // The refresher's clock runs 2 s ahead, so that its fetch is dated later than api_query_auth
+      // whatever second both fall in (the entries are dated to the second).
+      const s = await scenario({ refresherClockAheadMs: 2_000 });
+      const adminHeld = s.adminStore.hold(settledRecord);
+      const granted = s.reauthorize();
+      const authorized = outcome(s.admin.handleAuthorization(granted.code));
+      // api_query_auth answered; its record write, and so its access-token write, wait.
+      await adminHeld.reached;
+      expect(await s.refresherSends()).toBe('ok');
+      const refreshed = await s.accessToken();
+      expect(await s.refresher.officialAccount(s.appId).accessToken.getToken()).toBe(refreshed);
+      adminHeld.release();
+      expect(await authorized).toBe('ok');
+      expect(await s.accessToken()).toBe(refreshed);
       await s.check();
       await s.close();
     });

@@ -225,9 +225,16 @@ describe('authorizers', () => {
     const s = setup();
     await withTicket(s);
     // The component token is shared as usual; only the authorizer token's write hangs.
+    const hangs = (key: string) => key.includes('authorizer_access_token');
     class HangingWrites extends MemoryCache {
       override set(key: string, value: string, ttlSeconds: number): Promise<void> {
-        return key.includes('authorizer_access_token') ? new Promise<void>(() => {}) : super.set(key, value, ttlSeconds);
+        return hangs(key) ? new Promise<void>(() => {}) : super.set(key, value, ttlSeconds);
+      }
+      override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return hangs(key) ? new Promise<boolean>(() => {}) : super.add(key, value, ttlSeconds);
+      }
+      override compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return hangs(key) ? new Promise<boolean>(() => {}) : super.compareAndSet(key, expected, value, ttlSeconds);
       }
     }
     const open = s.make({ cache: new HangingWrites(), cacheTimeoutMs: 200 });

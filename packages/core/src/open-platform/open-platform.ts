@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { binaryToText, encodedToBinary, textToBinary } from '../bytes.js';
+import { binaryToText, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
@@ -11,6 +11,7 @@ import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
+import { EntryStore } from '../token/entry-store.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, type OptionSchema } from '../validate.js';
@@ -268,7 +269,8 @@ export class OpenPlatform {
    * authorization, which WeChat no longer takes, is replaced; a refresh with it then leaves this record
    * in place, or, if its call was still to be made, gets 61023 and goes on with this token. A peer's
    * bare record has no room for `origin`: there, a rotation that lands first costs the next refresh a
-   * 61023 and a recovery from WeChat, never the authorization.
+   * 61023 and a recovery from WeChat, never the authorization. The access token is written as a
+   * refresh writes one: it never replaces a token fetched after api_query_auth was asked.
    */
   async handleAuthorization(authorizationCode: string): Promise<Authorization> {
     if (typeof authorizationCode !== 'string' || authorizationCode === '') {
@@ -286,10 +288,12 @@ export class OpenPlatform {
     const fetched = validateFetched(info, 'authorizer_access_token', path);
     await this.#storeAuthorization(authorizerAppId, refresh);
     const key = this.#key('authorizer_access_token', authorizerAppId);
-    const schema = this.#core.schema;
-    // Through the guarded store: bounded by cacheTimeoutMs like every other store call, a CacheError on failure.
-    const value = encodedToBinary(schema.encode('access_token', fetched.value, fetched.expiresIn, startedAt, { fetchedBy: this.#core.writer }));
-    await this.#core.store.set(key, value, schema.ttlSeconds(fetched.expiresIn, 'access_token', key));
+    const core = this.#core;
+    // Written as a refresh writes it: never over a token fetched after api_query_auth was asked (a
+    // client of the account refreshed meanwhile), through the guarded store (bounded by cacheTimeoutMs,
+    // a CacheError on failure).
+    const entries = new EntryStore({ key, field: 'access_token', schema: core.schema, label: 'authorizer_access_token', appId: authorizerAppId, logKey: key, log: core.log, now: core.settings.now });
+    await entries.write(core.store, entries.encode(fetched, startedAt, core.writer));
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
