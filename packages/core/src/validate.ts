@@ -216,9 +216,20 @@ export function listChoices(choices: readonly string[]): string {
   return quoted.length <= 2 ? quoted.join(' or ') : `one of ${quoted.join(', ')}`;
 }
 
-export function assertOptionsObject(owner: string, options: unknown): asserts options is Record<string, unknown> {
+export function assertOptionsObject(owner: string, options: unknown, known?: readonly string[]): asserts options is Record<string, unknown> {
   if (options === null || typeof options !== 'object' || Array.isArray(options)) {
     throw new ConfigError(`${owner} options must be an object (got ${typeName(options)})`, 'options');
+  }
+  if (!known) return;
+  // A misspelt option would be dropped without a word: a profile with the wrong prefix reads and writes
+  // keys no peer uses, and the fleet fetches beside it.
+  for (const [name, value] of Object.entries(options)) {
+    if (known.includes(name) || value === undefined) continue;
+    const near = closestName(name, known);
+    throw new ConfigError(
+      `${owner} options.${name} is not an option${near ? ` (did you mean ${near}?)` : known.length ? `; the options are ${known.join(', ')}` : '; it takes none'}`,
+      name,
+    );
   }
 }
 

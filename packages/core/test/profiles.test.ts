@@ -19,6 +19,15 @@ import { phpArray, phpSerialize, phpUnserialize } from '../src/php-serialize.js'
 import { phpJsonEncode } from '../src/profiles.js';
 import { recordingLogger, rejection } from './helpers.js';
 
+const rejectionOf = (make: () => unknown): unknown => {
+  try {
+    make();
+  } catch (error) {
+    return error;
+  }
+  return undefined;
+};
+
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
 
 /** Every table under `### <heading>`, up to the next heading, as rows keyed by column name. */
@@ -236,6 +245,21 @@ describe('profiles in the token protocol', () => {
     expect(text).toContain('official_account.access_token.');
     expect(text).toContain('***');
     expect(text).not.toContain(secret);
+  });
+
+  it('a misspelt or unknown option name is a ConfigError naming it, never dropped (the keys would be no peer\'s)', () => {
+    const cases: Array<[() => unknown, RegExp]> = [
+      [() => easyWeChat4({ prefx: 'think:' } as never), /^easyWeChat4 options\.prefx is not an option \(did you mean prefix\?\)$/],
+      [() => easyWeChat6({ marshaler: 'igbinary' } as never), /^easyWeChat6 options\.marshaler is not an option \(did you mean marshaller\?\)$/],
+      [() => nodeEasyWeChat({ store: 'symfony' } as never), /^nodeEasyWeChat options\.store is not an option; the options are prefix$/],
+      [() => wechatpy({ keyPrefix: 'x' } as never), /^wechatpy options\.keyPrefix is not an option/],
+      [() => silenceper({ stor: 'memcached' } as never), /^silenceper options\.stor is not an option \(did you mean store\?\)$/],
+      [() => wxJava({ keyprefix: 'shop' } as never), /^wxJava options\.keyprefix is not an option \(did you mean keyPrefix\?\)$/],
+    ];
+    for (const [make, message] of cases) expect(make).toThrow(message);
+    for (const [make] of cases) expect(rejectionOf(make)).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
+    // An option left undefined is no option given.
+    expect(() => easyWeChat4({ prefix: undefined, legacyTtl: undefined })).not.toThrow();
   });
 
   it('a profile that keys on the secret needs it even in follower mode', () => {
