@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { watch, type FSWatcher } from 'node:fs';
-import { link, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
@@ -63,8 +63,8 @@ const HEADER = /^v1 (\d{1,16})\n/;
 
 /**
  * A TokenCache in a directory: one file per key, for the processes of one host. Writes are atomic
- * (temp file + rename), `add`, `deleteIfEquals` and `compareAndSet` are atomic across processes, files
- * are 0600.
+ * (a temp file renamed, or for `add` linked, into place), `add`, `deleteIfEquals` and `compareAndSet`
+ * are atomic across processes, files are 0600.
  * Across hosts, use a Redis or Memcached adapter instead.
  *
  * @example
@@ -85,7 +85,8 @@ export class FileCache implements TokenCache {
   /**
    * When this process last swept each key's leftovers (real clock). A sweep reads the whole directory,
    * which holds every account's files, so it runs at a key's first guarded write, then at most once per
-   * guardStaleMs (nothing younger may be swept unless its process is gone), and after any wait for a guard.
+   * guardStaleMs (nothing younger may be swept unless its process is gone), and after breaking a guard.
+   * On the monotonic clock, so that a step of the wall clock neither stops sweeps nor forces them.
    */
   readonly #swept = new Map<string, number>();
 
@@ -141,7 +142,9 @@ export class FileCache implements TokenCache {
       // unguarded add may link its own first, and ours loses.
       const current = await this.#read(path, 'add');
       if (current.value !== undefined) return false;
-      if (current.present) await this.#unlink(path, 'add');
+      // A name that reads as absent can still be there: a symlink to nothing. No unguarded add can link
+      // over it, so it too is removed here (a regular file found instead is another add's, and wins).
+      if (current.present || (await this.#isSymlink(path, 'add'))) await this.#unlink(path, 'add');
       return this.#create(path, value, ttlSeconds, 'add');
     });
   }
@@ -279,6 +282,15 @@ export class FileCache implements TokenCache {
     return temp;
   }
 
+  async #isSymlink(path: string, op: string): Promise<boolean> {
+    try {
+      return (await lstat(path)).isSymbolicLink();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw this.#error(op, error);
+    }
+  }
+
   async #unlink(path: string, op: string): Promise<void> {
     try {
       await unlink(path);
@@ -299,7 +311,7 @@ export class FileCache implements TokenCache {
     // each attempt, so that a guard gained after a long wait does not look old.
     const draft = await tempName(path);
     const started = Date.now();
-    let waited = false;
+    let broke = false;
     try {
       for (let attempt = 0; ; attempt += 1) {
         try {
@@ -309,8 +321,7 @@ export class FileCache implements TokenCache {
         } catch (error) {
           if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
         }
-        waited = true;
-        await this.#breakIfStale(path, draft, op);
+        if (await this.#breakIfStale(path, draft, op)) broke = true;
         if (Date.now() - started > this.#guardTimeoutMs) {
           throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
         }
@@ -320,7 +331,8 @@ export class FileCache implements TokenCache {
       await unlink(draft).catch(() => undefined);
     }
     try {
-      if (waited || this.#sweepDue(path)) await this.#sweep(path, mine);
+      // A guard broken is a writer that died: what else it left is swept at once.
+      if (broke || this.#sweepDue(path)) await this.#sweep(path, mine);
       return await fn();
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
@@ -331,7 +343,7 @@ export class FileCache implements TokenCache {
 
   /**
    * Breaks the guard of `path` if it is abandoned: its process is gone (judged only for guards of our own
-   * PID namespace) or it is older than guardStaleMs.
+   * PID namespace) or it is older than guardStaleMs. Resolves whether this process broke it.
    *
    * Many waiters see the same abandoned guard at once, and a guard is only a name: a waiter that removed
    * it by name a moment late would remove the next holder's guard and let a third writer in beside it.
@@ -342,10 +354,10 @@ export class FileCache implements TokenCache {
    * its claim is abandoned like a guard, and the next claim (`-1`, `-2`, …) is taken instead; abandoned
    * claims are never removed while their guard stands, so no claim is ever removed from under a live one.
    */
-  async #breakIfStale(path: string, draft: string, op: string): Promise<void> {
+  async #breakIfStale(path: string, draft: string, op: string): Promise<boolean> {
     const guard = `${path}~guard`;
     const seen = await this.#inspect(guard, op);
-    if (!seen || !(await this.#abandoned(seen))) return;
+    if (!seen || !(await this.#abandoned(seen))) return false;
     const id = createHash('sha256').update(seen.content).digest('hex').slice(0, 16);
     const claims: string[] = [];
     for (let k = 0; ; k += 1) {
@@ -358,22 +370,24 @@ export class FileCache implements TokenCache {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
       }
       const other = await this.#inspect(claim, op);
-      if (other && !(await this.#abandoned(other))) return; // someone is breaking it right now
+      if (other && !(await this.#abandoned(other))) return false; // someone is breaking it right now
     }
     try {
       // Gone or replaced: someone broke it before we claimed it, and it never comes back.
-      if ((await this.#inspect(guard, op))?.content !== seen.content) return;
+      if ((await this.#inspect(guard, op))?.content !== seen.content) return false;
       // Named like a temp file of ours, so it is swept should we die before removing it.
       const taken = await tempName(path);
       try {
         await rename(guard, taken);
       } catch {
-        return;
+        return false;
       }
       // Only the guard's own holder, waking from a pause past guardStaleMs, can have removed it in the
       // meantime; if another writer's guard was caught instead, it is put back (link never overwrites).
-      if ((await readFile(taken, 'utf8').catch(() => '')) !== seen.content) await link(taken, guard).catch(() => undefined);
+      const caught = (await readFile(taken, 'utf8').catch(() => '')) === seen.content;
+      if (!caught) await link(taken, guard).catch(() => undefined);
       await unlink(taken).catch(() => undefined);
+      return caught;
     } finally {
       // The guard these claims were for is gone for good, so they guard nothing any more.
       await Promise.all(claims.map((claim) => unlink(claim).catch(() => undefined)));
@@ -433,7 +447,7 @@ export class FileCache implements TokenCache {
 
   /** Whether the leftovers of `path` are due for a sweep, noting that one runs now. */
   #sweepDue(path: string): boolean {
-    const now = Date.now();
+    const now = performance.now();
     const last = this.#swept.get(path);
     if (last !== undefined && now - last < this.#guardStaleMs) return false;
     // Bounded: past this many keys written within guardStaleMs, forgetting costs only an early sweep.

@@ -1,5 +1,5 @@
 import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -159,6 +159,19 @@ describe('FileCache on disk', () => {
     expect(statSync(join(dir, 'absent')).mode & 0o777).toBe(0o600);
     // Its temp files are gone; the other writer's guard is left to its owner.
     expect(readdirSync(dir).sort()).toEqual(['absent', 'absent~guard']);
+  });
+
+  it('an add() over a name that reads as absent but is there (a dangling symlink) replaces it, as a set() would', async () => {
+    const dir = fresh('add-over-dangling-link');
+    mkdirSync(dir);
+    const cache = new FileCache({ dir });
+    symlinkSync(join(dir, 'gone'), join(dir, 'k'));
+    // Reads as absent, like an expired or unreadable file: the next write replaces it.
+    expect(await cache.get('k')).toBeUndefined();
+    const results = await Promise.all(Array.from({ length: 4 }, (_, i) => cache.add('k', `mine-${i}`, 60)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await cache.get('k')).toBe(`mine-${results.indexOf(true)}`);
+    expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
   });
 
   it('a directory it cannot use gives ERR_WXKIT_CACHE naming the directory', async () => {
