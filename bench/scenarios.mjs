@@ -77,6 +77,10 @@ export async function stampede(env, { processes = 4, bursts = [50, 200], rounds 
       const ideal = subjects[0];
       const idealWallMs = median(ideal.samples.map((sample) => sample.cold.wallMs));
       const idealRatio = idealWallMs / median(ideal.samples.map((sample) => sample.warm.wallMs));
+      // What a cold start adds to a burst: the cold wall time less the warm one (medians), so that the
+      // subject's own cost per send, which the warm burst has too, does not count against its sharing.
+      const coldCost = (samples) => median(samples.map((sample) => sample.cold.wallMs)) - median(samples.map((sample) => sample.warm.wallMs));
+      const idealCostMs = coldCost(ideal.samples);
       for (const { library, store, ideal: isIdeal, samples } of subjects) {
         const errors = {};
         for (const { sent } of samples) for (const [label, n] of Object.entries(sent.errors)) errors[label] = (errors[label] ?? 0) + n;
@@ -100,6 +104,9 @@ export async function stampede(env, { processes = 4, bursts = [50, 200], rounds 
           // What the ideal client reached in the same rounds, and this subject's cold burst against it.
           idealRatio: round(idealRatio, 2),
           vsIdeal: round(wallMs / idealWallMs, 2),
+          // The ms a cold start adds, and how many of them are more than the ideal's.
+          coldCostMs: round(coldCost(samples)),
+          aboveIdealMs: round(coldCost(samples) - idealCostMs),
           errors,
         });
       }
@@ -113,7 +120,8 @@ export async function stampede(env, { processes = 4, bursts = [50, 200], rounds 
       'the limit: 1 upstream fetch (upstreamFetches: the most in one round; rejected and lost: all rounds); wall time (median) against the same sends ' +
       'with the token already shared (median); goal ≤ 1.3×; floorRatio: (warm + one token fetch at the mock\'s ' +
       `${LATENCY_MS} ms) / warm; idealRatio: the ideal client's cold against its warm in the same rounds (raw undici processes handed the token ` +
-      'over IPC the moment one fetch returns: no client does better here); vsIdeal: the cold burst against the ideal\'s',
+      'over IPC the moment one fetch returns: no client does better here); vsIdeal: the cold burst against the ideal\'s; coldCostMs: what ' +
+      'the cold start adds, the cold burst less the warm one; aboveIdealMs: that, less the ideal\'s',
     rows,
   };
 }
