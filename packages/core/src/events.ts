@@ -43,7 +43,7 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   /** OpenPlatform: a component_verify_ticket push was decrypted and stored. */
   'component_verify_ticket.received': ComponentVerifyTicketReceivedEvent;
   /** OpenPlatform: an account authorized the component; its first tokens are stored. */
-  'authorizer.authorized': AuthorizerEvent;
+  'authorizer.authorized': AuthorizerAuthorizedEvent;
   /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */
   'authorizer_refresh_token.rotated': AuthorizerEvent;
   /** OpenPlatform: the durable store did not take a new refresh token; the next refresh asks WeChat for it again. */
@@ -70,6 +70,14 @@ export interface ComponentVerifyTicketReceivedEvent extends TokenEventBase {
 export interface AuthorizerEvent extends TokenEventBase {
   /** The authorizer's appId. */
   authorizerAppId: string;
+}
+
+/** `authorizer.authorized`. */
+export interface AuthorizerAuthorizedEvent extends AuthorizerEvent {
+  /** The cache took the access token api_query_auth handed out. */
+  stored: boolean;
+  /** The cache kept a token fetched later instead (a client of the account refreshed meanwhile). */
+  keptNewer: boolean;
 }
 
 /** `authorizer_refresh_token.recovered`. */

@@ -27,6 +27,7 @@ export type {
   CacheFallbackUnusableEvent,
   ComponentVerifyTicketReceivedEvent,
   AuthorizerEvent,
+  AuthorizerAuthorizedEvent,
   AuthorizerRefreshTokenRecoveredEvent,
 } from './events.js';
 export {

@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MemoryCache, OpenPlatform, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
+import { MemoryCache, OpenPlatform, type AuthorizerAuthorizedEvent, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
 import { refreshOrigin } from '../src/open-platform/open-platform.js';
 import { componentOptions, storeVerifyTicket } from './helpers.js';
 
@@ -368,6 +368,8 @@ describe('handleAuthorization while another process refreshes the same authorize
       // The refresher's clock runs 2 s ahead, so that its fetch is dated later than api_query_auth
       // whatever second both fall in (the entries are dated to the second).
       const s = await scenario({ refresherClockAheadMs: 2_000 });
+      const authorizedEvents: AuthorizerAuthorizedEvent[] = [];
+      s.admin.on('authorizer.authorized', (event) => authorizedEvents.push(event));
       const adminHeld = s.adminStore.hold(settledRecord);
       const granted = s.reauthorize();
       const authorized = outcome(s.admin.handleAuthorization(granted.code));
@@ -379,6 +381,7 @@ describe('handleAuthorization while another process refreshes the same authorize
       adminHeld.release();
       expect(await authorized).toBe('ok');
       expect(await s.accessToken()).toBe(refreshed);
+      expect(authorizedEvents).toEqual([expect.objectContaining({ authorizerAppId: s.appId, stored: false, keptNewer: true })]);
       await s.check();
       await s.close();
     });

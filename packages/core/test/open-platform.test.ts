@@ -5,9 +5,11 @@ import {
   MemoryCache,
   OpenPlatform,
   easyWeChat6,
+  nativeSchema,
   silenceper,
   wxJava,
   type ClientEvent,
+  type KeySchema,
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
@@ -246,6 +248,25 @@ describe('authorizers', () => {
     expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!).authorizer_refresh_token).toBe(
       mock.authorizerRefreshToken(grant.authorizerAppId),
     );
+  });
+
+  it("an authorization hands the schema the access token and its life, never api_query_auth's refresh token", async () => {
+    const s = setup();
+    await withTicket(s);
+    const base = nativeSchema();
+    const responses: unknown[] = [];
+    // A format that stores WeChat's answer, as some peers' ticket formats do.
+    const schema: KeySchema = Object.assign(Object.create(base) as KeySchema, {
+      encode: (...args: Parameters<KeySchema['encode']>) => {
+        if (String(args[4]?.key).includes(':authorizer_access_token:')) responses.push(args[4]?.response);
+        return base.encode(...args);
+      },
+    });
+    const open = s.make({ schema });
+    const appId = await authorized(s, open);
+    expect(responses).toHaveLength(1);
+    expect(JSON.stringify(responses)).not.toContain(mock.authorizerRefreshToken(appId)!);
+    expect(responses[0]).toMatchObject({ authorizer_access_token: expect.any(String), expires_in: expect.any(Number) });
   });
 
   it('clients are made on first use, reused, and closed beyond maxClients', async () => {

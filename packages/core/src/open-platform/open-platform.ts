@@ -289,15 +289,30 @@ export class OpenPlatform {
     await this.#storeAuthorization(authorizerAppId, refresh);
     const key = this.#key('authorizer_access_token', authorizerAppId);
     const core = this.#core;
-    // Written as a refresh writes it: never over a token fetched after api_query_auth was asked (a
-    // client of the account refreshed meanwhile), through the guarded store (bounded by cacheTimeoutMs,
-    // a CacheError on failure).
-    const entries = new EntryStore({ key, field: 'access_token', schema: core.schema, label: 'authorizer_access_token', appId: authorizerAppId, logKey: key, log: core.log, now: core.settings.now });
-    await entries.write(core.store, entries.encode(fetched, startedAt, core.writer));
+    // Written as a refresh writes it: never over a token dated later than api_query_auth's ask (a client
+    // of the account refreshed meanwhile), through the guarded store (bounded by cacheTimeoutMs, a
+    // CacheError on failure). A format that records no date (the peers') is overwritten, as the peers'
+    // own authorizations do. Only the token and its life reach the schema: the answer also holds the
+    // refresh token, which belongs in the durable store alone.
+    const entries = new EntryStore({
+      key,
+      field: 'access_token',
+      schema: core.schema,
+      label: 'authorizer_access_token',
+      appId: authorizerAppId,
+      logKey: core.schema.redactKey?.(key) ?? key,
+      log: core.log,
+      now: core.settings.now,
+    });
+    const token: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
+    const written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
-    this.#core.log.info({ event: 'authorizer.authorized', appId: this.appId, authorizerAppId }, 'An account authorized the component');
+    this.#core.log.info(
+      { event: 'authorizer.authorized', appId: this.appId, authorizerAppId, stored: written.stored, keptNewer: written.entry.value !== fetched.value },
+      'An account authorized the component',
+    );
     return { authorizerAppId, funcInfo };
   }
 
