@@ -332,7 +332,8 @@ export class FileCache implements TokenCache {
     }
     try {
       // A guard broken is a writer that died: what else it left is swept at once.
-      if (broke || this.#sweepDue(path)) await this.#sweep(path, mine);
+      const due = this.#sweepDue(path);
+      if (broke || due) await this.#sweep(path, mine);
       return await fn();
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the

@@ -172,7 +172,7 @@ export interface EasyWeChat4Options {
  */
 export function easyWeChat4(options: EasyWeChat4Options = {}): KeySchema {
   const name = 'easyWeChat4';
-  assertOptionsObject(name, options, ['prefix', 'store', 'marshaller', 'legacyTtl']);
+  assertOptionsObject(name, options, ['prefix', 'store', 'marshaller', 'legacyTtl'] satisfies Array<keyof EasyWeChat4Options>);
   const prefix = options.prefix ?? '';
   if (typeof prefix !== 'string') throw invalidOption(name, 'prefix', 'a string', prefix);
   const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
@@ -253,7 +253,7 @@ export interface EasyWeChat6Options {
  */
 export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
   const name = 'easyWeChat6';
-  assertOptionsObject(name, options, ['prefix', 'store', 'marshaller']);
+  assertOptionsObject(name, options, ['prefix', 'store', 'marshaller'] satisfies Array<keyof EasyWeChat6Options>);
   const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
   const schema = easyWeChat6Like(name, options, (token, key) => php.write(token, key), (raw, key) => {
     const parsed = php.read(raw, key);
@@ -326,7 +326,7 @@ export interface WechatpyOptions {
  */
 export function wechatpy(options: WechatpyOptions = {}): KeySchema {
   const name = 'wechatpy';
-  assertOptionsObject(name, options, ['prefix']);
+  assertOptionsObject(name, options, ['prefix'] satisfies Array<keyof WechatpyOptions>);
   const prefix = options.prefix ?? 'wechatpy';
   if (typeof prefix !== 'string' || prefix.length === 0) throw invalidOption(name, 'prefix', 'a non-empty string', prefix);
   const id = (subject: KeySubject) => (subject.kind === 'work' ? subject.corpId : subject.appId);
@@ -367,7 +367,7 @@ export interface SilenceperOptions {
  */
 export function silenceper(options: SilenceperOptions = {}): KeySchema {
   const name = 'silenceper';
-  assertOptionsObject(name, options, ['store']);
+  assertOptionsObject(name, options, ['store'] satisfies Array<keyof SilenceperOptions>);
   const store = optionalChoice(name, options, 'store', ['redis', 'memcached'], 'redis');
   const stableKeys = new Set<string>();
   return withOpenPlatform({
@@ -427,7 +427,7 @@ export interface WxJavaOptions {
  */
 export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const name = 'wxJava';
-  assertOptionsObject(name, options, ['keyPrefix', 'redisOps', 'openKeyPrefix']);
+  assertOptionsObject(name, options, ['keyPrefix', 'redisOps', 'openKeyPrefix'] satisfies Array<keyof WxJavaOptions>);
   const redisOps = optionalChoice(name, options as Record<string, unknown>, 'redisOps', ['redisTemplate', 'jedis', 'redisson'], 'redisTemplate');
   const keyPrefix = options.keyPrefix ?? 'wx';
   if (typeof keyPrefix !== 'string' || keyPrefix.length === 0) throw invalidOption(name, 'keyPrefix', 'a non-empty string', keyPrefix);
