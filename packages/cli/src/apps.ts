@@ -30,6 +30,10 @@ export function resolveSchema(options: { profile?: string; profileOptions?: stri
     }
   }
   if (name === 'native') return nativeSchema({ ...(options.prefix === undefined ? {} : { prefix: options.prefix }), ...parsed });
+  // Dropped without a word, it would point the command at keys the peer never uses.
+  if (options.prefix !== undefined) {
+    throw new ConfigError(`--prefix is the native schema's; give ${name}'s in --profile-options, e.g. '{"prefix":"think:"}' (the option names are the profile's)`, 'prefix');
+  }
   return (core as unknown as Record<string, (options: object) => KeySchema>)[name]!(parsed);
 }
 

@@ -160,6 +160,13 @@ describe('wxkit token', () => {
     const unknown = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'laravel-magic']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('--profile must be one of native, easyWeChat4');
+    // A prefix for a profile goes in its options; given on its own, or misspelt there, it is a usage error.
+    const stray = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'easyWeChat4', '--prefix', 'think:']);
+    expect(stray.code).toBe(2);
+    expect(stray.stderr).toContain("--prefix is the native schema's; give easyWeChat4's in --profile-options");
+    const misspelt = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'easyWeChat4', '--profile-options', '{"prefx":"think:"}']);
+    expect(misspelt.code).toBe(2);
+    expect(misspelt.stderr).toContain('easyWeChat4 options.prefx is not an option (did you mean prefix?)');
   });
 
   it('exit codes: WeChat refused 6, usage 2, store down 3, no token without a secret 5', async () => {
