@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
+import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   MemoryCache,
@@ -248,6 +249,40 @@ describe('authorizers', () => {
     expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!).authorizer_refresh_token).toBe(
       mock.authorizerRefreshToken(grant.authorizerAppId),
     );
+  });
+
+  it("an api_query_auth answer whose access token is unusable still stores the refresh token: the account is authorized, its first send fetches one", async () => {
+    const s = setup();
+    await withTicket(s);
+    // WeChat's answer as it reaches the client: expires_in a string, the bytes as many as before.
+    const rewritten = new Agent().compose((dispatch) => (options, handler) => {
+      if (!String(options.path).includes('cgi-bin/component/api_query_auth')) return dispatch(options, handler);
+      const rewrite = (chunk: Buffer) => Buffer.from(chunk.toString('latin1').replace('"expires_in":7200', '"expires_in":"72"'), 'latin1');
+      const wrapped = new Proxy(handler, {
+        get(target, name, receiver) {
+          const value = Reflect.get(target, name, receiver) as unknown;
+          if (typeof value !== 'function') return value;
+          if (name === 'onResponseData') return (controller: unknown, chunk: Buffer) => value.call(target, controller, rewrite(chunk));
+          if (name === 'onData') return (chunk: Buffer) => value.call(target, rewrite(chunk));
+          return value.bind(target);
+        },
+      });
+      return dispatch(options, wrapped);
+    });
+    const open = s.make({ dispatcher: rewritten });
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(s.component.appId, { preAuthCode });
+    const error = await rejection(open.handleAuthorization(grant.authorizationCode));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
+    expect(error.message).toContain('the account is authorized (its refresh token is stored)');
+    const record = JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
+    // Another process, which never saw the authorization, sends for the account: one refresh, no 61023.
+    const other = s.make();
+    await send(other, grant.authorizerAppId);
+    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+    expect(mock.counters(grant.authorizerAppId).errcodes['61023']).toBeUndefined();
+    await rewritten.close();
   });
 
   it("an authorization hands the schema the access token and its life, never api_query_auth's refresh token", async () => {

@@ -258,7 +258,9 @@ export class OpenPlatform {
   /**
    * Completes an authorization (`auth_code` from the redirect, or `AuthorizationCode` from an
    * `authorized` push) with api_query_auth: the authorizer's refresh token goes to the durable store
-   * first, then its access token to the cache.
+   * first, then its access token to the cache. An answer whose access token is unusable rejects with a
+   * BadResponseError only after the refresh token is stored: the account is authorized, and its first
+   * call fetches an access token.
    *
    * Another process may be refreshing the account's token meanwhile (an admin who authorizes again, or
    * a client used as soon as the `authorized` push arrived). The refresh token is written as a
@@ -285,8 +287,19 @@ export class OpenPlatform {
     if (!info || typeof authorizerAppId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
       throw new BadAnswer(path);
     }
-    const fetched = validateFetched(info, 'authorizer_access_token', path);
+    // The refresh token first: the authorization code is spent, and the account's only way back
+    // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
     await this.#storeAuthorization(authorizerAppId, refresh);
+    let fetched: Fetched;
+    try {
+      fetched = validateFetched(info, 'authorizer_access_token', path);
+    } catch (error) {
+      if (!(error instanceof BadResponseError)) throw error;
+      throw new BadResponseError(
+        `${error.message}; the account is authorized (its refresh token is stored), and its first call fetches an access token`,
+        { path, cause: error },
+      );
+    }
     const key = this.#key('authorizer_access_token', authorizerAppId);
     const core = this.#core;
     // Written as a refresh writes it: never over a token dated later than api_query_auth's ask (a client
