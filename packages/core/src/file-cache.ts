@@ -83,7 +83,7 @@ export class FileCache implements TokenCache {
   readonly #watchers = new Map<string, Set<() => void>>();
   #dirWatch: FSWatcher | undefined;
   /**
-   * When this process last swept each key's leftovers (real clock). A sweep reads the whole directory,
+   * When this process last swept each key's leftovers. A sweep reads the whole directory,
    * which holds every account's files, so it runs at a key's first guarded write, then at most once per
    * guardStaleMs (nothing younger may be swept unless its process is gone), and after breaking a guard.
    * On the monotonic clock, so that a step of the wall clock neither stops sweeps nor forces them.
