@@ -63,8 +63,8 @@ interface Served {
   client: WeChatClient & { jssdk?: { getTicket(type: never): Promise<string> } };
   /** Unix seconds at which the last token this service handed out or checked expires. */
   tokenExpiresAt: number | undefined;
-  /** The last reported token whose report replaced the token, and when (unix ms). */
-  invalidated?: { token: string; at: number };
+  /** When (unix ms) a report last made this instance replace the token: the spacing's clock for an entry without fetched_at. */
+  replacedAt?: number;
   /** Asks WeChat whether it still takes `token`; see {@link tokenWorks}. */
   tokenWorks(token: string): Promise<boolean | undefined>;
   /** The check under way per token, so concurrent reports of one token make one call. */
@@ -79,9 +79,10 @@ const TICKET_TYPES: Record<AppRef['kind'], readonly string[]> = {
 };
 
 /**
- * After a report replaced an app's token, a report of the new one within this long is checked with
- * WeChat before it is acted on: unchecked replacements stay at 1,440 a day per service at most, under
- * the classic endpoint's daily quota of 2,000 fetches.
+ * A report of a token fetched less than this long ago is checked with WeChat before it is acted on:
+ * unchecked replacements stay at 1,440 a day per app at most, under the classic endpoint's daily quota of
+ * 2,000 fetches, however many instances of the service share the store (the entry's fetched_at says when
+ * the token was fetched; without one, per instance).
  */
 const INVALIDATE_SPACING_MS = 60_000;
 
@@ -184,6 +185,11 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     const entry = await target.client.accessToken.getEntry();
     target.tokenExpiresAt = entry.expiresAt ?? Math.floor(Date.now() / 1000) + 60;
     return entry;
+  };
+  /** The app's entry as the store holds it now, past the client's memory of it; undefined when there is none. */
+  const storedEntry = async (target: Served): Promise<StoredEntry | undefined> => {
+    const raw = await cache.get(target.client.accessToken.cacheKey);
+    return raw === undefined ? undefined : schema.decode('access_token', raw);
   };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
@@ -305,14 +311,26 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         const body = await readBody(req);
         const token = body.token;
         if (typeof token !== 'string' || token.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"token":"…"}, the token WeChat rejected');
-        // After a report replaced the token, a report of the new one within the spacing is checked with
-        // WeChat first: a client that reports every token it gets (a loop) costs a harmless call, not a
-        // token fetch, while a token WeChat really rejected (another program fetched) is replaced at once.
-        const last = target.invalidated;
+        // A report of a token replaced less than the spacing ago is checked with WeChat first: a client
+        // that reports every token it gets (a loop) costs a harmless call, not a token fetch, while a token
+        // WeChat really rejected (another program fetched) is replaced at once. The entry's fetched_at says
+        // when the token was replaced, by whichever instance of the service (or other program) fetched it,
+        // so the spacing holds for the whole fleet; an entry written without it (the key schema leaves it
+        // optional) falls back to this instance's own last replacement.
+        let before = await entryOf(target);
+        if (before.value !== token) {
+          // This instance's memory of the token (a second at most) may be older than the token reported:
+          // another instance replaced it. The store says which is current; a report of an older token
+          // is answered with the store's, which costs no fetch.
+          const stored = await withinDeadline(storedEntry(target), STORE_READ_TIMEOUT_MS);
+          if (stored !== undefined) {
+            if (stored.value !== token) return sendEntry(res, 'access_token', stored);
+            before = stored;
+          }
+        }
         const now = Date.now();
-        if (last && last.token !== token && now - last.at < INVALIDATE_SPACING_MS) {
-          const current = await entryOf(target);
-          if (current.value !== token) return sendEntry(res, 'access_token', current);
+        const replacedAt = before.value !== token ? undefined : before.fetchedAt !== undefined ? before.fetchedAt * 1000 : target.replacedAt;
+        if (replacedAt !== undefined && now - replacedAt < INVALIDATE_SPACING_MS) {
           const checks = (target.checks ??= new Map());
           let check = checks.get(token);
           if (!check) {
@@ -320,23 +338,22 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
             checks.set(token, check);
           }
           const works = await check;
-          if (works === true) return sendEntry(res, 'access_token', current);
+          if (works === true) return sendEntry(res, 'access_token', before);
           if (works === undefined) {
-            const seconds = Math.ceil((last.at + INVALIDATE_SPACING_MS - now) / 1000);
+            const seconds = Math.max(1, Math.ceil((replacedAt + INVALIDATE_SPACING_MS - now) / 1000));
             throw new Problem(
               429,
               'invalidate_spaced',
-              `the token was replaced less than ${INVALIDATE_SPACING_MS / 1000} s ago after another report, and WeChat could not say whether it takes this one; the service replaces it again in ${seconds} s at the earliest`,
+              `the token was fetched less than ${INVALIDATE_SPACING_MS / 1000} s ago, and WeChat could not say whether it takes it; the service replaces it in ${seconds} s at the earliest`,
               { retryAfterSeconds: seconds },
               { 'retry-after': String(seconds) },
             );
           }
         }
-        const before = await entryOf(target);
         // Token-scoped: the entry is replaced only if it still holds this token.
         await target.client.accessToken.invalidate(token);
         const after = await entryOf(target);
-        if (after.value !== before.value) target.invalidated = { token, at: now };
+        if (after.value !== before.value) target.replacedAt = now;
         return sendEntry(res, 'access_token', after);
       }
       if (rest.length !== 0) throw new Problem(404, 'not_found', 'no such endpoint under /v1/token/{app}: only /invalidate');

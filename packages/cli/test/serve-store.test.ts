@@ -129,7 +129,12 @@ describe('POST /v1/token/{app}/invalidate', () => {
     try {
       const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
       expect(fetches()).toBe(1);
-      // WeChat rejected it: one fetch, the new token in the answer; the same report again costs nothing.
+      // Fetched a moment ago and WeChat still takes it: checked, answered as it is, no fetch.
+      expect((await report(first)).body.access_token).toBe(first);
+      expect(fetches()).toBe(1);
+      // WeChat rejected it (a program outside the fleet fetched): one fetch, the new token in the
+      // answer; the same report again costs nothing.
+      mock.invalidateTokens(appId);
       const second = (await report(first)).body.access_token!;
       expect(second).not.toBe(first);
       expect((await report(first)).body.access_token).toBe(second);
@@ -155,6 +160,85 @@ describe('POST /v1/token/{app}/invalidate', () => {
       expect(third.body.access_token).not.toBe(second);
       expect(mock.isTokenValid(appId, third.body.access_token!)).toBe(true);
       expect(fetches()).toBe(3);
+    } finally {
+      await service.close();
+    }
+  });
+
+  it('the spacing holds across instances of the service sharing the store: a client that reports every token it gets, to each in turn, costs one fetch', async () => {
+    const KEY = 'invalidate-fleet-key-0123456789ab';
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const start = () => startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const services = [await start(), await start()];
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const report = async (url: string, token: string) => {
+      const res = await fetch(`${url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+      return ((await res.json()) as { access_token: string }).access_token;
+    };
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      let token = ((await (await fetch(`${services[0]!.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      mock.invalidateTokens(appId);
+      token = await report(services[0]!.url, token);
+      expect(fetches()).toBe(2);
+      // Each instance in turn hears of the token the other one fetched: no instance replaced it itself.
+      for (let i = 0; i < 6; i += 1) token = await report(services[i % 2]!.url, token);
+      expect(fetches()).toBe(2);
+      expect(mock.isTokenValid(appId, token)).toBe(true);
+    } finally {
+      await Promise.all(services.map((service) => service.close()));
+    }
+  });
+
+  it("an entry without fetched_at (another implementation's) is spaced by the instance's own last replacement", async () => {
+    const KEY = 'invalidate-undated-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    // A store whose token entries read back as an implementation that leaves out the informative
+    // fetched_at writes them: every write of the entry drops it.
+    const undated = (key: string, value: string) => {
+      if (!key.startsWith('wechat:access_token:')) return value;
+      const { fetched_at: _dropped, ...rest } = JSON.parse(value) as Record<string, unknown>;
+      return JSON.stringify(rest);
+    };
+    class Undated extends MemoryCache {
+      override set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        return super.set(key, undated(key, value), ttlSeconds);
+      }
+      override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return super.add(key, undated(key, value), ttlSeconds);
+      }
+      override compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return super.compareAndSet(key, expected, undated(key, value), ttlSeconds);
+      }
+    }
+    const service = await startTokenService({ cache: new Undated(), apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const report = async (token: string) => {
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+      return (await res.json()) as { access_token: string; fetched_at?: number };
+    };
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      mock.invalidateTokens(appId);
+      const second = (await report(first)).access_token;
+      expect(second).not.toBe(first);
+      expect(fetches()).toBe(2);
+      // Once the service's memory of the token (a second) is past, it reads the entry back from the
+      // store, where nothing says when it was fetched. This instance's report replaced it a moment ago,
+      // so a report of it is checked with WeChat, which takes it.
+      const get = async () => (await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string; fetched_at?: number };
+      for (let answer = await get(); answer.fetched_at !== undefined; answer = await get()) {
+        expect(answer.access_token).toBe(second);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      for (let i = 0; i < 3; i += 1) {
+        const answer = await report(second);
+        expect(answer.access_token).toBe(second);
+        expect(answer.fetched_at).toBeUndefined();
+      }
+      expect(fetches()).toBe(2);
     } finally {
       await service.close();
     }
