@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { OfficialAccount, easyWeChat4, easyWeChat6, type KeySchema } from '@wxkit/core';
+import { OfficialAccount, OpenPlatform, easyWeChat4, easyWeChat6, type KeySchema } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
 import { startMockWeChat, startRedis, type MockApp, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { IGBINARY_HEADER, expectOneEntryAfterPeerRefresh, expectPeerReadsAndSends, gatedPhpPeer, nodeMessage, phpPeer, rawHex, type PhpPeerOptions } from './helpers.js';
@@ -148,5 +148,45 @@ describe('the auto marshaller on a stock Debian PHP (igbinary)', () => {
     await client.templateMessage.send(nodeMessage);
     expect(await client.accessToken.getToken()).toBe(after);
     expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 3, templateSends: 1 });
+  });
+});
+
+describe.each([
+  { marshaller: 'stock', wxkit: 'igbinary' },
+  { marshaller: 'serialize', wxkit: 'php-serialize' },
+] as const)('EasyWeChat 6 open platform on Symfony RedisAdapter, $marshaller marshaller', ({ marshaller, wxkit }) => {
+  it("an authorizer's token wxkit refreshed is what EasyWeChat 6's getAuthorizerAccessToken() finds: no refresh of its own, its sends go through", async () => {
+    const component = mock.createComponent();
+    const cache = new RedisCache(redis.url);
+    caches.push(cache);
+    const open = new OpenPlatform({
+      appId: component.appId,
+      secret: component.secret,
+      token: component.token,
+      encodingAESKey: component.encodingAESKey,
+      baseUrl: mock.url,
+      cache,
+      durableStore: cache,
+      logger: false,
+      schema: easyWeChat6({ prefix: wxkitPrefix('6'), marshaller: wxkit }),
+    });
+    try {
+      // The verify ticket where EasyWeChat 6's VerifyTicket keeps it, as its push handler would have stored it.
+      const ticket = mock.issueVerifyTicket(component.appId);
+      await cache.set(`${wxkitPrefix('6')}open_platform.verify_ticket.${component.appId}`, `s:${ticket.length}:"${ticket}";`, 3600);
+      const { preAuthCode } = await open.createPreAuthCode();
+      const grant = mock.authorize(component.appId, { preAuthCode });
+      const { authorizerAppId: a } = await open.handleAuthorization(grant.authorizationCode);
+      const token = await open.officialAccount(a).accessToken.forceRefresh();
+      expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+
+      // The PHP side is given the refresh token its own database holds, as EasyWeChat's caller passes it.
+      const php = { redis: address(), sdk: '6', store: 'symfony', marshaller, prefix: NAMESPACE['6'], appid: a, secret: '', baseUrl: mock.url } as const;
+      const figures = await phpPeer(php, 'authorizer-send', a, mock.authorizerRefreshToken(a)!, component.appId, '2');
+      expect(figures).toEqual({ token, sent: 2, failed: 0, fetches: 0, unparseable: 0 });
+      expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2, rejectedCalls: 0 });
+    } finally {
+      await open.close();
+    }
   });
 });

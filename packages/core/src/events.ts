@@ -1,3 +1,4 @@
+import type { CacheErrorReason } from './errors.js';
 /**
  * The events a client emits, each with its payload: `app.on(name, listener)` is typed by this map.
  *
@@ -56,6 +57,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
    * out) and left it alone: it never writes back a refresh token WeChat may have rotated away since.
    */
   'authorizer_refresh_token.superseded': AuthorizerEvent;
+  /**
+   * OpenPlatform on a profile whose peer keeps its own copy of an authorizer's token (EasyWeChat 6): the
+   * store did not take wxkit's copy; the peer fetches one of its own.
+   */
+  'authorizer_access_token.copy_failed': AuthorizerCopyFailedEvent;
   /** OpenPlatform: the durable store is a memcached, which evicts; refresh tokens may be lost. */
   'durable_store.evictable': TokenEventBase;
 };
@@ -78,6 +84,12 @@ export interface AuthorizerAuthorizedEvent extends AuthorizerEvent {
   stored: boolean;
   /** The cache kept a token fetched later instead (a client of the account refreshed meanwhile). */
   keptNewer: boolean;
+}
+
+/** `authorizer_access_token.copy_failed`. */
+export interface AuthorizerCopyFailedEvent extends AuthorizerEvent {
+  /** Why the store refused, when it could tell. */
+  reason?: CacheErrorReason;
 }
 
 /** `authorizer_refresh_token.recovered`. */

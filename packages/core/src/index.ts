@@ -29,6 +29,7 @@ export type {
   AuthorizerEvent,
   AuthorizerAuthorizedEvent,
   AuthorizerRefreshTokenRecoveredEvent,
+  AuthorizerCopyFailedEvent,
 } from './events.js';
 export {
   ClientPool,

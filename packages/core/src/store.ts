@@ -260,9 +260,33 @@ export class GuardedStore {
 
   /** @internal Sends a call whatever the breaker says: the probe, and calls made before it opened. */
   async send<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+    try {
+      const result = await this.#bounded(op, run);
+      if (this.#health.down) this.#health.recovered(op);
+      return result;
+    } catch (error) {
+      this.#health.failed(this, op, key, error as CacheError);
+      throw error;
+    }
+  }
+
+  /**
+   * A write beside the token protocol (a peer SDK's own copy of a token): bounded by cacheTimeoutMs like
+   * any call and not sent while the store is taken for down, but its failure is its caller's alone: it
+   * does not take the store for down for every client (on a Redis Cluster the copy's key may live on
+   * another shard than the entries the clients use).
+   */
+  setBeside(key: string, value: string, ttlSeconds: number): Promise<void> {
+    if (this.#health.down) return Promise.reject(new CacheError('The token store is down; set was not sent (wxkit probes it in the background)'));
+    if (!isBinaryString(value)) return Promise.reject(new CacheError(`The value for set ${this.#redact(key)} is no binary string`, { reason: 'value' }));
+    return this.#bounded('set', () => this.cache.set(key, value, ttlSeconds));
+  }
+
+  /** `run`, rejected with a CacheError when it fails or has not settled within cacheTimeoutMs. */
+  async #bounded<T>(op: string, run: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
-      const result = await Promise.race([
+      return await Promise.race([
         Promise.resolve().then(run),
         new Promise<never>((_, reject) => {
           timer = setTimeout(
@@ -277,13 +301,8 @@ export class GuardedStore {
           timer.unref?.();
         }),
       ]);
-      if (this.#health.down) this.#health.recovered(op);
-      return result;
     } catch (error) {
-      const wrapped =
-        error instanceof CacheError ? error : new CacheError(`The token store failed on ${op}`, { cause: error });
-      this.#health.failed(this, op, key, wrapped);
-      throw wrapped;
+      throw error instanceof CacheError ? error : new CacheError(`The token store failed on ${op}`, { cause: error });
     } finally {
       if (timer) clearTimeout(timer);
     }

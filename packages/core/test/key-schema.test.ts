@@ -88,6 +88,22 @@ describe('docs/key-schema.md test vectors', () => {
     }
   });
 
+  it("EasyWeChat 6's copy of an authorizer token: key, value and TTL", () => {
+    const rows = table("EasyWeChat 6's copy of an authorizer token");
+    expect(rows).toHaveLength(2);
+    for (const row of rows) {
+      const schema = easyWeChat6(JSON.parse(row.options!) as never);
+      const key = schema.openPlatformTokenCopyKey?.('wxc0a1b2c3d4e5f601', 'wx4202f388888ab123', row['refresh token']!);
+      expect(key, row.options).toBe(row.key);
+      expect(schema.encode('access_token', 'TOKEN123', 7200, 1763996400)).toBe(row['stored value']);
+      expect(schema.ttlSeconds(7200, 'access_token', key)).toBe(Number(row.ttl));
+    }
+    // The other profiles keep no such copy.
+    for (const schema of [easyWeChat4(), wxJava(), silenceper(), nativeSchema()]) {
+      expect(schema.openPlatformTokenCopyKey?.('wxc0a1b2c3d4e5f601', 'wx4202f388888ab123', 'REFRESH123')).toBeUndefined();
+    }
+  });
+
   it('open-platform values, byte for byte', () => {
     const rows = table('Open-platform values');
     expect(rows).toHaveLength(5);

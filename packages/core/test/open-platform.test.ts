@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { Agent } from 'undici';
@@ -14,7 +15,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, rejection, storeVerifyTicket } from './helpers.js';
+import { componentOptions, recordingLogger, rejection, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -365,6 +366,62 @@ describe('on a compatibility profile', () => {
     const token = await open.componentAccessToken();
     expect(await s.cache.get(`think:open_platform.component_access_token.${c}`)).toBe(phpString(token));
     expect(mock.counters(c).componentTokenRequests).toBe(1);
+  });
+
+  it("easyWeChat6: an authorizer's access token is also copied where EasyWeChat 6's getAuthorizerAccessToken() looks (md5 of the refresh token), at authorization and at every refresh", async () => {
+    const s = setup();
+    await s.durable.set(`think:open_platform.verify_ticket.${s.component.appId}`, phpString(mock.issueVerifyTicket(s.component.appId)), 3600);
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const a = await authorized(s, open);
+    const copy = (refreshToken: string) => `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`;
+    const client = open.officialAccount(a);
+    // The token api_query_auth handed out, copied under the refresh token it came with.
+    const first = await client.accessToken.getToken();
+    const authorizedWith = mock.authorizerRefreshToken(a)!;
+    expect(await s.cache.get(copy(authorizedWith))).toBe(phpString(first));
+    expect(mock.counters(a).authorizerTokenRequests).toBe(0);
+    // A refresh writes the new token there too, for EasyWeChat's expires_in − 500 s.
+    const second = await client.accessToken.forceRefresh();
+    expect(second).not.toBe(first);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+    const now = mock.authorizerRefreshToken(a)!;
+    expect(await s.cache.get(copy(now))).toBe(phpString(second));
+    expect(await s.cache.get(copy(authorizedWith))).toBe(phpString(second));
+    const ttl = (await s.cache.ttlMs(copy(now)))!;
+    expect(ttl).toBeGreaterThan(6_690_000);
+    expect(ttl).toBeLessThanOrEqual(6_700_000);
+    // wxkit's own entry is where it was, with its own TTL.
+    expect(await s.cache.get(`wechat:authorizer_access_token:${s.component.appId}:${a}`)).toBe(phpString(second));
+  });
+
+  it("easyWeChat6: a store that refuses the copy for EasyWeChat costs a warning, not the refresh", async () => {
+    const s = setup();
+    await s.durable.set(`open_platform.verify_ticket.${s.component.appId}`, phpString(mock.issueVerifyTicket(s.component.appId)), 3600);
+    class NoCopies extends MemoryCache {
+      refused = 0;
+      override set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        if (!key.includes('open-platform.authorizer_access_token.')) return super.set(key, value, ttlSeconds);
+        this.refused += 1;
+        return Promise.reject(new Error('READONLY You can\'t write against a read only replica.'));
+      }
+    }
+    const cache = new NoCopies();
+    const logger = recordingLogger();
+    const open = s.make({ schema: easyWeChat6(), cache, logger });
+    const a = await authorized(s, open);
+    const authorizedWith = mock.authorizerRefreshToken(a);
+    const token = await open.officialAccount(a).accessToken.forceRefresh();
+    // One copy for the authorization, one per refresh token of the refresh (two when WeChat rotated it).
+    const copies = 1 + (mock.authorizerRefreshToken(a) === authorizedWith ? 1 : 2);
+    expect(mock.isTokenValid(a, token)).toBe(true);
+    await send(open, a);
+    // No refused copy took the store for down: the send read the refreshed token from it, and nothing
+    // was fetched twice.
+    expect(cache.refused).toBe(copies);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+    const warnings = logger.lines.filter((line) => (line.fields as { event?: string }).event === 'authorizer_access_token.copy_failed');
+    expect(warnings).toHaveLength(copies);
+    expect(JSON.stringify(warnings)).not.toContain(mock.authorizerRefreshToken(a)!);
   });
 
   it('silenceper: the component token bare under component_access_token_{appid}, the ticket under wxkit\'s key', async () => {

@@ -126,6 +126,8 @@ const REFRESH_HTTP_CALLS = 4;
 // many attempts, each such a compare-and-set and a read that checks whether an attempt whose answer
 // was lost went through.
 const REFRESH_DURABLE_CALLS = 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
+// Cache writes on that path: a peer's copies of the new token (the refresh token used, and the new one).
+const REFRESH_COPY_CALLS = 2;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
 
@@ -319,6 +321,9 @@ export class OpenPlatform {
     });
     const token: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
     const written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
+    const kept = written.entry;
+    const life = kept.expiresAt === undefined ? fetched.expiresIn : kept.expiresAt - Math.floor(core.settings.now() / 1000);
+    if (life > 0) await this.#copyForPeer(authorizerAppId, [refresh], kept.value, life);
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
@@ -462,7 +467,7 @@ export class OpenPlatform {
   #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
     const core = this.#core;
     return {
-      budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + REFRESH_DURABLE_CALLS * core.cacheTimeoutMs,
+      budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + (REFRESH_DURABLE_CALLS + REFRESH_COPY_CALLS) * core.cacheTimeoutMs,
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
@@ -562,6 +567,7 @@ export class OpenPlatform {
     if (next !== token) {
       this.#core.log.info({ event: 'authorizer_refresh_token.rotated', appId: this.appId, authorizerAppId }, 'WeChat handed out a new authorizer refresh token; stored it');
     }
+    await this.#copyForPeer(authorizerAppId, [token, next], fetched.value, fetched.expiresIn);
     return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
   }
 
@@ -656,6 +662,32 @@ export class OpenPlatform {
       { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId },
       'The authorization\'s refresh token could not be stored: the record kept changing under it; the next refresh asks WeChat for the current one',
     );
+  }
+
+  /**
+   * The peer's own copy of an authorizer's access token (EasyWeChat 6 keys it by the md5 of the refresh
+   * token its caller passes in), written for each refresh token given: the one the refresh used and, if
+   * WeChat rotated it, the new one. Best effort: a copy the store does not take costs the peer a refresh
+   * of its own (and wxkit one recovery from 40001), so it is logged, not thrown, and it does not take
+   * the store for down.
+   */
+  async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], value: string, expiresIn: number): Promise<void> {
+    const schema = this.#core.schema;
+    if (!schema.openPlatformTokenCopyKey) return;
+    const fetchedAt = Math.floor(this.#core.settings.now() / 1000);
+    for (const refreshToken of new Set(refreshTokens)) {
+      const key = schema.openPlatformTokenCopyKey(this.appId, authorizerAppId, refreshToken);
+      if (key === undefined) continue;
+      try {
+        await this.#core.store.setBeside(key, schema.encode('access_token', value, expiresIn, fetchedAt), schema.ttlSeconds(expiresIn, 'access_token', key));
+      } catch (error) {
+        if (!(error instanceof CacheError)) throw error;
+        this.#core.log.warn(
+          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, reason: error.reason },
+          "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own",
+        );
+      }
+    }
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */

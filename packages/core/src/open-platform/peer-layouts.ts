@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { ConfigError } from '../errors.js';
 import { phpSerialize, phpUnserialize } from '../php-serialize.js';
 import { nativeSchema, storeTtlSeconds, type KeySchema, type OpenPlatformEntry, type RecordCodec } from '../token/entry.js';
@@ -18,6 +19,8 @@ interface PeerLayout {
   ttl?(expiresIn: number, entryKey: string): number | undefined;
   /** The peer's encoding of one of its durable keys (verify ticket, refresh token). */
   record?(entryKey: string): RecordCodec | undefined;
+  /** The peer's own copy of an authorizer's access token, keyed by the refresh token its caller passes. */
+  tokenCopyKey?(componentAppId: string, authorizerAppId: string, refreshToken: string): string | undefined;
 }
 
 const native = nativeSchema();
@@ -31,6 +34,7 @@ export function withOpenPlatform(schema: KeySchema, layout: PeerLayout): KeySche
     lockKey: (entryKey) => layout.lock?.(entryKey) ?? schema.lockKey(entryKey),
     ttlSeconds: (expiresIn, field, key) => (key === undefined ? undefined : layout.ttl?.(expiresIn, key)) ?? schema.ttlSeconds(expiresIn, field, key),
     openPlatformRecord: (key) => layout.record?.(key),
+    ...(layout.tokenCopyKey ? { openPlatformTokenCopyKey: layout.tokenCopyKey } : {}),
   };
 }
 
@@ -53,20 +57,25 @@ const phpString: RecordCodec = {
 /**
  * EasyWeChat 6.15.1, `src/OpenPlatform/VerifyTicket.php` and `ComponentAccessToken.php` (`getKey`):
  * `open_platform.verify_ticket.{component}` (TTL 6000 s there) and `open_platform.component_access_token.{component}`
- * (TTL `expires_in − 100`), each the string as the PSR-16 store serialises it. Authorizer access tokens
- * are keyed `open-platform.authorizer_access_token.{authorizer}.{md5(refresh token)}` by
- * `Application::getAuthorizerAccessToken()`, from a refresh token its caller passes in, and refresh tokens
- * are the caller's to keep: both stay under wxkit's keys. EasyWeChat takes no lock.
+ * (TTL `expires_in − 100`), each the string as the PSR-16 store serialises it. `Application::getAuthorizerAccessToken()`
+ * keys an authorizer's access token `open-platform.authorizer_access_token.{authorizer}.{md5(refresh token)}`
+ * (TTL `expires_in − 500`), from the refresh token its caller passes in: wxkit keeps the token under its own
+ * key (with its lock and dates) and writes a copy there, from the refresh token it holds, so an EasyWeChat
+ * process given the same refresh token finds it. Refresh tokens are the caller's to keep: they stay under
+ * wxkit's keys. EasyWeChat takes no lock.
  */
 export function easyWeChat6OpenPlatform(prefix: string): PeerLayout {
   const ticket = (component: string) => `${prefix}open_platform.verify_ticket.${component}`;
   const token = (component: string) => `${prefix}open_platform.component_access_token.${component}`;
   const tokenKey = new RegExp(`^${escape(prefix)}open_platform\\.component_access_token\\.`);
   const ticketKey = new RegExp(`^${escape(prefix)}open_platform\\.verify_ticket\\.`);
+  const copyKey = new RegExp(`^${escape(prefix)}open-platform\\.authorizer_access_token\\.`);
   return {
     key: (entry, component) => (entry === 'component_verify_ticket' ? ticket(component) : entry === 'component_access_token' ? token(component) : undefined),
-    ttl: (expiresIn, key) => (tokenKey.test(key) ? storeTtlSeconds(expiresIn, 100) : undefined),
+    ttl: (expiresIn, key) => (tokenKey.test(key) ? storeTtlSeconds(expiresIn, 100) : copyKey.test(key) ? storeTtlSeconds(expiresIn, 500) : undefined),
     record: (key) => (ticketKey.test(key) ? phpString : undefined),
+    tokenCopyKey: (_component, authorizer, refreshToken) =>
+      `${prefix}open-platform.authorizer_access_token.${authorizer}.${createHash('md5').update(refreshToken, 'utf8').digest('hex')}`,
   };
 }
 

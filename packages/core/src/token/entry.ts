@@ -106,6 +106,13 @@ export interface KeySchema {
    * (docs/key-schema.md), which also carries the write-ahead and the push time.
    */
   openPlatformRecord?(key: string): RecordCodec | undefined;
+  /**
+   * Where a peer SDK keeps its own copy of an authorizer's access token under a key made from the refresh
+   * token its caller hands it (EasyWeChat 6): wxkit writes the token there too, encoded and with the TTL
+   * this schema gives that key, after every refresh and authorization, so the peer finds it instead of
+   * refreshing. Undefined: the peer keeps no such copy.
+   */
+  openPlatformTokenCopyKey?(componentAppId: string, authorizerAppId: string, refreshToken: string): string | undefined;
 }
 
 /** A peer's encoding of a durable open-platform entry: the value alone, nothing beside it. */
