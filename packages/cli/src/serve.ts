@@ -317,27 +317,46 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         // when the token was replaced, by whichever instance of the service (or other program) fetched it,
         // so the spacing holds for the whole fleet; an entry written without it (the key schema leaves it
         // optional) falls back to this instance's own last replacement.
+        const check = (): Promise<boolean | undefined> => {
+          const checks = (target.checks ??= new Map());
+          let pending = checks.get(token);
+          if (!pending) {
+            pending = target.tokenWorks(token).finally(() => checks.delete(token));
+            checks.set(token, pending);
+          }
+          return pending;
+        };
         let before = await entryOf(target);
-        if (before.value !== token) {
+        // Whether the report is of the token the fleet holds now (else it is answered with that one).
+        let current = before.value === token;
+        if (!current) {
           // This instance's memory of the token (a second at most) may be older than the token reported:
           // another instance replaced it. The store says which is current; a report of an older token
           // is answered with the store's, which costs no fetch.
-          const stored = await withinDeadline(storedEntry(target), STORE_READ_TIMEOUT_MS);
-          if (stored !== undefined) {
-            if (stored.value !== token) return sendEntry(res, 'access_token', stored);
-            before = stored;
+          const read = await withinDeadline(storedEntry(target).then((entry) => ({ entry })), STORE_READ_TIMEOUT_MS);
+          if (read === undefined) {
+            // The store did not answer: which token is current is unknown, and neither this instance's
+            // memory nor the reported token may be dropped on a guess. WeChat says whether it takes the
+            // reported one; only a token it rejects goes on to the token-scoped replacement below.
+            const works = await check();
+            // Its expiry is unknown here: a minute, so a client asks again soon.
+            if (works === true) return sendEntry(res, 'access_token', { value: token, expiresAt: Math.floor(Date.now() / 1000) + 60 });
+            if (works === undefined) {
+              throw new Problem(503, 'store_unavailable', 'the store did not answer, and WeChat could not say whether it takes this token; try again shortly', { retryAfterSeconds: 1 }, { 'retry-after': '1' });
+            }
+          } else if (read.entry !== undefined) {
+            if (read.entry.value !== token) return sendEntry(res, 'access_token', read.entry);
+            before = read.entry;
+            current = true;
           }
         }
         const now = Date.now();
-        const replacedAt = before.value !== token ? undefined : before.fetchedAt !== undefined ? before.fetchedAt * 1000 : target.replacedAt;
-        if (replacedAt !== undefined && now - replacedAt < INVALIDATE_SPACING_MS) {
-          const checks = (target.checks ??= new Map());
-          let check = checks.get(token);
-          if (!check) {
-            check = target.tokenWorks(token).finally(() => checks.delete(token));
-            checks.set(token, check);
-          }
-          const works = await check;
+        // When the token was fetched, by whichever instance: never later than now (a clock ahead, or a
+        // store that lies), and no earlier than this instance's own last replacement (a clock behind).
+        const fetchedAt = before.fetchedAt === undefined ? undefined : Math.min(before.fetchedAt * 1000, now);
+        const replacedAt = current ? Math.max(fetchedAt ?? -Infinity, target.replacedAt ?? -Infinity) : -Infinity;
+        if (now - replacedAt < INVALIDATE_SPACING_MS) {
+          const works = await check();
           if (works === true) return sendEntry(res, 'access_token', before);
           if (works === undefined) {
             const seconds = Math.max(1, Math.ceil((replacedAt + INVALIDATE_SPACING_MS - now) / 1000));

@@ -243,4 +243,76 @@ describe('POST /v1/token/{app}/invalidate', () => {
       await service.close();
     }
   });
+
+  it("a report of a token another instance just fetched, while this one cannot read the store: WeChat's word, not a guess", async () => {
+    const KEY = 'invalidate-unread-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    // The shared store; its reads of the token entry fail while `failing` is set (a reset connection).
+    class Flaky extends MemoryCache {
+      failing = false;
+      override get(key: string): Promise<string | undefined> {
+        if (this.failing && key.startsWith('wechat:access_token:')) return Promise.reject(new Error('read ECONNRESET'));
+        return super.get(key);
+      }
+    }
+    const cache = new Flaky();
+    const start = () => startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const [a, b] = [await start(), await start()];
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const report = async (url: string, token: string) => {
+      const res = await fetch(`${url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+      return { status: res.status, body: (await res.json()) as { access_token?: string; expires_at?: number; error?: { code: string } } };
+    };
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      const first = ((await (await fetch(`${b.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      mock.invalidateTokens(appId);
+      const second = (await report(a.url, first)).body.access_token!;
+      expect(second).not.toBe(first);
+      expect(fetches()).toBe(2);
+      cache.failing = true;
+      // B may still remember the first token; it cannot tell from the store which is current. WeChat
+      // takes the reported one: answered with it, nothing dropped, nothing fetched.
+      const answer = await report(b.url, second);
+      expect(answer.status).toBe(200);
+      expect(answer.body.access_token).toBe(second);
+      expect(answer.body.expires_at).toBeTypeOf('number');
+      // WeChat cannot say either: 503, and still nothing dropped or fetched.
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
+      const unsure = await report(b.url, second);
+      expect(unsure.status).toBe(503);
+      expect(unsure.body.error?.code).toBe('store_unavailable');
+      cache.failing = false;
+      expect(JSON.parse((await cache.get(`wechat:access_token:${appId}`))!).access_token).toBe(second);
+      expect(fetches()).toBe(2);
+    } finally {
+      cache.failing = false;
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+
+  it('a fetched_at in the future (a clock ahead, a store that lies) spaces reports for a minute at most', async () => {
+    const KEY = 'invalidate-future-key-0123456789';
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const token = mock.issueClassicToken(appId);
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(`wechat:access_token:${appId}`, JSON.stringify({ access_token: token, expires_at: now + 7200, fetched_at: now + 3600 }), 7200);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    try {
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ token }),
+      });
+      expect(res.status).toBe(429);
+      const seconds = Number(res.headers.get('retry-after'));
+      expect(seconds).toBeGreaterThan(0);
+      expect(seconds).toBeLessThanOrEqual(60);
+      expect(mock.counters(appId).classicTokenRequests).toBe(0);
+    } finally {
+      await service.close();
+    }
+  });
 });
