@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OfficialAccount, OpenPlatform, easyWeChat4, easyWeChat6, type KeySchema } from '@wxkit/core';
 import { RedisCache } from '@wxkit/redis';
@@ -151,10 +152,13 @@ describe('the auto marshaller on a stock Debian PHP (igbinary)', () => {
   });
 });
 
+// wxkit's marshaller: `auto` (the default) writes the copy with serialize(), which every PHP reads; the
+// two explicit ones write what they name.
 describe.each([
-  { marshaller: 'stock', wxkit: 'igbinary' },
-  { marshaller: 'serialize', wxkit: 'php-serialize' },
-] as const)('EasyWeChat 6 open platform on Symfony RedisAdapter, $marshaller marshaller', ({ marshaller, wxkit }) => {
+  { marshaller: 'stock', wxkit: 'auto', copy: 'serialize' },
+  { marshaller: 'stock', wxkit: 'igbinary', copy: 'igbinary' },
+  { marshaller: 'serialize', wxkit: 'php-serialize', copy: 'serialize' },
+] as const)('EasyWeChat 6 open platform on Symfony RedisAdapter, $marshaller marshaller, wxkit $wxkit', ({ marshaller, wxkit, copy }) => {
   it("an authorizer's token wxkit refreshed is what EasyWeChat 6's getAuthorizerAccessToken() finds: no refresh of its own, its sends go through", async () => {
     const component = mock.createComponent();
     const cache = new RedisCache(redis.url);
@@ -182,7 +186,10 @@ describe.each([
 
       // The PHP side is given the refresh token its own database holds, as EasyWeChat's caller passes it.
       const php = { redis: address(), sdk: '6', store: 'symfony', marshaller, prefix: NAMESPACE['6'], appid: a, secret: '', baseUrl: mock.url } as const;
-      const figures = await phpPeer(php, 'authorizer-send', a, mock.authorizerRefreshToken(a)!, component.appId, '2');
+      const refreshToken = mock.authorizerRefreshToken(a)!;
+      const hex = await rawHex(address(), `${wxkitPrefix('6')}open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`);
+      expect(copy === 'igbinary' ? hex.startsWith(IGBINARY_HEADER) : Buffer.from(hex, 'hex').toString('latin1').startsWith('s:'), hex).toBe(true);
+      const figures = await phpPeer(php, 'authorizer-send', a, refreshToken, component.appId, '2');
       expect(figures).toEqual({ token, sent: 2, failed: 0, fetches: 0, unparseable: 0 });
       expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2, rejectedCalls: 0 });
     } finally {

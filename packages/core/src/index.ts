@@ -74,6 +74,7 @@ export {
   type StoredEntry,
   type OpenPlatformEntry,
   type RecordCodec,
+  type TokenCopy,
 } from './token/entry.js';
 export {
   easyWeChat4,

@@ -254,12 +254,16 @@ export interface EasyWeChat6Options {
 export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
   const name = 'easyWeChat6';
   assertOptionsObject(name, options, ['prefix', 'store', 'marshaller'] satisfies Array<keyof EasyWeChat6Options>);
-  const php = phpCodec(name, marshallerOption(name, options), storeOption(name, options));
+  const marshaller = marshallerOption(name, options);
+  const php = phpCodec(name, marshaller, storeOption(name, options));
   const schema = easyWeChat6Like(name, options, (token, key) => php.write(token, key), (raw, key) => {
     const parsed = php.read(raw, key);
     return parsed === undefined ? undefined : bareEntry(parsed);
   });
-  return withOpenPlatform(schema, easyWeChat6OpenPlatform(typeof options.prefix === 'string' ? options.prefix : ''));
+  // The copy of an authorizer's token is never read back, so `auto` cannot learn its form: serialize(),
+  // which every PHP reads (Symfony's marshaller too, with igbinary loaded or not), unless igbinary is asked for.
+  const encodeCopy = (token: string) => (marshaller === 'igbinary' ? igbinarySerialize(toIgbinary(token)) : phpSerialize(token));
+  return withOpenPlatform(schema, easyWeChat6OpenPlatform(typeof options.prefix === 'string' ? options.prefix : '', encodeCopy));
 }
 
 /**

@@ -10,7 +10,7 @@ import type { WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
-import type { OpenPlatformEntry } from '../token/entry.js';
+import type { OpenPlatformEntry, StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
@@ -157,6 +157,8 @@ export class OpenPlatform {
   readonly #durable: GuardedStore;
   readonly #component: TokenManager;
   readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
+  /** The refresh tokens under which a fetched token's copies for the peer are written, until they are. */
+  readonly #copyUnder = new WeakMap<Fetched, readonly string[]>();
   /** The options every authorizer client is made with: the client options, without the component's own. */
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
@@ -321,9 +323,7 @@ export class OpenPlatform {
     });
     const token: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
     const written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
-    const kept = written.entry;
-    const life = kept.expiresAt === undefined ? fetched.expiresIn : kept.expiresAt - Math.floor(core.settings.now() / 1000);
-    if (life > 0) await this.#copyForPeer(authorizerAppId, [refresh], kept.value, life);
+    await this.#copyForPeer(authorizerAppId, [refresh], written.entry, fetched.expiresIn);
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
@@ -461,7 +461,16 @@ export class OpenPlatform {
 
   #authorizerUpstream(authorizerAppId: string): Upstream<string> {
     // Only the fetch is the account's own: 10,000 accounts share the rest.
-    return { ...this.#authorizerShared, fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken) };
+    return {
+      ...this.#authorizerShared,
+      fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
+      afterWrite: async (fetched, kept) => {
+        const under = this.#copyUnder.get(fetched);
+        if (!under) return;
+        this.#copyUnder.delete(fetched);
+        await this.#copyForPeer(authorizerAppId, under, kept, fetched.expiresIn);
+      },
+    };
   }
 
   #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
@@ -567,8 +576,10 @@ export class OpenPlatform {
     if (next !== token) {
       this.#core.log.info({ event: 'authorizer_refresh_token.rotated', appId: this.appId, authorizerAppId }, 'WeChat handed out a new authorizer refresh token; stored it');
     }
-    await this.#copyForPeer(authorizerAppId, [token, next], fetched.value, fetched.expiresIn);
-    return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
+    const result: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
+    // The peers' copies are written once the cache holds the entry (afterWrite), under these refresh tokens.
+    if (this.#core.schema.openPlatformTokenCopy) this.#copyUnder.set(result, [token, next]);
+    return result;
   }
 
   /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */
@@ -666,24 +677,23 @@ export class OpenPlatform {
 
   /**
    * The peer's own copy of an authorizer's access token (EasyWeChat 6 keys it by the md5 of the refresh
-   * token its caller passes in), written for each refresh token given: the one the refresh used and, if
-   * WeChat rotated it, the new one. Best effort: a copy the store does not take costs the peer a refresh
-   * of its own (and wxkit one recovery from 40001), so it is logged, not thrown, and it does not take
-   * the store for down.
+   * token its caller passes in): `kept`, the entry the cache holds now (the token just fetched, or a newer
+   * one kept instead), written for each refresh token given (the one a refresh used and, if WeChat rotated
+   * it, the new one). Best effort: a copy the store does not take costs the peer a refresh of its own (and
+   * wxkit one recovery from 40001), so it is logged, never thrown, and it does not take the store for down.
+   * `expiresIn`: the token's life when the entry records no expiry.
    */
-  async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], value: string, expiresIn: number): Promise<void> {
-    const schema = this.#core.schema;
-    if (!schema.openPlatformTokenCopyKey) return;
-    const fetchedAt = Math.floor(this.#core.settings.now() / 1000);
+  async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], kept: StoredEntry, expiresIn: number): Promise<void> {
+    const { schema, settings, store, log } = this.#core;
+    const life = kept.expiresAt === undefined ? expiresIn : kept.expiresAt - Math.floor(settings.now() / 1000);
+    if (!schema.openPlatformTokenCopy || life <= 0) return;
     for (const refreshToken of new Set(refreshTokens)) {
-      const key = schema.openPlatformTokenCopyKey(this.appId, authorizerAppId, refreshToken);
-      if (key === undefined) continue;
       try {
-        await this.#core.store.setBeside(key, schema.encode('access_token', value, expiresIn, fetchedAt), schema.ttlSeconds(expiresIn, 'access_token', key));
+        const copy = schema.openPlatformTokenCopy(this.appId, authorizerAppId, refreshToken);
+        if (copy) await store.setBeside(copy.key, copy.encode(kept.value), copy.ttlSeconds(life));
       } catch (error) {
-        if (!(error instanceof CacheError)) throw error;
-        this.#core.log.warn(
-          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, reason: error.reason },
+        log.warn(
+          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
           "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own",
         );
       }

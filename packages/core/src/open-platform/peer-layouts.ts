@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { ConfigError } from '../errors.js';
 import { phpSerialize, phpUnserialize } from '../php-serialize.js';
-import { nativeSchema, storeTtlSeconds, type KeySchema, type OpenPlatformEntry, type RecordCodec } from '../token/entry.js';
+import { nativeSchema, storeTtlSeconds, type KeySchema, type OpenPlatformEntry, type RecordCodec, type TokenCopy } from '../token/entry.js';
 
 // Where the peer SDKs keep the open platform's entries in the cache they share, so an OpenPlatform on a
 // compatibility profile reads and writes them there: the same key, the same bytes, the same lock where
@@ -20,7 +20,7 @@ interface PeerLayout {
   /** The peer's encoding of one of its durable keys (verify ticket, refresh token). */
   record?(entryKey: string): RecordCodec | undefined;
   /** The peer's own copy of an authorizer's access token, keyed by the refresh token its caller passes. */
-  tokenCopyKey?(componentAppId: string, authorizerAppId: string, refreshToken: string): string | undefined;
+  tokenCopy?(componentAppId: string, authorizerAppId: string, refreshToken: string): TokenCopy | undefined;
 }
 
 const native = nativeSchema();
@@ -34,7 +34,7 @@ export function withOpenPlatform(schema: KeySchema, layout: PeerLayout): KeySche
     lockKey: (entryKey) => layout.lock?.(entryKey) ?? schema.lockKey(entryKey),
     ttlSeconds: (expiresIn, field, key) => (key === undefined ? undefined : layout.ttl?.(expiresIn, key)) ?? schema.ttlSeconds(expiresIn, field, key),
     openPlatformRecord: (key) => layout.record?.(key),
-    ...(layout.tokenCopyKey ? { openPlatformTokenCopyKey: layout.tokenCopyKey } : {}),
+    ...(layout.tokenCopy ? { openPlatformTokenCopy: layout.tokenCopy } : {}),
   };
 }
 
@@ -60,22 +60,28 @@ const phpString: RecordCodec = {
  * (TTL `expires_in − 100`), each the string as the PSR-16 store serialises it. `Application::getAuthorizerAccessToken()`
  * keys an authorizer's access token `open-platform.authorizer_access_token.{authorizer}.{md5(refresh token)}`
  * (TTL `expires_in − 500`), from the refresh token its caller passes in: wxkit keeps the token under its own
- * key (with its lock and dates) and writes a copy there, from the refresh token it holds, so an EasyWeChat
- * process given the same refresh token finds it. Refresh tokens are the caller's to keep: they stay under
- * wxkit's keys. EasyWeChat takes no lock.
+ * key (with its lock and dates, and the same TTL, so that wxkit refreshes as the copy runs out, not 500 s
+ * after the peer has) and writes a copy there, from the refresh token it holds, so an EasyWeChat process
+ * given the same refresh token finds it. `encodeCopy` writes the copy in a form every PHP reads (the store's
+ * own form is learnt from what the peer wrote, and wxkit never reads the copy). Refresh tokens are the
+ * caller's to keep: they stay under wxkit's keys. EasyWeChat takes no lock.
  */
-export function easyWeChat6OpenPlatform(prefix: string): PeerLayout {
+export function easyWeChat6OpenPlatform(prefix: string, encodeCopy: (token: string) => string): PeerLayout {
   const ticket = (component: string) => `${prefix}open_platform.verify_ticket.${component}`;
   const token = (component: string) => `${prefix}open_platform.component_access_token.${component}`;
   const tokenKey = new RegExp(`^${escape(prefix)}open_platform\\.component_access_token\\.`);
   const ticketKey = new RegExp(`^${escape(prefix)}open_platform\\.verify_ticket\\.`);
-  const copyKey = new RegExp(`^${escape(prefix)}open-platform\\.authorizer_access_token\\.`);
+  // wxkit's own key for an authorizer's token on this profile (the native one: see withOpenPlatform).
+  const authorizerKey = 'wechat:authorizer_access_token:';
   return {
     key: (entry, component) => (entry === 'component_verify_ticket' ? ticket(component) : entry === 'component_access_token' ? token(component) : undefined),
-    ttl: (expiresIn, key) => (tokenKey.test(key) ? storeTtlSeconds(expiresIn, 100) : copyKey.test(key) ? storeTtlSeconds(expiresIn, 500) : undefined),
+    ttl: (expiresIn, key) => (tokenKey.test(key) ? storeTtlSeconds(expiresIn, 100) : key.startsWith(authorizerKey) ? storeTtlSeconds(expiresIn, 500) : undefined),
     record: (key) => (ticketKey.test(key) ? phpString : undefined),
-    tokenCopyKey: (_component, authorizer, refreshToken) =>
-      `${prefix}open-platform.authorizer_access_token.${authorizer}.${createHash('md5').update(refreshToken, 'utf8').digest('hex')}`,
+    tokenCopy: (_component, authorizer, refreshToken) => ({
+      key: `${prefix}open-platform.authorizer_access_token.${authorizer}.${createHash('md5').update(refreshToken, 'utf8').digest('hex')}`,
+      encode: encodeCopy,
+      ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 500),
+    }),
   };
 }
 

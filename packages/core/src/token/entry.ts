@@ -107,12 +107,21 @@ export interface KeySchema {
    */
   openPlatformRecord?(key: string): RecordCodec | undefined;
   /**
-   * Where a peer SDK keeps its own copy of an authorizer's access token under a key made from the refresh
-   * token its caller hands it (EasyWeChat 6): wxkit writes the token there too, encoded and with the TTL
-   * this schema gives that key, after every refresh and authorization, so the peer finds it instead of
-   * refreshing. Undefined: the peer keeps no such copy.
+   * Where and how a peer SDK keeps its own copy of an authorizer's access token under a key made from the
+   * refresh token its caller hands it (EasyWeChat 6): wxkit writes the token it keeps there too, after
+   * every refresh and authorization, so the peer finds it instead of refreshing. Undefined: the peer
+   * keeps no such copy.
    */
-  openPlatformTokenCopyKey?(componentAppId: string, authorizerAppId: string, refreshToken: string): string | undefined;
+  openPlatformTokenCopy?(componentAppId: string, authorizerAppId: string, refreshToken: string): TokenCopy | undefined;
+}
+
+/** A peer's own copy of an authorizer's access token: see {@link KeySchema.openPlatformTokenCopy}. */
+export interface TokenCopy {
+  key: string;
+  /** The bytes the peer reads as `token`. */
+  encode(token: string): string;
+  /** The store TTL of the copy of a token with `expiresIn` seconds of life left. Always >= 1. */
+  ttlSeconds(expiresIn: number): number;
 }
 
 /** A peer's encoding of a durable open-platform entry: the value alone, nothing beside it. */

@@ -1,5 +1,5 @@
 import { BadResponseError } from '../errors.js';
-import { isPlausibleToken } from './entry.js';
+import { isPlausibleToken, type StoredEntry } from './entry.js';
 
 /** A value fresh from WeChat (or from a token service). */
 export interface Fetched {
@@ -43,6 +43,12 @@ export interface Upstream<P = unknown> {
   rejectsInput?(error: unknown): boolean;
   /** Reports a rejected input (invalidates the access token) before the refresh starts over. */
   dropInput?(prepared: P, error: unknown): Promise<void>;
+  /**
+   * Runs once the shared store holds the outcome of a fetch, still under the lock (its lease counts it):
+   * `kept` is the entry the store kept, `fetched` itself or a newer one. Writes what peers keep beside the
+   * entry (EasyWeChat 6's copy of an authorizer's token). Best effort: its failure is its own business.
+   */
+  afterWrite?(fetched: Fetched, kept: StoredEntry): Promise<void>;
 }
 
 // WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store.

@@ -303,6 +303,7 @@ export class LockedFetchRefresher implements Refresher {
     try {
       outcome = await ctx.entries.write(tier.entries, fresh, write);
       await this.#failures.clear(tier.entries, seen.noMarker !== true);
+      if (tier.name === 'shared') await this.#upstream.afterWrite?.(fetched, outcome.entry).catch(() => undefined);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
