@@ -126,7 +126,8 @@ const REFRESH_HTTP_CALLS = 4;
 // many attempts, each such a compare-and-set and a read that checks whether an attempt whose answer
 // was lost went through.
 const REFRESH_DURABLE_CALLS = 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
-// Cache writes on that path: a peer's copies of the new token (the refresh token used, and the new one).
+// Cache writes after it, still under the lock: a peer's copies of the new token (under the refresh token
+// used and the new one, side by side, but counted as if one after the other).
 const REFRESH_COPY_CALLS = 2;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
@@ -323,7 +324,7 @@ export class OpenPlatform {
     });
     const token: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
     const written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
-    await this.#copyForPeer(authorizerAppId, [refresh], written.entry, fetched.expiresIn);
+    if (written.stored) await this.#copyForPeer(authorizerAppId, [refresh], written.entry, fetched.expiresIn);
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
@@ -464,11 +465,11 @@ export class OpenPlatform {
     return {
       ...this.#authorizerShared,
       fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
-      afterWrite: async (fetched, kept) => {
+      afterWrite: async (fetched, stored) => {
         const under = this.#copyUnder.get(fetched);
         if (!under) return;
         this.#copyUnder.delete(fetched);
-        await this.#copyForPeer(authorizerAppId, under, kept, fetched.expiresIn);
+        await this.#copyForPeer(authorizerAppId, under, stored, fetched.expiresIn);
       },
     };
   }
@@ -677,27 +678,28 @@ export class OpenPlatform {
 
   /**
    * The peer's own copy of an authorizer's access token (EasyWeChat 6 keys it by the md5 of the refresh
-   * token its caller passes in): `kept`, the entry the cache holds now (the token just fetched, or a newer
-   * one kept instead), written for each refresh token given (the one a refresh used and, if WeChat rotated
-   * it, the new one). Best effort: a copy the store does not take costs the peer a refresh of its own (and
-   * wxkit one recovery from 40001), so it is logged, never thrown, and it does not take the store for down.
-   * `expiresIn`: the token's life when the entry records no expiry.
+   * token its caller passes in): `entry`, the one this process just put in the cache, written for each
+   * refresh token given (the one a refresh used and, if WeChat rotated it, the new one), side by side.
+   * Best effort: a copy the store does not take costs the peer a refresh of its own (and wxkit one more
+   * fetch or one recovery from 40001), so it is logged, never thrown, and it does not take the store for
+   * down. `expiresIn`: the token's life when the entry records no expiry.
    */
-  async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], kept: StoredEntry, expiresIn: number): Promise<void> {
+  async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], entry: StoredEntry, expiresIn: number): Promise<void> {
     const { schema, settings, store, log } = this.#core;
-    const life = kept.expiresAt === undefined ? expiresIn : kept.expiresAt - Math.floor(settings.now() / 1000);
+    const life = entry.expiresAt === undefined ? expiresIn : entry.expiresAt - Math.floor(settings.now() / 1000);
     if (!schema.openPlatformTokenCopy || life <= 0) return;
-    for (const refreshToken of new Set(refreshTokens)) {
+    const copyUnder = async (refreshToken: string) => {
       try {
-        const copy = schema.openPlatformTokenCopy(this.appId, authorizerAppId, refreshToken);
-        if (copy) await store.setBeside(copy.key, copy.encode(kept.value), copy.ttlSeconds(life));
+        const copy = schema.openPlatformTokenCopy!(this.appId, authorizerAppId, refreshToken);
+        if (copy) await store.setBeside(copy.key, copy.encode(entry.value), copy.ttlSeconds(life));
       } catch (error) {
         log.warn(
           { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
           "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own",
         );
       }
-    }
+    };
+    await Promise.all([...new Set(refreshTokens)].map(copyUnder));
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */

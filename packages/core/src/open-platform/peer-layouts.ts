@@ -71,8 +71,8 @@ export function easyWeChat6OpenPlatform(prefix: string, encodeCopy: (token: stri
   const token = (component: string) => `${prefix}open_platform.component_access_token.${component}`;
   const tokenKey = new RegExp(`^${escape(prefix)}open_platform\\.component_access_token\\.`);
   const ticketKey = new RegExp(`^${escape(prefix)}open_platform\\.verify_ticket\\.`);
-  // wxkit's own key for an authorizer's token on this profile (the native one: see withOpenPlatform).
-  const authorizerKey = 'wechat:authorizer_access_token:';
+  // wxkit's own key for an authorizer's token on this profile: the native one (see withOpenPlatform).
+  const authorizerKey = native.openPlatformKey!('authorizer_access_token', '', '').slice(0, -1);
   return {
     key: (entry, component) => (entry === 'component_verify_ticket' ? ticket(component) : entry === 'component_access_token' ? token(component) : undefined),
     ttl: (expiresIn, key) => (tokenKey.test(key) ? storeTtlSeconds(expiresIn, 100) : key.startsWith(authorizerKey) ? storeTtlSeconds(expiresIn, 500) : undefined),

@@ -15,7 +15,7 @@ export interface Fetched {
  * fetch: how long it can take (part of the lock's lease), and what a fetch does to everyone else's token.
  */
 export interface Upstream<P = unknown> {
-  /** The longest one `fetch()` can take, in ms: the HTTP deadline of every call it makes. */
+  /** The longest one `fetch()` and its `afterWrite()` can take, in ms: the deadline of every call they make. */
   budgetMs: number;
   /**
    * Each fetch invalidates the token every other program holds (the classic endpoint): while the shared
@@ -44,11 +44,12 @@ export interface Upstream<P = unknown> {
   /** Reports a rejected input (invalidates the access token) before the refresh starts over. */
   dropInput?(prepared: P, error: unknown): Promise<void>;
   /**
-   * Runs once the shared store holds the outcome of a fetch, still under the lock (its lease counts it):
-   * `kept` is the entry the store kept, `fetched` itself or a newer one. Writes what peers keep beside the
-   * entry (EasyWeChat 6's copy of an authorizer's token). Best effort: its failure is its own business.
+   * Runs once the shared store took the fetched value (`stored`, its entry), while the lock's lease still
+   * holds: writes what peers keep beside the entry (EasyWeChat 6's copy of an authorizer's token). Not
+   * called when the store kept another entry, failed, or the lease ran out: the writer of whatever the
+   * store holds writes its own. Best effort: its failure is its own business.
    */
-  afterWrite?(fetched: Fetched, kept: StoredEntry): Promise<void>;
+  afterWrite?(fetched: Fetched, stored: StoredEntry): Promise<void>;
 }
 
 // WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store.

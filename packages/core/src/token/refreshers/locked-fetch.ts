@@ -1,4 +1,5 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
+import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
@@ -300,10 +301,12 @@ export class LockedFetchRefresher implements Refresher {
       // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
       absent: seen.entryAbsent === true,
     };
+    // The entry this fetch put in the shared store, for what peers keep beside it (afterWrite).
+    let shared: StoredEntry | undefined;
     try {
       outcome = await ctx.entries.write(tier.entries, fresh, write);
+      if (tier.name === 'shared' && outcome.stored) shared = outcome.entry;
       await this.#failures.clear(tier.entries, seen.noMarker !== true);
-      if (tier.name === 'shared') await this.#upstream.afterWrite?.(fetched, outcome.entry).catch(() => undefined);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
@@ -311,6 +314,8 @@ export class LockedFetchRefresher implements Refresher {
       const fallback = ctx.tiers.current();
       if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, write).catch(() => outcome);
     }
+    // Only while the lease holds: a holder past it may no longer know what the store holds.
+    if (shared && (handle === undefined || handle.remainingMs() > 0)) await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
     ctx.log.info(
       {
         event: `${ctx.label}.fetched`,
