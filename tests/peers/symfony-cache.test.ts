@@ -159,21 +159,20 @@ describe.each([
   { marshaller: 'stock', wxkit: 'igbinary', copy: 'igbinary' },
   { marshaller: 'serialize', wxkit: 'php-serialize', copy: 'serialize' },
 ] as const)('EasyWeChat 6 open platform on Symfony RedisAdapter, $marshaller marshaller, wxkit $wxkit', ({ marshaller, wxkit, copy }) => {
-  it("an authorizer's token wxkit refreshed is what EasyWeChat 6's getAuthorizerAccessToken() finds: no refresh of its own, its sends go through", async () => {
+  it("an authorizer's token wxkit refreshed is what EasyWeChat 6's getAuthorizerAccessToken() finds (no refresh of its own), and one it refreshed on its own is what wxkit takes", async () => {
     const component = mock.createComponent();
     const cache = new RedisCache(redis.url);
     caches.push(cache);
-    const open = new OpenPlatform({
+    const options = {
       appId: component.appId,
       secret: component.secret,
       token: component.token,
       encodingAESKey: component.encodingAESKey,
       baseUrl: mock.url,
-      cache,
-      durableStore: cache,
       logger: false,
       schema: easyWeChat6({ prefix: wxkitPrefix('6'), marshaller: wxkit }),
-    });
+    } as const;
+    const open = new OpenPlatform({ ...options, cache, durableStore: cache });
     try {
       // The verify ticket where EasyWeChat 6's VerifyTicket keeps it, as its push handler would have stored it.
       const ticket = mock.issueVerifyTicket(component.appId);
@@ -192,6 +191,23 @@ describe.each([
       const figures = await phpPeer(php, 'authorizer-send', a, refreshToken, component.appId, '2');
       expect(figures).toEqual({ token, sent: 2, failed: 0, fetches: 0, unparseable: 0 });
       expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2, rejectedCalls: 0 });
+
+      // The other way: EasyWeChat's copy runs out while no wxkit process uses the account, and PHP
+      // refreshes on its own, in its own form. wxkit's entry has run out too: the next wxkit process
+      // takes PHP's token, where a fetch would have invalidated it.
+      const copyKey = `${wxkitPrefix('6')}open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`;
+      await cache.delete(copyKey);
+      const own = await phpPeer(php, 'authorizer-send', a, refreshToken, component.appId, '1');
+      expect(own).toMatchObject({ sent: 1, fetches: 1, unparseable: 0 });
+      await cache.delete(`wechat:authorizer_access_token:${component.appId}:${a}`);
+      const later = new OpenPlatform({ ...options, cache, durableStore: cache });
+      try {
+        expect(await later.officialAccount(a).accessToken.getToken()).toBe(own.token);
+        await later.officialAccount(a).templateMessage.send(nodeMessage);
+        expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 2, templateSends: 4, rejectedCalls: 0 });
+      } finally {
+        await later.close();
+      }
     } finally {
       await open.close();
     }

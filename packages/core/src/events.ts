@@ -144,8 +144,11 @@ export interface TokenFetchedEvent extends TokenEventBase {
   stored?: boolean;
   /** The store held a token asked for later, and that one was kept instead. */
   keptNewer?: boolean;
-  /** `remote`: from a token source such as `wxkit serve`. */
-  source?: 'remote';
+  /**
+   * `remote`: from a token source such as `wxkit serve`. `peer`: taken from where a peer SDK keeps the
+   * token it fetched on its own (EasyWeChat 6's copy of an authorizer's token), not from WeChat.
+   */
+  source?: 'remote' | 'peer';
   /** WeChat's `expires_in`, in seconds. */
   expiresIn: number;
   /** How long the fetch took, in ms. */

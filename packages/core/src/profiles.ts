@@ -260,10 +260,21 @@ export function easyWeChat6(options: EasyWeChat6Options = {}): KeySchema {
     const parsed = php.read(raw, key);
     return parsed === undefined ? undefined : bareEntry(parsed);
   });
-  // The copy of an authorizer's token is never read back, so `auto` cannot learn its form: serialize(),
-  // which every PHP reads (Symfony's marshaller too, with igbinary loaded or not), unless igbinary is asked for.
-  const encodeCopy = (token: string) => (marshaller === 'igbinary' ? igbinarySerialize(toIgbinary(token)) : phpSerialize(token));
-  return withOpenPlatform(schema, easyWeChat6OpenPlatform(typeof options.prefix === 'string' ? options.prefix : '', encodeCopy));
+  // The copy of an authorizer's token has no form of its own to learn (`auto`): serialize(), which every
+  // PHP reads (Symfony's marshaller too, with igbinary loaded or not), unless igbinary is asked for. Read
+  // in either form.
+  const copyCodec = {
+    encode: (token: string) => (marshaller === 'igbinary' ? igbinarySerialize(toIgbinary(token)) : phpSerialize(token)),
+    decode(raw: string): string | undefined {
+      try {
+        const value = php.read(raw, undefined);
+        return typeof value === 'string' && value !== '' ? value : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+  };
+  return withOpenPlatform(schema, easyWeChat6OpenPlatform(typeof options.prefix === 'string' ? options.prefix : '', copyCodec));
 }
 
 /**

@@ -282,6 +282,21 @@ export class GuardedStore {
     return this.#bounded('set', () => this.cache.set(key, value, ttlSeconds));
   }
 
+  /**
+   * A read beside the token protocol (a peer SDK's own copy of a token), with the time the store gives it
+   * left (undefined when the store cannot tell): as {@link setBeside}, bounded, not sent while the store
+   * is taken for down, and its failure is its caller's alone.
+   */
+  async readBeside(key: string): Promise<{ raw: string | undefined; ttlMs: number | undefined }> {
+    if (this.#health.down) throw new CacheError('The token store is down; get was not sent (wxkit probes it in the background)');
+    const ttlMs = this.cache.ttlMs;
+    const [raw, ttl] = await Promise.all([
+      this.#bounded('get', () => this.cache.get(key)),
+      typeof ttlMs === 'function' ? this.#bounded('ttlMs', () => ttlMs.call(this.cache, key)) : undefined,
+    ]);
+    return { raw, ttlMs: ttl };
+  }
+
   /** `run`, rejected with a CacheError when it fails or has not settled within cacheTimeoutMs. */
   async #bounded<T>(op: string, run: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;

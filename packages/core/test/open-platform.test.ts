@@ -396,6 +396,55 @@ describe('on a compatibility profile', () => {
     expect(Math.abs((await s.cache.ttlMs(own))! - ttl)).toBeLessThan(5_000);
   });
 
+  it('easyWeChat6: a token EasyWeChat 6 fetched on its own is taken from its copy, not fetched again; a rejected or forced one never', async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await s.durable.set(`think:open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const a = await authorized(s, open);
+    const refreshToken = mock.authorizerRefreshToken(a)!;
+    const copy = `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`;
+    const own = `wechat:authorizer_access_token:${c}:${a}`;
+    // EasyWeChat's getAuthorizerAccessToken() met no copy: it refreshed with the refresh token its caller
+    // gave it, and wrote the token there for expires_in − 500 s. wxkit's own entry has run out meanwhile.
+    await s.cache.delete(copy);
+    const answer = (await (
+      await fetch(`${mock.url}/cgi-bin/component/api_authorizer_token?component_access_token=${await open.componentAccessToken()}`, {
+        method: 'POST',
+        body: JSON.stringify({ component_appid: c, authorizer_appid: a, authorizer_refresh_token: refreshToken }),
+      })
+    ).json()) as { authorizer_access_token: string; expires_in: number };
+    await s.cache.set(copy, phpString(answer.authorizer_access_token), answer.expires_in - 500);
+    await s.cache.delete(own);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+
+    // Another wxkit process needs a token: it takes EasyWeChat's, which a fetch would have invalidated.
+    const other = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const events: ClientEvent[] = [];
+    other.officialAccount(a).on('authorizer_access_token.fetched', (event) => events.push(event));
+    expect(await other.officialAccount(a).accessToken.getToken()).toBe(answer.authorizer_access_token);
+    await send(other, a);
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+    expect(events).toMatchObject([{ source: 'peer' }]);
+    expect(await s.cache.get(own)).toBe(phpString(answer.authorizer_access_token));
+
+    // WeChat rejects it (a program outside both fetched): the copy holds the rejected token, so the
+    // recovery fetches a new one, and copies it back. (The mock rotated the refresh token at EasyWeChat's
+    // refresh, which wxkit's record does not know: 61023, the current one from api_get_authorizer_info,
+    // then the refresh.)
+    mock.invalidateTokens(a);
+    await send(other, a);
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 3, templateSends: 2, errcodes: { '61023': 1 } });
+    const fresh = await other.officialAccount(a).accessToken.getToken();
+    expect(fresh).not.toBe(answer.authorizer_access_token);
+    const copyNow = `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(mock.authorizerRefreshToken(a)!).digest('hex')}`;
+    expect(await s.cache.get(copyNow)).toBe(phpString(fresh));
+
+    // A forced refresh asks WeChat, whatever the copy holds.
+    expect(await other.officialAccount(a).accessToken.forceRefresh()).not.toBe(fresh);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(4);
+  });
+
   it("easyWeChat6: a store that refuses the copy for EasyWeChat costs a warning, not the refresh", async () => {
     const s = setup();
     await s.durable.set(`open_platform.verify_ticket.${s.component.appId}`, phpString(mock.issueVerifyTicket(s.component.appId)), 3600);

@@ -10,7 +10,7 @@ import type { WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
-import type { OpenPlatformEntry, StoredEntry } from '../token/entry.js';
+import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
@@ -126,9 +126,13 @@ const REFRESH_HTTP_CALLS = 4;
 // many attempts, each such a compare-and-set and a read that checks whether an attempt whose answer
 // was lost went through.
 const REFRESH_DURABLE_CALLS = 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
-// Cache writes after it, still under the lock: a peer's copies of the new token (under the refresh token
-// used and the new one, side by side, but counted as if one after the other).
-const REFRESH_COPY_CALLS = 2;
+// Store calls beside it, under the lock, on a profile whose peer keeps its own copy of the token: the
+// copy read before (the refresh token record, then the copy and its TTL side by side) and the copies
+// written after (under the refresh token used and the new one, side by side), each counted as one call.
+const REFRESH_COPY_CALLS = 4;
+// A peer's token with less than this left is not taken: wxkit would keep it only briefly (its entry lives
+// 500 s less on that profile), then fetch anyway.
+const PEER_TOKEN_MIN_MS = 600_000;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
 
@@ -465,6 +469,7 @@ export class OpenPlatform {
     return {
       ...this.#authorizerShared,
       fetch: (_force, componentToken) => this.#refreshAuthorizer(authorizerAppId, componentToken),
+      fromPeer: (rejected) => this.#peerToken(authorizerAppId, rejected),
       afterWrite: async (fetched, stored) => {
         const under = this.#copyUnder.get(fetched);
         if (!under) return;
@@ -700,6 +705,25 @@ export class OpenPlatform {
       }
     };
     await Promise.all([...new Set(refreshTokens)].map(copyUnder));
+  }
+
+  /**
+   * The token a peer SDK fetched on its own and keeps in its copy for the refresh token wxkit holds
+   * (EasyWeChat 6 refreshed while wxkit did not), unless WeChat rejected it or less than ten minutes of it
+   * are left (EasyWeChat's TTL runs 500 s short of the token's life; what is left is taken as its life):
+   * taken instead of a refresh, which would invalidate the token the peer uses. Undefined otherwise.
+   */
+  async #peerToken(authorizerAppId: string, rejected: (value: string) => boolean): Promise<Fetched | undefined> {
+    const schema = this.#core.schema;
+    if (!schema.openPlatformTokenCopy) return undefined;
+    const recordKey = this.#key('authorizer_refresh_token', authorizerAppId);
+    const record = this.#decodeRefreshRecord(recordKey, await this.#durable.get(recordKey));
+    const copy = record && schema.openPlatformTokenCopy(this.appId, authorizerAppId, record.token);
+    if (!copy) return undefined;
+    const { raw, ttlMs } = await this.#core.store.readBeside(copy.key);
+    const value = raw === undefined ? undefined : copy.decode(raw);
+    if (value === undefined || !isPlausibleToken(value) || rejected(value) || ttlMs === undefined || ttlMs < PEER_TOKEN_MIN_MS) return undefined;
+    return { value, expiresIn: Math.floor(ttlMs / 1000) };
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */

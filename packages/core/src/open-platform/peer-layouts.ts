@@ -62,11 +62,11 @@ const phpString: RecordCodec = {
  * (TTL `expires_in − 500`), from the refresh token its caller passes in: wxkit keeps the token under its own
  * key (with its lock and dates, and the same TTL, so that wxkit refreshes as the copy runs out, not 500 s
  * after the peer has) and writes a copy there, from the refresh token it holds, so an EasyWeChat process
- * given the same refresh token finds it. `encodeCopy` writes the copy in a form every PHP reads (the store's
- * own form is learnt from what the peer wrote, and wxkit never reads the copy). Refresh tokens are the
+ * given the same refresh token finds it, and takes the token an EasyWeChat process fetched on its own from
+ * there instead of fetching another. `copyCodec` writes the copy in a form every PHP reads. Refresh tokens are the
  * caller's to keep: they stay under wxkit's keys. EasyWeChat takes no lock.
  */
-export function easyWeChat6OpenPlatform(prefix: string, encodeCopy: (token: string) => string): PeerLayout {
+export function easyWeChat6OpenPlatform(prefix: string, copyCodec: Pick<TokenCopy, 'encode' | 'decode'>): PeerLayout {
   const ticket = (component: string) => `${prefix}open_platform.verify_ticket.${component}`;
   const token = (component: string) => `${prefix}open_platform.component_access_token.${component}`;
   const tokenKey = new RegExp(`^${escape(prefix)}open_platform\\.component_access_token\\.`);
@@ -79,7 +79,8 @@ export function easyWeChat6OpenPlatform(prefix: string, encodeCopy: (token: stri
     record: (key) => (ticketKey.test(key) ? phpString : undefined),
     tokenCopy: (_component, authorizer, refreshToken) => ({
       key: `${prefix}open-platform.authorizer_access_token.${authorizer}.${createHash('md5').update(refreshToken, 'utf8').digest('hex')}`,
-      encode: encodeCopy,
+      encode: copyCodec.encode,
+      decode: copyCodec.decode,
       ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 500),
     }),
   };

@@ -120,6 +120,8 @@ export interface TokenCopy {
   key: string;
   /** The bytes the peer reads as `token`. */
   encode(token: string): string;
+  /** The token in bytes the peer wrote there; undefined when they hold none. */
+  decode(raw: string): string | undefined;
   /** The store TTL of the copy of a token with `expiresIn` seconds of life left. Always >= 1. */
   ttlSeconds(expiresIn: number): number;
 }

@@ -44,6 +44,13 @@ export interface Upstream<P = unknown> {
   /** Reports a rejected input (invalidates the access token) before the refresh starts over. */
   dropInput?(prepared: P, error: unknown): Promise<void>;
   /**
+   * A value a peer SDK fetched on its own and keeps where wxkit can read it (EasyWeChat 6's copy of an
+   * authorizer's token), taken under the lock instead of asking WeChat, unless `rejected` says WeChat
+   * refused it; undefined when there is none to take. Never for a forced refresh. Best effort: a failure
+   * is the same as none.
+   */
+  fromPeer?(rejected: (value: string) => boolean): Promise<Fetched | undefined>;
+  /**
    * Runs once the shared store took the fetched value (`stored`, its entry), while the lock's lease still
    * holds: writes what peers keep beside the entry (EasyWeChat 6's copy of an authorizer's token). Not
    * called when the store kept another entry, failed, or the lease ran out: the writer of whatever the

@@ -5,7 +5,7 @@ import { LocalBackoff } from '../local-backoff.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
-import type { Upstream } from '../upstream.js';
+import type { Fetched, Upstream } from '../upstream.js';
 
 // Store calls inside the lock, one after the other: the second read of the entry and the TTL query of
 // formats without an expiry (the second look at the failure marker runs beside them), the slot of a
@@ -279,9 +279,16 @@ export class LockedFetchRefresher implements Refresher {
     const ctx = this.#ctx;
     const startedAt = ctx.settings.now();
     const started = performance.now();
-    let fetched;
+    let fetched: Fetched | undefined;
     try {
-      fetched = await this.#upstream.fetch(request.force, prepared);
+      // A token a peer SDK fetched on its own, where it can be read: taken, not fetched again.
+      fetched = request.force ? undefined : await this.#upstream.fromPeer?.((value) => ctx.rejected(value)).catch(() => undefined);
+    } catch {
+      fetched = undefined;
+    }
+    const fromPeer = fetched !== undefined;
+    try {
+      fetched ??= await this.#upstream.fetch(request.force, prepared);
       this.#unsent?.clear();
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
@@ -329,10 +336,16 @@ export class LockedFetchRefresher implements Refresher {
         keptNewer: outcome.entry.value !== fetched.value,
         expiresIn: fetched.expiresIn,
         ms: Math.round(performance.now() - started),
+        ...(fromPeer ? { source: 'peer' } : {}),
       },
-      request.ahead ? `Refreshed the ${ctx.label} ahead of its expiry` : `Fetched a new ${ctx.label} from WeChat`,
+      fromPeer
+        ? `Took the ${ctx.label} a peer SDK fetched, where it keeps its copy`
+        : request.ahead
+          ? `Refreshed the ${ctx.label} ahead of its expiry`
+          : `Fetched a new ${ctx.label} from WeChat`,
     );
-    const ours = outcome.entry.value === fetched.value;
+    // A peer's value is not WeChat's word this moment: it never forgives a value rejected before.
+    const ours = outcome.entry.value === fetched.value && !fromPeer;
     // `fetched` only when the value served is the one WeChat just handed out: a newer one kept instead is
     // not vouched for by this fetch (the manager forgives a rejected value only when WeChat re-issued it).
     return { entry: outcome.entry, tier: tier.name, fetched: ours, ...(unshared && ours ? { unshared } : {}) };
