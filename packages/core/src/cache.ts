@@ -57,7 +57,8 @@ export interface TokenCache {
   compareAndSet?(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean>;
   /**
    * Milliseconds `key` has left before the store drops it, or undefined when it is absent. Optional:
-   * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it.
+   * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it (an
+   * OpenPlatform on `easyWeChat6()` takes a token EasyWeChat fetched on its own only from a store that has it).
    */
   ttlMs?(key: string): Promise<number | undefined>;
   /**

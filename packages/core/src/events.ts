@@ -59,7 +59,8 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'authorizer_refresh_token.superseded': AuthorizerEvent;
   /**
    * OpenPlatform on a profile whose peer keeps its own copy of an authorizer's token (EasyWeChat 6): the
-   * store did not take wxkit's copy; the peer fetches one of its own.
+   * store did not take wxkit's copy (`op` write: the peer fetches one of its own), or did not answer its
+   * read (`op` read: wxkit refreshes as usual).
    */
   'authorizer_access_token.copy_failed': AuthorizerCopyFailedEvent;
   /** OpenPlatform: the durable store is a memcached, which evicts; refresh tokens may be lost. */
@@ -88,6 +89,7 @@ export interface AuthorizerAuthorizedEvent extends AuthorizerEvent {
 
 /** `authorizer_access_token.copy_failed`. */
 export interface AuthorizerCopyFailedEvent extends AuthorizerEvent {
+  op: 'read' | 'write';
   /** Why the store refused, when it could tell. */
   reason?: CacheErrorReason;
 }

@@ -97,6 +97,8 @@ describe('docs/key-schema.md test vectors', () => {
       expect(copy?.key, row.options).toBe(row.key);
       expect(Buffer.from(copy!.encode('TOKEN123'), 'latin1').toString('hex'), row.options).toBe(row['stored value (hex)']);
       expect(copy!.ttlSeconds(7200), row.options).toBe(Number(row.ttl));
+      expect(copy!.marginSeconds, row.options).toBe(7200 - Number(row.ttl));
+      expect(copy!.decode(copy!.encode('TOKEN123')), row.options).toBe('TOKEN123');
     }
     // The other profiles keep no such copy.
     for (const schema of [easyWeChat4(), wxJava(), silenceper(), nativeSchema()]) {

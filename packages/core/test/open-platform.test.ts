@@ -427,6 +427,8 @@ describe('on a compatibility profile', () => {
     expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
     expect(events).toMatchObject([{ source: 'peer' }]);
     expect(await s.cache.get(own)).toBe(phpString(answer.authorizer_access_token));
+    // Its life is what the copy has left plus EasyWeChat's 500 s: wxkit's entry runs out with the copy.
+    expect(Math.abs((await s.cache.ttlMs(own))! - (await s.cache.ttlMs(copy))!)).toBeLessThan(5_000);
 
     // WeChat rejects it (a program outside both fetched): the copy holds the rejected token, so the
     // recovery fetches a new one, and copies it back. (The mock rotated the refresh token at EasyWeChat's
@@ -443,6 +445,30 @@ describe('on a compatibility profile', () => {
     // A forced refresh asks WeChat, whatever the copy holds.
     expect(await other.officialAccount(a).accessToken.forceRefresh()).not.toBe(fresh);
     expect(mock.counters(a).authorizerTokenRequests).toBe(4);
+  });
+
+  it('easyWeChat6: a copy without an expiry (a TTL the store calls infinite) is not taken, and the store stays up', async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await s.durable.set(`open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    // A PHP side that wrote its copy without a TTL: RedisCache reports such a key's TTL as Infinity.
+    class Timeless extends MemoryCache {
+      override async ttlMs(key: string): Promise<number | undefined> {
+        return key.includes('open-platform.authorizer_access_token.') ? Infinity : super.ttlMs(key);
+      }
+    }
+    const cache = new Timeless();
+    const logger = recordingLogger();
+    const open = s.make({ schema: easyWeChat6(), cache, logger });
+    const a = await authorized(s, open);
+    const first = await open.officialAccount(a).accessToken.getToken();
+    await cache.delete(`wechat:authorizer_access_token:${c}:${a}`);
+    const other = s.make({ schema: easyWeChat6(), cache, logger });
+    const token = await other.officialAccount(a).accessToken.getToken();
+    expect(token).not.toBe(first);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+    await send(other, a);
+    expect(logger.lines.filter((line) => (line.fields as { event?: string }).event === 'cache.unavailable')).toEqual([]);
   });
 
   it("easyWeChat6: a store that refuses the copy for EasyWeChat costs a warning, not the refresh", async () => {

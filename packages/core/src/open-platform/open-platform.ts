@@ -133,6 +133,8 @@ const REFRESH_COPY_CALLS = 4;
 // A peer's token with less than this left is not taken: wxkit would keep it only briefly (its entry lives
 // 500 s less on that profile), then fetch anyway.
 const PEER_TOKEN_MIN_MS = 600_000;
+// The life WeChat gives an authorizer token: a peer's token is never taken as living longer.
+const PEER_TOKEN_MAX_LIFE_S = 7200;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
 
@@ -699,7 +701,7 @@ export class OpenPlatform {
         if (copy) await store.setBeside(copy.key, copy.encode(entry.value), copy.ttlSeconds(life));
       } catch (error) {
         log.warn(
-          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
+          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, op: 'write', ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
           "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own",
         );
       }
@@ -709,21 +711,33 @@ export class OpenPlatform {
 
   /**
    * The token a peer SDK fetched on its own and keeps in its copy for the refresh token wxkit holds
-   * (EasyWeChat 6 refreshed while wxkit did not), unless WeChat rejected it or less than ten minutes of it
-   * are left (EasyWeChat's TTL runs 500 s short of the token's life; what is left is taken as its life):
-   * taken instead of a refresh, which would invalidate the token the peer uses. Undefined otherwise.
+   * (EasyWeChat 6 refreshed while wxkit did not), unless `rejected` refuses it or less than ten minutes of
+   * its copy are left: taken instead of a refresh, which would invalidate the token the peer uses. The
+   * copy's TTL runs `marginSeconds` short of the token's life (EasyWeChat's 500 s), so its life is the
+   * TTL left plus that, and wxkit's entry (as short) runs out with the copy. Undefined otherwise.
    */
   async #peerToken(authorizerAppId: string, rejected: (value: string) => boolean): Promise<Fetched | undefined> {
     const schema = this.#core.schema;
     if (!schema.openPlatformTokenCopy) return undefined;
-    const recordKey = this.#key('authorizer_refresh_token', authorizerAppId);
-    const record = this.#decodeRefreshRecord(recordKey, await this.#durable.get(recordKey));
-    const copy = record && schema.openPlatformTokenCopy(this.appId, authorizerAppId, record.token);
-    if (!copy) return undefined;
-    const { raw, ttlMs } = await this.#core.store.readBeside(copy.key);
-    const value = raw === undefined ? undefined : copy.decode(raw);
-    if (value === undefined || !isPlausibleToken(value) || rejected(value) || ttlMs === undefined || ttlMs < PEER_TOKEN_MIN_MS) return undefined;
-    return { value, expiresIn: Math.floor(ttlMs / 1000) };
+    try {
+      const recordKey = this.#key('authorizer_refresh_token', authorizerAppId);
+      const record = this.#decodeRefreshRecord(recordKey, await this.#durable.get(recordKey));
+      // A refresh left under way (its holder died) may have had WeChat replace the copy's token already.
+      const copy = record && record.pendingSince === undefined ? schema.openPlatformTokenCopy(this.appId, authorizerAppId, record.token) : undefined;
+      if (!copy) return undefined;
+      const { raw, ttlMs } = await this.#core.store.readBeside(copy.key);
+      const value = raw === undefined ? undefined : copy.decode(raw);
+      // A copy without an expiry (ttlMs Infinity), or a TTL no store gives, is not taken either.
+      if (value === undefined || !isPlausibleToken(value) || rejected(value)) return undefined;
+      if (ttlMs === undefined || !Number.isFinite(ttlMs) || ttlMs < PEER_TOKEN_MIN_MS) return undefined;
+      return { value, expiresIn: Math.min(Math.floor(ttlMs / 1000) + copy.marginSeconds, PEER_TOKEN_MAX_LIFE_S) };
+    } catch (error) {
+      this.#core.log.warn(
+        { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, op: 'read', ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
+        "The store did not answer the read of the peer SDK's copy of the authorizer's access token; a refresh goes on as usual",
+      );
+      return undefined;
+    }
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */

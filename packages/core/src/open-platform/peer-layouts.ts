@@ -82,6 +82,7 @@ export function easyWeChat6OpenPlatform(prefix: string, copyCodec: Pick<TokenCop
       encode: copyCodec.encode,
       decode: copyCodec.decode,
       ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 500),
+      marginSeconds: 500,
     }),
   };
 }

@@ -124,6 +124,8 @@ export interface TokenCopy {
   decode(raw: string): string | undefined;
   /** The store TTL of the copy of a token with `expiresIn` seconds of life left. Always >= 1. */
   ttlSeconds(expiresIn: number): number;
+  /** How much shorter than the token's life the peer's TTL of the copy is, in seconds. */
+  marginSeconds: number;
 }
 
 /** A peer's encoding of a durable open-platform entry: the value alone, nothing beside it. */

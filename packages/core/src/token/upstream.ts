@@ -15,7 +15,7 @@ export interface Fetched {
  * fetch: how long it can take (part of the lock's lease), and what a fetch does to everyone else's token.
  */
 export interface Upstream<P = unknown> {
-  /** The longest one `fetch()` and its `afterWrite()` can take, in ms: the deadline of every call they make. */
+  /** The longest one `fromPeer()`, `fetch()` and `afterWrite()` can take, in ms: the deadline of every call they make. */
   budgetMs: number;
   /**
    * Each fetch invalidates the token every other program holds (the classic endpoint): while the shared
