@@ -199,14 +199,16 @@ describe('wxkit token', () => {
   });
 
   it('--help for each command, exit 0', async () => {
-    for (const args of [['--help'], ['token', '--help'], ['serve', '--help'], ['mock-server', '--help'], ['demo', '--help']]) {
-      const run = await wxkit(args);
-      expect(run.code, args.join(' ')).toBe(0);
-      expect(run.stdout).toMatch(/usage: wxkit/);
+    const commands = [['--help'], ['token', '--help'], ['serve', '--help'], ['mock-server', '--help'], ['demo', '--help']];
+    // Independent runs, side by side.
+    const runs = await Promise.all(commands.map((args) => wxkit(args)));
+    for (const [i, args] of commands.entries()) {
+      expect(runs[i]!.code, args.join(' ')).toBe(0);
+      expect(runs[i]!.stdout).toMatch(/usage: wxkit/);
     }
-    const help = await wxkit(['--help']);
-    for (const line of ['2  usage', '3  store unreachable', '6  WeChat API error', '7  configuration', '8  token not stored']) expect(help.stdout).toContain(line);
-    expect((await wxkit(['token', '--help'])).stdout).toContain('8  token not stored');
+    const [help, tokenHelp] = runs;
+    for (const line of ['2  usage', '3  store unreachable', '6  WeChat API error', '7  configuration', '8  token not stored']) expect(help!.stdout).toContain(line);
+    expect(tokenHelp!.stdout).toContain('8  token not stored');
   });
 });
 

@@ -76,8 +76,10 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'get', '--store', redis.url, '--appid', 'wx1'], 'use --app official_account:<appid>'],
       [['fly'], '"fly" is not a wxkit command'],
     ];
-    for (const [args, sentence] of cases) {
-      const run = await wxkit(args);
+    // Independent runs, side by side.
+    const runs = await Promise.all(cases.map(([args]) => wxkit(args)));
+    for (const [i, [args, sentence]] of cases.entries()) {
+      const run = runs[i]!;
       expect(run.code, args.join(' ')).toBe(2);
       expect(run.stderr, args.join(' ')).toMatch(/^wxkit: /);
       expect(run.stderr, args.join(' ')).toContain(sentence);

@@ -89,8 +89,8 @@ export function describeTokenSharing(name: string, options: DescribeTokenSharing
 
     it('a lock holder killed (SIGKILL) during its fetch: the others get a token after the lease, no deadlock', async () => {
       const app = mock.createApp();
-      // Short deadlines make a short lease (2 × 1.5 s + 7 × 0.5 s + 1 s), so the test waits seconds, not the default 35 s.
-      const clientOptions = { timeoutMs: 1500, cacheTimeoutMs: 500, memoMs: 0 };
+      // Short deadlines make a short lease (2 × 1 s + 7 × 0.5 s + 1 s), so the test waits seconds, not the default 35 s.
+      const clientOptions = { timeoutMs: 1000, cacheTimeoutMs: 500, memoMs: 0 };
       const group = await workers({ ...app, tokenEndpoint: 'classic', clientOptions });
       mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
 
