@@ -240,22 +240,26 @@ export class GuardedStore {
   }
 
   #call<T>(op: string, key: string, run: () => Promise<T>, ...values: string[]): Promise<T> {
+    const refused = this.#refusal(op, key, values);
+    return refused ? Promise.reject(refused) : this.send(op, key, run);
+  }
+
+  /** Why a call is not sent at all, or undefined when it may be. */
+  #refusal(op: string, key: string, values: readonly string[]): CacheError | undefined {
     // A value no store can hold is a bug in whatever encoded it, not an outage: refused here, before the
     // adapter's own check would reject it and the breaker would take the store for down for every client.
     if (values.some((value) => typeof value !== 'string' || !isBinaryString(value))) {
-      return Promise.reject(
-        new CacheError(
-          `The value for ${op} ${this.#redact(key)} is no binary string (a character above U+00FF); store values are bytes, one character per byte: encode text as UTF-8 first (a custom KeySchema's encode must return binary strings, see docs/key-schema.md)`,
-          { reason: 'value' },
-        ),
+      return new CacheError(
+        `The value for ${op} ${this.#redact(key)} is no binary string (a character above U+00FF); store values are bytes, one character per byte: encode text as UTF-8 first (a custom KeySchema's encode must return binary strings, see docs/key-schema.md)`,
+        { reason: 'value' },
       );
     }
     if (this.#health.down) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);
-      return Promise.reject(refused);
+      return refused;
     }
-    return this.send(op, key, run);
+    return undefined;
   }
 
   /** @internal Sends a call whatever the breaker says: the probe, and calls made before it opened. */
@@ -277,9 +281,8 @@ export class GuardedStore {
    * another shard than the entries the clients use).
    */
   setBeside(key: string, value: string, ttlSeconds: number): Promise<void> {
-    if (this.#health.down) return Promise.reject(new CacheError('The token store is down; set was not sent (wxkit probes it in the background)'));
-    if (!isBinaryString(value)) return Promise.reject(new CacheError(`The value for set ${this.#redact(key)} is no binary string`, { reason: 'value' }));
-    return this.#bounded('set', () => this.cache.set(key, value, ttlSeconds));
+    const refused = this.#refusal('set', key, [value]);
+    return refused ? Promise.reject(refused) : this.#bounded('set', () => this.cache.set(key, value, ttlSeconds));
   }
 
   /**
@@ -288,7 +291,8 @@ export class GuardedStore {
    * is taken for down, and its failure is its caller's alone.
    */
   async readBeside(key: string): Promise<{ raw: string | undefined; ttlMs: number | undefined }> {
-    if (this.#health.down) throw new CacheError('The token store is down; get was not sent (wxkit probes it in the background)');
+    const refused = this.#refusal('get', key, []);
+    if (refused) throw refused;
     const ttlMs = this.cache.ttlMs;
     const [raw, ttl] = await Promise.all([
       this.#bounded('get', () => this.cache.get(key)),

@@ -692,7 +692,7 @@ export class OpenPlatform {
    * down. `expiresIn`: the token's life when the entry records no expiry.
    */
   async #copyForPeer(authorizerAppId: string, refreshTokens: readonly string[], entry: StoredEntry, expiresIn: number): Promise<void> {
-    const { schema, settings, store, log } = this.#core;
+    const { schema, settings, store } = this.#core;
     const life = entry.expiresAt === undefined ? expiresIn : entry.expiresAt - Math.floor(settings.now() / 1000);
     if (!schema.openPlatformTokenCopy || life <= 0) return;
     const copyUnder = async (refreshToken: string) => {
@@ -700,10 +700,7 @@ export class OpenPlatform {
         const copy = schema.openPlatformTokenCopy!(this.appId, authorizerAppId, refreshToken);
         if (copy) await store.setBeside(copy.key, copy.encode(entry.value), copy.ttlSeconds(life));
       } catch (error) {
-        log.warn(
-          { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, op: 'write', ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
-          "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own",
-        );
+        this.#copyFailed(authorizerAppId, 'write', error);
       }
     };
     await Promise.all([...new Set(refreshTokens)].map(copyUnder));
@@ -732,12 +729,18 @@ export class OpenPlatform {
       if (ttlMs === undefined || !Number.isFinite(ttlMs) || ttlMs < PEER_TOKEN_MIN_MS) return undefined;
       return { value, expiresIn: Math.min(Math.floor(ttlMs / 1000) + copy.marginSeconds, PEER_TOKEN_MAX_LIFE_S) };
     } catch (error) {
-      this.#core.log.warn(
-        { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, op: 'read', ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
-        "The store did not answer the read of the peer SDK's copy of the authorizer's access token; a refresh goes on as usual",
-      );
+      this.#copyFailed(authorizerAppId, 'read', error);
       return undefined;
     }
+  }
+
+  #copyFailed(authorizerAppId: string, op: 'read' | 'write', error: unknown): void {
+    this.#core.log.warn(
+      { event: 'authorizer_access_token.copy_failed', appId: this.appId, authorizerAppId, op, ...(error instanceof CacheError && error.reason ? { reason: error.reason } : {}) },
+      op === 'write'
+        ? "The store did not take the copy of the authorizer's access token the peer SDK reads; the peer fetches one of its own"
+        : "The store did not answer the read of the peer SDK's copy of the authorizer's access token; a refresh goes on as usual",
+    );
   }
 
   /** The stored ticket, in wxkit's record or in a peer's format (which records no push time). */

@@ -280,14 +280,14 @@ export class LockedFetchRefresher implements Refresher {
     const startedAt = ctx.settings.now();
     const started = performance.now();
     let fetched: Fetched | undefined;
-    try {
-      // A token a peer SDK fetched on its own, where it can be read: taken, not fetched again; never the
-      // one this refresh is to replace (ahead of expiry), nor one WeChat rejected.
-      fetched = request.force
-        ? undefined
-        : await this.#upstream.fromPeer?.((value) => value === request.current || ctx.rejected(value)).catch(() => undefined);
-    } catch {
-      fetched = undefined;
+    // A token a peer SDK fetched on its own, where it can be read: taken, not fetched again; never the
+    // one this refresh is to replace (ahead of expiry), nor one WeChat rejected. Its failure is none.
+    if (!request.force) {
+      try {
+        fetched = await this.#upstream.fromPeer?.((value) => value === request.current || ctx.rejected(value));
+      } catch {
+        fetched = undefined;
+      }
     }
     const fromPeer = fetched !== undefined;
     try {
