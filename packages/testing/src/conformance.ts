@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it, vi } from 'vitest';
 import { nativeSchema, type TokenCache } from '@wxkit/core';
-import type { StoreSpec } from './processes.js';
+import { settleWithin, type StoreSpec } from './processes.js';
 import type { CacheChildOp, CacheChildResult } from './cache-child.js';
 
 /** Options of {@link describeTokenCache}. */
@@ -529,11 +529,8 @@ export async function childThatExitsByItself(
   });
   // Bounds on a failure, not measurements: a child whose operations (or close()) never end, or that
   // still runs this long after close(), is reported with what it held, instead of timing the test out.
-  let timer: NodeJS.Timeout | undefined;
-  const bound = <T>(promise: Promise<T>, fallback: T) =>
-    Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), graceMs)))]).finally(() => clearTimeout(timer));
-  const { results, resources } = await bound(report, { results: [], resources: ['(no report: the operations or close() never ended)'] });
-  const code = await bound(exited, null);
+  const { results, resources } = await settleWithin(report, graceMs, { results: [], resources: ['(no report: the operations or close() never ended)'] });
+  const code = await settleWithin(exited, graceMs, null);
   if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   return { code, results, resources };
 }

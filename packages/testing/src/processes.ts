@@ -62,6 +62,15 @@ export async function createStore(spec: StoreSpec): Promise<TokenCache> {
   return new Store(...spec.args);
 }
 
+/**
+ * `promise`'s value, or `fallback` once `ms` have passed without it: a bound on a failure (a child that
+ * never reports, a store that never answers), not a measurement.
+ */
+export function settleWithin<T>(promise: Promise<T>, ms: number, fallback: T): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), ms)))]).finally(() => clearTimeout(timer));
+}
+
 /** Worker processes, each with its own OfficialAccount and store client, run in lockstep. */
 export class WorkerGroup {
   readonly #children: ChildProcess[] = [];

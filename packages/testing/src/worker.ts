@@ -7,7 +7,7 @@
  */
 import * as core from '@wxkit/core';
 import { MemoryCache, OfficialAccount, remoteTokenSource, type KeySchema, type TokenCache } from '@wxkit/core';
-import { createStore, type WorkerConfig, type WorkerResult, type WorkerRun } from './processes.js';
+import { createStore, settleWithin, type WorkerConfig, type WorkerResult, type WorkerRun } from './processes.js';
 
 async function main(): Promise<void> {
   const config = JSON.parse(process.env.WXKIT_WORKER ?? 'null') as WorkerConfig | null;
@@ -16,11 +16,7 @@ async function main(): Promise<void> {
   // One read before the worker says it is ready, so that a test's first store call, bounded by a short
   // cacheTimeoutMs, does not also pay for the connection (a cluster's slot discovery, a cold process).
   // A store that is down or hangs on purpose is the test's business: two seconds at most, any outcome.
-  if (config.store) {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([created.get('wxkit:worker:connect').catch(() => undefined), new Promise((resolve) => (timer = setTimeout(resolve, 2000)))]);
-    clearTimeout(timer);
-  }
+  if (config.store) await settleWithin(created.get('wxkit:worker:connect').catch(() => undefined), 2000, undefined);
   const cache = config.storeDelayMs ? delayed(created, config.storeDelayMs) : created;
   let unhandled = 0;
   // Counted, not fatal: a test asserts there were none.
