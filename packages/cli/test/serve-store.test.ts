@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CacheError, MemoryCache } from '@wxkit/core';
+import { CacheError, MemoryCache, type TokenCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
 import { StoreProbe } from '../src/serve-health.js';
@@ -116,46 +116,60 @@ describe('POST /v1/token/{app}/invalidate', () => {
   });
   afterAll(() => mock.close());
 
+  const KEY = 'invalidate-key-0123456789abcdef';
+  const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+  /** A service on `cache` for `app`, on the classic endpoint. */
+  const serve = (cache: TokenCache, { appId, secret }: { appId: string; secret: string }) =>
+    startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+  interface Answer {
+    status: number;
+    retryAfter: string | null;
+    body: { access_token?: string; expires_at?: number; fetched_at?: number; error?: { code: string } };
+  }
+  /** A client's report of `token` to the service at `url`. */
+  const report = async (url: string, appId: string, token: string): Promise<Answer> => {
+    const res = await fetch(`${url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
+    return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as Answer['body'] };
+  };
+  /** The token the service at `url` hands out now. */
+  const current = async (url: string, appId: string) => (await (await fetch(`${url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string; fetched_at?: number };
+
   it('right after a replacement, a report of the new token is checked with WeChat: a working token costs no fetch, a rejected one is replaced', async () => {
-    const KEY = 'invalidate-spacing-key-0123456789';
-    const { appId, secret } = mock.createApp();
-    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const report = async (token: string) => {
-      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
-      return { status: res.status, retryAfter: res.headers.get('retry-after'), body: (await res.json()) as { access_token?: string; error?: { code: string } } };
-    };
+    const app = mock.createApp();
+    const { appId } = app;
+    const service = await serve(new MemoryCache(), app);
+    const say = (token: string) => report(service.url, appId, token);
     const fetches = () => mock.counters(appId).classicTokenRequests;
     try {
-      const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      const first = (await current(service.url, appId)).access_token;
       expect(fetches()).toBe(1);
       // Fetched a moment ago and WeChat still takes it: checked, answered as it is, no fetch.
-      expect((await report(first)).body.access_token).toBe(first);
+      expect((await say(first)).body.access_token).toBe(first);
       expect(fetches()).toBe(1);
       // WeChat rejected it (a program outside the fleet fetched): one fetch, the new token in the
       // answer; the same report again costs nothing.
       mock.invalidateTokens(appId);
-      const second = (await report(first)).body.access_token!;
+      const second = (await say(first)).body.access_token!;
       expect(second).not.toBe(first);
-      expect((await report(first)).body.access_token).toBe(second);
+      expect((await say(first)).body.access_token).toBe(second);
       expect(fetches()).toBe(2);
       // A client that reports every token it is given: WeChat still takes this one, so no fetch.
       for (let i = 0; i < 5; i += 1) {
-        const looped = await report(second);
+        const looped = await say(second);
         expect(looped.status).toBe(200);
         expect(looped.body.access_token).toBe(second);
       }
       expect(fetches()).toBe(2);
       // WeChat cannot say (its answer is a 502): spaced, 429 with Retry-After, still no fetch.
       mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
-      const unsure = await report(second);
+      const unsure = await say(second);
       expect(unsure.status).toBe(429);
       expect(unsure.body.error?.code).toBe('invalidate_spaced');
       expect(Number(unsure.retryAfter)).toBeGreaterThan(0);
       expect(fetches()).toBe(2);
       // A program outside the fleet fetched: WeChat rejects the token, and it is replaced at once.
       mock.invalidateTokens(appId);
-      const third = await report(second);
+      const third = await say(second);
       expect(third.status).toBe(200);
       expect(third.body.access_token).not.toBe(second);
       expect(mock.isTokenValid(appId, third.body.access_token!)).toBe(true);
@@ -166,24 +180,19 @@ describe('POST /v1/token/{app}/invalidate', () => {
   });
 
   it('the spacing holds across instances of the service sharing the store: a client that reports every token it gets, to each in turn, costs one fetch', async () => {
-    const KEY = 'invalidate-fleet-key-0123456789ab';
-    const { appId, secret } = mock.createApp();
+    const app = mock.createApp();
+    const { appId } = app;
     const cache = new MemoryCache();
-    const start = () => startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
-    const services = [await start(), await start()];
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const report = async (url: string, token: string) => {
-      const res = await fetch(`${url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
-      return ((await res.json()) as { access_token: string }).access_token;
-    };
+    const services = [await serve(cache, app), await serve(cache, app)];
+    const say = async (url: string, token: string) => (await report(url, appId, token)).body.access_token!;
     const fetches = () => mock.counters(appId).classicTokenRequests;
     try {
-      let token = ((await (await fetch(`${services[0]!.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      let token = (await current(services[0]!.url, appId)).access_token;
       mock.invalidateTokens(appId);
-      token = await report(services[0]!.url, token);
+      token = await say(services[0]!.url, token);
       expect(fetches()).toBe(2);
       // Each instance in turn hears of the token the other one fetched: no instance replaced it itself.
-      for (let i = 0; i < 6; i += 1) token = await report(services[i % 2]!.url, token);
+      for (let i = 0; i < 6; i += 1) token = await say(services[i % 2]!.url, token);
       expect(fetches()).toBe(2);
       expect(mock.isTokenValid(appId, token)).toBe(true);
     } finally {
@@ -192,8 +201,8 @@ describe('POST /v1/token/{app}/invalidate', () => {
   });
 
   it("an entry without fetched_at (another implementation's) is spaced by the instance's own last replacement", async () => {
-    const KEY = 'invalidate-undated-key-0123456789';
-    const { appId, secret } = mock.createApp();
+    const app = mock.createApp();
+    const { appId } = app;
     // A store whose token entries read back as an implementation that leaves out the informative
     // fetched_at writes them: every write of the entry drops it.
     const undated = (key: string, value: string) => {
@@ -212,29 +221,25 @@ describe('POST /v1/token/{app}/invalidate', () => {
         return super.compareAndSet(key, expected, undated(key, value), ttlSeconds);
       }
     }
-    const service = await startTokenService({ cache: new Undated(), apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const report = async (token: string) => {
-      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
-      return (await res.json()) as { access_token: string; fetched_at?: number };
-    };
+    const service = await serve(new Undated(), app);
+    const say = async (token: string) => (await report(service.url, appId, token)).body;
     const fetches = () => mock.counters(appId).classicTokenRequests;
     try {
-      const first = ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      const first = (await current(service.url, appId)).access_token;
       mock.invalidateTokens(appId);
-      const second = (await report(first)).access_token;
+      const second = (await say(first)).access_token;
       expect(second).not.toBe(first);
       expect(fetches()).toBe(2);
       // Once the service's memory of the token (a second) is past, it reads the entry back from the
       // store, where nothing says when it was fetched. This instance's report replaced it a moment ago,
       // so a report of it is checked with WeChat, which takes it.
-      const get = async () => (await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string; fetched_at?: number };
+      const get = () => current(service.url, appId);
       for (let answer = await get(); answer.fetched_at !== undefined; answer = await get()) {
         expect(answer.access_token).toBe(second);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       for (let i = 0; i < 3; i += 1) {
-        const answer = await report(second);
+        const answer = await say(second!);
         expect(answer.access_token).toBe(second);
         expect(answer.fetched_at).toBeUndefined();
       }
@@ -245,8 +250,8 @@ describe('POST /v1/token/{app}/invalidate', () => {
   });
 
   it("a report of a token another instance just fetched, while this one cannot read the store: WeChat's word, not a guess", async () => {
-    const KEY = 'invalidate-unread-key-0123456789';
-    const { appId, secret } = mock.createApp();
+    const app = mock.createApp();
+    const { appId } = app;
     // The shared store; its reads of the token entry fail while `failing` is set (a reset connection).
     class Flaky extends MemoryCache {
       failing = false;
@@ -256,30 +261,24 @@ describe('POST /v1/token/{app}/invalidate', () => {
       }
     }
     const cache = new Flaky();
-    const start = () => startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
-    const [a, b] = [await start(), await start()];
-    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
-    const report = async (url: string, token: string) => {
-      const res = await fetch(`${url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token }) });
-      return { status: res.status, body: (await res.json()) as { access_token?: string; expires_at?: number; error?: { code: string } } };
-    };
+    const [a, b] = [await serve(cache, app), await serve(cache, app)];
     const fetches = () => mock.counters(appId).classicTokenRequests;
     try {
-      const first = ((await (await fetch(`${b.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+      const first = (await current(b.url, appId)).access_token;
       mock.invalidateTokens(appId);
-      const second = (await report(a.url, first)).body.access_token!;
+      const second = (await report(a.url, appId, first)).body.access_token!;
       expect(second).not.toBe(first);
       expect(fetches()).toBe(2);
       cache.failing = true;
       // B may still remember the first token; it cannot tell from the store which is current. WeChat
       // takes the reported one: answered with it, nothing dropped, nothing fetched.
-      const answer = await report(b.url, second);
+      const answer = await report(b.url, appId, second);
       expect(answer.status).toBe(200);
       expect(answer.body.access_token).toBe(second);
       expect(answer.body.expires_at).toBeTypeOf('number');
       // WeChat cannot say either: 503, and still nothing dropped or fetched.
       mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
-      const unsure = await report(b.url, second);
+      const unsure = await report(b.url, appId, second);
       expect(unsure.status).toBe(503);
       expect(unsure.body.error?.code).toBe('store_unavailable');
       cache.failing = false;
@@ -292,22 +291,18 @@ describe('POST /v1/token/{app}/invalidate', () => {
   });
 
   it('a fetched_at in the future (a clock ahead, a store that lies) spaces reports for a minute at most', async () => {
-    const KEY = 'invalidate-future-key-0123456789';
-    const { appId, secret } = mock.createApp();
+    const app = mock.createApp();
+    const { appId } = app;
     const cache = new MemoryCache();
     const token = mock.issueClassicToken(appId);
     const now = Math.floor(Date.now() / 1000);
     await cache.set(`wechat:access_token:${appId}`, JSON.stringify({ access_token: token, expires_at: now + 7200, fetched_at: now + 3600 }), 7200);
-    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const service = await serve(cache, app);
     try {
       mock.injectFault({ kind: 'http-502', path: 'cgi-bin/get_api_domain_ip', times: 1 });
-      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ token }),
-      });
+      const res = await report(service.url, appId, token);
       expect(res.status).toBe(429);
-      const seconds = Number(res.headers.get('retry-after'));
+      const seconds = Number(res.retryAfter);
       expect(seconds).toBeGreaterThan(0);
       expect(seconds).toBeLessThanOrEqual(60);
       expect(mock.counters(appId).classicTokenRequests).toBe(0);
