@@ -78,4 +78,8 @@ process.once('message', async ({ ids }) => {
   // Exit without closing, once the answers are out: a holder may be killed at any moment anyway.
   process.send({ end: true }, () => process.exit(0));
 });
+// Connected before it says it is ready: a holder's first store call would otherwise carry the connection's
+// set-up within cacheTimeoutMs, which a loaded machine can exceed (the sends would fail on a slow start,
+// not on a fault of the scenario).
+await store.get(refreshKey('connect')).catch(() => undefined);
 process.send({ ready: true });

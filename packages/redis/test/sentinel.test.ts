@@ -4,7 +4,9 @@ import { describeTokenCache } from '@wxkit/testing/suite';
 import { RedisCache, type RedisCacheOptions } from '../src/index.js';
 
 // A primary, its replica and three Sentinels, with passwords on both: the data nodes' goes in
-// `sentinel.password`, the Sentinels' in their URLs.
+// `sentinel.password`, the Sentinels' in their URLs. A connection through Sentinel asks a Sentinel for
+// the primary before it connects there; five clients doing so at once on a loaded machine may take longer
+// than the one-second default, which these tests are not about.
 const password = 'data-s3cret';
 const sentinelPassword = 'sentinel-s3cret';
 const built = new URL('../dist/index.js', import.meta.url).href;
@@ -14,6 +16,7 @@ const optionsFor = (servers: RedisSentinelServers): RedisCacheOptions => ({
     masterName: servers.masterName,
     password,
   },
+  connectTimeoutMs: 5000,
 });
 
 let servers: RedisSentinelServers;
