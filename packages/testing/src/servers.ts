@@ -65,18 +65,35 @@ export interface RedisServerOptions {
   port?: number;
 }
 
-/** A port nobody listens on right now (the kernel's pick, released before the server takes it). */
-export async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Test servers take their ports from a block of their own, below the range the kernel hands out for
+ * `listen(0)` and outgoing connections (32768 and up on Linux). Test files run side by side, one per
+ * vitest worker (`VITEST_POOL_ID`, 1 and up; 0 outside vitest), and each worker has its block, so a port
+ * a test keeps unused, or frees to restart its server there, is not taken meanwhile by another file's
+ * server or client. A Redis Cluster node's bus port (its port + 10000) falls in a range no block uses.
+ */
+const PORT_BLOCKS = { base: 11_000, size: 2_900, count: 4, bus: 10_000 } as const;
+/** Where this process goes on in its block: a random start, so a worker's child processes spread out. */
+let portCursor = Math.floor(Math.random() * PORT_BLOCKS.size);
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
     const server = createServer();
     server.unref();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolve(port));
-    });
+    server.once('error', () => resolve(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolve(true)));
   });
+}
+
+/** A port nobody listens on right now, from this process's block (free until a server takes it). */
+export async function freePort(): Promise<number> {
+  const pool = Number.parseInt(process.env.VITEST_POOL_ID ?? '0', 10);
+  const base = PORT_BLOCKS.base + ((Number.isSafeInteger(pool) && pool > 0 ? pool : 0) % PORT_BLOCKS.count) * PORT_BLOCKS.size;
+  for (let tried = 0; tried < PORT_BLOCKS.size; tried += 1) {
+    const port = base + (portCursor++ % PORT_BLOCKS.size);
+    if ((await canListen(port)) && (await canListen(port + PORT_BLOCKS.bus))) return port;
+  }
+  throw new Error(`no free port in ${base}-${base + PORT_BLOCKS.size - 1}`);
 }
 
 function requireCommand(command: string, debianPackage: string): void {
