@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '@wxkit/testing';
 import { HttpClient } from '../src/http.js';
 import type { HttpError } from '../src/errors.js';
 
@@ -127,10 +128,8 @@ describe('the wait for a connection', () => {
   });
 
   it('a refused connection is an HTTP error that was not sent', async () => {
-    const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const port = (closed.address() as AddressInfo).port;
-    await new Promise((resolve) => closed.close(resolve));
+    // From the test kit's block: a port the kernel picked could be taken by another file's server.
+    const port = await freePort();
     const http = new HttpClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 2_000, maxResponseBytes: 1 << 20, dispatcher: undefined, userAgent: 'test' });
     const [result] = await Promise.allSettled([http.json({ method: 'GET', path: 'x' })]);
     await http.close();

@@ -68,11 +68,13 @@ export interface RedisServerOptions {
 /**
  * Test servers take their ports from a block of their own, below the range the kernel hands out for
  * `listen(0)` and outgoing connections (32768 and up on Linux). Test files run side by side, one per
- * vitest worker (`VITEST_POOL_ID`, 1 and up; 0 outside vitest), and each worker has its block, so a port
- * a test keeps unused, or frees to restart its server there, is not taken meanwhile by another file's
- * server or client. A Redis Cluster node's bus port (its port + 10000) falls in a range no block uses.
+ * vitest worker (`VITEST_POOL_ID`, 1 and up; 0 outside vitest), and each of the first four workers has a
+ * block of 2500 ports in 11000-20999, so a port a test keeps unused, or frees to restart its server there,
+ * is not taken meanwhile by another file's server or client. A Redis Cluster node's bus port (its port +
+ * 10000) falls in 21000-30999, which no block uses. Workers past the fourth share a block (pool id modulo
+ * 4); each process starts at a random place in its block, and a port in use is skipped.
  */
-const PORT_BLOCKS = { base: 11_000, size: 2_900, count: 4, bus: 10_000 } as const;
+const PORT_BLOCKS = { base: 11_000, size: 2_500, count: 4, bus: 10_000 } as const;
 /** Where this process goes on in its block: a random start, so a worker's child processes spread out. */
 let portCursor = Math.floor(Math.random() * PORT_BLOCKS.size);
 

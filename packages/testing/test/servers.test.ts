@@ -1,0 +1,43 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { freePort } from '../src/index.js';
+
+// Test files run side by side, one per vitest worker: each worker's servers take ports from a block of
+// their own, below the kernel's range for listen(0) (32768 and up), with room for a Cluster bus port.
+describe('freePort', () => {
+  const pool = process.env.VITEST_POOL_ID;
+  afterEach(() => {
+    if (pool === undefined) delete process.env.VITEST_POOL_ID;
+    else process.env.VITEST_POOL_ID = pool;
+  });
+
+  const blockOf = async (id: string | undefined): Promise<number[]> => {
+    if (id === undefined) delete process.env.VITEST_POOL_ID;
+    else process.env.VITEST_POOL_ID = id;
+    const ports: number[] = [];
+    for (let i = 0; i < 20; i += 1) ports.push(await freePort());
+    return ports;
+  };
+
+  it('gives each of four workers (and a process outside vitest) its own block, bus ports included', async () => {
+    const blocks = [undefined, '1', '2', '3'].map((id, k) => ({ id, from: 11_000 + k * 2_500 }));
+    const seen = new Set<number>();
+    for (const { id, from } of blocks) {
+      for (const port of await blockOf(id)) {
+        expect(port).toBeGreaterThanOrEqual(from);
+        expect(port).toBeLessThan(from + 2_500);
+        // The bus port of a Cluster node: above every block, below the kernel's range.
+        expect(port + 10_000).toBeGreaterThanOrEqual(21_000);
+        expect(port + 10_000).toBeLessThan(32_768);
+        seen.add(port);
+      }
+    }
+    expect(seen.size).toBe(80);
+  });
+
+  it('a fifth worker shares the first one\'s block', async () => {
+    for (const port of await blockOf('5')) {
+      expect(port).toBeGreaterThanOrEqual(13_500);
+      expect(port).toBeLessThan(16_000);
+    }
+  });
+});
