@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -122,6 +122,36 @@ async function waitForPort(port: number, up: boolean, timeoutMs = 10_000): Promi
   }
 }
 
+/**
+ * Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux: /proc/net/tcp names the
+ * listening socket's inode, /proc/<pid>/fd the process's sockets). Without /proc it cannot tell, and says
+ * yes. A server that could not bind exits, but the port answering may be another process's server.
+ */
+function ownsPort(pid: number, port: number): boolean {
+  if (!existsSync('/proc/net/tcp')) return true;
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    if (!existsSync(table)) continue;
+    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      // local_address, rem_address, st (0A: LISTEN), …, inode (the tenth field)
+      if (fields[1]?.endsWith(hex) && fields[3] === '0A' && fields[9]) inodes.add(`socket:[${fields[9]}]`);
+    }
+  }
+  try {
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try {
+        return inodes.has(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
+  }
+}
+
 /** Runs `command args` as a server process we own; restartable on the same port. */
 function managedServer(command: string, args: (port: number) => string[], port: number, url: string): StoreServer {
   let child: ChildProcess | undefined;
@@ -140,6 +170,10 @@ function managedServer(command: string, args: (port: number) => string[], port: 
         child!.once('exit', (code) => reject(new Error(`${command} exited with ${code} at start:\n${output}`))),
       );
       await Promise.race([waitForPort(port, true), exited]);
+      const started = child;
+      if (started.exitCode === null && started.signalCode === null && ownsPort(started.pid!, port)) return;
+      started.kill('SIGKILL');
+      throw new Error(`port ${port} answers, but not from the ${command} started here: another process listens there\n${output}`);
     },
     async stop(signal = 'SIGTERM') {
       const current = child;

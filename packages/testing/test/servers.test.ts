@@ -1,5 +1,6 @@
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { freePort } from '../src/index.js';
+import { freePort, startRedis } from '../src/index.js';
 
 // Test files run side by side, one per vitest worker: each worker's servers take ports from a block of
 // their own, below the kernel's range for listen(0) (32768 and up), with room for a Cluster bus port.
@@ -38,6 +39,29 @@ describe('freePort', () => {
     for (const port of await blockOf('5')) {
       expect(port).toBeGreaterThanOrEqual(13_500);
       expect(port).toBeLessThan(16_000);
+    }
+  });
+});
+
+describe('a server the kit starts', () => {
+  it('fails to start on a port another process listens on, rather than hand out that process\'s server', async () => {
+    const other = createServer((socket) => socket.end());
+    const port = await freePort();
+    await new Promise<void>((resolve) => other.listen(port, '127.0.0.1', resolve));
+    try {
+      await expect(startRedis({ port })).rejects.toThrow(/answers, but not from the redis-server started here|exited with/);
+    } finally {
+      await new Promise((resolve) => other.close(resolve));
+    }
+  });
+
+  it('starts, and restarts on its port, when the port is its own', async () => {
+    const redis = await startRedis();
+    try {
+      await redis.stop();
+      await redis.start();
+    } finally {
+      await redis.stop();
     }
   });
 });
