@@ -123,21 +123,19 @@ async function waitForPort(port: number, up: boolean, timeoutMs = 10_000): Promi
 }
 
 /**
- * Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux: /proc/net/tcp names the
- * listening socket's inode, /proc/<pid>/fd the process's sockets). Without /proc it cannot tell, and says
- * yes. A server that could not bind exits, but the port answering may be another process's server.
+ * Whether process `pid` holds the IPv4 socket listening on `port` (Linux: /proc/net/tcp names the listening
+ * socket's inode, /proc/<pid>/fd the process's sockets; the kit's servers bind 127.0.0.1 only). Without
+ * /proc it cannot tell, and says yes. A server that could not bind exits, but the port answering may be
+ * another process's server.
  */
 function ownsPort(pid: number, port: number): boolean {
   if (!existsSync('/proc/net/tcp')) return true;
   const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
   const inodes = new Set<string>();
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    if (!existsSync(table)) continue;
-    for (const line of readFileSync(table, 'utf8').split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      // local_address, rem_address, st (0A: LISTEN), …, inode (the tenth field)
-      if (fields[1]?.endsWith(hex) && fields[3] === '0A' && fields[9]) inodes.add(`socket:[${fields[9]}]`);
-    }
+  for (const line of readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1)) {
+    const fields = line.trim().split(/\s+/);
+    // local_address, rem_address, st (0A: LISTEN), …, inode (the tenth field)
+    if (fields[1]?.endsWith(hex) && fields[3] === '0A' && fields[9]) inodes.add(`socket:[${fields[9]}]`);
   }
   try {
     return readdirSync(`/proc/${pid}/fd`).some((fd) => {
