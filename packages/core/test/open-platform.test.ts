@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { Agent } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   MemoryCache,
   OpenPlatform,
@@ -499,6 +499,125 @@ describe('on a compatibility profile', () => {
     const warnings = logger.lines.filter((line) => (line.fields as { event?: string }).event === 'authorizer_access_token.copy_failed');
     expect(warnings).toHaveLength(copies);
     expect(JSON.stringify(warnings)).not.toContain(mock.authorizerRefreshToken(a)!);
+  });
+
+  it("easyWeChat6: a refresh left under way (its holder died after WeChat rotated the refresh token) does not take the copy kept under the old one", async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await s.durable.set(`think:open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const a = await authorized(s, open);
+    const first = await open.officialAccount(a).accessToken.getToken();
+    const authorizedWith = mock.authorizerRefreshToken(a)!;
+    const copy = `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(authorizedWith).digest('hex')}`;
+    expect(await s.cache.get(copy)).toBe(phpString(first));
+    // A holder wrote its write-ahead mark, called api_authorizer_token (WeChat handed out a new access
+    // token and rotated the refresh token), and died before it wrote either.
+    const recordKey = `wechat:authorizer_refresh_token:${c}:${a}`;
+    const record = JSON.parse((await s.durable.get(recordKey))!) as Record<string, unknown>;
+    await s.durable.set(recordKey, JSON.stringify({ ...record, pending_since: Math.floor(Date.now() / 1000), pending_by: 'gone:1' }), 86_400);
+    const answer = await fetch(`${mock.url}/cgi-bin/component/api_authorizer_token?component_access_token=${await open.componentAccessToken()}`, {
+      method: 'POST',
+      body: JSON.stringify({ component_appid: c, authorizer_appid: a, authorizer_refresh_token: authorizedWith }),
+    });
+    expect(((await answer.json()) as { errcode?: number }).errcode ?? 0).toBe(0);
+    expect(mock.authorizerRefreshToken(a)).not.toBe(authorizedWith);
+    await s.cache.delete(`wechat:authorizer_access_token:${c}:${a}`);
+
+    // The copy under the marked record's token still holds the token of before, with most of its TTL: a
+    // refresh that took it would hand out a token WeChat has replaced. The next one recovers instead.
+    const other = s.make({ schema: easyWeChat6({ prefix: 'think:' }) });
+    const fetched: ClientEvent[] = [];
+    other.officialAccount(a).on('authorizer_access_token.fetched', (event) => fetched.push(event));
+    const recovered: AuthorizerRefreshTokenRecoveredEvent[] = [];
+    other.on('authorizer_refresh_token.recovered', (event) => recovered.push(event));
+    const token = await other.officialAccount(a).accessToken.getToken();
+    expect(token).not.toBe(first);
+    expect(mock.isTokenValid(a, token)).toBe(true);
+    expect(fetched).toHaveLength(1);
+    expect(fetched[0]).not.toMatchObject({ source: 'peer' });
+    expect(recovered.map((event) => event.reason)).toEqual(['interrupted']);
+    await send(other, a);
+    expect(mock.counters(a).templateSends).toBe(1);
+  });
+
+  it("easyWeChat6: a refresh ahead of expiry does not take the copy of the token it is to replace", async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await s.durable.set(`think:open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    let now = Date.now();
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }), now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0 });
+    const a = await authorized(s, open);
+    const client = open.officialAccount(a);
+    const ahead = new Promise<ClientEvent>((resolve) => client.on('authorizer_access_token.fetched', (event) => event.ahead && resolve(event)));
+    // This process fetches the token, so it knows its age (EasyWeChat's format stores it bare).
+    const first = await client.accessToken.forceRefresh();
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+    const copy = () => `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(mock.authorizerRefreshToken(a)!).digest('hex')}`;
+    // The copy holds the current token with hours of TTL left in the store (whose clock does not move).
+    expect(await s.cache.get(copy())).toBe(phpString(first));
+    // 500 s before the entry (6700 s) runs out: inside the 600 s window. The read goes to the store
+    // (past the memo window) and finds the token bare; the window still opens.
+    now += 6_200_000;
+    expect(await client.accessToken.getToken()).toBe(first);
+    const event = await Promise.race([ahead, new Promise<never>((_, reject) => setTimeout(() => reject(new Error('no background refresh began')), 10_000).unref())]);
+    expect(event).not.toMatchObject({ source: 'peer' });
+    expect(mock.counters(a).authorizerTokenRequests).toBe(2);
+    const second = (await s.cache.get(`wechat:authorizer_access_token:${c}:${a}`))!.replace(/^s:\d+:"(.*)";$/, '$1');
+    expect(second).not.toBe(first);
+    expect(mock.isTokenValid(a, second)).toBe(true);
+    expect(await s.cache.get(copy())).toBe(phpString(second));
+  });
+
+  it('easyWeChat6: a holder that outlived its lock lease writes no copy for EasyWeChat (it may no longer know what the store holds)', async () => {
+    const s = setup();
+    const c = s.component.appId;
+    await s.durable.set(`think:open_platform.verify_ticket.${c}`, phpString(mock.issueVerifyTicket(c)), 3600);
+    // The cache as the holder sees it: its write of the refreshed entry waits, once armed, while the
+    // clock its lease runs on jumps past the lease (a pause: GC, a stopped process, a saturated host).
+    const realNow = performance.now.bind(performance);
+    let skew = 0;
+    const clock = vi.spyOn(performance, 'now').mockImplementation(() => realNow() + skew);
+    let armed: string | undefined;
+    class Pausing extends MemoryCache {
+      #pause(key: string): void {
+        if (key !== armed) return;
+        armed = undefined;
+        skew += 3_600_000;
+      }
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        this.#pause(key);
+        return super.add(key, value, ttlSeconds);
+      }
+      override async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        this.#pause(key);
+        return super.set(key, value, ttlSeconds);
+      }
+    }
+    const cache = new Pausing();
+    try {
+      const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }), cache, clientIdleMs: 86_400_000 });
+      const a = await authorized(s, open);
+      const first = await open.officialAccount(a).accessToken.getToken();
+      const authorizedWith = mock.authorizerRefreshToken(a)!;
+      const copy = (refreshToken: string) => `think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`;
+      expect(await cache.get(copy(authorizedWith))).toBe(phpString(first));
+      const entryKey = `wechat:authorizer_access_token:${c}:${a}`;
+      await cache.delete(entryKey);
+      armed = entryKey;
+      const second = await open.officialAccount(a).accessToken.forceRefresh();
+      expect(armed).toBeUndefined();
+      expect(second).not.toBe(first);
+      expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+      // Its entry went in (nothing newer was there), but no copy: the one under the refresh token it used
+      // is what the authorization wrote, and none is under the new one.
+      expect(await cache.get(entryKey)).toBe(phpString(second));
+      expect(await cache.get(copy(authorizedWith))).toBe(phpString(first));
+      const rotated = mock.authorizerRefreshToken(a)!;
+      if (rotated !== authorizedWith) expect(await cache.get(copy(rotated))).toBeUndefined();
+    } finally {
+      clock.mockRestore();
+    }
   });
 
   it('silenceper: the component token bare under component_access_token_{appid}, the ticket under wxkit\'s key', async () => {

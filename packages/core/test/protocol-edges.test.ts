@@ -245,6 +245,25 @@ describe('background refreshes', () => {
     await app.close();
   });
 
+  it('on a profile that stores the token bare (EasyWeChat 6), the process that fetched it still refreshes ahead after it reads the store again', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat6(), tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    const ahead = new Promise((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve(event)));
+    const first = await app.accessToken.getToken();
+    expect(await cache.get(app.accessToken.cacheKey)).toBe(`s:${first.length}:"${first}";`);
+    // 500 s before the entry (EasyWeChat 6 keeps it for expires_in, 7200 s) leaves the store: past the
+    // memo window, so the read goes to the store, which holds the token without a date; the window is
+    // still known, and opens.
+    now += 6_700_000;
+    expect(await app.accessToken.getToken()).toBe(first);
+    await Promise.race([ahead, new Promise((_, reject) => setTimeout(() => reject(new Error('no background refresh began')), 10_000).unref())]);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(await cache.get(app.accessToken.cacheKey)).not.toContain(first);
+    await app.close();
+  });
+
   it('a token source that never answers fails the call after timeoutMs instead of hanging every caller', async () => {
     const app = new OfficialAccount({
       appId: 'wx0000000000000001',

@@ -68,8 +68,8 @@ export class Memo {
    * may end after it) that is not `rejected`. Resolves the value held afterwards.
    */
   remember(refreshed: Refreshed, rejected: (value: string) => boolean): string {
-    const { entry } = refreshed;
     const previous = this.#held;
+    const entry = withKnownDates(refreshed.entry, previous?.entry);
     if (previous && previous.entry.value !== entry.value && !rejected(previous.entry.value) && (previous.entry.fetchedAt ?? 0) > (entry.fetchedAt ?? Infinity)) {
       return previous.entry.value;
     }
@@ -89,4 +89,15 @@ export class Memo {
     };
     return entry.value;
   }
+}
+
+/**
+ * `read`, with the dates `known` holds of the same token when `read` records no fetch time: a format
+ * that stores the token bare (the PHP and Java profiles) says nothing of its age (its expiry, if any, is
+ * only the store's TTL), but the process that fetched it knows both, and its refresh-ahead and its use
+ * while the store is down count from them after every re-read.
+ */
+function withKnownDates(read: StoredEntry, known: StoredEntry | undefined): StoredEntry {
+  if (read.fetchedAt !== undefined || known?.fetchedAt === undefined || known.value !== read.value) return read;
+  return { ...known, ...read, fetchedAt: known.fetchedAt, expiresAt: known.expiresAt ?? read.expiresAt, fetchedBy: read.fetchedBy ?? known.fetchedBy };
 }
