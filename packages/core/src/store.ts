@@ -21,10 +21,17 @@ export function neverSent(error: unknown): boolean {
   return typeof error === 'object' && error !== null && NOT_SENT.has(error);
 }
 
-/** The health of one store in this process, shared by the clients that use it. */
+/**
+ * The health of one store in this process, shared by the clients that use it. It holds its clients
+ * weakly: a client made per request and never closed (a common way to use an SDK) is collected with
+ * its last reference, not kept for the life of the store.
+ */
 class StoreHealth {
   down = false;
-  readonly users = new Set<GuardedStore>();
+  readonly #users = new Set<WeakRef<GuardedStore>>();
+  readonly #refs = new WeakMap<GuardedStore, WeakRef<GuardedStore>>();
+  // Drops the reference of a client collected without close().
+  readonly #collected = new FinalizationRegistry<WeakRef<GuardedStore>>((ref) => this.#users.delete(ref));
   readonly #cache: TokenCache;
   #probeDelayMs = PROBE_MIN_MS;
   #probeTimer: NodeJS.Timeout | undefined;
@@ -34,6 +41,40 @@ class StoreHealth {
     this.#cache = cache;
   }
 
+  join(user: GuardedStore): void {
+    const ref = new WeakRef(user);
+    this.#users.add(ref);
+    this.#refs.set(user, ref);
+    this.#collected.register(user, ref, ref);
+  }
+
+  leave(user: GuardedStore): void {
+    const ref = this.#refs.get(user);
+    if (ref === undefined) return;
+    this.#refs.delete(user);
+    this.#users.delete(ref);
+    this.#collected.unregister(ref);
+    if (this.#users.size === 0) {
+      clearTimeout(this.#probeTimer);
+      this.#probeTimer = undefined;
+    }
+  }
+
+  has(user: GuardedStore): boolean {
+    return this.#refs.has(user);
+  }
+
+  /** The clients still open (and not collected). */
+  users(): GuardedStore[] {
+    const live: GuardedStore[] = [];
+    for (const ref of this.#users) {
+      const user = ref.deref();
+      if (user === undefined) this.#users.delete(ref);
+      else live.push(user);
+    }
+    return live;
+  }
+
   failed(user: GuardedStore, op: string, key: string, error: CacheError): void {
     this.#probeKey = key;
     if (this.down) {
@@ -41,8 +82,8 @@ class StoreHealth {
     } else {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
-      const clients = this.users.size;
-      this.#report(user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, clients, line));
+      const users = this.users();
+      this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line));
     }
     this.#scheduleProbe(user);
   }
@@ -52,8 +93,8 @@ class StoreHealth {
     this.#probeTimer = undefined;
     this.down = false;
     this.#probeDelayMs = PROBE_MIN_MS;
-    const clients = this.users.size;
-    this.#report(undefined, (each, line) => each.reportRecovered(op, clients, line));
+    const users = this.users();
+    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line));
   }
 
   /**
@@ -61,7 +102,7 @@ class StoreHealth {
    * per logger, through `first` where it is one: 10,000 clients on one store and one logger make one
    * line per outage, not 10,000.
    */
-  #report(first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void): void {
+  #report(users: readonly GuardedStore[], first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void): void {
     const written = new Set<unknown>();
     const line = (each: GuardedStore) => {
       const sink = each.logSink;
@@ -69,23 +110,18 @@ class StoreHealth {
       written.add(sink);
       return true;
     };
-    if (first !== undefined && this.users.has(first)) tell(first, line(first));
-    for (const each of [...this.users]) if (each !== first) tell(each, line(each));
-  }
-
-  leave(user: GuardedStore): void {
-    this.users.delete(user);
-    if (this.users.size === 0) {
-      clearTimeout(this.#probeTimer);
-      this.#probeTimer = undefined;
-    }
+    if (first !== undefined && this.has(first)) tell(first, line(first));
+    for (const each of users) if (each !== first) tell(each, line(each));
   }
 
   #scheduleProbe(user: GuardedStore): void {
-    if (this.#probeTimer || !this.users.has(user)) return;
+    if (this.#probeTimer || !this.has(user)) return;
+    // The timer holds the client weakly too: one collected meanwhile hands the probe to another.
+    const ref = this.#refs.get(user);
     this.#probeTimer = setTimeout(() => {
       this.#probeTimer = undefined;
-      const prober = this.users.has(user) ? user : this.users.values().next().value;
+      const own = ref?.deref();
+      const prober = own !== undefined && this.has(own) ? own : this.users()[0];
       if (!this.down || !prober) return;
       const key = this.#probeKey;
       prober.send('get', key, () => this.#cache.get(key)).catch(() => undefined);
@@ -120,7 +156,7 @@ export class GuardedStore {
     let health = healths.get(cache);
     if (!health) healths.set(cache, (health = new StoreHealth(cache)));
     this.#health = health;
-    health.users.add(this);
+    health.join(this);
   }
 
   /** The deadline of one call, in ms. */
