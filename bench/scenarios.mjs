@@ -328,6 +328,52 @@ export async function memory(env, { sends = 100_000, concurrency = 128, every = 
 }
 
 /**
+ * 6b. A client per request: a server that makes a client for each request on one long-lived Redis store
+ * and sends once with it, the client then closed (the baseline) or dropped without close() (as many use
+ * an SDK). Heap after GC at the first sample and at the end; what is left per request must not grow.
+ */
+export async function perRequest(env, { requests = 20_000, sampleAt = 2_000, concurrency = 32 } = {}) {
+  const rows = [];
+  const results = {};
+  for (const closeEach of [true, false]) {
+    const app = env.mock.createApp();
+    const before = env.mock.counters(app.appId);
+    const child = fork(fileURLToPath(new URL('./lib/per-request-worker.mjs', import.meta.url)), [], {
+      execArgv: ['--expose-gc'],
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    await once(child, 'message');
+    child.send({ op: 'run', ...app, baseUrl: env.mock.url, redisUrl: env.redis.url, requests, concurrency, closeEach, sampleAt });
+    const [result] = await once(child, 'message');
+    const exited = once(child, 'exit');
+    child.send({ op: 'exit' });
+    await exited;
+    const after = env.mock.counters(app.appId);
+    const perRequestBytes = (result.heapAtEndBytes - result.heapAtSampleBytes) / (requests - sampleAt);
+    results[closeEach] = perRequestBytes;
+    rows.push({
+      subject: closeEach ? 'wxkit, a client per request, close() after it (baseline)' : 'wxkit, a client per request, never closed',
+      requests,
+      heapAtSampleMb: round(result.heapAtSampleBytes / 1024 / 1024, 1),
+      heapAtEndMb: round(result.heapAtEndBytes / 1024 / 1024, 1),
+      heapKeptPerRequestBytes: round(perRequestBytes),
+      vsBaselineBytes: closeEach ? 0 : round(perRequestBytes - results[true]),
+      tokenRequests: after.tokenRequests - before.tokenRequests,
+      tokenRequestGoal: 1,
+      lostSends: result.failed,
+      errors: result.errors,
+    });
+  }
+  return {
+    title: `A client per request: ${requests.toLocaleString('en')} requests on one Redis store, each making a client and sending once (concurrency ${concurrency})`,
+    baseline:
+      `the same requests with each client closed after it, in the same run; heapKeptPerRequestBytes: heap growth after GC from request ${sampleAt.toLocaleString('en')} ` +
+      'to the last, per request; goal: the same as the baseline (about 0), one token request, 0 lost sends',
+    rows,
+  };
+}
+
+/**
  * 7. Scale: many accounts in one process (a platform acting for thousands of official accounts), one
  * plain client each, on one Redis: every account sends once from a cold store, then `sends` sends spread
  * over all of them. Heap and RSS per account, sockets to WeChat, token requests, lost sends, close().
@@ -425,4 +471,4 @@ export async function faults(env) {
   };
 }
 
-export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, scale, faults, ...OPEN_PLATFORM };
+export const ALL = { stampede, throughput, 'token-read': tokenRead, invalidation, memory, 'per-request': perRequest, scale, faults, ...OPEN_PLATFORM };
