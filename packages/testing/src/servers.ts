@@ -67,14 +67,46 @@ export interface RedisServerOptions {
 
 /**
  * Test servers take their ports from a block of their own, below the range the kernel hands out for
- * `listen(0)` and outgoing connections (32768 and up on Linux). Test files run side by side, one per
- * vitest worker (`VITEST_POOL_ID`, 1 and up; 0 outside vitest), and each of the first four workers has a
- * block of 2500 ports in 11000-20999, so a port a test keeps unused, or frees to restart its server there,
- * is not taken meanwhile by another file's server or client. A Redis Cluster node's bus port (its port +
- * 10000) falls in 21000-30999, which no block uses. Workers past the fourth share a block (pool id modulo
- * 4); each process starts at a random place in its block, and a port in use is skipped.
+ * `listen(0)` and outgoing connections (32768 and up on Linux by default). Test files run side by side,
+ * one per vitest worker (`VITEST_POOL_ID`, 1 and up; 0 outside vitest), and each of the first four
+ * workers has a block of 2500 ports in 11000-20999, so a port a test keeps unused, or frees to restart
+ * its server there, is not taken meanwhile by another file's server or client. A Redis Cluster node's
+ * bus port (its port + 10000) falls in 21000-30999, which no block uses. Workers past the fourth share a
+ * block (pool id modulo 4); each process starts at a random place in its block, and a port in use is
+ * skipped. On a machine whose kernel range starts lower (`net.ipv4.ip_local_port_range`), the blocks and
+ * their bus ports shrink to fit between 1024 and its start; a range that starts below 1824 leaves no
+ * room, and the default blocks are used (the kernel may then hand out one of their ports too).
  */
-const PORT_BLOCKS = { base: 11_000, size: 2_500, count: 4, bus: 10_000 } as const;
+export interface PortBlocks {
+  readonly base: number;
+  readonly size: number;
+  readonly count: number;
+  /** What a Cluster node adds to its port for its bus port. */
+  readonly bus: number;
+}
+
+const DEFAULT_PORT_BLOCKS: PortBlocks = { base: 11_000, size: 2_500, count: 4, bus: 10_000 };
+
+/** The blocks for a kernel whose `listen(0)` range starts at `ephemeralStart` (unknown: the default). @internal */
+export function portBlocks(ephemeralStart: number | undefined): PortBlocks {
+  const { base, size, count, bus } = DEFAULT_PORT_BLOCKS;
+  if (ephemeralStart === undefined || ephemeralStart >= base + count * size + bus) return DEFAULT_PORT_BLOCKS;
+  const fitting = Math.floor((ephemeralStart - 1024) / (2 * count));
+  if (fitting < 100) return DEFAULT_PORT_BLOCKS;
+  return { base: 1024, size: fitting, count, bus: count * fitting };
+}
+
+/** Where Linux starts handing out ports for listen(0) and outgoing connections; undefined elsewhere. */
+function ephemeralStart(): number | undefined {
+  try {
+    const start = Number.parseInt(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0] ?? '', 10);
+    return Number.isSafeInteger(start) && start > 0 ? start : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const PORT_BLOCKS = portBlocks(ephemeralStart());
 /** Where this process goes on in its block: a random start, so a worker's child processes spread out. */
 let portCursor = Math.floor(Math.random() * PORT_BLOCKS.size);
 
@@ -235,6 +267,8 @@ export async function startRedisCluster(masters = 3): Promise<RedisClusterServer
       (p) => [
         '--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--daemonize', 'no',
         '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${p}.conf`, '--cluster-node-timeout', '2000',
+        // Redis's own bus port is the port + 10000; blocks shrunk for a low kernel range name theirs (Redis 7).
+        ...(PORT_BLOCKS.bus === 10_000 ? [] : ['--cluster-port', String(p + PORT_BLOCKS.bus)]),
       ],
       port,
       `redis://127.0.0.1:${port}`,

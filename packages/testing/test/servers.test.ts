@@ -1,6 +1,7 @@
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, startRedis } from '../src/index.js';
+import { portBlocks } from '../src/servers.js';
 
 // Test files run side by side, one per vitest worker: each worker's servers take ports from a block of
 // their own, below the kernel's range for listen(0) (32768 and up), with room for a Cluster bus port.
@@ -40,6 +41,30 @@ describe('freePort', () => {
       expect(port).toBeGreaterThanOrEqual(13_500);
       expect(port).toBeLessThan(16_000);
     }
+  });
+});
+
+describe('portBlocks', () => {
+  it('keeps the default blocks below a kernel range that starts at 31000 or above, or is unknown', () => {
+    const standard = { base: 11_000, size: 2_500, count: 4, bus: 10_000 };
+    expect(portBlocks(32_768)).toEqual(standard);
+    expect(portBlocks(31_000)).toEqual(standard);
+    expect(portBlocks(undefined)).toEqual(standard);
+  });
+
+  it('shrinks the blocks and their bus ports to fit below a kernel range that starts lower', () => {
+    for (const start of [30_999, 15_000, 5_000, 1_824]) {
+      const { base, size, count, bus } = portBlocks(start);
+      expect(base).toBeGreaterThanOrEqual(1024);
+      expect(size).toBeGreaterThanOrEqual(100);
+      // Every block's ports, then every bus port, apart from each other and below the kernel's range.
+      expect(bus).toBeGreaterThanOrEqual(count * size);
+      expect(base + count * size - 1 + bus).toBeLessThan(start);
+    }
+  });
+
+  it('falls back to the default blocks when the kernel range leaves no room below it', () => {
+    expect(portBlocks(1_500)).toEqual({ base: 11_000, size: 2_500, count: 4, bus: 10_000 });
   });
 });
 
