@@ -80,6 +80,9 @@ process.once('message', async ({ ids }) => {
 });
 // Connected before it says it is ready: a holder's first store call would otherwise carry the connection's
 // set-up within cacheTimeoutMs, which a loaded machine can exceed (the sends would fail on a slow start,
-// not on a fault of the scenario).
-await store.get(refreshKey('connect')).catch(() => undefined);
+// not on a fault of the scenario). A read that fails is tried again, up to five times, each within the
+// adapter's own connect timeout.
+for (let attempt = 1; attempt <= 5; attempt += 1) {
+  if (await store.get(refreshKey('connect')).then(() => true, () => false)) break;
+}
 process.send({ ready: true });
