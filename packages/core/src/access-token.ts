@@ -43,8 +43,9 @@ export class AccessToken {
   }
 
   /**
-   * Like getToken(), with the token's expiry and fetch time (unix seconds) when the store's format
-   * records them: what a token service hands out, or what a dashboard shows.
+   * Like getToken(), with the token's expiry and fetch time (unix seconds) when they are known: the
+   * store's format records them, or this process fetched the token. What a token service hands out, or
+   * what a dashboard shows.
    */
   getEntry(options: TokenCallOptions = {}): Promise<StoredEntry> {
     return this.#manager.getEntry(options.signal);

@@ -114,6 +114,15 @@ class StoreHealth {
     for (const each of users) if (each !== first) tell(each, line(each));
   }
 
+  /**
+   * `user` would have used the store, which is taken for down: it is probed again if no probe is due.
+   * The clients that saw the outage begin may all be gone (closed, or collected), and nothing else
+   * would find the store back.
+   */
+  refused(user: GuardedStore): void {
+    if (this.#probeTimer === undefined) this.#scheduleProbe(user);
+  }
+
   #scheduleProbe(user: GuardedStore): void {
     if (this.#probeTimer || !this.has(user)) return;
     // The timer holds the client weakly too: one collected meanwhile hands the probe to another.
@@ -164,9 +173,15 @@ export class GuardedStore {
     return this.#timeoutMs;
   }
 
-  /** True between a failed call and the next successful one (of any client of this store). */
+  /**
+   * True between a failed call and the next successful one (of any client of this store). A client that
+   * asks is one that would use the store: while it is down, that keeps a probe due (see
+   * StoreHealth.refused), whoever saw the outage begin.
+   */
   get down(): boolean {
-    return this.#health.down;
+    if (!this.#health.down) return false;
+    this.#health.refused(this);
+    return true;
   }
 
   get atomicAdd(): boolean {
@@ -293,6 +308,7 @@ export class GuardedStore {
     if (this.#health.down) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);
+      this.#health.refused(this);
       return refused;
     }
     return undefined;
