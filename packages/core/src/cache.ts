@@ -28,7 +28,10 @@ import { checkOptions, fn, type OptionSchema } from './validate.js';
  * ```
  */
 export interface TokenCache {
-  /** The stored bytes as a binary string, or `undefined` when the key is absent or expired. */
+  /**
+   * The stored bytes as a binary string, or `undefined` when the key is absent or expired (`null` is
+   * taken as a miss too; any other answer fails the call as a store failure).
+   */
   get(key: string): Promise<string | undefined>;
   /**
    * Stores `value` (a binary string: its characters are the bytes) under `key` for `ttlSeconds` (> 0;

@@ -237,7 +237,21 @@ export class GuardedStore {
   }
 
   get(key: string): Promise<string | undefined> {
-    return this.#call('get', key, () => this.cache.get(key));
+    return this.#call('get', key, () => Promise.resolve(this.cache.get(key)).then((value: unknown) => this.#got(key, value)));
+  }
+
+  /**
+   * What a get resolved, as the TokenCache contract has it: a string, or undefined for a miss. `null`
+   * (what many Redis and Memcached clients give for a miss) is a miss too; anything else is the
+   * adapter's bug, and fails the call as a store failure (the store is taken for down, and the clients
+   * serve from their fallbacks), with what came back named.
+   */
+  #got(key: string, value: unknown): string | undefined {
+    if (value === undefined || value === null) return undefined;
+    if (typeof value === 'string') return value;
+    throw new CacheError(
+      `The token store answered get ${this.#redact(key)} with ${typeName(value)}; a TokenCache's get() resolves the stored bytes as a string, or undefined for a miss (decode a Buffer with buffer.toString('latin1'))`,
+    );
   }
 
   set(key: string, value: string, ttlSeconds: number): Promise<void> {

@@ -35,6 +35,16 @@ describe('writes never go back in time', () => {
     expect(JSON.parse((await cache.get(key))!)).toEqual({ access_token: 'NEWER', expires_at: now + 7200, fetched_at: now, fetched_by: 'web-1:1' });
   });
 
+  it('a stored token dated later but past its life (a peer that wrote expires_in as expires_at, its clock ahead) does not win: the fresh one is written', async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, JSON.stringify({ access_token: 'PEER_TOKEN', expires_at: 7200, fetched_at: now + 5 }), 6900);
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss' });
+    const outcome = await entries.write(store, entries.encode(fetched('FRESH'), now, 'web-1:1'));
+    expect(outcome).toMatchObject({ stored: true, entry: { value: 'FRESH' } });
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'FRESH' } });
+  });
+
   it('a newer token written between the read and the write wins: the compare-and-set fails, the next read keeps it', async () => {
     const inner = new MemoryCache();
     const now = Math.floor(Date.now() / 1000);

@@ -175,6 +175,37 @@ describe('how long a failure holds a process back', () => {
     }
   });
 
+  it('a marker dated a day ahead (a clock far ahead) holds no one back; one a few seconds ahead holds for its pause', async () => {
+    const { appId, secret } = mock.createApp();
+    const now = Date.now();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false });
+    const key = `${app.accessToken.cacheKey}:failed`;
+    const marker = (failedAt: number) => JSON.stringify({ code: 'ERR_WXKIT_HTTP', path: 'cgi-bin/stable_token', failed_at: failedAt, retry_at: failedAt + 30 * 86_400_000, attempt: 1 });
+    // A few seconds ahead: plausible skew; the failure holds the process back.
+    await cache.set(key, marker(now + 5_000), 60);
+    await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    // A day ahead: counted from now at every read, it would stop the fleet until then.
+    await cache.set(key, marker(now + 86_400_000), 60);
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    await app.close();
+  });
+
+  it('a marker or a forced-fetch slot with a time no Date can hold is ignored, not a RangeError', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    await cache.set(`${app.accessToken.cacheKey}:failed`, JSON.stringify({ code: 'ERR_WXKIT_HTTP', failed_at: 1e300, retry_at: Date.now() + 30_000 }), 60);
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    await cache.set(`${app.accessToken.cacheKey}:forced`, JSON.stringify({ until: 1e300, step: 1, reason: 'quota' }), 60);
+    const forced = await app.accessToken.forceRefresh();
+    expect(mock.isTokenValid(appId, forced)).toBe(true);
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+    await app.close();
+  });
+
   it('a marker the store no longer holds no longer holds the process back (its clock may not move)', async () => {
     const { appId, secret } = mock.createApp();
     const now = Date.now();

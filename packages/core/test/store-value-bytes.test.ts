@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { CacheError, FileCache, OfficialAccount, nativeSchema, type KeySchema, type LogFields } from '../src/index.js';
+import { CacheError, FileCache, MemoryCache, OfficialAccount, nativeSchema, type KeySchema, type LogFields } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { rejection } from './helpers.js';
@@ -70,5 +70,45 @@ describe('GuardedStore given a value that is no binary string', () => {
     await store.set('k', Buffer.from('订单').toString('latin1'), 60);
     expect(sets).toBe(1);
     store.dispose();
+  });
+});
+
+describe('a store whose get() answers something other than a string', () => {
+  it('null (what many Redis and Memcached clients give for a miss) is a miss: one fetch, the token stored', async () => {
+    class NullMiss extends MemoryCache {
+      override async get(key: string): Promise<string | undefined> {
+        return (await super.get(key)) ?? (null as unknown as undefined);
+      }
+    }
+    const { lines, logger } = recording();
+    const { appId, secret } = mock.createApp();
+    const cache = new NullMiss();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger });
+    const token = await app.accessToken.getToken();
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    expect(await cache.get(app.accessToken.cacheKey)).toContain(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(lines.map((l) => l.event)).not.toContain('cache.unavailable');
+    await app.close();
+  });
+
+  it('anything else fails the call as a CacheError naming what came back, never a TypeError', async () => {
+    for (const answer of [42, { value: 'x' }, false]) {
+      const cache = new MemoryCache();
+      cache.get = async () => answer as unknown as string;
+      const store = new GuardedStore(cache, 1000, new Log(false), 'wx0000000000000001');
+      const error = await rejection(store.get('wechat:access_token:wx0000000000000001'));
+      expect(error).toBeInstanceOf(CacheError);
+      expect(error.message).toContain(`answered get wechat:access_token:wx0000000000000001 with ${typeof answer}`);
+    }
+    // A client on such a store serves from its fallback, with the store taken for down and said so.
+    const { lines, logger } = recording();
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    cache.get = async () => 42 as unknown as string;
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, fallbackDir: false });
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    expect(lines.filter((l) => l.event === 'cache.unavailable')).toHaveLength(1);
+    await app.close();
   });
 });

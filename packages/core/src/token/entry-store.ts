@@ -94,12 +94,15 @@ export class EntryStore {
     }
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
+    if (!this.#servable(entry)) return { kind: 'miss' };
+    return { kind: 'hit', entry, raw };
+  }
+
+  /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */
+  #servable(entry: StoredEntry): boolean {
     const { expiresAtMs, staleAtMs } = this.lifetime(entry);
     const now = this.#init.now();
-    if ((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS)) {
-      return { kind: 'miss' };
-    }
-    return { kind: 'hit', entry, raw };
+    return !((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS));
   }
 
   /**
@@ -173,7 +176,9 @@ export class EntryStore {
       // Another program's value that this schema cannot read: never replaced. One it may replace (all
       // writers take the same lock) only by the lock's holder.
       if (foreign || (!theirs && !leaseHeld)) return { entry, stored: false };
-      if (theirs && theirs.value !== entry.value && !rejected(theirs.value)) {
+      // Theirs is kept only while it is still good: an entry past its life (a peer's clock ahead, an
+      // expires_at that is really an expires_in) never wins over the token just fetched.
+      if (theirs && theirs.value !== entry.value && !rejected(theirs.value) && this.#servable(theirs)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
         if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
       }

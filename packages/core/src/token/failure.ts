@@ -60,14 +60,21 @@ export function nextQuotaDay(now: number): number {
   return Math.floor((now + BEIJING_OFFSET_MS) / DAY_MS) * DAY_MS + DAY_MS - BEIJING_OFFSET_MS;
 }
 
+/** How far ahead of this process's clock a marker's `failed_at` may lie and still count. */
+const MARKER_CLOCK_AHEAD_MS = 60_000;
+
 /**
  * The `retry_at` a marker is held to: at most the longest pause its failure can call for (the next
  * Beijing midnight for 45009, a minute for 45011 and credential errors, the transient cap with its
- * jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead. A
- * marker written by a clock far ahead, or by a peer with its own idea of a pause, cannot stop the fleet
- * for longer than a failure of its kind would.
+ * jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead (by a
+ * minute at most: a marker dated further ahead does not hold). A marker written by a clock far ahead,
+ * or by a peer with its own idea of a pause, cannot stop the fleet for longer than a failure of its
+ * kind would.
  */
 export function clampRetryAt(marker: FailureMarker, now: number): number {
+  // A failure dated further ahead than clocks plausibly disagree holds no one back: counted from `now` at
+  // every read, it would stop the fleet until that date.
+  if (!(marker.failedAt <= now + MARKER_CLOCK_AHEAD_MS)) return now;
   const from = Math.min(marker.failedAt, now);
   const { errcode } = marker;
   const latest =
@@ -128,7 +135,7 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
     return undefined;
   }
   const { failed_at: failedAt, retry_at: retryAt, attempt } = record;
-  if (typeof failedAt !== 'number' || typeof retryAt !== 'number' || !Number.isFinite(retryAt)) return undefined;
+  if (typeof failedAt !== 'number' || !Number.isFinite(failedAt) || typeof retryAt !== 'number' || !Number.isFinite(retryAt)) return undefined;
   const marker: FailureMarker = {
     // Another language may write a marker with an errcode only: it is WeChat's refusal all the same.
     code: typeof record.code === 'string' ? (record.code as WxkitErrorCode) : 'ERR_WXKIT_WECHAT_API',
@@ -167,8 +174,10 @@ export function markerError(marker: FailureMarker, label: string): Error {
   return new TokenUnavailableError(`No ${label} could be had: ${shared}`);
 }
 
+/** `ms` as an ISO date; a time no Date can hold (a peer's garbage) as the number. */
 function iso(ms: number): string {
-  return new Date(ms).toISOString();
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
 }
 
 /**
@@ -312,13 +321,13 @@ export class FetchSpacing {
     return `${this.#entryKey}:${this.#suffix}`;
   }
 
-  async slot(store: GuardedStore): Promise<SpacingSlot | undefined> {
-    return decodeSlot(await store.get(this.key));
+  async slot(store: GuardedStore, now: number): Promise<SpacingSlot | undefined> {
+    return decodeSlot(await store.get(this.key), now);
   }
 
   /** When the current slot ends (unix ms), or undefined when a fetch may go now. */
   async busyUntil(store: GuardedStore, now: number): Promise<number | undefined> {
-    const slot = await this.slot(store);
+    const slot = await this.slot(store, now);
     return slot && slot.until > now ? slot.until : undefined;
   }
 
@@ -328,7 +337,7 @@ export class FetchSpacing {
    */
   async take(store: GuardedStore, now: number, pauseMs: number, maxMs = pauseMs): Promise<boolean> {
     const raw = await store.get(this.key);
-    const previous = decodeSlot(raw);
+    const previous = decodeSlot(raw, now);
     if (previous && previous.until > now) return false;
     const step = previous ? Math.min(previous.step * 2, maxMs) : pauseMs;
     const value = JSON.stringify({ until: now + step, step });
@@ -347,11 +356,17 @@ export class FetchSpacing {
   }
 }
 
-function decodeSlot(raw: string | undefined): SpacingSlot | undefined {
+/**
+ * The slot stored, or none when it is unreadable or ends further ahead than any slot can: the longest
+ * is a quota's, to the next Beijing midnight (a day at most), and a minute more for clocks that differ.
+ * A slot dated beyond that (a peer's garbage, a clock far ahead) would stop forced fetches for good.
+ */
+function decodeSlot(raw: string | undefined, now: number): SpacingSlot | undefined {
   if (raw === undefined) return undefined;
   try {
     const parsed = JSON.parse(raw) as { until?: unknown; step?: unknown; reason?: unknown };
     if (typeof parsed.until !== 'number' || typeof parsed.step !== 'number' || !(parsed.step > 0)) return undefined;
+    if (!(parsed.until <= now + DAY_MS + MINUTE_MS) || !(parsed.step <= DAY_MS + MINUTE_MS)) return undefined;
     return { until: parsed.until, step: parsed.step, ...(parsed.reason === 'quota' ? { reason: 'quota' as const } : {}) };
   } catch {
     return undefined;

@@ -417,7 +417,7 @@ export class LockedFetchRefresher implements Refresher {
    */
   async #spaceForced(tier: Tier, now: number): Promise<Refreshed | 'normal' | undefined> {
     const ctx = this.#ctx;
-    const slot = await this.#forceSpacing.slot(tier.entries);
+    const slot = await this.#forceSpacing.slot(tier.entries, now);
     if (slot?.reason === 'quota' && slot.until > now) {
       throw new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token', {
         message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(slot.until).toISOString()}`,
