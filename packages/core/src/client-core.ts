@@ -222,6 +222,8 @@ export class ClientCore {
   #fallbackDir: string | false;
   #host: GuardedStore | undefined;
   readonly #managers: TokenManager[] = [];
+  /** Aborted by close(): the token managers' waits end, and no refresh starts. */
+  readonly #closing = new AbortController();
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
 
@@ -329,6 +331,7 @@ export class ClientCore {
       log: this.log,
       writer: this.writer,
       rejected: (value) => manager?.isRejected(value) ?? false,
+      closed: this.#closing.signal,
     };
     manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore());
     this.#managers.push(manager);
@@ -344,6 +347,8 @@ export class ClientCore {
   }
 
   async close(): Promise<void> {
+    // Ends the waits of refreshes under way, and starts no refresh any more.
+    this.#closing.abort();
     for (const manager of this.#managers) manager.close();
     // The HTTP client and the stores are the pool's: it closes them.
     if (this.#pool) return;

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
+import { MemoryCache, OfficialAccount, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -304,6 +304,67 @@ describe('background refreshes', () => {
     });
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_TIMEOUT' });
     await app.close();
+  });
+});
+
+describe('close()', () => {
+  /** A MemoryCache that counts the adds of one key and tells when the first one came. */
+  class CountingAdds extends MemoryCache {
+    adds = 0;
+    #first!: () => void;
+    readonly firstAdd = new Promise<void>((resolve) => (this.#first = resolve));
+    constructor(readonly watched: () => string) {
+      super();
+    }
+    override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+      if (key === this.watched()) {
+        this.adds += 1;
+        this.#first();
+      }
+      return super.add(key, value, ttlSeconds);
+    }
+  }
+
+  it("ends a wait on another process's refresh at once: the call fails as closed, and nothing is fetched after it", async () => {
+    const { appId, secret } = mock.createApp();
+    let lockKey = '';
+    const cache = new CountingAdds(() => lockKey);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false });
+    lockKey = `${app.accessToken.cacheKey}:lock`;
+    // Another process holds the refresh lock for a minute (its fetch is slow, or it was stopped).
+    await cache.set(lockKey, 'elsewhere:1', 60);
+    const waiting = app.accessToken.getToken().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    // It tried the lock, found it held, and waits for the holder's entry.
+    await cache.firstAdd;
+    await app.close();
+    const error = await Promise.race([waiting, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+    expect(error).toBeInstanceOf(TokenUnavailableError);
+    expect((error as Error).message).toMatch(/closed/);
+    // The wait is over, and it ended without a fetch: none can follow.
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
+    expect(await cache.get(lockKey)).toBe('elsewhere:1');
+  });
+
+  it('starts no background refresh after it, even when a read finds the entry inside the refresh-ahead window', async () => {
+    const { appId, secret } = mock.createApp();
+    let lockKey = '';
+    const cache = new CountingAdds(() => lockKey);
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    lockKey = `${app.accessToken.cacheKey}:lock`;
+    await app.accessToken.getToken();
+    const adds = cache.adds;
+    await app.close();
+    now += (6900 - 500) * 1000;
+    await app.accessToken.getToken();
+    // A background refresh would have been due at once (no jitter), and its first store calls made
+    // before this timer fires: it would have tried the lock.
+    await afterDueTimers();
+    expect(cache.adds).toBe(adds);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
   });
 });
 

@@ -2,7 +2,7 @@ import { CacheError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
-import type { Refreshed, Refresher, TokenContext } from './refresher.js';
+import { closedError, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
@@ -182,6 +182,7 @@ export class TokenManager {
   }
 
   async #refresh(request: { force: boolean; current?: string }): Promise<string> {
+    if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     const refreshed = await this.#refresher.refresh(request);
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);

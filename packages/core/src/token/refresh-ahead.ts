@@ -27,7 +27,7 @@ export class RefreshAhead {
    */
   consider(value: string, staleAt: number | undefined, fetchedAt: number | undefined, now: number): void {
     const { refreshAheadMs, refreshAheadJitterMs } = this.#ctx.settings;
-    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value) return;
+    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value || this.#ctx.closed.aborted) return;
     const windowMs = fetchedAt === undefined ? refreshAheadMs : Math.min(refreshAheadMs, (staleAt - fetchedAt) / 2);
     if (staleAt - now >= windowMs) return;
     this.#startedFor = value;

@@ -1,3 +1,4 @@
+import { TokenUnavailableError } from '../errors.js';
 import type { Log } from '../logger.js';
 import type { EncodedEntry, EntryStore } from './entry-store.js';
 import type { EntryField, StoredEntry } from './entry.js';
@@ -35,6 +36,13 @@ export interface TokenContext {
   writer: string;
   /** Whether WeChat rejected `value` (this process keeps a short list). */
   rejected(value: string): boolean;
+  /** Aborted when the client closes: its waits end, and no refresh starts (see {@link closedError}). */
+  closed: AbortSignal;
+}
+
+/** What a call that needs a refresh gets once its client was closed. */
+export function closedError(ctx: TokenContext): TokenUnavailableError {
+  return new TokenUnavailableError(`The client was closed: it starts no refresh of the ${ctx.label} and waits for none; make a new client`);
 }
 
 export interface RefreshRequest {
@@ -104,12 +112,18 @@ export class Wakeup {
   #wake: (() => void) | undefined;
   readonly #stop: (() => void) | undefined;
 
-  constructor(watch?: Watch) {
-    this.#stop = watch?.(() => {
-      this.#woken = true;
-      this.#wake?.();
-    });
+  readonly #ended: AbortSignal | undefined;
+  readonly #onEnded = () => {
+    this.#woken = true;
+    this.#wake?.();
+  };
+
+  /** `ended`: when it aborts (the client closed), a pause ends at once, as on a write. */
+  constructor(watch?: Watch, ended?: AbortSignal) {
+    this.#stop = watch?.(this.#onEnded);
     this.watching = this.#stop !== undefined;
+    this.#ended = ended;
+    ended?.addEventListener('abort', this.#onEnded, { once: true });
   }
 
   /** Whether a write was reported since the last call (and forgets it). */
@@ -137,6 +151,7 @@ export class Wakeup {
   stop(): void {
     this.#wake = undefined;
     this.#stop?.();
+    this.#ended?.removeEventListener('abort', this.#onEnded);
   }
 }
 
@@ -145,20 +160,21 @@ export class Wakeup {
  * the watch reports a write, else after jittered, growing pauses (10 ms up to 500 ms, or with a watch
  * 0.5 s up to 2 s). A write reported while `attempt` runs, or before the first attempt when the
  * watch was armed earlier (a {@link Wakeup}), makes the next attempt start without a pause. The watch
- * is stopped when this returns.
+ * is stopped when this returns. `ended` aborted (the client closed) ends it at once, with undefined.
  */
-export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup): Promise<T | undefined> {
+export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup, ended?: AbortSignal): Promise<T | undefined> {
   const started = performance.now();
-  const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch);
+  const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch, ended);
   const pace = wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;
   let delay: number = pace.firstMs;
   try {
-    while (performance.now() - started < budgetMs) {
+    while (performance.now() - started < budgetMs && !ended?.aborted) {
       if (!wakeup.take()) {
         await wakeup.pause(Math.min(delay * (0.75 + Math.random() * 0.5), budgetMs - (performance.now() - started)));
         wakeup.take();
         delay = Math.min(delay * pace.growth, pace.maxMs);
       }
+      if (ended?.aborted) break;
       const result = await attempt();
       if (result !== undefined) return result;
     }

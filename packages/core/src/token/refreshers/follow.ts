@@ -1,5 +1,5 @@
 import { TokenUnavailableError } from '../../errors.js';
-import { pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import { closedError, pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /**
  * Follower mode (`refresh: 'never'`): another program owns the refresh. Wait (bounded) for it to write a
@@ -25,8 +25,9 @@ export class FollowRefresher implements Refresher {
       const tier = ctx.tiers.current();
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
       return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false } : undefined;
-    }, (onChange) => ctx.tiers.shared.watch([ctx.key], onChange));
+    }, (onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
     if (found) return found;
+    if (ctx.closed.aborted) throw closedError(ctx);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, waitedMs: Math.round(performance.now() - started) },
       `No valid ${ctx.label} appeared under ${ctx.logKey} within ${waitMs} ms`,

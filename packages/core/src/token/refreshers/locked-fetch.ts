@@ -3,7 +3,7 @@ import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
+import { closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
 
@@ -172,7 +172,7 @@ export class LockedFetchRefresher implements Refresher {
     let handle: LockHandle | undefined;
     // Armed before the lock is tried: if another process holds it, whatever it writes after our attempt
     // (its entry, its failure marker, its release) wakes us, and we wait without another look first.
-    const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier)) : undefined;
+    const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier), ctx.closed) : undefined;
     let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
     try {
       attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs) : 'unavailable';
@@ -249,8 +249,9 @@ export class LockedFetchRefresher implements Refresher {
       if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
-    }, wakeup);
+    }, wakeup, ctx.closed);
     if (outcome) return outcome;
+    if (ctx.closed.aborted) throw closedError(ctx);
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
@@ -280,6 +281,9 @@ export class LockedFetchRefresher implements Refresher {
     const startedAt = ctx.settings.now();
     const started = performance.now();
     let fetched: Fetched | undefined;
+    // Closed while it waited for the lock or read under it: nobody is to be served, and a fetch would
+    // only invalidate the fleet's token (classic endpoint).
+    if (ctx.closed.aborted) throw closedError(ctx);
     // A token a peer SDK fetched on its own, where it can be read: taken, not fetched again; never the
     // one this refresh is to replace (ahead of expiry), nor one WeChat rejected. Its failure is none.
     if (!request.force) {
