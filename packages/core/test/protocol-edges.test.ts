@@ -2,7 +2,7 @@ import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
+import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
@@ -369,6 +369,54 @@ describe('close()', () => {
 });
 
 describe('forced refreshes and the memo', () => {
+  it('setCache() during a refresh: calls after it use the new store, and the old flight does not fill the memo', async () => {
+    const { appId, secret } = mock.createApp();
+    // The first store holds the old refresh's write of its entry until told, so that it ends last.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    class Holding extends MemoryCache {
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (!key.endsWith(':lock')) await released;
+        return super.add(key, value, ttlSeconds);
+      }
+    }
+    const [first, second] = [new Holding(), new MemoryCache()];
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: first, tokenEndpoint: 'classic', logger: false });
+    mock.setLatency(200);
+    try {
+      const before = app.accessToken.getToken();
+      // The refresh on the first store is at WeChat.
+      while (mock.counters(appId).classicTokenRequests === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      app.setCache(second);
+      const current = await app.accessToken.getToken();
+      release();
+      const old = await before;
+      expect(current).not.toBe(old);
+      expect(mock.counters(appId).classicTokenRequests).toBe(2);
+      expect(await second.get(app.accessToken.cacheKey)).toContain(current);
+      expect(await app.accessToken.getToken()).toBe(current);
+    } finally {
+      mock.setLatency(0);
+    }
+    await app.close();
+  });
+
+  it("a forced refresh that never reached WeChat (no connection) gives the fleet's 30 s force slot back", async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const b = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const first = await b.accessToken.getToken();
+    // A host whose requests cannot leave (nothing listens where it sends them).
+    const a = new OfficialAccount({ appId, secret, baseUrl: `http://127.0.0.1:${await freePort()}`, cache, logger: false, fallbackDir: false });
+    await expect(a.accessToken.forceRefresh()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+    // The slot it took is free again: a healthy host's forced refresh reaches WeChat, not the spacing.
+    const second = await b.accessToken.forceRefresh();
+    expect(second).not.toBe(first);
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+    expect(mock.isTokenValid(appId, second)).toBe(true);
+    await Promise.all([a.close(), b.close()]);
+  });
+
   it('a second forced refresh within 30 s sends no force_refresh, even when the entry was removed meanwhile', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();

@@ -333,21 +333,27 @@ export class FetchSpacing {
 
   /**
    * Takes the slot for `pauseMs`, doubling the pause (up to `maxMs`) while slots follow each other
-   * closely. False when someone holds a slot that has not ended.
+   * closely. Resolves the slot as written (for {@link release}), or undefined when someone holds a slot
+   * that has not ended.
    */
-  async take(store: GuardedStore, now: number, pauseMs: number, maxMs = pauseMs): Promise<boolean> {
+  async take(store: GuardedStore, now: number, pauseMs: number, maxMs = pauseMs): Promise<string | undefined> {
     const raw = await store.get(this.key);
     const previous = decodeSlot(raw, now);
-    if (previous && previous.until > now) return false;
+    if (previous && previous.until > now) return undefined;
     const step = previous ? Math.min(previous.step * 2, maxMs) : pauseMs;
     const value = JSON.stringify({ until: now + step, step });
     // The slot is remembered for one more step after it ends, so the next one in a row grows.
     const ttlSeconds = (2 * step) / 1000;
-    if (raw !== undefined) return store.compareAndSet(this.key, raw, value, ttlSeconds);
+    if (raw !== undefined) return (await store.compareAndSet(this.key, raw, value, ttlSeconds)) ? value : undefined;
     const added = store.add(this.key, value, ttlSeconds);
-    if (added !== undefined) return added;
+    if (added !== undefined) return (await added) ? value : undefined;
     await store.set(this.key, value, ttlSeconds);
-    return true;
+    return value;
+  }
+
+  /** Gives back a slot `take()` wrote, if the store still holds it: the fetch it was for never left. */
+  async release(store: GuardedStore, taken: string): Promise<void> {
+    await store.deleteIfEquals(this.key, taken);
   }
 
   /** Closes the slot until `until`: after a 45009 on a forced fetch, none before the quota day ends. */

@@ -26,8 +26,10 @@ export class TokenManager {
   readonly #memo: Memo;
   readonly #ahead: RefreshAhead;
   readonly #onFirstUse: (() => void) | undefined;
-  readonly #read = new SingleFlight<string>();
-  readonly #forced = new SingleFlight<string>();
+  #read = new SingleFlight<string>();
+  #forced = new SingleFlight<string>();
+  /** Bumped by reset() (the store was swapped): what a flight of an earlier one brings back is not kept. */
+  #generation = 0;
   // Made on first need, as most accounts never see a rejected token.
   #invalidations: Map<string, Promise<void>> | undefined;
   readonly #rejected: string[] = [];
@@ -46,9 +48,16 @@ export class TokenManager {
     return this.#rejected.includes(value);
   }
 
-  /** Forgets the in-process copy, e.g. after the store was swapped. */
+  /**
+   * Forgets the in-process copy, e.g. after the store was swapped. Reads and refreshes under way belong
+   * to the old store: calls from now on start their own, and what the old ones bring back goes to their
+   * callers only, not into the memo.
+   */
   reset(): void {
+    this.#generation += 1;
     this.#memo.forget();
+    this.#read = new SingleFlight();
+    this.#forced = new SingleFlight();
   }
 
   /** The client closed: no background refresh starts any more. */
@@ -82,7 +91,8 @@ export class TokenManager {
   /** A new value even if the store holds a valid one: an explicit request, never an automatic path. */
   forceRefresh(signal?: AbortSignal): Promise<string> {
     if (signal?.aborted) return Promise.reject(signal.reason);
-    return abortable(this.#forced.run(() => this.#refresh({ force: true, current: this.#memo.value })), signal);
+    const generation = this.#generation;
+    return abortable(this.#forced.run(() => this.#refresh({ force: true, current: this.#memo.value }, generation)), signal);
   }
 
   /**
@@ -130,12 +140,14 @@ export class TokenManager {
 
   /** The value of the read or refresh under way, joining it; once more if it brought back a rejected value. */
   async #current(): Promise<string> {
-    let value = await this.#read.run(() => this.#resolve());
-    if (this.isRejected(value)) value = await this.#read.run(() => this.#resolve());
+    let generation = this.#generation;
+    let value = await this.#read.run(() => this.#resolve(generation));
+    generation = this.#generation;
+    if (this.isRejected(value)) value = await this.#read.run(() => this.#resolve(generation));
     return value;
   }
 
-  async #resolve(): Promise<string> {
+  async #resolve(generation: number): Promise<string> {
     this.#onFirstUse?.();
     const ctx = this.#ctx;
     const tier = ctx.tiers.current();
@@ -148,7 +160,7 @@ export class TokenManager {
       const published = tier.name === 'shared' ? await this.#publish(read.kind === 'hit' ? read.entry : undefined) : undefined;
       if (published !== undefined) return published;
       if (read.kind === 'hit') {
-        const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false });
+        const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
         this.#considerAhead(ctx.settings.now());
         return value;
       }
@@ -160,7 +172,7 @@ export class TokenManager {
       // The store just failed: a token this process holds is still good, or the refresh falls back.
       if (usable() !== undefined) return usable()!;
     }
-    return this.#refresh({ force: false });
+    return this.#refresh({ force: false }, generation);
   }
 
   /**
@@ -181,15 +193,17 @@ export class TokenManager {
     return entry.value;
   }
 
-  async #refresh(request: { force: boolean; current?: string }): Promise<string> {
+  async #refresh(request: { force: boolean; current?: string }, generation: number): Promise<string> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     const refreshed = await this.#refresher.refresh(request);
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
-    return this.#remember(refreshed);
+    return this.#remember(refreshed, generation);
   }
 
-  #remember(refreshed: Refreshed): string {
+  /** Keeps `refreshed` in the memo, unless it comes from before the last reset() (`generation`). */
+  #remember(refreshed: Refreshed, generation = this.#generation): string {
+    if (generation !== this.#generation) return refreshed.entry.value;
     // WeChat handed this value out just now (the stable endpoint hands back the token it considers
     // current): whatever rejected it before, it is the one to use.
     const forgiven = refreshed.fetched ? this.#rejected.indexOf(refreshed.entry.value) : -1;

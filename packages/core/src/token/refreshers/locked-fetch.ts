@@ -1,4 +1,5 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
+import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
@@ -37,6 +38,12 @@ export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): numbe
 }
 
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
+
+/** How far one refresh got: the force slot it took, and whether it asked WeChat (or a peer's copy) at all. */
+interface Progress {
+  asked: boolean;
+  forceSlot?: { store: GuardedStore; taken: string };
+}
 
 /** What the lock's holder read under the lock, in the entry's own store. */
 interface SeenUnderLock {
@@ -85,9 +92,15 @@ export class LockedFetchRefresher implements Refresher {
     for (let round = 1; ; round += 1) {
       const prepared = await this.#upstream.prepare?.();
       const tier = this.#ctx.tiers.current();
+      const progress: Progress = { asked: false };
       try {
-        return await this.#refreshIn(tier, request, prepared);
+        return await this.#refreshIn(tier, request, prepared, progress);
       } catch (error) {
+        // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
+        // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
+        if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error))) {
+          await this.#forceSpacing.release(progress.forceSlot.store, progress.forceSlot.taken).catch(() => undefined);
+        }
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
         if (!last && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
@@ -142,7 +155,7 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown): Promise<Refreshed | undefined> {
+  async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const store = tier.entries;
     const now = ctx.settings.now();
@@ -161,7 +174,8 @@ export class LockedFetchRefresher implements Refresher {
       // Another forced refresh of the fleet, less than 30 s ago: its token is the current one, and a
       // normal fetch hands it out without spending a force_refresh.
       if (spaced === 'normal') force = false;
-      else if (spaced) return spaced;
+      else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
+      else return spaced;
     }
     const spacedWhileDown = tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
@@ -218,10 +232,10 @@ export class LockedFetchRefresher implements Refresher {
           seen.noMarker = !marker.stored;
         }
       }
-      if (spacedWhileDown && !(await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS))) {
+      if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen);
+      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
     } finally {
       // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
       // when the process exits without close() (a job that prints a token, a frozen function) would
@@ -276,7 +290,7 @@ export class LockedFetchRefresher implements Refresher {
     };
   }
 
-  async #fetchAndWrite(tier: Tier, request: RefreshRequest, prepared: unknown, handle: LockHandle | undefined, seen: SeenUnderLock = {}): Promise<Refreshed> {
+  async #fetchAndWrite(tier: Tier, request: RefreshRequest, prepared: unknown, handle: LockHandle | undefined, seen: SeenUnderLock = {}, progress?: Progress): Promise<Refreshed> {
     const ctx = this.#ctx;
     const startedAt = ctx.settings.now();
     const started = performance.now();
@@ -295,6 +309,7 @@ export class LockedFetchRefresher implements Refresher {
     }
     const fromPeer = fetched !== undefined;
     try {
+      if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
       this.#unsent?.clear();
     } catch (error) {
@@ -419,7 +434,7 @@ export class LockedFetchRefresher implements Refresher {
    * closer together and allows 20 a day. Without a slot the current entry is the answer, as WeChat's
    * would have been; after a 45009 on force_refresh, the quota error until the quota day ends.
    */
-  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | 'normal' | undefined> {
+  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | 'normal' | { taken: string }> {
     const ctx = this.#ctx;
     const slot = await this.#forceSpacing.slot(tier.entries, now);
     if (slot?.reason === 'quota' && slot.until > now) {
@@ -427,7 +442,8 @@ export class LockedFetchRefresher implements Refresher {
         message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(slot.until).toISOString()}`,
       });
     }
-    if (await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS)) return undefined;
+    const taken = await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS);
+    if (taken !== undefined) return { taken };
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
     if (read.kind === 'miss') return 'normal';
     ctx.log.info(
