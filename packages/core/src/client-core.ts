@@ -224,6 +224,7 @@ export class ClientCore {
   readonly #managers: TokenManager[] = [];
   /** Aborted by close(): the token managers' waits end, and no refresh starts. */
   readonly #closing = new AbortController();
+  #closed: Promise<void> | undefined;
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
 
@@ -346,7 +347,12 @@ export class ClientCore {
     return secret;
   }
 
-  async close(): Promise<void> {
+  /** Closes once: a second call resolves when the first one's work is done, not before. */
+  close(): Promise<void> {
+    return (this.#closed ??= this.#close());
+  }
+
+  async #close(): Promise<void> {
     // Ends the waits of refreshes under way, and starts no refresh any more.
     this.#closing.abort();
     for (const manager of this.#managers) manager.close();

@@ -325,6 +325,23 @@ describe('close()', () => {
     }
   }
 
+  it('a second close() resolves only once the first one is done', async () => {
+    let finish!: () => void;
+    const finished = new Promise<void>((resolve) => (finish = resolve));
+    // A token source whose own close() takes a while (it drains a connection).
+    const app = new OfficialAccount({
+      appId: 'wx0000000000000002',
+      logger: false,
+      tokenSource: { fetch: async () => ({ value: 'T', expiresIn: 7200 }), invalidate: async () => undefined, close: () => finished },
+    });
+    let first = false;
+    const closing = app.close().then(() => (first = true));
+    const second = app.close().then(() => first);
+    finish();
+    expect(await second).toBe(true);
+    await closing;
+  });
+
   it("ends a wait on another process's refresh at once: the call fails as closed, and nothing is fetched after it", async () => {
     const { appId, secret } = mock.createApp();
     let lockKey = '';

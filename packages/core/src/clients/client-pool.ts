@@ -101,6 +101,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   #closed = false;
+  #closing: Promise<void> | undefined;
 
   constructor(options: ClientPoolOptions<K>) {
     const owner = 'ClientPool';
@@ -184,8 +185,12 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    * Closes every client and leaves the process's shared connection pools (closed with their last user;
    * a dispatcher of yours is left open). The cache is yours to close.
    */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    // Once: a second call resolves when the first one's work is done, not before.
+    return (this.#closing ??= this.#close());
+  }
+
+  async #close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
     await Promise.all(this.#clients.clear().map((client) => client.close()));

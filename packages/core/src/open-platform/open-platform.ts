@@ -170,6 +170,7 @@ export class OpenPlatform {
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   #closed = false;
+  #closing: Promise<void> | undefined;
 
   constructor(options: OpenPlatformOptions) {
     const opts = checkClientOptions<OpenPlatformOptions>('OpenPlatform', SCHEMA, options);
@@ -358,7 +359,12 @@ export class OpenPlatform {
    * Closes every authorizer client and leaves the process's shared connection pools (closed with their
    * last user; a dispatcher of yours is left open). The cache and the durable store are yours to close.
    */
-  async close(): Promise<void> {
+  close(): Promise<void> {
+    // Once: a second call resolves when the first one's work is done, not before.
+    return (this.#closing ??= this.#close());
+  }
+
+  async #close(): Promise<void> {
     this.#closed = true;
     await Promise.all(this.#clients.clear().map(({ client }) => client.close()));
     this.#durable.dispose();
