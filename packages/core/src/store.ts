@@ -233,6 +233,8 @@ export class GuardedStore {
       stopAll();
       return undefined;
     }
+    // A watch that handed back no way to stop it is no watch: the waiter polls at the faster pace.
+    if (stops.length === 0) return undefined;
     return stopAll;
   }
 

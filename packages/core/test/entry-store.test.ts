@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, type KeySchema } from '../src/index.js';
+import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, wxJava, type KeySchema } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { EntryStore } from '../src/token/entry-store.js';
@@ -100,5 +100,17 @@ describe('writes never go back in time', () => {
     const { store, entries } = setUp(nativeSchema(), racing);
     const outcome = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'));
     expect(outcome).toMatchObject({ stored: false, entry: { value: 'FIRST' } });
+  });
+});
+
+describe('a format without an expiry, on a store whose TTL makes no sense', () => {
+  it("reads a TTL of -1, -2, 0 or NaN (an adapter handing over Redis's codes) as unknown: a hit until the entry disappears, not a miss per read", async () => {
+    for (const answer of [-1, -2, 0, Number.NaN]) {
+      const cache = new MemoryCache();
+      cache.ttlMs = async () => answer;
+      const { store, entries } = setUp(wxJava(), cache);
+      await cache.set(key, 'BARE_TOKEN_0123456789', 7000);
+      expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'BARE_TOKEN_0123456789' } });
+    }
   });
 });

@@ -112,3 +112,15 @@ describe('a store whose get() answers something other than a string', () => {
     await app.close();
   });
 });
+
+describe("a store's watch() that hands back no way to stop it", () => {
+  it('is taken as no watch at all: the waiter polls at the faster pace instead of waiting for notifications', () => {
+    const cache = new MemoryCache();
+    cache.watch = (() => 'subscribed') as unknown as MemoryCache['watch'];
+    const store = new GuardedStore(cache, 1000, new Log(false), 'wx0000000000000001');
+    expect(store.watch(['k'], () => undefined)).toBeUndefined();
+    // A watch that does hand one back is used.
+    const watching = new GuardedStore(new MemoryCache(), 1000, new Log(false), 'wx0000000000000001');
+    expect(typeof watching.watch(['k'], () => undefined)).toBe('function');
+  });
+});

@@ -38,6 +38,29 @@ describe('pollWithBackoff with a watch', () => {
     expect(unwatched).toBe(1);
   });
 
+  it('a watch that fires without end gets a few quick looks, then one look per 5 ms, not a store round per notification', async () => {
+    let attempts = 0;
+    let notify: (() => void) | undefined;
+    const budgetMs = 100;
+    const polling = pollWithBackoff(
+      budgetMs,
+      async () => {
+        attempts += 1;
+        // Every look makes the store report another write (a busy key, a faulty adapter).
+        setImmediate(() => notify?.());
+        return undefined;
+      },
+      (onChange) => {
+        notify = onChange;
+        return () => (notify = undefined);
+      },
+    );
+    notify!();
+    expect(await polling).toBeUndefined();
+    // Two quick looks, then a 5 ms pause, in turn: at most 3 looks per 5 ms of the budget, and one more.
+    expect(attempts).toBeLessThanOrEqual((budgetMs / 5) * 3 + 1);
+  });
+
   it('a write reported while an attempt runs starts the next attempt without a pause', async () => {
     vi.useFakeTimers();
     let notify: (() => void) | undefined;

@@ -86,11 +86,13 @@ export class EntryStore {
     if (!entry) return foreign ? { kind: 'miss', foreign } : { kind: 'miss' };
     if (rejected(entry.value)) return { kind: 'miss' };
     // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is the store's
-    // TTL where the store can tell; otherwise the entry counts as valid until it disappears.
+    // TTL where the store can tell; otherwise the entry counts as valid until it disappears. So does one
+    // whose TTL makes no sense (an adapter handing over Redis's -1 or -2, or 0, NaN): read as an expiry
+    // already past, it would send every call to WeChat.
     if (entry.expiresAt === undefined && store.cache.ttlMs) {
       const left = await store.ttlMs(this.key);
       if (left === undefined) return { kind: 'miss' };
-      if (Number.isFinite(left)) entry.expiresAt = Math.floor((this.#init.now() + left) / 1000);
+      if (typeof left === 'number' && Number.isFinite(left) && left > 0) entry.expiresAt = Math.floor((this.#init.now() + left) / 1000);
     }
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.

@@ -92,6 +92,9 @@ export const POLL_PACE: Readonly<PollPace> = Object.freeze({ firstMs: 10, growth
 // With a watch the store says when to look; polling is only the safety net for a missed notification
 // (a writer that does not publish, a dropped subscription), so it can be slow.
 export const WATCHED_POLL_PACE: Readonly<PollPace> = Object.freeze({ firstMs: 500, growth: 1.5, maxMs: 2_000 });
+/** Looks of one waiter closer together than MIN_ATTEMPT_GAP_MS allowed in a row, however often its watch fires. */
+const QUICK_ATTEMPTS = 2;
+const MIN_ATTEMPT_GAP_MS = 5;
 
 /**
  * Subscribes `onChange` to the writes a waiter waits for; undefined when the store cannot tell.
@@ -167,6 +170,8 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
   const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch, ended);
   const pace = wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;
   let delay: number = pace.firstMs;
+  let attempted = -Infinity;
+  let quick = 0;
   try {
     while (performance.now() - started < budgetMs && !ended?.aborted) {
       if (!wakeup.take()) {
@@ -174,7 +179,17 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
         wakeup.take();
         delay = Math.min(delay * pace.growth, pace.maxMs);
       }
+      // A write reported during an attempt starts the next one at once; a watch that reports writes
+      // without end (a busy key, a faulty adapter) gets no more than QUICK_ATTEMPTS in a row, then one
+      // attempt per MIN_ATTEMPT_GAP_MS, not a round of store calls each time it fires.
+      const since = performance.now() - attempted;
+      quick = since < MIN_ATTEMPT_GAP_MS ? quick + 1 : 0;
+      if (quick >= QUICK_ATTEMPTS) {
+        await new Promise((resolve) => setTimeout(resolve, MIN_ATTEMPT_GAP_MS - since));
+        quick = 0;
+      }
       if (ended?.aborted) break;
+      attempted = performance.now();
       const result = await attempt();
       if (result !== undefined) return result;
     }
