@@ -347,6 +347,14 @@ export class ClientCore {
     return secret;
   }
 
+  /**
+   * The pool let go of this client (see `releaseClient`): no refresh-ahead timer is left, and calls under
+   * way finish, as the HTTP client and stores they use are the pool's and stay open.
+   */
+  release(): void {
+    for (const manager of this.#managers) manager.close();
+  }
+
   /** Closes once: a second call resolves when the first one's work is done, not before. */
   close(): Promise<void> {
     return (this.#closed ??= this.#close());

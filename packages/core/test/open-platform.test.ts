@@ -318,6 +318,19 @@ describe('authorizers', () => {
     await send(open, a);
     expect(mock.counters(a).templateSends).toBe(1);
   });
+
+  it('a client dropped beyond maxClients while a caller still holds it finishes that caller\'s calls', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make({ maxClients: 1 });
+    const [a, b] = [await authorized(s, open), await authorized(s, open)];
+    const held = open.officialAccount(a);
+    open.officialAccount(b); // a is dropped
+    // Its token is gone from the store: the held client must fetch one for its call.
+    await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${a}`);
+    await held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+  });
 });
 
 describe('on a compatibility profile', () => {

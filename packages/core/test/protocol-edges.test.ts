@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
+import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
+import { componentOptions } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -332,14 +333,28 @@ describe('close()', () => {
     const app = new OfficialAccount({
       appId: 'wx0000000000000002',
       logger: false,
-      tokenSource: { fetch: async () => ({ value: 'T', expiresIn: 7200 }), invalidate: async () => undefined, close: () => finished },
+      tokenSource: { fetch: async () => ({ value: 'T', expiresIn: 7200 }), invalidate: async () => undefined, close: () => (sourceCloses += 1, finished) },
     });
+    let sourceCloses = 0;
     let first = false;
     const closing = app.close().then(() => (first = true));
-    const second = app.close().then(() => first);
+    const again = app.close();
+    expect(again).toBe(app.close());
+    const second = again.then(() => first);
     finish();
     expect(await second).toBe(true);
     await closing;
+    // The work of closing ran once.
+    expect(sourceCloses).toBe(1);
+  });
+
+  it('ClientPool and OpenPlatform: a second close() is the first one\'s promise', async () => {
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: () => undefined, cache: new MemoryCache(), logger: false });
+    const open = new OpenPlatform({ ...componentOptions(mock, mock.createComponent()), cache: new MemoryCache(), durableStore: new MemoryCache(), logger: false });
+    const closing = [pool.close(), open.close()];
+    expect(pool.close()).toBe(closing[0]);
+    expect(open.close()).toBe(closing[1]);
+    await Promise.all(closing);
   });
 
   it("ends a wait on another process's refresh at once: the call fails as closed, and nothing is fetched after it", async () => {

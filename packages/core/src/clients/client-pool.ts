@@ -5,6 +5,7 @@ import { ClientLru } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
+import { releaseClient } from './wechat-client.js';
 import { Work, WORK_BASE_URL } from './work.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
@@ -48,11 +49,12 @@ export interface ClientPoolOptions<K extends ClientPoolKind> extends ClientOptio
    */
   credentials: CredentialsResolver<K>;
   /**
-   * At most this many clients are kept; the least recently used one is closed beyond it. A client is
-   * cheap to make again: its tokens are in the store, and only the resolver is asked again. @default 1000
+   * At most this many clients are kept; the least recently used one is dropped beyond it (calls under way
+   * on it finish). A client is cheap to make again: its tokens are in the store, and only the resolver is
+   * asked again. @default 1000
    */
   maxClients?: number;
-  /** A client unused this long, in ms, is closed at the next `get()` (no timers). @default 600000 */
+  /** A client unused this long, in ms, is dropped at the next `get()` (no timers). @default 600000 */
   clientIdleMs?: number;
   /** How long the resolver may take, in ms, before `get()` fails with reason `timeout`. @default 10000 */
   credentialsTimeoutMs?: number;
@@ -78,9 +80,10 @@ const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
  * Clients for many accounts, made on first use from credentials you resolve, so 10,000 accounts need no
  * configuration up front: `get(appId)` asks the resolver once, builds an ordinary client (template
  * messages, JS-SDK, 40001 recovery, the token shared through `cache`), and keeps it while it is used.
- * Idle clients and those beyond `maxClients` are closed at the next `get()`; there is no timer per
- * client. All clients share the options given here and one HTTP client, which sends through the
- * connection pools the process shares per origin with every other client (or through `dispatcher`).
+ * Idle clients and those beyond `maxClients` are dropped at the next `get()` (calls under way on them
+ * finish); there is no timer per client. All clients share the options given here and one HTTP client,
+ * which sends through the connection pools the process shares per origin with every other client (or
+ * through `dispatcher`).
  *
  * @example
  * ```ts
@@ -125,8 +128,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now,
-      // The clients share the pool's HTTP client and store, which stay open: closing one drops its listeners only.
-      drop: (client) => void client.close().catch(() => undefined),
+      // The clients share the pool's HTTP client and store, which stay open. A dropped client is only let
+      // go of: a caller that still holds it finishes its calls (closing it would end their token waits).
+      drop: (client) => releaseClient(client),
     });
   }
 
@@ -173,12 +177,13 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   }
 
   /**
-   * Closes the client of `id`, if one is held (after its creation, if under way). The next `get(id)` asks
-   * the resolver again: call it after an account's credentials changed.
+   * Lets go of the client of `id`, if one is held (after its creation, if under way): calls under way on
+   * it finish. The next `get(id)` asks the resolver again: call it after an account's credentials changed.
    */
   async delete(id: string): Promise<void> {
     await this.#pending.get(id)?.catch(() => undefined);
-    await this.#clients.delete(id)?.close();
+    const held = this.#clients.delete(id);
+    if (held) releaseClient(held);
   }
 
   /**

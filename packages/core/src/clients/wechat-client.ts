@@ -5,6 +5,19 @@ import type { ClientCore } from '../client-core.js';
 import type { TokenEvents } from '../events.js';
 import type { TokenManager } from '../token/manager.js';
 
+/** Each client's core, for {@link releaseClient}: kept off the public API. */
+const cores = new WeakMap<WeChatClient, ClientCore>();
+
+/**
+ * A ClientPool or OpenPlatform lets go of `client` (beyond maxClients, idle, deleted): its refresh-ahead
+ * timers stop, and calls under way on it finish; a caller still holding it may go on using it. Its HTTP
+ * client and stores are the pool's, so nothing else of it is open. Unlike `close()`, it ends no wait.
+ * @internal
+ */
+export function releaseClient(client: WeChatClient): void {
+  cores.get(client)?.release();
+}
+
 /**
  * What every wxkit client has: its access token, a client for any API, the store hook, and events.
  * OfficialAccount, MiniProgram and Work extend it.
@@ -20,6 +33,7 @@ export abstract class WeChatClient {
   /** @internal */
   protected constructor(core: ClientCore, token: TokenManager) {
     this.core = core;
+    cores.set(this, core);
     this.accessToken = new AccessToken(core, token);
     this.client = new ApiClient(core, token);
   }

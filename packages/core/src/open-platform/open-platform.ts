@@ -6,7 +6,7 @@ import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
-import type { WeChatClient } from '../clients/wechat-client.js';
+import { releaseClient, type WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
@@ -37,11 +37,12 @@ export interface OpenPlatformOptions extends ClientOptions {
    */
   durableStore: TokenCache;
   /**
-   * At most this many authorizer clients are kept; the least recently used one is closed beyond it.
-   * A client is cheap to make again (its tokens are in the store). @default 1000
+   * At most this many authorizer clients are kept; the least recently used one is dropped beyond it
+   * (calls under way on it finish). A client is cheap to make again (its tokens are in the store).
+   * @default 1000
    */
   maxClients?: number;
-  /** An authorizer client unused this long is closed at the next lookup (no timers). @default 600000 */
+  /** An authorizer client unused this long is dropped at the next lookup (no timers). @default 600000 */
   clientIdleMs?: number;
 }
 
@@ -181,8 +182,9 @@ export class OpenPlatform {
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now: () => performance.now(),
-      // The clients share the platform's HTTP client and store, which stay open: closing one drops its listeners only.
-      drop: ({ client }) => void client.close().catch(() => undefined),
+      // The clients share the platform's HTTP client and store, which stay open. A dropped client is only
+      // let go of: a caller that still holds it finishes its calls (closing it would end their token waits).
+      drop: ({ client }) => releaseClient(client),
     });
     const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of Object.keys(OWN_OPTIONS)) delete clientOptions[name];
@@ -382,7 +384,7 @@ export class OpenPlatform {
     const held = this.#clients.get(id);
     if (held?.kind === kind) return held.client;
     // The account was last used as the other kind: that client goes.
-    if (held) void this.#clients.delete(id)!.client.close().catch(() => undefined);
+    if (held) releaseClient(this.#clients.delete(id)!.client);
     const custom: CustomToken = () => ({
       key: this.#key('authorizer_access_token', id),
       label: 'authorizer_access_token',
