@@ -30,7 +30,8 @@ import { checkOptions, fn, type OptionSchema } from './validate.js';
 export interface TokenCache {
   /**
    * The stored bytes as a binary string, or `undefined` when the key is absent or expired (`null` is
-   * taken as a miss too; any other answer fails the call as a store failure).
+   * taken as a miss too, a Buffer or Uint8Array as its bytes; any other answer fails the call as a store
+   * failure).
    */
   get(key: string): Promise<string | undefined>;
   /**

@@ -32,14 +32,9 @@ class StoreHealth {
   readonly #refs = new WeakMap<GuardedStore, WeakRef<GuardedStore>>();
   // Drops the reference of a client collected without close().
   readonly #collected = new FinalizationRegistry<WeakRef<GuardedStore>>((ref) => this.#users.delete(ref));
-  readonly #cache: TokenCache;
   #probeDelayMs = PROBE_MIN_MS;
   #probeTimer: NodeJS.Timeout | undefined;
   #probeKey = '';
-
-  constructor(cache: TokenCache) {
-    this.#cache = cache;
-  }
 
   join(user: GuardedStore): void {
     const ref = new WeakRef(user);
@@ -133,7 +128,7 @@ class StoreHealth {
       const prober = own !== undefined && this.has(own) ? own : this.users()[0];
       if (!this.down || !prober) return;
       const key = this.#probeKey;
-      prober.send('get', key, () => this.#cache.get(key)).catch(() => undefined);
+      prober.probe(key).catch(() => undefined);
     }, this.#probeDelayMs);
     this.#probeTimer.unref?.();
   }
@@ -163,7 +158,7 @@ export class GuardedStore {
     this.#log = log;
     this.#appId = appId;
     let health = healths.get(cache);
-    if (!health) healths.set(cache, (health = new StoreHealth(cache)));
+    if (!health) healths.set(cache, (health = new StoreHealth()));
     this.#health = health;
     health.join(this);
   }
@@ -239,20 +234,33 @@ export class GuardedStore {
   }
 
   get(key: string): Promise<string | undefined> {
-    return this.#call('get', key, () => Promise.resolve(this.cache.get(key)).then((value: unknown) => this.#got(key, value)));
+    return this.#call('get', key, () => this.#read(key));
+  }
+
+  /**
+   * @internal The breaker's probe: a get of `key` sent whatever the breaker says, its answer checked as
+   * any get's (a store that answers a get with garbage is not taken back for up by it).
+   */
+  probe(key: string): Promise<string | undefined> {
+    return this.send('get', key, () => this.#read(key));
+  }
+
+  #read(key: string): Promise<string | undefined> {
+    return Promise.resolve(this.cache.get(key)).then((value: unknown) => this.#got(key, value));
   }
 
   /**
    * What a get resolved, as the TokenCache contract has it: a string, or undefined for a miss. `null`
-   * (what many Redis and Memcached clients give for a miss) is a miss too; anything else is the
-   * adapter's bug, and fails the call as a store failure (the store is taken for down, and the clients
-   * serve from their fallbacks), with what came back named.
+   * (what many Redis and Memcached clients give for a miss) is a miss too, and a Buffer or Uint8Array is
+   * read as its bytes; anything else is the adapter's bug, and fails the call as a store failure (the
+   * store is taken for down, and the clients serve from their fallbacks), with what came back named.
    */
   #got(key: string, value: unknown): string | undefined {
     if (value === undefined || value === null) return undefined;
     if (typeof value === 'string') return value;
+    if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1');
     throw new CacheError(
-      `The token store answered get ${this.#redact(key)} with ${typeName(value)}; a TokenCache's get() resolves the stored bytes as a string, or undefined for a miss (decode a Buffer with buffer.toString('latin1'))`,
+      `The token store answered get ${this.#redact(key)} with ${typeName(value)}; a TokenCache's get() resolves the stored bytes as a string (or a Buffer), or undefined for a miss`,
     );
   }
 
@@ -363,7 +371,7 @@ export class GuardedStore {
     if (refused) throw refused;
     const ttlMs = this.cache.ttlMs;
     const [raw, ttl] = await Promise.all([
-      this.#bounded('get', () => this.cache.get(key)),
+      this.#bounded('get', () => this.#read(key)),
       typeof ttlMs === 'function' ? this.#bounded('ttlMs', () => ttlMs.call(this.cache, key)) : undefined,
     ]);
     return { raw, ttlMs: ttl };

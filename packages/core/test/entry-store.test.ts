@@ -104,13 +104,23 @@ describe('writes never go back in time', () => {
 });
 
 describe('a format without an expiry, on a store whose TTL makes no sense', () => {
-  it("reads a TTL of -1, -2, 0 or NaN (an adapter handing over Redis's codes) as unknown: a hit until the entry disappears, not a miss per read", async () => {
-    for (const answer of [-1, -2, 0, Number.NaN]) {
+  it("reads a TTL of -1, 0 or NaN (an adapter handing over Redis's code for no expiry) as unknown: a hit until the entry disappears, not a miss per read", async () => {
+    for (const answer of [-1, 0, Number.NaN]) {
       const cache = new MemoryCache();
       cache.ttlMs = async () => answer;
       const { store, entries } = setUp(wxJava(), cache);
       await cache.set(key, 'BARE_TOKEN_0123456789', 7000);
       expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'BARE_TOKEN_0123456789' } });
+    }
+  });
+
+  it("reads Redis's -2 (no such key: it went after the read) as a miss, as it reads undefined", async () => {
+    for (const answer of [-2, undefined]) {
+      const cache = new MemoryCache();
+      cache.ttlMs = async () => answer;
+      const { store, entries } = setUp(wxJava(), cache);
+      await cache.set(key, 'BARE_TOKEN_0123456789', 7000);
+      expect(await entries.read(store, () => false), String(answer)).toMatchObject({ kind: 'miss' });
     }
   });
 });

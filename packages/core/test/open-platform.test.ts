@@ -514,6 +514,28 @@ describe('on a compatibility profile', () => {
     expect(JSON.stringify(warnings)).not.toContain(mock.authorizerRefreshToken(a)!);
   });
 
+  it('easyWeChat6: on a store whose get() answers Buffers, the copy EasyWeChat keeps is read as its bytes and taken', async () => {
+    const s = setup();
+    await s.durable.set(`open_platform.verify_ticket.${s.component.appId}`, phpString(mock.issueVerifyTicket(s.component.appId)), 3600);
+    class Bytes extends MemoryCache {
+      override async get(key: string): Promise<string | undefined> {
+        const value = await super.get(key);
+        return (value === undefined ? null : Buffer.from(value, 'latin1')) as unknown as string | undefined;
+      }
+    }
+    const cache = new Bytes();
+    const logger = recordingLogger();
+    const open = s.make({ schema: easyWeChat6(), cache, logger });
+    const a = await authorized(s, open);
+    const first = await open.officialAccount(a).accessToken.getToken();
+    // wxkit's entry is gone; EasyWeChat's copy of the same token is left: another instance takes it.
+    await cache.delete(open.officialAccount(a).accessToken.cacheKey);
+    const other = s.make({ schema: easyWeChat6(), cache, logger });
+    expect(await other.officialAccount(a).accessToken.getToken()).toBe(first);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(0);
+    expect(logger.lines.map((line) => (line.fields as { event?: string }).event)).not.toContain('authorizer_access_token.copy_failed');
+  });
+
   it("easyWeChat6: a refresh left under way (its holder died after WeChat rotated the refresh token) does not take the copy kept under the old one", async () => {
     const s = setup();
     const c = s.component.appId;

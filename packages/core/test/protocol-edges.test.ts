@@ -433,6 +433,89 @@ describe('forced refreshes and the memo', () => {
     await app.close();
   });
 
+  it('setCache() during a background refresh: what it brings back from the old store does not fill the memo', async () => {
+    const { appId, secret } = mock.createApp();
+    // The first store holds the writes of entries (not of the lock) while told to.
+    let holding = false;
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    class Holding extends MemoryCache {
+      override async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        if (holding && !key.endsWith(':lock')) await released;
+        return super.set(key, value, ttlSeconds);
+      }
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (holding && !key.endsWith(':lock')) await released;
+        return super.add(key, value, ttlSeconds);
+      }
+      override async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (holding && !key.endsWith(':lock')) await released;
+        return super.compareAndSet(key, expected, value, ttlSeconds);
+      }
+    }
+    const [first, second] = [new Holding(), new MemoryCache()];
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: first, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    const aheadDone = new Promise<void>((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve()));
+    await app.accessToken.getToken();
+    holding = true;
+    now += (6900 - 500) * 1000;
+    await app.accessToken.getToken(); // starts the background refresh, on the first store
+    while (mock.counters(appId).classicTokenRequests < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    app.setCache(second);
+    const current = await app.accessToken.getToken();
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    release();
+    await aheadDone;
+    await new Promise((resolve) => setImmediate(resolve));
+    // The memo still holds the new store's token, the one WeChat now takes.
+    expect(await app.accessToken.getToken()).toBe(current);
+    expect(mock.isTokenValid(appId, current)).toBe(true);
+    await app.close();
+  });
+
+  it('setCache() while a 40001 recovery reads the old store: what it read there does not fill the memo', async () => {
+    const { appId, secret } = mock.createApp();
+    let key = '';
+    let holding = false;
+    let reads = 0;
+    let entered!: () => void;
+    const inside = new Promise<void>((resolve) => (entered = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    class Holding extends MemoryCache {
+      override async get(k: string): Promise<string | undefined> {
+        // The invalidation reads the entry first (to delete it only if it holds the rejected token), then
+        // the recovery reads it for a newer one: that second read is held.
+        if (holding && k === key && (reads += 1) === 2) {
+          entered();
+          await released;
+        }
+        return super.get(k);
+      }
+    }
+    const [first, second] = [new Holding(), new MemoryCache()];
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: first, tokenEndpoint: 'classic', logger: false });
+    key = app.accessToken.cacheKey;
+    await app.accessToken.getToken();
+    // Another process refreshed: the first store holds its token, and WeChat rejects this one's.
+    const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: first, tokenEndpoint: 'classic', logger: false });
+    const peers = await other.accessToken.forceRefresh();
+    mock.advanceClock(301); // past WeChat's grace for the superseded token
+    holding = true;
+    const sent = app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    await inside; // the recovery reads the first store
+    app.setCache(second);
+    release();
+    await sent;
+    holding = false;
+    // The resend took the peer's token; the memo does not hold it for the new store, which is read.
+    const current = await app.accessToken.getToken();
+    expect(current).not.toBe(peers);
+    expect(await second.get(key)).toContain(current);
+    await Promise.all([app.close(), other.close()]);
+  });
+
   it("a forced refresh that never reached WeChat (no connection) gives the fleet's 30 s force slot back", async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();

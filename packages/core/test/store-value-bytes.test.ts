@@ -1,7 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CacheError, FileCache, MemoryCache, OfficialAccount, nativeSchema, type KeySchema, type LogFields } from '../src/index.js';
 import { Log } from '../src/logger.js';
@@ -122,5 +122,42 @@ describe("a store's watch() that hands back no way to stop it", () => {
     // A watch that does hand one back is used.
     const watching = new GuardedStore(new MemoryCache(), 1000, new Log(false), 'wx0000000000000001');
     expect(typeof watching.watch(['k'], () => undefined)).toBe('function');
+  });
+});
+
+describe('what a store\'s get() answers, checked everywhere', () => {
+  it('the probe checks its answer as any get does: a store that answers garbage stays down, not down and up by turns', async () => {
+    const cache = new MemoryCache();
+    let gets = 0;
+    cache.get = async () => ((gets += 1), 42 as unknown as string);
+    const { lines, logger } = recording();
+    const store = new GuardedStore(cache, 1000, new Log(logger), 'wx0000000000000001');
+    expect(await rejection(store.get('wechat:access_token:wx0000000000000001'))).toBeInstanceOf(CacheError);
+    // Two probes later (each a get of the key whose call failed), the store was never taken for up.
+    await vi.waitFor(() => expect(gets).toBeGreaterThanOrEqual(3), { timeout: 10_000, interval: 20 });
+    expect(store.down).toBe(true);
+    expect(lines.map((l) => l.event)).toEqual(['cache.unavailable']);
+    store.dispose();
+  });
+
+  it('a Buffer or a Uint8Array is read as the stored bytes: another client takes the token from it', async () => {
+    const kinds = { Buffer: (bytes: Buffer) => bytes, Uint8Array: (bytes: Buffer) => new Uint8Array(bytes) };
+    for (const [kind, wrap] of Object.entries(kinds)) {
+      const { lines, logger } = recording();
+      const { appId, secret } = mock.createApp();
+      const cache = new MemoryCache();
+      const get = cache.get.bind(cache);
+      cache.get = async (key) => {
+        const value = await get(key);
+        return (value === undefined ? undefined : wrap(Buffer.from(value, 'latin1'))) as unknown as string;
+      };
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger });
+      const token = await app.accessToken.getToken();
+      const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger });
+      expect(await other.accessToken.getToken(), kind).toBe(token);
+      expect(mock.counters(appId).tokenRequests, kind).toBe(1);
+      expect(lines.map((l) => l.event), kind).not.toContain('cache.unavailable');
+      await Promise.all([app.close(), other.close()]);
+    }
   });
 });

@@ -87,11 +87,12 @@ export class EntryStore {
     if (rejected(entry.value)) return { kind: 'miss' };
     // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is the store's
     // TTL where the store can tell; otherwise the entry counts as valid until it disappears. So does one
-    // whose TTL makes no sense (an adapter handing over Redis's -1 or -2, or 0, NaN): read as an expiry
-    // already past, it would send every call to WeChat.
+    // whose TTL makes no sense (an adapter handing over Redis's -1 for no expiry, or 0, NaN): read as an
+    // expiry already past, it would send every call to WeChat. Redis's -2 (no such key) is a miss, as
+    // undefined is: the entry went between the read and this question.
     if (entry.expiresAt === undefined && store.cache.ttlMs) {
       const left = await store.ttlMs(this.key);
-      if (left === undefined) return { kind: 'miss' };
+      if (left === undefined || left === -2) return { kind: 'miss' };
       if (typeof left === 'number' && Number.isFinite(left) && left > 0) entry.expiresAt = Math.floor((this.#init.now() + left) / 1000);
     }
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a

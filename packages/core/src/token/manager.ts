@@ -40,7 +40,11 @@ export class TokenManager {
     this.#refresher = refresher;
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
-    this.#ahead = new RefreshAhead(ctx, refresher, (refreshed) => this.#remember(refreshed));
+    // What a background refresh brings back is kept only if no reset() came meanwhile.
+    this.#ahead = new RefreshAhead(ctx, refresher, () => {
+      const generation = this.#generation;
+      return (refreshed) => this.#remember(refreshed, generation);
+    });
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
@@ -126,10 +130,11 @@ export class TokenManager {
     await this.invalidate(failed, errcode);
     const held = this.#memo.value;
     if (held !== undefined && held !== failed && !this.isRejected(held)) return held;
+    const generation = this.#generation;
     const tier = this.#ctx.tiers.current();
     try {
       const read = await this.#ctx.entries.read(tier.entries, (value) => this.isRejected(value));
-      if (read.kind === 'hit') return this.#remember({ entry: read.entry, tier: tier.name, fetched: false });
+      if (read.kind === 'hit') return this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
     }

@@ -9,15 +9,16 @@ import type { Refreshed, Refresher, TokenContext } from './refresher.js';
 export class RefreshAhead {
   readonly #ctx: TokenContext;
   readonly #refresher: Refresher;
-  readonly #onRefreshed: (refreshed: Refreshed) => void;
+  readonly #start: () => (refreshed: Refreshed) => void;
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(ctx: TokenContext, refresher: Refresher, onRefreshed: (refreshed: Refreshed) => void) {
+  /** `start` is called as a refresh begins, and gives what takes its value when it ends. */
+  constructor(ctx: TokenContext, refresher: Refresher, start: () => (refreshed: Refreshed) => void) {
     this.#ctx = ctx;
     this.#refresher = refresher;
-    this.#onRefreshed = onRefreshed;
+    this.#start = start;
   }
 
   /**
@@ -47,9 +48,10 @@ export class RefreshAhead {
 
   async #run(current: string): Promise<void> {
     const ctx = this.#ctx;
+    const done = this.#start();
     try {
       const refreshed = await this.#refresher.refresh({ force: false, ahead: true, current });
-      if (refreshed) this.#onRefreshed(refreshed);
+      if (refreshed) done(refreshed);
     } catch (error) {
       ctx.log.warn(
         { event: `${ctx.label}.refresh_ahead_failed`, appId: ctx.appId, key: ctx.logKey, error: (error as Error)?.message },

@@ -181,13 +181,11 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
       }
       // A write reported during an attempt starts the next one at once; a watch that reports writes
       // without end (a busy key, a faulty adapter) gets no more than QUICK_ATTEMPTS in a row, then one
-      // attempt per MIN_ATTEMPT_GAP_MS, not a round of store calls each time it fires.
+      // attempt per MIN_ATTEMPT_GAP_MS, not a round of store calls each time it fires. The count starts
+      // again only after a gap that long came of itself.
       const since = performance.now() - attempted;
       quick = since < MIN_ATTEMPT_GAP_MS ? quick + 1 : 0;
-      if (quick >= QUICK_ATTEMPTS) {
-        await new Promise((resolve) => setTimeout(resolve, MIN_ATTEMPT_GAP_MS - since));
-        quick = 0;
-      }
+      if (quick >= QUICK_ATTEMPTS) await new Promise((resolve) => setTimeout(resolve, Math.ceil(MIN_ATTEMPT_GAP_MS - since)));
       if (ended?.aborted) break;
       attempted = performance.now();
       const result = await attempt();
