@@ -324,6 +324,7 @@ export class HttpClient {
   readonly #tokenDispatcher: Dispatcher;
   /** The shared pools this client holds a use of, until close(): none with a caller's dispatcher. */
   #held: SharedPool[] | undefined;
+  #closed = false;
   readonly #origin: string;
   /** The base URL's path, without a trailing slash (`''` for https://api.weixin.qq.com). */
   readonly #basePath: string;
@@ -430,6 +431,7 @@ export class HttpClient {
 
   /** Leaves the shared pools (each closed with its last client); a caller's dispatcher stays open. */
   async close(): Promise<void> {
+    this.#closed = true;
     const held = this.#held;
     this.#held = undefined;
     await Promise.all(held?.map(leave) ?? []);
@@ -439,6 +441,13 @@ export class HttpClient {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
     if (req.signal?.aborted) return Promise.reject(req.signal.reason);
+    // Requests under way at close() finish; one made after it is refused here, by name, rather than by
+    // the closed pool's own error.
+    if (this.#closed) {
+      return Promise.reject(
+        new HttpError('ERR_WXKIT_HTTP', `The request to ${path} was not sent: the client was closed (close()); make a new one to send again`, { path, sent: false }),
+      );
+    }
     return new Promise((resolve, reject) => {
       const exchange = new Exchange(this, path, this.#queueTimeoutMs, req.signal, resolve, reject);
       try {

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions } from './helpers.js';
+import { componentOptions, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -325,6 +325,28 @@ describe('close()', () => {
       return super.add(key, value, ttlSeconds);
     }
   }
+
+  it('a call under way at close() finishes; one made after it is refused by name, never sent', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    await app.accessToken.getToken();
+    const message = { touser: 'o1', template_id: 'T', data: {} };
+    mock.setLatency(100);
+    try {
+      const underWay = app.templateMessage.send(message);
+      while (mock.counters(appId).requests < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+      const closing = app.close();
+      const after = await rejection(app.templateMessage.send(message));
+      expect(after).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+      expect(after.message).toMatch(/not sent: the client was closed/);
+      await underWay;
+      await closing;
+      expect(await rejection(app.templateMessage.send(message))).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, message: expect.stringMatching(/closed/) });
+      expect(mock.counters(appId).templateSends).toBe(1);
+    } finally {
+      mock.setLatency(0);
+    }
+  });
 
   it('a second close() resolves only once the first one is done', async () => {
     let finish!: () => void;
