@@ -1,6 +1,6 @@
 import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { ClientPool, MemoryCache, MiniProgram, OfficialAccount, Work, type ClientPoolOptions } from '../src/index.js';
+import { ClientPool, MemoryCache, MiniProgram, OfficialAccount, TokenUnavailableError, Work, type ClientPoolOptions } from '../src/index.js';
 import { errorText, rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -103,22 +103,51 @@ describe('ClientPool', () => {
     expect(pool.size).toBe(2);
   });
 
-  it('a dropped client starts no background refresh: the one it had scheduled is cancelled', async () => {
+  it('a dropped client starts no background refresh: neither the one it had scheduled, nor one on a later use', async () => {
+    const apps = appsOnMock(3);
+    const [a, b, c] = [...apps.keys()] as [string, string, string];
+    const cache = new MemoryCache();
+    let now = Date.now();
+    const { pool } = officialAccounts(apps, { cache, now: () => now, maxClients: 2, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, tokenEndpoint: 'classic' });
+    const scheduled = await pool.get(a);
+    await scheduled.accessToken.getToken();
+    const later = await pool.get(b);
+    await later.accessToken.getToken();
+    const adds = vi.spyOn(cache, 'add');
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      now += (6900 - 500) * 1000; // inside the refresh-ahead window, and both idle past clientIdleMs
+      await scheduled.accessToken.getToken(); // schedules a background refresh of a, due at once
+      await pool.get(c); // drops a and b, before that refresh runs
+      await later.accessToken.getToken(); // b's caller goes on using it, inside the window
+      // Every timer due runs: a background refresh would have tried the lock.
+      await vi.runOnlyPendingTimersAsync();
+      expect(adds.mock.calls.filter(([key]) => key.includes(a) || key.includes(b))).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(mock.counters(a).classicTokenRequests).toBe(1);
+    expect(mock.counters(b).classicTokenRequests).toBe(1);
+  });
+
+  it('close() ends the waits of the clients it let go of too: a caller still holding one is not kept waiting', async () => {
     const apps = appsOnMock(2);
     const [a, b] = [...apps.keys()] as [string, string];
     const cache = new MemoryCache();
-    let now = Date.now();
-    const { pool } = officialAccounts(apps, { cache, now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, tokenEndpoint: 'classic' });
+    const { pool } = officialAccounts(apps, { cache, maxClients: 1, tokenEndpoint: 'classic' });
     const held = await pool.get(a);
-    await held.accessToken.getToken();
-    const adds = vi.spyOn(cache, 'add');
-    now += (6900 - 500) * 1000; // inside the refresh-ahead window, and a is idle past clientIdleMs
-    await held.accessToken.getToken(); // schedules a background refresh, due at once
-    void pool.get(b); // drops a, before that refresh runs
-    // The refresh would have been due at once, and its first store call (the lock) made before this fires.
-    await new Promise((resolve) => setTimeout(resolve, 5));
-    expect(adds.mock.calls.filter(([key]) => key.includes(a))).toEqual([]);
-    expect(mock.counters(a).classicTokenRequests).toBe(1);
+    await pool.get(b); // a is let go of
+    // Another process holds a's refresh lock for a minute: the held client waits for its entry.
+    await cache.set(`${held.accessToken.cacheKey}:lock`, 'elsewhere:1', 60);
+    const waiting = held.accessToken.getToken().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await pool.close();
+    const error = await Promise.race([waiting, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+    expect(error).toBeInstanceOf(TokenUnavailableError);
+    expect((error as Error).message).toMatch(/closed/);
+    expect(mock.counters(a).classicTokenRequests).toBe(0);
   });
 
   it('close() closes every client and the pool; get() after it is a typed error', async () => {

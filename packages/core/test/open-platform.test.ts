@@ -319,6 +319,18 @@ describe('authorizers', () => {
     expect(mock.counters(a).templateSends).toBe(1);
   });
 
+  it('an authorizer asked for as the other kind: the client of the first kind, still held, finishes its calls', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const a = await authorized(s, open);
+    const held = open.officialAccount(a);
+    open.miniProgram(a); // the official-account client goes
+    await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${a}`);
+    await held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+  });
+
   it('a client dropped beyond maxClients while a caller still holds it finishes that caller\'s calls', async () => {
     const s = setup();
     await withTicket(s);

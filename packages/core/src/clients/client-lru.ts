@@ -68,3 +68,38 @@ export class ClientLru<T> {
     }
   }
 }
+
+/**
+ * The clients a pool let go of (beyond maxClients, idle, deleted) while a caller may still hold them:
+ * released at once (their calls under way finish), held weakly, and closed with the pool, so that the
+ * pool's close() ends their waits too. One collected meanwhile is simply forgotten.
+ * @internal
+ */
+export class LetGo<T extends { close(): Promise<void> }> {
+  readonly #refs = new Set<WeakRef<T>>();
+  readonly #collected = new FinalizationRegistry<WeakRef<T>>((ref) => this.#refs.delete(ref));
+  readonly #release: (value: T) => void;
+
+  constructor(release: (value: T) => void) {
+    this.#release = release;
+  }
+
+  add(value: T): void {
+    this.#release(value);
+    const ref = new WeakRef(value);
+    this.#refs.add(ref);
+    this.#collected.register(value, ref, ref);
+  }
+
+  /** Closes the ones not collected yet, and forgets them. */
+  async closeAll(): Promise<void> {
+    const live: T[] = [];
+    for (const ref of this.#refs) {
+      this.#collected.unregister(ref);
+      const value = ref.deref();
+      if (value !== undefined) live.push(value);
+    }
+    this.#refs.clear();
+    await Promise.all(live.map((value) => value.close()));
+  }
+}

@@ -1,7 +1,7 @@
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
-import { ClientLru } from './client-lru.js';
+import { ClientLru, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
@@ -103,6 +103,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #core: ClientCore;
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
+  readonly #letGo = new LetGo<ClientOf<K>>(releaseClient);
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -129,8 +130,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now,
       // The clients share the pool's HTTP client and store, which stay open. A dropped client is only let
-      // go of: a caller that still holds it finishes its calls (closing it would end their token waits).
-      drop: (client) => releaseClient(client),
+      // go of: a caller that still holds it finishes its calls (closing it would end their token waits);
+      // it is closed with the pool.
+      drop: (client) => this.#letGo.add(client),
     });
   }
 
@@ -183,12 +185,13 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   async delete(id: string): Promise<void> {
     await this.#pending.get(id)?.catch(() => undefined);
     const held = this.#clients.delete(id);
-    if (held) releaseClient(held);
+    if (held) this.#letGo.add(held);
   }
 
   /**
-   * Closes every client and leaves the process's shared connection pools (closed with their last user;
-   * a dispatcher of yours is left open). The cache is yours to close.
+   * Closes every client (the ones it dropped that a caller still holds too: their waits end) and leaves
+   * the process's shared connection pools (closed with their last user; a dispatcher of yours is left
+   * open). The cache is yours to close.
    */
   close(): Promise<void> {
     // Once: a second call resolves when the first one's work is done, not before.
@@ -198,7 +201,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   async #close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
-    await Promise.all(this.#clients.clear().map((client) => client.close()));
+    await Promise.all([...this.#clients.clear().map((client) => client.close()), this.#letGo.closeAll()]);
     await this.#core.close();
   }
 

@@ -3,7 +3,7 @@ import { binaryToText, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
-import { ClientLru } from '../clients/client-lru.js';
+import { ClientLru, LetGo } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import { releaseClient, type WeChatClient } from '../clients/wechat-client.js';
@@ -170,6 +170,7 @@ export class OpenPlatform {
   /** The options every authorizer client is made with: the client options, without the component's own. */
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
+  readonly #letGo = new LetGo<WeChatClient>(releaseClient);
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -183,8 +184,9 @@ export class OpenPlatform {
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now: () => performance.now(),
       // The clients share the platform's HTTP client and store, which stay open. A dropped client is only
-      // let go of: a caller that still holds it finishes its calls (closing it would end their token waits).
-      drop: ({ client }) => releaseClient(client),
+      // let go of: a caller that still holds it finishes its calls (closing it would end their token
+      // waits); it is closed with the platform.
+      drop: ({ client }) => this.#letGo.add(client),
     });
     const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of Object.keys(OWN_OPTIONS)) delete clientOptions[name];
@@ -358,8 +360,9 @@ export class OpenPlatform {
   }
 
   /**
-   * Closes every authorizer client and leaves the process's shared connection pools (closed with their
-   * last user; a dispatcher of yours is left open). The cache and the durable store are yours to close.
+   * Closes every authorizer client (the ones it dropped that a caller still holds too: their waits end)
+   * and leaves the process's shared connection pools (closed with their last user; a dispatcher of yours
+   * is left open). The cache and the durable store are yours to close.
    */
   close(): Promise<void> {
     // Once: a second call resolves when the first one's work is done, not before.
@@ -368,7 +371,7 @@ export class OpenPlatform {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    await Promise.all(this.#clients.clear().map(({ client }) => client.close()));
+    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll()]);
     this.#durable.dispose();
     await this.#core.close();
   }
@@ -384,7 +387,7 @@ export class OpenPlatform {
     const held = this.#clients.get(id);
     if (held?.kind === kind) return held.client;
     // The account was last used as the other kind: that client goes.
-    if (held) releaseClient(this.#clients.delete(id)!.client);
+    if (held) this.#letGo.add(this.#clients.delete(id)!.client);
     const custom: CustomToken = () => ({
       key: this.#key('authorizer_access_token', id),
       label: 'authorizer_access_token',

@@ -64,7 +64,7 @@ export class TokenManager {
     this.#forced = new SingleFlight();
   }
 
-  /** The client closed: no background refresh starts any more. */
+  /** The client closed, or its pool let go of it: no background refresh starts any more. */
   close(): void {
     this.#ahead.cancel();
   }

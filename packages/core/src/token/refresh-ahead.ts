@@ -13,6 +13,8 @@ export class RefreshAhead {
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
   #timer: NodeJS.Timeout | undefined;
+  /** Set by cancel(): the client closed, or its pool let go of it. */
+  #stopped = false;
 
   /** `start` is called as a refresh begins, and gives what takes its value when it ends. */
   constructor(ctx: TokenContext, refresher: Refresher, start: () => (refreshed: Refreshed) => void) {
@@ -28,7 +30,7 @@ export class RefreshAhead {
    */
   consider(value: string, staleAt: number | undefined, fetchedAt: number | undefined, now: number): void {
     const { refreshAheadMs, refreshAheadJitterMs } = this.#ctx.settings;
-    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value || this.#ctx.closed.aborted) return;
+    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value || this.#stopped || this.#ctx.closed.aborted) return;
     const windowMs = fetchedAt === undefined ? refreshAheadMs : Math.min(refreshAheadMs, (staleAt - fetchedAt) / 2);
     if (staleAt - now >= windowMs) return;
     this.#startedFor = value;
@@ -40,8 +42,9 @@ export class RefreshAhead {
     this.#timer.unref?.();
   }
 
-  /** The client closed: a refresh not yet started never starts. */
+  /** The client closed, or its pool let go of it: a refresh not yet started never starts, nor does any later one. */
   cancel(): void {
+    this.#stopped = true;
     clearTimeout(this.#timer);
     this.#timer = undefined;
   }
