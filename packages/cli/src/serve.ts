@@ -138,6 +138,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // Node requires headersTimeout <= requestTimeout.
   timeouts.headersTimeout = Math.min(timeouts.headersTimeout, timeouts.requestTimeout);
   const healthCheckMs = positive(options.healthCheckMs, 2_000, 'healthCheckMs');
+  const checkEveryMs = seconds(options.checkEverySeconds, 30, 'checkEverySeconds');
   const digests = options.keys.map((key) => createHash('sha256').update(key).digest());
   const log = options.logger || undefined;
   const metrics = new ServiceMetrics();
@@ -195,7 +196,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const check = () => {
     for (const target of served.values()) entryOf(target).catch(() => undefined);
   };
-  const timer = setInterval(check, (options.checkEverySeconds ?? 30) * 1000);
+  const timer = setInterval(check, checkEveryMs);
   timer.unref();
   check();
 
@@ -503,6 +504,16 @@ function positive(value: number | undefined, fallback: number, name: string): nu
     throw new ConfigError(`the token service's ${name} must be an integer number of ms between 1 and 2147483647`, name);
   }
   return value;
+}
+
+/** A period in seconds, as ms a timer can hold (beyond 2³¹ − 1 ms Node would run it every millisecond). */
+function seconds(value: number | undefined, fallback: number, name: string): number {
+  if (value === undefined) return fallback * 1000;
+  const ms = value * 1000;
+  if (typeof value !== 'number' || !Number.isFinite(value) || ms < 1 || ms > 2 ** 31 - 1) {
+    throw new ConfigError(`the token service's ${name} must be a number of seconds between 0.001 and 2147483.647`, name);
+  }
+  return ms;
 }
 
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {

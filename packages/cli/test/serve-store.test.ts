@@ -77,6 +77,19 @@ describe("the token service's own store reads", () => {
   });
 });
 
+describe("the token service's options", () => {
+  it('a check period no timer can hold (or none at all) is a ConfigError, before anything starts', async () => {
+    const base = { cache: new MemoryCache(), apps: [{ kind: 'official_account' as const, appId: 'wx0000000000000001', secret: 's' }], keys: ['options-test-key-0123456789'], port: 0, logger: false as const };
+    // 30 days: beyond 2^31 - 1 ms, Node would run the check every millisecond.
+    for (const checkEverySeconds of [2_592_000, 0, -1, Number.NaN, Number.POSITIVE_INFINITY, '30' as unknown as number]) {
+      await expect(startTokenService({ ...base, checkEverySeconds }), String(checkEverySeconds)).rejects.toMatchObject({
+        code: 'ERR_WXKIT_INVALID_OPTION',
+        option: 'checkEverySeconds',
+      });
+    }
+  });
+});
+
 describe('the /healthz store probe', () => {
   it('does not keep the process alive while the store does not answer', async () => {
     const hung = Object.assign(new MemoryCache(), { get: () => new Promise<undefined>(() => {}) });

@@ -272,7 +272,9 @@ export class FileCache implements TokenCache {
   async #draft(path: string, value: string, ttlSeconds: number, op: string): Promise<string> {
     const bytes = binaryToBuffer(value, 'FileCache');
     const temp = await tempName(path);
-    const expiresAt = Math.ceil(this.#now() + ttlSeconds * 1000);
+    // A TTL meant as "for ever" (1e13 s, 2 ** 53) still makes a header the reader takes: beyond 16 digits,
+    // or in exponent form, the entry would read as unreadable, absent, and replaced by the next add.
+    const expiresAt = Math.min(Math.ceil(this.#now() + ttlSeconds * 1000), Number.MAX_SAFE_INTEGER);
     try {
       await writeFile(temp, Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]), { flag: 'wx', mode: 0o600 });
     } catch (error) {

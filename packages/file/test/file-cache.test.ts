@@ -82,6 +82,18 @@ describe('FileCache on disk', () => {
     expect(readFileSync(join(dir, 'k'), 'utf8')).toBe(`v1 ${now + 6_900_000}\n{"access_token":"T"}`);
   });
 
+  it('a TTL meant as "for ever" (1e13 s, 2 ** 53 s) keeps the entry, and add() still lets one caller win', async () => {
+    const cache = new FileCache({ dir: fresh('forever') });
+    for (const ttl of [1e13, 2 ** 53, Number.MAX_VALUE]) {
+      await cache.set(`k${ttl}`, 'v', ttl);
+      expect(await cache.get(`k${ttl}`), String(ttl)).toBe('v');
+      expect(await cache.add(`lock${ttl}`, 'a', ttl), String(ttl)).toBe(true);
+      expect(await cache.add(`lock${ttl}`, 'b', ttl), String(ttl)).toBe(false);
+      expect(await cache.get(`lock${ttl}`), String(ttl)).toBe('a');
+    }
+    await cache.close();
+  });
+
   it('a corrupt file reads as absent and set() replaces it', async () => {
     const dir = fresh('corrupt');
     const cache = new FileCache({ dir });

@@ -44,6 +44,18 @@ export class Connection {
     return this.#connecting;
   }
 
+  /**
+   * `client` left a command unanswered far longer than any answer takes (a NAT or firewall that lost
+   * the connection's state, a half-dead proxy): node-redis would wait on that socket until the kernel
+   * gives it up, 15 minutes or more. Our client is ended, which fails its pending commands, and the next
+   * call connects anew; a caller's client is the caller's to mend.
+   */
+  stalled(client: RedisClientLike): void {
+    if (this.#client?.client !== client) return;
+    this.#end(this.#client);
+    this.#client = undefined;
+  }
+
   /** Ends every client it made, including one still connecting; a caller's client stays open. */
   async close(): Promise<void> {
     this.#closed = true;

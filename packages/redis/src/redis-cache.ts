@@ -24,6 +24,10 @@ export function writtenMessage(key: string): string {
 }
 // A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile.
 const SUBSCRIBE_RETRY_MS = 30_000;
+// A command unanswered for STALL_FACTOR × connectTimeoutMs (at least STALL_MIN_MS) gives its connection
+// up: Redis answers in well under a millisecond, and node-redis itself never notices a silent socket.
+const STALL_FACTOR = 3;
+const STALL_MIN_MS = 3_000;
 
 /** What watch() needs of a node-redis connection in subscriber mode. */
 interface Subscriber {
@@ -72,6 +76,8 @@ export class RedisCache implements TokenCache {
   /** The watched keys by their {@link writtenMessage}. */
   readonly #byMessage = new Map<string, string>();
   #subscriber: Promise<Subscriber | undefined> | undefined;
+  /** The subscriber connection while it connects and subscribes. */
+  #opening: Subscriber | undefined;
   #subscriberFailedAt = -Infinity;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
   #keyspace: string | undefined;
@@ -176,7 +182,12 @@ export class RedisCache implements TokenCache {
       ]);
       clearTimeout(timer);
     }
-    await Promise.all([this.#connection.close(), subscriber?.then((sub) => sub?.destroy()).catch(() => undefined)]);
+    // One still opening is ended now; the open attempt then fails, and settles, on its own.
+    const opening = this.#opening;
+    await Promise.all([
+      this.#connection.close(),
+      opening ? Promise.resolve(opening.destroy()).catch(() => undefined) : subscriber?.then((sub) => sub?.destroy()).catch(() => undefined),
+    ]);
   }
 
   /**
@@ -216,18 +227,24 @@ export class RedisCache implements TokenCache {
     // node-redis reports failed reconnects as 'error' events; an unheard one would crash the process.
     subscriber.on('error', () => undefined);
     let timer: NodeJS.Timeout | undefined;
+    // Held for close(), which ends it even while its connect or SUBSCRIBE goes unanswered.
+    this.#opening = subscriber;
     try {
+      // Both bounded: a server (or proxy) that never answers SUBSCRIBE would hold close() for ever.
       await Promise.race([
-        subscriber.connect(),
+        (async () => {
+          await subscriber.connect();
+          // A message is a key's digest; a writer that publishes the name itself is heard too.
+          await subscriber.subscribe(WRITTEN_CHANNEL, (message) => this.#notify(this.#byMessage.get(message) ?? message));
+        })(),
         new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('subscriber connect timed out')), this.#connectTimeoutMs))),
       ]);
-      // A message is a key's digest; a writer that publishes the name itself is heard too.
-      await subscriber.subscribe(WRITTEN_CHANNEL, (message) => this.#notify(this.#byMessage.get(message) ?? message));
     } catch (error) {
       await Promise.resolve(subscriber.destroy()).catch(() => undefined);
       throw error;
     } finally {
       clearTimeout(timer);
+      this.#opening = undefined;
     }
     if (this.#closed) {
       await Promise.resolve(subscriber.destroy()).catch(() => undefined);
@@ -261,13 +278,20 @@ export class RedisCache implements TokenCache {
   async #run<T>(op: string, fn: (client: RedisClientLike) => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`, { reason: 'closed' });
     let connecting = true;
+    let stall: NodeJS.Timeout | undefined;
     try {
       const client = await this.#connection.client();
       connecting = false;
+      // A command still unanswered after STALL_FACTOR connect timeouts means a connection gone silent:
+      // it is given up (its pending commands fail), and the next call connects anew.
+      stall = setTimeout(() => this.#connection.stalled(client), Math.max(STALL_FACTOR * this.#connectTimeoutMs, STALL_MIN_MS));
+      stall.unref?.();
       return await fn(client);
     } catch (error) {
       const reason = reasonOf(error);
       throw new CacheError(`RedisCache ${op} failed on ${this.#where}${hintOf(reason, connecting)}`, { cause: error, ...(reason ? { reason } : {}) });
+    } finally {
+      clearTimeout(stall);
     }
   }
 }

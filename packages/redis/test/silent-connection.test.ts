@@ -1,0 +1,123 @@
+import { createConnection, createServer, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CacheError } from '@wxkit/core';
+import { freePort, startRedis, type StoreServer } from '@wxkit/testing';
+import { RedisCache } from '../src/index.js';
+
+// A connection that goes silent (a NAT or firewall that lost its state, a failed-over address, a
+// half-dead proxy) sends no error and no close: node-redis waits on it until the kernel gives it up,
+// 15 minutes or more. These tests put a proxy between RedisCache and a real redis-server that can stop
+// passing bytes on the connections it holds while new ones still go through.
+
+let redis: StoreServer;
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await redis?.stop();
+});
+
+interface Proxy {
+  port: number;
+  /** Connections accepted so far. */
+  connections(): number;
+  /** Commands held back so far (see `swallow`). */
+  swallowed(): number;
+  /** The connections open now pass no byte any more, either way; their sockets stay open. */
+  freeze(): void;
+  close(): Promise<void>;
+}
+
+/** A TCP proxy to the Redis under test; `swallow` holds back every chunk a client sends that matches it. */
+async function startProxy(swallow?: RegExp): Promise<Proxy> {
+  const pairs: { client: Socket; upstream: Socket; frozen: boolean }[] = [];
+  let swallowed = 0;
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: '127.0.0.1', port: redis.port });
+    const pair = { client, upstream, frozen: false };
+    pairs.push(pair);
+    client.on('data', (chunk: Buffer) => {
+      if (swallow?.test(chunk.toString('latin1'))) swallowed += 1;
+      else if (!pair.frozen) upstream.write(chunk);
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      if (!pair.frozen) client.write(chunk);
+    });
+    for (const socket of [client, upstream]) socket.on('error', () => undefined);
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  const port = await freePort();
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  return {
+    port,
+    connections: () => pairs.length,
+    swallowed: () => swallowed,
+    freeze: () => {
+      for (const pair of pairs) pair.frozen = true;
+    },
+    close: () => {
+      for (const pair of pairs) pair.client.destroy();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+/** `promise`, or a rejection naming `what` if it has not settled after 20 s (a hang, not a slow answer). */
+function settles<T>(promise: Promise<T>, what: string): Promise<T> {
+  return Promise.race([promise, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} never settled`)), 20_000).unref())]);
+}
+
+describe('RedisCache on a connection that goes silent', () => {
+  it('a call on it fails instead of waiting for ever, and the next one connects anew and is answered', async () => {
+    const proxy = await startProxy();
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500 });
+    try {
+      await cache.set('wxkit-silent:k', 'v', 60);
+      expect(await cache.get('wxkit-silent:k')).toBe('v');
+      proxy.freeze();
+      const error = await settles(cache.get('wxkit-silent:k').then(() => undefined, (e: unknown) => e), 'a get on the silent connection');
+      expect(error).toBeInstanceOf(CacheError);
+      expect(await settles(cache.get('wxkit-silent:k'), 'a get after it')).toBe('v');
+      expect(proxy.connections()).toBe(2);
+    } finally {
+      await settles(cache.close(), 'close()');
+      await proxy.close();
+    }
+  });
+
+  it('close() ends at once while the subscriber connection waits for an answer to SUBSCRIBE', async () => {
+    const proxy = await startProxy(/SUBSCRIBE/i);
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 60_000 });
+    try {
+      await cache.set('wxkit-silent:w', 'v', 60);
+      const stop = cache.watch('wxkit-silent:w', () => undefined);
+      // The subscriber connection sent its SUBSCRIBE, which the proxy holds back.
+      while (proxy.swallowed() === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      stop();
+      await settles(cache.close(), 'close()');
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it('a SUBSCRIBE never answered is given up after connectTimeoutMs: the waiters are told to look, and poll', async () => {
+    const proxy = await startProxy(/SUBSCRIBE/i);
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 300 });
+    try {
+      let told = 0;
+      const stop = cache.watch('wxkit-silent:x', () => (told += 1));
+      await settles(
+        (async () => {
+          while (told === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+        })(),
+        'the waiters being told',
+      );
+      expect(proxy.swallowed()).toBeGreaterThan(0);
+      stop();
+    } finally {
+      await settles(cache.close(), 'close()');
+      await proxy.close();
+    }
+  });
+});
