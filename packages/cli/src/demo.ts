@@ -114,7 +114,7 @@ export async function runDemo(args: string[]): Promise<number> {
     cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
     store = pathToFileURL(dir).href;
   }
-  const label = store.startsWith('file:') ? `FileCache in ${fileURLToPath(store)}` : store.startsWith('memcached:') ? `MemcachedCache at ${store}` : `RedisCache at ${describeStore(store)}`;
+  const label = store.startsWith('file:') ? `FileCache in ${fileURLToPath(store)}` : store.startsWith('memcached:') ? `MemcachedCache at ${describeStore(store)}` : `RedisCache at ${describeStore(store)}`;
 
   console.log(`\nwxkit demo: ${opts.processes} worker processes share one WeChat access_token through one store\n`);
   console.log(`  WeChat   ${real ? `${baseUrl ?? 'the real API'}, appid ${app.appId}` : `mock server at ${mock!.url} (20 ms per call), appid ${app.appId}`}`);

@@ -31,7 +31,8 @@ Run 'wxkit token --help' for the options.`;
 
 const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url> [options]
 
-  --store URL         file:///dir, redis://[user:pass@]host:port[/db], rediss://…, memcached://host:port
+  --store URL         file:///dir, redis://[user:pass@]host:port[/db], rediss://…,
+                      memcached://[user:pass@]host:port[,host:port…]
   --app KIND:ID       official_account:<appid> (or oa:), mini_program:<appid> (or mp:),
                       work:<corpid>:<agentid>; default official_account:$WECHAT_APPID
   --endpoint E        stable (default) or classic: the entry to use (official accounts, mini programs)

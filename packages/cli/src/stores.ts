@@ -10,9 +10,11 @@ import { CliError } from './errors.js';
 /**
  * Opens the store a URL names, the same way in every command:
  * `file:///var/lib/wechat`, `redis://[user:pass@]host:port[/db]`, `rediss://…`,
- * `memcached://host:port[,host:port…]`.
+ * `memcached://[user:pass@]host:port[,host:port…]` (SASL credentials, percent-encoded like a URL's).
  */
 export function openStore(url: string): TokenCache {
+  // Several memcached servers are no URL's host (`h1:11211,h2:11211`): read before URL parsing.
+  if (url.startsWith('memcached://')) return memcached(url.slice('memcached://'.length));
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -25,15 +27,34 @@ export function openStore(url: string): TokenCache {
     case 'redis:':
     case 'rediss:':
       return new RedisCache(url);
-    case 'memcached:':
-      return new MemcachedCache(url.slice('memcached://'.length));
     default:
       throw new ConfigError(`--store ${parsed.protocol}// is not a store wxkit knows (file://, redis://, rediss://, memcached://)`, 'store');
   }
 }
 
+/** `[user:pass@]host:port[,host:port…]`: the servers, with SASL credentials when the URL names them. */
+function memcached(rest: string): TokenCache {
+  const at = rest.lastIndexOf('@');
+  if (at < 0) return new MemcachedCache(rest);
+  const [user = '', ...pass] = rest.slice(0, at).split(':');
+  const decode = (part: string) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      throw new ConfigError('--store memcached:// has credentials that are not percent-encoded (write %40 for @, %3A for :)', 'store');
+    }
+  };
+  const password = pass.join(':');
+  return new MemcachedCache({
+    servers: rest.slice(at + 1),
+    ...(user ? { username: decode(user) } : {}),
+    ...(password ? { password: decode(password) } : {}),
+  });
+}
+
 /** The URL with any password masked, for output. */
 export function describeStore(url: string): string {
+  if (url.startsWith('memcached://')) return url.replace(/^(memcached:\/\/[^:@/]*:)[^@]*@/, '$1***@');
   return maskUrl(url);
 }
 

@@ -1,0 +1,41 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { memcachedGet, startMemcached, type StoreServer } from '@wxkit/testing';
+import { describeStore, openStore } from '../src/stores.js';
+
+// --store memcached://… as the CLI's usage and the README write it: several servers, and SASL
+// credentials in the URL's user part.
+let servers: StoreServer[] = [];
+beforeAll(async () => {
+  servers = await Promise.all([startMemcached(), startMemcached()]);
+});
+afterAll(async () => {
+  await Promise.all(servers.map((server) => server.stop()));
+});
+
+describe('openStore(memcached://…)', () => {
+  it('takes several servers, host:port,host:port, and spreads the keys over them', async () => {
+    const cache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const keys = Array.from({ length: 20 }, (_, i) => `wxkit-stores:${i}`);
+    await Promise.all(keys.map((key) => cache.set(key, `v-${key}`, 60)));
+    for (const key of keys) expect(await cache.get(key)).toBe(`v-${key}`);
+    const held = await Promise.all(servers.map(async (server) => (await Promise.all(keys.map((key) => memcachedGet(server.port, key)))).filter(Boolean).length));
+    expect(held.every((count) => count > 0)).toBe(true);
+    expect(held[0]! + held[1]!).toBe(keys.length);
+    await cache.close?.();
+  });
+
+  it('takes SASL credentials in the user part, percent-encoded, and never shows the password', async () => {
+    const url = `memcached://wechat:p%40ss%3Aword@${servers[0]!.url},${servers[1]!.url}`;
+    const cache = openStore(url);
+    expect(describeStore(url)).toBe(`memcached://wechat:***@${servers[0]!.url},${servers[1]!.url}`);
+    await cache.close?.();
+    let error: unknown;
+    try {
+      openStore('memcached://wechat:%E0%A4%A@127.0.0.1:11211');
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'store' });
+    expect((error as Error).message).not.toContain('%E0%A4%A');
+  });
+});
