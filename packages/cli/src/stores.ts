@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { ConfigError, type TokenCache } from '@wxkit/core';
 import { maskUrl } from '@wxkit/core/internal';
 import { FileCache } from '@wxkit/file';
-import { MemcachedCache } from '@wxkit/memcached';
+import { MemcachedCache, type MemcachedCacheOptions } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { CliError } from './errors.js';
 
@@ -14,7 +14,7 @@ import { CliError } from './errors.js';
  */
 export function openStore(url: string): TokenCache {
   // Several memcached servers are no URL's host (`h1:11211,h2:11211`): read before URL parsing.
-  if (url.startsWith('memcached://')) return memcached(url.slice('memcached://'.length));
+  if (/^memcached:\/\//i.test(url)) return new MemcachedCache(memcachedOptions(url));
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -32,11 +32,21 @@ export function openStore(url: string): TokenCache {
   }
 }
 
-/** `[user:pass@]host:port[,host:port…]`: the servers, with SASL credentials when the URL names them. */
-function memcached(rest: string): TokenCache {
+/**
+ * `memcached://[user:pass@]host:port[,host:port…]` as MemcachedCache options: the servers, with the SASL
+ * credentials when the URL names them (one pair for every server, percent-encoded like a URL's).
+ * @internal
+ */
+export function memcachedOptions(url: string): MemcachedCacheOptions {
+  const rest = url.replace(/^memcached:\/\//i, '');
   const at = rest.lastIndexOf('@');
-  if (at < 0) return new MemcachedCache(rest);
-  const [user = '', ...pass] = rest.slice(0, at).split(':');
+  if (at < 0) return { servers: rest };
+  const login = rest.slice(0, at);
+  // Never echoed: it holds the password.
+  if (login.includes('@') || login.includes(',')) {
+    throw new ConfigError('--store memcached:// takes one user:password for every server, before the first one (memcached://user:pass@h1:11211,h2:11211), with @ written %40', 'store');
+  }
+  const [user = '', ...pass] = login.split(':');
   const decode = (part: string) => {
     try {
       return decodeURIComponent(part);
@@ -45,16 +55,21 @@ function memcached(rest: string): TokenCache {
     }
   };
   const password = pass.join(':');
-  return new MemcachedCache({
+  return {
     servers: rest.slice(at + 1),
     ...(user ? { username: decode(user) } : {}),
     ...(password ? { password: decode(password) } : {}),
-  });
+  };
 }
 
 /** The URL with any password masked, for output. */
 export function describeStore(url: string): string {
-  if (url.startsWith('memcached://')) return url.replace(/^(memcached:\/\/[^:@/]*:)[^@]*@/, '$1***@');
+  if (/^memcached:\/\//i.test(url)) {
+    // Everything between the user's colon and the last @ is the password, whatever it holds.
+    const at = url.lastIndexOf('@');
+    const colon = url.indexOf(':', 'memcached://'.length);
+    return at < 0 || colon < 0 || colon > at ? url : `${url.slice(0, colon + 1)}***${url.slice(at)}`;
+  }
   return maskUrl(url);
 }
 

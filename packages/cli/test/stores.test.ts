@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memcachedGet, startMemcached, type StoreServer } from '@wxkit/testing';
-import { describeStore, openStore } from '../src/stores.js';
+import { describeStore, memcachedOptions, openStore } from '../src/stores.js';
 
 // --store memcached://… as the CLI's usage and the README write it: several servers, and SASL
 // credentials in the URL's user part.
@@ -22,6 +22,24 @@ describe('openStore(memcached://…)', () => {
     expect(held.every((count) => count > 0)).toBe(true);
     expect(held[0]! + held[1]!).toBe(keys.length);
     await cache.close?.();
+  });
+
+  it('hands the SASL credentials of the user part to the store, decoded, for every server', () => {
+    expect(memcachedOptions('memcached://wechat:p%40ss%3Aword@h1:11211,h2:11211')).toEqual({ servers: 'h1:11211,h2:11211', username: 'wechat', password: 'p@ss:word' });
+    expect(memcachedOptions('MEMCACHED://wechat:pw:with:colons@h1:11211')).toEqual({ servers: 'h1:11211', username: 'wechat', password: 'pw:with:colons' });
+    expect(memcachedOptions('memcached://h1:11211/')).toEqual({ servers: 'h1:11211/' });
+    // Per-server credentials, or a raw @, would be read as another host or password: refused, never echoed.
+    for (const url of ['memcached://u:first-secret@h1:11211,u:second-secret@h2:11211', 'memcached://u:raw@secret@h1:11211']) {
+      let error: unknown;
+      try {
+        memcachedOptions(url);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error, url).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'store' });
+      expect((error as Error).message).not.toMatch(/secret/);
+    }
+    expect(describeStore('memcached://u:raw@secret@h1:11211')).toBe('memcached://u:***@h1:11211');
   });
 
   it('takes SASL credentials in the user part, percent-encoded, and never shows the password', async () => {

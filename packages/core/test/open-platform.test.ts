@@ -9,6 +9,7 @@ import {
   easyWeChat6,
   nativeSchema,
   silenceper,
+  TokenUnavailableError,
   wxJava,
   type ClientEvent,
   type KeySchema,
@@ -317,6 +318,27 @@ describe('authorizers', () => {
     expect(open.officialAccount(a)).not.toBe(first);
     await send(open, a);
     expect(mock.counters(a).templateSends).toBe(1);
+  });
+
+  it('close() ends the waits of the authorizer clients it dropped, still held by a caller', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make({ maxClients: 1 });
+    const [a, b] = [await authorized(s, open), await authorized(s, open)];
+    const held = open.officialAccount(a);
+    open.officialAccount(b); // a is dropped
+    // a's token is gone, and another process holds its refresh lock for a minute: the held client waits.
+    await s.cache.delete(held.accessToken.cacheKey);
+    await s.cache.set(`${held.accessToken.cacheKey}:lock`, 'elsewhere:1', 60);
+    const waiting = held.accessToken.getToken().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    await open.close();
+    const error = await Promise.race([waiting, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+    expect(error).toBeInstanceOf(TokenUnavailableError);
+    expect((error as Error).message).toMatch(/closed/);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(0);
   });
 
   it('an authorizer asked for as the other kind: the client of the first kind, still held, finishes its calls', async () => {

@@ -26,7 +26,8 @@ export interface MemcachedCacheOptions {
 const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 
 const MEMCACHED_OPTIONS = {
-  servers: required(rule('"host:port", several separated by commas, or an array of them', (value) => parseServers(value) !== undefined)),
+  // memjs splits a server at its first colon: an IPv6 address ([::1]:11211) would never connect.
+  servers: required(rule('"host:port" (a name or an IPv4 address), several separated by commas, or an array of them', (value) => parseServers(value) !== undefined)),
   username: rule('a string', (value) => typeof value === 'string'),
   password: rule('a string', (value) => typeof value === 'string'),
   timeoutMs: durationMs(),
@@ -254,7 +255,7 @@ function expires(ttlSeconds: number): number {
 function parseServers(servers: unknown): string[] | undefined {
   const list = typeof servers === 'string' ? servers.split(',') : Array.isArray(servers) ? servers : undefined;
   const parsed = list?.map((entry) => (typeof entry === 'string' ? entry.trim().replace(/^memcached:\/\//, '').replace(/\/$/, '') : ''));
-  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_[\]:]+:\d{1,5}$/.test(entry))) return undefined;
+  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_]+:\d{1,5}$/.test(entry))) return undefined;
   return parsed;
 }
 

@@ -12,7 +12,7 @@ describeOptions({
   close: (made) => (made as MemcachedCache).close(),
   base: { servers: '127.0.0.1:9' },
   cases: {
-    servers: { valid: ['127.0.0.1:9,127.0.0.1:10', ['127.0.0.1:9'], 'memcached://127.0.0.1:9'], invalid: ['localhost', [], ['a:1', 'b'], '', 42] },
+    servers: { valid: ['127.0.0.1:9,127.0.0.1:10', ['127.0.0.1:9'], 'memcached://127.0.0.1:9'], invalid: ['localhost', [], ['a:1', 'b'], '', 42, '[::1]:11211'] },
     username: { valid: ['app'], invalid: [42] },
     password: { valid: ['topsecret'], invalid: [12345678, {}] },
     timeoutMs: { valid: [1, 500, MAX_TIMER_MS], invalid: [0, -5, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '500'] },

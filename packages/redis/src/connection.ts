@@ -45,7 +45,7 @@ export class Connection {
   }
 
   /**
-   * `client` left a command unanswered far longer than any answer takes (a NAT or firewall that lost
+   * `client` left a command unanswered longer than stallTimeoutMs (a NAT or firewall that lost
    * the connection's state, a half-dead proxy): node-redis would wait on that socket until the kernel
    * gives it up, 15 minutes or more. Our client is ended, which fails its pending commands, and the next
    * call connects anew; a caller's client is the caller's to mend.

@@ -26,6 +26,16 @@ export interface RedisCacheOptions {
    */
   connectTimeoutMs?: number;
   /**
+   * A command unanswered this long, in ms, ends the connection it was sent on (its pending calls fail,
+   * and the next call connects anew): a connection gone silent (a NAT or firewall that lost its state, a
+   * half-dead proxy) sends no error and no close, and node-redis would wait on it until the kernel drops
+   * the socket, 15 minutes or more. Only for a single server given by `url`: a Cluster's or Sentinel's
+   * clients recover through their own discovery, and a `client` of yours is yours. Keep it above the
+   * longest pause your server takes (`CLIENT PAUSE`, `FAILOVER`).
+   * @default 10000
+   */
+  stallTimeoutMs?: number;
+  /**
    * More node-redis client options (TLS `socket.ca`, `pingInterval`…), merged over wxkit's. With
    * `sentinel`, they apply to the primary and replicas, not to the Sentinels.
    */
@@ -52,7 +62,7 @@ export interface RedisCacheSentinelOptions {
   database?: number;
 }
 
-const DEFAULTS = Object.freeze({ connectTimeoutMs: 1000 });
+const DEFAULTS = Object.freeze({ connectTimeoutMs: 1000, stallTimeoutMs: 10_000 });
 
 /** What RedisCache needs from its options, checked before any I/O. */
 export interface ResolvedOptions {
@@ -61,6 +71,8 @@ export interface ResolvedOptions {
   /** Where the store is, passwords masked, for messages. */
   where: string;
   connectTimeoutMs: number;
+  /** When a command unanswered ends our connection; undefined where that is not ours to do. */
+  stallTimeoutMs: number | undefined;
 }
 
 export function resolveOptions(options: unknown): ResolvedOptions {
@@ -78,7 +90,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       ...extra.socket,
     } as RedisClientOptions['socket'],
   });
-  if (opts.client) return { source: opts.client, where: 'the given Redis client', connectTimeoutMs };
+  if (opts.client) return { source: opts.client, where: 'the given Redis client', connectTimeoutMs, stallTimeoutMs: undefined };
   if (opts.cluster) {
     // Root nodes serve only to discover the cluster, through a client of their own that node-redis
     // never ends if a node accepts and never answers: a socket timeout ends its handshake.
@@ -87,6 +99,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       source: (ended) => createCluster({ rootNodes, defaults: merge(ended, opts.clientOptions) }) as RedisClientLike,
       where: `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`,
       connectTimeoutMs,
+      stallTimeoutMs: undefined,
     };
   }
   if (opts.sentinel) {
@@ -110,9 +123,15 @@ export function resolveOptions(options: unknown): ResolvedOptions {
         }) as unknown as RedisClientLike,
       where: `Redis Sentinel master ${masterName} via ${sentinels.map(maskUrl).join(',')}`,
       connectTimeoutMs,
+      stallTimeoutMs: undefined,
     };
   }
-  return { source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as RedisClientLike, where: maskUrl(opts.url!), connectTimeoutMs };
+  return {
+    source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as RedisClientLike,
+    where: maskUrl(opts.url!),
+    connectTimeoutMs,
+    stallTimeoutMs: opts.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs,
+  };
 }
 
 const URL_RULE = 'a redis:// or rediss:// URL such as redis://user:password@host:6379/0';
@@ -126,6 +145,7 @@ const REDIS_OPTIONS = {
   sentinel: rule('an object { sentinels, masterName }', isObject),
   client: rule('a node-redis client, cluster or sentinel', (value) => isObject(value) && typeof value.connect === 'function'),
   connectTimeoutMs: durationMs(),
+  stallTimeoutMs: durationMs(),
   clientOptions: rule('an object of node-redis client options', isObject),
 } as const satisfies OptionSchema<keyof RedisCacheOptions>;
 
@@ -160,6 +180,9 @@ function normalize(options: unknown): RedisCacheOptions {
   const sources = [opts.url, opts.cluster, opts.sentinel, opts.client].filter((source) => source !== undefined).length;
   if (sources !== 1) throw new ConfigError('RedisCache options must have exactly one of url, cluster, sentinel or client', 'url');
   if (opts.sentinel !== undefined) checkSentinel(opts.sentinel);
+  if (opts.stallTimeoutMs !== undefined && opts.url === undefined) {
+    throw new ConfigError('RedisCache options.stallTimeoutMs is for a single server given by url: a Cluster or Sentinel client recovers through its own discovery, and a client of yours is yours to mend', 'stallTimeoutMs');
+  }
   return opts;
 }
 

@@ -24,10 +24,6 @@ export function writtenMessage(key: string): string {
 }
 // A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile.
 const SUBSCRIBE_RETRY_MS = 30_000;
-// A command unanswered for STALL_FACTOR × connectTimeoutMs (at least STALL_MIN_MS) gives its connection
-// up: Redis answers in well under a millisecond, and node-redis itself never notices a silent socket.
-const STALL_FACTOR = 3;
-const STALL_MIN_MS = 3_000;
 
 /** What watch() needs of a node-redis connection in subscriber mode. */
 interface Subscriber {
@@ -71,6 +67,7 @@ export class RedisCache implements TokenCache {
   readonly #where: string;
   #closed = false;
   readonly #connectTimeoutMs: number;
+  readonly #stallTimeoutMs: number | undefined;
   /** Who waits for which key, and the subscriber connection that tells them (made on the first watch). */
   readonly #watchers = new Map<string, Set<() => void>>();
   /** The watched keys by their {@link writtenMessage}. */
@@ -85,9 +82,10 @@ export class RedisCache implements TokenCache {
   readonly #publishing = new Set<Promise<unknown>>();
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
-    const { source, where, connectTimeoutMs } = resolveOptions(options);
+    const { source, where, connectTimeoutMs, stallTimeoutMs } = resolveOptions(options);
     this.#where = where;
     this.#connectTimeoutMs = connectTimeoutMs;
+    this.#stallTimeoutMs = stallTimeoutMs;
     this.#connection = new Connection(source, connectTimeoutMs);
   }
 
@@ -279,18 +277,38 @@ export class RedisCache implements TokenCache {
     if (this.#closed) throw new CacheError(`RedisCache ${op} after close() (${this.#where})`, { reason: 'closed' });
     let connecting = true;
     let stall: NodeJS.Timeout | undefined;
+    let settled = false;
+    let gaveUp = false;
     try {
       const client = await this.#connection.client();
       connecting = false;
-      // A command still unanswered after STALL_FACTOR connect timeouts means a connection gone silent:
-      // it is given up (its pending commands fail), and the next call connects anew.
-      stall = setTimeout(() => this.#connection.stalled(client), Math.max(STALL_FACTOR * this.#connectTimeoutMs, STALL_MIN_MS));
-      stall.unref?.();
+      // A command still unanswered after stallTimeoutMs means a connection gone silent: it is given up
+      // (its pending commands fail), and the next call connects anew. Looked at once more after one turn
+      // of the event loop: a process that was busy for that long may hold the answer unread.
+      if (this.#stallTimeoutMs !== undefined) {
+        stall = setTimeout(
+          () =>
+            setImmediate(() => {
+              if (settled) return;
+              gaveUp = true;
+              this.#connection.stalled(client);
+            }),
+          this.#stallTimeoutMs,
+        );
+        stall.unref?.();
+      }
       return await fn(client);
     } catch (error) {
+      if (gaveUp) {
+        throw new CacheError(
+          `RedisCache ${op} got no answer from ${this.#where} within ${this.#stallTimeoutMs} ms: the connection was given up as silent, and the next call connects anew`,
+          { cause: error, reason: 'timeout' },
+        );
+      }
       const reason = reasonOf(error);
       throw new CacheError(`RedisCache ${op} failed on ${this.#where}${hintOf(reason, connecting)}`, { cause: error, ...(reason ? { reason } : {}) });
     } finally {
+      settled = true;
       clearTimeout(stall);
     }
   }

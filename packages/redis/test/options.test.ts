@@ -1,4 +1,5 @@
 import { createClient } from '@keyv/redis';
+import { expect, it } from 'vitest';
 import { describeOptions, type OptionCases } from '@wxkit/testing/suite';
 import { RedisCache, type RedisCacheOptions, type RedisCacheSentinelOptions } from '../src/index.js';
 
@@ -22,6 +23,7 @@ describeOptions({
   cases: {
     url: { valid: ['rediss://user:pw@redis.example:6380/1', 'redis://127.0.0.1:9'], invalid: ['http://127.0.0.1:6379', 'redis://:topsecret@host:6379/notadb', 'redis:6379', 42] },
     connectTimeoutMs: { valid: [1, 1000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '1000'] },
+    stallTimeoutMs: { valid: [1, 10_000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, '10000'] },
     clientOptions: { valid: [{ pingInterval: 1000 }], invalid: ['tls', [], null] },
     cluster: { valid: [['redis://127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']], invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], 'redis://a:7000'] },
     sentinel: { valid: [sentinel], invalid: [[], 'redis://a:26379'] },
@@ -52,4 +54,10 @@ describeOptions({
   required: ['sentinels', 'masterName'],
   misspelt: { master: 'masterName', databse: 'database' },
   declarations: declarations('RedisCacheSentinelOptions'),
+});
+
+it('stallTimeoutMs is for a single server by url: with cluster, sentinel or a client of yours it is a ConfigError', () => {
+  for (const source of [{ cluster: ['redis://127.0.0.1:9'] }, { sentinel }, { client: createClient({ url }) }]) {
+    expect(() => new RedisCache({ ...source, stallTimeoutMs: 5000 } as RedisCacheOptions)).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'stallTimeoutMs' }));
+  }
 });

@@ -25,6 +25,8 @@ interface Proxy {
   swallowed(): number;
   /** The connections open now pass no byte any more, either way; their sockets stay open. */
   freeze(): void;
+  /** From now on, each answer is passed on this many ms after it arrived. */
+  delayAnswers(ms: number): void;
   close(): Promise<void>;
 }
 
@@ -32,6 +34,7 @@ interface Proxy {
 async function startProxy(swallow?: RegExp): Promise<Proxy> {
   const pairs: { client: Socket; upstream: Socket; frozen: boolean }[] = [];
   let swallowed = 0;
+  let delayMs = 0;
   const server = createServer((client) => {
     const upstream = createConnection({ host: '127.0.0.1', port: redis.port });
     const pair = { client, upstream, frozen: false };
@@ -41,7 +44,9 @@ async function startProxy(swallow?: RegExp): Promise<Proxy> {
       else if (!pair.frozen) upstream.write(chunk);
     });
     upstream.on('data', (chunk: Buffer) => {
-      if (!pair.frozen) client.write(chunk);
+      if (pair.frozen) return;
+      if (delayMs === 0) client.write(chunk);
+      else setTimeout(() => client.write(chunk), delayMs);
     });
     for (const socket of [client, upstream]) socket.on('error', () => undefined);
     client.on('close', () => upstream.destroy());
@@ -56,6 +61,7 @@ async function startProxy(swallow?: RegExp): Promise<Proxy> {
     freeze: () => {
       for (const pair of pairs) pair.frozen = true;
     },
+    delayAnswers: (ms) => (delayMs = ms),
     close: () => {
       for (const pair of pairs) pair.client.destroy();
       return new Promise((resolve) => server.close(() => resolve()));
@@ -71,15 +77,36 @@ function settles<T>(promise: Promise<T>, what: string): Promise<T> {
 describe('RedisCache on a connection that goes silent', () => {
   it('a call on it fails instead of waiting for ever, and the next one connects anew and is answered', async () => {
     const proxy = await startProxy();
-    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500 });
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500, stallTimeoutMs: 1000 });
     try {
       await cache.set('wxkit-silent:k', 'v', 60);
       expect(await cache.get('wxkit-silent:k')).toBe('v');
       proxy.freeze();
       const error = await settles(cache.get('wxkit-silent:k').then(() => undefined, (e: unknown) => e), 'a get on the silent connection');
       expect(error).toBeInstanceOf(CacheError);
+      expect(error).toMatchObject({ reason: 'timeout', message: expect.stringMatching(/no answer .* within 1000 ms: the connection was given up as silent/) });
       expect(await settles(cache.get('wxkit-silent:k'), 'a get after it')).toBe('v');
       expect(proxy.connections()).toBe(2);
+    } finally {
+      await settles(cache.close(), 'close()');
+      await proxy.close();
+    }
+  });
+
+  it('a process too busy to read the answer in time keeps a healthy connection: it is looked at once more first', async () => {
+    const proxy = await startProxy();
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500, stallTimeoutMs: 1000 });
+    try {
+      await cache.set('wxkit-silent:busy', 'v', 60);
+      // The answer comes back shortly before stallTimeoutMs, while the event loop is held past it: when
+      // the loop runs again, the stall's timer and the answer are both due.
+      proxy.delayAnswers(900);
+      const reading = cache.get('wxkit-silent:busy');
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const until = performance.now() + 1300;
+      while (performance.now() < until);
+      expect(await settles(reading, 'the get')).toBe('v');
+      expect(proxy.connections()).toBe(1);
     } finally {
       await settles(cache.close(), 'close()');
       await proxy.close();
