@@ -65,3 +65,15 @@ export async function rejection(promise: Promise<unknown>): Promise<Error & Reco
   }
   throw new Error('expected the promise to reject');
 }
+
+/**
+ * The error `waiting` (a call waiting on another process's refresh) ended with once its client was
+ * closed: a rejection of its own when it is still waiting 10 s later, as a wait that outlived close().
+ */
+export function endedByClose(waiting: Promise<unknown>): Promise<unknown> {
+  const ended = waiting.then(
+    () => undefined,
+    (error: unknown) => error,
+  );
+  return Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+}

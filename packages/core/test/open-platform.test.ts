@@ -16,7 +16,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, recordingLogger, rejection, storeVerifyTicket } from './helpers.js';
+import { componentOptions, endedByClose, recordingLogger, rejection, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -69,6 +69,16 @@ async function authorized(s: Setup, open: OpenPlatform): Promise<string> {
   const { authorizerAppId } = await open.handleAuthorization(grant.authorizationCode);
   expect(authorizerAppId).toBe(grant.authorizerAppId);
   return authorizerAppId;
+}
+
+/** An OpenPlatform that holds one client, and the client of authorizer `a`, kept by the test after it was dropped for `b`'s. */
+async function heldAfterDrop(s: Setup) {
+  await withTicket(s);
+  const open = s.make({ maxClients: 1 });
+  const [a, b] = [await authorized(s, open), await authorized(s, open)];
+  const held = open.officialAccount(a);
+  open.officialAccount(b); // a is dropped
+  return { open, a, held };
 }
 
 const send = (open: OpenPlatform, appId: string) => open.officialAccount(appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
@@ -322,20 +332,13 @@ describe('authorizers', () => {
 
   it('close() ends the waits of the authorizer clients it dropped, still held by a caller', async () => {
     const s = setup();
-    await withTicket(s);
-    const open = s.make({ maxClients: 1 });
-    const [a, b] = [await authorized(s, open), await authorized(s, open)];
-    const held = open.officialAccount(a);
-    open.officialAccount(b); // a is dropped
+    const { open, a, held } = await heldAfterDrop(s);
     // a's token is gone, and another process holds its refresh lock for a minute: the held client waits.
     await s.cache.delete(held.accessToken.cacheKey);
     await s.cache.set(`${held.accessToken.cacheKey}:lock`, 'elsewhere:1', 60);
-    const waiting = held.accessToken.getToken().then(
-      () => undefined,
-      (error: unknown) => error,
-    );
+    const waiting = endedByClose(held.accessToken.getToken());
     await open.close();
-    const error = await Promise.race([waiting, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+    const error = await waiting;
     expect(error).toBeInstanceOf(TokenUnavailableError);
     expect((error as Error).message).toMatch(/closed/);
     expect(mock.counters(a).authorizerTokenRequests).toBe(0);
@@ -355,11 +358,7 @@ describe('authorizers', () => {
 
   it('a client dropped beyond maxClients while a caller still holds it finishes that caller\'s calls', async () => {
     const s = setup();
-    await withTicket(s);
-    const open = s.make({ maxClients: 1 });
-    const [a, b] = [await authorized(s, open), await authorized(s, open)];
-    const held = open.officialAccount(a);
-    open.officialAccount(b); // a is dropped
+    const { open, a, held } = await heldAfterDrop(s);
     // Its token is gone from the store: the held client must fetch one for its call.
     await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${a}`);
     await held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions, rejection } from './helpers.js';
+import { componentOptions, endedByClose, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -387,14 +387,11 @@ describe('close()', () => {
     lockKey = `${app.accessToken.cacheKey}:lock`;
     // Another process holds the refresh lock for a minute (its fetch is slow, or it was stopped).
     await cache.set(lockKey, 'elsewhere:1', 60);
-    const waiting = app.accessToken.getToken().then(
-      () => undefined,
-      (error: unknown) => error,
-    );
+    const waiting = endedByClose(app.accessToken.getToken());
     // It tried the lock, found it held, and waits for the holder's entry.
     await cache.firstAdd;
     await app.close();
-    const error = await Promise.race([waiting, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+    const error = await waiting;
     expect(error).toBeInstanceOf(TokenUnavailableError);
     expect((error as Error).message).toMatch(/closed/);
     // The wait is over, and it ended without a fetch: none can follow.
