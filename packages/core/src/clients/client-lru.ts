@@ -1,3 +1,5 @@
+import { releaseClient, type WeChatClient } from './wechat-client.js';
+
 /**
  * Clients kept by id for the apps that hold many (OpenPlatform's authorizers, ClientPool's accounts):
  * at most `maxClients`, none unused for longer than `idleMs`. Eviction happens when the map is used,
@@ -75,17 +77,12 @@ export class ClientLru<T> {
  * pool's close() ends their waits too. One collected meanwhile is simply forgotten.
  * @internal
  */
-export class LetGo<T extends { close(): Promise<void> }> {
-  readonly #refs = new Set<WeakRef<T>>();
-  readonly #collected = new FinalizationRegistry<WeakRef<T>>((ref) => this.#refs.delete(ref));
-  readonly #release: (value: T) => void;
+export class LetGo {
+  readonly #refs = new Set<WeakRef<WeChatClient>>();
+  readonly #collected = new FinalizationRegistry<WeakRef<WeChatClient>>((ref) => this.#refs.delete(ref));
 
-  constructor(release: (value: T) => void) {
-    this.#release = release;
-  }
-
-  add(value: T): void {
-    this.#release(value);
+  add(value: WeChatClient): void {
+    releaseClient(value);
     const ref = new WeakRef(value);
     this.#refs.add(ref);
     this.#collected.register(value, ref, ref);
@@ -93,7 +90,7 @@ export class LetGo<T extends { close(): Promise<void> }> {
 
   /** Closes the ones not collected yet, and forgets them. */
   async closeAll(): Promise<void> {
-    const live: T[] = [];
+    const live: WeChatClient[] = [];
     for (const ref of this.#refs) {
       this.#collected.unregister(ref);
       const value = ref.deref();

@@ -5,7 +5,6 @@ import { ClientLru, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
-import { releaseClient } from './wechat-client.js';
 import { Work, WORK_BASE_URL } from './work.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
@@ -103,7 +102,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #core: ClientCore;
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
-  readonly #letGo = new LetGo<ClientOf<K>>(releaseClient);
+  readonly #letGo = new LetGo();
   #closed = false;
   #closing: Promise<void> | undefined;
 

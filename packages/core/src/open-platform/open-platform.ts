@@ -6,7 +6,7 @@ import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru, LetGo } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
-import { releaseClient, type WeChatClient } from '../clients/wechat-client.js';
+import type { WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
@@ -170,7 +170,7 @@ export class OpenPlatform {
   /** The options every authorizer client is made with: the client options, without the component's own. */
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
-  readonly #letGo = new LetGo<WeChatClient>(releaseClient);
+  readonly #letGo = new LetGo();
   #closed = false;
   #closing: Promise<void> | undefined;
 
