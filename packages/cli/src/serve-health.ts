@@ -63,7 +63,9 @@ export class StoreProbe {
       this.#set({ up: true, since: Date.now() });
     } catch (error) {
       const { reason, message } = error as { reason?: string; message?: string };
-      this.#set({ up: false, since: Date.now(), ...(reason ? { reason } : {}), message: message ?? String(error) });
+      // The key holds another kind of value (a Redis hash): the store answered, about that key.
+      if (reason === 'type') this.#set({ up: true, since: Date.now() });
+      else this.#set({ up: false, since: Date.now(), ...(reason ? { reason } : {}), message: message ?? String(error) });
     } finally {
       clearTimeout(timer);
     }

@@ -101,6 +101,20 @@ describe('the /healthz store probe', () => {
     expect(timers()).toBe(before);
     probe.stop();
   });
+
+  it("a probed key that holds another kind of value (CacheError reason type) is the store answering: up, not 503", async () => {
+    const states: boolean[] = [];
+    const other = Object.assign(new MemoryCache(), {
+      get: () => Promise.reject(new CacheError('RedisCache get failed: the key holds another kind of value', { reason: 'type' })),
+    });
+    const down = Object.assign(new MemoryCache(), { get: () => Promise.reject(new CacheError('refused', { reason: 'refused' })) });
+    for (const cache of [other, down]) {
+      const probe = new StoreProbe(cache, 'k', { intervalMs: 60_000, timeoutMs: 60_000, onChange: (state) => states.push(state.up) });
+      await probe.start();
+      probe.stop();
+    }
+    expect(states).toEqual([true, false]);
+  });
 });
 
 describe('the errcode label of wxkit_upstream_errors_total', () => {

@@ -145,7 +145,10 @@ export class BadResponseError extends WxkitError {
  * `readonly` (the store takes no writes: a replica, too few replicas, a failed save), `permission` (the
  * user may not run that command or touch that key), `disconnected` (the connection dropped), `closed`
  * (used after close()), `value` (the value is no binary string, a character above U+00FF: a bug in the
- * code that encoded it, such as a custom KeySchema; the store was not asked, and is not taken for down).
+ * code that encoded it, such as a custom KeySchema; the store was not asked, and is not taken for down),
+ * `type` (the key holds another kind of value than the string a TokenCache stores: a Redis hash, list or
+ * set, another program's data; the store answered, and is not taken for down: a token entry's key that
+ * holds one is read as another program's entry, left as it is).
  */
 export type CacheErrorReason =
   | 'auth'
@@ -158,7 +161,8 @@ export type CacheErrorReason =
   | 'permission'
   | 'disconnected'
   | 'closed'
-  | 'value';
+  | 'value'
+  | 'type';
 
 /** The token store failed (down, timed out, closed, or it holds something unreadable). `cause` is the driver's error. */
 export class CacheError extends WxkitError {

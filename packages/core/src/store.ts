@@ -345,7 +345,13 @@ export class GuardedStore {
       if (this.#health.down) this.#health.recovered(op);
       return result;
     } catch (error) {
-      this.#health.failed(this, op, key, error as CacheError);
+      // A key holding another kind of value is an answer about that key, not an outage: the store is up
+      // for every other key (and back up, if it was taken for down).
+      if ((error as CacheError).reason === 'type') {
+        if (this.#health.down) this.#health.recovered(op);
+      } else {
+        this.#health.failed(this, op, key, error as CacheError);
+      }
       throw error;
     }
   }

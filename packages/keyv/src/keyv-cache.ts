@@ -115,6 +115,11 @@ export class KeyvCache implements TokenCache {
       return await fn();
     } catch (error) {
       if (error instanceof RangeError) throw error;
+      // Redis behind Keyv (@keyv/redis) answering for a key that holds a hash, list or set: another
+      // program's data at that key, not an outage (CacheErrorReason `type`).
+      if (/^WRONGTYPE\b/.test(String((error as { message?: unknown } | null)?.message))) {
+        throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause: error, reason: 'type' });
+      }
       throw new CacheError(`KeyvCache ${op} failed in the Keyv store`, { cause: error });
     }
   }

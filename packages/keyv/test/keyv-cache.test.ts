@@ -71,4 +71,22 @@ describe('KeyvCache', () => {
     await expect(cache.get('wechat:x')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
     await store.disconnect().catch(() => undefined);
   });
+
+  it("a key that holds a hash (another program's) is a CacheError of reason type, not an outage, and is left as it is", async () => {
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'HSET', key, 'access_token', 'NOT_OURS');
+    const cache = new KeyvCache(redisStore());
+    await expect(cache.get(key)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+    const events: string[] = [];
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, memoMs: 0 });
+    app.on('cache.unavailable', () => events.push('cache.unavailable'));
+    app.on('cache.foreign_entry', () => events.push('cache.foreign_entry'));
+    const token = await app.accessToken.getToken();
+    expect(await app.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(redisCli(redis.port, 'HGET', key, 'access_token')).toBe('NOT_OURS');
+    expect(events).toEqual(['cache.foreign_entry']);
+    await app.close();
+  });
 });

@@ -13,6 +13,7 @@ const HINTS: Record<CacheErrorReason, string> = {
   disconnected: 'the connection dropped; node-redis reconnects on its own',
   closed: 'closed',
   value: 'the value is no binary string: encode text as UTF-8 first',
+  type: 'the key holds another kind of value (a hash, list or set where a string belongs): another program uses that key; wxkit leaves it as it is',
 };
 
 const TLS_CODES = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$)/;
@@ -38,6 +39,7 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   if (word === 'NOAUTH' || word === 'WRONGPASS' || /^ERR (AUTH|invalid password)/.test(text)) return 'auth';
   if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF') return 'readonly';
   if (word === 'NOPERM') return 'permission';
+  if (word === 'WRONGTYPE') return 'type';
   if (/^ERR (DB index is out of range|invalid DB index)/.test(text)) return 'database';
   // node-redis's own errors, by their messages: their classes set no name.
   if (/^(Connection timeout|Socket timeout|no connection within)/.test(text)) return 'timeout';

@@ -144,6 +144,39 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
+  it("a token key holding a hash (another program's) is a foreign entry: left as it is, one fetch, and the store stays up for every other key", async () => {
+    const cache = new RedisCache(redis.url);
+    const events: string[] = [];
+    const logger = { debug() {}, info() {}, warn: (fields: unknown) => void events.push(String((fields as { event?: string }).event)), error() {} };
+    const one = mock.createApp();
+    const other = mock.createApp();
+    const key = `wechat:stable_access_token:${one.appId}`;
+    redisCli(redis.port, 'HSET', key, 'access_token', 'NOT_OURS');
+    try {
+      // The adapter: WRONGTYPE is reason `type`; SET NX finds the key taken.
+      await expect(cache.get(key)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+      await expect(cache.compareAndSet(key, 'a', 'b', 60)).rejects.toMatchObject({ reason: 'type', message: expect.stringMatching(/another kind of value/) });
+      await expect(cache.deleteIfEquals(key, 'a')).rejects.toMatchObject({ reason: 'type' });
+      expect(await cache.add(key, 'a', 60)).toBe(false);
+      // The protocol: a miss that is never replaced, the token fetched once and kept in memory.
+      const app = new OfficialAccount({ ...one, baseUrl: mock.url, cache, logger, memoMs: 0 });
+      const token = await app.accessToken.getToken();
+      for (let i = 0; i < 3; i += 1) expect(await app.accessToken.getToken()).toBe(token);
+      expect(mock.counters(one.appId).tokenRequests).toBe(1);
+      expect(await app.accessToken.forceRefresh()).not.toBe(token);
+      expect(redisCli(redis.port, 'HGET', key, 'access_token')).toBe('NOT_OURS');
+      // Another account's client on the same store reads and writes it: no outage was declared.
+      const neighbour = new OfficialAccount({ ...other, baseUrl: mock.url, cache, logger });
+      const theirs = await neighbour.accessToken.getToken();
+      expect(JSON.parse(redisCli(redis.port, 'GET', `wechat:stable_access_token:${other.appId}`)).access_token).toBe(theirs);
+      expect(events.filter((event) => event === 'cache.foreign_entry')).toHaveLength(1);
+      expect(events).not.toContain('cache.unavailable');
+      await Promise.all([app.close(), neighbour.close()]);
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('uses an existing client and leaves it open on close()', async () => {
     const client = createClient({ url: redis.url });
     await client.connect();
