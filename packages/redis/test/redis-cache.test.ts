@@ -177,6 +177,24 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
+  it('a failure marker key holding a hash reads as no marker: the token is fetched once, and that success deletes the key', async () => {
+    const cache = new RedisCache(redis.url);
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'HSET', `${key}:failed`, 'retry_at', '9999999999999');
+    try {
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+      const [token, again] = await Promise.all([app.accessToken.getToken(), app.accessToken.getToken()]);
+      expect(again).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe(token);
+      expect(redisCli(redis.port, 'EXISTS', `${key}:failed`)).toBe('0');
+      await app.close();
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('uses an existing client and leaves it open on close()', async () => {
     const client = createClient({ url: redis.url });
     await client.connect();
