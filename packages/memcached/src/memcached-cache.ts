@@ -37,6 +37,7 @@ const MEMCACHED_OPTIONS = {
 interface MemjsClient {
   servers: MemjsServer[];
   perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries: number): void;
+  server(key: string): MemjsServer | undefined;
   incrSeq(): void;
   seq: number;
 }
@@ -70,6 +71,7 @@ export class MemcachedCache implements TokenCache {
   readonly #client: MemjsClient;
   readonly #closeSockets: (reason: Error) => Promise<void>;
   readonly #where: string;
+  readonly #timeoutMs: number;
   #closed = false;
 
   constructor(options: string | MemcachedCacheOptions) {
@@ -80,6 +82,7 @@ export class MemcachedCache implements TokenCache {
     const servers = parseServers(opts.servers)!;
     const timeoutMs = opts.timeoutMs ?? DEFAULTS.timeoutMs;
     this.#where = `memcached ${servers.join(',')}`;
+    this.#timeoutMs = timeoutMs;
     const store = new KeyvMemcache(servers.join(','), {
       username: opts.username,
       password: opts.password,
@@ -186,14 +189,26 @@ export class MemcachedCache implements TokenCache {
       this.#client.incrSeq();
       // Unsigned, as memjs reads the opaque of an answer (its own counter turns negative past 2^31).
       const seq = this.#client.seq >>> 0;
+      let deadline: NodeJS.Timeout | undefined;
       try {
         return await new Promise<MemjsResponse>((resolve, reject) => {
           const settle = (error: Error | null, response?: MemjsResponse) =>
             error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response);
+          // memjs times a request out with its socket's idle timer, which every new request restarts:
+          // against a server that stopped answering, calls made one after another (waiters polling)
+          // would keep each other waiting for ever. Each request has its own deadline; when it passes,
+          // the connection is failed as memjs would (its pending requests fail, the next call connects).
+          deadline = setTimeout(() => {
+            reject(new Error(`memcached did not answer within ${this.#timeoutMs} ms`));
+            this.#client.server(key)?.error(new Error('socket timed out waiting on response.'));
+          }, this.#timeoutMs);
+          deadline.unref?.();
           this.#client.perform(key, build(seq), seq, settle, 1);
         });
       } catch (error) {
         if (attempt >= attempts || this.#closed) throw error;
+      } finally {
+        clearTimeout(deadline);
       }
     }
   }

@@ -1,8 +1,11 @@
+import type { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 
 /** memjs 1.3's connection to one server (lib/memjs/server.js): the parts reached into here. */
 export interface MemjsServer {
   _socket?: Socket;
+  /** Bytes of an answer read so far (memjs never clears it when a connection fails). */
+  responseBuffer: Buffer;
   sock(sasl: boolean, go: (socket: Socket) => void): void;
   error(error: unknown): void;
 }
@@ -15,7 +18,13 @@ export interface MemjsServer {
  * - clears its current socket when any of its sockets closes, an older one too: the newer socket is
  *   then forgotten, and requests queued on it are never written or never time out (their deadline is
  *   a timer on that socket);
- * - on `Client.close()` only `end()`s the current socket: pending requests never settle.
+ * - on `Client.close()` only `end()`s the current socket: pending requests never settle;
+ * - keeps, when a connection fails, the part of an answer read from it: every answer on the next
+ *   connections is then read behind those bytes, and every call times out until the process restarts;
+ * - registers, for each connection it opens, a one-time `authenticated` listener that sends the
+ *   requests queued on it: one whose SASL login failed stays registered, and the next login that
+ *   succeeds sends those requests, failed long ago for their callers (a write then lands late, over a
+ *   newer value).
  *
  * So every socket memjs opens is tracked; when memjs fails a server (`error()`, after a timeout or a
  * socket error) every socket it opened for it is destroyed; only the current socket's close counts,
@@ -30,6 +39,8 @@ export function ownSockets(servers: MemjsServer[]): (reason: Error) => Promise<v
     const fail = server.error.bind(server);
     server.error = (error) => {
       for (const socket of mine) socket.destroy();
+      server.responseBuffer = Buffer.alloc(0);
+      (server as unknown as EventEmitter).removeAllListeners('authenticated');
       fail(error);
     };
     server.sock = (sasl, go) => {
