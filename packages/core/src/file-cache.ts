@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { watch, type FSWatcher } from 'node:fs';
+import { constants, watch, type FSWatcher } from 'node:fs';
 import { link, lstat, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
@@ -13,9 +13,13 @@ import { checkOptions, durationMs, fn, rule, typeName, type OptionSchema } from 
 export interface FileCacheOptions {
   /**
    * The directory that holds one file per key. Every process that shares tokens points at the same one.
-   * Created (recursively) with mode 0700 on first use when missing; an existing directory is used as it
-   * is, never chmod-ed. The default lives under the OS temp directory, which some hosts clean on reboot
-   * or by age: harmless (tokens are fetched again), but a directory of your own survives both.
+   * Created (recursively) with mode 0700 on first use when missing, and again should it be removed while
+   * in use; an existing directory is used as it is, never chmod-ed, but refused (every call fails with a
+   * CacheError that says why) when any local user may write to it (mode o+w): whoever can create files
+   * there can plant token entries. The default directory is refused too unless it is this user's own and
+   * no one else's to write (another user may have made it first). The default lives under the OS temp
+   * directory, which some hosts clean on reboot or by age: harmless (tokens are fetched again), but a
+   * directory of your own survives both.
    * @default `${os.tmpdir()}/wxkit-${process.getuid()}` (`wxkit-user` where there are no uids)
    */
   dir?: string;
@@ -78,6 +82,8 @@ export class FileCache implements TokenCache {
   readonly #guardTimeoutMs: number;
   readonly #now: () => number;
   #ready: Promise<void> | undefined;
+  /** Whether `dir` is the default one, which must be this user's own. */
+  readonly #defaultDir: boolean;
   #closed = false;
   /** Who waits for which file to change, and the one directory watch that tells them (while anyone waits). */
   readonly #watchers = new Map<string, Set<() => void>>();
@@ -95,6 +101,7 @@ export class FileCache implements TokenCache {
       throw new ConfigError(`FileCache options must be an object or a directory path (got ${typeName(options)})`, 'options');
     }
     const opts = checkOptions<FileCacheOptions>('FileCache', FILE_CACHE_OPTIONS, typeof options === 'string' ? { dir: options } : options);
+    this.#defaultDir = opts.dir === undefined;
     this.dir = opts.dir ?? join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`);
     this.#guardStaleMs = opts.guardStaleMs ?? DEFAULTS.guardStaleMs;
     this.#guardTimeoutMs = opts.guardTimeoutMs ?? DEFAULTS.guardTimeoutMs;
@@ -181,7 +188,16 @@ export class FileCache implements TokenCache {
     if (this.#closed) throw new CacheError(`FileCache watch after close() (${this.dir})`);
     const name = basename(this.#path(key));
     if (!this.#dirWatch) {
-      const dirWatch = watch(this.dir, { persistent: false }, (_event, file) => this.#changed(file === null ? undefined : String(file)));
+      const self = basename(this.dir);
+      const dirWatch = watch(this.dir, { persistent: false }, (event, file) => {
+        const name = file === null ? undefined : String(file);
+        this.#changed(name);
+        // The directory itself removed or renamed (Linux tells no error then): the watch is dead, and a
+        // waiter relying on it would wait for a safety-net poll. Every waiter looks once, and the next
+        // watch() watches the directory there is now, or throws so that its caller polls.
+        // (A file of the same name as the directory ends the watch too: its waiters only look once more.)
+        if (event === 'rename' && name === self) this.#watchEnded(dirWatch);
+      });
       // A watch that fails (the directory removed) tells nobody again; the waiters' polling takes over.
       dirWatch.on('error', () => this.#stopWatching());
       this.#dirWatch = dirWatch;
@@ -208,6 +224,15 @@ export class FileCache implements TokenCache {
     for (const listener of listeners) listener();
   }
 
+  /** Ends `dirWatch`, whose directory went, telling every waiter; their next watch() starts a new one. */
+  #watchEnded(dirWatch: FSWatcher): void {
+    if (this.#dirWatch !== dirWatch) return;
+    const listeners = [...this.#watchers.values()].flatMap((set) => [...set]);
+    dirWatch.close();
+    this.#dirWatch = undefined;
+    for (const listener of listeners) listener();
+  }
+
   #stopWatching(): void {
     this.#dirWatch?.close();
     this.#dirWatch = undefined;
@@ -228,13 +253,15 @@ export class FileCache implements TokenCache {
 
   /** The live value of a file, if any; `present` tells an expired or unreadable file from no file at all. */
   async #read(path: string, op: string): Promise<{ value: string | undefined; expiresAt: number; present: boolean }> {
-    let raw: Buffer;
+    let raw: Buffer | undefined;
     try {
-      raw = await readFile(path);
+      raw = await readRegular(path);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
       throw this.#error(op, error);
     }
+    // A symlink, a FIFO, a device or a file far larger than any entry: no entry, replaced by the next write.
+    if (raw === undefined) return { value: undefined, expiresAt: 0, present: true };
     // Values are binary strings (one character per byte), and the header is ASCII.
     const text = raw.toString('latin1');
     const header = HEADER.exec(text);
@@ -275,13 +302,30 @@ export class FileCache implements TokenCache {
     // A TTL meant as "for ever" (1e13 s, 2 ** 53) still makes a header the reader takes: beyond 16 digits,
     // or in exponent form, the entry would read as unreadable, absent, and replaced by the next add.
     const expiresAt = Math.min(Math.ceil(this.#now() + ttlSeconds * 1000), Number.MAX_SAFE_INTEGER);
+    const content = Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]);
     try {
-      await writeFile(temp, Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]), { flag: 'wx', mode: 0o600 });
+      await this.#writeNew(temp, content, op);
     } catch (error) {
       await unlink(temp).catch(() => undefined);
       throw this.#error(op, error);
     }
     return temp;
+  }
+
+  /**
+   * Creates `file` (0600) holding `content`. Should the directory be gone (a cleaner of the temp
+   * directory, an operator), it is made again, once, and the write tried again: without that every
+   * write would fail until the process restarts.
+   */
+  async #writeNew(file: string, content: Buffer | string, op: string, flag: 'wx' | 'w' = 'wx'): Promise<void> {
+    try {
+      await writeFile(file, content, { flag, mode: 0o600 });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      this.#ready = undefined;
+      await this.#open(op);
+      await writeFile(file, content, { flag, mode: 0o600 });
+    }
   }
 
   async #isSymlink(path: string, op: string): Promise<boolean> {
@@ -312,19 +356,20 @@ export class FileCache implements TokenCache {
     // there is none, so a guard is never seen empty or half written. The draft is written afresh for
     // each attempt, so that a guard gained after a long wait does not look old.
     const draft = await tempName(path);
-    const started = Date.now();
+    // On the monotonic clock: a step of the wall clock neither ends the wait early nor makes it last hours.
+    const started = performance.now();
     let broke = false;
     try {
       for (let attempt = 0; ; attempt += 1) {
         try {
-          await writeFile(draft, mine, { mode: 0o600 });
+          await this.#writeNew(draft, mine, op, 'w');
           await link(draft, guard);
           break;
         } catch (error) {
           if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
         }
         if (await this.#breakIfStale(path, draft, op)) broke = true;
-        if (Date.now() - started > this.#guardTimeoutMs) {
+        if (performance.now() - started > this.#guardTimeoutMs) {
           throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
         }
         await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
@@ -401,7 +446,7 @@ export class FileCache implements TokenCache {
   async #inspect(file: string, op: string): Promise<{ content: string; age: number } | undefined> {
     let handle: FileHandle | undefined;
     try {
-      handle = await open(file, 'r');
+      handle = await open(file, READ_FLAGS);
       const [content, stats] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
       return { content, age: Date.now() - stats.mtimeMs };
     } catch (error) {
@@ -468,19 +513,71 @@ export class FileCache implements TokenCache {
   /** Checks the cache is open and creates the directory (0700) once, on first use. */
   #open(op: string): Promise<void> {
     if (this.#closed) return Promise.reject(new CacheError(`FileCache ${op} after close() (${this.dir})`));
-    this.#ready ??= mkdir(this.dir, { recursive: true, mode: 0o700 }).then(
-      () => undefined,
-      (error: unknown) => {
-        this.#ready = undefined;
-        throw this.#error(op, error);
-      },
-    );
+    // Not kept when it fails: a directory made later, or whose mode is fixed, serves without a restart.
+    this.#ready ??= (async () => {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await this.#checkDir(op);
+    })().catch((error: unknown) => {
+      this.#ready = undefined;
+      throw this.#error(op, error);
+    });
     return this.#ready;
+  }
+
+  /**
+   * Refuses a directory any local user may write to (o+w), and, for the default one, a directory that is
+   * not this user's own or that its group may write to: whoever can create files there can plant token
+   * entries. Where the platform has no uids or modes (Windows), nothing is checked.
+   */
+  async #checkDir(op: string): Promise<void> {
+    const uid = process.getuid?.();
+    if (uid === undefined || process.platform === 'win32') return;
+    const stats = await stat(this.dir);
+    const refuse = (why: string) => {
+      throw new CacheError(
+        `FileCache ${op}: refusing ${this.dir}: ${why}, so another local user could plant token entries there; ${
+          this.#defaultDir ? 'pass a directory of your own as `dir`' : 'make it writable by its owner (and group) only'
+        }`,
+      );
+    };
+    if (!stats.isDirectory()) refuse('it is not a directory');
+    if ((stats.mode & 0o002) !== 0) refuse(`any user may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
+    if (this.#defaultDir && stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
+    if (this.#defaultDir && (stats.mode & 0o020) !== 0) refuse(`its group may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
   }
 
   #error(op: string, cause: unknown): CacheError {
     const code = (cause as NodeJS.ErrnoException | null)?.code;
+    if (cause instanceof CacheError) return cause;
     return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause });
+  }
+}
+
+// Opening never follows a symlink (ELOOP) nor waits for a writer (a FIFO opened non-blocking).
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
+/** Far above any entry (a few hundred bytes); a larger file is no entry, and is not read. */
+const MAX_ENTRY_BYTES = 1 << 20;
+
+/**
+ * The bytes of `path` if it is a regular file of at most MAX_ENTRY_BYTES; undefined when it is anything
+ * else (a symlink, a FIFO, a device, a huge file). Rejects with ENOENT when there is nothing there.
+ */
+async function readRegular(path: string): Promise<Buffer | undefined> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, READ_FLAGS);
+  } catch (error) {
+    // ELOOP: a symlink; ENXIO: a socket; both are no entry.
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ELOOP' || code === 'ENXIO') return undefined;
+    throw error;
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile() || stats.size > MAX_ENTRY_BYTES) return undefined;
+    return await handle.readFile();
+  } finally {
+    await handle.close();
   }
 }
 

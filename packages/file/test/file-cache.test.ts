@@ -1,10 +1,10 @@
-import { fork, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, fork, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import * as core from '@wxkit/core';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { FileCache } from '../src/index.js';
@@ -196,6 +196,105 @@ describe('FileCache on disk', () => {
     )) as { code: string; message: string };
     expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
     expect(error.message).toContain(join(file, 'sub'));
+  });
+
+  it('a directory removed while in use (a cleaner of the temp directory) is made again by the next write', async () => {
+    const dir = fresh('removed-in-use');
+    const cache = new FileCache({ dir });
+    await cache.set('k', 'v1', 60);
+    rmSync(dir, { recursive: true });
+    await cache.set('k', 'v2', 60);
+    expect(await cache.get('k')).toBe('v2');
+    rmSync(dir, { recursive: true });
+    expect(await cache.add('lock', 'owner', 60)).toBe(true);
+    rmSync(dir, { recursive: true });
+    await cache.delete('k');
+    expect(await cache.compareAndSet('lock', 'nobody', 'x', 60)).toBe(false);
+    expect(statSync(dir).mode & 0o777).toBe(0o700);
+  });
+
+  it('a FIFO, a symlink to one, or a file far larger than an entry at a key is no entry: get() answers a miss at once, and add() replaces it', async () => {
+    const dir = fresh('not-regular');
+    mkdirSync(dir);
+    const cache = new FileCache({ dir });
+    execFileSync('mkfifo', [join(dir, 'fifo'), join(dir, 'target')]);
+    symlinkSync(join(dir, 'target'), join(dir, 'linked'));
+    writeFileSync(join(dir, 'huge'), Buffer.concat([Buffer.from(`v1 ${Date.now() + 60_000}\n`), Buffer.alloc(2 << 20, 0x61)]));
+    // Opening a FIFO for reading waits for a writer: a get() that did would never settle.
+    for (const key of ['fifo', 'linked', 'huge']) {
+      expect(await cache.get(key), key).toBeUndefined();
+      expect(await cache.add(key, `mine-${key}`, 60), key).toBe(true);
+      expect(await cache.get(key), key).toBe(`mine-${key}`);
+    }
+  });
+
+  it('a write waits for a live guard guardTimeoutMs on the monotonic clock, even when the wall clock steps back', async () => {
+    const dir = fresh('clock-steps-back');
+    mkdirSync(dir);
+    // A guard of another PID namespace: judged by its age alone, and it is young.
+    writeFileSync(join(dir, 'k~guard'), `${process.pid} 0000000000000000 ab`);
+    const cache = new FileCache({ dir, guardStaleMs: 3_600_000, guardTimeoutMs: 200 });
+    const realNow = Date.now.bind(Date);
+    let steps = 0;
+    // Every look at the wall clock finds it an hour further back (an NTP step, again and again).
+    const clock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 3_600_000 * ++steps);
+    try {
+      await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringMatching(/waited 200 ms for another writer/) });
+    } finally {
+      clock.mockRestore();
+    }
+  });
+
+  it('refuses a directory any user may write to, and a default directory another user made or its group may write to', async () => {
+    const open = fresh('world-writable');
+    mkdirSync(open);
+    chmodSync(open, 0o777);
+    const cache = new FileCache({ dir: open });
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringMatching(/any user may write to it \(mode 777\)/) });
+    await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(readdirSync(open)).toEqual([]);
+    // Fixed while running: the same cache serves.
+    chmodSync(open, 0o770);
+    await cache.set('k', 'v', 60);
+    expect(await cache.get('k')).toBe('v');
+
+    const temp = fresh('tmpdir');
+    mkdirSync(temp);
+    const tmpdirBefore = process.env.TMPDIR;
+    process.env.TMPDIR = temp;
+    try {
+      const defaultCache = new FileCache();
+      expect(defaultCache.dir).toBe(join(temp, `wxkit-${process.getuid!()}`));
+      mkdirSync(defaultCache.dir, { mode: 0o700 });
+      chmodSync(defaultCache.dir, 0o770);
+      await expect(defaultCache.get('k')).rejects.toMatchObject({ message: expect.stringMatching(/its group may write to it.*pass a directory of your own as `dir`/) });
+      chmodSync(defaultCache.dir, 0o700);
+      if (process.getuid!() === 0) {
+        chownSync(defaultCache.dir, 65534, 65534);
+        await expect(defaultCache.get('k')).rejects.toMatchObject({ message: expect.stringMatching(/it belongs to uid 65534, not to this user \(0\)/) });
+        chownSync(defaultCache.dir, 0, 0);
+      }
+      await defaultCache.set('k', 'v', 60);
+      expect(await defaultCache.get('k')).toBe('v');
+    } finally {
+      if (tmpdirBefore === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmpdirBefore;
+    }
+  });
+
+  it('a watch of a directory that was removed and made again ends: its waiters look, and a new watch hears the new directory', async () => {
+    const dir = fresh('watch-replaced');
+    const cache = new FileCache({ dir });
+    const writer = new FileCache({ dir });
+    await cache.set('k', 'v1', 60);
+    const told = new Promise<void>((resolve) => cache.watch('k', resolve));
+    rmSync(dir, { recursive: true });
+    mkdirSync(dir, { mode: 0o700 });
+    await told;
+    const heard = new Promise<void>((resolve) => cache.watch('k', resolve));
+    await writer.set('k', 'v2', 60);
+    await heard;
+    await cache.close();
   });
 
   it('checks its options before any I/O', () => {
