@@ -29,6 +29,10 @@ const GRACE_MS = 300_000;
  * rejected resend is tried again only with yet another token from the store, at most three resends in
  * all; a call never fetches twice and never loops.
  *
+ * Parameters written in the path (`cgi-bin/user/info?openid=OPENID&lang=zh_CN`) are sent with the
+ * call's `query`; a name both give takes `query`'s value, and an access_token written in the path is
+ * never sent (the client's own is). Errors and logs name the path without its query string.
+ *
  * @example
  * ```ts
  * const { ip_list } = await app.client.get('cgi-bin/get_api_domain_ip');

@@ -181,6 +181,8 @@ class Exchange {
   readonly #chunks: Buffer[] = [];
   #size = 0;
   #lateCheck = false;
+  /** Armed by the first informational (1xx) answer only: the exchange's deadline, while no real answer came. */
+  #informational: NodeJS.Timeout | undefined;
   readonly #client: HttpClient;
   readonly #path: string;
   readonly #signal: AbortSignal | undefined;
@@ -226,7 +228,15 @@ class Exchange {
   }
 
   onHeaders(status: number, headers: (Buffer | string)[] | string[] | null): boolean {
-    if (status < 200) return true;
+    if (status < 200) {
+      this.#onInformational();
+      return true;
+    }
+    if (this.#informational) {
+      // The answer has come: its body runs under the same checks as any other (onData, bodyTimeout).
+      clearTimeout(this.#informational);
+      this.#informational = undefined;
+    }
     this.#status = status;
     if (headers) {
       for (let i = 0; i + 1 < headers.length; i += 2) {
@@ -239,6 +249,26 @@ class Exchange {
       }
     }
     return true;
+  }
+
+  /**
+   * An informational answer (102 Processing, 103 Early Hints) is not the answer, and undici restarts its
+   * headers timer on each one: an upstream sending them without end would hold the exchange, and every
+   * caller waiting on it, for ever. The deadline holds whatever comes: one past it fails the exchange
+   * here, and the first one arms a timer for the time left (a send answered at once never arms one).
+   */
+  #onInformational(): void {
+    if (this.#settled || this.#deadline === Infinity) return;
+    const left = this.#deadline - performance.now();
+    if (left <= 0) {
+      this.#abort?.(this.#client.timeoutError(this.#path, true));
+      return;
+    }
+    // unref'd: the socket the exchange is on holds the process open itself.
+    this.#informational ??= setTimeout(() => {
+      this.#informational = undefined;
+      if (!this.#settled) this.#abort?.(this.#client.timeoutError(this.#path, true));
+    }, left + 1).unref();
   }
 
   onData(chunk: Buffer): boolean {
@@ -299,6 +329,10 @@ class Exchange {
   }
 
   #cleanUp(): void {
+    if (this.#informational) {
+      clearTimeout(this.#informational);
+      this.#informational = undefined;
+    }
     if (this.#onAbort) this.#signal!.removeEventListener('abort', this.#onAbort);
   }
 }
@@ -315,7 +349,8 @@ class Exchange {
  * timeout after WeChat acted on it. The deadlines are undici's own (connect timeout, headersTimeout,
  * bodyTimeout, on its shared timer wheel), a check of the body's total time as each chunk arrives, and
  * one timer shared by every queued request: a send sets no timer and makes no AbortController of its
- * own. A caller's signal is honoured.
+ * own, but for an exchange answered with informational (1xx) answers, on each of which undici restarts
+ * its headers timer: that one gets a timer for its deadline. A caller's signal is honoured.
  */
 export class HttpClient {
   readonly #settings: HttpSettings;
@@ -454,7 +489,7 @@ export class HttpClient {
         this.#dispatcherFor(req).dispatch(
           {
             origin: this.#origin,
-            path: this.#path(path, req.query),
+            path: this.#path(req.path, path, req.query),
             method: req.method,
             headers: req.headers
               ? { ...(req.json === undefined ? this.#headers : this.#jsonHeaders), ...req.headers }
@@ -510,17 +545,29 @@ export class HttpClient {
     );
   }
 
-  #path(path: string, query: Query | undefined): string {
-    let full = `${this.#basePath}/${path}`;
+  /**
+   * The path and query string sent for `raw` (`path` being its clean form): the parameters written in
+   * the path (`cgi-bin/user/info?openid=…`), then `query`'s. A name `query` gives wins over the path's,
+   * and an access_token is only ever `query`'s, the client's own: one written in the path is dropped.
+   */
+  #path(raw: string, path: string, query: Query | undefined): string {
+    let qs = '';
+    // A path without a query string (nearly every send) costs one scan for '?'.
+    const written = raw.includes('?') ? /^[^?#]*\?([^#]*)/.exec(raw)?.[1] : undefined;
+    if (written) {
+      for (const [name, value] of new URLSearchParams(written)) {
+        if (name === 'access_token' || (query !== undefined && Object.hasOwn(query, name) && query[name] !== undefined)) continue;
+        qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encodeURIComponent(value)}`;
+      }
+    }
     if (query) {
-      let qs = '';
       for (const name in query) {
         const value = query[name];
         if (value !== undefined) qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encodeURIComponent(String(value))}`;
       }
-      if (qs) full += `?${qs}`;
     }
-    return full;
+    const full = `${this.#basePath}/${path}`;
+    return qs ? `${full}?${qs}` : full;
   }
 }
 
