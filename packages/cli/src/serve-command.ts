@@ -29,7 +29,7 @@ The config file (JSON) names environment variables, never secrets:
     "checkEverySeconds": 30,                   optional: how often each token is checked
     "healthCheckMs": 2000,                     optional: how often the store is probed
     "headersTimeoutMs": 10000,                 optional: slow clients get 408
-    "requestTimeoutMs": 30000,                 optional
+    "requestTimeoutMs": 30000,                 optional: SIGTERM cuts requests still under way after it
     "keepAliveTimeoutMs": 5000,                optional: idle connections are closed
     "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
     "prefix": "wechat:"                        optional

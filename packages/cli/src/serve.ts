@@ -35,7 +35,10 @@ export interface TokenServiceOptions {
   healthCheckMs?: number;
   /** A client that sends its request headers slower than this gets 408 and is disconnected, in ms. @default 10000 */
   headersTimeoutMs?: number;
-  /** A client that sends its whole request slower than this gets 408 and is disconnected, in ms. @default 30000 */
+  /**
+   * A client that sends its whole request slower than this gets 408 and is disconnected, in ms. Also how
+   * long close() lets the requests under way finish before it cuts their connections. @default 30000
+   */
   requestTimeoutMs?: number;
   /** An idle keep-alive connection is closed after this long, in ms. @default 5000 */
   keepAliveTimeoutMs?: number;
@@ -52,7 +55,12 @@ export interface TokenServiceOptions {
 /** A running token service. */
 export interface TokenService {
   readonly url: string;
-  /** Stops taking requests, finishes those under way, and closes the clients. The store is yours to close. */
+  /**
+   * Stops taking requests, finishes those under way, and closes the clients. The store is yours to close.
+   * Each answer from then on closes its connection, and a request that arrives on a kept-alive connection
+   * afterwards gets 503 `shutting_down`; connections still busy `requestTimeoutMs` after close() began are
+   * cut, so it always resolves. Calling it again resolves when the first call's work is done.
+   */
   close(): Promise<void>;
 }
 
@@ -212,6 +220,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   });
   await probe.start();
   let closing = false;
+  /** The answers not finished yet: those under way when close() begins close their connection once sent. */
+  const open = new Set<ServerResponse>();
 
   const authorize = (req: IncomingMessage) => {
     const header = req.headers.authorization;
@@ -257,6 +267,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   };
 
   async function handle(req: IncomingMessage, res: ServerResponse, info: RequestInfo): Promise<void> {
+    // A request that arrives on a kept-alive connection once close() began: refused, as /readyz says.
+    if (closing) throw new Problem(503, 'shutting_down', 'the service is shutting down');
     const path = (req.url ?? '/').replace(/[?#].*$/, '');
     let parts: string[];
     try {
@@ -291,7 +303,6 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       }
       const now = Math.floor(Date.now() / 1000);
       const waiting = [...served.values()].filter((target) => !(target.tokenExpiresAt !== undefined && target.tokenExpiresAt > now)).map((target) => target.name);
-      if (closing) throw new Problem(503, 'shutting_down', 'the service is shutting down');
       if (waiting.length > 0) throw new Problem(503, 'not_ready', `no token yet for ${waiting.join(', ')}`, { apps: waiting });
       return answer(res, 200, { status: 'ready', apps: served.size });
     }
@@ -405,6 +416,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     (req, res) => {
       const started = performance.now();
       const info: RequestInfo = { route: 'unmatched' };
+      open.add(res);
+      if (closing) res.setHeader('connection', 'close');
+      res.once('close', () => {
+        open.delete(res);
+        // An answer whose headers were out before close() began keeps its connection alive: closed here.
+        if (closing) server.closeIdleConnections();
+      });
       handle(req, res, info)
         .catch((error: unknown) => fail(res, error, info, log))
         .finally(() => {
@@ -442,18 +460,32 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   });
   const address = server.address() as AddressInfo;
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-  return {
-    url: `http://${host}:${address.port}`,
-    async close() {
-      closing = true;
-      clearInterval(timer);
-      probe.stop();
-      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      server.closeIdleConnections();
+  const stop = async () => {
+    closing = true;
+    clearInterval(timer);
+    probe.stop();
+    // The answers under way close their connections once sent: a client that keeps asking on a kept-alive
+    // connection would otherwise be served on it for as long as it asks, and close() would wait as long.
+    for (const res of open) if (!res.headersSent) res.setHeader('connection', 'close');
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    server.closeIdleConnections();
+    // What is still under way past the request timeout is cut, its calls to WeChat with it.
+    const grace = setTimeout(() => {
+      server.closeAllConnections();
+      agent.destroy().catch(() => undefined);
+    }, timeouts.requestTimeout);
+    try {
       await closed;
       await Promise.all([...served.values()].map(({ client }) => client.close()));
-      await agent.close();
-    },
+      if (!agent.destroyed) await agent.close();
+    } finally {
+      clearTimeout(grace);
+    }
+  };
+  let stopping: Promise<void> | undefined;
+  return {
+    url: `http://${host}:${address.port}`,
+    close: () => (stopping ??= stop()),
   };
 }
 
@@ -564,7 +596,8 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > 16 * 1024) throw new Problem(413, 'body_too_large', 'the body must be at most 16 KiB');
+    // The connection closes after the answer: kept alive, the rest of the body would be read to its end.
+    if (size > 16 * 1024) throw new Problem(413, 'body_too_large', 'the body must be at most 16 KiB', {}, { connection: 'close' });
     chunks.push(chunk as Buffer);
   }
   let parsed: unknown;

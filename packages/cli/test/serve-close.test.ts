@@ -1,0 +1,181 @@
+import { Agent, request } from 'node:http';
+import { connect, type Socket } from 'node:net';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { MemoryCache } from '@wxkit/core';
+import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
+import { startTokenService, type TokenService, type TokenServiceOptions } from '../src/serve.js';
+
+// close() (SIGTERM) on connections a client keeps alive: the requests under way finish, and nothing
+// after them is served on those connections, so close() ends however busy its clients are.
+const KEY = 'close-test-key-0123456789abcdef';
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(() => mock.close());
+
+/** A service for a fresh mock app. */
+async function serve(options: Partial<TokenServiceOptions> = {}): Promise<{ service: TokenService; app: MockApp }> {
+  const app = mock.createApp();
+  const service = await startTokenService({
+    cache: new MemoryCache(),
+    apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }],
+    keys: [KEY],
+    port: 0,
+    baseUrl: mock.url,
+    logger: false,
+    ...options,
+  });
+  return { service, app };
+}
+
+interface Answer {
+  /** -1 when no answer came: the connection was refused or closed. */
+  status: number;
+  connection?: string;
+}
+
+/** GET `path` on `agent`'s connections: its status and Connection header. */
+function get(service: TokenService, path: string, agent: Agent): Promise<Answer> {
+  return new Promise((resolve) => {
+    request(`${service.url}${path}`, { agent, headers: { authorization: `Bearer ${KEY}` } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
+      res.on('error', () => resolve({ status: -1 }));
+    })
+      .on('error', () => resolve({ status: -1 }))
+      .end();
+  });
+}
+
+/** A raw connection to the service, and everything it receives until the service closes it. */
+function rawConnection(service: TokenService): { socket: Socket; received: Promise<string> } {
+  const { hostname, port } = new URL(service.url);
+  const socket = connect(Number(port), hostname);
+  const chunks: Buffer[] = [];
+  socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const received = new Promise<string>((resolve) => {
+    socket.on('error', () => undefined);
+    socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+  });
+  return { socket, received };
+}
+
+/** The status lines of the HTTP answers in `text`. */
+const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
+
+describe('close() of the token service', () => {
+  it('a keep-alive connection with a request under way: that request gets its answer with Connection: close, and nothing after it is served', async () => {
+    const { service, app } = await serve();
+    let closing: Promise<unknown> | undefined;
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      const token = `/v1/token/oa/${app.appId}`;
+      expect((await get(service, token, agent)).status).toBe(200);
+      // A ticket fetch under way on the same kept-alive connection when close() begins.
+      mock.setLatency(1000);
+      const before = mock.counters(app.appId).requests;
+      const inFlight = get(service, `/v1/ticket/oa/${app.appId}/jsapi`, agent);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      let closed = false;
+      closing = service.close().then(() => (closed = true));
+      expect(await inFlight).toEqual({ status: 200, connection: 'close' });
+      mock.setLatency(0);
+      // A client that keeps asking on that agent, until close() is done and three times at least: none of it is served.
+      const after: number[] = [];
+      while (after.length < 3 || (!closed && after.length < 20)) after.push((await get(service, token, agent)).status);
+      expect(after).not.toContain(200);
+      await closing;
+      expect(closed).toBe(true);
+    } finally {
+      mock.setLatency(0);
+      agent.destroy();
+      await (closing ?? service.close());
+    }
+  });
+
+  it('a request finished on a kept-alive connection after close() began is answered 503 shutting_down, and the connection closed', async () => {
+    const { service, app } = await serve();
+    let closing: Promise<unknown> | undefined;
+    const { socket, received } = rawConnection(service);
+    const head = `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer ${KEY}\r\n`;
+    try {
+      // One request and the start of the next in one write: once the first is answered, the service holds
+      // the second's first lines, so the connection is not idle when close() begins.
+      socket.write(`${head}\r\n${head}`);
+      await new Promise((resolve) => socket.once('data', resolve));
+      closing = service.close();
+      socket.write('\r\n');
+      const text = await received;
+      await closing;
+      expect(statusLines(text)).toEqual(['HTTP/1.1 200 OK', 'HTTP/1.1 503 Service Unavailable']);
+      const last = text.slice(text.lastIndexOf('HTTP/1.1 '));
+      expect(last.toLowerCase()).toContain('connection: close');
+      expect(last).toContain('{"error":{"code":"shutting_down"');
+    } finally {
+      socket.destroy();
+      await (closing ?? service.close());
+    }
+  });
+
+  it('a body over the limit is answered 413 with Connection: close: the rest of it is not read, and close() does not wait for it', async () => {
+    const { service, app } = await serve();
+    let closing: Promise<unknown> | undefined;
+    const { socket, received } = rawConnection(service);
+    const total = 50 * 1024 * 1024;
+    const chunk = Buffer.alloc(64 * 1024, 'a');
+    let written = 0;
+    let gone = false;
+    socket.once('close', () => (gone = true));
+    // The answer, or the connection's end if none comes.
+    const refused = new Promise<void>((resolve) => {
+      socket.on('data', (data: Buffer) => data.toString('latin1').startsWith('HTTP/1.1 ') && resolve());
+      socket.once('close', resolve);
+    });
+    try {
+      socket.write(
+        `POST /v1/token/oa/${app.appId}/invalidate HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${total}\r\n\r\n`,
+      );
+      // Written as fast as the service reads it, until it is all written or the service closes the connection.
+      const upload = (async () => {
+        while (written < total && !gone) {
+          written += chunk.length;
+          if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
+        }
+      })();
+      await refused;
+      closing = service.close();
+      await upload;
+      const text = await received;
+      await closing;
+      expect(statusLines(text)).toEqual(['HTTP/1.1 413 Payload Too Large']);
+      expect(text.toLowerCase()).toContain('connection: close');
+      expect(written).toBeLessThan(total);
+    } finally {
+      socket.destroy();
+      await (closing ?? service.close());
+    }
+  });
+
+  it('a request still under way requestTimeoutMs after close() began is cut, and close() resolves', async () => {
+    const { service, app } = await serve({ requestTimeoutMs: 300 });
+    let closing: Promise<unknown> | undefined;
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      expect((await get(service, `/v1/token/oa/${app.appId}`, agent)).status).toBe(200);
+      // WeChat does not answer the ticket fetch within the test.
+      mock.setLatency(600_000);
+      const before = mock.counters(app.appId).requests;
+      const inFlight = get(service, `/v1/ticket/oa/${app.appId}/jsapi`, agent);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      closing = service.close();
+      expect(await inFlight).toEqual({ status: -1 });
+      await closing;
+    } finally {
+      mock.setLatency(0);
+      agent.destroy();
+      await (closing ?? service.close());
+    }
+  });
+});
