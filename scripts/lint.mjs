@@ -64,6 +64,25 @@ for (const name of readdirSync(join(root, 'packages')).sort()) {
 }
 rmSync(tarballs, { recursive: true, force: true });
 
+// Every pending changeset names packages of the workspace (the CLI is published as `wxkit`): one that
+// names another fails `changeset version` at release time, and `changeset status` now.
+process.stdout.write('lint: changesets\n');
+const workspace = new Set(
+  readdirSync(join(root, 'packages'))
+    .map((name) => join(root, 'packages', name, 'package.json'))
+    .filter((manifest) => existsSync(manifest))
+    .map((manifest) => JSON.parse(readFileSync(manifest, 'utf8')).name),
+);
+for (const file of readdirSync(join(root, '.changeset')).filter((name) => name.endsWith('.md') && name !== 'README.md')) {
+  const front = /^---\n([\s\S]*?)\n---/.exec(readFileSync(join(root, '.changeset', file), 'utf8'))?.[1];
+  const names = [...(front ?? '').matchAll(/^['"]?([^'":]+)['"]?\s*:\s*(major|minor|patch)\s*$/gm)].map((match) => match[1]);
+  const unknown = names.filter((name) => !workspace.has(name));
+  if (front === undefined || names.length === 0 || unknown.length > 0) {
+    process.stdout.write(`lint: .changeset/${file} ${unknown.length > 0 ? `names ${unknown.join(', ')}, not a package of the workspace` : 'has no package: bump lines'}\n`);
+    failures += 1;
+  }
+}
+
 // The checked-in API reports (etc/*.api.md) must match what the build exports.
 step('api reports', process.execPath, [join(root, 'scripts', 'api-report.mjs'), '--check']);
 
