@@ -53,7 +53,8 @@ const KINDS: Record<string, 'official_account' | 'mini_program' | 'work'> = {
 /** `official_account:wx…`, `mini_program:wx…` (or `oa:`/`mp:`), `work:ww…:1000002`. */
 export function parseApp(spec: string): AppRef {
   const [kind = '', id = '', agent] = spec.split(':');
-  const resolved = KINDS[kind];
+  // Own names only: `constructor` or `__proto__` is no kind.
+  const resolved = Object.hasOwn(KINDS, kind) ? KINDS[kind] : undefined;
   if (resolved === 'work' && id && agent && /^\d+$/.test(agent)) return { kind: 'work', corpId: id, agentId: agent };
   if (resolved && resolved !== 'work' && id && agent === undefined) return { kind: resolved, appId: id };
   throw new ConfigError(

@@ -248,7 +248,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       } catch {
         ref = undefined;
       }
-    } else if (KIND_ALIASES[first] && parts[i + 1] !== undefined) {
+    } else if (Object.hasOwn(KIND_ALIASES, first) && parts[i + 1] !== undefined) {
       const kind = KIND_ALIASES[first]!;
       const id = parts[i + 1]!;
       if (kind === 'work') {

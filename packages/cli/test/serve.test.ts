@@ -120,6 +120,12 @@ describe('wxkit serve', () => {
     expect(right.status).toBe(200);
     expect(Object.keys((await right.json()) as object)).toEqual(['access_token', 'expires_at', 'fetched_at']);
     expect((await fetch(`${services[0]!.url}/v1/token/official_account/wx0000000000000000`, { headers: { authorization: `Bearer ${KEY}` } })).status).toBe(404);
+    // Names every object has are no kind of app.
+    for (const path of ['constructor/wx0000000000000000', '__proto__/wx0000000000000000', 'toString:wx0000000000000000']) {
+      const odd = await fetch(`${services[0]!.url}/v1/token/${path}`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(odd.status, path).toBe(404);
+      expect(await odd.text(), path).toMatch(/name the app as \{kind\}\/\{id\}/);
+    }
     expect((await fetch(`${services[0]!.url}/healthz`)).status).toBe(200);
 
     // Its own MemoryCache: the process-wide default would already hold the token from the test above.
