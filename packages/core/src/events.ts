@@ -47,7 +47,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'authorizer.authorized': AuthorizerAuthorizedEvent;
   /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */
   'authorizer_refresh_token.rotated': AuthorizerEvent;
-  /** OpenPlatform: the durable store did not take a new refresh token; the next refresh asks WeChat for it again. */
+  /**
+   * OpenPlatform: the durable store did not take a refresh token WeChat handed out. After a refresh, this
+   * process keeps it and writes it when the store answers again; after an authorization, the next
+   * refresh asks WeChat for it.
+   */
   'authorizer_refresh_token.unsaved': AuthorizerEvent;
   /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */
   'authorizer_refresh_token.recovered': AuthorizerRefreshTokenRecoveredEvent;

@@ -233,8 +233,13 @@ export class GuardedStore {
     return stopAll;
   }
 
-  get(key: string): Promise<string | undefined> {
-    return this.#call('get', key, () => this.#read(key));
+  /**
+   * `insist`, here and on the writes below: the call is sent even while the store is taken for down (it
+   * is still bounded, checked and counted by the breaker), for a write that must reach the store and is
+   * tried again after a failure of its own took the store for down.
+   */
+  get(key: string, insist = false): Promise<string | undefined> {
+    return this.#call('get', key, () => this.#read(key), [], insist);
   }
 
   /**
@@ -264,26 +269,26 @@ export class GuardedStore {
     );
   }
 
-  set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    return this.#call('set', key, () => this.cache.set(key, value, ttlSeconds), value);
+  set(key: string, value: string, ttlSeconds: number, insist = false): Promise<void> {
+    return this.#call('set', key, () => this.cache.set(key, value, ttlSeconds), [value], insist);
   }
 
   delete(key: string): Promise<void> {
-    return this.#call('delete', key, () => this.cache.delete(key));
+    return this.#call('delete', key, () => this.cache.delete(key), []);
   }
 
   /** Undefined when the store cannot tell (no ttlMs). */
   ttlMs(key: string): Promise<number | undefined> {
     const ttlMs = this.cache.ttlMs;
     if (typeof ttlMs !== 'function') return Promise.resolve(undefined);
-    return this.#call('ttlMs', key, () => ttlMs.call(this.cache, key));
+    return this.#call('ttlMs', key, () => ttlMs.call(this.cache, key), []);
   }
 
   /** Undefined when the store has no atomic add. */
-  add(key: string, value: string, ttlSeconds: number): Promise<boolean> | undefined {
+  add(key: string, value: string, ttlSeconds: number, insist = false): Promise<boolean> | undefined {
     const add = this.cache.add;
     if (typeof add !== 'function') return undefined;
-    return this.#call('add', key, () => add.call(this.cache, key, value, ttlSeconds), value);
+    return this.#call('add', key, () => add.call(this.cache, key, value, ttlSeconds), [value], insist);
   }
 
   /**
@@ -293,7 +298,7 @@ export class GuardedStore {
   async deleteIfEquals(key: string, expected: string): Promise<boolean> {
     const deleteIfEquals = this.cache.deleteIfEquals;
     if (typeof deleteIfEquals === 'function') {
-      return this.#call('deleteIfEquals', key, () => deleteIfEquals.call(this.cache, key, expected), expected);
+      return this.#call('deleteIfEquals', key, () => deleteIfEquals.call(this.cache, key, expected), [expected]);
     }
     if ((await this.get(key)) !== expected) return false;
     await this.delete(key);
@@ -304,23 +309,23 @@ export class GuardedStore {
    * Replaces `expected` with `value`. Without an atomic compareAndSet in the store this is a read, a
    * compare and a write, which the caller makes safe by holding the refresh lock.
    */
-  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number, insist = false): Promise<boolean> {
     const compareAndSet = this.cache.compareAndSet;
     if (typeof compareAndSet === 'function') {
-      return this.#call('compareAndSet', key, () => compareAndSet.call(this.cache, key, expected, value, ttlSeconds), value, expected);
+      return this.#call('compareAndSet', key, () => compareAndSet.call(this.cache, key, expected, value, ttlSeconds), [value, expected], insist);
     }
-    if ((await this.get(key)) !== expected) return false;
-    await this.set(key, value, ttlSeconds);
+    if ((await this.get(key, insist)) !== expected) return false;
+    await this.set(key, value, ttlSeconds, insist);
     return true;
   }
 
-  #call<T>(op: string, key: string, run: () => Promise<T>, ...values: string[]): Promise<T> {
-    const refused = this.#refusal(op, key, values);
+  #call<T>(op: string, key: string, run: () => Promise<T>, values: readonly string[], insist = false): Promise<T> {
+    const refused = this.#refusal(op, key, values, insist);
     return refused ? Promise.reject(refused) : this.send(op, key, run);
   }
 
-  /** Why a call is not sent at all, or undefined when it may be. */
-  #refusal(op: string, key: string, values: readonly string[]): CacheError | undefined {
+  /** Why a call is not sent at all, or undefined when it may be. `insist`: sent while the store is taken for down. */
+  #refusal(op: string, key: string, values: readonly string[], insist = false): CacheError | undefined {
     // A value no store can hold is a bug in whatever encoded it, not an outage: refused here, before the
     // adapter's own check would reject it and the breaker would take the store for down for every client.
     if (values.some((value) => typeof value !== 'string' || !isBinaryString(value))) {
@@ -329,7 +334,7 @@ export class GuardedStore {
         { reason: 'value' },
       );
     }
-    if (this.#health.down) {
+    if (this.#health.down && !insist) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);
       this.#health.refused(this);

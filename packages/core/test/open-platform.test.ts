@@ -39,10 +39,9 @@ afterAll(async () => {
 });
 
 /** A component on the mock, with a cache and a durable store of its own, and a factory of OpenPlatforms on them. */
-function setup(): Setup {
+function setup(durable: MemoryCache = new MemoryCache()): Setup {
   const component = mock.createComponent();
   const cache = new MemoryCache();
-  const durable = new MemoryCache();
   const make = (extra: Partial<OpenPlatformOptions> = {}) => {
     const open = new OpenPlatform({
       ...componentOptions(mock, component),
@@ -363,6 +362,115 @@ describe('authorizers', () => {
     await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${a}`);
     await held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+  });
+});
+
+/**
+ * A durable store whose calls on the authorizers' refresh-token records fail on demand: the next
+ * `failures` writes of a settled record (no write-ahead mark) fail, and with `outage` set, the first of
+ * them starts an outage of the records (every call on them fails, the breaker's probe included) that
+ * lasts until `outage` is cleared. `reached` counts the calls on records that reached it, by operation.
+ */
+class FlakyRecords extends MemoryCache {
+  failures = 0;
+  outage = false;
+  reached = { get: 0, add: 0, compareAndSet: 0 };
+  #down = false;
+
+  #call(op: keyof FlakyRecords['reached'], key: string, value?: string): void {
+    if (!key.includes(':authorizer_refresh_token:')) return;
+    this.reached[op] += 1;
+    if (this.#down && this.outage) throw new Error('ECONNREFUSED');
+    this.#down = false;
+    if (value !== undefined && !value.includes('pending_since') && this.failures > 0) {
+      this.failures -= 1;
+      this.#down = true;
+      throw new Error('ECONNRESET');
+    }
+  }
+
+  override async get(key: string): Promise<string | undefined> {
+    this.#call('get', key);
+    return super.get(key);
+  }
+
+  override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    this.#call('add', key, value);
+    return super.add(key, value, ttlSeconds);
+  }
+
+  override async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    this.#call('compareAndSet', key, value);
+    return super.compareAndSet(key, expected, value, ttlSeconds);
+  }
+
+  /** The record as stored, read past any failure. */
+  async record(component: MockComponent, appId: string): Promise<Record<string, unknown>> {
+    return JSON.parse((await super.get(`wechat:authorizer_refresh_token:${component.appId}:${appId}`))!) as Record<string, unknown>;
+  }
+}
+
+describe('refresh tokens the durable store must take', () => {
+  /** The account's token as a process of its own gets it, its cached access token dropped first: a refresh. */
+  async function refreshIn(s: Setup, open: OpenPlatform, appId: string): Promise<string> {
+    await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${appId}`);
+    return open.officialAccount(appId).accessToken.getToken();
+  }
+
+  const events = (log: ReturnType<typeof recordingLogger>) => log.lines.map((line) => `${line.level} ${(line.fields as { event: string }).event}`);
+
+  it('a rotated refresh token whose write fails once is sent again and stored: the next refresh sends no 61023', async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    const log = recordingLogger();
+    const open = s.make({ logger: log });
+    const appId = await authorized(s, open);
+    const before = mock.authorizerRefreshToken(appId);
+    durable.failures = 1;
+    durable.reached.compareAndSet = 0;
+    await refreshIn(s, open, appId);
+    expect(mock.authorizerRefreshToken(appId)).not.toBe(before);
+    // The write-ahead, the final write that failed (it took the store for down), and its second attempt.
+    expect(durable.reached.compareAndSet).toBe(3);
+    const record = await durable.record(s.component, appId);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    expect(record.pending_since).toBeUndefined();
+    expect(events(log)).toContain('info authorizer_refresh_token.rotated');
+    expect(events(log)).not.toContain('error authorizer_refresh_token.unsaved');
+    // Another process refreshes with the stored token: WeChat takes it.
+    await refreshIn(s, s.make(), appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
+  });
+
+  it('a rotated refresh token the durable store takes at no attempt is kept, and written when the store answers again', async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    const log = recordingLogger();
+    const open = s.make({ logger: log });
+    const appId = await authorized(s, open);
+    const before = mock.authorizerRefreshToken(appId);
+    const stored = new Promise((resolve) => open.on('authorizer_refresh_token.rotated', resolve));
+    durable.failures = 1;
+    durable.outage = true;
+    durable.reached.compareAndSet = 0;
+    // The access token is handed out all the same.
+    expect(await refreshIn(s, open, appId)).toMatch(/^\d{2}_/);
+    expect(durable.reached.compareAndSet).toBe(1 + 3);
+    expect(events(log)).toContain('error authorizer_refresh_token.unsaved');
+    expect(events(log)).not.toContain('info authorizer_refresh_token.rotated');
+    expect(await durable.record(s.component, appId)).toMatchObject({ authorizer_refresh_token: before, pending_since: expect.any(Number) });
+    // The store answers again (its probe gets through): the kept token replaces the write-ahead.
+    durable.outage = false;
+    await stored;
+    const record = await durable.record(s.component, appId);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    expect(record.pending_since).toBeUndefined();
+    await refreshIn(s, s.make(), appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
+    expect(JSON.stringify(log.lines)).not.toContain(before!);
+    expect(JSON.stringify(log.lines)).not.toContain(mock.authorizerRefreshToken(appId)!);
   });
 });
 

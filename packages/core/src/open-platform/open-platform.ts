@@ -71,6 +71,21 @@ interface HeldRecord {
   raw: string | undefined;
 }
 
+/**
+ * A refresh token WeChat handed back that the durable store did not take (every attempt failed): kept by
+ * this process, and written over the write-ahead it was to replace when the store answers again.
+ */
+interface UnsavedRefresh {
+  /** The record as the refresh left it (its write-ahead): the write replaces it only. */
+  held: HeldRecord;
+  value: string;
+  /** WeChat handed out a new token (logged as rotated once stored). */
+  rotated: boolean;
+  writing?: Promise<void> | undefined;
+  /** Written at the store's next recovery. */
+  waiting?: boolean;
+}
+
 /** The token a refresh goes on with: the stored record's, or one api_get_authorizer_info just named current (`fromWeChat`). */
 interface RefreshLine {
   token: string;
@@ -110,23 +125,32 @@ const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000 });
 const TICKET_TTL_SECONDS = 12 * 3600;
 /** Refresh tokens do not expire while the authorization stands; the record is rewritten at every refresh. */
 const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
-/** A durable write after WeChat rotated the refresh token is tried this many times before it is given up (and logged). */
+/**
+ * A refresh's final write, of the refresh token WeChat handed back, is sent this many times before it is
+ * given up (and logged), past the store's breaker: its first failure takes the store for down, and the
+ * breaker would refuse the next attempts unsent.
+ */
 const DURABLE_WRITE_ATTEMPTS = 3;
+/** The pause before each further attempt of such a write: a dropped connection is made again meanwhile. */
+const DURABLE_RETRY_PAUSE_MS = 250;
 // An authorization's compare-and-set loses only to a write that landed between its read and its write.
-// A refresh under way writes the record at most five times (its write-ahead, a second one after a
-// 61023, its final write and that write's two retries), and a refresh with the authorization's token
-// is then left alone: this many rounds outlast it.
-const AUTHORIZATION_WRITE_ROUNDS = 6;
+// A refresh under way writes the record at most six times (a token this process kept from an earlier
+// refresh whose final write the store did not take, its write-ahead, a second one after a 61023, its
+// final write and that write's two retries), and a refresh with the authorization's token is then left
+// alone: this many rounds outlast it.
+const AUTHORIZATION_WRITE_ROUNDS = 7;
 // The longest path of an authorizer refresh, all of it under the refresh lock (its lease counts it):
 // no record (api_get_authorizer_info), the write-ahead, api_authorizer_token rejected with 61023,
 // api_get_authorizer_info again, a second write-ahead, api_authorizer_token, the final write.
 const REFRESH_HTTP_CALLS = 4;
-// Durable store calls on that path: the read; two write-aheads, each a compare-and-set that a store
-// without an atomic one makes a read and a write, and, when it finds the record changed to the token
-// WeChat named (an authorization wrote it), a read and the compare-and-set again; the final write, as
-// many attempts, each such a compare-and-set and a read that checks whether an attempt whose answer
-// was lost went through.
-const REFRESH_DURABLE_CALLS = 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
+// Durable store calls on that path: a refresh token this process kept when the store did not take it,
+// written first (a compare-and-set and a read, as below); the read; two write-aheads, each a
+// compare-and-set that a store without an atomic one makes a read and a write, and, when it finds the
+// record changed to the token WeChat named (an authorization wrote it), a read and the compare-and-set
+// again; the final write, as many attempts, each such a compare-and-set and a read that checks whether
+// an attempt whose answer was lost went through, with a pause before each further one.
+const REFRESH_DURABLE_CALLS = 3 + 1 + 2 * (2 + 1 + 2) + DURABLE_WRITE_ATTEMPTS * 3;
+const REFRESH_PAUSES_MS = (DURABLE_WRITE_ATTEMPTS - 1) * DURABLE_RETRY_PAUSE_MS;
 // Store calls beside it, under the lock, on a profile whose peer keeps its own copy of the token: the
 // copy read before (the refresh token record, then the copy and its TTL side by side) and the copies
 // written after (under the refresh token used and the new one, side by side), each counted as one call.
@@ -167,6 +191,8 @@ export class OpenPlatform {
   readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
   /** The refresh tokens under which a fetched token's copies for the peer are written, until they are. */
   readonly #copyUnder = new WeakMap<Fetched, readonly string[]>();
+  /** Refresh tokens WeChat handed back that the durable store did not take, by authorizer, until it does. */
+  readonly #unsaved = new Map<string, UnsavedRefresh>();
   /** The options every authorizer client is made with: the client options, without the component's own. */
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
@@ -495,7 +521,7 @@ export class OpenPlatform {
   #sharedAuthorizerUpstream(): Omit<Upstream<string>, 'fetch'> {
     const core = this.#core;
     return {
-      budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + (REFRESH_DURABLE_CALLS + REFRESH_COPY_CALLS) * core.cacheTimeoutMs,
+      budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + (REFRESH_DURABLE_CALLS + REFRESH_COPY_CALLS) * core.cacheTimeoutMs + REFRESH_PAUSES_MS,
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
@@ -521,6 +547,9 @@ export class OpenPlatform {
    */
   async #refreshAuthorizer(authorizerAppId: string, componentToken: string): Promise<Fetched> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
+    // A token WeChat handed this process that the store did not take is written before the record is read.
+    const unsaved = this.#unsaved.get(authorizerAppId);
+    if (unsaved) await this.#saveUnsaved(authorizerAppId, unsaved);
     const raw = await this.#durable.get(key);
     // A peer's bare refresh token carries no write-ahead: a 61023 is then recovered all the same.
     const stored = this.#decodeRefreshRecord(key, raw);
@@ -570,35 +599,75 @@ export class OpenPlatform {
     });
     const fetched = validateFetched(body, 'authorizer_access_token', path);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
-    const after = this.#refreshValue(held.key, { token: next, origin });
-    for (let attempt = 1; ; attempt += 1) {
-      try {
-        if (!(await this.#replaceRefresh(held, after, attempt > 1))) {
-          // The record changed meanwhile: another process took over (this one outlived its lease), or an
-          // authorization stored the token it got from api_query_auth, newer than this one's.
-          this.#superseded(authorizerAppId);
-          return { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
-        }
-        break;
-      } catch (error) {
-        if (!(error instanceof CacheError)) throw error;
-        if (attempt >= DURABLE_WRITE_ATTEMPTS) {
-          // The record still holds the old token, marked: the next refresh recovers the new one from WeChat.
-          this.#core.log.error(
-            { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId },
-            'WeChat handed back a refresh token that the durable store did not take; the next refresh asks WeChat for it again',
-          );
-          break;
-        }
-      }
-    }
-    if (next !== token) {
-      this.#core.log.info({ event: 'authorizer_refresh_token.rotated', appId: this.appId, authorizerAppId }, 'WeChat handed out a new authorizer refresh token; stored it');
-    }
+    const outcome = await this.#storeRefreshed(authorizerAppId, held, { token: next, origin }, next !== token);
     const result: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
     // The peers' copies are written once the cache holds the entry (afterWrite), under these refresh tokens.
-    if (this.#core.schema.openPlatformTokenCopy) this.#copyUnder.set(result, [token, next]);
+    if (outcome !== 'superseded' && this.#core.schema.openPlatformTokenCopy) this.#copyUnder.set(result, [token, next]);
     return result;
+  }
+
+  /**
+   * A refresh's final write: the refresh token WeChat handed back, over the write-ahead. Sent up to
+   * DURABLE_WRITE_ATTEMPTS times, whatever the store's breaker says, a pause apart. `superseded`: the
+   * record changed meanwhile (another process took over after this one outlived its lease, or an
+   * authorization stored a newer token), and is left alone. `unsaved`: no attempt went through; this
+   * process keeps the token and writes it when the store answers again (or at the account's next
+   * refresh here), and until then the record holds the old token, marked.
+   */
+  async #storeRefreshed(authorizerAppId: string, held: HeldRecord, record: RefreshRecord, rotated: boolean): Promise<'stored' | 'superseded' | 'unsaved'> {
+    const value = this.#refreshValue(held.key, record);
+    let replaced: boolean;
+    try {
+      replaced = await persist((retry) => this.#replaceRefresh(held, value, retry, true));
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      const unsaved: UnsavedRefresh = { held: { ...held }, value, rotated };
+      this.#unsaved.set(authorizerAppId, unsaved);
+      this.#saveAtRecovery(authorizerAppId, unsaved);
+      this.#core.log.error(
+        { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId, ...(error.reason ? { reason: error.reason } : {}) },
+        'WeChat handed back a refresh token that the durable store did not take; this process writes it when the store answers again (if it exits first, the next refresh asks WeChat for it)',
+      );
+      return 'unsaved';
+    }
+    this.#refreshStored(authorizerAppId, replaced, rotated);
+    return replaced ? 'stored' : 'superseded';
+  }
+
+  /**
+   * Writes a refresh token the store did not take (see {@link #storeRefreshed}) over the record it was to
+   * replace, once at a time; never rejects. Not taken again (refused unsent while the store is taken for
+   * down): written at the store's next recovery.
+   */
+  #saveUnsaved(authorizerAppId: string, unsaved: UnsavedRefresh): Promise<void> {
+    unsaved.writing ??= (async () => {
+      try {
+        const replaced = await this.#replaceRefresh(unsaved.held, unsaved.value, true);
+        if (this.#unsaved.get(authorizerAppId) === unsaved) this.#unsaved.delete(authorizerAppId);
+        this.#refreshStored(authorizerAppId, replaced, unsaved.rotated);
+      } catch {
+        unsaved.writing = undefined;
+        if (this.#unsaved.get(authorizerAppId) === unsaved) this.#saveAtRecovery(authorizerAppId, unsaved);
+      }
+    })();
+    return unsaved.writing;
+  }
+
+  #saveAtRecovery(authorizerAppId: string, unsaved: UnsavedRefresh): void {
+    if (unsaved.waiting) return;
+    unsaved.waiting = true;
+    this.#durable.onRecovered(() => {
+      unsaved.waiting = false;
+      void this.#saveUnsaved(authorizerAppId, unsaved);
+    });
+  }
+
+  /** What became of a refresh token this refresh wrote: logged as stored (when WeChat rotated it), or as superseded. */
+  #refreshStored(authorizerAppId: string, replaced: boolean, rotated: boolean): void {
+    if (!replaced) this.#superseded(authorizerAppId);
+    else if (rotated) {
+      this.#core.log.info({ event: 'authorizer_refresh_token.rotated', appId: this.appId, authorizerAppId }, 'WeChat handed out a new authorizer refresh token; stored it');
+    }
   }
 
   /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */
@@ -633,19 +702,20 @@ export class OpenPlatform {
   /**
    * Writes `value` if the record still holds what `held` says (absent: `add`), and remembers it. `retry`:
    * an earlier attempt's answer was lost, so a refusal is checked against what the store holds (that
-   * attempt may have written it). A store without an atomic add writes unconditionally, and one without
-   * an atomic compareAndSet reads and compares first: both are then only as safe as the lease.
+   * attempt may have written it). `insist`: sent while the store is taken for down. A store without an
+   * atomic add writes unconditionally, and one without an atomic compareAndSet reads and compares first:
+   * both are then only as safe as the lease.
    */
-  async #replaceRefresh(held: HeldRecord, value: string, retry: boolean): Promise<boolean> {
+  async #replaceRefresh(held: HeldRecord, value: string, retry: boolean, insist = false): Promise<boolean> {
     let replaced: boolean;
     if (held.raw === undefined) {
-      const added = this.#durable.add(held.key, value, REFRESH_TTL_SECONDS);
-      if (added === undefined) await this.#durable.set(held.key, value, REFRESH_TTL_SECONDS);
+      const added = this.#durable.add(held.key, value, REFRESH_TTL_SECONDS, insist);
+      if (added === undefined) await this.#durable.set(held.key, value, REFRESH_TTL_SECONDS, insist);
       replaced = added === undefined ? true : await added;
     } else {
-      replaced = await this.#durable.compareAndSet(held.key, held.raw, value, REFRESH_TTL_SECONDS);
+      replaced = await this.#durable.compareAndSet(held.key, held.raw, value, REFRESH_TTL_SECONDS, insist);
     }
-    if (!replaced && retry) replaced = (await this.#durable.get(held.key)) === value;
+    if (!replaced && retry) replaced = (await this.#durable.get(held.key, insist)) === value;
     if (replaced) held.raw = value;
     return replaced;
   }
@@ -769,6 +839,22 @@ export class OpenPlatform {
       { event: 'durable_store.evictable', appId: this.appId },
       'OpenPlatform options.durableStore is a memcached: it evicts entries under memory pressure and on restart, and a lost refresh token must be fetched from WeChat again (or, if the account revoked meanwhile, authorized again). Use Postgres through Keyv, a FileCache, or Redis with persistence',
     );
+  }
+}
+
+/**
+ * `write`, sent again after a CacheError, up to DURABLE_WRITE_ATTEMPTS times in all and
+ * DURABLE_RETRY_PAUSE_MS apart; `retry` tells it an earlier attempt failed (whose answer may have been
+ * lost after the store took it). A value no store can hold is not sent again. The last failure is thrown.
+ */
+async function persist<T>(write: (retry: boolean) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await write(attempt > 1);
+    } catch (error) {
+      if (!(error instanceof CacheError) || error.reason === 'value' || attempt >= DURABLE_WRITE_ATTEMPTS) throw error;
+      await new Promise((resolve) => setTimeout(resolve, DURABLE_RETRY_PAUSE_MS));
+    }
   }
 }
 
