@@ -1,4 +1,5 @@
 import type { MockComponent, MockWeChat } from '@wxkit/testing';
+import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
 
 /** A logger that keeps every line, to assert on what was (and was not) logged. */
@@ -76,4 +77,27 @@ export function endedByClose(waiting: Promise<unknown>): Promise<unknown> {
     (error: unknown) => error,
   );
   return Promise.race([ended, new Promise((_, reject) => setTimeout(() => reject(new Error('the wait outlived close()')), 10_000).unref())]);
+}
+
+/**
+ * A dispatcher through which the answers to requests whose path includes `path` arrive with `from`
+ * replaced by `to` (as long, so that Content-Length still holds): WeChat acted on the request, and its
+ * answer reaches the client altered.
+ */
+export function rewritingDispatcher(path: string, from: string, to: string): Dispatcher {
+  if (Buffer.byteLength(from, 'latin1') !== Buffer.byteLength(to, 'latin1')) throw new Error('rewritingDispatcher: `from` and `to` must be as long');
+  return new Agent().compose((dispatch) => (options, handler) => {
+    if (!String(options.path).includes(path)) return dispatch(options, handler);
+    const rewrite = (chunk: Buffer) => Buffer.from(chunk.toString('latin1').replace(from, to), 'latin1');
+    const wrapped = new Proxy(handler, {
+      get(target, name, receiver) {
+        const value = Reflect.get(target, name, receiver) as unknown;
+        if (typeof value !== 'function') return value;
+        if (name === 'onResponseData') return (controller: unknown, chunk: Buffer) => value.call(target, controller, rewrite(chunk));
+        if (name === 'onData') return (chunk: Buffer) => value.call(target, rewrite(chunk));
+        return value.bind(target);
+      },
+    });
+    return dispatch(options, wrapped);
+  });
 }

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
-import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   MemoryCache,
@@ -16,7 +15,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, endedByClose, recordingLogger, rejection, storeVerifyTicket } from './helpers.js';
+import { componentOptions, endedByClose, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -265,21 +264,8 @@ describe('authorizers', () => {
   it("an api_query_auth answer whose access token is unusable still stores the refresh token: the account is authorized, its first send fetches one", async () => {
     const s = setup();
     await withTicket(s);
-    // WeChat's answer as it reaches the client: expires_in a string, the bytes as many as before.
-    const rewritten = new Agent().compose((dispatch) => (options, handler) => {
-      if (!String(options.path).includes('cgi-bin/component/api_query_auth')) return dispatch(options, handler);
-      const rewrite = (chunk: Buffer) => Buffer.from(chunk.toString('latin1').replace('"expires_in":7200', '"expires_in":"72"'), 'latin1');
-      const wrapped = new Proxy(handler, {
-        get(target, name, receiver) {
-          const value = Reflect.get(target, name, receiver) as unknown;
-          if (typeof value !== 'function') return value;
-          if (name === 'onResponseData') return (controller: unknown, chunk: Buffer) => value.call(target, controller, rewrite(chunk));
-          if (name === 'onData') return (chunk: Buffer) => value.call(target, rewrite(chunk));
-          return value.bind(target);
-        },
-      });
-      return dispatch(options, wrapped);
-    });
+    // WeChat's answer as it reaches the client: expires_in a string.
+    const rewritten = rewritingDispatcher('cgi-bin/component/api_query_auth', '"expires_in":7200', '"expires_in":"72"');
     const open = s.make({ dispatcher: rewritten });
     const { preAuthCode } = await open.createPreAuthCode();
     const grant = mock.authorize(s.component.appId, { preAuthCode });
@@ -471,6 +457,28 @@ describe('refresh tokens the durable store must take', () => {
     expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
     expect(JSON.stringify(log.lines)).not.toContain(before!);
     expect(JSON.stringify(log.lines)).not.toContain(mock.authorizerRefreshToken(appId)!);
+  });
+
+  it('an api_authorizer_token answer whose access token is unusable still stores the new refresh token in it', async () => {
+    const s = setup();
+    await withTicket(s);
+    const appId = await authorized(s, s.make());
+    const before = mock.authorizerRefreshToken(appId);
+    const rewritten = rewritingDispatcher('cgi-bin/component/api_authorizer_token', '"expires_in":7200', '"expires_in":"72"');
+    const error = await rejection(refreshIn(s, s.make({ dispatcher: rewritten }), appId));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
+    expect(mock.authorizerRefreshToken(appId)).not.toBe(before);
+    const record = JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${appId}`))!);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    expect(record.pending_since).toBeUndefined();
+    // A process that gets WeChat's answers whole refreshes with it (forced, past the fleet's back-off
+    // after the unusable answer): one call, no 61023.
+    const calls = mock.counters(appId).authorizerTokenRequests;
+    const other = s.make();
+    await other.officialAccount(appId).accessToken.forceRefresh();
+    await send(other, appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: calls + 1, templateSends: 1, errcodes: {} });
+    await rewritten.close();
   });
 });
 

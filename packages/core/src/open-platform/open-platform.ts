@@ -597,8 +597,20 @@ export class OpenPlatform {
       json: { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token },
       tokenFetch: true,
     });
-    const fetched = validateFetched(body, 'authorizer_access_token', path);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
+    let fetched: Fetched;
+    try {
+      fetched = validateFetched(body, 'authorizer_access_token', path);
+    } catch (error) {
+      // A new refresh token beside an unusable access token is WeChat's current one all the same (the
+      // one sent is refused from now on): it is stored first, as an authorization stores its own.
+      if (!(error instanceof BadResponseError) || next === token) throw error;
+      if ((await this.#storeRefreshed(authorizerAppId, held, { token: next, origin }, true)) !== 'stored') throw error;
+      throw new BadResponseError(`${error.message}; the new refresh token in the answer is stored, and the next call fetches an access token with it`, {
+        path,
+        cause: error,
+      });
+    }
     const outcome = await this.#storeRefreshed(authorizerAppId, held, { token: next, origin }, next !== token);
     const result: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
     // The peers' copies are written once the cache holds the entry (afterWrite), under these refresh tokens.
