@@ -126,11 +126,17 @@ export class HttpError extends WxkitError {
 export class BadResponseError extends WxkitError {
   readonly status: number | undefined;
   readonly path: string;
+  /**
+   * Set by `OpenPlatform.handleAuthorization` once api_query_auth has answered: the account that
+   * authorized the component (its authorization code is spent), which the rejection is about.
+   */
+  declare readonly authorizerAppId?: string;
 
-  constructor(message: string, options: { path: string; status?: number; cause?: unknown }) {
+  constructor(message: string, options: { path: string; status?: number; cause?: unknown; authorizerAppId?: string }) {
     super('ERR_WXKIT_BAD_RESPONSE', message, { cause: options.cause });
     this.status = options.status;
     this.path = options.path;
+    if (options.authorizerAppId !== undefined) this.authorizerAppId = options.authorizerAppId;
   }
 
   static {
@@ -168,10 +174,16 @@ export type CacheErrorReason =
 export class CacheError extends WxkitError {
   /** Why, when the adapter can tell; undefined otherwise. */
   readonly reason: CacheErrorReason | undefined;
+  /**
+   * Set by `OpenPlatform.handleAuthorization` once api_query_auth has answered: the account that
+   * authorized the component (its authorization code is spent), which the rejection is about.
+   */
+  declare readonly authorizerAppId?: string;
 
-  constructor(message: string, options?: { cause?: unknown; reason?: CacheErrorReason }) {
+  constructor(message: string, options?: { cause?: unknown; reason?: CacheErrorReason; authorizerAppId?: string }) {
     super('ERR_WXKIT_CACHE', message, options);
     this.reason = options?.reason;
+    if (options?.authorizerAppId !== undefined) this.authorizerAppId = options.authorizerAppId;
   }
 
   static {

@@ -49,8 +49,9 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'authorizer_refresh_token.rotated': AuthorizerEvent;
   /**
    * OpenPlatform: the durable store did not take a refresh token WeChat handed out. After a refresh, this
-   * process keeps it and writes it when the store answers again; after an authorization, the next
-   * refresh asks WeChat for it.
+   * process keeps it and writes it when the store answers again; after an authorization (whose rejection
+   * names the account when no attempt went through), the account's first refresh takes the current one
+   * from WeChat.
    */
   'authorizer_refresh_token.unsaved': AuthorizerEvent;
   /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */

@@ -15,7 +15,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, endedByClose, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
+import { componentOptions, endedByClose, errorText, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -254,7 +254,7 @@ describe('authorizers', () => {
     const { preAuthCode } = await open.createPreAuthCode();
     const grant = mock.authorize(s.component.appId, { preAuthCode });
     const error = await rejection(open.handleAuthorization(grant.authorizationCode));
-    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', authorizerAppId: grant.authorizerAppId });
     // The refresh token went to the durable store first, so the authorization is not lost.
     expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!).authorizer_refresh_token).toBe(
       mock.authorizerRefreshToken(grant.authorizerAppId),
@@ -270,8 +270,9 @@ describe('authorizers', () => {
     const { preAuthCode } = await open.createPreAuthCode();
     const grant = mock.authorize(s.component.appId, { preAuthCode });
     const error = await rejection(open.handleAuthorization(grant.authorizationCode));
-    expect(error).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
-    expect(error.message).toContain('the account is authorized (its refresh token is stored)');
+    // The code is spent: the rejection names the account that authorized.
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', authorizerAppId: grant.authorizerAppId });
+    expect(error.message).toContain(`the account ${grant.authorizerAppId} is authorized (its refresh token is stored)`);
     const record = JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!);
     expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
     // Another process, which never saw the authorization, sends for the account: one refresh, no 61023.
@@ -479,6 +480,54 @@ describe('refresh tokens the durable store must take', () => {
     await send(other, appId);
     expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: calls + 1, templateSends: 1, errcodes: {} });
     await rewritten.close();
+  });
+
+  it("an authorization's refresh-token write that fails once is sent again, and the authorization completes", async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    const open = s.make();
+    durable.failures = 1;
+    const appId = await authorized(s, open);
+    // The add that failed (it took the store for down), and its second attempt.
+    expect(durable.reached.add).toBe(2);
+    expect((await durable.record(s.component, appId)).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    await send(open, appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 0, templateSends: 1, errcodes: {} });
+  });
+
+  it("an authorization whose refresh token the durable store does not take rejects naming the account (the code is spent), and the account's first refresh recovers", async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    const log = recordingLogger();
+    const open = s.make({ logger: log });
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(s.component.appId, { preAuthCode });
+    durable.failures = 1;
+    durable.outage = true;
+    const error = await rejection(open.handleAuthorization(grant.authorizationCode));
+    expect(error).toMatchObject({ name: 'CacheError', code: 'ERR_WXKIT_CACHE', authorizerAppId: grant.authorizerAppId });
+    expect(error.message).toContain(grant.authorizerAppId);
+    // Every attempt reached the store: the first one's read and add, then the two further reads (the
+    // breaker's probes read the record too).
+    expect(durable.reached.add).toBe(1);
+    expect(durable.reached.get).toBeGreaterThanOrEqual(3);
+    expect(log.lines.filter((line) => line.level === 'error').map((line) => line.fields)).toEqual([
+      expect.objectContaining({ event: 'authorizer_refresh_token.unsaved', authorizerAppId: grant.authorizerAppId }),
+    ]);
+    const refreshToken = mock.authorizerRefreshToken(grant.authorizerAppId)!;
+    expect(errorText(error)).not.toContain(refreshToken);
+    expect(JSON.stringify(log.lines)).not.toContain(refreshToken);
+    expect(await rejection(open.handleAuthorization(grant.authorizationCode))).toMatchObject({ errcode: 61009 });
+    // The store answers again: the account's first call takes its refresh token from WeChat.
+    const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
+    durable.outage = false;
+    await recovered;
+    await send(s.make(), grant.authorizerAppId);
+    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+    expect(mock.counters(grant.authorizerAppId).errcodes['61023']).toBeUndefined();
+    expect((await durable.record(s.component, grant.authorizerAppId)).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
   });
 });
 

@@ -126,9 +126,9 @@ const TICKET_TTL_SECONDS = 12 * 3600;
 /** Refresh tokens do not expire while the authorization stands; the record is rewritten at every refresh. */
 const REFRESH_TTL_SECONDS = 365 * 24 * 3600;
 /**
- * A refresh's final write, of the refresh token WeChat handed back, is sent this many times before it is
- * given up (and logged), past the store's breaker: its first failure takes the store for down, and the
- * breaker would refuse the next attempts unsent.
+ * A durable write of a refresh token WeChat handed out (a refresh's final write, an authorization's) is
+ * sent this many times before it is given up (and logged), past the store's breaker: its first failure
+ * takes the store for down, and the breaker would refuse the next attempts unsent.
  */
 const DURABLE_WRITE_ATTEMPTS = 3;
 /** The pause before each further attempt of such a write: a dropped connection is made again meanwhile. */
@@ -304,6 +304,12 @@ export class OpenPlatform {
    * BadResponseError only after the refresh token is stored: the account is authorized, and its first
    * call fetches an access token.
    *
+   * The authorization code is spent once api_query_auth answers: from then on a rejection (CacheError,
+   * BadResponseError) names the account, `authorizerAppId` on the error and in its message. The refresh
+   * token's write is sent up to three times, a pause apart, even while the store is taken for down; if
+   * none goes through, the rejection says so (logged at error level), and the account's first refresh
+   * takes its current token from WeChat (api_get_authorizer_info).
+   *
    * Another process may be refreshing the account's token meanwhile (an admin who authorizes again, or
    * a client used as soon as the `authorized` push arrived). The refresh token is written as a
    * compare-and-set against the record read, and not at all when the record already holds it or a token
@@ -338,8 +344,8 @@ export class OpenPlatform {
     } catch (error) {
       if (!(error instanceof BadResponseError)) throw error;
       throw new BadResponseError(
-        `${error.message}; the account is authorized (its refresh token is stored), and its first call fetches an access token`,
-        { path, cause: error },
+        `${error.message}; the account ${authorizerAppId} is authorized (its refresh token is stored), and its first call fetches an access token`,
+        { path, cause: error, authorizerAppId },
       );
     }
     const key = this.#key('authorizer_access_token', authorizerAppId);
@@ -360,7 +366,16 @@ export class OpenPlatform {
       now: core.settings.now,
     });
     const token: Fetched = { value: fetched.value, expiresIn: fetched.expiresIn, response: { authorizer_access_token: fetched.value, expires_in: fetched.expiresIn } };
-    const written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
+    let written: Awaited<ReturnType<EntryStore['write']>>;
+    try {
+      written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      throw new CacheError(
+        `${error.message}; the account ${authorizerAppId} is authorized (its refresh token is stored), and its first call fetches an access token`,
+        { cause: error, reason: error.reason, authorizerAppId },
+      );
+    }
     if (written.stored) await this.#copyForPeer(authorizerAppId, [refresh], written.entry, fetched.expiresIn);
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
@@ -765,10 +780,27 @@ export class OpenPlatform {
     const origin = refreshOrigin(token);
     const value = this.#refreshValue(key, { token, origin });
     for (let round = 0; round < AUTHORIZATION_WRITE_ROUNDS; round += 1) {
-      const held: HeldRecord = { key, raw: await this.#durable.get(key) };
-      const stored = this.#decodeRefreshRecord(key, held.raw);
-      if (stored?.token === token || stored?.origin === origin) return;
-      if (await this.#replaceRefresh(held, value, false)) return;
+      // The authorization code is spent: a round that fails is sent again, past the store's breaker. An
+      // attempt whose answer was lost after the store took it is found by the next one's read.
+      let done: boolean;
+      try {
+        done = await persist(async () => {
+          const held: HeldRecord = { key, raw: await this.#durable.get(key, true) };
+          const stored = this.#decodeRefreshRecord(key, held.raw);
+          return stored?.token === token || stored?.origin === origin || (await this.#replaceRefresh(held, value, false, true));
+        });
+      } catch (error) {
+        if (!(error instanceof CacheError)) throw error;
+        this.#core.log.error(
+          { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId, ...(error.reason ? { reason: error.reason } : {}) },
+          "The durable store did not take the refresh token of an account that has just authorized (its authorization code is spent); the account's first refresh takes its current one from WeChat",
+        );
+        throw new CacheError(
+          `The durable store did not take the refresh token of authorizer ${authorizerAppId}, which has authorized the component (the authorization code is spent and cannot be used again); its first refresh takes the current refresh token from WeChat (api_get_authorizer_info)`,
+          { cause: error, reason: error.reason, authorizerAppId },
+        );
+      }
+      if (done) return;
     }
     this.#core.log.error(
       { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId },
