@@ -254,7 +254,7 @@ export class MessageCryptoError extends WxkitError {
 export type CredentialsFailure =
   /** The resolver answered `undefined` or `null`: it knows no such account. */
   | 'unknown'
-  /** The resolver threw or rejected; `cause` is its error. */
+  /** The resolver threw or rejected, or reading a field of its answer threw; `cause` is its error. */
   | 'failed'
   /** The resolver did not answer within the pool's `credentialsTimeoutMs`. */
   | 'timeout'

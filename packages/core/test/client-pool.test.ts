@@ -239,6 +239,23 @@ describe('ClientPool: a resolver that fails or answers garbage', () => {
     expect((await failure(() => Promise.reject(cause))).reason).toBe('failed');
   });
 
+  it('an answer whose fields cannot be read (a getter or a proxy that throws): reason failed, the error as the cause', async () => {
+    const cause = new Error('decryption failed');
+    const getter = await failure(() => ({
+      get secret(): string {
+        throw cause;
+      },
+    }));
+    expect(getter).toMatchObject({ reason: 'failed', cause });
+    const throwing = {
+      get(): never {
+        throw cause;
+      },
+    };
+    const proxy = await failure(() => new Proxy({}, throwing));
+    expect(proxy).toMatchObject({ reason: 'failed', cause });
+  });
+
   it('a resolver that never answers: reason timeout, no hang', async () => {
     const error = await failure(() => new Promise(() => undefined), { credentialsTimeoutMs: 20 });
     expect(error.reason).toBe('timeout');

@@ -243,7 +243,14 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     if (typeof answer !== 'object' || Array.isArray(answer)) {
       throw new CredentialsError('invalid', id, `ClientPool's credentials resolver must return an object such as { secret } for ${id} (got ${typeName(answer)})`);
     }
-    return answer as Record<string, unknown>;
+    // The fields are read once, here: a getter that throws (a secret decrypted as it is read, a proxy
+    // over a database row) fails as the resolver would.
+    try {
+      const { secret, corpId, agentId } = answer as Record<string, unknown>;
+      return this.kind === 'work' ? { corpId, agentId, secret } : { secret };
+    } catch (error) {
+      throw new CredentialsError('failed', id, `ClientPool could not read the credentials resolved for ${id}; the error is the cause`, { cause: error });
+    }
   }
 
   #build(id: string, credentials: Record<string, unknown>): ClientOf<K> {
