@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheError } from '@wxkit/core';
 import { memcachedGet, memcachedSet, startMemcached, type StoreServer } from '@wxkit/testing';
 import { MemcachedCache } from '../src/index.js';
+import { framer } from './packets.js';
 
 // Connections that fail half-way, through proxies in front of a real memcached: a failed SASL login, an
 // answer cut off in the middle, a server that accepts and never answers. Each failure must stay with
@@ -22,19 +23,6 @@ afterAll(async () => {
 });
 
 const key = (label: string) => `wxkit-test:${randomBytes(6).toString('hex')}:${label}`;
-
-/** Splits a byte stream into binary-protocol packets: a 24-byte header whose bytes 8..11 give the body length. */
-function framer(onPacket: (packet: Buffer) => void): (chunk: Buffer) => void {
-  let pending = Buffer.alloc(0);
-  return (chunk) => {
-    pending = Buffer.concat([pending, chunk]);
-    while (pending.length >= 24 && pending.length >= 24 + pending.readUInt32BE(8)) {
-      const size = 24 + pending.readUInt32BE(8);
-      onPacket(pending.subarray(0, size));
-      pending = pending.subarray(size);
-    }
-  };
-}
 
 /** A binary-protocol answer to `packet` with `status` and `value`. */
 function answer(packet: Buffer, status: number, value = ''): Buffer {

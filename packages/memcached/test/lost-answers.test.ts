@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memcachedGet, memcachedSet, startMemcached, type StoreServer } from '@wxkit/testing';
 import { MemcachedCache } from '../src/index.js';
+import { framer } from './packets.js';
 
 const OP_SET = 0x01;
 const OP_ADD = 0x02;
@@ -58,19 +59,6 @@ async function startLossyProxy(targetPort: number, lose: 'request' | 'reply', op
         for (const socket of sockets) socket.destroy();
         server.close(() => resolve());
       }),
-  };
-}
-
-/** Splits a byte stream into binary-protocol packets: a 24-byte header whose bytes 8..11 give the body length. */
-function framer(onPacket: (packet: Buffer) => void): (chunk: Buffer) => void {
-  let pending = Buffer.alloc(0);
-  return (chunk) => {
-    pending = Buffer.concat([pending, chunk]);
-    while (pending.length >= 24 && pending.length >= 24 + pending.readUInt32BE(8)) {
-      const size = 24 + pending.readUInt32BE(8);
-      onPacket(pending.subarray(0, size));
-      pending = pending.subarray(size);
-    }
   };
 }
 
