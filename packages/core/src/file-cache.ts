@@ -14,10 +14,10 @@ export interface FileCacheOptions {
   /**
    * The directory that holds one file per key. Every process that shares tokens points at the same one.
    * Created (recursively) with mode 0700 on first use when missing, and again should it be removed while
-   * in use; an existing directory is used as it is, never chmod-ed, but refused (every call fails with a
-   * CacheError that says why) when any local user may write to it (mode o+w): whoever can create files
-   * there can plant token entries. The default directory is refused too unless it is this user's own and
-   * no one else's to write (another user may have made it first). The default lives under the OS temp
+   * in use; an existing directory is used as it is, never chmod-ed: whoever may create files in it can
+   * plant token entries, so let only the users that share tokens write there. The default directory is
+   * refused (every call fails with a CacheError that says why) unless it is this user's own and no one
+   * else may write to it: another local user may have made it first. It lives under the OS temp
    * directory, which some hosts clean on reboot or by age: harmless (tokens are fetched again), but a
    * directory of your own survives both.
    * @default `${os.tmpdir()}/wxkit-${process.getuid()}` (`wxkit-user` where there are no uids)
@@ -525,25 +525,23 @@ export class FileCache implements TokenCache {
   }
 
   /**
-   * Refuses a directory any local user may write to (o+w), and, for the default one, a directory that is
-   * not this user's own or that its group may write to: whoever can create files there can plant token
-   * entries. Where the platform has no uids or modes (Windows), nothing is checked.
+   * The default directory (a name anyone can predict, in a directory every local user may write to) is
+   * refused unless it is this user's own and no one else may write to it: another user who made it first
+   * could plant token entries there. A directory passed as `dir` is the caller's choice and used as it is
+   * (a volume shared between containers is often mode 0777). Where the platform has no uids or modes
+   * (Windows), nothing is checked.
    */
   async #checkDir(op: string): Promise<void> {
     const uid = process.getuid?.();
-    if (uid === undefined || process.platform === 'win32') return;
+    if (!this.#defaultDir || uid === undefined || process.platform === 'win32') return;
     const stats = await stat(this.dir);
     const refuse = (why: string) => {
       throw new CacheError(
-        `FileCache ${op}: refusing ${this.dir}: ${why}, so another local user could plant token entries there; ${
-          this.#defaultDir ? 'pass a directory of your own as `dir`' : 'make it writable by its owner (and group) only'
-        }`,
+        `FileCache ${op}: refusing the default directory ${this.dir}: ${why}, so another local user could plant token entries there; pass a directory of your own as \`dir\``,
       );
     };
-    if (!stats.isDirectory()) refuse('it is not a directory');
-    if ((stats.mode & 0o002) !== 0) refuse(`any user may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
-    if (this.#defaultDir && stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
-    if (this.#defaultDir && (stats.mode & 0o020) !== 0) refuse(`its group may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
+    if (stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
+    if ((stats.mode & 0o022) !== 0) refuse(`others may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
   }
 
   #error(op: string, cause: unknown): CacheError {
@@ -567,9 +565,9 @@ async function readRegular(path: string): Promise<Buffer | undefined> {
   try {
     handle = await open(path, READ_FLAGS);
   } catch (error) {
-    // ELOOP: a symlink; ENXIO: a socket; both are no entry.
     const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ELOOP' || code === 'ENXIO') return undefined;
+    // ELOOP: a symlink (EMLINK on the BSDs); ENXIO: a socket; none is an entry.
+    if (code === 'ELOOP' || code === 'EMLINK' || code === 'ENXIO') return undefined;
     throw error;
   }
   try {

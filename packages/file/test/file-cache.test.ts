@@ -245,18 +245,14 @@ describe('FileCache on disk', () => {
     }
   });
 
-  it('refuses a directory any user may write to, and a default directory another user made or its group may write to', async () => {
-    const open = fresh('world-writable');
-    mkdirSync(open);
-    chmodSync(open, 0o777);
-    const cache = new FileCache({ dir: open });
-    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringMatching(/any user may write to it \(mode 777\)/) });
-    await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
-    expect(readdirSync(open)).toEqual([]);
-    // Fixed while running: the same cache serves.
-    chmodSync(open, 0o770);
-    await cache.set('k', 'v', 60);
-    expect(await cache.get('k')).toBe('v');
+  it('refuses a default directory another user made or others may write to, and uses a shared directory it is given as it is', async () => {
+    // A directory passed as `dir` is the caller's: a volume shared between containers is often 0777.
+    const shared = fresh('world-writable');
+    mkdirSync(shared);
+    chmodSync(shared, 0o777);
+    const given = new FileCache({ dir: shared });
+    await given.set('k', 'v', 60);
+    expect(await given.get('k')).toBe('v');
 
     const temp = fresh('tmpdir');
     mkdirSync(temp);
@@ -266,14 +262,22 @@ describe('FileCache on disk', () => {
       const defaultCache = new FileCache();
       expect(defaultCache.dir).toBe(join(temp, `wxkit-${process.getuid!()}`));
       mkdirSync(defaultCache.dir, { mode: 0o700 });
-      chmodSync(defaultCache.dir, 0o770);
-      await expect(defaultCache.get('k')).rejects.toMatchObject({ message: expect.stringMatching(/its group may write to it.*pass a directory of your own as `dir`/) });
+      for (const mode of [0o770, 0o707, 0o1777]) {
+        chmodSync(defaultCache.dir, mode);
+        await expect(defaultCache.get('k'), mode.toString(8)).rejects.toMatchObject({
+          code: 'ERR_WXKIT_CACHE',
+          message: expect.stringMatching(/refusing the default directory .*others may write to it.*pass a directory of your own as `dir`/),
+        });
+        await expect(defaultCache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+        expect(readdirSync(defaultCache.dir)).toEqual([]);
+      }
       chmodSync(defaultCache.dir, 0o700);
       if (process.getuid!() === 0) {
         chownSync(defaultCache.dir, 65534, 65534);
         await expect(defaultCache.get('k')).rejects.toMatchObject({ message: expect.stringMatching(/it belongs to uid 65534, not to this user \(0\)/) });
         chownSync(defaultCache.dir, 0, 0);
       }
+      // Fixed while running: the same cache serves, without a restart.
       await defaultCache.set('k', 'v', 60);
       expect(await defaultCache.get('k')).toBe('v');
     } finally {

@@ -15,7 +15,9 @@ export interface MemcachedCacheOptions {
   /** SASL password. Never shown in messages. */
   password?: string;
   /**
-   * How long one request may take, in ms, before it counts as failed. A failed `get`, `set` or `delete`
+   * How long one request may take, in ms, before it counts as failed (as much again when it first waits
+   * for its connection and SASL login); one past it fails its connection, and the next call connects
+   * anew. A failed `get`, `set` or `delete`
    * is retried once; the conditional writes (`add`, and the CAS write of `deleteIfEquals` and
    * `compareAndSet`) are never resent blindly.
    * @default 500
@@ -198,10 +200,14 @@ export class MemcachedCache implements TokenCache {
           // against a server that stopped answering, calls made one after another (waiters polling)
           // would keep each other waiting for ever. Each request has its own deadline; when it passes,
           // the connection is failed as memjs would (its pending requests fail, the next call connects).
+          // A request that must wait for its connection (and its SASL login) first has timeoutMs for
+          // that too, as memjs gives a connection (conntimeout).
+          const server = this.#client.server(key);
+          const budgetMs = server?.connected ? this.#timeoutMs : 2 * this.#timeoutMs;
           deadline = setTimeout(() => {
-            reject(new Error(`memcached did not answer within ${this.#timeoutMs} ms`));
-            this.#client.server(key)?.error(new Error('socket timed out waiting on response.'));
-          }, this.#timeoutMs);
+            reject(new Error(`memcached did not answer within ${budgetMs} ms`));
+            server?.error(new Error('socket timed out waiting on response.'));
+          }, budgetMs);
           deadline.unref?.();
           this.#client.perform(key, build(seq), seq, settle, 1);
         });

@@ -4,6 +4,8 @@ import type { Socket } from 'node:net';
 /** memjs 1.3's connection to one server (lib/memjs/server.js): the parts reached into here. */
 export interface MemjsServer {
   _socket?: Socket;
+  /** Whether its connection is up and logged in. */
+  connected?: boolean;
   /** Bytes of an answer read so far (memjs never clears it when a connection fails). */
   responseBuffer: Buffer;
   sock(sasl: boolean, go: (socket: Socket) => void): void;

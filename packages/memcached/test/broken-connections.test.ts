@@ -122,6 +122,42 @@ describe('MemcachedCache on connections that fail half-way', () => {
     }
   });
 
+  it('a request that waits for its connection and SASL login has timeoutMs for each: a slow login then a slow answer, each within it, succeed', async () => {
+    // Logins answered 300 ms late, and every answer of memcached 300 ms late: 600 ms in all, each part
+    // within the 500 ms timeoutMs.
+    const late = (fn: () => void) => void setTimeout(fn, 300);
+    const proxy = await startProxy((client) => {
+      let upstream: Socket | undefined;
+      client.on(
+        'data',
+        framer((packet) => {
+          const op = packet[1];
+          if (op === OP_SASL_LIST) client.write(answer(packet, 0, 'PLAIN'));
+          else if (op === OP_SASL_AUTH) late(() => client.write(answer(packet, 0, 'Authenticated')));
+          else {
+            if (!upstream) {
+              upstream = createConnection({ host: '127.0.0.1', port: memcached.port });
+              upstream.on('error', () => undefined);
+              upstream.on('data', (chunk) => late(() => client.write(chunk)));
+              client.on('close', () => upstream?.destroy());
+            }
+            upstream.write(packet);
+          }
+        }),
+      );
+    });
+    const cache = new MemcachedCache({ servers: proxy.url, username: 'wxkit', password: 'pw', timeoutMs: 500 });
+    const k = key('slow-login');
+    try {
+      await cache.set(k, 'v', 60);
+      expect(await memcachedGet(memcached.port, k)).toBe('v');
+      expect(proxy.connections()).toBe(1);
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+
   it('an answer cut off in the middle does not poison the calls after it: they are read on their own connection', async () => {
     // Connections 1 and 2 answer the first request with 10 bytes of a header and go silent; the
     // rest are memcached's.
