@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
+  CacheError,
   MemoryCache,
   OpenPlatform,
   easyWeChat6,
@@ -360,6 +361,8 @@ describe('authorizers', () => {
  */
 class FlakyRecords extends MemoryCache {
   failures = 0;
+  /** Failures of the final write that are no outage (a CacheError of reason `type`): the store stays up. */
+  refusals = 0;
   outage = false;
   reached = { get: 0, add: 0, compareAndSet: 0 };
   #down = false;
@@ -369,6 +372,10 @@ class FlakyRecords extends MemoryCache {
     this.reached[op] += 1;
     if (this.#down && this.outage) throw new Error('ECONNREFUSED');
     this.#down = false;
+    if (value !== undefined && !value.includes('pending_since') && this.refusals > 0) {
+      this.refusals -= 1;
+      throw new CacheError('another kind of value at that key', { reason: 'type' });
+    }
     if (value !== undefined && !value.includes('pending_since') && this.failures > 0) {
       this.failures -= 1;
       this.#down = true;
@@ -458,6 +465,24 @@ describe('refresh tokens the durable store must take', () => {
     expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
     expect(JSON.stringify(log.lines)).not.toContain(before!);
     expect(JSON.stringify(log.lines)).not.toContain(mock.authorizerRefreshToken(appId)!);
+  });
+
+  it('a rotated refresh token whose writes fail while the store stays up (no outage to recover from) is written at a later try', async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    const log = recordingLogger();
+    const open = s.make({ logger: log });
+    const appId = await authorized(s, open);
+    const stored = new Promise((resolve) => open.on('authorizer_refresh_token.rotated', resolve));
+    durable.refusals = 3;
+    await refreshIn(s, open, appId);
+    expect(events(log)).toContain('error authorizer_refresh_token.unsaved');
+    // No recovery comes (the store was never taken for down): the kept token is written at the next try.
+    await stored;
+    expect((await durable.record(s.component, appId)).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    await refreshIn(s, s.make(), appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
   });
 
   it('an api_authorizer_token answer whose access token is unusable still stores the new refresh token in it', async () => {

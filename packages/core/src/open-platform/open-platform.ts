@@ -82,8 +82,10 @@ interface UnsavedRefresh {
   /** WeChat handed out a new token (logged as rotated once stored). */
   rotated: boolean;
   writing?: Promise<void> | undefined;
-  /** Written at the store's next recovery. */
+  /** Written at the store's next recovery, or at the next try of a store not taken for down. */
   waiting?: boolean;
+  /** Tries made while the store was not taken for down: the pause before the next one grows with them. */
+  tries?: number;
 }
 
 /** The token a refresh goes on with: the stored record's, or one api_get_authorizer_info just named current (`fromWeChat`). */
@@ -683,10 +685,18 @@ export class OpenPlatform {
   #saveAtRecovery(authorizerAppId: string, unsaved: UnsavedRefresh): void {
     if (unsaved.waiting) return;
     unsaved.waiting = true;
-    this.#durable.onRecovered(() => {
+    const save = () => {
       unsaved.waiting = false;
       void this.#saveUnsaved(authorizerAppId, unsaved);
-    });
+    };
+    // A store not taken for down (it answered another client meanwhile, or failed in a way that is no
+    // outage) has no recovery to wait for: tried again after a pause, 1 s doubling up to a minute.
+    if (!this.#durable.down) {
+      const tries = (unsaved.tries = (unsaved.tries ?? 0) + 1);
+      setTimeout(save, Math.min(1_000 * 2 ** (tries - 1), 60_000)).unref?.();
+      return;
+    }
+    this.#durable.onRecovered(save);
   }
 
   /** What became of a refresh token this refresh wrote: logged as stored (when WeChat rotated it), or as superseded. */
