@@ -55,6 +55,23 @@ describe('a bad answer from the token endpoint is a typed error, nothing is cach
     await app.close();
   });
 
+  it('a token whose expires_in is too short to use (2 s) is a bad answer, backed off like one, not fetched again at every call', async () => {
+    let now = Date.now();
+    const shortLived = await startMockWeChat({ tokenTtlSeconds: 2 });
+    try {
+      const { app, appId, cache } = newApp(shortLived, { now: () => now });
+      for (let i = 0; i < 5; i += 1) expect((await rejection(app.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      expect(shortLived.counters(appId).tokenRequests).toBe(1);
+      expect(await cache.get(key(appId))).toBeUndefined();
+      now += 2_000;
+      await rejection(app.accessToken.getToken());
+      expect(shortLived.counters(appId).tokenRequests).toBe(2);
+      await app.close();
+    } finally {
+      await shortLived.close();
+    }
+  });
+
   it('a business API answering garbage is a typed error too, and the token stays cached', async () => {
     const { app, appId, cache } = newApp(mock, { timeoutMs: 400 });
     await app.accessToken.getToken();

@@ -61,10 +61,13 @@ export interface Upstream<P = unknown> {
 
 // WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store.
 const MAX_EXPIRES_IN = 7 * 24 * 3600;
+// Below this a token is of no use: it counts as expired 30 s before its end, so every read would fetch
+// again (a storm on WeChat). WeChat's shortest is the stable endpoint's remaining life, 300 s or more.
+const MIN_EXPIRES_IN = 60;
 
 /**
  * Checks a token or ticket response before anything is stored: a plausible token (1–512 printable
- * ASCII characters) and a positive integer lifetime. A response that fails is a BadResponseError, and
+ * ASCII characters) and an integer lifetime of at least a minute. A response that fails is a BadResponseError, and
  * nothing is cached.
  */
 export function validateFetched(body: Record<string, unknown>, field: string, path: string): Fetched {
@@ -75,6 +78,9 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
   }
   if (typeof expiresIn !== 'number' || !Number.isInteger(expiresIn) || expiresIn <= 0 || expiresIn > MAX_EXPIRES_IN) {
     throw new BadResponseError(`WeChat answered ${path} without a usable expires_in`, { path });
+  }
+  if (expiresIn < MIN_EXPIRES_IN) {
+    throw new BadResponseError(`WeChat answered ${path} with expires_in ${expiresIn}: under ${MIN_EXPIRES_IN} s, a token of no use`, { path });
   }
   return { value, expiresIn, response: body };
 }
