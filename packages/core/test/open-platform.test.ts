@@ -411,15 +411,21 @@ describe('refresh tokens the durable store must take', () => {
     return open.officialAccount(appId).accessToken.getToken();
   }
 
-  const events = (log: ReturnType<typeof recordingLogger>) => log.lines.map((line) => `${line.level} ${(line.fields as { event: string }).event}`);
-
-  it('a rotated refresh token whose write fails once is sent again and stored: the next refresh sends no 61023', async () => {
+  /** An account authorized through an OpenPlatform whose durable store is a FlakyRecords, logging to `log`. */
+  async function authorizedOnFlakyRecords() {
     const durable = new FlakyRecords();
     const s = setup(durable);
     await withTicket(s);
     const log = recordingLogger();
     const open = s.make({ logger: log });
     const appId = await authorized(s, open);
+    return { durable, s, log, open, appId };
+  }
+
+  const events = (log: ReturnType<typeof recordingLogger>) => log.lines.map((line) => `${line.level} ${(line.fields as { event: string }).event}`);
+
+  it('a rotated refresh token whose write fails once is sent again and stored: the next refresh sends no 61023', async () => {
+    const { durable, s, log, open, appId } = await authorizedOnFlakyRecords();
     const before = mock.authorizerRefreshToken(appId);
     durable.failures = 1;
     durable.reached.compareAndSet = 0;
@@ -438,12 +444,7 @@ describe('refresh tokens the durable store must take', () => {
   });
 
   it('a rotated refresh token the durable store takes at no attempt is kept, and written when the store answers again', async () => {
-    const durable = new FlakyRecords();
-    const s = setup(durable);
-    await withTicket(s);
-    const log = recordingLogger();
-    const open = s.make({ logger: log });
-    const appId = await authorized(s, open);
+    const { durable, s, log, open, appId } = await authorizedOnFlakyRecords();
     const before = mock.authorizerRefreshToken(appId);
     const stored = new Promise((resolve) => open.on('authorizer_refresh_token.rotated', resolve));
     durable.failures = 1;
@@ -468,12 +469,7 @@ describe('refresh tokens the durable store must take', () => {
   });
 
   it('a rotated refresh token whose writes fail while the store stays up (no outage to recover from) is written at a later try', async () => {
-    const durable = new FlakyRecords();
-    const s = setup(durable);
-    await withTicket(s);
-    const log = recordingLogger();
-    const open = s.make({ logger: log });
-    const appId = await authorized(s, open);
+    const { durable, s, log, open, appId } = await authorizedOnFlakyRecords();
     const stored = new Promise((resolve) => open.on('authorizer_refresh_token.rotated', resolve));
     durable.refusals = 3;
     await refreshIn(s, open, appId);

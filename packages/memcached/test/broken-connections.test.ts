@@ -78,31 +78,42 @@ async function startProxy(handle: (client: Socket, n: number, pipe: () => void) 
   };
 }
 
+/**
+ * A proxy that does SASL itself (memcached here has none): `login` answers each login (true: accepted),
+ * at once or through `send` later; every other packet goes to memcached, its answers passed back through
+ * `relay` (at once by default).
+ */
+function startSaslProxy(
+  login: (send: (accepted: boolean) => void) => void,
+  relay: (forward: () => void) => void = (forward) => forward(),
+): Promise<Proxy> {
+  return startProxy((client) => {
+    let upstream: Socket | undefined;
+    client.on(
+      'data',
+      framer((packet) => {
+        const op = packet[1];
+        if (op === OP_SASL_LIST) client.write(answer(packet, 0, 'PLAIN'));
+        else if (op === OP_SASL_AUTH) login((accepted) => client.write(answer(packet, accepted ? 0 : STATUS_AUTH_ERROR, accepted ? 'Authenticated' : 'Auth failure')));
+        else {
+          if (!upstream) {
+            upstream = createConnection({ host: '127.0.0.1', port: memcached.port });
+            upstream.on('error', () => undefined);
+            upstream.on('data', (chunk) => relay(() => client.write(chunk)));
+            client.on('close', () => upstream?.destroy());
+          }
+          upstream.write(packet);
+        }
+      }),
+    );
+  });
+}
+
 describe('MemcachedCache on connections that fail half-way', () => {
   it('a write whose SASL login failed is never sent later, when a login succeeds: a newer value written meanwhile stays', async () => {
     let loginsAccepted = false;
-    // The proxy does SASL itself (memcached here has none), refusing logins until told otherwise, and
-    // passes everything after a login through.
-    const proxy = await startProxy((client) => {
-      let upstream: Socket | undefined;
-      client.on(
-        'data',
-        framer((packet) => {
-          const op = packet[1];
-          if (op === OP_SASL_LIST) client.write(answer(packet, 0, 'PLAIN'));
-          else if (op === OP_SASL_AUTH) client.write(answer(packet, loginsAccepted ? 0 : STATUS_AUTH_ERROR, loginsAccepted ? 'Authenticated' : 'Auth failure'));
-          else {
-            if (!upstream) {
-              upstream = createConnection({ host: '127.0.0.1', port: memcached.port });
-              upstream.on('error', () => undefined);
-              upstream.pipe(client);
-              client.on('close', () => upstream?.destroy());
-            }
-            upstream.write(packet);
-          }
-        }),
-      );
-    });
+    // Logins are refused until told otherwise.
+    const proxy = await startSaslProxy((send) => send(loginsAccepted));
     const cache = new MemcachedCache({ servers: proxy.url, username: 'wxkit', password: 'pw', timeoutMs: 1000 });
     const k = key('token');
     try {
@@ -126,26 +137,7 @@ describe('MemcachedCache on connections that fail half-way', () => {
     // Logins answered 300 ms late, and every answer of memcached 300 ms late: 600 ms in all, each part
     // within the 500 ms timeoutMs.
     const late = (fn: () => void) => void setTimeout(fn, 300);
-    const proxy = await startProxy((client) => {
-      let upstream: Socket | undefined;
-      client.on(
-        'data',
-        framer((packet) => {
-          const op = packet[1];
-          if (op === OP_SASL_LIST) client.write(answer(packet, 0, 'PLAIN'));
-          else if (op === OP_SASL_AUTH) late(() => client.write(answer(packet, 0, 'Authenticated')));
-          else {
-            if (!upstream) {
-              upstream = createConnection({ host: '127.0.0.1', port: memcached.port });
-              upstream.on('error', () => undefined);
-              upstream.on('data', (chunk) => late(() => client.write(chunk)));
-              client.on('close', () => upstream?.destroy());
-            }
-            upstream.write(packet);
-          }
-        }),
-      );
-    });
+    const proxy = await startSaslProxy((send) => late(() => send(true)), late);
     const cache = new MemcachedCache({ servers: proxy.url, username: 'wxkit', password: 'pw', timeoutMs: 500 });
     const k = key('slow-login');
     try {
