@@ -42,6 +42,13 @@ describe('handleCallback on an unauthenticated body', () => {
     expect(error).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'signature' });
   });
 
+  it('a call without its { query, body } (null, a string) is a format error, not a TypeError', async () => {
+    for (const request of [null, undefined, 'body']) {
+      const error = await rejection(open.handleCallback(request as never));
+      expect(error, String(request)).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'format', message: expect.stringMatching(/takes \{ query, body \}/) });
+    }
+  });
+
   it('finds no Encrypt in a body of unclosed tags', async () => {
     const error = await rejection(open.handleCallback({ query, body: `<xml>${'<a>'.repeat(20_000)}</xml>` }));
     expect(error).toMatchObject({ reason: 'format' });

@@ -14,7 +14,7 @@ import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../t
 import { EntryStore } from '../token/entry-store.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
-import { durationMs, integer, invalidOption, nonEmptyString, required, type OptionSchema } from '../validate.js';
+import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
 import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto } from './crypto.js';
 import { parseFlatXml } from './xml.js';
 
@@ -257,6 +257,9 @@ export class OpenPlatform {
    * Rejects with a MessageCryptoError for a request that is not from WeChat.
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
+    if (typeof request !== 'object' || request === null) {
+      throw new MessageCryptoError('format', `handleCallback() takes { query, body }: the callback's query string and its raw body (got ${typeName(request)})`);
+    }
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
     // The body is read before its signature can be checked: one far larger than any push is refused unread.
     const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : Buffer.isBuffer(request.body) ? request.body.length : undefined;
