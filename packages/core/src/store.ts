@@ -243,6 +243,19 @@ export class GuardedStore {
   }
 
   /**
+   * The value of `key`, or `otherKind` when the key holds another kind of value than a string (a Redis
+   * hash or list: the store's CacheError of reason `type`), an answer about that key and no failure.
+   */
+  async getOrOtherKind<T>(key: string, otherKind: T): Promise<string | undefined | T> {
+    try {
+      return await this.get(key);
+    } catch (error) {
+      if (error instanceof CacheError && error.reason === 'type') return otherKind;
+      throw error;
+    }
+  }
+
+  /**
    * @internal The breaker's probe: a get of `key` sent whatever the breaker says, its answer checked as
    * any get's (a store that answers a get with garbage is not taken back for up by it).
    */

@@ -1,5 +1,4 @@
 import { encodedToBinary } from '../bytes.js';
-import { CacheError } from '../errors.js';
 import type { Log } from '../logger.js';
 import type { GuardedStore } from '../store.js';
 import { isPlausibleToken, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
@@ -36,7 +35,10 @@ export const NEAR_EXPIRY_MS = 30_000;
 // A freshly fetched value is written with compare-and-set; losing the race this often means the key is
 // written continuously by someone else, and the value is kept in memory only.
 const WRITE_ROUNDS = 3;
-/** A read of a key that holds another kind of value than a string (see EntryStore's #get). */
+/**
+ * A read of a key that holds another kind of value than a string (a Redis hash where the entry belongs):
+ * another program's data, as a foreign entry is, and treated as one: never an outage, never replaced.
+ */
 const OTHER_KIND: unique symbol = Symbol('another kind of value');
 const OTHER_KIND_IDENTITY = 'another kind of value';
 
@@ -84,7 +86,7 @@ export class EntryStore {
    * its TTL, or within 30 s of its expiry. Rejects with a CacheError when the store fails.
    */
   async read(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
-    const raw = await this.#get(store);
+    const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     if (raw === undefined) return { kind: 'miss', absent: true };
     if (raw === OTHER_KIND) {
       this.#reportOtherKind();
@@ -175,7 +177,7 @@ export class EntryStore {
     const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false } = options;
     let stored = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
-      const current = round === 0 && absent && store.atomicAdd ? undefined : await this.#get(store);
+      const current = round === 0 && absent && store.atomicAdd ? undefined : await store.getOrOtherKind(this.key, OTHER_KIND);
       if (current === OTHER_KIND) return { entry, stored: false };
       if (current === undefined) {
         const added = store.add(this.key, raw, ttlSeconds);
@@ -210,25 +212,11 @@ export class EntryStore {
    * newer token written by another process survives. Resolves whether it deleted, and the entry it found.
    */
   async deleteIfHolds(store: GuardedStore, value: string): Promise<{ deleted: boolean; entry: StoredEntry | undefined }> {
-    const raw = await this.#get(store);
+    const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     if (raw === OTHER_KIND) return { deleted: false, entry: undefined };
     const entry = raw === undefined ? undefined : this.#quietDecode(raw).entry;
     if (raw === undefined || entry?.value !== value) return { deleted: false, entry };
     return { deleted: await store.deleteIfEquals(this.key, raw), entry };
-  }
-
-  /**
-   * The stored value, or {@link OTHER_KIND} when the key holds another kind of value than a string (a
-   * Redis hash where the entry belongs: the store's CacheError with reason `type`). That is another
-   * program's data, as a foreign entry is, and treated as one: never an outage, never replaced.
-   */
-  async #get(store: GuardedStore): Promise<string | undefined | typeof OTHER_KIND> {
-    try {
-      return await store.get(this.key);
-    } catch (error) {
-      if (error instanceof CacheError && error.reason === 'type') return OTHER_KIND;
-      throw error;
-    }
   }
 
   /** Logs, once, that the key holds another kind of value (as {@link decode} logs a foreign entry). */

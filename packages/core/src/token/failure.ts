@@ -1,4 +1,4 @@
-import { BadResponseError, CacheError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
+import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
 import { binaryToText, textToBinary } from '../bytes.js';
 import type { GuardedStore } from '../store.js';
 
@@ -221,7 +221,7 @@ export class FailureGate {
    * pause of its errcode, so a marker from a clock far ahead holds no one back for days.
    */
   async #read(store: GuardedStore, now: number): Promise<{ raw: string | undefined; active: FailureMarker | undefined }> {
-    const raw = await readMarker(store, this.key);
+    const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = latest(decodeMarker(raw), this.#pending(now));
     if (!marker) return { raw, active: undefined };
     const retryAt = clampRetryAt(marker, now);
@@ -246,7 +246,7 @@ export class FailureGate {
    * been written since. Compared by content, not by clock: hosts' clocks may disagree.
    */
   async failedSince(store: GuardedStore, before: string | undefined): Promise<Error | undefined> {
-    const raw = await readMarker(store, this.key);
+    const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = raw === before ? undefined : decodeMarker(raw);
     return marker ? markerError(marker, this.#label) : undefined;
   }
@@ -288,22 +288,10 @@ export class FailureGate {
   }
 }
 
-// What a marker key holding another kind of value than a string reads as: no marker (it decodes to none),
-// yet a key that is there, so the next success deletes it and the next failure's marker replaces it.
+// What a marker key holding another kind of value than a string (a Redis hash: garbage at a key only
+// wxkit's lock holders write) reads as: no marker (it decodes to none), yet a key that is there, so the
+// next success deletes it and the next failure's marker replaces it.
 const OTHER_KIND = '\u0000another kind of value';
-
-/**
- * The marker key's value. One that holds a Redis hash or list (the store's CacheError of reason `type`)
- * is garbage at a key only wxkit's lock holders write: read as no marker, not as a failed store.
- */
-async function readMarker(store: GuardedStore, key: string): Promise<string | undefined> {
-  try {
-    return await store.get(key);
-  } catch (error) {
-    if (error instanceof CacheError && error.reason === 'type') return OTHER_KIND;
-    throw error;
-  }
-}
 
 function latest(a: FailureMarker | undefined, b: FailureMarker | undefined): FailureMarker | undefined {
   if (!a) return b;
