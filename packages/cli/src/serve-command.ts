@@ -158,10 +158,21 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   }
   const logger = serviceLogger(level);
   const host = values.host ?? '127.0.0.1';
+  // Taken from the start: a signal while the store's first probe is under way (a slow or silent store
+  // holds start-up for up to its timeout) stops the service as soon as it has started, exit 0.
+  let stop!: () => void;
+  const stopped = new Promise<void>((resolve) => (stop = resolve));
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const release = () => {
+    process.removeListener('SIGINT', stop);
+    process.removeListener('SIGTERM', stop);
+  };
   let service;
   try {
     service = await startTokenService({ ...config, cache, host, port, logger });
   } catch (error) {
+    release();
     await cache.close?.();
     const { code } = error as { code?: string };
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
@@ -171,10 +182,8 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
     throw error;
   }
   logger.info?.({ event: 'serve.listening', url: service.url, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) }, `listening on ${service.url}`);
-  await new Promise<void>((resolve) => {
-    process.once('SIGINT', resolve);
-    process.once('SIGTERM', resolve);
-  });
+  await stopped;
+  release();
   logger.info?.({ event: 'serve.stopping' }, 'stopping: finishing the requests under way');
   await service.close();
   await cache.close?.();

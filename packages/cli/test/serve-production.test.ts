@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -121,7 +121,7 @@ afterAll(async () => {
     children.map(
       (child) =>
         new Promise((resolve) => {
-          if (child.exitCode !== null) return resolve(undefined);
+          if (child.exitCode !== null || child.signalCode !== null) return resolve(undefined);
           child.once('exit', resolve);
           child.kill('SIGTERM');
         }),
@@ -270,5 +270,33 @@ describe('wxkit serve in production', () => {
     await redis.start();
     await up;
     expect((await fetch(`${service.url}/healthz`)).status).toBe(200);
+  });
+
+  it('a SIGTERM while start-up waits on a silent store stops the service once started: exit 0, not killed by the signal', async () => {
+    // A store that takes connections and never answers: the first probe holds start-up for its timeout.
+    let reached!: () => void;
+    const probed = new Promise<void>((resolve) => (reached = resolve));
+    const silent = createServer((socket) => socket.once('data', () => reached()));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const config = join(dir, 'silent.json');
+    writeFileSync(config, JSON.stringify({ keysEnv: 'TEST_SERVE_KEYS', baseUrl: mock.url, apps: [{ app: `oa:${good.appId}`, secretEnv: 'GOOD_SECRET' }] }));
+    const { port } = silent.address() as { port: number };
+    const child = spawn(process.execPath, [bin, 'serve', '--store', `redis://127.0.0.1:${port}`, '--config', config, '--port', String(await freePort())], {
+      env: { ...process.env, TEST_SERVE_KEYS: KEY, GOOD_SECRET: good.secret },
+    });
+    children.push(child);
+    let out = '';
+    child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+    try {
+      await probed;
+      // The store has not answered, so start-up has not ended: nothing listens yet.
+      expect(out).not.toContain('serve.listening');
+      child.kill('SIGTERM');
+      expect(await exited).toEqual([0, null]);
+      expect(out).toContain('"event":"serve.stopping"');
+    } finally {
+      silent.close();
+    }
   });
 });

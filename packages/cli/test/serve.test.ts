@@ -60,7 +60,7 @@ afterAll(async () => {
     services.map(
       ({ child }) =>
         new Promise((resolve) => {
-          if (child.exitCode !== null) return resolve(undefined);
+          if (child.exitCode !== null || child.signalCode !== null) return resolve(undefined);
           child.once('exit', resolve);
           child.kill('SIGTERM');
         }),
