@@ -76,6 +76,17 @@ describe('MessageCrypto refuses what is not a valid message for this app', () =>
     expect(reasonOf(() => py.decrypt({ ...PY, encrypt: '' }))).toBe('format');
   });
 
+  it("a msg_signature, timestamp or nonce that is no string (a parsed query's object or array) is a format error, not a TypeError", () => {
+    // Express 4 parses ?msg_signature[toString]=x into { toString: 'x' }, which String() cannot convert.
+    for (const odd of [{ toString: 'x' }, Object.create(null), ['1409735669', '1'], 1409735669, undefined]) {
+      for (const field of ['msgSignature', 'timestamp', 'nonce'] as const) {
+        const message = { ...PY, [field]: odd } as never;
+        expect(reasonOf(() => py.decrypt(message)), `${field}: ${typeof odd}`).toBe('format');
+        expect(py.verify(message)).toBe(false);
+      }
+    }
+  });
+
   it('another app id at the end of the plaintext', () => {
     const other = new MessageCrypto({ token: PY.token, encodingAESKey: KEY, appId: 'wx0000000000000000' });
     expect(reasonOf(() => other.decrypt(PY))).toBe('appid');

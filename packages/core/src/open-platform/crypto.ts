@@ -1,6 +1,6 @@
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { MessageCryptoError } from '../errors.js';
-import { checkOptions, matching, nonEmptyString, required, type OptionSchema } from '../validate.js';
+import { checkOptions, matching, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
 
 /** Options of {@link MessageCrypto}: the values set on WeChat's console for the callback URL. */
 export interface MessageCryptoOptions {
@@ -69,8 +69,9 @@ export class MessageCrypto {
 
   /** Whether `msgSignature` is the signature of the other three (compared in constant time). */
   verify(message: EncryptedMessage): boolean {
+    if (!hasStringFields(message)) return false;
     const expected = Buffer.from(this.signature(message.timestamp, message.nonce, message.encrypt));
-    const given = Buffer.from(String(message.msgSignature).toLowerCase());
+    const given = Buffer.from(message.msgSignature.toLowerCase());
     return given.length === expected.length && timingSafeEqual(given, expected);
   }
 
@@ -93,6 +94,10 @@ export class MessageCrypto {
   decrypt(message: EncryptedMessage): string {
     if (typeof message?.encrypt !== 'string' || message.encrypt === '') {
       throw new MessageCryptoError('format', 'the encrypted message has no Encrypt text');
+    }
+    if (!hasStringFields(message)) {
+      const got = (['msgSignature', 'timestamp', 'nonce'] as const).map((field) => `${field} ${typeName(message[field])}`).join(', ');
+      throw new MessageCryptoError('format', `msg_signature, timestamp and nonce must be strings, as in WeChat's query (got ${got})`);
     }
     if (!this.verify(message)) {
       throw new MessageCryptoError('signature', 'msg_signature does not match: the message is not from WeChat, or the callback token differs');
@@ -123,4 +128,17 @@ export class MessageCrypto {
     }
     return plain.subarray(20, 20 + length).toString('utf8');
   }
+}
+
+/**
+ * Whether the message's fields are strings: a framework's query parser hands over arrays and objects for
+ * `?nonce=1&nonce=2` or `?nonce[a]=1`, and an object's String() may throw.
+ */
+function hasStringFields(message: EncryptedMessage | null | undefined): message is EncryptedMessage {
+  return (
+    typeof message?.msgSignature === 'string' &&
+    typeof message.timestamp === 'string' &&
+    typeof message.nonce === 'string' &&
+    typeof message.encrypt === 'string'
+  );
 }
