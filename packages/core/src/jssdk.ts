@@ -112,7 +112,8 @@ abstract class TicketKeeper<T extends string> {
   }
 
   #ticket(type: string): TokenManager {
-    const where = this.#paths[type];
+    // Its own names only: `constructor` or `toString` is no ticket type.
+    const where = Object.hasOwn(this.#paths, type) ? this.#paths[type] : undefined;
     if (!where) {
       throw new ConfigError(`jssdk ticket type must be ${listChoices(Object.keys(this.#paths))} (got ${shownValue(type)})`, 'type');
     }

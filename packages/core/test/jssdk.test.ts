@@ -79,4 +79,14 @@ describe('jssdk', () => {
     });
     expect(mock.counters(appId).requests).toBe(0);
   });
+
+  it('a ticket type that every object has a property of (constructor, toString, __proto__) is a ConfigError, and WeChat is not asked', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    for (const type of ['constructor', 'toString', '__proto__', 'hasOwnProperty']) {
+      await expect(app.jssdk.getTicket(type as never), type).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'type' });
+      await expect(app.jssdk.refreshTicket(type as never), type).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'type' });
+    }
+    expect(mock.counters(appId).requests).toBe(0);
+  });
 });
