@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { MemoryCache, MessageCrypto, OpenPlatform } from '../src/index.js';
+import { CacheError, MemoryCache, MessageCrypto, OpenPlatform } from '../src/index.js';
 import { cdata } from '../src/open-platform/xml.js';
 
 // A verify-ticket push must never replace a newer ticket: not one already stored, and not one another
@@ -12,8 +12,8 @@ const crypto = new MessageCrypto({ token: TOKEN, encodingAESKey: KEY, appId: COM
 const opened: OpenPlatform[] = [];
 afterAll(() => Promise.all(opened.map((open) => open.close())));
 
-function platform(durableStore: MemoryCache): OpenPlatform {
-  const open = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore, logger: false });
+function platform(durableStore: MemoryCache, logger: false | { warn(obj: object, msg: string): void } = false): OpenPlatform {
+  const open = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore, logger });
   opened.push(open);
   return open;
 }
@@ -59,5 +59,43 @@ describe('storing a pushed component_verify_ticket', () => {
     await platform(durable).handleCallback(push('ticket-200', 200));
     expect(durable.raced).toBe(true);
     expect(await storedTicket(durable)).toBe('ticket-300');
+  });
+
+  it('a ticket key holding another kind of value fails the push with a CacheError (type), where it was dropped unsaid', async () => {
+    // A Redis hash at the key, say: reads fail with WRONGTYPE, and an add finds the key taken.
+    class OtherKind extends MemoryCache {
+      adds = 0;
+      override async get(key: string): Promise<string | undefined> {
+        if (key === TICKET_KEY) throw new CacheError('WRONGTYPE Operation against a key holding the wrong kind of value', { reason: 'type' });
+        return super.get(key);
+      }
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (key !== TICKET_KEY) return super.add(key, value, ttlSeconds);
+        this.adds += 1;
+        return false;
+      }
+    }
+    const durable = new OtherKind();
+    const failure = await platform(durable).handleCallback(push('ticket-200', 200)).catch((error: unknown) => error);
+    expect(failure).toBeInstanceOf(CacheError);
+    expect(failure).toMatchObject({ reason: 'type', message: expect.stringContaining(TICKET_KEY) });
+    expect(durable.adds).toBe(0);
+  });
+
+  it('a push whose every write meets a record changed under it is logged as not stored', async () => {
+    class Churning extends MemoryCache {
+      writes = 0;
+      override async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (key !== TICKET_KEY) return super.compareAndSet(key, expected, value, ttlSeconds);
+        this.writes += 1;
+        return false;
+      }
+    }
+    const durable = new Churning();
+    await durable.set(TICKET_KEY, Buffer.from(JSON.stringify({ component_verify_ticket: 'ticket-100', create_time: 100, received_at: 100 })).toString('latin1'), 3600);
+    const warnings: object[] = [];
+    await platform(durable, { warn: (obj) => warnings.push(obj) }).handleCallback(push('ticket-200', 200));
+    expect(durable.writes).toBe(3);
+    expect(warnings).toEqual([expect.objectContaining({ event: 'component_verify_ticket.not_stored', createTime: 200 })]);
   });
 });

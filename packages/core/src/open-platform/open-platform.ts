@@ -164,6 +164,8 @@ const PEER_TOKEN_MIN_MS = 600_000;
 const PEER_TOKEN_MAX_LIFE_S = 7200;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
+/** What a read of a key holding another kind of value (a Redis hash, say) gives. */
+const OTHER_KIND: unique symbol = Symbol('another kind of value');
 
 /**
  * A WeChat open-platform component (第三方平台, "OpenPlatform" as EasyWeChat names it): it receives the
@@ -486,7 +488,15 @@ export class OpenPlatform {
     // A push delivered late (WeChat retries) must not replace a newer ticket, even one another process
     // stores between this read and this write: the write is an add or a compare-and-set on what was read.
     for (let round = 0; ; round += 1) {
-      const raw = await this.#durable.get(key).catch(() => undefined);
+      // A read that fails is the push's failure (the callback answers an error, and WeChat pushes again):
+      // read as "no ticket", it sent an add against a key that holds one, refused three times, unlogged.
+      const raw = await this.#durable.getOrOtherKind(key, OTHER_KIND);
+      if (raw === OTHER_KIND) {
+        throw new CacheError(
+          `The key ${key} holds another kind of value than a component_verify_ticket (written by another program); the pushed ticket was not stored, and no component_access_token can be fetched until that key is removed`,
+          { reason: 'type' },
+        );
+      }
       const stored = this.#decodeTicket(key, raw);
       if (stored && stored.createTime > createTime) return;
       let written: boolean;
@@ -502,7 +512,13 @@ export class OpenPlatform {
       }
       if (written) break;
       // Written by someone else meanwhile; read again. A key rewritten this often is given up on.
-      if (round >= 2) return;
+      if (round >= 2) {
+        this.#core.log.warn(
+          { event: 'component_verify_ticket.not_stored', appId: this.appId, createTime },
+          'A pushed component_verify_ticket was not stored: the record changed under each of three writes (other processes storing pushes at once)',
+        );
+        return;
+      }
     }
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
   }
