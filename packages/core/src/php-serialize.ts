@@ -60,6 +60,9 @@ export function phpUnserialize(raw: string): PhpValue {
     const n = Number(literal);
     return Number.isSafeInteger(n) ? n : fail('an integer beyond 2^53');
   };
+  // A string's byte length or an array's count: digits alone, as PHP reads them (a negative length
+  // stepped back over bytes already read, and an array read the same entry again and again).
+  const length = (literal: string) => (/^\d+$/.test(literal) ? integer(literal) : fail('not a length'));
   const read = (depth: number): PhpValue => {
     if (depth > 32) fail('nested too deep');
     const type = String.fromCharCode(bytes[at] ?? 0);
@@ -87,18 +90,18 @@ export function phpUnserialize(raw: string): PhpValue {
       }
       case 's': {
         expect(':');
-        const length = integer(until(':'));
+        const byteLength = length(until(':'));
         expect('"');
-        if (at + length > bytes.length) fail('string longer than the input');
-        const value = bytes.subarray(at, at + length).toString('utf8');
-        at += length;
+        if (at + byteLength > bytes.length) fail('string longer than the input');
+        const value = bytes.subarray(at, at + byteLength).toString('utf8');
+        at += byteLength;
         expect('"');
         expect(';');
         return value;
       }
       case 'a': {
         expect(':');
-        const count = integer(until(':'));
+        const count = length(until(':'));
         expect('{');
         const entries: [string | number, PhpValue][] = [];
         for (let i = 0; i < count; i += 1) {

@@ -15,7 +15,7 @@ import {
   type KeySchema,
   type KeySubject,
 } from '../src/index.js';
-import { phpArray, phpSerialize, phpUnserialize } from '../src/php-serialize.js';
+import { PhpFormatError, phpArray, phpSerialize, phpUnserialize } from '../src/php-serialize.js';
 import { phpJsonEncode } from '../src/profiles.js';
 import { recordingLogger, rejection } from './helpers.js';
 
@@ -101,6 +101,17 @@ describe('PHP formats', () => {
     for (const bad of ['O:8:"stdClass":0:{}', 'a:1:{i:0;r:1;}', 's:9:"TOKEN123";', 's:8:"TOKEN123";x', 'a:2:{s:1:"a";i:1;}', 'i:99999999999999999999;']) {
       expect(() => phpUnserialize(bad), bad).toThrow();
     }
+  });
+
+  it('refuses a negative string length or array count as PHP does, rather than reading the same bytes again', () => {
+    // s:-13 stepped back onto the `";` of the entry before, and the array read its last entry again for
+    // as many entries as it declared (a:9007199254740991 held the process for ever, filling its memory).
+    const looping = 'a:100000:{i:0;s:0:"";i:1;s:-13:"}';
+    expect(() => phpUnserialize(looping)).toThrow(PhpFormatError);
+    expect(() => phpUnserialize(looping)).toThrow('not a length at byte 31');
+    expect(() => phpUnserialize('a:-1:{}')).toThrow('not a length');
+    expect(() => phpUnserialize('s:+3:"abc";')).toThrow('not a length');
+    expect(easyWeChat4().decode('access_token', looping)).toBeUndefined();
   });
 
   it("json_encode's default flags for the key: / as \\/, non-ASCII as lowercase \\uXXXX", () => {
