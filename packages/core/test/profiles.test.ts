@@ -114,6 +114,16 @@ describe('PHP formats', () => {
     expect(easyWeChat4().decode('access_token', looping)).toBeUndefined();
   });
 
+  it('refuses a double literal longer than PHP writes before matching it (the match took time quadratic in its length)', () => {
+    const long = `d:${'1'.repeat(1100)}x;`;
+    expect(() => phpUnserialize(long)).toThrow(PhpFormatError);
+    expect(() => phpUnserialize(long)).toThrow('a number longer than PHP writes');
+    expect(() => phpUnserialize(`a:1:{s:12:"access_token";d:${'1'.repeat(5_000)};}`)).toThrow('a number longer than PHP writes');
+    // What PHP writes at the highest serialize_precision (777 characters for -2.2250738585072009E-308) is still read.
+    const widest = `-2.${'2'.repeat(766)}E-308`;
+    expect(phpUnserialize(`d:${widest};`)).toBe(Number(widest));
+  });
+
   it("json_encode's default flags for the key: / as \\/, non-ASCII as lowercase \\uXXXX", () => {
     expect(phpJsonEncode({ s: '中文🚀/x' })).toBe('{"s":"\\u4e2d\\u6587\\ud83d\\ude80\\/x"}');
   });
