@@ -92,6 +92,9 @@ function phpValue(profile: string, raw: string): PhpValue | undefined {
   }
 }
 
+/** The most text an igbinary entry may spell out, back-references counted each time: 1 MiB. */
+const MAX_IGBINARY_TEXT = 1024 * 1024;
+
 /** An igbinary value as a PhpValue, Symfony Cache's item envelope taken off. */
 function fromIgbinary(profile: string, raw: string): PhpValue {
   let value: IgbinaryValue;
@@ -111,12 +114,23 @@ function fromIgbinary(profile: string, raw: string): PhpValue {
         : value.entries.length === 1 && typeof key === 'string' && key.length === 10 && key[0] === '\u009d' && key[5] === '\u0000' && key[9] === '\u005f';
     if (envelope) value = inner;
   }
+  // A back-reference is two bytes that stand for a whole string: a value of a few kilobytes could name
+  // one long string a thousand times over, and each was turned into text on its own (hours of work and
+  // gigabytes, from a megabyte). An entry that spells out more text than this is no token of a peer.
+  let text = 0;
+  const toText = (binary: string): string => {
+    text += binary.length;
+    if (text > MAX_IGBINARY_TEXT) {
+      throw new CacheError(`The ${profile} profile found an igbinary value spelling out more than 1 MiB of text (a string named again counted each time); the PHP side stores something else under this key`);
+    }
+    return binaryToText(binary);
+  };
   const convert = (v: IgbinaryValue, depth: number): PhpValue => {
-    if (v === null || typeof v !== 'object') return typeof v === 'string' ? binaryToText(v) : v;
+    if (v === null || typeof v !== 'object') return typeof v === 'string' ? toText(v) : v;
     if (v.__php === 'object' || depth > 8) {
       throw new CacheError(`The ${profile} profile found a PHP object where it expects an array or a string; the PHP side stores something else under this key`);
     }
-    return { __php: 'array', entries: v.entries.map(([k, item]) => [typeof k === 'string' ? binaryToText(k) : k, convert(item, depth + 1)]) };
+    return { __php: 'array', entries: v.entries.map(([k, item]) => [typeof k === 'string' ? toText(k) : k, convert(item, depth + 1)]) };
   };
   return convert(value, 0);
 }

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import {
+  CacheError,
   MemoryCache,
   OfficialAccount,
   easyWeChat4,
@@ -122,6 +123,31 @@ describe('PHP formats', () => {
     // What PHP writes at the highest serialize_precision (777 characters for -2.2250738585072009E-308) is still read.
     const widest = `-2.${'2'.repeat(766)}E-308`;
     expect(phpUnserialize(`d:${widest};`)).toBe(Number(widest));
+  });
+
+  it('an igbinary value whose back-references spell out more than 1 MiB of text is a CacheError, before that text is made', () => {
+    // One string of 60 000 bytes, then 19 entries naming it again by its number: 2 bytes each. Each was
+    // turned into text on its own, so a megabyte of such entries held the process for hours and filled
+    // its memory.
+    const long = 60_000;
+    const entries = 20;
+    const length = Buffer.alloc(4);
+    length.writeUInt32BE(long);
+    const raw = Buffer.concat([
+      Buffer.from([0, 0, 0, 2, 0x14, entries, 0x06, 0, 0x13]),
+      length,
+      Buffer.alloc(long, 0xe9),
+      ...Array.from({ length: entries - 1 }, (_, i) => Buffer.from([0x06, i + 1, 0x0e, 0x00])),
+    ]).toString('latin1');
+    for (const profile of [easyWeChat4(), easyWeChat6()]) {
+      const error = rejectionOf(() => profile.decode('access_token', raw));
+      expect(error).toBeInstanceOf(CacheError);
+      expect((error as Error).message).toMatch(/profile found an igbinary value spelling out more than 1 MiB of text/);
+    }
+    // 17 of them (under 1 MiB) are read as ever: an array, no token in it.
+    const fewer = Buffer.from(raw, 'latin1');
+    fewer[5] = 17;
+    expect(easyWeChat6().decode('access_token', fewer.subarray(0, 13 + long + 16 * 4).toString('latin1'))).toBeUndefined();
   });
 
   it("json_encode's default flags for the key: / as \\/, non-ASCII as lowercase \\uXXXX", () => {
