@@ -355,6 +355,11 @@ export class ClientCore {
     for (const manager of this.#managers) manager.close();
   }
 
+  /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
+  get closed(): boolean {
+    return this.#closing.signal.aborted;
+  }
+
   /** Closes once: a second call resolves when the first one's work is done, not before. */
   close(): Promise<void> {
     return (this.#closed ??= this.#close());

@@ -171,6 +171,23 @@ describe('ClientPool', () => {
     expect(mock.counters(appId!)).toMatchObject({ tokenRequests: 1, templateSends: 1 });
   });
 
+  it('a client its caller closed is not handed out again: the next get() makes a new one, which refreshes', async () => {
+    const apps = appsOnMock(1);
+    const [appId] = apps.keys() as IterableIterator<string>;
+    const { pool, calls } = officialAccounts(apps);
+    const first = await pool.get(appId!);
+    await send(first);
+    await first.close();
+    const again = await pool.get(appId!);
+    expect(again).not.toBe(first);
+    expect(pool.size).toBe(1);
+    expect(calls).toHaveLength(2);
+    // The new client takes the token the first one left in the store, and starts refreshes of its own.
+    await send(again);
+    await again.accessToken.forceRefresh();
+    expect(mock.counters(appId!)).toMatchObject({ tokenRequests: 2, templateSends: 2 });
+  });
+
   it('its clients share the pool\'s store: setCache() on one is a ConfigError, not a silent split', async () => {
     const apps = appsOnMock(1);
     const { pool } = officialAccounts(apps);

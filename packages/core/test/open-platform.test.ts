@@ -317,6 +317,21 @@ describe('authorizers', () => {
     expect(mock.counters(a).templateSends).toBe(1);
   });
 
+  it('an authorizer client its caller closed is not handed out again: the next lookup makes a new one, which refreshes', async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const a = await authorized(s, open);
+    const first = open.officialAccount(a);
+    await send(open, a);
+    await first.close();
+    const again = open.officialAccount(a);
+    expect(again).not.toBe(first);
+    await again.accessToken.forceRefresh();
+    await send(open, a);
+    expect(mock.counters(a)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2 });
+  });
+
   it('close() ends the waits of the authorizer clients it dropped, still held by a caller', async () => {
     const s = setup();
     const { open, a, held } = await heldAfterDrop(s);

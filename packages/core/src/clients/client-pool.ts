@@ -6,6 +6,7 @@ import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
 import { Work, WORK_BASE_URL } from './work.js';
+import { clientClosed } from './wechat-client.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
 export type ClientPoolKind = 'officialAccount' | 'miniProgram' | 'work';
@@ -168,7 +169,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
     const held = this.#clients.get(id);
-    if (held) return Promise.resolve(held);
+    if (held && !clientClosed(held)) return Promise.resolve(held);
+    // Its caller closed it (it would start no refresh): a new one is made, as after delete().
+    if (held) this.#clients.delete(id);
     let pending = this.#pending.get(id);
     if (!pending) {
       pending = this.#make(id).finally(() => this.#pending.delete(id));

@@ -19,6 +19,15 @@ export function releaseClient(client: WeChatClient): void {
 }
 
 /**
+ * Whether `client` was closed by its caller: a ClientPool or OpenPlatform that still holds it makes a new
+ * one for the account rather than hand out a client that starts no refresh.
+ * @internal
+ */
+export function clientClosed(client: WeChatClient): boolean {
+  return cores.get(client)?.closed ?? false;
+}
+
+/**
  * What every wxkit client has: its access token, a client for any API, the store hook, and events.
  * OfficialAccount, MiniProgram and Work extend it.
  */

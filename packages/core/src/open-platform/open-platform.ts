@@ -6,7 +6,7 @@ import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru, LetGo } from '../clients/client-lru.js';
 import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
-import type { WeChatClient } from '../clients/wechat-client.js';
+import { clientClosed, type WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
@@ -433,8 +433,9 @@ export class OpenPlatform {
     if (!ID_RULE.accepts(authorizerAppId)) throw invalidOption('OpenPlatform', 'authorizerAppId', ID_RULE.allowed, authorizerAppId);
     const id = authorizerAppId;
     const held = this.#clients.get(id);
-    if (held?.kind === kind) return held.client;
-    // The account was last used as the other kind: that client goes.
+    if (held?.kind === kind && !clientClosed(held.client)) return held.client;
+    // The account was last used as the other kind, or its caller closed the client (it would start no
+    // refresh): that client goes.
     if (held) this.#letGo.add(this.#clients.delete(id)!.client);
     const custom: CustomToken = () => ({
       key: this.#key('authorizer_access_token', id),
