@@ -158,6 +158,23 @@ describe('ClientPool', () => {
     expect(await rejection(pool.get([...apps.keys()][0]!))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
   });
 
+  it('close() while the resolver has not answered settles the callers at once, and makes no client of a late answer', async () => {
+    const app = mock.createApp();
+    let answer!: (credentials: { secret: string }) => void;
+    const resolver = vi.fn(() => new Promise<{ secret: string }>((resolve) => (answer = resolve)));
+    // The resolver's deadline is far off: only close() can end the wait.
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver, credentialsTimeoutMs: 600_000, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    pools.push(pool as ClientPool<never>);
+    const waiting = [rejection(pool.get(app.appId)), rejection(pool.get(app.appId))];
+    await vi.waitFor(() => expect(resolver).toHaveBeenCalledTimes(1));
+    await pool.close();
+    for (const error of await Promise.all(waiting)) expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', message: expect.stringMatching(/closed/) });
+    answer({ secret: app.secret });
+    await Promise.resolve();
+    expect(pool.size).toBe(0);
+    expect(mock.counters(app.appId).requests).toBe(0);
+  });
+
   it('delete() lets go of an account\'s client; the next get asks the resolver again (rotated credentials)', async () => {
     const apps = appsOnMock(1);
     const [appId] = apps.keys() as IterableIterator<string>;

@@ -104,6 +104,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   readonly #letGo = new LetGo();
+  /** Aborted by close(): a resolver call under way is no longer waited for. */
+  readonly #closeSignal = new AbortController();
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -193,7 +195,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   /**
    * Closes every client (the ones it dropped that a caller still holds too: their waits end) and leaves
    * the process's shared connection pools (closed with their last user; a dispatcher of yours is left
-   * open). The cache is yours to close.
+   * open). A `get()` still waiting for the resolver rejects at once, as one after close() does. The cache
+   * is yours to close.
    */
   close(): Promise<void> {
     // Once: a second call resolves when the first one's work is done, not before.
@@ -202,6 +205,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
 
   async #close(): Promise<void> {
     this.#closed = true;
+    this.#closeSignal.abort();
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
     await Promise.all([...this.#clients.clear().map((client) => client.close()), this.#letGo.closeAll()]);
     await this.#core.close();
@@ -225,6 +229,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   /** The resolver's answer, bounded in time, checked for shape; every failure a CredentialsError. */
   async #credentials(id: string): Promise<Record<string, unknown>> {
     let timer: NodeJS.Timeout | undefined;
+    let onClose: (() => void) | undefined;
+    let closed: ConfigError | undefined;
+    const signal = this.#closeSignal.signal;
     let answer: unknown;
     try {
       const timeout = new Promise<never>((_, reject) => {
@@ -232,13 +239,17 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
           () => reject(new CredentialsError('timeout', id, `ClientPool's credentials resolver did not answer for ${id} within ${this.#timeoutMs} ms (credentialsTimeoutMs)`)),
           this.#timeoutMs,
         );
+        // close() does not wait for the resolver: its callers get the error of a get() after close().
+        onClose = () => reject((closed = new ConfigError('ClientPool is closed', 'id')));
+        signal.addEventListener('abort', onClose, { once: true });
       });
       answer = await Promise.race([Promise.resolve().then(() => this.#resolve(id)), timeout]);
     } catch (error) {
-      if (error instanceof CredentialsError) throw error;
+      if (error instanceof CredentialsError || (closed !== undefined && error === closed)) throw error;
       throw new CredentialsError('failed', id, `ClientPool's credentials resolver failed for ${id}; its error is the cause`, { cause: error });
     } finally {
       clearTimeout(timer);
+      if (onClose) signal.removeEventListener('abort', onClose);
     }
     if (answer === undefined || answer === null) {
       throw new CredentialsError('unknown', id, `ClientPool's credentials resolver knows no account ${id} (it returned ${typeName(answer)})`);
