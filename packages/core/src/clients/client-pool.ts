@@ -32,7 +32,9 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
 
 /**
  * Looks an account's credentials up (in the SaaS's own database, a vault…). `undefined` or `null`: no
- * such account. It is called once per client made, not per send, and never twice at once for one id.
+ * such account. It is called once per client made, not per send, and not twice at once for one id while
+ * it answers within `credentialsTimeoutMs`; a call that timed out is not waited for, and the id's next
+ * `get()` calls it again.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
   id: string,
