@@ -35,7 +35,8 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
                       memcached://[user:pass@]host:port[,host:port…]
   --app KIND:ID       official_account:<appid> (or oa:), mini_program:<appid> (or mp:),
                       work:<corpid>:<agentid>; default official_account:$WECHAT_APPID
-  --endpoint E        stable (default) or classic: the entry to use (official accounts, mini programs)
+  --endpoint E        stable or classic: the entry to use (official accounts, mini programs); default
+                      stable, classic with a --profile other than native (the peer SDK's endpoint)
   --prefix P          key prefix (default wechat:)
   --profile NAME      the entries another SDK keeps: ${PROFILES.join(', ')}
   --profile-options J the profile's options as JSON, e.g. '{"prefix":"think:"}' (easyWeChat4)

@@ -84,8 +84,8 @@ export interface ClientOptions {
    * it takes the holder's token or the holder's error, or the lock once the holder's lease ends (a
    * holder that died). The lease itself is computed from the critical section it guards (`timeoutMs`
    * twice, for the wait for a connection and the exchange, and `cacheTimeoutMs`; about 35 s by default),
-   * so the default outlasts it.
-   * @default the lock's lease + 5000
+   * so the default outlasts it. A follower (`refresh: 'never'`) waits for the owner's access token 20000 by default.
+   * @default the lock's lease + 5000; a follower's wait for the access token: 20000
    */
   lockWaitMs?: number;
   /**

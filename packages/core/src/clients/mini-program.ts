@@ -12,7 +12,7 @@ export interface MiniProgramOptions extends ClientOptions {
   appId: string;
   /** The AppSecret: for tokens (unless `tokenSource` or `refresh: 'never'`) and for `auth.code2Session()`. */
   secret?: string;
-  /** As for OfficialAccount: mini programs use the same token endpoints. @default 'stable' */
+  /** As for OfficialAccount: mini programs use the same token endpoints. @default 'stable', or the endpoint of the schema's peer SDK */
   tokenEndpoint?: TokenEndpoint;
 }
 
