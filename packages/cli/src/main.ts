@@ -22,7 +22,7 @@ commands:
   mock-server     run the mock WeChat API server
   demo            run the demo (processes sharing one token, another system refreshing it)
 
-Run \`wxkit <command> --help\` for a command's options. Every command takes --json.
+Run \`wxkit <command> --help\` for a command's options. Every command but demo takes --json.
 
 ${EXIT_HELP}`;
 
