@@ -146,8 +146,10 @@ export interface EasyWeChat4Options {
   /**
    * Everything the PHP cache store puts in front of EasyWeChat's key, exactly as it appears in Redis.
    * ThinkPHP: the store's `prefix` option, joined with no separator. Laravel 5.8–10:
-   * `{REDIS_PREFIX}{CACHE_PREFIX}:`, by default `laravel_database_laravel_cache:`; Laravel 11 and later:
-   * `{REDIS_PREFIX}{CACHE_PREFIX}`, by default `laravel_database_laravel_cache_`.
+   * `{REDIS_PREFIX}{CACHE_PREFIX}:`, by default `laravel_database_laravel_cache_:` from 9.0.1
+   * (`laravel_database_laravel_cache:` before); Laravel 11 and later: `{REDIS_PREFIX}{CACHE_PREFIX}`, by
+   * default `laravel_database_` on 11, `laravel_database_laravel_cache_` on 12.0 and
+   * `laravel-database-laravel-cache-` from 12.1 (docs/key-schema.md).
    * @default ''
    */
   prefix?: string;
