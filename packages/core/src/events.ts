@@ -43,6 +43,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'lock.takeover_refused': TokenEventBase;
   /** OpenPlatform: a component_verify_ticket push was decrypted and stored. */
   'component_verify_ticket.received': ComponentVerifyTicketReceivedEvent;
+  /**
+   * OpenPlatform: a component_verify_ticket push was given up on: the stored record changed under each of
+   * its three writes (other processes storing pushes at the same moment). WeChat pushes again within 10 minutes.
+   */
+  'component_verify_ticket.not_stored': ComponentVerifyTicketReceivedEvent;
   /** OpenPlatform: an account authorized the component; its first tokens are stored. */
   'authorizer.authorized': AuthorizerAuthorizedEvent;
   /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */

@@ -94,8 +94,12 @@ describe('storing a pushed component_verify_ticket', () => {
     const durable = new Churning();
     await durable.set(TICKET_KEY, Buffer.from(JSON.stringify({ component_verify_ticket: 'ticket-100', create_time: 100, received_at: 100 })).toString('latin1'), 3600);
     const warnings: object[] = [];
-    await platform(durable, { warn: (obj) => warnings.push(obj) }).handleCallback(push('ticket-200', 200));
+    const open = platform(durable, { warn: (obj) => warnings.push(obj) });
+    const events: object[] = [];
+    open.on('component_verify_ticket.not_stored', (event) => events.push(event));
+    await open.handleCallback(push('ticket-200', 200));
     expect(durable.writes).toBe(3);
     expect(warnings).toEqual([expect.objectContaining({ event: 'component_verify_ticket.not_stored', createTime: 200 })]);
+    expect(events).toEqual([expect.objectContaining({ createTime: 200 })]);
   });
 });
