@@ -147,6 +147,11 @@ class QueueWatch {
 
 const queueWatch = new QueueWatch();
 
+// Redirects are never followed, whatever the caller's dispatcher does with them (undici's redirect
+// interceptor reads this per request): a classic fetch carries the secret in its query and a stable one
+// in its body, which a 307 or 308 would send on to whatever host it names. A 3xx is an HttpError.
+const NO_REDIRECTS = Object.freeze({ maxRedirections: 0 });
+
 // Thrown from onConnect to drop a request that was given up while queued: undici then removes it
 // without writing a byte and keeps the socket for the next request.
 const GIVEN_UP = new Error('given up while queued');
@@ -499,6 +504,7 @@ export class HttpClient {
             body: req.json === undefined ? undefined : JSON.stringify(req.json),
             headersTimeout: timeoutMs,
             bodyTimeout: timeoutMs,
+            ...NO_REDIRECTS,
           },
           exchange,
         );

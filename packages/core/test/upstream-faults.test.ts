@@ -1,7 +1,9 @@
+import { createServer, type Server } from 'node:http';
+import { Agent, interceptors } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockFaultKind, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema } from '../src/index.js';
-import { newApp, rejection } from './helpers.js';
+import { errorText, newApp, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -80,6 +82,47 @@ describe('a bad answer from the token endpoint is a typed error, nothing is cach
     expect(error.code).toBe('ERR_WXKIT_BAD_RESPONSE');
     expect(await cache.get(key(appId))).toBeDefined();
     expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
+  it.each([302, 307, 308])('a redirect (%i) is an HttpError, never followed, even through a dispatcher that follows redirects: the secret stays home', async (status) => {
+    const listen = async (server: Server) => {
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      return `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    };
+    const elsewhere: string[] = [];
+    const other = createServer((req, res) => {
+      let body = '';
+      req.on('data', (chunk: Buffer) => (body += chunk.toString()));
+      req.on('end', () => {
+        elsewhere.push(`${req.method} ${req.url} ${body}`);
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end('{"access_token":"not-from-wechat","expires_in":7200}');
+      });
+    });
+    const otherUrl = await listen(other);
+    const front = createServer((req, res) => {
+      req.resume();
+      res.writeHead(status, { location: `${otherUrl}${req.url}` });
+      res.end();
+    });
+    const baseUrl = await listen(front);
+    const dispatcher = new Agent().compose(interceptors.redirect({ maxRedirections: 3 }));
+    try {
+      for (const tokenEndpoint of ['stable', 'classic'] as const) {
+        const cache = new MemoryCache();
+        const app = new OfficialAccount({ appId: 'wx1234567890abcdef', secret: 'the-app-secret', baseUrl, cache, logger: false, tokenEndpoint, dispatcher });
+        const error = await rejection(app.accessToken.getToken());
+        expect(error).toMatchObject({ code: 'ERR_WXKIT_HTTP', status });
+        expect(errorText(error)).not.toContain('the-app-secret');
+        expect(await cache.get(nativeSchema().accessTokenKey({ kind: 'official_account', appId: 'wx1234567890abcdef', endpoint: tokenEndpoint }))).toBeUndefined();
+        await app.close();
+      }
+      expect(elsewhere).toEqual([]);
+    } finally {
+      await dispatcher.close();
+      front.close();
+      other.close();
+    }
   });
 
   it('the server is gone: ERR_WXKIT_HTTP, not a crash', async () => {
