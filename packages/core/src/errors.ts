@@ -76,7 +76,7 @@ export class WeChatApiError extends WxkitError {
     options: { message?: string; cause?: unknown } = {},
   ) {
     const errmsg = typeof body.errmsg === 'string' ? body.errmsg : '';
-    const hint = describeErrcode(body.errcode);
+    const hint = describeErrcode(body.errcode, path);
     super(
       'ERR_WXKIT_WECHAT_API',
       options.message ?? `WeChat rejected ${path}: errcode ${body.errcode}${hint ? ` (${hint})` : ''}`,
@@ -312,8 +312,18 @@ const ERRCODE_HINTS: Record<number, string> = {
   61023: 'authorizer_refresh_token is invalid: the account must authorize again',
 };
 
-/** A short English description of a WeChat errcode, or undefined when wxkit has none. */
-export function describeErrcode(errcode: number): string | undefined {
+// The token endpoints themselves, where 40001 ("invalid credential") means the secret is wrong: WeCom's
+// answer to a wrong corpsecret, and WeChat's documented one to a wrong appsecret. No token is involved.
+const TOKEN_ENDPOINTS = new Set(['cgi-bin/token', 'cgi-bin/stable_token', 'cgi-bin/gettoken', 'cgi-bin/component/api_component_token']);
+
+/** Whether WeChat's 40001 came from a token endpoint (`path`): the secret is wrong, not a token. */
+export function isSecretRejection(errcode: number, path: string | undefined): boolean {
+  return errcode === 40001 && path !== undefined && TOKEN_ENDPOINTS.has(path);
+}
+
+/** A short English description of a WeChat errcode (answered at `path`), or undefined when wxkit has none. */
+export function describeErrcode(errcode: number, path?: string): string | undefined {
+  if (isSecretRejection(errcode, path)) return 'invalid credential: the secret is wrong';
   return ERRCODE_HINTS[errcode];
 }
 
@@ -321,9 +331,12 @@ export function describeErrcode(errcode: number): string | undefined {
 // 40001: superseded by a newer token; 40014: malformed or unknown; 42001: expired.
 const TOKEN_ERRCODES = new Set([40001, 40014, 42001]);
 
-/** Whether WeChat refused the call for its access token (40001, 40014, 42001): a fresh token may succeed. */
+/**
+ * Whether WeChat refused the call for its access token (40001, 40014, 42001): a fresh token may succeed.
+ * Not a token endpoint's own 40001, which refuses the secret.
+ */
 export function isTokenRejection(error: unknown): error is WeChatApiError {
-  return error instanceof WeChatApiError && TOKEN_ERRCODES.has(error.errcode);
+  return error instanceof WeChatApiError && TOKEN_ERRCODES.has(error.errcode) && !isSecretRejection(error.errcode, error.path);
 }
 
 /** Wraps anything a store threw into a CacheError, keeping the original as `cause`. */

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import { Agent, interceptors } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockFaultKind, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, nativeSchema } from '../src/index.js';
+import { MemoryCache, OfficialAccount, Work, nativeSchema } from '../src/index.js';
 import { errorText, newApp, rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -159,6 +159,35 @@ describe('WeChat refuses the credentials or the quota', () => {
     expect(mock.counters(appId).tokenRequests).toBe(3);
     expect(await cache.get(key(appId))).toBeUndefined();
     expect(await cache.get(`${key(appId)}:lock`)).toBeUndefined();
+  });
+
+  it('40001 from a token endpoint itself is a wrong secret (WeCom answers a wrong corpsecret so): said so, and asked again once a minute, not in transient steps', async () => {
+    let now = Date.now();
+    const agent = mock.createWorkApp();
+    const work = new Work({ ...agent, secret: 'not-the-corpsecret', baseUrl: mock.url, cache: new MemoryCache(), logger: false, now: () => now });
+    const { app, appId } = newApp(mock, { now: () => now });
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/stable_token', times: 1 });
+    // A wrong corpsecret names no agent: WeCom's fetches are counted over the whole mock.
+    const fetches = { work: () => mock.counters().classicTokenRequests, app: () => mock.counters(appId).tokenRequests };
+    const before = fetches.work();
+    for (const [client, counted, path] of [[work, () => fetches.work() - before, 'cgi-bin/gettoken'], [app, fetches.app, 'cgi-bin/stable_token']] as const) {
+      const error = await rejection(client.accessToken.getToken());
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40001, path });
+      expect(error.message).toMatch(/secret/);
+      expect(error.message).not.toMatch(/access_token invalid/);
+      // Past a first transient step (1 s ± 20 %): a credential error still holds the fleet back.
+      now += 2_000;
+      const shared = await rejection(client.accessToken.getToken());
+      expect(shared).toMatchObject({ errcode: 40001 });
+      expect(shared.message).toMatch(/secret/);
+      expect(counted()).toBe(1);
+    }
+    now += 60_000;
+    await rejection(work.accessToken.getToken());
+    expect(fetches.work() - before).toBe(2);
+    await app.accessToken.getToken();
+    expect(fetches.app()).toBe(2);
+    await Promise.all([work.close(), app.close()]);
   });
 
   it('IP not whitelisted (40164) and unknown appid (40013) surface as they are', async () => {

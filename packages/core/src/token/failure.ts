@@ -1,4 +1,4 @@
-import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, type WxkitErrorCode } from '../errors.js';
+import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, isSecretRejection, type WxkitErrorCode } from '../errors.js';
 import { binaryToText, textToBinary } from '../bytes.js';
 import type { GuardedStore } from '../store.js';
 
@@ -48,7 +48,7 @@ export function policyOf(error: unknown): Policy | undefined {
   if (error instanceof WeChatApiError) {
     if (error.errcode === 45009) return 'quota';
     if (error.errcode === 45011) return 'minute';
-    if (CREDENTIAL_ERRCODES.has(error.errcode)) return 'credential';
+    if (CREDENTIAL_ERRCODES.has(error.errcode) || isSecretRejection(error.errcode, error.path)) return 'credential';
     return 'transient';
   }
   if (error instanceof HttpError || error instanceof BadResponseError) return 'transient';
@@ -80,7 +80,10 @@ export function clampRetryAt(marker: FailureMarker, now: number): number {
   const latest =
     errcode === 45009
       ? nextQuotaDay(from)
-      : from + (errcode === 45011 || (errcode !== undefined && CREDENTIAL_ERRCODES.has(errcode)) ? MINUTE_MS : Math.ceil(TRANSIENT_MAX_MS * (1 + JITTER)));
+      : from +
+        (errcode === 45011 || (errcode !== undefined && (CREDENTIAL_ERRCODES.has(errcode) || isSecretRejection(errcode, marker.path)))
+          ? MINUTE_MS
+          : Math.ceil(TRANSIENT_MAX_MS * (1 + JITTER)));
   return Math.min(marker.retryAt, latest);
 }
 
@@ -160,7 +163,7 @@ export function markerError(marker: FailureMarker, label: string): Error {
   const path = marker.path ?? 'the token endpoint';
   const shared = `a fetch of the ${label} failed ${marker.failedBy ? `in ${marker.failedBy} ` : ''}at ${iso(marker.failedAt)}; the fleet asks WeChat again after ${iso(marker.retryAt)}`;
   if (marker.errcode !== undefined) {
-    const hint = describeErrcode(marker.errcode);
+    const hint = describeErrcode(marker.errcode, marker.path);
     return new WeChatApiError({ errcode: marker.errcode, errmsg: marker.errmsg ?? '' }, path, {
       message: `WeChat rejected ${path}: errcode ${marker.errcode}${hint ? ` (${hint})` : ''}; ${shared}`,
     });
