@@ -22,8 +22,16 @@ export function openStore(url: string): TokenCache {
     throw new ConfigError(`--store must be a URL such as file:///var/lib/wechat, redis://127.0.0.1:6379 or memcached://127.0.0.1:11211`, 'store');
   }
   switch (parsed.protocol) {
-    case 'file:':
-      return new FileCache({ dir: fileURLToPath(parsed) });
+    case 'file:': {
+      let dir: string;
+      try {
+        dir = fileURLToPath(parsed);
+      } catch (error) {
+        // Another host's name (file://server/dir), or an encoded / in the path: Node's words, no stack.
+        throw new ConfigError(`--store file:// must name a directory of this host, such as file:///var/lib/wechat (${(error as Error).message})`, 'store');
+      }
+      return new FileCache({ dir });
+    }
     case 'redis:':
     case 'rediss:':
       return new RedisCache(url);

@@ -72,6 +72,8 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'get', '--store', redis.url], 'needs --app KIND:ID'],
       [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid>'],
       [['token', 'get', '--store', 'ftp://x', '--app', 'oa:wx1'], 'is not a store wxkit knows'],
+      [['token', 'get', '--store', 'file://fileserver/var/lib/wechat', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
+      [['token', 'inspect', '--store', 'file:///var/lib/a%2Fb', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--endpoint', 'fast'], '--endpoint must be stable or classic'],
       [['token', 'get', '--store', redis.url, '--appid', 'wx1'], 'use --app official_account:<appid>'],
       [['fly'], '"fly" is not a wxkit command'],
