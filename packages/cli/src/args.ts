@@ -6,6 +6,15 @@ export type OptionSpec = Record<string, { type: 'string' | 'boolean' }>;
 
 type Values<T extends OptionSpec> = { [K in keyof T]?: T[K]['type'] extends 'string' ? string : boolean } & { json?: boolean; help?: boolean };
 
+/**
+ * `text` as a message may quote it: the password of any URL in it masked (`redis://app:***@host`). A
+ * store URL typed where no argument is taken (`wxkit token get redis://…`, --store forgotten) is quoted
+ * back, and its password must not land on the terminal or in a CI log.
+ */
+export function maskPasswords(text: string): string {
+  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:@/'"]*:)[^\s'"]*@/gi, '$1***@');
+}
+
 /** Options that are not wxkit's, with what to do instead. */
 const INSTEAD: Record<string, string> = {
   secret:
@@ -42,13 +51,13 @@ export function parseCommand<T extends OptionSpec>(
         throw fail(`${token.rawName} needs a value`);
       }
     } else if (token.inlineValue) {
-      throw fail(`${token.rawName} is a switch and takes no value (got ${token.rawName}=${token.value})`);
+      throw fail(`${token.rawName} is a switch and takes no value (got ${token.rawName}=${maskPasswords(token.value ?? '')})`);
     }
   }
   // A string option given twice keeps the last, as parseArgs does; a shell script that repeats one is fine.
   if (parsed.positionals.length > positionals.max) {
     const extra = parsed.positionals[positionals.max]!;
-    throw fail(`wxkit ${command} takes ${positionals.max === 0 ? 'no arguments' : `at most ${positionals.max} argument${positionals.max > 1 ? 's' : ''}`} besides its options (got ${JSON.stringify(extra)})`);
+    throw fail(`wxkit ${command} takes ${positionals.max === 0 ? 'no arguments' : `at most ${positionals.max} argument${positionals.max > 1 ? 's' : ''}`} besides its options (got ${JSON.stringify(maskPasswords(extra))})`);
   }
   return { values: parsed.values as Values<T>, positionals: parsed.positionals };
 }

@@ -9,6 +9,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { maskPasswords } from './args.js';
 import { describeStore, openStore } from './stores.js';
 
 const HELP = `usage: wxkit demo [--processes N] [--sends N] [--store URL] [--endpoint classic|stable]
@@ -46,7 +47,8 @@ function options(args: string[]) {
       strict: true,
     }));
   } catch (error) {
-    throw new ConfigError(`${(error as Error).message}\n\n${HELP}`, 'args');
+    // The parser quotes what it refused: a store URL given without --store, password and all.
+    throw new ConfigError(`${maskPasswords((error as Error).message)}\n\n${HELP}`, 'args');
   }
   const processes = Number(values.processes);
   const sends = Number(values.sends);

@@ -1,7 +1,7 @@
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
-import { parseCommand } from './args.js';
+import { maskPasswords, parseCommand } from './args.js';
 import { runDemo } from './demo.js';
 import { CliError, EXIT, EXIT_HELP, type ExitKind } from './errors.js';
 import { serveCommand } from './serve-command.js';
@@ -84,7 +84,7 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
         output.out((await import('@wxkit/core')).VERSION);
         return EXIT.ok;
       default:
-        throw new CliError('usage', `${JSON.stringify(command)} is not a wxkit command (token, serve, mock-server, demo)`, {
+        throw new CliError('usage', `${JSON.stringify(maskPasswords(command))} is not a wxkit command (token, serve, mock-server, demo)`, {
           usage: "usage: wxkit <command> [options]\nRun 'wxkit --help' for the commands.",
         });
     }
@@ -175,7 +175,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const action = positionals[0];
   const usage = (message: string) => new CliError('usage', message, { usage: TOKEN_USAGE });
   if (action === undefined) throw usage('wxkit token needs an action: get, inspect, refresh or clear');
-  if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(action)} is not a token action: use get, inspect, refresh or clear`);
+  if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(maskPasswords(action))} is not a token action: use get, inspect, refresh or clear`);
   if (!values.store) throw usage(`wxkit token ${action} needs --store, the store the programs share (e.g. redis://127.0.0.1:6379)`);
   const store = values.store;
   const envAppId = process.env.WECHAT_APPID;

@@ -92,6 +92,22 @@ describe('wxkit exit codes and messages', () => {
     expect(json.json.error).toMatchObject({ code: 'ERR_WXKIT_USAGE', exit: 2 });
   });
 
+  it('usage (2): a store URL given where no argument is taken is quoted without its password', async () => {
+    const url = `redis://app:${PASSWORD}@127.0.0.1:6379`;
+    const runs = await Promise.all([
+      // --store forgotten before the URL: an argument too many, or no action at all.
+      wxkit(['token', 'get', url, '--app', 'oa:wx1']),
+      wxkit(['token', url, '--app', 'oa:wx1']),
+      wxkit(['token', 'get', '--store', url, '--app', 'oa:wx1', `--show-token=${url}`]),
+      wxkit(['demo', `memcached://app:${PASSWORD}@127.0.0.1:11211`]),
+    ]);
+    for (const run of runs) {
+      expect(run.code, run.stderr).toBe(2);
+      expect(run.stderr).toMatch(/:\/\/app:\*\*\*@127\.0\.0\.1/);
+      expect(run.stdout + run.stderr).not.toContain(PASSWORD);
+    }
+  });
+
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {
     const { appId } = mock.createApp();
     const refresh = await wxkit(['token', 'refresh', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url]);
