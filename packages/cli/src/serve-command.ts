@@ -178,6 +178,10 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
     if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
       throw new CliError('config', `cannot listen on ${host}:${port} (${code}): ${code === 'EADDRINUSE' ? 'another process has that port' : 'not an address this host may listen on'}`);
     }
+    // A --host that does not resolve (a typo, a name the resolver does not know, or cannot ask about now).
+    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || code === 'EAI_NONAME') {
+      throw new CliError('config', `cannot listen on ${host}:${port} (${code}): the --host name does not resolve: check its spelling, or give an IP address such as 127.0.0.1 or 0.0.0.0`);
+    }
     if (code === 'ERR_WXKIT_INVALID_OPTION') throw new CliError('config', `--config ${values.config}: ${(error as Error).message}`);
     throw error;
   }

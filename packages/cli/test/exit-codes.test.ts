@@ -183,6 +183,11 @@ describe('wxkit exit codes and messages', () => {
       const busy = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', String(port)], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
       expect(busy.code).toBe(7);
       expect(busy.stderr).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE)`);
+      // A --host that names no address: the same configuration error, not a crash with a stack.
+      const nowhere = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', '0', '--host', 'no-such-host.invalid'], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
+      expect(nowhere.code, nowhere.stderr).toBe(7);
+      expect(nowhere.stderr).toContain('cannot listen on no-such-host.invalid:0');
+      expect(nowhere.stderr).not.toMatch(/\n\s+at /);
     } finally {
       taken.close();
     }
