@@ -190,13 +190,17 @@ class Exchange {
   #informational: NodeJS.Timeout | undefined;
   readonly #client: HttpClient;
   readonly #path: string;
+  /** The request, for the credentials a failure's cause must not quote. */
+  readonly #request: HttpRequest;
   readonly #signal: AbortSignal | undefined;
   readonly #resolve: Settle;
   readonly #reject: (error: unknown) => void;
   #onAbort: (() => void) | undefined;
 
-  constructor(client: HttpClient, path: string, queueWindowMs: number, signal: AbortSignal | undefined, resolve: Settle, reject: (error: unknown) => void) {
+  constructor(client: HttpClient, request: HttpRequest, path: string, queueWindowMs: number, resolve: Settle, reject: (error: unknown) => void) {
+    const signal = request.signal;
     this.#client = client;
+    this.#request = request;
     this.#path = path;
     this.queueWindowMs = queueWindowMs;
     this.queueDeadline = performance.now() + queueWindowMs;
@@ -318,7 +322,7 @@ class Exchange {
     if (this.#settled) return;
     if (this.#signal?.aborted) return this.#fail(this.#signal.reason);
     if (error instanceof HttpError || error instanceof BadResponseError) return this.#fail(error);
-    this.#fail(this.#client.transportError(error, this.#path, this.connected));
+    this.#fail(this.#client.transportError(withoutCredentials(error, this.#request), this.#path, this.connected));
   }
 
   onUpgrade(): void {
@@ -489,7 +493,7 @@ export class HttpClient {
       );
     }
     return new Promise((resolve, reject) => {
-      const exchange = new Exchange(this, path, this.#queueTimeoutMs, req.signal, resolve, reject);
+      const exchange = new Exchange(this, req, path, this.#queueTimeoutMs, resolve, reject);
       try {
         this.#dispatcherFor(req).dispatch(
           {
@@ -575,6 +579,63 @@ export class HttpClient {
     const full = `${this.#basePath}/${path}`;
     return qs ? `${full}?${qs}` : full;
   }
+}
+
+// Names of the parameters whose values are credentials: secrets, tokens, tickets, login and
+// authorization codes, keys (secret, corpsecret, component_appsecret, access_token, js_code…).
+const CREDENTIAL_NAME = /secret|token|ticket|code|key/i;
+
+/** The credentials `req` carries: the values of its query's and its JSON body's parameters named like one. */
+function credentialsOf(req: HttpRequest): string[] {
+  const found = new Set<string>();
+  const visit = (name: string, value: unknown, depth: number): void => {
+    if (typeof value === 'string' || typeof value === 'number') {
+      if (CREDENTIAL_NAME.test(name) && String(value).length >= 4) found.add(String(value));
+    } else if (value !== null && typeof value === 'object' && depth < 4) {
+      for (const [inner, item] of Object.entries(value)) visit(inner, item, depth + 1);
+    }
+  };
+  const written = req.path.includes('?') ? /^[^?#]*\?([^#]*)/.exec(req.path)?.[1] : undefined;
+  if (written) for (const [name, value] of new URLSearchParams(written)) visit(name, value, 0);
+  visit('', req.query, 0);
+  visit('', req.json, 0);
+  return [...found];
+}
+
+/**
+ * The transport failure of `req` as a cause may keep it. A caller's dispatcher may name the request it
+ * failed in its own words (undici's MockAgent quotes the path and query, or the body, it has no answer
+ * for; a proxy or policy layer, what it blocked): where the failure quotes a credential the request
+ * carried, it is replaced by a copy (name, code, message, stack, cause) with each one written `***`.
+ * Anything else, undici's own ECONNREFUSED and the like, is kept as it is.
+ */
+function withoutCredentials(error: unknown, req: HttpRequest): unknown {
+  const values = credentialsOf(req);
+  if (values.length === 0) return error;
+  // As sent: raw in a JSON body or a message, percent-encoded in a query string, escaped inside JSON.
+  const forms = [...new Set(values.flatMap((value) => [value, encodeURIComponent(value), JSON.stringify(value).slice(1, -1)]))];
+  const mask = (text: string) => forms.reduce((masked, form) => masked.split(form).join('***'), text);
+  const quotes = (value: unknown, depth: number): boolean => {
+    if (typeof value === 'string') return mask(value) !== value;
+    if (value === null || typeof value !== 'object' || depth > 4) return false;
+    const own = Object.getOwnPropertyNames(value).map((name) => (value as Record<string, unknown>)[name]);
+    return own.some((item) => quotes(item, depth + 1));
+  };
+  const scrub = (value: unknown, depth: number): unknown => {
+    if (!quotes(value, 0)) return value;
+    if (!(value instanceof Error) || depth > 4) return typeof value === 'string' ? mask(value) : undefined;
+    const copy = new Error(mask(value.message));
+    copy.name = value.name;
+    copy.stack = mask(value.stack ?? `${value.name}: ${value.message}`);
+    const code = (value as { code?: unknown }).code;
+    if (typeof code === 'string' || typeof code === 'number') Object.assign(copy, { code });
+    if (value.cause !== undefined) {
+      const cause = scrub(value.cause, depth + 1);
+      if (cause !== undefined) Object.defineProperty(copy, 'cause', { value: cause, writable: true, configurable: true });
+    }
+    return copy;
+  };
+  return scrub(error, 0);
 }
 
 /** `/cgi-bin/token?x=1` → `cgi-bin/token`: the form used in URLs we build and in every message. */

@@ -1,6 +1,8 @@
+import { inspect } from 'node:util';
+import { Agent, MockAgent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount } from '../src/index.js';
+import { MemoryCache, MiniProgram, OfficialAccount } from '../src/index.js';
 import { errorText, recordingLogger, rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -48,5 +50,46 @@ describe('secrets stay secret', () => {
     for (const value of seen) expect(text).not.toContain(value);
     expect(text).not.toContain('access_token=');
     await Promise.all([app.close(), wrong.close(), down.close()]);
+  });
+
+  it('no secret, token or login code in a failure a caller\'s dispatcher reports in the words of the request it refused', async () => {
+    const { appId, secret } = mock.createApp();
+    const texts: string[] = [];
+    const record = (error: Error) => texts.push(errorText(error), inspect(error, { depth: Infinity, showHidden: true }));
+    // undici's MockAgent quotes the path and query, or the body, of a request it has no answer for.
+    const mockAgent = new MockAgent();
+    mockAgent.disableNetConnect();
+    mockAgent.get(mock.url).intercept({ path: '/cgi-bin/stable_token', method: 'POST', body: 'never this' }).reply(200, {});
+    // A proxy or policy layer of the caller's that names what it blocked.
+    const policy: Dispatcher = new Agent().compose(() => (options) => {
+      throw new Error(`blocked by policy: ${options.method} ${options.path} ${String(options.body ?? '')}`);
+    });
+    for (const dispatcher of [mockAgent, policy]) {
+      for (const tokenEndpoint of ['classic', 'stable'] as const) {
+        const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false, tokenEndpoint, dispatcher });
+        record(await rejection(app.accessToken.getToken()));
+        await app.close();
+      }
+      const mp = new MiniProgram({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false, dispatcher });
+      record(await rejection(mp.auth.code2Session('login-code-0123456789')));
+      await mp.close();
+    }
+    // An API call with a token: the access_token in its query is no more shown than the secret.
+    const cache = new MemoryCache();
+    const owner = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const token = await owner.accessToken.getToken();
+    const sender = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, dispatcher: policy });
+    record(await rejection(sender.client.get('cgi-bin/get_api_domain_ip')));
+    await Promise.all([owner.close(), sender.close()]);
+
+    expect(texts.length).toBe(14);
+    const text = texts.join('\n');
+    // The failures are reported, with the dispatcher's own words around what it quoted.
+    expect(text).toContain('Mock dispatch not matched');
+    expect(text).toContain('blocked by policy');
+    expect(text).not.toContain(secret);
+    expect(text).not.toContain('login-code-0123456789');
+    expect(text).not.toContain(token);
+    await Promise.all([mockAgent.close(), policy.close()]);
   });
 });
