@@ -585,12 +585,15 @@ export class HttpClient {
 // authorization codes, keys (secret, corpsecret, component_appsecret, access_token, js_code…).
 const CREDENTIAL_NAME = /secret|token|ticket|code|key/i;
 
-/** The credentials `req` carries: the values of its query's and its JSON body's parameters named like one. */
+/**
+ * The credentials `req` carries: the values of its query's and its JSON body's parameters named like
+ * one, and of its extra headers.
+ */
 function credentialsOf(req: HttpRequest): string[] {
   const found = new Set<string>();
   const visit = (name: string, value: unknown, depth: number): void => {
     if (typeof value === 'string' || typeof value === 'number') {
-      if (CREDENTIAL_NAME.test(name) && String(value).length >= 4) found.add(String(value));
+      if (CREDENTIAL_NAME.test(name)) found.add(String(value));
     } else if (value !== null && typeof value === 'object' && depth < 4) {
       for (const [inner, item] of Object.entries(value)) visit(inner, item, depth + 1);
     }
@@ -599,7 +602,14 @@ function credentialsOf(req: HttpRequest): string[] {
   if (written) for (const [name, value] of new URLSearchParams(written)) visit(name, value, 0);
   visit('', req.query, 0);
   visit('', req.json, 0);
-  return [...found];
+  // Extra headers are an Authorization header: its value, and the key after its scheme.
+  for (const value of Object.values(req.headers ?? {})) {
+    found.add(value);
+    const credential = /^\S+\s+(\S+)$/.exec(value)?.[1];
+    if (credential) found.add(credential);
+  }
+  // Too short to be one, and masking it would mangle the message rather than hide anything.
+  return [...found].filter((value) => value.length >= 4);
 }
 
 /**

@@ -2,7 +2,7 @@ import { inspect } from 'node:util';
 import { Agent, MockAgent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, MiniProgram, OfficialAccount } from '../src/index.js';
+import { MemoryCache, MiniProgram, OfficialAccount, remoteTokenSource } from '../src/index.js';
 import { errorText, recordingLogger, rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -82,7 +82,14 @@ describe('secrets stay secret', () => {
     record(await rejection(sender.client.get('cgi-bin/get_api_domain_ip')));
     await Promise.all([owner.close(), sender.close()]);
 
-    expect(texts.length).toBe(14);
+    // A token service's bearer key, sent in a header a dispatcher may quote too.
+    const serviceKey = 'service-key-0123456789abcdef';
+    mockAgent.get('http://tokens.internal:7400').intercept({ path: `/v1/token/official_account/${appId}`, headers: { authorization: 'Bearer another key' } }).reply(200, {});
+    const client = new OfficialAccount({ appId, logger: false, tokenSource: remoteTokenSource({ url: 'http://tokens.internal:7400', key: serviceKey, dispatcher: mockAgent }) });
+    record(await rejection(client.accessToken.getToken()));
+    await client.close();
+
+    expect(texts.length).toBe(16);
     const text = texts.join('\n');
     // The failures are reported, with the dispatcher's own words around what it quoted.
     expect(text).toContain('Mock dispatch not matched');
@@ -90,6 +97,8 @@ describe('secrets stay secret', () => {
     expect(text).not.toContain(secret);
     expect(text).not.toContain('login-code-0123456789');
     expect(text).not.toContain(token);
+    expect(text).toContain('Mock dispatch not matched for headers');
+    expect(text).not.toContain(serviceKey);
     await Promise.all([mockAgent.close(), policy.close()]);
   });
 });
