@@ -306,6 +306,21 @@ describe('background refreshes', () => {
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_TIMEOUT' });
     await app.close();
   });
+
+  it.each([['a string', '7200'], ['Infinity', Infinity], ['NaN', NaN]])(
+    'a token source (plain JavaScript) answering expiresIn as %s is refused, not taken as a token that is never refreshed',
+    async (_, expiresIn) => {
+      let fetches = 0;
+      const app = new OfficialAccount({
+        appId: 'wx0000000000000001',
+        logger: false,
+        tokenSource: { fetch: async () => ((fetches += 1), { value: 'TOKEN_FROM_SOURCE', expiresIn: expiresIn as number }), invalidate: async () => undefined },
+      });
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('without a usable') });
+      expect(fetches).toBe(1);
+      await app.close();
+    },
+  );
 });
 
 describe('close()', () => {
