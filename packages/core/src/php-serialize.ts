@@ -137,5 +137,6 @@ export function phpUnserialize(raw: string): PhpValue {
 /** The value under `key` in a PHP array, or undefined. */
 export function phpGet(value: PhpValue, key: string): PhpValue | undefined {
   if (value === null || typeof value !== 'object') return undefined;
-  return value.entries.find(([entryKey]) => String(entryKey) === key)?.[1];
+  // A key named twice (never by serialize(), only by a hand-made value) is PHP's last one.
+  return value.entries.findLast(([entryKey]) => String(entryKey) === key)?.[1];
 }

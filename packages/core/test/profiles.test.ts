@@ -16,7 +16,7 @@ import {
   type KeySchema,
   type KeySubject,
 } from '../src/index.js';
-import { PhpFormatError, phpArray, phpSerialize, phpUnserialize } from '../src/php-serialize.js';
+import { PhpFormatError, phpArray, phpGet, phpSerialize, phpUnserialize } from '../src/php-serialize.js';
 import { phpJsonEncode } from '../src/profiles.js';
 import { recordingLogger, rejection } from './helpers.js';
 
@@ -123,6 +123,12 @@ describe('PHP formats', () => {
     // What PHP writes at the highest serialize_precision (777 characters for -2.2250738585072009E-308) is still read.
     const widest = `-2.${'2'.repeat(766)}E-308`;
     expect(phpUnserialize(`d:${widest};`)).toBe(Number(widest));
+  });
+
+  it('an array that names a key twice reads as PHP reads it: the last one wins', () => {
+    const twice = 'a:2:{s:12:"access_token";s:3:"old";s:12:"access_token";s:3:"new";}';
+    expect(phpGet(phpUnserialize(twice), 'access_token')).toBe('new');
+    expect(phpGet(phpUnserialize('a:2:{i:1;s:1:"a";s:1:"1";s:1:"b";}'), '1')).toBe('b');
   });
 
   it('an igbinary value whose back-references spell out more than 1 MiB of text is a CacheError, before that text is made', () => {
