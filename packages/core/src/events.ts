@@ -44,10 +44,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   /** OpenPlatform: a component_verify_ticket push was decrypted and stored. */
   'component_verify_ticket.received': ComponentVerifyTicketReceivedEvent;
   /**
-   * OpenPlatform: a component_verify_ticket push was given up on: the stored record changed under each of
-   * its three writes (other processes storing pushes at the same moment). WeChat pushes again within 10 minutes.
+   * OpenPlatform: a component_verify_ticket push was not stored: pushed more than 12 hours ago (`expired`),
+   * or the stored record changed under each of its three writes (`contended`: other processes storing
+   * pushes at the same moment). WeChat pushes again within 10 minutes.
    */
-  'component_verify_ticket.not_stored': ComponentVerifyTicketReceivedEvent;
+  'component_verify_ticket.not_stored': ComponentVerifyTicketNotStoredEvent;
   /** OpenPlatform: an account authorized the component; its first tokens are stored. */
   'authorizer.authorized': AuthorizerAuthorizedEvent;
   /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */
@@ -81,6 +82,12 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
 export interface ComponentVerifyTicketReceivedEvent extends TokenEventBase {
   /** The push's CreateTime, unix seconds. */
   createTime?: number;
+}
+
+/** `component_verify_ticket.not_stored`. */
+export interface ComponentVerifyTicketNotStoredEvent extends ComponentVerifyTicketReceivedEvent {
+  /** `expired`: pushed more than 12 hours ago; `contended`: the record changed under each write. */
+  reason: 'expired' | 'contended';
 }
 
 /** OpenPlatform events about one authorizer. */

@@ -25,6 +25,7 @@ export type {
   CacheRecoveredEvent,
   CacheCorruptEntryEvent,
   CacheFallbackUnusableEvent,
+  ComponentVerifyTicketNotStoredEvent,
   ComponentVerifyTicketReceivedEvent,
   AuthorizerEvent,
   AuthorizerAuthorizedEvent,

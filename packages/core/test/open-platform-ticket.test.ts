@@ -10,10 +10,12 @@ const KEY = 'abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG';
 const TICKET_KEY = `wechat:component_verify_ticket:${COMPONENT}`;
 const crypto = new MessageCrypto({ token: TOKEN, encodingAESKey: KEY, appId: COMPONENT });
 const opened: OpenPlatform[] = [];
+/** The platforms' clock: the pushes below were made a few minutes before it. */
+const NOW_S = 1_000;
 afterAll(() => Promise.all(opened.map((open) => open.close())));
 
 function platform(durableStore: MemoryCache, logger: false | { warn(obj: object, msg: string): void } = false): OpenPlatform {
-  const open = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore, logger });
+  const open = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore, logger, now: () => NOW_S * 1000 });
   opened.push(open);
   return open;
 }
@@ -99,7 +101,28 @@ describe('storing a pushed component_verify_ticket', () => {
     open.on('component_verify_ticket.not_stored', (event) => events.push(event));
     await open.handleCallback(push('ticket-200', 200));
     expect(durable.writes).toBe(3);
-    expect(warnings).toEqual([expect.objectContaining({ event: 'component_verify_ticket.not_stored', createTime: 200 })]);
-    expect(events).toEqual([expect.objectContaining({ createTime: 200 })]);
+    expect(warnings).toEqual([expect.objectContaining({ event: 'component_verify_ticket.not_stored', createTime: 200, reason: 'contended' })]);
+    expect(events).toEqual([expect.objectContaining({ createTime: 200, reason: 'contended' })]);
+  });
+
+  it('a ticket lives 12 hours from its push: a late push keeps what is left of it, and one pushed over 12 hours ago is not stored', async () => {
+    class Ttls extends MemoryCache {
+      readonly ttls: number[] = [];
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (key === TICKET_KEY) this.ttls.push(ttlSeconds);
+        return super.add(key, value, ttlSeconds);
+      }
+    }
+    const durable = new Ttls();
+    const warnings: object[] = [];
+    const open = platform(durable, { warn: (obj) => warnings.push(obj) });
+    // Pushed 12 hours and a second before the platform's clock: a replay, or a delivery long after.
+    await open.handleCallback(push('ticket-stale', NOW_S - 12 * 3600 - 1));
+    expect(await durable.get(TICKET_KEY)).toBeUndefined();
+    expect(warnings).toEqual([expect.objectContaining({ event: 'component_verify_ticket.not_stored', reason: 'expired' })]);
+    // Pushed 400 s before the clock: stored for the rest of its 12 hours.
+    await open.handleCallback(push('ticket-late', NOW_S - 400));
+    expect(await storedTicket(durable)).toBe('ticket-late');
+    expect(durable.ttls).toEqual([12 * 3600 - 400]);
   });
 });

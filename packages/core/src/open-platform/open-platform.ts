@@ -485,7 +485,18 @@ export class OpenPlatform {
     const key = this.#key('component_verify_ticket');
     const codec = this.#core.schema.openPlatformRecord?.(key);
     // A peer's format records no push time: there, the newer-ticket check cannot hold.
-    const value = codec ? codec.encode(ticket) : encodeTicketRecord(ticket, createTime, Math.floor(this.#core.settings.now() / 1000));
+    const now = Math.floor(this.#core.settings.now() / 1000);
+    // The ticket lasts 12 hours from its push, not from its arrival: a push delivered late, or a captured
+    // one handed in again, keeps only what is left of its life, and one with none left is not stored.
+    const ttl = Math.min(TICKET_TTL_SECONDS, createTime + TICKET_TTL_SECONDS - now);
+    if (ttl <= 0) {
+      this.#core.log.warn(
+        { event: 'component_verify_ticket.not_stored', appId: this.appId, createTime, reason: 'expired' },
+        'A pushed component_verify_ticket was not stored: it was pushed more than 12 hours ago, and is no longer valid',
+      );
+      return;
+    }
+    const value = codec ? codec.encode(ticket) : encodeTicketRecord(ticket, createTime, now);
     // A push delivered late (WeChat retries) must not replace a newer ticket, even one another process
     // stores between this read and this write: the write is an add or a compare-and-set on what was read.
     for (let round = 0; ; round += 1) {
@@ -502,20 +513,20 @@ export class OpenPlatform {
       if (stored && stored.createTime > createTime) return;
       let written: boolean;
       if (raw === undefined) {
-        const added = this.#durable.add(key, value, TICKET_TTL_SECONDS);
-        written = added === undefined ? (await this.#durable.set(key, value, TICKET_TTL_SECONDS), true) : await added;
+        const added = this.#durable.add(key, value, ttl);
+        written = added === undefined ? (await this.#durable.set(key, value, ttl), true) : await added;
       } else if (this.#durable.atomicCompareAndSet) {
-        written = await this.#durable.compareAndSet(key, raw, value, TICKET_TTL_SECONDS);
+        written = await this.#durable.compareAndSet(key, raw, value, ttl);
       } else {
         // A store without compare-and-set: the newer-ticket check above is all there is.
-        await this.#durable.set(key, value, TICKET_TTL_SECONDS);
+        await this.#durable.set(key, value, ttl);
         written = true;
       }
       if (written) break;
       // Written by someone else meanwhile; read again. A key rewritten this often is given up on.
       if (round >= 2) {
         this.#core.log.warn(
-          { event: 'component_verify_ticket.not_stored', appId: this.appId, createTime },
+          { event: 'component_verify_ticket.not_stored', appId: this.appId, createTime, reason: 'contended' },
           'A pushed component_verify_ticket was not stored: the record changed under each of three writes (other processes storing pushes at once)',
         );
         return;
