@@ -175,6 +175,29 @@ describe('ClientPool', () => {
     expect(mock.counters(app.appId).requests).toBe(0);
   });
 
+  it('many accounts resolved at once raise no MaxListenersExceededWarning (a "memory leak" the process does not have)', async () => {
+    const apps = appsOnMock(30);
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const answers: (() => void)[] = [];
+      const { pool } = officialAccounts(apps, {
+        credentials: (appId) => new Promise((resolve) => answers.push(() => resolve({ secret: apps.get(appId)!.secret }))),
+      });
+      const clients = Promise.all([...apps.keys()].map((appId) => pool.get(appId)));
+      await vi.waitFor(() => expect(answers).toHaveLength(30));
+      for (const answer of answers) answer();
+      await clients;
+      expect(pool.size).toBe(30);
+      // process.emitWarning reports on the next tick: one more turn of the loop and it would be here.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((warning) => warning.name === 'MaxListenersExceededWarning')).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('delete() lets go of an account\'s client; the next get asks the resolver again (rotated credentials)', async () => {
     const apps = appsOnMock(1);
     const [appId] = apps.keys() as IterableIterator<string>;

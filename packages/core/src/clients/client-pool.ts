@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
@@ -106,12 +107,16 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   readonly #letGo = new LetGo();
-  /** Aborted by close(): a resolver call under way is no longer waited for. */
+  /**
+   * Aborted by close(): a resolver call under way is no longer waited for. Each call under way listens to
+   * it, one per account being made: no cap on them (Node warns of a leak from the eleventh).
+   */
   readonly #closeSignal = new AbortController();
   #closed = false;
   #closing: Promise<void> | undefined;
 
   constructor(options: ClientPoolOptions<K>) {
+    setMaxListeners(0, this.#closeSignal.signal);
     const owner = 'ClientPool';
     const opts = checkClientOptions<ClientPoolOptions<K>>(owner, SCHEMA, options);
     this.kind = opts.kind;
