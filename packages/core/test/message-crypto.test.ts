@@ -78,13 +78,20 @@ describe('MessageCrypto refuses what is not a valid message for this app', () =>
 
   it("a msg_signature, timestamp or nonce that is no string (a parsed query's object or array) is a format error, not a TypeError", () => {
     // Express 4 parses ?msg_signature[toString]=x into { toString: 'x' }, which String() cannot convert.
-    for (const odd of [{ toString: 'x' }, Object.create(null), ['1409735669', '1'], 1409735669, undefined]) {
+    for (const odd of [{ toString: 'x' }, Object.create(null), ['1409735669', '1'], 1.5, -1, undefined]) {
       for (const field of ['msgSignature', 'timestamp', 'nonce'] as const) {
         const message = { ...PY, [field]: odd } as never;
         expect(reasonOf(() => py.decrypt(message)), `${field}: ${typeof odd}`).toBe('format');
         expect(py.verify(message)).toBe(false);
       }
     }
+    expect(reasonOf(() => py.decrypt({ ...PY, msgSignature: 1409735669 } as never))).toBe('format');
+  });
+
+  it('a timestamp and nonce a query parser turned into numbers are read as their digits', () => {
+    const numeric = { ...PY, timestamp: Number(PY.timestamp), nonce: Number(PY.nonce) } as never;
+    expect(py.verify(numeric)).toBe(true);
+    expect(py.decrypt(numeric)).toBe(py.decrypt(PY));
   });
 
   it('another app id at the end of the plaintext', () => {

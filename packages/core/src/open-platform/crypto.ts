@@ -68,8 +68,9 @@ export class MessageCrypto {
   }
 
   /** Whether `msgSignature` is the signature of the other three (compared in constant time). */
-  verify(message: EncryptedMessage): boolean {
-    if (!hasStringFields(message)) return false;
+  verify(input: EncryptedMessage): boolean {
+    const message = asText(input);
+    if (!message) return false;
     const expected = Buffer.from(this.signature(message.timestamp, message.nonce, message.encrypt));
     const given = Buffer.from(message.msgSignature.toLowerCase());
     return given.length === expected.length && timingSafeEqual(given, expected);
@@ -95,7 +96,7 @@ export class MessageCrypto {
     if (typeof message?.encrypt !== 'string' || message.encrypt === '') {
       throw new MessageCryptoError('format', 'the encrypted message has no Encrypt text');
     }
-    if (!hasStringFields(message)) {
+    if (!asText(message)) {
       const got = (['msgSignature', 'timestamp', 'nonce'] as const).map((field) => `${field} ${typeName(message[field])}`).join(', ');
       throw new MessageCryptoError('format', `msg_signature, timestamp and nonce must be strings, as in WeChat's query (got ${got})`);
     }
@@ -131,14 +132,15 @@ export class MessageCrypto {
 }
 
 /**
- * Whether the message's fields are strings: a framework's query parser hands over arrays and objects for
- * `?nonce=1&nonce=2` or `?nonce[a]=1`, and an object's String() may throw.
+ * The message with its fields as text, or undefined when one is neither text nor a whole number: a
+ * framework's query parser hands over arrays and objects for `?nonce=1&nonce=2` or `?nonce[a]=1` (an
+ * object's String() may throw), and one that converts query values to numbers, a number for the
+ * timestamp or the nonce (WeChat's are digits; that number is their text).
  */
-function hasStringFields(message: EncryptedMessage | null | undefined): message is EncryptedMessage {
-  return (
-    typeof message?.msgSignature === 'string' &&
-    typeof message.timestamp === 'string' &&
-    typeof message.nonce === 'string' &&
-    typeof message.encrypt === 'string'
-  );
+function asText(message: EncryptedMessage | null | undefined): EncryptedMessage | undefined {
+  const text = (value: unknown) => (typeof value === 'string' ? value : Number.isSafeInteger(value) && (value as number) >= 0 ? String(value) : undefined);
+  if (typeof message?.msgSignature !== 'string' || typeof message.encrypt !== 'string') return undefined;
+  const timestamp = text(message.timestamp);
+  const nonce = text(message.nonce);
+  return timestamp === undefined || nonce === undefined ? undefined : { msgSignature: message.msgSignature, timestamp, nonce, encrypt: message.encrypt };
 }
