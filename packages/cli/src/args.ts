@@ -12,7 +12,9 @@ type Values<T extends OptionSpec> = { [K in keyof T]?: T[K]['type'] extends 'str
  * back, and its password must not land on the terminal or in a CI log.
  */
 export function maskPasswords(text: string): string {
-  return text.replace(/([a-z][a-z0-9+.-]*:\/\/[^\s:@/'"]*:)[^\s'"]*@/gi, '$1***@');
+  // The password runs to the URL's last @ (a URL parser reads a raw @ or quote in it as part of it); a
+  // scheme is at most 32 characters, so a long word is not tried as one at each of its letters.
+  return text.replace(/([a-z][a-z0-9+.-]{0,31}:\/\/[^\s:@/'"]*:)\S*@/gi, '$1***@');
 }
 
 /** Options that are not wxkit's, with what to do instead. */

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { maskPasswords } from '../src/args.js';
 
 // The built `wxkit` binary, spawned as a user runs it: each kind of failure has its own exit code and
 // a message in wxkit's words, against real redis-server processes and the mock server.
@@ -106,6 +107,11 @@ describe('wxkit exit codes and messages', () => {
       expect(run.stderr).toMatch(/:\/\/app:\*\*\*@127\.0\.0\.1/);
       expect(run.stdout + run.stderr).not.toContain(PASSWORD);
     }
+  });
+
+  it('a password with quotes or a raw @ in it is masked whole', () => {
+    expect(maskPasswords(`"redis://app:it's\"sec@ret@127.0.0.1:6379"`)).toBe('"redis://app:***@127.0.0.1:6379"');
+    expect(maskPasswords('got memcached://u:p%40ss@h:11211 and redis://h:6379')).toBe('got memcached://u:***@h:11211 and redis://h:6379');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {
