@@ -369,12 +369,21 @@ export class ClientCore {
     // Ends the waits of refreshes under way, and starts no refresh any more.
     this.#closing.abort();
     for (const manager of this.#managers) manager.close();
+    // A refresh holding the lock writes its fetch and releases the lock before close() resolves: the
+    // program may close its store or exit next, which would leave the fleet waiting for the lease.
+    const settled = Promise.all(this.#managers.map((manager) => manager.settled()));
     // The HTTP client and the stores are the pool's: it closes them.
-    if (this.#pool) return;
+    if (this.#pool) {
+      await settled;
+      return;
+    }
+    // Refuses new requests at once; those under way finish.
+    const http = this.http.close();
+    await settled;
     this.#store.dispose();
     this.#local.dispose();
     this.#host?.dispose();
-    await Promise.all([this.http.close(), this.#source?.close?.()]);
+    await Promise.all([http, this.#source?.close?.()]);
   }
 
   #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {

@@ -414,6 +414,31 @@ describe('close()', () => {
     expect(await cache.get(lockKey)).toBe('elsewhere:1');
   });
 
+  it('while this process holds the refresh lock for a fetch: resolves once the fetch is written and the lock released, so a store closed after it holds no lock', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', logger: false });
+    // Another client of the process keeps the origin's shared connection pools open.
+    const other = new OfficialAccount({ appId: mock.createApp().appId, secret: 'x'.repeat(32), baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const lockKey = `${app.accessToken.cacheKey}:lock`;
+    mock.setLatency(200);
+    try {
+      const caller = app.accessToken.getToken();
+      // The fetch is at WeChat, under the lock.
+      while (mock.counters(appId).classicTokenRequests < 1) await new Promise((resolve) => setTimeout(resolve, 5));
+      expect(await cache.get(lockKey)).toBeDefined();
+      await app.close();
+      // What the program finds once close() resolved, before it closes its store and exits.
+      expect(await cache.get(lockKey)).toBeUndefined();
+      expect(await cache.get(app.accessToken.cacheKey)).toBeDefined();
+      expect(await caller).toMatch(/./);
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    } finally {
+      mock.setLatency(0);
+      await other.close();
+    }
+  });
+
   it('starts no background refresh after it, even when a read finds the entry inside the refresh-ahead window', async () => {
     const { appId, secret } = mock.createApp();
     let lockKey = '';

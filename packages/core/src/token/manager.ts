@@ -33,11 +33,13 @@ export class TokenManager {
   // Made on first need, as most accounts never see a rejected token.
   #invalidations: Map<string, Promise<void>> | undefined;
   readonly #rejected: string[] = [];
+  /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. */
+  readonly #underWay = new Set<Promise<void>>();
 
   constructor(ctx: TokenContext, refresher: Refresher, onFirstUse?: () => void) {
     this.#ctx = ctx;
     this.key = ctx.key;
-    this.#refresher = refresher;
+    this.#refresher = this.#tracked(refresher);
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
     // What a background refresh brings back is kept only if no reset() came meanwhile.
@@ -67,6 +69,15 @@ export class TokenManager {
   /** The client closed, or its pool let go of it: no background refresh starts any more. */
   close(): void {
     this.#ahead.cancel();
+  }
+
+  /**
+   * Resolves once the refreshes under way have ended (never rejects). A holder of the refresh lock then
+   * wrote what it fetched and released the lock: a program that closes its store, or exits, after close()
+   * leaves no lock to hold the fleet up for its lease. Waits for other processes end at close() already.
+   */
+  async settled(): Promise<void> {
+    while (this.#underWay.size > 0) await Promise.all(this.#underWay);
   }
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
@@ -214,6 +225,24 @@ export class TokenManager {
     const forgiven = refreshed.fetched ? this.#rejected.indexOf(refreshed.entry.value) : -1;
     if (forgiven >= 0) this.#rejected.splice(forgiven, 1);
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
+  }
+
+  /** `refresher`, each refresh of which is counted under way until it ends. */
+  #tracked(refresher: Refresher): Refresher {
+    const underWay = this.#underWay;
+    return {
+      fetches: refresher.fetches,
+      refresh(request) {
+        const refreshing = refresher.refresh(request);
+        const ended: Promise<void> = refreshing.then(
+          () => void underWay.delete(ended),
+          () => void underWay.delete(ended),
+        );
+        underWay.add(ended);
+        return refreshing;
+      },
+      invalidate: (value, errcode) => refresher.invalidate(value, errcode),
+    };
   }
 
   #considerAhead(now: number): void {

@@ -425,7 +425,15 @@ export class LockedFetchRefresher implements Refresher {
           `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
       );
     }
-    await new Promise((resolve) => setTimeout(resolve, until - now));
+    // Ended by close() too: its wait is for nobody once the client is closed.
+    if (ctx.closed.aborted) throw closedError(ctx);
+    const wakeup = new Wakeup(undefined, ctx.closed);
+    try {
+      await wakeup.pause(until - now);
+    } finally {
+      wakeup.stop();
+    }
+    if (ctx.closed.aborted) throw closedError(ctx);
     return undefined;
   }
 
