@@ -178,6 +178,42 @@ describe('getToken', () => {
       mock.setLatency(0);
     }
   });
+
+  it("a call's AbortSignal ends its wait while the rejected token is being reported, with the signal's reason", async () => {
+    const { appId } = mock.createApp();
+    const token = mock.issueClassicToken(appId);
+    let reported!: () => void;
+    const reporting = new Promise<void>((resolve) => (reported = resolve));
+    let answer!: () => void;
+    // A token service that takes its time to answer a report of a rejected token.
+    const app = new OfficialAccount({
+      appId,
+      logger: false,
+      baseUrl: mock.url,
+      timeoutMs: 1_000,
+      tokenSource: {
+        fetch: async () => ({ value: token, expiresIn: 7200 }),
+        invalidate: () => {
+          reported();
+          return new Promise<void>((resolve) => (answer = resolve));
+        },
+      },
+    });
+    try {
+      await app.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      const controller = new AbortController();
+      const reason = new Error('caller gave up');
+      const call = rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }, { signal: controller.signal }));
+      await reporting;
+      controller.abort(reason);
+      expect(await call).toBe(reason);
+      expect(mock.counters(appId).templateSends).toBe(0);
+    } finally {
+      answer?.();
+      await app.close();
+    }
+  });
 });
 
 describe('token-scoped invalidation', () => {

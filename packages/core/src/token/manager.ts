@@ -138,13 +138,14 @@ export class TokenManager {
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
-    await this.invalidate(failed, errcode);
+    // The report and the read go on for the others; a caller that gives up stops waiting for them.
+    await abortable(this.invalidate(failed, errcode), signal);
     const held = this.#memo.value;
     if (held !== undefined && held !== failed && !this.isRejected(held)) return held;
     const generation = this.#generation;
     const tier = this.#ctx.tiers.current();
     try {
-      const read = await this.#ctx.entries.read(tier.entries, (value) => this.isRejected(value));
+      const read = await abortable(handled(this.#ctx.entries.read(tier.entries, (value) => this.isRejected(value))), signal);
       if (read.kind === 'hit') return this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
