@@ -68,11 +68,11 @@ export class MessageCrypto {
   }
 
   /** Whether `msgSignature` is the signature of the other three (compared in constant time). */
-  verify(input: EncryptedMessage): boolean {
-    const message = asText(input);
-    if (!message) return false;
-    const expected = Buffer.from(this.signature(message.timestamp, message.nonce, message.encrypt));
-    const given = Buffer.from(message.msgSignature.toLowerCase());
+  verify(message: EncryptedMessage): boolean {
+    const text = asText(message);
+    if (!text) return false;
+    const expected = Buffer.from(this.signature(text.timestamp, text.nonce, text.encrypt));
+    const given = Buffer.from(text.msgSignature.toLowerCase());
     return given.length === expected.length && timingSafeEqual(given, expected);
   }
 
