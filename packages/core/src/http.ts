@@ -1,4 +1,5 @@
 import { Pool, type Dispatcher } from 'undici';
+import { onAbort } from './abort.js';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
 
 export type QueryValue = string | number | boolean | undefined;
@@ -195,7 +196,7 @@ class Exchange {
   readonly #signal: AbortSignal | undefined;
   readonly #resolve: Settle;
   readonly #reject: (error: unknown) => void;
-  #onAbort: (() => void) | undefined;
+  #stopAbort: (() => void) | undefined;
 
   constructor(client: HttpClient, request: HttpRequest, path: string, queueWindowMs: number, resolve: Settle, reject: (error: unknown) => void) {
     const signal = request.signal;
@@ -208,14 +209,13 @@ class Exchange {
     this.#resolve = resolve;
     this.#reject = reject;
     if (signal) {
-      this.#onAbort = () => {
+      this.#stopAbort = onAbort(signal, () => {
         if (this.#settled) return;
         // On a socket: undici stops the exchange (and closes that socket). Still queued: the request is
         // dropped when its turn comes, unsent.
         if (this.connected) this.#abort?.(signal.reason as Error);
         else this.#fail(signal.reason);
-      };
-      signal.addEventListener('abort', this.#onAbort, { once: true });
+      });
     }
   }
 
@@ -342,7 +342,7 @@ class Exchange {
       clearTimeout(this.#informational);
       this.#informational = undefined;
     }
-    if (this.#onAbort) this.#signal!.removeEventListener('abort', this.#onAbort);
+    this.#stopAbort?.();
   }
 }
 

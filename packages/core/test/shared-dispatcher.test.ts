@@ -1,4 +1,5 @@
 import diagnostics from 'node:diagnostics_channel';
+import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -252,5 +253,41 @@ describe('a send without a signal makes no timer of its own', () => {
     expect(await sent).toBe(reason);
     await app.close();
     await local.close();
+  });
+
+  it("one signal handed to 32 sends and 12 accounts' token waits at once holds one listener of wxkit's, and Node warns of no leak; aborting it stops them all", async () => {
+    const local = await startMockWeChat();
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error) => warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const { appId, secret } = local.createApp();
+      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: new MemoryCache(), logger: false });
+      await app.accessToken.getToken();
+      local.injectFault({ kind: 'hang', path: 'cgi-bin/message/template/send', times: 32 });
+      local.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token', times: 12 });
+      const controller = new AbortController();
+      const { signal } = controller;
+      const sends = Array.from({ length: 32 }, () => rejection(app.client.postJson('cgi-bin/message/template/send', TEMPLATE, { signal })));
+      const cold = Array.from({ length: 12 }, () => {
+        const other = local.createApp();
+        return new OfficialAccount({ appId: other.appId, secret: other.secret, baseUrl: local.url, cache: new MemoryCache(), logger: false });
+      });
+      const waits = cold.map((each) => rejection(each.accessToken.getToken({ signal })));
+      await vi.waitFor(() => expect(local.counters().requests).toBe(1 + 32 + 12));
+      expect(getEventListeners(signal, 'abort')).toHaveLength(1);
+      const reason = new Error('the caller gave up');
+      controller.abort(reason);
+      expect(new Set([...(await Promise.all(sends)), ...(await Promise.all(waits))])).toEqual(new Set([reason]));
+      // A warning is emitted on a later turn of the loop than the listener that caused it.
+      await new Promise((resolve) => setImmediate(resolve));
+      expect(warnings.filter((warning) => warning.name === 'MaxListenersExceededWarning')).toEqual([]);
+      // The mock first: the token fetches it holds end, and the clients' close() waits for nothing more.
+      await local.close();
+      await Promise.all([app.close(), ...cold.map((each) => each.close())]);
+    } finally {
+      process.off('warning', onWarning);
+      await local.close();
+    }
   });
 });
