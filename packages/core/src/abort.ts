@@ -10,26 +10,41 @@ interface Listeners {
 
 const bySignal = new WeakMap<AbortSignal, Listeners>();
 
-/** Calls `listener` once when `signal` aborts; the function returned stops that (idempotent). */
+/** Calls `listener` once when `signal` aborts (on a later microtask if it has already); the function returned stops that (idempotent). */
 export function onAbort(signal: AbortSignal, listener: () => void): () => void {
+  if (signal.aborted) {
+    let stopped = false;
+    queueMicrotask(() => stopped || listener());
+    return () => void (stopped = true);
+  }
   let listeners = bySignal.get(signal);
   if (!listeners) {
     const calls = new Set<() => void>();
     const fire = () => {
       bySignal.delete(signal);
-      for (const call of calls) call();
+      // Each is called, as separate listeners would be: one that throws does not keep the rest from
+      // running, and its error is reported as an uncaught one, as a listener's would be.
+      for (const call of calls) {
+        try {
+          call();
+        } catch (error) {
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
+      }
     };
     listeners = { calls, fire };
     bySignal.set(signal, listeners);
     signal.addEventListener('abort', fire, { once: true });
   }
-  const { calls, fire } = listeners;
-  // A listener added twice is called once, as addEventListener does; each call wraps its own.
+  const own = listeners;
+  // A listener added twice is called once per addition; each addition wraps its own.
   const call = () => listener();
-  calls.add(call);
+  own.calls.add(call);
   return () => {
-    if (!calls.delete(call) || calls.size > 0) return;
+    if (!own.calls.delete(call) || own.calls.size > 0) return;
     bySignal.delete(signal);
-    signal.removeEventListener('abort', fire);
+    signal.removeEventListener('abort', own.fire);
   };
 }

@@ -213,8 +213,13 @@ class Exchange {
         if (this.#settled) return;
         // On a socket: undici stops the exchange (and closes that socket). Still queued: the request is
         // dropped when its turn comes, unsent.
-        if (this.connected) this.#abort?.(signal.reason as Error);
-        else this.#fail(signal.reason);
+        if (!this.connected) return this.#fail(signal.reason);
+        try {
+          this.#abort?.(signal.reason as Error);
+        } catch {
+          // A caller's dispatcher whose abort throws: the call ends all the same.
+          this.#fail(signal.reason);
+        }
       });
     }
   }

@@ -1,7 +1,7 @@
 import diagnostics from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { Agent } from 'undici';
+import { Agent, Dispatcher } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform } from '../src/index.js';
 import { rejection, storeVerifyTicket } from './helpers.js';
@@ -289,5 +289,28 @@ describe('a send without a signal makes no timer of its own', () => {
       process.off('warning', onWarning);
       await local.close();
     }
+  });
+
+  it("a signal's abort reaches every call on it when a caller's dispatcher throws from its abort", async () => {
+    // Takes each request, never answers, and throws when asked to abort one.
+    class Stubborn extends Dispatcher {
+      taken = 0;
+      override dispatch(_options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
+        this.taken += 1;
+        (handler as { onConnect(abort: () => void): void }).onConnect(() => {
+          throw new Error('this dispatcher cannot abort');
+        });
+        return true;
+      }
+    }
+    const dispatcher = new Stubborn();
+    const app = new OfficialAccount({ appId: 'wx0000000000000002', baseUrl: mock.url, tokenSource: { fetch: async () => ({ value: 'TOKEN_OF_A_SOURCE', expiresIn: 7200 }), invalidate: async () => undefined }, dispatcher, logger: false });
+    const controller = new AbortController();
+    const sends = [1, 2, 3].map(() => rejection(app.client.postJson('cgi-bin/message/template/send', TEMPLATE, { signal: controller.signal })));
+    await vi.waitFor(() => expect(dispatcher.taken).toBe(3));
+    const reason = new Error('the caller gave up');
+    controller.abort(reason);
+    expect(await Promise.all(sends)).toEqual([reason, reason, reason]);
+    await app.close();
   });
 });

@@ -98,7 +98,7 @@ export class MessageCrypto {
     }
     if (!asText(message)) {
       const got = (['msgSignature', 'timestamp', 'nonce'] as const).map((field) => `${field} ${typeName(message[field])}`).join(', ');
-      throw new MessageCryptoError('format', `msg_signature, timestamp and nonce must be strings, as in WeChat's query (got ${got})`);
+      throw new MessageCryptoError('format', `msg_signature, timestamp and nonce must be strings, as in WeChat's query (timestamp and nonce may be whole numbers; got ${got})`);
     }
     if (!this.verify(message)) {
       throw new MessageCryptoError('signature', 'msg_signature does not match: the message is not from WeChat, or the callback token differs');
