@@ -112,6 +112,8 @@ describe('wxkit exit codes and messages', () => {
   it('a password with quotes or a raw @ in it is masked whole', () => {
     expect(maskPasswords(`"redis://app:it's\"sec@ret@127.0.0.1:6379"`)).toBe('"redis://app:***@127.0.0.1:6379"');
     expect(maskPasswords('got memcached://u:p%40ss@h:11211 and redis://h:6379')).toBe('got memcached://u:***@h:11211 and redis://h:6379');
+    // No password: a user alone, or a port, is left as it is.
+    expect(maskPasswords('redis://user@h:6379 redis://h:6379/0')).toBe('redis://user@h:6379 redis://h:6379/0');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {
