@@ -1,4 +1,4 @@
-import { setMaxListeners } from 'node:events';
+import { onAbort } from '../abort.js';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
@@ -107,16 +107,12 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #clients: ClientLru<ClientOf<K>>;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   readonly #letGo = new LetGo();
-  /**
-   * Aborted by close(): a resolver call under way is no longer waited for. Each call under way listens to
-   * it, one per account being made: no cap on them (Node warns of a leak from the eleventh).
-   */
+  /** Aborted by close(): a resolver call under way is no longer waited for. */
   readonly #closeSignal = new AbortController();
   #closed = false;
   #closing: Promise<void> | undefined;
 
   constructor(options: ClientPoolOptions<K>) {
-    setMaxListeners(0, this.#closeSignal.signal);
     const owner = 'ClientPool';
     const opts = checkClientOptions<ClientPoolOptions<K>>(owner, SCHEMA, options);
     this.kind = opts.kind;
@@ -236,7 +232,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   /** The resolver's answer, bounded in time, checked for shape; every failure a CredentialsError. */
   async #credentials(id: string): Promise<Record<string, unknown>> {
     let timer: NodeJS.Timeout | undefined;
-    let onClose: (() => void) | undefined;
+    let stopClose: (() => void) | undefined;
     let closed: ConfigError | undefined;
     const signal = this.#closeSignal.signal;
     let answer: unknown;
@@ -247,8 +243,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
           this.#timeoutMs,
         );
         // close() does not wait for the resolver: its callers get the error of a get() after close().
-        onClose = () => reject((closed = new ConfigError('ClientPool is closed', 'id')));
-        signal.addEventListener('abort', onClose, { once: true });
+        // One listener on the pool's signal, however many resolver calls are under way.
+        stopClose = onAbort(signal, () => reject((closed = new ConfigError('ClientPool is closed', 'id'))));
       });
       answer = await Promise.race([Promise.resolve().then(() => this.#resolve(id)), timeout]);
     } catch (error) {
@@ -256,7 +252,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       throw new CredentialsError('failed', id, `ClientPool's credentials resolver failed for ${id}; its error is the cause`, { cause: error });
     } finally {
       clearTimeout(timer);
-      if (onClose) signal.removeEventListener('abort', onClose);
+      stopClose?.();
     }
     if (answer === undefined || answer === null) {
       throw new CredentialsError('unknown', id, `ClientPool's credentials resolver knows no account ${id} (it returned ${typeName(answer)})`);
