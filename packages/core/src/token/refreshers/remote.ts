@@ -29,8 +29,9 @@ export class RemoteRefresher implements Refresher {
     const ctx = this.#ctx;
     const started = performance.now();
     const fetched = await this.#withDeadline(this.#source.fetch(this.#request));
-    // A source in plain JavaScript may answer anything: "7200" would be added to the fetch time as text.
-    if (!isPlausibleToken(fetched?.value) || typeof fetched.expiresIn !== 'number' || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) {
+    // A source in plain JavaScript may answer anything: "7200" would be added to the fetch time as text
+    // (Number.isFinite refuses whatever is no number).
+    if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) {
       throw new HttpError('ERR_WXKIT_HTTP', `The token source answered without a usable ${ctx.label}`, { path: 'token source' });
     }
     const { entry } = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
