@@ -9,7 +9,8 @@ type Values<T extends OptionSpec> = { [K in keyof T]?: T[K]['type'] extends 'str
 /**
  * `text` as a message may quote it: the password of any URL in it masked (`redis://app:***@host`). A
  * store URL typed where no argument is taken (`wxkit token get redis://…`, --store forgotten) is quoted
- * back, and its password must not land on the terminal or in a CI log.
+ * back, and its password must not land on the terminal or in a CI log: every failure wxkit prints goes
+ * through it (main's report), and runDemo's, which a program may call, too.
  */
 export function maskPasswords(text: string): string {
   // Word by word, with indexOf only (a pattern tried at each start of a long word takes time quadratic
@@ -63,13 +64,13 @@ export function parseCommand<T extends OptionSpec>(
         throw fail(`${token.rawName} needs a value`);
       }
     } else if (token.inlineValue) {
-      throw fail(`${token.rawName} is a switch and takes no value (got ${token.rawName}=${maskPasswords(token.value ?? '')})`);
+      throw fail(`${token.rawName} is a switch and takes no value (got ${token.rawName}=${token.value})`);
     }
   }
   // A string option given twice keeps the last, as parseArgs does; a shell script that repeats one is fine.
   if (parsed.positionals.length > positionals.max) {
     const extra = parsed.positionals[positionals.max]!;
-    throw fail(`wxkit ${command} takes ${positionals.max === 0 ? 'no arguments' : `at most ${positionals.max} argument${positionals.max > 1 ? 's' : ''}`} besides its options (got ${JSON.stringify(maskPasswords(extra))})`);
+    throw fail(`wxkit ${command} takes ${positionals.max === 0 ? 'no arguments' : `at most ${positionals.max} argument${positionals.max > 1 ? 's' : ''}`} besides its options (got ${JSON.stringify(extra)})`);
   }
   return { values: parsed.values as Values<T>, positionals: parsed.positionals };
 }

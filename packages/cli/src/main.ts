@@ -84,7 +84,7 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
         output.out((await import('@wxkit/core')).VERSION);
         return EXIT.ok;
       default:
-        throw new CliError('usage', `${JSON.stringify(maskPasswords(command))} is not a wxkit command (token, serve, mock-server, demo)`, {
+        throw new CliError('usage', `${JSON.stringify(command)} is not a wxkit command (token, serve, mock-server, demo)`, {
           usage: "usage: wxkit <command> [options]\nRun 'wxkit --help' for the commands.",
         });
     }
@@ -116,12 +116,15 @@ function exitKind(error: unknown): ExitKind {
   }
 }
 
-/** Prints a failure (as JSON with --json) and maps it to its exit code. Messages carry no secrets. */
+/**
+ * Prints a failure (as JSON with --json) and maps it to its exit code. Messages carry no secrets, and
+ * the password of any URL a message quotes (a store URL typed where no argument is taken) is masked.
+ */
 export function report(error: unknown, output: Output, stderr: NodeJS.WritableStream): number {
   const kind = exitKind(error);
   const { code, errcode, cause } = error as { code?: string; errcode?: number; cause?: { reason?: string } };
   const reason = (error as { reason?: string }).reason ?? cause?.reason;
-  const message = error instanceof Error ? error.message : String(error);
+  const message = maskPasswords(error instanceof Error ? error.message : String(error));
   if (output.json) {
     const fields: Record<string, unknown> = { code: code ?? 'ERR_WXKIT_CLI', message, exit: EXIT[kind] };
     if (errcode !== undefined) fields.errcode = errcode;
@@ -129,7 +132,7 @@ export function report(error: unknown, output: Output, stderr: NodeJS.WritableSt
     output.out(JSON.stringify({ ok: false, error: fields }));
   } else {
     const usage = error instanceof CliError && error.usage ? `\n\n${error.usage}` : '';
-    const bug = kind === 'unexpected' && error instanceof Error && error.stack ? `\n${error.stack}` : '';
+    const bug = kind === 'unexpected' && error instanceof Error && error.stack ? `\n${maskPasswords(error.stack)}` : '';
     stderr.write(`wxkit: ${message}${usage}${bug}\n`);
   }
   return EXIT[kind];
@@ -175,7 +178,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const action = positionals[0];
   const usage = (message: string) => new CliError('usage', message, { usage: TOKEN_USAGE });
   if (action === undefined) throw usage('wxkit token needs an action: get, inspect, refresh or clear');
-  if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(maskPasswords(action))} is not a token action: use get, inspect, refresh or clear`);
+  if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(action)} is not a token action: use get, inspect, refresh or clear`);
   if (!values.store) throw usage(`wxkit token ${action} needs --store, the store the programs share (e.g. redis://127.0.0.1:6379)`);
   const store = values.store;
   const envAppId = process.env.WECHAT_APPID;

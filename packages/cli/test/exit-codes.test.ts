@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { maskPasswords } from '../src/args.js';
+import { runDemo } from '../src/demo.js';
 
 // The built `wxkit` binary, spawned as a user runs it: each kind of failure has its own exit code and
 // a message in wxkit's words, against real redis-server processes and the mock server.
@@ -107,6 +108,12 @@ describe('wxkit exit codes and messages', () => {
       expect(run.stderr).toMatch(/:\/\/app:\*\*\*@127\.0\.0\.1/);
       expect(run.stdout + run.stderr).not.toContain(PASSWORD);
     }
+  });
+
+  it("runDemo, called by a program, quotes a store URL it takes no argument for without its password", async () => {
+    const refused = await runDemo([`memcached://app:${PASSWORD}@127.0.0.1:11211`]).catch((error: unknown) => error as Error);
+    expect(refused).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', message: expect.stringContaining('memcached://app:***@127.0.0.1:11211') });
+    expect((refused as Error).message).not.toContain(PASSWORD);
   });
 
   it('a password with quotes or a raw @ in it is masked whole', () => {
