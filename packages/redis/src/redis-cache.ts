@@ -75,6 +75,11 @@ export class RedisCache implements TokenCache {
   #subscriber: Promise<Subscriber | undefined> | undefined;
   /** The subscriber connection while it connects and subscribes. */
   #opening: Subscriber | undefined;
+  /**
+   * The subscriber once subscribed, and the client it was made from: it lives and dies with that client
+   * (it shares its reconnect strategy, which gives up once the client is given up).
+   */
+  #live: { subscriber: Subscriber; parent: RedisClientLike } | undefined;
   #subscriberFailedAt = -Infinity;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
   #keyspace: string | undefined;
@@ -150,7 +155,8 @@ export class RedisCache implements TokenCache {
       if (listeners.size > 0 || this.#watchers.get(key) !== listeners) return;
       this.#watchers.delete(key);
       this.#byMessage.delete(writtenMessage(key));
-      void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, false));
+      // The subscriber of now: the one this watch began on may have been replaced since.
+      void (this.#subscriber ?? subscribed).then((subscriber) => this.#keyspaceWatch(subscriber, key, false));
     };
   }
 
@@ -202,23 +208,44 @@ export class RedisCache implements TokenCache {
 
   /** The subscriber connection, made once; undefined when none can be had (then every waiter is told to look). */
   #subscribe(): Promise<Subscriber | undefined> {
-    this.#subscriber ??= this.#openSubscriber().then(
-      (subscriber) => {
+    if (this.#subscriber) return this.#subscriber;
+    const subscribed: Promise<Subscriber | undefined> = this.#openSubscriber().then(
+      ({ subscriber, parent }) => {
+        this.#live = { subscriber, parent };
         // Writes made before the subscription was in place went unseen: every waiter looks once now.
         this.#notifyAll();
         return subscriber;
       },
       () => {
-        this.#subscriber = undefined;
+        if (this.#subscriber === subscribed) this.#subscriber = undefined;
         this.#subscriberFailedAt = performance.now();
         this.#notifyAll();
         return undefined;
       },
     );
-    return this.#subscriber;
+    this.#subscriber = subscribed;
+    return subscribed;
   }
 
-  async #openSubscriber(): Promise<Subscriber> {
+  /**
+   * The client the subscriber was made from was given up (a connection gone silent, or one that stopped
+   * reconnecting): so is the subscriber, which on a silent connection would hear nothing, and once its
+   * client is given up would never reconnect. The watchers would wait on it for ever, polling only at the
+   * slow pace meant for a store that tells of writes. A new subscriber is made at once for the keys still
+   * watched; once it is in place every watcher looks once, for the writes made in between.
+   */
+  #dropSubscriber(parent: RedisClientLike): void {
+    const live = this.#live;
+    if (live?.parent !== parent) return;
+    this.#live = undefined;
+    this.#subscriber = undefined;
+    void Promise.resolve(live.subscriber.destroy()).catch(() => undefined);
+    if (this.#closed || this.#watchers.size === 0) return;
+    const subscribed = this.#subscribe();
+    for (const key of this.#watchers.keys()) void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, true));
+  }
+
+  async #openSubscriber(): Promise<{ subscriber: Subscriber; parent: RedisClientLike }> {
     const client = await this.#connection.client();
     const duplicate = (client as unknown as { duplicate?: () => Subscriber }).duplicate;
     const subscriber = typeof duplicate === 'function' ? duplicate.call(client) : ownPubSub(client);
@@ -249,7 +276,7 @@ export class RedisCache implements TokenCache {
       throw new Error('closed');
     }
     this.#keyspace = await keyspacePrefix(client);
-    return subscriber;
+    return { subscriber, parent: client };
   }
 
   /** Subscribes to (or leaves) the keyspace channel of `key`, when the server sends keyspace notifications. */
@@ -282,6 +309,8 @@ export class RedisCache implements TokenCache {
     try {
       const client = await this.#connection.client();
       connecting = false;
+      // A new client (the last one was given up): the subscriber made from the old one goes with it.
+      if (this.#live && this.#live.parent !== client) this.#dropSubscriber(this.#live.parent);
       // A command still unanswered after stallTimeoutMs means a connection gone silent: it is given up
       // (its pending commands fail), and the next call connects anew. Looked at once more after one turn
       // of the event loop: a process that was busy for that long may hold the answer unread.
@@ -292,6 +321,7 @@ export class RedisCache implements TokenCache {
               if (settled) return;
               gaveUp = true;
               this.#connection.stalled(client);
+              this.#dropSubscriber(client);
             }),
           this.#stallTimeoutMs,
         );

@@ -113,6 +113,44 @@ describe('RedisCache on a connection that goes silent', () => {
     }
   });
 
+  it('a connection given up as silent takes its subscriber along: the watchers hear writes again, through a new one', async () => {
+    const proxy = await startProxy();
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500, stallTimeoutMs: 1000 });
+    const writer = new RedisCache(redis.url);
+    let told = 0;
+    const toldAgain = (what: string) => {
+      const before = told;
+      return settles(
+        (async () => {
+          while (told === before) await new Promise((resolve) => setTimeout(resolve, 5));
+        })(),
+        what,
+      );
+    };
+    try {
+      const subscribed = toldAgain('the first subscription');
+      const stop = cache.watch('wxkit-silent:watched', () => (told += 1));
+      await subscribed;
+      const heard = toldAgain('a write before the freeze');
+      await writer.set('wxkit-silent:watched', 'v1', 60);
+      await heard;
+      // The command connection and the subscriber's both go silent, as behind a NAT that lost its state.
+      proxy.freeze();
+      const resubscribed = toldAgain('the new subscription');
+      await expect(settles(cache.get('wxkit-silent:watched'), 'a get on the silent connection')).rejects.toMatchObject({ reason: 'timeout' });
+      await resubscribed;
+      const heardAgain = toldAgain('a write after the freeze');
+      await writer.set('wxkit-silent:watched', 'v2', 60);
+      await heardAgain;
+      // The two frozen connections, then one new command connection and one new subscriber.
+      expect(proxy.connections()).toBe(4);
+      stop();
+    } finally {
+      await settles(Promise.all([cache.close(), writer.close()]), 'close()');
+      await proxy.close();
+    }
+  });
+
   it('close() ends at once while the subscriber connection waits for an answer to SUBSCRIBE', async () => {
     const proxy = await startProxy(/SUBSCRIBE/i);
     const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 60_000 });
