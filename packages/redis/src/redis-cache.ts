@@ -22,7 +22,10 @@ export const WRITTEN_CHANNEL = 'wxkit:written';
 export function writtenMessage(key: string): string {
   return createHash('sha256').update(key).digest('hex');
 }
-// A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile.
+// A subscriber that could not be set up is not tried again for this long; waiters poll meanwhile. One
+// the server refused for want of rights (NOPERM: an ACL user without `&wxkit:written`, as Redis 7 users
+// start) is not tried again at all: each attempt would leave the waiter that made it on the slow pace of
+// a store that tells of writes, while nothing tells it (0.5 s and more per refresh, instead of ~10 ms).
 const SUBSCRIBE_RETRY_MS = 30_000;
 
 /** What watch() needs of a node-redis connection in subscriber mode. */
@@ -81,6 +84,8 @@ export class RedisCache implements TokenCache {
    */
   #live: { subscriber: Subscriber; parent: RedisClientLike } | undefined;
   #subscriberFailedAt = -Infinity;
+  /** The server refused the subscription (NOPERM): no subscriber is asked for again. */
+  #subscribeRefused = false;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
   #keyspace: string | undefined;
   /** PUBLISHes not answered yet: close() lets them go out, or a process that writes and exits wakes nobody. */
@@ -138,6 +143,9 @@ export class RedisCache implements TokenCache {
    */
   watch(key: string, onChange: () => void): () => void {
     if (this.#closed) throw new CacheError(`RedisCache watch after close() (${this.#where})`);
+    if (this.#subscribeRefused) {
+      throw new CacheError(`RedisCache may not subscribe to ${WRITTEN_CHANNEL} on ${this.#where} (NOPERM): grant the user &${WRITTEN_CHANNEL} for prompt wake-ups`, { reason: 'permission' });
+    }
     if (!this.#subscriber && performance.now() - this.#subscriberFailedAt < SUBSCRIBE_RETRY_MS) {
       throw new CacheError(`RedisCache could not subscribe to write notifications lately (${this.#where})`);
     }
@@ -216,9 +224,10 @@ export class RedisCache implements TokenCache {
         this.#notifyAll();
         return subscriber;
       },
-      () => {
+      (error: unknown) => {
         if (this.#subscriber === subscribed) this.#subscriber = undefined;
         this.#subscriberFailedAt = performance.now();
+        if (reasonOf(error) === 'permission') this.#subscribeRefused = true;
         this.#notifyAll();
         return undefined;
       },

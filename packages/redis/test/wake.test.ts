@@ -116,6 +116,34 @@ describe('RedisCache.watch', () => {
     }
   });
 
+  it('an ACL user refused SUBSCRIBE is not asked again: later waits poll at the faster pace, never on a subscription that cannot come', async () => {
+    const server = await startRedis({ args: ['--user', 'writer', 'on', '>pw', '~*', '+@all', 'resetchannels'] });
+    const cache = new RedisCache(`redis://writer:pw@127.0.0.1:${server.port}`);
+    const now = performance.now.bind(performance);
+    try {
+      let told = 0;
+      const stop = cache.watch(key(), () => (told += 1));
+      // The refused subscription tells its waiter to look: then it has failed.
+      await vi.waitFor(() => expect(told).toBeGreaterThan(0), { timeout: 10_000, interval: 5 });
+      stop();
+      // Long after the refusal (a refresh comes every two hours), a new wait asks for no subscriber: its
+      // watch() throws, so that it polls at the faster pace instead of waiting on a refusal to come.
+      vi.spyOn(performance, 'now').mockImplementation(() => now() + 3_600_000);
+      let error: unknown;
+      try {
+        cache.watch(key(), () => undefined)();
+      } catch (thrown) {
+        error = thrown;
+      }
+      vi.restoreAllMocks();
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'permission' });
+    } finally {
+      vi.restoreAllMocks();
+      await cache.close();
+      await server.stop();
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
