@@ -198,8 +198,9 @@ export class FileCache implements TokenCache {
         // (A file of the same name as the directory ends the watch too: its waiters only look once more.)
         if (event === 'rename' && name === self) this.#watchEnded(dirWatch);
       });
-      // A watch that fails (the directory removed) tells nobody again; the waiters' polling takes over.
-      dirWatch.on('error', () => this.#stopWatching());
+      // A watch that fails tells nobody again: it ends as when its directory went, every waiter looking
+      // once (else each would wait for a safety-net poll), and the next watch() starts a new one.
+      dirWatch.on('error', () => this.#watchEnded(dirWatch));
       this.#dirWatch = dirWatch;
     }
     let listeners = this.#watchers.get(name);

@@ -1,7 +1,7 @@
 import { execFileSync, fork, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -300,6 +300,37 @@ describe('FileCache on disk', () => {
     await heard;
     await cache.close();
   });
+
+  it('a watch that fails (an error from fs.watch) ends: its waiters look, and a new watch hears the next write', async () => {
+    const dir = fresh('watch-error');
+    mkdirSync(dir, { mode: 0o700 });
+    const cache = new FileCache({ dir });
+    const writer = new FileCache({ dir });
+    // The real watcher of the directory, caught as FileCache makes it, so that it can be made to fail.
+    const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs');
+    const realWatch = fs.watch;
+    const made: import('node:fs').FSWatcher[] = [];
+    fs.watch = ((...args: Parameters<typeof realWatch>) => {
+      const watcher = realWatch(...args);
+      made.push(watcher);
+      return watcher;
+    }) as typeof realWatch;
+    syncBuiltinESMExports();
+    try {
+      const told = new Promise<void>((resolve) => cache.watch('k', resolve));
+      expect(made).toHaveLength(1);
+      made[0]?.emit('error', Object.assign(new Error('watch failed'), { code: 'EIO' }));
+      await told;
+      const heard = new Promise<void>((resolve) => cache.watch('k', resolve));
+      expect(made).toHaveLength(2);
+      await writer.set('k', 'v', 60);
+      await heard;
+    } finally {
+      fs.watch = realWatch;
+      syncBuiltinESMExports();
+      await cache.close();
+    }
+  }, 10_000);
 
   it('checks its options before any I/O', () => {
     expect(() => new FileCache({ dir: '' })).toThrow(/FileCache options.dir must be a non-empty path \(got empty string\)/);
