@@ -1,4 +1,4 @@
-import KeyvMemcache from '@keyv/memcache';
+import { KeyvMemcache } from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
