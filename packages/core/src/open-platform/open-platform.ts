@@ -59,9 +59,13 @@ export interface OpenPlatformPush {
   fields: Record<string, string>;
 }
 
-/** The request WeChat sent to the callback URL: its query (a URLSearchParams or a plain object) and raw body. */
+/**
+ * The request WeChat sent to the callback URL: its query (a URLSearchParams, or the object a framework
+ * parsed it into, such as Express's `req.query`) and raw body. Of a parsed query only text values count
+ * (the first of a repeated one, a whole number as its digits); nested objects are ignored.
+ */
 export interface CallbackRequest {
-  query: URLSearchParams | Record<string, string | string[] | undefined>;
+  query: URLSearchParams | Readonly<Record<string, unknown>>;
   body: string | Buffer;
 }
 
@@ -1021,11 +1025,14 @@ function parseObject(raw: string | undefined): Record<string, unknown> | undefin
   }
 }
 
-function flattenQuery(query: Record<string, string | string[] | undefined>): [string, string][] {
+// A framework's parser may hand over arrays (`?nonce=1&nonce=2`), objects (`?nonce[a]=1`) or numbers (a
+// parser that converts digits: WeChat's timestamp and nonce are digits, so the number is their text).
+function flattenQuery(query: Readonly<Record<string, unknown>>): [string, string][] {
+  const text = (value: unknown) => (typeof value === 'string' ? value : Number.isSafeInteger(value) && (value as number) >= 0 ? String(value) : undefined);
   const pairs: [string, string][] = [];
   for (const [name, value] of Object.entries(query ?? {})) {
-    if (typeof value === 'string') pairs.push([name, value]);
-    else if (Array.isArray(value) && typeof value[0] === 'string') pairs.push([name, value[0]]);
+    const first = text(Array.isArray(value) ? value[0] : value);
+    if (first !== undefined) pairs.push([name, first]);
   }
   return pairs;
 }
