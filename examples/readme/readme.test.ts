@@ -13,6 +13,37 @@ const packageReadmes = ['core', 'file', 'redis', 'memcached', 'keyv', 'cli'].map
 const tsBlocks = [...blocks, ...packageReadmes.flat()]
   .filter((block) => block.lang === 'ts')
   .map((block) => block.code);
+// The docs' snippets are fragments of a larger program (an Express app, a database): each type-checks
+// with what it uses and does not declare itself declared first.
+const docBlocks = ['docs/key-schema.md', 'docs/open-platform.md'].flatMap((file) =>
+  snippets(file)
+    .filter((block) => block.lang === 'ts')
+    .map((block) => ({ file, code: block.code })),
+);
+/** qs's ParsedQs as @types/qs declares it: Express's `req.query`, which the docs pass as it is. */
+const EXPRESS = `interface ParsedQs { [key: string]: undefined | string | ParsedQs | (string | ParsedQs)[] }
+interface Request { query: ParsedQs; body: string }
+interface Response { send(body: string): void }
+declare const express: { text(options: { type: string }): (req: Request, res: Response, next: () => void) => void };`;
+const FREE: Record<string, string> = {
+  app: `${EXPRESS}\ndeclare const app: { post(path: string, ...handlers: Array<(req: Request, res: Response, next: () => void) => unknown>): void };`,
+  db: 'declare const db: { oneOrNone(sql: string, params: unknown[]): Promise<{ secret: string } | null> };',
+  OpenPlatform: "import { OpenPlatform } from '@wxkit/core';",
+  wxJava: "import { wxJava } from '@wxkit/core';",
+  redis: "declare const redis: import('@wxkit/core').TokenCache;",
+  ...Object.fromEntries(['appId', 'secret', 'token', 'encodingAESKey', 'authCode', 'touser', 'template_id', 'pageUrl'].map((name) => [name, `declare const ${name}: string;`])),
+  data: 'declare const data: Record<string, { value: string }>;',
+};
+/** The declarations `code` needs: the names it uses that it neither imports nor declares. */
+function preludeOf(code: string): string {
+  const declared = (name: string) =>
+    new RegExp(`\\b(const|let|var|function|class)\\s+(\\{[^}]*\\b${name}\\b[^}]*\\}|${name}\\b)`).test(code) ||
+    new RegExp(`import\\s[^;]*\\b${name}\\b[^;]*\\sfrom`).test(code);
+  return Object.entries(FREE)
+    .filter(([name]) => new RegExp(`\\b${name}\\b`).test(code) && !declared(name))
+    .map(([, declaration]) => declaration)
+    .join('\n');
+}
 // Inside the repository, so `@wxkit/*` resolve through the root node_modules as they do for a user.
 const scratch = join(root, 'node_modules', '.cache', 'wxkit', 'readme');
 
@@ -51,6 +82,11 @@ describe('README', () => {
       writeFileSync(file, `${prelude}\n${code}\nexport {};\n`);
       return file;
     });
+    for (const [i, { code }] of docBlocks.entries()) {
+      const file = join(scratch, `doc-snippet-${i}.mts`);
+      writeFileSync(file, `${preludeOf(code)}\n${code}\nexport {};\n`);
+      files.push(file);
+    }
     writeFileSync(
       join(scratch, 'tsconfig.json'),
       JSON.stringify({
@@ -65,5 +101,6 @@ describe('README', () => {
     expect(tsc.stdout + tsc.stderr).toBe('');
     expect(tsc.status).toBe(0);
     expect(files.length).toBeGreaterThanOrEqual(4);
+    expect(docBlocks.length).toBeGreaterThanOrEqual(4);
   });
 });
