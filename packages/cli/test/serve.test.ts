@@ -148,7 +148,11 @@ describe('wxkit serve', () => {
       tokenSource: remoteTokenSource({ url: `http://127.0.0.1:${port}`, key: KEY, timeoutMs: 500 }),
       logger: false,
     });
-    await expect(client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} })).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+    const failure = await client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} }).catch((error: Error) => error);
+    expect(failure).toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+    // Named as a sentence names it: "failed before the token service answered".
+    expect((failure as Error).message).toMatch(/^The request to v1\/token\/official_account\/\w+ failed before the token service answered/);
+    await client.close();
   });
 
   it('logs requests without a token, a secret or a key', async () => {

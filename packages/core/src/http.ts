@@ -543,7 +543,7 @@ export class HttpClient {
   notSentError(path: string): HttpError {
     return new HttpError(
       'ERR_WXKIT_TIMEOUT',
-      `The request to ${path} was not sent: no connection to ${this.peer} was free within ${this.#queueTimeoutMs} ms (too many requests in flight); it is safe to retry`,
+      `The request to ${path} was not sent: no connection to ${midSentence(this.peer)} was free within ${this.#queueTimeoutMs} ms (too many requests in flight); it is safe to retry`,
       { path, sent: false },
     );
   }
@@ -555,7 +555,7 @@ export class HttpClient {
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return this.timeoutError(path, sent, error);
     return new HttpError(
       'ERR_WXKIT_HTTP',
-      `The request to ${path} failed before ${this.peer} answered${typeof code === 'string' ? ` (${code})` : ''}`,
+      `The request to ${path} failed before ${midSentence(this.peer)} answered${typeof code === 'string' ? ` (${code})` : ''}`,
       { path, sent, cause: error },
     );
   }
@@ -651,6 +651,11 @@ function withoutCredentials(error: unknown, req: HttpRequest): unknown {
     return copy;
   };
   return scrub(error, 0);
+}
+
+/** A peer named at a sentence's start ("The token service") as it reads inside one. */
+function midSentence(peer: string): string {
+  return peer.startsWith('The ') ? `the ${peer.slice(4)}` : peer;
 }
 
 /** `/cgi-bin/token?x=1` → `cgi-bin/token`: the form used in URLs we build and in every message. */
