@@ -136,7 +136,11 @@ describe('wxkit serve', () => {
       tokenSource: remoteTokenSource({ url: services[0]!.url, key: 'a-wrong-key-123' }),
       logger: false,
     });
-    await expect(client.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 401 });
+    const refused = await client.accessToken.getToken().catch((error: Error) => error);
+    expect(refused).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 401 });
+    // The service's reason, so a wrong key is told from a service that is not ready.
+    expect((refused as Error).message).toMatch(/ with HTTP 401 unauthorized \(unknown_key\)$/);
+    await client.close();
   });
 
   it('a service that is down: a typed error within the timeout, not a hang', async () => {

@@ -468,7 +468,7 @@ export class HttpClient {
       // WeChat reports errors with HTTP 200, but a proxy in between may not; the errcode is what counts.
       throw new WeChatApiError({ errcode: record.errcode, errmsg: stringOr(record.errmsg) }, path);
     }
-    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}`, { path, status });
+    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${problemOf(record)}`, { path, status });
     if (!record) {
       throw new BadResponseError(`${this.peer} answered ${path} with JSON that is not an object`, { path, status });
     }
@@ -651,6 +651,22 @@ function withoutCredentials(error: unknown, req: HttpRequest): unknown {
     return copy;
   };
   return scrub(error, 0);
+}
+
+/** A code or reason of the token service's error shape: a short snake_case word, never free text. */
+const PROBLEM_WORD = /^[a-z][a-z0-9_]{0,39}$/;
+
+/**
+ * What a failure answered in the token service's shape (`{"error":{"code","reason"}}`) says, for the
+ * message: ` unauthorized (unknown_key)` tells a wrong key from a service that is not ready. Only words
+ * of that form are quoted, so a peer cannot write its own text into a message or a log line.
+ */
+function problemOf(record: Record<string, unknown> | undefined): string {
+  const error = record?.error;
+  if (error === null || typeof error !== 'object') return '';
+  const { code, reason } = error as { code?: unknown; reason?: unknown };
+  if (typeof code !== 'string' || !PROBLEM_WORD.test(code)) return '';
+  return ` ${code}${typeof reason === 'string' && PROBLEM_WORD.test(reason) ? ` (${reason})` : ''}`;
 }
 
 /** A peer named at a sentence's start ("The token service") as it reads inside one. */
