@@ -470,7 +470,8 @@ function sameKey(key: string): string {
 
 function describeError(error: CacheError): string {
   const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
-  const causeCode = typeof cause?.code === 'string' ? ` (${cause.code})` : '';
+  // The code of the cause, unless the message names it already (FileCache's do).
+  const causeCode = typeof cause?.code === 'string' && !error.message.includes(`(${cause.code})`) ? ` (${cause.code})` : '';
   return `${error.message}${causeCode}`;
 }
 

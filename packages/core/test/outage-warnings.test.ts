@@ -1,6 +1,9 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
+import { FileCache, OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
 import { recordingLogger } from './helpers.js';
 
 // Issue 14: a platform runs thousands of clients on one store. An outage of that store is one event,
@@ -50,5 +53,26 @@ describe('a store outage is logged once per store, not once per client', () => {
       expect(lines(otherLogger, 'cache.recovered')).toHaveLength(outage);
     }
     await Promise.all(apps.map((app) => app.close()));
+  });
+});
+
+describe("the warning names the store's failure", () => {
+  it('with the code of its cause once, where the store names it itself (FileCache)', async () => {
+    const root = mkdtempSync(join(tmpdir(), 'wxkit-outage-'));
+    // A directory under a plain file: every open fails with ENOTDIR.
+    writeFileSync(join(root, 'plain'), '');
+    const dir = join(root, 'plain', 'cache');
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new FileCache({ dir }), logger: false, fallbackDir: false });
+    const heard: CacheUnavailableEvent[] = [];
+    app.on('cache.unavailable', (event) => heard.push(event));
+    try {
+      await app.accessToken.getToken();
+      expect(heard).toHaveLength(1);
+      expect(heard[0]!.error).toBe(`FileCache get failed in ${dir} (ENOTDIR)`);
+    } finally {
+      await app.close();
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });
