@@ -17,6 +17,11 @@ export interface HttpSettings {
   userAgent: string;
   /** Who answers, in messages. @default 'WeChat' */
   peer?: string;
+  /**
+   * The option that raises `maxResponseBytes`, named in the message of an answer over it; none when the
+   * caller cannot raise it. @default 'options.maxResponseBytes'
+   */
+  maxResponseBytesOption?: string | null;
   /** The longest a request waits in the pool's queue for a socket, in ms. @default timeoutMs */
   queueTimeoutMs?: number;
 }
@@ -291,7 +296,7 @@ class Exchange {
     const max = this.#client.maxResponseBytes;
     if (this.#size > max) {
       this.#abort?.(
-        new BadResponseError(`${this.#client.peer} answered ${this.#path} with a body over ${max} bytes; raise options.maxResponseBytes if that is expected`, {
+        new BadResponseError(`${this.#client.peer} answered ${this.#path} with a body over ${max} bytes${this.#client.oversizeHint}`, {
           path: this.#path,
           status: this.#status,
         }),
@@ -382,6 +387,8 @@ export class HttpClient {
   /** Who answers, in messages. */
   readonly peer: string;
   readonly maxResponseBytes: number;
+  /** What a message of an answer over `maxResponseBytes` ends with: the option that raises it, if any. */
+  readonly oversizeHint: string;
   readonly #queueTimeoutMs: number;
 
   constructor(settings: HttpSettings) {
@@ -389,6 +396,8 @@ export class HttpClient {
     this.#queueTimeoutMs = settings.queueTimeoutMs ?? settings.timeoutMs;
     this.peer = settings.peer ?? 'WeChat';
     this.maxResponseBytes = settings.maxResponseBytes;
+    const option = settings.maxResponseBytesOption === undefined ? 'options.maxResponseBytes' : settings.maxResponseBytesOption;
+    this.oversizeHint = option === null ? '' : `; raise ${option} if that is expected`;
     const base = new URL(settings.baseUrl);
     let origin = ORIGINS.get(base.origin);
     if (origin === undefined) ORIGINS.set(base.origin, (origin = base.origin));

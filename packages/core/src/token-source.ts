@@ -64,6 +64,9 @@ function isHttpUrl(value: unknown): boolean {
   }
 }
 
+/** The furthest ahead a token service's `expires_at` may be, in seconds: a day. */
+const MAX_EXPIRES_IN_S = 24 * 3600;
+
 /**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
  * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`.
@@ -86,6 +89,8 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     dispatcher,
     userAgent: `wxkit/${VERSION}`,
     peer: 'The token service',
+    // A token service's answer is a few hundred bytes; there is no option to raise.
+    maxResponseBytesOption: null,
   });
   const headers = { authorization: `Bearer ${key}` };
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
@@ -104,6 +109,10 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       }
       const expiresIn = Math.floor(expiresAt - Date.now() / 1000);
       if (expiresIn <= 0) throw new BadResponseError(`The token service answered ${path} with an expired ${request.field}`, { path });
+      // WeChat's tokens and tickets live 2 h: a day or more ahead is another unit (milliseconds, say).
+      if (expiresIn >= MAX_EXPIRES_IN_S) {
+        throw new BadResponseError(`The token service answered ${path} with an expires_at more than a day ahead (it takes unix seconds)`, { path });
+      }
       return { value, expiresIn };
     },
     async invalidate(request, value) {
