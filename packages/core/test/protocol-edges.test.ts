@@ -96,6 +96,43 @@ describe('while the store is down', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
+  it('a token the store took back from this process, then lost to a peer\'s invalidation, is not offered to it again', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const during = await app.accessToken.getToken();
+    store.up();
+    await recovered;
+    expect(await app.accessToken.getToken()).toBe(during);
+    expect(JSON.parse((await store.inner.get(app.accessToken.cacheKey))!).access_token).toBe(during);
+    // A peer's call is rejected with it (another program fetched meanwhile), and the peer deletes it.
+    mock.invalidateTokens(appId);
+    await store.inner.delete(app.accessToken.cacheKey);
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe(during);
+    expect(mock.isTokenValid(appId, next)).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+
+  it('a token fetched during the outage is not offered to the store once its store life has passed: the next read fetches', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', now: () => now, fallbackDir: fallbackDir(), logger: false });
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const during = await app.accessToken.getToken();
+    // Past the entry's store life (7200 − 300 s) but not yet within 30 s of WeChat's expiry.
+    now += 7_000_000;
+    store.up();
+    await recovered;
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe(during);
+    expect(JSON.parse((await store.inner.get(app.accessToken.cacheKey))!).access_token).toBe(next);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
 });
 
 describe('the host fallback directory', () => {

@@ -1,0 +1,163 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, easyWeChat6 } from '../src/index.js';
+import { newApp, rejection } from './helpers.js';
+
+// The token manager's own promises, each of which the protocol tests reach only by the way: what an
+// aborted signal gets, how long a rejected token stays rejected, and when refresh-ahead is considered.
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+/** The native entry for `token`, fetched `ageSeconds` ago with 7200 s of life. */
+const entry = (token: string, ageSeconds = 0) => {
+  const fetchedAt = Math.floor(Date.now() / 1000) - ageSeconds;
+  return JSON.stringify({ access_token: token, expires_at: fetchedAt + 7200, fetched_at: fetchedAt });
+};
+
+describe('an aborted signal', () => {
+  it('rejects getToken() with its reason even when the memo holds a fresh token', async () => {
+    const { app, appId } = newApp(mock);
+    await app.accessToken.getToken();
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    controller.abort(reason);
+    expect(await rejection(app.accessToken.getToken({ signal: controller.signal }))).toBe(reason);
+    expect(await rejection(app.accessToken.getEntry({ signal: controller.signal }))).toBe(reason);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+});
+
+describe('rejected tokens', () => {
+  it('a token reported again after its invalidation ended starts no second round', async () => {
+    const { app } = newApp(mock);
+    let invalidations = 0;
+    app.on('access_token.invalidated', () => (invalidations += 1));
+    const token = await app.accessToken.getToken();
+    await app.accessToken.invalidate(token, 40001);
+    // A call that was in flight with the same token comes back late with its own 40001.
+    await app.accessToken.invalidate(token, 40001);
+    expect(invalidations).toBe(1);
+  });
+
+  it('more than one rejected token stays rejected: a store that holds an earlier one again is not served from', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
+    const first = await app.accessToken.getToken();
+    await app.accessToken.invalidate(first, 40001);
+    const second = await app.accessToken.getToken();
+    expect(second).not.toBe(first);
+    await app.accessToken.invalidate(second, 40001);
+    // A peer without compare-and-delete writes the first, long dead, token back.
+    await cache.set(app.accessToken.cacheKey, entry(first), 6900);
+    const third = await app.accessToken.getToken();
+    expect([first, second]).not.toContain(third);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+  });
+});
+
+describe('refresh-ahead', () => {
+  it('opens from the memo too: a memo window that spans the opening still starts the background refresh', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    // The memo answers until the entry leaves the store (6900 s): no store read comes in between.
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    const ahead = new Promise((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve(event)));
+    const first = await app.accessToken.getToken();
+    now += 6_500_000;
+    expect(await app.accessToken.getToken()).toBe(first);
+    await Promise.race([ahead, new Promise((_, reject) => setTimeout(() => reject(new Error('no background refresh began')), 10_000).unref())]);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
+describe('a closed client', () => {
+  it('asks its token source for nothing once closed: a call that needs a token fails with ERR_WXKIT_NO_TOKEN', async () => {
+    let fetches = 0;
+    const tokenSource = {
+      fetch: async () => {
+        fetches += 1;
+        return { value: `token-${fetches}`, expiresIn: 7200 };
+      },
+      invalidate: async () => undefined,
+    };
+    const app = new OfficialAccount({ appId: 'wx0000000000000001', tokenSource, cache: new MemoryCache(), logger: false });
+    await app.close();
+    const error = await rejection(app.accessToken.getToken());
+    expect(error.code).toBe('ERR_WXKIT_NO_TOKEN');
+    expect(fetches).toBe(0);
+  });
+});
+
+describe('a read under way when its value is rejected', () => {
+  it('does not hand the rejected value to its callers: they read once more, and a new token is fetched', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    // EasyWeChat 6 stores the token bare: its life is asked of the store after the value was read.
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat6(), tokenEndpoint: 'classic', memoMs: 0, logger: false });
+    const first = await app.accessToken.getToken();
+    let asked!: () => void;
+    const askedForTtl = new Promise<void>((resolve) => (asked = resolve));
+    let answer!: () => void;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
+    const ttlMs = cache.ttlMs.bind(cache);
+    cache.ttlMs = async (key) => {
+      asked();
+      await answered;
+      return ttlMs(key);
+    };
+    const reading = app.accessToken.getToken();
+    await askedForTtl;
+    // A call that was sent with the same token comes back with 40001 while the read is under way.
+    cache.ttlMs = ttlMs;
+    const invalidated = app.accessToken.invalidate(first, 40001);
+    answer();
+    await invalidated;
+    const token = await reading;
+    expect(token).not.toBe(first);
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
+describe('a resend whose fresh token is rejected too', () => {
+  it('resends with the newer token a lockless peer wrote meanwhile, without fetching again', async () => {
+    const cache = new MemoryCache();
+    const { app, appId } = newApp(mock, { cache, tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    await app.accessToken.getToken();
+    // Every token dies: the send is rejected, and this process fetches once. Just after it wrote its
+    // token, a peer without the lock fetches (killing it) and writes its own.
+    mock.invalidateTokens(appId);
+    let peer: string | undefined;
+    const afterWrite = async (written: string, ok: boolean) => {
+      if (written !== key || !ok || peer !== undefined) return;
+      mock.invalidateTokens(appId);
+      peer = mock.issueClassicToken(appId);
+      await cache.set(key, entry(peer), 6900);
+    };
+    const add = cache.add.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      await afterWrite(k, ok);
+      return ok;
+    };
+    const compareAndSet = cache.compareAndSet.bind(cache);
+    cache.compareAndSet = async (k, expected, value, ttl) => {
+      const ok = await compareAndSet(k, expected, value, ttl);
+      await afterWrite(k, ok);
+      return ok;
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    await app.close();
+  });
+});
