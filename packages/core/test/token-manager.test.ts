@@ -161,3 +161,39 @@ describe('a resend whose fresh token is rejected too', () => {
     await app.close();
   });
 });
+
+describe('close() and a background refresh', () => {
+  it('waits for a background refresh under way: its write and the lock\'s release come before close() resolves', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    const key = app.accessToken.cacheKey;
+    const first = await app.accessToken.getToken();
+    // The background refresh's write of its token is held until the test lets it go, once close() began.
+    const order: string[] = [];
+    let writing!: () => void;
+    const reachedWrite = new Promise<void>((resolve) => (writing = resolve));
+    let letGo!: () => void;
+    const gate = new Promise<void>((resolve) => (letGo = resolve));
+    const compareAndSet = cache.compareAndSet.bind(cache);
+    cache.compareAndSet = async (k, expected, value, ttl) => {
+      if (k === key) {
+        writing();
+        await gate;
+        order.push('written');
+      }
+      return compareAndSet(k, expected, value, ttl);
+    };
+    now += 6_500_000;
+    expect(await app.accessToken.getToken()).toBe(first);
+    await reachedWrite;
+    const closed = app.close().then(() => order.push('closed'));
+    // close() has had every chance to resolve on its own by the time the write is let go.
+    setTimeout(letGo, 100);
+    await closed;
+    expect(order).toEqual(['written', 'closed']);
+    expect(await cache.get(`${key}:lock`)).toBeUndefined();
+    expect(JSON.parse((await cache.get(key))!).access_token).not.toBe(first);
+  });
+});

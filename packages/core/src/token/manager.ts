@@ -42,8 +42,9 @@ export class TokenManager {
     this.#refresher = this.#tracked(refresher);
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
-    // What a background refresh brings back is kept only if no reset() came meanwhile.
-    this.#ahead = new RefreshAhead(ctx, refresher, () => {
+    // What a background refresh brings back is kept only if no reset() came meanwhile. It is counted
+    // under way as a caller's refresh is: close() waits for it to write and release the lock.
+    this.#ahead = new RefreshAhead(ctx, this.#refresher, () => {
       const generation = this.#generation;
       return (refreshed) => this.#remember(refreshed, generation);
     });
