@@ -1,3 +1,4 @@
+import { getEventListeners } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -102,6 +103,92 @@ describe('pollWithBackoff with a watch', () => {
     await vi.advanceTimersByTimeAsync(1_000);
     expect(await polling).toBe('written');
     expect(attempts).toBe(1);
+  });
+
+  it('ends at once, with no pause timer run, when its end signal aborts (the client closed)', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const controller = new AbortController();
+    let attempts = 0;
+    const polling = pollWithBackoff(
+      60_000,
+      async () => {
+        attempts += 1;
+        return undefined;
+      },
+      undefined,
+      controller.signal,
+    );
+    controller.abort();
+    // setImmediate is not faked: it runs once the abort's consequences have settled, timers aside.
+    const outcome = await Promise.race([polling.then(() => 'ended'), new Promise((resolve) => setImmediate(() => resolve('still waiting')))]);
+    expect(outcome).toBe('ended');
+    expect(attempts).toBe(0);
+  });
+
+  it('returns at once, with no look and no pause timer run, when its end signal was aborted before it began', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    let attempts = 0;
+    const polling = pollWithBackoff(
+      60_000,
+      async () => {
+        attempts += 1;
+        return undefined;
+      },
+      undefined,
+      AbortSignal.abort(),
+    );
+    const outcome = await Promise.race([polling.then(() => 'ended'), new Promise((resolve) => setImmediate(() => resolve('still waiting')))]);
+    expect(outcome).toBe('ended');
+    expect(attempts).toBe(0);
+  });
+
+  it('a write reported during a pause brings one look forward, not two', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const controller = new AbortController();
+    let attempts = 0;
+    let notify: (() => void) | undefined;
+    const polling = pollWithBackoff(
+      60_000,
+      async () => {
+        attempts += 1;
+        return undefined;
+      },
+      (onChange) => {
+        notify = onChange;
+        return () => undefined;
+      },
+      controller.signal,
+    );
+    await Promise.resolve();
+    notify!();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(attempts).toBe(1);
+    controller.abort();
+    expect(await polling).toBeUndefined();
+    expect(attempts).toBe(1);
+  });
+
+  it('returns when its budget ends, not a pause later', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    let ended = false;
+    const polling = pollWithBackoff(1_000, async () => undefined, () => () => undefined).then((value) => {
+      ended = true;
+      return value;
+    });
+    // Watched pace: 0.5 s, then 0.75 s, 1.1 s… each ± 25 %: the pause that crosses the budget is cut at it.
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(ended).toBe(true);
+    expect(await polling).toBeUndefined();
+  });
+
+  it('leaves no listener on its end signal once it returns', async () => {
+    const controller = new AbortController();
+    for (let i = 0; i < 3; i += 1) {
+      // The watch reports a write at once: no pause, a look, the value.
+      const watch = (onChange: () => void) => (onChange(), () => undefined);
+      expect(await pollWithBackoff(60_000, async () => 'written', watch, controller.signal)).toBe('written');
+    }
+    expect(getEventListeners(controller.signal, 'abort')).toHaveLength(0);
   });
 
   it('without a watch, looks soon and often at first (a holder’s fetch takes tens of ms), then ever less often', async () => {
