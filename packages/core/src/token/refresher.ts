@@ -136,9 +136,11 @@ export class Wakeup {
     return woken;
   }
 
-  /** Resolves after `ms`, or as soon as a write is reported. */
+  /**
+   * Resolves after `ms`, or as soon as a write is reported. A write reported before the call is the
+   * caller's to {@link take} first (pollWithBackoff does, with nothing in between; a new Wakeup has none).
+   */
   pause(ms: number): Promise<void> {
-    if (this.#woken) return Promise.resolve();
     return new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
