@@ -96,6 +96,37 @@ describe('while the store is down', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
+  it('a token is served through the outage only until 30 s before WeChat expires it: then one is fetched', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', now: () => now, fallbackDir: fallbackDir(), logger: false });
+    const token = await app.accessToken.getToken();
+    store.down();
+    now += 7_180_000;
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe(token);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+
+  it('a token whose format records no expiry (a peer\'s bare token) is served through the outage for the memo window only', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    let now = Date.now();
+    // The store cannot tell a key's TTL, and the peer wrote the token bare: its expiry is unknown.
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, schema: easyWeChat6(), tokenEndpoint: 'classic', now: () => now, fallbackDir: fallbackDir(), logger: false });
+    const peer = mock.issueClassicToken(appId);
+    await store.inner.set(app.accessToken.cacheKey, `s:${peer.length}:"${peer}";`, 7200);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    store.down();
+    now += 31_000;
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe(peer);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+
   it('a token the store took back from this process, then lost to a peer\'s invalidation, is not offered to it again', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

@@ -60,6 +60,35 @@ describe('rejected tokens', () => {
   });
 });
 
+describe('the memo window', () => {
+  it('never lasts past the entry\'s store life, however long memoMs is: the next call fetches', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, logger: false });
+    const first = await app.accessToken.getToken();
+    // Past the store life (7200 − 300 s), not yet within 30 s of WeChat's expiry.
+    now += 6_950_000;
+    expect(await app.accessToken.getToken()).not.toBe(first);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+
+  it('never lasts into the last 30 s before WeChat\'s expiry of an entry without a fetch time', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, logger: false });
+    // Written by hand, or by a writer that records no fetched_at: 100 s left.
+    const peer = mock.issueClassicToken(appId);
+    await cache.set(app.accessToken.cacheKey, JSON.stringify({ access_token: peer, expires_at: Math.floor(now / 1000) + 100 }), 100);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    now += 75_000;
+    expect(await app.accessToken.getToken()).not.toBe(peer);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+});
+
 describe('refresh-ahead', () => {
   it('opens from the memo too: a memo window that spans the opening still starts the background refresh', async () => {
     const { appId, secret } = mock.createApp();
