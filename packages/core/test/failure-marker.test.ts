@@ -1,0 +1,131 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { CacheError, HttpError, MemoryCache, WeChatApiError } from '../src/index.js';
+import type { GuardedStore } from '../src/store.js';
+import { FailureGate, FetchSpacing, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
+import { newApp, rejection } from './helpers.js';
+
+// The shared failure marker and the spacing of fetches: how long a failure holds the fleet back, what a
+// peer's marker may claim, and what a process keeps of a marker it could not write.
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+/** The store calls the gate and the spacing make, on a MemoryCache; `failWrites` fails them as a store gone away would. */
+function gateStore() {
+  const cache = new MemoryCache();
+  const state = { failWrites: false };
+  const write = async <T>(run: () => Promise<T>): Promise<T> => {
+    if (state.failWrites) throw new CacheError('The token store did not answer');
+    return run();
+  };
+  const store = {
+    get: (key: string) => cache.get(key),
+    getOrOtherKind: (key: string) => cache.get(key),
+    set: (key: string, value: string, ttl: number) => write(() => cache.set(key, value, ttl)),
+    add: (key: string, value: string, ttl: number) => write(() => cache.add(key, value, ttl)),
+    compareAndSet: (key: string, expected: string, value: string, ttl: number) => write(() => cache.compareAndSet(key, expected, value, ttl)),
+    delete: (key: string) => cache.delete(key),
+  } as unknown as GuardedStore;
+  return { store, state };
+}
+
+const transient = () => new HttpError('ERR_WXKIT_HTTP', 'WeChat answered 502', { path: 'cgi-bin/token', status: 502 });
+
+describe('a marker as read', () => {
+  it('dated ahead of this clock by less than a minute holds back no longer than its kind of failure would from now', () => {
+    const now = Date.now();
+    const marker = { code: 'ERR_WXKIT_WECHAT_API' as const, errcode: 45011, failedAt: now + 50_000, retryAt: now + 600_000, attempt: 1 };
+    expect(clampRetryAt(marker, now)).toBe(now + 60_000);
+  });
+
+  it('with an attempt below 1 counts as a first failure, so the next pause does not shrink under a second', () => {
+    for (const attempt of [0, -5]) {
+      expect(decodeMarker(JSON.stringify({ failed_at: 1, retry_at: 2, attempt }))?.attempt).toBe(1);
+    }
+  });
+});
+
+describe('a marker this process could not write', () => {
+  it('holds this process back, and a success ends it', async () => {
+    const { store, state } = gateStore();
+    const gate = new FailureGate('wechat:access_token:wx1', 'access_token');
+    const now = Date.now();
+    state.failWrites = true;
+    expect(await gate.record(store, transient(), now, 'host:1')).toBe(true);
+    expect(await gate.active(store, now + 1)).toBeDefined();
+    state.failWrites = false;
+    await gate.clear(store);
+    expect(await gate.active(store, now + 1)).toBeUndefined();
+  });
+
+  it('counts over an older stored one: the later failure, the next attempt, is the one in force', async () => {
+    const { store, state } = gateStore();
+    const gate = new FailureGate('wechat:access_token:wx2', 'access_token');
+    const t0 = Date.now();
+    await gate.record(store, transient(), t0, 'host:1');
+    // The first pause (1 s ± 20 %) has passed; the second failure's marker cannot be written.
+    const t1 = t0 + 1_500;
+    state.failWrites = true;
+    await gate.record(store, transient(), t1, 'host:1');
+    const active = await gate.active(store, t1 + 100);
+    expect(active?.failedAt).toBe(t1);
+    expect(active?.attempt).toBe(2);
+  });
+});
+
+describe('fetch spacing', () => {
+  it('doubles the pause while slots follow each other closely, up to its longest', async () => {
+    const { store } = gateStore();
+    const spacing = new FetchSpacing('wechat:access_token:wx3', 'spacing');
+    const now = Date.now();
+    const step = (raw: string | undefined) => (JSON.parse(raw!) as { step: number }).step;
+    expect(step(await spacing.take(store, now, 30_000, 100_000))).toBe(30_000);
+    expect(step(await spacing.take(store, now + 30_000, 30_000, 100_000))).toBe(60_000);
+    expect(step(await spacing.take(store, now + 90_000, 30_000, 100_000))).toBe(100_000);
+  });
+});
+
+describe('a forced refresh', () => {
+  it('does not pass a quota marker (45009): it fails with it, asking WeChat nothing', async () => {
+    const { app, appId, cache } = newApp(mock);
+    const marker = markerFor(new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token'), 1, Date.now(), 'peer:1')!;
+    await cache.set(`${app.accessToken.cacheKey}:failed`, encodeMarker(marker), 600);
+    const error = await rejection(app.accessToken.forceRefresh());
+    expect(error.errcode).toBe(45009);
+    expect(mock.counters(appId).requests).toBe(0);
+    await app.close();
+  });
+});
+
+describe('a waiter for the lock', () => {
+  it('takes the holder\'s token when an earlier failure\'s marker, past its retry time, is still kept: that failure is not the holder\'s', async () => {
+    const cache = new MemoryCache();
+    const { app, appId } = newApp(mock, { cache });
+    const key = app.accessToken.cacheKey;
+    const now = Date.now();
+    // An earlier failure, its pause over, kept so that the next failure counts as the next attempt.
+    await cache.set(`${key}:failed`, encodeMarker({ code: 'ERR_WXKIT_HTTP', path: 'cgi-bin/stable_token', failedAt: now - 5_000, retryAt: now - 3_000, attempt: 1 }), 600);
+    // Another process holds the lock; it writes its token once this one has looked at the marker while waiting.
+    await cache.set(`${key}:lock`, 'other-host:1:abcdef', 60);
+    const holders = mock.issueClassicToken(appId);
+    const get = cache.get.bind(cache);
+    let markerReads = 0;
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (k === `${key}:failed` && ++markerReads === 2) {
+        await cache.set(key, JSON.stringify({ access_token: holders, expires_at: Math.floor(now / 1000) + 7200, fetched_at: Math.floor(now / 1000) }), 6900);
+        await cache.delete(`${key}:lock`);
+      }
+      return value;
+    };
+    expect(await app.accessToken.getToken()).toBe(holders);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
+  });
+});
