@@ -124,3 +124,40 @@ describe('a format without an expiry, on a store whose TTL makes no sense', () =
     }
   });
 });
+
+describe('what a read serves', () => {
+  it('an entry past its store life is a miss, though WeChat has not expired it (a store without TTL keeps it)', async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    // Fetched 6950 s ago: the store life (7200 − 300 s) has passed, 250 s of WeChat's remain.
+    await cache.set(key, native('STALE', now - 6950), 6900);
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss' });
+  });
+
+  it('an entry within 30 s of its expiry is a miss, even without a fetch time', async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, JSON.stringify({ access_token: 'SOON', expires_at: now + 20 }), 20);
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss' });
+  });
+});
+
+describe('a write after the key was read absent', () => {
+  it('reads the key again on a store without atomic add: a token written meanwhile is not overwritten blindly', async () => {
+    const inner = new MemoryCache();
+    const withoutAdd = {
+      get: (k: string) => inner.get(k),
+      set: (k: string, value: string, ttl: number) => inner.set(k, value, ttl),
+      delete: (k: string) => inner.delete(k),
+      deleteIfEquals: (k: string, expected: string) => inner.deleteIfEquals(k, expected),
+      compareAndSet: (k: string, expected: string, value: string, ttl: number) => inner.compareAndSet(k, expected, value, ttl),
+    };
+    const { store, entries } = setUp(nativeSchema(), withoutAdd as unknown as MemoryCache);
+    const now = Math.floor(Date.now() / 1000);
+    // Another host (a store without add gives no fleet-wide lock) wrote a newer token after our read.
+    await inner.set(key, native('NEWER', now), 6900);
+    const outcome = await entries.write(store, entries.encode(fetched('MINE'), now - 10, 'web-1:1'), { absent: true });
+    expect(outcome).toMatchObject({ stored: false, entry: { value: 'NEWER' } });
+    expect(await inner.get(key)).toBe(native('NEWER', now));
+  });
+});
