@@ -4,6 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, buildConnector } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { HttpError, MemoryCache, OfficialAccount, type TokenEvents } from '../src/index.js';
+import { LocalBackoff } from '../src/token/local-backoff.js';
 import { rejection } from './helpers.js';
 
 // A fetch whose request never left the process (connection refused, DNS, connect timeout) tells nothing
@@ -193,5 +194,19 @@ describe('a fetch that never left this process', () => {
     expect(mock.counters(appId).tokenRequests).toBe(2);
     expect(gate.connects).toBe(1);
     await Promise.all([cutOff.close(), healthy.close()]);
+  });
+});
+
+describe('the record of unsent fetches', () => {
+  it('is forgotten once a shared marker of it would be: an unsent fetch after a long quiet starts again at the first pause', () => {
+    const backoff = new LocalBackoff('access_token');
+    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
+    const t0 = Date.now();
+    for (let i = 0; i < 5; i += 1) backoff.record(unsent(), t0 + i, 'host:1');
+    expect(backoff.active(t0 + 5)?.attempt).toBe(5);
+    // Eleven minutes later (a marker is kept 10 minutes past its pause): a first failure again.
+    const later = t0 + 11 * 60_000;
+    backoff.record(unsent(), later, 'host:1');
+    expect(backoff.active(later)?.attempt).toBe(1);
   });
 });

@@ -90,6 +90,21 @@ describe('the memo window', () => {
 });
 
 describe('refresh-ahead', () => {
+  it('hands its token to the memo: calls after it get the new token at once, however long memoMs is', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    const fetched = new Promise<string>((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve('fetched')));
+    const first = await app.accessToken.getToken();
+    now += 6_500_000;
+    await app.accessToken.getToken();
+    await fetched;
+    await app.close();
+    const next = await app.accessToken.getToken().catch(() => undefined);
+    expect(next).toBeDefined();
+    expect(next).not.toBe(first);
+  });
+
   it('opens from the memo too: a memo window that spans the opening still starts the background refresh', async () => {
     const { appId, secret } = mock.createApp();
     let now = Date.now();
