@@ -60,3 +60,29 @@ describe('taking over an expired jedis-lock', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
   });
 });
+
+describe('a jedis-lock whose expiry has not passed', () => {
+  it('is not taken over: the Java holder keeps it, and its token is taken when it writes', async () => {
+    const { appId, secret } = mock.createApp();
+    const memory = new MemoryCache();
+    const lockKey = `wx:lock:${appId}:accessTokenLock`;
+    // A live Java process holds the lock for another minute.
+    const javaValue = String(Date.now() + 60_000);
+    await memory.set(lockKey, javaValue, 3_600);
+    const logger = recordingLogger();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: memory, schema: wxJava({ redisOps: 'jedis' }), logger });
+    // The holder writes its token as wxkit finds the lock held.
+    const holders = mock.issueClassicToken(appId);
+    const add = memory.add.bind(memory);
+    memory.add = async (key, value, ttl) => {
+      const added = await add(key, value, ttl);
+      if (key === lockKey && !added) await memory.set(app.accessToken.cacheKey, holders, 7000);
+      return added;
+    };
+    expect(await app.accessToken.getToken()).toBe(holders);
+    await app.close();
+    expect(await memory.get(lockKey)).toBe(javaValue);
+    expect(logger.lines.map((line) => (line.fields as { event: string }).event)).not.toContain('lock.taken_over');
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
+  });
+});
