@@ -90,3 +90,29 @@ describe('jssdk', () => {
     expect(mock.counters(appId).requests).toBe(0);
   });
 });
+
+describe('jssdk input', () => {
+  it('refuses a timestamp of 0 and a nonceStr longer than 32 characters, before any ticket is fetched', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const base = { url: 'https://shop.example/', jsApiList: ['chooseImage'] };
+    await expect(app.jssdk.buildConfig({ ...base, timestamp: 0 })).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
+    await expect(app.jssdk.buildConfig({ ...base, nonceStr: 'a'.repeat(33) })).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
+    expect(mock.counters(appId).requests).toBe(0);
+    await app.close();
+  });
+});
+
+describe('a follower (refresh: never)', () => {
+  it('still fetches its tickets: they invalidate nobody', async () => {
+    const { appId, secret } = mock.createApp({ jsapiTicket: VECTOR.ticket });
+    const cache = new MemoryCache();
+    // The owner of the refresh wrote the access token; the follower reads it.
+    const owner = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    await owner.accessToken.getToken();
+    const follower = new OfficialAccount({ appId, baseUrl: mock.url, cache, refresh: 'never', lockWaitMs: 1_000, logger: false });
+    expect(await follower.jssdk.getTicket()).toBe(VECTOR.ticket);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    await Promise.all([owner.close(), follower.close()]);
+  });
+});

@@ -241,3 +241,19 @@ describe('close() and a background refresh', () => {
     expect(JSON.parse((await cache.get(key))!).access_token).not.toBe(first);
   });
 });
+
+describe('setCache()', () => {
+  it('forgets what the memo held: the next call reads the new store', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const first = await app.accessToken.getToken();
+    const other = new MemoryCache();
+    const now = Math.floor(Date.now() / 1000);
+    await other.set(app.accessToken.cacheKey, JSON.stringify({ access_token: 'TOKEN_IN_THE_OTHER_STORE', expires_at: now + 7200, fetched_at: now }), 6900);
+    app.setCache(other);
+    const next = await app.accessToken.getToken();
+    expect(next).not.toBe(first);
+    expect(next).toBe('TOKEN_IN_THE_OTHER_STORE');
+    await app.close();
+  });
+});
