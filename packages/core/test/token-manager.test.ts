@@ -21,7 +21,7 @@ const entry = (token: string, ageSeconds = 0) => {
 };
 
 describe('an aborted signal', () => {
-  it('rejects getToken() with its reason even when the memo holds a fresh token', async () => {
+  it('rejects getToken(), getEntry() and forceRefresh() with its reason even when the memo holds a fresh token', async () => {
     const { app, appId } = newApp(mock);
     await app.accessToken.getToken();
     const controller = new AbortController();
@@ -29,6 +29,7 @@ describe('an aborted signal', () => {
     controller.abort(reason);
     expect(await rejection(app.accessToken.getToken({ signal: controller.signal }))).toBe(reason);
     expect(await rejection(app.accessToken.getEntry({ signal: controller.signal }))).toBe(reason);
+    expect(await rejection(app.accessToken.forceRefresh({ signal: controller.signal }))).toBe(reason);
     expect(mock.counters(appId).tokenRequests).toBe(1);
   });
 });
@@ -43,6 +44,15 @@ describe('rejected tokens', () => {
     // A call that was in flight with the same token comes back late with its own 40001.
     await app.accessToken.invalidate(token, 40001);
     expect(invalidations).toBe(1);
+  });
+
+  it('passes WeChat\'s errcode on: a 40001 on the token the store still holds is reported as invalidated from outside the fleet', async () => {
+    const { app } = newApp(mock);
+    let external = 0;
+    app.on('access_token.invalidated_externally', () => (external += 1));
+    const token = await app.accessToken.getToken();
+    await app.accessToken.invalidate(token, 40001);
+    expect(external).toBe(1);
   });
 
   it('more than one rejected token stays rejected: a store that holds an earlier one again is not served from', async () => {
@@ -250,7 +260,8 @@ describe('setCache()', () => {
     const other = new MemoryCache();
     const now = Math.floor(Date.now() / 1000);
     await other.set(app.accessToken.cacheKey, JSON.stringify({ access_token: 'TOKEN_IN_THE_OTHER_STORE', expires_at: now + 7200, fetched_at: now }), 6900);
-    app.setCache(other);
+    // The same through the token's own handle, as EasyWeChat's accessToken.setCache().
+    app.accessToken.setCache(other);
     const next = await app.accessToken.getToken();
     expect(next).not.toBe(first);
     expect(next).toBe('TOKEN_IN_THE_OTHER_STORE');
