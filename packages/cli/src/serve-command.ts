@@ -13,7 +13,8 @@ Run 'wxkit serve --help' for the config file, the routes and the metrics.`;
 const SERVE_HELP = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
 
 --store and --port may come from WXKIT_STORE and WXKIT_PORT instead (containers).
-Runs the central token service for the apps in <file> until SIGINT or SIGTERM. Several services on one
+Runs the central token service for the apps in <file> until SIGINT or SIGTERM (a second signal while it
+stops is logged and ignored: it ends within requestTimeoutMs). Several services on one
 store elect one refresher. Logs are JSON lines on stdout (pino): one per request, with app, route,
 status and duration; never a token, a secret or a key. --log-level: debug, info (default), warn, error.
 The config file (JSON) names environment variables, never secrets:
@@ -162,11 +163,25 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   // holds start-up for up to its timeout) stops the service as soon as it has started, exit 0.
   let stop!: () => void;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  let stopping = false;
+  // Held until the service and the store are closed: a second signal (Ctrl-C twice, or once under npm,
+  // which forwards the terminal's SIGINT to a child that got it already) would otherwise kill the process
+  // mid-shutdown, with a token fetched and not written and the refresh lock held for its lease.
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (!stopping) {
+      stopping = true;
+      return stop();
+    }
+    logger.warn(
+      { event: 'serve.already_stopping', signal },
+      `${signal} while stopping: the requests under way finish, or are cut requestTimeoutMs after the first signal; SIGKILL ends the process at once, leaving a refresh lock it holds until its lease runs out`,
+    );
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const release = () => {
-    process.removeListener('SIGINT', stop);
-    process.removeListener('SIGTERM', stop);
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
   };
   let service;
   try {
@@ -187,10 +202,13 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   }
   logger.info?.({ event: 'serve.listening', url: service.url, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) }, `listening on ${service.url}`);
   await stopped;
-  release();
   logger.info?.({ event: 'serve.stopping' }, 'stopping: finishing the requests under way');
-  await service.close();
-  await cache.close?.();
+  try {
+    await service.close();
+    await cache.close?.();
+  } finally {
+    release();
+  }
   logger.flush();
   return 0;
 }
