@@ -159,6 +159,17 @@ describe('wxkit serve', () => {
     await client.close();
   });
 
+  it('one remoteTokenSource shared by two clients: closing one leaves the other taking tokens', async () => {
+    const source = remoteTokenSource({ url: services[0]!.url, key: KEY });
+    const make = () => new OfficialAccount({ appId: app.appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: source, logger: false });
+    const [first, second] = [make(), make()];
+    const token = await first.accessToken.getToken();
+    await first.close();
+    // The second has asked for nothing yet: its token comes from the service, through the shared source.
+    expect(await second.accessToken.getToken()).toBe(token);
+    await second.close();
+  });
+
   it('logs requests without a token, a secret or a key', async () => {
     const token = ((await (await fetch(`${services[0]!.url}/v1/token/official_account/${app.appId}`, { headers: { authorization: `Bearer ${KEY}` } })).json()) as { access_token: string }).access_token;
     const logs = services.flatMap((service) => service.logs).join('\n');

@@ -28,7 +28,11 @@ export interface TokenSource {
    * current one, so N clients reporting the same token cause one refresh.
    */
   invalidate(request: TokenSourceRequest, value: string): Promise<void>;
-  /** Releases connections the source opened. */
+  /**
+   * Releases connections the source opened. Each client closes its source with itself, so a source that
+   * several clients share must still answer the others afterwards (remoteTokenSource opens new
+   * connections on its next request).
+   */
   close?(): Promise<void>;
 }
 
@@ -69,7 +73,9 @@ const MAX_EXPIRES_IN_S = 24 * 3600;
 
 /**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
- * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`.
+ * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`. One source may be
+ * given to many clients: closing one of them releases the source's connections, and the others' next
+ * requests open new ones.
  *
  * @example
  * ```ts
@@ -82,16 +88,22 @@ const MAX_EXPIRES_IN_S = 24 * 3600;
 export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSource {
   const owner = 'remoteTokenSource';
   const { url, key, timeoutMs = 5000, dispatcher } = checkOptions<RemoteTokenSourceOptions>(owner, REMOTE_OPTIONS, options);
-  const http = new HttpClient({
-    baseUrl: url,
-    timeoutMs,
-    maxResponseBytes: 64 * 1024,
-    dispatcher,
-    userAgent: `wxkit/${VERSION}`,
-    peer: 'The token service',
-    // A token service's answer is a few hundred bytes; there is no option to raise.
-    maxResponseBytesOption: null,
-  });
+  const open = () =>
+    new HttpClient({
+      baseUrl: url,
+      timeoutMs,
+      maxResponseBytes: 64 * 1024,
+      dispatcher,
+      userAgent: `wxkit/${VERSION}`,
+      peer: 'The token service',
+      // A token service's answer is a few hundred bytes; there is no option to raise.
+      maxResponseBytesOption: null,
+    });
+  // One source may serve many clients, and each client closes it with itself: close() lets go of the
+  // connections (requests under way finish), and the next request of another client opens new ones,
+  // rather than being refused as if that client had been closed.
+  let opened: HttpClient | undefined = open();
+  const http = () => (opened ??= open());
   const headers = { authorization: `Bearer ${key}` };
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
 
@@ -101,7 +113,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
         request.field === 'ticket'
           ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
           : `v1/token/${segment(request)}`;
-      const body = await http.json({ method: 'GET', path, headers });
+      const body = await http().json({ method: 'GET', path, headers });
       const value = body[request.field];
       const expiresAt = body.expires_at;
       if (!isPlausibleToken(value) || typeof expiresAt !== 'number') {
@@ -116,8 +128,12 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       return { value, expiresIn };
     },
     async invalidate(request, value) {
-      await http.json({ method: 'POST', path: `v1/token/${segment(request)}/invalidate`, json: { token: value }, headers });
+      await http().json({ method: 'POST', path: `v1/token/${segment(request)}/invalidate`, json: { token: value }, headers });
     },
-    close: () => http.close(),
+    async close() {
+      const closing = opened;
+      opened = undefined;
+      await closing?.close();
+    },
   };
 }
