@@ -4,7 +4,7 @@ import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
 import { CliError, EXIT_HELP } from './errors.js';
-import { startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
+import { NOT_IN_KEY, startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
 import { openStore } from './stores.js';
 
 const SERVE_USAGE = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
@@ -20,7 +20,7 @@ status and duration; never a token, a secret or a key. --log-level: debug, info 
 The config file (JSON) names environment variables, never secrets:
 
   {
-    "keysEnv": "WXKIT_SERVE_KEYS",          comma-separated bearer keys, 16+ characters each
+    "keysEnv": "WXKIT_SERVE_KEYS",          comma-separated bearer keys, 16+ characters each, no spaces
     "apps": [
       { "app": "oa:wx…", "secretEnv": "OA_SECRET", "tokenEndpoint": "stable" },
       { "kind": "mini_program", "appId": "wx…", "secretEnv": "MP_SECRET" },
@@ -76,6 +76,10 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     .map((key) => key.trim())
     .filter(Boolean);
   if (keys.length === 0 || keys.some((key) => key.length < 16)) throw wrong(`every key in ${String(raw.keysEnv)} must have 16 characters or more`);
+  // Never quoted: the message says which rule, not which key.
+  if (keys.some((key) => NOT_IN_KEY.test(key))) {
+    throw wrong(`a key in ${String(raw.keysEnv)} holds a space or a control character, which no "Authorization: Bearer <key>" header can carry`);
+  }
   if (!Array.isArray(raw.apps) || raw.apps.length === 0) throw wrong('"apps" must be a list of one app or more');
   const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {
     const secret = fromEnv(entry?.secretEnv, `apps[${i}].secretEnv`);

@@ -21,7 +21,7 @@ export interface TokenServiceOptions {
   /** The store every serve process (and every follower) shares. */
   cache: TokenCache;
   apps: ServiceApp[];
-  /** Bearer keys callers may present; at least one, 16 characters or more each. */
+  /** Bearer keys callers may present; at least one, 16 characters or more each, no spaces or control characters. */
   keys: string[];
   /** @default '127.0.0.1' */
   host?: string;
@@ -97,6 +97,9 @@ const INVALIDATE_SPACING_MS = 60_000;
 /** The deadline of the service's own store reads: the clients' cacheTimeoutMs default. */
 const STORE_READ_TIMEOUT_MS = 2_000;
 
+/** What a bearer key cannot hold: whitespace, which ends it in the header, and control characters. */
+export const NOT_IN_KEY = /[\s\x00-\x1f\x7f]/;
+
 const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
 
 /** A failure answered with one JSON shape: `{"error":{"code","message",…}}`. */
@@ -136,6 +139,10 @@ interface RequestInfo {
 export async function startTokenService(options: TokenServiceOptions): Promise<TokenService> {
   if (!Array.isArray(options.keys) || options.keys.length === 0 || options.keys.some((key) => typeof key !== 'string' || key.length < 16)) {
     throw new ConfigError('the token service needs at least one bearer key of 16 characters or more', 'keys');
+  }
+  // "Bearer <key>" carries one word: a key with a space or a control character could never be presented.
+  if (options.keys.some((key) => NOT_IN_KEY.test(key))) {
+    throw new ConfigError('a bearer key of the token service holds a space or a control character, which no Authorization header can carry', 'keys');
   }
   if (!Array.isArray(options.apps) || options.apps.length === 0) throw new ConfigError('the token service needs at least one app', 'apps');
   const timeouts = {

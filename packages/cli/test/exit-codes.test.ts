@@ -192,6 +192,11 @@ describe('wxkit exit codes and messages', () => {
     const config = join(dir, 'serve.json');
     const { appId, secret } = mock.createApp();
     writeFileSync(config, JSON.stringify({ keysEnv: 'EXIT_TEST_KEYS', apps: [{ app: `oa:${appId}`, secretEnv: 'EXIT_TEST_SECRET' }], baseUrl: mock.url }));
+    // A key no "Authorization: Bearer <key>" header can carry: refused at start, not a 401 for every caller.
+    const spaced = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', '0'], { EXIT_TEST_KEYS: 'exit test key with spaces', EXIT_TEST_SECRET: secret });
+    expect(spaced.code, spaced.stderr).toBe(7);
+    expect(spaced.stderr).toContain('a key in EXIT_TEST_KEYS holds a space or a control character');
+    expect(spaced.stderr).not.toContain('exit test key with spaces');
     const taken = createServer();
     const port = await new Promise<number>((resolve) => taken.listen(0, '127.0.0.1', () => resolve((taken.address() as { port: number }).port)));
     try {

@@ -186,7 +186,8 @@ describeOptions({
   base: { url: 'http://tokens.internal:7400', key: 'a-long-service-key' },
   cases: {
     url: { valid: ['https://tokens.internal/wxkit'], invalid: ['tokens.internal', 'ftp://tokens', 42] },
-    key: { valid: ['12345678'], invalid: ['short', '', 12345678] },
+    // A key read from a file with its line break, or written with a space: no header could carry it.
+    key: { valid: ['12345678', 'pässwort-key'], invalid: ['short', '', 12345678, 'a-long-service-key\n', 'a long service key', '\ta-long-service-key'] },
     timeoutMs: ms(1, 5000),
     dispatcher: { valid: [dispatcher], invalid: [{}, null] },
   } satisfies Record<keyof RemoteTokenSourceOptions, OptionCases>,
