@@ -198,7 +198,7 @@ export class RedisCache implements TokenCache {
     const opening = this.#opening;
     await Promise.all([
       this.#connection.close(),
-      opening ? Promise.resolve(opening.destroy()).catch(() => undefined) : subscriber?.then((sub) => sub?.destroy()).catch(() => undefined),
+      opening ? endQuietly(opening) : subscriber?.then((sub) => sub && endQuietly(sub)),
     ]);
   }
 
@@ -248,7 +248,7 @@ export class RedisCache implements TokenCache {
     if (live?.parent !== parent) return;
     this.#live = undefined;
     this.#subscriber = undefined;
-    void Promise.resolve(live.subscriber.destroy()).catch(() => undefined);
+    void endQuietly(live.subscriber);
     if (this.#closed || this.#watchers.size === 0) return;
     const subscribed = this.#subscribe();
     for (const key of this.#watchers.keys()) void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, true));
@@ -274,14 +274,14 @@ export class RedisCache implements TokenCache {
         new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('subscriber connect timed out')), this.#connectTimeoutMs))),
       ]);
     } catch (error) {
-      await Promise.resolve(subscriber.destroy()).catch(() => undefined);
+      await endQuietly(subscriber);
       throw error;
     } finally {
       clearTimeout(timer);
       this.#opening = undefined;
     }
     if (this.#closed) {
-      await Promise.resolve(subscriber.destroy()).catch(() => undefined);
+      await endQuietly(subscriber);
       throw new Error('closed');
     }
     this.#keyspace = await keyspacePrefix(client);
@@ -350,6 +350,18 @@ export class RedisCache implements TokenCache {
       settled = true;
       clearTimeout(stall);
     }
+  }
+}
+
+/**
+ * Ends a subscriber, one already closed included: node-redis's destroy() throws at once (not a rejected
+ * promise) on a client that closed itself, as one does when its reconnect strategy gives up.
+ */
+async function endQuietly(subscriber: Subscriber): Promise<void> {
+  try {
+    await subscriber.destroy();
+  } catch {
+    // Closed already: nothing left to end.
   }
 }
 

@@ -144,6 +144,41 @@ describe('RedisCache.watch', () => {
     }
   });
 
+  it('a client whose reconnect strategy gave up is replaced without failing the call that finds it so: its subscriber, closed with it, is made anew', async () => {
+    const server = await startRedis();
+    // A reconnect strategy of the caller's that gives up at the first drop: the client and the subscriber
+    // made from it (which shares its options) both close themselves.
+    let gaveUp = 0;
+    const reconnectStrategy = () => {
+      gaveUp += 1;
+      return new Error('no reconnecting');
+    };
+    const cache = new RedisCache({ url: server.url, clientOptions: { socket: { reconnectStrategy } } });
+    const writer = new RedisCache(server.url);
+    const admin = createClient({ url: server.url });
+    try {
+      await admin.connect();
+      const k = key();
+      let told = 0;
+      const stop = cache.watch(k, () => (told += 1));
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // Both of the cache's connections dropped by the server.
+      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
+      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
+      await vi.waitFor(() => expect(gaveUp).toBe(2), { timeout: 10_000, interval: 5 });
+      // The next call connects anew and answers; the closed subscriber is ended quietly.
+      await expect(cache.get(k)).resolves.toBeUndefined();
+      // A new subscriber, once in place, has every watcher look once; then it hears the next write.
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+      await writer.set(k, 'v', 60);
+      await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
+      stop();
+    } finally {
+      await Promise.all([cache.close(), writer.close(), admin.destroy()]);
+      await server.stop();
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
