@@ -1,5 +1,6 @@
 import { createConnection, createServer, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createClient } from '@keyv/redis';
 import { CacheError } from '@wxkit/core';
 import { freePort, startRedis, type StoreServer } from '@wxkit/testing';
 import { RedisCache } from '../src/index.js';
@@ -147,6 +148,44 @@ describe('RedisCache on a connection that goes silent', () => {
       stop();
     } finally {
       await settles(Promise.all([cache.close(), writer.close()]), 'close()');
+      await proxy.close();
+    }
+  });
+
+  it('a connection given up as silent whose subscriber had closed itself ends that subscriber quietly: nothing escapes, and a new one is made', async () => {
+    const proxy = await startProxy();
+    // A reconnect strategy of the caller's that gives up at the first drop.
+    let gaveUp = 0;
+    const reconnectStrategy = () => {
+      gaveUp += 1;
+      return new Error('no reconnecting');
+    };
+    const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 500, stallTimeoutMs: 1000, clientOptions: { socket: { reconnectStrategy } } });
+    const admin = createClient({ url: redis.url });
+    const escaped: unknown[] = [];
+    const onUncaught = (error: unknown) => escaped.push(error);
+    process.on('uncaughtException', onUncaught);
+    try {
+      await admin.connect();
+      let told = 0;
+      const stop = cache.watch('wxkit-silent:closed-subscriber', () => (told += 1));
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // The subscriber's connection alone is dropped (a server's pub/sub buffer limit, a proxy's idle
+      // timeout): it gives up reconnecting and closes itself, while the command connection stays.
+      expect(await settles(cache.get('wxkit-silent:closed-subscriber'), 'a get before')).toBeUndefined();
+      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
+      await vi.waitFor(() => expect(gaveUp).toBe(1), { timeout: 10_000, interval: 5 });
+      // Then the command connection goes silent and is given up, with the subscriber made from it.
+      proxy.freeze();
+      await expect(settles(cache.get('wxkit-silent:closed-subscriber'), 'a get on the silent connection')).rejects.toMatchObject({ reason: 'timeout' });
+      // Ending the closed subscriber threw nothing outside the call (it would have ended the process).
+      expect(escaped).toEqual([]);
+      // A new subscriber, once in place, has every watcher look once.
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+      stop();
+    } finally {
+      process.off('uncaughtException', onUncaught);
+      await settles(Promise.all([cache.close(), admin.destroy()]), 'close()');
       await proxy.close();
     }
   });
