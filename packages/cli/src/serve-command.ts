@@ -78,7 +78,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
   if (keys.length === 0 || keys.some((key) => key.length < 16)) throw wrong(`every key in ${String(raw.keysEnv)} must have 16 characters or more`);
   // Never quoted: the message says which rule, not which key.
   if (keys.some((key) => NOT_IN_KEY.test(key))) {
-    throw wrong(`a key in ${String(raw.keysEnv)} holds a space or a control character, which no "Authorization: Bearer <key>" header can carry`);
+    throw wrong(`a key in ${String(raw.keysEnv)} holds a space, a control character or a character past U+00FF, which no "Authorization: Bearer <key>" header can carry`);
   }
   if (!Array.isArray(raw.apps) || raw.apps.length === 0) throw wrong('"apps" must be a list of one app or more');
   const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {

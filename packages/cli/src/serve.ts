@@ -21,7 +21,7 @@ export interface TokenServiceOptions {
   /** The store every serve process (and every follower) shares. */
   cache: TokenCache;
   apps: ServiceApp[];
-  /** Bearer keys callers may present; at least one, 16 characters or more each, no spaces or control characters. */
+  /** Bearer keys callers may present; at least one, 16 characters or more each, no spaces, control characters or characters past U+00FF. */
   keys: string[];
   /** @default '127.0.0.1' */
   host?: string;
@@ -97,8 +97,11 @@ const INVALIDATE_SPACING_MS = 60_000;
 /** The deadline of the service's own store reads: the clients' cacheTimeoutMs default. */
 const STORE_READ_TIMEOUT_MS = 2_000;
 
-/** What a bearer key cannot hold: whitespace, which ends it in the header, and control characters. */
-export const NOT_IN_KEY = /[\s\x00-\x1f\x7f]/;
+/**
+ * What a bearer key cannot hold: whitespace, which ends it in the header, control characters, and
+ * characters past U+00FF, which a header's bytes cannot carry.
+ */
+export const NOT_IN_KEY = /[\s\x00-\x1f\x7f]|[^\x00-\xff]/;
 
 const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
 
@@ -140,9 +143,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   if (!Array.isArray(options.keys) || options.keys.length === 0 || options.keys.some((key) => typeof key !== 'string' || key.length < 16)) {
     throw new ConfigError('the token service needs at least one bearer key of 16 characters or more', 'keys');
   }
-  // "Bearer <key>" carries one word: a key with a space or a control character could never be presented.
+  // "Bearer <key>" carries one word: a key with a space, a control character or a character past U+00FF could never be presented.
   if (options.keys.some((key) => NOT_IN_KEY.test(key))) {
-    throw new ConfigError('a bearer key of the token service holds a space or a control character, which no Authorization header can carry', 'keys');
+    throw new ConfigError('a bearer key of the token service holds a space, a control character or a character past U+00FF, which no Authorization header can carry', 'keys');
   }
   if (!Array.isArray(options.apps) || options.apps.length === 0) throw new ConfigError('the token service needs at least one app', 'apps');
   const timeouts = {

@@ -89,9 +89,9 @@ describe("the token service's options", () => {
     }
   });
 
-  it('a bearer key with a space or a control character, which no Authorization header carries, is a ConfigError', async () => {
+  it('a bearer key with a space, a control character or a character past U+00FF, which no Authorization header carries, is a ConfigError', async () => {
     const base = { cache: new MemoryCache(), apps: [{ kind: 'official_account' as const, appId: 'wx0000000000000001', secret: 's' }], port: 0, logger: false as const };
-    for (const key of ['options test key 0123456789', 'options-test-key-0123456789\n', 'options-test-key\t0123456789']) {
+    for (const key of ['options test key 0123456789', 'options-test-key-0123456789\n', 'options-test-key\t0123456789', 'options-test-key-€0123456789']) {
       const refused = await startTokenService({ ...base, keys: ['options-test-key-0123456789', key] }).catch((error: unknown) => error);
       expect(refused, JSON.stringify(key)).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'keys' });
       expect((refused as Error).message).not.toContain(key);

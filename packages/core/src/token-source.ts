@@ -41,7 +41,7 @@ export interface RemoteTokenSourceOptions {
   /** The service's base URL, e.g. `http://127.0.0.1:7400`. */
   url: string;
   /**
-   * A bearer key from the service's configuration: 8 characters or more, no spaces or control characters.
+   * A bearer key from the service's configuration: 8 characters or more, no spaces, control characters or characters past U+00FF.
    * Sent as `Authorization: Bearer …`, never logged.
    */
   key: string;
@@ -54,15 +54,18 @@ export interface RemoteTokenSourceOptions {
   dispatcher?: Dispatcher;
 }
 
-/** What a bearer key cannot hold: whitespace, which ends it in the header, and control characters. */
-const NOT_IN_KEY = /[\s\x00-\x1f\x7f]/;
+/**
+ * What a bearer key cannot hold: whitespace, which ends it in the header, control characters, and
+ * characters past U+00FF, which a header's bytes cannot carry.
+ */
+const NOT_IN_KEY = /[\s\x00-\x1f\x7f]|[^\x00-\xff]/;
 
 const REMOTE_OPTIONS = {
   url: required(rule('an http:// or https:// URL', (value) => isHttpUrl(value))),
   // The key is never shown, not even its length. A space or a control character (the line break at the
   // end of a key read from a file) cannot travel in an Authorization header: every request would fail.
   key: required(
-    rule('a string of at least 8 characters, without spaces or control characters (a key read from a file keeps its line break)', (value) =>
+    rule('a string of at least 8 characters, without spaces, control characters or characters past U+00FF (a key read from a file keeps its line break)', (value) =>
       typeof value === 'string' && value.length >= 8 && !NOT_IN_KEY.test(value),
     ),
   ),

@@ -187,7 +187,7 @@ describeOptions({
   cases: {
     url: { valid: ['https://tokens.internal/wxkit'], invalid: ['tokens.internal', 'ftp://tokens', 42] },
     // A key read from a file with its line break, or written with a space: no header could carry it.
-    key: { valid: ['12345678', 'pässwort-key'], invalid: ['short', '', 12345678, 'a-long-service-key\n', 'a long service key', '\ta-long-service-key'] },
+    key: { valid: ['12345678', 'pässwort-key'], invalid: ['short', '', 12345678, 'a-long-service-key\n', 'a long service key', '\ta-long-service-key', 'a-long-service-key-€€'] },
     timeoutMs: ms(1, 5000),
     dispatcher: { valid: [dispatcher], invalid: [{}, null] },
   } satisfies Record<keyof RemoteTokenSourceOptions, OptionCases>,
