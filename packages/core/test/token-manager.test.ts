@@ -1,3 +1,4 @@
+import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, easyWeChat6 } from '../src/index.js';
@@ -221,7 +222,10 @@ describe('close() and a background refresh', () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
     let now = Date.now();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    // A caller's dispatcher, which close() leaves open: close() then does no I/O of its own, so once the
+    // promises under way have run (one turn of the event loop), it has resolved unless it waits.
+    const dispatcher = new Agent();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, dispatcher, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
     const key = app.accessToken.cacheKey;
     const first = await app.accessToken.getToken();
     // The background refresh's write of its token is held until the test lets it go, once close() began.
@@ -244,11 +248,13 @@ describe('close() and a background refresh', () => {
     await reachedWrite;
     const closed = app.close().then(() => order.push('closed'));
     // close() has had every chance to resolve on its own by the time the write is let go.
-    setTimeout(letGo, 100);
+    await new Promise((resolve) => setImmediate(resolve));
+    letGo();
     await closed;
     expect(order).toEqual(['written', 'closed']);
     expect(await cache.get(`${key}:lock`)).toBeUndefined();
     expect(JSON.parse((await cache.get(key))!).access_token).not.toBe(first);
+    await dispatcher.close();
   });
 });
 
