@@ -26,6 +26,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'cache.unavailable': CacheUnavailableEvent;
   /** The store answers again. */
   'cache.recovered': CacheRecoveredEvent;
+  /**
+   * The store refuses to tell of writes for want of rights (a Redis ACL user without the `wxkit:written`
+   * channel): waits for another process's refresh poll it instead (once per store and process).
+   */
+  'cache.watch_refused': CacheWatchRefusedEvent;
   /** A stored value is no valid entry of the schema; it counts as a miss. */
   'cache.corrupt_entry': CacheCorruptEntryEvent;
   /** The fallback directory cannot be used; while the store is down each process keeps to itself. */
@@ -242,6 +247,12 @@ export interface CacheRecoveredEvent extends TokenEventBase {
   op: string;
   /** How many clients of this process use the store (the line is written once, as for `cache.unavailable`). */
   clients: number;
+}
+
+/** `cache.watch_refused`. */
+export interface CacheWatchRefusedEvent extends TokenEventBase {
+  /** What the store said, and what to grant. */
+  error: string;
 }
 
 /** `cache.corrupt_entry`. */

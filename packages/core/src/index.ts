@@ -22,6 +22,7 @@ export type {
   RefreshAheadFailedEvent,
   LockWaitTimeoutEvent,
   CacheUnavailableEvent,
+  CacheWatchRefusedEvent,
   CacheRecoveredEvent,
   CacheCorruptEntryEvent,
   CacheFallbackUnusableEvent,

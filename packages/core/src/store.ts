@@ -224,8 +224,9 @@ export class GuardedStore {
         const stop = watch.call(this.cache, key, onChange);
         if (typeof stop === 'function') stops.push(stop);
       }
-    } catch {
+    } catch (error) {
       stopAll();
+      this.#watchRefused(error);
       return undefined;
     }
     // A watch that handed back no way to stop it is no watch: the waiter polls at the faster pace.
@@ -427,6 +428,20 @@ export class GuardedStore {
     }
   }
 
+  /**
+   * A store that refuses to tell of writes for want of rights (a Redis ACL user without the channel)
+   * stays that way until someone grants them: said once per store and process, as a warning, since
+   * every wait for another process's refresh polls the store from then on.
+   */
+  #watchRefused(error: unknown): void {
+    if (!(error instanceof CacheError) || error.reason !== 'permission' || watchRefusals.has(this.cache)) return;
+    watchRefusals.add(this.cache);
+    this.#log.warn(
+      { event: 'cache.watch_refused', appId: this.#appId, error: error.message },
+      `The token store refuses to tell of writes, so processes waiting for another's refresh poll it instead: ${error.message}`,
+    );
+  }
+
   /** @internal Where this client's log lines go: one line per logger about the store they share. */
   get logSink(): unknown {
     return this.#log.sink;
@@ -463,6 +478,9 @@ export class GuardedStore {
     }
   }
 }
+
+/** The stores whose refusal to watch was said already (once per store and process). */
+const watchRefusals = new WeakSet<TokenCache>();
 
 function sameKey(key: string): string {
   return key;

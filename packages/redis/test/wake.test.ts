@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createClient } from '@keyv/redis';
-import { OfficialAccount } from '@wxkit/core';
+import { OfficialAccount, nativeSchema } from '@wxkit/core';
 import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { RedisCache, WRITTEN_CHANNEL, writtenMessage } from '../src/index.js';
 
@@ -139,6 +139,48 @@ describe('RedisCache.watch', () => {
       expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'permission' });
     } finally {
       vi.restoreAllMocks();
+      await cache.close();
+      await server.stop();
+    }
+  });
+
+  it('a refused subscription is said once per store (cache.watch_refused, a warning naming what to grant), and the waits poll', async () => {
+    const server = await startRedis({ args: ['--user', 'writer', 'on', '>pw', '~*', '+@all', 'resetchannels'] });
+    const cache = new RedisCache(`redis://writer:pw@127.0.0.1:${server.port}`);
+    const lines: { fields: { event?: string; error?: string }; message: string }[] = [];
+    const record = (fields: unknown, message: string) => void lines.push({ fields: fields as { event?: string }, message });
+    const logger = { debug: () => undefined, info: () => undefined, warn: record, error: record };
+    const refusals = () => lines.filter((line) => line.fields.event === 'cache.watch_refused');
+    const apps: OfficialAccount[] = [];
+    try {
+      let told = 0;
+      const stop = cache.watch(key(), () => (told += 1));
+      await vi.waitFor(() => expect(told).toBeGreaterThan(0), { timeout: 10_000, interval: 5 });
+      stop();
+      for (let i = 0; i < 2; i += 1) {
+        const { appId, secret } = mock.createApp();
+        const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, tokenEndpoint: 'classic', fallbackDir: false });
+        apps.push(app);
+        const entryKey = app.accessToken.cacheKey;
+        // Another process holds the refresh lock: this one waits for its write.
+        expect(await cache.add(nativeSchema().lockKey(entryKey), 'another-process', 30)).toBe(true);
+        let reads = 0;
+        const get = cache.get.bind(cache);
+        cache.get = async (k) => ((k === entryKey ? (reads += 1) : 0), get(k));
+        const waiting = app.accessToken.getToken();
+        // Past its watch: it reads the key again while it waits (a miss, then the read under the lock's refusal, then polls).
+        await vi.waitFor(() => expect(reads).toBeGreaterThanOrEqual(3), { timeout: 10_000, interval: 5 });
+        cache.get = get;
+        const now = Math.floor(Date.now() / 1000);
+        await cache.set(entryKey, JSON.stringify({ access_token: `TOKEN_OF_ANOTHER_PROCESS_${i}`, expires_at: now + 7200, fetched_at: now }), 7000);
+        expect(await waiting).toBe(`TOKEN_OF_ANOTHER_PROCESS_${i}`);
+        expect(mock.counters(appId).tokenRequests).toBe(0);
+      }
+      expect(refusals()).toHaveLength(1);
+      expect(refusals()[0]!.fields.error).toMatch(/NOPERM\): grant the user &wxkit:written/);
+      expect(JSON.stringify(lines)).not.toContain('pw@');
+    } finally {
+      await Promise.all(apps.map((app) => app.close()));
       await cache.close();
       await server.stop();
     }
