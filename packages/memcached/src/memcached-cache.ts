@@ -265,12 +265,20 @@ function storeExtras(ttlSeconds: number): Buffer {
   return extras;
 }
 
-/** memcached keeps whole seconds; round up so an entry never expires before its TTL. */
+/**
+ * memcached counts whole seconds from a clock it reads once a second, whole seconds again: that clock runs
+ * up to 2 s behind, so an entry sent with N may go after N − 2 seconds. Round up and add those 2, so that
+ * an entry never expires before its TTL (a refresh lock would otherwise lose up to 2 s of the lease its
+ * holder counts on).
+ */
 function expires(ttlSeconds: number): number {
   assertTtl('MemcachedCache', ttlSeconds);
   // Values above 30 days would be read by memcached as a unix timestamp.
-  return Math.min(Math.ceil(ttlSeconds), 30 * 24 * 3600);
+  return Math.min(Math.ceil(ttlSeconds) + CLOCK_LAG_S, 30 * 24 * 3600);
 }
+
+/** How far memcached's clock may run behind the caller's, in whole seconds. */
+const CLOCK_LAG_S = 2;
 
 /** The servers as memjs takes them, `host:port` each; undefined when they are not that. */
 function parseServers(servers: unknown): string[] | undefined {

@@ -1,3 +1,4 @@
+import { createConnection } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memcachedGet, memcachedGetBytes, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
@@ -23,8 +24,8 @@ describeTokenCache('MemcachedCache', {
   supports: { add: true, deleteIfEquals: true, compareAndSet: true },
   outage: { stop: () => conformance.stop(), start: () => conformance.start() },
   rawBytes: (key) => memcachedGetBytes(conformance.port, key),
-  // memcached counts TTLs in whole seconds.
-  ttlSlackSeconds: 1,
+  // memcached counts TTLs in whole seconds; an entry lives up to 2 s past its TTL (MemcachedCache adds them, for memcached's clock), and memcached sees it go at its next tick.
+  ttlSlackSeconds: 3,
 });
 
 describe('MemcachedCache on a real memcached', () => {
@@ -50,6 +51,21 @@ describe('MemcachedCache on a real memcached', () => {
     expect(await app.accessToken.getToken()).toBe('FROM_PHP');
     expect(mock.counters(appId).tokenRequests).toBe(0);
     await cache.close();
+  });
+
+  it('an entry never expires before its TTL: memcached counts whole seconds from a clock read once a second, so 2 s are added', async () => {
+    const cache = new MemcachedCache(memcached.url);
+    const key = `wechat:ttl-floor:${process.pid}:${Date.now()}`;
+    const before = Date.now() / 1000;
+    await cache.set(key, 'v', 60);
+    await cache.close();
+    // memcached's own record of when the entry goes (unix seconds): its clock's last tick plus the TTL it was sent.
+    const dump = await memcachedCommand(memcached.port, 'lru_crawler metadump all\r\n');
+    const line = dump.split(/\r?\n/).find((entry) => entry.startsWith(`key=${encodeURIComponent(key)} `));
+    expect(line, dump).toBeDefined();
+    const expiresAt = Number(/ exp=(\d+)/.exec(line!)![1]);
+    expect(expiresAt).toBeGreaterThanOrEqual(before + 60);
+    expect(expiresAt).toBeLessThanOrEqual(Date.now() / 1000 + 62);
   });
 
   it('spreads keys over several servers, and each reads back', async () => {
@@ -94,3 +110,21 @@ describe('MemcachedCache on a real memcached', () => {
     expect(() => new MemcachedCache('memcached://10.0.0.1:11211,10.0.0.2:11211')).not.toThrow();
   });
 });
+
+/** One command of memcached's text protocol and its whole answer, up to its END line. */
+function memcachedCommand(port: number, command: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = createConnection({ host: '127.0.0.1', port });
+    let reply = '';
+    socket.setEncoding('latin1');
+    socket.once('connect', () => socket.write(command, 'latin1'));
+    socket.on('data', (chunk: string) => {
+      reply += chunk;
+      if (/(^|\n)END\r\n$/.test(reply)) {
+        socket.end();
+        resolve(reply);
+      }
+    });
+    socket.once('error', reject);
+  });
+}
