@@ -1,6 +1,5 @@
-import { createConnection } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { memcachedGet, memcachedGetBytes, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { memcachedCommand, memcachedGet, memcachedGetBytes, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { MemcachedCache } from '../src/index.js';
@@ -111,20 +110,3 @@ describe('MemcachedCache on a real memcached', () => {
   });
 });
 
-/** One command of memcached's text protocol and its whole answer, up to its END line. */
-function memcachedCommand(port: number, command: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const socket = createConnection({ host: '127.0.0.1', port });
-    let reply = '';
-    socket.setEncoding('latin1');
-    socket.once('connect', () => socket.write(command, 'latin1'));
-    socket.on('data', (chunk: string) => {
-      reply += chunk;
-      if (/(^|\n)END\r\n$/.test(reply)) {
-        socket.end();
-        resolve(reply);
-      }
-    });
-    socket.once('error', reject);
-  });
-}

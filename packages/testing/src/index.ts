@@ -23,6 +23,7 @@ export {
   startMemcached,
   freePort,
   redisCli,
+  memcachedCommand,
   memcachedGet,
   memcachedSet,
   redisGetBytes,

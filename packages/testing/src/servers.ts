@@ -459,7 +459,7 @@ export function redisGetBytes(port: number, key: string, ...args: string[]): Buf
 
 /** The exact bytes memcached holds for a key, read with the plain text protocol, or undefined. */
 export async function memcachedGetBytes(port: number, key: string): Promise<Buffer | undefined> {
-  const reply = await memcachedText(port, `get ${key}\r\n`);
+  const reply = await memcachedCommand(port, `get ${key}\r\n`);
   const match = /^VALUE \S+ \d+ (\d+)\r\n/.exec(reply);
   if (!match) return undefined;
   const start = match[0].length;
@@ -471,7 +471,7 @@ export async function memcachedGetBytes(port: number, key: string): Promise<Buff
  * would see it: the exact bytes, or undefined when absent.
  */
 export async function memcachedGet(port: number, key: string): Promise<string | undefined> {
-  return memcachedText(port, `get ${key}\r\n`).then((reply) => {
+  return memcachedCommand(port, `get ${key}\r\n`).then((reply) => {
     const match = /^VALUE \S+ \d+ (\d+)\r\n/.exec(reply);
     if (!match) return undefined;
     const start = match[0].length;
@@ -482,11 +482,15 @@ export async function memcachedGet(port: number, key: string): Promise<string | 
 /** Writes a key to memcached with the plain text protocol (`set <key> 0 <ttl> <bytes>`). */
 export async function memcachedSet(port: number, key: string, value: string, ttlSeconds: number): Promise<void> {
   const bytes = Buffer.from(value, 'utf8');
-  const reply = await memcachedText(port, `set ${key} 0 ${ttlSeconds} ${bytes.length}\r\n${bytes.toString('latin1')}\r\n`);
+  const reply = await memcachedCommand(port, `set ${key} 0 ${ttlSeconds} ${bytes.length}\r\n${bytes.toString('latin1')}\r\n`);
   if (!reply.startsWith('STORED')) throw new Error(`memcached set failed: ${reply}`);
 }
 
-function memcachedText(port: number, command: string): Promise<string> {
+/**
+ * Sends one command of memcached's text protocol (`lru_crawler metadump all\r\n`, say) and resolves its
+ * whole answer, up to the line that ends it (`END`, `STORED`, `NOT_STORED` or an error).
+ */
+export function memcachedCommand(port: number, command: string): Promise<string> {
   return new Promise((resolve, reject) => {
     const socket = createConnection({ host: '127.0.0.1', port });
     let reply = '';
