@@ -1,10 +1,11 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '@wxkit/core';
+import { NOT_IN_BEARER_KEY } from '@wxkit/core/internal';
 import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
 import { CliError, EXIT_HELP } from './errors.js';
-import { NOT_IN_KEY, startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
+import { startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
 import { openStore } from './stores.js';
 
 const SERVE_USAGE = `usage: wxkit serve --store <url> --config <file> [--host 127.0.0.1] [--port 7400] [--log-level info]
@@ -77,7 +78,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     .filter(Boolean);
   if (keys.length === 0 || keys.some((key) => key.length < 16)) throw wrong(`every key in ${String(raw.keysEnv)} must have 16 characters or more`);
   // Never quoted: the message says which rule, not which key.
-  if (keys.some((key) => NOT_IN_KEY.test(key))) {
+  if (keys.some((key) => NOT_IN_BEARER_KEY.test(key))) {
     throw wrong(`a key in ${String(raw.keysEnv)} holds a space, a control character or a character past U+00FF, which no "Authorization: Bearer <key>" header can carry`);
   }
   if (!Array.isArray(raw.apps) || raw.apps.length === 0) throw wrong('"apps" must be a list of one app or more');

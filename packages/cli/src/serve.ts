@@ -3,6 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
+import { NOT_IN_BEARER_KEY } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -97,12 +98,6 @@ const INVALIDATE_SPACING_MS = 60_000;
 /** The deadline of the service's own store reads: the clients' cacheTimeoutMs default. */
 const STORE_READ_TIMEOUT_MS = 2_000;
 
-/**
- * What a bearer key cannot hold: whitespace, which ends it in the header, control characters, and
- * characters past U+00FF, which a header's bytes cannot carry.
- */
-export const NOT_IN_KEY = /[\s\x00-\x1f\x7f]|[^\x00-\xff]/;
-
 const KIND_ALIASES: Record<string, AppRef['kind']> = { official_account: 'official_account', oa: 'official_account', mini_program: 'mini_program', mp: 'mini_program', work: 'work' };
 
 /** A failure answered with one JSON shape: `{"error":{"code","message",…}}`. */
@@ -144,7 +139,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     throw new ConfigError('the token service needs at least one bearer key of 16 characters or more', 'keys');
   }
   // "Bearer <key>" carries one word: a key with a space, a control character or a character past U+00FF could never be presented.
-  if (options.keys.some((key) => NOT_IN_KEY.test(key))) {
+  if (options.keys.some((key) => NOT_IN_BEARER_KEY.test(key))) {
     throw new ConfigError('a bearer key of the token service holds a space, a control character or a character past U+00FF, which no Authorization header can carry', 'keys');
   }
   if (!Array.isArray(options.apps) || options.apps.length === 0) throw new ConfigError('the token service needs at least one app', 'apps');

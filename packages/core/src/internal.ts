@@ -9,6 +9,7 @@ export { assertTtl } from './ttl.js';
 export { maskUrl } from './redact.js';
 export {
   MAX_TIMER_MS,
+  NOT_IN_BEARER_KEY,
   checkOptions,
   durationMs,
   fn,

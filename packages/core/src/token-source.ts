@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import { BadResponseError } from './errors.js';
 import { HttpClient } from './http.js';
 import { isPlausibleToken } from './token/entry.js';
-import { checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
+import { NOT_IN_BEARER_KEY, checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
 import { VERSION } from './version.js';
 
 /** What a client asks a token source for. */
@@ -54,19 +54,13 @@ export interface RemoteTokenSourceOptions {
   dispatcher?: Dispatcher;
 }
 
-/**
- * What a bearer key cannot hold: whitespace, which ends it in the header, control characters, and
- * characters past U+00FF, which a header's bytes cannot carry.
- */
-const NOT_IN_KEY = /[\s\x00-\x1f\x7f]|[^\x00-\xff]/;
-
 const REMOTE_OPTIONS = {
   url: required(rule('an http:// or https:// URL', (value) => isHttpUrl(value))),
   // The key is never shown, not even its length. A space or a control character (the line break at the
   // end of a key read from a file) cannot travel in an Authorization header: every request would fail.
   key: required(
     rule('a string of at least 8 characters, without spaces, control characters or characters past U+00FF (a key read from a file keeps its line break)', (value) =>
-      typeof value === 'string' && value.length >= 8 && !NOT_IN_KEY.test(value),
+      typeof value === 'string' && value.length >= 8 && !NOT_IN_BEARER_KEY.test(value),
     ),
   ),
   timeoutMs: durationMs(),

@@ -245,3 +245,10 @@ export function requireFields(what: string, input: unknown, fields: string[]): v
     }
   }
 }
+
+/**
+ * What a bearer key cannot hold: whitespace, which ends it in the header, control characters, and
+ * characters past U+00FF, which a header's bytes cannot carry. The rule of both sides: `wxkit serve`
+ * refuses such a key in its configuration.
+ */
+export const NOT_IN_BEARER_KEY = /[\s\x00-\x1f\x7f]|[^\x00-\xff]/;
