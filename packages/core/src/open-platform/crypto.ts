@@ -138,9 +138,16 @@ export class MessageCrypto {
  * timestamp or the nonce (WeChat's are digits; that number is their text).
  */
 function asText(message: EncryptedMessage | null | undefined): EncryptedMessage | undefined {
-  const text = (value: unknown) => (typeof value === 'string' ? value : Number.isSafeInteger(value) && (value as number) >= 0 ? String(value) : undefined);
   if (typeof message?.msgSignature !== 'string' || typeof message.encrypt !== 'string') return undefined;
-  const timestamp = text(message.timestamp);
-  const nonce = text(message.nonce);
+  const timestamp = queryText(message.timestamp);
+  const nonce = queryText(message.nonce);
   return timestamp === undefined || nonce === undefined ? undefined : { msgSignature: message.msgSignature, timestamp, nonce, encrypt: message.encrypt };
+}
+
+/**
+ * A query value as text: a string as it is, a whole number (what a parser that converts digits makes of
+ * WeChat's timestamp or nonce) as its digits; anything else (an array, an object) undefined.
+ */
+export function queryText(value: unknown): string | undefined {
+  return typeof value === 'string' ? value : Number.isSafeInteger(value) && (value as number) >= 0 ? String(value) : undefined;
 }

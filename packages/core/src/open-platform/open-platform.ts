@@ -15,7 +15,7 @@ import { EntryStore } from '../token/entry-store.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
-import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto } from './crypto.js';
+import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto, queryText } from './crypto.js';
 import { parseFlatXml } from './xml.js';
 
 /** Options of {@link OpenPlatform}: the component app's credentials, its callback settings, and where its tokens live. */
@@ -1028,10 +1028,9 @@ function parseObject(raw: string | undefined): Record<string, unknown> | undefin
 // A framework's parser may hand over arrays (`?nonce=1&nonce=2`), objects (`?nonce[a]=1`) or numbers (a
 // parser that converts digits: WeChat's timestamp and nonce are digits, so the number is their text).
 function flattenQuery(query: Readonly<Record<string, unknown>>): [string, string][] {
-  const text = (value: unknown) => (typeof value === 'string' ? value : Number.isSafeInteger(value) && (value as number) >= 0 ? String(value) : undefined);
   const pairs: [string, string][] = [];
   for (const [name, value] of Object.entries(query ?? {})) {
-    const first = text(Array.isArray(value) ? value[0] : value);
+    const first = queryText(Array.isArray(value) ? value[0] : value);
     if (first !== undefined) pairs.push([name, first]);
   }
   return pairs;
