@@ -310,6 +310,10 @@ const ERRCODE_HINTS: Record<number, string> = {
   61006: 'component_verify_ticket is invalid',
   61007: 'api is unauthorized to component',
   61023: 'authorizer_refresh_token is invalid: the account must authorize again',
+  89501: 'caller IP awaits the administrator\'s confirmation',
+  89503: 'caller IP needs the administrator\'s confirmation',
+  89506: 'caller IP refused twice by the administrator: blocked for 24 hours',
+  89507: 'caller IP refused by the administrator: blocked for 1 hour',
 };
 
 // The token endpoints themselves, where 40001 ("invalid credential") means the secret is wrong: WeCom's

@@ -51,6 +51,17 @@ describe('a marker as read', () => {
   });
 });
 
+describe('a marker as written', () => {
+  it('pauses the fleet a minute for the IP confirmation WeChat asks of the administrator (89501, 89503, 89506, 89507), not a transient second', () => {
+    const now = Date.now();
+    for (const errcode of [89501, 89503, 89506, 89507]) {
+      const marker = markerFor(new WeChatApiError({ errcode, errmsg: 'ip refused by the administrator' }, 'cgi-bin/token'), 1, now, 'host:1')!;
+      expect({ errcode, pauseMs: marker.retryAt - now }).toEqual({ errcode, pauseMs: 60_000 });
+    }
+    expect(new WeChatApiError({ errcode: 89506, errmsg: 'ip refused' }, 'cgi-bin/token').message).toContain('blocked for 24 hours');
+  });
+});
+
 describe('a marker this process could not write', () => {
   it('holds this process back, and a success ends it', async () => {
     const { store, state } = gateStore();

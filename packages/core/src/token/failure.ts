@@ -30,8 +30,11 @@ type Policy = 'transient' | 'minute' | 'credential' | 'quota';
 
 // Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
 // service runs: the fleet tries again once a minute (or at once on forceRefresh()).
+// 89501, 89503, 89506 and 89507 are the IP confirmation WeChat asks of the account's administrator for a
+// caller outside the whitelist (awaited, required, refused twice in 24 h, refused once in 1 h): a person
+// acts, or the refusal runs out in hours, never within a transient pause.
 // 61003 (authorization revoked), 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too.
-const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89503, 61003, 61004, 61023]);
+const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89501, 89503, 89506, 89507, 61003, 61004, 61023]);
 const MINUTE_MS = 60_000;
 /** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
 const TRANSIENT_BASE_MS = 1_000;
