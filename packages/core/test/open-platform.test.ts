@@ -908,4 +908,10 @@ describe('options', () => {
     expect(() => s.make({ encodingAESKey: 'short' })).toThrow(/OpenPlatform options\.encodingAESKey/);
     expect(() => s.make({ maxClients: 0 })).toThrow(/options\.maxClients/);
   });
+
+  it("tokenSource is a ConfigError: a token service would hand out an access token of the component's AppID as its component token", () => {
+    const s = setup();
+    const tokenSource = { fetch: async () => ({ value: 'an-access-token-of-the-appid', expiresIn: 7200 }), invalidate: async () => undefined };
+    expect(() => s.make({ tokenSource })).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'tokenSource' }));
+  });
 });

@@ -210,6 +210,15 @@ export class OpenPlatform {
 
   constructor(options: OpenPlatformOptions) {
     const opts = checkClientOptions<OpenPlatformOptions>('OpenPlatform', SCHEMA, options);
+    // A token service serves apps' own tokens (official_account/{id}): asked for the component's, it
+    // would hand back an access token of the component's AppID, not a component_access_token, and for an
+    // authorizer one its refresh token never made.
+    if (opts.tokenSource !== undefined) {
+      throw new ConfigError(
+        "OpenPlatform options.tokenSource is for an app's own tokens: the component_access_token and the authorizers' tokens are fetched by the platform itself, under the lock of the shared cache; drop the option",
+        'tokenSource',
+      );
+    }
     this.appId = opts.appId;
     this.#secret = opts.secret;
     this.#crypto = new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId });
