@@ -62,7 +62,8 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
    * OpenPlatform: the durable store did not take a refresh token WeChat handed out. After a refresh, this
    * process keeps it and writes it when the store answers again; after an authorization (whose rejection
    * names the account when no attempt went through), the account's first refresh takes the current one
-   * from WeChat.
+   * from WeChat. Logged again with `closed: true` when close() sent a kept one once more and the store
+   * did not take it either.
    */
   'authorizer_refresh_token.unsaved': AuthorizerEvent;
   /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */

@@ -496,6 +496,36 @@ describe('refresh tokens the durable store must take', () => {
     expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
   });
 
+  it('close() sends a rotated refresh token still kept unsaved once more: a process that stops before its next try does not leave it to a 61023', async () => {
+    const { durable, s, log, open, appId } = await authorizedOnFlakyRecords();
+    durable.refusals = 3;
+    await refreshIn(s, open, appId);
+    expect(events(log)).toContain('error authorizer_refresh_token.unsaved');
+    // The store takes writes again; the process stops before the next try (a second away).
+    await open.close();
+    const record = await durable.record(s.component, appId);
+    expect(record.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(appId));
+    expect(record.pending_since).toBeUndefined();
+    expect(events(log)).toContain('info authorizer_refresh_token.rotated');
+    await refreshIn(s, s.make(), appId);
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 2, errcodes: {} });
+  });
+
+  it('close() logs, at error level and naming the account, a rotated refresh token the durable store does not take at its last try', async () => {
+    const { durable, s, log, open, appId } = await authorizedOnFlakyRecords();
+    durable.refusals = 4;
+    await refreshIn(s, open, appId);
+    await open.close();
+    expect(durable.refusals).toBe(0);
+    const unsaved = log.lines.filter((line) => (line.fields as { event: string }).event === 'authorizer_refresh_token.unsaved');
+    expect(unsaved.map((line) => line.level)).toEqual(['error', 'error']);
+    expect(unsaved.map((line) => line.fields)).toEqual([
+      expect.not.objectContaining({ closed: true }),
+      expect.objectContaining({ authorizerAppId: appId, closed: true }),
+    ]);
+    expect(JSON.stringify(log.lines)).not.toContain(mock.authorizerRefreshToken(appId)!);
+  });
+
   it('an api_authorizer_token answer whose access token is unusable still stores the new refresh token in it', async () => {
     const s = setup();
     await withTicket(s);

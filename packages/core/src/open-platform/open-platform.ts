@@ -421,8 +421,9 @@ export class OpenPlatform {
   }
 
   /**
-   * Closes every authorizer client (the ones it dropped that a caller still holds too: their waits end)
-   * and leaves the process's shared connection pools (closed with their last user; a dispatcher of yours
+   * Closes every authorizer client (the ones it dropped that a caller still holds too: their waits end),
+   * sends once more each refresh token WeChat handed back that the durable store has not taken yet, and
+   * leaves the process's shared connection pools (closed with their last user; a dispatcher of yours
    * is left open). The cache and the durable store are yours to close.
    */
   close(): Promise<void> {
@@ -433,6 +434,8 @@ export class OpenPlatform {
   async #close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll()]);
+    // The refreshes have ended: no refresh token is added to those kept unsaved any more.
+    await this.#saveUnsavedAtClose();
     this.#durable.dispose();
     await this.#core.close();
   }
@@ -712,10 +715,10 @@ export class OpenPlatform {
    * replace, once at a time; never rejects. Not taken again (refused unsent while the store is taken for
    * down): written at the store's next recovery.
    */
-  #saveUnsaved(authorizerAppId: string, unsaved: UnsavedRefresh): Promise<void> {
+  #saveUnsaved(authorizerAppId: string, unsaved: UnsavedRefresh, insist = false): Promise<void> {
     unsaved.writing ??= (async () => {
       try {
-        const replaced = await this.#replaceRefresh(unsaved.held, unsaved.value, true);
+        const replaced = await this.#replaceRefresh(unsaved.held, unsaved.value, true, insist);
         if (this.#unsaved.get(authorizerAppId) === unsaved) this.#unsaved.delete(authorizerAppId);
         this.#refreshStored(authorizerAppId, replaced, unsaved.rotated);
       } catch {
@@ -727,11 +730,12 @@ export class OpenPlatform {
   }
 
   #saveAtRecovery(authorizerAppId: string, unsaved: UnsavedRefresh): void {
-    if (unsaved.waiting) return;
+    // Closed: the last try was close()'s own; the store may be closed by now.
+    if (unsaved.waiting || this.#closed) return;
     unsaved.waiting = true;
     const save = () => {
       unsaved.waiting = false;
-      void this.#saveUnsaved(authorizerAppId, unsaved);
+      if (!this.#closed) void this.#saveUnsaved(authorizerAppId, unsaved);
     };
     // A store not taken for down (it answered another client meanwhile, or failed in a way that is no
     // outage) has no recovery to wait for: tried again after a pause, 1 s doubling up to a minute.
@@ -741,6 +745,26 @@ export class OpenPlatform {
       return;
     }
     this.#durable.onRecovered(save);
+  }
+
+  /**
+   * At close(), each refresh token still kept unsaved is sent once more, even while the store is taken for
+   * down (its recovery or its next try would come after the process may have exited, or closed the store).
+   * One that does not go through is logged: the account's next refresh takes its current one from WeChat.
+   */
+  async #saveUnsavedAtClose(): Promise<void> {
+    await Promise.all(
+      [...this.#unsaved].map(async ([authorizerAppId, unsaved]) => {
+        await unsaved.writing;
+        if (this.#unsaved.get(authorizerAppId) === unsaved) await this.#saveUnsaved(authorizerAppId, unsaved, true);
+        if (this.#unsaved.get(authorizerAppId) !== unsaved) return;
+        this.#unsaved.delete(authorizerAppId);
+        this.#core.log.error(
+          { event: 'authorizer_refresh_token.unsaved', appId: this.appId, authorizerAppId, closed: true },
+          "The platform closed before the durable store took the refresh token WeChat handed back; the account's next refresh takes its current one from WeChat",
+        );
+      }),
+    );
   }
 
   /** What became of a refresh token this refresh wrote: logged as stored (when WeChat rotated it), or as superseded. */
