@@ -211,6 +211,48 @@ describe('ClientPool', () => {
     expect(mock.counters(appId!)).toMatchObject({ tokenRequests: 1, templateSends: 1 });
   });
 
+  it('a get() after delete() asks the resolver again, even while the first use of the account is still resolving its old credentials', async () => {
+    const [app] = appsOnMock(1).values() as IterableIterator<MockApp>;
+    let secret = 'the-secret-before-its-rotation';
+    let answerFirst!: () => void;
+    const firstAnswered = new Promise<void>((resolve) => (answerFirst = resolve));
+    let firstRead!: () => void;
+    const firstReading = new Promise<void>((resolve) => (firstRead = resolve));
+    const calls: string[] = [];
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: async () => {
+        const answer = { secret };
+        calls.push(answer.secret);
+        if (calls.length === 1) {
+          firstRead();
+          await firstAnswered;
+        }
+        return answer;
+      },
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    pools.push(pool as ClientPool<never>);
+    const before = pool.get(app!.appId);
+    await firstReading;
+    // The account's secret is rotated after the first use read it, before the resolver answered.
+    secret = app!.secret;
+    const deleted = pool.delete(app!.appId);
+    const current = await pool.get(app!.appId);
+    // The old answer comes last: its client goes to the callers that asked before delete() only.
+    answerFirst();
+    await deleted;
+    const old = await before;
+    expect(calls).toEqual(['the-secret-before-its-rotation', app!.secret]);
+    expect(current).not.toBe(old);
+    expect(await pool.get(app!.appId)).toBe(current);
+    expect(pool.size).toBe(1);
+    await send(current);
+    expect(mock.counters(app!.appId)).toMatchObject({ tokenRequests: 1, templateSends: 1 });
+  });
+
   it('a client its caller closed is not handed out again: the next get() makes a new one, which refreshes', async () => {
     const apps = appsOnMock(1);
     const [appId] = apps.keys() as IterableIterator<string>;

@@ -179,20 +179,26 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     if (held) this.#clients.delete(id);
     let pending = this.#pending.get(id);
     if (!pending) {
-      pending = this.#make(id).finally(() => this.#pending.delete(id));
-      this.#pending.set(id, pending);
+      const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made).finally(() => {
+        if (this.#pending.get(id) === made) this.#pending.delete(id);
+      });
+      this.#pending.set(id, (pending = made));
     }
     return pending;
   }
 
   /**
-   * Lets go of the client of `id`, if one is held (after its creation, if under way): calls under way on
-   * it finish. The next `get(id)` asks the resolver again: call it after an account's credentials changed.
+   * Lets go of the client of `id`, if one is held or under way (resolves once that one is made): calls
+   * under way on it finish. A `get(id)` from now on asks the resolver again, even while the one under way
+   * still waits for its answer: call it after an account's credentials changed.
    */
   async delete(id: string): Promise<void> {
-    await this.#pending.get(id)?.catch(() => undefined);
+    const pending = this.#pending.get(id);
+    // The client under way is made for the get() calls that asked before, and let go of as it is made.
+    this.#pending.delete(id);
     const held = this.#clients.delete(id);
     if (held) this.#letGo.add(held);
+    await pending?.catch(() => undefined);
   }
 
   /**
@@ -214,7 +220,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     await this.#core.close();
   }
 
-  async #make(id: string): Promise<ClientOf<K>> {
+  /** A client of `id` from the resolver's answer, held unless `current()` says delete() came meanwhile. */
+  async #make(id: string, current: () => boolean): Promise<ClientOf<K>> {
     const credentials = await this.#credentials(id);
     if (this.#closed) throw new ConfigError('ClientPool is closed', 'id');
     let client: ClientOf<K>;
@@ -225,7 +232,10 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       // The client's own check names the field and its type, never its value.
       throw new CredentialsError('invalid', id, `ClientPool: the credentials resolved for ${id} are not usable: ${error.message}`);
     }
-    this.#clients.set(id, client);
+    // Asked before a delete(): its callers get it, but it is not held (it was made from the credentials
+    // delete() was called to replace), and a get() since then makes its own.
+    if (current()) this.#clients.set(id, client);
+    else this.#letGo.add(client);
     return client;
   }
 
