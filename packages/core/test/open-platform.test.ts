@@ -137,6 +137,21 @@ describe('component_verify_ticket', () => {
     mock.setComponentCallback(s.component.appId, undefined);
   });
 
+  it("a pushed ticket ends the fleet's back-off after 61006 on the old one: the next call fetches with it at once", async () => {
+    const s = setup();
+    // The clock stands still: the back-off of the 61006 would hold for as long as the test runs.
+    const now = Date.now();
+    const receiver = s.make({ now: () => now });
+    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: 1 }), 3600);
+    expect(await rejection(receiver.componentAccessToken())).toMatchObject({ errcode: 61006 });
+    handler = async (query, body) => (await receiver.handleCallback({ query, body }), 200);
+    mock.setComponentCallback(s.component.appId, url);
+    expect((await mock.pushVerifyTicket(s.component.appId)).status).toBe(200);
+    mock.setComponentCallback(s.component.appId, undefined);
+    expect(await s.make({ now: () => now }).componentAccessToken()).toMatch(/^\d{2}_/);
+    expect(mock.counters(s.component.appId)).toMatchObject({ componentTokenRequests: 2, errcodes: { '61006': 1 } });
+  });
+
   it('without a ticket there is no component token, and WeChat is not asked', async () => {
     const s = setup();
     const error = await rejection(s.make().componentAccessToken());

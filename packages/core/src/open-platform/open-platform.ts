@@ -12,6 +12,7 @@ import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUna
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
+import { FailureGate, decodeMarker } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
@@ -549,6 +550,25 @@ export class OpenPlatform {
       }
     }
     this.#core.log.info({ event: 'component_verify_ticket.received', appId: this.appId, createTime }, 'Stored a new component_verify_ticket');
+    await this.#endTicketBackoff();
+  }
+
+  /**
+   * A new ticket ends the fleet's back-off of the component token that the old one caused (61005
+   * expired, 61006 unknown): the next call fetches with the new ticket at once, rather than failing with
+   * the old ticket's error for up to a minute more. One fetch more per push at most. Best effort: the
+   * back-off also ends by itself.
+   */
+  async #endTicketBackoff(): Promise<void> {
+    const store = this.#core.store;
+    const key = new FailureGate(this.#component.key, 'component_access_token').key;
+    try {
+      const raw = await store.get(key);
+      const errcode = decodeMarker(raw)?.errcode;
+      if (raw !== undefined && (errcode === 61005 || errcode === 61006)) await store.deleteIfEquals(key, raw);
+    } catch {
+      // The store did not answer: the marker runs out by itself.
+    }
   }
 
   /** POST to a component API with the component token; on 40001/40014/42001, once more with a newer token. */
