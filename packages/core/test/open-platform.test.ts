@@ -1,10 +1,12 @@
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
+import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   CacheError,
   MemoryCache,
+  MessageCrypto,
   OpenPlatform,
   easyWeChat6,
   nativeSchema,
@@ -539,6 +541,80 @@ describe('refresh tokens the durable store must take', () => {
       expect.objectContaining({ authorizerAppId: appId, closed: true }),
     ]);
     expect(JSON.stringify(log.lines)).not.toContain(mock.authorizerRefreshToken(appId)!);
+  });
+
+  it('close() waits for an authorization whose code is spent to store its refresh token: a program that closes its stores next does not lose it', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let reached!: () => void;
+    const reachedRecord = new Promise<void>((resolve) => (reached = resolve));
+    /** A durable store whose reads of refresh-token records wait for the test. */
+    class HeldRecords extends MemoryCache {
+      override async get(key: string): Promise<string | undefined> {
+        if (key.includes(':authorizer_refresh_token:')) {
+          reached();
+          await held;
+        }
+        return super.get(key);
+      }
+    }
+    const s = setup(new HeldRecords());
+    await withTicket(s);
+    // A caller's dispatcher, which close() leaves open: close() then does no I/O of its own, so once the
+    // promises under way have run (one turn of the event loop), it has resolved unless it waits.
+    const dispatcher = new Agent();
+    const open = s.make({ dispatcher });
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(s.component.appId, { preAuthCode });
+    const order: string[] = [];
+    const authorizing = open.handleAuthorization(grant.authorizationCode).then(() => order.push('authorized'));
+    await reachedRecord;
+    const closing = open.close().then(() => order.push('closed'));
+    await Promise.race([closing, new Promise((resolve) => setImmediate(resolve))]);
+    release();
+    await Promise.all([authorizing, closing]);
+    expect(order).toEqual(['authorized', 'closed']);
+    const record = await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`);
+    expect(JSON.parse(record!).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
+    await dispatcher.close();
+  });
+
+  it('close() waits for a verify-ticket push under way to store its ticket', async () => {
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let reached!: () => void;
+    const reachedTicket = new Promise<void>((resolve) => (reached = resolve));
+    /** A durable store whose reads of the verify ticket wait for the test. */
+    class HeldTicket extends MemoryCache {
+      override async get(key: string): Promise<string | undefined> {
+        if (key.includes(':component_verify_ticket:')) {
+          reached();
+          await held;
+        }
+        return super.get(key);
+      }
+    }
+    const s = setup(new HeldTicket());
+    const dispatcher = new Agent();
+    const open = s.make({ dispatcher });
+    const { token, encodingAESKey, appId } = componentOptions(mock, s.component);
+    const crypto = new MessageCrypto({ token, encodingAESKey, appId });
+    const createTime = Math.floor(Date.now() / 1000);
+    const encrypt = crypto.encrypt(
+      `<xml><AppId><![CDATA[${appId}]]></AppId><CreateTime>${createTime}</CreateTime><InfoType><![CDATA[component_verify_ticket]]></InfoType><ComponentVerifyTicket><![CDATA[ticket@@@pushed]]></ComponentVerifyTicket></xml>`,
+    );
+    const [timestamp, nonce] = [String(createTime), '1234567'];
+    const query = new URLSearchParams({ timestamp, nonce, msg_signature: crypto.signature(timestamp, nonce, encrypt) });
+    const order: string[] = [];
+    const pushed = open.handleCallback({ query, body: `<xml><AppId><![CDATA[${appId}]]></AppId><Encrypt><![CDATA[${encrypt}]]></Encrypt></xml>` }).then(() => order.push('stored'));
+    await reachedTicket;
+    const closing = open.close().then(() => order.push('closed'));
+    await Promise.race([closing, new Promise((resolve) => setImmediate(resolve))]);
+    release();
+    await Promise.all([pushed, closing]);
+    expect(order).toEqual(['stored', 'closed']);
+    expect(JSON.parse((await s.durable.get(`wechat:component_verify_ticket:${appId}`))!)).toMatchObject({ component_verify_ticket: 'ticket@@@pushed' });
+    await dispatcher.close();
   });
 
   it('an api_authorizer_token answer whose access token is unusable still stores the new refresh token in it', async () => {

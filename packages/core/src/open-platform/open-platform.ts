@@ -206,6 +206,8 @@ export class OpenPlatform {
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   readonly #letGo = new LetGo();
+  /** Authorizations past api_query_auth, and verify-ticket pushes, whose writes are under way. */
+  readonly #storing = new Set<Promise<void>>();
   #closed = false;
   #closing: Promise<void> | undefined;
 
@@ -292,7 +294,7 @@ export class OpenPlatform {
     const fields = parseFlatXml(xml);
     const infoType = fields.InfoType ?? '';
     if (infoType === 'component_verify_ticket' && fields.ComponentVerifyTicket) {
-      await this.#storeTicket(fields.ComponentVerifyTicket, Number(fields.CreateTime) || Math.floor(this.#core.settings.now() / 1000));
+      await this.#whileStoring(this.#storeTicket(fields.ComponentVerifyTicket, Number(fields.CreateTime) || Math.floor(this.#core.settings.now() / 1000)));
     }
     return { infoType, fields };
   }
@@ -356,6 +358,13 @@ export class OpenPlatform {
     if (!info || typeof authorizerAppId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
       throw new BadAnswer(path);
     }
+    // The code is spent: close() waits for what follows, so that a program which closes its stores once
+    // close() resolves does not close them under these writes.
+    return this.#whileStoring(this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh));
+  }
+
+  /** The rest of {@link handleAuthorization} once api_query_auth has answered: its tokens stored. */
+  async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<Authorization> {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
     await this.#storeAuthorization(authorizerAppId, refresh);
@@ -423,6 +432,7 @@ export class OpenPlatform {
 
   /**
    * Closes every authorizer client (the ones it dropped that a caller still holds too: their waits end),
+   * waits for the writes of authorizations past api_query_auth and of verify-ticket pushes under way,
    * sends once more each refresh token WeChat handed back that the durable store has not taken yet, and
    * leaves the process's shared connection pools (closed with their last user; a dispatcher of yours
    * is left open). The cache and the durable store are yours to close.
@@ -434,11 +444,26 @@ export class OpenPlatform {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll()]);
+    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll()]);
     // The refreshes have ended: no refresh token is added to those kept unsaved any more.
     await this.#saveUnsavedAtClose();
     this.#durable.dispose();
     await this.#core.close();
+  }
+
+  /** `work` (an authorization's or a push's writes), counted under way until it settles: close() waits for it. */
+  #whileStoring<T>(work: Promise<T>): Promise<T> {
+    const settled: Promise<void> = work.then(
+      () => void this.#storing.delete(settled),
+      () => void this.#storing.delete(settled),
+    );
+    this.#storing.add(settled);
+    return work;
+  }
+
+  /** Resolves once the writes under way (and any they let start) have settled; never rejects. */
+  async #storedAll(): Promise<void> {
+    while (this.#storing.size > 0) await Promise.all(this.#storing);
   }
 
   #key(entry: OpenPlatformEntry, authorizerAppId?: string): string {
