@@ -52,6 +52,14 @@ export class KeyvCache implements TokenCache {
 
   constructor(keyvOrStore: KeyvOrStore) {
     const store = storeOf(keyvOrStore);
+    if (isKeyvMemcache(store)) {
+      throw new ConfigError(
+        "KeyvCache cannot use @keyv/memcache: its get() hands back Keyv's parsed envelope, not the stored bytes (a miss reads as " +
+          'an object, a value as JSON parsed and altered), and throws out of the driver on bytes that are no JSON. Use MemcachedCache ' +
+          'from @wxkit/memcached, on the same memjs client: raw bytes and atomic add',
+        'keyvOrStore',
+      );
+    }
     if (store.namespace) {
       throw new ConfigError(
         `KeyvCache needs a store without a namespace, or wxkit's keys would be stored under "${store.namespace}" ` +
@@ -157,6 +165,17 @@ function toBinary(text: string): string {
 function ttlMs(ttlSeconds: number): number {
   assertTtl('KeyvCache', ttlSeconds);
   return Math.ceil(ttlSeconds * 1000);
+}
+
+/**
+ * @keyv/memcache's store: its get() resolves `{ value, expires }` with the bytes run through Keyv's JSON
+ * parser (`":x"` read as `"x"`), and a value that is no JSON throws in memjs's socket callback, where
+ * nothing can catch it. Known by its class, or by the memjs client it holds.
+ */
+function isKeyvMemcache(store: StoreLike): boolean {
+  const { client } = store as { client?: { flush?: unknown; stats?: unknown; increment?: unknown } | null };
+  const memjs = typeof client?.flush === 'function' && typeof client.stats === 'function' && typeof client.increment === 'function';
+  return store.constructor?.name === 'KeyvMemcache' || (memjs && typeof (store as { formatKey?: unknown }).formatKey === 'function');
 }
 
 function storeOf(keyvOrStore: unknown): StoreLike {

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import KeyvRedis from '@keyv/redis';
-import { redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import KeyvMemcache from '@keyv/memcache';
+import { memcachedSet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
@@ -88,5 +89,28 @@ describe('KeyvCache', () => {
     expect(redisCli(redis.port, 'HGET', key, 'access_token')).toBe('NOT_OURS');
     expect(events).toEqual(['cache.foreign_entry']);
     await app.close();
+  });
+});
+
+describe('KeyvCache on @keyv/memcache', () => {
+  let memcached: StoreServer;
+  beforeAll(async () => {
+    memcached = await startMemcached();
+  });
+  afterAll(async () => {
+    await memcached?.stop();
+  });
+
+  it('is refused with a ConfigError that names MemcachedCache: the store hands back parsed envelopes, and throws out of its driver on bytes that are no JSON', async () => {
+    // What the store does with wxkit's bytes: a miss is an object, a value is JSON-parsed.
+    const store = new KeyvMemcache(memcached.url);
+    await memcachedSet(memcached.port, 'wechat:k', '{"access_token":":T"}', 60);
+    expect(await store.get('wechat:absent')).toEqual({ value: undefined, expires: 0 });
+    expect(await store.get('wechat:k')).toEqual({ access_token: 'T' });
+    store.client.close();
+    for (const given of [new KeyvMemcache(memcached.url), new Keyv(new KeyvMemcache(memcached.url), { namespace: undefined })]) {
+      expect(() => new KeyvCache(given)).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', message: expect.stringMatching(/@keyv\/memcache.*MemcachedCache from @wxkit\/memcached/) }));
+      ((given as { store?: KeyvMemcache }).store ?? (given as KeyvMemcache)).client.close();
+    }
   });
 });
