@@ -92,6 +92,34 @@ describe('KeyvCache', () => {
   });
 });
 
+describe('KeyvCache on @keyv/redis while Redis is down', () => {
+  const servers: StoreServer[] = [];
+  afterAll(async () => {
+    await Promise.all(servers.map((server) => server.stop()));
+  });
+
+  it('with disableOfflineQueue (as documented) a write during the outage fails, and is not run late over what the store holds once Redis is back', async () => {
+    const own = await startRedis();
+    servers.push(own);
+    const store = new KeyvRedis<string>({ url: own.url, disableOfflineQueue: true });
+    stores.push(store);
+    const cache = new KeyvCache(store);
+    await cache.set('wechat:k', 'before', 60);
+    await own.stop();
+    // wxkit bounds every call by cacheTimeoutMs and counts this one failed; node-redis's offline queue
+    // would hold it and send it once Redis is back, over whatever was written meanwhile.
+    const late = cache.set('wechat:k', 'stale', 60).then(
+      () => 'stored',
+      (error: { code?: string }) => error.code,
+    );
+    const ready = new Promise((resolve) => store.client.once('ready', resolve));
+    await own.start();
+    await ready;
+    expect(await late).toBe('ERR_WXKIT_CACHE');
+    expect(await cache.get('wechat:k')).toBeUndefined();
+  });
+});
+
 describe('KeyvCache on @keyv/memcache', () => {
   let memcached: StoreServer;
   beforeAll(async () => {
