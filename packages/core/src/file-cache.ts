@@ -548,6 +548,11 @@ export class FileCache implements TokenCache {
   #error(op: string, cause: unknown): CacheError {
     const code = (cause as NodeJS.ErrnoException | null)?.code;
     if (cause instanceof CacheError) return cause;
+    // A directory where a key's file belongs is another program's, as a Redis hash at a key is: an answer
+    // about that key (CacheErrorReason `type`), not an outage of the store, and it is left as it is.
+    if (code === 'EISDIR') {
+      return new CacheError(`FileCache ${op} found a directory, not an entry, at that key in ${this.dir} (another program's; left as it is)`, { cause, reason: 'type' });
+    }
     return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause });
   }
 }
@@ -559,7 +564,8 @@ const MAX_ENTRY_BYTES = 1 << 20;
 
 /**
  * The bytes of `path` if it is a regular file of at most MAX_ENTRY_BYTES; undefined when it is anything
- * else (a symlink, a FIFO, a device, a huge file). Rejects with ENOENT when there is nothing there.
+ * else (a symlink, a FIFO, a device, a huge file). Rejects with ENOENT when there is nothing there, and
+ * with EISDIR when a directory is.
  */
 async function readRegular(path: string): Promise<Buffer | undefined> {
   let handle: FileHandle;
@@ -573,6 +579,8 @@ async function readRegular(path: string): Promise<Buffer | undefined> {
   }
   try {
     const stats = await handle.stat();
+    // A directory cannot be replaced by a write as the others can: it stays, and is said (EISDIR).
+    if (stats.isDirectory()) throw Object.assign(new Error(`${path} is a directory`), { code: 'EISDIR' });
     if (!stats.isFile() || stats.size > MAX_ENTRY_BYTES) return undefined;
     return await handle.readFile();
   } finally {

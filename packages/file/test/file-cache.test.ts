@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import * as core from '@wxkit/core';
+import { startMockWeChat } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { FileCache } from '../src/index.js';
 
@@ -225,6 +226,33 @@ describe('FileCache on disk', () => {
       expect(await cache.get(key), key).toBeUndefined();
       expect(await cache.add(key, `mine-${key}`, 60), key).toBe(true);
       expect(await cache.get(key), key).toBe(`mine-${key}`);
+    }
+  });
+
+  it("a directory at a key (another program's) is a CacheError of reason type, not an outage: the token is served and the directory left", async () => {
+    const dir = fresh('directory-at-key');
+    const cache = new FileCache({ dir });
+    mkdirSync(join(dir, 'k'), { recursive: true });
+    for (const call of [() => cache.get('k'), () => cache.set('k', 'v', 60), () => cache.add('k', 'v', 60), () => cache.compareAndSet('k', 'a', 'v', 60)]) {
+      await expect(call()).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+    }
+    // Through a client: one foreign entry said, the store never taken for down (it was, and back up
+    // at every probe, a warning each time), one fetch.
+    const mock = await startMockWeChat();
+    try {
+      const { appId, secret } = mock.createApp();
+      mkdirSync(join(dir, `wechat%3Astable_access_token%3A${appId}`));
+      const app = new core.OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, memoMs: 0 });
+      const events: string[] = [];
+      for (const event of ['cache.unavailable', 'cache.recovered', 'cache.foreign_entry'] as const) app.on(event, () => events.push(event));
+      const token = await app.accessToken.getToken();
+      for (let i = 0; i < 5; i += 1) expect(await app.accessToken.getToken()).toBe(token);
+      expect(events).toEqual(['cache.foreign_entry']);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(statSync(join(dir, `wechat%3Astable_access_token%3A${appId}`)).isDirectory()).toBe(true);
+      await app.close();
+    } finally {
+      await mock.close();
     }
   });
 
