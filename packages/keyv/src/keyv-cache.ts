@@ -118,7 +118,7 @@ export class KeyvCache implements TokenCache {
   }
 
   async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) throw new CacheError(`KeyvCache ${op} after close()`);
+    if (this.#closed) throw new CacheError(`KeyvCache ${op} after close()`, { reason: 'closed' });
     try {
       return await fn();
     } catch (error) {
@@ -128,9 +128,23 @@ export class KeyvCache implements TokenCache {
       if (/^WRONGTYPE\b/.test(String((error as { message?: unknown } | null)?.message))) {
         throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause: error, reason: 'type' });
       }
-      throw new CacheError(`KeyvCache ${op} failed in the Keyv store`, { cause: error });
+      const reason = refusalOf(error);
+      throw new CacheError(`KeyvCache ${op} failed in the Keyv store${reason ? `: ${REFUSALS[reason]}` : ''}`, { cause: error, reason });
     }
   }
+}
+
+const REFUSALS = {
+  auth: 'the server refused the credentials (NOAUTH or WRONGPASS): check the user and password in the URL',
+  permission: 'the user may not run this command on this key (NOPERM)',
+} as const;
+
+/** A Redis server's refusal of the client (@keyv/redis), by the first word of its reply. */
+function refusalOf(error: unknown): keyof typeof REFUSALS | undefined {
+  const word = /^[A-Z]+\b/.exec(String((error as { message?: unknown } | null)?.message))?.[0];
+  if (word === 'NOAUTH' || word === 'WRONGPASS') return 'auth';
+  if (word === 'NOPERM') return 'permission';
+  return undefined;
 }
 
 // TokenCache values are binary strings (one character per byte). Keyv stores keep text (a SQL TEXT

@@ -92,7 +92,7 @@ describe('KeyvCache', () => {
   });
 });
 
-describe('KeyvCache on @keyv/redis while Redis is down', () => {
+describe('KeyvCache on @keyv/redis down or refusing', () => {
   const servers: StoreServer[] = [];
   afterAll(async () => {
     await Promise.all(servers.map((server) => server.stop()));
@@ -115,6 +115,19 @@ describe('KeyvCache on @keyv/redis while Redis is down', () => {
     await ready;
     expect(await cache.get('wechat:k')).toBeUndefined();
   }, 10_000);
+
+  it('a server that refuses the client is a CacheError of reason auth (or permission) saying so; a closed cache, of reason closed', async () => {
+    const own = await startRedis({ args: ['--requirepass', 'right', '--user', 'reader', 'on', '>pw', '~*', '+get', '+@connection'] });
+    servers.push(own);
+    const anonymous = new KeyvRedis<string>(own.url);
+    const reader = new KeyvRedis<string>(`redis://reader:pw@127.0.0.1:${own.port}`);
+    stores.push(anonymous, reader);
+    await expect(new KeyvCache(anonymous).get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'auth', message: expect.stringMatching(/credentials/) });
+    const cache = new KeyvCache(reader);
+    await expect(cache.set('wechat:k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'permission' });
+    await cache.close();
+    await expect(cache.get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+  });
 
   it('with commandOptions.timeout, calls made while the first connection is made wait for it (disableOfflineQueue would fail them)', async () => {
     const store = new KeyvRedis<string>({ url: redis.url, commandOptions: { timeout: 2_000 } });
