@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, retryAtOf } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -576,18 +576,24 @@ function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logge
   }
   const { code, errcode, errmsg, reason } = error as { code?: string; errcode?: number; errmsg?: string; reason?: string };
   const message = error instanceof Error ? error.message : String(error);
+  // A fetch the fleet backs off from (its failure marker, or this instance's own pause when WeChat is
+  // out of its reach) says until when: its clients are told to wait as long, not to ask at every call.
+  const retryAt = retryAtOf(error);
+  const seconds = retryAt === undefined ? 0 : Math.ceil((retryAt - Date.now()) / 1000);
+  const retry = seconds > 0 ? { retryAfterSeconds: seconds } : {};
+  const wait: Record<string, string> = seconds > 0 ? { 'retry-after': String(seconds) } : {};
   switch (code) {
     case 'ERR_WXKIT_WECHAT_API':
-      return answer(res, 502, { errcode, errmsg, error: { code: 'wechat_error', message, errcode, errmsg } });
+      return answer(res, 502, { errcode, errmsg, error: { code: 'wechat_error', message, errcode, errmsg, ...retry } }, wait);
     case 'ERR_WXKIT_HTTP':
     case 'ERR_WXKIT_TIMEOUT':
     case 'ERR_WXKIT_BAD_RESPONSE':
-      return answer(res, 503, { error: { code: 'wechat_unreachable', message } });
+      return answer(res, 503, { error: { code: 'wechat_unreachable', message, ...retry } }, wait);
     case 'ERR_WXKIT_CACHE':
       if (reason) info.reason = reason;
       return answer(res, 503, { error: { code: 'store_unavailable', message, ...(reason ? { reason } : {}) } });
     case 'ERR_WXKIT_NO_TOKEN':
-      return answer(res, 503, { error: { code: 'no_token', message } });
+      return answer(res, 503, { error: { code: 'no_token', message, ...retry } }, wait);
     case 'ERR_WXKIT_INVALID_OPTION':
       return answer(res, 400, { error: { code: 'bad_request', message } });
     default:

@@ -1,6 +1,7 @@
 import { Pool, type Dispatcher } from 'undici';
 import { onAbort } from './abort.js';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
+import { withRetryAt } from './retry-at.js';
 
 export type QueryValue = string | number | boolean | undefined;
 export type Query = Record<string, QueryValue>;
@@ -168,6 +169,8 @@ interface ExchangeResult {
   status: number;
   contentType: string;
   bytes: Buffer;
+  /** The answer's `Retry-After`, as sent (a token service that backs off says when to ask again). */
+  retryAfter?: string;
 }
 
 /**
@@ -188,6 +191,7 @@ class Exchange {
   #abort: ((error?: Error) => void) | undefined;
   #status = 0;
   #contentType = '';
+  #retryAfter: string | undefined;
   #expectedLength = -1;
   readonly #chunks: Buffer[] = [];
   #size = 0;
@@ -260,11 +264,12 @@ class Exchange {
     if (headers) {
       for (let i = 0; i + 1 < headers.length; i += 2) {
         const name = headers[i]!;
-        // Only two names matter; compare lengths before making a string of the name.
-        if (name.length !== 12 && name.length !== 14) continue;
+        // Only three names matter; compare lengths before making a string of the name.
+        if (name.length !== 12 && name.length !== 14 && name.length !== 11) continue;
         const lower = name.toString().toLowerCase();
         if (lower === 'content-type') this.#contentType = headers[i + 1]!.toString();
         else if (lower === 'content-length') this.#expectedLength = Number(headers[i + 1]!.toString());
+        else if (lower === 'retry-after' && status >= 400) this.#retryAfter = headers[i + 1]!.toString();
       }
     }
     return true;
@@ -325,6 +330,7 @@ class Exchange {
       status: this.#status,
       contentType: this.#contentType,
       bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.#size),
+      ...(this.#retryAfter === undefined ? {} : { retryAfter: this.#retryAfter }),
     });
   }
 
@@ -439,8 +445,14 @@ export class HttpClient {
 
   /** Sends the request and returns the parsed JSON body. Throws WeChatApiError when `errcode` is set and not 0. */
   async json(req: HttpRequest): Promise<Record<string, unknown>> {
-    const { status, bytes } = await this.#exchange(req);
-    return this.#decode(cleanPath(req.path), status, bytes.toString('utf8'));
+    const { status, bytes, retryAfter } = await this.#exchange(req);
+    try {
+      return this.#decode(cleanPath(req.path), status, bytes.toString('utf8'));
+    } catch (error) {
+      // A failure that said when to ask again (a token service backing off): see retryAtOf().
+      const at = retryAfter === undefined ? undefined : retryAfterAt(retryAfter, Date.now());
+      throw at === undefined ? error : withRetryAt(error, at);
+    }
   }
 
   /**
@@ -681,6 +693,17 @@ function problemOf(record: Record<string, unknown> | undefined): string {
 /** A peer named at a sentence's start ("The token service") as it reads inside one. */
 function midSentence(peer: string): string {
   return peer.startsWith('The ') ? `the ${peer.slice(4)}` : peer;
+}
+
+/**
+ * When a `Retry-After` value (delay-seconds, or an HTTP-date) says to ask again, in unix ms; undefined
+ * when it is neither.
+ */
+export function retryAfterAt(value: string, now: number): number | undefined {
+  const text = value.trim();
+  if (/^\d{1,10}$/.test(text)) return now + Number(text) * 1000;
+  const date = /[a-z]/i.test(text) ? Date.parse(text) : NaN;
+  return Number.isFinite(date) ? date : undefined;
 }
 
 /** `/cgi-bin/token?x=1` → `cgi-bin/token`: the form used in URLs we build and in every message. */

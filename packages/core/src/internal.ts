@@ -7,6 +7,7 @@
  */
 export { assertTtl } from './ttl.js';
 export { maskUrl } from './redact.js';
+export { retryAtOf } from './retry-at.js';
 export {
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,

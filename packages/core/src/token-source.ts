@@ -1,6 +1,7 @@
 import type { Dispatcher } from 'undici';
-import { BadResponseError } from './errors.js';
+import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
 import { HttpClient } from './http.js';
+import { retryAtOf, withRetryAt } from './retry-at.js';
 import { isPlausibleToken } from './token/entry.js';
 import { NOT_IN_BEARER_KEY, checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
 import { VERSION } from './version.js';
@@ -25,9 +26,11 @@ export interface TokenSource {
   fetch(request: TokenSourceRequest): Promise<{ value: string; expiresIn: number }>;
   /**
    * WeChat rejected `value` (40001, 40014, 42001). The source refreshes only if `value` is still its
-   * current one, so N clients reporting the same token cause one refresh.
+   * current one, so N clients reporting the same token cause one refresh. It may resolve the current
+   * value and its remaining life, as `fetch()` would (`wxkit serve` answers them): the client then uses
+   * it without calling `fetch()`. Resolving nothing, the client calls `fetch()` next.
    */
-  invalidate(request: TokenSourceRequest, value: string): Promise<void>;
+  invalidate(request: TokenSourceRequest, value: string): Promise<{ value: string; expiresIn: number } | void>;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
    * several clients share must still answer the others afterwards (remoteTokenSource opens new
@@ -41,8 +44,9 @@ export interface RemoteTokenSourceOptions {
   /** The service's base URL, e.g. `http://127.0.0.1:7400`. */
   url: string;
   /**
-   * A bearer key from the service's configuration: 8 characters or more, no spaces, control characters or characters past U+00FF.
-   * Sent as `Authorization: Bearer …`, never logged.
+   * A bearer key from the service's configuration: 8 characters or more, no spaces, control characters or
+   * characters past U+00FF. `wxkit serve` takes only keys of 16 characters or more; 8 is the floor for
+   * services of other makes. Sent as `Authorization: Bearer …`, never logged.
    */
   key: string;
   /**
@@ -80,6 +84,46 @@ function isHttpUrl(value: unknown): boolean {
 const MAX_EXPIRES_IN_S = 24 * 3600;
 
 /**
+ * The longest a `Retry-After` holds this source's requests of one path back. The service's own pauses
+ * are a minute at most but for WeChat's daily quota (until midnight, Beijing time), which the service
+ * answers from its store at no cost: asked once a minute then, and a proxy's `Retry-After: 86400` on a
+ * maintenance page cannot stop a client for a day.
+ */
+const MAX_HOLD_MS = 60_000;
+
+/** The shortest key `wxkit serve` takes: a shorter one, refused by it, is named so in the message. */
+const SERVE_KEY_MIN = 16;
+
+/** `value` and its remaining life from a token service's answer (`expires_at` in unix seconds), or why not. */
+function entryOf(body: Record<string, unknown>, field: TokenSourceRequest['field']): { value: string; expiresIn: number } | string {
+  const value = body[field];
+  const expiresAt = body.expires_at;
+  if (!isPlausibleToken(value) || typeof expiresAt !== 'number') return `without a usable ${field}`;
+  const expiresIn = Math.floor(expiresAt - Date.now() / 1000);
+  if (!(expiresIn > 0)) return `with an expired ${field}`;
+  // WeChat's tokens and tickets live 2 h: a day or more ahead is another unit (milliseconds, say).
+  if (expiresIn >= MAX_EXPIRES_IN_S) return 'with an expires_at more than a day ahead (it takes unix seconds)';
+  return { value, expiresIn };
+}
+
+/** What a request held back by a `Retry-After` fails with: the class, code and errcode of the answer that said to wait. */
+function heldError(error: unknown, until: number, path: string): Error {
+  const note = `; the token service said to ask again after ${new Date(until).toISOString()}, and this process waits until then`;
+  let held: Error;
+  if (error instanceof WeChatApiError) held = new WeChatApiError({ errcode: error.errcode, errmsg: error.errmsg }, error.path, { message: `${error.message}${note}` });
+  else if (error instanceof BadResponseError) held = new BadResponseError(`${error.message}${note}`, { path, ...(error.status === undefined ? {} : { status: error.status }) });
+  else {
+    const http = error instanceof HttpError ? error : undefined;
+    held = new HttpError(http?.code === 'ERR_WXKIT_TIMEOUT' ? 'ERR_WXKIT_TIMEOUT' : 'ERR_WXKIT_HTTP', `${http?.message ?? `The token service failed ${path}`}${note}`, {
+      path,
+      ...(http?.status === undefined ? {} : { status: http.status }),
+      sent: false,
+    });
+  }
+  return withRetryAt(held, until);
+}
+
+/**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
  * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`. One source may be
  * given to many clients: closing one of them releases the source's connections, and the others' next
@@ -114,6 +158,32 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   const http = () => (opened ??= open());
   const headers = { authorization: `Bearer ${key}` };
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
+  // A failure answered with Retry-After holds the next requests of its path back until then (a minute at
+  // most): each of the service's back-off steps costs one request per process, not one per call.
+  const holds = new Map<string, { until: number; error: unknown }>();
+  const send = async (path: string, exchange: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
+    const hold = holds.get(path);
+    if (hold) {
+      if (Date.now() < hold.until) throw heldError(hold.error, hold.until, path);
+      holds.delete(path);
+    }
+    try {
+      return await exchange();
+    } catch (error) {
+      const at = retryAtOf(error);
+      const now = Date.now();
+      if (at !== undefined && at > now) holds.set(path, { until: Math.min(at, now + MAX_HOLD_MS), error });
+      // A key too short for wxkit serve, refused: say so, as a wrong key is hard to tell from a typo.
+      if (error instanceof HttpError && error.status === 401 && key.length < SERVE_KEY_MIN) {
+        throw new HttpError('ERR_WXKIT_HTTP', `${error.message}; the key has fewer than ${SERVE_KEY_MIN} characters, and wxkit serve takes none that short`, {
+          path: error.path,
+          status: 401,
+          cause: error,
+        });
+      }
+      throw error;
+    }
+  };
 
   return {
     async fetch(request) {
@@ -121,22 +191,26 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
         request.field === 'ticket'
           ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
           : `v1/token/${segment(request)}`;
-      const body = await http().json({ method: 'GET', path, headers });
-      const value = body[request.field];
-      const expiresAt = body.expires_at;
-      if (!isPlausibleToken(value) || typeof expiresAt !== 'number') {
-        throw new BadResponseError(`The token service answered ${path} without a usable ${request.field}`, { path });
-      }
-      const expiresIn = Math.floor(expiresAt - Date.now() / 1000);
-      if (expiresIn <= 0) throw new BadResponseError(`The token service answered ${path} with an expired ${request.field}`, { path });
-      // WeChat's tokens and tickets live 2 h: a day or more ahead is another unit (milliseconds, say).
-      if (expiresIn >= MAX_EXPIRES_IN_S) {
-        throw new BadResponseError(`The token service answered ${path} with an expires_at more than a day ahead (it takes unix seconds)`, { path });
-      }
-      return { value, expiresIn };
+      const body = await send(path, () => http().json({ method: 'GET', path, headers }));
+      const entry = entryOf(body, request.field);
+      if (typeof entry === 'string') throw new BadResponseError(`The token service answered ${path} ${entry}`, { path });
+      return entry;
     },
     async invalidate(request, value) {
-      await http().json({ method: 'POST', path: `v1/token/${segment(request)}/invalidate`, json: { token: value }, headers });
+      const path = `v1/token/${segment(request)}/invalidate`;
+      let body: Record<string, unknown>;
+      try {
+        body = await send(path, () => http().json({ method: 'POST', path, json: { token: value }, headers }));
+      } catch (error) {
+        // A service of another make may answer the report with no body (204) or no JSON: taken, with no
+        // token in it, and the client asks fetch() for one.
+        if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
+        throw error;
+      }
+      // wxkit serve answers the current token: used as it is, which spares the client's next request.
+      // Without a usable one (a service that answers {"ok":true}), the client asks fetch().
+      const entry = entryOf(body, 'access_token');
+      return typeof entry === 'string' ? undefined : entry;
     },
     async close() {
       const closing = opened;

@@ -68,7 +68,7 @@ describe('a marker this process could not write', () => {
     const gate = new FailureGate('wechat:access_token:wx1', 'access_token');
     const now = Date.now();
     state.failWrites = true;
-    expect(await gate.record(store, transient(), now, 'host:1')).toBe(true);
+    expect(await gate.record(store, transient(), now, 'host:1')).toMatchObject({ attempt: 1 });
     expect(await gate.active(store, now + 1)).toBeDefined();
     state.failWrites = false;
     await gate.clear(store);

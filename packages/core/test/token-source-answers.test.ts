@@ -1,16 +1,19 @@
 import { createServer, type Server } from 'node:http';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { BadResponseError, remoteTokenSource } from '../src/index.js';
 
 // What a token service (wxkit serve, or another implementation of its protocol) may answer that the
 // client must not take: each answer here is a typed error naming what was wrong.
 let server: Server;
 let url: string;
-let answer: (path: string) => { status: number; body: string } = () => ({ status: 404, body: '' });
+let answer: (path: string) => { status: number; body: string; headers?: Record<string, string> } = () => ({ status: 404, body: '' });
+/** The requests the server got, as `METHOD /path`. */
+let asked: string[] = [];
 beforeAll(async () => {
   server = createServer((req, res) => {
-    const { status, body } = answer(req.url ?? '');
-    res.writeHead(status, { 'content-type': 'application/json' }).end(body);
+    asked.push(`${req.method} ${req.url}`);
+    const { status, body, headers } = answer(req.url ?? '');
+    res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(body);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -42,6 +45,107 @@ describe('remoteTokenSource refuses answers no token service gives', () => {
       await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
     } finally {
       await source.close?.();
+    }
+  });
+});
+
+describe("remoteTokenSource and a service's Retry-After", () => {
+  beforeEach(() => {
+    asked = [];
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+  const unavailable = (retryAfter: string) => () => ({
+    status: 503,
+    body: JSON.stringify({ error: { code: 'wechat_unreachable', message: 'WeChat did not answer' } }),
+    headers: { 'retry-after': retryAfter },
+  });
+
+  it('holds the next requests of the path back until then: one request per back-off step', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = unavailable('5');
+      await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      const held = await source.fetch(request).catch((error: unknown) => error);
+      expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503, sent: false });
+      expect((held as Error).message).toMatch(/HTTP 503 wechat_unreachable; the token service said to ask again after \S+, and this process waits until then$/);
+      expect(asked).toHaveLength(1);
+      // Another path (a ticket) is not held back.
+      await expect(source.fetch({ ...request, field: 'ticket', ticketType: 'jsapi' })).rejects.toMatchObject({ status: 503 });
+      expect(asked).toHaveLength(2);
+      vi.setSystemTime(Date.now() + 4_000);
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
+      expect(asked).toHaveLength(2);
+      vi.setSystemTime(Date.now() + 1_001);
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(asked).toHaveLength(3);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it('takes an HTTP-date, and holds no longer than a minute whatever it says', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = unavailable(new Date(Date.now() + 10_000).toUTCString());
+      await expect(source.fetch(request)).rejects.toMatchObject({ status: 503 });
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
+      expect(asked).toHaveLength(1);
+      vi.setSystemTime(Date.now() + 11_000);
+      // A proxy's maintenance page asking for a day.
+      answer = unavailable('86400');
+      await expect(source.fetch(request)).rejects.toMatchObject({ status: 503, sent: true });
+      expect(asked).toHaveLength(2);
+      vi.setSystemTime(Date.now() + 59_000);
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
+      vi.setSystemTime(Date.now() + 1_001);
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: true });
+      expect(asked).toHaveLength(3);
+    } finally {
+      await source.close?.();
+    }
+  });
+});
+
+describe("remoteTokenSource's report of a rejected token", () => {
+  beforeEach(() => {
+    asked = [];
+  });
+
+  it("resolves the token the service answers with, and nothing when the answer has none (204, {\"ok\":true}, a token already expired)", async () => {
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200, fetched_at: now() }) });
+      const answered = await source.invalidate(request, 'ACCESS_TOKEN_1');
+      expect(answered).toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      expect((answered as { expiresIn: number }).expiresIn).toBeGreaterThan(7000);
+      for (const body of [{ status: 204, body: '' }, { status: 200, body: '{"ok":true}' }, { status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() - 1 }) }]) {
+        answer = () => body;
+        await expect(source.invalidate(request, 'ACCESS_TOKEN_1'), JSON.stringify(body)).resolves.toBeUndefined();
+      }
+      expect(asked.every((line) => line === 'POST /v1/token/official_account/wx0123456789abcdef/invalidate')).toBe(true);
+    } finally {
+      await source.close?.();
+    }
+  });
+});
+
+describe("remoteTokenSource's key", () => {
+  it('one shorter than wxkit serve takes, refused with 401: the message says so', async () => {
+    answer = () => ({ status: 401, body: JSON.stringify({ error: { code: 'unauthorized', reason: 'unknown_key' } }) });
+    const short = remoteTokenSource({ url, key: 'k'.repeat(12) });
+    const long = remoteTokenSource({ url, key: 'k'.repeat(16) });
+    try {
+      const failure = await short.fetch(request).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 401 });
+      expect((failure as Error).message).toMatch(/HTTP 401 unauthorized \(unknown_key\); the key has fewer than 16 characters, and wxkit serve takes none that short$/);
+      expect(((await long.fetch(request).catch((error: unknown) => error)) as Error).message).toMatch(/HTTP 401 unauthorized \(unknown_key\)$/);
+    } finally {
+      await Promise.all([short.close?.(), long.close?.()]);
     }
   });
 });

@@ -1,5 +1,6 @@
 import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, describeErrcode, isSecretRejection, type WxkitErrorCode } from '../errors.js';
 import { binaryToText, textToBinary } from '../bytes.js';
+import { withRetryAt } from '../retry-at.js';
 import type { GuardedStore } from '../store.js';
 
 /**
@@ -163,6 +164,10 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
  * same class, code and errcode, and a message saying the failure is shared and when WeChat is asked again.
  */
 export function markerError(marker: FailureMarker, label: string): Error {
+  return withRetryAt(errorOfMarker(marker, label), marker.retryAt);
+}
+
+function errorOfMarker(marker: FailureMarker, label: string): Error {
   const path = marker.path ?? 'the token endpoint';
   const shared = `a fetch of the ${label} failed ${marker.failedBy ? `in ${marker.failedBy} ` : ''}at ${iso(marker.failedAt)}; the fleet asks WeChat again after ${iso(marker.retryAt)}`;
   if (marker.errcode !== undefined) {
@@ -257,8 +262,8 @@ export class FailureGate {
     return marker ? markerError(marker, this.#label) : undefined;
   }
 
-  /** Records a failed fetch; returns whether the error was WeChat's (and so backed off). */
-  async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<boolean> {
+  /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */
+  async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<FailureMarker | undefined> {
     let previous: FailureMarker | undefined;
     try {
       previous = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
@@ -266,7 +271,7 @@ export class FailureGate {
       previous = this.#pending(now);
     }
     const marker = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
-    if (!marker) return false;
+    if (!marker) return undefined;
     const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
     try {
       await store.set(this.key, encodeMarker(marker), ttlSeconds);
@@ -274,7 +279,7 @@ export class FailureGate {
     } catch {
       this.#unwritten = marker;
     }
-    return true;
+    return marker;
   }
 
   /**

@@ -126,7 +126,13 @@ export class TokenManager {
       if (this.#rejected.length > REJECTED_MEMORY) this.#rejected.shift();
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
-      pending = handled(this.#refresher.invalidate(value, errcode).finally(() => invalidations.delete(value)));
+      const generation = this.#generation;
+      // The value the report brought back (a token service answers the current one) is kept as a
+      // refresh's would be: the callers resend with it, and no one asks for it again.
+      const reported = this.#refresher.invalidate(value, errcode).then((refreshed) => {
+        if (refreshed) this.#remember(refreshed, generation);
+      });
+      pending = handled(reported.finally(() => invalidations.delete(value)));
       invalidations.set(value, pending);
     }
     return pending;

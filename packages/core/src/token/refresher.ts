@@ -70,8 +70,11 @@ export interface Refresher {
   readonly fetches: boolean;
   /** A new value; undefined only for `ahead` requests that found nothing to do. */
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
-  /** WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the others. */
-  invalidate(value: string, errcode: number | undefined): Promise<void>;
+  /**
+   * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
+   * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
+   */
+  invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void>;
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */

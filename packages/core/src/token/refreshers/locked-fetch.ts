@@ -3,6 +3,7 @@ import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
+import { withRetryAt } from '../../retry-at.js';
 import { RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
@@ -390,7 +391,8 @@ export class LockedFetchRefresher implements Refresher {
       (this.#unsent ??= new LocalBackoff(ctx.label)).record(error, now, ctx.writer);
     } else {
       this.#unsent?.clear();
-      await this.#failures.record(tier.entries, error, now, ctx.writer);
+      const marker = await this.#failures.record(tier.entries, error, now, ctx.writer);
+      if (marker) withRetryAt(error, marker.retryAt);
     }
     ctx.log.warn(
       {

@@ -26,26 +26,39 @@ export class RemoteRefresher implements Refresher {
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
     // The service refreshes ahead on its own; a client has nothing to do early.
     if (request.ahead) return undefined;
-    const ctx = this.#ctx;
     const started = performance.now();
     const fetched = await this.#withDeadline(this.#source.fetch(this.#request));
+    const refreshed = this.#take(fetched, started);
+    if (!refreshed) throw new HttpError('ERR_WXKIT_HTTP', `The token source answered without a usable ${this.#ctx.label}`, { path: 'token source' });
+    return refreshed;
+  }
+
+  /**
+   * Reports `value`; what the source answers with (wxkit serve: the current token, the one that replaced
+   * `value`) is the refresh, so the client need not ask again. Undefined when it answered none.
+   */
+  async invalidate(value: string): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const started = performance.now();
+    const answered = await this.#withDeadline(this.#source.invalidate(this.#request, value));
+    ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
+    // A source that answers nothing, or something else (a source in plain JavaScript that returns what
+    // its HTTP call did): the client asks fetch() next, as before sources could answer.
+    return answered ? this.#take(answered, started) : undefined;
+  }
+
+  /** The entry of a source's answer, or undefined when it is not a usable value. */
+  #take(fetched: { value: string; expiresIn: number } | undefined, started: number): Refreshed | undefined {
+    const ctx = this.#ctx;
     // A source in plain JavaScript may answer anything: "7200" would be added to the fetch time as text
     // (Number.isFinite refuses whatever is no number).
-    if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) {
-      throw new HttpError('ERR_WXKIT_HTTP', `The token source answered without a usable ${ctx.label}`, { path: 'token source' });
-    }
+    if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) return undefined;
     const { entry } = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
     ctx.log.info(
       { event: `${ctx.label}.fetched`, appId: ctx.appId, key: ctx.logKey, source: 'remote', expiresIn: fetched.expiresIn, ms: Math.round(performance.now() - started) },
       `Got a ${ctx.label} from the token service`,
     );
     return { entry, tier: 'process', fetched: true };
-  }
-
-  async invalidate(value: string): Promise<void> {
-    const ctx = this.#ctx;
-    await this.#withDeadline(this.#source.invalidate(this.#request, value));
-    ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
   }
 
   /** A source that never answers must not hang every caller of this process. */
