@@ -33,6 +33,7 @@ The config file (JSON) names environment variables, never secrets:
     "headersTimeoutMs": 10000,                 optional: slow clients get 408
     "requestTimeoutMs": 30000,                 optional: SIGTERM cuts requests still under way after it
     "keepAliveTimeoutMs": 5000,                optional: idle connections are closed
+    "maxConnections": 10000,                   optional: connections past it are closed unanswered
     "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
     "prefix": "wechat:"                        optional
   }
@@ -117,6 +118,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     headersTimeoutMs: number('headersTimeoutMs'),
     requestTimeoutMs: number('requestTimeoutMs'),
     keepAliveTimeoutMs: number('keepAliveTimeoutMs'),
+    maxConnections: number('maxConnections'),
     baseUrl: url('baseUrl'),
     workBaseUrl: url('workBaseUrl'),
     prefix: typeof raw.prefix === 'string' ? raw.prefix : undefined,

@@ -43,6 +43,13 @@ export interface TokenServiceOptions {
   requestTimeoutMs?: number;
   /** An idle keep-alive connection is closed after this long, in ms. @default 5000 */
   keepAliveTimeoutMs?: number;
+  /**
+   * The most connections the service holds at once; one more is closed at once, unanswered (logged as
+   * `serve.connections_dropped`, counted in `wxkit_http_connections_dropped_total`), and its client
+   * fails its request and asks again later. Bounds the service's sockets and memory when a fleet of
+   * thousands of processes starts at once, well below the file descriptors a process gets. @default 10000
+   */
+  maxConnections?: number;
   /** WeChat's API (a mock, a proxy). */
   baseUrl?: string;
   /** WeCom's API. */
@@ -151,6 +158,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // Node requires headersTimeout <= requestTimeout.
   timeouts.headersTimeout = Math.min(timeouts.headersTimeout, timeouts.requestTimeout);
   const healthCheckMs = positive(options.healthCheckMs, 2_000, 'healthCheckMs');
+  const maxConnections = options.maxConnections ?? 10_000;
+  if (typeof maxConnections !== 'number' || !Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 2 ** 31 - 1) {
+    throw new ConfigError("the token service's maxConnections must be a whole number of at least 1", 'maxConnections');
+  }
   const checkEveryMs = seconds(options.checkEverySeconds, 30, 'checkEverySeconds');
   const digests = options.keys.map((key) => createHash('sha256').update(key).digest());
   const log = options.logger || undefined;
@@ -449,6 +460,23 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     },
   );
   // Node's own clientError handling stays: a stalled request gets 408 and is closed, a malformed one 400.
+  // Past maxConnections Node closes a new connection as soon as it is accepted: counted, and logged at
+  // most once a second with how many went since the last line, so a stampede does not flood the log.
+  server.maxConnections = maxConnections;
+  let dropped = 0;
+  let dropLogged = -Infinity;
+  server.on('drop', () => {
+    metrics.connectionsDropped.inc();
+    dropped += 1;
+    const now = performance.now();
+    if (now - dropLogged < 1_000) return;
+    dropLogged = now;
+    log?.warn(
+      { event: 'serve.connections_dropped', dropped, maxConnections },
+      `The service holds maxConnections (${maxConnections}) connections: new ones are closed unanswered; raise maxConnections if the host has the file descriptors`,
+    );
+    dropped = 0;
+  });
 
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

@@ -1,6 +1,7 @@
+import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, type Dispatcher } from 'undici';
-import { MemoryCache, OfficialAccount, remoteTokenSource } from '@wxkit/core';
+import { MemoryCache, OfficialAccount, remoteTokenSource, type LogFields } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { startTokenService } from '../src/serve.js';
 
@@ -73,6 +74,61 @@ describe('remoteTokenSource with wxkit serve', () => {
       await client.close();
       await service.close();
       await agent.close();
+    }
+  });
+});
+
+describe('wxkit serve under more connections than it holds', () => {
+  it('closes the ones past maxConnections at once, logs and counts them, and takes new ones once others close', async () => {
+    const { appId, secret } = mock.createApp();
+    const warnings: LogFields[] = [];
+    let onWarn = () => {};
+    const logger = { warn: (fields: LogFields) => (warnings.push(fields), onWarn()) };
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger, maxConnections: 2 });
+    const { hostname, port } = new URL(service.url);
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = connect(Number(port), hostname, () => resolve(socket));
+        socket.once('error', reject);
+      });
+    const held = [await open(), await open()];
+    try {
+      const dropped = new Promise<void>((resolve) => (onWarn = () => warnings.some((line) => line.event === 'serve.connections_dropped') && resolve()));
+      const third = await open();
+      // Closed by the service without a byte.
+      let received = 0;
+      third.on('data', (chunk: Buffer) => (received += chunk.length));
+      await new Promise((resolve) => third.once('close', resolve));
+      await dropped;
+      expect(received).toBe(0);
+      expect(warnings.find((line) => line.event === 'serve.connections_dropped')).toMatchObject({ dropped: 1, maxConnections: 2 });
+    } finally {
+      for (const socket of held) socket.destroy();
+    }
+    try {
+      // The held connections are gone once the service saw them close: it answers again.
+      let metrics: string | undefined;
+      let refused = 0;
+      for (let attempt = 0; attempt < 50 && metrics === undefined; attempt += 1) {
+        metrics = await fetch(`${service.url}/metrics`).then(
+          (res) => res.text(),
+          () => void (refused += 1),
+        );
+      }
+      // The third connection, and any attempt made before the service saw the held ones close.
+      expect(metrics).toMatch(new RegExp(`^wxkit_http_connections_dropped_total ${1 + refused}$`, 'm'));
+    } finally {
+      await service.close();
+    }
+  });
+
+  it('refuses a maxConnections that is no whole number of at least 1', async () => {
+    const { appId, secret } = mock.createApp();
+    for (const maxConnections of [0, 1.5, -1, Number.NaN]) {
+      await expect(
+        startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, maxConnections }),
+        String(maxConnections),
+      ).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'maxConnections' });
     }
   });
 });
