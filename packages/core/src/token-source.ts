@@ -208,7 +208,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
         throw error;
       }
       // wxkit serve answers the current token: used as it is, which spares the client's next request.
-      // Without a usable one (a service that answers {"ok":true}), the client asks fetch().
+      // Without a usable one (a service that answers {"ok":true}), the client asks fetch(). The answer
+      // is an access token's: never taken for a ticket.
+      if (request.field !== 'access_token') return undefined;
       const entry = entryOf(body, 'access_token');
       return typeof entry === 'string' ? undefined : entry;
     },

@@ -128,6 +128,9 @@ describe("remoteTokenSource's report of a rejected token", () => {
         await expect(source.invalidate(request, 'ACCESS_TOKEN_1'), JSON.stringify(body)).resolves.toBeUndefined();
       }
       expect(asked.every((line) => line === 'POST /v1/token/official_account/wx0123456789abcdef/invalidate')).toBe(true);
+      // The answer is an access token's: a ticket's report never takes it.
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 }) });
+      await expect(source.invalidate({ ...request, field: 'ticket', ticketType: 'jsapi' }, 'TICKET_1')).resolves.toBeUndefined();
     } finally {
       await source.close?.();
     }
