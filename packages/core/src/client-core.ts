@@ -18,7 +18,7 @@ import { LockedFetchRefresher } from './token/refreshers/locked-fetch.js';
 import { RemoteRefresher } from './token/refreshers/remote.js';
 import { StoreTiers, hostFallback } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';
-import type { TokenSource, TokenSourceRequest } from './token-source.js';
+import { SOURCE_BUDGET_MS, type TokenSource, type TokenSourceRequest } from './token-source.js';
 import {
   MAX_TIMER_MS,
   checkOptions,
@@ -387,7 +387,12 @@ export class ClientCore {
   }
 
   #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {
-    if (this.#source) return new RemoteRefresher(ctx, this.#source, request, this.http.timeoutMs);
+    if (this.#source) {
+      // remoteTokenSource says how long its calls may take (its own timeoutMs, which may be the longer).
+      const budget = (this.#source as { [SOURCE_BUDGET_MS]?: unknown })[SOURCE_BUDGET_MS];
+      const deadlineMs = typeof budget === 'number' && Number.isFinite(budget) ? Math.max(this.http.timeoutMs, budget) : this.http.timeoutMs;
+      return new RemoteRefresher(ctx, this.#source, request, Math.min(deadlineMs, MAX_TIMER_MS));
+    }
     if (this.refresh === 'never' && request.field === 'access_token') return new FollowRefresher(ctx);
     return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key));
   }

@@ -50,7 +50,8 @@ export interface RemoteTokenSourceOptions {
    */
   key: string;
   /**
-   * Deadline of one request to the service, in ms.
+   * Deadline of one request to the service, in ms (and as long again to wait for a connection). The
+   * client waits this long for the source, even if its own `timeoutMs` is shorter.
    * @default 5000
    */
   timeoutMs?: number;
@@ -90,6 +91,13 @@ const MAX_EXPIRES_IN_S = 24 * 3600;
  * maintenance page cannot stop a client for a day.
  */
 const MAX_HOLD_MS = 60_000;
+
+/**
+ * Where remoteTokenSource says how long one of its calls may take at most, in ms (the wait for a
+ * connection, then the exchange): the client waits that long for it, not its own `timeoutMs` only, so a
+ * source given a longer `timeoutMs` than its client is not cut short by the client.
+ */
+export const SOURCE_BUDGET_MS = Symbol.for('wxkit.tokenSource.budgetMs');
 
 /** The shortest key `wxkit serve` takes: a shorter one, refused by it, is named so in the message. */
 const SERVE_KEY_MIN = 16;
@@ -185,7 +193,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     }
   };
 
-  return {
+  const source: TokenSource & { [SOURCE_BUDGET_MS]: number } = {
+    // Its own deadlines end a call first, with the more precise error; a second spares a race with them.
+    [SOURCE_BUDGET_MS]: 2 * timeoutMs + 1_000,
     async fetch(request) {
       const path =
         request.field === 'ticket'
@@ -220,4 +230,5 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       await closing?.close();
     },
   };
+  return source;
 }

@@ -1,19 +1,21 @@
 import { createServer, type Server } from 'node:http';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { BadResponseError, remoteTokenSource } from '../src/index.js';
+import { BadResponseError, MemoryCache, OfficialAccount, remoteTokenSource } from '../src/index.js';
 
 // What a token service (wxkit serve, or another implementation of its protocol) may answer that the
 // client must not take: each answer here is a typed error naming what was wrong.
 let server: Server;
 let url: string;
-let answer: (path: string) => { status: number; body: string; headers?: Record<string, string> } = () => ({ status: 404, body: '' });
+let answer: (path: string) => { status: number; body: string; headers?: Record<string, string>; delayMs?: number } = () => ({ status: 404, body: '' });
 /** The requests the server got, as `METHOD /path`. */
 let asked: string[] = [];
 beforeAll(async () => {
   server = createServer((req, res) => {
     asked.push(`${req.method} ${req.url}`);
-    const { status, body, headers } = answer(req.url ?? '');
-    res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(body);
+    const { status, body, headers, delayMs } = answer(req.url ?? '');
+    const send = () => res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(body);
+    if (delayMs) setTimeout(send, delayMs);
+    else send();
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -149,6 +151,24 @@ describe("remoteTokenSource's key", () => {
       expect(((await long.fetch(request).catch((error: unknown) => error)) as Error).message).toMatch(/HTTP 401 unauthorized \(unknown_key\)$/);
     } finally {
       await Promise.all([short.close?.(), long.close?.()]);
+    }
+  });
+});
+
+describe("remoteTokenSource's timeoutMs", () => {
+  it("is waited for in full when longer than its client's timeoutMs: a slow service is not cut short by the client", async () => {
+    answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_SLOW', expires_at: now() + 7200 }), delayMs: 600 });
+    const client = new OfficialAccount({
+      appId: 'wx0123456789abcdef',
+      cache: new MemoryCache(),
+      timeoutMs: 200,
+      tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32), timeoutMs: 5_000 }),
+      logger: false,
+    });
+    try {
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_SLOW');
+    } finally {
+      await client.close();
     }
   });
 });
