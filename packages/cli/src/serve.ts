@@ -604,8 +604,9 @@ function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logge
   }
   const { code, errcode, errmsg, reason } = error as { code?: string; errcode?: number; errmsg?: string; reason?: string };
   const message = error instanceof Error ? error.message : String(error);
-  // A fetch the fleet backs off from (its failure marker, or this instance's own pause when WeChat is
-  // out of its reach) says until when: its clients are told to wait as long, not to ask at every call.
+  // A fetch the fleet backs off from (its failure marker) says until when: its clients are told to wait
+  // as long, not to ask at every call. This instance's own pause, when its fetch never left its host,
+  // carries none: its clients may reach another instance meanwhile.
   const retryAt = retryAtOf(error);
   const seconds = retryAt === undefined ? 0 : Math.ceil((retryAt - Date.now()) / 1000);
   const retry = seconds > 0 ? { retryAfterSeconds: seconds } : {};

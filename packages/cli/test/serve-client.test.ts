@@ -2,7 +2,7 @@ import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, remoteTokenSource, type LogFields } from '@wxkit/core';
-import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { startTokenService } from '../src/serve.js';
 
 // remoteTokenSource against wxkit serve, counting the requests the client sends to the service.
@@ -74,6 +74,24 @@ describe('remoteTokenSource with wxkit serve', () => {
       await client.close();
       await service.close();
       await agent.close();
+    }
+  });
+});
+
+describe("wxkit serve's own way out", () => {
+  it('an instance that cannot reach WeChat (its fetch never left the host) answers 503 without Retry-After: its clients may reach another instance', async () => {
+    const { appId, secret } = mock.createApp();
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: dead, logger: false });
+    try {
+      for (let i = 0; i < 2; i += 1) {
+        const res = await fetch(`${service.url}/v1/token/oa/${appId}`, { headers: { authorization: `Bearer ${KEY}` } });
+        expect(res.status).toBe(503);
+        expect(((await res.json()) as { error: { code: string } }).error.code).toBe('wechat_unreachable');
+        expect(res.headers.get('retry-after')).toBeNull();
+      }
+    } finally {
+      await service.close();
     }
   });
 });

@@ -1,7 +1,6 @@
 /**
  * When the failure an error stands for may be asked about again, in unix ms, where wxkit knows it: a
- * token fetch held back by the fleet's failure marker or by this process's own back-off, or an answer
- * that carried `Retry-After`. For the packages that pass the pause on (`wxkit serve` answers it as
+ * token fetch held back by the fleet's failure marker, or an answer that carried `Retry-After`. For the packages that pass the pause on (`wxkit serve` answers it as
  * `Retry-After`, remoteTokenSource waits for it). Kept under a registered symbol, not enumerable: every
  * copy of this module (each entry point is bundled on its own, ESM and CJS) reads what another wrote,
  * and the error's JSON and inspection show nothing new.

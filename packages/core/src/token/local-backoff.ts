@@ -1,5 +1,4 @@
 import { HttpError } from '../errors.js';
-import { withRetryAt } from '../retry-at.js';
 import { REMEMBER_MS, markerFor, type FailureMarker } from './failure.js';
 
 /**
@@ -30,7 +29,6 @@ export class LocalBackoff {
   record(error: HttpError, now: number, failedBy: string): void {
     const previous = this.#remembered(now);
     this.#last = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
-    if (this.#last) withRetryAt(error, this.#last.retryAt);
   }
 
   /** The pause in force at `now`, if any. */
@@ -48,13 +46,13 @@ export class LocalBackoff {
     const pause = force ? undefined : this.active(now);
     if (!pause) return;
     const path = pause.path ?? 'the token endpoint';
-    throw withRetryAt(new HttpError(
+    throw new HttpError(
       pause.code === 'ERR_WXKIT_TIMEOUT' ? 'ERR_WXKIT_TIMEOUT' : 'ERR_WXKIT_HTTP',
       `This host could not reach WeChat: a fetch of the ${this.#label} was not sent at ${iso(pause.failedAt)} ` +
         `(${pause.message ?? `the request to ${path} failed`}); this process asks again after ${iso(pause.retryAt)}, ` +
         'other processes are not held back. Check this host\'s network, DNS, proxy or firewall',
       { path, sent: false },
-    ), pause.retryAt);
+    );
   }
 
   /** A fetch reached WeChat: this host's way out works. */
