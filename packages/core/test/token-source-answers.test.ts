@@ -1,5 +1,6 @@
 import { createServer, type Server } from 'node:http';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { startMockWeChat } from '@wxkit/testing';
 import { BadResponseError, MemoryCache, OfficialAccount, remoteTokenSource } from '../src/index.js';
 
 // What a token service (wxkit serve, or another implementation of its protocol) may answer that the
@@ -169,6 +170,26 @@ describe("remoteTokenSource's timeoutMs", () => {
       await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_SLOW');
     } finally {
       await client.close();
+    }
+  });
+});
+
+describe('a client of a token service whose every token WeChat rejects', () => {
+  it('takes one new token per call from the reports, as it would take one fetch: two reports and two sends, then the error', async () => {
+    const mock = await startMockWeChat();
+    // WeChat knows none of this service's tokens (40014), and each report is answered with a new one.
+    let issued = 0;
+    asked = [];
+    answer = () => ({ status: 200, body: JSON.stringify({ access_token: `SERVICE_TOKEN_${(issued += 1)}`, expires_at: now() + 7200 }) });
+    const client = new OfficialAccount({ appId: mock.createApp().appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      const failure = await client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} }).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40014 });
+      expect(asked.filter((line) => line.startsWith('GET '))).toHaveLength(1);
+      expect(asked.filter((line) => line.startsWith('POST '))).toHaveLength(2);
+    } finally {
+      await client.close();
+      await mock.close();
     }
   });
 });

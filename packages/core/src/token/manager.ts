@@ -31,7 +31,7 @@ export class TokenManager {
   /** Bumped by reset() (the store was swapped): what a flight of an earlier one brings back is not kept. */
   #generation = 0;
   // Made on first need, as most accounts never see a rejected token.
-  #invalidations: Map<string, Promise<void>> | undefined;
+  #invalidations: Map<string, Promise<boolean>> | undefined;
   readonly #rejected: string[] = [];
   /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. */
   readonly #underWay = new Set<Promise<void>>();
@@ -117,10 +117,15 @@ export class TokenManager {
    * already under way is kept: if it brings back the rejected value, its callers read once more.
    */
   invalidate(value: string, errcode?: number): Promise<void> {
+    return this.#report(value, errcode).then(() => undefined);
+  }
+
+  /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */
+  #report(value: string, errcode: number | undefined): Promise<boolean> {
     let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
     // not start another round, or N slow callers would cause N fetches.
-    if (!pending && this.#rejected.includes(value)) return Promise.resolve();
+    if (!pending && this.#rejected.includes(value)) return Promise.resolve(false);
     if (!pending) {
       this.#rejected.push(value);
       if (this.#rejected.length > REJECTED_MEMORY) this.#rejected.shift();
@@ -130,7 +135,9 @@ export class TokenManager {
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
       const reported = this.#refresher.invalidate(value, errcode).then((refreshed) => {
-        if (refreshed) this.#remember(refreshed, generation);
+        if (!refreshed) return false;
+        this.#remember(refreshed, generation);
+        return true;
       });
       pending = handled(reported.finally(() => invalidations.delete(value)));
       invalidations.set(value, pending);
@@ -146,9 +153,17 @@ export class TokenManager {
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
-    await abortable(this.invalidate(failed, errcode), signal);
+    const brought = await abortable(this.#report(failed, errcode), signal);
     const held = this.#memo.value;
-    if (held !== undefined && held !== failed && !this.isRejected(held)) return held;
+    if (held !== undefined && held !== failed && !this.isRejected(held)) {
+      // A value the report brought back is this call's one refresh: a call whose token is rejected again
+      // after it has had one stops, as it would after a fetch.
+      if (brought) {
+        if (state.fetched) return undefined;
+        state.fetched = true;
+      }
+      return held;
+    }
     const generation = this.#generation;
     const tier = this.#ctx.tiers.current();
     try {
