@@ -22,7 +22,7 @@ export interface TokenSourceRequest {
  * calls WeChat's token endpoints.
  */
 export interface TokenSource {
-  /** The current value and its remaining life in seconds. */
+  /** The current value and its remaining life in seconds (under a day: a day or more is refused as another unit). */
   fetch(request: TokenSourceRequest): Promise<{ value: string; expiresIn: number }>;
   /**
    * WeChat rejected `value` (40001, 40014, 42001). The source refreshes only if `value` is still its

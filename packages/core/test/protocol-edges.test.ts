@@ -389,6 +389,19 @@ describe('background refreshes', () => {
       await app.close();
     },
   );
+
+  it.each([['milliseconds', 7_200_000], ['1e300', 1e300]])(
+    'a token source answering expiresIn in %s (a day or more) is refused, not taken as a token kept long after WeChat dropped it',
+    async (_, expiresIn) => {
+      const app = new OfficialAccount({
+        appId: 'wx0000000000000001',
+        logger: false,
+        tokenSource: { fetch: async () => ({ value: 'TOKEN_FROM_SOURCE', expiresIn }), invalidate: async () => undefined },
+      });
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('a day or more (it takes seconds)') });
+      await app.close();
+    },
+  );
 });
 
 describe('close()', () => {

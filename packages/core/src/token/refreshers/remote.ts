@@ -3,6 +3,9 @@ import { isPlausibleToken } from '../entry.js';
 import type { TokenSource, TokenSourceRequest } from '../../token-source.js';
 import type { Refreshed, RefreshRequest, Refresher, TokenContext } from '../refresher.js';
 
+/** The longest life a token source may give a value, in seconds: a day (WeChat's live 2 h). */
+const MAX_SOURCE_EXPIRES_IN_S = 24 * 3600;
+
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
  * rejections are reported to it, and it refreshes only if the rejected value is still its current one.
@@ -29,7 +32,7 @@ export class RemoteRefresher implements Refresher {
     const started = performance.now();
     const fetched = await this.#withDeadline(this.#source.fetch(this.#request));
     const refreshed = this.#take(fetched, started);
-    if (!refreshed) throw new HttpError('ERR_WXKIT_HTTP', `The token source answered without a usable ${this.#ctx.label}`, { path: 'token source' });
+    if (typeof refreshed === 'string') throw new HttpError('ERR_WXKIT_HTTP', `The token source answered ${refreshed}`, { path: 'token source' });
     return refreshed;
   }
 
@@ -44,15 +47,20 @@ export class RemoteRefresher implements Refresher {
     ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
     // A source that answers nothing, or something else (a source in plain JavaScript that returns what
     // its HTTP call did): the client asks fetch() next, as before sources could answer.
-    return answered ? this.#take(answered, started) : undefined;
+    if (!answered) return undefined;
+    const refreshed = this.#take(answered, started);
+    return typeof refreshed === 'string' ? undefined : refreshed;
   }
 
-  /** The entry of a source's answer, or undefined when it is not a usable value. */
-  #take(fetched: { value: string; expiresIn: number } | undefined, started: number): Refreshed | undefined {
+  /** The entry of a source's answer, or what is wrong with it. */
+  #take(fetched: { value: string; expiresIn: number } | undefined, started: number): Refreshed | string {
     const ctx = this.#ctx;
     // A source in plain JavaScript may answer anything: "7200" would be added to the fetch time as text
     // (Number.isFinite refuses whatever is no number).
-    if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) return undefined;
+    if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) return `without a usable ${ctx.label}`;
+    // WeChat's tokens and tickets live 2 h: a day or more is another unit (milliseconds, say), and the
+    // value would be kept long after WeChat dropped it.
+    if (fetched.expiresIn >= MAX_SOURCE_EXPIRES_IN_S) return `a ${ctx.label} with expiresIn ${fetched.expiresIn}: a day or more (it takes seconds)`;
     const { entry } = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
     ctx.log.info(
       { event: `${ctx.label}.fetched`, appId: ctx.appId, key: ctx.logKey, source: 'remote', expiresIn: fetched.expiresIn, ms: Math.round(performance.now() - started) },
