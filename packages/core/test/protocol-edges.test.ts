@@ -390,6 +390,35 @@ describe('background refreshes', () => {
     },
   );
 
+  it('invalidate() not waited for, with a token source that fails the report, leaves no unhandled rejection', async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    let reported!: () => void;
+    const report = new Promise<void>((resolve) => (reported = resolve));
+    const app = new OfficialAccount({
+      appId: 'wx0000000000000001',
+      logger: false,
+      tokenSource: {
+        fetch: async () => ({ value: 'TOKEN_FROM_SOURCE', expiresIn: 7200 }),
+        invalidate: async () => {
+          reported();
+          throw new Error('the token service is down');
+        },
+      },
+    });
+    try {
+      void app.accessToken.invalidate('TOKEN_FROM_SOURCE');
+      await report;
+      // Two turns of the event loop: Node tells of a rejection nobody handled after the microtasks of a turn.
+      for (let turn = 0; turn < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      await app.close();
+    }
+  });
+
   it.each([['milliseconds', 7_200_000], ['1e300', 1e300]])(
     'a token source answering expiresIn in %s (a day or more) is refused, not taken as a token kept long after WeChat dropped it',
     async (_, expiresIn) => {

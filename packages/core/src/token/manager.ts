@@ -117,7 +117,8 @@ export class TokenManager {
    * already under way is kept: if it brings back the rejected value, its callers read once more.
    */
   invalidate(value: string, errcode?: number): Promise<void> {
-    return this.#report(value, errcode).then(() => undefined);
+    // Marked handled as the report itself is: a caller that does not wait for it leaves no unhandled rejection.
+    return handled(this.#report(value, errcode).then(() => undefined));
   }
 
   /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */

@@ -60,7 +60,7 @@ export class RemoteRefresher implements Refresher {
     if (!isPlausibleToken(fetched?.value) || !Number.isFinite(fetched.expiresIn) || !(fetched.expiresIn > 0)) return `without a usable ${ctx.label}`;
     // WeChat's tokens and tickets live 2 h: a day or more is another unit (milliseconds, say), and the
     // value would be kept long after WeChat dropped it.
-    if (fetched.expiresIn >= MAX_SOURCE_EXPIRES_IN_S) return `a ${ctx.label} with expiresIn ${fetched.expiresIn}: a day or more (it takes seconds)`;
+    if (fetched.expiresIn >= MAX_SOURCE_EXPIRES_IN_S) return `expiresIn ${fetched.expiresIn} for the ${ctx.label}: a day or more (it takes seconds)`;
     const { entry } = ctx.entries.encode(fetched, Math.floor(ctx.settings.now() / 1000), ctx.writer);
     ctx.log.info(
       { event: `${ctx.label}.fetched`, appId: ctx.appId, key: ctx.logKey, source: 'remote', expiresIn: fetched.expiresIn, ms: Math.round(performance.now() - started) },
