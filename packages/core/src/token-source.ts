@@ -168,11 +168,14 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
   // A failure answered with Retry-After holds the next requests of its path back until then (a minute at
   // most): each of the service's back-off steps costs one request per process, not one per call.
+  // Its end is counted on the monotonic clock: a wall clock stepped back (NTP, a VM resumed) does not
+  // stretch it.
   const holds = new Map<string, { until: number; error: unknown }>();
   const send = async (path: string, exchange: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
     const hold = holds.get(path);
     if (hold) {
-      if (Date.now() < hold.until) throw heldError(hold.error, hold.until, path);
+      const left = hold.until - performance.now();
+      if (left > 0) throw heldError(hold.error, Date.now() + left, path);
       holds.delete(path);
     }
     try {
@@ -180,7 +183,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     } catch (error) {
       const at = retryAtOf(error);
       const now = Date.now();
-      if (at !== undefined && at > now) holds.set(path, { until: Math.min(at, now + MAX_HOLD_MS), error });
+      if (at !== undefined && at > now) {
+        holds.set(path, { until: performance.now() + Math.min(at - now, MAX_HOLD_MS), error });
+      }
       // A key too short for wxkit serve, refused: say so, as a wrong key is hard to tell from a typo.
       if (error instanceof HttpError && error.status === 401 && key.length < SERVE_KEY_MIN) {
         throw new HttpError('ERR_WXKIT_HTTP', `${error.message}; the key has fewer than ${SERVE_KEY_MIN} characters, and wxkit serve takes none that short`, {

@@ -66,7 +66,7 @@ describe("remoteTokenSource and a service's Retry-After", () => {
   });
 
   it('holds the next requests of the path back until then: one request per back-off step', async () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
     try {
       answer = unavailable('5');
@@ -78,10 +78,10 @@ describe("remoteTokenSource and a service's Retry-After", () => {
       // Another path (a ticket) is not held back.
       await expect(source.fetch({ ...request, field: 'ticket', ticketType: 'jsapi' })).rejects.toMatchObject({ status: 503 });
       expect(asked).toHaveLength(2);
-      vi.setSystemTime(Date.now() + 4_000);
+      vi.advanceTimersByTime(4_000);
       await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
       expect(asked).toHaveLength(2);
-      vi.setSystemTime(Date.now() + 1_001);
+      vi.advanceTimersByTime(1_001);
       answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
       await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
       expect(asked).toHaveLength(3);
@@ -91,23 +91,39 @@ describe("remoteTokenSource and a service's Retry-After", () => {
   });
 
   it('takes an HTTP-date, and holds no longer than a minute whatever it says', async () => {
-    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
     try {
       answer = unavailable(new Date(Date.now() + 10_000).toUTCString());
       await expect(source.fetch(request)).rejects.toMatchObject({ status: 503 });
       await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
       expect(asked).toHaveLength(1);
-      vi.setSystemTime(Date.now() + 11_000);
+      vi.advanceTimersByTime(11_000);
       // A proxy's maintenance page asking for a day.
       answer = unavailable('86400');
       await expect(source.fetch(request)).rejects.toMatchObject({ status: 503, sent: true });
       expect(asked).toHaveLength(2);
-      vi.setSystemTime(Date.now() + 59_000);
+      vi.advanceTimersByTime(59_000);
       await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
-      vi.setSystemTime(Date.now() + 1_001);
+      vi.advanceTimersByTime(1_001);
       await expect(source.fetch(request)).rejects.toMatchObject({ sent: true });
       expect(asked).toHaveLength(3);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it('counts the hold on the monotonic clock: a wall clock stepped back an hour does not stretch it', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = unavailable('5');
+      await expect(source.fetch(request)).rejects.toMatchObject({ status: 503, sent: true });
+      vi.setSystemTime(Date.now() - 3_600_000);
+      vi.advanceTimersByTime(5_001);
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(asked).toHaveLength(2);
     } finally {
       await source.close?.();
     }
