@@ -3,6 +3,7 @@ import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CacheError, HttpError, MemoryCache, WeChatApiError } from '../src/index.js';
 import type { GuardedStore } from '../src/store.js';
 import { FailureGate, FetchSpacing, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
+import { retryAtOf } from '../src/retry-at.js';
 import { newApp, rejection } from './helpers.js';
 
 // The shared failure marker and the spacing of fetches: how long a failure holds the fleet back, what a
@@ -115,6 +116,29 @@ describe('a forced refresh', () => {
 });
 
 describe('a waiter for the lock', () => {
+  it("fails with the holder's marker held to the pause its failure calls for: a marker dated for days does not stop it longer than a minute", async () => {
+    const cache = new MemoryCache();
+    const { app } = newApp(mock, { cache });
+    const key = app.accessToken.cacheKey;
+    const now = Date.now();
+    await cache.set(`${key}:lock`, 'other-host:1:abcdef', 60);
+    const get = cache.get.bind(cache);
+    let markerReads = 0;
+    cache.get = async (k) => {
+      const value = await get(k);
+      // The holder fails once this process has looked for a marker (none) and found the lock taken.
+      if (k === `${key}:failed` && ++markerReads === 1) {
+        const peer = { code: 'ERR_WXKIT_WECHAT_API' as const, errcode: 40164, errmsg: 'invalid ip', path: 'cgi-bin/stable_token', failedAt: now, retryAt: now + 10 * 86_400_000, attempt: 1 };
+        await cache.set(`${key}:failed`, encodeMarker(peer), 600);
+      }
+      return value;
+    };
+    const error = await rejection(app.accessToken.getToken());
+    expect(error.errcode).toBe(40164);
+    expect(retryAtOf(error)).toBeLessThanOrEqual(now + 60_000);
+    await app.close();
+  });
+
   it('takes the holder\'s token when an earlier failure\'s marker, past its retry time, is still kept: that failure is not the holder\'s', async () => {
     const cache = new MemoryCache();
     const { app, appId } = newApp(mock, { cache });

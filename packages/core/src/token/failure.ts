@@ -254,12 +254,13 @@ export class FailureGate {
 
   /**
    * The holder's failure, if a marker other than `before` (the one there when the waiter started) has
-   * been written since. Compared by content, not by clock: hosts' clocks may disagree.
+   * been written since. Compared by content, not by clock: hosts' clocks may disagree. Its retry time
+   * is held to what its failure calls for (see {@link clampRetryAt}), as a marker read before a fetch is.
    */
-  async failedSince(store: GuardedStore, before: string | undefined): Promise<Error | undefined> {
+  async failedSince(store: GuardedStore, before: string | undefined, now: number): Promise<Error | undefined> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = raw === before ? undefined : decodeMarker(raw);
-    return marker ? markerError(marker, this.#label) : undefined;
+    return marker ? markerError({ ...marker, retryAt: clampRetryAt(marker, now) }, this.#label) : undefined;
   }
 
   /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */

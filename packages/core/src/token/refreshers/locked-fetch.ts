@@ -258,7 +258,7 @@ export class LockedFetchRefresher implements Refresher {
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
         return { refreshed: { entry: read.entry, tier: tier.name, fetched: false } };
       }
-      const failed = await this.#failures.failedSince(tier.entries, before);
+      const failed = await this.#failures.failedSince(tier.entries, before, ctx.settings.now());
       if (failed) throw failed;
       const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs);
       if (attempt === 'held') return undefined;
