@@ -188,9 +188,10 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   }
 
   /**
-   * Lets go of the client of `id`, if one is held or under way (resolves once that one is made): calls
+   * Lets go of the client of `id`, if one is held or under way (resolves once that one is settled): calls
    * under way on it finish. A `get(id)` from now on asks the resolver again, even while the one under way
-   * still waits for its answer: call it after an account's credentials changed.
+   * still waits for its answer, whose answer is then dropped: the get() calls that asked before it get the
+   * client of the new answer too. Call it after an account's credentials changed.
    */
   async delete(id: string): Promise<void> {
     const pending = this.#pending.get(id);
@@ -224,6 +225,10 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   async #make(id: string, current: () => boolean): Promise<ClientOf<K>> {
     const credentials = await this.#credentials(id);
     if (this.#closed) throw new ConfigError('ClientPool is closed', 'id');
+    // A delete() came while the resolver answered: its answer may hold the credentials delete() was
+    // called to replace (a client of them would fail its fetch and back the account off fleet-wide).
+    // The callers that asked before get the account's client as it is now made.
+    if (!current()) return this.get(id);
     let client: ClientOf<K>;
     try {
       client = this.#build(id, credentials);
@@ -232,10 +237,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       // The client's own check names the field and its type, never its value.
       throw new CredentialsError('invalid', id, `ClientPool: the credentials resolved for ${id} are not usable: ${error.message}`);
     }
-    // Asked before a delete(): its callers get it, but it is not held (it was made from the credentials
-    // delete() was called to replace), and a get() since then makes its own.
-    if (current()) this.#clients.set(id, client);
-    else this.#letGo.add(client);
+    this.#clients.set(id, client);
     return client;
   }
 
