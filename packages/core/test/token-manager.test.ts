@@ -217,6 +217,49 @@ describe('a resend whose fresh token is rejected too', () => {
   });
 });
 
+describe('a resend whose token came from a peer under the lock', () => {
+  it('still has its fetch when the peer supersedes that token too and the store is empty for a moment', async () => {
+    const cache = new MemoryCache();
+    const { app, appId } = newApp(mock, { cache, tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    await app.accessToken.getToken();
+    // A peer without a lock fetches twice: the token wxkit holds dies, and the store still holds it
+    // (the peer's write lags its fetch). wxkit's recovery deletes it and finds the store empty.
+    mock.issueClassicToken(appId);
+    const second = mock.issueClassicToken(appId);
+    let stage = 'write';
+    // The peer's write lands once wxkit holds the lock: the holder finds it and fetches nothing.
+    const add = cache.add.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      if (stage === 'write' && k === `${key}:lock` && ok) {
+        stage = 'supersede';
+        await cache.set(key, entry(second), 6900);
+      }
+      return ok;
+    };
+    // Once the holder has read it, the peer fetches twice more, and has not written yet when the
+    // resend is rejected: wxkit deletes the token and finds the store empty again.
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (stage === 'supersede' && k === key && value?.includes(second)) {
+        stage = 'done';
+        mock.issueClassicToken(appId);
+        mock.issueClassicToken(appId);
+      }
+      return value;
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(stage).toBe('done');
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).rejectedCalls).toBe(2);
+    // The call fetched once: for its second resend, the first having asked WeChat nothing.
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
 describe('close() and a background refresh', () => {
   it('waits for a background refresh under way: its write and the lock\'s release come before close() resolves', async () => {
     const { appId, secret } = mock.createApp();

@@ -35,6 +35,8 @@ export class TokenManager {
   readonly #rejected: string[] = [];
   /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. */
   readonly #underWay = new Set<Promise<void>>();
+  /** Refreshes of this process that asked upstream (not those that found a value in the store). */
+  #asked = 0;
 
   constructor(ctx: TokenContext, refresher: Refresher, onFirstUse?: () => void) {
     this.#ctx = ctx;
@@ -174,8 +176,14 @@ export class TokenManager {
       if (!(error instanceof CacheError)) throw error;
     }
     if (state.fetched) return undefined;
-    state.fetched = true;
-    return this.get(signal);
+    // The call's one fetch is spent only if a refresh of this process asked WeChat meanwhile. One that
+    // found a token another program wrote (under the lock, or waiting for its holder) asked nothing:
+    // when a peer then supersedes that token too, and the store is empty for a moment (its write lags
+    // its fetch, and the rejected token was just deleted), the call may still have one fetched.
+    const asked = this.#asked;
+    const value = await this.get(signal);
+    state.fetched = this.#asked !== asked;
+    return value;
   }
 
   /** The value of the read or refresh under way, joining it; once more if it brought back a rejected value. */
@@ -256,8 +264,14 @@ export class TokenManager {
     const underWay = this.#underWay;
     return {
       fetches: refresher.fetches,
-      refresh(request) {
+      refresh: (request) => {
         const refreshing = refresher.refresh(request);
+        refreshing.then(
+          (refreshed) => {
+            if (refreshed?.asked !== false) this.#asked += 1;
+          },
+          () => (this.#asked += 1),
+        );
         const ended: Promise<void> = refreshing.then(
           () => void underWay.delete(ended),
           () => void underWay.delete(ended),

@@ -60,6 +60,11 @@ export interface Refreshed {
   tier: Tier['name'];
   /** This process asked WeChat (or the token service) for it. */
   fetched: boolean;
+  /**
+   * False when the refresh asked nobody: it found a value another process or a peer wrote meanwhile
+   * (under the lock, or while waiting for its holder). A caller's recovery then still has its fetch.
+   */
+  asked?: boolean;
   /** Set when the value lives only in a fallback (or in memory): offered to the shared store once it answers. */
   unshared?: EncodedEntry;
 }

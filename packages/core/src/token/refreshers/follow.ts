@@ -24,7 +24,7 @@ export class FollowRefresher implements Refresher {
     const found = await pollWithBackoff(waitMs, async () => {
       const tier = ctx.tiers.current();
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
-      return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false } : undefined;
+      return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
     }, (onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
     if (found) return found;
     if (ctx.closed.aborted) throw closedError(ctx);

@@ -219,7 +219,7 @@ export class LockedFetchRefresher implements Refresher {
           this.#failures.look(store, ctx.settings.now()),
         ]);
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
-          return { entry: again.entry, tier: tier.name, fetched: false };
+          return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
         }
         if (marker.active) {
           if (request.ahead) return undefined;
@@ -256,7 +256,7 @@ export class LockedFetchRefresher implements Refresher {
     const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
-        return { refreshed: { entry: read.entry, tier: tier.name, fetched: false } };
+        return { refreshed: { entry: read.entry, tier: tier.name, fetched: false, asked: false } };
       }
       const failed = await this.#failures.failedSince(tier.entries, before, ctx.settings.now());
       if (failed) throw failed;
@@ -420,7 +420,7 @@ export class LockedFetchRefresher implements Refresher {
     const until = await this.#downSpacing.busyUntil(tier.entries, now);
     if (until === undefined) return undefined;
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
-    if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false };
+    if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false, asked: false };
     if (until - now > this.lockWaitMs) {
       throw new TokenUnavailableError(
         `The token store is down, and this host fetched a ${ctx.label} from the classic endpoint moments ago; the next fetch waits until ` +
@@ -460,6 +460,6 @@ export class LockedFetchRefresher implements Refresher {
       { event: `${ctx.label}.force_spaced`, appId: ctx.appId, key: ctx.logKey },
       `Another forced refresh of the ${ctx.label} happened less than 30 s ago; WeChat would ignore this one, so the current token is the answer`,
     );
-    return { entry: read.entry, tier: tier.name, fetched: false };
+    return { entry: read.entry, tier: tier.name, fetched: false, asked: false };
   }
 }
