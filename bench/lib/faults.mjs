@@ -226,7 +226,7 @@ function peerEntry(library, app) {
 }
 
 /**
- * 5. Two lockless peers (each round: two classic fetches in a row, the last written with a plain set,
+ * 5. Two lockless peers (each round: two classic fetches in a row, each written with a plain set as it comes,
  * then 150 ms) refresh while the subject's processes send. Run on a mock that keeps the superseded
  * token for 300 s (WeChat's documented grace) and on one that kills it at once (graceSeconds 0).
  */
@@ -239,8 +239,8 @@ export async function locklessPeers(env, { processes = 3, lanes = 4, intervalMs 
     const graceText = `the mock keeps a superseded token valid for ${grace} s${grace === 0 ? ' (strict: a fetch kills the previous token at once)' : ' (WeChat documents up to 5 minutes)'}`;
     legend[scenario] =
       index === 0
-        ? `two lockless peer loops share the subject's Redis key (each round: two classic fetches in a row, the last one written ` +
-          `with a plain SET, then 150 ms) while ${processes} processes send for ${durationMs / 1000} s (${lanes} lanes each, one send ` +
+        ? `two lockless peer loops share the subject's Redis key (each round: two classic fetches in a row, each one written ` +
+          `with a plain SET as it comes, then 150 ms) while ${processes} processes send for ${durationMs / 1000} s (${lanes} lanes each, one send ` +
           `per ${intervalMs} ms per lane); ${graceText}. Goal: 0 lost. tokenRequests are the subject's own, peerFetches the loops'`
         : `as 5a, but ${graceText}`;
     try {

@@ -12,7 +12,7 @@ export interface LocklessPeerOptions {
   key?: string;
   /** The bytes the peer writes for a token. @default wxkit's native value, without `fetched_by` */
   encode?: (token: string, expiresIn: number, fetchedAt: number) => string;
-  /** Classic fetches in a row per round, the last one written. @default 2 */
+  /** Classic fetches in a row per round, each one written as it comes. @default 2 */
   fetchesPerRound?: number;
   /** Pause between rounds, in ms. @default 50 */
   intervalMs?: number;
@@ -35,8 +35,8 @@ export interface LocklessPeer {
 /**
  * Plays an SDK that refreshes without a lock and shares the store (node-easywechat, wechatpy,
  * EasyWeChat): every round it fetches the classic token `fetchesPerRound` times in a row, each fetch
- * invalidating the token before the previous one, and writes the last one to the store with a plain
- * `set`. Tests run it beside wxkit's processes to check that their sends survive it.
+ * invalidating the token before the previous one, and writes each one to the store with a plain
+ * `set` once its answer is in (the store lags the fetches). Tests run it beside wxkit's processes to check that their sends survive it.
  */
 export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
   const key = options.key ?? `wechat:access_token:${options.appId}`;
