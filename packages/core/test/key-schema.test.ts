@@ -3,7 +3,14 @@ import { describe, expect, it } from 'vitest';
 import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wxJava, type EntryField, type KeySchema, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/entry.js';
 import { encodeMarker, markerFor } from '../src/token/failure.js';
-import { encodeRefreshRecord, encodeTicketRecord, refreshOrigin } from '../src/open-platform/open-platform.js';
+import {
+  authorizationCodeDigest,
+  decodeAuthorizationRecord,
+  encodeAuthorizationRecord,
+  encodeRefreshRecord,
+  encodeTicketRecord,
+  refreshOrigin,
+} from '../src/open-platform/open-platform.js';
 
 // docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');
@@ -103,6 +110,22 @@ describe('docs/key-schema.md test vectors', () => {
     // The other profiles keep no such copy.
     for (const schema of [easyWeChat4(), wxJava(), silenceper(), nativeSchema()]) {
       expect(schema.openPlatformTokenCopy?.('wxc0a1b2c3d4e5f601', 'wx4202f388888ab123', 'REFRESH123')).toBeUndefined();
+    }
+  });
+
+  it('authorization-code records: key and value, byte for byte', () => {
+    const rows = table('Authorization-code records');
+    expect(rows).toHaveLength(2);
+    for (const row of rows) {
+      const schema = nativeSchema({ prefix: row.prefix! });
+      expect(schema.openPlatformKey!('authorization_code', row.component!, authorizationCodeDigest(row.code!)), row.code).toBe(row.key);
+      const authorization = { authorizerAppId: row.authorizer!, funcInfo: row.func_info ? row.func_info.split(',').map(Number) : [] };
+      expect(encodeAuthorizationRecord(authorization, Number(row.time), row.writer!), row.code).toBe(row['stored value']);
+      expect(decodeAuthorizationRecord(row['stored value']), row.code).toEqual(authorization);
+    }
+    // Every profile keeps the record under wxkit's own key: no peer records spent codes.
+    for (const schema of [easyWeChat4(), easyWeChat6(), wxJava({ openKeyPrefix: 'shop1' }), silenceper()]) {
+      expect(schema.openPlatformKey!('authorization_code', 'wxc0a1b2c3d4e5f601', 'ab12')).toBe('wechat:authorization_code:wxc0a1b2c3d4e5f601:ab12');
     }
   });
 

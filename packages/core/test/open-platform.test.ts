@@ -676,7 +676,11 @@ describe('refresh tokens the durable store must take', () => {
     const refreshToken = mock.authorizerRefreshToken(grant.authorizerAppId)!;
     expect(errorText(error)).not.toContain(refreshToken);
     expect(JSON.stringify(log.lines)).not.toContain(refreshToken);
-    expect(await rejection(open.handleAuthorization(grant.authorizationCode))).toMatchObject({ errcode: 61009 });
+    // The code is spent, and the account authorized: the other caller of the code (the push, or the
+    // redirect) learns it from the code's record in the cache, without asking WeChat again.
+    const asked = mock.counters(s.component.appId).queryAuthRequests;
+    await expect(open.handleAuthorization(grant.authorizationCode)).resolves.toEqual({ authorizerAppId: grant.authorizerAppId, funcInfo: [1, 2, 3, 4] });
+    expect(mock.counters(s.component.appId).queryAuthRequests).toBe(asked);
     // The store answers again: the account's first call takes its refresh token from WeChat.
     const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
     durable.outage = false;

@@ -14,6 +14,8 @@ import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../t
 import { EntryStore } from '../token/entry-store.js';
 import { FailureGate, decodeMarker } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
+import { RefreshLock } from '../token/refresh-lock.js';
+import { pollWithBackoff } from '../token/refresher.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
 import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto, queryText } from './crypto.js';
@@ -47,7 +49,10 @@ export interface OpenPlatformOptions extends ClientOptions {
   clientIdleMs?: number;
 }
 
-/** What {@link OpenPlatform.handleAuthorization} learned from api_query_auth. */
+/**
+ * What {@link OpenPlatform.handleAuthorization} learned from api_query_auth: the same for every caller
+ * handed the same code (the one that asked WeChat, and the others, from the record it left).
+ */
 export interface Authorization {
   authorizerAppId: string;
   /** The permission sets (funcscope_category ids) the account granted. */
@@ -167,6 +172,13 @@ const REFRESH_COPY_CALLS = 4;
 const PEER_TOKEN_MIN_MS = 600_000;
 // The life WeChat gives an authorizer token: a peer's token is never taken as living longer.
 const PEER_TOKEN_MAX_LIFE_S = 7200;
+/**
+ * An authorization code lives an hour (WeChat's `expires_in` on the redirect, `AuthorizationCodeExpiredTime`
+ * on the push): its record, and with it the answer to a second caller, lives as long.
+ */
+const AUTHORIZATION_CODE_TTL_SECONDS = 3600;
+/** Rounds of looking for the record and taking the code's lock before a caller asks WeChat unlocked. */
+const AUTHORIZATION_LOCK_ROUNDS = 3;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
 /** What a read of a key holding another kind of value (a Redis hash, say) gives. */
@@ -206,9 +218,13 @@ export class OpenPlatform {
   readonly #options: ClientOptions;
   readonly #clients: ClientLru<{ client: WeChatClient; kind: 'official_account' | 'mini_program' }>;
   readonly #letGo = new LetGo();
+  /** Authorizations under way in this process, by the key of their code's record: one per code. */
+  readonly #authorizing = new Map<string, Promise<Authorization>>();
   /** Authorizations past api_query_auth, and verify-ticket pushes, whose writes are under way. */
   readonly #storing = new Set<Promise<void>>();
   #closed = false;
+  /** Aborted by close(): a caller waiting for another's authorization stops waiting. */
+  readonly #ended = new AbortController();
   #closing: Promise<void> | undefined;
 
   constructor(options: OpenPlatformOptions) {
@@ -344,14 +360,110 @@ export class OpenPlatform {
    * bare record has no room for `origin`: there, a rotation that lands first costs the next refresh a
    * 61023 and a recovery from WeChat, never the authorization. The access token is written as a
    * refresh writes one: it never replaces a token fetched after api_query_auth was asked.
+   *
+   * WeChat hands one code to the `authorized` push and to the redirect: call this from both. The callers
+   * of one code (in this process, or in others sharing the cache, within the code's hour) get the same
+   * answer, and WeChat is asked once: the caller that asks holds the code's lock in the cache, and leaves
+   * a record (the account and its permissions, keyed by the code's SHA-256; no token) that the others
+   * return, even when its own writes failed. On a cache without an atomic add each caller asks, and one
+   * answered 61009 waits for the other's record. With no record, a spent or expired code rejects with
+   * WeChat's 61009 or 61010.
    */
   async handleAuthorization(authorizationCode: string): Promise<Authorization> {
     if (typeof authorizationCode !== 'string' || authorizationCode === '') {
       throw new ConfigError(`OpenPlatform handleAuthorization(authorizationCode) must be given a non-empty string (got ${typeof authorizationCode})`, 'authorizationCode');
     }
+    // WeChat hands one code both to the push and to the redirect, and answers a second api_query_auth
+    // with 61009: the callers of one code, in this process and in the others, share one ask.
+    const key = this.#key('authorization_code', authorizationCodeDigest(authorizationCode));
+    let shared = this.#authorizing.get(key);
+    if (!shared) {
+      shared = this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key));
+      this.#authorizing.set(key, shared);
+    }
+    return shared;
+  }
+
+  /**
+   * The record of the code, or the answer of api_query_auth asked under the code's lock: a caller that
+   * finds the lock held waits for the record its holder writes, and takes the lock itself if the holder
+   * let go without one (it failed before WeChat answered). A store without an atomic add, or that does
+   * not answer, leaves each caller to ask WeChat; one answered 61009 then waits for the record of the
+   * caller WeChat answered.
+   */
+  async #authorizeOnce(authorizationCode: string, key: string): Promise<Authorization> {
+    const core = this.#core;
+    const lock = new RefreshLock(core.schema.lockKey(key), core.schema.redactKey?.(core.schema.lockKey(key)) ?? core.schema.lockKey(key), core.log, this.appId);
+    const watch = (onChange: () => void) => core.store.watch([key, lock.key], onChange);
+    for (let round = 0; round < AUTHORIZATION_LOCK_ROUNDS; round += 1) {
+      if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizationCode');
+      const recorded = await this.#authorizationRecord(key);
+      if (recorded) return recorded;
+      let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
+      try {
+        attempt = await lock.tryAcquire(core.store, this.#authorizationLeaseMs());
+      } catch (error) {
+        if (!(error instanceof CacheError)) throw error;
+        attempt = 'unavailable';
+      }
+      if (attempt === 'unavailable') break;
+      if (attempt !== 'held') {
+        try {
+          // After a holder let go without a record, it may still be writing one (held past its lease).
+          return await this.#queryAuth(authorizationCode, key, round > 0);
+        } finally {
+          await attempt.release();
+        }
+      }
+      // Another caller asks WeChat: its record, or its lock gone without one.
+      const seen = await pollWithBackoff(
+        this.#authorizationLeaseMs(),
+        async () => (await this.#authorizationRecord(key)) ?? ((await lock.holder(core.store)) === undefined ? ('free' as const) : undefined),
+        watch,
+        this.#ended.signal,
+      );
+      if (seen !== undefined && seen !== 'free') return seen;
+    }
+    if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizationCode');
+    return this.#queryAuth(authorizationCode, key, true);
+  }
+
+  /** How long a caller holds a code's lock: the component token and api_query_auth, then the writes of its answer. */
+  #authorizationLeaseMs(): number {
+    const core = this.#core;
+    return 2 * core.http.callBudgetMs + (DURABLE_WRITE_ATTEMPTS * 3 + 4) * core.cacheTimeoutMs + REFRESH_PAUSES_MS;
+  }
+
+  /** The record a caller that spent the code left; undefined when there is none, or the store does not answer. */
+  async #authorizationRecord(key: string): Promise<Authorization | undefined> {
+    try {
+      return decodeAuthorizationRecord(await this.#core.store.get(key));
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      return undefined;
+    }
+  }
+
+  /**
+   * api_query_auth, its tokens stored, then the code's record for the other callers. `others`: another
+   * caller may have asked (no lock, or one it held past its lease), so a 61009 waits for the record of
+   * the one WeChat answered; else it reads the record once.
+   */
+  async #queryAuth(authorizationCode: string, key: string, others: boolean): Promise<Authorization> {
     const path = 'cgi-bin/component/api_query_auth';
     const startedAt = Math.floor(this.#core.settings.now() / 1000);
-    const body = await this.#componentCall(path, { component_appid: this.appId, authorization_code: authorizationCode });
+    let body: Record<string, unknown>;
+    try {
+      body = await this.#componentCall(path, { component_appid: this.appId, authorization_code: authorizationCode });
+    } catch (error) {
+      if (!(error instanceof WeChatApiError) || error.errcode !== 61009) throw error;
+      // Spent: by another caller whose record is there, or (others) is on its way; else the code is bad.
+      const recorded = others
+        ? await pollWithBackoff(this.#authorizationLeaseMs(), () => this.#authorizationRecord(key), (onChange) => this.#core.store.watch([key], onChange), this.#ended.signal)
+        : await this.#authorizationRecord(key);
+      if (recorded) return recorded;
+      throw error;
+    }
     const info = body.authorization_info as Record<string, unknown> | undefined;
     const authorizerAppId = info?.authorizer_appid;
     const refresh = info?.authorizer_refresh_token;
@@ -360,11 +472,40 @@ export class OpenPlatform {
     }
     // The code is spent: close() waits for what follows, so that a program which closes its stores once
     // close() resolves does not close them under these writes.
-    return this.#whileStoring(this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh));
+    const funcInfo = Array.isArray(info.func_info)
+      ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
+      : [];
+    const authorization: Authorization = { authorizerAppId, funcInfo };
+    return this.#whileStoring(
+      (async () => {
+        try {
+          await this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh);
+        } finally {
+          // The code is spent whatever became of the writes: the account is authorized, and the other
+          // callers of the code learn it from this record.
+          await this.#recordAuthorization(key, authorization);
+        }
+        return authorization;
+      })(),
+    );
+  }
+
+  /** Writes the record of a spent code; a store that does not take it leaves the other callers their 61009 (logged). */
+  async #recordAuthorization(key: string, authorization: Authorization): Promise<void> {
+    const core = this.#core;
+    try {
+      await core.store.set(key, encodeAuthorizationRecord(authorization, Math.floor(core.settings.now() / 1000), core.writer), AUTHORIZATION_CODE_TTL_SECONDS);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      core.log.warn(
+        { event: 'authorization_code.unrecorded', appId: this.appId, authorizerAppId: authorization.authorizerAppId, ...(error.reason ? { reason: error.reason } : {}) },
+        'The cache did not take the record of a spent authorization code: another caller handed the same code (the push and the redirect carry the same one) gets 61009 from WeChat',
+      );
+    }
   }
 
   /** The rest of {@link handleAuthorization} once api_query_auth has answered: its tokens stored. */
-  async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<Authorization> {
+  async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<void> {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
     await this.#storeAuthorization(authorizerAppId, refresh);
@@ -407,14 +548,10 @@ export class OpenPlatform {
       );
     }
     if (written.stored) await this.#copyForPeer(authorizerAppId, [refresh], written.entry, fetched.expiresIn);
-    const funcInfo = Array.isArray(info.func_info)
-      ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
-      : [];
     this.#core.log.info(
       { event: 'authorizer.authorized', appId: this.appId, authorizerAppId, stored: written.stored, keptNewer: written.entry.value !== fetched.value },
       'An account authorized the component',
     );
-    return { authorizerAppId, funcInfo };
   }
 
   /**
@@ -444,7 +581,9 @@ export class OpenPlatform {
 
   async #close(): Promise<void> {
     this.#closed = true;
-    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll()]);
+    this.#ended.abort();
+    const authorizing = [...this.#authorizing.values()].map((work) => work.then(noop, noop));
+    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll(), ...authorizing]);
     // The refreshes have ended: no refresh token is added to those kept unsaved any more.
     await this.#saveUnsavedAtClose();
     this.#durable.dispose();
@@ -1074,6 +1213,37 @@ export function decodeTicket(raw: string | undefined): { ticket: string; createT
 export function refreshOrigin(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex').slice(0, 16);
 }
+
+/**
+ * What the key of a code's record holds of the code: the SHA-256 of its UTF-8 bytes, 64 hex digits
+ * (docs/key-schema.md). The code grants the account's tokens until it is spent: it is never stored.
+ * @internal
+ */
+export function authorizationCodeDigest(code: string): string {
+  return createHash('sha256').update(code, 'utf8').digest('hex');
+}
+
+/**
+ * The record of a spent authorization code (docs/key-schema.md): what api_query_auth answered that a
+ * second caller of the code is given, no token.
+ * @internal
+ */
+export function encodeAuthorizationRecord(authorization: Authorization, authorizedAt: number, authorizedBy: string): string {
+  return textToBinary(
+    JSON.stringify({ authorizer_appid: authorization.authorizerAppId, func_info: authorization.funcInfo, authorized_at: authorizedAt, authorized_by: authorizedBy }),
+  );
+}
+
+/** @internal */
+export function decodeAuthorizationRecord(raw: string | undefined): Authorization | undefined {
+  const record = parseObject(raw);
+  const appId = record?.authorizer_appid;
+  if (typeof appId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(appId)) return undefined;
+  const funcInfo = Array.isArray(record!.func_info) ? record!.func_info.filter((id): id is number => typeof id === 'number') : [];
+  return { authorizerAppId: appId, funcInfo };
+}
+
+function noop(): void {}
 
 function wrapToken(token: string | undefined): RefreshRecord | undefined {
   return token ? { token } : undefined;

@@ -115,7 +115,8 @@ export function easyWeChat4OpenPlatform(prefix: string): PeerLayout {
  */
 export function wxJavaOpenPlatform(openKeyPrefix: string): PeerLayout {
   const p = openKeyPrefix === '' || openKeyPrefix.endsWith(':') ? openKeyPrefix : `${openKeyPrefix}:`;
-  const keys: Record<OpenPlatformEntry, string> = {
+  // WxJava keeps no record of spent authorization codes: that one stays under wxkit's key.
+  const keys: Record<Exclude<OpenPlatformEntry, 'authorization_code'>, string> = {
     component_verify_ticket: `${p}wechat_component_verify_ticket:`,
     component_access_token: `${p}wechat_component_access_token:`,
     authorizer_refresh_token: `${p}wechat_authorizer_refresh_token:`,
@@ -125,7 +126,11 @@ export function wxJavaOpenPlatform(openKeyPrefix: string): PeerLayout {
   const isToken = (key: string) => key.startsWith(keys.component_access_token) || key.startsWith(keys.authorizer_access_token);
   return {
     key: (entry, component, authorizer) =>
-      entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token' ? `${keys[entry]}${component}:${authorizer}` : `${keys[entry]}${component}`,
+      entry === 'authorization_code'
+        ? undefined
+        : entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token'
+          ? `${keys[entry]}${component}:${authorizer}`
+          : `${keys[entry]}${component}`,
     lock(key) {
       if (key.startsWith(keys.component_access_token)) return 'componentAccessTokenLock';
       const authorizer = authorizerOf(key);

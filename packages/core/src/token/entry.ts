@@ -96,8 +96,9 @@ export interface KeySchema {
   redactKey?(key: string): string;
   /**
    * Keys of the open platform's entries (docs/key-schema.md): the verify ticket and the component token
-   * per component app, the access and refresh token per authorizer. A schema without it cannot serve
-   * an OpenPlatform.
+   * per component app, the access and refresh token per authorizer, and the record of a spent
+   * authorization code, whose third argument is the code's digest (never the code). A schema without it
+   * cannot serve an OpenPlatform.
    */
   openPlatformKey?(entry: OpenPlatformEntry, componentAppId: string, authorizerAppId?: string): string;
   /**
@@ -136,7 +137,7 @@ export interface RecordCodec {
 }
 
 /** The open platform's entries: see {@link KeySchema.openPlatformKey}. */
-export type OpenPlatformEntry = 'component_verify_ticket' | 'component_access_token' | 'authorizer_access_token' | 'authorizer_refresh_token';
+export type OpenPlatformEntry = 'component_verify_ticket' | 'component_access_token' | 'authorizer_access_token' | 'authorizer_refresh_token' | 'authorization_code';
 
 /** Options of {@link nativeSchema}. */
 export interface NativeSchemaOptions {
@@ -236,7 +237,7 @@ export function nativeSchema(options: NativeSchemaOptions = {}): KeySchema {
     decode: (field, raw) => decodeNative(field, raw),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, marginSeconds),
     openPlatformKey: (entry, componentAppId, authorizerAppId) =>
-      entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token'
+      entry === 'authorizer_access_token' || entry === 'authorizer_refresh_token' || entry === 'authorization_code'
         ? `${prefix}${entry}:${componentAppId}:${authorizerAppId}`
         : `${prefix}${entry}:${componentAppId}`,
   };
