@@ -1,5 +1,6 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -225,5 +226,46 @@ describe('one authorization code handed to two processes (the push and the redir
     expect(record).toMatchObject({ authorizer_appid: grant.authorizerAppId, func_info: [1] });
     expect(raw).not.toContain(grant.authorizationCode);
     expect(raw).not.toContain(mock.authorizerRefreshToken(grant.authorizerAppId)!);
+  });
+
+  it("the docs' snippet: the authorized push and the redirect, in two processes, both succeed with one api_query_auth", async () => {
+    const { component, process } = await fleet();
+    const [callbackProcess, redirectProcess] = [process(), process()];
+    let pushed: Promise<string> | undefined;
+    // The callback URL, as docs/open-platform.md writes it: handleCallback, then handleAuthorization
+    // for an authorized push; "success" once both resolve, an error otherwise (WeChat pushes again).
+    const callback = createServer((req, res) => {
+      let body = '';
+      req.on('data', (chunk) => (body += chunk));
+      req.on('end', () => {
+        pushed = (async () => {
+          const push = await callbackProcess.handleCallback({ query: new URL(req.url ?? '/', 'http://x').searchParams, body });
+          if ((push.infoType === 'authorized' || push.infoType === 'updateauthorized') && push.fields.AuthorizationCode) {
+            return (await callbackProcess.handleAuthorization(push.fields.AuthorizationCode)).authorizerAppId;
+          }
+          return '';
+        })();
+        pushed.then(
+          () => res.end('success'),
+          () => ((res.statusCode = 500), res.end('error')),
+        );
+      });
+    });
+    await new Promise<void>((resolve) => callback.listen(0, '127.0.0.1', resolve));
+    try {
+      const address = callback.address();
+      mock.setComponentCallback(component.appId, `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/open`);
+      await callbackProcess.componentAccessToken();
+      const grant = mock.authorize(component.appId);
+      // WeChat pushes the code and redirects the admin with it at about the same moment.
+      const [answer, redirected] = await Promise.all([mock.pushAuthorized(component.appId, grant), redirectProcess.handleAuthorization(grant.authorizationCode)]);
+      expect(answer).toEqual({ status: 200, body: 'success' });
+      expect(await pushed).toBe(grant.authorizerAppId);
+      expect(redirected.authorizerAppId).toBe(grant.authorizerAppId);
+      expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
+    } finally {
+      mock.setComponentCallback(component.appId, undefined);
+      await new Promise((resolve) => callback.close(resolve));
+    }
   });
 });

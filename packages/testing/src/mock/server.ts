@@ -99,6 +99,11 @@ export interface MockWeChat {
   setComponentCallback(componentAppId: string, url: string | undefined): void;
   /** Pushes a new component_verify_ticket to the callback now; resolves with the callback's answer. */
   pushVerifyTicket(componentAppId: string): Promise<MockPushResult>;
+  /**
+   * Pushes the `authorized` event of `authorization` (from `authorize()`) to the callback now: the same
+   * AuthorizationCode the redirect carries. Resolves with the callback's answer.
+   */
+  pushAuthorized(componentAppId: string, authorization: MockAuthorization): Promise<{ status: number; body: string }>;
   /** A new verify ticket (valid 12 h) without a push, for tests that set it in the store themselves. */
   issueVerifyTicket(componentAppId: string): string;
   /** Resolves once every push sent so far has been answered. */
@@ -424,6 +429,7 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     createComponent: (overrides) => openPlatform.createComponent(overrides),
     setComponentCallback: (appId, url) => openPlatform.setCallback(appId, url),
     pushVerifyTicket: (appId) => openPlatform.pushVerifyTicket(appId),
+    pushAuthorized: (appId, authorization) => openPlatform.pushAuthorized(appId, authorization),
     issueVerifyTicket: (appId) => openPlatform.issueVerifyTicket(appId),
     pushesSettled: () => openPlatform.settled(),
     authorize: (appId, authorizeOptions) => openPlatform.authorize(appId, authorizeOptions),
