@@ -26,7 +26,7 @@ interface Request { query: ParsedQs; body: string }
 interface Response { send(body: string): void }
 declare const express: { text(options: { type: string }): (req: Request, res: Response, next: () => void) => void };`;
 const FREE: Record<string, string> = {
-  app: `${EXPRESS}\ndeclare const app: { post(path: string, ...handlers: Array<(req: Request, res: Response, next: () => void) => unknown>): void };`,
+  app: `${EXPRESS}\ntype Handler = (req: Request, res: Response, next: () => void) => unknown;\ndeclare const app: { post(path: string, ...handlers: Handler[]): void; get(path: string, ...handlers: Handler[]): void };`,
   db: 'declare const db: { oneOrNone(sql: string, params: unknown[]): Promise<{ secret: string } | null> };',
   OpenPlatform: "import { OpenPlatform } from '@wxkit/core';",
   wxJava: "import { wxJava } from '@wxkit/core';",
