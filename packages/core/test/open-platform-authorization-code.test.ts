@@ -4,7 +4,7 @@ import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { FileCache, OpenPlatform, WeChatApiError, type OpenPlatformOptions, type TokenCache } from '../src/index.js';
+import { FileCache, OpenPlatform, WeChatApiError, nativeSchema, type KeySchema, type OpenPlatformOptions, type TokenCache } from '../src/index.js';
 import { authorizationCodeDigest } from '../src/open-platform/open-platform.js';
 import { componentOptions, rejection, storeVerifyTicket } from './helpers.js';
 
@@ -179,6 +179,65 @@ describe('one authorization code handed to two processes (the push and the redir
     release();
     expect((await first).authorizerAppId).toBe(grant.authorizerAppId);
     expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
+  });
+
+  it("close() during the wait that follows WeChat's 61009 (a store without an atomic add) ends it as closed, not as a spent code", async () => {
+    const { component, cacheDir, process } = await fleet(true);
+    const grant = mock.authorize(component.appId);
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    // The push handler asked first; its record waits for the test.
+    const push = process(undefined, () => released, { cacheTimeoutMs: 600_000 });
+    const first = push.handleAuthorization(grant.authorizationCode);
+    await vi.waitFor(() => expect(mock.counters(component.appId).queryAuthRequests).toBe(1), { timeout: 10_000 });
+    let polling!: () => void;
+    const redirectPolls = new Promise<void>((resolve) => (polling = resolve));
+    /** The redirect handler's cache: says when it looks for the record after WeChat answered it 61009. */
+    const inner = withoutAdd(new FileCache({ dir: cacheDir }));
+    const watched: TokenCache = {
+      ...inner,
+      get: async (k) => {
+        if (k.includes(':authorization_code:') && mock.counters(component.appId).queryAuthRequests === 2) polling();
+        return inner.get(k);
+      },
+    };
+    const redirect = process(watched);
+    const second = rejection(redirect.handleAuthorization(grant.authorizationCode));
+    await redirectPolls;
+    await redirect.close();
+    const error = await second;
+    expect(error).not.toBeInstanceOf(WeChatApiError);
+    expect(error.message).toContain('closed');
+    release();
+    expect((await first).authorizerAppId).toBe(grant.authorizerAppId);
+  });
+
+  it('the record of a spent code lives five minutes, not the code\'s hour: a replay of the redirect is answered 61009 after that', async () => {
+    const { component, cacheDir, process } = await fleet();
+    const grant = mock.authorize(component.appId);
+    const ttls: number[] = [];
+    class Recording extends FileCache {
+      override async set(k: string, value: string, ttl: number): Promise<void> {
+        if (k.includes(':authorization_code:') && !k.endsWith(':lock')) ttls.push(ttl);
+        return super.set(k, value, ttl);
+      }
+    }
+    await process(new Recording({ dir: cacheDir })).handleAuthorization(grant.authorizationCode);
+    expect(ttls).toEqual([300]);
+  });
+
+  it("a key schema of one's own that drops the code's digest from the key is refused before WeChat is asked: every code would share one record", async () => {
+    const { component, process } = await fleet();
+    const native = nativeSchema();
+    const schema: KeySchema = {
+      ...native,
+      openPlatformKey: (entry, componentAppId, id) => (entry === 'authorization_code' ? `wechat:authorization_code:${componentAppId}` : native.openPlatformKey!(entry, componentAppId, id)),
+    };
+    const open = process(undefined, undefined, { schema });
+    const grant = mock.authorize(component.appId);
+    const error = await rejection(open.handleAuthorization(grant.authorizationCode));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'schema' });
+    expect(mock.counters(component.appId).queryAuthRequests).toBe(0);
   });
 
   it('twice in one process, concurrently: one api_query_auth', async () => {

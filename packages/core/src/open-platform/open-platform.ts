@@ -173,10 +173,12 @@ const PEER_TOKEN_MIN_MS = 600_000;
 // The life WeChat gives an authorizer token: a peer's token is never taken as living longer.
 const PEER_TOKEN_MAX_LIFE_S = 7200;
 /**
- * An authorization code lives an hour (WeChat's `expires_in` on the redirect, `AuthorizationCodeExpiredTime`
- * on the push): its record, and with it the answer to a second caller, lives as long.
+ * How long the record of a spent code answers its other callers: the push and the redirect come within
+ * seconds of each other, WeChat's retries of the push within a minute. Not the code's hour: the redirect's
+ * `auth_code` is left in browser histories, Referer headers and access logs, and a replay of it is
+ * answered 61009 once the record is gone.
  */
-const AUTHORIZATION_CODE_TTL_SECONDS = 3600;
+const AUTHORIZATION_CODE_TTL_SECONDS = 300;
 /** Rounds of looking for the record and taking the code's lock before a caller asks WeChat unlocked. */
 const AUTHORIZATION_LOCK_ROUNDS = 3;
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
@@ -362,7 +364,7 @@ export class OpenPlatform {
    * refresh writes one: it never replaces a token fetched after api_query_auth was asked.
    *
    * WeChat hands one code to the `authorized` push and to the redirect: call this from both. The callers
-   * of one code (in this process, or in others sharing the cache, within the code's hour) get the same
+   * of one code (in this process, or in others sharing the cache, within five minutes) get the same
    * answer, and WeChat is asked once: the caller that asks holds the code's lock in the cache, and leaves
    * a record (the account and its permissions, keyed by the code's SHA-256; no token) that the others
    * return, even when its own writes failed. On a cache without an atomic add each caller asks, and one
@@ -375,7 +377,16 @@ export class OpenPlatform {
     }
     // WeChat hands one code both to the push and to the redirect, and answers a second api_query_auth
     // with 61009: the callers of one code, in this process and in the others, share one ask.
-    const key = this.#key('authorization_code', authorizationCodeDigest(authorizationCode));
+    const digest = authorizationCodeDigest(authorizationCode);
+    const key = this.#key('authorization_code', digest);
+    // A schema written before this entry (its openPlatformKey ignoring the id it is given) would put
+    // every code's record under one key: a caller would get the account another code authorized.
+    if (!key.includes(digest)) {
+      throw new ConfigError(
+        `OpenPlatform: the key schema's openPlatformKey('authorization_code', componentAppId, digest) must keep the digest in the key (got ${this.#core.schema.redactKey?.(key) ?? key}): one key for every code would hand a caller the account another code authorized`,
+        'schema',
+      );
+    }
     let shared = this.#authorizing.get(key);
     if (!shared) {
       shared = this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key));
@@ -462,6 +473,8 @@ export class OpenPlatform {
         ? await pollWithBackoff(this.#authorizationLeaseMs(), () => this.#authorizationRecord(key), (onChange) => this.#core.store.watch([key], onChange), this.#ended.signal)
         : await this.#authorizationRecord(key);
       if (recorded) return recorded;
+      // close() ended the wait: the code may well be good, and another caller's record on its way.
+      if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizationCode');
       throw error;
     }
     const info = body.authorization_info as Record<string, unknown> | undefined;
