@@ -66,6 +66,11 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
    * did not take it either.
    */
   'authorizer_refresh_token.unsaved': AuthorizerEvent;
+  /**
+   * OpenPlatform: the cache did not take the record of a spent authorization code, so another caller of
+   * the same code (the push and the redirect carry the same one) gets WeChat's 61009.
+   */
+  'authorization_code.unrecorded': AuthorizerEvent & { reason?: CacheErrorReason };
   /** OpenPlatform: the refresh token was missing, interrupted or rejected (61023), and the current one was read from WeChat. */
   'authorizer_refresh_token.recovered': AuthorizerRefreshTokenRecoveredEvent;
   /**
