@@ -53,7 +53,8 @@ describe('item 5: lockless peers refreshing while wxkit sends', () => {
       expect(okOf(results)).toBe(300);
       // The peers refreshed while the sends ran, each round invalidating every token issued before it.
       expect(peerFetches).toBe(4 * (BATCHES + 1));
-      expect(overlapped).toBeGreaterThan(0);
+      // Most rounds ran beside a batch still sending (a batch's last 24 sends take two round trips or more).
+      expect(overlapped).toBeGreaterThanOrEqual(BATCHES / 2);
       // They did invalidate tokens wxkit was using: recovered, not lost. Each round kills the token every
       // process holds, and every process goes on sending with it until it is rejected.
       expect(env.mock.counters(app.appId).rejectedCalls).toBeGreaterThanOrEqual(BATCHES);
