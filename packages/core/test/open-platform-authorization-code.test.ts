@@ -25,7 +25,6 @@ afterAll(async () => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 });
 
-/** A component on the mock, and a factory of OpenPlatforms ("processes") on one shared cache directory and one durable directory. */
 /**
  * A FileCache with get, set, delete and watch only: a store without an atomic add (no lock can be taken
  * on it). `beforeRecord`: awaited before the record of a spent code is written.
@@ -42,6 +41,23 @@ function withoutAdd(inner: FileCache, beforeRecord?: () => Promise<unknown>): To
   } as TokenCache;
 }
 
+/** The key of a code's record on the native schema. */
+const recordKey = (componentAppId: string, code: string) => `wechat:authorization_code:${componentAppId}:${authorizationCodeDigest(code)}`;
+
+/** A FileCache on `dir` whose `polls` resolves once it reads the lock of the record `key` (its owner waits for the holder). */
+function lockLooks(dir: string, key: string): { cache: FileCache; polls: Promise<void> } {
+  let polling!: () => void;
+  const polls = new Promise<void>((resolve) => (polling = resolve));
+  class Watched extends FileCache {
+    override async get(k: string): Promise<string | undefined> {
+      if (k === `${key}:lock`) polling();
+      return super.get(k);
+    }
+  }
+  return { cache: new Watched({ dir }), polls };
+}
+
+/** A component on the mock, and a factory of OpenPlatforms ("processes") on one shared cache directory and one durable directory. */
 async function fleet(bare = false): Promise<{ component: MockComponent; cacheDir: string; process(cache?: string | TokenCache, beforeRecord?: () => Promise<unknown>, extra?: Partial<OpenPlatformOptions>): OpenPlatform }> {
   const component = mock.createComponent();
   const cacheDir = mkdtempSync(join(tmpdir(), 'wxkit-op-code-cache-'));
@@ -106,17 +122,9 @@ describe('one authorization code handed to two processes (the push and the redir
   it('a holder that outlived its lock lease: the caller that took the lock after it waits for its record on 61009', async () => {
     const { component, cacheDir, process } = await fleet();
     const grant = mock.authorize(component.appId);
-    const key = `wechat:authorization_code:${component.appId}:${authorizationCodeDigest(grant.authorizationCode)}`;
-    let polling!: () => void;
-    const redirectPolls = new Promise<void>((resolve) => (polling = resolve));
-    /** The redirect handler's cache: says when it looks at the code's lock (it waits for the holder). */
-    class Watched extends FileCache {
-      override async get(k: string): Promise<string | undefined> {
-        if (k === `${key}:lock`) polling();
-        return super.get(k);
-      }
-    }
-    const redirect = process(new Watched({ dir: cacheDir }));
+    const key = recordKey(component.appId, grant.authorizationCode);
+    const { cache: watched, polls: redirectPolls } = lockLooks(cacheDir, key);
+    const redirect = process(watched);
     let second: Promise<unknown> | undefined;
     /**
      * The push handler's cache: once WeChat has answered it, and the redirect handler waits for it, its
@@ -144,15 +152,8 @@ describe('one authorization code handed to two processes (the push and the redir
   it('close() ends a caller waiting for another process\'s answer, which asks WeChat nothing', async () => {
     const { component, cacheDir, process } = await fleet();
     const grant = mock.authorize(component.appId);
-    const key = `wechat:authorization_code:${component.appId}:${authorizationCodeDigest(grant.authorizationCode)}`;
-    let polling!: () => void;
-    const redirectPolls = new Promise<void>((resolve) => (polling = resolve));
-    class Watched extends FileCache {
-      override async get(k: string): Promise<string | undefined> {
-        if (k === `${key}:lock`) polling();
-        return super.get(k);
-      }
-    }
+    const key = recordKey(component.appId, grant.authorizationCode);
+    const { cache: watched, polls: redirectPolls } = lockLooks(cacheDir, key);
     let reached!: () => void;
     const pushWrites = new Promise<void>((resolve) => (reached = resolve));
     let release!: () => void;
@@ -169,7 +170,7 @@ describe('one authorization code handed to two processes (the push and the redir
     }
     // The push handler's record write is held longer than a store call may take by default.
     const push = process(new HeldRecord({ dir: cacheDir }), undefined, { cacheTimeoutMs: 600_000 });
-    const redirect = process(new Watched({ dir: cacheDir }));
+    const redirect = process(watched);
     const first = push.handleAuthorization(grant.authorizationCode);
     await pushWrites;
     const second = rejection(redirect.handleAuthorization(grant.authorizationCode));
