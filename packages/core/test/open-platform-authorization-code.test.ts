@@ -241,18 +241,8 @@ describe('one authorization code handed to two processes (the push and the redir
     expect(mock.counters(component.appId).queryAuthRequests).toBe(0);
   });
 
-  it('twice in one process, concurrently: one api_query_auth', async () => {
-    const { component, process } = await fleet();
-    const open = process();
-    const grant = mock.authorize(component.appId);
-    const [a, b] = await Promise.all([open.handleAuthorization(grant.authorizationCode), open.handleAuthorization(grant.authorizationCode)]);
-    expect(b).toEqual(a);
-    expect(a.authorizerAppId).toBe(grant.authorizerAppId);
-    expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
-  });
-
-  it('twice in one process on a store without an atomic add: one api_query_auth', async () => {
-    const { component, process } = await fleet(true);
+  it.each([['', false], [' on a store without an atomic add', true]])('twice in one process, concurrently%s: one api_query_auth', async (_, bare) => {
+    const { component, process } = await fleet(bare);
     const open = process();
     const grant = mock.authorize(component.appId);
     const [a, b] = await Promise.all([open.handleAuthorization(grant.authorizationCode), open.handleAuthorization(grant.authorizationCode)]);
