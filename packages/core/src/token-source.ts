@@ -81,8 +81,11 @@ function isHttpUrl(value: unknown): boolean {
   }
 }
 
-/** The furthest ahead a token service's `expires_at` may be, in seconds: a day. */
-const MAX_EXPIRES_IN_S = 24 * 3600;
+/**
+ * The longest life a token source may give a value, in seconds: a day (WeChat's live 2 h; a day or more
+ * is another unit). A token service's `expires_at` may lie no further ahead.
+ */
+export const MAX_SOURCE_EXPIRES_IN_S = 24 * 3600;
 
 /**
  * The longest a `Retry-After` holds this source's requests of one path back. The service's own pauses
@@ -110,7 +113,7 @@ function entryOf(body: Record<string, unknown>, field: TokenSourceRequest['field
   const expiresIn = Math.floor(expiresAt - Date.now() / 1000);
   if (!(expiresIn > 0)) return `with an expired ${field}`;
   // WeChat's tokens and tickets live 2 h: a day or more ahead is another unit (milliseconds, say).
-  if (expiresIn >= MAX_EXPIRES_IN_S) return 'with an expires_at more than a day ahead (it takes unix seconds)';
+  if (expiresIn >= MAX_SOURCE_EXPIRES_IN_S) return 'with an expires_at more than a day ahead (it takes unix seconds)';
   return { value, expiresIn };
 }
 

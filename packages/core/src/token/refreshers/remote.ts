@@ -1,10 +1,7 @@
 import { HttpError } from '../../errors.js';
 import { isPlausibleToken } from '../entry.js';
-import type { TokenSource, TokenSourceRequest } from '../../token-source.js';
+import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } from '../../token-source.js';
 import type { Refreshed, RefreshRequest, Refresher, TokenContext } from '../refresher.js';
-
-/** The longest life a token source may give a value, in seconds: a day (WeChat's live 2 h). */
-const MAX_SOURCE_EXPIRES_IN_S = 24 * 3600;
 
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
