@@ -480,7 +480,7 @@ export class OpenPlatform {
     const info = body.authorization_info as Record<string, unknown> | undefined;
     const authorizerAppId = info?.authorizer_appid;
     const refresh = info?.authorizer_refresh_token;
-    if (!info || typeof authorizerAppId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
+    if (!info || typeof authorizerAppId !== 'string' || !ID_RULE.accepts(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
       throw new BadAnswer(path);
     }
     // The code is spent: close() waits for what follows, so that a program which closes its stores once
@@ -1251,7 +1251,7 @@ export function encodeAuthorizationRecord(authorization: Authorization, authoriz
 export function decodeAuthorizationRecord(raw: string | undefined): Authorization | undefined {
   const record = parseObject(raw);
   const appId = record?.authorizer_appid;
-  if (typeof appId !== 'string' || !/^[A-Za-z0-9_.-]{1,64}$/.test(appId)) return undefined;
+  if (typeof appId !== 'string' || !ID_RULE.accepts(appId)) return undefined;
   const funcInfo = Array.isArray(record!.func_info) ? record!.func_info.filter((id): id is number => typeof id === 'number') : [];
   return { authorizerAppId: appId, funcInfo };
 }
