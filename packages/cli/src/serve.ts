@@ -158,10 +158,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // Node requires headersTimeout <= requestTimeout.
   timeouts.headersTimeout = Math.min(timeouts.headersTimeout, timeouts.requestTimeout);
   const healthCheckMs = positive(options.healthCheckMs, 2_000, 'healthCheckMs');
-  const maxConnections = options.maxConnections ?? 10_000;
-  if (typeof maxConnections !== 'number' || !Number.isInteger(maxConnections) || maxConnections < 1 || maxConnections > 2 ** 31 - 1) {
-    throw new ConfigError("the token service's maxConnections must be a whole number of at least 1", 'maxConnections');
-  }
+  const maxConnections = positive(options.maxConnections ?? undefined, 10_000, 'maxConnections', 'a whole number of at least 1');
   const checkEveryMs = seconds(options.checkEverySeconds, 30, 'checkEverySeconds');
   const digests = options.keys.map((key) => createHash('sha256').update(key).digest());
   const log = options.logger || undefined;
@@ -563,10 +560,10 @@ async function withinDeadline<T>(promise: Promise<T>, ms: number): Promise<T | u
   }
 }
 
-function positive(value: number | undefined, fallback: number, name: string): number {
+function positive(value: number | undefined, fallback: number, name: string, what = 'an integer number of ms between 1 and 2147483647'): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isInteger(value) || value <= 0 || value > 2 ** 31 - 1) {
-    throw new ConfigError(`the token service's ${name} must be an integer number of ms between 1 and 2147483647`, name);
+    throw new ConfigError(`the token service's ${name} must be ${what}`, name);
   }
   return value;
 }
