@@ -222,7 +222,7 @@ export class OpenPlatform {
   readonly #letGo = new LetGo();
   /** Authorizations under way in this process, by the key of their code's record: one per code. */
   readonly #authorizing = new Map<string, Promise<Authorization>>();
-  /** Authorizations past api_query_auth, and verify-ticket pushes, whose writes are under way. */
+  /** Authorizations under way (the ask of WeChat and the writes after it), and verify-ticket pushes whose writes are. */
   readonly #storing = new Set<Promise<void>>();
   #closed = false;
   /** Aborted by close(): a caller waiting for another's authorization stops waiting. */
@@ -389,7 +389,8 @@ export class OpenPlatform {
     }
     let shared = this.#authorizing.get(key);
     if (!shared) {
-      shared = this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key));
+      // Counted under way from its start: close() waits for an ask of WeChat and the writes after it.
+      shared = this.#whileStoring(this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key)));
       this.#authorizing.set(key, shared);
     }
     return shared;
@@ -483,24 +484,20 @@ export class OpenPlatform {
     if (!info || typeof authorizerAppId !== 'string' || !ID_RULE.accepts(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
       throw new BadAnswer(path);
     }
-    // The code is spent: close() waits for what follows, so that a program which closes its stores once
-    // close() resolves does not close them under these writes.
+    // The code is spent: close() waits for what follows (the authorization is counted under way), so
+    // that a program which closes its stores once close() resolves does not close them under these writes.
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
     const authorization: Authorization = { authorizerAppId, funcInfo };
-    return this.#whileStoring(
-      (async () => {
-        try {
-          await this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh);
-        } finally {
-          // The code is spent whatever became of the writes: the account is authorized, and the other
-          // callers of the code learn it from this record.
-          await this.#recordAuthorization(key, authorization);
-        }
-        return authorization;
-      })(),
-    );
+    try {
+      await this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh);
+    } finally {
+      // The code is spent whatever became of the writes: the account is authorized, and the other
+      // callers of the code learn it from this record.
+      await this.#recordAuthorization(key, authorization);
+    }
+    return authorization;
   }
 
   /** Writes the record of a spent code; a store that does not take it leaves the other callers their 61009 (logged). */
@@ -595,15 +592,14 @@ export class OpenPlatform {
   async #close(): Promise<void> {
     this.#closed = true;
     this.#ended.abort();
-    const authorizing = [...this.#authorizing.values()].map((work) => work.then(noop, noop));
-    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll(), ...authorizing]);
+    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll()]);
     // The refreshes have ended: no refresh token is added to those kept unsaved any more.
     await this.#saveUnsavedAtClose();
     this.#durable.dispose();
     await this.#core.close();
   }
 
-  /** `work` (an authorization's or a push's writes), counted under way until it settles: close() waits for it. */
+  /** `work` (an authorization, or a push's writes), counted under way until it settles: close() waits for it. */
   #whileStoring<T>(work: Promise<T>): Promise<T> {
     const settled: Promise<void> = work.then(
       () => void this.#storing.delete(settled),
@@ -1256,7 +1252,6 @@ export function decodeAuthorizationRecord(raw: string | undefined): Authorizatio
   return { authorizerAppId: appId, funcInfo };
 }
 
-function noop(): void {}
 
 function wrapToken(token: string | undefined): RefreshRecord | undefined {
   return token ? { token } : undefined;
