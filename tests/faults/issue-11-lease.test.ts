@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { errorsOf, faultEnvironment, okOf, redisSpec } from './helpers.js';
+import { errorsOf, eventually, faultEnvironment, okOf, redisSpec } from './helpers.js';
 
 // Issue 11, item 4: the lock's lease covers the whole critical section it guards (every upstream and
 // store call in it, with their deadlines), so no second process fetches while the holder still works.
@@ -46,4 +46,24 @@ describe('item 4: the lease covers the critical section', () => {
     expect(env.mock.counters(app.appId).classicTokenRequests).toBe(1);
     expect(env.mock.counters(app.appId).rejectedCalls).toBe(0);
   });
+
+  it('a holder SIGKILLed during its fetch holds the others up for its short lease, not the whole one: they fetch once and lose nothing', async () => {
+    const app = env.mock.createApp();
+    // The holder's request is never answered, and its deadline is long: its whole lease is 2 × 60 s +
+    // 7 × 2 s + 1 s = 135 s, its short lease 3 × 2 s + 1 s = 7 s. The others wait for it 30 s at most, so
+    // only a lock that ends soon after its holder died lets them in.
+    env.mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
+    const config = { ...app, tokenEndpoint: 'classic' as const, store: redisSpec(env.redis.url), clientOptions: { timeoutMs: 60_000, lockWaitMs: 30_000 } };
+    const holder = await pool.start(1, config);
+    const dying = holder.run('send', 1).catch(() => 'killed');
+    await eventually(() => env.mock.counters(app.appId).classicTokenRequests === 1, 'the holder asked WeChat');
+    await holder.kill(0);
+    expect(await dying).toBe('killed');
+    const others = await pool.start(3, config);
+    const results = await others.run('send', 5);
+    expect(errorsOf(results)).toEqual([]);
+    expect(okOf(results)).toBe(15);
+    // The dead holder's request, then one fetch for the fleet.
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(2);
+  }, 60_000);
 });

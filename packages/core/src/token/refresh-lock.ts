@@ -9,8 +9,16 @@ import { PROCESS_ID } from './identity.js';
 export interface LockHandle {
   readonly owner: string;
   readonly leaseMs: number;
-  /** Milliseconds left of the lease, by this process's monotonic clock (never negative). */
+  /**
+   * Milliseconds the store is known to keep the lock ours, by this process's monotonic clock (never
+   * negative): the lease, or for a kept-alive lock the short lease its last renewal set.
+   */
   remainingMs(): number;
+  /**
+   * Milliseconds the hold may still last: the lease's end for a kept-alive lock while it is held (its
+   * renewals carry it there), else {@link remainingMs}.
+   */
+  maxRemainingMs(): number;
   /** Deletes the lock if it is still ours. Never throws; a failed release is cleaned up later. */
   release(): Promise<void>;
 }
@@ -47,6 +55,12 @@ export function parseJavaLong(value: string): bigint | undefined {
  * A lock write whose answer was lost (a timeout on `add` that still reached the store, a release that
  * failed) may have left our owner in the store. Each such owner is remembered and deleted, by owner,
  * once the store answers again, so nobody waits for a lease that nobody holds.
+ *
+ * Kept alive (`keepAliveMs`, on a store with an atomic compareAndSet, `owner` dialect): the lock is
+ * written with that short lease and renewed every third of it, by compare-and-set on our owner, until
+ * released or until the whole lease has passed (the last renewal ends the lock there). A holder that
+ * works is never overtaken before the lease's end, and one that died (SIGKILL, a crash, a lost host)
+ * holds up the others for the short lease, not the whole one.
  */
 export class RefreshLock {
   readonly key: string;
@@ -69,15 +83,20 @@ export class RefreshLock {
   /**
    * One attempt: the lock, `held` by another owner, or `unavailable` when the store has no atomic add.
    * Rejects with a CacheError when the store fails (the owner is then remembered for clean-up).
+   * `keepAliveMs`: hold it with that short lease, renewed up to `leaseMs`, where the store can.
    */
-  async tryAcquire(store: GuardedStore, leaseMs: number): Promise<LockAttempt> {
+  async tryAcquire(store: GuardedStore, leaseMs: number, keepAliveMs?: number): Promise<LockAttempt> {
     await this.cleanUp();
     const owner =
       this.#value === 'expiry-ms'
         ? // jedis-lock's own value: System.currentTimeMillis() + expireMsecs + 1, compared with Java's clock.
           String(Date.now() + Math.ceil(leaseMs) + 1)
         : textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
-    const added = store.add(this.key, owner, leaseMs / 1000);
+    // jedis-lock's value is its expiry: renewing it would mean a new value, which a Java peer's GETSET
+    // may be racing; it keeps the whole lease.
+    const kept = keepAliveMs !== undefined && keepAliveMs < leaseMs && this.#value === 'owner' && store.atomicCompareAndSet;
+    const firstMs = kept ? keepAliveMs : leaseMs;
+    const added = store.add(this.key, owner, firstMs / 1000);
     if (added === undefined) return 'unavailable';
     const started = performance.now();
     let won: boolean;
@@ -91,10 +110,12 @@ export class RefreshLock {
       throw error;
     }
     if (!won) return 'held';
+    if (kept) return new KeptAlive(this.key, owner, store, started, leaseMs, keepAliveMs, () => this.#release(owner, store));
     return {
       owner,
       leaseMs,
       remainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
+      maxRemainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
       release: () => this.#release(owner, store),
     };
   }
@@ -174,5 +195,71 @@ export class RefreshLock {
   #remember(owner: string, store: GuardedStore): void {
     (this.#lost ??= new Map()).set(owner, store);
     store.onRecovered(() => void this.cleanUp());
+  }
+}
+
+/**
+ * A lock held with a short lease and renewed every third of it (compare-and-set on its owner, the TTL
+ * never past the whole lease's end), so that a holder that died stops holding up the others soon.
+ */
+class KeptAlive implements LockHandle {
+  readonly owner: string;
+  readonly leaseMs: number;
+  /** Where the whole lease ends, and where the last renewal the store took lets the lock end. */
+  readonly #end: number;
+  #until: number;
+  readonly #timer: NodeJS.Timeout;
+  #renewing = false;
+  readonly #release: () => Promise<void>;
+
+  constructor(key: string, owner: string, store: GuardedStore, started: number, leaseMs: number, keepAliveMs: number, release: () => Promise<void>) {
+    this.owner = owner;
+    this.leaseMs = leaseMs;
+    this.#end = started + leaseMs;
+    this.#until = started + keepAliveMs;
+    this.#release = release;
+    this.#timer = setInterval(() => void this.#renew(key, store, keepAliveMs), keepAliveMs / 3);
+    // The holder's own work keeps the process alive; a renewal must not.
+    this.#timer.unref?.();
+  }
+
+  remainingMs(): number {
+    return Math.max(0, Math.min(this.#until, this.#end) - performance.now());
+  }
+
+  maxRemainingMs(): number {
+    return this.remainingMs() > 0 ? Math.max(0, this.#end - performance.now()) : 0;
+  }
+
+  release(): Promise<void> {
+    clearInterval(this.#timer);
+    return this.#release();
+  }
+
+  async #renew(key: string, store: GuardedStore, keepAliveMs: number): Promise<void> {
+    const sent = performance.now();
+    const leftMs = this.#end - sent;
+    // Past its lease, or lost: nothing to renew (the lock ends by its TTL, or is another's).
+    if (leftMs <= 0 || this.remainingMs() === 0) {
+      clearInterval(this.#timer);
+      return;
+    }
+    // A renewal still unanswered (a slow store): the next one waits, rather than pile up.
+    if (this.#renewing) return;
+    this.#renewing = true;
+    const ms = Math.min(keepAliveMs, leftMs);
+    try {
+      if (await store.compareAndSet(key, this.owner, this.owner, ms / 1000)) {
+        this.#until = Math.max(this.#until, sent + ms);
+      } else {
+        // Another owner, or none: the lease ran out (a stalled process) and the lock is no longer ours.
+        this.#until = 0;
+        clearInterval(this.#timer);
+      }
+    } catch {
+      // The store did not answer: the lock ends with its last renewal unless a later one lands.
+    } finally {
+      this.#renewing = false;
+    }
   }
 }

@@ -38,6 +38,16 @@ export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): numbe
   return upstreamBudgetMs + STORE_CALLS_IN_SECTION * cacheTimeoutMs + LEASE_SLACK_MS;
 }
 
+/**
+ * The short lease a holder keeps renewing where the store can compare-and-set (RefreshLock): three store
+ * deadlines and the slack, so that a renewal sent every third of it lands before it ends even when the
+ * store takes its whole deadline to answer. What a holder that died holds up the others: 7 s with the
+ * defaults, where the whole lease is 35 s.
+ */
+export function keepAliveMs(cacheTimeoutMs: number, leaseMs: number): number {
+  return Math.min(leaseMs, 3 * cacheTimeoutMs + LEASE_SLACK_MS);
+}
+
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
 
 /** How far one refresh got: the force slot it took, and whether it asked WeChat (or a peer's copy) at all. */
@@ -63,6 +73,8 @@ interface SeenUnderLock {
 export class LockedFetchRefresher implements Refresher {
   readonly fetches = true;
   readonly leaseMs: number;
+  /** The short lease the holder renews up to leaseMs, where the lock's store can. */
+  readonly keepAliveMs: number;
   readonly #ctx: TokenContext;
   readonly #upstream: Upstream;
   readonly #lock: RefreshLock;
@@ -78,6 +90,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#ctx = ctx;
     this.#upstream = upstream;
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
+    this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
     this.#failures = new FailureGate(ctx.key, ctx.label);
     this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
@@ -190,7 +203,7 @@ export class LockedFetchRefresher implements Refresher {
     const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier), ctx.closed) : undefined;
     let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
     try {
-      attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs) : 'unavailable';
+      attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs, this.keepAliveMs) : 'unavailable';
     } catch (error) {
       wakeup?.stop();
       throw error;
@@ -260,7 +273,7 @@ export class LockedFetchRefresher implements Refresher {
       }
       const failed = await this.#failures.failedSince(tier.entries, before, ctx.settings.now());
       if (failed) throw failed;
-      const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs);
+      const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs, this.keepAliveMs);
       if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
@@ -327,7 +340,7 @@ export class LockedFetchRefresher implements Refresher {
     const write = {
       rejected: (value: string) => ctx.rejected(value),
       leaseHeld: handle === undefined || handle.remainingMs() > 0,
-      mayRetry: () => handle === undefined || handle.remainingMs() > 3 * ctx.settings.cacheTimeoutMs,
+      mayRetry: () => handle === undefined || handle.maxRemainingMs() > 3 * ctx.settings.cacheTimeoutMs,
       // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
       absent: seen.entryAbsent === true,
     };
