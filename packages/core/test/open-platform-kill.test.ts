@@ -34,7 +34,7 @@ interface Scenario {
   cacheDir: string;
   durableDir: string;
   durable: FileCache;
-  platform(): OpenPlatform;
+  platform(timeoutMs?: number): OpenPlatform;
 }
 
 async function scenario(name: string): Promise<Scenario> {
@@ -44,12 +44,12 @@ async function scenario(name: string): Promise<Scenario> {
   const durableDir = join(root, name, 'durable');
   const durable = new FileCache({ dir: durableDir });
   const platforms: OpenPlatform[] = [];
-  const platform = () => {
+  const platform = (timeoutMs = TIMEOUT_MS) => {
     const open = new OpenPlatform({
       ...componentOptions(mock, component),
       cache: new FileCache({ dir: cacheDir }),
       durableStore: durable,
-      timeoutMs: TIMEOUT_MS,
+      timeoutMs,
       cacheTimeoutMs: CACHE_TIMEOUT_MS,
       fallbackDir: false,
       logger: false,
@@ -71,7 +71,7 @@ async function scenario(name: string): Promise<Scenario> {
   return { mock, component, appId: authorizerAppId, cacheDir, durableDir, durable, platform };
 }
 
-function spawnHolder(s: Scenario): ChildProcess {
+function spawnHolder(s: Scenario, more: { timeoutMs?: number; authorizationCode?: string } = {}): ChildProcess {
   const config = {
     component: { appId: s.component.appId, secret: s.component.secret, token: s.component.token, encodingAESKey: s.component.encodingAESKey },
     baseUrl: s.mock.url,
@@ -80,6 +80,7 @@ function spawnHolder(s: Scenario): ChildProcess {
     timeoutMs: TIMEOUT_MS,
     cacheTimeoutMs: CACHE_TIMEOUT_MS,
     authorizerAppId: s.appId,
+    ...more,
   };
   return spawn(process.execPath, [child], { env: { ...process.env, WXKIT_CHILD: JSON.stringify(config) }, stdio: ['ignore', 'pipe', 'pipe'] });
 }
@@ -160,4 +161,22 @@ describe.concurrent('a refresh-lock holder SIGKILLed during an authorizer refres
     expect((await record(s))?.authorizer_refresh_token).toBe(s.mock.authorizerRefreshToken(s.appId));
     expect(s.mock.counters(s.appId).errcodes['61023']).toBeUndefined();
   });
+});
+
+describe('a holder of an authorization code SIGKILLed before WeChat answered', () => {
+  it('holds the code up for its short lease only: the next caller takes the code and gets the account', async () => {
+    const s = await scenario('authorization-code');
+    // Long deadlines make the code's whole lease minutes long; its short lease is 3 × 0.1 s + 1 s. Only a
+    // lock that ends soon after its holder died lets the next caller in before the test's own deadline.
+    const LONG_MS = 60_000;
+    const grant = s.mock.authorize(s.component.appId, { funcInfo: [1] });
+    const asked = s.mock.counters(s.component.appId).queryAuthRequests;
+    s.mock.injectFault({ kind: 'hang', path: 'cgi-bin/component/api_query_auth' });
+    const holder = spawnHolder(s, { timeoutMs: LONG_MS, authorizationCode: grant.authorizationCode });
+    await until(() => s.mock.counters(s.component.appId).queryAuthRequests === asked + 1);
+    await kill(holder);
+    const next = s.platform(LONG_MS);
+    expect(await next.handleAuthorization(grant.authorizationCode)).toEqual({ authorizerAppId: grant.authorizerAppId, funcInfo: [1] });
+    expect(s.mock.counters(s.component.appId).queryAuthRequests).toBe(asked + 2);
+  }, 20_000);
 });

@@ -14,7 +14,7 @@ import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../t
 import { EntryStore } from '../token/entry-store.js';
 import { FailureGate, decodeMarker } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
-import { RefreshLock } from '../token/refresh-lock.js';
+import { keepAliveMs, RefreshLock } from '../token/refresh-lock.js';
 import { pollWithBackoff } from '../token/refresher.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
@@ -413,7 +413,8 @@ export class OpenPlatform {
       if (recorded) return recorded;
       let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
       try {
-        attempt = await lock.tryAcquire(core.store, this.#authorizationLeaseMs());
+        const leaseMs = this.#authorizationLeaseMs();
+        attempt = await lock.tryAcquire(core.store, leaseMs, keepAliveMs(core.cacheTimeoutMs, leaseMs));
       } catch (error) {
         if (!(error instanceof CacheError)) throw error;
         attempt = 'unavailable';

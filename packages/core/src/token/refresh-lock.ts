@@ -26,6 +26,16 @@ export interface LockHandle {
 export type LockAttempt = LockHandle | 'held' | 'unavailable';
 
 /**
+ * The short lease a holder keeps renewing where the store can compare-and-set: three store deadlines and
+ * a second, so that a renewal sent every third of it lands before it ends even when the store takes its
+ * whole deadline to answer. What a holder that died holds up the others: 7 s with the defaults, where a
+ * token's whole lease is 35 s. Never longer than the whole lease `leaseMs`.
+ */
+export function keepAliveMs(cacheTimeoutMs: number, leaseMs: number): number {
+  return Math.min(leaseMs, 3 * cacheTimeoutMs + 1_000);
+}
+
+/**
  * How a lock's value is made: `owner`, a string unique to the attempt; `expiry-ms`, the lease's end in
  * unix milliseconds as decimal digits, as jedis-lock 1.0.0 writes it (WxJava's Jedis config).
  */

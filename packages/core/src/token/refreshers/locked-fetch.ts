@@ -4,7 +4,7 @@ import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
-import { RefreshLock, type LockHandle } from '../refresh-lock.js';
+import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
@@ -36,16 +36,6 @@ class SlotTaken extends Error {}
  */
 export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): number {
   return upstreamBudgetMs + STORE_CALLS_IN_SECTION * cacheTimeoutMs + LEASE_SLACK_MS;
-}
-
-/**
- * The short lease a holder keeps renewing where the store can compare-and-set (RefreshLock): three store
- * deadlines and the slack, so that a renewal sent every third of it lands before it ends even when the
- * store takes its whole deadline to answer. What a holder that died holds up the others: 7 s with the
- * defaults, where the whole lease is 35 s.
- */
-export function keepAliveMs(cacheTimeoutMs: number, leaseMs: number): number {
-  return Math.min(leaseMs, 3 * cacheTimeoutMs + LEASE_SLACK_MS);
 }
 
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
