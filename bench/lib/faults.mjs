@@ -209,6 +209,62 @@ export async function failedHolder(env, { processes = 6, sends = 3, timeoutMs = 
   return { legend, rows };
 }
 
+/**
+ * 3c. The process that took the refresh lock is SIGKILLed while WeChat holds its token request: the
+ * others wait for its lock to end, then one fetches. What the dead holder costs them is time: wxkit's
+ * holder renews a short lease (3 store deadlines + 1 s) while it works, so its lock ends that long after
+ * it died, not at the end of the whole lease.
+ */
+export async function killedHolder(env, { processes = 6, sends = 3, deadlineMs = 60_000 } = {}) {
+  const rows = [];
+  const legend = {
+    '3c':
+      `${processes} processes from a cold store, default deadlines: the first sends once and is SIGKILLed as soon as its token ` +
+      `request reached WeChat (which never answers it); then the other ${processes - 1} each send ${sends} at once. Goal: 2 requests ` +
+      `(the dead holder's, then one), 0 lost. wallMs: the others' burst, how long the dead holder held them up (wxkit's whole ` +
+      `lease is 35 s, the short lease its holder renews 7 s). A send unanswered after ${deadlineMs / 1000} s counts as lost`,
+  };
+  const others = Array.from({ length: processes - 1 }, (_, i) => i + 1);
+  try {
+    for (const library of ['wxkit', ...PEERS]) {
+      const app = env.mock.createApp();
+      const workers = await startWorkers(processes, subjectConfig(env.mock, app, library, env.store('redis')));
+      const before = env.mock.counters(app.appId);
+      env.mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
+      // Its answer never comes: the worker dies first.
+      void workers.one({ op: 'send', count: 1, concurrency: 1, deadlineMs }, 0);
+      await until(() => delta(env.mock.counters(app.appId), before, 'tokenRequests') === 1, 'the holder asked WeChat');
+      await workers.kill(0);
+      const run = await workers.some({ op: 'send', count: sends, concurrency: sends, deadlineMs }, others);
+      const after = env.mock.counters(app.appId);
+      env.mock.clearFaults();
+      await workers.stop();
+      rows.push(
+        row('3c', `${library} (redis)`, {
+          mockMs: LATENCY_MS,
+          requests: delta(after, before, 'tokenRequests'),
+          requestGoal: 2,
+          sent: totals(run.results),
+          rejected: delta(after, before, 'rejectedCalls'),
+          wallMs: run.wallMs,
+        }),
+      );
+    }
+  } finally {
+    env.mock.clearFaults();
+  }
+  return { legend, rows };
+}
+
+/** Resolves once `condition` holds; throws after 10 s. */
+async function until(condition, what) {
+  const started = performance.now();
+  while (!condition()) {
+    if (performance.now() - started > 10_000) throw new Error(`timed out waiting until ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
 /** The key and bytes each subject reads, so a lockless peer loop writes where the subject looks. */
 function peerEntry(library, app) {
   if (library === 'node-easywechat') {

@@ -79,6 +79,20 @@ export async function startWorkers(count, config, { execArgv = [] } = {}) {
     },
     /** Sends `message` to worker `index` (the first by default) alone. */
     one: (message, index = 0) => ask(children[index], message),
+    /** Sends `message` to the workers at `indexes` at once; resolves their answers and the wall time. */
+    async some(message, indexes) {
+      const started = performance.now();
+      const results = await Promise.all(indexes.map((index) => ask(children[index], message)));
+      return { results, wallMs: performance.now() - started };
+    },
+    /** SIGKILLs worker `index` and waits for it to be gone. */
+    async kill(index) {
+      const child = children[index];
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const gone = new Promise((resolve) => child.once('exit', resolve));
+      child.kill('SIGKILL');
+      await gone;
+    },
     /** Asks every worker to exit; one still there after 5 s (a client stuck on a hung store) is killed. */
     async stop() {
       await Promise.all(
