@@ -26,7 +26,10 @@ export interface MemjsServer {
  * - registers, for each connection it opens, a one-time `authenticated` listener that sends the
  *   requests queued on it: one whose SASL login failed stays registered, and the next login that
  *   succeeds sends those requests, failed long ago for their callers (a write then lands late, over a
- *   newer value).
+ *   newer value);
+ * - leaves `connected` true when it fails a server (only its own 'close' listener, replaced here,
+ *   clears it): the request that must connect and log in again would be given one request's time for
+ *   all of it, and against a slow login every reconnection would time out in turn, for good.
  *
  * So every socket memjs opens is tracked; when memjs fails a server (`error()`, after a timeout or a
  * socket error) every socket it opened for it is destroyed; only the current socket's close counts,
@@ -41,6 +44,7 @@ export function ownSockets(servers: MemjsServer[]): (reason: Error) => Promise<v
     const fail = server.error.bind(server);
     server.error = (error) => {
       for (const socket of mine) socket.destroy();
+      server.connected = false;
       server.responseBuffer = Buffer.alloc(0);
       (server as unknown as EventEmitter).removeAllListeners('authenticated');
       fail(error);

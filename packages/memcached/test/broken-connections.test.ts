@@ -81,25 +81,25 @@ async function startProxy(handle: (client: Socket, n: number, pipe: () => void) 
 /**
  * A proxy that does SASL itself (memcached here has none): `login` answers each login (true: accepted),
  * at once or through `send` later; every other packet goes to memcached, its answers passed back through
- * `relay` (at once by default).
+ * `relay` (at once by default). Both are told the connection's number, from 1.
  */
 function startSaslProxy(
-  login: (send: (accepted: boolean) => void) => void,
-  relay: (forward: () => void) => void = (forward) => forward(),
+  login: (send: (accepted: boolean) => void, connection: number) => void,
+  relay: (forward: () => void, connection: number, client: Socket) => void = (forward) => forward(),
 ): Promise<Proxy> {
-  return startProxy((client) => {
+  return startProxy((client, n) => {
     let upstream: Socket | undefined;
     client.on(
       'data',
       framer((packet) => {
         const op = packet[1];
         if (op === OP_SASL_LIST) client.write(answer(packet, 0, 'PLAIN'));
-        else if (op === OP_SASL_AUTH) login((accepted) => client.write(answer(packet, accepted ? 0 : STATUS_AUTH_ERROR, accepted ? 'Authenticated' : 'Auth failure')));
+        else if (op === OP_SASL_AUTH) login((accepted) => client.write(answer(packet, accepted ? 0 : STATUS_AUTH_ERROR, accepted ? 'Authenticated' : 'Auth failure')), n);
         else {
           if (!upstream) {
             upstream = createConnection({ host: '127.0.0.1', port: memcached.port });
             upstream.on('error', () => undefined);
-            upstream.on('data', (chunk) => relay(() => client.write(chunk)));
+            upstream.on('data', (chunk) => relay(() => client.write(chunk), n, client));
             client.on('close', () => upstream?.destroy());
           }
           upstream.write(packet);
@@ -144,6 +144,34 @@ describe('MemcachedCache on connections that fail half-way', () => {
       await cache.set(k, 'v', 60);
       expect(await memcachedGet(memcached.port, k)).toBe('v');
       expect(proxy.connections()).toBe(1);
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+
+  it('after a connection fails, the request that must connect and log in again has timeoutMs for each too', async () => {
+    // Connection 1 logs in and answers at once, then drops at the second request, as a server that
+    // restarts would; every later connection logs in 300 ms late and answers 300 ms late: 600 ms in
+    // all, each part within the 500 ms timeoutMs. The dropped request goes out again on connection 2.
+    const late = (fn: () => void) => void setTimeout(fn, 300);
+    let requests = 0;
+    const proxy = await startSaslProxy(
+      (send, n) => (n === 1 ? send(true) : late(() => send(true))),
+      (forward, n, client) => {
+        requests += 1;
+        if (n > 1) late(forward);
+        else if (requests === 1) forward();
+        else client.destroy();
+      },
+    );
+    const cache = new MemcachedCache({ servers: proxy.url, username: 'wxkit', password: 'pw', timeoutMs: 500 });
+    const k = key('relogin');
+    try {
+      await cache.set(k, 'first', 60);
+      await cache.set(k, 'second', 60);
+      expect(await memcachedGet(memcached.port, k)).toBe('second');
+      expect(proxy.connections()).toBe(2);
     } finally {
       await cache.close();
       await proxy.close();
