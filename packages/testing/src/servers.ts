@@ -14,6 +14,13 @@ export interface StoreServer {
   stop(signal?: 'SIGTERM' | 'SIGKILL'): Promise<void>;
   /** Starts it again on the same port, with no data (as after a crash without persistence). */
   start(): Promise<void>;
+  /**
+   * Suspends the server (SIGSTOP), as a hung server: its connections stay open and the kernel still
+   * accepts new ones, but nothing is answered until {@link StoreServer.resume}.
+   */
+  pause(): Promise<void>;
+  /** Lets a paused server go on (SIGCONT): it then reads and answers what was sent to it meanwhile. */
+  resume(): Promise<void>;
   /** The CA certificate (PEM) of a TLS server. */
   readonly ca?: string;
 }
@@ -210,11 +217,43 @@ function managedServer(command: string, args: (port: number) => string[], port: 
       if (!current || current.exitCode !== null || current.signalCode !== null) return;
       const gone = new Promise((resolve) => current.once('exit', resolve));
       current.kill(signal);
+      // A paused server takes its SIGTERM only once it goes on.
+      current.kill('SIGCONT');
       await gone;
       await waitForPort(port, false);
     },
+    async pause() {
+      if (!child || child.exitCode !== null || child.signalCode !== null) throw new Error(`${command} is not running`);
+      child.kill('SIGSTOP');
+      await stateIs(child.pid!, 'T');
+    },
+    async resume() {
+      if (!child || child.exitCode !== null || child.signalCode !== null) throw new Error(`${command} is not running`);
+      child.kill('SIGCONT');
+      await stateIs(child.pid!, undefined);
+    },
   };
   return server;
+}
+
+/**
+ * Waits until process `pid` is stopped (`T`) or, undefined, runs again, as /proc tells; where there is
+ * no /proc the signal is taken to have landed.
+ */
+async function stateIs(pid: number, stopped: 'T' | undefined): Promise<void> {
+  const started = Date.now();
+  for (;;) {
+    let state: string | undefined;
+    try {
+      // The state follows the command's name in parentheses, which may hold spaces.
+      state = /\)\s+(\S)/.exec(readFileSync(`/proc/${pid}/stat`, 'utf8'))?.[1];
+    } catch {
+      return;
+    }
+    if (stopped ? state === 'T' : state !== 'T') return;
+    if (Date.now() - started > 5_000) throw new Error(`process ${pid} did not ${stopped ? 'stop' : 'go on'} within 5 s`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
 
 /**
