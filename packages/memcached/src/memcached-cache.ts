@@ -1,6 +1,7 @@
 import { KeyvMemcache } from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
+import { hintOf, reasonOf, timedOut } from './failure.js';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
@@ -205,8 +206,8 @@ export class MemcachedCache implements TokenCache {
           const server = this.#client.server(key);
           const budgetMs = server?.connected ? this.#timeoutMs : 2 * this.#timeoutMs;
           deadline = setTimeout(() => {
-            reject(new Error(`memcached did not answer within ${budgetMs} ms`));
-            server?.error(new Error('socket timed out waiting on response.'));
+            reject(timedOut(`memcached did not answer within ${budgetMs} ms`));
+            server?.error(timedOut('socket timed out waiting on response.'));
           }, budgetMs);
           deadline.unref?.();
           this.#client.perform(key, build(seq), seq, settle, 1);
@@ -220,7 +221,7 @@ export class MemcachedCache implements TokenCache {
   }
 
   async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
-    if (this.#closed) throw new CacheError(`MemcachedCache ${op} after close() (${this.#where})`);
+    if (this.#closed) throw new CacheError(`MemcachedCache ${op} after close() (${this.#where})`, { reason: 'closed' });
     // memcached keys are at most 250 bytes of printable characters without spaces; wxkit's keys are.
     if (Buffer.byteLength(key) > 250 || /[\s\u0000-\u001f\u007f]/.test(key)) {
       throw new CacheError(`MemcachedCache ${op}: memcached keys must be at most 250 bytes without spaces or control characters`);
@@ -228,7 +229,9 @@ export class MemcachedCache implements TokenCache {
     try {
       return await fn();
     } catch (error) {
-      throw new CacheError(`MemcachedCache ${op} failed on ${this.#where}`, { cause: error });
+      // A call still waiting when close() was called fails with close()'s error: closed, whatever else.
+      const reason = this.#closed ? 'closed' : reasonOf(error);
+      throw new CacheError(`MemcachedCache ${op} failed on ${this.#where}${hintOf(reason)}`, { cause: error, ...(reason ? { reason } : {}) });
     }
   }
 }

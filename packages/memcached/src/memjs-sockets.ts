@@ -1,5 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
+import { dropped } from './failure.js';
 
 /** memjs 1.3's connection to one server (lib/memjs/server.js): the parts reached into here. */
 export interface MemjsServer {
@@ -61,7 +62,7 @@ export function ownSockets(servers: MemjsServer[]): (reason: Error) => Promise<v
       socket.on('close', () => {
         mine.delete(socket);
         open.delete(socket);
-        if (server._socket === socket) server.error(new Error('memcached closed the connection'));
+        if (server._socket === socket) server.error(dropped());
       });
     };
   }

@@ -117,8 +117,8 @@ describe('MemcachedCache on connections that fail half-way', () => {
     const cache = new MemcachedCache({ servers: proxy.url, username: 'wxkit', password: 'pw', timeoutMs: 1000 });
     const k = key('token');
     try {
-      await expect(cache.set(k, 'OLD', 60)).rejects.toBeInstanceOf(CacheError);
-      await expect(cache.add(`${k}:lock`, 'owner-1', 60)).rejects.toBeInstanceOf(CacheError);
+      await expect(cache.set(k, 'OLD', 60)).rejects.toSatisfy((error) => error instanceof CacheError && error.reason === 'auth');
+      await expect(cache.add(`${k}:lock`, 'owner-1', 60)).rejects.toSatisfy((error) => error instanceof CacheError && error.reason === 'auth');
       // Another process writes the newer value, then the logins work again.
       await memcachedSet(memcached.port, k, 'NEW', 60);
       loginsAccepted = true;
@@ -171,6 +171,20 @@ describe('MemcachedCache on connections that fail half-way', () => {
       await cache.set(k, 'first', 60);
       await cache.set(k, 'second', 60);
       expect(await memcachedGet(memcached.port, k)).toBe('second');
+      expect(proxy.connections()).toBe(2);
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+
+  it('a conditional write whose connection the server closes (a restart) fails at once, reason disconnected', async () => {
+    // Connection 1 is closed at its first request; the rest are memcached's. The ADD is not resent:
+    // the key read back on connection 2 is absent, so the call rejects.
+    const proxy = await startProxy((client, n, pipe) => (n > 1 ? pipe() : client.once('data', () => client.destroy())));
+    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 60_000 });
+    try {
+      await expect(cache.add(key('dropped'), 'owner-1', 60)).rejects.toSatisfy((error) => error instanceof CacheError && error.reason === 'disconnected');
       expect(proxy.connections()).toBe(2);
     } finally {
       await cache.close();

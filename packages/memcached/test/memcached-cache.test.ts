@@ -94,6 +94,51 @@ describe('MemcachedCache on a real memcached', () => {
     await cache.close();
   });
 
+  it('memcached killed under a warm client: every call fails at once, reason refused; once it is back the same client works', async () => {
+    const server = await startMemcached();
+    const cache = new MemcachedCache({ servers: server.url, timeoutMs: 60_000 });
+    try {
+      await cache.set('k', 'v', 60);
+      await server.stop('SIGKILL');
+      // A timeoutMs of a minute: a call that waited for an answer rather than fail would time the test out.
+      const settled = await Promise.allSettled(everyCall(cache));
+      expect(settled.map((call) => call.status === 'rejected' && { code: call.reason.code, reason: call.reason.reason })).toEqual(
+        settled.map(() => ({ code: 'ERR_WXKIT_CACHE', reason: 'refused' })),
+      );
+      await server.start();
+      await cache.set('k', 'back', 60);
+      expect(await cache.get('k')).toBe('back');
+    } finally {
+      await cache.close();
+      await server.stop();
+    }
+  });
+
+  it('memcached hung (SIGSTOP): every call fails on its deadline, reason timeout; once it goes on (SIGCONT) the same client works', async () => {
+    const server = await startMemcached();
+    const cache = new MemcachedCache({ servers: server.url, timeoutMs: 200 });
+    try {
+      await cache.set('k', 'v', 60);
+      await server.pause();
+      const settled = await Promise.allSettled(everyCall(cache));
+      expect(settled.map((call) => call.status === 'rejected' && { code: call.reason.code, reason: call.reason.reason })).toEqual(
+        settled.map(() => ({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' })),
+      );
+      await server.resume();
+      await cache.set('k', 'back', 60);
+      expect(await cache.get('k')).toBe('back');
+      // Calls pending when close() is called are closed calls, whatever they waited for.
+      await server.pause();
+      const pending = expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+      await cache.close();
+      await pending;
+      await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+    } finally {
+      await cache.close();
+      await server.stop();
+    }
+  });
+
   it('refuses keys memcached cannot hold', async () => {
     const cache = new MemcachedCache(memcached.url);
     await expect(cache.get('has space')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
@@ -110,3 +155,10 @@ describe('MemcachedCache on a real memcached', () => {
   });
 });
 
+/**
+ * One call of each method, `add` first: against a hung server its own deadline passes first, and as it
+ * is never resent it fails with that deadline's error; the others fail with the connection it failed.
+ */
+function everyCall(cache: MemcachedCache): Promise<unknown>[] {
+  return [cache.add('k:lock', 'o', 60), cache.get('k'), cache.set('k', 'w', 60), cache.delete('k'), cache.deleteIfEquals('k:lock', 'o'), cache.compareAndSet('k', 'v', 'w', 60)];
+}
