@@ -414,6 +414,7 @@ export class GuardedStore {
               reject(
                 new CacheError(
                   `The token store did not answer ${op} within ${this.#timeoutMs} ms; check that it is up, or raise options.cacheTimeoutMs`,
+                  { reason: 'timeout' },
                 ),
               ),
             this.#timeoutMs,

@@ -272,7 +272,7 @@ describe('authorizers', () => {
     const { preAuthCode } = await open.createPreAuthCode();
     const grant = mock.authorize(s.component.appId, { preAuthCode });
     const error = await rejection(open.handleAuthorization(grant.authorizationCode));
-    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', authorizerAppId: grant.authorizerAppId });
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', authorizerAppId: grant.authorizerAppId });
     // The refresh token went to the durable store first, so the authorization is not lost.
     expect(JSON.parse((await s.durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`))!).authorizer_refresh_token).toBe(
       mock.authorizerRefreshToken(grant.authorizerAppId),
