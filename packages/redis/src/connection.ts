@@ -1,4 +1,5 @@
 import type { RedisClientType, RedisClusterType, RedisSentinelType } from '@keyv/redis';
+import { lasting, reasonOf } from './failure.js';
 
 /** A node-redis client, cluster or sentinel, e.g. from `createClient()`, `createCluster()` or `createSentinel()` of @keyv/redis. */
 export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinelType;
@@ -8,7 +9,10 @@ export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinel
  * `timeoutMs`; concurrent first calls share that attempt. Once connected, node-redis reconnects on its
  * own after an outage (RedisCache's calls fail fast meanwhile). close() ends every client it made.
  *
- * An attempt that fails or times out ends its client for good, and the next call makes a new one.
+ * An attempt that fails or times out ends its client for good, and the next call makes a new one. One
+ * the server refused for good (a wrong password, a database it lacks, a certificate not trusted: see
+ * {@link lasting}) fails at once, with the server's error, where node-redis would retry the same
+ * handshake until the timeout: each call makes at most one attempt, and that attempt one handshake.
  * A client given up is never connect()ed again: its reconnect loop may still be asleep, a second loop
  * would run beside it, and once the server answers each opens a socket, of which destroy() closes only
  * the one the client holds; the other keeps the process alive after close().
@@ -74,10 +78,13 @@ export class Connection {
     const owned = new Owned(this.#create!);
     this.#owned.add(owned);
     try {
-      await this.#within(owned.connect(), () => owned.lastError);
+      await this.#within(Promise.race([owned.connect(), owned.refused]), () => owned.lastError);
       if (this.#closed) throw new Error('closed while connecting');
     } catch (error) {
       this.#end(owned);
+      // A discovery that gave up (a Cluster's root nodes, a Sentinel's rounds) says only that: the last
+      // error node-redis reported on the way says why (a wrong password on each node).
+      if (!this.#closed && reasonOf(error) === undefined && reasonOf(owned.lastError) !== undefined) throw owned.lastError;
       throw error;
     }
     this.#client = owned;
@@ -111,6 +118,13 @@ class Owned {
   readonly client: RedisClientLike;
   /** The last error node-redis reported: why an attempt that timed out did not connect. */
   lastError: unknown;
+  /**
+   * Rejects with the first error that no retry can mend (see {@link lasting}): from a single server, or
+   * from a Sentinel's primary or replica. Not from a Cluster's nodes, nor from the Sentinels themselves:
+   * node-redis tries the next root node or Sentinel, which may take what one refused (and it fails a
+   * Cluster's discovery on its own once every root node has failed once).
+   */
+  readonly refused: Promise<never>;
   /** A TCP connect is under way. */
   #dialing = false;
   readonly #ending = new AbortController();
@@ -119,10 +133,17 @@ class Owned {
   constructor(create: (ended: AbortSignal) => RedisClientLike) {
     const client = create(this.#ending.signal);
     this.client = client;
+    let refuse: (error: unknown) => void = () => undefined;
+    this.refused = new Promise<never>((_, reject) => (refuse = reject));
+    // Heard by the attempt, which races it; caught here too, for a client that never connects.
+    this.refused.catch(() => undefined);
+    const single = 'unref' in client;
     // node-redis reports each failed attempt as an 'error' event; an unheard one would crash the process.
     client.on('error', (error: unknown) => {
-      this.lastError = error;
+      const node = single ? undefined : sentinelNodeError(error);
+      this.lastError = node?.cause ?? error;
       this.#dialing = false;
+      if ((single || node?.data) && lasting(this.lastError)) refuse(this.lastError);
     });
     client.on('connect', () => (this.#dialing = false));
     client.on('reconnecting', () => (this.#dialing = true));
@@ -162,4 +183,15 @@ class Owned {
       // Closed in between: nothing left to end.
     }
   }
+}
+
+/**
+ * A Sentinel client's report of one of its node clients' errors (`Master Client (host:port): …`, with
+ * the node client's error as cause): that error, and whether it came from a data node rather than a
+ * Sentinel. Undefined for any other error.
+ */
+function sentinelNodeError(error: unknown): { cause: unknown; data: boolean } | undefined {
+  if (!(error instanceof Error) || error.cause === undefined) return undefined;
+  const kind = /^(Master|Replica|Sentinel) Client \(/.exec(error.message)?.[1];
+  return kind === undefined ? undefined : { cause: error.cause, data: kind !== 'Sentinel' };
 }

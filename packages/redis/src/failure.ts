@@ -47,6 +47,27 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   return undefined;
 }
 
+// The TLS codes of a certificate check that failed: the server's certificate is not one this client
+// trusts (or not for this host name). The other TLS errors (ERR_SSL_*, ERR_TLS_* of the protocol) stay
+// out: a handshake cut short by a server restarting looks like some of them.
+const CERTIFICATE_CODES = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$|ERR_TLS_CERT_ALTNAME_INVALID$)/;
+
+/**
+ * Whether a failure while connecting is the server saying no to what the options ask, which a retry of
+ * the same handshake a moment later cannot mend: a wrong user or password (`auth`), a database the
+ * server does not have (`database`), a certificate this client does not trust (`tls`, certificate checks
+ * only). The server's answer changes only when its configuration does (a password set, a certificate
+ * replaced), and the next call, which connects anew, will see that.
+ */
+export function lasting(error: unknown): boolean {
+  const reason = reasonOf(error);
+  if (reason === 'auth' || reason === 'database') return true;
+  if (reason !== 'tls') return false;
+  const { code, originalError } = error as { code?: unknown; originalError?: unknown };
+  if (originalError !== undefined) return lasting(originalError);
+  return typeof code === 'string' && CERTIFICATE_CODES.test(code);
+}
+
 /** `: authentication failed: …`, or nothing when the reason is unknown. */
 export function hintOf(reason: CacheErrorReason | undefined, connecting: boolean): string {
   if (reason === 'disconnected' && connecting) {

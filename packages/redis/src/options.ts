@@ -21,7 +21,8 @@ export interface RedisCacheOptions {
   client?: RedisClientLike;
   /**
    * How long the first connection may take, in ms. A store that is down answers with a CacheError after
-   * this long, and wxkit's clients serve the token they hold meanwhile.
+   * this long, and wxkit's clients serve the token they hold meanwhile. A server that refuses the
+   * credentials, the database or the certificate answers at once (reason `auth`, `database`, `tls`).
    * @default 1000
    */
   connectTimeoutMs?: number;
@@ -116,6 +117,9 @@ export function resolveOptions(options: unknown): ResolvedOptions {
           name: masterName,
           sentinelRootNodes: nodes.map((url) => ({ host: url.hostname, port: Number(url.port || 26379) })),
           nodeClientOptions: merge(ended, node) as never,
+          // The primary's and replicas' connect errors reach the client's 'error' listener (wrapped, with
+          // the error as cause) instead of staying inside it: a wrong password there ends the attempt at once.
+          passthroughClientErrorEvents: true,
           sentinelClientOptions: {
             ...credentials(decodeURIComponent(nodes[0]!.username), decodeURIComponent(nodes[0]!.password)),
             socket: { connectTimeout: connectTimeoutMs },
