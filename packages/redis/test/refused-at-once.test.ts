@@ -105,22 +105,14 @@ describe('RedisCache fails at once when the server refuses the handshake for goo
     }
   });
 
-  it('Sentinel: a wrong password of the primary fails the first call with reason auth', async () => {
-    const cache = new RedisCache(throughSentinel(SENTINEL_PASSWORD, 'not-the-password'));
-    try {
-      const error = await refusal(cache);
-      expect(error.reason).toBe('auth');
-      expect(error.message).toMatch(/authentication failed/);
-    } finally {
-      await cache.close();
-    }
-  });
-
-  // Not at once: node-redis asks the next Sentinel, which may take what one refused, and only gives up
-  // after its rounds of discovery (16, a second apart). Its own error then says only that no Sentinel was
-  // available; the call names the reason node-redis reported on the way.
-  it('Sentinel: a wrong password of the Sentinels themselves fails with reason auth once node-redis gives up', async () => {
-    const cache = new RedisCache(throughSentinel('not-the-password', PASSWORD));
+  // The Sentinels' own password: not at once, as node-redis asks the next Sentinel, which may take what
+  // one refused, and only gives up after its rounds of discovery (16, a second apart). Its own error then
+  // says only that no Sentinel was available; the call names the reason node-redis reported on the way.
+  it.each([
+    ['a wrong password of the primary fails the first call with reason auth', SENTINEL_PASSWORD, 'not-the-password'],
+    ['a wrong password of the Sentinels themselves fails with reason auth once node-redis gives up', 'not-the-password', PASSWORD],
+  ])('Sentinel: %s', async (_, sentinelPassword, primaryPassword) => {
+    const cache = new RedisCache(throughSentinel(sentinelPassword, primaryPassword));
     try {
       const error = await refusal(cache);
       expect(error.reason).toBe('auth');
