@@ -149,7 +149,8 @@ export class MemoryCache implements TokenCache {
     const entry = this.#live(key);
     if (!entry || entry.value !== expected) return false;
     this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
-    this.#changed(key);
+    // The same value again only moves its expiry (a lock's renewal): nothing a watcher waits for.
+    if (value !== expected) this.#changed(key);
     return true;
   }
 

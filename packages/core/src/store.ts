@@ -376,6 +376,18 @@ export class GuardedStore {
   }
 
   /**
+   * A lock's renewal: compare-and-set of `owner` onto itself with a new TTL; undefined without an atomic
+   * compareAndSet. Sent whatever the breaker says (the lock's key may answer while another key's failure
+   * took the store for down), bounded by cacheTimeoutMs, and its failure is its caller's alone: one slow
+   * renewal during a long fetch does not take the store for down for every client of the process.
+   */
+  renew(key: string, owner: string, ttlSeconds: number): Promise<boolean> | undefined {
+    const compareAndSet = this.cache.compareAndSet;
+    if (typeof compareAndSet !== 'function') return undefined;
+    return this.#bounded('compareAndSet', () => compareAndSet.call(this.cache, key, owner, owner, ttlSeconds));
+  }
+
+  /**
    * A write beside the token protocol (a peer SDK's own copy of a token): bounded by cacheTimeoutMs like
    * any call and not sent while the store is taken for down, but its failure is its caller's alone: it
    * does not take the store for down for every client (on a Redis Cluster the copy's key may live on

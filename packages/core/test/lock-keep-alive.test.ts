@@ -12,32 +12,49 @@ const LEASE_MS = 35_000;
 const KEEP_ALIVE_MS = 7_000;
 const KEY = 'wechat:access_token:wxlock:lock';
 
-/** `cache` with its compareAndSet calls counted, or without one. */
-function counted(memory: MemoryCache, withCompareAndSet = true): { cache: TokenCache; renewals: () => number } {
+/** What a test does to the store's calls: hold a renewal's answer, fail it, fail a read of a key. */
+interface Faults {
+  /** Each renewal waits for this before it reaches the store. */
+  renewalGate?: Promise<void>;
+  /** Renewals reject (a store that did not take them). */
+  renewalsFail?: boolean;
+  /** Reads of this key reject (another key's failure). */
+  failingKey?: string;
+}
+
+/** `cache` with its compareAndSet and deleteIfEquals calls counted, or without compareAndSet. */
+function counted(memory: MemoryCache, withCompareAndSet: boolean, faults: Faults) {
   let renewals = 0;
+  let deletes = 0;
   const cache: TokenCache = {
-    get: memory.get.bind(memory),
+    get: (key) => (key === faults.failingKey ? Promise.reject(new Error('ECONNRESET')) : memory.get(key)),
     set: memory.set.bind(memory),
     delete: memory.delete.bind(memory),
     add: memory.add.bind(memory),
-    deleteIfEquals: memory.deleteIfEquals.bind(memory),
+    deleteIfEquals: (key, expected) => {
+      deletes += 1;
+      return memory.deleteIfEquals(key, expected);
+    },
     ttlMs: memory.ttlMs.bind(memory),
     ...(withCompareAndSet
       ? {
-          compareAndSet: (key: string, expected: string, value: string, ttlSeconds: number) => {
+          compareAndSet: async (key: string, expected: string, value: string, ttlSeconds: number) => {
             renewals += 1;
+            await faults.renewalGate;
+            if (faults.renewalsFail) throw new Error('ETIMEDOUT');
             return memory.compareAndSet(key, expected, value, ttlSeconds);
           },
         }
       : {}),
   };
-  return { cache, renewals: () => renewals };
+  return { cache, renewals: () => renewals, deletes: () => deletes };
 }
 
 function setUp(options: { withCompareAndSet?: boolean; value?: 'owner' | 'expiry-ms' } = {}) {
   vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date', 'performance'] });
   const memory = new MemoryCache();
-  const { cache, renewals } = counted(memory, options.withCompareAndSet);
+  const faults: Faults = {};
+  const { cache, renewals, deletes } = counted(memory, options.withCompareAndSet ?? true, faults);
   const log = new Log(false);
   const store = new GuardedStore(cache, 2_000, log, 'wxlock');
   // Two processes: each its own lock object, one store.
@@ -47,7 +64,7 @@ function setUp(options: { withCompareAndSet?: boolean; value?: 'owner' | 'expiry
     const attempt = await lock.tryAcquire(store, LEASE_MS, KEEP_ALIVE_MS);
     return attempt;
   };
-  return { memory, store, holder, other, acquire, renewals };
+  return { memory, store, holder, other, acquire, renewals, deletes, faults };
 }
 
 async function held(attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>): Promise<LockHandle> {
@@ -129,6 +146,74 @@ describe('a refresh lock kept alive', () => {
     expect(await acquire(other)).toBe('held');
     expect(renewals()).toBe(0);
     expect(handle.maxRemainingMs()).toBe(handle.remainingMs());
+    await handle.release();
+  });
+
+  it('release waits for a renewal under way: its delete comes after it, and the lock is gone', async () => {
+    const { holder, acquire, renewals, deletes, faults, memory } = setUp();
+    const handle = await held(await acquire(holder));
+    let answer!: () => void;
+    faults.renewalGate = new Promise<void>((resolve) => (answer = resolve));
+    await vi.advanceTimersByTimeAsync(KEEP_ALIVE_MS / 4 + 1);
+    expect(renewals()).toBe(1);
+    const releasing = handle.release();
+    await vi.advanceTimersByTimeAsync(0);
+    // A compare-and-delete sent now could meet the renewal's write (Memcached's CAS: refused).
+    expect(deletes()).toBe(0);
+    answer();
+    await releasing;
+    expect(deletes()).toBe(1);
+    expect(await memory.get(KEY)).toBeUndefined();
+  });
+
+  it("renewals are sent while another key's failure has the store taken for down, and their own failures take it down for nobody", async () => {
+    const { holder, acquire, renewals, faults, memory, store } = setUp();
+    const handle = await held(await acquire(holder));
+    faults.failingKey = 'wechat:access_token:another';
+    await expect(store.get('wechat:access_token:another')).rejects.toThrow();
+    expect(store.down).toBe(true);
+    // Past the short lease: renewed though the process takes the store for down.
+    await vi.advanceTimersByTimeAsync(2 * KEEP_ALIVE_MS);
+    expect(await memory.get(KEY)).toBe(handle.owner);
+    // The key answers again: the breaker's probe finds the store back.
+    faults.failingKey = undefined;
+    await vi.advanceTimersByTimeAsync(2_000);
+    expect(store.down).toBe(false);
+    // Renewals the store does not take: the holder's business, not an outage for the process.
+    faults.renewalsFail = true;
+    const before = renewals();
+    await vi.advanceTimersByTimeAsync(KEEP_ALIVE_MS / 4 + 1);
+    expect(renewals()).toBe(before + 1);
+    expect(store.down).toBe(false);
+    // And a holder whose renewal did not land no longer counts on the whole lease.
+    expect(handle.maxRemainingMs()).toBe(handle.remainingMs());
+    expect(handle.remainingMs()).toBeLessThan(KEEP_ALIVE_MS);
+    await handle.release();
+  });
+
+  it('a lock outlives one renewal the store did not take', async () => {
+    const { holder, other, acquire, faults } = setUp();
+    const handle = await held(await acquire(holder));
+    faults.renewalsFail = true;
+    await vi.advanceTimersByTimeAsync(KEEP_ALIVE_MS / 4 + 1);
+    faults.renewalsFail = false;
+    await vi.advanceTimersByTimeAsync(2 * KEEP_ALIVE_MS);
+    expect(await acquire(other)).toBe('held');
+    expect(handle.maxRemainingMs()).toBeGreaterThan(KEEP_ALIVE_MS);
+    await handle.release();
+  });
+
+  it("renewals wake nobody: MemoryCache reports no write for a value set onto itself, and one for another value", async () => {
+    const { holder, acquire, memory } = setUp();
+    let woken = 0;
+    const stop = memory.watch(KEY, () => (woken += 1));
+    const handle = await held(await acquire(holder));
+    expect(woken).toBe(1);
+    await vi.advanceTimersByTimeAsync(2 * KEEP_ALIVE_MS);
+    expect(woken).toBe(1);
+    expect(await memory.compareAndSet(KEY, handle.owner, 'another owner', 10)).toBe(true);
+    expect(woken).toBe(2);
+    stop();
     await handle.release();
   });
 });

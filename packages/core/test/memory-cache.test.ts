@@ -16,13 +16,15 @@ class Handle implements TokenCache {
   delete = async (key: string) => this.#use().delete(key);
   add = async (key: string, value: string, ttl: number) => this.#use().add(key, value, ttl);
   deleteIfEquals = async (key: string, expected: string) => this.#use().deleteIfEquals(key, expected);
+  compareAndSet = async (key: string, expected: string, value: string, ttl: number) => this.#use().compareAndSet(key, expected, value, ttl);
+  ttlMs = async (key: string) => this.#use().ttlMs(key);
   watch = (key: string, onChange: () => void) => this.#use().watch(key, onChange);
   close = async () => {
     this.#closed = true;
   };
 }
 
-describeTokenCache('MemoryCache', { create: () => new Handle(), supports: { watch: true } });
+describeTokenCache('MemoryCache', { create: () => new Handle(), supports: { compareAndSet: true, ttlMs: true, watch: true } });
 
 describe('MemoryCache', () => {
   it('expires entries by its clock', async () => {

@@ -48,9 +48,10 @@ const ADD = script(
 const COMPARE_AND_DELETE = script(
   "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.pcall('PUBLISH', ARGV[2], ARGV[3]) return 1 else return 0 end",
 );
-// GET of an absent key is false in Lua, never equal to a string: an absent key is never created.
+// GET of an absent key is false in Lua, never equal to a string: an absent key is never created. The same
+// value again only moves the key's expiry (a lock's renewal): nothing a waiter waits for, so no PUBLISH.
 const COMPARE_AND_SET = script(
-  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) redis.pcall('PUBLISH', ARGV[4], ARGV[5]) return 1 else return 0 end",
+  "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) if ARGV[1] ~= ARGV[2] then redis.pcall('PUBLISH', ARGV[4], ARGV[5]) end return 1 else return 0 end",
 );
 
 /**

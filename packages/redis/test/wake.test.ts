@@ -68,7 +68,7 @@ describe('RedisCache.watch', () => {
     await Promise.all([writer.close(), subscriber.close()]);
   });
 
-  it('a won add, a compare-and-delete and a compare-and-set notify from the server, with the write: the writer sends no PUBLISH of its own', async () => {
+  it('a won add, a compare-and-delete and a compare-and-set of another value notify from the server, with the write: the writer sends no PUBLISH of its own', async () => {
     const { messages, subscriber } = await listen();
     // The writer's own client cannot PUBLISH: whatever reaches the channel was published by the scripts.
     const client = createClient({ url: redis.url });
@@ -86,6 +86,9 @@ describe('RedisCache.watch', () => {
     expect(await writer.add(k, 'b', 60)).toBe(false);
     expect(await writer.compareAndSet(k, 'a', 'c', 60)).toBe(true);
     expect(await writer.compareAndSet(k, 'a', 'd', 60)).toBe(false);
+    // The same value again (a lock's renewal) moves only the expiry: it tells nobody.
+    expect(await writer.compareAndSet(k, 'c', 'c', 120)).toBe(true);
+    expect(await writer.ttlMs(k)).toBeGreaterThan(60_000);
     expect(await writer.deleteIfEquals(k, 'c')).toBe(true);
     expect(await writer.deleteIfEquals(k, 'c')).toBe(false);
     // A marker published after the writes, on the same channel: once it is in, every message before it is.

@@ -323,6 +323,16 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         }
       }));
 
+    it.skipIf(!supportsCompareAndSet || !supportsTtl)('compareAndSet of a value onto itself moves its expiry (how a lock is renewed)', () =>
+      withCache(async (cache) => {
+        const [renewed, sibling] = [key('renewed'), key('sibling')];
+        await Promise.all([cache.set(renewed, 'owner', 1), cache.set(sibling, 'owner', 1)]);
+        expect(await cache.compareAndSet!(renewed, 'owner', 'owner', 60)).toBe(true);
+        // Once the sibling's TTL has passed, the renewed key's first one has too.
+        await until(async () => (await cache.get(sibling)) === undefined, (1 + slack) * 1000 + 1500);
+        expect(await cache.get(renewed)).toBe('owner');
+      }));
+
     it.skipIf(!supportsCompareAndSet)('30 concurrent compareAndSet of one value through 3 clients: exactly one wins, and its value is stored', async () => {
       const clients = await Promise.all(Array.from({ length: 3 }, () => options.create()));
       try {

@@ -25,10 +25,15 @@ export interface LockHandle {
 
 export type LockAttempt = LockHandle | 'held' | 'unavailable';
 
+/** A kept-alive lock is renewed this many times per short lease: two renewals may fail in a row. */
+const RENEWALS_PER_LEASE = 4;
+/** The longest delay a Node.js timer takes (a longer one fires after 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /**
  * The short lease a holder keeps renewing where the store can compare-and-set: three store deadlines and
- * a second, so that a renewal sent every third of it lands before it ends even when the store takes its
- * whole deadline to answer. What a holder that died holds up the others: 7 s with the defaults, where a
+ * a second, so that renewed every quarter of it, a lock outlives a renewal that failed after the store's
+ * whole deadline, or two that failed at once. What a holder that died holds up the others: 7 s with the defaults, where a
  * token's whole lease is 35 s. Never longer than the whole lease `leaseMs`.
  */
 export function keepAliveMs(cacheTimeoutMs: number, leaseMs: number): number {
@@ -67,7 +72,7 @@ export function parseJavaLong(value: string): bigint | undefined {
  * once the store answers again, so nobody waits for a lease that nobody holds.
  *
  * Kept alive (`keepAliveMs`, on a store with an atomic compareAndSet, `owner` dialect): the lock is
- * written with that short lease and renewed every third of it, by compare-and-set on our owner, until
+ * written with that short lease and renewed every quarter of it, by compare-and-set on our owner, until
  * released or until the whole lease has passed (the last renewal ends the lock there). A holder that
  * works is never overtaken before the lease's end, and one that died (SIGKILL, a crash, a lost host)
  * holds up the others for the short lease, not the whole one.
@@ -104,7 +109,8 @@ export class RefreshLock {
         : textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
     // jedis-lock's value is its expiry: renewing it would mean a new value, which a Java peer's GETSET
     // may be racing; it keeps the whole lease.
-    const kept = keepAliveMs !== undefined && keepAliveMs < leaseMs && this.#value === 'owner' && store.atomicCompareAndSet;
+    const kept =
+      keepAliveMs !== undefined && keepAliveMs < leaseMs && keepAliveMs / RENEWALS_PER_LEASE <= MAX_TIMER_MS && this.#value === 'owner' && store.atomicCompareAndSet;
     const firstMs = kept ? keepAliveMs : leaseMs;
     const added = store.add(this.key, owner, firstMs / 1000);
     if (added === undefined) return 'unavailable';
@@ -209,8 +215,9 @@ export class RefreshLock {
 }
 
 /**
- * A lock held with a short lease and renewed every third of it (compare-and-set on its owner, the TTL
- * never past the whole lease's end), so that a holder that died stops holding up the others soon.
+ * A lock held with a short lease and renewed every quarter of it (compare-and-set on its owner, the TTL
+ * never past the whole lease's end), so that a holder that died stops holding up the others soon. Two
+ * renewals in a row may fail (a store slow for a moment) before the lock ends.
  */
 class KeptAlive implements LockHandle {
   readonly owner: string;
@@ -218,8 +225,11 @@ class KeptAlive implements LockHandle {
   /** Where the whole lease ends, and where the last renewal the store took lets the lock end. */
   readonly #end: number;
   #until: number;
+  /** The last renewal did not land: the lock may end at #until. */
+  #missed = false;
   readonly #timer: NodeJS.Timeout;
-  #renewing = false;
+  /** The renewal under way: release() waits for it, or a compare-and-set store could refuse the delete. */
+  #renewing: Promise<void> | undefined;
   readonly #release: () => Promise<void>;
 
   constructor(key: string, owner: string, store: GuardedStore, started: number, leaseMs: number, keepAliveMs: number, release: () => Promise<void>) {
@@ -228,7 +238,10 @@ class KeptAlive implements LockHandle {
     this.#end = started + leaseMs;
     this.#until = started + keepAliveMs;
     this.#release = release;
-    this.#timer = setInterval(() => void this.#renew(key, store, keepAliveMs), keepAliveMs / 3);
+    this.#timer = setInterval(() => {
+      // A renewal still unanswered (a slow store): the next one waits, rather than pile up.
+      this.#renewing ??= this.#renew(key, store, keepAliveMs).finally(() => (this.#renewing = undefined));
+    }, keepAliveMs / RENEWALS_PER_LEASE);
     // The holder's own work keeps the process alive; a renewal must not.
     this.#timer.unref?.();
   }
@@ -238,11 +251,16 @@ class KeptAlive implements LockHandle {
   }
 
   maxRemainingMs(): number {
+    if (this.#missed) return this.remainingMs();
     return this.remainingMs() > 0 ? Math.max(0, this.#end - performance.now()) : 0;
   }
 
-  release(): Promise<void> {
+  async release(): Promise<void> {
     clearInterval(this.#timer);
+    // On a store whose compare-and-set and compare-and-delete each read a version first (Memcached's
+    // CAS), a renewal landing between the release's read and its delete would make the delete fail,
+    // and the lock outlive its holder by a short lease.
+    await this.#renewing;
     return this.#release();
   }
 
@@ -254,13 +272,11 @@ class KeptAlive implements LockHandle {
       clearInterval(this.#timer);
       return;
     }
-    // A renewal still unanswered (a slow store): the next one waits, rather than pile up.
-    if (this.#renewing) return;
-    this.#renewing = true;
     const ms = Math.min(keepAliveMs, leftMs);
     try {
-      if (await store.compareAndSet(key, this.owner, this.owner, ms / 1000)) {
+      if (await store.renew(key, this.owner, ms / 1000)) {
         this.#until = Math.max(this.#until, sent + ms);
+        this.#missed = false;
       } else {
         // Another owner, or none: the lease ran out (a stalled process) and the lock is no longer ours.
         this.#until = 0;
@@ -268,8 +284,7 @@ class KeptAlive implements LockHandle {
       }
     } catch {
       // The store did not answer: the lock ends with its last renewal unless a later one lands.
-    } finally {
-      this.#renewing = false;
+      this.#missed = true;
     }
   }
 }
