@@ -19,6 +19,8 @@ import { RemoteRefresher } from './token/refreshers/remote.js';
 import { StoreTiers, hostFallback } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';
 import { SOURCE_BUDGET_MS, type TokenSource, type TokenSourceRequest } from './token-source.js';
+import { Closing } from './token/closing.js';
+import { flattened } from './bytes.js';
 import {
   MAX_TIMER_MS,
   checkOptions,
@@ -218,12 +220,13 @@ export class ClientCore {
   #store: GuardedStore;
   #defaultStore: boolean;
   readonly #tiers: StoreTiers;
-  readonly #local: GuardedStore;
+  /** The process's own fallback, made when first needed (the store and the host's directory down). */
+  #local: GuardedStore | undefined;
   #fallbackDir: string | false;
   #host: GuardedStore | undefined;
   readonly #managers: TokenManager[] = [];
   /** Aborted by close(): the token managers' waits end, and no refresh starts. */
-  readonly #closing = new AbortController();
+  readonly #closing = new Closing();
   #closed: Promise<void> | undefined;
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
@@ -260,7 +263,6 @@ export class ClientCore {
       this.http = pool.http;
       this.#defaultStore = pool.#defaultStore;
       this.#store = pool.#store;
-      this.#local = pool.#local;
       this.#fallbackDir = pool.#fallbackDir;
       this.#tiers = pool.#tiers;
       return;
@@ -282,8 +284,11 @@ export class ClientCore {
     });
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard(options.cache ?? (sharedMemoryCache ??= new MemoryCache()));
-    this.#local = this.#guard((processFallback ??= new MemoryCache()));
-    this.#tiers = new StoreTiers(() => this.#store, () => this.#hostStore(), this.#local);
+    this.#tiers = new StoreTiers(
+      () => this.#store,
+      () => this.#hostStore(),
+      () => (this.#local ??= this.#guard((processFallback ??= new MemoryCache()))),
+    );
   }
 
   /** Where the client's events are emitted; made when first asked for (a listener is added). */
@@ -317,8 +322,10 @@ export class ClientCore {
    * WeChat. Access tokens follow the client's refresh mode; tickets come from the token source when
    * there is one, and otherwise from WeChat (a follower still fetches tickets: they invalidate nobody).
    */
-  manager(label: string, key: string, request: TokenSourceRequest, upstream: Upstream): TokenManager {
-    const logKey = this.schema.redactKey?.(key) ?? key;
+  manager(label: string, entryKey: string, request: TokenSourceRequest, upstream: Upstream): TokenManager {
+    // Held by every part of the manager for the client's life: one flat string, not the parts it was joined from.
+    const key = flattened(entryKey);
+    const logKey = flattened(this.schema.redactKey?.(key) ?? key);
     let manager: TokenManager | undefined;
     const ctx: TokenContext = {
       label,
@@ -332,7 +339,7 @@ export class ClientCore {
       log: this.log,
       writer: this.writer,
       rejected: (value) => manager?.isRejected(value) ?? false,
-      closed: this.#closing.signal,
+      closed: this.#closing,
     };
     manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore());
     this.#managers.push(manager);
@@ -357,7 +364,7 @@ export class ClientCore {
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
   get closed(): boolean {
-    return this.#closing.signal.aborted;
+    return this.#closing.aborted;
   }
 
   /** Closes once: a second call resolves when the first one's work is done, not before. */
@@ -381,7 +388,7 @@ export class ClientCore {
     const http = this.http.close();
     await settled;
     this.#store.dispose();
-    this.#local.dispose();
+    this.#local?.dispose();
     this.#host?.dispose();
     await Promise.all([http, this.#source?.close?.()]);
   }

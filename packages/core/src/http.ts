@@ -1,4 +1,5 @@
 import { Pool, type Dispatcher } from 'undici';
+import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
 import { withRetryAt } from './retry-at.js';
@@ -403,7 +404,7 @@ export class HttpClient {
     this.peer = settings.peer ?? 'WeChat';
     this.maxResponseBytes = settings.maxResponseBytes;
     const option = settings.maxResponseBytesOption === undefined ? 'options.maxResponseBytes' : settings.maxResponseBytesOption;
-    this.oversizeHint = option === null ? '' : `; raise ${option} if that is expected`;
+    this.oversizeHint = option === null ? '' : flattened(`; raise ${option} if that is expected`);
     const base = new URL(settings.baseUrl);
     let origin = ORIGINS.get(base.origin);
     if (origin === undefined) ORIGINS.set(base.origin, (origin = base.origin));

@@ -32,9 +32,10 @@ export class TokenManager {
   #generation = 0;
   // Made on first need, as most accounts never see a rejected token.
   #invalidations: Map<string, Promise<boolean>> | undefined;
-  readonly #rejected: string[] = [];
-  /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. */
-  readonly #underWay = new Set<Promise<void>>();
+  // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
+  #rejected: string[] | undefined;
+  /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. Dropped once empty. */
+  #underWay: Set<Promise<void>> | undefined;
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
   #asked = 0;
 
@@ -54,7 +55,7 @@ export class TokenManager {
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
   isRejected(value: string): boolean {
-    return this.#rejected.includes(value);
+    return this.#rejected?.includes(value) ?? false;
   }
 
   /**
@@ -80,7 +81,7 @@ export class TokenManager {
    * leaves no lock to hold the fleet up for its lease. Waits for other processes end at close() already.
    */
   async settled(): Promise<void> {
-    while (this.#underWay.size > 0) await Promise.all(this.#underWay);
+    while (this.#underWay) await Promise.all(this.#underWay);
   }
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
@@ -128,10 +129,11 @@ export class TokenManager {
     let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
     // not start another round, or N slow callers would cause N fetches.
-    if (!pending && this.#rejected.includes(value)) return Promise.resolve(false);
+    if (!pending && this.isRejected(value)) return Promise.resolve(false);
     if (!pending) {
-      this.#rejected.push(value);
-      if (this.#rejected.length > REJECTED_MEMORY) this.#rejected.shift();
+      const rejected = (this.#rejected ??= []);
+      rejected.push(value);
+      if (rejected.length > REJECTED_MEMORY) rejected.shift();
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
@@ -254,14 +256,13 @@ export class TokenManager {
     if (generation !== this.#generation) return refreshed.entry.value;
     // WeChat handed this value out just now (the stable endpoint hands back the token it considers
     // current): whatever rejected it before, it is the one to use.
-    const forgiven = refreshed.fetched ? this.#rejected.indexOf(refreshed.entry.value) : -1;
-    if (forgiven >= 0) this.#rejected.splice(forgiven, 1);
+    const forgiven = refreshed.fetched ? (this.#rejected?.indexOf(refreshed.entry.value) ?? -1) : -1;
+    if (forgiven >= 0) this.#rejected?.splice(forgiven, 1);
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
   }
 
   /** `refresher`, each refresh of which is counted under way until it ends. */
   #tracked(refresher: Refresher): Refresher {
-    const underWay = this.#underWay;
     return {
       fetches: refresher.fetches,
       refresh: (request) => {
@@ -272,11 +273,12 @@ export class TokenManager {
           },
           () => (this.#asked += 1),
         );
-        const ended: Promise<void> = refreshing.then(
-          () => void underWay.delete(ended),
-          () => void underWay.delete(ended),
-        );
-        underWay.add(ended);
+        const done = () => {
+          this.#underWay?.delete(ended);
+          if (this.#underWay?.size === 0) this.#underWay = undefined;
+        };
+        const ended: Promise<void> = refreshing.then(done, done);
+        (this.#underWay ??= new Set()).add(ended);
         return refreshing;
       },
       invalidate: (value, errcode) => refresher.invalidate(value, errcode),

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { textToBinary } from '../bytes.js';
+import { flattened, textToBinary } from '../bytes.js';
 import { CacheError } from '../errors.js';
 import type { Log } from '../logger.js';
 import { neverSent, type GuardedStore } from '../store.js';
@@ -89,8 +89,8 @@ export class RefreshLock {
 
   constructor(key: string, logKey: string, log: Log, appId: string, value: LockValue = 'owner') {
     this.#value = value;
-    this.key = key;
-    this.#logKey = logKey;
+    this.key = flattened(key);
+    this.#logKey = logKey === key ? this.key : flattened(logKey);
     this.#log = log;
     this.#appId = appId;
   }

@@ -2,6 +2,7 @@ import { TokenUnavailableError } from '../errors.js';
 import type { Log } from '../logger.js';
 import type { EncodedEntry, EntryStore } from './entry-store.js';
 import type { EntryField, StoredEntry } from './entry.js';
+import type { Ending } from './closing.js';
 import type { StoreTiers, Tier } from './tiers.js';
 
 /** The tunables of the token protocol, resolved and validated by the client. */
@@ -37,7 +38,7 @@ export interface TokenContext {
   /** Whether WeChat rejected `value` (this process keeps a short list). */
   rejected(value: string): boolean;
   /** Aborted when the client closes: its waits end, and no refresh starts (see {@link closedError}). */
-  closed: AbortSignal;
+  closed: Ending;
 }
 
 /** What a call that needs a refresh gets once its client was closed. */
@@ -123,14 +124,14 @@ export class Wakeup {
   #wake: (() => void) | undefined;
   readonly #stop: (() => void) | undefined;
 
-  readonly #ended: AbortSignal | undefined;
+  readonly #ended: Ending | undefined;
   readonly #onEnded = () => {
     this.#woken = true;
     this.#wake?.();
   };
 
   /** `ended`: when it aborts (the client closed), a pause ends at once, as on a write. */
-  constructor(watch?: Watch, ended?: AbortSignal) {
+  constructor(watch?: Watch, ended?: Ending) {
     this.#stop = watch?.(this.#onEnded);
     this.watching = this.#stop !== undefined;
     this.#ended = ended;
@@ -175,7 +176,7 @@ export class Wakeup {
  * watch was armed earlier (a {@link Wakeup}), makes the next attempt start without a pause. The watch
  * is stopped when this returns. `ended` aborted (the client closed) ends it at once, with undefined.
  */
-export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup, ended?: AbortSignal): Promise<T | undefined> {
+export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup, ended?: Ending): Promise<T | undefined> {
   const started = performance.now();
   const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch, ended);
   const pace = wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;

@@ -25,9 +25,10 @@ export interface Tier {
 export class StoreTiers {
   readonly #shared: () => GuardedStore;
   readonly #host: () => GuardedStore | undefined;
-  readonly #process: GuardedStore;
+  readonly #process: () => GuardedStore;
 
-  constructor(shared: () => GuardedStore, host: () => GuardedStore | undefined, processLocal: GuardedStore) {
+  /** `processLocal` is asked for only when neither the store nor the host's directory can serve. */
+  constructor(shared: () => GuardedStore, host: () => GuardedStore | undefined, processLocal: () => GuardedStore) {
     this.#shared = shared;
     this.#host = host;
     this.#process = processLocal;
@@ -44,9 +45,10 @@ export class StoreTiers {
     if (!shared.down && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#host();
     const hostUp = host !== undefined && !host.down ? host : undefined;
-    if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#process) };
+    if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#process()) };
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
-    return { name: 'process', entries: this.#process, lock: this.#process };
+    const local = this.#process();
+    return { name: 'process', entries: local, lock: local };
   }
 }
 

@@ -71,8 +71,9 @@ export class LockedFetchRefresher implements Refresher {
   readonly #failures: FailureGate;
   /** Fetches that never left this process: backed off here only (made at the first such failure). */
   #unsent: LocalBackoff | undefined;
-  readonly #forceSpacing: FetchSpacing;
-  readonly #downSpacing: FetchSpacing;
+  // Made when first used: forced refreshes and store outages are rare, and 10,000 accounts need not hold them.
+  #forced: FetchSpacing | undefined;
+  #down: FetchSpacing | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
 
@@ -83,8 +84,16 @@ export class LockedFetchRefresher implements Refresher {
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
     this.#failures = new FailureGate(ctx.key, ctx.label);
-    this.#forceSpacing = new FetchSpacing(ctx.key, 'forced');
-    this.#downSpacing = new FetchSpacing(ctx.key, 'throttle');
+  }
+
+  /** The fleet's spacing of forced fetches (stable endpoint: WeChat ignores them closer than 30 s). */
+  get #forceSpacing(): FetchSpacing {
+    return (this.#forced ??= new FetchSpacing(this.#ctx.key, 'forced'));
+  }
+
+  /** The host's spacing of classic fetches while the shared store is down. */
+  get #downSpacing(): FetchSpacing {
+    return (this.#down ??= new FetchSpacing(this.#ctx.key, 'throttle'));
   }
 
   /** How long a waiter waits for the holder: the option, or the lease and 5 s more. */
