@@ -1,6 +1,7 @@
 import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
@@ -546,6 +547,71 @@ describe('close()', () => {
     } finally {
       mock.setLatency(0);
       await other.close();
+    }
+  });
+
+  it("while a call reports a token WeChat rejected: resolves once the rejected entry is deleted, and nothing is written after it", async () => {
+    const { appId, secret } = mock.createApp();
+    let entryKey = '';
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let reached!: () => void;
+    const deleting = new Promise<void>((resolve) => (reached = resolve));
+    let closed = false;
+    const writesAfterClose: string[] = [];
+    // A store whose compare-and-delete of the entry (the report of the rejected token) lands when told.
+    class HoldingDelete extends MemoryCache {
+      override async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+        if (closed) writesAfterClose.push(`deleteIfEquals ${key}`);
+        if (key === entryKey) {
+          reached();
+          await released;
+        }
+        return super.deleteIfEquals(key, expected);
+      }
+      override async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        if (closed) writesAfterClose.push(`set ${key}`);
+        return super.set(key, value, ttlSeconds);
+      }
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (closed) writesAfterClose.push(`add ${key}`);
+        return super.add(key, value, ttlSeconds);
+      }
+    }
+    const cache = new HoldingDelete();
+    // The test's own connection pool: closing the client closes no pool, so close() has nothing else to wait for.
+    const dispatcher = new Agent();
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', onUnhandled);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, dispatcher, logger: false });
+    entryKey = app.accessToken.cacheKey;
+    try {
+      const rejected = await app.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      const sending = rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
+      await deleting;
+      const closing = app.close().then(() => (closed = true));
+      // Two turns of the event loop: a close() that waited for nothing but the requests on the wire has resolved by then.
+      for (let turn = 0; turn < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+      expect(closed).toBe(false);
+      release();
+      await closing;
+      // What the program finds once close() resolved, before it closes its store and exits: the
+      // rejected token is gone, so no other process takes it from the store.
+      expect(await cache.get(entryKey)).toBeUndefined();
+      expect(rejected).toMatch(/./);
+      // The call needed a new token after close() began: refused as closed, and never resent.
+      expect(await sending).toBeInstanceOf(TokenUnavailableError);
+      for (let turn = 0; turn < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+      expect(writesAfterClose).toEqual([]);
+      expect(unhandled).toEqual([]);
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, rejectedCalls: 1, templateSends: 0 });
+    } finally {
+      release();
+      process.off('unhandledRejection', onUnhandled);
+      await app.close();
+      await dispatcher.close();
     }
   });
 

@@ -34,7 +34,7 @@ export class TokenManager {
   #invalidations: Map<string, Promise<boolean>> | undefined;
   // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
   #rejected: string[] | undefined;
-  /** Refreshes under way (a caller's or in the background), each settled: close() lets them end. Dropped once empty. */
+  /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
   #underWay: Set<Promise<void>> | undefined;
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
   #asked = 0;
@@ -76,9 +76,10 @@ export class TokenManager {
   }
 
   /**
-   * Resolves once the refreshes under way have ended (never rejects). A holder of the refresh lock then
-   * wrote what it fetched and released the lock: a program that closes its store, or exits, after close()
-   * leaves no lock to hold the fleet up for its lease. Waits for other processes end at close() already.
+   * Resolves once the refreshes and reports of rejected values under way have ended (never rejects). A
+   * holder of the refresh lock then wrote what it fetched and released the lock, and a rejected entry was
+   * deleted: a program that closes its store, or exits, after close() leaves no lock to hold the fleet up
+   * for its lease, and no rejected token for the others to try. Waits for other processes end at close() already.
    */
   async settled(): Promise<void> {
     while (this.#underWay) await Promise.all(this.#underWay);
@@ -261,8 +262,20 @@ export class TokenManager {
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
   }
 
-  /** `refresher`, each refresh of which is counted under way until it ends. */
+  /**
+   * `refresher`, each refresh and each report of a rejected value of which is counted under way until it
+   * ends: a report deletes the rejected entry from the store (or tells the token service), and close()
+   * lets it land before the program closes its store.
+   */
   #tracked(refresher: Refresher): Refresher {
+    const track = (work: Promise<unknown>) => {
+      const done = () => {
+        this.#underWay?.delete(ended);
+        if (this.#underWay?.size === 0) this.#underWay = undefined;
+      };
+      const ended: Promise<void> = work.then(done, done);
+      (this.#underWay ??= new Set()).add(ended);
+    };
     return {
       fetches: refresher.fetches,
       refresh: (request) => {
@@ -273,15 +286,14 @@ export class TokenManager {
           },
           () => (this.#asked += 1),
         );
-        const done = () => {
-          this.#underWay?.delete(ended);
-          if (this.#underWay?.size === 0) this.#underWay = undefined;
-        };
-        const ended: Promise<void> = refreshing.then(done, done);
-        (this.#underWay ??= new Set()).add(ended);
+        track(refreshing);
         return refreshing;
       },
-      invalidate: (value, errcode) => refresher.invalidate(value, errcode),
+      invalidate: (value, errcode) => {
+        const reporting = refresher.invalidate(value, errcode);
+        track(reporting);
+        return reporting;
+      },
     };
   }
 
