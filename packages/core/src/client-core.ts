@@ -230,6 +230,13 @@ export class ClientCore {
   #closed: Promise<void> | undefined;
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
+  /**
+   * A pool's core: the cores of its clients with a refresh under way, and how many each has. The pool
+   * holds the clients it let go of weakly, and a caller that awaits a token holds the token, not the
+   * client: without this, such a client could be collected mid-refresh, and the pool's close() would
+   * neither end its wait nor wait for its lock's release.
+   */
+  readonly #busy = new Map<ClientCore, number>();
 
   /** `options` come checked by {@link checkClientOptions}: the core only reads them. */
   constructor(owner: string, appId: string, options: ClientOptions, defaultBaseUrl: string = CLIENT_DEFAULTS.baseUrl) {
@@ -341,7 +348,7 @@ export class ClientCore {
       rejected: (value) => manager?.isRejected(value) ?? false,
       closed: this.#closing,
     };
-    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore());
+    manager = new TokenManager(ctx, this.#heldByPool(this.#refresher(ctx, request, upstream)), () => this.#warnIfDefaultStore());
     this.#managers.push(manager);
     return manager;
   }
@@ -360,6 +367,15 @@ export class ClientCore {
    */
   release(): void {
     for (const manager of this.#managers) manager.close();
+  }
+
+  /**
+   * A pool's core: closes the clients of the pool that have a refresh under way, those it let go of and
+   * that were collected since too (their waits end, a lock holder writes and releases). The pool closes
+   * the clients it holds or can still reach itself.
+   */
+  async closeBusy(): Promise<void> {
+    await Promise.all([...this.#busy.keys()].map((core) => core.close()));
   }
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
@@ -391,6 +407,30 @@ export class ClientCore {
     this.#local?.dispose();
     this.#host?.dispose();
     await Promise.all([http, this.#source?.close?.()]);
+  }
+
+  /** A pool client's `refresher`, whose refreshes keep this core known to the pool's until they end (see #busy). */
+  #heldByPool(refresher: Refresher): Refresher {
+    const pool = this.#pool;
+    if (!pool) return refresher;
+    return {
+      fetches: refresher.fetches,
+      refresh: (request) => pool.#hold(this, refresher.refresh(request)),
+      invalidate: (value, errcode) => refresher.invalidate(value, errcode),
+    };
+  }
+
+  /** Counts `work` of the client core `core` under way until it settles. */
+  #hold<T>(core: ClientCore, work: Promise<T>): Promise<T> {
+    const busy = this.#busy;
+    busy.set(core, (busy.get(core) ?? 0) + 1);
+    const ended = () => {
+      const left = busy.get(core)! - 1;
+      if (left > 0) busy.set(core, left);
+      else busy.delete(core);
+    };
+    work.then(ended, ended);
+    return work;
   }
 
   #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {

@@ -217,7 +217,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     this.#closed = true;
     this.#closeSignal.abort();
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
-    await Promise.all([...this.#clients.clear().map((client) => client.close()), this.#letGo.closeAll()]);
+    await Promise.all([...this.#clients.clear().map((client) => client.close()), this.#letGo.closeAll(), this.#core.closeBusy()]);
     await this.#core.close();
   }
 

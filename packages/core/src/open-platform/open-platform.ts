@@ -593,7 +593,7 @@ export class OpenPlatform {
   async #close(): Promise<void> {
     this.#closed = true;
     this.#ended.abort();
-    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#storedAll()]);
+    await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#core.closeBusy(), this.#storedAll()]);
     // The refreshes have ended: no refresh token is added to those kept unsaved any more.
     await this.#saveUnsavedAtClose();
     this.#durable.dispose();

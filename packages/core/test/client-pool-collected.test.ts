@@ -1,0 +1,133 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { startMockWeChat, type MockAuthorizedAccount, type MockWeChat } from '@wxkit/testing';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { ClientPool, MemoryCache, OpenPlatform, TokenUnavailableError, type AccessToken } from '../src/index.js';
+import { componentOptions, storeVerifyTicket } from './helpers.js';
+
+// A pool holds the clients it let go of weakly, and a caller that awaits a token holds the token's
+// promise, not the client: such a client may be collected while its refresh is under way. The pool's
+// close() must still end that refresh's wait, and wait for its lock's release.
+
+setFlagsFromString('--expose-gc');
+const gc = runInNewContext('gc') as () => void;
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterAll(async () => {
+  await mock.close();
+});
+
+/** Collects garbage after the current job, so that WeakRefs made during it may be cleared. */
+async function collect(): Promise<void> {
+  for (let round = 0; round < 3; round += 1) {
+    await new Promise((resolve) => setImmediate(resolve));
+    gc();
+  }
+}
+
+/** A promise's outcome, readable at any time: undefined while it is pending. */
+function outcome(promise: Promise<unknown>): { value?: { ok: unknown } | { error: unknown } } {
+  const seen: { value?: { ok: unknown } | { error: unknown } } = {};
+  promise.then(
+    (ok) => (seen.value = { ok }),
+    (error: unknown) => (seen.value = { error }),
+  );
+  return seen;
+}
+
+/**
+ * Asks `token` for its value from a scope of its own and hands back only the pending call and a weak
+ * reference to the client, so the caller holds what a program awaiting a token holds.
+ */
+async function askedAndDropped(client: () => Promise<{ accessToken: AccessToken }>) {
+  const held = await client();
+  return { asked: outcome(held.accessToken.getToken()), ref: new WeakRef(held), lock: `${held.accessToken.cacheKey}:lock` };
+}
+
+describe('a client let go of and collected while its refresh is under way', () => {
+  it('ClientPool: close() ends its wait for another process\'s lock', async () => {
+    const [a, b] = [mock.createApp(), mock.createApp()];
+    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
+    const cache = new MemoryCache();
+    const adds = vi.spyOn(cache, 'add');
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    const lockKey = `wechat:access_token:${a.appId}:lock`;
+    // Another process holds a's refresh lock for a minute.
+    await cache.set(lockKey, 'elsewhere:1', 60);
+    const { asked, ref, lock } = await askedAndDropped(() => pool.get(a.appId));
+    expect(lock).toBe(lockKey);
+    await vi.waitFor(() => expect(adds.mock.calls.some(([key]) => key === lockKey)).toBe(true));
+    await pool.get(b.appId); // a is let go of
+    await collect();
+    expect(ref.deref()).toBeUndefined();
+    await pool.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(asked.value).toMatchObject({ error: expect.any(TokenUnavailableError) });
+    expect(String((asked.value as { error: Error }).error.message)).toMatch(/closed/);
+    expect(mock.counters(a.appId).classicTokenRequests).toBe(0);
+  });
+
+  it('ClientPool: close() resolves after its lock holder wrote the token and released the lock', async () => {
+    const [a, b] = [mock.createApp(), mock.createApp()];
+    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
+    const order: string[] = [];
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let entered!: () => void;
+    const writing = new Promise<void>((resolve) => (entered = resolve));
+    // a's token is written only once the gate opens: its refresh holds the lock until then.
+    class Gated extends MemoryCache {
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (key === `wechat:access_token:${a.appId}`) {
+          entered();
+          await gate;
+        }
+        return super.add(key, value, ttlSeconds);
+      }
+      override async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+        order.push(`release ${key}`);
+        return super.deleteIfEquals(key, expected);
+      }
+    }
+    const cache = new Gated();
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    const { asked, ref, lock } = await askedAndDropped(() => pool.get(a.appId));
+    await writing;
+    await pool.get(b.appId); // a is let go of
+    await collect();
+    expect(ref.deref()).toBeUndefined();
+    const closed = pool.close().then(() => order.push('closed'));
+    // The gate opens on a timer of its own: close() cannot open it, nor wait for it unless it waits for the refresh.
+    setTimeout(open, 50);
+    await closed;
+    expect(order).toEqual([`release ${lock}`, 'closed']);
+    expect(await cache.get(lock)).toBeUndefined();
+    expect(asked.value).toEqual({ ok: await cache.get(`wechat:access_token:${a.appId}`).then((raw) => JSON.parse(raw!).access_token) });
+    expect(mock.counters(a.appId).classicTokenRequests).toBe(1);
+  });
+
+  it('OpenPlatform: close() ends its wait for another process\'s lock', async () => {
+    const component = mock.createComponent();
+    const cache = new MemoryCache();
+    const durable = new MemoryCache();
+    await storeVerifyTicket(mock, component, durable);
+    const [a, b] = mock.authorizeMany(component.appId, 2) as [MockAuthorizedAccount, MockAuthorizedAccount];
+    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, maxClients: 1 });
+    const adds = vi.spyOn(cache, 'add');
+    const lockKey = `wechat:authorizer_access_token:${component.appId}:${a.authorizerAppId}:lock`;
+    await cache.set(lockKey, 'elsewhere:1', 60);
+    const { asked, ref, lock } = await askedAndDropped(async () => open.officialAccount(a.authorizerAppId));
+    expect(lock).toBe(lockKey);
+    await vi.waitFor(() => expect(adds.mock.calls.some(([key]) => key === lockKey)).toBe(true));
+    open.officialAccount(b.authorizerAppId); // a is let go of
+    await collect();
+    expect(ref.deref()).toBeUndefined();
+    await open.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(asked.value).toMatchObject({ error: expect.any(TokenUnavailableError) });
+    expect(mock.counters(a.authorizerAppId).authorizerTokenRequests).toBe(0);
+  });
+});
