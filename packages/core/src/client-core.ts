@@ -231,7 +231,7 @@ export class ClientCore {
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
   /**
-   * A pool's core: the cores of its clients with a refresh under way, and how many each has. The pool
+   * A pool's core: the cores of its clients with a refresh or a report under way, and how many each has. The pool
    * holds the clients it let go of weakly, and a caller that awaits a token holds the token, not the
    * client: without this, such a client could be collected mid-refresh, and the pool's close() would
    * neither end its wait nor wait for its lock's release.
@@ -370,8 +370,8 @@ export class ClientCore {
   }
 
   /**
-   * A pool's core: closes the clients of the pool that have a refresh under way, those it let go of and
-   * that were collected since too (their waits end, a lock holder writes and releases). The pool closes
+   * A pool's core: closes the clients of the pool that have a refresh or a report under way, those it let
+   * go of and that were collected since too (their waits end, a lock holder writes and releases). The pool closes
    * the clients it holds or can still reach itself.
    */
   async closeBusy(): Promise<void> {
@@ -409,14 +409,14 @@ export class ClientCore {
     await Promise.all([http, this.#source?.close?.()]);
   }
 
-  /** A pool client's `refresher`, whose refreshes keep this core known to the pool's until they end (see #busy). */
+  /** A pool client's `refresher`, whose refreshes and reports keep this core known to the pool's until they end (see #busy). */
   #heldByPool(refresher: Refresher): Refresher {
     const pool = this.#pool;
     if (!pool) return refresher;
     return {
       fetches: refresher.fetches,
       refresh: (request) => pool.#hold(this, refresher.refresh(request)),
-      invalidate: (value, errcode) => refresher.invalidate(value, errcode),
+      invalidate: (value, errcode) => pool.#hold(this, refresher.invalidate(value, errcode)),
     };
   }
 

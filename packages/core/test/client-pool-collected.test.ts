@@ -5,9 +5,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ClientPool, MemoryCache, OpenPlatform, TokenUnavailableError, type AccessToken } from '../src/index.js';
 import { componentOptions, storeVerifyTicket } from './helpers.js';
 
-// A pool holds the clients it let go of weakly, and a caller that awaits a token holds the token's
-// promise, not the client: such a client may be collected while its refresh is under way. The pool's
-// close() must still end that refresh's wait, and wait for its lock's release.
+// A pool holds the clients it let go of weakly, and a caller that awaits a token or a send holds that
+// promise, not the client: such a client may be collected while its refresh, or the report of a token
+// WeChat rejected, is under way. The pool's close() must still end that refresh's wait, and wait for its
+// lock's release and for the report's delete.
 
 setFlagsFromString('--expose-gc');
 const gc = runInNewContext('gc') as () => void;
@@ -47,7 +48,7 @@ async function askedAndDropped(client: () => Promise<{ accessToken: AccessToken 
   return { asked: outcome(held.accessToken.getToken()), ref: new WeakRef(held), lock: `${held.accessToken.cacheKey}:lock` };
 }
 
-describe('a client let go of and collected while its refresh is under way', () => {
+describe('a client let go of and collected while its refresh or report is under way', () => {
   it('ClientPool: close() ends its wait for another process\'s lock', async () => {
     const [a, b] = [mock.createApp(), mock.createApp()];
     const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
@@ -107,6 +108,48 @@ describe('a client let go of and collected while its refresh is under way', () =
     expect(await cache.get(lock)).toBeUndefined();
     expect(asked.value).toEqual({ ok: await cache.get(`wechat:access_token:${a.appId}`).then((raw) => JSON.parse(raw!).access_token) });
     expect(mock.counters(a.appId).classicTokenRequests).toBe(1);
+  });
+
+  it('ClientPool: close() resolves after the report of the token WeChat rejected deleted it from the store', async () => {
+    const [a, b] = [mock.createApp(), mock.createApp()];
+    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
+    const key = `wechat:access_token:${a.appId}`;
+    const order: string[] = [];
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let entered!: () => void;
+    const deleting = new Promise<void>((resolve) => (entered = resolve));
+    // The compare-and-delete of a's rejected token lands only once the gate opens.
+    class Gated extends MemoryCache {
+      override async deleteIfEquals(k: string, expected: string): Promise<boolean> {
+        if (k === key) {
+          entered();
+          await gate;
+          order.push('deleted');
+        }
+        return super.deleteIfEquals(k, expected);
+      }
+    }
+    const cache = new Gated();
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    await (await pool.get(a.appId)).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    mock.invalidateTokens(a.appId);
+    // The caller holds its pending send, not the client.
+    const { sent, ref } = await (async () => {
+      const held = await pool.get(a.appId);
+      return { sent: outcome(held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} })), ref: new WeakRef(held) };
+    })();
+    await deleting;
+    await pool.get(b.appId); // a is let go of
+    await collect();
+    expect(ref.deref()).toBeUndefined();
+    const closed = pool.close().then(() => order.push('closed'));
+    // The gate opens on a timer of its own: close() cannot open it, nor wait for it unless it waits for the report.
+    setTimeout(open, 50);
+    await closed;
+    expect(order).toEqual(['deleted', 'closed']);
+    expect(await cache.get(key)).toBeUndefined();
+    await vi.waitFor(() => expect(sent.value).toMatchObject({ error: expect.any(TokenUnavailableError) }));
   });
 
   it('OpenPlatform: close() ends its wait for another process\'s lock', async () => {
