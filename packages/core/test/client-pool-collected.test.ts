@@ -174,3 +174,50 @@ describe('a client let go of and collected while its refresh or report is under 
     expect(mock.counters(a.authorizerAppId).authorizerTokenRequests).toBe(0);
   });
 });
+
+describe('many accounts through a small pool', () => {
+  /** Weak references to a client and to its core, which the pool holds while a refresh or report of it is under way. */
+  const refsOf = (client: object) => [new WeakRef(client), new WeakRef((client as unknown as { core: object }).core)];
+
+  it('ClientPool: the clients it let go of, and their cores, are collected once their calls ended; only maxClients stay', async () => {
+    const apps = Array.from({ length: 600 }, () => mock.createApp());
+    const secrets = new Map(apps.map((app) => [app.appId, app.secret]));
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache: new MemoryCache(), logger: false, maxClients: 20, tokenEndpoint: 'classic' });
+    const refs: WeakRef<object>[] = [];
+    await (async () => {
+      for (const [i, app] of apps.entries()) {
+        // Every tenth account's token is rejected at its send: the send recovers (a report, a refresh).
+        if (i % 10 === 0) await (await pool.get(app.appId)).accessToken.getToken();
+        if (i % 10 === 0) mock.invalidateTokens(app.appId);
+        const client = await pool.get(app.appId);
+        await client.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+        refs.push(...refsOf(client));
+      }
+    })();
+    await collect();
+    expect(pool.size).toBe(20);
+    // The 20 held, each a client and its core.
+    expect(refs.filter((ref) => ref.deref() !== undefined)).toHaveLength(40);
+    expect(mock.counters(apps[0]!.appId)).toMatchObject({ classicTokenRequests: 2, templateSends: 1 });
+    await pool.close();
+  });
+
+  it('OpenPlatform: the authorizer clients it let go of, and their cores, are collected; only maxClients stay', async () => {
+    const component = mock.createComponent();
+    const durable = new MemoryCache();
+    await storeVerifyTicket(mock, component, durable);
+    const open = new OpenPlatform({ ...componentOptions(mock, component), cache: new MemoryCache(), durableStore: durable, logger: false, maxClients: 5 });
+    const accounts = mock.authorizeMany(component.appId, 60);
+    const refs: WeakRef<object>[] = [];
+    await (async () => {
+      for (const { authorizerAppId } of accounts) {
+        const client = open.officialAccount(authorizerAppId);
+        await client.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+        refs.push(...refsOf(client));
+      }
+    })();
+    await collect();
+    expect(refs.filter((ref) => ref.deref() !== undefined)).toHaveLength(10);
+    await open.close();
+  });
+});
