@@ -231,10 +231,10 @@ export class ClientCore {
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
   /**
-   * A pool's core: the cores of its clients with a refresh or a report under way, and how many each has. The pool
-   * holds the clients it let go of weakly, and a caller that awaits a token holds the token, not the
-   * client: without this, such a client could be collected mid-refresh, and the pool's close() would
-   * neither end its wait nor wait for its lock's release.
+   * A pool's core: the cores of its clients with a refresh or a report under way, and how many each
+   * has. The pool holds the clients it let go of weakly, and a caller that awaits a token or a send holds
+   * that promise, not the client: without this, such a client could be collected mid-refresh, and the
+   * pool's close() would neither end its wait nor wait for its writes and its lock's release.
    */
   readonly #busy = new Map<ClientCore, number>();
 
@@ -370,9 +370,9 @@ export class ClientCore {
   }
 
   /**
-   * A pool's core: closes the clients of the pool that have a refresh or a report under way, those it let
-   * go of and that were collected since too (their waits end, a lock holder writes and releases). The pool closes
-   * the clients it holds or can still reach itself.
+   * A pool's core: closes the clients of the pool that have a refresh or a report under way, those it
+   * let go of and that were collected since too (their waits end, a lock holder writes and releases).
+   * The pool closes the clients it holds or can still reach itself.
    */
   async closeBusy(): Promise<void> {
     await Promise.all([...this.#busy.keys()].map((core) => core.close()));

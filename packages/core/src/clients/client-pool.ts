@@ -203,10 +203,11 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   }
 
   /**
-   * Closes every client (the ones it dropped that a caller still holds too: their waits end) and leaves
-   * the process's shared connection pools (closed with their last user; a dispatcher of yours is left
-   * open). A `get()` still waiting for the resolver rejects at once, as one after close() does. The cache
-   * is yours to close.
+   * Closes every client, the ones it dropped too while a caller holds them or awaits one of their calls
+   * (their waits end; their refreshes and reports under way write, and release their locks, before it
+   * resolves), and leaves the process's shared connection pools (closed with their last user; a
+   * dispatcher of yours is left open). A `get()` still waiting for the resolver rejects at once, as one
+   * after close() does. The cache is yours to close.
    */
   close(): Promise<void> {
     // Once: a second call resolves when the first one's work is done, not before.

@@ -579,11 +579,12 @@ export class OpenPlatform {
   }
 
   /**
-   * Closes every authorizer client (the ones it dropped that a caller still holds too: their waits end),
-   * waits for the writes of authorizations past api_query_auth and of verify-ticket pushes under way,
-   * sends once more each refresh token WeChat handed back that the durable store has not taken yet, and
-   * leaves the process's shared connection pools (closed with their last user; a dispatcher of yours
-   * is left open). The cache and the durable store are yours to close.
+   * Closes every authorizer client, the ones it dropped too while a caller holds them or awaits one of
+   * their calls (their waits end; their refreshes and reports under way write, and release their locks,
+   * before it resolves), waits for the writes of authorizations past api_query_auth and of verify-ticket
+   * pushes under way, sends once more each refresh token WeChat handed back that the durable store has
+   * not taken yet, and leaves the process's shared connection pools (closed with their last user; a
+   * dispatcher of yours is left open). The cache and the durable store are yours to close.
    */
   close(): Promise<void> {
     // Once: a second call resolves when the first one's work is done, not before.
