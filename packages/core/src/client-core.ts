@@ -236,7 +236,7 @@ export class ClientCore {
    * that promise, not the client: without this, such a client could be collected mid-refresh, and the
    * pool's close() would neither end its wait nor wait for its writes and its lock's release.
    */
-  readonly #busy = new Map<ClientCore, number>();
+  #busy: Map<ClientCore, number> | undefined;
 
   /** `options` come checked by {@link checkClientOptions}: the core only reads them. */
   constructor(owner: string, appId: string, options: ClientOptions, defaultBaseUrl: string = CLIENT_DEFAULTS.baseUrl) {
@@ -375,7 +375,7 @@ export class ClientCore {
    * The pool closes the clients it holds or can still reach itself.
    */
   async closeBusy(): Promise<void> {
-    await Promise.all([...this.#busy.keys()].map((core) => core.close()));
+    await Promise.all([...(this.#busy?.keys() ?? [])].map((core) => core.close()));
   }
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
@@ -422,7 +422,8 @@ export class ClientCore {
 
   /** Counts `work` of the client core `core` under way until it settles. */
   #hold<T>(core: ClientCore, work: Promise<T>): Promise<T> {
-    const busy = this.#busy;
+    // Made on first need: only a pool's core counts, and a plain client's is one of 10,000.
+    const busy = (this.#busy ??= new Map());
     busy.set(core, (busy.get(core) ?? 0) + 1);
     const ended = () => {
       const left = busy.get(core)! - 1;
