@@ -1,6 +1,9 @@
 import type { RedisClientType, RedisClusterType, RedisSentinelType } from '@keyv/redis';
 import { lasting, reasonOf } from './failure.js';
 
+/** How long calls fail with a lasting refusal before the next attempt: at most one handshake a second. */
+const REFUSAL_HOLD_MS = 1_000;
+
 /** A node-redis client, cluster or sentinel, e.g. from `createClient()`, `createCluster()` or `createSentinel()` of @keyv/redis. */
 export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinelType;
 
@@ -24,6 +27,12 @@ export class Connection {
   /** Our client once it has connected. */
   #client: Owned | undefined;
   #connecting: Promise<RedisClientLike> | undefined;
+  /**
+   * A lasting refusal (see {@link lasting}) and until when calls fail with it without a new attempt: a
+   * caller outside wxkit's breaker (a loop, `wxkit serve`'s health probe) would otherwise open a connection
+   * and send one handshake per call, thousands a second, each refused.
+   */
+  #refused: { error: unknown; until: number } | undefined;
   /** Fails the attempt under way at once, for close(). */
   #giveUp: ((error: Error) => void) | undefined;
   /** Every client we made and have not finished ending. */
@@ -44,6 +53,7 @@ export class Connection {
   client(): Promise<RedisClientLike> {
     const current = this.#given ?? this.#client?.client;
     if (current?.isOpen) return Promise.resolve(current);
+    if (this.#refused && performance.now() < this.#refused.until) return Promise.reject(this.#refused.error);
     this.#connecting ??= this.#connect().finally(() => (this.#connecting = undefined));
     return this.#connecting;
   }
@@ -82,12 +92,14 @@ export class Connection {
       if (this.#closed) throw new Error('closed while connecting');
     } catch (error) {
       this.#end(owned);
+      if (lasting(error)) this.#refused = { error, until: performance.now() + REFUSAL_HOLD_MS };
       // A discovery that gave up (a Cluster's root nodes, a Sentinel's rounds) says only that: the last
       // error node-redis reported on the way says why (a wrong password on each node).
       if (!this.#closed && reasonOf(error) === undefined && reasonOf(owned.lastError) !== undefined) throw owned.lastError;
       throw error;
     }
     this.#client = owned;
+    this.#refused = undefined;
     return owned.client;
   }
 

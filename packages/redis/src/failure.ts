@@ -50,7 +50,9 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
 // The TLS codes of a certificate check that failed: the server's certificate is not one this client
 // trusts (or not for this host name). The other TLS errors (ERR_SSL_*, ERR_TLS_* of the protocol) stay
 // out: a handshake cut short by a server restarting looks like some of them.
-const CERTIFICATE_CODES = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$|ERR_TLS_CERT_ALTNAME_INVALID$)/;
+// CERT_NOT_YET_VALID stays out: a certificate just rotated, seen by a client whose clock is a little
+// behind, is valid a few seconds later.
+const CERTIFICATE_CODES = /^(CERT_(?!NOT_YET_VALID$)|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$|ERR_TLS_CERT_ALTNAME_INVALID$)/;
 
 /**
  * Whether a failure while connecting is the server saying no to what the options ask, which a retry of

@@ -2,6 +2,7 @@ import { createClient, createCluster, createSentinel, type RedisClientOptions } 
 import { ConfigError } from '@wxkit/core';
 import { MAX_TIMER_MS, checkOptions, durationMs, integer, maskUrl, nonEmptyString, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
 import type { RedisClientLike } from './connection.js';
+import { lasting } from './failure.js';
 
 /** Options of {@link RedisCache}: one of `url`, `cluster`, `sentinel` or `client`. */
 export interface RedisCacheOptions {
@@ -82,15 +83,22 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   // A command sent while the connection is down fails at once instead of waiting in node-redis's
   // offline queue, where it would run late, after the outage, over whatever was written meanwhile.
   // Reconnect with a backoff up to 2 s, until RedisCache gives the client up.
-  const merge = (ended: AbortSignal, extra: RedisClientOptions = {}): RedisClientOptions => ({
-    disableOfflineQueue: true,
-    ...extra,
-    socket: {
-      connectTimeout: connectTimeoutMs,
-      reconnectStrategy: (attempt: number) => (ended.aborted ? false : Math.min(100 * 2 ** attempt, 2000)),
-      ...extra.socket,
-    } as RedisClientOptions['socket'],
-  });
+  // A caller's own reconnectStrategy in clientOptions still gives up once the client is given up (a
+  // Sentinel's destroy() waits for a reconnect loop that never stops), and after a refusal no retry of
+  // the same handshake can mend (a wrong password: node-redis would send it again before the attempt ends).
+  const merge = (ended: AbortSignal, extra: RedisClientOptions = {}): RedisClientOptions => {
+    const theirs = (extra.socket as { reconnectStrategy?: unknown } | undefined)?.reconnectStrategy;
+    const reconnectStrategy = (attempt: number, cause: unknown): number | false | Error => {
+      if (ended.aborted || lasting(cause)) return false;
+      if (typeof theirs === 'function') return (theirs as (attempt: number, cause: unknown) => number | false | Error)(attempt, cause);
+      return typeof theirs === 'number' || theirs === false ? theirs : Math.min(100 * 2 ** attempt, 2000);
+    };
+    return {
+      disableOfflineQueue: true,
+      ...extra,
+      socket: { connectTimeout: connectTimeoutMs, ...extra.socket, reconnectStrategy } as RedisClientOptions['socket'],
+    };
+  };
   if (opts.client) return { source: opts.client, where: 'the given Redis client', connectTimeoutMs, stallTimeoutMs: undefined };
   if (opts.cluster) {
     // Root nodes serve only to discover the cluster, through a client of their own that node-redis

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CacheError } from '@wxkit/core';
 import { redisCli, startRedis, startRedisSentinel, type RedisSentinelServers, type StoreServer } from '@wxkit/testing';
 import { childThatExitsByItself } from '@wxkit/testing/suite';
@@ -85,7 +85,9 @@ describe('RedisCache fails at once when the server refuses the handshake for goo
     }
   });
 
-  it('calls together share one handshake; each later call makes one more, and a password set meanwhile is taken', async () => {
+  it('calls together share one handshake; calls within a second of a refusal make none, the next one makes one, and a password set meanwhile is taken', async () => {
+    // The refusal's hold is measured on performance.now(), the test's to move; sockets and timers are real.
+    vi.useFakeTimers({ toFake: ['performance'] });
     const cache = new RedisCache({ url: login('', 'not-the-password'), connectTimeoutMs: FOREVER });
     try {
       const before = wrongPasses();
@@ -93,13 +95,19 @@ describe('RedisCache fails at once when the server refuses the handshake for goo
       expect(errors.map((error) => error.reason)).toEqual(['auth', 'auth', 'auth', 'auth', 'auth']);
       // One WRONGPASS for the five calls: node-redis did not try the same password again.
       expect(wrongPasses()).toBe(before + 1);
+      // Within the hold: the same refusal, without a handshake (a loop of calls is no storm of them).
+      for (let i = 0; i < 20; i += 1) expect((await refusal(cache)).reason).toBe('auth');
+      expect(wrongPasses()).toBe(before + 1);
+      vi.advanceTimersByTime(1_001);
       expect((await refusal(cache)).reason).toBe('auth');
       expect(wrongPasses()).toBe(before + 2);
-      // The server is given the password the URL holds: the next call connects.
+      // The server is given the password the URL holds: the first call after the hold connects.
       redisCli(withPassword.port, '-a', PASSWORD, 'ACL', 'SETUSER', 'default', '>not-the-password');
+      vi.advanceTimersByTime(1_001);
       await expect(cache.get('wechat:refused-at-once')).resolves.toBeUndefined();
       expect(wrongPasses()).toBe(before + 2);
     } finally {
+      vi.useRealTimers();
       redisCli(withPassword.port, '-a', PASSWORD, 'ACL', 'SETUSER', 'default', '<not-the-password');
       await cache.close();
     }
@@ -121,6 +129,15 @@ describe('RedisCache fails at once when the server refuses the handshake for goo
       await cache.close();
     }
   });
+
+  it("Sentinel with a reconnectStrategy of the caller's: a refusal still ends the attempt, and close() ends the client", async () => {
+    const options = throughSentinel(SENTINEL_PASSWORD, 'not-the-password');
+    // A strategy that never gives up: the client given up must stop reconnecting all the same, or the
+    // Sentinel's destroy() waits for its discovery for ever.
+    const cache = new RedisCache({ ...options, clientOptions: { socket: { reconnectStrategy: () => 50 } } });
+    expect((await refusal(cache)).reason).toBe('auth');
+    await cache.close();
+  }, 15_000);
 
   it('the process exits on its own after close(), every call having failed (standalone, Sentinel)', async () => {
     const specs: RedisCacheOptions[] = [
