@@ -1,17 +1,12 @@
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { startMockWeChat, type MockAuthorizedAccount, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ClientPool, MemoryCache, OpenPlatform, TokenUnavailableError, type AccessToken } from '../src/index.js';
-import { componentOptions, storeVerifyTicket } from './helpers.js';
+import { collect, componentOptions, storeVerifyTicket } from './helpers.js';
 
 // A pool holds the clients it let go of weakly, and a caller that awaits a token or a send holds that
 // promise, not the client: such a client may be collected while its refresh, or the report of a token
 // WeChat rejected, is under way. The pool's close() must still end that refresh's wait, and wait for its
 // lock's release and for the report's delete.
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -20,14 +15,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mock.close();
 });
-
-/** Collects garbage after the current job, so that WeakRefs made during it may be cleared. */
-async function collect(): Promise<void> {
-  for (let round = 0; round < 3; round += 1) {
-    await new Promise((resolve) => setImmediate(resolve));
-    gc();
-  }
-}
 
 /** A promise's outcome, readable at any time: undefined while it is pending. */
 function outcome(promise: Promise<unknown>): { value?: { ok: unknown } | { error: unknown } } {

@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { MockComponent, MockWeChat } from '@wxkit/testing';
 import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
@@ -100,4 +102,16 @@ export function rewritingDispatcher(path: string, from: string, to: string): Dis
     });
     return dispatch(options, wrapped);
   });
+}
+
+setFlagsFromString('--expose-gc');
+/** V8's garbage collector, for tests that check what a client leaves reachable. */
+export const gc = runInNewContext('gc') as () => void;
+
+/** Collects garbage after the current job, so that WeakRefs made during it may be cleared. */
+export async function collect(): Promise<void> {
+  for (let round = 0; round < 3; round += 1) {
+    await new Promise((resolve) => setImmediate(resolve));
+    gc();
+  }
 }

@@ -1,15 +1,10 @@
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
-import { recordingLogger } from './helpers.js';
+import { collect, recordingLogger } from './helpers.js';
 
 // A client made per request and never closed (the way many use an SDK) must cost nothing once the
 // program drops it: nothing the store outlives may hold it.
-
-setFlagsFromString('--expose-gc');
-const gc = runInNewContext('gc') as () => void;
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -18,14 +13,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mock.close();
 });
-
-/** Collects garbage after the current job, so that WeakRefs made during it may be cleared. */
-async function collect(): Promise<void> {
-  for (let round = 0; round < 3; round += 1) {
-    await new Promise((resolve) => setImmediate(resolve));
-    gc();
-  }
-}
 
 /**
  * Makes `count` clients on `cache`, each used once and never closed. Returns weak references to each
