@@ -92,11 +92,11 @@ export class Connection {
       if (this.#closed) throw new Error('closed while connecting');
     } catch (error) {
       this.#end(owned);
-      if (lasting(error)) this.#refused = { error, until: performance.now() + REFUSAL_HOLD_MS };
       // A discovery that gave up (a Cluster's root nodes, a Sentinel's rounds) says only that: the last
       // error node-redis reported on the way says why (a wrong password on each node).
-      if (!this.#closed && reasonOf(error) === undefined && reasonOf(owned.lastError) !== undefined) throw owned.lastError;
-      throw error;
+      const cause = !this.#closed && reasonOf(error) === undefined && reasonOf(owned.lastError) !== undefined ? owned.lastError : error;
+      if (lasting(cause)) this.#refused = { error: cause, until: performance.now() + REFUSAL_HOLD_MS };
+      throw cause;
     }
     this.#client = owned;
     this.#refused = undefined;

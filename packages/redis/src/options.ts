@@ -84,12 +84,14 @@ export function resolveOptions(options: unknown): ResolvedOptions {
   // offline queue, where it would run late, after the outage, over whatever was written meanwhile.
   // Reconnect with a backoff up to 2 s, until RedisCache gives the client up.
   // A caller's own reconnectStrategy in clientOptions still gives up once the client is given up (a
-  // Sentinel's destroy() waits for a reconnect loop that never stops), and after a refusal no retry of
-  // the same handshake can mend (a wrong password: node-redis would send it again before the attempt ends).
-  const merge = (ended: AbortSignal, extra: RedisClientOptions = {}): RedisClientOptions => {
+  // Sentinel's destroy() waits for a reconnect loop that never stops). `refusals`: it also gives up after a
+  // refusal no retry of the same handshake can mend (a wrong password: node-redis would send it again
+  // before the attempt ends), where a client given up is made anew (RedisCache's own, a Sentinel's node
+  // clients); never a Cluster's node clients, which the cluster keeps closed for good.
+  const merge = (ended: AbortSignal, extra: RedisClientOptions = {}, refusals = true): RedisClientOptions => {
     const theirs = (extra.socket as { reconnectStrategy?: unknown } | undefined)?.reconnectStrategy;
     const reconnectStrategy = (attempt: number, cause: unknown): number | false | Error => {
-      if (ended.aborted || lasting(cause)) return false;
+      if (ended.aborted || (refusals && lasting(cause))) return false;
       if (typeof theirs === 'function') return (theirs as (attempt: number, cause: unknown) => number | false | Error)(attempt, cause);
       return typeof theirs === 'number' || theirs === false ? theirs : Math.min(100 * 2 ** attempt, 2000);
     };
@@ -105,7 +107,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     // never ends if a node accepts and never answers: a socket timeout ends its handshake.
     const rootNodes = opts.cluster.map((url) => ({ url, socket: { socketTimeout: connectTimeoutMs } }));
     return {
-      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, opts.clientOptions) }) as RedisClientLike,
+      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, opts.clientOptions, false) }) as RedisClientLike,
       where: `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`,
       connectTimeoutMs,
       stallTimeoutMs: undefined,
