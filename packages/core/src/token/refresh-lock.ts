@@ -127,13 +127,9 @@ export class RefreshLock {
     }
     if (!won) return 'held';
     if (kept) return new KeptAlive(this.key, owner, store, started, leaseMs, keepAliveMs, () => this.#release(owner, store));
-    return {
-      owner,
-      leaseMs,
-      remainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
-      maxRemainingMs: () => Math.max(0, leaseMs - (performance.now() - started)),
-      release: () => this.#release(owner, store),
-    };
+    // Not renewed: what the store is known to keep is all the hold may last.
+    const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
+    return { owner, leaseMs, remainingMs, maxRemainingMs: remainingMs, release: () => this.#release(owner, store) };
   }
 
   /** Who holds the lock now (the owner string), for messages; undefined when free or unreadable. */
