@@ -22,17 +22,7 @@ export function onAbort(signal: AbortSignal, listener: () => void): () => void {
     const calls = new Set<() => void>();
     const fire = () => {
       bySignal.delete(signal);
-      // Each is called, as separate listeners would be: one that throws does not keep the rest from
-      // running, and its error is reported as an uncaught one, as a listener's would be.
-      for (const call of calls) {
-        try {
-          call();
-        } catch (error) {
-          queueMicrotask(() => {
-            throw error;
-          });
-        }
-      }
+      callEach(calls);
     };
     listeners = { calls, fire };
     bySignal.set(signal, listeners);
@@ -47,4 +37,20 @@ export function onAbort(signal: AbortSignal, listener: () => void): () => void {
     bySignal.delete(signal);
     signal.removeEventListener('abort', own.fire);
   };
+}
+
+/**
+ * Calls each of `listeners`, as separate 'abort' listeners would be called: one that throws does not
+ * keep the rest from running, and its error is reported as an uncaught one, as a listener's would be.
+ */
+export function callEach(listeners: Iterable<() => void>): void {
+  for (const listener of listeners) {
+    try {
+      listener();
+    } catch (error) {
+      queueMicrotask(() => {
+        throw error;
+      });
+    }
+  }
 }

@@ -1,3 +1,5 @@
+import { callEach } from '../abort.js';
+
 /**
  * What a token wait needs of the event that ends it: an AbortSignal, or a client's {@link Closing}.
  */
@@ -35,14 +37,6 @@ export class Closing implements Ending {
     this.#aborted = true;
     const listeners = this.#listeners;
     this.#listeners = undefined;
-    for (const listener of listeners ?? []) {
-      try {
-        listener();
-      } catch (error) {
-        queueMicrotask(() => {
-          throw error;
-        });
-      }
-    }
+    if (listeners) callEach(listeners);
   }
 }
