@@ -348,7 +348,10 @@ export class ClientCore {
       rejected: (value) => manager?.isRejected(value) ?? false,
       closed: this.#closing,
     };
-    manager = new TokenManager(ctx, this.#heldByPool(this.#refresher(ctx, request, upstream)), () => this.#warnIfDefaultStore());
+    // A pool's client: its refreshes and reports keep its core known to the pool's until they end (see #busy).
+    const pool = this.#pool;
+    const held = pool && ((work: Promise<unknown>) => pool.#hold(this, work));
+    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore(), held);
     this.#managers.push(manager);
     return manager;
   }
@@ -409,19 +412,8 @@ export class ClientCore {
     await Promise.all([http, this.#source?.close?.()]);
   }
 
-  /** A pool client's `refresher`, whose refreshes and reports keep this core known to the pool's until they end (see #busy). */
-  #heldByPool(refresher: Refresher): Refresher {
-    const pool = this.#pool;
-    if (!pool) return refresher;
-    return {
-      fetches: refresher.fetches,
-      refresh: (request) => pool.#hold(this, refresher.refresh(request)),
-      invalidate: (value, errcode) => pool.#hold(this, refresher.invalidate(value, errcode)),
-    };
-  }
-
   /** Counts `work` of the client core `core` under way until it settles. */
-  #hold<T>(core: ClientCore, work: Promise<T>): Promise<T> {
+  #hold(core: ClientCore, work: Promise<unknown>): void {
     // Made on first need: only a pool's core counts, and a plain client's is one of 10,000.
     const busy = (this.#busy ??= new Map());
     busy.set(core, (busy.get(core) ?? 0) + 1);
@@ -431,7 +423,6 @@ export class ClientCore {
       else busy.delete(core);
     };
     work.then(ended, ended);
-    return work;
   }
 
   #refresher(ctx: TokenContext, request: TokenSourceRequest, upstream: Upstream): Refresher {

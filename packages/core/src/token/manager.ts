@@ -38,10 +38,16 @@ export class TokenManager {
   #underWay: Set<Promise<void>> | undefined;
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
   #asked = 0;
+  readonly #onWork: ((work: Promise<unknown>) => void) | undefined;
 
-  constructor(ctx: TokenContext, refresher: Refresher, onFirstUse?: () => void) {
+  /**
+   * `onWork`: told of each refresh and each report of a rejected value as it starts, the work close()
+   * waits for (a pool's core keeps the client known until it settles).
+   */
+  constructor(ctx: TokenContext, refresher: Refresher, onFirstUse?: () => void, onWork?: (work: Promise<unknown>) => void) {
     this.#ctx = ctx;
     this.key = ctx.key;
+    this.#onWork = onWork;
     this.#refresher = this.#tracked(refresher);
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
@@ -275,6 +281,7 @@ export class TokenManager {
       };
       const ended: Promise<void> = work.then(done, done);
       (this.#underWay ??= new Set()).add(ended);
+      this.#onWork?.(work);
     };
     return {
       fetches: refresher.fetches,
