@@ -1,4 +1,5 @@
 import type { CacheErrorReason } from '@wxkit/core';
+import { socketReason } from '@wxkit/core/internal';
 
 /** What a reason means to the person running wxkit, and what to check. */
 const HINTS: Partial<Record<CacheErrorReason, string>> = {
@@ -28,10 +29,8 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   if (error === 'Memcached server authentication failed!') return 'auth';
   if (typeof error !== 'object' || error === null) return undefined;
   const { code, message } = error as { code?: unknown; message?: unknown };
-  if (code === 'ECONNREFUSED') return 'refused';
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
-  if (code === 'ETIMEDOUT') return 'timeout';
-  if (code === 'ECONNRESET' || code === 'EPIPE') return 'disconnected';
+  const fromSocket = socketReason(code);
+  if (fromSocket) return fromSocket;
   // memjs's own timers: a connection not made within conntimeout, an idle socket with requests waiting.
   if (typeof message === 'string' && /^socket timed out (connecting to server|waiting on response)/.test(message)) return 'timeout';
   return undefined;

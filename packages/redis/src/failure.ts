@@ -1,4 +1,5 @@
 import type { CacheErrorReason } from '@wxkit/core';
+import { socketReason } from '@wxkit/core/internal';
 
 /** What a reason means to the person running wxkit, and what to check. */
 const HINTS: Record<CacheErrorReason, string> = {
@@ -28,13 +29,9 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   // node-redis wraps the socket's error when its reconnect strategy gives up.
   if (originalError !== undefined) return reasonOf(originalError);
   const text = typeof message === 'string' ? message : '';
-  if (typeof code === 'string') {
-    if (code === 'ECONNREFUSED') return 'refused';
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return 'unreachable';
-    if (code === 'ETIMEDOUT') return 'timeout';
-    if (code === 'ECONNRESET' || code === 'EPIPE') return 'disconnected';
-    if (TLS_CODES.test(code)) return 'tls';
-  }
+  const fromSocket = socketReason(code);
+  if (fromSocket) return fromSocket;
+  if (typeof code === 'string' && TLS_CODES.test(code)) return 'tls';
   const word = /^[A-Z]+/.exec(text)?.[0];
   if (word === 'NOAUTH' || word === 'WRONGPASS' || /^ERR (AUTH|invalid password)/.test(text)) return 'auth';
   if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF') return 'readonly';
