@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
-import { assertTtl } from '@wxkit/core/internal';
+import { assertTtl, socketReason } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -78,6 +78,7 @@ export class KeyvCache implements TokenCache {
     const sql = sqlTableOf(store);
     this.#sql = sql;
     if (sql) {
+      sql.start();
       this.add = (key, value, ttlSeconds) => this.#run('add', () => sql.add(key, toStoredText(value), ttlMs(ttlSeconds)));
       this.deleteIfEquals = (key, expected) => this.#run('deleteIfEquals', () => sql.deleteIfEquals(key, toStoredText(expected)));
       this.compareAndSet = (key, expected, value, ttlSeconds) =>
@@ -128,8 +129,16 @@ export class KeyvCache implements TokenCache {
       if (/^WRONGTYPE\b/.test(String((error as { message?: unknown } | null)?.message))) {
         throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause: error, reason: 'type' });
       }
-      const reason = refusalOf(error);
-      throw new CacheError(`KeyvCache ${op} failed in the Keyv store${reason ? `: ${REFUSALS[reason]}` : ''}`, { cause: error, reason });
+      const refusal = refusalOf(error);
+      const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code);
+      if (this.#sql && error === this.#sql.startError) {
+        throw new CacheError(
+          `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +
+            '(@keyv/mysql and @keyv/sqlite keep their first failure for good): make a new store once the database can be reached',
+          { cause: error, reason },
+        );
+      }
+      throw new CacheError(`KeyvCache ${op} failed in the Keyv store${refusal ? `: ${REFUSALS[refusal]}` : ''}`, { cause: error, reason });
     }
   }
 }

@@ -11,6 +11,10 @@ import { ConfigError } from '@wxkit/core';
  * A row past its expiry counts as absent for every operation; it stays until a later write replaces it.
  */
 export interface SqlTable {
+  /** The error the store's own start failed with, once start() has met it. */
+  readonly startError: unknown;
+  /** Checks the table at once, as the first call would. */
+  start(): void;
   get(key: string): Promise<unknown>;
   set(key: string, value: string, ttlMs: number): Promise<void>;
   delete(key: string): Promise<void>;
@@ -66,8 +70,21 @@ export function sqlTableOf(store: object): SqlTable | undefined {
 /** Runs every statement after making sure the table has the `expires` column, adding it once if not. */
 abstract class ExpiringTable implements SqlTable {
   #ready: Promise<void> | undefined;
+  startError: unknown;
 
   constructor(protected readonly exec: Exec) {}
+
+  /**
+   * @keyv/mysql and @keyv/sqlite connect and make their table as soon as they are made, and keep the
+   * outcome for good: a failure there is a rejection nobody holds until a first call (Node ends the
+   * process on it), and every later call fails with that same error. Checking the column at once holds
+   * it from the moment KeyvCache is made, and keeps the error so that the calls' failures can name it.
+   */
+  start(): void {
+    this.#prepare().catch((error: unknown) => {
+      this.startError = error;
+    });
+  }
 
   abstract get(key: string): Promise<unknown>;
   abstract set(key: string, value: string, ttlMs: number): Promise<void>;
@@ -82,13 +99,16 @@ abstract class ExpiringTable implements SqlTable {
   protected abstract columnError(error: unknown): 'missing' | 'exists' | undefined;
 
   protected async run(sql: string, params: unknown[]): Promise<Result> {
+    await this.#prepare();
+    return this.exec(sql, params);
+  }
+
+  #prepare(): Promise<void> {
     // A failed attempt (the database was down) is forgotten, so the next call tries again.
-    this.#ready ??= this.#addColumnIfMissing().catch((error: unknown) => {
+    return (this.#ready ??= this.#addColumnIfMissing().catch((error: unknown) => {
       this.#ready = undefined;
       throw error;
-    });
-    await this.#ready;
-    return this.exec(sql, params);
+    }));
   }
 
   async #addColumnIfMissing(): Promise<void> {

@@ -53,6 +53,15 @@ describe('KeyvCache', () => {
     }
   });
 
+  it("a driver's socket error gives the CacheError its reason: refused, unreachable, timeout, disconnected", async () => {
+    const reasons: Record<string, string | undefined> = { ECONNREFUSED: 'refused', ENOTFOUND: 'unreachable', ETIMEDOUT: 'timeout', ECONNRESET: 'disconnected', EACCES: undefined };
+    for (const [code, reason] of Object.entries(reasons)) {
+      // Any Keyv store whose driver fails with Node's socket error codes (as pg and mysql2 do).
+      const failing = Object.assign(new Map<string, string>(), { get: async () => Promise.reject(Object.assign(new Error(`connect ${code}`), { code })) });
+      await expect(new KeyvCache(failing as never).get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason, cause: { code } });
+    }
+  });
+
   it('accepts a Keyv instance without a namespace, and explains one with', () => {
     expect(() => new KeyvCache(new Keyv(redisStore(), { namespace: undefined }))).not.toThrow();
     expect(() => new KeyvCache(new Keyv(redisStore()))).toThrow(/without a namespace.*"keyv"/);

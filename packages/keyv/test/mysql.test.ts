@@ -1,4 +1,6 @@
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer, type AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import KeyvMysql from '@keyv/mysql';
@@ -137,5 +139,18 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
     const cache = new KeyvCache(adapter);
     await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: 'ER_NO_SUCH_TABLE' } });
     await expect(cache.add!('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+  });
+
+  it('a server that refused the adapter when it was made: every call fails with reason refused, saying the store will not try again', async () => {
+    const closed = createServer().listen(0, '127.0.0.1');
+    await once(closed, 'listening');
+    const { port } = closed.address() as AddressInfo;
+    await new Promise((done) => closed.close(done)); // nothing listens on the port now
+    const cache = new KeyvCache(new KeyvMysql({ uri: `mysql://root@127.0.0.1:${port}/test`, table: newTable() }));
+    for (const call of [() => cache.get('k'), () => cache.add!('k', 'v', 60)]) {
+      const error = await call().catch((caught: unknown) => caught);
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'refused', cause: { code: 'ECONNREFUSED' } });
+      expect((error as Error).message).toMatch(/could not connect or make its table when it was made, and it does not try again/);
+    }
   });
 });

@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -5,6 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import KeyvSqlite from '@keyv/sqlite';
 import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
+import { CacheError } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
 
 // @keyv/sqlite on a database file of this run, shared by the processes of the cross-process tests.
@@ -61,5 +63,26 @@ describe('KeyvCache on @keyv/sqlite', () => {
     expect(await cache.compareAndSet!('k', 'old', 'new', 60)).toBe(false);
     expect(await cache.add!('k', 'mine', 60)).toBe(true);
     expect(await cache.get('k')).toBe('mine');
+  });
+
+  it('a database that cannot be opened ends no process: the calls fail with a CacheError that says the store will not try again', async () => {
+    const unhandled: unknown[] = [];
+    const record = (reason: unknown) => unhandled.push(reason);
+    process.on('unhandledRejection', record);
+    try {
+      // The adapter opens its file when made and keeps the failure: a rejection nobody holds until a call.
+      const adapter = new KeyvSqlite(`sqlite://${join(dir, 'no-such-directory', 'tokens.sqlite')}`);
+      const failed = once(adapter, 'error');
+      const cache = new KeyvCache(adapter);
+      await failed;
+      await new Promise(setImmediate); // the turn in which Node reports a rejection that nobody holds
+      expect(unhandled).toEqual([]);
+      const error = await cache.get('k').catch((caught: unknown) => caught);
+      expect(error).toBeInstanceOf(CacheError);
+      expect(error).toMatchObject({ cause: { code: 'SQLITE_CANTOPEN' } });
+      expect((error as Error).message).toMatch(/could not connect or make its table when it was made, and it does not try again/);
+    } finally {
+      process.off('unhandledRejection', record);
+    }
   });
 });
