@@ -152,6 +152,23 @@ describe('the auto marshaller on a stock Debian PHP (igbinary)', () => {
   });
 });
 
+describe.each(['stock', 'serialize'] as const)("an item Symfony's Contracts get() wrote, with its metadata, %s marshaller", (marshaller) => {
+  it('wxkit takes the token out of the item envelope, with no fetch of its own, and sends', async () => {
+    const app = mock.createApp();
+    const php = peerOptions(app, '6', marshaller);
+    const { token } = await phpPeer(php, 'refresh');
+    expect(await phpPeer(php, 'write-item', token!, '7000')).toEqual({ unparseable: 0 });
+    const { client, key } = node(app, '6', 'auto');
+    // Symfony 5.4's envelope: a one-entry array whose 10-byte key starts with 0x9D.
+    const raw = Buffer.from(await rawHex(address(), key), 'hex').toString('latin1');
+    expect(raw).toMatch(marshaller === 'serialize' ? /^a:1:\{s:10:"\x9d/ : /^\x00\x00\x00\x02\x14\x01\x11\x0a\x9d/);
+
+    expect(await client.accessToken.getToken()).toBe(token);
+    await client.templateMessage.send(nodeMessage);
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 1, templateSends: 1, rejectedCalls: 0 });
+  });
+});
+
 // wxkit's marshaller: `auto` (the default) writes the copy with serialize(), which every PHP reads; the
 // two explicit ones write what they name.
 describe.each([

@@ -73,10 +73,22 @@ function phpCodec(profile: string, marshaller: PhpMarshaller, store: PhpCacheSto
   };
 }
 
-/** Reads a value a PHP cache store wrote with `serialize()`; undefined when it is no such value. */
+/**
+ * Symfony Cache's item envelope (below, in fromIgbinary) in `serialize()` form, which symfony/cache 7.2+
+ * writes by default and any PHP without igbinary: 5.x `a:1:{s:10:"\x9D…\x5F";VALUE}`, 6.x+
+ * `O:1:"\xA9":N:{s:6:"…";VALUE…}` (an item's tags follow its value). Items carry one when written with
+ * metadata, as the Contracts `get($key, $callback)` writes them.
+ */
+const SYMFONY_ENVELOPE = /^(?:a:1:\{s:10:"\x9d[\s\S]{4}\x00[\s\S]{3}\x5f"|O:1:"\xa9":(\d{1,9}):\{s:6:"[\s\S]{6}");/;
+
+/** Reads a value a PHP cache store wrote with `serialize()`, envelope taken off; undefined when it is no such value. */
 function phpValue(profile: string, raw: string): PhpValue | undefined {
   try {
-    return phpUnserialize(raw);
+    const envelope = SYMFONY_ENVELOPE.exec(raw);
+    if (!envelope) return phpUnserialize(raw);
+    // The metadata's binary key put aside, the rest reads as an array whose first entry is the value.
+    const wrapper = phpUnserialize(`a:${envelope[1] ?? 1}:{s:0:"";${raw.slice(envelope[0].length)}`) as PhpArray;
+    return wrapper.entries[0]![1];
   } catch (error) {
     const looksPhp = /^[aNbidsOC]:/.test(raw) && error instanceof PhpFormatError;
     if (looksPhp && /^[OC]:/.test(raw)) {

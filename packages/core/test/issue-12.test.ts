@@ -55,6 +55,30 @@ describe('issue 12: igbinary entries of PHP peers', () => {
     }
   });
 
+  it("reads Symfony 6+'s value wrapper in serialize() form (symfony/cache 7.2+'s default), with tags after the value or none", async () => {
+    // Symfony's Traits/ValueWrapper.php: a class named "\xA9" whose __serialize() is [packed metadata => value] + tags.
+    const php = [
+      'eval(\'final class \' . "\\xA9" . \' { public function __construct(public $v, public $p, public $t) {}',
+      '  public function __serialize(): array { return [$this->p => $this->v] + $this->t; } }\');',
+      '$c = "\\xA9"; $token = trim(fgets(STDIN));',
+      'echo bin2hex(serialize(new $c($token, pack("Vn", 116403600, 12), []))), "\\n";',
+      'echo bin2hex(serialize(new $c($token, pack("Vn", 116403600, 12) | "\\0\\0\\0\\0\\x80", ["wechat" => "wechat"]))), "\\n";',
+    ].join('\n');
+    const run = spawnSync('php', ['-r', php], { input: `${TOKEN136}\n`, encoding: 'utf8' });
+    expect(run.stderr).toBe('');
+    const written = run.stdout.trim().split('\n').map((hex) => Buffer.from(hex, 'hex').toString('latin1'));
+    expect(written).toHaveLength(2);
+    for (const raw of written) {
+      expect(raw).toMatch(/^O:1:"\xa9":[12]:\{s:6:"/);
+      const { appId, secret } = mock.createApp();
+      const cache = new MemoryCache();
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat6(), logger: false });
+      await cache.set(app.accessToken.cacheKey, raw, 7000);
+      expect(await app.accessToken.getToken()).toBe(TOKEN136);
+      expect(mock.counters(appId).tokenRequests).toBe(0);
+    }
+  });
+
   it('auto writes the form the key holds: a forced refresh over an igbinary entry writes igbinary, which PHP reads', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
