@@ -104,6 +104,22 @@ export function rewritingDispatcher(path: string, from: string, to: string): Dis
   });
 }
 
+/** A dispatcher that holds requests whose path includes `path`, before they leave, until `release()`, and says how many arrived. */
+export function holdingDispatcher(path: string): { agent: Agent; release: () => void; arrived: () => number } {
+  const agent = new Agent();
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  let arrived = 0;
+  const dispatch = agent.dispatch.bind(agent);
+  agent.dispatch = (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => {
+    if (!String(options.path).includes(path)) return dispatch(options, handler);
+    arrived += 1;
+    void released.then(() => dispatch(options, handler));
+    return true;
+  };
+  return { agent, release, arrived: () => arrived };
+}
+
 setFlagsFromString('--expose-gc');
 /** V8's garbage collector, for tests that check what a client leaves reachable. */
 export const gc = runInNewContext('gc') as () => void;

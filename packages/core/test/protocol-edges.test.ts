@@ -2,10 +2,10 @@ import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions, endedByClose, rejection } from './helpers.js';
+import { componentOptions, endedByClose, holdingDispatcher, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -612,6 +612,41 @@ describe('close()', () => {
       process.off('unhandledRejection', onUnhandled);
       await app.close();
       await dispatcher.close();
+    }
+  });
+
+  it('a call whose token WeChat rejects once close() has resolved fails as closed, and reports nothing to the store the program may have closed', async () => {
+    const { appId, secret } = mock.createApp();
+    let closed = false;
+    const afterClose: string[] = [];
+    class Watched extends MemoryCache {
+      override get(key: string) {
+        if (closed) afterClose.push(`get ${key}`);
+        return super.get(key);
+      }
+      override deleteIfEquals(key: string, expected: string) {
+        if (closed) afterClose.push(`deleteIfEquals ${key}`);
+        return super.deleteIfEquals(key, expected);
+      }
+    }
+    const cache = new Watched();
+    // The send is held before it leaves: close() does not wait for calls on the wire.
+    const gate = holdingDispatcher('/cgi-bin/message/template/send');
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, dispatcher: gate.agent, logger: false });
+    try {
+      await app.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      const sending = rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
+      await vi.waitFor(() => expect(gate.arrived()).toBe(1));
+      await app.close();
+      closed = true;
+      gate.release();
+      expect(await sending).toBeInstanceOf(TokenUnavailableError);
+      expect(afterClose).toEqual([]);
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, rejectedCalls: 1, templateSends: 0 });
+    } finally {
+      gate.release();
+      await gate.agent.close();
     }
   });
 

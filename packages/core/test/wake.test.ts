@@ -3,10 +3,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { Agent, type Dispatcher } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { FileCache, MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
 import { pollWithBackoff } from '../src/token/refresher.js';
+import { holdingDispatcher } from './helpers.js';
 
 // Issue 14: a process waiting for another's refresh wakes when the store says the entry was written,
 // instead of polling every 10–500 ms. These tests count attempts, reads and wake-ups, never time.
@@ -258,22 +258,6 @@ function counting(
   return { cache: wrapped, counts, watchKey: (key: string) => (entryKey = key) };
 }
 
-/** A dispatcher that holds token requests until `release()`, and says when one arrived. */
-function gatedDispatcher() {
-  const agent = new Agent();
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let arrived = 0;
-  const dispatch = agent.dispatch.bind(agent);
-  agent.dispatch = (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => {
-    if (!String(options.path).includes('/cgi-bin/token')) return dispatch(options, handler);
-    arrived += 1;
-    void released.then(() => dispatch(options, handler));
-    return true;
-  };
-  return { agent, release, arrived: () => arrived };
-}
-
 let mock: MockWeChat;
 const dir = mkdtempSync(join(tmpdir(), 'wxkit-wake-'));
 beforeAll(async () => {
@@ -299,7 +283,7 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
   it.each(Object.keys(stores))('%s', async (name) => {
     const [holderStore, waiterStore] = stores[name]!();
     const { appId, secret } = mock.createApp();
-    const gate = gatedDispatcher();
+    const gate = holdingDispatcher('/cgi-bin/token');
     const waiterView = counting(waiterStore);
     const holderView = counting(holderStore);
     const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
@@ -338,7 +322,7 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
   it.each(Object.keys(stores))('%s: a holder that writes and releases between the waiter’s lock attempt and its wait still wakes it', async (name) => {
     const [holderStore, waiterStore] = stores[name]!();
     const { appId, secret } = mock.createApp();
-    const gate = gatedDispatcher();
+    const gate = holdingDispatcher('/cgi-bin/token');
     const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
     const holder = new OfficialAccount({ ...options, cache: holderStore, dispatcher: gate.agent });
     const held = holder.accessToken.getToken();
@@ -367,7 +351,7 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
   it('a store without watch still hands the waiter the holder’s token, by polling', async () => {
     const shared = new MemoryCache();
     const { appId, secret } = mock.createApp();
-    const gate = gatedDispatcher();
+    const gate = holdingDispatcher('/cgi-bin/token');
     const waiterView = counting(shared, false);
     const options = { appId, secret, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const };
     const holder = new OfficialAccount({ ...options, cache: shared, dispatcher: gate.agent });

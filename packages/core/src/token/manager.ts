@@ -34,6 +34,8 @@ export class TokenManager {
   #invalidations: Map<string, Promise<boolean>> | undefined;
   // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
   #rejected: string[] | undefined;
+  /** Set once settled() has resolved, at close(): no report of a rejected value starts after it. */
+  #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
   #underWay: Set<Promise<void>> | undefined;
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
@@ -89,6 +91,7 @@ export class TokenManager {
    */
   async settled(): Promise<void> {
     while (this.#underWay) await Promise.all(this.#underWay);
+    this.#ended = true;
   }
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
@@ -164,6 +167,9 @@ export class TokenManager {
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
+    // Once close() has let the work under way end, nothing is reported: the program may have closed its
+    // store by now (close() does not wait for calls on the wire, whose rejections come after it).
+    if (this.#ended) throw closedError(this.#ctx);
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
     const brought = await abortable(this.#report(failed, errcode), signal);
     const held = this.#memo.value;
