@@ -3,7 +3,7 @@ import { socketReason } from '@wxkit/core/internal';
 
 /** What a reason means to the person running wxkit, and what to check. */
 const HINTS: Partial<Record<CacheErrorReason, string>> = {
-  auth: 'the SASL login was refused: check the username and password',
+  auth: 'the SASL login was refused: check the username and password (where the URL and options give none, memjs takes MEMCACHIER_USERNAME and MEMCACHIER_PASSWORD, or MEMCACHE_USERNAME and MEMCACHE_PASSWORD, from the environment)',
   refused: 'connection refused: nothing listens at that host and port; check that memcached runs there',
   unreachable: 'the host cannot be reached: check its name and the network',
   timeout: 'no answer in time: check that memcached runs there and is not hung, and that no firewall drops the connection',

@@ -118,6 +118,8 @@ describe('MemcachedCache on connections that fail half-way', () => {
     const k = key('token');
     try {
       await expect(cache.set(k, 'OLD', 60)).rejects.toSatisfy((error) => error instanceof CacheError && error.reason === 'auth');
+      // The message says where else memjs finds credentials: the environment, when the URL and options give none.
+      await expect(cache.get(k)).rejects.toThrow(/SASL login was refused: .*MEMCACHIER_USERNAME/);
       await expect(cache.add(`${k}:lock`, 'owner-1', 60)).rejects.toSatisfy((error) => error instanceof CacheError && error.reason === 'auth');
       // Another process writes the newer value, then the logins work again.
       await memcachedSet(memcached.port, k, 'NEW', 60);
