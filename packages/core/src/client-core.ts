@@ -6,7 +6,7 @@ import { MemoryCache, type TokenCache } from './cache.js';
 import { ConfigError } from './errors.js';
 import { FileCache } from './file-cache.js';
 import { HttpClient } from './http.js';
-import { Log, type Logger } from './logger.js';
+import { Log, type EventSource, type Logger } from './logger.js';
 import { GuardedStore, TOKEN_CACHE_RULE, assertTokenCache } from './store.js';
 import { EntryStore } from './token/entry-store.js';
 import { nativeSchema, type KeySchema } from './token/entry.js';
@@ -16,7 +16,7 @@ import type { ProtocolSettings, Refresher, TokenContext } from './token/refreshe
 import { FollowRefresher } from './token/refreshers/follow.js';
 import { LockedFetchRefresher } from './token/refreshers/locked-fetch.js';
 import { RemoteRefresher } from './token/refreshers/remote.js';
-import { StoreTiers, hostFallback } from './token/tiers.js';
+import { StoreTiers, hostFallback, type TierStores } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';
 import { SOURCE_BUDGET_MS, type TokenSource, type TokenSourceRequest } from './token-source.js';
 import { Closing } from './token/closing.js';
@@ -203,7 +203,7 @@ const RETIRED_OPTIONS: RetiredOptions = {
 export const kPoolCore = Symbol.for('wxkit.internal.poolCore');
 
 /** The parts of a client that its token managers, API client and helpers share. */
-export class ClientCore {
+export class ClientCore implements TierStores, EventSource {
   readonly owner: string;
   readonly appId: string;
   readonly http: HttpClient;
@@ -224,7 +224,8 @@ export class ClientCore {
   #local: GuardedStore | undefined;
   #fallbackDir: string | false;
   #host: GuardedStore | undefined;
-  readonly #managers: TokenManager[] = [];
+  /** Replaced, never pushed to: an array grown by push() holds room for 16 more, 10,000 clients over. */
+  #managers: readonly TokenManager[] = [];
   /** Aborted by close(): the token managers' waits end, and no refresh starts. */
   readonly #closing = new Closing();
   #closed: Promise<void> | undefined;
@@ -262,7 +263,7 @@ export class ClientCore {
     const schema = options.schema ?? pool?.schema ?? (defaultSchema ??= nativeSchema());
 
     this.schema = schema;
-    this.log = new Log(logger as Logger | false | undefined, () => this.#events);
+    this.log = new Log(logger as Logger | false | undefined, this);
     this.#pool = pool;
     if (pool) {
       // Same options as the pool's (it checked them already), so the same settings, HTTP client and stores.
@@ -291,11 +292,12 @@ export class ClientCore {
     });
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard(options.cache ?? (sharedMemoryCache ??= new MemoryCache()));
-    this.#tiers = new StoreTiers(
-      () => this.#store,
-      () => this.#hostStore(),
-      () => (this.#local ??= this.#guard((processFallback ??= new MemoryCache()))),
-    );
+    this.#tiers = new StoreTiers(this);
+  }
+
+  /** The emitter, if anyone asked for it (the client's Log emits to it). */
+  get emitter(): EventEmitter | undefined {
+    return this.#events;
   }
 
   /** Where the client's events are emitted; made when first asked for (a listener is added). */
@@ -351,8 +353,10 @@ export class ClientCore {
     // A pool's client: its refreshes and reports keep its core known to the pool's until they end (see #busy).
     const pool = this.#pool;
     const held = pool && ((work: Promise<unknown>) => pool.#hold(this, work));
-    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), () => this.#warnIfDefaultStore(), held);
-    this.#managers.push(manager);
+    // Only a client on the process's default store has anything to warn about at first use.
+    const onFirstUse = this.#defaultStore ? () => this.#warnIfDefaultStore() : undefined;
+    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), onFirstUse, held);
+    this.#managers = this.#managers.concat(manager);
     return manager;
   }
 
@@ -436,11 +440,16 @@ export class ClientCore {
     return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key));
   }
 
+  /** The process's own fallback (StoreTiers asks for it only when neither the store nor the host's directory can serve). */
+  processStore(): GuardedStore {
+    return (this.#local ??= this.#guard((processFallback ??= new MemoryCache())));
+  }
+
   /**
    * This host's fallback, made on first need: only for a store shared beyond this host (a MemoryCache
    * is this process's already, a FileCache this host's).
    */
-  #hostStore(): GuardedStore | undefined {
+  hostStore(): GuardedStore | undefined {
     const shared = this.#store.cache;
     if (this.#fallbackDir === false || shared instanceof MemoryCache || shared instanceof FileCache) return undefined;
     if (!this.#host) {

@@ -25,12 +25,19 @@ export type Level = 'debug' | 'info' | 'warn' | 'error';
  * Internal: one place that turns any accepted logger option into calls that cannot throw, and that
  * emits every line's fields as an event of the same name on the client (`app.on('access_token.fetched', …)`).
  */
+/** Where a Log finds the emitter its events go to (a client's core): undefined while nobody listens. */
+export interface EventSource {
+  readonly emitter: EventEmitter | undefined;
+}
+
+const NO_EVENTS: EventSource = { emitter: undefined };
+
 export class Log {
   readonly #target: Logger | undefined;
-  /** The client's emitter, once anyone listened (most of a platform's 10,000 clients never do). */
-  readonly #events: () => EventEmitter | undefined;
+  /** Holds the client's emitter once anyone listened (most of a platform's 10,000 clients never do). */
+  readonly #events: EventSource;
 
-  constructor(target: Logger | false | undefined, events: () => EventEmitter | undefined = () => undefined) {
+  constructor(target: Logger | false | undefined, events: EventSource = NO_EVENTS) {
     this.#target = target === false ? undefined : (target ?? defaultLogger);
     this.#events = events;
   }
@@ -65,7 +72,7 @@ export class Log {
   }
 
   #emit(level: Level, fields: LogFields, message: string, line = true): void {
-    const events = this.#events();
+    const events = this.#events.emitter;
     if (events !== undefined && events.listenerCount(fields.event) > 0) {
       try {
         events.emit(fields.event, { ...fields, level, message });

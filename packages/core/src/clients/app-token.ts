@@ -53,18 +53,46 @@ export function setUp<T extends AppOptions>(owner: string, kind: 'official_accou
     const { key, label, upstream } = custom(core);
     return { core, subject, token: core.manager(label, key, { kind, id: appId, field: 'access_token' }, upstream), secret };
   }
-  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, {
-    budgetMs: core.http.callBudgetMs,
-    // Every classic fetch invalidates the previous token; stable_token hands back the current one, and
-    // only its force_refresh (20 a day) replaces it.
-    invalidatesPrevious: endpoint === 'classic',
-    scarceForce: endpoint === 'stable',
-    fetch(force) {
-      const key = core.requireSecret(secret, 'fetching an access token');
-      return endpoint === 'stable' ? fetchStable(core, appId, key, force) : fetchClassic(core, appId, key);
-    },
-  });
+  const upstream = new AppTokenUpstream(core, appId, secret, endpoint);
+  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, upstream);
   return { core, subject, token, secret };
+}
+
+/**
+ * An app's access token from WeChat, by its secret. A class, not an object with a closure: a platform's
+ * process holds one for each of its 10,000 accounts.
+ */
+class AppTokenUpstream implements Upstream {
+  readonly #core: ClientCore;
+  readonly #appId: string;
+  readonly #secret: string | undefined;
+  readonly #endpoint: 'stable' | 'classic';
+
+  constructor(core: ClientCore, appId: string, secret: string | undefined, endpoint: 'stable' | 'classic') {
+    this.#core = core;
+    this.#appId = appId;
+    this.#secret = secret;
+    this.#endpoint = endpoint;
+  }
+
+  get budgetMs(): number {
+    return this.#core.http.callBudgetMs;
+  }
+
+  // Every classic fetch invalidates the previous token; stable_token hands back the current one, and
+  // only its force_refresh (20 a day) replaces it.
+  get invalidatesPrevious(): boolean {
+    return this.#endpoint === 'classic';
+  }
+
+  get scarceForce(): boolean {
+    return this.#endpoint === 'stable';
+  }
+
+  fetch(force: boolean): Promise<Fetched> {
+    const key = this.#core.requireSecret(this.#secret, 'fetching an access token');
+    return this.#endpoint === 'stable' ? fetchStable(this.#core, this.#appId, key, force) : fetchClassic(this.#core, this.#appId, key);
+  }
 }
 
 /**

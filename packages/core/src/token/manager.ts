@@ -2,7 +2,7 @@ import { CacheError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
-import { closedError, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
+import { closedError, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
@@ -50,15 +50,10 @@ export class TokenManager {
     this.#ctx = ctx;
     this.key = ctx.key;
     this.#onWork = onWork;
-    this.#refresher = this.#tracked(refresher);
+    this.#refresher = refresher;
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
-    // What a background refresh brings back is kept only if no reset() came meanwhile. It is counted
-    // under way as a caller's refresh is: close() waits for it to write and release the lock.
-    this.#ahead = new RefreshAhead(ctx, this.#refresher, () => {
-      const generation = this.#generation;
-      return (refreshed) => this.#remember(refreshed, generation);
-    });
+    this.#ahead = new RefreshAhead(ctx, (current) => this.#refreshAhead(current));
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
@@ -149,7 +144,7 @@ export class TokenManager {
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
-      const reported = this.#refresher.invalidate(value, errcode).then((refreshed) => {
+      const reported = this.#track(this.#refresher.invalidate(value, errcode)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
         return true;
@@ -258,7 +253,7 @@ export class TokenManager {
 
   async #refresh(request: { force: boolean; current?: string }, generation: number): Promise<string> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
-    const refreshed = await this.#refresher.refresh(request);
+    const refreshed = await this.#refreshing(request);
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
     return this.#remember(refreshed, generation);
@@ -274,45 +269,47 @@ export class TokenManager {
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
   }
 
+  /** A refresh of the refresher, counted under way until it ends (see #track), and among those that asked upstream. */
+  #refreshing(request: RefreshRequest): Promise<Refreshed | undefined> {
+    const refreshing = this.#track(this.#refresher.refresh(request));
+    refreshing.then(
+      (refreshed) => {
+        if (refreshed?.asked !== false) this.#asked += 1;
+      },
+      () => (this.#asked += 1),
+    );
+    return refreshing;
+  }
+
   /**
-   * `refresher`, each refresh and each report of a rejected value of which is counted under way until it
-   * ends: a report deletes the rejected entry from the store (or tells the token service), and close()
-   * lets it land before the program closes its store.
+   * A background refresh ahead of expiry. Counted under way as a caller's refresh is: close() waits for
+   * it to write and release the lock. What it brings back is kept only if no reset() came meanwhile.
    */
-  #tracked(refresher: Refresher): Refresher {
-    const track = (work: Promise<unknown>) => {
-      const done = () => {
-        this.#underWay?.delete(ended);
-        if (this.#underWay?.size === 0) this.#underWay = undefined;
-      };
-      const ended: Promise<void> = work.then(done, done);
-      (this.#underWay ??= new Set()).add(ended);
-      this.#onWork?.(work);
+  async #refreshAhead(current: string): Promise<void> {
+    const generation = this.#generation;
+    const refreshed = await this.#refreshing({ force: false, ahead: true, current });
+    if (refreshed) this.#remember(refreshed, generation);
+  }
+
+  /**
+   * Counts `work` (a refresh, or a report of a rejected value) under way until it ends: a report deletes
+   * the rejected entry from the store (or tells the token service), and close() lets it land before the
+   * program closes its store.
+   */
+  #track<T>(work: Promise<T>): Promise<T> {
+    const done = () => {
+      this.#underWay?.delete(ended);
+      if (this.#underWay?.size === 0) this.#underWay = undefined;
     };
-    return {
-      fetches: refresher.fetches,
-      refresh: (request) => {
-        const refreshing = refresher.refresh(request);
-        refreshing.then(
-          (refreshed) => {
-            if (refreshed?.asked !== false) this.#asked += 1;
-          },
-          () => (this.#asked += 1),
-        );
-        track(refreshing);
-        return refreshing;
-      },
-      invalidate: (value, errcode) => {
-        const reporting = refresher.invalidate(value, errcode);
-        track(reporting);
-        return reporting;
-      },
-    };
+    const ended: Promise<void> = work.then(done, done);
+    (this.#underWay ??= new Set()).add(ended);
+    this.#onWork?.(work);
+    return work;
   }
 
   #considerAhead(now: number): void {
     const { value, entry, staleAt } = this.#memo;
-    if (value === undefined) return;
+    if (value === undefined || !this.#refresher.fetches) return;
     this.#ahead.consider(value, staleAt, entry?.fetchedAt === undefined ? undefined : entry.fetchedAt * 1000, now);
   }
 }

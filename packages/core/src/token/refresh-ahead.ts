@@ -1,4 +1,4 @@
-import type { Refreshed, Refresher, TokenContext } from './refresher.js';
+import type { TokenContext } from './refresher.js';
 
 /**
  * Refresh-ahead: once an entry has less than `refreshAheadMs` left in the store, one process (the one
@@ -8,19 +8,17 @@ import type { Refreshed, Refresher, TokenContext } from './refresher.js';
  */
 export class RefreshAhead {
   readonly #ctx: TokenContext;
-  readonly #refresher: Refresher;
-  readonly #start: () => (refreshed: Refreshed) => void;
+  readonly #refresh: (current: string) => Promise<void>;
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   /** Set by cancel(): the client closed, or its pool let go of it. */
   #stopped = false;
 
-  /** `start` is called as a refresh begins, and gives what takes its value when it ends. */
-  constructor(ctx: TokenContext, refresher: Refresher, start: () => (refreshed: Refreshed) => void) {
+  /** `refresh` refreshes in the background in place of `current`, and keeps what it brings back. */
+  constructor(ctx: TokenContext, refresh: (current: string) => Promise<void>) {
     this.#ctx = ctx;
-    this.#refresher = refresher;
-    this.#start = start;
+    this.#refresh = refresh;
   }
 
   /**
@@ -30,7 +28,7 @@ export class RefreshAhead {
    */
   consider(value: string, staleAt: number | undefined, fetchedAt: number | undefined, now: number): void {
     const { refreshAheadMs, refreshAheadJitterMs } = this.#ctx.settings;
-    if (refreshAheadMs <= 0 || !this.#refresher.fetches || staleAt === undefined || this.#startedFor === value || this.#stopped || this.#ctx.closed.aborted) return;
+    if (refreshAheadMs <= 0 || staleAt === undefined || this.#startedFor === value || this.#stopped || this.#ctx.closed.aborted) return;
     const windowMs = fetchedAt === undefined ? refreshAheadMs : Math.min(refreshAheadMs, (staleAt - fetchedAt) / 2);
     if (staleAt - now >= windowMs) return;
     this.#startedFor = value;
@@ -51,10 +49,8 @@ export class RefreshAhead {
 
   async #run(current: string): Promise<void> {
     const ctx = this.#ctx;
-    const done = this.#start();
     try {
-      const refreshed = await this.#refresher.refresh({ force: false, ahead: true, current });
-      if (refreshed) done(refreshed);
+      await this.#refresh(current);
     } catch (error) {
       ctx.log.warn(
         { event: `${ctx.label}.refresh_ahead_failed`, appId: ctx.appId, key: ctx.logKey, error: (error as Error)?.message },

@@ -15,6 +15,16 @@ export interface Tier {
   readonly lock: GuardedStore | undefined;
 }
 
+/** Where StoreTiers finds each store (a client's core); the fallbacks are made when first asked for. */
+export interface TierStores {
+  /** The store the user chose. */
+  readonly store: GuardedStore;
+  /** This host's directory, or undefined when it is not used. */
+  hostStore(): GuardedStore | undefined;
+  /** This process's own: asked for only when neither the store nor the host's directory can serve. */
+  processStore(): GuardedStore;
+}
+
 /**
  * The stores an entry falls back through. While the shared store answers, everything happens there
  * (a store without atomic `add`, such as most Keyv stores, gets its lock from the host's directory, so
@@ -23,31 +33,26 @@ export interface Tier {
  * there keeps to itself: a store outage costs one fetch per host, not one per process.
  */
 export class StoreTiers {
-  readonly #shared: () => GuardedStore;
-  readonly #host: () => GuardedStore | undefined;
-  readonly #process: () => GuardedStore;
+  readonly #stores: TierStores;
 
-  /** `processLocal` is asked for only when neither the store nor the host's directory can serve. */
-  constructor(shared: () => GuardedStore, host: () => GuardedStore | undefined, processLocal: () => GuardedStore) {
-    this.#shared = shared;
-    this.#host = host;
-    this.#process = processLocal;
+  constructor(stores: TierStores) {
+    this.#stores = stores;
   }
 
   /** The shared store, whatever its state. */
   get shared(): GuardedStore {
-    return this.#shared();
+    return this.#stores.store;
   }
 
   current(): Tier {
-    const shared = this.#shared();
+    const shared = this.#stores.store;
     // The usual case needs nothing of the host's directory: no handle on it is made until it does.
     if (!shared.down && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
-    const host = this.#host();
+    const host = this.#stores.hostStore();
     const hostUp = host !== undefined && !host.down ? host : undefined;
-    if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#process()) };
+    if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#stores.processStore()) };
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
-    const local = this.#process();
+    const local = this.#stores.processStore();
     return { name: 'process', entries: local, lock: local };
   }
 }
