@@ -189,6 +189,50 @@ let processFallback: MemoryCache | undefined;
 const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`, 'fallback');
 let warnedDefaultStore = false;
 
+/**
+ * A token manager's context: a class, so that `rejected` is one method of all, not a closure of each
+ * (a platform's process holds 10,000 of them).
+ */
+class ManagerContext implements TokenContext {
+  declare readonly label: string;
+  declare readonly field: TokenContext['field'];
+  declare readonly key: string;
+  declare readonly logKey: string;
+  declare readonly appId: string;
+  declare readonly settings: TokenContext['settings'];
+  declare readonly entries: TokenContext['entries'];
+  declare readonly tiers: TokenContext['tiers'];
+  declare readonly log: Log;
+  declare readonly writer: string;
+  declare readonly closed: TokenContext['closed'];
+  /** Set once the manager is made (it takes this context). */
+  manager: TokenManager | undefined;
+
+  constructor(fields: Omit<TokenContext, 'rejected'>) {
+    Object.assign(this, fields);
+  }
+
+  rejected(value: string): boolean {
+    return this.manager?.isRejected(value) ?? false;
+  }
+}
+
+/**
+ * Settings objects shared by the clients that read the same ones (a platform's 10,000 accounts made
+ * alike), by `key`; `false` makes one of its own (a clock or a dispatcher of the caller's). Frozen, as
+ * every holder only reads them. Bounded: past 64 kinds, each client gets its own.
+ */
+const INTERNED = new Map<string, object>();
+function interned<T extends object>(key: string | false, make: () => T): T {
+  if (key === false) return make();
+  let found = INTERNED.get(key) as T | undefined;
+  if (found === undefined) {
+    found = Object.freeze(make());
+    if (INTERNED.size < 64) INTERNED.set(key, found);
+  }
+  return found;
+}
+
 /** Options that were renamed or dropped, with what to use instead. */
 const RETIRED_OPTIONS: RetiredOptions = {
   lockLeaseMs: 'the lease is now computed from timeoutMs and cacheTimeoutMs (the critical section it guards); drop the option',
@@ -275,21 +319,25 @@ export class ClientCore implements TierStores, EventSource {
       this.#tiers = pool.#tiers;
       return;
     }
-    this.settings = {
+    const cacheTimeoutMs = this.cacheTimeoutMs;
+    const refreshAheadMs = refreshAheadSeconds * 1000;
+    this.settings = interned(now === Date.now && `token ${memoMs} ${lockWaitMs} ${cacheTimeoutMs} ${refreshAheadMs} ${refreshAheadJitterMs}`, () => ({
       memoMs,
       lockWaitMs,
-      cacheTimeoutMs: this.cacheTimeoutMs,
+      cacheTimeoutMs,
       now,
-      refreshAheadMs: refreshAheadSeconds * 1000,
+      refreshAheadMs,
       refreshAheadJitterMs,
-    };
-    this.http = new HttpClient({
-      baseUrl,
-      timeoutMs,
-      maxResponseBytes,
-      dispatcher: dispatcher as Dispatcher | undefined,
-      userAgent: USER_AGENT,
-    });
+    }));
+    this.http = new HttpClient(
+      interned(dispatcher === undefined && `http ${baseUrl} ${timeoutMs} ${maxResponseBytes}`, () => ({
+        baseUrl,
+        timeoutMs,
+        maxResponseBytes,
+        dispatcher: dispatcher as Dispatcher | undefined,
+        userAgent: USER_AGENT,
+      })),
+    );
     this.#defaultStore = options.cache === undefined;
     this.#store = this.#guard(options.cache ?? (sharedMemoryCache ??= new MemoryCache()));
     this.#tiers = new StoreTiers(this);
@@ -335,8 +383,7 @@ export class ClientCore implements TierStores, EventSource {
     // Held by every part of the manager for the client's life: one flat string, not the parts it was joined from.
     const key = flattened(entryKey);
     const logKey = flattened(this.schema.redactKey?.(key) ?? key);
-    let manager: TokenManager | undefined;
-    const ctx: TokenContext = {
+    const ctx = new ManagerContext({
       label,
       field: request.field,
       key,
@@ -347,15 +394,12 @@ export class ClientCore implements TierStores, EventSource {
       tiers: this.#tiers,
       log: this.log,
       writer: this.writer,
-      rejected: (value) => manager?.isRejected(value) ?? false,
       closed: this.#closing,
-    };
+    });
     // A pool's client: its refreshes and reports keep its core known to the pool's until they end (see #busy).
-    const pool = this.#pool;
-    const held = pool && ((work: Promise<unknown>) => pool.#hold(this, work));
     // Only a client on the process's default store has anything to warn about at first use.
-    const onFirstUse = this.#defaultStore ? () => this.#warnIfDefaultStore() : undefined;
-    manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), onFirstUse, held);
+    const manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), this.#defaultStore ? this.#firstUseWarning() : undefined, this.#pool && this.#heldBy(this.#pool));
+    ctx.manager = manager;
     this.#managers = this.#managers.concat(manager);
     return manager;
   }
@@ -470,6 +514,16 @@ export class ClientCore implements TierStores, EventSource {
   #guard(cache: TokenCache): GuardedStore {
     const redact = this.schema.redactKey ? this.schema.redactKey.bind(this.schema) : undefined;
     return new GuardedStore(cache, this.cacheTimeoutMs, this.log, this.appId, redact);
+  }
+
+  // The closures a manager may get, each made in a method of its own: a closure made in manager() would
+  // have every manager() call keep a scope object for the manager's life.
+  #firstUseWarning(): () => void {
+    return () => this.#warnIfDefaultStore();
+  }
+
+  #heldBy(pool: ClientCore): (work: Promise<unknown>) => void {
+    return (work) => pool.#hold(this, work);
   }
 
   #warnIfDefaultStore(): void {

@@ -378,6 +378,9 @@ class Exchange {
  * own, but for an exchange answered with informational (1xx) answers, on each of which undici restarts
  * its headers timer: that one gets a timer for its deadline. A caller's signal is honoured.
  */
+/** The end of an oversize answer's message, per option that raises the limit: one string per process, not per client. */
+const OVERSIZE_HINTS = new Map<string, string>();
+
 export class HttpClient {
   readonly #settings: HttpSettings;
   readonly #dispatcher: Dispatcher;
@@ -404,7 +407,9 @@ export class HttpClient {
     this.peer = settings.peer ?? 'WeChat';
     this.maxResponseBytes = settings.maxResponseBytes;
     const option = settings.maxResponseBytesOption === undefined ? 'options.maxResponseBytes' : settings.maxResponseBytesOption;
-    this.oversizeHint = option === null ? '' : flattened(`; raise ${option} if that is expected`);
+    let hint = option === null ? '' : OVERSIZE_HINTS.get(option);
+    if (hint === undefined) OVERSIZE_HINTS.set(option!, (hint = flattened(`; raise ${option} if that is expected`)));
+    this.oversizeHint = hint;
     const base = new URL(settings.baseUrl);
     let origin = ORIGINS.get(base.origin);
     if (origin === undefined) ORIGINS.set(base.origin, (origin = base.origin));

@@ -27,7 +27,8 @@ export class TokenManager {
   readonly #ahead: RefreshAhead;
   readonly #onFirstUse: (() => void) | undefined;
   #read = new SingleFlight<string>();
-  #forced = new SingleFlight<string>();
+  /** Made on first forceRefresh(): most clients never force one. */
+  #forced: SingleFlight<string> | undefined;
   /** Bumped by reset() (the store was swapped): what a flight of an earlier one brings back is not kept. */
   #generation = 0;
   // Made on first need, as most accounts never see a rejected token.
@@ -53,7 +54,7 @@ export class TokenManager {
     this.#refresher = refresher;
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
-    this.#ahead = new RefreshAhead(ctx, (current) => this.#refreshAhead(current));
+    this.#ahead = new RefreshAhead(ctx, this);
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
@@ -70,7 +71,7 @@ export class TokenManager {
     this.#generation += 1;
     this.#memo.forget();
     this.#read = new SingleFlight();
-    this.#forced = new SingleFlight();
+    this.#forced = undefined;
   }
 
   /** The client closed, or its pool let go of it: no background refresh starts any more. */
@@ -116,7 +117,7 @@ export class TokenManager {
   forceRefresh(signal?: AbortSignal): Promise<string> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     const generation = this.#generation;
-    return abortable(this.#forced.run(() => this.#refresh({ force: true, current: this.#memo.value }, generation)), signal);
+    return abortable((this.#forced ??= new SingleFlight()).run(() => this.#refresh({ force: true, current: this.#memo.value }, generation)), signal);
   }
 
   /**
@@ -282,10 +283,11 @@ export class TokenManager {
   }
 
   /**
-   * A background refresh ahead of expiry. Counted under way as a caller's refresh is: close() waits for
-   * it to write and release the lock. What it brings back is kept only if no reset() came meanwhile.
+   * A background refresh ahead of expiry, in place of `current` (RefreshAhead's, when its time comes).
+   * Counted under way as a caller's refresh is: close() waits for it to write and release the lock.
+   * What it brings back is kept only if no reset() came meanwhile.
    */
-  async #refreshAhead(current: string): Promise<void> {
+  async refreshAhead(current: string): Promise<void> {
     const generation = this.#generation;
     const refreshed = await this.#refreshing({ force: false, ahead: true, current });
     if (refreshed) this.#remember(refreshed, generation);

@@ -8,17 +8,17 @@ import type { TokenContext } from './refresher.js';
  */
 export class RefreshAhead {
   readonly #ctx: TokenContext;
-  readonly #refresh: (current: string) => Promise<void>;
+  readonly #owner: { refreshAhead(current: string): Promise<void> };
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   /** Set by cancel(): the client closed, or its pool let go of it. */
   #stopped = false;
 
-  /** `refresh` refreshes in the background in place of `current`, and keeps what it brings back. */
-  constructor(ctx: TokenContext, refresh: (current: string) => Promise<void>) {
+  /** `owner.refreshAhead()` refreshes in the background in place of `current`, and keeps what it brings back. */
+  constructor(ctx: TokenContext, owner: { refreshAhead(current: string): Promise<void> }) {
     this.#ctx = ctx;
-    this.#refresh = refresh;
+    this.#owner = owner;
   }
 
   /**
@@ -50,7 +50,7 @@ export class RefreshAhead {
   async #run(current: string): Promise<void> {
     const ctx = this.#ctx;
     try {
-      await this.#refresh(current);
+      await this.#owner.refreshAhead(current);
     } catch (error) {
       ctx.log.warn(
         { event: `${ctx.label}.refresh_ahead_failed`, appId: ctx.appId, key: ctx.logKey, error: (error as Error)?.message },
