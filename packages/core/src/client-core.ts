@@ -219,18 +219,18 @@ class ManagerContext implements TokenContext {
 
 /**
  * Settings objects shared by the clients that read the same ones (a platform's 10,000 accounts made
- * alike), by `key`; `false` makes one of its own (a clock or a dispatcher of the caller's). Frozen, as
- * every holder only reads them. Bounded: past 64 kinds, each client gets its own.
+ * alike): by `key`, and only where `same` holds of the one found (the same clock: `Date.now` is another
+ * function under a test's fake timers); `false` makes one of its own (a dispatcher of the caller's).
+ * Frozen, as every holder only reads them. Bounded: past 64 kinds, each client gets its own.
  */
 const INTERNED = new Map<string, object>();
-function interned<T extends object>(key: string | false, make: () => T): T {
+function interned<T extends object>(key: string | false, make: () => T, same: (found: T) => boolean = () => true): T {
   if (key === false) return make();
-  let found = INTERNED.get(key) as T | undefined;
-  if (found === undefined) {
-    found = Object.freeze(make());
-    if (INTERNED.size < 64) INTERNED.set(key, found);
-  }
-  return found;
+  const found = INTERNED.get(key) as T | undefined;
+  if (found !== undefined && same(found)) return found;
+  const made = Object.freeze(make());
+  if (found === undefined && INTERNED.size < 64) INTERNED.set(key, made);
+  return made;
 }
 
 /** Options that were renamed or dropped, with what to use instead. */
@@ -321,14 +321,11 @@ export class ClientCore implements TierStores, EventSource {
     }
     const cacheTimeoutMs = this.cacheTimeoutMs;
     const refreshAheadMs = refreshAheadSeconds * 1000;
-    this.settings = interned(now === Date.now && `token ${memoMs} ${lockWaitMs} ${cacheTimeoutMs} ${refreshAheadMs} ${refreshAheadJitterMs}`, () => ({
-      memoMs,
-      lockWaitMs,
-      cacheTimeoutMs,
-      now,
-      refreshAheadMs,
-      refreshAheadJitterMs,
-    }));
+    this.settings = interned(
+      `token ${memoMs} ${lockWaitMs} ${cacheTimeoutMs} ${refreshAheadMs} ${refreshAheadJitterMs}`,
+      () => ({ memoMs, lockWaitMs, cacheTimeoutMs, now, refreshAheadMs, refreshAheadJitterMs }),
+      (found) => found.now === now,
+    );
     this.http = new HttpClient(
       interned(dispatcher === undefined && `http ${baseUrl} ${timeoutMs} ${maxResponseBytes}`, () => ({
         baseUrl,
@@ -445,7 +442,7 @@ export class ClientCore implements TierStores, EventSource {
     for (const manager of this.#managers) manager.close();
     // A refresh holding the lock writes its fetch and releases the lock before close() resolves: the
     // program may close its store or exit next, which would leave the fleet waiting for the lease.
-    const settled = Promise.all(this.#managers.map((manager) => manager.settled()));
+    const settled = this.#settled();
     // The HTTP client and the stores are the pool's: it closes them.
     if (this.#pool) {
       await settled;
@@ -458,6 +455,17 @@ export class ClientCore implements TierStores, EventSource {
     this.#local?.dispose();
     this.#host?.dispose();
     await Promise.all([http, this.#source?.close?.()]);
+  }
+
+  /**
+   * Resolves once no manager of this client has a refresh or a report under way (one manager's work can
+   * start another's: a ticket's fetch meets a rejected access token), then ends their reports: a
+   * rejection that comes after close() reports nothing to a store the program may close next.
+   */
+  async #settled(): Promise<void> {
+    do await Promise.all(this.#managers.map((manager) => manager.settled()));
+    while (this.#managers.some((manager) => manager.busy));
+    for (const manager of this.#managers) manager.end();
   }
 
   /** Counts `work` of the client core `core` under way until it settles. */

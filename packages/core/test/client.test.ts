@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { VERSION } from '../src/index.js';
+import { ClientCore } from '../src/client-core.js';
 import { parseJson } from '../src/http.js';
 import { newApp, rejection } from './helpers.js';
 import pkg from '../package.json' with { type: 'json' };
@@ -88,4 +89,25 @@ describe('parseJson', () => {
 
 it('VERSION matches package.json', () => {
   expect(VERSION).toBe(pkg.version);
+});
+
+describe('settings shared by clients made alike', () => {
+  const make = (memoMs: number) => new ClientCore('OfficialAccount', 'wx4202f388888ab123', { memoMs, logger: false });
+
+  it('are one object for the same values and clock; a client made under fake timers keeps its own clock, and one made after reads the real one', async () => {
+    const [a, b] = [make(23_456), make(23_456)];
+    expect(a.settings).toBe(b.settings);
+    vi.useFakeTimers({ toFake: ['Date'] });
+    let faked: ClientCore;
+    try {
+      faked = make(34_567);
+      expect(faked.settings.now).toBe(Date.now);
+    } finally {
+      vi.useRealTimers();
+    }
+    const real = make(34_567);
+    expect(real.settings.now).toBe(Date.now);
+    expect(faked.settings.now).not.toBe(Date.now);
+    await Promise.all([a, b, faked, real].map((core) => core.close()));
+  });
 });

@@ -104,20 +104,33 @@ export function rewritingDispatcher(path: string, from: string, to: string): Dis
   });
 }
 
-/** A dispatcher that holds requests whose path includes `path`, before they leave, until `release()`, and says how many arrived. */
-export function holdingDispatcher(path: string): { agent: Agent; release: () => void; arrived: () => number } {
+/**
+ * A dispatcher that holds the requests whose path includes one of `paths`, before they leave, until
+ * `release()` (of that path, or of all), and says how many arrived (at that path, or at all).
+ */
+export function holdingDispatcher(...paths: string[]): { agent: Agent; release: (path?: string) => void; arrived: (path?: string) => number } {
   const agent = new Agent();
-  let release!: () => void;
-  const released = new Promise<void>((resolve) => (release = resolve));
-  let arrived = 0;
+  const gates = new Map<string, { released: Promise<void>; open: () => void; arrived: number }>(
+    paths.map((path) => {
+      let open!: () => void;
+      const released = new Promise<void>((resolve) => (open = resolve));
+      return [path, { released, open, arrived: 0 }] as const;
+    }),
+  );
   const dispatch = agent.dispatch.bind(agent);
   agent.dispatch = (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => {
-    if (!String(options.path).includes(path)) return dispatch(options, handler);
-    arrived += 1;
-    void released.then(() => dispatch(options, handler));
+    const gate = [...gates].find(([path]) => String(options.path).includes(path))?.[1];
+    if (!gate) return dispatch(options, handler);
+    gate.arrived += 1;
+    void gate.released.then(() => dispatch(options, handler));
     return true;
   };
-  return { agent, release, arrived: () => arrived };
+  const chosen = (path?: string) => (path === undefined ? [...gates.values()] : [gates.get(path)!]);
+  return {
+    agent,
+    release: (path) => chosen(path).forEach((gate) => gate.open()),
+    arrived: (path) => chosen(path).reduce((sum, gate) => sum + gate.arrived, 0),
+  };
 }
 
 setFlagsFromString('--expose-gc');

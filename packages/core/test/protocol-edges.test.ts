@@ -650,6 +650,49 @@ describe('close()', () => {
     }
   });
 
+  it("a rejection that comes while close() waits for another of the client's refreshes is reported, and close() waits for it", async () => {
+    const { appId, secret } = mock.createApp();
+    let reports = 0;
+    let entryKey = '';
+    // Counts the compare-and-deletes of the token's entry: the reports of a rejected token.
+    class Watched extends MemoryCache {
+      override deleteIfEquals(key: string, expected: string) {
+        if (key === entryKey) reports += 1;
+        return super.deleteIfEquals(key, expected);
+      }
+    }
+    const cache = new Watched();
+    const SEND = '/cgi-bin/message/template/send';
+    const TICKET = '/cgi-bin/ticket/getticket';
+    const gate = holdingDispatcher(SEND, TICKET);
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, dispatcher: gate.agent, logger: false });
+    entryKey = app.accessToken.cacheKey;
+    try {
+      const rejected = await app.accessToken.getToken();
+      // The jsapi ticket's fetch is held: close() waits for it.
+      const ticket = rejection(app.jssdk.getTicket());
+      await vi.waitFor(() => expect(gate.arrived(TICKET)).toBe(1));
+      mock.invalidateTokens(appId);
+      const sending = rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
+      await vi.waitFor(() => expect(gate.arrived(SEND)).toBe(1));
+      let closed = false;
+      const closing = app.close().then(() => (closed = true));
+      // WeChat rejects the send's token while close() still waits for the ticket: the report goes out.
+      gate.release(SEND);
+      await vi.waitFor(() => expect(reports).toBe(1));
+      expect(closed).toBe(false);
+      gate.release(TICKET);
+      await closing;
+      expect(await cache.get(app.accessToken.cacheKey)).toBeUndefined();
+      expect(rejected).toMatch(/./);
+      expect(await sending).toBeInstanceOf(TokenUnavailableError);
+      await ticket;
+    } finally {
+      gate.release();
+      await gate.agent.close();
+    }
+  });
+
   it('starts no background refresh after it, even when a read finds the entry inside the refresh-ahead window', async () => {
     const { appId, secret } = mock.createApp();
     let lockKey = '';

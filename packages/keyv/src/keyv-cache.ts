@@ -131,7 +131,7 @@ export class KeyvCache implements TokenCache {
       }
       const refusal = refusalOf(error);
       const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code);
-      if (this.#sql && error === this.#sql.startError) {
+      if (this.#sql?.keeps(error)) {
         throw new CacheError(
           `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +
             '(@keyv/mysql and @keyv/sqlite keep their first failure for good): make a new store once the database can be reached',

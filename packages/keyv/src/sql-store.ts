@@ -11,10 +11,10 @@ import { ConfigError } from '@wxkit/core';
  * A row past its expiry counts as absent for every operation; it stays until a later write replaces it.
  */
 export interface SqlTable {
-  /** The error the store's own start failed with, once start() has met it. */
-  readonly startError: unknown;
   /** Checks the table at once, as the first call would. */
   start(): void;
+  /** Whether `error` is the failure of the adapter's own start, which it keeps for good (see ExpiringTable). */
+  keeps(error: unknown): boolean;
   get(key: string): Promise<unknown>;
   set(key: string, value: string, ttlMs: number): Promise<void>;
   delete(key: string): Promise<void>;
@@ -70,20 +70,25 @@ export function sqlTableOf(store: object): SqlTable | undefined {
 /** Runs every statement after making sure the table has the `expires` column, adding it once if not. */
 abstract class ExpiringTable implements SqlTable {
   #ready: Promise<void> | undefined;
-  startError: unknown;
+  /** The error the last attempt at the column failed with. */
+  #failure: unknown;
+  /** The adapter's own start failed, and it keeps that failure: the error every statement fails with. */
+  #kept: object | undefined;
 
   constructor(protected readonly exec: Exec) {}
 
   /**
    * @keyv/mysql and @keyv/sqlite connect and make their table as soon as they are made, and keep the
    * outcome for good: a failure there is a rejection nobody holds until a first call (Node ends the
-   * process on it), and every later call fails with that same error. Checking the column at once holds
-   * it from the moment KeyvCache is made, and keeps the error so that the calls' failures can name it.
+   * process on it), and every later statement fails with that same error object. Checking the column at
+   * once holds it from the moment KeyvCache is made.
    */
   start(): void {
-    this.#prepare().catch((error: unknown) => {
-      this.startError = error;
-    });
+    this.#prepare().catch(() => undefined);
+  }
+
+  keeps(error: unknown): boolean {
+    return error !== undefined && error === this.#kept;
   }
 
   abstract get(key: string): Promise<unknown>;
@@ -107,6 +112,10 @@ abstract class ExpiringTable implements SqlTable {
     // A failed attempt (the database was down) is forgotten, so the next call tries again.
     return (this.#ready ??= this.#addColumnIfMissing().catch((error: unknown) => {
       this.#ready = undefined;
+      // Two attempts failed with the very same error object: the adapter's kept start failure, not one of
+      // the moment (a driver makes a new error for each failed statement).
+      if (typeof error === 'object' && error !== null && error === this.#failure) this.#kept = error;
+      this.#failure = error;
       throw error;
     }));
   }

@@ -62,6 +62,22 @@ describe('KeyvCache', () => {
     }
   });
 
+  it('a failure of the moment is never taken for a SQL adapter\'s kept start failure: a new error each time, or none', async () => {
+    // Look-alikes of a SQL adapter whose statements fail: PostgreSQL down at boot (pg makes a new error
+    // for each), and a driver that rejects without an error.
+    const failing = (dialect: string, reject: () => unknown) =>
+      Object.assign(new Map<string, string>(), { opts: { dialect, table: 'keyv' }, query: async () => Promise.reject(reject()) });
+    const fresh = () => Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+    for (const store of [failing('postgres', fresh), failing('sqlite', () => undefined)]) {
+      const cache = new KeyvCache(store as never);
+      for (let call = 0; call < 3; call += 1) {
+        const error = await cache.get('k').catch((caught: unknown) => caught);
+        expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+        expect((error as Error).message).not.toMatch(/does not try again/);
+      }
+    }
+  });
+
   it('accepts a Keyv instance without a namespace, and explains one with', () => {
     expect(() => new KeyvCache(new Keyv(redisStore(), { namespace: undefined }))).not.toThrow();
     expect(() => new KeyvCache(new Keyv(redisStore()))).toThrow(/without a namespace.*"keyv"/);

@@ -147,6 +147,8 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
     const { port } = closed.address() as AddressInfo;
     await new Promise((done) => closed.close(done)); // nothing listens on the port now
     const cache = new KeyvCache(new KeyvMysql({ uri: `mysql://root@127.0.0.1:${port}/test`, table: newTable() }));
+    // The first call may share the check KeyvCache started when made; the failure is known kept from the next.
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'refused', cause: { code: 'ECONNREFUSED' } });
     for (const call of [() => cache.get('k'), () => cache.add!('k', 'v', 60)]) {
       const error = await call().catch((caught: unknown) => caught);
       expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'refused', cause: { code: 'ECONNREFUSED' } });

@@ -35,7 +35,7 @@ export class TokenManager {
   #invalidations: Map<string, Promise<boolean>> | undefined;
   // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
   #rejected: string[] | undefined;
-  /** Set once settled() has resolved, at close(): no report of a rejected value starts after it. */
+  /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
   #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
   #underWay: Set<Promise<void>> | undefined;
@@ -87,6 +87,15 @@ export class TokenManager {
    */
   async settled(): Promise<void> {
     while (this.#underWay) await Promise.all(this.#underWay);
+  }
+
+  /** Whether a refresh or a report of a rejected value is under way. */
+  get busy(): boolean {
+    return this.#underWay !== undefined;
+  }
+
+  /** The client's close() has let its work end: no report of a rejected value starts after this. */
+  end(): void {
     this.#ended = true;
   }
 
@@ -163,7 +172,7 @@ export class TokenManager {
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
-    // Once close() has let the work under way end, nothing is reported: the program may have closed its
+    // Once close() has let the client's work end, nothing is reported: the program may have closed its
     // store by now (close() does not wait for calls on the wire, whose rejections come after it).
     if (this.#ended) throw closedError(this.#ctx);
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
