@@ -582,7 +582,17 @@ async function readRegular(path: string): Promise<Buffer | undefined> {
     // A directory cannot be replaced by a write as the others can: it stays, and is said (EISDIR).
     if (stats.isDirectory()) throw Object.assign(new Error(`${path} is a directory`), { code: 'EISDIR' });
     if (!stats.isFile() || stats.size > MAX_ENTRY_BYTES) return undefined;
-    return await handle.readFile();
+    // The size is known: read it at once (handle.readFile() would stat the file a second time, one more
+    // trip to the thread pool on the path every waiter and every store read takes). Entries are replaced
+    // by rename, never written in place, so the file opened keeps that size.
+    const buffer = Buffer.allocUnsafe(stats.size);
+    let filled = 0;
+    while (filled < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, filled, buffer.length - filled, filled);
+      if (bytesRead === 0) break;
+      filled += bytesRead;
+    }
+    return buffer.subarray(0, filled);
   } finally {
     await handle.close();
   }
