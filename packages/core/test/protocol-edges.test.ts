@@ -148,6 +148,51 @@ describe('while the store is down', () => {
     await app.close();
   });
 
+  it('close() waits for a token fetched during the outage that a read is offering back to the store: it lands before close() resolves', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    let entryKey = '';
+    let reached!: () => void;
+    const reaching = new Promise<void>((resolve) => (reached = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    // The writes of the token's entry wait for release() once the store is back.
+    const held =
+      <A extends unknown[], R>(write: (key: string, ...rest: A) => Promise<R>) =>
+      async (key: string, ...rest: A): Promise<R> => {
+        if (key === entryKey) {
+          reached();
+          await released;
+        }
+        return write(key, ...rest);
+      };
+    const { add, set, compareAndSet } = store.cache;
+    const cache = { ...store.cache, add: held(add!), set: held(set), compareAndSet: held(compareAndSet!) };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    entryKey = app.accessToken.cacheKey;
+    try {
+      const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+      const during = await app.accessToken.getToken();
+      store.up();
+      await recovered;
+      const reading = app.accessToken.getToken();
+      await reaching;
+      let closed = false;
+      const closing = app.close().then(() => (closed = true));
+      // Two turns of the event loop: a close() that waited for nothing but refreshes has resolved by then.
+      for (let turn = 0; turn < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
+      expect(closed).toBe(false);
+      release();
+      await closing;
+      expect(JSON.parse((await store.inner.get(entryKey))!).access_token).toBe(during);
+      expect(await reading).toBe(during);
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    } finally {
+      release();
+      await app.close();
+    }
+  });
+
   it('a token fetched during the outage is not offered to the store once its store life has passed: the next read fetches', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

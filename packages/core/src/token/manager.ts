@@ -225,7 +225,8 @@ export class TokenManager {
     };
     try {
       const read = await ctx.entries.read(tier.entries, (value) => this.isRejected(value));
-      const published = tier.name === 'shared' ? await this.#publish(read.kind === 'hit' ? read.entry : undefined) : undefined;
+      // A write, counted under way as a refresh is: close() lets it land before the program closes its store.
+      const published = tier.name === 'shared' ? await this.#track(this.#publish(read.kind === 'hit' ? read.entry : undefined)) : undefined;
       if (published !== undefined) return published;
       if (read.kind === 'hit') {
         const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
