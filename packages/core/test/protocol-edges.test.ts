@@ -193,6 +193,48 @@ describe('while the store is down', () => {
     }
   });
 
+  it('a read under way at close() does not offer the token fetched during the outage to the store: it serves it, and writes nothing', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    let entryKey = '';
+    let holdReads = false;
+    let reached!: () => void;
+    const reaching = new Promise<void>((resolve) => (reached = resolve));
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const { get } = store.cache;
+    // Reads of the token's entry wait for release() once told to.
+    const cache = {
+      ...store.cache,
+      get: async (key: string) => {
+        if (holdReads && key === entryKey) {
+          reached();
+          await released;
+        }
+        return get(key);
+      },
+    };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    entryKey = app.accessToken.cacheKey;
+    try {
+      const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+      const during = await app.accessToken.getToken();
+      store.up();
+      await recovered;
+      holdReads = true;
+      const reading = app.accessToken.getToken();
+      await reaching;
+      await app.close();
+      release();
+      expect(await reading).toBe(during);
+      expect(await store.inner.get(entryKey)).toBeUndefined();
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    } finally {
+      release();
+      await app.close();
+    }
+  });
+
   it('a token fetched during the outage is not offered to the store once its store life has passed: the next read fetches', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

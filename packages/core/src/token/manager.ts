@@ -255,6 +255,9 @@ export class TokenManager {
     const now = this.#ctx.settings.now();
     if (!unshared || memo.value === undefined || this.isRejected(memo.value) || now >= (memo.staleAt ?? 0)) return undefined;
     if (stored && (stored.value === memo.value || (stored.fetchedAt ?? 0) >= (memo.entry?.fetchedAt ?? 0))) return undefined;
+    // A read that was under way at close(): the client writes nothing more (its store may be closed next),
+    // and serves the token it holds.
+    if (this.#ctx.closed.aborted) return memo.value;
     const ttlSeconds = Math.ceil((memo.staleAt! - now) / 1000);
     const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: (value) => this.isRejected(value) });
     if (!written) return undefined;
