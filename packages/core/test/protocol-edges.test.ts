@@ -148,35 +148,45 @@ describe('while the store is down', () => {
     await app.close();
   });
 
-  it('close() waits for a token fetched during the outage that a read is offering back to the store: it lands before close() resolves', async () => {
+  /**
+   * A client that fetched its token while its store was down, the store back, and the next read of the
+   * token held at `held` (the entry's read, or its writes: the token offered back) until release().
+   */
+  async function offeringBack(held: 'read' | 'write') {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });
     let entryKey = '';
+    let holding = false;
     let reached!: () => void;
     const reaching = new Promise<void>((resolve) => (reached = resolve));
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
-    // The writes of the token's entry wait for release() once the store is back.
-    const held =
-      <A extends unknown[], R>(write: (key: string, ...rest: A) => Promise<R>) =>
+    const gate =
+      <A extends unknown[], R>(call: (key: string, ...rest: A) => Promise<R>) =>
       async (key: string, ...rest: A): Promise<R> => {
-        if (key === entryKey) {
+        if (holding && key === entryKey) {
           reached();
           await released;
         }
-        return write(key, ...rest);
+        return call(key, ...rest);
       };
-    const { add, set, compareAndSet } = store.cache;
-    const cache = { ...store.cache, add: held(add!), set: held(set), compareAndSet: held(compareAndSet!) };
+    const { get, add, set, compareAndSet } = store.cache;
+    const cache = held === 'read' ? { ...store.cache, get: gate(get) } : { ...store.cache, add: gate(add!), set: gate(set), compareAndSet: gate(compareAndSet!) };
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
     entryKey = app.accessToken.cacheKey;
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const during = await app.accessToken.getToken();
+    store.up();
+    await recovered;
+    holding = true;
+    const reading = app.accessToken.getToken();
+    await reaching;
+    return { app, appId, store, entryKey, during, reading, release };
+  }
+
+  it('close() waits for a token fetched during the outage that a read is offering back to the store: it lands before close() resolves', async () => {
+    const { app, appId, store, entryKey, during, reading, release } = await offeringBack('write');
     try {
-      const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
-      const during = await app.accessToken.getToken();
-      store.up();
-      await recovered;
-      const reading = app.accessToken.getToken();
-      await reaching;
       let closed = false;
       const closing = app.close().then(() => (closed = true));
       // Two turns of the event loop: a close() that waited for nothing but refreshes has resolved by then.
@@ -194,36 +204,8 @@ describe('while the store is down', () => {
   });
 
   it('a read under way at close() does not offer the token fetched during the outage to the store: it serves it, and writes nothing', async () => {
-    const { appId, secret } = mock.createApp();
-    const store = switchableStore({ up: false });
-    let entryKey = '';
-    let holdReads = false;
-    let reached!: () => void;
-    const reaching = new Promise<void>((resolve) => (reached = resolve));
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    const { get } = store.cache;
-    // Reads of the token's entry wait for release() once told to.
-    const cache = {
-      ...store.cache,
-      get: async (key: string) => {
-        if (holdReads && key === entryKey) {
-          reached();
-          await released;
-        }
-        return get(key);
-      },
-    };
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    entryKey = app.accessToken.cacheKey;
+    const { app, appId, store, entryKey, during, reading, release } = await offeringBack('read');
     try {
-      const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
-      const during = await app.accessToken.getToken();
-      store.up();
-      await recovered;
-      holdReads = true;
-      const reading = app.accessToken.getToken();
-      await reaching;
       await app.close();
       release();
       expect(await reading).toBe(during);
