@@ -35,22 +35,40 @@ async function askedAndDropped(client: () => Promise<{ accessToken: AccessToken 
   return { asked: outcome(held.accessToken.getToken()), ref: new WeakRef(held), lock: `${held.accessToken.cacheKey}:lock` };
 }
 
+/** Two apps, and a ClientPool of them on `cache` with room for one client: taking b's client lets go of a's. */
+function poolOfTwo(cache: MemoryCache) {
+  const [a, b] = [mock.createApp(), mock.createApp()];
+  const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
+  const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+  return { a, b, pool };
+}
+
+/** Takes b's client (`takeB`), which lets go of a's, and checks that nothing holds a's (`ref`) any more. */
+async function letGoOfA(takeB: () => unknown, ref: WeakRef<object>): Promise<void> {
+  await takeB();
+  await collect();
+  expect(ref.deref()).toBeUndefined();
+}
+
+/** A promise and the function that resolves it. */
+function latch(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => (open = resolve));
+  return { promise, open };
+}
+
 describe('a client let go of and collected while its refresh or report is under way', () => {
   it('ClientPool: close() ends its wait for another process\'s lock', async () => {
-    const [a, b] = [mock.createApp(), mock.createApp()];
-    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
     const cache = new MemoryCache();
     const adds = vi.spyOn(cache, 'add');
-    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    const { a, b, pool } = poolOfTwo(cache);
     const lockKey = `wechat:access_token:${a.appId}:lock`;
     // Another process holds a's refresh lock for a minute.
     await cache.set(lockKey, 'elsewhere:1', 60);
     const { asked, ref, lock } = await askedAndDropped(() => pool.get(a.appId));
     expect(lock).toBe(lockKey);
     await vi.waitFor(() => expect(adds.mock.calls.some(([key]) => key === lockKey)).toBe(true));
-    await pool.get(b.appId); // a is let go of
-    await collect();
-    expect(ref.deref()).toBeUndefined();
+    await letGoOfA(() => pool.get(b.appId), ref);
     await pool.close();
     await new Promise((resolve) => setImmediate(resolve));
     expect(asked.value).toMatchObject({ error: expect.any(TokenUnavailableError) });
@@ -59,19 +77,15 @@ describe('a client let go of and collected while its refresh or report is under 
   });
 
   it('ClientPool: close() resolves after its lock holder wrote the token and released the lock', async () => {
-    const [a, b] = [mock.createApp(), mock.createApp()];
-    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
     const order: string[] = [];
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    let entered!: () => void;
-    const writing = new Promise<void>((resolve) => (entered = resolve));
+    const gate = latch();
+    const writing = latch();
     // a's token is written only once the gate opens: its refresh holds the lock until then.
     class Gated extends MemoryCache {
       override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
         if (key === `wechat:access_token:${a.appId}`) {
-          entered();
-          await gate;
+          writing.open();
+          await gate.promise;
         }
         return super.add(key, value, ttlSeconds);
       }
@@ -81,15 +95,13 @@ describe('a client let go of and collected while its refresh or report is under 
       }
     }
     const cache = new Gated();
-    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    const { a, b, pool } = poolOfTwo(cache);
     const { asked, ref, lock } = await askedAndDropped(() => pool.get(a.appId));
-    await writing;
-    await pool.get(b.appId); // a is let go of
-    await collect();
-    expect(ref.deref()).toBeUndefined();
+    await writing.promise;
+    await letGoOfA(() => pool.get(b.appId), ref);
     const closed = pool.close().then(() => order.push('closed'));
     // The gate opens on a timer of its own: close() cannot open it, nor wait for it unless it waits for the refresh.
-    setTimeout(open, 50);
+    setTimeout(gate.open, 50);
     await closed;
     expect(order).toEqual([`release ${lock}`, 'closed']);
     expect(await cache.get(lock)).toBeUndefined();
@@ -98,27 +110,23 @@ describe('a client let go of and collected while its refresh or report is under 
   });
 
   it('ClientPool: close() resolves after the report of the token WeChat rejected deleted it from the store', async () => {
-    const [a, b] = [mock.createApp(), mock.createApp()];
-    const secrets = new Map([a, b].map((app) => [app.appId, app.secret]));
-    const key = `wechat:access_token:${a.appId}`;
     const order: string[] = [];
-    let open!: () => void;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    let entered!: () => void;
-    const deleting = new Promise<void>((resolve) => (entered = resolve));
+    const gate = latch();
+    const deleting = latch();
     // The compare-and-delete of a's rejected token lands only once the gate opens.
     class Gated extends MemoryCache {
       override async deleteIfEquals(k: string, expected: string): Promise<boolean> {
         if (k === key) {
-          entered();
-          await gate;
+          deleting.open();
+          await gate.promise;
           order.push('deleted');
         }
         return super.deleteIfEquals(k, expected);
       }
     }
     const cache = new Gated();
-    const pool = new ClientPool({ kind: 'officialAccount', credentials: (id) => ({ secret: secrets.get(id) }), baseUrl: mock.url, cache, logger: false, maxClients: 1, tokenEndpoint: 'classic' });
+    const { a, b, pool } = poolOfTwo(cache);
+    const key = `wechat:access_token:${a.appId}`;
     await (await pool.get(a.appId)).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     mock.invalidateTokens(a.appId);
     // The caller holds its pending send, not the client.
@@ -126,13 +134,11 @@ describe('a client let go of and collected while its refresh or report is under 
       const held = await pool.get(a.appId);
       return { sent: outcome(held.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} })), ref: new WeakRef(held) };
     })();
-    await deleting;
-    await pool.get(b.appId); // a is let go of
-    await collect();
-    expect(ref.deref()).toBeUndefined();
+    await deleting.promise;
+    await letGoOfA(() => pool.get(b.appId), ref);
     const closed = pool.close().then(() => order.push('closed'));
     // The gate opens on a timer of its own: close() cannot open it, nor wait for it unless it waits for the report.
-    setTimeout(open, 50);
+    setTimeout(gate.open, 50);
     await closed;
     expect(order).toEqual(['deleted', 'closed']);
     expect(await cache.get(key)).toBeUndefined();
@@ -152,9 +158,7 @@ describe('a client let go of and collected while its refresh or report is under 
     const { asked, ref, lock } = await askedAndDropped(async () => open.officialAccount(a.authorizerAppId));
     expect(lock).toBe(lockKey);
     await vi.waitFor(() => expect(adds.mock.calls.some(([key]) => key === lockKey)).toBe(true));
-    open.officialAccount(b.authorizerAppId); // a is let go of
-    await collect();
-    expect(ref.deref()).toBeUndefined();
+    await letGoOfA(() => open.officialAccount(b.authorizerAppId), ref);
     await open.close();
     await new Promise((resolve) => setImmediate(resolve));
     expect(asked.value).toMatchObject({ error: expect.any(TokenUnavailableError) });
