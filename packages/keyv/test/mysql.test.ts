@@ -1,10 +1,8 @@
 import { spawnSync } from 'node:child_process';
-import { once } from 'node:events';
-import { createServer, type AddressInfo } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import KeyvMysql from '@keyv/mysql';
-import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
@@ -142,10 +140,7 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
   });
 
   it('a server that refused the adapter when it was made: every call fails with reason refused, saying the store will not try again', async () => {
-    const closed = createServer().listen(0, '127.0.0.1');
-    await once(closed, 'listening');
-    const { port } = closed.address() as AddressInfo;
-    await new Promise((done) => closed.close(done)); // nothing listens on the port now
+    const port = await freePort(); // nothing listens on it
     const cache = new KeyvCache(new KeyvMysql({ uri: `mysql://root@127.0.0.1:${port}/test`, table: newTable() }));
     // The first call may share the check KeyvCache started when made; the failure is known kept from the next.
     await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'refused', cause: { code: 'ECONNREFUSED' } });
