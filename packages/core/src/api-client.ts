@@ -26,8 +26,9 @@ const GRACE_MS = 300_000;
  * Calls any WeChat API with the access token in its query string. When WeChat rejects the token
  * (40001, 40014, 42001) the client invalidates exactly that token and resends with a newer one: one the
  * store already holds (another program refreshed), or else one refresh shared by every process. A
- * rejected resend is tried again only with yet another token from the store, at most three resends in
- * all; a call never fetches twice and never loops.
+ * rejected resend is tried again only with yet another token from the store (one that program writes
+ * moments after its fetch is waited for, briefly), at most three resends in all; a call never fetches
+ * twice and never loops.
  *
  * Parameters written in the path (`cgi-bin/user/info?openid=OPENID&lang=zh_CN`) are sent with the
  * call's `query`; a name both give takes `query`'s value, and an access_token written in the path is

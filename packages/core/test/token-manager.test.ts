@@ -1,7 +1,7 @@
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, easyWeChat6 } from '../src/index.js';
+import { MemoryCache, OfficialAccount, easyWeChat6, type TokenCache } from '../src/index.js';
 import { newApp, rejection } from './helpers.js';
 
 // The token manager's own promises, each of which the protocol tests reach only by the way: what an
@@ -214,6 +214,146 @@ describe('a resend whose fresh token is rejected too', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     expect(await app.accessToken.getToken()).toBe(peer);
     await app.close();
+  });
+});
+
+/**
+ * A peer without a lock wrote `peer` a moment after it fetched it: the write lands 20 ms after wxkit
+ * deleted `rejected` from `cache`, or, if wxkit went on to a fetch of its own first, right after that
+ * fetch's read under the lock (too late to spare it).
+ */
+function lagging(cache: TokenCache, key: string, rejected: string, peer: string): void {
+  let written = false;
+  const write = async () => {
+    if (written) return;
+    written = true;
+    await cache.set(key, entry(peer), 6900);
+  };
+  const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
+  cache.deleteIfEquals = async (k, expected) => {
+    const deleted = await deleteIfEquals(k, expected);
+    if (k === key && expected.includes(rejected)) setTimeout(() => void write(), 20);
+    return deleted;
+  };
+  let locked = false;
+  const add = cache.add!.bind(cache);
+  cache.add = async (k, value, ttl) => {
+    const ok = await add(k, value, ttl);
+    if (k === `${key}:lock` && ok) locked = true;
+    return ok;
+  };
+  const get = cache.get.bind(cache);
+  cache.get = async (k) => {
+    const value = await get(k);
+    if (locked && k === key) await write();
+    return value;
+  };
+}
+
+describe('a 40001 whose newer token a lockless peer has not written yet', () => {
+  it('waits for the peer\'s write and resends with it: no fetch of its own, which would supersede the peer\'s token', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const first = await app.accessToken.getToken();
+    // The peer fetches twice: the token wxkit holds dies, and the store still holds it.
+    mock.issueClassicToken(appId);
+    const peer = mock.issueClassicToken(appId);
+    lagging(cache, app.accessToken.cacheKey, first, peer);
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).rejectedCalls).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    expect(mock.isTokenValid(appId, peer)).toBe(true);
+    await app.close();
+  });
+
+  it('does not spend the call\'s fetch on the token it waited for: when that one is rejected too, the call still fetches once', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    const first = await app.accessToken.getToken();
+    mock.issueClassicToken(appId);
+    const peer = mock.issueClassicToken(appId);
+    lagging(cache, key, first, peer);
+    // Once wxkit has read the peer's token, every token dies (a second peer's rounds, the console's reset).
+    const get = cache.get;
+    let killed = false;
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (k === key && !killed && value?.includes(peer)) {
+        killed = true;
+        mock.invalidateTokens(appId);
+      }
+      return value;
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(killed).toBe(true);
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).rejectedCalls).toBe(2);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await app.close();
+  });
+});
+
+describe('a call whose fetched token is rejected too, before a peer wrote the newer one', () => {
+  it('waits for the newer token to reach the store and resends with it, rather than give up', async () => {
+    const own = await startMockWeChat();
+    try {
+      const cache = new MemoryCache();
+      const { app, appId } = newApp(own, { cache, tokenEndpoint: 'classic' });
+      const key = app.accessToken.cacheKey;
+      const first = await app.accessToken.getToken();
+      // WeChat's clock passes the token's expiry (42001): the call fetches its one token. As soon as that
+      // is written, WeChat's clock passes its expiry too, and a peer fetches the next one; the peer's write
+      // lands only after wxkit, its fetch spent, has looked at the store and found nothing new.
+      own.advanceClock(7201);
+      let fetched: string | undefined;
+      let peer: string | undefined;
+      const compareAndSet = cache.compareAndSet.bind(cache);
+      cache.compareAndSet = async (k, expected, value, ttl) => {
+        const ok = await compareAndSet(k, expected, value, ttl);
+        if (k === key && ok && fetched === undefined) {
+          fetched = JSON.parse(value).access_token as string;
+          own.advanceClock(7201);
+        }
+        return ok;
+      };
+      const add = cache.add.bind(cache);
+      cache.add = async (k, value, ttl) => {
+        const ok = await add(k, value, ttl);
+        if (k === key && ok && fetched === undefined) {
+          fetched = JSON.parse(value).access_token as string;
+          own.advanceClock(7201);
+        }
+        return ok;
+      };
+      let deleted = false;
+      const deleteIfEquals = cache.deleteIfEquals.bind(cache);
+      cache.deleteIfEquals = async (k, expected) => {
+        const done = await deleteIfEquals(k, expected);
+        if (k === key && fetched !== undefined && expected.includes(fetched)) deleted = done;
+        return done;
+      };
+      const get = cache.get.bind(cache);
+      cache.get = async (k) => {
+        const value = await get(k);
+        if (deleted && k === key && peer === undefined) {
+          peer = own.issueClassicToken(appId);
+          await cache.set(key, entry(peer), 6900);
+        }
+        return value;
+      };
+      await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+      expect(fetched).toBeDefined();
+      expect(fetched).not.toBe(first);
+      expect(own.counters(appId).errcodes['42001']).toBe(2);
+      expect(own.counters(appId).templateSends).toBe(1);
+      // One fetch for the client's first token, one for the call: the peer's token served the last resend.
+      expect(own.counters(appId).classicTokenRequests).toBe(2);
+      expect(await app.accessToken.getToken()).toBe(peer);
+      await app.close();
+    } finally {
+      await own.close();
+    }
   });
 });
 

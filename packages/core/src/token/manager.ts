@@ -2,7 +2,7 @@ import { CacheError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
-import { closedError, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
+import { awaitNewEntry, closedError, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
@@ -13,6 +13,8 @@ export interface RecoveryState {
 // Tokens WeChat rejected are remembered so that a store which still holds one (its delete failed, or a
 // peer without compare-and-delete wrote it back) is not served again. Tokens are never reused by WeChat.
 const REJECTED_MEMORY = 16;
+/** How long a call that has had its fetch waits for a peer's newer token after a rejection. */
+const NEWER_WAIT_MS = 2_000;
 
 /**
  * One cache entry (an access token or a ticket) as this process sees it: a short memo, one read or
@@ -35,6 +37,8 @@ export class TokenManager {
   #invalidations: Map<string, Promise<boolean>> | undefined;
   // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
   #rejected: string[] | undefined;
+  /** The waits of calls that had their fetch for a value newer than the one rejected (see #awaitNewer), by that value. */
+  #newer: Map<string, Promise<string | undefined>> | undefined;
   /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
   #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
@@ -139,7 +143,10 @@ export class TokenManager {
     return handled(this.#report(value, errcode).then(() => undefined));
   }
 
-  /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */
+  /**
+   * invalidate(), resolving whether the report brought back a value that replaces `value` and was asked
+   * for (a caller's one fetch). Any value it brought back, asked for or found in the store, is in the memo.
+   */
   #report(value: string, errcode: number | undefined): Promise<boolean> {
     let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
@@ -152,12 +159,13 @@ export class TokenManager {
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
-      // The value the report brought back (a token service answers the current one) is kept as a
-      // refresh's would be: the callers resend with it, and no one asks for it again.
+      // The value the report brought back (a token service answers the current one; a lockless peer
+      // wrote it while the report waited) is kept as a refresh's would be: the callers resend with it,
+      // and no one asks for it again. Only one that was asked for counts as a call's fetch.
       const reported = this.#track(this.#refresher.invalidate(value, errcode)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
-        return true;
+        return refreshed.asked !== false;
       });
       pending = handled(reported.finally(() => invalidations.delete(value)));
       invalidations.set(value, pending);
@@ -167,8 +175,9 @@ export class TokenManager {
 
   /**
    * The value to resend with after WeChat rejected `failed`: a newer one the store already holds (a peer
-   * refreshed), else, once per call (`state`), a refresh shared with every other caller. Undefined when
-   * there is nothing new to try: the caller gives up instead of looping.
+   * refreshed), else, once per call (`state`), a refresh shared with every other caller; after that one,
+   * a newer value the store comes to hold within a short wait. Undefined when there is nothing new to
+   * try: the caller gives up instead of looping.
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
     signal?.throwIfAborted();
@@ -195,7 +204,7 @@ export class TokenManager {
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
     }
-    if (state.fetched) return undefined;
+    if (state.fetched) return this.#awaitNewer(failed, signal);
     // The call's one fetch is spent only if a refresh of this process asked WeChat meanwhile. One that
     // found a token another program wrote (under the lock, or waiting for its holder) asked nothing:
     // when a peer then supersedes that token too, and the store is empty for a moment (its write lags
@@ -204,6 +213,32 @@ export class TokenManager {
     const value = await this.get(signal);
     state.fetched = this.#asked !== asked;
     return value;
+  }
+
+  /**
+   * The call has had its fetch and WeChat rejected that token too: someone fetched twice since. A program
+   * that shares the store and refreshes without a lock writes its token a store round trip after its
+   * fetch, or later: the call waits for the store to hold one it has not seen rejected (at most
+   * NEWER_WAIT_MS, at once on a write the store reports), rather than give up with that token on its way.
+   * The calls rejected with the same value share one wait: one look at the store at a time, not one per call.
+   */
+  async #awaitNewer(failed: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+    const waits = (this.#newer ??= new Map<string, Promise<string | undefined>>());
+    let waiting = waits.get(failed);
+    if (!waiting) {
+      const generation = this.#generation;
+      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed).then((found) => (found ? this.#remember(found, generation) : undefined));
+      waits.set(failed, waiting);
+      handled(waiting.finally(() => {
+        waits.delete(failed);
+        if (waits.size === 0 && this.#newer === waits) this.#newer = undefined;
+      }));
+    }
+    const found = await abortable(waiting, signal);
+    if (found !== undefined) return found;
+    // Another call of this process may have brought a newer value meanwhile.
+    const held = this.#memo.value;
+    return held !== undefined && held !== failed && !this.isRejected(held) ? held : undefined;
   }
 
   /** The value of the read or refresh under way, joining it; once more if it brought back a rejected value. */

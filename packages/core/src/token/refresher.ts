@@ -78,7 +78,8 @@ export interface Refresher {
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
-   * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
+   * others. May resolve the value that replaces it, when the report brought one back: a token service's answer, or
+   * (`asked: false`) a newer entry another program wrote while the report waited for it.
    */
   invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void>;
 }
@@ -206,4 +207,29 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
   } finally {
     wakeup.stop();
   }
+}
+
+/**
+ * Waits at most `waitMs` for the store to hold a valid value other than `replaced` and than those WeChat
+ * rejected (another program's write): looked for at once, then as {@link pollWithBackoff} paces it, and
+ * as soon as the store reports a write to the key (the watch is armed before the first look, so a write
+ * just after it is not missed). Undefined when none came in time or the client closed. A store call that
+ * fails counts as nothing yet: the wait goes on. `signal` aborted ends it with its reason.
+ */
+export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced: string | undefined, signal?: AbortSignal): Promise<Refreshed | undefined> {
+  const look = async (): Promise<Refreshed | undefined> => {
+    signal?.throwIfAborted();
+    const tier = ctx.tiers.current();
+    const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
+    return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
+  };
+  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
+  try {
+    const found = await look();
+    if (found) return found;
+  } catch (error) {
+    wakeup.stop();
+    throw error;
+  }
+  return pollWithBackoff(waitMs, look, wakeup, ctx.closed);
 }

@@ -1,5 +1,5 @@
 import { TokenUnavailableError } from '../../errors.js';
-import { closedError, pollWithBackoff, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import { awaitNewEntry, closedError, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /**
  * Follower mode (`refresh: 'never'`): another program owns the refresh. Wait (bounded) for it to write a
@@ -21,11 +21,7 @@ export class FollowRefresher implements Refresher {
     if (request.ahead) return undefined;
     const waitMs = ctx.settings.lockWaitMs ?? FOLLOW_WAIT_MS;
     const started = performance.now();
-    const found = await pollWithBackoff(waitMs, async () => {
-      const tier = ctx.tiers.current();
-      const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
-      return read?.kind === 'hit' && read.entry.value !== request.current ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
-    }, (onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
+    const found = await awaitNewEntry(ctx, waitMs, request.current);
     if (found) return found;
     if (ctx.closed.aborted) throw closedError(ctx);
     ctx.log.warn(

@@ -5,7 +5,7 @@ import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
+import { awaitNewEntry, closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
 
@@ -25,6 +25,9 @@ const DOWN_SPACING_MAX_MS = 16_000;
 // A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
 // at most this often before it gives up.
 const MAX_ROUNDS = 3;
+// After a 40001, how long the fleet waits for the newer token's writer (a program that refreshes without
+// a lock) before it fetches one of its own.
+const PEER_WRITE_WAIT_MS = 200;
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 class SlotTaken extends Error {}
@@ -132,11 +135,11 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  async invalidate(value: string, errcode: number | undefined): Promise<void> {
+  async invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void> {
     const ctx = this.#ctx;
     const started = performance.now();
     const tier = ctx.tiers.current();
-    let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
+    let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> | undefined;
     try {
       outcome = await ctx.entries.deleteIfHolds(tier.entries, value);
     } catch (error) {
@@ -144,6 +147,19 @@ export class LockedFetchRefresher implements Refresher {
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
     }
+    this.#logInvalidated(errcode, started, outcome ?? { deleted: false, entry: undefined });
+    if (!outcome) return;
+    // Superseded (40001): someone fetched a newer token. A program that refreshes without a lock writes
+    // it a store round trip after its fetch, or later; a fetch of the fleet now would supersede it, and
+    // the token before it would die too, under the calls that carry it. While the store holds nothing
+    // newer, wait a moment for that write before the callers' recovery fetches. Only such a program
+    // writes to the shared store: a fallback tier is the fleet's alone.
+    const newer = outcome.entry !== undefined && !ctx.rejected(outcome.entry.value);
+    if (errcode === 40001 && !newer && tier.name === 'shared') return awaitNewEntry(ctx, PEER_WRITE_WAIT_MS, value);
+  }
+
+  #logInvalidated(errcode: number | undefined, started: number, outcome: { deleted: boolean; entry: StoredEntry | undefined }): void {
+    const ctx = this.#ctx;
     ctx.log.info(
       { event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, deleted: outcome.deleted, ms: Math.round(performance.now() - started) },
       `WeChat rejected the cached ${ctx.label}; ${outcome.deleted ? 'removed it from the store' : 'the store already holds another one'}`,
