@@ -218,24 +218,13 @@ describe('a resend whose fresh token is rejected too', () => {
 });
 
 /**
- * A peer without a lock wrote `peer` a moment after it fetched it: the write lands 20 ms after wxkit
- * deleted `rejected` from `cache`, or, if wxkit went on to a fetch of its own first, right after that
- * fetch's read under the lock (too late to spare it).
+ * A peer without a lock fetched `peer` and writes it late: once wxkit, after deleting the token WeChat
+ * rejected, took the lock and read the store again (and found nothing). `onRead` runs at each later read
+ * of the key with what it returned.
  */
-function lagging(cache: TokenCache, key: string, rejected: string, peer: string): void {
-  let written = false;
-  const write = async () => {
-    if (written) return;
-    written = true;
-    await cache.set(key, entry(peer), 6900);
-  };
-  const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
-  cache.deleteIfEquals = async (k, expected) => {
-    const deleted = await deleteIfEquals(k, expected);
-    if (k === key && expected.includes(rejected)) setTimeout(() => void write(), 20);
-    return deleted;
-  };
+function writesLate(cache: TokenCache, key: string, peer: string, onRead?: (value: string | undefined) => void): void {
   let locked = false;
+  let written = false;
   const add = cache.add!.bind(cache);
   cache.add = async (k, value, ttl) => {
     const ok = await add(k, value, ttl);
@@ -245,19 +234,23 @@ function lagging(cache: TokenCache, key: string, rejected: string, peer: string)
   const get = cache.get.bind(cache);
   cache.get = async (k) => {
     const value = await get(k);
-    if (locked && k === key) await write();
+    if (k !== key || !locked) return value;
+    if (!written) {
+      written = true;
+      await cache.set(key, entry(peer), 6900);
+    } else onRead?.(value);
     return value;
   };
 }
 
 describe('a 40001 whose newer token a lockless peer has not written yet', () => {
-  it('waits for the peer\'s write and resends with it: no fetch of its own, which would supersede the peer\'s token', async () => {
+  it('the lock\'s holder waits for the peer\'s write and the call resends with it: no fetch, which would supersede the peer\'s token', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
-    const first = await app.accessToken.getToken();
+    await app.accessToken.getToken();
     // The peer fetches twice: the token wxkit holds dies, and the store still holds it.
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
-    lagging(cache, app.accessToken.cacheKey, first, peer);
+    writesLate(cache, app.accessToken.cacheKey, peer);
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(mock.counters(appId).templateSends).toBe(1);
     expect(mock.counters(appId).rejectedCalls).toBe(1);
@@ -267,24 +260,51 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.close();
   });
 
-  it('does not spend the call\'s fetch on the token it waited for: when that one is rejected too, the call still fetches once', async () => {
-    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
-    const key = app.accessToken.cacheKey;
-    const first = await app.accessToken.getToken();
+  it('a call that comes while the holder waits joins it: no fetch beside the wait', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
+    await app.accessToken.getToken();
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
-    lagging(cache, key, first, peer);
-    // Once wxkit has read the peer's token, every token dies (a second peer's rounds, the console's reset).
-    const get = cache.get;
-    let killed = false;
+    let joining: Promise<string> | undefined;
+    // The other call starts at the holder's first look for the peer's token, before the peer wrote.
+    const key = app.accessToken.cacheKey;
+    let locked = false;
+    const add = cache.add!.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      if (k === `${key}:lock` && ok) locked = true;
+      return ok;
+    };
+    let reads = 0;
+    const get = cache.get.bind(cache);
     cache.get = async (k) => {
       const value = await get(k);
-      if (k === key && !killed && value?.includes(peer)) {
-        killed = true;
-        mock.invalidateTokens(appId);
+      if (k === key && locked && (reads += 1) === 2) {
+        joining = app.accessToken.getToken();
+        await cache.set(key, entry(peer), 6900);
       }
       return value;
     };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(joining).toBeDefined();
+    expect(await joining).toBe(peer);
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+
+  it('does not spend the call\'s fetch on the token it waited for: when that one is superseded too, the call still fetches once', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    await app.accessToken.getToken();
+    mock.issueClassicToken(appId);
+    const peer = mock.issueClassicToken(appId);
+    // Once wxkit has read the peer's token, every token dies (a second peer's rounds, the console's reset).
+    let killed = false;
+    writesLate(cache, app.accessToken.cacheKey, peer, (value) => {
+      if (killed || !value?.includes(peer)) return;
+      killed = true;
+      mock.invalidateTokens(appId);
+    });
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(killed).toBe(true);
     expect(mock.counters(appId).templateSends).toBe(1);
@@ -294,45 +314,43 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
   });
 });
 
-describe('a call whose fetched token is rejected too, before a peer wrote the newer one', () => {
+describe('a call whose fetched token is superseded too, before a peer wrote the newer one', () => {
   it('waits for the newer token to reach the store and resends with it, rather than give up', async () => {
     const own = await startMockWeChat();
     try {
-      const cache = new MemoryCache();
-      const { app, appId } = newApp(own, { cache, tokenEndpoint: 'classic' });
+      const { app, appId, cache } = newApp(own, { tokenEndpoint: 'classic' });
       const key = app.accessToken.cacheKey;
       const first = await app.accessToken.getToken();
       // WeChat's clock passes the token's expiry (42001): the call fetches its one token. As soon as that
-      // is written, WeChat's clock passes its expiry too, and a peer fetches the next one; the peer's write
-      // lands only after wxkit, its fetch spent, has looked at the store and found nothing new.
+      // is written, every token dies, and a peer fetches the next one; the peer's write lands only after
+      // wxkit, its fetch spent, has looked at the store and found nothing new.
       own.advanceClock(7201);
       let fetched: string | undefined;
-      let peer: string | undefined;
-      const compareAndSet = cache.compareAndSet.bind(cache);
-      cache.compareAndSet = async (k, expected, value, ttl) => {
-        const ok = await compareAndSet(k, expected, value, ttl);
-        if (k === key && ok && fetched === undefined) {
-          fetched = JSON.parse(value).access_token as string;
-          own.advanceClock(7201);
-        }
-        return ok;
+      const written = (k: string, ok: boolean, value: string) => {
+        if (k !== key || !ok || fetched !== undefined) return;
+        fetched = JSON.parse(value).access_token as string;
+        own.invalidateTokens(appId);
       };
-      const add = cache.add.bind(cache);
+      const add = cache.add!.bind(cache);
       cache.add = async (k, value, ttl) => {
         const ok = await add(k, value, ttl);
-        if (k === key && ok && fetched === undefined) {
-          fetched = JSON.parse(value).access_token as string;
-          own.advanceClock(7201);
-        }
+        written(k, ok, value);
+        return ok;
+      };
+      const compareAndSet = cache.compareAndSet!.bind(cache);
+      cache.compareAndSet = async (k, expected, value, ttl) => {
+        const ok = await compareAndSet(k, expected, value, ttl);
+        written(k, ok, value);
         return ok;
       };
       let deleted = false;
-      const deleteIfEquals = cache.deleteIfEquals.bind(cache);
+      const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
       cache.deleteIfEquals = async (k, expected) => {
         const done = await deleteIfEquals(k, expected);
         if (k === key && fetched !== undefined && expected.includes(fetched)) deleted = done;
         return done;
       };
+      let peer: string | undefined;
       const get = cache.get.bind(cache);
       cache.get = async (k) => {
         const value = await get(k);
@@ -345,7 +363,8 @@ describe('a call whose fetched token is rejected too, before a peer wrote the ne
       await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
       expect(fetched).toBeDefined();
       expect(fetched).not.toBe(first);
-      expect(own.counters(appId).errcodes['42001']).toBe(2);
+      expect(own.counters(appId).errcodes['42001']).toBe(1);
+      expect(own.counters(appId).errcodes['40001']).toBe(1);
       expect(own.counters(appId).templateSends).toBe(1);
       // One fetch for the client's first token, one for the call: the peer's token served the last resend.
       expect(own.counters(appId).classicTokenRequests).toBe(2);

@@ -39,6 +39,8 @@ export class TokenManager {
   #rejected: string[] | undefined;
   /** The waits of calls that had their fetch for a value newer than the one rejected (see #awaitNewer), by that value. */
   #newer: Map<string, Promise<string | undefined>> | undefined;
+  /** The last rejected value whose wait found nothing newer. */
+  #waitedInVain: string | undefined;
   /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
   #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
@@ -143,10 +145,7 @@ export class TokenManager {
     return handled(this.#report(value, errcode).then(() => undefined));
   }
 
-  /**
-   * invalidate(), resolving whether the report brought back a value that replaces `value` and was asked
-   * for (a caller's one fetch). Any value it brought back, asked for or found in the store, is in the memo.
-   */
+  /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */
   #report(value: string, errcode: number | undefined): Promise<boolean> {
     let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
@@ -159,13 +158,12 @@ export class TokenManager {
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
-      // The value the report brought back (a token service answers the current one; a lockless peer
-      // wrote it while the report waited) is kept as a refresh's would be: the callers resend with it,
-      // and no one asks for it again. Only one that was asked for counts as a call's fetch.
+      // The value the report brought back (a token service answers the current one) is kept as a
+      // refresh's would be: the callers resend with it, and no one asks for it again.
       const reported = this.#track(this.#refresher.invalidate(value, errcode)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
-        return refreshed.asked !== false;
+        return true;
       });
       pending = handled(reported.finally(() => invalidations.delete(value)));
       invalidations.set(value, pending);
@@ -198,13 +196,16 @@ export class TokenManager {
     }
     const generation = this.#generation;
     const tier = this.#ctx.tiers.current();
+    let answered = true;
     try {
       const read = await abortable(handled(this.#ctx.entries.read(tier.entries, (value) => this.isRejected(value))), signal);
       if (read.kind === 'hit') return this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
+      answered = false;
     }
-    if (state.fetched) return this.#awaitNewer(failed, signal);
+    // Only a superseded token has a newer one, and only the shared store gets it from another program.
+    if (state.fetched) return errcode === 40001 && tier.name === 'shared' && answered ? this.#awaitNewer(failed, signal) : undefined;
     // The call's one fetch is spent only if a refresh of this process asked WeChat meanwhile. One that
     // found a token another program wrote (under the lock, or waiting for its holder) asked nothing:
     // when a peer then supersedes that token too, and the store is empty for a moment (its write lags
@@ -216,26 +217,36 @@ export class TokenManager {
   }
 
   /**
-   * The call has had its fetch and WeChat rejected that token too: someone fetched twice since. A program
-   * that shares the store and refreshes without a lock writes its token a store round trip after its
-   * fetch, or later: the call waits for the store to hold one it has not seen rejected (at most
-   * NEWER_WAIT_MS, at once on a write the store reports), rather than give up with that token on its way.
-   * The calls rejected with the same value share one wait: one look at the store at a time, not one per call.
+   * The call has had its fetch and WeChat superseded that token too (40001): someone fetched twice since.
+   * A program that shares the store and refreshes without a lock writes its token a store round trip
+   * after its fetch, or later: the call waits for the store to hold one it has not seen rejected (at
+   * most NEWER_WAIT_MS, at once on a write the store reports), rather than give up with that token on
+   * its way. The calls rejected with the same value share one wait, and once a wait for a value found
+   * nothing, the calls that come back later with it do not wait again.
    */
   async #awaitNewer(failed: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+    if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
+    if (this.#waitedInVain === failed) return undefined;
     const waits = (this.#newer ??= new Map<string, Promise<string | undefined>>());
     let waiting = waits.get(failed);
     if (!waiting) {
       const generation = this.#generation;
-      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed).then((found) => (found ? this.#remember(found, generation) : undefined));
+      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true).then((found) => {
+        if (found) return this.#remember(found, generation);
+        this.#waitedInVain = failed;
+        return undefined;
+      });
       waits.set(failed, waiting);
-      handled(waiting.finally(() => {
-        waits.delete(failed);
-        if (waits.size === 0 && this.#newer === waits) this.#newer = undefined;
-      }));
+      handled(
+        waiting.finally(() => {
+          waits.delete(failed);
+          if (waits.size === 0 && this.#newer === waits) this.#newer = undefined;
+        }),
+      );
     }
     const found = await abortable(waiting, signal);
     if (found !== undefined) return found;
+    if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     // Another call of this process may have brought a newer value meanwhile.
     const held = this.#memo.value;
     return held !== undefined && held !== failed && !this.isRejected(held) ? held : undefined;

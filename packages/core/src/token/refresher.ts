@@ -78,8 +78,7 @@ export interface Refresher {
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
-   * others. May resolve the value that replaces it, when the report brought one back: a token service's answer, or
-   * (`asked: false`) a newer entry another program wrote while the report waited for it.
+   * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
    */
   invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void>;
 }
@@ -211,25 +210,30 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
 
 /**
  * Waits at most `waitMs` for the store to hold a valid value other than `replaced` and than those WeChat
- * rejected (another program's write): looked for at once, then as {@link pollWithBackoff} paces it, and
- * as soon as the store reports a write to the key (the watch is armed before the first look, so a write
- * just after it is not missed). Undefined when none came in time or the client closed. A store call that
- * fails counts as nothing yet: the wait goes on. `signal` aborted ends it with its reason.
+ * rejected (another program's write): at each look {@link pollWithBackoff} paces, and as soon as the
+ * store reports a write to the key. `lookFirst`: the watch is armed and the store looked at once, before
+ * the first pause, so that a write just after the caller's own last look is not missed. Undefined when
+ * none came in time or the client closed; the time runs from the call, and the last look may take one
+ * store call longer. A store call that fails counts as nothing yet: the wait goes on.
  */
-export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced: string | undefined, signal?: AbortSignal): Promise<Refreshed | undefined> {
+export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced: string | undefined, lookFirst = false): Promise<Refreshed | undefined> {
+  const started = performance.now();
   const look = async (): Promise<Refreshed | undefined> => {
-    signal?.throwIfAborted();
     const tier = ctx.tiers.current();
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
-  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
-  try {
-    const found = await look();
-    if (found) return found;
-  } catch (error) {
+  const watch: Watch = (onChange) => ctx.tiers.shared.watch([ctx.key], onChange);
+  if (!lookFirst) return pollWithBackoff(waitMs, look, watch, ctx.closed);
+  if (ctx.closed.aborted) return undefined;
+  const wakeup = new Wakeup(watch, ctx.closed);
+  const found = await look().catch((error: unknown) => {
     wakeup.stop();
     throw error;
+  });
+  if (found) {
+    wakeup.stop();
+    return found;
   }
-  return pollWithBackoff(waitMs, look, wakeup, ctx.closed);
+  return pollWithBackoff(waitMs - (performance.now() - started), look, wakeup, ctx.closed);
 }

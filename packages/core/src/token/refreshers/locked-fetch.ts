@@ -25,8 +25,10 @@ const DOWN_SPACING_MAX_MS = 16_000;
 // A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
 // at most this often before it gives up.
 const MAX_ROUNDS = 3;
-// After a 40001, how long the fleet waits for the newer token's writer (a program that refreshes without
-// a lock) before it fetches one of its own.
+// After a 40001, how long the fleet gives the newer token's writer (a program that refreshes without a
+// lock) before it fetches one of its own, counted from the rejection. It happens in the shared store
+// only, where the store-down slot's two calls of STORE_CALLS_IN_SECTION do not: its last look is one of
+// them, and the wait comes out of LEASE_SLACK_MS.
 const PEER_WRITE_WAIT_MS = 200;
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
@@ -79,6 +81,8 @@ export class LockedFetchRefresher implements Refresher {
   #down: FetchSpacing | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
+  /** When (performance.now()) this process last saw a token superseded with nothing newer in the store. */
+  #supersededAt: number | undefined;
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
@@ -135,7 +139,7 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  async invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void> {
+  async invalidate(value: string, errcode: number | undefined): Promise<void> {
     const ctx = this.#ctx;
     const started = performance.now();
     const tier = ctx.tiers.current();
@@ -148,14 +152,26 @@ export class LockedFetchRefresher implements Refresher {
       if (!(error instanceof CacheError)) throw error;
     }
     this.#logInvalidated(errcode, started, outcome ?? { deleted: false, entry: undefined });
-    if (!outcome) return;
-    // Superseded (40001): someone fetched a newer token. A program that refreshes without a lock writes
-    // it a store round trip after its fetch, or later; a fetch of the fleet now would supersede it, and
-    // the token before it would die too, under the calls that carry it. While the store holds nothing
-    // newer, wait a moment for that write before the callers' recovery fetches. Only such a program
-    // writes to the shared store: a fallback tier is the fleet's alone.
-    const newer = outcome.entry !== undefined && !ctx.rejected(outcome.entry.value);
-    if (errcode === 40001 && !newer && tier.name === 'shared') return awaitNewEntry(ctx, PEER_WRITE_WAIT_MS, value);
+    // Superseded (40001), and the store holds nothing newer: someone fetched a token it has not written
+    // yet (see #awaitWriter). Only a program without a lock writes to the shared store that way: a
+    // fallback tier is the fleet's alone.
+    const newer = outcome?.entry !== undefined && !ctx.rejected(outcome.entry.value);
+    if (errcode === 40001 && outcome && !newer && tier.name === 'shared') this.#supersededAt = performance.now();
+  }
+
+  /**
+   * A 40001 a moment ago found nothing newer in the store: whoever fetched the newer token and holds no
+   * lock writes it a store round trip after its fetch, or later. A fetch now would supersede that token
+   * (and the one before it would die under the sends that carry it; the late write would then put a dead
+   * token in the store). So the holder, under the lock (every other caller waits for it), gives that
+   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches.
+   */
+  async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
+    const since = this.#supersededAt;
+    if (since === undefined || tier.name !== 'shared') return undefined;
+    this.#supersededAt = undefined;
+    const left = since + PEER_WRITE_WAIT_MS - performance.now();
+    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true) : undefined;
   }
 
   #logInvalidated(errcode: number | undefined, started: number, outcome: { deleted: boolean; entry: StoredEntry | undefined }): void {
@@ -252,6 +268,10 @@ export class LockedFetchRefresher implements Refresher {
         if (marker.active) {
           if (request.ahead) return undefined;
           throw markerError(marker.active, ctx.label);
+        }
+        if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
+          const written = await this.#awaitWriter(tier, request);
+          if (written) return written;
         }
         // Only the holder of this lock writes the entry's failure marker: while we hold it in the entry's
         // own store, no marker appears behind our back, and a success has none to delete. An absent entry
