@@ -293,6 +293,31 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.close();
   });
 
+  it('a refresh that takes the lock while the rejected token is still being deleted waits too', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
+    const key = app.accessToken.cacheKey;
+    const first = await app.accessToken.getToken();
+    mock.issueClassicToken(appId);
+    const peer = mock.issueClassicToken(appId);
+    writesLate(cache, key, peer);
+    // The delete of the rejected token is slow: another call reads, takes the lock and reads again
+    // before the store has answered it.
+    let other: Promise<string> | undefined;
+    const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
+    cache.deleteIfEquals = async (k, expected) => {
+      if (k === key && expected.includes(first) && other === undefined) {
+        other = app.accessToken.getToken();
+        await other;
+      }
+      return deleteIfEquals(k, expected);
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(await other).toBe(peer);
+    expect(mock.counters(appId).templateSends).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+
   it('does not spend the call\'s fetch on the token it waited for: when that one is superseded too, the call still fetches once', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
     await app.accessToken.getToken();

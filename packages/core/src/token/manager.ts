@@ -2,7 +2,7 @@ import { CacheError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
-import { awaitNewEntry, closedError, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
+import { awaitNewEntry, closedError, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
@@ -78,6 +78,8 @@ export class TokenManager {
     this.#memo.forget();
     this.#read = new SingleFlight();
     this.#forced = undefined;
+    this.#newer = undefined;
+    this.#waitedInVain = undefined;
   }
 
   /** The client closed, or its pool let go of it: no background refresh starts any more. */
@@ -231,7 +233,7 @@ export class TokenManager {
     let waiting = waits.get(failed);
     if (!waiting) {
       const generation = this.#generation;
-      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true).then((found) => {
+      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true, POLL_PACE).then((found) => {
         if (found) return this.#remember(found, generation);
         this.#waitedInVain = failed;
         return undefined;

@@ -84,7 +84,7 @@ export interface Refresher {
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */
-interface PollPace {
+export interface PollPace {
   firstMs: number;
   growth: number;
   maxMs: number;
@@ -175,11 +175,18 @@ export class Wakeup {
  * 0.5 s up to 2 s). A write reported while `attempt` runs, or before the first attempt when the
  * watch was armed earlier (a {@link Wakeup}), makes the next attempt start without a pause. The watch
  * is stopped when this returns. `ended` aborted (the client closed) ends it at once, with undefined.
+ * `pace` overrides the pace the watch would choose (a short wait for a writer that may not publish).
  */
-export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promise<T | undefined>, watch?: Watch | Wakeup, ended?: Ending): Promise<T | undefined> {
+export async function pollWithBackoff<T>(
+  budgetMs: number,
+  attempt: () => Promise<T | undefined>,
+  watch?: Watch | Wakeup,
+  ended?: Ending,
+  pace?: Readonly<PollPace>,
+): Promise<T | undefined> {
   const started = performance.now();
   const wakeup = watch instanceof Wakeup ? watch : new Wakeup(watch, ended);
-  const pace = wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;
+  pace ??= wakeup.watching ? WATCHED_POLL_PACE : POLL_PACE;
   let delay: number = pace.firstMs;
   let attempted = -Infinity;
   let quick = 0;
@@ -210,13 +217,21 @@ export async function pollWithBackoff<T>(budgetMs: number, attempt: () => Promis
 
 /**
  * Waits at most `waitMs` for the store to hold a valid value other than `replaced` and than those WeChat
- * rejected (another program's write): at each look {@link pollWithBackoff} paces, and as soon as the
- * store reports a write to the key. `lookFirst`: the watch is armed and the store looked at once, before
- * the first pause, so that a write just after the caller's own last look is not missed. Undefined when
- * none came in time or the client closed; the time runs from the call, and the last look may take one
- * store call longer. A store call that fails counts as nothing yet: the wait goes on.
+ * rejected (another program's write): at each look the pace calls for, and as soon as the store reports
+ * a write to the key (another program may write without the store reporting it: a short wait passes
+ * {@link POLL_PACE}). `lookFirst`: the watch is armed and the store looked at once, before the first
+ * pause, so that a write just after the caller's own last look is not missed. Undefined when none came
+ * in time or the client closed; the time runs from the call, and the last look may take one read (a
+ * get, and a TTL query for formats without an expiry) longer. A store call that fails counts as nothing
+ * yet: the wait goes on.
  */
-export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced: string | undefined, lookFirst = false): Promise<Refreshed | undefined> {
+export async function awaitNewEntry(
+  ctx: TokenContext,
+  waitMs: number,
+  replaced: string | undefined,
+  lookFirst = false,
+  pace?: Readonly<PollPace>,
+): Promise<Refreshed | undefined> {
   const started = performance.now();
   const look = async (): Promise<Refreshed | undefined> => {
     const tier = ctx.tiers.current();
@@ -224,7 +239,7 @@ export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced:
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
   const watch: Watch = (onChange) => ctx.tiers.shared.watch([ctx.key], onChange);
-  if (!lookFirst) return pollWithBackoff(waitMs, look, watch, ctx.closed);
+  if (!lookFirst) return pollWithBackoff(waitMs, look, watch, ctx.closed, pace);
   if (ctx.closed.aborted) return undefined;
   const wakeup = new Wakeup(watch, ctx.closed);
   const found = await look().catch((error: unknown) => {
@@ -235,5 +250,5 @@ export async function awaitNewEntry(ctx: TokenContext, waitMs: number, replaced:
     wakeup.stop();
     return found;
   }
-  return pollWithBackoff(waitMs - (performance.now() - started), look, wakeup, ctx.closed);
+  return pollWithBackoff(waitMs - (performance.now() - started), look, wakeup, ctx.closed, pace);
 }

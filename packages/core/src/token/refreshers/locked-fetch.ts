@@ -5,7 +5,7 @@ import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { awaitNewEntry, closedError, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
+import { awaitNewEntry, closedError, POLL_PACE, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
 
@@ -25,10 +25,11 @@ const DOWN_SPACING_MAX_MS = 16_000;
 // A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
 // at most this often before it gives up.
 const MAX_ROUNDS = 3;
-// After a 40001, how long the fleet gives the newer token's writer (a program that refreshes without a
-// lock) before it fetches one of its own, counted from the rejection. It happens in the shared store
-// only, where the store-down slot's two calls of STORE_CALLS_IN_SECTION do not: its last look is one of
-// them, and the wait comes out of LEASE_SLACK_MS.
+// After a 40001, how long a process gives the newer token's writer (a program that refreshes without a
+// lock) before it fetches one of its own, counted from the report of the rejection. It happens in the
+// shared store only, where the store-down slot's two calls of STORE_CALLS_IN_SECTION do not: its last
+// look (a read, with a TTL query for formats without an expiry) takes their place, and the wait comes
+// out of LEASE_SLACK_MS.
 const PEER_WRITE_WAIT_MS = 200;
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
@@ -143,6 +144,11 @@ export class LockedFetchRefresher implements Refresher {
     const ctx = this.#ctx;
     const started = performance.now();
     const tier = ctx.tiers.current();
+    // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
+    // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
+    // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
+    // without a lock writes to the shared store that way: a fallback tier is the fleet's alone.
+    const noted = errcode === 40001 && tier.name === 'shared' ? (this.#supersededAt = started) : undefined;
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> | undefined;
     try {
       outcome = await ctx.entries.deleteIfHolds(tier.entries, value);
@@ -150,13 +156,11 @@ export class LockedFetchRefresher implements Refresher {
       // The store is down: the rejected list keeps this process off the value, and the next read that
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
+    } finally {
+      const newer = outcome?.entry !== undefined && !ctx.rejected(outcome.entry.value);
+      if (noted !== undefined && (outcome === undefined || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
     }
     this.#logInvalidated(errcode, started, outcome ?? { deleted: false, entry: undefined });
-    // Superseded (40001), and the store holds nothing newer: someone fetched a token it has not written
-    // yet (see #awaitWriter). Only a program without a lock writes to the shared store that way: a
-    // fallback tier is the fleet's alone.
-    const newer = outcome?.entry !== undefined && !ctx.rejected(outcome.entry.value);
-    if (errcode === 40001 && outcome && !newer && tier.name === 'shared') this.#supersededAt = performance.now();
   }
 
   /**
@@ -164,14 +168,17 @@ export class LockedFetchRefresher implements Refresher {
    * lock writes it a store round trip after its fetch, or later. A fetch now would supersede that token
    * (and the one before it would die under the sends that carry it; the late write would then put a dead
    * token in the store). So the holder, under the lock (every other caller waits for it), gives that
-   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches.
+   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches. Only a process that saw the
+   * 40001 waits: another one whose own read missed meanwhile (a cold start, a memo that ran out in that
+   * moment) knows of no rejection.
    */
   async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
     const since = this.#supersededAt;
-    if (since === undefined || tier.name !== 'shared') return undefined;
+    // An upstream that reads a peer's own copy (fromPeer) looks there next, rather than wait here.
+    if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
     this.#supersededAt = undefined;
     const left = since + PEER_WRITE_WAIT_MS - performance.now();
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true) : undefined;
+    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE) : undefined;
   }
 
   #logInvalidated(errcode: number | undefined, started: number, outcome: { deleted: boolean; entry: StoredEntry | undefined }): void {
