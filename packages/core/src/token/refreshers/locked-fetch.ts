@@ -149,40 +149,19 @@ export class LockedFetchRefresher implements Refresher {
     // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
     // without a lock writes to the shared store that way: a fallback tier is the fleet's alone.
     const noted = errcode === 40001 && tier.name === 'shared' ? (this.#supersededAt = started) : undefined;
-    let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> | undefined;
+    let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
+    let answered = false;
     try {
       outcome = await ctx.entries.deleteIfHolds(tier.entries, value);
+      answered = true;
     } catch (error) {
       // The store is down: the rejected list keeps this process off the value, and the next read that
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
     } finally {
-      const newer = outcome?.entry !== undefined && !ctx.rejected(outcome.entry.value);
-      if (noted !== undefined && (outcome === undefined || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
+      const newer = outcome.entry !== undefined && !ctx.rejected(outcome.entry.value);
+      if (noted !== undefined && (!answered || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
     }
-    this.#logInvalidated(errcode, started, outcome ?? { deleted: false, entry: undefined });
-  }
-
-  /**
-   * A 40001 a moment ago found nothing newer in the store: whoever fetched the newer token and holds no
-   * lock writes it a store round trip after its fetch, or later. A fetch now would supersede that token
-   * (and the one before it would die under the sends that carry it; the late write would then put a dead
-   * token in the store). So the holder, under the lock (every other caller waits for it), gives that
-   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches. Only a process that saw the
-   * 40001 waits: another one whose own read missed meanwhile (a cold start, a memo that ran out in that
-   * moment) knows of no rejection.
-   */
-  async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
-    const since = this.#supersededAt;
-    // An upstream that reads a peer's own copy (fromPeer) looks there next, rather than wait here.
-    if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
-    this.#supersededAt = undefined;
-    const left = since + PEER_WRITE_WAIT_MS - performance.now();
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE) : undefined;
-  }
-
-  #logInvalidated(errcode: number | undefined, started: number, outcome: { deleted: boolean; entry: StoredEntry | undefined }): void {
-    const ctx = this.#ctx;
     ctx.log.info(
       { event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, deleted: outcome.deleted, ms: Math.round(performance.now() - started) },
       `WeChat rejected the cached ${ctx.label}; ${outcome.deleted ? 'removed it from the store' : 'the store already holds another one'}`,
@@ -205,6 +184,24 @@ export class LockedFetchRefresher implements Refresher {
           `fetched one (the last writer the store knows: ${entry?.fetchedBy ?? 'unknown'}). Make it share this store, or follow it (refresh: 'never')`,
       );
     }
+  }
+
+  /**
+   * A 40001 a moment ago found nothing newer in the store: whoever fetched the newer token and holds no
+   * lock writes it a store round trip after its fetch, or later. A fetch now would supersede that token
+   * (and the one before it would die under the sends that carry it; the late write would then put a dead
+   * token in the store). So the holder, under the lock (every other caller waits for it), gives that
+   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches. Only a process that saw the
+   * 40001 waits: another one whose own read missed meanwhile (a cold start, a memo that ran out in that
+   * moment) knows of no rejection.
+   */
+  async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
+    const since = this.#supersededAt;
+    // An upstream that reads a peer's own copy (fromPeer) looks there next, rather than wait here.
+    if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
+    this.#supersededAt = undefined;
+    const left = since + PEER_WRITE_WAIT_MS - performance.now();
+    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE) : undefined;
   }
 
   async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress): Promise<Refreshed | undefined> {
