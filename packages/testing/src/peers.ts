@@ -18,6 +18,11 @@ export interface LocklessPeerOptions {
   intervalMs?: number;
   /** Rounds before the peer stops on its own. @default Infinity (until `stop()`) */
   rounds?: number;
+  /**
+   * How long after a fetch's answer its write reaches the store, in ms: a peer far from its store, or
+   * busy. The next fetch of the round starts after the write, as it does without a lag. @default 0
+   */
+  writeLagMs?: number;
 }
 
 /** A running lockless peer. */
@@ -47,6 +52,7 @@ export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
   const perRound = options.fetchesPerRound ?? 2;
   const intervalMs = options.intervalMs ?? 50;
   const maxRounds = options.rounds ?? Number.POSITIVE_INFINITY;
+  const writeLagMs = options.writeLagMs ?? 0;
   const url = new URL(`${options.baseUrl.replace(/\/+$/, '')}/cgi-bin/token`);
   url.search = new URLSearchParams({ grant_type: 'client_credential', appid: options.appId, secret: options.secret }).toString();
   let fetches = 0;
@@ -63,6 +69,7 @@ export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
         fetches += 1;
         if (typeof body.access_token === 'string' && typeof body.expires_in === 'number') {
           last = { access_token: body.access_token, expires_in: body.expires_in };
+          if (writeLagMs > 0) await new Promise((resolve) => setTimeout(resolve, writeLagMs));
           await options.cache.set(key, encode(last.access_token, last.expires_in, fetchedAt), last.expires_in);
         }
       }
