@@ -243,9 +243,17 @@ function writesLate(cache: TokenCache, key: string, peer: string, onRead?: (valu
   };
 }
 
+/** The store holds a token a lockless peer fetched and wrote (no `fetched_by`): the app's first token. */
+async function peerWrote(cache: TokenCache, key: string, appId: string): Promise<string> {
+  const token = mock.issueClassicToken(appId);
+  await cache.set(key, entry(token), 6900);
+  return token;
+}
+
 describe('a 40001 whose newer token a lockless peer has not written yet', () => {
   it('the lock\'s holder waits for the peer\'s write and the call resends with it: no fetch, which would supersede the peer\'s token', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    await peerWrote(cache, app.accessToken.cacheKey, appId);
     await app.accessToken.getToken();
     // The peer fetches twice: the token wxkit holds dies, and the store still holds it.
     mock.issueClassicToken(appId);
@@ -254,7 +262,8 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(mock.counters(appId).templateSends).toBe(1);
     expect(mock.counters(appId).rejectedCalls).toBe(1);
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    // wxkit fetched nothing: its first token and the one it resent with are the peer's.
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
     expect(await app.accessToken.getToken()).toBe(peer);
     expect(mock.isTokenValid(appId, peer)).toBe(true);
     await app.close();
@@ -262,6 +271,7 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
 
   it('a call that comes while the holder waits joins it: no fetch beside the wait', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
+    await peerWrote(cache, app.accessToken.cacheKey, appId);
     await app.accessToken.getToken();
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
@@ -289,14 +299,15 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     expect(joining).toBeDefined();
     expect(await joining).toBe(peer);
     expect(mock.counters(appId).templateSends).toBe(1);
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
     await app.close();
   });
 
   it('a refresh that takes the lock while the rejected token is still being deleted waits too', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
     const key = app.accessToken.cacheKey;
-    const first = await app.accessToken.getToken();
+    const first = await peerWrote(cache, key, appId);
+    expect(await app.accessToken.getToken()).toBe(first);
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
     writesLate(cache, key, peer);
@@ -314,12 +325,13 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(await other).toBe(peer);
     expect(mock.counters(appId).templateSends).toBe(1);
-    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
     await app.close();
   });
 
   it('does not spend the call\'s fetch on the token it waited for: when that one is superseded too, the call still fetches once', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    await peerWrote(cache, app.accessToken.cacheKey, appId);
     await app.accessToken.getToken();
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
@@ -334,7 +346,33 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     expect(killed).toBe(true);
     expect(mock.counters(appId).templateSends).toBe(1);
     expect(mock.counters(appId).rejectedCalls).toBe(2);
+    // The call's one fetch, after the token it waited for was superseded too.
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+  it('where only wxkit has written the token, a 40001 (a program that does not share the store) is not waited on: the fetch follows', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    const first = await app.accessToken.getToken();
+    mock.invalidateTokens(appId);
+    let deleted = false;
+    const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
+    cache.deleteIfEquals = async (k, expected) => {
+      const done = await deleteIfEquals(k, expected);
+      if (k === key && expected.includes(first)) deleted = done;
+      return done;
+    };
+    // Reads of the entry from the delete to the fetch: the recovery's, the refresh's, the holder's.
+    let reads = 0;
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      if (k === key && deleted && mock.counters(appId).classicTokenRequests === 1) reads += 1;
+      return get(k);
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(deleted).toBe(true);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(reads).toBeLessThanOrEqual(3);
     await app.close();
   });
 });

@@ -157,12 +157,14 @@ export class TokenManager {
       const rejected = (this.#rejected ??= []);
       rejected.push(value);
       if (rejected.length > REJECTED_MEMORY) rejected.shift();
+      // What this process knows of the rejected value, before it is forgotten: who wrote it.
+      const known = this.#memo.entry?.value === value ? this.#memo.entry : undefined;
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
-      const reported = this.#track(this.#refresher.invalidate(value, errcode)).then((refreshed) => {
+      const reported = this.#track(this.#refresher.invalidate(value, errcode, known)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
         return true;

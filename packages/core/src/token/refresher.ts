@@ -79,8 +79,9 @@ export interface Refresher {
   /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
    * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
+   * `known`: the entry this process held for `value`, when it held one.
    */
-  invalidate(value: string, errcode: number | undefined): Promise<Refreshed | void>;
+  invalidate(value: string, errcode: number | undefined, known?: StoredEntry): Promise<Refreshed | void>;
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */

@@ -84,6 +84,11 @@ export class LockedFetchRefresher implements Refresher {
   #externalInvalidations = 0;
   /** When (performance.now()) this process last saw a token superseded with nothing newer in the store. */
   #supersededAt: number | undefined;
+  /**
+   * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
+   * format that cannot record it. A writer without the lock shares the store, and is waited for after a 40001.
+   */
+  #peerWrites = false;
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
@@ -140,15 +145,18 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  async invalidate(value: string, errcode: number | undefined): Promise<void> {
+  async invalidate(value: string, errcode: number | undefined, known?: StoredEntry): Promise<void> {
     const ctx = this.#ctx;
     const started = performance.now();
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
     // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
-    // without a lock writes to the shared store that way: a fallback tier is the fleet's alone.
-    const noted = errcode === 40001 && tier.name === 'shared' ? (this.#supersededAt = started) : undefined;
+    // without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and
+    // only once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
+    if (known !== undefined && known.fetchedBy === undefined) this.#peerWrites = true;
+    const superseded = errcode === 40001 && tier.name === 'shared' && this.#peerWrites;
+    const noted = superseded ? (this.#supersededAt = started) : undefined;
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
     let answered = false;
     try {
@@ -159,7 +167,8 @@ export class LockedFetchRefresher implements Refresher {
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
     } finally {
-      const newer = outcome.entry !== undefined && !ctx.rejected(outcome.entry.value);
+      const { entry } = outcome;
+      const newer = entry !== undefined && !ctx.rejected(entry.value);
       if (noted !== undefined && (!answered || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
     }
     ctx.log.info(
@@ -193,7 +202,8 @@ export class LockedFetchRefresher implements Refresher {
    * token in the store). So the holder, under the lock (every other caller waits for it), gives that
    * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches. Only a process that saw the
    * 40001 waits: another one whose own read missed meanwhile (a cold start, a memo that ran out in that
-   * moment) knows of no rejection.
+   * moment) knows of no rejection. And only where such a writer has shown itself (#peerWrites): a
+   * program that fetches without sharing the store writes nothing to wait for.
    */
   async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
     const since = this.#supersededAt;
