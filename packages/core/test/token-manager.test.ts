@@ -275,26 +275,9 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.accessToken.getToken();
     mock.issueClassicToken(appId);
     const peer = mock.issueClassicToken(appId);
+    // The other call starts at the holder's look for the peer's token, before that look has answered.
     let joining: Promise<string> | undefined;
-    // The other call starts at the holder's first look for the peer's token, before the peer wrote.
-    const key = app.accessToken.cacheKey;
-    let locked = false;
-    const add = cache.add!.bind(cache);
-    cache.add = async (k, value, ttl) => {
-      const ok = await add(k, value, ttl);
-      if (k === `${key}:lock` && ok) locked = true;
-      return ok;
-    };
-    let reads = 0;
-    const get = cache.get.bind(cache);
-    cache.get = async (k) => {
-      const value = await get(k);
-      if (k === key && locked && (reads += 1) === 2) {
-        joining = app.accessToken.getToken();
-        await cache.set(key, entry(peer), 6900);
-      }
-      return value;
-    };
+    writesLate(cache, app.accessToken.cacheKey, peer, () => (joining ??= app.accessToken.getToken()));
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(joining).toBeDefined();
     expect(await joining).toBe(peer);
