@@ -243,21 +243,23 @@ function writesLate(cache: TokenCache, key: string, peer: string, onRead?: (valu
   };
 }
 
-/** The store holds a token a lockless peer fetched and wrote (no `fetched_by`): the app's first token. */
-async function peerWrote(cache: TokenCache, key: string, appId: string): Promise<string> {
-  const token = mock.issueClassicToken(appId);
-  await cache.set(key, entry(token), 6900);
-  return token;
+/**
+ * A lockless peer wrote the app's first token (no `fetched_by`), and the app holds it; then the peer
+ * fetches twice more, writing neither yet: the token the app holds is dead, and the store still holds it.
+ * Resolves both: the app's token and the peer's newest.
+ */
+async function supersededByPeer(app: OfficialAccount, cache: TokenCache, appId: string): Promise<{ first: string; peer: string }> {
+  const first = mock.issueClassicToken(appId);
+  await cache.set(app.accessToken.cacheKey, entry(first), 6900);
+  expect(await app.accessToken.getToken()).toBe(first);
+  mock.issueClassicToken(appId);
+  return { first, peer: mock.issueClassicToken(appId) };
 }
 
 describe('a 40001 whose newer token a lockless peer has not written yet', () => {
   it('the lock\'s holder waits for the peer\'s write and the call resends with it: no fetch, which would supersede the peer\'s token', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
-    await peerWrote(cache, app.accessToken.cacheKey, appId);
-    await app.accessToken.getToken();
-    // The peer fetches twice: the token wxkit holds dies, and the store still holds it.
-    mock.issueClassicToken(appId);
-    const peer = mock.issueClassicToken(appId);
+    const { peer } = await supersededByPeer(app, cache, appId);
     writesLate(cache, app.accessToken.cacheKey, peer);
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(mock.counters(appId).templateSends).toBe(1);
@@ -271,10 +273,7 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
 
   it('a call that comes while the holder waits joins it: no fetch beside the wait', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
-    await peerWrote(cache, app.accessToken.cacheKey, appId);
-    await app.accessToken.getToken();
-    mock.issueClassicToken(appId);
-    const peer = mock.issueClassicToken(appId);
+    const { peer } = await supersededByPeer(app, cache, appId);
     // The other call starts at the holder's look for the peer's token, before that look has answered.
     let joining: Promise<string> | undefined;
     writesLate(cache, app.accessToken.cacheKey, peer, () => (joining ??= app.accessToken.getToken()));
@@ -289,10 +288,7 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
   it('a refresh that takes the lock while the rejected token is still being deleted waits too', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
     const key = app.accessToken.cacheKey;
-    const first = await peerWrote(cache, key, appId);
-    expect(await app.accessToken.getToken()).toBe(first);
-    mock.issueClassicToken(appId);
-    const peer = mock.issueClassicToken(appId);
+    const { first, peer } = await supersededByPeer(app, cache, appId);
     writesLate(cache, key, peer);
     // The delete of the rejected token is slow: another call reads, takes the lock and reads again
     // before the store has answered it.
@@ -314,10 +310,7 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
 
   it('does not spend the call\'s fetch on the token it waited for: when that one is superseded too, the call still fetches once', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
-    await peerWrote(cache, app.accessToken.cacheKey, appId);
-    await app.accessToken.getToken();
-    mock.issueClassicToken(appId);
-    const peer = mock.issueClassicToken(appId);
+    const { peer } = await supersededByPeer(app, cache, appId);
     // Once wxkit has read the peer's token, every token dies (a second peer's rounds, the console's reset).
     let killed = false;
     writesLate(cache, app.accessToken.cacheKey, peer, (value) => {
