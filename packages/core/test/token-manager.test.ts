@@ -359,7 +359,10 @@ describe('a call whose fetched token is superseded too, before a peer wrote the 
     try {
       const { app, appId, cache } = newApp(own, { tokenEndpoint: 'classic' });
       const key = app.accessToken.cacheKey;
-      const first = await app.accessToken.getToken();
+      // A lockless peer wrote the app's first token.
+      const first = own.issueClassicToken(appId);
+      await cache.set(key, entry(first), 6900);
+      expect(await app.accessToken.getToken()).toBe(first);
       // WeChat's clock passes the token's expiry (42001): the call fetches its one token. As soon as that
       // is written, every token dies, and a peer fetches the next one; the peer's write lands only after
       // wxkit, its fetch spent, has looked at the store and found nothing new.
@@ -405,13 +408,55 @@ describe('a call whose fetched token is superseded too, before a peer wrote the 
       expect(own.counters(appId).errcodes['42001']).toBe(1);
       expect(own.counters(appId).errcodes['40001']).toBe(1);
       expect(own.counters(appId).templateSends).toBe(1);
-      // One fetch for the client's first token, one for the call: the peer's token served the last resend.
-      expect(own.counters(appId).classicTokenRequests).toBe(2);
+      // The call's one fetch: the peer's token served the last resend.
+      expect(own.counters(appId).classicTokenRequests).toBe(1);
       expect(await app.accessToken.getToken()).toBe(peer);
       await app.close();
     } finally {
       await own.close();
     }
+  });
+});
+
+describe('a call whose fetched token is superseded too, where only wxkit writes', () => {
+  it('fails with the 40001 without waiting for a token that nobody will write', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    await app.accessToken.getToken();
+    // A program that does not share the store fetches: the token dies; and again once wxkit wrote its new one.
+    mock.invalidateTokens(appId);
+    let fetched = false;
+    const add = cache.add!.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      if (k === key && ok && !fetched) {
+        fetched = true;
+        mock.invalidateTokens(appId);
+      }
+      return ok;
+    };
+    const compareAndSet = cache.compareAndSet!.bind(cache);
+    cache.compareAndSet = async (k, expected, value, ttl) => {
+      const ok = await compareAndSet(k, expected, value, ttl);
+      if (k === key && ok && !fetched) {
+        fetched = true;
+        mock.invalidateTokens(appId);
+      }
+      return ok;
+    };
+    // Reads of the entry once the call's fetched token was rejected: the recovery's only, no wait's.
+    let reads = 0;
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      if (k === key && mock.counters(appId).rejectedCalls === 2) reads += 1;
+      return get(k);
+    };
+    const error = await rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
+    expect(error.code).toBe('ERR_WXKIT_WECHAT_API');
+    expect(mock.counters(appId).rejectedCalls).toBe(2);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(reads).toBeLessThanOrEqual(2);
+    await app.close();
   });
 });
 

@@ -208,8 +208,12 @@ export class TokenManager {
       if (!(error instanceof CacheError)) throw error;
       answered = false;
     }
-    // Only a superseded token has a newer one, and only the shared store gets it from another program.
-    if (state.fetched) return errcode === 40001 && tier.name === 'shared' && answered ? this.#awaitNewer(failed, signal) : undefined;
+    // Only a superseded token has a newer one, and only the shared store gets it from another program,
+    // one that has shown itself writing there.
+    if (state.fetched) {
+      const awaited = errcode === 40001 && tier.name === 'shared' && answered && this.#refresher.peerWrites === true;
+      return awaited ? this.#awaitNewer(failed, signal) : undefined;
+    }
     // The call's one fetch is spent only if a refresh of this process asked WeChat meanwhile. One that
     // found a token another program wrote (under the lock, or waiting for its holder) asked nothing:
     // when a peer then supersedes that token too, and the store is empty for a moment (its write lags

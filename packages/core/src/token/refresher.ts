@@ -74,6 +74,11 @@ export interface Refreshed {
 export interface Refresher {
   /** Whether this refresher ever asks WeChat (a follower does not). */
   readonly fetches: boolean;
+  /**
+   * Whether a program that refreshes without the lock has shown itself writing to the shared store (a
+   * rejected token without wxkit's `fetched_by`): its next token is worth waiting for after a 40001.
+   */
+  readonly peerWrites?: boolean;
   /** A new value; undefined only for `ahead` requests that found nothing to do. */
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /**

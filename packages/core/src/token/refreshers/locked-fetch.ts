@@ -86,9 +86,14 @@ export class LockedFetchRefresher implements Refresher {
   #supersededAt: number | undefined;
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
-   * format that cannot record it. A writer without the lock shares the store, and is waited for after a 40001.
+   * format that cannot record it. A writer without the lock shares the store, and is waited for after a
+   * 40001, from then on.
    */
   #peerWrites = false;
+
+  get peerWrites(): boolean {
+    return this.#peerWrites;
+  }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
