@@ -353,6 +353,28 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
   });
 });
 
+/** Calls `then` with the token of wxkit's first write of the entry at `key` (an add, or a compare-and-set), once it landed. */
+function afterFirstWrite(cache: TokenCache, key: string, then: (token: string) => void): void {
+  let seen = false;
+  const written = (k: string, ok: boolean, value: string) => {
+    if (k !== key || !ok || seen) return;
+    seen = true;
+    then(JSON.parse(value).access_token as string);
+  };
+  const add = cache.add!.bind(cache);
+  cache.add = async (k, value, ttl) => {
+    const ok = await add(k, value, ttl);
+    written(k, ok, value);
+    return ok;
+  };
+  const compareAndSet = cache.compareAndSet!.bind(cache);
+  cache.compareAndSet = async (k, expected, value, ttl) => {
+    const ok = await compareAndSet(k, expected, value, ttl);
+    written(k, ok, value);
+    return ok;
+  };
+}
+
 describe('a call whose fetched token is superseded too, before a peer wrote the newer one', () => {
   it('waits for the newer token to reach the store and resends with it, rather than give up', async () => {
     const own = await startMockWeChat();
@@ -368,23 +390,10 @@ describe('a call whose fetched token is superseded too, before a peer wrote the 
       // wxkit, its fetch spent, has looked at the store and found nothing new.
       own.advanceClock(7201);
       let fetched: string | undefined;
-      const written = (k: string, ok: boolean, value: string) => {
-        if (k !== key || !ok || fetched !== undefined) return;
-        fetched = JSON.parse(value).access_token as string;
+      afterFirstWrite(cache, key, (token) => {
+        fetched = token;
         own.invalidateTokens(appId);
-      };
-      const add = cache.add!.bind(cache);
-      cache.add = async (k, value, ttl) => {
-        const ok = await add(k, value, ttl);
-        written(k, ok, value);
-        return ok;
-      };
-      const compareAndSet = cache.compareAndSet!.bind(cache);
-      cache.compareAndSet = async (k, expected, value, ttl) => {
-        const ok = await compareAndSet(k, expected, value, ttl);
-        written(k, ok, value);
-        return ok;
-      };
+      });
       let deleted = false;
       const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
       cache.deleteIfEquals = async (k, expected) => {
@@ -425,25 +434,7 @@ describe('a call whose fetched token is superseded too, where only wxkit writes'
     await app.accessToken.getToken();
     // A program that does not share the store fetches: the token dies; and again once wxkit wrote its new one.
     mock.invalidateTokens(appId);
-    let fetched = false;
-    const add = cache.add!.bind(cache);
-    cache.add = async (k, value, ttl) => {
-      const ok = await add(k, value, ttl);
-      if (k === key && ok && !fetched) {
-        fetched = true;
-        mock.invalidateTokens(appId);
-      }
-      return ok;
-    };
-    const compareAndSet = cache.compareAndSet!.bind(cache);
-    cache.compareAndSet = async (k, expected, value, ttl) => {
-      const ok = await compareAndSet(k, expected, value, ttl);
-      if (k === key && ok && !fetched) {
-        fetched = true;
-        mock.invalidateTokens(appId);
-      }
-      return ok;
-    };
+    afterFirstWrite(cache, key, () => mock.invalidateTokens(appId));
     // Reads of the entry once the call's fetched token was rejected: the recovery's only, no wait's.
     let reads = 0;
     const get = cache.get.bind(cache);
