@@ -188,8 +188,8 @@ export class TokenManager {
     if (this.#ended) throw closedError(this.#ctx);
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
     const brought = await abortable(this.#report(failed, errcode), signal);
-    const held = this.#memo.value;
-    if (held !== undefined && held !== failed && !this.isRejected(held)) {
+    const held = this.#heldInstead(failed);
+    if (held !== undefined) {
       // A value the report brought back is this call's one refresh: a call whose token is rejected again
       // after it has had one stops, as it would after a fetch.
       if (brought) {
@@ -256,6 +256,11 @@ export class TokenManager {
     if (found !== undefined) return found;
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     // Another call of this process may have brought a newer value meanwhile.
+    return this.#heldInstead(failed);
+  }
+
+  /** The value the memo holds, if it is neither `failed` nor another value WeChat rejected. */
+  #heldInstead(failed: string): string | undefined {
     const held = this.#memo.value;
     return held !== undefined && held !== failed && !this.isRejected(held) ? held : undefined;
   }

@@ -144,6 +144,11 @@ export class Wakeup {
     ended?.addEventListener('abort', this.#onEnded, { once: true });
   }
 
+  /** Makes the next look start without a pause, as a reported write would. */
+  lookNow(): void {
+    this.#woken = true;
+  }
+
   /** Whether a write was reported since the last call (and forgets it). */
   take(): boolean {
     const woken = this.#woken;
@@ -231,30 +236,19 @@ export async function pollWithBackoff<T>(
  * get, and a TTL query for formats without an expiry) longer. A store call that fails counts as nothing
  * yet: the wait goes on.
  */
-export async function awaitNewEntry(
+export function awaitNewEntry(
   ctx: TokenContext,
   waitMs: number,
   replaced: string | undefined,
   lookFirst = false,
   pace?: Readonly<PollPace>,
 ): Promise<Refreshed | undefined> {
-  const started = performance.now();
   const look = async (): Promise<Refreshed | undefined> => {
     const tier = ctx.tiers.current();
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
-  const watch: Watch = (onChange) => ctx.tiers.shared.watch([ctx.key], onChange);
-  if (!lookFirst) return pollWithBackoff(waitMs, look, watch, ctx.closed, pace);
-  if (ctx.closed.aborted) return undefined;
-  const wakeup = new Wakeup(watch, ctx.closed);
-  const found = await look().catch((error: unknown) => {
-    wakeup.stop();
-    throw error;
-  });
-  if (found) {
-    wakeup.stop();
-    return found;
-  }
-  return pollWithBackoff(waitMs - (performance.now() - started), look, wakeup, ctx.closed, pace);
+  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
+  if (lookFirst) wakeup.lookNow();
+  return pollWithBackoff(waitMs, look, wakeup, ctx.closed, pace);
 }
