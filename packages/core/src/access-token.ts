@@ -65,6 +65,8 @@ export class AccessToken {
    * still holds that token, so a newer token written by another process is kept. `client` calls this
    * for you; call it when you send requests with the token yourself, with WeChat's `errcode` if you have
    * it (a 40001 on the token the store still holds is reported as invalidated from outside the fleet).
+   * Once the client is closed it forgets the token and rejects with a TokenUnavailableError: the store
+   * (which the program may have closed) and the token service are told nothing.
    */
   invalidate(token: string, errcode?: number): Promise<void> {
     return this.#manager.invalidate(token, errcode);

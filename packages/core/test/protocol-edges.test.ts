@@ -719,6 +719,32 @@ describe('close()', () => {
     }
   });
 
+  it('accessToken.invalidate() once close() has resolved: refused as closed, the store untouched, and the token no longer served', async () => {
+    const { appId, secret } = mock.createApp();
+    let closed = false;
+    const afterClose: string[] = [];
+    class Watched extends MemoryCache {
+      override deleteIfEquals(key: string, expected: string) {
+        if (closed) afterClose.push(`deleteIfEquals ${key}`);
+        return super.deleteIfEquals(key, expected);
+      }
+    }
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new Watched(), logger: false });
+    const token = await app.accessToken.getToken();
+    await app.close();
+    closed = true;
+    const refused = await rejection(app.accessToken.invalidate(token, 40001));
+    expect(refused).toBeInstanceOf(TokenUnavailableError);
+    expect(refused.message).toMatch(/closed: it reports no rejected access_token/);
+    // The program may close its store after close(): the client asks it nothing.
+    expect(afterClose).toEqual([]);
+    // The rejected token is forgotten all the same: not served again.
+    expect(await rejection(app.accessToken.getToken())).toBeInstanceOf(TokenUnavailableError);
+    // A second report of the same token is taken as done.
+    await app.accessToken.invalidate(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  });
+
   it("a rejection that comes while close() waits for another of the client's refreshes is reported, and close() waits for it", async () => {
     const { appId, secret } = mock.createApp();
     let reports = 0;

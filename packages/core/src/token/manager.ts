@@ -160,6 +160,9 @@ export class TokenManager {
       // What this process knows of the rejected value, before it is forgotten: who wrote it.
       const known = this.#memo.entry?.value === value ? this.#memo.entry : undefined;
       this.#memo.forget(value);
+      // Once close() has let the client's work end, the value is forgotten here and nothing is reported:
+      // the program may have closed its store by now. The caller learns that the fleet was not told.
+      if (this.#ended) return Promise.reject(closedError(this.#ctx, `reports no rejected ${this.#ctx.label} to the store or the token service`));
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a

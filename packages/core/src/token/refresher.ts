@@ -41,9 +41,9 @@ export interface TokenContext {
   closed: Ending;
 }
 
-/** What a call that needs a refresh gets once its client was closed. */
-export function closedError(ctx: TokenContext): TokenUnavailableError {
-  return new TokenUnavailableError(`The client was closed: it starts no refresh of the ${ctx.label} and waits for none; make a new client`);
+/** What a call that needs a refresh (or would report a rejected value: `doing`) gets once its client was closed. */
+export function closedError(ctx: TokenContext, doing = `starts no refresh of the ${ctx.label} and waits for none`): TokenUnavailableError {
+  return new TokenUnavailableError(`The client was closed: it ${doing}; make a new client`);
 }
 
 export interface RefreshRequest {
