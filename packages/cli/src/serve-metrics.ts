@@ -31,6 +31,8 @@ const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_j
  * - `wxkit_cache_reads_total{app,result}`: reads of an app's access-token entry in the store, hit or miss
  * - `wxkit_lock_waits_total{app}`: refreshes that found the lock held by another process and waited
  * - `wxkit_lock_wait_timeouts_total{app}`: waits that ended without a token
+ * - `wxkit_token_invalidated_externally_total{app,token}`: WeChat said 40001 for the token the store held,
+ *   which nobody in the fleet had replaced: a program outside the fleet fetched one
  * - `wxkit_upstream_request_duration_seconds{app,path,outcome}`: WeChat's answer time, per API path
  * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (`other` for an errcode
  *   wxkit does not know), or wxkit's code for a transport failure
@@ -44,6 +46,12 @@ export class ServiceMetrics {
   readonly #fetches = new Counter({ name: 'wxkit_token_fetches_total', help: 'Fetches of a token or ticket from WeChat, by app, token and result (ok, error).', labelNames: ['app', 'token', 'result'], registers: [this.registry] });
   readonly #reads = new Counter({ name: 'wxkit_cache_reads_total', help: "Reads of an app's access-token entry in the shared store: hit (an entry) or miss (none).", labelNames: ['app', 'result'], registers: [this.registry] });
   readonly #lockWaits = new Counter({ name: 'wxkit_lock_waits_total', help: 'Refreshes that found the refresh lock held by another process, and waited for its token.', labelNames: ['app'], registers: [this.registry] });
+  readonly #external = new Counter({
+    name: 'wxkit_token_invalidated_externally_total',
+    help: 'Tokens WeChat said were superseded (40001) while the store still held them: a program outside the fleet fetched one.',
+    labelNames: ['app', 'token'],
+    registers: [this.registry],
+  });
   readonly #lockTimeouts = new Counter({ name: 'wxkit_lock_wait_timeouts_total', help: 'Lock waits that ended without a token.', labelNames: ['app'], registers: [this.registry] });
   readonly #upstream = new Histogram({
     name: 'wxkit_upstream_request_duration_seconds',
@@ -69,10 +77,11 @@ export class ServiceMetrics {
     collectDefaultMetrics({ register: this.registry });
   }
 
-  /** Counts an app's fetches, failures and lock wait timeouts from its client's events. */
+  /** Counts an app's fetches, failures, external invalidations and lock wait timeouts from its client's events. */
   watch(client: WeChatClient, app: string): void {
     for (const token of TOKEN_LABELS) {
       client.on(`${token}.fetched`, () => this.#fetches.inc({ app, token, result: 'ok' }));
+      client.on(`${token}.invalidated_externally`, () => this.#external.inc({ app, token }));
       client.on(`${token}.fetch_failed`, (event) => {
         this.#fetches.inc({ app, token, result: 'error' });
         this.#errors.inc({ app, errcode: errcodeLabel(event.errcode, event.code) });

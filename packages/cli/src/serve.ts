@@ -133,8 +133,8 @@ interface RequestInfo {
  *
  * - `GET /v1/token/{kind}/{id}` → `{"access_token","expires_at","fetched_at"}` (the key-schema value)
  * - `GET /v1/ticket/{kind}/{id}/{type}` → `{"ticket","expires_at","fetched_at"}`
- * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` → refreshes only if that token is
- *   still the current one, then answers the current value
+ * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` (and WeChat's `"errcode"`, optional)
+ *   → refreshes only if that token is still the current one, then answers the current value
  * - `GET /healthz` (the store answers), `GET /readyz` (every app has a token), `GET /metrics` (Prometheus); no key
  *
  * `{kind}` is official_account (or oa), mini_program (or mp) or work; `{kind}/{id}` may also be written
@@ -336,6 +336,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         const body = await readBody(req);
         const token = body.token;
         if (typeof token !== 'string' || token.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"token":"…"}, the token WeChat rejected');
+        // WeChat's errcode for it, when the client sent it (remoteTokenSource does): a 40001 on the token
+        // the store holds says a program outside the fleet fetched one, and is logged and counted so.
+        const errcode = body.errcode;
+        if (errcode !== undefined && !Number.isSafeInteger(errcode)) throw new Problem(400, 'bad_request', 'errcode, when sent, must be the integer WeChat answered (40001, 40014 or 42001)');
         // A report of a token replaced less than the spacing ago is checked with WeChat first: a client
         // that reports every token it gets (a loop) costs a harmless call, not a token fetch, while a token
         // WeChat really rejected (another program fetched) is replaced at once. The entry's fetched_at says
@@ -395,7 +399,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           }
         }
         // Token-scoped: the entry is replaced only if it still holds this token.
-        await target.client.accessToken.invalidate(token);
+        await target.client.accessToken.invalidate(token, errcode as number | undefined);
         const after = await entryOf(target);
         if (after.value !== before.value) target.replacedAt = now;
         return sendEntry(res, 'access_token', after);

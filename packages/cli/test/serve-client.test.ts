@@ -48,6 +48,34 @@ describe('remoteTokenSource with wxkit serve', () => {
     }
   });
 
+  it("a 40001 is reported with its errcode: the service counts the token superseded from outside the fleet (a 42001 is not)", async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: service.url, key: KEY }), logger: false });
+    const external = async () => {
+      const text = await (await fetch(`${service.url}/metrics`)).text();
+      const line = text.split('\n').find((row) => row.startsWith('wxkit_token_invalidated_externally_total{') && row.includes('token="access_token"'));
+      return line === undefined ? 0 : Number(line.split(' ').pop());
+    };
+    try {
+      await client.accessToken.getToken();
+      expect(await external()).toBe(0);
+      // Another program fetched a token: WeChat answers 40001 for the one the service's store holds.
+      mock.invalidateTokens(appId);
+      await client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} });
+      expect(await external()).toBe(1);
+      // A token that merely expired (42001) is no one else's doing.
+      const held = await client.accessToken.getToken();
+      await client.accessToken.invalidate(held, 42001);
+      await client.accessToken.getToken();
+      expect(await external()).toBe(1);
+      expect(mock.counters(appId).templateSends).toBe(1);
+    } finally {
+      await client.close();
+      await service.close();
+    }
+  });
+
   it("a fetch the service backs off from is answered with Retry-After, and the client does not ask again before it", async () => {
     const { appId, secret } = mock.createApp();
     mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token', times: Infinity });

@@ -25,12 +25,13 @@ export interface TokenSource {
   /** The current value and its remaining life in seconds (under a day: a day or more is refused as another unit). */
   fetch(request: TokenSourceRequest): Promise<{ value: string; expiresIn: number }>;
   /**
-   * WeChat rejected `value` (40001, 40014, 42001). The source refreshes only if `value` is still its
-   * current one, so N clients reporting the same token cause one refresh. It may resolve the current
-   * value and its remaining life, as `fetch()` would (`wxkit serve` answers them): the client then uses
-   * it without calling `fetch()`. Resolving nothing, the client calls `fetch()` next.
+   * WeChat rejected `value` (40001, 40014, 42001): `errcode` says which, when the client knows it. The
+   * source refreshes only if `value` is still its current one, so N clients reporting the same token
+   * cause one refresh. It may resolve the current value and its remaining life, as `fetch()` would
+   * (`wxkit serve` answers them): the client then uses it without calling `fetch()`. Resolving nothing,
+   * the client calls `fetch()` next.
    */
-  invalidate(request: TokenSourceRequest, value: string): Promise<{ value: string; expiresIn: number } | void>;
+  invalidate(request: TokenSourceRequest, value: string, errcode?: number): Promise<{ value: string; expiresIn: number } | void>;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
    * several clients share must still answer the others afterwards (remoteTokenSource opens new
@@ -214,11 +215,14 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       if (typeof entry === 'string') throw new BadResponseError(`The token service answered ${path} ${entry}`, { path });
       return entry;
     },
-    async invalidate(request, value) {
+    async invalidate(request, value, errcode) {
       const path = `v1/token/${segment(request)}/invalidate`;
+      // WeChat's errcode goes with the token: the service tells a token superseded by a program outside
+      // the fleet (40001 on the token it holds) from one that merely expired.
+      const json = Number.isSafeInteger(errcode) ? { token: value, errcode } : { token: value };
       let body: Record<string, unknown>;
       try {
-        body = await send(path, () => http().json({ method: 'POST', path, json: { token: value }, headers }));
+        body = await send(path, () => http().json({ method: 'POST', path, json, headers }));
       } catch (error) {
         // A service of another make may answer the report with no body (204) or no JSON: taken, with no
         // token in it, and the client asks fetch() for one.

@@ -37,11 +37,11 @@ export class RemoteRefresher implements Refresher {
    * Reports `value`; what the source answers with (wxkit serve: the current token, the one that replaced
    * `value`) is the refresh, so the client need not ask again. Undefined when it answered none.
    */
-  async invalidate(value: string): Promise<Refreshed | undefined> {
+  async invalidate(value: string, errcode: number | undefined): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const started = performance.now();
-    const answered = await this.#withDeadline(this.#source.invalidate(this.#request, value));
-    ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
+    const answered = await this.#withDeadline(this.#source.invalidate(this.#request, value, errcode));
+    ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
     // A source that answers nothing, or something else (a source in plain JavaScript that returns what
     // its HTTP call did): the client asks fetch() next, as before sources could answer.
     if (!answered) return undefined;
