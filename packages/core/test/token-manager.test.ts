@@ -351,6 +351,43 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     expect(reads).toBeLessThanOrEqual(3);
     await app.close();
   });
+
+  it('what a process learnt of a lockless writer on one store does not hold after setCache() to another: its 40001 is not waited on there', async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    // On the first store a lockless peer's token is rejected: the process learns such a writer is there.
+    const first = mock.issueClassicToken(appId);
+    await cache.set(key, entry(first), 6900);
+    expect(await app.accessToken.getToken()).toBe(first);
+    mock.invalidateTokens(appId);
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    // A store only wxkit writes.
+    const other = new MemoryCache();
+    app.setCache(other);
+    const own = await app.accessToken.getToken();
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    mock.invalidateTokens(appId);
+    let deleted = false;
+    const deleteIfEquals = other.deleteIfEquals.bind(other);
+    other.deleteIfEquals = async (k, expected) => {
+      const done = await deleteIfEquals(k, expected);
+      if (k === key && expected.includes(own)) deleted = done;
+      return done;
+    };
+    // Reads of the entry from the delete to the fetch: the recovery's, the refresh's, the holder's.
+    let reads = 0;
+    const get = other.get.bind(other);
+    other.get = async (k) => {
+      if (k === key && deleted && mock.counters(appId).classicTokenRequests === 2) reads += 1;
+      return get(k);
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(deleted).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    expect(reads).toBeLessThanOrEqual(3);
+    await app.close();
+  });
 });
 
 /** Calls `then` with the token of wxkit's first write of the entry at `key` (an add, or a compare-and-set), once it landed. */

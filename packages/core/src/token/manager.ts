@@ -80,6 +80,7 @@ export class TokenManager {
     this.#forced = undefined;
     this.#newer = undefined;
     this.#waitedInVain = undefined;
+    this.#refresher.reset?.();
   }
 
   /** The client closed, or its pool let go of it: no background refresh starts any more. */

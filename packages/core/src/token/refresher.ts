@@ -81,6 +81,8 @@ export interface Refresher {
   readonly peerWrites?: boolean;
   /** A new value; undefined only for `ahead` requests that found nothing to do. */
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
+  /** The store was swapped (setCache()): forgets what this refresher learnt of the old one. */
+  reset?(): void;
   /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
    * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).

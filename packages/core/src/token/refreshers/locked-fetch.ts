@@ -87,12 +87,18 @@ export class LockedFetchRefresher implements Refresher {
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
    * format that cannot record it. A writer without the lock shares the store, and is waited for after a
-   * 40001, from then on.
+   * 40001, from then on (until the store is swapped: see reset()).
    */
   #peerWrites = false;
 
   get peerWrites(): boolean {
     return this.#peerWrites;
+  }
+
+  /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
+  reset(): void {
+    this.#peerWrites = false;
+    this.#supersededAt = undefined;
   }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
