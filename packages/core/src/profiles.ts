@@ -484,6 +484,7 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     // WxJava's RedisTemplate and Jedis locks are the lock every Java writer takes, so wxkit holding it
     // may replace an entry it cannot read; under Redisson wxkit's lock is its own, and it may not.
     replacesUndecodable: redisOps !== 'redisson',
+    writersLock: redisOps !== 'redisson',
     lockValue: redisOps === 'jedis' ? 'expiry-ms' : 'owner',
     // weixin-java-mp/…/config/impl/WxMpRedisConfigImpl.java: ACCESS_TOKEN_KEY_TPL, TICKET_KEY_TPL, LOCK_KEY_TPL
     accessTokenKey: (subject) => `${keyPrefix}:access_token:${id(subject)}`,

@@ -1,7 +1,7 @@
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, easyWeChat6, type TokenCache } from '../src/index.js';
+import { MemoryCache, OfficialAccount, easyWeChat6, wxJava, type TokenCache } from '../src/index.js';
 import { newApp, rejection } from './helpers.js';
 
 // The token manager's own promises, each of which the protocol tests reach only by the way: what an
@@ -348,6 +348,36 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
     expect(deleted).toBe(true);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    expect(reads).toBeLessThanOrEqual(3);
+    await app.close();
+  });
+
+  it("a profile whose writers all take the lock (WxJava's RedisTemplate lock) learns of no lockless writer from its tokens without fetched_by: the fetch follows the 40001", async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', schema: wxJava() });
+    const key = app.accessToken.cacheKey;
+    // A Java instance's token: raw, as WxJava writes it, with no writer recorded.
+    const java = mock.issueClassicToken(appId);
+    await cache.set(key, java, 6900);
+    expect(await app.accessToken.getToken()).toBe(java);
+    mock.invalidateTokens(appId);
+    let deleted = false;
+    const deleteIfEquals = cache.deleteIfEquals!.bind(cache);
+    cache.deleteIfEquals = async (k, expected) => {
+      const done = await deleteIfEquals(k, expected);
+      if (k === key && expected === java) deleted = done;
+      return done;
+    };
+    // Reads of the entry from the delete to the fetch: the recovery's, the refresh's, the holder's.
+    let reads = 0;
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      if (k === key && deleted && mock.counters(appId).classicTokenRequests === 0) reads += 1;
+      return get(k);
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(deleted).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    expect(mock.counters(appId).templateSends).toBe(1);
     expect(reads).toBeLessThanOrEqual(3);
     await app.close();
   });

@@ -83,6 +83,13 @@ export interface KeySchema {
    */
   readonly replacesUndecodable?: boolean;
   /**
+   * Whether every program that writes the entry takes the refresh lock this schema names, in the same
+   * dialect (WxJava's RedisTemplate and Jedis configs). A rejected token without `fetched_by` (which such
+   * a format cannot record) is then no sign of a writer without the lock, and a 40001 is not waited on for
+   * one (docs/protocol.md, "Resends that survive lockless peers"). @default false
+   */
+  readonly writersLock?: boolean;
+  /**
    * The refresh lock's value: `owner`, a unique string compared on release (wxkit, WxJava's RedisTemplate
    * lock); `expiry-ms`, the lease's end in unix milliseconds as decimal digits, which jedis-lock (WxJava's
    * Jedis config) parses with `Long.parseLong` and takes over once it has passed. @default 'owner'

@@ -165,7 +165,8 @@ export class LockedFetchRefresher implements Refresher {
     // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
     // without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and
     // only once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
-    if (known !== undefined && known.fetchedBy === undefined) this.#peerWrites = true;
+    // A format whose writers all take the lock (WxJava's) records no `fetched_by`: no sign of one there.
+    if (known !== undefined && known.fetchedBy === undefined && ctx.entries.schema.writersLock !== true) this.#peerWrites = true;
     const superseded = errcode === 40001 && tier.name === 'shared' && this.#peerWrites;
     const noted = superseded ? (this.#supersededAt = started) : undefined;
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
