@@ -337,9 +337,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         const token = body.token;
         if (typeof token !== 'string' || token.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"token":"…"}, the token WeChat rejected');
         // WeChat's errcode for it, when the client sent it (remoteTokenSource does): a 40001 on the token
-        // the store holds says a program outside the fleet fetched one, and is logged and counted so.
-        const errcode = body.errcode;
-        if (errcode !== undefined && !Number.isSafeInteger(errcode)) throw new Problem(400, 'bad_request', 'errcode, when sent, must be the integer WeChat answered (40001, 40014 or 42001)');
+        // the store holds says a program outside the fleet fetched one, and is logged and counted so. A
+        // client of another make may send it as text, or send something else: taken as text, else left out
+        // (the report itself is good without it).
+        const errcode = errcodeOf(body.errcode);
         // A report of a token replaced less than the spacing ago is checked with WeChat first: a client
         // that reports every token it gets (a loop) costs a harmless call, not a token fetch, while a token
         // WeChat really rejected (another program fetched) is replaced at once. The entry's fetched_at says
@@ -399,7 +400,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           }
         }
         // Token-scoped: the entry is replaced only if it still holds this token.
-        await target.client.accessToken.invalidate(token, errcode as number | undefined);
+        await target.client.accessToken.invalidate(token, errcode);
         const after = await entryOf(target);
         if (after.value !== before.value) target.replacedAt = now;
         return sendEntry(res, 'access_token', after);
@@ -630,6 +631,12 @@ function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logge
       log?.error?.({ event: 'serve.internal_error', route: info.route, error: message }, 'unexpected error');
       return answer(res, 500, { error: { code: 'internal', message: 'the service failed unexpectedly; its log has the details' } });
   }
+}
+
+/** WeChat's errcode as a client reported it: a whole number, or one written as text; else none. */
+function errcodeOf(value: unknown): number | undefined {
+  if (typeof value === 'number') return Number.isSafeInteger(value) ? value : undefined;
+  return typeof value === 'string' && /^-?\d{1,9}$/.test(value) ? Number(value) : undefined;
 }
 
 async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {

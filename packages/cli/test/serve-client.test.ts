@@ -48,7 +48,7 @@ describe('remoteTokenSource with wxkit serve', () => {
     }
   });
 
-  it("a 40001 is reported with its errcode: the service counts the token superseded from outside the fleet (a 42001 is not)", async () => {
+  it("a 40001 is reported with its errcode: the service counts the token superseded from outside the fleet (a 42001 is not, nor an errcode that is no number)", async () => {
     const { appId, secret } = mock.createApp();
     const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
     const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: service.url, key: KEY }), logger: false });
@@ -64,11 +64,28 @@ describe('remoteTokenSource with wxkit serve', () => {
       mock.invalidateTokens(appId);
       await client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} });
       expect(await external()).toBe(1);
-      // A token that merely expired (42001) is no one else's doing.
+      const fetches = mock.counters(appId).tokenRequests;
+      // A token WeChat rejects as expired (42001) is no one else's doing: replaced, not counted.
       const held = await client.accessToken.getToken();
+      mock.invalidateTokens(appId);
       await client.accessToken.invalidate(held, 42001);
-      await client.accessToken.getToken();
+      expect(mock.counters(appId).tokenRequests).toBe(fetches + 1);
       expect(await external()).toBe(1);
+      // A client of another make: the errcode as text is taken; one that is no number is left out.
+      const report = async (token: string, errcode: unknown) => {
+        const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers: { authorization: `Bearer ${KEY}` }, body: JSON.stringify({ token, errcode }) });
+        expect(res.status).toBe(200);
+        return ((await res.json()) as { access_token: string }).access_token;
+      };
+      let current = await client.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      current = await report(current, '40001');
+      expect(await external()).toBe(2);
+      mock.invalidateTokens(appId);
+      current = await report(current, { code: 40001 });
+      expect(mock.isTokenValid(appId, current)).toBe(true);
+      expect(mock.counters(appId).tokenRequests).toBe(fetches + 3);
+      expect(await external()).toBe(2);
       expect(mock.counters(appId).templateSends).toBe(1);
     } finally {
       await client.close();

@@ -175,6 +175,8 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // Its end is counted on the monotonic clock: a wall clock stepped back (NTP, a VM resumed) does not
   // stretch it.
   const holds = new Map<string, { until: number; error: unknown }>();
+  // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.
+  let errcodeRefused = false;
   const send = async (path: string, exchange: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
     const hold = holds.get(path);
     if (hold) {
@@ -217,16 +219,31 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     },
     async invalidate(request, value, errcode) {
       const path = `v1/token/${segment(request)}/invalidate`;
+      const report = (json: Record<string, unknown>) => send(path, () => http().json({ method: 'POST', path, json, headers }));
       // WeChat's errcode goes with the token: the service tells a token superseded by a program outside
       // the fleet (40001 on the token it holds) from one that merely expired.
-      const json = Number.isSafeInteger(errcode) ? { token: value, errcode } : { token: value };
+      const withErrcode = !errcodeRefused && Number.isSafeInteger(errcode);
+      // A service of another make may answer the report with no body (204) or no JSON: taken, with no
+      // token in it, and the client asks fetch() for one.
+      const takenWithoutBody = (error: unknown) => error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300;
       let body: Record<string, unknown>;
       try {
-        body = await send(path, () => http().json({ method: 'POST', path, json, headers }));
+        try {
+          body = await report(withErrcode ? { token: value, errcode } : { token: value });
+        } catch (error) {
+          // A service of another make that takes {"token"} and nothing else refuses the errcode (400, 422):
+          // asked once more without it, and never with it again once that was taken.
+          if (!(withErrcode && error instanceof HttpError && (error.status === 400 || error.status === 422))) throw error;
+          try {
+            body = await report({ token: value });
+          } catch (again) {
+            if (takenWithoutBody(again)) errcodeRefused = true;
+            throw again;
+          }
+          errcodeRefused = true;
+        }
       } catch (error) {
-        // A service of another make may answer the report with no body (204) or no JSON: taken, with no
-        // token in it, and the client asks fetch() for one.
-        if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
+        if (takenWithoutBody(error)) return undefined;
         throw error;
       }
       // wxkit serve answers the current token: used as it is, which spares the client's next request.

@@ -7,16 +7,20 @@ import { BadResponseError, MemoryCache, OfficialAccount, remoteTokenSource } fro
 // client must not take: each answer here is a typed error naming what was wrong.
 let server: Server;
 let url: string;
-let answer: (path: string) => { status: number; body: string; headers?: Record<string, string>; delayMs?: number } = () => ({ status: 404, body: '' });
+let answer: (path: string, body: string) => { status: number; body: string; headers?: Record<string, string>; delayMs?: number } = () => ({ status: 404, body: '' });
 /** The requests the server got, as `METHOD /path`. */
 let asked: string[] = [];
 beforeAll(async () => {
   server = createServer((req, res) => {
     asked.push(`${req.method} ${req.url}`);
-    const { status, body, headers, delayMs } = answer(req.url ?? '');
-    const send = () => res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(body);
-    if (delayMs) setTimeout(send, delayMs);
-    else send();
+    let received = '';
+    req.on('data', (chunk: Buffer) => (received += chunk.toString('utf8')));
+    req.on('end', () => {
+      const { status, body, headers, delayMs } = answer(req.url ?? '', received);
+      const send = () => res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(body);
+      if (delayMs) setTimeout(send, delayMs);
+      else send();
+    });
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -150,6 +154,43 @@ describe("remoteTokenSource's report of a rejected token", () => {
       // The answer is an access token's: a ticket's report never takes it.
       answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 }) });
       await expect(source.invalidate({ ...request, field: 'ticket', ticketType: 'jsapi' }, 'TICKET_1')).resolves.toBeUndefined();
+    } finally {
+      await source.close?.();
+    }
+  });
+});
+
+describe("remoteTokenSource's report and WeChat's errcode", () => {
+  beforeEach(() => {
+    asked = [];
+  });
+
+  it('sends the errcode with the token; a service that refuses the field (400) is asked once more without it, and never sent it again', async () => {
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    const bodies: string[] = [];
+    const current = JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 });
+    try {
+      answer = (_path, body) => (bodies.push(body), { status: 200, body: current });
+      await expect(source.invalidate(request, 'ACCESS_TOKEN_1', 40001)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      // No errcode known: the token alone.
+      await source.invalidate(request, 'ACCESS_TOKEN_1');
+      expect(bodies.map((body) => JSON.parse(body))).toEqual([{ token: 'ACCESS_TOKEN_1', errcode: 40001 }, { token: 'ACCESS_TOKEN_1' }]);
+      // A service of another make that takes {"token"} only.
+      bodies.length = 0;
+      answer = (_path, body) => {
+        bodies.push(body);
+        return 'errcode' in JSON.parse(body) ? { status: 400, body: JSON.stringify({ error: 'unknown field errcode' }) } : { status: 200, body: current };
+      };
+      await expect(source.invalidate(request, 'ACCESS_TOKEN_1', 40001)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      await expect(source.invalidate(request, 'ACCESS_TOKEN_1', 40001)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      expect(bodies.map((body) => JSON.parse(body))).toEqual([{ token: 'ACCESS_TOKEN_1', errcode: 40001 }, { token: 'ACCESS_TOKEN_1' }, { token: 'ACCESS_TOKEN_1' }]);
+      // A 400 for the token itself is the service's answer, not the field's: asked once more, then thrown.
+      bodies.length = 0;
+      const fresh = remoteTokenSource({ url, key: 'k'.repeat(32) });
+      answer = (_path, body) => (bodies.push(body), { status: 400, body: JSON.stringify({ error: { code: 'bad_request' } }) });
+      await expect(fresh.invalidate(request, 'ACCESS_TOKEN_1', 40001)).rejects.toMatchObject({ status: 400 });
+      expect(bodies).toHaveLength(2);
+      await fresh.close?.();
     } finally {
       await source.close?.();
     }

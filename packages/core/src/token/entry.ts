@@ -84,9 +84,9 @@ export interface KeySchema {
   readonly replacesUndecodable?: boolean;
   /**
    * Whether every program that writes the entry takes the refresh lock this schema names, in the same
-   * dialect (WxJava's RedisTemplate and Jedis configs). A rejected token without `fetched_by` (which such
-   * a format cannot record) is then no sign of a writer without the lock, and a 40001 is not waited on for
-   * one (docs/protocol.md, "Resends that survive lockless peers"). @default false
+   * dialect (WxJava's RedisTemplate and Jedis configs). Whoever fetched a newer token then writes it
+   * before the lock's release, and a refresh that holds the lock after a 40001 does not wait for one
+   * (docs/protocol.md, "Resends that survive lockless peers"). @default false
    */
   readonly writersLock?: boolean;
   /**

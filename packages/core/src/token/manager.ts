@@ -150,6 +150,12 @@ export class TokenManager {
 
   /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */
   #report(value: string, errcode: number | undefined): Promise<boolean> {
+    // Once close() has let the client's work end, the value is forgotten here and nothing is reported:
+    // the program may have closed its store by now. Every caller learns that the fleet was not told.
+    if (this.#ended) {
+      this.#memo.forget(value);
+      return Promise.reject(closedError(this.#ctx, `reports no rejected ${this.#ctx.label} to its store or token service`));
+    }
     let pending = this.#invalidations?.get(value);
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
     // not start another round, or N slow callers would cause N fetches.
@@ -161,9 +167,6 @@ export class TokenManager {
       // What this process knows of the rejected value, before it is forgotten: who wrote it.
       const known = this.#memo.entry?.value === value ? this.#memo.entry : undefined;
       this.#memo.forget(value);
-      // Once close() has let the client's work end, the value is forgotten here and nothing is reported:
-      // the program may have closed its store by now. The caller learns that the fleet was not told.
-      if (this.#ended) return Promise.reject(closedError(this.#ctx, `reports no rejected ${this.#ctx.label} to the store or the token service`));
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a

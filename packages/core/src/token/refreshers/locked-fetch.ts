@@ -165,9 +165,10 @@ export class LockedFetchRefresher implements Refresher {
     // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
     // without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and
     // only once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
-    // A format whose writers all take the lock (WxJava's) records no `fetched_by`: no sign of one there.
-    if (known !== undefined && known.fetchedBy === undefined && ctx.entries.schema.writersLock !== true) this.#peerWrites = true;
-    const superseded = errcode === 40001 && tier.name === 'shared' && this.#peerWrites;
+    if (known !== undefined && known.fetchedBy === undefined) this.#peerWrites = true;
+    // Where every writer takes the lock (WxJava's; its format records no `fetched_by`), whoever fetched
+    // the newer token writes it before its release: a holder of the lock has nothing to wait for.
+    const superseded = errcode === 40001 && tier.name === 'shared' && this.#peerWrites && ctx.entries.schema.writersLock !== true;
     const noted = superseded ? (this.#supersededAt = started) : undefined;
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
     let answered = false;
