@@ -58,7 +58,7 @@ export function parseApp(spec: string): AppRef {
   if (resolved === 'work' && id && agent && /^\d+$/.test(agent)) return { kind: 'work', corpId: id, agentId: agent };
   if (resolved && resolved !== 'work' && id && agent === undefined) return { kind: resolved, appId: id };
   throw new ConfigError(
-    `--app must be official_account:<appid>, mini_program:<appid> or work:<corpid>:<agentid> (got ${JSON.stringify(spec)})`,
+    `--app must be official_account:<appid> (or oa:<appid>), mini_program:<appid> (or mp:<appid>) or work:<corpid>:<agentid> (got ${JSON.stringify(spec)})`,
     'app',
   );
 }

@@ -72,7 +72,7 @@ describe('wxkit exit codes and messages', () => {
       [['token', '--store', redis.url], 'wxkit token needs an action'],
       [['token', 'get', '--app', 'oa:wx1'], 'wxkit token get needs --store'],
       [['token', 'get', '--store', redis.url], 'needs --app KIND:ID'],
-      [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid>'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid> (or oa:<appid>), mini_program:<appid> (or mp:<appid>)'],
       [['token', 'get', '--store', 'ftp://x', '--app', 'oa:wx1'], 'is not a store wxkit knows'],
       [['token', 'get', '--store', 'file://fileserver/var/lib/wechat', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'inspect', '--store', 'file:///var/lib/a%2Fb', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
