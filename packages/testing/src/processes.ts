@@ -26,8 +26,12 @@ export interface WorkerConfig {
   clientOptions?: Record<string, number | string>;
   /** Every store call of the worker waits this long first: a slow (not down) store. */
   storeDelayMs?: number;
-  /** Give the client a clock the test can move forward with `WorkerGroup.advance()`. */
-  clockControl?: boolean;
+  /**
+   * Give the client a clock the test can move forward with `WorkerGroup.advance()`: the real clock plus
+   * what was advanced (`true`), or, `'frozen'`, the time the worker started plus what was advanced, so
+   * that how long the test itself takes never moves it (a back-off step checked just short of its end).
+   */
+  clockControl?: boolean | 'frozen';
 }
 
 export interface WorkerRun {

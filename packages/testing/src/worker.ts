@@ -26,6 +26,7 @@ async function main(): Promise<void> {
     events[fields.event] = (events[fields.event] ?? 0) + 1;
   };
   let offset = 0;
+  const started = Date.now();
   const makeSchema = config.schema ? (core as unknown as Record<string, (options?: object) => KeySchema>)[config.schema.name] : undefined;
   if (config.schema && typeof makeSchema !== 'function') throw new Error(`@wxkit/core has no schema ${config.schema.name}`);
   const app = new OfficialAccount({
@@ -37,7 +38,7 @@ async function main(): Promise<void> {
     logger: { debug: record, info: record, warn: record, error: record },
     // JSON has no `false` among clientOptions' plain values: 'false' stands for it.
     ...Object.fromEntries(Object.entries(config.clientOptions ?? {}).map(([name, value]) => [name, value === 'false' ? false : value])),
-    ...(config.clockControl ? { now: () => Date.now() + offset } : {}),
+    ...(config.clockControl === 'frozen' ? { now: () => started + offset } : config.clockControl ? { now: () => Date.now() + offset } : {}),
     ...(makeSchema ? { schema: makeSchema(config.schema!.options) } : {}),
   });
   let sent = 0;
