@@ -17,7 +17,8 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   PerLabel<'invalidated', TokenInvalidatedEvent> &
   PerLabel<'invalidated_externally', TokenInvalidatedExternallyEvent> &
   PerLabel<'force_spaced', TokenEventBase> &
-  PerLabel<'refresh_ahead_failed', RefreshAheadFailedEvent> & {
+  PerLabel<'refresh_ahead_failed', RefreshAheadFailedEvent> &
+  PerLabel<'refresh_ahead_skipped', TokenEventBase> & {
   /** Another process held the refresh lock past `lockWaitMs` without a result; the call fails with ERR_WXKIT_NO_TOKEN. */
   'lock.wait_timeout': LockWaitTimeoutEvent;
   /** A lock this process took while the store did not answer was deleted, by owner, once it answered. */

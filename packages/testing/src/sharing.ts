@@ -120,10 +120,18 @@ export function describeTokenSharing(name: string, options: DescribeTokenSharing
 
       // 500 s left in the store (TTL 6,900 s): inside the 600 s window. Callers get the current token.
       await group.advance((6900 - 500) * 1000);
-      const during = (await group.run('getToken', 5)).flatMap((result) => result.values);
+      const duringResults = await group.run('getToken', 5);
+      const during = duringResults.flatMap((result) => result.values);
       expect(new Set(during)).toEqual(new Set([first]));
-      await waitFor(() => mock.counters(app.appId).tokenRequests === 2);
-      await new Promise((resolve) => setTimeout(resolve, 500)); // every process's jittered attempt has run
+      // Every process's jittered attempt has ended: one fetched, each other found nothing to do.
+      const ended = (results: WorkerResult[]) => results.map((result) => (result.events['access_token.fetched'] ?? 0) + (result.events['access_token.refresh_ahead_skipped'] ?? 0));
+      const attempts = ended(duringResults);
+      for (const started = Date.now(); attempts.some((n) => n === 0); ) {
+        if (Date.now() - started > 10_000) throw new Error(`refresh-ahead attempts ended per process: ${attempts.join(', ')}`);
+        await new Promise((resolve) => setTimeout(resolve, 10));
+        ended(await group.run('getToken', 1)).forEach((n, i) => (attempts[i]! += n));
+      }
+      expect(mock.counters(app.appId).tokenRequests).toBe(2);
 
       await group.advance(31_000); // past the memo: everyone reads the store again
       const after = (await group.run('getToken', 2)).flatMap((result) => result.values);

@@ -8,15 +8,15 @@ import type { TokenContext } from './refresher.js';
  */
 export class RefreshAhead {
   readonly #ctx: TokenContext;
-  readonly #owner: { refreshAhead(current: string): Promise<void> };
+  readonly #owner: { refreshAhead(current: string): Promise<boolean> };
   /** The value a background refresh was last started for. */
   #startedFor: string | undefined;
   #timer: NodeJS.Timeout | undefined;
   /** Set by cancel(): the client closed, or its pool let go of it. */
   #stopped = false;
 
-  /** `owner.refreshAhead()` refreshes in the background in place of `current`, and keeps what it brings back. */
-  constructor(ctx: TokenContext, owner: { refreshAhead(current: string): Promise<void> }) {
+  /** `owner.refreshAhead()` refreshes in the background in place of `current`, keeps what it brings back, and resolves whether it fetched. */
+  constructor(ctx: TokenContext, owner: { refreshAhead(current: string): Promise<boolean> }) {
     this.#ctx = ctx;
     this.#owner = owner;
   }
@@ -50,7 +50,10 @@ export class RefreshAhead {
   async #run(current: string): Promise<void> {
     const ctx = this.#ctx;
     try {
-      await this.#owner.refreshAhead(current);
+      // Another process holds the lock, or has written a newer value: this one had nothing to do.
+      if (!(await this.#owner.refreshAhead(current))) {
+        ctx.log.debug({ event: `${ctx.label}.refresh_ahead_skipped`, appId: ctx.appId, key: ctx.logKey }, `A background refresh of the ${ctx.label} found another process at it, or a newer one stored`);
+      }
     } catch (error) {
       ctx.log.warn(
         { event: `${ctx.label}.refresh_ahead_failed`, appId: ctx.appId, key: ctx.logKey, error: (error as Error)?.message },
