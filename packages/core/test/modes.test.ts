@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, TokenUnavailableError, type ClientEvent } from '../src/index.js';
+import { MemoryCache, OfficialAccount, TokenUnavailableError, type ClientEvent, type TokenCache } from '../src/index.js';
 import { rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -41,14 +41,34 @@ describe('events', () => {
   });
 });
 
+/** `inner`, counting the watches its user arms: a client arms one when it starts waiting for another's write. */
+const watchCounting = (inner: MemoryCache) => {
+  const cache = {
+    watches: 0,
+    get: (key: string) => inner.get(key),
+    set: (key: string, value: string, ttl: number) => inner.set(key, value, ttl),
+    delete: (key: string) => inner.delete(key),
+    add: (key: string, value: string, ttl: number) => inner.add(key, value, ttl),
+    deleteIfEquals: (key: string, expected: string) => inner.deleteIfEquals(key, expected),
+    compareAndSet: (key: string, expected: string, value: string, ttl: number) => inner.compareAndSet(key, expected, value, ttl),
+    watch: (key: string, onChange: () => void) => {
+      cache.watches += 1;
+      return inner.watch(key, onChange);
+    },
+  } satisfies TokenCache & { watches: number };
+  return cache;
+};
+
 describe("follower mode (refresh: 'never')", () => {
   it('reads what the owner writes, waits for it when absent, and never calls a token endpoint', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
-    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache, logger: false, lockWaitMs: 5000 });
+    const followed = watchCounting(cache);
+    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache: followed, logger: false, lockWaitMs: 5000 });
     const owner = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
     const waiting = follower.accessToken.getToken();
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The follower found the store empty and watches it for the owner's write: it is waiting, not fetching.
+    await until(() => followed.watches === 1);
     expect(mock.counters(appId).tokenRequests).toBe(0);
     const token = await owner.accessToken.getToken();
     expect(await waiting).toBe(token);
@@ -58,12 +78,15 @@ describe("follower mode (refresh: 'never')", () => {
   it('on 40001 it waits for the owner’s newer token instead of fetching or deleting', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
-    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache, logger: false, lockWaitMs: 5000 });
+    const followed = watchCounting(cache);
+    const follower = new OfficialAccount({ appId, refresh: 'never', baseUrl: mock.url, cache: followed, logger: false, lockWaitMs: 5000 });
     const owner = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
     await owner.accessToken.getToken();
     mock.invalidateTokens(appId);
     const sending = follower.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
-    await new Promise((resolve) => setTimeout(resolve, 150));
+    // The follower got the 40001, and watches the store for the owner's newer token: its handling of the
+    // rejection (no delete, no fetch) is over.
+    await until(() => followed.watches === 1);
     // The follower did not delete the owner's entry, and did not fetch.
     expect(await cache.get(owner.accessToken.cacheKey)).toBeDefined();
     expect(mock.counters(appId).tokenRequests).toBe(1);
@@ -123,27 +146,45 @@ describe('refresh-ahead', () => {
   });
 
   it('an endpoint that hands back the same token is tried once, not on every call', async () => {
-    const { appId, secret } = mock.createApp();
-    let clock = Date.now();
-    const now = () => clock;
-    const app = new OfficialAccount({
-      appId,
-      secret,
-      baseUrl: mock.url,
-      cache: new MemoryCache({ now }),
-      now,
-      logger: false,
-      refreshAheadSeconds: 600,
-      refreshAheadJitterMs: 0,
-    });
-    const token = await app.accessToken.getToken();
-    clock += (6900 - 500) * 1000;
-    for (let i = 0; i < 5; i += 1) {
+    // A mock of its own, whose clock moves with the client's: WeChat then hands back the same token
+    // with as little life left as the store says, and the entry stays inside the window after the fetch.
+    const wechat = await startMockWeChat();
+    try {
+      const { appId, secret } = wechat.createApp();
+      let clock = Date.now();
+      const now = () => clock;
+      const app = new OfficialAccount({
+        appId,
+        secret,
+        baseUrl: wechat.url,
+        cache: new MemoryCache({ now }),
+        now,
+        logger: false,
+        refreshAheadSeconds: 600,
+        refreshAheadJitterMs: 0,
+      });
+      let aheadFetches = 0;
+      app.on('access_token.fetched', (event) => (aheadFetches += event.ahead ? 1 : 0));
+      const token = await app.accessToken.getToken();
+      clock += (6900 - 500) * 1000;
+      wechat.advanceClock(6900 - 500);
+      // This call starts the background fetch, which brings back the same token; it ends with its event.
       expect(await app.accessToken.getToken()).toBe(token);
-      await new Promise((resolve) => setTimeout(resolve, 20));
+      await until(() => aheadFetches === 1);
+      // Past half of what is left after that fetch: still inside the window, on every call below.
+      clock += 300_000;
+      wechat.advanceClock(300);
+      for (let i = 0; i < 5; i += 1) {
+        expect(await app.accessToken.getToken()).toBe(token);
+        // With no jitter, a background refresh this call started is on a 0 ms timer set before this
+        // one: when this one fires, that refresh is under way.
+        await new Promise((resolve) => setTimeout(resolve, 0));
+      }
+      await app.close(); // waits for the refreshes under way
+      expect(aheadFetches).toBe(1);
+      expect(wechat.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await wechat.close();
     }
-    await until(() => mock.counters(appId).tokenRequests === 2);
-    await new Promise((resolve) => setTimeout(resolve, 100));
-    expect(mock.counters(appId).tokenRequests).toBe(2);
   });
 });
