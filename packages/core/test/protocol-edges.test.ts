@@ -980,12 +980,15 @@ describe('forced refreshes and the memo', () => {
     const { appId, secret } = mock.createApp();
     const inner = new MemoryCache();
     let slow = false;
+    // The slow read answers when the test lets it: after the forced refresh has ended.
+    let answer!: () => void;
+    const answered = new Promise<void>((resolve) => (answer = resolve));
     const cache: TokenCache = {
       get: async (key) => {
         const value = await inner.get(key);
         if (slow && !key.endsWith(':failed') && !key.endsWith(':forced')) {
           slow = false;
-          await new Promise((resolve) => setTimeout(resolve, 300));
+          await answered;
         }
         return value;
       },
@@ -1004,6 +1007,8 @@ describe('forced refreshes and the memo', () => {
     const read = app.accessToken.getToken();
     const forced = await app.accessToken.forceRefresh();
     expect(forced).not.toBe(old);
+    expect(slow).toBe(false); // the read is held in the store
+    answer();
     await read;
     // The memo answers the next calls: it holds the newer token, not the one the slow read brought back.
     expect(await app.accessToken.getToken()).toBe(forced);
