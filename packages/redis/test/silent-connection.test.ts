@@ -28,6 +28,8 @@ interface Proxy {
   freeze(): void;
   /** From now on, each answer is passed on this many ms after it arrived. */
   delayAnswers(ms: number): void;
+  /** Answers held back so far (see `delayAnswers`). */
+  delayed(): number;
   close(): Promise<void>;
 }
 
@@ -36,6 +38,7 @@ async function startProxy(swallow?: RegExp): Promise<Proxy> {
   const pairs: { client: Socket; upstream: Socket; frozen: boolean }[] = [];
   let swallowed = 0;
   let delayMs = 0;
+  let delayed = 0;
   const server = createServer((client) => {
     const upstream = createConnection({ host: '127.0.0.1', port: redis.port });
     const pair = { client, upstream, frozen: false };
@@ -47,7 +50,10 @@ async function startProxy(swallow?: RegExp): Promise<Proxy> {
     upstream.on('data', (chunk: Buffer) => {
       if (pair.frozen) return;
       if (delayMs === 0) client.write(chunk);
-      else setTimeout(() => client.write(chunk), delayMs);
+      else {
+        delayed += 1;
+        setTimeout(() => client.write(chunk), delayMs);
+      }
     });
     for (const socket of [client, upstream]) socket.on('error', () => undefined);
     client.on('close', () => upstream.destroy());
@@ -59,6 +65,7 @@ async function startProxy(swallow?: RegExp): Promise<Proxy> {
     port,
     connections: () => pairs.length,
     swallowed: () => swallowed,
+    delayed: () => delayed,
     freeze: () => {
       for (const pair of pairs) pair.frozen = true;
     },
@@ -103,7 +110,14 @@ describe('RedisCache on a connection that goes silent', () => {
       // the loop runs again, the stall's timer and the answer are both due.
       proxy.delayAnswers(900);
       const reading = cache.get('wxkit-silent:busy');
-      await new Promise((resolve) => setTimeout(resolve, 50));
+      // The proxy has the answer and holds it back: the stall's timer runs (it starts before the command
+      // is sent), and the answer is due in 900 ms.
+      await settles(
+        (async () => {
+          while (proxy.delayed() === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+        })(),
+        'the answer reaching the proxy',
+      );
       const until = performance.now() + 1300;
       while (performance.now() < until);
       expect(await settles(reading, 'the get')).toBe('v');
