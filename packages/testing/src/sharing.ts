@@ -275,9 +275,13 @@ export function describeStoreOutage(name: string, options: DescribeStoreOutageOp
       try {
         // 150 sends per process, 3 at a time: about a second of steady traffic, cut in the middle.
         const running = group.run('send', 150, group.all, 3);
-        await new Promise((resolve) => setTimeout(resolve, 300));
+        // Cut in the middle: once the run is under way (10 sends a process on average), and restarted
+        // once the processes have sent as many more with the store gone.
+        const sends = () => mock.counters(app.appId).templateSends;
+        await waitFor(() => sends() >= processes * 10);
         await options.server().stop('SIGKILL');
-        await new Promise((resolve) => setTimeout(resolve, 300));
+        const atStop = sends();
+        await waitFor(() => sends() >= atStop + processes * 10);
         await options.server().start();
         const results = await running;
         expectAllSent(results, 150);
