@@ -26,7 +26,26 @@ afterAll(async () => {
 });
 
 /** Resolves after timers already due (a 0 ms timeout set before this call) have fired. */
+// A background refresh with no jitter is due on a 1 ms timer: this one, set after it, fires after it,
+// and by then the refresh has made its first store calls (it tries the lock: count the lock's adds).
 const afterDueTimers = () => new Promise((resolve) => setTimeout(resolve, 5));
+
+/** Counts the adds of one key (the refresh lock's, `watched()`); `firstAdd` resolves on the first. */
+class CountingAdds extends MemoryCache {
+  adds = 0;
+  #first!: () => void;
+  readonly firstAdd = new Promise<void>((resolve) => (this.#first = resolve));
+  constructor(readonly watched: () => string) {
+    super();
+  }
+  override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    if (key === this.watched()) {
+      this.adds += 1;
+      this.#first();
+    }
+    return super.add(key, value, ttlSeconds);
+  }
+}
 
 describe('while the store is down', () => {
   it('a process that holds a valid token serves it past the memo window, and fetches nothing', async () => {
@@ -382,22 +401,28 @@ describe('how long a failure holds a process back', () => {
 describe('background refreshes', () => {
   it('close() cancels a background refresh that was scheduled: nothing is fetched or marked after it', async () => {
     const { appId, secret } = mock.createApp();
-    const cache = new MemoryCache();
+    let lockKey = '';
+    const cache = new CountingAdds(() => lockKey);
     let now = Date.now();
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    lockKey = `${app.accessToken.cacheKey}:lock`;
     await app.accessToken.getToken();
     now += (6900 - 500) * 1000;
     await app.accessToken.getToken();
     await app.close();
     await afterDueTimers();
+    expect(cache.adds).toBe(1); // the first fetch's
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
     expect(await cache.get(`${app.accessToken.cacheKey}:failed`)).toBeUndefined();
   });
 
   it('a refresh-ahead window wider than half the token\'s life opens only at half its life, once', async () => {
     const { appId, secret } = mock.createApp();
+    let lockKey = '';
+    const cache = new CountingAdds(() => lockKey);
     let now = Date.now();
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 7000, refreshAheadJitterMs: 0, logger: false });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 7000, refreshAheadJitterMs: 0, logger: false });
+    lockKey = `${app.accessToken.cacheKey}:lock`;
     const ahead = new Promise((resolve) => app.on('access_token.fetched', (event) => event.ahead && resolve(event)));
     await app.accessToken.getToken();
     for (let i = 0; i < 10; i += 1) await app.accessToken.getToken();
@@ -405,12 +430,14 @@ describe('background refreshes', () => {
     now += 3_400_000;
     await app.accessToken.getToken();
     await afterDueTimers();
+    expect(cache.adds).toBe(1); // the first fetch's
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
     now += 100_000;
     await app.accessToken.getToken();
     await ahead;
     for (let i = 0; i < 10; i += 1) await app.accessToken.getToken();
     await afterDueTimers();
+    expect(cache.adds).toBe(2);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
@@ -505,22 +532,6 @@ describe('background refreshes', () => {
 
 describe('close()', () => {
   /** A MemoryCache that counts the adds of one key and tells when the first one came. */
-  class CountingAdds extends MemoryCache {
-    adds = 0;
-    #first!: () => void;
-    readonly firstAdd = new Promise<void>((resolve) => (this.#first = resolve));
-    constructor(readonly watched: () => string) {
-      super();
-    }
-    override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-      if (key === this.watched()) {
-        this.adds += 1;
-        this.#first();
-      }
-      return super.add(key, value, ttlSeconds);
-    }
-  }
-
   it('a call under way at close() finishes; one made after it is refused by name, never sent', async () => {
     const { appId, secret } = mock.createApp();
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
