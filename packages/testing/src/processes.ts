@@ -28,10 +28,13 @@ export interface WorkerConfig {
   storeDelayMs?: number;
   /**
    * Give the client a clock the test can move forward with `WorkerGroup.advance()`: the real clock plus
-   * what was advanced (`true`), or, `'frozen'`, the time the worker started plus what was advanced, so
-   * that how long the test itself takes never moves it (a back-off step checked just short of its end).
+   * what was advanced (`true`), or, `'frozen'`, the time the group started plus what was advanced, the
+   * same in every worker of the group, so that neither how long the test takes nor when each worker
+   * started moves it (a back-off step checked just short of its end).
    */
   clockControl?: boolean | 'frozen';
+  /** Set by `WorkerGroup.start()` for a `'frozen'` clock: the group's start, unix ms. */
+  clockBase?: number;
 }
 
 export interface WorkerRun {
@@ -86,6 +89,8 @@ export class WorkerGroup {
   static async start(count: number, config: WorkerConfig): Promise<WorkerGroup> {
     const group = new WorkerGroup();
     const script = fileURLToPath(new URL('./worker.js', import.meta.url));
+    // One frozen clock for the whole group: workers started a few hundred ms apart share it.
+    if (config.clockControl === 'frozen') config = { ...config, clockBase: config.clockBase ?? Date.now() };
     await Promise.all(
       Array.from({ length: count }, () => {
         const child = fork(script, [], {

@@ -26,7 +26,7 @@ async function main(): Promise<void> {
     events[fields.event] = (events[fields.event] ?? 0) + 1;
   };
   let offset = 0;
-  const started = Date.now();
+  const started = config.clockBase ?? Date.now();
   const makeSchema = config.schema ? (core as unknown as Record<string, (options?: object) => KeySchema>)[config.schema.name] : undefined;
   if (config.schema && typeof makeSchema !== 'function') throw new Error(`@wxkit/core has no schema ${config.schema.name}`);
   const app = new OfficialAccount({
