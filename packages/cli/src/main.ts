@@ -41,7 +41,7 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
   --profile NAME      the entries another SDK keeps: ${PROFILES.join(', ')}
   --profile-options J the profile's options as JSON, e.g. '{"prefix":"think:"}' (easyWeChat4)
   --secret-env NAME   read the secret from $NAME instead of $WECHAT_SECRET (get, refresh)
-  --base-url URL      WeChat's API (a mock, a proxy); default $WECHAT_BASE_URL, else https://api.weixin.qq.com (qyapi for WeCom)
+  --base-url URL      WeChat's API (a mock, a proxy); default https://api.weixin.qq.com (qyapi for WeCom)
   --show-token        print the token itself (masked otherwise)
   --lock              clear: remove the refresh lock too
   --json              one JSON object on stdout
@@ -224,7 +224,6 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
     const stored = await cache.get(key);
     if (secret !== undefined && (action === 'refresh' || stored === undefined)) await checkWritable(cache, key, describeStore(store));
-    const baseUrl = values['base-url'] || process.env.WECHAT_BASE_URL || undefined;
     const client: WeChatClient = buildClient(app, {
       secret,
       cache,
@@ -233,8 +232,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       logger: false,
       // The shared store or nothing: a token kept in this host's fallback directory helps nobody here.
       fallbackDir: false,
-      // WECHAT_BASE_URL as `wxkit demo` reads it, when the flag is not given.
-      ...(baseUrl ? { baseUrl } : {}),
+      // Only the flag moves the secret to another host: never a variable left in the shell for a demo.
+      ...(values['base-url'] ? { baseUrl: values['base-url'] } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : {}),
     });
     try {

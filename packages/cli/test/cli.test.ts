@@ -66,14 +66,6 @@ describe('wxkit token', () => {
     expect(mock.counters(appId).tokenRequests).toBe(1);
   });
 
-  it('takes WeChat\'s URL from WECHAT_BASE_URL, as wxkit demo does, when --base-url is not given', async () => {
-    const { appId, secret } = mock.createApp();
-    const run = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--json'], { WECHAT_SECRET: secret, WECHAT_BASE_URL: mock.url });
-    expect(run.code, run.stderr).toBe(0);
-    expect(run.json).toMatchObject({ ok: true });
-    expect(mock.counters(appId).tokenRequests).toBe(1);
-  });
-
   it('inspect shows key, remaining life, fetched_at, and the lock holder with its lease', async () => {
     const { appId, secret } = mock.createApp();
     await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url], { WECHAT_SECRET: secret });

@@ -416,6 +416,75 @@ describe('background refreshes', () => {
     expect(await cache.get(`${app.accessToken.cacheKey}:failed`)).toBeUndefined();
   });
 
+  it('refresh_ahead_skipped tells a background refresh that asked nothing from one that asked WeChat, even one whose write kept a newer token', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    let key = '';
+    let newer: string | undefined;
+    // Once the background fetch has reached WeChat, another process stores a newer token before its write.
+    class Overtaken extends MemoryCache {
+      override async get(k: string) {
+        if (k === key && newer === undefined && mock.counters(appId).classicTokenRequests === 2) {
+          newer = mock.issueClassicToken(appId);
+          const fetchedAt = Math.floor(now / 1000) + 60;
+          await super.set(key, JSON.stringify({ access_token: newer, expires_at: fetchedAt + 7200, fetched_at: fetchedAt }), 7200);
+        }
+        return super.get(k);
+      }
+    }
+    const cache = new Overtaken();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    key = app.accessToken.cacheKey;
+    const seen: string[] = [];
+    const ended = new Promise<void>((resolve) => {
+      app.on('access_token.fetched', (event) => event.ahead && (seen.push('fetched'), resolve()));
+      app.on('access_token.refresh_ahead_skipped', () => (seen.push('skipped'), resolve()));
+    });
+    await app.accessToken.getToken();
+    now += (6900 - 500) * 1000;
+    await app.accessToken.getToken();
+    await ended;
+    await app.close(); // the background refresh has ended, and its event with it
+    expect(newer).toBeDefined();
+    expect(seen).toEqual(['fetched']);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+  });
+
+  it('a background refresh that close() cuts short before it asked WeChat is skipped, not failed', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    let lockKey = '';
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let held!: () => void;
+    const holding = new Promise<void>((resolve) => (held = resolve));
+    // The background refresh's lock take is answered only once the test says so.
+    class HeldLock extends MemoryCache {
+      override async add(k: string, value: string, ttl: number) {
+        if (k === lockKey && mock.counters(appId).classicTokenRequests === 1 && now !== startedAt) {
+          held();
+          await released;
+        }
+        return super.add(k, value, ttl);
+      }
+    }
+    const startedAt = now;
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new HeldLock(), tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
+    lockKey = `${app.accessToken.cacheKey}:lock`;
+    const seen: string[] = [];
+    app.on('access_token.refresh_ahead_failed', () => seen.push('failed'));
+    app.on('access_token.refresh_ahead_skipped', () => seen.push('skipped'));
+    await app.accessToken.getToken();
+    now += (6900 - 500) * 1000;
+    await app.accessToken.getToken();
+    await holding;
+    const closing = app.close();
+    release();
+    await closing;
+    expect(seen).toEqual(['skipped']);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+  });
+
   it('a refresh-ahead window wider than half the token\'s life opens only at half its life, once', async () => {
     const { appId, secret } = mock.createApp();
     let lockKey = '';

@@ -275,13 +275,19 @@ export function describeStoreOutage(name: string, options: DescribeStoreOutageOp
       try {
         // 150 sends per process, 3 at a time: about a second of steady traffic, cut in the middle.
         const running = group.run('send', 150, group.all, 3);
+        let ended = false;
+        running.then(
+          () => (ended = true),
+          () => (ended = true),
+        );
         // Cut in the middle: once the run is under way (10 sends a process on average), and restarted
-        // once the processes have sent as many more with the store gone.
+        // once the processes have sent 40 more each on average with the store gone (about a quarter of
+        // the run), or the run is over.
         const sends = () => mock.counters(app.appId).templateSends;
-        await waitFor(() => sends() >= processes * 10);
+        await waitFor(() => ended || sends() >= processes * 10);
         await options.server().stop('SIGKILL');
         const atStop = sends();
-        await waitFor(() => sends() >= atStop + processes * 10);
+        await waitFor(() => ended || sends() >= atStop + processes * 40);
         await options.server().start();
         const results = await running;
         expectAllSent(results, 150);

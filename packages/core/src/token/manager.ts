@@ -364,13 +364,14 @@ export class TokenManager {
   /**
    * A background refresh ahead of expiry, in place of `current` (RefreshAhead's, when its time comes).
    * Counted under way as a caller's refresh is: close() waits for it to write and release the lock.
-   * What it brings back is kept only if no reset() came meanwhile. Resolves whether this process fetched.
+   * What it brings back is kept only if no reset() came meanwhile. Resolves whether this process asked
+   * upstream (WeChat, a peer SDK's copy), whatever it kept.
    */
   async refreshAhead(current: string): Promise<boolean> {
     const generation = this.#generation;
     const refreshed = await this.#refreshing({ force: false, ahead: true, current });
     if (refreshed) this.#remember(refreshed, generation);
-    return refreshed?.fetched === true;
+    return refreshed !== undefined && refreshed.asked !== false;
   }
 
   /**

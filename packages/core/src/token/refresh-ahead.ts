@@ -15,7 +15,7 @@ export class RefreshAhead {
   /** Set by cancel(): the client closed, or its pool let go of it. */
   #stopped = false;
 
-  /** `owner.refreshAhead()` refreshes in the background in place of `current`, keeps what it brings back, and resolves whether it fetched. */
+  /** `owner.refreshAhead()` refreshes in the background in place of `current`, keeps what it brings back, and resolves whether it asked upstream. */
   constructor(ctx: TokenContext, owner: { refreshAhead(current: string): Promise<boolean> }) {
     this.#ctx = ctx;
     this.#owner = owner;
@@ -49,12 +49,16 @@ export class RefreshAhead {
 
   async #run(current: string): Promise<void> {
     const ctx = this.#ctx;
+    const skipped = () =>
+      ctx.log.debug(
+        { event: `${ctx.label}.refresh_ahead_skipped`, appId: ctx.appId, key: ctx.logKey },
+        `A background refresh of the ${ctx.label} asked nothing: another process held the lock or had stored a newer one, a back-off was in force, the store did not answer, a token service refreshes on its own, or the client closed`,
+      );
     try {
-      // Another process holds the lock, or has written a newer value: this one had nothing to do.
-      if (!(await this.#owner.refreshAhead(current))) {
-        ctx.log.debug({ event: `${ctx.label}.refresh_ahead_skipped`, appId: ctx.appId, key: ctx.logKey }, `A background refresh of the ${ctx.label} found another process at it, or a newer one stored`);
-      }
+      if (!(await this.#owner.refreshAhead(current))) skipped();
     } catch (error) {
+      // The client closed under it: a shutdown, not a failure.
+      if (ctx.closed.aborted) return skipped();
       ctx.log.warn(
         { event: `${ctx.label}.refresh_ahead_failed`, appId: ctx.appId, key: ctx.logKey, error: (error as Error)?.message },
         `A background refresh of the ${ctx.label} failed; the current one keeps serving until it expires`,
