@@ -62,6 +62,9 @@ describe('RedisCache on a real redis-server', () => {
   it('holds the refresh lock as {key}:lock with the owner and a lease, and releases it', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new RedisCache(redis.url);
+    // Looks without blocking the process (redis-cli is a synchronous spawn: on a busy machine one could
+    // outlast the fetch, whose answer would then be written and the lock released before the next look).
+    const observer = new RedisCache(redis.url);
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
     mock.setLatency(300);
     try {
@@ -69,9 +72,11 @@ describe('RedisCache on a real redis-server', () => {
       const lockKey = `wechat:stable_access_token:${appId}:lock`;
       let owner = '';
       for (let i = 0; i < 100 && !owner; i += 1) {
-        owner = redisCli(redis.port, 'GET', lockKey);
+        owner = (await observer.get(lockKey)) ?? '';
         if (!owner) await new Promise((resolve) => setTimeout(resolve, 10));
       }
+      // Held while the fetch waits for WeChat: redis-cli's spawn below blocks this process, and with it
+      // the holder's release.
       expect(owner).toMatch(/^.+:\d+:[0-9a-f]{12}$/);
       const pttl = Number(redisCli(redis.port, 'PTTL', lockKey));
       expect(pttl).toBeGreaterThan(0);
@@ -84,6 +89,7 @@ describe('RedisCache on a real redis-server', () => {
     } finally {
       mock.setLatency(0);
       await cache.close();
+      await observer.close();
     }
   });
 
