@@ -219,33 +219,30 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     },
     async invalidate(request, value, errcode) {
       const path = `v1/token/${segment(request)}/invalidate`;
-      const report = (json: Record<string, unknown>) => send(path, () => http().json({ method: 'POST', path, json, headers }));
+      // A service of another make may answer the report with no body (204) or no JSON: taken, with no
+      // token in it (undefined), and the client asks fetch() for one.
+      const report = async (json: Record<string, unknown>): Promise<Record<string, unknown> | undefined> => {
+        try {
+          return await send(path, () => http().json({ method: 'POST', path, json, headers }));
+        } catch (error) {
+          if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
+          throw error;
+        }
+      };
       // WeChat's errcode goes with the token: the service tells a token superseded by a program outside
       // the fleet (40001 on the token it holds) from one that merely expired.
       const withErrcode = !errcodeRefused && Number.isSafeInteger(errcode);
-      // A service of another make may answer the report with no body (204) or no JSON: taken, with no
-      // token in it, and the client asks fetch() for one.
-      const takenWithoutBody = (error: unknown) => error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300;
-      let body: Record<string, unknown>;
+      let body: Record<string, unknown> | undefined;
       try {
-        try {
-          body = await report(withErrcode ? { token: value, errcode } : { token: value });
-        } catch (error) {
-          // A service of another make that takes {"token"} and nothing else refuses the errcode (400, 422):
-          // asked once more without it, and never with it again once that was taken.
-          if (!(withErrcode && error instanceof HttpError && (error.status === 400 || error.status === 422))) throw error;
-          try {
-            body = await report({ token: value });
-          } catch (again) {
-            if (takenWithoutBody(again)) errcodeRefused = true;
-            throw again;
-          }
-          errcodeRefused = true;
-        }
+        body = await report(withErrcode ? { token: value, errcode } : { token: value });
       } catch (error) {
-        if (takenWithoutBody(error)) return undefined;
-        throw error;
+        // A service of another make that takes {"token"} and nothing else refuses the errcode (400, 422):
+        // asked once more without it, and never with it again once that was taken.
+        if (!(withErrcode && error instanceof HttpError && (error.status === 400 || error.status === 422))) throw error;
+        body = await report({ token: value });
+        errcodeRefused = true;
       }
+      if (body === undefined) return undefined;
       // wxkit serve answers the current token: used as it is, which spares the client's next request.
       // Without a usable one (a service that answers {"ok":true}), the client asks fetch(). The answer
       // is an access token's: never taken for a ticket.
