@@ -25,9 +25,11 @@ afterAll(async () => {
   for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Resolves after timers already due (a 0 ms timeout set before this call) have fired. */
-// A background refresh with no jitter is due on a 1 ms timer: this one, set after it, fires after it,
-// and by then the refresh has made its first store calls (it tries the lock: count the lock's adds).
+/**
+ * Resolves after timers already due (a 0 ms timeout set before this call) have fired. A background
+ * refresh with no jitter is due on a 1 ms timer: this one, set after it, fires after it, and by then the
+ * refresh has made its first store calls (it tries the lock: count the lock's adds).
+ */
 const afterDueTimers = () => new Promise((resolve) => setTimeout(resolve, 5));
 
 /** Counts the adds of one key (the refresh lock's, `watched()`); `firstAdd` resolves on the first. */
@@ -454,21 +456,22 @@ describe('background refreshes', () => {
     const { appId, secret } = mock.createApp();
     let now = Date.now();
     let lockKey = '';
+    let hold = false;
     let release!: () => void;
     const released = new Promise<void>((resolve) => (release = resolve));
     let held!: () => void;
     const holding = new Promise<void>((resolve) => (held = resolve));
-    // The background refresh's lock take is answered only once the test says so.
+    // Once `hold` is set, the next lock take (the background refresh's) is answered only when the test says so.
     class HeldLock extends MemoryCache {
       override async add(k: string, value: string, ttl: number) {
-        if (k === lockKey && mock.counters(appId).classicTokenRequests === 1 && now !== startedAt) {
+        if (k === lockKey && hold) {
+          hold = false;
           held();
           await released;
         }
         return super.add(k, value, ttl);
       }
     }
-    const startedAt = now;
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new HeldLock(), tokenEndpoint: 'classic', now: () => now, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, logger: false });
     lockKey = `${app.accessToken.cacheKey}:lock`;
     const seen: string[] = [];
@@ -476,6 +479,7 @@ describe('background refreshes', () => {
     app.on('access_token.refresh_ahead_skipped', () => seen.push('skipped'));
     await app.accessToken.getToken();
     now += (6900 - 500) * 1000;
+    hold = true;
     await app.accessToken.getToken();
     await holding;
     const closing = app.close();
@@ -600,7 +604,6 @@ describe('background refreshes', () => {
 });
 
 describe('close()', () => {
-  /** A MemoryCache that counts the adds of one key and tells when the first one came. */
   it('a call under way at close() finishes; one made after it is refused by name, never sent', async () => {
     const { appId, secret } = mock.createApp();
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });

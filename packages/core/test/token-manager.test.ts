@@ -355,6 +355,7 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
     await app.close();
   });
+
   it('where only wxkit has written the token, a 40001 (a program that does not share the store) is not waited on: the fetch follows', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
     const first = await app.accessToken.getToken();

@@ -126,11 +126,11 @@ export function describeTokenSharing(name: string, options: DescribeTokenSharing
       // Every process's jittered attempt has ended: one fetched, each other found nothing to do.
       const ended = (results: WorkerResult[]) => results.map((result) => (result.events['access_token.fetched'] ?? 0) + (result.events['access_token.refresh_ahead_skipped'] ?? 0));
       const attempts = ended(duringResults);
-      for (const started = Date.now(); attempts.some((n) => n === 0); ) {
-        if (Date.now() - started > 10_000) throw new Error(`refresh-ahead attempts ended per process: ${attempts.join(', ')}`);
-        await new Promise((resolve) => setTimeout(resolve, 10));
+      await waitFor(async () => {
+        if (attempts.every((n) => n > 0)) return true;
         ended(await group.run('getToken', 1)).forEach((n, i) => (attempts[i]! += n));
-      }
+        return false;
+      }, () => `every process's refresh-ahead attempt ended (per process: ${attempts.join(', ')})`);
       expect(mock.counters(app.appId).tokenRequests).toBe(2);
 
       await group.advance(31_000); // past the memo: everyone reads the store again
@@ -324,10 +324,10 @@ export function describeStoreOutage(name: string, options: DescribeStoreOutageOp
   });
 }
 
-async function waitFor(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+async function waitFor(condition: () => boolean | Promise<boolean>, what: () => string = () => 'condition', timeoutMs = 10_000): Promise<void> {
   const started = Date.now();
-  while (!condition()) {
-    if (Date.now() - started > timeoutMs) throw new Error(`condition not met within ${timeoutMs} ms`);
+  while (!(await condition())) {
+    if (Date.now() - started > timeoutMs) throw new Error(`${what()} not met within ${timeoutMs} ms`);
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
 }
