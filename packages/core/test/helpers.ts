@@ -59,6 +59,13 @@ export function errorText(error: unknown): string {
   return parts.join('\n');
 }
 
+/** A promise and what resolves it: a gate the test opens, or a moment it waits for. */
+export function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((done) => (resolve = done));
+  return { promise, resolve };
+}
+
 /** Captures the rejection of a promise that must reject. */
 export async function rejection(promise: Promise<unknown>): Promise<Error & Record<string, unknown>> {
   try {

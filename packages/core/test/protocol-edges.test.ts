@@ -5,7 +5,7 @@ import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions, endedByClose, holdingDispatcher, rejection } from './helpers.js';
+import { componentOptions, deferred, endedByClose, holdingDispatcher, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -178,16 +178,15 @@ describe('while the store is down', () => {
     const store = switchableStore({ up: false });
     let entryKey = '';
     let holding = false;
-    let reached!: () => void;
-    const reaching = new Promise<void>((resolve) => (reached = resolve));
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
+    const reaching = deferred();
+    const released = deferred();
+    const release = released.resolve;
     const gate =
       <A extends unknown[], R>(call: (key: string, ...rest: A) => Promise<R>) =>
       async (key: string, ...rest: A): Promise<R> => {
         if (holding && key === entryKey) {
-          reached();
-          await released;
+          reaching.resolve();
+          await released.promise;
         }
         return call(key, ...rest);
       };
@@ -201,7 +200,7 @@ describe('while the store is down', () => {
     await recovered;
     holding = true;
     const reading = app.accessToken.getToken();
-    await reaching;
+    await reaching.promise;
     return { app, appId, store, entryKey, during, reading, release };
   }
 
@@ -457,17 +456,15 @@ describe('background refreshes', () => {
     let now = Date.now();
     let lockKey = '';
     let hold = false;
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let held!: () => void;
-    const holding = new Promise<void>((resolve) => (held = resolve));
+    const released = deferred();
+    const holding = deferred();
     // Once `hold` is set, the next lock take (the background refresh's) is answered only when the test says so.
     class HeldLock extends MemoryCache {
       override async add(k: string, value: string, ttl: number) {
         if (k === lockKey && hold) {
           hold = false;
-          held();
-          await released;
+          holding.resolve();
+          await released.promise;
         }
         return super.add(k, value, ttl);
       }
@@ -481,9 +478,9 @@ describe('background refreshes', () => {
     now += (6900 - 500) * 1000;
     hold = true;
     await app.accessToken.getToken();
-    await holding;
+    await holding.promise;
     const closing = app.close();
-    release();
+    released.resolve();
     await closing;
     expect(seen).toEqual(['skipped']);
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
@@ -705,10 +702,9 @@ describe('close()', () => {
   it("while a call reports a token WeChat rejected: resolves once the rejected entry is deleted, and nothing is written after it", async () => {
     const { appId, secret } = mock.createApp();
     let entryKey = '';
-    let release!: () => void;
-    const released = new Promise<void>((resolve) => (release = resolve));
-    let reached!: () => void;
-    const deleting = new Promise<void>((resolve) => (reached = resolve));
+    const released = deferred();
+    const release = released.resolve;
+    const deleting = deferred();
     let closed = false;
     const writesAfterClose: string[] = [];
     // A store whose compare-and-delete of the entry (the report of the rejected token) lands when told.
@@ -716,8 +712,8 @@ describe('close()', () => {
       override async deleteIfEquals(key: string, expected: string): Promise<boolean> {
         if (closed) writesAfterClose.push(`deleteIfEquals ${key}`);
         if (key === entryKey) {
-          reached();
-          await released;
+          deleting.resolve();
+          await released.promise;
         }
         return super.deleteIfEquals(key, expected);
       }
@@ -742,7 +738,7 @@ describe('close()', () => {
       const rejected = await app.accessToken.getToken();
       mock.invalidateTokens(appId);
       const sending = rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }));
-      await deleting;
+      await deleting.promise;
       const closing = app.close().then(() => (closed = true));
       // Two turns of the event loop: a close() that waited for nothing but the requests on the wire has resolved by then.
       for (let turn = 0; turn < 2; turn += 1) await new Promise((resolve) => setImmediate(resolve));
