@@ -23,7 +23,7 @@ const docBlocks = ['docs/key-schema.md', 'docs/open-platform.md'].flatMap((file)
 /** qs's ParsedQs as @types/qs declares it: Express's `req.query`, which the docs pass as it is. */
 const EXPRESS = `interface ParsedQs { [key: string]: undefined | string | ParsedQs | (string | ParsedQs)[] }
 interface Request { query: ParsedQs; body: string }
-interface Response { send(body: string): void; redirect(url: string): void; status(code: number): Response }
+interface Response { send(body: string): void; end(): void; redirect(url: string): void; status(code: number): Response }
 declare const express: { text(options: { type: string }): (req: Request, res: Response, next: () => void) => void };`;
 const FREE: Record<string, string> = {
   app: `${EXPRESS}\ntype Handler = (req: Request, res: Response, next: () => void) => unknown;\ndeclare const app: { post(path: string, ...handlers: Handler[]): void; get(path: string, ...handlers: Handler[]): void };`,

@@ -231,7 +231,9 @@ export type MessageCryptoFailure =
   /** The length field points past the end of the message. */
   | 'length'
   /** The app id at the end of the message is not this app's: a message meant for another app. */
-  | 'appid';
+  | 'appid'
+  /** The signed timestamp lies too far from this process's clock (OpenPlatform's `pushMaxAgeMs`): a push sent again later, or a clock that is off. */
+  | 'expired';
 
 /**
  * An encrypted WeChat message (a callback push in "safe mode") could not be verified or decrypted.

@@ -16,6 +16,8 @@ const open = new OpenPlatform({
   cache: new MemoryCache(),
   durableStore: new MemoryCache(),
   logger: false,
+  // The pushes below were signed at 1700000000: the platform's clock reads a minute later.
+  now: () => 1_700_000_060_000,
 });
 afterAll(() => open.close());
 

@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { CacheError, MemoryCache, MessageCrypto, OpenPlatform } from '../src/index.js';
+import { CacheError, ConfigError, MemoryCache, MessageCrypto, MessageCryptoError, OpenPlatform } from '../src/index.js';
 import { cdata } from '../src/open-platform/xml.js';
 
 // A verify-ticket push must never replace a newer ticket: not one already stored, and not one another
@@ -20,11 +20,11 @@ function platform(durableStore: MemoryCache, logger: false | { warn(obj: object,
   return open;
 }
 
-/** The request WeChat sends for a verify-ticket push made at `createTime`. */
-function push(ticket: string, createTime: number) {
+/** The request WeChat sends at `signedAt` (by default now, NOW_S) for a verify-ticket push made at `createTime`. */
+function push(ticket: string, createTime: number, signedAt = NOW_S) {
   const xml = `<xml><AppId>${cdata(COMPONENT)}</AppId><CreateTime>${createTime}</CreateTime><InfoType>${cdata('component_verify_ticket')}</InfoType><ComponentVerifyTicket>${cdata(ticket)}</ComponentVerifyTicket></xml>`;
   const encrypt = crypto.encrypt(xml);
-  const timestamp = String(createTime);
+  const timestamp = String(signedAt);
   const nonce = 'n0nce';
   return { query: { msg_signature: crypto.signature(timestamp, nonce, encrypt), timestamp, nonce }, body: `<xml><AppId>${cdata(COMPONENT)}</AppId><Encrypt>${cdata(encrypt)}</Encrypt></xml>` };
 }
@@ -124,5 +124,34 @@ describe('storing a pushed component_verify_ticket', () => {
     await open.handleCallback(push('ticket-late', NOW_S - 400));
     expect(await storedTicket(durable)).toBe('ticket-late');
     expect(durable.ttls).toEqual([12 * 3600 - 400]);
+  });
+
+  it('a push signed further than pushMaxAgeMs from the clock, either way, is refused and stores nothing; one within it is stored', async () => {
+    const durable = new MemoryCache();
+    const open = platform(durable);
+    for (const signedAt of [NOW_S - 301, NOW_S + 301]) {
+      const refused = await open.handleCallback(push('ticket-replayed', NOW_S, signedAt)).catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(MessageCryptoError);
+      expect(refused).toMatchObject({ reason: 'expired', message: expect.stringContaining('301 s') });
+    }
+    expect(await durable.get(TICKET_KEY)).toBeUndefined();
+    // A forged request is named a forgery, however old its timestamp.
+    const forged = push('ticket-forged', NOW_S, NOW_S - 3600);
+    await expect(open.handleCallback({ ...forged, query: { ...forged.query, nonce: 'other' } })).rejects.toMatchObject({ reason: 'signature' });
+    await open.handleCallback(push('ticket-299-behind', NOW_S, NOW_S - 299));
+    expect(await storedTicket(durable)).toBe('ticket-299-behind');
+    // The window is the platform's to set.
+    const lenient = new OpenPlatform({ appId: COMPONENT, secret: 's', token: TOKEN, encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore: durable, logger: false, now: () => NOW_S * 1000, pushMaxAgeMs: 3_600_000 });
+    opened.push(lenient);
+    await lenient.handleCallback(push('ticket-3599-ahead', NOW_S + 1, NOW_S + 3599));
+    expect(await storedTicket(durable)).toBe('ticket-3599-ahead');
+  });
+
+  it('a push after close() is refused, and nothing is written to the store the program may have closed', async () => {
+    const durable = new MemoryCache();
+    const open = platform(durable);
+    await open.close();
+    await expect(open.handleCallback(push('ticket-after-close', NOW_S))).rejects.toThrow(ConfigError);
+    expect(await durable.get(TICKET_KEY)).toBeUndefined();
   });
 });

@@ -156,6 +156,7 @@ describeOptions({
     durableStore: cacheCases,
     maxClients: { valid: [1, 1000], invalid: [0, -1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '1000'] },
     clientIdleMs: ms(1, 600_000),
+    pushMaxAgeMs: ms(1, 300_000),
     // Refused whatever its value, with a sentence of its own (open-platform.test.ts): the platform fetches
     // its tokens itself.
     tokenSource: { valid: [], invalid: [] },

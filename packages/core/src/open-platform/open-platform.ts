@@ -47,6 +47,15 @@ export interface OpenPlatformOptions extends ClientOptions {
   maxClients?: number;
   /** An authorizer client unused this long is dropped at the next lookup (no timers). @default 600000 */
   clientIdleMs?: number;
+  /**
+   * How far a push's signed `timestamp` may lie from this process's clock, in ms, either way. A signature
+   * proves a push came from WeChat, not when: a push captured on the way (WeChat calls plain-http
+   * callback URLs too) and sent again later is refused (`MessageCryptoError`, reason `expired`), and
+   * nothing of it is stored or returned. Within the window a replay still passes: confirm an
+   * `unauthorized` push with WeChat before acting on it. Raise it if this host's clock may be off.
+   * @default 300000
+   */
+  pushMaxAgeMs?: number;
 }
 
 /**
@@ -130,9 +139,10 @@ const OWN_OPTIONS = {
   ),
   maxClients: integer(1, Number.MAX_SAFE_INTEGER),
   clientIdleMs: durationMs(),
+  pushMaxAgeMs: durationMs(),
 } as const satisfies OptionSchema<OwnKeys<OpenPlatformOptions>>;
 const SCHEMA = clientSchema<OpenPlatformOptions>(OWN_OPTIONS);
-const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000 });
+const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, pushMaxAgeMs: 300_000 });
 /** A verify ticket is valid for 12 hours after its push (WeChat's component_verify_ticket doc). */
 const TICKET_TTL_SECONDS = 12 * 3600;
 /** Refresh tokens do not expire while the authorization stands; the record is rewritten at every refresh. */
@@ -200,7 +210,14 @@ const OTHER_KIND: unique symbol = Symbol('another kind of value');
  * @example
  * ```ts
  * const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: redis, durableStore: postgres });
- * app.post('/wechat/open', async (req, res) => res.send(await open.handleCallback({ query: req.query, body: req.body }) && 'success'));
+ * app.post('/wechat/open', async (req, res) => {
+ *   try {
+ *     await open.handleCallback({ query: req.query, body: req.body });
+ *     res.send('success');
+ *   } catch (error) {
+ *     res.status(error instanceof MessageCryptoError ? 403 : 500).end(); // not from WeChat, or a store down: WeChat retries
+ *   }
+ * });
  * await open.officialAccount(authorizerAppId).templateMessage.send({ touser, template_id, data });
  * ```
  */
@@ -209,6 +226,7 @@ export class OpenPlatform {
   readonly #core: ClientCore;
   readonly #secret: string;
   readonly #crypto: MessageCrypto;
+  readonly #pushMaxAgeMs: number;
   readonly #durable: GuardedStore;
   readonly #component: TokenManager;
   readonly #authorizerShared: Omit<Upstream<string>, 'fetch'>;
@@ -243,6 +261,7 @@ export class OpenPlatform {
     this.appId = opts.appId;
     this.#secret = opts.secret;
     this.#crypto = new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId });
+    this.#pushMaxAgeMs = opts.pushMaxAgeMs ?? DEFAULTS.pushMaxAgeMs;
     this.#clients = new ClientLru({
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
@@ -290,9 +309,13 @@ export class OpenPlatform {
    * Handles a request to the component's callback URL ("授权事件接收URL"): checks the signature, decrypts,
    * and stores a component_verify_ticket for every process. Answer WeChat with `success` once it resolves.
    * Other pushes (`authorized`, `updateauthorized`, `unauthorized`) are returned for the caller to act on.
-   * Rejects with a MessageCryptoError for a request that is not from WeChat.
+   * Rejects with a MessageCryptoError for a request that is not from WeChat, or whose signed timestamp
+   * lies further than `pushMaxAgeMs` from this process's clock (a push sent again later: `expired`), and
+   * with a ConfigError once the platform is closed.
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
+    // After close() the stores may be closed, and a ticket written now would go unwaited for.
+    if (this.#closed) throw new ConfigError('OpenPlatform is closed: handleCallback() after close() stores nothing', 'request');
     if (typeof request !== 'object' || request === null) {
       throw new MessageCryptoError('format', `handleCallback() takes { query, body }: the callback's query string and its raw body (got ${typeName(request)})`);
     }
@@ -303,12 +326,16 @@ export class OpenPlatform {
       throw new MessageCryptoError('format', `the callback body is not a string or Buffer of at most ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
     }
     const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
-    const xml = this.#crypto.decrypt({
-      msgSignature: query.get('msg_signature') ?? '',
-      timestamp: query.get('timestamp') ?? '',
-      nonce: query.get('nonce') ?? '',
-      encrypt: parseFlatXml(body).Encrypt ?? '',
-    });
+    const timestamp = query.get('timestamp') ?? '';
+    const xml = this.#crypto.decrypt({ msgSignature: query.get('msg_signature') ?? '', timestamp, nonce: query.get('nonce') ?? '', encrypt: parseFlatXml(body).Encrypt ?? '' });
+    // The timestamp is under the signature: checked once the signature holds, so a forged request is named so.
+    const offMs = Number(timestamp) * 1000 - this.#core.settings.now();
+    if (!(Math.abs(offMs) <= this.#pushMaxAgeMs)) {
+      throw new MessageCryptoError(
+        'expired',
+        `the push's timestamp (${timestamp}) is ${Number.isFinite(offMs) ? `${Math.round(Math.abs(offMs) / 1000)} s ${offMs < 0 ? 'behind' : 'ahead of'}` : 'not a time near'} this process's clock, beyond options.pushMaxAgeMs (${this.#pushMaxAgeMs} ms): a push sent again after it was made, or this host's clock is off; nothing was stored`,
+      );
+    }
     const fields = parseFlatXml(xml);
     const infoType = fields.InfoType ?? '';
     if (infoType === 'component_verify_ticket' && fields.ComponentVerifyTicket) {
