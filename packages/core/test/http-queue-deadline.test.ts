@@ -48,15 +48,16 @@ function client(timeoutMs: number, extra: { queueTimeoutMs?: number } = {}) {
 const codeOf = (result: PromiseSettledResult<unknown>) => (result.status === 'rejected' ? (result.reason as HttpError).code : 'ok');
 
 describe('the exchange deadline starts on the socket', () => {
-  it('200 requests at once through 128 connections, each answered in 300 ms with a 500 ms deadline: all 200 succeed', async () => {
+  it('200 requests at once through 128 connections, each answered in 1 s with a 1.7 s deadline: all 200 succeed', async () => {
     let handled = 0;
     routes.set('/deadline/token', (_req, res) => {
       handled += 1;
       const n = handled;
-      setTimeout(() => json(res, { access_token: `T${n}`, expires_in: 7200 }), 300);
+      setTimeout(() => json(res, { access_token: `T${n}`, expires_in: 7200 }), 1_000);
     });
-    // A queue window long enough for the 72 that wait one 300 ms turn for a connection.
-    const http = client(500, { queueTimeoutMs: 5_000 });
+    // The 72 that wait one 1 s turn for a connection would pass the deadline if it ran from the queue
+    // (2 s), and each exchange has 0.7 s to spare on a busy machine. A queue window long enough for them.
+    const http = client(1_700, { queueTimeoutMs: 5_000 });
     const results = await Promise.allSettled(Array.from({ length: 200 }, () => http.json({ method: 'GET', path: 'deadline/token' })));
     await http.close();
     expect(handled).toBe(200);
