@@ -57,12 +57,16 @@ describe('rejected tokens', () => {
   });
 
   it('more than one rejected token stays rejected: a store that holds an earlier one again is not served from', async () => {
-    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
+    // The clock moves past the fleet's spacing of fetches after a rejection (1 s after the first).
+    let clock = Date.now();
+    const now = () => clock;
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0, now, cache: new MemoryCache({ now }) });
     const first = await app.accessToken.getToken();
     await app.accessToken.invalidate(first, 40001);
     const second = await app.accessToken.getToken();
     expect(second).not.toBe(first);
     await app.accessToken.invalidate(second, 40001);
+    clock += 1_001;
     // A peer without compare-and-delete writes the first, long dead, token back.
     await cache.set(app.accessToken.cacheKey, entry(first), 6900);
     const third = await app.accessToken.getToken();

@@ -1,0 +1,86 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { MemoryCache, OfficialAccount, TokenUnavailableError, WeChatApiError } from '../src/index.js';
+import { retryAtOf } from '../src/retry-at.js';
+
+// A token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
+// refuses) must not cost a fetch per round of resends: each call may fetch once, but calls keep coming.
+// Fetches that follow a rejection are spaced fleet-wide, the first at once, then 1 s, 2 s, 4 s … apart
+// while rejections go on. These tests count the mock's token requests; the clock is the clients' and
+// the store's `now`, moved by the test.
+
+let mock: MockWeChat;
+beforeAll(async () => {
+  mock = await startMockWeChat();
+});
+afterEach(() => mock.clearFaults());
+afterAll(() => mock.close());
+
+const TEMPLATE = { touser: 'oUser1', template_id: 'TPL', data: { first: { value: 'Paid' } } };
+
+/** Two clients (two processes of a fleet) on one store, with a clock the test moves. */
+function fleet() {
+  const { appId, secret } = mock.createApp();
+  const clock = { now: Date.now() };
+  const now = () => clock.now;
+  const cache = new MemoryCache({ now });
+  const clients = [0, 1].map(() => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now }));
+  const fetches = () => mock.counters(appId).tokenRequests;
+  /** Ten sends at once, five from each client: what each ended with. */
+  const burst = () => Promise.all(Array.from({ length: 10 }, (_, i) => clients[i % 2]!.templateMessage.send(TEMPLATE).then(() => 'sent' as const, (error: unknown) => error)));
+  return { clock, clients, fetches, burst, close: () => Promise.all(clients.map((client) => client.close())) };
+}
+
+describe('fetches after WeChat rejected a token are spaced fleet-wide', () => {
+  it('a token rejected moments after every fetch costs one fetch per step (at once, then 1 s, then 2 s), not one per round of resends', async () => {
+    const f = fleet();
+    await f.clients[0]!.accessToken.getToken();
+    expect(f.fetches()).toBe(1);
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+
+    // The first rejection is answered with a fetch at once; WeChat rejects that token too.
+    const first = await f.burst();
+    expect(first.every((outcome) => outcome instanceof WeChatApiError || outcome instanceof TokenUnavailableError)).toBe(true);
+    expect(f.fetches()).toBe(2);
+    // More calls, at the same moment: the slot is taken, they fail without a fetch, and say when.
+    const spaced = await f.burst();
+    expect(f.fetches()).toBe(2);
+    const refused = spaced.filter((outcome): outcome is TokenUnavailableError => outcome instanceof TokenUnavailableError);
+    expect(refused.length).toBeGreaterThan(0);
+    expect(refused[0]!.message).toContain('spaced');
+    expect(retryAtOf(refused[0])).toBe(f.clock.now + 1_000);
+
+    f.clock.now += 1_001;
+    await f.burst();
+    expect(f.fetches()).toBe(3);
+    await f.burst();
+    expect(f.fetches()).toBe(3);
+    // The next slot is 2 s: a second later is not enough.
+    f.clock.now += 1_001;
+    await f.burst();
+    expect(f.fetches()).toBe(3);
+    f.clock.now += 1_000;
+    await f.burst();
+    expect(f.fetches()).toBe(4);
+
+    // WeChat takes tokens again: the next send fetches and goes.
+    mock.clearFaults();
+    f.clock.now += 10_000;
+    expect(await f.burst()).toEqual(Array(10).fill('sent'));
+    expect(f.fetches()).toBe(5);
+    await f.close();
+  });
+
+  it('rejections minutes apart are each answered with a fetch at once', async () => {
+    const f = fleet();
+    await f.clients[0]!.accessToken.getToken();
+    for (let round = 1; round <= 3; round += 1) {
+      // Another program fetches: the fleet's token dies once.
+      mock.invalidateTokens(f.clients[0]!.appId);
+      expect(await f.burst()).toEqual(Array(10).fill('sent'));
+      expect(f.fetches()).toBe(1 + round);
+      f.clock.now += 3 * 60_000;
+    }
+    await f.close();
+  });
+});
