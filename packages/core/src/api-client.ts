@@ -79,7 +79,9 @@ export class ApiClient {
     let rejection: WeChatApiError;
     for (let resends = 0; ; resends += 1) {
       try {
-        return (await send(token)) as T;
+        const answer = (await send(token)) as T;
+        this.#token.accepted(token);
+        return answer;
       } catch (error) {
         if (!isTokenRejection(error)) throw error;
         rejection = error;

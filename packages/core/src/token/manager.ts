@@ -41,6 +41,8 @@ export class TokenManager {
   #newer: Map<string, Promise<string | undefined>> | undefined;
   /** The last rejected value whose wait found nothing newer. */
   #waitedInVain: string | undefined;
+  /** The last value WeChat accepted a call with (see accepted()). */
+  #accepted: string | undefined;
   /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
   #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
@@ -61,6 +63,15 @@ export class TokenManager {
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
     this.#ahead = new RefreshAhead(ctx, this);
+  }
+
+  /**
+   * WeChat accepted a call made with `value`: when it rejects `value` later, something replaced a token
+   * that worked, where a token rejected before any call went through with it says WeChat refuses the
+   * fleet's tokens as fast as it fetches them (the refresher spaces its next fetches then).
+   */
+  accepted(value: string): void {
+    this.#accepted = value;
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
@@ -171,7 +182,7 @@ export class TokenManager {
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
-      const reported = this.#track(this.#refresher.invalidate(value, errcode, known)).then((refreshed) => {
+      const reported = this.#track(this.#refresher.invalidate(value, errcode, known, this.#accepted === value)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
         return true;

@@ -86,9 +86,10 @@ export interface Refresher {
   /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
    * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
-   * `known`: the entry this process held for `value`, when it held one.
+   * `known`: the entry this process held for `value`, when it held one. `accepted`: WeChat took a call
+   * made with `value` before it rejected it (the token worked, until something replaced it).
    */
-  invalidate(value: string, errcode: number | undefined, known?: StoredEntry): Promise<Refreshed | void>;
+  invalidate(value: string, errcode: number | undefined, known?: StoredEntry, accepted?: boolean): Promise<Refreshed | void>;
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */

@@ -178,10 +178,13 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  async invalidate(value: string, errcode: number | undefined, known?: StoredEntry): Promise<void> {
+  async invalidate(value: string, errcode: number | undefined, known?: StoredEntry, accepted = false): Promise<void> {
     const ctx = this.#ctx;
     const started = performance.now();
-    this.#rejectedAt = started;
+    // A token that carried a call before WeChat rejected it was replaced (an external refresh): its
+    // replacement is fetched at once, however often that happens. One rejected before any call went
+    // through with it spaces the fetches that follow (see #takeRejectionSlot).
+    this.#rejectedAt = accepted ? undefined : started;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
