@@ -107,9 +107,11 @@ export class MemcachedCache implements TokenCache {
     return this.#run('get', key, async () => (await this.#get(key))?.value.toString('latin1'));
   }
 
-  set(key: string, value: string, ttlSeconds: number): Promise<void> {
+  // The writes check their value and TTL before #run: a bad one is the caller's bug, rejected with a
+  // RangeError as every other store rejects it, not a failure of memcached.
+  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
     return this.#run('set', key, async () => {
-      const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
       answered('SET', await this.#send(key, (seq) => request(OP_SET, seq, key, body), 2), STATUS_OK);
     });
   }
@@ -120,9 +122,9 @@ export class MemcachedCache implements TokenCache {
     });
   }
 
-  add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+  async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
     return this.#run('add', key, async () => {
-      const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
       let response: MemjsResponse;
       try {
         // Sent once, never resent blindly: an ADD whose answer was lost may have been stored, and a
@@ -140,10 +142,11 @@ export class MemcachedCache implements TokenCache {
     });
   }
 
-  deleteIfEquals(key: string, expected: string): Promise<boolean> {
+  async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    const expectedBytes = binary(expected);
     return this.#run('deleteIfEquals', key, async () => {
       const current = await this.#get(key);
-      if (!current || !current.value.equals(binary(expected))) return false;
+      if (!current || !current.value.equals(expectedBytes)) return false;
       // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
       // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
       const response = await this.#send(key, (seq) => request(OP_DELETE, seq, key, { cas: current.cas }), 1);
@@ -151,15 +154,15 @@ export class MemcachedCache implements TokenCache {
     });
   }
 
-  compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const [extras, expectedBytes, bytes] = [storeExtras(ttlSeconds), binary(expected), binary(value)];
     return this.#run('compareAndSet', key, async () => {
-      const extras = storeExtras(ttlSeconds);
       const current = await this.#get(key);
-      if (!current || !current.value.equals(binary(expected))) return false;
+      if (!current || !current.value.equals(expectedBytes)) return false;
       // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
       // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
       // would meet our own write and answer EXISTS.
-      const body = { extras, value: binary(value), cas: current.cas };
+      const body = { extras, value: bytes, cas: current.cas };
       const response = await this.#send(key, (seq) => request(OP_SET, seq, key, body), 1);
       return answered('SET', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });

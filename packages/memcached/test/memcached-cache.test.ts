@@ -96,6 +96,16 @@ describe('MemcachedCache on a real memcached', () => {
     await cache.close();
   });
 
+  it('a value above U+00FF or a bad TTL is refused with a RangeError before any request, not taken for a store failure', async () => {
+    const cache = new MemcachedCache({ servers: '127.0.0.1:1', timeoutMs: 200 });
+    const calls = await Promise.allSettled([
+      cache.set('k', '\u4e2d', 60), cache.add('k', '\u4e2d', 60), cache.deleteIfEquals('k', '\u4e2d'), cache.compareAndSet('k', 'v', '\u4e2d', 60),
+      cache.set('k', 'v', 0), cache.add('k', 'v', -1), cache.compareAndSet('k', 'v', 'w', Number.NaN),
+    ]);
+    for (const call of calls) expect((call as PromiseRejectedResult).reason).toBeInstanceOf(RangeError);
+    await cache.close();
+  });
+
   it('memcached killed under a warm client: every call fails at once, reason refused; once it is back the same client works', async () => {
     const server = await startMemcached();
     const cache = new MemcachedCache({ servers: server.url, timeoutMs: 60_000 });

@@ -109,9 +109,13 @@ export class RedisCache implements TokenCache {
     });
   }
 
-  set(key: string, value: string, ttlSeconds: number): Promise<void> {
+  // The writes check their value and TTL before #run: a bad one is the caller's bug, rejected with a
+  // RangeError as every other store rejects it, not a failure of Redis (nor one met only once connected).
+  async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+    const bytes = binary(value);
+    const px = ttlMs(ttlSeconds);
     return this.#run('set', async (client) => {
-      await client.set(key, binary(value), { expiration: { type: 'PX', value: ttlMs(ttlSeconds) } });
+      await client.set(key, bytes, { expiration: { type: 'PX', value: px } });
       this.#publish(client, key);
     });
   }
@@ -123,16 +127,19 @@ export class RedisCache implements TokenCache {
     });
   }
 
-  add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('add', async (client) => evalWrite(client, ADD, key, [binary(value), String(ttlMs(ttlSeconds))]));
+  async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const args = [binary(value), String(ttlMs(ttlSeconds))];
+    return this.#run('add', async (client) => evalWrite(client, ADD, key, args));
   }
 
-  deleteIfEquals(key: string, expected: string): Promise<boolean> {
-    return this.#run('deleteIfEquals', async (client) => evalWrite(client, COMPARE_AND_DELETE, key, [binary(expected)]));
+  async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    const args = [binary(expected)];
+    return this.#run('deleteIfEquals', async (client) => evalWrite(client, COMPARE_AND_DELETE, key, args));
   }
 
-  compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
-    return this.#run('compareAndSet', async (client) => evalWrite(client, COMPARE_AND_SET, key, [binary(expected), binary(value), String(ttlMs(ttlSeconds))]));
+  async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const args = [binary(expected), binary(value), String(ttlMs(ttlSeconds))];
+    return this.#run('compareAndSet', async (client) => evalWrite(client, COMPARE_AND_SET, key, args));
   }
 
   /**

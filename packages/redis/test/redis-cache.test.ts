@@ -227,6 +227,16 @@ describe('RedisCache on a real redis-server', () => {
     await cache.close();
   });
 
+  it('a value above U+00FF or a bad TTL is refused with a RangeError before connecting, not taken for a store failure', async () => {
+    const cache = new RedisCache({ url: 'redis://127.0.0.1:1/0', connectTimeoutMs: 300 });
+    const calls = await Promise.allSettled([
+      cache.set('k', '\u4e2d', 60), cache.add('k', '\u4e2d', 60), cache.deleteIfEquals('k', '\u4e2d'), cache.compareAndSet('k', 'v', '\u4e2d', 60),
+      cache.set('k', 'v', 0), cache.add('k', 'v', -1), cache.compareAndSet('k', 'v', 'w', Number.NaN),
+    ]);
+    for (const call of calls) expect((call as PromiseRejectedResult).reason).toBeInstanceOf(RangeError);
+    await cache.close();
+  });
+
   it('checks its options before connecting, and never echoes a password', () => {
     const error = (fn: () => unknown) => {
       try {

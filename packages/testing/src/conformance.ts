@@ -142,6 +142,18 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         expect(await cache.get(k)).toBe('v');
       }));
 
+    // A TTL no store can honour is the caller's bug: every store rejects it with the same RangeError
+    // (core's assertTtl), never a CacheError that would take the store for down, and stores nothing.
+    it(`set${supportsAdd ? ' and add' : ''} with a TTL of 0, -1 or NaN reject with a RangeError and store nothing`, () =>
+      withCache(async (cache) => {
+        for (const ttlSeconds of [0, -1, Number.NaN]) {
+          const k = key(`bad-ttl-${ttlSeconds}`);
+          await expect(cache.set(k, 'v', ttlSeconds)).rejects.toThrow(RangeError);
+          if (supportsAdd) await expect(cache.add!(k, 'v', ttlSeconds)).rejects.toThrow(RangeError);
+          expect(await cache.get(k)).toBeUndefined();
+        }
+      }));
+
     it('values come back byte for byte: 2 KiB, 64 KiB, UTF-8 text, JSON, newlines and quotes', () =>
       withCache(async (cache) => {
         const values = [
