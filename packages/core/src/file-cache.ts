@@ -299,11 +299,16 @@ export class FileCache implements TokenCache {
   /** A temp file beside `path` holding the entry (0600), written whole; the caller renames, links or removes it. */
   async #draft(path: string, value: string, ttlSeconds: number, op: string): Promise<string> {
     const bytes = binaryToBuffer(value, 'FileCache');
-    const temp = await tempName(path);
     // A TTL meant as "for ever" (1e13 s, 2 ** 53) still makes a header the reader takes: beyond 16 digits,
     // or in exponent form, the entry would read as unreadable, absent, and replaced by the next add.
     const expiresAt = Math.min(Math.ceil(this.#now() + ttlSeconds * 1000), Number.MAX_SAFE_INTEGER);
     const content = Buffer.concat([Buffer.from(`v1 ${expiresAt}\n`, 'latin1'), bytes]);
+    // A reader takes a larger file for no entry: written, it would read as a miss, and every add() over
+    // it would win. Refused before anything is written, as a bad TTL is.
+    if (content.length > MAX_ENTRY_BYTES) {
+      throw new RangeError(`FileCache ${op}: an entry must be at most ${MAX_ENTRY_BYTES} bytes, its header included (got ${content.length}); nothing was written`);
+    }
+    const temp = await tempName(path);
     try {
       await this.#writeNew(temp, content, op);
     } catch (error) {

@@ -229,6 +229,19 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it('a value whose file would exceed 1 MiB is refused with a RangeError by set() and add(), and nothing is left on disk', async () => {
+    const dir = fresh('too-large');
+    const cache = new FileCache({ dir });
+    const value = 'a'.repeat(2 << 20);
+    await expect(cache.set('big', value, 60)).rejects.toThrow(RangeError);
+    expect(readdirSync(dir)).toEqual([]);
+    // Written, it would read as a miss, and every add() after it would win as well.
+    await expect(cache.add('big', value, 60)).rejects.toThrow(RangeError);
+    await expect(cache.add('big', value, 60)).rejects.toThrow(RangeError);
+    expect(readdirSync(dir)).toEqual([]);
+    expect(await cache.get('big')).toBeUndefined();
+  });
+
   it("a directory at a key (another program's) is a CacheError of reason type, not an outage: the token is served and the directory left", async () => {
     const dir = fresh('directory-at-key');
     const cache = new FileCache({ dir });
