@@ -64,7 +64,9 @@ export class KeyvCache implements TokenCache {
       throw new ConfigError(
         `KeyvCache needs a store without a namespace, or wxkit's keys would be stored under "${store.namespace}" ` +
           '(Keyv gives its store the namespace "keyv" unless told otherwise). Give wxkit a store of its own, ' +
-          'e.g. new KeyvCache(new KeyvRedis(url)), or create the Keyv instance with { namespace: undefined }',
+          'e.g. new KeyvCache(new KeyvRedis({ url, commandOptions: { timeout: 1000 } })) (a timeout below cacheTimeoutMs: ' +
+          'without one, node-redis holds the commands sent while Redis is down and sends them late, over newer values), ' +
+          'or create the Keyv instance with { namespace: undefined }',
         'keyvOrStore',
       );
     }
@@ -208,7 +210,7 @@ function storeOf(keyvOrStore: unknown): StoreLike {
   const store = (isKeyv ? candidate.store : candidate) as StoreLike | null;
   if (!store || typeof store !== 'object' || typeof store.get !== 'function' || typeof store.set !== 'function' || typeof store.delete !== 'function') {
     throw new ConfigError(
-      `KeyvCache needs a Keyv instance or a Keyv store such as new KeyvRedis(url) (got ${keyvOrStore === null ? 'null' : typeof keyvOrStore})`,
+      `KeyvCache needs a Keyv instance or a Keyv store such as new KeyvRedis({ url, commandOptions: { timeout: 1000 } }) (got ${keyvOrStore === null ? 'null' : typeof keyvOrStore})`,
       'keyvOrStore',
     );
   }

@@ -81,7 +81,11 @@ describe('KeyvCache', () => {
   it('accepts a Keyv instance without a namespace, and explains one with', () => {
     expect(() => new KeyvCache(new Keyv(redisStore(), { namespace: undefined }))).not.toThrow();
     expect(() => new KeyvCache(new Keyv(redisStore()))).toThrow(/without a namespace.*"keyv"/);
+    // The store it suggests is the safe one: @keyv/redis without a command timeout sends the writes held
+    // during an outage once Redis is back, over newer values.
+    expect(() => new KeyvCache(new Keyv(redisStore()))).toThrow('new KeyvRedis({ url, commandOptions: { timeout: 1000 } })');
     expect(() => new KeyvCache({} as never)).toThrow(/KeyvCache needs a Keyv instance or a Keyv store/);
+    expect(() => new KeyvCache({} as never)).toThrow('new KeyvRedis({ url, commandOptions: { timeout: 1000 } })');
   });
 
   it('a Keyv instance given to setCache() gets an error that says how to wrap it', () => {
