@@ -21,6 +21,11 @@ import { checkOptions, fn, type OptionSchema } from './validate.js';
  * Failures must reject (with a {@link CacheError} where the adapter can), never resolve as a miss:
  * a miss sends every process to WeChat for a new token.
  *
+ * **Reads see the last write.** A `get` after a write (of any process) returns that write, not an older
+ * copy: no reads from a replica that lags its primary. The holder of the refresh lock reads the entry
+ * again before it fetches, and a read that misses a token just written sends it to WeChat for another
+ * (on the classic endpoint, one that kills the token just written).
+ *
  * @example
  * ```ts
  * const cache: TokenCache = new MemoryCache();

@@ -125,7 +125,13 @@ export class RefreshLock {
       if (!neverSent(error)) this.#remember(owner, store);
       throw error;
     }
-    if (!won) return 'held';
+    if (!won) {
+      // A store that sends an `add` again after a timeout of its own may have written the first and
+      // answered the second: the lock would be this owner's, and this process would wait its whole lease
+      // for itself. The owner is deleted if it is there, before the next attempt (cleanUp()).
+      if (this.#value === 'owner') (this.#lost ??= new Map()).set(owner, store);
+      return 'held';
+    }
     if (kept) return new KeptAlive(this.key, owner, store, started, leaseMs, keepAliveMs, () => this.#release(owner, store));
     // Not renewed: what the store is known to keep is all the hold may last.
     const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
@@ -152,7 +158,7 @@ export class RefreshLock {
         if (deleted) {
           this.#log.info(
             { event: 'lock.cleaned_up', appId: this.#appId, key: this.#logKey },
-            'Removed a refresh lock this process had taken while the store did not answer',
+            'Removed a refresh lock this process had taken while the store did not answer, or answered that it had not taken it',
           );
         }
       } catch {
