@@ -561,7 +561,7 @@ export class HttpClient {
   timeoutError(path: string, sent: boolean, cause?: unknown): HttpError {
     return new HttpError(
       'ERR_WXKIT_TIMEOUT',
-      `${this.peer} did not answer ${path} within ${this.#settings.timeoutMs} ms; raise options.timeoutMs if the network is slow`,
+      `${this.peer} did not answer ${path} within ${this.#settings.timeoutMs} ms (at ${this.#origin}); raise options.timeoutMs if the network is slow`,
       { path, sent, ...(cause === undefined ? {} : { cause }) },
     );
   }
@@ -582,7 +582,9 @@ export class HttpClient {
     if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT') return this.timeoutError(path, sent, error);
     return new HttpError(
       'ERR_WXKIT_HTTP',
-      `The request to ${path} failed before ${midSentence(this.peer)} answered${typeof code === 'string' ? ` (${code})` : ''}`,
+      // The origin says where the request went (a wrong baseUrl, proxy or service URL); an origin never
+      // holds credentials.
+      `The request to ${path} failed before ${midSentence(this.peer)} answered (${typeof code === 'string' ? `${code}; ` : ''}it went to ${this.#origin})`,
       { path, sent, cause: error },
     );
   }

@@ -69,6 +69,8 @@ describe('informational (1xx) answers', () => {
         ['ERR_WXKIT_TIMEOUT', 'cgi-bin/token'],
         ['ERR_WXKIT_TIMEOUT', 'cgi-bin/token'],
       ]);
+      // It names where the request went.
+      expect(errors[0]!.message).toContain(`WeChat did not answer cgi-bin/token within 1000 ms (at ${base})`);
       expect(received.length).toBe(1);
       healthy = true;
       // Past the first back-off step the failure left (about 1 s, on the client's clock).

@@ -128,12 +128,14 @@ describe('the wait for a connection', () => {
     await http.close();
   });
 
-  it('a refused connection is an HTTP error that was not sent', async () => {
+  it('a refused connection is an HTTP error that was not sent, and it names where the request went (never the credentials of the URL)', async () => {
     // From the test kit's block: a port the kernel picked could be taken by another file's server.
     const port = await freePort();
-    const http = new HttpClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 2_000, maxResponseBytes: 1 << 20, dispatcher: undefined, userAgent: 'test' });
+    const http = new HttpClient({ baseUrl: `http://user:pa55word@127.0.0.1:${port}/base`, timeoutMs: 2_000, maxResponseBytes: 1 << 20, dispatcher: undefined, userAgent: 'test' });
     const [result] = await Promise.allSettled([http.json({ method: 'GET', path: 'x' })]);
     await http.close();
     expect(result.status === 'rejected' && [(result.reason as HttpError).code, (result.reason as HttpError).sent]).toEqual(['ERR_WXKIT_HTTP', false]);
+    const { message } = (result as PromiseRejectedResult).reason as HttpError;
+    expect(message).toBe(`The request to x failed before WeChat answered (ECONNREFUSED; it went to http://127.0.0.1:${port})`);
   });
 });

@@ -153,14 +153,20 @@ export class TokenManager {
    * WeChat rejected `value` (40001, 40014, 42001). Forget it here, and let the refresher do what it owes
    * the fleet (delete the shared entry only if it still holds that value; tell the token service). A read
    * already under way is kept: if it brings back the rejected value, its callers read once more.
+   * A report made through this method (by the program, or by a token service for its clients, which
+   * checks with WeChat first) is taken as the rejection of a token that worked: its replacement is
+   * fetched at once. The client's own recoveries (recover()) know whether a call went through with it.
    */
   invalidate(value: string, errcode?: number): Promise<void> {
     // Marked handled as the report itself is: a caller that does not wait for it leaves no unhandled rejection.
-    return handled(this.#report(value, errcode).then(() => undefined));
+    return handled(this.#report(value, errcode, true).then(() => undefined));
   }
 
-  /** invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the memo). */
-  #report(value: string, errcode: number | undefined): Promise<boolean> {
+  /**
+   * invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the
+   * memo). `accepted`: WeChat took a call made with `value` before it rejected it.
+   */
+  #report(value: string, errcode: number | undefined, accepted: boolean): Promise<boolean> {
     // Once close() has let the client's work end, the value is forgotten here and nothing is reported:
     // the program may have closed its store by now. Every caller learns that the fleet was not told.
     if (this.#ended) {
@@ -182,7 +188,7 @@ export class TokenManager {
       const generation = this.#generation;
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
-      const reported = this.#track(this.#refresher.invalidate(value, errcode, known, this.#accepted === value)).then((refreshed) => {
+      const reported = this.#track(this.#refresher.invalidate(value, errcode, known, accepted)).then((refreshed) => {
         if (!refreshed) return false;
         this.#remember(refreshed, generation);
         return true;
@@ -205,7 +211,7 @@ export class TokenManager {
     // store by now (close() does not wait for calls on the wire, whose rejections come after it).
     if (this.#ended) throw closedError(this.#ctx);
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
-    const brought = await abortable(this.#report(failed, errcode), signal);
+    const brought = await abortable(this.#report(failed, errcode, this.#accepted === failed), signal);
     const held = this.#heldInstead(failed);
     if (held !== undefined) {
       // A value the report brought back is this call's one refresh: a call whose token is rejected again
