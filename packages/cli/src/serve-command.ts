@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
-import type { Logger } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY } from '@wxkit/core/internal';
+import { WORK_BASE_URL, type Logger } from '@wxkit/core';
+import { NOT_IN_BEARER_KEY, closestName } from '@wxkit/core/internal';
 import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
@@ -37,6 +37,7 @@ The config file (JSON) names environment variables, never secrets:
     "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
     "prefix": "wechat:"                        optional
   }
+Any other key, at the top level or in an app entry, stops the service from starting (exit 7).
 
 Callers send "Authorization: Bearer <key>":
   GET  /v1/token/{kind}/{id}               {"access_token","expires_at","fetched_at"}
@@ -56,6 +57,23 @@ ${EXIT_HELP}`;
 
 const LOG_LEVELS = ['debug', 'info', 'warn', 'error'] as const;
 
+/** The keys a config file may hold, and an app entry. */
+const CONFIG_KEYS = [
+  'keysEnv',
+  'apps',
+  'refreshAheadSeconds',
+  'checkEverySeconds',
+  'healthCheckMs',
+  'headersTimeoutMs',
+  'requestTimeoutMs',
+  'keepAliveTimeoutMs',
+  'maxConnections',
+  'baseUrl',
+  'workBaseUrl',
+  'prefix',
+] as const;
+const APP_KEYS = ['app', 'kind', 'appId', 'corpId', 'agentId', 'secretEnv', 'tokenEndpoint'] as const;
+
 /** Reads and checks a serve config file; secrets and keys come from the environment it names. */
 export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'> {
   const wrong = (message: string) => new CliError('config', `--config ${file}: ${message}`);
@@ -67,6 +85,19 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     throw wrong(code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'not readable' : `not JSON (${(error as Error).message})`);
   }
   if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw wrong('must be a JSON object with "keysEnv" and "apps"');
+  // A misspelt key would be dropped without a word: "baseURL" for "baseUrl" sends every app's secret to
+  // api.weixin.qq.com instead of the proxy or mock the file names.
+  const unknownKey = (entry: Record<string, unknown>, known: readonly string[], at: (name: string) => string) => {
+    const name = Object.keys(entry).find((key) => !known.includes(key));
+    if (name === undefined) return;
+    const near = closestName(name, known);
+    // An app entry holding a service-wide key (refreshAheadSeconds, baseUrl…): it is set once, for every app.
+    const shared = near === undefined && known === APP_KEYS ? closestName(name, CONFIG_KEYS) : undefined;
+    throw wrong(
+      `${at(name)} is not a config key${near ? ` (did you mean "${near}"?)` : shared ? `: "${shared}" is set at the top level, for every app` : `; the keys are ${known.join(', ')}`}`,
+    );
+  };
+  unknownKey(raw, CONFIG_KEYS, (name) => JSON.stringify(name));
   const fromEnv = (name: unknown, what: string) => {
     if (typeof name !== 'string' || !name) throw wrong(`${what} must name an environment variable`);
     const value = process.env[name];
@@ -84,6 +115,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
   }
   if (!Array.isArray(raw.apps) || raw.apps.length === 0) throw wrong('"apps" must be a list of one app or more');
   const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {
+    if (entry && typeof entry === 'object' && !Array.isArray(entry)) unknownKey(entry, APP_KEYS, (name) => `apps[${i}].${name}`);
     const secret = fromEnv(entry?.secretEnv, `apps[${i}].secretEnv`);
     const endpoint = entry.tokenEndpoint ?? 'stable';
     if (endpoint !== 'stable' && endpoint !== 'classic') throw wrong(`apps[${i}].tokenEndpoint must be stable or classic`);
@@ -109,6 +141,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     if (typeof value !== 'string' || !/^https?:\/\//.test(value)) throw wrong(`"${name}" must be an http(s) URL`);
     return value;
   };
+  if (raw.prefix !== undefined && typeof raw.prefix !== 'string') throw wrong(`"prefix" must be a string, such as "wechat:" (got ${raw.prefix === null ? 'null' : typeof raw.prefix})`);
   return {
     keys,
     apps,
@@ -121,7 +154,7 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     maxConnections: number('maxConnections'),
     baseUrl: url('baseUrl'),
     workBaseUrl: url('workBaseUrl'),
-    prefix: typeof raw.prefix === 'string' ? raw.prefix : undefined,
+    prefix: raw.prefix as string | undefined,
   };
 }
 
@@ -207,7 +240,15 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
     if (code === 'ERR_WXKIT_INVALID_OPTION') throw new CliError('config', `--config ${values.config}: ${(error as Error).message}`);
     throw error;
   }
-  logger.info?.({ event: 'serve.listening', url: service.url, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) }, `listening on ${service.url}`);
+  // Where the secrets go, as startTokenService picks it per app: a config that names no proxy (or
+  // misnames it) shows api.weixin.qq.com here.
+  const upstream = [
+    ...new Set(config.apps.map((app) => new URL(app.kind === 'work' ? (config.workBaseUrl ?? config.baseUrl ?? WORK_BASE_URL) : (config.baseUrl ?? 'https://api.weixin.qq.com')).origin)),
+  ];
+  logger.info?.(
+    { event: 'serve.listening', url: service.url, upstream, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) },
+    `listening on ${service.url}; WeChat's API at ${upstream.join(', ')}`,
+  );
   await stopped;
   logger.info?.({ event: 'serve.stopping' }, 'stopping: finishing the requests under way');
   try {

@@ -13,6 +13,7 @@ export {
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,
   checkOptions,
+  closestName,
   durationMs,
   fn,
   hasMethods,
