@@ -1,4 +1,5 @@
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
+import { clampRetryAt, decodeMarker, failureKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -15,9 +16,9 @@ usage: wxkit <command> [options]
 
 commands:
   token get       the current token: from the store, or fetched (needs the secret)
-  token inspect   what the store holds: key, remaining life, fetched_at, lock holder and lease
+  token inspect   what the store holds: key, remaining life, fetched_at, lock holder and lease, failure marker
   token refresh   fetch a new token now and store it (stable endpoint: force_refresh, 20 a day)
-  token clear     delete the stored token (and its lock with --lock)
+  token clear     delete the stored token and its failure marker (and its lock with --lock)
   serve           run the central token service for the apps in a config file
   mock-server     run the mock WeChat API server
   demo            run the demo (processes sharing one token, another system refreshing it)
@@ -47,6 +48,8 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
   --json              one JSON object on stdout
 
 The secret is read from the environment only, never from a flag: flags land in shell history.
+A failed fetch leaves <key>:failed, which holds every process back (a minute for a wrong secret):
+inspect shows it, clear deletes it with the token, so a fixed secret is tried at once.
 get and refresh check first that the store takes writes (they write and delete <key>:probe):
 a token nobody else can read would only replace the one the others hold.
 
@@ -206,11 +209,16 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
-      const had = (await cache.get(key)) !== undefined;
+      const [had, failed] = await Promise.all([cache.get(key), cache.get(failureKey(key))]);
       await cache.delete(key);
+      // The marker of a failed fetch goes with it: left behind, a secret fixed since (40125) would still
+      // fail every process with the old error until the marker's pause ran out, up to a minute.
+      if (failed !== undefined) await cache.delete(failureKey(key));
       if (values.lock) await cache.delete(schema.lockKey(key));
-      emit(output, { ok: true, key: shownKey, removed: had, lock_removed: values.lock === true }, [
-        `${had ? 'removed' : 'nothing stored at'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
+      const marker = decodeMarker(failed);
+      emit(output, { ok: true, key: shownKey, removed: had !== undefined, failure_removed: failed !== undefined, lock_removed: values.lock === true }, [
+        `${had !== undefined ? 'removed' : 'nothing stored at'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
+        ...(failed === undefined ? [] : [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`]),
       ]);
       return EXIT.ok;
     }
@@ -287,7 +295,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {
   const lockKey = schema.lockKey(key);
-  const [raw, ttl, holder, lease] = await Promise.all([cache.get(key), cache.ttlMs?.(key), cache.get(lockKey), cache.ttlMs?.(lockKey)]);
+  const [raw, ttl, holder, lease, failed] = await Promise.all([cache.get(key), cache.ttlMs?.(key), cache.get(lockKey), cache.ttlMs?.(lockKey), cache.get(failureKey(key))]);
   const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
   const now = Math.floor(Date.now() / 1000);
   const state = raw === undefined ? 'absent' : entry ? 'present' : 'corrupt';
@@ -295,6 +303,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
   // A format without an expiry (EasyWeChat, wechatpy…): the store's TTL is its remaining life.
   const remaining = entry?.expiresAt !== undefined ? entry.expiresAt - now : entry && ttl !== undefined && Number.isFinite(ttl) ? Math.floor(ttl / 1000) : undefined;
   const lock = holder === undefined ? null : { holder, lease_ms: lease ?? null };
+  const failure = failureState(failed, Date.now());
   emit(
     output,
     {
@@ -309,6 +318,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       remaining_seconds: remaining,
       store_ttl_ms: ttl ?? null,
       lock,
+      failure: failure?.fields ?? null,
       bytes: raw === undefined ? 0 : raw.length, // a binary string: one character per byte
     },
     [
@@ -324,9 +334,50 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
           ]
         : []),
       `lock        ${lock ? `held by ${lock.holder}${lock.lease_ms === null ? '' : `, lease ${(lock.lease_ms / 1000).toFixed(1)} s left`}` : 'free'}`,
+      `failure     ${failure?.line ?? 'none'}`,
     ],
   );
   return state === 'present' ? EXIT.ok : EXIT.noToken;
+}
+
+/** What failed, as a marker records it: WeChat's errcode and errmsg, or the error code and HTTP status. */
+function failureWhat(marker: FailureRecord & { code: string }): string {
+  if (marker.errcode !== undefined) return `errcode ${marker.errcode}${marker.errmsg ? `, ${marker.errmsg}` : ''}`;
+  return `${marker.code}${marker.status === undefined ? '' : `, HTTP ${marker.status}`}`;
+}
+
+/**
+ * The failure marker `{key}:failed` as inspect shows it, or undefined when there is none. Its times are
+ * unix milliseconds, as stored (docs/key-schema.md); `retry_at` is the one the fleet holds to, clamped
+ * as every process clamps it.
+ */
+function failureState(raw: string | undefined, now: number): { fields: Record<string, unknown>; line: string } | undefined {
+  if (raw === undefined) return undefined;
+  const marker = decodeMarker(raw);
+  // Every process ignores a marker it cannot read: it holds no one back.
+  if (!marker) return { fields: { state: 'corrupt', bytes: raw.length }, line: `corrupt (${raw.length} bytes that are not a failure marker; it holds no one back)` };
+  const retryAt = clampRetryAt(marker, now);
+  const inForce = retryAt > now;
+  const iso = (ms: number) => (Number.isNaN(new Date(ms).getTime()) ? String(ms) : new Date(ms).toISOString());
+  return {
+    fields: {
+      state: inForce ? 'in_force' : 'past',
+      code: marker.code,
+      errcode: marker.errcode,
+      errmsg: marker.errmsg,
+      status: marker.status,
+      path: marker.path,
+      failed_by: marker.failedBy,
+      failed_at: marker.failedAt,
+      retry_at: retryAt,
+      attempt: marker.attempt,
+    },
+    line:
+      `${failureWhat(marker)}${marker.path ? ` on ${marker.path}` : ''}, ${marker.failedBy ? `by ${marker.failedBy} ` : ''}at ${iso(marker.failedAt)}` +
+      (inForce
+        ? `; every process fails with it until ${iso(retryAt)} (${Math.ceil((retryAt - now) / 1000)} s): wxkit token clear removes it`
+        : `; its pause ended at ${iso(retryAt)} (kept so that the next failure pauses longer)`),
+  };
 }
 
 function emit(output: Output, fields: Record<string, unknown>, lines: string[]): void {

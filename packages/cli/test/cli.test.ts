@@ -116,6 +116,30 @@ describe('wxkit token', () => {
     expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
   });
 
+  it('inspect shows the failure marker a failed fetch left; clear removes it with the token', async () => {
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    const common = ['--store', redis.url, '--app', `oa:${appId}`];
+    const wrong = await wxkit(['token', 'get', ...common, '--base-url', mock.url], { WECHAT_SECRET: 'not-the-secret' });
+    expect(wrong.code, wrong.stderr).toBe(6);
+    expect(redisCli(redis.port, 'EXISTS', `${key}:failed`)).toBe('1');
+
+    const inspected = await wxkit(['token', 'inspect', ...common, '--json']);
+    expect(inspected.json.failure).toMatchObject({ state: 'in_force', code: 'ERR_WXKIT_WECHAT_API', errcode: 40125, failed_by: expect.any(String), attempt: 1 });
+    const { failed_at, retry_at } = inspected.json.failure as { failed_at: number; retry_at: number };
+    expect(retry_at - failed_at).toBe(60_000);
+    const text = await wxkit(['token', 'inspect', ...common]);
+    expect(text.stdout).toMatch(/failure\s+errcode 40125, .* by \S+ at \S+; every process fails with it until \S+ \(\d+ s\): wxkit token clear removes it/);
+
+    // The secret fixed: without the marker gone, every process would fail with 40125 for up to a minute.
+    const cleared = await wxkit(['token', 'clear', ...common, '--json']);
+    expect(cleared.json).toMatchObject({ ok: true, key, removed: false, failure_removed: true });
+    expect(redisCli(redis.port, 'EXISTS', `${key}:failed`)).toBe('0');
+    const after = await wxkit(['token', 'inspect', ...common, '--json']);
+    expect(after.json.failure).toBeNull();
+    expect((await wxkit(['token', 'get', ...common, '--base-url', mock.url], { WECHAT_SECRET: secret })).code).toBe(0);
+  });
+
   it('reads the secret from --secret-env NAME, never from a flag', async () => {
     const { appId, secret } = mock.createApp();
     const run = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--secret-env', 'OA_SECRET', '--json'], { OA_SECRET: secret });

@@ -9,6 +9,7 @@ export { assertTtl } from './ttl.js';
 export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';
+export { clampRetryAt, failureKey, type FailureRecord } from './token/failure.js';
 export {
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,
@@ -28,3 +29,8 @@ export {
   type OptionSchema,
   type RetiredOptions,
 } from './validate.js';
+
+import { decodeMarker as decodeFailureMarker, type FailureRecord } from './token/failure.js';
+
+/** The failure marker `{key}:failed` a failed fetch left, decoded as every process reads it; undefined if unreadable. */
+export const decodeMarker: (raw: string | undefined) => (FailureRecord & { code: string }) | undefined = decodeFailureMarker;

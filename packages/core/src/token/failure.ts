@@ -12,8 +12,15 @@ import type { GuardedStore } from '../store.js';
  */
 
 /** A failed fetch as the marker records it. Times are unix milliseconds. */
-export interface FailureMarker {
+export interface FailureMarker extends FailureRecord {
   code: WxkitErrorCode;
+}
+
+/**
+ * The marker's fields but its code: what `@wxkit/core/internal` hands the CLI, whose declarations then
+ * need none of the public entry's error types (tsup would move those to a chunk both entries share).
+ */
+export interface FailureRecord {
   errcode?: number;
   errmsg?: string;
   status?: number;
@@ -24,6 +31,11 @@ export interface FailureMarker {
   /** Failures in a row, fleet-wide: the exponent of the next pause. */
   attempt: number;
   failedBy?: string;
+}
+
+/** The key of an entry's failure marker: `{key}:failed`, in every schema. */
+export function failureKey(entryKey: string): string {
+  return `${entryKey}:failed`;
 }
 
 /** How an error is backed off: the kinds of docs/protocol.md. */
@@ -75,7 +87,7 @@ const MARKER_CLOCK_AHEAD_MS = 60_000;
  * or by a peer with its own idea of a pause, cannot stop the fleet for longer than a failure of its
  * kind would.
  */
-export function clampRetryAt(marker: FailureMarker, now: number): number {
+export function clampRetryAt(marker: FailureRecord, now: number): number {
   // A failure dated further ahead than clocks plausibly disagree holds no one back: counted from `now` at
   // every read, it would stop the fleet until that date.
   if (!(marker.failedAt <= now + MARKER_CLOCK_AHEAD_MS)) return now;
@@ -209,7 +221,7 @@ export class FailureGate {
   }
   /** `{key}:failed`, made when used: an idle account keeps no copy of it. */
   get key(): string {
-    return `${this.#entryKey}:failed`;
+    return failureKey(this.#entryKey);
   }
 
 
