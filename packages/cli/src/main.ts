@@ -304,10 +304,23 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
   const remaining = entry?.expiresAt !== undefined ? entry.expiresAt - now : entry && ttl !== undefined && Number.isFinite(ttl) ? Math.floor(ttl / 1000) : undefined;
   const lock = holder === undefined ? null : { holder, lease_ms: lease ?? null };
   const failure = failureState(failed, Date.now());
+  // --json failures carry an error object, as every other failure prints it; the fields stay beside it.
+  const error =
+    state === 'present'
+      ? undefined
+      : {
+          code: 'ERR_WXKIT_NO_TOKEN',
+          message:
+            state === 'absent'
+              ? `No token is stored under ${shownKey}`
+              : `${shownKey} holds ${Buffer.byteLength(raw ?? '')} bytes that are not a ${schema.name} entry; wxkit replaces it on the next fetch`,
+          exit: EXIT.noToken,
+        };
   emit(
     output,
     {
       ok: state === 'present',
+      ...(error ? { error } : {}),
       key: shownKey,
       schema: schema.name,
       store: describeStore(store),

@@ -90,11 +90,20 @@ describe('wxkit token', () => {
     const { appId } = mock.createApp();
     const absent = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
     expect(absent.code).toBe(5);
-    expect(absent.json.state).toBe('absent');
+    // A failure as every --json failure prints it, with what inspect found beside it.
+    expect(absent.json).toMatchObject({
+      ok: false,
+      state: 'absent',
+      error: { code: 'ERR_WXKIT_NO_TOKEN', message: `No token is stored under wechat:stable_access_token:${appId}`, exit: 5 },
+    });
     redisCli(redis.port, 'SET', `wechat:stable_access_token:${appId}`, 'not json');
     const corrupt = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`]);
     expect(corrupt.code).toBe(5);
     expect(corrupt.stdout).toMatch(/state\s+corrupt/);
+    const corruptJson = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(corruptJson.code).toBe(5);
+    expect(corruptJson.json).toMatchObject({ ok: false, state: 'corrupt', bytes: 8, error: { code: 'ERR_WXKIT_NO_TOKEN', exit: 5 } });
+    expect((corruptJson.json.error as { message: string }).message).toContain('holds 8 bytes that are not a native-v1 entry');
   });
 
   it('refresh fetches a new token (classic) and force-refreshes (stable); clear removes entry and lock', async () => {
