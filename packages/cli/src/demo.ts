@@ -130,6 +130,7 @@ export async function runDemo(args: string[]): Promise<number> {
     endpoint: opts.endpoint,
     store,
     template: real ? { openid: process.env.WECHAT_OPENID, templateId: process.env.WECHAT_TEMPLATE_ID } : { openid: 'oDemoUser', templateId: 'TPL_ORDER_PAID' },
+    otherSystem: mock !== undefined,
   };
   const workers = await Promise.all(Array.from({ length: opts.processes }, () => startWorker(config)));
   try {

@@ -35,6 +35,11 @@ describe('the demo', () => {
     expect(run.fetches).toBe(2);
     expect(run.rejected).toBeGreaterThanOrEqual(3);
     expect(run.output).toMatch(/What happened: the 3 processes fetched one token between them/);
+    // The warning names the worker that wrote the rejected token as its writer, not as the outsider,
+    // and the demo says it is the one step 2 sets out to show.
+    expect(run.output).toMatch(
+      /\[worker \d+\] expected here, step 2's other system refreshed the token: .*the rejected token was last written by [^;]+:\d+; whoever fetched its replacement does not write to this store/,
+    );
   });
 
   it('on the stable endpoint, the other system’s classic refresh rejects nothing', async () => {

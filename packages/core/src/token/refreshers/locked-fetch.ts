@@ -228,8 +228,11 @@ export class LockedFetchRefresher implements Refresher {
           fetchedAt: entry?.fetchedAt,
           count: this.#externalInvalidations,
         },
-        `WeChat says the ${ctx.label} the store holds was superseded, but no newer one was written: a program outside the fleet ` +
-          `fetched one (the last writer the store knows: ${entry?.fetchedBy ?? 'unknown'}). Make it share this store, or follow it (refresh: 'never')`,
+        // fetchedBy wrote the rejected token, and is most likely one of the fleet: named as the outsider,
+        // it sent operators after the wrong program.
+        `WeChat says the ${ctx.label} the store holds was superseded, but no newer one was written: the rejected token was last written by ` +
+          `${entry?.fetchedBy ?? 'a writer the entry does not name'}; whoever fetched its replacement does not write to this store. ` +
+          `Make that program share this store, or follow it (refresh: 'never')`,
       );
     }
   }
