@@ -11,7 +11,7 @@ import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { startMockWeChat } from '@wxkit/testing';
 import { Pool } from 'undici';
-import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, killedHolder, locklessPeers, storeDown } from './lib/faults.mjs';
+import { failedHolder, failingEndpoint, hungStore, keyvInvalidations, killedHolder, locklessPeers, rejectedEverything, storeDown } from './lib/faults.mjs';
 import { LATENCY_MS, percentile, round, startWorkers, totals } from './lib/harness.mjs';
 import { OPEN_PLATFORM } from './open-platform.mjs';
 
@@ -449,8 +449,9 @@ export async function faults(env) {
   // rows (K) kill every token at once in each round, so the grace changes nothing there.
   const strict = await startMockWeChat({ graceSeconds: 0, latencyMs: LATENCY_MS });
   try {
-    for (const scenario of [storeDown, failingEndpoint, failedHolder, killedHolder, locklessPeers, hungStore, keyvInvalidations]) {
-      const both = scenario !== locklessPeers && scenario !== keyvInvalidations;
+    for (const scenario of [storeDown, failingEndpoint, failedHolder, killedHolder, locklessPeers, hungStore, keyvInvalidations, rejectedEverything]) {
+      // The grace changes nothing where every token is killed, or rejected, at once.
+      const both = scenario !== locklessPeers && scenario !== keyvInvalidations && scenario !== rejectedEverything;
       for (const [graceS, mock] of both ? [[300, env.mock], [0, strict]] : [[undefined, env.mock]]) {
         const part = await scenario({ ...env, mock });
         if (graceS !== 0) legend.push(...Object.entries(part.legend));

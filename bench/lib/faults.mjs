@@ -155,6 +155,50 @@ export async function failingEndpoint(env, { processes = 4, lanes = 2, intervalM
 }
 
 /**
+ * R. WeChat rejects every send with 40001 for `windowMs` (another program fetching in a loop, or an
+ * account WeChat refuses) while warm processes keep sending. Each call may fetch once; what counts is
+ * what the rounds of calls cost together. A wxkit process spaces its fetches that follow such a
+ * rejection (at once, then 1 s, 2 s, 4 s … apart): 4 fit in 10 s (at 0, 1, 3 and 7 s), so the goal is
+ * 4 a process at most.
+ */
+export async function rejectedEverything(env, { processes = 4, lanes = 2, intervalMs = 50, windowMs = 10_000, windowGoal = 4 * processes } = {}) {
+  const rows = [];
+  const rate = Math.round((processes * lanes * 1000) / intervalMs);
+  const scenario = 'R';
+  const legend = {
+    [scenario]:
+      `WeChat answers every send with 40001 for ${windowMs / 1000} s while ${processes} warm processes keep sending (${lanes} lanes ` +
+      `each, one send per ${intervalMs} ms per lane: up to ${rate} a second); the token endpoint works. Goal: ${windowGoal} requests at ` +
+      `most (a wxkit process spaces its fetches after such a rejection: at 0, 1, 3 and 7 s); every send is lost, for every library. On the classic ` +
+      'endpoint a day allows 2,000 requests',
+  };
+  for (const library of ['wxkit', ...PEERS]) {
+    const app = env.mock.createApp();
+    const workers = await startWorkers(processes, subjectConfig(env.mock, app, library, env.store('redis')));
+    for (let i = 0; i < processes; i += 1) await workers.one({ op: 'send', count: 1, concurrency: 1 }, i);
+    const t0 = env.mock.counters(app.appId);
+    env.mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+    const run = await workers.all({ op: 'send', durationMs: windowMs, intervalMs, concurrency: lanes });
+    const t1 = env.mock.counters(app.appId);
+    env.mock.clearFaults();
+    await workers.stop();
+    const sent = totals(run.results);
+    rows.push(
+      row(scenario, `${library} (redis)`, {
+        mockMs: LATENCY_MS,
+        requests: delta(t1, t0, 'tokenRequests'),
+        requestGoal: windowGoal,
+        sent,
+        // Every token is rejected in the window: no library can send.
+        lostGoal: sent.sent,
+        rejected: delta(t1, t0, 'rejectedCalls'),
+      }),
+    );
+  }
+  return { legend, rows };
+}
+
+/**
  * 3. A cold fleet whose first token request fails while the others wait for it: (a) it hangs (wxkit's
  * HTTP deadline 1.5 s), (b) it answers -1 after 400 ms. The goal: 1 request, and the waiters return
  * the holder's error within its deadline instead of fetching beside it.

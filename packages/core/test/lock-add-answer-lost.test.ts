@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount } from '../src/index.js';
+import { MemoryCache, OfficialAccount, TokenUnavailableError } from '../src/index.js';
 
 // A store that sends an `add` again after a timeout of its own (a client library's retry) may write the
 // first and answer the second: `false`, for a lock that holds this process's own owner. The process must
@@ -12,14 +12,25 @@ beforeAll(async () => {
 });
 afterAll(() => mock.close());
 
-/** A MemoryCache whose first `add` of a lock writes it and answers `false`, as a retried add would. */
+/**
+ * A MemoryCache whose first `add` of a lock writes it and answers `false` a reconnect later (100 ms), as
+ * a client that resends its queue after a reconnect would; `deletes` counts the deletes of the lock.
+ */
 class AddAnsweredTwice extends MemoryCache {
   lockAdds = 0;
+  lockDeletes = 0;
   override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
     if (!key.endsWith(':lock')) return super.add(key, value, ttlSeconds);
     this.lockAdds += 1;
     const taken = await super.add(key, value, ttlSeconds);
-    return this.lockAdds === 1 ? false : taken;
+    if (this.lockAdds > 1) return taken;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    return false;
+  }
+
+  override deleteIfEquals(key: string, expected: string): Promise<boolean> {
+    if (key.endsWith(':lock')) this.lockDeletes += 1;
+    return super.deleteIfEquals(key, expected);
   }
 }
 
@@ -32,6 +43,20 @@ describe('a lock whose add answered false after writing it', () => {
     expect(await app.accessToken.getToken()).toEqual(expect.any(String));
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(cache.lockAdds).toBeGreaterThanOrEqual(2);
+    await app.close();
+  });
+
+  it('a prompt refusal (another process holds the lock) costs no store call more: nothing is deleted', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new AddAnsweredTwice();
+    cache.lockAdds = 1;
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, lockWaitMs: 300 });
+    // Another process holds the lock and never writes.
+    await cache.set(`${app.accessToken.cacheKey}:lock`, 'vm:1:another', 60);
+    await expect(app.accessToken.getToken()).rejects.toThrow(TokenUnavailableError);
+    expect(cache.lockAdds).toBeGreaterThanOrEqual(3);
+    expect(cache.lockDeletes).toBe(0);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
     await app.close();
   });
 });

@@ -5,10 +5,10 @@ import { retryAtOf } from '../src/retry-at.js';
 
 // A token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
 // refuses) must not cost a fetch per round of resends: each call may fetch once, but calls keep coming.
-// Fetches that follow the rejection of a token no call went through with are spaced fleet-wide, the
-// first at once, then 1 s, 2 s, 4 s … apart while rejections go on; a token that worked and was then
-// replaced from outside is refetched at once. These tests count the mock's token requests; the clock is the clients' and
-// the store's `now`, moved by the test.
+// A process spaces its fetches that follow the rejection of a token no call went through with: the
+// first at once, then 1 s, 2 s, 4 s … apart while such rejections go on. A token that worked and was then
+// replaced from outside is refetched at once. These tests count the mock's token requests; the clock is
+// the clients' and the store's `now`, moved by the test.
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -19,22 +19,23 @@ afterAll(() => mock.close());
 
 const TEMPLATE = { touser: 'oUser1', template_id: 'TPL', data: { first: { value: 'Paid' } } };
 
-/** Two clients (two processes of a fleet) on one store, with a clock the test moves. */
-function fleet() {
+/** `processes` clients (processes of a fleet) on one store, with a clock the test moves. */
+function fleet(processes: number) {
   const { appId, secret } = mock.createApp();
   const clock = { now: Date.now() };
   const now = () => clock.now;
   const cache = new MemoryCache({ now });
-  const clients = [0, 1].map(() => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now }));
+  const clients = Array.from({ length: processes }, () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now }));
   const fetches = () => mock.counters(appId).tokenRequests;
-  /** Ten sends at once, five from each client: what each ended with. */
-  const burst = () => Promise.all(Array.from({ length: 10 }, (_, i) => clients[i % 2]!.templateMessage.send(TEMPLATE).then(() => 'sent' as const, (error: unknown) => error)));
+  /** Ten sends at once, spread over the clients: what each ended with. */
+  const burst = () =>
+    Promise.all(Array.from({ length: 10 }, (_, i) => clients[i % processes]!.templateMessage.send(TEMPLATE).then(() => 'sent' as const, (error: unknown) => error)));
   return { clock, clients, fetches, burst, close: () => Promise.all(clients.map((client) => client.close())) };
 }
 
-describe('fetches after WeChat rejected a token are spaced fleet-wide', () => {
-  it('a token rejected moments after every fetch costs one fetch per step (at once, then 1 s, then 2 s), not one per round of resends', async () => {
-    const f = fleet();
+describe('fetches after WeChat rejected a token no call went through with are spaced', () => {
+  it('a token rejected moments after every fetch costs a process one fetch per step (at once, then 1 s, then 2 s), not one per round of resends', async () => {
+    const f = fleet(1);
     await f.clients[0]!.accessToken.getToken();
     expect(f.fetches()).toBe(1);
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
@@ -43,12 +44,12 @@ describe('fetches after WeChat rejected a token are spaced fleet-wide', () => {
     const first = await f.burst();
     expect(first.every((outcome) => outcome instanceof WeChatApiError || outcome instanceof TokenUnavailableError)).toBe(true);
     expect(f.fetches()).toBe(2);
-    // More calls, at the same moment: the slot is taken, they fail without a fetch, and say when.
+    // More calls, at the same moment: the pause is in force, they fail without a fetch, and say when.
     const spaced = await f.burst();
     expect(f.fetches()).toBe(2);
     const refused = spaced.filter((outcome): outcome is TokenUnavailableError => outcome instanceof TokenUnavailableError);
     expect(refused.length).toBeGreaterThan(0);
-    expect(refused[0]!.message).toContain('spaced');
+    expect(refused[0]!.message).toContain('spaces its fetches');
     expect(retryAtOf(refused[0])).toBe(f.clock.now + 1_000);
 
     f.clock.now += 1_001;
@@ -56,7 +57,7 @@ describe('fetches after WeChat rejected a token are spaced fleet-wide', () => {
     expect(f.fetches()).toBe(3);
     await f.burst();
     expect(f.fetches()).toBe(3);
-    // The next slot is 2 s: a second later is not enough.
+    // The next pause is 2 s: a second later is not enough.
     f.clock.now += 1_001;
     await f.burst();
     expect(f.fetches()).toBe(3);
@@ -72,8 +73,21 @@ describe('fetches after WeChat rejected a token are spaced fleet-wide', () => {
     await f.close();
   });
 
+  it('a fleet: each process fetches at most once per step, and a process that never fetched takes what another fetched', async () => {
+    const f = fleet(3);
+    await f.clients[0]!.accessToken.getToken();
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+    for (let round = 0; round < 4; round += 1) await f.burst();
+    // At most one fetch per process in the first step, however many rounds of calls.
+    expect(f.fetches() - 1).toBeLessThanOrEqual(3);
+    const settled = f.fetches();
+    await f.burst();
+    expect(f.fetches()).toBe(settled);
+    await f.close();
+  });
+
   it('a token that carried calls and is then replaced from outside is refetched at once, however often: one fetch per invalidation, nothing lost', async () => {
-    const f = fleet();
+    const f = fleet(2);
     await f.clients[0]!.accessToken.getToken();
     // The clock stands still: without the sends that went through, every round after the first would
     // be spaced.

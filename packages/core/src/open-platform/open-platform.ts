@@ -779,7 +779,10 @@ export class OpenPlatform {
     const recovery = { fetched: false };
     for (let attempt = 0; ; attempt += 1) {
       try {
-        return await this.#core.http.json({ method: 'POST', path, query: { component_access_token: token }, json });
+        const answer = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: token }, json });
+        // A token that worked and is rejected later was replaced: its replacement is fetched at once.
+        this.#component.accepted(token);
+        return answer;
       } catch (error) {
         if (!isTokenRejection(error) || attempt >= 2) throw error;
         const next = await this.#component.recover(token, error.errcode, recovery);

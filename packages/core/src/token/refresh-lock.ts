@@ -29,6 +29,9 @@ export type LockAttempt = LockHandle | 'held' | 'unavailable';
 const RENEWALS_PER_LEASE = 4;
 /** The longest delay a Node.js timer takes (a longer one fires after 1 ms). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
+// A refusal of the lock's `add` this late may answer a resent command whose first copy took the lock
+// (a client that replays what it sent before a reconnect takes tens of ms at least).
+const RETRIED_ADD_MS = 50;
 
 /**
  * The short lease a holder keeps renewing where the store can compare-and-set: three store deadlines and
@@ -126,10 +129,12 @@ export class RefreshLock {
       throw error;
     }
     if (!won) {
-      // A store that sends an `add` again after a timeout of its own may have written the first and
-      // answered the second: the lock would be this owner's, and this process would wait its whole lease
-      // for itself. The owner is deleted if it is there, before the next attempt (cleanUp()).
-      if (this.#value === 'owner') (this.#lost ??= new Map()).set(owner, store);
+      // A store that sends an `add` again after a timeout of its own (a reconnect that replays its queue)
+      // may have written the first and answered the second: the lock would be this owner's, and this
+      // process would wait its whole lease for itself. Such an answer comes late: the owner of a slow
+      // refusal is deleted if the store holds it, before the next attempt (cleanUp()). A prompt refusal,
+      // the usual contention, costs no store call more.
+      if (this.#value === 'owner' && performance.now() - started >= RETRIED_ADD_MS) (this.#lost ??= new Map()).set(owner, store);
       return 'held';
     }
     if (kept) return new KeptAlive(this.key, owner, store, started, leaseMs, keepAliveMs, () => this.#release(owner, store));

@@ -31,11 +31,12 @@ const MAX_ROUNDS = 3;
 // look (a read, with a TTL query for formats without an expiry) takes their place, and the wait comes
 // out of LEASE_SLACK_MS.
 const PEER_WRITE_WAIT_MS = 200;
-// Fetches that follow WeChat's rejection of a token are spaced fleet-wide: the first at once, then, while
-// they follow each other closely (the slot is remembered for one more step after it ends), 1 s, 2 s, 4 s
-// … 60 s apart. A rejection every few hours costs nothing; a token WeChat rejects moments after each fetch
-// (another program fetching in a loop, an account WeChat refuses) costs one fetch per step, not one per
-// round of resends. A refresh counts as following a rejection when this process saw one this recently.
+// The fetches of a process that follow WeChat's rejection of a token no call had gone through with are
+// spaced: the first at once, then, while they follow each other closely (a pause is remembered for one
+// more step after it ends), 1 s, 2 s, 4 s … 60 s apart. A rejection every few hours costs nothing; a
+// token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
+// refuses) costs each process one fetch per step, not one per round of resends. A refresh counts as
+// following such a rejection when this process saw one this recently.
 const REJECTION_SPACING_MS = 1_000;
 const REJECTION_SPACING_MAX_MS = 60_000;
 const AFTER_REJECTION_MS = 10_000;
@@ -58,8 +59,6 @@ type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
 interface Progress {
   asked: boolean;
   forceSlot?: { store: GuardedStore; taken: string };
-  /** The fleet's slot for a fetch after a rejection, taken before the lock: given back if no fetch went. */
-  rejectionSlot?: { store: GuardedStore; taken: string };
 }
 
 /** What the lock's holder read under the lock, in the entry's own store. */
@@ -94,9 +93,10 @@ export class LockedFetchRefresher implements Refresher {
   #externalInvalidations = 0;
   /** When (performance.now()) this process last saw a token superseded with nothing newer in the store. */
   #supersededAt: number | undefined;
-  /** When (performance.now()) this process last reported a token WeChat rejected. */
+  /** When (performance.now()) this process last reported a token WeChat rejected before any call went through with it. */
   #rejectedAt: number | undefined;
-  #rejection: FetchSpacing | undefined;
+  /** This process's pause of fetches after such rejections, on the clients' clock (unix ms). */
+  #refetchPause: { until: number; step: number } | undefined;
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
    * format that cannot record it. A writer without the lock shares the store, and is waited for after a
@@ -113,6 +113,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#peerWrites = false;
     this.#supersededAt = undefined;
     this.#rejectedAt = undefined;
+    this.#refetchPause = undefined;
   }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
@@ -127,11 +128,6 @@ export class LockedFetchRefresher implements Refresher {
   /** The fleet's spacing of forced fetches (stable endpoint: WeChat ignores them closer than 30 s). */
   get #forceSpacing(): FetchSpacing {
     return (this.#forced ??= new FetchSpacing(this.#ctx.key, 'forced'));
-  }
-
-  /** The fleet's spacing of fetches that follow a rejected token. */
-  get #rejectionSpacing(): FetchSpacing {
-    return (this.#rejection ??= new FetchSpacing(this.#ctx.key, 'refetch'));
   }
 
   /** The host's spacing of classic fetches while the shared store is down. */
@@ -150,11 +146,8 @@ export class LockedFetchRefresher implements Refresher {
       const tier = this.#ctx.tiers.current();
       const progress: Progress = { asked: false };
       try {
-        const refreshed = await this.#refreshIn(tier, request, prepared, progress);
-        await this.#releaseRejectionSlot(progress);
-        return refreshed;
+        return await this.#refreshIn(tier, request, prepared, progress);
       } catch (error) {
-        await this.#releaseRejectionSlot(progress);
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
         if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error))) {
@@ -183,8 +176,8 @@ export class LockedFetchRefresher implements Refresher {
     const started = performance.now();
     // A token that carried a call before WeChat rejected it was replaced (an external refresh): its
     // replacement is fetched at once, however often that happens. One rejected before any call went
-    // through with it spaces the fetches that follow (see #takeRejectionSlot).
-    this.#rejectedAt = accepted ? undefined : started;
+    // through with it spaces the fetches that follow (see #spaceRefetch).
+    if (!accepted) this.#rejectedAt = started;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
@@ -283,15 +276,6 @@ export class LockedFetchRefresher implements Refresher {
       const spaced = await this.#awaitDownSpacing(tier, request, now);
       if (spaced) return spaced;
     }
-    // A fetch after a rejection takes the fleet's slot first, before the lock (no store call is added to
-    // the section the lease covers). Without it, the process still takes a token the holder of the lock
-    // writes, or one that is stored; it only does not fetch one itself.
-    const rejectionSlot =
-      !force && !request.ahead && !spacedWhileDown && this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS
-        ? await this.#takeRejectionSlot(store, now)
-        : undefined;
-    if (rejectionSlot && 'taken' in rejectionSlot) progress.rejectionSlot = { store, taken: rejectionSlot.taken };
-    const spacedAfterRejection = rejectionSlot && 'until' in rejectionSlot ? rejectionSlot.until : undefined;
 
     let handle: LockHandle | undefined;
     // Armed before the lock is tried: if another process holds it, whatever it writes after our attempt
@@ -349,7 +333,11 @@ export class LockedFetchRefresher implements Refresher {
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      if (spacedAfterRejection !== undefined) throw this.#rejectionSpacedError(spacedAfterRejection);
+      // Decided under the lock, where the process would fetch: until then it takes the token another
+      // process writes, or one stored meanwhile, like any waiter.
+      if (!force && !request.ahead && this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS) {
+        this.#spaceRefetch(ctx.settings.now());
+      }
       return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
     } finally {
       // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
@@ -525,40 +513,26 @@ export class LockedFetchRefresher implements Refresher {
   }
 
   /**
-   * Takes the fleet's slot for a fetch after a rejection: the slot as written when taken (the fetch may
-   * go), else when the slot in force ends (unix ms). A store that fails here leaves the fetch to the
-   * lock, as before.
+   * A fetch after a rejection of a token no call went through with: throws while this process's pause
+   * is in force, else starts the next one (1 s, doubled while pauses follow each other closely, at most
+   * 60 s). A pause that reaches further ahead than its step (the clock was set back) is over.
    */
-  async #takeRejectionSlot(store: GuardedStore, now: number): Promise<{ taken: string } | { until: number } | undefined> {
-    try {
-      const taken = await this.#rejectionSpacing.take(store, now, REJECTION_SPACING_MS, REJECTION_SPACING_MAX_MS);
-      if (taken !== undefined) return { taken };
-      const until = await this.#rejectionSpacing.busyUntil(store, now);
-      return until === undefined ? undefined : { until };
-    } catch (error) {
-      if (error instanceof CacheError) return undefined;
-      throw error;
-    }
-  }
-
-  /**
-   * A slot taken for a fetch after a rejection, when none went (the holder's token, or one a peer
-   * wrote, was the answer): given back, so that only fetches space the next ones.
-   */
-  async #releaseRejectionSlot(progress: Progress): Promise<void> {
-    const slot = progress.rejectionSlot;
-    if (slot === undefined || progress.asked) return;
-    progress.rejectionSlot = undefined;
-    await this.#rejectionSpacing.release(slot.store, slot.taken).catch(() => undefined);
+  #spaceRefetch(now: number): void {
+    const last = this.#refetchPause;
+    const inForce = last !== undefined && last.until > now && last.until - now <= last.step;
+    if (inForce) throw this.#rejectionSpacedError(last.until);
+    const follows = last !== undefined && now < last.until + last.step && last.until - now <= last.step;
+    const step = follows ? Math.min(last.step * 2, REJECTION_SPACING_MAX_MS) : REJECTION_SPACING_MS;
+    this.#refetchPause = { until: now + step, step };
   }
 
   #rejectionSpacedError(until: number): Error {
     const label = this.#ctx.label;
     return withRetryAt(
       new TokenUnavailableError(
-        `WeChat rejected the ${label} again soon after the fleet fetched one: another program keeps fetching this account's tokens, ` +
-          `or WeChat refuses them. Fetches after a rejection are spaced (1 s, 2 s … 60 s apart while rejections go on), and the next ` +
-          `one may go after ${new Date(until).toISOString()}`,
+        `WeChat rejected the ${label} again soon after this process fetched one, before any call went through with it: another ` +
+          `program keeps fetching this account's tokens, or WeChat refuses them. This process spaces its fetches after such rejections ` +
+          `(1 s, 2 s … 60 s apart while they go on), and fetches again after ${new Date(until).toISOString()}`,
       ),
       until,
     );
