@@ -28,12 +28,13 @@ export interface RedisCacheOptions {
    */
   connectTimeoutMs?: number;
   /**
-   * A command unanswered this long, in ms, ends the connection it was sent on (its pending calls fail,
-   * and the next call connects anew): a connection gone silent (a NAT or firewall that lost its state, a
-   * half-dead proxy) sends no error and no close, and node-redis would wait on it until the kernel drops
-   * the socket, 15 minutes or more. Only for a single server given by `url`: a Cluster's or Sentinel's
-   * clients recover through their own discovery, and a `client` of yours is yours. Keep it above the
-   * longest pause your server takes (`CLIENT PAUSE`, `FAILOVER`).
+   * How long a call may wait for its answer, in ms, before it rejects with reason `timeout`: a connection
+   * gone silent (a NAT or firewall that lost its state, a half-dead proxy) or a node that hangs sends no
+   * error and no close, and node-redis would wait on it until the kernel drops the socket, 15 minutes or
+   * more. With `url`, the connection is ended too (its pending calls fail, and the next call connects
+   * anew). A Cluster's or Sentinel's client, and a `client` of yours, are left open: a hung node sets off
+   * no discovery, so only the call is given up, and the client answers again once the node does (or once
+   * its discovery moves on). Keep it above the longest pause your server takes (`CLIENT PAUSE`, `FAILOVER`).
    * @default 10000
    */
   stallTimeoutMs?: number;
@@ -73,8 +74,14 @@ export interface ResolvedOptions {
   /** Where the store is, passwords masked, for messages. */
   where: string;
   connectTimeoutMs: number;
-  /** When a command unanswered ends our connection; undefined where that is not ours to do. */
-  stallTimeoutMs: number | undefined;
+  /** How long a call waits for its answer. */
+  stallTimeoutMs: number;
+  /**
+   * Whether a call unanswered after stallTimeoutMs ends the connection as well: only a single server's
+   * client of our own. A Cluster's or Sentinel's client holds the other nodes' connections too and finds
+   * its nodes anew by itself, and a caller's client is the caller's.
+   */
+  endsStalled: boolean;
 }
 
 export function resolveOptions(options: unknown): ResolvedOptions {
@@ -101,7 +108,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       socket: { connectTimeout: connectTimeoutMs, ...extra.socket, reconnectStrategy } as RedisClientOptions['socket'],
     };
   };
-  if (opts.client) return { source: opts.client, where: 'the given Redis client', connectTimeoutMs, stallTimeoutMs: undefined };
+  const stallTimeoutMs = opts.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs;
+  if (opts.client) return { source: opts.client, where: 'the given Redis client', connectTimeoutMs, stallTimeoutMs, endsStalled: false };
   if (opts.cluster) {
     // Root nodes serve only to discover the cluster, through a client of their own that node-redis
     // never ends if a node accepts and never answers: a socket timeout ends its handshake.
@@ -110,7 +118,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       source: (ended) => createCluster({ rootNodes, defaults: merge(ended, opts.clientOptions, false) }) as RedisClientLike,
       where: `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`,
       connectTimeoutMs,
-      stallTimeoutMs: undefined,
+      stallTimeoutMs,
+      endsStalled: false,
     };
   }
   if (opts.sentinel) {
@@ -137,14 +146,16 @@ export function resolveOptions(options: unknown): ResolvedOptions {
         }) as unknown as RedisClientLike,
       where: `Redis Sentinel master ${masterName} via ${sentinels.map(maskUrl).join(',')}`,
       connectTimeoutMs,
-      stallTimeoutMs: undefined,
+      stallTimeoutMs,
+      endsStalled: false,
     };
   }
   return {
     source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as RedisClientLike,
     where: maskUrl(opts.url!),
     connectTimeoutMs,
-    stallTimeoutMs: opts.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs,
+    stallTimeoutMs,
+    endsStalled: true,
   };
 }
 
@@ -194,9 +205,6 @@ function normalize(options: unknown): RedisCacheOptions {
   const sources = [opts.url, opts.cluster, opts.sentinel, opts.client].filter((source) => source !== undefined).length;
   if (sources !== 1) throw new ConfigError('RedisCache options must have exactly one of url, cluster, sentinel or client', 'url');
   if (opts.sentinel !== undefined) checkSentinel(opts.sentinel);
-  if (opts.stallTimeoutMs !== undefined && opts.url === undefined) {
-    throw new ConfigError('RedisCache options.stallTimeoutMs is for a single server given by url: a Cluster or Sentinel client recovers through its own discovery, and a client of yours is yours to mend', 'stallTimeoutMs');
-  }
   return opts;
 }
 

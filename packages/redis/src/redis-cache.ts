@@ -71,7 +71,9 @@ export class RedisCache implements TokenCache {
   readonly #where: string;
   #closed = false;
   readonly #connectTimeoutMs: number;
-  readonly #stallTimeoutMs: number | undefined;
+  readonly #stallTimeoutMs: number;
+  /** A call unanswered after stallTimeoutMs ends the connection too (a single server's client of our own). */
+  readonly #endsStalled: boolean;
   /** Who waits for which key, and the subscriber connection that tells them (made on the first watch). */
   readonly #watchers = new Map<string, Set<() => void>>();
   /** The watched keys by their {@link writtenMessage}. */
@@ -93,10 +95,11 @@ export class RedisCache implements TokenCache {
   readonly #publishing = new Set<Promise<unknown>>();
 
   constructor(options: string | RedisCacheOptions | RedisClientLike) {
-    const { source, where, connectTimeoutMs, stallTimeoutMs } = resolveOptions(options);
+    const { source, where, connectTimeoutMs, stallTimeoutMs, endsStalled } = resolveOptions(options);
     this.#where = where;
     this.#connectTimeoutMs = connectTimeoutMs;
     this.#stallTimeoutMs = stallTimeoutMs;
+    this.#endsStalled = endsStalled;
     this.#connection = new Connection(source, connectTimeoutMs);
   }
 
@@ -328,30 +331,41 @@ export class RedisCache implements TokenCache {
       connecting = false;
       // A new client (the last one was given up): the subscriber made from the old one goes with it.
       if (this.#live && this.#live.parent !== client) this.#dropSubscriber(this.#live.parent);
-      // A command still unanswered after stallTimeoutMs means a connection gone silent: it is given up
-      // (its pending commands fail), and the next call connects anew. Looked at once more after one turn
-      // of the event loop: a process that was busy for that long may hold the answer unread.
-      if (this.#stallTimeoutMs !== undefined) {
-        stall = setTimeout(
-          () =>
-            setImmediate(() => {
-              if (settled) return;
-              gaveUp = true;
-              this.#connection.stalled(client);
-              this.#dropSubscriber(client);
-            }),
-          this.#stallTimeoutMs,
-        );
-        stall.unref?.();
-      }
-      return await fn(client);
+      // A command still unanswered after stallTimeoutMs means a connection gone silent, or a node that
+      // hangs. Our single server's client is given up (its pending commands fail), and the next call
+      // connects anew. A Cluster's or Sentinel's client is left open: it holds the other nodes'
+      // connections, and a hung node sets off none of its discovery, so node-redis would wait on that
+      // node's socket as long as the kernel does; only this call is given up. A caller's client is left
+      // as it is. Looked at once more after one turn of the event loop: a process that was busy for that
+      // long may hold the answer unread.
+      let cut: (error: Error) => void = () => undefined;
+      const deadline = new Promise<never>((_, reject) => (cut = reject));
+      stall = setTimeout(
+        () =>
+          setImmediate(() => {
+            if (settled) return;
+            gaveUp = true;
+            if (!this.#endsStalled) {
+              cut(new Error(`no answer within ${this.#stallTimeoutMs} ms`));
+              return;
+            }
+            this.#connection.stalled(client);
+            this.#dropSubscriber(client);
+          }),
+        this.#stallTimeoutMs,
+      );
+      stall.unref?.();
+      return await Promise.race([fn(client), deadline]);
     } catch (error) {
       if (gaveUp) {
-        throw new CacheError(
-          `RedisCache ${op} got no answer from ${this.#where} within ${this.#stallTimeoutMs} ms: the connection was given up as silent, and the next call connects anew`,
-          { cause: error, reason: 'timeout' },
-        );
+        const outcome = this.#endsStalled
+          ? 'the connection was given up as silent, and the next call connects anew'
+          : 'the call was given up and the client left open (a node that hangs, or a connection gone silent: the client answers again once the node does, or once its discovery moves on)';
+        throw new CacheError(`RedisCache ${op} got no answer from ${this.#where} within ${this.#stallTimeoutMs} ms: ${outcome}`, { cause: error, reason: 'timeout' });
       }
+      // close() ended the client under the call (node-redis rejects its pending commands with an error of
+      // its own, which names no reason).
+      if (this.#closed) throw new CacheError(`RedisCache ${op} was cut short by close() (${this.#where})`, { cause: error, reason: 'closed' });
       const reason = reasonOf(error);
       throw new CacheError(`RedisCache ${op} failed on ${this.#where}${hintOf(reason, connecting)}`, { cause: error, ...(reason ? { reason } : {}) });
     } finally {
