@@ -154,7 +154,8 @@ export class BadResponseError extends WxkitError {
  * code that encoded it, such as a custom KeySchema; the store was not asked, and is not taken for down),
  * `type` (the key holds another kind of value than the string a TokenCache stores: a Redis hash, list or
  * set, another program's data; the store answered, and is not taken for down: a token entry's key that
- * holds one is read as another program's entry, left as it is).
+ * holds one is read as another program's entry, left as it is), `protocol` (the server at that address
+ * speaks another protocol than the store's: an HTTP server, or another store, on the port given).
  */
 export type CacheErrorReason =
   | 'auth'
@@ -168,7 +169,8 @@ export type CacheErrorReason =
   | 'disconnected'
   | 'closed'
   | 'value'
-  | 'type';
+  | 'type'
+  | 'protocol';
 
 /** The token store failed (down, timed out, closed, or it holds something unreadable). `cause` is the driver's error. */
 export class CacheError extends WxkitError {

@@ -15,6 +15,7 @@ const HINTS: Record<CacheErrorReason, string> = {
   closed: 'closed',
   value: 'the value is no binary string: encode text as UTF-8 first',
   type: 'the key holds another kind of value (a hash, list or set where a string belongs): another program uses that key; wxkit leaves it as it is',
+  protocol: 'check the host and port: they lead to another kind of server',
 };
 
 const TLS_CODES = /^(ERR_SSL_|ERR_TLS_|CERT_|UNABLE_TO_|DEPTH_ZERO_SELF_SIGNED_CERT$|SELF_SIGNED_CERT_IN_CHAIN$|HOSTNAME_MISMATCH$)/;
@@ -38,7 +39,10 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   if (word === 'NOPERM') return 'permission';
   if (word === 'WRONGTYPE') return 'type';
   if (/^ERR (DB index is out of range|invalid DB index)/.test(text)) return 'database';
-  // node-redis's own errors, by their messages: their classes set no name.
+  // node-redis's own errors, by their messages: their classes set no name. Its parser meets a first byte
+  // that starts no RESP reply: the server answered in another protocol (`H` of an HTTP server's
+  // `HTTP/1.1 400 Bad Request`).
+  if (/^Unknown RESP type/.test(text)) return 'protocol';
   if (/^(Connection timeout|Socket timeout|no connection within)/.test(text)) return 'timeout';
   if (/^(Socket closed unexpectedly|The client is offline|The client is closed)/.test(text)) return 'disconnected';
   return undefined;
@@ -55,20 +59,28 @@ const CERTIFICATE_CODES = /^(CERT_(?!NOT_YET_VALID$)|UNABLE_TO_|DEPTH_ZERO_SELF_
  * Whether a failure while connecting is the server saying no to what the options ask, which a retry of
  * the same handshake a moment later cannot mend: a wrong user or password (`auth`), a database the
  * server does not have (`database`), a certificate this client does not trust (`tls`, certificate checks
- * only). The server's answer changes only when its configuration does (a password set, a certificate
- * replaced), and the next call, which connects anew, will see that.
+ * only), a server that speaks another protocol (`protocol`: an HTTP server on that port). The server's
+ * answer changes only when its configuration does (a password set, a certificate replaced, Redis put on
+ * that port), and the next call, which connects anew, will see that.
  */
 export function lasting(error: unknown): boolean {
   const reason = reasonOf(error);
-  if (reason === 'auth' || reason === 'database') return true;
+  if (reason === 'auth' || reason === 'database' || reason === 'protocol') return true;
   if (reason !== 'tls') return false;
   const { code, originalError } = error as { code?: unknown; originalError?: unknown };
   if (originalError !== undefined) return lasting(originalError);
   return typeof code === 'string' && CERTIFICATE_CODES.test(code);
 }
 
+/** The message of a call that failed: what failed, where, and what to check when the reason tells. */
+export function failureMessage(op: string, where: string, reason: CacheErrorReason | undefined, connecting: boolean): string {
+  // Said of the server, not of the call: it answered, in a protocol RedisCache does not speak.
+  if (reason === 'protocol') return `RedisCache ${op} failed: the server at ${where} does not speak the Redis protocol (an HTTP server?); ${HINTS.protocol}`;
+  return `RedisCache ${op} failed on ${where}${hintOf(reason, connecting)}`;
+}
+
 /** `: authentication failed: …`, or nothing when the reason is unknown. */
-export function hintOf(reason: CacheErrorReason | undefined, connecting: boolean): string {
+function hintOf(reason: CacheErrorReason | undefined, connecting: boolean): string {
   if (reason === 'disconnected' && connecting) {
     return ': the server closed the connection while wxkit connected (a TLS-only server asked with redis:// instead of rediss:// does this)';
   }

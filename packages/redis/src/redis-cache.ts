@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { CacheError, type TokenCache } from '@wxkit/core';
 import { assertTtl } from '@wxkit/core/internal';
 import { Connection, type RedisClientLike } from './connection.js';
-import { hintOf, reasonOf } from './failure.js';
+import { failureMessage, reasonOf } from './failure.js';
 import { resolveOptions, type RedisCacheOptions } from './options.js';
 
 export type { RedisClientLike } from './connection.js';
@@ -367,7 +367,7 @@ export class RedisCache implements TokenCache {
       // its own, which names no reason).
       if (this.#closed) throw new CacheError(`RedisCache ${op} was cut short by close() (${this.#where})`, { cause: error, reason: 'closed' });
       const reason = reasonOf(error);
-      throw new CacheError(`RedisCache ${op} failed on ${this.#where}${hintOf(reason, connecting)}`, { cause: error, ...(reason ? { reason } : {}) });
+      throw new CacheError(failureMessage(op, this.#where, reason, connecting), { cause: error, ...(reason ? { reason } : {}) });
     } finally {
       settled = true;
       clearTimeout(stall);

@@ -1,6 +1,8 @@
+import { createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheError } from '@wxkit/core';
 import { freePort, startRedis, type StoreServer } from '@wxkit/testing';
+import { childThatExitsByItself } from '@wxkit/testing/suite';
 import { RedisCache } from '../src/index.js';
 
 // Each store failure names its cause on the CacheError (`reason`) and in its message, against real
@@ -108,6 +110,28 @@ describe('RedisCache failures name their cause', () => {
     const error = await failure(url, 'set');
     expect(error.reason).toBe('permission');
     expect(error.message).toContain('reader:***@');
+  });
+
+  it('protocol: an HTTP server on the port; a process that closed the cache exits by itself', async () => {
+    const http = createServer((_, response) => response.end('not redis'));
+    const port = await freePort();
+    await new Promise<void>((resolve) => http.listen(port, '127.0.0.1', resolve));
+    const url = `redis://127.0.0.1:${port}`;
+    try {
+      const error = await failure(url);
+      expect(error).toMatchObject({
+        reason: 'protocol',
+        message: `RedisCache get failed: the server at ${url} does not speak the Redis protocol (an HTTP server?); check the host and port: they lead to another kind of server`,
+      });
+      // No reconnect loop, timer or socket left behind once close() is done.
+      const spec = { module: new URL('../dist/index.js', import.meta.url).href, export: 'RedisCache', args: [url] };
+      const { code, results, resources } = await childThatExitsByItself(spec, [{ op: 'get', key: 'wechat:reason-test' }]);
+      expect(results).toEqual([{ error: 'ERR_WXKIT_CACHE' }]);
+      expect({ code, resources: code === 0 ? [] : resources }).toEqual({ code: 0, resources: [] });
+    } finally {
+      http.closeAllConnections();
+      await new Promise((resolve) => http.close(resolve));
+    }
   });
 
   it('closed: a call after close()', async () => {
