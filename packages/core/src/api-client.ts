@@ -83,7 +83,12 @@ export class ApiClient {
         this.#token.accepted(token);
         return answer;
       } catch (error) {
-        if (!isTokenRejection(error)) throw error;
+        if (!isTokenRejection(error)) {
+          // WeChat read the token and refused the call for another reason (a user who refused messages, a
+          // wrong template): the token works. A system error (-1) says nothing of it.
+          if (error instanceof WeChatApiError && error.errcode !== -1) this.#token.accepted(token);
+          throw error;
+        }
         rejection = error;
       }
       firstRejection ??= performance.now();

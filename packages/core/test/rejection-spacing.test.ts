@@ -100,4 +100,64 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     }
     await f.close();
   });
+
+  it('a token that carried a call after an earlier rejection is refetched at once when it dies too, and so is one WeChat refused a call with for another reason', async () => {
+    const f = fleet(1);
+    await f.clients[0]!.accessToken.getToken();
+    // The first token dies before any call went through with it: fetched again at once, and the send goes.
+    mock.invalidateTokens(f.clients[0]!.appId);
+    expect(await f.clients[0]!.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+    expect(f.fetches()).toBe(2);
+    // That token worked; it dies too, within its process's pause: fetched at once all the same.
+    mock.invalidateTokens(f.clients[0]!.appId);
+    expect(await f.clients[0]!.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+    expect(f.fetches()).toBe(3);
+    // A call WeChat refused for another reason than the token (40003: no such user) went through with it.
+    mock.invalidateTokens(f.clients[0]!.appId);
+    await expect(f.clients[0]!.client.postJson('cgi-bin/message/template/send', { ...TEMPLATE, touser: '' })).rejects.toMatchObject({ errcode: 40003 });
+    mock.invalidateTokens(f.clients[0]!.appId);
+    expect(await f.clients[0]!.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+    expect(f.fetches()).toBe(5);
+    await f.close();
+  });
+
+  it('within its pause a process takes the token a lockless peer writes a moment after its fetch, and fetches none', async () => {
+    // Strict: a fetch kills the previous token at once.
+    const strict = await startMockWeChat({ graceSeconds: 0 });
+    const { appId, secret } = strict.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    /** A store whose first miss of the entry, once armed, is followed by a lockless peer's write 20 ms later. */
+    class PeerWritesLate extends MemoryCache {
+      peer: (() => void) | undefined;
+      override async get(key: string): Promise<string | undefined> {
+        const value = await super.get(key);
+        if (value === undefined && key.endsWith(appId) && this.peer) {
+          const write = this.peer;
+          this.peer = undefined;
+          setTimeout(write, 20);
+        }
+        return value;
+      }
+    }
+    const cache = new PeerWritesLate({ now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: strict.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    try {
+      await app.accessToken.getToken();
+      // The first token, and the one fetched to replace it, are both rejected before any call went through.
+      strict.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 2 });
+      await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
+      expect(strict.counters(appId).tokenRequests).toBe(2);
+      // A peer fetches now and writes its token a moment after the process's next read: the process is in
+      // its pause, and takes it.
+      const peer = strict.issueClassicToken(appId);
+      cache.peer = () => void cache.set(app.accessToken.cacheKey, JSON.stringify({ access_token: peer, expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+      expect(await app.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      expect(await app.accessToken.getToken()).toBe(peer);
+      expect(strict.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await app.close();
+      await strict.close();
+    }
+  });
 });

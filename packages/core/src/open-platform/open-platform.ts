@@ -784,6 +784,8 @@ export class OpenPlatform {
         this.#component.accepted(token);
         return answer;
       } catch (error) {
+        // Refused for another reason than the token (-1 says nothing of it): the token works.
+        if (!isTokenRejection(error) && error instanceof WeChatApiError && error.errcode !== -1) this.#component.accepted(token);
         if (!isTokenRejection(error) || attempt >= 2) throw error;
         const next = await this.#component.recover(token, error.errcode, recovery);
         if (next === undefined) throw error;

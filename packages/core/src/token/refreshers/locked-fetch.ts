@@ -40,6 +40,9 @@ const PEER_WRITE_WAIT_MS = 200;
 const REJECTION_SPACING_MS = 1_000;
 const REJECTION_SPACING_MAX_MS = 60_000;
 const AFTER_REJECTION_MS = 10_000;
+// Within its pause a process waits this long at most for a token another process writes (a lockless
+// peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
+const PAUSE_WAIT_MS = 2_000;
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 class SlotTaken extends Error {}
@@ -176,8 +179,8 @@ export class LockedFetchRefresher implements Refresher {
     const started = performance.now();
     // A token that carried a call before WeChat rejected it was replaced (an external refresh): its
     // replacement is fetched at once, however often that happens. One rejected before any call went
-    // through with it spaces the fetches that follow (see #spaceRefetch).
-    if (!accepted) this.#rejectedAt = started;
+    // through with it spaces the fetches that follow (see #pauseAfterRejection).
+    this.#rejectedAt = accepted ? undefined : started;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
@@ -271,6 +274,17 @@ export class LockedFetchRefresher implements Refresher {
       else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
       else return spaced;
     }
+    // Within this process's pause after a rejection, checked before the lock and before the store-down
+    // slot (neither is taken for a fetch that will not go): a token another process writes is taken.
+    const followsRejection = !force && this.#followsRejection(request);
+    if (followsRejection) {
+      const pause = this.#pauseInForce(now);
+      if (pause !== undefined) {
+        const written = await awaitNewEntry(ctx, Math.min(pause - now, PAUSE_WAIT_MS), request.current, true, POLL_PACE);
+        if (written) return written;
+        throw this.#rejectionSpacedError(pause);
+      }
+    }
     const spacedWhileDown = tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
       const spaced = await this.#awaitDownSpacing(tier, request, now);
@@ -333,10 +347,12 @@ export class LockedFetchRefresher implements Refresher {
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      // Decided under the lock, where the process would fetch: until then it takes the token another
-      // process writes, or one stored meanwhile, like any waiter.
-      if (!force && !request.ahead && this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS) {
-        this.#spaceRefetch(ctx.settings.now());
+      // Where the process fetches, its pause starts (one that began meanwhile, as another refresh of this
+      // process fetched, ends this one without a fetch: its callers come back after it).
+      if (followsRejection) {
+        const pause = this.#pauseInForce(ctx.settings.now());
+        if (pause !== undefined) throw this.#rejectionSpacedError(pause);
+        this.#startPause(ctx.settings.now());
       }
       return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
     } finally {
@@ -512,15 +528,24 @@ export class LockedFetchRefresher implements Refresher {
     );
   }
 
+  /** Whether a refresh follows this process's recent report of a token no call of it went through with. */
+  #followsRejection(request: RefreshRequest): boolean {
+    return !request.force && !request.ahead && this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS;
+  }
+
   /**
-   * A fetch after a rejection of a token no call went through with: throws while this process's pause
-   * is in force, else starts the next one (1 s, doubled while pauses follow each other closely, at most
-   * 60 s). A pause that reaches further ahead than its step (the clock was set back) is over.
+   * When this process's pause after such a rejection ends (unix ms), while it is in force. A pause that
+   * reaches further ahead than its step (the clock was set back) is over.
    */
-  #spaceRefetch(now: number): void {
+  #pauseInForce(now: number): number | undefined {
     const last = this.#refetchPause;
-    const inForce = last !== undefined && last.until > now && last.until - now <= last.step;
-    if (inForce) throw this.#rejectionSpacedError(last.until);
+    return last !== undefined && last.until > now && last.until - now <= last.step ? last.until : undefined;
+  }
+
+  /** Starts the next pause, unless one is in force: 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
+  #startPause(now: number): void {
+    if (this.#pauseInForce(now) !== undefined) return;
+    const last = this.#refetchPause;
     const follows = last !== undefined && now < last.until + last.step && last.until - now <= last.step;
     const step = follows ? Math.min(last.step * 2, REJECTION_SPACING_MAX_MS) : REJECTION_SPACING_MS;
     this.#refetchPause = { until: now + step, step };
