@@ -160,4 +160,44 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       await strict.close();
     }
   });
+
+  it('within its pause a process still waits for another process that holds the lock, and takes its token', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    /** A store that runs `onLockAdd` once, after the next attempt at the lock. */
+    class LockWatched extends MemoryCache {
+      onLockAdd: (() => Promise<void>) | undefined;
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        const added = await super.add(key, value, ttlSeconds);
+        const hook = key.endsWith(':lock') ? this.onLockAdd : undefined;
+        this.onLockAdd = undefined;
+        await hook?.();
+        return added;
+      }
+    }
+    const cache = new LockWatched({ now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    try {
+      await app.accessToken.getToken();
+      // Two tokens rejected before any call went through with them: the process is within its pause.
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 2 });
+      await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      // Another process holds the lock, fetching; it writes its token and lets the lock go once this
+      // process has tried the lock (the pause's own wait, 1 s on the standing clock, would end first).
+      const lock = `${app.accessToken.cacheKey}:lock`;
+      await cache.set(lock, 'vm:1:another', 60);
+      const holders = mock.issueClassicToken(appId);
+      cache.onLockAdd = async () => {
+        await cache.set(app.accessToken.cacheKey, JSON.stringify({ access_token: holders, expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+        await cache.delete(lock);
+      };
+      expect(await app.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      expect(await app.accessToken.getToken()).toBe(holders);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await app.close();
+    }
+  });
 });

@@ -47,6 +47,9 @@ const PAUSE_WAIT_MS = 2_000;
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 class SlotTaken extends Error {}
 
+/** The holder of the lock is within its pause after a rejection: it lets the lock go, then waits without it. */
+class InPause extends Error {}
+
 /**
  * The lease of the refresh lock: the whole critical section it guards, every upstream call and store
  * call inside it with their deadlines, never a constant. A holder that outlives it has, by construction,
@@ -179,8 +182,10 @@ export class LockedFetchRefresher implements Refresher {
     const started = performance.now();
     // A token that carried a call before WeChat rejected it was replaced (an external refresh): its
     // replacement is fetched at once, however often that happens. One rejected before any call went
-    // through with it spaces the fetches that follow (see #pauseAfterRejection).
+    // through with it spaces the fetches that follow (see #startPause); one that worked ends the pause:
+    // WeChat does take the fleet's tokens.
     this.#rejectedAt = accepted ? undefined : started;
+    if (accepted) this.#refetchPause = undefined;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
@@ -276,16 +281,11 @@ export class LockedFetchRefresher implements Refresher {
     }
     // Within this process's pause after a rejection, checked before the lock and before the store-down
     // slot (neither is taken for a fetch that will not go): a token another process writes is taken.
-    const followsRejection = !force && this.#followsRejection(request);
-    if (followsRejection) {
-      const pause = this.#pauseInForce(now);
-      if (pause !== undefined) {
-        const written = await awaitNewEntry(ctx, Math.min(pause - now, PAUSE_WAIT_MS), request.current, true, POLL_PACE);
-        if (written) return written;
-        throw this.#rejectionSpacedError(pause);
-      }
-    }
-    const spacedWhileDown = tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
+    // Within this process's pause after a rejection it still waits for a holder of the lock and takes
+    // its token; it takes no store-down slot, and fetches none itself (see #sitOutPause).
+    const followsRejection = !force && this.#followsRejection(request, now);
+    const paused = followsRejection && this.#pauseInForce(now) !== undefined;
+    const spacedWhileDown = !paused && tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
       const spaced = await this.#awaitDownSpacing(tier, request, now);
       if (spaced) return spaced;
@@ -344,23 +344,44 @@ export class LockedFetchRefresher implements Refresher {
           seen.noMarker = !marker.stored;
         }
       }
+      // Where the process would fetch, its pause decides, before any store-down slot is taken: within
+      // it, the lock is let go and the process waits without it; else the pause starts with the fetch.
+      if (followsRejection) {
+        if (this.#pauseInForce(ctx.settings.now()) !== undefined) throw new InPause();
+        this.#startPause(ctx.settings.now());
+      }
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      // Where the process fetches, its pause starts (one that began meanwhile, as another refresh of this
-      // process fetched, ends this one without a fetch: its callers come back after it).
-      if (followsRejection) {
-        const pause = this.#pauseInForce(ctx.settings.now());
-        if (pause !== undefined) throw this.#rejectionSpacedError(pause);
-        this.#startPause(ctx.settings.now());
-      }
       return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
+    } catch (error) {
+      if (!(error instanceof InPause)) throw error;
     } finally {
       // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
       // when the process exits without close() (a job that prints a token, a frozen function) would
       // leave the lock to its lease, and hold up the fleet's next refresh that long.
       await handle?.release();
     }
+    return this.#sitOutPause(request);
+  }
+
+  /**
+   * The lock was this process's, but its pause after a rejection is in force: it takes a token another
+   * process writes meanwhile (a lockless peer, a store round trip after its fetch) for the rest of the
+   * pause or PAUSE_WAIT_MS, whichever ends first. A pause that ended meanwhile lets the refresh start
+   * over (and fetch); one still in force fails the callers with when it ends.
+   */
+  async #sitOutPause(request: RefreshRequest): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const pause = this.#pauseInForce(ctx.settings.now());
+    if (pause !== undefined) {
+      const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS), request.current, true, POLL_PACE);
+      if (written) return written;
+      if (ctx.closed.aborted) throw closedError(ctx);
+      const still = this.#pauseInForce(ctx.settings.now());
+      if (still !== undefined) throw this.#rejectionSpacedError(still);
+    }
+    return this.refresh(request);
   }
 
   /**
@@ -528,9 +549,16 @@ export class LockedFetchRefresher implements Refresher {
     );
   }
 
-  /** Whether a refresh follows this process's recent report of a token no call of it went through with. */
-  #followsRejection(request: RefreshRequest): boolean {
-    return !request.force && !request.ahead && this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS;
+  /**
+   * Whether a refresh follows this process's report of a token no call of it went through with: one
+   * made in the last AFTER_REJECTION_MS, or a pause of its own still remembered (within a pause its
+   * callers reach WeChat no more, and report nothing new).
+   */
+  #followsRejection(request: RefreshRequest, now: number): boolean {
+    if (request.force || request.ahead) return false;
+    if (this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS) return true;
+    const last = this.#refetchPause;
+    return last !== undefined && now < last.until + last.step && last.until - now <= last.step;
   }
 
   /**
