@@ -33,6 +33,17 @@ function fleet(processes: number) {
   return { clock, clients, fetches, burst, close: () => Promise.all(clients.map((client) => client.close())) };
 }
 
+/**
+ * Puts `app`'s process within its pause: its token, and the one fetched to replace it, are both rejected
+ * before any call went through with them (the send fails; two token requests).
+ */
+async function intoPause(on: MockWeChat, app: OfficialAccount): Promise<void> {
+  await app.accessToken.getToken();
+  on.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 2 });
+  await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
+  expect(on.counters(app.appId).tokenRequests).toBe(2);
+}
+
 describe('fetches after WeChat rejected a token no call went through with are spaced', () => {
   it('a token rejected moments after every fetch costs a process one fetch per step (at once, then 1 s, then 2 s), not one per round of resends', async () => {
     const f = fleet(1);
@@ -143,11 +154,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     const cache = new PeerWritesLate({ now });
     const app = new OfficialAccount({ appId, secret, baseUrl: strict.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
     try {
-      await app.accessToken.getToken();
-      // The first token, and the one fetched to replace it, are both rejected before any call went through.
-      strict.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 2 });
-      await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
-      expect(strict.counters(appId).tokenRequests).toBe(2);
+      await intoPause(strict, app);
       // A peer fetches now and writes its token a moment after the process's next read: the process is in
       // its pause, and takes it.
       const peer = strict.issueClassicToken(appId);
@@ -179,11 +186,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     const cache = new LockWatched({ now });
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
     try {
-      await app.accessToken.getToken();
-      // Two tokens rejected before any call went through with them: the process is within its pause.
-      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 2 });
-      await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
-      expect(mock.counters(appId).tokenRequests).toBe(2);
+      await intoPause(mock, app);
       // Another process holds the lock, fetching; it writes its token and lets the lock go once this
       // process has tried the lock (the pause's own wait, 1 s on the standing clock, would end first).
       const lock = `${app.accessToken.cacheKey}:lock`;

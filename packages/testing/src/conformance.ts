@@ -526,6 +526,24 @@ async function until(condition: () => Promise<boolean>, timeoutMs: number): Prom
 }
 
 /**
+ * Every write of `cache` with a value no store can hold (a character above U+00FF) or a bad TTL (0,
+ * -1, NaN): what each rejected with (undefined for one that resolved). A store refuses each with a
+ * RangeError, before any request: give it a server that is not there to show that none was sent.
+ */
+export async function badWriteRefusals(cache: TokenCache): Promise<unknown[]> {
+  const calls = await Promise.allSettled([
+    cache.set('k', '\u4e2d', 60),
+    cache.add?.('k', '\u4e2d', 60),
+    cache.deleteIfEquals?.('k', '\u4e2d'),
+    cache.compareAndSet?.('k', 'v', '\u4e2d', 60),
+    cache.set('k', 'v', 0),
+    cache.add?.('k', 'v', -1),
+    cache.compareAndSet?.('k', 'v', 'w', Number.NaN),
+  ]);
+  return calls.map((call) => (call.status === 'rejected' ? call.reason : undefined));
+}
+
+/**
  * Runs `ops` in a child process that then closes its store and lets go of its parent, without calling
  * process.exit(): it exits only if the store left nothing open. Resolves its exit code (null when it had
  * not exited `graceMs` after it closed the store, and was killed) and the resources it still held right

@@ -1,4 +1,4 @@
-export { describeTokenCache, childThatExitsByItself, type DescribeTokenCacheOptions } from './conformance.js';
+export { describeTokenCache, childThatExitsByItself, badWriteRefusals, type DescribeTokenCacheOptions } from './conformance.js';
 export {
   describeTokenSharing,
   describeStoreOutage,
