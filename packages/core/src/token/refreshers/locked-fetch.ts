@@ -279,8 +279,6 @@ export class LockedFetchRefresher implements Refresher {
       else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
       else return spaced;
     }
-    // Within this process's pause after a rejection, checked before the lock and before the store-down
-    // slot (neither is taken for a fetch that will not go): a token another process writes is taken.
     // Within this process's pause after a rejection it still waits for a holder of the lock and takes
     // its token; it takes no store-down slot, and fetches none itself (see #sitOutPause).
     const followsRejection = !force && this.#followsRejection(request, now);
