@@ -1,15 +1,7 @@
 import type { ClientCore } from './client-core.js';
-import { WeChatApiError, isTokenRejection } from './errors.js';
+import { WeChatApiError, isTokenRejection, tookToken } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';
-
-/**
- * Errcodes WeChat may answer before it reads the token, or that say nothing of it: system busy (-1), no
- * token (41001), IP whitelist (40164, 61004), quotas (45009, 45011), no permission for the API (48001).
- * Any other refusal that is not the token's (40003 no such user, 43101 a user who refused messages) was
- * made with a token WeChat took.
- */
-export const SAYS_NOTHING_OF_TOKEN: ReadonlySet<number> = new Set([-1, 41001, 40164, 61004, 45009, 45011, 48001]);
 
 /** What WeChat answers: `errcode` 0 or absent on success, plus the API's own fields. */
 export interface WeChatResponse {
@@ -92,9 +84,8 @@ export class ApiClient {
         return answer;
       } catch (error) {
         if (!isTokenRejection(error)) {
-          // WeChat read the token and refused the call for another reason (a user who refused messages, a
-          // wrong template): the token works. Errors WeChat may give before it reads the token say nothing of it.
-          if (error instanceof WeChatApiError && !SAYS_NOTHING_OF_TOKEN.has(error.errcode)) this.#token.accepted(token);
+          // WeChat read the token and refused the call for another reason: the token works.
+          if (tookToken(error)) this.#token.accepted(token);
           throw error;
         }
         rejection = error;

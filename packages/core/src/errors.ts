@@ -347,6 +347,20 @@ export function isTokenRejection(error: unknown): error is WeChatApiError {
   return error instanceof WeChatApiError && TOKEN_ERRCODES.has(error.errcode) && !isSecretRejection(error.errcode, error.path);
 }
 
+/**
+ * Errcodes WeChat may answer before it reads the token, or that say nothing of it: system busy (-1), no
+ * token (41001), IP whitelist (40164, 61004), quotas (45009, 45011), no permission for the API (48001).
+ */
+const SAYS_NOTHING_OF_TOKEN: ReadonlySet<number> = new Set([-1, 41001, 40164, 61004, 45009, 45011, 48001]);
+
+/**
+ * Whether WeChat took the token a call carried and refused the call for another reason (40003 no such
+ * user, 43101 a user who refused messages): the token works.
+ */
+export function tookToken(error: unknown): boolean {
+  return error instanceof WeChatApiError && !SAYS_NOTHING_OF_TOKEN.has(error.errcode) && !isTokenRejection(error);
+}
+
 /** Wraps anything a store threw into a CacheError, keeping the original as `cause`. */
 export function toCacheError(error: unknown, message: string): CacheError {
   return error instanceof CacheError ? error : new CacheError(message, { cause: error });

@@ -8,8 +8,7 @@ import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import { clientClosed, type WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
-import { SAYS_NOTHING_OF_TOKEN } from '../api-client.js';
-import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
+import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection, tookToken } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
@@ -785,8 +784,8 @@ export class OpenPlatform {
         this.#component.accepted(token);
         return answer;
       } catch (error) {
-        // Refused for another reason than the token: the token works (SAYS_NOTHING_OF_TOKEN, those that say nothing of it).
-        if (!isTokenRejection(error) && error instanceof WeChatApiError && !SAYS_NOTHING_OF_TOKEN.has(error.errcode)) this.#component.accepted(token);
+        // Refused for another reason than the token: the token works.
+        if (tookToken(error)) this.#component.accepted(token);
         if (!isTokenRejection(error) || attempt >= 2) throw error;
         const next = await this.#component.recover(token, error.errcode, recovery);
         if (next === undefined) throw error;

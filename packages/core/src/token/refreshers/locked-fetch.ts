@@ -555,24 +555,27 @@ export class LockedFetchRefresher implements Refresher {
   #followsRejection(request: RefreshRequest, now: number): boolean {
     if (request.force || request.ahead) return false;
     if (this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS) return true;
-    const last = this.#refetchPause;
-    return last !== undefined && now < last.until + last.step && last.until - now <= last.step;
+    const last = this.#pause(now);
+    return last !== undefined && now < last.until + last.step;
   }
 
-  /**
-   * When this process's pause after such a rejection ends (unix ms), while it is in force. A pause that
-   * reaches further ahead than its step (the clock was set back) is over.
-   */
-  #pauseInForce(now: number): number | undefined {
+  /** This process's last pause, unless it reaches further ahead than its step (the clock was set back): then it is over. */
+  #pause(now: number): { until: number; step: number } | undefined {
     const last = this.#refetchPause;
-    return last !== undefined && last.until > now && last.until - now <= last.step ? last.until : undefined;
+    return last !== undefined && last.until - now <= last.step ? last : undefined;
+  }
+
+  /** When this process's pause after such a rejection ends (unix ms), while it is in force. */
+  #pauseInForce(now: number): number | undefined {
+    const last = this.#pause(now);
+    return last !== undefined && last.until > now ? last.until : undefined;
   }
 
   /** Starts the next pause, unless one is in force: 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
   #startPause(now: number): void {
     if (this.#pauseInForce(now) !== undefined) return;
-    const last = this.#refetchPause;
-    const follows = last !== undefined && now < last.until + last.step && last.until - now <= last.step;
+    const last = this.#pause(now);
+    const follows = last !== undefined && now < last.until + last.step;
     const step = follows ? Math.min(last.step * 2, REJECTION_SPACING_MAX_MS) : REJECTION_SPACING_MS;
     this.#refetchPause = { until: now + step, step };
   }
