@@ -203,4 +203,24 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       await app.close();
     }
   });
+
+  it('within its pause, a token WeChat refused a call with for another reason (40003) counts as one that worked: when it dies, it is refetched at once', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const cache = new MemoryCache({ now });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    try {
+      await intoPause(mock, app);
+      // Another process writes a token; this process takes it from the store, its pause still in force.
+      const written = mock.issueClassicToken(appId);
+      await cache.set(app.accessToken.cacheKey, JSON.stringify({ access_token: written, expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+      await expect(app.client.postJson('cgi-bin/message/template/send', { ...TEMPLATE, touser: '' })).rejects.toMatchObject({ errcode: 40003 });
+      mock.invalidateTokens(appId);
+      expect(await app.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      expect(mock.counters(appId).tokenRequests).toBe(3);
+    } finally {
+      await app.close();
+    }
+  });
 });
