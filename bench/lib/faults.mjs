@@ -157,11 +157,12 @@ export async function failingEndpoint(env, { processes = 4, lanes = 2, intervalM
 /**
  * R. WeChat rejects every send with 40001 for `windowMs` (another program fetching in a loop, or an
  * account WeChat refuses) while warm processes keep sending. Each call may fetch once; what counts is
- * what the rounds of calls cost together. A wxkit process spaces its fetches that follow such a
- * rejection (at once, then 1 s, 2 s, 4 s … apart): 4 fit in 10 s (at 0, 1, 3 and 7 s), so the goal is
- * 4 a process at most.
+ * what the rounds of calls cost together. The token the warm processes sent with carried calls: its
+ * rejection is refetched at once. wxkit spaces the fetches that follow the rejection of a token no call
+ * went through with fleet-wide (at once, then 1 s, 2 s, 4 s … apart): 4 fit in 10 s (at 0, 1, 3 and
+ * 7 s), so the goal is 5 for the whole fleet.
  */
-export async function rejectedEverything(env, { processes = 4, lanes = 2, intervalMs = 50, windowMs = 10_000, windowGoal = 4 * processes } = {}) {
+export async function rejectedEverything(env, { processes = 4, lanes = 2, intervalMs = 50, windowMs = 10_000, windowGoal = 5 } = {}) {
   const rows = [];
   const rate = Math.round((processes * lanes * 1000) / intervalMs);
   const scenario = 'R';
@@ -169,7 +170,7 @@ export async function rejectedEverything(env, { processes = 4, lanes = 2, interv
     [scenario]:
       `WeChat answers every send with 40001 for ${windowMs / 1000} s while ${processes} warm processes keep sending (${lanes} lanes ` +
       `each, one send per ${intervalMs} ms per lane: up to ${rate} a second); the token endpoint works. Goal: ${windowGoal} requests at ` +
-      `most (a wxkit process spaces its fetches after such a rejection: at 0, 1, 3 and 7 s); every send is lost, for every library. On the classic ` +
+      `most (the token the warm sends went through with is refetched at once; wxkit then spaces the fleet's fetches after tokens no call went through with: at 0, 1, 3 and 7 s); every send is lost, for every library. On the classic ` +
       'endpoint a day allows 2,000 requests',
   };
   for (const library of ['wxkit', ...PEERS]) {

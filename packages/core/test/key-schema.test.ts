@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wxJava, type EntryField, type KeySchema, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/entry.js';
-import { encodeMarker, markerFor } from '../src/token/failure.js';
+import { encodeMarker, failureKey, markerFor, refetchPauseKey } from '../src/token/failure.js';
 import {
   authorizationCodeDigest,
   decodeAuthorizationRecord,
@@ -52,8 +52,10 @@ describe('docs/key-schema.md test vectors', () => {
                   : entry === 'lock, classic'
                     ? schema.lockKey(schema.accessTokenKey(subject('classic')))
                     : entry === 'failure marker, classic'
-                      ? `${schema.accessTokenKey(subject('classic'))}:failed`
-                      : `unknown entry ${entry}`;
+                      ? failureKey(schema.accessTokenKey(subject('classic')))
+                      : entry === 'pause after rejected tokens, classic'
+                        ? refetchPauseKey(schema.accessTokenKey(subject('classic')))
+                        : `unknown entry ${entry}`;
       expect(key, entry).toBe(row.key);
     }
   });

@@ -5,7 +5,7 @@ import { retryAtOf } from '../src/retry-at.js';
 
 // A token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
 // refuses) must not cost a fetch per round of resends: each call may fetch once, but calls keep coming.
-// A process spaces its fetches that follow the rejection of a token no call went through with: the
+// The fetches that follow the rejection of a token no call went through with are spaced, fleet-wide: the
 // first at once, then 1 s, 2 s, 4 s … apart while such rejections go on. A token that worked and was then
 // replaced from outside is refetched at once. These tests count the mock's token requests; the clock is
 // the clients' and the store's `now`, moved by the test.
@@ -30,7 +30,9 @@ function fleet(processes: number) {
   /** Ten sends at once, spread over the clients: what each ended with. */
   const burst = () =>
     Promise.all(Array.from({ length: 10 }, (_, i) => clients[i % processes]!.templateMessage.send(TEMPLATE).then(() => 'sent' as const, (error: unknown) => error)));
-  return { clock, clients, fetches, burst, close: () => Promise.all(clients.map((client) => client.close())) };
+  /** The fleet's pause as the store holds it. */
+  const pause = async () => JSON.parse((await cache.get(`${clients[0]!.accessToken.cacheKey}:refetch`)) ?? 'null') as { until: number; step: number } | null;
+  return { clock, cache, clients, fetches, burst, pause, close: () => Promise.all(clients.map((client) => client.close())) };
 }
 
 /**
@@ -60,7 +62,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     expect(f.fetches()).toBe(2);
     const refused = spaced.filter((outcome): outcome is TokenUnavailableError => outcome instanceof TokenUnavailableError);
     expect(refused.length).toBeGreaterThan(0);
-    expect(refused[0]!.message).toContain('spaces its fetches');
+    expect(refused[0]!.message).toContain('space their fetches');
     expect(retryAtOf(refused[0])).toBe(f.clock.now + 1_000);
 
     f.clock.now += 1_001;
@@ -84,16 +86,50 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     await f.close();
   });
 
-  it('a fleet: each process fetches at most once per step, and a process that never fetched takes what another fetched', async () => {
+  it('a fleet fetches once per step: the pause is in the store, and a process that took its token from another one keeps it too', async () => {
     const f = fleet(3);
     await f.clients[0]!.accessToken.getToken();
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
     for (let round = 0; round < 4; round += 1) await f.burst();
-    // At most one fetch per process in the first step, however many rounds of calls.
-    expect(f.fetches() - 1).toBeLessThanOrEqual(3);
-    const settled = f.fetches();
-    await f.burst();
-    expect(f.fetches()).toBe(settled);
+    // One fetch in the first step for the three processes, however many rounds of calls: the two that
+    // never fetched read the pause the first one wrote.
+    expect(f.fetches()).toBe(2);
+    expect(await f.pause()).toEqual({ until: f.clock.now + 1_000, step: 1_000 });
+    f.clock.now += 1_001;
+    for (let round = 0; round < 3; round += 1) await f.burst();
+    expect(f.fetches()).toBe(3);
+    expect(await f.pause()).toEqual({ until: f.clock.now + 2_000, step: 2_000 });
+    await f.close();
+  });
+
+  it("a process that knows of no rejection (nothing in its memo) keeps the fleet's pause too; one whose clock is behind the pause's writer's is held for a step of its own, and does not take the pause for over", async () => {
+    const { appId, secret } = mock.createApp();
+    const ahead = { now: Date.now() };
+    const behind = { now: ahead.now - 30_000 };
+    const cache = new MemoryCache({ now: () => ahead.now });
+    const client = (clock: { now: number }) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now: () => clock.now });
+    const [first, late] = [client(ahead), client(behind)];
+    try {
+      await first.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+      // The first process fetches after the rejection and writes the pause, 30 s ahead of the other's clock.
+      await expect(first.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      // The other process starts now: the store holds no token (the first process reported its last one).
+      const refused = await late.templateMessage.send(TEMPLATE).catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(TokenUnavailableError);
+      expect(retryAtOf(refused)).toBe(behind.now + 1_000);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await Promise.all([first.close(), late.close()]);
+    }
+  });
+
+  it('a pause that reaches further ahead than its step and a minute (a clock far ahead, a value no wxkit wrote) holds no one back', async () => {
+    const f = fleet(1);
+    await f.cache.set(`${f.clients[0]!.accessToken.cacheKey}:refetch`, JSON.stringify({ until: f.clock.now + 3_600_000, step: 1_000 }), 7_200);
+    expect(await f.burst()).toEqual(Array(10).fill('sent'));
+    expect(f.fetches()).toBe(1);
     await f.close();
   });
 

@@ -38,6 +38,21 @@ export function failureKey(entryKey: string): string {
   return `${entryKey}:failed`;
 }
 
+/** The key of the fleet's pause of fetches after a rejected token: `{key}:refetch`, in every schema. */
+export function refetchPauseKey(entryKey: string): string {
+  return refetchPause(entryKey).key;
+}
+
+/** That pause: a spacing slot beside the entry, which the holder of its lock reads and writes. */
+export function refetchPause(entryKey: string): FetchSpacing {
+  return new FetchSpacing(entryKey, 'refetch');
+}
+
+/** A pause as stored (docs/key-schema.md), or undefined when there is none or it cannot be read. */
+export function decodePause(raw: string | undefined, now: number): SpacingSlot | undefined {
+  return decodeSlot(raw, now);
+}
+
 /** How an error is backed off: the kinds of docs/protocol.md. */
 type Policy = 'transient' | 'minute' | 'credential' | 'quota';
 
@@ -332,9 +347,9 @@ export interface SpacingSlot {
 
 /**
  * Spacing of fetches that cost everyone else: WeChat's force_refresh (20 a day, ignored when less than
- * 30 s apart), and classic fetches while the shared store is down (each invalidates the token the hosts
- * that cannot see it hold). A fetch takes a slot with an atomic write; until the slot ends nobody takes
- * another.
+ * 30 s apart), classic fetches while the shared store is down (each invalidates the token the hosts
+ * that cannot see it hold), and fetches that follow a rejected token (the fleet's pause, written under
+ * the refresh lock). A fetch takes a slot with an atomic write; until the slot ends nobody takes another.
  */
 export class FetchSpacing {
   readonly #entryKey: string;
@@ -378,6 +393,15 @@ export class FetchSpacing {
     if (added !== undefined) return (await added) ? value : undefined;
     await store.set(this.key, value, ttlSeconds);
     return value;
+  }
+
+  /**
+   * Writes the slot from `now` for `step` ms, whatever the store held: for a writer that holds the
+   * entry's refresh lock, which has read the slot under it and decided. Remembered one more step after it
+   * ends, as take()'s.
+   */
+  async put(store: GuardedStore, now: number, step: number): Promise<void> {
+    await store.set(this.key, JSON.stringify({ until: now + step, step }), (2 * step) / 1000);
   }
 
   /** Gives back a slot `take()` wrote, if the store still holds it: the fetch it was for never left. */

@@ -1,7 +1,7 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
-import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf } from '../failure.js';
+import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf, refetchPause, type SpacingSlot } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
@@ -31,15 +31,19 @@ const MAX_ROUNDS = 3;
 // look (a read, with a TTL query for formats without an expiry) takes their place, and the wait comes
 // out of LEASE_SLACK_MS.
 const PEER_WRITE_WAIT_MS = 200;
-// The fetches of a process that follow WeChat's rejection of a token no call had gone through with are
-// spaced: the first at once, then, while they follow each other closely (a pause is remembered for one
-// more step after it ends), 1 s, 2 s, 4 s … 60 s apart. A rejection every few hours costs nothing; a
-// token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
-// refuses) costs each process one fetch per step, not one per round of resends. A refresh counts as
-// following such a rejection when this process saw one this recently.
+// The fetches that follow WeChat's rejection of a token no call had gone through with are spaced: the
+// first at once, then, while they follow each other closely (a pause is remembered for one more step
+// after it ends), 1 s, 2 s, 4 s … 60 s apart. A rejection every few hours costs nothing; a token WeChat
+// rejects moments after each fetch (another program fetching in a loop, an account WeChat refuses) costs
+// the fleet one fetch per step, not one per round of resends: the holder of the lock that would fetch
+// reads the fleet's pause ({key}:refetch) beside its second read of the entry and writes the next one
+// beside its fetch, so the section gains no store call in turn. A refresh counts as following such a
+// rejection when this process saw one this recently.
 const REJECTION_SPACING_MS = 1_000;
 const REJECTION_SPACING_MAX_MS = 60_000;
 const AFTER_REJECTION_MS = 10_000;
+// How far ahead of this host's clock another host's may be for its pause to count (as for a failure marker).
+const CLOCK_AHEAD_MS = 60_000;
 // Within its pause a process waits this long at most for a token another process writes (a lockless
 // peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
 const PAUSE_WAIT_MS = 2_000;
@@ -101,7 +105,9 @@ export class LockedFetchRefresher implements Refresher {
   #supersededAt: number | undefined;
   /** When (performance.now()) this process last reported a token WeChat rejected before any call went through with it. */
   #rejectedAt: number | undefined;
-  /** This process's pause of fetches after such rejections, on the clients' clock (unix ms). */
+  /** When (performance.now()) it last reported one a call had gone through with. */
+  #acceptedAt: number | undefined;
+  /** The last pause of fetches after such rejections this process started or read in the store, on the clients' clock (unix ms). */
   #refetchPause: { until: number; step: number } | undefined;
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
@@ -119,6 +125,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#peerWrites = false;
     this.#supersededAt = undefined;
     this.#rejectedAt = undefined;
+    this.#acceptedAt = undefined;
     this.#refetchPause = undefined;
   }
 
@@ -139,6 +146,11 @@ export class LockedFetchRefresher implements Refresher {
   /** The host's spacing of classic fetches while the shared store is down. */
   get #downSpacing(): FetchSpacing {
     return (this.#down ??= new FetchSpacing(this.#ctx.key, 'throttle'));
+  }
+
+  /** The fleet's pause of fetches after a token rejected before any call went through with it (not kept: a refresh is rare, an account many). */
+  get #refetchSpacing(): FetchSpacing {
+    return refetchPause(this.#ctx.key);
   }
 
   /** How long a waiter waits for the holder: the option, or the lease and 5 s more. */
@@ -185,6 +197,7 @@ export class LockedFetchRefresher implements Refresher {
     // through with it spaces the fetches that follow (see #startPause); one that worked ends the pause:
     // WeChat does take the fleet's tokens.
     this.#rejectedAt = accepted ? undefined : started;
+    this.#acceptedAt = accepted ? started : undefined;
     if (accepted) this.#refetchPause = undefined;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
@@ -313,16 +326,26 @@ export class LockedFetchRefresher implements Refresher {
       handle = attempt;
     }
 
+    // The fleet's next pause, written beside the fetch; waited for before the lock is let go.
+    let pauseWritten: Promise<void> | undefined;
     try {
       // What the holder learnt under the lock, which spares it store calls after the fetch.
       const seen: SeenUnderLock = {};
+      // The fleet's pause, read beside the entry, in the shared store only (a fallback tier is this
+      // host's, and its own memory serves): by a refresh that follows a rejection, and by one that knows
+      // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
+      // follows the rejection of a token a call went through with (fetched at once, however often).
+      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#acceptedLately());
+      let fleetPause: SpacingSlot | undefined;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
-        const [again, marker] = await Promise.all([
+        const [again, marker, pause] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
+          readsPause ? this.#refetchSpacing.slot(store, ctx.settings.now()).catch(() => undefined) : undefined,
         ]);
+        fleetPause = pause;
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
           return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
         }
@@ -342,11 +365,18 @@ export class LockedFetchRefresher implements Refresher {
           seen.noMarker = !marker.stored;
         }
       }
-      // Where the process would fetch, its pause decides, before any store-down slot is taken: within
-      // it, the lock is let go and the process waits without it; else the pause starts with the fetch.
-      if (followsRejection) {
-        if (this.#pauseInForce(ctx.settings.now()) !== undefined) throw new InPause();
-        this.#startPause(ctx.settings.now());
+      // Where the process would fetch, the pause decides (the fleet's, or this process's own where the
+      // store holds none), before any store-down slot is taken: within it, the lock is let go and the
+      // process waits without it. Else a fetch that follows a rejection starts the next pause, and the
+      // fleet learns it; one that knows of no rejection starts none.
+      if (followsRejection || fleetPause !== undefined) {
+        const at = ctx.settings.now();
+        this.#learnPause(fleetPause, at);
+        if (this.#pauseInForce(at) !== undefined) throw new InPause();
+        if (followsRejection) {
+          const pause = this.#startPause(at);
+          if (tier.name === 'shared') pauseWritten = this.#refetchSpacing.put(store, at, pause.step).catch(() => undefined);
+        }
       }
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
@@ -355,6 +385,7 @@ export class LockedFetchRefresher implements Refresher {
     } catch (error) {
       if (!(error instanceof InPause)) throw error;
     } finally {
+      await pauseWritten;
       // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
       // when the process exits without close() (a job that prints a token, a frozen function) would
       // leave the lock to its lease, and hold up the fleet's next refresh that long.
@@ -559,6 +590,11 @@ export class LockedFetchRefresher implements Refresher {
     return last !== undefined && now < last.until + last.step;
   }
 
+  /** Whether this process reported a token a call had gone through with in the last AFTER_REJECTION_MS. */
+  #acceptedLately(): boolean {
+    return this.#acceptedAt !== undefined && performance.now() - this.#acceptedAt < AFTER_REJECTION_MS;
+  }
+
   /** This process's last pause, unless it reaches further ahead than its step (the clock was set back): then it is over. */
   #pause(now: number): { until: number; step: number } | undefined {
     const last = this.#refetchPause;
@@ -571,22 +607,38 @@ export class LockedFetchRefresher implements Refresher {
     return last !== undefined && last.until > now ? last.until : undefined;
   }
 
-  /** Starts the next pause, unless one is in force: 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
-  #startPause(now: number): void {
-    if (this.#pauseInForce(now) !== undefined) return;
+  /** Starts the next pause (none is in force): 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
+  #startPause(now: number): { until: number; step: number } {
     const last = this.#pause(now);
     const follows = last !== undefined && now < last.until + last.step;
     const step = follows ? Math.min(last.step * 2, REJECTION_SPACING_MAX_MS) : REJECTION_SPACING_MS;
-    this.#refetchPause = { until: now + step, step };
+    return (this.#refetchPause = { until: now + step, step });
+  }
+
+  /**
+   * Takes the fleet's pause as this process's own when it ends later. Its end is another host's clock:
+   * one that reaches further ahead than its step (that clock is ahead of ours) is held to a step from
+   * now, and one further ahead than a step and CLOCK_AHEAD_MS (a clock far ahead, or a value no wxkit
+   * wrote) is none: a host's clock delays no one by more than a step and a minute, and the store lets
+   * the slot go two steps after it was written whatever the clocks say.
+   */
+  #learnPause(slot: SpacingSlot | undefined, now: number): void {
+    if (slot === undefined || slot.reason !== undefined) return;
+    const step = Math.min(slot.step, REJECTION_SPACING_MAX_MS);
+    if (slot.until - now > step + CLOCK_AHEAD_MS) return;
+    const until = Math.min(slot.until, now + step);
+    const own = this.#pause(now);
+    if (own === undefined || until > own.until) this.#refetchPause = { until, step };
   }
 
   #rejectionSpacedError(until: number): Error {
     const label = this.#ctx.label;
     return withRetryAt(
       new TokenUnavailableError(
-        `WeChat rejected the ${label} again soon after this process fetched one, before any call went through with it: another ` +
-          `program keeps fetching this account's tokens, or WeChat refuses them. This process spaces its fetches after such rejections ` +
-          `(1 s, 2 s … 60 s apart while they go on), and fetches again after ${new Date(until).toISOString()}`,
+        `WeChat rejected the ${label} again soon after it was fetched, before any call went through with it: another ` +
+          `program keeps fetching this account's tokens, or WeChat refuses them. The processes sharing this store space their fetches ` +
+          `after such rejections (1 s, 2 s … 60 s apart while they go on; wxkit token clear ends the pause), and fetch again after ` +
+          new Date(until).toISOString(),
       ),
       until,
     );
