@@ -1,5 +1,5 @@
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
-import { clampRetryAt, decodeMarker, failureKey, type FailureRecord } from '@wxkit/core/internal';
+import { clampRetryAt, decodeMarker, decodePause, failureKey, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -49,7 +49,8 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
 
 The secret is read from the environment only, never from a flag: flags land in shell history.
 A failed fetch leaves <key>:failed, which holds every process back (a minute for a wrong secret):
-inspect shows it, clear deletes it with the token, so a fixed secret is tried at once.
+inspect shows it, clear deletes it with the token, so a fixed secret is tried at once. So is
+<key>:refetch, the fleet's pause of fetches after tokens WeChat rejected moments after each fetch.
 get and refresh check first that the store takes writes (they write and delete <key>:probe):
 a token nobody else can read would only replace the one the others hold.
 
@@ -209,17 +210,24 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
-      const [had, failed] = await Promise.all([cache.get(key), cache.get(failureKey(key))]);
+      const [had, failed, paused] = await Promise.all([cache.get(key), cache.get(failureKey(key)), cache.get(refetchPauseKey(key))]);
       await cache.delete(key);
       // The marker of a failed fetch goes with it: left behind, a secret fixed since (40125) would still
-      // fail every process with the old error until the marker's pause ran out, up to a minute.
+      // fail every process with the old error until the marker's pause ran out, up to a minute. So does
+      // the pause of fetches after a rejected token (the program that fetched in a loop stopped since).
       if (failed !== undefined) await cache.delete(failureKey(key));
+      if (paused !== undefined) await cache.delete(refetchPauseKey(key));
       if (values.lock) await cache.delete(schema.lockKey(key));
       const marker = decodeMarker(failed);
-      emit(output, { ok: true, key: shownKey, removed: had !== undefined, failure_removed: failed !== undefined, lock_removed: values.lock === true }, [
-        `${had !== undefined ? 'removed' : 'nothing stored at'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
-        ...(failed === undefined ? [] : [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`]),
-      ]);
+      emit(
+        output,
+        { ok: true, key: shownKey, removed: had !== undefined, failure_removed: failed !== undefined, pause_removed: paused !== undefined, lock_removed: values.lock === true },
+        [
+          `${had !== undefined ? 'removed' : 'nothing stored at'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
+          ...(failed === undefined ? [] : [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`]),
+          ...(paused === undefined ? [] : ['removed its pause of fetches after a rejected token: the next caller that needs a token fetches one at once']),
+        ],
+      );
       return EXIT.ok;
     }
     const secret = secretFrom(values['secret-env']);
@@ -295,7 +303,14 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {
   const lockKey = schema.lockKey(key);
-  const [raw, ttl, holder, lease, failed] = await Promise.all([cache.get(key), cache.ttlMs?.(key), cache.get(lockKey), cache.ttlMs?.(lockKey), cache.get(failureKey(key))]);
+  const [raw, ttl, holder, lease, failed, paused] = await Promise.all([
+    cache.get(key),
+    cache.ttlMs?.(key),
+    cache.get(lockKey),
+    cache.ttlMs?.(lockKey),
+    cache.get(failureKey(key)),
+    cache.get(refetchPauseKey(key)),
+  ]);
   const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
   const now = Math.floor(Date.now() / 1000);
   const state = raw === undefined ? 'absent' : entry ? 'present' : 'corrupt';
@@ -304,6 +319,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
   const remaining = entry?.expiresAt !== undefined ? entry.expiresAt - now : entry && ttl !== undefined && Number.isFinite(ttl) ? Math.floor(ttl / 1000) : undefined;
   const lock = holder === undefined ? null : { holder, lease_ms: lease ?? null };
   const failure = failureState(failed, Date.now());
+  const pause = pauseState(paused, Date.now());
   // --json failures carry an error object, as every other failure prints it; the fields stay beside it.
   const error =
     state === 'present'
@@ -332,6 +348,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       store_ttl_ms: ttl ?? null,
       lock,
       failure: failure?.fields ?? null,
+      refetch_pause: pause?.fields ?? null,
       bytes: raw === undefined ? 0 : raw.length, // a binary string: one character per byte
     },
     [
@@ -348,9 +365,29 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
         : []),
       `lock        ${lock ? `held by ${lock.holder}${lock.lease_ms === null ? '' : `, lease ${(lock.lease_ms / 1000).toFixed(1)} s left`}` : 'free'}`,
       `failure     ${failure?.line ?? 'none'}`,
+      `pause       ${pause?.line ?? 'none'}`,
     ],
   );
   return state === 'present' ? EXIT.ok : EXIT.noToken;
+}
+
+/**
+ * The fleet's pause of fetches after a token WeChat rejected before any call went through with it
+ * (`{key}:refetch`), as inspect shows it, or undefined when there is none. Its `until` is its writer's
+ * clock, as every process reads it.
+ */
+function pauseState(raw: string | undefined, now: number): { fields: Record<string, unknown>; line: string } | undefined {
+  if (raw === undefined) return undefined;
+  const pause = decodePause(raw, now);
+  if (!pause) return { fields: { state: 'corrupt', bytes: raw.length }, line: `corrupt (${raw.length} bytes that are not a pause; it holds no one back)` };
+  const inForce = pause.until > now;
+  const at = new Date(pause.until).toISOString();
+  return {
+    fields: { state: inForce ? 'in_force' : 'past', until: pause.until, step_ms: pause.step },
+    line: inForce
+      ? `WeChat rejected tokens moments after they were fetched; no process fetches another before ${at} (${Math.ceil((pause.until - now) / 1000)} s, a step of ${pause.step / 1000} s): wxkit token clear removes it`
+      : `the last one ended at ${at} (a step of ${pause.step / 1000} s; kept so that the next one in a row is longer)`,
+  };
 }
 
 /** What failed, as a marker records it: WeChat's errcode and errmsg, or the error code and HTTP status. */

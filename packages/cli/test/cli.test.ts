@@ -149,6 +149,25 @@ describe('wxkit token', () => {
     expect((await wxkit(['token', 'get', ...common, '--base-url', mock.url], { WECHAT_SECRET: secret })).code).toBe(0);
   });
 
+  it("inspect shows the fleet's pause of fetches after rejected tokens; clear removes it with the token", async () => {
+    const { appId } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    const common = ['--store', redis.url, '--app', `oa:${appId}`];
+    const until = Date.now() + 30_000;
+    redisCli(redis.port, 'SET', `${key}:refetch`, JSON.stringify({ until, step: 32_000 }), 'PX', '64000');
+
+    const inspected = await wxkit(['token', 'inspect', ...common, '--json']);
+    expect(inspected.json.refetch_pause).toEqual({ state: 'in_force', until, step_ms: 32_000 });
+    const text = await wxkit(['token', 'inspect', ...common]);
+    expect(text.stdout).toMatch(/pause\s+WeChat rejected tokens moments after they were fetched; no process fetches another before \S+ \(\d+ s, a step of 32 s\): wxkit token clear removes it/);
+
+    // The program that fetched in a loop stopped: without the pause gone, callers would wait out its 30 s.
+    const cleared = await wxkit(['token', 'clear', ...common, '--json']);
+    expect(cleared.json).toMatchObject({ ok: true, key, removed: false, failure_removed: false, pause_removed: true });
+    expect(redisCli(redis.port, 'EXISTS', `${key}:refetch`)).toBe('0');
+    expect((await wxkit(['token', 'inspect', ...common, '--json'])).json.refetch_pause).toBeNull();
+  });
+
   it('reads the secret from --secret-env NAME, never from a flag', async () => {
     const { appId, secret } = mock.createApp();
     const run = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--secret-env', 'OA_SECRET', '--json'], { OA_SECRET: secret });
