@@ -1,5 +1,5 @@
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
-import { clampRetryAt, decodeMarker, decodePause, failureKey, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -373,21 +373,32 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
 
 /**
  * The fleet's pause of fetches after a token WeChat rejected before any call went through with it
- * (`{key}:refetch`), as inspect shows it, or undefined when there is none. Its `until` is its writer's
- * clock, as every process reads it.
+ * (`{key}:refetch`), as inspect shows it, or undefined when there is none. Read as a process on this
+ * host reads it (heldPause()): its end held to one step of this clock, and one that ends too far ahead
+ * (a clock far ahead, a value no wxkit wrote) holding no one back.
  */
 function pauseState(raw: string | undefined, now: number): { fields: Record<string, unknown>; line: string } | undefined {
   if (raw === undefined) return undefined;
-  const pause = decodePause(raw, now);
-  if (!pause) return { fields: { state: 'corrupt', bytes: raw.length }, line: `corrupt (${raw.length} bytes that are not a pause; it holds no one back)` };
-  const inForce = pause.until > now;
-  const at = new Date(pause.until).toISOString();
-  return {
-    fields: { state: inForce ? 'in_force' : 'past', until: pause.until, step_ms: pause.step },
-    line: inForce
-      ? `WeChat rejected tokens moments after they were fetched; no process fetches another before ${at} (${Math.ceil((pause.until - now) / 1000)} s, a step of ${pause.step / 1000} s): wxkit token clear removes it`
-      : `the last one ended at ${at} (a step of ${pause.step / 1000} s; kept so that the next one in a row is longer)`,
-  };
+  const slot = decodePause(raw, now);
+  if (!slot) return { fields: { state: 'corrupt', bytes: raw.length }, line: `corrupt (${raw.length} bytes that are not a pause; it holds no one back)` };
+  const held = heldPause(slot, now);
+  const stored = { until: slot.until, step_ms: slot.step };
+  if (!held) {
+    return {
+      fields: { state: 'ignored', ...stored },
+      line: `ignored: it ends at ${new Date(slot.until).toISOString()}, further ahead than its step and a minute (a clock far ahead, or a value no wxkit wrote); it holds no one back`,
+    };
+  }
+  const at = new Date(held.until).toISOString();
+  return held.until > now
+    ? {
+        fields: { state: 'in_force', ...stored, retry_at: held.until },
+        line: `WeChat rejected tokens moments after they were fetched; no process fetches another before ${at} (${Math.ceil((held.until - now) / 1000)} s, a step of ${held.step / 1000} s): wxkit token clear removes it`,
+      }
+    : {
+        fields: { state: 'past', ...stored },
+        line: `the last one ended at ${at} (a step of ${held.step / 1000} s; kept so that the next one in a row is longer)`,
+      };
 }
 
 /** What failed, as a marker records it: WeChat's errcode and errmsg, or the error code and HTTP status. */

@@ -157,7 +157,7 @@ describe('wxkit token', () => {
     redisCli(redis.port, 'SET', `${key}:refetch`, JSON.stringify({ until, step: 32_000 }), 'PX', '64000');
 
     const inspected = await wxkit(['token', 'inspect', ...common, '--json']);
-    expect(inspected.json.refetch_pause).toEqual({ state: 'in_force', until, step_ms: 32_000 });
+    expect(inspected.json.refetch_pause).toEqual({ state: 'in_force', until, step_ms: 32_000, retry_at: until });
     const text = await wxkit(['token', 'inspect', ...common]);
     expect(text.stdout).toMatch(/pause\s+WeChat rejected tokens moments after they were fetched; no process fetches another before \S+ \(\d+ s, a step of 32 s\): wxkit token clear removes it/);
 
@@ -166,6 +166,10 @@ describe('wxkit token', () => {
     expect(cleared.json).toMatchObject({ ok: true, key, removed: false, failure_removed: false, pause_removed: true });
     expect(redisCli(redis.port, 'EXISTS', `${key}:refetch`)).toBe('0');
     expect((await wxkit(['token', 'inspect', ...common, '--json'])).json.refetch_pause).toBeNull();
+
+    // One that ends an hour ahead, with a step of a second: no process keeps it, and inspect says so.
+    redisCli(redis.port, 'SET', `${key}:refetch`, JSON.stringify({ until: Date.now() + 3_600_000, step: 1_000 }), 'PX', '60000');
+    expect((await wxkit(['token', 'inspect', ...common, '--json'])).json.refetch_pause).toMatchObject({ state: 'ignored', step_ms: 1_000 });
   });
 
   it('reads the secret from --secret-env NAME, never from a flag', async () => {

@@ -9,7 +9,7 @@ export { assertTtl } from './ttl.js';
 export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';
-export { clampRetryAt, decodePause, failureKey, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
+export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
 export {
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,

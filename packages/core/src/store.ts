@@ -414,6 +414,23 @@ export class GuardedStore {
     return { raw, ttlMs: ttl };
   }
 
+  /** A read beside the token protocol (the fleet's pause after rejected tokens): as {@link readBeside}, without the time left. */
+  getBeside(key: string): Promise<string | undefined> {
+    const refused = this.#refusal('get', key, []);
+    return refused ? Promise.reject(refused) : this.#bounded('get', () => this.#read(key));
+  }
+
+  /** {@link deleteIfEquals} beside the token protocol: as {@link setBeside}, its failure is its caller's alone. */
+  async deleteBesideIfEquals(key: string, expected: string): Promise<boolean> {
+    const refused = this.#refusal('deleteIfEquals', key, [expected]);
+    if (refused) throw refused;
+    const deleteIfEquals = this.cache.deleteIfEquals;
+    if (typeof deleteIfEquals === 'function') return this.#bounded('deleteIfEquals', () => deleteIfEquals.call(this.cache, key, expected));
+    if ((await this.getBeside(key)) !== expected) return false;
+    await this.#bounded('delete', () => this.cache.delete(key));
+    return true;
+  }
+
   /** `run`, rejected with a CacheError when it fails or has not settled within cacheTimeoutMs. */
   async #bounded<T>(op: string, run: () => Promise<T>): Promise<T> {
     let timer: NodeJS.Timeout | undefined;

@@ -193,6 +193,58 @@ describe('component_access_token', () => {
 });
 
 describe('authorizers', () => {
+  it('a component token WeChat rejects on every authorizer refresh: refetched at once if it had worked, then spaced, not fetched in every round of every refresh', async () => {
+    const component = mock.createComponent();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const [cache, durable] = [new MemoryCache({ now }), new MemoryCache({ now })];
+    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, now });
+    opened.push(open);
+    await storeVerifyTicket(mock, component, durable);
+    const s = { component, cache, durable, make: () => open };
+    const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+    const componentTokens = () => mock.counters(component.appId).componentTokenRequests;
+    const before = componentTokens();
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/component/api_authorizer_token', times: Infinity });
+    try {
+      for (const appId of appIds) {
+        mock.invalidateTokens(appId);
+        await expect(send(open, appId)).rejects.toBeInstanceOf(Error);
+      }
+      // The component token the authorizations went through with is refetched at once; the one after it
+      // was never taken, so the next fetch starts a pause that the other refreshes wait out on the clock.
+      expect(componentTokens()).toBe(before + 2);
+      clock.now += 1_001;
+      mock.invalidateTokens(appIds[0]!);
+      await expect(send(open, appIds[0]!)).rejects.toBeInstanceOf(Error);
+      expect(componentTokens()).toBe(before + 3);
+    } finally {
+      mock.clearFaults();
+    }
+  });
+
+  it('a component token that carried an authorizer refresh is refetched at once when it dies, however often', async () => {
+    const component = mock.createComponent();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const [cache, durable] = [new MemoryCache({ now }), new MemoryCache({ now })];
+    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, now });
+    opened.push(open);
+    await storeVerifyTicket(mock, component, durable);
+    const s = { component, cache, durable, make: () => open };
+    const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+    const before = mock.counters(component.appId).componentTokenRequests;
+    // The clock stands still: a component token that worked only for a refresh, taken for one that
+    // never worked, would make the third round wait out a pause.
+    for (const [round, appId] of appIds.entries()) {
+      mock.invalidateTokens(component.appId);
+      mock.invalidateTokens(appId);
+      expect(await send(open, appId)).toMatchObject({ errcode: 0 });
+      expect(mock.counters(component.appId).componentTokenRequests).toBe(before + round + 1);
+    }
+  });
+
+
   it('api_query_auth stores the refresh token durably and the access token in the cache; the client sends with it', async () => {
     const s = setup();
     await withTicket(s);

@@ -1,3 +1,4 @@
+import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, TokenUnavailableError, WeChatApiError } from '../src/index.js';
@@ -131,6 +132,72 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     expect(await f.burst()).toEqual(Array(10).fill('sent'));
     expect(f.fetches()).toBe(1);
     await f.close();
+  });
+
+  it('the store is the fleet\'s word: once the pause is deleted (wxkit token clear), a process that knew it fetches at once', async () => {
+    const f = fleet(2);
+    await f.clients[0]!.accessToken.getToken();
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+    for (let round = 0; round < 3; round += 1) await f.burst();
+    expect(f.fetches()).toBe(2);
+    expect(await f.pause()).not.toBeNull();
+    // The program that fetched in a loop is stopped, and the operator clears the pause.
+    mock.clearFaults();
+    await f.cache.delete(`${f.clients[0]!.accessToken.cacheKey}:refetch`);
+    expect(await f.burst()).toEqual(Array(10).fill('sent'));
+    expect(f.fetches()).toBe(3);
+    await f.close();
+  });
+
+  it('a fetch that never left its host gives the pause it started back: a healthy host is not held by it', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const cache = new MemoryCache({ now });
+    // This host cannot reach WeChat's token endpoint (a firewall rule, a proxy refusing it): its
+    // requests there are refused before they leave.
+    const refusing = new Agent().compose((dispatch) => (options, handler) =>
+      dispatch(String(options.path).includes('cgi-bin/token') ? { ...options, origin: 'http://127.0.0.1:1' } : options, handler),
+    );
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
+    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing })];
+    try {
+      await healthy.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 1 });
+      // The cut-off host's token is rejected before any call went through with it; its fetch fails unsent.
+      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('ECONNREFUSED') });
+      expect(await cache.get(`${cut.accessToken.cacheKey}:refetch`)).toBeUndefined();
+      // A healthy host that starts now fetches, and sends.
+      const fresh = new OfficialAccount(options);
+      expect(await fresh.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      await fresh.close();
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await Promise.all([healthy.close(), cut.close()]);
+      await refusing.close();
+    }
+  });
+
+  it("a store that never answers for the pause's key (a shard of its own) costs a cold refresh one store deadline, not the sharing", async () => {
+    const { appId, secret } = mock.createApp();
+    /** A store whose reads of a pause never answer. */
+    class PauseHangs extends MemoryCache {
+      override get(key: string): Promise<string | undefined> {
+        return key.endsWith(':refetch') ? new Promise(() => undefined) : super.get(key);
+      }
+    }
+    const cache = new PauseHangs();
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', cacheTimeoutMs: 300 } as const;
+    const [first, second] = [new OfficialAccount(options), new OfficialAccount(options)];
+    try {
+      const token = await first.accessToken.getToken();
+      // Written to the store (the pause's silence did not take the store for down), and shared.
+      expect(await cache.get(first.accessToken.cacheKey)).toContain(token);
+      expect(await second.accessToken.getToken()).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+    } finally {
+      await Promise.all([first.close(), second.close()]);
+    }
   });
 
   it('a token that carried calls and is then replaced from outside is refetched at once, however often: one fetch per invalidation, nothing lost', async () => {

@@ -817,7 +817,7 @@ export class OpenPlatform {
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
       prepare: () => this.#component.get(),
       rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
-      dropInput: (componentToken, error) => this.#component.invalidate(componentToken, (error as WeChatApiError).errcode),
+      dropInput: (componentToken, error) => this.#component.rejectedOnCall(componentToken, (error as WeChatApiError).errcode),
     };
   }
 
@@ -881,13 +881,7 @@ export class OpenPlatform {
         `The refresh token record of authorizer ${authorizerAppId} changed under this refresh (another process took over after this one outlived its lock's lease, or an authorization stored a new token); the next call takes the token stored since`,
       );
     }
-    const body = await this.#core.http.json({
-      method: 'POST',
-      path,
-      query: { component_access_token: componentToken },
-      json: { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token },
-      tokenFetch: true,
-    });
+    const body = await this.#refreshCall(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token });
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
     let fetched: Fetched;
     try {
@@ -1002,16 +996,26 @@ export class OpenPlatform {
     }
   }
 
+  /**
+   * A call of an authorizer's refresh with the component token it was given: whether WeChat took that
+   * token is told to the component token's manager, as #componentCall tells it (a rejection of one that
+   * worked is refetched at once; of one that never did, spaced).
+   */
+  async #refreshCall(path: string, componentToken: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
+    try {
+      const body = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: componentToken }, json, tokenFetch: true });
+      this.#component.accepted(componentToken);
+      return body;
+    } catch (error) {
+      if (tookToken(error)) this.#component.accepted(componentToken);
+      throw error;
+    }
+  }
+
   /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */
   async #currentRefreshToken(authorizerAppId: string, componentToken: string, why: 'missing' | 'interrupted' | 'rejected'): Promise<string> {
     const path = 'cgi-bin/component/api_get_authorizer_info';
-    const body = await this.#core.http.json({
-      method: 'POST',
-      path,
-      query: { component_access_token: componentToken },
-      json: { component_appid: this.appId, authorizer_appid: authorizerAppId },
-      tokenFetch: true,
-    });
+    const body = await this.#refreshCall(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId });
     const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
     if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
     this.#core.log.warn(

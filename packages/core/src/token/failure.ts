@@ -43,14 +43,35 @@ export function refetchPauseKey(entryKey: string): string {
   return refetchPause(entryKey).key;
 }
 
-/** That pause: a spacing slot beside the entry, which the holder of its lock reads and writes. */
+/**
+ * That pause: a spacing slot beside the entry, which the holder of its lock reads and writes beside the
+ * token protocol (its calls' failures are theirs alone: they do not take the store for down).
+ */
 export function refetchPause(entryKey: string): FetchSpacing {
-  return new FetchSpacing(entryKey, 'refetch');
+  return new FetchSpacing(entryKey, 'refetch', true);
 }
 
 /** A pause as stored (docs/key-schema.md), or undefined when there is none or it cannot be read. */
 export function decodePause(raw: string | undefined, now: number): SpacingSlot | undefined {
   return decodeSlot(raw, now);
+}
+
+/** The longest pause of fetches after rejected tokens. */
+export const REFETCH_PAUSE_MAX_MS = 60_000;
+// How far ahead of a reader's clock a writer's may be for its pause to count (as for a failure marker).
+const PAUSE_CLOCK_AHEAD_MS = 60_000;
+
+/**
+ * The pause a reader keeps of a stored one, on its own clock: none for a slot of another kind, or one
+ * that ends further ahead than its step and a minute (a clock far ahead, a value no wxkit wrote); else
+ * its end held to one step from `now` (the writer's clock may be ahead of ours). So a host's clock holds
+ * no one back by more than a step and a minute, and the store lets the slot go two steps after its write.
+ */
+export function heldPause(slot: SpacingSlot | undefined, now: number): { until: number; step: number } | undefined {
+  if (slot === undefined || slot.reason !== undefined) return undefined;
+  const step = Math.min(slot.step, REFETCH_PAUSE_MAX_MS);
+  if (slot.until - now > step + PAUSE_CLOCK_AHEAD_MS) return undefined;
+  return { until: Math.min(slot.until, now + step), step };
 }
 
 /** How an error is backed off: the kinds of docs/protocol.md. */
@@ -354,10 +375,13 @@ export interface SpacingSlot {
 export class FetchSpacing {
   readonly #entryKey: string;
   readonly #suffix: string;
+  /** Read, put and released beside the token protocol (see refetchPause()); take() and block() are not. */
+  readonly #beside: boolean;
 
-  constructor(entryKey: string, suffix: string) {
+  constructor(entryKey: string, suffix: string, beside = false) {
     this.#entryKey = entryKey;
     this.#suffix = suffix;
+    this.#beside = beside;
   }
 
   /** `{key}:{suffix}`, made when used: an idle account keeps no copy of it. */
@@ -366,7 +390,7 @@ export class FetchSpacing {
   }
 
   async slot(store: GuardedStore, now: number): Promise<SpacingSlot | undefined> {
-    return decodeSlot(await store.get(this.key), now);
+    return decodeSlot(await (this.#beside ? store.getBeside(this.key) : store.get(this.key)), now);
   }
 
   /** When the current slot ends (unix ms), or undefined when a fetch may go now. */
@@ -400,13 +424,16 @@ export class FetchSpacing {
    * entry's refresh lock, which has read the slot under it and decided. Remembered one more step after it
    * ends, as take()'s.
    */
-  async put(store: GuardedStore, now: number, step: number): Promise<void> {
-    await store.set(this.key, JSON.stringify({ until: now + step, step }), (2 * step) / 1000);
+  async put(store: GuardedStore, now: number, step: number): Promise<string> {
+    const value = JSON.stringify({ until: now + step, step });
+    const ttlSeconds = (2 * step) / 1000;
+    await (this.#beside ? store.setBeside(this.key, value, ttlSeconds) : store.set(this.key, value, ttlSeconds));
+    return value;
   }
 
-  /** Gives back a slot `take()` wrote, if the store still holds it: the fetch it was for never left. */
+  /** Gives back a slot `take()` or `put()` wrote, if the store still holds it: the fetch it was for never left, or fetched nothing. */
   async release(store: GuardedStore, taken: string): Promise<void> {
-    await store.deleteIfEquals(this.key, taken);
+    await (this.#beside ? store.deleteBesideIfEquals(this.key, taken) : store.deleteIfEquals(this.key, taken));
   }
 
   /** Closes the slot until `until`: after a 45009 on a forced fetch, none before the quota day ends. */

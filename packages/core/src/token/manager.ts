@@ -163,6 +163,15 @@ export class TokenManager {
   }
 
   /**
+   * WeChat rejected `value` on a call of the library's own made outside recover() (an open platform's
+   * authorizer refresh, whose input the component token is): reported as recover() reports it, so the
+   * fetch of its replacement is spaced unless a call went through with it (accepted()).
+   */
+  rejectedOnCall(value: string, errcode: number): Promise<void> {
+    return handled(this.#report(value, errcode, this.#accepted === value).then(() => undefined));
+  }
+
+  /**
    * invalidate(), resolving whether the report brought back the value that replaces `value` (kept in the
    * memo). `accepted`: WeChat took a call made with `value` before it rejected it.
    */

@@ -1,7 +1,7 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
-import { FailureGate, FetchSpacing, markerError, nextQuotaDay, policyOf, refetchPause, type SpacingSlot } from '../failure.js';
+import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policyOf, refetchPause, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
@@ -40,10 +40,7 @@ const PEER_WRITE_WAIT_MS = 200;
 // beside its fetch, so the section gains no store call in turn. A refresh counts as following such a
 // rejection when this process saw one this recently.
 const REJECTION_SPACING_MS = 1_000;
-const REJECTION_SPACING_MAX_MS = 60_000;
 const AFTER_REJECTION_MS = 10_000;
-// How far ahead of this host's clock another host's may be for its pause to count (as for a failure marker).
-const CLOCK_AHEAD_MS = 60_000;
 // Within its pause a process waits this long at most for a token another process writes (a lockless
 // peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
 const PAUSE_WAIT_MS = 2_000;
@@ -69,6 +66,14 @@ type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
 interface Progress {
   asked: boolean;
   forceSlot?: { store: GuardedStore; taken: string };
+  /** The pause after a rejection this refresh started (and the slot it wrote), and the one before it. */
+  pause?: { started: RefetchPause; previous: RefetchPause | undefined; written?: { store: GuardedStore; value: string } };
+}
+
+/** A pause of fetches after a rejected token, on the clients' clock (unix ms). */
+interface RefetchPause {
+  until: number;
+  step: number;
 }
 
 /** What the lock's holder read under the lock, in the entry's own store. */
@@ -108,7 +113,7 @@ export class LockedFetchRefresher implements Refresher {
   /** When (performance.now()) it last reported one a call had gone through with. */
   #acceptedAt: number | undefined;
   /** The last pause of fetches after such rejections this process started or read in the store, on the clients' clock (unix ms). */
-  #refetchPause: { until: number; step: number } | undefined;
+  #refetchPause: RefetchPause | undefined;
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
    * format that cannot record it. A writer without the lock shares the store, and is waited for after a
@@ -164,13 +169,21 @@ export class LockedFetchRefresher implements Refresher {
       const tier = this.#ctx.tiers.current();
       const progress: Progress = { asked: false };
       try {
-        return await this.#refreshIn(tier, request, prepared, progress);
+        const refreshed = await this.#refreshIn(tier, request, prepared, progress);
+        // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.
+        if (progress.pause && !progress.asked) await this.#givePauseBack(progress.pause);
+        return refreshed;
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
         if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error))) {
           await this.#forceSpacing.release(progress.forceSlot.store, progress.forceSlot.taken).catch(() => undefined);
         }
+        // So does the pause after a rejection a fetch started that handed out no token: it never reached
+        // WeChat (a host that cannot, which must not hold back the healthy ones), WeChat refused its input
+        // (a ticket's access token, an authorizer's component token: the next round, with a fresh input,
+        // must not find itself paused) or failed (the failure marker spaces what follows).
+        if (progress.pause) await this.#givePauseBack(progress.pause);
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
         if (!last && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
@@ -335,15 +348,16 @@ export class LockedFetchRefresher implements Refresher {
       // host's, and its own memory serves): by a refresh that follows a rejection, and by one that knows
       // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
       // follows the rejection of a token a call went through with (fetched at once, however often).
+      // Undefined where it was not read or the store did not answer; `{ slot: undefined }` where it holds none.
       const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#acceptedLately());
-      let fleetPause: SpacingSlot | undefined;
+      let fleetPause: { slot: SpacingSlot | undefined } | undefined;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
         const [again, marker, pause] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
-          readsPause ? this.#refetchSpacing.slot(store, ctx.settings.now()).catch(() => undefined) : undefined,
+          readsPause ? this.#refetchSpacing.slot(store, ctx.settings.now()).then((slot) => ({ slot }), () => undefined) : undefined,
         ]);
         fleetPause = pause;
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
@@ -369,13 +383,19 @@ export class LockedFetchRefresher implements Refresher {
       // store holds none), before any store-down slot is taken: within it, the lock is let go and the
       // process waits without it. Else a fetch that follows a rejection starts the next pause, and the
       // fleet learns it; one that knows of no rejection starts none.
-      if (followsRejection || fleetPause !== undefined) {
+      if (followsRejection || fleetPause?.slot !== undefined) {
         const at = ctx.settings.now();
-        this.#learnPause(fleetPause, at);
+        if (fleetPause) this.#learnPause(fleetPause.slot, at);
         if (this.#pauseInForce(at) !== undefined) throw new InPause();
         if (followsRejection) {
-          const pause = this.#startPause(at);
-          if (tier.name === 'shared') pauseWritten = this.#refetchSpacing.put(store, at, pause.step).catch(() => undefined);
+          const started: NonNullable<Progress['pause']> = { previous: this.#refetchPause, started: this.#startPause(at) };
+          progress.pause = started;
+          if (tier.name === 'shared') {
+            pauseWritten = this.#refetchSpacing.put(store, at, started.started.step).then(
+              (value) => void (started.written = { store, value }),
+              () => undefined,
+            );
+          }
         }
       }
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
@@ -596,7 +616,7 @@ export class LockedFetchRefresher implements Refresher {
   }
 
   /** This process's last pause, unless it reaches further ahead than its step (the clock was set back): then it is over. */
-  #pause(now: number): { until: number; step: number } | undefined {
+  #pause(now: number): RefetchPause | undefined {
     const last = this.#refetchPause;
     return last !== undefined && last.until - now <= last.step ? last : undefined;
   }
@@ -607,28 +627,28 @@ export class LockedFetchRefresher implements Refresher {
     return last !== undefined && last.until > now ? last.until : undefined;
   }
 
+  /** Takes back a pause a refresh started that handed out no token: here, and in the store if it still holds it. */
+  async #givePauseBack(pause: NonNullable<Progress['pause']>): Promise<void> {
+    if (this.#refetchPause === pause.started) this.#refetchPause = pause.previous;
+    if (pause.written) await this.#refetchSpacing.release(pause.written.store, pause.written.value).catch(() => undefined);
+  }
+
   /** Starts the next pause (none is in force): 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
-  #startPause(now: number): { until: number; step: number } {
+  #startPause(now: number): RefetchPause {
     const last = this.#pause(now);
     const follows = last !== undefined && now < last.until + last.step;
-    const step = follows ? Math.min(last.step * 2, REJECTION_SPACING_MAX_MS) : REJECTION_SPACING_MS;
+    const step = follows ? Math.min(last.step * 2, REFETCH_PAUSE_MAX_MS) : REJECTION_SPACING_MS;
     return (this.#refetchPause = { until: now + step, step });
   }
 
   /**
-   * Takes the fleet's pause as this process's own when it ends later. Its end is another host's clock:
-   * one that reaches further ahead than its step (that clock is ahead of ours) is held to a step from
-   * now, and one further ahead than a step and CLOCK_AHEAD_MS (a clock far ahead, or a value no wxkit
-   * wrote) is none: a host's clock delays no one by more than a step and a minute, and the store lets
-   * the slot go two steps after it was written whatever the clocks say.
+   * Takes the fleet's pause, as the store answered it, for this process's own (heldPause(): on this
+   * host's clock). The store is the fleet's word: where it holds none (`wxkit token clear` deleted it,
+   * or two steps passed), this process keeps none either; only where the store did not answer does the
+   * process go by what it knew.
    */
   #learnPause(slot: SpacingSlot | undefined, now: number): void {
-    if (slot === undefined || slot.reason !== undefined) return;
-    const step = Math.min(slot.step, REJECTION_SPACING_MAX_MS);
-    if (slot.until - now > step + CLOCK_AHEAD_MS) return;
-    const until = Math.min(slot.until, now + step);
-    const own = this.#pause(now);
-    if (own === undefined || until > own.until) this.#refetchPause = { until, step };
+    this.#refetchPause = heldPause(slot, now);
   }
 
   #rejectionSpacedError(until: number): Error {
