@@ -192,17 +192,23 @@ describe('component_access_token', () => {
   });
 });
 
+/** An OpenPlatform on a clock the test moves (its stores too), with three authorized accounts. */
+async function threeAuthorizers() {
+  const component = mock.createComponent();
+  const clock = { now: Date.now() };
+  const now = () => clock.now;
+  const [cache, durable] = [new MemoryCache({ now }), new MemoryCache({ now })];
+  const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, now });
+  opened.push(open);
+  await storeVerifyTicket(mock, component, durable);
+  const s = { component, cache, durable, make: () => open };
+  const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+  return { component, clock, open, appIds };
+}
+
 describe('authorizers', () => {
   it('a component token WeChat rejects on every authorizer refresh: refetched at once if it had worked, then spaced, not fetched in every round of every refresh', async () => {
-    const component = mock.createComponent();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
-    const [cache, durable] = [new MemoryCache({ now }), new MemoryCache({ now })];
-    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, now });
-    opened.push(open);
-    await storeVerifyTicket(mock, component, durable);
-    const s = { component, cache, durable, make: () => open };
-    const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+    const { component, clock, open, appIds } = await threeAuthorizers();
     const componentTokens = () => mock.counters(component.appId).componentTokenRequests;
     const before = componentTokens();
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/component/api_authorizer_token', times: Infinity });
@@ -224,15 +230,7 @@ describe('authorizers', () => {
   });
 
   it('a component token that carried an authorizer refresh is refetched at once when it dies, however often', async () => {
-    const component = mock.createComponent();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
-    const [cache, durable] = [new MemoryCache({ now }), new MemoryCache({ now })];
-    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, now });
-    opened.push(open);
-    await storeVerifyTicket(mock, component, durable);
-    const s = { component, cache, durable, make: () => open };
-    const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
+    const { component, clock, open, appIds } = await threeAuthorizers();
     const before = mock.counters(component.appId).componentTokenRequests;
     // The clock stands still: a component token that worked only for a refresh, taken for one that
     // never worked, would make the third round wait out a pause.
@@ -243,7 +241,6 @@ describe('authorizers', () => {
       expect(mock.counters(component.appId).componentTokenRequests).toBe(before + round + 1);
     }
   });
-
 
   it('api_query_auth stores the refresh token durably and the access token in the cache; the client sends with it', async () => {
     const s = setup();
