@@ -235,6 +235,39 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     await f.close();
   });
 
+  it('a slow call with an older token that succeeds late does not make the current token count as one no call went through with', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    // The first send waits before it leaves, carrying the first token.
+    let release!: () => void;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    let held = false;
+    const dispatcher = new Agent().compose((dispatch) => (options, handler) => {
+      if (held || !String(options.path).includes('template/send')) return dispatch(options, handler);
+      held = true;
+      void released.then(() => dispatch(options, handler));
+      return true;
+    });
+    const slow = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', dispatcher });
+    try {
+      await slow.accessToken.getToken();
+      const late = slow.templateMessage.send(TEMPLATE);
+      // A newer token (the older one stays valid for WeChat's grace), and a call that goes through with it.
+      await slow.accessToken.forceRefresh();
+      expect(await slow.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      release();
+      expect(await late).toMatchObject({ errcode: 0 });
+      // The newer token dies: it had worked, so its replacement is fetched at once, and no pause starts.
+      mock.invalidateTokens(appId);
+      expect(await slow.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      expect(await cache.get(`${slow.accessToken.cacheKey}:refetch`)).toBeUndefined();
+      expect(mock.counters(appId).tokenRequests).toBe(3);
+    } finally {
+      await slow.close();
+      await dispatcher.close();
+    }
+  });
+
   it('within its pause a process takes the token a lockless peer writes a moment after its fetch, and fetches none', async () => {
     // Strict: a fetch kills the previous token at once.
     const strict = await startMockWeChat({ graceSeconds: 0 });

@@ -71,7 +71,10 @@ export class TokenManager {
    * fleet's tokens as fast as it fetches them (the refresher spaces its next fetches then).
    */
   accepted(value: string): void {
-    this.#accepted = value;
+    // A slow call with an older token that succeeds after a newer one was fetched says nothing of the
+    // newer one: only the value this process holds (or any, when it holds none) is recorded.
+    const held = this.#memo.entry?.value;
+    if (held === undefined || held === value) this.#accepted = value;
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
