@@ -386,7 +386,10 @@ function pauseState(raw: string | undefined, now: number): { fields: Record<stri
   if (!held) {
     return {
       fields: { state: 'ignored', ...stored },
-      line: `ignored: it ends at ${new Date(slot.until).toISOString()}, further ahead than its step and a minute (a clock far ahead, or a value no wxkit wrote); it holds no one back`,
+      line:
+        slot.reason !== undefined
+          ? `ignored: a slot of another kind (${slot.reason}), not a pause; it holds no one back`
+          : `ignored: it ends at ${new Date(slot.until).toISOString()}, further ahead than its step and a minute (a clock far ahead, or a value no wxkit wrote); it holds no one back`,
     };
   }
   const at = new Date(held.until).toISOString();

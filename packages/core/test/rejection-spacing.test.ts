@@ -153,7 +153,15 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     const { appId, secret } = mock.createApp();
     const clock = { now: Date.now() };
     const now = () => clock.now;
-    const cache = new MemoryCache({ now });
+    /** A store that notes, as each lock is released, whether a pause is stored. */
+    class AtRelease extends MemoryCache {
+      pausedAtRelease: boolean[] = [];
+      override async deleteIfEquals(key: string, expected: string): Promise<boolean> {
+        if (key.endsWith(':lock')) this.pausedAtRelease.push((await super.get(key.replace(/:lock$/, ':refetch'))) !== undefined);
+        return super.deleteIfEquals(key, expected);
+      }
+    }
+    const cache = new AtRelease({ now });
     // This host cannot reach WeChat's token endpoint (a firewall rule, a proxy refusing it): its
     // requests there are refused before they leave.
     const refusing = new Agent().compose((dispatch) => (options, handler) =>
@@ -167,6 +175,8 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       // The cut-off host's token is rejected before any call went through with it; its fetch fails unsent.
       await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('ECONNREFUSED') });
       expect(await cache.get(`${cut.accessToken.cacheKey}:refetch`)).toBeUndefined();
+      // Taken back before its lock was let go: no other process could read it meanwhile.
+      expect(cache.pausedAtRelease).toEqual([false, false]);
       // A healthy host that starts now fetches, and sends.
       const fresh = new OfficialAccount(options);
       expect(await fresh.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
@@ -197,6 +207,43 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       expect(mock.counters(appId).tokenRequests).toBe(1);
     } finally {
       await Promise.all([first.close(), second.close()]);
+    }
+  });
+
+  it('fetches that fail and succeed by turns (-1 on every other one) keep both ladders growing: a handful of requests a minute, not one per round', async () => {
+    const f = fleet(2);
+    await f.clients[0]!.accessToken.getToken();
+    mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+    const before = f.fetches();
+    for (let round = 0; round * 1_300 < 60_000; round += 1) {
+      if (round % 2 === 1) mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: 1 });
+      f.clock.now += 1_300;
+      await f.burst();
+    }
+    // 47 requests in this minute when a failed fetch gave its pause back (the ladder started over at 1 s).
+    expect(f.fetches() - before).toBeLessThanOrEqual(8);
+    expect((await f.pause())!.step).toBeGreaterThanOrEqual(16_000);
+    await f.close();
+  });
+
+  it('a pause the store refuses to hold (its write fails, its reads work) is still its writer\'s: one fetch per step, not one per round', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    /** A store that refuses writes of a pause (a Redis at maxmemory with noeviction, say). */
+    class PauseRefused extends MemoryCache {
+      override set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        return key.endsWith(':refetch') ? Promise.reject(new Error('OOM command not allowed when used memory > maxmemory')) : super.set(key, value, ttlSeconds);
+      }
+    }
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new PauseRefused({ now }), logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    try {
+      await app.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+      for (let round = 0; round < 5; round += 1) await Promise.all(Array.from({ length: 10 }, () => app.templateMessage.send(TEMPLATE).catch(() => undefined)));
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await app.close();
     }
   });
 

@@ -114,6 +114,8 @@ export class LockedFetchRefresher implements Refresher {
   #acceptedAt: number | undefined;
   /** The last pause of fetches after such rejections this process started or read in the store, on the clients' clock (unix ms). */
   #refetchPause: RefetchPause | undefined;
+  /** A pause this process started whose write to the store failed (see #learnPause). */
+  #unshared: RefetchPause | undefined;
   /**
    * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
    * format that cannot record it. A writer without the lock shares the store, and is waited for after a
@@ -132,6 +134,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#rejectedAt = undefined;
     this.#acceptedAt = undefined;
     this.#refetchPause = undefined;
+    this.#unshared = undefined;
   }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
@@ -169,21 +172,13 @@ export class LockedFetchRefresher implements Refresher {
       const tier = this.#ctx.tiers.current();
       const progress: Progress = { asked: false };
       try {
-        const refreshed = await this.#refreshIn(tier, request, prepared, progress);
-        // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.
-        if (progress.pause && !progress.asked) await this.#givePauseBack(progress.pause);
-        return refreshed;
+        return await this.#refreshIn(tier, request, prepared, progress);
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
         if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error))) {
           await this.#forceSpacing.release(progress.forceSlot.store, progress.forceSlot.taken).catch(() => undefined);
         }
-        // So does the pause after a rejection a fetch started that handed out no token: it never reached
-        // WeChat (a host that cannot, which must not hold back the healthy ones), WeChat refused its input
-        // (a ticket's access token, an authorizer's component token: the next round, with a fresh input,
-        // must not find itself paused) or failed (the failure marker spaces what follows).
-        if (progress.pause) await this.#givePauseBack(progress.pause);
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
         if (!last && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
@@ -392,8 +387,12 @@ export class LockedFetchRefresher implements Refresher {
           progress.pause = started;
           if (tier.name === 'shared') {
             pauseWritten = this.#refetchSpacing.put(store, at, started.started.step).then(
-              (value) => void (started.written = { store, value }),
-              () => undefined,
+              (value) => {
+                started.written = { store, value };
+                this.#unshared = undefined;
+              },
+              // Not written: the store's answer (none) must not take it from this process (#learnPause).
+              () => void (this.#unshared = started.started),
             );
           }
         }
@@ -401,9 +400,23 @@ export class LockedFetchRefresher implements Refresher {
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      return await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
+      const refreshed = await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
+      // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.
+      if (!progress.asked) await this.#givePauseBack(progress, pauseWritten);
+      return refreshed;
     } catch (error) {
-      if (!(error instanceof InPause)) throw error;
+      if (!(error instanceof InPause)) {
+        // So does a fetch that never reached WeChat (a host that cannot must not hold back the healthy
+        // ones) or that WeChat refused for its input (a ticket's access token, an authorizer's component
+        // token: the next round, with a fresh input, must not find itself paused). One WeChat answered
+        // with a failure keeps its pause: the failure marker's back-off runs beside it, and neither ladder
+        // starts over while fetches fail and succeed by turns. Given back under the lock, so that no
+        // other process reads it meanwhile.
+        if (!progress.asked || LocalBackoff.covers(error) || (prepared !== undefined && this.#upstream.rejectsInput?.(error) === true)) {
+          await this.#givePauseBack(progress, pauseWritten);
+        }
+        throw error;
+      }
     } finally {
       await pauseWritten;
       // Waited for, though the waiters wake on the entry (or the marker) already: a release left running
@@ -627,9 +640,17 @@ export class LockedFetchRefresher implements Refresher {
     return last !== undefined && last.until > now ? last.until : undefined;
   }
 
-  /** Takes back a pause a refresh started that handed out no token: here, and in the store if it still holds it. */
-  async #givePauseBack(pause: NonNullable<Progress['pause']>): Promise<void> {
+  /**
+   * Takes back the pause a refresh started, if any, when its fetch handed out no token: here, and in the
+   * store if it still holds it (once its write has settled).
+   */
+  async #givePauseBack(progress: Progress, written: Promise<void> | undefined): Promise<void> {
+    const pause = progress.pause;
+    if (!pause) return;
+    progress.pause = undefined;
+    await written;
     if (this.#refetchPause === pause.started) this.#refetchPause = pause.previous;
+    if (this.#unshared === pause.started) this.#unshared = undefined;
     if (pause.written) await this.#refetchSpacing.release(pause.written.store, pause.written.value).catch(() => undefined);
   }
 
@@ -648,7 +669,13 @@ export class LockedFetchRefresher implements Refresher {
    * process go by what it knew.
    */
   #learnPause(slot: SpacingSlot | undefined, now: number): void {
-    this.#refetchPause = heldPause(slot, now);
+    const held = heldPause(slot, now);
+    // A pause this process started and could not write stays its own while remembered, unless the
+    // store holds one that ends later.
+    const unshared = this.#unshared;
+    const keep = unshared !== undefined && unshared === this.#pause(now) && now < unshared.until + unshared.step && (held === undefined || unshared.until >= held.until);
+    if (!keep) this.#unshared = undefined;
+    this.#refetchPause = keep ? unshared : held;
   }
 
   #rejectionSpacedError(until: number): Error {
