@@ -37,6 +37,16 @@ function fleet(processes: number) {
 }
 
 /**
+ * A dispatcher of a host that cannot reach WeChat's token endpoint (a firewall rule, a proxy refusing
+ * it): its requests there are refused before they leave; its other calls go through.
+ */
+function refusingTokenRequests() {
+  return new Agent().compose((dispatch) => (options, handler) =>
+    dispatch(String(options.path).includes('cgi-bin/token') ? { ...options, origin: 'http://127.0.0.1:1' } : options, handler),
+  );
+}
+
+/**
  * Puts `app`'s process within its pause: its token, and the one fetched to replace it, are both rejected
  * before any call went through with them (the send fails; two token requests).
  */
@@ -162,11 +172,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       }
     }
     const cache = new AtRelease({ now });
-    // This host cannot reach WeChat's token endpoint (a firewall rule, a proxy refusing it): its
-    // requests there are refused before they leave.
-    const refusing = new Agent().compose((dispatch) => (options, handler) =>
-      dispatch(String(options.path).includes('cgi-bin/token') ? { ...options, origin: 'http://127.0.0.1:1' } : options, handler),
-    );
+    const refusing = refusingTokenRequests();
     const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
     const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing })];
     try {
@@ -244,6 +250,62 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       expect(mock.counters(appId).tokenRequests).toBe(2);
     } finally {
       await app.close();
+    }
+  });
+
+  it("a give-back puts back the pause it replaced: the fleet's next step is still the one after it", async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const cache = new MemoryCache({ now });
+    const refusing = refusingTokenRequests();
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
+    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing })];
+    const pause = async () => JSON.parse((await cache.get(`${healthy.accessToken.cacheKey}:refetch`)) ?? 'null') as { step: number } | null;
+    try {
+      await healthy.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+      for (const step of [0, 1_001, 2_001]) {
+        clock.now += step;
+        await healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
+      }
+      expect(await pause()).toMatchObject({ step: 4_000 });
+      clock.now += 4_001;
+      // The cut-off host holds a token WeChat rejects; its fetch never leaves, and gives its pause back.
+      await cache.set(healthy.accessToken.cacheKey, JSON.stringify({ access_token: mock.issueClassicToken(appId), expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      expect(await pause()).toMatchObject({ step: 4_000 });
+      await healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
+      expect(await pause()).toMatchObject({ step: 8_000 });
+    } finally {
+      await Promise.all([healthy.close(), cut.close()]);
+      await refusing.close();
+    }
+  });
+
+  it('a pause whose write timed out and landed all the same is given back too', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    /** A store that writes a pause, then answers after the caller's deadline. */
+    class LateAnswer extends MemoryCache {
+      override async set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        await super.set(key, value, ttlSeconds);
+        if (key.endsWith(':refetch')) await new Promise((resolve) => setTimeout(resolve, 400));
+      }
+    }
+    const cache = new LateAnswer({ now });
+    const refusing = refusingTokenRequests();
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
+    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing, cacheTimeoutMs: 200 })];
+    try {
+      await healthy.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 1 });
+      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      expect(await cache.get(`${cut.accessToken.cacheKey}:refetch`)).toBeUndefined();
+    } finally {
+      await Promise.all([healthy.close(), cut.close()]);
+      await refusing.close();
     }
   });
 

@@ -390,7 +390,13 @@ export class FetchSpacing {
   }
 
   async slot(store: GuardedStore, now: number): Promise<SpacingSlot | undefined> {
-    return decodeSlot(await (this.#beside ? store.getBeside(this.key) : store.get(this.key)), now);
+    return (await this.read(store, now)).slot;
+  }
+
+  /** The slot as stored, and decoded. */
+  async read(store: GuardedStore, now: number): Promise<{ raw: string | undefined; slot: SpacingSlot | undefined }> {
+    const raw = await (this.#beside ? store.getBeside(this.key) : store.get(this.key));
+    return { raw, slot: decodeSlot(raw, now) };
   }
 
   /** When the current slot ends (unix ms), or undefined when a fetch may go now. */
@@ -422,13 +428,28 @@ export class FetchSpacing {
   /**
    * Writes the slot from `now` for `step` ms, whatever the store held: for a writer that holds the
    * entry's refresh lock, which has read the slot under it and decided. Remembered one more step after it
-   * ends, as take()'s.
+   * ends, as take()'s. `value` is what it writes (see restore()); `written` settles when the write does.
    */
-  async put(store: GuardedStore, now: number, step: number): Promise<string> {
+  put(store: GuardedStore, now: number, step: number): { value: string; written: Promise<void> } {
     const value = JSON.stringify({ until: now + step, step });
     const ttlSeconds = (2 * step) / 1000;
-    await (this.#beside ? store.setBeside(this.key, value, ttlSeconds) : store.set(this.key, value, ttlSeconds));
-    return value;
+    return { value, written: this.#beside ? store.setBeside(this.key, value, ttlSeconds) : store.set(this.key, value, ttlSeconds) };
+  }
+
+  /**
+   * Takes back a slot put() wrote (`ours`), by the holder of the lock it was written under: the slot it
+   * replaced (`previous`, as read under the same lock) goes back while still remembered (until its end
+   * and one step more, on this clock), else ours is deleted if the store holds it. Sent whatever ours's
+   * write answered: a write that timed out may still have landed.
+   */
+  async restore(store: GuardedStore, ours: string, previous: string | undefined, now: number): Promise<void> {
+    const slot = decodeSlot(previous, now);
+    const leftMs = slot === undefined || slot.reason !== undefined ? 0 : Math.min(slot.until + slot.step - now, 2 * slot.step);
+    if (previous !== undefined && leftMs >= 1000) {
+      await (this.#beside ? store.setBeside(this.key, previous, Math.floor(leftMs / 1000)) : store.set(this.key, previous, Math.floor(leftMs / 1000)));
+      return;
+    }
+    await this.release(store, ours);
   }
 
   /** Gives back a slot `take()` or `put()` wrote, if the store still holds it: the fetch it was for never left, or fetched nothing. */

@@ -67,7 +67,7 @@ interface Progress {
   asked: boolean;
   forceSlot?: { store: GuardedStore; taken: string };
   /** The pause after a rejection this refresh started (and the slot it wrote), and the one before it. */
-  pause?: { started: RefetchPause; previous: RefetchPause | undefined; written?: { store: GuardedStore; value: string } };
+  pause?: { started: RefetchPause; previous: RefetchPause | undefined; put?: { store: GuardedStore; value: string; replaced: string | undefined } };
 }
 
 /** A pause of fetches after a rejected token, on the clients' clock (unix ms). */
@@ -345,14 +345,14 @@ export class LockedFetchRefresher implements Refresher {
       // follows the rejection of a token a call went through with (fetched at once, however often).
       // Undefined where it was not read or the store did not answer; `{ slot: undefined }` where it holds none.
       const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#acceptedLately());
-      let fleetPause: { slot: SpacingSlot | undefined } | undefined;
+      let fleetPause: { raw: string | undefined; slot: SpacingSlot | undefined } | undefined;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
         const [again, marker, pause] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
-          readsPause ? this.#refetchSpacing.slot(store, ctx.settings.now()).then((slot) => ({ slot }), () => undefined) : undefined,
+          readsPause ? this.#refetchSpacing.read(store, ctx.settings.now()).catch(() => undefined) : undefined,
         ]);
         fleetPause = pause;
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
@@ -386,11 +386,10 @@ export class LockedFetchRefresher implements Refresher {
           const started: NonNullable<Progress['pause']> = { previous: this.#refetchPause, started: this.#startPause(at) };
           progress.pause = started;
           if (tier.name === 'shared') {
-            pauseWritten = this.#refetchSpacing.put(store, at, started.started.step).then(
-              (value) => {
-                started.written = { store, value };
-                this.#unshared = undefined;
-              },
+            const { value, written } = this.#refetchSpacing.put(store, at, started.started.step);
+            started.put = { store, value, replaced: fleetPause?.raw };
+            pauseWritten = written.then(
+              () => void (this.#unshared = undefined),
               // Not written: the store's answer (none) must not take it from this process (#learnPause).
               () => void (this.#unshared = started.started),
             );
@@ -642,7 +641,8 @@ export class LockedFetchRefresher implements Refresher {
 
   /**
    * Takes back the pause a refresh started, if any, when its fetch handed out no token: here, and in the
-   * store if it still holds it (once its write has settled).
+   * store once its write has settled (whatever it answered: one that timed out may have landed), where
+   * the pause it replaced goes back, so that the fleet's next step is still the one after it.
    */
   async #givePauseBack(progress: Progress, written: Promise<void> | undefined): Promise<void> {
     const pause = progress.pause;
@@ -651,7 +651,8 @@ export class LockedFetchRefresher implements Refresher {
     await written;
     if (this.#refetchPause === pause.started) this.#refetchPause = pause.previous;
     if (this.#unshared === pause.started) this.#unshared = undefined;
-    if (pause.written) await this.#refetchSpacing.release(pause.written.store, pause.written.value).catch(() => undefined);
+    const put = pause.put;
+    if (put) await this.#refetchSpacing.restore(put.store, put.value, put.replaced, this.#ctx.settings.now()).catch(() => undefined);
   }
 
   /** Starts the next pause (none is in force): 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
