@@ -37,13 +37,28 @@ function fleet(processes: number) {
 }
 
 /**
- * A dispatcher of a host that cannot reach WeChat's token endpoint (a firewall rule, a proxy refusing
- * it): its requests there are refused before they leave; its other calls go through.
+ * Two hosts on one store, on a clock the test moves: a healthy one, and one that cannot reach WeChat's
+ * token endpoint (a firewall rule, a proxy refusing it: its requests there are refused before they
+ * leave; its other calls go through). `healthy()` makes another healthy host.
  */
-function refusingTokenRequests() {
-  return new Agent().compose((dispatch) => (options, handler) =>
+function cutOff<C extends MemoryCache>(makeCache: (now: () => number) => C, cutOptions: { cacheTimeoutMs?: number } = {}) {
+  const { appId, secret } = mock.createApp();
+  const clock = { now: Date.now() };
+  const now = () => clock.now;
+  const cache = makeCache(now);
+  const refusing = new Agent().compose((dispatch) => (options, handler) =>
     dispatch(String(options.path).includes('cgi-bin/token') ? { ...options, origin: 'http://127.0.0.1:1' } : options, handler),
   );
+  const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
+  const healthy = () => new OfficialAccount(options);
+  const [first, cut] = [healthy(), new OfficialAccount({ ...options, dispatcher: refusing, ...cutOptions })];
+  /** The fleet's pause as the store holds it. */
+  const pause = async () => JSON.parse((await cache.get(`${first.accessToken.cacheKey}:refetch`)) ?? 'null') as { step: number } | null;
+  const close = async () => {
+    await Promise.all([first.close(), cut.close()]);
+    await refusing.close();
+  };
+  return { appId, clock, cache, healthy: first, cut, another: healthy, pause, close };
 }
 
 /**
@@ -160,9 +175,6 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('a fetch that never left its host gives the pause it started back: a healthy host is not held by it', async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
     /** A store that notes, as each lock is released, whether a pause is stored. */
     class AtRelease extends MemoryCache {
       pausedAtRelease: boolean[] = [];
@@ -171,26 +183,22 @@ describe('fetches after WeChat rejected a token no call went through with are sp
         return super.deleteIfEquals(key, expected);
       }
     }
-    const cache = new AtRelease({ now });
-    const refusing = refusingTokenRequests();
-    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
-    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing })];
+    const h = cutOff((now) => new AtRelease({ now }));
     try {
-      await healthy.accessToken.getToken();
+      await h.healthy.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 1 });
       // The cut-off host's token is rejected before any call went through with it; its fetch fails unsent.
-      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('ECONNREFUSED') });
-      expect(await cache.get(`${cut.accessToken.cacheKey}:refetch`)).toBeUndefined();
+      await expect(h.cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', message: expect.stringContaining('ECONNREFUSED') });
+      expect(await h.pause()).toBeNull();
       // Taken back before its lock was let go: no other process could read it meanwhile.
-      expect(cache.pausedAtRelease).toEqual([false, false]);
+      expect(h.cache.pausedAtRelease).toEqual([false, false]);
       // A healthy host that starts now fetches, and sends.
-      const fresh = new OfficialAccount(options);
+      const fresh = h.another();
       expect(await fresh.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
       await fresh.close();
-      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(mock.counters(h.appId).tokenRequests).toBe(2);
     } finally {
-      await Promise.all([healthy.close(), cut.close()]);
-      await refusing.close();
+      await h.close();
     }
   });
 
@@ -254,39 +262,28 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it("a give-back puts back the pause it replaced: the fleet's next step is still the one after it", async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
-    const cache = new MemoryCache({ now });
-    const refusing = refusingTokenRequests();
-    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
-    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing })];
-    const pause = async () => JSON.parse((await cache.get(`${healthy.accessToken.cacheKey}:refetch`)) ?? 'null') as { step: number } | null;
+    const h = cutOff((now) => new MemoryCache({ now }));
     try {
-      await healthy.accessToken.getToken();
+      await h.healthy.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
       for (const step of [0, 1_001, 2_001]) {
-        clock.now += step;
-        await healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
+        h.clock.now += step;
+        await h.healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
       }
-      expect(await pause()).toMatchObject({ step: 4_000 });
-      clock.now += 4_001;
+      expect(await h.pause()).toMatchObject({ step: 4_000 });
+      h.clock.now += 4_001;
       // The cut-off host holds a token WeChat rejects; its fetch never leaves, and gives its pause back.
-      await cache.set(healthy.accessToken.cacheKey, JSON.stringify({ access_token: mock.issueClassicToken(appId), expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
-      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
-      expect(await pause()).toMatchObject({ step: 4_000 });
-      await healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
-      expect(await pause()).toMatchObject({ step: 8_000 });
+      await h.cache.set(h.healthy.accessToken.cacheKey, JSON.stringify({ access_token: mock.issueClassicToken(h.appId), expires_at: Math.floor(h.clock.now / 1000) + 7200 }), 6900);
+      await expect(h.cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      expect(await h.pause()).toMatchObject({ step: 4_000 });
+      await h.healthy.templateMessage.send(TEMPLATE).catch(() => undefined);
+      expect(await h.pause()).toMatchObject({ step: 8_000 });
     } finally {
-      await Promise.all([healthy.close(), cut.close()]);
-      await refusing.close();
+      await h.close();
     }
   });
 
   it('a pause whose write timed out and landed all the same is given back too', async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
     /** A store that writes a pause, then answers after the caller's deadline. */
     class LateAnswer extends MemoryCache {
       override async set(key: string, value: string, ttlSeconds: number): Promise<void> {
@@ -294,18 +291,14 @@ describe('fetches after WeChat rejected a token no call went through with are sp
         if (key.endsWith(':refetch')) await new Promise((resolve) => setTimeout(resolve, 400));
       }
     }
-    const cache = new LateAnswer({ now });
-    const refusing = refusingTokenRequests();
-    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
-    const [healthy, cut] = [new OfficialAccount(options), new OfficialAccount({ ...options, dispatcher: refusing, cacheTimeoutMs: 200 })];
+    const h = cutOff((now) => new LateAnswer({ now }), { cacheTimeoutMs: 200 });
     try {
-      await healthy.accessToken.getToken();
+      await h.healthy.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: 1 });
-      await expect(cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
-      expect(await cache.get(`${cut.accessToken.cacheKey}:refetch`)).toBeUndefined();
+      await expect(h.cut.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      expect(await h.pause()).toBeNull();
     } finally {
-      await Promise.all([healthy.close(), cut.close()]);
-      await refusing.close();
+      await h.close();
     }
   });
 
