@@ -343,7 +343,7 @@ export class LockedFetchRefresher implements Refresher {
       // host's, and its own memory serves): by a refresh that follows a rejection, and by one that knows
       // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
       // follows the rejection of a token a call went through with (fetched at once, however often).
-      // Undefined where it was not read or the store did not answer; `{ slot: undefined }` where it holds none.
+      // Undefined where it was not read or the store did not answer; `raw` undefined where it holds none.
       const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#acceptedLately());
       let fleetPause: { raw: string | undefined; slot: SpacingSlot | undefined } | undefined;
       if (!request.force) {
@@ -405,12 +405,12 @@ export class LockedFetchRefresher implements Refresher {
       return refreshed;
     } catch (error) {
       if (!(error instanceof InPause)) {
-        // So does a fetch that never reached WeChat (a host that cannot must not hold back the healthy
-        // ones) or that WeChat refused for its input (a ticket's access token, an authorizer's component
-        // token: the next round, with a fresh input, must not find itself paused). One WeChat answered
-        // with a failure keeps its pause: the failure marker's back-off runs beside it, and neither ladder
-        // starts over while fetches fail and succeed by turns. Given back under the lock, so that no
-        // other process reads it meanwhile.
+        // A fetch that never reached WeChat gives its pause back too (a host that cannot must not hold
+        // back the healthy ones), and so does one WeChat refused for its input (a ticket's access token,
+        // an authorizer's component token: the next round, with a fresh input, must not find itself
+        // paused). One WeChat answered with a failure keeps its pause: the failure marker's back-off runs
+        // beside it, and neither ladder starts over while fetches fail and succeed by turns. Given back
+        // under the lock, so that no other process reads it meanwhile.
         if (!progress.asked || LocalBackoff.covers(error) || (prepared !== undefined && this.#upstream.rejectsInput?.(error) === true)) {
           await this.#givePauseBack(progress, pauseWritten);
         }
