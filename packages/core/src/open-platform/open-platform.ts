@@ -779,13 +779,8 @@ export class OpenPlatform {
     const recovery = { fetched: false };
     for (let attempt = 0; ; attempt += 1) {
       try {
-        const answer = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: token }, json });
-        // A token that worked and is rejected later was replaced: its replacement is fetched at once.
-        this.#component.accepted(token);
-        return answer;
+        return await this.#postWithComponentToken(path, token, json, false);
       } catch (error) {
-        // Refused for another reason than the token: the token works.
-        if (tookToken(error)) this.#component.accepted(token);
         if (!isTokenRejection(error) || attempt >= 2) throw error;
         const next = await this.#component.recover(token, error.errcode, recovery);
         if (next === undefined) throw error;
@@ -881,7 +876,7 @@ export class OpenPlatform {
         `The refresh token record of authorizer ${authorizerAppId} changed under this refresh (another process took over after this one outlived its lock's lease, or an authorization stored a new token); the next call takes the token stored since`,
       );
     }
-    const body = await this.#refreshCall(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token });
+    const body = await this.#postWithComponentToken(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token }, true);
     const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
     let fetched: Fetched;
     try {
@@ -997,16 +992,17 @@ export class OpenPlatform {
   }
 
   /**
-   * A call of an authorizer's refresh with the component token it was given: whether WeChat took that
-   * token is told to the component token's manager, as #componentCall tells it (a rejection of one that
-   * worked is refetched at once; of one that never did, spaced).
+   * One POST with a component token (a component API's call, or an authorizer's refresh: `tokenFetch`):
+   * whether WeChat took the token is told to the component token's manager. A token that worked and is
+   * rejected later was replaced, and its replacement is fetched at once; one that never did is spaced.
    */
-  async #refreshCall(path: string, componentToken: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
+  async #postWithComponentToken(path: string, componentToken: string, json: Record<string, unknown>, tokenFetch: boolean): Promise<Record<string, unknown>> {
     try {
-      const body = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: componentToken }, json, tokenFetch: true });
+      const body = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: componentToken }, json, tokenFetch });
       this.#component.accepted(componentToken);
       return body;
     } catch (error) {
+      // Refused for another reason than the token: the token works.
       if (tookToken(error)) this.#component.accepted(componentToken);
       throw error;
     }
@@ -1015,7 +1011,7 @@ export class OpenPlatform {
   /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */
   async #currentRefreshToken(authorizerAppId: string, componentToken: string, why: 'missing' | 'interrupted' | 'rejected'): Promise<string> {
     const path = 'cgi-bin/component/api_get_authorizer_info';
-    const body = await this.#refreshCall(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId });
+    const body = await this.#postWithComponentToken(path, componentToken, { component_appid: this.appId, authorizer_appid: authorizerAppId }, true);
     const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
     if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
     this.#core.log.warn(

@@ -399,6 +399,11 @@ export class FetchSpacing {
     return { raw, slot: decodeSlot(raw, now) };
   }
 
+  /** Sets the slot's key, beside the token protocol or not as this spacing is. */
+  #set(store: GuardedStore, value: string, ttlSeconds: number): Promise<void> {
+    return this.#beside ? store.setBeside(this.key, value, ttlSeconds) : store.set(this.key, value, ttlSeconds);
+  }
+
   /** When the current slot ends (unix ms), or undefined when a fetch may go now. */
   async busyUntil(store: GuardedStore, now: number): Promise<number | undefined> {
     const slot = await this.slot(store, now);
@@ -433,7 +438,7 @@ export class FetchSpacing {
   put(store: GuardedStore, now: number, step: number): { value: string; written: Promise<void> } {
     const value = JSON.stringify({ until: now + step, step });
     const ttlSeconds = (2 * step) / 1000;
-    return { value, written: this.#beside ? store.setBeside(this.key, value, ttlSeconds) : store.set(this.key, value, ttlSeconds) };
+    return { value, written: this.#set(store, value, ttlSeconds) };
   }
 
   /**
@@ -446,7 +451,7 @@ export class FetchSpacing {
     const slot = decodeSlot(previous, now);
     const leftMs = slot === undefined || slot.reason !== undefined ? 0 : Math.min(slot.until + slot.step - now, 2 * slot.step);
     if (previous !== undefined && leftMs >= 1000) {
-      await (this.#beside ? store.setBeside(this.key, previous, Math.floor(leftMs / 1000)) : store.set(this.key, previous, Math.floor(leftMs / 1000)));
+      await this.#set(store, previous, Math.floor(leftMs / 1000));
       return;
     }
     await this.release(store, ours);
