@@ -108,10 +108,11 @@ export class LockedFetchRefresher implements Refresher {
   #externalInvalidations = 0;
   /** When (performance.now()) this process last saw a token superseded with nothing newer in the store. */
   #supersededAt: number | undefined;
-  /** When (performance.now()) this process last reported a token WeChat rejected before any call went through with it. */
-  #rejectedAt: number | undefined;
-  /** When (performance.now()) it last reported one a call had gone through with. */
-  #acceptedAt: number | undefined;
+  /**
+   * This process's last report of a token WeChat rejected: when (performance.now()), and whether a call
+   * had gone through with it first.
+   */
+  #lastReport: { at: number; accepted: boolean } | undefined;
   /** The last pause of fetches after such rejections this process started or read in the store, on the clients' clock (unix ms). */
   #refetchPause: RefetchPause | undefined;
   /** A pause this process started whose write to the store failed (see #learnPause). */
@@ -131,8 +132,7 @@ export class LockedFetchRefresher implements Refresher {
   reset(): void {
     this.#peerWrites = false;
     this.#supersededAt = undefined;
-    this.#rejectedAt = undefined;
-    this.#acceptedAt = undefined;
+    this.#lastReport = undefined;
     this.#refetchPause = undefined;
     this.#unshared = undefined;
   }
@@ -204,8 +204,7 @@ export class LockedFetchRefresher implements Refresher {
     // replacement is fetched at once, however often that happens. One rejected before any call went
     // through with it spaces the fetches that follow (see #startPause); one that worked ends the pause:
     // WeChat does take the fleet's tokens.
-    this.#rejectedAt = accepted ? undefined : started;
-    this.#acceptedAt = accepted ? started : undefined;
+    this.#lastReport = { at: started, accepted };
     if (accepted) this.#refetchPause = undefined;
     const tier = ctx.tiers.current();
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
@@ -344,7 +343,7 @@ export class LockedFetchRefresher implements Refresher {
       // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
       // follows the rejection of a token a call went through with (fetched at once, however often).
       // Undefined where it was not read or the store did not answer; `raw` undefined where it holds none.
-      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#acceptedLately());
+      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#reportedLately(true));
       let fleetPause: { raw: string | undefined; slot: SpacingSlot | undefined } | undefined;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
@@ -617,14 +616,15 @@ export class LockedFetchRefresher implements Refresher {
    */
   #followsRejection(request: RefreshRequest, now: number): boolean {
     if (request.force || request.ahead) return false;
-    if (this.#rejectedAt !== undefined && performance.now() - this.#rejectedAt < AFTER_REJECTION_MS) return true;
+    if (this.#reportedLately(false)) return true;
     const last = this.#pause(now);
     return last !== undefined && now < last.until + last.step;
   }
 
-  /** Whether this process reported a token a call had gone through with in the last AFTER_REJECTION_MS. */
-  #acceptedLately(): boolean {
-    return this.#acceptedAt !== undefined && performance.now() - this.#acceptedAt < AFTER_REJECTION_MS;
+  /** Whether this process's last report, made in the last AFTER_REJECTION_MS, was of a token a call had (`accepted`) or had not gone through with. */
+  #reportedLately(accepted: boolean): boolean {
+    const report = this.#lastReport;
+    return report !== undefined && report.accepted === accepted && performance.now() - report.at < AFTER_REJECTION_MS;
   }
 
   /** This process's last pause, unless it reaches further ahead than its step (the clock was set back): then it is over. */
