@@ -1,7 +1,7 @@
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, TokenUnavailableError, WeChatApiError } from '../src/index.js';
+import { MemoryCache, OfficialAccount, TokenUnavailableError, WeChatApiError, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
 import { retryAtOf } from '../src/retry-at.js';
 
 // A token WeChat rejects moments after each fetch (another program fetching in a loop, an account WeChat
@@ -20,13 +20,24 @@ afterAll(() => mock.close());
 
 const TEMPLATE = { touser: 'oUser1', template_id: 'TPL', data: { first: { value: 'Paid' } } };
 
-/** `processes` clients (processes of a fleet) on one store, with a clock the test moves. */
-function fleet(processes: number) {
-  const { appId, secret } = mock.createApp();
+/**
+ * An app on `on` (the shared mock by default) and a clock the test moves; `client()` makes a process of
+ * it on the classic endpoint, with that clock unless `extra` says otherwise.
+ */
+function account(on: MockWeChat = mock) {
+  const { appId, secret } = on.createApp();
   const clock = { now: Date.now() };
   const now = () => clock.now;
+  const client = (cache: TokenCache, extra: Partial<OfficialAccountOptions> = {}) =>
+    new OfficialAccount({ appId, secret, baseUrl: on.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now, ...extra });
+  return { appId, clock, now, client };
+}
+
+/** `processes` clients (processes of a fleet) on one store, with a clock the test moves. */
+function fleet(processes: number) {
+  const { appId, clock, now, client } = account();
   const cache = new MemoryCache({ now });
-  const clients = Array.from({ length: processes }, () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now }));
+  const clients = Array.from({ length: processes }, () => client(cache));
   const fetches = () => mock.counters(appId).tokenRequests;
   /** Ten sends at once, spread over the clients: what each ended with. */
   const burst = () =>
@@ -42,16 +53,13 @@ function fleet(processes: number) {
  * leave; its other calls go through). `healthy()` makes another healthy host.
  */
 function cutOff<C extends MemoryCache>(makeCache: (now: () => number) => C, cutOptions: { cacheTimeoutMs?: number } = {}) {
-  const { appId, secret } = mock.createApp();
-  const clock = { now: Date.now() };
-  const now = () => clock.now;
+  const { appId, clock, now, client } = account();
   const cache = makeCache(now);
   const refusing = new Agent().compose((dispatch) => (options, handler) =>
     dispatch(String(options.path).includes('cgi-bin/token') ? { ...options, origin: 'http://127.0.0.1:1' } : options, handler),
   );
-  const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now } as const;
-  const healthy = () => new OfficialAccount(options);
-  const [first, cut] = [healthy(), new OfficialAccount({ ...options, dispatcher: refusing, ...cutOptions })];
+  const healthy = () => client(cache);
+  const [first, cut] = [healthy(), client(cache, { dispatcher: refusing, ...cutOptions })];
   /** The fleet's pause as the store holds it. */
   const pause = async () => JSON.parse((await cache.get(`${first.accessToken.cacheKey}:refetch`)) ?? 'null') as { step: number } | null;
   const close = async () => {
@@ -129,12 +137,10 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it("a process that knows of no rejection (nothing in its memo) keeps the fleet's pause too; one whose clock is behind the pause's writer's is held for a step of its own, and does not take the pause for over", async () => {
-    const { appId, secret } = mock.createApp();
-    const ahead = { now: Date.now() };
+    const { appId, clock: ahead, now, client } = account();
     const behind = { now: ahead.now - 30_000 };
-    const cache = new MemoryCache({ now: () => ahead.now });
-    const client = (clock: { now: number }) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now: () => clock.now });
-    const [first, late] = [client(ahead), client(behind)];
+    const cache = new MemoryCache({ now });
+    const [first, late] = [client(cache), client(cache, { now: () => behind.now })];
     try {
       await first.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
@@ -203,7 +209,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it("a store that never answers for the pause's key (a shard of its own) costs a cold refresh one store deadline, not the sharing", async () => {
-    const { appId, secret } = mock.createApp();
+    const { appId, client } = account();
     /** A store whose reads of a pause never answer. */
     class PauseHangs extends MemoryCache {
       override get(key: string): Promise<string | undefined> {
@@ -211,8 +217,8 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       }
     }
     const cache = new PauseHangs();
-    const options = { appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', cacheTimeoutMs: 300 } as const;
-    const [first, second] = [new OfficialAccount(options), new OfficialAccount(options)];
+    const options = { cacheTimeoutMs: 300, now: () => Date.now() };
+    const [first, second] = [client(cache, options), client(cache, options)];
     try {
       const token = await first.accessToken.getToken();
       // Written to the store (the pause's silence did not take the store for down), and shared.
@@ -241,16 +247,14 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('a pause the store refuses to hold (its write fails, its reads work) is still its writer\'s: one fetch per step, not one per round', async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
+    const { appId, now, client } = account();
     /** A store that refuses writes of a pause (a Redis at maxmemory with noeviction, say). */
     class PauseRefused extends MemoryCache {
       override set(key: string, value: string, ttlSeconds: number): Promise<void> {
         return key.endsWith(':refetch') ? Promise.reject(new Error('OOM command not allowed when used memory > maxmemory')) : super.set(key, value, ttlSeconds);
       }
     }
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new PauseRefused({ now }), logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    const app = client(new PauseRefused({ now }));
     try {
       await app.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
@@ -338,7 +342,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('a slow call with an older token that succeeds late does not make the current token count as one no call went through with', async () => {
-    const { appId, secret } = mock.createApp();
+    const { appId, client } = account();
     const cache = new MemoryCache();
     // The first send waits before it leaves, carrying the first token.
     let release!: () => void;
@@ -350,7 +354,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       void released.then(() => dispatch(options, handler));
       return true;
     });
-    const slow = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', dispatcher });
+    const slow = client(cache, { dispatcher, now: () => Date.now() });
     try {
       await slow.accessToken.getToken();
       const late = slow.templateMessage.send(TEMPLATE);
@@ -373,9 +377,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   it('within its pause a process takes the token a lockless peer writes a moment after its fetch, and fetches none', async () => {
     // Strict: a fetch kills the previous token at once.
     const strict = await startMockWeChat({ graceSeconds: 0 });
-    const { appId, secret } = strict.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
+    const { appId, clock, now, client } = account(strict);
     /** A store whose first miss of the entry, once armed, is followed by a lockless peer's write 20 ms later. */
     class PeerWritesLate extends MemoryCache {
       peer: (() => void) | undefined;
@@ -390,7 +392,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       }
     }
     const cache = new PeerWritesLate({ now });
-    const app = new OfficialAccount({ appId, secret, baseUrl: strict.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    const app = client(cache);
     try {
       await intoPause(strict, app);
       // A peer fetches now and writes its token a moment after the process's next read: the process is in
@@ -407,9 +409,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('within its pause a process still waits for another process that holds the lock, and takes its token', async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
+    const { appId, clock, now, client } = account();
     /** A store that runs `onLockAdd` once, after the next attempt at the lock. */
     class LockWatched extends MemoryCache {
       onLockAdd: (() => Promise<void>) | undefined;
@@ -422,7 +422,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
       }
     }
     const cache = new LockWatched({ now });
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    const app = client(cache);
     try {
       await intoPause(mock, app);
       // Another process holds the lock, fetching; it writes its token and lets the lock go once this
@@ -443,11 +443,9 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('within its pause, a token WeChat refused a call with for another reason (40003) counts as one that worked: when it dies, it is refetched at once', async () => {
-    const { appId, secret } = mock.createApp();
-    const clock = { now: Date.now() };
-    const now = () => clock.now;
+    const { appId, clock, now, client } = account();
     const cache = new MemoryCache({ now });
-    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false, tokenEndpoint: 'classic', now });
+    const app = client(cache);
     try {
       await intoPause(mock, app);
       // Another process writes a token; this process takes it from the store, its pause still in force.
