@@ -136,8 +136,10 @@ export class MemoryCache implements TokenCache {
   }
 
   async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    // The TTL is checked first: a bad one is a RangeError whatever the key holds, as on every store.
+    const expiresAt = this.#expiry(ttlSeconds);
     if (this.#live(key)) return false;
-    this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    this.#entries.set(key, { value, expiresAt });
     this.#changed(key);
     return true;
   }
@@ -151,9 +153,10 @@ export class MemoryCache implements TokenCache {
   }
 
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const expiresAt = this.#expiry(ttlSeconds);
     const entry = this.#live(key);
     if (!entry || entry.value !== expected) return false;
-    this.#entries.set(key, { value, expiresAt: this.#expiry(ttlSeconds) });
+    this.#entries.set(key, { value, expiresAt });
     // The same value again only moves its expiry (a lock's renewal): nothing a watcher waits for.
     if (value !== expected) this.#changed(key);
     return true;

@@ -84,6 +84,8 @@ export class FileCache implements TokenCache {
   #ready: Promise<void> | undefined;
   /** Whether `dir` is the default one, which must be this user's own. */
   readonly #defaultDir: boolean;
+  /** In the default directory, the uid every entry must belong to (this user's); undefined elsewhere. */
+  readonly #owner: number | undefined;
   #closed = false;
   /** Who waits for which file to change, and the one directory watch that tells them (while anyone waits). */
   readonly #watchers = new Map<string, Set<() => void>>();
@@ -103,6 +105,7 @@ export class FileCache implements TokenCache {
     const opts = checkOptions<FileCacheOptions>('FileCache', FILE_CACHE_OPTIONS, typeof options === 'string' ? { dir: options } : options);
     this.#defaultDir = opts.dir === undefined;
     this.dir = opts.dir ?? join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`);
+    this.#owner = this.#defaultDir && process.platform !== 'win32' ? process.getuid?.() : undefined;
     this.#guardStaleMs = opts.guardStaleMs ?? DEFAULTS.guardStaleMs;
     this.#guardTimeoutMs = opts.guardTimeoutMs ?? DEFAULTS.guardTimeoutMs;
     this.#now = opts.now ?? Date.now;
@@ -247,6 +250,8 @@ export class FileCache implements TokenCache {
       const ch = String.fromCharCode(byte);
       name += /[A-Za-z0-9_.-]/.test(ch) && !(name === '' && ch === '.') ? ch : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
     }
+    // The empty key: `%` alone, which no other key encodes to, and not the directory itself.
+    if (name === '') name = '%';
     // `%%` never occurs in an encoded name, so a hashed name cannot collide with a plain one.
     if (name.length > 200) name = `${name.slice(0, 150)}%%${createHash('sha256').update(key).digest('hex').slice(0, 40)}`;
     return join(this.dir, name);
@@ -256,10 +261,17 @@ export class FileCache implements TokenCache {
   async #read(path: string, op: string): Promise<{ value: string | undefined; expiresAt: number; present: boolean }> {
     let raw: Buffer | undefined;
     try {
-      raw = await readRegular(path);
+      raw = await readRegular(path, this.#owner);
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
-      throw this.#error(op, error);
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
+      if (code !== FOREIGN) throw this.#error(op, error);
+      // Another user's file in the default directory: the directory may have been removed and made again
+      // by someone else since it was checked. Check it again (a refusal is this call's error); where it is
+      // still this user's own, the file is no entry, and the next write replaces it.
+      this.#ready = undefined;
+      await this.#open(op);
+      return { value: undefined, expiresAt: 0, present: true };
     }
     // A symlink, a FIFO, a device or a file far larger than any entry: no entry, replaced by the next write.
     if (raw === undefined) return { value: undefined, expiresAt: 0, present: true };
@@ -562,6 +574,9 @@ export class FileCache implements TokenCache {
   }
 }
 
+/** readRegular()'s code for a file of another user than the one it was asked to require. */
+const FOREIGN = 'WXKIT_FOREIGN_OWNER';
+
 // Opening never follows a symlink (ELOOP) nor waits for a writer (a FIFO opened non-blocking).
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 /** Far above any entry (a few hundred bytes); a larger file is no entry, and is not read. */
@@ -569,10 +584,11 @@ const MAX_ENTRY_BYTES = 1 << 20;
 
 /**
  * The bytes of `path` if it is a regular file of at most MAX_ENTRY_BYTES; undefined when it is anything
- * else (a symlink, a FIFO, a device, a huge file). Rejects with ENOENT when there is nothing there, and
+ * else (a symlink, a FIFO, a device, a huge file). Rejects with FOREIGN when `owner` is given and the file
+ * is another uid's, with ENOENT when there is nothing there, and
  * with EISDIR when a directory is.
  */
-async function readRegular(path: string): Promise<Buffer | undefined> {
+async function readRegular(path: string, owner: number | undefined): Promise<Buffer | undefined> {
   let handle: FileHandle;
   try {
     handle = await open(path, READ_FLAGS);
@@ -587,6 +603,7 @@ async function readRegular(path: string): Promise<Buffer | undefined> {
     // A directory cannot be replaced by a write as the others can: it stays, and is said (EISDIR).
     if (stats.isDirectory()) throw Object.assign(new Error(`${path} is a directory`), { code: 'EISDIR' });
     if (!stats.isFile() || stats.size > MAX_ENTRY_BYTES) return undefined;
+    if (owner !== undefined && stats.uid !== owner) throw Object.assign(new Error(`${path} belongs to uid ${stats.uid}`), { code: FOREIGN });
     // The size is known: read it at once (handle.readFile() would stat the file a second time, one more
     // trip to the thread pool on the path every waiter and every store read takes). Entries are replaced
     // by rename, never written in place, so the file opened keeps that size.

@@ -5,7 +5,7 @@
  *
  * @packageDocumentation
  */
-export { assertTtl } from './ttl.js';
+export { assertTtl, storeTtlMs } from './ttl.js';
 export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';

@@ -327,6 +327,48 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it.skipIf(process.getuid?.() !== 0)('a default directory removed and made again by another user while in use is refused; another user\'s file in its own is no entry', async () => {
+    const temp = fresh('tmpdir-remade');
+    mkdirSync(temp);
+    const tmpdirBefore = process.env.TMPDIR;
+    process.env.TMPDIR = temp;
+    try {
+      const cache = new FileCache();
+      await cache.set('wechat:access_token:wx1', 'mine', 60);
+      const file = join(cache.dir, 'wechat%3Aaccess_token%3Awx1');
+      // Another user's file in this user's own directory (root wrote it, a restore did): no entry, and
+      // the next write replaces it.
+      writeFileSync(file, `v1 ${Date.now() + 3_600_000}\nplanted`);
+      chownSync(file, 65534, 65534);
+      expect(await cache.get('wechat:access_token:wx1')).toBeUndefined();
+      await cache.set('wechat:access_token:wx1', 'mine', 60);
+      expect(await cache.get('wechat:access_token:wx1')).toBe('mine');
+      // The directory goes (a cleaner of /tmp) and another user makes it again, open to all, with an entry.
+      rmSync(cache.dir, { recursive: true });
+      mkdirSync(cache.dir);
+      chmodSync(cache.dir, 0o777);
+      chownSync(cache.dir, 65534, 65534);
+      writeFileSync(file, `v1 ${Date.now() + 3_600_000}\nplanted`);
+      chownSync(file, 65534, 65534);
+      await expect(cache.get('wechat:access_token:wx1')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringMatching(/refusing the default directory .*belongs to uid 65534/) });
+      await expect(cache.set('wechat:jsapi_ticket:wx1', 'mine-too', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+      expect(existsSync(join(cache.dir, 'wechat%3Ajsapi_ticket%3Awx1'))).toBe(false);
+    } finally {
+      if (tmpdirBefore === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = tmpdirBefore;
+    }
+  });
+
+  it('the empty key is a file of its own (`%`), never the directory: nothing is written beside the directory', async () => {
+    const parent = fresh('empty-key');
+    const cache = new FileCache({ dir: join(parent, 'cache') });
+    await cache.set('', 'v', 60);
+    expect(await cache.get('')).toBe('v');
+    expect(await cache.add('', 'w', 60)).toBe(false);
+    expect(readdirSync(parent)).toEqual(['cache']);
+    expect(readdirSync(join(parent, 'cache'))).toEqual(['%']);
+  });
+
   it('a watch of a directory that was removed and made again ends: its waiters look, and a new watch hears the new directory', async () => {
     const dir = fresh('watch-replaced');
     const cache = new FileCache({ dir });

@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
-import { assertTtl, socketReason } from '@wxkit/core/internal';
+import { socketReason, storeTtlMs } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -188,8 +188,7 @@ function toBinary(text: string): string {
 }
 
 function ttlMs(ttlSeconds: number): number {
-  assertTtl('KeyvCache', ttlSeconds);
-  return Math.ceil(ttlSeconds * 1000);
+  return storeTtlMs('KeyvCache', ttlSeconds);
 }
 
 /**

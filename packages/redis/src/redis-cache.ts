@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { CacheError, type TokenCache } from '@wxkit/core';
-import { assertTtl } from '@wxkit/core/internal';
-import { Connection, type RedisClientLike } from './connection.js';
+import { storeTtlMs } from '@wxkit/core/internal';
+import { Connection, GivenClientClosed, type RedisClientLike } from './connection.js';
 import { failureMessage, reasonOf } from './failure.js';
 import { resolveOptions, type RedisCacheOptions } from './options.js';
 
@@ -295,7 +295,7 @@ export class RedisCache implements TokenCache {
       await endQuietly(subscriber);
       throw new Error('closed');
     }
-    this.#keyspace = await keyspacePrefix(client);
+    this.#keyspace = await keyspacePrefix(client, this.#connectTimeoutMs);
     return { subscriber, parent: client };
   }
 
@@ -366,6 +366,9 @@ export class RedisCache implements TokenCache {
       // close() ended the client under the call (node-redis rejects its pending commands with an error of
       // its own, which names no reason).
       if (this.#closed) throw new CacheError(`RedisCache ${op} was cut short by close() (${this.#where})`, { cause: error, reason: 'closed' });
+      if (error instanceof GivenClientClosed) {
+        throw new CacheError(`RedisCache ${op}: the client it was given was closed by its owner, and is not opened again (${this.#where})`, { cause: error, reason: 'closed' });
+      }
       const reason = reasonOf(error);
       throw new CacheError(failureMessage(op, this.#where, reason, connecting), { cause: error, ...(reason ? { reason } : {}) });
     } finally {
@@ -438,17 +441,25 @@ function binary(value: string): Buffer {
  * `__keyspace@<db>__:` when a standalone server sends keyspace notifications for string writes and
  * deletes (`K` with `A`, or with `$` and `g`); undefined otherwise, or when CONFIG is not allowed.
  */
-async function keyspacePrefix(client: RedisClientLike): Promise<string | undefined> {
+async function keyspacePrefix(client: RedisClientLike, timeoutMs: number): Promise<string | undefined> {
   // A cluster's keyspace notifications stay on the node that owns the key: the channel alone serves it.
   if (!('unref' in client)) return undefined;
+  let timer: NodeJS.Timeout | undefined;
   try {
-    const config = (await (client as unknown as { configGet(name: string): Promise<Record<string, string>> }).configGet('notify-keyspace-events')) ?? {};
+    // Within the connect timeout: close() waits for the subscriber this opens, and a caller's client
+    // whose connection went silent would otherwise hold that wait until the caller ends the client.
+    const answer = (client as unknown as { configGet(name: string): Promise<Record<string, string>> }).configGet('notify-keyspace-events');
+    answer.catch(() => undefined);
+    const config =
+      (await Promise.race([answer, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('CONFIG GET timed out')), timeoutMs)))])) ?? {};
     const flags = config['notify-keyspace-events'] ?? '';
     if (!flags.includes('K') || !(flags.includes('A') || (flags.includes('$') && flags.includes('g')))) return undefined;
     const database = (client as unknown as { options?: { database?: number } }).options?.database ?? 0;
     return `__keyspace@${database}__:`;
   } catch {
     return undefined;
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -478,6 +489,5 @@ function script(source: string): Script {
 }
 
 function ttlMs(ttlSeconds: number): number {
-  assertTtl('RedisCache', ttlSeconds);
-  return Math.max(1, Math.round(ttlSeconds * 1000));
+  return storeTtlMs('RedisCache', ttlSeconds);
 }

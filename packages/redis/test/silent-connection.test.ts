@@ -219,6 +219,25 @@ describe('RedisCache on a connection that goes silent', () => {
     }
   });
 
+  it("close() ends on a caller's client whose CONFIG GET, asked once the subscriber is in, is never answered", async () => {
+    const proxy = await startProxy(/CONFIG/i);
+    const client = createClient({ url: `redis://127.0.0.1:${proxy.port}` });
+    client.on('error', () => undefined);
+    await client.connect();
+    // close() ends only what RedisCache made: the caller's client, asking CONFIG GET, stays open.
+    const cache = new RedisCache({ client: client as never, connectTimeoutMs: 300 });
+    try {
+      await cache.set('wxkit-silent:c', 'v', 60);
+      const stop = cache.watch('wxkit-silent:c', () => undefined);
+      while (proxy.swallowed() === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+      stop();
+      await settles(cache.close(), 'close()');
+    } finally {
+      await client.destroy();
+      await proxy.close();
+    }
+  });
+
   it('a SUBSCRIBE never answered is given up after connectTimeoutMs: the waiters are told to look, and poll', async () => {
     const proxy = await startProxy(/SUBSCRIBE/i);
     const cache = new RedisCache({ url: `redis://127.0.0.1:${proxy.port}`, connectTimeoutMs: 300 });

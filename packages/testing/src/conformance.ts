@@ -154,6 +154,33 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         }
       }));
 
+    // A store's own limit (Redis's PX, a SQL bigint of milliseconds) is not the caller's business: a
+    // TTL meant as "for ever" keeps the entry on every store, never a CacheError that takes it for down.
+    it(`a TTL meant as "for ever" (1e16 s, 2 ** 53 s, Number.MAX_VALUE) keeps the entry${supportsAdd ? ', and add still lets one caller win' : ''}`, () =>
+      withCache(async (cache) => {
+        for (const ttlSeconds of [1e16, 2 ** 53, Number.MAX_VALUE]) {
+          const k = key(`forever-${ttlSeconds}`);
+          await cache.set(k, 'v', ttlSeconds);
+          expect(await cache.get(k)).toBe('v');
+          if (!supportsAdd) continue;
+          expect(await cache.add!(`${k}:lock`, 'a', ttlSeconds)).toBe(true);
+          expect(await cache.add!(`${k}:lock`, 'b', ttlSeconds)).toBe(false);
+          expect(await cache.get(`${k}:lock`)).toBe('a');
+        }
+      }));
+
+    it.skipIf(!supportsAdd && !supportsCompareAndSet)('a bad TTL is a RangeError whatever the key holds, for add and compareAndSet too', () =>
+      withCache(async (cache) => {
+        const k = key('bad-ttl-held');
+        await cache.set(k, 'v', 60);
+        if (supportsAdd) await expect(cache.add!(k, 'x', 0)).rejects.toThrow(RangeError);
+        if (supportsCompareAndSet) {
+          await expect(cache.compareAndSet!(k, 'other', 'x', -1)).rejects.toThrow(RangeError);
+          await expect(cache.compareAndSet!(k, 'v', 'x', Number.NaN)).rejects.toThrow(RangeError);
+        }
+        expect(await cache.get(k)).toBe('v');
+      }));
+
     it('values come back byte for byte: 2 KiB, 64 KiB, UTF-8 text, JSON, newlines and quotes', () =>
       withCache(async (cache) => {
         const values = [
