@@ -53,14 +53,15 @@ export function parseCommand<T extends OptionSpec>(
   const parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, strict: false, allowPositionals: true, tokens: true });
   for (const token of parsed.tokens) {
     if (token.kind !== 'option') continue;
-    const known = options[token.name];
+    // Own properties only: `--toString` or `--constructor` names no option, whatever Object.prototype holds.
+    const known = Object.hasOwn(options, token.name) ? options[token.name] : undefined;
     if (!known || (token.rawName.startsWith('-') && !token.rawName.startsWith('--') && token.rawName !== '-h')) {
       const instead = INSTEAD[token.name];
       throw fail(`wxkit ${command} has no option ${token.rawName}${instead ? `: ${instead}` : ''}`);
     }
     if (known.type === 'string') {
       const value = token.value;
-      if (value === undefined || value === '' || (!token.inlineValue && /^--[a-z]/.test(value) && options[value.slice(2).split('=')[0]!])) {
+      if (value === undefined || value === '' || (!token.inlineValue && /^--[a-z]/.test(value) && Object.hasOwn(options, value.slice(2).split('=')[0]!))) {
         throw fail(`${token.rawName} needs a value`);
       }
     } else if (token.inlineValue) {

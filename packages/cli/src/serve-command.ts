@@ -243,7 +243,7 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   // Where the secrets go, as startTokenService picks it per app: a config that names no proxy (or
   // misnames it) shows api.weixin.qq.com here.
   const upstream = [
-    ...new Set(config.apps.map((app) => new URL(app.kind === 'work' ? (config.workBaseUrl ?? config.baseUrl ?? WORK_BASE_URL) : (config.baseUrl ?? 'https://api.weixin.qq.com')).origin)),
+    ...new Set(config.apps.map((app) => new URL(app.kind === 'work' ? (config.workBaseUrl ?? WORK_BASE_URL) : (config.baseUrl ?? 'https://api.weixin.qq.com')).origin)),
   ];
   logger.info?.(
     { event: 'serve.listening', url: service.url, upstream, apps: config.apps.map((app) => `${app.kind}/${appId(app)}`) },

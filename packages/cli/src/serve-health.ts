@@ -75,7 +75,10 @@ export class StoreProbe {
   }
 
   #set(next: StoreState): void {
-    const changed = this.#state === undefined || this.#state.up !== next.up;
+    const last = this.#state;
+    // Down for another reason (refused, then a wrong password) is a change too: /healthz and the log say
+    // the reason the store gives now. Down for the same one keeps its `since`.
+    const changed = last === undefined || last.up !== next.up || (!next.up && last.reason !== next.reason);
     if (!changed) return;
     this.#state = next;
     this.#onChange(next);

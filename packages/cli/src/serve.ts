@@ -179,11 +179,16 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // One connection pool for WeChat, timed per app; the clients do not own it, so close() ends it here.
   const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: 10_000 }, headersTimeout: 10_000, bodyTimeout: 10_000 });
 
+  // An app listed twice would be served by the last of its clients, the first one left open.
+  const names = options.apps.map((app) => `${app.kind}/${appId(app)}`);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice) throw new ConfigError(`the app ${twice} is listed twice in apps; list each app once`, 'apps');
   const served = new Map<string, Served>();
   for (const app of options.apps) {
     if (typeof app.secret !== 'string' || app.secret.length === 0) throw new ConfigError(`the app ${appId(app)} has no secret`, 'secret');
     const name = `${app.kind}/${appId(app)}`;
-    const baseUrl = app.kind === 'work' ? (options.workBaseUrl ?? (options.baseUrl ? options.baseUrl : WORK_BASE_URL)) : options.baseUrl;
+    // WeCom's apps go to WeCom (or workBaseUrl), never to baseUrl: that is WeChat's (or a proxy for it).
+    const baseUrl = app.kind === 'work' ? (options.workBaseUrl ?? WORK_BASE_URL) : options.baseUrl;
     const dispatcher = metrics.timedDispatcher(agent, name);
     const client = buildClient(app, {
       secret: app.secret,
@@ -506,6 +511,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     server.closeIdleConnections();
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
+      // The clients first: a fetch cut by their close is no failure of WeChat's, and is not recorded as
+      // one for the other instances sharing the store.
+      for (const { client } of served.values()) void client.close();
       server.closeAllConnections();
       agent.destroy().catch(() => undefined);
     }, timeouts.requestTimeout);
@@ -529,11 +537,15 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
  * official accounts, mini programs and WeCom all have): true when it answers, false when it rejects the
  * token (40001, 40014, 42001), undefined when it could not say (unreachable, another errcode).
  */
+const CHECK_TIMEOUT_MS = 4_000;
+
 async function tokenWorks(baseUrl: string, token: string, dispatcher: Dispatcher): Promise<boolean | undefined> {
   try {
     const url = new URL('cgi-bin/get_api_domain_ip', baseUrl.endsWith('/') ? baseUrl : `${baseUrl}/`);
     url.searchParams.set('access_token', token);
-    const { statusCode, body } = await request(url, { dispatcher, signal: AbortSignal.timeout(10_000) });
+    // 4 s at most: a report waits for this check, then perhaps a fetch (10 s at most), and its client
+    // (remoteTokenSource, 20 s by default) must get the answer.
+    const { statusCode, body } = await request(url, { dispatcher, signal: AbortSignal.timeout(CHECK_TIMEOUT_MS) });
     let text = '';
     for await (const chunk of body) {
       text += String(chunk);
@@ -600,6 +612,13 @@ function answer(res: ServerResponse, status: number, body: unknown, headers: Rec
  */
 function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logger | undefined): void {
   if (res.headersSent) return void res.destroy();
+  // The client went away under the request (it hung up while sending its body, or Node answered 408 to
+  // a body that stalled): no one to answer, and no fault of the service's. Counted as 499, as proxies do.
+  if (!res.socket || res.socket.destroyed) {
+    info.reason = 'client_gone';
+    res.statusCode = 499;
+    return;
+  }
   if (error instanceof Problem) {
     if (typeof error.details.reason === 'string') info.reason = error.details.reason;
     return answer(res, error.status, { error: { code: error.code, message: error.message, ...error.details } }, error.headers);

@@ -64,6 +64,9 @@ describe('wxkit exit codes and messages', () => {
   it('usage (2): wxkit’s own sentence and the usage line, never the parser’s text', async () => {
     const cases: [string[], string][] = [
       [['token', 'get', '--store', redis.url, '--bogus'], 'wxkit token has no option --bogus'],
+      // Names Object.prototype holds are no options either.
+      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--toString'], 'wxkit token has no option --toString'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--constructor', 'x'], 'wxkit token has no option --constructor'],
       [['token', 'get', '--store'], '--store needs a value'],
       [['token', 'get', '--store', '--app', 'oa:wx1'], '--store needs a value'],
       [['token', 'get', '--store', redis.url, '--json=yes'], '--json is a switch and takes no value'],

@@ -124,6 +124,25 @@ describe('remoteTokenSource with wxkit serve', () => {
 });
 
 describe("wxkit serve's own way out", () => {
+  it("a report WeChat cannot check (it does not answer): the client, on its default deadline, gets the service's 429, not a timeout of its own", async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const source = remoteTokenSource({ url: service.url, key: KEY });
+    const request = { kind: 'official_account' as const, id: appId, field: 'access_token' as const };
+    try {
+      const { value } = await source.fetch(request);
+      // The token was fetched moments ago: the service checks the report with WeChat, which hangs.
+      mock.injectFault({ kind: 'hang', path: 'cgi-bin/get_api_domain_ip', times: 1 });
+      const error = await source.invalidate(request, value, 40001).then(() => undefined, (e: unknown) => e);
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 429 });
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+    } finally {
+      mock.clearFaults();
+      await source.close?.();
+      await service.close();
+    }
+  });
+
   it('an instance that cannot reach WeChat (its fetch never left the host) answers 503 without Retry-After: its clients may reach another instance', async () => {
     const { appId, secret } = mock.createApp();
     const dead = `http://127.0.0.1:${await freePort()}`;

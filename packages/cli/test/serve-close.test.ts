@@ -178,4 +178,49 @@ describe('close() of the token service', () => {
       await (closing ?? service.close());
     }
   });
+
+  it('a client that hangs up while sending its body is counted 499 client_gone, not logged as a fault of the service (500)', async () => {
+    const app = mock.createApp();
+    const lines: { level: string; fields: Record<string, unknown> }[] = [];
+    const record = (level: string) => (fields: Record<string, unknown>) => void lines.push({ level, fields });
+    const logger = { debug: record('debug'), info: record('info'), warn: record('warn'), error: record('error') };
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger });
+    try {
+      const { socket } = rawConnection(service);
+      // Expect: 100-continue: the service's answer "100 Continue" says it has the request and reads its body.
+      const continued = new Promise<void>((resolve) => socket.once('data', () => resolve()));
+      socket.write(`POST /v1/token/oa/${app.appId}/invalidate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${KEY}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n`);
+      await continued;
+      socket.write('{"token":"');
+      socket.destroy();
+      await vi.waitFor(() => expect(lines.some((line) => line.fields.event === 'serve.request')).toBe(true));
+      expect(lines.find((line) => line.fields.event === 'serve.request')!.fields).toMatchObject({ status: 499, reason: 'client_gone' });
+      expect(lines.filter((line) => line.level === 'error')).toEqual([]);
+      const metrics = await (await fetch(`${service.url}/metrics`)).text();
+      expect(metrics).toMatch(/wxkit_http_requests_total\{route="\/v1\/token\/\{app\}\/invalidate",status="499"\} 1/);
+      expect(metrics).not.toMatch(/status="500"/);
+    } finally {
+      await service.close();
+    }
+  });
+
+  it("a token fetch cut by close() past requestTimeoutMs is no failure of WeChat's: the next instance on the store is served at once", async () => {
+    const app = mock.createApp();
+    const cache = new MemoryCache();
+    const options = { cache, apps: [{ kind: 'official_account' as const, appId: app.appId, secret: app.secret, tokenEndpoint: 'classic' as const }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false as const };
+    // The first instance's token fetch (at start) never gets its answer.
+    mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
+    const first = await startTokenService({ ...options, requestTimeoutMs: 300 });
+    await vi.waitFor(() => expect(mock.counters(app.appId).tokenRequests).toBe(1));
+    await first.close();
+    expect(await cache.get(`wechat:access_token:${app.appId}:failed`)).toBeUndefined();
+    const second = await startTokenService(options);
+    try {
+      const res = await fetch(`${second.url}/v1/token/oa/${app.appId}`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(res.status).toBe(200);
+      await res.arrayBuffer();
+    } finally {
+      await second.close();
+    }
+  });
 });

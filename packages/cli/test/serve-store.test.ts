@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { CacheError, MemoryCache, type TokenCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
@@ -123,6 +123,21 @@ describe('the /healthz store probe', () => {
       probe.stop();
     }
     expect(states).toEqual([true, false]);
+  });
+
+  it('a store down for another reason is a change: /healthz says the reason it gives now, and the same one again is none', async () => {
+    const reasons = ['refused', 'refused', 'auth', 'auth', 'auth'];
+    let probes = 0;
+    const failing = Object.assign(new MemoryCache(), {
+      get: () => Promise.reject(new CacheError('down', { reason: reasons[Math.min(probes++, reasons.length - 1)] as 'refused' })),
+    });
+    const changes: string[] = [];
+    const probe = new StoreProbe(failing, 'k', { intervalMs: 1, timeoutMs: 60_000, onChange: (state) => changes.push(`${state.up}/${state.reason}`) });
+    await probe.start();
+    await vi.waitFor(() => expect(probes).toBeGreaterThanOrEqual(reasons.length + 2));
+    probe.stop();
+    expect(changes).toEqual(['false/refused', 'false/auth']);
+    expect(probe.state).toMatchObject({ up: false, reason: 'auth' });
   });
 });
 

@@ -52,8 +52,10 @@ export interface RemoteTokenSourceOptions {
   key: string;
   /**
    * Deadline of one request to the service, in ms (and as long again to wait for a connection). The
-   * client waits this long for the source, even if its own `timeoutMs` is shorter.
-   * @default 5000
+   * client waits this long for the source, even if its own `timeoutMs` is shorter. Longer than `wxkit
+   * serve` takes to answer when WeChat is slow (a fetch of 10 s at most, after a check of a reported
+   * token of 4 s at most), so that its answer, and the `Retry-After` it carries, reaches the client.
+   * @default 20000
    */
   timeoutMs?: number;
   /** An undici dispatcher to reach the service through. */
@@ -151,7 +153,7 @@ function heldError(error: unknown, until: number, path: string): Error {
  */
 export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSource {
   const owner = 'remoteTokenSource';
-  const { url, key, timeoutMs = 5000, dispatcher } = checkOptions<RemoteTokenSourceOptions>(owner, REMOTE_OPTIONS, options);
+  const { url, key, timeoutMs = 20_000, dispatcher } = checkOptions<RemoteTokenSourceOptions>(owner, REMOTE_OPTIONS, options);
   const open = () =>
     new HttpClient({
       baseUrl: url,

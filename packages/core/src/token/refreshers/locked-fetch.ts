@@ -582,6 +582,10 @@ export class LockedFetchRefresher implements Refresher {
       return;
     }
     if (policyOf(error) === undefined) return;
+    // The client was closed under its fetch, which then failed short of an answer from WeChat: a program
+    // that shuts down cuts its connections (a service past its grace). That says nothing about WeChat,
+    // and a marker would hold back every healthy process of the fleet.
+    if (ctx.closed.aborted && !(error instanceof WeChatApiError)) return;
     // A request that never left this process says nothing about WeChat: a marker would stop every
     // healthy host of the fleet. This process backs off alone; the lock is released as after any
     // failure, so a process waiting for it takes it and fetches at once.
