@@ -245,6 +245,8 @@ const RETIRED_OPTIONS: RetiredOptions = {
  * @internal
  */
 export const kPoolCore = Symbol.for('wxkit.internal.poolCore');
+/** Internal option: a core (an OpenPlatform's) whose listeners hear this client's token events too. */
+export const kForwardEvents = Symbol.for('wxkit.internal.forwardEvents');
 
 /** The parts of a client that its token managers, API client and helpers share. */
 export class ClientCore implements TierStores, EventSource {
@@ -307,7 +309,7 @@ export class ClientCore implements TierStores, EventSource {
     const schema = options.schema ?? pool?.schema ?? (defaultSchema ??= nativeSchema());
 
     this.schema = schema;
-    this.log = new Log(logger as Logger | false | undefined, this);
+    this.log = new Log(logger as Logger | false | undefined, this, (options as Record<symbol, unknown>)[kForwardEvents] as ClientCore | undefined);
     this.#pool = pool;
     if (pool) {
       // Same options as the pool's (it checked them already), so the same settings, HTTP client and stores.

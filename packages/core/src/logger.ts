@@ -37,9 +37,13 @@ export class Log {
   /** Holds the client's emitter once anyone listened (most of a platform's 10,000 clients never do). */
   readonly #events: EventSource;
 
-  constructor(target: Logger | false | undefined, events: EventSource = NO_EVENTS) {
+  /** A second emitter for the token events (not `cache.*`): an OpenPlatform's, for its authorizers' clients. */
+  readonly #also: EventSource | undefined;
+
+  constructor(target: Logger | false | undefined, events: EventSource = NO_EVENTS, also?: EventSource) {
     this.#target = target === false ? undefined : (target ?? defaultLogger);
     this.#events = events;
+    this.#also = also;
   }
 
   /**
@@ -72,14 +76,9 @@ export class Log {
   }
 
   #emit(level: Level, fields: LogFields, message: string, line = true): void {
-    const events = this.#events.emitter;
-    if (events !== undefined && events.listenerCount(fields.event) > 0) {
-      try {
-        events.emit(fields.event, { ...fields, level, message });
-      } catch {
-        // A throwing listener must not break token handling either.
-      }
-    }
+    deliver(this.#events.emitter, fields, level, message);
+    // The store's events are the platform's own already (reported once, not once per client).
+    if (this.#also && !fields.event.startsWith('cache.')) deliver(this.#also.emitter, fields, level, message);
     const target = line ? this.#target : undefined;
     const fn = target?.[level] ?? (level === 'error' ? target?.warn : undefined);
     if (!target || typeof fn !== 'function') return;
@@ -90,6 +89,16 @@ export class Log {
     } catch {
       // A broken logger must not break token handling.
     }
+  }
+}
+
+/** Emits a line's fields as its event on `events`, if anyone listens there; a throwing listener is ignored. */
+function deliver(events: EventEmitter | undefined, fields: LogFields, level: Level, message: string): void {
+  if (events === undefined || events.listenerCount(fields.event) === 0) return;
+  try {
+    events.emit(fields.event, { ...fields, level, message });
+  } catch {
+    // A throwing listener must not break token handling either.
   }
 }
 

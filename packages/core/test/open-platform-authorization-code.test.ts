@@ -4,9 +4,9 @@ import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { FileCache, OpenPlatform, WeChatApiError, nativeSchema, type KeySchema, type OpenPlatformOptions, type TokenCache } from '../src/index.js';
+import { BadResponseError, FileCache, OpenPlatform, WeChatApiError, nativeSchema, type KeySchema, type OpenPlatformOptions, type TokenCache } from '../src/index.js';
 import { authorizationCodeDigest } from '../src/open-platform/open-platform.js';
-import { componentOptions, rejection, storeVerifyTicket } from './helpers.js';
+import { componentOptions, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 // WeChat hands one authorization code both to the `authorized` push and to the redirect (`auth_code`),
 // and the code is single use: api_query_auth answers a second use with 61009. A platform that handles
@@ -102,6 +102,20 @@ describe('one authorization code handed to two processes (the push and the redir
     expect(first.authorizerAppId).toBe(grant.authorizerAppId);
     expect(second).toEqual(first);
     expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
+  });
+
+  it("an answer without the refresh token still names the account, to the caller and, by the code's record, to the other one", async () => {
+    const { component, process } = await fleet();
+    // WeChat spent the code, and its answer reaches the first caller with the refresh token's field renamed.
+    const dispatcher = rewritingDispatcher('cgi-bin/component/api_query_auth', '"authorizer_refresh_token"', '"authorizer_refresh_tokeX"');
+    const [push, redirect] = [process(undefined, undefined, { dispatcher }), process()];
+    const grant = mock.authorize(component.appId);
+    const error = await push.handleAuthorization(grant.authorizationCode).then(() => undefined, (e: unknown) => e);
+    expect(error).toBeInstanceOf(BadResponseError);
+    expect(error).toMatchObject({ authorizerAppId: grant.authorizerAppId, message: expect.stringContaining(`the account ${grant.authorizerAppId} is authorized`) });
+    expect(await redirect.handleAuthorization(grant.authorizationCode)).toMatchObject({ authorizerAppId: grant.authorizerAppId });
+    expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
+    await dispatcher.close();
   });
 
   it('on a store without an atomic add, concurrently: the caller WeChat answers 61009 gets the other\'s account', async () => {

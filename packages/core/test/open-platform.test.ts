@@ -5,6 +5,7 @@ import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import {
   CacheError,
+  ConfigError,
   MemoryCache,
   MessageCrypto,
   OpenPlatform,
@@ -381,6 +382,37 @@ describe('authorizers', () => {
     expect(open.officialAccount(a)).not.toBe(first);
     await send(open, a);
     expect(mock.counters(a).templateSends).toBe(1);
+  });
+
+  it("an authorized mini program's code2Session goes to sns/component/jscode2session with the component token (no AppSecret), which recovers from 40001", async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const id = await authorized(s, open);
+    const mp = open.miniProgram(id);
+    const session = await mp.auth.code2Session('code-first');
+    expect(session).toMatchObject({ openid: expect.stringMatching(/^o/), session_key: expect.any(String) });
+    // A code is single use, as for the mini program's own endpoint.
+    expect(await mp.auth.code2Session('code-first').catch((e: unknown) => e)).toMatchObject({ errcode: 40163 });
+    mock.invalidateTokens(s.component.appId);
+    expect((await mp.auth.code2Session('code-second')).openid).toMatch(/^o/);
+    expect(mock.counters(s.component.appId)).toMatchObject({ componentTokenRequests: 2, errcodes: { '40001': 1 } });
+    await expect(mp.auth.code2Session('')).rejects.toBeInstanceOf(ConfigError);
+  });
+
+  it("the platform's listeners hear every authorizer client's token events, a client made again after a drop included", async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make({ maxClients: 1 });
+    const [a, b] = [await authorized(s, open), await authorized(s, open)];
+    const heard: string[] = [];
+    open.on('authorizer_access_token.fetched', (event) => heard.push(`fetched ${event.appId}`));
+    open.on('jsapi_ticket.fetched', (event) => heard.push(`ticket ${event.appId}`));
+    await open.officialAccount(a).accessToken.forceRefresh();
+    await open.officialAccount(b).jssdk.getTicket('jsapi'); // a's client is dropped
+    await open.officialAccount(a).accessToken.forceRefresh(); // made again
+    expect(heard).toEqual([`fetched ${a}`, `ticket ${b}`, `fetched ${a}`]);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(2);
   });
 
   it('an authorizer client its caller closed is not handed out again: the next lookup makes a new one, which refreshes', async () => {

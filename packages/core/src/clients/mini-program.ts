@@ -77,6 +77,7 @@ export class MiniProgram extends WeChatClient {
 
   constructor(options: MiniProgramOptions) {
     const { core, subject, token, secret } = setUp<MiniProgramOptions>('MiniProgram', 'mini_program', options, APP_SCHEMA);
+    const exchange = (options as unknown as Record<symbol, unknown>)[kCode2Session] as SessionExchange | undefined;
     super(core, token);
     this.appId = subject.appId;
     const client = this.client;
@@ -93,10 +94,22 @@ export class MiniProgram extends WeChatClient {
       },
     };
     this.auth = {
-      code2Session: (jsCode, requestOptions = {}) => code2Session(core, subject.appId, secret, jsCode, requestOptions),
+      code2Session: async (jsCode, requestOptions = {}) => {
+        if (typeof jsCode !== 'string' || jsCode.length === 0) {
+          throw new ConfigError(`auth.code2Session() jsCode must be the code from wx.login() (got ${typeName(jsCode)})`, 'jsCode');
+        }
+        return exchange ? exchange(jsCode, requestOptions) : code2Session(core, subject.appId, secret, jsCode, requestOptions);
+      },
     };
   }
 }
+
+/**
+ * Internal option: how a mini program a third-party platform acts for exchanges a `wx.login()` code
+ * (`sns/component/jscode2session`, with the component's token: the platform holds no AppSecret of it).
+ */
+export const kCode2Session = Symbol.for('wxkit.internal.code2Session');
+export type SessionExchange = (jsCode: string, options: RequestOptions) => Promise<Code2SessionResult>;
 
 async function code2Session(
   core: ClientCore,
@@ -105,9 +118,6 @@ async function code2Session(
   jsCode: string,
   options: RequestOptions,
 ): Promise<Code2SessionResult> {
-  if (typeof jsCode !== 'string' || jsCode.length === 0) {
-    throw new ConfigError(`auth.code2Session() jsCode must be the code from wx.login() (got ${typeName(jsCode)})`, 'jsCode');
-  }
   const key = core.requireSecret(secret, 'auth.code2Session()');
   const path = 'sns/jscode2session';
   const body = await core.http.json({
@@ -116,6 +126,11 @@ async function code2Session(
     query: { appid: appId, secret: key, js_code: jsCode, grant_type: 'authorization_code' },
     signal: options.signal,
   });
+  return sessionOf(body, path);
+}
+
+/** The session in an answer of `path` (sns/jscode2session, or the component's): openid and session_key, unionid when sent. */
+export function sessionOf(body: Record<string, unknown>, path: string): Code2SessionResult {
   if (typeof body.openid !== 'string' || typeof body.session_key !== 'string') {
     throw new BadResponseError(`WeChat answered ${path} without an openid and session_key`, { path });
   }

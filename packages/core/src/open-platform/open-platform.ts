@@ -1,14 +1,16 @@
 import { createHash } from 'node:crypto';
+import type { RequestOptions } from '../api-client.js';
 import { binaryToText, textToBinary } from '../bytes.js';
 import type { TokenCache } from '../cache.js';
-import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
+import { ClientCore, ID_RULE, checkClientOptions, clientSchema, kForwardEvents, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { kTokenSource, type CustomToken } from '../clients/app-token.js';
 import { ClientLru, LetGo } from '../clients/client-lru.js';
-import { MiniProgram, type MiniProgramOptions } from '../clients/mini-program.js';
+import { MiniProgram, kCode2Session, sessionOf, type Code2SessionResult, type MiniProgramOptions } from '../clients/mini-program.js';
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import { clientClosed, type WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection, tookToken } from '../errors.js';
+import type { HttpRequest } from '../http.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
@@ -285,6 +287,8 @@ export class OpenPlatform {
     // sends through the process's shared pools of the origin, as a plain client does: sockets per origin
     // and process, not per account nor per platform.
     (this.#options as Record<symbol, unknown>)[kPoolCore] = this.#core;
+    // open.on('authorizer_access_token.fetched', …) hears every authorizer's client, made again or not.
+    (this.#options as Record<symbol, unknown>)[kForwardEvents] = this.#core;
     this.#authorizerShared = this.#sharedAuthorizerUpstream();
     this.#component = this.#core.manager(
       'component_access_token',
@@ -294,7 +298,13 @@ export class OpenPlatform {
     );
   }
 
-  /** Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`, `authorizer_refresh_token.recovered`…). */
+  /**
+   * Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`,
+   * `authorizer_refresh_token.recovered`…), and to the token events of every authorizer's client
+   * (`authorizer_access_token.fetched`, `.fetch_failed`, `jsapi_ticket.fetched`…, each with the account's
+   * `appId`), however often the clients are dropped and made again. The store's `cache.*` events are the
+   * platform's own, once per outage.
+   */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.#core.events.on(event, listener);
     return this;
@@ -509,15 +519,22 @@ export class OpenPlatform {
     const info = body.authorization_info as Record<string, unknown> | undefined;
     const authorizerAppId = info?.authorizer_appid;
     const refresh = info?.authorizer_refresh_token;
-    if (!info || typeof authorizerAppId !== 'string' || !ID_RULE.accepts(authorizerAppId) || typeof refresh !== 'string' || refresh === '') {
-      throw new BadAnswer(path);
-    }
+    if (!info || typeof authorizerAppId !== 'string' || !ID_RULE.accepts(authorizerAppId)) throw new BadAnswer(path);
     // The code is spent: close() waits for what follows (the authorization is counted under way), so
     // that a program which closes its stores once close() resolves does not close them under these writes.
     const funcInfo = Array.isArray(info.func_info)
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
     const authorization: Authorization = { authorizerAppId, funcInfo };
+    if (typeof refresh !== 'string' || refresh === '') {
+      // The account is authorized all the same (WeChat spent the code): the other callers of the code
+      // learn it from the record, and its first refresh takes its refresh token from WeChat.
+      await this.#recordAuthorization(key, authorization);
+      throw new BadResponseError(
+        `WeChat answered ${path} without the authorizer's refresh token; the account ${authorizerAppId} is authorized, and its first refresh takes its refresh token from WeChat (api_get_authorizer_info)`,
+        { path, authorizerAppId },
+      );
+    }
     try {
       await this.#completeAuthorization(path, startedAt, info, authorizerAppId, refresh);
     } finally {
@@ -661,7 +678,13 @@ export class OpenPlatform {
       label: 'authorizer_access_token',
       upstream: this.#authorizerUpstream(id),
     });
-    const options = { ...this.#options, appId: id, [kTokenSource]: custom };
+    const options = {
+      ...this.#options,
+      appId: id,
+      [kTokenSource]: custom,
+      // A mini program's wx.login() codes go to WeChat with the component's token: no AppSecret of it here.
+      ...(kind === 'mini_program' ? { [kCode2Session]: (jsCode: string, request: RequestOptions) => this.#code2Session(id, jsCode, request) } : {}),
+    };
     const client =
       kind === 'official_account' ? new OfficialAccount(options as unknown as OfficialAccountOptions) : new MiniProgram(options as unknown as MiniProgramOptions);
     this.#clients.set(id, { client, kind });
@@ -774,12 +797,30 @@ export class OpenPlatform {
   }
 
   /** POST to a component API with the component token; on 40001/40014/42001, once more with a newer token. */
-  async #componentCall(path: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
+  #componentCall(path: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
+    return this.#withComponentToken((token) => this.#postWithComponentToken(path, token, json, false));
+  }
+
+  /**
+   * An authorized mini program's `wx.login()` code for its user's session (`sns/component/jscode2session`):
+   * with the component's token, which recovers from 40001 as for every component call.
+   */
+  async #code2Session(authorizerAppId: string, jsCode: string, options: RequestOptions): Promise<Code2SessionResult> {
+    const path = 'sns/component/jscode2session';
+    const query = { appid: authorizerAppId, js_code: jsCode, grant_type: 'authorization_code', component_appid: this.appId };
+    const body = await this.#withComponentToken((token) =>
+      this.#sendWithComponentToken(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal }),
+    );
+    return sessionOf(body, path);
+  }
+
+  /** `call` with the component token; on 40001/40014/42001, once more with a newer token (twice at most). */
+  async #withComponentToken<T>(call: (token: string) => Promise<T>): Promise<T> {
     let token = await this.#component.get();
     const recovery = { fetched: false };
     for (let attempt = 0; ; attempt += 1) {
       try {
-        return await this.#postWithComponentToken(path, token, json, false);
+        return await call(token);
       } catch (error) {
         if (!isTokenRejection(error) || attempt >= 2) throw error;
         const next = await this.#component.recover(token, error.errcode, recovery);
@@ -996,9 +1037,14 @@ export class OpenPlatform {
    * whether WeChat took the token is told to the component token's manager. A token that worked and is
    * rejected later was replaced, and its replacement is fetched at once; one that never did is spaced.
    */
-  async #postWithComponentToken(path: string, componentToken: string, json: Record<string, unknown>, tokenFetch: boolean): Promise<Record<string, unknown>> {
+  #postWithComponentToken(path: string, componentToken: string, json: Record<string, unknown>, tokenFetch: boolean): Promise<Record<string, unknown>> {
+    return this.#sendWithComponentToken(componentToken, { method: 'POST', path, query: { component_access_token: componentToken }, json, tokenFetch });
+  }
+
+  /** A request carrying `componentToken`, which tells the component token's manager whether WeChat took it. */
+  async #sendWithComponentToken(componentToken: string, request: HttpRequest): Promise<Record<string, unknown>> {
     try {
-      const body = await this.#core.http.json({ method: 'POST', path, query: { component_access_token: componentToken }, json, tokenFetch });
+      const body = await this.#core.http.json(request);
       this.#component.accepted(componentToken);
       return body;
     } catch (error) {

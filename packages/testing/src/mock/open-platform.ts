@@ -342,6 +342,25 @@ export class OpenPlatform {
           }),
         };
       },
+      // An authorized mini program's wx.login() code, exchanged by its third-party platform: the component's
+      // token and appid instead of the mini program's secret; codes are single use, as for sns/jscode2session.
+      'sns/component/jscode2session': (call) => {
+        const { query } = call;
+        const state = this.model.ownerOfToken(query.get('component_access_token'), call.t);
+        if (!state.component) throw new WeChatError(40014);
+        const named = query.get('component_appid');
+        if (!named) throw new WeChatError(41002);
+        if (named !== state.app.appId) throw new WeChatError(61011);
+        const authorizer = this.authorizerFor(state, query.get('appid') ?? '');
+        const code = query.get('js_code');
+        if (!code) throw new WeChatError(41008);
+        if (!code.startsWith('code-')) throw new WeChatError(40029);
+        const used = `${authorizer.app.appId}:${code}`;
+        if (this.model.usedCodes.has(used)) throw new WeChatError(40163);
+        this.model.usedCodes.add(used);
+        const openid = `o${createHash('sha256').update(used).digest('base64url').slice(0, 27)}`;
+        return { json: JSON.stringify({ openid, session_key: randomBytes(16).toString('base64') }) };
+      },
       'cgi-bin/component/api_get_authorizer_info': (call) => {
         const input = post(call);
         const state = this.caller(call);
