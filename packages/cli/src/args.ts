@@ -20,7 +20,8 @@ export function maskPasswords(text: string): string {
     .split(/(\s+)/)
     .map((word) => {
       const scheme = word.indexOf('://');
-      if (scheme < 1) return word;
+      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password.
+      if (scheme < 1 || word.includes('[user:pass@]')) return word;
       const colon = word.indexOf(':', scheme + 3);
       const at = word.lastIndexOf('@');
       return colon < 0 || at < colon || word.slice(scheme + 3, colon).includes('@') ? word : `${word.slice(0, colon + 1)}***${word.slice(at)}`;

@@ -440,7 +440,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       const started = performance.now();
       const info: RequestInfo = { route: 'unmatched' };
       open.add(res);
-      if (closing) res.setHeader('connection', 'close');
+      // Only a report of a token has a body, read up to 16 KiB. Any other request that sends one has its
+      // connection closed after the answer: kept alive, Node would read that body to its end first (a
+      // GET /healthz with a 100 GB body, needing no key, was read until requestTimeoutMs).
+      const bodyless = req.method !== 'POST';
+      if (closing || (bodyless && (Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined))) {
+        res.setHeader('connection', 'close');
+      }
       res.once('close', () => {
         open.delete(res);
         // An answer whose headers were out before close() began keeps its connection alive: closed here.

@@ -124,6 +124,8 @@ describe('wxkit exit codes and messages', () => {
     expect(maskPasswords('got memcached://u:p%40ss@h:11211 and redis://h:6379')).toBe('got memcached://u:***@h:11211 and redis://h:6379');
     // No password: a user alone, or a port, is left as it is.
     expect(maskPasswords('redis://user@h:6379 redis://h:6379/0')).toBe('redis://user@h:6379 redis://h:6379/0');
+    // The usage text quoted after an error keeps its placeholder as written.
+    expect(maskPasswords('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port')).toBe('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {

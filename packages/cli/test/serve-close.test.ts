@@ -179,6 +179,31 @@ describe('close() of the token service', () => {
     }
   });
 
+  it('a GET with a body (no key needed for /healthz) is answered with Connection: close: the body is not read to its end', async () => {
+    const { service } = await serve();
+    const { socket, received } = rawConnection(service);
+    const total = 50 * 1024 * 1024;
+    const chunk = Buffer.alloc(64 * 1024, 'a');
+    let written = 0;
+    let gone = false;
+    socket.once('close', () => (gone = true));
+    try {
+      socket.write(`GET /healthz HTTP/1.1\r\nhost: localhost\r\ncontent-length: ${total}\r\n\r\n`);
+      // Written as fast as the service reads it, until it is all written or the service closes the connection.
+      while (written < total && !gone) {
+        written += chunk.length;
+        if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
+      }
+      const text = await received;
+      expect(statusLines(text)).toEqual(['HTTP/1.1 200 OK']);
+      expect(text.toLowerCase()).toContain('connection: close');
+      expect(written).toBeLessThan(total);
+    } finally {
+      socket.destroy();
+      await service.close();
+    }
+  });
+
   it('a client that hangs up while sending its body is counted 499 client_gone, not logged as a fault of the service (500)', async () => {
     const app = mock.createApp();
     const lines: { level: string; fields: Record<string, unknown> }[] = [];
