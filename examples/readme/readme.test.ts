@@ -31,7 +31,7 @@ const FREE: Record<string, string> = {
   OpenPlatform: "import { OpenPlatform } from '@wxkit/core';",
   wxJava: "import { wxJava } from '@wxkit/core';",
   redis: "declare const redis: import('@wxkit/core').TokenCache;",
-  ...Object.fromEntries(['appId', 'secret', 'token', 'encodingAESKey', 'authCode', 'touser', 'template_id', 'pageUrl'].map((name) => [name, `declare const ${name}: string;`])),
+  ...Object.fromEntries(['appId', 'secret', 'token', 'encodingAESKey', 'authCode', 'touser', 'template_id', 'pageUrl', 'jsCode'].map((name) => [name, `declare const ${name}: string;`])),
   data: 'declare const data: Record<string, { value: string }>;',
 };
 /** The declarations `code` needs: the names it uses that it neither imports nor declares. */

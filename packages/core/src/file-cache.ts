@@ -1,10 +1,11 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, watch, type FSWatcher } from 'node:fs';
-import { link, lstat, mkdir, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, lstat, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
 import { binaryToBuffer } from './bytes.js';
+import { makeDirectory } from './dirs.js';
 import { assertTtl } from './ttl.js';
 import { CacheError, ConfigError } from './errors.js';
 import { checkOptions, durationMs, fn, rule, typeName, type OptionSchema } from './validate.js';
@@ -533,7 +534,7 @@ export class FileCache implements TokenCache {
     if (this.#closed) return Promise.reject(new CacheError(`FileCache ${op} after close() (${this.dir})`));
     // Not kept when it fails: a directory made later, or whose mode is fixed, serves without a restart.
     this.#ready ??= (async () => {
-      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      await makeDirectory(this.dir, 0o700);
       await this.#checkDir(op);
     })().catch((error: unknown) => {
       this.#ready = undefined;

@@ -273,6 +273,18 @@ describe('the host fallback directory', () => {
     await app.close();
   });
 
+  it.skipIf(process.platform !== 'linux')("one that cannot be made (under /proc, where Node's recursive mkdir loops for ever) is said once, and the client serves from its memory", async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const warnings: TokenEvents['cache.fallback_unusable'][] = [];
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, fallbackDir: '/proc/wxkit-nope/fallback', logger: false });
+    app.on('cache.fallback_unusable', (event) => warnings.push(event));
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    expect(warnings).toHaveLength(1);
+    expect(String(warnings[0]!.reason)).toContain('(ENOENT)');
+    await app.close();
+  });
+
   it('holds files named by a hash of the key, never the key (a profile\'s key may hold the secret)', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

@@ -359,6 +359,23 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it.skipIf(process.platform !== 'linux')('a directory that cannot be made under /proc (where Node\'s recursive mkdir loops for ever) fails every call with ERR_WXKIT_CACHE', async () => {
+    const cache = new FileCache({ dir: '/proc/wxkit-nope/cache' });
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringContaining('(ENOENT)') });
+    await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+  });
+
+  it('makes the missing parents of its directory, 0700 each, and takes one that exists', async () => {
+    const base = fresh('parents');
+    const cache = new FileCache({ dir: join(base, 'a', 'b') });
+    await cache.set('k', 'v', 60);
+    for (const dir of [base, join(base, 'a'), join(base, 'a', 'b')]) expect(statSync(dir).mode & 0o777).toBe(0o700);
+    expect(await new FileCache({ dir: join(base, 'a', 'b') }).get('k')).toBe('v');
+    writeFileSync(join(base, 'file'), 'x');
+    await expect(new FileCache({ dir: join(base, 'file', 'c') }).get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringContaining('(ENOTDIR)') });
+    await expect(new FileCache({ dir: join(base, 'file') }).get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringContaining('(ENOTDIR)') });
+  });
+
   it('the empty key is a file of its own (`%`), never the directory: nothing is written beside the directory', async () => {
     const parent = fresh('empty-key');
     const cache = new FileCache({ dir: join(parent, 'cache') });

@@ -1,7 +1,8 @@
 import { createHash } from 'node:crypto';
-import { lstatSync, mkdirSync } from 'node:fs';
+import { lstatSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { TokenCache } from '../cache.js';
+import { makeDirectorySync } from '../dirs.js';
 import { FileCache } from '../file-cache.js';
 import type { GuardedStore } from '../store.js';
 
@@ -76,7 +77,7 @@ export function hostFallback(dir: string): TokenCache | string {
 
 function checkPrivateDir(dir: string): string | undefined {
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    makeDirectorySync(dir, 0o700);
     for (const path of [dirname(dir), dir]) {
       const stat = lstatSync(path);
       const uid = process.getuid?.();
