@@ -635,6 +635,31 @@ describe('close()', () => {
     }
   });
 
+  it("a fetch that WeChat's side fails after close() (a gateway's 502) is recorded for the fleet: the next process does not ask again at once", async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const held = holdingDispatcher('cgi-bin/stable_token');
+    const first = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, dispatcher: held.agent, logger: false });
+    try {
+      const fetching = rejection(first.accessToken.getToken());
+      await vi.waitFor(() => expect(held.arrived()).toBe(1));
+      const closing = first.close();
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/stable_token' });
+      held.release();
+      expect(await fetching).toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      await closing;
+      expect(await cache.get(`wechat:stable_access_token:${appId}:failed`)).toBeDefined();
+      const asked = mock.counters(appId).tokenRequests;
+      const next = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+      expect(await rejection(next.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      await next.close();
+      expect(mock.counters(appId).tokenRequests).toBe(asked);
+    } finally {
+      mock.clearFaults();
+      await held.agent.close();
+    }
+  });
+
   it('a second close() resolves only once the first one is done', async () => {
     let finish!: () => void;
     const finished = new Promise<void>((resolve) => (finish = resolve));

@@ -38,8 +38,6 @@ export class Connection {
   /** Every client we made and have not finished ending. */
   readonly #owned = new Set<Owned>();
   #closed = false;
-  /** Whether the caller's client was seen open: once it is closed after that, it stays the caller's to open. */
-  #givenOpened = false;
 
   /**
    * `source`: a caller's client, used as it is and never ended, or how to make one of our own; its
@@ -54,13 +52,7 @@ export class Connection {
   /** The connected client. */
   client(): Promise<RedisClientLike> {
     const current = this.#given ?? this.#client?.client;
-    if (current?.isOpen) {
-      if (current === this.#given) this.#givenOpened = true;
-      return Promise.resolve(current);
-    }
-    // The caller's client was open and is no longer: its owner ended it (node-redis keeps isOpen while it
-    // reconnects). Connecting it again would keep a socket open behind the owner's back.
-    if (this.#given && this.#givenOpened) return Promise.reject(new GivenClientClosed());
+    if (current?.isOpen) return Promise.resolve(current);
     if (this.#refused && performance.now() < this.#refused.until) return Promise.reject(this.#refused.error);
     this.#connecting ??= this.#connect().finally(() => (this.#connecting = undefined));
     return this.#connecting;
@@ -88,7 +80,6 @@ export class Connection {
   async #connect(): Promise<RedisClientLike> {
     if (this.#given) {
       await this.#within(this.#given.connect(), () => undefined);
-      this.#givenOpened = true;
       return this.#given;
     }
     // Our last client stopped reconnecting (a reconnectStrategy in clientOptions said so).
@@ -215,12 +206,4 @@ function sentinelNodeError(error: unknown): { cause: unknown; data: boolean } | 
   if (!(error instanceof Error) || error.cause === undefined) return undefined;
   const kind = /^(Master|Replica|Sentinel) Client \(/.exec(error.message)?.[1];
   return kind === undefined ? undefined : { cause: error.cause, data: kind !== 'Sentinel' };
-}
-
-/** The caller's client, seen open before, is closed: its owner ended it, and it is not opened again. */
-export class GivenClientClosed extends Error {
-  constructor() {
-    super('the Redis client passed to RedisCache was closed by its owner');
-    this.name = 'GivenClientClosed';
-  }
 }

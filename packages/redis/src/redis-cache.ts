@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { CacheError, type TokenCache } from '@wxkit/core';
 import { storeTtlMs } from '@wxkit/core/internal';
-import { Connection, GivenClientClosed, type RedisClientLike } from './connection.js';
+import { Connection, type RedisClientLike } from './connection.js';
 import { failureMessage, reasonOf } from './failure.js';
 import { resolveOptions, type RedisCacheOptions } from './options.js';
 
@@ -366,9 +366,6 @@ export class RedisCache implements TokenCache {
       // close() ended the client under the call (node-redis rejects its pending commands with an error of
       // its own, which names no reason).
       if (this.#closed) throw new CacheError(`RedisCache ${op} was cut short by close() (${this.#where})`, { cause: error, reason: 'closed' });
-      if (error instanceof GivenClientClosed) {
-        throw new CacheError(`RedisCache ${op}: the client it was given was closed by its owner, and is not opened again (${this.#where})`, { cause: error, reason: 'closed' });
-      }
       const reason = reasonOf(error);
       throw new CacheError(failureMessage(op, this.#where, reason, connecting), { cause: error, ...(reason ? { reason } : {}) });
     } finally {
@@ -451,7 +448,13 @@ async function keyspacePrefix(client: RedisClientLike, timeoutMs: number): Promi
     const answer = (client as unknown as { configGet(name: string): Promise<Record<string, string>> }).configGet('notify-keyspace-events');
     answer.catch(() => undefined);
     const config =
-      (await Promise.race([answer, new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error('CONFIG GET timed out')), timeoutMs)))])) ?? {};
+      (await Promise.race([
+        answer,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new Error('CONFIG GET timed out')), timeoutMs);
+          timer.unref?.();
+        }),
+      ])) ?? {};
     const flags = config['notify-keyspace-events'] ?? '';
     if (!flags.includes('K') || !(flags.includes('A') || (flags.includes('$') && flags.includes('g')))) return undefined;
     const database = (client as unknown as { options?: { database?: number } }).options?.database ?? 0;

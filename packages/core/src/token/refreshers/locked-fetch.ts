@@ -582,10 +582,11 @@ export class LockedFetchRefresher implements Refresher {
       return;
     }
     if (policyOf(error) === undefined) return;
-    // The client was closed under its fetch, which then failed short of an answer from WeChat: a program
-    // that shuts down cuts its connections (a service past its grace). That says nothing about WeChat,
-    // and a marker would hold back every healthy process of the fleet.
-    if (ctx.closed.aborted && !(error instanceof WeChatApiError)) return;
+    // The client was closed, and its fetch was then cut by the program's own shutdown (its dispatcher
+    // destroyed or closed under it: a service past its grace). That says nothing about WeChat, and a
+    // marker would hold back every healthy process of the fleet. A failure WeChat's side caused after
+    // close() (an error answer, a 5xx, a timeout) is recorded as ever: close() lets a fetch finish.
+    if (ctx.closed.aborted && cutByShutdown(error)) return;
     // A request that never left this process says nothing about WeChat: a marker would stop every
     // healthy host of the fleet. This process backs off alone; the lock is released as after any
     // failure, so a process waiting for it takes it and fetches at once.
@@ -748,4 +749,10 @@ export class LockedFetchRefresher implements Refresher {
     );
     return { entry: read.entry, tier: tier.name, fetched: false, asked: false };
   }
+}
+
+/** Whether `error` is a request cut by its own dispatcher's end (undici's destroy() or close()), not by anything of WeChat's. */
+function cutByShutdown(error: unknown): boolean {
+  const code = (error as { cause?: { code?: unknown } } | null)?.cause?.code;
+  return code === 'UND_ERR_DESTROYED' || code === 'UND_ERR_CLOSED';
 }
