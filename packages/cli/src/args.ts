@@ -18,15 +18,22 @@ export function maskPasswords(text: string): string {
   // `@` is the password (a URL parser reads a raw @ or a quote there as part of it).
   return text
     .split(/(\s+)/)
-    .map((word) => {
-      const scheme = word.indexOf('://');
-      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password.
-      if (scheme < 1 || word.includes('[user:pass@]')) return word;
-      const colon = word.indexOf(':', scheme + 3);
-      const at = word.lastIndexOf('@');
-      return colon < 0 || at < colon || word.slice(scheme + 3, colon).includes('@') ? word : `${word.slice(0, colon + 1)}***${word.slice(at)}`;
-    })
+    .map((word) =>
+      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password: kept as written,
+      // and what lies around it masked as any word.
+      word.split(PLACEHOLDER).map(maskWord).join(PLACEHOLDER),
+    )
     .join('');
+}
+
+const PLACEHOLDER = '[user:pass@]';
+
+function maskWord(word: string): string {
+  const scheme = word.indexOf('://');
+  if (scheme < 1) return word;
+  const colon = word.indexOf(':', scheme + 3);
+  const at = word.lastIndexOf('@');
+  return colon < 0 || at < colon || word.slice(scheme + 3, colon).includes('@') ? word : `${word.slice(0, colon + 1)}***${word.slice(at)}`;
 }
 
 /** Options that are not wxkit's, with what to do instead. */
@@ -57,7 +64,7 @@ export function parseCommand<T extends OptionSpec>(
     // Own properties only: `--toString` or `--constructor` names no option, whatever Object.prototype holds.
     const known = Object.hasOwn(options, token.name) ? options[token.name] : undefined;
     if (!known || (token.rawName.startsWith('-') && !token.rawName.startsWith('--') && token.rawName !== '-h')) {
-      const instead = INSTEAD[token.name];
+      const instead = Object.hasOwn(INSTEAD, token.name) ? INSTEAD[token.name] : undefined;
       throw fail(`wxkit ${command} has no option ${token.rawName}${instead ? `: ${instead}` : ''}`);
     }
     if (known.type === 'string') {

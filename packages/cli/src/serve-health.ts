@@ -77,9 +77,10 @@ export class StoreProbe {
   #set(next: StoreState): void {
     const last = this.#state;
     // Down for another reason (refused, then a wrong password) is a change too: /healthz and the log say
-    // the reason the store gives now. Down for the same one keeps its `since`.
+    // the reason the store gives now, and `since` stays when the store went down.
     const changed = last === undefined || last.up !== next.up || (!next.up && last.reason !== next.reason);
     if (!changed) return;
+    if (last !== undefined && !last.up && !next.up) next = { ...next, since: last.since };
     this.#state = next;
     this.#onChange(next);
   }

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { NOT_IN_BEARER_KEY, retryAtOf } from '@wxkit/core/internal';
@@ -44,10 +44,12 @@ export interface TokenServiceOptions {
   /** An idle keep-alive connection is closed after this long, in ms. @default 5000 */
   keepAliveTimeoutMs?: number;
   /**
-   * The most connections the service holds at once; one more is closed at once, unanswered (logged as
-   * `serve.connections_dropped`, counted in `wxkit_http_connections_dropped_total`), and its client
-   * fails its request and asks again later. Bounds the service's sockets and memory when a fleet of
-   * thousands of processes starts at once, well below the file descriptors a process gets. @default 10000
+   * The most connections the service serves at once. A band above it (a tenth more, 16 to 1,024) is
+   * answered 503 `busy` with `Retry-After: 1` and closed (`serve.connections_busy`); one past the band
+   * is closed at once, unanswered (logged as `serve.connections_dropped`, counted in
+   * `wxkit_http_connections_dropped_total`), and its client fails its request and asks again later.
+   * Bounds the service's sockets and memory when a fleet of thousands of processes starts at once, well
+   * below the file descriptors a process gets. @default 10000
    */
   maxConnections?: number;
   /** WeChat's API (a mock, a proxy). */
@@ -240,6 +242,22 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   let closing = false;
   /** The answers not finished yet: those under way when close() begins close their connection once sent. */
   const open = new Set<ServerResponse>();
+  /** Connections taken past maxConnections (see the band below): each gets one 503 busy, then is closed. */
+  const busy = new WeakSet<Socket>();
+  let busyAnswered = 0;
+  let busyLogged = -Infinity;
+  /** A busy answer: logged at most once a second, with how many since the last line. */
+  const noteBusy = () => {
+    busyAnswered += 1;
+    const now = performance.now();
+    if (now - busyLogged < 1_000) return;
+    busyLogged = now;
+    log?.warn(
+      { event: 'serve.connections_busy', answered: busyAnswered, maxConnections },
+      `The service holds maxConnections (${maxConnections}) connections: new ones are answered 503 busy with Retry-After: 1; raise maxConnections if the host has the file descriptors`,
+    );
+    busyAnswered = 0;
+  };
 
   const authorize = (req: IncomingMessage) => {
     const header = req.headers.authorization;
@@ -287,6 +305,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   async function handle(req: IncomingMessage, res: ServerResponse, info: RequestInfo): Promise<void> {
     // A request that arrives on a kept-alive connection once close() began: refused, as /readyz says.
     if (closing) throw new Problem(503, 'shutting_down', 'the service is shutting down');
+    // A connection past maxConnections, within the band above it: told when to come back, then closed.
+    if (busy.has(req.socket)) {
+      info.reason = 'busy';
+      noteBusy();
+      throw new Problem(503, 'busy', `the service holds maxConnections (${maxConnections}) connections; try again in a second`, { retryAfterSeconds: 1 }, { 'retry-after': '1', connection: 'close' });
+    }
     const path = (req.url ?? '/').replace(/[?#].*$/, '');
     let parts: string[];
     try {
@@ -304,6 +328,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       only('GET', 'HEAD');
       if (parts[0] === 'metrics') {
         const body = await metrics.registry.metrics();
+        closeIfUnread(res);
         res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
         return void res.end(body);
       }
@@ -440,13 +465,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       const started = performance.now();
       const info: RequestInfo = { route: 'unmatched' };
       open.add(res);
-      // Only a report of a token has a body, read up to 16 KiB. Any other request that sends one has its
-      // connection closed after the answer: kept alive, Node would read that body to its end first (a
-      // GET /healthz with a 100 GB body, needing no key, was read until requestTimeoutMs).
-      const bodyless = req.method !== 'POST';
-      if (closing || (bodyless && (Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined))) {
-        res.setHeader('connection', 'close');
-      }
+      if (closing) res.setHeader('connection', 'close');
       res.once('close', () => {
         open.delete(res);
         // An answer whose headers were out before close() began keeps its connection alive: closed here.
@@ -473,9 +492,22 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     },
   );
   // Node's own clientError handling stays: a stalled request gets 408 and is closed, a malformed one 400.
-  // Past maxConnections Node closes a new connection as soon as it is accepted: counted, and logged at
-  // most once a second with how many went since the last line, so a stampede does not flood the log.
-  server.maxConnections = maxConnections;
+  // Past maxConnections, a band of connections (a tenth more, 16 to 1,024) is still taken, for one answer
+  // each: 503 busy with Retry-After, so a client holds back (remoteTokenSource does) instead of asking
+  // again at once, then the connection is closed. Past the band Node closes a new connection as soon as
+  // it is accepted: counted, and logged at most once a second with how many went since the last line, so
+  // a stampede does not flood the log.
+  const band = Math.min(1_024, Math.max(16, Math.ceil(maxConnections / 10)));
+  server.maxConnections = maxConnections + band;
+  let connections = 0;
+  server.on('connection', (socket: Socket) => {
+    connections += 1;
+    socket.once('close', () => (connections -= 1));
+    if (connections <= maxConnections) return;
+    busy.add(socket);
+    // One answer, soon: a client that sends nothing does not hold a place in the band.
+    socket.setTimeout(timeouts.headersTimeout, () => socket.destroy());
+  });
   let dropped = 0;
   let dropLogged = -Infinity;
   server.on('drop', () => {
@@ -602,11 +634,25 @@ function seconds(value: number | undefined, fallback: number, name: string): num
 }
 
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {
+  closeIfUnread(res);
   res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
   res.end(JSON.stringify({ [field]: entry.value, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt }));
 }
 
+/**
+ * Closes the connection after the answer when the request's body is not all in: a route that reads
+ * none (any but a token report, which reads 16 KiB at most), or an answer given before reading it (a
+ * 401). Kept alive, Node would read that body to its end first: a keyless GET or POST /healthz with a
+ * 100 GB body was read until requestTimeoutMs.
+ */
+function closeIfUnread(res: ServerResponse): void {
+  const req = res.req;
+  const bodied = Number(req.headers['content-length'] ?? 0) > 0 || req.headers['transfer-encoding'] !== undefined;
+  if (bodied && !req.complete) res.setHeader('connection', 'close');
+}
+
 function answer(res: ServerResponse, status: number, body: unknown, headers: Record<string, string> = {}): void {
+  closeIfUnread(res);
   res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', ...headers });
   res.end(JSON.stringify(body));
 }

@@ -65,8 +65,8 @@ describe('wxkit exit codes and messages', () => {
     const cases: [string[], string][] = [
       [['token', 'get', '--store', redis.url, '--bogus'], 'wxkit token has no option --bogus'],
       // Names Object.prototype holds are no options either.
-      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--toString'], 'wxkit token has no option --toString'],
-      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--constructor', 'x'], 'wxkit token has no option --constructor'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--toString'], 'wxkit token has no option --toString\n'],
+      [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--constructor', 'x'], 'wxkit token has no option --constructor\n'],
       [['token', 'get', '--store'], '--store needs a value'],
       [['token', 'get', '--store', '--app', 'oa:wx1'], '--store needs a value'],
       [['token', 'get', '--store', redis.url, '--json=yes'], '--json is a switch and takes no value'],
@@ -126,6 +126,8 @@ describe('wxkit exit codes and messages', () => {
     expect(maskPasswords('redis://user@h:6379 redis://h:6379/0')).toBe('redis://user@h:6379 redis://h:6379/0');
     // The usage text quoted after an error keeps its placeholder as written.
     expect(maskPasswords('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port')).toBe('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port');
+    // …and a real password beside it is masked all the same.
+    expect(maskPasswords('redis://admin:hunter2@10.0.0.5:6379/0#[user:pass@]')).toBe('redis://admin:***@10.0.0.5:6379/0#[user:pass@]');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {

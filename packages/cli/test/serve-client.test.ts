@@ -161,7 +161,7 @@ describe("wxkit serve's own way out", () => {
 });
 
 describe('wxkit serve under more connections than it holds', () => {
-  it('closes the ones past maxConnections at once, logs and counts them, and takes new ones once others close', async () => {
+  it('answers the ones past maxConnections 503 busy with Retry-After, closes those past its band unanswered, logs and counts both, and takes new ones once others close', async () => {
     const { appId, secret } = mock.createApp();
     const warnings: LogFields[] = [];
     let onWarn = () => {};
@@ -173,16 +173,32 @@ describe('wxkit serve under more connections than it holds', () => {
         const socket = connect(Number(port), hostname, () => resolve(socket));
         socket.once('error', reject);
       });
+    /** What `socket` receives until the service closes it. */
+    const receivedOn = (socket: Socket) =>
+      new Promise<string>((resolve) => {
+        const chunks: Buffer[] = [];
+        socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+        socket.once('close', () => resolve(Buffer.concat(chunks).toString('latin1')));
+      });
     const held = [await open(), await open()];
     try {
-      const dropped = new Promise<void>((resolve) => (onWarn = () => warnings.some((line) => line.event === 'serve.connections_dropped') && resolve()));
+      // Past maxConnections: one answer, then the connection is closed.
       const third = await open();
-      // Closed by the service without a byte.
-      let received = 0;
-      third.on('data', (chunk: Buffer) => (received += chunk.length));
-      await new Promise((resolve) => third.once('close', resolve));
+      const answer = receivedOn(third);
+      third.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+      const text = await answer;
+      expect(text).toMatch(/^HTTP\/1\.1 503 /);
+      expect(text.toLowerCase()).toContain('retry-after: 1');
+      expect(text.toLowerCase()).toContain('connection: close');
+      expect(text).toContain('"code":"busy"');
+      expect(warnings.find((line) => line.event === 'serve.connections_busy')).toMatchObject({ answered: 1, maxConnections: 2 });
+      // The band above maxConnections (16 here) taken too: the next one is closed without a byte.
+      for (let i = 0; i < 16; i += 1) held.push(await open());
+      const dropped = new Promise<void>((resolve) => (onWarn = () => warnings.some((line) => line.event === 'serve.connections_dropped') && resolve()));
+      const past = await open();
+      const nothing = await receivedOn(past);
       await dropped;
-      expect(received).toBe(0);
+      expect(nothing).toBe('');
       expect(warnings.find((line) => line.event === 'serve.connections_dropped')).toMatchObject({ dropped: 1, maxConnections: 2 });
     } finally {
       for (const socket of held) socket.destroy();
@@ -193,13 +209,37 @@ describe('wxkit serve under more connections than it holds', () => {
       let refused = 0;
       for (let attempt = 0; attempt < 50 && metrics === undefined; attempt += 1) {
         metrics = await fetch(`${service.url}/metrics`).then(
-          (res) => res.text(),
+          (res) => (res.status === 200 ? res.text() : void (refused += 1)),
           () => void (refused += 1),
         );
       }
-      // The third connection, and any attempt made before the service saw the held ones close.
-      expect(metrics).toMatch(new RegExp(`^wxkit_http_connections_dropped_total ${1 + refused}$`, 'm'));
+      expect(metrics).toMatch(/^wxkit_http_connections_dropped_total [1-9]\d*$/m);
+      // Answered before its route is read: counted as unmatched.
+      expect(metrics).toMatch(/^wxkit_http_requests_total\{route="unmatched",status="503"\} 1$/m);
     } finally {
+      await service.close();
+    }
+  });
+
+  it("a client answered 503 busy holds back as Retry-After says: its next call does not ask the service", async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, maxConnections: 1 });
+    const { hostname, port } = new URL(service.url);
+    const held = await new Promise<Socket>((resolve, reject) => {
+      const socket = connect(Number(port), hostname, () => resolve(socket));
+      socket.once('error', reject);
+    });
+    const agent = new CountingAgent();
+    const source = remoteTokenSource({ url: service.url, key: KEY, dispatcher: agent });
+    const request = { kind: 'official_account' as const, id: appId, field: 'access_token' as const };
+    try {
+      expect(await source.fetch(request).catch((e: unknown) => e)).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      expect(await source.fetch(request).catch((e: unknown) => e)).toMatchObject({ code: 'ERR_WXKIT_HTTP' });
+      expect(agent.sent).toEqual([`GET v1/token/official_account/${appId}`]);
+    } finally {
+      held.destroy();
+      await source.close?.();
+      await agent.close();
       await service.close();
     }
   });

@@ -179,27 +179,52 @@ describe('close() of the token service', () => {
     }
   });
 
-  it('a GET with a body (no key needed for /healthz) is answered with Connection: close: the body is not read to its end', async () => {
-    const { service } = await serve();
-    const { socket, received } = rawConnection(service);
-    const total = 50 * 1024 * 1024;
-    const chunk = Buffer.alloc(64 * 1024, 'a');
-    let written = 0;
-    let gone = false;
-    socket.once('close', () => (gone = true));
-    try {
-      socket.write(`GET /healthz HTTP/1.1\r\nhost: localhost\r\ncontent-length: ${total}\r\n\r\n`);
-      // Written as fast as the service reads it, until it is all written or the service closes the connection.
-      while (written < total && !gone) {
-        written += chunk.length;
-        if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
+  for (const [method, path, status] of [
+    ['GET', '/healthz', 'HTTP/1.1 200 OK'],
+    ['POST', '/healthz', 'HTTP/1.1 405 Method Not Allowed'],
+    ['POST', '/nope', 'HTTP/1.1 404 Not Found'],
+    ['POST', '/v1/token/oa/wxnokey/invalidate', 'HTTP/1.1 401 Unauthorized'],
+  ] as const) {
+    it(`${method} ${path} with a body it does not read (no key needed) is answered with Connection: close: the body is not read to its end`, async () => {
+      const { service } = await serve();
+      const { socket, received } = rawConnection(service);
+      const total = 50 * 1024 * 1024;
+      const chunk = Buffer.alloc(64 * 1024, 'a');
+      let written = 0;
+      let gone = false;
+      socket.once('close', () => (gone = true));
+      try {
+        socket.write(`${method} ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: ${total}\r\n\r\n`);
+        // Written as fast as the service reads it, until it is all written or the service closes the connection.
+        while (written < total && !gone) {
+          written += chunk.length;
+          if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
+        }
+        const text = await received;
+        expect(statusLines(text)).toEqual([status]);
+        expect(text.toLowerCase()).toContain('connection: close');
+        expect(written).toBeLessThan(total);
+      } finally {
+        socket.destroy();
+        await service.close();
       }
-      const text = await received;
-      expect(statusLines(text)).toEqual(['HTTP/1.1 200 OK']);
-      expect(text.toLowerCase()).toContain('connection: close');
-      expect(written).toBeLessThan(total);
+    });
+  }
+
+  it('a request without a body, or whose body was read, keeps its connection alive', async () => {
+    const { service, app } = await serve();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    try {
+      expect(await get(service, '/healthz', agent)).toEqual({ status: 200, connection: 'keep-alive' });
+      const answer = await new Promise<Answer>((resolve) => {
+        request(`${service.url}/v1/token/oa/${app.appId}/invalidate`, { method: 'POST', agent, headers: { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve({ status: res.statusCode!, connection: res.headers.connection }));
+        }).end(JSON.stringify({ token: 'not-the-current-one' }));
+      });
+      expect(answer.connection).toBe('keep-alive');
     } finally {
-      socket.destroy();
+      agent.destroy();
       await service.close();
     }
   });

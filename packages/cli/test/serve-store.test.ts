@@ -132,12 +132,14 @@ describe('the /healthz store probe', () => {
       get: () => Promise.reject(new CacheError('down', { reason: reasons[Math.min(probes++, reasons.length - 1)] as 'refused' })),
     });
     const changes: string[] = [];
-    const probe = new StoreProbe(failing, 'k', { intervalMs: 1, timeoutMs: 60_000, onChange: (state) => changes.push(`${state.up}/${state.reason}`) });
+    const probe = new StoreProbe(failing, 'k', { intervalMs: 5, timeoutMs: 60_000, onChange: (state) => changes.push(`${state.up}/${state.reason}`) });
     await probe.start();
+    // When the store went down: the reason changes, the time does not.
+    const wentDown = probe.state!.since;
     await vi.waitFor(() => expect(probes).toBeGreaterThanOrEqual(reasons.length + 2));
     probe.stop();
     expect(changes).toEqual(['false/refused', 'false/auth']);
-    expect(probe.state).toMatchObject({ up: false, reason: 'auth' });
+    expect(probe.state).toMatchObject({ up: false, reason: 'auth', since: wentDown });
   });
 });
 
