@@ -65,6 +65,28 @@ function rawConnection(service: TokenService): { socket: Socket; received: Promi
 /** The status lines of the HTTP answers in `text`. */
 const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
 
+/**
+ * Sends `head` (a request's line and headers, announcing `total` bytes of body) on a raw connection,
+ * then the body as fast as the service reads it, until it is all written or the service closes the
+ * connection: `uploaded` resolves the bytes written.
+ */
+function bigUpload(service: TokenService, head: string, total: number): { socket: Socket; received: Promise<string>; uploaded: Promise<number> } {
+  const { socket, received } = rawConnection(service);
+  const chunk = Buffer.alloc(64 * 1024, 'a');
+  let gone = false;
+  socket.once('close', () => (gone = true));
+  socket.write(head);
+  const uploaded = (async () => {
+    let written = 0;
+    while (written < total && !gone) {
+      written += chunk.length;
+      if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
+    }
+    return written;
+  })();
+  return { socket, received, uploaded };
+}
+
 describe('close() of the token service', () => {
   it('a keep-alive connection with a request under way: that request gets its answer with Connection: close, and nothing after it is served', async () => {
     const { service, app } = await serve();
@@ -122,31 +144,18 @@ describe('close() of the token service', () => {
   it('a body over the limit is answered 413 with Connection: close: the rest of it is not read, and close() does not wait for it', async () => {
     const { service, app } = await serve();
     let closing: Promise<unknown> | undefined;
-    const { socket, received } = rawConnection(service);
     const total = 50 * 1024 * 1024;
-    const chunk = Buffer.alloc(64 * 1024, 'a');
-    let written = 0;
-    let gone = false;
-    socket.once('close', () => (gone = true));
+    const head = `POST /v1/token/oa/${app.appId}/invalidate HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${total}\r\n\r\n`;
+    const { socket, received, uploaded } = bigUpload(service, head, total);
     // The answer, or the connection's end if none comes.
     const refused = new Promise<void>((resolve) => {
       socket.on('data', (data: Buffer) => data.toString('latin1').startsWith('HTTP/1.1 ') && resolve());
       socket.once('close', resolve);
     });
     try {
-      socket.write(
-        `POST /v1/token/oa/${app.appId}/invalidate HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${total}\r\n\r\n`,
-      );
-      // Written as fast as the service reads it, until it is all written or the service closes the connection.
-      const upload = (async () => {
-        while (written < total && !gone) {
-          written += chunk.length;
-          if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
-        }
-      })();
       await refused;
       closing = service.close();
-      await upload;
+      const written = await uploaded;
       const text = await received;
       await closing;
       expect(statusLines(text)).toEqual(['HTTP/1.1 413 Payload Too Large']);
@@ -187,19 +196,10 @@ describe('close() of the token service', () => {
   ] as const) {
     it(`${method} ${path} with a body it does not read (no key needed) is answered with Connection: close: the body is not read to its end`, async () => {
       const { service } = await serve();
-      const { socket, received } = rawConnection(service);
       const total = 50 * 1024 * 1024;
-      const chunk = Buffer.alloc(64 * 1024, 'a');
-      let written = 0;
-      let gone = false;
-      socket.once('close', () => (gone = true));
+      const { socket, received, uploaded } = bigUpload(service, `${method} ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: ${total}\r\n\r\n`, total);
       try {
-        socket.write(`${method} ${path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: ${total}\r\n\r\n`);
-        // Written as fast as the service reads it, until it is all written or the service closes the connection.
-        while (written < total && !gone) {
-          written += chunk.length;
-          if (!socket.write(chunk)) await new Promise((resolve) => (socket.once('drain', resolve), socket.once('close', resolve)));
-        }
+        const written = await uploaded;
         const text = await received;
         expect(statusLines(text)).toEqual([status]);
         expect(text.toLowerCase()).toContain('connection: close');
