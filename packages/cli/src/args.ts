@@ -19,14 +19,15 @@ export function maskPasswords(text: string): string {
   return text
     .split(/(\s+)/)
     .map((word) =>
-      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password: kept as written,
-      // and what lies around it masked as any word.
-      word.split(PLACEHOLDER).map(maskWord).join(PLACEHOLDER),
+      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password: it stands aside (as
+      // a mark with no `:` or `@`) while the word is masked as any word, then comes back as written.
+      maskWord(word.split(PLACEHOLDER).join(ASIDE)).split(ASIDE).join(PLACEHOLDER),
     )
     .join('');
 }
 
 const PLACEHOLDER = '[user:pass@]';
+const ASIDE = '\u0000';
 
 function maskWord(word: string): string {
   const scheme = word.indexOf('://');

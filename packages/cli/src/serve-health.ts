@@ -3,7 +3,7 @@ import type { TokenCache } from '@wxkit/core';
 /** What the probe last saw of the store. */
 export interface StoreState {
   up: boolean;
-  /** Unix ms of the last change. */
+  /** Unix ms of the last change between up and down (not of a change of reason while down). */
   since: number;
   /** Why it is down: the CacheError's reason when the adapter gives one (`refused`, `auth`…). */
   reason?: string;

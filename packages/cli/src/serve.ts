@@ -499,11 +499,15 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // a stampede does not flood the log.
   const band = Math.min(1_024, Math.max(16, Math.ceil(maxConnections / 10)));
   server.maxConnections = maxConnections + band;
-  let connections = 0;
+  // The connections served: those in the band count apart, so that a band of silent ones (held up to
+  // headersTimeout) never turns a served connection away once the served ones have closed.
+  let serving = 0;
   server.on('connection', (socket: Socket) => {
-    connections += 1;
-    socket.once('close', () => (connections -= 1));
-    if (connections <= maxConnections) return;
+    if (serving < maxConnections) {
+      serving += 1;
+      socket.once('close', () => (serving -= 1));
+      return;
+    }
     busy.add(socket);
     // One answer, soon: a client that sends nothing does not hold a place in the band.
     socket.setTimeout(timeouts.headersTimeout, () => socket.destroy());

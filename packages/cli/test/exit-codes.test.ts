@@ -128,6 +128,8 @@ describe('wxkit exit codes and messages', () => {
     expect(maskPasswords('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port')).toBe('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port');
     // …and a real password beside it is masked all the same.
     expect(maskPasswords('redis://admin:hunter2@10.0.0.5:6379/0#[user:pass@]')).toBe('redis://admin:***@10.0.0.5:6379/0#[user:pass@]');
+    expect(maskPasswords('redis://[user:pass@]u:secret@h')).toBe('redis://[user:pass@]u:***@h');
+    expect(maskPasswords('redis://u:se[user:pass@]cret@h')).toBe('redis://u:***@h');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {

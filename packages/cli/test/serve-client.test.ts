@@ -1,5 +1,5 @@
 import { connect, type Socket } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, remoteTokenSource, type LogFields } from '@wxkit/core';
 import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -217,6 +217,29 @@ describe('wxkit serve under more connections than it holds', () => {
       // Answered before its route is read: counted as unmatched.
       expect(metrics).toMatch(/^wxkit_http_requests_total\{route="unmatched",status="503"\} 1$/m);
     } finally {
+      await service.close();
+    }
+  });
+
+  it('a connection in the band, held silent, does not count as served: once the served ones close, the next is served', async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, maxConnections: 1 });
+    const { hostname, port } = new URL(service.url);
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const socket = connect(Number(port), hostname, () => resolve(socket));
+        socket.once('error', reject);
+      });
+    const served = await open();
+    const silent = await open();
+    try {
+      // The served connection goes; the service has seen it go once a request on a new one is answered.
+      const gone = new Promise((resolve) => served.once('close', resolve));
+      served.destroy();
+      await gone;
+      await vi.waitFor(async () => expect((await fetch(`${service.url}/healthz`)).status).toBe(200));
+    } finally {
+      silent.destroy();
       await service.close();
     }
   });
