@@ -167,8 +167,10 @@ describe('close() of the token service', () => {
     }
   });
 
-  it('a request still under way requestTimeoutMs after close() began is cut, and close() resolves', async () => {
-    const { service, app } = await serve({ requestTimeoutMs: 300 });
+  it('a request still under way requestTimeoutMs after close() began is cut (logged 503 cut_at_shutdown, not as its client gone), and close() resolves', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const { service, app } = await serve({ requestTimeoutMs: 300, logger: { info: record, warn: record, error: record } });
     let closing: Promise<unknown> | undefined;
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
@@ -181,6 +183,9 @@ describe('close() of the token service', () => {
       closing = service.close();
       expect(await inFlight).toEqual({ status: -1 });
       await closing;
+      expect(lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toEqual([
+        expect.objectContaining({ status: 503, reason: 'cut_at_shutdown' }),
+      ]);
     } finally {
       mock.setLatency(0);
       agent.destroy();
