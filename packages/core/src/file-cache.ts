@@ -131,7 +131,7 @@ export class FileCache implements TokenCache {
   async delete(key: string): Promise<void> {
     await this.#open('delete');
     const path = this.#path(key);
-    await this.#guarded(path, 'delete', () => this.#unlink(path, 'delete'), true);
+    await this.#guarded(path, 'delete', () => this.#unlink(path, 'delete'));
   }
 
   async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
@@ -165,16 +165,11 @@ export class FileCache implements TokenCache {
     const path = this.#path(key);
     // As in add(): a value seen to differ decides the outcome as of that read, without the guard.
     if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
-    return this.#guarded(
-      path,
-      'deleteIfEquals',
-      async () => {
-        if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
-        await this.#unlink(path, 'deleteIfEquals');
-        return true;
-      },
-      true,
-    );
+    return this.#guarded(path, 'deleteIfEquals', async () => {
+      if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
+      await this.#unlink(path, 'deleteIfEquals');
+      return true;
+    });
   }
 
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
@@ -373,13 +368,7 @@ export class FileCache implements TokenCache {
    * Runs `fn` holding `<file>~guard`, created exclusively, so the writers of one key never interleave
    * (an add between another's read and write would otherwise give two winners). Readers take no guard.
    */
-  /**
-   * `fn` under the key's guard. `frees`: `fn` only removes a file (delete, deleteIfEquals), so on a full
-   * disk, where no guard can be written, it runs without one: a lock's release would otherwise fail and
-   * hold the fleet for the lock's whole lease, and a delete could not free what it was asked to. No
-   * writer can make a new entry there meanwhile either (each writes a temp file first).
-   */
-  async #guarded<T>(path: string, op: string, fn: () => Promise<T>, frees = false): Promise<T> {
+  async #guarded<T>(path: string, op: string, fn: () => Promise<T>): Promise<T> {
     const guard = `${path}~guard`;
     const mine = `${process.pid} ${await namespaceId()} ${randomBytes(8).toString('hex')}`;
     // The guard is written whole beside its place, then linked there: link() creates a name only where
@@ -396,9 +385,7 @@ export class FileCache implements TokenCache {
           await link(draft, guard);
           break;
         } catch (error) {
-          const code = (error as NodeJS.ErrnoException).code;
-          if (frees && (code === 'ENOSPC' || code === 'EDQUOT')) return await fn();
-          if (code !== 'EEXIST') throw this.#error(op, error);
+          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
         }
         if (await this.#breakIfStale(path, draft, op)) broke = true;
         if (performance.now() - started > this.#guardTimeoutMs) {
