@@ -21,7 +21,7 @@ export function maskPasswords(text: string): string {
     .map((word) =>
       // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password: it stands aside (as
       // a mark with no `:` or `@`) while the word is masked as any word, then comes back as written.
-      maskWord(word.split(PLACEHOLDER).join(ASIDE)).split(ASIDE).join(PLACEHOLDER),
+      word.includes(PLACEHOLDER) && !word.includes(ASIDE) ? maskWord(word.split(PLACEHOLDER).join(ASIDE)).split(ASIDE).join(PLACEHOLDER) : maskWord(word),
     )
     .join('');
 }

@@ -240,8 +240,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   });
   await probe.start();
   let closing = false;
-  /** Past the grace of close(): what is still under way is being cut. */
-  let cutting = false;
+  /** The answers close() cut past its grace, their clients still waiting for them then. */
+  const cut = new WeakSet<ServerResponse>();
   /** The answers not finished yet: those under way when close() begins close their connection once sent. */
   const open = new Set<ServerResponse>();
   /** Connections taken past maxConnections (see the band below): each gets one 503 busy, then is closed. */
@@ -474,16 +474,14 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         if (closing) server.closeIdleConnections();
       });
       handle(req, res, info)
-        .catch((error: unknown) => {
-          // Cut by the service's own shutdown (past requestTimeoutMs after SIGTERM), not by its client.
-          if (cutting && !res.headersSent && (!res.socket || res.socket.destroyed)) {
+        .catch((error: unknown) => fail(res, error, info, log))
+        .finally(() => {
+          // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
+          // still there then), whatever the handler did after: its client got no answer.
+          if (cut.has(res)) {
             info.reason = 'cut_at_shutdown';
             res.statusCode = 503;
-            return;
           }
-          fail(res, error, info, log);
-        })
-        .finally(() => {
           const seconds = (performance.now() - started) / 1000;
           metrics.request(info.route, res.statusCode, seconds);
           log?.info?.(
@@ -563,7 +561,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     server.closeIdleConnections();
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
-      cutting = true;
+      for (const res of open) if (!res.writableEnded && res.socket && !res.socket.destroyed) cut.add(res);
       // The clients first: a fetch cut by their close is no failure of WeChat's, and is not recorded as
       // one for the other instances sharing the store.
       for (const { client } of served.values()) void client.close();

@@ -130,6 +130,7 @@ describe('wxkit exit codes and messages', () => {
     expect(maskPasswords('redis://admin:hunter2@10.0.0.5:6379/0#[user:pass@]')).toBe('redis://admin:***@10.0.0.5:6379/0#[user:pass@]');
     expect(maskPasswords('redis://[user:pass@]u:secret@h')).toBe('redis://[user:pass@]u:***@h');
     expect(maskPasswords('redis://u:se[user:pass@]cret@h')).toBe('redis://u:***@h');
+    expect(maskPasswords('bad key "a\u0000b"')).toBe('bad key "a\u0000b"');
   });
 
   it('configuration (7): a missing WECHAT_SECRET says which variable or flag to set', async () => {

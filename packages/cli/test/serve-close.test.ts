@@ -193,6 +193,64 @@ describe('close() of the token service', () => {
     }
   });
 
+  it('a request whose client hung up before SIGTERM, its fetch then cut, is logged 499 client_gone, not cut_at_shutdown', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    // One connection served: the next is served only once the service has seen the first one go.
+    const { service, app } = await serve({ requestTimeoutMs: 300, maxConnections: 1, logger: { info: record, warn: record, error: record } });
+    try {
+      mock.setLatency(600_000);
+      const before = mock.counters(app.appId).requests;
+      const { socket } = rawConnection(service);
+      socket.write(`GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      socket.destroy();
+      await vi.waitFor(async () => expect((await fetch(`${service.url}/healthz`)).status).toBe(200));
+      await service.close();
+      await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toHaveLength(1));
+      expect(lines.find((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toMatchObject({ status: 499, reason: 'client_gone' });
+    } finally {
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
+  it('a request cut at shutdown whose handler answers after the cut (a slow store read) is logged 503 cut_at_shutdown, not 200', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const app = mock.createApp();
+    let slow = false;
+    let slowReads = 0;
+    // Once `slow`, each read takes 800 ms: the handler is still reading when the grace (300 ms) cuts it.
+    class SlowReads extends MemoryCache {
+      override async get(key: string): Promise<string | undefined> {
+        if (slow) {
+          slowReads += 1;
+          await new Promise((resolve) => setTimeout(resolve, 800));
+        }
+        return super.get(key);
+      }
+    }
+    const cache = new SlowReads();
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
+    try {
+      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(warm.status).toBe(200);
+      await warm.arrayBuffer();
+      lines.length = 0;
+      slow = true;
+      const { socket, received } = rawConnection(service);
+      socket.write(`GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
+      await vi.waitFor(() => expect(slowReads).toBeGreaterThan(0));
+      await service.close();
+      expect(await received).toBe('');
+      await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request')).toHaveLength(1), { timeout: 5_000 });
+      expect(lines.find((line) => line.event === 'serve.request')).toMatchObject({ status: 503, reason: 'cut_at_shutdown' });
+    } finally {
+      await service.close();
+    }
+  });
+
   for (const [method, path, status] of [
     ['GET', '/healthz', 'HTTP/1.1 200 OK'],
     ['POST', '/healthz', 'HTTP/1.1 405 Method Not Allowed'],
