@@ -122,12 +122,20 @@ describe('a token WeChat rejects moments after every fetch', () => {
       // the next fetch starts the fleet's first pause (1 s). The workers' clocks stand still while the
       // store lets the pause go two steps of real time after its write: the test keeps it, as a store
       // whose clock stood still too would.
+      //
+      // One more fetch can come at the start of the streak: a process whose report of the token that
+      // worked was still waiting for the lock finds the store empty (another process deleted the
+      // replacement it saw rejected) and refetches at once, as after any external refresh, before the
+      // pause is written (docs/protocol.md, "Fetches after a rejection are spaced"). From then on, one
+      // request per step.
       const first = round();
       await keep(1_000);
       await first;
+      const started = requests();
+      expect([warm + 2, warm + 3]).toContain(started);
       const paused = await round();
       await round();
-      expect(requests()).toBe(warm + 2);
+      expect(requests()).toBe(started);
       expect(paused.some((error) => error.startsWith('ERR_WXKIT_NO_TOKEN'))).toBe(true);
       // A step later: one fetch for the fleet, and the next pause is twice as long.
       await group.advance(1_001);
@@ -135,7 +143,7 @@ describe('a token WeChat rejects moments after every fetch', () => {
       await keep(2_000);
       await next;
       await round();
-      expect(requests()).toBe(warm + 3);
+      expect(requests()).toBe(started + 1);
     } finally {
       await watcher.close();
     }
