@@ -169,26 +169,27 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const subjectOf = (app: ServiceApp): KeySubject =>
     app.kind === 'work' ? { kind: 'work', corpId: app.corpId, agentId: app.agentId } : { kind: app.kind, appId: app.appId, endpoint: app.tokenEndpoint ?? 'stable' };
 
+  // Each app's name in the metrics and the log. An app listed twice would be served by the last of its
+  // clients, the first one left open.
+  const names = options.apps.map((app) => `${app.kind}/${appId(app)}`);
+  const twice = names.find((name, i) => names.indexOf(name) !== i);
+  if (twice) throw new ConfigError(`the app ${twice} is listed twice in apps; list each app once`, 'apps');
   // The clients see the store through a wrapper that counts token reads and lock waits per app.
   const tokenKeys = new Map<string, string>();
   const lockKeys = new Map<string, string>();
-  for (const app of options.apps) {
+  for (const [i, app] of options.apps.entries()) {
     const key = schema.accessTokenKey(subjectOf(app));
-    tokenKeys.set(key, `${app.kind}/${appId(app)}`);
-    lockKeys.set(schema.lockKey(key), `${app.kind}/${appId(app)}`);
+    tokenKeys.set(key, names[i]!);
+    lockKeys.set(schema.lockKey(key), names[i]!);
   }
   const cache = metrics.countingCache(options.cache, tokenKeys, lockKeys);
   // One connection pool for WeChat, timed per app; the clients do not own it, so close() ends it here.
   const agent = new Agent({ keepAliveTimeout: 10_000, connect: { timeout: 10_000 }, headersTimeout: 10_000, bodyTimeout: 10_000 });
 
-  // An app listed twice would be served by the last of its clients, the first one left open.
-  const names = options.apps.map((app) => `${app.kind}/${appId(app)}`);
-  const twice = names.find((name, i) => names.indexOf(name) !== i);
-  if (twice) throw new ConfigError(`the app ${twice} is listed twice in apps; list each app once`, 'apps');
   const served = new Map<string, Served>();
-  for (const app of options.apps) {
+  for (const [i, app] of options.apps.entries()) {
     if (typeof app.secret !== 'string' || app.secret.length === 0) throw new ConfigError(`the app ${appId(app)} has no secret`, 'secret');
-    const name = `${app.kind}/${appId(app)}`;
+    const name = names[i]!;
     // WeCom's apps go to WeCom (or workBaseUrl), never to baseUrl: that is WeChat's (or a proxy for it).
     const baseUrl = app.kind === 'work' ? (options.workBaseUrl ?? WORK_BASE_URL) : options.baseUrl;
     const dispatcher = metrics.timedDispatcher(agent, name);
@@ -246,20 +247,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const open = new Set<ServerResponse>();
   /** Connections taken past maxConnections (see the band below): each gets one 503 busy, then is closed. */
   const busy = new WeakSet<Socket>();
-  let busyAnswered = 0;
-  let busyLogged = -Infinity;
-  /** A busy answer: logged at most once a second, with how many since the last line. */
-  const noteBusy = () => {
-    busyAnswered += 1;
-    const now = performance.now();
-    if (now - busyLogged < 1_000) return;
-    busyLogged = now;
+  const noteBusy = onceASecond((answered) =>
     log?.warn(
-      { event: 'serve.connections_busy', answered: busyAnswered, maxConnections },
+      { event: 'serve.connections_busy', answered, maxConnections },
       `The service holds maxConnections (${maxConnections}) connections: new ones are answered 503 busy with Retry-After: 1; raise maxConnections if the host has the file descriptors`,
-    );
-    busyAnswered = 0;
-  };
+    ),
+  );
 
   const authorize = (req: IncomingMessage) => {
     const header = req.headers.authorization;
@@ -520,19 +513,15 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     // One answer, soon: a client that sends nothing does not hold a place in the band.
     socket.setTimeout(timeouts.headersTimeout, () => socket.destroy());
   });
-  let dropped = 0;
-  let dropLogged = -Infinity;
-  server.on('drop', () => {
-    metrics.connectionsDropped.inc();
-    dropped += 1;
-    const now = performance.now();
-    if (now - dropLogged < 1_000) return;
-    dropLogged = now;
+  const noteDrop = onceASecond((dropped) =>
     log?.warn(
       { event: 'serve.connections_dropped', dropped, maxConnections },
       `The service holds maxConnections (${maxConnections}) connections: new ones are closed unanswered; raise maxConnections if the host has the file descriptors`,
-    );
-    dropped = 0;
+    ),
+  );
+  server.on('drop', () => {
+    metrics.connectionsDropped.inc();
+    noteDrop();
   });
 
   await new Promise<void>((resolve, reject) => {
@@ -644,6 +633,23 @@ function seconds(value: number | undefined, fallback: number, name: string): num
     throw new ConfigError(`the token service's ${name} must be a number of seconds between 0.001 and 2147483.647`, name);
   }
   return ms;
+}
+
+/**
+ * Counts what it is called for and hands `line` the count since its last call, at most once a second (on
+ * the monotonic clock), so that a stampede does not flood the log.
+ */
+function onceASecond(line: (count: number) => void): () => void {
+  let count = 0;
+  let last = -Infinity;
+  return () => {
+    count += 1;
+    const now = performance.now();
+    if (now - last < 1_000) return;
+    last = now;
+    line(count);
+    count = 0;
+  };
 }
 
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {
