@@ -271,24 +271,20 @@ export class RedisCache implements TokenCache {
     const subscriber = typeof duplicate === 'function' ? duplicate.call(client) : ownPubSub(client);
     // node-redis reports failed reconnects as 'error' events; an unheard one would crash the process.
     subscriber.on('error', () => undefined);
-    let timer: NodeJS.Timeout | undefined;
     // Held for close(), which ends it even while its connect or SUBSCRIBE goes unanswered.
     this.#opening = subscriber;
     try {
       // Both bounded: a server (or proxy) that never answers SUBSCRIBE would hold close() for ever.
-      await Promise.race([
-        (async () => {
-          await subscriber.connect();
-          // A message is a key's digest; a writer that publishes the name itself is heard too.
-          await subscriber.subscribe(WRITTEN_CHANNEL, (message) => this.#notify(this.#byMessage.get(message) ?? message));
-        })(),
-        new Promise((_, reject) => (timer = setTimeout(() => reject(new Error('subscriber connect timed out')), this.#connectTimeoutMs))),
-      ]);
+      const subscribed = (async () => {
+        await subscriber.connect();
+        // A message is a key's digest; a writer that publishes the name itself is heard too.
+        await subscriber.subscribe(WRITTEN_CHANNEL, (message) => this.#notify(this.#byMessage.get(message) ?? message));
+      })();
+      await within(subscribed, this.#connectTimeoutMs, 'subscriber connect timed out');
     } catch (error) {
       await endQuietly(subscriber);
       throw error;
     } finally {
-      clearTimeout(timer);
       this.#opening = undefined;
     }
     if (this.#closed) {
@@ -441,26 +437,35 @@ function binary(value: string): Buffer {
 async function keyspacePrefix(client: RedisClientLike, timeoutMs: number): Promise<string | undefined> {
   // A cluster's keyspace notifications stay on the node that owns the key: the channel alone serves it.
   if (!('unref' in client)) return undefined;
-  let timer: NodeJS.Timeout | undefined;
   try {
     // Within the connect timeout: close() waits for the subscriber this opens, and a caller's client
     // whose connection went silent would otherwise hold that wait until the caller ends the client.
     const answer = (client as unknown as { configGet(name: string): Promise<Record<string, string>> }).configGet('notify-keyspace-events');
-    answer.catch(() => undefined);
-    const config =
-      (await Promise.race([
-        answer,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => reject(new Error('CONFIG GET timed out')), timeoutMs);
-          timer.unref?.();
-        }),
-      ])) ?? {};
+    const config = (await within(answer, timeoutMs, 'CONFIG GET timed out')) ?? {};
     const flags = config['notify-keyspace-events'] ?? '';
     if (!flags.includes('K') || !(flags.includes('A') || (flags.includes('$') && flags.includes('g')))) return undefined;
     const database = (client as unknown as { options?: { database?: number } }).options?.database ?? 0;
     return `__keyspace@${database}__:`;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * `work`, or a rejection with `timedOut` once `ms` have passed (the timer cleared once either settles,
+ * and never keeping the process alive); a late rejection of `work` is handled.
+ */
+async function within<T>(work: Promise<T>, ms: number, timedOut: string): Promise<T> {
+  work.catch(() => undefined);
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(timedOut)), ms);
+        timer.unref?.();
+      }),
+    ]);
   } finally {
     clearTimeout(timer);
   }
