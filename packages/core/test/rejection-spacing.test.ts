@@ -442,6 +442,56 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     }
   });
 
+  it("a process that waited for the lock and finds the holder's token gone (rejected meanwhile) fetches as the first after that rejection: it starts the fleet's pause, and the next rejection costs no fetch", async () => {
+    const { appId, clock, now, client } = account();
+    /** A store that runs `onLockAdd` once, after the next attempt at the lock. */
+    class LockWatched extends MemoryCache {
+      onLockAdd: (() => Promise<void>) | undefined;
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        const added = await super.add(key, value, ttlSeconds);
+        const hook = key.endsWith(':lock') ? this.onLockAdd : undefined;
+        this.onLockAdd = undefined;
+        await hook?.();
+        return added;
+      }
+    }
+    const cache = new LockWatched({ now });
+    const app = client(cache);
+    const pause = async () => JSON.parse((await cache.get(`${app.accessToken.cacheKey}:refetch`)) ?? 'null') as { until: number; step: number } | null;
+    try {
+      // A token that carried a call, then replaced from outside: this process reports it (a token that
+      // worked), while another process holds the lock, fetching.
+      expect(await app.templateMessage.send(TEMPLATE)).toMatchObject({ errcode: 0 });
+      const lock = `${app.accessToken.cacheKey}:lock`;
+      await cache.set(lock, 'vm:1:another', 60);
+      mock.invalidateTokens(appId);
+      cache.onLockAdd = async () => {
+        // Once this process waits: the holder writes its token and lets the lock go; a third process
+        // sends with that token before this one looks, WeChat rejects it (and every token from now on),
+        // and that process deletes it.
+        const holders = mock.issueClassicToken(appId);
+        await cache.set(app.accessToken.cacheKey, JSON.stringify({ access_token: holders, expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+        await cache.delete(lock);
+        mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
+        await cache.delete(app.accessToken.cacheKey);
+      };
+      // This process's fetch is the first after that rejection: at once, and it writes the fleet's pause.
+      await expect(app.templateMessage.send(TEMPLATE)).rejects.toMatchObject({ errcode: 40001 });
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(await pause()).toEqual({ until: clock.now + 1_000, step: 1_000 });
+      // Its token is rejected too: the next fetch waits for the pause's end.
+      const refused = await app.templateMessage.send(TEMPLATE).catch((error: unknown) => error);
+      expect(refused).toBeInstanceOf(TokenUnavailableError);
+      expect(retryAtOf(refused)).toBe(clock.now + 1_000);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      clock.now += 1_001;
+      await app.templateMessage.send(TEMPLATE).catch(() => undefined);
+      expect(mock.counters(appId).tokenRequests).toBe(3);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('within its pause, a token WeChat refused a call with for another reason (40003) counts as one that worked: when it dies, it is refetched at once', async () => {
     const { appId, clock, now, client } = account();
     const cache = new MemoryCache({ now });
