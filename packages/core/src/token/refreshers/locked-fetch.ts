@@ -310,8 +310,6 @@ export class LockedFetchRefresher implements Refresher {
     }
 
     let handle: LockHandle | undefined;
-    // The lock came to this process after it waited for another holder (see `vanished` below).
-    let tookOver = false;
     // Armed before the lock is tried: if another process holds it, whatever it writes after our attempt
     // (its entry, its failure marker, its release) wakes us, and we wait without another look first.
     const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier), ctx.closed) : undefined;
@@ -328,7 +326,6 @@ export class LockedFetchRefresher implements Refresher {
       const waited = await this.#waitForHolder(tier, request, markerBefore, wakeup!);
       if ('refreshed' in waited) return waited.refreshed;
       handle = waited.handle;
-      tookOver = true;
     } else if (attempt === 'unavailable') {
       // Nowhere to hold a lock: leave a background refresh to the entry's expiry.
       if (request.ahead) return undefined;
@@ -344,18 +341,10 @@ export class LockedFetchRefresher implements Refresher {
       // The fleet's pause, read beside the entry, in the shared store only (a fallback tier is this
       // host's, and its own memory serves): by a refresh that follows a rejection, and by one that knows
       // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
-      // follows the rejection of a token a call went through with (fetched at once, however often),
-      // unless the token it waited for is gone (below). Undefined where it was not read or the store did
-      // not answer; `raw` undefined where it holds none.
-      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || tookOver || !this.#reportedLately(true));
+      // follows the rejection of a token a call went through with (fetched at once, however often).
+      // Undefined where it was not read or the store did not answer; `raw` undefined where it holds none.
+      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#reportedLately(true));
       let fleetPause: { raw: string | undefined; slot: SpacingSlot | undefined } | undefined;
-      // This process waited for another holder, took the lock after it, and the store holds nothing: the
-      // token that holder wrote is gone already, deleted by a process WeChat rejected it for (or by
-      // `wxkit token clear`, or the holder wrote none). That rejection came before its own process got the
-      // lock, so the fetch here is the first after it, and counts as one: it starts the fleet's pause.
-      // Without this, a process whose report of a token that worked waited for the lock fetched at once
-      // and wrote no pause, and the process that saw the rejection fetched again a moment later.
-      let vanished = false;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
@@ -368,7 +357,6 @@ export class LockedFetchRefresher implements Refresher {
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
           return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
         }
-        vanished = tookOver && again.kind === 'miss' && again.absent === true;
         if (marker.active) {
           if (request.ahead) return undefined;
           throw markerError(marker.active, ctx.label);
@@ -389,12 +377,11 @@ export class LockedFetchRefresher implements Refresher {
       // store holds none), before any store-down slot is taken: within it, the lock is let go and the
       // process waits without it. Else a fetch that follows a rejection starts the next pause, and the
       // fleet learns it; one that knows of no rejection starts none.
-      const streak = followsRejection || vanished;
-      if (streak || fleetPause?.slot !== undefined) {
+      if (followsRejection || fleetPause?.slot !== undefined) {
         const at = ctx.settings.now();
         if (fleetPause) this.#learnPause(fleetPause.slot, at);
         if (this.#pauseInForce(at) !== undefined) throw new InPause();
-        if (streak) {
+        if (followsRejection) {
           const started: NonNullable<Progress['pause']> = { previous: this.#refetchPause, started: this.#startPause(at) };
           progress.pause = started;
           if (tier.name === 'shared') {
