@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { TokenCallOptions } from './access-token.js';
 import type { ClientCore } from './client-core.js';
-import { ConfigError, isTokenRejection } from './errors.js';
+import { ConfigError, isTokenRejection, tookToken, type WeChatApiError } from './errors.js';
 import type { KeySubject } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';
 import { validateFetched } from './token/upstream.js';
@@ -129,12 +129,25 @@ abstract class TicketKeeper<T extends string> {
           budgetMs: this.core.http.callBudgetMs,
           // The access token is had before the ticket's lock is taken, so the lock guards one call.
           prepare: () => this.#token.get(),
+          // Whether WeChat took the access token is told to its manager, as an API call's answer is: a
+          // token rejected after it worked was replaced, and its replacement is fetched at once; one
+          // rejected before any call went through with it (a ticket endpoint that refuses every token)
+          // spaces the fetches that follow, so that a getTicket() a second does not fetch tokens in a loop.
           fetch: async (_force, token) => {
             const query = { ...where.query, access_token: token as string };
-            return validateFetched(await this.core.http.json({ method: 'GET', path: where.path, query, tokenFetch: true }), 'ticket', where.path);
+            let body: Record<string, unknown>;
+            try {
+              body = await this.core.http.json({ method: 'GET', path: where.path, query, tokenFetch: true });
+            } catch (error) {
+              if (tookToken(error)) this.#token.accepted(token as string);
+              throw error;
+            }
+            const fetched = validateFetched(body, 'ticket', where.path);
+            this.#token.accepted(token as string);
+            return fetched;
           },
           rejectsInput: isTokenRejection,
-          dropInput: (token, error) => this.#token.invalidate(token as string, (error as { errcode?: number }).errcode),
+          dropInput: (token, error) => this.#token.rejectedOnCall(token as string, (error as WeChatApiError).errcode),
         },
       );
       (this.#tickets ??= new Map()).set(type, manager);

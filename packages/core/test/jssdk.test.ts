@@ -16,8 +16,8 @@ const VECTOR = {
   ticket: 'sM4AOVdWfPE4DxkXGEs8VMCPGGVi4C3VM0P37wVUCFvkVAy_90u5h9nbSlYy3-Sl-HhTdfl2fzFy1AOcHKP7qg',
   nonceStr: 'Wm3WZYTPz0wzccnW',
   timestamp: 1414587457,
-  url: 'http://mp.weixin.qq.com',
-  signature: 'f4d90daf4b3bca3078ab155816175ba34c443a7b',
+  url: 'http://mp.weixin.qq.com?params=value',
+  signature: '0f9de62fce790f9a083d5c99e95740ceb90c27ed',
 };
 
 describe('jssdk', () => {
@@ -65,6 +65,42 @@ describe('jssdk', () => {
     mock.invalidateTokens(appId);
     expect(await app.jssdk.getTicket()).toMatch(/\S+/);
     expect(mock.counters(appId).tokenRequests).toBe(2);
+  });
+
+  it('a ticket endpoint that refuses every token costs the token one fetch per step, not three per getTicket()', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = { now: Date.now() };
+    const now = () => clock.now;
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache({ now }), logger: false, tokenEndpoint: 'classic', now });
+    try {
+      await app.accessToken.getToken();
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/ticket/getticket', times: Infinity });
+      // The first rejection is answered with a fetch at once; WeChat's ticket endpoint rejects that token
+      // too, and from then on the fetches wait for the pause's end (the clock stands still).
+      for (let call = 0; call < 3; call += 1) await expect(app.jssdk.getTicket()).rejects.toThrow();
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      clock.now += 1_001;
+      await expect(app.jssdk.getTicket()).rejects.toThrow();
+      expect(mock.counters(appId).tokenRequests).toBe(3);
+    } finally {
+      mock.clearFaults();
+      await app.close();
+    }
+  });
+
+  it('a token a ticket fetch went through with, then replaced from outside, is refetched at once and starts no pause', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, tokenEndpoint: 'classic' });
+    try {
+      await app.jssdk.getTicket();
+      mock.invalidateTokens(appId);
+      expect(await app.jssdk.refreshTicket()).toMatch(/\S+/);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(await cache.get(`${app.accessToken.cacheKey}:refetch`)).toBeUndefined();
+    } finally {
+      await app.close();
+    }
   });
 
   it('rejects bad input with a ConfigError naming the field', async () => {
