@@ -373,12 +373,33 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
   const prefix = options.prefix ?? 'wechatpy';
   if (typeof prefix !== 'string' || prefix.length === 0) throw invalidOption(name, 'prefix', 'a non-empty string', prefix);
   const id = (subject: KeySubject) => (subject.kind === 'work' ? subject.corpId : subject.appId);
+  /** The parts of WeCom secrets in this schema's keys, masked wherever a key is logged. */
+  const secretParts = new Set<string>();
   return {
     name,
     defaultEndpoint: 'classic',
-    // wechatpy/session/redisstorage.py::key_name(), wechatpy/client/base.py::access_token_key
-    accessTokenKey: (subject) => `${prefix}:${id(subject)}_access_token`,
-    ticketKey: (subject, type) => `${prefix}:${id(subject)}_${type}_ticket`,
+    // wechatpy/session/redisstorage.py::key_name(), wechatpy/client/base.py::access_token_key; a WeCom
+    // token per agent secret: wechatpy/work/client/__init__.py::access_token_key
+    // (f"{corp_id}_{secret[:10]}_access_token", ten code points, as Python slices).
+    accessTokenKey(subject) {
+      if (subject.kind !== 'work') return `${prefix}:${subject.appId}_access_token`;
+      const part = Array.from(needSecret(name, subject)).slice(0, 10).join('');
+      secretParts.add(part);
+      return `${prefix}:${subject.corpId}_${part}_access_token`;
+    },
+    ticketKey(subject, type) {
+      // wechatpy/work/client/api/jsapi.py keys both WeCom tickets by the corp alone: the corp's jsapi
+      // ticket is the corp's, but an agent's ticket would be shared by every agent of the corp.
+      if (subject.kind === 'work' && type !== 'jsapi') {
+        throw new ConfigError(`The ${name} profile covers a WeCom corp's jsapi ticket only: wechatpy keys an agent's ticket by its corp alone, so two agents of one corp would share it`, 'schema');
+      }
+      return `${prefix}:${id(subject)}_${type}_ticket`;
+    },
+    redactKey(key) {
+      let redacted = key;
+      for (const part of secretParts) redacted = redacted.split(part).join('***');
+      return redacted;
+    },
     lockKey: defaultLock,
     encode: (_field, value) => JSON.stringify(value),
     decode: (_field, raw) => {
@@ -474,10 +495,15 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const redisOps = optionalChoice(name, options as Record<string, unknown>, 'redisOps', ['redisTemplate', 'jedis', 'redisson'], 'redisTemplate');
   const keyPrefix = options.keyPrefix ?? 'wx';
   if (typeof keyPrefix !== 'string' || keyPrefix.length === 0) throw invalidOption(name, 'keyPrefix', 'a non-empty string', keyPrefix);
-  const id = (subject: KeySubject) => (subject.kind === 'work' ? subject.corpId : subject.appId);
-  const escaped = keyPrefix.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const tokenKey = new RegExp(`^${escaped}:access_token:(.+)$`);
-  const ticketKey = new RegExp(`^${escaped}:ticket:key:(.+):([^:]+)$`);
+  const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const tokenKey = new RegExp(`^${escape(keyPrefix)}:access_token:(.+)$`);
+  const ticketKey = new RegExp(`^${escape(keyPrefix)}:ticket:key:(.+):([^:]+)$`);
+  // WeCom: weixin-java-cp/…/config/impl/AbstractWxCpInRedisConfigImpl.java::setAgentId(), one entry per
+  // corp and agent, under the keyPrefix given to the cp config (with a ':' after it, as WxJava adds one).
+  const cpPrefix = keyPrefix.endsWith(':') ? keyPrefix : `${keyPrefix}:`;
+  const cpKey = new RegExp(`^${escape(cpPrefix)}wechat_cp_(access_token|jsapi_ticket|agent_jsapi_ticket)_key:(.+)$`);
+  const cpLocks: Record<string, string> = { access_token: 'accessToken', jsapi_ticket: 'jsapiTicket', agent_jsapi_ticket: 'agentJsapiTicket' };
+  const cpTickets: Record<string, string> = { jsapi: 'jsapi_ticket', agent_jsapi: 'agent_jsapi_ticket' };
   return withOpenPlatform({
     name,
     defaultEndpoint: 'classic',
@@ -487,10 +513,19 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     writersLock: redisOps !== 'redisson',
     lockValue: redisOps === 'jedis' ? 'expiry-ms' : 'owner',
     // weixin-java-mp/…/config/impl/WxMpRedisConfigImpl.java: ACCESS_TOKEN_KEY_TPL, TICKET_KEY_TPL, LOCK_KEY_TPL
-    accessTokenKey: (subject) => `${keyPrefix}:access_token:${id(subject)}`,
-    ticketKey: (subject, type) => `${keyPrefix}:ticket:key:${id(subject)}:${type}`,
+    accessTokenKey: (subject) =>
+      subject.kind === 'work' ? `${cpPrefix}wechat_cp_access_token_key:${subject.corpId}:${subject.agentId}` : `${keyPrefix}:access_token:${subject.appId}`,
+    ticketKey(subject, type) {
+      if (subject.kind !== 'work') return `${keyPrefix}:ticket:key:${subject.appId}:${type}`;
+      const which = Object.hasOwn(cpTickets, type) ? cpTickets[type] : undefined;
+      if (!which) throw new ConfigError(`The ${name} profile has no WeCom ticket of type ${type}`, 'schema');
+      return `${cpPrefix}wechat_cp_${which}_key:${subject.corpId}:${subject.agentId}`;
+    },
     lockKey(entryKey) {
       if (redisOps === 'redisson') return `${entryKey}:lock`;
+      // AbstractWxCpInRedisConfigImpl: getAccessTokenLock(), getJsapiTicketLock(), getAgentJsapiTicketLock().
+      const cp = cpKey.exec(entryKey);
+      if (cp) return `${cpPrefix}wechat_cp_lock:${cp[2]}:${cpLocks[cp[1]!]}`;
       const token = tokenKey.exec(entryKey);
       if (token) return `${keyPrefix}:lock:${token[1]}:accessTokenLock`;
       const ticket = ticketKey.exec(entryKey);

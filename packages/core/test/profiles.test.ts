@@ -6,6 +6,7 @@ import {
   CacheError,
   MemoryCache,
   OfficialAccount,
+  Work,
   easyWeChat4,
   easyWeChat6,
   nodeEasyWeChat,
@@ -62,7 +63,7 @@ describe('profile vectors in docs/key-schema.md', () => {
   const [keys, values] = tables('Profile vectors');
 
   it('keys and locks, byte for byte (the md5 keys as PHP 8.2 computed them)', () => {
-    expect(keys!.length).toBeGreaterThanOrEqual(11);
+    expect(keys!.length).toBeGreaterThanOrEqual(14);
     for (const row of keys!) {
       const schema = PROFILES[row.profile!]!(JSON.parse(row.options!) as never);
       const isLock = row.subject!.startsWith('lock of ');
@@ -298,6 +299,53 @@ describe('profiles in the token protocol', () => {
     expect(text).toContain('official_account.access_token.');
     expect(text).toContain('***');
     expect(text).not.toContain(secret);
+  });
+
+  it("WeCom keys: wechatpy's and WxJava's hold one token per agent, as those SDKs key them, and two agents of one corp never share one", async () => {
+    const corpId = 'ww4202f388888ab123';
+    const subject: KeySubject = { kind: 'work', corpId, agentId: '1000002', secret: 's3cr3t/with-slash_and-ü' };
+    // wechatpy 1.8.18 wechatpy/work/client/__init__.py: f"{self.corp_id}_{self.secret[:10]}_access_token";
+    // wechatpy/work/client/api/jsapi.py: f"{corp_id}_jsapi_ticket".
+    expect(wechatpy().accessTokenKey(subject)).toBe(`wechatpy:${corpId}_s3cr3t/wit_access_token`);
+    expect(wechatpy().ticketKey(subject, 'jsapi')).toBe(`wechatpy:${corpId}_jsapi_ticket`);
+    expect(() => wechatpy().ticketKey(subject, 'agent_jsapi')).toThrow(/covers a WeCom corp's jsapi ticket only/);
+    expect(() => wechatpy().accessTokenKey({ ...subject, secret: undefined })).toThrow(/give the client options\.secret/);
+    // WxJava 4.7 weixin-java-cp/…/AbstractWxCpInRedisConfigImpl.java::setAgentId(): keyPrefix, ':', then
+    // wechat_cp_access_token_key: and so on with corpId:agentId; the locks are lockKey + ':accessToken' ….
+    const java = wxJava();
+    const token = java.accessTokenKey(subject);
+    expect(token).toBe(`wx:wechat_cp_access_token_key:${corpId}:1000002`);
+    expect(java.lockKey(token)).toBe(`wx:wechat_cp_lock:${corpId}:1000002:accessToken`);
+    expect(java.ticketKey(subject, 'jsapi')).toBe(`wx:wechat_cp_jsapi_ticket_key:${corpId}:1000002`);
+    expect(java.lockKey(java.ticketKey(subject, 'jsapi'))).toBe(`wx:wechat_cp_lock:${corpId}:1000002:jsapiTicket`);
+    expect(java.lockKey(java.ticketKey(subject, 'agent_jsapi'))).toBe(`wx:wechat_cp_lock:${corpId}:1000002:agentJsapiTicket`);
+    expect(wxJava({ keyPrefix: 'cp:' }).accessTokenKey(subject)).toBe(`cp:wechat_cp_access_token_key:${corpId}:1000002`);
+
+    const first = mock.createWorkApp();
+    const second = mock.createWorkApp({ corpId: first.corpId });
+    for (const schema of [wechatpy(), wxJava()]) {
+      const cache = new MemoryCache();
+      const [a, b] = [first, second].map((app) => new Work({ ...app, baseUrl: mock.url, cache, logger: false, schema }));
+      const tokens = [await a!.accessToken.getToken(), await b!.accessToken.getToken()];
+      expect(mock.isTokenValid(`${first.corpId}:${first.agentId}`, tokens[0]!), schema.name).toBe(true);
+      expect(mock.isTokenValid(`${second.corpId}:${second.agentId}`, tokens[1]!), schema.name).toBe(true);
+      await Promise.all([a!.close(), b!.close()]);
+    }
+  });
+
+  it("wechatpy keeps the part of a WeCom secret its key holds out of logs and events", async () => {
+    const app = mock.createWorkApp();
+    const logger = recordingLogger();
+    const work = new Work({ ...app, baseUrl: mock.url, cache: new MemoryCache(), logger, schema: wechatpy() });
+    const events: unknown[] = [];
+    work.on('access_token.fetched', (event) => events.push(event));
+    await work.accessToken.getToken();
+    await work.close();
+    const part = Array.from(app.secret).slice(0, 10).join('');
+    expect(work.accessToken.cacheKey).toContain(part);
+    const text = JSON.stringify([logger.lines, events]);
+    expect(text).toContain(`${app.corpId}_***_access_token`);
+    expect(text).not.toContain(part);
   });
 
   it('a misspelt or unknown option name is a ConfigError naming it, never dropped (the keys would be no peer\'s)', () => {
