@@ -256,6 +256,38 @@ describe('ClientPool', () => {
     expect(mock.counters(app!.appId)).toMatchObject({ tokenRequests: 1, templateSends: 2 });
   });
 
+  it('a get() waits credentialsTimeoutMs at most, though a delete() comes during each of the resolver\'s answers; the resolver is nobody\'s method', async () => {
+    const [app] = appsOnMock(1).values() as IterableIterator<MockApp>;
+    const seen: unknown[] = [];
+    const answers: Promise<unknown>[] = [];
+    let pool!: ClientPool<'officialAccount'>;
+    pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials(this: unknown, appId) {
+        seen.push(this);
+        // A rotation reported while each answer is on its way: the answer is dropped, and asked again.
+        void pool.delete(appId);
+        const answer = new Promise<{ secret: string }>((resolve) => setImmediate(() => resolve({ secret: app!.secret })));
+        answers.push(answer);
+        return answer;
+      },
+      credentialsTimeoutMs: 200,
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    pools.push(pool as ClientPool<never>);
+    const error = await rejection(pool.get(app!.appId));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'timeout', id: app!.appId });
+    expect(seen[0]).toBeUndefined();
+    // Past the deadline, the resolver is asked no more: once the answers given have come, and the pool
+    // has had a turn to act on them, nobody has asked again.
+    const asked = seen.length;
+    await Promise.all(answers);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(seen.length).toBe(asked);
+  });
+
   it('a client its caller closed is not handed out again: the next get() makes a new one, which refreshes', async () => {
     const apps = appsOnMock(1);
     const [appId] = apps.keys() as IterableIterator<string>;

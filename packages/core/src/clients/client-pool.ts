@@ -35,7 +35,7 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
  * Looks an account's credentials up (in the SaaS's own database, a vault…). `undefined` or `null`: no
  * such account. It is called once per client made, not per send, and not twice at once for one id while
  * it answers within `credentialsTimeoutMs`; a call that timed out is not waited for, and the id's next
- * `get()` calls it again.
+ * `get()` calls it again. It is called as a plain function (`this` is undefined): pass a method bound.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
   id: string,
@@ -173,13 +173,18 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       const rule = this.kind === 'work' ? 'up to 128 letters, digits, `_`, `.`, `:` or `-`' : 'an appId (letters, digits, `_`, `.` or `-`)';
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
+    return this.#get(id, performance.now() + this.#timeoutMs);
+  }
+
+  /** get() once `id` is checked; `deadline` (performance.now()) bounds a client made now (see #make). */
+  #get(id: string, deadline: number): Promise<ClientOf<K>> {
     const held = this.#clients.get(id);
     if (held && !clientClosed(held)) return Promise.resolve(held);
     // Its caller closed it (it would start no refresh): a new one is made, as after delete().
     if (held) this.#clients.delete(id);
     let pending = this.#pending.get(id);
     if (!pending) {
-      const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made).finally(() => {
+      const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline).finally(() => {
         if (this.#pending.get(id) === made) this.#pending.delete(id);
       });
       this.#pending.set(id, (pending = made));
@@ -222,14 +227,18 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     await this.#core.close();
   }
 
-  /** A client of `id` from the resolver's answer, held unless `current()` says delete() came meanwhile. */
-  async #make(id: string, current: () => boolean): Promise<ClientOf<K>> {
+  /**
+   * A client of `id` from the resolver's answer, held unless `current()` says delete() came meanwhile.
+   * `deadline` (performance.now()) ends the wait of the get() calls it serves, however often it starts over.
+   */
+  async #make(id: string, current: () => boolean, deadline: number): Promise<ClientOf<K>> {
     const credentials = await this.#credentials(id);
     if (this.#closed) throw new ConfigError('ClientPool is closed', 'id');
     // A delete() came while the resolver answered: its answer may hold the credentials delete() was
     // called to replace (a client of them would fail its fetch and back the account off fleet-wide).
-    // The callers that asked before get the account's client as it is now made.
-    if (!current()) return this.get(id);
+    // The callers that asked before get the account's client as it is now made, within what is left of
+    // their credentialsTimeoutMs: a delete() during every answer must not hold them for ever.
+    if (!current()) return this.#within(deadline, id, () => this.#get(id, deadline));
     let client: ClientOf<K>;
     try {
       client = this.#build(id, credentials);
@@ -240,6 +249,26 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     }
     this.#clients.set(id, client);
     return client;
+  }
+
+  /**
+   * The client `next()` makes, or a CredentialsError `timeout` once `deadline` (performance.now()) has
+   * passed; past it, nothing more is asked of the resolver for these callers.
+   */
+  async #within(deadline: number, id: string, next: () => Promise<ClientOf<K>>): Promise<ClientOf<K>> {
+    const late = () =>
+      new CredentialsError('timeout', id, `ClientPool: no client of ${id} within ${this.#timeoutMs} ms (credentialsTimeoutMs): delete(${id}) came during each of the resolver's answers`);
+    const left = deadline - performance.now();
+    if (left <= 0) throw late();
+    let timer: NodeJS.Timeout | undefined;
+    const ends = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(late()), left);
+    });
+    try {
+      return await Promise.race([next(), ends]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** The resolver's answer, bounded in time, checked for shape; every failure a CredentialsError. */
@@ -259,7 +288,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
         // One listener on the pool's signal, however many resolver calls are under way.
         stopClose = onAbort(signal, () => reject((closed = new ConfigError('ClientPool is closed', 'id'))));
       });
-      answer = await Promise.race([Promise.resolve().then(() => this.#resolve(id)), timeout]);
+      // Called as a plain function: the pool is nobody's `this` (an unbound method gets undefined, as it would anywhere).
+      const resolve = this.#resolve;
+      answer = await Promise.race([Promise.resolve().then(() => resolve(id)), timeout]);
     } catch (error) {
       if (error instanceof CredentialsError || (closed !== undefined && error === closed)) throw error;
       throw new CredentialsError('failed', id, `ClientPool's credentials resolver failed for ${id}; its error is the cause`, { cause: error });
