@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { CacheError, HttpError, MemoryCache, WeChatApiError } from '../src/index.js';
+import { CacheError, HttpError, MemoryCache, OfficialAccount, WeChatApiError } from '../src/index.js';
 import type { GuardedStore } from '../src/store.js';
 import { FailureGate, FetchSpacing, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
 import { retryAtOf } from '../src/retry-at.js';
@@ -162,5 +162,30 @@ describe('a waiter for the lock', () => {
     expect(await app.accessToken.getToken()).toBe(holders);
     expect(mock.counters(appId).tokenRequests).toBe(0);
     await app.close();
+  });
+});
+
+describe('a secret rotated across a fleet', () => {
+  it("a process on the new secret is not held back by the failures of one still on the old secret; one on the old secret is", async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const client = (key: string) => new OfficialAccount({ appId, secret: key, baseUrl: mock.url, cache, logger: false, fallbackDir: false });
+    const [stale, staleToo, fresh] = [client('the-secret-before-its-rotation'), client('the-secret-before-its-rotation'), client(secret)];
+    try {
+      await expect(stale.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
+      const marker = decodeMarker(await cache.get(`${stale.accessToken.cacheKey}:failed`));
+      expect(marker).toMatchObject({ errcode: 40125, secretDigest: expect.stringMatching(/^[0-9a-f]{16}$/) });
+      expect(JSON.stringify(await cache.get(`${stale.accessToken.cacheKey}:failed`))).not.toContain('the-secret-before');
+      // Another process on the old secret backs off with it, asking WeChat nothing.
+      await expect(staleToo.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      // The process on the new secret fetches, and the old ones take its token from the store.
+      const token = await fresh.accessToken.getToken();
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(await staleToo.accessToken.getToken()).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await Promise.all([stale.close(), staleToo.close(), fresh.close()]);
+    }
   });
 });

@@ -1,6 +1,6 @@
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions } from '../client-core.js';
 import type { KeySubject } from '../token/entry.js';
-import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
+import { credentialDigest, validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { nonEmptyString, oneOf, required, type OptionSchema } from '../validate.js';
 
 // The access token of official accounts and mini programs: the same credentials, the same two token
@@ -87,6 +87,11 @@ class AppTokenUpstream implements Upstream {
 
   get scarceForce(): boolean {
     return this.#endpoint === 'stable';
+  }
+
+  // Made when a failure asks for it: an account whose fetches succeed keeps no copy.
+  get credentialDigest(): string | undefined {
+    return this.#secret === undefined ? undefined : credentialDigest(this.#appId, this.#secret);
   }
 
   fetch(force: boolean): Promise<Fetched> {

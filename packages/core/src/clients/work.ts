@@ -3,7 +3,7 @@ import { WeChatClient } from './wechat-client.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { WorkJssdk } from '../jssdk.js';
 import type { KeySubject } from '../token/entry.js';
-import { validateFetched } from '../token/upstream.js';
+import { credentialDigest, validateFetched } from '../token/upstream.js';
 import { nonEmptyString, required, requireFields, rule, type OptionSchema } from '../validate.js';
 
 /** Options of {@link Work}. */
@@ -78,6 +78,9 @@ export class Work extends WeChatClient {
       { kind: 'work', id: `${corpId}:${agentId}`, field: 'access_token' },
       {
         budgetMs: core.http.callBudgetMs,
+        get credentialDigest() {
+          return secret === undefined ? undefined : credentialDigest(`${corpId}:${agentId}`, secret);
+        },
         // gettoken hands back the current token while it is valid, like the stable endpoint.
         async fetch() {
           const path = 'cgi-bin/gettoken';

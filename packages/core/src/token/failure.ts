@@ -31,6 +31,11 @@ export interface FailureRecord {
   /** Failures in a row, fleet-wide: the exponent of the next pause. */
   attempt: number;
   failedBy?: string;
+  /**
+   * For a failure WeChat blamed on the secret: the digest of the secret the fetch used
+   * (credentialDigest()). A process whose own secret has another one is not held back by it.
+   */
+  secretDigest?: string;
 }
 
 /** The key of an entry's failure marker: `{key}:failed`, in every schema. */
@@ -94,6 +99,15 @@ export const REMEMBER_MS = 10 * MINUTE_MS;
 // WeChat's daily quotas reset at midnight Beijing time (UTC+8).
 const BEIJING_OFFSET_MS = 8 * 3_600_000;
 const DAY_MS = 86_400_000;
+
+// The errcodes that say the secret itself is wrong (40125 invalid appsecret, 40091 a WeCom secret that is
+// not one), beside 40001 from a token endpoint (isSecretRejection()).
+const SECRET_ERRCODES = new Set([40125, 40091]);
+
+/** Whether a marker's failure is WeChat's word that the secret used is wrong. */
+function blamesSecret(marker: FailureRecord): boolean {
+  return marker.errcode !== undefined && (SECRET_ERRCODES.has(marker.errcode) || isSecretRejection(marker.errcode, marker.path));
+}
 
 /** The back-off policy of an error from a fetch, or undefined for errors that are not WeChat's (store, abort). */
 export function policyOf(error: unknown): Policy | undefined {
@@ -176,6 +190,7 @@ export function encodeMarker(marker: FailureMarker): string {
     retry_at: marker.retryAt,
     attempt: marker.attempt,
     ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
+    ...(marker.secretDigest === undefined ? {} : { secret_digest: marker.secretDigest }),
   }));
 }
 
@@ -204,6 +219,7 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
   if (typeof record.path === 'string') marker.path = record.path.slice(0, 256);
   if (typeof record.message === 'string') marker.message = record.message.slice(0, 512);
   if (typeof record.failed_by === 'string') marker.failedBy = record.failed_by.slice(0, 256);
+  if (typeof record.secret_digest === 'string') marker.secretDigest = record.secret_digest.slice(0, 64);
   return marker;
 }
 
@@ -248,12 +264,26 @@ function iso(ms: number): string {
 export class FailureGate {
   readonly #entryKey: string;
   readonly #label: string;
+  /** Where this process's secret's digest comes from (an upstream that fetches with one). */
+  readonly #credential: { readonly credentialDigest?: string } | undefined;
   /** A marker this process could not write to the store. */
   #unwritten: FailureMarker | undefined;
 
-  constructor(entryKey: string, label: string) {
+  constructor(entryKey: string, label: string, credential?: { readonly credentialDigest?: string }) {
     this.#entryKey = entryKey;
     this.#label = label;
+    this.#credential = credential;
+  }
+
+  /**
+   * Whether `marker` records a secret WeChat refused that is not this process's: after a rotation, the
+   * processes that hold the new secret are not held back by the failures of those still on the old one
+   * (each of which keeps its own back-off, as its markers carry its digest).
+   */
+  #othersSecret(marker: FailureMarker): boolean {
+    if (marker.secretDigest === undefined || !blamesSecret(marker)) return false;
+    const own = this.#credential?.credentialDigest;
+    return own !== undefined && own !== marker.secretDigest;
   }
   /** `{key}:failed`, made when used: an idle account keeps no copy of it. */
   get key(): string {
@@ -282,7 +312,7 @@ export class FailureGate {
   async #read(store: GuardedStore, now: number): Promise<{ raw: string | undefined; active: FailureMarker | undefined }> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = latest(decodeMarker(raw), this.#pending(now));
-    if (!marker) return { raw, active: undefined };
+    if (!marker || this.#othersSecret(marker)) return { raw, active: undefined };
     const retryAt = clampRetryAt(marker, now);
     return { raw, active: retryAt > now ? { ...marker, retryAt } : undefined };
   }
@@ -308,7 +338,7 @@ export class FailureGate {
   async failedSince(store: GuardedStore, before: string | undefined, now: number): Promise<Error | undefined> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = raw === before ? undefined : decodeMarker(raw);
-    return marker ? markerError({ ...marker, retryAt: clampRetryAt(marker, now) }, this.#label) : undefined;
+    return marker && !this.#othersSecret(marker) ? markerError({ ...marker, retryAt: clampRetryAt(marker, now) }, this.#label) : undefined;
   }
 
   /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */
@@ -321,6 +351,8 @@ export class FailureGate {
     }
     const marker = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
     if (!marker) return undefined;
+    const digest = blamesSecret(marker) ? this.#credential?.credentialDigest : undefined;
+    if (digest !== undefined) marker.secretDigest = digest;
     const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
     try {
       await store.set(this.key, encodeMarker(marker), ttlSeconds);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { BadResponseError } from '../errors.js';
 import { isPlausibleToken, type StoredEntry } from './entry.js';
 
@@ -23,6 +24,12 @@ export interface Upstream<P = unknown> {
    * turns killing them.
    */
   invalidatesPrevious?: boolean;
+  /**
+   * The digest of the secret this upstream fetches with ({@link credentialDigest}), where it has one: a
+   * failure WeChat blames on the secret is recorded with it, and a process whose secret differs (the new
+   * one, during a rotation) is not held back by it.
+   */
+  readonly credentialDigest?: string;
   /**
    * A forced fetch is scarce (stable_token's force_refresh: 20 a day, ignored when less than 30 s apart):
    * forced fetches are spaced fleet-wide through the store.
@@ -83,4 +90,12 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
     throw new BadResponseError(`WeChat answered ${path} with expires_in ${expiresIn}: under ${MIN_EXPIRES_IN} s, a token of no use`, { path });
   }
   return { value, expiresIn, response: body };
+}
+
+/**
+ * The first 16 hex digits of SHA-256 of `{id}:{secret}`: which secret a failure marker's fetch used
+ * (docs/key-schema.md), without the secret.
+ */
+export function credentialDigest(id: string, secret: string): string {
+  return createHash('sha256').update(`${id}:${secret}`, 'utf8').digest('hex').slice(0, 16);
 }

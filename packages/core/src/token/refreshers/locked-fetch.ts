@@ -143,7 +143,7 @@ export class LockedFetchRefresher implements Refresher {
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
-    this.#failures = new FailureGate(ctx.key, ctx.label);
+    this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
   }
 
   /** The fleet's spacing of forced fetches (stable endpoint: WeChat ignores them closer than 30 s). */
