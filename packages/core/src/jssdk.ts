@@ -12,7 +12,11 @@ export type TicketType = 'jsapi' | 'wx_card';
 
 /** Input of {@link Jssdk.buildConfig}. */
 export interface JssdkConfigInput {
-  /** The page URL exactly as the browser shows it; anything after `#` is dropped before signing. */
+  /**
+   * The page's URL as its JavaScript reads it (`location.href`, sent to the server as it is): query and
+   * non-ASCII characters percent-encoded, as WeChat's client signs them, not decoded as an address bar
+   * shows them. Anything after `#` is dropped before signing.
+   */
   url: string;
   jsApiList: string[];
   /** @default false */
