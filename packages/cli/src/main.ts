@@ -200,11 +200,18 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
-  const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : undefined;
-  if (schema.keyNeedsSecret && secretForKey === undefined) {
-    throw new CliError('config', `--profile ${schema.name} builds its keys from the app's secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`);
+  // Given whenever it is set: a profile may build the keys of some apps only from the secret (wechatpy's
+  // WeCom keys), and says so when it is missing.
+  const secretForKey = secretFrom(values['secret-env']);
+  const needsSecret = `--profile ${schema.name} builds this app's keys from its secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`;
+  if (schema.keyNeedsSecret && secretForKey === undefined) throw new CliError('config', needsSecret);
+  let key: string;
+  try {
+    key = accessTokenKey(app, endpoint, schema, secretForKey);
+  } catch (error) {
+    if ((error as { option?: string }).option === 'secret') throw new CliError('config', needsSecret);
+    throw error;
   }
-  const key = accessTokenKey(app, endpoint, schema, secretForKey);
   const shownKey = schema.redactKey?.(key) ?? key;
   const cache = fromFlags(() => openStore(store));
   try {

@@ -201,6 +201,19 @@ describe('wxkit token', () => {
     const viaWork = await wxkit(['token', 'get', '--store', redis.url, '--app', `work:${work.corpId}:${work.agentId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: work.secret });
     expect(viaWork.code, viaWork.stderr).toBe(0);
     expect(viaWork.json.key).toBe(`wechat:work:access_token:${work.corpId}:${work.agentId}`);
+
+    // wechatpy keys a WeCom token by part of the secret: the CLI builds that key from WECHAT_SECRET, shows
+    // it masked, and says which variable to set when it is missing.
+    const part = Array.from(work.secret).slice(0, 10).join('');
+    const app = ['--store', redis.url, '--app', `work:${work.corpId}:${work.agentId}`, '--profile', 'wechatpy', '--base-url', mock.url, '--json'];
+    const viaWechatpy = await wxkit(['token', 'get', ...app], { WECHAT_SECRET: work.secret });
+    expect(viaWechatpy.code, viaWechatpy.stderr).toBe(0);
+    expect(viaWechatpy.json.key).toBe(`wechatpy:${work.corpId}_***_access_token`);
+    expect(viaWechatpy.stdout + viaWechatpy.stderr).not.toContain(part);
+    expect(redisCli(redis.port, 'EXISTS', `wechatpy:${work.corpId}_${part}_access_token`).trim()).toBe('1');
+    const unset = await wxkit(['token', 'inspect', ...app], { WECHAT_SECRET: '' });
+    expect(unset.code).toBe(7);
+    expect(unset.stdout).toContain('set WECHAT_SECRET, or name another variable with --secret-env NAME');
   });
 
   it('--profile reads and writes another SDK’s entry: EasyWeChat 4 on ThinkPHP, with its classic endpoint', async () => {

@@ -31,6 +31,24 @@ export function phpJsonEncode(record: Record<string, string>): string {
 
 const md5 = (text: string) => createHash('md5').update(text, 'utf8').digest('hex');
 
+/**
+ * `key` with every stretch that any of `parts` covers (overlapping ones too) shown as `***`: masking the
+ * parts one after another could cut a later one apart and leave the rest of it in the clear.
+ */
+function masked(key: string, parts: Iterable<string>): string {
+  const covered = new Uint8Array(key.length);
+  for (const part of parts) {
+    if (part.length === 0) continue;
+    for (let at = key.indexOf(part); at !== -1; at = key.indexOf(part, at + 1)) covered.fill(1, at, at + part.length);
+  }
+  let out = '';
+  for (let i = 0; i < key.length; i += 1) {
+    if (!covered[i]) out += key[i];
+    else if (i === 0 || !covered[i - 1]) out += '***';
+  }
+  return out;
+}
+
 function needSecret(profile: string, subject: KeySubject): string {
   if (!subject.secret) {
     throw new ConfigError(`The ${profile} profile builds its keys from the secret, as that SDK does; give the client options.secret (even in follower mode)`, 'secret');
@@ -348,11 +366,7 @@ function easyWeChat6Like(
     encode: (_field, value, _expiresIn, _fetchedAt, extra) => encode(value, extra?.key),
     decode: (_field, raw, key) => decode(raw, key),
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 0),
-    redactKey(key) {
-      let redacted = key;
-      for (const secret of secrets) redacted = redacted.split(secret).join('***');
-      return redacted;
-    },
+    redactKey: (key) => masked(key, secrets),
   };
 }
 
@@ -375,6 +389,8 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
   const id = (subject: KeySubject) => (subject.kind === 'work' ? subject.corpId : subject.appId);
   /** The parts of WeCom secrets in this schema's keys, masked wherever a key is logged. */
   const secretParts = new Set<string>();
+  /** A WeCom token key's companion base: wechatpy's client names it by the corp alone (base.py). */
+  const companionBase = new Map<string, string>();
   return {
     name,
     defaultEndpoint: 'classic',
@@ -385,7 +401,9 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
       if (subject.kind !== 'work') return `${prefix}:${subject.appId}_access_token`;
       const part = Array.from(needSecret(name, subject)).slice(0, 10).join('');
       secretParts.add(part);
-      return `${prefix}:${subject.corpId}_${part}_access_token`;
+      const key = `${prefix}:${subject.corpId}_${part}_access_token`;
+      companionBase.set(key, `${prefix}:${subject.corpId}_access_token`);
+      return key;
     },
     ticketKey(subject, type) {
       // wechatpy/work/client/api/jsapi.py keys both WeCom tickets by the corp alone: the corp's jsapi
@@ -395,11 +413,7 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
       }
       return `${prefix}:${id(subject)}_${type}_ticket`;
     },
-    redactKey(key) {
-      let redacted = key;
-      for (const part of secretParts) redacted = redacted.split(part).join('***');
-      return redacted;
-    },
+    redactKey: (key) => masked(key, secretParts),
     lockKey: defaultLock,
     encode: (_field, value) => JSON.stringify(value),
     decode: (_field, raw) => {
@@ -413,7 +427,7 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
     companions: (entryKey, field, _value, expiresIn, fetchedAt) =>
       field === 'access_token'
         ? // wechatpy writes it without a TTL; wxkit gives it the token's, so it never outlives the token.
-          [{ key: `${entryKey}_expires_at`, value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) }]
+          [{ key: `${companionBase.get(entryKey) ?? entryKey}_expires_at`, value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) }]
         : [],
   };
 }
@@ -481,6 +495,11 @@ export interface WxJavaOptions {
   redisOps?: 'redisTemplate' | 'jedis' | 'redisson';
   /** The keyPrefix given to WxJava's open-platform Redis storage (WxOpenInRedisTemplateConfigStorage). @default '' */
   openKeyPrefix?: string;
+  /**
+   * The keyPrefix given to WxJava's WeCom (cp) Redis config; blank for none, as WxJava writes none then.
+   * @default 'wx:cp' (the cp Spring Boot starter's)
+   */
+  cpKeyPrefix?: string;
 }
 
 /**
@@ -491,7 +510,7 @@ export interface WxJavaOptions {
  */
 export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const name = 'wxJava';
-  assertOptionsObject(name, options, ['keyPrefix', 'redisOps', 'openKeyPrefix'] satisfies Array<keyof WxJavaOptions>);
+  assertOptionsObject(name, options, ['keyPrefix', 'redisOps', 'openKeyPrefix', 'cpKeyPrefix'] satisfies Array<keyof WxJavaOptions>);
   const redisOps = optionalChoice(name, options as Record<string, unknown>, 'redisOps', ['redisTemplate', 'jedis', 'redisson'], 'redisTemplate');
   const keyPrefix = options.keyPrefix ?? 'wx';
   if (typeof keyPrefix !== 'string' || keyPrefix.length === 0) throw invalidOption(name, 'keyPrefix', 'a non-empty string', keyPrefix);
@@ -499,8 +518,12 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
   const tokenKey = new RegExp(`^${escape(keyPrefix)}:access_token:(.+)$`);
   const ticketKey = new RegExp(`^${escape(keyPrefix)}:ticket:key:(.+):([^:]+)$`);
   // WeCom: weixin-java-cp/…/config/impl/AbstractWxCpInRedisConfigImpl.java::setAgentId(), one entry per
-  // corp and agent, under the keyPrefix given to the cp config (with a ':' after it, as WxJava adds one).
-  const cpPrefix = keyPrefix.endsWith(':') ? keyPrefix : `${keyPrefix}:`;
+  // corp and agent (its Integer agentId as Java prints it), under the cp config's keyPrefix with a ':'
+  // after it, as WxJava adds one, or none when it is blank (StringUtils.isBlank).
+  const cpKeyPrefix = options.cpKeyPrefix ?? 'wx:cp';
+  if (typeof cpKeyPrefix !== 'string') throw invalidOption(name, 'cpKeyPrefix', 'a string', cpKeyPrefix);
+  const cpPrefix = cpKeyPrefix.trim() === '' ? '' : cpKeyPrefix.endsWith(':') ? cpKeyPrefix : `${cpKeyPrefix}:`;
+  const cpId = (subject: Extract<KeySubject, { kind: 'work' }>) => `${subject.corpId}:${/^\d+$/.test(String(subject.agentId)) ? String(Number(subject.agentId)) : subject.agentId}`;
   const cpKey = new RegExp(`^${escape(cpPrefix)}wechat_cp_(access_token|jsapi_ticket|agent_jsapi_ticket)_key:(.+)$`);
   const cpLocks: Record<string, string> = { access_token: 'accessToken', jsapi_ticket: 'jsapiTicket', agent_jsapi_ticket: 'agentJsapiTicket' };
   const cpTickets: Record<string, string> = { jsapi: 'jsapi_ticket', agent_jsapi: 'agent_jsapi_ticket' };
@@ -514,12 +537,12 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     lockValue: redisOps === 'jedis' ? 'expiry-ms' : 'owner',
     // weixin-java-mp/…/config/impl/WxMpRedisConfigImpl.java: ACCESS_TOKEN_KEY_TPL, TICKET_KEY_TPL, LOCK_KEY_TPL
     accessTokenKey: (subject) =>
-      subject.kind === 'work' ? `${cpPrefix}wechat_cp_access_token_key:${subject.corpId}:${subject.agentId}` : `${keyPrefix}:access_token:${subject.appId}`,
+      subject.kind === 'work' ? `${cpPrefix}wechat_cp_access_token_key:${cpId(subject)}` : `${keyPrefix}:access_token:${subject.appId}`,
     ticketKey(subject, type) {
       if (subject.kind !== 'work') return `${keyPrefix}:ticket:key:${subject.appId}:${type}`;
       const which = Object.hasOwn(cpTickets, type) ? cpTickets[type] : undefined;
       if (!which) throw new ConfigError(`The ${name} profile has no WeCom ticket of type ${type}`, 'schema');
-      return `${cpPrefix}wechat_cp_${which}_key:${subject.corpId}:${subject.agentId}`;
+      return `${cpPrefix}wechat_cp_${which}_key:${cpId(subject)}`;
     },
     lockKey(entryKey) {
       if (redisOps === 'redisson') return `${entryKey}:lock`;
@@ -534,7 +557,8 @@ export function wxJava(options: WxJavaOptions = {}): KeySchema {
     },
     encode: (_field, value) => value,
     decode: (_field, raw) => bareEntry(raw),
-    // WxMpRedisConfigImpl: tokens for expires_in, tickets for expires_in − 200.
-    ttlSeconds: (expiresIn, field) => storeTtlSeconds(expiresIn, field === 'ticket' ? 200 : 0),
+    // WxMpRedisConfigImpl: tokens for expires_in, tickets for expires_in − 200; the cp configs store
+    // WeCom's tickets for expires_in (WxCpServiceImpl hands updateJsapiTicket() WeChat's own).
+    ttlSeconds: (expiresIn, field, key) => storeTtlSeconds(expiresIn, field === 'ticket' && !(key !== undefined && cpKey.test(key)) ? 200 : 0),
   }, wxJavaOpenPlatform(openKeyPrefixOption(options as Record<string, unknown>)));
 }

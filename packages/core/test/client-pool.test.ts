@@ -288,6 +288,47 @@ describe('ClientPool', () => {
     expect(seen.length).toBe(asked);
   });
 
+  it("a get() that joined a client under way has its own credentialsTimeoutMs: the first caller's running out does not end its wait", async () => {
+    const [app] = appsOnMock(1).values() as IterableIterator<MockApp>;
+    const answers: Array<(answer: { secret: string }) => void> = [];
+    const asked: Array<() => void> = [];
+    const nextCall = () => new Promise<void>((resolve) => asked.push(resolve));
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: () =>
+        new Promise<{ secret: string }>((resolve) => {
+          answers.push(resolve);
+          asked.shift()?.();
+        }),
+      credentialsTimeoutMs: 1_000,
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    pools.push(pool as ClientPool<never>);
+    const id = app!.appId;
+    let called = nextCall();
+    const first = rejection(pool.get(id));
+    await called;
+    // A rotation during the first answer: it is dropped, and the resolver asked again for the first caller.
+    void pool.delete(id);
+    called = nextCall();
+    answers[0]!({ secret: 'the-secret-before-its-rotation' });
+    await called;
+    // Half the first caller's time later, a second caller joins that answer.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const second = pool.get(id);
+    // The first caller's time runs out; another rotation drops the answer under way as well.
+    expect(await first).toMatchObject({ reason: 'timeout' });
+    void pool.delete(id);
+    called = nextCall();
+    answers[1]!({ secret: 'the-secret-before-its-rotation' });
+    // The second caller, its own time not up, asks again and gets the client of the new answer.
+    await called;
+    answers[2]!({ secret: app!.secret });
+    await send(await second);
+  });
+
   it('a client its caller closed is not handed out again: the next get() makes a new one, which refreshes', async () => {
     const apps = appsOnMock(1);
     const [appId] = apps.keys() as IterableIterator<string>;

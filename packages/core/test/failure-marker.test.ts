@@ -174,7 +174,7 @@ describe('a secret rotated across a fleet', () => {
     try {
       await expect(stale.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
       const marker = decodeMarker(await cache.get(`${stale.accessToken.cacheKey}:failed`));
-      expect(marker).toMatchObject({ errcode: 40125, secretDigest: expect.stringMatching(/^[0-9a-f]{16}$/) });
+      expect(marker).toMatchObject({ errcode: 40125, secretDigests: [expect.stringMatching(/^[0-9a-f]{16}$/)] });
       expect(JSON.stringify(await cache.get(`${stale.accessToken.cacheKey}:failed`))).not.toContain('the-secret-before');
       // Another process on the old secret backs off with it, asking WeChat nothing.
       await expect(staleToo.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
@@ -186,6 +186,28 @@ describe('a secret rotated across a fleet', () => {
       expect(mock.counters(appId).tokenRequests).toBe(2);
     } finally {
       await Promise.all([stale.close(), staleToo.close(), fresh.close()]);
+    }
+  });
+
+  it('two wrong secrets each ask WeChat once per pause, not once a call by turns; a failure after theirs counts as the first in a row', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const client = (key: string) => new OfficialAccount({ appId, secret: key, baseUrl: mock.url, cache, logger: false, fallbackDir: false });
+    const [one, two, fresh] = [client('a-secret-reset-once'), client('a-secret-reset-twice'), client(secret)];
+    try {
+      for (let round = 0; round < 4; round += 1) {
+        await expect(one.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
+        await expect(two.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
+      }
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(decodeMarker(await cache.get(`${one.accessToken.cacheKey}:failed`))?.secretDigests).toHaveLength(2);
+      // The right secret's first failure (a 502) pauses the fleet for a first failure's second, not the
+      // ninth's minute.
+      mock.injectFault({ kind: 'http-502', path: 'cgi-bin/stable_token', times: 1 });
+      await expect(fresh.accessToken.getToken()).rejects.toThrow();
+      expect(decodeMarker(await cache.get(`${one.accessToken.cacheKey}:failed`))).toMatchObject({ status: 502, attempt: 1 });
+    } finally {
+      await Promise.all([one.close(), two.close(), fresh.close()]);
     }
   });
 });

@@ -173,6 +173,15 @@ describe('component_access_token', () => {
     expect(mock.counters(s.component.appId).componentTokenRequests).toBe(1);
   });
 
+  it('a process on a rotated component secret is not held back by the failure of one still on the old secret', async () => {
+    const s = setup();
+    await withTicket(s);
+    const [stale, fresh] = [s.make({ secret: 'the-secret-before-its-rotation' }), s.make()];
+    expect(await rejection(stale.componentAccessToken())).toMatchObject({ errcode: 40125 });
+    expect(await fresh.componentAccessToken()).toMatch(/^\d{2}_/);
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(2);
+  });
+
   it('recovers from 40001 on a stale component token with one fetch', async () => {
     const s = setup();
     await withTicket(s);

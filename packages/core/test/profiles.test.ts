@@ -63,7 +63,7 @@ describe('profile vectors in docs/key-schema.md', () => {
   const [keys, values] = tables('Profile vectors');
 
   it('keys and locks, byte for byte (the md5 keys as PHP 8.2 computed them)', () => {
-    expect(keys!.length).toBeGreaterThanOrEqual(14);
+    expect(keys!.length).toBeGreaterThanOrEqual(15);
     for (const row of keys!) {
       const schema = PROFILES[row.profile!]!(JSON.parse(row.options!) as never);
       const isLock = row.subject!.startsWith('lock of ');
@@ -312,14 +312,28 @@ describe('profiles in the token protocol', () => {
     expect(() => wechatpy().accessTokenKey({ ...subject, secret: undefined })).toThrow(/give the client options\.secret/);
     // WxJava 4.7 weixin-java-cp/…/AbstractWxCpInRedisConfigImpl.java::setAgentId(): keyPrefix, ':', then
     // wechat_cp_access_token_key: and so on with corpId:agentId; the locks are lockKey + ':accessToken' ….
+    // The prefix is the cp starter's (WxCpProperties: keyPrefix = "wx:cp"), none when blank.
     const java = wxJava();
     const token = java.accessTokenKey(subject);
-    expect(token).toBe(`wx:wechat_cp_access_token_key:${corpId}:1000002`);
-    expect(java.lockKey(token)).toBe(`wx:wechat_cp_lock:${corpId}:1000002:accessToken`);
-    expect(java.ticketKey(subject, 'jsapi')).toBe(`wx:wechat_cp_jsapi_ticket_key:${corpId}:1000002`);
-    expect(java.lockKey(java.ticketKey(subject, 'jsapi'))).toBe(`wx:wechat_cp_lock:${corpId}:1000002:jsapiTicket`);
-    expect(java.lockKey(java.ticketKey(subject, 'agent_jsapi'))).toBe(`wx:wechat_cp_lock:${corpId}:1000002:agentJsapiTicket`);
-    expect(wxJava({ keyPrefix: 'cp:' }).accessTokenKey(subject)).toBe(`cp:wechat_cp_access_token_key:${corpId}:1000002`);
+    expect(token).toBe(`wx:cp:wechat_cp_access_token_key:${corpId}:1000002`);
+    expect(java.lockKey(token)).toBe(`wx:cp:wechat_cp_lock:${corpId}:1000002:accessToken`);
+    expect(java.ticketKey(subject, 'jsapi')).toBe(`wx:cp:wechat_cp_jsapi_ticket_key:${corpId}:1000002`);
+    expect(java.lockKey(java.ticketKey(subject, 'jsapi'))).toBe(`wx:cp:wechat_cp_lock:${corpId}:1000002:jsapiTicket`);
+    expect(java.lockKey(java.ticketKey(subject, 'agent_jsapi'))).toBe(`wx:cp:wechat_cp_lock:${corpId}:1000002:agentJsapiTicket`);
+    expect(wxJava({ cpKeyPrefix: 'cp:' }).accessTokenKey(subject)).toBe(`cp:wechat_cp_access_token_key:${corpId}:1000002`);
+    for (const blank of ['', '  ']) expect(wxJava({ cpKeyPrefix: blank }).accessTokenKey(subject)).toBe(`wechat_cp_access_token_key:${corpId}:1000002`);
+    // An Integer agentId, as Java prints it.
+    expect(java.accessTokenKey({ ...subject, agentId: '01000002' })).toBe(token);
+    // The cp configs keep WeCom's tickets for expires_in; the official account's for expires_in − 200.
+    expect(java.ttlSeconds(7200, 'ticket', java.ticketKey(subject, 'jsapi'))).toBe(7200);
+    expect(java.ttlSeconds(7200, 'ticket', java.ticketKey({ kind: 'official_account', appId: 'wx4202f388888ab123', endpoint: 'classic' }, 'jsapi'))).toBe(7000);
+    // wechatpy's companion is named by the corp alone (wechatpy/client/base.py: access_token_expires_at_key).
+    const py = wechatpy();
+    expect(py.companions!(py.accessTokenKey(subject), 'access_token', 'T', 7200, 1_700_000_000)[0]!.key).toBe(`wechatpy:${corpId}_access_token_expires_at`);
+    // A secret's part that overlaps another's is masked whole.
+    py.accessTokenKey({ kind: 'work', corpId: 'wwother', agentId: '1', secret: 'efg_hijklmXXXX' });
+    const overlapping = py.accessTokenKey({ kind: 'work', corpId: 'wwabcdefg', agentId: '2', secret: 'hijklmnopqYYYY' });
+    expect(py.redactKey!(overlapping)).toBe('wechatpy:wwabcd***_access_token');
 
     const first = mock.createWorkApp();
     const second = mock.createWorkApp({ corpId: first.corpId });

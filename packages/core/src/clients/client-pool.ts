@@ -101,6 +101,8 @@ const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly kind: K;
   readonly #resolve: CredentialsResolver<K>;
+  /** The timeouts #within() gave: a get() that joined a client under way, its own time not up, asks again. */
+  readonly #lateForAnother = new WeakSet<object>();
   readonly #timeoutMs: number;
   readonly #options: Record<string | symbol, unknown>;
   readonly #core: ClientCore;
@@ -182,14 +184,20 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     if (held && !clientClosed(held)) return Promise.resolve(held);
     // Its caller closed it (it would start no refresh): a new one is made, as after delete().
     if (held) this.#clients.delete(id);
-    let pending = this.#pending.get(id);
-    if (!pending) {
-      const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline).finally(() => {
-        if (this.#pending.get(id) === made) this.#pending.delete(id);
+    const joined = this.#pending.get(id);
+    if (joined) {
+      // The client under way is bounded by the deadline of the get() that started it: one that joined
+      // later, whose own time is not up when that one's runs out, asks again on its own.
+      return joined.catch((error: unknown) => {
+        if (this.#lateForAnother.has(error as object) && performance.now() < deadline) return this.#get(id, deadline);
+        throw error;
       });
-      this.#pending.set(id, (pending = made));
     }
-    return pending;
+    const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline).finally(() => {
+      if (this.#pending.get(id) === made) this.#pending.delete(id);
+    });
+    this.#pending.set(id, made);
+    return made;
   }
 
   /**
@@ -256,8 +264,11 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    * passed; past it, nothing more is asked of the resolver for these callers.
    */
   async #within(deadline: number, id: string, next: () => Promise<ClientOf<K>>): Promise<ClientOf<K>> {
-    const late = () =>
-      new CredentialsError('timeout', id, `ClientPool: no client of ${id} within ${this.#timeoutMs} ms (credentialsTimeoutMs): delete(${id}) came during each of the resolver's answers`);
+    const late = () => {
+      const error = new CredentialsError('timeout', id, `ClientPool: no client of ${id} within ${this.#timeoutMs} ms (credentialsTimeoutMs): delete(${id}) came during each of the resolver's answers`);
+      this.#lateForAnother.add(error);
+      return error;
+    };
     const left = deadline - performance.now();
     if (left <= 0) throw late();
     let timer: NodeJS.Timeout | undefined;

@@ -18,7 +18,7 @@ import { FailureGate, decodeMarker } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
 import { keepAliveMs, RefreshLock } from '../token/refresh-lock.js';
 import { pollWithBackoff } from '../token/refresher.js';
-import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
+import { credentialDigest, validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
 import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto, queryText } from './crypto.js';
 import { parseFlatXml } from './xml.js';
@@ -694,10 +694,16 @@ export class OpenPlatform {
   #componentUpstream(): Upstream<string> {
     const core = this.#core;
     const path = 'cgi-bin/component/api_component_token';
+    const secret = this.#secret;
+    const appId = this.appId;
     return {
       budgetMs: core.http.callBudgetMs,
       // A new component token supersedes the old one after a grace window, as the classic endpoint does.
       invalidatesPrevious: true,
+      // A failure WeChat blames on the component secret holds back the processes on that secret only.
+      get credentialDigest() {
+        return credentialDigest(appId, secret);
+      },
       prepare: () => this.#ticket(),
       fetch: async (_force, ticket) => {
         const body = await core.http.json({

@@ -32,10 +32,11 @@ export interface FailureRecord {
   attempt: number;
   failedBy?: string;
   /**
-   * For a failure WeChat blamed on the secret: the digest of the secret the fetch used
-   * (credentialDigest()). A process whose own secret has another one is not held back by it.
+   * For a failure WeChat blamed on the secret: the digests of the secrets WeChat refused while such
+   * failures followed each other (credentialDigest()), the latest last. A process whose own secret is
+   * none of them is not held back by it.
    */
-  secretDigest?: string;
+  secretDigests?: string[];
 }
 
 /** The key of an entry's failure marker: `{key}:failed`, in every schema. */
@@ -103,6 +104,9 @@ const DAY_MS = 86_400_000;
 // The errcodes that say the secret itself is wrong (40125 invalid appsecret, 40091 a WeCom secret that is
 // not one), beside 40001 from a token endpoint (isSecretRejection()).
 const SECRET_ERRCODES = new Set([40125, 40091]);
+
+/** The most secret digests a marker keeps (the latest): a fleet does not hold that many wrong secrets. */
+const MAX_SECRET_DIGESTS = 8;
 
 /** Whether a marker's failure is WeChat's word that the secret used is wrong. */
 function blamesSecret(marker: FailureRecord): boolean {
@@ -190,7 +194,7 @@ export function encodeMarker(marker: FailureMarker): string {
     retry_at: marker.retryAt,
     attempt: marker.attempt,
     ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
-    ...(marker.secretDigest === undefined ? {} : { secret_digest: marker.secretDigest }),
+    ...(marker.secretDigests === undefined ? {} : { secret_digests: marker.secretDigests }),
   }));
 }
 
@@ -219,7 +223,10 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
   if (typeof record.path === 'string') marker.path = record.path.slice(0, 256);
   if (typeof record.message === 'string') marker.message = record.message.slice(0, 512);
   if (typeof record.failed_by === 'string') marker.failedBy = record.failed_by.slice(0, 256);
-  if (typeof record.secret_digest === 'string') marker.secretDigest = record.secret_digest.slice(0, 64);
+  const digests = record.secret_digests;
+  if (Array.isArray(digests) && digests.length > 0 && digests.every((digest) => typeof digest === 'string')) {
+    marker.secretDigests = (digests as string[]).slice(-MAX_SECRET_DIGESTS).map((digest) => digest.slice(0, 64));
+  }
   return marker;
 }
 
@@ -281,9 +288,9 @@ export class FailureGate {
    * (each of which keeps its own back-off, as its markers carry its digest).
    */
   #othersSecret(marker: FailureMarker): boolean {
-    if (marker.secretDigest === undefined || !blamesSecret(marker)) return false;
+    if (marker.secretDigests === undefined || !blamesSecret(marker)) return false;
     const own = this.#credential?.credentialDigest;
-    return own !== undefined && own !== marker.secretDigest;
+    return own !== undefined && !marker.secretDigests.includes(own);
   }
   /** `{key}:failed`, made when used: an idle account keeps no copy of it. */
   get key(): string {
@@ -349,10 +356,17 @@ export class FailureGate {
     } catch {
       previous = this.#pending(now);
     }
-    const marker = markerFor(error, previous ? previous.attempt + 1 : 1, now, failedBy);
+    // A failure of another secret (one this process does not hold to) is no failure of this one in a row.
+    const counted = previous !== undefined && !this.#othersSecret(previous) ? previous : undefined;
+    const marker = markerFor(error, counted ? counted.attempt + 1 : 1, now, failedBy);
     if (!marker) return undefined;
     const digest = blamesSecret(marker) ? this.#credential?.credentialDigest : undefined;
-    if (digest !== undefined) marker.secretDigest = digest;
+    if (digest !== undefined) {
+      // The secrets refused before stay refused: each wrong secret of a fleet asks WeChat once per pause,
+      // not once each time another wrong one has written the marker.
+      const earlier = previous !== undefined && blamesSecret(previous) ? (previous.secretDigests ?? []).filter((known) => known !== digest) : [];
+      marker.secretDigests = [...earlier, digest].slice(-MAX_SECRET_DIGESTS);
+    }
     const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
     try {
       await store.set(this.key, encodeMarker(marker), ttlSeconds);
