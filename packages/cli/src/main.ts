@@ -201,15 +201,18 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
   // Given whenever it is set: a profile may build the keys of some apps only from the secret (wechatpy's
-  // WeCom keys), and says so when it is missing.
-  const secretForKey = secretFrom(values['secret-env']);
-  const needsSecret = `--profile ${schema.name} builds this app's keys from its secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`;
-  if (schema.keyNeedsSecret && secretForKey === undefined) throw new CliError('config', needsSecret);
+  // WeCom keys), and says so when it is missing. A command that needs no secret is not failed for one.
+  const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : process.env[values['secret-env'] ?? 'WECHAT_SECRET'] || undefined;
+  const needsSecret = () => {
+    secretFrom(values['secret-env']);
+    return new CliError('config', `--profile ${schema.name} builds this app's keys from its secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`);
+  };
+  if (schema.keyNeedsSecret && secretForKey === undefined) throw needsSecret();
   let key: string;
   try {
     key = accessTokenKey(app, endpoint, schema, secretForKey);
   } catch (error) {
-    if ((error as { option?: string }).option === 'secret') throw new CliError('config', needsSecret);
+    if ((error as { option?: string }).option === 'secret') throw needsSecret();
     throw error;
   }
   const shownKey = schema.redactKey?.(key) ?? key;

@@ -179,6 +179,9 @@ describe('wxkit token', () => {
     const missing = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret-env', 'NOT_SET_ANYWHERE']);
     expect(missing.stderr).toContain('NOT_SET_ANYWHERE');
     expect(missing.code).toBe(7);
+    // A command that needs no secret is not failed for one that is not set.
+    const inspected = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--secret-env', 'NOT_SET_ANYWHERE', '--json']);
+    expect(inspected.code, inspected.stderr).toBe(0);
     const flag = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--secret', secret]);
     expect(flag.code).toBe(2);
     expect(flag.stderr).toContain('wxkit token has no option --secret: the secret is read from the environment only');
