@@ -210,4 +210,18 @@ describe('a secret rotated across a fleet', () => {
       await Promise.all([one.close(), two.close(), fresh.close()]);
     }
   });
+
+  it('more wrong secrets than the marker lists hold every process: of nine, eight ask WeChat once each and the ninth not at all, rather than each on every call', async () => {
+    const { appId } = mock.createApp();
+    const cache = new MemoryCache();
+    const clients = Array.from({ length: 9 }, (_, i) => new OfficialAccount({ appId, secret: `a-wrong-secret-${i}`, baseUrl: mock.url, cache, logger: false, fallbackDir: false }));
+    try {
+      for (let round = 0; round < 3; round += 1) {
+        for (const client of clients) await expect(client.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
+      }
+      expect(mock.counters(appId).tokenRequests).toBe(8);
+    } finally {
+      await Promise.all(clients.map((client) => client.close()));
+    }
+  });
 });

@@ -289,6 +289,9 @@ export class FailureGate {
    */
   #othersSecret(marker: FailureMarker): boolean {
     if (marker.secretDigests === undefined || !blamesSecret(marker)) return false;
+    // A full list: more secrets were refused than it keeps, and one not listed may be among them. It
+    // holds every process, as a marker without digests does, rather than let each of them ask in turn.
+    if (marker.secretDigests.length >= MAX_SECRET_DIGESTS) return false;
     const own = this.#credential?.credentialDigest;
     return own !== undefined && !marker.secretDigests.includes(own);
   }
