@@ -1,5 +1,5 @@
 import type { ClientCore } from './client-core.js';
-import { WeChatApiError, isTokenRejection, tookToken } from './errors.js';
+import { WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';
 
@@ -79,15 +79,10 @@ export class ApiClient {
     let rejection: WeChatApiError;
     for (let resends = 0; ; resends += 1) {
       try {
-        const answer = (await send(token)) as T;
-        this.#token.accepted(token);
-        return answer;
+        // WeChat read the token if it answered, or refused the call for another reason: the token works.
+        return (await this.#token.carrying<unknown>(token, () => send(token))) as T;
       } catch (error) {
-        if (!isTokenRejection(error)) {
-          // WeChat read the token and refused the call for another reason: the token works.
-          if (tookToken(error)) this.#token.accepted(token);
-          throw error;
-        }
+        if (!isTokenRejection(error)) throw error;
         rejection = error;
       }
       firstRejection ??= performance.now();

@@ -1,7 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { TokenCallOptions } from './access-token.js';
 import type { ClientCore } from './client-core.js';
-import { ConfigError, isTokenRejection, tookToken, type WeChatApiError } from './errors.js';
+import { ConfigError, isTokenRejection, type WeChatApiError } from './errors.js';
 import type { KeySubject } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';
 import { validateFetched } from './token/upstream.js';
@@ -137,18 +137,11 @@ abstract class TicketKeeper<T extends string> {
           // token rejected after it worked was replaced, and its replacement is fetched at once; one
           // rejected before any call went through with it (a ticket endpoint that refuses every token)
           // spaces the fetches that follow, so that a getTicket() a second does not fetch tokens in a loop.
-          fetch: async (_force, token) => {
+          fetch: (_force, token) => {
             const query = { ...where.query, access_token: token as string };
-            let body: Record<string, unknown>;
-            try {
-              body = await this.core.http.json({ method: 'GET', path: where.path, query, tokenFetch: true });
-            } catch (error) {
-              if (tookToken(error)) this.#token.accepted(token as string);
-              throw error;
-            }
-            const fetched = validateFetched(body, 'ticket', where.path);
-            this.#token.accepted(token as string);
-            return fetched;
+            return this.#token.carrying(token as string, async () =>
+              validateFetched(await this.core.http.json({ method: 'GET', path: where.path, query, tokenFetch: true }), 'ticket', where.path),
+            );
           },
           rejectsInput: isTokenRejection,
           dropInput: (token, error) => this.#token.rejectedOnCall(token as string, (error as WeChatApiError).errcode),

@@ -9,7 +9,7 @@ import { MiniProgram, kCode2Session, sessionOf, type Code2SessionResult, type Mi
 import { OfficialAccount, type OfficialAccountOptions } from '../clients/official-account.js';
 import { clientClosed, type WeChatClient } from '../clients/wechat-client.js';
 import type { TokenEvents } from '../events.js';
-import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection, tookToken } from '../errors.js';
+import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import type { HttpRequest } from '../http.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
@@ -1048,16 +1048,8 @@ export class OpenPlatform {
   }
 
   /** A request carrying `componentToken`, which tells the component token's manager whether WeChat took it. */
-  async #sendWithComponentToken(componentToken: string, request: HttpRequest): Promise<Record<string, unknown>> {
-    try {
-      const body = await this.#core.http.json(request);
-      this.#component.accepted(componentToken);
-      return body;
-    } catch (error) {
-      // Refused for another reason than the token: the token works.
-      if (tookToken(error)) this.#component.accepted(componentToken);
-      throw error;
-    }
+  #sendWithComponentToken(componentToken: string, request: HttpRequest): Promise<Record<string, unknown>> {
+    return this.#component.carrying(componentToken, () => this.#core.http.json(request));
   }
 
   /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), written to the durable store. */

@@ -1,4 +1,4 @@
-import { CacheError } from '../errors.js';
+import { CacheError, tookToken } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
@@ -75,6 +75,21 @@ export class TokenManager {
     // newer one: only the value this process holds (or any, when it holds none) is recorded.
     const held = this.#memo.entry?.value;
     if (held === undefined || held === value) this.#accepted = value;
+  }
+
+  /**
+   * `call`'s answer, a call carrying `value`, telling this manager whether WeChat took the value
+   * (accepted()): it did when it answered, or when it refused the call for another reason than the token.
+   */
+  async carrying<T>(value: string, call: () => Promise<T>): Promise<T> {
+    try {
+      const answer = await call();
+      this.accepted(value);
+      return answer;
+    } catch (error) {
+      if (tookToken(error)) this.accepted(value);
+      throw error;
+    }
   }
 
   /** Whether WeChat rejected `value` lately (the context's `rejected`). */
