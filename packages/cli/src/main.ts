@@ -142,13 +142,18 @@ export function report(error: unknown, output: Output, stderr: NodeJS.WritableSt
   return EXIT[kind];
 }
 
+/** The secret in WECHAT_SECRET, or in the variable `--secret-env` names, if it is set. */
+function envSecret(envName: string | undefined): string | undefined {
+  return process.env[envName ?? 'WECHAT_SECRET'] || undefined;
+}
+
+/** envSecret(), where a variable `--secret-env` names must be set. */
 function secretFrom(envName: string | undefined): string | undefined {
-  const name = envName ?? 'WECHAT_SECRET';
-  const value = process.env[name];
-  if (envName !== undefined && !value) {
+  const value = envSecret(envName);
+  if (envName !== undefined && value === undefined) {
     throw new CliError('config', `--secret-env ${envName} names an environment variable that is not set: export ${envName}=<the app's secret>`);
   }
-  return value || undefined;
+  return value;
 }
 
 /** `86_Ab…xYz9 (136 chars)`: enough to tell tokens apart, not enough to use one. */
@@ -202,7 +207,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
   // Given whenever it is set: a profile may build the keys of some apps only from the secret (wechatpy's
   // WeCom keys), and says so when it is missing. A command that needs no secret is not failed for one.
-  const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : process.env[values['secret-env'] ?? 'WECHAT_SECRET'] || undefined;
+  const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : envSecret(values['secret-env']);
   const needsSecret = () => {
     secretFrom(values['secret-env']);
     return new CliError('config', `--profile ${schema.name} builds this app's keys from its secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`);
