@@ -166,11 +166,14 @@ describe('a waiter for the lock', () => {
 });
 
 describe('a secret rotated across a fleet', () => {
+  /** Processes of one app on one store, each on the secret it is given. */
+  const onSecrets = <const S extends readonly string[]>(appId: string, cache: MemoryCache, secrets: S) =>
+    secrets.map((secret) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, fallbackDir: false })) as { [I in keyof S]: OfficialAccount };
+
   it("a process on the new secret is not held back by the failures of one still on the old secret; one on the old secret is", async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
-    const client = (key: string) => new OfficialAccount({ appId, secret: key, baseUrl: mock.url, cache, logger: false, fallbackDir: false });
-    const [stale, staleToo, fresh] = [client('the-secret-before-its-rotation'), client('the-secret-before-its-rotation'), client(secret)];
+    const [stale, staleToo, fresh] = onSecrets(appId, cache, ['the-secret-before-its-rotation', 'the-secret-before-its-rotation', secret]);
     try {
       await expect(stale.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
       const marker = decodeMarker(await cache.get(`${stale.accessToken.cacheKey}:failed`));
@@ -192,8 +195,7 @@ describe('a secret rotated across a fleet', () => {
   it('two wrong secrets each ask WeChat once per pause, not once a call by turns; a failure after theirs counts as the first in a row', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
-    const client = (key: string) => new OfficialAccount({ appId, secret: key, baseUrl: mock.url, cache, logger: false, fallbackDir: false });
-    const [one, two, fresh] = [client('a-secret-reset-once'), client('a-secret-reset-twice'), client(secret)];
+    const [one, two, fresh] = onSecrets(appId, cache, ['a-secret-reset-once', 'a-secret-reset-twice', secret]);
     try {
       for (let round = 0; round < 4; round += 1) {
         await expect(one.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
@@ -214,7 +216,7 @@ describe('a secret rotated across a fleet', () => {
   it('more wrong secrets than the marker lists hold every process: of nine, eight ask WeChat once each and the ninth not at all, rather than each on every call', async () => {
     const { appId } = mock.createApp();
     const cache = new MemoryCache();
-    const clients = Array.from({ length: 9 }, (_, i) => new OfficialAccount({ appId, secret: `a-wrong-secret-${i}`, baseUrl: mock.url, cache, logger: false, fallbackDir: false }));
+    const clients = onSecrets(appId, cache, Array.from({ length: 9 }, (_, i) => `a-wrong-secret-${i}`));
     try {
       for (let round = 0; round < 3; round += 1) {
         for (const client of clients) await expect(client.accessToken.getToken()).rejects.toMatchObject({ errcode: 40125 });
