@@ -379,7 +379,9 @@ export interface WechatpyOptions {
 /**
  * wechatpy (Python) with its RedisStorage: key `{prefix}:{appid}_access_token` holding the token as a
  * JSON string (`"TOKEN123"`), TTL `expires_in`, and the companion `{prefix}:{appid}_access_token_expires_at`
- * (an integer) that wechatpy 2 writes and 1.8 does not. wechatpy fetches on the classic endpoint.
+ * (an integer) that wechatpy 2 writes and 1.8 does not. Tickets `{prefix}:{appid}_jsapi_ticket` and
+ * `{prefix}:{appid}_jsapi_card_ticket`, each with its `_expires_at`, which both versions write (and read:
+ * without it wechatpy fetches a ticket on every call). wechatpy fetches on the classic endpoint.
  */
 export function wechatpy(options: WechatpyOptions = {}): KeySchema {
   const name = 'wechatpy';
@@ -411,7 +413,8 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
       if (subject.kind === 'work' && type !== 'jsapi') {
         throw new ConfigError(`The ${name} profile covers a WeCom corp's jsapi ticket only: wechatpy keys an agent's ticket by its corp alone, so two agents of one corp would share it`, 'schema');
       }
-      return `${prefix}:${id(subject)}_${type}_ticket`;
+      // wechatpy/client/api/jsapi.py: `{appid}_jsapi_ticket`, and the card ticket `{appid}_jsapi_card_ticket`.
+      return `${prefix}:${id(subject)}_${type === 'wx_card' ? 'jsapi_card' : type}_ticket`;
     },
     redactKey: (key) => masked(key, secretParts),
     lockKey: defaultLock,
@@ -424,11 +427,16 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
       }
     },
     ttlSeconds: (expiresIn) => storeTtlSeconds(expiresIn, 0),
-    companions: (entryKey, field, _value, expiresIn, fetchedAt) =>
-      field === 'access_token'
-        ? // wechatpy writes it without a TTL; wxkit gives it the token's, so it never outlives the token.
-          [{ key: `${companionBase.get(entryKey) ?? entryKey}_expires_at`, value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) }]
-        : [],
+    // wechatpy reads a token or ticket only beside its `_expires_at`, and refetches without one; it writes
+    // the companion with no TTL (and its tickets too), wxkit gives it the value's TTL, so it never outlives
+    // the value.
+    companions: (entryKey, _field, _value, expiresIn, fetchedAt) => [
+      { key: `${companionBase.get(entryKey) ?? entryKey}_expires_at`, value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) },
+    ],
+    // A ticket's life is its companion's: wechatpy stores tickets with no TTL. A token's is its TTL, which
+    // wechatpy sets: 1.8 keeps the token's expiry in memory only, so its companion may be an older token's
+    // (and a WeCom token's companion is the corp's, shared by its agents).
+    expiryKey: (entryKey, field) => (field === 'ticket' ? `${entryKey}_expires_at` : undefined),
   };
 }
 

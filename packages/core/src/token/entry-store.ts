@@ -32,6 +32,8 @@ export interface EntryStoreInit {
 
 // A token this close to its expiry is treated as expired: a call that takes it may arrive too late.
 export const NEAR_EXPIRY_MS = 30_000;
+// An expiry a peer records beside its entry further ahead than this is no expiry (a unit mistaken).
+const MAX_RECORDED_LIFE_MS = 86_400_000;
 // A freshly fetched value is written with compare-and-set; losing the race this often means the key is
 // written continuously by someone else, and the value is kept in memory only.
 const WRITE_ROUNDS = 3;
@@ -95,11 +97,14 @@ export class EntryStore {
     const { entry, foreign } = this.decode(raw);
     if (!entry) return foreign ? { kind: 'miss', foreign } : { kind: 'miss' };
     if (rejected(entry.value)) return { kind: 'miss' };
-    // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is the store's
-    // TTL where the store can tell; otherwise the entry counts as valid until it disappears. So does one
+    // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is what the peer
+    // records beside it where the schema names such a key (wechatpy's `…_expires_at`: wechatpy writes its
+    // tickets with no TTL), else the store's TTL where the store can tell; otherwise the entry counts as
+    // valid until it disappears. So does one
     // whose TTL makes no sense (an adapter handing over Redis's -1 for no expiry, or 0, NaN): read as an
     // expiry already past, it would send every call to WeChat. Redis's -2 (no such key) is a miss, as
     // undefined is: the entry went between the read and this question.
+    if (entry.expiresAt === undefined) entry.expiresAt = await this.#recordedExpiry(store);
     if (entry.expiresAt === undefined && store.cache.ttlMs) {
       const left = await store.ttlMs(this.key);
       if (left === undefined || left === -2) return { kind: 'miss' };
@@ -109,6 +114,20 @@ export class EntryStore {
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
     if (!this.#servable(entry)) return { kind: 'miss' };
     return { kind: 'hit', entry, raw };
+  }
+
+  /**
+   * The expiry a peer keeps beside the entry (unix seconds as decimal digits), where the schema names its
+   * key; undefined where it names none, or the key holds none, or something else: milliseconds, or a
+   * time more than a day ahead, which no token or ticket lives to.
+   */
+  async #recordedExpiry(store: GuardedStore): Promise<number | undefined> {
+    const key = this.#init.schema.expiryKey?.(this.key, this.#init.field);
+    if (key === undefined) return undefined;
+    const raw = await store.getOrOtherKind(key, OTHER_KIND);
+    if (typeof raw !== 'string' || !/^\d{1,11}$/.test(raw)) return undefined;
+    const seconds = Number(raw);
+    return seconds * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : seconds;
   }
 
   /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */

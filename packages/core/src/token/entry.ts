@@ -99,6 +99,11 @@ export interface KeySchema {
   ttlSeconds(expiresIn: number, field?: EntryField, key?: string): number;
   /** Entries the peer SDK keeps next to the main one (wechatpy's `…_expires_at`), written after it. */
   companions?(entryKey: string, field: EntryField, value: string, expiresIn: number, fetchedAt: number): { key: string; value: string; ttlSeconds: number }[];
+  /**
+   * Where the peer keeps the entry's expiry (unix seconds) beside a value that records none (wechatpy's
+   * `…_expires_at`): read before the store's TTL, which such a peer may not set. Undefined: nowhere.
+   */
+  expiryKey?(entryKey: string, field: EntryField): string | undefined;
   /** The key as logs, events and errors may show it: a key that holds the secret is masked. */
   redactKey?(key: string): string;
   /**
