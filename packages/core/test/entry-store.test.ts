@@ -1,15 +1,15 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, wxJava, type KeySchema } from '../src/index.js';
+import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, wxJava, type EntryField, type KeySchema } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { EntryStore } from '../src/token/entry-store.js';
 
 const key = 'wechat:access_token:wx4202f388888ab123';
 
-function setUp(schema: KeySchema = nativeSchema(), cache = new MemoryCache()) {
+function setUp(schema: KeySchema = nativeSchema(), cache = new MemoryCache(), field: EntryField = 'access_token') {
   const log = new Log(false);
   const store = new GuardedStore(cache, 1000, log, 'wx4202f388888ab123');
-  const entries = new EntryStore({ key, field: 'access_token', schema, label: 'access_token', appId: 'wx4202f388888ab123', logKey: key, log, now: Date.now });
+  const entries = new EntryStore({ key, field, schema, label: field, appId: 'wx4202f388888ab123', logKey: key, log, now: Date.now });
   return { cache, store, entries };
 }
 
@@ -77,6 +77,21 @@ describe('writes never go back in time', () => {
     const held = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'), { leaseHeld: true });
     expect(held.stored).toBe(true);
     expect(await cache.get(key)).toBe('"MINE"');
+  });
+
+  it("a writer whose lease ran out replaces a wechatpy ticket its companion says has ended, and keeps one it says lives", async () => {
+    const { cache, store, entries } = setUp(wechatpy(), new MemoryCache(), 'ticket');
+    const now = Math.floor(Date.now() / 1000);
+    // As wechatpy writes a ticket: a JSON string, its life in `…_expires_at`.
+    await cache.set(key, '"ENDED"', 86_400);
+    await cache.set(`${key}_expires_at`, String(now - 60), 86_400);
+    const late = await entries.write(store, entries.encode(fetched('MINE'), now, 'web-1:1'), { leaseHeld: false });
+    expect(late).toMatchObject({ stored: true, entry: { value: 'MINE' } });
+    expect(await cache.get(`${key}_expires_at`)).toBe(String(now + 7200));
+    await cache.set(key, '"LIVES"', 86_400);
+    await cache.set(`${key}_expires_at`, String(now + 3600), 86_400);
+    const kept = await entries.write(store, entries.encode(fetched('LATER'), now, 'web-1:1'), { leaseHeld: false });
+    expect(kept).toMatchObject({ stored: false, entry: { value: 'LIVES' } });
   });
 
   it('a value in an encoding the schema recognises as another program\'s is never replaced', async () => {

@@ -210,7 +210,9 @@ export class EntryStore {
       // writers take the same lock) only by the lock's holder.
       if (foreign || (!theirs && !leaseHeld)) return { entry, stored: false };
       // Theirs is kept only while it is still good: an entry past its life (a peer's clock ahead, an
-      // expires_at that is really an expires_in) never wins over the token just fetched.
+      // expires_at that is really an expires_in, a ticket whose peer's record says it has ended) never
+      // wins over the token just fetched.
+      if (theirs && theirs.expiresAt === undefined && theirs.value !== entry.value) theirs.expiresAt = await this.#recordedExpiry(store);
       if (theirs && theirs.value !== entry.value && !rejected(theirs.value) && this.#servable(theirs)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
         if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
