@@ -449,7 +449,9 @@ export interface SilenceperOptions {
 /**
  * silenceper/wechat v2 (Go): key `gowechat_officialaccount__access_token_{appid}` (double underscore;
  * `gowechat_miniprogram_…`, `gowechat_work_…`), or `…__stable_access_token_{appid}` on the stable endpoint,
- * TTL `expires_in − 1500` (stable: `− 300`). It fetches on the classic endpoint by default.
+ * TTL `expires_in − 1500` (stable: `− 300`); the jsapi ticket `gowechat_officialaccount__jsapi_ticket_{appid}`,
+ * WeCom's `gowechat_work__corp_jsapi_ticket_{corpid}` and `gowechat_work__agent_jsapi_ticket_{corpid}_{agentid}`,
+ * TTL `expires_in − 1500`. It fetches on the classic endpoint by default.
  */
 export function silenceper(options: SilenceperOptions = {}): KeySchema {
   const name = 'silenceper';
@@ -468,7 +470,16 @@ export function silenceper(options: SilenceperOptions = {}): KeySchema {
       if (stable) stableKeys.add(key);
       return key;
     },
-    ticketKey: (subject, type) => `gowechat_${type}_ticket_${subject.kind === 'work' ? subject.corpId : subject.appId}`,
+    // credential/default_js_ticket.go: fmt.Sprintf("%s_jsapi_ticket_%s", prefix, appID), the official
+    // account's prefix; credential/work_js_ticket.go: "%s_corp_jsapi_ticket_%s" (corp) and
+    // "%s_agent_jsapi_ticket_%s_%s" (corp, agent), WeCom's prefix. silenceper keeps no card ticket: wxkit's
+    // own key, as before.
+    ticketKey(subject, type) {
+      if (subject.kind === 'work') {
+        return type === 'agent_jsapi' ? `gowechat_work__agent_jsapi_ticket_${subject.corpId}_${subject.agentId}` : `gowechat_work__corp_jsapi_ticket_${subject.corpId}`;
+      }
+      return type === 'jsapi' ? `gowechat_officialaccount__jsapi_ticket_${subject.appId}` : `gowechat_${type}_ticket_${subject.appId}`;
+    },
     lockKey: defaultLock,
     encode: (_field, value) => (store === 'memcached' ? JSON.stringify(value) : value),
     decode: (_field, raw) => {

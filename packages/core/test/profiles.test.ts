@@ -347,6 +347,26 @@ describe('profiles in the token protocol', () => {
     }
   });
 
+  it("silenceper: wxkit takes the tickets silenceper stored, under silenceper's keys, without a fetch", async () => {
+    const oa = mock.createApp();
+    const work = mock.createWorkApp();
+    const cache = new MemoryCache();
+    // As silenceper's Redis cache stores them: the ticket raw, TTL expires_in − 1500.
+    await cache.set(`gowechat_officialaccount__jsapi_ticket_${oa.appId}`, 'TICKET_OF_GO', 5700);
+    await cache.set(`gowechat_work__corp_jsapi_ticket_${work.corpId}`, 'CORP_TICKET_OF_GO', 5700);
+    await cache.set(`gowechat_work__agent_jsapi_ticket_${work.corpId}_${work.agentId}`, 'AGENT_TICKET_OF_GO', 5700);
+    const account = new OfficialAccount({ ...oa, baseUrl: mock.url, cache, logger: false, schema: silenceper() });
+    const agent = new Work({ ...work, baseUrl: mock.url, cache, logger: false, schema: silenceper() });
+    try {
+      expect(await account.jssdk.getTicket()).toBe('TICKET_OF_GO');
+      expect(await agent.jssdk.getTicket('jsapi')).toBe('CORP_TICKET_OF_GO');
+      expect(await agent.jssdk.getTicket('agent_jsapi')).toBe('AGENT_TICKET_OF_GO');
+      expect(mock.counters(oa.appId).ticketRequests + mock.counters(`${work.corpId}:${work.agentId}`).ticketRequests).toBe(0);
+    } finally {
+      await Promise.all([account.close(), agent.close()]);
+    }
+  });
+
   it("wechatpy keeps the part of a WeCom secret its key holds out of logs and events", async () => {
     const app = mock.createWorkApp();
     const logger = recordingLogger();
