@@ -48,18 +48,41 @@ describe('the demo', () => {
     expect(run).toMatchObject({ sent: 20, lost: 0, fetches: 1, rejected: 0 });
   });
 
-  it('with WECHAT_APPID and WECHAT_SECRET it talks to that account (here a mock behind WECHAT_BASE_URL) and never invalidates it', async () => {
+  it('--real talks to the account of WECHAT_APPID and WECHAT_SECRET (here a mock behind WECHAT_BASE_URL) on the stable endpoint, and the token its other programs hold stays valid', async () => {
     const mock = await startMockWeChat();
     try {
       const { appId, secret } = mock.createApp();
-      const run = await runDemo(['--processes', '2', '--sends', '5'], {
-        WECHAT_APPID: appId,
-        WECHAT_SECRET: secret,
-        WECHAT_BASE_URL: mock.url,
-      });
+      const env = { WECHAT_APPID: appId, WECHAT_SECRET: secret, WECHAT_BASE_URL: mock.url };
+      // The account's production program holds a classic token.
+      const production = mock.issueClassicToken(appId);
+      const run = await runDemo(['--real', '--processes', '2', '--sends', '5'], env);
       expect(run.code, run.output).toBe(0);
       expect(run).toMatchObject({ sent: 20, lost: 0, fetches: 1 });
-      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, externalFetches: 0, rejectedCalls: 0 });
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, classicTokenRequests: 0, rejectedCalls: 0 });
+      // Past WeChat's grace for a replaced token, production's still works.
+      mock.advanceClock(301);
+      expect(mock.isTokenValid(appId, production)).toBe(true);
+      // A classic endpoint would replace it: refused before anything is asked.
+      const classic = await runDemo(['--real', '--endpoint', 'classic'], env);
+      expect(classic.code, classic.output).toBe(2);
+      expect(classic.output).toMatch(/--real runs on the stable endpoint only/);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+    } finally {
+      await mock.close();
+    }
+  });
+
+  it('without --real it runs on its own mock, even with WECHAT_APPID and WECHAT_SECRET set; --real without them is a usage error', async () => {
+    const mock = await startMockWeChat();
+    try {
+      const { appId, secret } = mock.createApp();
+      const run = await runDemo(['--processes', '2', '--sends', '5'], { WECHAT_APPID: appId, WECHAT_SECRET: secret, WECHAT_BASE_URL: mock.url });
+      expect(run.code, run.output).toBe(0);
+      expect(run.output).toMatch(/mock server at/);
+      expect(mock.counters(appId).tokenRequests + mock.counters(appId).requests).toBe(0);
+      const bare = await runDemo(['--real']);
+      expect(bare.code, bare.output).toBe(2);
+      expect(bare.output).toMatch(/--real needs WECHAT_APPID and WECHAT_SECRET/);
     } finally {
       await mock.close();
     }
