@@ -1,7 +1,7 @@
 import { KeyvMemcache } from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
-import { hintOf, reasonOf, timedOut } from './failure.js';
+import { hintOf, noCas, reasonOf, timedOut } from './failure.js';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
@@ -145,8 +145,8 @@ export class MemcachedCache implements TokenCache {
   async deleteIfEquals(key: string, expected: string): Promise<boolean> {
     const expectedBytes = binary(expected);
     return this.#run('deleteIfEquals', key, async () => {
-      const current = await this.#get(key);
-      if (!current || !current.value.equals(expectedBytes)) return false;
+      const current = await this.#conditional(key, expectedBytes);
+      if (!current) return false;
       // DELETE with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since. Sent
       // once: a resend after a lost answer would find the key gone and answer NOT_FOUND.
       const response = await this.#send(key, (seq) => request(OP_DELETE, seq, key, { cas: current.cas }), 1);
@@ -157,8 +157,8 @@ export class MemcachedCache implements TokenCache {
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     const [extras, expectedBytes, bytes] = [storeExtras(ttlSeconds), binary(expected), binary(value)];
     return this.#run('compareAndSet', key, async () => {
-      const current = await this.#get(key);
-      if (!current || !current.value.equals(expectedBytes)) return false;
+      const current = await this.#conditional(key, expectedBytes);
+      if (!current) return false;
       // SET with the CAS we read: memcached refuses it (EXISTS) if anyone wrote the key since, and
       // (NOT_FOUND) if it is gone. Sent once: had its answer been lost after it was stored, a resend
       // would meet our own write and answer EXISTS.
@@ -178,6 +178,17 @@ export class MemcachedCache implements TokenCache {
     await this.#closeSockets(new Error('MemcachedCache was closed before memcached answered'));
   }
 
+  /**
+   * The key's value and CAS when it holds `expected`, for a write conditional on that CAS; undefined when
+   * it holds something else or nothing. A CAS of 0 is none (memcached -C): the write would be unconditional.
+   */
+  async #conditional(key: string, expected: Buffer): Promise<{ value: Buffer; cas: Buffer } | undefined> {
+    const current = await this.#get(key);
+    if (!current || !current.value.equals(expected)) return undefined;
+    if (!current.cas.some((byte) => byte !== 0)) throw noCas();
+    return current;
+  }
+
   /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */
   async #get(key: string): Promise<{ value: Buffer; cas: Buffer } | undefined> {
     const response = await this.#send(key, (seq) => request(OP_GET, seq, key), 2);
@@ -192,6 +203,9 @@ export class MemcachedCache implements TokenCache {
    */
   async #send(key: string, build: (seq: number) => Buffer, attempts: 1 | 2): Promise<MemjsResponse> {
     for (let attempt = 1; ; attempt += 1) {
+      // A call's next request after close() (a conditional write once its read is answered) is not
+      // sent: it would open a connection again, which nothing would close.
+      if (this.#closed) throw new Error('MemcachedCache was closed before the request was sent');
       this.#client.incrSeq();
       // Unsigned, as memjs reads the opaque of an answer (its own counter turns negative past 2^31).
       const seq = this.#client.seq >>> 0;

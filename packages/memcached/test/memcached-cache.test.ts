@@ -172,3 +172,46 @@ describe('MemcachedCache on a real memcached', () => {
 function everyCall(cache: MemcachedCache): Promise<unknown>[] {
   return [cache.add('k:lock', 'o', 60), cache.get('k'), cache.set('k', 'w', 60), cache.delete('k'), cache.deleteIfEquals('k:lock', 'o'), cache.compareAndSet('k', 'v', 'w', 60)];
 }
+
+describe('MemcachedCache: conditional writes', () => {
+  it('on a memcached without CAS (-C) they fail with reason protocol and leave the value as it is, where they were unconditional', async () => {
+    const server = await startMemcached({ args: ['-C'] });
+    const cache = new MemcachedCache(server.url);
+    try {
+      await memcachedSet(server.port, 'token', 'T1', 60);
+      await memcachedSet(server.port, 'token:lock', 'owner-a', 60);
+      for (const call of [() => cache.compareAndSet('token', 'T1', 'T2', 60), () => cache.deleteIfEquals('token:lock', 'owner-a')]) {
+        await expect(call()).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'protocol', message: expect.stringMatching(/no CAS values \(started with -C\?\)/) });
+      }
+      expect(await memcachedGet(server.port, 'token')).toBe('T1');
+      expect(await memcachedGet(server.port, 'token:lock')).toBe('owner-a');
+      // A value that differs is no write: false, as ever.
+      expect(await cache.compareAndSet('token', 'OTHER', 'T2', 60)).toBe(false);
+    } finally {
+      await cache.close();
+      await server.stop();
+    }
+  });
+
+  for (const op of ['compareAndSet', 'deleteIfEquals'] as const) {
+    it(`${op}: a close() once its read is answered sends no write (which would open a connection nothing closes)`, async () => {
+      const key = `close-between:${op}`;
+      await memcachedSet(memcached.port, key, 'T1', 60);
+      const cache = new MemcachedCache(memcached.url);
+      await cache.get(key);
+      const sockets = () =>
+        (process as unknown as { _getActiveHandles(): { constructor: { name: string }; remotePort?: number; destroyed?: boolean; once(e: string, f: () => void): void }[] })
+          ._getActiveHandles()
+          .filter((handle) => handle.constructor.name === 'Socket' && handle.remotePort === memcached.port && !handle.destroyed);
+      const [socket] = sockets();
+      let closing: Promise<void> | undefined;
+      // After memjs has taken the read's answer, before the call goes on to its write.
+      socket!.once('data', () => process.nextTick(() => (closing = cache.close())));
+      const call = op === 'compareAndSet' ? cache.compareAndSet(key, 'T1', 'T2', 60) : cache.deleteIfEquals(key, 'T1');
+      await expect(call).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+      await closing;
+      expect(sockets()).toHaveLength(0);
+      expect(await memcachedGet(memcached.port, key)).toBe('T1');
+    });
+  }
+});

@@ -468,12 +468,19 @@ function sentinelEvent(port: number, channel: string, masterName: string, passwo
   return { subscribed, message };
 }
 
+/** Options of {@link startMemcached}. */
+export interface MemcachedServerOptions {
+  /** More command-line options for memcached (`['-C']`: no CAS). @default none */
+  args?: string[];
+}
+
 /** Starts a real `memcached` (Debian's package) on a free 127.0.0.1 port, TCP only. */
-export async function startMemcached(): Promise<StoreServer> {
+export async function startMemcached(options: MemcachedServerOptions = {}): Promise<StoreServer> {
   requireCommand('memcached', 'memcached');
   const port = await freePort();
   const runAsRoot = process.getuid?.() === 0 ? ['-u', 'root'] : [];
-  const server = managedServer('memcached', (p) => ['-p', String(p), '-l', '127.0.0.1', '-U', '0', '-m', '64', ...runAsRoot], port, `127.0.0.1:${port}`);
+  const args = options.args ?? [];
+  const server = managedServer('memcached', (p) => ['-p', String(p), '-l', '127.0.0.1', '-U', '0', '-m', '64', ...runAsRoot, ...args], port, `127.0.0.1:${port}`);
   await server.start();
   return server;
 }
