@@ -226,21 +226,28 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
       const [had, failed, paused] = await Promise.all([cache.get(key), cache.get(failureKey(key)), cache.get(refetchPauseKey(key))]);
-      await cache.delete(key);
-      // The marker of a failed fetch goes with it: left behind, a secret fixed since (40125) would still
-      // fail every process with the old error until the marker's pause ran out, up to a minute. So does
-      // the pause of fetches after a rejected token (the program that fetched in a loop stopped since).
-      if (failed !== undefined) await cache.delete(failureKey(key));
-      if (paused !== undefined) await cache.delete(refetchPauseKey(key));
+      // Each only as it was read: a token another program wrote since is newer than the one the user
+      // meant to clear (deleting it would send every program to WeChat again, and on the classic endpoint
+      // end it). The marker of a failed fetch goes with the entry: left behind, a secret fixed since
+      // (40125) would still fail every process with the old error until the marker's pause ran out, up to
+      // a minute. So does the pause of fetches after a rejected token (the program that fetched in a loop
+      // stopped since).
+      const remove = async (at: string, value: string | undefined) =>
+        value !== undefined && (cache.deleteIfEquals ? await cache.deleteIfEquals(at, value) : (await cache.delete(at), true));
+      const [removed, failureRemoved, pauseRemoved] = [await remove(key, had), await remove(failureKey(key), failed), await remove(refetchPauseKey(key), paused)];
       if (values.lock) await cache.delete(schema.lockKey(key));
       const marker = decodeMarker(failed);
+      const changed = [had !== undefined && !removed && 'the entry', failed !== undefined && !failureRemoved && 'its failure marker', paused !== undefined && !pauseRemoved && 'its pause'].filter(
+        (what): what is string => typeof what === 'string',
+      );
       emit(
         output,
-        { ok: true, key: shownKey, removed: had !== undefined, failure_removed: failed !== undefined, pause_removed: paused !== undefined, lock_removed: values.lock === true },
+        { ok: true, key: shownKey, removed, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: values.lock === true, changed_meanwhile: changed.length > 0 },
         [
-          `${had !== undefined ? 'removed' : 'nothing stored at'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
-          ...(failed === undefined ? [] : [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`]),
-          ...(paused === undefined ? [] : ['removed its pause of fetches after a rejected token: the next caller that needs a token fetches one at once']),
+          `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
+          ...(failureRemoved ? [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`] : []),
+          ...(pauseRemoved ? ['removed its pause of fetches after a rejected token: the next caller that needs a token fetches one at once'] : []),
+          ...(changed.length > 0 ? [`kept ${changed.join(', ')}: another program wrote it again while this command ran; run it again to clear what is there now`] : []),
         ],
       );
       return EXIT.ok;
@@ -304,7 +311,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
           `key        ${shownKey}`,
           `token      ${token}`,
           `remaining  ${remaining === undefined ? 'unknown' : `${remaining} s`}`,
-          `fetched_at ${entry.fetchedAt === undefined ? 'unknown' : `${new Date(entry.fetchedAt * 1000).toISOString()} (${entry.fetchedAt})`}`,
+          `fetched_at ${entry.fetchedAt === undefined ? 'unknown' : `${iso(entry.fetchedAt * 1000)} (${entry.fetchedAt})`}`,
         ],
       );
       return EXIT.ok;
@@ -374,8 +381,8 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       ...(entry
         ? [
             `token       ${token}`,
-            `remaining   ${remaining === undefined ? 'unknown (the format keeps no expiry and the store cannot tell)' : `${remaining} s`}${entry.expiresAt === undefined ? '' : ` (expires ${new Date(entry.expiresAt * 1000).toISOString()})`}${ttl === undefined ? '' : `; the store drops it in ${Math.round(ttl / 1000)} s`}`,
-            `fetched_at  ${entry.fetchedAt === undefined ? 'unknown' : `${new Date(entry.fetchedAt * 1000).toISOString()} (${entry.fetchedAt})`}`,
+            `remaining   ${remaining === undefined ? 'unknown (the format keeps no expiry and the store cannot tell)' : `${remaining} s`}${entry.expiresAt === undefined ? '' : ` (expires ${iso(entry.expiresAt * 1000)})`}${ttl === undefined ? '' : `; the store drops it in ${Math.round(ttl / 1000)} s`}`,
+            `fetched_at  ${entry.fetchedAt === undefined ? 'unknown' : `${iso(entry.fetchedAt * 1000)} (${entry.fetchedAt})`}`,
           ]
         : []),
       `lock        ${lock ? `held by ${lock.holder}${lock.lease_ms === null ? '' : `, lease ${(lock.lease_ms / 1000).toFixed(1)} s left`}` : 'free'}`,
@@ -404,10 +411,10 @@ function pauseState(raw: string | undefined, now: number): { fields: Record<stri
       line:
         slot.reason !== undefined
           ? `ignored: a slot of another kind (${slot.reason}), not a pause; it holds no one back`
-          : `ignored: it ends at ${new Date(slot.until).toISOString()}, further ahead than its step and a minute (a clock far ahead, or a value no wxkit wrote); it holds no one back`,
+          : `ignored: it ends at ${iso(slot.until)}, further ahead than its step and a minute (a clock far ahead, or a value no wxkit wrote); it holds no one back`,
     };
   }
-  const at = new Date(held.until).toISOString();
+  const at = iso(held.until);
   return held.until > now
     ? {
         fields: { state: 'in_force', ...stored, retry_at: held.until },
@@ -417,6 +424,12 @@ function pauseState(raw: string | undefined, now: number): { fields: Record<stri
         fields: { state: 'past', ...stored },
         line: `the last one ended at ${at} (a step of ${held.step / 1000} s; kept so that the next one in a row is longer)`,
       };
+}
+
+/** A time in unix ms as ISO 8601, or its number where no date has it (a peer's microseconds, a corrupt value). */
+function iso(ms: number): string {
+  const date = new Date(ms);
+  return Number.isNaN(date.getTime()) ? String(ms) : date.toISOString();
 }
 
 /** What failed, as a marker records it: WeChat's errcode and errmsg, or the error code and HTTP status. */
@@ -437,7 +450,6 @@ function failureState(raw: string | undefined, now: number): { fields: Record<st
   if (!marker) return { fields: { state: 'corrupt', bytes: raw.length }, line: `corrupt (${raw.length} bytes that are not a failure marker; it holds no one back)` };
   const retryAt = clampRetryAt(marker, now);
   const inForce = retryAt > now;
-  const iso = (ms: number) => (Number.isNaN(new Date(ms).getTime()) ? String(ms) : new Date(ms).toISOString());
   return {
     fields: {
       state: inForce ? 'in_force' : 'past',

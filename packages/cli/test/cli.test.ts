@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -123,6 +124,52 @@ describe('wxkit token', () => {
     expect(cleared.json).toMatchObject({ ok: true, key, removed: true, lock_removed: true });
     expect(redisCli(redis.port, 'EXISTS', key)).toBe('0');
     expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+  });
+
+  it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {
+    const { appId } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    const entry = (token: string) => JSON.stringify({ access_token: token, expires_at: Math.floor(Date.now() / 1000) + 7000, fetched_at: Math.floor(Date.now() / 1000) });
+    redisCli(redis.port, 'SET', key, entry('OLD_TOKEN_0123456789'));
+    // Between clear's read and its delete, another program writes a newer token: a proxy in front of
+    // Redis writes it (to Redis itself) the moment clear's delete arrives, then hands the delete on.
+    const proxy = createServer((client) => {
+      const upstream = createConnection(redis.port, '127.0.0.1');
+      let written = false;
+      upstream.pipe(client);
+      client.on('data', (chunk: Buffer) => {
+        if (!written && /\r\n(EVALSHA|EVAL|DEL)\r\n/i.test(chunk.toString('latin1'))) {
+          written = true;
+          redisCli(redis.port, 'SET', key, entry('NEWER_TOKEN_0123456789'));
+        }
+        upstream.write(chunk);
+      });
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as { port: number };
+      const cleared = await wxkit(['token', 'clear', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--json']);
+      expect(cleared.code, cleared.stderr).toBe(0);
+      expect(cleared.json).toMatchObject({ ok: true, key, removed: false, changed_meanwhile: true });
+      expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe('NEWER_TOKEN_0123456789');
+    } finally {
+      proxy.close();
+    }
+  });
+
+  it('inspect and get show what a peer wrote in other units (microseconds, a pause far in the past) without failing', async () => {
+    const { appId } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    const now = Math.floor(Date.now() / 1000);
+    redisCli(redis.port, 'SET', key, JSON.stringify({ access_token: 'A'.repeat(100), expires_at: now + 7000, fetched_at: now * 1_000_000 }));
+    redisCli(redis.port, 'SET', `${key}:refetch`, JSON.stringify({ until: -1e20, step: 1000 }));
+    for (const args of [['inspect'], ['inspect', '--json'], ['get', '--json']]) {
+      const run = await wxkit(['token', ...args, '--store', redis.url, '--app', `oa:${appId}`]);
+      expect(run.code, `${args.join(' ')}: ${run.stdout}${run.stderr}`).toBe(0);
+      expect(run.stderr).not.toMatch(/Invalid time value|RangeError/);
+    }
   });
 
   it('inspect shows the failure marker a failed fetch left; clear removes it with the token', async () => {
