@@ -57,7 +57,15 @@ export function sqlTableOf(store: object): SqlTable | undefined {
       // @keyv/mysql hands its argument to mysql2's pool.query(), which also takes `{ sql, values }`
       // and fills the placeholders with the driver's own escaping.
       return new MysqlTable(backquoted(String(opts.table ?? 'keyv')), async (sql, values) => {
-        const result = await call({ sql, values });
+        let result: unknown;
+        try {
+          result = await call({ sql, values });
+        } catch (error) {
+          // mysql2 gives its error the statement as sent, the values written in (`sql`): the token, in
+          // every log that prints the error. It keeps the statement with its placeholders instead.
+          if (typeof error === 'object' && error !== null && typeof (error as { sql?: unknown }).sql === 'string') (error as { sql: string }).sql = sql;
+          throw error;
+        }
         if (Array.isArray(result)) return rows(result);
         const { affectedRows, insertId } = result as { affectedRows?: unknown; insertId?: unknown };
         return { rows: [], affected: Number(affectedRows ?? 0), insertId: Number(insertId) };

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import KeyvMysql from '@keyv/mysql';
 import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -126,6 +127,24 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
       const results = await Promise.all(Array.from({ length: 20 }, (_, i) => clients[i % 4]!.add!(key, `owner-${i}`, 60)));
       expect(results.filter(Boolean)).toHaveLength(1);
       expect(await clients[1]!.get(key)).toBe(`owner-${results.indexOf(true)}`);
+    }
+  });
+
+  it('a failed write keeps the token out of its error: mysql2 writes the values into the statement it attaches', async () => {
+    const table = newTable();
+    // A value column too short for a token entry: every write fails (strict mode), as a read-only replica would.
+    mariadb(`CREATE TABLE ${table} (id VARCHAR(255) NOT NULL PRIMARY KEY, value VARCHAR(8), expires BIGINT NULL DEFAULT NULL)`);
+    const cache = new KeyvCache(store(table));
+    const token = `TOKEN_${randomBytes(12).toString('hex')}`;
+    for (const write of [() => cache.set('k', `{"access_token":"${token}"}`, 60), () => cache.add!('k2', `{"access_token":"${token}"}`, 60)]) {
+      const error = await write().then(
+        () => undefined,
+        (failure: unknown) => failure,
+      );
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: 'ER_DATA_TOO_LONG' } });
+      // What a log that prints the error object shows: the message, the cause and its fields.
+      expect(inspect(error, { depth: 5 })).not.toContain(token);
+      expect((error as { cause: { sql: string } }).cause.sql).toMatch(/\?/);
     }
   });
 
