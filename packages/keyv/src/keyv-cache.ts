@@ -95,7 +95,9 @@ export class KeyvCache implements TokenCache {
       if (typeof value === 'string') return fromStoredText(value);
       // Anything else was written by something else: its bytes, or its JSON, so wxkit sees a corrupt
       // entry (and replaces it) rather than a crash.
-      return Buffer.isBuffer(value) ? value.toString('latin1') : toBinary(JSON.stringify(value));
+      // JSON.stringify gives undefined for a function or a symbol: those are their type's name, never a miss.
+      if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('latin1');
+      return toBinary(JSON.stringify(value) ?? `[${typeof value}]`);
     });
   }
 

@@ -93,6 +93,19 @@ describe('KeyvCache', () => {
     expect(() => app.setCache(new Keyv(redisStore()) as never)).toThrow(/new KeyvCache\(keyv\)` from @wxkit\/keyv/);
   });
 
+  it("reads a value another program stored as bytes as those bytes, and one of another kind as something, never a miss", async () => {
+    // Keyv's own in-memory store keeps whatever it was given.
+    const map = new Map<string, unknown>([
+      ['bytes', new Uint8Array([0x7b, 0xff, 0x00])],
+      ['view', new Uint8Array([0x00, 0x41, 0x42, 0x00]).subarray(1, 3)],
+      ['function', () => 1],
+    ]);
+    const cache = new KeyvCache(map as never);
+    expect(await cache.get('bytes')).toBe('\u007b\u00ff\u0000');
+    expect(await cache.get('view')).toBe('AB');
+    expect(await cache.get('function')).toBe('[function]');
+  });
+
   it('a failed read is a CacheError, never a miss, even on a store that swallows errors', async () => {
     const store = new KeyvRedis<string>({ url: 'redis://127.0.0.1:1', socket: { connectTimeout: 200, reconnectStrategy: false } }, { connectionTimeout: 300 });
     store.on('error', () => undefined);
