@@ -202,6 +202,11 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     }
   };
   const schema = fromFlags(() => resolveSchema({ profile: values.profile, profileOptions: values['profile-options'], prefix: values.prefix }));
+  // Checked before the store is opened: a bad URL is a usage error, with nothing read or written.
+  const baseUrl = values['base-url'];
+  if (baseUrl !== undefined && !/^https?:$/.test(protocolOf(baseUrl))) {
+    throw usage(`--base-url must be an http:// or https:// URL (got ${JSON.stringify(describeStore(baseUrl))})`);
+  }
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
@@ -271,7 +276,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       // The shared store or nothing: a token kept in this host's fallback directory helps nobody here.
       fallbackDir: false,
       // Only the flag moves the secret to another host: never a variable left in the shell for a demo.
-      ...(values['base-url'] ? { baseUrl: values['base-url'] } : {}),
+      ...(baseUrl ? { baseUrl } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : {}),
     });
     try {
@@ -424,6 +429,15 @@ function pauseState(raw: string | undefined, now: number): { fields: Record<stri
         fields: { state: 'past', ...stored },
         line: `the last one ended at ${at} (a step of ${held.step / 1000} s; kept so that the next one in a row is longer)`,
       };
+}
+
+/** A URL's scheme (`https:`), or '' when it is no URL. */
+function protocolOf(url: string): string {
+  try {
+    return new URL(url).protocol;
+  } catch {
+    return '';
+  }
 }
 
 /** A time in unix ms as ISO 8601, or its number where no date has it (a peer's microseconds, a corrupt value). */

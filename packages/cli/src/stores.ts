@@ -34,6 +34,14 @@ export function openStore(url: string): TokenCache {
     }
     case 'redis:':
     case 'rediss:':
+      // The client decodes them as it connects, where a bad escape is a failed connection without a reason.
+      for (const part of [parsed.username, parsed.password]) {
+        try {
+          decodeURIComponent(part);
+        } catch {
+          throw new ConfigError(`--store ${parsed.protocol}// has credentials that are not percent-encoded (write %40 for @, %3A for :, %25 for %)`, 'store');
+        }
+      }
       return new RedisCache(url);
     default:
       throw new ConfigError(`--store ${parsed.protocol}// is not a store wxkit knows (file://, redis://, rediss://, memcached://)`, 'store');
@@ -81,6 +89,9 @@ export function describeStore(url: string): string {
   return maskUrl(url);
 }
 
+/** Reasons of a store failure that say the store is down or out of reach, not that it refused. */
+const GONE = new Set(['refused', 'unreachable', 'timeout', 'disconnected', 'closed', 'tls']);
+
 /**
  * Writes and deletes `<key>:probe` (5 s TTL): a store that answers reads and refuses writes (a read-only
  * replica, too few replicas, an ACL user without write rights, a read-only directory) fails here, before
@@ -92,7 +103,9 @@ export async function checkWritable(cache: TokenCache, key: string, where: strin
     await cache.set(probe, `wxkit-cli ${hostname()}:${process.pid}`, 5);
     await cache.delete(probe);
   } catch (error) {
-    // It answered the read just before: a failed write is a refusal, whatever the store calls it.
+    // It answered the read just before: a failed write is a refusal, unless the store went away or
+    // stopped answering meanwhile (a store that is down is exit 3, as for a read).
+    if (GONE.has((error as { reason?: string }).reason ?? '')) throw error;
     throw new CliError(
       'notStored',
       `${where} answers reads and refuses writes, so wxkit fetched nothing: a token it could not store would replace the one every other program holds. ` +

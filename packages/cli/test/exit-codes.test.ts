@@ -1,11 +1,11 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, redisCli, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { freePort, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { maskPasswords } from '../src/args.js';
 import { runDemo } from '../src/demo.js';
 
@@ -81,6 +81,10 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'inspect', '--store', 'file:///var/lib/a%2Fb', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--endpoint', 'fast'], '--endpoint must be stable or classic'],
       [['token', 'get', '--store', redis.url, '--appid', 'wx1'], 'use --app official_account:<appid>'],
+      // Checked before the store is opened: nothing listens there, and the answer is still a usage error.
+      [['token', 'get', '--store', 'redis://127.0.0.1:1', '--app', 'oa:wx1', '--base-url', 'ftp://127.0.0.1:1'], '--base-url must be an http:// or https:// URL'],
+      [['token', 'get', '--store', 'redis://127.0.0.1:1', '--app', 'oa:wx1', '--base-url', 'api.weixin.qq.com'], '--base-url must be an http:// or https:// URL'],
+      [['token', 'inspect', '--store', 'redis://alice:pa%zzss@127.0.0.1:1', '--app', 'oa:wx1'], '--store redis:// has credentials that are not percent-encoded'],
       [['fly'], '"fly" is not a wxkit command'],
     ];
     // Independent runs, side by side.
@@ -173,6 +177,35 @@ describe('wxkit exit codes and messages', () => {
       expect(run.json.error!.message).toContain('refuses writes, so wxkit fetched nothing');
     }
     expect(mock.counters(appId).tokenRequests).toBe(0);
+  });
+
+  it('store unreachable (3), not refused (8): a store that reads and then stops answering the write', async () => {
+    const { appId, secret } = mock.createApp();
+    const memcached = await startMemcached();
+    // Hands memcached's binary protocol on until the first SET (opcode 0x01), which it swallows: the
+    // store answered the read, and the write gets no answer (MemcachedCache waits 500 ms).
+    const proxy = createServer((client) => {
+      const upstream = createConnection(memcached.port, '127.0.0.1');
+      let swallowing = false;
+      upstream.pipe(client);
+      client.on('data', (chunk: Buffer) => {
+        swallowing ||= chunk[0] === 0x80 && chunk[1] === 0x01;
+        if (!swallowing) upstream.write(chunk);
+      });
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as { port: number };
+      const run = await wxkit(['token', 'get', '--store', `memcached://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+      expect(run.code, run.stdout + run.stderr).toBe(3);
+      expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', exit: 3 });
+      expect(mock.counters(appId).tokenRequests).toBe(0);
+    } finally {
+      proxy.close();
+      await memcached.stop();
+    }
   });
 
   it('not stored (8): a token fetched and then refused by the store is not handed out as if shared', async () => {
