@@ -20,6 +20,10 @@ export const EXIT = Object.freeze({
   config: 7,
   /** The token could not be stored: the store refuses writes (a read-only replica, an ACL), so nobody else could read it. */
   notStored: 8,
+  /** Stopped by SIGINT (Ctrl-C) while it waited for a token: what it asked of WeChat was cut and its refresh lock released. */
+  interrupted: 130,
+  /** Stopped by SIGTERM, likewise. */
+  terminated: 143,
 });
 
 export type ExitKind = keyof typeof EXIT;
@@ -34,7 +38,8 @@ export const EXIT_HELP = `exit codes:
   5  no token: none stored (inspect), or none appeared (get without the secret)
   6  WeChat API error: an errcode (credentials, IP whitelist, quota)
   7  configuration: an environment variable not set, a config file that is wrong
-  8  token not stored: the store refuses writes (read-only replica, ACL), nobody else could read it`;
+  8  token not stored: the store refuses writes (read-only replica, ACL), nobody else could read it
+  130, 143  stopped by SIGINT, SIGTERM while waiting for a token: the fetch cut, the refresh lock released`;
 
 /** The `code` of a CliError in --json output, by kind; the library's own codes where they exist. */
 const CODES: Partial<Record<ExitKind, string>> = {

@@ -1,4 +1,5 @@
 import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
+import { Agent } from 'undici';
 import { clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
@@ -267,9 +268,12 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
     const stored = await cache.get(key);
     if (secret !== undefined && (action === 'refresh' || stored === undefined)) await checkWritable(cache, key, describeStore(store));
+    // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
+    const dispatcher = new Agent();
     const client: WeChatClient = buildClient(app, {
       secret,
       cache,
+      dispatcher,
       endpoint,
       schema,
       logger: false,
@@ -279,11 +283,12 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       ...(baseUrl ? { baseUrl } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : {}),
     });
+    const signals = untilSignal(() => dispatcher.destroy());
     try {
-      if (action === 'refresh') await client.accessToken.forceRefresh();
+      if (action === 'refresh') await signals.race(client.accessToken.forceRefresh());
       let entry;
       try {
-        entry = await client.accessToken.getEntry();
+        entry = await signals.race(client.accessToken.getEntry());
       } catch (error) {
         if (secret === undefined && (error as { code?: string }).code === 'ERR_WXKIT_NO_TOKEN') {
           throw new CliError(
@@ -321,11 +326,44 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       );
       return EXIT.ok;
     } finally {
+      // Lets the refresh lock go once a fetch under way has ended (after a signal, cut); a second signal
+      // meanwhile waits for it.
       await client.close();
+      signals.release();
+      // Destroyed by a signal, it refuses close(): that is no error of the command's.
+      await dispatcher.close().catch(() => undefined);
     }
   } finally {
     await cache.close?.();
   }
+}
+
+/**
+ * While installed, SIGINT and SIGTERM call `cut` (which ends the requests to WeChat under way) and end
+ * the wait of `race()` with a CliError (exit 130, 143), instead of ending the process where it stands:
+ * the caller then closes its client, which releases the refresh lock (left to its lease, it held every
+ * other program back).
+ */
+function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T>; release(): void } {
+  let onSignal!: (signal: NodeJS.Signals) => void;
+  const stopped = new Promise<never>((_, reject) => {
+    onSignal = (signal) => {
+      void Promise.resolve()
+        .then(cut)
+        .catch(() => undefined);
+      reject(new CliError(signal === 'SIGINT' ? 'interrupted' : 'terminated', `stopped by ${signal}: the request to WeChat under way was cut, and the refresh lock released`));
+    };
+  });
+  stopped.catch(() => undefined);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    race: (work) => Promise.race([work, stopped]),
+    release() {
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    },
+  };
 }
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {

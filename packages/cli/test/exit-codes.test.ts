@@ -208,6 +208,29 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('stopped (130, 143): a signal while WeChat keeps the fetch waiting cuts it and releases the refresh lock', async () => {
+    for (const [signal, exit] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+      const { appId, secret } = mock.createApp();
+      mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token' });
+      const lock = `wechat:stable_access_token:${appId}:lock`;
+      const child = spawn(process.execPath, [bin, 'token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
+        env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+      });
+      let stdout = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+      // The fetch is under way once the lock is taken, and the mock holds its answer.
+      while (redisCli(redis.port, 'EXISTS', lock) !== '1') await new Promise((resolve) => setImmediate(resolve));
+      child.kill(signal);
+      expect(await exited, stdout).toBe(exit);
+      expect(JSON.parse(stdout.trim()).error).toMatchObject({ exit, message: expect.stringContaining(`stopped by ${signal}`) });
+      expect(redisCli(redis.port, 'EXISTS', lock)).toBe('0');
+      // Cut, not waited out: a fetch that timed out after close() would have left the fleet a failure marker.
+      expect(redisCli(redis.port, 'EXISTS', `wechat:stable_access_token:${appId}:failed`)).toBe('0');
+      mock.clearFaults();
+    }
+  });
+
   it('not stored (8): a token fetched and then refused by the store is not handed out as if shared', async () => {
     const { appId, secret } = mock.createApp();
     const url = partialAcl.url.replace('redis://', `redis://app:${PASSWORD}@`);
