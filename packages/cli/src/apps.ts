@@ -23,11 +23,17 @@ export function resolveSchema(options: { profile?: string; profileOptions?: stri
   }
   let parsed: Record<string, unknown> = {};
   if (options.profileOptions !== undefined) {
+    let value: unknown;
     try {
-      parsed = JSON.parse(options.profileOptions) as Record<string, unknown>;
+      value = JSON.parse(options.profileOptions);
     } catch {
-      throw new ConfigError(`--profile-options must be JSON, e.g. '{"prefix":"think:"}'`, 'profile-options');
+      value = undefined;
     }
+    // A number, null or a list spread into the options would be no options at all, dropped without a word.
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw new ConfigError(`--profile-options must be a JSON object, e.g. '{"prefix":"think:"}'`, 'profile-options');
+    }
+    parsed = value as Record<string, unknown>;
   }
   if (name === 'native') return nativeSchema({ ...(options.prefix === undefined ? {} : { prefix: options.prefix }), ...parsed });
   // Dropped without a word, it would point the command at keys the peer never uses.

@@ -289,6 +289,12 @@ describe('wxkit token', () => {
     const misspelt = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'easyWeChat4', '--profile-options', '{"prefx":"think:"}']);
     expect(misspelt.code).toBe(2);
     expect(misspelt.stderr).toContain('easyWeChat4 options.prefx is not an option (did you mean prefix?)');
+    // JSON that is no object would be no options at all: the peer's keys under the default prefix.
+    for (const [profile, options] of [['native', '42'], ['easyWeChat4', 'null'], ['wechatpy', '["think:"]'], ['native', '{']]) {
+      const run = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', profile!, '--profile-options', options!]);
+      expect(run.code, `${profile} ${options}`).toBe(2);
+      expect(run.stderr).toContain('--profile-options must be a JSON object');
+    }
   });
 
   it('exit codes: WeChat refused 6, usage 2, store down 3, no token without a secret 5', async () => {
