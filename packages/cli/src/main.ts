@@ -7,7 +7,7 @@ import { maskPasswords, parseCommand } from './args.js';
 import { runDemo } from './demo.js';
 import { CliError, EXIT, EXIT_HELP, type ExitKind } from './errors.js';
 import { serveCommand } from './serve-command.js';
-import { checkWritable, describeStore, openStore } from './stores.js';
+import { checkWritable, describeStore, missingDirectory, openStore } from './stores.js';
 
 export { EXIT } from './errors.js';
 
@@ -228,6 +228,13 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   }
   const shownKey = schema.redactKey?.(key) ?? key;
   const cache = fromFlags(() => openStore(store));
+  // Only a command that may fetch (get or refresh with the secret) makes the directory, as a program would.
+  const readsOnly = action === 'inspect' || action === 'clear' || (action === 'get' && envSecret(values['secret-env']) === undefined);
+  const missing = readsOnly ? missingDirectory(store) : undefined;
+  if (missing !== undefined) {
+    await cache.close?.();
+    throw new CliError('store', `--store ${store} names a directory that does not exist (${missing}): no program shares a token there`);
+  }
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, type TokenCache } from '@wxkit/core';
@@ -87,6 +88,16 @@ export function describeStore(url: string): string {
     return at < 0 || colon < 0 || colon > at ? url : `${url.slice(0, colon + 1)}***${url.slice(at)}`;
   }
   return maskUrl(url);
+}
+
+/**
+ * The directory a `file:` store URL names, when it does not exist: a command that only reads would
+ * report every entry absent there (a typo in the path), where the programs share another directory.
+ */
+export function missingDirectory(url: string): string | undefined {
+  if (!/^file:/i.test(url)) return undefined;
+  const dir = fileURLToPath(url);
+  return existsSync(dir) ? undefined : dir;
 }
 
 /** Reasons of a store failure that say the store is down or out of reach, not that it refused. */

@@ -159,6 +159,18 @@ describe('wxkit token', () => {
     }
   });
 
+  it('a file:// store whose directory does not exist is a store error for the commands that only read, and is made by one that fetches', async () => {
+    const { appId, secret } = mock.createApp();
+    const missing = join(dir, 'no-such-dir');
+    for (const action of ['inspect', 'clear', 'get']) {
+      const run = await wxkit(['token', action, '--store', pathToFileURL(missing).href, '--app', `oa:${appId}`, '--json']);
+      expect(run.code, `${action}: ${run.stdout}${run.stderr}`).toBe(3);
+      expect(run.json.error).toMatchObject({ exit: 3, message: expect.stringContaining('names a directory that does not exist') });
+    }
+    const fetched = await wxkit(['token', 'get', '--store', pathToFileURL(missing).href, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+    expect(fetched.code, fetched.stderr).toBe(0);
+  });
+
   it('inspect and get show what a peer wrote in other units (microseconds, a pause far in the past) without failing', async () => {
     const { appId } = mock.createApp();
     const key = `wechat:stable_access_token:${appId}`;
