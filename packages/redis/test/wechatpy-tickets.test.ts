@@ -83,6 +83,47 @@ describe('wechatpy tickets on a real Redis', () => {
     }
   });
 
+  it('a ticket with no TTL and no expiry wechatpy could read beside it is fetched again, as wechatpy would, never served for ever', async () => {
+    for (const [what, companion] of [
+      ['absent', undefined],
+      ['garbage', 'soon'],
+      ['in milliseconds', String(Date.now() + 3_600_000)],
+      ['negative', '-1'],
+      ['a fraction, past', String(now() - 60.5)],
+    ] as const) {
+      const { appId, app, close } = account();
+      const key = `wechatpy:${appId}_jsapi_ticket`;
+      try {
+        await raw.set(key, JSON.stringify('DEAD_TICKET'));
+        if (companion !== undefined) await raw.set(`${key}_expires_at`, companion);
+        expect(await app.jssdk.getTicket(), what).not.toBe('DEAD_TICKET');
+        expect(mock.counters(appId).ticketRequests, what).toBe(1);
+      } finally {
+        await close();
+      }
+    }
+  });
+
+  it('a companion lost after the ticket was written is written again with the same ticket, so the next process reads it', async () => {
+    const first = account();
+    const key = `wechatpy:${first.appId}_jsapi_ticket`;
+    try {
+      const ticket = await first.app.jssdk.getTicket();
+      // The process died between the ticket and its companion: the one left is an older ticket's.
+      await raw.set(`${key}_expires_at`, JSON.stringify(now() - 60));
+      const cache = new RedisCache(redis.url);
+      const second = new OfficialAccount({ appId: first.appId, secret: first.secret, baseUrl: mock.url, cache, logger: false, schema: wechatpy() });
+      // WeChat hands out the same ticket while it lives.
+      expect(await second.jssdk.getTicket()).toBe(ticket);
+      await second.close();
+      await cache.close();
+      expect(JSON.parse((await raw.get(`${key}_expires_at`))!)).toBeGreaterThan(now() + 7000);
+      expect(mock.counters(first.appId).ticketRequests).toBe(2);
+    } finally {
+      await first.close();
+    }
+  });
+
   it("reads a token's life from its TTL, not its companion, which wechatpy 1.8 leaves to an older token", async () => {
     const { appId, secret, app, close } = account();
     try {

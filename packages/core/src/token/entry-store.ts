@@ -104,29 +104,36 @@ export class EntryStore {
     // whose TTL makes no sense (an adapter handing over Redis's -1 for no expiry, or 0, NaN): read as an
     // expiry already past, it would send every call to WeChat. Redis's -2 (no such key) is a miss, as
     // undefined is: the entry went between the read and this question.
-    if (entry.expiresAt === undefined) entry.expiresAt = await this.#recordedExpiry(store);
+    const recorded = entry.expiresAt === undefined ? this.#expiryKey() : undefined;
+    if (recorded !== undefined) entry.expiresAt = await this.#recordedExpiry(store, recorded);
     if (entry.expiresAt === undefined && store.cache.ttlMs) {
       const left = await store.ttlMs(this.key);
       if (left === undefined || left === -2) return { kind: 'miss' };
       if (typeof left === 'number' && Number.isFinite(left) && left > 0) entry.expiresAt = Math.floor((this.#init.now() + left) / 1000);
     }
+    // Where the peer keeps the life beside the value and it has none there nor a TTL, the peer itself
+    // takes it for ended (wechatpy reads an absent expires_at as 0): served, it would be served for ever.
+    if (recorded !== undefined && entry.expiresAt === undefined) return { kind: 'miss' };
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
     if (!this.#servable(entry)) return { kind: 'miss' };
     return { kind: 'hit', entry, raw };
   }
 
+  /** The key where the schema's peer keeps this entry's expiry, if it names one. */
+  #expiryKey(): string | undefined {
+    return this.#init.schema.expiryKey?.(this.key, this.#init.field);
+  }
+
   /**
-   * The expiry a peer keeps beside the entry (unix seconds as decimal digits), where the schema names its
-   * key; undefined where it names none, or the key holds none, or something else: milliseconds, or a
-   * time more than a day ahead, which no token or ticket lives to.
+   * The expiry a peer keeps under `key` (unix seconds, as a JSON number: a fraction is dropped, a negative
+   * is long past); undefined where the key holds none, or something else: milliseconds, or a time more
+   * than a day ahead, which no token or ticket lives to.
    */
-  async #recordedExpiry(store: GuardedStore): Promise<number | undefined> {
-    const key = this.#init.schema.expiryKey?.(this.key, this.#init.field);
-    if (key === undefined) return undefined;
+  async #recordedExpiry(store: GuardedStore, key: string): Promise<number | undefined> {
     const raw = await store.getOrOtherKind(key, OTHER_KIND);
-    if (typeof raw !== 'string' || !/^\d{1,11}$/.test(raw)) return undefined;
-    const seconds = Number(raw);
+    if (typeof raw !== 'string' || !/^-?\d{1,11}(\.\d+)?$/.test(raw)) return undefined;
+    const seconds = Math.floor(Number(raw));
     return seconds * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : seconds;
   }
 
@@ -204,7 +211,12 @@ export class EntryStore {
         stored = added === undefined || (await added);
         continue;
       }
-      if (current === raw) return { entry, stored: true };
+      // Ours already (a peer wrote the same value, WeChat's ticket being the same while it lives): the
+      // companions still go out below, where one lost since would send every reader to WeChat.
+      if (current === raw) {
+        stored = true;
+        break;
+      }
       const { entry: theirs, foreign } = this.#quietDecode(current);
       // Another program's value that this schema cannot read: never replaced. One it may replace (all
       // writers take the same lock) only by the lock's holder.
@@ -212,7 +224,8 @@ export class EntryStore {
       // Theirs is kept only while it is still good: an entry past its life (a peer's clock ahead, an
       // expires_at that is really an expires_in, a ticket whose peer's record says it has ended) never
       // wins over the token just fetched.
-      if (theirs && theirs.expiresAt === undefined && theirs.value !== entry.value) theirs.expiresAt = await this.#recordedExpiry(store);
+      const recorded = theirs && theirs.expiresAt === undefined && theirs.value !== entry.value ? this.#expiryKey() : undefined;
+      if (recorded !== undefined) theirs!.expiresAt = (await this.#recordedExpiry(store, recorded)) ?? 0;
       if (theirs && theirs.value !== entry.value && !rejected(theirs.value) && this.#servable(theirs)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
         if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
