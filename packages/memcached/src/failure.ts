@@ -9,17 +9,11 @@ const HINTS: Partial<Record<CacheErrorReason, string>> = {
   timeout: 'no answer in time: check that memcached runs there and is not hung, and that no firewall drops the connection',
   disconnected: 'the connection dropped; the next call connects anew',
   closed: 'the cache was closed',
-  protocol: 'memcached gives no CAS values (started with -C?): MemcachedCache needs them to write and delete only what it read; run memcached without -C',
 };
 
 /** The error a request past its deadline fails with, it and every request waiting on its connection. */
 export function timedOut(message: string): Error {
   return Object.assign(new Error(message), { code: 'ETIMEDOUT' });
-}
-
-/** The error of a conditional write on a memcached that answers every read with CAS 0 (`-C`), where it would be no condition. */
-export function noCas(): Error {
-  return Object.assign(new Error('memcached answered the read with CAS 0: a conditional write would be unconditional'), { reason: 'protocol' as const });
 }
 
 /** The error the requests waiting on a connection memcached closed fail with. */
@@ -34,8 +28,7 @@ export function dropped(): Error {
 export function reasonOf(error: unknown): CacheErrorReason | undefined {
   if (error === 'Memcached server authentication failed!') return 'auth';
   if (typeof error !== 'object' || error === null) return undefined;
-  const { code, message, reason } = error as { code?: unknown; message?: unknown; reason?: unknown };
-  if (reason === 'protocol') return reason;
+  const { code, message } = error as { code?: unknown; message?: unknown };
   const fromSocket = socketReason(code);
   if (fromSocket) return fromSocket;
   // memjs's own timers: a connection not made within conntimeout, an idle socket with requests waiting.

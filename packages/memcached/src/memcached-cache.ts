@@ -1,7 +1,7 @@
 import { KeyvMemcache } from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
-import { hintOf, noCas, reasonOf, timedOut } from './failure.js';
+import { hintOf, reasonOf, timedOut } from './failure.js';
 import { ownSockets, type MemjsServer } from './memjs-sockets.js';
 
 /** Options of {@link MemcachedCache}. */
@@ -180,13 +180,23 @@ export class MemcachedCache implements TokenCache {
 
   /**
    * The key's value and CAS when it holds `expected`, for a write conditional on that CAS; undefined when
-   * it holds something else or nothing. A CAS of 0 is none (memcached -C): the write would be unconditional.
+   * it holds something else or nothing.
    */
   async #conditional(key: string, expected: Buffer): Promise<{ value: Buffer; cas: Buffer } | undefined> {
     const current = await this.#get(key);
     if (!current || !current.value.equals(expected)) return undefined;
-    if (!current.cas.some((byte) => byte !== 0)) throw noCas();
+    if (!current.cas.some((byte) => byte !== 0)) this.#withoutCas();
     return current;
+  }
+
+  /**
+   * memcached -C keeps no CAS values (every read carries 0, and a write carrying 0 is unconditional): this
+   * cache then offers no atomic compareAndSet nor deleteIfEquals, and wxkit reads, compares and writes
+   * under its refresh lock, as with any store without them. The call that found out has compared already,
+   * and writes as that fallback would.
+   */
+  #withoutCas(): void {
+    for (const name of ['compareAndSet', 'deleteIfEquals'] as const) Object.defineProperty(this, name, { value: undefined, configurable: true });
   }
 
   /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */

@@ -174,20 +174,30 @@ function everyCall(cache: MemcachedCache): Promise<unknown>[] {
 }
 
 describe('MemcachedCache: conditional writes', () => {
-  it('on a memcached without CAS (-C) they fail with reason protocol and leave the value as it is, where they were unconditional', async () => {
+  it('on a memcached without CAS (-C) the cache drops them, and wxkit shares and replaces tokens through its lock, as on any store without them', async () => {
     const server = await startMemcached({ args: ['-C'] });
     const cache = new MemcachedCache(server.url);
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, tokenEndpoint: 'classic' });
+    const events: string[] = [];
+    app.on('cache.unavailable', () => events.push('cache.unavailable'));
     try {
       await memcachedSet(server.port, 'token', 'T1', 60);
-      await memcachedSet(server.port, 'token:lock', 'owner-a', 60);
-      for (const call of [() => cache.compareAndSet('token', 'T1', 'T2', 60), () => cache.deleteIfEquals('token:lock', 'owner-a')]) {
-        await expect(call()).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'protocol', message: expect.stringMatching(/no CAS values \(started with -C\?\)/) });
-      }
-      expect(await memcachedGet(server.port, 'token')).toBe('T1');
-      expect(await memcachedGet(server.port, 'token:lock')).toBe('owner-a');
-      // A value that differs is no write: false, as ever.
-      expect(await cache.compareAndSet('token', 'OTHER', 'T2', 60)).toBe(false);
+      // The call that finds CAS 0 has compared, and writes as the fallback would.
+      expect(await cache.compareAndSet('token', 'T1', 'T2', 60)).toBe(true);
+      expect(await memcachedGet(server.port, 'token')).toBe('T2');
+      expect([typeof cache.compareAndSet, typeof cache.deleteIfEquals]).toEqual(['undefined', 'undefined']);
+      // A token replaced after WeChat rejected it is stored, and the lock let go: no store outage.
+      const first = await app.accessToken.getToken();
+      const second = await app.accessToken.forceRefresh();
+      expect(second).not.toBe(first);
+      expect(await memcachedGet(server.port, `wechat:access_token:${appId}`)).toContain(second);
+      await app.close();
+      expect(await memcachedGet(server.port, `wechat:access_token:${appId}:lock`)).toBeUndefined();
+      expect(events).toEqual([]);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
     } finally {
+      await app.close();
       await cache.close();
       await server.stop();
     }
