@@ -348,17 +348,25 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
 /**
  * While installed, SIGINT and SIGTERM call `cut` (which ends the requests to WeChat under way) and end
  * the wait of `race()` with a CliError (exit 130, 143), instead of ending the process where it stands:
- * the caller then closes its client, which releases the refresh lock (left to its lease, it held every
- * other program back).
+ * the caller then closes its client, which lets the refresh lock go (left to its lease, it held every
+ * other program back). A second signal ends the process at once (a store that does not answer the
+ * release holds the close up to its timeout).
  */
 function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T>; release(): void } {
   let onSignal!: (signal: NodeJS.Signals) => void;
+  let fired = false;
   const stopped = new Promise<never>((_, reject) => {
     onSignal = (signal) => {
+      const exit = signal === 'SIGINT' ? 'interrupted' : 'terminated';
+      if (fired) {
+        process.stderr.write(`wxkit: stopped by ${signal} again: exiting without waiting for the store, whose refresh lock may stay until its lease ends\n`);
+        process.exit(EXIT[exit]);
+      }
+      fired = true;
       void Promise.resolve()
         .then(cut)
         .catch(() => undefined);
-      reject(new CliError(signal === 'SIGINT' ? 'interrupted' : 'terminated', `stopped by ${signal}: the request to WeChat under way was cut, and the refresh lock released`));
+      reject(new CliError(exit, `stopped by ${signal}: the request to WeChat under way was cut, and the command let go of its refresh lock as it closed`));
     };
   });
   stopped.catch(() => undefined);

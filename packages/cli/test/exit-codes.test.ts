@@ -231,6 +231,34 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('stopped: a second signal while the store does not answer the lock release ends the process at once, and says so', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = await startRedis();
+    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token' });
+    try {
+      const lock = `wechat:stable_access_token:${appId}:lock`;
+      const child = spawn(process.execPath, [bin, 'token', 'get', '--store', store.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
+        env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+      });
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+      while (redisCli(store.port, 'EXISTS', lock) !== '1') await new Promise((resolve) => setImmediate(resolve));
+      await store.pause();
+      // Two signals of different kinds, which the system never merges into one (in either order).
+      child.kill('SIGTERM');
+      child.kill('SIGINT');
+      const code = await exited;
+      const second = /stopped by (SIGINT|SIGTERM) again: exiting without waiting for the store/.exec(stderr)?.[1];
+      expect(second, stderr).toBeDefined();
+      expect(code).toBe(second === 'SIGINT' ? 130 : 143);
+    } finally {
+      mock.clearFaults();
+      await store.resume();
+      await store.stop();
+    }
+  });
+
   it('not stored (8): a token fetched and then refused by the store is not handed out as if shared', async () => {
     const { appId, secret } = mock.createApp();
     const url = partialAcl.url.replace('redis://', `redis://app:${PASSWORD}@`);
