@@ -180,23 +180,12 @@ export class MemcachedCache implements TokenCache {
 
   /**
    * The key's value and CAS when it holds `expected`, for a write conditional on that CAS; undefined when
-   * it holds something else or nothing.
+   * it holds something else or nothing. On a memcached -C the CAS is 0, and the write unconditional (see
+   * the README).
    */
   async #conditional(key: string, expected: Buffer): Promise<{ value: Buffer; cas: Buffer } | undefined> {
     const current = await this.#get(key);
-    if (!current || !current.value.equals(expected)) return undefined;
-    if (!current.cas.some((byte) => byte !== 0)) this.#withoutCas();
-    return current;
-  }
-
-  /**
-   * memcached -C keeps no CAS values (every read carries 0, and a write carrying 0 is unconditional): this
-   * cache then offers no atomic compareAndSet nor deleteIfEquals, and wxkit reads, compares and writes
-   * under its refresh lock, as with any store without them. The call that found out has compared already,
-   * and writes as that fallback would.
-   */
-  #withoutCas(): void {
-    for (const name of ['compareAndSet', 'deleteIfEquals'] as const) Object.defineProperty(this, name, { value: undefined, configurable: true });
+    return current && current.value.equals(expected) ? current : undefined;
   }
 
   /** A binary GET that keeps the value's bytes and CAS (memjs's own get drops the CAS). */
