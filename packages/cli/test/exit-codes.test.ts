@@ -208,49 +208,46 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  /** `wxkit token get` with the secret, once it holds the refresh lock and WeChat keeps its fetch waiting. */
+  async function fetchingUnderLock(store: StoreServer) {
+    const { appId, secret } = mock.createApp();
+    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token' });
+    const key = `wechat:stable_access_token:${appId}`;
+    const child = spawn(process.execPath, [bin, 'token', 'get', '--store', store.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
+      env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+    });
+    const output = { stdout: '', stderr: '' };
+    child.stdout.on('data', (chunk: Buffer) => (output.stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output.stderr += chunk.toString()));
+    const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
+    while (redisCli(store.port, 'EXISTS', `${key}:lock`) !== '1') await new Promise((resolve) => setImmediate(resolve));
+    return { key, child, exited, output };
+  }
+
   it('stopped (130, 143): a signal while WeChat keeps the fetch waiting cuts it and releases the refresh lock', async () => {
     for (const [signal, exit] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
-      const { appId, secret } = mock.createApp();
-      mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token' });
-      const lock = `wechat:stable_access_token:${appId}:lock`;
-      const child = spawn(process.execPath, [bin, 'token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
-        env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
-      });
-      let stdout = '';
-      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
-      // The fetch is under way once the lock is taken, and the mock holds its answer.
-      while (redisCli(redis.port, 'EXISTS', lock) !== '1') await new Promise((resolve) => setImmediate(resolve));
+      const { key, child, exited, output } = await fetchingUnderLock(redis);
       child.kill(signal);
-      expect(await exited, stdout).toBe(exit);
-      expect(JSON.parse(stdout.trim()).error).toMatchObject({ exit, message: expect.stringContaining(`stopped by ${signal}`) });
-      expect(redisCli(redis.port, 'EXISTS', lock)).toBe('0');
+      expect(await exited, output.stdout).toBe(exit);
+      expect(JSON.parse(output.stdout.trim()).error).toMatchObject({ exit, message: expect.stringContaining(`stopped by ${signal}`) });
+      expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
       // Cut, not waited out: a fetch that timed out after close() would have left the fleet a failure marker.
-      expect(redisCli(redis.port, 'EXISTS', `wechat:stable_access_token:${appId}:failed`)).toBe('0');
+      expect(redisCli(redis.port, 'EXISTS', `${key}:failed`)).toBe('0');
       mock.clearFaults();
     }
   });
 
   it('stopped: a second signal while the store does not answer the lock release ends the process at once, and says so', async () => {
-    const { appId, secret } = mock.createApp();
     const store = await startRedis();
-    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token' });
     try {
-      const lock = `wechat:stable_access_token:${appId}:lock`;
-      const child = spawn(process.execPath, [bin, 'token', 'get', '--store', store.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
-        env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
-      });
-      let stderr = '';
-      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-      const exited = new Promise<number | null>((resolve) => child.once('close', resolve));
-      while (redisCli(store.port, 'EXISTS', lock) !== '1') await new Promise((resolve) => setImmediate(resolve));
+      const { child, exited, output } = await fetchingUnderLock(store);
       await store.pause();
       // Two signals of different kinds, which the system never merges into one (in either order).
       child.kill('SIGTERM');
       child.kill('SIGINT');
       const code = await exited;
-      const second = /stopped by (SIGINT|SIGTERM) again: exiting without waiting for the store/.exec(stderr)?.[1];
-      expect(second, stderr).toBeDefined();
+      const second = /stopped by (SIGINT|SIGTERM) again: exiting without waiting for the store/.exec(output.stderr)?.[1];
+      expect(second, output.stderr).toBeDefined();
       expect(code).toBe(second === 'SIGINT' ? 130 : 143);
     } finally {
       mock.clearFaults();
