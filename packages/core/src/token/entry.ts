@@ -101,7 +101,8 @@ export interface KeySchema {
   companions?(entryKey: string, field: EntryField, value: string, expiresIn: number, fetchedAt: number): { key: string; value: string; ttlSeconds: number }[];
   /**
    * Where the peer keeps the entry's expiry (unix seconds) beside a value that records none (wechatpy's
-   * `…_expires_at`): read before the store's TTL, which such a peer may not set. Undefined: nowhere.
+   * `…_expires_at`): read before the store's TTL, which such a peer may not set; an entry with neither is
+   * taken as ended, as such a peer takes it. Undefined: nowhere.
    */
   expiryKey?(entryKey: string, field: EntryField): string | undefined;
   /** The key as logs, events and errors may show it: a key that holds the secret is masked. */
