@@ -35,7 +35,8 @@ export const EXIT_HELP = `exit codes:
   2  usage: unknown command or option, a missing or malformed value
   3  store unreachable or failing: down, refused, authentication, TLS, wrong database
   4  WeChat unreachable: network, timeout, an answer that is not WeChat's
-  5  no token: none stored (inspect), or none appeared (get without the secret)
+  5  no token: none stored (inspect), none appeared (get without the secret), or another program
+     holds the refresh lock and wrote none (get, refresh)
   6  WeChat API error: an errcode (credentials, IP whitelist, quota)
   7  configuration: an environment variable not set, a config file that is wrong
   8  token not stored: the store refuses writes (read-only replica, ACL), nobody else could read it

@@ -46,6 +46,8 @@ const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url>
   --base-url URL      WeChat's API (a mock, a proxy); default https://api.weixin.qq.com (qyapi for WeCom)
   --show-token        print the token itself (masked otherwise)
   --lock              clear: remove the refresh lock too
+  --lock-wait-ms N    get, refresh with the secret: how long to wait for another program that holds the
+                      refresh lock (default 40000)
   --json              one JSON object on stdout
 
 The secret is read from the environment only, never from a flag: flags land in shell history.
@@ -177,6 +179,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       'base-url': { type: 'string' },
       'show-token': { type: 'boolean' },
       lock: { type: 'boolean' },
+      'lock-wait-ms': { type: 'string' },
     },
     TOKEN_USAGE,
     { max: 1 },
@@ -207,6 +210,11 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const baseUrl = values['base-url'];
   if (baseUrl !== undefined && !/^https?:$/.test(protocolOf(baseUrl))) {
     throw usage(`--base-url must be an http:// or https:// URL (got ${JSON.stringify(describeStore(baseUrl))})`);
+  }
+  const lockWaitText = values['lock-wait-ms'];
+  const lockWaitMs = lockWaitText === undefined ? undefined : Number(lockWaitText);
+  if (lockWaitMs !== undefined && !(/^\d+$/.test(lockWaitText!) && lockWaitMs >= 100 && lockWaitMs <= 600_000)) {
+    throw usage(`--lock-wait-ms must be a whole number of ms from 100 to 600000 (got ${JSON.stringify(lockWaitText)})`);
   }
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
@@ -288,15 +296,24 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       fallbackDir: false,
       // Only the flag moves the secret to another host: never a variable left in the shell for a demo.
       ...(baseUrl ? { baseUrl } : {}),
-      ...(secret === undefined ? { lockWaitMs: 2000 } : {}),
+      ...(secret === undefined ? { lockWaitMs: 2000 } : lockWaitMs === undefined ? {} : { lockWaitMs }),
     });
     const signals = untilSignal(() => dispatcher.destroy());
     try {
-      if (action === 'refresh') await signals.race(client.accessToken.forceRefresh());
       let entry;
       try {
+        if (action === 'refresh') await signals.race(client.accessToken.forceRefresh());
         entry = await signals.race(client.accessToken.getEntry());
       } catch (error) {
+        const message = (error as Error).message ?? '';
+        if (secret !== undefined && (error as { code?: string }).code === 'ERR_WXKIT_NO_TOKEN' && message.includes('holds the refresh lock')) {
+          // Another program held the lock and wrote nothing: the library's advice is a client option.
+          throw new CliError(
+            'noToken',
+            `${message.replace(/; raise lockWaitMs if refreshes are that slow$/, '')}. wxkit token inspect shows the lock's holder and lease; ` +
+              `if that program is gone, wxkit token clear --lock removes its lock; --lock-wait-ms N waits longer`,
+          );
+        }
         if (secret === undefined && (error as { code?: string }).code === 'ERR_WXKIT_NO_TOKEN') {
           throw new CliError(
             'noToken',

@@ -256,6 +256,27 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('no token (5): get with the secret while another program holds the refresh lock and writes nothing says what to do from the command line', async () => {
+    const { appId, secret } = mock.createApp();
+    const lock = `wechat:stable_access_token:${appId}:lock`;
+    redisCli(redis.port, 'SET', lock, 'otherhost:4242:abc', 'PX', '600000');
+    try {
+      for (const action of ['get', 'refresh']) {
+        const run = await wxkit(['token', action, '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--lock-wait-ms', '300', '--json'], { WECHAT_SECRET: secret });
+        expect(run.code, run.stdout + run.stderr).toBe(5);
+        expect(run.json.error!.message).toMatch(/Waited 300 ms for another process \(otherhost:4242:abc\)/);
+        expect(run.json.error!.message).toContain('wxkit token clear --lock removes its lock; --lock-wait-ms N waits longer');
+        expect(run.json.error!.message).not.toContain('raise lockWaitMs');
+      }
+      expect(mock.counters(appId).tokenRequests).toBe(0);
+      const bad = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--lock-wait-ms', '5s']);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--lock-wait-ms must be a whole number of ms from 100 to 600000');
+    } finally {
+      redisCli(redis.port, 'DEL', lock);
+    }
+  });
+
   it('not stored (8): a token fetched and then refused by the store is not handed out as if shared', async () => {
     const { appId, secret } = mock.createApp();
     const url = partialAcl.url.replace('redis://', `redis://app:${PASSWORD}@`);
