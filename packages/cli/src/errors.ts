@@ -65,3 +65,16 @@ export class CliError extends Error {
     this.code = CODES[exit] ?? 'ERR_WXKIT_CLI';
   }
 }
+
+/** A server's listen() failure as a configuration error (exit 7) naming `host:port`, or undefined for another error. */
+export function listenFailure(error: unknown, host: string, port: number | string): CliError | undefined {
+  const { code } = error as { code?: string };
+  if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
+    return new CliError('config', `cannot listen on ${host}:${port} (${code}): ${code === 'EADDRINUSE' ? 'another process has that port' : 'not an address this host may listen on'}`);
+  }
+  // A --host that does not resolve (a typo, a name the resolver does not know, or cannot ask about now).
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || code === 'EAI_NONAME') {
+    return new CliError('config', `cannot listen on ${host}:${port} (${code}): the --host name does not resolve: check its spelling, or give an IP address such as 127.0.0.1 or 0.0.0.0`);
+  }
+  return undefined;
+}

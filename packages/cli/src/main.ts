@@ -5,7 +5,7 @@ import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
 import { runDemo } from './demo.js';
-import { CliError, EXIT, EXIT_HELP, type ExitKind } from './errors.js';
+import { CliError, EXIT, EXIT_HELP, listenFailure, type ExitKind } from './errors.js';
 import { serveCommand } from './serve-command.js';
 import { checkWritable, describeStore, missingDirectory, openStore } from './stores.js';
 
@@ -78,7 +78,12 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
       case 'serve':
         return await serveCommand(rest, output);
       case 'mock-server':
-        return await mockServerCommand(rest, 'wxkit mock-server');
+        try {
+          return await mockServerCommand(rest, 'wxkit mock-server');
+        } catch (error) {
+          const { address, hostname, port } = error as { address?: string; hostname?: string; port?: number };
+          throw listenFailure(error, address ?? hostname ?? 'its host', port ?? 'its port') ?? error;
+        }
       case 'demo':
         return await runDemo(rest);
       case undefined:

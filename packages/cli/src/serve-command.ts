@@ -4,7 +4,7 @@ import { NOT_IN_BEARER_KEY, closestName } from '@wxkit/core/internal';
 import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
-import { CliError, EXIT_HELP } from './errors.js';
+import { CliError, EXIT_HELP, listenFailure } from './errors.js';
 import { startTokenService, type ServiceApp, type TokenServiceOptions } from './serve.js';
 import { openStore } from './stores.js';
 
@@ -229,14 +229,9 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   } catch (error) {
     release();
     await cache.close?.();
+    const listening = listenFailure(error, host, port);
+    if (listening) throw listening;
     const { code } = error as { code?: string };
-    if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL') {
-      throw new CliError('config', `cannot listen on ${host}:${port} (${code}): ${code === 'EADDRINUSE' ? 'another process has that port' : 'not an address this host may listen on'}`);
-    }
-    // A --host that does not resolve (a typo, a name the resolver does not know, or cannot ask about now).
-    if (code === 'ENOTFOUND' || code === 'EAI_AGAIN' || code === 'EAI_FAIL' || code === 'EAI_NONAME') {
-      throw new CliError('config', `cannot listen on ${host}:${port} (${code}): the --host name does not resolve: check its spelling, or give an IP address such as 127.0.0.1 or 0.0.0.0`);
-    }
     if (code === 'ERR_WXKIT_INVALID_OPTION') throw new CliError('config', `--config ${values.config}: ${(error as Error).message}`);
     throw error;
   }

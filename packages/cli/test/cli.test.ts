@@ -353,6 +353,12 @@ describe('wxkit token', () => {
 });
 
 describe('wxkit mock-server', () => {
+  it('on a port another process has: one line, configuration (7), as serve', async () => {
+    const run = await wxkit(['mock-server', '--port', String(mock.port)]);
+    expect(run.code, run.stderr).toBe(7);
+    expect(run.stderr).toMatch(new RegExp(`^wxkit: cannot listen on 127\\.0\\.0\\.1:${mock.port} \\(EADDRINUSE\\): another process has that port\\n$`));
+  });
+
   it('prints its URL and app, serves, and exits 0 on SIGTERM', async () => {
     const child = spawn(process.execPath, [bin, 'mock-server', '--json', '--port', '0', '--latency', '5']);
     const line = await new Promise<string>((resolve) => createInterface({ input: child.stdout }).once('line', resolve));
