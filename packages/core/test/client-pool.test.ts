@@ -175,6 +175,29 @@ describe('ClientPool', () => {
     expect(mock.counters(app.appId).requests).toBe(0);
   });
 
+  it("a get() whose signal aborts stops that caller's wait with the signal's reason; the resolver's answer still makes the client the others get", async () => {
+    const app = mock.createApp();
+    let answer!: (credentials: { secret: string }) => void;
+    const resolver = vi.fn(() => new Promise<{ secret: string }>((resolve) => (answer = resolve)));
+    const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver, credentialsTimeoutMs: 600_000, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    pools.push(pool as ClientPool<never>);
+    const leaving = new AbortController();
+    const left = rejection(pool.get(app.appId, { signal: leaving.signal }));
+    const staying = pool.get(app.appId);
+    await vi.waitFor(() => expect(resolver).toHaveBeenCalledTimes(1));
+    const reason = new Error('the browser went away');
+    leaving.abort(reason);
+    expect(await left).toBe(reason);
+    answer({ secret: app.secret });
+    const client = await staying;
+    expect(await pool.get(app.appId)).toBe(client);
+    expect(resolver).toHaveBeenCalledTimes(1);
+    // Aborted already: no resolver call; not a signal: a ConfigError.
+    expect(await rejection(pool.get(mock.createApp().appId, { signal: AbortSignal.abort(reason) }))).toBe(reason);
+    expect(await rejection(pool.get(app.appId, { signal: 'stop' as never }))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'signal' });
+    expect(resolver).toHaveBeenCalledTimes(1);
+  });
+
   it('many accounts resolved at once raise no MaxListenersExceededWarning (a "memory leak" the process does not have)', async () => {
     const apps = appsOnMock(30);
     const warnings: Error[] = [];

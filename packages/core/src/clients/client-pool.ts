@@ -1,4 +1,6 @@
 import { onAbort } from '../abort.js';
+import type { TokenCallOptions } from '../access-token.js';
+import { abortable } from '../token/single-flight.js';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
@@ -167,15 +169,22 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    * The client of `id`: the one held, or one made now from the resolver's credentials. Concurrent first
    * calls for one id share one resolver call and one client. Rejects with a CredentialsError when the
    * resolver fails, times out, knows no such account or returns something unusable; nothing of a failure
-   * is remembered, so the next call asks again.
+   * is remembered, so the next call asks again. `signal` stops this caller's wait (with its reason); the
+   * resolver's answer still makes the client for the callers that wait on, and for the next get().
    */
-  get(id: string): Promise<ClientOf<K>> {
+  get(id: string, options: TokenCallOptions = {}): Promise<ClientOf<K>> {
     if (this.#closed) return Promise.reject(new ConfigError('ClientPool is closed', 'id'));
     if (typeof id !== 'string' || !(this.kind === 'work' ? WORK_ID : APP_ID).test(id)) {
       const rule = this.kind === 'work' ? 'up to 128 letters, digits, `_`, `.`, `:` or `-`' : 'an appId (letters, digits, `_`, `.` or `-`)';
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
-    return this.#get(id, performance.now() + this.#timeoutMs);
+    const signal = (options as TokenCallOptions | undefined)?.signal;
+    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+      return Promise.reject(new ConfigError(`ClientPool get(id, options) options.signal must be an AbortSignal (got ${typeName(signal)})`, 'signal'));
+    }
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const client = this.#get(id, performance.now() + this.#timeoutMs);
+    return signal ? abortable(client, signal) : client;
   }
 
   /** get() once `id` is checked; `deadline` (performance.now()) bounds a client made now (see #make). */
