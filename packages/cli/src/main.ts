@@ -81,8 +81,9 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
         try {
           return await mockServerCommand(rest, 'wxkit mock-server');
         } catch (error) {
+          const flag = (name: string) => (rest.includes(name) ? rest[rest.indexOf(name) + 1] : undefined);
           const { address, hostname, port } = error as { address?: string; hostname?: string; port?: number };
-          throw listenFailure(error, address ?? hostname ?? 'its host', port ?? 'its port') ?? error;
+          throw listenFailure(error, address ?? hostname ?? flag('--host') ?? '127.0.0.1', port ?? flag('--port') ?? 0) ?? error;
         }
       case 'demo':
         return await runDemo(rest);
@@ -221,6 +222,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   if (lockWaitMs !== undefined && !(/^\d+$/.test(lockWaitText!) && lockWaitMs >= 100 && lockWaitMs <= 600_000)) {
     throw usage(`--lock-wait-ms must be a whole number of ms from 100 to 600000 (got ${JSON.stringify(lockWaitText)})`);
   }
+  // Taken where it is used only: accepted elsewhere, it would be a wait the user asked for and did not get.
+  if (lockWaitMs !== undefined && (action === 'inspect' || action === 'clear' || envSecret(values['secret-env']) === undefined)) {
+    throw usage('--lock-wait-ms is for get and refresh with the secret (without it, get waits 2 s for another program to write)');
+  }
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
@@ -307,7 +312,12 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     try {
       let entry;
       try {
-        if (action === 'refresh') await signals.race(client.accessToken.forceRefresh());
+        if (action === 'refresh') {
+          // The token the store holds is the one to replace: a client that knows none would take it back
+          // from the store as new, while another program holds the lock (and say it was refreshed).
+          if (stored !== undefined) await signals.race(client.accessToken.getEntry());
+          await signals.race(client.accessToken.forceRefresh());
+        }
         entry = await signals.race(client.accessToken.getEntry());
       } catch (error) {
         const message = (error as Error).message ?? '';

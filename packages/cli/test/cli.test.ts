@@ -357,6 +357,10 @@ describe('wxkit mock-server', () => {
     const run = await wxkit(['mock-server', '--port', String(mock.port)]);
     expect(run.code, run.stderr).toBe(7);
     expect(run.stderr).toMatch(new RegExp(`^wxkit: cannot listen on 127\\.0\\.0\\.1:${mock.port} \\(EADDRINUSE\\): another process has that port\\n$`));
+    // A host that does not resolve: the error names no port of its own, the flags do.
+    const unresolved = await wxkit(['mock-server', '--host', 'no-such-host.invalid', '--port', '47002']);
+    expect(unresolved.code).toBe(7);
+    expect(unresolved.stderr).toContain('cannot listen on no-such-host.invalid:47002 (');
   });
 
   it('prints its URL and app, serves, and exits 0 on SIGTERM', async () => {

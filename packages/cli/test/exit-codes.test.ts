@@ -272,6 +272,29 @@ describe('wxkit exit codes and messages', () => {
       const bad = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--lock-wait-ms', '5s']);
       expect(bad.code).toBe(2);
       expect(bad.stderr).toContain('--lock-wait-ms must be a whole number of ms from 100 to 600000');
+      // Where nothing would wait that long: a usage error, not a wait the user asked for and did not get.
+      for (const args of [['get'], ['inspect'], ['clear']]) {
+        const unused = await wxkit(['token', ...args, '--store', redis.url, '--app', `oa:${appId}`, '--lock-wait-ms', '5000']);
+        expect(unused.code, args.join(' ')).toBe(2);
+        expect(unused.stderr).toContain('--lock-wait-ms is for get and refresh with the secret');
+      }
+    } finally {
+      redisCli(redis.port, 'DEL', lock);
+    }
+  });
+
+  it('no token (5): refresh while another program holds the lock waits for a token other than the stored one, never hands that back as refreshed', async () => {
+    const { appId, secret } = mock.createApp();
+    const common = ['--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'];
+    const first = await wxkit(['token', 'get', ...common, '--show-token'], { WECHAT_SECRET: secret });
+    expect(first.code, first.stderr).toBe(0);
+    const lock = `wechat:stable_access_token:${appId}:lock`;
+    redisCli(redis.port, 'SET', lock, 'otherhost:4242:abc', 'PX', '600000');
+    try {
+      const run = await wxkit(['token', 'refresh', ...common, '--show-token', '--lock-wait-ms', '300'], { WECHAT_SECRET: secret });
+      expect(run.code, run.stdout).toBe(5);
+      expect(run.json.error!.message).toMatch(/Waited 300 ms for another process \(otherhost:4242:abc\)/);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
     } finally {
       redisCli(redis.port, 'DEL', lock);
     }
