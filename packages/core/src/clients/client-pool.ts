@@ -179,7 +179,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
     const signal = (options as TokenCallOptions | undefined)?.signal;
-    if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    // Any AbortSignal-like object (another realm's, a polyfill's), as the token calls take.
+    if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function')) {
       return Promise.reject(new ConfigError(`ClientPool get(id, options) options.signal must be an AbortSignal (got ${typeName(signal)})`, 'signal'));
     }
     if (signal?.aborted) return Promise.reject(signal.reason);
