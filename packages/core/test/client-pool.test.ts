@@ -158,29 +158,31 @@ describe('ClientPool', () => {
     expect(await rejection(pool.get([...apps.keys()][0]!))).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION' });
   });
 
-  it('close() while the resolver has not answered settles the callers at once, and makes no client of a late answer', async () => {
+  /** A pool whose resolver holds its answer for `app` until `answer()`; its deadline is far off. */
+  function answeringLate() {
     const app = mock.createApp();
     let answer!: (credentials: { secret: string }) => void;
     const resolver = vi.fn(() => new Promise<{ secret: string }>((resolve) => (answer = resolve)));
-    // The resolver's deadline is far off: only close() can end the wait.
     const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver, credentialsTimeoutMs: 600_000, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
     pools.push(pool as ClientPool<never>);
+    return { app, pool, resolver, answer: () => answer({ secret: app.secret }) };
+  }
+
+  it('close() while the resolver has not answered settles the callers at once, and makes no client of a late answer', async () => {
+    // Only close() can end the wait.
+    const { app, pool, resolver, answer } = answeringLate();
     const waiting = [rejection(pool.get(app.appId)), rejection(pool.get(app.appId))];
     await vi.waitFor(() => expect(resolver).toHaveBeenCalledTimes(1));
     await pool.close();
     for (const error of await Promise.all(waiting)) expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', message: expect.stringMatching(/closed/) });
-    answer({ secret: app.secret });
+    answer();
     await Promise.resolve();
     expect(pool.size).toBe(0);
     expect(mock.counters(app.appId).requests).toBe(0);
   });
 
   it("a get() whose signal aborts stops that caller's wait with the signal's reason; the resolver's answer still makes the client the others get", async () => {
-    const app = mock.createApp();
-    let answer!: (credentials: { secret: string }) => void;
-    const resolver = vi.fn(() => new Promise<{ secret: string }>((resolve) => (answer = resolve)));
-    const pool = new ClientPool({ kind: 'officialAccount', credentials: resolver, credentialsTimeoutMs: 600_000, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
-    pools.push(pool as ClientPool<never>);
+    const { app, pool, resolver, answer } = answeringLate();
     const leaving = new AbortController();
     const left = rejection(pool.get(app.appId, { signal: leaving.signal }));
     const staying = pool.get(app.appId);
@@ -188,7 +190,7 @@ describe('ClientPool', () => {
     const reason = new Error('the browser went away');
     leaving.abort(reason);
     expect(await left).toBe(reason);
-    answer({ secret: app.secret });
+    answer();
     const client = await staying;
     expect(await pool.get(app.appId)).toBe(client);
     expect(resolver).toHaveBeenCalledTimes(1);
