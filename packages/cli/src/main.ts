@@ -1,4 +1,4 @@
-import type { KeySchema, TokenCache, WeChatClient } from '@wxkit/core';
+import { CacheError, type KeySchema, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
 import { clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
@@ -251,7 +251,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const missing = readsOnly ? missingDirectory(store) : undefined;
   if (missing !== undefined) {
     await cache.close?.();
-    throw new CliError('store', `--store ${store} names a directory that does not exist (${missing}): no program shares a token there`);
+    // Reason `database`, as a Redis URL's database the server does not have: the store's place is wrong.
+    throw new CacheError(`--store ${store} names a directory that does not exist (${missing}): no program shares a token there`, { reason: 'database' });
   }
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
@@ -266,16 +267,19 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       const remove = async (at: string, value: string | undefined) =>
         value !== undefined && (cache.deleteIfEquals ? await cache.deleteIfEquals(at, value) : (await cache.delete(at), true));
       const [removed, failureRemoved, pauseRemoved] = [await remove(key, had), await remove(failureKey(key), failed), await remove(refetchPauseKey(key), paused)];
-      if (values.lock) await cache.delete(schema.lockKey(key));
+      // The lock as it was read too: one a live program took meanwhile is its own.
+      const lockHeld = values.lock ? await cache.get(schema.lockKey(key)) : undefined;
+      const lockRemoved = await remove(schema.lockKey(key), lockHeld);
       const marker = decodeMarker(failed);
       const changed = [had !== undefined && !removed && 'the entry', failed !== undefined && !failureRemoved && 'its failure marker', paused !== undefined && !pauseRemoved && 'its pause'].filter(
         (what): what is string => typeof what === 'string',
       );
       emit(
         output,
-        { ok: true, key: shownKey, removed, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: values.lock === true, changed_meanwhile: changed.length > 0 },
+        { ok: true, key: shownKey, removed, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: lockRemoved, changed_meanwhile: changed.length > 0 },
         [
-          `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}${values.lock ? ' (and its lock)' : ''}`,
+          `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}`,
+          ...(values.lock ? [lockRemoved ? 'removed its refresh lock' : lockHeld === undefined ? 'no refresh lock was held' : 'kept its refresh lock: taken again while this command ran'] : []),
           ...(failureRemoved ? [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`] : []),
           ...(pauseRemoved ? ['removed its pause of fetches after a rejected token: the next caller that needs a token fetches one at once'] : []),
           ...(changed.length > 0 ? [`kept ${changed.join(', ')}: another program wrote it again while this command ran; run it again to clear what is there now`] : []),

@@ -124,6 +124,11 @@ describe('wxkit token', () => {
     expect(cleared.json).toMatchObject({ ok: true, key, removed: true, lock_removed: true });
     expect(redisCli(redis.port, 'EXISTS', key)).toBe('0');
     expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+    // Said as it was: nothing left to remove now, the lock included.
+    const again = await wxkit(['token', 'clear', '--endpoint', 'classic', '--store', redis.url, '--app', `oa:${appId}`, '--lock', '--json']);
+    expect(again.json).toMatchObject({ ok: true, removed: false, lock_removed: false });
+    const text = await wxkit(['token', 'clear', '--endpoint', 'classic', '--store', redis.url, '--app', `oa:${appId}`, '--lock']);
+    expect(text.stdout).toContain('no refresh lock was held');
   });
 
   it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {
@@ -165,7 +170,7 @@ describe('wxkit token', () => {
     for (const action of ['inspect', 'clear', 'get']) {
       const run = await wxkit(['token', action, '--store', pathToFileURL(missing).href, '--app', `oa:${appId}`, '--json']);
       expect(run.code, `${action}: ${run.stdout}${run.stderr}`).toBe(3);
-      expect(run.json.error).toMatchObject({ exit: 3, message: expect.stringContaining('names a directory that does not exist') });
+      expect(run.json.error).toMatchObject({ exit: 3, reason: 'database', message: expect.stringContaining('names a directory that does not exist') });
     }
     const fetched = await wxkit(['token', 'get', '--store', pathToFileURL(missing).href, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
     expect(fetched.code, fetched.stderr).toBe(0);
