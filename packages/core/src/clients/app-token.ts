@@ -91,7 +91,7 @@ class AppTokenUpstream implements Upstream {
 
   // Made when a failure asks for it: an account whose fetches succeed keeps no copy.
   get credentialDigest(): string | undefined {
-    return this.#secret === undefined ? undefined : credentialDigest(this.#appId, this.#secret);
+    return credentialDigest(this.#appId, this.#secret);
   }
 
   fetch(force: boolean): Promise<Fetched> {

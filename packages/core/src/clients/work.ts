@@ -79,7 +79,7 @@ export class Work extends WeChatClient {
       {
         budgetMs: core.http.callBudgetMs,
         get credentialDigest() {
-          return secret === undefined ? undefined : credentialDigest(`${corpId}:${agentId}`, secret);
+          return credentialDigest(`${corpId}:${agentId}`, secret);
         },
         // gettoken hands back the current token while it is valid, like the stable endpoint.
         async fetch() {

@@ -94,8 +94,8 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
 
 /**
  * The first 16 hex digits of SHA-256 of `{id}:{secret}`: which secret a failure marker's fetch used
- * (docs/key-schema.md), without the secret.
+ * (docs/key-schema.md), without the secret; undefined for a client without one (it fetches nothing).
  */
-export function credentialDigest(id: string, secret: string): string {
-  return createHash('sha256').update(`${id}:${secret}`, 'utf8').digest('hex').slice(0, 16);
+export function credentialDigest(id: string, secret: string | undefined): string | undefined {
+  return secret === undefined ? undefined : createHash('sha256').update(`${id}:${secret}`, 'utf8').digest('hex').slice(0, 16);
 }
