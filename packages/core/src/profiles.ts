@@ -393,6 +393,8 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
   const secretParts = new Set<string>();
   /** A WeCom token key's companion base: wechatpy's client names it by the corp alone (base.py). */
   const companionBase = new Map<string, string>();
+  /** The `…_expires_at` wechatpy keeps beside an entry. */
+  const companionOf = (entryKey: string) => `${companionBase.get(entryKey) ?? entryKey}_expires_at`;
   return {
     name,
     defaultEndpoint: 'classic',
@@ -431,12 +433,12 @@ export function wechatpy(options: WechatpyOptions = {}): KeySchema {
     // the companion with no TTL (and its tickets too), wxkit gives it the value's TTL, so it never outlives
     // the value.
     companions: (entryKey, _field, _value, expiresIn, fetchedAt) => [
-      { key: `${companionBase.get(entryKey) ?? entryKey}_expires_at`, value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) },
+      { key: companionOf(entryKey), value: JSON.stringify(fetchedAt + expiresIn), ttlSeconds: Math.max(1, expiresIn) },
     ],
     // A ticket's life is its companion's: wechatpy stores tickets with no TTL. A token's is its TTL, which
     // wechatpy sets: 1.8 keeps the token's expiry in memory only, so its companion may be an older token's
     // (and a WeCom token's companion is the corp's, shared by its agents).
-    expiryKey: (entryKey, field) => (field === 'ticket' ? `${entryKey}_expires_at` : undefined),
+    expiryKey: (entryKey, field) => (field === 'ticket' ? companionOf(entryKey) : undefined),
   };
 }
 
