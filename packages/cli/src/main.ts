@@ -222,8 +222,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   if (lockWaitMs !== undefined && !(/^\d+$/.test(lockWaitText!) && lockWaitMs >= 100 && lockWaitMs <= 600_000)) {
     throw usage(`--lock-wait-ms must be a whole number of ms from 100 to 600000 (got ${JSON.stringify(lockWaitText)})`);
   }
+  // Whether the command may fetch from WeChat (and so take the refresh lock, or wait for another's).
+  const mayFetch = (action === 'get' || action === 'refresh') && envSecret(values['secret-env']) !== undefined;
   // Taken where it is used only: accepted elsewhere, it would be a wait the user asked for and did not get.
-  if (lockWaitMs !== undefined && (action === 'inspect' || action === 'clear' || envSecret(values['secret-env']) === undefined)) {
+  if (lockWaitMs !== undefined && !mayFetch) {
     throw usage('--lock-wait-ms is for get and refresh with the secret (without it, get waits 2 s for another program to write)');
   }
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
@@ -246,9 +248,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   }
   const shownKey = schema.redactKey?.(key) ?? key;
   const cache = fromFlags(() => openStore(store));
-  // Only a command that may fetch (get or refresh with the secret) makes the directory, as a program would.
-  const readsOnly = action === 'inspect' || action === 'clear' || (action === 'get' && envSecret(values['secret-env']) === undefined);
-  const missing = readsOnly ? missingDirectory(store) : undefined;
+  // Only a command that may fetch makes the directory, as a program would (refresh without the secret
+  // fails for want of it, below).
+  const missing = !mayFetch && action !== 'refresh' ? missingDirectory(store) : undefined;
   if (missing !== undefined) {
     await cache.close?.();
     // Reason `database`, as a Redis URL's database the server does not have: the store's place is wrong.
