@@ -7,7 +7,7 @@ import type { TokenCache } from './cache.js';
 import { binaryToBuffer } from './bytes.js';
 import { makeDirectory } from './dirs.js';
 import { assertTtl } from './ttl.js';
-import { CacheError, ConfigError } from './errors.js';
+import { CacheError, ConfigError, type CacheErrorReason } from './errors.js';
 import { checkOptions, durationMs, fn, rule, typeName, type OptionSchema } from './validate.js';
 
 /** Options of {@link FileCache}. */
@@ -189,7 +189,7 @@ export class FileCache implements TokenCache {
    * be watched (it does not exist yet, or the host is out of inotify watches): the caller polls then.
    */
   watch(key: string, onChange: () => void): () => void {
-    if (this.#closed) throw new CacheError(`FileCache watch after close() (${this.dir})`);
+    if (this.#closed) throw new CacheError(`FileCache watch after close() (${this.dir})`, { reason: 'closed' });
     const name = basename(this.#path(key));
     if (!this.#dirWatch) {
       const self = basename(this.dir);
@@ -389,7 +389,7 @@ export class FileCache implements TokenCache {
         }
         if (await this.#breakIfStale(path, draft, op)) broke = true;
         if (performance.now() - started > this.#guardTimeoutMs) {
-          throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`);
+          throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`, { reason: 'timeout' });
         }
         await new Promise((resolve) => setTimeout(resolve, Math.min(1 + attempt, 20)));
       }
@@ -531,7 +531,7 @@ export class FileCache implements TokenCache {
 
   /** Checks the cache is open and creates the directory (0700) once, on first use. */
   #open(op: string): Promise<void> {
-    if (this.#closed) return Promise.reject(new CacheError(`FileCache ${op} after close() (${this.dir})`));
+    if (this.#closed) return Promise.reject(new CacheError(`FileCache ${op} after close() (${this.dir})`, { reason: 'closed' }));
     // Not kept when it fails: a directory made later, or whose mode is fixed, serves without a restart.
     this.#ready ??= (async () => {
       await makeDirectory(this.dir, 0o700);
@@ -557,6 +557,7 @@ export class FileCache implements TokenCache {
     const refuse = (why: string) => {
       throw new CacheError(
         `FileCache ${op}: refusing the default directory ${this.dir}: ${why}, so another local user could plant token entries there; pass a directory of your own as \`dir\``,
+        { reason: 'permission' },
       );
     };
     if (stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
@@ -571,9 +572,25 @@ export class FileCache implements TokenCache {
     if (code === 'EISDIR') {
       return new CacheError(`FileCache ${op} found a directory, not an entry, at that key in ${this.dir} (another program's; left as it is)`, { cause, reason: 'type' });
     }
-    return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause });
+    const reason = code === undefined ? undefined : ERRNO_REASONS[code];
+    return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause, ...(reason ? { reason } : {}) });
   }
 }
+
+/**
+ * The CacheErrorReason of a file system error, where one says what an operator must fix: the user may
+ * not write there (`permission`), the file system takes no writes (`readonly`: read-only, full, over
+ * quota), or the directory is not one (`database`, as a Redis database that does not exist).
+ */
+const ERRNO_REASONS: Readonly<Record<string, CacheErrorReason>> = {
+  EACCES: 'permission',
+  EPERM: 'permission',
+  EROFS: 'readonly',
+  ENOSPC: 'readonly',
+  EDQUOT: 'readonly',
+  ENOTDIR: 'database',
+  ENOENT: 'database',
+};
 
 /** readRegular()'s code for a file of another user than the one it was asked to require. */
 const FOREIGN = 'WXKIT_FOREIGN_OWNER';

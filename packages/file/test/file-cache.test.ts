@@ -137,7 +137,7 @@ describe('FileCache on disk', () => {
     const cache = new FileCache({ dir, guardTimeoutMs: 200 });
     await cache.set('k', 'v', 60);
     writeFileSync(join(dir, 'k~guard'), `${process.pid} mine`, { mode: 0o600 });
-    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
     expect(await cache.get('k')).toBe('v');
   });
 
@@ -195,8 +195,27 @@ describe('FileCache on disk', () => {
       () => undefined,
       (e: unknown) => e,
     )) as { code: string; message: string };
-    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    // The reason an operator acts on: the directory is no directory, as a Redis database that is not there.
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'database' });
     expect(error.message).toContain(join(file, 'sub'));
+  });
+
+  it('a directory this user may not write to fails with reason permission', async () => {
+    const parent = fresh('no-write');
+    mkdirSync(parent, { mode: 0o500 });
+    const dir = join(parent, 'sub');
+    const script = `import(${JSON.stringify(builtModule)}).then((m) => new m.FileCache({ dir: ${JSON.stringify(dir)} }).get('k')).then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, reason: e.reason })))`;
+    // root may write anywhere: the call is made by a process of another user then.
+    const output = execFileSync(process.execPath, ['-e', script], process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {});
+    expect(JSON.parse(String(output))).toEqual({ code: 'ERR_WXKIT_CACHE', reason: 'permission' });
+  });
+
+  it('a call after close() fails with reason closed, and so does a watch', async () => {
+    const cache = new FileCache({ dir: fresh('closed') });
+    await cache.set('k', 'v', 60);
+    await cache.close?.();
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+    expect(() => cache.watch('k', () => {})).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_CACHE', reason: 'closed' }));
   });
 
   it('a directory removed while in use (a cleaner of the temp directory) is made again by the next write', async () => {
@@ -280,7 +299,7 @@ describe('FileCache on disk', () => {
     // Every look at the wall clock finds it an hour further back (an NTP step, again and again).
     const clock = vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 3_600_000 * ++steps);
     try {
-      await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', message: expect.stringMatching(/waited 200 ms for another writer/) });
+      await expect(cache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', message: expect.stringMatching(/waited 200 ms for another writer/) });
     } finally {
       clock.mockRestore();
     }
@@ -307,6 +326,7 @@ describe('FileCache on disk', () => {
         chmodSync(defaultCache.dir, mode);
         await expect(defaultCache.get('k'), mode.toString(8)).rejects.toMatchObject({
           code: 'ERR_WXKIT_CACHE',
+          reason: 'permission',
           message: expect.stringMatching(/refusing the default directory .*others may write to it.*pass a directory of your own as `dir`/),
         });
         await expect(defaultCache.set('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
