@@ -428,6 +428,16 @@ export class ClientCore implements TierStores, EventSource {
     await Promise.all([...(this.#busy?.keys() ?? [])].map((core) => core.close()));
   }
 
+  /**
+   * What close() does first, and nothing more: the waits of this core's token managers end, and no refresh
+   * starts any more. An OpenPlatform's own core ends its component token's waits so at the start of its
+   * close(), as the authorizer clients' refreshes it waits for may be waiting for that token.
+   */
+  endWaits(): void {
+    this.#closing.abort();
+    for (const manager of this.#managers) manager.close();
+  }
+
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
   get closed(): boolean {
     return this.#closing.aborted;

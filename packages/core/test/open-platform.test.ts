@@ -19,7 +19,7 @@ import {
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
 } from '../src/index.js';
-import { componentOptions, endedByClose, errorText, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
+import { componentOptions, deferred, endedByClose, errorText, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -81,6 +81,20 @@ async function heldAfterDrop(s: Setup) {
   const held = open.officialAccount(a);
   open.officialAccount(b); // a is dropped
   return { open, a, held };
+}
+
+/** The component token's key on wxkit's own schema. */
+const componentTokenKey = (s: Setup) => nativeSchema().openPlatformKey!('component_access_token', s.component.appId);
+
+/** Resolves once a process on `cache` watches `key` for another's write: it is waiting for that process. */
+function waitedOn(cache: MemoryCache, key: string): Promise<void> {
+  const watched = deferred();
+  const watch = cache.watch.bind(cache);
+  cache.watch = (watchedKey, onChange) => {
+    if (watchedKey === key) watched.resolve();
+    return watch(watchedKey, onChange);
+  };
+  return watched.promise;
 }
 
 const send = (open: OpenPlatform, appId: string) => open.officialAccount(appId).templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
@@ -407,6 +421,61 @@ describe('authorizers', () => {
     expect((await mp.auth.code2Session('code-second')).openid).toMatch(/^o/);
     expect(mock.counters(s.component.appId)).toMatchObject({ componentTokenRequests: 2, errcodes: { '40001': 1 } });
     await expect(mp.auth.code2Session('')).rejects.toBeInstanceOf(ConfigError);
+  });
+
+  it("an authorized mini program's code2Session with an aborted signal asks WeChat for no component token", async () => {
+    const s = setup();
+    await withTicket(s);
+    const id = await authorized(s, s.make());
+    // Another process starts cold: no component token in the store.
+    await s.cache.delete(componentTokenKey(s));
+    const open = s.make();
+    const before = mock.counters(s.component.appId).componentTokenRequests;
+    const reason = new Error('the request went away');
+    expect(await rejection(open.miniProgram(id).auth.code2Session('code-1', { signal: AbortSignal.abort(reason) }))).toBe(reason);
+    // close() waits for every refresh under way: one the aborted call started would be counted by now.
+    await open.close();
+    expect(mock.counters(s.component.appId).componentTokenRequests).toBe(before);
+    expect(await s.cache.get(componentTokenKey(s))).toBeUndefined();
+  });
+
+  it("an authorized mini program's code2Session waiting for another process's component token ends with its signal", async () => {
+    const s = setup();
+    await withTicket(s);
+    const id = await authorized(s, s.make());
+    await s.cache.delete(componentTokenKey(s));
+    // Another process is fetching the component token: it holds the lock.
+    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
+    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const open = s.make({ lockWaitMs: 3_000 });
+    const controller = new AbortController();
+    const reason = new Error('the request went away');
+    const call = rejection(open.miniProgram(id).auth.code2Session('code-2', { signal: controller.signal }));
+    await waiting;
+    controller.abort(reason);
+    // Not the TokenUnavailableError of a wait that ran its lockWaitMs out.
+    expect(await call).toBe(reason);
+  });
+
+  it("close() ends an authorizer client's wait for another process's component token, and an authorization's, whose code stays unspent", async () => {
+    const s = setup();
+    await withTicket(s);
+    const id = await authorized(s, s.make());
+    await s.cache.delete(componentTokenKey(s));
+    await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${id}`);
+    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
+    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const open = s.make({ lockWaitMs: 20_000 });
+    const refresh = endedByClose(open.officialAccount(id).accessToken.getToken());
+    const grant = mock.authorize(s.component.appId);
+    const asked = mock.counters(s.component.appId).queryAuthRequests;
+    const authorization = endedByClose(open.handleAuthorization(grant.authorizationCode));
+    await waiting;
+    await open.close();
+    // Each wait ended at close(), not with the TokenUnavailableError of a lockWaitMs run out.
+    expect(errorText(await refresh)).toMatch(/closed/);
+    expect(errorText(await authorization)).toMatch(/closed/);
+    expect(mock.counters(s.component.appId).queryAuthRequests).toBe(asked);
   });
 
   it("the platform's listeners hear every authorizer client's token events, a client made again after a drop included", async () => {

@@ -33,6 +33,16 @@ describe('an aborted signal', () => {
     expect(await rejection(app.accessToken.forceRefresh({ signal: controller.signal }))).toBe(reason);
     expect(mock.counters(appId).tokenRequests).toBe(1);
   });
+
+  it('an AbortSignal-like signal (a polyfill\'s: no throwIfAborted()) lets a send whose token WeChat rejects resend with a new one', async () => {
+    const { app, appId } = newApp(mock, { tokenEndpoint: 'classic' });
+    await app.accessToken.getToken();
+    // Another system fetched a token: the one the client holds is dead.
+    mock.invalidateTokens(appId);
+    const signal = { aborted: false, reason: undefined, addEventListener: () => undefined, removeEventListener: () => undefined } as unknown as AbortSignal;
+    expect(await app.client.get('cgi-bin/get_api_domain_ip', {}, { signal })).toMatchObject({ ip_list: expect.any(Array) });
+    expect(mock.counters(appId)).toMatchObject({ tokenRequests: 2, errcodes: { '40001': 1 } });
+  });
 });
 
 describe('rejected tokens', () => {

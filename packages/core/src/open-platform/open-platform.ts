@@ -638,6 +638,10 @@ export class OpenPlatform {
   async #close(): Promise<void> {
     this.#closed = true;
     this.#ended.abort();
+    // The component token's waits end now, not once the authorizer clients are closed: their refreshes,
+    // and the authorizations under way, wait for that token first (for another process's refresh of it,
+    // up to lockWaitMs), and close() waits for them.
+    this.#core.endWaits();
     await Promise.all([...this.#clients.clear().map(({ client }) => client.close()), this.#letGo.closeAll(), this.#core.closeBusy(), this.#storedAll()]);
     // The refreshes have ended: no refresh token is added to those kept unsaved any more.
     await this.#saveUnsavedAtClose();
@@ -814,22 +818,26 @@ export class OpenPlatform {
   async #code2Session(authorizerAppId: string, jsCode: string, options: RequestOptions): Promise<Code2SessionResult> {
     const path = 'sns/component/jscode2session';
     const query = { appid: authorizerAppId, js_code: jsCode, grant_type: 'authorization_code', component_appid: this.appId };
-    const body = await this.#withComponentToken((token) =>
-      this.#sendWithComponentToken(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal }),
+    const body = await this.#withComponentToken(
+      (token) => this.#sendWithComponentToken(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal }),
+      options.signal,
     );
     return sessionOf(body, path);
   }
 
-  /** `call` with the component token; on 40001/40014/42001, once more with a newer token (twice at most). */
-  async #withComponentToken<T>(call: (token: string) => Promise<T>): Promise<T> {
-    let token = await this.#component.get();
+  /**
+   * `call` with the component token; on 40001/40014/42001, once more with a newer token (twice at most).
+   * `signal` (a caller's) stops this caller's waits for the token, as it stops a send's.
+   */
+  async #withComponentToken<T>(call: (token: string) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    let token = await this.#component.get(signal);
     const recovery = { fetched: false };
     for (let attempt = 0; ; attempt += 1) {
       try {
         return await call(token);
       } catch (error) {
         if (!isTokenRejection(error) || attempt >= 2) throw error;
-        const next = await this.#component.recover(token, error.errcode, recovery);
+        const next = await this.#component.recover(token, error.errcode, recovery, signal);
         if (next === undefined) throw error;
         token = next;
       }

@@ -233,7 +233,8 @@ export class TokenManager {
    * try: the caller gives up instead of looping.
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
-    signal?.throwIfAborted();
+    // As get() does: an AbortSignal-like signal (a polyfill's, an older runtime's) has no throwIfAborted().
+    if (signal?.aborted) throw signal.reason;
     // Once close() has let the client's work end, nothing is reported: the program may have closed its
     // store by now (close() does not wait for calls on the wire, whose rejections come after it).
     if (this.#ended) throw closedError(this.#ctx);
