@@ -1055,6 +1055,24 @@ describe('forced refreshes and the memo', () => {
     await Promise.all([a.close(), b.close()]);
   });
 
+  it("a forced refresh WeChat refused for its credentials (a wrong secret) gives the fleet's 30 s force slot back", async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const right = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false });
+    const first = await right.accessToken.getToken();
+    // A process still on an old secret forces a refresh: WeChat answers 40125 and refreshes nothing.
+    const wrong = new OfficialAccount({ appId, secret: 'f'.repeat(32), baseUrl: mock.url, cache, logger: false });
+    await expect(wrong.accessToken.forceRefresh()).rejects.toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40125 });
+    expect(mock.isTokenValid(appId, first)).toBe(true);
+    // The secret fixed, a forced refresh at once reaches WeChat and gets a new token, not the old one.
+    const second = await right.accessToken.forceRefresh();
+    expect(second).not.toBe(first);
+    expect(mock.isTokenValid(appId, second)).toBe(true);
+    // The mock counts every request that asked to force, the refused one too.
+    expect(mock.counters(appId)).toMatchObject({ forceRefreshes: 2, errcodes: { '40125': 1 } });
+    await Promise.all([right.close(), wrong.close()]);
+  });
+
   it('a second forced refresh within 30 s sends no force_refresh, even when the entry was removed meanwhile', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();

@@ -176,7 +176,9 @@ export class LockedFetchRefresher implements Refresher {
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
-        if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error))) {
+        // So does one WeChat refused for its credentials (a wrong secret, an IP off the whitelist): no
+        // token was refreshed, and the forced refresh after the fix must reach WeChat.
+        if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error) || policyOf(error) === 'credential')) {
           await this.#forceSpacing.release(progress.forceSlot.store, progress.forceSlot.taken).catch(() => undefined);
         }
         const last = round >= MAX_ROUNDS;
