@@ -33,7 +33,7 @@ The config file (JSON) names environment variables, never secrets:
     "headersTimeoutMs": 10000,                 optional: slow clients get 408
     "requestTimeoutMs": 30000,                 optional: SIGTERM cuts requests still under way after it
     "keepAliveTimeoutMs": 5000,                optional: idle connections are closed
-    "maxConnections": 10000,                   optional: connections past it are closed unanswered
+    "maxConnections": 10000,                   optional: past it, 503 busy (Retry-After: 1), then closed
     "baseUrl": "https://api.weixin.qq.com",   optional: a proxy (WeCom: "workBaseUrl")
     "prefix": "wechat:"                        optional
   }

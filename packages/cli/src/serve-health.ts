@@ -60,8 +60,10 @@ export class StoreProbe {
           timer.unref();
         }),
       ]);
-      this.#set({ up: true, since: Date.now() });
+      // Stopped meanwhile: what a probe under way at stop() meets (the store closed by its owner) is no news.
+      if (!this.#stopped) this.#set({ up: true, since: Date.now() });
     } catch (error) {
+      if (this.#stopped) return;
       const { reason, message } = error as { reason?: string; message?: string };
       // The key holds another kind of value (a Redis hash): the store answered, about that key.
       if (reason === 'type') this.#set({ up: true, since: Date.now() });

@@ -212,7 +212,15 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   }
 
   const entryOf = async (target: Served): Promise<StoredEntry> => {
-    const entry = await target.client.accessToken.getEntry();
+    let entry: StoredEntry;
+    try {
+      entry = await target.client.accessToken.getEntry();
+    } catch (error) {
+      // The client holds no token it could hand out (getEntry answers the one it holds, whatever the store
+      // or WeChat say): /readyz must not go on saying the app has one until the last one's expiry.
+      target.tokenExpiresAt = undefined;
+      throw error;
+    }
     target.tokenExpiresAt = entry.expiresAt ?? Math.floor(Date.now() / 1000) + 60;
     return entry;
   };
@@ -461,8 +469,11 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       const info: RequestInfo = { route: 'unmatched' };
       open.add(res);
       if (closing) res.setHeader('connection', 'close');
+      /** The connection closed before the answer was out: its client went away (an abort, its own timeout). */
+      let gone = false;
       res.once('close', () => {
         open.delete(res);
+        if (!res.writableFinished) gone = true;
         // An answer whose headers were out before close() began keeps its connection alive: closed here.
         if (closing) server.closeIdleConnections();
       });
@@ -474,6 +485,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           if (cut.has(res)) {
             info.reason = 'cut_at_shutdown';
             res.statusCode = 503;
+          } else if (gone) {
+            // Whatever the handler answered afterwards went nowhere: not an answer its client got.
+            info.reason = 'client_gone';
+            res.statusCode = 499;
           }
           const seconds = (performance.now() - started) / 1000;
           metrics.request(info.route, res.statusCode, seconds);

@@ -354,6 +354,8 @@ describe('wxkit token', () => {
     const [help, tokenHelp] = runs;
     for (const line of ['2  usage', '3  store unreachable', '6  WeChat API error', '7  configuration', '8  token not stored']) expect(help!.stdout).toContain(line);
     expect(tokenHelp!.stdout).toContain('8  token not stored');
+    // As the README says: the band past maxConnections is answered 503 busy, not closed unanswered.
+    expect(runs[2]!.stdout).toMatch(/"maxConnections": \d+, +optional: past it, 503 busy \(Retry-After: 1\), then closed/);
   });
 });
 

@@ -143,6 +143,28 @@ describe("wxkit serve's own way out", () => {
     }
   });
 
+  it('/readyz stops saying ready once the service holds no token it can hand out (the one it had reported dead, WeChat refusing another)', async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const auth = { authorization: `Bearer ${KEY}` };
+    try {
+      const first = await fetch(`${service.url}/v1/token/oa/${appId}`, { headers: auth });
+      const { access_token: token } = (await first.json()) as { access_token: string };
+      expect((await fetch(`${service.url}/readyz`)).status).toBe(200);
+      // WeChat ends the token, and refuses to issue another (this host's address left the whitelist).
+      mock.invalidateTokens(appId);
+      mock.setIpAllowed(appId, false);
+      const report = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers: auth, body: JSON.stringify({ token, errcode: 40001 }) });
+      expect(report.status).toBe(502);
+      await report.text();
+      const ready = await fetch(`${service.url}/readyz`);
+      expect(ready.status).toBe(503);
+      expect(await ready.json()).toMatchObject({ error: { code: 'not_ready', apps: [`official_account/${appId}`] } });
+    } finally {
+      await service.close();
+    }
+  });
+
   it('an instance that cannot reach WeChat (its fetch never left the host) answers 503 without Retry-After: its clients may reach another instance', async () => {
     const { appId, secret } = mock.createApp();
     const dead = `http://127.0.0.1:${await freePort()}`;

@@ -215,6 +215,30 @@ describe('close() of the token service', () => {
     }
   });
 
+  it('a request whose client hung up while its token was fetched (its own timeout ran out) is logged and counted 499 client_gone, not as the 200 it never got', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    try {
+      // WeChat answers, but only after the client is gone.
+      mock.setLatency(2_000);
+      const before = mock.counters(app.appId).requests;
+      const { socket } = rawConnection(service);
+      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      socket.destroy();
+      const answered = () => lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/token/{app}');
+      await vi.waitFor(() => expect(answered()).toHaveLength(1), { timeout: 10_000 });
+      expect(answered()[0]).toMatchObject({ status: 499, reason: 'client_gone' });
+      const metrics = await (await fetch(`${service.url}/metrics`)).text();
+      expect(metrics).toMatch(/^wxkit_http_requests_total\{route="\/v1\/token\/\{app\}",status="499"\} 1$/m);
+      expect(metrics).not.toMatch(/^wxkit_http_requests_total\{route="\/v1\/token\/\{app\}",status="200"\}/m);
+    } finally {
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
   it('a request cut at shutdown whose handler answers after the cut (a slow store read) is logged 503 cut_at_shutdown, not 200', async () => {
     const lines: Record<string, unknown>[] = [];
     const record = (fields: Record<string, unknown>) => void lines.push(fields);

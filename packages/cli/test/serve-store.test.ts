@@ -111,6 +111,19 @@ describe('the /healthz store probe', () => {
     probe.stop();
   });
 
+  it('a probe under way at stop() reports nothing when the store answers afterwards (its owner closed it: reason closed)', async () => {
+    let fail!: (error: Error) => void;
+    const hung = Object.assign(new MemoryCache(), { get: () => new Promise<undefined>((_, reject) => (fail = reject)) });
+    const changes: unknown[] = [];
+    const probe = new StoreProbe(hung, 'k', { intervalMs: 60_000, timeoutMs: 60_000, onChange: (state) => changes.push(state) });
+    const probing = probe.start();
+    probe.stop();
+    fail(new CacheError('RedisCache get failed: closed', { reason: 'closed' }));
+    await probing;
+    expect(changes).toEqual([]);
+    expect(probe.state).toBeUndefined();
+  });
+
   it("a probed key that holds another kind of value (CacheError reason type) is the store answering: up, not 503", async () => {
     const states: boolean[] = [];
     const other = Object.assign(new MemoryCache(), {
