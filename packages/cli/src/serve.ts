@@ -87,6 +87,8 @@ interface Served {
   tokenWorks(token: string): Promise<boolean | undefined>;
   /** The check under way per token, so concurrent reports of one token make one call. */
   checks?: Map<string, Promise<boolean | undefined>>;
+  /** The look after a failed getEntry(), due when its back-off ends (see entryOf). */
+  recheck?: NodeJS.Timeout;
 }
 
 /** Ticket types per app kind: what `jssdk.getTicket()` takes. */
@@ -211,6 +213,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     served.set(name, { app, name, client, tokenExpiresAt: undefined, tokenWorks: (token) => tokenWorks(apiBase, token, dispatcher) });
   }
 
+  let rechecking = true;
   const entryOf = async (target: Served): Promise<StoredEntry> => {
     let entry: StoredEntry;
     try {
@@ -219,6 +222,17 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       // The client holds no token it could hand out (getEntry answers the one it holds, whatever the store
       // or WeChat say): /readyz must not go on saying the app has one until the last one's expiry.
       target.tokenExpiresAt = undefined;
+      // Behind a balancer that routes by /readyz no request comes to make it ready again: looked at once
+      // more when the failure's back-off ends (a second at least, the periodic check at most).
+      if (rechecking && target.recheck === undefined) {
+        const retryAt = retryAtOf(error);
+        const delay = Math.min(checkEveryMs, Math.max(1_000, retryAt === undefined ? 1_000 : retryAt - Date.now()));
+        target.recheck = setTimeout(() => {
+          target.recheck = undefined;
+          if (rechecking) entryOf(target).catch(() => undefined);
+        }, delay);
+        target.recheck.unref();
+      }
       throw error;
     }
     target.tokenExpiresAt = entry.expiresAt ?? Math.floor(Date.now() / 1000) + 60;
@@ -471,9 +485,16 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       if (closing) res.setHeader('connection', 'close');
       /** The connection closed before the answer was out: its client went away (an abort, its own timeout). */
       let gone = false;
-      res.once('close', () => {
+      const lost = () => {
         open.delete(res);
         if (!res.writableFinished) gone = true;
+      };
+      // An answer pipelined behind another has no socket of its own until that one is out, and hears no
+      // 'close' when the connection closes meanwhile: the connection tells it.
+      const unwatch = onConnectionClose(req.socket, lost);
+      res.once('close', () => {
+        unwatch();
+        lost();
         // An answer whose headers were out before close() began keeps its connection alive: closed here.
         if (closing) server.closeIdleConnections();
       });
@@ -547,6 +568,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     });
   }).catch(async (error: unknown) => {
     clearInterval(timer);
+    rechecking = false;
+    for (const target of served.values()) clearTimeout(target.recheck);
     probe.stop();
     await Promise.all([...served.values()].map(({ client }) => client.close()));
     await agent.close();
@@ -557,6 +580,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const stop = async () => {
     closing = true;
     clearInterval(timer);
+    rechecking = false;
+    for (const target of served.values()) clearTimeout(target.recheck);
     probe.stop();
     // The answers under way close their connections once sent: a client that keeps asking on a kept-alive
     // connection would otherwise be served on it for as long as it asks, and close() would wait as long.
@@ -565,7 +590,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     server.closeIdleConnections();
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
-      for (const res of open) if (!res.writableEnded && res.socket && !res.socket.destroyed) cut.add(res);
+      for (const res of open) if (!res.writableEnded && !connectionOf(res)?.destroyed) cut.add(res);
       // The clients first: a fetch cut by their close is no failure of WeChat's, and is not recorded as
       // one for the other instances sharing the store.
       for (const { client } of served.values()) void client.close();
@@ -692,6 +717,34 @@ function answer(res: ServerResponse, status: number, body: unknown, headers: Rec
 }
 
 /**
+ * The connection an answer goes out on: an answer pipelined behind another has no socket of its own
+ * (`res.socket` is null) until the one before it is out, and its client is still there meanwhile.
+ */
+function connectionOf(res: ServerResponse): Socket | null {
+  return res.socket ?? res.req?.socket ?? null;
+}
+
+/** The answers under way on each connection, told when it closes: one listener per connection, however many are pipelined. */
+const closeWatchers = new WeakMap<Socket, Set<() => void>>();
+
+/** Calls `onClose` when `socket` closes; returns what stops that. */
+function onConnectionClose(socket: Socket, onClose: () => void): () => void {
+  let watchers = closeWatchers.get(socket);
+  if (watchers === undefined) {
+    const own = new Set<() => void>();
+    closeWatchers.set(socket, own);
+    socket.once('close', () => {
+      closeWatchers.delete(socket);
+      for (const watcher of own) watcher();
+    });
+    watchers = own;
+  }
+  const set = watchers;
+  set.add(onClose);
+  return () => void set.delete(onClose);
+}
+
+/**
  * Every failure as `{"error":{"code","message",…}}`: the service's own (4xx), WeChat's refusal (502, with
  * its errcode and errmsg, also at the top level as WeChat answers, so WeChat-speaking clients such as
  * remoteTokenSource see WeChat's error), the store or WeChat unreachable (503), anything else (500).
@@ -700,7 +753,8 @@ function fail(res: ServerResponse, error: unknown, info: RequestInfo, log: Logge
   if (res.headersSent) return void res.destroy();
   // The client went away under the request (it hung up while sending its body, or Node answered 408 to
   // a body that stalled): no one to answer, and no fault of the service's. Counted as 499, as proxies do.
-  if (!res.socket || res.socket.destroyed) {
+  const connection = connectionOf(res);
+  if (!connection || connection.destroyed) {
     info.reason = 'client_gone';
     res.statusCode = 499;
     return;

@@ -165,6 +165,28 @@ describe("wxkit serve's own way out", () => {
     }
   });
 
+  it('/readyz says ready again once a passing failure (-1) has backed off, with no request to the service: it looks again then, not at its next periodic check', async () => {
+    const { appId, secret } = mock.createApp();
+    const service = await startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, checkEverySeconds: 3600 });
+    const auth = { authorization: `Bearer ${KEY}` };
+    try {
+      const { access_token: token } = (await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers: auth })).json()) as { access_token: string };
+      // WeChat ends the token; its next one fails once (-1, system busy): the fleet backs off a second.
+      mock.invalidateTokens(appId);
+      mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/stable_token', times: 1 });
+      const report = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers: auth, body: JSON.stringify({ token, errcode: 40001 }) });
+      expect(report.status).toBe(502);
+      await report.text();
+      expect((await fetch(`${service.url}/readyz`)).status).toBe(503);
+      // Behind a balancer that routes by /readyz no request comes: the service looks again by itself.
+      await vi.waitFor(async () => expect((await fetch(`${service.url}/readyz`)).status).toBe(200), { timeout: 15_000, interval: 200 });
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 3, errcodes: { '-1': 1 } });
+    } finally {
+      mock.clearFaults();
+      await service.close();
+    }
+  });
+
   it('an instance that cannot reach WeChat (its fetch never left the host) answers 503 without Retry-After: its clients may reach another instance', async () => {
     const { appId, secret } = mock.createApp();
     const dead = `http://127.0.0.1:${await freePort()}`;

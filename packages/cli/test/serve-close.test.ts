@@ -239,6 +239,47 @@ describe('close() of the token service', () => {
     }
   });
 
+  it('a request pipelined behind one still under way that fails (404) is answered, after the first, and logged with its status', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    const { socket } = rawConnection(service);
+    let text = '';
+    socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
+    try {
+      mock.setLatency(1_000);
+      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /no-such-endpoint HTTP/1.1\r\nhost: x\r\n\r\n`);
+      await vi.waitFor(() => expect(statusLines(text)).toEqual(['HTTP/1.1 200 OK', 'HTTP/1.1 404 Not Found']), { timeout: 10_000 });
+      // Logged as each handler ends: the 404's first.
+      await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)}`).sort()).toEqual(['/v1/token/{app} 200', 'unmatched 404']));
+    } finally {
+      mock.setLatency(0);
+      socket.destroy();
+      await service.close();
+    }
+  });
+
+  it('requests pipelined behind one under way whose client hangs up are each logged 499 client_gone, not 200', async () => {
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    try {
+      mock.setLatency(2_000);
+      const before = mock.counters(app.appId).requests;
+      const { socket } = rawConnection(service);
+      const get = `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`;
+      socket.write(get + get);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      socket.destroy();
+      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.status)} ${String(line.reason)}`);
+      await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
+      expect(logged()).toEqual(['499 client_gone', '499 client_gone']);
+    } finally {
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
   it('a request cut at shutdown whose handler answers after the cut (a slow store read) is logged 503 cut_at_shutdown, not 200', async () => {
     const lines: Record<string, unknown>[] = [];
     const record = (fields: Record<string, unknown>) => void lines.push(fields);
