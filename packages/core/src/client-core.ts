@@ -205,15 +205,21 @@ class ManagerContext implements TokenContext {
   declare readonly log: Log;
   declare readonly writer: string;
   declare readonly closed: TokenContext['closed'];
+  /** The core told when WeChat refuses its secret: a pool's client's (see ClientCore.secretRefused). */
+  declare readonly refusals: ClientCore | undefined;
   /** Set once the manager is made (it takes this context). */
   manager: TokenManager | undefined;
 
-  constructor(fields: Omit<TokenContext, 'rejected'>) {
+  constructor(fields: Omit<TokenContext, 'rejected' | 'secretRefused'> & { refusals: ClientCore | undefined }) {
     Object.assign(this, fields);
   }
 
   rejected(value: string): boolean {
     return this.manager?.isRejected(value) ?? false;
+  }
+
+  secretRefused(): void {
+    if (this.refusals) this.refusals.secretRefused = true;
   }
 }
 
@@ -275,6 +281,8 @@ export class ClientCore implements TierStores, EventSource {
   /** Aborted by close(): the token managers' waits end, and no refresh starts. */
   readonly #closing = new Closing();
   #closed: Promise<void> | undefined;
+  /** Set by release(): the pool let go of this client. */
+  #released = false;
   /** The pool's core whose HTTP client and stores this one uses, closed by the pool, not by this client. */
   readonly #pool: ClientCore | undefined;
   /**
@@ -394,12 +402,16 @@ export class ClientCore implements TierStores, EventSource {
       log: this.log,
       writer: this.writer,
       closed: this.#closing,
+      refusals: this.#pool && this,
     });
     // A pool's client: its refreshes and reports keep its core known to the pool's until they end (see #busy).
     // Only a client on the process's default store has anything to warn about at first use.
     const manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), this.#defaultStore ? this.#firstUseWarning() : undefined, this.#pool && this.#heldBy(this.#pool));
     ctx.manager = manager;
     this.#managers = this.#managers.concat(manager);
+    // A manager made after the pool let go of this client (a ticket first asked for since) starts no
+    // background refresh either.
+    if (this.#released) manager.close();
     return manager;
   }
 
@@ -416,6 +428,7 @@ export class ClientCore implements TierStores, EventSource {
    * way finish, as the HTTP client and stores they use are the pool's and stay open.
    */
   release(): void {
+    this.#released = true;
     for (const manager of this.#managers) manager.close();
   }
 
@@ -437,6 +450,12 @@ export class ClientCore implements TierStores, EventSource {
     this.#closing.abort();
     for (const manager of this.#managers) manager.close();
   }
+
+  /**
+   * A pool's client: WeChat refused the secret one of its fetches used (40125…). Its pool makes the
+   * account's client anew, asking its resolver again: the account's record may have been fixed since.
+   */
+  secretRefused = false;
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
   get closed(): boolean {

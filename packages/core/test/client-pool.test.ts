@@ -130,6 +130,29 @@ describe('ClientPool', () => {
     expect(mock.counters(b).classicTokenRequests).toBe(1);
   });
 
+  it('a dropped client starts no background refresh of a JS-SDK ticket its caller first asks for after the drop', async () => {
+    const apps = appsOnMock(2);
+    const [a, b] = [...apps.keys()] as [string, string];
+    const cache = new MemoryCache();
+    let now = Date.now();
+    const { pool } = officialAccounts(apps, { cache, now: () => now, maxClients: 1, refreshAheadSeconds: 600, refreshAheadJitterMs: 0, tokenEndpoint: 'classic' });
+    const dropped = await pool.get(a);
+    await pool.get(b); // a is let go of; its caller keeps it
+    await dropped.jssdk.getTicket(); // the ticket's manager is made now, after the drop
+    const adds = vi.spyOn(cache, 'add');
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    try {
+      now += (6900 - 500) * 1000; // inside the refresh-ahead window
+      await dropped.jssdk.getTicket();
+      // Every timer due runs: a background refresh would have tried the lock.
+      await vi.runOnlyPendingTimersAsync();
+      expect(adds.mock.calls.filter(([key]) => key.includes(a))).toEqual([]);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(mock.counters(a).ticketRequests).toBe(1);
+  });
+
   it('close() ends the waits of the clients it let go of too: a caller still holding one is not kept waiting', async () => {
     const apps = appsOnMock(2);
     const [a, b] = [...apps.keys()] as [string, string];
@@ -484,5 +507,79 @@ describe('ClientPool: a resolver that fails or answers garbage', () => {
     expect(make({ timeoutMs: -1 })).toThrow(/ClientPool options\.timeoutMs/);
     expect(make({ secret: SECRET })).toThrow(/options\.secret is not an option/);
     expect(make({ kind: 'work', tokenEndpoint: 'stable' })).toThrow(/tokenEndpoint/);
+  });
+});
+
+describe('ClientPool: a secret WeChat refuses', () => {
+  it('once WeChat refused the resolved secret (40125), the next get() asks the resolver again instead of keeping the refused client', async () => {
+    const app = mock.createApp();
+    // The account's record holds a secret WeChat no longer takes (reset by the account's admin, or mistyped)...
+    let secret = 'an-old-secret-0123456789abcdef';
+    const calls: string[] = [];
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: (id) => {
+        calls.push(id);
+        return { secret };
+      },
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    const stale = await pool.get(app.appId);
+    expect(await rejection(send(stale))).toMatchObject({ errcode: 40125 });
+    // ...and is fixed while the service runs: no delete(id) needed in every process.
+    secret = app.secret;
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await send(await pool.get(app.appId)).then(() => 'ok', (e: { errcode?: number }) => e.errcode));
+    await pool.close();
+    expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok', 'ok'] });
+    expect(mock.counters(app.appId)).toMatchObject({ templateSends: 3 });
+  });
+
+  it('WeCom: once gettoken refused the resolved corpsecret (40001), the next get() asks the resolver again', async () => {
+    const work = mock.createWorkApp();
+    const id = `${work.corpId}:${work.agentId}`;
+    let secret = 'an-old-corpsecret-0123456789abcdef';
+    const calls: string[] = [];
+    const pool = new ClientPool({
+      kind: 'work',
+      credentials: (name) => {
+        calls.push(name);
+        return { corpId: work.corpId, agentId: work.agentId, secret };
+      },
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    const message = { touser: 'u1', msgtype: 'text', text: { content: 'hi' } } as const;
+    expect(await rejection((await pool.get(id)).message.send(message))).toMatchObject({ errcode: 40001 });
+    secret = work.secret;
+    const results: unknown[] = [];
+    for (let i = 0; i < 2; i += 1) results.push(await (await pool.get(id)).message.send(message).then(() => 'ok', (e: { errcode?: number }) => e.errcode));
+    await pool.close();
+    expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok'] });
+  });
+
+  it('a record that stays wrong costs one resolver call per refused fetch, not one per send (no storm)', async () => {
+    const app = mock.createApp();
+    const calls: string[] = [];
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: (id) => {
+        calls.push(id);
+        return { secret: 'a-wrong-secret-0123456789abcdef' };
+      },
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+    });
+    for (let round = 0; round < 5; round += 1) {
+      const results = await Promise.all(Array.from({ length: 20 }, async () => send(await pool.get(app.appId)).then(() => 'ok', (e: { errcode?: number }) => e.errcode)));
+      expect(new Set(results)).toEqual(new Set([40125]));
+    }
+    await pool.close();
+    expect(calls.length).toBeLessThanOrEqual(2);
+    expect(mock.counters(app.appId).tokenRequests).toBe(1);
   });
 });

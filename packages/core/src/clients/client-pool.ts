@@ -9,7 +9,7 @@ import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
 import { Work, WORK_BASE_URL } from './work.js';
-import { clientClosed } from './wechat-client.js';
+import { clientClosed, clientSecretRefused } from './wechat-client.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
 export type ClientPoolKind = 'officialAccount' | 'miniProgram' | 'work';
@@ -37,7 +37,9 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
  * Looks an account's credentials up (in the SaaS's own database, a vault…). `undefined` or `null`: no
  * such account. It is called once per client made, not per send, and not twice at once for one id while
  * it answers within `credentialsTimeoutMs`; a call that timed out is not waited for, and the id's next
- * `get()` calls it again. It is called as a plain function (`this` is undefined): pass a method bound.
+ * `get()` calls it again. A client whose secret WeChat refused (40125, 40091; 40001 from a token
+ * endpoint) is made anew at the next `get()`, which calls it again: a record fixed meanwhile is taken
+ * without `delete(id)`. It is called as a plain function (`this` is undefined): pass a method bound.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
   id: string,
@@ -191,9 +193,15 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   /** get() once `id` is checked; `deadline` (performance.now()) bounds a client made now (see #make). */
   #get(id: string, deadline: number): Promise<ClientOf<K>> {
     const held = this.#clients.get(id);
-    if (held && !clientClosed(held)) return Promise.resolve(held);
-    // Its caller closed it (it would start no refresh): a new one is made, as after delete().
-    if (held) this.#clients.delete(id);
+    if (held && !clientClosed(held) && !clientSecretRefused(held)) return Promise.resolve(held);
+    if (held) {
+      // Its caller closed it (it would start no refresh): a new one is made, as after delete(). So is
+      // one whose secret WeChat refused: the account's record may have been fixed since, and the resolver
+      // is asked again (a record still wrong costs one resolver call per failed fetch, which the fleet's
+      // back-off spaces: a minute).
+      this.#clients.delete(id);
+      if (!clientClosed(held)) this.#letGo.add(held);
+    }
     const joined = this.#pending.get(id);
     if (joined) {
       // The client under way is bounded by the deadline of the get() that started it: one that joined

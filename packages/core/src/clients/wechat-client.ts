@@ -28,6 +28,15 @@ export function clientClosed(client: WeChatClient): boolean {
 }
 
 /**
+ * Whether WeChat refused the secret `client` (a pool's) fetched with: its ClientPool makes the account's
+ * client anew, asking the resolver again, rather than hand out one that fails with the refused secret.
+ * @internal
+ */
+export function clientSecretRefused(client: WeChatClient): boolean {
+  return cores.get(client)?.secretRefused ?? false;
+}
+
+/**
  * What every wxkit client has: its access token, a client for any API, the store hook, and events.
  * OfficialAccount, MiniProgram and Work extend it.
  */

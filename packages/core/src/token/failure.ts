@@ -108,6 +108,11 @@ const SECRET_ERRCODES = new Set([40125, 40091]);
 /** The most secret digests a marker keeps (the latest): a fleet does not hold that many wrong secrets. */
 const MAX_SECRET_DIGESTS = 8;
 
+/** Whether `error` is WeChat's word that the secret a fetch used is wrong (40125, 40091; 40001 from a token endpoint). */
+export function refusesSecret(error: unknown): boolean {
+  return error instanceof WeChatApiError && (SECRET_ERRCODES.has(error.errcode) || isSecretRejection(error.errcode, error.path));
+}
+
 /** Whether a marker's failure is WeChat's word that the secret used is wrong. */
 function blamesSecret(marker: FailureRecord): boolean {
   return marker.errcode !== undefined && (SECRET_ERRCODES.has(marker.errcode) || isSecretRejection(marker.errcode, marker.path));

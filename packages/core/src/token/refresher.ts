@@ -39,6 +39,8 @@ export interface TokenContext {
   rejected(value: string): boolean;
   /** Aborted when the client closes: its waits end, and no refresh starts (see {@link closedError}). */
   closed: Ending;
+  /** Told when WeChat refused the secret a fetch of this client used (a pool then makes the client anew). */
+  secretRefused(): void;
 }
 
 /** What a call that needs a refresh (or would report a rejected value: `doing`) gets once its client was closed. */

@@ -1,7 +1,7 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
-import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policyOf, refetchPause, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
+import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policyOf, refetchPause, refusesSecret, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
@@ -599,6 +599,7 @@ export class LockedFetchRefresher implements Refresher {
       this.#unsent?.clear();
       const marker = await this.#failures.record(tier.entries, error, now, ctx.writer);
       if (marker) withRetryAt(error, marker.retryAt);
+      if (refusesSecret(error)) ctx.secretRefused();
     }
     ctx.log.warn(
       {
