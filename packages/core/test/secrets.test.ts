@@ -3,6 +3,7 @@ import { Agent, MockAgent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, MiniProgram, OfficialAccount, remoteTokenSource } from '../src/index.js';
+import { maskUrl } from '../src/redact.js';
 import { errorText, recordingLogger, rejection } from './helpers.js';
 
 let mock: MockWeChat;
@@ -105,5 +106,13 @@ describe('secrets stay secret', () => {
     expect(text).toContain('Mock dispatch not matched for headers');
     expect(text).not.toContain(serviceKey);
     await Promise.all([mockAgent.close(), policy.close()]);
+  });
+
+  it('a store URL is shown with its password masked, and so is a userinfo without a colon, which redis-cli reads as the password', () => {
+    expect(maskUrl('redis://user:topsecret@host:6379/0')).toBe('redis://user:***@host:6379/0');
+    expect(maskUrl('redis://:topsecret@host:6379/0')).toBe('redis://:***@host:6379/0');
+    expect(maskUrl('redis://topsecret@host:6379/0')).toBe('redis://***@host:6379/0');
+    expect(maskUrl('redis://host:6379/0')).toBe('redis://host:6379/0');
+    expect(maskUrl('not a url topsecret')).toBe('(unparsable URL)');
   });
 });

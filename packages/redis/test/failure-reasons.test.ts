@@ -56,6 +56,13 @@ describe('RedisCache failures name their cause', () => {
     expect((await failure(url.href)).reason).toBe('auth');
     url.username = 'nobody';
     expect((await failure(url.href)).reason).toBe('auth');
+    // The password alone where the user name goes (redis-cli's `-u redis://secret@host`): node-redis sends
+    // it as a user name, the server refuses it, and the message shows neither (failure() checks).
+    url.username = PASSWORD;
+    url.password = '';
+    const userinfo = await failure(url.href);
+    expect(userinfo.reason).toBe('auth');
+    expect(userinfo.message).toContain('redis://***@127.0.0.1:');
     url.username = '';
     url.password = PASSWORD;
     const cache = new RedisCache(url.href);
