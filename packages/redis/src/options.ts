@@ -226,7 +226,10 @@ function redisUrl(url: unknown): 'ok' | 'database' | 'no' {
     parsed = undefined;
   }
   if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) return 'no';
-  return parsed.pathname.length > 1 && !/^\/\d+$/.test(parsed.pathname) ? 'database' : 'ok';
+  // Redis numbers its databases below 2³¹ − 1 (`databases` is an int): a larger number is no database
+  // SELECT can parse ("value is not an integer"), not one the server lacks.
+  if (parsed.pathname.length <= 1) return 'ok';
+  return /^\/\d+$/.test(parsed.pathname) && Number(parsed.pathname.slice(1)) < 2 ** 31 - 1 ? 'ok' : 'database';
 }
 
 function isSentinelUrl(url: unknown): boolean {
@@ -235,7 +238,7 @@ function isSentinelUrl(url: unknown): boolean {
 
 /** The message for a URL whose path is no database number, with the URL masked: never its password. */
 function badDatabase(url: unknown): string | undefined {
-  return redisUrl(url) === 'database' ? `path must be a database number such as /0 (got ${maskUrl(String(url))})` : undefined;
+  return redisUrl(url) === 'database' ? `path must be a database number such as /0, below 2147483647 (got ${maskUrl(String(url))})` : undefined;
 }
 
 function nonEmptyArray(value: unknown): value is unknown[] {

@@ -21,11 +21,15 @@ describeOptions({
   close,
   base: { url },
   cases: {
-    url: { valid: ['rediss://user:pw@redis.example:6380/1', 'redis://127.0.0.1:9'], invalid: ['http://127.0.0.1:6379', 'redis://:topsecret@host:6379/notadb', 'redis:6379', 42] },
+    url: {
+      valid: ['rediss://user:pw@redis.example:6380/1', 'redis://127.0.0.1:9', 'redis://127.0.0.1:9/2147483646'],
+      // A database number SELECT cannot parse (above a C int) is refused here, not retried at every call.
+      invalid: ['http://127.0.0.1:6379', 'redis://:topsecret@host:6379/notadb', 'redis:6379', 42, 'redis://:topsecret@host:6379/2147483647', 'redis://:topsecret@host:6379/99999999999999999999'],
+    },
     connectTimeoutMs: { valid: [1, 1000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '1000'] },
     stallTimeoutMs: { valid: [1, 10_000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, '10000'] },
     clientOptions: { valid: [{ pingInterval: 1000 }], invalid: ['tls', [], null] },
-    cluster: { valid: [['redis://127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']], invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], 'redis://a:7000'] },
+    cluster: { valid: [['redis://127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']], invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], ['redis://a:7000/99999999999999999999'], 'redis://a:7000'] },
     sentinel: { valid: [sentinel], invalid: [[], 'redis://a:26379'] },
     client: { valid: [createClient({ url })], invalid: [{}, 'client'] },
   } satisfies Record<keyof RedisCacheOptions, OptionCases>,

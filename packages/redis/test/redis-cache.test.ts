@@ -246,6 +246,13 @@ describe('RedisCache on a real redis-server', () => {
     const bad = error(() => new RedisCache('redis://u:topsecret@host:6379/notadb'));
     expect(bad.message).toContain('redis://u:***@host:6379/notadb');
     expect(bad.message).not.toContain('topsecret');
+    // A number past what SELECT parses is no database either: refused here, where the server would answer
+    // every call with an error no retry mends.
+    expect(error(() => new RedisCache('redis://u:topsecret@host:6379/99999999999999999999'))).toMatchObject({
+      code: 'ERR_WXKIT_INVALID_OPTION',
+      option: 'url',
+      message: expect.stringContaining('below 2147483647 (got redis://u:***@host:6379/99999999999999999999)'),
+    });
     expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster, sentinel or client');
     expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
