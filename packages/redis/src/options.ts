@@ -205,6 +205,17 @@ function normalize(options: unknown): RedisCacheOptions {
   const sources = [opts.url, opts.cluster, opts.sentinel, opts.client].filter((source) => source !== undefined).length;
   if (sources !== 1) throw new ConfigError('RedisCache options must have exactly one of url, cluster, sentinel or client', 'url');
   if (opts.sentinel !== undefined) checkSentinel(opts.sentinel);
+  // node-redis refuses a socket.tls that contradicts a URL's scheme at every connect (a TypeError quoting
+  // the URL, password and all): no retry mends it, so it is an invalid option, said once here rather than
+  // as a store failure at every call. A cluster's root nodes are connected from their URLs too.
+  const tls = (opts.clientOptions?.socket as { tls?: unknown } | undefined)?.tls;
+  const contradicted = tls === undefined ? undefined : [opts.url ?? [], opts.cluster ?? []].flat().find((url) => tls !== url.startsWith('rediss:'));
+  if (contradicted !== undefined) {
+    throw new ConfigError(
+      `RedisCache options.clientOptions socket.tls must be left out, or agree with the URL: true for rediss://, false for redis:// (got ${typeof tls === 'boolean' ? String(tls) : typeName(tls)} for ${maskUrl(contradicted)})`,
+      'clientOptions',
+    );
+  }
   return opts;
 }
 

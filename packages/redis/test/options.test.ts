@@ -28,7 +28,8 @@ describeOptions({
     },
     connectTimeoutMs: { valid: [1, 1000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '1000'] },
     stallTimeoutMs: { valid: [1, 10_000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, '10000'] },
-    clientOptions: { valid: [{ pingInterval: 1000 }], invalid: ['tls', [], null] },
+    // socket.tls must agree with the URL's scheme: node-redis refuses anything else at every connect.
+    clientOptions: { valid: [{ pingInterval: 1000 }, { socket: { tls: false } }], invalid: ['tls', [], null, { socket: { tls: true } }, { socket: { tls: 'yes' } }] },
     cluster: { valid: [['redis://127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']], invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], ['redis://a:7000/99999999999999999999'], 'redis://a:7000'] },
     sentinel: { valid: [sentinel], invalid: [[], 'redis://a:26379'] },
     client: { valid: [createClient({ url })], invalid: [{}, 'client'] },

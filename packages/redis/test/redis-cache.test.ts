@@ -258,5 +258,15 @@ describe('RedisCache on a real redis-server', () => {
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
     expect(error(() => new RedisCache(42 as never)).option).toBe('options');
     expect(() => new RedisCache('rediss://user:pw@redis.example:6380/1')).not.toThrow();
+    // A TLS flag contradicting the scheme, which node-redis would refuse at every connect.
+    const tls = (url: string, flag: boolean) => ({ ...(url.includes(',') ? { cluster: url.split(',') } : { url }), clientOptions: { socket: { tls: flag } as never } });
+    for (const [url, flag] of [['rediss://:topsecret@host:6380/1', false], ['redis://:topsecret@host:6379', true], ['redis://:topsecret@a:7000,redis://:topsecret@b:7000', true]] as const) {
+      expect(error(() => new RedisCache(tls(url, flag)))).toMatchObject({
+        code: 'ERR_WXKIT_INVALID_OPTION',
+        option: 'clientOptions',
+        message: expect.stringMatching(new RegExp(`socket\\.tls must be left out, or agree with the URL.*\\(got ${flag} for rediss?://:\\*\\*\\*@`)),
+      });
+    }
+    expect(() => new RedisCache(tls('rediss://user:pw@redis.example:6380/1', true))).not.toThrow();
   });
 });
