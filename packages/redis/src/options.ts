@@ -11,7 +11,11 @@ export interface RedisCacheOptions {
    * the path selects the database.
    */
   url?: string;
-  /** Redis Cluster root nodes, as URLs (`redis://user:pass@10.0.0.1:7000`). Every wxkit command uses one key, so any slot layout works. */
+  /**
+   * Redis Cluster root nodes, as URLs (`redis://user:pass@10.0.0.1:7000`). Their user, password and scheme
+   * are used for every node the cluster discovers, so they are the same in each URL. Every wxkit command
+   * uses one key, so any slot layout works.
+   */
   cluster?: string[];
   /**
    * A primary and its replicas behind Redis Sentinel: commands go to whichever node the Sentinels name
@@ -114,8 +118,21 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     // Root nodes serve only to discover the cluster, through a client of their own that node-redis
     // never ends if a node accepts and never answers: a socket timeout ends its handshake.
     const rootNodes = opts.cluster.map((url) => ({ url, socket: { socketTimeout: connectTimeoutMs } }));
+    // node-redis reads a root node's URL for discovery only: the clients of the nodes it discovers are
+    // made from `defaults`. The URLs' user, password and scheme go there too (clientOptions win).
+    const first = new URL(opts.cluster[0]!);
+    const fromUrl: RedisClientOptions = {
+      ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+      ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+      ...(first.protocol === 'rediss:' ? { socket: { tls: true } as RedisClientOptions['socket'] } : {}),
+    };
+    const clusterDefaults: RedisClientOptions = {
+      ...fromUrl,
+      ...opts.clientOptions,
+      socket: { ...fromUrl.socket, ...opts.clientOptions?.socket } as RedisClientOptions['socket'],
+    };
     return {
-      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, opts.clientOptions, false) }) as RedisClientLike,
+      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, clusterDefaults, false) }) as RedisClientLike,
       where: `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`,
       connectTimeoutMs,
       stallTimeoutMs,
@@ -164,9 +181,20 @@ const SENTINEL_URL_RULE = 'redis://[user:password@]host:port URLs, without a dat
 
 const REDIS_OPTIONS = {
   url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: badDatabase }),
-  cluster: rule(`a non-empty array of ${URL_RULE.slice(2)}s`, (value) => nonEmptyArray(value) && value.every((url) => redisUrl(url) === 'ok'), {
-    nearMiss: (value) => (nonEmptyArray(value) ? value.map(badDatabase).find(Boolean) : undefined),
-  }),
+  // The nodes discovered are all connected with one user, password and scheme: the URLs must agree on them.
+  cluster: rule(
+    `a non-empty array of ${URL_RULE.slice(2)}s`,
+    (value) => nonEmptyArray(value) && value.every((url) => redisUrl(url) === 'ok') && logins(value) === 1 && schemes(value) === 1,
+    {
+      nearMiss: (value) => {
+        if (!nonEmptyArray(value)) return undefined;
+        const database = value.map(badDatabase).find(Boolean);
+        if (database || !value.every((url) => redisUrl(url) === 'ok')) return database;
+        if (logins(value) !== 1) return `must be URLs with one user and password, as every node is connected with them (got ${logins(value)} different)`;
+        return schemes(value) === 1 ? undefined : 'must be URLs of one scheme, redis:// or rediss://, as every node is connected with it (got both)';
+      },
+    },
+  ),
   sentinel: rule('an object { sentinels, masterName }', isObject),
   client: rule('a node-redis client, cluster or sentinel', (value) => isObject(value) && typeof value.connect === 'function'),
   connectTimeoutMs: durationMs(),
@@ -226,6 +254,11 @@ function checkSentinel(sentinel: RedisCacheSentinelOptions): void {
 /** How many user:password pairs the Sentinel URLs carry: one, or a mistake. */
 function logins(urls: unknown[]): number {
   return new Set(urls.map((url) => `${new URL(url as string).username}:${new URL(url as string).password}`)).size;
+}
+
+/** How many schemes (redis:, rediss:) the URLs use. */
+function schemes(urls: unknown[]): number {
+  return new Set(urls.map((url) => new URL(url as string).protocol)).size;
 }
 
 /** `ok`, `database` (a path that is no database number), or `no` (not a redis:// or rediss:// URL with a host). */

@@ -2,6 +2,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { redisCli, startRedisCluster, type RedisClusterServers } from '@wxkit/testing';
 import { RedisCache } from '../src/index.js';
 
+// The user and password in the root node URLs are every node's, not the discovery's alone.
+//
 // A Cluster keeps a node client that stopped reconnecting, closed, for good: every command for that
 // node's slots would fail ("The client is closed") while the cluster still reads as open. So a refusal a
 // node's reconnect meets (a password rolled out node by node, put back after a mistake) is retried there,
@@ -36,6 +38,33 @@ describe('RedisCache on Redis Cluster, a node refusing a reconnect for a while',
       // Put right: the node clients reconnect on their own, and every key answers again.
       for (const node of cluster.nodes) redisCli(node.port, '-a', OTHER, 'CONFIG', 'SET', 'requirepass', PASSWORD);
       await vi.waitFor(async () => expect(await Promise.all(keys.map((key) => cache.get(key)))).toEqual(keys.map(() => 'v')), { timeout: 15_000, interval: 250 });
+    } finally {
+      await cache.close();
+    }
+  }, 60_000);
+});
+
+describe('RedisCache on Redis Cluster, the credentials in the root node URLs', () => {
+  it('a password in the URLs is used for every node the cluster discovers, not only for discovery', async () => {
+    const cache = new RedisCache({ cluster: cluster.urls.map((url) => url.replace('redis://', `redis://:${PASSWORD}@`)) });
+    try {
+      // Keys on every master: each node's client authenticates with it.
+      const keys = Array.from({ length: 12 }, (_, i) => `wechat:cluster-url-password:${i}`);
+      for (const key of keys) await cache.set(key, 'v', 60);
+      expect(await Promise.all(keys.map((key) => cache.get(key)))).toEqual(keys.map(() => 'v'));
+      expect(cluster.nodes.map((node) => redisCli(node.port, '-a', PASSWORD, 'KEYS', 'wechat:cluster-url-password:*').length > 0)).toEqual([true, true, true]);
+    } finally {
+      await cache.close();
+    }
+  }, 60_000);
+
+  it('so are an ACL user and its password', async () => {
+    for (const node of cluster.nodes) redisCli(node.port, '-a', PASSWORD, 'ACL', 'SETUSER', 'wxkit', 'on', '>wxkit-pw', '~wechat:*', '&*', '+@all');
+    const cache = new RedisCache({ cluster: cluster.urls.map((url) => url.replace('redis://', 'redis://wxkit:wxkit-pw@')) });
+    try {
+      const keys = Array.from({ length: 12 }, (_, i) => `wechat:cluster-url-acl:${i}`);
+      for (const key of keys) await cache.set(key, 'v', 60);
+      expect(await Promise.all(keys.map((key) => cache.get(key)))).toEqual(keys.map(() => 'v'));
     } finally {
       await cache.close();
     }

@@ -30,7 +30,11 @@ describeOptions({
     stallTimeoutMs: { valid: [1, 10_000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, '10000'] },
     // socket.tls must agree with the URL's scheme: node-redis refuses anything else at every connect.
     clientOptions: { valid: [{ pingInterval: 1000 }, { socket: { tls: false } }], invalid: ['tls', [], null, { socket: { tls: true } }, { socket: { tls: 'yes' } }] },
-    cluster: { valid: [['redis://127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']], invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], ['redis://a:7000/99999999999999999999'], 'redis://a:7000'] },
+    cluster: {
+      valid: [['redis://127.0.0.1:9', 'redis://127.0.0.1:10'], ['redis://user:pw@127.0.0.1:9', 'redis://user:pw@127.0.0.1:10']],
+      // Every node is connected with one user, password and scheme: the URLs must agree on them.
+      invalid: [[], ['http://a:1'], ['redis://:topsecret@a:7000/x'], ['redis://a:7000/99999999999999999999'], ['redis://:one@a:7000', 'redis://:two@b:7000'], ['rediss://a:7000', 'redis://b:7000'], 'redis://a:7000'],
+    },
     sentinel: { valid: [sentinel], invalid: [[], 'redis://a:26379'] },
     client: { valid: [createClient({ url })], invalid: [{}, 'client'] },
   } satisfies Record<keyof RedisCacheOptions, OptionCases>,
