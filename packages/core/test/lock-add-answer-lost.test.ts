@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, TokenUnavailableError } from '../src/index.js';
+import { CacheError, MemoryCache, OfficialAccount, TokenUnavailableError } from '../src/index.js';
+import { recordingLogger } from './helpers.js';
 
 // A store that sends an `add` again after a timeout of its own (a client library's retry) may write the
 // first and answer the second: `false`, for a lock that holds this process's own owner. The process must
@@ -57,6 +58,36 @@ describe('a lock whose add answered false after writing it', () => {
     expect(cache.lockAdds).toBeGreaterThanOrEqual(3);
     expect(cache.lockDeletes).toBe(0);
     expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
+  });
+});
+
+/** A MemoryCache whose lock key holds another program's hash: every `add` of it is refused with reason `type`. */
+class LockKeyOfAnotherKind extends MemoryCache {
+  lockAdds = 0;
+  override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    if (!key.endsWith(':lock')) return super.add(key, value, ttlSeconds);
+    this.lockAdds += 1;
+    throw new CacheError('RedisCache add failed: WRONGTYPE Operation against a key holding the wrong kind of value', { reason: 'type' });
+  }
+}
+
+describe("a lock key that holds another kind of value (another program's hash)", () => {
+  it('holds no lock: each refresh fetches without it, the store stays up, and it is logged once as a foreign entry', async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new LockKeyOfAnotherKind();
+    const logger = recordingLogger();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, fallbackDir: false, memoMs: 0, lockWaitMs: 300 });
+    const token = await app.accessToken.getToken();
+    expect(await app.accessToken.getToken()).toBe(token);
+    expect(await app.accessToken.forceRefresh()).not.toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    expect(cache.lockAdds).toBe(2);
+    const events = logger.lines.map((line) => (line.fields as { event?: string }).event);
+    expect(logger.lines.filter((line) => (line.fields as { event?: string }).event === 'cache.foreign_entry').map((line) => line.fields)).toEqual([
+      expect.objectContaining({ appId, key: `${app.accessToken.cacheKey}:lock`, bytes: 0, foreign: true, schema: expect.any(String) }),
+    ]);
+    expect(events).not.toContain('cache.unavailable');
     await app.close();
   });
 });

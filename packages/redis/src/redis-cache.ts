@@ -42,8 +42,10 @@ interface Subscriber {
 // the server with the write, not a round trip later from a writer whose process may be busy by then. It
 // publishes with pcall: an ACL user without rights on the channel (Redis 7 users start with none) still
 // writes, and only its notification is lost, as a refused PUBLISH of its own would be.
+// ADD answers a key of another kind (a hash or list: another program's, never a lock, with no lease to run
+// out) as GET would, WRONGTYPE, not as a lock held. Its TYPE is a pcall too: a user refused TYPE gets 0.
 const ADD = script(
-  "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then redis.pcall('PUBLISH', ARGV[3], ARGV[4]) return 1 else return 0 end",
+  "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then redis.pcall('PUBLISH', ARGV[3], ARGV[4]) return 1 end local kind = redis.pcall('TYPE', KEYS[1]).ok if kind and kind ~= 'string' and kind ~= 'none' then return redis.error_reply('WRONGTYPE Operation against a key holding the wrong kind of value') end return 0",
 );
 const COMPARE_AND_DELETE = script(
   "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) redis.pcall('PUBLISH', ARGV[2], ARGV[3]) return 1 else return 0 end",

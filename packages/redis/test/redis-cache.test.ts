@@ -159,11 +159,11 @@ describe('RedisCache on a real redis-server', () => {
     const key = `wechat:stable_access_token:${one.appId}`;
     redisCli(redis.port, 'HSET', key, 'access_token', 'NOT_OURS');
     try {
-      // The adapter: WRONGTYPE is reason `type`; SET NX finds the key taken.
+      // The adapter: WRONGTYPE is reason `type`, for add too (no lock can be held under a hash).
       await expect(cache.get(key)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
       await expect(cache.compareAndSet(key, 'a', 'b', 60)).rejects.toMatchObject({ reason: 'type', message: expect.stringMatching(/another kind of value/) });
       await expect(cache.deleteIfEquals(key, 'a')).rejects.toMatchObject({ reason: 'type' });
-      expect(await cache.add(key, 'a', 60)).toBe(false);
+      await expect(cache.add(key, 'a', 60)).rejects.toMatchObject({ reason: 'type' });
       // The protocol: a miss that is never replaced, the token fetched once and kept in memory.
       const app = new OfficialAccount({ ...one, baseUrl: mock.url, cache, logger, memoMs: 0 });
       const token = await app.accessToken.getToken();
@@ -178,6 +178,32 @@ describe('RedisCache on a real redis-server', () => {
       expect(events.filter((event) => event === 'cache.foreign_entry')).toHaveLength(1);
       expect(events).not.toContain('cache.unavailable');
       await Promise.all([app.close(), neighbour.close()]);
+    } finally {
+      await cache.close();
+    }
+  });
+
+  it("a refresh lock key holding a hash (another program's) holds no lock: the token is fetched without the shared lock, once, and the hash is left as it is", async () => {
+    const cache = new RedisCache(redis.url);
+    const events: string[] = [];
+    const logger = { debug() {}, info() {}, warn: (fields: unknown) => void events.push(String((fields as { event?: string }).event)), error() {} };
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'HSET', `${key}:lock`, 'owner', 'another-program');
+    try {
+      // The adapter: add on a hash is reason `type`, as every other call on it, not a lock taken for ever.
+      await expect(cache.add(`${key}:lock`, 'a', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+      // The protocol: a lock wait far shorter than the default, which a process waiting on the hash would spend and fail.
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, memoMs: 0, lockWaitMs: 1_000 });
+      const token = await app.accessToken.getToken();
+      expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe(token);
+      const forced = await app.accessToken.forceRefresh();
+      expect(forced).not.toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+      expect(redisCli(redis.port, 'HGET', `${key}:lock`, 'owner')).toBe('another-program');
+      expect(events.filter((event) => event === 'cache.foreign_entry')).toHaveLength(1);
+      expect(events).not.toContain('cache.unavailable');
+      await app.close();
     } finally {
       await cache.close();
     }

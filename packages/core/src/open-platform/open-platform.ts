@@ -442,7 +442,7 @@ export class OpenPlatform {
    */
   async #authorizeOnce(authorizationCode: string, key: string): Promise<Authorization> {
     const core = this.#core;
-    const lock = new RefreshLock(core.schema.lockKey(key), core.schema.redactKey?.(core.schema.lockKey(key)) ?? core.schema.lockKey(key), core.log, this.appId);
+    const lock = new RefreshLock(core.schema.lockKey(key), core.schema.redactKey?.(core.schema.lockKey(key)) ?? core.schema.lockKey(key), core.log, this.appId, 'owner', core.schema.name);
     const watch = (onChange: () => void) => core.store.watch([key, lock.key], onChange);
     for (let round = 0; round < AUTHORIZATION_LOCK_ROUNDS; round += 1) {
       if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizationCode');

@@ -89,9 +89,12 @@ export class RefreshLock {
   #lost: Map<string, GuardedStore> | undefined;
 
   readonly #value: LockValue;
+  /** The key schema's name, for the event that reports another program's value under the key. */
+  readonly #schema: string;
 
-  constructor(key: string, logKey: string, log: Log, appId: string, value: LockValue = 'owner') {
+  constructor(key: string, logKey: string, log: Log, appId: string, value: LockValue = 'owner', schema = '') {
     this.#value = value;
+    this.#schema = schema;
     this.key = flattened(key);
     this.#logKey = logKey === key ? this.key : flattened(logKey);
     this.#log = log;
@@ -99,7 +102,8 @@ export class RefreshLock {
   }
 
   /**
-   * One attempt: the lock, `held` by another owner, or `unavailable` when the store has no atomic add.
+   * One attempt: the lock, `held` by another owner, or `unavailable` when the store has no atomic add or
+   * the lock's key holds another kind of value (a Redis hash: the store's CacheError reason `type`).
    * Rejects with a CacheError when the store fails (the owner is then remembered for clean-up).
    * `keepAliveMs`: hold it with that short lease, renewed up to `leaseMs`, where the store can.
    */
@@ -124,6 +128,18 @@ export class RefreshLock {
       if (!won && this.#value === 'expiry-ms') won = await this.#takeOverExpired(store, owner, leaseMs);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
+      // The lock's key holds another kind of value (a Redis hash or list: another program's data, never a
+      // lock, and with no lease to run out): no lock can be held there, as on a store without atomic add.
+      if (error.reason === 'type') {
+        if (!this.#reportedOtherKind) {
+          this.#reportedOtherKind = true;
+          this.#log.warn(
+            { event: 'cache.foreign_entry', appId: this.#appId, key: this.#logKey, schema: this.#schema, bytes: 0, foreign: true },
+            "The refresh lock's key holds another kind of value than a string (another program's data); it is left as it is, and refreshes go on without the shared lock",
+          );
+        }
+        return 'unavailable';
+      }
       // The answer was lost, not necessarily the write: the lock may be ours in the store.
       if (!neverSent(error)) this.#remember(owner, store);
       throw error;
@@ -171,6 +187,9 @@ export class RefreshLock {
       }
     }
   }
+
+  /** Whether a lock key holding another kind of value was logged. */
+  #reportedOtherKind = false;
 
   /** The expired lock value last refused a takeover, so each one is logged once. */
   #refusedTakeover: string | undefined;

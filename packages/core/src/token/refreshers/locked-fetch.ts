@@ -142,7 +142,7 @@ export class LockedFetchRefresher implements Refresher {
     this.#upstream = upstream;
     this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
-    this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue);
+    this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue, ctx.entries.schema.name);
     this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
   }
 
