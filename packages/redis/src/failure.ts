@@ -9,7 +9,7 @@ const HINTS: Record<CacheErrorReason, string> = {
   timeout: 'no answer in time: check that Redis runs there and that no firewall drops the connection',
   tls: 'the TLS handshake failed: check the certificate (clientOptions.socket.ca) and that the server speaks TLS (rediss://) or not (redis://)',
   database: 'no such database: the server has fewer databases than the number in the URL (its `databases` setting)',
-  readonly: 'the server refuses writes (a read-only replica, too few replicas for min-replicas-to-write, or a failed save): point wxkit at the primary',
+  readonly: 'the server refuses writes (a read-only replica, too few replicas for min-replicas-to-write, a failed save, or its memory full: maxmemory with noeviction): point wxkit at the primary, or give Redis memory',
   permission: 'the user may not run this command on this key: its ACL needs the read and write commands on the token keys',
   disconnected: 'the connection dropped; node-redis reconnects on its own',
   closed: 'closed',
@@ -35,7 +35,7 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   if (typeof code === 'string' && TLS_CODES.test(code)) return 'tls';
   const word = /^[A-Z]+/.exec(text)?.[0];
   if (word === 'NOAUTH' || word === 'WRONGPASS' || /^ERR (AUTH|invalid password)/.test(text)) return 'auth';
-  if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF') return 'readonly';
+  if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF' || word === 'OOM') return 'readonly';
   if (word === 'NOPERM') return 'permission';
   if (word === 'WRONGTYPE') return 'type';
   if (/^ERR (DB index is out of range|invalid DB index)/.test(text)) return 'database';

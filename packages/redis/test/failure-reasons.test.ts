@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CacheError } from '@wxkit/core';
-import { freePort, startRedis, type StoreServer } from '@wxkit/testing';
+import { freePort, redisCli, startRedis, type StoreServer } from '@wxkit/testing';
 import { childThatExitsByItself } from '@wxkit/testing/suite';
 import { RedisCache } from '../src/index.js';
 
@@ -106,6 +106,24 @@ describe('RedisCache failures name their cause', () => {
       const error = await failure(server.url, 'set');
       expect(error.reason, server.url).toBe('readonly');
       expect(error.message).toMatch(/refuses writes/);
+    }
+  });
+
+  it('readonly: a full server (maxmemory with noeviction: OOM) reads, and refuses writes, the lock included', async () => {
+    redisCli(twoDatabases.port, 'CONFIG', 'SET', 'maxmemory', '1');
+    try {
+      const cache = new RedisCache(twoDatabases.url);
+      try {
+        await expect(cache.get('wechat:reason-test')).resolves.toBeUndefined();
+        await expect(cache.add('wechat:reason-test:lock', 'owner', 60)).rejects.toMatchObject({ reason: 'readonly' });
+      } finally {
+        await cache.close();
+      }
+      const error = await failure(twoDatabases.url, 'set');
+      expect(error.reason).toBe('readonly');
+      expect(error.message).toMatch(/memory full.*give Redis memory/);
+    } finally {
+      redisCli(twoDatabases.port, 'CONFIG', 'SET', 'maxmemory', '0');
     }
   });
 
