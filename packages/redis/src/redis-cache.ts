@@ -327,8 +327,12 @@ export class RedisCache implements TokenCache {
     try {
       const client = await this.#connection.client();
       connecting = false;
-      // A new client (the last one was given up): the subscriber made from the old one goes with it.
-      if (this.#live && this.#live.parent !== client) this.#dropSubscriber(this.#live.parent);
+      // A new client (the last one was given up): the subscriber made from the old one goes with it. So
+      // does one that closed itself (a caller's client whose reconnect strategy gave up, connected again
+      // here as the same object: its subscriber, sharing that strategy, stays closed for good).
+      if (this.#live && (this.#live.parent !== client || (this.#live.subscriber as { isOpen?: boolean }).isOpen === false)) {
+        this.#dropSubscriber(this.#live.parent);
+      }
       // A command still unanswered after stallTimeoutMs means a connection gone silent, or a node that
       // hangs. Our single server's client is given up (its pending commands fail), and the next call
       // connects anew. A Cluster's or Sentinel's client is left open: it holds the other nodes'

@@ -224,6 +224,44 @@ describe('RedisCache.watch', () => {
     }
   });
 
+  it("a caller's client whose reconnect strategy gave up, connected again by the next call, gets a new subscriber too: the one made from it closed for good", async () => {
+    let gaveUp = 0;
+    const client = createClient({
+      url: redis.url,
+      socket: {
+        reconnectStrategy: () => {
+          gaveUp += 1;
+          return new Error('no reconnecting');
+        },
+      },
+    });
+    client.on('error', () => undefined);
+    const cache = new RedisCache({ client });
+    const writer = new RedisCache(redis.url);
+    const admin = createClient({ url: redis.url });
+    try {
+      await admin.connect();
+      const k = key();
+      let told = 0;
+      const stop = cache.watch(k, () => (told += 1));
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // The client's connection and its subscriber's dropped by the server: both close themselves.
+      await admin.sendCommand(['CLIENT', 'KILL', 'ID', String(await client.clientId())]);
+      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
+      await vi.waitFor(() => expect(gaveUp).toBe(2), { timeout: 10_000, interval: 5 });
+      // The next call connects the same client object again, as documented, and answers.
+      await expect(cache.get(k)).resolves.toBeUndefined();
+      // A new subscriber, once in place, has every watcher look once; then it hears the next write.
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+      await writer.set(k, 'v', 60);
+      await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
+      stop();
+    } finally {
+      await Promise.all([cache.close(), writer.close(), admin.destroy()]);
+      if (client.isOpen) client.destroy();
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
