@@ -34,7 +34,12 @@ function maskWord(word: string): string {
   if (scheme < 1) return word;
   const colon = word.indexOf(':', scheme + 3);
   const at = word.lastIndexOf('@');
-  return colon < 0 || at < colon || word.slice(scheme + 3, colon).includes('@') ? word : `${word.slice(0, colon + 1)}***${word.slice(at)}`;
+  if (colon >= 0 && at > colon && !word.slice(scheme + 3, colon).includes('@')) return `${word.slice(0, colon + 1)}***${word.slice(at)}`;
+  // A userinfo with no `:` (`redis://secret@host`) is the password in redis-cli's reading (and PHP's,
+  // Python's), as the library's messages take it: masked whole.
+  const slash = word.indexOf('/', scheme + 3);
+  const lone = word.lastIndexOf('@', slash < 0 ? word.length : slash);
+  return lone > scheme + 3 && !word.slice(scheme + 3, lone).includes(':') ? `${word.slice(0, scheme + 3)}***${word.slice(lone)}` : word;
 }
 
 /** Options that are not wxkit's, with what to do instead. */

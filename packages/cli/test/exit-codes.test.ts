@@ -126,8 +126,9 @@ describe('wxkit exit codes and messages', () => {
   it('a password with quotes or a raw @ in it is masked whole', () => {
     expect(maskPasswords(`"redis://app:it's\"sec@ret@127.0.0.1:6379"`)).toBe('"redis://app:***@127.0.0.1:6379"');
     expect(maskPasswords('got memcached://u:p%40ss@h:11211 and redis://h:6379')).toBe('got memcached://u:***@h:11211 and redis://h:6379');
-    // No password: a user alone, or a port, is left as it is.
-    expect(maskPasswords('redis://user@h:6379 redis://h:6379/0')).toBe('redis://user@h:6379 redis://h:6379/0');
+    // A userinfo alone is a password to redis-cli (`redis://secret@h`), masked as the library masks it;
+    // a port, or an @ in a path, is left as it is.
+    expect(maskPasswords('redis://secret@h:6379 redis://h:6379/0 https://h/a@b')).toBe('redis://***@h:6379 redis://h:6379/0 https://h/a@b');
     // The usage text quoted after an error keeps its placeholder as written.
     expect(maskPasswords('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port')).toBe('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port');
     // …and a real password beside it is masked all the same.
