@@ -62,6 +62,22 @@ function rawConnection(service: TokenService): { socket: Socket; received: Promi
   return { socket, received };
 }
 
+/** A service for a fresh mock app, and the log lines it writes. */
+async function servedWithLog(options: Partial<TokenServiceOptions> = {}): Promise<{ service: TokenService; app: MockApp; lines: Record<string, unknown>[] }> {
+  const lines: Record<string, unknown>[] = [];
+  const record = (fields: Record<string, unknown>) => void lines.push(fields);
+  return { ...(await serve({ ...options, logger: { info: record, warn: record, error: record } })), lines };
+}
+
+/** Sends `requests` on a connection of its own, and hangs up once WeChat was asked for the first (its answer still to come). */
+async function hangUpOnceAsked(service: TokenService, app: MockApp, requests: string): Promise<void> {
+  const before = mock.counters(app.appId).requests;
+  const { socket } = rawConnection(service);
+  socket.write(requests);
+  await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+  socket.destroy();
+}
+
 /** The status lines of the HTTP answers in `text`. */
 const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
 
@@ -168,9 +184,7 @@ describe('close() of the token service', () => {
   });
 
   it('a request still under way requestTimeoutMs after close() began is cut (logged 503 cut_at_shutdown, not as its client gone), and close() resolves', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const { service, app } = await serve({ requestTimeoutMs: 300, logger: { info: record, warn: record, error: record } });
+    const { service, app, lines } = await servedWithLog({ requestTimeoutMs: 300 });
     let closing: Promise<unknown> | undefined;
     const agent = new Agent({ keepAlive: true, maxSockets: 1 });
     try {
@@ -194,17 +208,11 @@ describe('close() of the token service', () => {
   });
 
   it('a request whose client hung up before SIGTERM, its fetch then cut, is logged 499 client_gone, not cut_at_shutdown', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
     // One connection served: the next is served only once the service has seen the first one go.
-    const { service, app } = await serve({ requestTimeoutMs: 300, maxConnections: 1, logger: { info: record, warn: record, error: record } });
+    const { service, app, lines } = await servedWithLog({ requestTimeoutMs: 300, maxConnections: 1 });
     try {
       mock.setLatency(600_000);
-      const before = mock.counters(app.appId).requests;
-      const { socket } = rawConnection(service);
-      socket.write(`GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
-      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
-      socket.destroy();
+      await hangUpOnceAsked(service, app, `GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
       await vi.waitFor(async () => expect((await fetch(`${service.url}/healthz`)).status).toBe(200));
       await service.close();
       await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toHaveLength(1));
@@ -216,17 +224,11 @@ describe('close() of the token service', () => {
   });
 
   it('a request whose client hung up while its token was fetched (its own timeout ran out) is logged and counted 499 client_gone, not as the 200 it never got', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
     try {
       // WeChat answers, but only after the client is gone.
       mock.setLatency(2_000);
-      const before = mock.counters(app.appId).requests;
-      const { socket } = rawConnection(service);
-      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
-      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
-      socket.destroy();
+      await hangUpOnceAsked(service, app, `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
       const answered = () => lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/token/{app}');
       await vi.waitFor(() => expect(answered()).toHaveLength(1), { timeout: 10_000 });
       expect(answered()[0]).toMatchObject({ status: 499, reason: 'client_gone' });
@@ -240,9 +242,7 @@ describe('close() of the token service', () => {
   });
 
   it('a request pipelined behind one still under way that fails (404) is answered, after the first, and logged with its status', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
     const { socket } = rawConnection(service);
     let text = '';
     socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
@@ -260,17 +260,11 @@ describe('close() of the token service', () => {
   });
 
   it('requests pipelined behind one under way whose client hangs up are each logged 499 client_gone, not 200', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const { service, app } = await serve({ checkEverySeconds: 3600, logger: { info: record, warn: record, error: record } });
+    const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
     try {
       mock.setLatency(2_000);
-      const before = mock.counters(app.appId).requests;
-      const { socket } = rawConnection(service);
       const get = `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`;
-      socket.write(get + get);
-      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
-      socket.destroy();
+      await hangUpOnceAsked(service, app, get + get);
       const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.status)} ${String(line.reason)}`);
       await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
       expect(logged()).toEqual(['499 client_gone', '499 client_gone']);

@@ -28,6 +28,25 @@ async function listen() {
   return { messages, subscriber };
 }
 
+
+/**
+ * Watches a key on `cache`, has `kill` drop both of its connections, and waits until both gave up (the
+ * reconnect strategy counted twice); then the next call answers, the new subscriber has the watcher look
+ * once, and it hears the next write of `writer`.
+ */
+async function watchOutlivesGivingUp(cache: RedisCache, writer: RedisCache, gaveUp: () => number, kill: () => Promise<void>): Promise<void> {
+  const k = key();
+  let told = 0;
+  const stop = cache.watch(k, () => (told += 1));
+  await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+  await kill();
+  await vi.waitFor(() => expect(gaveUp()).toBe(2), { timeout: 10_000, interval: 5 });
+  await expect(cache.get(k)).resolves.toBeUndefined();
+  await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+  await writer.set(k, 'v', 60);
+  await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
+  stop();
+}
 describe('RedisCache.watch', () => {
   it('a write through another RedisCache calls onChange; a write to another key does not', async () => {
     const [writer, watcher] = [new RedisCache(redis.url), new RedisCache(redis.url)];
@@ -203,21 +222,11 @@ describe('RedisCache.watch', () => {
     const admin = createClient({ url: server.url });
     try {
       await admin.connect();
-      const k = key();
-      let told = 0;
-      const stop = cache.watch(k, () => (told += 1));
-      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
       // Both of the cache's connections dropped by the server.
-      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
-      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
-      await vi.waitFor(() => expect(gaveUp).toBe(2), { timeout: 10_000, interval: 5 });
-      // The next call connects anew and answers; the closed subscriber is ended quietly.
-      await expect(cache.get(k)).resolves.toBeUndefined();
-      // A new subscriber, once in place, has every watcher look once; then it hears the next write.
-      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
-      await writer.set(k, 'v', 60);
-      await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
-      stop();
+      await watchOutlivesGivingUp(cache, writer, () => gaveUp, async () => {
+        await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'normal', 'SKIPME', 'yes']);
+        await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
+      });
     } finally {
       await Promise.all([cache.close(), writer.close(), admin.destroy()]);
       await server.stop();
@@ -241,21 +250,12 @@ describe('RedisCache.watch', () => {
     const admin = createClient({ url: redis.url });
     try {
       await admin.connect();
-      const k = key();
-      let told = 0;
-      const stop = cache.watch(k, () => (told += 1));
-      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
-      // The client's connection and its subscriber's dropped by the server: both close themselves.
-      await admin.sendCommand(['CLIENT', 'KILL', 'ID', String(await client.clientId())]);
-      await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
-      await vi.waitFor(() => expect(gaveUp).toBe(2), { timeout: 10_000, interval: 5 });
-      // The next call connects the same client object again, as documented, and answers.
-      await expect(cache.get(k)).resolves.toBeUndefined();
-      // A new subscriber, once in place, has every watcher look once; then it hears the next write.
-      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
-      await writer.set(k, 'v', 60);
-      await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
-      stop();
+      // The client's connection and its subscriber's dropped by the server: both close themselves. The
+      // next call connects the same client object again, as documented.
+      await watchOutlivesGivingUp(cache, writer, () => gaveUp, async () => {
+        await admin.sendCommand(['CLIENT', 'KILL', 'ID', String(await client.clientId())]);
+        await admin.sendCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub']);
+      });
     } finally {
       await Promise.all([cache.close(), writer.close(), admin.destroy()]);
       if (client.isOpen) client.destroy();
