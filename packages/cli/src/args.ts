@@ -29,7 +29,22 @@ export function maskPasswords(text: string): string {
 const PLACEHOLDER = '[user:pass@]';
 const ASIDE = '\u0000';
 
+/** Each URL of `word` masked on its own: a word may hold several (`redis://a@h1,redis://b@h2`). */
 function maskWord(word: string): string {
+  // Where each URL after the first starts: its scheme's letters before its `://` (indexOf only, as above).
+  const starts: number[] = [];
+  const first = word.indexOf('://');
+  for (let at = first < 0 ? -1 : word.indexOf('://', first + 3); at > 0; at = word.indexOf('://', at + 3)) {
+    let start = at;
+    while (start > 0 && /[A-Za-z0-9+.-]/.test(word[start - 1]!)) start -= 1;
+    // Only after a separator (a list's comma, a quote, a bracket): a `://` inside a password splits nothing.
+    if (start < at && start > first + 3 && /[,;"'()<>|]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
+  }
+  if (starts.length === 0) return maskUrlWord(word);
+  return [0, ...starts].map((start, i) => maskUrlWord(word.slice(start, starts[i]))).join('');
+}
+
+function maskUrlWord(word: string): string {
   const scheme = word.indexOf('://');
   if (scheme < 1) return word;
   const colon = word.indexOf(':', scheme + 3);

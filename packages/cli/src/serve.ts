@@ -485,9 +485,14 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       if (closing) res.setHeader('connection', 'close');
       /** The connection closed before the answer was out: its client went away (an abort, its own timeout). */
       let gone = false;
+      /** Settles once the answer is out ('finish') or its connection closed first. */
+      let settle: () => void = () => undefined;
+      const settled = new Promise<void>((resolve) => (settle = resolve));
+      res.once('finish', () => settle());
       const lost = () => {
         open.delete(res);
         if (!res.writableFinished) gone = true;
+        settle();
       };
       // An answer pipelined behind another has no socket of its own until that one is out, and hears no
       // 'close' when the connection closes meanwhile: the connection tells it.
@@ -501,6 +506,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       handle(req, res, info)
         .catch((error: unknown) => fail(res, error, info, log))
         .finally(() => {
+          // An answer pipelined behind another is not out when its handler ends: it is logged once it is
+          // sent, or as client_gone if its connection closes first.
+          if (res.socket === null && !res.writableFinished && !gone && !connectionOf(res)?.destroyed) void settled.then(report);
+          else report();
+        });
+      const report = () => {
           // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
           // still there then), whatever the handler did after: its client got no answer.
           if (cut.has(res)) {
@@ -525,7 +536,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
             },
             'request',
           );
-        });
+      };
     },
   );
   // Node's own clientError handling stays: a stalled request gets 408 and is closed, a malformed one 400.

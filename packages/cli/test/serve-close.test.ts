@@ -69,13 +69,17 @@ async function servedWithLog(options: Partial<TokenServiceOptions> = {}): Promis
   return { ...(await serve({ ...options, logger: { info: record, warn: record, error: record } })), lines };
 }
 
-/** Sends `requests` on a connection of its own, and hangs up once WeChat was asked for the first (its answer still to come). */
-async function hangUpOnceAsked(service: TokenService, app: MockApp, requests: string): Promise<void> {
+/**
+ * Sends `requests` on a connection of its own, and hangs up once WeChat was asked for the first (its
+ * answer still to come); resolves with what the connection received.
+ */
+async function hangUpOnceAsked(service: TokenService, app: MockApp, requests: string): Promise<string> {
   const before = mock.counters(app.appId).requests;
-  const { socket } = rawConnection(service);
+  const { socket, received } = rawConnection(service);
   socket.write(requests);
   await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
   socket.destroy();
+  return received;
 }
 
 /** The status lines of the HTTP answers in `text`. */
@@ -268,6 +272,22 @@ describe('close() of the token service', () => {
       const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.status)} ${String(line.reason)}`);
       await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
       expect(logged()).toEqual(['499 client_gone', '499 client_gone']);
+    } finally {
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
+  it('an answer pipelined behind a slow one, its handler done, whose client hangs up before either is sent is logged 499 client_gone, not 200', async () => {
+    const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
+    try {
+      mock.setLatency(2_000);
+      // /healthz's handler ends at once; its answer waits behind the token's.
+      const received = await hangUpOnceAsked(service, app, `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      expect(received).toBe('');
+      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
+      await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
+      expect(logged().sort()).toEqual(['/healthz 499 client_gone', '/v1/token/{app} 499 client_gone']);
     } finally {
       mock.setLatency(0);
       await service.close();

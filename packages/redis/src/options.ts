@@ -237,7 +237,7 @@ function normalize(options: unknown): RedisCacheOptions {
   // the URL, password and all): no retry mends it, so it is an invalid option, said once here rather than
   // as a store failure at every call. A cluster's root nodes are connected from their URLs too.
   const tls = (opts.clientOptions?.socket as { tls?: unknown } | undefined)?.tls;
-  const contradicted = tls === undefined ? undefined : [opts.url ?? [], opts.cluster ?? []].flat().find((url) => tls !== url.startsWith('rediss:'));
+  const contradicted = tls === undefined ? undefined : [opts.url ?? [], opts.cluster ?? []].flat().find((url) => tls !== (new URL(url).protocol === 'rediss:'));
   if (contradicted !== undefined) {
     throw new ConfigError(
       `RedisCache options.clientOptions socket.tls must be left out, or agree with the URL: true for rediss://, false for redis:// (got ${typeof tls === 'boolean' ? String(tls) : typeName(tls)} for ${maskUrl(contradicted)})`,

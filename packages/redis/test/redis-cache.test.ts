@@ -286,13 +286,14 @@ describe('RedisCache on a real redis-server', () => {
     expect(() => new RedisCache('rediss://user:pw@redis.example:6380/1')).not.toThrow();
     // A TLS flag contradicting the scheme, which node-redis would refuse at every connect.
     const tls = (url: string, flag: boolean) => ({ ...(url.includes(',') ? { cluster: url.split(',') } : { url }), clientOptions: { socket: { tls: flag } as never } });
-    for (const [url, flag] of [['rediss://:topsecret@host:6380/1', false], ['redis://:topsecret@host:6379', true], ['redis://:topsecret@a:7000,redis://:topsecret@b:7000', true]] as const) {
+    // A scheme is read as node-redis reads it, case aside (REDISS:// is TLS).
+    for (const [url, flag] of [['rediss://:topsecret@host:6380/1', false], ['REDISS://:topsecret@host:6380/1', false], ['redis://:topsecret@host:6379', true], ['redis://:topsecret@a:7000,redis://:topsecret@b:7000', true]] as const) {
       expect(error(() => new RedisCache(tls(url, flag)))).toMatchObject({
         code: 'ERR_WXKIT_INVALID_OPTION',
         option: 'clientOptions',
         message: expect.stringMatching(new RegExp(`socket\\.tls must be left out, or agree with the URL.*\\(got ${flag} for rediss?://:\\*\\*\\*@`)),
       });
     }
-    expect(() => new RedisCache(tls('rediss://user:pw@redis.example:6380/1', true))).not.toThrow();
+    for (const agreeing of ['rediss://user:pw@redis.example:6380/1', 'REDISS://user:pw@redis.example:6380/1']) expect(() => new RedisCache(tls(agreeing, true))).not.toThrow();
   });
 });
