@@ -503,6 +503,33 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         // An answer whose headers were out before close() began keeps its connection alive: closed here.
         if (closing) server.closeIdleConnections();
       });
+      /** Logs and counts the answer, as its client got it. */
+      const report = () => {
+        // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
+        // still there then), whatever the handler did after: its client got no answer.
+        if (cut.has(res)) {
+          info.reason = 'cut_at_shutdown';
+          res.statusCode = 503;
+        } else if (gone) {
+          // Whatever the handler answered afterwards went nowhere: not an answer its client got.
+          info.reason = 'client_gone';
+          res.statusCode = 499;
+        }
+        const seconds = (performance.now() - started) / 1000;
+        metrics.request(info.route, res.statusCode, seconds);
+        log?.info?.(
+          {
+            event: 'serve.request',
+            method: req.method,
+            route: info.route,
+            ...(info.app ? { app: info.app } : {}),
+            status: res.statusCode,
+            ms: Math.round(seconds * 1000),
+            ...(info.reason ? { reason: info.reason } : {}),
+          },
+          'request',
+        );
+      };
       handle(req, res, info)
         .catch((error: unknown) => fail(res, error, info, log))
         .finally(() => {
@@ -511,32 +538,6 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           if (res.socket === null && !res.writableFinished && !gone && !connectionOf(res)?.destroyed) void settled.then(report);
           else report();
         });
-      const report = () => {
-          // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
-          // still there then), whatever the handler did after: its client got no answer.
-          if (cut.has(res)) {
-            info.reason = 'cut_at_shutdown';
-            res.statusCode = 503;
-          } else if (gone) {
-            // Whatever the handler answered afterwards went nowhere: not an answer its client got.
-            info.reason = 'client_gone';
-            res.statusCode = 499;
-          }
-          const seconds = (performance.now() - started) / 1000;
-          metrics.request(info.route, res.statusCode, seconds);
-          log?.info?.(
-            {
-              event: 'serve.request',
-              method: req.method,
-              route: info.route,
-              ...(info.app ? { app: info.app } : {}),
-              status: res.statusCode,
-              ms: Math.round(seconds * 1000),
-              ...(info.reason ? { reason: info.reason } : {}),
-            },
-            'request',
-          );
-      };
     },
   );
   // Node's own clientError handling stays: a stalled request gets 408 and is closed, a malformed one 400.
