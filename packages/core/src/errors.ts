@@ -151,8 +151,9 @@ export class BadResponseError extends WxkitError {
  * for FileCache, a path that is no directory), `readonly` (the store takes no writes: a replica, too few
  * replicas, a failed save, a Redis whose memory is full, a read-only or full file system), `permission`
  * (the user may not run that command or touch that key, or write to that directory), `disconnected` (the
- * connection dropped), `closed` (used after close()), `value` (the value is no binary string, a character above U+00FF: a bug in the
- * code that encoded it, such as a custom KeySchema; the store was not asked, and is not taken for down),
+ * connection dropped), `closed` (used after close()), `value` (the value is no binary string, a character
+ * above U+00FF: a bug in the code that encoded it, such as a custom KeySchema; the store was not asked,
+ * and is not taken for down),
  * `type` (the key holds another kind of value than the string a TokenCache stores: a Redis hash, list or
  * set, another program's data; the store answered, and is not taken for down: a token entry's key that
  * holds one is read as another program's entry, left as it is), `protocol` (the server at that address
