@@ -41,20 +41,44 @@ function maskWord(word: string): string {
     if (start < at && start > first + 3 && /[,;"'()<>|]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
   }
   if (starts.length === 0) return maskUrlWord(word);
-  return [0, ...starts].map((start, i) => maskUrlWord(word.slice(start, starts[i]))).join('');
+  // A split may lie inside a password (`redis://u:pa,ss://word@h`): what the word read as one URL masks is
+  // masked too, with what each part masks.
+  const hidden = [passwordOf(word), ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start))]
+    .filter((range): range is [number, number] => range !== undefined)
+    .sort((a, b) => a[0] - b[0]);
+  let out = '';
+  let from = 0;
+  for (let i = 0; i < hidden.length; i += 1) {
+    let [start, end] = hidden[i]!;
+    while (i + 1 < hidden.length && hidden[i + 1]![0] <= end) end = Math.max(end, hidden[++i]![1]);
+    if (start < from) start = from;
+    out += `${word.slice(from, start)}***`;
+    from = Math.max(from, end);
+  }
+  return out + word.slice(from);
+}
+
+function shift(range: [number, number] | undefined, by: number): [number, number] | undefined {
+  return range && [range[0] + by, range[1] + by];
 }
 
 function maskUrlWord(word: string): string {
+  const range = passwordOf(word);
+  return range ? `${word.slice(0, range[0])}***${word.slice(range[1])}` : word;
+}
+
+/** Where the password of the URL `word` lies, as [start, end): what maskUrlWord masks. */
+function passwordOf(word: string): [number, number] | undefined {
   const scheme = word.indexOf('://');
-  if (scheme < 1) return word;
+  if (scheme < 1) return undefined;
   const colon = word.indexOf(':', scheme + 3);
   const at = word.lastIndexOf('@');
-  if (colon >= 0 && at > colon && !word.slice(scheme + 3, colon).includes('@')) return `${word.slice(0, colon + 1)}***${word.slice(at)}`;
+  if (colon >= 0 && at > colon && !word.slice(scheme + 3, colon).includes('@')) return [colon + 1, at];
   // A userinfo with no `:` (`redis://secret@host`) is the password in redis-cli's reading (and PHP's,
   // Python's), as the library's messages take it: masked whole.
   const slash = word.indexOf('/', scheme + 3);
   const lone = word.lastIndexOf('@', slash < 0 ? word.length : slash);
-  return lone > scheme + 3 && !word.slice(scheme + 3, lone).includes(':') ? `${word.slice(0, scheme + 3)}***${word.slice(lone)}` : word;
+  return lone > scheme + 3 && !word.slice(scheme + 3, lone).includes(':') ? [scheme + 3, lone] : undefined;
 }
 
 /** Options that are not wxkit's, with what to do instead. */

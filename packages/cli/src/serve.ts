@@ -602,7 +602,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     server.closeIdleConnections();
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
-      for (const res of open) if (!res.writableEnded && !connectionOf(res)?.destroyed) cut.add(res);
+      for (const res of open) if (!res.writableFinished && !connectionOf(res)?.destroyed) cut.add(res);
       // The clients first: a fetch cut by their close is no failure of WeChat's, and is not recorded as
       // one for the other instances sharing the store.
       for (const { client } of served.values()) void client.close();

@@ -132,8 +132,10 @@ describe('wxkit exit codes and messages', () => {
     // Each URL of a word that holds several (a cluster's list typed where no argument is taken).
     expect(maskPasswords('got "redis://pw1@h1:6379,redis://pw2@h2:6379"')).toBe('got "redis://***@h1:6379,redis://***@h2:6379"');
     expect(maskPasswords('redis://pw1@h1:6379,redis://app:pw2@h2:6379')).toBe('redis://***@h1:6379,redis://app:***@h2:6379');
-    // A password holding :// is still one password.
+    // A password holding :// is still one password, after a separator too.
     expect(maskPasswords('redis://u:pa://ss@h:6379')).toBe('redis://u:***@h:6379');
+    expect(maskPasswords('redis://u:pa,ss://word@h:6379')).toBe('redis://u:***@h:6379');
+    expect(maskPasswords("redis://u:p'x://y@h:6379")).toBe('redis://u:***@h:6379');
     // The usage text quoted after an error keeps its placeholder as written.
     expect(maskPasswords('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port')).toBe('--store URL  redis://[user:pass@]host:port[/db], memcached://[user:pass@]host:port');
     // …and a real password beside it is masked all the same.

@@ -294,6 +294,25 @@ describe('close() of the token service', () => {
     }
   });
 
+  it('an answer pipelined behind one cut at shutdown, its handler done, is logged 503 cut_at_shutdown with it: its client was still there', async () => {
+    const { service, app, lines } = await servedWithLog({ requestTimeoutMs: 300 });
+    try {
+      mock.setLatency(600_000);
+      const before = mock.counters(app.appId).requests;
+      const { socket, received } = rawConnection(service);
+      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      await service.close();
+      expect(statusLines(await received)).toEqual([]);
+      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
+      await vi.waitFor(() => expect(logged()).toHaveLength(2));
+      expect(logged().sort()).toEqual(['/healthz 503 cut_at_shutdown', '/v1/token/{app} 503 cut_at_shutdown']);
+    } finally {
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
   it('a request cut at shutdown whose handler answers after the cut (a slow store read) is logged 503 cut_at_shutdown, not 200', async () => {
     const lines: Record<string, unknown>[] = [];
     const record = (fields: Record<string, unknown>) => void lines.push(fields);
