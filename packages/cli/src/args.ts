@@ -29,7 +29,7 @@ export function maskPasswords(text: string): string {
 const PLACEHOLDER = '[user:pass@]';
 const ASIDE = '\u0000';
 
-/** Each URL of `word` masked on its own: a word may hold several (`redis://a@h1,redis://b@h2`). */
+/** Each URL of `word` masked, and the word read as one URL: a word may hold several (`redis://a@h1,redis://b@h2`). */
 function maskWord(word: string): string {
   // Where each URL after the first starts: its scheme's letters before its `://` (indexOf only, as above).
   const starts: number[] = [];
@@ -40,20 +40,19 @@ function maskWord(word: string): string {
     // Only after a separator (a list's comma, a quote, a bracket): a `://` inside a password splits nothing.
     if (start < at && start > first + 3 && /[,;"'()<>|]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
   }
-  if (starts.length === 0) return maskUrlWord(word);
   // A split may lie inside a password (`redis://u:pa,ss://word@h`): what the word read as one URL masks is
   // masked too, with what each part masks.
-  const hidden = [passwordOf(word), ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start))]
-    .filter((range): range is [number, number] => range !== undefined)
-    .sort((a, b) => a[0] - b[0]);
+  const hidden = [passwordOf(word), ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start))];
+  const ranges = hidden.filter((range): range is [number, number] => range !== undefined).sort((a, b) => a[0] - b[0]);
   let out = '';
   let from = 0;
-  for (let i = 0; i < hidden.length; i += 1) {
-    let [start, end] = hidden[i]!;
-    while (i + 1 < hidden.length && hidden[i + 1]![0] <= end) end = Math.max(end, hidden[++i]![1]);
-    if (start < from) start = from;
+  for (let i = 0; i < ranges.length; i += 1) {
+    // Overlapping ranges merged: the next one starts past this one's end.
+    const start = ranges[i]![0];
+    let end = ranges[i]![1];
+    while (i + 1 < ranges.length && ranges[i + 1]![0] <= end) end = Math.max(end, ranges[++i]![1]);
     out += `${word.slice(from, start)}***`;
-    from = Math.max(from, end);
+    from = end;
   }
   return out + word.slice(from);
 }
@@ -62,12 +61,7 @@ function shift(range: [number, number] | undefined, by: number): [number, number
   return range && [range[0] + by, range[1] + by];
 }
 
-function maskUrlWord(word: string): string {
-  const range = passwordOf(word);
-  return range ? `${word.slice(0, range[0])}***${word.slice(range[1])}` : word;
-}
-
-/** Where the password of the URL `word` lies, as [start, end): what maskUrlWord masks. */
+/** Where the password of the URL `word` lies, as [start, end). */
 function passwordOf(word: string): [number, number] | undefined {
   const scheme = word.indexOf('://');
   if (scheme < 1) return undefined;

@@ -51,6 +51,7 @@ export class StoreProbe {
 
   async #probe(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
+    let next: StoreState;
     try {
       await Promise.race([
         this.#cache.get(this.#key),
@@ -60,18 +61,17 @@ export class StoreProbe {
           timer.unref();
         }),
       ]);
-      // Stopped meanwhile: what a probe under way at stop() meets (the store closed by its owner) is no news.
-      if (!this.#stopped) this.#set({ up: true, since: Date.now() });
+      next = { up: true, since: Date.now() };
     } catch (error) {
-      if (this.#stopped) return;
       const { reason, message } = error as { reason?: string; message?: string };
       // The key holds another kind of value (a Redis hash): the store answered, about that key.
-      if (reason === 'type') this.#set({ up: true, since: Date.now() });
-      else this.#set({ up: false, since: Date.now(), ...(reason ? { reason } : {}), message: message ?? String(error) });
+      next = reason === 'type' ? { up: true, since: Date.now() } : { up: false, since: Date.now(), ...(reason ? { reason } : {}), message: message ?? String(error) };
     } finally {
       clearTimeout(timer);
     }
+    // Stopped meanwhile: what a probe under way at stop() meets (the store closed by its owner) is no news.
     if (this.#stopped) return;
+    this.#set(next);
     this.#timer = setTimeout(() => void this.#probe(), this.#intervalMs);
     this.#timer.unref();
   }

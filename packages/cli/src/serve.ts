@@ -262,6 +262,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     },
   });
   await probe.start();
+  /** Ends the periodic check, the looks after failures and the store probe: at close(), or when listening failed. */
+  const stopChecks = () => {
+    clearInterval(timer);
+    rechecking = false;
+    for (const target of served.values()) clearTimeout(target.recheck);
+    probe.stop();
+  };
   let closing = false;
   /** The answers close() cut past its grace, their clients still waiting for them then. */
   const cut = new WeakSet<ServerResponse>();
@@ -579,10 +586,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       resolve();
     });
   }).catch(async (error: unknown) => {
-    clearInterval(timer);
-    rechecking = false;
-    for (const target of served.values()) clearTimeout(target.recheck);
-    probe.stop();
+    stopChecks();
     await Promise.all([...served.values()].map(({ client }) => client.close()));
     await agent.close();
     throw error;
@@ -591,10 +595,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
   const stop = async () => {
     closing = true;
-    clearInterval(timer);
-    rechecking = false;
-    for (const target of served.values()) clearTimeout(target.recheck);
-    probe.stop();
+    stopChecks();
     // The answers under way close their connections once sent: a client that keeps asking on a kept-alive
     // connection would otherwise be served on it for as long as it asks, and close() would wait as long.
     for (const res of open) if (!res.headersSent) res.setHeader('connection', 'close');
