@@ -82,6 +82,13 @@ async function hangUpOnceAsked(service: TokenService, app: MockApp, requests: st
   return received;
 }
 
+/** A token request for `app` as it goes on the wire. */
+const tokenRequest = (app: MockApp) => `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`;
+
+/** The service's request log, a line each as `route status reason`. */
+const requestsLogged = (lines: Record<string, unknown>[]) =>
+  lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
+
 /** The status lines of the HTTP answers in `text`. */
 const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
 
@@ -232,7 +239,7 @@ describe('close() of the token service', () => {
     try {
       // WeChat answers, but only after the client is gone.
       mock.setLatency(2_000);
-      await hangUpOnceAsked(service, app, `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
+      await hangUpOnceAsked(service, app, tokenRequest(app));
       const answered = () => lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/token/{app}');
       await vi.waitFor(() => expect(answered()).toHaveLength(1), { timeout: 10_000 });
       expect(answered()[0]).toMatchObject({ status: 499, reason: 'client_gone' });
@@ -252,7 +259,7 @@ describe('close() of the token service', () => {
     socket.on('data', (chunk: Buffer) => (text += chunk.toString('latin1')));
     try {
       mock.setLatency(1_000);
-      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /no-such-endpoint HTTP/1.1\r\nhost: x\r\n\r\n`);
+      socket.write(`${tokenRequest(app)}GET /no-such-endpoint HTTP/1.1\r\nhost: x\r\n\r\n`);
       await vi.waitFor(() => expect(statusLines(text)).toEqual(['HTTP/1.1 200 OK', 'HTTP/1.1 404 Not Found']), { timeout: 10_000 });
       // Logged as each handler ends: the 404's first.
       await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)}`).sort()).toEqual(['/v1/token/{app} 200', 'unmatched 404']));
@@ -267,11 +274,9 @@ describe('close() of the token service', () => {
     const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
     try {
       mock.setLatency(2_000);
-      const get = `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`;
-      await hangUpOnceAsked(service, app, get + get);
-      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.status)} ${String(line.reason)}`);
-      await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
-      expect(logged()).toEqual(['499 client_gone', '499 client_gone']);
+      await hangUpOnceAsked(service, app, tokenRequest(app) + tokenRequest(app));
+      await vi.waitFor(() => expect(requestsLogged(lines)).toHaveLength(2), { timeout: 10_000 });
+      expect(requestsLogged(lines)).toEqual(['/v1/token/{app} 499 client_gone', '/v1/token/{app} 499 client_gone']);
     } finally {
       mock.setLatency(0);
       await service.close();
@@ -283,11 +288,10 @@ describe('close() of the token service', () => {
     try {
       mock.setLatency(2_000);
       // /healthz's handler ends at once; its answer waits behind the token's.
-      const received = await hangUpOnceAsked(service, app, `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      const received = await hangUpOnceAsked(service, app, `${tokenRequest(app)}GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
       expect(received).toBe('');
-      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
-      await vi.waitFor(() => expect(logged()).toHaveLength(2), { timeout: 10_000 });
-      expect(logged().sort()).toEqual(['/healthz 499 client_gone', '/v1/token/{app} 499 client_gone']);
+      await vi.waitFor(() => expect(requestsLogged(lines)).toHaveLength(2), { timeout: 10_000 });
+      expect(requestsLogged(lines).sort()).toEqual(['/healthz 499 client_gone', '/v1/token/{app} 499 client_gone']);
     } finally {
       mock.setLatency(0);
       await service.close();
@@ -300,13 +304,12 @@ describe('close() of the token service', () => {
       mock.setLatency(600_000);
       const before = mock.counters(app.appId).requests;
       const { socket, received } = rawConnection(service);
-      socket.write(`GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      socket.write(`${tokenRequest(app)}GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
       await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
       await service.close();
       expect(statusLines(await received)).toEqual([]);
-      const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
-      await vi.waitFor(() => expect(logged()).toHaveLength(2));
-      expect(logged().sort()).toEqual(['/healthz 503 cut_at_shutdown', '/v1/token/{app} 503 cut_at_shutdown']);
+      await vi.waitFor(() => expect(requestsLogged(lines)).toHaveLength(2));
+      expect(requestsLogged(lines).sort()).toEqual(['/healthz 503 cut_at_shutdown', '/v1/token/{app} 503 cut_at_shutdown']);
     } finally {
       mock.setLatency(0);
       await service.close();

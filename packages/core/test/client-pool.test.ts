@@ -510,6 +510,12 @@ describe('ClientPool: a resolver that fails or answers garbage', () => {
   });
 });
 
+/** What a send came to: `ok`, or the errcode it failed with. */
+const outcome = (sending: Promise<unknown>) => sending.then(
+  () => 'ok',
+  (error: { errcode?: number }) => error.errcode,
+);
+
 describe('ClientPool: a secret WeChat refuses', () => {
   it('once WeChat refused the resolved secret (40125), the next get() asks the resolver again instead of keeping the refused client', async () => {
     const app = mock.createApp();
@@ -531,7 +537,7 @@ describe('ClientPool: a secret WeChat refuses', () => {
     // ...and is fixed while the service runs: no delete(id) needed in every process.
     secret = app.secret;
     const results: unknown[] = [];
-    for (let i = 0; i < 3; i += 1) results.push(await send(await pool.get(app.appId)).then(() => 'ok', (e: { errcode?: number }) => e.errcode));
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(app.appId))));
     await pool.close();
     expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok', 'ok'] });
     expect(mock.counters(app.appId)).toMatchObject({ templateSends: 3 });
@@ -556,7 +562,7 @@ describe('ClientPool: a secret WeChat refuses', () => {
     expect(await rejection((await pool.get(id)).message.send(message))).toMatchObject({ errcode: 40001 });
     secret = work.secret;
     const results: unknown[] = [];
-    for (let i = 0; i < 2; i += 1) results.push(await (await pool.get(id)).message.send(message).then(() => 'ok', (e: { errcode?: number }) => e.errcode));
+    for (let i = 0; i < 2; i += 1) results.push(await outcome((await pool.get(id)).message.send(message)));
     await pool.close();
     expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok'] });
   });
@@ -575,7 +581,7 @@ describe('ClientPool: a secret WeChat refuses', () => {
       logger: false,
     });
     for (let round = 0; round < 5; round += 1) {
-      const results = await Promise.all(Array.from({ length: 20 }, async () => send(await pool.get(app.appId)).then(() => 'ok', (e: { errcode?: number }) => e.errcode)));
+      const results = await Promise.all(Array.from({ length: 20 }, async () => outcome(send(await pool.get(app.appId)))));
       expect(new Set(results)).toEqual(new Set([40125]));
     }
     await pool.close();
