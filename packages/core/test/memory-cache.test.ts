@@ -38,6 +38,23 @@ describe('MemoryCache', () => {
     expect(await cache.add('k', 'again', 10)).toBe(true);
   });
 
+  it('drops expired entries it is never asked for again, so it holds about the accounts used lately', async () => {
+    let now = 1_000_000;
+    const cache = new MemoryCache({ now: () => now });
+    for (let round = 0; round < 10; round += 1) {
+      // 3,000 accounts a round, each written once and never read again, the last round's expired.
+      for (let account = 0; account < 3_000; account += 1) await cache.set(`wechat:access_token:r${round}a${account}`, 'v', 10);
+      now += 11_000;
+    }
+    // Without the sweep it would hold all 30,000.
+    expect(cache.size).toBeLessThanOrEqual(2 * 3_000 + 1);
+    // What is live stays.
+    await cache.set('live', 'v', 60);
+    for (let account = 0; account < 5_000; account += 1) await cache.add(`wechat:jsapi_ticket:a${account}`, 'v', 10);
+    expect(await cache.get('live')).toBe('v');
+    expect(await cache.get('wechat:jsapi_ticket:a0')).toBe('v');
+  });
+
   it('rejects a TTL no store can honour', async () => {
     const cache = new MemoryCache();
     await expect(cache.set('k', 'v', 0)).rejects.toThrow(RangeError);
