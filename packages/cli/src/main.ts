@@ -1,6 +1,6 @@
-import { CacheError, type KeySchema, type TokenCache, type WeChatClient } from '@wxkit/core';
+import { CacheError, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
-import { clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { NEAR_EXPIRY_MS, clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -320,8 +320,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       try {
         if (action === 'refresh') {
           // The token the store holds is the one to replace: a client that knows none would take it back
-          // from the store as new, while another program holds the lock (and say it was refreshed).
-          if (stored !== undefined) await signals.race(client.accessToken.getEntry());
+          // from the store as new, while another program holds the lock (and say it was refreshed). One
+          // that is no entry, or past its use, is nothing to take back: reading it would fetch a token,
+          // and the forced refresh a second.
+          if (stored !== undefined && servable(schema.decode('access_token', stored))) await signals.race(client.accessToken.getEntry());
           await signals.race(client.accessToken.forceRefresh());
         }
         entry = await signals.race(client.accessToken.getEntry());
@@ -417,6 +419,11 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
       process.removeListener('SIGTERM', onSignal);
     },
   };
+}
+
+/** Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it). */
+function servable(entry: StoredEntry | undefined): boolean {
+  return entry !== undefined && (entry.expiresAt === undefined || entry.expiresAt * 1000 - Date.now() > NEAR_EXPIRY_MS);
 }
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {

@@ -131,6 +131,20 @@ describe('wxkit token', () => {
     expect(text.stdout).toContain('no refresh lock was held');
   });
 
+  it('refresh over an entry past its use, or no entry, fetches once: the forced fetch alone', async () => {
+    const common = ['--endpoint', 'classic', '--store', redis.url, '--base-url', mock.url, '--json'];
+    const now = Math.floor(Date.now() / 1000);
+    // A peer's entry the store keeps for an hour past its expiry, then bytes that are no entry.
+    for (const stored of [JSON.stringify({ access_token: 'EXPIRED_TOKEN_123', expires_at: now - 60, fetched_at: now - 7260 }), 'not an entry']) {
+      const { appId, secret } = mock.createApp();
+      redisCli(redis.port, 'SET', `wechat:access_token:${appId}`, stored, 'EX', '3600');
+      const run = await wxkit(['token', 'refresh', '--app', `oa:${appId}`, ...common], { WECHAT_SECRET: secret });
+      expect(run.code, run.stderr).toBe(0);
+      expect(run.json).toMatchObject({ ok: true, refreshed: true });
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    }
+  });
+
   it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {
     const { appId } = mock.createApp();
     const key = `wechat:stable_access_token:${appId}`;
