@@ -37,8 +37,9 @@ function maskWord(word: string): string {
   for (let at = first < 0 ? -1 : word.indexOf('://', first + 3); at > 0; at = word.indexOf('://', at + 3)) {
     let start = at;
     while (start > 0 && /[A-Za-z0-9+.-]/.test(word[start - 1]!)) start -= 1;
-    // Only after a separator (a list's comma, a quote, a bracket): a `://` inside a password splits nothing.
-    if (start < at && start > first + 3 && /[,;"'()<>|]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
+    // Only after a separator (a list's comma, a quote, a bracket, a query's `&` or `=`): a `://` inside a
+    // password splits nothing.
+    if (start < at && start > first + 3 && /[,;"'()<>|&=]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
   }
   // A split may lie inside a password (`redis://u:pa,ss://word@h`): what the word read as one URL masks is
   // masked too, with what each part masks.

@@ -132,6 +132,9 @@ describe('wxkit exit codes and messages', () => {
     // Each URL of a word that holds several (a cluster's list typed where no argument is taken).
     expect(maskPasswords('got "redis://pw1@h1:6379,redis://pw2@h2:6379"')).toBe('got "redis://***@h1:6379,redis://***@h2:6379"');
     expect(maskPasswords('redis://pw1@h1:6379,redis://app:pw2@h2:6379')).toBe('redis://***@h1:6379,redis://app:***@h2:6379');
+    // URLs in a query string (a DSN handed on in one): the second one's password too.
+    expect(maskPasswords('store=redis://pw1@h1:6379&fallback=redis://pw2@h2:6379')).toBe('store=redis://***@h1:6379&fallback=redis://***@h2:6379');
+    expect(maskPasswords('redis://u:pa&x://word@h:6379')).toBe('redis://u:***@h:6379');
     // A password holding :// is still one password, after a separator too.
     expect(maskPasswords('redis://u:pa://ss@h:6379')).toBe('redis://u:***@h:6379');
     expect(maskPasswords('redis://u:pa,ss://word@h:6379')).toBe('redis://u:***@h:6379');
