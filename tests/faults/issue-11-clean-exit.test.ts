@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { FileCache } from '@wxkit/core';
 import { built } from './helpers.js';
 
 // Issue 11, item 11: after close() of a client and its store, the process exits on its own, whether the
@@ -74,5 +75,32 @@ describe('item 11: a process exits on its own after close()', () => {
     // The calls worked (through the fallback when the store was away), and the process ended by itself,
     // not held open by a keep-alive socket or a retry timer (heldOpenBy names what was).
     expect({ code, outcomes: report?.outcomes, heldOpenBy: report?.heldOpenBy }).toEqual({ code: 0, outcomes: ['ok', 'ok'], heldOpenBy: undefined });
+  });
+});
+
+describe('a process whose call gave up on a wait for another process', () => {
+  it('exits on its own, without close(), on a store that holds nothing open (FileCache)', async () => {
+    const { appId, secret } = mock.createApp();
+    // Another process holds the refresh lock for ten minutes and writes nothing.
+    const holder = new FileCache({ dir });
+    await holder.set(`wechat:stable_access_token:${appId}:lock`, 'other-host:4242:abcdef123456', 600);
+    const script = fileURLToPath(new URL('./fixtures/abandoned-wait.mjs', import.meta.url));
+    const store = { module: built.file, export: 'FileCache', args: [{ dir }] };
+    const child = fork(script, [JSON.stringify({ baseUrl: mock.url, appId, secret, store })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+    let report: { outcome?: string; heldOpenBy?: string[] } = {};
+    child.on('message', (message: typeof report) => (report = { ...report, ...message }));
+    const code = await new Promise<number | null>((resolve) => {
+      // A bound on a failure, not a measurement: the wait it gave up on would have gone on for 10 minutes.
+      const timer = setTimeout(() => {
+        child.kill('SIGKILL');
+        resolve(null);
+      }, 20_000);
+      child.once('exit', (exitCode) => {
+        clearTimeout(timer);
+        resolve(exitCode);
+      });
+    });
+    expect({ code, ...report }).toEqual({ code: 0, outcome: 'gave up' });
+    expect(mock.counters(appId).tokenRequests).toBe(0);
   });
 });

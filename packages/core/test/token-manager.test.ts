@@ -1,5 +1,5 @@
 import { Agent } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, easyWeChat6, wxJava, type TokenCache } from '../src/index.js';
 import { newApp, rejection } from './helpers.js';
@@ -42,6 +42,84 @@ describe('an aborted signal', () => {
     const signal = { aborted: false, reason: undefined, addEventListener: () => undefined, removeEventListener: () => undefined } as unknown as AbortSignal;
     expect(await app.client.get('cgi-bin/get_api_domain_ip', {}, { signal })).toMatchObject({ ip_list: expect.any(Array) });
     expect(mock.counters(appId)).toMatchObject({ tokenRequests: 2, errcodes: { '40001': 1 } });
+  });
+});
+
+describe('a wait every caller gave up on', () => {
+  /** A MemoryCache that counts the reads of one key. */
+  class CountingReads extends MemoryCache {
+    reads = 0;
+    key = '';
+    override get(key: string): Promise<string | undefined> {
+      if (key === this.key) this.reads += 1;
+      return super.get(key);
+    }
+  }
+
+  /** A client whose store's lock another process holds (and keeps), with a caller waiting on it that gives up. */
+  async function givenUpWait() {
+    const cache = new CountingReads();
+    const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
+    cache.key = `wechat:stable_access_token:${appId}`;
+    await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    const call = rejection(app.accessToken.getToken({ signal: controller.signal }));
+    // It waits for the holder: it has looked at the store more than once.
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(cache.reads).toBeGreaterThan(1);
+    controller.abort(reason);
+    expect(await call).toBe(reason);
+    return { app, appId, cache };
+  }
+
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it("ends: the store is read no more (the process can exit), and nothing is fetched", async () => {
+    // The clock is the test's: the wait's budget passes only as the timers are run.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { app, appId, cache } = await givenUpWait();
+    const after = cache.reads;
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(cache.reads).toBe(after);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
+  });
+
+  it('a caller that comes after it waits anew, and takes the token the holder writes', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const { app, appId, cache } = await givenUpWait();
+    const patient = app.accessToken.getToken();
+    await vi.advanceTimersByTimeAsync(3_000);
+    await cache.set(cache.key, entry('HOLDERS_TOKEN_123'), 7200);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await patient).toBe('HOLDERS_TOKEN_123');
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
+  });
+
+  it('goes on while a caller that cannot give up (no signal) shares it', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const cache = new CountingReads();
+    const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
+    cache.key = `wechat:stable_access_token:${appId}`;
+    await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
+    const controller = new AbortController();
+    const call = rejection(app.accessToken.getToken({ signal: controller.signal }));
+    const patient = app.accessToken.getToken();
+    await vi.advanceTimersByTimeAsync(3_000);
+    controller.abort(new Error('caller gave up'));
+    await call;
+    const after = cache.reads;
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(cache.reads).toBeGreaterThan(after);
+    await cache.set(cache.key, entry('HOLDERS_TOKEN_123'), 7200);
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(await patient).toBe('HOLDERS_TOKEN_123');
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
   });
 });
 

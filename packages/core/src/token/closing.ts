@@ -40,3 +40,23 @@ export class Closing implements Ending {
     if (listeners) callEach(listeners);
   }
 }
+
+/**
+ * Ended when either `a` or `b` is: a refresh's waits end when its client closes, and when every caller
+ * stopped waiting for it. A listener added may be called once by each.
+ */
+export function either(a: Ending, b: Ending): Ending {
+  return {
+    get aborted() {
+      return a.aborted || b.aborted;
+    },
+    addEventListener(type, listener, options) {
+      a.addEventListener(type, listener, options);
+      b.addEventListener(type, listener, options);
+    },
+    removeEventListener(type, listener) {
+      a.removeEventListener(type, listener);
+      b.removeEventListener(type, listener);
+    },
+  };
+}

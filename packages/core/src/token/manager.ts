@@ -4,6 +4,7 @@ import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
 import { awaitNewEntry, closedError, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
+import { either, type Ending } from './closing.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
 export interface RecoveryState {
@@ -150,7 +151,7 @@ export class TokenManager {
     // a fetch (a probe in the background notices when the store answers again).
     const usable = this.#ctx.tiers.shared.down ? this.#memo.usable(now) : undefined;
     if (usable !== undefined) return Promise.resolve(usable);
-    return abortable(this.#current(), signal);
+    return this.#current(signal);
   }
 
   /** Like get(), with the expiry, fetch time and writer that came with the value (when the format records them). */
@@ -164,7 +165,7 @@ export class TokenManager {
   forceRefresh(signal?: AbortSignal): Promise<string> {
     if (signal?.aborted) return Promise.reject(signal.reason);
     const generation = this.#generation;
-    return abortable((this.#forced ??= new SingleFlight()).run(() => this.#refresh({ force: true, current: this.#memo.value }, generation)), signal);
+    return (this.#forced ??= new SingleFlight()).run((unwanted) => this.#refresh({ force: true, current: this.#memo.value }, generation, unwanted), signal);
   }
 
   /**
@@ -317,16 +318,19 @@ export class TokenManager {
     return held !== undefined && held !== failed && !this.isRejected(held) ? held : undefined;
   }
 
-  /** The value of the read or refresh under way, joining it; once more if it brought back a rejected value. */
-  async #current(): Promise<string> {
+  /**
+   * The value of the read or refresh under way, joining it; once more if it brought back a rejected value.
+   * A caller that stops waiting (`signal`) leaves it to the others; once none is left, its waits end.
+   */
+  async #current(signal: AbortSignal | undefined): Promise<string> {
     let generation = this.#generation;
-    let value = await this.#read.run(() => this.#resolve(generation));
+    let value = await this.#read.run((unwanted) => this.#resolve(generation, unwanted), signal);
     generation = this.#generation;
-    if (this.isRejected(value)) value = await this.#read.run(() => this.#resolve(generation));
+    if (this.isRejected(value)) value = await this.#read.run((unwanted) => this.#resolve(generation, unwanted), signal);
     return value;
   }
 
-  async #resolve(generation: number): Promise<string> {
+  async #resolve(generation: number, unwanted: Ending): Promise<string> {
     this.#onFirstUse?.();
     const ctx = this.#ctx;
     const tier = ctx.tiers.current();
@@ -352,7 +356,7 @@ export class TokenManager {
       // The store just failed: a token this process holds is still good, or the refresh falls back.
       if (usable() !== undefined) return usable()!;
     }
-    return this.#refresh({ force: false }, generation);
+    return this.#refresh({ force: false }, generation, unwanted);
   }
 
   /**
@@ -376,9 +380,10 @@ export class TokenManager {
     return entry.value;
   }
 
-  async #refresh(request: { force: boolean; current?: string }, generation: number): Promise<string> {
+  /** `unwanted`: aborted once every caller stopped waiting for this refresh (its waits end then). */
+  async #refresh(request: { force: boolean; current?: string }, generation: number, unwanted: Ending): Promise<string> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
-    const refreshed = await this.#refreshing(request);
+    const refreshed = await this.#refreshing({ ...request, ended: either(this.#ctx.closed, unwanted) });
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
     return this.#remember(refreshed, generation);

@@ -55,6 +55,26 @@ export interface RefreshRequest {
   ahead?: boolean;
   /** The value the caller holds and wants replaced (force, ahead), when it has one. */
   current?: string;
+  /**
+   * Ends the refresh's waits (for another process's refresh, a pause, a writer) and keeps it from
+   * fetching: aborted when the client closes, or when every caller stopped waiting for it. The client's
+   * close() alone when left out.
+   */
+  ended?: Ending;
+}
+
+/** What ends the waits of `request`: its own ending, or the client's close(). */
+export function endingOf(ctx: TokenContext, request: RefreshRequest): Ending {
+  return request.ended ?? ctx.closed;
+}
+
+/**
+ * Throws when `request`'s waits have ended: the client closed ({@link closedError}), or every caller
+ * stopped waiting (an error nobody receives: the refresh stops before it fetches for nobody).
+ */
+export function stopIfEnded(ctx: TokenContext, request: RefreshRequest): void {
+  if (ctx.closed.aborted) throw closedError(ctx);
+  if (request.ended?.aborted) throw new TokenUnavailableError(`Every caller stopped waiting for the ${ctx.label}: the refresh ended before it fetched`);
 }
 
 /** A refresh's outcome: the entry to serve, where it lives, and whether it still has to reach the shared store. */
@@ -237,7 +257,7 @@ export async function pollWithBackoff<T>(
  * a write to the key (another program may write without the store reporting it: a short wait passes
  * {@link POLL_PACE}). `lookFirst`: the watch is armed and the store looked at once, before the first
  * pause, so that a write just after the caller's own last look is not missed. Undefined when none came
- * in time or the client closed; the time runs from the call, and the last look may take one read (a
+ * in time or the wait ended (`ended`: the client's close() unless given); the time runs from the call, and the last look may take one read (a
  * get, and a TTL query for formats without an expiry) longer. A store call that fails counts as nothing
  * yet: the wait goes on.
  */
@@ -247,13 +267,14 @@ export function awaitNewEntry(
   replaced: string | undefined,
   lookFirst = false,
   pace?: Readonly<PollPace>,
+  ended: Ending = ctx.closed,
 ): Promise<Refreshed | undefined> {
   const look = async (): Promise<Refreshed | undefined> => {
     const tier = ctx.tiers.current();
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
-  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ctx.closed);
+  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ended);
   if (lookFirst) wakeup.lookNow();
-  return pollWithBackoff(waitMs, look, wakeup, ctx.closed, pace);
+  return pollWithBackoff(waitMs, look, wakeup, ended, pace);
 }

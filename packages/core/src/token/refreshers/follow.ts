@@ -1,5 +1,5 @@
 import { TokenUnavailableError } from '../../errors.js';
-import { awaitNewEntry, closedError, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import { awaitNewEntry, closedError, endingOf, stopIfEnded, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /**
  * Follower mode (`refresh: 'never'`): another program owns the refresh. Wait (bounded) for it to write a
@@ -21,9 +21,9 @@ export class FollowRefresher implements Refresher {
     if (request.ahead) return undefined;
     const waitMs = ctx.settings.lockWaitMs ?? FOLLOW_WAIT_MS;
     const started = performance.now();
-    const found = await awaitNewEntry(ctx, waitMs, request.current);
+    const found = await awaitNewEntry(ctx, waitMs, request.current, false, undefined, endingOf(ctx, request));
     if (found) return found;
-    if (ctx.closed.aborted) throw closedError(ctx);
+    stopIfEnded(ctx, request);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, waitedMs: Math.round(performance.now() - started) },
       `No valid ${ctx.label} appeared under ${ctx.logKey} within ${waitMs} ms`,

@@ -5,7 +5,7 @@ import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policy
 import { LocalBackoff } from '../local-backoff.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { awaitNewEntry, closedError, POLL_PACE, pollWithBackoff, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
+import { awaitNewEntry, closedError, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
 
@@ -276,7 +276,7 @@ export class LockedFetchRefresher implements Refresher {
     if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
     this.#supersededAt = undefined;
     const left = since + PEER_WRITE_WAIT_MS - performance.now();
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE) : undefined;
+    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, endingOf(this.#ctx, request)) : undefined;
   }
 
   async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress): Promise<Refreshed | undefined> {
@@ -314,7 +314,7 @@ export class LockedFetchRefresher implements Refresher {
     let handle: LockHandle | undefined;
     // Armed before the lock is tried: if another process holds it, whatever it writes after our attempt
     // (its entry, its failure marker, its release) wakes us, and we wait without another look first.
-    const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier), ctx.closed) : undefined;
+    const wakeup = tier.lock && !request.ahead ? new Wakeup(this.#watch(tier), endingOf(ctx, request)) : undefined;
     let attempt: Awaited<ReturnType<RefreshLock['tryAcquire']>>;
     try {
       attempt = tier.lock ? await this.#lock.tryAcquire(tier.lock, this.leaseMs, this.keepAliveMs) : 'unavailable';
@@ -437,9 +437,9 @@ export class LockedFetchRefresher implements Refresher {
     const ctx = this.#ctx;
     const pause = this.#pauseInForce(ctx.settings.now());
     if (pause !== undefined) {
-      const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS), request.current, true, POLL_PACE);
+      const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS), request.current, true, POLL_PACE, endingOf(ctx, request));
       if (written) return written;
-      if (ctx.closed.aborted) throw closedError(ctx);
+      stopIfEnded(ctx, request);
       const still = this.#pauseInForce(ctx.settings.now());
       if (still !== undefined) throw this.#rejectionSpacedError(still);
     }
@@ -465,9 +465,9 @@ export class LockedFetchRefresher implements Refresher {
       if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
-    }, wakeup, ctx.closed);
+    }, wakeup, endingOf(ctx, request));
     if (outcome) return outcome;
-    if (ctx.closed.aborted) throw closedError(ctx);
+    stopIfEnded(ctx, request);
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
@@ -497,9 +497,9 @@ export class LockedFetchRefresher implements Refresher {
     const startedAt = ctx.settings.now();
     const started = performance.now();
     let fetched: Fetched | undefined;
-    // Closed while it waited for the lock or read under it: nobody is to be served, and a fetch would
-    // only invalidate the fleet's token (classic endpoint).
-    if (ctx.closed.aborted) throw closedError(ctx);
+    // Closed, or given up on by every caller, while it waited for the lock or read under it: nobody is to
+    // be served, and a fetch would only invalidate the fleet's token (classic endpoint).
+    stopIfEnded(ctx, request);
     // A token a peer SDK fetched on its own, where it can be read: taken, not fetched again; never the
     // one this refresh is to replace (ahead of expiry), nor one WeChat rejected. Its failure is none.
     if (!request.force) {
@@ -717,15 +717,15 @@ export class LockedFetchRefresher implements Refresher {
           `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
       );
     }
-    // Ended by close() too: its wait is for nobody once the client is closed.
-    if (ctx.closed.aborted) throw closedError(ctx);
-    const wakeup = new Wakeup(undefined, ctx.closed);
+    // Ended by close() too, and once every caller stopped waiting: its wait is for nobody then.
+    stopIfEnded(ctx, request);
+    const wakeup = new Wakeup(undefined, endingOf(ctx, request));
     try {
       await wakeup.pause(until - now);
     } finally {
       wakeup.stop();
     }
-    if (ctx.closed.aborted) throw closedError(ctx);
+    stopIfEnded(ctx, request);
     return undefined;
   }
 
