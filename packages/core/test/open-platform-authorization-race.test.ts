@@ -387,3 +387,22 @@ describe('handleAuthorization while another process refreshes the same authorize
     });
   });
 });
+
+describe('two authorizations of one account, completed in the other order', () => {
+  it("the earlier one, whose write lands last, does not put back the refresh token the later one replaced", async () => {
+    const s = await scenario();
+    const first = s.reauthorize();
+    const held = s.adminStore.hold(settledRecord);
+    const earlier = outcome(s.admin.handleAuthorization(first.code));
+    // api_query_auth handed out the first token; its write waits. The admin authorizes once more: the
+    // first token answers 61023 from now on, and the later authorization stores the second one.
+    await held.reached;
+    const second = s.reauthorize();
+    expect(second.refreshToken).not.toBe(first.refreshToken);
+    expect(await outcome(s.refresher.handleAuthorization(second.code))).toBe('ok');
+    held.release();
+    expect(await earlier).toBe('ok');
+    await s.check();
+    await s.close();
+  });
+});

@@ -35,4 +35,15 @@ describe('OpenPlatform durableStore', () => {
       await Promise.all([cache.close(), durable.close()]);
     }
   });
+
+  it('warns for a memcached store of a class of its own too (a subclass that counts or logs its calls)', async () => {
+    class InstrumentedCache extends MemcachedCache {}
+    const cache = new MemcachedCache(memcached.url);
+    const durable = new InstrumentedCache(memcached.url);
+    try {
+      expect(await warningsAtStart(cache, durable)).toEqual(['durable_store.evictable']);
+    } finally {
+      await Promise.all([cache.close(), durable.close()]);
+    }
+  });
 });

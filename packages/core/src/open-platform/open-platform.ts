@@ -563,7 +563,7 @@ export class OpenPlatform {
   async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<void> {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
-    await this.#storeAuthorization(authorizerAppId, refresh);
+    await this.#storeAuthorization(authorizerAppId, refresh, startedAt);
     let fetched: Fetched;
     try {
       fetched = validateFetched(info, 'authorizer_access_token', path);
@@ -1077,6 +1077,17 @@ export class OpenPlatform {
     return token;
   }
 
+  /** The refresh token WeChat holds now for the authorizer (api_get_authorizer_info), or undefined when it did not say. */
+  async #refreshTokenAtWeChat(authorizerAppId: string): Promise<string | undefined> {
+    try {
+      const body = await this.#componentCall('cgi-bin/component/api_get_authorizer_info', { component_appid: this.appId, authorizer_appid: authorizerAppId });
+      const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
+      return typeof token === 'string' && token !== '' ? token : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** The record's value: wxkit's record, or a peer's format for the key (the token alone, no write-ahead mark). */
   #refreshValue(key: string, record: RefreshRecord): string {
     const codec = this.#core.schema.openPlatformRecord?.(key);
@@ -1132,7 +1143,7 @@ export class OpenPlatform {
    * WeChat rotated it into (same origin): a compare-and-set against what was read, read again when
    * another write landed in between.
    */
-  async #storeAuthorization(authorizerAppId: string, token: string): Promise<void> {
+  async #storeAuthorization(authorizerAppId: string, token: string, askedAt: number): Promise<void> {
     const key = this.#key('authorizer_refresh_token', authorizerAppId);
     const origin = refreshOrigin(token);
     const value = this.#refreshValue(key, { token, origin });
@@ -1144,7 +1155,15 @@ export class OpenPlatform {
         done = await persist(async () => {
           const held: HeldRecord = { key, raw: await this.#durable.get(key, true) };
           const stored = this.#decodeRefreshRecord(key, held.raw);
-          return stored?.token === token || stored?.origin === origin || (await this.#replaceRefresh(held, value, false, true));
+          if (stored?.token === token || stored?.origin === origin) return true;
+          // A record of another line written since api_query_auth was asked may hold the token of a later
+          // authorization of the account (the admin authorized again), which replaced this one at WeChat:
+          // WeChat says which is current, and a token it no longer takes is not written over it.
+          if (stored && updatedSince(held.raw, askedAt)) {
+            const current = await this.#refreshTokenAtWeChat(authorizerAppId);
+            if (current !== undefined && current !== token) return true;
+          }
+          return this.#replaceRefresh(held, value, false, true);
         });
       } catch (error) {
         if (!(error instanceof CacheError)) throw error;
@@ -1234,8 +1253,10 @@ export class OpenPlatform {
   }
 
   #warnIfEvictable(store: TokenCache): void {
-    const names = [store?.constructor?.name, (store as { store?: { constructor?: { name?: string } } })?.store?.constructor?.name];
-    if (!names.some((name) => name !== undefined && /memcache/i.test(name))) return;
+    // The class of the store and of the store it wraps, and every class they extend (a subclass of
+    // MemcachedCache that counts or logs its calls is a memcached all the same).
+    const names = [store, (store as { store?: unknown })?.store].flatMap(classNames);
+    if (!names.some((name) => /memcache/i.test(name))) return;
     this.#core.log.warn(
       { event: 'durable_store.evictable', appId: this.appId },
       'OpenPlatform options.durableStore is a memcached: it evicts entries under memory pressure and on restart, and a lost refresh token must be fetched from WeChat again (or, if the account revoked meanwhile, authorized again). Use Postgres through Keyv, a FileCache, or Redis with persistence',
@@ -1338,6 +1359,24 @@ export function decodeAuthorizationRecord(raw: string | undefined): Authorizatio
   return { authorizerAppId: appId, funcInfo };
 }
 
+
+/** The names of the classes `value` is an instance of, its own first (none for a value that is no object). */
+function classNames(value: unknown): string[] {
+  const names: string[] = [];
+  let proto: unknown = typeof value === 'object' && value !== null ? Object.getPrototypeOf(value) : null;
+  for (let depth = 0; proto && proto !== Object.prototype && depth < 16; depth += 1) {
+    const name = (proto as { constructor?: { name?: unknown } }).constructor?.name;
+    if (typeof name === 'string') names.push(name);
+    proto = Object.getPrototypeOf(proto);
+  }
+  return names;
+}
+
+/** Whether wxkit's refresh-token record `raw` was written at or after `at` (unix seconds); a peer's bare token never says. */
+function updatedSince(raw: string | undefined, at: number): boolean {
+  const updatedAt = parseObject(raw)?.updated_at;
+  return typeof updatedAt === 'number' && updatedAt >= at;
+}
 
 function wrapToken(token: string | undefined): RefreshRecord | undefined {
   return token ? { token } : undefined;
