@@ -94,13 +94,15 @@ describe('writes never go back in time', () => {
     expect(kept).toMatchObject({ stored: false, entry: { value: 'LIVES' } });
   });
 
-  it('a value in an encoding the schema recognises as another program\'s is never replaced', async () => {
+  it('a value in an encoding the schema recognises as another program\'s is never replaced: the fleet shares its token beside it', async () => {
     const { cache, store, entries } = setUp(easyWeChat4());
     const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';
     await cache.set(key, igbinary, 600);
     const outcome = await entries.write(store, entries.encode(fetched('MINE'), Math.floor(Date.now() / 1000), 'web-1:1'));
-    expect(outcome.stored).toBe(false);
+    expect(outcome).toMatchObject({ stored: true, entry: { value: 'MINE' } });
     expect(await cache.get(key)).toBe(igbinary);
+    expect(JSON.parse((await cache.get(`${key}:wxkit`))!)).toMatchObject({ access_token: 'MINE', fetched_by: 'web-1:1' });
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'MINE' } });
   });
 
   it('an absent entry is added, never blindly set: a writer that loses the add keeps the winner', async () => {

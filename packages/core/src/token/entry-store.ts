@@ -1,7 +1,7 @@
 import { encodedToBinary } from '../bytes.js';
 import type { Log } from '../logger.js';
 import type { GuardedStore } from '../store.js';
-import { isPlausibleToken, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
+import { isPlausibleToken, nativeSchema, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
 import type { Fetched } from './upstream.js';
 
 /**
@@ -72,6 +72,8 @@ export class EntryStore {
   readonly #init: EntryStoreInit;
   /** The corrupt value last reported, so each one is logged once, not on every read. */
   #reportedCorrupt: string | undefined;
+  /** Where the fleet shares its token while the key holds another program's value (see #beside). */
+  #side: EntryStore | undefined;
 
   constructor(init: EntryStoreInit) {
     this.#init = init;
@@ -92,10 +94,10 @@ export class EntryStore {
     if (raw === undefined) return { kind: 'miss', absent: true };
     if (raw === OTHER_KIND) {
       this.#reportOtherKind();
-      return { kind: 'miss', foreign: true };
+      return this.#readBeside(store, rejected);
     }
     const { entry, foreign } = this.decode(raw);
-    if (!entry) return foreign ? { kind: 'miss', foreign } : { kind: 'miss' };
+    if (!entry) return foreign ? this.#readBeside(store, rejected) : { kind: 'miss' };
     if (rejected(entry.value)) return { kind: 'miss' };
     // A format without an expiry (a bare token, EasyWeChat's array): its remaining life is what the peer
     // records beside it where the schema names such a key (wechatpy's `…_expires_at`: wechatpy writes its
@@ -118,6 +120,30 @@ export class EntryStore {
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
     if (!this.#servable(entry)) return { kind: 'miss' };
     return { kind: 'hit', entry, raw };
+  }
+
+  /**
+   * The key holds another program's value, which is never replaced: the fleet shares its token beside it,
+   * at `{key}:wxkit` in the native format, so that its processes do not each fetch one of their own (on
+   * the classic endpoint each such fetch supersedes the token another process serves from memory).
+   */
+  get #beside(): EntryStore {
+    const init = this.#init;
+    const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field, key) => init.schema.ttlSeconds(expiresIn, field, key) };
+    return (this.#side ??= new EntryStore({ ...init, key: `${this.key}:wxkit`, logKey: `${init.logKey}:wxkit`, schema }));
+  }
+
+  async #readBeside(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
+    const read = await this.#beside.read(store, rejected);
+    return read.kind === 'hit' ? read : { kind: 'miss', foreign: true };
+  }
+
+  /** `fresh` as the entry beside another program's value stores it. */
+  #besideEncoded(fresh: EncodedEntry): EncodedEntry {
+    const { entry, ttlSeconds } = fresh;
+    const fetchedAt = entry.fetchedAt!;
+    const encoded = this.#beside.encode({ value: entry.value, expiresIn: entry.expiresAt! - fetchedAt } as Fetched, fetchedAt, entry.fetchedBy ?? '');
+    return { ...encoded, ttlSeconds, entry };
   }
 
   /** The key where the schema's peer keeps this entry's expiry, if it names one. */
@@ -204,7 +230,7 @@ export class EntryStore {
     let stored = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
       const current = round === 0 && absent && store.atomicAdd ? undefined : await store.getOrOtherKind(this.key, OTHER_KIND);
-      if (current === OTHER_KIND) return { entry, stored: false };
+      if (current === OTHER_KIND) return this.#beside.write(store, this.#besideEncoded(fresh), { ...options, absent: false });
       if (current === undefined) {
         const added = store.add(this.key, raw, ttlSeconds);
         if (added === undefined) await store.set(this.key, raw, ttlSeconds);
@@ -220,7 +246,8 @@ export class EntryStore {
       const { entry: theirs, foreign } = this.#quietDecode(current);
       // Another program's value that this schema cannot read: never replaced. One it may replace (all
       // writers take the same lock) only by the lock's holder.
-      if (foreign || (!theirs && !leaseHeld)) return { entry, stored: false };
+      if (foreign) return this.#beside.write(store, this.#besideEncoded(fresh), { ...options, absent: false });
+      if (!theirs && !leaseHeld) return { entry, stored: false };
       // Theirs is kept only while it is still good: an entry past its life (a peer's clock ahead, an
       // expires_at that is really an expires_in, a ticket whose peer's record says it has ended) never
       // wins over the token just fetched.
@@ -247,7 +274,7 @@ export class EntryStore {
    */
   async deleteIfHolds(store: GuardedStore, value: string): Promise<{ deleted: boolean; entry: StoredEntry | undefined }> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
-    if (raw === OTHER_KIND) return { deleted: false, entry: undefined };
+    if (raw === OTHER_KIND || (raw !== undefined && this.#quietDecode(raw).foreign)) return this.#beside.deleteIfHolds(store, value);
     const entry = raw === undefined ? undefined : this.#quietDecode(raw).entry;
     if (raw === undefined || entry?.value !== value) return { deleted: false, entry };
     return { deleted: await store.deleteIfEquals(this.key, raw), entry };

@@ -137,6 +137,8 @@ export function nextQuotaDay(now: number): number {
 
 /** How far ahead of this process's clock a marker's `failed_at` may lie and still count. */
 const MARKER_CLOCK_AHEAD_MS = 60_000;
+/** How far from this process's clock a marker's `failed_at` may lie for the marker to hold from when it was seen. */
+const WITNESS_CLOCK_SKEW_MS = 3_600_000;
 
 /**
  * The `retry_at` a marker is held to: at most the longest pause its failure can call for (the next
@@ -150,16 +152,27 @@ export function clampRetryAt(marker: FailureRecord, now: number): number {
   // A failure dated further ahead than clocks plausibly disagree holds no one back: counted from `now` at
   // every read, it would stop the fleet until that date.
   if (!(marker.failedAt <= now + MARKER_CLOCK_AHEAD_MS)) return now;
-  const from = Math.min(marker.failedAt, now);
+  return Math.min(marker.retryAt, latestRetryAt(marker, Math.min(marker.failedAt, now)));
+}
+
+/** The latest `retry_at` a failure of the marker's kind can call for, counted from `from`. */
+function latestRetryAt(marker: FailureRecord, from: number): number {
   const { errcode } = marker;
-  const latest =
-    errcode === 45009
-      ? nextQuotaDay(from)
-      : from +
+  return errcode === 45009
+    ? nextQuotaDay(from)
+    : from +
         (errcode === 45011 || (errcode !== undefined && (CREDENTIAL_ERRCODES.has(errcode) || isSecretRejection(errcode, marker.path)))
           ? MINUTE_MS
           : Math.ceil(TRANSIENT_MAX_MS * (1 + JITTER)));
-  return Math.min(marker.retryAt, latest);
+}
+
+/**
+ * The `retry_at` of a marker on this process's clock, from when it saw the marker appear rather than
+ * from the writer's dates: its pause (`retry_at − failed_at`, a length, which no clock offset changes)
+ * counted from `since`. Never later than its failure calls for.
+ */
+function witnessedRetryAt(marker: FailureRecord, since: number): number {
+  return Math.min(since + Math.max(0, marker.retryAt - marker.failedAt), latestRetryAt(marker, since));
 }
 
 /** The marker for `error`, the `attempt`-th failure in a row; undefined when the error is not WeChat's. */
@@ -280,6 +293,12 @@ export class FailureGate {
   readonly #credential: { readonly credentialDigest?: string } | undefined;
   /** A marker this process could not write to the store. */
   #unwritten: FailureMarker | undefined;
+  /**
+   * What this process last read at the marker's key, in which store, when it last read it (`at`), and,
+   * on this process's clock, since when at the latest the marker has been there (`since`), where it can
+   * tell: see #read.
+   */
+  #seen: { store: GuardedStore; raw: string | undefined; at: number; since: number | undefined } | undefined;
 
   constructor(entryKey: string, label: string, credential?: { readonly credentialDigest?: string }) {
     this.#entryKey = entryKey;
@@ -326,10 +345,35 @@ export class FailureGate {
    */
   async #read(store: GuardedStore, now: number): Promise<{ raw: string | undefined; active: FailureMarker | undefined }> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
-    const marker = latest(decodeMarker(raw), this.#pending(now));
+    const stored = decodeMarker(raw);
+    const since = this.#witness(store, raw, stored, now);
+    const marker = latest(stored, this.#pending(now));
     if (!marker || this.#othersSecret(marker)) return { raw, active: undefined };
-    const retryAt = clampRetryAt(marker, now);
+    let retryAt = clampRetryAt(marker, now);
+    // The marker's dates are its writer's clock: a host whose clock is behind writes a pause that reads as
+    // long over on the others, one ahead a marker dated too far ahead to hold. Where this process saw the
+    // marker appear, its pause holds from then on this process's clock, whatever the writer's said.
+    if (marker === stored && since !== undefined) retryAt = Math.max(retryAt, witnessedRetryAt(marker, since));
     return { raw, active: retryAt > now ? { ...marker, retryAt } : undefined };
+  }
+
+  /**
+   * Since when, on this process's clock, the stored marker has been there at the latest: the previous
+   * read of another value (it was written after that read), or, for a marker dated further ahead than
+   * clocks plausibly disagree (its writer's clock is ahead), the first read of it. Undefined where this
+   * process cannot tell (a marker it finds on its first look): its dates are all there is.
+   */
+  #witness(store: GuardedStore, raw: string | undefined, stored: FailureMarker | undefined, now: number): number | undefined {
+    const seen = this.#seen?.store === store ? this.#seen : undefined;
+    let since: number | undefined;
+    if (seen !== undefined && seen.raw === raw) since = seen.since;
+    // A marker dated further from this clock than hosts' clocks plausibly disagree (a value no wxkit
+    // wrote, a clock a day off) holds no one back by its dates, nor by when it was seen.
+    else if (stored !== undefined && Math.abs(stored.failedAt - now) <= WITNESS_CLOCK_SKEW_MS) {
+      since = seen !== undefined ? seen.at : stored.failedAt > now + MARKER_CLOCK_AHEAD_MS ? now : undefined;
+    }
+    this.#seen = { store, raw, at: now, since };
+    return since;
   }
 
   /**
@@ -473,6 +517,9 @@ export class FetchSpacing {
     const raw = await store.get(this.key);
     const previous = decodeSlot(raw, now);
     if (previous && previous.until > now) return undefined;
+    // The store lets a slot go two steps after its write: one still there whose end lies more than a step
+    // behind this clock was written by a clock behind ours, at most two steps ago. It may not have ended.
+    if (previous && previous.reason === undefined && now - previous.until >= previous.step) return undefined;
     const step = previous ? Math.min(previous.step * 2, maxMs) : pauseMs;
     const value = JSON.stringify({ until: now + step, step });
     // The slot is remembered for one more step after it ends, so the next one in a row grows.

@@ -294,11 +294,14 @@ export class LockedFetchRefresher implements Refresher {
     }
     let force = request.force;
     if (force && this.#upstream.scarceForce) {
-      const spaced = await this.#spaceForced(tier, now);
+      const spaced = await this.#spaceForced(tier, now, request.current);
       // Another forced refresh of the fleet, less than 30 s ago: its token is the current one, and a
-      // normal fetch hands it out without spending a force_refresh.
+      // normal fetch hands it out without spending a force_refresh. While the store still holds the token
+      // the caller wants replaced, that refresh is on its way: its holder is waited for (or, if it holds
+      // the lock no more, a normal fetch hands out its token).
       if (spaced === 'normal') force = false;
       else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
+      else if ('wait' in spaced) force = false;
       else return spaced;
     }
     // Within this process's pause after a rejection it still waits for a holder of the lock and takes
@@ -525,9 +528,14 @@ export class LockedFetchRefresher implements Refresher {
     let unshared: typeof fresh | undefined = tier.name === 'shared' ? undefined : fresh;
     // A holder whose lease ran out (it was paused) may not know what was written meanwhile: it replaces
     // only what it can prove older (fetched_at), never an entry of a format that records no time.
+    const leaseHeld = handle === undefined || handle.remainingMs() > 0;
+    // A forced stable fetch that holds its lock (and the fleet's 30 s slot) got the token WeChat now takes
+    // as current, and ended the ones before it: whatever the store holds is older, whatever its
+    // fetched_at says (the clock of the host that wrote it may be ahead of ours).
+    const supersedes = request.force && this.#upstream.scarceForce === true && leaseHeld;
     const write = {
-      rejected: (value: string) => ctx.rejected(value),
-      leaseHeld: handle === undefined || handle.remainingMs() > 0,
+      rejected: (value: string) => ctx.rejected(value) || (supersedes && value !== fetched.value),
+      leaseHeld,
       mayRetry: () => handle === undefined || handle.maxRemainingMs() > 3 * ctx.settings.cacheTimeoutMs,
       // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
       absent: seen.entryAbsent === true,
@@ -734,7 +742,7 @@ export class LockedFetchRefresher implements Refresher {
    * closer together and allows 20 a day. Without a slot the current entry is the answer, as WeChat's
    * would have been; after a 45009 on force_refresh, the quota error until the quota day ends.
    */
-  async #spaceForced(tier: Tier, now: number): Promise<Refreshed | 'normal' | { taken: string }> {
+  async #spaceForced(tier: Tier, now: number, current: string | undefined): Promise<Refreshed | 'normal' | { taken: string } | { wait: true }> {
     const ctx = this.#ctx;
     const slot = await this.#forceSpacing.slot(tier.entries, now);
     if (slot?.reason === 'quota' && slot.until > now) {
@@ -746,6 +754,8 @@ export class LockedFetchRefresher implements Refresher {
     if (taken !== undefined) return { taken };
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
     if (read.kind === 'miss') return 'normal';
+    // The token the caller forces a refresh to be rid of: the other forced refresh has not written yet.
+    if (read.entry.value === current) return { wait: true };
     ctx.log.info(
       { event: `${ctx.label}.force_spaced`, appId: ctx.appId, key: ctx.logKey },
       `Another forced refresh of the ${ctx.label} happened less than 30 s ago; WeChat would ignore this one, so the current token is the answer`,
