@@ -404,7 +404,7 @@ export class FileCache implements TokenCache {
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
       // guard now there belongs to whoever broke ours.
-      if ((await readFile(guard, 'utf8').catch(() => '')) === mine) await unlink(guard).catch(() => undefined);
+      if ((await this.#inspect(guard, op).catch(() => undefined))?.content === mine) await unlink(guard).catch(() => undefined);
     }
   }
 
@@ -451,7 +451,8 @@ export class FileCache implements TokenCache {
       }
       // Only the guard's own holder, waking from a pause past guardStaleMs, can have removed it in the
       // meantime; if another writer's guard was caught instead, it is put back (link never overwrites).
-      const caught = (await readFile(taken, 'utf8').catch(() => '')) === seen.content;
+      // Read as the guard was, through #inspect: a FIFO taken would otherwise be opened waiting for a writer.
+      const caught = (await this.#inspect(taken, op).catch(() => undefined))?.content === seen.content;
       if (!caught) await link(taken, guard).catch(() => undefined);
       await unlink(taken).catch(() => undefined);
       return caught;
@@ -461,15 +462,26 @@ export class FileCache implements TokenCache {
     }
   }
 
-  /** A guard's or a claim's content and age, read through one handle; undefined when there is none. */
+  /**
+   * A guard's or a claim's content and age, read through one handle; undefined when there is none.
+   * Writers only ever link regular files there, so anything else (a symlink, a FIFO, a socket) is no
+   * writer's guard: it is never followed nor read (a FIFO would wait for a writer), and is abandoned at
+   * once, known by its inode, so that it is broken as a dead writer's guard is.
+   */
   async #inspect(file: string, op: string): Promise<{ content: string; age: number } | undefined> {
     let handle: FileHandle | undefined;
     try {
       handle = await open(file, READ_FLAGS);
-      const [content, stats] = await Promise.all([handle.readFile('utf8'), handle.stat()]);
-      return { content, age: Date.now() - stats.mtimeMs };
+      const stats = await handle.stat();
+      if (!stats.isFile() && !stats.isDirectory()) return { content: `${NOT_A_GUARD}${stats.dev}:${stats.ino}`, age: Infinity };
+      return { content: await handle.readFile('utf8'), age: Date.now() - stats.mtimeMs };
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return undefined;
+      if (code === 'ELOOP' || code === 'EMLINK' || code === 'ENXIO') {
+        const stats = await lstat(file).catch(() => undefined);
+        return stats && { content: `${NOT_A_GUARD}${stats.dev}:${stats.ino}`, age: Infinity };
+      }
       throw this.#error(op, error);
     } finally {
       await handle?.close();
@@ -591,6 +603,9 @@ const ERRNO_REASONS: Readonly<Record<string, CacheErrorReason>> = {
   ENOTDIR: 'database',
   ENOENT: 'database',
 };
+
+/** The content #inspect gives a guard or claim that is no regular file (no writer's), with its inode: never a writer's content. */
+const NOT_A_GUARD = '\0not a guard ';
 
 /** readRegular()'s code for a file of another user than the one it was asked to require. */
 const FOREIGN = 'WXKIT_FOREIGN_OWNER';

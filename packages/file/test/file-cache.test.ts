@@ -1,5 +1,5 @@
-import { execFileSync, fork, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
@@ -247,6 +247,28 @@ describe('FileCache on disk', () => {
       expect(await cache.get(key), key).toBe(`mine-${key}`);
     }
   });
+
+  it('a FIFO or a symlink planted at a guard is no writer\'s guard: it is broken, never opened, and the write lands', () => {
+    const dir = fresh('not-regular-guard');
+    mkdirSync(dir);
+    // An old FIFO (judged abandoned by its age) at one key's guard, a symlink at another's.
+    execFileSync('mkfifo', [join(dir, 'fifo~guard')]);
+    utimesSync(join(dir, 'fifo~guard'), new Date(0), new Date(0));
+    symlinkSync(join(dir, 'elsewhere'), join(dir, 'linked~guard'));
+    const script = `import(${JSON.stringify(builtModule)}).then(async (m) => {
+      const cache = new m.FileCache({ dir: ${JSON.stringify(dir)}, guardStaleMs: 60000, guardTimeoutMs: 2000 });
+      const outcome = (call) => call.then(() => 'ok', (e) => \`\${e.code} \${e.reason} \${e.message}\`);
+      const results = { fifo: await outcome(cache.set('fifo', 'v', 60)), linked: await outcome(cache.set('linked', 'v', 60)) };
+      results.values = [await cache.get('fifo'), await cache.get('linked')];
+      console.log(JSON.stringify(results));
+    })`;
+    // A write that opened the FIFO would wait for a writer for ever (and so would its process's exit):
+    // the child is killed then, and says nothing.
+    const child = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000, killSignal: 'SIGKILL' });
+    expect(child.stdout).not.toBe('');
+    expect(JSON.parse(child.stdout)).toEqual({ fifo: 'ok', linked: 'ok', values: ['v', 'v'] });
+    expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
+  }, 30_000);
 
   it('a value whose file would exceed 1 MiB is refused with a RangeError by set() and add(), and nothing is left on disk', async () => {
     const dir = fresh('too-large');

@@ -148,16 +148,43 @@ export class KeyvCache implements TokenCache {
 }
 
 const REFUSALS = {
-  auth: 'the server refused the credentials (NOAUTH or WRONGPASS): check the user and password in the URL',
-  permission: 'the user may not run this command on this key (NOPERM)',
+  auth: 'the server refused the credentials (NOAUTH or WRONGPASS, a failed database login): check the user and password in the URL',
+  permission: 'the user may not run this command on this key or table (NOPERM, a missing privilege)',
+  readonly: 'the store takes no writes (a read-only replica or standby, a read-only session, a full memory or disk)',
 } as const;
 
-/** A Redis server's refusal of the client (@keyv/redis), by the first word of its reply. */
+// The database's refusals, by the code its driver gives: PostgreSQL's SQLSTATE, mysql2's and sqlite3's names.
+const SQL_REFUSALS: Readonly<Record<string, keyof typeof REFUSALS>> = {
+  '28000': 'auth', // invalid_authorization_specification
+  '28P01': 'auth', // invalid_password
+  '42501': 'permission', // insufficient_privilege
+  '25006': 'readonly', // read_only_sql_transaction (a hot standby, default_transaction_read_only)
+  '53100': 'readonly', // disk_full
+  ER_ACCESS_DENIED_ERROR: 'auth',
+  ER_DBACCESS_DENIED_ERROR: 'permission',
+  ER_TABLEACCESS_DENIED_ERROR: 'permission',
+  ER_COLUMNACCESS_DENIED_ERROR: 'permission',
+  ER_OPTION_PREVENTS_STATEMENT: 'readonly', // --read-only
+  ER_READ_ONLY_MODE: 'readonly',
+  ER_RECORD_FILE_FULL: 'readonly',
+  ER_DISK_FULL: 'readonly',
+  SQLITE_READONLY: 'readonly',
+  SQLITE_FULL: 'readonly',
+  SQLITE_PERM: 'permission',
+  SQLITE_AUTH: 'permission',
+};
+
+/**
+ * A server's refusal of the client: Redis's (@keyv/redis) by the first word of its reply, as RedisCache
+ * reads it, a SQL database's by its error code.
+ */
 function refusalOf(error: unknown): keyof typeof REFUSALS | undefined {
   const word = /^[A-Z]+\b/.exec(String((error as { message?: unknown } | null)?.message))?.[0];
   if (word === 'NOAUTH' || word === 'WRONGPASS') return 'auth';
   if (word === 'NOPERM') return 'permission';
-  return undefined;
+  if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF' || word === 'OOM') return 'readonly';
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && Object.hasOwn(SQL_REFUSALS, code) ? SQL_REFUSALS[code] : undefined;
 }
 
 // TokenCache values are binary strings (one character per byte). Keyv stores keep text (a SQL TEXT

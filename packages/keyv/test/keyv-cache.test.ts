@@ -171,6 +171,17 @@ describe('KeyvCache on @keyv/redis down or refusing', () => {
     await expect(cache.get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
   });
 
+  it('a server that takes no writes (memory full, a read-only replica) is a CacheError of reason readonly, as RedisCache says it', async () => {
+    const full = await startRedis({ args: ['--maxmemory', '1', '--maxmemory-policy', 'noeviction'] });
+    const replica = await startRedis({ args: ['--replicaof', '127.0.0.1', String(redis.port)] });
+    servers.push(full, replica);
+    const refusing = [full, replica].map((server) => new KeyvRedis<string>({ url: server.url, commandOptions: { timeout: 1_000 } }));
+    stores.push(...refusing);
+    for (const store of refusing) {
+      await expect(new KeyvCache(store).set('wechat:k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'readonly' });
+    }
+  });
+
   it('with commandOptions.timeout, calls made while the first connection is made wait for it (disableOfflineQueue would fail them)', async () => {
     const store = new KeyvRedis<string>({ url: redis.url, commandOptions: { timeout: 2_000 } });
     stores.push(store);

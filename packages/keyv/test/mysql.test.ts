@@ -158,6 +158,31 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
     await expect(cache.add!('k', 'v', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
   });
 
+  it('a user without the right to write the table gets a CacheError of reason permission, and one with a wrong password of reason auth', () => {
+    const table = newTable();
+    createTable(table);
+    const user = `wxkit_reader_${randomBytes(4).toString('hex')}`;
+    mariadb(`CREATE USER '${user}'@'%' IDENTIFIED BY 'pw'; GRANT SELECT ON test.${table} TO '${user}'@'%';`);
+    // In a process of its own: @keyv/mysql keeps one pool for the whole process.
+    const uris = [`mysql://${user}:pw@127.0.0.1:3306/test`, `mysql://${user}:wrong@127.0.0.1:3306/test`];
+    const script = `Promise.all([import('@keyv/mysql'), import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)})]).then(async ([{ default: KeyvMysql }, { KeyvCache }]) => {
+      const reasons = [];
+      for (const uri of ${JSON.stringify(uris)}) {
+        const store = new KeyvMysql({ uri, table: ${JSON.stringify(table)} });
+        const cache = new KeyvCache(store);
+        reasons.push(await cache.set('wechat:k', 'w', 60).then(() => 'stored', (e) => \`\${e.code} \${e.reason}\`));
+        await store.disconnect().catch(() => undefined);
+      }
+      console.log(JSON.stringify(reasons));
+    })`;
+    try {
+      const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', cwd: new URL('..', import.meta.url).pathname });
+      expect(JSON.parse(child.stdout)).toEqual(['ERR_WXKIT_CACHE permission', 'ERR_WXKIT_CACHE auth']);
+    } finally {
+      mariadb(`DROP USER '${user}'@'%'`);
+    }
+  });
+
   it('a server that refused the adapter when it was made: every call fails with reason refused, saying the store will not try again', async () => {
     const port = await freePort(); // nothing listens on it
     const cache = new KeyvCache(new KeyvMysql({ uri: `mysql://root@127.0.0.1:${port}/test`, table: newTable() }));

@@ -130,6 +130,34 @@ describe('KeyvCache on @keyv/postgres', () => {
     expect(await cache.get('k')).toBe('v');
   });
 
+  it('a database that takes no writes (a standby, a read-only session) is a CacheError of reason readonly; a missing right, of reason permission', async () => {
+    const table = newTable();
+    await new KeyvCache(store(table)).set('wechat:k', 'v', 60);
+    const role = `wxkit_reader_${randomBytes(4).toString('hex')}`;
+    psql(`CREATE ROLE ${role} LOGIN; GRANT USAGE, CREATE ON SCHEMA public TO ${role}; GRANT SELECT ON public.${table} TO ${role};`);
+    // In a process of its own: @keyv/postgres keeps one pool for the whole process, replaced by a store
+    // of another URI. A session whose transactions are read-only (as on a hot standby), and a user that
+    // may only read the table.
+    const uris = [`${POSTGRES}?options=-c%20default_transaction_read_only%3Don`, `postgresql://${role}@127.0.0.1:5432/test`];
+    const script = `Promise.all([import('@keyv/postgres'), import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)})]).then(async ([{ default: KeyvPostgres }, { KeyvCache }]) => {
+      const reasons = [];
+      for (const uri of ${JSON.stringify(uris)}) {
+        const store = new KeyvPostgres({ uri, table: ${JSON.stringify(table)} });
+        reasons.push(await new KeyvCache(store).set('wechat:k', 'w', 60).then(() => 'stored', (e) => \`\${e.code} \${e.reason}\`));
+        await store.disconnect();
+      }
+      console.log(JSON.stringify(reasons));
+    })`;
+    try {
+      const child = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', cwd: new URL('..', import.meta.url).pathname });
+      expect(child.stderr).toBe('');
+      expect(JSON.parse(child.stdout)).toEqual(['ERR_WXKIT_CACHE readonly', 'ERR_WXKIT_CACHE permission']);
+      expect(psql(`SELECT value FROM public.${table} WHERE key = 'wechat:k'`)).toBe('v');
+    } finally {
+      psql(`REVOKE ALL ON public.${table} FROM ${role}; REVOKE ALL ON SCHEMA public FROM ${role}; DROP ROLE ${role};`);
+    }
+  });
+
   it('is found through a Keyv instance too', () => {
     const keyv = new Keyv(store(suiteTable), { namespace: undefined });
     expect(typeof new KeyvCache(keyv).add).toBe('function');
