@@ -246,6 +246,23 @@ describe('token-scoped invalidation', () => {
     expect(mock.counters(appId).tokenRequests).toBe(2);
   });
 
+  it("forceRefresh() in one process ends at once the token another holds in memory: its 20 sends are resent with the forced token, none lost, no fetch more", async () => {
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const [forcer, holder] = [0, 1].map(() => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false }));
+    const old = await holder!.accessToken.getToken();
+    const forced = await forcer!.accessToken.forceRefresh();
+    // WeChat's forced refresh leaves the earlier token no grace window (only normal mode's rotation has one).
+    expect(mock.isTokenValid(appId, old)).toBe(false);
+    const results = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => holder!.templateMessage.send({ touser: `o${i}`, template_id: 'T', data: { a: { value: 'x' } } })),
+    );
+    expect(results.every((r) => r.errcode === 0)).toBe(true);
+    expect(await holder!.accessToken.getToken()).toBe(forced);
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 20, forceRefreshes: 1, tokenRequests: 2 });
+    await Promise.all([forcer!.close(), holder!.close()]);
+  });
+
   it('a second rejection is thrown, not retried in a loop', async () => {
     const { app, appId } = newApp(mock);
     await app.accessToken.getToken();

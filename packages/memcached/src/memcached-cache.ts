@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { KeyvMemcache } from '@keyv/memcache';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
 import { assertTtl, checkOptions, durationMs, required, rule, typeName, type OptionSchema } from '@wxkit/core/internal';
@@ -219,14 +220,16 @@ export class MemcachedCache implements TokenCache {
           // the connection is failed as memjs would (its pending requests fail, the next call connects).
           // A request that must wait for its connection (and its SASL login) first has timeoutMs for
           // that too, as memjs gives a connection (conntimeout).
-          const server = this.#client.server(key);
+          // memjs picks the server by the key it is given; the request carries the key itself.
+          const route = wireKey(placement(key));
+          const server = this.#client.server(route);
           const budgetMs = server?.connected ? this.#timeoutMs : 2 * this.#timeoutMs;
           deadline = setTimeout(() => {
             reject(timedOut(`memcached did not answer within ${budgetMs} ms`));
             server?.error(timedOut('socket timed out waiting on response.'));
           }, budgetMs);
           deadline.unref?.();
-          this.#client.perform(key, build(seq), seq, settle, 1);
+          this.#client.perform(route, build(seq), seq, settle, 1);
         });
       } catch (error) {
         if (attempt >= attempts || this.#closed) throw error;
@@ -238,9 +241,9 @@ export class MemcachedCache implements TokenCache {
 
   async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`MemcachedCache ${op} after close() (${this.#where})`, { reason: 'closed' });
-    // memcached keys are at most 250 bytes of printable characters without spaces; wxkit's keys are.
-    if (Buffer.byteLength(key) > 250 || /[\s\u0000-\u001f\u007f]/.test(key)) {
-      throw new CacheError(`MemcachedCache ${op}: memcached keys must be at most 250 bytes without spaces or control characters`);
+    // memcached keys are printable characters without spaces (longer than 250 bytes: see wireKey).
+    if (/[\s\u0000-\u001f\u007f]/.test(key)) {
+      throw new CacheError(`MemcachedCache ${op}: memcached keys must be without spaces or control characters`, { reason: 'value' });
     }
     try {
       return await fn();
@@ -260,7 +263,7 @@ function answered(command: string, response: MemjsResponse, ...expected: number[
 
 /** A binary-protocol request (memcached protocol_binary.h): header, extras, key, value. */
 function request(opcode: number, seq: number, key: string, body: { extras?: Buffer; value?: Buffer; cas?: Buffer } = {}): Buffer {
-  const keyBytes = Buffer.from(key, 'utf8');
+  const keyBytes = Buffer.from(wireKey(key), 'utf8');
   const extras = body.extras ?? Buffer.alloc(0);
   const value = body.value ?? Buffer.alloc(0);
   const buffer = Buffer.alloc(24 + extras.length + keyBytes.length + value.length);
@@ -275,6 +278,26 @@ function request(opcode: number, seq: number, key: string, body: { extras?: Buff
   keyBytes.copy(buffer, 24 + extras.length);
   value.copy(buffer, 24 + extras.length + keyBytes.length);
   return buffer;
+}
+
+/**
+ * The key memcached is sent: the key itself, or past memcached's 250 bytes a digest of it. The protocol's
+ * companions (`{key}:lock`, `:failed`, `:refetch`) are longer than their entry's key: refused, a key of 243
+ * to 250 bytes would take the store for down in every process, each fetching on its own. No client of
+ * another language can hold such a key in memcached, so the digest shares with nobody it could have.
+ */
+function wireKey(key: string): string {
+  return Buffer.byteLength(key) <= 250 ? key : `wxkit:sha256:${createHash('sha256').update(key).digest('hex')}`;
+}
+
+/**
+ * The key whose server holds `key`: the entry's own for the protocol's companions (`{key}:lock`,
+ * `:failed`, `:refetch`, `:forced`), so that an entry and its lock live on one server. Hashed apart (with
+ * two servers they always were: the suffixes change the hash's parity), one server down of several would
+ * break the lock or the entry of every app, and each host would fetch on its own.
+ */
+function placement(key: string): string {
+  return key.replace(/:(?:lock|failed|refetch|forced)$/, '');
 }
 
 /** The extras of SET and ADD: flags 0 (as memjs writes them) and the expiration. */

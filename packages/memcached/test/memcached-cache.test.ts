@@ -1,7 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { memcachedCommand, memcachedGet, memcachedGetBytes, memcachedSet, startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { badWriteRefusals, describeTokenCache } from '@wxkit/testing/suite';
-import { OfficialAccount } from '@wxkit/core';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { OfficialAccount, nativeSchema } from '@wxkit/core';
 import { MemcachedCache } from '../src/index.js';
 
 let memcached: StoreServer;
@@ -149,11 +152,105 @@ describe('MemcachedCache on a real memcached', () => {
     }
   });
 
-  it('refuses keys memcached cannot hold', async () => {
+  it('refuses keys memcached cannot hold, and keeps keys past its 250 bytes under a digest', async () => {
     const cache = new MemcachedCache(memcached.url);
-    await expect(cache.get('has space')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
-    await expect(cache.set('k'.repeat(251), 'v', 1)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    await expect(cache.get('has space')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'value' });
+    const long = `${'k'.repeat(250)}:${process.pid}`;
+    expect(await cache.add(`${long}:lock`, 'o', 60)).toBe(true);
+    expect(await cache.add(`${long}:lock`, 'p', 60)).toBe(false);
+    await cache.set(long, 'v', 60);
+    expect(await cache.get(long)).toBe('v');
+    expect(await cache.get(`${long}:other`)).toBeUndefined();
     await cache.close();
+  });
+
+  it('an entry key of 250 bytes: its lock and failure-marker keys, longer, still reach memcached, and two hosts share one fetch', async () => {
+    const { appId, secret } = mock.createApp();
+    // A deployment's own prefix that brings the entry key to memcached's limit; `{key}:lock` is 255 bytes.
+    const prefix = 'p'.repeat(250 - `access_token:${appId}`.length);
+    const entryKey = `${prefix}access_token:${appId}`;
+    expect(Buffer.byteLength(entryKey)).toBe(250);
+    // Two hosts: each its own client and fallback directory, so memcached is all they share.
+    const hosts = [0, 1].map(() => {
+      const cache = new MemcachedCache(memcached.url);
+      const fallbackDir = mkdtempSync(join(tmpdir(), 'wxkit-mc-host-'));
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: nativeSchema({ prefix }), tokenEndpoint: 'classic', fallbackDir, logger: false });
+      return { cache, app };
+    });
+    const token = await hosts[0]!.app.accessToken.getToken();
+    expect(await hosts[1]!.app.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(await memcachedGet(memcached.port, entryKey)).toContain(`"access_token":"${token}"`);
+    for (const { app, cache } of hosts) {
+      await app.close();
+      await cache.close();
+    }
+  });
+
+  it('several servers, one down: an app whose entry lives on the other keeps its lock there too, and two hosts share one fetch', async () => {
+    const servers = await Promise.all([startMemcached(), startMemcached()]);
+    const { appId, secret } = mock.createApp();
+    const entryKey = `wechat:access_token:${appId}`;
+    // Which server the entry's key goes to: written once through a client of both, then looked for.
+    const probe = new MemcachedCache({ servers: servers.map((server) => server.url) });
+    await probe.set(entryKey, 'where', 60);
+    const holds = await Promise.all(servers.map((server) => memcachedGet(server.port, entryKey)));
+    await probe.delete(entryKey);
+    await probe.close();
+    const live = servers[holds.indexOf('where')]!;
+    const down = servers.find((server) => server !== live)!;
+    await down.stop();
+    // Two hosts: each its own client and fallback directory, so the live server is all they share.
+    const hosts = [0, 1].map(() => {
+      const cache = new MemcachedCache({ servers: servers.map((server) => server.url) });
+      const fallbackDir = mkdtempSync(join(tmpdir(), 'wxkit-mc-host-'));
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', fallbackDir, logger: false });
+      return { cache, app };
+    });
+    try {
+      const token = await hosts[0]!.app.accessToken.getToken();
+      expect(await hosts[1]!.app.accessToken.getToken()).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(await memcachedGet(live.port, entryKey)).toContain(`"access_token":"${token}"`);
+    } finally {
+      for (const { app, cache } of hosts) {
+        await app.close();
+        await cache.close();
+      }
+      await live.stop();
+    }
+  });
+
+  it('memcached restarted while the lock holder fetches: the second holder\'s token, asked for later in the same second, is not replaced by the first\'s', async () => {
+    const [server, wechat] = await Promise.all([startMemcached(), startMockWeChat()]);
+    const { appId, secret } = wechat.createApp();
+    // Both fetches within one second: fetched_at cannot order them.
+    const now = Date.now();
+    const hosts = [0, 1].map(() => {
+      const cache = new MemcachedCache(server.url);
+      const fallbackDir = mkdtempSync(join(tmpdir(), 'wxkit-mc-host-'));
+      const app = new OfficialAccount({ appId, secret, baseUrl: wechat.url, cache, tokenEndpoint: 'classic', fallbackDir, now: () => now, logger: false });
+      return { cache, app };
+    });
+    try {
+      wechat.setLatency(1000);
+      const first = hosts[0]!.app.accessToken.getToken();
+      await vi.waitUntil(() => wechat.counters(appId).tokenRequests === 1, { timeout: 5000, interval: 5 });
+      // The lock goes with the restart; the second host takes it and fetches: WeChat's newest token.
+      await server.stop('SIGKILL');
+      await server.start();
+      wechat.setLatency(0);
+      const second = await hosts[1]!.app.accessToken.getToken();
+      expect(await first).toBe(second);
+      expect(wechat.counters(appId).tokenRequests).toBe(2);
+      expect(await memcachedGet(server.port, `wechat:access_token:${appId}`)).toContain(`"access_token":"${second}"`);
+    } finally {
+      for (const { app, cache } of hosts) {
+        await app.close();
+        await cache.close();
+      }
+      await Promise.all([server.stop(), wechat.close()]);
+    }
   });
 
   it('checks its options before connecting', () => {

@@ -54,6 +54,12 @@ export interface WriteOptions {
    * @default true
    */
   leaseHeld?: boolean;
+  /**
+   * Whether the writer's refresh lock is still its own, asked only when the entry holds another token
+   * fetched in the same second as ours: fetched_at cannot order the two, and a writer whose lock went
+   * meanwhile (a store restart, an eviction) may be the older fetch. It then keeps theirs. @default none
+   */
+  holds?: () => Promise<boolean>;
   /** Whether there is time for another round after a lost compare-and-set. @default always */
   mayRetry?: () => boolean;
   /**
@@ -226,7 +232,7 @@ export class EntryStore {
    */
   async write(store: GuardedStore, fresh: EncodedEntry, options: WriteOptions = {}): Promise<{ entry: StoredEntry; stored: boolean }> {
     const { raw, ttlSeconds, entry } = fresh;
-    const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false } = options;
+    const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false, holds } = options;
     let stored = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
       const current = round === 0 && absent && store.atomicAdd ? undefined : await store.getOrOtherKind(this.key, OTHER_KIND);
@@ -256,6 +262,7 @@ export class EntryStore {
       if (theirs && theirs.value !== entry.value && !rejected(theirs.value) && this.#servable(theirs)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
         if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
+        if (dated && theirs.fetchedAt === entry.fetchedAt && holds !== undefined && !(await holds())) return { entry: theirs, stored: false };
       }
       stored = await store.compareAndSet(this.key, current, raw, ttlSeconds);
     }

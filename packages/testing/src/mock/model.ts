@@ -365,14 +365,15 @@ export class WeChatModel {
 
   /**
    * A stable token. A normal rotation leaves the old token its own remaining life (old and new
-   * overlap, as WeChat rotates 5 minutes early); a forced refresh ends the earlier stable tokens after
-   * the grace window at most.
+   * overlap, as WeChat rotates 5 minutes early); a forced refresh ends the earlier stable tokens at once:
+   * WeChat's docs promise the overlap to normal mode only, and say a forced refresh "makes the token
+   * fetched before invalid" (it is meant for a leaked token).
    */
   issueStable(state: AppState, force: boolean, t: number): IssuedToken {
     const token = this.newToken(state, 'stable', t);
     if (force) {
       for (const old of [...state.undead]) {
-        if (old.kind === 'stable' && old !== token) this.kill(state, old, Math.min(old.expiresAt, t + this.config.graceMs), t);
+        if (old.kind === 'stable' && old !== token) this.kill(state, old, t, t);
       }
     }
     state.stableCurrent = token;

@@ -536,6 +536,12 @@ export class LockedFetchRefresher implements Refresher {
     const write = {
       rejected: (value: string) => ctx.rejected(value) || (supersedes && value !== fetched.value),
       leaseHeld,
+      // Asked on a same-second tie only: a lock another holds, or none, says this fetch may be the older
+      // one; a lock that cannot be read says nothing, and the write goes on as it would have.
+      holds:
+        handle === undefined || tier.lock === undefined
+          ? undefined
+          : () => tier.lock!.get(this.#lock.key).then((owner) => owner === handle.owner, () => true),
       mayRetry: () => handle === undefined || handle.maxRemainingMs() > 3 * ctx.settings.cacheTimeoutMs,
       // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
       absent: seen.entryAbsent === true,
