@@ -1,4 +1,4 @@
-import { CacheError, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
+import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
 import { NEAR_EXPIRY_MS, clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
@@ -323,7 +323,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
           // from the store as new, while another program holds the lock (and say it was refreshed). One
           // that is no entry, or past its use, is nothing to take back: reading it would fetch a token,
           // and the forced refresh a second.
-          if (stored !== undefined && servable(schema.decode('access_token', stored))) await signals.race(client.accessToken.getEntry());
+          if (stored !== undefined && servable(decodedOrNone(schema, stored))) await signals.race(client.accessToken.getEntry());
           await signals.race(client.accessToken.forceRefresh());
         }
         entry = await signals.race(client.accessToken.getEntry());
@@ -348,7 +348,13 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       }
       // What the others read: a token this command holds and the store does not is no shared token.
       const readBack = await cache.get(key);
-      const shared = readBack === undefined ? undefined : schema.decode('access_token', readBack);
+      let shared = readBack === undefined ? undefined : decodedOrNone(schema, readBack);
+      // A key that holds another program's value, which the client never replaces: the fleet's token
+      // lives beside it, at {key}:wxkit in the native format (key-schema.md).
+      if (readBack !== undefined && shared === undefined) {
+        const beside = await cache.get(`${key}:wxkit`);
+        shared = beside === undefined ? undefined : nativeSchema().decode('access_token', beside);
+      }
       // A newer entry another program wrote meanwhile is fine; an older one or none means ours is lost.
       const lost = !shared || (shared.value !== entry.value && !(shared.fetchedAt !== undefined && entry.fetchedAt !== undefined && shared.fetchedAt >= entry.fetchedAt));
       if (lost) {
@@ -419,6 +425,15 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
       process.removeListener('SIGTERM', onSignal);
     },
   };
+}
+
+/** The entry in `raw`, or none where it is not one of the schema (another program's value included). */
+function decodedOrNone(schema: KeySchema, raw: string): StoredEntry | undefined {
+  try {
+    return schema.decode('access_token', raw);
+  } catch {
+    return undefined;
+  }
 }
 
 /** Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it). */

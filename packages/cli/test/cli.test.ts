@@ -310,6 +310,13 @@ describe('wxkit token', () => {
     const inspected = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, ...profile, '--json'], { WECHAT_SECRET: secret });
     expect(inspected.json).toMatchObject({ state: 'present', schema: 'easyWeChat4', key });
     expect(inspected.json.remaining_seconds).toBeGreaterThan(7100);
+    // The PHP side stores something else there (a PHP object): never replaced, the token is shared beside it.
+    redisCli(redis.port, 'SET', key, 'O:8:"stdClass":0:{}', 'EX', '600');
+    const beside = await wxkit(['token', 'refresh', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, ...profile, '--json', '--show-token'], { WECHAT_SECRET: secret });
+    expect(beside.code, beside.stderr).toBe(0);
+    expect(redisCli(redis.port, 'GET', key)).toBe('O:8:"stdClass":0:{}');
+    expect(JSON.parse(redisCli(redis.port, 'GET', `${key}:wxkit`))).toMatchObject({ access_token: beside.json.token });
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
     const unknown = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'laravel-magic']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('--profile must be one of native, easyWeChat4');
