@@ -576,9 +576,10 @@ export class FileCache implements TokenCache {
     if ((stats.mode & 0o022) !== 0) refuse(`others may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
   }
 
-  #error(op: string, cause: unknown): CacheError {
-    const code = (cause as NodeJS.ErrnoException | null)?.code;
-    if (cause instanceof CacheError) return cause;
+  #error(op: string, failure: unknown): CacheError {
+    const code = (failure as NodeJS.ErrnoException | null)?.code;
+    if (failure instanceof CacheError) return failure;
+    const cause = this.#withoutNames(failure);
     // A directory where a key's file belongs is another program's, as a Redis hash at a key is: an answer
     // about that key (CacheErrorReason `type`), not an outage of the store, and it is left as it is.
     if (code === 'EISDIR') {
@@ -586,6 +587,23 @@ export class FileCache implements TokenCache {
     }
     const reason = code === undefined ? undefined : ERRNO_REASONS[code];
     return new CacheError(`FileCache ${op} failed in ${this.dir}${code ? ` (${code})` : ''}`, { cause, ...(reason ? { reason } : {}) });
+  }
+
+  /**
+   * `failure` without the names of the files it was about: a file's name is its key, and a profile's key
+   * may hold the app's secret (easyWeChat6). Node's errors name the file in their message and `path`; the
+   * cause kept has the directory in their place, and the code, errno and syscall.
+   */
+  #withoutNames(failure: unknown): unknown {
+    if (!(failure instanceof Error)) return failure;
+    const { code, errno, syscall } = failure as NodeJS.ErrnoException;
+    let message = failure.message;
+    for (let at = message.indexOf(this.dir); at >= 0; at = message.indexOf(this.dir, at + this.dir.length)) {
+      let end = at + this.dir.length;
+      while (end < message.length && !/['"\s]/.test(message[end]!)) end += 1;
+      message = `${message.slice(0, at)}${this.dir}/…${message.slice(end)}`;
+    }
+    return Object.assign(new Error(message), code === undefined ? {} : { code }, errno === undefined ? {} : { errno }, syscall === undefined ? {} : { syscall });
   }
 }
 

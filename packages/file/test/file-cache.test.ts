@@ -2,6 +2,7 @@ import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_pro
 import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
+import { inspect } from 'node:util';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
@@ -281,6 +282,20 @@ describe('FileCache on disk', () => {
     await expect(cache.add('big', value, 60)).rejects.toThrow(RangeError);
     expect(readdirSync(dir)).toEqual([]);
     expect(await cache.get('big')).toBeUndefined();
+  });
+
+  it("names no key in its errors, their causes included: a profile's key may hold the app's secret", async () => {
+    const dir = fresh('secret-in-key');
+    const cache = new FileCache({ dir });
+    // easyWeChat6's key for an app holds its secret; a directory there makes every call fail.
+    const key = 'easywechat.kernel.access_token.wx0123456789abcdef.SECRET0123456789abcdef0123456789';
+    mkdirSync(join(dir, key), { recursive: true });
+    for (const call of [() => cache.get(key), () => cache.set(key, 'v', 60), () => cache.add(key, 'v', 60), () => cache.ttlMs(key)]) {
+      const error = await call().then(() => undefined, (failure: unknown) => failure as Error & { cause?: NodeJS.ErrnoException });
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+      expect(inspect(error)).not.toContain('SECRET0123456789');
+      expect(error!.cause?.message).toContain(dir);
+    }
   });
 
   it("a directory at a key (another program's) is a CacheError of reason type, not an outage: the token is served and the directory left", async () => {
