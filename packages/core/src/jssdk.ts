@@ -132,7 +132,7 @@ abstract class TicketKeeper<T extends string> {
         {
           budgetMs: this.core.http.callBudgetMs,
           // The access token is had before the ticket's lock is taken, so the lock guards one call.
-          prepare: () => this.#token.get(),
+          prepare: (signal) => this.#token.get(signal),
           // Whether WeChat took the access token is told to its manager, as an API call's answer is: a
           // token rejected after it worked was replaced, and its replacement is fetched at once; one
           // rejected before any call went through with it (a ticket endpoint that refuses every token)

@@ -105,6 +105,21 @@ describe('writes never go back in time', () => {
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'MINE' } });
   });
 
+  it("a token shared beside another program's value is not served once the fleet wrote a newer one at the key itself (the other program's value went, and came back)", async () => {
+    const { cache, store, entries } = setUp(easyWeChat4());
+    const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, igbinary, 600);
+    expect(await entries.write(store, entries.encode(fetched('BESIDE'), now - 60, 'web-1:1'))).toMatchObject({ stored: true });
+    // The other program's value ran out: the fleet's next token is written at the key itself (on the
+    // classic endpoint, its fetch ended the one beside).
+    await cache.delete(key);
+    expect(await entries.write(store, entries.encode(fetched('NEWER'), now, 'web-1:1'))).toMatchObject({ stored: true });
+    // The other program writes its value again: what lies beside it is older than the fleet's last token.
+    await cache.set(key, igbinary, 600);
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss', foreign: true });
+  });
+
   it('an absent entry is added, never blindly set: a writer that loses the add keeps the winner', async () => {
     const inner = new MemoryCache();
     const now = Math.floor(Date.now() / 1000);

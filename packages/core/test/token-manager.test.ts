@@ -121,6 +121,27 @@ describe('a wait every caller gave up on', () => {
     expect(mock.counters(appId).tokenRequests).toBe(0);
     await app.close();
   });
+  it("ends while it waits for its input: a ticket's refresh no longer waits for the access token's holder", async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
+    const cache = new CountingReads();
+    const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
+    cache.key = `wechat:stable_access_token:${appId}`;
+    await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    const call = rejection(app.jssdk.getTicket('jsapi', { signal: controller.signal }));
+    // The ticket's refresh waits for the access token, whose refresh waits for the holder.
+    await vi.advanceTimersByTimeAsync(3_000);
+    expect(cache.reads).toBeGreaterThan(1);
+    controller.abort(reason);
+    expect(await call).toBe(reason);
+    await vi.advanceTimersByTimeAsync(1_000);
+    const after = cache.reads;
+    await vi.advanceTimersByTimeAsync(120_000);
+    expect(cache.reads).toBe(after);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    await app.close();
+  });
 });
 
 describe('rejected tokens', () => {

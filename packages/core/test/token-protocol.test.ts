@@ -163,6 +163,50 @@ describe('getToken', () => {
     expect(await app.accessToken.getToken()).toBe(second);
   });
 
+  it('two clients force a refresh at once, the one without the 30 s slot taking the lock first: one force_refresh, and neither hands out the token it replaced', async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    const key = stableKey(appId);
+    let slotTaken!: () => void;
+    let lockTaken!: () => void;
+    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
+    let armed = false;
+    /** The shared store as one client sees it: `add` may be held back, and is told of. */
+    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
+      new Proxy(shared, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
+          return async (at: string, v: string, ttl: number) => {
+            await before(at);
+            const added = await target.add(at, v, ttl);
+            after(at, added);
+            return added;
+          };
+        },
+      });
+    // The first client takes the slot, then is slow to take the lock: the second gets the lock first.
+    const winnerStore = seenBy(
+      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
+      (at, added) => added && at === `${key}:forced` && slotTaken(),
+    );
+    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
+    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore });
+    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore });
+    const before = await winner.accessToken.getToken();
+    expect(await loser.accessToken.getToken()).toBe(before);
+    armed = true;
+    const first = winner.accessToken.forceRefresh();
+    await slotWritten;
+    const second = await loser.accessToken.forceRefresh();
+    const forced = await first;
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+    // The loser does not hand out the token the force_refresh ends (the one its caller wants rid of).
+    expect([forced === before, second === before]).toEqual([false, false]);
+    expect(second).toBe(forced);
+    await Promise.all([winner.close(), loser.close()]);
+  });
+
   it('an AbortSignal stops one caller without cancelling the shared fetch', async () => {
     const { app, appId } = newApp(mock);
     mock.setLatency(200);

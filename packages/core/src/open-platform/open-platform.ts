@@ -865,7 +865,7 @@ export class OpenPlatform {
       budgetMs: REFRESH_HTTP_CALLS * core.http.callBudgetMs + (REFRESH_DURABLE_CALLS + REFRESH_COPY_CALLS) * core.cacheTimeoutMs + REFRESH_PAUSES_MS,
       invalidatesPrevious: true,
       // The component token is got before the lock is taken, so the lock guards only the refresh itself.
-      prepare: () => this.#component.get(),
+      prepare: (signal) => this.#component.get(signal),
       rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
       dropInput: (componentToken, error) => this.#component.rejectedOnCall(componentToken, (error as WeChatApiError).errcode),
     };

@@ -80,6 +80,8 @@ export class EntryStore {
   #reportedCorrupt: string | undefined;
   /** Where the fleet shares its token while the key holds another program's value (see #beside). */
   #side: EntryStore | undefined;
+  /** This store is the one beside another program's value (it keeps nothing beside itself). */
+  #isBeside = false;
 
   constructor(init: EntryStoreInit) {
     this.#init = init;
@@ -136,7 +138,11 @@ export class EntryStore {
   get #beside(): EntryStore {
     const init = this.#init;
     const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field, key) => init.schema.ttlSeconds(expiresIn, field, key) };
-    return (this.#side ??= new EntryStore({ ...init, key: `${this.key}:wxkit`, logKey: `${init.logKey}:wxkit`, schema }));
+    if (!this.#side) {
+      this.#side = new EntryStore({ ...init, key: `${this.key}:wxkit`, logKey: `${init.logKey}:wxkit`, schema });
+      this.#side.#isBeside = true;
+    }
+    return this.#side;
   }
 
   async #readBeside(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
@@ -234,13 +240,14 @@ export class EntryStore {
     const { raw, ttlSeconds, entry } = fresh;
     const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false, holds } = options;
     let stored = false;
+    let added = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
       const current = round === 0 && absent && store.atomicAdd ? undefined : await store.getOrOtherKind(this.key, OTHER_KIND);
       if (current === OTHER_KIND) return this.#beside.write(store, this.#besideEncoded(fresh), { ...options, absent: false });
       if (current === undefined) {
-        const added = store.add(this.key, raw, ttlSeconds);
-        if (added === undefined) await store.set(this.key, raw, ttlSeconds);
-        stored = added === undefined || (await added);
+        const adding = store.add(this.key, raw, ttlSeconds);
+        if (adding === undefined) await store.set(this.key, raw, ttlSeconds);
+        stored = added = adding === undefined || (await adding);
         continue;
       }
       // Ours already (a peer wrote the same value, WeChat's ticket being the same while it lives): the
@@ -272,6 +279,10 @@ export class EntryStore {
     for (const companion of schema.companions?.(this.key, field, entry.value, entry.expiresAt! - fetchedAt, fetchedAt) ?? []) {
       await store.set(companion.key, encodedToBinary(companion.value), companion.ttlSeconds);
     }
+    // Written where the key was empty: another program's value there may have gone (its TTL), and the
+    // token the fleet kept beside it is older than this one (on the classic endpoint, ended by its
+    // fetch). It goes, so that it is not served when that program writes its value again.
+    if (added && !this.#isBeside) await store.delete(`${this.key}:wxkit`).catch(() => undefined);
     return { entry, stored: true };
   }
 

@@ -168,7 +168,7 @@ export class LockedFetchRefresher implements Refresher {
 
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
     for (let round = 1; ; round += 1) {
-      const prepared = await this.#upstream.prepare?.();
+      const prepared = await this.#prepare(request);
       const tier = this.#ctx.tiers.current();
       const progress: Progress = { asked: false };
       try {
@@ -196,6 +196,30 @@ export class LockedFetchRefresher implements Refresher {
         }
         throw error;
       }
+    }
+  }
+
+  /**
+   * The upstream's input (a ticket's access token, an authorizer's component token), asked with a signal
+   * that aborts when the refresh's waits end: a refresh every caller gave up on stops waiting for its
+   * input too, and leaves the input's own refresh to its other callers (or ends it, if none is left).
+   */
+  async #prepare(request: RefreshRequest): Promise<unknown> {
+    const upstream = this.#upstream;
+    if (!upstream.prepare) return undefined;
+    const ended = request.ended;
+    if (!ended) return upstream.prepare();
+    stopIfEnded(this.#ctx, request);
+    const controller = new AbortController();
+    const onEnded = () => controller.abort(new TokenUnavailableError(`Every caller stopped waiting for the ${this.#ctx.label}: the refresh ended before it fetched`));
+    ended.addEventListener('abort', onEnded, { once: true });
+    try {
+      return await upstream.prepare(controller.signal);
+    } catch (error) {
+      stopIfEnded(this.#ctx, request);
+      throw error;
+    } finally {
+      ended.removeEventListener('abort', onEnded);
     }
   }
 
@@ -293,6 +317,7 @@ export class LockedFetchRefresher implements Refresher {
       markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
+    let awaitsForced = false;
     if (force && this.#upstream.scarceForce) {
       const spaced = await this.#spaceForced(tier, now, request.current);
       // Another forced refresh of the fleet, less than 30 s ago: its token is the current one, and a
@@ -301,8 +326,10 @@ export class LockedFetchRefresher implements Refresher {
       // the lock no more, a normal fetch hands out its token).
       if (spaced === 'normal') force = false;
       else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
-      else if ('wait' in spaced) force = false;
-      else return spaced;
+      else if ('wait' in spaced) {
+        force = false;
+        awaitsForced = true;
+      } else return spaced;
     }
     // Within this process's pause after a rejection it still waits for a holder of the lock and takes
     // its token; it takes no store-down slot, and fetches none itself (see #sitOutPause).
@@ -336,6 +363,42 @@ export class LockedFetchRefresher implements Refresher {
       if (request.ahead) return undefined;
     } else {
       handle = attempt;
+    }
+
+    // The lock came to the loser of the fleet's 30 s slot before its winner took it: while the store still
+    // holds the token the caller wants rid of, the winner's force_refresh is yet to come (a normal fetch
+    // now would hand out the token it ends). The lock is let go for the winner, and its token waited for.
+    if (awaitsForced && handle !== undefined) {
+      const held = handle;
+      const read = await ctx.entries.read(store, (value) => ctx.rejected(value)).catch(async (error: unknown) => {
+        await held.release();
+        throw error;
+      });
+      if (read.kind === 'hit') {
+        await held.release();
+        const current: Refreshed = { entry: read.entry, tier: tier.name, fetched: false, asked: false };
+        if (read.entry.value !== request.current) return current;
+        // A failure in force (the winner's, or one before it): no forced token is on its way, and the
+        // current entry is the answer, as it was before the wait.
+        if ((await this.#failures.look(store, ctx.settings.now())).active) return current;
+        // As a waiter for a holder waits: the winner's write (its token, or the same one where WeChat
+        // ignored its force_refresh), or its failure (which is ours).
+        const forced = await pollWithBackoff<Refreshed>(this.lockWaitMs, async () => {
+          const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
+          if (again.kind === 'hit' && (again.entry.value !== request.current || again.raw !== read.raw)) {
+            return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
+          }
+          const failed = await this.#failures.failedSince(store, markerBefore, ctx.settings.now());
+          if (failed) throw failed;
+          // The winner gave its slot back (its fetch never reached WeChat) or its slot ran out: nothing comes.
+          return (await this.#forceSpacing.busyUntil(store, ctx.settings.now())) === undefined ? current : undefined;
+        }, this.#watch(tier), endingOf(ctx, request));
+        if (forced) return forced;
+        stopIfEnded(ctx, request);
+        // The winner wrote nothing in a lock wait: the current entry is the answer, as WeChat's to a
+        // force_refresh within 30 s of another would have been.
+        return current;
+      }
     }
 
     // The fleet's next pause, written beside the fetch; waited for before the lock is let go.
