@@ -43,7 +43,13 @@ function maskWord(word: string): string {
   }
   // A split may lie inside a password (`redis://u:pa,ss://word@h`): what the word read as one URL masks is
   // masked too, with what each part masks.
-  const hidden = [passwordOf(word), ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start))];
+  // So is what the rest of the word from each split reads as (`…&x=redis://u:p=q://r@h`: a split after the
+  // password's `=` would show `p=q`).
+  const hidden = [
+    passwordOf(word),
+    ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start)),
+    ...starts.map((start) => shift(passwordOf(word.slice(start)), start)),
+  ];
   const ranges = hidden.filter((range): range is [number, number] => range !== undefined).sort((a, b) => a[0] - b[0]);
   let out = '';
   let from = 0;

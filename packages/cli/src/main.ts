@@ -297,7 +297,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // an operator asking for the shared token must not get a private one instead, and a refresh that
     // cannot be published would kill the token every other program holds. So: the store must answer,
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
-    const stored = await cache.get(key);
+    const stored = await readEntryKey(cache, key);
     if (secret !== undefined && (action === 'refresh' || stored === undefined)) await checkWritable(cache, key, describeStore(store));
     // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
     const dispatcher = new Agent();
@@ -323,7 +323,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
           // from the store as new, while another program holds the lock (and say it was refreshed). One
           // that is no entry, or past its use, is nothing to take back: reading it would fetch a token,
           // and the forced refresh a second.
-          if (stored !== undefined && servable(decodedOrNone(schema, stored))) await signals.race(client.accessToken.getEntry());
+          if (typeof stored === 'string' && servable(schema, key, decodedOrNone(schema, stored))) await signals.race(client.accessToken.getEntry());
           await signals.race(client.accessToken.forceRefresh());
         }
         entry = await signals.race(client.accessToken.getEntry());
@@ -347,8 +347,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         throw error;
       }
       // What the others read: a token this command holds and the store does not is no shared token.
-      const readBack = await cache.get(key);
-      let shared = readBack === undefined ? undefined : decodedOrNone(schema, readBack);
+      const readBack = await readEntryKey(cache, key);
+      let shared = typeof readBack === 'string' ? decodedOrNone(schema, readBack) : undefined;
       // A key that holds another program's value, which the client never replaces: the fleet's token
       // lives beside it, at {key}:wxkit in the native format (key-schema.md).
       if (readBack !== undefined && shared === undefined) {
@@ -427,6 +427,23 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
   };
 }
 
+/** A key holding another kind of value than a string (a Redis hash, list or set: another program's). */
+const OTHER_KIND: unique symbol = Symbol('another kind of value');
+
+/**
+ * What the token's key holds: its bytes, none, or OTHER_KIND where the store says it holds another kind of
+ * value (CacheError reason `type`), which the library reads as another program's value, as it does bytes
+ * that are no entry, and shares the token beside.
+ */
+async function readEntryKey(cache: TokenCache, key: string): Promise<string | undefined | typeof OTHER_KIND> {
+  try {
+    return await cache.get(key);
+  } catch (error) {
+    if (error instanceof CacheError && error.reason === 'type') return OTHER_KIND;
+    throw error;
+  }
+}
+
 /** The entry in `raw`, or none where it is not one of the schema (another program's value included). */
 function decodedOrNone(schema: KeySchema, raw: string): StoredEntry | undefined {
   try {
@@ -436,9 +453,18 @@ function decodedOrNone(schema: KeySchema, raw: string): StoredEntry | undefined 
   }
 }
 
-/** Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it). */
-function servable(entry: StoredEntry | undefined): boolean {
-  return entry !== undefined && (entry.expiresAt === undefined || entry.expiresAt * 1000 - Date.now() > NEAR_EXPIRY_MS);
+/**
+ * Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it): as the
+ * library judges it, not within 30 s of its expiry, nor past the end the schema's TTL gives it (known when
+ * it records fetched_at), which a store without TTL, or one written with a longer TTL, still holds.
+ */
+function servable(schema: KeySchema, key: string, entry: StoredEntry | undefined): boolean {
+  if (entry === undefined) return false;
+  const { expiresAt, fetchedAt } = entry;
+  if (expiresAt === undefined) return true;
+  const now = Date.now();
+  if (expiresAt * 1000 - now <= NEAR_EXPIRY_MS) return false;
+  return !(fetchedAt !== undefined && expiresAt > fetchedAt && now >= (fetchedAt + schema.ttlSeconds(expiresAt - fetchedAt, 'access_token', key)) * 1000);
 }
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {

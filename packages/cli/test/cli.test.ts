@@ -135,7 +135,12 @@ describe('wxkit token', () => {
     const common = ['--endpoint', 'classic', '--store', redis.url, '--base-url', mock.url, '--json'];
     const now = Math.floor(Date.now() / 1000);
     // A peer's entry the store keeps for an hour past its expiry, then bytes that are no entry.
-    for (const stored of [JSON.stringify({ access_token: 'EXPIRED_TOKEN_123', expires_at: now - 60, fetched_at: now - 7260 }), 'not an entry']) {
+    // And one within its last 5 minutes, which the native schema's TTL (expires_in - 300) has ended.
+    for (const stored of [
+      JSON.stringify({ access_token: 'EXPIRED_TOKEN_123', expires_at: now - 60, fetched_at: now - 7260 }),
+      'not an entry',
+      JSON.stringify({ access_token: 'STALE_TOKEN_1234', expires_at: now + 200, fetched_at: now - 7000 }),
+    ]) {
       const { appId, secret } = mock.createApp();
       redisCli(redis.port, 'SET', `wechat:access_token:${appId}`, stored, 'EX', '3600');
       const run = await wxkit(['token', 'refresh', '--app', `oa:${appId}`, ...common], { WECHAT_SECRET: secret });
@@ -143,6 +148,21 @@ describe('wxkit token', () => {
       expect(run.json).toMatchObject({ ok: true, refreshed: true });
       expect(mock.counters(appId).classicTokenRequests).toBe(1);
     }
+  });
+
+  it("get and refresh of a key where another program keeps a Redis hash share the fleet's token beside it, at {key}:wxkit", async () => {
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:access_token:${appId}`;
+    redisCli(redis.port, 'HSET', key, 'owner', 'another program');
+    const common = ['--endpoint', 'classic', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json', '--show-token'];
+    const got = await wxkit(['token', 'get', ...common], { WECHAT_SECRET: secret });
+    expect(got.code, got.stderr).toBe(0);
+    expect(JSON.parse(redisCli(redis.port, 'GET', `${key}:wxkit`))).toMatchObject({ access_token: got.json.token });
+    const refreshed = await wxkit(['token', 'refresh', ...common], { WECHAT_SECRET: secret });
+    expect(refreshed.code, refreshed.stderr).toBe(0);
+    expect(JSON.parse(redisCli(redis.port, 'GET', `${key}:wxkit`))).toMatchObject({ access_token: refreshed.json.token });
+    expect(redisCli(redis.port, 'TYPE', key).trim()).toBe('hash');
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
   });
 
   it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {

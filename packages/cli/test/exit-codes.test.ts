@@ -135,6 +135,9 @@ describe('wxkit exit codes and messages', () => {
     // URLs in a query string (a DSN handed on in one): the second one's password too.
     expect(maskPasswords('store=redis://pw1@h1:6379&fallback=redis://pw2@h2:6379')).toBe('store=redis://***@h1:6379&fallback=redis://***@h2:6379');
     expect(maskPasswords('redis://u:pa&x://word@h:6379')).toBe('redis://u:***@h:6379');
+    // The second URL's password holding `=x://` or `&x://`: no split inside it shows a part of it.
+    expect(maskPasswords('redis://pw1@h1:6379&x=redis://u:p=q://r@h2:6379')).not.toMatch(/p=q|pw1/);
+    expect(maskPasswords('redis://pw1@h1:6379,redis://u:p&q://r@h2:6379')).not.toMatch(/p&q|pw1/);
     // A password holding :// is still one password, after a separator too.
     expect(maskPasswords('redis://u:pa://ss@h:6379')).toBe('redis://u:***@h:6379');
     expect(maskPasswords('redis://u:pa,ss://word@h:6379')).toBe('redis://u:***@h:6379');

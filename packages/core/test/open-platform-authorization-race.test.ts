@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MemoryCache, OpenPlatform, type AuthorizerAuthorizedEvent, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
+import { MemoryCache, OpenPlatform, wxJava, type AuthorizerAuthorizedEvent, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
 import { refreshOrigin } from '../src/open-platform/open-platform.js';
 import { componentOptions, storeVerifyTicket } from './helpers.js';
 
@@ -404,5 +404,73 @@ describe('two authorizations of one account, completed in the other order', () =
     expect(await earlier).toBe('ok');
     await s.check();
     await s.close();
+  });
+});
+
+describe('two authorizations of one account, completed in the other order, by hosts whose clocks differ', () => {
+  it("the earlier one does not put back the replaced refresh token when the later one's host runs 2 minutes behind", async () => {
+    const s = await scenario({ refresherClockAheadMs: -120_000 });
+    const first = s.reauthorize();
+    const held = s.adminStore.hold(settledRecord);
+    const earlier = outcome(s.admin.handleAuthorization(first.code));
+    await held.reached;
+    const second = s.reauthorize();
+    expect(second.refreshToken).not.toBe(first.refreshToken);
+    // The later authorization, on the host behind, writes its record with that host's updated_at.
+    expect(await outcome(s.refresher.handleAuthorization(second.code))).toBe('ok');
+    held.release();
+    expect(await earlier).toBe('ok');
+    await s.check();
+    await s.close();
+  });
+});
+
+describe('two authorizations of one account, completed in the other order, under a peer layout (WxJava: bare records)', () => {
+  it('the earlier one does not put back the refresh token the later one replaced', async () => {
+    const component = mock.createComponent();
+    const cache = new MemoryCache();
+    const durable = new MemoryCache();
+    // The admin's view of the durable store: its next write of `gated` waits until released.
+    let gated: string | undefined;
+    let reached!: () => void;
+    let release!: () => void;
+    const atGate = new Promise<void>((resolve) => (reached = resolve));
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const gate = async (key: string) => {
+      if (key !== gated) return;
+      gated = undefined;
+      reached();
+      await released;
+    };
+    const adminStore: TokenCache = {
+      get: (key) => durable.get(key),
+      set: async (key, value, ttl) => (await gate(key), durable.set(key, value, ttl)),
+      delete: (key) => durable.delete(key),
+      add: async (key, value, ttl) => (await gate(key), durable.add(key, value, ttl)),
+      deleteIfEquals: (key, expected) => durable.deleteIfEquals(key, expected),
+      compareAndSet: async (key, expected, value, ttl) => (await gate(key), durable.compareAndSet(key, expected, value, ttl)),
+    };
+    await durable.set(`wechat_component_verify_ticket:${component.appId}`, mock.issueVerifyTicket(component.appId), 3600);
+    const make = (durableStore: TokenCache) =>
+      new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore, schema: wxJava(), fallbackDir: false, logger: false });
+    const admin = make(adminStore);
+    const other = make(durable);
+    const { preAuthCode } = await admin.createPreAuthCode();
+    const grant = mock.authorize(component.appId, { preAuthCode });
+    const appId = grant.authorizerAppId;
+    await admin.handleAuthorization(grant.authorizationCode);
+    const recordKey = `wechat_authorizer_refresh_token:${component.appId}:${appId}`;
+    expect(await durable.get(recordKey)).toBe(mock.authorizerRefreshToken(appId));
+    // The admin authorizes again; the write of the token api_query_auth handed out waits. It authorizes
+    // once more, completed by another process: the first token answers 61023 from now on.
+    gated = recordKey;
+    const earlier = outcome(admin.handleAuthorization(mock.authorize(component.appId, { authorizerAppId: appId }).authorizationCode));
+    await atGate;
+    expect(await outcome(other.handleAuthorization(mock.authorize(component.appId, { authorizerAppId: appId }).authorizationCode))).toBe('ok');
+    expect(await durable.get(recordKey)).toBe(mock.authorizerRefreshToken(appId));
+    release();
+    expect(await earlier).toBe('ok');
+    expect(await durable.get(recordKey)).toBe(mock.authorizerRefreshToken(appId));
+    await Promise.all([admin.close(), other.close()]);
   });
 });

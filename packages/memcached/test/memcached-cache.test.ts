@@ -4,7 +4,7 @@ import { badWriteRefusals, describeTokenCache } from '@wxkit/testing/suite';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { OfficialAccount, nativeSchema } from '@wxkit/core';
+import { OfficialAccount, easyWeChat4, nativeSchema } from '@wxkit/core';
 import { MemcachedCache } from '../src/index.js';
 
 let memcached: StoreServer;
@@ -212,6 +212,41 @@ describe('MemcachedCache on a real memcached', () => {
       expect(await hosts[1]!.app.accessToken.getToken()).toBe(token);
       expect(mock.counters(appId).tokenRequests).toBe(1);
       expect(await memcachedGet(live.port, entryKey)).toContain(`"access_token":"${token}"`);
+    } finally {
+      for (const { app, cache } of hosts) {
+        await app.close();
+        await cache.close();
+      }
+      await live.stop();
+    }
+  });
+
+  it("several servers, one down: a key holding another program's value has the fleet's entry beside it ({key}:wxkit) on its server, and two hosts share one fetch", async () => {
+    const servers = await Promise.all([startMemcached(), startMemcached()]);
+    const { appId, secret } = mock.createApp();
+    const schema = easyWeChat4();
+    const entryKey = schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'classic', secret });
+    // The PHP side keeps something wxkit cannot read there (a PHP object): the fleet's token goes beside it.
+    const foreign = 'O:8:"stdClass":0:{}';
+    const probe = new MemcachedCache({ servers: servers.map((server) => server.url) });
+    await probe.set(entryKey, foreign, 600);
+    const holds = await Promise.all(servers.map((server) => memcachedGet(server.port, entryKey)));
+    await probe.close();
+    const live = servers[holds.indexOf(foreign)]!;
+    const down = servers.find((server) => server !== live)!;
+    await down.stop();
+    const hosts = [0, 1].map(() => {
+      const cache = new MemcachedCache({ servers: servers.map((server) => server.url) });
+      const fallbackDir = mkdtempSync(join(tmpdir(), 'wxkit-mc-host-'));
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema, tokenEndpoint: 'classic', fallbackDir, logger: false });
+      return { cache, app };
+    });
+    try {
+      const token = await hosts[0]!.app.accessToken.getToken();
+      expect(await hosts[1]!.app.accessToken.getToken()).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(await memcachedGet(live.port, entryKey)).toBe(foreign);
+      expect(await memcachedGet(live.port, `${entryKey}:wxkit`)).toContain(`"access_token":"${token}"`);
     } finally {
       for (const { app, cache } of hosts) {
         await app.close();

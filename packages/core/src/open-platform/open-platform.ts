@@ -1159,7 +1159,8 @@ export class OpenPlatform {
           // A record of another line written since api_query_auth was asked may hold the token of a later
           // authorization of the account (the admin authorized again), which replaced this one at WeChat:
           // WeChat says which is current, and a token it no longer takes is not written over it.
-          if (stored && updatedSince(held.raw, askedAt)) {
+          // Another host's updated_at is on its clock: one behind ours by up to an hour still counts as since.
+          if (stored && updatedSince(held.raw, askedAt - AUTHORIZATION_CLOCK_SKEW_S)) {
             const current = await this.#refreshTokenAtWeChat(authorizerAppId);
             if (current !== undefined && current !== token) return true;
           }
@@ -1372,10 +1373,17 @@ function classNames(value: unknown): string[] {
   return names;
 }
 
-/** Whether wxkit's refresh-token record `raw` was written at or after `at` (unix seconds); a peer's bare token never says. */
+/** How far behind ours (seconds) the clock of a host that wrote a record since api_query_auth may run. */
+const AUTHORIZATION_CLOCK_SKEW_S = 3600;
+
+/**
+ * Whether the refresh-token record `raw` may have been written at or after `at` (unix seconds): wxkit's
+ * record says when by updated_at; a bare token (a peer's layout, which wxkit's processes write too) never
+ * says, so it may have been.
+ */
 function updatedSince(raw: string | undefined, at: number): boolean {
   const updatedAt = parseObject(raw)?.updated_at;
-  return typeof updatedAt === 'number' && updatedAt >= at;
+  return typeof updatedAt !== 'number' || updatedAt >= at;
 }
 
 function wrapToken(token: string | undefined): RefreshRecord | undefined {
