@@ -389,13 +389,16 @@ describe('handleAuthorization while another process refreshes the same authorize
 });
 
 describe('two authorizations of one account, completed in the other order', () => {
-  it("the earlier one, whose write lands last, does not put back the refresh token the later one replaced", async () => {
-    const s = await scenario();
+  /**
+   * The admin authorizes: api_query_auth hands out the first token, and its write waits. The admin
+   * authorizes once more, completed on the other host (`options`: its clock): the first token answers 61023
+   * from then on, and the later authorization stores the second one. Then the first write lands.
+   */
+  async function laterLandsFirst(options: Parameters<typeof scenario>[0] = {}) {
+    const s = await scenario(options);
     const first = s.reauthorize();
     const held = s.adminStore.hold(settledRecord);
     const earlier = outcome(s.admin.handleAuthorization(first.code));
-    // api_query_auth handed out the first token; its write waits. The admin authorizes once more: the
-    // first token answers 61023 from now on, and the later authorization stores the second one.
     await held.reached;
     const second = s.reauthorize();
     expect(second.refreshToken).not.toBe(first.refreshToken);
@@ -404,24 +407,14 @@ describe('two authorizations of one account, completed in the other order', () =
     expect(await earlier).toBe('ok');
     await s.check();
     await s.close();
-  });
-});
+  }
 
-describe('two authorizations of one account, completed in the other order, by hosts whose clocks differ', () => {
-  it("the earlier one does not put back the replaced refresh token when the later one's host runs 2 minutes behind", async () => {
-    const s = await scenario({ refresherClockAheadMs: -120_000 });
-    const first = s.reauthorize();
-    const held = s.adminStore.hold(settledRecord);
-    const earlier = outcome(s.admin.handleAuthorization(first.code));
-    await held.reached;
-    const second = s.reauthorize();
-    expect(second.refreshToken).not.toBe(first.refreshToken);
-    // The later authorization, on the host behind, writes its record with that host's updated_at.
-    expect(await outcome(s.refresher.handleAuthorization(second.code))).toBe('ok');
-    held.release();
-    expect(await earlier).toBe('ok');
-    await s.check();
-    await s.close();
+  it("the earlier one, whose write lands last, does not put back the refresh token the later one replaced", async () => {
+    await laterLandsFirst();
+  });
+
+  it("nor when the later one's host runs 2 minutes behind (its record's updated_at on that clock)", async () => {
+    await laterLandsFirst({ refresherClockAheadMs: -120_000 });
   });
 });
 

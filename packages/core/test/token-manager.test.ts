@@ -56,20 +56,30 @@ describe('a wait every caller gave up on', () => {
     }
   }
 
-  /** A client whose store's lock another process holds (and keeps), with a caller waiting on it that gives up. */
-  async function givenUpWait() {
+  /**
+   * A client whose store's lock another process holds (and keeps), on the test's clock: the wait's budget
+   * passes only as the timers are run.
+   */
+  async function heldByAnother() {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
     const cache = new CountingReads();
     const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
     cache.key = `wechat:stable_access_token:${appId}`;
     await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
+    return { app, appId, cache };
+  }
+
+  /** heldByAnother(), with a caller (`call`: a token by default) waiting on the holder that gives up. */
+  async function givenUpWait(call = (app: OfficialAccount, signal: AbortSignal): Promise<unknown> => app.accessToken.getToken({ signal })) {
+    const { app, appId, cache } = await heldByAnother();
     const controller = new AbortController();
     const reason = new Error('caller gave up');
-    const call = rejection(app.accessToken.getToken({ signal: controller.signal }));
+    const waiting = rejection(call(app, controller.signal));
     // It waits for the holder: it has looked at the store more than once.
     await vi.advanceTimersByTimeAsync(3_000);
     expect(cache.reads).toBeGreaterThan(1);
     controller.abort(reason);
-    expect(await call).toBe(reason);
+    expect(await waiting).toBe(reason);
     return { app, appId, cache };
   }
 
@@ -78,8 +88,6 @@ describe('a wait every caller gave up on', () => {
   });
 
   it("ends: the store is read no more (the process can exit), and nothing is fetched", async () => {
-    // The clock is the test's: the wait's budget passes only as the timers are run.
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
     const { app, appId, cache } = await givenUpWait();
     const after = cache.reads;
     await vi.advanceTimersByTimeAsync(120_000);
@@ -89,7 +97,6 @@ describe('a wait every caller gave up on', () => {
   });
 
   it('a caller that comes after it waits anew, and takes the token the holder writes', async () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
     const { app, appId, cache } = await givenUpWait();
     const patient = app.accessToken.getToken();
     await vi.advanceTimersByTimeAsync(3_000);
@@ -101,11 +108,7 @@ describe('a wait every caller gave up on', () => {
   });
 
   it('goes on while a caller that cannot give up (no signal) shares it', async () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
-    const cache = new CountingReads();
-    const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
-    cache.key = `wechat:stable_access_token:${appId}`;
-    await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
+    const { app, appId, cache } = await heldByAnother();
     const controller = new AbortController();
     const call = rejection(app.accessToken.getToken({ signal: controller.signal }));
     const patient = app.accessToken.getToken();
@@ -121,20 +124,10 @@ describe('a wait every caller gave up on', () => {
     expect(mock.counters(appId).tokenRequests).toBe(0);
     await app.close();
   });
+
   it("ends while it waits for its input: a ticket's refresh no longer waits for the access token's holder", async () => {
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'performance'] });
-    const cache = new CountingReads();
-    const { app, appId } = newApp(mock, { cache, lockWaitMs: 120_000 });
-    cache.key = `wechat:stable_access_token:${appId}`;
-    await cache.set(`${cache.key}:lock`, 'other-host:4242:abcdef123456', 600);
-    const controller = new AbortController();
-    const reason = new Error('caller gave up');
-    const call = rejection(app.jssdk.getTicket('jsapi', { signal: controller.signal }));
     // The ticket's refresh waits for the access token, whose refresh waits for the holder.
-    await vi.advanceTimersByTimeAsync(3_000);
-    expect(cache.reads).toBeGreaterThan(1);
-    controller.abort(reason);
-    expect(await call).toBe(reason);
+    const { app, appId, cache } = await givenUpWait((client, signal) => client.jssdk.getTicket('jsapi', { signal }));
     await vi.advanceTimersByTimeAsync(1_000);
     const after = cache.reads;
     await vi.advanceTimersByTimeAsync(120_000);

@@ -41,22 +41,9 @@ export class SingleFlight<T> {
     }
     const joined = flight;
     joined.waiting += 1;
-    return new Promise<T>((resolve, reject) => {
-      const stop = onAbort(signal, () => {
-        reject(signal.reason);
-        joined.waiting -= 1;
-        if (joined.waiting === 0 && !joined.held) joined.unwanted.abort();
-      });
-      joined.promise.then(
-        (value) => {
-          stop();
-          resolve(value);
-        },
-        (error: unknown) => {
-          stop();
-          reject(error);
-        },
-      );
+    return abortable(joined.promise, signal, () => {
+      joined.waiting -= 1;
+      if (joined.waiting === 0 && !joined.held) joined.unwanted.abort();
     });
   }
 }
@@ -79,13 +66,16 @@ export function handled<T>(promise: Promise<T>): Promise<T> {
 
 /**
  * Lets one caller stop waiting on a shared promise without cancelling it for the others. An aborted
- * signal rejects: never a synchronous throw.
+ * signal rejects: never a synchronous throw. `gaveUp` is told when the signal ends the wait.
  */
-export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined, gaveUp?: () => void): Promise<T> {
   if (!signal) return promise;
   if (signal.aborted) return Promise.reject(signal.reason);
   return new Promise<T>((resolve, reject) => {
-    const stop = onAbort(signal, () => reject(signal.reason));
+    const stop = onAbort(signal, () => {
+      reject(signal.reason);
+      gaveUp?.();
+    });
     promise.then(
       (value) => {
         stop();
