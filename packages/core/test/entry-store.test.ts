@@ -120,6 +120,32 @@ describe('writes never go back in time', () => {
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss', foreign: true });
   });
 
+  it("a write at an empty key does not delete a newer token the fleet wrote beside another program's value that came back after its add", async () => {
+    const inner = new MemoryCache();
+    const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';
+    const now = Math.floor(Date.now() / 1000);
+    let racing: (() => Promise<void>) | undefined;
+    const cache = Object.assign(inner, {
+      add: async (k: string, value: string, ttl: number) => {
+        const added = await MemoryCache.prototype.add.call(inner, k, value, ttl);
+        const race = k === key && added ? racing : undefined;
+        if (race) racing = undefined;
+        await race?.();
+        return added;
+      },
+    });
+    const { store, entries } = setUp(easyWeChat4(), cache);
+    const other = setUp(easyWeChat4(), cache);
+    // Between this writer's add and its clean-up, the other program writes its value again, and another
+    // process of the fleet (a newer fetch) shares its token beside it.
+    racing = async () => {
+      await MemoryCache.prototype.set.call(inner, key, igbinary, 600);
+      expect(await other.entries.write(other.store, other.entries.encode(fetched('NEWER'), now + 5, 'web-2:1'))).toMatchObject({ stored: true });
+    };
+    expect(await entries.write(store, entries.encode(fetched('OLDER'), now, 'web-1:1'))).toMatchObject({ stored: true });
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'NEWER' } });
+  });
+
   it('an absent entry is added, never blindly set: a writer that loses the add keeps the winner', async () => {
     const inner = new MemoryCache();
     const now = Math.floor(Date.now() / 1000);

@@ -197,6 +197,54 @@ describe('a fetch that never left this process', () => {
   });
 });
 
+describe('a forced refresh whose fetch never left', () => {
+  it("gives the fleet's 30 s slot back: the forced refresh that lost the slot but took the lock first forces one itself, and does not hand out the token its caller wants rid of", async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    const { agent, gate } = gatedDispatcher();
+    gate.blocked = false;
+    let slotTaken!: () => void;
+    let lockTaken!: () => void;
+    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
+    let armed = false;
+    let key = '';
+    /** The shared store as one client sees it: `add` may be held back, and is told of. */
+    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
+      new Proxy(shared, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
+          return async (at: string, v: string, ttl: number) => {
+            await before(at);
+            const added = await target.add(at, v, ttl);
+            after(at, added);
+            return added;
+          };
+        },
+      });
+    // The cut-off client takes the slot, then is slow to take the lock: the healthy one gets the lock first.
+    const winnerStore = seenBy(
+      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
+      (at, added) => added && at === `${key}:forced` && slotTaken(),
+    );
+    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
+    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore, dispatcher: agent, lockWaitMs: 3_000 });
+    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore, lockWaitMs: 3_000 });
+    key = winner.accessToken.cacheKey;
+    const before = await winner.accessToken.getToken();
+    expect(await loser.accessToken.getToken()).toBe(before);
+    gate.blocked = true;
+    armed = true;
+    const first = rejection(winner.accessToken.forceRefresh());
+    await slotWritten;
+    const second = loser.accessToken.forceRefresh();
+    expect(await first).toBeInstanceOf(HttpError);
+    expect(await second).not.toBe(before);
+    expect(mock.counters(appId).forceRefreshes).toBe(1);
+    await Promise.all([winner.close(), loser.close()]);
+  });
+});
+
 describe('the record of unsent fetches', () => {
   it('is forgotten once a shared marker of it would be: an unsent fetch after a long quiet starts again at the first pause', () => {
     const backoff = new LocalBackoff('access_token');

@@ -207,6 +207,47 @@ describe('getToken', () => {
     await Promise.all([winner.close(), loser.close()]);
   });
 
+  it("the one without the 30 s slot that took the lock first fails as the winner did when WeChat refuses the winner's force_refresh (45009): it does not hand out the token its caller wants rid of", async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    const key = stableKey(appId);
+    let slotTaken!: () => void;
+    let lockTaken!: () => void;
+    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
+    let armed = false;
+    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
+      new Proxy(shared, {
+        get(target, name) {
+          const value = Reflect.get(target, name, target);
+          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
+          return async (at: string, v: string, ttl: number) => {
+            await before(at);
+            const added = await target.add(at, v, ttl);
+            after(at, added);
+            return added;
+          };
+        },
+      });
+    const winnerStore = seenBy(
+      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
+      (at, added) => added && at === `${key}:forced` && slotTaken(),
+    );
+    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
+    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore, lockWaitMs: 3_000 });
+    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore, lockWaitMs: 3_000 });
+    const before = await winner.accessToken.getToken();
+    expect(await loser.accessToken.getToken()).toBe(before);
+    armed = true;
+    mock.injectFault({ kind: 'errcode', errcode: 45009, path: 'cgi-bin/stable_token', times: 1 });
+    const first = rejection(winner.accessToken.forceRefresh());
+    await slotWritten;
+    const second = rejection(loser.accessToken.forceRefresh());
+    expect(await first).toMatchObject({ errcode: 45009 });
+    // As a forced refresh that finds the fleet's quota spent fails (see #spaceForced), not with the old token.
+    expect(await second).toMatchObject({ errcode: 45009 });
+    await Promise.all([winner.close(), loser.close()]);
+  });
+
   it('an AbortSignal stops one caller without cancelling the shared fetch', async () => {
     const { app, appId } = newApp(mock);
     mock.setLatency(200);

@@ -282,8 +282,21 @@ export class EntryStore {
     // Written where the key was empty: another program's value there may have gone (its TTL), and the
     // token the fleet kept beside it is older than this one (on the classic endpoint, ended by its
     // fetch). It goes, so that it is not served when that program writes its value again.
-    if (added && !this.#isBeside) await store.delete(`${this.key}:wxkit`).catch(() => undefined);
+    if (added && !this.#isBeside) await this.#beside.#deleteOlder(store, fetchedAt).catch(() => undefined);
     return { entry, stored: true };
+  }
+
+  /**
+   * Deletes this (beside) entry if it was fetched before `fetchedAt`, compared against the exact bytes
+   * read: the other program's value may have come back since the write at the key, and a process of the
+   * fleet may have shared a newer token here meanwhile; that one stays.
+   */
+  async #deleteOlder(store: GuardedStore, fetchedAt: number): Promise<void> {
+    const raw = await store.get(this.key);
+    if (raw === undefined) return;
+    const { entry } = this.#quietDecode(raw);
+    if (entry?.fetchedAt !== undefined && entry.fetchedAt >= fetchedAt) return;
+    await store.deleteIfEquals(this.key, raw);
   }
 
   /**

@@ -45,6 +45,13 @@ const AFTER_REJECTION_MS = 10_000;
 // peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
 const PAUSE_WAIT_MS = 2_000;
 
+/** A forced refresh while the fleet's force_refresh quota for the day is spent (a slot closed until `until`). */
+function forceQuotaError(until: number): WeChatApiError {
+  return new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token', {
+    message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(until).toISOString()}`,
+  });
+}
+
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 class SlotTaken extends Error {}
 
@@ -303,7 +310,7 @@ export class LockedFetchRefresher implements Refresher {
     return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, endingOf(this.#ctx, request)) : undefined;
   }
 
-  async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress): Promise<Refreshed | undefined> {
+  async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress, waitedForForced = false): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const store = tier.entries;
     const now = ctx.settings.now();
@@ -328,7 +335,7 @@ export class LockedFetchRefresher implements Refresher {
       else if ('taken' in spaced) progress.forceSlot = { store: tier.entries, taken: spaced.taken };
       else if ('wait' in spaced) {
         force = false;
-        awaitsForced = true;
+        awaitsForced = !waitedForForced;
       } else return spaced;
     }
     // Within this process's pause after a rejection it still waits for a holder of the lock and takes
@@ -383,16 +390,24 @@ export class LockedFetchRefresher implements Refresher {
         if ((await this.#failures.look(store, ctx.settings.now())).active) return current;
         // As a waiter for a holder waits: the winner's write (its token, or the same one where WeChat
         // ignored its force_refresh), or its failure (which is ours).
-        const forced = await pollWithBackoff<Refreshed>(this.lockWaitMs, async () => {
+        const forced = await pollWithBackoff<Refreshed | 'free'>(this.lockWaitMs, async () => {
           const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
           if (again.kind === 'hit' && (again.entry.value !== request.current || again.raw !== read.raw)) {
             return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
           }
           const failed = await this.#failures.failedSince(store, markerBefore, ctx.settings.now());
           if (failed) throw failed;
-          // The winner gave its slot back (its fetch never reached WeChat) or its slot ran out: nothing comes.
-          return (await this.#forceSpacing.busyUntil(store, ctx.settings.now())) === undefined ? current : undefined;
+          // The winner gave its slot back (its fetch never reached WeChat) or its slot ran out: nothing comes,
+          // and no force_refresh ended the token the caller wants rid of.
+          // WeChat refused its force_refresh for the day (45009, no marker: normal fetches go on): neither
+          // does a forced token, and this forced refresh fails as one that found the quota spent does.
+          const at = ctx.settings.now();
+          const slot = await this.#forceSpacing.slot(store, at);
+          if (slot?.reason === 'quota' && slot.until > at) throw forceQuotaError(slot.until);
+          return slot === undefined || slot.until <= at ? 'free' : undefined;
         }, this.#watch(tier), endingOf(ctx, request));
+        // The slot is free and nobody forced: the refresh starts over, and may take the slot itself (once).
+        if (forced === 'free') return this.#refreshIn(tier, request, prepared, progress, true);
         if (forced) return forced;
         stopIfEnded(ctx, request);
         // The winner wrote nothing in a lock wait: the current entry is the answer, as WeChat's to a
@@ -814,11 +829,7 @@ export class LockedFetchRefresher implements Refresher {
   async #spaceForced(tier: Tier, now: number, current: string | undefined): Promise<Refreshed | 'normal' | { taken: string } | { wait: true }> {
     const ctx = this.#ctx;
     const slot = await this.#forceSpacing.slot(tier.entries, now);
-    if (slot?.reason === 'quota' && slot.until > now) {
-      throw new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token', {
-        message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(slot.until).toISOString()}`,
-      });
-    }
+    if (slot?.reason === 'quota' && slot.until > now) throw forceQuotaError(slot.until);
     const taken = await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS);
     if (taken !== undefined) return { taken };
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
