@@ -24,6 +24,48 @@ export function newApp(
   return { app, appId, secret, cache };
 }
 
+/**
+ * Two clients of one store, as two processes racing to force a refresh: once `arm()`ed, the lock `add` of
+ * the one that took the fleet's 30 s force slot (`winner`) waits until the other (`loser`) has taken the
+ * lock, so the loser of the slot locks first. `slotWritten` resolves when the winner has the slot.
+ */
+export function slotWinnerLocksSecond(
+  mock: MockWeChat,
+  options: { winner?: Partial<OfficialAccountOptions>; loser?: Partial<OfficialAccountOptions> } = {},
+) {
+  const { appId, secret } = mock.createApp();
+  const shared = new MemoryCache();
+  let key = '';
+  let armed = false;
+  let slotTaken!: () => void;
+  let lockTaken!: () => void;
+  const slotWritten = new Promise<void>((resolve) => (slotTaken = resolve));
+  const loserLocked = new Promise<void>((resolve) => (lockTaken = resolve));
+  /** The shared store as one client sees it: `add` may be held back, and is told of. */
+  const seenBy = (before: (at: string) => Promise<void> | void, after: (at: string, added: boolean) => void) =>
+    new Proxy(shared, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
+        return async (at: string, v: string, ttl: number) => {
+          await before(at);
+          const added = await target.add(at, v, ttl);
+          after(at, added);
+          return added;
+        };
+      },
+    });
+  const winnerStore = seenBy(
+    (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
+    (at, added) => added && at === `${key}:forced` && slotTaken(),
+  );
+  const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
+  const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, ...options.winner, cache: winnerStore });
+  const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, ...options.loser, cache: loserStore });
+  key = winner.accessToken.cacheKey;
+  return { appId, winner, loser, slotWritten, arm: () => void (armed = true) };
+}
+
 /** The options an OpenPlatform needs to be the mock's component app: its credentials and the mock's URL. */
 export function componentOptions(mock: MockWeChat, component: MockComponent) {
   return {

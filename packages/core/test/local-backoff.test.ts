@@ -5,7 +5,7 @@ import { Agent, buildConnector } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { HttpError, MemoryCache, OfficialAccount, type TokenEvents } from '../src/index.js';
 import { LocalBackoff } from '../src/token/local-backoff.js';
-import { rejection } from './helpers.js';
+import { rejection, slotWinnerLocksSecond } from './helpers.js';
 
 // A fetch whose request never left the process (connection refused, DNS, connect timeout) tells nothing
 // about WeChat: it writes no shared failure marker, so the rest of the fleet still refreshes, and the
@@ -199,42 +199,14 @@ describe('a fetch that never left this process', () => {
 
 describe('a forced refresh whose fetch never left', () => {
   it("gives the fleet's 30 s slot back: the forced refresh that lost the slot but took the lock first forces one itself, and does not hand out the token its caller wants rid of", async () => {
-    const { appId, secret } = mock.createApp();
-    const shared = new MemoryCache();
     const { agent, gate } = gatedDispatcher();
     gate.blocked = false;
-    let slotTaken!: () => void;
-    let lockTaken!: () => void;
-    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
-    let armed = false;
-    let key = '';
-    /** The shared store as one client sees it: `add` may be held back, and is told of. */
-    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
-      new Proxy(shared, {
-        get(target, name) {
-          const value = Reflect.get(target, name, target);
-          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
-          return async (at: string, v: string, ttl: number) => {
-            await before(at);
-            const added = await target.add(at, v, ttl);
-            after(at, added);
-            return added;
-          };
-        },
-      });
     // The cut-off client takes the slot, then is slow to take the lock: the healthy one gets the lock first.
-    const winnerStore = seenBy(
-      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
-      (at, added) => added && at === `${key}:forced` && slotTaken(),
-    );
-    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
-    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore, dispatcher: agent, lockWaitMs: 3_000 });
-    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore, lockWaitMs: 3_000 });
-    key = winner.accessToken.cacheKey;
+    const { appId, winner, loser, slotWritten, arm } = slotWinnerLocksSecond(mock, { winner: { dispatcher: agent, lockWaitMs: 3_000 }, loser: { lockWaitMs: 3_000 } });
     const before = await winner.accessToken.getToken();
     expect(await loser.accessToken.getToken()).toBe(before);
     gate.blocked = true;
-    armed = true;
+    arm();
     const first = rejection(winner.accessToken.forceRefresh());
     await slotWritten;
     const second = loser.accessToken.forceRefresh();

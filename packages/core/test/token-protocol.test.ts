@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
-import { newApp, rejection } from './helpers.js';
+import { newApp, rejection, slotWinnerLocksSecond } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -164,38 +164,11 @@ describe('getToken', () => {
   });
 
   it('two clients force a refresh at once, the one without the 30 s slot taking the lock first: one force_refresh, and neither hands out the token it replaced', async () => {
-    const { appId, secret } = mock.createApp();
-    const shared = new MemoryCache();
-    const key = stableKey(appId);
-    let slotTaken!: () => void;
-    let lockTaken!: () => void;
-    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
-    let armed = false;
-    /** The shared store as one client sees it: `add` may be held back, and is told of. */
-    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
-      new Proxy(shared, {
-        get(target, name) {
-          const value = Reflect.get(target, name, target);
-          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
-          return async (at: string, v: string, ttl: number) => {
-            await before(at);
-            const added = await target.add(at, v, ttl);
-            after(at, added);
-            return added;
-          };
-        },
-      });
     // The first client takes the slot, then is slow to take the lock: the second gets the lock first.
-    const winnerStore = seenBy(
-      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
-      (at, added) => added && at === `${key}:forced` && slotTaken(),
-    );
-    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
-    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore });
-    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore });
+    const { appId, winner, loser, slotWritten, arm } = slotWinnerLocksSecond(mock);
     const before = await winner.accessToken.getToken();
     expect(await loser.accessToken.getToken()).toBe(before);
-    armed = true;
+    arm();
     const first = winner.accessToken.forceRefresh();
     await slotWritten;
     const second = await loser.accessToken.forceRefresh();
@@ -208,36 +181,10 @@ describe('getToken', () => {
   });
 
   it("the one without the 30 s slot that took the lock first fails as the winner did when WeChat refuses the winner's force_refresh (45009): it does not hand out the token its caller wants rid of", async () => {
-    const { appId, secret } = mock.createApp();
-    const shared = new MemoryCache();
-    const key = stableKey(appId);
-    let slotTaken!: () => void;
-    let lockTaken!: () => void;
-    const [slotWritten, loserLocked] = [new Promise<void>((resolve) => (slotTaken = resolve)), new Promise<void>((resolve) => (lockTaken = resolve))];
-    let armed = false;
-    const seenBy = (before: (key: string) => Promise<void> | void, after: (key: string, added: boolean) => void) =>
-      new Proxy(shared, {
-        get(target, name) {
-          const value = Reflect.get(target, name, target);
-          if (name !== 'add') return typeof value === 'function' ? value.bind(target) : value;
-          return async (at: string, v: string, ttl: number) => {
-            await before(at);
-            const added = await target.add(at, v, ttl);
-            after(at, added);
-            return added;
-          };
-        },
-      });
-    const winnerStore = seenBy(
-      (at) => (armed && at === `${key}:lock` ? loserLocked : undefined),
-      (at, added) => added && at === `${key}:forced` && slotTaken(),
-    );
-    const loserStore = seenBy(() => undefined, (at, added) => armed && added && at === `${key}:lock` && lockTaken());
-    const winner = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: winnerStore, lockWaitMs: 3_000 });
-    const loser = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache: loserStore, lockWaitMs: 3_000 });
+    const { appId, winner, loser, slotWritten, arm } = slotWinnerLocksSecond(mock, { winner: { lockWaitMs: 3_000 }, loser: { lockWaitMs: 3_000 } });
     const before = await winner.accessToken.getToken();
     expect(await loser.accessToken.getToken()).toBe(before);
-    armed = true;
+    arm();
     mock.injectFault({ kind: 'errcode', errcode: 45009, path: 'cgi-bin/stable_token', times: 1 });
     const first = rejection(winner.accessToken.forceRefresh());
     await slotWritten;
