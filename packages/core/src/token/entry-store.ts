@@ -32,26 +32,6 @@ export interface EntryStoreInit {
 
 // A token this close to its expiry is treated as expired: a call that takes it may arrive too late.
 export const NEAR_EXPIRY_MS = 30_000;
-
-/** When an entry ends: WeChat's expiry, and the end the schema's TTL gives it (where it records fetched_at), in unix ms. */
-export interface Lifetime {
-  expiresAtMs: number | undefined;
-  staleAtMs: number | undefined;
-}
-
-/** The {@link Lifetime} of `entry`, stored under `key` as `field` in `schema`. */
-export function lifetimeOf(schema: KeySchema, field: EntryField, key: string, entry: StoredEntry): Lifetime {
-  const { expiresAt, fetchedAt } = entry;
-  return {
-    expiresAtMs: expiresAt === undefined ? undefined : expiresAt * 1000,
-    staleAtMs: expiresAt !== undefined && fetchedAt !== undefined && expiresAt > fetchedAt ? (fetchedAt + schema.ttlSeconds(expiresAt - fetchedAt, field, key)) * 1000 : undefined,
-  };
-}
-
-/** Whether an entry of `lifetime` is in its life at `now`: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */
-export function inLife({ expiresAtMs, staleAtMs }: Lifetime, now: number): boolean {
-  return !((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS));
-}
 // An expiry a peer records beside its entry further ahead than this is no expiry (a unit mistaken).
 const MAX_RECORDED_LIFE_MS = 86_400_000;
 // A freshly fetched value is written with compare-and-set; losing the race this often means the key is
@@ -195,9 +175,11 @@ export class EntryStore {
     return seconds * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : seconds;
   }
 
-  /** Whether `entry` is still in its life (see {@link inLife}). */
+  /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */
   #servable(entry: StoredEntry): boolean {
-    return inLife(this.lifetime(entry), this.#init.now());
+    const { expiresAtMs, staleAtMs } = this.lifetime(entry);
+    const now = this.#init.now();
+    return !((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS));
   }
 
   /**
@@ -226,8 +208,15 @@ export class EntryStore {
   }
 
   /** WeChat's expiry, and when the schema's TTL rule ends the entry (known when fetched_at is recorded). */
-  lifetime(entry: StoredEntry): Lifetime {
-    return lifetimeOf(this.#init.schema, this.#init.field, this.key, entry);
+  lifetime(entry: StoredEntry): { expiresAtMs: number | undefined; staleAtMs: number | undefined } {
+    const { expiresAt, fetchedAt } = entry;
+    return {
+      expiresAtMs: expiresAt === undefined ? undefined : expiresAt * 1000,
+      staleAtMs:
+        expiresAt !== undefined && fetchedAt !== undefined && expiresAt > fetchedAt
+          ? (fetchedAt + this.#init.schema.ttlSeconds(expiresAt - fetchedAt, this.#init.field, this.key)) * 1000
+          : undefined,
+    };
   }
 
   /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
