@@ -1,6 +1,6 @@
 import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
-import { NEAR_EXPIRY_MS, clampRetryAt, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { NEAR_EXPIRY_MS, clampRetryAt, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -259,7 +259,15 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
-      const [had, failed, paused] = await Promise.all([cache.get(key), cache.get(failureKey(key)), cache.get(refetchPauseKey(key))]);
+      const [held, besideHad, failed, paused] = await Promise.all([
+        readEntryKey(cache, key),
+        cache.get(besideKey(key)),
+        cache.get(failureKey(key)),
+        cache.get(refetchPauseKey(key)),
+      ]);
+      // A value of another kind (a Redis hash) is another program's, and no token: it is left to it.
+      const otherKind = held === OTHER_KIND;
+      const had = otherKind ? undefined : held;
       // Each only as it was read: a token another program wrote since is newer than the one the user
       // meant to clear (deleting it would send every program to WeChat again, and on the classic endpoint
       // end it). The marker of a failed fetch goes with the entry: left behind, a secret fixed since
@@ -269,18 +277,23 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       const remove = async (at: string, value: string | undefined) =>
         value !== undefined && (cache.deleteIfEquals ? await cache.deleteIfEquals(at, value) : (await cache.delete(at), true));
       const [removed, failureRemoved, pauseRemoved] = [await remove(key, had), await remove(failureKey(key), failed), await remove(refetchPauseKey(key), paused)];
+      // The fleet's token beside another program's value goes too: left, it would still be served.
+      const besideRemoved = await remove(besideKey(key), besideHad);
       // The lock as it was read too: one a live program took meanwhile is its own.
       const lockHeld = values.lock ? await cache.get(schema.lockKey(key)) : undefined;
       const lockRemoved = await remove(schema.lockKey(key), lockHeld);
       const marker = decodeMarker(failed);
-      const changed = [had !== undefined && !removed && 'the entry', failed !== undefined && !failureRemoved && 'its failure marker', paused !== undefined && !pauseRemoved && 'its pause'].filter(
+      const changed = [had !== undefined && !removed && 'the entry', besideHad !== undefined && !besideRemoved && 'the token beside it', failed !== undefined && !failureRemoved && 'its failure marker', paused !== undefined && !pauseRemoved && 'its pause'].filter(
         (what): what is string => typeof what === 'string',
       );
       emit(
         output,
-        { ok: true, key: shownKey, removed, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: lockRemoved, changed_meanwhile: changed.length > 0 },
+        { ok: true, key: shownKey, removed, shared_removed: besideRemoved, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: lockRemoved, changed_meanwhile: changed.length > 0 },
         [
-          `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}`,
+          otherKind
+            ? `kept ${shownKey}: it holds a value of another kind than a string, another program's and no token; remove it in the store if nothing uses it`
+            : `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}`,
+          ...(besideRemoved ? [`removed the token the fleet shared beside another program's value, at ${besideKey(shownKey)}`] : []),
           ...(values.lock ? [lockRemoved ? 'removed its refresh lock' : lockHeld === undefined ? 'no refresh lock was held' : 'kept its refresh lock: taken again while this command ran'] : []),
           ...(failureRemoved ? [`removed its failure marker${marker ? ` (${failureWhat(marker)})` : ''}: the next caller asks WeChat at once`] : []),
           ...(pauseRemoved ? ['removed its pause of fetches after a rejected token: the next caller that needs a token fetches one at once'] : []),
@@ -297,8 +310,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // an operator asking for the shared token must not get a private one instead, and a refresh that
     // cannot be published would kill the token every other program holds. So: the store must answer,
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
-    const stored = await readEntryKey(cache, key);
-    if (secret !== undefined && (action === 'refresh' || stored === undefined)) await checkWritable(cache, key, describeStore(store));
+    const holds = await readKey(cache, key, schema);
+    const storedKey = holds.foreign ? besideKey(key) : key;
+    const current = servable(schema, storedKey, sharedEntry(holds));
+    if (secret !== undefined && (action === 'refresh' || !current)) await checkWritable(cache, key, describeStore(store));
     // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
     const dispatcher = new Agent();
     const client: WeChatClient = buildClient(app, {
@@ -323,7 +338,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
           // from the store as new, while another program holds the lock (and say it was refreshed). One
           // that is no entry, or past its use, is nothing to take back: reading it would fetch a token,
           // and the forced refresh a second.
-          if (typeof stored === 'string' && servable(schema, key, decodedOrNone(schema, stored))) await signals.race(client.accessToken.getEntry());
+          if (current) await signals.race(client.accessToken.getEntry());
           await signals.race(client.accessToken.forceRefresh());
         }
         entry = await signals.race(client.accessToken.getEntry());
@@ -347,14 +362,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         throw error;
       }
       // What the others read: a token this command holds and the store does not is no shared token.
-      const readBack = await readEntryKey(cache, key);
-      let shared = typeof readBack === 'string' ? decodedOrNone(schema, readBack) : undefined;
       // A key that holds another program's value, which the client never replaces: the fleet's token
       // lives beside it, at {key}:wxkit in the native format (key-schema.md).
-      if (readBack !== undefined && shared === undefined) {
-        const beside = await cache.get(`${key}:wxkit`);
-        shared = beside === undefined ? undefined : nativeSchema().decode('access_token', beside);
-      }
+      const shared = sharedEntry(await readKey(cache, key, schema));
       // A newer entry another program wrote meanwhile is fine; an older one or none means ours is lost.
       const lost = !shared || (shared.value !== entry.value && !(shared.fetchedAt !== undefined && entry.fetchedAt !== undefined && shared.fetchedAt >= entry.fetchedAt));
       if (lost) {
@@ -444,13 +454,48 @@ async function readEntryKey(cache: TokenCache, key: string): Promise<string | un
   }
 }
 
-/** The entry in `raw`, or none where it is not one of the schema (another program's value included). */
+/** The entry in `raw`, or none where it is not one of the schema (another program's value included), as a client reads it. */
 function decodedOrNone(schema: KeySchema, raw: string): StoredEntry | undefined {
   try {
-    return schema.decode('access_token', raw);
+    const entry = schema.decode('access_token', raw);
+    return entry && isPlausibleToken(entry.value) ? entry : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** Where the fleet shares its token when the key holds another program's value (docs/key-schema.md). */
+const besideKey = (key: string): string => `${key}:wxkit`;
+
+/** What the token's key holds, read as a client reads it. */
+interface KeyHolds {
+  /** The key's bytes, none, or OTHER_KIND (a Redis hash…). */
+  raw: string | undefined | typeof OTHER_KIND;
+  /** The entry at the key, where it is one. */
+  entry: StoredEntry | undefined;
+  /** Another program's value, which no wxkit process replaces: the fleet's token is at {key}:wxkit. */
+  foreign: boolean;
+  /** What {key}:wxkit holds, read only when `foreign`. */
+  beside?: { raw: string | undefined; entry: StoredEntry | undefined };
+}
+
+/**
+ * The key as the library reads it: its entry; bytes that are none, which the next fetch replaces where
+ * every writer of the key takes wxkit's lock (the native schema); or another program's value, left as it
+ * is, with the fleet's token beside it.
+ */
+async function readKey(cache: TokenCache, key: string, schema: KeySchema): Promise<KeyHolds> {
+  const raw = await readEntryKey(cache, key);
+  const entry = typeof raw === 'string' ? decodedOrNone(schema, raw) : undefined;
+  const foreign = raw === OTHER_KIND || (raw !== undefined && entry === undefined && schema.replacesUndecodable !== true);
+  if (!foreign) return { raw, entry, foreign };
+  const besideRaw = await cache.get(besideKey(key));
+  return { raw, entry, foreign, beside: { raw: besideRaw, entry: besideRaw === undefined ? undefined : decodedOrNone(nativeSchema(), besideRaw) } };
+}
+
+/** The entry the fleet serves from what `holds` read: the one beside another program's value, or the key's. */
+function sharedEntry(holds: KeyHolds): StoredEntry | undefined {
+  return holds.foreign ? holds.beside?.entry : holds.entry;
 }
 
 /**
@@ -469,41 +514,48 @@ function servable(schema: KeySchema, key: string, entry: StoredEntry | undefined
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {
   const lockKey = schema.lockKey(key);
-  const [raw, ttl, holder, lease, failed, paused] = await Promise.all([
-    cache.get(key),
-    cache.ttlMs?.(key),
+  const [holds, holder, lease, failed, paused] = await Promise.all([
+    readKey(cache, key, schema),
     cache.get(lockKey),
     cache.ttlMs?.(lockKey),
     cache.get(failureKey(key)),
     cache.get(refetchPauseKey(key)),
   ]);
-  const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
+  const { raw, foreign } = holds;
+  // Another program's value at the key: the fleet's token is the one beside it.
+  const entryKey = foreign ? besideKey(key) : key;
+  const shownEntryKey = foreign ? besideKey(shownKey) : shownKey;
+  const entry = sharedEntry(holds);
+  const ttl = entry ? await cache.ttlMs?.(entryKey) : undefined;
   const now = Math.floor(Date.now() / 1000);
-  const state = raw === undefined ? 'absent' : entry ? 'present' : 'corrupt';
+  const state = foreign ? 'foreign' : raw === undefined ? 'absent' : entry ? 'present' : 'corrupt';
+  const ok = entry !== undefined;
   const token = entry ? (showToken ? entry.value : mask(entry.value)) : undefined;
   // A format without an expiry (EasyWeChat, wechatpy…): the store's TTL is its remaining life.
   const remaining = entry?.expiresAt !== undefined ? entry.expiresAt - now : entry && ttl !== undefined && Number.isFinite(ttl) ? Math.floor(ttl / 1000) : undefined;
   const lock = holder === undefined ? null : { holder, lease_ms: lease ?? null };
   const failure = failureState(failed, Date.now());
   const pause = pauseState(paused, Date.now());
+  const bytes = typeof raw === 'string' ? Buffer.byteLength(raw, 'latin1') : undefined;
+  const what = raw === OTHER_KIND ? 'a value of another kind than a string' : `${bytes} bytes that are not a ${schema.name} entry`;
+  const why = foreign
+    ? `${shownKey} holds another program's value (${what}), which wxkit never replaces; the fleet shares its token beside it, at ${shownEntryKey}`
+    : `${shownKey} holds ${what}; wxkit replaces it on the next fetch`;
   // --json failures carry an error object, as every other failure prints it; the fields stay beside it.
-  const error =
-    state === 'present'
-      ? undefined
-      : {
-          code: 'ERR_WXKIT_NO_TOKEN',
-          message:
-            state === 'absent'
-              ? `No token is stored under ${shownKey}`
-              : `${shownKey} holds ${Buffer.byteLength(raw ?? '')} bytes that are not a ${schema.name} entry; wxkit replaces it on the next fetch`,
-          exit: EXIT.noToken,
-        };
+  const error = ok
+    ? undefined
+    : {
+        code: 'ERR_WXKIT_NO_TOKEN',
+        message: state === 'absent' ? `No token is stored under ${shownKey}` : foreign ? `${why}, where no token is stored` : why,
+        exit: EXIT.noToken,
+      };
   emit(
     output,
     {
-      ok: state === 'present',
+      ok,
       ...(error ? { error } : {}),
       key: shownKey,
+      ...(foreign ? { shared_key: shownEntryKey } : {}),
       schema: schema.name,
       store: describeStore(store),
       state,
@@ -515,13 +567,15 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       lock,
       failure: failure?.fields ?? null,
       refetch_pause: pause?.fields ?? null,
-      bytes: raw === undefined ? 0 : raw.length, // a binary string: one character per byte
+      // A binary string: one character per byte. None for a value of another kind.
+      bytes: raw === OTHER_KIND ? null : (bytes ?? 0),
     },
     [
       `key         ${shownKey}`,
+      ...(foreign ? [`shared at   ${shownEntryKey}`] : []),
       `schema      ${schema.name}`,
       `store       ${describeStore(store)}`,
-      `state       ${state}${state === 'corrupt' ? ` (${Buffer.byteLength(raw ?? '')} bytes that are not a ${schema.name} entry; wxkit replaces it on the next fetch)` : ''}`,
+      `state       ${state}${state === 'corrupt' || state === 'foreign' ? ` (${why}${foreign && !ok ? ', where no token is stored yet' : ''})` : ''}`,
       ...(entry
         ? [
             `token       ${token}`,
@@ -534,7 +588,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       `pause       ${pause?.line ?? 'none'}`,
     ],
   );
-  return state === 'present' ? EXIT.ok : EXIT.noToken;
+  return ok ? EXIT.ok : EXIT.noToken;
 }
 
 /**

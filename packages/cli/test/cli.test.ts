@@ -163,6 +163,29 @@ describe('wxkit token', () => {
     expect(JSON.parse(redisCli(redis.port, 'GET', `${key}:wxkit`))).toMatchObject({ access_token: refreshed.json.token });
     expect(redisCli(redis.port, 'TYPE', key).trim()).toBe('hash');
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
+
+    // inspect shows the token the fleet serves, beside the other program's value.
+    const store = ['--endpoint', 'classic', '--store', redis.url, '--app', `oa:${appId}`];
+    const inspected = await wxkit(['token', 'inspect', ...store, '--json', '--show-token']);
+    expect(inspected.code, inspected.stderr).toBe(0);
+    expect(inspected.json).toMatchObject({ ok: true, state: 'foreign', key, shared_key: `${key}:wxkit`, token: refreshed.json.token, bytes: null });
+    expect(inspected.json.store_ttl_ms).toBeGreaterThan(0);
+    const text = await wxkit(['token', 'inspect', ...store]);
+    expect(text.stdout).toContain(`shared at   ${key}:wxkit`);
+    expect(text.stdout).toContain("another program's value (a value of another kind than a string), which wxkit never replaces");
+    // clear removes that token and leaves the other program's value; the next get fetches a new one.
+    const cleared = await wxkit(['token', 'clear', ...store, '--json']);
+    expect(cleared.code, cleared.stderr).toBe(0);
+    expect(cleared.json).toMatchObject({ ok: true, removed: false, shared_removed: true });
+    expect(redisCli(redis.port, 'EXISTS', `${key}:wxkit`).trim()).toBe('0');
+    expect(redisCli(redis.port, 'TYPE', key).trim()).toBe('hash');
+    const none = await wxkit(['token', 'inspect', ...store, '--json']);
+    expect(none.code).toBe(5);
+    expect(none.json).toMatchObject({ ok: false, state: 'foreign', error: { code: 'ERR_WXKIT_NO_TOKEN' } });
+    const again = await wxkit(['token', 'get', ...common], { WECHAT_SECRET: secret });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.json.token).not.toBe(refreshed.json.token);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
   });
 
   it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {
@@ -337,6 +360,9 @@ describe('wxkit token', () => {
     expect(redisCli(redis.port, 'GET', key)).toBe('O:8:"stdClass":0:{}');
     expect(JSON.parse(redisCli(redis.port, 'GET', `${key}:wxkit`))).toMatchObject({ access_token: beside.json.token });
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    const foreign = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, ...profile, '--json', '--show-token'], { WECHAT_SECRET: secret });
+    expect(foreign.code, foreign.stderr).toBe(0);
+    expect(foreign.json).toMatchObject({ state: 'foreign', shared_key: `${key}:wxkit`, token: beside.json.token, bytes: 'O:8:"stdClass":0:{}'.length });
     const unknown = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'laravel-magic']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('--profile must be one of native, easyWeChat4');

@@ -10,6 +10,7 @@ export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';
 export { NEAR_EXPIRY_MS } from './token/entry-store.js';
+export { isPlausibleToken } from './token/plausible.js';
 export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
 export {
   MAX_TIMER_MS,

@@ -2,7 +2,7 @@ import type { Dispatcher } from 'undici';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
 import { HttpClient } from './http.js';
 import { retryAtOf, withRetryAt } from './retry-at.js';
-import { isPlausibleToken } from './token/entry.js';
+import { isPlausibleToken } from './token/plausible.js';
 import { NOT_IN_BEARER_KEY, checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
 import { VERSION } from './version.js';
 

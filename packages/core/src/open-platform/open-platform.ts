@@ -12,7 +12,7 @@ import type { TokenEvents } from '../events.js';
 import { BadResponseError, CacheError, ConfigError, MessageCryptoError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import type { HttpRequest } from '../http.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
-import { isPlausibleToken, type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
+import { type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
 import { FailureGate, decodeMarker } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
@@ -22,6 +22,7 @@ import { credentialDigest, validateFetched, type Fetched, type Upstream } from '
 import { durationMs, integer, invalidOption, nonEmptyString, required, typeName, type OptionSchema } from '../validate.js';
 import { CALLBACK_TOKEN_RULE, ENCODING_AES_KEY_RULE, MessageCrypto, queryText } from './crypto.js';
 import { parseFlatXml } from './xml.js';
+import { isPlausibleToken } from '../token/plausible.js';
 
 /** Options of {@link OpenPlatform}: the component app's credentials, its callback settings, and where its tokens live. */
 export interface OpenPlatformOptions extends ClientOptions {

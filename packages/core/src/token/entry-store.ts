@@ -1,8 +1,9 @@
 import { encodedToBinary } from '../bytes.js';
 import type { Log } from '../logger.js';
 import type { GuardedStore } from '../store.js';
-import { isPlausibleToken, nativeSchema, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
+import { nativeSchema, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
 import type { Fetched } from './upstream.js';
+import { isPlausibleToken } from './plausible.js';
 
 /**
  * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as

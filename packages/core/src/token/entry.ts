@@ -1,5 +1,6 @@
 import { binaryToText, textToBinary } from '../bytes.js';
 import { checkOptions, integer, rule, type OptionSchema } from '../validate.js';
+import { isPlausibleToken } from './plausible.js';
 
 /** Which WeChat credential an entry belongs to. */
 export type KeySubject =
@@ -185,16 +186,6 @@ const MAX_MARGIN_SHARE = 0.25;
 export function storeTtlSeconds(expiresIn: number, marginSeconds: number): number {
   const margin = Math.min(marginSeconds, Math.floor(expiresIn * MAX_MARGIN_SHARE));
   return Math.max(1, Math.floor(expiresIn - margin));
-}
-
-// WeChat asks integrators to reserve 512 characters for an access_token; tokens and tickets are
-// printable ASCII without spaces. Anything else in a store was not written by WeChat's answer: a 1 MB
-// or control-character "token" would make every request fail (HTTP 431, or a broken request line).
-const PLAUSIBLE_TOKEN = /^[\x21-\x7e]{1,512}$/;
-
-/** Whether `value` could be a WeChat access token or ticket: 1–512 printable ASCII characters, no spaces. */
-export function isPlausibleToken(value: unknown): value is string {
-  return typeof value === 'string' && PLAUSIBLE_TOKEN.test(value);
 }
 
 /** The entry's field, when the value is a plausible token: what every bare-value format returns. */

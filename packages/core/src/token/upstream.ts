@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { BadResponseError } from '../errors.js';
-import { isPlausibleToken, type StoredEntry } from './entry.js';
+import type { StoredEntry } from './entry.js';
+import { isPlausibleToken } from './plausible.js';
 
 /** A value fresh from WeChat (or from a token service). */
 export interface Fetched {

@@ -1,5 +1,5 @@
 import { HttpError } from '../../errors.js';
-import { isPlausibleToken } from '../entry.js';
+import { isPlausibleToken } from '../plausible.js';
 import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } from '../../token-source.js';
 import type { Refreshed, RefreshRequest, Refresher, TokenContext } from '../refresher.js';
 
