@@ -1,6 +1,6 @@
 import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
-import { NEAR_EXPIRY_MS, clampRetryAt, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -498,18 +498,9 @@ function sharedEntry(holds: KeyHolds): StoredEntry | undefined {
   return holds.foreign ? holds.beside?.entry : holds.entry;
 }
 
-/**
- * Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it): as the
- * library judges it, not within 30 s of its expiry, nor past the end the schema's TTL gives it (known when
- * it records fetched_at), which a store without TTL, or one written with a longer TTL, still holds.
- */
+/** Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it), as the library judges it. */
 function servable(schema: KeySchema, key: string, entry: StoredEntry | undefined): boolean {
-  if (entry === undefined) return false;
-  const { expiresAt, fetchedAt } = entry;
-  if (expiresAt === undefined) return true;
-  const now = Date.now();
-  if (expiresAt * 1000 - now <= NEAR_EXPIRY_MS) return false;
-  return !(fetchedAt !== undefined && expiresAt > fetchedAt && now >= (fetchedAt + schema.ttlSeconds(expiresAt - fetchedAt, 'access_token', key)) * 1000);
+  return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), Date.now());
 }
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {

@@ -9,7 +9,7 @@ export { assertTtl, storeTtlMs } from './ttl.js';
 export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';
-export { NEAR_EXPIRY_MS } from './token/entry-store.js';
+export { inLife } from './token/lifetime.js';
 export { isPlausibleToken } from './token/plausible.js';
 export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
 export {

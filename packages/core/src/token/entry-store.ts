@@ -4,6 +4,7 @@ import type { GuardedStore } from '../store.js';
 import { nativeSchema, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
 import type { Fetched } from './upstream.js';
 import { isPlausibleToken } from './plausible.js';
+import { inLife, lifetimeOf } from './lifetime.js';
 
 /**
  * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as
@@ -31,8 +32,6 @@ export interface EntryStoreInit {
   now: () => number;
 }
 
-// A token this close to its expiry is treated as expired: a call that takes it may arrive too late.
-export const NEAR_EXPIRY_MS = 30_000;
 // An expiry a peer records beside its entry further ahead than this is no expiry (a unit mistaken).
 const MAX_RECORDED_LIFE_MS = 86_400_000;
 // A freshly fetched value is written with compare-and-set; losing the race this often means the key is
@@ -178,9 +177,7 @@ export class EntryStore {
 
   /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */
   #servable(entry: StoredEntry): boolean {
-    const { expiresAtMs, staleAtMs } = this.lifetime(entry);
-    const now = this.#init.now();
-    return !((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS));
+    return inLife(entry, this.#ttlRule, this.#init.now());
   }
 
   /**
@@ -208,17 +205,13 @@ export class EntryStore {
     return { foreign };
   }
 
-  /** WeChat's expiry, and when the schema's TTL rule ends the entry (known when fetched_at is recorded). */
+  /** WeChat's expiry, and when the schema's TTL rule ends the entry (known when it records fetched_at). */
   lifetime(entry: StoredEntry): { expiresAtMs: number | undefined; staleAtMs: number | undefined } {
-    const { expiresAt, fetchedAt } = entry;
-    return {
-      expiresAtMs: expiresAt === undefined ? undefined : expiresAt * 1000,
-      staleAtMs:
-        expiresAt !== undefined && fetchedAt !== undefined && expiresAt > fetchedAt
-          ? (fetchedAt + this.#init.schema.ttlSeconds(expiresAt - fetchedAt, this.#init.field, this.key)) * 1000
-          : undefined,
-    };
+    return lifetimeOf(entry, this.#ttlRule);
   }
+
+  /** The schema's TTL of an entry of this key, from its `expires_in`. */
+  readonly #ttlRule = (expiresIn: number): number => this.#init.schema.ttlSeconds(expiresIn, this.#init.field, this.key);
 
   /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
   encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {

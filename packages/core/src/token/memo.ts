@@ -1,4 +1,5 @@
-import { NEAR_EXPIRY_MS, type EncodedEntry, type EntryStore } from './entry-store.js';
+import type { EncodedEntry, EntryStore } from './entry-store.js';
+import { NEAR_EXPIRY_MS } from './lifetime.js';
 import type { StoredEntry } from './entry.js';
 import type { ProtocolSettings, Refreshed } from './refresher.js';
 
