@@ -296,10 +296,11 @@ function wireKey(key: string): string {
  * two servers they always were: the suffixes change the hash's parity), one server down of several would
  * break the lock or the entry of every app, and each host would fetch on its own. So does the entry the
  * fleet shares beside a key holding another program's value (`{key}:wxkit`, and its companions): every
- * read of it reads the key first.
+ * read of it reads the key first. And the `wxkit` command's write check (`{key}:probe`): elsewhere, it
+ * would refuse to fetch for a key whose server is up.
  */
 function placement(key: string): string {
-  return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced))?$/, '');
+  return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced|probe))?$/, '');
 }
 
 /** The extras of SET and ADD: flags 0 (as memjs writes them) and the expiration. */

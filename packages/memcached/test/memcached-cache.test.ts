@@ -221,6 +221,29 @@ describe('MemcachedCache on a real memcached', () => {
     }
   });
 
+  it("several servers, the others down: the wxkit command's write probe ({key}:probe) lives on its entry's server", async () => {
+    const servers = await Promise.all([startMemcached(), startMemcached(), startMemcached()]);
+    const both = new MemcachedCache({ servers: servers.map((server) => server.url) });
+    // Sixteen fixed entry keys: where each lives is fixed by the hash, and so is where its probe would go
+    // hashed on its own (about two thirds of them to another server).
+    const keys = Array.from({ length: 16 }, (_, i) => `wechat:stable_access_token:wx${String(i).padStart(16, '0')}`);
+    try {
+      for (const key of keys) await both.set(key, 'where', 60);
+      const onFirst = [];
+      for (const key of keys) if ((await memcachedGet(servers[0]!.port, key)) === 'where') onFirst.push(key);
+      expect(onFirst.length).toBeGreaterThan(0);
+      await Promise.all([servers[1]!.stop(), servers[2]!.stop()]);
+      // The command checks that a key's server takes writes before it fetches: with the key's server up,
+      // the check passes whichever others are down.
+      const refused: string[] = [];
+      for (const key of onFirst) await both.set(`${key}:probe`, 'wxkit-cli', 5).catch(() => refused.push(key));
+      expect(refused).toEqual([]);
+    } finally {
+      await both.close();
+      await Promise.all(servers.map((server) => server.stop()));
+    }
+  });
+
   it("several servers, one down: a key holding another program's value has the fleet's entry beside it ({key}:wxkit) on its server, and two hosts share one fetch", async () => {
     const servers = await Promise.all([startMemcached(), startMemcached()]);
     const { appId, secret } = mock.createApp();
