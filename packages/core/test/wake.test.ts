@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { FileCache, MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
+import { FileCache, MemoryCache, OfficialAccount, easyWeChat4, type TokenCache } from '../src/index.js';
 import { pollWithBackoff } from '../src/token/refresher.js';
 import { holdingDispatcher } from './helpers.js';
 
@@ -216,7 +216,7 @@ function counting(
   afterLockAdd?: (won: boolean) => Promise<void>,
   beforeLockRelease?: () => Promise<void>,
 ) {
-  const counts = { entryReads: 0, entryAdds: 0, markerReads: 0, markerDeletes: 0, lockAdds: 0, lockReleases: 0, woken: 0 };
+  const counts = { entryReads: 0, entryAdds: 0, markerReads: 0, markerDeletes: 0, lockAdds: 0, lockReleases: 0, woken: 0, watches: 0 };
   let entryKey = '';
   const wrapped: TokenCache = {
     get: (key) => {
@@ -247,11 +247,13 @@ function counting(
     compareAndSet: (key, expected, value, ttl) => cache.compareAndSet!(key, expected, value, ttl),
     ...(withWatch && cache.watch
       ? {
-          watch: (key: string, onChange: () => void) =>
-            cache.watch!(key, () => {
+          watch: (key: string, onChange: () => void) => {
+            counts.watches += 1;
+            return cache.watch!(key, () => {
               counts.woken += 1;
               onChange();
-            }),
+            });
+          },
         }
       : {}),
   };
@@ -346,6 +348,29 @@ describe('a waiter of a cold fleet wakes on the holder’s write', () => {
     expect(waiterView.counts.entryReads).toBe(2);
     expect(waiterView.counts.lockAdds).toBe(1);
     await Promise.all([holder.close(), waiter.close(), gate.agent.close(), holderStore.close?.(), waiterStore === holderStore ? undefined : waiterStore.close?.()]);
+  });
+
+  it.each(Object.keys(stores))("%s: a follower of a key that holds another program's value wakes on the fleet's write beside it ({key}:wxkit)", async (name) => {
+    const [ownerStore, followerStore] = stores[name]!();
+    const { appId, secret } = mock.createApp();
+    const schema = easyWeChat4();
+    const options = { appId, baseUrl: mock.url, logger: false as const, tokenEndpoint: 'classic' as const, fallbackDir: false as const, schema };
+    // The PHP side keeps a value there that wxkit cannot read: the fleet's token goes beside it.
+    const key = schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'classic', secret });
+    await ownerStore.set(key, 'O:8:"stdClass":0:{}', 600);
+    const followerView = counting(followerStore);
+    const follower = new OfficialAccount({ ...options, secret, cache: followerView.cache, refresh: 'never' });
+    const owner = new OfficialAccount({ ...options, secret, cache: ownerStore });
+    const followed = follower.accessToken.getToken();
+    // The follower found nothing beside the other program's value, and waits with its watch armed.
+    await vi.waitFor(() => expect(followerView.counts.watches).toBeGreaterThan(0));
+    const token = await owner.accessToken.getToken();
+    expect(await followed).toBe(token);
+    // Told of the write beside the key: not a poll's pause later, unwoken.
+    expect(followerView.counts.woken).toBeGreaterThanOrEqual(1);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(await ownerStore.get(key)).toBe('O:8:"stdClass":0:{}');
+    await Promise.all([owner.close(), follower.close(), ownerStore.close?.(), followerStore === ownerStore ? undefined : followerStore.close?.()]);
   });
 
   it('a store without watch still hands the waiter the holder’s token, by polling', async () => {

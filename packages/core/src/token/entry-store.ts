@@ -80,6 +80,8 @@ export class EntryStore {
   #reportedCorrupt: string | undefined;
   /** Where the fleet shares its token while the key holds another program's value (see #beside). */
   #side: EntryStore | undefined;
+  /** Whether the key was seen holding another program's value, so that the fleet's token is beside it. */
+  #besideInUse = false;
   /** This store is the one beside another program's value (it keeps nothing beside itself). */
   #isBeside = false;
 
@@ -145,13 +147,23 @@ export class EntryStore {
     return this.#side;
   }
 
+  /**
+   * The keys a write of this entry lands on, for a waiter to watch: its key, and `{key}:wxkit` once this
+   * process saw the key hold another program's value (the fleet's token is written there then).
+   */
+  get keys(): readonly string[] {
+    return this.#besideInUse ? [this.key, this.#beside.key] : [this.key];
+  }
+
   async #readBeside(store: GuardedStore, rejected: (value: string) => boolean): Promise<EntryRead> {
+    this.#besideInUse = true;
     const read = await this.#beside.read(store, rejected);
     return read.kind === 'hit' ? read : { kind: 'miss', foreign: true };
   }
 
   /** `fresh` as the entry beside another program's value stores it. */
   #besideEncoded(fresh: EncodedEntry): EncodedEntry {
+    this.#besideInUse = true;
     const { entry, ttlSeconds } = fresh;
     const fetchedAt = entry.fetchedAt!;
     const encoded = this.#beside.encode({ value: entry.value, expiresIn: entry.expiresAt! - fetchedAt } as Fetched, fetchedAt, entry.fetchedBy ?? '');

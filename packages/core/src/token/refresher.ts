@@ -274,7 +274,7 @@ export function awaitNewEntry(
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
-  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch([ctx.key], onChange), ended);
+  const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch(ctx.entries.keys, onChange), ended);
   if (lookFirst) wakeup.lookNow();
   return pollWithBackoff(waitMs, look, wakeup, ended, pace);
 }

@@ -563,7 +563,7 @@ export class LockedFetchRefresher implements Refresher {
   /** The holder's writes where the store can tell: the entry, the failure marker, the lock's release. */
   #watch(tier: Tier): Watch {
     return (onChange) => {
-      const entries = tier.entries.watch([this.#ctx.key, this.#failures.key], onChange);
+      const entries = tier.entries.watch([...this.#ctx.entries.keys, this.#failures.key], onChange);
       if (!entries) return undefined;
       const lock = tier.lock === tier.entries ? tier.entries.watch([this.#lock.key], onChange) : tier.lock?.watch([this.#lock.key], onChange);
       return () => {
