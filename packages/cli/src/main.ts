@@ -265,9 +265,10 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         cache.get(failureKey(key)),
         cache.get(refetchPauseKey(key)),
       ]);
-      // A value of another kind (a Redis hash) is another program's, and no token: it is left to it.
-      const otherKind = held === OTHER_KIND;
-      const had = otherKind ? undefined : held;
+      // Another program's value (a Redis hash, or bytes the profile cannot read, such as a PHP object),
+      // which the library never replaces: it is no token, and it is left to that program.
+      const foreignHeld = isForeign(schema, held);
+      const had = foreignHeld || held === OTHER_KIND ? undefined : held;
       // Each only as it was read: a token another program wrote since is newer than the one the user
       // meant to clear (deleting it would send every program to WeChat again, and on the classic endpoint
       // end it). The marker of a failed fetch goes with the entry: left behind, a secret fixed since
@@ -290,8 +291,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         output,
         { ok: true, key: shownKey, removed, shared_removed: besideRemoved, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: lockRemoved, changed_meanwhile: changed.length > 0 },
         [
-          otherKind
-            ? `kept ${shownKey}: it holds a value of another kind than a string, another program's and no token; remove it in the store if nothing uses it`
+          foreignHeld
+            ? `kept ${shownKey}: it holds ${held === OTHER_KIND ? 'a value of another kind than a string' : `${Buffer.byteLength(held as string, 'latin1')} bytes that are not a ${schema.name} entry`}, another program's and no token; remove it in the store if nothing uses it`
             : `${removed ? 'removed' : had === undefined ? 'nothing stored at' : 'kept'} ${shownKey}`,
           ...(besideRemoved ? [`removed the token the fleet shared beside another program's value, at ${besideKey(shownKey)}`] : []),
           ...(values.lock ? [lockRemoved ? 'removed its refresh lock' : lockHeld === undefined ? 'no refresh lock was held' : 'kept its refresh lock: taken again while this command ran'] : []),
@@ -311,8 +312,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // cannot be published would kill the token every other program holds. So: the store must answer,
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
     const holds = await readKey(cache, key, schema);
-    const storedKey = holds.foreign ? besideKey(key) : key;
-    const current = servable(schema, storedKey, sharedEntry(holds));
+    // The token beside another program's value lives by the rule of the key it stands for, as the library judges it.
+    const current = servable(schema, key, sharedEntry(holds));
     if (secret !== undefined && (action === 'refresh' || !current)) await checkWritable(cache, key, describeStore(store));
     // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
     const dispatcher = new Agent();
@@ -479,6 +480,11 @@ interface KeyHolds {
   beside?: { raw: string | undefined; entry: StoredEntry | undefined };
 }
 
+/** Whether `raw`, what the key holds, is another program's value, which the library never replaces nor serves. */
+function isForeign(schema: KeySchema, raw: string | undefined | typeof OTHER_KIND): boolean {
+  return raw === OTHER_KIND || (raw !== undefined && decodedOrNone(schema, raw) === undefined && schema.replacesUndecodable !== true);
+}
+
 /**
  * The key as the library reads it: its entry; bytes that are none, which the next fetch replaces where
  * every writer of the key takes wxkit's lock (the native schema); or another program's value, left as it
@@ -487,7 +493,7 @@ interface KeyHolds {
 async function readKey(cache: TokenCache, key: string, schema: KeySchema): Promise<KeyHolds> {
   const raw = await readEntryKey(cache, key);
   const entry = typeof raw === 'string' ? decodedOrNone(schema, raw) : undefined;
-  const foreign = raw === OTHER_KIND || (raw !== undefined && entry === undefined && schema.replacesUndecodable !== true);
+  const foreign = isForeign(schema, raw);
   if (!foreign) return { raw, entry, foreign };
   const besideRaw = await cache.get(besideKey(key));
   return { raw, entry, foreign, beside: { raw: besideRaw, entry: besideRaw === undefined ? undefined : decodedOrNone(nativeSchema(), besideRaw) } };
@@ -519,8 +525,11 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
   const entry = sharedEntry(holds);
   const ttl = entry ? await cache.ttlMs?.(entryKey) : undefined;
   const now = Math.floor(Date.now() / 1000);
-  const state = foreign ? 'foreign' : raw === undefined ? 'absent' : entry ? 'present' : 'corrupt';
-  const ok = entry !== undefined;
+  // An entry past its life (its expiry, its last 30 s, or the TTL its writer gave it, which a store that
+  // keeps it longer still holds) is no token the library serves: every program fetches another.
+  const inLifeNow = servable(schema, key, entry);
+  const state = foreign ? 'foreign' : raw === undefined ? 'absent' : entry ? (inLifeNow ? 'present' : 'stale') : 'corrupt';
+  const ok = entry !== undefined && inLifeNow;
   const token = entry ? (showToken ? entry.value : mask(entry.value)) : undefined;
   // A format without an expiry (EasyWeChat, wechatpy…): the store's TTL is its remaining life.
   const remaining = entry?.expiresAt !== undefined ? entry.expiresAt - now : entry && ttl !== undefined && Number.isFinite(ttl) ? Math.floor(ttl / 1000) : undefined;
@@ -537,7 +546,14 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
     ? undefined
     : {
         code: 'ERR_WXKIT_NO_TOKEN',
-        message: state === 'absent' ? `No token is stored under ${shownKey}` : foreign ? `${why}, where no token is stored` : why,
+        message:
+          state === 'absent'
+            ? `No token is stored under ${shownKey}`
+            : entry
+              ? `${shownEntryKey} holds a token past its use (expired, in its last 30 s, or past the TTL its writer gave it): no program serves it, the next one that needs a token fetches another`
+              : foreign
+                ? `${why}, where no token is stored`
+                : why,
         exit: EXIT.noToken,
       };
   emit(
@@ -566,15 +582,15 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
       ...(foreign ? [`shared at   ${shownEntryKey}`] : []),
       `schema      ${schema.name}`,
       `store       ${describeStore(store)}`,
-      `state       ${state}${state === 'corrupt' || state === 'foreign' ? ` (${why}${foreign && !ok ? ', where no token is stored yet' : ''})` : ''}`,
+      `state       ${state}${state === 'corrupt' || state === 'foreign' ? ` (${why}${foreign && !entry ? ', where no token is stored yet' : ''})` : ''}${entry && !inLifeNow ? `${state === 'stale' ? ' (' : '; '}a token past its use: no program serves it${state === 'stale' ? ')' : ''}` : ''}`,
       ...(entry
         ? [
             `token       ${token}`,
-            `remaining   ${remaining === undefined ? 'unknown (the format keeps no expiry and the store cannot tell)' : `${remaining} s`}${entry.expiresAt === undefined ? '' : ` (expires ${iso(entry.expiresAt * 1000)})`}${ttl === undefined ? '' : `; the store drops it in ${Math.round(ttl / 1000)} s`}`,
+            `remaining   ${remaining === undefined ? 'unknown (the format keeps no expiry and the store cannot tell)' : `${remaining} s`}${entry.expiresAt === undefined ? '' : ` (expires ${iso(entry.expiresAt * 1000)})`}${ttl === undefined ? '' : Number.isFinite(ttl) ? `; the store drops it in ${Math.round(ttl / 1000)} s` : '; the store keeps it without expiry'}`,
             `fetched_at  ${entry.fetchedAt === undefined ? 'unknown' : `${iso(entry.fetchedAt * 1000)} (${entry.fetchedAt})`}`,
           ]
         : []),
-      `lock        ${lock ? `held by ${lock.holder}${lock.lease_ms === null ? '' : `, lease ${(lock.lease_ms / 1000).toFixed(1)} s left`}` : 'free'}`,
+      `lock        ${lock ? `held by ${lock.holder}${lock.lease_ms === null ? '' : Number.isFinite(lock.lease_ms) ? `, lease ${(lock.lease_ms / 1000).toFixed(1)} s left` : ', with no lease (it stays until removed: wxkit token clear --lock)'}` : 'free'}`,
       `failure     ${failure?.line ?? 'none'}`,
       `pause       ${pause?.line ?? 'none'}`,
     ],

@@ -188,6 +188,65 @@ describe('wxkit token', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(3);
   });
 
+  it("clear keeps a value of another program that the profile cannot read (a PHP object), as it keeps a Redis hash, and removes the fleet's token beside it", async () => {
+    const { appId, secret } = mock.createApp();
+    const profile = ['--profile', 'easyWeChat4', '--profile-options', '{"prefix":"clearphp:"}'];
+    const common = ['--store', redis.url, '--app', `oa:${appId}`, ...profile, '--json'];
+    const got = await wxkit(['token', 'get', ...common, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    expect(got.code, got.stderr).toBe(0);
+    const key = got.json.key as string;
+    redisCli(redis.port, 'SET', key, 'O:8:"stdClass":0:{}', 'EX', '600');
+    const refreshed = await wxkit(['token', 'refresh', ...common, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    expect(refreshed.code, refreshed.stderr).toBe(0);
+    const cleared = await wxkit(['token', 'clear', ...common], { WECHAT_SECRET: secret });
+    expect(cleared.code, cleared.stderr).toBe(0);
+    expect(cleared.json).toMatchObject({ ok: true, removed: false, shared_removed: true });
+    // The PHP side's value is its own: the library never replaces it, nor may clear delete it.
+    expect(redisCli(redis.port, 'GET', key)).toBe('O:8:"stdClass":0:{}');
+    expect(redisCli(redis.port, 'EXISTS', `${key}:wxkit`).trim()).toBe('0');
+  });
+
+  it('inspect exits 5 for an entry the library no longer serves (past its expiry, or in its last 30 s), as for none', async () => {
+    const now = Math.floor(Date.now() / 1000);
+    for (const stored of [
+      JSON.stringify({ access_token: 'EXPIRED_TOKEN_123', expires_at: now - 60, fetched_at: now - 7260 }),
+      JSON.stringify({ access_token: 'LAST_SECONDS_TOKEN', expires_at: now + 20 }),
+    ]) {
+      const { appId } = mock.createApp();
+      const key = `wechat:stable_access_token:${appId}`;
+      // A store that keeps it: a peer's longer TTL, or none.
+      redisCli(redis.port, 'SET', key, stored);
+      const got = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+      expect(got.code, got.stderr).toBe(5);
+      const inspected = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+      expect(inspected.code, inspected.stdout).toBe(5);
+      expect(inspected.json).toMatchObject({ ok: false, state: 'stale', error: { code: 'ERR_WXKIT_NO_TOKEN', exit: 5 } });
+    }
+    // The same beside another program's value: the fleet's copy there has ended, and no program serves it.
+    const { appId } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'HSET', key, 'owner', 'another program');
+    redisCli(redis.port, 'SET', `${key}:wxkit`, JSON.stringify({ access_token: 'EXPIRED_BESIDE_123', expires_at: now - 60, fetched_at: now - 7260 }));
+    const got = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(got.code, got.stderr).toBe(5);
+    const inspected = await wxkit(['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--json']);
+    expect(inspected.code, inspected.stdout).toBe(5);
+    expect(inspected.json).toMatchObject({ ok: false, state: 'foreign', shared_key: `${key}:wxkit`, error: { code: 'ERR_WXKIT_NO_TOKEN', exit: 5 } });
+  });
+
+  it('inspect says in words when the store keeps a token or a lock without expiry', async () => {
+    const { appId } = mock.createApp();
+    const args = ['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'silenceper'];
+    const key = (await wxkit([...args, '--json'])).json.key as string;
+    // A peer's entry without expiry (a bare token, as a Go program keeps it) and a lock with no lease.
+    redisCli(redis.port, 'SET', key, 'BARE_PEER_TOKEN_123');
+    redisCli(redis.port, 'SET', `${key}:lock`, 'a program');
+    const inspected = await wxkit(args);
+    expect(inspected.stdout).toContain('the store keeps it without expiry');
+    expect(inspected.stdout).toContain('held by a program, with no lease');
+    expect(inspected.stdout).not.toContain('Infinity');
+  });
+
   it('clear deletes only what it read: a token another program writes meanwhile is kept, and said so', async () => {
     const { appId } = mock.createApp();
     const key = `wechat:stable_access_token:${appId}`;

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryCache, easyWeChat4, nativeSchema, wechatpy, wxJava, type EntryField, type KeySchema } from '../src/index.js';
+import { MemoryCache, easyWeChat4, nativeSchema, silenceper, wechatpy, wxJava, type EntryField, type KeySchema } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { EntryStore } from '../src/token/entry-store.js';
@@ -103,6 +103,24 @@ describe('writes never go back in time', () => {
     expect(await cache.get(key)).toBe(igbinary);
     expect(JSON.parse((await cache.get(`${key}:wxkit`))!)).toMatchObject({ access_token: 'MINE', fetched_by: 'web-1:1' });
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'MINE' } });
+  });
+
+  it("a token shared beside another program's value lives by the TTL rule of the key it stands for (silenceper's stable key: expires_in - 300, not the classic - 1500)", async () => {
+    const schema = silenceper();
+    const stableKey = schema.accessTokenKey({ kind: 'official_account', appId: 'wx4202f388888ab123', endpoint: 'stable' });
+    const log = new Log(false);
+    const cache = new MemoryCache();
+    const store = new GuardedStore(cache, 1000, log, 'wx4202f388888ab123');
+    const entries = new EntryStore({ key: stableKey, field: 'access_token', schema, label: 'access_token', appId: 'wx4202f388888ab123', logKey: stableKey, log, now: Date.now });
+    // Another program's value there: no plausible token (it holds a space).
+    await cache.set(stableKey, 'not a token', 600);
+    const now = Math.floor(Date.now() / 1000);
+    // Fetched 6000 s ago: the stable key's rule keeps it 6900 s, as the TTL it is written with says.
+    const fresh = entries.encode(fetched('BESIDE'), now - 6000, 'web-1:1');
+    expect(fresh.ttlSeconds).toBe(6900);
+    expect(await entries.write(store, fresh)).toMatchObject({ stored: true });
+    expect(await cache.get(`${stableKey}:wxkit`)).toBeDefined();
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'BESIDE' } });
   });
 
   it("a token shared beside another program's value is not served once the fleet wrote a newer one at the key itself (the other program's value went, and came back)", async () => {

@@ -139,7 +139,9 @@ export class EntryStore {
    */
   get #beside(): EntryStore {
     const init = this.#init;
-    const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field, key) => init.schema.ttlSeconds(expiresIn, field, key) };
+    // Its life is the entry's it stands for: the TTL rule of the key itself (a profile's rule may depend on
+    // the key, as silenceper's stable keys or EasyWeChat 4's WeCom keys do), as the TTL it is written with.
+    const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field) => init.schema.ttlSeconds(expiresIn, field, init.key) };
     if (!this.#side) {
       this.#side = new EntryStore({ ...init, key: `${this.key}:wxkit`, logKey: `${init.logKey}:wxkit`, schema });
       this.#side.#isBeside = true;
