@@ -21,11 +21,26 @@ export function errcodeLabel(errcode: number | undefined, code: string | undefin
   return typeof code === 'string' && /^ERR_WXKIT_[A-Z_]+$/.test(code) ? code : 'unknown';
 }
 
+/**
+ * Node's process metrics (`process_*`, `nodejs_*`), collected once per process and shown by every service
+ * in it: prom-client's collection starts a GC observer and an event-loop-delay monitor that nothing can
+ * stop, so one collection per service would leave both running after close(), one more pair per start.
+ */
+let processRegistry: Registry | undefined;
+function processMetrics(): Registry {
+  if (processRegistry === undefined) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
 /** The token kinds whose fetches the service counts (the event names' prefixes). */
 const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_jsapi_ticket'] as const;
 
 /**
- * The service's Prometheus metrics, in a registry of its own (two services in one process do not mix):
+ * The service's Prometheus metrics, in a registry of its own (two services in one process do not mix;
+ * Node's process metrics are the process's, shown by each):
  *
  * - `wxkit_token_fetches_total{app,token,result}`: fetches from WeChat, `result` ok or error
  * - `wxkit_cache_reads_total{app,result}`: reads of an app's access-token entry in the store, hit or miss
@@ -39,7 +54,7 @@ const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_j
  * - `wxkit_store_up`: 1 while the store answers the health probe, 0 while it does not
  * - `wxkit_http_requests_total{route,status}`, `wxkit_http_request_duration_seconds{route}`: the service's own requests
  * - `wxkit_http_connections_dropped_total`: connections closed unanswered, past `maxConnections`
- * - Node's process metrics (`process_*`, `nodejs_*`)
+ * - Node's process metrics (`process_*`, `nodejs_*`), the process's own: collected once, whatever the services
  */
 export class ServiceMetrics {
   readonly registry = new Registry();
@@ -73,8 +88,12 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
 
-  constructor() {
-    collectDefaultMetrics({ register: this.registry });
+  readonly #process = processMetrics();
+
+  /** The `/metrics` text: the service's own metrics, then Node's process metrics. */
+  async text(): Promise<string> {
+    const [own, node] = await Promise.all([this.registry.metrics(), this.#process.metrics()]);
+    return `${own.endsWith('\n') ? own : `${own}\n`}${node}`;
   }
 
   /** Counts an app's fetches, failures, external invalidations and lock wait timeouts from its client's events. */

@@ -351,7 +351,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       info.route = `/${parts[0]}`;
       only('GET', 'HEAD');
       if (parts[0] === 'metrics') {
-        const body = await metrics.registry.metrics();
+        const body = await metrics.text();
         closeIfUnread(res);
         res.writeHead(200, { 'content-type': metrics.registry.contentType, 'cache-control': 'no-store' });
         return void res.end(body);
