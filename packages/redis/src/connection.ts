@@ -1,5 +1,5 @@
 import type { RedisClientType, RedisClusterType, RedisSentinelType } from '@keyv/redis';
-import { lasting, reasonOf } from './failure.js';
+import { CALLER_CLOSED, lasting, reasonOf } from './failure.js';
 
 /** How long calls fail with a lasting refusal before the next attempt: at most one handshake a second. */
 const REFUSAL_HOLD_MS = 1_000;
@@ -38,6 +38,12 @@ export class Connection {
   /** Every client we made and have not finished ending. */
   readonly #owned = new Set<Owned>();
   #closed = false;
+  /**
+   * The caller ended their client (close(), quit(), destroy(): node-redis says 'end', which a reconnect
+   * strategy that gave up does not). It is not connected again: neither wxkit, which never ends a
+   * caller's client, nor the caller, who already did, would end it, and it would keep the process alive.
+   */
+  #givenEnded = false;
 
   /**
    * `source`: a caller's client, used as it is and never ended, or how to make one of our own; its
@@ -45,7 +51,15 @@ export class Connection {
    */
   constructor(source: RedisClientLike | ((ended: AbortSignal) => RedisClientLike), timeoutMs: number) {
     if (typeof source === 'function') this.#create = source;
-    else this.#given = source;
+    else {
+      this.#given = source;
+      // Listened for only where the client says so (a node-redis client, cluster or sentinel).
+      if (typeof (source as { on?: unknown }).on === 'function') {
+        source.on('end', () => (this.#givenEnded = true));
+        // Connected again by the caller: theirs to use again.
+        source.on('connect', () => (this.#givenEnded = false));
+      }
+    }
     this.#timeoutMs = timeoutMs;
   }
 
@@ -53,6 +67,7 @@ export class Connection {
   client(): Promise<RedisClientLike> {
     const current = this.#given ?? this.#client?.client;
     if (current?.isOpen) return Promise.resolve(current);
+    if (this.#given && this.#givenEnded) return Promise.reject(new Error(CALLER_CLOSED));
     if (this.#refused && performance.now() < this.#refused.until) return Promise.reject(this.#refused.error);
     this.#connecting ??= this.#connect().finally(() => (this.#connecting = undefined));
     return this.#connecting;

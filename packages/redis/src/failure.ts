@@ -1,6 +1,9 @@
 import type { CacheErrorReason } from '@wxkit/core';
 import { socketReason } from '@wxkit/core/internal';
 
+/** The message of a call on a caller's client that the caller ended (reason `closed`). */
+export const CALLER_CLOSED = 'the given client was closed by its owner';
+
 /** What a reason means to the person running wxkit, and what to check. */
 const HINTS: Record<CacheErrorReason, string> = {
   auth: 'authentication failed: check the user and password in the URL (the server answered NOAUTH or WRONGPASS)',
@@ -12,7 +15,7 @@ const HINTS: Record<CacheErrorReason, string> = {
   readonly: 'the server refuses writes (a read-only replica, too few replicas for min-replicas-to-write, a failed save, or its memory full: maxmemory with noeviction): point wxkit at the primary, or give Redis memory',
   permission: 'the user may not run this command on this key: its ACL needs the read and write commands on the token keys',
   disconnected: 'the connection dropped; node-redis reconnects on its own',
-  closed: 'closed',
+  closed: 'the client was closed: a client passed in (options.client) that its owner closed is not opened again; connect it again to go on',
   value: 'the value is no binary string: encode text as UTF-8 first',
   type: 'the key holds another kind of value (a hash, list or set where a string belongs): another program uses that key; wxkit leaves it as it is',
   protocol: 'check the host and port: they lead to another kind of server',
@@ -44,6 +47,7 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   // `HTTP/1.1 400 Bad Request`).
   if (/^Unknown RESP type/.test(text)) return 'protocol';
   if (/^(Connection timeout|Socket timeout|no connection within)/.test(text)) return 'timeout';
+  if (text === CALLER_CLOSED) return 'closed';
   if (/^(Socket closed unexpectedly|The client is offline|The client is closed)/.test(text)) return 'disconnected';
   return undefined;
 }

@@ -35,6 +35,7 @@ interface Subscriber {
   unsubscribe(channels: string, listener?: (message: string, channel: string) => void): Promise<void>;
   destroy(): unknown;
   on(event: 'error', listener: (error: unknown) => void): unknown;
+  on(event: 'ready', listener: () => void): unknown;
 }
 
 // Each script reads and writes one key, so it runs on Redis Cluster too, on the node that owns it. A
@@ -293,6 +294,12 @@ export class RedisCache implements TokenCache {
       await endQuietly(subscriber);
       throw new Error('closed');
     }
+    // Connected again after a drop (a Redis restart, a failover, a killed connection): node-redis emits
+    // 'ready' once it has subscribed anew. A write made while it was away went unheard: every waiter
+    // looks once, as after the first subscription, instead of waiting for its next safety-net poll.
+    subscriber.on('ready', () => {
+      if (this.#live?.subscriber === subscriber && !this.#closed) this.#notifyAll();
+    });
     this.#keyspace = await keyspacePrefix(client, this.#connectTimeoutMs);
     return { subscriber, parent: client };
   }

@@ -238,6 +238,29 @@ describe('RedisCache on a real redis-server', () => {
     await client.close();
   });
 
+  it("a caller's client that the caller closed is not opened again by a later call: the call fails, and nothing is left open", async () => {
+    for (const end of ['close', 'quit', 'destroy'] as const) {
+      const client = createClient({ url: redis.url });
+      await client.connect();
+      const cache = new RedisCache({ client });
+      await cache.set('wechat:closed-client', 'v', 60);
+      // The application shuts its Redis client down first; a call of wxkit's still comes after it (a
+      // refresh ahead, a request finishing). Opened again, the client would keep the process alive, as
+      // neither wxkit (a caller's client is never ended) nor the caller (who closed it) would end it.
+      if (end === 'destroy') client.destroy();
+      else await client[end]();
+      await expect(cache.get('wechat:closed-client')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
+      expect({ end, open: client.isOpen }).toEqual({ end, open: false });
+      await cache.close();
+      // Connected again by the caller, it serves wxkit again.
+      await client.connect();
+      const again = new RedisCache({ client });
+      expect(await again.get('wechat:closed-client')).toBe('v');
+      await again.close();
+      client.destroy();
+    }
+  });
+
   it('a server that is not there: ERR_WXKIT_CACHE after connectTimeoutMs, no unhandled rejection', async () => {
     const cache = new RedisCache({ url: 'redis://:pw@127.0.0.1:1/0', connectTimeoutMs: 300 });
     const calls = await Promise.allSettled([

@@ -262,6 +262,32 @@ describe('RedisCache.watch', () => {
     }
   });
 
+  it('a write made while the subscriber connection was away (a restart, a failover, a dropped connection) has every watcher look once it is back', async () => {
+    const watcher = new RedisCache(redis.url);
+    const admin = createClient({ url: redis.url });
+    const k = key();
+    let told = 0;
+    try {
+      await admin.connect();
+      watcher.watch(k, () => (told += 1));
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // In one transaction: the subscriber's connection dropped, then the write and its notification,
+      // which the subscriber cannot hear whatever its reconnect timing.
+      const [killed] = await admin
+        .multi()
+        .addCommand(['CLIENT', 'KILL', 'TYPE', 'pubsub'])
+        .set(k, 'v', { expiration: { type: 'PX', value: 60_000 } })
+        .publish(WRITTEN_CHANNEL, writtenMessage(k))
+        .exec();
+      expect(killed).toBeGreaterThanOrEqual(1);
+      // node-redis connects the subscriber again and subscribes anew on its own.
+      await vi.waitFor(async () => expect(String(await admin.sendCommand(['CLIENT', 'LIST', 'TYPE', 'pubsub']))).toMatch(/id=/), { timeout: 10_000, interval: 10 });
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+    } finally {
+      await Promise.all([watcher.close(), admin.destroy()]);
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
