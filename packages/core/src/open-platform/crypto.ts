@@ -41,7 +41,10 @@ const MESSAGE_CRYPTO_OPTIONS = {
  * PKCS#7 to 32 bytes; `msg_signature` = sha1 of the sorted [token, timestamp, nonce, Encrypt].
  *
  * Decryption checks, in order, the signature, the block structure, the pad, the length field and the
- * app id; each failure is a {@link MessageCryptoError} whose `reason` names the check.
+ * app id; each failure is a {@link MessageCryptoError} whose `reason` names the check. It does not judge
+ * the timestamp: a message recorded and sent again decrypts as the first time did. `OpenPlatform`'s
+ * `handleCallback()` refuses one further off than its `pushMaxAgeMs` (5 minutes; reason `expired`); a
+ * callback on this class alone must compare `timestamp` with its clock itself, and drop nonces it has seen.
  *
  * @example
  * ```ts
