@@ -104,3 +104,41 @@ describe('a process whose call gave up on a wait for another process', () => {
     expect(mock.counters(appId).tokenRequests).toBe(0);
   });
 });
+
+describe('a process whose call gave up on its token service', () => {
+  it('exits on its own, without close(): the request to the service is let go, not held open until timeoutMs', async () => {
+    // The service takes the request and never answers (it waits for its own lock, or hangs).
+    let received!: () => void;
+    const asked = new Promise<void>((resolve) => (received = resolve));
+    const open = new Set<Socket>();
+    const service = createServer((socket) => {
+      open.add(socket);
+      socket.on('close', () => open.delete(socket));
+      socket.once('data', () => received());
+    });
+    await new Promise<void>((resolve) => service.listen(0, '127.0.0.1', resolve));
+    try {
+      const sourceUrl = `http://127.0.0.1:${(service.address() as { port: number }).port}`;
+      const script = fileURLToPath(new URL('./fixtures/abandoned-source.mjs', import.meta.url));
+      const child = fork(script, [JSON.stringify({ appId: 'wx0123456789abcdef', sourceUrl })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      let report: { outcome?: string; heldOpenBy?: string[] } = {};
+      child.on('message', (message: typeof report) => (report = { ...report, ...message }));
+      void asked.then(() => child.connected && child.send('give up'));
+      const code = await new Promise<number | null>((resolve) => {
+        // A bound on a failure, not a measurement: the request it gave up on would have been held for 10 minutes.
+        const timer = setTimeout(() => {
+          child.kill('SIGKILL');
+          resolve(null);
+        }, 20_000);
+        child.once('exit', (exitCode) => {
+          clearTimeout(timer);
+          resolve(exitCode);
+        });
+      });
+      expect({ code, ...report }).toEqual({ code: 0, outcome: 'gave up' });
+    } finally {
+      for (const socket of open) socket.destroy();
+      await new Promise((resolve) => service.close(resolve));
+    }
+  });
+});

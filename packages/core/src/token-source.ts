@@ -22,8 +22,12 @@ export interface TokenSourceRequest {
  * calls WeChat's token endpoints.
  */
 export interface TokenSource {
-  /** The current value and its remaining life in seconds (under a day: a day or more is refused as another unit). */
-  fetch(request: TokenSourceRequest): Promise<{ value: string; expiresIn: number }>;
+  /**
+   * The current value and its remaining life in seconds (under a day: a day or more is refused as another
+   * unit). `options.signal` aborts once nobody waits for the answer any more (every caller gave up, or the
+   * client closed): a source that holds a connection open for it should let it go then.
+   */
+  fetch(request: TokenSourceRequest, options?: { signal?: AbortSignal }): Promise<{ value: string; expiresIn: number }>;
   /**
    * WeChat rejected `value` (40001, 40014, 42001): `errcode` says which, when the client knows it. The
    * source refreshes only if `value` is still its current one, so N clients reporting the same token
@@ -209,12 +213,13 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   const source: TokenSource & { [SOURCE_BUDGET_MS]: number } = {
     // Its own deadlines end a call first, with the more precise error; a second spares a race with them.
     [SOURCE_BUDGET_MS]: 2 * timeoutMs + 1_000,
-    async fetch(request) {
+    async fetch(request, options) {
       const path =
         request.field === 'ticket'
           ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
           : `v1/token/${segment(request)}`;
-      const body = await send(path, () => http().json({ method: 'GET', path, headers }));
+      const signal = options?.signal;
+      const body = await send(path, () => http().json({ method: 'GET', path, headers, ...(signal ? { signal } : {}) }));
       const entry = entryOf(body, request.field);
       if (typeof entry === 'string') throw new BadResponseError(`The token service answered ${path} ${entry}`, { path });
       return entry;

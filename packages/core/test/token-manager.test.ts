@@ -707,3 +707,51 @@ describe('setCache()', () => {
     await app.close();
   });
 });
+
+describe("a 40001 whose newer token a lockless peer has not written yet, and the holder's caller gives up or its client closes", () => {
+  it.each(['the caller gives up', 'the client closes'])("%s: the holder still gives the peer its wait before it lets the lock go; another process waiting for the lock takes the peer's token, and nobody fetches", async (what) => {
+    const { app, appId, secret, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    // Another process of the fleet, on the same store.
+    const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, cache, tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    const { peer } = await supersededByPeer(app, cache, appId);
+    const controller = new AbortController();
+    const reason = new Error('caller gave up');
+    // The holder (app) takes the lock after the 40001; then the other process tries it and waits; then
+    // the holder's only caller gives up. The peer writes its token after the third read of the key
+    // from then on (a store round trip or two after its fetch).
+    let waiting: Promise<string> | undefined;
+    let aborted = false;
+    let readsSince = 0;
+    let closed: Promise<void> | undefined;
+    const add = cache.add!.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      if (k === `${key}:lock` && ok && waiting === undefined) waiting = other.accessToken.getToken();
+      else if (k === `${key}:lock` && !ok && !aborted) {
+        aborted = true;
+        if (what === 'the caller gives up') controller.abort(reason);
+        else closed = app.close();
+      }
+      return ok;
+    };
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (k === key && aborted && ++readsSince === 3) await cache.set(key, entry(peer), 6900);
+      return value;
+    };
+    const call = app.client.get('cgi-bin/get_api_domain_ip', {}, { signal: controller.signal });
+    const outcome = await call.then(
+      () => 'sent',
+      (error: unknown) => error,
+    );
+    // Given up: its reason. Closed: its HTTP client refuses the resend (close() refuses new requests).
+    if (what === 'the caller gives up') expect(outcome).toBe(reason);
+    expect(aborted).toBe(true);
+    expect(await waiting).toBe(peer);
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
+    expect(mock.isTokenValid(appId, peer)).toBe(true);
+    await Promise.all([closed ?? app.close(), other.close()]);
+  });
+});

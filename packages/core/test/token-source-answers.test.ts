@@ -250,3 +250,75 @@ describe('a client of a token service whose every token WeChat rejects', () => {
     }
   });
 });
+
+describe('a request to a token service that nobody waits for any more', () => {
+  // A service that takes the request and answers only when told (a service waiting for its own lock).
+  let held: Server;
+  let heldUrl: string;
+  /** Requests the client let go of before the service answered. */
+  let letGo = 0;
+  let received = 0;
+  let answerAll: () => void = () => undefined;
+  beforeAll(async () => {
+    const pending: (() => void)[] = [];
+    answerAll = () => pending.splice(0).forEach((send) => send());
+    held = createServer((req, res) => {
+      received += 1;
+      res.once('close', () => {
+        if (!res.writableEnded) letGo += 1;
+      });
+      pending.push(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ access_token: 'ACCESS_TOKEN_HELD', expires_at: now() + 7200 })));
+    });
+    await new Promise<void>((resolve) => held.listen(0, '127.0.0.1', resolve));
+    heldUrl = `http://127.0.0.1:${(held.address() as { port: number }).port}`;
+  });
+  afterAll(() => {
+    answerAll();
+    held.closeAllConnections();
+    return new Promise<void>((resolve) => held.close(() => resolve()));
+  });
+  beforeEach(() => {
+    letGo = 0;
+    received = 0;
+  });
+  const client = () =>
+    new OfficialAccount({ appId: 'wx0123456789abcdef', cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: heldUrl, key: 'k'.repeat(32), timeoutMs: 600_000 }), logger: false });
+  // A bound on a failure, not a measurement: without it a request nobody lets go would hang the test.
+  const bound = () => new Promise<'still waiting'>((resolve) => setTimeout(() => resolve('still waiting'), 5_000).unref());
+  const until = async (condition: () => boolean) => {
+    const started = Date.now();
+    while (!condition() && Date.now() - started < 5_000) await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+
+  it('is let go once its only caller gives up: the caller gets its reason, and nothing holds the process open', async () => {
+    const app = client();
+    const controller = new AbortController();
+    const call = app.accessToken.getToken({ signal: controller.signal });
+    await until(() => received === 1);
+    const reason = new Error('gave up');
+    controller.abort(reason);
+    expect(await Promise.race([call.catch((error: unknown) => error), bound()])).toBe(reason);
+    // The connection to the service is closed by the client, not left open until timeoutMs.
+    await until(() => letGo === 1);
+    expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
+    await Promise.race([app.close(), bound()]);
+  });
+
+  it('is kept while a caller without a signal waits, and close() lets it go rather than wait for the service', async () => {
+    const app = client();
+    const controller = new AbortController();
+    const first = app.accessToken.getToken({ signal: controller.signal });
+    const second = app.accessToken.getToken().then(
+      (value) => value,
+      (error: Error) => error.message,
+    );
+    await until(() => received === 1);
+    controller.abort(new Error('gave up'));
+    await expect(first).rejects.toThrow('gave up');
+    // close() resolves while the service still holds its answer.
+    expect(await Promise.race([app.close().then(() => 'closed'), bound()])).toBe('closed');
+    expect(await second).toMatch(/The client was closed/);
+    await until(() => letGo === 1);
+    expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
+  });
+});

@@ -3,6 +3,7 @@ import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
 import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policyOf, refetchPause, refusesSecret, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
+import { Closing } from '../closing.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
 import { awaitNewEntry, closedError, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
@@ -51,6 +52,9 @@ function forceQuotaError(until: number): WeChatApiError {
     message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(until).toISOString()}`,
   });
 }
+
+/** A wait nothing ends but its own budget. */
+const UNENDED = new Closing();
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 class SlotTaken extends Error {}
@@ -307,7 +311,11 @@ export class LockedFetchRefresher implements Refresher {
     if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
     this.#supersededAt = undefined;
     const left = since + PEER_WRITE_WAIT_MS - performance.now();
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, endingOf(this.#ctx, request)) : undefined;
+    // Not ended by close(), nor once every caller stopped waiting: the wait is the fleet's, not the
+    // callers'. A holder that let the lock go early would hand it to another process that knows of no
+    // 40001 and fetches at once, superseding the token the peer is about to write. It is short (close()
+    // waits for the holder's section anyway), and a refresh nobody waits for fetches nothing after it.
+    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, UNENDED) : undefined;
   }
 
   async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress, waitedForForced = false): Promise<Refreshed | undefined> {
