@@ -58,8 +58,9 @@ for (const name of readdirSync(join(root, 'packages')).sort()) {
   }
   const tarball = join(tarballs, `${packageName.replace(/^@/, '').replace('/', '-')}-${version}.tgz`);
   step(`publint ${packageName}`, bin('publint'), ['--strict', tarball]);
-  // node16 profile: ESM and CJS under node16 and bundler resolution. Subpath exports such as
-  // @wxkit/testing/suite cannot resolve under the old node10 rules, which no supported Node uses.
+  // node16 profile: ESM and CJS under node16 and bundler resolution. @wxkit/core/internal (shared by the
+  // wxkit packages alone) cannot resolve under the old node10 rules; @wxkit/testing/suite does, through
+  // typesVersions (examples/packaging checks a "module": "commonjs" project).
   step(`attw ${packageName}`, bin('attw'), [tarball, '--profile', 'node16', '--format', 'ascii'], dir);
 }
 rmSync(tarballs, { recursive: true, force: true });

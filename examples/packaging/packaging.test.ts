@@ -1,5 +1,5 @@
 import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -165,12 +165,63 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
       }
     });
 
+    // The CLI depends on @wxkit/testing, whose vitest peer is optional but still a constraint: a project on a
+    // vitest the range leaves out cannot install the CLI at all (npm ERESOLVE). The suite runs on 3.2, 4.1, 5.1.
+    it('a project on vitest 4 or 5 installs the CLI and the test kit, and npm finds no invalid peer', () => {
+      for (const vitest of ['4.1.12', '5.1.2']) {
+        const project = join(scratch, `vitest-${vitest}`);
+        mkdirSync(project);
+        writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'on-vitest', version: '1.0.0', private: true, devDependencies: { vitest } }, null, 2));
+        const install = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...names.map(tarball)], { cwd: project, env: userEnv() });
+        expect(install.stderr).not.toMatch(/ERESOLVE/);
+        expect(install.status).toBe(0);
+        const ls = sh('npm', ['ls', 'vitest'], { cwd: project, env: userEnv() });
+        expect(ls.stdout).toContain(`vitest@${vitest}`);
+        expect(ls.status).toBe(0);
+      }
+      // And the suite runs there: the newest vitest the range takes checks FileCache's contract.
+      const project = join(scratch, 'vitest-5.1.2');
+      writeFileSync(
+        join(project, 'file-cache.test.mjs'),
+        [
+          "import { describeTokenCache } from '@wxkit/testing/suite';",
+          "import { FileCache } from '@wxkit/file';",
+          "import { mkdtempSync } from 'node:fs';",
+          "import { tmpdir } from 'node:os';",
+          "import { join } from 'node:path';",
+          "const dir = mkdtempSync(join(tmpdir(), 'wxkit-vitest5-'));",
+          "describeTokenCache('FileCache on vitest 5', { create: () => new FileCache({ dir }), shared: { module: import.meta.resolve('@wxkit/file'), export: 'FileCache', args: [{ dir }] }, supports: { compareAndSet: true, ttlMs: true, watch: true } });",
+        ].join('\n'),
+      );
+      const run = sh(join(project, 'node_modules', '.bin', 'vitest'), ['run', '--reporter=dot'], { cwd: project, env: { ...userEnv(), NO_COLOR: '1', FORCE_COLOR: '0' } });
+      expect(run.stdout + run.stderr).toMatch(/Tests\s+\d+ passed/);
+      expect(run.status, run.stdout + run.stderr).toBe(0);
+    }, 240_000);
+
     it("core's public types declare none of its internals", () => {
       const types = readFileSync(join(scratch, 'node_modules', '@wxkit', 'core', 'dist', 'index.d.ts'), 'utf8');
       expect(types).toMatch(/declare class OfficialAccount\b/);
       for (const internal of ['ClientCore', 'TokenManager', 'GuardedStore', 'HttpClient', 'Log', 'EntryStore', 'StoreTiers']) {
         expect(types).not.toMatch(new RegExp(`\\b(class|interface|type) ${internal}\\b`));
       }
+    });
+
+    // `tsc --init`'s "module": "commonjs" resolves with the node10 rules, which read no exports map: the
+    // documented subpath @wxkit/testing/suite needs typesVersions there.
+    it('a "module": "commonjs" TypeScript project (node10 resolution) finds the types of every documented entry', () => {
+      const dir = join(scratch, 'node10');
+      mkdirSync(dir);
+      writeFileSync(
+        join(dir, 'uses.ts'),
+        [...names.map((name, i) => `import * as m${i} from '${name}';`), "import { describeTokenCache } from '@wxkit/testing/suite';", `export const all = [${names.map((_, i) => `m${i}`).join(', ')}, describeTokenCache];`].join('\n'),
+      );
+      writeFileSync(
+        join(dir, 'tsconfig.json'),
+        JSON.stringify({ compilerOptions: { strict: true, skipLibCheck: true, module: 'commonjs', moduleResolution: 'node10', target: 'es2022', types: ['node'], noEmit: true }, files: ['uses.ts'] }),
+      );
+      const tsc = sh(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { cwd: scratch, env: userEnv() });
+      expect(tsc.stdout + tsc.stderr).toBe('');
+      expect(tsc.status).toBe(0);
     });
 
     it('a strict TypeScript project compiles against the shipped types, ESM and CJS, without skipLibCheck', () => {

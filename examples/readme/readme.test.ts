@@ -72,13 +72,8 @@ describe('README', () => {
     mkdirSync(scratch, { recursive: true });
     const files = tsBlocks.map((code, i) => {
       const file = join(scratch, `snippet-${i}.mts`);
-      // Fragments use `app`, `openid` or `pageUrl` from the prose around them; declare what they do not.
-      const prelude = [
-        /\bconst app\b/.test(code) ? '' : "declare const app: import('@wxkit/core').OfficialAccount;",
-        'declare const openid: string;',
-        'declare const pageUrl: string;',
-        'declare const jsCode: string;',
-      ].join('\n');
+      // Fragments use `app` from the prose around them; every other name they use, they declare.
+      const prelude = /\bconst app\b/.test(code) ? '' : "declare const app: import('@wxkit/core').OfficialAccount;";
       writeFileSync(file, `${prelude}\n${code}\nexport {};\n`);
       return file;
     });

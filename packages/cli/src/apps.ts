@@ -56,11 +56,22 @@ const KINDS: Record<string, 'official_account' | 'mini_program' | 'work'> = {
   work: 'work',
 };
 
+/** An AppID or CorpID as the clients take it (core's ID_RULE). */
+const ID = /^[A-Za-z0-9_.-]{1,64}$/;
+
 /** `official_account:wx…`, `mini_program:wx…` (or `oa:`/`mp:`), `work:ww…:1000002`. */
 export function parseApp(spec: string): AppRef {
   const [kind = '', id = '', agent] = spec.split(':');
   // Own names only: `constructor` or `__proto__` is no kind.
   const resolved = Object.hasOwn(KINDS, kind) ? KINDS[kind] : undefined;
+  // The clients' own rule for ids: `inspect` and `clear` build no client, and would otherwise look up a
+  // key no client ever writes (`oa:wx…` pasted from the docs reads as "no token stored", exit 5).
+  if (resolved && id && !ID.test(id)) {
+    throw new ConfigError(
+      `--app ${resolved === 'work' ? 'corpid' : 'appid'} must be letters, digits, \`_\`, \`.\` or \`-\`, at most 64 (got ${JSON.stringify(id)}; WeChat ids look like wx1234abcd5678ef90)`,
+      'app',
+    );
+  }
   if (resolved === 'work' && id && agent && /^\d+$/.test(agent)) return { kind: 'work', corpId: id, agentId: agent };
   if (resolved && resolved !== 'work' && id && agent === undefined) return { kind: resolved, appId: id };
   throw new ConfigError(

@@ -76,6 +76,10 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'get', '--app', 'oa:wx1'], 'wxkit token get needs --store'],
       [['token', 'get', '--store', redis.url], 'needs --app KIND:ID'],
       [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid> (or oa:<appid>), mini_program:<appid> (or mp:<appid>)'],
+      // The docs' placeholder pasted as it is, and ids no client takes: refused, not looked up as absent (exit 5).
+      [['token', 'inspect', '--store', 'file:///tmp', '--app', 'oa:wx…'], '--app appid must be letters, digits'],
+      [['token', 'clear', '--store', 'file:///tmp', '--app', 'mp:wx 1'], '--app appid must be letters, digits'],
+      [['token', 'inspect', '--store', 'file:///tmp', '--app', 'work:ww/1:1000002'], '--app corpid must be letters, digits'],
       [['token', 'get', '--store', 'ftp://x', '--app', 'oa:wx1'], 'is not a store wxkit knows'],
       [['token', 'get', '--store', 'file://fileserver/var/lib/wechat', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'inspect', '--store', 'file:///var/lib/a%2Fb', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
