@@ -336,7 +336,8 @@ export class FileCache implements TokenCache {
    * directory, an operator), it is made again, once, and the write tried again: without that every
    * write would fail until the process restarts.
    */
-  async #writeNew(file: string, content: Buffer | string, op: string, flag: 'wx' | 'w' = 'wx'): Promise<void> {
+  async #writeNew(file: string, content: Buffer | string, op: string): Promise<void> {
+    const flag = 'wx';
     try {
       await writeFile(file, content, { flag, mode: 0o600 });
     } catch (error) {
@@ -381,7 +382,11 @@ export class FileCache implements TokenCache {
     try {
       for (let attempt = 0; ; attempt += 1) {
         try {
-          await this.#writeNew(draft, mine, op, 'w');
+          // Removed and created anew (O_EXCL), never rewritten in place: opened without O_EXCL, a symlink
+          // another user of a shared directory swapped in for it would be followed, and whatever file it
+          // points to overwritten. (EEXIST, should one be planted in between, is one more attempt.)
+          await unlink(draft).catch(() => undefined);
+          await this.#writeNew(draft, mine, op);
           await link(draft, guard);
           break;
         } catch (error) {

@@ -1,5 +1,5 @@
 import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { inspect } from 'node:util';
@@ -270,6 +270,30 @@ describe('FileCache on disk', () => {
     expect(JSON.parse(child.stdout)).toEqual({ fifo: 'ok', linked: 'ok', values: ['v', 'v'] });
     expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
   }, 30_000);
+
+  it('a symlink planted at a waiting writer\'s guard draft (a directory others may write to) is never followed: no file elsewhere is written', async () => {
+    const dir = fresh('draft-symlink');
+    mkdirSync(dir, { mode: 0o777 });
+    const victim = fresh('draft-symlink-victim');
+    writeFileSync(victim, 'precious', { mode: 0o600 });
+    // A live guard (this process's own): the writer below waits, rewriting its draft at every attempt.
+    writeFileSync(join(dir, 'k~guard'), `${process.pid} 0000000000000000 ab`);
+    const cache = new FileCache({ dir, guardStaleMs: 3_600_000, guardTimeoutMs: 3_600_000 });
+    const written = cache.set('k', 'v', 60);
+    const draftOf = () => readdirSync(dir).find((name) => name.startsWith('k~') && name.endsWith('.tmp'));
+    await vi.waitFor(() => expect(draftOf()).toBeDefined(), { timeout: 10_000, interval: 1 });
+    const draft = join(dir, draftOf()!);
+    // Another local user swaps the draft for a symlink to a file of ours elsewhere (atomically).
+    symlinkSync(victim, join(dir, 'planted'));
+    renameSync(join(dir, 'planted'), draft);
+    // The writer's next attempt: it either wrote through the link, or put a file of its own in its place.
+    const isLink = () => lstatSync(draft, { throwIfNoEntry: false })?.isSymbolicLink() === true;
+    await vi.waitFor(() => expect(readFileSync(victim, 'utf8') !== 'precious' || !isLink()).toBe(true), { timeout: 10_000, interval: 1 });
+    rmSync(join(dir, 'k~guard'));
+    await written;
+    expect(readFileSync(victim, 'utf8')).toBe('precious');
+    expect(await cache.get('k')).toBe('v');
+  });
 
   it('a value whose file would exceed 1 MiB is refused with a RangeError by set() and add(), and nothing is left on disk', async () => {
     const dir = fresh('too-large');

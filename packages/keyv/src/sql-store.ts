@@ -48,7 +48,22 @@ export function sqlTableOf(store: object): SqlTable | undefined {
       return new ReturningTable(
         'postgres',
         `${plainIdentifier(opts.schema ?? 'public', 'schema')}.${plainIdentifier(opts.table ?? 'keyv', 'table')}`,
-        async (sql, params) => rows(await call(sql, params)),
+        async (sql, params) => {
+          try {
+            return rows(await call(sql, params));
+          } catch (error) {
+            // PostgreSQL's detail of a constraint or data error quotes the row or key it refused
+            // (`Failing row contains (key, value, …)`), and its context the text it could not parse:
+            // the token, in every log that prints the error.
+            const failure = (error ?? {}) as { code?: unknown; detail?: unknown; where?: unknown };
+            if (typeof failure.code === 'string' && /^2[23]/.test(failure.code)) {
+              for (const field of ['detail', 'where'] as const) {
+                if (typeof failure[field] === 'string') failure[field] = '(left out by wxkit: it may quote the values of the statement)';
+              }
+            }
+            throw error;
+          }
+        },
       );
     case 'sqlite':
       // @keyv/sqlite has already reduced its table name to letters, digits and underscores.
@@ -112,8 +127,19 @@ abstract class ExpiringTable implements SqlTable {
   protected abstract columnError(error: unknown): 'missing' | 'exists' | undefined;
 
   protected async run(sql: string, params: unknown[]): Promise<Result> {
-    await this.#prepare();
-    return this.exec(sql, params);
+    const ready = this.#prepare();
+    await ready;
+    try {
+      return await this.exec(sql, params);
+    } catch (error) {
+      // The column found once is gone: the table was dropped and made again without it (by the adapter
+      // of a process started meanwhile, by hand). The statement did nothing; the column is checked
+      // again, once, and the statement run again.
+      if (this.columnError(error) !== 'missing') throw error;
+      if (this.#ready === ready) this.#ready = undefined;
+      await this.#prepare();
+      return this.exec(sql, params);
+    }
   }
 
   #prepare(): Promise<void> {
@@ -185,7 +211,8 @@ class ReturningTable extends ExpiringTable {
     const { code, message } = (error ?? {}) as { code?: unknown; message?: unknown };
     if (this.dialect === 'postgres') return code === '42703' ? 'missing' : code === '42701' ? 'exists' : undefined;
     const text = String(message);
-    return /no such column: expires/.test(text) ? 'missing' : /duplicate column name: expires/.test(text) ? 'exists' : undefined;
+    // A SELECT or a WHERE says `no such column`, an INSERT `table … has no column named`.
+    return /no such column: expires|has no column named expires/.test(text) ? 'missing' : /duplicate column name: expires/.test(text) ? 'exists' : undefined;
   }
 
   async get(key: string): Promise<unknown> {

@@ -148,6 +148,19 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
     }
   });
 
+  it('a table dropped mid-run and made again without the expires column gets the column again', async () => {
+    const table = newTable();
+    createTable(table);
+    const cache = new KeyvCache(store(table));
+    await cache.set('k', 'v', 60); // the column is there, and checked
+    mariadb(`DROP TABLE ${table}`);
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+    // As @keyv/mysql makes it, in any process that starts meanwhile.
+    mariadb(`CREATE TABLE ${table} (id VARCHAR(255) NOT NULL, value TEXT, PRIMARY KEY (id))`);
+    expect(await cache.add!('k', 'w', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('w');
+  });
+
   it('a failed statement rejects with ERR_WXKIT_CACHE, never a miss', async () => {
     const table = newTable();
     const adapter = store(table);

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import KeyvPostgres from '@keyv/postgres';
@@ -128,6 +129,35 @@ describe('KeyvCache on @keyv/postgres', () => {
     psql(`CREATE TABLE public.${table} (key VARCHAR(255) PRIMARY KEY, value TEXT)`);
     expect(await cache.add!('k', 'v', 60)).toBe(true);
     expect(await cache.get('k')).toBe('v');
+  });
+
+  it('a table dropped mid-run and made again without the expires column (by the adapter elsewhere, by hand) gets the column again', async () => {
+    const table = newTable();
+    const cache = new KeyvCache(store(table));
+    await cache.set('k', 'v', 60); // the column is there, and checked
+    psql(`DROP TABLE public.${table}`);
+    await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: '42P01' } });
+    // As @keyv/postgres makes it, in any process that starts meanwhile.
+    psql(`CREATE TABLE public.${table} (key VARCHAR(255) PRIMARY KEY, value TEXT)`);
+    expect(await cache.add!('k', 'w', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('w');
+  });
+
+  it('a failed write keeps the token out of its error: PostgreSQL quotes the failing row in its detail', async () => {
+    const table = newTable();
+    // A table with a column of its own that wxkit does not fill: every write fails, as a constraint would.
+    psql(`CREATE TABLE public.${table} (key VARCHAR(255) PRIMARY KEY, value TEXT, expires BIGINT, owner TEXT NOT NULL)`);
+    const cache = new KeyvCache(store(table));
+    const token = `TOKEN_${randomBytes(12).toString('hex')}`;
+    for (const write of [() => cache.set('k', `{"access_token":"${token}"}`, 60), () => cache.add!('k2', `{"access_token":"${token}"}`, 60)]) {
+      const error = await write().then(
+        () => undefined,
+        (failure: unknown) => failure,
+      );
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: '23502' } });
+      // What a log that prints the error object shows: the message, the cause and its fields.
+      expect(inspect(error, { depth: 5 })).not.toContain(token);
+    }
   });
 
   it('a database that takes no writes (a standby, a read-only session) is a CacheError of reason readonly; a missing right, of reason permission', async () => {

@@ -52,6 +52,19 @@ describe('KeyvCache on @keyv/sqlite', () => {
     expect(await adapter.get('wechat:access_token:wx1')).toBe(value);
   });
 
+  it('a table dropped mid-run and made again without the expires column gets the column again', async () => {
+    const table = newTable();
+    const adapter = store(table);
+    const cache = new KeyvCache(adapter);
+    await cache.set('k', 'v', 60); // the column is there, and checked
+    await adapter.query(`DROP TABLE ${table}`);
+    await expect(cache.get('k')).rejects.toBeInstanceOf(CacheError);
+    // As @keyv/sqlite makes it, in any process that starts meanwhile.
+    await adapter.query(`CREATE TABLE ${table} (key VARCHAR(255) PRIMARY KEY, value TEXT)`);
+    expect(await cache.add!('k', 'w', 60)).toBe(true);
+    expect(await cache.get('k')).toBe('w');
+  });
+
   it('a row whose expiry has passed is absent to get, deleteIfEquals and compareAndSet, and add takes it over', async () => {
     const table = newTable();
     const adapter = store(table);
