@@ -293,6 +293,17 @@ export class FailureGate {
   readonly #credential: { readonly credentialDigest?: string } | undefined;
   /** A marker this process could not write to the store. */
   #unwritten: FailureMarker | undefined;
+  /** The last marker this process wrote, while a stored one would still exist (see {@link #lossy}). */
+  #own: FailureMarker | undefined;
+  /** A read found the store without {@link #own} (its pause not over): deleted (`wxkit token clear`), or lost. */
+  #ownVanished = false;
+  /**
+   * The store lost this process's marker, and the fetch that followed failed too: a store that
+   * acknowledges a write and drops it (an eviction, a read from a lagging replica). This process's own
+   * marker then holds it back where the store shows none, or each of its calls would ask WeChat again.
+   * The first loss is taken for a deletion (`wxkit token clear` lets the fleet ask at once).
+   */
+  #lossy = false;
   /**
    * What this process last read at the marker's key, in which store, when it last read it (`at`), and,
    * on this process's clock, since when at the latest the marker has been there (`since`), where it can
@@ -347,7 +358,12 @@ export class FailureGate {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const stored = decodeMarker(raw);
     const since = this.#witness(store, raw, stored, now);
-    const marker = latest(stored, this.#pending(now));
+    const own = this.#ownPending(now);
+    if (own !== undefined) {
+      if (stored !== undefined && stored.failedAt >= own.failedAt) this.#lossy = false;
+      else if (raw === undefined && own.retryAt > now) this.#ownVanished = true;
+    }
+    const marker = latest(stored, latest(this.#pending(now), this.#lossy ? own : undefined));
     if (!marker || this.#othersSecret(marker)) return { raw, active: undefined };
     let retryAt = clampRetryAt(marker, now);
     // The marker's dates are its writer's clock: a host whose clock is behind writes a pause that reads as
@@ -402,11 +418,15 @@ export class FailureGate {
 
   /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */
   async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<FailureMarker | undefined> {
+    // A second failure after the store lost this process's marker: the store loses them (see #lossy).
+    if (this.#ownVanished) this.#lossy = true;
+    this.#ownVanished = false;
+    const own = this.#lossy ? this.#ownPending(now) : undefined;
     let previous: FailureMarker | undefined;
     try {
-      previous = latest(decodeMarker(await store.get(this.key)), this.#pending(now));
+      previous = latest(decodeMarker(await store.get(this.key)), latest(this.#pending(now), own));
     } catch {
-      previous = this.#pending(now);
+      previous = latest(this.#pending(now), own);
     }
     // A failure of another secret (one this process does not hold to) is no failure of this one in a row.
     const counted = previous !== undefined && !this.#othersSecret(previous) ? previous : undefined;
@@ -420,6 +440,7 @@ export class FailureGate {
       marker.secretDigests = [...earlier, digest].slice(-MAX_SECRET_DIGESTS);
     }
     const ttlSeconds = (marker.retryAt - now + REMEMBER_MS) / 1000;
+    this.#own = marker;
     try {
       await store.set(this.key, encodeMarker(marker), ttlSeconds);
       this.#unwritten = undefined;
@@ -435,7 +456,16 @@ export class FailureGate {
    */
   async clear(store: GuardedStore, stored = true): Promise<void> {
     this.#unwritten = undefined;
+    this.#own = undefined;
+    this.#ownVanished = false;
+    this.#lossy = false;
     if (stored) await store.delete(this.key).catch(() => undefined);
+  }
+
+  /** This process's last marker, while a stored one would still exist. */
+  #ownPending(now: number): FailureMarker | undefined {
+    if (this.#own && this.#own.retryAt + REMEMBER_MS <= now) this.#own = undefined;
+    return this.#own;
   }
 
   /** The unwritten marker, while a stored one would still exist. */
