@@ -389,6 +389,30 @@ describe('how long a failure holds a process back', () => {
     await app.close();
   });
 
+  it('each deletion of the marker (wxkit token clear) lets the next call fetch: a second one, after the fetch the first allowed failed too', async () => {
+    const { appId, secret } = mock.createApp();
+    const now = Date.now();
+    const cache = new MemoryCache();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, now: () => now, logger: false });
+    // 40164 (an IP whitelist): a 60 s pause the operator ends with wxkit token clear once it is fixed.
+    mock.injectFault({ kind: 'errcode', errcode: 40164, path: 'cgi-bin/stable_token', times: 2 });
+    try {
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: 40164 });
+      // Fixed, cleared; the whitelist has not caught up yet, and the fetch fails again.
+      await cache.delete(`${app.accessToken.cacheKey}:failed`);
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ errcode: 40164 });
+      // Counted from the start again, as after any deletion: the clear ended the back-off.
+      expect(JSON.parse((await cache.get(`${app.accessToken.cacheKey}:failed`))!)).toMatchObject({ errcode: 40164, attempt: 1 });
+      // Cleared again: the store holds no marker, and the next call asks WeChat.
+      await cache.delete(`${app.accessToken.cacheKey}:failed`);
+      expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+      expect(mock.counters(appId).tokenRequests).toBe(3);
+    } finally {
+      mock.clearFaults();
+      await app.close();
+    }
+  });
+
   it('a waiter whose clock runs ahead of the holder\'s still returns the holder\'s failure, without a fetch of its own', async () => {
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();

@@ -44,6 +44,8 @@ export class Connection {
    * caller's client, nor the caller, who already did, would end it, and it would keep the process alive.
    */
   #givenEnded = false;
+  /** Removes the listeners put on a caller's client. */
+  #unlisten: (() => void) | undefined;
 
   /**
    * `source`: a caller's client, used as it is and never ended, or how to make one of our own; its
@@ -54,10 +56,20 @@ export class Connection {
     else {
       this.#given = source;
       // Listened for only where the client says so (a node-redis client, cluster or sentinel).
-      if (typeof (source as { on?: unknown }).on === 'function') {
-        source.on('end', () => (this.#givenEnded = true));
+      const events = source as unknown as Partial<Record<'on' | 'off', (event: string, listener: () => void) => unknown>>;
+      if (typeof events.on === 'function') {
+        const onEnd = () => void (this.#givenEnded = true);
         // Connected again by the caller: theirs to use again.
-        source.on('connect', () => (this.#givenEnded = false));
+        const onConnect = () => void (this.#givenEnded = false);
+        events.on.call(source, 'end', onEnd);
+        events.on.call(source, 'connect', onConnect);
+        // Taken back by close(): the caller's client outlives this cache (one cache per tenant or job on
+        // one client would pile up listeners, and keep each closed cache's connection reachable).
+        this.#unlisten = () => {
+          if (typeof events.off !== 'function') return;
+          events.off.call(source, 'end', onEnd);
+          events.off.call(source, 'connect', onConnect);
+        };
       }
     }
     this.#timeoutMs = timeoutMs;
@@ -88,6 +100,8 @@ export class Connection {
   /** Ends every client it made, including one still connecting; a caller's client stays open. */
   async close(): Promise<void> {
     this.#closed = true;
+    this.#unlisten?.();
+    this.#unlisten = undefined;
     this.#giveUp?.(new Error('closed while connecting'));
     await Promise.all([...this.#owned].map((owned) => owned.end()));
   }

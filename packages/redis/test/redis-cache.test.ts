@@ -261,6 +261,23 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
+  it("a caller's client outlives the caches made on it: each cache's close() takes back what it listens for on the client", async () => {
+    const client = createClient({ url: redis.url });
+    await client.connect();
+    try {
+      const before = { end: client.listenerCount('end'), connect: client.listenerCount('connect') };
+      // A cache per tenant, or per job, on the application's one client: made, used, closed, many times.
+      for (let i = 0; i < 12; i += 1) {
+        const cache = new RedisCache({ client });
+        await cache.set(`wechat:listeners-${i}`, 'v', 60);
+        await cache.close();
+      }
+      expect({ end: client.listenerCount('end'), connect: client.listenerCount('connect') }).toEqual(before);
+    } finally {
+      client.destroy();
+    }
+  });
+
   it('a server that is not there: ERR_WXKIT_CACHE after connectTimeoutMs, no unhandled rejection', async () => {
     const cache = new RedisCache({ url: 'redis://:pw@127.0.0.1:1/0', connectTimeoutMs: 300 });
     const calls = await Promise.allSettled([

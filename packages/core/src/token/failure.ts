@@ -419,9 +419,11 @@ export class FailureGate {
   /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */
   async record(store: GuardedStore, error: unknown, now: number, failedBy: string): Promise<FailureMarker | undefined> {
     // A second failure after the store lost this process's marker: the store loses them (see #lossy).
+    // The first loss still reads as a deletion: this failure is counted from the start, as after one.
+    const firstLoss = this.#ownVanished && !this.#lossy;
     if (this.#ownVanished) this.#lossy = true;
     this.#ownVanished = false;
-    const own = this.#lossy ? this.#ownPending(now) : undefined;
+    const own = this.#lossy && !firstLoss ? this.#ownPending(now) : undefined;
     let previous: FailureMarker | undefined;
     try {
       previous = latest(decodeMarker(await store.get(this.key)), latest(this.#pending(now), own));
@@ -444,6 +446,10 @@ export class FailureGate {
     try {
       await store.set(this.key, encodeMarker(marker), ttlSeconds);
       this.#unwritten = undefined;
+      // Read back where the store was taken for one that loses markers: one that shows it held it (the
+      // marker before was deleted: wxkit token clear) is trusted again, so that the next deletion still
+      // lets this process fetch at once, even before any read of its own found this marker.
+      if (this.#lossy && decodeMarker(await store.get(this.key).catch(() => undefined))?.failedAt === marker.failedAt) this.#lossy = false;
     } catch {
       this.#unwritten = marker;
     }
