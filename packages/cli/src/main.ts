@@ -313,7 +313,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // and take writes, before anything is fetched (exit 3 or 8 otherwise).
     const holds = await readKey(cache, key, schema);
     // The token beside another program's value lives by the rule of the key it stands for, as the library judges it.
-    const current = servable(schema, key, sharedEntry(holds));
+    const current = servable(schema, key, sharedEntry(holds), await storeTtlOf(cache, key, holds));
     if (secret !== undefined && (action === 'refresh' || !current)) await checkWritable(cache, key, describeStore(store));
     // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
     const dispatcher = new Agent();
@@ -505,8 +505,20 @@ function sharedEntry(holds: KeyHolds): StoredEntry | undefined {
 }
 
 /** Whether a client would serve `entry` (a format without an expiry: as long as the store keeps it), as the library judges it. */
-function servable(schema: KeySchema, key: string, entry: StoredEntry | undefined): boolean {
-  return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), Date.now());
+function servable(schema: KeySchema, key: string, entry: StoredEntry | undefined, storeTtlMs?: number): boolean {
+  if (entry === undefined) return false;
+  const now = Date.now();
+  // A format without an expiry: its remaining life is the store's TTL, where the store can tell (as
+  // EntryStore.read judges it), so that its last 30 s are no token here either.
+  const judged =
+    entry.expiresAt === undefined && storeTtlMs !== undefined && Number.isFinite(storeTtlMs) && storeTtlMs > 0 ? { ...entry, expiresAt: Math.floor((now + storeTtlMs) / 1000) } : entry;
+  return inLife(judged, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), now);
+}
+
+/** The store's TTL of the key `holds` read its entry from, where the entry keeps no expiry of its own. */
+async function storeTtlOf(cache: TokenCache, key: string, holds: KeyHolds): Promise<number | undefined> {
+  const entry = sharedEntry(holds);
+  return entry !== undefined && entry.expiresAt === undefined ? await cache.ttlMs?.(holds.foreign ? besideKey(key) : key) : undefined;
 }
 
 async function inspect(cache: TokenCache, key: string, shownKey: string, schema: KeySchema, store: string, showToken: boolean, output: Output): Promise<number> {
@@ -527,7 +539,7 @@ async function inspect(cache: TokenCache, key: string, shownKey: string, schema:
   const now = Math.floor(Date.now() / 1000);
   // An entry past its life (its expiry, its last 30 s, or the TTL its writer gave it, which a store that
   // keeps it longer still holds) is no token the library serves: every program fetches another.
-  const inLifeNow = servable(schema, key, entry);
+  const inLifeNow = servable(schema, key, entry, ttl);
   const state = foreign ? 'foreign' : raw === undefined ? 'absent' : entry ? (inLifeNow ? 'present' : 'stale') : 'corrupt';
   const ok = entry !== undefined && inLifeNow;
   const token = entry ? (showToken ? entry.value : mask(entry.value)) : undefined;

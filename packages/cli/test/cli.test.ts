@@ -234,6 +234,22 @@ describe('wxkit token', () => {
     expect(inspected.json).toMatchObject({ ok: false, state: 'foreign', shared_key: `${key}:wxkit`, error: { code: 'ERR_WXKIT_NO_TOKEN', exit: 5 } });
   });
 
+  it("inspect and refresh judge a token of a format without expiry by the store's TTL, as the library does (its last 30 s are no token)", async () => {
+    const { appId, secret } = mock.createApp();
+    const args = ['--store', redis.url, '--app', `oa:${appId}`, '--profile', 'silenceper', '--json'];
+    const key = (await wxkit(['token', 'inspect', ...args])).json.key as string;
+    // A peer's bare token (no expiry in it) that its store drops in 20 s: the library reads it as a miss.
+    redisCli(redis.port, 'SET', key, 'BARE_LAST_SECONDS_123', 'EX', '20');
+    const inspected = await wxkit(['token', 'inspect', ...args]);
+    expect(inspected.code, inspected.stdout).toBe(5);
+    expect(inspected.json).toMatchObject({ ok: false, state: 'stale', error: { code: 'ERR_WXKIT_NO_TOKEN', exit: 5 } });
+    // refresh does not take it back first (which fetched one token, and the forced refresh a second).
+    const refreshed = await wxkit(['token', 'refresh', ...args, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    expect(refreshed.code, refreshed.stderr).toBe(0);
+    const counters = mock.counters(appId);
+    expect(counters.classicTokenRequests + counters.stableTokenRequests).toBe(1);
+  });
+
   it('inspect says in words when the store keeps a token or a lock without expiry', async () => {
     const { appId } = mock.createApp();
     const args = ['token', 'inspect', '--store', redis.url, '--app', `oa:${appId}`, '--profile', 'silenceper'];
