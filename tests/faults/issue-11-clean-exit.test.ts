@@ -1,4 +1,4 @@
-import { fork } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -87,20 +87,8 @@ describe('a process whose call gave up on a wait for another process', () => {
     const script = fileURLToPath(new URL('./fixtures/abandoned-wait.mjs', import.meta.url));
     const store = { module: built.file, export: 'FileCache', args: [{ dir }] };
     const child = fork(script, [JSON.stringify({ baseUrl: mock.url, appId, secret, store })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-    let report: { outcome?: string; heldOpenBy?: string[] } = {};
-    child.on('message', (message: typeof report) => (report = { ...report, ...message }));
-    const code = await new Promise<number | null>((resolve) => {
-      // A bound on a failure, not a measurement: the wait it gave up on would have gone on for 10 minutes.
-      const timer = setTimeout(() => {
-        child.kill('SIGKILL');
-        resolve(null);
-      }, 20_000);
-      child.once('exit', (exitCode) => {
-        clearTimeout(timer);
-        resolve(exitCode);
-      });
-    });
-    expect({ code, ...report }).toEqual({ code: 0, outcome: 'gave up' });
+    // The wait it gave up on would have gone on for 10 minutes.
+    expect(await givenUpExit(child)).toEqual({ code: 0, outcome: 'gave up' });
     expect(mock.counters(appId).tokenRequests).toBe(0);
   });
 });
@@ -121,24 +109,33 @@ describe('a process whose call gave up on its token service', () => {
       const sourceUrl = `http://127.0.0.1:${(service.address() as { port: number }).port}`;
       const script = fileURLToPath(new URL('./fixtures/abandoned-source.mjs', import.meta.url));
       const child = fork(script, [JSON.stringify({ appId: 'wx0123456789abcdef', sourceUrl })], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-      let report: { outcome?: string; heldOpenBy?: string[] } = {};
-      child.on('message', (message: typeof report) => (report = { ...report, ...message }));
       void asked.then(() => child.connected && child.send('give up'));
-      const code = await new Promise<number | null>((resolve) => {
-        // A bound on a failure, not a measurement: the request it gave up on would have been held for 10 minutes.
-        const timer = setTimeout(() => {
-          child.kill('SIGKILL');
-          resolve(null);
-        }, 20_000);
-        child.once('exit', (exitCode) => {
-          clearTimeout(timer);
-          resolve(exitCode);
-        });
-      });
-      expect({ code, ...report }).toEqual({ code: 0, outcome: 'gave up' });
+      // The request it gave up on would have been held for 10 minutes.
+      expect(await givenUpExit(child)).toEqual({ code: 0, outcome: 'gave up' });
     } finally {
       for (const socket of open) socket.destroy();
       await new Promise((resolve) => service.close(resolve));
     }
   });
 });
+
+/**
+ * The exit code of a fixture that gave up on a call (tests/faults/fixtures/report-exit.mjs), with what it
+ * reported: how its call ended and, had it stayed alive, what held it open. Killed after 20 s: a bound on
+ * a failure, not a measurement.
+ */
+async function givenUpExit(child: ChildProcess): Promise<{ code: number | null; outcome?: string; heldOpenBy?: string[] }> {
+  let report: { outcome?: string; heldOpenBy?: string[] } = {};
+  child.on('message', (message: typeof report) => (report = { ...report, ...message }));
+  const code = await new Promise<number | null>((resolve) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      resolve(null);
+    }, 20_000);
+    child.once('exit', (exitCode) => {
+      clearTimeout(timer);
+      resolve(exitCode);
+    });
+  });
+  return { code, ...report };
+}

@@ -1,12 +1,12 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import KeyvMysql from '@keyv/mysql';
 import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
+import { refusedWritesKeepTokenOut } from './helpers.js';
 
 // @keyv/mysql on the machine's MariaDB (127.0.0.1:3306, root without a password, database test).
 // Every table is named at random for this run, so runs never meet, and dropped at the end.
@@ -134,16 +134,8 @@ describe('KeyvCache on @keyv/mysql (MariaDB)', () => {
     const table = newTable();
     // A value column too short for a token entry: every write fails (strict mode), as a read-only replica would.
     mariadb(`CREATE TABLE ${table} (id VARCHAR(255) NOT NULL PRIMARY KEY, value VARCHAR(8), expires BIGINT NULL DEFAULT NULL)`);
-    const cache = new KeyvCache(store(table));
-    const token = `TOKEN_${randomBytes(12).toString('hex')}`;
-    for (const write of [() => cache.set('k', `{"access_token":"${token}"}`, 60), () => cache.add!('k2', `{"access_token":"${token}"}`, 60)]) {
-      const error = await write().then(
-        () => undefined,
-        (failure: unknown) => failure,
-      );
-      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: 'ER_DATA_TOO_LONG' } });
-      // What a log that prints the error object shows: the message, the cause and its fields.
-      expect(inspect(error, { depth: 5 })).not.toContain(token);
+    for (const error of await refusedWritesKeepTokenOut(new KeyvCache(store(table)), 'ER_DATA_TOO_LONG')) {
+      // mysql2 attaches the statement: its placeholders, not the values.
       expect((error as { cause: { sql: string } }).cause.sql).toMatch(/\?/);
     }
   });
