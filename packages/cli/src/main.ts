@@ -367,7 +367,12 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       // lives beside it, at {key}:wxkit in the native format (key-schema.md).
       const shared = sharedEntry(await readKey(cache, key, schema));
       // A newer entry another program wrote meanwhile is fine; an older one or none means ours is lost.
-      const lost = !shared || (shared.value !== entry.value && !(shared.fetchedAt !== undefined && entry.fetchedAt !== undefined && shared.fetchedAt >= entry.fetchedAt));
+      // Where the format records no fetched_at (a peer's), a token other than ours and than the one the
+      // store held before is another program's later write; the one it held before, still there, says ours
+      // was refused or dropped.
+      const differs = shared !== undefined && shared.value !== entry.value;
+      const ordered = shared?.fetchedAt !== undefined && entry.fetchedAt !== undefined;
+      const lost = !shared || (differs && (ordered ? shared.fetchedAt! < entry.fetchedAt! : shared.value === sharedEntry(holds)?.value));
       if (lost) {
         throw new CliError(
           'notStored',

@@ -296,6 +296,42 @@ describe('wxkit token', () => {
     }
   });
 
+  it("get under a format without fetched_at takes another program's token written between its own write and its read-back for the shared one, not for a lost write", async () => {
+    const { appId, secret } = mock.createApp();
+    const profile = ['--profile', 'easyWeChat4', '--profile-options', '{"prefix":"readback:"}'];
+    const args = ['--app', `oa:${appId}`, ...profile, '--json', '--show-token'];
+    const key = (await wxkit(['token', 'inspect', '--store', redis.url, ...args], { WECHAT_SECRET: secret })).json.key as string;
+    const peers = 'PEER_TOKEN_WRITTEN_MEANWHILE_0123';
+    // The PHP app refreshes right after the command's own write (answered), before the command reads the
+    // key back: a proxy in front of Redis writes the PHP app's token before the next command goes on.
+    const proxy = createServer((client) => {
+      const upstream = createConnection(redis.port, '127.0.0.1');
+      let state: 'before' | 'written' | 'done' = 'before';
+      upstream.pipe(client);
+      client.on('data', (chunk: Buffer) => {
+        if (state === 'written') {
+          state = 'done';
+          redisCli(redis.port, 'SET', key, `a:2:{s:12:"access_token";s:${peers.length}:"${peers}";s:10:"expires_in";i:7200;}`, 'EX', '7200');
+        }
+        if (state === 'before' && chunk.toString('latin1').includes('s:12:"access_token"')) state = 'written';
+        upstream.write(chunk);
+      });
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as { port: number };
+      const got = await wxkit(['token', 'get', '--store', `redis://127.0.0.1:${port}`, '--base-url', mock.url, ...args], { WECHAT_SECRET: secret });
+      expect(got.code, got.stdout + got.stderr).toBe(0);
+      // The token every program reads now.
+      expect(got.json.token).toBe(peers);
+      expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    } finally {
+      proxy.close();
+    }
+  });
+
   it('a file:// store whose directory does not exist is a store error for the commands that only read, and is made by one that fetches', async () => {
     const { appId, secret } = mock.createApp();
     const missing = join(dir, 'no-such-dir');
