@@ -11,6 +11,7 @@ import {
   type TokenCache,
   type WeChatClient,
 } from '@wxkit/core';
+import { ID_RULE } from '@wxkit/core/internal';
 
 /** The key schemas the command line knows by name: wxkit's own and the compatibility profiles. */
 export const PROFILES = ['native', 'easyWeChat4', 'easyWeChat6', 'nodeEasyWeChat', 'wechatpy', 'silenceper', 'wxJava'] as const;
@@ -56,9 +57,6 @@ const KINDS: Record<string, 'official_account' | 'mini_program' | 'work'> = {
   work: 'work',
 };
 
-/** An AppID or CorpID as the clients take it (core's ID_RULE). */
-const ID = /^[A-Za-z0-9_.-]{1,64}$/;
-
 /** `official_account:wx…`, `mini_program:wx…` (or `oa:`/`mp:`), `work:ww…:1000002`. */
 export function parseApp(spec: string): AppRef {
   const [kind = '', id = '', agent] = spec.split(':');
@@ -66,7 +64,7 @@ export function parseApp(spec: string): AppRef {
   const resolved = Object.hasOwn(KINDS, kind) ? KINDS[kind] : undefined;
   // The clients' own rule for ids: `inspect` and `clear` build no client, and would otherwise look up a
   // key no client ever writes (`oa:wx…` pasted from the docs reads as "no token stored", exit 5).
-  if (resolved && id && !ID.test(id)) {
+  if (resolved && id && !ID_RULE.accepts(id)) {
     throw new ConfigError(
       `--app ${resolved === 'work' ? 'corpid' : 'appid'} must be letters, digits, \`_\`, \`.\` or \`-\`, at most 64 (got ${JSON.stringify(id)}; WeChat ids look like wx1234abcd5678ef90)`,
       'app',

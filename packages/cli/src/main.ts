@@ -1,6 +1,6 @@
 import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
-import { clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { besideKey, clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -470,9 +470,6 @@ function decodedOrNone(schema: KeySchema, raw: string): StoredEntry | undefined 
   }
 }
 
-/** Where the fleet shares its token when the key holds another program's value (docs/key-schema.md). */
-const besideKey = (key: string): string => `${key}:wxkit`;
-
 /** What the token's key holds, read as a client reads it. */
 interface KeyHolds {
   /** The key's bytes, none, or OTHER_KIND (a Redis hash…). */
@@ -485,9 +482,12 @@ interface KeyHolds {
   beside?: { raw: string | undefined; entry: StoredEntry | undefined };
 }
 
-/** Whether `raw`, what the key holds, is another program's value, which the library never replaces nor serves. */
-function isForeign(schema: KeySchema, raw: string | undefined | typeof OTHER_KIND): boolean {
-  return raw === OTHER_KIND || (raw !== undefined && decodedOrNone(schema, raw) === undefined && schema.replacesUndecodable !== true);
+/**
+ * Whether `raw`, what the key holds, is another program's value, which the library never replaces nor
+ * serves; `entry` is what it decodes to, where the caller has it.
+ */
+function isForeign(schema: KeySchema, raw: string | undefined | typeof OTHER_KIND, entry = typeof raw === 'string' ? decodedOrNone(schema, raw) : undefined): boolean {
+  return raw === OTHER_KIND || (raw !== undefined && entry === undefined && schema.replacesUndecodable !== true);
 }
 
 /**
@@ -498,7 +498,7 @@ function isForeign(schema: KeySchema, raw: string | undefined | typeof OTHER_KIN
 async function readKey(cache: TokenCache, key: string, schema: KeySchema): Promise<KeyHolds> {
   const raw = await readEntryKey(cache, key);
   const entry = typeof raw === 'string' ? decodedOrNone(schema, raw) : undefined;
-  const foreign = isForeign(schema, raw);
+  const foreign = isForeign(schema, raw, entry);
   if (!foreign) return { raw, entry, foreign };
   const besideRaw = await cache.get(besideKey(key));
   return { raw, entry, foreign, beside: { raw: besideRaw, entry: besideRaw === undefined ? undefined : decodedOrNone(nativeSchema(), besideRaw) } };

@@ -270,24 +270,15 @@ describe('wxkit token', () => {
     redisCli(redis.port, 'SET', key, entry('OLD_TOKEN_0123456789'));
     // Between clear's read and its delete, another program writes a newer token: a proxy in front of
     // Redis writes it (to Redis itself) the moment clear's delete arrives, then hands the delete on.
-    const proxy = createServer((client) => {
-      const upstream = createConnection(redis.port, '127.0.0.1');
-      let written = false;
-      upstream.pipe(client);
-      client.on('data', (chunk: Buffer) => {
-        if (!written && /\r\n(EVALSHA|EVAL|DEL)\r\n/i.test(chunk.toString('latin1'))) {
-          written = true;
-          redisCli(redis.port, 'SET', key, entry('NEWER_TOKEN_0123456789'));
-        }
-        upstream.write(chunk);
-      });
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
+    let written = false;
+    const proxy = await redisProxy(redis.port, (chunk) => {
+      if (!written && /\r\n(EVALSHA|EVAL|DEL)\r\n/i.test(chunk.toString('latin1'))) {
+        written = true;
+        redisCli(redis.port, 'SET', key, entry('NEWER_TOKEN_0123456789'));
+      }
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {
-      const { port } = proxy.address() as { port: number };
-      const cleared = await wxkit(['token', 'clear', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--json']);
+      const cleared = await wxkit(['token', 'clear', '--store', proxy.url, '--app', `oa:${appId}`, '--json']);
       expect(cleared.code, cleared.stderr).toBe(0);
       expect(cleared.json).toMatchObject({ ok: true, key, removed: false, changed_meanwhile: true });
       expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe('NEWER_TOKEN_0123456789');
@@ -304,25 +295,16 @@ describe('wxkit token', () => {
     const peers = 'PEER_TOKEN_WRITTEN_MEANWHILE_0123';
     // The PHP app refreshes right after the command's own write (answered), before the command reads the
     // key back: a proxy in front of Redis writes the PHP app's token before the next command goes on.
-    const proxy = createServer((client) => {
-      const upstream = createConnection(redis.port, '127.0.0.1');
-      let state: 'before' | 'written' | 'done' = 'before';
-      upstream.pipe(client);
-      client.on('data', (chunk: Buffer) => {
-        if (state === 'written') {
-          state = 'done';
-          redisCli(redis.port, 'SET', key, `a:2:{s:12:"access_token";s:${peers.length}:"${peers}";s:10:"expires_in";i:7200;}`, 'EX', '7200');
-        }
-        if (state === 'before' && chunk.toString('latin1').includes('s:12:"access_token"')) state = 'written';
-        upstream.write(chunk);
-      });
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
+    let state: 'before' | 'written' | 'done' = 'before';
+    const proxy = await redisProxy(redis.port, (chunk) => {
+      if (state === 'written') {
+        state = 'done';
+        redisCli(redis.port, 'SET', key, `a:2:{s:12:"access_token";s:${peers.length}:"${peers}";s:10:"expires_in";i:7200;}`, 'EX', '7200');
+      }
+      if (state === 'before' && chunk.toString('latin1').includes('s:12:"access_token"')) state = 'written';
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {
-      const { port } = proxy.address() as { port: number };
-      const got = await wxkit(['token', 'get', '--store', `redis://127.0.0.1:${port}`, '--base-url', mock.url, ...args], { WECHAT_SECRET: secret });
+      const got = await wxkit(['token', 'get', '--store', proxy.url, '--base-url', mock.url, ...args], { WECHAT_SECRET: secret });
       expect(got.code, got.stdout + got.stderr).toBe(0);
       // The token every program reads now.
       expect(got.json.token).toBe(peers);
@@ -559,3 +541,22 @@ describe('wxkit mock-server', () => {
     expect(await exited).toBe(0);
   });
 });
+
+/**
+ * A proxy in front of the Redis on `port` that hands each chunk a client sends to `beforeForward` before
+ * passing it on: a test writes another program's value there, between two commands of the command's.
+ */
+async function redisProxy(port: number, beforeForward: (chunk: Buffer) => void): Promise<{ url: string; close: () => void }> {
+  const proxy = createServer((client) => {
+    const upstream = createConnection(port, '127.0.0.1');
+    upstream.pipe(client);
+    client.on('data', (chunk: Buffer) => {
+      beforeForward(chunk);
+      upstream.write(chunk);
+    });
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return { url: `redis://127.0.0.1:${(proxy.address() as { port: number }).port}`, close: () => proxy.close() };
+}

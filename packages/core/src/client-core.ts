@@ -627,8 +627,7 @@ export function checkClientOptions<T extends ClientOptions>(owner: string, schem
   return checked;
 }
 
-/** A credential-like id (appId, corpId) that becomes part of a store key. */
-export const ID_RULE = matching(/^[A-Za-z0-9_.-]{1,64}$/, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)');
+export { ID_RULE } from './validate.js';
 
 /**
  * A secret, checked as a non-empty string by the schema (never echoed), and here required unless the

@@ -10,9 +10,11 @@ export { socketReason } from './socket-reason.js';
 export { maskUrl } from './redact.js';
 export { retryAtOf } from './retry-at.js';
 export { inLife } from './token/lifetime.js';
+export { besideKey } from './token/entry-store.js';
 export { isPlausibleToken } from './token/plausible.js';
 export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
 export {
+  ID_RULE,
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,
   checkOptions,

@@ -169,6 +169,9 @@ export function matching(pattern: RegExp, allowed: string): OptionRule {
   return { allowed, accepts: (value) => typeof value === 'string' && pattern.test(value) };
 }
 
+/** A credential-like id (appId, corpId) that becomes part of a store key. */
+export const ID_RULE = matching(/^[A-Za-z0-9_.-]{1,64}$/, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)');
+
 /** A function. */
 export function fn(): OptionRule {
   return { allowed: 'a function', accepts: (value) => typeof value === 'function' };

@@ -3,7 +3,7 @@ import type { TokenCallOptions } from '../access-token.js';
 import { abortable } from '../token/single-flight.js';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
-import { durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
+import { ID_RULE, durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
@@ -80,7 +80,6 @@ const OWN_OPTIONS = {
 } as const satisfies OptionSchema<OwnKeys<ClientPoolOptions<ClientPoolKind>>>;
 const SCHEMA = clientSchema<ClientPoolOptions<ClientPoolKind>>(OWN_OPTIONS);
 const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, credentialsTimeoutMs: 10_000 });
-const APP_ID = /^[A-Za-z0-9_.-]{1,64}$/;
 const WORK_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
 /**
@@ -176,7 +175,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    */
   get(id: string, options: TokenCallOptions = {}): Promise<ClientOf<K>> {
     if (this.#closed) return Promise.reject(new ConfigError('ClientPool is closed', 'id'));
-    if (typeof id !== 'string' || !(this.kind === 'work' ? WORK_ID : APP_ID).test(id)) {
+    if (typeof id !== 'string' || !(this.kind === 'work' ? WORK_ID.test(id) : ID_RULE.accepts(id))) {
       const rule = this.kind === 'work' ? 'up to 128 letters, digits, `_`, `.`, `:` or `-`' : 'an appId (letters, digits, `_`, `.` or `-`)';
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }

@@ -70,6 +70,14 @@ export interface WriteOptions {
 }
 
 /**
+ * Where the fleet shares its token while the key holds another program's value, which is never replaced:
+ * `{key}:wxkit`, in the native format (docs/key-schema.md).
+ */
+export function besideKey(key: string): string {
+  return `${key}:wxkit`;
+}
+
+/**
  * One entry in the store: reading it (decode, validation of what comes out of the store, expiry), and
  * writing a freshly fetched value so that it never replaces a value fetched later.
  */
@@ -143,7 +151,7 @@ export class EntryStore {
     // the key, as silenceper's stable keys or EasyWeChat 4's WeCom keys do), as the TTL it is written with.
     const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field) => init.schema.ttlSeconds(expiresIn, field, init.key) };
     if (!this.#side) {
-      this.#side = new EntryStore({ ...init, key: `${this.key}:wxkit`, logKey: `${init.logKey}:wxkit`, schema });
+      this.#side = new EntryStore({ ...init, key: besideKey(this.key), logKey: besideKey(init.logKey), schema });
       this.#side.#isBeside = true;
     }
     return this.#side;

@@ -69,6 +69,26 @@ export function endingOf(ctx: TokenContext, request: RefreshRequest): Ending {
 }
 
 /**
+ * Runs `work` with a signal that aborts once `ending` (the refresh's waits) ends: every caller gave up, or
+ * the client closed. What `work` waits for (a token service's answer, the upstream's input) is let go
+ * then, rather than holding the process; its failure after that is reported as that end ({@link stopIfEnded}).
+ */
+export async function whileWanted<T>(ctx: TokenContext, request: RefreshRequest, ending: Ending, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  stopIfEnded(ctx, request);
+  const controller = new AbortController();
+  const onEnded = () => controller.abort(new TokenUnavailableError(`Every caller stopped waiting for the ${ctx.label}: the refresh ended before it fetched`));
+  ending.addEventListener('abort', onEnded, { once: true });
+  try {
+    return await work(controller.signal);
+  } catch (error) {
+    stopIfEnded(ctx, request);
+    throw error;
+  } finally {
+    ending.removeEventListener('abort', onEnded);
+  }
+}
+
+/**
  * Throws when `request`'s waits have ended: the client closed ({@link closedError}), or every caller
  * stopped waiting (an error nobody receives: the refresh stops before it fetches for nobody).
  */

@@ -6,7 +6,7 @@ import { LocalBackoff } from '../local-backoff.js';
 import { Closing } from '../closing.js';
 import { withRetryAt } from '../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { awaitNewEntry, closedError, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
+import { awaitNewEntry, closedError, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
 import type { Tier } from '../tiers.js';
 import type { Fetched, Upstream } from '../upstream.js';
 
@@ -220,18 +220,7 @@ export class LockedFetchRefresher implements Refresher {
     if (!upstream.prepare) return undefined;
     const ended = request.ended;
     if (!ended) return upstream.prepare();
-    stopIfEnded(this.#ctx, request);
-    const controller = new AbortController();
-    const onEnded = () => controller.abort(new TokenUnavailableError(`Every caller stopped waiting for the ${this.#ctx.label}: the refresh ended before it fetched`));
-    ended.addEventListener('abort', onEnded, { once: true });
-    try {
-      return await upstream.prepare(controller.signal);
-    } catch (error) {
-      stopIfEnded(this.#ctx, request);
-      throw error;
-    } finally {
-      ended.removeEventListener('abort', onEnded);
-    }
+    return whileWanted(this.#ctx, request, ended, (signal) => upstream.prepare!(signal));
   }
 
   async invalidate(value: string, errcode: number | undefined, known?: StoredEntry, accepted = false): Promise<void> {

@@ -1,7 +1,7 @@
-import { HttpError, TokenUnavailableError } from '../../errors.js';
+import { HttpError } from '../../errors.js';
 import { isPlausibleToken } from '../plausible.js';
 import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } from '../../token-source.js';
-import { endingOf, stopIfEnded, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
+import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
@@ -26,24 +26,11 @@ export class RemoteRefresher implements Refresher {
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
     // The service refreshes ahead on its own; a client has nothing to do early.
     if (request.ahead) return undefined;
-    stopIfEnded(this.#ctx, request);
     const started = performance.now();
     // The service's answer is waited for only while someone wants it: once every caller gave up, or the
     // client closed, the request is let go (a program that never calls close() can exit, and close() does
     // not wait for a service that is itself waiting for its lock). The service's own refresh goes on.
-    const ended = endingOf(this.#ctx, request);
-    const controller = new AbortController();
-    const onEnded = () => controller.abort(new TokenUnavailableError(`Nobody waits for the ${this.#ctx.label} any more: the request to the token service was let go`));
-    ended.addEventListener('abort', onEnded, { once: true });
-    let fetched: Awaited<ReturnType<TokenSource['fetch']>>;
-    try {
-      fetched = await this.#withDeadline(this.#source.fetch(this.#request, { signal: controller.signal }));
-    } catch (error) {
-      stopIfEnded(this.#ctx, request);
-      throw error;
-    } finally {
-      ended.removeEventListener('abort', onEnded);
-    }
+    const fetched = await whileWanted(this.#ctx, request, endingOf(this.#ctx, request), (signal) => this.#withDeadline(this.#source.fetch(this.#request, { signal })));
     const refreshed = this.#take(fetched, started);
     if (typeof refreshed === 'string') throw new HttpError('ERR_WXKIT_HTTP', `The token source answered ${refreshed}`, { path: 'token source' });
     return refreshed;
