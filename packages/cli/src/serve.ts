@@ -312,8 +312,9 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       const kind = KIND_ALIASES[first]!;
       const id = parts[i + 1]!;
       if (kind === 'work') {
-        const [corpId, agentId] = id.split(':');
-        if (corpId && agentId) ref = { kind, corpId, agentId };
+        // corpId:agentId, exactly: `ww1:1000002:anything` names no app (it was served as ww1:1000002).
+        const [corpId, agentId, ...extra] = id.split(':');
+        if (corpId && agentId && extra.length === 0) ref = { kind, corpId, agentId };
       } else {
         ref = { kind, appId: id };
       }

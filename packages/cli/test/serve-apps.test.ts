@@ -47,6 +47,10 @@ describe('the apps of wxkit serve', () => {
     try {
       expect(await get(toWork.url)).toBe(200);
       expect(mock.counters(id).tokenRequests).toBe(1);
+      // corpId:agentId exactly: a third segment names no app this service serves.
+      const extra = await fetch(`${toWork.url}/v1/token/work/${id}:anything`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(extra.status).toBe(404);
+      expect(((await extra.json()) as { error: { code: string } }).error.code).toBe('unknown_app');
     } finally {
       await toWork.close();
     }

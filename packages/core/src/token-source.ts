@@ -33,9 +33,10 @@ export interface TokenSource {
    * source refreshes only if `value` is still its current one, so N clients reporting the same token
    * cause one refresh. It may resolve the current value and its remaining life, as `fetch()` would
    * (`wxkit serve` answers them): the client then uses it without calling `fetch()`. Resolving nothing,
-   * the client calls `fetch()` next.
+   * the client calls `fetch()` next. `options.signal` aborts when the client closes: the report is let go
+   * then (the source's own refresh, if it began one, goes on).
    */
-  invalidate(request: TokenSourceRequest, value: string, errcode?: number): Promise<{ value: string; expiresIn: number } | void>;
+  invalidate(request: TokenSourceRequest, value: string, errcode?: number, options?: { signal?: AbortSignal }): Promise<{ value: string; expiresIn: number } | void>;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
    * several clients share must still answer the others afterwards (remoteTokenSource opens new
@@ -108,6 +109,8 @@ const MAX_HOLD_MS = 60_000;
  * source given a longer `timeoutMs` than its client is not cut short by the client.
  */
 export const SOURCE_BUDGET_MS = Symbol.for('wxkit.tokenSource.budgetMs');
+/** How many paths a source holds back (ended holds included until they are swept). */
+export const SOURCE_HELD_PATHS = Symbol.for('wxkit.tokenSource.heldPaths');
 
 /** The shortest key `wxkit serve` takes: a shorter one, refused by it, is named so in the message. */
 const SERVE_KEY_MIN = 16;
@@ -180,14 +183,25 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // most): each of the service's back-off steps costs one request per process, not one per call.
   // Its end is counted on the monotonic clock: a wall clock stepped back (NTP, a VM resumed) does not
   // stretch it.
+  // Ended holds are swept once per MAX_HOLD_MS as new ones are set: a source behind which 10,000 accounts
+  // each met a back-off keeps the holds of the last two windows at most, not one entry per account.
   const holds = new Map<string, { until: number; error: unknown }>();
+  let sweepAt = 0;
+  const hold = (path: string, until: number, error: unknown) => {
+    const now = performance.now();
+    if (now >= sweepAt) {
+      for (const [held, { until: end }] of holds) if (end <= now) holds.delete(held);
+      sweepAt = now + MAX_HOLD_MS;
+    }
+    holds.set(path, { until, error });
+  };
   // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.
   let errcodeRefused = false;
   const send = async (path: string, exchange: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
-    const hold = holds.get(path);
-    if (hold) {
-      const left = hold.until - performance.now();
-      if (left > 0) throw heldError(hold.error, Date.now() + left, path);
+    const held = holds.get(path);
+    if (held) {
+      const left = held.until - performance.now();
+      if (left > 0) throw heldError(held.error, Date.now() + left, path);
       holds.delete(path);
     }
     try {
@@ -196,7 +210,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       const at = retryAtOf(error);
       const now = Date.now();
       if (at !== undefined && at > now) {
-        holds.set(path, { until: performance.now() + Math.min(at - now, MAX_HOLD_MS), error });
+        hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), error);
       }
       // A key too short for wxkit serve, refused: say so, as a wrong key is hard to tell from a typo.
       if (error instanceof HttpError && error.status === 401 && key.length < SERVE_KEY_MIN) {
@@ -210,9 +224,12 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     }
   };
 
-  const source: TokenSource & { [SOURCE_BUDGET_MS]: number } = {
+  const source: TokenSource & { [SOURCE_BUDGET_MS]: number; readonly [SOURCE_HELD_PATHS]: number } = {
     // Its own deadlines end a call first, with the more precise error; a second spares a race with them.
     [SOURCE_BUDGET_MS]: 2 * timeoutMs + 1_000,
+    get [SOURCE_HELD_PATHS]() {
+      return holds.size;
+    },
     async fetch(request, options) {
       const path =
         request.field === 'ticket'
@@ -224,13 +241,14 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       if (typeof entry === 'string') throw new BadResponseError(`The token service answered ${path} ${entry}`, { path });
       return entry;
     },
-    async invalidate(request, value, errcode) {
+    async invalidate(request, value, errcode, options) {
       const path = `v1/token/${segment(request)}/invalidate`;
+      const signal = options?.signal;
       // A service of another make may answer the report with no body (204) or no JSON: taken, with no
       // token in it (undefined), and the client asks fetch() for one.
       const report = async (json: Record<string, unknown>): Promise<Record<string, unknown> | undefined> => {
         try {
-          return await send(path, () => http().json({ method: 'POST', path, json, headers }));
+          return await send(path, () => http().json({ method: 'POST', path, json, headers, ...(signal ? { signal } : {}) }));
         } catch (error) {
           if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
           throw error;

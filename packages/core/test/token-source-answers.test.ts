@@ -2,6 +2,7 @@ import { createServer, type Server } from 'node:http';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
 import { BadResponseError, MemoryCache, OfficialAccount, remoteTokenSource } from '../src/index.js';
+import { SOURCE_HELD_PATHS } from '../src/token-source.js';
 
 // What a token service (wxkit serve, or another implementation of its protocol) may answer that the
 // client must not take: each answer here is a typed error naming what was wrong.
@@ -112,6 +113,25 @@ describe("remoteTokenSource and a service's Retry-After", () => {
       vi.advanceTimersByTime(1_001);
       await expect(source.fetch(request)).rejects.toMatchObject({ sent: true });
       expect(asked).toHaveLength(3);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it('keeps no hold past its window: a source behind which many accounts met a back-off forgets theirs', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    const heldPaths = () => (source as unknown as Record<symbol, number>)[SOURCE_HELD_PATHS];
+    const account = (i: number) => ({ ...request, id: `wx${String(i).padStart(16, '0')}` });
+    try {
+      answer = unavailable('5');
+      for (let i = 0; i < 20; i++) await expect(source.fetch(account(i))).rejects.toMatchObject({ status: 503, sent: true });
+      expect(heldPaths()).toBe(20);
+      // Past every hold, and past a sweep's window: the next hold set sweeps the ended ones.
+      vi.advanceTimersByTime(61_000);
+      await expect(source.fetch(account(20))).rejects.toMatchObject({ status: 503, sent: true });
+      expect(heldPaths()).toBe(1);
+      expect(asked).toHaveLength(21);
     } finally {
       await source.close?.();
     }
@@ -318,6 +338,19 @@ describe('a request to a token service that nobody waits for any more', () => {
     // close() resolves while the service still holds its answer.
     expect(await Promise.race([app.close().then(() => 'closed'), bound()])).toBe('closed');
     expect(await second).toMatch(/The client was closed/);
+    await until(() => letGo === 1);
+    expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
+  });
+
+  it("a report of a rejected token is let go by close() too, rather than waited for up to the source's timeoutMs", async () => {
+    const app = client();
+    const report = app.accessToken.invalidate('ACCESS_TOKEN_REJECTED', 40001).then(
+      () => 'reported',
+      (error: Error) => error.message,
+    );
+    await until(() => received === 1);
+    expect(await Promise.race([app.close().then(() => 'closed'), bound()])).toBe('closed');
+    expect(await report).toMatch(/The client was closed/);
     await until(() => letGo === 1);
     expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
   });

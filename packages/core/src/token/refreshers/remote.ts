@@ -43,7 +43,8 @@ export class RemoteRefresher implements Refresher {
   async invalidate(value: string, errcode: number | undefined): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const started = performance.now();
-    const answered = await this.#withDeadline(this.#source.invalidate(this.#request, value, errcode));
+    // Let go when the client closes, as a fetch is: close() does not wait out the source's timeoutMs.
+    const answered = await whileWanted(ctx, { force: false }, ctx.closed, (signal) => this.#withDeadline(this.#source.invalidate(this.#request, value, errcode, { signal })));
     ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
     // A source that answers nothing, or something else (a source in plain JavaScript that returns what
     // its HTTP call did): the client asks fetch() next, as before sources could answer.
