@@ -392,6 +392,51 @@ async function fetchesAtOnce(app: OfficialAccount, cache: TokenCache, token: str
 }
 
 describe('a 40001 whose newer token a lockless peer has not written yet', () => {
+  it("the wait after the call's fetch ends once every call waiting on it gave up: it stops watching the store", async () => {
+    /** A MemoryCache that counts the watches still registered. */
+    class Watched extends MemoryCache {
+      watching = 0;
+      onWatch: (() => void) | undefined;
+      override watch(key: string, onChange: () => void): () => void {
+        const stop = super.watch(key, onChange);
+        this.watching += 1;
+        this.onWatch?.();
+        let stopped = false;
+        return () => {
+          if (!stopped) this.watching -= 1;
+          stopped = true;
+          stop();
+        };
+      }
+    }
+    const cache = new Watched();
+    const { app, appId } = newApp(mock, { tokenEndpoint: 'classic', cache });
+    const key = app.accessToken.cacheKey;
+    await supersededByPeer(app, cache, appId);
+    // Every token the app fetches dies as it is written: the call's fetch is spent, and the 40001 on its
+    // resend starts the wait for a newer token from the peer.
+    for (const method of ['add', 'compareAndSet', 'set'] as const) {
+      const write = (cache[method] as (...args: unknown[]) => Promise<unknown>).bind(cache);
+      (cache as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
+        const done = await write(...args);
+        if (args[0] === key) mock.invalidateTokens(appId);
+        return done;
+      };
+    }
+    const controller = new AbortController();
+    const reason = new Error('gave up');
+    // The caller gives up once that wait watches the store.
+    cache.onWatch = () => {
+      if (mock.counters(appId).rejectedCalls === 2) setImmediate(() => controller.abort(reason));
+    };
+    expect(await rejection(app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }, { signal: controller.signal }))).toBe(reason);
+    expect(mock.counters(appId)).toMatchObject({ rejectedCalls: 2, classicTokenRequests: 1 });
+    // Its end follows the abort within the same turn of the event loop, not the wait's 2 s.
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(cache.watching).toBe(0);
+    await app.close();
+  });
+
   it('the lock\'s holder waits for the peer\'s write and the call resends with it: no fetch, which would supersede the peer\'s token', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
     const { peer } = await supersededByPeer(app, cache, appId);

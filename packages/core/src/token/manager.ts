@@ -39,7 +39,7 @@ export class TokenManager {
   // Made on first need too: 10,000 accounts need not hold 10,000 empty lists.
   #rejected: string[] | undefined;
   /** The waits of calls that had their fetch for a value newer than the one rejected (see #awaitNewer), by that value. */
-  #newer: Map<string, Promise<string | undefined>> | undefined;
+  #newer: Map<string, SingleFlight<string | undefined>> | undefined;
   /** The last rejected value whose wait found nothing newer. */
   #waitedInVain: string | undefined;
   /** The last value WeChat accepted a call with (see accepted()). */
@@ -288,24 +288,28 @@ export class TokenManager {
   async #awaitNewer(failed: string, signal: AbortSignal | undefined): Promise<string | undefined> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     if (this.#waitedInVain === failed) return undefined;
-    const waits = (this.#newer ??= new Map<string, Promise<string | undefined>>());
-    let waiting = waits.get(failed);
-    if (!waiting) {
-      const generation = this.#generation;
-      waiting = awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true, POLL_PACE).then((found) => {
-        if (found) return this.#remember(found, generation);
-        this.#waitedInVain = failed;
-        return undefined;
-      });
-      waits.set(failed, waiting);
-      handled(
-        waiting.finally(() => {
-          waits.delete(failed);
-          if (waits.size === 0 && this.#newer === waits) this.#newer = undefined;
-        }),
-      );
-    }
-    const found = await abortable(waiting, signal);
+    const waits = (this.#newer ??= new Map<string, SingleFlight<string | undefined>>());
+    let flight = waits.get(failed);
+    if (!flight) waits.set(failed, (flight = new SingleFlight()));
+    const wait = flight;
+    const generation = this.#generation;
+    // The wait ends when its client closes, or when every call waiting on it gave up (their signals):
+    // nobody is left to resend with what it would find, and it stops looking at the store.
+    const found = await wait.run(
+      (unwanted) =>
+        awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true, POLL_PACE, either(unwanted, this.#ctx.closed))
+          .then((entry) => {
+            if (entry) return this.#remember(entry, generation);
+            // Cut short, it did not wait in vain: a later call with the same value waits again.
+            if (!unwanted.aborted && !this.#ctx.closed.aborted) this.#waitedInVain = failed;
+            return undefined;
+          })
+          .finally(() => {
+            if (waits.get(failed) === wait) waits.delete(failed);
+            if (waits.size === 0 && this.#newer === waits) this.#newer = undefined;
+          }),
+      signal,
+    );
     if (found !== undefined) return found;
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     // Another call of this process may have brought a newer value meanwhile.

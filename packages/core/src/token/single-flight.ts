@@ -70,7 +70,11 @@ export function handled<T>(promise: Promise<T>): Promise<T> {
  */
 export function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined, gaveUp?: () => void): Promise<T> {
   if (!signal) return promise;
-  if (signal.aborted) return Promise.reject(signal.reason);
+  // Aborted already (by something the operation's own start did): the caller gave up all the same.
+  if (signal.aborted) {
+    gaveUp?.();
+    return Promise.reject(signal.reason);
+  }
   return new Promise<T>((resolve, reject) => {
     const stop = onAbort(signal, () => {
       reject(signal.reason);
