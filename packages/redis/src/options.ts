@@ -88,6 +88,20 @@ export interface ResolvedOptions {
   endsStalled: boolean;
 }
 
+/**
+ * The Sentinel clients made here, and how to connect to the primary they name as their primary's clients
+ * are (user, password, database, TLS, reconnecting until given up).
+ */
+const primaryClients = new WeakMap<object, (node: { host: string; port: number }) => RedisClientLike>();
+
+/**
+ * How to make a client of the primary that `client` names, when `client` is a Sentinel client made from
+ * options; undefined for any other client, and for a caller's Sentinel client, whose options are its own.
+ */
+export function primaryClientOf(client: RedisClientLike): ((node: { host: string; port: number }) => RedisClientLike) | undefined {
+  return primaryClients.get(client);
+}
+
 export function resolveOptions(options: unknown): ResolvedOptions {
   const opts = normalize(options);
   const connectTimeoutMs = opts.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs;
@@ -148,11 +162,12 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     });
     const node = { ...opts.clientOptions, ...credentials(username, password), ...(database === undefined ? {} : { database }) };
     return {
-      source: (ended) =>
-        createSentinel({
+      source: (ended) => {
+        const nodeClientOptions = merge(ended, node);
+        const sentinel = createSentinel({
           name: masterName,
           sentinelRootNodes: nodes.map((url) => ({ host: url.hostname, port: Number(url.port || 26379) })),
-          nodeClientOptions: merge(ended, node) as never,
+          nodeClientOptions: nodeClientOptions as never,
           // The primary's and replicas' connect errors reach the client's 'error' listener (wrapped, with
           // the error as cause) instead of staying inside it: a wrong password there ends the attempt at once.
           passthroughClientErrorEvents: true,
@@ -160,7 +175,13 @@ export function resolveOptions(options: unknown): ResolvedOptions {
             ...credentials(decodeURIComponent(nodes[0]!.username), decodeURIComponent(nodes[0]!.password)),
             socket: { connectTimeout: connectTimeoutMs },
           },
-        }) as unknown as RedisClientLike,
+        }) as unknown as RedisClientLike;
+        // Connected as the primary's clients are, and given up with them.
+        primaryClients.set(sentinel, ({ host, port }) =>
+          createClient({ ...nodeClientOptions, socket: { ...nodeClientOptions.socket, host, port } as RedisClientOptions['socket'] }) as RedisClientLike,
+        );
+        return sentinel;
+      },
       where: `Redis Sentinel master ${masterName} via ${sentinels.map(maskUrl).join(',')}`,
       connectTimeoutMs,
       stallTimeoutMs,

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
+import type { EventEmitter } from 'node:events';
 import { CacheError, type TokenCache } from '@wxkit/core';
 import { storeTtlMs } from '@wxkit/core/internal';
 import { Connection, type RedisClientLike } from './connection.js';
 import { failureMessage, reasonOf } from './failure.js';
-import { resolveOptions, type RedisCacheOptions } from './options.js';
+import { primaryClientOf, resolveOptions, type RedisCacheOptions } from './options.js';
 
 export type { RedisClientLike } from './connection.js';
 export type { RedisCacheOptions, RedisCacheSentinelOptions } from './options.js';
@@ -88,8 +89,13 @@ export class RedisCache implements TokenCache {
    * The subscriber once subscribed, and the client it was made from: it lives and dies with that client
    * (it shares its reconnect strategy, which gives up once the client is given up).
    */
-  #live: { subscriber: Subscriber; parent: RedisClientLike } | undefined;
+  #live: { subscriber: Subscriber; parent: RedisClientLike; unfollow?: () => void } | undefined;
   #subscriberFailedAt = -Infinity;
+  /**
+   * A subscriber failed while watchers were registered: the next call the store answers asks for one
+   * again, once (see {@link #subscribe}).
+   */
+  #retryWhenAnswered = false;
   /** The server refused the subscription (NOPERM): no subscriber is asked for again. */
   #subscribeRefused = false;
   /** `__keyspace@<db>__:` when the server sends keyspace notifications for strings and deletes, else undefined. */
@@ -210,6 +216,7 @@ export class RedisCache implements TokenCache {
     }
     // One still opening is ended now; the open attempt then fails, and settles, on its own.
     const opening = this.#opening;
+    this.#live?.unfollow?.();
     await Promise.all([
       this.#connection.close(),
       opening ? endQuietly(opening) : subscriber?.then((sub) => sub && endQuietly(sub)),
@@ -228,20 +235,28 @@ export class RedisCache implements TokenCache {
     this.#publishing.add(sent);
   }
 
-  /** The subscriber connection, made once; undefined when none can be had (then every waiter is told to look). */
-  #subscribe(): Promise<Subscriber | undefined> {
+  /**
+   * The subscriber connection, made once; undefined when none can be had (then every waiter is told to
+   * look). Waiters registered when it fails stay registered, polling at the slow pace of a store that
+   * tells of writes, and no new watch() asks for one for a while: a store that was down or paused (the
+   * failure then often comes of the same outage that ended the last subscriber) gets one more attempt at
+   * its next answered call. `retried`: this is that attempt, and its failure is final.
+   */
+  #subscribe(retried = false): Promise<Subscriber | undefined> {
     if (this.#subscriber) return this.#subscriber;
     const subscribed: Promise<Subscriber | undefined> = this.#openSubscriber().then(
-      ({ subscriber, parent }) => {
-        this.#live = { subscriber, parent };
+      (live) => {
+        this.#live = live;
+        this.#retryWhenAnswered = false;
         // Writes made before the subscription was in place went unseen: every waiter looks once now.
         this.#notifyAll();
-        return subscriber;
+        return live.subscriber;
       },
       (error: unknown) => {
         if (this.#subscriber === subscribed) this.#subscriber = undefined;
         this.#subscriberFailedAt = performance.now();
         if (reasonOf(error) === 'permission') this.#subscribeRefused = true;
+        this.#retryWhenAnswered = !retried && !this.#subscribeRefused && !this.#closed;
         this.#notifyAll();
         return undefined;
       },
@@ -262,16 +277,29 @@ export class RedisCache implements TokenCache {
     if (live?.parent !== parent) return;
     this.#live = undefined;
     this.#subscriber = undefined;
+    live.unfollow?.();
     void endQuietly(live.subscriber);
-    if (this.#closed || this.#watchers.size === 0) return;
-    const subscribed = this.#subscribe();
+    this.#subscribeWatched(false);
+  }
+
+  /** A subscriber for the keys still watched, when there are any and none is there or coming. */
+  #subscribeWatched(retried: boolean): void {
+    if (this.#closed || this.#subscriber || this.#watchers.size === 0) return;
+    const subscribed = this.#subscribe(retried);
     for (const key of this.#watchers.keys()) void subscribed.then((subscriber) => this.#keyspaceWatch(subscriber, key, true));
   }
 
-  async #openSubscriber(): Promise<{ subscriber: Subscriber; parent: RedisClientLike }> {
+  async #openSubscriber(): Promise<{ subscriber: Subscriber; parent: RedisClientLike; unfollow?: () => void }> {
     const client = await this.#connection.client();
+    // A Sentinel client's own pub/sub connection is out of reach: it reconnects and subscribes anew
+    // unseen, telling of nothing. Ours goes to the primary the Sentinel names, as its primary's clients
+    // do, and is made anew once the Sentinel names another (a caller's Sentinel client subscribes itself).
+    const toPrimary = primaryClientOf(client);
+    const primary = toPrimary && (await within(primaryOf(client), this.#connectTimeoutMs, 'no primary named in time'));
+    if (this.#closed) throw new Error('closed');
     const duplicate = (client as unknown as { duplicate?: () => Subscriber }).duplicate;
-    const subscriber = typeof duplicate === 'function' ? duplicate.call(client) : ownPubSub(client);
+    const subscriber =
+      toPrimary && primary ? (toPrimary(primary) as unknown as Subscriber) : typeof duplicate === 'function' ? duplicate.call(client) : ownPubSub(client);
     // node-redis reports failed reconnects as 'error' events; an unheard one would crash the process.
     subscriber.on('error', () => undefined);
     // Held for close(), which ends it even while its connect or SUBSCRIBE goes unanswered.
@@ -294,14 +322,21 @@ export class RedisCache implements TokenCache {
       await endQuietly(subscriber);
       throw new Error('closed');
     }
-    // Connected again after a drop (a Redis restart, a failover, a killed connection): node-redis emits
-    // 'ready' once it has subscribed anew. A write made while it was away went unheard: every waiter
-    // looks once, as after the first subscription, instead of waiting for its next safety-net poll.
-    subscriber.on('ready', () => {
+    // Subscribed anew after a drop (a Redis restart, a failover, a killed connection): a write made while
+    // it was away went unheard, so every waiter looks once, as after the first subscription, instead of
+    // waiting for its next safety-net poll.
+    onResubscribed(subscriber, () => {
       if (this.#live?.subscriber === subscriber && !this.#closed) this.#notifyAll();
     });
     this.#keyspace = await keyspacePrefix(client, this.#connectTimeoutMs);
-    return { subscriber, parent: client };
+    if (!toPrimary) return { subscriber, parent: client };
+    // A failover: the subscriber on the old primary goes, and one on the new primary is made.
+    const events = client as unknown as Pick<EventEmitter, 'on' | 'off'>;
+    const onTopology = (event: { type?: string }) => {
+      if (event?.type === 'MASTER_CHANGE') this.#dropSubscriber(client);
+    };
+    events.on('topology-change', onTopology);
+    return { subscriber, parent: client, unfollow: () => events.off('topology-change', onTopology) };
   }
 
   /** Subscribes to (or leaves) the keyspace channel of `key`, when the server sends keyspace notifications. */
@@ -364,7 +399,12 @@ export class RedisCache implements TokenCache {
         this.#stallTimeoutMs,
       );
       stall.unref?.();
-      return await Promise.race([fn(client), deadline]);
+      const result = await Promise.race([fn(client), deadline]);
+      if (this.#retryWhenAnswered) {
+        this.#retryWhenAnswered = false;
+        this.#subscribeWatched(true);
+      }
+      return result;
     } catch (error) {
       if (gaveUp) {
         const outcome = this.#endsStalled
@@ -397,8 +437,45 @@ async function endQuietly(subscriber: Subscriber): Promise<void> {
 }
 
 /**
- * A client that subscribes on a connection of its own and has no duplicate(): node-redis's Sentinel
- * client, whose pub/sub goes through a connection to the primary that it keeps beside its commands' one.
+ * Calls `wake` each time `subscriber` has subscribed anew: node-redis's 'ready', which a client emits
+ * once it has connected again and sent its subscriptions. A Cluster's subscriptions live on one node
+ * client of its own (its pubSubNode), whose 'ready' the cluster does not pass on: that client's is heard,
+ * and a client that replaces it (a rediscovery, a slot moved) is heard once it holds the subscriptions.
+ */
+function onResubscribed(subscriber: Subscriber, wake: () => void): void {
+  if (!('pubSubNode' in subscriber)) {
+    subscriber.on('ready', wake);
+    return;
+  }
+  type PubSubNode = { client: Subscriber; connectPromise?: Promise<unknown> };
+  const cluster = subscriber as unknown as { pubSubNode?: PubSubNode } & Pick<EventEmitter, 'on'>;
+  let heard: Subscriber | undefined;
+  const follow = () => {
+    const node = cluster.pubSubNode;
+    if (!node || node.client === heard) return;
+    const replaced = heard !== undefined;
+    heard = node.client;
+    node.client.on('ready', wake);
+    // A new node client says 'node-ready' before it has subscribed: its connect promise settles after.
+    if (replaced) void Promise.resolve(node.connectPromise).then(wake, () => undefined);
+  };
+  follow();
+  cluster.on('node-ready', follow);
+}
+
+/** The primary `sentinel` names, once a command has reached it (a failover under way is waited for). */
+async function primaryOf(sentinel: RedisClientLike): Promise<{ host: string; port: number }> {
+  const client = sentinel as unknown as { ping(): Promise<unknown>; getMasterNode(): { host: string; port: number } | undefined };
+  await client.ping();
+  const node = client.getMasterNode();
+  if (!node) throw new Error('the Sentinel client names no primary');
+  return node;
+}
+
+/**
+ * A client that subscribes on a connection of its own and has no duplicate(): a caller's node-redis
+ * Sentinel client, whose pub/sub goes through a connection to the primary that it keeps beside its
+ * commands' one (and which tells of no reconnect).
  * Ending it is the client's business (close() ends the client); here it only leaves its channels.
  */
 function ownPubSub(client: RedisClientLike): Subscriber {

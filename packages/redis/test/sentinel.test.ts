@@ -1,7 +1,8 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createClient } from '@keyv/redis';
 import { startMockWeChat, startRedisSentinel, redisCli, WorkerGroup, type MockWeChat, type RedisSentinelServers, type WorkerResult } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
-import { RedisCache, type RedisCacheOptions } from '../src/index.js';
+import { RedisCache, WRITTEN_CHANNEL, writtenMessage, type RedisCacheOptions } from '../src/index.js';
 
 // A primary, its replica and three Sentinels, with passwords on both: the data nodes' goes in
 // `sentinel.password`, the Sentinels' in their URLs. A connection through Sentinel asks a Sentinel for
@@ -86,6 +87,44 @@ describe('Redis Sentinel', () => {
     expect(mixed.message).toContain('one user and password');
     expect(mixed.message).not.toMatch(/one@|two@/);
     expect(() => new RedisCache({ url: 'redis://a:1', sentinel: { sentinels: ['redis://b:2'], masterName: 'm' } })).toThrow(/exactly one of url, cluster, sentinel or client/);
+  });
+});
+
+describe('Redis Sentinel write notifications', () => {
+  it('a write made while the subscriber connection was away has every watcher look once it is subscribed again', async () => {
+    const watcher = new RedisCache(optionsFor(servers));
+    const admin = createClient({ url: servers.primary.url, password });
+    const key = `wechat:sentinel-wake:${Date.now()}`;
+    // The primary's pub/sub connections that are not a Sentinel's own (those name themselves sentinel-…).
+    const ours = async () =>
+      String(await admin.sendCommand(['CLIENT', 'LIST', 'TYPE', 'pubsub']))
+        .split('\n')
+        .filter((line) => line.includes('id=') && !/ name=sentinel-/.test(line))
+        .map((line) => /id=(\d+)/.exec(line)![1]!);
+    let told = 0;
+    try {
+      await admin.connect();
+      watcher.watch(key, () => (told += 1));
+      // Subscribed: the watcher is told to look once.
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // One: the cache's subscriber.
+      await vi.waitFor(async () => expect(await ours()).toHaveLength(1), { timeout: 10_000, interval: 10 });
+      const [id] = await ours();
+      // In one transaction: the subscriber's connection dropped, then the write and its notification,
+      // which the subscriber cannot hear whatever its reconnect timing.
+      const [killed] = await admin
+        .multi()
+        .addCommand(['CLIENT', 'KILL', 'ID', id!])
+        .set(key, 'v', { expiration: { type: 'PX', value: 60_000 } })
+        .publish(WRITTEN_CHANNEL, writtenMessage(key))
+        .exec();
+      expect(killed).toBe(1);
+      // Subscribed again on its own; no poll runs here: only the cache's own wake counts.
+      await vi.waitFor(async () => expect((await ours()).filter((other) => other !== id)).toHaveLength(1), { timeout: 10_000, interval: 10 });
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+    } finally {
+      await Promise.all([watcher.close(), admin.destroy()]);
+    }
   });
 });
 

@@ -288,6 +288,37 @@ describe('RedisCache.watch', () => {
     }
   });
 
+  it('a subscriber given up while Redis is still paused is made anew once Redis answers again: the registered watchers hear writes, with no new watch()', async () => {
+    const server = await startRedis();
+    const cache = new RedisCache({ url: server.url, connectTimeoutMs: 300, stallTimeoutMs: 300 });
+    const [admin, writer] = [createClient({ url: server.url }), createClient({ url: server.url })];
+    const k = key();
+    let told = 0;
+    try {
+      await Promise.all([admin.connect(), writer.connect()]);
+      const stop = cache.watch(k, () => (told += 1));
+      await vi.waitFor(() => expect(told).toBe(1), { timeout: 10_000, interval: 5 });
+      // Every client's commands held, new connections' included, until the pause runs out.
+      await admin.sendCommand(['CLIENT', 'PAUSE', '3000', 'ALL']);
+      // A call unanswered: its connection is given up as silent, and the subscriber with it. The new
+      // subscriber's handshake is held too: it fails, and the watcher is told to look.
+      await expect(cache.get(k)).rejects.toMatchObject({ reason: 'timeout' });
+      await vi.waitFor(() => expect(told).toBe(2), { timeout: 10_000, interval: 5 });
+      // Answered once the pause is over.
+      await admin.ping();
+      // A call answered again (a waiter's next poll): a subscriber is made for the watcher still registered,
+      // which looks once it is in, and hears the next write.
+      await expect(cache.get(k)).resolves.toBeUndefined();
+      await vi.waitFor(() => expect(told).toBe(3), { timeout: 10_000, interval: 5 });
+      await writer.publish(WRITTEN_CHANNEL, writtenMessage(k));
+      await vi.waitFor(() => expect(told).toBe(4), { timeout: 10_000, interval: 5 });
+      stop();
+    } finally {
+      await Promise.all([cache.close(), admin.destroy(), writer.destroy()]);
+      await server.stop();
+    }
+  });
+
   it("a writer that publishes the key's name, not its digest, still wakes the watcher", async () => {
     const watcher = new RedisCache(redis.url);
     const publisher = createClient({ url: redis.url });
