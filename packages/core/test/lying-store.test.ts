@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
+import { MemoryCache, OfficialAccount, TokenUnavailableError, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
+import { retryAtOf } from '../src/retry-at.js';
 
 // Stores that lie rather than fail: they acknowledge what they do not do, or answer what is not so.
 // wxkit cannot share a token through them; what it must keep is a bound on what it asks WeChat.
@@ -92,4 +93,51 @@ describe('a failure marker the store acknowledges and drops', () => {
       await close();
     }
   });
+});
+
+describe('a token entry the store acknowledges and drops', () => {
+  // Three processes on the classic endpoint, none of which sees another's token: WeChat keeps the token
+  // before the newest alive for its grace, and no older one, so each fetch of one process ends the token
+  // of another. Each read that found the entry gone fetched, and each 40001 fetched again at once: one
+  // fetch per round of calls for as long as calls came. The clock stands still: one pause, never over.
+  for (const graceSeconds of [300, 0]) {
+    it(`costs the fleet two fetches per process and the one that starts the pause, then none however many calls follow (grace ${graceSeconds} s)`, async () => {
+      const strict = await startMockWeChat({ graceSeconds });
+      const { appId, secret } = strict.createApp();
+      const clock = Date.now();
+      const shared = new MemoryCache({ now: () => clock });
+      const entryKey = `access_token:${appId}`;
+      const apps = Array.from({ length: 3 }, () =>
+        new OfficialAccount({
+          appId, secret, baseUrl: strict.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, now: () => clock,
+          cache: evicting(shared, (key) => key.endsWith(entryKey)),
+        }),
+      );
+      const round = async () => {
+        const results = await Promise.allSettled(apps.map((app) => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} })));
+        // Some send of each round goes through; one that cannot is held to the fleet's pause after the
+        // rejection, and says when it ends, rather than asking WeChat again.
+        expect(results.some((result) => result.status === 'fulfilled')).toBe(true);
+        for (const result of results) {
+          if (result.status === 'rejected') {
+            expect(result.reason).toBeInstanceOf(TokenUnavailableError);
+            expect(retryAtOf(result.reason)).toBe(clock + 1_000);
+          }
+        }
+      };
+      try {
+        for (let i = 0; i < 4; i += 1) await round();
+        // Each process's first token, and the one it fetched when that was gone (a deletion, for all it
+        // knew), both dropped; then the one refetch after a rejection that starts the pause.
+        const fetched = strict.counters(appId).classicTokenRequests;
+        expect(fetched).toBeLessThanOrEqual(7);
+        for (let i = 0; i < 4; i += 1) await round();
+        expect(strict.counters(appId).classicTokenRequests).toBe(fetched);
+        expect(strict.counters(appId).tokenRequests).toBe(fetched);
+      } finally {
+        await Promise.all(apps.map((app) => app.close()));
+        await strict.close();
+      }
+    });
+  }
 });

@@ -348,13 +348,16 @@ export class TokenManager {
       const published = tier.name === 'shared' ? await this.#track(this.#publish(read.kind === 'hit' ? read.entry : undefined)) : undefined;
       if (published !== undefined) return published;
       if (read.kind === 'hit') {
+        if (tier.name === 'shared') this.#refresher.stored?.();
         const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
         this.#considerAhead(ctx.settings.now());
         return value;
       }
       // Another program's entry that cannot be read is never replaced: the token this process fetched
-      // serves until it nears its expiry, rather than a fetch on every read.
-      if (read.foreign && usable() !== undefined) return usable()!;
+      // serves until it nears its expiry, rather than a fetch on every read. So does a token this process
+      // wrote that the store dropped: another fetch would end it (classic endpoint), and be dropped too.
+      const held = usable();
+      if (held !== undefined && (read.foreign || (tier.name === 'shared' && read.absent === true && this.#refresher.dropped?.(held) === true))) return held;
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       // The store just failed: a token this process holds is still good, or the refresh falls back.

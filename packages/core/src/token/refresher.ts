@@ -126,6 +126,13 @@ export interface Refresher {
   /** The store was swapped (setCache()): forgets what this refresher learnt of the old one. */
   reset?(): void;
   /**
+   * The shared store showed no entry where this process holds `value`, still good: whether to serve it on
+   * rather than fetch, as for a token this process wrote there and the store dropped (see LockedFetchRefresher).
+   */
+  dropped?(value: string): boolean;
+  /** The shared store showed an entry: it holds what is written to it. */
+  stored?(): void;
+  /**
    * WeChat rejected `value` with `errcode` (40001, 40014, 42001): do what this way of refreshing owes the
    * others. May resolve the value that replaces it, when the report brought one back (a token service's answer).
    * `known`: the entry this process held for `value`, when it held one. `accepted`: WeChat took a call

@@ -134,9 +134,42 @@ export class LockedFetchRefresher implements Refresher {
    * 40001, from then on (until the store is swapped: see reset()).
    */
   #peerWrites = false;
+  /** The token this process last fetched and wrote to the shared store. */
+  #written: string | undefined;
+  /** A token this process wrote, found gone from the shared store while still good (see dropped()). */
+  #vanished: string | undefined;
+  /** The shared store drops the entry's writes: found so twice in a row (see dropped()). */
+  #dropsEntries = false;
 
   get peerWrites(): boolean {
     return this.#peerWrites;
+  }
+
+  /**
+   * The shared store showed no entry where this process holds `value`, still good. A store that
+   * acknowledges the entry's write and drops it (an eviction under maxmemory, a replica that lags) shows
+   * none to anyone: each process would fetch on each read, and on the classic endpoint each fetch ends
+   * the token of another process, which fetches again on its 40001. The first time this process's own
+   * token is gone, it takes it for a deletion (`wxkit token clear`, a peer's after a 40001) and fetches;
+   * if the token it wrote then is gone too, the store drops its writes: this process serves its token
+   * from memory while the store shows none, until WeChat rejects it (its refetch is spaced: see
+   * invalidate()) or it nears its expiry. Any entry the store shows ends that (stored()).
+   */
+  dropped(value: string): boolean {
+    if (value !== this.#written) return false;
+    if (!this.#dropsEntries) {
+      if (this.#vanished === undefined || this.#vanished === value) {
+        this.#vanished = value;
+        return false;
+      }
+      this.#dropsEntries = true;
+    }
+    return true;
+  }
+
+  stored(): void {
+    this.#vanished = undefined;
+    this.#dropsEntries = false;
   }
 
   /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
@@ -146,6 +179,8 @@ export class LockedFetchRefresher implements Refresher {
     this.#lastReport = undefined;
     this.#refetchPause = undefined;
     this.#unshared = undefined;
+    this.#written = undefined;
+    this.stored();
   }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
@@ -183,7 +218,9 @@ export class LockedFetchRefresher implements Refresher {
       const tier = this.#ctx.tiers.current();
       const progress: Progress = { asked: false };
       try {
-        return await this.#refreshIn(tier, request, prepared, progress);
+        const refreshed = await this.#refreshIn(tier, request, prepared, progress);
+        if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) this.#written = refreshed.entry.value;
+        return refreshed;
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
@@ -230,6 +267,10 @@ export class LockedFetchRefresher implements Refresher {
     // replacement is fetched at once, however often that happens. One rejected before any call went
     // through with it spaces the fetches that follow (see #startPause); one that worked ends the pause:
     // WeChat does take the fleet's tokens.
+    // A token of this process's that the store dropped was most likely ended by another process of the
+    // fleet that could not see it, whose own token the store dropped too: refetched at once, each such
+    // token would end the next one's, one fetch per round of calls. Its refetch is spaced instead.
+    if (this.#dropsEntries && value === this.#written) accepted = false;
     this.#lastReport = { at: started, accepted };
     if (accepted) this.#refetchPause = undefined;
     const tier = ctx.tiers.current();
