@@ -6,7 +6,7 @@ const HINTS: Partial<Record<CacheErrorReason, string>> = {
   auth: 'the SASL login was refused: check the username and password (where the URL and options give none, memjs takes MEMCACHIER_USERNAME and MEMCACHIER_PASSWORD, or MEMCACHE_USERNAME and MEMCACHE_PASSWORD, from the environment)',
   refused: 'connection refused: nothing listens at that host and port; check that memcached runs there',
   unreachable: 'the host cannot be reached: check its name and the network',
-  timeout: 'no answer in time: check that memcached runs there and is not hung, and that no firewall drops the connection',
+  timeout: 'no answer in time: check that memcached runs there and is not hung, that no firewall drops the connection, and that it takes the binary protocol (a memcached started with -B ascii, and twemproxy or mcrouter in front of one, never answer it)',
   disconnected: 'the connection dropped; the next call connects anew',
   closed: 'the cache was closed',
 };

@@ -90,7 +90,9 @@ export class MemcachedCache implements TokenCache {
     const store = new KeyvMemcache(servers.join(','), {
       username: opts.username,
       password: opts.password,
-      timeout: timeoutMs / 1000,
+      // Every request has a deadline of its own (#send); memjs's idle timer, which would fire with it after
+      // the process was held up and fail a request whose answer waits to be read, is left out of it.
+      timeout: MEMJS_NO_TIMEOUT_S,
       conntimeout: timeoutMs / 1000,
       // memjs never resends (1 attempt): it would resend a stored ADD, and resend after close().
       // MemcachedCache decides which requests may go out again.
@@ -210,10 +212,14 @@ export class MemcachedCache implements TokenCache {
       // Unsigned, as memjs reads the opaque of an answer (its own counter turns negative past 2^31).
       const seq = this.#client.seq >>> 0;
       let deadline: NodeJS.Timeout | undefined;
+      let settled = false;
       try {
         return await new Promise<MemjsResponse>((resolve, reject) => {
-          const settle = (error: Error | null, response?: MemjsResponse) =>
-            error || !response ? reject(error ?? new Error('memcached gave no response')) : resolve(response);
+          const settle = (error: Error | null, response?: MemjsResponse) => {
+            settled = true;
+            if (error || !response) reject(error ?? new Error('memcached gave no response'));
+            else resolve(response);
+          };
           // memjs times a request out with its socket's idle timer, which every new request restarts:
           // against a server that stopped answering, calls made one after another (waiters polling)
           // would keep each other waiting for ever. Each request has its own deadline; when it passes,
@@ -224,9 +230,14 @@ export class MemcachedCache implements TokenCache {
           const route = wireKey(placement(key));
           const server = this.#client.server(route);
           const budgetMs = server?.connected ? this.#timeoutMs : 2 * this.#timeoutMs;
+          // Decided one turn of the event loop later: timers run before I/O, so a process held up past the
+          // deadline (a long synchronous task) would otherwise fail a request whose answer came meanwhile.
           deadline = setTimeout(() => {
-            reject(timedOut(`memcached did not answer within ${budgetMs} ms`));
-            server?.error(timedOut('socket timed out waiting on response.'));
+            setImmediate(() => {
+              if (settled) return;
+              reject(timedOut(`memcached did not answer within ${budgetMs} ms`));
+              server?.error(timedOut('socket timed out waiting on response.'));
+            });
           }, budgetMs);
           deadline.unref?.();
           this.#client.perform(route, build(seq), seq, settle, 1);
@@ -241,10 +252,6 @@ export class MemcachedCache implements TokenCache {
 
   async #run<T>(op: string, key: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`MemcachedCache ${op} after close() (${this.#where})`, { reason: 'closed' });
-    // memcached keys are printable characters without spaces (longer than 250 bytes: see wireKey).
-    if (/[\s\u0000-\u001f\u007f]/.test(key)) {
-      throw new CacheError(`MemcachedCache ${op}: memcached keys must be without spaces or control characters`, { reason: 'value' });
-    }
     try {
       return await fn();
     } catch (error) {
@@ -281,13 +288,15 @@ function request(opcode: number, seq: number, key: string, body: { extras?: Buff
 }
 
 /**
- * The key memcached is sent: the key itself, or past memcached's 250 bytes a digest of it. The protocol's
- * companions (`{key}:lock`, `:failed`, `:refetch`) are longer than their entry's key: refused, a key of 243
- * to 250 bytes would take the store for down in every process, each fetching on its own. No client of
- * another language can hold such a key in memcached, so the digest shares with nobody it could have.
+ * The key memcached is sent: the key itself, or past memcached's 250 bytes, or holding a space or control
+ * character (a peer schema's prefix may), a digest of it. The protocol's companions (`{key}:lock`,
+ * `:failed`, `:refetch`) are longer than their entry's key: refused, a key of 243 to 250 bytes would take
+ * the store for down in every process, each fetching on its own; so would every key of a prefix with a
+ * space. No client of another language can hold such a key in memcached, so the digest shares with
+ * nobody it could have.
  */
 function wireKey(key: string): string {
-  return Buffer.byteLength(key) <= 250 ? key : `wxkit:sha256:${createHash('sha256').update(key).digest('hex')}`;
+  return Buffer.byteLength(key) <= 250 && !/[\s\u0000-\u001f\u007f]/.test(key) ? key : `wxkit:sha256:${createHash('sha256').update(key).digest('hex')}`;
 }
 
 /**
@@ -318,9 +327,17 @@ function storeExtras(ttlSeconds: number): Buffer {
  */
 function expires(ttlSeconds: number): number {
   assertTtl('MemcachedCache', ttlSeconds);
-  // Values above 30 days would be read by memcached as a unix timestamp.
-  return Math.min(Math.ceil(ttlSeconds) + CLOCK_LAG_S, 30 * 24 * 3600);
+  const seconds = Math.ceil(ttlSeconds) + CLOCK_LAG_S;
+  // memcached reads a number above 30 days as a Unix time: a longer TTL is sent as the time it ends (at
+  // most the field's last one, in 2106), so a one-year refresh token is not dropped after 30 days.
+  return seconds <= MAX_RELATIVE_S ? seconds : Math.min(Math.floor(Date.now() / 1000) + seconds, 0xffffffff);
 }
+
+/** The longest expiration memcached reads as seconds from now: 30 days. */
+const MAX_RELATIVE_S = 30 * 24 * 3600;
+
+/** memjs's request timeout, in seconds: the longest a Node timer takes (2^31 − 1 ms), so it never fires. */
+const MEMJS_NO_TIMEOUT_S = 2_147_483;
 
 /** How far memcached's clock may run behind the caller's, in whole seconds. */
 const CLOCK_LAG_S = 2;
@@ -329,8 +346,14 @@ const CLOCK_LAG_S = 2;
 function parseServers(servers: unknown): string[] | undefined {
   const list = typeof servers === 'string' ? servers.split(',') : Array.isArray(servers) ? servers : undefined;
   const parsed = list?.map((entry) => (typeof entry === 'string' ? entry.trim().replace(/^memcached:\/\//, '').replace(/\/$/, '') : ''));
-  if (!parsed || parsed.length === 0 || parsed.some((entry) => !/^[A-Za-z0-9.\-_]+:\d{1,5}$/.test(entry))) return undefined;
+  if (!parsed || parsed.length === 0 || !parsed.every(isServer)) return undefined;
   return parsed;
+}
+
+/** `host:port` with a port from 1 to 65535: past it, net.connect throws and every call would fail as an outage. */
+function isServer(entry: string): boolean {
+  const port = /^[A-Za-z0-9.\-_]+:(\d{1,5})$/.exec(entry)?.[1];
+  return port !== undefined && Number(port) >= 1 && Number(port) <= 65535;
 }
 
 /**

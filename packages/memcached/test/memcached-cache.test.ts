@@ -72,6 +72,32 @@ describe('MemcachedCache on a real memcached', () => {
     expect(expiresAt).toBeLessThanOrEqual(Date.now() / 1000 + 63);
   });
 
+  it('a TTL over 30 days (a refresh token\'s year) is kept whole, sent as the Unix time it ends, not cut to 30 days', async () => {
+    const cache = new MemcachedCache(memcached.url);
+    const stamp = `${process.pid}:${Date.now()}`;
+    const year = 365 * 24 * 3600;
+    const before = Date.now() / 1000;
+    await cache.set(`wechat:ttl-year:${stamp}`, 'v', year);
+    expect(await cache.add(`wechat:ttl-year-add:${stamp}`, 'v', year)).toBe(true);
+    await cache.set(`wechat:ttl-cas:${stamp}`, 'v', 60);
+    expect(await cache.compareAndSet(`wechat:ttl-cas:${stamp}`, 'v', 'w', year)).toBe(true);
+    // A TTL meant as for ever: the latest time memcached's field holds, not a time already past.
+    await cache.set(`wechat:ttl-ever:${stamp}`, 'v', 2 ** 53);
+    await cache.close();
+    const dump = await memcachedCommand(memcached.port, 'lru_crawler metadump all\r\n');
+    const expiry = (key: string) => {
+      const line = dump.split(/\r?\n/).find((entry) => entry.startsWith(`key=${encodeURIComponent(key)} `));
+      expect(line, dump).toBeDefined();
+      return Number(/ exp=(-?\d+)/.exec(line!)![1]);
+    };
+    for (const key of [`wechat:ttl-year:${stamp}`, `wechat:ttl-year-add:${stamp}`, `wechat:ttl-cas:${stamp}`]) {
+      expect(expiry(key)).toBeGreaterThanOrEqual(before + year);
+      expect(expiry(key)).toBeLessThanOrEqual(Date.now() / 1000 + year + 3);
+    }
+    expect(expiry(`wechat:ttl-ever:${stamp}`)).toBeGreaterThanOrEqual(before + 70 * year);
+    expect(await memcachedGet(memcached.port, `wechat:ttl-ever:${stamp}`)).toBe('v');
+  });
+
   it('spreads keys over several servers, and each reads back', async () => {
     const second = await startMemcached();
     try {
@@ -152,9 +178,29 @@ describe('MemcachedCache on a real memcached', () => {
     }
   });
 
-  it('refuses keys memcached cannot hold, and keeps keys past its 250 bytes under a digest', async () => {
+  it('a memcached that takes only its text protocol (-B ascii) never answers: the error says to check for it, not only for a hung server', async () => {
+    const server = await startMemcached({ args: ['-B', 'ascii'] });
+    const cache = new MemcachedCache({ servers: server.url, timeoutMs: 200 });
+    try {
+      await expect(cache.get('k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', message: expect.stringContaining('-B ascii') });
+    } finally {
+      await cache.close();
+      await server.stop();
+    }
+  });
+
+  it('keeps keys memcached cannot hold as they are (a space, a control character, past its 250 bytes) under a digest', async () => {
     const cache = new MemcachedCache(memcached.url);
-    await expect(cache.get('has space')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'value' });
+    const spaced = `has space:${process.pid}`;
+    expect(await cache.add(`${spaced}:lock`, 'o', 60)).toBe(true);
+    expect(await cache.add(`${spaced}:lock`, 'p', 60)).toBe(false);
+    await cache.set(spaced, 'v', 60);
+    await cache.set(`has\ttab:${process.pid}`, 'tab', 60);
+    expect(await cache.get(spaced)).toBe('v');
+    expect(await cache.get(`has\ttab:${process.pid}`)).toBe('tab');
+    expect(await cache.get(`has  space:${process.pid}`)).toBeUndefined();
+    expect(await cache.compareAndSet(spaced, 'v', 'w', 60)).toBe(true);
+    expect(await cache.deleteIfEquals(`${spaced}:lock`, 'o')).toBe(true);
     const long = `${'k'.repeat(250)}:${process.pid}`;
     expect(await cache.add(`${long}:lock`, 'o', 60)).toBe(true);
     expect(await cache.add(`${long}:lock`, 'p', 60)).toBe(false);
@@ -162,6 +208,31 @@ describe('MemcachedCache on a real memcached', () => {
     expect(await cache.get(long)).toBe('v');
     expect(await cache.get(`${long}:other`)).toBeUndefined();
     await cache.close();
+  });
+
+  it("a peer schema's prefix with a space (memcached's text protocol cannot carry the key): two hosts still share one fetch", async () => {
+    const { appId, secret } = mock.createApp();
+    // EasyWeChat 4's prefix is the PHP cache store's own; wxkit takes it as it is.
+    const schema = easyWeChat4({ prefix: 'my app:' });
+    const hosts = [0, 1].map(() => {
+      const cache = new MemcachedCache(memcached.url);
+      const fallbackDir = mkdtempSync(join(tmpdir(), 'wxkit-mc-host-'));
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema, fallbackDir, logger: false });
+      return { cache, app };
+    });
+    const events: string[] = [];
+    for (const { app } of hosts) app.on('cache.unavailable', () => events.push('cache.unavailable'));
+    try {
+      const token = await hosts[0]!.app.accessToken.getToken();
+      expect(await hosts[1]!.app.accessToken.getToken()).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(events).toEqual([]);
+    } finally {
+      for (const { app, cache } of hosts) {
+        await app.close();
+        await cache.close();
+      }
+    }
   });
 
   it('an entry key of 250 bytes: its lock and failure-marker keys, longer, still reach memcached, and two hosts share one fetch', async () => {
@@ -314,6 +385,9 @@ describe('MemcachedCache on a real memcached', () => {
   it('checks its options before connecting', () => {
     expect(() => new MemcachedCache('localhost')).toThrow(/MemcachedCache options.servers must be "host:port"/);
     expect(() => new MemcachedCache({ servers: [] })).toThrow(/options.servers/);
+    // A port no socket can have is the option's fault, not a store outage at every call.
+    expect(() => new MemcachedCache('127.0.0.1:70000')).toThrow(/options.servers must be "host:port"/);
+    expect(() => new MemcachedCache({ servers: ['127.0.0.1:11211', '127.0.0.1:0'] })).toThrow(/options.servers/);
     expect(() => new MemcachedCache({ servers: 'a:1', timeoutMs: -5 })).toThrow(/options.timeoutMs/);
     expect(() => new MemcachedCache({ servers: 'a:1', password: 5 as never })).toThrow(/options.password must be a string \(got number\)/);
     expect(() => new MemcachedCache('memcached://10.0.0.1:11211,10.0.0.2:11211')).not.toThrow();
@@ -357,6 +431,32 @@ describe('MemcachedCache: conditional writes', () => {
       await server.stop();
     }
   });
+
+  for (const op of ['compareAndSet', 'deleteIfEquals'] as const) {
+    it(`${op}: a process held up past timeoutMs (a long synchronous task) takes memcached's answer that came meanwhile, rather than fail the call`, async () => {
+      const key = `held-up:${op}:${process.pid}`;
+      await memcachedSet(memcached.port, key, 'T1', 60);
+      const cache = new MemcachedCache({ servers: memcached.url, timeoutMs: 200 });
+      try {
+        await cache.get(key);
+        const [socket] = (process as unknown as { _getActiveHandles(): { constructor: { name: string }; remotePort?: number; destroyed?: boolean; once(e: string, f: () => void): void }[] })
+          ._getActiveHandles()
+          .filter((handle) => handle.constructor.name === 'Socket' && handle.remotePort === memcached.port && !handle.destroyed);
+        // Once the write is sent (after the read's answer), the event loop is held up three times
+        // timeoutMs: memcached answers meanwhile, and the answer waits to be read.
+        const holdUp = () => {
+          const until = performance.now() + 600;
+          while (performance.now() < until);
+        };
+        socket!.once('data', () => setImmediate(holdUp));
+        const call = op === 'compareAndSet' ? cache.compareAndSet(key, 'T1', 'T2', 60) : cache.deleteIfEquals(key, 'T1');
+        expect(await call).toBe(true);
+        expect(await memcachedGet(memcached.port, key)).toBe(op === 'compareAndSet' ? 'T2' : undefined);
+      } finally {
+        await cache.close();
+      }
+    });
+  }
 
   for (const op of ['compareAndSet', 'deleteIfEquals'] as const) {
     it(`${op}: a close() once its read is answered sends no write (which would open a connection nothing closes)`, async () => {
