@@ -37,6 +37,26 @@ describe('Work (WeCom)', () => {
     expect(mock.counters(id)).toMatchObject({ messageSends: 2, tokenRequests: 2, rejectedCalls: 1 });
   });
 
+  it('a ticket WeCom refused for its hourly limit (45009) is asked for again once the hour has passed, not at the next Beijing midnight', async () => {
+    // 12:10 Beijing time: the next midnight is almost twelve hours away, WeCom's block one hour.
+    let now = Date.UTC(2026, 10, 25, 4, 10, 0);
+    const limited = await startMockWeChat({ now: () => now, quotas: { workTicketPerHour: 1 } });
+    try {
+      const app = limited.createWorkApp();
+      const options = { ...app, baseUrl: limited.url, logger: false as const, now: () => now };
+      const first = new Work({ ...options, cache: new MemoryCache() });
+      await first.jssdk.getTicket('jsapi');
+      const second = new Work({ ...options, cache: new MemoryCache() });
+      expect((await rejection(second.jssdk.getTicket('jsapi'))).errcode).toBe(45009);
+      // WeCom lifts a block by the hour after 60 minutes (its 访问频率限制 page).
+      now += 61 * 60_000;
+      await expect(second.jssdk.getTicket('jsapi')).resolves.toEqual(expect.any(String));
+      expect(limited.counters(`${app.corpId}:${app.agentId}`).ticketRequests).toBe(3);
+    } finally {
+      await limited.close();
+    }
+  });
+
   it('a wrong secret is WeCom’s 40001 at gettoken, surfaced once, never retried', async () => {
     const app = mock.createWorkApp();
     const work = new Work({ ...app, secret: 'wrong-secret', baseUrl: mock.url, logger: false });

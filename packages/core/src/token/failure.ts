@@ -81,7 +81,7 @@ export function heldPause(slot: SpacingSlot | undefined, now: number): { until: 
 }
 
 /** How an error is backed off: the kinds of docs/protocol.md. */
-type Policy = 'transient' | 'minute' | 'credential' | 'quota';
+type Policy = 'transient' | 'minute' | 'credential' | 'quota' | 'hour';
 
 // Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
 // service runs: the fleet tries again once a minute (or at once on forceRefresh()).
@@ -100,6 +100,15 @@ export const REMEMBER_MS = 10 * MINUTE_MS;
 // WeChat's daily quotas reset at midnight Beijing time (UTC+8).
 const BEIJING_OFFSET_MS = 8 * 3_600_000;
 const DAY_MS = 86_400_000;
+// WeCom has no daily quota on these: its 45009 is a limit by the hour (a ticket's 100 an hour per app, 400
+// per corp; gettoken's 150,000 an hour), and it lifts the block 60 minutes after it refused.
+const HOUR_MS = 3_600_000;
+const WECOM_TOKEN_PATHS = new Set(['cgi-bin/gettoken', 'cgi-bin/get_jsapi_ticket', 'cgi-bin/ticket/get']);
+
+/** Whether a 45009 from `path` is WeCom's block by the hour, rather than WeChat's daily quota. */
+function blocksForAnHour(errcode: number | undefined, path: string | undefined): boolean {
+  return errcode === 45009 && path !== undefined && WECOM_TOKEN_PATHS.has(path.replace(/^\/+/, ''));
+}
 
 // The errcodes that say the secret itself is wrong (40125 invalid appsecret, 40091 a WeCom secret that is
 // not one), beside 40001 from a token endpoint (isSecretRejection()).
@@ -121,6 +130,7 @@ function blamesSecret(marker: FailureRecord): boolean {
 /** The back-off policy of an error from a fetch, or undefined for errors that are not WeChat's (store, abort). */
 export function policyOf(error: unknown): Policy | undefined {
   if (error instanceof WeChatApiError) {
+    if (blocksForAnHour(error.errcode, error.path)) return 'hour';
     if (error.errcode === 45009) return 'quota';
     if (error.errcode === 45011) return 'minute';
     if (CREDENTIAL_ERRCODES.has(error.errcode) || isSecretRejection(error.errcode, error.path)) return 'credential';
@@ -158,6 +168,7 @@ export function clampRetryAt(marker: FailureRecord, now: number): number {
 /** The latest `retry_at` a failure of the marker's kind can call for, counted from `from`. */
 function latestRetryAt(marker: FailureRecord, from: number): number {
   const { errcode } = marker;
+  if (blocksForAnHour(errcode, marker.path)) return from + HOUR_MS;
   return errcode === 45009
     ? nextQuotaDay(from)
     : from +
@@ -181,6 +192,7 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
   if (!policy) return undefined;
   let pauseMs: number;
   if (policy === 'quota') pauseMs = nextQuotaDay(now) - now;
+  else if (policy === 'hour') pauseMs = HOUR_MS;
   else if (policy === 'minute' || policy === 'credential') pauseMs = MINUTE_MS;
   else {
     const base = Math.min(TRANSIENT_BASE_MS * 2 ** Math.min(attempt - 1, 16), TRANSIENT_MAX_MS);

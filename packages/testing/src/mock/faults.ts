@@ -132,6 +132,9 @@ function fuzzAnswer(random: () => number, tokenPath: boolean): FuzzAnswer {
   }
 }
 
+/** The Content-Type of WeChat's JSON answers, errors included: `encoding=`, not `charset=`. */
+export const WECHAT_JSON = 'application/json; encoding=utf-8';
+
 export function send(res: ServerResponse, status: number, body: string | Buffer, type = 'application/json; charset=utf-8'): void {
   res.writeHead(status, { 'content-type': type, 'content-length': Buffer.byteLength(body) });
   res.end(body);
@@ -247,7 +250,7 @@ export class FaultQueue {
       case 'errcode': {
         const errcode = fault.errcode ?? -1;
         this.model.countErrcode(owner, errcode);
-        send(res, 200, errorBody(errcode));
+        send(res, 200, errorBody(errcode), WECHAT_JSON);
         return;
       }
       case 'fuzz': {

@@ -28,6 +28,18 @@ export interface MockQuotas {
   forceRefresh?: number;
   /** `cgi-bin/ticket/getticket` calls a day. @default 100000 */
   ticket?: number;
+  /**
+   * WeCom jsapi tickets (`get_jsapi_ticket` and `ticket/get` together) one agent may fetch an hour;
+   * over it WeCom answers 45009 and blocks the agent's tickets for 60 minutes. WeCom's is 100
+   * (developer.work.weixin.qq.com/document/path/90454). @default 100
+   */
+  workTicketPerHour?: number;
+  /** WeCom jsapi tickets all the agents of one corp may fetch an hour. WeCom's is 400. @default 400 */
+  workCorpTicketPerHour?: number;
+  /** WeCom `gettoken` calls of one corp a minute (WeCom's base rate for any API); over it 45011. @default 10000 */
+  workTokenPerMinute?: number;
+  /** WeCom `gettoken` calls of one corp an hour; over it 45009, and blocked for 60 minutes. @default 150000 */
+  workTokenPerHour?: number;
 }
 
 /** What the mock has seen, for one app or summed over all of them. A snapshot: later calls do not change it. */
@@ -93,7 +105,15 @@ export interface AppState {
   component?: ComponentState;
   /** Set when the app is authorized to a component: its tokens come from api_query_auth / api_authorizer_token. */
   authorizer?: AuthorizerState;
+  /** Set for a WeCom agent (its corp): its tokens are WeCom's (qyapi), unknown to the official account APIs and back. */
+  corpId?: string;
 }
+
+/**
+ * Whose APIs a business path belongs to: official accounts and mini programs (api.weixin.qq.com),
+ * WeCom (qyapi.weixin.qq.com), or both (paths the two services each have).
+ */
+export type Service = 'app' | 'work' | 'both';
 
 /** An open-platform component as WeChat holds it. */
 export interface ComponentState {
@@ -158,6 +178,7 @@ export const ERRMSG: Record<number, string> = {
 
 export const TOKEN_REJECTIONS = new Set([40001, 40014, 42001, 41001]);
 const MINUTE_MS = 60_000;
+const HOUR_MS = 3_600_000;
 const DAY_MS = 86_400_000;
 // WeChat's daily quotas reset at midnight Beijing time.
 const BEIJING_OFFSET_MS = 8 * 3_600_000;
@@ -251,6 +272,8 @@ export class WeChatModel {
   readonly corps = new Map<string, AppState[]>();
   readonly tokenOwners = new Map<string, AppState>();
   readonly usedCodes = new Set<string>();
+  /** Quota use of a WeCom corp as a whole (all its agents), by `name:period:slot`. */
+  readonly corpUsage = new Map<string, Map<string, number>>();
   readonly global = emptyCounters();
   tokenSeq = 10;
   private msgid = FIRST_MSGID;
@@ -311,16 +334,34 @@ export class WeChatModel {
 
   /**
    * Spends one unit of every listed quota, or none: a call refused for one limit does not eat into
-   * the others. Days are Beijing days, minutes are wall-clock minutes, both of the mock's clock.
+   * the others. Days are Beijing days, hours and minutes wall-clock ones, all of the mock's clock. A
+   * limit counts in the app's own usage unless it names another (a WeCom corp's, shared by its agents).
+   * WeCom blocks a limit it refused for a whole period from the refusal, not until the next clock hour
+   * (its rate-limit page: an hourly block lasts 60 minutes, a minute's 60 seconds).
    */
-  spend(state: AppState, t: number, limits: [name: string, limit: number, period: 'day' | 'minute'][]): void {
-    const keys = limits.map(([name, limit, period]) => {
-      const slot = period === 'day' ? Math.floor((t + BEIJING_OFFSET_MS) / DAY_MS) : Math.floor(t / MINUTE_MS);
+  spend(state: AppState, t: number, limits: [name: string, limit: number, period: 'day' | 'hour' | 'minute', usage?: Map<string, number>][]): void {
+    const work = state.corpId !== undefined;
+    const spent = limits.map(([name, limit, period, usage = state.usage]) => {
+      const length = period === 'day' ? DAY_MS : period === 'hour' ? HOUR_MS : MINUTE_MS;
+      const slot = Math.floor((t + (period === 'day' ? BEIJING_OFFSET_MS : 0)) / length);
       const key = `${name}:${period}:${slot}`;
-      if ((state.usage.get(key) ?? 0) >= limit) throw new WeChatError(period === 'minute' ? 45011 : 45009);
-      return key;
+      const blockKey = `${name}:${period}:blocked-until`;
+      if ((usage.get(key) ?? 0) >= limit || (work && t < (usage.get(blockKey) ?? 0))) {
+        if (work && t >= (usage.get(blockKey) ?? 0)) usage.set(blockKey, t + length);
+        // WeCom words its 45009 as a frequency limit, not a daily quota.
+        throw period === 'minute' ? new WeChatError(45011) : new WeChatError(45009, work ? 'api freq out of limit' : undefined);
+      }
+      return [usage, key] as const;
     });
-    for (const key of keys) state.usage.set(key, (state.usage.get(key) ?? 0) + 1);
+    for (const [usage, key] of spent) usage.set(key, (usage.get(key) ?? 0) + 1);
+  }
+
+  /** The quota use of the corp a WeCom agent belongs to. */
+  corpUsageOf(state: AppState): Map<string, number> {
+    const corpId = state.corpId ?? '';
+    let usage = this.corpUsage.get(corpId);
+    if (!usage) this.corpUsage.set(corpId, (usage = new Map()));
+    return usage;
   }
 
   newToken(state: AppState, kind: IssuedToken['kind'], t: number): IssuedToken {
@@ -399,24 +440,48 @@ export class WeChatModel {
     const token = state?.tokens.get(value);
     if (!state || !token) throw new WeChatError(40014);
     // Killed before its expiry: superseded or invalidated (40001). Past its expiry: 42001, even if it
-    // was also superseded later on, since its natural end came first.
-    if (token.diesAt !== undefined && t >= token.diesAt && token.diesAt < token.expiresAt) throw new WeChatError(40001);
+    // was also superseded later on, since its natural end came first. WeCom has no "not latest": a
+    // token it ended early is an invalid one there (40014).
+    if (token.diesAt !== undefined && t >= token.diesAt && token.diesAt < token.expiresAt) throw new WeChatError(state.corpId !== undefined ? 40014 : 40001);
     if (t >= token.expiresAt) throw new WeChatError(42001);
     return state;
   }
 
-  /** The app that owns a business call's access_token, or the errcode WeChat answers. */
-  authorize(call: Call): AppState {
-    const state = this.ownerOfToken(call.query.get('access_token'), call.t);
+  /**
+   * The app that owns a business call's access_token, or the errcode WeChat answers. A token works only
+   * on its own service's APIs: a WeCom token on api.weixin.qq.com, an official account's on qyapi, or a
+   * component_access_token sent as an access_token is a token that API never issued (40014).
+   */
+  authorize(call: Call, service: Service = 'app'): AppState {
+    const value = call.query.get('access_token');
+    const owner = value ? this.tokenOwners.get(value) : undefined;
+    const work = owner?.corpId !== undefined;
+    if (owner && (owner.component || (service === 'app' && work) || (service === 'work' && !work))) {
+      throw new WeChatError(40014);
+    }
+    const state = this.ownerOfToken(value, call.t);
     // An authorizer that granted the component no permission set: WeChat refuses the component's calls for it.
     if (state.authorizer && state.authorizer.funcInfo.length === 0) throw new WeChatError(61007);
     return state;
   }
 
-  /** A ticket of `type`: the same while it lives, a new one after; an app's fixed jsapi ticket always. */
+  /**
+   * A ticket of `type`: the same while it lives, a new one after; an app's fixed jsapi ticket always.
+   * WeCom counts its tickets by the hour, for the agent and for the whole corp.
+   */
   ticket(state: AppState, type: string, t: number): Answer {
     this.count(state, 'ticketRequests');
-    this.spend(state, t, [['ticket', this.config.quotas.ticket, 'day']]);
+    const { quotas } = this.config;
+    this.spend(
+      state,
+      t,
+      state.corpId === undefined
+        ? [['ticket', quotas.ticket, 'day']]
+        : [
+            ['ticket', quotas.workTicketPerHour, 'hour'],
+            ['ticket', quotas.workCorpTicketPerHour, 'hour', this.corpUsageOf(state)],
+          ],
+    );
     let current = state.tickets.get(type);
     const fixed = type === 'jsapi' ? state.app.jsapiTicket : undefined;
     if (!current || t >= current.expiresAt || (fixed !== undefined && current.value !== fixed)) {

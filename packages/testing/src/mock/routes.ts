@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { WeChatError, alive, liveUntil, type Call, type Handler, type WeChatModel } from './model.js';
+import { WeChatError, alive, liveUntil, type Call, type Handler, type Service, type WeChatModel } from './model.js';
 
 /** Stable_token's normal mode hands out a new token once the current one has less than this left (WeChat rotates 5 min early). */
 const STABLE_ROTATE_MS = 300_000;
@@ -27,7 +27,7 @@ export function createRoutes(model: WeChatModel): Record<string, Handler> {
   // call; rotate at half the TTL then, so a short-TTL test still sees "same token while valid".
   const stableRotateMs = Math.min(STABLE_ROTATE_MS, tokenTtlMs / 2);
   const { apps, corps, usedCodes } = model;
-  const authorize = (call: Call) => model.authorize(call);
+  const authorize = (call: Call, service?: Service) => model.authorize(call, service);
   const ticket = model.ticket.bind(model);
   const credentials = model.credentials.bind(model);
   const spend = model.spend.bind(model);
@@ -94,14 +94,20 @@ export function createRoutes(model: WeChatModel): Record<string, Handler> {
       const { query, t } = call;
       const corpId = query.get('corpid');
       const secret = query.get('corpsecret');
-      if (!corpId) throw new WeChatError(40013);
+      if (!corpId) throw new WeChatError(41002, 'corpid missing');
+      if (!secret) throw new WeChatError(41004, 'corpsecret missing');
       const agents = corps.get(corpId);
       if (!agents) throw new WeChatError(40013);
       // WeCom answers an unknown or wrong secret with 40001 ("invalid credential").
       const state = agents.find((agent) => agent.app.secret === secret);
-      if (!secret || !state) throw new WeChatError(40001);
+      if (!state) throw new WeChatError(40001);
       if (!state.ipAllowed) throw new WeChatError(60020);
-      spend(state, t, [['token', quotas.token, 'day']]);
+      // WeCom has no daily gettoken quota: its limits are a corp's calls of one API a minute and an hour.
+      const corp = model.corpUsageOf(state);
+      spend(state, t, [
+        ['gettoken', quotas.workTokenPerMinute, 'minute', corp],
+        ['gettoken', quotas.workTokenPerHour, 'hour', corp],
+      ]);
       // gettoken hands back the current token while it is valid; a new one once it expired or died.
       let token = state.classicCurrent;
       if (!alive(token, t)) {
@@ -112,15 +118,15 @@ export function createRoutes(model: WeChatModel): Record<string, Handler> {
       const expiresIn = Math.floor((liveUntil(token) - t) / 1000);
       return { json: JSON.stringify({ errcode: 0, errmsg: 'ok', access_token: token.value, expires_in: expiresIn }) };
     },
-    'cgi-bin/get_jsapi_ticket': (call) => ticket(authorize(call), 'jsapi', call.t),
+    'cgi-bin/get_jsapi_ticket': (call) => ticket(authorize(call, 'work'), 'jsapi', call.t),
     'cgi-bin/ticket/get': (call) => {
-      const state = authorize(call);
+      const state = authorize(call, 'work');
       if (call.query.get('type') !== 'agent_config') throw new WeChatError(40097);
       return ticket(state, 'agent_config', call.t);
     },
     'cgi-bin/message/send': (call) => {
       requirePost(call);
-      const state = authorize(call);
+      const state = authorize(call, 'work');
       const message = call.json ?? {};
       if (typeof message.msgtype !== 'string') throw new WeChatError(47001);
       if (!message.touser && !message.toparty && !message.totag) throw new WeChatError(40003);
@@ -160,11 +166,11 @@ export function createRoutes(model: WeChatModel): Record<string, Handler> {
       return { json: JSON.stringify({ openid, session_key: randomBytes(16).toString('base64') }) };
     },
     'cgi-bin/get_api_domain_ip': (call) => {
-      authorize(call);
+      authorize(call, 'both');
       return { json: JSON.stringify({ ip_list: ['101.226.103.0/25', '101.226.233.128/25', '58.247.206.128/25', '223.166.222.0/25'] }) };
     },
     'cgi-bin/getcallbackip': (call) => {
-      authorize(call);
+      authorize(call, 'both');
       return { json: JSON.stringify({ ip_list: ['101.226.103.0/25', '101.226.62.77', '101.226.62.78', '101.226.62.79'] }) };
     },
   };

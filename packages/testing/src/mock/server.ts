@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { FaultQueue, faultFromJson, send, type MockFault } from './faults.js';
+import { FaultQueue, WECHAT_JSON, faultFromJson, send, type MockFault } from './faults.js';
 import {
   WeChatError,
   WeChatModel,
@@ -130,7 +130,17 @@ const DEFAULTS = Object.freeze({
   tokenTtlSeconds: 7200,
   ticketTtlSeconds: 7200,
   latencyMs: 0,
-  quotas: Object.freeze({ token: 2000, stableToken: 500_000, stableTokenPerMinute: 10_000, forceRefresh: 20, ticket: 100_000 }),
+  quotas: Object.freeze({
+    token: 2000,
+    stableToken: 500_000,
+    stableTokenPerMinute: 10_000,
+    forceRefresh: 20,
+    ticket: 100_000,
+    workTicketPerHour: 100,
+    workCorpTicketPerHour: 400,
+    workTokenPerMinute: 10_000,
+    workTokenPerHour: 150_000,
+  }),
 });
 
 /** A JSON object body, or undefined for anything else (a form body, an array, nothing). */
@@ -325,11 +335,11 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
       try {
         const answer = route(call);
         if ('image' in answer) send(res, 200, answer.image, 'image/png');
-        else send(res, 200, answer.json);
+        else send(res, 200, answer.json, WECHAT_JSON);
       } catch (error) {
         if (!(error instanceof WeChatError)) throw error;
         countErrcode(owner, error.errcode);
-        send(res, 200, errorBody(error.errcode, error.errmsg));
+        send(res, 200, errorBody(error.errcode, error.errmsg), WECHAT_JSON);
       }
     };
     if (latencyMs > 0) later(latencyMs, respond);
@@ -387,6 +397,7 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
       };
       const id = `${app.corpId}:${app.agentId}`;
       addApp({ appId: id, secret: app.secret });
+      stateOf(id).corpId = app.corpId;
       corps.set(app.corpId, [...(corps.get(app.corpId) ?? []), stateOf(id)]);
       return app;
     },
