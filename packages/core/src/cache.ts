@@ -79,6 +79,14 @@ export interface TokenCache {
    * that cannot be watched) throws, and the waiter polls at the faster pace.
    */
   watch?(key: string, onChange: () => void): () => void;
+  /**
+   * The name of the part of the store that holds `key`, for a store spread over servers that fail one at
+   * a time (MemcachedCache with several servers): a failed call then takes only that part for down, and
+   * the entries held by the others are shared as before. An entry's companions (`{key}:lock`, `:failed`,
+   * `:refetch`, `:forced`, `{key}:wxkit` and its own) must be in its entry's part. A store that fails as a
+   * whole leaves it out.
+   */
+  partition?(key: string): string;
   /** Releases what the adapter opened itself. Later calls reject with a CacheError. */
   close?(): Promise<void>;
 }

@@ -134,7 +134,20 @@ class StoreHealth {
   }
 }
 
-const healths = new WeakMap<TokenCache, StoreHealth>();
+/** The health of each store in this process: of the whole, or of each part for a store that names them (TokenCache.partition). */
+const healths = new WeakMap<TokenCache, StoreHealth | Map<string, StoreHealth>>();
+
+/** The part of `cache` that holds `key`, or undefined for a store that fails as a whole (or whose partition() throws). */
+function partitionOf(cache: TokenCache, key: string): string | undefined {
+  const partition = cache.partition;
+  if (typeof partition !== 'function') return undefined;
+  try {
+    const part: unknown = partition.call(cache, key);
+    return typeof part === 'string' ? part : undefined;
+  } catch {
+    return undefined;
+  }
+}
 
 /**
  * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
@@ -147,7 +160,10 @@ export class GuardedStore {
   readonly #log: Log;
   readonly #appId: string;
   readonly #redact: (key: string) => string;
+  /** The health of the whole store, or of the part that holds the keys of calls without a partition. */
   readonly #health: StoreHealth;
+  /** The parts of a partitioned store this client has used, by name (see TokenCache.partition). */
+  #parts: Map<string, StoreHealth> | undefined;
   // Made on first need: most clients never see an outage, and 10,000 of them need not hold empty sets.
   #recoveryListeners: Set<() => void> | undefined;
 
@@ -157,10 +173,34 @@ export class GuardedStore {
     this.#timeoutMs = timeoutMs;
     this.#log = log;
     this.#appId = appId;
-    let health = healths.get(cache);
-    if (!health) healths.set(cache, (health = new StoreHealth()));
-    this.#health = health;
-    health.join(this);
+    this.#health = this.#partHealth('');
+  }
+
+  /** The shared health of part `name` of this store ('' for the whole, or a partitioned store's keys without a part), joined. */
+  #partHealth(name: string): StoreHealth {
+    let found = healths.get(this.cache);
+    if (!found) healths.set(this.cache, (found = typeof this.cache.partition === 'function' ? new Map() : new StoreHealth()));
+    let health: StoreHealth;
+    if (found instanceof StoreHealth) health = found;
+    else {
+      const known = found.get(name);
+      if (!known) found.set(name, (health = new StoreHealth()));
+      else health = known;
+    }
+    if (!health.has(this)) health.join(this);
+    return health;
+  }
+
+  /** The health of the part that holds `key`: the whole store's unless the store names its parts. */
+  #healthOf(key: string): StoreHealth {
+    const name = partitionOf(this.cache, key);
+    if (name === undefined || name === '') return this.#health;
+    let health = this.#parts?.get(name);
+    if (health === undefined || !health.has(this)) {
+      health = this.#partHealth(name);
+      (this.#parts ??= new Map()).set(name, health);
+    }
+    return health;
   }
 
   /** The deadline of one call, in ms. */
@@ -174,8 +214,25 @@ export class GuardedStore {
    * StoreHealth.refused), whoever saw the outage begin.
    */
   get down(): boolean {
-    if (!this.#health.down) return false;
-    this.#health.refused(this);
+    let down = this.#health.down;
+    if (down) this.#health.refused(this);
+    for (const part of this.#parts?.values() ?? []) {
+      if (!part.down) continue;
+      part.refused(this);
+      down = true;
+    }
+    return down;
+  }
+
+  /**
+   * Whether the part of the store that holds `key` is taken for down (see TokenCache.partition): for a
+   * store that fails as a whole, {@link down}. A client that asks keeps a probe of that part due.
+   */
+  downFor(key: string): boolean {
+    const health = this.#healthOf(key);
+    if (health === this.#health && this.#parts === undefined) return this.down;
+    if (!health.down) return false;
+    health.refused(this);
     return true;
   }
 
@@ -194,6 +251,8 @@ export class GuardedStore {
   /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
     this.#health.leave(this);
+    for (const part of this.#parts?.values() ?? []) part.leave(this);
+    this.#parts = undefined;
     this.#recoveryListeners = undefined;
   }
 
@@ -348,10 +407,11 @@ export class GuardedStore {
         { reason: 'value' },
       );
     }
-    if (this.#health.down && !insist) {
+    const health = this.#healthOf(key);
+    if (health.down && !insist) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);
-      this.#health.refused(this);
+      health.refused(this);
       return refused;
     }
     return undefined;
@@ -359,17 +419,18 @@ export class GuardedStore {
 
   /** @internal Sends a call whatever the breaker says: the probe, and calls made before it opened. */
   async send<T>(op: string, key: string, run: () => Promise<T>): Promise<T> {
+    const health = this.#healthOf(key);
     try {
       const result = await this.#bounded(op, run);
-      if (this.#health.down) this.#health.recovered(op);
+      if (health.down) health.recovered(op);
       return result;
     } catch (error) {
       // A key holding another kind of value is an answer about that key, not an outage: the store is up
       // for every other key (and back up, if it was taken for down).
       if ((error as CacheError).reason === 'type') {
-        if (this.#health.down) this.#health.recovered(op);
+        if (health.down) health.recovered(op);
       } else {
-        this.#health.failed(this, op, key, error as CacheError);
+        health.failed(this, op, key, error as CacheError);
       }
       throw error;
     }

@@ -42,6 +42,8 @@ interface MemjsClient {
   servers: MemjsServer[];
   perform(key: string, request: Buffer, seq: number, callback: (error: Error | null, response?: MemjsResponse) => void, retries: number): void;
   server(key: string): MemjsServer | undefined;
+  /** The index in `servers` of the server a key is placed on (the key's hash modulo their number). */
+  getServer(key: string): number;
   incrSeq(): void;
   seq: number;
 }
@@ -73,6 +75,8 @@ const STATUS_EXISTS = 2;
  */
 export class MemcachedCache implements TokenCache {
   readonly #client: MemjsClient;
+  /** `host:port` of each server, in the order given. */
+  readonly #servers: readonly string[];
   readonly #closeSockets: (reason: Error) => Promise<void>;
   readonly #where: string;
   readonly #timeoutMs: number;
@@ -103,7 +107,18 @@ export class MemcachedCache implements TokenCache {
     } as never);
     store.on('error', () => undefined);
     this.#client = store.client as unknown as MemjsClient;
+    this.#servers = servers;
     this.#closeSockets = ownSockets(this.#client.servers);
+  }
+
+  /**
+   * The server that holds `key` and its companions (`host:port`), so that the token protocol takes only
+   * that server for down when a call there fails: the entries on the others are shared as before. With
+   * one server, '' (the store fails as a whole).
+   */
+  partition(key: string): string {
+    if (this.#servers.length < 2) return '';
+    return this.#servers[this.#client.getServer(wireKey(placement(key)))] ?? '';
   }
 
   get(key: string): Promise<string | undefined> {

@@ -23,7 +23,7 @@ const built = new URL('../dist/index.js', import.meta.url).href;
 describeTokenCache('MemcachedCache', {
   create: () => new MemcachedCache(conformance.url),
   shared: () => ({ module: built, export: 'MemcachedCache', args: [conformance.url] }),
-  supports: { add: true, deleteIfEquals: true, compareAndSet: true },
+  supports: { add: true, deleteIfEquals: true, compareAndSet: true, partition: true },
   outage: { stop: () => conformance.stop(), start: () => conformance.start() },
   rawBytes: (key) => memcachedGetBytes(conformance.port, key),
   // memcached counts TTLs in whole seconds; an entry lives up to 2 s past its TTL (MemcachedCache adds them, for memcached's clock), and memcached sees it go at its next tick.

@@ -26,9 +26,10 @@ export interface DescribeTokenCacheOptions {
    * `ttlMs`: the optional remaining-life query.
    * `compareAndSet`: the optional atomic replace-if-equal.
    * `watch`: the optional write notifications (a waiter wakes on another's write instead of polling).
-   * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false, watch: false }
+   * `partition`: the optional naming of the part (server) that holds a key, for stores that fail a part at a time.
+   * @default { add: true, deleteIfEquals: true, compareAndSet: false, ttl: true, ttlMs: false, watch: false, partition: false }
    */
-  supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean; watch?: boolean };
+  supports?: { add?: boolean; deleteIfEquals?: boolean; compareAndSet?: boolean; ttl?: boolean; ttlMs?: boolean; watch?: boolean; partition?: boolean };
   /**
    * Stops and restarts the store's server, for the check that a store which is down rejects every
    * call (a miss would send every process to WeChat) and works again once it is back. Omit for stores
@@ -68,6 +69,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   const supportsTtlMs = options.supports?.ttlMs ?? false;
   const supportsCompareAndSet = options.supports?.compareAndSet ?? false;
   const supportsWatch = options.supports?.watch ?? false;
+  const supportsPartition = options.supports?.partition ?? false;
   const textStore = options.textStore ?? false;
 
   const key = (label: string) => `wxkit-test:${randomBytes(6).toString('hex')}:${label}`;
@@ -81,13 +83,14 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
   }
 
   describe(`TokenCache conformance: ${name}`, () => {
-    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, compareAndSet: ${supportsCompareAndSet}, ttlMs: ${supportsTtlMs}, watch: ${supportsWatch})`, () =>
+    it(`has the declared operations (add: ${supportsAdd}, deleteIfEquals: ${supportsDeleteIfEquals}, compareAndSet: ${supportsCompareAndSet}, ttlMs: ${supportsTtlMs}, watch: ${supportsWatch}, partition: ${supportsPartition})`, () =>
       withCache(async (cache) => {
         expect(typeof cache.add === 'function').toBe(supportsAdd);
         expect(typeof cache.deleteIfEquals === 'function').toBe(supportsDeleteIfEquals);
         expect(typeof cache.compareAndSet === 'function').toBe(supportsCompareAndSet);
         expect(typeof cache.ttlMs === 'function').toBe(supportsTtlMs);
         expect(typeof cache.watch === 'function').toBe(supportsWatch);
+        expect(typeof cache.partition === 'function').toBe(supportsPartition);
       }));
 
     it('get of a missing key resolves undefined', () =>
@@ -503,6 +506,17 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         expect(left).toBeGreaterThan(55_000);
         expect(left).toBeLessThanOrEqual(60_000);
         expect(await cache.ttlMs!(key('ttl-ms-missing'))).toBeUndefined();
+      }));
+
+    it.skipIf(!supportsPartition)('partition() names a part for each key, the same for an entry and each of its companions', () =>
+      withCache(async (cache) => {
+        for (const entry of [key('part'), `${key('part')}-other`, key('access_token:wx0123456789abcdef')]) {
+          const part = cache.partition!(entry);
+          expect(typeof part).toBe('string');
+          for (const companion of [':lock', ':failed', ':refetch', ':forced', ':wxkit', ':wxkit:lock', ':wxkit:failed']) {
+            expect(cache.partition!(`${entry}${companion}`), `${entry}${companion}`).toBe(part);
+          }
+        }
       }));
 
     it.skipIf(!options.outage)('while the server is down every call rejects with ERR_WXKIT_CACHE, never a miss; once it is back the same client works', async () => {

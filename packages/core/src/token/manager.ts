@@ -149,7 +149,7 @@ export class TokenManager {
     }
     // The store is down and this process holds a token that is still good: serve it, without a read or
     // a fetch (a probe in the background notices when the store answers again).
-    const usable = this.#ctx.tiers.shared.down ? this.#memo.usable(now) : undefined;
+    const usable = this.#ctx.tiers.shared.downFor(this.#ctx.key) ? this.#memo.usable(now) : undefined;
     if (usable !== undefined) return Promise.resolve(usable);
     return this.#current(signal);
   }
@@ -252,7 +252,7 @@ export class TokenManager {
       return held;
     }
     const generation = this.#generation;
-    const tier = this.#ctx.tiers.current();
+    const tier = this.#ctx.tiers.current(this.#ctx.key);
     let answered = true;
     try {
       const read = await abortable(handled(this.#ctx.entries.read(tier.entries, (value) => this.isRejected(value))), signal);
@@ -337,7 +337,7 @@ export class TokenManager {
   async #resolve(generation: number, unwanted: Ending): Promise<string> {
     this.#onFirstUse?.();
     const ctx = this.#ctx;
-    const tier = ctx.tiers.current();
+    const tier = ctx.tiers.current(ctx.key);
     const usable = () => {
       const held = this.#memo.usable(ctx.settings.now());
       return held !== undefined && !this.isRejected(held) ? held : undefined;

@@ -172,7 +172,7 @@ export class RefreshLock {
   async cleanUp(): Promise<void> {
     if (!this.#lost) return;
     for (const [owner, store] of [...this.#lost]) {
-      if (store.down) continue;
+      if (store.downFor(this.key)) continue;
       try {
         const deleted = await store.deleteIfEquals(this.key, owner);
         this.#lost?.delete(owner);

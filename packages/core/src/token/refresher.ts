@@ -297,7 +297,7 @@ export function awaitNewEntry(
   ended: Ending = ctx.closed,
 ): Promise<Refreshed | undefined> {
   const look = async (): Promise<Refreshed | undefined> => {
-    const tier = ctx.tiers.current();
+    const tier = ctx.tiers.current(ctx.key);
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };

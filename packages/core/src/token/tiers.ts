@@ -45,13 +45,18 @@ export class StoreTiers {
     return this.#stores.store;
   }
 
-  current(): Tier {
+  /**
+   * Where the entry of `key` lives now. `key`: the entry's key, for a store whose parts fail one at a
+   * time (TokenCache.partition): only the part that holds it counts; left out, the whole store does.
+   */
+  current(key?: string): Tier {
     const shared = this.#stores.store;
+    const sharedDown = key === undefined ? shared.down : shared.downFor(key);
     // The usual case needs nothing of the host's directory: no handle on it is made until it does.
-    if (!shared.down && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
+    if (!sharedDown && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#stores.hostStore();
     const hostUp = host !== undefined && !host.down ? host : undefined;
-    if (!shared.down) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#stores.processStore()) };
+    if (!sharedDown) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#stores.processStore()) };
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
     const local = this.#stores.processStore();
     return { name: 'process', entries: local, lock: local };

@@ -215,7 +215,7 @@ export class LockedFetchRefresher implements Refresher {
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
     for (let round = 1; ; round += 1) {
       const prepared = await this.#prepare(request);
-      const tier = this.#ctx.tiers.current();
+      const tier = this.#ctx.tiers.current(this.#ctx.key);
       const progress: Progress = { asked: false };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
@@ -231,7 +231,7 @@ export class LockedFetchRefresher implements Refresher {
         }
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
-        if (!last && error instanceof CacheError && this.#ctx.tiers.current().name !== tier.name) continue;
+        if (!last && error instanceof CacheError && this.#ctx.tiers.current(this.#ctx.key).name !== tier.name) continue;
         // Another process of this host fetched while the store is down: take its token.
         if (!last && error instanceof SlotTaken) continue;
         if (error instanceof SlotTaken) {
@@ -273,7 +273,7 @@ export class LockedFetchRefresher implements Refresher {
     if (this.#dropsEntries && value === this.#written) accepted = false;
     this.#lastReport = { at: started, accepted };
     if (accepted) this.#refetchPause = undefined;
-    const tier = ctx.tiers.current();
+    const tier = ctx.tiers.current(ctx.key);
     // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
     // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
     // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
@@ -672,7 +672,7 @@ export class LockedFetchRefresher implements Refresher {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
       // The store failed as the value came back: keep it where the processes of this host can see it.
-      const fallback = ctx.tiers.current();
+      const fallback = ctx.tiers.current(ctx.key);
       if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, write).catch(() => outcome);
     }
     // Only while the lease holds: a holder past it may no longer know what the store holds.
