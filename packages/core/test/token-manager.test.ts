@@ -437,6 +437,87 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.close();
   });
 
+  it('a call that comes to the wait as every earlier one gave up waits on its own: it resends with the peer\'s token written meanwhile', async () => {
+    // Two calls fail with the token their shared fetch brought: the resend that leaves second (the 4th
+    // send) is held until the call whose resend came back first has waited, and given up.
+    const agent = new Agent();
+    let sends = 0;
+    let heldCall: number | undefined;
+    let releaseSend!: () => void;
+    const sendReleased = new Promise<void>((resolve) => (releaseSend = resolve));
+    const dispatch = agent.dispatch.bind(agent);
+    agent.dispatch = (options, handler) => {
+      if (String(options.path).includes('/message/template/send') && ++sends === 4) {
+        heldCall = String(options.body).includes('"touser":"o1"') ? 0 : 1;
+        void sendReleased.then(() => dispatch(options, handler));
+        return true;
+      }
+      return dispatch(options, handler);
+    };
+    const cache = new MemoryCache();
+    const { app, appId } = newApp(mock, { tokenEndpoint: 'classic', cache, dispatcher: agent });
+    const key = app.accessToken.cacheKey;
+    await supersededByPeer(app, cache, appId);
+    const peerWrites = new Set<string>();
+    for (const method of ['add', 'compareAndSet', 'set'] as const) {
+      const write = (cache[method] as (...args: unknown[]) => Promise<unknown>).bind(cache);
+      (cache as unknown as Record<string, unknown>)[method] = async (...args: unknown[]) => {
+        const done = await write(...args);
+        if (args[0] === key && !peerWrites.has(String(args[1]))) mock.invalidateTokens(appId);
+        return done;
+      };
+    }
+    const controllers = [new AbortController(), new AbortController()];
+    const reason = new Error('gave up');
+    // Once the first call waits, the wait's first look is held, and that call gives up meanwhile. The
+    // other call's read before it waits lets the peer write, and the held look answers what it read before.
+    let holdLook = false;
+    let lookHeld: ((raw: string | undefined) => void) | undefined;
+    let readsAfter = 0;
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      if (k !== key) return get(k);
+      if (holdLook) {
+        holdLook = false;
+        return new Promise<string | undefined>((resolve) => (lookHeld = resolve));
+      }
+      const raw = await get(k);
+      if (lookHeld && ++readsAfter === 1) {
+        setImmediate(() => {
+          const written = entry(mock.issueClassicToken(appId));
+          peerWrites.add(written);
+          void cache.set(key, written, 6900).then(() => lookHeld!(undefined));
+        });
+      }
+      return raw;
+    };
+    const watch = cache.watch.bind(cache);
+    let waiting: AbortController | undefined;
+    let armed!: () => void;
+    const waits = new Promise<void>((resolve) => (armed = resolve));
+    cache.watch = (k, onChange) => {
+      const stop = watch(k, onChange);
+      if (!waiting && mock.counters(appId).rejectedCalls === 3) {
+        waiting = controllers[heldCall === 0 ? 1 : 0]!;
+        holdLook = true;
+        setImmediate(() => {
+          waiting!.abort(reason);
+          armed();
+        });
+      }
+      return stop;
+    };
+    const calls = controllers.map((controller, i) => app.templateMessage.send({ touser: `o${i + 1}`, template_id: 'T', data: {} }, { signal: controller.signal }));
+    await waits;
+    expect(heldCall).toBeDefined();
+    const [gaveUp, late] = controllers[0] === waiting ? calls : [calls[1]!, calls[0]!];
+    expect(await rejection(gaveUp!)).toBe(reason);
+    releaseSend();
+    await late;
+    expect(mock.counters(appId)).toMatchObject({ rejectedCalls: 4, classicTokenRequests: 1 });
+    await app.close();
+  });
+
   it('the lock\'s holder waits for the peer\'s write and the call resends with it: no fetch, which would supersede the peer\'s token', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
     const { peer } = await supersededByPeer(app, cache, appId);

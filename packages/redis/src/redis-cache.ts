@@ -295,6 +295,31 @@ export class RedisCache implements TokenCache {
     // unseen, telling of nothing. Ours goes to the primary the Sentinel names, as its primary's clients
     // do, and is made anew once the Sentinel names another (a caller's Sentinel client subscribes itself).
     const toPrimary = primaryClientOf(client);
+    // Followed from before the primary is asked for: a failover while the subscriber opens is not missed.
+    const events = client as unknown as Pick<EventEmitter, 'on' | 'off'>;
+    let moved = false;
+    const onTopology = (event: { type?: string }) => {
+      if (event?.type !== 'MASTER_CHANGE') return;
+      moved = true;
+      this.#dropSubscriber(client);
+    };
+    const unfollow = () => events.off('topology-change', onTopology);
+    if (toPrimary) events.on('topology-change', onTopology);
+    try {
+      const live = await this.#openSubscriberOn(client, toPrimary, () => moved);
+      // A failover from now on: the subscriber on the old primary goes, and one on the new primary is made.
+      return toPrimary ? { ...live, unfollow } : live;
+    } catch (error) {
+      unfollow();
+      throw error;
+    }
+  }
+
+  async #openSubscriberOn(
+    client: RedisClientLike,
+    toPrimary: ReturnType<typeof primaryClientOf>,
+    moved: () => boolean,
+  ): Promise<{ subscriber: Subscriber; parent: RedisClientLike }> {
     const primary = toPrimary && (await within(primaryOf(client), this.#connectTimeoutMs, 'no primary named in time'));
     if (this.#closed) throw new Error('closed');
     const duplicate = (client as unknown as { duplicate?: () => Subscriber }).duplicate;
@@ -329,14 +354,12 @@ export class RedisCache implements TokenCache {
       if (this.#live?.subscriber === subscriber && !this.#closed) this.#notifyAll();
     });
     this.#keyspace = await keyspacePrefix(client, this.#connectTimeoutMs);
-    if (!toPrimary) return { subscriber, parent: client };
-    // A failover: the subscriber on the old primary goes, and one on the new primary is made.
-    const events = client as unknown as Pick<EventEmitter, 'on' | 'off'>;
-    const onTopology = (event: { type?: string }) => {
-      if (event?.type === 'MASTER_CHANGE') this.#dropSubscriber(client);
-    };
-    events.on('topology-change', onTopology);
-    return { subscriber, parent: client, unfollow: () => events.off('topology-change', onTopology) };
+    // Closed, or (Sentinel) the primary changed while this one opened: it may be on the old primary.
+    if (this.#closed || moved()) {
+      await endQuietly(subscriber);
+      throw new Error(this.#closed ? 'closed' : 'the primary changed while the subscriber opened');
+    }
+    return { subscriber, parent: client };
   }
 
   /** Subscribes to (or leaves) the keyspace channel of `key`, when the server sends keyspace notifications. */

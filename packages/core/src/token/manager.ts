@@ -288,6 +288,8 @@ export class TokenManager {
   async #awaitNewer(failed: string, signal: AbortSignal | undefined): Promise<string | undefined> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
     if (this.#waitedInVain === failed) return undefined;
+    // A caller that gave up already joins nothing (a wait made for it would never end and leave its entry).
+    if (signal?.aborted) throw signal.reason;
     const waits = (this.#newer ??= new Map<string, SingleFlight<string | undefined>>());
     let flight = waits.get(failed);
     if (!flight) waits.set(failed, (flight = new SingleFlight()));
@@ -300,8 +302,10 @@ export class TokenManager {
         awaitNewEntry(this.#ctx, NEWER_WAIT_MS, failed, true, POLL_PACE, either(unwanted, this.#ctx.closed))
           .then((entry) => {
             if (entry) return this.#remember(entry, generation);
-            // Cut short, it did not wait in vain: a later call with the same value waits again.
-            if (!unwanted.aborted && !this.#ctx.closed.aborted) this.#waitedInVain = failed;
+            // Cut short, it did not wait in vain: a call that came meanwhile (every caller before it had
+            // given up) waits on its own, and so does a later call with the same value.
+            if (unwanted.aborted && !this.#ctx.closed.aborted) throw new CutShort();
+            if (!this.#ctx.closed.aborted) this.#waitedInVain = failed;
             return undefined;
           })
           .finally(() => {
@@ -356,8 +360,11 @@ export class TokenManager {
       // Another program's entry that cannot be read is never replaced: the token this process fetched
       // serves until it nears its expiry, rather than a fetch on every read. So does a token this process
       // wrote that the store dropped: another fetch would end it (classic endpoint), and be dropped too.
+      // Only while its TTL should still keep it there: past that, the store ended it as it was asked to.
       const held = usable();
-      if (held !== undefined && (read.foreign || (tier.name === 'shared' && read.absent === true && this.#refresher.dropped?.(held) === true))) return held;
+      const staleAt = this.#memo.staleAt;
+      const kept = staleAt !== undefined && ctx.settings.now() < staleAt;
+      if (held !== undefined && (read.foreign || (tier.name === 'shared' && read.absent === true && kept && this.#refresher.dropped?.(held) === true))) return held;
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       // The store just failed: a token this process holds is still good, or the refresh falls back.
@@ -453,3 +460,6 @@ export class TokenManager {
     this.#ahead.consider(value, staleAt, entry?.fetchedAt === undefined ? undefined : entry.fetchedAt * 1000, now);
   }
 }
+
+/** A wait for a newer value that every caller gave up on: one that joined as it ended starts its own. */
+class CutShort extends Error {}

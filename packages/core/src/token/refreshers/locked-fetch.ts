@@ -150,7 +150,8 @@ export class LockedFetchRefresher implements Refresher {
    * acknowledges the entry's write and drops it (an eviction under maxmemory, a replica that lags) shows
    * none to anyone: each process would fetch on each read, and on the classic endpoint each fetch ends
    * the token of another process, which fetches again on its 40001. The first time this process's own
-   * token is gone, it takes it for a deletion (`wxkit token clear`, a peer's after a 40001) and fetches;
+   * token is gone, it takes it for a deletion (`wxkit token clear`, a peer's after a 40001) and fetches,
+   * reading the entry back once written (shown, the store holds its writes: see #readBack());
    * if the token it wrote then is gone too, the store drops its writes: this process serves its token
    * from memory while the store shows none, until WeChat rejects it (its refetch is spaced: see
    * invalidate()) or it nears its expiry. Any entry the store shows ends that (stored()).
@@ -170,6 +171,13 @@ export class LockedFetchRefresher implements Refresher {
   stored(): void {
     this.#vanished = undefined;
     this.#dropsEntries = false;
+  }
+
+  /** Takes the store for one that holds the entry's writes when it shows `value`, just written (see dropped()). */
+  async #readBack(value: string): Promise<void> {
+    const ctx = this.#ctx;
+    const read = await ctx.entries.read(ctx.tiers.shared, (held) => ctx.rejected(held)).catch(() => undefined);
+    if (read?.kind === 'hit' && read.entry.value === value) this.stored();
   }
 
   /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
@@ -219,7 +227,12 @@ export class LockedFetchRefresher implements Refresher {
       const progress: Progress = { asked: false };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
-        if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) this.#written = refreshed.entry.value;
+        if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) {
+          this.#written = refreshed.entry.value;
+          // Fetched after a token of this process's went missing: read back once. A store that shows it
+          // holds what is written to it, and the token was deleted (`wxkit token clear`), not dropped.
+          if (this.#vanished !== undefined && !this.#dropsEntries) await this.#readBack(refreshed.entry.value);
+        }
         return refreshed;
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
