@@ -35,6 +35,10 @@ class StoreHealth {
   #probeDelayMs = PROBE_MIN_MS;
   #probeTimer: NodeJS.Timeout | undefined;
   #probeKey = '';
+  /** The outage under way: its first failure, and the loggers that have its line. */
+  // Its loggers held weakly: a client collected during the outage takes its logger with it.
+  // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
+  #outage: { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object> } | undefined;
 
   join(user: GuardedStore): void {
     const ref = new WeakRef(user);
@@ -78,7 +82,8 @@ class StoreHealth {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
       const users = this.users();
-      this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line));
+      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet() };
+      this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line), this.#outage.sinks);
     }
     this.#scheduleProbe(user);
   }
@@ -87,9 +92,10 @@ class StoreHealth {
     clearTimeout(this.#probeTimer);
     this.#probeTimer = undefined;
     this.down = false;
+    this.#outage = undefined;
     this.#probeDelayMs = PROBE_MIN_MS;
     const users = this.users();
-    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line));
+    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line, this));
   }
 
   /**
@@ -97,16 +103,29 @@ class StoreHealth {
    * per logger, through `first` where it is one: 10,000 clients on one store and one logger make one
    * line per outage, not 10,000.
    */
-  #report(users: readonly GuardedStore[], first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void): void {
-    const written = new Set<unknown>();
+  #report(users: readonly GuardedStore[], first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void, written: WeakSet<object> = new WeakSet()): void {
     const line = (each: GuardedStore) => {
-      const sink = each.logSink;
+      const sink = each.logSink as object | undefined;
       if (sink === undefined || written.has(sink)) return false;
       written.add(sink);
       return true;
     };
     if (first !== undefined && this.has(first)) tell(first, line(first));
     for (const each of users) if (each !== first) tell(each, line(each));
+  }
+
+  /**
+   * `user` joined while the store is taken for down (the first call of a client to this part of a
+   * partitioned store): it hears of the outage as those that saw it begin did, and its logger gets the
+   * line if it has not yet.
+   */
+  joinedDuringOutage(user: GuardedStore): void {
+    const outage = this.#outage;
+    if (!this.down || outage === undefined || !this.has(user)) return;
+    const sink = user.logSink as object | undefined;
+    const line = sink !== undefined && !outage.sinks.has(sink);
+    if (line) outage.sinks.add(sink);
+    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), this.users().length, line);
   }
 
   /**
@@ -161,11 +180,14 @@ export class GuardedStore {
   readonly #appId: string;
   readonly #redact: (key: string) => string;
   /** The health of the whole store, or of the part that holds the keys of calls without a partition. */
-  readonly #health: StoreHealth;
+  #whole: StoreHealth | undefined;
   /** The parts of a partitioned store this client has used, by name (see TokenCache.partition). */
   #parts: Map<string, StoreHealth> | undefined;
   // Made on first need: most clients never see an outage, and 10,000 of them need not hold empty sets.
-  #recoveryListeners: Set<() => void> | undefined;
+  // Each listener with the part it waits for (undefined: any).
+  #recoveryListeners: Map<() => void, StoreHealth | undefined> | undefined;
+  /** dispose() was called: a later call joins no part (nor probes it, nor hears of it). */
+  #disposed = false;
 
   constructor(cache: TokenCache, timeoutMs: number, log: Log, appId: string, redact: (key: string) => string = sameKey) {
     this.cache = cache;
@@ -173,11 +195,13 @@ export class GuardedStore {
     this.#timeoutMs = timeoutMs;
     this.#log = log;
     this.#appId = appId;
-    this.#health = this.#partHealth('');
+    // A partitioned store's clients join its parts as they use them, and the whole only if some key of
+    // theirs names no part: 10,000 clients on three servers hold one or two joins each, not three.
+    if (typeof cache.partition !== 'function') this.#whole = this.#partHealth('');
   }
 
   /** The shared health of part `name` of this store ('' for the whole, or a partitioned store's keys without a part), joined. */
-  #partHealth(name: string): StoreHealth {
+  #partHealth(name: string, join = true): StoreHealth {
     let found = healths.get(this.cache);
     if (!found) healths.set(this.cache, (found = typeof this.cache.partition === 'function' ? new Map() : new StoreHealth()));
     let health: StoreHealth;
@@ -187,18 +211,26 @@ export class GuardedStore {
       if (!known) found.set(name, (health = new StoreHealth()));
       else health = known;
     }
-    if (!health.has(this)) health.join(this);
+    if (join && !health.has(this)) health.join(this);
     return health;
+  }
+
+  /** The health of the whole store (or of a partitioned store's keys that name no part), joined on first need. */
+  get #health(): StoreHealth {
+    if (this.#whole === undefined || (!this.#disposed && !this.#whole.has(this))) this.#whole = this.#partHealth('', !this.#disposed);
+    return this.#whole;
   }
 
   /** The health of the part that holds `key`: the whole store's unless the store names its parts. */
   #healthOf(key: string): StoreHealth {
     const name = partitionOf(this.cache, key);
     if (name === undefined || name === '') return this.#health;
+    if (this.#disposed) return this.#partHealth(name, false);
     let health = this.#parts?.get(name);
     if (health === undefined || !health.has(this)) {
       health = this.#partHealth(name);
       (this.#parts ??= new Map()).set(name, health);
+      health.joinedDuringOutage(this);
     }
     return health;
   }
@@ -214,8 +246,9 @@ export class GuardedStore {
    * StoreHealth.refused), whoever saw the outage begin.
    */
   get down(): boolean {
-    let down = this.#health.down;
-    if (down) this.#health.refused(this);
+    const whole = this.#whole;
+    let down = whole?.down ?? false;
+    if (down) whole!.refused(this);
     for (const part of this.#parts?.values() ?? []) {
       if (!part.down) continue;
       part.refused(this);
@@ -230,7 +263,7 @@ export class GuardedStore {
    */
   downFor(key: string): boolean {
     const health = this.#healthOf(key);
-    if (health === this.#health && this.#parts === undefined) return this.down;
+    if (health === this.#whole && this.#parts === undefined) return this.down;
     if (!health.down) return false;
     health.refused(this);
     return true;
@@ -250,15 +283,19 @@ export class GuardedStore {
 
   /** This client is done with the store: it no longer probes it or hears of it. */
   dispose(): void {
-    this.#health.leave(this);
+    this.#disposed = true;
+    this.#whole?.leave(this);
     for (const part of this.#parts?.values() ?? []) part.leave(this);
     this.#parts = undefined;
     this.#recoveryListeners = undefined;
   }
 
-  /** Calls `listener` once, the next time the store answers after an outage. */
-  onRecovered(listener: () => void): void {
-    (this.#recoveryListeners ??= new Set()).add(listener);
+  /**
+   * Calls `listener` once, the next time the store answers after an outage: with `key`, the next time
+   * the part of the store that holds it does (see TokenCache.partition).
+   */
+  onRecovered(listener: () => void, key?: string): void {
+    (this.#recoveryListeners ??= new Map()).set(listener, key === undefined ? undefined : this.#healthOf(key));
   }
 
   /**
@@ -553,13 +590,18 @@ export class GuardedStore {
   }
 
   /** @internal The store answers again: this client's event and recovery listeners, and one line per logger. */
-  reportRecovered(op: string, clients = 1, line = true): void {
+  reportRecovered(op: string, clients = 1, line = true, health?: StoreHealth): void {
     const fields = { event: 'cache.recovered', appId: this.#appId, op, clients };
     const message = 'The token store answers again; sharing tokens through it once more';
     if (line) this.#log.info(fields, message);
     else this.#log.event('info', fields, message);
-    const listeners = [...(this.#recoveryListeners ?? [])];
-    this.#recoveryListeners = undefined;
+    const listeners: (() => void)[] = [];
+    for (const [listener, part] of this.#recoveryListeners ?? []) {
+      if (part !== undefined && health !== undefined && part !== health) continue;
+      listeners.push(listener);
+      this.#recoveryListeners!.delete(listener);
+    }
+    if (this.#recoveryListeners?.size === 0) this.#recoveryListeners = undefined;
     for (const listener of listeners) {
       try {
         listener();

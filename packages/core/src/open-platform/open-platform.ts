@@ -1011,12 +1011,12 @@ export class OpenPlatform {
     };
     // A store not taken for down (it answered another client meanwhile, or failed in a way that is no
     // outage) has no recovery to wait for: tried again after a pause, 1 s doubling up to a minute.
-    if (!this.#durable.down) {
+    if (!this.#durable.downFor(unsaved.held.key)) {
       const tries = (unsaved.tries = (unsaved.tries ?? 0) + 1);
       setTimeout(save, Math.min(1_000 * 2 ** (tries - 1), 60_000)).unref?.();
       return;
     }
-    this.#durable.onRecovered(save);
+    this.#durable.onRecovered(save, unsaved.held.key);
   }
 
   /**

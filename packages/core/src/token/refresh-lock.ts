@@ -236,7 +236,7 @@ export class RefreshLock {
 
   #remember(owner: string, store: GuardedStore): void {
     (this.#lost ??= new Map()).set(owner, store);
-    store.onRecovered(() => void this.cleanUp());
+    store.onRecovered(() => void this.cleanUp(), this.key);
   }
 }
 

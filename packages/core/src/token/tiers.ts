@@ -24,6 +24,8 @@ export interface TierStores {
   hostStore(): GuardedStore | undefined;
   /** This process's own: asked for only when neither the store nor the host's directory can serve. */
   processStore(): GuardedStore;
+  /** Where an entry's refresh lock lives (the key schema's), for a store whose parts fail one at a time. */
+  readonly schema?: { lockKey(entryKey: string): string };
 }
 
 /**
@@ -47,11 +49,12 @@ export class StoreTiers {
 
   /**
    * Where the entry of `key` lives now. `key`: the entry's key, for a store whose parts fail one at a
-   * time (TokenCache.partition): only the part that holds it counts; left out, the whole store does.
+   * time (TokenCache.partition): only the parts that hold it and its refresh lock count; left out, the
+   * whole store does.
    */
   current(key?: string): Tier {
     const shared = this.#stores.store;
-    const sharedDown = key === undefined ? shared.down : shared.downFor(key);
+    const sharedDown = key === undefined ? shared.down : shared.downFor(key) || this.#lockDown(shared, key);
     // The usual case needs nothing of the host's directory: no handle on it is made until it does.
     if (!sharedDown && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#stores.hostStore();
@@ -60,6 +63,22 @@ export class StoreTiers {
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
     const local = this.#stores.processStore();
     return { name: 'process', entries: local, lock: local };
+  }
+
+  /**
+   * Whether the part of a partitioned store that holds the refresh lock of `key` is down, where the key
+   * schema puts the lock elsewhere than `{key}:lock` (a peer's `…:lock:{appId}:accessTokenLock`): the
+   * entry cannot be refreshed there, and falls back as if its own part were down.
+   */
+  #lockDown(shared: GuardedStore, key: string): boolean {
+    if (typeof shared.cache.partition !== 'function') return false;
+    let lockKey: string | undefined;
+    try {
+      lockKey = this.#stores.schema?.lockKey(key);
+    } catch {
+      return false;
+    }
+    return typeof lockKey === 'string' && lockKey !== `${key}:lock` && shared.downFor(lockKey);
   }
 }
 
