@@ -38,7 +38,9 @@ class StoreHealth {
   /** The outage under way: its first failure, and the loggers that have its line. */
   // Its loggers held weakly: a client collected during the outage takes its logger with it.
   // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
-  #outage: { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object> } | undefined;
+  // `heard`: the clients' logs (their events) told of it, so that a client's new handle on the store
+  // (setCache() with the same store) does not hear of it twice.
+  #outage: { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object>; heard: WeakSet<object> } | undefined;
 
   join(user: GuardedStore): void {
     const ref = new WeakRef(user);
@@ -82,7 +84,8 @@ class StoreHealth {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
       const users = this.users();
-      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet() };
+      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet() };
+      for (const each of users) this.#outage.heard.add(each.events);
       this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line), this.#outage.sinks);
     }
     this.#scheduleProbe(user);
@@ -121,7 +124,8 @@ class StoreHealth {
    */
   joinedDuringOutage(user: GuardedStore): void {
     const outage = this.#outage;
-    if (!this.down || outage === undefined || !this.has(user)) return;
+    if (!this.down || outage === undefined || !this.has(user) || outage.heard.has(user.events)) return;
+    outage.heard.add(user.events);
     const sink = user.logSink as object | undefined;
     const line = sink !== undefined && !outage.sinks.has(sink);
     if (line) outage.sinks.add(sink);
@@ -568,6 +572,11 @@ export class GuardedStore {
       { event: 'cache.watch_refused', appId: this.#appId, error: error.message },
       `The token store refuses to tell of writes, so processes waiting for another's refresh poll it instead: ${error.message}`,
     );
+  }
+
+  /** @internal Where this client's events go: a client that swapped its store for the same one has heard of its outage. */
+  get events(): object {
+    return this.#log;
   }
 
   /** @internal Where this client's log lines go: one line per logger about the store they share. */

@@ -129,4 +129,28 @@ describe('a store whose parts fail one at a time', () => {
       await mock.close();
     }
   });
+
+  it('a client that points at the same store again while a part of it is down hears of that outage once', async () => {
+    const mock = await startMockWeChat();
+    const app = mock.createApp();
+    const { cache, up } = twoParts();
+    cache.partition = (key) => (key.includes(app.appId) ? 'b' : 'a');
+    const heard: string[] = [];
+    const client = new OfficialAccount({ appId: app.appId, secret: app.secret, baseUrl: mock.url, cache, logger: false, memoMs: 0, fallbackDir: false });
+    client.on('cache.unavailable', () => heard.push('unavailable'));
+    client.on('cache.recovered', () => heard.push('recovered'));
+    try {
+      await client.accessToken.getToken();
+      up.b = false;
+      await client.accessToken.getToken();
+      client.setCache(cache);
+      await client.accessToken.getToken();
+      up.b = true;
+      await vi.waitFor(() => expect(heard).toContain('recovered'), { timeout: 5_000 });
+      expect(heard).toEqual(['unavailable', 'recovered']);
+    } finally {
+      await client.close();
+      await mock.close();
+    }
+  });
 });
