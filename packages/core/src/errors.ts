@@ -306,7 +306,7 @@ const ERRCODE_HINTS: Record<number, string> = {
   41004: 'appsecret missing',
   42001: 'access_token expired',
   43004: 'user has not subscribed',
-  45009: 'API quota reached (WeChat: daily; WeCom: by the hour)',
+  45009: 'API quota reached (WeChat: for the day; WeCom: for the hour on tokens and tickets, for the day on messages)',
   45011: 'API minute quota reached',
   47001: 'data format error',
   47003: 'argument invalid',
