@@ -221,8 +221,7 @@ export class GuardedStore {
 
   /** The health of the whole store (or of a partitioned store's keys that name no part), joined on first need. */
   get #health(): StoreHealth {
-    if (this.#whole === undefined || (!this.#disposed && !this.#whole.has(this))) this.#whole = this.#partHealth('', !this.#disposed);
-    return this.#whole;
+    return (this.#whole ??= this.#partHealth('', !this.#disposed));
   }
 
   /** The health of the part that holds `key`: the whole store's unless the store names its parts. */
@@ -267,7 +266,6 @@ export class GuardedStore {
    */
   downFor(key: string): boolean {
     const health = this.#healthOf(key);
-    if (health === this.#whole && this.#parts === undefined) return this.down;
     if (!health.down) return false;
     health.refused(this);
     return true;

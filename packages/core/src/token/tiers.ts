@@ -48,13 +48,12 @@ export class StoreTiers {
   }
 
   /**
-   * Where the entry of `key` lives now. `key`: the entry's key, for a store whose parts fail one at a
-   * time (TokenCache.partition): only the parts that hold it and its refresh lock count; left out, the
-   * whole store does.
+   * Where the entry of `key` lives now. For a store whose parts fail one at a time (TokenCache.partition),
+   * only the parts that hold the entry and its refresh lock count.
    */
-  current(key?: string): Tier {
+  current(key: string): Tier {
     const shared = this.#stores.store;
-    const sharedDown = key === undefined ? shared.down : shared.downFor(key) || this.#lockDown(shared, key);
+    const sharedDown = shared.downFor(key) || this.#lockDown(shared, key);
     // The usual case needs nothing of the host's directory: no handle on it is made until it does.
     if (!sharedDown && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
     const host = this.#stores.hostStore();
