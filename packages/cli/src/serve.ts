@@ -251,23 +251,43 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   timer.unref();
   check();
 
-  // /healthz: a read of the first app's token key (one the store's ACL lets the service read).
-  const probe = new StoreProbe(options.cache, tokenKeys.keys().next().value!, {
-    intervalMs: healthCheckMs,
-    timeoutMs: Math.min(healthCheckMs, 2_000),
-    onChange: (state: StoreState) => {
-      metrics.storeUp.set(state.up ? 1 : 0);
-      if (state.up) log?.info?.({ event: 'serve.store_up' }, 'The store answers');
-      else log?.warn({ event: 'serve.store_down', reason: state.reason, error: state.message }, 'The store does not answer; /healthz reports 503 until it does');
-    },
+  // /healthz: a read of an app's token key (one the store's ACL lets the service read) on each part of
+  // the store: a store spread over servers (TokenCache.partition, MemcachedCache with several) is probed
+  // on every server that holds an app's entry, so one server down is reported with the apps it holds.
+  const byPart = new Map<string, { key: string; apps: string[] }>();
+  for (const [key, name] of tokenKeys) {
+    const part = partOf(options.cache, key);
+    const known = byPart.get(part);
+    if (known) known.apps.push(name);
+    else byPart.set(part, { key, apps: [name] });
+  }
+  const partitioned = byPart.size > 1;
+  const probes = [...byPart.entries()].map(([part, { key, apps }]) => {
+    const probe: StoreProbe = new StoreProbe(options.cache, key, {
+      intervalMs: healthCheckMs,
+      timeoutMs: Math.min(healthCheckMs, 2_000),
+      onChange: (state: StoreState) => {
+        metrics.storeUp.set(probes.every((each) => each.probe.state?.up !== false) ? 1 : 0);
+        // The part's name (a server's host:port) is for the log only, as the adapter's message is.
+        const where = partitioned ? { part, apps } : {};
+        if (state.up) log?.info?.({ event: 'serve.store_up', ...where }, partitioned ? `The store's server for ${apps.join(', ')} answers` : 'The store answers');
+        else {
+          log?.warn(
+            { event: 'serve.store_down', reason: state.reason, error: state.message, ...where },
+            partitioned ? `The store's server for ${apps.join(', ')} does not answer; /healthz reports 503 until it does` : 'The store does not answer; /healthz reports 503 until it does',
+          );
+        }
+      },
+    });
+    return { probe, apps };
   });
-  await probe.start();
-  /** Ends the periodic check, the looks after failures and the store probe: at close(), or when listening failed. */
+  await Promise.all(probes.map(({ probe }) => probe.start()));
+  /** Ends the periodic check, the looks after failures and the store probes: at close(), or when listening failed. */
   const stopChecks = () => {
     clearInterval(timer);
     rechecking = false;
     for (const target of served.values()) clearTimeout(target.recheck);
-    probe.stop();
+    for (const { probe } of probes) probe.stop();
   };
   let closing = false;
   /** The answers close() cut past its grace, their clients still waiting for them then. */
@@ -358,16 +378,25 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         return void res.end(body);
       }
       if (parts[0] === 'healthz') {
-        const state = probe.state!;
-        if (!state.up) {
+        const states = probes.map(({ probe, apps }) => ({ state: probe.state!, apps }));
+        const down = states.filter(({ state }) => !state.up);
+        if (down.length > 0) {
+          const { reason } = down[0]!.state;
           // The reason code only: the adapter's message names the store's host and port, which an
-          // unauthenticated endpoint does not tell (the log line has it).
-          throw new Problem(503, 'store_unavailable', `the store does not answer${state.reason ? ` (${state.reason})` : ''}`, {
-            ...(state.reason ? { reason: state.reason } : {}),
-            since: new Date(state.since).toISOString(),
+          // unauthenticated endpoint does not tell (the log line has it). Down since the first part went down.
+          const since = Math.min(...down.map(({ state }) => state.since));
+          const message = partitioned
+            ? `${down.length} of the store's ${states.length} servers do not answer${reason ? ` (${reason})` : ''}; the apps on them: ${down.flatMap(({ apps }) => apps).join(', ')}`
+            : `the store does not answer${reason ? ` (${reason})` : ''}`;
+          throw new Problem(503, 'store_unavailable', message, {
+            ...(reason ? { reason } : {}),
+            since: new Date(since).toISOString(),
+            ...(partitioned ? { apps: down.flatMap(({ apps }) => apps) } : {}),
           });
         }
-        return answer(res, 200, { status: 'ok', store: 'up', since: new Date(state.since).toISOString() });
+        // Up since the last part came back.
+        const since = Math.max(...states.map(({ state }) => state.since));
+        return answer(res, 200, { status: 'ok', store: 'up', since: new Date(since).toISOString() });
       }
       const now = Math.floor(Date.now() / 1000);
       const waiting = [...served.values()].filter((target) => !(target.tokenExpiresAt !== undefined && target.tokenExpiresAt > now)).map((target) => target.name);
@@ -668,6 +697,16 @@ async function withinDeadline<T>(promise: Promise<T>, ms: number): Promise<T | u
     return await Promise.race([promise.catch(() => undefined), deadline]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/** The part of `cache` that holds `key` (TokenCache.partition); '' for a store that fails as a whole. */
+function partOf(cache: TokenCache, key: string): string {
+  try {
+    const part: unknown = cache.partition?.(key);
+    return typeof part === 'string' ? part : '';
+  } catch {
+    return '';
   }
 }
 

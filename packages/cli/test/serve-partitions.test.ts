@@ -1,0 +1,58 @@
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { nativeSchema, type TokenCache } from '@wxkit/core';
+import { startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { startTokenService } from '../src/serve.js';
+import { openStore } from '../src/stores.js';
+
+// A store spread over servers that fail one at a time (memcached://a,b): /healthz and wxkit_store_up speak
+// for every server that holds an app's entry, not for the first app's alone.
+describe('wxkit serve on a store of several servers, one down', () => {
+  const KEY = 'partitions-key-0123456789abcdef';
+  let mock: MockWeChat;
+  let servers: StoreServer[];
+  beforeAll(async () => {
+    [mock, ...servers] = await Promise.all([startMockWeChat(), startMemcached(), startMemcached()]);
+  });
+  afterAll(async () => {
+    await Promise.all([mock.close(), ...servers.map((server) => server.stop())]);
+  });
+
+  it('/healthz is 503 naming the apps on the server that does not answer, whichever app is listed first', async () => {
+    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const schema = nativeSchema();
+    const partOf = (appId: string) => cache.partition!(schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' }));
+    // The first app listed on the server that stays, the second on the one that stops.
+    const first = mock.createApp();
+    let second = mock.createApp();
+    for (let i = 0; partOf(second.appId) === partOf(first.appId); i += 1) {
+      if (i > 200) throw new Error('no app on the other server');
+      second = mock.createApp();
+    }
+    const stopping = servers.find((server) => partOf(second.appId).endsWith(`:${server.port}`))!;
+    const apps = [first, second].map(({ appId, secret }) => ({ kind: 'official_account' as const, appId, secret }));
+    const lines: Record<string, unknown>[] = [];
+    const logger = { info: (fields: Record<string, unknown>) => lines.push(fields), warn: (fields: Record<string, unknown>) => lines.push(fields), error: () => {} };
+    const service = await startTokenService({ cache, apps, keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 50, logger });
+    const health = async () => {
+      const res = await fetch(`${service.url}/healthz`);
+      return { status: res.status, body: (await res.json()) as { status?: string; error?: { code: string; apps?: string[]; message: string } } };
+    };
+    const storeUp = async () => /^wxkit_store_up (\d)$/m.exec(await (await fetch(`${service.url}/metrics`)).text())?.[1];
+    try {
+      expect(await health()).toMatchObject({ status: 200, body: { status: 'ok' } });
+      expect(await storeUp()).toBe('1');
+      await stopping.stop();
+      await vi.waitFor(async () => expect((await health()).status).toBe(503), { timeout: 10_000, interval: 50 });
+      const down = await health();
+      expect(down.body.error).toMatchObject({ code: 'store_unavailable', apps: [`official_account/${second.appId}`] });
+      // The server's address stays in the log.
+      expect(down.body.error!.message).not.toContain(String(stopping.port));
+      expect(await storeUp()).toBe('0');
+      expect(lines).toContainEqual(expect.objectContaining({ event: 'serve.store_down', apps: [`official_account/${second.appId}`], part: partOf(second.appId) }));
+      expect(lines.filter((line) => line.event === 'serve.store_down')).toHaveLength(1);
+    } finally {
+      await service.close();
+      await cache.close?.();
+    }
+  });
+});
