@@ -45,6 +45,13 @@ describe('a marker as read', () => {
     expect(clampRetryAt(marker, now)).toBe(now + 60_000);
   });
 
+  it("of a revoked authorization (61003) holds up to the hour its back-off reaches, and no longer", () => {
+    const now = Date.now();
+    const revoked = (retryAt: number) => ({ code: 'ERR_WXKIT_WECHAT_API' as const, errcode: 61003, path: 'cgi-bin/component/api_authorizer_token', failedAt: now, retryAt, attempt: 8 });
+    expect(clampRetryAt(revoked(now + 3_600_000), now)).toBe(now + 3_600_000);
+    expect(clampRetryAt(revoked(now + 86_400_000), now)).toBe(now + 3_600_000);
+  });
+
   it('with an attempt below 1 counts as a first failure, so the next pause does not shrink under a second', () => {
     for (const attempt of [0, -5]) {
       expect(decodeMarker(JSON.stringify({ failed_at: 1, retry_at: 2, attempt }))?.attempt).toBe(1);

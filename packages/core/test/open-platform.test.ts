@@ -227,7 +227,7 @@ async function threeAuthorizers() {
   await storeVerifyTicket(mock, component, durable);
   const s = { component, cache, durable, make: () => open };
   const appIds = [await authorized(s, open), await authorized(s, open), await authorized(s, open)];
-  return { component, clock, open, appIds };
+  return { component, clock, open, appIds, durable };
 }
 
 describe('authorizers', () => {
@@ -251,6 +251,38 @@ describe('authorizers', () => {
     } finally {
       mock.clearFaults();
     }
+  });
+
+  it('a revoked authorization (61003) is asked again after 1, 2, 4 … minutes, at most once an hour; authorizing again serves at once', async () => {
+    const { component, clock, open, appIds, durable } = await threeAuthorizers();
+    const appId = appIds[0]!;
+    const asked = () => mock.counters(appId).authorizerTokenRequests;
+    mock.revokeAuthorization(appId);
+    expect(await rejection(send(open, appId))).toMatchObject({ errcode: 61003 });
+    // The platform keeps calling for the account, a minute apart: how long until WeChat is asked again.
+    const pauses: number[] = [];
+    for (let round = 0; round < 8; round += 1) {
+      const before = asked();
+      let waited = 0;
+      while (asked() === before) {
+        if (waited > 3 * 3_600_000) throw new Error(`WeChat not asked again within ${waited} ms`);
+        clock.now += 60_000;
+        waited += 60_000;
+        // WeChat pushes a verify ticket every 10 minutes; the stored one lives an hour on the test's clock.
+        if (waited % 600_000 === 0) await storeVerifyTicket(mock, component, durable);
+        expect(await rejection(send(open, appId))).toMatchObject({ errcode: 61003 });
+      }
+      expect(asked()).toBe(before + 1);
+      pauses.push(waited / 60_000);
+    }
+    expect(pauses).toEqual([1, 2, 4, 8, 16, 32, 60, 60]);
+    // The admin authorizes again: the authorization's own token is served, with no wait for the pause.
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(component.appId, { preAuthCode, authorizerAppId: appId });
+    await open.handleAuthorization(grant.authorizationCode);
+    const requests = asked();
+    expect(await send(open, appId)).toMatchObject({ errcode: 0 });
+    expect(asked()).toBe(requests);
   });
 
   it('a component token that carried an authorizer refresh is refetched at once when it dies, however often', async () => {

@@ -81,7 +81,7 @@ export function heldPause(slot: SpacingSlot | undefined, now: number): { until: 
 }
 
 /** How an error is backed off: the kinds of docs/protocol.md. */
-type Policy = 'transient' | 'minute' | 'credential' | 'quota' | 'hour';
+type Policy = 'transient' | 'minute' | 'credential' | 'revoked' | 'quota' | 'hour';
 
 // Credential errors do not heal by retrying, but an IP whitelist or a secret can be fixed while the
 // service runs: the fleet tries again once a minute (or at once on forceRefresh()).
@@ -91,6 +91,12 @@ type Policy = 'transient' | 'minute' | 'credential' | 'quota' | 'hour';
 // 61003 (authorization revoked), 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too.
 const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89501, 89503, 89506, 89507, 61003, 61004, 61023]);
 const MINUTE_MS = 60_000;
+// An account that revoked the component's authorization (61003) comes back only by authorizing it again,
+// and that authorization hands over new tokens (OpenPlatform.handleAuthorization writes them) without
+// asking api_authorizer_token: a platform that keeps calling for such an account asks WeChat after 1, 2,
+// 4 … minutes, at most once an hour, rather than once a minute for as long as it calls.
+const REVOKED = 61003;
+const REVOKED_MAX_MS = 60 * MINUTE_MS;
 /** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
 const TRANSIENT_BASE_MS = 1_000;
 const TRANSIENT_MAX_MS = 60_000;
@@ -133,6 +139,7 @@ export function policyOf(error: unknown): Policy | undefined {
     if (blocksForAnHour(error.errcode, error.path)) return 'hour';
     if (error.errcode === 45009) return 'quota';
     if (error.errcode === 45011) return 'minute';
+    if (error.errcode === REVOKED) return 'revoked';
     if (CREDENTIAL_ERRCODES.has(error.errcode) || isSecretRejection(error.errcode, error.path)) return 'credential';
     return 'transient';
   }
@@ -152,8 +159,8 @@ const WITNESS_CLOCK_SKEW_MS = 3_600_000;
 
 /**
  * The `retry_at` a marker is held to: at most the longest pause its failure can call for (the next
- * Beijing midnight for 45009, a minute for 45011 and credential errors, the transient cap with its
- * jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead (by a
+ * Beijing midnight for 45009, an hour for WeCom's 45009 and a revoked authorization (61003), a minute
+ * for 45011 and the other credential errors, the transient cap with its jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead (by a
  * minute at most: a marker dated further ahead does not hold). A marker written by a clock far ahead,
  * or by a peer with its own idea of a pause, cannot stop the fleet for longer than a failure of its
  * kind would.
@@ -169,6 +176,7 @@ export function clampRetryAt(marker: FailureRecord, now: number): number {
 function latestRetryAt(marker: FailureRecord, from: number): number {
   const { errcode } = marker;
   if (blocksForAnHour(errcode, marker.path)) return from + HOUR_MS;
+  if (errcode === REVOKED) return from + REVOKED_MAX_MS;
   return errcode === 45009
     ? nextQuotaDay(from)
     : from +
@@ -193,6 +201,7 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
   let pauseMs: number;
   if (policy === 'quota') pauseMs = nextQuotaDay(now) - now;
   else if (policy === 'hour') pauseMs = HOUR_MS;
+  else if (policy === 'revoked') pauseMs = Math.min(MINUTE_MS * 2 ** Math.min(attempt - 1, 16), REVOKED_MAX_MS);
   else if (policy === 'minute' || policy === 'credential') pauseMs = MINUTE_MS;
   else {
     const base = Math.min(TRANSIENT_BASE_MS * 2 ** Math.min(attempt - 1, 16), TRANSIENT_MAX_MS);
