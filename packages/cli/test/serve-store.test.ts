@@ -162,6 +162,8 @@ describe('the errcode label of wxkit_upstream_errors_total', () => {
     expect(errcodeLabel(45009, 'ERR_WXKIT_WECHAT_API')).toBe('45009');
     expect(errcodeLabel(-1, 'ERR_WXKIT_WECHAT_API')).toBe('-1');
     expect(errcodeLabel(89506, 'ERR_WXKIT_WECHAT_API')).toBe('89506');
+    expect(errcodeLabel(60020, 'ERR_WXKIT_WECHAT_API')).toBe('60020');
+    expect(errcodeLabel(40091, 'ERR_WXKIT_WECHAT_API')).toBe('40091');
     expect(errcodeLabel(undefined, 'ERR_WXKIT_TIMEOUT')).toBe('ERR_WXKIT_TIMEOUT');
     expect(errcodeLabel(undefined, 'anything else')).toBe('unknown');
     // A server answering a fresh errcode each time makes one series, not one per number.

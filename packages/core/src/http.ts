@@ -1,7 +1,7 @@
 import { Pool, type Dispatcher } from 'undici';
 import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
-import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
+import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
 import { withRetryAt } from './retry-at.js';
 
 export type QueryValue = string | number | boolean | undefined;
@@ -468,7 +468,9 @@ export class HttpClient {
   async binary(req: HttpRequest): Promise<BinaryResponse> {
     const { status, contentType, bytes } = await this.#exchange(req);
     const path = cleanPath(req.path);
-    if (status >= 200 && status < 300 && !/json|text\/plain/i.test(contentType) && bytes.length > 0 && bytes[0] !== 0x7b) {
+    // Text of any kind (JSON, an HTML page from a proxy or captive portal, plain text) is never the bytes
+    // asked for: WeChat answers images as image/*, and errors as JSON, sometimes labelled text/plain.
+    if (status >= 200 && status < 300 && !/json|^\s*text\//i.test(contentType) && bytes.length > 0 && bytes[0] !== 0x7b) {
       return { contentType, body: bytes };
     }
     const record = this.#decode(path, status, bytes.toString('utf8'));
@@ -524,6 +526,16 @@ export class HttpClient {
         new HttpError('ERR_WXKIT_HTTP', `The request to ${path} was not sent: the client was closed (close()); make a new one to send again`, { path, sent: false }),
       );
     }
+    // A body that is no JSON (a BigInt, a cycle) is the caller's error, found before anything is sent: not
+    // a transport failure, which says the request is safe to send again as it is.
+    let body: string | undefined;
+    if (req.json !== undefined) {
+      try {
+        body = JSON.stringify(req.json);
+      } catch (error) {
+        return Promise.reject(new ConfigError(`The body of the request to ${path} cannot be written as JSON (${(error as Error).name}); nothing was sent`, 'body'));
+      }
+    }
     return new Promise((resolve, reject) => {
       const exchange = new Exchange(this, req, path, this.#queueTimeoutMs, resolve, reject);
       try {
@@ -537,7 +549,7 @@ export class HttpClient {
               : req.json === undefined
                 ? this.#headers
                 : this.#jsonHeaders,
-            body: req.json === undefined ? undefined : JSON.stringify(req.json),
+            body,
             headersTimeout: timeoutMs,
             bodyTimeout: timeoutMs,
             ...NO_REDIRECTS,

@@ -15,7 +15,8 @@ export interface JssdkConfigInput {
   /**
    * The page's URL as its JavaScript reads it (`location.href`, sent to the server as it is): query and
    * non-ASCII characters percent-encoded, as WeChat's client signs them, not decoded as an address bar
-   * shows them. Anything after `#` is dropped before signing.
+   * shows them (a URL with a non-ASCII character, a space or a control character before its `#` is a
+   * ConfigError). Anything after `#` is dropped before signing.
    */
   url: string;
   jsApiList: string[];
@@ -100,6 +101,12 @@ abstract class TicketKeeper<T extends string> {
       new ConfigError(`${what} input.${name} must be ${rule} (got ${typeName(value)})`, name);
     if (input === null || typeof input !== 'object') throw fail('', 'an object', input);
     if (typeof input.url !== 'string' || !/^https?:\/\//i.test(input.url)) throw fail('url', 'an http(s) URL', input.url);
+    // location.href is ASCII (non-ASCII, spaces and control characters percent-encoded, a host in
+    // punycode): a page URL with any other character is not what the browser signs, and its signature
+    // would fail in wx.config() ("invalid signature") rather than here.
+    if (/[^\x21-\x7e]/.test(input.url.split('#', 1)[0]!)) {
+      throw fail('url', 'the page URL as location.href reads it, with non-ASCII characters and spaces percent-encoded', input.url);
+    }
     if (!Array.isArray(input.jsApiList) || input.jsApiList.some((name) => typeof name !== 'string')) {
       throw fail('jsApiList', 'an array of strings', input.jsApiList);
     }

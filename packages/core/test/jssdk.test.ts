@@ -139,6 +139,21 @@ describe('jssdk input', () => {
   });
 });
 
+describe('jssdk page URL', () => {
+  it('a URL with non-ASCII characters or spaces before its fragment (what location.href never reads) is a ConfigError, before any ticket is fetched', async () => {
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    for (const url of ['https://shop.example/商品?id=1', 'https://shop.example/?q=a b', 'https://shop.example/\n', 'https://商店.example/']) {
+      await expect(app.jssdk.buildConfig({ url, jsApiList: [] }), url).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'url' });
+    }
+    expect(mock.counters(appId).requests).toBe(0);
+    // Percent-encoded, as location.href reads it, and anything in the fragment (never signed): signed.
+    const config = await app.jssdk.buildConfig({ url: 'https://shop.example/%E5%95%86%E5%93%81?id=1#/页', jsApiList: [] });
+    expect(config.signature).toMatch(/^[0-9a-f]{40}$/);
+    await app.close();
+  });
+});
+
 describe('a follower (refresh: never)', () => {
   it('still fetches its tickets: they invalidate nobody', async () => {
     const { appId, secret } = mock.createApp({ jsapiTicket: VECTOR.ticket });

@@ -45,6 +45,14 @@ describe('MiniProgram', () => {
     expect(error).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40169, path: 'wxa/getwxacodeunlimit' });
   });
 
+  it('wxacode.getUnlimited() answered with an HTML page (a proxy, a captive portal) is a BadResponseError, not image bytes', async () => {
+    const { mp, appId } = newMiniProgram();
+    mock.injectFault({ kind: 'html', path: 'wxa/getwxacodeunlimit', times: 1 });
+    const error = await rejection(mp.wxacode.getUnlimited({ scene: 'order=42' }));
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', path: 'wxa/getwxacodeunlimit', status: 200 });
+    expect(mock.counters(appId).wxaCodes).toBe(0);
+  });
+
   it('auth.code2Session() needs no token; bad and reused codes are WeChatApiErrors; the secret stays out of errors', async () => {
     const { mp, appId, secret } = newMiniProgram();
     const session = await mp.auth.code2Session('code-abc');

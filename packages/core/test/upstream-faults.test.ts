@@ -125,6 +125,20 @@ describe('a bad answer from the token endpoint is a typed error, nothing is cach
     }
   });
 
+  it('a body that cannot be written as JSON (a BigInt, a cycle) is a ConfigError, and nothing is sent', async () => {
+    const { app, appId } = newApp(mock);
+    await app.accessToken.getToken();
+    const before = mock.counters(appId).requests;
+    const cyclic: Record<string, unknown> = { touser: 'o1', template_id: 'TPL', data: {} };
+    cyclic.self = cyclic;
+    for (const body of [{ touser: 'o1', n: 1n }, cyclic]) {
+      const error = await rejection(app.client.postJson('cgi-bin/message/template/send', body));
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'body' });
+    }
+    expect(mock.counters(appId).requests).toBe(before);
+    await app.close();
+  });
+
   it('the server is gone: ERR_WXKIT_HTTP, not a crash', async () => {
     const gone = await startMockWeChat();
     const { app } = newApp(gone, { timeoutMs: 1000 });
@@ -188,6 +202,31 @@ describe('WeChat refuses the credentials or the quota', () => {
     await app.accessToken.getToken();
     expect(fetches.app()).toBe(2);
     await Promise.all([work.close(), app.close()]);
+  });
+
+  it("WeCom's IP refusal (60020) and invalid secret (40091) at gettoken hold the fleet back a minute, as WeChat's 40164 and 40125 do, not in transient steps", async () => {
+    let now = Date.now();
+    for (const [errcode, setUp] of [
+      [60020, (id: string) => mock.setIpAllowed(id, false)],
+      [40091, () => mock.injectFault({ kind: 'errcode', errcode: 40091, path: 'cgi-bin/gettoken', times: 1 })],
+    ] as const) {
+      const agent = mock.createWorkApp();
+      const id = `${agent.corpId}:${agent.agentId}`;
+      setUp(id);
+      const work = new Work({ ...agent, baseUrl: mock.url, cache: new MemoryCache(), logger: false, now: () => now });
+      expect(await rejection(work.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode, path: 'cgi-bin/gettoken' });
+      // Past a first transient step (1 s ± 20 %), and the next (2 s): nothing a person fixes heals that fast.
+      now += 2_000;
+      expect(await rejection(work.accessToken.getToken())).toMatchObject({ errcode });
+      now += 3_000;
+      expect(await rejection(work.accessToken.getToken())).toMatchObject({ errcode });
+      expect(mock.counters(id).classicTokenRequests).toBe(1);
+      mock.setIpAllowed(id, true);
+      now += 60_000;
+      await work.accessToken.getToken();
+      expect(mock.counters(id).classicTokenRequests).toBe(2);
+      await work.close();
+    }
   });
 
   it('IP not whitelisted (40164) and unknown appid (40013) surface as they are', async () => {

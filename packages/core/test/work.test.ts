@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { Agent } from 'undici';
 import { MemoryCache, Work, nativeSchema, signJsapi } from '../src/index.js';
 import { rejection } from './helpers.js';
 
@@ -35,6 +36,20 @@ describe('Work (WeCom)', () => {
     mock.invalidateTokens(id);
     expect((await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'again' } })).errcode).toBe(0);
     expect(mock.counters(id)).toMatchObject({ messageSends: 2, tokenRequests: 2, rejectedCalls: 1 });
+  });
+
+  it('message.send() with agentid given as undefined (an optional field passed on) still sends the client’s agentid', async () => {
+    const app = mock.createWorkApp();
+    const bodies: string[] = [];
+    const dispatcher = new Agent().compose((dispatch) => (options, handler) => {
+      if (String(options.path).includes('cgi-bin/message/send')) bodies.push(String(options.body));
+      return dispatch(options, handler);
+    });
+    const work = new Work({ ...app, baseUrl: mock.url, cache: new MemoryCache(), logger: false, dispatcher });
+    await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'x' }, agentid: undefined });
+    await work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'x' }, agentid: 1000009 });
+    expect(bodies.map((body) => JSON.parse(body).agentid)).toEqual([Number(app.agentId), 1000009]);
+    await work.close();
   });
 
   it('a ticket WeCom refused for its hourly limit (45009) is asked for again once the hour has passed, not at the next Beijing midnight', async () => {

@@ -96,7 +96,8 @@ export class Work extends WeChatClient {
     this.message = {
       async send(message, requestOptions = {}) {
         requireFields('message.send() message', message, ['msgtype']);
-        return client.postJson('cgi-bin/message/send', { agentid: Number(agentId), ...message }, requestOptions);
+        // An agentid given as undefined (an optional field passed on) is no agentid: the client's is sent.
+        return client.postJson('cgi-bin/message/send', { ...message, agentid: message.agentid ?? Number(agentId) }, requestOptions);
       },
     };
     this.jssdk = new WorkJssdk(core, token, subject);
