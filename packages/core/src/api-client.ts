@@ -1,7 +1,8 @@
 import type { ClientCore } from './client-core.js';
-import { WeChatApiError, isTokenRejection } from './errors.js';
+import { ConfigError, WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';
+import { typeName } from './validate.js';
 
 /** What WeChat answers: `errcode` 0 or absent on success, plus the API's own fields. */
 export interface WeChatResponse {
@@ -69,6 +70,12 @@ export class ApiClient {
   }
 
   async #send<T>(method: 'GET' | 'POST', path: string, query: Query, json: unknown, options: RequestOptions, binary = false): Promise<T> {
+    // A whole URL pasted as the path would be sent under the client's origin and come back a 404: say so
+    // before anything is read or sent. The origin is the client's (baseUrl), the path WeChat's API's.
+    if (typeof path !== 'string' || path.length === 0) throw new ConfigError(`The path must be an API path such as cgi-bin/user/info (got ${typeName(path)})`, 'path');
+    if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith('//')) {
+      throw new ConfigError('The path must be an API path such as cgi-bin/user/info, not a URL: the client sends it to its own origin (baseUrl)', 'path');
+    }
     const send = (token: string) => {
       const req = { method, path, query: { ...query, access_token: token }, json, signal: options.signal };
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);

@@ -82,6 +82,20 @@ describe('a query string written in the path', () => {
     }
   });
 
+  it('a whole URL given as the path is a ConfigError naming the option, before the token is read or anything sent', async () => {
+    const app = account();
+    try {
+      const before = received.length;
+      for (const path of [`${base}/cgi-bin/user/info`, 'https://api.weixin.qq.com/cgi-bin/user/info', '//api.weixin.qq.com/cgi-bin/user/info', '', 42 as unknown as string]) {
+        expect(await rejection(app.client.get(path)), String(path)).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'path' });
+        expect(await rejection(app.client.postJson(path, {})), String(path)).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'path' });
+      }
+      expect(received.length).toBe(before);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('an error names the path without its query string', async () => {
     const app = account();
     try {
