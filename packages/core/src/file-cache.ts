@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { constants, watch, type FSWatcher } from 'node:fs';
-import { link, lstat, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { access, link, lstat, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
@@ -147,12 +147,14 @@ export class FileCache implements TokenCache {
       if (await this.#create(path, value, ttlSeconds, 'add')) return true;
       if ((await this.#read(path, 'add')).value !== undefined) return false;
     }
-    return this.#guarded(path, 'add', async () => {
+    return this.#guarded(path, 'add', async (held) => {
       // An expired file counts as absent: that is how a lock whose holder died is recovered. Only a
-      // guarded writer removes it, so it is still the one we read when we unlink it; after that, an
+      // guarded writer removes it, so it is still the one we read when we unlink it (unless our guard
+      // was broken meanwhile: then what is there may be the breaker's, and is left); after that, an
       // unguarded add may link its own first, and ours loses.
       const current = await this.#read(path, 'add');
       if (current.value !== undefined) return false;
+      if (!(await held())) return false;
       // A name that reads as absent can still be there: a symlink to nothing. No unguarded add can link
       // over it, so it too is removed here (a regular file found instead is another add's, and wins).
       if (current.present || (await this.#isSymlink(path, 'add'))) await this.#unlink(path, 'add');
@@ -165,8 +167,10 @@ export class FileCache implements TokenCache {
     const path = this.#path(key);
     // As in add(): a value seen to differ decides the outcome as of that read, without the guard.
     if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
-    return this.#guarded(path, 'deleteIfEquals', async () => {
+    return this.#guarded(path, 'deleteIfEquals', async (held) => {
       if ((await this.#read(path, 'deleteIfEquals')).value !== expected) return false;
+      // A guard broken while we compared (a pause past guardStaleMs): the file may be the breaker's now.
+      if (!(await held())) return false;
       await this.#unlink(path, 'deleteIfEquals');
       return true;
     });
@@ -175,11 +179,12 @@ export class FileCache implements TokenCache {
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
     const path = await this.#prepare('compareAndSet', key, ttlSeconds);
     if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
-    return this.#guarded(path, 'compareAndSet', async () => {
+    return this.#guarded(path, 'compareAndSet', async (held) => {
       // An expired file counts as absent, and an absent key is never created.
       if ((await this.#read(path, 'compareAndSet')).value !== expected) return false;
-      await this.#write(path, value, ttlSeconds, 'compareAndSet');
-      return true;
+      // Written only while the guard is still ours: one broken while we compared or wrote the draft (a
+      // pause past guardStaleMs) lets a newer value in, which ours would replace.
+      return this.#write(path, value, ttlSeconds, 'compareAndSet', held);
     });
   }
 
@@ -266,6 +271,15 @@ export class FileCache implements TokenCache {
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
+      // A file this user may not read in a directory it may: another user's (a root cron job's, an
+      // operator's `sudo` run, mode 0600). That is about this key, as a directory at it is (CacheErrorReason
+      // `type`), not an outage of the store: taken for one, it would send every account to WeChat.
+      if ((code === 'EACCES' || code === 'EPERM') && (await access(this.dir, constants.R_OK | constants.X_OK).then(() => true, () => false))) {
+        throw new CacheError(`FileCache ${op} found a file at that key in ${this.dir} that this user may not read (another user's; left as it is)`, {
+          cause: this.#withoutNames(error),
+          reason: 'type',
+        });
+      }
       if (code !== FOREIGN) throw this.#error(op, error);
       // Another user's file in the default directory: the directory may have been removed and made again
       // by someone else since it was checked. Check it again (a refusal is this call's error); where it is
@@ -298,11 +312,19 @@ export class FileCache implements TokenCache {
     }
   }
 
-  /** Temp file in the same directory, then rename: readers see the old file or the new one, never a part. */
-  async #write(path: string, value: string, ttlSeconds: number, op: string): Promise<void> {
+  /**
+   * Temp file in the same directory, then rename: readers see the old file or the new one, never a part.
+   * With `held`, renamed only if it still says the guard is ours; resolves whether it was.
+   */
+  async #write(path: string, value: string, ttlSeconds: number, op: string, held?: () => Promise<boolean>): Promise<boolean> {
     const temp = await this.#draft(path, value, ttlSeconds, op);
     try {
+      if (held && !(await held())) {
+        await unlink(temp).catch(() => undefined);
+        return false;
+      }
       await rename(temp, path);
+      return true;
     } catch (error) {
       await unlink(temp).catch(() => undefined);
       throw this.#error(op, error);
@@ -369,7 +391,7 @@ export class FileCache implements TokenCache {
    * Runs `fn` holding `<file>~guard`, created exclusively, so the writers of one key never interleave
    * (an add between another's read and write would otherwise give two winners). Readers take no guard.
    */
-  async #guarded<T>(path: string, op: string, fn: () => Promise<T>): Promise<T> {
+  async #guarded<T>(path: string, op: string, fn: (held: () => Promise<boolean>) => Promise<T>): Promise<T> {
     const guard = `${path}~guard`;
     const mine = `${process.pid} ${await namespaceId()} ${randomBytes(8).toString('hex')}`;
     // The guard is written whole beside its place, then linked there: link() creates a name only where
@@ -405,7 +427,8 @@ export class FileCache implements TokenCache {
       // A guard broken is a writer that died: what else it left is swept at once.
       const due = this.#sweepDue(path);
       if (broke || due) await this.#sweep(path, mine);
-      return await fn();
+      // Whether the guard is still ours, for `fn` to ask right before what it cannot take back.
+      return await fn(async () => (await this.#inspect(guard, op).catch(() => undefined))?.content === mine);
     } finally {
       // Remove the guard only if it is still ours: had this process been paused past guardStaleMs, the
       // guard now there belongs to whoever broke ours.
@@ -603,10 +626,14 @@ export class FileCache implements TokenCache {
     if (!(failure instanceof Error)) return failure;
     const { code, errno, syscall } = failure as NodeJS.ErrnoException;
     let message = failure.message;
-    for (let at = message.indexOf(this.dir); at >= 0; at = message.indexOf(this.dir, at + this.dir.length)) {
-      let end = at + this.dir.length;
-      while (end < message.length && !/['"\s]/.test(message[end]!)) end += 1;
-      message = `${message.slice(0, at)}${this.dir}/…${message.slice(end)}`;
+    // The files' paths are join(dir, name): the directory as given (`./cache`, `/srv//tokens/`) comes
+    // out normalized (`cache/…`, `/srv/tokens/…`), so both forms are looked for.
+    for (const form of new Set([this.dir, join(this.dir, '.')])) {
+      for (let at = message.indexOf(form); at >= 0; at = message.indexOf(form, at + this.dir.length)) {
+        let end = at + form.length;
+        while (end < message.length && !/['"\s]/.test(message[end]!)) end += 1;
+        message = `${message.slice(0, at)}${this.dir}/…${message.slice(end)}`;
+      }
     }
     return Object.assign(new Error(message), code === undefined ? {} : { code }, errno === undefined ? {} : { errno }, syscall === undefined ? {} : { syscall });
   }

@@ -1,10 +1,11 @@
-import { execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { inspect } from 'node:util';
+import { inspect, promisify } from 'node:util';
+import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import * as core from '@wxkit/core';
 import { startMockWeChat } from '@wxkit/testing';
@@ -211,6 +212,38 @@ describe('FileCache on disk', () => {
     expect(JSON.parse(String(output))).toEqual({ code: 'ERR_WXKIT_CACHE', reason: 'permission' });
   });
 
+  it.skipIf(process.getuid?.() !== 0)("another user's entry file it may not read (root's, mode 0600) is that key's matter, reason type: the store is not taken for down, for that app nor any other", async () => {
+    // The directory is the app user's (nobody here); root (a cron job, an operator's sudo) wrote app A's entry.
+    const parent = mkdtempSync(join(tmpdir(), 'wxkit-file-other-user-'));
+    chmodSync(parent, 0o755);
+    const dir = join(parent, 'tokens');
+    mkdirSync(dir, { mode: 0o700 });
+    chownSync(dir, 65534, 65534);
+    const mock = await startMockWeChat();
+    try {
+      const [a, b] = [mock.createApp(), mock.createApp()];
+      const byRoot = new core.OfficialAccount({ ...a, baseUrl: mock.url, cache: new FileCache({ dir }), logger: false });
+      await byRoot.accessToken.getToken();
+      await byRoot.close();
+      expect(statSync(join(dir, `wechat%3Astable_access_token%3A${a.appId}`))).toMatchObject({ uid: 0, mode: 0o100600 });
+      // The mock answers from this process: the child is waited for without blocking it.
+      const { stdout } = await promisify(execFile)(process.execPath, [fileURLToPath(new URL('./fixtures/other-user.mjs', import.meta.url))], {
+        uid: 65534,
+        gid: 65534,
+        env: { ...process.env, OTHER_MODULE: builtModule, OTHER_DIR: dir, OTHER_URL: mock.url, OTHER_APPS: JSON.stringify([a, b]) },
+      });
+      const { events } = JSON.parse(stdout) as { events: string[] };
+      expect(events.filter((event) => event.startsWith('cache.unavailable'))).toEqual([]);
+      expect(events).toEqual([`cache.foreign_entry ${a.appId}`]);
+      // App B's token is shared through the store as ever; app A's is kept beside its unreadable file.
+      expect(mock.counters(b.appId).tokenRequests).toBe(1);
+      expect(mock.counters(a.appId).tokenRequests).toBe(2);
+    } finally {
+      await mock.close();
+      rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
   it('a call after close() fails with reason closed, and so does a watch', async () => {
     const cache = new FileCache({ dir: fresh('closed') });
     await cache.set('k', 'v', 60);
@@ -319,6 +352,27 @@ describe('FileCache on disk', () => {
       expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
       expect(inspect(error)).not.toContain('SECRET0123456789');
       expect(error!.cause?.message).toContain(dir);
+    }
+  });
+
+  it('names no key in its errors either when its directory is given relative or not normalized (`./tokens`, `/srv//tokens/`)', async () => {
+    const key = 'easywechat.kernel.access_token.wx0123456789abcdef.SECRET0123456789abcdef0123456789';
+    const base = fresh('secret-in-key-unnormalized');
+    for (const dir of [`./${relative(process.cwd(), join(base, 'relative'))}`, `${base}//double/`, `${base}/./dotted`]) {
+      const cache = new FileCache({ dir });
+      // A directory at the key makes every call fail, and Node's errors name the file as join(dir, name).
+      mkdirSync(join(dir, key), { recursive: true });
+      for (const call of [() => cache.get(key), () => cache.set(key, 'v', 60), () => cache.add(key, 'v', 60)]) {
+        const error = await call().then(() => undefined, (failure: unknown) => failure as Error);
+        expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'type' });
+        expect(inspect(error)).not.toContain('SECRET0123456789');
+      }
+      // The directory itself replaced by a file: the temp file's name is in Node's ENOTDIR message.
+      rmSync(dir, { recursive: true });
+      writeFileSync(dir.replace(/\/+$/, ''), '');
+      const error = await cache.set(key, 'v', 60).then(() => undefined, (failure: unknown) => failure as Error);
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE', cause: { code: 'ENOTDIR' } });
+      expect(inspect(error)).not.toContain('SECRET0123456789');
     }
   });
 

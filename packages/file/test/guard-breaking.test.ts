@@ -141,4 +141,66 @@ describe('FileCache across processes, breaking one abandoned guard', () => {
   });
 });
 
+describe('FileCache: a writer paused past guardStaleMs, whose guard another writer broke', () => {
+  // guardStaleMs is how long a live writer may hold a guard: past it the next writer breaks the guard
+  // (a stalled process is taken for a hung one). The stalled writer, waking, must not then act on what it
+  // compared before its stall: the key may hold what the breaker wrote since, a newer token or lock.
+  const pausedWriter = (dir: string, call: unknown[], until: string) => {
+    const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/paused-writer.mjs', import.meta.url))], {
+      env: { ...process.env, PAUSE_MODULE: builtModule, PAUSE_DIR: dir, PAUSE_STALE_MS: '300', PAUSE_UNTIL: until, PAUSE_CALL: JSON.stringify(call) },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    return {
+      holding: async () => expect((await lines.next()).value).toBe('holding'),
+      outcome: async () => JSON.parse((await lines.next()).value as string) as { value?: unknown; error?: string },
+    };
+  };
+
+  it('compareAndSet never puts its older value over what the breaker wrote', async () => {
+    const dir = fresh('paused-cas');
+    const cache = new FileCache({ dir, guardStaleMs: 300 });
+    await cache.set('k', 'T0', 60);
+    const until = join(dir, 'resume');
+    const paused = pausedWriter(dir, ['compareAndSet', 'k', 'T0', 'T1-older', 60], until);
+    await paused.holding();
+    // The guard is broken once it is 300 ms old, though its process lives.
+    expect(await cache.compareAndSet('k', 'T0', 'T2-newer', 60)).toBe(true);
+    writeFileSync(until, '');
+    const outcome = await paused.outcome();
+    expect(outcome.value).not.toBe(true);
+    expect(await cache.get('k')).toBe('T2-newer');
+  });
+
+  it('add over an expired lock never removes the lock the breaker took since: one winner', async () => {
+    const dir = fresh('paused-add');
+    const cache = new FileCache({ dir, guardStaleMs: 300 });
+    // A lock whose lease is over (the file layout: `v1 <expiresAtMs>\n<value>`, `:` written as %3A).
+    writeFileSync(join(dir, 'k%3Alock'), `v1 ${Date.now() - 1000}\ndead-owner`, { mode: 0o600 });
+    const until = join(dir, 'resume');
+    const paused = pausedWriter(dir, ['add', 'k:lock', 'owner-a', 60], until);
+    await paused.holding();
+    expect(await cache.add('k:lock', 'owner-b', 60)).toBe(true);
+    writeFileSync(until, '');
+    const outcome = await paused.outcome();
+    expect(outcome.value).not.toBe(true);
+    expect(await cache.get('k:lock')).toBe('owner-b');
+  });
+
+  it('deleteIfEquals never removes the lock the breaker took since', async () => {
+    const dir = fresh('paused-delete');
+    const cache = new FileCache({ dir, guardStaleMs: 300 });
+    await cache.set('k:lock', 'owner-a', 60);
+    const until = join(dir, 'resume');
+    const paused = pausedWriter(dir, ['deleteIfEquals', 'k:lock', 'owner-a'], until);
+    await paused.holding();
+    // Owner a's lease is over meanwhile (here: its owner-b compare-and-set of the lock, under a broken guard).
+    expect(await cache.compareAndSet('k:lock', 'owner-a', 'owner-b', 60)).toBe(true);
+    writeFileSync(until, '');
+    const outcome = await paused.outcome();
+    expect(outcome.value).not.toBe(true);
+    expect(await cache.get('k:lock')).toBe('owner-b');
+  });
+});
+
 afterAll(() => rmSync(root, { recursive: true, force: true }));

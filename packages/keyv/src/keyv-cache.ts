@@ -234,7 +234,7 @@ function isKeyvMemcache(store: StoreLike): boolean {
 function storeOf(keyvOrStore: unknown): StoreLike {
   const candidate = keyvOrStore as { store?: unknown; opts?: unknown } | null;
   // A Keyv instance holds its adapter in `store`; an adapter is used as it is.
-  const isKeyv = candidate !== null && typeof candidate === 'object' && candidate.constructor?.name === 'Keyv';
+  const isKeyv = candidate !== null && typeof candidate === 'object' && isKeyvInstance(candidate);
   const store = (isKeyv ? candidate.store : candidate) as StoreLike | null;
   if (!store || typeof store !== 'object' || typeof store.get !== 'function' || typeof store.set !== 'function' || typeof store.delete !== 'function') {
     throw new ConfigError(
@@ -243,4 +243,19 @@ function storeOf(keyvOrStore: unknown): StoreLike {
     );
   }
   return store;
+}
+
+/**
+ * Whether `candidate` is a Keyv instance, not a store adapter: of class Keyv or of a subclass of it (an
+ * application's `class Cache extends Keyv`), or shaped as one where a bundler renamed the class (its
+ * `hooks` and `stats` managers, and the adapter in `store`). Taken for an adapter, its get() and set()
+ * would put Keyv's JSON envelope around every stored value, and the SQL adapter underneath would lend
+ * no atomic operation.
+ */
+function isKeyvInstance(candidate: object): boolean {
+  for (let proto = Object.getPrototypeOf(candidate) as object | null; proto !== null && proto !== Object.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
+    if ((proto as { constructor?: { name?: unknown } }).constructor?.name === 'Keyv') return true;
+  }
+  const { hooks, stats, store } = candidate as { hooks?: unknown; stats?: unknown; store?: unknown };
+  return typeof hooks === 'object' && hooks !== null && typeof stats === 'object' && stats !== null && typeof (store as { get?: unknown } | null)?.get === 'function';
 }

@@ -49,19 +49,19 @@ export function sqlTableOf(store: object): SqlTable | undefined {
         'postgres',
         `${plainIdentifier(opts.schema ?? 'public', 'schema')}.${plainIdentifier(opts.table ?? 'keyv', 'table')}`,
         async (sql, params) => {
-          try {
-            return rows(await call(sql, params));
-          } catch (error) {
-            // PostgreSQL's detail of a constraint or data error quotes the row or key it refused
-            // (`Failing row contains (key, value, …)`), and its context the text it could not parse:
-            // the token, in every log that prints the error.
-            const failure = (error ?? {}) as { code?: unknown; detail?: unknown; where?: unknown };
-            if (typeof failure.code === 'string' && /^2[23]/.test(failure.code)) {
-              for (const field of ['detail', 'where'] as const) {
-                if (typeof failure[field] === 'string') failure[field] = '(left out by wxkit: it may quote the values of the statement)';
-              }
+          for (let attempt = 1; ; attempt += 1) {
+            try {
+              return rows(await call(sql, params));
+            } catch (error) {
+              // A database whose default isolation is REPEATABLE READ or SERIALIZABLE
+              // (default_transaction_isolation) fails a statement that meets a row another one changed
+              // since its snapshot (40001), where READ COMMITTED would wait and look again: two adds of
+              // one lock, two compare-and-sets of one entry. Each statement runs alone (autocommit), so
+              // one that failed so did nothing, and each failure means another statement on that row
+              // committed: run it again, on a new snapshot, rather than report the store down.
+              if (isRetryable(error) && attempt < SERIALIZATION_RETRIES) continue;
+              throw scrubbed(error);
             }
-            throw error;
           }
         },
       );
@@ -88,6 +88,33 @@ export function sqlTableOf(store: object): SqlTable | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * How many times a PostgreSQL statement is run when it keeps failing to serialize: each failure is
+ * another statement on the same row committing first, so a few writers of one key settle well within it.
+ */
+const SERIALIZATION_RETRIES = 10;
+
+/** PostgreSQL's serialization_failure and deadlock_detected: the statement did nothing, and may run again. */
+function isRetryable(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return code === '40001' || code === '40P01';
+}
+
+/**
+ * PostgreSQL's error, without what may quote the statement's values: the detail of a constraint or data
+ * error quotes the row or key it refused (`Failing row contains (key, value, …)`), and its context the
+ * text it could not parse: the token, in every log that prints the error.
+ */
+function scrubbed(error: unknown): unknown {
+  const failure = (error ?? {}) as { code?: unknown; detail?: unknown; where?: unknown };
+  if (typeof failure.code === 'string' && /^2[23]/.test(failure.code)) {
+    for (const field of ['detail', 'where'] as const) {
+      if (typeof failure[field] === 'string') failure[field] = '(left out by wxkit: it may quote the values of the statement)';
+    }
+  }
+  return error;
 }
 
 /** Runs every statement after making sure the table has the `expires` column, adding it once if not. */

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import KeyvPostgres from '@keyv/postgres';
@@ -175,6 +176,44 @@ describe('KeyvCache on @keyv/postgres', () => {
       expect(psql(`SELECT value FROM public.${table} WHERE key = 'wechat:k'`)).toBe('v');
     } finally {
       psql(`REVOKE ALL ON public.${table} FROM ${role}; REVOKE ALL ON SCHEMA public FROM ${role}; DROP ROLE ${role};`);
+    }
+  });
+
+  it('on a database whose default isolation is REPEATABLE READ or SERIALIZABLE, racing adds and compare-and-sets never fail: one winner each', async () => {
+    // default_transaction_isolation set by the DBA (here for this pool's sessions only): a statement that
+    // meets a row another one changed since its snapshot fails to serialize (40001), where READ COMMITTED
+    // waits. Reported as a failed store, it makes a waiter take the store for down and fetch its own token.
+    const require = createRequire(createRequire(import.meta.url).resolve('@keyv/postgres'));
+    type Pool = { query(sql: string, params: unknown[]): Promise<{ rows: unknown[] }>; end(): Promise<void> };
+    const { Pool } = require('pg') as { Pool: new (options: object) => Pool };
+    for (const level of ['repeatable\\ read', 'serializable']) {
+      const table = newTable();
+      psql(`CREATE TABLE public.${table} (key VARCHAR(255) PRIMARY KEY, value TEXT, expires BIGINT)`);
+      const pool = new Pool({ connectionString: POSTGRES, max: 8, options: `-c default_transaction_isolation=${level}` });
+      // The shape KeyvCache finds a @keyv/postgres store by: its options and its query function.
+      const adapter = {
+        opts: { dialect: 'postgres', table },
+        query: async (sql: string, params: unknown[]) => (await pool.query(sql, params)).rows,
+        get: () => undefined,
+        set: () => undefined,
+        delete: () => undefined,
+      };
+      try {
+        const clients = Array.from({ length: 4 }, () => new KeyvCache(adapter as never));
+        for (let round = 0; round < 5; round += 1) {
+          const key = `race-${round}`;
+          await clients[0]!.set(key, 'old', 60);
+          psql(`UPDATE public.${table} SET expires = 0 WHERE key = '${key}'`);
+          const adds = await Promise.all(Array.from({ length: 20 }, (_, i) => clients[i % 4]!.add!(key, `owner-${i}`, 60)));
+          expect(adds.filter(Boolean)).toHaveLength(1);
+          const owner = `owner-${adds.indexOf(true)}`;
+          const swaps = await Promise.all(Array.from({ length: 8 }, (_, i) => clients[i % 4]!.compareAndSet!(key, owner, `token-${i}`, 60)));
+          expect(swaps.filter(Boolean)).toHaveLength(1);
+          expect(await clients[1]!.get(key)).toBe(`token-${swaps.indexOf(true)}`);
+        }
+      } finally {
+        await pool.end();
+      }
     }
   });
 

@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
+import Keyv from 'keyv';
 import KeyvSqlite from '@keyv/sqlite';
 import { describeTokenCache, describeTokenSharing } from '@wxkit/testing/suite';
 import { CacheError } from '@wxkit/core';
@@ -76,6 +77,18 @@ describe('KeyvCache on @keyv/sqlite', () => {
     expect(await cache.compareAndSet!('k', 'old', 'new', 60)).toBe(false);
     expect(await cache.add!('k', 'mine', 60)).toBe(true);
     expect(await cache.get('k')).toBe('mine');
+  });
+
+  it("through a subclass of Keyv (an application's own), it still writes the raw bytes and keeps its atomic operations", async () => {
+    class AppCache extends Keyv {}
+    const table = newTable();
+    const adapter = store(table);
+    const cache = new KeyvCache(new AppCache({ store: adapter, namespace: undefined }));
+    expect(typeof cache.add).toBe('function');
+    const value = '{"access_token":"86_abc","expires_at":1764003600,"fetched_at":1763996400}';
+    await cache.set('wechat:access_token:wx1', value, 60);
+    // No `{"value":…,"expires":…}` envelope around it: what a peer in another language reads.
+    expect(await adapter.get('wechat:access_token:wx1')).toBe(value);
   });
 
   it('a database that cannot be opened ends no process: the calls fail with a CacheError that says the store will not try again', async () => {
