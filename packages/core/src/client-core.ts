@@ -570,7 +570,7 @@ export class ClientCore implements TierStores, EventSource {
     warnedDefaultStore = true;
     this.log.warn(
       { event: 'cache.process_local', appId: this.appId },
-      'No cache was set, so tokens live in this process only: every other process fetches its own and they invalidate each other. Call setCache() with a FileCache, RedisCache or MemcachedCache shared by all of them',
+      'No cache was set, so tokens live in this process only: every other process fetches its own (on the classic endpoint, each fetch kills the token the others hold). Call setCache() with a FileCache, RedisCache or MemcachedCache shared by all of them',
     );
   }
 }

@@ -195,6 +195,8 @@ export interface TokenFetchFailedEvent extends TokenEventBase {
   code?: string;
   /** WeChat's errcode, when WeChat answered one. */
   errcode?: number;
+  /** The error's message: why the request failed (`ECONNREFUSED; it went to …`, WeChat's errmsg). Never a secret. */
+  error?: string;
   tier: TokenTier;
   /**
    * False when the request never left this process (no connection, DNS failure, connect timeout, no free

@@ -99,6 +99,9 @@ describe('a fetch that never left this process', () => {
     expect(await cutOff.accessToken.getToken()).toBe(token);
     expect(gate.connects).toBe(1);
     expect(events.map((event) => [event.code, event.sent])).toEqual([['ERR_WXKIT_HTTP', false]]);
+    // The line says why, as the error does: a background refresh (wxkit serve) is seen in it only.
+    expect(events[0]!.error).toBe(error.message);
+    expect(events[0]!.error).toMatch(/failed before WeChat answered/);
     await Promise.all([cutOff.close(), healthy.close()]);
   });
 

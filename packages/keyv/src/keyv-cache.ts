@@ -35,6 +35,8 @@ type StoreLike = {
 export class KeyvCache implements TokenCache {
   readonly #store: StoreLike;
   readonly #sql: SqlTable | undefined;
+  /** The calls under way, told of a refusal the store reports as an event rather than to them. */
+  readonly #waiting = new Set<(error: unknown) => void>();
   #closed = false;
 
   /**
@@ -74,8 +76,14 @@ export class KeyvCache implements TokenCache {
     // miss sends every process to WeChat. Keyv instances still swallow on their own level, so this
     // changes nothing for other users of the store through Keyv.
     if (store.throwOnErrors === false) store.throwOnErrors = true;
-    // Stores re-emit driver errors as 'error' events; the calls that fail report them instead.
-    store.on?.('error', () => undefined);
+    // Stores re-emit driver errors as 'error' events; the calls that fail report them instead. A server
+    // that refuses the connection itself (@keyv/redis with a wrong password: WRONGPASS at the handshake)
+    // fails no call, though: the driver reconnects for ever and the calls wait for a connection that never
+    // comes. Those calls fail with the refusal instead, so the error says what to fix.
+    store.on?.('error', (error: unknown) => {
+      if (refusalOf(error) === undefined) return;
+      for (const fail of this.#waiting) fail(error);
+    });
     this.#store = store;
     const sql = sqlTableOf(store);
     this.#sql = sql;
@@ -124,8 +132,16 @@ export class KeyvCache implements TokenCache {
 
   async #run<T>(op: string, fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new CacheError(`KeyvCache ${op} after close()`, { reason: 'closed' });
+    let fail: (error: unknown) => void = () => undefined;
+    const refused = new Promise<never>((_, reject) => {
+      fail = reject;
+    });
+    this.#waiting.add(fail);
     try {
-      return await fn();
+      const call = fn();
+      // Settled later, after a refusal failed the call: nobody waits for it any more.
+      call.catch(() => undefined);
+      return await Promise.race([call, refused]);
     } catch (error) {
       if (error instanceof RangeError) throw error;
       // Redis behind Keyv (@keyv/redis) answering for a key that holds a hash, list or set: another
@@ -143,6 +159,8 @@ export class KeyvCache implements TokenCache {
         );
       }
       throw new CacheError(`KeyvCache ${op} failed in the Keyv store${refusal ? `: ${REFUSALS[refusal]}` : ''}`, { cause: error, reason });
+    } finally {
+      this.#waiting.delete(fail);
     }
   }
 }

@@ -171,6 +171,19 @@ describe('KeyvCache on @keyv/redis down or refusing', () => {
     await expect(cache.get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'closed' });
   });
 
+  it('a wrong password, which the server refuses at the handshake, fails the calls waiting for the connection with reason auth', async () => {
+    // node-redis reconnects for ever after WRONGPASS and the store's calls wait for a connection that
+    // never comes: without this, a call hung until the client's cacheTimeoutMs, said only "did not answer".
+    const own = await startRedis({ args: ['--requirepass', 'right'] });
+    servers.push(own);
+    const wrong = new KeyvRedis<string>({ url: `redis://:wrong@127.0.0.1:${own.port}`, commandOptions: { timeout: 1_000 } });
+    stores.push(wrong);
+    const cache = new KeyvCache(wrong);
+    const calls = await Promise.allSettled([cache.get('wechat:k'), cache.set('wechat:k', 'v', 60), cache.delete('wechat:k')]);
+    expect(calls).toEqual(Array(3).fill({ status: 'rejected', reason: expect.objectContaining({ code: 'ERR_WXKIT_CACHE', reason: 'auth', message: expect.stringMatching(/check the user and password/) }) }));
+    expect(calls.map((call) => (call as PromiseRejectedResult).reason.message).join()).not.toContain('wrong@');
+  });
+
   it('a server that takes no writes (memory full, a read-only replica) is a CacheError of reason readonly, as RedisCache says it', async () => {
     const full = await startRedis({ args: ['--maxmemory', '1', '--maxmemory-policy', 'noeviction'] });
     const replica = await startRedis({ args: ['--replicaof', '127.0.0.1', String(redis.port)] });

@@ -31,7 +31,11 @@ const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 
 const MEMCACHED_OPTIONS = {
   // memjs splits a server at its first colon: an IPv6 address ([::1]:11211) would never connect.
-  servers: required(rule('"host:port" (a name or an IPv4 address), several separated by commas, or an array of them', (value) => parseServers(value) !== undefined)),
+  servers: required(
+    rule('"host:port" (a name or an IPv4 address), several separated by commas, or an array of them', (value) => parseServers(value) !== undefined, {
+      nearMiss: (value) => (holdsCredentials(value) ? CREDENTIALS_NEAR_MISS : undefined),
+    }),
+  ),
   username: rule('a string', (value) => typeof value === 'string'),
   password: rule('a string', (value) => typeof value === 'string'),
   timeoutMs: durationMs(),
@@ -363,6 +367,17 @@ function parseServers(servers: unknown): string[] | undefined {
   const parsed = list?.map((entry) => (typeof entry === 'string' ? entry.trim().replace(/^memcached:\/\//, '').replace(/\/$/, '') : ''));
   if (!parsed || parsed.length === 0 || !parsed.every(isServer)) return undefined;
   return parsed;
+}
+
+// The CLI's --store takes memcached://user:password@host:port; the class takes the credentials as options.
+const CREDENTIALS_NEAR_MISS =
+  'must be "host:port" without a user or password: give SASL credentials as the username and password options, ' +
+  "new MemcachedCache({ servers: 'host:11211', username, password }) (the value is not shown: it holds a password)";
+
+/** Whether a `servers` value carries `user:password@` before a host, as a URL would. */
+function holdsCredentials(servers: unknown): boolean {
+  const list = typeof servers === 'string' ? servers.split(',') : Array.isArray(servers) ? servers : [];
+  return list.some((entry) => typeof entry === 'string' && /^(memcached:\/\/)?[^/@]*@/.test(entry.trim()));
 }
 
 /** `host:port` with a port from 1 to 65535: past it, net.connect throws and every call would fail as an outage. */

@@ -391,6 +391,18 @@ describe('MemcachedCache on a real memcached', () => {
     expect(() => new MemcachedCache({ servers: 'a:1', timeoutMs: -5 })).toThrow(/options.timeoutMs/);
     expect(() => new MemcachedCache({ servers: 'a:1', password: 5 as never })).toThrow(/options.password must be a string \(got number\)/);
     expect(() => new MemcachedCache('memcached://10.0.0.1:11211,10.0.0.2:11211')).not.toThrow();
+    // Credentials in the string, as the CLI's --store takes them: the message names the options that take
+    // them, and shows no part of the password.
+    for (const servers of ['memcached://app:pw-s3cret@10.0.0.1:11211', ['10.0.0.2:11211', 'app:pw-s3cret@10.0.0.1:11211']]) {
+      let error: unknown;
+      try {
+        new MemcachedCache({ servers });
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'servers', message: expect.stringMatching(/username and password options/) });
+      expect((error as Error).message).not.toContain('s3cret');
+    }
   });
 });
 

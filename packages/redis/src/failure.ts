@@ -80,7 +80,9 @@ export function lasting(error: unknown): boolean {
 export function failureMessage(op: string, where: string, reason: CacheErrorReason | undefined, connecting: boolean): string {
   // Said of the server, not of the call: it answered, in a protocol RedisCache does not speak.
   if (reason === 'protocol') return `RedisCache ${op} failed: the server at ${where} does not speak the Redis protocol (an HTTP server?); ${HINTS.protocol}`;
-  return `RedisCache ${op} failed on ${where}${hintOf(reason, connecting)}`;
+  // A plain server asked for TLS reads the ClientHello as a command and waits for its end: no error, no answer.
+  const plain = reason === 'timeout' && connecting && /^rediss:/i.test(where) ? ', and that it speaks TLS: a server without TLS asked with rediss:// never answers' : '';
+  return `RedisCache ${op} failed on ${where}${hintOf(reason, connecting)}${plain}`;
 }
 
 /** `: authentication failed: …`, or nothing when the reason is unknown. */

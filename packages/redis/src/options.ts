@@ -201,7 +201,7 @@ const URL_RULE = 'a redis:// or rediss:// URL such as redis://user:password@host
 const SENTINEL_URL_RULE = 'redis://[user:password@]host:port URLs, without a database';
 
 const REDIS_OPTIONS = {
-  url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: badDatabase }),
+  url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: (value) => badDatabase(value) ?? unparsable(value) }),
   // The nodes discovered are all connected with one user, password and scheme: the URLs must agree on them.
   cluster: rule(
     `a non-empty array of ${URL_RULE.slice(2)}s`,
@@ -299,6 +299,18 @@ function redisUrl(url: unknown): 'ok' | 'database' | 'no' {
 
 function isSentinelUrl(url: unknown): boolean {
   return redisUrl(url) === 'ok' && (url as string).startsWith('redis:') && new URL(url as string).pathname.length <= 1;
+}
+
+/**
+ * The message for a redis:// URL that does not parse, most often for a password holding a character a
+ * URL gives a meaning to. The URL is not echoed: where it fails to parse, no mask can find its password.
+ */
+function unparsable(url: unknown): string | undefined {
+  if (typeof url !== 'string' || !/^rediss?:\/\//i.test(url.trim()) || redisUrl(url) !== 'no') return undefined;
+  return (
+    `must be ${URL_RULE}; this one does not parse as a URL: a user or password holding @ : / ? # % or a space ` +
+    'is written percent-encoded, as encodeURIComponent(password) gives it'
+  );
 }
 
 /** The message for a URL whose path is no database number, with the URL masked: never its password. */

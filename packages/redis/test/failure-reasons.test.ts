@@ -83,6 +83,8 @@ describe('RedisCache failures name their cause', () => {
     // A plain server reads the TLS hello as a command and never answers it.
     const plain = await failure({ url: twoDatabases.url.replace('redis:', 'rediss:'), connectTimeoutMs: 300 });
     expect(plain.reason).toBe('timeout');
+    // The message names the scheme, as it does for the reverse mistake below.
+    expect(plain.message).toMatch(/a server without TLS asked with rediss:\/\/ never answers/);
     // Plain text against a TLS-only server: it closes the connection at once.
     const reset = await failure(tls.url.replace('rediss:', 'redis:'));
     expect(reset.reason).toBe('disconnected');

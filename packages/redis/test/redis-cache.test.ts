@@ -319,6 +319,14 @@ describe('RedisCache on a real redis-server', () => {
       option: 'url',
       message: expect.stringContaining('below 2147483647 (got redis://u:***@host:6379/99999999999999999999)'),
     });
+    // A password holding a character a URL gives a meaning to, not percent-encoded: the message says how
+    // to write it, and shows no part of it (the URL does not parse, so no mask could find the password).
+    for (const url of ['redis://:top#secret@host:6379/0', 'redis://:top/secret@host:6379', 'rediss://u:top?secret@host:6380']) {
+      const unencoded = error(() => new RedisCache(url));
+      expect(unencoded).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'url', message: expect.stringContaining('percent-encoded') });
+      expect(unencoded.message).not.toContain('secret');
+    }
+    expect(error(() => new RedisCache('http://127.0.0.1:6379')).message).not.toContain('percent-encoded');
     expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster, sentinel or client');
     expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');

@@ -751,6 +751,9 @@ export class LockedFetchRefresher implements Refresher {
         key: ctx.logKey,
         code: (error as { code?: string }).code,
         errcode: (error as { errcode?: number }).errcode,
+        // Why, as the caller's error says it (ECONNREFUSED, ENOTFOUND, an errmsg): a background refresh's
+        // failure (wxkit serve, refresh-ahead) is seen in this line only. The messages hold no secret.
+        error: (error as Error | undefined)?.message,
         tier: tier.name,
         sent: !unsent,
       },
