@@ -366,6 +366,8 @@ export class ClientCore implements TierStores, EventSource {
       throw new ConfigError(`${this.owner} setCache(): this client shares the store of the ${this.#pool.owner} that made it; set the cache there`, 'cache');
     }
     assertTokenCache(`${this.owner} setCache() cache`, cache);
+    // A closed client sends nothing: a store given to it now would be watched by nobody's close().
+    if (this.#closed !== undefined) throw new ConfigError(`${this.owner} setCache() after close(): the client is closed; make a new one with the cache`, 'cache');
     this.#store.dispose();
     this.#store = this.#guard(cache);
     this.#defaultStore = false;

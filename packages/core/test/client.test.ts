@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { VERSION } from '../src/index.js';
+import { MemoryCache, OfficialAccount, VERSION } from '../src/index.js';
 import { ClientCore } from '../src/client-core.js';
 import { parseJson } from '../src/http.js';
 import { newApp, rejection } from './helpers.js';
@@ -109,5 +109,15 @@ describe('settings shared by clients made alike', () => {
     expect(real.settings.now).toBe(Date.now);
     expect(faked.settings.now).not.toBe(Date.now);
     await Promise.all([a, b, faked, real].map((core) => core.close()));
+  });
+});
+
+describe('a closed client', () => {
+  it('refuses setCache() with a ConfigError naming the option, rather than take a store nobody closes', async () => {
+    const app = new OfficialAccount({ appId: 'wx4202f388888ab123', secret: 's', logger: false });
+    await app.close();
+    const cache = new MemoryCache();
+    expect(() => app.setCache(cache)).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'cache' }));
+    expect(() => app.accessToken.setCache(cache)).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'cache' }));
   });
 });
