@@ -271,10 +271,12 @@ export class FileCache implements TokenCache {
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') return { value: undefined, expiresAt: 0, present: false };
-      // A file this user may not read in a directory it may: another user's (a root cron job's, an
-      // operator's `sudo` run, mode 0600). That is about this key, as a directory at it is (CacheErrorReason
-      // `type`), not an outage of the store: taken for one, it would send every account to WeChat.
-      if ((code === 'EACCES' || code === 'EPERM') && (await access(this.dir, constants.R_OK | constants.X_OK).then(() => true, () => false))) {
+      // A file this user may not read in a directory it may read and write: another user's (a root cron
+      // job's, an operator's `sudo` run, mode 0600), which this user's next write replaces. That is about
+      // this key, as a directory at it is (CacheErrorReason `type`), not an outage of the store: taken for
+      // one, it would send every account to WeChat. In a directory this user may not write to (one handed
+      // to another user whole, `chown -R`), no key can be read or written: an outage, as a write says.
+      if ((code === 'EACCES' || code === 'EPERM') && (await access(this.dir, constants.R_OK | constants.W_OK | constants.X_OK).then(() => true, () => false))) {
         throw new CacheError(`FileCache ${op} found a file at that key in ${this.dir} that this user may not read (another user's; left as it is)`, {
           cause: this.#withoutNames(error),
           reason: 'type',

@@ -285,6 +285,29 @@ describe('authorizers', () => {
     expect(asked()).toBe(requests);
   });
 
+  it("authorizing again ends a revoked authorization's back-off: the account's next refresh reaches WeChat at once", async () => {
+    const { component, clock, open, appIds, durable } = await threeAuthorizers();
+    const appId = appIds[0]!;
+    const asked = () => mock.counters(appId).authorizerTokenRequests;
+    mock.revokeAuthorization(appId);
+    // Three 61003 in a row: the fleet's pause is 4 minutes now.
+    for (let round = 0; round < 3; round += 1) {
+      expect(await rejection(send(open, appId))).toMatchObject({ errcode: 61003 });
+      clock.now += 2 ** round * 60_000;
+    }
+    expect(await rejection(send(open, appId))).toMatchObject({ errcode: 61003 });
+    await storeVerifyTicket(mock, component, durable);
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(component.appId, { preAuthCode, authorizerAppId: appId });
+    await open.handleAuthorization(grant.authorizationCode);
+    expect(await send(open, appId)).toMatchObject({ errcode: 0 });
+    // The authorization's token dies (40001): its refresh, with the new refresh token, is not the revoked one's.
+    mock.invalidateTokens(appId);
+    const before = asked();
+    expect(await send(open, appId)).toMatchObject({ errcode: 0 });
+    expect(asked()).toBe(before + 1);
+  });
+
   it('a component token that carried an authorizer refresh is refetched at once when it dies, however often', async () => {
     const { component, clock, open, appIds } = await threeAuthorizers();
     const before = mock.counters(component.appId).componentTokenRequests;

@@ -244,6 +244,25 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it.skipIf(process.getuid?.() !== 0)('a directory handed to another user whole (its files 0600, the directory 0755) is an outage, not each key\'s matter: /healthz and the breaker see it', async () => {
+    // chown -R of the token directory (a container now run under another uid): this user may list it
+    // but neither read a file nor write one. Taken for reason type, every read says "up" (the breaker
+    // recovers on it, wxkit serve's probe reports 200) while no token can be read or written.
+    const parent = mkdtempSync(join(tmpdir(), 'wxkit-file-chowned-'));
+    chmodSync(parent, 0o755);
+    const dir = join(parent, 'tokens');
+    try {
+      const byRoot = new FileCache({ dir });
+      await byRoot.set('wechat:k', 'v', 60);
+      chmodSync(dir, 0o755);
+      const script = `import(${JSON.stringify(builtModule)}).then(async (m) => { const c = new m.FileCache({ dir: ${JSON.stringify(dir)} }); const r = []; for (const call of [() => c.get('wechat:k'), () => c.set('wechat:k', 'w', 60)]) r.push(await call().then(() => 'ok', (e) => e.reason)); console.log(JSON.stringify(r)); })`;
+      const output = execFileSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534 });
+      expect(JSON.parse(String(output))).toEqual(['permission', 'permission']);
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
+    }
+  });
+
   it('a call after close() fails with reason closed, and so does a watch', async () => {
     const cache = new FileCache({ dir: fresh('closed') });
     await cache.set('k', 'v', 60);

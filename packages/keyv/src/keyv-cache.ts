@@ -81,7 +81,9 @@ export class KeyvCache implements TokenCache {
     // fails no call, though: the driver reconnects for ever and the calls wait for a connection that never
     // comes. Those calls fail with the refusal instead, so the error says what to fix.
     store.on?.('error', (error: unknown) => {
-      if (refusalOf(error) === undefined) return;
+      // Only a refusal of the connection: @keyv/redis emits every failed command too (a write refused
+      // READONLY, OOM or NOPERM), which is that command's failure alone, not the reads' under way.
+      if (refusalOf(error) !== 'auth') return;
       for (const fail of this.#waiting) fail(error);
     });
     this.#store = store;

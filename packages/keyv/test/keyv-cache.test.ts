@@ -195,6 +195,20 @@ describe('KeyvCache on @keyv/redis down or refusing', () => {
     }
   });
 
+  it("a write the server refuses (replica, READONLY) fails that write only: reads under way on the same store are answered", async () => {
+    // @keyv/redis emits every failed command as an 'error' event too: only a refusal of the connection
+    // (NOAUTH, WRONGPASS) leaves calls waiting for ever, and only it may fail the calls under way.
+    const replica = await startRedis({ args: ['--replicaof', '127.0.0.1', String(redis.port)] });
+    servers.push(replica);
+    const store = new KeyvRedis<string>({ url: replica.url, commandOptions: { timeout: 1_000 } });
+    stores.push(store);
+    const cache = new KeyvCache(store);
+    await cache.get('wechat:warm');
+    const [write, ...reads] = await Promise.allSettled([cache.set('wechat:k', 'v', 60), ...Array.from({ length: 5 }, (_, i) => cache.get(`wechat:r${i}`))]);
+    expect(write).toMatchObject({ status: 'rejected', reason: { reason: 'readonly' } });
+    expect(reads.map((read) => read.status)).toEqual(Array(5).fill('fulfilled'));
+  });
+
   it('with commandOptions.timeout, calls made while the first connection is made wait for it (disableOfflineQueue would fail them)', async () => {
     const store = new KeyvRedis<string>({ url: redis.url, commandOptions: { timeout: 2_000 } });
     stores.push(store);

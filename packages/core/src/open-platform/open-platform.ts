@@ -14,7 +14,7 @@ import type { HttpRequest } from '../http.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import { type OpenPlatformEntry, type StoredEntry } from '../token/entry.js';
 import { EntryStore } from '../token/entry-store.js';
-import { FailureGate, decodeMarker } from '../token/failure.js';
+import { FailureGate, decodeMarker, failureKey } from '../token/failure.js';
 import type { TokenManager } from '../token/manager.js';
 import { keepAliveMs, RefreshLock } from '../token/refresh-lock.js';
 import { pollWithBackoff } from '../token/refresher.js';
@@ -565,6 +565,7 @@ export class OpenPlatform {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
     await this.#storeAuthorization(authorizerAppId, refresh, startedAt);
+    await this.#endRevokedBackoff(this.#key('authorizer_access_token', authorizerAppId));
     let fetched: Fetched;
     try {
       fetched = validateFetched(info, 'authorizer_access_token', path);
@@ -802,6 +803,24 @@ export class OpenPlatform {
       const raw = await store.get(key);
       const errcode = decodeMarker(raw)?.errcode;
       if (raw !== undefined && (errcode === 61005 || errcode === 61006)) await store.deleteIfEquals(key, raw);
+    } catch {
+      // The store did not answer: the marker runs out by itself.
+    }
+  }
+
+  /**
+   * A new authorization ends the fleet's back-off of the account's token that the old one caused (61003
+   * revoked, up to an hour; 61023 a refresh token no longer valid): the account's next refresh, with the
+   * new refresh token, reaches WeChat at once rather than failing with the old authorization's error.
+   * Best effort: the back-off also ends by itself.
+   */
+  async #endRevokedBackoff(entryKey: string): Promise<void> {
+    const store = this.#core.store;
+    const key = failureKey(entryKey);
+    try {
+      const raw = await store.get(key);
+      const errcode = decodeMarker(raw)?.errcode;
+      if (raw !== undefined && (errcode === 61003 || errcode === 61023)) await store.deleteIfEquals(key, raw);
     } catch {
       // The store did not answer: the marker runs out by itself.
     }
