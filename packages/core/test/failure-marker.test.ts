@@ -70,6 +70,24 @@ describe('a marker as written', () => {
   });
 });
 
+describe('a revoked authorization (61003)', () => {
+  it('pauses a minute at its first refusal, however many transient failures came before it, then doubles', async () => {
+    const { store } = gateStore();
+    const gate = new FailureGate('wechat:authorizer_access_token:wxc:wxa', 'authorizer_access_token');
+    const revoked = () => new WeChatApiError({ errcode: 61003, errmsg: 'component is not authorized by this account' }, 'cgi-bin/component/api_authorizer_token');
+    let now = Date.now();
+    for (let i = 0; i < 6; i += 1) {
+      const marker = (await gate.record(store, transient(), now, 'host:1'))!;
+      now = marker.retryAt;
+    }
+    const first = (await gate.record(store, revoked(), now, 'host:1'))!;
+    expect(first.retryAt - now).toBe(60_000);
+    now = first.retryAt;
+    const second = (await gate.record(store, revoked(), now, 'host:1'))!;
+    expect(second.retryAt - now).toBe(120_000);
+  });
+});
+
 describe('a marker this process could not write', () => {
   it('holds this process back, and a success ends it', async () => {
     const { store, state } = gateStore();

@@ -454,7 +454,10 @@ export class FailureGate {
     }
     // A failure of another secret (one this process does not hold to) is no failure of this one in a row.
     const counted = previous !== undefined && !this.#othersSecret(previous) ? previous : undefined;
-    const marker = markerFor(error, counted ? counted.attempt + 1 : 1, now, failedBy);
+    // A revoked authorization's pauses grow with the 61003s in a row, not with the transient failures
+    // before it: its first pause is a minute, whatever came before.
+    const inRow = counted !== undefined && (policyOf(error) !== 'revoked' || counted.errcode === REVOKED);
+    const marker = markerFor(error, inRow ? counted.attempt + 1 : 1, now, failedBy);
     if (!marker) return undefined;
     const digest = blamesSecret(marker) ? this.#credential?.credentialDigest : undefined;
     if (digest !== undefined) {
