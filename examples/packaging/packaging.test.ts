@@ -1,9 +1,10 @@
-import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
+import type { SpawnOptions } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, readdirSync, realpathSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runChild } from '../child-process.js';
 
 // The packages as a user gets them: packed by pnpm (which rewrites `workspace:` ranges), installed by npm
 // into a project outside the workspace, with nothing of this repository on the resolution path.
@@ -42,10 +43,9 @@ const tarball = (name: string) => {
   return join(tarballs, `${name.replace(/^@/, '').replace('/', '-')}-${version}.tgz`);
 };
 
-function sh(command: string, args: string[], options: SpawnSyncOptions = {}) {
-  const result = spawnSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...options });
-  if (result.error) throw result.error;
-  return { status: result.status, stdout: String(result.stdout), stderr: String(result.stderr) };
+async function sh(command: string, args: string[], options: SpawnOptions & { timeoutMs?: number } = {}) {
+  const { status, stdout, stderr } = await runChild(command, args, options);
+  return { status, stdout, stderr };
 }
 
 /** pnpm through the copy that runs the tests, or the pinned one from the registry. */
@@ -68,25 +68,25 @@ function userEnv(): NodeJS.ProcessEnv {
   return env;
 }
 
-function npmInstall(specs: string[]): void {
-  const run = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...specs], { cwd: scratch, env: userEnv() });
+async function npmInstall(specs: string[]): Promise<void> {
+  const run = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...specs], { cwd: scratch, env: userEnv() });
   if (run.status !== 0) throw new Error(`npm install failed (exit ${run.status}):\n${run.stdout}\n${run.stderr}`);
 }
 
 function node(file: string) {
-  return sh(process.execPath, [file], { cwd: scratch, env: userEnv(), timeout: 60_000 });
+  return sh(process.execPath, [file], { cwd: scratch, env: userEnv(), timeoutMs: 60_000 });
 }
 
-beforeAll(() => {
+beforeAll(async () => {
   scratch = realpathSync(mkdtempSync(join(tmpdir(), 'wxkit-scratch-')));
   tarballs = join(scratch, 'tarballs');
   const [command, ...prefix] = pnpm();
-  const pack = sh(command!, [...prefix, '-r', '--filter=./packages/*', 'pack', '--pack-destination', tarballs], { cwd: root });
+  const pack = await sh(command!, [...prefix, '-r', '--filter=./packages/*', 'pack', '--pack-destination', tarballs], { cwd: root });
   if (pack.status !== 0) throw new Error(`pnpm pack failed (exit ${pack.status}):\n${pack.stdout}\n${pack.stderr}`);
   writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'wxkit-scratch', version: '1.0.0', private: true }, null, 2));
   // The README's install line, each package name standing for its tarball; then the compiler and the
   // newest Node typings, as a new TypeScript project has them.
-  npmInstall([...installed.map((name) => (names.includes(name) ? tarball(name) : name)), 'typescript@5.9.3', '@types/node@latest']);
+  await npmInstall([...installed.map((name) => (names.includes(name) ? tarball(name) : name)), 'typescript@5.9.3', '@types/node@latest']);
 }, 240_000);
 
 afterAll(() => {
@@ -94,9 +94,9 @@ afterAll(() => {
 });
 
 describe('the packages, packed by pnpm and installed by npm outside the workspace', () => {
-  it('every tarball names real version ranges, never workspace:', () => {
+  it('every tarball names real version ranges, never workspace:', async () => {
     for (const name of names) {
-      const manifest = sh('tar', ['-xOzf', tarball(name), 'package/package.json']);
+      const manifest = await sh('tar', ['-xOzf', tarball(name), 'package/package.json']);
       expect(manifest.status).toBe(0);
       const { dependencies = {}, peerDependencies = {} } = JSON.parse(manifest.stdout) as Manifest;
       const ranges = Object.values({ ...dependencies, ...peerDependencies });
@@ -114,24 +114,24 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
     expect(installed).toContain('@wxkit/testing');
   });
 
-  it("the README's first snippet, as shown, sends a message through the mock server", () => {
+  it("the README's first snippet, as shown, sends a message through the mock server", async () => {
     writeFileSync(join(scratch, 'try.mjs'), snippet);
-    const run = node(join(scratch, 'try.mjs'));
+    const run = await node(join(scratch, 'try.mjs'));
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(run.stdout).toMatch(/errcode: 0, errmsg: 'ok', msgid: '\d{19}'/);
   });
 
   describe('with every package installed', () => {
-    beforeAll(() => {
-      npmInstall(names.filter((name) => !installed.includes(name)).map(tarball));
+    beforeAll(async () => {
+      await npmInstall(names.filter((name) => !installed.includes(name)).map(tarball));
     }, 240_000);
 
     // Each package's main entry, and the subpath the wxkit packages share helpers through.
     const entries = [...names, '@wxkit/core/internal'];
 
-    it('each package loads from ESM and from CJS, with the same exports, from the scratch project', () => {
-      const report = (kind: 'esm' | 'cjs') => {
+    it('each package loads from ESM and from CJS, with the same exports, from the scratch project', async () => {
+      const report = async (kind: 'esm' | 'cjs') => {
         const file = join(scratch, `load.${kind === 'esm' ? 'mjs' : 'cjs'}`);
         const load = kind === 'esm' ? 'await import(name)' : 'require(name)';
         const where = kind === 'esm' ? 'fileURLToPath(import.meta.resolve(name))' : 'require.resolve(name)';
@@ -148,13 +148,13 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
             'console.log(JSON.stringify(out));',
           ].join('\n'),
         );
-        const run = node(file);
+        const run = await node(file);
         expect(run.stderr).toBe('');
         expect(run.status).toBe(0);
         return JSON.parse(run.stdout) as Record<string, { keys: string[]; file: string }>;
       };
-      const esm = report('esm');
-      const cjs = report('cjs');
+      const esm = await report('esm');
+      const cjs = await report('cjs');
       for (const name of entries) {
         expect(esm[name]!.file.startsWith(join(scratch, 'node_modules'))).toBe(true);
         expect(cjs[name]!.file.startsWith(join(scratch, 'node_modules'))).toBe(true);
@@ -167,15 +167,15 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
 
     // The CLI depends on @wxkit/testing, whose vitest peer is optional but still a constraint: a project on a
     // vitest the range leaves out cannot install the CLI at all (npm ERESOLVE). The suite runs on 3.2, 4.1, 5.1.
-    it('a project on vitest 4 or 5 installs the CLI and the test kit, and npm finds no invalid peer', () => {
+    it('a project on vitest 4 or 5 installs the CLI and the test kit, and npm finds no invalid peer', async () => {
       for (const vitest of ['4.1.12', '5.1.2']) {
         const project = join(scratch, `vitest-${vitest}`);
         mkdirSync(project);
         writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'on-vitest', version: '1.0.0', private: true, devDependencies: { vitest } }, null, 2));
-        const install = sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...names.map(tarball)], { cwd: project, env: userEnv() });
+        const install = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...names.map(tarball)], { cwd: project, env: userEnv() });
         expect(install.stderr).not.toMatch(/ERESOLVE/);
         expect(install.status).toBe(0);
-        const ls = sh('npm', ['ls', 'vitest'], { cwd: project, env: userEnv() });
+        const ls = await sh('npm', ['ls', 'vitest'], { cwd: project, env: userEnv() });
         expect(ls.stdout).toContain(`vitest@${vitest}`);
         expect(ls.status).toBe(0);
       }
@@ -193,7 +193,7 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
           "describeTokenCache('FileCache on vitest 5', { create: () => new FileCache({ dir }), shared: { module: import.meta.resolve('@wxkit/file'), export: 'FileCache', args: [{ dir }] }, supports: { compareAndSet: true, ttlMs: true, watch: true } });",
         ].join('\n'),
       );
-      const run = sh(join(project, 'node_modules', '.bin', 'vitest'), ['run', '--reporter=dot'], { cwd: project, env: { ...userEnv(), NO_COLOR: '1', FORCE_COLOR: '0' } });
+      const run = await sh(join(project, 'node_modules', '.bin', 'vitest'), ['run', '--reporter=dot'], { cwd: project, env: { ...userEnv(), NO_COLOR: '1', FORCE_COLOR: '0' } });
       expect(run.stdout + run.stderr).toMatch(/Tests\s+\d+ passed/);
       expect(run.status, run.stdout + run.stderr).toBe(0);
     }, 240_000);
@@ -208,7 +208,7 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
 
     // `tsc --init`'s "module": "commonjs" resolves with the node10 rules, which read no exports map: the
     // documented subpath @wxkit/testing/suite needs typesVersions there.
-    it('a "module": "commonjs" TypeScript project (node10 resolution) finds the types of every documented entry', () => {
+    it('a "module": "commonjs" TypeScript project (node10 resolution) finds the types of every documented entry', async () => {
       const dir = join(scratch, 'node10');
       mkdirSync(dir);
       writeFileSync(
@@ -219,12 +219,12 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
         join(dir, 'tsconfig.json'),
         JSON.stringify({ compilerOptions: { strict: true, skipLibCheck: true, module: 'commonjs', moduleResolution: 'node10', target: 'es2022', types: ['node'], noEmit: true }, files: ['uses.ts'] }),
       );
-      const tsc = sh(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { cwd: scratch, env: userEnv() });
+      const tsc = await sh(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', dir], { cwd: scratch, env: userEnv() });
       expect(tsc.stdout + tsc.stderr).toBe('');
       expect(tsc.status).toBe(0);
     });
 
-    it('a strict TypeScript project compiles against the shipped types, ESM and CJS, without skipLibCheck', () => {
+    it('a strict TypeScript project compiles against the shipped types, ESM and CJS, without skipLibCheck', async () => {
       const program = readFileSync(fileURLToPath(new URL('./uses-api.ts', import.meta.url)), 'utf8');
       writeFileSync(join(scratch, 'uses-api.mts'), program);
       writeFileSync(join(scratch, 'uses-api.cts'), program);
@@ -246,7 +246,7 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
       );
       const typesNode = JSON.parse(readFileSync(join(scratch, 'node_modules', '@types', 'node', 'package.json'), 'utf8')) as { version: string };
       expect(Number(typesNode.version.split('.')[0])).toBeGreaterThan(20);
-      const tsc = sh(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', scratch], { cwd: scratch, env: userEnv() });
+      const tsc = await sh(process.execPath, [join(scratch, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', scratch], { cwd: scratch, env: userEnv() });
       expect(tsc.stdout + tsc.stderr).toBe('');
       expect(tsc.status).toBe(0);
     });

@@ -1,10 +1,10 @@
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { OfficialAccount, type TokenCache } from '@wxkit/core';
 import { MemcachedCache } from '@wxkit/memcached';
 import { RedisCache } from '@wxkit/redis';
 import { startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { runChild } from '../child-process.js';
 
 // The programs a PHP or Python developer writes from docs/key-schema.md alone, run as child processes
 // against the same Redis and Memcached as wxkit. Debian's php-cli, php-redis, php-memcached,
@@ -12,8 +12,8 @@ import { startMemcached, startMockWeChat, startRedis, type MockWeChat, type Stor
 const here = (path: string) => fileURLToPath(new URL(path, import.meta.url));
 const PYTHON = '/usr/bin/python3';
 
-function run(command: string, args: string[]): { code: number | null; out: string; err: string } {
-  const result = spawnSync(command, args, { encoding: 'utf8', timeout: 30_000 });
+async function run(command: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const result = await runChild(command, args, { timeoutMs: 30_000 });
   return { code: result.status, out: result.stdout.trim(), err: result.stderr.trim() };
 }
 const php = (script: string, ...args: string[]) => run('php', [here(`./php/${script}`), ...args]);
@@ -41,8 +41,8 @@ describe.each([
     const app = mock.createApp();
     const cache = open();
     const token = await client(cache, app).accessToken.getToken();
-    expect(php('native.php', 'read', kind, address(), app.appId)).toMatchObject({ code: 0, out: token });
-    expect(python('native.py', 'read', kind, address(), app.appId)).toMatchObject({ code: 0, out: token });
+    expect(await php('native.php', 'read', kind, address(), app.appId)).toMatchObject({ code: 0, out: token });
+    expect(await python('native.py', 'read', kind, address(), app.appId)).toMatchObject({ code: 0, out: token });
     await cache.close?.();
   });
 
@@ -53,7 +53,7 @@ describe.each([
     ] as const) {
       const app = mock.createApp();
       const token = `FROM_${writer.toUpperCase()}_${app.appId}`;
-      expect(write(app.appId, token).code, writer).toBe(0);
+      expect((await write(app.appId, token)).code, writer).toBe(0);
       const cache = open();
       expect(await client(cache, app).accessToken.getToken()).toBe(token);
       expect(mock.counters(app.appId).tokenRequests).toBe(0);

@@ -1,8 +1,8 @@
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { runChild } from '../child-process.js';
 
 // The READMEs' snippets are what a new user pastes first; they must run and type-check.
 const root = fileURLToPath(new URL('../..', import.meta.url));
@@ -55,20 +55,20 @@ describe('README', () => {
     expect(readFileSync(join(root, '.ci', 'run'), 'utf8')).toContain(`npx -y ${pkg.packageManager} test`);
   });
 
-  it('the “try it” snippet runs as a plain .mjs file and sends a message', () => {
+  it('the “try it” snippet runs as a plain .mjs file and sends a message', async () => {
     const snippet = tsBlocks.find((code) => code.includes('startMockWeChat'));
     expect(snippet).toBeDefined();
     mkdirSync(scratch, { recursive: true });
     const file = join(scratch, 'try.mjs');
     writeFileSync(file, snippet!);
-    const run = spawnSync(process.execPath, [file], { cwd: scratch, encoding: 'utf8', timeout: 30_000 });
+    const run = await runChild(process.execPath, [file], { cwd: scratch, timeoutMs: 30_000 });
     rmSync(join(scratch, '.wechat-cache'), { recursive: true, force: true });
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(run.stdout).toMatch(/errcode: 0, errmsg: 'ok', msgid: '\d{19}'/);
   });
 
-  it('every TypeScript snippet type-checks against the built packages', () => {
+  it('every TypeScript snippet type-checks against the built packages', async () => {
     mkdirSync(scratch, { recursive: true });
     const files = tsBlocks.map((code, i) => {
       const file = join(scratch, `snippet-${i}.mts`);
@@ -90,9 +90,7 @@ describe('README', () => {
         files,
       }),
     );
-    const tsc = spawnSync(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(scratch, 'tsconfig.json')], {
-      encoding: 'utf8',
-    });
+    const tsc = await runChild(process.execPath, [join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', join(scratch, 'tsconfig.json')]);
     expect(tsc.stdout + tsc.stderr).toBe('');
     expect(tsc.status).toBe(0);
     expect(files.length).toBeGreaterThanOrEqual(4);
