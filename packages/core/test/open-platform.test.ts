@@ -512,6 +512,21 @@ describe('authorizers', () => {
     expect(await call).toBe(reason);
   });
 
+  it("createPreAuthCode() waiting for another process's component token ends with its signal", async () => {
+    const s = setup();
+    await withTicket(s);
+    await s.cache.delete(componentTokenKey(s));
+    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
+    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const open = s.make({ lockWaitMs: 20_000 });
+    const controller = new AbortController();
+    const reason = new Error('the admin closed the page');
+    const call = rejection(open.createPreAuthCode({ signal: controller.signal }));
+    await waiting;
+    controller.abort(reason);
+    expect(await call).toBe(reason);
+  });
+
   it("close() ends an authorizer client's wait for another process's component token, and an authorization's, whose code stays unspent", async () => {
     const s = setup();
     await withTicket(s);

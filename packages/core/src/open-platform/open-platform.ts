@@ -360,9 +360,12 @@ export class OpenPlatform {
     return this.#component.get(signal);
   }
 
-  /** A pre_auth_code for the authorization page (`api_create_preauthcode`), valid for `expiresIn` seconds. */
-  async createPreAuthCode(): Promise<{ preAuthCode: string; expiresIn: number }> {
-    const body = await this.#componentCall('cgi-bin/component/api_create_preauthcode', { component_appid: this.appId });
+  /**
+   * A pre_auth_code for the authorization page (`api_create_preauthcode`), valid for `expiresIn` seconds.
+   * `signal` stops this caller's waits (for the component token, for WeChat's answer), as for a send.
+   */
+  async createPreAuthCode(options: RequestOptions = {}): Promise<{ preAuthCode: string; expiresIn: number }> {
+    const body = await this.#componentCall('cgi-bin/component/api_create_preauthcode', { component_appid: this.appId }, options.signal);
     const { value, expiresIn } = validateFetched(body, 'pre_auth_code', 'cgi-bin/component/api_create_preauthcode');
     return { preAuthCode: value, expiresIn };
   }
@@ -827,8 +830,11 @@ export class OpenPlatform {
   }
 
   /** POST to a component API with the component token; on 40001/40014/42001, once more with a newer token. */
-  #componentCall(path: string, json: Record<string, unknown>): Promise<Record<string, unknown>> {
-    return this.#withComponentToken((token) => this.#postWithComponentToken(path, token, json, false));
+  #componentCall(path: string, json: Record<string, unknown>, signal?: AbortSignal): Promise<Record<string, unknown>> {
+    return this.#withComponentToken(
+      (token) => this.#sendWithComponentToken(token, { method: 'POST', path, query: { component_access_token: token }, json, signal }),
+      signal,
+    );
   }
 
   /**
