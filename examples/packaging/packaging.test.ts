@@ -44,8 +44,8 @@ const tarball = (name: string) => {
 };
 
 async function sh(command: string, args: string[], options: SpawnOptions & { timeoutMs?: number } = {}) {
-  const { status, stdout, stderr } = await runChild(command, args, options);
-  return { status, stdout, stderr };
+  const { status, signal, stdout, stderr } = await runChild(command, args, options);
+  return { status, signal, stdout, stderr };
 }
 
 /** pnpm through the copy that runs the tests, or the pinned one from the registry. */
@@ -69,8 +69,10 @@ function userEnv(): NodeJS.ProcessEnv {
 }
 
 async function npmInstall(specs: string[]): Promise<void> {
-  const run = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...specs], { cwd: scratch, env: userEnv() });
-  if (run.status !== 0) throw new Error(`npm install failed (exit ${run.status}):\n${run.stdout}\n${run.stderr}`);
+  // Under its hook's 240 s (pnpm pack's 60 s with it): a hung install is killed and reported with its
+  // output, where the hook's own timeout would leave it running, unreported, past the file's end.
+  const run = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...specs], { cwd: scratch, env: userEnv(), timeoutMs: 170_000 });
+  if (run.status !== 0) throw new Error(`npm install failed (exit ${run.status}${run.signal ? `, ${run.signal}` : ''}):\n${run.stdout}\n${run.stderr}`);
 }
 
 function node(file: string) {
@@ -81,7 +83,7 @@ beforeAll(async () => {
   scratch = realpathSync(mkdtempSync(join(tmpdir(), 'wxkit-scratch-')));
   tarballs = join(scratch, 'tarballs');
   const [command, ...prefix] = pnpm();
-  const pack = await sh(command!, [...prefix, '-r', '--filter=./packages/*', 'pack', '--pack-destination', tarballs], { cwd: root });
+  const pack = await sh(command!, [...prefix, '-r', '--filter=./packages/*', 'pack', '--pack-destination', tarballs], { cwd: root, timeoutMs: 60_000 });
   if (pack.status !== 0) throw new Error(`pnpm pack failed (exit ${pack.status}):\n${pack.stdout}\n${pack.stderr}`);
   writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'wxkit-scratch', version: '1.0.0', private: true }, null, 2));
   // The README's install line, each package name standing for its tarball; then the compiler and the

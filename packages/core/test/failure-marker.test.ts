@@ -86,6 +86,24 @@ describe('a revoked authorization (61003)', () => {
     const second = (await gate.record(store, revoked(), now, 'host:1'))!;
     expect(second.retryAt - now).toBe(120_000);
   });
+
+  it('keeps its pause at the hour through a transient failure between two 61003s', async () => {
+    const { store } = gateStore();
+    const gate = new FailureGate('wechat:authorizer_access_token:wxc:wxa', 'authorizer_access_token');
+    const revoked = () => new WeChatApiError({ errcode: 61003, errmsg: 'component is not authorized by this account' }, 'cgi-bin/component/api_authorizer_token');
+    let now = Date.now();
+    let marker = (await gate.record(store, revoked(), now, 'host:1'))!;
+    for (let i = 0; i < 6; i += 1) {
+      now = marker.retryAt;
+      marker = (await gate.record(store, revoked(), now, 'host:1'))!;
+    }
+    expect(marker.retryAt - now).toBe(3_600_000);
+    now = marker.retryAt;
+    // One 502 (or -1, system busy) when the hour is up: the account is no less revoked for it.
+    now = (await gate.record(store, transient(), now, 'host:1'))!.retryAt;
+    const next = (await gate.record(store, revoked(), now, 'host:1'))!;
+    expect(next.retryAt - now).toBe(3_600_000);
+  });
 });
 
 describe('a marker this process could not write', () => {

@@ -327,6 +327,12 @@ export class FailureGate {
    */
   #lossy = false;
   /**
+   * The attempt of the last 61003 this process recorded, while failures of other kinds followed it
+   * without a gap (no success, no deleted marker): a transient failure between two 61003s does not
+   * start the revoked account's back-off over at a minute.
+   */
+  #revokedAttempt: number | undefined;
+  /**
    * What this process last read at the marker's key, in which store, when it last read it (`at`), and,
    * on this process's clock, since when at the latest the marker has been there (`since`), where it can
    * tell: see #read.
@@ -456,9 +462,13 @@ export class FailureGate {
     const counted = previous !== undefined && !this.#othersSecret(previous) ? previous : undefined;
     // A revoked authorization's pauses grow with the 61003s in a row, not with the transient failures
     // before it: its first pause is a minute, whatever came before.
-    const inRow = counted !== undefined && (policyOf(error) !== 'revoked' || counted.errcode === REVOKED);
-    const marker = markerFor(error, inRow ? counted.attempt + 1 : 1, now, failedBy);
+    // A row broken (no marker: a success, a deletion) forgets the 61003s before it.
+    if (counted === undefined) this.#revokedAttempt = undefined;
+    let attempt = counted !== undefined ? counted.attempt + 1 : 1;
+    if (policyOf(error) === 'revoked' && counted !== undefined && counted.errcode !== REVOKED) attempt = (this.#revokedAttempt ?? 0) + 1;
+    const marker = markerFor(error, attempt, now, failedBy);
     if (!marker) return undefined;
+    if (marker.errcode === REVOKED) this.#revokedAttempt = marker.attempt;
     const digest = blamesSecret(marker) ? this.#credential?.credentialDigest : undefined;
     if (digest !== undefined) {
       // The secrets refused before stay refused: each wrong secret of a fleet asks WeChat once per pause,
@@ -490,6 +500,7 @@ export class FailureGate {
     this.#own = undefined;
     this.#ownVanished = false;
     this.#lossy = false;
+    this.#revokedAttempt = undefined;
     if (stored) await store.delete(this.key).catch(() => undefined);
   }
 
