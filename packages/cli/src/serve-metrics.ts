@@ -52,7 +52,7 @@ const TOKEN_LABELS = ['access_token', 'jsapi_ticket', 'wx_card_ticket', 'agent_j
  * - `wxkit_upstream_errors_total{app,errcode}`: failed fetches by WeChat errcode (`other` for an errcode
  *   wxkit does not know), or wxkit's code for a transport failure
  * - `wxkit_store_up`: 1 while the store answers the health probe (each of its servers that holds an app's
- *   token, for a store of several), 0 while it does not
+ *   token or ticket, for a store of several), 0 while it does not
  * - `wxkit_http_requests_total{route,status}`, `wxkit_http_request_duration_seconds{route}`: the service's own requests
  * - `wxkit_http_connections_dropped_total`: connections closed unanswered, past `maxConnections`
  * - Node's process metrics (`process_*`, `nodejs_*`), the process's own: collected once, whatever the services
@@ -77,7 +77,7 @@ export class ServiceMetrics {
     registers: [this.registry],
   });
   readonly #errors = new Counter({ name: 'wxkit_upstream_errors_total', help: "Failed fetches from WeChat, by app and WeChat's errcode (or ERR_WXKIT_HTTP, ERR_WXKIT_TIMEOUT, ERR_WXKIT_BAD_RESPONSE).", labelNames: ['app', 'errcode'], registers: [this.registry] });
-  readonly storeUp = new Gauge({ name: 'wxkit_store_up', help: '1 while the shared store answers the health probe (each of its servers that holds an app\'s token), 0 while it does not.', registers: [this.registry] });
+  readonly storeUp = new Gauge({ name: 'wxkit_store_up', help: '1 while the shared store answers the health probe (each of its servers that holds an app\'s token or ticket), 0 while it does not.', registers: [this.registry] });
   /** Connections closed unanswered at once: the service held `maxConnections` already. */
   readonly connectionsDropped = new Counter({ name: 'wxkit_http_connections_dropped_total', help: 'Connections closed at once, unanswered, because the service held maxConnections already.', registers: [this.registry] });
   readonly #requests = new Counter({ name: 'wxkit_http_requests_total', help: "The service's requests, by route and status.", labelNames: ['route', 'status'], registers: [this.registry] });

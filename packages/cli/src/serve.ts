@@ -253,13 +253,19 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
 
   // /healthz: a read of an app's token key (one the store's ACL lets the service read) on each part of
   // the store: a store spread over servers (TokenCache.partition, MemcachedCache with several) is probed
-  // on every server that holds an app's entry, so one server down is reported with the apps it holds.
+  // on every server that holds an app's token or ticket entry, so one server down is reported with the
+  // apps it holds.
+  // Its tickets' entries too: the store may place them on a server that holds no token.
+  const probed: [key: string, name: string][] = [...tokenKeys];
+  for (const [i, app] of options.apps.entries()) {
+    for (const type of TICKET_TYPES[app.kind]) probed.push([schema.ticketKey(subjectOf(app), type as never), names[i]!]);
+  }
   const byPart = new Map<string, { key: string; apps: string[] }>();
-  for (const [key, name] of tokenKeys) {
+  for (const [key, name] of probed) {
     const part = partOf(options.cache, key);
     const known = byPart.get(part);
-    if (known) known.apps.push(name);
-    else byPart.set(part, { key, apps: [name] });
+    if (!known) byPart.set(part, { key, apps: [name] });
+    else if (!known.apps.includes(name)) known.apps.push(name);
   }
   const partitioned = byPart.size > 1;
   const probes = [...byPart.entries()].map(([part, { key, apps }]) => {

@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { nativeSchema, type TokenCache } from '@wxkit/core';
 import { startMemcached, startMockWeChat, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { startTokenService } from '../src/serve.js';
@@ -9,12 +9,17 @@ import { openStore } from '../src/stores.js';
 describe('wxkit serve on a store of several servers, one down', () => {
   const KEY = 'partitions-key-0123456789abcdef';
   let mock: MockWeChat;
+  /** Each test's two memcached servers, one of which it stops. */
   let servers: StoreServer[];
   beforeAll(async () => {
-    [mock, ...servers] = await Promise.all([startMockWeChat(), startMemcached(), startMemcached()]);
+    mock = await startMockWeChat();
   });
-  afterAll(async () => {
-    await Promise.all([mock.close(), ...servers.map((server) => server.stop())]);
+  afterAll(() => mock.close());
+  beforeEach(async () => {
+    servers = await Promise.all([startMemcached(), startMemcached()]);
+  });
+  afterEach(async () => {
+    await Promise.all(servers.map((server) => server.stop()));
   });
 
   it('/healthz is 503 naming the apps on the server that does not answer, whichever app is listed first', async () => {
@@ -44,12 +49,37 @@ describe('wxkit serve on a store of several servers, one down', () => {
       await stopping.stop();
       await vi.waitFor(async () => expect((await health()).status).toBe(503), { timeout: 10_000, interval: 50 });
       const down = await health();
-      expect(down.body.error).toMatchObject({ code: 'store_unavailable', apps: [`official_account/${second.appId}`] });
+      // The second app's token is there (the first app's tickets may be too).
+      expect(down.body.error).toMatchObject({ code: 'store_unavailable', apps: expect.arrayContaining([`official_account/${second.appId}`]) });
       // The server's address stays in the log.
       expect(down.body.error!.message).not.toContain(String(stopping.port));
       expect(await storeUp()).toBe('0');
-      expect(lines).toContainEqual(expect.objectContaining({ event: 'serve.store_down', apps: [`official_account/${second.appId}`], part: partOf(second.appId) }));
+      expect(lines).toContainEqual(expect.objectContaining({ event: 'serve.store_down', apps: expect.arrayContaining([`official_account/${second.appId}`]), part: partOf(second.appId) }));
       expect(lines.filter((line) => line.event === 'serve.store_down')).toHaveLength(1);
+    } finally {
+      await service.close();
+      await cache.close?.();
+    }
+  });
+
+  it("/healthz is 503 when the server that holds only an app's ticket entries does not answer", async () => {
+    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const schema = nativeSchema();
+    const tokenPart = (appId: string) => cache.partition!(schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' }));
+    const ticketParts = (appId: string) => ['jsapi', 'wx_card'].map((type) => cache.partition!(schema.ticketKey({ kind: 'official_account', appId, endpoint: 'stable' }, type as never)));
+    // An app with a ticket on the server its token is not on: that server holds nothing else of the service's.
+    let app = mock.createApp();
+    const elsewhere = () => ticketParts(app.appId).find((part) => part !== tokenPart(app.appId));
+    for (let i = 0; elsewhere() === undefined; i += 1) {
+      if (i > 200) throw new Error('no app with a ticket on the other server');
+      app = mock.createApp();
+    }
+    const stopping = servers.find((server) => elsewhere()!.endsWith(`:${server.port}`))!;
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 50, logger: false });
+    try {
+      expect((await fetch(`${service.url}/healthz`)).status).toBe(200);
+      await stopping.stop();
+      await vi.waitFor(async () => expect((await fetch(`${service.url}/healthz`)).status).toBe(503), { timeout: 10_000, interval: 50 });
     } finally {
       await service.close();
       await cache.close?.();
