@@ -161,10 +161,10 @@ const WITNESS_CLOCK_SKEW_MS = 3_600_000;
 /**
  * The `retry_at` a marker is held to: at most the longest pause its failure can call for (the next
  * Beijing midnight for 45009, an hour for WeCom's 45009 and a revoked authorization (61003), a minute
- * for 45011 and the other credential errors, the transient cap with its jitter for the rest), counted from when it failed, or from `now` if its `failed_at` lies ahead (by a
- * minute at most: a marker dated further ahead does not hold). A marker written by a clock far ahead,
- * or by a peer with its own idea of a pause, cannot stop the fleet for longer than a failure of its
- * kind would.
+ * for 45011 and the other credential errors, the transient cap with its jitter for the rest), counted
+ * from when it failed, or from `now` if its `failed_at` lies ahead (by a minute at most: a marker dated
+ * further ahead does not hold). A marker written by a clock far ahead, or by a peer with its own idea
+ * of a pause, cannot stop the fleet for longer than a failure of its kind would.
  */
 export function clampRetryAt(marker: FailureRecord, now: number): number {
   // A failure dated further ahead than clocks plausibly disagree holds no one back: counted from `now` at
