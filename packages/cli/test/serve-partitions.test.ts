@@ -37,7 +37,9 @@ describe('wxkit serve on a store of several servers, one down', () => {
     const apps = [first, second].map(({ appId, secret }) => ({ kind: 'official_account' as const, appId, secret }));
     const lines: Record<string, unknown>[] = [];
     const logger = { info: (fields: Record<string, unknown>) => lines.push(fields), warn: (fields: Record<string, unknown>) => lines.push(fields), error: () => {} };
-    const service = await startTokenService({ cache, apps, keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 50, logger });
+    // A probe's deadline is healthCheckMs (at most 2 s): a shorter one would let a busy machine's slow
+    // answer read as the store down, and the counts below would see it.
+    const service = await startTokenService({ cache, apps, keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 1_000, logger });
     const health = async () => {
       const res = await fetch(`${service.url}/healthz`);
       return { status: res.status, body: (await res.json()) as { status?: string; error?: { code: string; apps?: string[]; message: string } } };
@@ -75,7 +77,7 @@ describe('wxkit serve on a store of several servers, one down', () => {
       app = mock.createApp();
     }
     const stopping = servers.find((server) => elsewhere()!.endsWith(`:${server.port}`))!;
-    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 50, logger: false });
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, healthCheckMs: 1_000, logger: false });
     try {
       expect((await fetch(`${service.url}/healthz`)).status).toBe(200);
       await stopping.stop();
