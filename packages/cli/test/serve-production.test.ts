@@ -38,7 +38,8 @@ async function startServe(name: string, apps: unknown[], env: Record<string, str
   const config = join(dir, `${name}.json`);
   writeFileSync(
     config,
-    JSON.stringify({ keysEnv: 'TEST_SERVE_KEYS', baseUrl: mock.url, apps, healthCheckMs: 100, headersTimeoutMs: 400, requestTimeoutMs: 800, keepAliveTimeoutMs: 300 }),
+    // Probes every 500 ms, each with that deadline: a shorter one reads a busy machine's slow answer as the store down.
+    JSON.stringify({ keysEnv: 'TEST_SERVE_KEYS', baseUrl: mock.url, apps, healthCheckMs: 500, headersTimeoutMs: 400, requestTimeoutMs: 800, keepAliveTimeoutMs: 300 }),
   );
   const child = spawn(process.execPath, [bin, 'serve', '--store', redis.url, '--config', config, '--port', String(await freePort())], {
     env: { ...process.env, TEST_SERVE_KEYS: KEY, ...env },
