@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, retryAtOf } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, partitionOf, retryAtOf } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -262,7 +262,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   }
   const byPart = new Map<string, { key: string; apps: string[] }>();
   for (const [key, name] of probed) {
-    const part = partOf(options.cache, key);
+    const part = partitionOf(options.cache, key) ?? '';
     const known = byPart.get(part);
     if (!known) byPart.set(part, { key, apps: [name] });
     else if (!known.apps.includes(name)) known.apps.push(name);
@@ -391,13 +391,14 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           // The reason code only: the adapter's message names the store's host and port, which an
           // unauthenticated endpoint does not tell (the log line has it). Down since the first part went down.
           const since = Math.min(...down.map(({ state }) => state.since));
+          const apps = down.flatMap((part) => part.apps);
           const message = partitioned
-            ? `${down.length} of the store's ${states.length} servers do not answer${reason ? ` (${reason})` : ''}; the apps on them: ${down.flatMap(({ apps }) => apps).join(', ')}`
+            ? `${down.length} of the store's ${states.length} servers do not answer${reason ? ` (${reason})` : ''}; the apps on them: ${apps.join(', ')}`
             : `the store does not answer${reason ? ` (${reason})` : ''}`;
           throw new Problem(503, 'store_unavailable', message, {
             ...(reason ? { reason } : {}),
             since: new Date(since).toISOString(),
-            ...(partitioned ? { apps: down.flatMap(({ apps }) => apps) } : {}),
+            ...(partitioned ? { apps } : {}),
           });
         }
         // Up since the last part came back.
@@ -703,16 +704,6 @@ async function withinDeadline<T>(promise: Promise<T>, ms: number): Promise<T | u
     return await Promise.race([promise.catch(() => undefined), deadline]);
   } finally {
     clearTimeout(timer);
-  }
-}
-
-/** The part of `cache` that holds `key` (TokenCache.partition); '' for a store that fails as a whole. */
-function partOf(cache: TokenCache, key: string): string {
-  try {
-    const part: unknown = cache.partition?.(key);
-    return typeof part === 'string' ? part : '';
-  } catch {
-    return '';
   }
 }
 

@@ -161,7 +161,7 @@ class StoreHealth {
 const healths = new WeakMap<TokenCache, StoreHealth | Map<string, StoreHealth>>();
 
 /** The part of `cache` that holds `key`, or undefined for a store that fails as a whole (or whose partition() throws). */
-function partitionOf(cache: TokenCache, key: string): string | undefined {
+export function partitionOf(cache: TokenCache, key: string): string | undefined {
   const partition = cache.partition;
   if (typeof partition !== 'function') return undefined;
   try {

@@ -86,6 +86,16 @@ async function heldAfterDrop(s: Setup) {
 /** The component token's key on wxkit's own schema. */
 const componentTokenKey = (s: Setup) => nativeSchema().openPlatformKey!('component_access_token', s.component.appId);
 
+/**
+ * Another process is fetching the component token: none is stored, and it holds the refresh lock.
+ * `waited` resolves once a process of `s` waits for it.
+ */
+async function componentTokenFetchedElsewhere(s: Setup): Promise<{ waited: Promise<void> }> {
+  await s.cache.delete(componentTokenKey(s));
+  await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
+  return { waited: waitedOn(s.cache, componentTokenKey(s)) };
+}
+
 /** Resolves once a process on `cache` watches `key` for another's write: it is waiting for that process. */
 function waitedOn(cache: MemoryCache, key: string): Promise<void> {
   const watched = deferred();
@@ -498,10 +508,7 @@ describe('authorizers', () => {
     const s = setup();
     await withTicket(s);
     const id = await authorized(s, s.make());
-    await s.cache.delete(componentTokenKey(s));
-    // Another process is fetching the component token: it holds the lock.
-    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
-    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const { waited: waiting } = await componentTokenFetchedElsewhere(s);
     const open = s.make({ lockWaitMs: 3_000 });
     const controller = new AbortController();
     const reason = new Error('the request went away');
@@ -515,9 +522,7 @@ describe('authorizers', () => {
   it("createPreAuthCode() waiting for another process's component token ends with its signal", async () => {
     const s = setup();
     await withTicket(s);
-    await s.cache.delete(componentTokenKey(s));
-    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
-    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const { waited: waiting } = await componentTokenFetchedElsewhere(s);
     const open = s.make({ lockWaitMs: 20_000 });
     const controller = new AbortController();
     const reason = new Error('the admin closed the page');
@@ -531,10 +536,8 @@ describe('authorizers', () => {
     const s = setup();
     await withTicket(s);
     const id = await authorized(s, s.make());
-    await s.cache.delete(componentTokenKey(s));
     await s.cache.delete(`wechat:authorizer_access_token:${s.component.appId}:${id}`);
-    await s.cache.set(`${componentTokenKey(s)}:lock`, 'elsewhere:1', 60);
-    const waiting = waitedOn(s.cache, componentTokenKey(s));
+    const { waited: waiting } = await componentTokenFetchedElsewhere(s);
     const open = s.make({ lockWaitMs: 20_000 });
     const refresh = endedByClose(open.officialAccount(id).accessToken.getToken());
     const grant = mock.authorize(s.component.appId);

@@ -88,9 +88,10 @@ type Policy = 'transient' | 'minute' | 'credential' | 'revoked' | 'quota' | 'hou
 // 89501, 89503, 89506 and 89507 are the IP confirmation WeChat asks of the account's administrator for a
 // caller outside the whitelist (awaited, required, refused twice in 24 h, refused once in 1 h): a person
 // acts, or the refusal runs out in hours, never within a transient pause.
-// 61003 (authorization revoked), 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too,
-// as do WeCom's 60020 (a caller outside the app's trusted IPs) and 40091 (a secret that is not one).
-const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89501, 89503, 89506, 89507, 61003, 61004, 61023, 60020, 40091]);
+// 61004 (component IP whitelist) and 61023 (refresh token invalid) need a person too, as do WeCom's 60020
+// (a caller outside the app's trusted IPs) and 40091 (a secret that is not one); 61003 has a policy of
+// its own (REVOKED, below).
+const CREDENTIAL_ERRCODES = new Set([40002, 40013, 40125, 40164, 41002, 41004, 40243, 89501, 89503, 89506, 89507, 61004, 61023, 60020, 40091]);
 const MINUTE_MS = 60_000;
 // An account that revoked the component's authorization (61003) comes back only by authorizing it again,
 // and that authorization hands over new tokens (OpenPlatform.handleAuthorization writes them) without
