@@ -12,7 +12,7 @@ export { retryAtOf } from './retry-at.js';
 export { inLife } from './token/lifetime.js';
 export { besideKey } from './token/entry-store.js';
 export { isPlausibleToken } from './token/plausible.js';
-export { partitionOf } from './store.js';
+export { partitionOf } from './partition.js';
 export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
 export {
   ID_RULE,

@@ -2,6 +2,7 @@ import { isBinaryString } from './bytes.js';
 import type { TokenCache } from './cache.js';
 import { CacheError, ConfigError } from './errors.js';
 import type { Log } from './logger.js';
+import { partitionOf } from './partition.js';
 import { hasMethods, typeName, type OptionRule } from './validate.js';
 
 // After a failure the store is not asked again by callers: every call fails at once until a probe in the
@@ -159,18 +160,6 @@ class StoreHealth {
 
 /** The health of each store in this process: of the whole, or of each part for a store that names them (TokenCache.partition). */
 const healths = new WeakMap<TokenCache, StoreHealth | Map<string, StoreHealth>>();
-
-/** The part of `cache` that holds `key`, or undefined for a store that fails as a whole (or whose partition() throws). */
-export function partitionOf(cache: TokenCache, key: string): string | undefined {
-  const partition = cache.partition;
-  if (typeof partition !== 'function') return undefined;
-  try {
-    const part: unknown = partition.call(cache, key);
-    return typeof part === 'string' ? part : undefined;
-  } catch {
-    return undefined;
-  }
-}
 
 /**
  * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
