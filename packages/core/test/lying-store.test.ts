@@ -142,6 +142,40 @@ describe('a token entry the store acknowledges and drops', () => {
   }
 });
 
+describe('a token entry the store drops, within the pause that follows a rejection', () => {
+  // The process that started the fleet's pause fetched the newest token; the store shows none. Within
+  // the pause it fetches nothing, so its calls go out with that token rather than fail until the pause
+  // ends, the token still good. One client keeps it deterministic: another program's fetch (on WeChat's
+  // side) ends the token of its first write, before its call sends with it.
+  it('serves the token it fetched last, with no fetch, where it failed every call', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = Date.now();
+    const shared = new MemoryCache({ now: () => clock });
+    const entryKey = `access_token:${appId}`;
+    let ended = 0;
+    const dropping = evicting(shared, (key) => {
+      if (!key.endsWith(entryKey)) return false;
+      if (ended === 0) mock.invalidateTokens(appId);
+      ended += 1;
+      return true;
+    });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, now: () => clock, cache: dropping });
+    const send = () => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+    try {
+      // Its first token ended before any call went through with it: the next fetch starts a pause.
+      for (let i = 0; i < 2 && mock.counters(appId).classicTokenRequests < 2; i += 1) await send();
+      expect(mock.counters(appId).classicTokenRequests).toBe(2);
+      expect(ended).toBe(2);
+      const fetched = mock.counters(appId).classicTokenRequests;
+      // The clock stands still: every call falls within that pause, and the store shows no entry.
+      for (let i = 0; i < 3; i += 1) expect(await send()).toBe('sent');
+      expect(mock.counters(appId).classicTokenRequests).toBe(fetched);
+    } finally {
+      await app.close();
+    }
+  });
+});
+
 describe('a token entry its store ended at its TTL, as it was asked to', () => {
   // The native schema writes the entry with a TTL 300 s short of WeChat's expiry, and the process may
   // serve its token until 30 s before that expiry: a call that comes in between finds the entry gone

@@ -154,10 +154,15 @@ export class LockedFetchRefresher implements Refresher {
    * reading the entry back once written (shown, the store holds its writes: see #readBack());
    * if the token it wrote then is gone too, the store drops its writes: this process serves its token
    * from memory while the store shows none, until WeChat rejects it (its refetch is spaced: see
-   * invalidate()) or it nears its expiry. Any entry the store shows ends that (stored()).
+   * invalidate()) or it nears its expiry. Within its pause after a rejection, it serves that token at
+   * once. Any entry the store shows ends that (stored()).
    */
   dropped(value: string): boolean {
     if (value !== this.#written) return false;
+    // Within this process's pause after a rejection it fetches nothing: the token it wrote last, which
+    // nothing has shown rejected, is the fleet's newest as far as it knows, and serves (else every call
+    // failed until the pause ended, that token still good).
+    if (this.#pauseInForce(this.#ctx.settings.now()) !== undefined) return true;
     if (!this.#dropsEntries) {
       if (this.#vanished === undefined || this.#vanished === value) {
         this.#vanished = value;
