@@ -1,3 +1,4 @@
+import { redisCli } from '@wxkit/testing';
 import { describe, expect, it } from 'vitest';
 import { errorsOf, eventually, faultEnvironment, okOf, redisSpec } from './helpers.js';
 
@@ -64,6 +65,27 @@ describe('item 4: the lease covers the critical section', () => {
     expect(errorsOf(results)).toEqual([]);
     expect(okOf(results)).toBe(15);
     // The dead holder's request, then one fetch for the fleet.
+    expect(env.mock.counters(app.appId).classicTokenRequests).toBe(2);
+  }, 60_000);
+
+  it('a holder SIGKILLed during its fetch while the others already wait for it: they take the lock at its short lease, fetch once and lose nothing', async () => {
+    const app = env.mock.createApp();
+    // As above, but the others are waiting when the holder dies: their wait, not a fresh start, must
+    // find the lock gone once its short lease ends (7 s), well within their lockWaitMs (30 s).
+    env.mock.injectFault({ kind: 'hang', path: 'cgi-bin/token', times: 1 });
+    const config = { ...app, tokenEndpoint: 'classic' as const, store: redisSpec(env.redis.url), clientOptions: { timeoutMs: 60_000, lockWaitMs: 30_000 } };
+    const holder = await pool.start(1, config);
+    const others = await pool.start(3, config);
+    const dying = holder.run('send', 1).catch(() => 'killed');
+    await eventually(() => env.mock.counters(app.appId).classicTokenRequests === 1, 'the holder asked WeChat');
+    const waiting = others.run('send', 5);
+    // Each waiting process listens for the holder's write on the store's channel.
+    await eventually(() => Number(redisCli(env.redis.port, 'PUBSUB', 'NUMSUB', 'wxkit:written').trim().split('\n').pop()) >= 3, 'the others wait for the holder');
+    await holder.kill(0);
+    expect(await dying).toBe('killed');
+    const results = await waiting;
+    expect(errorsOf(results)).toEqual([]);
+    expect(okOf(results)).toBe(15);
     expect(env.mock.counters(app.appId).classicTokenRequests).toBe(2);
   }, 60_000);
 });

@@ -71,4 +71,37 @@ describe('the store comes back', () => {
     expect(mock.counters(appId).tokenRequests).toBe(1);
     await app.close();
   });
+
+  it("the host's outage token is offered by whichever process reads the store first, not only by the one that fetched it", async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const dir = fallbackDir();
+    const client = () =>
+      new OfficialAccount({ appId, secret, baseUrl: mock.url, tokenEndpoint: 'classic', cache: store.cache, memoMs: 0, fallbackDir: dir, logger: false });
+    const [fetcher, other] = [client(), client()];
+    const message = { touser: 'oUser', template_id: 'TPL', data: { first: { value: 'hello' } } };
+    const old = await fetcher.accessToken.getToken();
+    expect(await other.accessToken.getToken()).toBe(old);
+
+    // Down, and the token killed upstream: both are rejected with it, one fetch for the host.
+    store.down();
+    mock.invalidateTokens(appId);
+    await fetcher.templateMessage.send(message);
+    await other.templateMessage.send(message);
+    const outage = await fetcher.accessToken.getToken();
+    expect(await other.accessToken.getToken()).toBe(outage);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    // The store still holds the token both saw rejected.
+    expect(JSON.parse((await store.inner.get(fetcher.accessToken.cacheKey))!).access_token).toBe(old);
+
+    const recovered = Promise.all([fetcher, other].map((app) => new Promise((resolve) => app.on('cache.recovered', resolve))));
+    store.up();
+    await recovered;
+    // The process that did not fetch reads the store first: it shares the host's token rather than fetch.
+    expect(await other.accessToken.getToken()).toBe(outage);
+    expect(await fetcher.accessToken.getToken()).toBe(outage);
+    expect(JSON.parse((await store.inner.get(fetcher.accessToken.cacheKey))!).access_token).toBe(outage);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    await Promise.all([fetcher.close(), other.close()]);
+  });
 });

@@ -24,6 +24,10 @@ export function openStore(url: string): TokenCache {
   }
   switch (parsed.protocol) {
     case 'file:': {
+      // A URL parser reads `file:./tokens` as /tokens and `file://` as /: a directory nobody else uses.
+      if (!/^file:\//i.test(url) || /^file:\/\/$/i.test(url)) {
+        throw new ConfigError(`--store file: must name a directory by its absolute path, such as file:///var/lib/wechat (got ${JSON.stringify(url)})`, 'store');
+      }
       let dir: string;
       try {
         dir = fileURLToPath(parsed);

@@ -226,6 +226,33 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('store unreachable (3): a Redis that stops answering once the token is fetched says why (reason timeout)', async () => {
+    const { appId, secret } = mock.createApp();
+    // Hands Redis's protocol on until WeChat has been asked for the token, then swallows every command:
+    // the token's write and the read-back after it get no answer.
+    const proxy = createServer((client) => {
+      const upstream = createConnection(redis.port, '127.0.0.1');
+      upstream.pipe(client);
+      client.on('data', (chunk: Buffer) => {
+        if (mock.counters(appId).stableTokenRequests === 0) upstream.write(chunk);
+      });
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+      client.on('error', () => undefined);
+      upstream.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = proxy.address() as { port: number };
+      const run = await wxkit(['token', 'get', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
+      expect(run.code, run.stdout + run.stderr).toBe(3);
+      expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', exit: 3 });
+      expect(mock.counters(appId).stableTokenRequests).toBe(1);
+    } finally {
+      proxy.close();
+    }
+  }, 30_000);
+
   /** `wxkit token get` with the secret, once it holds the refresh lock and WeChat keeps its fetch waiting. */
   async function fetchingUnderLock(store: StoreServer) {
     const { appId, secret } = mock.createApp();
@@ -364,6 +391,27 @@ describe('wxkit exit codes and messages', () => {
     } finally {
       taken.close();
     }
+  });
+
+  it('a reader that went away (`| head -1`) leaves the exit code the command’s, with no stack', async () => {
+    // stdout a pipe whose reader closed before the command printed: every write fails with EPIPE.
+    const closedStdout = (args: string[], env: Record<string, string>) => {
+      const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+      child.stdout.destroy();
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+      return new Promise<{ code: number | null; stderr: string }>((resolve) => child.once('close', (code) => resolve({ code, stderr })));
+    };
+    const { appId, secret } = mock.createApp();
+    const app = ['--store', redis.url, '--app', `oa:${appId}`];
+    const none = await closedStdout(['token', 'inspect', ...app, '--json'], {});
+    expect(none.stderr).not.toMatch(/EPIPE|\n\s+at /);
+    expect(none.code).toBe(5);
+    // The token fetched is stored whatever became of the line that shows it.
+    const got = await closedStdout(['token', 'get', ...app, '--base-url', mock.url], { WECHAT_SECRET: secret });
+    expect(got.stderr).not.toMatch(/EPIPE|\n\s+at /);
+    expect(got.code).toBe(0);
+    expect(redisCli(redis.port, 'EXISTS', `wechat:stable_access_token:${appId}`)).toBe('1');
   });
 
   it('WeChat API error (6), WeChat unreachable (4)', async () => {

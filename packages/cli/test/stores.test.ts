@@ -57,3 +57,20 @@ describe('openStore(memcached://…)', () => {
     expect((error as Error).message).not.toContain('%E0%A4%A');
   });
 });
+
+describe('openStore(file:…)', () => {
+  it('takes an absolute directory only: a relative or empty path is refused, not read from the root directory', () => {
+    // `file:./tokens` is /tokens to a URL parser, and `file://` is /: a token fetched there is shared with nobody.
+    for (const url of ['file:./tokens', 'file:tokens', 'file://', 'FILE://']) {
+      let error: unknown;
+      try {
+        openStore(url);
+      } catch (caught) {
+        error = caught;
+      }
+      expect(error, url).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'store' });
+      expect((error as Error).message, url).toContain('file:///var/lib/wechat');
+    }
+    for (const url of ['file:///tmp/wxkit-stores', 'file://localhost/tmp/wxkit-stores', 'file:/tmp/wxkit-stores', 'file:///']) expect(() => openStore(url), url).not.toThrow();
+  });
+});

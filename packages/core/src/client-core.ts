@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { isAbsolute, join, relative, resolve } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { MemoryCache, type TokenCache } from './cache.js';
 import { ConfigError } from './errors.js';
@@ -94,7 +94,7 @@ export interface ClientOptions {
    * Where the processes of this host share tokens, locks and failures while the store is down (and
    * the refresh lock, for a store without atomic `add`), so an outage costs one fetch per host, not one
    * per process. A directory of this host only (files 0600); `false`: each process keeps to itself.
-   * Not used when the store is a MemoryCache or a FileCache.
+   * Not used when the store is a MemoryCache, or a FileCache whose directory is this one, or holds or lies in it.
    * @default `${os.tmpdir()}/wxkit-${uid}/fallback`
    */
   fallbackDir?: string | false;
@@ -531,12 +531,16 @@ export class ClientCore implements TierStores, EventSource {
   }
 
   /**
-   * This host's fallback, made on first need: only for a store shared beyond this host (a MemoryCache
-   * is this process's already, a FileCache this host's).
+   * This host's fallback, made on first need: for a store shared beyond this process (a MemoryCache is
+   * this process's already). A FileCache is this host's, but its directory may fail while the fallback
+   * directory works (a full or read-only volume, a directory taken away): the processes then share
+   * through the fallback rather than each keep to itself. Not where the fallback lies in, or holds, the
+   * FileCache's own directory.
    */
   hostStore(): GuardedStore | undefined {
     const shared = this.#store.cache;
-    if (this.#fallbackDir === false || shared instanceof MemoryCache || shared instanceof FileCache) return undefined;
+    if (this.#fallbackDir === false || shared instanceof MemoryCache) return undefined;
+    if (shared instanceof FileCache && nested(shared.dir, this.#fallbackDir)) return undefined;
     if (!this.#host) {
       const cache = hostFallback(this.#fallbackDir);
       if (typeof cache === 'string') {
@@ -642,4 +646,13 @@ export function requireSecret(owner: string, options: ClientOptions & { secret?:
     `${owner} options.${name} must be a non-empty string (got undefined); only a client with options.tokenSource or refresh: 'never' can do without it`,
     name,
   );
+}
+
+/** Whether one of two directories is the other or lies inside it. */
+function nested(a: string, b: string): boolean {
+  const inside = (parent: string, child: string) => {
+    const path = relative(resolve(parent), resolve(child));
+    return path === '' || (!path.startsWith('..') && !isAbsolute(path));
+  };
+  return inside(a, b) || inside(b, a);
 }

@@ -1272,3 +1272,46 @@ describe('options', () => {
     expect(() => s.make({ tokenSource })).toThrow(expect.objectContaining({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'tokenSource' }));
   });
 });
+
+describe('a refresh every caller gave up on while it looked for a peer SDK\'s copy', () => {
+  it('asks WeChat nothing: the lock is let go without a refresh of the authorizer token for nobody', async () => {
+    const s = setup();
+    await s.durable.set(`think:open_platform.verify_ticket.${s.component.appId}`, phpString(mock.issueVerifyTicket(s.component.appId)), 3600);
+    const open = s.make({ schema: easyWeChat6({ prefix: 'think:' }), memoMs: 0 });
+    const a = await authorized(s, open);
+    const client = open.officialAccount(a);
+    await client.accessToken.getToken();
+    const own = client.accessToken.cacheKey;
+    await s.cache.delete(own);
+    // Nor has the peer a copy: the refresh looks for one, then would fetch.
+    const refreshToken = mock.authorizerRefreshToken(a)!;
+    await s.cache.delete(`think:open-platform.authorizer_access_token.${a}.${createHash('md5').update(refreshToken).digest('hex')}`);
+    // The look at the peer's copy starts under the lock with a read of the refresh-token record, held here.
+    const reading = deferred();
+    const gate = deferred();
+    const get = s.durable.get.bind(s.durable);
+    s.durable.get = async (key) => {
+      if (key.includes('authorizer_refresh_token')) {
+        reading.resolve();
+        await gate.promise;
+      }
+      return get(key);
+    };
+    const controller = new AbortController();
+    const reason = new Error('the caller gave up');
+    const call = rejection(client.accessToken.getToken({ signal: controller.signal }));
+    await reading.promise;
+    expect(await s.cache.get(`${own}:lock`)).toBeDefined();
+    controller.abort(reason);
+    expect(await call).toBe(reason);
+    gate.resolve();
+    // The refresh ends and lets go of its lock, whatever it did.
+    while ((await s.cache.get(`${own}:lock`)) !== undefined) await new Promise((resolve) => setTimeout(resolve, 5));
+    // Nothing was asked of WeChat for nobody, and the refresh token was not rotated under the fleet.
+    expect(mock.counters(a).authorizerTokenRequests).toBe(0);
+    expect(mock.authorizerRefreshToken(a)).toBe(refreshToken);
+    // The next caller's refresh fetches as ever.
+    expect(await client.accessToken.getToken()).toMatch(/^\d{2}_/);
+    expect(mock.counters(a).authorizerTokenRequests).toBe(1);
+  });
+});

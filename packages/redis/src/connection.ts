@@ -37,6 +37,8 @@ export class Connection {
   #giveUp: ((error: Error) => void) | undefined;
   /** Every client we made and have not finished ending. */
   readonly #owned = new Set<Owned>();
+  /** Our clients that stalled() ended. */
+  readonly #silent = new WeakSet<RedisClientLike>();
   #closed = false;
   /**
    * The caller ended their client (close(), quit(), destroy(): node-redis says 'end', which a reconnect
@@ -93,8 +95,14 @@ export class Connection {
    */
   stalled(client: RedisClientLike): void {
     if (this.#client?.client !== client) return;
+    this.#silent.add(client);
     this.#end(this.#client);
     this.#client = undefined;
+  }
+
+  /** Whether stalled() ended `client`: every command it still had pending then went unanswered too. */
+  endedAsSilent(client: RedisClientLike | undefined): boolean {
+    return client !== undefined && this.#silent.has(client);
   }
 
   /** Ends every client it made, including one still connecting; a caller's client stays open. */

@@ -389,8 +389,10 @@ export class RedisCache implements TokenCache {
     let stall: NodeJS.Timeout | undefined;
     let settled = false;
     let gaveUp = false;
+    let called: RedisClientLike | undefined;
     try {
       const client = await this.#connection.client();
+      called = client;
       connecting = false;
       // A new client (the last one was given up): the subscriber made from the old one goes with it. So
       // does one that closed itself (a caller's client whose reconnect strategy gave up, connected again
@@ -434,6 +436,14 @@ export class RedisCache implements TokenCache {
           ? 'the connection was given up as silent, and the next call connects anew'
           : 'the call was given up and the client left open (a node that hangs, or a connection gone silent: the client answers again once the node does, or once its discovery moves on)';
         throw new CacheError(`RedisCache ${op} got no answer from ${this.#where} within ${this.#stallTimeoutMs} ms: ${outcome}`, { cause: error, reason: 'timeout' });
+      }
+      // Waiting behind another call that got no answer, on the connection given up for it (node-redis
+      // fails its pending commands with an error that names no reason): no answer in time either.
+      if (!this.#closed && this.#connection.endedAsSilent(called)) {
+        throw new CacheError(
+          `RedisCache ${op} got no answer from ${this.#where}: the connection was given up as silent (another call had no answer within ${this.#stallTimeoutMs} ms), and the next call connects anew`,
+          { cause: error, reason: 'timeout' },
+        );
       }
       // close() ended the client under the call (node-redis rejects its pending commands with an error of
       // its own, which names no reason).

@@ -77,7 +77,11 @@ export class Memo {
     const { expiresAtMs, staleAtMs } = this.#entries.lifetime(entry);
     const now = this.#settings.now();
     const { memoMs } = this.#settings;
-    const unshared = refreshed.unshared ?? (previous?.entry.value === entry.value && refreshed.tier !== 'shared' ? previous.unshared : undefined);
+    // A value of a fallback is offered to the store by every process that holds it, not only by the one
+    // that fetched it: whichever reads the store first once it answers shares it, rather than fetch.
+    const unshared =
+      refreshed.unshared ??
+      (refreshed.tier === 'shared' ? undefined : previous?.entry.value === entry.value && previous.unshared ? previous.unshared : this.#encoded(entry));
     this.#held = {
       entry,
       staleAt: staleAtMs,
@@ -89,6 +93,18 @@ export class Memo {
       ...(unshared ? { unshared } : {}),
     };
     return entry.value;
+  }
+
+  /** `entry` as it would be written, for an entry read from a fallback; undefined when its dates are unknown. */
+  #encoded(entry: StoredEntry): EncodedEntry | undefined {
+    const { value, fetchedAt, expiresAt, fetchedBy } = entry;
+    if (fetchedAt === undefined || expiresAt === undefined) return undefined;
+    try {
+      return this.#entries.encode({ value, expiresIn: expiresAt - fetchedAt }, fetchedAt, fetchedBy ?? '');
+    } catch {
+      // A schema that cannot write it without WeChat's whole answer: the process that fetched it offers it.
+      return undefined;
+    }
   }
 }
 

@@ -647,6 +647,9 @@ export class LockedFetchRefresher implements Refresher {
       }
     }
     const fromPeer = fetched !== undefined;
+    // The look at the peer's copy takes store calls: a refresh closed, or given up on by every caller,
+    // meanwhile stops here as it does before the look, rather than fetch for nobody.
+    if (!fromPeer) stopIfEnded(ctx, request);
     try {
       if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
