@@ -1,1 +1,1 @@
-export { MemcachedCache, type MemcachedCacheOptions } from './memcached-cache.js';
+export { MemcachedCache, phpMemcachedFlags, type MemcachedCacheOptions } from './memcached-cache.js';

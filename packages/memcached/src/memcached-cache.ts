@@ -25,7 +25,29 @@ export interface MemcachedCacheOptions {
    * @default 500
    */
   timeoutMs?: number;
+  /**
+   * The flags memcached keeps beside each item written: a number, or one per item from its key and
+   * value. wxkit reads an item's bytes whatever its flags; PHP's php-memcached reads the flags: with 0
+   * it hands the bytes back as a string, with 4 it unserializes them as a value it serialized itself.
+   * EasyWeChat 4 on Laravel's Memcached store (which hands EasyWeChat's array to php-memcached as it
+   * is) reads an array there: give {@link phpMemcachedFlags}. Not for a PHP store that serializes the
+   * value itself (ThinkPHP's): it would get an array where it expects a string.
+   * @default 0
+   */
+  flags?: number | ((key: string, value: string) => number);
 }
+
+/**
+ * The flags php-memcached gives a value it serialized itself (4), for a value that is PHP's `serialize()`
+ * of an array (`a:2:{…}`: EasyWeChat 4's token and ticket entries); 0, a string, for any other. See
+ * {@link MemcachedCacheOptions.flags}.
+ */
+export function phpMemcachedFlags(_key: string, value: string): number {
+  return /^a:\d+:\{[\s\S]*\}$/.test(value) ? PHP_MEMCACHED_SERIALIZED : 0;
+}
+
+/** php-memcached's MEMC_VAL_IS_SERIALIZED: the value is PHP's serialize() of what was stored. */
+const PHP_MEMCACHED_SERIALIZED = 4;
 
 const DEFAULTS = Object.freeze({ timeoutMs: 500 });
 
@@ -39,6 +61,7 @@ const MEMCACHED_OPTIONS = {
   username: rule('a string', (value) => typeof value === 'string'),
   password: rule('a string', (value) => typeof value === 'string'),
   timeoutMs: durationMs(),
+  flags: rule('a whole number from 0 to 4294967295, or a function (key, value) => flags', (value) => typeof value === 'function' || isFlags(value)),
 } as const satisfies OptionSchema<keyof MemcachedCacheOptions>;
 
 /** The part of memjs's client that wxkit uses. */
@@ -84,6 +107,7 @@ export class MemcachedCache implements TokenCache {
   readonly #closeSockets: (reason: Error) => Promise<void>;
   readonly #where: string;
   readonly #timeoutMs: number;
+  readonly #flags: (key: string, value: string) => number;
   #closed = false;
 
   constructor(options: string | MemcachedCacheOptions) {
@@ -95,6 +119,8 @@ export class MemcachedCache implements TokenCache {
     const timeoutMs = opts.timeoutMs ?? DEFAULTS.timeoutMs;
     this.#where = `memcached ${servers.join(',')}`;
     this.#timeoutMs = timeoutMs;
+    const flags = opts.flags ?? 0;
+    this.#flags = typeof flags === 'function' ? flags : () => flags;
     const store = new KeyvMemcache(servers.join(','), {
       username: opts.username,
       password: opts.password,
@@ -132,7 +158,7 @@ export class MemcachedCache implements TokenCache {
   // The writes check their value and TTL before #run: a bad one is the caller's bug, rejected with a
   // RangeError as every other store rejects it, not a failure of memcached.
   async set(key: string, value: string, ttlSeconds: number): Promise<void> {
-    const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
+    const body = { extras: this.#extras(key, value, ttlSeconds), value: binary(value) };
     return this.#run('set', key, async () => {
       answered('SET', await this.#send(key, (seq) => request(OP_SET, seq, key, body), 2), STATUS_OK);
     });
@@ -145,7 +171,7 @@ export class MemcachedCache implements TokenCache {
   }
 
   async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-    const body = { extras: storeExtras(ttlSeconds), value: binary(value) };
+    const body = { extras: this.#extras(key, value, ttlSeconds), value: binary(value) };
     return this.#run('add', key, async () => {
       let response: MemjsResponse;
       try {
@@ -177,7 +203,7 @@ export class MemcachedCache implements TokenCache {
   }
 
   async compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
-    const [extras, expectedBytes, bytes] = [storeExtras(ttlSeconds), binary(expected), binary(value)];
+    const [extras, expectedBytes, bytes] = [this.#extras(key, value, ttlSeconds), binary(expected), binary(value)];
     return this.#run('compareAndSet', key, async () => {
       const current = await this.#conditional(key, expectedBytes);
       if (!current) return false;
@@ -188,6 +214,15 @@ export class MemcachedCache implements TokenCache {
       const response = await this.#send(key, (seq) => request(OP_SET, seq, key, body), 1);
       return answered('SET', response, STATUS_OK, STATUS_NOT_FOUND, STATUS_EXISTS) === STATUS_OK;
     });
+  }
+
+  /** The extras of a SET or ADD of `value` at `key`: its flags (the option's) and its expiration. */
+  #extras(key: string, value: string, ttlSeconds: number): Buffer {
+    const extras = storeExtras(ttlSeconds);
+    const flags = this.#flags(key, value);
+    if (!isFlags(flags)) throw new RangeError(`MemcachedCache flags must be a whole number from 0 to 4294967295 (the flags option gave ${typeName(flags)} for a value)`);
+    extras.writeUInt32BE(flags, 0);
+    return extras;
   }
 
   /**
@@ -331,7 +366,7 @@ function placement(key: string): string {
   return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced|probe))?$/, '');
 }
 
-/** The extras of SET and ADD: flags 0 (as memjs writes them) and the expiration. */
+/** The extras of SET and ADD: flags 0 (as memjs writes them; see #extras) and the expiration. */
 function storeExtras(ttlSeconds: number): Buffer {
   const extras = Buffer.alloc(8);
   extras.writeUInt32BE(expires(ttlSeconds), 4);
@@ -350,6 +385,11 @@ function expires(ttlSeconds: number): number {
   // memcached reads a number above 30 days as a Unix time: a longer TTL is sent as the time it ends (at
   // most the field's last one, in 2106), so a one-year refresh token is not dropped after 30 days.
   return seconds <= MAX_RELATIVE_S ? seconds : Math.min(Math.floor(Date.now() / 1000) + seconds, 0xffffffff);
+}
+
+/** Whether `value` fits memcached's 32-bit flags. */
+function isFlags(value: unknown): value is number {
+  return typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 0xffffffff;
 }
 
 /** The longest expiration memcached reads as seconds from now: 30 days. */
