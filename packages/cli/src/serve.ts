@@ -393,7 +393,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           const since = Math.min(...down.map(({ state }) => state.since));
           const apps = down.flatMap((part) => part.apps);
           const message = partitioned
-            ? `${down.length} of the store's ${states.length} servers do not answer${reason ? ` (${reason})` : ''}; the apps on them: ${apps.join(', ')}`
+            ? `${down.length} of the store's ${states.length} servers ${down.length === 1 ? 'does' : 'do'} not answer${reason ? ` (${reason})` : ''}; the apps on ${down.length === 1 ? 'it' : 'them'}: ${apps.join(', ')}`
             : `the store does not answer${reason ? ` (${reason})` : ''}`;
           throw new Problem(503, 'store_unavailable', message, {
             ...(reason ? { reason } : {}),

@@ -55,6 +55,7 @@ describe('wxkit serve on a store of several servers, one down', () => {
       expect(down.body.error).toMatchObject({ code: 'store_unavailable', apps: expect.arrayContaining([`official_account/${second.appId}`]) });
       // The server's address stays in the log.
       expect(down.body.error!.message).not.toContain(String(stopping.port));
+      expect(down.body.error!.message).toMatch(/^1 of the store's \d servers does not answer.*; the apps on it: /);
       expect(await storeUp()).toBe('0');
       expect(lines).toContainEqual(expect.objectContaining({ event: 'serve.store_down', apps: expect.arrayContaining([`official_account/${second.appId}`]), part: partOf(second.appId) }));
       expect(lines.filter((line) => line.event === 'serve.store_down')).toHaveLength(1);

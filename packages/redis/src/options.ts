@@ -201,7 +201,7 @@ const URL_RULE = 'a redis:// or rediss:// URL such as redis://user:password@host
 const SENTINEL_URL_RULE = 'redis://[user:password@]host:port URLs, without a database';
 
 const REDIS_OPTIONS = {
-  url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: (value) => badDatabase(value) ?? unparsable(value) }),
+  url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: (value) => badDatabase(value) ?? withQuery(value) ?? unparsable(value) }),
   // The nodes discovered are all connected with one user, password and scheme: the URLs must agree on them.
   cluster: rule(
     `a non-empty array of ${URL_RULE.slice(2)}s`,
@@ -282,8 +282,11 @@ function schemes(urls: unknown[]): number {
   return new Set(urls.map((url) => new URL(url as string).protocol)).size;
 }
 
-/** `ok`, `database` (a path that is no database number), or `no` (not a redis:// or rediss:// URL with a host). */
-function redisUrl(url: unknown): 'ok' | 'database' | 'no' {
+/**
+ * `ok`, `database` (a path that is no database number), `query` (a query string, which node-redis does
+ * not read: `?db=3` would leave the client on database 0), or `no` (not a redis:// or rediss:// URL with a host).
+ */
+function redisUrl(url: unknown): 'ok' | 'database' | 'query' | 'no' {
   let parsed: URL | undefined;
   try {
     parsed = typeof url === 'string' ? new URL(url) : undefined;
@@ -291,6 +294,7 @@ function redisUrl(url: unknown): 'ok' | 'database' | 'no' {
     parsed = undefined;
   }
   if (!parsed || (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') || !parsed.hostname) return 'no';
+  if (parsed.search !== '') return 'query';
   // Redis numbers its databases below 2³¹ − 1 (`databases` is an int): a larger number is no database
   // SELECT can parse ("value is not an integer"), not one the server lacks.
   if (parsed.pathname.length <= 1) return 'ok';
@@ -316,6 +320,15 @@ function unparsable(url: unknown): string | undefined {
 /** The message for a URL whose path is no database number, with the URL masked: never its password. */
 function badDatabase(url: unknown): string | undefined {
   return redisUrl(url) === 'database' ? `path must be a database number such as /0, below 2147483647 (got ${maskUrl(String(url))})` : undefined;
+}
+
+/** The message for a URL with a query string, masked: node-redis reads no option from it. */
+function withQuery(url: unknown): string | undefined {
+  if (redisUrl(url) !== 'query') return undefined;
+  // Not echoed whole: a query may hold a password (?password=…), which no mask looks for.
+  const shown = new URL(String(url));
+  shown.search = '';
+  return `must be ${URL_RULE}, without a query string: node-redis reads nothing from it (a database goes in the path, redis://host:6379/3; a password before the host) (got ${maskUrl(shown.href)}?…)`;
 }
 
 function nonEmptyArray(value: unknown): value is unknown[] {

@@ -24,7 +24,7 @@ describeOptions({
     url: {
       valid: ['rediss://user:pw@redis.example:6380/1', 'redis://127.0.0.1:9', 'redis://127.0.0.1:9/2147483646'],
       // A database number SELECT cannot parse (above a C int) is refused here, not retried at every call.
-      invalid: ['http://127.0.0.1:6379', 'redis://:topsecret@host:6379/notadb', 'redis:6379', 42, 'redis://:topsecret@host:6379/2147483647', 'redis://:topsecret@host:6379/99999999999999999999'],
+      invalid: ['http://127.0.0.1:6379', 'redis://:topsecret@host:6379/notadb', 'redis:6379', 42, 'redis://:topsecret@host:6379/2147483647', 'redis://:topsecret@host:6379/99999999999999999999', 'redis://127.0.0.1:9?db=3'],
     },
     connectTimeoutMs: { valid: [1, 1000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, '1000'] },
     stallTimeoutMs: { valid: [1, 10_000, MAX_TIMER_MS], invalid: [0, -1, MAX_TIMER_MS + 1, 1.5, Number.NaN, '10000'] },

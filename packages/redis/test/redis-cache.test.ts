@@ -327,6 +327,15 @@ describe('RedisCache on a real redis-server', () => {
       expect(unencoded.message).not.toContain('secret');
     }
     expect(error(() => new RedisCache('http://127.0.0.1:6379')).message).not.toContain('percent-encoded');
+    // A query string, which node-redis does not read: ?db=3 would leave the client on database 0, and a
+    // password there would be ignored. The message says where each goes, and shows no part of the query.
+    for (const url of ['redis://host:6379?db=3', 'redis://u:topsecret@host:6379/0?password=topsecret']) {
+      const query = error(() => new RedisCache(url));
+      expect(query).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'url', message: expect.stringContaining('without a query string') });
+      expect(query.message).toContain('redis://host:6379/3');
+      expect(query.message).not.toContain('topsecret');
+      expect(query.message).not.toContain('db=3');
+    }
     expect(error(() => new RedisCache({ url: 'redis://a:1', cluster: ['redis://b:2'] })).message).toContain('exactly one of url, cluster, sentinel or client');
     expect(error(() => new RedisCache({ cluster: [] })).option).toBe('cluster');
     expect(error(() => new RedisCache({ url: 'redis://a:1', connectTimeoutMs: 0 })).option).toBe('connectTimeoutMs');
