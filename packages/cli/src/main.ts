@@ -428,7 +428,7 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
       void Promise.resolve()
         .then(cut)
         .catch(() => undefined);
-      reject(new CliError(exit, `stopped by ${signal}: the request to WeChat under way was cut, and the command let go of its refresh lock as it closed`));
+      reject(new CliError(exit, `stopped by ${signal}: any request to WeChat under way was cut, and the command lets go of a refresh lock it held as it closes (another program's lock stays with that program)`));
     };
   });
   stopped.catch(() => undefined);

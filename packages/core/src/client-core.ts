@@ -218,8 +218,14 @@ class ManagerContext implements TokenContext {
     return this.manager?.isRejected(value) ?? false;
   }
 
-  secretRefused(): void {
-    if (this.refusals) this.refusals.secretRefused = true;
+  secretRefused(failedAt: number | undefined, own: boolean): void {
+    const core = this.refusals;
+    if (!core) return;
+    // The fleet's failure the client this one replaced was made anew for: it says nothing new of this
+    // client's secret, which the resolver answered since.
+    if (!own && failedAt === core.refusalSeen) return;
+    core.secretRefused = true;
+    if (failedAt !== undefined) core.refusalSeen = failedAt;
   }
 }
 
@@ -458,6 +464,13 @@ export class ClientCore implements TierStores, EventSource {
    * account's client anew, asking its resolver again: the account's record may have been fixed since.
    */
   secretRefused = false;
+
+  /**
+   * A pool's client: the fleet's failure (its marker's `failed_at`) that refused this client's secret, or
+   * the one its predecessor was made anew for (see ClientPool): the same failure, read again, does not
+   * make the account's client anew once more.
+   */
+  refusalSeen: number | undefined;
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
   get closed(): boolean {

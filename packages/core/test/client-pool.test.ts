@@ -567,6 +567,62 @@ describe('ClientPool: a secret WeChat refuses', () => {
     expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok'] });
   });
 
+  it("another process's refused fetch with the same secret counts too: once the record is fixed, the next get() asks the resolver again", async () => {
+    const app = mock.createApp();
+    let secret = 'an-old-secret-0123456789abcdef';
+    const cache = new MemoryCache();
+    const calls = { a: 0, b: 0 };
+    // Two pools on one store, as two processes of a fleet.
+    const pool = (name: 'a' | 'b') =>
+      new ClientPool({
+        kind: 'officialAccount',
+        credentials: () => {
+          calls[name] += 1;
+          return { secret };
+        },
+        baseUrl: mock.url,
+        cache,
+        logger: false,
+      });
+    const [a, b] = [pool('a'), pool('b')];
+    // B holds a client of the old secret, which WeChat refuses to A's fetch (the fleet's marker names it)...
+    await b.get(app.appId);
+    expect(await outcome(send(await a.get(app.appId)))).toBe(40125);
+    // ...and the record is fixed: B's first send takes the fleet's refusal, and B makes its client anew.
+    secret = app.secret;
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await b.get(app.appId))));
+    await Promise.all([a.close(), b.close()]);
+    expect({ resolverCalls: calls.b, results }).toEqual({ resolverCalls: 2, results: [40125, 'ok', 'ok'] });
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 2, templateSends: 2 });
+  });
+
+  it("a record that stays wrong in every process costs each one resolver call per refused fetch, not one per send, though they read each other's refusal", async () => {
+    const app = mock.createApp();
+    const cache = new MemoryCache();
+    const calls = { a: 0, b: 0 };
+    const pool = (name: 'a' | 'b') =>
+      new ClientPool({
+        kind: 'officialAccount',
+        credentials: () => {
+          calls[name] += 1;
+          return { secret: 'a-wrong-secret-0123456789abcdef' };
+        },
+        baseUrl: mock.url,
+        cache,
+        logger: false,
+      });
+    const pools = [pool('a'), pool('b')];
+    for (let round = 0; round < 5; round += 1) {
+      const results = await Promise.all(pools.flatMap((each) => Array.from({ length: 10 }, async () => outcome(send(await each.get(app.appId))))));
+      expect(new Set(results)).toEqual(new Set([40125]));
+    }
+    await Promise.all(pools.map((each) => each.close()));
+    expect(calls.a).toBeLessThanOrEqual(2);
+    expect(calls.b).toBeLessThanOrEqual(2);
+    expect(mock.counters(app.appId).tokenRequests).toBe(1);
+  });
+
   it('a record that stays wrong costs one resolver call per refused fetch, not one per send (no storm)', async () => {
     const app = mock.createApp();
     const calls: string[] = [];

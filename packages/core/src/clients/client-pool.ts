@@ -9,7 +9,7 @@ import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
 import { Work, WORK_BASE_URL } from './work.js';
-import { clientClosed, clientSecretRefused } from './wechat-client.js';
+import { clientClosed, clientSecretRefused, inheritSecretRefusal, secretRefusalSeen } from './wechat-client.js';
 
 /** What a {@link ClientPool} makes: official accounts, mini programs, or WeCom apps. */
 export type ClientPoolKind = 'officialAccount' | 'miniProgram' | 'work';
@@ -38,7 +38,8 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
  * such account. It is called once per client made, not per send, and not twice at once for one id while
  * it answers within `credentialsTimeoutMs`; a call that timed out is not waited for, and the id's next
  * `get()` calls it again. A client whose secret WeChat refused (40125, 40091; 40001 from a token
- * endpoint) is made anew at the next `get()`, which calls it again: a record fixed meanwhile is taken
+ * endpoint), to its own fetch or to another process's with the same secret (the fleet's failure marker
+ * names it), is made anew at the next `get()`, which calls it again: a record fixed meanwhile is taken
  * without `delete(id)`. It is called as a plain function (`this` is undefined): pass a method bound.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
@@ -193,6 +194,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   #get(id: string, deadline: number): Promise<ClientOf<K>> {
     const held = this.#clients.get(id);
     if (held && !clientClosed(held) && !clientSecretRefused(held)) return Promise.resolve(held);
+    // The fleet's failure that refused the held client's secret: the client made anew does not take the
+    // same failure, when it reads it, as a reason to be made anew once more.
+    const refusal = held && clientSecretRefused(held) ? secretRefusalSeen(held) : undefined;
     if (held) {
       // Its caller closed it (it would start no refresh): a new one is made, as after delete(). So is
       // one whose secret WeChat refused: the account's record may have been fixed since, and the resolver
@@ -210,7 +214,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
         throw error;
       });
     }
-    const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline).finally(() => {
+    const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline, refusal).finally(() => {
       if (this.#pending.get(id) === made) this.#pending.delete(id);
     });
     this.#pending.set(id, made);
@@ -256,7 +260,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
    * A client of `id` from the resolver's answer, held unless `current()` says delete() came meanwhile.
    * `deadline` (performance.now()) ends the wait of the get() calls it serves, however often it starts over.
    */
-  async #make(id: string, current: () => boolean, deadline: number): Promise<ClientOf<K>> {
+  async #make(id: string, current: () => boolean, deadline: number, refusal?: number): Promise<ClientOf<K>> {
     const credentials = await this.#credentials(id);
     if (this.#closed) throw new ConfigError('ClientPool is closed', 'id');
     // A delete() came while the resolver answered: its answer may hold the credentials delete() was
@@ -272,6 +276,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       // The client's own check names the field and its type, never its value.
       throw new CredentialsError('invalid', id, `ClientPool: the credentials resolved for ${id} are not usable: ${error.message}`);
     }
+    inheritSecretRefusal(client, refusal);
     this.#clients.set(id, client);
     return client;
   }

@@ -37,6 +37,21 @@ export function clientSecretRefused(client: WeChatClient): boolean {
 }
 
 /**
+ * The fleet's failure that refused `client`'s secret (see ClientCore.refusalSeen), to hand to the client
+ * its pool makes anew: that failure, read again by the new client, does not make a third one.
+ * @internal
+ */
+export function secretRefusalSeen(client: WeChatClient): number | undefined {
+  return cores.get(client)?.refusalSeen;
+}
+
+/** @internal Sets what {@link secretRefusalSeen} reads, on a client just made. */
+export function inheritSecretRefusal(client: WeChatClient, failedAt: number | undefined): void {
+  const core = cores.get(client);
+  if (core && failedAt !== undefined) core.refusalSeen = failedAt;
+}
+
+/**
  * What every wxkit client has: its access token, a client for any API, the store hook, and events.
  * OfficialAccount, MiniProgram and Work extend it.
  */

@@ -276,7 +276,17 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
  * same class, code and errcode, and a message saying the failure is shared and when WeChat is asked again.
  */
 export function markerError(marker: FailureMarker, label: string): Error {
-  return withRetryAt(errorOfMarker(marker, label), marker.retryAt);
+  const error = withRetryAt(errorOfMarker(marker, label), marker.retryAt);
+  MARKER_FAILED_AT.set(error, marker.failedAt);
+  return error;
+}
+
+/** The `failed_at` of the marker each error of {@link markerError} stands for: which failure of the fleet it is. */
+const MARKER_FAILED_AT = new WeakMap<object, number>();
+
+/** Which failure of the fleet `error` stands for (its marker's `failed_at`), if it came from a marker. */
+export function markerFailedAt(error: unknown): number | undefined {
+  return typeof error === 'object' && error !== null ? MARKER_FAILED_AT.get(error) : undefined;
 }
 
 function errorOfMarker(marker: FailureMarker, label: string): Error {

@@ -39,8 +39,12 @@ export interface TokenContext {
   rejected(value: string): boolean;
   /** Aborted when the client closes: its waits end, and no refresh starts (see {@link closedError}). */
   closed: Ending;
-  /** Told when WeChat refused the secret a fetch of this client used (a pool then makes the client anew). */
-  secretRefused(): void;
+  /**
+   * Told when WeChat refused the secret a fetch of this client used (a pool then makes the client anew):
+   * `own`, this process's fetch; else the fleet's failure marker naming this secret, once per marker
+   * (`failedAt`) for the account, so that a record still wrong costs a resolver call per refused fetch.
+   */
+  secretRefused(failedAt: number | undefined, own: boolean): void;
 }
 
 /** What a call that needs a refresh (or would report a rejected value: `doing`) gets once its client was closed. */

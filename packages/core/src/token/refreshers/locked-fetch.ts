@@ -1,7 +1,7 @@
 import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
 import type { GuardedStore } from '../../store.js';
 import type { StoredEntry } from '../entry.js';
-import { FailureGate, FetchSpacing, heldPause, markerError, nextQuotaDay, policyOf, refetchPause, refusesSecret, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
+import { FailureGate, FetchSpacing, heldPause, markerError, markerFailedAt, nextQuotaDay, policyOf, refetchPause, refusesSecret, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
 import { LocalBackoff } from '../local-backoff.js';
 import { Closing } from '../closing.js';
 import { withRetryAt } from '../../retry-at.js';
@@ -260,6 +260,10 @@ export class LockedFetchRefresher implements Refresher {
           await this.#upstream.dropInput?.(prepared, error);
           if (!last) continue;
         }
+        // Another process's fetch with this secret was refused (the fleet's marker names it): WeChat
+        // refused this client's secret as much as if it had asked itself.
+        const failedAt = markerFailedAt(error);
+        if (failedAt !== undefined && refusesSecret(error)) this.#ctx.secretRefused(failedAt, false);
         throw error;
       }
     }
@@ -750,7 +754,7 @@ export class LockedFetchRefresher implements Refresher {
       this.#unsent?.clear();
       const marker = await this.#failures.record(tier.entries, error, now, ctx.writer);
       if (marker) withRetryAt(error, marker.retryAt);
-      if (refusesSecret(error)) ctx.secretRefused();
+      if (refusesSecret(error)) ctx.secretRefused(marker?.failedAt, true);
     }
     ctx.log.warn(
       {
