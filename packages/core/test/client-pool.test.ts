@@ -567,24 +567,28 @@ describe('ClientPool: a secret WeChat refuses', () => {
     expect({ resolverCalls: calls.length, results }).toEqual({ resolverCalls: 2, results: ['ok', 'ok'] });
   });
 
-  it("another process's refused fetch with the same secret counts too: once the record is fixed, the next get() asks the resolver again", async () => {
-    const app = mock.createApp();
-    let secret = 'an-old-secret-0123456789abcdef';
+  /** Two pools on one store, as two processes of a fleet, whose resolvers answer `secret()`; `calls` counts each one's. */
+  function fleetOfTwo(secret: () => string) {
     const cache = new MemoryCache();
     const calls = { a: 0, b: 0 };
-    // Two pools on one store, as two processes of a fleet.
     const pool = (name: 'a' | 'b') =>
       new ClientPool({
         kind: 'officialAccount',
         credentials: () => {
           calls[name] += 1;
-          return { secret };
+          return { secret: secret() };
         },
         baseUrl: mock.url,
         cache,
         logger: false,
       });
-    const [a, b] = [pool('a'), pool('b')];
+    return { pools: [pool('a'), pool('b')] as const, calls };
+  }
+
+  it("another process's refused fetch with the same secret counts too: once the record is fixed, the next get() asks the resolver again", async () => {
+    const app = mock.createApp();
+    let secret = 'an-old-secret-0123456789abcdef';
+    const { pools: [a, b], calls } = fleetOfTwo(() => secret);
     // B holds a client of the old secret, which WeChat refuses to A's fetch (the fleet's marker names it)...
     await b.get(app.appId);
     expect(await outcome(send(await a.get(app.appId)))).toBe(40125);
@@ -599,20 +603,7 @@ describe('ClientPool: a secret WeChat refuses', () => {
 
   it("a record that stays wrong in every process costs each one resolver call per refused fetch, not one per send, though they read each other's refusal", async () => {
     const app = mock.createApp();
-    const cache = new MemoryCache();
-    const calls = { a: 0, b: 0 };
-    const pool = (name: 'a' | 'b') =>
-      new ClientPool({
-        kind: 'officialAccount',
-        credentials: () => {
-          calls[name] += 1;
-          return { secret: 'a-wrong-secret-0123456789abcdef' };
-        },
-        baseUrl: mock.url,
-        cache,
-        logger: false,
-      });
-    const pools = [pool('a'), pool('b')];
+    const { pools, calls } = fleetOfTwo(() => 'a-wrong-secret-0123456789abcdef');
     for (let round = 0; round < 5; round += 1) {
       const results = await Promise.all(pools.flatMap((each) => Array.from({ length: 10 }, async () => outcome(send(await each.get(app.appId))))));
       expect(new Set(results)).toEqual(new Set([40125]));
