@@ -104,4 +104,42 @@ describe('the store comes back', () => {
     expect(mock.counters(appId).tokenRequests).toBe(2);
     await Promise.all([fetcher.close(), other.close()]);
   });
+
+  it("a token the host's directory still holds from an earlier outage, since rejected, is not what a store that came back empty gets", async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const dir = fallbackDir();
+    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, tokenEndpoint: 'classic', cache: store.cache, memoMs: 0, fallbackDir: dir, logger: false });
+    const recovered = (app: OfficialAccount) => new Promise((resolve) => app.once('cache.recovered', resolve));
+    const message = { touser: 'oUser', template_id: 'TPL', data: { first: { value: 'hello' } } };
+    const stored = async () => JSON.parse((await store.inner.get(fetcher.accessToken.cacheKey)) ?? '{}').access_token as string | undefined;
+    const fetcher = client();
+    // An outage: the host fetches through its directory, and the store gets that token once back.
+    store.down();
+    const outage = await fetcher.accessToken.getToken();
+    const back = recovered(fetcher);
+    store.up();
+    await back;
+    expect(await fetcher.accessToken.getToken()).toBe(outage);
+    expect(await stored()).toBe(outage);
+    // Another program's fetch ends it; the fleet replaces it in the store.
+    mock.invalidateTokens(appId);
+    await fetcher.templateMessage.send(message);
+    const current = await fetcher.accessToken.getToken();
+    expect(current).not.toBe(outage);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    // The store goes down again and comes back empty (a memcached restarted); a process started since
+    // read the host's directory meanwhile.
+    store.down();
+    await store.inner.delete(fetcher.accessToken.cacheKey);
+    const late = client();
+    await late.accessToken.getToken().catch(() => undefined);
+    const again = recovered(late);
+    store.up();
+    await again;
+    await late.accessToken.getToken().catch(() => undefined);
+    // What the store holds for the fleet is no token WeChat has ended.
+    expect(await stored()).not.toBe(outage);
+    await Promise.all([fetcher.close(), late.close()]);
+  });
 });

@@ -176,6 +176,37 @@ describe('a token entry the store drops, within the pause that follows a rejecti
   });
 });
 
+describe('a token entry another process deleted after WeChat rejected it, within the pause that follows a rejection', () => {
+  // An honest store: the entry is gone because another process found the token rejected and deleted it.
+  // Within its pause the process that fetched that token fetches nothing, and must not send with it either.
+  it('sends no call with the token another process found rejected', async () => {
+    const { appId, secret } = mock.createApp();
+    const clock = Date.now();
+    const shared = new MemoryCache({ now: () => clock });
+    const options = { appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, now: () => clock, cache: shared } as const;
+    const a = new OfficialAccount(options);
+    const b = new OfficialAccount(options);
+    const send = (app: OfficialAccount) => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+    try {
+      // a's first token ends before any call went through with it: its refetch starts the fleet's pause.
+      await a.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      expect(await send(a)).toBe('sent');
+      expect(mock.counters(appId).classicTokenRequests).toBe(2);
+      // Another program's fetch ends a's second token; b sends with it, is refused, and deletes it.
+      mock.invalidateTokens(appId);
+      expect(await send(b)).toBeInstanceOf(TokenUnavailableError);
+      expect(await shared.get(a.accessToken.cacheKey)).toBeUndefined();
+      const refused = mock.counters(appId).rejectedCalls;
+      // Still within the pause: a sends nothing with the token WeChat refused.
+      expect(await send(a)).toBeInstanceOf(TokenUnavailableError);
+      expect(mock.counters(appId).rejectedCalls).toBe(refused);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+    }
+  });
+});
+
 describe('a token entry its store ended at its TTL, as it was asked to', () => {
   // The native schema writes the entry with a TTL 300 s short of WeChat's expiry, and the process may
   // serve its token until 30 s before that expiry: a call that comes in between finds the entry gone

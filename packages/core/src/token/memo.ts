@@ -20,6 +20,8 @@ export class Memo {
   readonly #entries: EntryStore;
   readonly #settings: ProtocolSettings;
   #held: Held | undefined;
+  /** When (unix ms) this process last took an entry from the shared store. */
+  #sharedAt: number | undefined;
 
   constructor(entries: EntryStore, settings: ProtocolSettings) {
     this.#entries = entries;
@@ -81,7 +83,8 @@ export class Memo {
     // that fetched it: whichever reads the store first once it answers shares it, rather than fetch.
     const unshared =
       refreshed.unshared ??
-      (refreshed.tier === 'shared' ? undefined : previous?.entry.value === entry.value && previous.unshared ? previous.unshared : this.#encoded(entry));
+      (refreshed.tier === 'shared' ? undefined : previous?.entry.value === entry.value && previous.unshared ? previous.unshared : this.#offered(entry));
+    if (refreshed.tier === 'shared') this.#sharedAt = now;
     this.#held = {
       entry,
       staleAt: staleAtMs,
@@ -95,10 +98,16 @@ export class Memo {
     return entry.value;
   }
 
-  /** `entry` as it would be written, for an entry read from a fallback; undefined when its dates are unknown. */
-  #encoded(entry: StoredEntry): EncodedEntry | undefined {
+  /**
+   * `entry` as it would be written, for an entry read from a fallback; undefined when its dates are
+   * unknown, or when it was fetched before this process last took an entry from the shared store (or it
+   * never did): that one is no token of this outage, but a leftover of an earlier one, which the store
+   * may have replaced since (WeChat having ended it), and which a store that came back empty must not get.
+   */
+  #offered(entry: StoredEntry): EncodedEntry | undefined {
     const { value, fetchedAt, expiresAt, fetchedBy } = entry;
     if (fetchedAt === undefined || expiresAt === undefined) return undefined;
+    if (this.#sharedAt === undefined || fetchedAt < Math.floor(this.#sharedAt / 1000)) return undefined;
     try {
       return this.#entries.encode({ value, expiresIn: expiresAt - fetchedAt }, fetchedAt, fetchedBy ?? '');
     } catch {

@@ -140,6 +140,8 @@ export class LockedFetchRefresher implements Refresher {
   #vanished: string | undefined;
   /** The shared store drops the entry's writes: found so twice in a row (see dropped()). */
   #dropsEntries = false;
+  /** The token this process wrote as it started a pause after a rejection, found gone at once when read back (see dropped()). */
+  #droppedInPause: string | undefined;
 
   get peerWrites(): boolean {
     return this.#peerWrites;
@@ -154,15 +156,16 @@ export class LockedFetchRefresher implements Refresher {
    * reading the entry back once written (shown, the store holds its writes: see #readBack());
    * if the token it wrote then is gone too, the store drops its writes: this process serves its token
    * from memory while the store shows none, until WeChat rejects it (its refetch is spaced: see
-   * invalidate()) or it nears its expiry. Within its pause after a rejection, it serves that token at
-   * once. Any entry the store shows ends that (stored()).
+   * invalidate()) or it nears its expiry. Within the pause its fetch started after a rejection, it serves
+   * that token at once where the store showed none right after its write (a token gone later may have
+   * been deleted by a process WeChat refused it to). Any entry the store shows ends that (stored()).
    */
   dropped(value: string): boolean {
     if (value !== this.#written) return false;
-    // Within this process's pause after a rejection it fetches nothing: the token it wrote last, which
-    // nothing has shown rejected, is the fleet's newest as far as it knows, and serves (else every call
-    // failed until the pause ended, that token still good).
-    if (this.#pauseInForce(this.#ctx.settings.now()) !== undefined) return true;
+    // Within this process's pause after a rejection it fetches nothing: the token it wrote as the pause
+    // began, which the store dropped at once, is the fleet's newest as far as it knows, and serves (else
+    // every call failed until the pause ended, that token still good).
+    if (value === this.#droppedInPause && this.#pauseInForce(this.#ctx.settings.now()) !== undefined) return true;
     if (!this.#dropsEntries) {
       if (this.#vanished === undefined || this.#vanished === value) {
         this.#vanished = value;
@@ -176,13 +179,18 @@ export class LockedFetchRefresher implements Refresher {
   stored(): void {
     this.#vanished = undefined;
     this.#dropsEntries = false;
+    this.#droppedInPause = undefined;
   }
 
-  /** Takes the store for one that holds the entry's writes when it shows `value`, just written (see dropped()). */
-  async #readBack(value: string): Promise<void> {
+  /**
+   * Takes the store for one that holds the entry's writes when it shows `value`, just written (see
+   * dropped()). Resolves whether it showed no entry at all (false where the read failed).
+   */
+  async #readBack(value: string): Promise<boolean> {
     const ctx = this.#ctx;
     const read = await ctx.entries.read(ctx.tiers.shared, (held) => ctx.rejected(held)).catch(() => undefined);
     if (read?.kind === 'hit' && read.entry.value === value) this.stored();
+    return read?.kind === 'miss' && read.absent === true;
   }
 
   /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
@@ -234,9 +242,14 @@ export class LockedFetchRefresher implements Refresher {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
         if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) {
           this.#written = refreshed.entry.value;
-          // Fetched after a token of this process's went missing: read back once. A store that shows it
-          // holds what is written to it, and the token was deleted (`wxkit token clear`), not dropped.
-          if (this.#vanished !== undefined && !this.#dropsEntries) await this.#readBack(refreshed.entry.value);
+          this.#droppedInPause = undefined;
+          // Fetched after a token of this process's went missing, or as a pause after a rejection began:
+          // read back once. A store that shows it holds what is written to it, and the token was deleted
+          // (`wxkit token clear`), not dropped.
+          if ((this.#vanished !== undefined && !this.#dropsEntries) || progress.pause !== undefined) {
+            const gone = await this.#readBack(refreshed.entry.value);
+            if (gone && progress.pause !== undefined) this.#droppedInPause = refreshed.entry.value;
+          }
         }
         return refreshed;
       } catch (error) {
