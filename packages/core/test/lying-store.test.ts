@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, TokenUnavailableError, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
@@ -257,6 +260,69 @@ describe('a token entry deleted twice in a row (`wxkit token clear`)', () => {
       }
     } finally {
       await app.close();
+    }
+  });
+});
+
+describe("a store that takes the lock but refuses the entry's write", () => {
+  it('costs the processes of one host one fetch, not one each', async () => {
+    const refusing = (shared: MemoryCache) => {
+      const refuse = (key: string) => {
+        if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
+      };
+      return over(shared, {
+        async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
+        async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
+        async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
+      });
+    };
+    const { appId, apps, close } = fleet(4, refusing, { memoMs: 0 });
+    try {
+      const tokens = [];
+      for (const app of apps) tokens.push(await app.accessToken.getToken());
+      expect(new Set(tokens).size).toBe(1);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+    } finally { await close(); }
+  });
+
+  it("shares the token through the host's fallback directory, at once and one after the other, and never one WeChat rejected", async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-refused-'));
+    const refuse = (key: string) => {
+      if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
+    };
+    // Not a MemoryCache: a store shared beyond this process, whose fallback is the host's directory. One
+    // object per client, as each process has its own: a failure one of them sees is not the others'.
+    const store = (): TokenCache => ({
+      get: (key) => shared.get(key),
+      delete: (key) => shared.delete(key),
+      deleteIfEquals: (key, expected) => shared.deleteIfEquals(key, expected),
+      async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
+      async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
+      async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
+    });
+    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, cache: store() });
+    const apps = [client(), client(), client(), client()];
+    try {
+      const first = await Promise.all(apps.slice(0, 2).map((app) => app.accessToken.getToken()));
+      for (const app of apps.slice(2)) first.push(await app.accessToken.getToken());
+      expect(new Set(first).size).toBe(1);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(await shared.get(apps[0]!.accessToken.cacheKey)).toBeUndefined();
+      // WeChat ends it: the process that learns so fetches once, and the others take its token, not the one rejected.
+      mock.invalidateTokens(appId);
+      await apps[0]!.accessToken.invalidate(first[0]!, 40001);
+      const second = await apps[0]!.accessToken.getToken();
+      expect(second).not.toBe(first[0]);
+      for (const app of apps.slice(1)) {
+        await app.accessToken.invalidate(first[0]!, 40001);
+        expect(await app.accessToken.getToken()).toBe(second);
+      }
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await Promise.all(apps.map((app) => app.close()));
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

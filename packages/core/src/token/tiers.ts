@@ -59,6 +59,19 @@ export class StoreTiers {
     const host = this.#stores.hostStore();
     const hostUp = host !== undefined && !host.down ? host : undefined;
     if (!sharedDown) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#stores.processStore()) };
+    return this.#fallback(hostUp);
+  }
+
+  /**
+   * Where the entry would live if the shared store were down now: this host's directory, or this
+   * process's own where the directory cannot serve.
+   */
+  fallback(): Tier {
+    const host = this.#stores.hostStore();
+    return this.#fallback(host !== undefined && !host.down ? host : undefined);
+  }
+
+  #fallback(hostUp: GuardedStore | undefined): Tier {
     if (hostUp) return { name: 'host', entries: hostUp, lock: hostUp };
     const local = this.#stores.processStore();
     return { name: 'process', entries: local, lock: local };

@@ -383,6 +383,34 @@ export class LockedFetchRefresher implements Refresher {
     return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, UNENDED) : undefined;
   }
 
+  /** `{key}:kept`, in a fallback tier: the token a holder of the shared lock kept there when the shared store refused it. */
+  get #keptKey(): string {
+    return `${this.#ctx.key}:kept`;
+  }
+
+  /**
+   * The holder of the shared lock found no entry: a process of this host that held the lock moments
+   * before (a lease at most) may have fetched a token the shared store refused to hold while it took the
+   * lock (memcached out of memory, a cluster node that refuses writes), and kept it in this host's
+   * fallback. Taken from there rather than fetched again: each fetch would end the token before it
+   * (classic endpoint), one per process of the host. Never a token this process knows WeChat rejected,
+   * nor the one an ahead-of-expiry refresh is to replace.
+   */
+  async #keptHere(request: RefreshRequest): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const fallback = ctx.tiers.fallback();
+    try {
+      const kept = await fallback.entries.getBeside(this.#keptKey);
+      if (kept === undefined || kept === request.current || ctx.rejected(kept)) return undefined;
+      const read = await ctx.entries.read(fallback.entries, (value) => ctx.rejected(value));
+      if (read.kind !== 'hit' || read.entry.value !== kept) return undefined;
+      return { entry: read.entry, tier: fallback.name, fetched: false, asked: false };
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      return undefined;
+    }
+  }
+
   async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress, waitedForForced = false): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const store = tier.entries;
@@ -520,6 +548,10 @@ export class LockedFetchRefresher implements Refresher {
         if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
           const written = await this.#awaitWriter(tier, request);
           if (written) return written;
+        }
+        if (handle !== undefined && tier.name === 'shared' && again.kind === 'miss' && !again.foreign) {
+          const kept = await this.#keptHere(request);
+          if (kept) return kept;
         }
         // Only the holder of this lock writes the entry's failure marker: while we hold it in the entry's
         // own store, no marker appears behind our back, and a success has none to delete. An absent entry
@@ -711,7 +743,16 @@ export class LockedFetchRefresher implements Refresher {
       unshared = fresh;
       // The store failed as the value came back: keep it where the processes of this host can see it.
       const fallback = ctx.tiers.current(ctx.key);
-      if (fallback.name !== tier.name) outcome = await ctx.entries.write(fallback.entries, fresh, write).catch(() => outcome);
+      if (fallback.name !== tier.name) {
+        try {
+          outcome = await ctx.entries.write(fallback.entries, fresh, write);
+          // Written before the lock is let go: the process of this host that takes it next may find the
+          // shared store answering, without the entry (see #keptHere).
+          if (tier.name === 'shared') await fallback.entries.setBeside(this.#keptKey, outcome.entry.value, Math.ceil(this.leaseMs / 1000)).catch(() => undefined);
+        } catch {
+          // Kept by this process only.
+        }
+      }
     }
     // Only while the lease holds: a holder past it may no longer know what the store holds.
     if (shared && (handle === undefined || handle.remainingMs() > 0)) await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
