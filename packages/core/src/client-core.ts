@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import type { Dispatcher } from 'undici';
@@ -548,15 +549,18 @@ export class ClientCore implements TierStores, EventSource {
    * this process's already). A FileCache is this host's, but its directory may fail while the fallback
    * directory works (a full or read-only volume, a directory taken away): the processes then share
    * through the fallback rather than each keep to itself. Not where the fallback lies in, or holds, the
-   * FileCache's own directory.
+   * FileCache's own directory. `existing`: asked while the store answers (a token a holder of the host
+   * kept there), which makes no directory, and says nothing of one that cannot be used.
    */
-  hostStore(): GuardedStore | undefined {
+  hostStore(existing = false): GuardedStore | undefined {
     const shared = this.#store.cache;
     if (this.#fallbackDir === false || shared instanceof MemoryCache) return undefined;
     if (shared instanceof FileCache && nested(shared.dir, this.#fallbackDir)) return undefined;
     if (!this.#host) {
+      if (existing && !existsSync(this.#fallbackDir)) return undefined;
       const cache = hostFallback(this.#fallbackDir);
       if (typeof cache === 'string') {
+        if (existing) return undefined;
         this.log.warn(
           { event: 'cache.fallback_unusable', appId: this.appId, reason: cache },
           `The fallback directory cannot be used (${cache}): while the store is down, each process keeps to itself. Set options.fallbackDir to a directory of this user only`,

@@ -326,3 +326,42 @@ describe("a store that takes the lock but refuses the entry's write", () => {
     }
   });
 });
+
+describe("a token a refusing store's holder kept for the host, which WeChat rejected to another process of the host", () => {
+  it('is not what the next process of the host takes', async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-refused-'));
+    const refuse = (key: string) => {
+      if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
+    };
+    const store = (): TokenCache => ({
+      get: (key) => shared.get(key),
+      delete: (key) => shared.delete(key),
+      deleteIfEquals: (key, expected) => shared.deleteIfEquals(key, expected),
+      async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
+      async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
+      async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
+    });
+    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, cache: store() });
+    const [a, b, c] = [client(), client(), client()];
+    try {
+      const kept = await a.accessToken.getToken();
+      expect(await b.accessToken.getToken()).toBe(kept);
+      // Another program's fetch ends it; b's call is refused, and b's refetch fails (WeChat busy).
+      mock.invalidateTokens(appId);
+      mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
+      const failed = await b.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+      expect(failed).not.toBe('sent');
+      mock.clearFaults();
+      // The next process of the host gets a token WeChat takes, not the one b found rejected.
+      const token = await c.accessToken.getToken();
+      expect(token).not.toBe(kept);
+      expect(mock.isTokenValid(appId, token)).toBe(true);
+    } finally {
+      mock.clearFaults();
+      await Promise.all([a.close(), b.close(), c.close()]);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,4 +1,4 @@
-import { chmodSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Agent } from 'undici';
@@ -283,6 +283,21 @@ describe('the host fallback directory', () => {
     expect(warnings).toHaveLength(1);
     expect(String(warnings[0]!.reason)).toContain('(ENOENT)');
     await app.close();
+  });
+
+  it('is neither made nor said unusable by a process whose store answers', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const unmade = join(fallbackDir(), 'fallback');
+    const open = fallbackDir();
+    chmodSync(open, 0o777);
+    const warnings: TokenEvents['cache.fallback_unusable'][] = [];
+    const apps = [unmade, open].map((dir) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, fallbackDir: dir, logger: false }));
+    for (const app of apps) app.on('cache.fallback_unusable', (event) => warnings.push(event));
+    for (const app of apps) expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    expect(existsSync(unmade)).toBe(false);
+    expect(warnings).toHaveLength(0);
+    await Promise.all(apps.map((app) => app.close()));
   });
 
   it('holds files named by a hash of the key, never the key (a profile\'s key may hold the secret)', async () => {

@@ -20,8 +20,11 @@ export interface Tier {
 export interface TierStores {
   /** The store the user chose. */
   readonly store: GuardedStore;
-  /** This host's directory, or undefined when it is not used. */
-  hostStore(): GuardedStore | undefined;
+  /**
+   * This host's directory, or undefined when it is not used; with `existing`, also undefined where the
+   * directory has not been made yet (nothing was ever written there).
+   */
+  hostStore(existing?: boolean): GuardedStore | undefined;
   /** This process's own: asked for only when neither the store nor the host's directory can serve. */
   processStore(): GuardedStore;
   /** Where an entry's refresh lock lives (the key schema's), for a store whose parts fail one at a time. */
@@ -64,10 +67,11 @@ export class StoreTiers {
 
   /**
    * Where the entry would live if the shared store were down now: this host's directory, or this
-   * process's own where the directory cannot serve.
+   * process's own where the directory cannot serve. Asked while the shared store answers, it makes no
+   * directory that is not there yet: the usual case needs none.
    */
   fallback(): Tier {
-    const host = this.#stores.hostStore();
+    const host = this.#stores.hostStore(true);
     return this.#fallback(host !== undefined && !host.down ? host : undefined);
   }
 

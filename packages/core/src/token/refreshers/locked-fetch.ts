@@ -333,6 +333,9 @@ export class LockedFetchRefresher implements Refresher {
       const newer = entry !== undefined && !ctx.rejected(entry.value);
       if (noted !== undefined && (!answered || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
     }
+    // A token a holder kept in this host's fallback when the shared store refused it (see #keptHere):
+    // the other processes of the host know nothing of its rejection, and must not take it from there.
+    if (tier.name === 'shared') await ctx.tiers.fallback().entries.deleteBesideIfEquals(this.#keptKey, value).catch(() => undefined);
     ctx.log.info(
       { event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, deleted: outcome.deleted, ms: Math.round(performance.now() - started) },
       `WeChat rejected the cached ${ctx.label}; ${outcome.deleted ? 'removed it from the store' : 'the store already holds another one'}`,
