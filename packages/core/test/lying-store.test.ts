@@ -264,6 +264,31 @@ describe('a token entry deleted twice in a row (`wxkit token clear`)', () => {
   });
 });
 
+/**
+ * Clients of one host (a fallback directory of their own) on a store that takes the refresh lock and
+ * refuses every other write (memcached -M, full: SERVER_ERROR out of memory). Not a MemoryCache: a store
+ * shared beyond this process, whose fallback is the host's directory. One store object per client, as
+ * each process has its own: a failure one of them sees is not the others'.
+ */
+function refusingHost() {
+  const { appId, secret } = mock.createApp();
+  const shared = new MemoryCache();
+  const dir = mkdtempSync(join(tmpdir(), 'wxkit-refused-'));
+  const refuse = (key: string) => {
+    if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
+  };
+  const store = (): TokenCache => ({
+    get: (key) => shared.get(key),
+    delete: (key) => shared.delete(key),
+    deleteIfEquals: (key, expected) => shared.deleteIfEquals(key, expected),
+    async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
+    async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
+    async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
+  });
+  const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, cache: store() });
+  return { appId, shared, dir, client };
+}
+
 describe("a store that takes the lock but refuses the entry's write", () => {
   it('costs the processes of one host one fetch, not one each', async () => {
     const refusing = (shared: MemoryCache) => {
@@ -286,23 +311,7 @@ describe("a store that takes the lock but refuses the entry's write", () => {
   });
 
   it("shares the token through the host's fallback directory, at once and one after the other, and never one WeChat rejected", async () => {
-    const { appId, secret } = mock.createApp();
-    const shared = new MemoryCache();
-    const dir = mkdtempSync(join(tmpdir(), 'wxkit-refused-'));
-    const refuse = (key: string) => {
-      if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
-    };
-    // Not a MemoryCache: a store shared beyond this process, whose fallback is the host's directory. One
-    // object per client, as each process has its own: a failure one of them sees is not the others'.
-    const store = (): TokenCache => ({
-      get: (key) => shared.get(key),
-      delete: (key) => shared.delete(key),
-      deleteIfEquals: (key, expected) => shared.deleteIfEquals(key, expected),
-      async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
-      async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
-      async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
-    });
-    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, cache: store() });
+    const { appId, shared, dir, client } = refusingHost();
     const apps = [client(), client(), client(), client()];
     try {
       const first = await Promise.all(apps.slice(0, 2).map((app) => app.accessToken.getToken()));
@@ -329,21 +338,7 @@ describe("a store that takes the lock but refuses the entry's write", () => {
 
 describe("a token a refusing store's holder kept for the host, which WeChat rejected to another process of the host", () => {
   it('is not what the next process of the host takes', async () => {
-    const { appId, secret } = mock.createApp();
-    const shared = new MemoryCache();
-    const dir = mkdtempSync(join(tmpdir(), 'wxkit-refused-'));
-    const refuse = (key: string) => {
-      if (!key.endsWith(':lock')) throw Object.assign(new Error('memcached add answered status 130'), { status: 130 });
-    };
-    const store = (): TokenCache => ({
-      get: (key) => shared.get(key),
-      delete: (key) => shared.delete(key),
-      deleteIfEquals: (key, expected) => shared.deleteIfEquals(key, expected),
-      async set(key, value, ttl) { refuse(key); return shared.set(key, value, ttl); },
-      async add(key, value, ttl) { refuse(key); return shared.add(key, value, ttl); },
-      async compareAndSet(key, expected, value, ttl) { refuse(key); return shared.compareAndSet(key, expected, value, ttl); },
-    });
-    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, cache: store() });
+    const { appId, dir, client } = refusingHost();
     const [a, b, c] = [client(), client(), client()];
     try {
       const kept = await a.accessToken.getToken();
