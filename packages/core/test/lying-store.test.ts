@@ -48,6 +48,11 @@ function evicting(shared: MemoryCache, evicted: (key: string) => boolean): Token
   });
 }
 
+/** One template send of `app`: 'sent', or what it was rejected with. */
+function sent(app: OfficialAccount): Promise<unknown> {
+  return app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+}
+
 /** `clients` clients of one app on the classic endpoint, each seeing the shared store through `view`. */
 function fleet(clients: number, view: (shared: MemoryCache) => TokenCache, options: Partial<OfficialAccountOptions> = {}) {
   const { appId, secret } = mock.createApp();
@@ -163,7 +168,7 @@ describe('a token entry the store drops, within the pause that follows a rejecti
       return true;
     });
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, now: () => clock, cache: dropping });
-    const send = () => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+    const send = () => sent(app);
     try {
       // Its first token ended before any call went through with it: the next fetch starts a pause.
       for (let i = 0; i < 2 && mock.counters(appId).classicTokenRequests < 2; i += 1) await send();
@@ -189,20 +194,19 @@ describe('a token entry another process deleted after WeChat rejected it, within
     const options = { appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'classic', memoMs: 0, now: () => clock, cache: shared } as const;
     const a = new OfficialAccount(options);
     const b = new OfficialAccount(options);
-    const send = (app: OfficialAccount) => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
     try {
       // a's first token ends before any call went through with it: its refetch starts the fleet's pause.
       await a.accessToken.getToken();
       mock.invalidateTokens(appId);
-      expect(await send(a)).toBe('sent');
+      expect(await sent(a)).toBe('sent');
       expect(mock.counters(appId).classicTokenRequests).toBe(2);
       // Another program's fetch ends a's second token; b sends with it, is refused, and deletes it.
       mock.invalidateTokens(appId);
-      expect(await send(b)).toBeInstanceOf(TokenUnavailableError);
+      expect(await sent(b)).toBeInstanceOf(TokenUnavailableError);
       expect(await shared.get(a.accessToken.cacheKey)).toBeUndefined();
       const refused = mock.counters(appId).rejectedCalls;
       // Still within the pause: a sends nothing with the token WeChat refused.
-      expect(await send(a)).toBeInstanceOf(TokenUnavailableError);
+      expect(await sent(a)).toBeInstanceOf(TokenUnavailableError);
       expect(mock.counters(appId).rejectedCalls).toBe(refused);
     } finally {
       await Promise.all([a.close(), b.close()]);
@@ -346,7 +350,7 @@ describe("a token a refusing store's holder kept for the host, which WeChat reje
       // Another program's fetch ends it; b's call is refused, and b's refetch fails (WeChat busy).
       mock.invalidateTokens(appId);
       mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token', times: Infinity });
-      const failed = await b.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }).then(() => 'sent', (error: unknown) => error);
+      const failed = await sent(b);
       expect(failed).not.toBe('sent');
       mock.clearFaults();
       // The next process of the host gets a token WeChat takes, not the one b found rejected.

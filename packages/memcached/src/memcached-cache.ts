@@ -218,11 +218,9 @@ export class MemcachedCache implements TokenCache {
 
   /** The extras of a SET or ADD of `value` at `key`: its flags (the option's) and its expiration. */
   #extras(key: string, value: string, ttlSeconds: number): Buffer {
-    const extras = storeExtras(ttlSeconds);
     const flags = this.#flags(key, value);
     if (!isFlags(flags)) throw new RangeError(`MemcachedCache flags must be a whole number from 0 to 4294967295 (the flags option gave ${typeName(flags)} for a value)`);
-    extras.writeUInt32BE(flags, 0);
-    return extras;
+    return storeExtras(ttlSeconds, flags);
   }
 
   /**
@@ -366,9 +364,10 @@ function placement(key: string): string {
   return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced|probe))?$/, '');
 }
 
-/** The extras of SET and ADD: flags 0 (as memjs writes them; see #extras) and the expiration. */
-function storeExtras(ttlSeconds: number): Buffer {
+/** The extras of SET and ADD: the flags and the expiration. */
+function storeExtras(ttlSeconds: number, flags: number): Buffer {
   const extras = Buffer.alloc(8);
+  extras.writeUInt32BE(flags, 0);
   extras.writeUInt32BE(expires(ttlSeconds), 4);
   return extras;
 }

@@ -59,8 +59,7 @@ export class StoreTiers {
     const sharedDown = shared.downFor(key) || this.#lockDown(shared, key);
     // The usual case needs nothing of the host's directory: no handle on it is made until it does.
     if (!sharedDown && shared.atomicAdd) return { name: 'shared', entries: shared, lock: shared };
-    const host = this.#stores.hostStore();
-    const hostUp = host !== undefined && !host.down ? host : undefined;
+    const hostUp = this.#hostUp(false);
     if (!sharedDown) return { name: 'shared', entries: shared, lock: shared.atomicAdd ? shared : (hostUp ?? this.#stores.processStore()) };
     return this.#fallback(hostUp);
   }
@@ -71,8 +70,13 @@ export class StoreTiers {
    * directory that is not there yet: the usual case needs none.
    */
   fallback(): Tier {
-    const host = this.#stores.hostStore(true);
-    return this.#fallback(host !== undefined && !host.down ? host : undefined);
+    return this.#fallback(this.#hostUp(true));
+  }
+
+  /** This host's directory where it is used and not down (see TierStores.hostStore for `existing`). */
+  #hostUp(existing: boolean): GuardedStore | undefined {
+    const host = this.#stores.hostStore(existing);
+    return host !== undefined && !host.down ? host : undefined;
   }
 
   #fallback(hostUp: GuardedStore | undefined): Tier {
