@@ -112,11 +112,7 @@ export {
 } from './errors.js';
 // Open platform (third-party platforms): message encryption, component and authorizer tokens.
 export { MessageCrypto, type MessageCryptoOptions, type EncryptedMessage } from './open-platform/crypto.js';
-export {
-  OpenPlatform,
-  type OpenPlatformOptions,
-  type Authorization,
-  type OpenPlatformPush,
-  type CallbackRequest,
-} from './open-platform/open-platform.js';
+export { OpenPlatform, type OpenPlatformOptions } from './open-platform/open-platform.js';
+export type { OpenPlatformPush, CallbackRequest } from './open-platform/callback.js';
+export type { Authorization } from './open-platform/records.js';
 export { VERSION } from './version.js';

@@ -10,7 +10,7 @@ import {
   encodeRefreshRecord,
   encodeTicketRecord,
   refreshOrigin,
-} from '../src/open-platform/open-platform.js';
+} from '../src/open-platform/records.js';
 
 // docs/key-schema.md is the cross-language contract; its vector tables are the expected values here.
 const doc = readFileSync(new URL('../../../docs/key-schema.md', import.meta.url), 'utf8');

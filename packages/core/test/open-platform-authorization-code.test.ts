@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BadResponseError, FileCache, OpenPlatform, WeChatApiError, nativeSchema, type KeySchema, type OpenPlatformOptions, type TokenCache } from '../src/index.js';
-import { authorizationCodeDigest } from '../src/open-platform/open-platform.js';
+import { authorizationCodeDigest } from '../src/open-platform/records.js';
 import { componentOptions, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 // WeChat hands one authorization code both to the `authorized` push and to the redirect (`auth_code`),

@@ -2,7 +2,7 @@ import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OpenPlatform, wxJava, type AuthorizerAuthorizedEvent, type AuthorizerEvent, type AuthorizerRefreshTokenRecoveredEvent, type TokenCache } from '../src/index.js';
-import { refreshOrigin } from '../src/open-platform/open-platform.js';
+import { refreshOrigin } from '../src/open-platform/records.js';
 import { componentOptions, storeVerifyTicket } from './helpers.js';
 
 // An admin authorizes the component again (handleAuthorization: api_query_auth hands out a new refresh

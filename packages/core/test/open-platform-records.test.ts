@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { FileCache } from '../src/index.js';
-import { decodeRefresh, decodeTicket, encodeRefreshRecord, encodeTicketRecord } from '../src/open-platform/open-platform.js';
+import { decodeRefresh, decodeTicket, encodeRefreshRecord, encodeTicketRecord } from '../src/open-platform/records.js';
 
 // The open platform's durable records are UTF-8 JSON handed to the store as binary strings, like every
 // other wxkit value (docs/key-schema.md, "Bytes, not text"): a non-ASCII field (a host name in
