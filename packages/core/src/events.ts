@@ -55,6 +55,13 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
    * pushes at the same moment). WeChat pushes again within 10 minutes.
    */
   'component_verify_ticket.not_stored': ComponentVerifyTicketNotStoredEvent;
+  /**
+   * OpenPlatform: handleCallback() refused a signed push whose timestamp lies beyond `pushMaxAgeMs` from
+   * this process's clock (logged at most once a minute). A push sent again later, or a host whose clock
+   * is off: then every push is refused, no ticket is stored, and the component token fails once the last
+   * ticket runs out.
+   */
+  'component_callback.expired': ComponentCallbackExpiredEvent;
   /** OpenPlatform: an account authorized the component; its first tokens are stored. */
   'authorizer.authorized': AuthorizerAuthorizedEvent;
   /** OpenPlatform: WeChat handed out a new authorizer refresh token, and the durable store took it. */
@@ -100,6 +107,12 @@ export interface ComponentVerifyTicketReceivedEvent extends TokenEventBase {
 export interface ComponentVerifyTicketNotStoredEvent extends ComponentVerifyTicketReceivedEvent {
   /** `expired`: pushed more than 12 hours ago; `contended`: the record changed under each write. */
   reason: 'expired' | 'contended';
+}
+
+/** `component_callback.expired`. */
+export interface ComponentCallbackExpiredEvent extends TokenEventBase {
+  /** The push's timestamp less this process's clock, in seconds: negative when the push is older. */
+  offSeconds?: number;
 }
 
 /** OpenPlatform events about one authorizer. */

@@ -27,6 +27,7 @@ export type {
   CacheCorruptEntryEvent,
   CacheFallbackUnusableEvent,
   ComponentVerifyTicketNotStoredEvent,
+  ComponentCallbackExpiredEvent,
   ComponentVerifyTicketReceivedEvent,
   AuthorizerEvent,
   AuthorizerAuthorizedEvent,

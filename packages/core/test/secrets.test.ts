@@ -115,4 +115,13 @@ describe('secrets stay secret', () => {
     expect(maskUrl('redis://host:6379/0')).toBe('redis://host:6379/0');
     expect(maskUrl('not a url topsecret')).toBe('(unparsable URL)');
   });
+
+  it('a store URL whose credentials URL parsing reads as its path (no host: a scheme left out or mistyped) is shown without them', () => {
+    expect(maskUrl('user:topsecret@host:26379')).toBe('user:***@host:26379');
+    expect(maskUrl('redis:/:topsecret@host:6379')).toBe('redis:***@host:6379');
+    expect(maskUrl('redis:topsecret@host')).toBe('redis:***@host');
+    expect(maskUrl('redis:///:topsecret@host:6379')).toBe('redis:***@host:6379');
+    expect(maskUrl('host:6379')).toBe('host:6379');
+    expect(maskUrl('file:///var/lib/a@b')).toBe('file:///var/lib/a@b');
+  });
 });

@@ -70,3 +70,16 @@ it('stallTimeoutMs is taken with cluster, sentinel or a client of yours too: eve
     await new RedisCache({ ...source, stallTimeoutMs: 5000 } as RedisCacheOptions).close();
   }
 });
+
+it('a Sentinel URL refused for its form (a scheme left out or mistyped) is shown without its password', () => {
+  for (const odd of ['app:topsecret@127.0.0.1:26379', 'redis:/:topsecret@127.0.0.1:26379', 'redis:///:topsecret@127.0.0.1:26379']) {
+    let message = '';
+    try {
+      new RedisCache({ sentinel: { sentinels: [odd], masterName: 'primary' } });
+    } catch (error) {
+      message = (error as Error).message;
+    }
+    expect(message).toContain('options.sentinel.sentinels must be');
+    expect(message).not.toContain('topsecret');
+  }
+});

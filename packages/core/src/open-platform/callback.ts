@@ -1,3 +1,4 @@
+import type { ClientCore } from '../client-core.js';
 import { MessageCryptoError } from '../errors.js';
 import { typeName } from '../validate.js';
 import { queryText, type MessageCrypto } from './crypto.js';
@@ -21,6 +22,8 @@ export interface CallbackRequest {
 
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
 const MAX_CALLBACK_BYTES = 64 * 1024;
+/** A push refused as sent too long ago is logged at most this often (a replayed capture may come in floods). */
+const EXPIRED_LOG_EVERY_MS = 60_000;
 
 /**
  * Reads a request to the component's callback URL: its size, signature and encryption, then the age of
@@ -30,11 +33,17 @@ export class CallbackReader {
   readonly #crypto: MessageCrypto;
   readonly #maxAgeMs: number;
   readonly #now: () => number;
+  readonly #log: ClientCore['log'];
+  readonly #appId: string;
+  /** When (performance.now()) a push refused as expired was last logged. */
+  #expiredLoggedAt: number | undefined;
 
-  constructor(crypto: MessageCrypto, maxAgeMs: number, now: () => number) {
+  constructor(crypto: MessageCrypto, maxAgeMs: number, now: () => number, log: ClientCore['log'], appId: string) {
     this.#crypto = crypto;
     this.#maxAgeMs = maxAgeMs;
     this.#now = now;
+    this.#log = log;
+    this.#appId = appId;
   }
 
   /** The push `request` carries, decrypted; a MessageCryptoError for one not from WeChat, or sent again later (`expired`). */
@@ -54,6 +63,7 @@ export class CallbackReader {
     // The timestamp is under the signature: checked once the signature holds, so a forged request is named so.
     const offMs = Number(timestamp) * 1000 - this.#now();
     if (!(Math.abs(offMs) <= this.#maxAgeMs)) {
+      this.#loggedExpired(offMs);
       throw new MessageCryptoError(
         'expired',
         `the push's timestamp (${timestamp}) is ${Number.isFinite(offMs) ? `${Math.round(Math.abs(offMs) / 1000)} s ${offMs < 0 ? 'behind' : 'ahead of'}` : 'not a time near'} this process's clock, beyond options.pushMaxAgeMs (${this.#maxAgeMs} ms): a push sent again after it was made, or this host's clock is off; nothing was stored`,
@@ -61,6 +71,21 @@ export class CallbackReader {
     }
     const fields = parseFlatXml(xml);
     return { infoType: fields.InfoType ?? '', fields };
+  }
+
+  /**
+   * A signed push refused for its age is logged (at most once a minute): where this host's clock is off,
+   * every push is refused so, no verify ticket is stored, and the component token fails once the last
+   * ticket runs out, 12 hours later. A caller's 403 alone would not say why.
+   */
+  #loggedExpired(offMs: number): void {
+    const at = performance.now();
+    if (this.#expiredLoggedAt !== undefined && at - this.#expiredLoggedAt < EXPIRED_LOG_EVERY_MS) return;
+    this.#expiredLoggedAt = at;
+    this.#log.warn(
+      { event: 'component_callback.expired', appId: this.#appId, ...(Number.isFinite(offMs) ? { offSeconds: Math.round(offMs / 1000) } : {}) },
+      "Refused a signed push whose timestamp lies beyond options.pushMaxAgeMs from this process's clock: a push sent again later, or this host's clock is off (then every push is refused, and no component_verify_ticket is stored)",
+    );
   }
 }
 

@@ -70,7 +70,7 @@ const OWN_OPTIONS = {
   ),
   maxClients: integer(1, Number.MAX_SAFE_INTEGER),
   clientIdleMs: durationMs(),
-  pushMaxAgeMs: durationMs(),
+  pushMaxAgeMs: durationMs(1000),
 } as const satisfies OptionSchema<OwnKeys<OpenPlatformOptions>>;
 const SCHEMA = clientSchema<OpenPlatformOptions>(OWN_OPTIONS);
 const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, pushMaxAgeMs: 300_000 });
@@ -166,7 +166,7 @@ export class OpenPlatform {
       ended: this.#ended.signal,
       key: (entry: OpenPlatformEntry, authorizerAppId?: string) => schema.openPlatformKey!(entry, this.appId, authorizerAppId),
     };
-    this.#callbacks = new CallbackReader(new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId }), opts.pushMaxAgeMs ?? DEFAULTS.pushMaxAgeMs, this.#core.settings.now);
+    this.#callbacks = new CallbackReader(new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId }), opts.pushMaxAgeMs ?? DEFAULTS.pushMaxAgeMs, this.#core.settings.now, this.#core.log, this.appId);
     this.#ticket = new VerifyTicket(ctx);
     this.#component = new Component(ctx, opts.secret, this.#ticket);
     const peers = new PeerCopies(ctx);

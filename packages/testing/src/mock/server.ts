@@ -95,6 +95,8 @@ export interface MockWeChat {
   /**
    * Sets the component's callback URL ("授权事件接收 URL"). From then on, every 10 minutes of mock
    * time (`advanceClock`) WeChat pushes a new component_verify_ticket there, encrypted and signed.
+   * Pushes are signed with the mock's time: an OpenPlatform receiving them after `advanceClock` needs
+   * `now: () => mock.now()`, or it refuses them as sent too long ago (`reason: 'expired'`).
    */
   setComponentCallback(componentAppId: string, url: string | undefined): void;
   /** Pushes a new component_verify_ticket to the callback now; resolves with the callback's answer. */
