@@ -68,13 +68,20 @@ export class Authorizations {
         'schema',
       );
     }
-    let shared = this.#authorizing.get(key);
-    if (!shared) {
-      // Counted under way from its start: close() waits for an ask of WeChat and the writes after it.
-      shared = this.#track(this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key)));
-      this.#authorizing.set(key, shared);
+    const shared = this.#authorizing.get(key);
+    if (shared) {
+      // A caller that joins another's ask in this process gets what a caller in another process gets:
+      // the code's record, which the ask leaves even when its own writes failed (that rejection is its own).
+      return shared.catch(async (error: unknown) => {
+        const recorded = this.#ended.aborted ? undefined : await this.#authorizationRecord(key);
+        if (recorded) return recorded;
+        throw error;
+      });
     }
-    return shared;
+    // Counted under way from its start: close() waits for an ask of WeChat and the writes after it.
+    const asked = this.#track(this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key)));
+    this.#authorizing.set(key, asked);
+    return asked;
   }
 
   /**
@@ -172,7 +179,9 @@ export class Authorizations {
     const authorization: Authorization = { authorizerAppId, funcInfo };
     if (typeof refresh !== 'string' || refresh === '') {
       // The account is authorized all the same (WeChat spent the code): the other callers of the code
-      // learn it from the record, and its first refresh takes its refresh token from WeChat.
+      // learn it from the record, and its first refresh, no longer held back by a revoked authorization's
+      // pause, takes its refresh token from WeChat.
+      await this.#endRevokedBackoff(this.#key('authorizer_access_token', authorizerAppId));
       await this.#recordAuthorization(key, authorization);
       throw new BadResponseError(
         `WeChat answered ${path} without the authorizer's refresh token; the account ${authorizerAppId} is authorized, and its first refresh takes its refresh token from WeChat (api_get_authorizer_info)`,
@@ -207,8 +216,13 @@ export class Authorizations {
   async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<void> {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
-    await this.#refresh.storeAuthorization(authorizerAppId, refresh, startedAt);
-    await this.#endRevokedBackoff(this.#key('authorizer_access_token', authorizerAppId));
+    try {
+      await this.#refresh.storeAuthorization(authorizerAppId, refresh, startedAt);
+    } finally {
+      // The account is authorized again whatever became of that write: a revoked authorization's pause
+      // (up to an hour) would refuse it, unasked, the refresh that takes its token from WeChat.
+      await this.#endRevokedBackoff(this.#key('authorizer_access_token', authorizerAppId));
+    }
     let fetched: Fetched;
     try {
       fetched = validateFetched(info, 'authorizer_access_token', path);
