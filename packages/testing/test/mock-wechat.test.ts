@@ -745,8 +745,16 @@ describe('control endpoints under /__mock/', () => {
     expect(await bad('__mock/latency')).toEqual([400, 'string']);
     expect(await bad('__mock/fault', { method: 'POST', body: '{not json' })).toEqual([400, 'string']);
     expect(await bad('__mock/fault', { method: 'POST', body: '{"kind":"teapot"}' })).toEqual([400, 'string']);
+    // A misspelt `path` or `times` would put a fault on every path, once: refused, and no fault queued.
+    expect(await bad('__mock/fault', { method: 'POST', body: '{"kind":"http-500","paht":"cgi-bin/token","time":3}' })).toEqual([400, 'string']);
+    expect((await request('cgi-bin/getcallbackip')).status).toBe(200);
     expect(await bad('__mock/counters?appid=wx-nope', {})).toEqual([400, 'string']);
     expect(await bad('__mock/nothing')).toEqual([404, 'string']);
+    // A misspelt field would make an app of another id than the caller named: refused, and no app made.
+    const misspelt = await request('__mock/apps', { method: 'POST', body: JSON.stringify({ appid: 'wx0123456789abcdef', secret: 's' }) });
+    expect([misspelt.status, misspelt.json?.error]).toEqual([400, expect.stringContaining('appid')]);
+    expect(await bad('__mock/apps', { method: 'POST', body: JSON.stringify({ corpId: 'ww0123456789abcdef', agentId: '1000002', secret: 's' }) })).toEqual([400, 'string']);
+    expect((await classic({ appId: 'wx0123456789abcdef', secret: 's' })).errcode).toBe(40013);
     expect(await bad('__mock/reset', {})).toEqual([404, 'string']);
   });
 });

@@ -142,8 +142,13 @@ export function send(res: ServerResponse, status: number, body: string | Buffer,
 
 type QueuedFault = MockFault & { path: string | undefined; left: number; random?: () => number };
 
+const FAULT_FIELDS = ['kind', 'path', 'times', 'errcode', 'sizeBytes', 'intervalMs', 'seed'];
+
 /** `times` over HTTP: JSON has no Infinity, so null, "Infinity" and -1 mean "until cleared". */
 export function faultFromJson(input: Record<string, unknown>): MockFault {
+  // A misspelt field (`paht`, `time`) would queue a fault on every path, once.
+  const unknown = Object.keys(input).filter((name) => !FAULT_FIELDS.includes(name));
+  if (unknown.length > 0) throw new TypeError(`injectFault: ${unknown.join(', ')} is not a field of a fault (${FAULT_FIELDS.join(', ')})`);
   const times = input.times;
   const unlimited = times === null || times === 'Infinity' || times === -1;
   return { ...(input as unknown as MockFault), ...(unlimited ? { times: Infinity } : {}) };

@@ -273,6 +273,8 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
   }
 
 
+  const APP_FIELDS = ['appId', 'secret', 'jsapiTicket'];
+
   function control(url: URL, body: string, res: ServerResponse): void {
     const appid = url.searchParams.get('appid') ?? '';
     const need = () => (stateOf(appid), appid);
@@ -290,7 +292,13 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     };
     const routesControl: Record<string, () => unknown> = {
       'GET counters': () => mock.counters(appid || undefined),
-      'POST apps': () => mock.createApp(parse() as Partial<MockApp>),
+      'POST apps': () => {
+        const fields = parse();
+        // A misspelt field (`appid`, a WeCom agent's `corpId`) would be echoed back beside an app of a random id.
+        const unknown = Object.keys(fields).filter((name) => !APP_FIELDS.includes(name));
+        if (unknown.length > 0) throw new Error(`${unknown.join(', ')} is not a field of a mock app (${APP_FIELDS.join(', ')}); WeCom agents are made in-process with createWorkApp()`);
+        return mock.createApp(fields as Partial<MockApp>);
+      },
       'POST invalidate': () => (mock.invalidateTokens(need()), { ok: true }),
       'POST issue-classic-token': () => ({ access_token: mock.issueClassicToken(need()) }),
       'POST clock': () => (mock.advanceClock(numberParam('advance', 0)), { now: now() }),
