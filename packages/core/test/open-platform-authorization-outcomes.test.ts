@@ -71,20 +71,22 @@ async function revokedAndBackedOff() {
   }
   expect(await rejection(send())).toMatchObject({ errcode: 61003 });
   expect(mock.counters(appId).authorizerTokenRequests).toBe(4);
-  return { open, durable, appId, authorize, send, make, closeAll: () => Promise.all(platforms.map((each) => each.close())) };
+  return { open, cache, component, durable, appId, authorize, send, make, closeAll: () => Promise.all(platforms.map((each) => each.close())) };
 }
 
 describe('an account that authorizes again after a revocation', () => {
   it('is served at once when the durable store did not take the refresh token at its authorization (it answers again since)', async () => {
-    const { open, durable, appId, authorize, send, closeAll } = await revokedAndBackedOff();
+    const { open, cache, component, durable, appId, authorize, send, closeAll } = await revokedAndBackedOff();
     const asked = mock.counters(appId).authorizerTokenRequests;
     durable.failing = true;
     expect(await rejection(authorize(appId))).toMatchObject({ name: 'CacheError', authorizerAppId: appId });
-    // The durable store answers again: the account is authorized, and its first call recovers its
-    // refresh token from WeChat rather than failing with the revoked authorization's 61003.
+    // The durable store answers again: the account is authorized, and its first refresh (the access
+    // token api_query_auth handed out gone from the cache) recovers its refresh token from WeChat rather
+    // than failing with the revoked authorization's 61003.
     const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
     durable.failing = false;
     await recovered;
+    await cache.delete(`wechat:authorizer_access_token:${component.appId}:${appId}`);
     expect(await send()).toMatchObject({ errcode: 0 });
     // The record still holds the revoked authorization's token: 61023, then the current one from WeChat.
     expect(mock.counters(appId).authorizerTokenRequests).toBe(asked + 2);

@@ -885,7 +885,7 @@ describe('refresh tokens the durable store must take', () => {
     expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 0, templateSends: 1, errcodes: {} });
   });
 
-  it("an authorization whose refresh token the durable store does not take rejects naming the account (the code is spent), and the account's first refresh recovers", async () => {
+  it("an authorization whose refresh token the durable store does not take rejects naming the account (the code is spent), its access token serves, and the account's first refresh recovers", async () => {
     const durable = new FlakyRecords();
     const s = setup(durable);
     await withTicket(s);
@@ -917,8 +917,14 @@ describe('refresh tokens the durable store must take', () => {
     const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
     durable.outage = false;
     await recovered;
+    // The access token api_query_auth handed out went to the cache all the same: it serves, unrefreshed.
     await send(s.make(), grant.authorizerAppId);
-    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
+    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 0, templateSends: 1 });
+    expect(await durable.get(`wechat:authorizer_refresh_token:${s.component.appId}:${grant.authorizerAppId}`)).toBeUndefined();
+    // Its first refresh (WeChat ended that token) takes the refresh token from WeChat and stores it.
+    mock.invalidateTokens(grant.authorizerAppId);
+    await send(s.make(), grant.authorizerAppId);
+    expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2 });
     expect(mock.counters(grant.authorizerAppId).errcodes['61023']).toBeUndefined();
     expect((await durable.record(s.component, grant.authorizerAppId)).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
   });

@@ -216,8 +216,15 @@ export class Authorizations {
   async #completeAuthorization(path: string, startedAt: number, info: Record<string, unknown>, authorizerAppId: string, refresh: string): Promise<void> {
     // The refresh token first: the authorization code is spent, and the account's only way back
     // without its admin is this token. An unusable access token beside it costs a fetch, not the account.
+    // A refresh token the durable store did not take is the caller's rejection, once the access token
+    // is in the cache: that token serves the account (about two hours) until its first refresh, which
+    // takes the current refresh token from WeChat.
+    let unsaved: CacheError | undefined;
     try {
       await this.#refresh.storeAuthorization(authorizerAppId, refresh, startedAt);
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      unsaved = error;
     } finally {
       // The account is authorized again whatever became of that write: a revoked authorization's pause
       // (up to an hour) would refuse it, unasked, the refresh that takes its token from WeChat.
@@ -228,6 +235,7 @@ export class Authorizations {
       fetched = validateFetched(info, 'authorizer_access_token', path);
     } catch (error) {
       if (!(error instanceof BadResponseError)) throw error;
+      if (unsaved) throw unsaved;
       throw new BadResponseError(
         `${error.message}; the account ${authorizerAppId} is authorized (its refresh token is stored), and its first call fetches an access token`,
         { path, cause: error, authorizerAppId },
@@ -256,6 +264,7 @@ export class Authorizations {
       written = await entries.write(core.store, entries.encode(token, startedAt, core.writer), { leaseHeld: true });
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
+      if (unsaved) throw unsaved;
       throw new CacheError(
         `${error.message}; the account ${authorizerAppId} is authorized (its refresh token is stored), and its first call fetches an access token`,
         { cause: error, reason: error.reason, authorizerAppId },
@@ -266,6 +275,7 @@ export class Authorizations {
       { event: 'authorizer.authorized', appId: this.#appId, authorizerAppId, stored: written.stored, keptNewer: written.entry.value !== fetched.value },
       'An account authorized the component',
     );
+    if (unsaved) throw unsaved;
   }
 
   /**

@@ -244,8 +244,9 @@ export class OpenPlatform {
    * The authorization code is spent once api_query_auth answers: from then on a rejection (CacheError,
    * BadResponseError) names the account, `authorizerAppId` on the error and in its message. The refresh
    * token's write is sent up to three times, a pause apart, even while the store is taken for down; if
-   * none goes through, the rejection says so (logged at error level), and the account's first refresh
-   * takes its current token from WeChat (api_get_authorizer_info).
+   * none goes through, the rejection says so (logged at error level), the answer's access token still
+   * goes to the cache, and the account's first refresh takes its current refresh token from WeChat
+   * (api_get_authorizer_info).
    *
    * Another process may be refreshing the account's token meanwhile (an admin who authorizes again, or
    * a client used as soon as the `authorized` push arrived). The refresh token is written as a
