@@ -1,5 +1,5 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OpenPlatform, type OpenPlatformOptions } from '../src/index.js';
 import { componentOptions, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
@@ -126,6 +126,36 @@ describe('one authorization code handed twice to one process (the push and the r
     expect(redirect).toEqual({ value: { authorizerAppId: grant.authorizerAppId, funcInfo: [1, 15] } });
     expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
     await open.close();
+  });
+
+  it('the caller that joined the ask gets the account from the record when close() runs meanwhile, as a caller in another process does', async () => {
+    const component = mock.createComponent();
+    const durable = new FailingRecords();
+    const cache = new MemoryCache();
+    const open = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: durable, logger: false, fallbackDir: false });
+    await storeVerifyTicket(mock, component, durable);
+    const { preAuthCode } = await open.createPreAuthCode();
+    const grant = mock.authorize(component.appId, { preAuthCode, funcInfo: [1] });
+    durable.failing = true;
+    const outcome = (call: Promise<unknown>) => call.then((value) => ({ value }), (error: unknown) => ({ error }));
+    // WeChat's answer is on its way when close() is called: close() lets the ask finish (its writes fail).
+    mock.setLatency(300);
+    try {
+      const push = outcome(open.handleAuthorization(grant.authorizationCode));
+      const redirect = outcome(open.handleAuthorization(grant.authorizationCode));
+      await vi.waitFor(() => expect(mock.counters(component.appId).queryAuthRequests).toBe(1));
+      const closed = open.close();
+      expect(await push).toMatchObject({ error: { name: 'CacheError', authorizerAppId: grant.authorizerAppId } });
+      expect(await redirect).toEqual({ value: { authorizerAppId: grant.authorizerAppId, funcInfo: [1] } });
+      await closed;
+    } finally {
+      mock.setLatency(0);
+    }
+    // A caller in another process sharing the cache gets the same account, WeChat not asked again.
+    const other = new OpenPlatform({ ...componentOptions(mock, component), cache, durableStore: new MemoryCache(), logger: false, fallbackDir: false });
+    expect(await other.handleAuthorization(grant.authorizationCode)).toEqual({ authorizerAppId: grant.authorizerAppId, funcInfo: [1] });
+    expect(mock.counters(component.appId).queryAuthRequests).toBe(1);
+    await other.close();
   });
 
   it('a code WeChat refuses (61009: spent elsewhere, no record) rejects both callers with it', async () => {

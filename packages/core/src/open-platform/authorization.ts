@@ -72,11 +72,14 @@ export class Authorizations {
     if (shared) {
       // A caller that joins another's ask in this process gets what a caller in another process gets:
       // the code's record, which the ask leaves even when its own writes failed (that rejection is its own).
-      return shared.catch(async (error: unknown) => {
-        const recorded = this.#ended.aborted ? undefined : await this.#authorizationRecord(key);
-        if (recorded) return recorded;
-        throw error;
-      });
+      // The read is counted under way as the ask is: close() lets the ask finish, and waits for this read
+      // too (made as the ask settles, before close() goes on), so the store is still open for it.
+      return shared.catch((error: unknown) =>
+        this.#track(this.#authorizationRecord(key)).then((recorded) => {
+          if (recorded) return recorded;
+          throw error;
+        }),
+      );
     }
     // Counted under way from its start: close() waits for an ask of WeChat and the writes after it.
     const asked = this.#track(this.#authorizeOnce(authorizationCode, key).finally(() => this.#authorizing.delete(key)));
