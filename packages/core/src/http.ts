@@ -480,13 +480,21 @@ export class HttpClient {
     });
   }
 
+  /**
+   * Where a request answered 404 went, base path included: a base URL with a path too many (`…/cgi-bin`,
+   * which makes `/cgi-bin/cgi-bin/…`) or too few shows there. The origin carries no credentials.
+   */
+  #notFoundAt(path: string, status: number): string {
+    return status === 404 ? ` (it went to ${this.#origin}${this.#basePath}/${path})` : '';
+  }
+
   #decode(path: string, status: number, text: string): Record<string, unknown> {
     const ok = status >= 200 && status < 300;
     let body: unknown;
     try {
       body = parseJson(text);
     } catch (error) {
-      if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}`, { path, status });
+      if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${this.#notFoundAt(path, status)}`, { path, status });
       throw new BadResponseError(
         `${this.peer} answered ${path} with a body that is not JSON (HTTP ${status}, ${text.length} bytes${/^\s*</.test(text) ? ', HTML' : ''})`,
         { path, status, cause: error },
@@ -497,7 +505,7 @@ export class HttpClient {
       // WeChat reports errors with HTTP 200, but a proxy in between may not; the errcode is what counts.
       throw new WeChatApiError({ errcode: record.errcode, errmsg: stringOr(record.errmsg) }, path);
     }
-    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${problemOf(record)}`, { path, status });
+    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${problemOf(record)}${this.#notFoundAt(path, status)}`, { path, status });
     if (!record) {
       throw new BadResponseError(`${this.peer} answered ${path} with JSON that is not an object`, { path, status });
     }
