@@ -1124,6 +1124,44 @@ describe('forced refreshes and the memo', () => {
     await Promise.all([a.close(), b.close()]);
   });
 
+  it('on a store that keeps entries past their TTL (a Keyv store without TTL support), a forced refresh 10 minutes after the last one reaches WeChat', async () => {
+    const { appId, secret } = mock.createApp();
+    let now = Date.now();
+    // Every entry is kept until it is overwritten or deleted, whatever TTL it was written with.
+    class KeepsEverything extends MemoryCache {
+      override set(key: string, value: string): Promise<void> {
+        return super.set(key, value, 86_400);
+      }
+      override add(key: string, value: string): Promise<boolean> {
+        return super.add(key, value, 86_400);
+      }
+      override compareAndSet(key: string, expected: string, value: string): Promise<boolean> {
+        return super.compareAndSet(key, expected, value, 86_400);
+      }
+    }
+    const cache = new KeepsEverything({ now: () => now });
+    const options = { appId, secret, baseUrl: mock.url, cache, logger: false as const, now: () => now, fallbackDir: false as const };
+    const [a, b] = [new OfficialAccount(options), new OfficialAccount(options)];
+    const first = await a.accessToken.forceRefresh();
+    now += 10 * 60_000;
+    mock.advanceClock(600);
+    const second = await a.accessToken.forceRefresh();
+    expect(mock.counters(appId).forceRefreshes).toBe(2);
+    expect(second).not.toBe(first);
+    expect(mock.isTokenValid(appId, second)).toBe(true);
+    // A process that finds a slot so old for the first time holds to it (its writer's clock may be behind),
+    // and once it has seen it outlast what any store keeps, forces again too.
+    now += 10 * 60_000;
+    mock.advanceClock(600);
+    expect(await b.accessToken.forceRefresh()).toBe(second);
+    now += 2 * 60_000;
+    mock.advanceClock(120);
+    const third = await b.accessToken.forceRefresh();
+    expect(third).not.toBe(second);
+    expect(mock.counters(appId).forceRefreshes).toBe(3);
+    await Promise.all([a.close(), b.close()]);
+  });
+
   it('a token WeChat rejected is never served again because the store held it with a later fetched_at', async () => {
     const { appId, secret } = mock.createApp();
     const inner = new MemoryCache();

@@ -558,6 +558,8 @@ export class FetchSpacing {
   readonly #suffix: string;
   /** Read, put and released beside the token protocol (see refetchPause()); take() and block() are not. */
   readonly #beside: boolean;
+  /** The last slot take() wrote or found past its end, and when (this process's clock) it first did. */
+  #lingering: { raw: string; since: number } | undefined;
 
   constructor(entryKey: string, suffix: string, beside = false) {
     this.#entryKey = entryKey;
@@ -602,16 +604,35 @@ export class FetchSpacing {
     if (previous && previous.until > now) return undefined;
     // The store lets a slot go two steps after its write: one still there whose end lies more than a step
     // behind this clock was written by a clock behind ours, at most two steps ago. It may not have ended.
-    if (previous && previous.reason === undefined && now - previous.until >= previous.step) return undefined;
+    // Unless this process has seen that very slot stored for longer than a store keeps one: a store that
+    // keeps entries past their TTL (a Keyv store without TTL support) would otherwise stop forced fetches for good.
+    if (previous && previous.reason === undefined && now - previous.until >= previous.step && !this.#outlived(raw!, previous.step, now)) return undefined;
     const step = previous ? Math.min(previous.step * 2, maxMs) : pauseMs;
     const value = JSON.stringify({ until: now + step, step });
     // The slot is remembered for one more step after it ends, so the next one in a row grows.
     const ttlSeconds = (2 * step) / 1000;
-    if (raw !== undefined) return (await store.compareAndSet(this.key, raw, value, ttlSeconds)) ? value : undefined;
-    const added = store.add(this.key, value, ttlSeconds);
-    if (added !== undefined) return (await added) ? value : undefined;
-    await store.set(this.key, value, ttlSeconds);
-    return value;
+    let taken: string | undefined = value;
+    if (raw !== undefined) taken = (await store.compareAndSet(this.key, raw, value, ttlSeconds)) ? value : undefined;
+    else {
+      const added = store.add(this.key, value, ttlSeconds);
+      if (added !== undefined) taken = (await added) ? value : undefined;
+      else await store.set(this.key, value, ttlSeconds);
+    }
+    if (taken !== undefined) this.#lingering = { raw: taken, since: now };
+    return taken;
+  }
+
+  /**
+   * Whether this process has seen the slot `raw` stored for longer than a store keeps a slot (two steps,
+   * and a step more for a store that drops it late), by its own clock: then the store keeps entries past
+   * their TTL, and the slot ended long ago. The first sight of a slot starts the count.
+   */
+  #outlived(raw: string, step: number, now: number): boolean {
+    if (this.#lingering?.raw !== raw) {
+      this.#lingering = { raw, since: now };
+      return false;
+    }
+    return now - this.#lingering.since >= 3 * step;
   }
 
   /**
