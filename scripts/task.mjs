@@ -7,7 +7,7 @@
 // It runs pnpm through the copy that started it, or through `npx pnpm@<packageManager version>` when
 // started by npm, so a failing corepack never stands in the way.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -171,8 +171,17 @@ function takeNodeFlag(list) {
     console.error(`Could not get Node.js ${version} from the npm registry.`);
     process.exit(1);
   }
+  // npx keeps it in this user's own cache, which the tests that run a child as another user (a
+  // directory that user may not write to) cannot reach: the binary, which needs nothing beside it, is
+  // copied beside the workspace's other caches.
+  const copy = join(root, 'node_modules', '.cache', 'wxkit', `node-${release}`, 'bin', 'node');
+  if (!existsSync(copy)) {
+    mkdirSync(dirname(copy), { recursive: true });
+    copyFileSync(execPath, copy);
+    chmodSync(copy, 0o755);
+  }
   console.log(`Running the tests on Node.js ${release}.`);
-  return { node: execPath, rest: [...list.slice(0, at), ...list.slice(at + 2)] };
+  return { node: copy, rest: [...list.slice(0, at), ...list.slice(at + 2)] };
 }
 
 function demo() {
