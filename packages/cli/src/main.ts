@@ -331,6 +331,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       ...(secret === undefined ? { lockWaitMs: 2000 } : lockWaitMs === undefined ? {} : { lockWaitMs }),
     });
     const signals = untilSignal(() => dispatcher.destroy());
+    // Whether this command got a new token from WeChat (`fetched` in --json), not only read the store's.
+    let fetched = false;
+    client.on('access_token.fetched', () => void (fetched = true));
     try {
       let entry;
       try {
@@ -385,7 +388,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       const remaining = entry.expiresAt === undefined ? undefined : entry.expiresAt - Math.floor(Date.now() / 1000);
       emit(
         output,
-        { ok: true, key: shownKey, token, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt, remaining_seconds: remaining, refreshed: action === 'refresh' },
+        { ok: true, key: shownKey, token, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt, remaining_seconds: remaining, refreshed: action === 'refresh', fetched },
         [
           `key        ${shownKey}`,
           `token      ${token}`,

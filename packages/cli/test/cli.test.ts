@@ -111,8 +111,12 @@ describe('wxkit token', () => {
     const { appId, secret } = mock.createApp();
     const common = ['--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json', '--show-token'];
     const first = await wxkit(['token', 'get', '--endpoint', 'classic', ...common], { WECHAT_SECRET: secret });
+    // The first get fetched (the store held none); a second one reads the stored token.
+    expect(first.json).toMatchObject({ ok: true, fetched: true, refreshed: false });
+    expect((await wxkit(['token', 'get', '--endpoint', 'classic', ...common], { WECHAT_SECRET: secret })).json).toMatchObject({ ok: true, fetched: false, token: first.json.token });
     const refreshed = await wxkit(['token', 'refresh', '--endpoint', 'classic', ...common], { WECHAT_SECRET: secret });
     expect(refreshed.code).toBe(0);
+    expect(refreshed.json).toMatchObject({ fetched: true, refreshed: true });
     expect(refreshed.json.token).not.toBe(first.json.token);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     await wxkit(['token', 'refresh', ...common], { WECHAT_SECRET: secret });
