@@ -534,6 +534,13 @@ describe('wxkit mock-server', () => {
     expect(unresolved.stderr).toContain('cannot listen on no-such-host.invalid:47002 (');
   });
 
+  it('with --json, a usage error is one JSON object on stdout (exit 2), as for every command', async () => {
+    const run = await wxkit(['mock-server', '--json', '--port', 'abc']);
+    expect(run.code).toBe(2);
+    expect(run.json).toMatchObject({ ok: false, error: { code: 'ERR_WXKIT_USAGE', exit: 2 } });
+    expect((run.json.error as { message: string }).message).toContain('--port');
+  });
+
   it('prints its URL and app, serves, and exits 0 on SIGTERM', async () => {
     const child = spawn(process.execPath, [bin, 'mock-server', '--json', '--port', '0', '--latency', '5']);
     const line = await new Promise<string>((resolve) => createInterface({ input: child.stdout }).once('line', resolve));

@@ -91,6 +91,8 @@ export async function mockServerCommand(argv: string[], name = 'wxkit-mock-wecha
   } catch (error) {
     // parseArgs names the flag in its own message ("Unknown option '--bogus'"); keep it, add the help.
     if (error instanceof UsageError || (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      // With --json, stdout carries one JSON object whatever happens, as every wxkit command's does.
+      if (argv.includes('--json')) process.stdout.write(`${JSON.stringify({ ok: false, error: { code: 'ERR_WXKIT_USAGE', message: (error as Error).message, exit: 2 } })}\n`);
       process.stderr.write(`${name}: ${(error as Error).message}\n\n${help(name)}\n`);
       return 2;
     }
