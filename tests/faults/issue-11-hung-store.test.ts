@@ -78,11 +78,19 @@ describe('item 6: lost lock writes and a hung store', () => {
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, cacheTimeoutMs: 200, memoMs: 0, logger: false });
     state.hangAll = true;
     const token = await app.accessToken.getToken();
-    // One read hung and timed out; the lock, the second read and the write never went to the store.
-    expect(state.calls).toBe(1);
+    // One read hung and timed out; the lock, the second read and the write never went to the store (they
+    // would make 4 calls at least). The breaker's probe reads the entry's key too, one at a time, a
+    // quarter of a second after the failure and less often after each one that hangs: on a loaded machine
+    // one may come before the fetch ends, and is no caller's.
+    expect(state.calls).toBeLessThan(4);
+    const afterFirst = state.calls;
+    // Served from memory, without a store call: no timer runs between these calls, so no probe either.
     for (let i = 0; i < 20; i += 1) expect(await app.accessToken.getToken()).toBe(token);
+    expect(state.calls).toBe(afterFirst);
+    // Sends wait for the network, and the breaker's probes may come meanwhile: fewer store calls than
+    // sends says the sends made none (each would make one at least).
     for (let i = 0; i < 10; i += 1) await app.templateMessage.send({ touser: `o${i}`, template_id: 'T', data: {} });
-    expect(state.calls).toBe(1);
+    expect(state.calls - afterFirst).toBeLessThan(10);
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(mock.counters(appId).templateSends).toBe(10);
     await app.close();

@@ -364,3 +364,20 @@ describe("a token a refusing store's holder kept for the host, which WeChat reje
     }
   });
 });
+
+describe('an access token entry the store acknowledges and drops, while tickets are refreshed', () => {
+  it('costs each process one token fetch, however many ticket refreshes follow: a token it fetched is never taken for deleted', async () => {
+    // Ticket entries are dropped too: each process refreshes its ticket, and checks the token it fetched
+    // against the store under the ticket's lock, which never shows it.
+    const { appId, apps, close } = fleet(6, (shared) => evicting(shared, (key) => /(access_token|jsapi_ticket):[^:]+$/.test(key)), { tokenEndpoint: 'stable' });
+    try {
+      for (let round = 0; round < 8; round += 1) {
+        const results = await Promise.allSettled(apps.flatMap((app) => [app.jssdk.getTicket(), sent(app)]));
+        expect(results.filter((result) => result.status === 'rejected')).toEqual([]);
+      }
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 6, ticketRequests: 6, rejectedCalls: 0 });
+    } finally {
+      await close();
+    }
+  });
+});
