@@ -152,6 +152,10 @@ abstract class TicketKeeper<T extends string> {
           },
           rejectsInput: isTokenRejection,
           dropInput: (token, error) => this.#token.rejectedOnCall(token as string, (error as WeChatApiError).errcode),
+          recheckInput: async (token) => {
+            const input = await this.#token.recheck(token as string);
+            return input === undefined ? undefined : { input };
+          },
         },
       );
       (this.#tickets ??= new Map()).set(type, manager);

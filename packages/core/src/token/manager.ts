@@ -44,6 +44,8 @@ export class TokenManager {
   #waitedInVain: string | undefined;
   /** The last value WeChat accepted a call with (see accepted()). */
   #accepted: string | undefined;
+  /** The last value this process took from the shared store (not one it fetched): the store held it (see recheck()). */
+  #shown: string | undefined;
   /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
   #ended = false;
   /** Refreshes (a caller's or in the background) and reports of rejected values under way, each settled: close() lets them end. Dropped once empty. */
@@ -188,6 +190,40 @@ export class TokenManager {
    */
   rejectedOnCall(value: string, errcode: number): Promise<void> {
     return handled(this.#report(value, errcode, this.#accepted === value).then(() => undefined));
+  }
+
+  /**
+   * What to call with in place of `value`, got a while ago, as the shared store answers now (one read):
+   * the value the store holds, kept as a read's would be; undefined where WeChat rejected `value`, or
+   * where the store held it and no longer does (deleted on a report of its rejection, or by `wxkit token
+   * clear`): it is forgotten here, so that the next get() fetches rather than serve it from the memo, as
+   * a read would once the memo ran out. `value` itself where nothing says more: the store did not answer,
+   * holds another program's entry it cannot read, or is not the shared one; or `value` is a token this
+   * process fetched and has not read from the store since (a store that drops writes never held it: an
+   * absent entry is no deletion there, see #resolve and the refresher's dropped()).
+   */
+  async recheck(value: string): Promise<string | undefined> {
+    if (this.isRejected(value)) return undefined;
+    const ctx = this.#ctx;
+    const tier = ctx.tiers.current(ctx.key);
+    const generation = this.#generation;
+    let read: Awaited<ReturnType<typeof ctx.entries.read>>;
+    try {
+      read = await ctx.entries.read(tier.entries, (held) => this.isRejected(held));
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      return value;
+    }
+    if (read.kind === 'hit') return read.entry.value === value ? value : this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
+    if (this.isRejected(value)) return undefined;
+    // Another value this process took meanwhile (a refresh of its own, a report's answer).
+    const instead = this.#heldInstead(value);
+    if (instead !== undefined) return instead;
+    // Only a value the store showed this process is known gone: one this process fetched and has not
+    // read since may never have been held (a store that drops writes), and is not second-guessed.
+    if (tier.name !== 'shared' || read.absent !== true || this.#shown !== value) return value;
+    this.#memo.forget(value);
+    return undefined;
   }
 
   /**
@@ -410,6 +446,7 @@ export class TokenManager {
     // current): whatever rejected it before, it is the one to use.
     const forgiven = refreshed.fetched ? (this.#rejected?.indexOf(refreshed.entry.value) ?? -1) : -1;
     if (forgiven >= 0) this.#rejected?.splice(forgiven, 1);
+    if (refreshed.tier === 'shared' && !refreshed.fetched) this.#shown = refreshed.entry.value;
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
   }
 

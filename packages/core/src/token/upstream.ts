@@ -49,8 +49,22 @@ export interface Upstream<P = unknown> {
    * starts over once with a fresh one.
    */
   rejectsInput?(error: unknown): boolean;
-  /** Reports a rejected input (invalidates the access token) before the refresh starts over. */
+  /**
+   * Reports a rejected input (invalidates the access token) before the refresh starts over: under the
+   * lock, so that a refresh waiting for it does not find the rejected input in the store once it takes
+   * the lock (see recheckInput).
+   */
   dropInput?(prepared: P, error: unknown): Promise<void>;
+  /**
+   * Asked by the holder of the lock beside its second read of the entry (once per refresh): the input its
+   * fetch goes with, as the input's own entry in the store answers now. The prepared one while the store
+   * holds it (or where its absence says nothing: see TokenManager.recheck), the one the store holds
+   * instead, or undefined where the prepared input is known rejected or the store no longer holds it (a
+   * holder before this one found it rejected, and reported it before it let the lock go): the lock is let
+   * go, and the refresh starts over with a fresh input rather than send WeChat one it has just refused.
+   * One store read, beside the others: the section gains no store call in turn.
+   */
+  recheckInput?(prepared: P): Promise<{ input: P } | undefined>;
   /**
    * A value a peer SDK fetched on its own and keeps where wxkit can read it (EasyWeChat 6's copy of an
    * authorizer's token), taken under the lock instead of asking WeChat, unless `rejected` says WeChat

@@ -62,6 +62,9 @@ class SlotTaken extends Error {}
 /** The holder of the lock is within its pause after a rejection: it lets the lock go, then waits without it. */
 class InPause extends Error {}
 
+/** The input the holder prepared is gone from the store (rejected, and reported by a holder before it): it lets the lock go, and starts over. */
+class InputGone extends Error {}
+
 /**
  * The lease of the refresh lock: the whole critical section it guards, every upstream call and store
  * call inside it with their deadlines, never a constant. A holder that outlives it has, by construction,
@@ -79,6 +82,10 @@ interface Progress {
   forceSlot?: { store: GuardedStore; taken: string };
   /** The pause after a rejection this refresh started (and the slot it wrote), and the one before it. */
   pause?: { started: RefetchPause; previous: RefetchPause | undefined; put?: { store: GuardedStore; value: string; replaced: string | undefined } };
+  /** The input the fetch went with, where the store held another than the one prepared (see Upstream.recheckInput). */
+  input?: unknown;
+  /** The refresh started over once already for an input gone from the store: it goes with the one it has now. */
+  rechecked?: boolean;
 }
 
 /** A pause of fetches after a rejected token, on the clients' clock (unix ms). */
@@ -234,10 +241,12 @@ export class LockedFetchRefresher implements Refresher {
   }
 
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
+    // A refresh whose input was gone once it took the lock starts over once, beside the rounds.
+    let inputGone = false;
     for (let round = 1; ; round += 1) {
       const prepared = await this.#prepare(request);
       const tier = this.#ctx.tiers.current(this.#ctx.key);
-      const progress: Progress = { asked: false };
+      const progress: Progress = { asked: false, ...(inputGone ? { rechecked: true } : {}) };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
         if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) {
@@ -268,9 +277,16 @@ export class LockedFetchRefresher implements Refresher {
         if (error instanceof SlotTaken) {
           throw new TokenUnavailableError(`The token store is down, and the processes of this host keep fetching the ${this.#ctx.label} in turn; try again shortly`);
         }
-        // A ticket's access token was rejected: it is reported, and the ticket fetched once more.
+        // A holder before this one found the prepared input rejected: a fresh one, once.
+        if (error instanceof InputGone) {
+          inputGone = true;
+          round -= 1;
+          continue;
+        }
+        // A ticket's access token was rejected: it is reported (under the lock already, where its lease
+        // allowed: see #reportInput), and the ticket fetched once more.
         if (prepared !== undefined && this.#upstream.rejectsInput?.(error)) {
-          await this.#upstream.dropInput?.(prepared, error);
+          await this.#upstream.dropInput?.(progress.input ?? prepared, error);
           if (!last) continue;
         }
         // Another process's fetch with this secret was refused (the fleet's marker names it): WeChat
@@ -522,6 +538,8 @@ export class LockedFetchRefresher implements Refresher {
 
     // The fleet's next pause, written beside the fetch; waited for before the lock is let go.
     let pauseWritten: Promise<void> | undefined;
+    // What the fetch goes with: the prepared input, or the one its store holds instead (recheckInput).
+    let input = prepared;
     try {
       // What the holder learnt under the lock, which spares it store calls after the fetch.
       const seen: SeenUnderLock = {};
@@ -535,10 +553,15 @@ export class LockedFetchRefresher implements Refresher {
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
-        const [again, marker, pause] = await Promise.all([
+        // The input, as its own entry holds it now: a holder before this one (waited for, or gone as this
+        // one prepared) reported the input it found rejected before it let the lock go (#reportInput).
+        // Best effort: a failure leaves it as it is.
+        const rechecks = handle !== undefined && prepared !== undefined && progress.rechecked !== true && this.#upstream.recheckInput !== undefined;
+        const [again, marker, pause, recheck] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
           readsPause ? this.#refetchSpacing.read(store, ctx.settings.now()).catch(() => undefined) : undefined,
+          rechecks ? this.#upstream.recheckInput!(prepared).catch(() => ({ input: prepared })) : { input: prepared },
         ]);
         fleetPause = pause;
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
@@ -548,6 +571,8 @@ export class LockedFetchRefresher implements Refresher {
           if (request.ahead) return undefined;
           throw markerError(marker.active, ctx.label);
         }
+        if (recheck === undefined) throw new InputGone();
+        if (recheck.input !== prepared) progress.input = input = recheck.input;
         if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
           const written = await this.#awaitWriter(tier, request);
           if (written) return written;
@@ -589,7 +614,7 @@ export class LockedFetchRefresher implements Refresher {
       if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
         throw new SlotTaken();
       }
-      const refreshed = await this.#fetchAndWrite(tier, { ...request, force }, prepared, handle, seen, progress);
+      const refreshed = await this.#fetchAndWrite(tier, { ...request, force }, input, handle, seen, progress);
       // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.
       if (!progress.asked) await this.#givePauseBack(progress, pauseWritten);
       return refreshed;
@@ -601,9 +626,14 @@ export class LockedFetchRefresher implements Refresher {
         // paused). One WeChat answered with a failure keeps its pause: the failure marker's back-off runs
         // beside it, and neither ladder starts over while fetches fail and succeed by turns. Given back
         // under the lock, so that no other process reads it meanwhile.
-        if (!progress.asked || LocalBackoff.covers(error) || (prepared !== undefined && this.#upstream.rejectsInput?.(error) === true)) {
+        const inputRejected = input !== undefined && this.#upstream.rejectsInput?.(error) === true;
+        if (!progress.asked || LocalBackoff.covers(error) || inputRejected) {
           await this.#givePauseBack(progress, pauseWritten);
         }
+        // Reported before the lock is let go: a process that waited for it then finds the input gone
+        // from the store, not the rejected one, and starts over with a fresh one (recheckInput) rather
+        // than send it to WeChat in turn.
+        if (inputRejected) await this.#reportInput(input, error, handle);
         throw error;
       }
     } finally {
@@ -614,6 +644,28 @@ export class LockedFetchRefresher implements Refresher {
       await handle?.release();
     }
     return this.#sitOutPause(request);
+  }
+
+  /**
+   * Reports the input WeChat rejected (Upstream.dropInput) while the lock is held, as long as its lease
+   * lasts: the rejected path makes none of the store calls of a write (its read and compare-and-set, the
+   * marker's clearing), and the report's compare-and-delete (a read, a delete) and its fallback's delete
+   * take their place in the lease. A report still under way at the lease's end goes on without the lock
+   * (refresh() waits for it before it starts over); its failure is refresh()'s to meet, as before.
+   */
+  async #reportInput(input: unknown, error: unknown, handle: LockHandle | undefined): Promise<void> {
+    const report = (this.#upstream.dropInput?.(input, error) ?? Promise.resolve()).catch(() => undefined);
+    if (handle === undefined) return report;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const leaseEnds = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, handle.maxRemainingMs());
+      timer.unref?.();
+    });
+    try {
+      await Promise.race([report, leaseEnds]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**
