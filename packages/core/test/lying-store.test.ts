@@ -381,3 +381,31 @@ describe('an access token entry the store acknowledges and drops, while tickets 
     }
   });
 });
+
+describe('an access token entry a process read, gone from a store that then drops its writes (stable endpoint)', () => {
+  it('the token the process fetched in its place, the same one, is not taken for deleted under the ticket lock: one token fetch', async () => {
+    const { appId, secret } = mock.createApp();
+    const shared = new MemoryCache();
+    let dropping = false;
+    let tokenKey = '';
+    const cache = evicting(shared, (key) => dropping && key === tokenKey);
+    const options = { appId, secret, baseUrl: mock.url, logger: false, tokenEndpoint: 'stable', memoMs: 0, fallbackDir: false, cache } as const;
+    const [fetcher, reader] = [new OfficialAccount(options), new OfficialAccount(options)];
+    tokenKey = fetcher.accessToken.cacheKey;
+    try {
+      const token = await fetcher.accessToken.getToken();
+      // The reader takes the token from the store.
+      expect(await reader.accessToken.getToken()).toBe(token);
+      // The store evicts it, and drops every write of it from now on (maxmemory).
+      dropping = true;
+      await shared.delete(tokenKey);
+      mock.resetCounters();
+      // The reader's ticket refresh fetches the token again (WeChat's stable endpoint hands back the same
+      // one), which the store drops: checked under the ticket's lock, it is one this process fetched.
+      await reader.jssdk.getTicket();
+      expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, ticketRequests: 1, rejectedCalls: 0 });
+    } finally {
+      await Promise.all([fetcher.close(), reader.close()]);
+    }
+  });
+});

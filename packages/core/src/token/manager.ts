@@ -108,6 +108,7 @@ export class TokenManager {
   reset(): void {
     this.#generation += 1;
     this.#memo.forget();
+    this.#shown = undefined;
     this.#read = new SingleFlight();
     this.#forced = undefined;
     this.#newer = undefined;
@@ -447,6 +448,9 @@ export class TokenManager {
     const forgiven = refreshed.fetched ? (this.#rejected?.indexOf(refreshed.entry.value) ?? -1) : -1;
     if (forgiven >= 0) this.#rejected?.splice(forgiven, 1);
     if (refreshed.tier === 'shared' && !refreshed.fetched) this.#shown = refreshed.entry.value;
+    // Fetched again (WeChat's stable endpoint hands back the token it holds current): this process's own
+    // now, which a store that drops writes never held, whatever it showed before.
+    else if (refreshed.fetched && refreshed.entry.value === this.#shown) this.#shown = undefined;
     return this.#memo.remember(refreshed, (value) => this.isRejected(value));
   }
 
