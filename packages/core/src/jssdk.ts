@@ -152,10 +152,7 @@ abstract class TicketKeeper<T extends string> {
           },
           rejectsInput: isTokenRejection,
           dropInput: (token, error) => this.#token.rejectedOnCall(token as string, (error as WeChatApiError).errcode),
-          recheckInput: async (token) => {
-            const input = await this.#token.recheck(token as string);
-            return input === undefined ? undefined : { input };
-          },
+          recheckInput: (token) => this.#token.recheck(token as string),
         },
       );
       (this.#tickets ??= new Map()).set(type, manager);

@@ -106,10 +106,7 @@ export class AuthorizerRefresh {
       prepare: (signal) => component.manager.get(signal),
       rejectsInput: (error) => isTokenRejection(error) && error.path.startsWith('cgi-bin/component/'),
       dropInput: (componentToken, error) => component.manager.rejectedOnCall(componentToken, (error as WeChatApiError).errcode),
-      recheckInput: async (componentToken) => {
-        const input = await component.manager.recheck(componentToken);
-        return input === undefined ? undefined : { input };
-      },
+      recheckInput: (componentToken) => component.manager.recheck(componentToken),
     };
   }
 

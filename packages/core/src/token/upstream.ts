@@ -64,7 +64,7 @@ export interface Upstream<P = unknown> {
    * go, and the refresh starts over with a fresh input rather than send WeChat one it has just refused.
    * One store read, beside the others: the section gains no store call in turn.
    */
-  recheckInput?(prepared: P): Promise<{ input: P } | undefined>;
+  recheckInput?(prepared: P): Promise<P | undefined>;
   /**
    * A value a peer SDK fetched on its own and keeps where wxkit can read it (EasyWeChat 6's copy of an
    * authorizer's token), taken under the lock instead of asking WeChat, unless `rejected` says WeChat

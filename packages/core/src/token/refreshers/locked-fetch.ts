@@ -246,7 +246,7 @@ export class LockedFetchRefresher implements Refresher {
     for (let round = 1; ; round += 1) {
       const prepared = await this.#prepare(request);
       const tier = this.#ctx.tiers.current(this.#ctx.key);
-      const progress: Progress = { asked: false, ...(inputGone ? { rechecked: true } : {}) };
+      const progress: Progress = { asked: false, rechecked: inputGone };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
         if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) {
@@ -556,12 +556,12 @@ export class LockedFetchRefresher implements Refresher {
         // The input, as its own entry holds it now: a holder before this one (waited for, or gone as this
         // one prepared) reported the input it found rejected before it let the lock go (#reportInput).
         // Best effort: a failure leaves it as it is.
-        const rechecks = handle !== undefined && prepared !== undefined && progress.rechecked !== true && this.#upstream.recheckInput !== undefined;
+        const rechecks = handle !== undefined && prepared !== undefined && !progress.rechecked && this.#upstream.recheckInput !== undefined;
         const [again, marker, pause, recheck] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
           readsPause ? this.#refetchSpacing.read(store, ctx.settings.now()).catch(() => undefined) : undefined,
-          rechecks ? this.#upstream.recheckInput!(prepared).catch(() => ({ input: prepared })) : { input: prepared },
+          rechecks ? this.#upstream.recheckInput!(prepared).catch(() => prepared) : prepared,
         ]);
         fleetPause = pause;
         if (again.kind === 'hit' && (!request.ahead || again.entry.value !== request.current)) {
@@ -571,8 +571,8 @@ export class LockedFetchRefresher implements Refresher {
           if (request.ahead) return undefined;
           throw markerError(marker.active, ctx.label);
         }
-        if (recheck === undefined) throw new InputGone();
-        if (recheck.input !== prepared) progress.input = input = recheck.input;
+        if (rechecks && recheck === undefined) throw new InputGone();
+        if (recheck !== prepared) progress.input = input = recheck;
         if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
           const written = await this.#awaitWriter(tier, request);
           if (written) return written;
