@@ -15,7 +15,7 @@ import { writerId } from './token/identity.js';
 import { TokenManager } from './token/manager.js';
 import type { ProtocolSettings, Refresher, TokenContext } from './token/refresher.js';
 import { FollowRefresher } from './token/refreshers/follow.js';
-import { LockedFetchRefresher } from './token/refreshers/locked-fetch.js';
+import { LockedFetchRefresher } from './token/refreshers/locked-fetch/locked-fetch.js';
 import { RemoteRefresher } from './token/refreshers/remote.js';
 import { StoreTiers, hostFallback, type TierStores } from './token/tiers.js';
 import type { Upstream } from './token/upstream.js';

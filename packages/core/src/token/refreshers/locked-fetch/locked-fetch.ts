@@ -1,14 +1,19 @@
-import { CacheError, TokenUnavailableError, WeChatApiError } from '../../errors.js';
-import type { GuardedStore } from '../../store.js';
-import type { StoredEntry } from '../entry.js';
-import { FailureGate, FetchSpacing, heldPause, markerError, markerFailedAt, nextQuotaDay, policyOf, refetchPause, refusesSecret, REFETCH_PAUSE_MAX_MS, type SpacingSlot } from '../failure.js';
-import { LocalBackoff } from '../local-backoff.js';
-import { Closing } from '../closing.js';
-import { withRetryAt } from '../../retry-at.js';
-import { keepAliveMs, RefreshLock, type LockHandle } from '../refresh-lock.js';
-import { awaitNewEntry, closedError, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../refresher.js';
-import type { Tier } from '../tiers.js';
-import type { Fetched, Upstream } from '../upstream.js';
+import { CacheError, TokenUnavailableError, WeChatApiError } from '../../../errors.js';
+import type { GuardedStore } from '../../../store.js';
+import type { StoredEntry } from '../../entry.js';
+import { FailureGate, markerError, markerFailedAt, policyOf, refusesSecret } from '../../failure.js';
+import { LocalBackoff } from '../../local-backoff.js';
+import { withRetryAt } from '../../../retry-at.js';
+import { keepAliveMs, RefreshLock, type LockHandle } from '../../refresh-lock.js';
+import { awaitNewEntry, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../../refresher.js';
+import type { Tier } from '../../tiers.js';
+import type { Fetched, Upstream } from '../../upstream.js';
+import { DroppedWrites } from './dropped-writes.js';
+import { ForcedRefreshes } from './forced.js';
+import { KeptTokens } from './kept.js';
+import { PeerWriters } from './peer-writers.js';
+import { InPause, RejectionPause, type FleetPause, type StartedPause } from './rejection-pause.js';
+import { SlotTaken, StoreDownSpacing } from './store-down.js';
 
 // Store calls inside the lock, one after the other: the second read of the entry and the TTL query of
 // formats without an expiry (the second look at the failure marker runs beside them), the slot of a
@@ -17,50 +22,12 @@ import type { Fetched, Upstream } from '../upstream.js';
 const STORE_CALLS_IN_SECTION = 7;
 // Timers and scheduling between the calls, which their deadlines do not cover.
 const LEASE_SLACK_MS = 1_000;
-// stable_token ignores force_refresh calls less than 30 s apart (WeChat's documentation).
-const FORCE_SPACING_MS = 30_000;
-// While the shared store is down, classic fetches of one host are at least this far apart, growing to
-// the maximum while the store stays down: each one invalidates the token other hosts hold.
-const DOWN_SPACING_MS = 1_000;
-const DOWN_SPACING_MAX_MS = 16_000;
 // A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
 // at most this often before it gives up.
 const MAX_ROUNDS = 3;
-// After a 40001, how long a process gives the newer token's writer (a program that refreshes without a
-// lock) before it fetches one of its own, counted from the report of the rejection. It happens in the
-// shared store only, where the store-down slot's two calls of STORE_CALLS_IN_SECTION do not: its last
-// look (a read, with a TTL query for formats without an expiry) takes their place, and the wait comes
-// out of LEASE_SLACK_MS.
-const PEER_WRITE_WAIT_MS = 200;
-// The fetches that follow WeChat's rejection of a token no call had gone through with are spaced: the
-// first at once, then, while they follow each other closely (a pause is remembered for one more step
-// after it ends), 1 s, 2 s, 4 s … 60 s apart. A rejection every few hours costs nothing; a token WeChat
-// rejects moments after each fetch (another program fetching in a loop, an account WeChat refuses) costs
-// the fleet one fetch per step, not one per round of resends: the holder of the lock that would fetch
-// reads the fleet's pause ({key}:refetch) beside its second read of the entry and writes the next one
-// beside its fetch, so the section gains no store call in turn. A refresh counts as following such a
-// rejection when this process saw one this recently.
-const REJECTION_SPACING_MS = 1_000;
-const AFTER_REJECTION_MS = 10_000;
 // Within its pause a process waits this long at most for a token another process writes (a lockless
 // peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
 const PAUSE_WAIT_MS = 2_000;
-
-/** A forced refresh while the fleet's force_refresh quota for the day is spent (a slot closed until `until`). */
-function forceQuotaError(until: number): WeChatApiError {
-  return new WeChatApiError({ errcode: 45009, errmsg: 'reach max api daily quota limit' }, 'cgi-bin/stable_token', {
-    message: `WeChat allows force_refresh 20 times a day, and the fleet has used them up; forceRefresh() works again after ${new Date(until).toISOString()}`,
-  });
-}
-
-/** A wait nothing ends but its own budget. */
-const UNENDED = new Closing();
-
-/** Another process of this host took the store-down slot first: start over, and take its token. */
-class SlotTaken extends Error {}
-
-/** The holder of the lock is within its pause after a rejection: it lets the lock go, then waits without it. */
-class InPause extends Error {}
 
 /** The input the holder prepared is gone from the store (rejected, and reported by a holder before it): it lets the lock go, and starts over. */
 class InputGone extends Error {}
@@ -81,17 +48,11 @@ interface Progress {
   asked: boolean;
   forceSlot?: { store: GuardedStore; taken: string };
   /** The pause after a rejection this refresh started (and the slot it wrote), and the one before it. */
-  pause?: { started: RefetchPause; previous: RefetchPause | undefined; put?: { store: GuardedStore; value: string; replaced: string | undefined } };
+  pause?: StartedPause;
   /** The input the fetch went with, where the store held another than the one prepared (see Upstream.recheckInput). */
   input?: unknown;
   /** The refresh started over once already for an input gone from the store: it goes with the one it has now. */
   rechecked?: boolean;
-}
-
-/** A pause of fetches after a rejected token, on the clients' clock (unix ms). */
-interface RefetchPause {
-  until: number;
-  step: number;
 }
 
 /** What the lock's holder read under the lock, in the entry's own store. */
@@ -117,99 +78,16 @@ export class LockedFetchRefresher implements Refresher {
   readonly #upstream: Upstream;
   readonly #lock: RefreshLock;
   readonly #failures: FailureGate;
+  readonly #forced: ForcedRefreshes;
+  readonly #down: StoreDownSpacing;
+  readonly #pause: RejectionPause;
+  readonly #peers: PeerWriters;
+  readonly #writes: DroppedWrites;
+  readonly #kept: KeptTokens;
   /** Fetches that never left this process: backed off here only (made at the first such failure). */
   #unsent: LocalBackoff | undefined;
-  // Made when first used: forced refreshes and store outages are rare, and 10,000 accounts need not hold them.
-  #forced: FetchSpacing | undefined;
-  #down: FetchSpacing | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
-  /** When (performance.now()) this process last saw a token superseded with nothing newer in the store. */
-  #supersededAt: number | undefined;
-  /**
-   * This process's last report of a token WeChat rejected: when (performance.now()), and whether a call
-   * had gone through with it first.
-   */
-  #lastReport: { at: number; accepted: boolean } | undefined;
-  /** The last pause of fetches after such rejections this process started or read in the store, on the clients' clock (unix ms). */
-  #refetchPause: RefetchPause | undefined;
-  /** A pause this process started whose write to the store failed (see #learnPause). */
-  #unshared: RefetchPause | undefined;
-  /**
-   * A rejected token this process held came without wxkit's `fetched_by`: another program's write, or a
-   * format that cannot record it. A writer without the lock shares the store, and is waited for after a
-   * 40001, from then on (until the store is swapped: see reset()).
-   */
-  #peerWrites = false;
-  /** The token this process last fetched and wrote to the shared store. */
-  #written: string | undefined;
-  /** A token this process wrote, found gone from the shared store while still good (see dropped()). */
-  #vanished: string | undefined;
-  /** The shared store drops the entry's writes: found so twice in a row (see dropped()). */
-  #dropsEntries = false;
-  /** The token this process wrote as it started a pause after a rejection, found gone at once when read back (see dropped()). */
-  #droppedInPause: string | undefined;
-
-  get peerWrites(): boolean {
-    return this.#peerWrites;
-  }
-
-  /**
-   * The shared store showed no entry where this process holds `value`, still good. A store that
-   * acknowledges the entry's write and drops it (an eviction under maxmemory, a replica that lags) shows
-   * none to anyone: each process would fetch on each read, and on the classic endpoint each fetch ends
-   * the token of another process, which fetches again on its 40001. The first time this process's own
-   * token is gone, it takes it for a deletion (`wxkit token clear`, a peer's after a 40001) and fetches,
-   * reading the entry back once written (shown, the store holds its writes: see #readBack());
-   * if the token it wrote then is gone too, the store drops its writes: this process serves its token
-   * from memory while the store shows none, until WeChat rejects it (its refetch is spaced: see
-   * invalidate()) or it nears its expiry. Within the pause its fetch started after a rejection, it serves
-   * that token at once where the store showed none right after its write (a token gone later may have
-   * been deleted by a process WeChat refused it to). Any entry the store shows ends that (stored()).
-   */
-  dropped(value: string): boolean {
-    if (value !== this.#written) return false;
-    // Within this process's pause after a rejection it fetches nothing: the token it wrote as the pause
-    // began, which the store dropped at once, is the fleet's newest as far as it knows, and serves (else
-    // every call failed until the pause ended, that token still good).
-    if (value === this.#droppedInPause && this.#pauseInForce(this.#ctx.settings.now()) !== undefined) return true;
-    if (!this.#dropsEntries) {
-      if (this.#vanished === undefined || this.#vanished === value) {
-        this.#vanished = value;
-        return false;
-      }
-      this.#dropsEntries = true;
-    }
-    return true;
-  }
-
-  stored(): void {
-    this.#vanished = undefined;
-    this.#dropsEntries = false;
-    this.#droppedInPause = undefined;
-  }
-
-  /**
-   * Takes the store for one that holds the entry's writes when it shows `value`, just written (see
-   * dropped()). Resolves whether it showed no entry at all (false where the read failed).
-   */
-  async #readBack(value: string): Promise<boolean> {
-    const ctx = this.#ctx;
-    const read = await ctx.entries.read(ctx.tiers.shared, (held) => ctx.rejected(held)).catch(() => undefined);
-    if (read?.kind === 'hit' && read.entry.value === value) this.stored();
-    return read?.kind === 'miss' && read.absent === true;
-  }
-
-  /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
-  reset(): void {
-    this.#peerWrites = false;
-    this.#supersededAt = undefined;
-    this.#lastReport = undefined;
-    this.#refetchPause = undefined;
-    this.#unshared = undefined;
-    this.#written = undefined;
-    this.stored();
-  }
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
@@ -218,21 +96,33 @@ export class LockedFetchRefresher implements Refresher {
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue, ctx.entries.schema.name);
     this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
+    this.#forced = new ForcedRefreshes(ctx, this.#failures);
+    this.#down = new StoreDownSpacing(ctx);
+    this.#pause = new RejectionPause(ctx.key, ctx.label);
+    this.#peers = new PeerWriters(ctx, upstream);
+    this.#writes = new DroppedWrites(ctx);
+    this.#kept = new KeptTokens(ctx);
   }
 
-  /** The fleet's spacing of forced fetches (stable endpoint: WeChat ignores them closer than 30 s). */
-  get #forceSpacing(): FetchSpacing {
-    return (this.#forced ??= new FetchSpacing(this.#ctx.key, 'forced'));
+  /** A writer without the lock shares the store (see PeerWriters). */
+  get peerWrites(): boolean {
+    return this.#peers.shown;
   }
 
-  /** The host's spacing of classic fetches while the shared store is down. */
-  get #downSpacing(): FetchSpacing {
-    return (this.#down ??= new FetchSpacing(this.#ctx.key, 'throttle'));
+  /** The shared store showed no entry where this process holds `value`, still good: whether it drops the entry's writes (see DroppedWrites). */
+  dropped(value: string): boolean {
+    return this.#writes.dropped(value, () => this.#pause.inForce(this.#ctx.settings.now()) !== undefined);
   }
 
-  /** The fleet's pause of fetches after a token rejected before any call went through with it (not kept: a refresh is rare, an account many). */
-  get #refetchSpacing(): FetchSpacing {
-    return refetchPause(this.#ctx.key);
+  stored(): void {
+    this.#writes.stored();
+  }
+
+  /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
+  reset(): void {
+    this.#peers.reset();
+    this.#pause.reset();
+    this.#writes.reset();
   }
 
   /** How long a waiter waits for the holder: the option, or the lease and 5 s more. */
@@ -249,17 +139,7 @@ export class LockedFetchRefresher implements Refresher {
       const progress: Progress = { asked: false, rechecked: inputGone };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
-        if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) {
-          this.#written = refreshed.entry.value;
-          this.#droppedInPause = undefined;
-          // Fetched after a token of this process's went missing, or as a pause after a rejection began:
-          // read back once. A store that shows it holds what is written to it, and the token was deleted
-          // (`wxkit token clear`), not dropped.
-          if ((this.#vanished !== undefined && !this.#dropsEntries) || progress.pause !== undefined) {
-            const gone = await this.#readBack(refreshed.entry.value);
-            if (gone && progress.pause !== undefined) this.#droppedInPause = refreshed.entry.value;
-          }
-        }
+        if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) await this.#writes.wrote(refreshed.entry.value, progress.pause !== undefined);
         return refreshed;
       } catch (error) {
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
@@ -267,7 +147,7 @@ export class LockedFetchRefresher implements Refresher {
         // So does one WeChat refused for its credentials (a wrong secret, an IP off the whitelist): no
         // token was refreshed, and the forced refresh after the fix must reach WeChat.
         if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error) || policyOf(error) === 'credential')) {
-          await this.#forceSpacing.release(progress.forceSlot.store, progress.forceSlot.taken).catch(() => undefined);
+          await this.#forced.release(progress.forceSlot.store, progress.forceSlot.taken);
         }
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
@@ -316,25 +196,16 @@ export class LockedFetchRefresher implements Refresher {
     const started = performance.now();
     // A token that carried a call before WeChat rejected it was replaced (an external refresh): its
     // replacement is fetched at once, however often that happens. One rejected before any call went
-    // through with it spaces the fetches that follow (see #startPause); one that worked ends the pause:
+    // through with it spaces the fetches that follow (see RejectionPause); one that worked ends the pause:
     // WeChat does take the fleet's tokens.
     // A token of this process's that the store dropped was most likely ended by another process of the
     // fleet that could not see it, whose own token the store dropped too: refetched at once, each such
     // token would end the next one's, one fetch per round of calls. Its refetch is spaced instead.
-    if (this.#dropsEntries && value === this.#written) accepted = false;
-    this.#lastReport = { at: started, accepted };
-    if (accepted) this.#refetchPause = undefined;
+    if (this.#writes.droppedOwn(value)) accepted = false;
+    this.#pause.report(started, accepted);
     const tier = ctx.tiers.current(ctx.key);
-    // Superseded (40001): someone fetched a newer token, which the store may not hold yet (see
-    // #awaitWriter). Noted before the store is asked, so that a refresh of this process that takes the
-    // lock meanwhile waits too; taken back once the store shows it holds a newer one. Only a program
-    // without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and
-    // only once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
-    if (known !== undefined && known.fetchedBy === undefined) this.#peerWrites = true;
-    // Where every writer takes the lock (WxJava's; its format records no `fetched_by`), whoever fetched
-    // the newer token writes it before its release: a holder of the lock has nothing to wait for.
-    const superseded = errcode === 40001 && tier.name === 'shared' && this.#peerWrites && ctx.entries.schema.writersLock !== true;
-    const noted = superseded ? (this.#supersededAt = started) : undefined;
+    // Superseded (40001): a lockless writer's newer token may be on its way (see PeerWriters).
+    const noted = this.#peers.rejected(known, errcode, tier, started);
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
     let answered = false;
     try {
@@ -345,13 +216,10 @@ export class LockedFetchRefresher implements Refresher {
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
     } finally {
-      const { entry } = outcome;
-      const newer = entry !== undefined && !ctx.rejected(entry.value);
-      if (noted !== undefined && (!answered || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
+      this.#peers.settle(noted, answered, outcome.entry);
     }
-    // A token a holder kept in this host's fallback when the shared store refused it (see #keptHere):
-    // the other processes of the host know nothing of its rejection, and must not take it from there.
-    if (tier.name === 'shared') await ctx.tiers.fallback().entries.deleteBesideIfEquals(this.#keptKey, value).catch(() => undefined);
+    // A token a holder kept in this host's fallback when the shared store refused it (see KeptTokens).
+    if (tier.name === 'shared') await this.#kept.forget(value);
     ctx.log.info(
       { event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, deleted: outcome.deleted, ms: Math.round(performance.now() - started) },
       `WeChat rejected the cached ${ctx.label}; ${outcome.deleted ? 'removed it from the store' : 'the store already holds another one'}`,
@@ -379,57 +247,6 @@ export class LockedFetchRefresher implements Refresher {
     }
   }
 
-  /**
-   * A 40001 a moment ago found nothing newer in the store: whoever fetched the newer token and holds no
-   * lock writes it a store round trip after its fetch, or later. A fetch now would supersede that token
-   * (and the one before it would die under the sends that carry it; the late write would then put a dead
-   * token in the store). So the holder, under the lock (every other caller waits for it), gives that
-   * writer until PEER_WRITE_WAIT_MS after the rejection, once, then fetches. Only a process that saw the
-   * 40001 waits: another one whose own read missed meanwhile (a cold start, a memo that ran out in that
-   * moment) knows of no rejection. And only where such a writer has shown itself (#peerWrites): a
-   * program that fetches without sharing the store writes nothing to wait for.
-   */
-  async #awaitWriter(tier: Tier, request: RefreshRequest): Promise<Refreshed | undefined> {
-    const since = this.#supersededAt;
-    // An upstream that reads a peer's own copy (fromPeer) looks there next, rather than wait here.
-    if (since === undefined || tier.name !== 'shared' || this.#upstream.fromPeer) return undefined;
-    this.#supersededAt = undefined;
-    const left = since + PEER_WRITE_WAIT_MS - performance.now();
-    // Not ended by close(), nor once every caller stopped waiting: the wait is the fleet's, not the
-    // callers'. A holder that let the lock go early would hand it to another process that knows of no
-    // 40001 and fetches at once, superseding the token the peer is about to write. It is short (close()
-    // waits for the holder's section anyway), and a refresh nobody waits for fetches nothing after it.
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, UNENDED) : undefined;
-  }
-
-  /** `{key}:kept`, in a fallback tier: the token a holder of the shared lock kept there when the shared store refused it. */
-  get #keptKey(): string {
-    return `${this.#ctx.key}:kept`;
-  }
-
-  /**
-   * The holder of the shared lock found no entry: a process of this host that held the lock moments
-   * before (a lease at most) may have fetched a token the shared store refused to hold while it took the
-   * lock (memcached out of memory, a cluster node that refuses writes), and kept it in this host's
-   * fallback. Taken from there rather than fetched again: each fetch would end the token before it
-   * (classic endpoint), one per process of the host. Never a token this process knows WeChat rejected,
-   * nor the one an ahead-of-expiry refresh is to replace.
-   */
-  async #keptHere(request: RefreshRequest): Promise<Refreshed | undefined> {
-    const ctx = this.#ctx;
-    const fallback = ctx.tiers.fallback();
-    try {
-      const kept = await fallback.entries.getBeside(this.#keptKey);
-      if (kept === undefined || kept === request.current || ctx.rejected(kept)) return undefined;
-      const read = await ctx.entries.read(fallback.entries, (value) => ctx.rejected(value));
-      if (read.kind !== 'hit' || read.entry.value !== kept) return undefined;
-      return { entry: read.entry, tier: fallback.name, fetched: false, asked: false };
-    } catch (error) {
-      if (!(error instanceof CacheError)) throw error;
-      return undefined;
-    }
-  }
-
   async #refreshIn(tier: Tier, request: RefreshRequest, prepared: unknown, progress: Progress, waitedForForced = false): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const store = tier.entries;
@@ -446,7 +263,7 @@ export class LockedFetchRefresher implements Refresher {
     let force = request.force;
     let awaitsForced = false;
     if (force && this.#upstream.scarceForce) {
-      const spaced = await this.#spaceForced(tier, now, request.current);
+      const spaced = await this.#forced.space(tier, now, request.current);
       // Another forced refresh of the fleet, less than 30 s ago: its token is the current one, and a
       // normal fetch hands it out without spending a force_refresh. While the store still holds the token
       // the caller wants replaced, that refresh is on its way: its holder is waited for (or, if it holds
@@ -460,11 +277,11 @@ export class LockedFetchRefresher implements Refresher {
     }
     // Within this process's pause after a rejection it still waits for a holder of the lock and takes
     // its token; it takes no store-down slot, and fetches none itself (see #sitOutPause).
-    const followsRejection = !force && this.#followsRejection(request, now);
-    const paused = followsRejection && this.#pauseInForce(now) !== undefined;
+    const followsRejection = !force && this.#pause.follows(request, now);
+    const paused = followsRejection && this.#pause.inForce(now) !== undefined;
     const spacedWhileDown = !paused && tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
-      const spaced = await this.#awaitDownSpacing(tier, request, now);
+      const spaced = await this.#down.await(tier, request, now, this.lockWaitMs);
       if (spaced) return spaced;
     }
 
@@ -492,48 +309,13 @@ export class LockedFetchRefresher implements Refresher {
       handle = attempt;
     }
 
-    // The lock came to the loser of the fleet's 30 s slot before its winner took it: while the store still
-    // holds the token the caller wants rid of, the winner's force_refresh is yet to come (a normal fetch
-    // now would hand out the token it ends). The lock is let go for the winner, and its token waited for.
+    // The lock came to the loser of the fleet's 30 s slot before its winner took it (see
+    // ForcedRefreshes.awaitWinner): the lock is let go for the winner, and its token waited for.
     if (awaitsForced && handle !== undefined) {
-      const held = handle;
-      const read = await ctx.entries.read(store, (value) => ctx.rejected(value)).catch(async (error: unknown) => {
-        await held.release();
-        throw error;
-      });
-      if (read.kind === 'hit') {
-        await held.release();
-        const current: Refreshed = { entry: read.entry, tier: tier.name, fetched: false, asked: false };
-        if (read.entry.value !== request.current) return current;
-        // A failure in force (the winner's, or one before it): no forced token is on its way, and the
-        // current entry is the answer, as it was before the wait.
-        if ((await this.#failures.look(store, ctx.settings.now())).active) return current;
-        // As a waiter for a holder waits: the winner's write (its token, or the same one where WeChat
-        // ignored its force_refresh), or its failure (which is ours).
-        const forced = await pollWithBackoff<Refreshed | 'free'>(this.lockWaitMs, async () => {
-          const again = await ctx.entries.read(store, (value) => ctx.rejected(value));
-          if (again.kind === 'hit' && (again.entry.value !== request.current || again.raw !== read.raw)) {
-            return { entry: again.entry, tier: tier.name, fetched: false, asked: false };
-          }
-          const failed = await this.#failures.failedSince(store, markerBefore, ctx.settings.now());
-          if (failed) throw failed;
-          // The winner gave its slot back (its fetch never reached WeChat) or its slot ran out: nothing comes,
-          // and no force_refresh ended the token the caller wants rid of.
-          // WeChat refused its force_refresh for the day (45009, no marker: normal fetches go on): neither
-          // does a forced token, and this forced refresh fails as one that found the quota spent does.
-          const at = ctx.settings.now();
-          const slot = await this.#forceSpacing.slot(store, at);
-          if (slot?.reason === 'quota' && slot.until > at) throw forceQuotaError(slot.until);
-          return slot === undefined || slot.until <= at ? 'free' : undefined;
-        }, this.#watch(tier), endingOf(ctx, request));
-        // The slot is free and nobody forced: the refresh starts over, and may take the slot itself (once).
-        if (forced === 'free') return this.#refreshIn(tier, request, prepared, progress, true);
-        if (forced) return forced;
-        stopIfEnded(ctx, request);
-        // The winner wrote nothing in a lock wait: the current entry is the answer, as WeChat's to a
-        // force_refresh within 30 s of another would have been.
-        return current;
-      }
+      const waited = await this.#forced.awaitWinner(tier, request, handle, markerBefore, this.lockWaitMs, this.#watch(tier));
+      // The slot is free and nobody forced: the refresh starts over, and may take the slot itself (once).
+      if (waited === 'free') return this.#refreshIn(tier, request, prepared, progress, true);
+      if (waited) return waited;
     }
 
     // The fleet's next pause, written beside the fetch; waited for before the lock is let go.
@@ -548,8 +330,8 @@ export class LockedFetchRefresher implements Refresher {
       // of none (a process that starts, or whose memo ran out, within the fleet's pause), not by one that
       // follows the rejection of a token a call went through with (fetched at once, however often).
       // Undefined where it was not read or the store did not answer; `raw` undefined where it holds none.
-      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#reportedLately(true));
-      let fleetPause: { raw: string | undefined; slot: SpacingSlot | undefined } | undefined;
+      const readsPause = !request.ahead && tier.name === 'shared' && (followsRejection || !this.#pause.reportedLately(true));
+      let fleetPause: FleetPause | undefined;
       if (!request.force) {
         // Another process may have written between our read and our lock, or failed and released the
         // lock just before we took it.
@@ -560,7 +342,7 @@ export class LockedFetchRefresher implements Refresher {
         const [again, marker, pause, recheck] = await Promise.all([
           ctx.entries.read(store, (value) => ctx.rejected(value)),
           this.#failures.look(store, ctx.settings.now()),
-          readsPause ? this.#refetchSpacing.read(store, ctx.settings.now()).catch(() => undefined) : undefined,
+          readsPause ? this.#pause.read(store, ctx.settings.now()) : undefined,
           rechecks ? this.#upstream.recheckInput!(prepared).catch(() => prepared) : prepared,
         ]);
         fleetPause = pause;
@@ -574,11 +356,11 @@ export class LockedFetchRefresher implements Refresher {
         if (rechecks && recheck === undefined) throw new InputGone();
         if (recheck !== prepared) progress.input = input = recheck;
         if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
-          const written = await this.#awaitWriter(tier, request);
+          const written = await this.#peers.await(tier, request);
           if (written) return written;
         }
         if (handle !== undefined && tier.name === 'shared' && again.kind === 'miss' && !again.foreign) {
-          const kept = await this.#keptHere(request);
+          const kept = await this.#kept.find(request);
           if (kept) return kept;
         }
         // Only the holder of this lock writes the entry's failure marker: while we hold it in the entry's
@@ -589,34 +371,13 @@ export class LockedFetchRefresher implements Refresher {
           seen.noMarker = !marker.stored;
         }
       }
-      // Where the process would fetch, the pause decides (the fleet's, or this process's own where the
-      // store holds none), before any store-down slot is taken: within it, the lock is let go and the
-      // process waits without it. Else a fetch that follows a rejection starts the next pause, and the
-      // fleet learns it; one that knows of no rejection starts none.
-      if (followsRejection || fleetPause?.slot !== undefined) {
-        const at = ctx.settings.now();
-        if (fleetPause) this.#learnPause(fleetPause.slot, at);
-        if (this.#pauseInForce(at) !== undefined) throw new InPause();
-        if (followsRejection) {
-          const started: NonNullable<Progress['pause']> = { previous: this.#refetchPause, started: this.#startPause(at) };
-          progress.pause = started;
-          if (tier.name === 'shared') {
-            const { value, written } = this.#refetchSpacing.put(store, at, started.started.step);
-            started.put = { store, value, replaced: fleetPause?.raw };
-            pauseWritten = written.then(
-              () => void (this.#unshared = undefined),
-              // Not written: the store's answer (none) must not take it from this process (#learnPause).
-              () => void (this.#unshared = started.started),
-            );
-          }
-        }
-      }
-      if (spacedWhileDown && (await this.#downSpacing.take(store, ctx.settings.now(), DOWN_SPACING_MS, DOWN_SPACING_MAX_MS)) === undefined) {
-        throw new SlotTaken();
-      }
+      // Where the process would fetch, the pause decides (InPause within it), before any store-down slot
+      // is taken; else a fetch that follows a rejection starts the next pause (see RejectionPause.begin).
+      pauseWritten = this.#pause.begin(progress, followsRejection, fleetPause, tier.name === 'shared' ? store : undefined, ctx.settings.now());
+      if (spacedWhileDown) await this.#down.take(store, ctx.settings.now());
       const refreshed = await this.#fetchAndWrite(tier, { ...request, force }, input, handle, seen, progress);
       // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.
-      if (!progress.asked) await this.#givePauseBack(progress, pauseWritten);
+      if (!progress.asked) await this.#pause.giveBack(progress, pauseWritten, () => ctx.settings.now());
       return refreshed;
     } catch (error) {
       if (!(error instanceof InPause)) {
@@ -628,7 +389,7 @@ export class LockedFetchRefresher implements Refresher {
         // under the lock, so that no other process reads it meanwhile.
         const inputRejected = input !== undefined && this.#upstream.rejectsInput?.(error) === true;
         if (!progress.asked || LocalBackoff.covers(error) || inputRejected) {
-          await this.#givePauseBack(progress, pauseWritten);
+          await this.#pause.giveBack(progress, pauseWritten, () => ctx.settings.now());
         }
         // Reported before the lock is let go: a process that waited for it then finds the input gone
         // from the store, not the rejected one, and starts over with a fresh one (recheckInput) rather
@@ -676,13 +437,13 @@ export class LockedFetchRefresher implements Refresher {
    */
   async #sitOutPause(request: RefreshRequest): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
-    const pause = this.#pauseInForce(ctx.settings.now());
+    const pause = this.#pause.inForce(ctx.settings.now());
     if (pause !== undefined) {
       const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS), request.current, true, POLL_PACE, endingOf(ctx, request));
       if (written) return written;
       stopIfEnded(ctx, request);
-      const still = this.#pauseInForce(ctx.settings.now());
-      if (still !== undefined) throw this.#rejectionSpacedError(still);
+      const still = this.#pause.inForce(ctx.settings.now());
+      if (still !== undefined) throw this.#pause.error(still);
     }
     return this.refresh(request);
   }
@@ -802,8 +563,8 @@ export class LockedFetchRefresher implements Refresher {
         try {
           outcome = await ctx.entries.write(fallback.entries, fresh, write);
           // Written before the lock is let go: the process of this host that takes it next may find the
-          // shared store answering, without the entry (see #keptHere).
-          if (tier.name === 'shared') await fallback.entries.setBeside(this.#keptKey, outcome.entry.value, Math.ceil(this.leaseMs / 1000)).catch(() => undefined);
+          // shared store answering, without the entry (see KeptTokens).
+          if (tier.name === 'shared') await this.#kept.keep(fallback, outcome.entry.value, this.leaseMs);
         } catch {
           // Kept by this process only.
         }
@@ -844,7 +605,7 @@ export class LockedFetchRefresher implements Refresher {
     const now = ctx.settings.now();
     if (request.force && this.#upstream.scarceForce && error instanceof WeChatApiError && error.errcode === 45009) {
       // force_refresh's own daily quota: no more forced fetches until it renews; normal fetches go on.
-      await this.#forceSpacing.block(tier.entries, now, nextQuotaDay(now), 'quota');
+      await this.#forced.quotaSpent(tier.entries, now);
       return;
     }
     if (policyOf(error) === undefined) return;
@@ -882,140 +643,6 @@ export class LockedFetchRefresher implements Refresher {
         ? `Fetching the ${ctx.label} failed before the request left this host; this process backs off before trying again, the other processes are not held back`
         : `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
     );
-  }
-
-  /**
-   * Whether a refresh follows this process's report of a token no call of it went through with: one
-   * made in the last AFTER_REJECTION_MS, or a pause of its own still remembered (within a pause its
-   * callers reach WeChat no more, and report nothing new).
-   */
-  #followsRejection(request: RefreshRequest, now: number): boolean {
-    if (request.force || request.ahead) return false;
-    if (this.#reportedLately(false)) return true;
-    const last = this.#pause(now);
-    return last !== undefined && now < last.until + last.step;
-  }
-
-  /** Whether this process's last report, made in the last AFTER_REJECTION_MS, was of a token a call had (`accepted`) or had not gone through with. */
-  #reportedLately(accepted: boolean): boolean {
-    const report = this.#lastReport;
-    return report !== undefined && report.accepted === accepted && performance.now() - report.at < AFTER_REJECTION_MS;
-  }
-
-  /** This process's last pause, unless it reaches further ahead than its step (the clock was set back): then it is over. */
-  #pause(now: number): RefetchPause | undefined {
-    const last = this.#refetchPause;
-    return last !== undefined && last.until - now <= last.step ? last : undefined;
-  }
-
-  /** When this process's pause after such a rejection ends (unix ms), while it is in force. */
-  #pauseInForce(now: number): number | undefined {
-    const last = this.#pause(now);
-    return last !== undefined && last.until > now ? last.until : undefined;
-  }
-
-  /**
-   * Takes back the pause a refresh started, if any, when its fetch handed out no token: here, and in the
-   * store once its write has settled (whatever it answered: one that timed out may have landed), where
-   * the pause it replaced goes back, so that the fleet's next step is still the one after it.
-   */
-  async #givePauseBack(progress: Progress, written: Promise<void> | undefined): Promise<void> {
-    const pause = progress.pause;
-    if (!pause) return;
-    progress.pause = undefined;
-    await written;
-    if (this.#refetchPause === pause.started) this.#refetchPause = pause.previous;
-    if (this.#unshared === pause.started) this.#unshared = undefined;
-    const put = pause.put;
-    if (put) await this.#refetchSpacing.restore(put.store, put.value, put.replaced, this.#ctx.settings.now()).catch(() => undefined);
-  }
-
-  /** Starts the next pause (none is in force): 1 s, doubled while pauses follow each other closely (one step after the last one's end), at most 60 s. */
-  #startPause(now: number): RefetchPause {
-    const last = this.#pause(now);
-    const follows = last !== undefined && now < last.until + last.step;
-    const step = follows ? Math.min(last.step * 2, REFETCH_PAUSE_MAX_MS) : REJECTION_SPACING_MS;
-    return (this.#refetchPause = { until: now + step, step });
-  }
-
-  /**
-   * Takes the fleet's pause, as the store answered it, for this process's own (heldPause(): on this
-   * host's clock). The store is the fleet's word: where it holds none (`wxkit token clear` deleted it,
-   * or two steps passed), this process keeps none either; only where the store did not answer does the
-   * process go by what it knew.
-   */
-  #learnPause(slot: SpacingSlot | undefined, now: number): void {
-    const held = heldPause(slot, now);
-    // A pause this process started and could not write stays its own while remembered, unless the
-    // store holds one that ends later.
-    const unshared = this.#unshared;
-    const keep = unshared !== undefined && unshared === this.#pause(now) && now < unshared.until + unshared.step && (held === undefined || unshared.until >= held.until);
-    if (!keep) this.#unshared = undefined;
-    this.#refetchPause = keep ? unshared : held;
-  }
-
-  #rejectionSpacedError(until: number): Error {
-    const label = this.#ctx.label;
-    return withRetryAt(
-      new TokenUnavailableError(
-        `WeChat rejected the ${label} again soon after it was fetched, before any call went through with it: another ` +
-          `program keeps fetching this account's tokens, or WeChat refuses them. The processes sharing this store space their fetches ` +
-          `after such rejections (1 s, 2 s … 60 s apart while they go on; wxkit token clear ends the pause), and fetch again after ` +
-          new Date(until).toISOString(),
-      ),
-      until,
-    );
-  }
-
-  /**
-   * While the shared store is down, this host fetched a classic token moments ago: another fetch now
-   * would invalidate the token the hosts that cannot see this one hold. Take a token this host fetched
-   * meanwhile, or wait for the slot to end (no longer than a lock wait), then fetch.
-   */
-  async #awaitDownSpacing(tier: Tier, request: RefreshRequest, now: number): Promise<Refreshed | undefined> {
-    const ctx = this.#ctx;
-    const until = await this.#downSpacing.busyUntil(tier.entries, now);
-    if (until === undefined) return undefined;
-    const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
-    if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: tier.name, fetched: false, asked: false };
-    if (until - now > this.lockWaitMs) {
-      throw new TokenUnavailableError(
-        `The token store is down, and this host fetched a ${ctx.label} from the classic endpoint moments ago; the next fetch waits until ` +
-          `${new Date(until).toISOString()}, so hosts that cannot share tokens do not take turns invalidating them`,
-      );
-    }
-    // Ended by close() too, and once every caller stopped waiting: its wait is for nobody then.
-    stopIfEnded(ctx, request);
-    const wakeup = new Wakeup(undefined, endingOf(ctx, request));
-    try {
-      await wakeup.pause(until - now);
-    } finally {
-      wakeup.stop();
-    }
-    stopIfEnded(ctx, request);
-    return undefined;
-  }
-
-  /**
-   * A forced stable fetch takes a fleet-wide slot of 30 s first: WeChat ignores force_refresh calls
-   * closer together and allows 20 a day. Without a slot the current entry is the answer, as WeChat's
-   * would have been; after a 45009 on force_refresh, the quota error until the quota day ends.
-   */
-  async #spaceForced(tier: Tier, now: number, current: string | undefined): Promise<Refreshed | 'normal' | { taken: string } | { wait: true }> {
-    const ctx = this.#ctx;
-    const slot = await this.#forceSpacing.slot(tier.entries, now);
-    if (slot?.reason === 'quota' && slot.until > now) throw forceQuotaError(slot.until);
-    const taken = await this.#forceSpacing.take(tier.entries, now, FORCE_SPACING_MS);
-    if (taken !== undefined) return { taken };
-    const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
-    if (read.kind === 'miss') return 'normal';
-    // The token the caller forces a refresh to be rid of: the other forced refresh has not written yet.
-    if (read.entry.value === current) return { wait: true };
-    ctx.log.info(
-      { event: `${ctx.label}.force_spaced`, appId: ctx.appId, key: ctx.logKey },
-      `Another forced refresh of the ${ctx.label} happened less than 30 s ago; WeChat would ignore this one, so the current token is the answer`,
-    );
-    return { entry: read.entry, tier: tier.name, fetched: false, asked: false };
   }
 }
 
