@@ -134,8 +134,8 @@ export class RedisCache implements TokenCache {
 
   delete(key: string): Promise<void> {
     return this.#run('delete', async (client) => {
-      await client.del(key);
-      this.#publish(client, key);
+      // Nothing removed, nothing changed: a waiter woken for it would only read the key again.
+      if (Number(await client.del(key)) > 0) this.#publish(client, key);
     });
   }
 

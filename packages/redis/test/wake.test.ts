@@ -119,6 +119,26 @@ describe('RedisCache.watch', () => {
     await Promise.all([client.close(), subscriber.close()]);
   });
 
+  it('a delete tells the watchers when it removed the key, and nobody when there was nothing to remove', async () => {
+    const { messages, subscriber } = await listen();
+    const writer = new RedisCache(redis.url);
+    const [absent, present] = [key(), key()];
+    await writer.delete(absent);
+    await writer.set(present, 'v', 60);
+    await writer.delete(present);
+    await writer.delete(present);
+    // A marker published after the deletes: once it is in, every message before it is.
+    const client = createClient({ url: redis.url });
+    await client.connect();
+    await client.sendCommand(['PUBLISH', WRITTEN_CHANNEL, 'end']);
+    await vi.waitFor(() => expect(messages).toContain('end'));
+    expect(messages.filter((m) => m === writtenMessage(absent))).toHaveLength(0);
+    // The set, then the one delete that removed it.
+    expect(messages.filter((m) => m === writtenMessage(present))).toHaveLength(2);
+    await writer.close();
+    await Promise.all([client.close(), subscriber.close()]);
+  });
+
   it('an ACL user without rights on the channel still adds, compares-and-sets and compares-and-deletes (only the notification is lost)', async () => {
     // Redis 7 ACL users start with no channel rights (acl-pubsub-default resetchannels).
     const server = await startRedis({ args: ['--user', 'writer', 'on', '>pw', '~*', '+@all', 'resetchannels'] });
