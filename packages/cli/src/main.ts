@@ -231,6 +231,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const endpoint = values.endpoint ?? schema.defaultEndpoint ?? 'stable';
   if (endpoint !== 'stable' && endpoint !== 'classic') throw usage(`--endpoint must be stable or classic (got ${JSON.stringify(endpoint)})`);
   const app = fromFlags(() => parseApp(values.app ?? `official_account:${envAppId}`));
+  // Refused, not ignored: a WeCom app has one token endpoint, and the key was meant for another app.
+  if (app.kind === 'work' && values.endpoint !== undefined) throw usage('--endpoint is for official accounts and mini programs; WeCom has one token endpoint');
   // Given whenever it is set: a profile may build the keys of some apps only from the secret (wechatpy's
   // WeCom keys), and says so when it is missing. A command that needs no secret is not failed for one.
   const secretForKey = schema.keyNeedsSecret ? secretFrom(values['secret-env']) : envSecret(values['secret-env']);

@@ -127,6 +127,8 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     } catch {
       throw wrong(`apps[${i}] needs "app" (oa:wx…, mp:wx…, work:ww…:1000002), or "kind" (official_account, mini_program, work) with "appId" (WeCom: "corpId" and a numeric "agentId")`);
     }
+    // Refused, not dropped: the client takes none for WeCom, and an entry that names one was written for another app.
+    if (ref.kind === 'work' && entry.tokenEndpoint !== undefined) throw wrong(`apps[${i}].tokenEndpoint is for official accounts and mini programs; WeCom has one token endpoint`);
     return ref.kind === 'work' ? { ...ref, secret } : { ...ref, secret, tokenEndpoint: endpoint };
   });
   const number = (name: string) => {

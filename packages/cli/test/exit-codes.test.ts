@@ -84,6 +84,7 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'get', '--store', 'file://fileserver/var/lib/wechat', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'inspect', '--store', 'file:///var/lib/a%2Fb', '--app', 'oa:wx1'], '--store file:// must name a directory of this host'],
       [['token', 'get', '--store', redis.url, '--app', 'oa:wx1', '--endpoint', 'fast'], '--endpoint must be stable or classic'],
+      [['token', 'inspect', '--store', redis.url, '--app', 'work:ww1:1000002', '--endpoint', 'classic'], '--endpoint is for official accounts and mini programs; WeCom has one token endpoint'],
       [['token', 'get', '--store', redis.url, '--appid', 'wx1'], 'use --app official_account:<appid>'],
       // Checked before the store is opened: nothing listens there, and the answer is still a usage error.
       [['token', 'get', '--store', 'redis://127.0.0.1:1', '--app', 'oa:wx1', '--base-url', 'ftp://127.0.0.1:1'], '--base-url must be an http:// or https:// URL'],

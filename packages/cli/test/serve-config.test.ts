@@ -59,6 +59,13 @@ describe('wxkit serve --config', () => {
     expect(ahead.stderr).toContain('apps[0].refreshAhead is not a config key: "refreshAheadSeconds" is set at the top level, for every app');
   });
 
+  it('refuses a token endpoint for a WeCom app, rather than drop it', async () => {
+    const work = { app: 'work:ww1234abcd5678ef90:1000002', secretEnv: 'TEST_OA_SECRET', tokenEndpoint: 'classic' };
+    const wrong = await serve('work-endpoint', { keysEnv: 'TEST_SERVE_KEYS', apps: [app, work], baseUrl: mock.url });
+    expect(wrong.code, wrong.stderr).toBe(7);
+    expect(wrong.stderr).toContain('apps[1].tokenEndpoint is for official accounts and mini programs; WeCom has one token endpoint');
+  });
+
   it('refuses a prefix that is not a string', async () => {
     for (const prefix of [1, null, { value: 'wechat:' }]) {
       const wrong = await serve('prefix', { keysEnv: 'TEST_SERVE_KEYS', apps: [app], baseUrl: mock.url, prefix });
