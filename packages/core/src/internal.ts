@@ -13,7 +13,8 @@ export { inLife } from './token/lifetime.js';
 export { besideKey } from './token/entry-store.js';
 export { isPlausibleToken } from './token/plausible.js';
 export { partitionOf } from './partition.js';
-export { clampRetryAt, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord, type SpacingSlot } from './token/failure.js';
+export { clampRetryAt, failureKey, type FailureRecord } from './token/failure.js';
+export { decodePause, heldPause, refetchPauseKey, type SpacingSlot } from './token/spacing.js';
 export {
   ID_RULE,
   MAX_TIMER_MS,

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CacheError, HttpError, MemoryCache, OfficialAccount, WeChatApiError } from '../src/index.js';
 import type { GuardedStore } from '../src/store.js';
-import { FailureGate, FetchSpacing, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
+import { FailureGate, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
+import { FetchSpacing } from '../src/token/spacing.js';
 import { retryAtOf } from '../src/retry-at.js';
 import { newApp, rejection } from './helpers.js';
 

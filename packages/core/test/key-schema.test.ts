@@ -2,7 +2,8 @@ import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wxJava, type EntryField, type KeySchema, type KeySubject } from '../src/index.js';
 import { isPlausibleToken } from '../src/token/plausible.js';
-import { encodeMarker, failureKey, markerFor, refetchPauseKey } from '../src/token/failure.js';
+import { encodeMarker, failureKey, markerFor } from '../src/token/failure.js';
+import { refetchPauseKey } from '../src/token/spacing.js';
 import {
   authorizationCodeDigest,
   decodeAuthorizationRecord,

@@ -1,6 +1,7 @@
 import { WeChatApiError } from '../../../errors.js';
 import type { GuardedStore } from '../../../store.js';
-import { FetchSpacing, nextQuotaDay, type FailureGate } from '../../failure.js';
+import { nextQuotaDay, type FailureGate } from '../../failure.js';
+import { FetchSpacing } from '../../spacing.js';
 import type { LockHandle } from '../../refresh-lock.js';
 import { endingOf, pollWithBackoff, stopIfEnded, type Refreshed, type RefreshRequest, type TokenContext, type Watch } from '../../refresher.js';
 import type { Tier } from '../../tiers.js';

@@ -1,7 +1,7 @@
 import { TokenUnavailableError } from '../../../errors.js';
 import { withRetryAt } from '../../../retry-at.js';
 import type { GuardedStore } from '../../../store.js';
-import { heldPause, refetchPause, REFETCH_PAUSE_MAX_MS, type FetchSpacing, type SpacingSlot } from '../../failure.js';
+import { heldPause, refetchPause, REFETCH_PAUSE_MAX_MS, type FetchSpacing, type SpacingSlot } from '../../spacing.js';
 import type { RefreshRequest } from '../../refresher.js';
 
 // The fetches that follow WeChat's rejection of a token no call had gone through with are spaced: the

@@ -1,6 +1,6 @@
 import { TokenUnavailableError } from '../../../errors.js';
 import type { GuardedStore } from '../../../store.js';
-import { FetchSpacing } from '../../failure.js';
+import { FetchSpacing } from '../../spacing.js';
 import { endingOf, stopIfEnded, Wakeup, type Refreshed, type RefreshRequest, type TokenContext } from '../../refresher.js';
 import type { Tier } from '../../tiers.js';
 
