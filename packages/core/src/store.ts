@@ -3,16 +3,8 @@ import type { TokenCache } from './cache.js';
 import { CacheError, ConfigError } from './errors.js';
 import type { Log } from './logger.js';
 import { partitionOf } from './partition.js';
+import { describeError, storeHealth, type StoreHealth, type StoreUser } from './store-health.js';
 import { hasMethods, typeName, type OptionRule } from './validate.js';
-
-// After a failure the store is not asked again by callers: every call fails at once until a probe in the
-// background (a read of the key whose call failed, so an ACL that allows the app's keys allows it) gets
-// an answer. A hung store costs a caller at most one timeout, not one per call (nor one per step of the
-// token protocol). Probes are 250 ms apart, growing to 1 s while the store stays down; their timer never
-// keeps the process alive. The state is the store's, shared by every client of this process using it:
-// N accounts on one Redis make one probe, not N.
-const PROBE_MIN_MS = 250;
-const PROBE_MAX_MS = 1_000;
 
 // Calls the breaker refused without sending: their failure says nothing about what the store holds.
 const NOT_SENT = new WeakSet<object>();
@@ -23,150 +15,11 @@ export function neverSent(error: unknown): boolean {
 }
 
 /**
- * The health of one store in this process, shared by the clients that use it. It holds its clients
- * weakly: a client made per request and never closed (a common way to use an SDK) is collected with
- * its last reference, not kept for the life of the store.
- */
-class StoreHealth {
-  down = false;
-  readonly #users = new Set<WeakRef<GuardedStore>>();
-  readonly #refs = new WeakMap<GuardedStore, WeakRef<GuardedStore>>();
-  // Drops the reference of a client collected without close().
-  readonly #collected = new FinalizationRegistry<WeakRef<GuardedStore>>((ref) => this.#users.delete(ref));
-  #probeDelayMs = PROBE_MIN_MS;
-  #probeTimer: NodeJS.Timeout | undefined;
-  #probeKey = '';
-  /** The outage under way: its first failure, and the loggers that have its line. */
-  // Its loggers held weakly: a client collected during the outage takes its logger with it.
-  // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
-  // `heard`: the clients' logs (their events) told of it, so that a client's new handle on the store
-  // (setCache() with the same store) does not hear of it twice.
-  #outage: { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object>; heard: WeakSet<object> } | undefined;
-
-  join(user: GuardedStore): void {
-    const ref = new WeakRef(user);
-    this.#users.add(ref);
-    this.#refs.set(user, ref);
-    this.#collected.register(user, ref, ref);
-  }
-
-  leave(user: GuardedStore): void {
-    const ref = this.#refs.get(user);
-    if (ref === undefined) return;
-    this.#refs.delete(user);
-    this.#users.delete(ref);
-    this.#collected.unregister(ref);
-    if (this.#users.size === 0) {
-      clearTimeout(this.#probeTimer);
-      this.#probeTimer = undefined;
-    }
-  }
-
-  has(user: GuardedStore): boolean {
-    return this.#refs.has(user);
-  }
-
-  /** The clients still open (and not collected). */
-  users(): GuardedStore[] {
-    const live: GuardedStore[] = [];
-    for (const ref of this.#users) {
-      const user = ref.deref();
-      if (user === undefined) this.#users.delete(ref);
-      else live.push(user);
-    }
-    return live;
-  }
-
-  failed(user: GuardedStore, op: string, key: string, error: CacheError): void {
-    this.#probeKey = key;
-    if (this.down) {
-      this.#probeDelayMs = Math.min(this.#probeDelayMs * 2, PROBE_MAX_MS);
-    } else {
-      this.down = true;
-      this.#probeDelayMs = PROBE_MIN_MS;
-      const users = this.users();
-      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet() };
-      for (const each of users) this.#outage.heard.add(each.events);
-      this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line), this.#outage.sinks);
-    }
-    this.#scheduleProbe(user);
-  }
-
-  recovered(op: string): void {
-    clearTimeout(this.#probeTimer);
-    this.#probeTimer = undefined;
-    this.down = false;
-    this.#outage = undefined;
-    this.#probeDelayMs = PROBE_MIN_MS;
-    const users = this.users();
-    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line, this));
-  }
-
-  /**
-   * Tells every client of the store (their events, their recovery listeners), and writes the line once
-   * per logger, through `first` where it is one: 10,000 clients on one store and one logger make one
-   * line per outage, not 10,000.
-   */
-  #report(users: readonly GuardedStore[], first: GuardedStore | undefined, tell: (each: GuardedStore, line: boolean) => void, written: WeakSet<object> = new WeakSet()): void {
-    const line = (each: GuardedStore) => {
-      const sink = each.logSink as object | undefined;
-      if (sink === undefined || written.has(sink)) return false;
-      written.add(sink);
-      return true;
-    };
-    if (first !== undefined && this.has(first)) tell(first, line(first));
-    for (const each of users) if (each !== first) tell(each, line(each));
-  }
-
-  /**
-   * `user` joined while the store is taken for down (the first call of a client to this part of a
-   * partitioned store): it hears of the outage as those that saw it begin did, and its logger gets the
-   * line if it has not yet.
-   */
-  joinedDuringOutage(user: GuardedStore): void {
-    const outage = this.#outage;
-    if (!this.down || outage === undefined || !this.has(user) || outage.heard.has(user.events)) return;
-    outage.heard.add(user.events);
-    const sink = user.logSink as object | undefined;
-    const line = sink !== undefined && !outage.sinks.has(sink);
-    if (line) outage.sinks.add(sink);
-    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), this.users().length, line);
-  }
-
-  /**
-   * `user` would have used the store, which is taken for down: it is probed again if no probe is due.
-   * The clients that saw the outage begin may all be gone (closed, or collected), and nothing else
-   * would find the store back.
-   */
-  refused(user: GuardedStore): void {
-    if (this.#probeTimer === undefined) this.#scheduleProbe(user);
-  }
-
-  #scheduleProbe(user: GuardedStore): void {
-    if (this.#probeTimer || !this.has(user)) return;
-    // The timer holds the client weakly too: one collected meanwhile hands the probe to another.
-    const ref = this.#refs.get(user);
-    this.#probeTimer = setTimeout(() => {
-      this.#probeTimer = undefined;
-      const own = ref?.deref();
-      const prober = own !== undefined && this.has(own) ? own : this.users()[0];
-      if (!this.down || !prober) return;
-      const key = this.#probeKey;
-      prober.probe(key).catch(() => undefined);
-    }, this.#probeDelayMs);
-    this.#probeTimer.unref?.();
-  }
-}
-
-/** The health of each store in this process: of the whole, or of each part for a store that names them (TokenCache.partition). */
-const healths = new WeakMap<TokenCache, StoreHealth | Map<string, StoreHealth>>();
-
-/**
  * The cache as the token protocol sees it: every call bounded by a timeout, every failure a CacheError,
  * a circuit breaker that stops waiting on a store that is down, and an outage reported once when it
  * starts and once when it ends, not once per call.
  */
-export class GuardedStore {
+export class GuardedStore implements StoreUser {
   readonly cache: TokenCache;
   readonly #timeoutMs: number;
   readonly #log: Log;
@@ -195,15 +48,7 @@ export class GuardedStore {
 
   /** The shared health of part `name` of this store ('' for the whole, or a partitioned store's keys without a part), joined. */
   #partHealth(name: string, join = true): StoreHealth {
-    let found = healths.get(this.cache);
-    if (!found) healths.set(this.cache, (found = typeof this.cache.partition === 'function' ? new Map() : new StoreHealth()));
-    let health: StoreHealth;
-    if (found instanceof StoreHealth) health = found;
-    else {
-      const known = found.get(name);
-      if (!known) found.set(name, (health = new StoreHealth()));
-      else health = known;
-    }
+    const health = storeHealth(this.cache, name);
     if (join && !health.has(this)) health.join(this);
     return health;
   }
@@ -615,12 +460,6 @@ function sameKey(key: string): string {
   return key;
 }
 
-function describeError(error: CacheError): string {
-  const cause = error.cause as { code?: unknown; message?: unknown } | undefined;
-  // The code of the cause, unless the message names it already (FileCache's do).
-  const causeCode = typeof cause?.code === 'string' && !error.message.includes(`(${cause.code})`) ? ` (${cause.code})` : '';
-  return `${error.message}${causeCode}`;
-}
 
 const KEYV_NEAR_MISS =
   'is a Keyv instance or store, which adds its own namespace and JSON envelope to the stored bytes; ' +
