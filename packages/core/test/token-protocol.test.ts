@@ -190,7 +190,7 @@ describe('getToken', () => {
     await slotWritten;
     const second = rejection(loser.accessToken.forceRefresh());
     expect(await first).toMatchObject({ errcode: 45009 });
-    // As a forced refresh that finds the fleet's quota spent fails (see #spaceForced), not with the old token.
+    // As a forced refresh that finds the fleet's quota spent fails (see ForcedRefreshes.space), not with the old token.
     expect(await second).toMatchObject({ errcode: 45009 });
     await Promise.all([winner.close(), loser.close()]);
   });

@@ -78,12 +78,14 @@ export class LockedFetchRefresher implements Refresher {
   readonly #upstream: Upstream;
   readonly #lock: RefreshLock;
   readonly #failures: FailureGate;
-  readonly #forced: ForcedRefreshes;
-  readonly #down: StoreDownSpacing;
   readonly #pause: RejectionPause;
   readonly #peers: PeerWriters;
   readonly #writes: DroppedWrites;
-  readonly #kept: KeptTokens;
+  // Made when first used: forced refreshes, store outages and tokens kept in a fallback are rare, and
+  // 10,000 accounts need not hold them.
+  #forcedMade: ForcedRefreshes | undefined;
+  #downMade: StoreDownSpacing | undefined;
+  #keptMade: KeptTokens | undefined;
   /** Fetches that never left this process: backed off here only (made at the first such failure). */
   #unsent: LocalBackoff | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
@@ -96,12 +98,21 @@ export class LockedFetchRefresher implements Refresher {
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue, ctx.entries.schema.name);
     this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
-    this.#forced = new ForcedRefreshes(ctx, this.#failures);
-    this.#down = new StoreDownSpacing(ctx);
     this.#pause = new RejectionPause(ctx.key, ctx.label);
     this.#peers = new PeerWriters(ctx, upstream);
     this.#writes = new DroppedWrites(ctx);
-    this.#kept = new KeptTokens(ctx);
+  }
+
+  get #forced(): ForcedRefreshes {
+    return (this.#forcedMade ??= new ForcedRefreshes(this.#ctx, this.#failures));
+  }
+
+  get #down(): StoreDownSpacing {
+    return (this.#downMade ??= new StoreDownSpacing(this.#ctx));
+  }
+
+  get #kept(): KeptTokens {
+    return (this.#keptMade ??= new KeptTokens(this.#ctx));
   }
 
   /** A writer without the lock shares the store (see PeerWriters). */
@@ -373,7 +384,7 @@ export class LockedFetchRefresher implements Refresher {
       }
       // Where the process would fetch, the pause decides (InPause within it), before any store-down slot
       // is taken; else a fetch that follows a rejection starts the next pause (see RejectionPause.begin).
-      pauseWritten = this.#pause.begin(progress, followsRejection, fleetPause, tier.name === 'shared' ? store : undefined, ctx.settings.now());
+      pauseWritten = this.#pause.begin(progress, followsRejection, fleetPause, tier.name === 'shared' ? store : undefined, () => ctx.settings.now());
       if (spacedWhileDown) await this.#down.take(store, ctx.settings.now());
       const refreshed = await this.#fetchAndWrite(tier, { ...request, force }, input, handle, seen, progress);
       // A peer SDK's copy, taken where this refresh would have fetched: WeChat handed out nothing.

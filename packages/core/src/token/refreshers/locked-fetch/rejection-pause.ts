@@ -116,10 +116,12 @@ export class RejectionPause {
    * the process waits without it). Else a fetch that follows a rejection starts the next pause (on
    * `progress`, for giveBack()), and the fleet learns it in `shared` (the shared store; a fallback tier is
    * this host's, and its own memory serves); one that knows of no rejection starts none. Resolves the
-   * write, which settles once the store answered.
+   * write, which settles once the store answered. The clock (`now`) is read only where the pause
+   * decides: a refresh that knows of no rejection, with no pause in the store, does not read it.
    */
-  begin(progress: { pause?: StartedPause }, follows: boolean, fleet: FleetPause | undefined, shared: GuardedStore | undefined, at: number): Promise<void> | undefined {
+  begin(progress: { pause?: StartedPause }, follows: boolean, fleet: FleetPause | undefined, shared: GuardedStore | undefined, now: () => number): Promise<void> | undefined {
     if (!follows && fleet?.slot === undefined) return undefined;
+    const at = now();
     if (fleet) this.#learn(fleet.slot, at);
     if (this.inForce(at) !== undefined) throw new InPause();
     if (!follows) return undefined;
