@@ -117,6 +117,11 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
   const apps = raw.apps.map((entry: Record<string, unknown>, i: number): ServiceApp => {
     if (entry && typeof entry === 'object' && !Array.isArray(entry)) unknownKey(entry, APP_KEYS, (name) => `apps[${i}].${name}`);
     const secret = fromEnv(entry?.secretEnv, `apps[${i}].secretEnv`);
+    // No AppSecret or corpsecret holds one: a value read from a file keeps its line break, and WeChat
+    // would refuse the secret (40125) with nothing to say why. Never quoted.
+    if (NOT_IN_BEARER_KEY.test(secret)) {
+      throw wrong(`the environment variable ${String(entry.secretEnv)} (apps[${i}].secretEnv) holds a space, a control character or a character past U+00FF (a line break at its end, say), which no secret has`);
+    }
     const endpoint = entry.tokenEndpoint ?? 'stable';
     if (endpoint !== 'stable' && endpoint !== 'classic') throw wrong(`apps[${i}].tokenEndpoint must be stable or classic`);
     const kind = entry.kind === 'oa' ? 'official_account' : entry.kind === 'mp' ? 'mini_program' : entry.kind;

@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, partitionOf, retryAtOf } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, inLife, partitionOf, retryAtOf } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -238,10 +238,17 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     target.tokenExpiresAt = entry.expiresAt ?? Math.floor(Date.now() / 1000) + 60;
     return entry;
   };
-  /** The app's entry as the store holds it now, past the client's memory of it; undefined when there is none. */
+  /**
+   * The app's entry as the store holds it now, past the client's memory of it; undefined when there is
+   * none, or none the clients would serve: past its expiry, in its last 30 s, or past the TTL its writer
+   * gave it, in a store that still holds it (a store without TTLs, a read-only replica that took none of
+   * this instance's writes). Such a token is never handed out.
+   */
   const storedEntry = async (target: Served): Promise<StoredEntry | undefined> => {
-    const raw = await cache.get(target.client.accessToken.cacheKey);
-    return raw === undefined ? undefined : schema.decode('access_token', raw);
+    const key = target.client.accessToken.cacheKey;
+    const raw = await cache.get(key);
+    const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
+    return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), Date.now()) ? entry : undefined;
   };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {

@@ -22,11 +22,11 @@ afterAll(async () => {
   await mock?.close();
 });
 
-async function serve(name: string, config: Record<string, unknown>): Promise<{ code: number | null; stderr: string }> {
+async function serve(name: string, config: Record<string, unknown>, extraEnv: Record<string, string> = {}): Promise<{ code: number | null; stderr: string }> {
   const file = join(dir, `${name}.json`);
   writeFileSync(file, JSON.stringify(config));
   const child = spawn(process.execPath, [bin, 'serve', '--store', `file://${join(dir, 'store')}`, '--config', file, '--port', '0'], {
-    env: { ...process.env, ...env },
+    env: { ...process.env, ...env, ...extraEnv },
   });
   let stderr = '';
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
@@ -64,6 +64,15 @@ describe('wxkit serve --config', () => {
     const wrong = await serve('work-endpoint', { keysEnv: 'TEST_SERVE_KEYS', apps: [app, work], baseUrl: mock.url });
     expect(wrong.code, wrong.stderr).toBe(7);
     expect(wrong.stderr).toContain('apps[1].tokenEndpoint is for official accounts and mini programs; WeCom has one token endpoint');
+  });
+
+  it('refuses a secret with a line break, a space or a control character (exit 7), never quoting it: WeChat would refuse it with 40125 and no reason', async () => {
+    for (const secret of ['not-a-real-secret\n', 'not-a-real-secret\r\n', 'not a real secret', 'not-a-real-secret\u0007']) {
+      const wrong = await serve('secret-break', { keysEnv: 'TEST_SERVE_KEYS', apps: [app], baseUrl: mock.url }, { TEST_OA_SECRET: secret });
+      expect(wrong.code, wrong.stderr).toBe(7);
+      expect(wrong.stderr).toContain('the environment variable TEST_OA_SECRET (apps[0].secretEnv) holds a space, a control character or a character past U+00FF');
+      expect(wrong.stderr).not.toContain('not-a-real');
+    }
   });
 
   it('refuses a prefix that is not a string', async () => {

@@ -358,6 +358,46 @@ describe('POST /v1/token/{app}/invalidate', () => {
     }
   });
 
+  it('a report is never answered with a token the store holds past its life (a store that took none of the writes, or keeps no TTL): the current one instead', async () => {
+    const app = mock.createApp();
+    const { appId } = app;
+    // A read-only store (a replica after a failover): reads answer, every write fails.
+    class ReadOnly extends MemoryCache {
+      readOnly = false;
+      override set(key: string, value: string, ttlSeconds: number): Promise<void> {
+        return this.readOnly ? Promise.reject(new CacheError('READONLY You can\'t write against a read only replica.', { reason: 'readonly' } as never)) : super.set(key, value, ttlSeconds);
+      }
+      override add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return this.readOnly ? Promise.reject(new CacheError('READONLY', { reason: 'readonly' } as never)) : super.add(key, value, ttlSeconds);
+      }
+      override compareAndSet(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean> {
+        return this.readOnly ? Promise.reject(new CacheError('READONLY', { reason: 'readonly' } as never)) : super.compareAndSet(key, expected, value, ttlSeconds);
+      }
+    }
+    const cache = new ReadOnly();
+    const now = Math.floor(Date.now() / 1000);
+    const past = 'PAST_ITS_LIFE_0123456789abcdefghijkl';
+    const near = 'IN_ITS_LAST_SECONDS_0123456789abcdefg';
+    for (const [stale, expiresAt] of [[past, now - 100], [near, now + 10]] as const) {
+      await cache.set(`wechat:access_token:${appId}`, JSON.stringify({ access_token: stale, expires_at: expiresAt, fetched_at: expiresAt - 7200 }), 3600);
+      cache.readOnly = true;
+      const service = await serve(cache, app);
+      try {
+        const fresh = (await current(service.url, appId)).access_token;
+        expect(fresh).not.toBe(stale);
+        expect(JSON.parse((await cache.get(`wechat:access_token:${appId}`))!).access_token).toBe(stale);
+        // A token neither current nor the store's: answered with the one the service hands out.
+        const answer = await report(service.url, appId, 'AN_OLDER_TOKEN_0123456789abcdefghij');
+        expect(answer.status).toBe(200);
+        expect(answer.body.access_token).toBe(fresh);
+        expect(answer.body.expires_at! - Math.floor(Date.now() / 1000)).toBeGreaterThan(60);
+      } finally {
+        cache.readOnly = false;
+        await service.close();
+      }
+    }
+  });
+
   it('a fetched_at in the future (a clock ahead, a store that lies) spaces reports for a minute at most', async () => {
     const app = mock.createApp();
     const { appId } = app;
