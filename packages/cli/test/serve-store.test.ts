@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CacheError, MemoryCache, type TokenCache } from '@wxkit/core';
+import { CacheError, MemoryCache, OfficialAccount, remoteTokenSource, type TokenCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
 import { StoreProbe } from '../src/serve-health.js';
@@ -72,6 +72,29 @@ describe("the token service's own store reads", () => {
       expect(second.body.expires_at).toBeTypeOf('number');
       expect(mock.counters(appId).ticketRequests).toBe(1);
     } finally {
+      await service.close();
+    }
+  });
+
+  it('an entry whose expires_at is in milliseconds is replaced, not handed to clients that refuse it for good', async () => {
+    const KEY = 'far-expiry-key-0123456789abcdef';
+    const { appId, secret } = mock.createApp();
+    const cache = new MemoryCache();
+    const key = `wechat:stable_access_token:${appId}`;
+    // Another program's write: a time in ms where the schema says seconds. A reader that took it for a
+    // token living 55,000 years served it to remote clients, which refuse such an answer, and nothing
+    // ever replaced it (no send carried it, so WeChat never rejected it).
+    await cache.set(key, JSON.stringify({ access_token: 'WRITTEN_IN_MS_abcdefghijklmnop', expires_at: Date.now() + 7_200_000 }), 7200);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: service.url, key: KEY }), logger: false });
+    try {
+      for (let i = 0; i < 3; i += 1) await expect(client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} })).resolves.toMatchObject({ errcode: 0 });
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      const stored = JSON.parse((await cache.get(key))!) as { access_token: string; expires_at: number };
+      expect(stored.access_token).not.toBe('WRITTEN_IN_MS_abcdefghijklmnop');
+      expect(stored.expires_at).toBeLessThan(Date.now() / 1000 + 86_400);
+    } finally {
+      await client.close();
       await service.close();
     }
   });
