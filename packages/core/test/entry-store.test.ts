@@ -46,12 +46,11 @@ describe('writes never go back in time', () => {
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'FRESH' } });
   });
 
-  it('a stored token whose times lie a day or more ahead (milliseconds written as seconds) is a miss, and the fresh one replaces it', async () => {
+  it('a stored token whose expires_at lies a day or more ahead (milliseconds written as seconds) is a miss, and the fresh one replaces it', async () => {
     for (const stored of [
       { access_token: 'WRITTEN_IN_MS', expires_at: Date.now() + 7_200_000, fetched_at: Date.now() },
       { access_token: 'WRITTEN_IN_MS', expires_at: Date.now() + 7_200_000 },
       { access_token: 'A_DAY_AHEAD', expires_at: Math.floor(Date.now() / 1000) + 86_400 + 60 },
-      { access_token: 'FETCHED_A_DAY_AHEAD', expires_at: Math.floor(Date.now() / 1000) + 7200, fetched_at: Math.floor(Date.now() / 1000) + 86_400 + 60 },
     ]) {
       const { cache, store, entries } = setUp();
       const now = Math.floor(Date.now() / 1000);
@@ -61,6 +60,15 @@ describe('writes never go back in time', () => {
       expect(outcome, stored.access_token).toMatchObject({ stored: true, entry: { value: 'FRESH' } });
       expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'FRESH' } });
     }
+  });
+
+  it("a peer's fetched_at in other units beside a good expires_at is a token that lives: served, and kept over a fetch", async () => {
+    const { cache, store, entries } = setUp();
+    const now = Math.floor(Date.now() / 1000);
+    await cache.set(key, JSON.stringify({ access_token: 'PEER_MICROSECONDS', expires_at: now + 7000, fetched_at: now * 1_000_000 }), 6900);
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'PEER_MICROSECONDS' } });
+    const outcome = await entries.write(store, entries.encode(fetched('FRESH'), now, 'web-1:1'));
+    expect(outcome).toMatchObject({ stored: false, entry: { value: 'PEER_MICROSECONDS' } });
   });
 
   it('a newer token written between the read and the write wins: the compare-and-set fails, the next read keeps it', async () => {
