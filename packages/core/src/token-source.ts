@@ -112,6 +112,26 @@ export const SOURCE_BUDGET_MS = Symbol.for('wxkit.tokenSource.budgetMs');
 /** How many paths a source holds back (ended holds included until they are swept). */
 export const SOURCE_HELD_PATHS = Symbol.for('wxkit.tokenSource.heldPaths');
 
+/**
+ * How long a request that never reached the token service (refused, no route, no such name, no
+ * connection within its connect timeout), or that the service refused for its key (401), holds the next
+ * requests of its path back: a process without a token asks a service that is down, or that does not
+ * know its key, once a second, not once per call; its callers fail at once meanwhile, with the error it
+ * met. Short: a service back (restarted, the key added) is asked again within a second.
+ */
+const UNREACHED_HOLD_MS = 1_000;
+
+/**
+ * Whether `error` is a request that never reached the token service: a transport failure before any
+ * socket was connected (ECONNREFUSED, ENOTFOUND, a connect timeout), not one cut by the caller's abort or
+ * by the source's own close(), nor one that waited for a free connection of this process.
+ */
+function unreached(error: unknown): boolean {
+  if (!(error instanceof HttpError) || error.sent !== false) return false;
+  const code = (error.cause as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && code !== 'UND_ERR_DESTROYED' && code !== 'UND_ERR_CLOSED' && code !== 'UND_ERR_ABORTED';
+}
+
 /** The shortest key `wxkit serve` takes: a shorter one, refused by it, is named so in the message. */
 const SERVE_KEY_MIN = 16;
 
@@ -127,9 +147,13 @@ function entryOf(body: Record<string, unknown>, field: TokenSourceRequest['field
   return { value, expiresIn };
 }
 
-/** What a request held back by a `Retry-After` fails with: the class, code and errcode of the answer that said to wait. */
-function heldError(error: unknown, until: number, path: string): Error {
-  const note = `; the token service said to ask again after ${new Date(until).toISOString()}, and this process waits until then`;
+/**
+ * What a request held back fails with: the class, code and errcode of the failure that held it, and when
+ * the hold ends (`said`: the service's own `Retry-After`, else UNREACHED_HOLD_MS).
+ */
+function heldError(error: unknown, until: number, path: string, said: boolean): Error {
+  const at = new Date(until).toISOString();
+  const note = said ? `; the token service said to ask again after ${at}, and this process waits until then` : `; this process asks the token service again after ${at}`;
   let held: Error;
   if (error instanceof WeChatApiError) held = new WeChatApiError({ errcode: error.errcode, errmsg: error.errmsg }, error.path, { message: `${error.message}${note}` });
   else if (error instanceof BadResponseError) held = new BadResponseError(`${error.message}${note}`, { path, ...(error.status === undefined ? {} : { status: error.status }) });
@@ -185,15 +209,17 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // stretch it.
   // Ended holds are swept once per MAX_HOLD_MS as new ones are set: a source behind which 10,000 accounts
   // each met a back-off keeps the holds of the last two windows at most, not one entry per account.
-  const holds = new Map<string, { until: number; error: unknown }>();
+  // A request that never reached the service, or one refused for its key, holds its path back for
+  // UNREACHED_HOLD_MS, the same way.
+  const holds = new Map<string, { until: number; error: unknown; said: boolean }>();
   let sweepAt = 0;
-  const hold = (path: string, until: number, error: unknown) => {
+  const hold = (path: string, until: number, error: unknown, said: boolean) => {
     const now = performance.now();
     if (now >= sweepAt) {
       for (const [held, { until: end }] of holds) if (end <= now) holds.delete(held);
       sweepAt = now + MAX_HOLD_MS;
     }
-    holds.set(path, { until, error });
+    holds.set(path, { until, error, said });
   };
   // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.
   let errcodeRefused = false;
@@ -201,26 +227,26 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     const held = holds.get(path);
     if (held) {
       const left = held.until - performance.now();
-      if (left > 0) throw heldError(held.error, Date.now() + left, path);
+      if (left > 0) throw heldError(held.error, Date.now() + left, path, held.said);
       holds.delete(path);
     }
     try {
       return await exchange();
     } catch (error) {
-      const at = retryAtOf(error);
-      const now = Date.now();
-      if (at !== undefined && at > now) {
-        hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), error);
-      }
+      let failure = error;
       // A key too short for wxkit serve, refused: say so, as a wrong key is hard to tell from a typo.
       if (error instanceof HttpError && error.status === 401 && key.length < SERVE_KEY_MIN) {
-        throw new HttpError('ERR_WXKIT_HTTP', `${error.message}; the key has fewer than ${SERVE_KEY_MIN} characters, and wxkit serve takes none that short`, {
+        failure = new HttpError('ERR_WXKIT_HTTP', `${error.message}; the key has fewer than ${SERVE_KEY_MIN} characters, and wxkit serve takes none that short`, {
           path: error.path,
           status: 401,
           cause: error,
         });
       }
-      throw error;
+      const at = retryAtOf(error);
+      const now = Date.now();
+      if (at !== undefined && at > now) hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), failure, true);
+      else if (unreached(error) || (error instanceof HttpError && error.status === 401)) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false);
+      throw failure;
     }
   };
 

@@ -1,4 +1,5 @@
 import { createServer, type Server } from 'node:http';
+import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
 import { BadResponseError, MemoryCache, OfficialAccount, remoteTokenSource } from '../src/index.js';
@@ -211,6 +212,72 @@ describe("remoteTokenSource's report and WeChat's errcode", () => {
       await expect(fresh.invalidate(request, 'ACCESS_TOKEN_1', 40001)).rejects.toMatchObject({ status: 400 });
       expect(bodies).toHaveLength(2);
       await fresh.close?.();
+    } finally {
+      await source.close?.();
+    }
+  });
+});
+
+describe('remoteTokenSource and a service it cannot reach, or that refuses its key', () => {
+  beforeEach(() => {
+    asked = [];
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('a request refused before it reached the service holds the path back a second: one connection attempt, not one per call', async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    let attempts = 0;
+    const dispatcher = new Agent().compose((dispatch) => (options, handler) => {
+      attempts += 1;
+      return dispatch(options, handler);
+    });
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url: `http://127.0.0.1:${port}`, key: 'k'.repeat(32), dispatcher });
+    try {
+      await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+      for (let i = 0; i < 20; i++) {
+        const held = await source.fetch(request).catch((error: unknown) => error);
+        expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+        expect((held as Error).message).toMatch(/ECONNREFUSED.*; this process asks the token service again after \S+$/);
+      }
+      expect(attempts).toBe(1);
+      vi.advanceTimersByTime(1_001);
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: false });
+      expect(attempts).toBe(2);
+    } finally {
+      await source.close?.();
+      await dispatcher.close();
+    }
+  });
+
+  it('a 401 for the key holds the path back a second; the key added at the service, the next request a second later gets the token', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = () => ({ status: 401, body: JSON.stringify({ error: { code: 'unauthorized', reason: 'unknown_key' } }) });
+      for (let i = 0; i < 20; i++) await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 401 });
+      expect(asked).toHaveLength(1);
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      vi.advanceTimersByTime(1_001);
+      await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(asked).toHaveLength(2);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it("a request the caller aborted holds nothing back: the next caller's request goes out", async () => {
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(source.fetch(request, { signal: AbortSignal.abort() })).rejects.toBeDefined();
+      await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(asked).toHaveLength(1);
     } finally {
       await source.close?.();
     }
