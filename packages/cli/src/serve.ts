@@ -749,10 +749,20 @@ function onceASecond(line: (count: number) => void): () => void {
   };
 }
 
+/** The longest a WeChat token or ticket lives, in seconds. */
+const WECHAT_LIFE_S = 7_200;
+
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {
   closeIfUnread(res);
   res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
-  res.end(JSON.stringify({ [field]: entry.value, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt }));
+  // An entry recording a later expiry than any WeChat token has (another program's milliseconds, a
+  // clock far ahead) is answered as living 7,200 s at most: its clients use it as a client reading the
+  // store would, until WeChat rejects it and they report it, and the service replaces it. Answered as it
+  // is, every client refused it (an expires_at a day or more ahead is another unit) and nothing ever
+  // sent it to WeChat to be rejected.
+  const latest = Math.floor(Date.now() / 1000) + WECHAT_LIFE_S;
+  const expiresAt = entry.expiresAt === undefined ? undefined : Math.min(entry.expiresAt, latest);
+  res.end(JSON.stringify({ [field]: entry.value, expires_at: expiresAt, fetched_at: entry.fetchedAt }));
 }
 
 /**

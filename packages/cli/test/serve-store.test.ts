@@ -76,14 +76,14 @@ describe("the token service's own store reads", () => {
     }
   });
 
-  it('an entry whose expires_at is in milliseconds is replaced, not handed to clients that refuse it for good', async () => {
+  it('an entry whose expires_at is in milliseconds is answered as living 2 h at most: its clients use it, report its rejection, and the service replaces it', async () => {
     const KEY = 'far-expiry-key-0123456789abcdef';
     const { appId, secret } = mock.createApp();
     const cache = new MemoryCache();
     const key = `wechat:stable_access_token:${appId}`;
-    // Another program's write: a time in ms where the schema says seconds. A reader that took it for a
-    // token living 55,000 years served it to remote clients, which refuse such an answer, and nothing
-    // ever replaced it (no send carried it, so WeChat never rejected it).
+    // Another program's write: a time in ms where the schema says seconds. Answered as it was, remote
+    // clients refused it (a day or more ahead is another unit), and nothing ever replaced it (no send
+    // carried it, so WeChat never rejected it).
     await cache.set(key, JSON.stringify({ access_token: 'WRITTEN_IN_MS_abcdefghijklmnop', expires_at: Date.now() + 7_200_000 }), 7200);
     const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
     const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: service.url, key: KEY }), logger: false });

@@ -1,9 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { BadResponseError, MemoryCache, easyWeChat4, nativeSchema, silenceper, wechatpy, wxJava, type EntryField, type KeySchema } from '../src/index.js';
+import { MemoryCache, easyWeChat4, nativeSchema, silenceper, wechatpy, wxJava, type EntryField, type KeySchema } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
 import { EntryStore } from '../src/token/entry-store.js';
-import { validateFetched } from '../src/token/upstream.js';
 
 const key = 'wechat:access_token:wx4202f388888ab123';
 
@@ -44,22 +43,6 @@ describe('writes never go back in time', () => {
     const outcome = await entries.write(store, entries.encode(fetched('FRESH'), now, 'web-1:1'));
     expect(outcome).toMatchObject({ stored: true, entry: { value: 'FRESH' } });
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'FRESH' } });
-  });
-
-  it('a stored token whose expires_at lies a day or more ahead (milliseconds written as seconds) is a miss, and the fresh one replaces it', async () => {
-    for (const stored of [
-      { access_token: 'WRITTEN_IN_MS', expires_at: Date.now() + 7_200_000, fetched_at: Date.now() },
-      { access_token: 'WRITTEN_IN_MS', expires_at: Date.now() + 7_200_000 },
-      { access_token: 'A_DAY_AHEAD', expires_at: Math.floor(Date.now() / 1000) + 86_400 + 60 },
-    ]) {
-      const { cache, store, entries } = setUp();
-      const now = Math.floor(Date.now() / 1000);
-      await cache.set(key, JSON.stringify(stored), 6900);
-      expect(await entries.read(store, () => false), stored.access_token).toMatchObject({ kind: 'miss' });
-      const outcome = await entries.write(store, entries.encode(fetched('FRESH'), now, 'web-1:1'));
-      expect(outcome, stored.access_token).toMatchObject({ stored: true, entry: { value: 'FRESH' } });
-      expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'FRESH' } });
-    }
   });
 
   it("a peer's fetched_at in other units beside a good expires_at is a token that lives: served, and kept over a fetch", async () => {
@@ -241,22 +224,6 @@ describe('what a read serves', () => {
     const now = Math.floor(Date.now() / 1000);
     await cache.set(key, JSON.stringify({ access_token: 'SOON', expires_at: now + 20 }), 20);
     expect(await entries.read(store, () => false)).toMatchObject({ kind: 'miss' });
-  });
-});
-
-describe("WeChat's expires_in", () => {
-  it('a day or more is refused before anything is stored: no reader would serve its entry, and every read would fetch again', () => {
-    expect(() => validateFetched({ access_token: 'TOKEN123', expires_in: 86_400 }, 'access_token', 'cgi-bin/token')).toThrow(BadResponseError);
-    expect(() => validateFetched({ access_token: 'TOKEN123', expires_in: 7 * 86_400 }, 'access_token', 'cgi-bin/token')).toThrow(BadResponseError);
-    // Just under a day is kept, and its entry is served.
-    const { expiresIn } = validateFetched({ access_token: 'TOKEN123', expires_in: 86_399 }, 'access_token', 'cgi-bin/token');
-    expect(expiresIn).toBe(86_399);
-  });
-
-  it('the entry of the longest expires_in taken is served', async () => {
-    const { store, entries } = setUp();
-    await entries.write(store, entries.encode({ value: 'LONGEST', expiresIn: 86_399 }, Math.floor(Date.now() / 1000), 'web-1:1'));
-    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'LONGEST' } });
   });
 });
 

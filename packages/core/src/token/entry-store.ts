@@ -4,7 +4,7 @@ import type { GuardedStore } from '../store.js';
 import { nativeSchema, type EntryField, type KeySchema, type StoredEntry } from './entry.js';
 import type { Fetched } from './upstream.js';
 import { isPlausibleToken } from './plausible.js';
-import { inLife, lifetimeOf, MAX_LIFE_MS } from './lifetime.js';
+import { inLife, lifetimeOf } from './lifetime.js';
 
 /**
  * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as
@@ -32,6 +32,8 @@ export interface EntryStoreInit {
   now: () => number;
 }
 
+// An expiry a peer records beside its entry further ahead than this is no expiry (a unit mistaken).
+const MAX_RECORDED_LIFE_MS = 86_400_000;
 // A freshly fetched value is written with compare-and-set; losing the race this often means the key is
 // written continuously by someone else, and the value is kept in memory only.
 const WRITE_ROUNDS = 3;
@@ -192,7 +194,7 @@ export class EntryStore {
     const raw = await store.getOrOtherKind(key, OTHER_KIND);
     if (typeof raw !== 'string' || !/^-?\d{1,11}(\.\d+)?$/.test(raw)) return undefined;
     const seconds = Math.floor(Number(raw));
-    return seconds * 1000 - this.#init.now() >= MAX_LIFE_MS ? undefined : seconds;
+    return seconds * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : seconds;
   }
 
   /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */

@@ -6,13 +6,6 @@
 
 /** An entry is not served in its last 30 s: a request signed with it may arrive after it ends. */
 export const NEAR_EXPIRY_MS = 30_000;
-/**
- * How far ahead of a reader's clock an entry's `expires_at` may lie: no token or ticket lives a day
- * (WeChat's, 7,200 s). An expiry further ahead is milliseconds written as seconds, or garbage, and its
- * entry is not served: it is replaced by the next fetch, where a reader that served it until WeChat
- * rejected it would hand a token service's clients an entry they refuse, for good.
- */
-export const MAX_LIFE_MS = 86_400_000;
 
 /** The times an entry records, unix seconds. */
 export interface EntryTimes {
@@ -33,11 +26,8 @@ export function lifetimeOf(entry: EntryTimes, ttlSeconds: (expiresIn: number) =>
   };
 }
 
-/** Whether an entry is served at `now` (unix ms): before its TTL rule ended it, not within 30 s of WeChat's expiry, and not expiring a day or more ahead. */
+/** Whether an entry is served at `now` (unix ms): before its TTL rule ended it, and not within 30 s of WeChat's expiry. */
 export function inLife(entry: EntryTimes, ttlSeconds: (expiresIn: number) => number, now: number): boolean {
-  // Only the expiry counts: a fetched_at in other units (a peer's microseconds) beside a good expires_at
-  // is a token that lives, and the peer's (its fetched_at then orders it after any fetch of the fleet's).
-  if (entry.expiresAt !== undefined && entry.expiresAt * 1000 - now >= MAX_LIFE_MS) return false;
   const { expiresAtMs, staleAtMs } = lifetimeOf(entry, ttlSeconds);
   return !((staleAtMs !== undefined && now >= staleAtMs) || (expiresAtMs !== undefined && expiresAtMs - now <= NEAR_EXPIRY_MS));
 }

@@ -1,7 +1,6 @@
 import { createHash } from 'node:crypto';
 import { BadResponseError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
-import { MAX_LIFE_MS } from './lifetime.js';
 import { isPlausibleToken } from './plausible.js';
 
 /** A value fresh from WeChat (or from a token service). */
@@ -82,9 +81,8 @@ export interface Upstream<P = unknown> {
   afterWrite?(fetched: Fetched, stored: StoredEntry): Promise<void>;
 }
 
-// WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store:
-// a day or more is no token's, and no reader would serve the entry (MAX_LIFE_MS), so every read would fetch.
-const MAX_EXPIRES_IN = MAX_LIFE_MS / 1000 - 1;
+// WeChat documents expires_in as "up to 7200"; accept anything sane and refuse what would poison the store.
+const MAX_EXPIRES_IN = 7 * 24 * 3600;
 // Below this a token is of no use: it counts as expired 30 s before its end, so every read would fetch
 // again (a storm on WeChat). WeChat's shortest is the stable endpoint's remaining life, 300 s or more.
 const MIN_EXPIRES_IN = 60;
