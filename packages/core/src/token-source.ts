@@ -219,6 +219,10 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       for (const [held, { until: end }] of holds) if (end <= now) holds.delete(held);
       sweepAt = now + MAX_HOLD_MS;
     }
+    // A hold of this process's own (UNREACHED_HOLD_MS) never cuts short a longer one the service asked
+    // for: a request that met a restarting instance, under way beside one told to wait, ends no wait.
+    const current = holds.get(path);
+    if (!said && current !== undefined && current.until > until) return;
     holds.set(path, { until, error, said });
   };
   // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.

@@ -271,6 +271,31 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
     }
   });
 
+  it("a 401 or an unreached request under way beside one the service told to wait does not cut that wait short", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      let n = 0;
+      // The first request is told to wait 30 s; the second, answered after it (another instance, its key
+      // not yet added), is refused for its key.
+      answer = () =>
+        (n += 1) === 1
+          ? { status: 503, body: JSON.stringify({ error: { code: 'wechat_unreachable', message: 'backing off' } }), headers: { 'retry-after': '30' } }
+          : { status: 401, body: JSON.stringify({ error: { code: 'unauthorized', reason: 'unknown_key' } }), delayMs: 100 };
+      const both = await Promise.all([source.fetch(request).catch((error: unknown) => error), source.fetch(request).catch((error: unknown) => error)]);
+      expect(both.map((error) => (error as { status?: number }).status).sort()).toEqual([401, 503]);
+      expect(asked).toHaveLength(2);
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      vi.advanceTimersByTime(1_500);
+      const held = await source.fetch(request).catch((error: unknown) => error);
+      expect(held).toMatchObject({ status: 503 });
+      expect((held as Error).message).toMatch(/the token service said to ask again after/);
+      expect(asked).toHaveLength(2);
+    } finally {
+      await source.close?.();
+    }
+  });
+
   it("a request the caller aborted holds nothing back: the next caller's request goes out", async () => {
     const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
     try {
