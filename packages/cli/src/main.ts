@@ -306,6 +306,11 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       return EXIT.ok;
     }
     const secret = secretFrom(values['secret-env']);
+    // Named by its variable, never quoted: a value read from a file keeps its line break, and WeChat
+    // would refuse the secret (40125) with nothing to say why.
+    if (secret !== undefined && /[\s\x00-\x1f\x7f-\x9f]/.test(secret)) {
+      throw new CliError('config', `${values['secret-env'] ?? 'WECHAT_SECRET'} holds a space or a control character (a line break at its end, say), which no secret has`);
+    }
     if (action === 'refresh' && secret === undefined) {
       throw new CliError('config', 'wxkit token refresh fetches from WeChat and needs the app\'s secret: set WECHAT_SECRET, or name another variable with --secret-env NAME');
     }

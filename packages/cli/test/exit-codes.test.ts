@@ -170,6 +170,14 @@ describe('wxkit exit codes and messages', () => {
     expect(get.code).toBe(5);
     expect(get.stderr).toContain('set WECHAT_SECRET (or name another variable with --secret-env NAME)');
     for (const run of [refresh, unset, get]) expect(run.stdout + run.stderr).not.toContain("refresh: 'never'");
+    // A secret read from a file with its line break: named by its variable, never quoted, before WeChat
+    // is asked (it would answer 40125 and nothing of why).
+    const secret = '0123456789abcdef0123456789abcdef';
+    const spaced = await wxkit(['token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--secret-env', 'OA_SECRET_FROM_FILE'], { OA_SECRET_FROM_FILE: `${secret}\n` });
+    expect(spaced.code, spaced.stderr).toBe(7);
+    expect(spaced.stderr).toContain('OA_SECRET_FROM_FILE holds a space or a control character (a line break at its end, say), which no secret has');
+    expect(spaced.stderr).not.toContain(secret);
+    expect(mock.counters(appId).tokenRequests).toBe(0);
     expect(mock.counters(appId).tokenRequests).toBe(0);
   });
 

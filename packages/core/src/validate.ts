@@ -164,6 +164,18 @@ export function nonEmptyString(): OptionRule {
   return { allowed: 'a non-empty string', accepts: (value) => typeof value === 'string' && value.trim().length > 0 };
 }
 
+/**
+ * A secret (an AppSecret, a corpsecret): a non-empty string without whitespace or control characters.
+ * None holds one; a value read from a file keeps its line break, and WeChat would refuse the secret
+ * (40125) with nothing to say why. Its message shows the type only.
+ */
+export function secretString(): OptionRule {
+  return {
+    allowed: 'a non-empty string without spaces or control characters (a line break read from a file, say)',
+    accepts: (value) => typeof value === 'string' && value.length > 0 && !/[\s\x00-\x1f\x7f-\x9f]/.test(value),
+  };
+}
+
 /** A string the pattern matches in full; `allowed` says it in words. */
 export function matching(pattern: RegExp, allowed: string): OptionRule {
   return { allowed, accepts: (value) => typeof value === 'string' && pattern.test(value) };

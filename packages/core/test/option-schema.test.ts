@@ -51,7 +51,11 @@ class Keyv {
   delete() {}
 }
 const cacheCases: OptionCases = { valid: [new MemoryCache()], invalid: [{}, 'redis://127.0.0.1:6379', null, new Keyv(), { get() {}, set() {} }] };
-const secretCases: OptionCases = { valid: ['a-very-secret-secret'], invalid: ['', '   ', 12345678, {}] };
+const secretCases: OptionCases = {
+  valid: ['a-very-secret-secret', '0123456789abcdef0123456789abcdef'],
+  // A secret read from a file keeps its line break: WeChat refuses it (40125) and says nothing of why.
+  invalid: ['', '   ', 12345678, {}, '0123456789abcdef0123456789abcdef\n', ' 0123456789abcdef', 'a-very secret', 'a-very-secret\u0085'],
+};
 const idCases: OptionCases = { valid: ['wx4202f388888ab123', 'wx_1.a-b'], invalid: ['', 'wx 123', 'wx:123', 'a'.repeat(65), 42, null] };
 
 const clientCases = {

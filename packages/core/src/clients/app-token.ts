@@ -1,7 +1,7 @@
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions } from '../client-core.js';
 import type { KeySubject } from '../token/entry.js';
 import { credentialDigest, validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
-import { nonEmptyString, oneOf, required, type OptionSchema } from '../validate.js';
+import { oneOf, required, secretString, type OptionSchema } from '../validate.js';
 
 // The access token of official accounts and mini programs: the same credentials, the same two token
 // endpoints, the same keys.
@@ -24,7 +24,7 @@ interface AppOptions extends ClientOptions {
 
 const APP_OWN_OPTIONS = {
   appId: required(ID_RULE),
-  secret: nonEmptyString(),
+  secret: secretString(),
   tokenEndpoint: oneOf(['stable', 'classic']),
 } as const satisfies OptionSchema<Exclude<keyof AppOptions, keyof ClientOptions>>;
 

@@ -4,7 +4,7 @@ import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, t
 import { WorkJssdk } from '../jssdk.js';
 import type { KeySubject } from '../token/entry.js';
 import { credentialDigest, validateFetched } from '../token/upstream.js';
-import { nonEmptyString, required, requireFields, rule, type OptionSchema } from '../validate.js';
+import { required, requireFields, rule, secretString, type OptionSchema } from '../validate.js';
 
 /** Options of {@link Work}. */
 export interface WorkOptions extends ClientOptions {
@@ -39,7 +39,7 @@ export interface WorkMessageResult {
 const WORK_SCHEMA = clientSchema<WorkOptions>({
   corpId: required(ID_RULE),
   agentId: required(rule('the agent id, a number such as 1000002', (value) => /^\d{1,12}$/.test(typeof value === 'number' ? String(value) : typeof value === 'string' ? value : ''))),
-  secret: nonEmptyString(),
+  secret: secretString(),
 } satisfies OptionSchema<OwnKeys<WorkOptions>>);
 
 /** WeCom's API host; `baseUrl` overrides it (a mock, a proxy). */

@@ -11,7 +11,7 @@ import { ConfigError } from '../errors.js';
 import { GuardedStore, TOKEN_CACHE_RULE } from '../store.js';
 import type { OpenPlatformEntry } from '../token/entry.js';
 import { validateFetched } from '../token/upstream.js';
-import { durationMs, integer, invalidOption, nonEmptyString, required, type OptionSchema } from '../validate.js';
+import { durationMs, integer, invalidOption, required, secretString, type OptionSchema } from '../validate.js';
 import { Authorizations } from './authorization.js';
 import { AuthorizerRefresh } from './authorizer-refresh.js';
 import { CallbackReader, type CallbackRequest, type OpenPlatformPush } from './callback.js';
@@ -61,7 +61,7 @@ export interface OpenPlatformOptions extends ClientOptions {
 
 const OWN_OPTIONS = {
   appId: required(ID_RULE),
-  secret: required(nonEmptyString()),
+  secret: required(secretString()),
   token: CALLBACK_TOKEN_RULE,
   encodingAESKey: ENCODING_AES_KEY_RULE,
   durableStore: required(
