@@ -69,6 +69,9 @@ export interface WriteOptions {
   absent?: boolean;
 }
 
+/** The native format's reader, for the fleet's token beside another program's value (see EntryStore.#deleteOlderBeside). */
+const NATIVE = nativeSchema();
+
 /**
  * Where the fleet shares its token while the key holds another program's value, which is never replaced:
  * `{key}:wxkit`, in the native format (docs/key-schema.md).
@@ -298,21 +301,29 @@ export class EntryStore {
     // Written where the key was empty: another program's value there may have gone (its TTL), and the
     // token the fleet kept beside it is older than this one (on the classic endpoint, ended by its
     // fetch). It goes, so that it is not served when that program writes its value again.
-    if (added && !this.#isBeside) await this.#beside.#deleteOlder(store, fetchedAt).catch(() => undefined);
+    if (added && !this.#isBeside) await this.#deleteOlderBeside(store, fetchedAt).catch(() => undefined);
     return { entry, stored: true };
   }
 
   /**
-   * Deletes this (beside) entry if it was fetched before `fetchedAt`, compared against the exact bytes
-   * read: the other program's value may have come back since the write at the key, and a process of the
-   * fleet may have shared a newer token here meanwhile; that one stays.
+   * Deletes the token the fleet shared beside another program's value (`{key}:wxkit`) if it was fetched
+   * before `fetchedAt`, compared against the exact bytes read: the other program's value may have come
+   * back since the write at the key, and a process of the fleet may have shared a newer token there
+   * meanwhile; that one stays. Read without the beside store (#beside), which a process whose key never
+   * held another program's value need not make: 10,000 accounts would each keep one, about 2 KB.
    */
-  async #deleteOlder(store: GuardedStore, fetchedAt: number): Promise<void> {
-    const raw = await store.get(this.key);
+  async #deleteOlderBeside(store: GuardedStore, fetchedAt: number): Promise<void> {
+    const key = this.#side?.key ?? besideKey(this.key);
+    const raw = await store.get(key);
     if (raw === undefined) return;
-    const { entry } = this.#quietDecode(raw);
-    if (entry?.fetchedAt !== undefined && entry.fetchedAt >= fetchedAt) return;
-    await store.deleteIfEquals(this.key, raw);
+    let entry: StoredEntry | undefined;
+    try {
+      entry = NATIVE.decode(this.#init.field, raw, key);
+    } catch {
+      entry = undefined;
+    }
+    if (entry !== undefined && isPlausibleToken(entry.value) && entry.fetchedAt !== undefined && entry.fetchedAt >= fetchedAt) return;
+    await store.deleteIfEquals(key, raw);
   }
 
   /**
