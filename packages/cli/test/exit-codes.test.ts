@@ -178,7 +178,6 @@ describe('wxkit exit codes and messages', () => {
     expect(spaced.stderr).toContain('OA_SECRET_FROM_FILE holds a space or a control character (a line break at its end, say), which no secret has');
     expect(spaced.stderr).not.toContain(secret);
     expect(mock.counters(appId).tokenRequests).toBe(0);
-    expect(mock.counters(appId).tokenRequests).toBe(0);
   });
 
   it('store unreachable (3): refused, and an authentication failure named as such', async () => {

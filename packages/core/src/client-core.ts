@@ -653,8 +653,9 @@ export function checkClientOptions<T extends ClientOptions>(owner: string, schem
 export { ID_RULE } from './validate.js';
 
 /**
- * A secret, checked as a non-empty string by the schema (never echoed), and here required unless the
- * client does not fetch tokens itself (`tokenSource`, or `refresh: 'never'`).
+ * A secret, checked by the schema (a non-empty string without spaces or control characters, never
+ * echoed), and here required unless the client does not fetch tokens itself (`tokenSource`, or
+ * `refresh: 'never'`).
  */
 export function requireSecret(owner: string, options: ClientOptions & { secret?: string }, name = 'secret'): string | undefined {
   const value = options.secret;
