@@ -1,6 +1,6 @@
 import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
 import { Agent } from 'undici';
-import { besideKey, clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
+import { NOT_IN_SECRET, besideKey, clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
 import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
@@ -308,7 +308,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     const secret = secretFrom(values['secret-env']);
     // Named by its variable, never quoted: a value read from a file keeps its line break, and WeChat
     // would refuse the secret (40125) with nothing to say why.
-    if (secret !== undefined && /[\s\x00-\x1f\x7f-\x9f]/.test(secret)) {
+    if (secret !== undefined && NOT_IN_SECRET.test(secret)) {
       throw new CliError('config', `${values['secret-env'] ?? 'WECHAT_SECRET'} holds a space or a control character (a line break at its end, say), which no secret has`);
     }
     if (action === 'refresh' && secret === undefined) {

@@ -19,6 +19,7 @@ export {
   ID_RULE,
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,
+  NOT_IN_SECRET,
   checkOptions,
   closestName,
   durationMs,

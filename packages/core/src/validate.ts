@@ -164,6 +164,9 @@ export function nonEmptyString(): OptionRule {
   return { allowed: 'a non-empty string', accepts: (value) => typeof value === 'string' && value.trim().length > 0 };
 }
 
+/** What no secret holds: whitespace and control characters (see {@link secretString}). */
+export const NOT_IN_SECRET = /[\s\x00-\x1f\x7f-\x9f]/;
+
 /**
  * A secret (an AppSecret, a corpsecret): a non-empty string without whitespace or control characters.
  * None holds one; a value read from a file keeps its line break, and WeChat would refuse the secret
@@ -172,7 +175,7 @@ export function nonEmptyString(): OptionRule {
 export function secretString(): OptionRule {
   return {
     allowed: 'a non-empty string without spaces or control characters (a line break read from a file, say)',
-    accepts: (value) => typeof value === 'string' && value.length > 0 && !/[\s\x00-\x1f\x7f-\x9f]/.test(value),
+    accepts: (value) => typeof value === 'string' && value.length > 0 && !NOT_IN_SECRET.test(value),
   };
 }
 

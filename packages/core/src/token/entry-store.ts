@@ -313,7 +313,7 @@ export class EntryStore {
    * held another program's value need not make: 10,000 accounts would each keep one, about 2 KB.
    */
   async #deleteOlderBeside(store: GuardedStore, fetchedAt: number): Promise<void> {
-    const key = this.#side?.key ?? besideKey(this.key);
+    const key = besideKey(this.key);
     const raw = await store.get(key);
     if (raw === undefined) return;
     let entry: StoredEntry | undefined;
