@@ -532,6 +532,39 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.close();
   });
 
+  it("the store held another dead token at the delete, which another process deleted before this one read again: the holder still waits for the peer's write", async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    await supersededByPeer(app, cache, appId);
+    // Two peers: the other one's earlier token is in the store, and dead too (two fetches followed it).
+    const earlier = mock.issueClassicToken(appId);
+    mock.issueClassicToken(appId);
+    const peer = mock.issueClassicToken(appId);
+    await cache.set(key, entry(earlier), 6900);
+    expect(mock.isTokenValid(appId, earlier)).toBe(false);
+    writesLate(cache, key, peer);
+    // Once the store answered this process's delete of the rejected token (its read) with the earlier
+    // token, another process of the fleet, rejected with that one, deletes it.
+    let deletedBeside = false;
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (k === key && !deletedBeside && mock.counters(appId).rejectedCalls === 1) {
+        expect(value).toContain(earlier);
+        await cache.delete(key);
+        deletedBeside = true;
+      }
+      return value;
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(deletedBeside).toBe(true);
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 1, rejectedCalls: 1 });
+    // No fetch of wxkit's: it would have superseded the peer's token on its way to the store.
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    await app.close();
+  });
+
   it('a call that comes while the holder waits joins it: no fetch beside the wait', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
     const { peer } = await supersededByPeer(app, cache, appId);

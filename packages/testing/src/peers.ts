@@ -31,6 +31,12 @@ export interface LocklessPeer {
   readonly fetches: number;
   /** Rounds completed. */
   readonly rounds: number;
+  /**
+   * For each write, in order: how long it took from the start of its fetch to the store's
+   * acknowledgement of the write, in ms. A write reaches the store after the token it carries was issued
+   * and before this lag ran out from then: a test can tell a late write (a busy machine) from a prompt one.
+   */
+  readonly writeLags: readonly number[];
   /** Resolves once `count` rounds have completed: an event to wait for instead of a sleep. */
   roundsDone(count: number): Promise<void>;
   /** Stops after the round under way; resolves when it has ended. */
@@ -57,6 +63,7 @@ export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
   url.search = new URLSearchParams({ grant_type: 'client_credential', appid: options.appId, secret: options.secret }).toString();
   let fetches = 0;
   let rounds = 0;
+  const writeLags: number[] = [];
   let stopped = false;
   const waiters: { count: number; resolve: () => void }[] = [];
 
@@ -65,12 +72,14 @@ export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
       let last: { access_token: string; expires_in: number } | undefined;
       for (let i = 0; i < perRound; i += 1) {
         const fetchedAt = Math.floor(Date.now() / 1000);
+        const started = performance.now();
         const body = (await (await fetch(url)).json()) as { access_token?: string; expires_in?: number };
         fetches += 1;
         if (typeof body.access_token === 'string' && typeof body.expires_in === 'number') {
           last = { access_token: body.access_token, expires_in: body.expires_in };
           if (writeLagMs > 0) await new Promise((resolve) => setTimeout(resolve, writeLagMs));
           await options.cache.set(key, encode(last.access_token, last.expires_in, fetchedAt), last.expires_in);
+          writeLags.push(performance.now() - started);
         }
       }
       rounds += 1;
@@ -88,6 +97,9 @@ export function startLocklessPeer(options: LocklessPeerOptions): LocklessPeer {
     },
     get rounds() {
       return rounds;
+    },
+    get writeLags() {
+      return writeLags;
     },
     roundsDone(count) {
       if (rounds >= count) return Promise.resolve();

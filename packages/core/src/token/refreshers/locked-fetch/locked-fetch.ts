@@ -227,7 +227,7 @@ export class LockedFetchRefresher implements Refresher {
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
     } finally {
-      this.#peers.settle(noted, answered, outcome.entry);
+      this.#peers.settle(noted, answered);
     }
     // A token a holder kept in this host's fallback when the shared store refused it (see KeptTokens).
     if (tier.name === 'shared') await this.#kept.forget(value);

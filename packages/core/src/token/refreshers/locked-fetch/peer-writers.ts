@@ -50,7 +50,7 @@ export class PeerWriters {
    * WeChat rejected a token (`known`, the entry it came from) at `at` (performance.now()). Superseded
    * (40001): someone fetched a newer token, which the store may not hold yet (see await()). Noted before
    * the store is asked, so that a refresh of this process that takes the lock meanwhile waits too; taken
-   * back once the store shows it holds a newer one (settle()). Only a program without a lock writes to
+   * back if the store does not answer (settle()). Only a program without a lock writes to
    * the shared store that way (a fallback tier is the fleet's alone), and only once such a writer has
    * shown itself: a rejected token without wxkit's `fetched_by`. Resolves the note, for settle().
    */
@@ -62,10 +62,16 @@ export class PeerWriters {
     return superseded ? (this.#supersededAt = at) : undefined;
   }
 
-  /** The store answered the rejection's compare-and-delete (`answered`) with `entry`: a newer token there takes the note back, and so does no answer. */
-  settle(noted: number | undefined, answered: boolean, entry: StoredEntry | undefined): void {
-    const newer = entry !== undefined && !this.#ctx.rejected(entry.value);
-    if (noted !== undefined && (!answered || newer) && this.#supersededAt === noted) this.#supersededAt = undefined;
+  /**
+   * Whether the store answered the rejection's compare-and-delete. No answer takes the note back: the
+   * process goes on in its fallback, where no peer writes. Another token in the store keeps it: that
+   * token may be a peer's earlier one, as dead as the rejected one, and gone (another process rejected
+   * and deleted it) by the time this process reads again; the peer's newest is still on its way then.
+   * Where that token works, this process uses it, and the note runs out unused (it is only looked at
+   * when the holder's read under the lock misses, and only for PEER_WRITE_WAIT_MS).
+   */
+  settle(noted: number | undefined, answered: boolean): void {
+    if (noted !== undefined && !answered && this.#supersededAt === noted) this.#supersededAt = undefined;
   }
 
   /**
