@@ -101,7 +101,7 @@ describe('item 5: lockless peers refreshing while wxkit sends', () => {
     expect(rejected).toBeGreaterThanOrEqual(BATCHES);
     expect(okOf(results) + errorsOf(results).length).toBe(300);
     // The workers' first token, and none beside the peers but in a round where a write of theirs came
-    // late (a busy machine; none on a quiet one); without the wait, a fetch or more a round.
-    expect(ownFetches).toBeLessThanOrEqual(1 + lateRounds);
+    // late (a busy machine; none on a quiet one), three at most; without the wait, a fetch or more a round.
+    expect(ownFetches).toBeLessThanOrEqual(1 + Math.min(lateRounds, 3));
   });
 });

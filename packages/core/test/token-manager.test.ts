@@ -565,6 +565,39 @@ describe('a 40001 whose newer token a lockless peer has not written yet', () => 
     await app.close();
   });
 
+  it("the holder's read under the lock missed, but this process took up its answer only after the wait's end (held up meanwhile): it still looks once, and takes the peer's write of that moment rather than fetch", async () => {
+    const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic' });
+    const key = app.accessToken.cacheKey;
+    const { peer } = await supersededByPeer(app, cache, appId);
+    let locked = false;
+    let held = false;
+    const add = cache.add!.bind(cache);
+    cache.add = async (k, value, ttl) => {
+      const ok = await add(k, value, ttl);
+      if (k === `${key}:lock` && ok) locked = true;
+      return ok;
+    };
+    const get = cache.get.bind(cache);
+    cache.get = async (k) => {
+      const value = await get(k);
+      if (k === key && locked && !held) {
+        held = true;
+        // The store answered the holder's read (a miss); the peer's write lands 10 ms later, while this
+        // process is stalled for 250 ms before it handles the answer.
+        setTimeout(() => void cache.set(key, entry(peer), 6900), 10);
+        await new Promise((resolve) => setTimeout(resolve, 250));
+      }
+      return value;
+    };
+    await app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+    expect(held).toBe(true);
+    expect(mock.counters(appId)).toMatchObject({ templateSends: 1, rejectedCalls: 1 });
+    // No fetch of wxkit's: the peer's token was in the store 240 ms before this process would have fetched.
+    expect(mock.counters(appId).classicTokenRequests).toBe(0);
+    expect(await app.accessToken.getToken()).toBe(peer);
+    await app.close();
+  });
+
   it('a call that comes while the holder waits joins it: no fetch beside the wait', async () => {
     const { app, appId, cache } = newApp(mock, { tokenEndpoint: 'classic', memoMs: 0 });
     const { peer } = await supersededByPeer(app, cache, appId);

@@ -287,7 +287,9 @@ export async function pollWithBackoff<T>(
  * rejected (another program's write): at each look the pace calls for, and as soon as the store reports
  * a write to the key (another program may write without the store reporting it: a short wait passes
  * {@link POLL_PACE}). `lookFirst`: the watch is armed and the store looked at once, before the first
- * pause, so that a write just after the caller's own last look is not missed. Undefined when none came
+ * pause, so that a write just after the caller's own last look is not missed; once, even where `waitMs`
+ * has run out already (the caller's own look may be older than it seems: an answer its process was too
+ * busy to take up at once). Undefined when none came
  * in time or the wait ended (`ended`: the client's close() unless given); the time runs from the call, and the last look may take one read (a
  * get, and a TTL query for formats without an expiry) longer. A store call that fails counts as nothing
  * yet: the wait goes on.
@@ -305,6 +307,7 @@ export function awaitNewEntry(
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value)).catch(() => undefined);
     return read?.kind === 'hit' && read.entry.value !== replaced ? { entry: read.entry, tier: tier.name, fetched: false, asked: false } : undefined;
   };
+  if (lookFirst && waitMs <= 0) return ended.aborted ? Promise.resolve(undefined) : look();
   const wakeup = new Wakeup((onChange) => ctx.tiers.shared.watch(ctx.entries.keys, onChange), ended);
   if (lookFirst) wakeup.lookNow();
   return pollWithBackoff(waitMs, look, wakeup, ended, pace);

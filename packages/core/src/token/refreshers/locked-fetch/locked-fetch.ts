@@ -216,18 +216,14 @@ export class LockedFetchRefresher implements Refresher {
     this.#pause.report(started, accepted);
     const tier = ctx.tiers.current(ctx.key);
     // Superseded (40001): a lockless writer's newer token may be on its way (see PeerWriters).
-    const noted = this.#peers.rejected(known, errcode, tier, started);
+    this.#peers.rejected(known, errcode, tier, started);
     let outcome: Awaited<ReturnType<typeof ctx.entries.deleteIfHolds>> = { deleted: false, entry: undefined };
-    let answered = false;
     try {
       outcome = await ctx.entries.deleteIfHolds(tier.entries, value);
-      answered = true;
     } catch (error) {
       // The store is down: the rejected list keeps this process off the value, and the next read that
       // reaches the store decides.
       if (!(error instanceof CacheError)) throw error;
-    } finally {
-      this.#peers.settle(noted, answered);
     }
     // A token a holder kept in this host's fallback when the shared store refused it (see KeptTokens).
     if (tier.name === 'shared') await this.#kept.forget(value);

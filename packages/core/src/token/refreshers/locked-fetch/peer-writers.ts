@@ -49,29 +49,21 @@ export class PeerWriters {
   /**
    * WeChat rejected a token (`known`, the entry it came from) at `at` (performance.now()). Superseded
    * (40001): someone fetched a newer token, which the store may not hold yet (see await()). Noted before
-   * the store is asked, so that a refresh of this process that takes the lock meanwhile waits too; taken
-   * back if the store does not answer (settle()). Only a program without a lock writes to
-   * the shared store that way (a fallback tier is the fleet's alone), and only once such a writer has
-   * shown itself: a rejected token without wxkit's `fetched_by`. Resolves the note, for settle().
+   * the store is asked, so that a refresh of this process that takes the lock meanwhile waits too, and
+   * kept whatever the store then answers: another token there may be a peer's earlier one, as dead as the
+   * rejected one and deleted by another process before this one reads again, while the peer's newest is
+   * still on its way. Where that token works, this process uses it; the note is looked at only when a
+   * holder's read under the lock misses within PEER_WRITE_WAIT_MS of the rejection (the key expired, was
+   * cleared, or another process was rejected with its token), and costs that wait at most. Only a program
+   * without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and only
+   * once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
    */
-  rejected(known: StoredEntry | undefined, errcode: number | undefined, tier: Tier, at: number): number | undefined {
+  rejected(known: StoredEntry | undefined, errcode: number | undefined, tier: Tier, at: number): void {
     if (known !== undefined && known.fetchedBy === undefined) this.#shown = true;
     // Where every writer takes the lock (WxJava's; its format records no `fetched_by`), whoever fetched
     // the newer token writes it before its release: a holder of the lock has nothing to wait for.
     const superseded = errcode === 40001 && tier.name === 'shared' && this.#shown && this.#ctx.entries.schema.writersLock !== true;
-    return superseded ? (this.#supersededAt = at) : undefined;
-  }
-
-  /**
-   * Whether the store answered the rejection's compare-and-delete. No answer takes the note back: the
-   * process goes on in its fallback, where no peer writes. Another token in the store keeps it: that
-   * token may be a peer's earlier one, as dead as the rejected one, and gone (another process rejected
-   * and deleted it) by the time this process reads again; the peer's newest is still on its way then.
-   * Where that token works, this process uses it, and the note runs out unused (it is only looked at
-   * when the holder's read under the lock misses, and only for PEER_WRITE_WAIT_MS).
-   */
-  settle(noted: number | undefined, answered: boolean): void {
-    if (noted !== undefined && !answered && this.#supersededAt === noted) this.#supersededAt = undefined;
+    if (superseded) this.#supersededAt = at;
   }
 
   /**
@@ -94,6 +86,8 @@ export class PeerWriters {
     // callers'. A holder that let the lock go early would hand it to another process that knows of no
     // 40001 and fetches at once, superseding the token the peer is about to write. It is short (close()
     // waits for the holder's section anyway), and a refresh nobody waits for fetches nothing after it.
-    return left > 0 ? awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, UNENDED) : undefined;
+    // A wait already over still takes one look: the read under the lock that missed may have been answered
+    // before the peer's write, and taken up only after this process was held up past the wait's end.
+    return awaitNewEntry(this.#ctx, left, request.current, true, POLL_PACE, UNENDED);
   }
 }
