@@ -262,6 +262,12 @@ export interface CacheUnavailableEvent extends TokenEventBase {
    * written once per store and outage (once per logger, where clients log to different ones).
    */
   clients: number;
+  /**
+   * Outages in a row, this one included, each of which began within a minute of the last one's end (the
+   * store flapping: most often its reads answer while its writes fail); 0 where this one did not. Only
+   * the first of each minute is written to the log; every one is emitted.
+   */
+  again: number;
 }
 
 /** `cache.recovered`. */

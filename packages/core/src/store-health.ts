@@ -9,6 +9,12 @@ import { CacheError } from './errors.js';
 // N accounts on one Redis make one probe, not N.
 const PROBE_MIN_MS = 250;
 const PROBE_MAX_MS = 1_000;
+// An outage that begins within a minute of the last one's end is the store flapping: most often its reads
+// answer while its writes fail (a read-only replica, a store full under `noeviction`, an ACL without write
+// rights), so the probe, a read, finds it back and the next write takes it down again, four times a second
+// under steady traffic. The first such outage of a minute is written, saying so; the others of that
+// minute, and their recoveries, are told as events only.
+const FLAP_WINDOW_MS = 60_000;
 
 /** A client of a store, as its health sees it: a GuardedStore (see store.ts). */
 export interface StoreUser {
@@ -17,7 +23,7 @@ export interface StoreUser {
   /** Where the client's log lines go (see GuardedStore.logSink). */
   readonly logSink: unknown;
   probe(key: string): Promise<unknown>;
-  reportUnavailable(op: string, key: string | undefined, error: CacheError, clients: number, line: boolean): void;
+  reportUnavailable(op: string, key: string | undefined, error: CacheError, clients: number, line: boolean, again: number): void;
   reportRecovered(op: string, clients: number, line: boolean, health: StoreHealth): void;
 }
 
@@ -40,7 +46,12 @@ export class StoreHealth {
   // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
   // `heard`: the clients' logs (their events) told of it, so that a client's new handle on the store
   // (setCache() with the same store) does not hear of it twice.
-  #outage: { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object>; heard: WeakSet<object> } | undefined;
+  // `lines`: whether its lines are written (not so for a flap after the first of its minute).
+  #outage:
+    | { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object>; heard: WeakSet<object>; lines: boolean; again: number }
+    | undefined;
+  /** When (performance.now()) the last outage ended, and the flapping under way: outages so far, and when one was last written. */
+  #flapping: { recoveredAt: number; outages: number; writtenAt: number | undefined } | undefined;
 
   join(user: StoreUser): void {
     const ref = new WeakRef(user);
@@ -84,9 +95,15 @@ export class StoreHealth {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
       const users = this.users();
-      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet() };
+      const { lines, again } = this.#flap();
+      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet(), lines, again };
       for (const each of users) this.#outage.heard.add(each.events);
-      this.#report(users, user, (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line), this.#outage.sinks);
+      this.#report(
+        users,
+        user,
+        (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line && lines, again),
+        this.#outage.sinks,
+      );
     }
     this.#scheduleProbe(user);
   }
@@ -95,10 +112,29 @@ export class StoreHealth {
     clearTimeout(this.#probeTimer);
     this.#probeTimer = undefined;
     this.down = false;
+    const lines = this.#outage?.lines ?? true;
     this.#outage = undefined;
     this.#probeDelayMs = PROBE_MIN_MS;
+    this.#flapping = { recoveredAt: performance.now(), outages: this.#flapping?.outages ?? 1, writtenAt: this.#flapping?.writtenAt };
     const users = this.users();
-    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line, this));
+    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line && lines, this));
+  }
+
+  /**
+   * An outage begins: whether its lines are written, and how many outages in a row (this one included)
+   * each began within FLAP_WINDOW_MS of the last one's end (0 where it is the first).
+   */
+  #flap(): { lines: boolean; again: number } {
+    const now = performance.now();
+    const last = this.#flapping;
+    if (last === undefined || now - last.recoveredAt >= FLAP_WINDOW_MS) {
+      this.#flapping = undefined;
+      return { lines: true, again: 0 };
+    }
+    const outages = last.outages + 1;
+    const lines = last.writtenAt === undefined || now - last.writtenAt >= FLAP_WINDOW_MS;
+    this.#flapping = { recoveredAt: last.recoveredAt, outages, writtenAt: lines ? now : last.writtenAt };
+    return { lines, again: outages };
   }
 
   /**
@@ -129,7 +165,7 @@ export class StoreHealth {
     const sink = user.logSink as object | undefined;
     const line = sink !== undefined && !outage.sinks.has(sink);
     if (line) outage.sinks.add(sink);
-    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), this.users().length, line);
+    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), this.users().length, line && outage.lines, outage.again);
   }
 
   /**

@@ -420,12 +420,15 @@ export class GuardedStore implements StoreUser {
    * @internal The store just failed: this client's event, and the outage's one warning when `line` (the
    * first client of its logger). `clients`: how many clients of this process use the store.
    */
-  reportUnavailable(op: string, key: string | undefined, error: CacheError, clients = 1, line = true): void {
-    const fields = { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error), clients };
+  reportUnavailable(op: string, key: string | undefined, error: CacheError, clients = 1, line = true, again = 0): void {
+    const fields = { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error), clients, again };
+    const once = clients > 1 ? `one warning per store and outage, for the ${clients} clients of this process that use it` : 'one warning per outage';
     const message =
-      clients > 1
-        ? `The token store failed; serving tokens from this process until it answers again (one warning per store and outage, for the ${clients} clients of this process that use it)`
-        : 'The token store failed; serving tokens from this process until it answers again (one warning per outage)';
+      again > 0
+        ? `The token store failed again (${op}) within a minute of answering, ${again} outages in a row so: a store whose reads answer while its writes fail does so ` +
+          `(a read-only replica, a store full under noeviction, an ACL without write rights); serving tokens from this process until it answers again ` +
+          `(${once}; the outages of the next minute are not written)`
+        : `The token store failed; serving tokens from this process until it answers again (${once})`;
     if (line) this.#log.warn(fields, message);
     else this.#log.event('warn', fields, message);
   }

@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { FileCache, OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
+import { CacheError, FileCache, MemoryCache, OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
 import { recordingLogger } from './helpers.js';
 
 // Issue 14: a platform runs thousands of clients on one store. An outage of that store is one event,
@@ -53,6 +53,42 @@ describe('a store outage is logged once per store, not once per client', () => {
       expect(lines(otherLogger, 'cache.recovered')).toHaveLength(outage);
     }
     await Promise.all(apps.map((app) => app.close()));
+  });
+});
+
+describe('a store whose reads answer while its writes fail (a read-only replica): the outages a probe ends and the next write begins', () => {
+  it('the first outage and the first of each minute after it are written, every one emitted with how many came in a row', async () => {
+    /** A store that reads, and refuses every write as a read-only replica does. */
+    class ReadOnly extends MemoryCache {
+      readonly refused = () => Promise.reject(new CacheError("READONLY You can't write against a read only replica."));
+      override set = this.refused;
+      override add = this.refused;
+      override compareAndSet = this.refused;
+      override deleteIfEquals = this.refused;
+    }
+    const logger = recordingLogger();
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new ReadOnly(), logger, memoMs: 0, fallbackDir: false });
+    const heard: CacheUnavailableEvent[] = [];
+    app.on('cache.unavailable', (event) => heard.push(event));
+    const lines = (event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    // The store holds no token (its writes fail): a call's lock write takes it down, and the host serves;
+    // the probe, a read, finds it back; the next write (a call's, or the host's token offered back to the
+    // store) takes it down again.
+    while (heard.length < 5) {
+      const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+      await app.accessToken.getToken();
+      await recovered;
+    }
+    const again = heard.map((event) => event.again);
+    expect(again).toEqual([0, ...again.slice(1).map((_, i) => i + 2)]);
+    // The first outage, and the first flap of the minute, which says so; none of the three after it.
+    expect(lines('cache.unavailable')).toHaveLength(2);
+    expect(lines('cache.unavailable')[1]!.message).toMatch(/failed again \(\w+\) within a minute of answering, 2 outages in a row/);
+    expect(lines('cache.recovered')).toHaveLength(2);
+    // The host's one token served every call.
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    await app.close();
   });
 });
 
