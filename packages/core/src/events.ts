@@ -265,7 +265,7 @@ export interface CacheUnavailableEvent extends TokenEventBase {
   /**
    * Outages in a row, this one included, each of which began within a minute of the last one's end (the
    * store flapping: most often its reads answer while its writes fail); 0 where this one did not. Only
-   * the first of each minute is written to the log; every one is emitted.
+   * the first of each minute is written to the log (and any that lasts 5 s); every one is emitted.
    */
   again: number;
 }

@@ -59,6 +59,11 @@ export class Log {
     this.#emit(level, fields, message, false);
   }
 
+  /** The line alone, without the event: the event was emitted already. */
+  line(level: Level, fields: LogFields, message: string): void {
+    this.#write(level, fields, message);
+  }
+
   debug(fields: LogFields, message: string): void {
     this.#emit('debug', fields, message);
   }
@@ -79,7 +84,11 @@ export class Log {
     deliver(this.#events.emitter, fields, level, message);
     // The store's events are the platform's own already (reported once, not once per client).
     if (this.#also && !fields.event.startsWith('cache.')) deliver(this.#also.emitter, fields, level, message);
-    const target = line ? this.#target : undefined;
+    if (line) this.#write(level, fields, message);
+  }
+
+  #write(level: Level, fields: LogFields, message: string): void {
+    const target = this.#target;
     const fn = target?.[level] ?? (level === 'error' ? target?.warn : undefined);
     if (!target || typeof fn !== 'function') return;
     try {

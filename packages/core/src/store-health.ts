@@ -15,6 +15,9 @@ const PROBE_MAX_MS = 1_000;
 // under steady traffic. The first such outage of a minute is written, saying so; the others of that
 // minute, and their recoveries, are told as events only.
 const FLAP_WINDOW_MS = 60_000;
+// A flap not written is written once it has lasted this long (seen by a probe that fails): a store down
+// for good right after a blip, or a flap that does not end, is an outage the log must tell of.
+const FLAP_LASTING_MS = 5_000;
 
 /** A client of a store, as its health sees it: a GuardedStore (see store.ts). */
 export interface StoreUser {
@@ -25,6 +28,8 @@ export interface StoreUser {
   probe(key: string): Promise<unknown>;
   reportUnavailable(op: string, key: string | undefined, error: CacheError, clients: number, line: boolean, again: number): void;
   reportRecovered(op: string, clients: number, line: boolean, health: StoreHealth): void;
+  /** The line alone of an outage whose event was emitted when it began, not written then: it has lasted `lastedMs`. */
+  reportStillDown(op: string, error: CacheError, clients: number, again: number, lastedMs: number): void;
 }
 
 /**
@@ -46,9 +51,19 @@ export class StoreHealth {
   // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
   // `heard`: the clients' logs (their events) told of it, so that a client's new handle on the store
   // (setCache() with the same store) does not hear of it twice.
-  // `lines`: whether its lines are written (not so for a flap after the first of its minute).
+  // `lines`: whether its lines are written (not so for a flap after the first of its minute, until it
+  // has lasted FLAP_LASTING_MS). `since`: when (performance.now()) it began.
   #outage:
-    | { op: string; failure: string; reason: CacheError['reason']; sinks: WeakSet<object>; heard: WeakSet<object>; lines: boolean; again: number }
+    | {
+        op: string;
+        failure: string;
+        reason: CacheError['reason'];
+        sinks: WeakSet<object>;
+        heard: WeakSet<object>;
+        lines: boolean;
+        again: number;
+        since: number;
+      }
     | undefined;
   /** When (performance.now()) the last outage ended, and the flapping under way: outages so far, and when one was last written. */
   #flapping: { recoveredAt: number; outages: number; writtenAt: number | undefined } | undefined;
@@ -91,12 +106,13 @@ export class StoreHealth {
     this.#probeKey = key;
     if (this.down) {
       this.#probeDelayMs = Math.min(this.#probeDelayMs * 2, PROBE_MAX_MS);
+      this.#lasting();
     } else {
       this.down = true;
       this.#probeDelayMs = PROBE_MIN_MS;
       const users = this.users();
       const { lines, again } = this.#flap();
-      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet(), lines, again };
+      this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet(), lines, again, since: performance.now() };
       for (const each of users) this.#outage.heard.add(each.events);
       this.#report(
         users,
@@ -118,6 +134,28 @@ export class StoreHealth {
     this.#flapping = { recoveredAt: performance.now(), outages: this.#flapping?.outages ?? 1, writtenAt: this.#flapping?.writtenAt };
     const users = this.users();
     this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line && lines, this));
+  }
+
+  /**
+   * The store still fails: an outage not written (a flap after the first of its minute) that has lasted
+   * FLAP_LASTING_MS is written now, once per logger, its event not emitted again; its recovery is written too.
+   */
+  #lasting(): void {
+    const outage = this.#outage;
+    if (outage === undefined || outage.lines) return;
+    const lastedMs = performance.now() - outage.since;
+    if (lastedMs < FLAP_LASTING_MS) return;
+    outage.lines = true;
+    if (this.#flapping) this.#flapping.writtenAt = performance.now();
+    const users = this.users();
+    const written = new WeakSet<object>();
+    for (const each of users) {
+      const sink = each.logSink as object | undefined;
+      if (sink === undefined || written.has(sink)) continue;
+      written.add(sink);
+      outage.sinks.add(sink);
+      each.reportStillDown(outage.op, new CacheError(outage.failure, { reason: outage.reason }), users.length, outage.again, lastedMs);
+    }
   }
 
   /**

@@ -85,7 +85,11 @@ export class GuardedStore implements StoreUser {
   get down(): boolean {
     const whole = this.#whole;
     let down = whole?.down ?? false;
-    if (down) whole!.refused(this);
+    if (down) {
+      // A client made during the outage hears of it at its first use, as one of a part does (see #healthOf).
+      whole!.joinedDuringOutage(this);
+      whole!.refused(this);
+    }
     for (const part of this.#parts?.values() ?? []) {
       if (!part.down) continue;
       part.refused(this);
@@ -101,6 +105,7 @@ export class GuardedStore implements StoreUser {
   downFor(key: string): boolean {
     const health = this.#healthOf(key);
     if (!health.down) return false;
+    health.joinedDuringOutage(this);
     health.refused(this);
     return true;
   }
@@ -427,10 +432,25 @@ export class GuardedStore implements StoreUser {
       again > 0
         ? `The token store failed again (${op}) within a minute of answering, ${again} outages in a row so: a store whose reads answer while its writes fail does so ` +
           `(a read-only replica, a store full under noeviction, an ACL without write rights); serving tokens from this process until it answers again ` +
-          `(${once}; the outages of the next minute are not written)`
+          `(${once}; the outages of the next minute are written only if one lasts 5 s)`
         : `The token store failed; serving tokens from this process until it answers again (${once})`;
     if (line) this.#log.warn(fields, message);
     else this.#log.event('warn', fields, message);
+  }
+
+  /**
+   * @internal An outage whose event this client emitted when it began, a flap not written then, has lasted
+   * `lastedMs`: its warning, the line alone.
+   */
+  reportStillDown(op: string, error: CacheError, clients: number, again: number, lastedMs: number): void {
+    const fields = { event: 'cache.unavailable', appId: this.#appId, op, error: describeError(error), clients, again };
+    const once = clients > 1 ? `one warning per store and outage, for the ${clients} clients of this process that use it` : 'one warning per outage';
+    this.#log.line(
+      'warn',
+      fields,
+      `The token store failed again (${op}) ${Math.round(lastedMs / 1000)} s ago, ${again} outages in a row each within a minute of the last one's end, ` +
+        `and still does not answer; serving tokens from this process until it answers again (${once})`,
+    );
   }
 
   /** @internal The store answers again: this client's event and recovery listeners, and one line per logger. */

@@ -92,6 +92,85 @@ describe('a store whose reads answer while its writes fail (a read-only replica)
   });
 });
 
+describe('a store down for good right after outages within a minute of each other', () => {
+  it('an outage whose minute was written already is written once it has lasted 5 s, its event not emitted again, and its recovery written', async () => {
+    const store = switchableStore();
+    const logger = recordingLogger();
+    const { appId, secret } = mock.createApp();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, logger, memoMs: 0, fallbackDir: false });
+    const heard: CacheUnavailableEvent[] = [];
+    let recoveries = 0;
+    app.on('cache.unavailable', (event) => heard.push(event));
+    app.on('cache.recovered', () => (recoveries += 1));
+    const lines = (event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    await app.accessToken.getToken();
+    // The clock of the outages, moved on where the test says so.
+    const clock = performance.now.bind(performance);
+    let ahead = 0;
+    const now = vi.spyOn(performance, 'now').mockImplementation(() => clock() + ahead);
+    try {
+      // Two short outages and the start of a third, within a minute of each other.
+      for (let outage = 1; outage <= 3; outage += 1) {
+        store.down();
+        await app.accessToken.getToken();
+        expect(heard).toHaveLength(outage);
+        if (outage === 3) break;
+        store.up();
+        await vi.waitFor(() => expect(recoveries).toBe(outage), { timeout: 5_000 });
+      }
+      expect(heard.map((event) => event.again)).toEqual([0, 2, 3]);
+      // The third is the second flap of the minute: not written, for now.
+      expect(lines('cache.unavailable')).toHaveLength(2);
+      expect(lines('cache.recovered')).toHaveLength(2);
+      // It lasts: the store is down for good, and the log must say so.
+      ahead += 5_000;
+      await vi.waitFor(() => expect(lines('cache.unavailable')).toHaveLength(3), { timeout: 5_000 });
+      expect(lines('cache.unavailable')[2]!.message).toMatch(/still does not answer/);
+      expect(lines('cache.unavailable')[2]!.fields).toMatchObject({ again: 3 });
+      // Written, not emitted again: its event was heard when it began.
+      expect(heard).toHaveLength(3);
+      // Its recovery is written too: each line written has its recovery line.
+      store.up();
+      await vi.waitFor(() => expect(lines('cache.recovered')).toHaveLength(3), { timeout: 5_000 });
+      expect(recoveries).toBe(3);
+    } finally {
+      now.mockRestore();
+      await app.close();
+    }
+  });
+});
+
+describe('a client made during an outage of a store that names no parts', () => {
+  it("its logger has the outage's warning at the client's first use, before its recovery line", async () => {
+    const store = switchableStore();
+    const [first, later] = [recordingLogger(), recordingLogger()];
+    const made = (logger: typeof first) => {
+      const { appId, secret } = mock.createApp();
+      return new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, logger, memoMs: 0, fallbackDir: false });
+    };
+    const lines = (logger: typeof first, event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    const one = made(first);
+    store.down();
+    await one.accessToken.getToken();
+    expect(lines(first, 'cache.unavailable')).toHaveLength(1);
+    const other = made(later);
+    const heard: CacheUnavailableEvent[] = [];
+    other.on('cache.unavailable', (event) => heard.push(event));
+    await other.accessToken.getToken();
+    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    expect(heard).toHaveLength(1);
+    // Heard once: a later call does not tell it again.
+    await other.accessToken.getToken();
+    expect(heard).toHaveLength(1);
+    const recovered = new Promise((resolve) => other.once('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    expect(lines(later, 'cache.recovered')).toHaveLength(1);
+    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    await Promise.all([one.close(), other.close()]);
+  });
+});
+
 describe("the warning names the store's failure", () => {
   it('with the code of its cause once, where the store names it itself (FileCache)', async () => {
     const root = mkdtempSync(join(tmpdir(), 'wxkit-outage-'));
