@@ -567,6 +567,9 @@ async function redisProxy(port: number, beforeForward: (chunk: Buffer) => void):
     });
     client.on('close', () => upstream.destroy());
     upstream.on('close', () => client.destroy());
+    // A command that exits resets its connection: that ends the pair, it is no failure of the test.
+    client.on('error', () => undefined);
+    upstream.on('error', () => undefined);
   });
   await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
   return { url: `redis://127.0.0.1:${(proxy.address() as { port: number }).port}`, close: () => proxy.close() };

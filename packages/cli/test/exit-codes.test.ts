@@ -220,6 +220,8 @@ describe('wxkit exit codes and messages', () => {
       });
       client.on('close', () => upstream.destroy());
       upstream.on('close', () => client.destroy());
+      client.on('error', () => undefined);
+      upstream.on('error', () => undefined);
     });
     await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {

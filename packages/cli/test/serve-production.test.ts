@@ -277,7 +277,10 @@ describe('wxkit serve in production', () => {
     // A store that takes connections and never answers: the first probe holds start-up for its timeout.
     let reached!: () => void;
     const probed = new Promise<void>((resolve) => (reached = resolve));
-    const silent = createServer((socket) => socket.once('data', () => reached()));
+    const silent = createServer((socket) => {
+      socket.on('error', () => undefined);
+      socket.once('data', () => reached());
+    });
     await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
     const config = join(dir, 'silent.json');
     writeFileSync(config, JSON.stringify({ keysEnv: 'TEST_SERVE_KEYS', baseUrl: mock.url, apps: [{ app: `oa:${good.appId}`, secretEnv: 'GOOD_SECRET' }] }));

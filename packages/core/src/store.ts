@@ -286,6 +286,9 @@ export class GuardedStore implements StoreUser {
       );
     }
     const health = this.#healthOf(key);
+    // A client made during the outage hears of it at its first call too, refused or sent with `insist`,
+    // not only at a look at `down`: else its logger would get the recovery line without the warning.
+    if (health.down) health.joinedDuringOutage(this);
     if (health.down && !insist) {
       const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
       NOT_SENT.add(refused);

@@ -4,6 +4,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { CacheError, FileCache, MemoryCache, OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
+import { Log } from '../src/logger.js';
+import { GuardedStore } from '../src/store.js';
 import { recordingLogger } from './helpers.js';
 
 // Issue 14: a platform runs thousands of clients on one store. An outage of that store is one event,
@@ -168,6 +170,24 @@ describe('a client made during an outage of a store that names no parts', () => 
     expect(lines(later, 'cache.recovered')).toHaveLength(1);
     expect(lines(later, 'cache.unavailable')).toHaveLength(1);
     await Promise.all([one.close(), other.close()]);
+  });
+
+  it("whose first use of the store is a call the breaker refuses (a durable store's read): its logger has the warning before its recovery line", async () => {
+    const store = switchableStore();
+    const [first, later] = [recordingLogger(), recordingLogger()];
+    const lines = (logger: typeof first, event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    const one = new GuardedStore(store.cache, 1000, new Log(first), 'wxfirst');
+    store.down();
+    await expect(one.get('k')).rejects.toThrow();
+    expect(lines(first, 'cache.unavailable')).toHaveLength(1);
+    // Made during the outage; its first call is refused without a look at `down`.
+    const other = new GuardedStore(store.cache, 1000, new Log(later), 'wxlater');
+    await expect(other.get('k')).rejects.toThrow(/was not sent/);
+    store.up();
+    await vi.waitFor(() => expect(lines(later, 'cache.recovered')).toHaveLength(1), { timeout: 5_000 });
+    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    one.dispose();
+    other.dispose();
   });
 });
 

@@ -52,9 +52,10 @@ export class PeerWriters {
    * the store is asked, so that a refresh of this process that takes the lock meanwhile waits too, and
    * kept whatever the store then answers: another token there may be a peer's earlier one, as dead as the
    * rejected one and deleted by another process before this one reads again, while the peer's newest is
-   * still on its way. Where that token works, this process uses it; the note is looked at only when a
-   * holder's read under the lock misses within PEER_WRITE_WAIT_MS of the rejection (the key expired, was
-   * cleared, or another process was rejected with its token), and costs that wait at most. Only a program
+   * still on its way. Where that token works, this process uses it; the note is looked at when a
+   * holder's read under the lock misses next (the key expired, was cleared, or another process was
+   * rejected with its token), and costs what is left of PEER_WRITE_WAIT_MS from the rejection, or one
+   * look where nothing is left (see await()). Only a program
    * without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and only
    * once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
    */
