@@ -144,6 +144,12 @@ function test() {
     failed = 1;
     console.error('vitest wrote no report; counting the run as failed.');
   }
+  // vitest fails a run with every test green when it caught an error outside them (an unhandled
+  // rejection, a socket's uncaught error): the line must say so too, not "0 failed" beside a failed run.
+  if (status !== 0 && failed === 0) {
+    failed = 1;
+    console.error('vitest failed the run with no failed test (an error outside the tests: see "Unhandled Errors" above); counting it as one failure.');
+  }
   if (skipped > 0) console.log(`${skipped} skipped (not counted as passed)`);
   console.log(`${passed} passed, ${failed} failed`);
   process.exit(failed > 0 || status !== 0 ? 1 : 0);
