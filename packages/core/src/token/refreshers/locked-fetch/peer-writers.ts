@@ -55,9 +55,9 @@ export class PeerWriters {
    * still on its way. Where that token works, this process uses it; the note is looked at when a
    * holder's read under the lock misses next (the key expired, was cleared, or another process was
    * rejected with its token), and costs what is left of PEER_WRITE_WAIT_MS from the rejection, or one
-   * look where nothing is left (see await()). Only a program
-   * without a lock writes to the shared store that way (a fallback tier is the fleet's alone), and only
-   * once such a writer has shown itself: a rejected token without wxkit's `fetched_by`.
+   * look where nothing is left (see await()). Only a program without a lock writes to the shared store
+   * that way (a fallback tier is the fleet's alone), and only once such a writer has shown itself: a
+   * rejected token without wxkit's `fetched_by`.
    */
   rejected(known: StoredEntry | undefined, errcode: number | undefined, tier: Tier, at: number): void {
     if (known !== undefined && known.fetchedBy === undefined) this.#shown = true;
