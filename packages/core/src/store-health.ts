@@ -27,7 +27,8 @@ export interface StoreUser {
   readonly logSink: unknown;
   probe(key: string): Promise<unknown>;
   reportUnavailable(op: string, key: string | undefined, error: CacheError, clients: number, line: boolean, again: number): void;
-  reportRecovered(op: string, clients: number, line: boolean, health: StoreHealth): void;
+  /** `emit`: false for a second handle of a client told already (its recovery listeners still run). */
+  reportRecovered(op: string, clients: number, line: boolean, health: StoreHealth, emit: boolean): void;
   /** The line alone of an outage whose event was emitted when it began, not written then: it has lasted `lastedMs`. */
   reportStillDown(op: string, error: CacheError, clients: number, again: number, lastedMs: number): void;
 }
@@ -114,10 +115,13 @@ export class StoreHealth {
       const { lines, again } = this.#flap();
       this.#outage = { op, failure: describeError(error), reason: error.reason, sinks: new WeakSet(), heard: new WeakSet(), lines, again, since: performance.now() };
       for (const each of users) this.#outage.heard.add(each.events);
+      const clients = StoreHealth.clients(users);
       this.#report(
         users,
         user,
-        (each, line) => each.reportUnavailable(op, each === user ? key : undefined, error, users.length, line && lines, again),
+        (each, line, emit) => {
+          if (emit) each.reportUnavailable(op, each === user ? key : undefined, error, clients, line && lines, again);
+        },
         this.#outage.sinks,
       );
     }
@@ -133,7 +137,8 @@ export class StoreHealth {
     this.#probeDelayMs = PROBE_MIN_MS;
     this.#flapping = { recoveredAt: performance.now(), outages: this.#flapping?.outages ?? 1, writtenAt: this.#flapping?.writtenAt };
     const users = this.users();
-    this.#report(users, undefined, (each, line) => each.reportRecovered(op, users.length, line && lines, this));
+    const clients = StoreHealth.clients(users);
+    this.#report(users, undefined, (each, line, emit) => each.reportRecovered(op, clients, line && lines, this, emit));
   }
 
   /**
@@ -154,7 +159,7 @@ export class StoreHealth {
       if (sink === undefined || written.has(sink)) continue;
       written.add(sink);
       outage.sinks.add(sink);
-      each.reportStillDown(outage.op, new CacheError(outage.failure, { reason: outage.reason }), users.length, outage.again, lastedMs);
+      each.reportStillDown(outage.op, new CacheError(outage.failure, { reason: outage.reason }), StoreHealth.clients(users), outage.again, lastedMs);
     }
   }
 
@@ -180,15 +185,33 @@ export class StoreHealth {
    * per logger, through `first` where it is one: 10,000 clients on one store and one logger make one
    * line per outage, not 10,000.
    */
-  #report(users: readonly StoreUser[], first: StoreUser | undefined, tell: (each: StoreUser, line: boolean) => void, written: WeakSet<object> = new WeakSet()): void {
+  #report(
+    users: readonly StoreUser[],
+    first: StoreUser | undefined,
+    tell: (each: StoreUser, line: boolean, emit: boolean) => void,
+    written: WeakSet<object> = new WeakSet(),
+  ): void {
     const line = (each: StoreUser) => {
       const sink = each.logSink as object | undefined;
       if (sink === undefined || written.has(sink)) return false;
       written.add(sink);
       return true;
     };
-    if (first !== undefined && this.has(first)) tell(first, line(first));
-    for (const each of users) if (each !== first) tell(each, line(each));
+    // Two handles of one client on this store (an OpenPlatform whose durable store is its cache) share
+    // their events: the client hears of it once.
+    const told = new WeakSet<object>();
+    const emit = (each: StoreUser) => {
+      if (told.has(each.events)) return false;
+      told.add(each.events);
+      return true;
+    };
+    if (first !== undefined && this.has(first)) tell(first, line(first), emit(first));
+    for (const each of users) if (each !== first) tell(each, line(each), emit(each));
+  }
+
+  /** The clients among `users`: handles that share their events (see #report) count once. */
+  static clients(users: readonly StoreUser[]): number {
+    return new Set(users.map((each) => each.events)).size;
   }
 
   /**
@@ -203,7 +226,7 @@ export class StoreHealth {
     const sink = user.logSink as object | undefined;
     const line = sink !== undefined && !outage.sinks.has(sink);
     if (line) outage.sinks.add(sink);
-    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), this.users().length, line && outage.lines, outage.again);
+    user.reportUnavailable(outage.op, undefined, new CacheError(outage.failure, { reason: outage.reason }), StoreHealth.clients(this.users()), line && outage.lines, outage.again);
   }
 
   /**

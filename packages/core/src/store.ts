@@ -457,11 +457,11 @@ export class GuardedStore implements StoreUser {
   }
 
   /** @internal The store answers again: this client's event and recovery listeners, and one line per logger. */
-  reportRecovered(op: string, clients = 1, line = true, health?: StoreHealth): void {
+  reportRecovered(op: string, clients = 1, line = true, health?: StoreHealth, emit = true): void {
     const fields = { event: 'cache.recovered', appId: this.#appId, op, clients };
     const message = 'The token store answers again; sharing tokens through it once more';
     if (line) this.#log.info(fields, message);
-    else this.#log.event('info', fields, message);
+    else if (emit) this.#log.event('info', fields, message);
     const listeners: (() => void)[] = [];
     for (const [listener, part] of this.#recoveryListeners ?? []) {
       if (part !== undefined && health !== undefined && part !== health) continue;

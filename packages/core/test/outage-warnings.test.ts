@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -188,6 +189,30 @@ describe('a client made during an outage of a store that names no parts', () => 
     expect(lines(later, 'cache.unavailable')).toHaveLength(1);
     one.dispose();
     other.dispose();
+  });
+});
+
+describe('two handles of one client on one store (an open platform whose durable store is its cache)', () => {
+  it('the client hears of an outage once, and counts once among the clients of the store', async () => {
+    const store = switchableStore();
+    const logger = recordingLogger();
+    const emitter = new EventEmitter();
+    const heard: string[] = [];
+    emitter.on('cache.unavailable', (event: CacheUnavailableEvent) => heard.push(`unavailable ${event.clients}`));
+    emitter.on('cache.recovered', (event: { clients: number }) => heard.push(`recovered ${event.clients}`));
+    const log = new Log(logger, { emitter });
+    const [cache, durable] = [new GuardedStore(store.cache, 1000, log, 'wxplatform'), new GuardedStore(store.cache, 1000, log, 'wxplatform')];
+    const back = [cache, durable].map((handle) => new Promise<void>((resolve) => handle.onRecovered(resolve)));
+    store.down();
+    await expect(cache.get('k')).rejects.toThrow();
+    await expect(durable.get('k')).rejects.toThrow(/was not sent/);
+    store.up();
+    // Each handle's own recovery listener still runs.
+    await Promise.all(back);
+    expect(heard).toEqual(['unavailable 1', 'recovered 1']);
+    expect(logger.lines.map((line) => (line.fields as { event: string }).event)).toEqual(['cache.unavailable', 'cache.recovered']);
+    cache.dispose();
+    durable.dispose();
   });
 });
 
