@@ -153,14 +153,13 @@ export class StoreHealth {
     outage.lines = true;
     if (this.#flapping) this.#flapping.writtenAt = performance.now();
     const users = this.users();
-    const written = new WeakSet<object>();
-    for (const each of users) {
-      const sink = each.logSink as object | undefined;
-      if (sink === undefined || written.has(sink)) continue;
-      written.add(sink);
-      outage.sinks.add(sink);
-      each.reportStillDown(outage.op, new CacheError(outage.failure, { reason: outage.reason }), StoreHealth.clients(users), outage.again, lastedMs);
-    }
+    const clients = StoreHealth.clients(users);
+    const error = new CacheError(outage.failure, { reason: outage.reason });
+    this.#report(users, undefined, (each, line) => {
+      if (!line) return;
+      outage.sinks.add(each.logSink as object);
+      each.reportStillDown(outage.op, error, clients, outage.again, lastedMs);
+    });
   }
 
   /**
@@ -216,8 +215,8 @@ export class StoreHealth {
 
   /**
    * `user` joined while the store is taken for down (the first call of a client to this part of a
-   * partitioned store): it hears of the outage as those that saw it begin did, and its logger gets the
-   * line if it has not yet.
+   * partitioned store, any use of it a client makes while it is down: see refused()): it hears of the
+   * outage as those that saw it begin did, once, and its logger gets the line if it has not yet.
    */
   joinedDuringOutage(user: StoreUser): void {
     const outage = this.#outage;
@@ -230,11 +229,13 @@ export class StoreHealth {
   }
 
   /**
-   * `user` would have used the store, which is taken for down: it is probed again if no probe is due.
-   * The clients that saw the outage begin may all be gone (closed, or collected), and nothing else
-   * would find the store back.
+   * `user` would have used the store, which is taken for down: a client made during the outage hears of
+   * it now (its logger would else get the recovery line without the warning), and the store is probed
+   * again if no probe is due. The clients that saw the outage begin may all be gone (closed, or
+   * collected), and nothing else would find the store back.
    */
   refused(user: StoreUser): void {
+    this.joinedDuringOutage(user);
     if (this.#probeTimer === undefined) this.#scheduleProbe(user);
   }
 

@@ -85,11 +85,7 @@ export class GuardedStore implements StoreUser {
   get down(): boolean {
     const whole = this.#whole;
     let down = whole?.down ?? false;
-    if (down) {
-      // A client made during the outage hears of it at its first use, as one of a part does (see #healthOf).
-      whole!.joinedDuringOutage(this);
-      whole!.refused(this);
-    }
+    if (down) whole!.refused(this);
     for (const part of this.#parts?.values() ?? []) {
       if (!part.down) continue;
       part.refused(this);
@@ -105,7 +101,6 @@ export class GuardedStore implements StoreUser {
   downFor(key: string): boolean {
     const health = this.#healthOf(key);
     if (!health.down) return false;
-    health.joinedDuringOutage(this);
     health.refused(this);
     return true;
   }
@@ -286,16 +281,16 @@ export class GuardedStore implements StoreUser {
       );
     }
     const health = this.#healthOf(key);
-    // A client made during the outage hears of it at its first call too, refused or sent with `insist`,
-    // not only at a look at `down`: else its logger would get the recovery line without the warning.
-    if (health.down) health.joinedDuringOutage(this);
-    if (health.down && !insist) {
-      const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
-      NOT_SENT.add(refused);
-      health.refused(this);
-      return refused;
+    if (!health.down) return undefined;
+    // Sent all the same: a client made during the outage hears of it here, as a refused one does.
+    if (insist) {
+      health.joinedDuringOutage(this);
+      return undefined;
     }
-    return undefined;
+    const refused = new CacheError(`The token store is down; ${op} was not sent (wxkit probes it in the background)`);
+    NOT_SENT.add(refused);
+    health.refused(this);
+    return refused;
   }
 
   /** @internal Sends a call whatever the breaker says: the probe, and calls made before it opened. */
@@ -430,7 +425,7 @@ export class GuardedStore implements StoreUser {
    */
   reportUnavailable(op: string, key: string | undefined, error: CacheError, clients = 1, line = true, again = 0): void {
     const fields = { event: 'cache.unavailable', appId: this.#appId, op, ...(key === undefined ? {} : { key: this.#redact(key) }), error: describeError(error), clients, again };
-    const once = clients > 1 ? `one warning per store and outage, for the ${clients} clients of this process that use it` : 'one warning per outage';
+    const once = oneWarning(clients);
     const message =
       again > 0
         ? `The token store failed again (${op}) within a minute of answering, ${again} outages in a row so: a store whose reads answer while its writes fail does so ` +
@@ -447,7 +442,7 @@ export class GuardedStore implements StoreUser {
    */
   reportStillDown(op: string, error: CacheError, clients: number, again: number, lastedMs: number): void {
     const fields = { event: 'cache.unavailable', appId: this.#appId, op, error: describeError(error), clients, again };
-    const once = clients > 1 ? `one warning per store and outage, for the ${clients} clients of this process that use it` : 'one warning per outage';
+    const once = oneWarning(clients);
     this.#log.line(
       'warn',
       fields,
@@ -477,6 +472,11 @@ export class GuardedStore implements StoreUser {
       }
     }
   }
+}
+
+/** How often an outage's warning is written, as its message says: for `clients` clients of this process on the store. */
+function oneWarning(clients: number): string {
+  return clients > 1 ? `one warning per store and outage, for the ${clients} clients of this process that use it` : 'one warning per outage';
 }
 
 /** The stores whose refusal to watch was said already (once per store and process). */

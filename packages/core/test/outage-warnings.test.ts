@@ -22,6 +22,9 @@ afterAll(async () => {
 
 const CLIENTS = 300;
 
+/** The lines `logger` was given for `event`. */
+const linesOf = (logger: ReturnType<typeof recordingLogger>, event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+
 describe('a store outage is logged once per store, not once per client', () => {
   it(`${CLIENTS} clients on one store and one logger: one warning and one recovery line per outage, every client's event`, async () => {
     const store = switchableStore();
@@ -36,24 +39,23 @@ describe('a store outage is logged once per store, not once per client', () => {
     for (const app of apps.slice(0, 3)) app.on('cache.unavailable', (event) => heard.push(event));
     const recoveries = apps.slice(0, 3).map((app) => new Promise((resolve) => app.once('cache.recovered', resolve)));
     await Promise.all(apps.map((app) => app.accessToken.getToken()));
-    const lines = (target: typeof logger, event: string) => target.lines.filter((line) => (line.fields as { event: string }).event === event);
 
     for (let outage = 1; outage <= 2; outage += 1) {
       store.down();
       // Every client reads the store (memoMs: 0): the first failure opens the breaker for all of them.
       await Promise.all(apps.map((app) => app.accessToken.getToken()));
-      expect(lines(logger, 'cache.unavailable')).toHaveLength(outage);
-      expect(lines(otherLogger, 'cache.unavailable')).toHaveLength(outage);
-      expect(lines(logger, 'cache.unavailable').at(-1)!.fields).toMatchObject({ clients: CLIENTS });
+      expect(linesOf(logger, 'cache.unavailable')).toHaveLength(outage);
+      expect(linesOf(otherLogger, 'cache.unavailable')).toHaveLength(outage);
+      expect(linesOf(logger, 'cache.unavailable').at(-1)!.fields).toMatchObject({ clients: CLIENTS });
       // Each client that listens still hears of it, once per outage.
       expect(heard).toHaveLength(3 * outage);
       expect(heard.every((event) => event.clients === CLIENTS)).toBe(true);
 
       store.up();
       // A probe in the background notices; the recovery is one line too.
-      await vi.waitFor(() => expect(lines(logger, 'cache.recovered')).toHaveLength(outage), { timeout: 10_000 });
+      await vi.waitFor(() => expect(linesOf(logger, 'cache.recovered')).toHaveLength(outage), { timeout: 10_000 });
       if (outage === 1) await Promise.all(recoveries);
-      expect(lines(otherLogger, 'cache.recovered')).toHaveLength(outage);
+      expect(linesOf(otherLogger, 'cache.recovered')).toHaveLength(outage);
     }
     await Promise.all(apps.map((app) => app.close()));
   });
@@ -74,7 +76,7 @@ describe('a store whose reads answer while its writes fail (a read-only replica)
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new ReadOnly(), logger, memoMs: 0, fallbackDir: false });
     const heard: CacheUnavailableEvent[] = [];
     app.on('cache.unavailable', (event) => heard.push(event));
-    const lines = (event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    const lines = (event: string) => linesOf(logger, event);
     // The store holds no token (its writes fail): a call's lock write takes it down, and the host serves;
     // the probe, a read, finds it back; the next write (a call's, or the host's token offered back to the
     // store) takes it down again.
@@ -105,7 +107,7 @@ describe('a store down for good right after outages within a minute of each othe
     let recoveries = 0;
     app.on('cache.unavailable', (event) => heard.push(event));
     app.on('cache.recovered', () => (recoveries += 1));
-    const lines = (event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
+    const lines = (event: string) => linesOf(logger, event);
     await app.accessToken.getToken();
     // The clock of the outages, moved on where the test says so.
     const clock = performance.now.bind(performance);
@@ -151,16 +153,15 @@ describe('a client made during an outage of a store that names no parts', () => 
       const { appId, secret } = mock.createApp();
       return new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, logger, memoMs: 0, fallbackDir: false });
     };
-    const lines = (logger: typeof first, event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
     const one = made(first);
     store.down();
     await one.accessToken.getToken();
-    expect(lines(first, 'cache.unavailable')).toHaveLength(1);
+    expect(linesOf(first, 'cache.unavailable')).toHaveLength(1);
     const other = made(later);
     const heard: CacheUnavailableEvent[] = [];
     other.on('cache.unavailable', (event) => heard.push(event));
     await other.accessToken.getToken();
-    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    expect(linesOf(later, 'cache.unavailable')).toHaveLength(1);
     expect(heard).toHaveLength(1);
     // Heard once: a later call does not tell it again.
     await other.accessToken.getToken();
@@ -168,25 +169,24 @@ describe('a client made during an outage of a store that names no parts', () => 
     const recovered = new Promise((resolve) => other.once('cache.recovered', resolve));
     store.up();
     await recovered;
-    expect(lines(later, 'cache.recovered')).toHaveLength(1);
-    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    expect(linesOf(later, 'cache.recovered')).toHaveLength(1);
+    expect(linesOf(later, 'cache.unavailable')).toHaveLength(1);
     await Promise.all([one.close(), other.close()]);
   });
 
   it("whose first use of the store is a call the breaker refuses (a durable store's read): its logger has the warning before its recovery line", async () => {
     const store = switchableStore();
     const [first, later] = [recordingLogger(), recordingLogger()];
-    const lines = (logger: typeof first, event: string) => logger.lines.filter((line) => (line.fields as { event: string }).event === event);
     const one = new GuardedStore(store.cache, 1000, new Log(first), 'wxfirst');
     store.down();
     await expect(one.get('k')).rejects.toThrow();
-    expect(lines(first, 'cache.unavailable')).toHaveLength(1);
+    expect(linesOf(first, 'cache.unavailable')).toHaveLength(1);
     // Made during the outage; its first call is refused without a look at `down`.
     const other = new GuardedStore(store.cache, 1000, new Log(later), 'wxlater');
     await expect(other.get('k')).rejects.toThrow(/was not sent/);
     store.up();
-    await vi.waitFor(() => expect(lines(later, 'cache.recovered')).toHaveLength(1), { timeout: 5_000 });
-    expect(lines(later, 'cache.unavailable')).toHaveLength(1);
+    await vi.waitFor(() => expect(linesOf(later, 'cache.recovered')).toHaveLength(1), { timeout: 5_000 });
+    expect(linesOf(later, 'cache.unavailable')).toHaveLength(1);
     one.dispose();
     other.dispose();
   });
