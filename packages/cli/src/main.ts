@@ -240,12 +240,24 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     secretFrom(values['secret-env']);
     return new CliError('config', `--profile ${schema.name} builds this app's keys from its secret: set WECHAT_SECRET, or name another variable with --secret-env NAME`);
   };
+  // Named by its variable, never quoted: a value read from a file keeps its line break, and WeChat
+  // would refuse the secret (40125) with nothing to say why; a key built from it is no program's key.
+  const checkSecret = (secret: string | undefined) => {
+    if (secret !== undefined && NOT_IN_SECRET.test(secret)) {
+      throw new CliError('config', `${values['secret-env'] ?? 'WECHAT_SECRET'} holds a space or a control character (a line break at its end, say), which no secret has`);
+    }
+  };
   if (schema.keyNeedsSecret && secretForKey === undefined) throw needsSecret();
   let key: string;
   try {
-    key = accessTokenKey(app, endpoint, schema, secretForKey);
+    // A secret no client takes builds no key: inspect and clear would look at, or clear, a key no
+    // program uses. A key that needs it says so, and the secret's fault is named then.
+    key = accessTokenKey(app, endpoint, schema, secretForKey !== undefined && NOT_IN_SECRET.test(secretForKey) ? undefined : secretForKey);
   } catch (error) {
-    if ((error as { option?: string }).option === 'secret') throw needsSecret();
+    if ((error as { option?: string }).option === 'secret') {
+      checkSecret(secretForKey);
+      throw needsSecret();
+    }
     throw error;
   }
   const shownKey = schema.redactKey?.(key) ?? key;
@@ -306,11 +318,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       return EXIT.ok;
     }
     const secret = secretFrom(values['secret-env']);
-    // Named by its variable, never quoted: a value read from a file keeps its line break, and WeChat
-    // would refuse the secret (40125) with nothing to say why.
-    if (secret !== undefined && NOT_IN_SECRET.test(secret)) {
-      throw new CliError('config', `${values['secret-env'] ?? 'WECHAT_SECRET'} holds a space or a control character (a line break at its end, say), which no secret has`);
-    }
+    checkSecret(secret);
     if (action === 'refresh' && secret === undefined) {
       throw new CliError('config', 'wxkit token refresh fetches from WeChat and needs the app\'s secret: set WECHAT_SECRET, or name another variable with --secret-env NAME');
     }

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { WORK_BASE_URL, type Logger } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, closestName } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, NOT_IN_SECRET, closestName } from '@wxkit/core/internal';
 import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
@@ -118,8 +118,10 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     if (entry && typeof entry === 'object' && !Array.isArray(entry)) unknownKey(entry, APP_KEYS, (name) => `apps[${i}].${name}`);
     const secret = fromEnv(entry?.secretEnv, `apps[${i}].secretEnv`);
     // No AppSecret or corpsecret holds one: a value read from a file keeps its line break, and WeChat
-    // would refuse the secret (40125) with nothing to say why. Never quoted.
-    if (NOT_IN_BEARER_KEY.test(secret)) {
+    // would refuse the secret (40125) with nothing to say why. Never quoted. The clients' own rule
+    // (NOT_IN_SECRET: the C1 controls U+0080–U+009F too) is checked here as well, so that the message
+    // names the variable rather than the client's option.
+    if (NOT_IN_BEARER_KEY.test(secret) || NOT_IN_SECRET.test(secret)) {
       throw wrong(`the environment variable ${String(entry.secretEnv)} (apps[${i}].secretEnv) holds a space, a control character or a character past U+00FF (a line break at its end, say), which no secret has`);
     }
     const endpoint = entry.tokenEndpoint ?? 'stable';

@@ -435,6 +435,15 @@ describe('wxkit token', () => {
     const unset = await wxkit(['token', 'inspect', ...app], { WECHAT_SECRET: '' });
     expect(unset.code).toBe(7);
     expect(unset.stdout).toContain('set WECHAT_SECRET, or name another variable with --secret-env NAME');
+    // A secret no client takes (a space in it, say) would build a key no program uses: inspect and clear
+    // refuse it as get does, naming the variable, never the secret.
+    for (const action of ['inspect', 'clear']) {
+      const spaced = await wxkit(['token', action, ...app], { WECHAT_SECRET: ` ${work.secret}` });
+      expect(spaced.code, spaced.stdout).toBe(7);
+      expect(spaced.stdout).toContain('WECHAT_SECRET holds a space or a control character');
+      expect(spaced.stdout + spaced.stderr).not.toContain(part.slice(0, 9));
+    }
+    expect(redisCli(redis.port, 'EXISTS', `wechatpy:${work.corpId}_${part}_access_token`).trim()).toBe('1');
   });
 
   it('--profile reads and writes another SDK’s entry: EasyWeChat 4 on ThinkPHP, with its classic endpoint', async () => {

@@ -67,7 +67,7 @@ describe('wxkit serve --config', () => {
   });
 
   it('refuses a secret with a line break, a space or a control character (exit 7), never quoting it: WeChat would refuse it with 40125 and no reason', async () => {
-    for (const secret of ['not-a-real-secret\n', 'not-a-real-secret\r\n', 'not a real secret', 'not-a-real-secret\u0007']) {
+    for (const secret of ['not-a-real-secret\n', 'not-a-real-secret\r\n', 'not a real secret', 'not-a-real-secret\u0007', 'not-a-real-secret\u0085', 'not-a-real-\u009bsecret']) {
       const wrong = await serve('secret-break', { keysEnv: 'TEST_SERVE_KEYS', apps: [app], baseUrl: mock.url }, { TEST_OA_SECRET: secret });
       expect(wrong.code, wrong.stderr).toBe(7);
       expect(wrong.stderr).toContain('the environment variable TEST_OA_SECRET (apps[0].secretEnv) holds a space, a control character or a character past U+00FF');
