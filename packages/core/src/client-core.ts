@@ -283,6 +283,13 @@ export class ClientCore implements TierStores, EventSource {
   #local: GuardedStore | undefined;
   #fallbackDir: string | false;
   #host: GuardedStore | undefined;
+  /**
+   * The fallback directory was found unusable, and why (said once per reason); `now` while the outage of
+   * the store that found it so lasts. It is looked at again at the next outage: a directory that could
+   * not be made on a full disk since freed, or whose mode was fixed, serves without a restart, as a
+   * FileCache's own directory does.
+   */
+  #fallbackRefused: { reason: string; now: boolean } | undefined;
   /** Replaced, never pushed to: an array grown by push() holds room for 16 more, 10,000 clients over. */
   #managers: readonly TokenManager[] = [];
   /** Aborted by close(): the token managers' waits end, and no refresh starts. */
@@ -378,6 +385,8 @@ export class ClientCore implements TierStores, EventSource {
     this.#store.dispose();
     this.#store = this.#guard(cache);
     this.#defaultStore = false;
+    // The outage that found the fallback directory unusable was the old store's.
+    if (this.#fallbackRefused) this.#fallbackRefused.now = false;
     for (const manager of this.#managers) manager.reset();
   }
 
@@ -557,17 +566,25 @@ export class ClientCore implements TierStores, EventSource {
     if (this.#fallbackDir === false || shared instanceof MemoryCache) return undefined;
     if (shared instanceof FileCache && nested(shared.dir, this.#fallbackDir)) return undefined;
     if (!this.#host) {
+      // Not looked at again within the outage that found it unusable: a directory that became usable
+      // midway would cost each host one more fetch, its processes having fetched on their own already.
+      if (this.#fallbackRefused?.now) return undefined;
       if (existing && !existsSync(this.#fallbackDir)) return undefined;
       const cache = hostFallback(this.#fallbackDir);
       if (typeof cache === 'string') {
         if (existing) return undefined;
-        this.log.warn(
-          { event: 'cache.fallback_unusable', appId: this.appId, reason: cache },
-          `The fallback directory cannot be used (${cache}): while the store is down, each process keeps to itself. Set options.fallbackDir to a directory of this user only`,
-        );
-        this.#fallbackDir = false;
+        if (this.#fallbackRefused?.reason !== cache) {
+          this.log.warn(
+            { event: 'cache.fallback_unusable', appId: this.appId, reason: cache },
+            `The fallback directory cannot be used (${cache}): while the store is down, each process keeps to itself. Set options.fallbackDir to a directory of this user only`,
+          );
+        }
+        const refused = { reason: cache, now: true };
+        this.#fallbackRefused = refused;
+        this.#store.onRecovered(() => void (refused.now = false));
         return undefined;
       }
+      this.#fallbackRefused = undefined;
       this.#host = this.#guard(cache);
     }
     return this.#host;

@@ -273,6 +273,35 @@ describe('the host fallback directory', () => {
     await app.close();
   });
 
+  it('one found unusable is looked at again at the next outage: once its mode is fixed, the processes of the host share through it', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const open = fallbackDir();
+    chmodSync(open, 0o777);
+    const warnings: TokenEvents['cache.fallback_unusable'][] = [];
+    const client = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', fallbackDir: open, logger: false });
+    const app = client();
+    app.on('cache.fallback_unusable', (event) => warnings.push(event));
+    expect(mock.isTokenValid(appId, await app.accessToken.getToken())).toBe(true);
+    chmodSync(open, 0o700);
+    // Not within the outage that found it unusable: the process has its token already.
+    await app.accessToken.forceRefresh();
+    expect(readdirSync(open)).toEqual([]);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    store.down();
+    const token = await app.accessToken.forceRefresh();
+    expect(readdirSync(open)).not.toEqual([]);
+    // Another process of the host takes the host's token, without a fetch of its own.
+    const other = client();
+    expect(await other.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    expect(warnings).toHaveLength(1);
+    await Promise.all([app.close(), other.close()]);
+  });
+
   it.skipIf(process.platform !== 'linux')("one that cannot be made (under /proc, where Node's recursive mkdir loops for ever) is said once, and the client serves from its memory", async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

@@ -102,18 +102,21 @@ export class StoreTiers {
   }
 }
 
-const hostFallbacks = new Map<string, TokenCache | string>();
+const hostFallbacks = new Map<string, TokenCache>();
 
 /**
  * This host's fallback in `dir`, one per directory and process: a FileCache (files 0600) whose file names
  * are hashes of the keys (a profile's key may hold the secret). The directory must belong to this user
  * and be writable by nobody else, nor the one it sits in unless that is sticky (/tmp), or another user
- * could plant tokens and markers there: a string says why it cannot be used.
+ * could plant tokens and markers there: a string says why it cannot be used. That is not kept: a
+ * directory that could not be made (a full disk) or whose mode is fixed serves when next asked for.
  */
 export function hostFallback(dir: string): TokenCache | string {
   let found = hostFallbacks.get(dir);
   if (found === undefined) {
-    found = checkPrivateDir(dir) ?? hashedKeys(new FileCache({ dir }));
+    const refused = checkPrivateDir(dir);
+    if (refused !== undefined) return refused;
+    found = hashedKeys(new FileCache({ dir }));
     hostFallbacks.set(dir, found);
   }
   return found;
