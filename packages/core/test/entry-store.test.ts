@@ -103,6 +103,23 @@ describe('writes never go back in time', () => {
     expect(kept).toMatchObject({ stored: false, entry: { value: 'LIVES' } });
   });
 
+  it('a writer that replaces no undated entry (a token offered back after an outage) keeps one it does not know older, and replaces one it names, or an unreadable one', async () => {
+    const { cache, store, entries } = setUp(easyWeChat4());
+    const now = Math.floor(Date.now() / 1000);
+    const offer = () => entries.write(store, entries.encode(fetched('OFFERED'), now, 'web-1:1'), { rejected: (value) => value === 'KNOWN_OLDER', replacesUndated: false });
+    await cache.set(key, entries.encode(fetched('UNDATED'), now, '').raw, 6900);
+    expect(await offer()).toMatchObject({ stored: false, entry: { value: 'UNDATED' } });
+    await cache.set(key, entries.encode(fetched('KNOWN_OLDER'), now, '').raw, 6900);
+    expect(await offer()).toMatchObject({ stored: true, entry: { value: 'OFFERED' } });
+    expect(await entries.read(store, () => false)).toMatchObject({ kind: 'hit', entry: { value: 'OFFERED' } });
+    // An unreadable entry of a schema whose writers all take the lock (the native one) is replaced still.
+    const native = setUp();
+    await native.cache.set(key, '{"access_tok', 6900);
+    const offered = native.entries.encode(fetched('OFFERED'), now, 'web-1:1');
+    expect(await native.entries.write(native.store, offered, { replacesUndated: false })).toMatchObject({ stored: true });
+    expect(await native.cache.get(key)).toBe(offered.raw);
+  });
+
   it('a value in an encoding the schema recognises as another program\'s is never replaced: the fleet shares its token beside it', async () => {
     const { cache, store, entries } = setUp(easyWeChat4());
     const igbinary = '\u0000\u0000\u0000\u0002\u0014\u0002';

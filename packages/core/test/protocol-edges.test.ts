@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
+import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
 import { componentOptions, deferred, endedByClose, holdingDispatcher, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
@@ -118,6 +118,63 @@ describe('while the store is down', () => {
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
     await app.close();
   });
+  it('on a profile whose entries record no fetch time (EasyWeChat 4), a token fetched during the outage never replaces one another host fetched once the store came back', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    // Two hosts: each its own fallback directory.
+    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const [fetcher, other] = [host(), host()];
+    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
+    const during = await fetcher.accessToken.getToken();
+    store.up();
+    await recovered;
+    // The store came back empty: the other host takes the lock and fetches, which on the classic endpoint
+    // ends the token fetched during the outage once its grace window is over.
+    const newer = await other.accessToken.getToken();
+    expect(newer).not.toBe(during);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    // Its entry says nothing of its age, but it is no token this host ever took from the store: kept, and taken.
+    expect(await fetcher.accessToken.getToken()).toBe(newer);
+    expect(await other.accessToken.getToken()).toBe(newer);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await Promise.all([fetcher.close(), other.close()]);
+  });
+
+  it('on a profile whose entries record no fetch time (EasyWeChat 4), a token fetched during the outage still replaces the one the store kept through it', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const [fetcher, other] = [host(), host()];
+    const before = await fetcher.accessToken.getToken();
+    expect(await other.accessToken.getToken()).toBe(before);
+    store.down();
+    // A forced refresh, not a rejection: the token the store keeps is one WeChat never refused.
+    const during = await fetcher.accessToken.forceRefresh();
+    expect(during).not.toBe(before);
+    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    expect(await fetcher.accessToken.getToken()).toBe(during);
+    expect(await other.accessToken.getToken()).toBe(during);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    await Promise.all([fetcher.close(), other.close()]);
+  });
+
+  it('a token fetched during the outage replaces an unreadable entry the store holds once back, without a fetch more', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore({ up: false });
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const during = await app.accessToken.getToken();
+    await store.inner.set(app.accessToken.cacheKey, '{"access_tok', 600);
+    store.up();
+    await recovered;
+    expect(await app.accessToken.getToken()).toBe(during);
+    expect(JSON.parse((await store.inner.get(app.accessToken.cacheKey))!).access_token).toBe(during);
+    expect(mock.counters(appId).classicTokenRequests).toBe(1);
+    await app.close();
+  });
+
   it('a token is served through the outage only until 30 s before WeChat expires it: then one is fetched', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore();

@@ -55,6 +55,12 @@ export interface WriteOptions {
    */
   leaseHeld?: boolean;
   /**
+   * Whether an entry whose age cannot be compared (a format without fetched_at) is replaced, for a writer
+   * that holds no lock but may replace an unreadable entry (a token offered back after an outage): it
+   * names the undated values it knows older in `rejected`. @default leaseHeld
+   */
+  replacesUndated?: boolean;
+  /**
    * Whether the writer's refresh lock is still its own, asked only when the entry holds another token
    * fetched in the same second as ours: fetched_at cannot order the two, and a writer whose lock went
    * meanwhile (a store restart, an eviction) may be the older fetch. It then keeps theirs. @default none
@@ -258,6 +264,7 @@ export class EntryStore {
   async write(store: GuardedStore, fresh: EncodedEntry, options: WriteOptions = {}): Promise<{ entry: StoredEntry; stored: boolean }> {
     const { raw, ttlSeconds, entry } = fresh;
     const { rejected = () => false, leaseHeld = true, mayRetry = () => true, absent = false, holds } = options;
+    const replacesUndated = options.replacesUndated ?? leaseHeld;
     let stored = false;
     let added = false;
     for (let round = 0; round < WRITE_ROUNDS && !stored && (round === 0 || mayRetry()); round += 1) {
@@ -287,7 +294,7 @@ export class EntryStore {
       if (recorded !== undefined) theirs!.expiresAt = (await this.#recordedExpiry(store, recorded)) ?? 0;
       if (theirs && theirs.value !== entry.value && !rejected(theirs.value) && this.#servable(theirs)) {
         const dated = theirs.fetchedAt !== undefined && entry.fetchedAt !== undefined;
-        if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !leaseHeld) return { entry: theirs, stored: false };
+        if (dated ? theirs.fetchedAt! > entry.fetchedAt! : !replacesUndated) return { entry: theirs, stored: false };
         if (dated && theirs.fetchedAt === entry.fetchedAt && holds !== undefined && !(await holds())) return { entry: theirs, stored: false };
       }
       stored = await store.compareAndSet(this.key, current, raw, ttlSeconds);

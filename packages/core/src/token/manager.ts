@@ -421,11 +421,19 @@ export class TokenManager {
     const now = this.#ctx.settings.now();
     if (!unshared || memo.value === undefined || this.isRejected(memo.value) || now >= (memo.staleAt ?? 0)) return undefined;
     if (stored && (stored.value === memo.value || (stored.fetchedAt ?? 0) >= (memo.entry?.fetchedAt ?? 0))) return undefined;
+    // An entry that records no fetch time (every peer profile's format) cannot be dated. It is known
+    // older only when it holds the token this process last took from the store, which the fetch made
+    // while the store was away came after, or one WeChat rejected. Any other may have been written by a
+    // lock holder once the store came back (another host's fetch, which on the classic endpoint ended
+    // this one): it is kept, and taken. This process holds no lock, so the write replaces no undated
+    // entry but those either, should another be written between its read and its write.
+    const older = (value: string) => this.isRejected(value) || value === memo.sharedValue;
+    if (stored && stored.fetchedAt === undefined && !older(stored.value)) return undefined;
     // A read that was under way at close(): the client writes nothing more (its store may be closed next),
     // and serves the token it holds.
     if (this.#ctx.closed.aborted) return memo.value;
     const ttlSeconds = Math.ceil((memo.staleAt! - now) / 1000);
-    const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: (value) => this.isRejected(value) });
+    const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: older, replacesUndated: false });
     if (!written) return undefined;
     memo.published();
     return entry.value;

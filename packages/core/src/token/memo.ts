@@ -22,6 +22,8 @@ export class Memo {
   #held: Held | undefined;
   /** When (unix ms) this process last took an entry from the shared store. */
   #sharedAt: number | undefined;
+  /** The value of that entry, or of the one this process last offered to the shared store since. */
+  #sharedValue: string | undefined;
 
   constructor(entries: EntryStore, settings: ProtocolSettings) {
     this.#entries = entries;
@@ -46,6 +48,14 @@ export class Memo {
     return this.#held?.unshared;
   }
 
+  /**
+   * The value this process last took from the shared store (or offered to it since): older than a value
+   * it fetched while the store was away, which came after it.
+   */
+  get sharedValue(): string | undefined {
+    return this.#sharedValue;
+  }
+
   /** The value, while the memo window lasts: no store read needed. */
   fresh(now: number): string | undefined {
     return this.#held && now < this.#held.recheckAt ? this.#held.entry.value : undefined;
@@ -63,7 +73,9 @@ export class Memo {
 
   /** The unshared value reached the store. */
   published(): void {
-    if (this.#held) this.#held.unshared = undefined;
+    if (!this.#held) return;
+    this.#held.unshared = undefined;
+    this.#sharedValue = this.#held.entry.value;
   }
 
   /**
@@ -84,7 +96,10 @@ export class Memo {
     const unshared =
       refreshed.unshared ??
       (refreshed.tier === 'shared' ? undefined : previous?.entry.value === entry.value && previous.unshared ? previous.unshared : this.#offered(entry));
-    if (refreshed.tier === 'shared') this.#sharedAt = now;
+    if (refreshed.tier === 'shared') {
+      this.#sharedAt = now;
+      this.#sharedValue = entry.value;
+    }
     this.#held = {
       entry,
       staleAt: staleAtMs,
