@@ -113,6 +113,8 @@ describe('remoteTokenSource with wxkit serve', () => {
       const held = await client.accessToken.getToken().catch((error: unknown) => error);
       expect(held).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: -1 });
       expect((held as Error).message).toMatch(/the token service said to ask again after \S+, and this process waits until then$/);
+      // The service's answer that said to wait, WeChat's errcode and all, as the cause.
+      expect((held as Error).cause).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: -1, message: (failed as Error).message });
       expect(agent.sent).toHaveLength(1);
     } finally {
       mock.clearFaults();

@@ -25,9 +25,12 @@ export interface TokenSource {
   /**
    * The current value and its remaining life in seconds (under a day: a day or more is refused as another
    * unit). `options.signal` aborts once nobody waits for the answer any more (every caller gave up, or the
-   * client closed): a source that holds a connection open for it should let it go then.
+   * client closed): a source that holds a connection open for it should let it go then. `options.force`:
+   * the program asked for it (forceRefresh(), refreshTicket()): a source that holds requests back on its
+   * own account (remoteTokenSource after a request that never reached the service) lets it through, as
+   * the program may just have brought the service back.
    */
-  fetch(request: TokenSourceRequest, options?: { signal?: AbortSignal }): Promise<{ value: string; expiresIn: number }>;
+  fetch(request: TokenSourceRequest, options?: { signal?: AbortSignal; force?: boolean }): Promise<{ value: string; expiresIn: number }>;
   /**
    * WeChat rejected `value` (40001, 40014, 42001): `errcode` says which, when the client knows it. The
    * source refreshes only if `value` is still its current one, so N clients reporting the same token
@@ -114,12 +117,20 @@ export const SOURCE_HELD_PATHS = Symbol.for('wxkit.tokenSource.heldPaths');
 
 /**
  * How long a request that never reached the token service (refused, no route, no such name, no
- * connection within its connect timeout), or that the service refused for its key (401), holds the next
- * requests of its path back: a process without a token asks a service that is down, or that does not
- * know its key, once a second, not once per call; its callers fail at once meanwhile, with the error it
- * met. Short: a service back (restarted, the key added) is asked again within a second.
+ * connection within its connect timeout) holds the next requests of every path back (EVERY_PATH), and one
+ * the service refused for its key (401) those of its path: a process without a token asks a service that
+ * is down, or that does not know its key, once a second, not once per call; its callers fail at once
+ * meanwhile, with the error it met. Short: a service back (restarted, the key added) is asked again
+ * within a second.
  */
 const UNREACHED_HOLD_MS = 1_000;
+
+/**
+ * The key under which a request that never reached the service holds back every path of the source
+ * (no path is `*`): the service's host is as far for every account, and a source behind which 10,000
+ * accounts call a service that is down tries to connect once a second, not once per account.
+ */
+const EVERY_PATH = '*';
 
 /**
  * Whether `error` is a request that never reached the token service: a transport failure before any
@@ -148,21 +159,23 @@ function entryOf(body: Record<string, unknown>, field: TokenSourceRequest['field
 }
 
 /**
- * What a request held back fails with: the class, code and errcode of the failure that held it, and when
+ * What a request held back fails with: the class, code and errcode of the failure that held it, that
+ * failure as its `cause` (where a refused connection's code, ECONNREFUSED say, is read from), and when
  * the hold ends (`said`: the service's own `Retry-After`, else UNREACHED_HOLD_MS).
  */
 function heldError(error: unknown, until: number, path: string, said: boolean): Error {
   const at = new Date(until).toISOString();
   const note = said ? `; the token service said to ask again after ${at}, and this process waits until then` : `; this process asks the token service again after ${at}`;
   let held: Error;
-  if (error instanceof WeChatApiError) held = new WeChatApiError({ errcode: error.errcode, errmsg: error.errmsg }, error.path, { message: `${error.message}${note}` });
-  else if (error instanceof BadResponseError) held = new BadResponseError(`${error.message}${note}`, { path, ...(error.status === undefined ? {} : { status: error.status }) });
+  if (error instanceof WeChatApiError) held = new WeChatApiError({ errcode: error.errcode, errmsg: error.errmsg }, error.path, { message: `${error.message}${note}`, cause: error });
+  else if (error instanceof BadResponseError) held = new BadResponseError(`${error.message}${note}`, { path, ...(error.status === undefined ? {} : { status: error.status }), cause: error });
   else {
     const http = error instanceof HttpError ? error : undefined;
     held = new HttpError(http?.code === 'ERR_WXKIT_TIMEOUT' ? 'ERR_WXKIT_TIMEOUT' : 'ERR_WXKIT_HTTP', `${http?.message ?? `The token service failed ${path}`}${note}`, {
       path,
       ...(http?.status === undefined ? {} : { status: http.status }),
       sent: false,
+      cause: error,
     });
   }
   return withRetryAt(held, until);
@@ -200,7 +213,20 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // connections (requests under way finish), and the next request of another client opens new ones,
   // rather than being refused as if that client had been closed.
   let opened: HttpClient | undefined = open();
-  const http = () => (opened ??= open());
+  // The requests under way on each HttpClient the source opened, which close() does not wait for.
+  const underWay = new Map<HttpClient, number>();
+  // Runs `run` on the current HttpClient (opened anew after a close()), counted under way on it.
+  const counted = async (run: (http: HttpClient) => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
+    const http = (opened ??= open());
+    underWay.set(http, (underWay.get(http) ?? 0) + 1);
+    try {
+      return await run(http);
+    } finally {
+      const left = underWay.get(http)! - 1;
+      if (left > 0) underWay.set(http, left);
+      else underWay.delete(http);
+    }
+  };
   const headers = { authorization: `Bearer ${key}` };
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
   // A failure answered with Retry-After holds the next requests of its path back until then (a minute at
@@ -209,31 +235,40 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // stretch it.
   // Ended holds are swept once per MAX_HOLD_MS as new ones are set: a source behind which 10,000 accounts
   // each met a back-off keeps the holds of the last two windows at most, not one entry per account.
-  // A request that never reached the service, or one refused for its key, holds its path back for
-  // UNREACHED_HOLD_MS, the same way.
-  const holds = new Map<string, { until: number; error: unknown; said: boolean }>();
+  // A request that never reached the service holds every path back for UNREACHED_HOLD_MS, the same way
+  // (under EVERY_PATH), and one refused for its key its path. A forced fetch (the program's
+  // forceRefresh()) passes such a hold of this process's own, as the library's back-off of unsent fetches
+  // lets it pass: the service may just have been started, or the key added. Not one the service asked
+  // for, nor one a forced fetch's own failure set (`forced`): a program that forces a refresh on every
+  // failed call asks a service still down once a second, not once per call.
+  const holds = new Map<string, { until: number; error: unknown; said: boolean; forced: boolean }>();
   let sweepAt = 0;
-  const hold = (path: string, until: number, error: unknown, said: boolean) => {
+  const hold = (path: string, until: number, error: unknown, said: boolean, forced = false) => {
     const now = performance.now();
     if (now >= sweepAt) {
       for (const [held, { until: end }] of holds) if (end <= now) holds.delete(held);
       sweepAt = now + MAX_HOLD_MS;
     }
     // A hold of this process's own (UNREACHED_HOLD_MS) never cuts short a longer one the service asked
-    // for: a request that met a restarting instance, under way beside one told to wait, ends no wait.
+    // for: a request that met a restarting instance, under way beside one told to wait, ends no wait
+    // (and one that never reached the service holds EVERY_PATH, which the path's own hold outlasts).
     const current = holds.get(path);
     if (!said && current !== undefined && current.until > until) return;
-    holds.set(path, { until, error, said });
+    holds.set(path, { until, error, said, forced });
   };
   // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.
   let errcodeRefused = false;
-  const send = async (path: string, exchange: () => Promise<Record<string, unknown>>): Promise<Record<string, unknown>> => {
-    const held = holds.get(path);
-    if (held) {
-      const left = held.until - performance.now();
-      if (left > 0) throw heldError(held.error, Date.now() + left, path, held.said);
-      holds.delete(path);
-    }
+  // Throws what a request of `path` held back under `key` (the path, or EVERY_PATH) fails with, if it is.
+  const heldBack = (key: string, path: string, force: boolean) => {
+    const held = holds.get(key);
+    if (!held) return;
+    const left = held.until - performance.now();
+    if (left <= 0) holds.delete(key);
+    else if (!(force && !held.said && !held.forced)) throw heldError(held.error, Date.now() + left, path, held.said);
+  };
+  const send = async (path: string, exchange: () => Promise<Record<string, unknown>>, force = false): Promise<Record<string, unknown>> => {
+    heldBack(path, path, force);
+    heldBack(EVERY_PATH, path, force);
     try {
       return await exchange();
     } catch (error) {
@@ -249,7 +284,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       const at = retryAtOf(error);
       const now = Date.now();
       if (at !== undefined && at > now) hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), failure, true);
-      else if (unreached(error) || (error instanceof HttpError && error.status === 401)) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false);
+      else if (unreached(error)) hold(EVERY_PATH, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
+      // A 401 holds its path only: a service of another make may take the key for some accounts only.
+      else if (error instanceof HttpError && error.status === 401) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
       throw failure;
     }
   };
@@ -266,7 +303,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
           ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
           : `v1/token/${segment(request)}`;
       const signal = options?.signal;
-      const body = await send(path, () => http().json({ method: 'GET', path, headers, ...(signal ? { signal } : {}) }));
+      const body = await send(path, () => counted((http) => http.json({ method: 'GET', path, headers, ...(signal ? { signal } : {}) })), options?.force === true);
       const entry = entryOf(body, request.field);
       if (typeof entry === 'string') throw new BadResponseError(`The token service answered ${path} ${entry}`, { path });
       return entry;
@@ -278,7 +315,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       // token in it (undefined), and the client asks fetch() for one.
       const report = async (json: Record<string, unknown>): Promise<Record<string, unknown> | undefined> => {
         try {
-          return await send(path, () => http().json({ method: 'POST', path, json, headers, ...(signal ? { signal } : {}) }));
+          return await send(path, () => counted((http) => http.json({ method: 'POST', path, json, headers, ...(signal ? { signal } : {}) })));
         } catch (error) {
           if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
           throw error;
@@ -308,7 +345,13 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     async close() {
       const closing = opened;
       opened = undefined;
-      await closing?.close();
+      if (!closing) return;
+      const closed = closing.close();
+      // A client lets its own requests go before it closes its source: those still under way are other
+      // clients' of the same source. They finish on their own, and their connections close as they end;
+      // close() does not wait for them, as their service may hold them for its lock up to timeoutMs.
+      if (underWay.has(closing)) closed.catch(() => undefined);
+      else await closed;
     },
   };
   return source;

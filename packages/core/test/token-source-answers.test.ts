@@ -76,9 +76,11 @@ describe("remoteTokenSource and a service's Retry-After", () => {
     const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
     try {
       answer = unavailable('5');
-      await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      const answered = await source.fetch(request).catch((error: unknown) => error);
+      expect(answered).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
       const held = await source.fetch(request).catch((error: unknown) => error);
       expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503, sent: false });
+      expect((held as Error).cause).toBe(answered);
       expect((held as Error).message).toMatch(/HTTP 503 wechat_unreachable; the token service said to ask again after \S+, and this process waits until then$/);
       expect(asked).toHaveLength(1);
       // Another path (a ticket) is not held back.
@@ -226,7 +228,7 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
     vi.useRealTimers();
   });
 
-  it('a request refused before it reached the service holds the path back a second: one connection attempt, not one per call', async () => {
+  it('a request refused before it reached the service holds every path back a second: one connection attempt, not one per call or per account', async () => {
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
     const port = (closed.address() as { port: number }).port;
@@ -239,11 +241,21 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const source = remoteTokenSource({ url: `http://127.0.0.1:${port}`, key: 'k'.repeat(32), dispatcher });
     try {
-      await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+      const refused = await source.fetch(request).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, cause: { code: 'ECONNREFUSED' } });
       for (let i = 0; i < 20; i++) {
         const held = await source.fetch(request).catch((error: unknown) => error);
         expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
         expect((held as Error).message).toMatch(/ECONNREFUSED.*; this process asks the token service again after \S+$/);
+        // The refusal itself, and the connection's code in it, as the cause.
+        expect((held as Error).cause).toBe(refused);
+      }
+      // The service's host is as far for every account and ticket: held back with it.
+      for (const other of [{ ...request, id: 'wxfedcba9876543210' }, { ...request, field: 'ticket', ticketType: 'jsapi' } as const]) {
+        const held = await source.fetch(other).catch((error: unknown) => error);
+        expect(attempts).toBe(1);
+        expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+        expect((held as Error).cause).toBe(refused);
       }
       expect(attempts).toBe(1);
       vi.advanceTimersByTime(1_001);
@@ -266,6 +278,51 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
       vi.advanceTimersByTime(1_001);
       await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
       expect(asked).toHaveLength(2);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it("a client's forceRefresh() passes the second's hold: the key added, the forced refresh reaches the service; still refused, forced refreshes ask once a second", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const client = new OfficialAccount({ appId: request.id, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    const refused = () => ({ status: 401, body: JSON.stringify({ error: { code: 'unauthorized', reason: 'unknown_key' } }) });
+    try {
+      answer = refused;
+      await expect(client.accessToken.getToken()).rejects.toMatchObject({ status: 401 });
+      expect(asked).toHaveLength(1);
+      // The key is added at the service: the program forces a refresh, which is not held back.
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(client.accessToken.forceRefresh()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(2);
+      // Refused again: a forced refresh goes out once, and the forced refreshes after it within the
+      // second fail at once, with the error it met.
+      answer = refused;
+      await expect(client.accessToken.forceRefresh()).rejects.toMatchObject({ status: 401 });
+      for (let i = 0; i < 5; i++) {
+        const held = await client.accessToken.forceRefresh().catch((error: unknown) => error);
+        expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 401 });
+        expect((held as Error).message).toMatch(/; this process asks the token service again after \S+$/);
+      }
+      expect(asked).toHaveLength(3);
+      vi.advanceTimersByTime(1_001);
+      await expect(client.accessToken.forceRefresh()).rejects.toMatchObject({ status: 401 });
+      expect(asked).toHaveLength(4);
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("a forced fetch does not pass a hold the service asked for (Retry-After)", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = () => ({ status: 503, body: JSON.stringify({ error: { code: 'wechat_unreachable', message: 'backing off' } }), headers: { 'retry-after': '5' } });
+      await expect(source.fetch(request)).rejects.toMatchObject({ status: 503, sent: true });
+      const held = await source.fetch(request, { force: true }).catch((error: unknown) => error);
+      expect(held).toMatchObject({ status: 503, sent: false });
+      expect((held as Error).message).toMatch(/the token service said to ask again after/);
+      expect(asked).toHaveLength(1);
     } finally {
       await source.close?.();
     }
@@ -363,6 +420,70 @@ describe('a client of a token service whose every token WeChat rejects', () => {
   });
 });
 
+describe('a client of a token service that stops answering', () => {
+  beforeEach(() => {
+    asked = [];
+  });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+
+  it('serves the token it holds, still good, for another memo window at a time, then the error once the token nears its end', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const client = new OfficialAccount({ appId: request.id, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      // The service restarts: past the memo window, its answer is a 503, and the token still works.
+      answer = () => ({ status: 503, body: JSON.stringify({ error: { code: 'shutting_down' } }) });
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(2);
+      // Asked again one memo window later, not at every call.
+      for (let i = 0; i < 5; i++) await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(2);
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(3);
+      // Back, with another token: taken at the next window.
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 }) });
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+      expect(asked).toHaveLength(4);
+      // Down again until the token nears its end: the service's error then.
+      answer = () => ({ status: 503, body: JSON.stringify({ error: { code: 'shutting_down' } }) });
+      vi.advanceTimersByTime(7_200_000 - 29_000);
+      await expect(client.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      // A forced refresh is no call for the token held: it fails.
+      await expect(client.accessToken.forceRefresh()).rejects.toMatchObject({ status: 503 });
+    } finally {
+      await client.close();
+    }
+  });
+});
+
+describe('a client of a token service that answers a report with the very token reported', () => {
+  it('resends the call once with it, as after a fetch that brought back the same token: two sends and two reports, then the error', async () => {
+    const mock = await startMockWeChat();
+    // WeChat knows none of this service's tokens (40014), and the service answers every report with the
+    // token reported (wxkit serve does so when WeChat takes it at its own check).
+    asked = [];
+    answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'SERVICE_TOKEN_1', expires_at: now() + 7200 }) });
+    const { appId } = mock.createApp();
+    const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      const failure = await client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} }).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40014 });
+      expect(mock.counters().errcodes).toEqual({ '40014': 2 });
+      expect(asked.filter((line) => line.startsWith('GET '))).toHaveLength(1);
+      expect(asked.filter((line) => line.startsWith('POST '))).toHaveLength(2);
+    } finally {
+      await client.close();
+      await mock.close();
+    }
+  });
+});
+
 describe('a request to a token service that nobody waits for any more', () => {
   // A service that takes the request and answers only when told (a service waiting for its own lock).
   let held: Server;
@@ -432,6 +553,23 @@ describe('a request to a token service that nobody waits for any more', () => {
     expect(await second).toMatch(/The client was closed/);
     await until(() => letGo === 1);
     expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
+  });
+
+  it("a client that shares its source with another does not wait, at close(), for the other's request the service holds", async () => {
+    const source = remoteTokenSource({ url: heldUrl, key: 'k'.repeat(32), timeoutMs: 600_000 });
+    const closing = new OfficialAccount({ appId: 'wx0123456789abcdef', cache: new MemoryCache(), tokenSource: source, logger: false });
+    const waiting = new OfficialAccount({ appId: 'wxfedcba9876543210', cache: new MemoryCache(), tokenSource: source, logger: false });
+    try {
+      const call = waiting.accessToken.getToken();
+      await until(() => received === 1);
+      expect(await Promise.race([closing.close().then(() => 'closed'), bound()])).toBe('closed');
+      // The other client's request is still under way, and gets its answer.
+      answerAll();
+      await expect(call).resolves.toBe('ACCESS_TOKEN_HELD');
+      expect({ received, letGo }).toEqual({ received: 1, letGo: 0 });
+    } finally {
+      await waiting.close();
+    }
   });
 
   it("a report of a rejected token is let go by close() too, rather than waited for up to the source's timeoutMs", async () => {

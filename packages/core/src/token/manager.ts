@@ -278,7 +278,10 @@ export class TokenManager {
     if (this.#ended) throw closedError(this.#ctx);
     // The report and the read go on for the others; a caller that gives up stops waiting for them.
     const brought = await abortable(this.#report(failed, errcode, this.#accepted === failed), signal);
-    const held = this.#heldInstead(failed);
+    // A token service may answer the report with the rejected value itself (wxkit serve, when WeChat
+    // still takes it at its check): that answer is the call's one refresh too, so the call is resent
+    // with it once, as after a fetch that brought back the same token, not once per resend left.
+    const held = this.#heldInstead(failed) ?? (brought && this.#memo.value === failed && !this.isRejected(failed) ? failed : undefined);
     if (held !== undefined) {
       // A value the report brought back is this call's one refresh: a call whose token is rejected again
       // after it has had one stops, as it would after a fetch.
@@ -407,7 +410,19 @@ export class TokenManager {
       // The store just failed: a token this process holds is still good, or the refresh falls back.
       if (usable() !== undefined) return usable()!;
     }
-    return this.#refresh({ force: false }, generation, unwanted);
+    if (!this.#refresher.servesHeldOnFailure) return this.#refresh({ force: false }, generation, unwanted);
+    try {
+      return await this.#refresh({ force: false }, generation, unwanted);
+    } catch (error) {
+      // A token service that does not answer (down, restarting, failing) hands out nothing newer: the
+      // token it handed out, still good, serves on for another memo window, as a token does while the
+      // store is down, rather than every call failing until the service is back. Not once the client
+      // closed, or every caller gave up.
+      const held = usable();
+      if (held === undefined || ctx.closed.aborted || unwanted.aborted) throw error;
+      this.#remember({ entry: this.#memo.entry!, tier: 'process', fetched: false }, generation);
+      return held;
+    }
   }
 
   /**

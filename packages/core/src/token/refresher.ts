@@ -125,6 +125,11 @@ export interface Refresher {
    * rejected token without wxkit's `fetched_by`): its next token is worth waiting for after a 40001.
    */
   readonly peerWrites?: boolean;
+  /**
+   * Whether the value this process holds, still good, serves on when a refresh fails: a token service
+   * that is down, restarting or failing hands out nothing newer, and the token it handed out still works.
+   */
+  readonly servesHeldOnFailure?: boolean;
   /** A new value; undefined only for `ahead` requests that found nothing to do. */
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /** The store was swapped (setCache()): forgets what this refresher learnt of the old one. */

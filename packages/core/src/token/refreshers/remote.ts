@@ -10,6 +10,8 @@ import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refres
  */
 export class RemoteRefresher implements Refresher {
   readonly fetches = true;
+  // The service is this process's store: while it does not answer, the token it handed out serves on.
+  readonly servesHeldOnFailure = true;
   readonly #ctx: TokenContext;
   readonly #source: TokenSource;
   readonly #request: TokenSourceRequest;
@@ -30,7 +32,7 @@ export class RemoteRefresher implements Refresher {
     // The service's answer is waited for only while someone wants it: once every caller gave up, or the
     // client closed, the request is let go (a program that never calls close() can exit, and close() does
     // not wait for a service that is itself waiting for its lock). The service's own refresh goes on.
-    const fetched = await whileWanted(this.#ctx, request, endingOf(this.#ctx, request), (signal) => this.#withDeadline(this.#source.fetch(this.#request, { signal })));
+    const fetched = await whileWanted(this.#ctx, request, endingOf(this.#ctx, request), (signal) => this.#withDeadline(this.#source.fetch(this.#request, request.force ? { signal, force: true } : { signal })));
     const refreshed = this.#take(fetched, started);
     if (typeof refreshed === 'string') throw new HttpError('ERR_WXKIT_HTTP', `The token source answered ${refreshed}`, { path: 'token source' });
     return refreshed;
