@@ -18,6 +18,7 @@ import {
   type KeySchema,
   type AuthorizerRefreshTokenRecoveredEvent,
   type OpenPlatformOptions,
+  type TokenCache,
 } from '../src/index.js';
 import { componentOptions, deferred, endedByClose, errorText, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
@@ -617,6 +618,17 @@ describe('authorizers', () => {
   });
 });
 
+/** `store` as another host reaches it: through a client of its own, whose breaker knows nothing of this host's outages. */
+function otherClientOf(store: MemoryCache): TokenCache {
+  return {
+    get: (key) => store.get(key),
+    set: (key, value, ttlSeconds) => store.set(key, value, ttlSeconds),
+    delete: (key) => store.delete(key),
+    add: (key, value, ttlSeconds) => store.add(key, value, ttlSeconds),
+    compareAndSet: (key, expected, value, ttlSeconds) => store.compareAndSet(key, expected, value, ttlSeconds),
+  };
+}
+
 /**
  * A durable store whose calls on the authorizers' refresh-token records fail on demand: the next
  * `failures` writes of a settled record (no write-ahead mark) fail, and with `outage` set, the first of
@@ -628,12 +640,15 @@ class FlakyRecords extends MemoryCache {
   /** Failures of the final write that are no outage (a CacheError of reason `type`): the store stays up. */
   refusals = 0;
   outage = false;
+  /** Every call on a refresh token fails, reads too (a store that does not answer). */
+  unreachable = false;
   reached = { get: 0, add: 0, compareAndSet: 0 };
   #down = false;
 
   #call(op: keyof FlakyRecords['reached'], key: string, value?: string): void {
     if (!key.includes(':authorizer_refresh_token:')) return;
     this.reached[op] += 1;
+    if (this.unreachable) throw new Error('ECONNREFUSED');
     if (this.#down && this.outage) throw new Error('ECONNREFUSED');
     this.#down = false;
     if (value !== undefined && !value.includes('pending_since') && this.refusals > 0) {
@@ -927,6 +942,28 @@ describe('refresh tokens the durable store must take', () => {
     expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 2 });
     expect(mock.counters(grant.authorizerAppId).errcodes['61023']).toBeUndefined();
     expect((await durable.record(s.component, grant.authorizerAppId)).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
+  });
+
+  it("a refresh after WeChat rejected a token that fails on the durable store, before WeChat is asked, does not pause the fleet's next one", async () => {
+    const durable = new FlakyRecords();
+    const s = setup(durable);
+    await withTicket(s);
+    // The clients' clock stands still: a pause of the fleet's refreshes would still be in force below.
+    const clock = { now: Date.now() };
+    const open = s.make({ now: () => clock.now });
+    const appId = await authorized(s, open);
+    // WeChat ends the account's token while the durable store does not answer: the refresh that follows
+    // the rejection fails on its first read of the record, and WeChat hands out nothing.
+    mock.invalidateTokens(appId);
+    durable.unreachable = true;
+    expect(await rejection(send(open, appId))).toBeInstanceOf(CacheError);
+    expect(mock.counters(appId).authorizerTokenRequests).toBe(0);
+    // Another host, whose durable store answers, meets the same rejection: it refreshes at once, not after
+    // the pause the fleet keeps after a fetch whose token WeChat rejected in turn.
+    durable.unreachable = false;
+    const other = s.make({ now: () => clock.now, durableStore: otherClientOf(durable) });
+    expect(await send(other, appId)).toMatchObject({ errcode: 0 });
+    expect(mock.counters(appId)).toMatchObject({ authorizerTokenRequests: 1, templateSends: 1 });
   });
 });
 

@@ -393,9 +393,12 @@ export class LockedFetchRefresher implements Refresher {
         // an authorizer's component token: the next round, with a fresh input, must not find itself
         // paused). One WeChat answered with a failure keeps its pause: the failure marker's back-off runs
         // beside it, and neither ladder starts over while fetches fail and succeed by turns. Given back
-        // under the lock, so that no other process reads it meanwhile.
+        // under the lock, so that no other process reads it meanwhile. A fetch that failed on a store of
+        // its own (an open platform's durable store, which holds an authorizer's refresh token) handed out
+        // no token either: it throws a CacheError only before WeChat was asked, or after WeChat refused
+        // the refresh token (a token WeChat did hand out is returned, whatever became of its writes).
         const inputRejected = input !== undefined && this.#upstream.rejectsInput?.(error) === true;
-        if (!progress.asked || LocalBackoff.covers(error) || inputRejected) {
+        if (!progress.asked || LocalBackoff.covers(error) || error instanceof CacheError || inputRejected) {
           await this.#pause.giveBack(progress, pauseWritten, () => ctx.settings.now());
         }
         // Reported before the lock is let go: a process that waited for it then finds the input gone
