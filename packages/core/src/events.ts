@@ -105,8 +105,13 @@ export interface ComponentVerifyTicketReceivedEvent extends TokenEventBase {
 
 /** `component_verify_ticket.not_stored`. */
 export interface ComponentVerifyTicketNotStoredEvent extends ComponentVerifyTicketReceivedEvent {
-  /** `expired`: pushed more than 12 hours ago; `contended`: the record changed under each write. */
-  reason: 'expired' | 'contended';
+  /**
+   * `expired`: pushed more than 12 hours ago; `contended`: the record changed under each write; `older`:
+   * the store holds a ticket pushed later (logged at info).
+   */
+  reason: 'expired' | 'contended' | 'older';
+  /** With `older`: when the stored ticket was pushed, in unix seconds. */
+  storedCreateTime?: number;
 }
 
 /** `component_callback.expired`. */

@@ -35,11 +35,16 @@ describe('storing a pushed component_verify_ticket', () => {
   it('a late push does not replace a newer stored ticket; a newer push does', async () => {
     const durable = new MemoryCache();
     const open = platform(durable);
+    const skipped: object[] = [];
+    open.on('component_verify_ticket.not_stored', (event) => skipped.push(event));
     await open.handleCallback(push('ticket-200', 200));
     await open.handleCallback(push('ticket-100', 100));
     expect(await storedTicket(durable)).toBe('ticket-200');
+    // Said, not dropped silently: WeChat pushing an old ticket again is worth a line.
+    expect(skipped).toEqual([expect.objectContaining({ createTime: 100, storedCreateTime: 200, reason: 'older' })]);
     await open.handleCallback(push('ticket-300', 300));
     expect(await storedTicket(durable)).toBe('ticket-300');
+    expect(skipped).toHaveLength(1);
   });
 
   it('a newer ticket stored by another process between the read and the write survives', async () => {

@@ -72,7 +72,14 @@ export class VerifyTicket {
         );
       }
       const stored = decodeStoredTicket(this.#core.schema, key, raw);
-      if (stored && stored.createTime > createTime) return;
+      if (stored && stored.createTime > createTime) {
+        // A push delivered late (WeChat pushes again when an answer was slow) is no fault: said at info.
+        this.#core.log.info(
+          { event: 'component_verify_ticket.not_stored', appId: this.#appId, createTime, storedCreateTime: stored.createTime, reason: 'older' },
+          'A pushed component_verify_ticket was not stored: the store holds one pushed later',
+        );
+        return;
+      }
       let written: boolean;
       if (raw === undefined) {
         const added = this.#durable.add(key, value, ttl);
