@@ -160,6 +160,43 @@ describe('while the store is down', () => {
     await Promise.all([fetcher.close(), other.close()]);
   });
 
+  it('on a profile whose entries record no fetch time (EasyWeChat 4), a token another host writes between the read and the offer of one fetched during the outage is the one taken, not the older one read', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    // The read of the entry hands out what the store held, and then (once) lets the other host write its
+    // token under the lock before the offer looks at the entry again.
+    let between: (() => Promise<unknown>) | undefined;
+    const cache: TokenCache = {
+      ...store.cache,
+      get: async (key) => {
+        const value = await store.cache.get(key);
+        const run = between;
+        between = undefined;
+        if (run) await run();
+        return value;
+      },
+    };
+    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const [fetcher, other] = [host(), host()];
+    const before = await fetcher.accessToken.getToken();
+    expect(await other.accessToken.getToken()).toBe(before);
+    store.down();
+    const during = await fetcher.accessToken.forceRefresh();
+    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    let newer: string | undefined;
+    between = async () => (newer = await other.accessToken.forceRefresh());
+    const taken = await fetcher.accessToken.getToken();
+    expect(newer).toBeDefined();
+    expect([before, during]).not.toContain(newer);
+    // The store holds the other host's token: the one read before it was written is older than the one
+    // this host fetched, and neither is served.
+    expect(taken).toBe(newer);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    await Promise.all([fetcher.close(), other.close()]);
+  });
+
   it('a token fetched during the outage replaces an unreadable entry the store holds once back, without a fetch more', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

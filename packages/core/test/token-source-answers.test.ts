@@ -460,6 +460,41 @@ describe('a client of a token service that stops answering', () => {
       await client.close();
     }
   });
+  it('says so when it serves the token it holds for want of an answer, once until the service answers again: a key the service no longer takes (401) is seen before the token ends', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const client = new OfficialAccount({ appId: request.id, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    const failed: { code?: string; error?: string; tier: string; sent: boolean; level: string }[] = [];
+    client.on('access_token.fetch_failed', (event) => failed.push(event));
+    try {
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(failed).toEqual([]);
+      answer = () => ({ status: 401, body: JSON.stringify({ error: { code: 'unauthorized' } }) });
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(2);
+      expect(failed).toEqual([expect.objectContaining({ level: 'warn', code: 'ERR_WXKIT_HTTP', tier: 'process', sent: true, error: expect.stringMatching(/401/) })]);
+      expect(JSON.stringify(failed)).not.toContain('ACCESS_TOKEN_1');
+      expect(JSON.stringify(failed)).not.toContain('k'.repeat(32));
+      // Within the memo window the token is served without a request; the next window's failure is not
+      // said again, until the service has answered once more.
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      expect(asked).toHaveLength(3);
+      expect(failed).toHaveLength(1);
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 }) });
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+      answer = () => ({ status: 404, body: JSON.stringify({ error: { code: 'not_found' } }) });
+      vi.advanceTimersByTime(31_000);
+      await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+      expect(failed).toHaveLength(2);
+      expect(failed[1]!.error).toMatch(/404/);
+    } finally {
+      await client.close();
+    }
+  });
 });
 
 describe('a client of a token service that answers a report with the very token reported', () => {

@@ -53,6 +53,8 @@ export class TokenManager {
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
   #asked = 0;
   readonly #onWork: ((work: Promise<unknown>) => void) | undefined;
+  /** The token service's last answer was a failure, and the value held served on instead (said once, see #resolve). */
+  #servedHeld = false;
 
   /**
    * `onWork`: told of each refresh and each report of a rejected value as it starts, the work close()
@@ -390,10 +392,12 @@ export class TokenManager {
       const read = await ctx.entries.read(tier.entries, (value) => this.isRejected(value));
       // A write, counted under way as a refresh is: close() lets it land before the program closes its store.
       const published = tier.name === 'shared' ? await this.#track(this.#publish(read.kind === 'hit' ? read.entry : undefined)) : undefined;
-      if (published !== undefined) return published;
-      if (read.kind === 'hit') {
+      if (typeof published === 'string') return published;
+      // The offer found another entry than the one read (written since, under the lock): that one is the
+      // store's, and the one read before it is older.
+      if (published !== undefined || read.kind === 'hit') {
         if (tier.name === 'shared') this.#refresher.stored?.();
-        const value = this.#remember({ entry: read.entry, tier: tier.name, fetched: false }, generation);
+        const value = this.#remember({ entry: published ?? (read as { entry: StoredEntry }).entry, tier: tier.name, fetched: false }, generation);
         this.#considerAhead(ctx.settings.now());
         return value;
       }
@@ -412,7 +416,9 @@ export class TokenManager {
     }
     if (!this.#refresher.servesHeldOnFailure) return this.#refresh({ force: false }, generation, unwanted);
     try {
-      return await this.#refresh({ force: false }, generation, unwanted);
+      const value = await this.#refresh({ force: false }, generation, unwanted);
+      this.#servedHeld = false;
+      return value;
     } catch (error) {
       // A token service that does not answer (down, restarting, failing) hands out nothing newer: the
       // token it handed out, still good, serves on for another memo window, as a token does while the
@@ -421,6 +427,26 @@ export class TokenManager {
       const held = usable();
       if (held === undefined || ctx.closed.aborted || unwanted.aborted) throw error;
       this.#remember({ entry: this.#memo.entry!, tier: 'process', fetched: false }, generation);
+      // No caller sees the failure: said here, or a service that no longer takes the key (401) or knows
+      // the account (404) would go unseen until the token it handed out ends, and every call with it
+      // fails at once. Once until the service answers again: 10,000 accounts of a process whose service
+      // is down would each say it once per memo window.
+      if (this.#servedHeld) return held;
+      this.#servedHeld = true;
+      const failure = error as { code?: string; errcode?: number; message?: string; sent?: boolean } | undefined;
+      ctx.log.warn(
+        {
+          event: `${ctx.label}.fetch_failed`,
+          appId: ctx.appId,
+          key: ctx.logKey,
+          code: failure?.code,
+          errcode: failure?.errcode,
+          error: failure?.message,
+          tier: 'process',
+          sent: failure?.sent !== false,
+        },
+        `Asking the token service for the ${ctx.label} failed; the one this process holds serves until it nears its end, the service asked again once per memo window (said again once it has answered)`,
+      );
       return held;
     }
   }
@@ -429,8 +455,9 @@ export class TokenManager {
    * The store is back, and this process holds a token it fetched while it was away: offered to the store
    * if what the store holds is older (or nothing). Newest wins, not the first one back: the store may
    * still hold the token it had before the outage, which the fetch made meanwhile has since invalidated.
+   * Resolves the value written, or the entry the store keeps instead where it is not the one read.
    */
-  async #publish(stored: StoredEntry | undefined): Promise<string | undefined> {
+  async #publish(stored: StoredEntry | undefined): Promise<string | StoredEntry | undefined> {
     const memo = this.#memo;
     const unshared = memo.unshared;
     const now = this.#ctx.settings.now();
@@ -449,7 +476,9 @@ export class TokenManager {
     if (this.#ctx.closed.aborted) return memo.value;
     const ttlSeconds = Math.ceil((memo.staleAt! - now) / 1000);
     const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: older, replacesUndated: false });
-    if (!written) return undefined;
+    // Not written: the store holds an entry it keeps, which may be another than the one read (a lock
+    // holder wrote it between the read and the write). That one is taken, not the one read before it.
+    if (!written) return entry.value !== unshared.entry.value && entry.value !== stored?.value ? entry : undefined;
     memo.published();
     return entry.value;
   }
