@@ -269,9 +269,17 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   const send = async (path: string, exchange: () => Promise<Record<string, unknown>>, force = false): Promise<Record<string, unknown>> => {
     heldBack(path, path, force);
     heldBack(EVERY_PATH, path, force);
+    // The service answered (whatever it said): a hold of every path for want of a connection ends, as
+    // the service is reachable again (or another of its instances behind the name answered).
+    const reached = () => {
+      if (holds.get(EVERY_PATH)?.said === false) holds.delete(EVERY_PATH);
+    };
     try {
-      return await exchange();
+      const answered = await exchange();
+      reached();
+      return answered;
     } catch (error) {
+      if (error instanceof WeChatApiError || error instanceof BadResponseError || (error instanceof HttpError && error.status !== undefined)) reached();
       let failure = error;
       // A key too short for wxkit serve, refused: say so, as a wrong key is hard to tell from a typo.
       if (error instanceof HttpError && error.status === 401 && key.length < SERVE_KEY_MIN) {

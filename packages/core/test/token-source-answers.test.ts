@@ -267,6 +267,33 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
     }
   });
 
+  it("a request that reaches the service ends the second's hold of every path: after a forced refresh that got through, the other accounts are asked at once", async () => {
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const port = (closed.address() as { port: number }).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    // The first request goes to an instance that refuses connections (one of several behind a name).
+    let refuse = true;
+    let attempts = 0;
+    const dispatcher = new Agent().compose((dispatch) => (options, handler) => {
+      attempts += 1;
+      return dispatch(refuse ? { ...options, origin: `http://127.0.0.1:${port}` } : options, handler);
+    });
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32), dispatcher });
+    try {
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(source.fetch(request)).rejects.toMatchObject({ sent: false, cause: { code: 'ECONNREFUSED' } });
+      refuse = false;
+      await expect(source.fetch(request, { force: true })).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      await expect(source.fetch({ ...request, id: 'wxfedcba9876543210' })).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(attempts).toBe(3);
+    } finally {
+      await source.close?.();
+      await dispatcher.close();
+    }
+  });
+
   it('a 401 for the key holds the path back a second; the key added at the service, the next request a second later gets the token', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
