@@ -522,6 +522,41 @@ describe('a client of a token service that stops answering', () => {
       await client.close();
     }
   });
+
+  // The service answering a forced refresh, or a report of a rejected token, has answered as much as it
+  // does a refresh of the memo's: its next failure is said again.
+  for (const answeredBy of ['a forced refresh', 'a report of a rejected token'] as const) {
+    it(`says so again after the service answered ${answeredBy} in between`, async () => {
+      vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+      const client = new OfficialAccount({ appId: request.id, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+      const failed: { error?: string }[] = [];
+      client.on('access_token.fetch_failed', (event) => failed.push(event));
+      try {
+        answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+        await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+        answer = () => ({ status: 401, body: JSON.stringify({ error: { code: 'unauthorized' } }) });
+        vi.advanceTimersByTime(31_000);
+        await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+        expect(failed).toHaveLength(1);
+        // The service answers again, with a new token, to a request that is no refresh of the memo's.
+        answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 }) });
+        vi.advanceTimersByTime(2_000);
+        if (answeredBy === 'a forced refresh') await expect(client.accessToken.forceRefresh()).resolves.toBe('ACCESS_TOKEN_2');
+        else await client.accessToken.invalidate('ACCESS_TOKEN_1', 40001);
+        await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+        const before = asked.length;
+        // And fails once more, past the memo window: said, not left unseen until ACCESS_TOKEN_2 ends.
+        answer = () => ({ status: 404, body: JSON.stringify({ error: { code: 'not_found' } }) });
+        vi.advanceTimersByTime(31_000);
+        await expect(client.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+        expect(asked).toHaveLength(before + 1);
+        expect(failed).toHaveLength(2);
+        expect(failed[1]!.error).toMatch(/404/);
+      } finally {
+        await client.close();
+      }
+    });
+  }
 });
 
 describe('a client of a token service that answers a report with the very token reported', () => {

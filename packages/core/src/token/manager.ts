@@ -53,7 +53,10 @@ export class TokenManager {
   /** Refreshes of this process that asked upstream (not those that found a value in the store). */
   #asked = 0;
   readonly #onWork: ((work: Promise<unknown>) => void) | undefined;
-  /** The token service's last answer was a failure, and the value held served on instead (said once, see #resolve). */
+  /**
+   * The token service's last answer was a failure, and the value held served on instead (said once, see
+   * #resolve); cleared by any answer of the service, to a refresh, a forced refresh or a report.
+   */
   #servedHeld = false;
 
   /**
@@ -257,6 +260,8 @@ export class TokenManager {
       // refresh's would be: the callers resend with it, and no one asks for it again.
       const reported = this.#track(this.#refresher.invalidate(value, errcode, known, accepted)).then((refreshed) => {
         if (!refreshed) return false;
+        // A token service that answered the report has answered: its next failure is said again.
+        this.#servedHeld = false;
         this.#remember(refreshed, generation);
         return true;
       });
@@ -416,9 +421,7 @@ export class TokenManager {
     }
     if (!this.#refresher.servesHeldOnFailure) return this.#refresh({ force: false }, generation, unwanted);
     try {
-      const value = await this.#refresh({ force: false }, generation, unwanted);
-      this.#servedHeld = false;
-      return value;
+      return await this.#refresh({ force: false }, generation, unwanted);
     } catch (error) {
       // A token service that does not answer (down, restarting, failing) hands out nothing newer: the
       // token it handed out, still good, serves on for another memo window, as a token does while the
@@ -489,6 +492,9 @@ export class TokenManager {
     const refreshed = await this.#refreshing({ ...request, ended: either(this.#ctx.closed, unwanted) });
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
+    // The token service answered (a forced refresh's answer as much as a read's): a failure after this
+    // one is said again (see #resolve).
+    this.#servedHeld = false;
     return this.#remember(refreshed, generation);
   }
 
