@@ -206,7 +206,9 @@ export interface TokenFetchedEvent extends TokenEventBase {
 
 /**
  * `<label>.fetch_failed`: a fetch failed; the shared failure marker makes the whole fleet back off, or,
- * when the request never left this process (`sent` false), this process backs off alone.
+ * when the request never left this process (`sent` false), this process backs off alone. A client of a
+ * token service (`tokenSource`) says so with `tier: 'process'` when the service did not answer and the
+ * token it holds serves on (once until the service answers again).
  */
 export interface TokenFetchFailedEvent extends TokenEventBase {
   /** The error's `code`, e.g. `ERR_WXKIT_WECHAT_API`. */
