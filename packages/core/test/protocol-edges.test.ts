@@ -49,6 +49,24 @@ class CountingAdds extends MemoryCache {
   }
 }
 
+
+/** Two hosts of one app on `cache` (each its own fallback directory), on EasyWeChat 4's format: its entries record no fetch time. */
+function undatedHosts(cache: TokenCache) {
+  const { appId, secret } = mock.createApp();
+  const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+  return { appId, fetcher: host(), other: host() };
+}
+
+/** `app`'s token, forced while `store` is down; resolved once `app` has heard the store is back. */
+async function refreshedDuringOutage(store: ReturnType<typeof switchableStore>, app: OfficialAccount): Promise<string> {
+  store.down();
+  const during = await app.accessToken.forceRefresh();
+  const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+  store.up();
+  await recovered;
+  return during;
+}
+
 describe('while the store is down', () => {
   it('a process that holds a valid token serves it past the memo window, and fetches nothing', async () => {
     const { appId, secret } = mock.createApp();
@@ -119,11 +137,8 @@ describe('while the store is down', () => {
     await app.close();
   });
   it('on a profile whose entries record no fetch time (EasyWeChat 4), a token fetched during the outage never replaces one another host fetched once the store came back', async () => {
-    const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });
-    // Two hosts: each its own fallback directory.
-    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    const [fetcher, other] = [host(), host()];
+    const { appId, fetcher, other } = undatedHosts(store.cache);
     const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
     const during = await fetcher.accessToken.getToken();
     store.up();
@@ -141,19 +156,13 @@ describe('while the store is down', () => {
   });
 
   it('on a profile whose entries record no fetch time (EasyWeChat 4), a token fetched during the outage still replaces the one the store kept through it', async () => {
-    const { appId, secret } = mock.createApp();
     const store = switchableStore();
-    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    const [fetcher, other] = [host(), host()];
+    const { appId, fetcher, other } = undatedHosts(store.cache);
     const before = await fetcher.accessToken.getToken();
     expect(await other.accessToken.getToken()).toBe(before);
-    store.down();
     // A forced refresh, not a rejection: the token the store keeps is one WeChat never refused.
-    const during = await fetcher.accessToken.forceRefresh();
+    const during = await refreshedDuringOutage(store, fetcher);
     expect(during).not.toBe(before);
-    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
-    store.up();
-    await recovered;
     expect(await fetcher.accessToken.getToken()).toBe(during);
     expect(await other.accessToken.getToken()).toBe(during);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
@@ -161,7 +170,6 @@ describe('while the store is down', () => {
   });
 
   it('on a profile whose entries record no fetch time (EasyWeChat 4), a token another host writes between the read and the offer of one fetched during the outage is the one taken, not the older one read', async () => {
-    const { appId, secret } = mock.createApp();
     const store = switchableStore();
     // The read of the entry hands out what the store held, and then (once) lets the other host write its
     // token under the lock before the offer looks at the entry again.
@@ -176,15 +184,10 @@ describe('while the store is down', () => {
         return value;
       },
     };
-    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, schema: easyWeChat4(), memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    const [fetcher, other] = [host(), host()];
+    const { appId, fetcher, other } = undatedHosts(cache);
     const before = await fetcher.accessToken.getToken();
     expect(await other.accessToken.getToken()).toBe(before);
-    store.down();
-    const during = await fetcher.accessToken.forceRefresh();
-    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
-    store.up();
-    await recovered;
+    const during = await refreshedDuringOutage(store, fetcher);
     let newer: string | undefined;
     between = async () => (newer = await other.accessToken.forceRefresh());
     const taken = await fetcher.accessToken.getToken();

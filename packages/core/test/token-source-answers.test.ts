@@ -32,6 +32,16 @@ afterAll(() => new Promise<void>((resolve) => server.close(() => resolve())));
 const request = { kind: 'official_account', id: 'wx0123456789abcdef', field: 'access_token' } as const;
 const now = () => Math.floor(Date.now() / 1000);
 
+
+/** A port of 127.0.0.1 nothing listens on (it was free a moment ago): a connection to it is refused. */
+async function closedPort(): Promise<number> {
+  const closed = createServer();
+  await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+  const port = (closed.address() as { port: number }).port;
+  await new Promise<void>((resolve) => closed.close(() => resolve()));
+  return port;
+}
+
 describe('remoteTokenSource refuses answers no token service gives', () => {
   it('a body over its 64 KiB: a BadResponseError naming no option to raise (it has none)', async () => {
     answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'x'.repeat(70 * 1024), expires_at: now() + 7200 }) });
@@ -229,10 +239,7 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
   });
 
   it('a request refused before it reached the service holds every path back a second: one connection attempt, not one per call or per account', async () => {
-    const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const port = (closed.address() as { port: number }).port;
-    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const port = await closedPort();
     let attempts = 0;
     const dispatcher = new Agent().compose((dispatch) => (options, handler) => {
       attempts += 1;
@@ -268,10 +275,7 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
   });
 
   it("a request that reaches the service ends the second's hold of every path: after a forced refresh that got through, the other accounts are asked at once", async () => {
-    const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
-    const port = (closed.address() as { port: number }).port;
-    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const port = await closedPort();
     // The first request goes to an instance that refuses connections (one of several behind a name).
     let refuse = true;
     let attempts = 0;
