@@ -131,7 +131,7 @@ export class ServiceMetrics {
       set: (key, value, ttlSeconds) => cache.set(key, value, ttlSeconds),
       delete: (key) => cache.delete(key),
     };
-    const { add, deleteIfEquals, compareAndSet, ttlMs, watch, close } = cache;
+    const { add, deleteIfEquals, compareAndSet, ttlMs, watch, partition, close } = cache;
     if (typeof add === 'function') {
       counted.add = async (key, value, ttlSeconds) => {
         const added = await add.call(cache, key, value, ttlSeconds);
@@ -151,6 +151,10 @@ export class ServiceMetrics {
     if (typeof ttlMs === 'function') counted.ttlMs = ttlMs.bind(cache);
     // Write notifications wake the clients waiting on another instance's refresh instead of polling.
     if (typeof watch === 'function') counted.watch = watch.bind(cache);
+    // A store spread over servers (memcached://a,b) names the one that holds each key: without it, one
+    // server down is the whole store down for the clients, and the apps on the servers that answer leave
+    // the store for the host's directory, their tokens no longer shared with the fleet.
+    if (typeof partition === 'function') counted.partition = partition.bind(cache);
     if (typeof close === 'function') counted.close = close.bind(cache);
     return counted;
   }

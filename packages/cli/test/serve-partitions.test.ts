@@ -65,6 +65,52 @@ describe('wxkit serve on a store of several servers, one down', () => {
     }
   });
 
+  it("an app whose server answers keeps sharing its token through the store while another server is down: its replacement is written there, not to the host's directory", async () => {
+    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const schema = nativeSchema();
+    const keyOf = (appId: string) => schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' });
+    // The first app on the server that stays, the second on the one that stops.
+    const first = mock.createApp();
+    let second = mock.createApp();
+    for (let i = 0; cache.partition!(keyOf(second.appId)) === cache.partition!(keyOf(first.appId)); i += 1) {
+      if (i > 200) throw new Error('no app on the other server');
+      second = mock.createApp();
+    }
+    const stopping = servers.find((server) => cache.partition!(keyOf(second.appId)).endsWith(`:${server.port}`))!;
+    const apps = [first, second].map(({ appId, secret }) => ({ kind: 'official_account' as const, appId, secret }));
+    const lines: Record<string, unknown>[] = [];
+    const logger = { info: (fields: Record<string, unknown>) => lines.push(fields), warn: (fields: Record<string, unknown>) => lines.push(fields), error: () => {} };
+    const service = await startTokenService({ cache, apps, keys: [KEY], port: 0, baseUrl: mock.url, checkEverySeconds: 3_600, logger });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const token = async (appId: string) => (await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string };
+    try {
+      const before = (await token(first.appId)).access_token;
+      await token(second.appId);
+      await stopping.stop();
+      // The second app's client meets its server down (once its memory of the token, a second, is out).
+      await vi.waitFor(
+        async () => {
+          await token(second.appId);
+          expect(lines).toContainEqual(expect.objectContaining({ event: 'cache.unavailable', appId: second.appId }));
+        },
+        { timeout: 10_000, interval: 100 },
+      );
+      // WeChat rejects the first app's token: the service replaces it, on the server that holds its entry.
+      mock.invalidateTokens(first.appId);
+      const res = await fetch(`${service.url}/v1/token/oa/${first.appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token: before, errcode: 40001 }) });
+      expect(res.status).toBe(200);
+      const after = ((await res.json()) as { access_token: string }).access_token;
+      expect(after).not.toBe(before);
+      const fetched = lines.filter((line) => line.event === 'access_token.fetched' && line.appId === first.appId);
+      expect(fetched.map((line) => line.tier)).toEqual(['shared', 'shared']);
+      // Every other process on the store (a client reading it, another instance of the service) reads it there.
+      expect(JSON.parse((await cache.get(keyOf(first.appId)))!)).toMatchObject({ access_token: after });
+    } finally {
+      await service.close();
+      await cache.close?.();
+    }
+  });
+
   it("/healthz is 503 when the server that holds only an app's ticket entries does not answer", async () => {
     const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
     const schema = nativeSchema();

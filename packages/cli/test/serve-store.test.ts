@@ -25,6 +25,18 @@ describe('the store wrapper of wxkit serve', () => {
     expect(woken).toBe(2);
   });
 
+  it("passes through which of the store's servers holds a key, and stays without it for a store that fails as a whole", async () => {
+    class Parted extends MemoryCache {
+      partition(key: string): string {
+        return key.endsWith('a') ? 'one:11211' : 'two:11211';
+      }
+    }
+    const counted = new ServiceMetrics().countingCache(new Parted(), new Map([['ka', 'app']]), new Map());
+    expect(counted.partition?.('ka')).toBe('one:11211');
+    expect(counted.partition?.('kb')).toBe('two:11211');
+    expect(new ServiceMetrics().countingCache(new MemoryCache(), new Map(), new Map()).partition).toBeUndefined();
+  });
+
   it('closes the store it wraps', async () => {
     const cache = new MemoryCache();
     const counted = new ServiceMetrics().countingCache(cache, new Map(), new Map());
