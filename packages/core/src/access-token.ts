@@ -10,6 +10,14 @@ export interface TokenCallOptions {
 }
 
 /**
+ * The signal of a call's options, which a JavaScript caller may give as `null`: the call then rejects
+ * on a bad signal as on any other, where reading `null.signal` threw at once.
+ */
+export function signalOf(options: TokenCallOptions | null | undefined): AbortSignal | undefined {
+  return options?.signal;
+}
+
+/**
  * A client's access token, shared through its cache. Reached as `app.accessToken`, as in EasyWeChat.
  *
  * @example
@@ -39,7 +47,7 @@ export class AccessToken {
    * @throws {BadResponseError} WeChat's answer was unusable.
    */
   getToken(options: TokenCallOptions = {}): Promise<string> {
-    return this.#manager.get(options.signal);
+    return this.#manager.get(signalOf(options));
   }
 
   /**
@@ -48,7 +56,7 @@ export class AccessToken {
    * what a dashboard shows.
    */
   getEntry(options: TokenCallOptions = {}): Promise<StoredEntry> {
-    return this.#manager.getEntry(options.signal);
+    return this.#manager.getEntry(signalOf(options));
   }
 
   /**
@@ -57,7 +65,7 @@ export class AccessToken {
    * wxkit never calls it on its own.
    */
   forceRefresh(options: TokenCallOptions = {}): Promise<string> {
-    return this.#manager.forceRefresh(options.signal);
+    return this.#manager.forceRefresh(signalOf(options));
   }
 
   /**

@@ -3,6 +3,7 @@ import { ConfigError, WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';
 import { typeName } from './validate.js';
+import { signalOf } from './access-token.js';
 
 /** What WeChat answers: `errcode` 0 or absent on success, plus the API's own fields. */
 export interface WeChatResponse {
@@ -15,6 +16,11 @@ export interface WeChatResponse {
 export interface RequestOptions {
   /** Cancels the call. */
   signal?: AbortSignal;
+}
+
+/** A POST's query, from options a JavaScript caller may give as `null` (the call then rejects, never throws at once). */
+function queryOf(options: { query?: Query } | null | undefined): Query {
+  return options?.query ?? {};
 }
 
 // Resends after WeChat rejected the token: a lockless peer (an SDK that refreshes without a lock) can
@@ -58,7 +64,7 @@ export class ApiClient {
 
   /** POST `body` as JSON to `path`; resolves the JSON body. */
   postJson<T extends object = WeChatResponse>(path: string, body: unknown, options: RequestOptions & { query?: Query } = {}): Promise<T> {
-    return this.#send<T>('POST', path, options.query ?? {}, body ?? {}, options);
+    return this.#send<T>('POST', path, queryOf(options), body ?? {}, options);
   }
 
   /**
@@ -66,21 +72,22 @@ export class ApiClient {
    * bytes and their content type. Errors come back as JSON and are thrown as usual.
    */
   postForBuffer(path: string, body: unknown, options: RequestOptions & { query?: Query } = {}): Promise<BinaryResponse> {
-    return this.#send<BinaryResponse>('POST', path, options.query ?? {}, body ?? {}, options, true);
+    return this.#send<BinaryResponse>('POST', path, queryOf(options), body ?? {}, options, true);
   }
 
-  async #send<T>(method: 'GET' | 'POST', path: string, query: Query, json: unknown, options: RequestOptions, binary = false): Promise<T> {
+  async #send<T>(method: 'GET' | 'POST', path: string, query: Query, json: unknown, options: RequestOptions | null, binary = false): Promise<T> {
     // A whole URL pasted as the path would be sent under the client's origin and come back a 404: say so
     // before anything is read or sent. The origin is the client's (baseUrl), the path WeChat's API's.
     if (typeof path !== 'string' || path.length === 0) throw new ConfigError(`The path must be an API path such as cgi-bin/user/info (got ${typeName(path)})`, 'path');
     if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith('//')) {
       throw new ConfigError('The path must be an API path such as cgi-bin/user/info, not a URL: the client sends it to its own origin (baseUrl)', 'path');
     }
+    const signal = signalOf(options);
     const send = (token: string) => {
-      const req = { method, path, query: { ...query, access_token: token }, json, signal: options.signal };
+      const req = { method, path, query: { ...query, access_token: token }, json, signal };
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);
     };
-    let token = await this.#token.get(options.signal);
+    let token = await this.#token.get(signal);
     const recovery = { fetched: false };
     let firstRejection: number | undefined;
     let rejection: WeChatApiError;
@@ -94,7 +101,7 @@ export class ApiClient {
       }
       firstRejection ??= performance.now();
       if (resends === MAX_RESENDS || performance.now() - firstRejection > GRACE_MS) break;
-      const next = await this.#token.recover(token, rejection.errcode, recovery, options.signal);
+      const next = await this.#token.recover(token, rejection.errcode, recovery, signal);
       if (next === undefined) break;
       token = next;
     }

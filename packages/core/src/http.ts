@@ -3,6 +3,7 @@ import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
 import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
 import { withRetryAt } from './retry-at.js';
+import { signalError } from './validate.js';
 
 export type QueryValue = string | number | boolean | undefined;
 export type Query = Record<string, QueryValue>;
@@ -526,6 +527,9 @@ export class HttpClient {
   #exchange(req: HttpRequest): Promise<ExchangeResult> {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
+    // Checked before the exchange is made: one whose signal cannot be listened to would fail half set up.
+    const badSignal = signalError("The call's", req.signal);
+    if (badSignal) return Promise.reject(badSignal);
     if (req.signal?.aborted) return Promise.reject(req.signal.reason);
     // Requests under way at close() finish; one made after it is refused here, by name, rather than by
     // the closed pool's own error.

@@ -48,6 +48,20 @@ export function typeName(value: unknown): string {
 }
 
 /**
+ * The error of a call's `options.signal` that is no AbortSignal, or undefined. Any object like one is
+ * taken (another realm's, a polyfill's): it has a boolean `aborted` and `addEventListener`; `null` is no
+ * signal, as the calls always took it. Checked before the call does anything: a string or a plain object
+ * given as the signal would otherwise fail deep inside the call with a TypeError, after the call had
+ * started a token fetch that nobody then waits for.
+ */
+export function signalError(owner: string, signal: unknown): ConfigError | undefined {
+  if (signal === undefined || signal === null) return undefined;
+  const like = signal as { aborted?: unknown; addEventListener?: unknown } | null;
+  if (typeof like === 'object' && like !== null && typeof like.aborted === 'boolean' && typeof like.addEventListener === 'function') return undefined;
+  return new ConfigError(`${owner} options.signal must be an AbortSignal (got ${typeName(signal)})`, 'signal');
+}
+
+/**
  * `<Owner> options.<name> must be <rule> (got <type>)`: the one shape every option error takes. `shown`
  * replaces the type only for values that can never be a secret (see {@link OptionRule.shows}).
  */

@@ -3,7 +3,7 @@ import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Agent, Dispatcher } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform } from '../src/index.js';
+import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, Work, easyWeChat4, wechatpy } from '../src/index.js';
 import { rejection, storeVerifyTicket } from './helpers.js';
 
 // Issue 14: clients share one connection pool per origin per process; a caller's dispatcher still wins;
@@ -87,6 +87,30 @@ describe('one pool per origin, shared by the clients of a process', () => {
     await next.templateMessage.send(TEMPLATE);
     expect(connected.length - before).toBe(opened);
     await next.close();
+  });
+
+  it('a client that fails to be made holds no use of the pools: they still close with the last client made', async () => {
+    const options = { baseUrl: `${mock.url}/`, timeoutMs: 9_006 };
+    const first = client(options);
+    const before = connected.length;
+    await first.templateMessage.send(TEMPLATE);
+    const opened = connected.length - before;
+    // EasyWeChat 4's keys are built from the secret: a follower of that profile given none is refused,
+    // once its options were read, and the same for a WeCom app. A platform on a profile without
+    // open-platform keys is refused too.
+    const noSecret = { ...options, refresh: 'never' as const, schema: easyWeChat4(), cache: new MemoryCache(), logger: false as const };
+    expect(() => new OfficialAccount({ ...noSecret, appId: mock.createApp().appId })).toThrow(/builds its keys from the secret/);
+    expect(() => new Work({ ...noSecret, corpId: 'ww0123456789abcdef', agentId: 1000002 })).toThrow(/builds its keys from the secret/);
+    const component = mock.createComponent();
+    const { appId, secret, token, encodingAESKey } = component;
+    const platformOptions = { ...options, appId, secret, token, encodingAESKey, cache: new MemoryCache(), durableStore: new MemoryCache(), logger: false as const };
+    expect(() => new OpenPlatform({ ...platformOptions, schema: wechatpy() })).toThrow(/has none; use nativeSchema/);
+    await first.close();
+    // The pools closed with the one client made: a new client opens connections of its own.
+    const later = client(options);
+    await later.templateMessage.send(TEMPLATE);
+    expect(connected.length - before).toBeGreaterThan(opened);
+    await later.close();
   });
 
   it("a caller's dispatcher carries the client's requests, and close() leaves it open", async () => {

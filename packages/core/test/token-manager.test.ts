@@ -1,7 +1,7 @@
 import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, easyWeChat6, wxJava, type TokenCache } from '../src/index.js';
+import { MemoryCache, MiniProgram, OfficialAccount, easyWeChat6, wxJava, type TokenCache } from '../src/index.js';
 import { newApp, rejection } from './helpers.js';
 
 // The token manager's own promises, each of which the protocol tests reach only by the way: what an
@@ -42,6 +42,57 @@ describe('an aborted signal', () => {
     const signal = { aborted: false, reason: undefined, addEventListener: () => undefined, removeEventListener: () => undefined } as unknown as AbortSignal;
     expect(await app.client.get('cgi-bin/get_api_domain_ip', {}, { signal })).toMatchObject({ ip_list: expect.any(Array) });
     expect(mock.counters(appId)).toMatchObject({ tokenRequests: 2, errcodes: { '40001': 1 } });
+  });
+
+  it('a signal that is no AbortSignal is a ConfigError naming options.signal, before any token fetch or send', async () => {
+    const { app, appId } = newApp(mock);
+    const mp = new MiniProgram({ ...mock.createApp(), baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    const calls: [string, (signal: AbortSignal) => Promise<unknown>][] = [
+      ['getToken', (signal) => app.accessToken.getToken({ signal })],
+      ['getEntry', (signal) => app.accessToken.getEntry({ signal })],
+      ['forceRefresh', (signal) => app.accessToken.forceRefresh({ signal })],
+      ['getTicket', (signal) => app.jssdk.getTicket('jsapi', { signal })],
+      ['client.get', (signal) => app.client.get('cgi-bin/get_api_domain_ip', {}, { signal })],
+      ['templateMessage.send', (signal) => app.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} }, { signal })],
+      ['code2Session', (signal) => mp.auth.code2Session('code-abc', { signal })],
+    ];
+    for (const [name, call] of calls) {
+      for (const signal of ['stop', {}, { aborted: 'no' }]) {
+        expect(await rejection(call(signal as unknown as AbortSignal)), `${name}(${JSON.stringify(signal)})`).toMatchObject({
+          code: 'ERR_WXKIT_INVALID_OPTION',
+          option: 'signal',
+          message: expect.stringMatching(/^The call's options\.signal must be an AbortSignal \(got (string|object)\)$/),
+        });
+      }
+    }
+    // Nothing started for a call that failed: no token fetched, no API call sent, no code exchanged.
+    expect(mock.counters(appId)).toMatchObject({ requests: 0 });
+    expect(mock.counters(mp.appId).requests).toBe(0);
+    await Promise.all([app.close(), mp.close()]);
+  });
+
+  it('options, or a signal, given as null (from JavaScript) are none: the calls answer, and none throws at once', async () => {
+    const { app, appId } = newApp(mock);
+    const nothing = null as never;
+    let calls: Promise<unknown>[] = [];
+    expect(() => {
+      calls = [
+        app.accessToken.getToken(nothing),
+        app.accessToken.getEntry(nothing),
+        app.client.get('cgi-bin/get_api_domain_ip', {}, nothing),
+        app.client.postJson('cgi-bin/message/template/send', { touser: 'o1', template_id: 'T', data: {} }, nothing),
+        app.accessToken.getToken({ signal: nothing }),
+        app.client.get('cgi-bin/get_api_domain_ip', {}, { signal: nothing }),
+      ];
+    }).not.toThrow();
+    const [token, entry, ips, sent, again, ipsAgain] = await Promise.all(calls);
+    expect(again).toBe(token);
+    expect(ipsAgain).toMatchObject({ ip_list: expect.any(Array) });
+    expect(entry).toMatchObject({ value: token });
+    expect(ips).toMatchObject({ ip_list: expect.any(Array) });
+    expect(sent).toMatchObject({ msgid: expect.anything() });
+    expect(mock.counters(appId)).toMatchObject({ tokenRequests: 1, templateSends: 1 });
+    await app.close();
   });
 });
 

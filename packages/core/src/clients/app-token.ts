@@ -46,16 +46,35 @@ export function setUp<T extends AppOptions>(owner: string, kind: 'official_accou
   const secret = custom ? undefined : requireSecret(owner, checked);
   const given = checked.tokenEndpoint;
   const core = new ClientCore(owner, appId, checked);
-  // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
-  const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
-  const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
-  if (custom) {
-    const { key, label, upstream } = custom(core);
-    return { core, subject, token: core.manager(label, key, { kind, id: appId, field: 'access_token' }, upstream), secret };
+  return tokenOf(core, () => {
+    // A compatibility profile defaults to the endpoint its peer SDK uses (EasyWeChat 4: classic).
+    const endpoint: 'stable' | 'classic' = given ?? core.schema.defaultEndpoint ?? 'stable';
+    const subject = { kind, appId, endpoint, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
+    if (custom) {
+      const { key, label, upstream } = custom(core);
+      return { core, subject, token: core.manager(label, key, { kind, id: appId, field: 'access_token' }, upstream), secret };
+    }
+    const upstream = new AppTokenUpstream(core, appId, secret, endpoint);
+    const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, upstream);
+    return { core, subject, token, secret };
+  });
+}
+
+/**
+ * What `make` builds on a client core just made, or its error once the core is closed. The core holds a
+ * use of the process's shared connection pools from its construction: a client that then fails to be
+ * made (a schema whose keys need the secret, given none) would hold that use for the life of the
+ * process, and the pools would outlive their last client.
+ * @internal
+ */
+export function tokenOf<T>(core: ClientCore, make: () => T): T {
+  try {
+    return make();
+  } catch (error) {
+    // Its close() never fails for want of a store (the cache is the caller's to close); nobody awaits it.
+    void core.close().catch(() => undefined);
+    throw error;
   }
-  const upstream = new AppTokenUpstream(core, appId, secret, endpoint);
-  const token = core.manager('access_token', core.schema.accessTokenKey(subject), { kind, id: appId, field: 'access_token' }, upstream);
-  return { core, subject, token, secret };
 }
 
 /**

@@ -3,7 +3,7 @@ import type { TokenCallOptions } from '../access-token.js';
 import { abortable } from '../token/single-flight.js';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
-import { ID_RULE, durationMs, integer, oneOf, required, rule, typeName, type OptionSchema } from '../validate.js';
+import { ID_RULE, durationMs, integer, oneOf, required, rule, signalError, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
@@ -181,10 +181,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
     const signal = (options as TokenCallOptions | undefined)?.signal;
-    // Any AbortSignal-like object (another realm's, a polyfill's), as the token calls take.
-    if (signal !== undefined && !(typeof signal === 'object' && signal !== null && typeof signal.aborted === 'boolean' && typeof signal.addEventListener === 'function')) {
-      return Promise.reject(new ConfigError(`ClientPool get(id, options) options.signal must be an AbortSignal (got ${typeName(signal)})`, 'signal'));
-    }
+    const badSignal = signalError('ClientPool get(id, options)', signal);
+    if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const client = this.#get(id, performance.now() + this.#timeoutMs);
     return signal ? abortable(client, signal) : client;

@@ -1,5 +1,6 @@
 import type { RequestOptions } from '../api-client.js';
 import { WeChatClient } from './wechat-client.js';
+import { tokenOf } from './app-token.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { WorkJssdk } from '../jssdk.js';
 import type { KeySubject } from '../token/entry.js';
@@ -72,7 +73,7 @@ export class Work extends WeChatClient {
     const secret = requireSecret(owner, checked);
     const core = new ClientCore(owner, corpId, checked, WORK_BASE_URL);
     const subject = { kind: 'work', corpId, agentId, ...(secret === undefined ? {} : { secret }) } satisfies KeySubject;
-    const token = core.manager(
+    const token = tokenOf(core, () => core.manager(
       'access_token',
       core.schema.accessTokenKey(subject),
       { kind: 'work', id: `${corpId}:${agentId}`, field: 'access_token' },
@@ -88,7 +89,7 @@ export class Work extends WeChatClient {
           return validateFetched(await core.http.json({ method: 'GET', path, query, tokenFetch: true }), 'access_token', path);
         },
       },
-    );
+    ));
     super(core, token);
     this.corpId = corpId;
     this.agentId = agentId;

@@ -145,10 +145,13 @@ export class OpenPlatform {
     const clientOptions: Record<string, unknown> = { ...opts };
     for (const name of Object.keys(OWN_OPTIONS)) delete clientOptions[name];
     this.#options = clientOptions;
-    this.#core = new ClientCore('OpenPlatform', this.appId, this.#options);
-    if (!this.#core.schema.openPlatformKey) {
-      throw invalidOption('OpenPlatform', 'schema', `a KeySchema with open-platform keys (${this.#core.schema.name} has none; use nativeSchema())`, opts.schema);
+    // Checked before the core is made, which holds a use of the process's shared connection pools from
+    // then on: a platform refused after it would keep them open past their last client. The default
+    // schema (nativeSchema()) has open-platform keys.
+    if (opts.schema !== undefined && !opts.schema.openPlatformKey) {
+      throw invalidOption('OpenPlatform', 'schema', `a KeySchema with open-platform keys (${opts.schema.name} has none; use nativeSchema())`, opts.schema);
     }
+    this.#core = new ClientCore('OpenPlatform', this.appId, this.#options);
     this.#durable = new GuardedStore(opts.durableStore, this.#core.cacheTimeoutMs, this.#core.log, this.appId);
     this.#warnIfEvictable(opts.durableStore);
     // The authorizer clients share this platform's HTTP client, stores and key schema: each account

@@ -1,4 +1,5 @@
 import { CacheError, tookToken } from '../errors.js';
+import { signalError } from '../validate.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
@@ -14,6 +15,8 @@ export interface RecoveryState {
 // Tokens WeChat rejected are remembered so that a store which still holds one (its delete failed, or a
 // peer without compare-and-delete wrote it back) is not served again. Tokens are never reused by WeChat.
 const REJECTED_MEMORY = 16;
+/** Who an `options.signal` that is no AbortSignal is said to be given to: any call that waits for a token or ticket. */
+const CALL = "The call's";
 /** How long a call that has had its fetch waits for a peer's newer token after a rejection. */
 const NEWER_WAIT_MS = 2_000;
 
@@ -148,6 +151,8 @@ export class TokenManager {
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
   get(signal?: AbortSignal): Promise<string> {
+    const badSignal = signalError(CALL, signal);
+    if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const now = this.#ctx.settings.now();
     const fresh = this.#memo.fresh(now);
@@ -171,6 +176,8 @@ export class TokenManager {
 
   /** A new value even if the store holds a valid one: an explicit request, never an automatic path. */
   forceRefresh(signal?: AbortSignal): Promise<string> {
+    const badSignal = signalError(CALL, signal);
+    if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const generation = this.#generation;
     return (this.#forced ??= new SingleFlight()).run((unwanted) => this.#refresh({ force: true, current: this.#memo.value }, generation, unwanted), signal);
@@ -278,6 +285,8 @@ export class TokenManager {
    * try: the caller gives up instead of looping.
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
+    const badSignal = signalError(CALL, signal);
+    if (badSignal) throw badSignal;
     // As get() does: an AbortSignal-like signal (a polyfill's, an older runtime's) has no throwIfAborted().
     if (signal?.aborted) throw signal.reason;
     // Once close() has let the client's work end, nothing is reported: the program may have closed its
