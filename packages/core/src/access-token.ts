@@ -10,14 +10,6 @@ export interface TokenCallOptions {
 }
 
 /**
- * The signal of a call's options, which a JavaScript caller may give as `null`: the call then rejects
- * on a bad signal as on any other, where reading `null.signal` threw at once.
- */
-export function signalOf(options: TokenCallOptions | null | undefined): AbortSignal | undefined {
-  return options?.signal;
-}
-
-/**
  * A client's access token, shared through its cache. Reached as `app.accessToken`, as in EasyWeChat.
  *
  * @example
@@ -47,7 +39,8 @@ export class AccessToken {
    * @throws {BadResponseError} WeChat's answer was unusable.
    */
   getToken(options: TokenCallOptions = {}): Promise<string> {
-    return this.#manager.get(signalOf(options));
+    // `?.` here and below: a JavaScript caller may pass null, which the default does not replace.
+    return this.#manager.get(options?.signal);
   }
 
   /**
@@ -56,7 +49,7 @@ export class AccessToken {
    * what a dashboard shows.
    */
   getEntry(options: TokenCallOptions = {}): Promise<StoredEntry> {
-    return this.#manager.getEntry(signalOf(options));
+    return this.#manager.getEntry(options?.signal);
   }
 
   /**
@@ -65,7 +58,7 @@ export class AccessToken {
    * wxkit never calls it on its own.
    */
   forceRefresh(options: TokenCallOptions = {}): Promise<string> {
-    return this.#manager.forceRefresh(signalOf(options));
+    return this.#manager.forceRefresh(options?.signal);
   }
 
   /**

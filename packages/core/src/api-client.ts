@@ -3,7 +3,6 @@ import { ConfigError, WeChatApiError, isTokenRejection } from './errors.js';
 import { cleanPath, type BinaryResponse, type Query } from './http.js';
 import type { TokenManager } from './token/manager.js';
 import { typeName } from './validate.js';
-import { signalOf } from './access-token.js';
 
 /** What WeChat answers: `errcode` 0 or absent on success, plus the API's own fields. */
 export interface WeChatResponse {
@@ -16,11 +15,6 @@ export interface WeChatResponse {
 export interface RequestOptions {
   /** Cancels the call. */
   signal?: AbortSignal;
-}
-
-/** A POST's query, from options a JavaScript caller may give as `null` (the call then rejects, never throws at once). */
-function queryOf(options: { query?: Query } | null | undefined): Query {
-  return options?.query ?? {};
 }
 
 // Resends after WeChat rejected the token: a lockless peer (an SDK that refreshes without a lock) can
@@ -64,7 +58,8 @@ export class ApiClient {
 
   /** POST `body` as JSON to `path`; resolves the JSON body. */
   postJson<T extends object = WeChatResponse>(path: string, body: unknown, options: RequestOptions & { query?: Query } = {}): Promise<T> {
-    return this.#send<T>('POST', path, queryOf(options), body ?? {}, options);
+    // `?.`: a JavaScript caller may pass null, which the default does not replace (the call rejects, never throws).
+    return this.#send<T>('POST', path, options?.query ?? {}, body ?? {}, options);
   }
 
   /**
@@ -72,7 +67,7 @@ export class ApiClient {
    * bytes and their content type. Errors come back as JSON and are thrown as usual.
    */
   postForBuffer(path: string, body: unknown, options: RequestOptions & { query?: Query } = {}): Promise<BinaryResponse> {
-    return this.#send<BinaryResponse>('POST', path, queryOf(options), body ?? {}, options, true);
+    return this.#send<BinaryResponse>('POST', path, options?.query ?? {}, body ?? {}, options, true);
   }
 
   async #send<T>(method: 'GET' | 'POST', path: string, query: Query, json: unknown, options: RequestOptions | null, binary = false): Promise<T> {
@@ -82,7 +77,7 @@ export class ApiClient {
     if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith('//')) {
       throw new ConfigError('The path must be an API path such as cgi-bin/user/info, not a URL: the client sends it to its own origin (baseUrl)', 'path');
     }
-    const signal = signalOf(options);
+    const signal = options?.signal;
     const send = (token: string) => {
       const req = { method, path, query: { ...query, access_token: token }, json, signal };
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);

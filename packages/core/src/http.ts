@@ -528,7 +528,7 @@ export class HttpClient {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
     // Checked before the exchange is made: one whose signal cannot be listened to would fail half set up.
-    const badSignal = signalError("The call's", req.signal);
+    const badSignal = signalError(req.signal);
     if (badSignal) return Promise.reject(badSignal);
     if (req.signal?.aborted) return Promise.reject(req.signal.reason);
     // Requests under way at close() finish; one made after it is refused here, by name, rather than by

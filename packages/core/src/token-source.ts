@@ -266,14 +266,14 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     if (left <= 0) holds.delete(key);
     else if (!(force && !held.said && !held.forced)) throw heldError(held.error, Date.now() + left, path, held.said);
   };
+  // The service answered (whatever it said): a hold of every path for want of a connection ends, as
+  // the service is reachable again (or another of its instances behind the name answered).
+  const reached = () => {
+    if (holds.get(EVERY_PATH)?.said === false) holds.delete(EVERY_PATH);
+  };
   const send = async (path: string, exchange: () => Promise<Record<string, unknown>>, force = false): Promise<Record<string, unknown>> => {
     heldBack(path, path, force);
     heldBack(EVERY_PATH, path, force);
-    // The service answered (whatever it said): a hold of every path for want of a connection ends, as
-    // the service is reachable again (or another of its instances behind the name answered).
-    const reached = () => {
-      if (holds.get(EVERY_PATH)?.said === false) holds.delete(EVERY_PATH);
-    };
     try {
       const answered = await exchange();
       reached();

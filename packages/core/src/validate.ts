@@ -54,7 +54,7 @@ export function typeName(value: unknown): string {
  * given as the signal would otherwise fail deep inside the call with a TypeError, after the call had
  * started a token fetch that nobody then waits for.
  */
-export function signalError(owner: string, signal: unknown): ConfigError | undefined {
+export function signalError(signal: unknown, owner = "The call's"): ConfigError | undefined {
   if (signal === undefined || signal === null) return undefined;
   const like = signal as { aborted?: unknown; addEventListener?: unknown } | null;
   if (typeof like === 'object' && like !== null && typeof like.aborted === 'boolean' && typeof like.addEventListener === 'function') return undefined;

@@ -181,7 +181,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
     const signal = (options as TokenCallOptions | undefined)?.signal;
-    const badSignal = signalError('ClientPool get(id, options)', signal);
+    const badSignal = signalError(signal, 'ClientPool get(id, options)');
     if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const client = this.#get(id, performance.now() + this.#timeoutMs);

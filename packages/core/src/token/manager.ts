@@ -3,7 +3,7 @@ import { signalError } from '../validate.js';
 import type { StoredEntry } from './entry.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
-import { awaitNewEntry, closedError, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
+import { awaitNewEntry, closedError, logFetchFailed, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 import { either, type Ending } from './closing.js';
 
@@ -15,8 +15,6 @@ export interface RecoveryState {
 // Tokens WeChat rejected are remembered so that a store which still holds one (its delete failed, or a
 // peer without compare-and-delete wrote it back) is not served again. Tokens are never reused by WeChat.
 const REJECTED_MEMORY = 16;
-/** Who an `options.signal` that is no AbortSignal is said to be given to: any call that waits for a token or ticket. */
-const CALL = "The call's";
 /** How long a call that has had its fetch waits for a peer's newer token after a rejection. */
 const NEWER_WAIT_MS = 2_000;
 
@@ -151,7 +149,7 @@ export class TokenManager {
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
   get(signal?: AbortSignal): Promise<string> {
-    const badSignal = signalError(CALL, signal);
+    const badSignal = signalError(signal);
     if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const now = this.#ctx.settings.now();
@@ -176,7 +174,7 @@ export class TokenManager {
 
   /** A new value even if the store holds a valid one: an explicit request, never an automatic path. */
   forceRefresh(signal?: AbortSignal): Promise<string> {
-    const badSignal = signalError(CALL, signal);
+    const badSignal = signalError(signal);
     if (badSignal) return Promise.reject(badSignal);
     if (signal?.aborted) return Promise.reject(signal.reason);
     const generation = this.#generation;
@@ -285,8 +283,6 @@ export class TokenManager {
    * try: the caller gives up instead of looping.
    */
   async recover(failed: string, errcode: number, state: RecoveryState, signal?: AbortSignal): Promise<string | undefined> {
-    const badSignal = signalError(CALL, signal);
-    if (badSignal) throw badSignal;
     // As get() does: an AbortSignal-like signal (a polyfill's, an older runtime's) has no throwIfAborted().
     if (signal?.aborted) throw signal.reason;
     // Once close() has let the client's work end, nothing is reported: the program may have closed its
@@ -445,18 +441,11 @@ export class TokenManager {
       // is down would each say it once per memo window.
       if (this.#servedHeld) return held;
       this.#servedHeld = true;
-      const failure = error as { code?: string; errcode?: number; message?: string; sent?: boolean } | undefined;
-      ctx.log.warn(
-        {
-          event: `${ctx.label}.fetch_failed`,
-          appId: ctx.appId,
-          key: ctx.logKey,
-          code: failure?.code,
-          errcode: failure?.errcode,
-          error: failure?.message,
-          tier: 'process',
-          sent: failure?.sent !== false,
-        },
+      logFetchFailed(
+        ctx,
+        error,
+        'process',
+        (error as { sent?: boolean } | null | undefined)?.sent !== false,
         `Asking the token service for the ${ctx.label} failed; the one this process holds serves until it nears its end, the service asked again once per memo window (said again once it has answered)`,
       );
       return held;

@@ -47,6 +47,16 @@ export interface TokenContext {
   secretRefused(failedAt: number | undefined, own: boolean): void;
 }
 
+/**
+ * Writes `<label>.fetch_failed` for `error`: why, as the caller's error says it (ECONNREFUSED, ENOTFOUND, an
+ * errmsg), where a background refresh's failure (wxkit serve, refresh-ahead) is seen in this line only.
+ * The messages hold no secret.
+ */
+export function logFetchFailed(ctx: TokenContext, error: unknown, tier: Tier['name'], sent: boolean, message: string): void {
+  const failure = error as { code?: string; errcode?: number; message?: string } | null | undefined;
+  ctx.log.warn({ event: `${ctx.label}.fetch_failed`, appId: ctx.appId, key: ctx.logKey, code: failure?.code, errcode: failure?.errcode, error: failure?.message, tier, sent }, message);
+}
+
 /** What a call that needs a refresh (or would report a rejected value: `doing`) gets once its client was closed. */
 export function closedError(ctx: TokenContext, doing = `starts no refresh of the ${ctx.label} and waits for none`): TokenUnavailableError {
   return new TokenUnavailableError(`The client was closed: it ${doing}; make a new client`);

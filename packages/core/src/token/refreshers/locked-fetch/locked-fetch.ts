@@ -5,7 +5,7 @@ import { FailureGate, markerError, markerFailedAt, policyOf, refusesSecret } fro
 import { LocalBackoff } from '../../local-backoff.js';
 import { withRetryAt } from '../../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../../refresh-lock.js';
-import { awaitNewEntry, endingOf, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../../refresher.js';
+import { awaitNewEntry, endingOf, logFetchFailed, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../../refresher.js';
 import type { Tier } from '../../tiers.js';
 import type { Fetched, Upstream } from '../../upstream.js';
 import { DroppedWrites } from './dropped-writes.js';
@@ -636,19 +636,11 @@ export class LockedFetchRefresher implements Refresher {
       if (marker) withRetryAt(error, marker.retryAt);
       if (refusesSecret(error)) ctx.secretRefused(marker?.failedAt, true);
     }
-    ctx.log.warn(
-      {
-        event: `${ctx.label}.fetch_failed`,
-        appId: ctx.appId,
-        key: ctx.logKey,
-        code: (error as { code?: string }).code,
-        errcode: (error as { errcode?: number }).errcode,
-        // Why, as the caller's error says it (ECONNREFUSED, ENOTFOUND, an errmsg): a background refresh's
-        // failure (wxkit serve, refresh-ahead) is seen in this line only. The messages hold no secret.
-        error: (error as Error | undefined)?.message,
-        tier: tier.name,
-        sent: !unsent,
-      },
+    logFetchFailed(
+      ctx,
+      error,
+      tier.name,
+      !unsent,
       unsent
         ? `Fetching the ${ctx.label} failed before the request left this host; this process backs off before trying again, the other processes are not held back`
         : `Fetching the ${ctx.label} failed; every process backs off before asking WeChat again`,
