@@ -593,6 +593,8 @@ describe('a request to a token service that nobody waits for any more', () => {
   let letGo = 0;
   let received = 0;
   let answerAll: () => void = () => undefined;
+  /** The token the service answers with, when told to. */
+  let heldToken = 'ACCESS_TOKEN_HELD';
   beforeAll(async () => {
     const pending: (() => void)[] = [];
     answerAll = () => pending.splice(0).forEach((send) => send());
@@ -601,7 +603,7 @@ describe('a request to a token service that nobody waits for any more', () => {
       res.once('close', () => {
         if (!res.writableEnded) letGo += 1;
       });
-      pending.push(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ access_token: 'ACCESS_TOKEN_HELD', expires_at: now() + 7200 })));
+      pending.push(() => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ access_token: heldToken, expires_at: now() + 7200 })));
     });
     await new Promise<void>((resolve) => held.listen(0, '127.0.0.1', resolve));
     heldUrl = `http://127.0.0.1:${(held.address() as { port: number }).port}`;
@@ -614,15 +616,79 @@ describe('a request to a token service that nobody waits for any more', () => {
   beforeEach(() => {
     letGo = 0;
     received = 0;
+    heldToken = 'ACCESS_TOKEN_HELD';
   });
-  const client = () =>
-    new OfficialAccount({ appId: 'wx0123456789abcdef', cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: heldUrl, key: 'k'.repeat(32), timeoutMs: 600_000 }), logger: false });
+  afterEach(() => {
+    vi.useRealTimers();
+  });
+  const client = (timeoutMs = 600_000) =>
+    new OfficialAccount({ appId: 'wx0123456789abcdef', cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: heldUrl, key: 'k'.repeat(32), timeoutMs }), logger: false });
   // A bound on a failure, not a measurement: without it a request nobody lets go would hang the test.
   const bound = () => new Promise<'still waiting'>((resolve) => setTimeout(() => resolve('still waiting'), 5_000).unref());
   const until = async (condition: () => boolean) => {
     const started = Date.now();
     while (!condition() && Date.now() - started < 5_000) await new Promise((resolve) => setTimeout(resolve, 10));
   };
+
+  // Under fake dates, a wait counted in turns of the event loop rather than by the clock.
+  const turns = async (condition: () => boolean) => {
+    for (let i = 0; i < 500 && !condition(); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  };
+
+  it("past the memo window, a client holding a good token serves it rather than wait out the source's timeoutMs for a service that holds its request: one request, whose late answer is taken", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const app = client();
+    let fetched = 0;
+    app.on('access_token.fetched', () => (fetched += 1));
+    try {
+      heldToken = 'ACCESS_TOKEN_1';
+      const first = app.accessToken.getToken();
+      await turns(() => received === 1);
+      answerAll();
+      await expect(first).resolves.toBe('ACCESS_TOKEN_1');
+      // The service takes the next request and holds it (waiting for its lock, or hung).
+      vi.advanceTimersByTime(31_000);
+      expect(await Promise.race([app.accessToken.getToken(), bound()])).toBe('ACCESS_TOKEN_1');
+      expect(received).toBe(2);
+      for (let i = 0; i < 5; i++) await expect(app.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_1');
+      // Another memo window on, the request still held: none is made beside it.
+      vi.advanceTimersByTime(31_000);
+      expect(await Promise.race([app.accessToken.getToken(), bound()])).toBe('ACCESS_TOKEN_1');
+      expect(received).toBe(2);
+      // The service answers at last: its token is kept, and served without another request.
+      heldToken = 'ACCESS_TOKEN_2';
+      answerAll();
+      await turns(() => fetched === 2);
+      await expect(app.accessToken.getToken()).resolves.toBe('ACCESS_TOKEN_2');
+      expect({ received, fetched, letGo }).toEqual({ received: 2, fetched: 2, letGo: 0 });
+    } finally {
+      await app.close();
+    }
+  });
+
+  it("a held request that ends at the source's timeoutMs is said once, the token held serving on; the next memo window asks again", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const app = client(1_500);
+    const failed: { code?: string; tier: string }[] = [];
+    app.on('access_token.fetch_failed', (event) => failed.push(event));
+    try {
+      heldToken = 'ACCESS_TOKEN_1';
+      const first = app.accessToken.getToken();
+      await turns(() => received === 1);
+      answerAll();
+      await expect(first).resolves.toBe('ACCESS_TOKEN_1');
+      vi.advanceTimersByTime(31_000);
+      expect(await Promise.race([app.accessToken.getToken(), bound()])).toBe('ACCESS_TOKEN_1');
+      await turns(() => failed.length === 1);
+      expect(failed).toEqual([expect.objectContaining({ code: 'ERR_WXKIT_TIMEOUT', tier: 'process' })]);
+      vi.advanceTimersByTime(31_000);
+      expect(await Promise.race([app.accessToken.getToken(), bound()])).toBe('ACCESS_TOKEN_1');
+      await turns(() => letGo === 2);
+      expect({ received, letGo, failed: failed.length }).toEqual({ received: 3, letGo: 2, failed: 1 });
+    } finally {
+      await app.close();
+    }
+  });
 
   it('is let go once its only caller gives up: the caller gets its reason, and nothing holds the process open', async () => {
     const app = client();

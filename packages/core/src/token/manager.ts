@@ -59,6 +59,8 @@ export class TokenManager {
    * #resolve); cleared by any answer of the service, to a refresh, a forced refresh or a report.
    */
   #servedHeld = false;
+  /** A refresh the held value stood in for, still waiting for its answer (see #refreshOrHeld). */
+  #late: Promise<string> | undefined;
 
   /**
    * `onWork`: told of each refresh and each report of a rejected value as it starts, the work close()
@@ -119,6 +121,8 @@ export class TokenManager {
     this.#forced = undefined;
     this.#newer = undefined;
     this.#waitedInVain = undefined;
+    this.#late = undefined;
+    this.#servedHeld = false;
     this.#refresher.reset?.();
   }
 
@@ -394,10 +398,6 @@ export class TokenManager {
     this.#onFirstUse?.();
     const ctx = this.#ctx;
     const tier = ctx.tiers.current(ctx.key);
-    const usable = () => {
-      const held = this.#memo.usable(ctx.settings.now());
-      return held !== undefined && !this.isRejected(held) ? held : undefined;
-    };
     try {
       const read = await ctx.entries.read(tier.entries, (value) => this.isRejected(value));
       // A write, counted under way as a refresh is: close() lets it land before the program closes its store.
@@ -415,41 +415,94 @@ export class TokenManager {
       // serves until it nears its expiry, rather than a fetch on every read. So does a token this process
       // wrote that the store dropped: another fetch would end it (classic endpoint), and be dropped too.
       // Only while its TTL should still keep it there: past that, the store ended it as it was asked to.
-      const held = usable();
+      const held = this.#usable();
       const staleAt = this.#memo.staleAt;
       const kept = staleAt !== undefined && ctx.settings.now() < staleAt;
       if (held !== undefined && (read.foreign || (tier.name === 'shared' && read.absent === true && kept && this.#refresher.dropped?.(held) === true))) return held;
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       // The store just failed: a token this process holds is still good, or the refresh falls back.
-      if (usable() !== undefined) return usable()!;
+      const held = this.#usable();
+      if (held !== undefined) return held;
     }
-    if (!this.#refresher.servesHeldOnFailure) return this.#refresh({ force: false }, generation, unwanted);
-    try {
-      return await this.#refresh({ force: false }, generation, unwanted);
-    } catch (error) {
-      // A token service that does not answer (down, restarting, failing) hands out nothing newer: the
-      // token it handed out, still good, serves on for another memo window, as a token does while the
-      // store is down, rather than every call failing until the service is back. Not once the client
-      // closed, or every caller gave up.
-      const held = usable();
-      if (held === undefined || ctx.closed.aborted || unwanted.aborted) throw error;
-      this.#remember({ entry: this.#memo.entry!, tier: 'process', fetched: false }, generation);
-      // No caller sees the failure: said here, or a service that no longer takes the key (401) or knows
-      // the account (404) would go unseen until the token it handed out ends, and every call with it
-      // fails at once. Once until the service answers again: 10,000 accounts of a process whose service
-      // is down would each say it once per memo window.
-      if (this.#servedHeld) return held;
-      this.#servedHeld = true;
-      logFetchFailed(
-        ctx,
-        error,
-        'process',
-        (error as { sent?: boolean } | null | undefined)?.sent !== false,
-        `Asking the token service for the ${ctx.label} failed; the one this process holds serves until it nears its end, the service asked again once per memo window (said again once it has answered)`,
-      );
-      return held;
+    const graceMs = this.#refresher.servesHeldAfterMs;
+    if (graceMs === undefined) return this.#refresh({ force: false }, generation, unwanted);
+    return this.#refreshOrHeld(graceMs, generation, unwanted);
+  }
+
+  /** The memo's value while it is still good (not near its end) and WeChat has not rejected it. */
+  #usable(): string | undefined {
+    const held = this.#memo.usable(this.#ctx.settings.now());
+    return held !== undefined && !this.isRejected(held) ? held : undefined;
+  }
+
+  /**
+   * A refresh's value, or, where the refresh fails or has not answered within `graceMs`, the value this
+   * process holds, still good, for another memo window: a token service that is down, restarting,
+   * failing or hanging hands out nothing newer, and the token it handed out still works, so the callers
+   * neither fail nor wait out the source's timeoutMs until the service is back. A refresh outlasting
+   * the grace goes on without them: what it brings is kept, its failure said, and no second one starts
+   * beside it. Not once the client closed, or every caller gave up.
+   */
+  async #refreshOrHeld(graceMs: number, generation: number, unwanted: Ending): Promise<string> {
+    const ctx = this.#ctx;
+    // A refresh the held value stood in for still waits for its answer: none starts beside it.
+    const held = this.#usable();
+    if (this.#late) return held !== undefined ? this.#serveHeld(held, generation) : this.#late;
+    const refresh = this.#refresh({ force: false }, generation, unwanted);
+    let timer: NodeJS.Timeout | undefined;
+    const outcome = await Promise.race([
+      refresh.then(
+        (value) => ({ value }),
+        (error: unknown) => ({ error }),
+      ),
+      new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (outcome && 'value' in outcome) return outcome.value;
+    const still = this.#usable();
+    if (outcome === undefined) {
+      // Nothing to serve meanwhile (the held value nears its end): the callers wait for the refresh.
+      if (still === undefined) return refresh;
+      const late = (this.#late = refresh);
+      refresh.then(
+        () => undefined,
+        (error: unknown) => {
+          if (!ctx.closed.aborted && generation === this.#generation) this.#sayHeld(error);
+        },
+      ).finally(() => {
+        if (this.#late === late) this.#late = undefined;
+      });
+      return this.#serveHeld(still, generation);
     }
+    if (still === undefined || ctx.closed.aborted || unwanted.aborted) throw outcome.error;
+    this.#sayHeld(outcome.error);
+    return this.#serveHeld(still, generation);
+  }
+
+  /** `held` again for a memo window, as the store's entry is once read. */
+  #serveHeld(held: string, generation: number): string {
+    this.#remember({ entry: this.#memo.entry!, tier: 'process', fetched: false }, generation);
+    return held;
+  }
+
+  /**
+   * No caller sees the failure of a refresh the held value stood in for: said here, or a service that no
+   * longer takes the key (401) or knows the account (404) would go unseen until the token it handed out
+   * ends, and every call with it fails at once. Once until the service answers again: 10,000 accounts of
+   * a process whose service is down would each say it once per memo window.
+   */
+  #sayHeld(error: unknown): void {
+    if (this.#servedHeld) return;
+    this.#servedHeld = true;
+    const ctx = this.#ctx;
+    logFetchFailed(
+      ctx,
+      error,
+      'process',
+      (error as { sent?: boolean } | null | undefined)?.sent !== false,
+      `Asking the token service for the ${ctx.label} failed; the one this process holds serves until it nears its end, the service asked again once per memo window (said again once it has answered)`,
+    );
   }
 
   /**

@@ -136,10 +136,11 @@ export interface Refresher {
    */
   readonly peerWrites?: boolean;
   /**
-   * Whether the value this process holds, still good, serves on when a refresh fails: a token service
-   * that is down, restarting or failing hands out nothing newer, and the token it handed out still works.
+   * How long a refresh is waited for before the value this process holds, still good, serves instead
+   * (at once where the refresh fails; never where undefined): a token service that is down, restarting,
+   * failing or hanging hands out nothing newer, and the token it handed out still works.
    */
-  readonly servesHeldOnFailure?: boolean;
+  readonly servesHeldAfterMs?: number;
   /** A new value; undefined only for `ahead` requests that found nothing to do. */
   refresh(request: RefreshRequest): Promise<Refreshed | undefined>;
   /** The store was swapped (setCache()): forgets what this refresher learnt of the old one. */

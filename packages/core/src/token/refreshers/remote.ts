@@ -3,6 +3,9 @@ import { isPlausibleToken } from '../plausible.js';
 import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } from '../../token-source.js';
 import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
+/** How long a client holding a good token waits for its token service before it serves that token instead. */
+export const HELD_GRACE_MS = 1_000;
+
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
  * rejections are reported to it, and it refreshes only if the rejected value is still its current one.
@@ -10,8 +13,10 @@ import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refres
  */
 export class RemoteRefresher implements Refresher {
   readonly fetches = true;
-  // The service is this process's store: while it does not answer, the token it handed out serves on.
-  readonly servesHeldOnFailure = true;
+  // The service is this process's store: while it does not answer, the token it handed out serves on. A
+  // service that answers at all does so within this, its own refresh included (a WeChat fetch under its
+  // lock); one that takes longer is let answer in the background.
+  readonly servesHeldAfterMs = HELD_GRACE_MS;
   readonly #ctx: TokenContext;
   readonly #source: TokenSource;
   readonly #request: TokenSourceRequest;
