@@ -181,6 +181,11 @@ function heldError(error: unknown, until: number, path: string, said: boolean): 
   return withRetryAt(held, until);
 }
 
+/** An answer of the service that holds its path back a second where it names no Retry-After. */
+function heldStatus(status: number | undefined): boolean {
+  return status === 401 || status === 404 || status === 429 || (status !== undefined && status >= 500);
+}
+
 /**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
  * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`. One source may be
@@ -293,8 +298,11 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       const now = Date.now();
       if (at !== undefined && at > now) hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), failure, true);
       else if (unreached(error)) hold(EVERY_PATH, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
-      // A 401 holds its path only: a service of another make may take the key for some accounts only.
-      else if (error instanceof HttpError && error.status === 401) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
+      // A refusal that says nothing of when to ask again holds its path a second: a 401 (a service of
+      // another make may take the key for some accounts only), a 404, a 429 or a 5xx (a service shutting
+      // down, or without its store, says no Retry-After, so that its clients may reach another instance).
+      // A process without a token then asks once a second, not once per call.
+      else if (error instanceof HttpError && heldStatus(error.status)) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
       throw failure;
     }
   };

@@ -314,6 +314,37 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
     }
   });
 
+  for (const [status, code] of [
+    [503, 'shutting_down'],
+    [503, 'store_unavailable'],
+    [500, 'internal'],
+    [404, 'not_found'],
+    [429, 'too_many_requests'],
+  ] as const) {
+    it(`a ${status} ${code} without Retry-After holds its path back a second: a process without a token asks once a second, not once per call; other accounts are asked`, async () => {
+      vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+      const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+      try {
+        answer = () => ({ status, body: JSON.stringify({ error: { code, message: 'no' } }) });
+        await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status, sent: true });
+        for (let i = 0; i < 20; i++) {
+          const held = await source.fetch(request).catch((error: unknown) => error);
+          expect(held).toMatchObject({ code: 'ERR_WXKIT_HTTP', status });
+          expect((held as Error).message).toMatch(/; this process asks the token service again after \S+$/);
+        }
+        expect(asked).toHaveLength(1);
+        await expect(source.fetch({ ...request, id: 'wxfedcba9876543210' })).rejects.toMatchObject({ status });
+        expect(asked).toHaveLength(2);
+        answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+        vi.advanceTimersByTime(1_001);
+        await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+        expect(asked).toHaveLength(3);
+      } finally {
+        await source.close?.();
+      }
+    });
+  }
+
   it("a client's forceRefresh() passes the second's hold: the key added, the forced refresh reaches the service; still refused, forced refreshes ask once a second", async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const client = new OfficialAccount({ appId: request.id, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
