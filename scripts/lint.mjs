@@ -7,6 +7,7 @@ import { mkdtempSync, readdirSync, readFileSync, existsSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { tarballProblems } from './tarball-check.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const bin = (name) => join(root, 'node_modules', '.bin', name);
@@ -58,6 +59,10 @@ for (const name of readdirSync(join(root, 'packages')).sort()) {
   }
   const tarball = join(tarballs, `${packageName.replace(/^@/, '').replace('/', '-')}-${version}.tgz`);
   step(`publint ${packageName}`, bin('publint'), ['--strict', tarball]);
+  for (const problem of existsSync(tarball) ? tarballProblems(tarball) : [`${packageName}: no tarball`]) {
+    process.stdout.write(`lint: ${problem}\n`);
+    failures += 1;
+  }
   // node16 profile: ESM and CJS under node16 and bundler resolution. @wxkit/core/internal (shared by the
   // wxkit packages alone) cannot resolve under the old node10 rules; @wxkit/testing/suite does, through
   // typesVersions (examples/packaging checks a "module": "commonjs" project).

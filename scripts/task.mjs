@@ -4,12 +4,15 @@
 //   pnpm test  → install what the tests need (Debian packages included), build, lint, run every test,
 //                and end with one plain line "N passed, N failed" read from vitest's JSON report.
 //   pnpm bench → install, build, run the benchmarks
+//   pnpm pack:all → install, build, pack every package into dist-pack/, and check each tarball holds
+//                what its package.json names (a package packed before its build has no dist/)
 // It runs pnpm through the copy that started it, or through `npx pnpm@<packageManager version>` when
 // started by npm, so a failing corepack never stands in the way.
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { tarballProblems } from './tarball-check.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const [task, ...rest] = process.argv.slice(2);
@@ -47,6 +50,7 @@ const SYSTEM_PACKAGES = {
   test: [...STORE_SERVERS, ...POLYGLOT, ...REAL_PEERS],
   demo: [],
   bench: STORE_SERVERS,
+  pack: [],
 };
 
 function run(command, commandArgs, options = {}) {
@@ -200,7 +204,20 @@ function bench() {
   process.exit(run(process.execPath, [join(root, 'bench', 'run.mjs'), ...args]));
 }
 
-const tasks = { test, demo, bench };
+function pack() {
+  prepare('pack');
+  // Tarballs of an earlier version or build are not left beside the new ones.
+  const destination = join(root, 'dist-pack');
+  rmSync(destination, { recursive: true, force: true });
+  pnpmRun(['-r', '--filter=./packages/*', 'pack', '--pack-destination', destination], 'pnpm pack');
+  const tarballs = readdirSync(destination).filter((name) => name.endsWith('.tgz')).sort();
+  const problems = tarballs.flatMap((name) => tarballProblems(join(destination, name)));
+  for (const problem of problems) console.error(problem);
+  if (problems.length > 0 || tarballs.length === 0) process.exit(1);
+  console.log(`\n${tarballs.length} tarballs in ${destination}`);
+}
+
+const tasks = { test, demo, bench, pack };
 if (!tasks[task]) {
   console.error(`usage: node scripts/task.mjs <${Object.keys(tasks).join('|')}> [-- args]`);
   process.exit(2);

@@ -34,12 +34,26 @@ const FREE: Record<string, string> = {
   ...Object.fromEntries(['appId', 'secret', 'token', 'encodingAESKey', 'authCode', 'touser', 'template_id', 'pageUrl', 'jsCode'].map((name) => [name, `declare const ${name}: string;`])),
   data: 'declare const data: Record<string, { value: string }>;',
 };
+// @wxkit/testing's snippets: the conformance suite's, written for the reader's own store, names it and
+// where it is built.
+const TESTING_FREE: Record<string, string> = {
+  MyCache: `import type { TokenCache as MyCacheContract } from '@wxkit/core';
+declare class MyCache implements MyCacheContract {
+  constructor(url: string);
+  get(key: string): Promise<string | undefined>;
+  set(key: string, value: string, ttlSeconds: number): Promise<void>;
+  delete(key: string): Promise<void>;
+}`,
+  url: 'declare const url: string;',
+  fileUrlOfMyBuild: 'declare const fileUrlOfMyBuild: string;',
+};
+const testingBlocks = snippets('packages/testing/README.md').filter((block) => block.lang === 'ts');
 /** The declarations `code` needs: the names it uses that it neither imports nor declares. */
-function preludeOf(code: string): string {
+function preludeOf(code: string, free: Record<string, string> = FREE): string {
   const declared = (name: string) =>
     new RegExp(`\\b(const|let|var|function|class)\\s+(\\{[^}]*\\b${name}\\b[^}]*\\}|${name}\\b)`).test(code) ||
     new RegExp(`import\\s[^;]*\\b${name}\\b[^;]*\\sfrom`).test(code);
-  return Object.entries(FREE)
+  return Object.entries(free)
     .filter(([name]) => new RegExp(`\\b${name}\\b`).test(code) && !declared(name))
     .map(([, declaration]) => declaration)
     .join('\n');
@@ -82,6 +96,11 @@ describe('README', () => {
       writeFileSync(file, `${preludeOf(code)}\n${code}\nexport {};\n`);
       files.push(file);
     }
+    for (const [i, { code }] of testingBlocks.entries()) {
+      const file = join(scratch, `testing-snippet-${i}.mts`);
+      writeFileSync(file, `${preludeOf(code, TESTING_FREE)}\n${code}\nexport {};\n`);
+      files.push(file);
+    }
     writeFileSync(
       join(scratch, 'tsconfig.json'),
       JSON.stringify({
@@ -95,5 +114,6 @@ describe('README', () => {
     expect(tsc.status).toBe(0);
     expect(files.length).toBeGreaterThanOrEqual(4);
     expect(docBlocks.length).toBeGreaterThanOrEqual(4);
+    expect(testingBlocks.length).toBeGreaterThanOrEqual(2);
   });
 });
