@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { TokenCache, WeChatClient } from '@wxkit/core';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Agent, DecoratorHandler, type Dispatcher } from 'undici';
+import { localityOf, markLocality } from '@wxkit/core/internal';
 
 /**
  * The WeChat errcodes a token or ticket fetch meets (WeChat's global return-code page, the open
@@ -156,6 +157,10 @@ export class ServiceMetrics {
     // the store for the host's directory, their tokens no longer shared with the fleet.
     if (typeof partition === 'function') counted.partition = partition.bind(cache);
     if (typeof close === 'function') counted.close = close.bind(cache);
+    // Where the store keeps its entries (a file store's directory): the clients keep their host's
+    // fallback directory out of it, as they would for the store itself.
+    const locality = localityOf(cache);
+    if (locality) markLocality(counted, locality);
     return counted;
   }
 

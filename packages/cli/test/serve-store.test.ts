@@ -1,5 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { CacheError, MemoryCache, OfficialAccount, remoteTokenSource, type TokenCache } from '@wxkit/core';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CacheError, FileCache, MemoryCache, OfficialAccount, remoteTokenSource, type TokenCache } from '@wxkit/core';
+import { localityOf } from '@wxkit/core/internal';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { ServiceMetrics, errcodeLabel } from '../src/serve-metrics.js';
 import { StoreProbe } from '../src/serve-health.js';
@@ -35,6 +38,14 @@ describe('the store wrapper of wxkit serve', () => {
     expect(counted.partition?.('ka')).toBe('one:11211');
     expect(counted.partition?.('kb')).toBe('two:11211');
     expect(new ServiceMetrics().countingCache(new MemoryCache(), new Map(), new Map()).partition).toBeUndefined();
+  });
+
+  it("says where the store keeps its entries, as the store does: the clients keep their host's fallback directory out of a file store's", () => {
+    const dir = join(tmpdir(), 'wxkit-serve-locality');
+    expect(localityOf(new ServiceMetrics().countingCache(new FileCache({ dir }), new Map(), new Map()))).toEqual({ scope: 'host', dir });
+    expect(localityOf(new ServiceMetrics().countingCache(new MemoryCache(), new Map(), new Map()))).toEqual({ scope: 'process' });
+    const plain: TokenCache = { get: async () => undefined, set: async () => undefined, delete: async () => undefined };
+    expect(localityOf(new ServiceMetrics().countingCache(plain, new Map(), new Map()))).toBeUndefined();
   });
 
   it('closes the store it wraps', async () => {

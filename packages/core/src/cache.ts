@@ -1,6 +1,7 @@
 import { CacheError } from './errors.js';
 import { assertTtl } from './ttl.js';
 import { checkOptions, fn, type OptionSchema } from './validate.js';
+import { markLocality } from './locality.js';
 
 /**
  * The store contract every wxkit adapter implements: a string key/value store with TTL, in the spirit
@@ -130,6 +131,7 @@ export class MemoryCache implements TokenCache {
 
   constructor(options: MemoryCacheOptions = {}) {
     this.#now = checkOptions<MemoryCacheOptions>('MemoryCache', MEMORY_CACHE_OPTIONS, options).now ?? Date.now;
+    markLocality(this, { scope: 'process' });
   }
 
   async get(key: string): Promise<string | undefined> {

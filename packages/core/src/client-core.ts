@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import type { Dispatcher } from 'undici';
 import { MemoryCache, type TokenCache } from './cache.js';
+import { localityOf } from './locality.js';
 import { ConfigError } from './errors.js';
-import { FileCache } from './file-cache.js';
 import { HttpClient } from './http.js';
 import { Log, type EventSource, type Logger } from './logger.js';
 import { GuardedStore, TOKEN_CACHE_RULE, assertTokenCache } from './store.js';
@@ -562,9 +562,9 @@ export class ClientCore implements TierStores, EventSource {
    * kept there), which makes no directory, and says nothing of one that cannot be used.
    */
   hostStore(existing = false): GuardedStore | undefined {
-    const shared = this.#store.cache;
-    if (this.#fallbackDir === false || shared instanceof MemoryCache) return undefined;
-    if (shared instanceof FileCache && nested(shared.dir, this.#fallbackDir)) return undefined;
+    const locality = localityOf(this.#store.cache);
+    if (this.#fallbackDir === false || locality?.scope === 'process') return undefined;
+    if (locality?.scope === 'host' && nested(locality.dir, this.#fallbackDir)) return undefined;
     if (!this.#host) {
       // Not looked at again within the outage that found it unusable: a directory that became usable
       // midway would cost each host one more fetch, its processes having fetched on their own already.

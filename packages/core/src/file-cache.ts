@@ -6,6 +6,7 @@ import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
 import { binaryToBuffer } from './bytes.js';
 import { makeDirectory } from './dirs.js';
+import { markLocality } from './locality.js';
 import { assertTtl } from './ttl.js';
 import { CacheError, ConfigError, type CacheErrorReason } from './errors.js';
 import { checkOptions, durationMs, fn, rule, typeName, type OptionSchema } from './validate.js';
@@ -106,6 +107,7 @@ export class FileCache implements TokenCache {
     const opts = checkOptions<FileCacheOptions>('FileCache', FILE_CACHE_OPTIONS, typeof options === 'string' ? { dir: options } : options);
     this.#defaultDir = opts.dir === undefined;
     this.dir = opts.dir ?? join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user'}`);
+    markLocality(this, { scope: 'host', dir: this.dir });
     this.#owner = this.#defaultDir && process.platform !== 'win32' ? process.getuid?.() : undefined;
     this.#guardStaleMs = opts.guardStaleMs ?? DEFAULTS.guardStaleMs;
     this.#guardTimeoutMs = opts.guardTimeoutMs ?? DEFAULTS.guardTimeoutMs;

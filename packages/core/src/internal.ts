@@ -13,6 +13,7 @@ export { inLife } from './token/lifetime.js';
 export { besideKey } from './token/entry-store.js';
 export { isPlausibleToken } from './token/plausible.js';
 export { partitionOf } from './partition.js';
+export { localityOf, markLocality, type Locality } from './locality.js';
 export { clampRetryAt, failureKey, type FailureRecord } from './token/failure.js';
 export { decodePause, heldPause, refetchPauseKey, type SpacingSlot } from './token/spacing.js';
 export {
