@@ -210,10 +210,15 @@ function pack() {
   const destination = join(root, 'dist-pack');
   rmSync(destination, { recursive: true, force: true });
   pnpmRun(['-r', '--filter=./packages/*', 'pack', '--pack-destination', destination], 'pnpm pack');
-  const tarballs = readdirSync(destination).filter((name) => name.endsWith('.tgz')).sort();
-  const problems = tarballs.flatMap((name) => tarballProblems(join(destination, name)));
-  for (const problem of problems) console.error(problem);
-  if (problems.length > 0 || tarballs.length === 0) process.exit(1);
+  const tarballs = existsSync(destination) ? readdirSync(destination).filter((name) => name.endsWith('.tgz')).sort() : [];
+  const problems = tarballs.length === 0 ? [`pnpm pack wrote no tarball to ${destination}`] : tarballs.flatMap((name) => tarballProblems(join(destination, name)));
+  if (problems.length > 0) {
+    for (const problem of problems) console.error(problem);
+    // Tarballs that lack what their package.json names are not left to be installed.
+    rmSync(destination, { recursive: true, force: true });
+    console.error(`\nno tarballs kept: ${problems.length} problem(s) above`);
+    process.exit(1);
+  }
   console.log(`\n${tarballs.length} tarballs in ${destination}`);
 }
 

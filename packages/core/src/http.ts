@@ -506,7 +506,7 @@ export class HttpClient {
       // WeChat reports errors with HTTP 200, but a proxy in between may not; the errcode is what counts.
       throw new WeChatApiError({ errcode: record.errcode, errmsg: stringOr(record.errmsg) }, path);
     }
-    if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${problemOf(record)}${this.#notFoundAt(path, status)}`, { path, status });
+    if (!ok) throw withProblemCode(new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${problemOf(record)}${this.#notFoundAt(path, status)}`, { path, status }), record);
     if (!record) {
       throw new BadResponseError(`${this.peer} answered ${path} with JSON that is not an object`, { path, status });
     }
@@ -708,6 +708,21 @@ function withoutCredentials(error: unknown, req: HttpRequest): unknown {
 
 /** A code or reason of the token service's error shape: a short snake_case word, never free text. */
 const PROBLEM_WORD = /^[a-z][a-z0-9_]{0,39}$/;
+
+/** The `error.code` of the failures answered in the token service's shape, by the HttpError each became. */
+const PROBLEM_CODES = new WeakMap<HttpError, string>();
+
+/** Records the `error.code` a failure answered in the token service's shape (`record`) names; returns `error`. */
+function withProblemCode(error: HttpError, record: Record<string, unknown> | undefined): HttpError {
+  const code = (record?.error as { code?: unknown } | null | undefined)?.code;
+  if (typeof code === 'string' && PROBLEM_WORD.test(code)) PROBLEM_CODES.set(error, code);
+  return error;
+}
+
+/** The `error.code` of the token service's answer `error` stands for (`shutting_down`…), if it named one. */
+export function problemCodeOf(error: unknown): string | undefined {
+  return error instanceof HttpError ? PROBLEM_CODES.get(error) : undefined;
+}
 
 /**
  * What a failure answered in the token service's shape (`{"error":{"code","reason"}}`) says, for the

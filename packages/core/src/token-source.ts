@@ -1,6 +1,6 @@
 import type { Dispatcher } from 'undici';
 import { BadResponseError, HttpError, WeChatApiError } from './errors.js';
-import { HttpClient } from './http.js';
+import { HttpClient, problemCodeOf } from './http.js';
 import { retryAtOf, withRetryAt } from './retry-at.js';
 import { isPlausibleToken } from './token/plausible.js';
 import { NOT_IN_BEARER_KEY, checkOptions, durationMs, hasMethods, required, rule, type OptionSchema } from './validate.js';
@@ -181,8 +181,16 @@ function heldError(error: unknown, until: number, path: string, said: boolean): 
   return withRetryAt(held, until);
 }
 
-/** An answer of the service that holds its path back a second where it names no Retry-After. */
-function heldStatus(status: number | undefined): boolean {
+/**
+ * An answer of the service that holds its path back a second where it names no Retry-After. Not
+ * `shutting_down`: an instance that stops answers it on a connection kept alive from before and closes
+ * that connection, so the next request opens another, which reaches an instance that runs (a rolling
+ * restart) or is refused (none runs, and EVERY_PATH is held then): a second's hold would only keep the
+ * clients from the instance that runs, a report of a rejected token included.
+ */
+function heldStatus(error: HttpError): boolean {
+  const status = error.status;
+  if (problemCodeOf(error) === 'shutting_down') return false;
   return status === 401 || status === 404 || status === 429 || (status !== undefined && status >= 500);
 }
 
@@ -299,10 +307,11 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       if (at !== undefined && at > now) hold(path, performance.now() + Math.min(at - now, MAX_HOLD_MS), failure, true);
       else if (unreached(error)) hold(EVERY_PATH, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
       // A refusal that says nothing of when to ask again holds its path a second: a 401 (a service of
-      // another make may take the key for some accounts only), a 404, a 429 or a 5xx (a service shutting
-      // down, or without its store, says no Retry-After, so that its clients may reach another instance).
-      // A process without a token then asks once a second, not once per call.
-      else if (error instanceof HttpError && heldStatus(error.status)) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
+      // another make may take the key for some accounts only), a 404, a 429 or a 5xx (a service without
+      // its store, or whose own fetch never left its host, says no Retry-After, so that its clients may
+      // reach another instance). A process without a token then asks once a second, not once per call.
+      // An instance shutting down holds nothing back (see heldStatus).
+      else if (error instanceof HttpError && heldStatus(error)) hold(path, performance.now() + UNREACHED_HOLD_MS, failure, false, force);
       throw failure;
     }
   };

@@ -315,7 +315,7 @@ describe('remoteTokenSource and a service it cannot reach, or that refuses its k
   });
 
   for (const [status, code] of [
-    [503, 'shutting_down'],
+    [503, 'wechat_unreachable'],
     [503, 'store_unavailable'],
     [500, 'internal'],
     [404, 'not_found'],
@@ -781,5 +781,84 @@ describe('a request to a token service that nobody waits for any more', () => {
     expect(await report).toMatch(/The client was closed/);
     await until(() => letGo === 1);
     expect({ received, letGo }).toEqual({ received: 1, letGo: 1 });
+  });
+});
+
+describe('a client of a token service whose instances restart one by one, or lose their store', () => {
+  it("a report answered 503 shutting_down (the instance's last answer on that connection) holds nothing back: the next call's report reaches another instance, and the call goes through", async () => {
+    const mock = await startMockWeChat();
+    const { appId } = mock.createApp();
+    let current = mock.issueClassicToken(appId);
+    let reports = 0;
+    asked = [];
+    // The first report meets an instance shutting down (no Retry-After: its clients may reach another
+    // instance); the store still holds the token reported until an instance that runs takes the report.
+    answer = (path) => {
+      if (path.endsWith('/invalidate')) {
+        reports += 1;
+        if (reports === 1) return { status: 503, body: JSON.stringify({ error: { code: 'shutting_down', message: 'the service is shutting down' } }) };
+        current = mock.issueClassicToken(appId);
+      }
+      return { status: 200, body: JSON.stringify({ access_token: current, expires_at: now() + 7200 }) };
+    };
+    const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      await expect(client.accessToken.getToken()).resolves.toBe(current);
+      // A program outside the fleet superseded the token.
+      mock.invalidateTokens(appId);
+      const send = () => client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} });
+      await expect(send()).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      await expect(send()).resolves.toMatchObject({ errcode: 0 });
+      expect(reports).toBe(2);
+    } finally {
+      await client.close();
+      await mock.close();
+    }
+  });
+
+  it('a report answered 503 store_unavailable (no Retry-After) holds its own path back only: the token asked for next is, and a report of the token it brings goes out', async () => {
+    const mock = await startMockWeChat();
+    const { appId } = mock.createApp();
+    let current = mock.issueClassicToken(appId);
+    asked = [];
+    let reports = 0;
+    answer = (path) => {
+      if (path.endsWith('/invalidate')) {
+        reports += 1;
+        if (reports === 1) return { status: 503, body: JSON.stringify({ error: { code: 'store_unavailable', message: 'the store did not answer' } }) };
+      }
+      return { status: 200, body: JSON.stringify({ access_token: current, expires_at: now() + 7200 }) };
+    };
+    const client = new OfficialAccount({ appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      const first = await client.accessToken.getToken();
+      mock.invalidateTokens(appId);
+      await expect(client.accessToken.invalidate(first, 40001)).rejects.toMatchObject({ status: 503 });
+      // Another instance refreshed meanwhile: the token asked for at once is the new one.
+      current = mock.issueClassicToken(appId);
+      await expect(client.accessToken.getToken()).resolves.toBe(current);
+      await expect(client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} })).resolves.toMatchObject({ errcode: 0 });
+      expect(asked.filter((line) => line.startsWith('GET '))).toHaveLength(2);
+      expect(reports).toBe(1);
+    } finally {
+      await client.close();
+      await mock.close();
+    }
+  });
+
+  it('a token asked for on a connection the instance answers 503 shutting_down is asked for again at the next call, not held back a second', async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    asked = [];
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    try {
+      answer = () => ({ status: 503, body: JSON.stringify({ error: { code: 'shutting_down', message: 'the service is shutting down' } }) });
+      await expect(source.fetch(request)).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503, sent: true });
+      answer = () => ({ status: 200, body: JSON.stringify({ access_token: 'ACCESS_TOKEN_1', expires_at: now() + 7200 }) });
+      await expect(source.fetch(request)).resolves.toMatchObject({ value: 'ACCESS_TOKEN_1' });
+      expect(asked).toHaveLength(2);
+    } finally {
+      vi.useRealTimers();
+      await source.close?.();
+    }
   });
 });
