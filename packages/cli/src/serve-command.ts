@@ -15,9 +15,10 @@ const SERVE_HELP = `usage: wxkit serve --store <url> --config <file> [--host 127
 
 --store and --port may come from WXKIT_STORE and WXKIT_PORT instead (containers).
 Runs the central token service for the apps in <file> until SIGINT or SIGTERM (a second signal while it
-stops is logged and ignored: it ends within requestTimeoutMs). Several services on one
-store elect one refresher. Logs are JSON lines on stdout (pino): one per request, with app, route,
-status and duration; never a token, a secret or a key. --log-level: debug, info (default), warn, error.
+stops is logged and ignored: it ends within requestTimeoutMs, and a store that does not answer then adds
+its own timeouts, a few seconds). Several services on one store elect one refresher. Logs are JSON
+lines on stdout (pino): one per request, with app, route, status and duration; never a token, a secret
+or a key. --log-level: debug, info (default), warn, error.
 The config file (JSON) names environment variables, never secrets:
 
   {
