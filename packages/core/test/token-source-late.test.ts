@@ -196,6 +196,22 @@ describe('the late answer of a request the held token stood in for', () => {
     }
   });
 
+  it("failing once the held token nears its end, it is its joiners' error, not said as a held token serving on", async () => {
+    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
+    const { app, late } = await lateRequest();
+    const failed: unknown[] = [];
+    app.on('access_token.fetch_failed', (event) => failed.push(event));
+    try {
+      vi.advanceTimersByTime(7_200_000 - 31_000 - 20_000);
+      const call = app.accessToken.getToken();
+      late.fail(503);
+      await expect(call).rejects.toMatchObject({ code: 'ERR_WXKIT_HTTP', status: 503 });
+      expect(failed).toEqual([]);
+    } finally {
+      await app.close();
+    }
+  });
+
   it('every caller giving up before the grace lets the request go, and the next call asks anew', async () => {
     vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app } = client();

@@ -481,7 +481,9 @@ export class TokenManager {
           // One every caller gave up on before the grace ended was let go: no failure of the service's.
           // Nor is one said once the service answered a request made after it (a forced refresh, a
           // report): it is old news, and would keep the service's next failure unsaid.
-          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || this.#newestKept > ask) return;
+          // Nor once the held value neared its end: no held token serves on, and the callers that joined
+          // the refresh meanwhile got its error.
+          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || this.#newestKept > ask || this.#usable() === undefined) return;
           this.#sayHeld(error);
         },
       ).finally(() => {
