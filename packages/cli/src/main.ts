@@ -270,6 +270,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // Reason `database`, as a Redis URL's database the server does not have: the store's place is wrong.
     throw new CacheError(`--store ${store} names a directory that does not exist (${missing}): no program shares a token there`, { reason: 'database' });
   }
+  // Until the command waits for a token (untilSignal), a signal ends it at once, as a failure with its
+  // exit code and, under --json, its line: it holds no refresh lock then.
+  const early = exitOnSignal(output);
   try {
     if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
     if (action === 'clear') {
@@ -345,6 +348,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       ...(baseUrl ? { baseUrl } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : lockWaitMs === undefined ? {} : { lockWaitMs }),
     });
+    early.release();
     const signals = untilSignal(() => dispatcher.destroy());
     // Whether this command got a new token from WeChat (`fetched` in --json), not only read the store's.
     let fetched = false;
@@ -421,8 +425,31 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       await dispatcher.close().catch(() => undefined);
     }
   } finally {
+    early.release();
     await cache.close?.();
   }
+}
+
+/**
+ * While installed, SIGINT and SIGTERM end the command at once, with their exit code (130, 143) and
+ * their failure printed as any other (a line under --json), rather than by the signal's default action,
+ * which prints nothing and leaves a parent process no exit code. For the steps that hold no refresh lock
+ * of the command's (reading and probing the store, inspect, clear): nothing is left to let go, and a
+ * store that does not answer is not waited for.
+ */
+function exitOnSignal(output: Output): { release(): void } {
+  const onSignal = (signal: NodeJS.Signals) => {
+    const exit = signal === 'SIGINT' ? 'interrupted' : 'terminated';
+    process.exit(report(new CliError(exit, `stopped by ${signal} before it waited for a token: it held no refresh lock`), output, process.stderr));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    release() {
+      process.removeListener('SIGINT', onSignal);
+      process.removeListener('SIGTERM', onSignal);
+    },
+  };
 }
 
 /**

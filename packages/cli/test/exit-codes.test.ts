@@ -292,6 +292,37 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('stopped (130, 143) before it waits for a token, while the store does not answer (get, inspect, clear): its failure line under --json, not the bare signal', async () => {
+    // A server that takes the connection and every command, and answers none.
+    let received = 0;
+    const silent = createServer((socket) => {
+      socket.on('data', () => (received += 1));
+      socket.on('error', () => undefined);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const { port } = silent.address() as { port: number };
+    const { appId, secret } = mock.createApp();
+    try {
+      for (const [action, signal, exit] of [['get', 'SIGTERM', 143], ['inspect', 'SIGINT', 130], ['clear', 'SIGTERM', 143]] as const) {
+        received = 0;
+        const child = spawn(process.execPath, [bin, 'token', action, '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
+          env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+        });
+        let stdout = '';
+        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+        const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+        // The command has sent the store its first command: it is reading the store.
+        while (received === 0) await new Promise((resolve) => setImmediate(resolve));
+        child.kill(signal);
+        expect(await exited, `${action}: ${stdout}`).toEqual({ code: exit, signal: null });
+        expect(JSON.parse(stdout.trim())).toMatchObject({ ok: false, error: { exit, message: expect.stringContaining(`stopped by ${signal}`) } });
+      }
+      expect(mock.counters(appId).stableTokenRequests).toBe(0);
+    } finally {
+      silent.close();
+    }
+  });
+
   it('stopped: a second signal while the store does not answer the lock release ends the process at once, and says so', async () => {
     const store = await startRedis();
     try {
