@@ -3,8 +3,8 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, buildConnector } from 'undici';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
-import { HttpError, MemoryCache, OfficialAccount, type TokenEvents } from '../src/index.js';
-import { LocalBackoff } from '../src/token/local-backoff.js';
+import { ClientPool, HttpError, MemoryCache, OfficialAccount, type TokenEvents } from '../src/index.js';
+import { LocalBackoff, LocalBackoffs } from '../src/token/local-backoff.js';
 import { rejection, slotWinnerLocksSecond } from './helpers.js';
 
 // A fetch whose request never left the process (connection refused, DNS, connect timeout) tells nothing
@@ -200,6 +200,42 @@ describe('a fetch that never left this process', () => {
   });
 });
 
+describe('the pause of a ClientPool account', () => {
+  it('holds the client the pool makes anew for the account, after it let go of the one that failed (beyond maxClients)', async () => {
+    const now = Date.now();
+    const apps = [mock.createApp(), mock.createApp(), mock.createApp()];
+    const secrets = new Map(apps.map((app) => [app.appId, app.secret]));
+    const { agent, gate } = gatedDispatcher();
+    let resolved = 0;
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: (appId) => (resolved++, { secret: secrets.get(appId) }),
+      baseUrl: mock.url,
+      dispatcher: agent,
+      cache: new MemoryCache({ now: () => now }),
+      logger: false,
+      fallbackDir: false,
+      maxClients: 2,
+      now: () => now,
+    });
+    const failed: string[] = [];
+    // Three accounts in turn through a pool of two: each one's client was let go of before its next use.
+    for (let round = 0; round < 3; round += 1) {
+      for (const app of apps) {
+        const client = await pool.get(app.appId);
+        client.on('access_token.fetch_failed', () => failed.push(app.appId));
+        expect(await rejection(client.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+      }
+    }
+    expect(resolved).toBe(9);
+    // The clock stands still, within the first pause: one connection attempt and one line per account.
+    expect(gate.connects).toBe(3);
+    expect(failed).toEqual(apps.map((app) => app.appId));
+    expect(mock.counters(apps[0]!.appId).tokenRequests).toBe(0);
+    await pool.close();
+  });
+});
+
 describe('a forced refresh whose fetch never left', () => {
   it("gives the fleet's 30 s slot back: the forced refresh that lost the slot but took the lock first forces one itself, and does not hand out the token its caller wants rid of", async () => {
     const { agent, gate } = gatedDispatcher();
@@ -231,5 +267,19 @@ describe('the record of unsent fetches', () => {
     const later = t0 + 11 * 60_000;
     backoff.record(unsent(), later, 'host:1');
     expect(backoff.active(later)?.attempt).toBe(1);
+  });
+
+  it('of the entries of a pool is bounded: the records past remembering are dropped when a new one is made, and a fetch that reached WeChat drops its own', () => {
+    const records = new LocalBackoffs();
+    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
+    const t0 = Date.now();
+    for (let i = 0; i < 5_000; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
+    expect(records.size).toBe(5_000);
+    records.clear('wechat:stable_access_token:wx0');
+    expect(records.of('wechat:stable_access_token:wx0')).toBeUndefined();
+    expect(records.size).toBe(4_999);
+    // Eleven minutes later, one more account's fetch fails unsent: the 4,999 forgotten ones go.
+    records.record('wechat:stable_access_token:wxlate', 'access_token', unsent(), t0 + 11 * 60_000, 'host:1');
+    expect(records.size).toBe(1);
   });
 });

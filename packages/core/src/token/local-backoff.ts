@@ -9,8 +9,9 @@ import { REMEMBER_MS, markerFor, type FailureMarker } from './failure.js';
  * fetches). This process alone pauses as a shared transient failure would (1 s, 2 s, 4 s … at most
  * 60 s, ± 20 %), so its callers fail at once instead of each trying to connect again.
  *
- * One record per refresher and no timer: it is read when a refresh starts, and forgotten when a fetch
- * reaches WeChat (a token, or a failure WeChat answered, which the shared marker then governs).
+ * One record per entry and no timer, kept in {@link LocalBackoffs}: it is read when a refresh starts, and
+ * forgotten when a fetch reaches WeChat (a token, or a failure WeChat answered, which the shared marker
+ * then governs).
  */
 export class LocalBackoff {
   readonly #label: string;
@@ -60,12 +61,62 @@ export class LocalBackoff {
     this.#last = undefined;
   }
 
+  /** Whether nothing is remembered any more at `now`: the record may be dropped. */
+  forgotten(now: number): boolean {
+    return this.#remembered(now) === undefined;
+  }
+
   /** The last unsent fetch, while a shared marker of it would still be kept (so the next pause grows). */
   #remembered(now: number): FailureMarker | undefined {
     if (this.#last && this.#last.retryAt + REMEMBER_MS <= now) this.#last = undefined;
     return this.#last;
   }
 }
+
+/**
+ * The local back-offs of the entries of the clients that share their stores (a ClientPool's clients, an
+ * OpenPlatform's authorizer clients; a plain client's own), by entry key. A pool lets go of a client it
+ * has not used for a while (idle, beyond maxClients) and makes the account's client anew at its next use:
+ * the pause the one let go of was in holds the new one too, as the shared failure marker does for a
+ * failure WeChat answered. Kept per client, it would be lost with each client made anew, and every call of
+ * an account used less often than the pool keeps its client would try to connect again, and log it.
+ * Records of entries past remembering are dropped at most once a minute, when a new one is made: no timer.
+ */
+export class LocalBackoffs {
+  readonly #byKey = new Map<string, LocalBackoff>();
+  #sweptAt = 0;
+
+  /** How many entries have a record. */
+  get size(): number {
+    return this.#byKey.size;
+  }
+
+  /** The record of the entry of `key`, if one of its fetches failed unsent and it is not forgotten yet. */
+  of(key: string): LocalBackoff | undefined {
+    return this.#byKey.get(key);
+  }
+
+  /** Records an unsent fetch of the entry of `key` (see {@link LocalBackoff.record}). */
+  record(key: string, label: string, error: HttpError, now: number, failedBy: string): void {
+    this.#sweep(now);
+    let backoff = this.#byKey.get(key);
+    if (backoff === undefined) this.#byKey.set(key, (backoff = new LocalBackoff(label)));
+    backoff.record(error, now, failedBy);
+  }
+
+  /** A fetch of the entry of `key` reached WeChat. */
+  clear(key: string): void {
+    this.#byKey.delete(key);
+  }
+
+  #sweep(now: number): void {
+    if (now - this.#sweptAt < SWEEP_MS) return;
+    this.#sweptAt = now;
+    for (const [key, backoff] of this.#byKey) if (backoff.forgotten(now)) this.#byKey.delete(key);
+  }
+}
+
+const SWEEP_MS = 60_000;
 
 function iso(ms: number): string {
   return new Date(ms).toISOString();

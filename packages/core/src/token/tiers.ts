@@ -5,6 +5,7 @@ import type { TokenCache } from '../cache.js';
 import { makeDirectorySync } from '../dirs.js';
 import { FileCache } from '../file-cache.js';
 import type { GuardedStore } from '../store.js';
+import { LocalBackoffs } from './local-backoff.js';
 
 /** Where an entry lives right now: the store the user chose, or a fallback while it is down. */
 export interface Tier {
@@ -40,6 +41,11 @@ export interface TierStores {
  */
 export class StoreTiers {
   readonly #stores: TierStores;
+  /**
+   * This process's own back-off of the fetches that never left it, by entry: held here, with the stores
+   * the clients of a pool share, so that a client the pool makes anew keeps its predecessor's pause.
+   */
+  readonly unsent = new LocalBackoffs();
 
   constructor(stores: TierStores) {
     this.#stores = stores;

@@ -86,8 +86,6 @@ export class LockedFetchRefresher implements Refresher {
   #forcedMade: ForcedRefreshes | undefined;
   #downMade: StoreDownSpacing | undefined;
   #keptMade: KeptTokens | undefined;
-  /** Fetches that never left this process: backed off here only (made at the first such failure). */
-  #unsent: LocalBackoff | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
 
@@ -261,10 +259,10 @@ export class LockedFetchRefresher implements Refresher {
     // The failure marker as it was before the lock was tried: a waiter compares it with later reads.
     let markerBefore: string | undefined;
     if (request.ahead) {
-      if (this.#unsent?.active(now) || (await this.#failures.active(store, now))) return undefined;
+      if (ctx.tiers.unsent.of(ctx.key)?.active(now) || (await this.#failures.active(store, now))) return undefined;
     } else {
       // This host could not reach WeChat a moment ago: its callers fail at once, without a store call.
-      this.#unsent?.check(now, request.force);
+      ctx.tiers.unsent.of(ctx.key)?.check(now, request.force);
       markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
@@ -528,7 +526,7 @@ export class LockedFetchRefresher implements Refresher {
     try {
       if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
-      this.#unsent?.clear();
+      ctx.tiers.unsent.clear(ctx.key);
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
@@ -629,9 +627,9 @@ export class LockedFetchRefresher implements Refresher {
     // failure, so a process waiting for it takes it and fetches at once.
     const unsent = LocalBackoff.covers(error);
     if (unsent) {
-      (this.#unsent ??= new LocalBackoff(ctx.label)).record(error, now, ctx.writer);
+      ctx.tiers.unsent.record(ctx.key, ctx.label, error, now, ctx.writer);
     } else {
-      this.#unsent?.clear();
+      ctx.tiers.unsent.clear(ctx.key);
       const marker = await this.#failures.record(tier.entries, error, now, ctx.writer);
       if (marker) withRetryAt(error, marker.retryAt);
       if (refusesSecret(error)) ctx.secretRefused(marker?.failedAt, true);
