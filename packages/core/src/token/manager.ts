@@ -1,6 +1,7 @@
 import { CacheError, tookToken } from '../errors.js';
 import { signalError } from '../validate.js';
 import type { StoredEntry } from './entry.js';
+import { AnswerOrder } from './answer-order.js';
 import { Memo } from './memo.js';
 import { RefreshAhead } from './refresh-ahead.js';
 import { awaitNewEntry, closedError, logFetchFailed, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
@@ -62,11 +63,7 @@ export class TokenManager {
   /** A refresh the held value stood in for, still waiting for its answer (see #refreshOrHeld). */
   #late: Promise<string> | undefined;
   /** Requests to the token service (refreshes and reports), numbered as they start (see #outdated). */
-  #asks = 0;
-  /** The number of the last request whose answer the memo took. */
-  #newestKept = 0;
-  /** The number of the last report of a rejected value. */
-  #lastReport = 0;
+  readonly #order = new AnswerOrder();
 
   /**
    * `onWork`: told of each refresh and each report of a rejected value as it starts, the work close()
@@ -271,14 +268,14 @@ export class TokenManager {
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
-      const ask = (this.#lastReport = ++this.#asks);
+      const ask = this.#order.reported();
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
       const reported = this.#track(this.#refresher.invalidate(value, errcode, known, accepted)).then((refreshed) => {
         if (!refreshed) return false;
         // A token service that answered the report has answered: its next failure is said again.
         this.#servedHeld = false;
-        if (generation === this.#generation) this.#newestKept = Math.max(this.#newestKept, ask);
+        if (generation === this.#generation) this.#order.kept(ask);
         this.#remember(refreshed, generation);
         return true;
       });
@@ -458,7 +455,7 @@ export class TokenManager {
     const held = this.#usable();
     if (this.#late) return held !== undefined ? this.#serveHeld(held, generation) : this.#late;
     // The number #refresh gives its request as it starts (see #outdated).
-    const ask = this.#asks + 1;
+    const ask = this.#order.next;
     const refresh = this.#refresh({ force: false }, generation, unwanted);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
@@ -483,7 +480,7 @@ export class TokenManager {
           // report): it is old news, and would keep the service's next failure unsaid.
           // Nor once the held value neared its end: no held token serves on, and the callers that joined
           // the refresh meanwhile got its error.
-          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || this.#newestKept > ask || this.#usable() === undefined) return;
+          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || this.#order.overtaken(ask) || this.#usable() === undefined) return;
           this.#sayHeld(error);
         },
       ).finally(() => {
@@ -556,7 +553,7 @@ export class TokenManager {
   /** `unwanted`: aborted once every caller stopped waiting for this refresh (its waits end then). */
   async #refresh(request: { force: boolean; current?: string }, generation: number, unwanted: Ending): Promise<string> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
-    const ask = ++this.#asks;
+    const ask = this.#order.asked();
     const refreshed = await this.#refreshing({ ...request, ended: either(this.#ctx.closed, unwanted) });
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
@@ -566,21 +563,17 @@ export class TokenManager {
     const value = refreshed.entry.value;
     // Not kept: its callers take the value kept meanwhile, or (rejected) read once more (see #current).
     if (this.#outdated(ask, value)) return this.#heldInstead(value) ?? value;
-    if (generation === this.#generation) this.#newestKept = Math.max(this.#newestKept, ask);
+    if (generation === this.#generation) this.#order.kept(ask);
     return this.#remember(refreshed, generation);
   }
 
   /**
-   * Whether the answer to the token service's request number `ask`, `value`, comes from before what this
-   * process learnt since it was made: the service answers with the token it holds when it answers, which
-   * for a request it held (a refresh the held value stood in for answers up to the source's timeoutMs
-   * late) may be older than the answer of a forced refresh or a report made after it, or the very token
-   * a report made after it said WeChat rejected. Such an answer is not kept, and does not clear the
-   * rejection (the service answering with a token no longer says WeChat handed it out just now).
+   * Whether the token service's answer `value` to request `ask` comes from before what this process
+   * learnt since (see AnswerOrder). Such an answer is not kept, and does not clear the rejection (the
+   * service answering with a token no longer says WeChat handed it out just now).
    */
   #outdated(ask: number, value: string): boolean {
-    if (this.#refresher.servesHeldAfterMs === undefined) return false;
-    return ask < this.#newestKept || (ask < this.#lastReport && this.isRejected(value));
+    return this.#refresher.servesHeldAfterMs !== undefined && this.#order.outdated(ask, this.isRejected(value));
   }
 
   /** Keeps `refreshed` in the memo, unless it comes from before the last reset() (`generation`). */
