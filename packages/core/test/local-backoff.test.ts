@@ -276,10 +276,22 @@ describe('the record of unsent fetches', () => {
     for (let i = 0; i < 5_000; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
     expect(records.size).toBe(5_000);
     records.clear('wechat:stable_access_token:wx0');
-    expect(records.of('wechat:stable_access_token:wx0')).toBeUndefined();
+    expect(records.of('wechat:stable_access_token:wx0', t0)).toBeUndefined();
     expect(records.size).toBe(4_999);
     // Eleven minutes later, one more account's fetch fails unsent: the 4,999 forgotten ones go.
     records.record('wechat:stable_access_token:wxlate', 'access_token', unsent(), t0 + 11 * 60_000, 'host:1');
     expect(records.size).toBe(1);
+  });
+
+  it('of the entries of a pool is bounded once the way out works again: the records past remembering are dropped as a refresh reads its own, with no new one made', () => {
+    const records = new LocalBackoffs();
+    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
+    const t0 = Date.now();
+    for (let i = 0; i < 5_000; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
+    expect(records.size).toBe(5_000);
+    // Eleven minutes later another account refreshes, and its fetch reaches WeChat: the 5,000 accounts
+    // that failed are never used again.
+    expect(records.of('wechat:stable_access_token:wxother', t0 + 11 * 60_000)).toBeUndefined();
+    expect(records.size).toBe(0);
   });
 });

@@ -80,7 +80,8 @@ export class LocalBackoff {
  * the pause the one let go of was in holds the new one too, as the shared failure marker does for a
  * failure WeChat answered. Kept per client, it would be lost with each client made anew, and every call of
  * an account used less often than the pool keeps its client would try to connect again, and log it.
- * Records of entries past remembering are dropped at most once a minute, when a new one is made: no timer.
+ * Records of entries past remembering are dropped at most once a minute, as a record is read or made: no
+ * timer.
  */
 export class LocalBackoffs {
   readonly #byKey = new Map<string, LocalBackoff>();
@@ -91,8 +92,13 @@ export class LocalBackoffs {
     return this.#byKey.size;
   }
 
-  /** The record of the entry of `key`, if one of its fetches failed unsent and it is not forgotten yet. */
-  of(key: string): LocalBackoff | undefined {
+  /**
+   * The record of the entry of `key`, if one of its fetches failed unsent and it is not forgotten yet.
+   * Read as every refresh starts, so it sweeps too: once the way out works again no record is made,
+   * and the records of accounts not used since would otherwise be kept for the life of the process.
+   */
+  of(key: string, now: number): LocalBackoff | undefined {
+    this.#sweep(now);
     return this.#byKey.get(key);
   }
 

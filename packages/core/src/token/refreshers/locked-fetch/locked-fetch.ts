@@ -259,10 +259,10 @@ export class LockedFetchRefresher implements Refresher {
     // The failure marker as it was before the lock was tried: a waiter compares it with later reads.
     let markerBefore: string | undefined;
     if (request.ahead) {
-      if (ctx.tiers.unsent.of(ctx.key)?.active(now) || (await this.#failures.active(store, now))) return undefined;
+      if (ctx.tiers.unsent.of(ctx.key, now)?.active(now) || (await this.#failures.active(store, now))) return undefined;
     } else {
       // This host could not reach WeChat a moment ago: its callers fail at once, without a store call.
-      ctx.tiers.unsent.of(ctx.key)?.check(now, request.force);
+      ctx.tiers.unsent.of(ctx.key, now)?.check(now, request.force);
       markerBefore = await this.#failures.check(store, now, request.force);
     }
     let force = request.force;
