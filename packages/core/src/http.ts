@@ -3,7 +3,7 @@ import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
 import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
 import { withRetryAt } from './retry-at.js';
-import { signalError } from './validate.js';
+import { signalRefusal } from './validate.js';
 
 export type QueryValue = string | number | boolean | undefined;
 export type Query = Record<string, QueryValue>;
@@ -528,9 +528,8 @@ export class HttpClient {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
     // Checked before the exchange is made: one whose signal cannot be listened to would fail half set up.
-    const badSignal = signalError(req.signal);
-    if (badSignal) return Promise.reject(badSignal);
-    if (req.signal?.aborted) return Promise.reject(req.signal.reason);
+    const refused = signalRefusal(req.signal);
+    if (refused) return refused;
     // Requests under way at close() finish; one made after it is refused here, by name, rather than by
     // the closed pool's own error.
     if (this.#closed) {
@@ -714,8 +713,8 @@ const PROBLEM_CODES = new WeakMap<HttpError, string>();
 
 /** Records the `error.code` a failure answered in the token service's shape (`record`) names; returns `error`. */
 function withProblemCode(error: HttpError, record: Record<string, unknown> | undefined): HttpError {
-  const code = (record?.error as { code?: unknown } | null | undefined)?.code;
-  if (typeof code === 'string' && PROBLEM_WORD.test(code)) PROBLEM_CODES.set(error, code);
+  const code = problemCode(record);
+  if (code !== undefined) PROBLEM_CODES.set(error, code);
   return error;
 }
 
@@ -730,11 +729,18 @@ export function problemCodeOf(error: unknown): string | undefined {
  * of that form are quoted, so a peer cannot write its own text into a message or a log line.
  */
 function problemOf(record: Record<string, unknown> | undefined): string {
-  const error = record?.error;
-  if (error === null || typeof error !== 'object') return '';
-  const { code, reason } = error as { code?: unknown; reason?: unknown };
-  if (typeof code !== 'string' || !PROBLEM_WORD.test(code)) return '';
+  const code = problemCode(record);
+  if (code === undefined) return '';
+  const { reason } = record!.error as { reason?: unknown };
   return ` ${code}${typeof reason === 'string' && PROBLEM_WORD.test(reason) ? ` (${reason})` : ''}`;
+}
+
+/** The `error.code` of an answer in the token service's shape, where it is one of its words. */
+function problemCode(record: Record<string, unknown> | undefined): string | undefined {
+  const error = record?.error;
+  if (error === null || typeof error !== 'object') return undefined;
+  const { code } = error as { code?: unknown };
+  return typeof code === 'string' && PROBLEM_WORD.test(code) ? code : undefined;
 }
 
 /** A peer named at a sentence's start ("The token service") as it reads inside one. */

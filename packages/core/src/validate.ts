@@ -54,11 +54,22 @@ export function typeName(value: unknown): string {
  * given as the signal would otherwise fail deep inside the call with a TypeError, after the call had
  * started a token fetch that nobody then waits for.
  */
-export function signalError(signal: unknown, owner = "The call's"): ConfigError | undefined {
+function signalError(signal: unknown, owner: string): ConfigError | undefined {
   if (signal === undefined || signal === null) return undefined;
   const like = signal as { aborted?: unknown; addEventListener?: unknown } | null;
   if (typeof like === 'object' && like !== null && typeof like.aborted === 'boolean' && typeof like.addEventListener === 'function') return undefined;
   return new ConfigError(`${owner} options.signal must be an AbortSignal (got ${typeName(signal)})`, 'signal');
+}
+
+/**
+ * The rejection a call starts with instead of its work: its `signal` is no AbortSignal (see
+ * signalError), or is aborted already (its reason). Undefined when the call may start.
+ */
+export function signalRefusal(signal: AbortSignal | null | undefined, owner = "The call's"): Promise<never> | undefined {
+  const bad = signalError(signal, owner);
+  if (bad) return Promise.reject(bad);
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return undefined;
 }
 
 /**

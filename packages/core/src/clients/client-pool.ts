@@ -3,7 +3,7 @@ import type { TokenCallOptions } from '../access-token.js';
 import { abortable } from '../token/single-flight.js';
 import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
-import { ID_RULE, durationMs, integer, oneOf, required, rule, signalError, typeName, type OptionSchema } from '../validate.js';
+import { ID_RULE, durationMs, integer, oneOf, required, rule, signalRefusal, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
@@ -181,9 +181,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
       return Promise.reject(new ConfigError(`ClientPool get(id) must be given ${rule} (got ${typeName(id)})`, 'id'));
     }
     const signal = (options as TokenCallOptions | undefined)?.signal;
-    const badSignal = signalError(signal, 'ClientPool get(id, options)');
-    if (badSignal) return Promise.reject(badSignal);
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    const refused = signalRefusal(signal, 'ClientPool get(id, options)');
+    if (refused) return refused;
     const client = this.#get(id, performance.now() + this.#timeoutMs);
     return signal ? abortable(client, signal) : client;
   }

@@ -1,5 +1,5 @@
 import { CacheError, tookToken } from '../errors.js';
-import { signalError } from '../validate.js';
+import { signalRefusal } from '../validate.js';
 import type { StoredEntry } from './entry.js';
 import { AnswerOrder } from './answer-order.js';
 import { Memo } from './memo.js';
@@ -156,9 +156,8 @@ export class TokenManager {
 
   /** The current value: from the memo, the store, or a refresh. Rejects (never throws) on an aborted signal. */
   get(signal?: AbortSignal): Promise<string> {
-    const badSignal = signalError(signal);
-    if (badSignal) return Promise.reject(badSignal);
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    const refused = signalRefusal(signal);
+    if (refused) return refused;
     const now = this.#ctx.settings.now();
     const fresh = this.#memo.fresh(now);
     if (fresh !== undefined) {
@@ -181,9 +180,8 @@ export class TokenManager {
 
   /** A new value even if the store holds a valid one: an explicit request, never an automatic path. */
   forceRefresh(signal?: AbortSignal): Promise<string> {
-    const badSignal = signalError(signal);
-    if (badSignal) return Promise.reject(badSignal);
-    if (signal?.aborted) return Promise.reject(signal.reason);
+    const refused = signalRefusal(signal);
+    if (refused) return refused;
     const generation = this.#generation;
     return (this.#forced ??= new SingleFlight()).run((unwanted) => this.#refresh({ force: true, current: this.#memo.value }, generation, unwanted), signal);
   }

@@ -4,7 +4,7 @@ import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } fr
 import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /** How long a client holding a good token waits for its token service before it serves that token instead. */
-export const HELD_GRACE_MS = 1_000;
+const HELD_GRACE_MS = 1_000;
 
 /**
  * Takes values from a token service (`wxkit serve`) that owns the refresh under its own lock; WeChat's
