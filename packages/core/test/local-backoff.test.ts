@@ -257,9 +257,10 @@ describe('a forced refresh whose fetch never left', () => {
 });
 
 describe('the record of unsent fetches', () => {
+  const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
+
   it('is forgotten once a shared marker of it would be: an unsent fetch after a long quiet starts again at the first pause', () => {
     const backoff = new LocalBackoff('access_token');
-    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
     const t0 = Date.now();
     for (let i = 0; i < 5; i += 1) backoff.record(unsent(), t0 + i, 'host:1');
     expect(backoff.active(t0 + 5)?.attempt).toBe(5);
@@ -269,12 +270,17 @@ describe('the record of unsent fetches', () => {
     expect(backoff.active(later)?.attempt).toBe(1);
   });
 
-  it('of the entries of a pool is bounded: the records past remembering are dropped when a new one is made, and a fetch that reached WeChat drops its own', () => {
+  /** The records of `accounts` accounts whose fetch failed unsent at once (at `t0`). */
+  const failedUnsent = (accounts: number) => {
     const records = new LocalBackoffs();
-    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
     const t0 = Date.now();
-    for (let i = 0; i < 5_000; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
-    expect(records.size).toBe(5_000);
+    for (let i = 0; i < accounts; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
+    expect(records.size).toBe(accounts);
+    return { records, t0 };
+  };
+
+  it('of the entries of a pool is bounded: the records past remembering are dropped when a new one is made, and a fetch that reached WeChat drops its own', () => {
+    const { records, t0 } = failedUnsent(5_000);
     records.clear('wechat:stable_access_token:wx0');
     expect(records.of('wechat:stable_access_token:wx0', t0)).toBeUndefined();
     expect(records.size).toBe(4_999);
@@ -284,11 +290,7 @@ describe('the record of unsent fetches', () => {
   });
 
   it('of the entries of a pool is bounded once the way out works again: the records past remembering are dropped as a refresh reads its own, with no new one made', () => {
-    const records = new LocalBackoffs();
-    const unsent = () => new HttpError('ERR_WXKIT_HTTP', 'connect ECONNREFUSED', { path: 'cgi-bin/token', sent: false });
-    const t0 = Date.now();
-    for (let i = 0; i < 5_000; i += 1) records.record(`wechat:stable_access_token:wx${i}`, 'access_token', unsent(), t0, 'host:1');
-    expect(records.size).toBe(5_000);
+    const { records, t0 } = failedUnsent(5_000);
     // Eleven minutes later another account refreshes, and its fetch reaches WeChat: the 5,000 accounts
     // that failed are never used again.
     expect(records.of('wechat:stable_access_token:wxother', t0 + 11 * 60_000)).toBeUndefined();

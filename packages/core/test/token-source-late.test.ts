@@ -37,6 +37,8 @@ beforeEach(() => {
   pending = [];
   received = [];
   letGo = 0;
+  // Every case moves the clock past memo windows and token lives, rather than wait.
+  vi.useFakeTimers({ toFake: ['Date', 'performance'] });
 });
 afterEach(() => {
   vi.useRealTimers();
@@ -76,7 +78,6 @@ async function lateRequest(timeoutMs?: number) {
 
 describe('the late answer of a request the held token stood in for', () => {
   it('does not bring back a token reported rejected meanwhile: the report\'s answer stays, and the rejected token is not served', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, fetched, late } = await lateRequest();
     try {
       const report = app.accessToken.invalidate('ACCESS_TOKEN_1', 40001);
@@ -97,7 +98,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('does not bring back a token reported rejected meanwhile whose report got no answer: the next call asks anew', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, fetched, late } = await lateRequest();
     try {
       const report = app.accessToken.invalidate('ACCESS_TOKEN_1', 40001);
@@ -119,7 +119,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('does not replace the answer of a forced refresh made meanwhile', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, fetched, late } = await lateRequest();
     try {
       const forced = app.accessToken.forceRefresh();
@@ -135,7 +134,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('failing after a forced refresh made meanwhile got its answer, is old news: the next failure of the service is said', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, late } = await lateRequest();
     const failed: { error?: string }[] = [];
     app.on('access_token.fetch_failed', (event) => failed.push(event));
@@ -162,7 +160,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('close() while it is under way: resolves, lets it go, says nothing after', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app } = await lateRequest();
     const failed: unknown[] = [];
     app.on('access_token.fetch_failed', (event) => failed.push(event));
@@ -181,7 +178,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('a caller with no good token held joins it rather than start a second request, and gets its answer', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, late } = await lateRequest();
     try {
       // The held token nears its end while the request is still under way.
@@ -197,7 +193,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it("failing once the held token nears its end, it is its joiners' error, not said as a held token serving on", async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app, late } = await lateRequest();
     const failed: unknown[] = [];
     app.on('access_token.fetch_failed', (event) => failed.push(event));
@@ -213,7 +208,6 @@ describe('the late answer of a request the held token stood in for', () => {
   });
 
   it('every caller giving up before the grace lets the request go, and the next call asks anew', async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     const { app } = client();
     try {
       const first = app.accessToken.getToken();
@@ -237,7 +231,6 @@ describe('the late answer of a request the held token stood in for', () => {
 
 describe('a request the held token stood in for after every caller gave up on it', () => {
   it("is no failure of the service's to say when it ends (the source let it go late): the next window's failure is said", async () => {
-    vi.useFakeTimers({ toFake: ['Date', 'performance'] });
     // A source of the program's own that answers when told, whatever its signal says.
     const answers: { resolve: (answer: { value: string; expiresIn: number }) => void; reject: (error: Error) => void }[] = [];
     const source = {
