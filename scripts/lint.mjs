@@ -2,7 +2,7 @@
 // `pnpm lint`: the type check over sources and tests, then publint and are-the-types-wrong on the
 // tarball of every publishable package as pnpm packs it (ESM, CJS, node16/bundler type resolution).
 // Run after `pnpm build`.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -31,7 +31,16 @@ function pnpm() {
   return ['npx', '-y', JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).packageManager];
 }
 
-step('tsc --noEmit', bin('tsc'), ['-p', 'tsconfig.json', '--noEmit']);
+// The type check runs beside the tarball checks (each takes one core); its output is printed when it ends.
+process.stdout.write('lint: tsc --noEmit (beside the tarball checks)\n');
+const typeCheck = spawn(bin('tsc'), ['-p', 'tsconfig.json', '--noEmit'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
+let typeCheckOutput = '';
+typeCheck.stdout.on('data', (chunk) => (typeCheckOutput += chunk));
+typeCheck.stderr.on('data', (chunk) => (typeCheckOutput += chunk));
+const typeChecked = new Promise((resolve) => {
+  typeCheck.once('error', (error) => resolve({ status: 1, error }));
+  typeCheck.once('close', (status) => resolve({ status }));
+});
 
 // The checks read the tarballs pnpm makes, which are what gets published: `npm pack` would keep the
 // `workspace:` ranges that pnpm rewrites.
@@ -91,6 +100,13 @@ for (const file of readdirSync(join(root, '.changeset')).filter((name) => name.e
 
 // The checked-in API reports (etc/*.api.md) must match what the build exports.
 step('api reports', process.execPath, [join(root, 'scripts', 'api-report.mjs'), '--check']);
+
+const { status: typeStatus, error: typeError } = await typeChecked;
+process.stdout.write(typeCheckOutput);
+if (typeStatus !== 0) {
+  failures += 1;
+  process.stdout.write(`lint: tsc --noEmit FAILED${typeError ? ` (${typeError.message})` : ''}\n`);
+}
 
 if (failures > 0) {
   process.stdout.write(`lint: ${failures} check(s) failed\n`);

@@ -4,6 +4,8 @@ import { CALLER_CLOSED, lasting, reasonOf } from './failure.js';
 /** How long calls fail with a lasting refusal before the next attempt: at most one handshake a second. */
 const REFUSAL_HOLD_MS = 1_000;
 
+// The package's own casts to this type go through `unknown`: comparing node-redis's generic client types
+// with the union costs the type check seconds a cast (16 s for the cluster's).
 /** A node-redis client, cluster or sentinel, e.g. from `createClient()`, `createCluster()` or `createSentinel()` of @keyv/redis. */
 export type RedisClientLike = RedisClientType | RedisClusterType | RedisSentinelType;
 

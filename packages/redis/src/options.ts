@@ -146,7 +146,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       socket: { ...fromUrl.socket, ...opts.clientOptions?.socket } as RedisClientOptions['socket'],
     };
     return {
-      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, clusterDefaults, false) }) as RedisClientLike,
+      source: (ended) => createCluster({ rootNodes, defaults: merge(ended, clusterDefaults, false) }) as unknown as RedisClientLike,
       where: `Redis Cluster ${opts.cluster.map(maskUrl).join(',')}`,
       connectTimeoutMs,
       stallTimeoutMs,
@@ -178,7 +178,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
         }) as unknown as RedisClientLike;
         // Connected as the primary's clients are, and given up with them.
         primaryClients.set(sentinel, ({ host, port }) =>
-          createClient({ ...nodeClientOptions, socket: { ...nodeClientOptions.socket, host, port } as RedisClientOptions['socket'] }) as RedisClientLike,
+          createClient({ ...nodeClientOptions, socket: { ...nodeClientOptions.socket, host, port } as RedisClientOptions['socket'] }) as unknown as RedisClientLike,
         );
         return sentinel;
       },
@@ -189,7 +189,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     };
   }
   return {
-    source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as RedisClientLike,
+    source: (ended) => createClient(merge(ended, { ...opts.clientOptions, url: opts.url })) as unknown as RedisClientLike,
     where: maskUrl(opts.url!),
     connectTimeoutMs,
     stallTimeoutMs,
