@@ -64,7 +64,10 @@ interface Output {
   out: (line: string) => void;
 }
 
-/** The wxkit command. Resolves the exit code; never throws. */
+/**
+ * The wxkit command. Resolves the exit code; never throws. `io` takes what the token and serve commands
+ * print; mock-server and demo print to the process's own streams.
+ */
 export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Promise<number> {
   const stdout = io.stdout ?? process.stdout;
   const stderr = io.stderr ?? process.stderr;

@@ -4,12 +4,13 @@ import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { memcachedGet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { bin, wxkit, wxkitProcess } from './run-cli.js';
 
-// The built `wxkit` binary, run as a child process against real stores and the mock server.
-const bin = fileURLToPath(new URL('../bin/wxkit.mjs', import.meta.url));
+// The `wxkit` command against real stores and the mock server: in this process as the binary runs it
+// (run-cli.ts), and the binary itself where its process is the point.
 
 let mock: MockWeChat;
 let redis: StoreServer;
@@ -22,32 +23,6 @@ afterAll(async () => {
   await Promise.all([mock?.close(), redis?.stop(), memcached?.stop()]);
   rmSync(dir, { recursive: true, force: true });
 });
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  json: Record<string, unknown>;
-}
-
-function wxkit(args: string[], env: Record<string, string | undefined> = {}): Promise<Run> {
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve) =>
-    child.once('close', (code) => {
-      let json: Record<string, unknown> = {};
-      try {
-        json = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
-      } catch {
-        // not a --json run
-      }
-      resolve({ code, stdout, stderr, json });
-    }),
-  );
-}
 
 describe('wxkit token', () => {
   it('get fetches once through the store, masks the token, and never prints the secret', async () => {
@@ -518,8 +493,8 @@ describe('wxkit token', () => {
 
   it('--help for each command, exit 0', async () => {
     const commands = [['--help'], ['token', '--help'], ['serve', '--help'], ['mock-server', '--help'], ['demo', '--help']];
-    // Independent runs, side by side.
-    const runs = await Promise.all(commands.map((args) => wxkit(args)));
+    // Independent runs of the binary, side by side: mock-server and demo print to the process's own streams.
+    const runs = await Promise.all(commands.map((args) => wxkitProcess(args)));
     for (const [i, args] of commands.entries()) {
       expect(runs[i]!.code, args.join(' ')).toBe(0);
       expect(runs[i]!.stdout).toMatch(/usage: wxkit/);
@@ -544,7 +519,7 @@ describe('wxkit mock-server', () => {
   });
 
   it('with --json, a usage error is one JSON object on stdout (exit 2), as for every command', async () => {
-    const run = await wxkit(['mock-server', '--json', '--port', 'abc']);
+    const run = await wxkitProcess(['mock-server', '--json', '--port', 'abc']);
     expect(run.code).toBe(2);
     expect(run.json).toMatchObject({ ok: false, error: { code: 'ERR_WXKIT_USAGE', exit: 2 } });
     expect((run.json.error as { message: string }).message).toContain('--port');

@@ -3,15 +3,15 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { maskPasswords } from '../src/args.js';
 import { runDemo } from '../src/demo.js';
+import { bin, wxkit, wxkitProcess } from './run-cli.js';
 
-// The built `wxkit` binary, spawned as a user runs it: each kind of failure has its own exit code and
-// a message in wxkit's words, against real redis-server processes and the mock server.
-const bin = fileURLToPath(new URL('../bin/wxkit.mjs', import.meta.url));
+// Each kind of failure has its own exit code and a message in wxkit's words, against real redis-server
+// processes and the mock server: the command in this process as the binary runs it (run-cli.ts), and the
+// binary in a process of its own where a signal, a pipe or serve's start is the point.
 const PASSWORD = 'pw-7f3a19c2d0';
 
 let mock: MockWeChat;
@@ -33,32 +33,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await Promise.all([mock?.close(), redis?.stop(), replica?.stop(), partialAcl?.stop(), withPassword?.stop()]);
 });
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  json: Record<string, unknown> & { error?: Record<string, unknown> };
-}
-
-function wxkit(args: string[], env: Record<string, string> = {}): Promise<Run> {
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '', ...env } });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  return new Promise((resolve) =>
-    child.once('close', (code) => {
-      let json = {};
-      try {
-        json = JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as Record<string, unknown>;
-      } catch {
-        // not a --json run
-      }
-      resolve({ code, stdout, stderr, json });
-    }),
-  );
-}
 
 describe('wxkit exit codes and messages', () => {
   it('usage (2): wxkit’s own sentence and the usage line, never the parser’s text', async () => {
@@ -399,33 +373,33 @@ describe('wxkit exit codes and messages', () => {
   });
 
   it('serve: usage (2) for its flags, configuration (7) for its config file and its port', async () => {
-    const usage = await wxkit(['serve', '--store', redis.url, '--conifg', 'serve.json']);
+    const usage = await wxkitProcess(['serve', '--store', redis.url, '--conifg', 'serve.json']);
     expect(usage.code).toBe(2);
     expect(usage.stderr).toContain('wxkit serve has no option --conifg');
     expect(usage.stderr).toContain('usage: wxkit serve --store <url> --config <file>');
-    const noConfig = await wxkit(['serve', '--store', redis.url]);
+    const noConfig = await wxkitProcess(['serve', '--store', redis.url]);
     expect(noConfig.code).toBe(2);
     expect(noConfig.stderr).toContain('wxkit serve needs --config');
     const dir = mkdtempSync(join(tmpdir(), 'wxkit-exit-'));
-    const missing = await wxkit(['serve', '--store', redis.url, '--config', join(dir, 'absent.json')]);
+    const missing = await wxkitProcess(['serve', '--store', redis.url, '--config', join(dir, 'absent.json')]);
     expect(missing.code).toBe(7);
     expect(missing.stderr).toContain('absent.json: no such file');
     const config = join(dir, 'serve.json');
     const { appId, secret } = mock.createApp();
     writeFileSync(config, JSON.stringify({ keysEnv: 'EXIT_TEST_KEYS', apps: [{ app: `oa:${appId}`, secretEnv: 'EXIT_TEST_SECRET' }], baseUrl: mock.url }));
     // A key no "Authorization: Bearer <key>" header can carry: refused at start, not a 401 for every caller.
-    const spaced = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', '0'], { EXIT_TEST_KEYS: 'exit test key with spaces', EXIT_TEST_SECRET: secret });
+    const spaced = await wxkitProcess(['serve', '--store', redis.url, '--config', config, '--port', '0'], { EXIT_TEST_KEYS: 'exit test key with spaces', EXIT_TEST_SECRET: secret });
     expect(spaced.code, spaced.stderr).toBe(7);
     expect(spaced.stderr).toContain('a key in EXIT_TEST_KEYS holds a space, a control character or a character past U+00FF');
     expect(spaced.stderr).not.toContain('exit test key with spaces');
     const taken = createServer();
     const port = await new Promise<number>((resolve) => taken.listen(0, '127.0.0.1', () => resolve((taken.address() as { port: number }).port)));
     try {
-      const busy = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', String(port)], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
+      const busy = await wxkitProcess(['serve', '--store', redis.url, '--config', config, '--port', String(port)], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
       expect(busy.code).toBe(7);
       expect(busy.stderr).toContain(`cannot listen on 127.0.0.1:${port} (EADDRINUSE)`);
       // A --host that names no address: the same configuration error, not a crash with a stack.
-      const nowhere = await wxkit(['serve', '--store', redis.url, '--config', config, '--port', '0', '--host', 'no-such-host.invalid'], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
+      const nowhere = await wxkitProcess(['serve', '--store', redis.url, '--config', config, '--port', '0', '--host', 'no-such-host.invalid'], { EXIT_TEST_KEYS: 'exit-test-key-0123456789', EXIT_TEST_SECRET: secret });
       expect(nowhere.code, nowhere.stderr).toBe(7);
       expect(nowhere.stderr).toContain('cannot listen on no-such-host.invalid:0');
       expect(nowhere.stderr).not.toMatch(/\n\s+at /);
