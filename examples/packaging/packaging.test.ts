@@ -170,16 +170,23 @@ describe('the packages, packed by pnpm and installed by npm outside the workspac
     // The CLI depends on @wxkit/testing, whose vitest peer is optional but still a constraint: a project on a
     // vitest the range leaves out cannot install the CLI at all (npm ERESOLVE). The suite runs on 3.2, 4.1, 5.1.
     it('a project on vitest 4 or 5 installs the CLI and the test kit, and npm finds no invalid peer', async () => {
-      for (const vitest of ['4.1.12', '5.1.2']) {
-        const project = join(scratch, `vitest-${vitest}`);
-        mkdirSync(project);
-        writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'on-vitest', version: '1.0.0', private: true, devDependencies: { vitest } }, null, 2));
-        const install = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...names.map(tarball)], { cwd: project, env: userEnv() });
-        expect(install.stderr).not.toMatch(/ERESOLVE/);
-        expect(install.status).toBe(0);
-        const ls = await sh('npm', ['ls', 'vitest'], { cwd: project, env: userEnv() });
-        expect(ls.stdout).toContain(`vitest@${vitest}`);
-        expect(ls.status).toBe(0);
+      // The two projects install side by side (npm's cache takes concurrent installs).
+      const versions = ['4.1.12', '5.1.2'];
+      const installs = await Promise.all(
+        versions.map(async (vitest) => {
+          const project = join(scratch, `vitest-${vitest}`);
+          mkdirSync(project);
+          writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'on-vitest', version: '1.0.0', private: true, devDependencies: { vitest } }, null, 2));
+          const install = await sh('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', ...names.map(tarball)], { cwd: project, env: userEnv() });
+          const ls = install.status === 0 ? await sh('npm', ['ls', 'vitest'], { cwd: project, env: userEnv() }) : undefined;
+          return { vitest, install, ls };
+        }),
+      );
+      for (const { vitest, install, ls } of installs) {
+        expect(install.stderr, vitest).not.toMatch(/ERESOLVE/);
+        expect(install.status, vitest).toBe(0);
+        expect(ls!.stdout).toContain(`vitest@${vitest}`);
+        expect(ls!.status).toBe(0);
       }
       // And the suite runs there: the newest vitest the range takes checks FileCache's contract.
       const project = join(scratch, 'vitest-5.1.2');
