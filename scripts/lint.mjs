@@ -3,7 +3,7 @@
 // tarball of every publishable package as pnpm packs it (ESM, CJS, node16/bundler type resolution).
 // Run after `pnpm build`.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, existsSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -32,14 +32,19 @@ function pnpm() {
 }
 
 // The type check runs beside the tarball checks (each takes one core); its output is printed when it ends.
+// It writes to a file, not a pipe: the checks below run synchronously, and nothing would read a pipe
+// until they end (tsc would stop at its first 64 KB of errors and wait for them).
 process.stdout.write('lint: tsc --noEmit (beside the tarball checks)\n');
-const typeCheck = spawn(bin('tsc'), ['-p', 'tsconfig.json', '--noEmit'], { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] });
-let typeCheckOutput = '';
-typeCheck.stdout.on('data', (chunk) => (typeCheckOutput += chunk));
-typeCheck.stderr.on('data', (chunk) => (typeCheckOutput += chunk));
+const typeCheckDir = mkdtempSync(join(tmpdir(), 'wxkit-lint-tsc-'));
+const typeCheckLog = join(typeCheckDir, 'tsc.log');
+const typeCheckFd = openSync(typeCheckLog, 'w');
+const typeCheck = spawn(bin('tsc'), ['-p', 'tsconfig.json', '--noEmit'], { cwd: root, stdio: ['ignore', typeCheckFd, typeCheckFd] });
+closeSync(typeCheckFd);
+// A failure below that ends this script (an exception) does not leave the type check running.
+process.once('exit', () => typeCheck.exitCode === null && typeCheck.signalCode === null && typeCheck.kill());
 const typeChecked = new Promise((resolve) => {
   typeCheck.once('error', (error) => resolve({ status: 1, error }));
-  typeCheck.once('close', (status) => resolve({ status }));
+  typeCheck.once('exit', (status, signal) => resolve({ status, signal }));
 });
 
 // The checks read the tarballs pnpm makes, which are what gets published: `npm pack` would keep the
@@ -101,11 +106,13 @@ for (const file of readdirSync(join(root, '.changeset')).filter((name) => name.e
 // The checked-in API reports (etc/*.api.md) must match what the build exports.
 step('api reports', process.execPath, [join(root, 'scripts', 'api-report.mjs'), '--check']);
 
-const { status: typeStatus, error: typeError } = await typeChecked;
-process.stdout.write(typeCheckOutput);
+const { status: typeStatus, signal: typeSignal, error: typeError } = await typeChecked;
+process.stdout.write(readFileSync(typeCheckLog, 'utf8'));
+rmSync(typeCheckDir, { recursive: true, force: true });
 if (typeStatus !== 0) {
   failures += 1;
-  process.stdout.write(`lint: tsc --noEmit FAILED${typeError ? ` (${typeError.message})` : ''}\n`);
+  const why = typeError ? ` (${typeError.message})` : typeSignal ? ` (killed by ${typeSignal})` : '';
+  process.stdout.write(`lint: tsc --noEmit FAILED${why}\n`);
 }
 
 if (failures > 0) {

@@ -65,8 +65,9 @@ interface Output {
 }
 
 /**
- * The wxkit command. Resolves the exit code; never throws. `io` takes what the token and serve commands
- * print; mock-server and demo print to the process's own streams.
+ * The wxkit command. Resolves the exit code; never throws. `io` takes what the token commands print,
+ * serve's help and failures, and the failure that ends mock-server or demo; the service's log lines go
+ * to file descriptor 1 (pino), and mock-server and demo print the rest to the process's own streams.
  */
 export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream; stderr?: NodeJS.WritableStream } = {}): Promise<number> {
   const stdout = io.stdout ?? process.stdout;
