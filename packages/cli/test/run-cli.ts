@@ -77,6 +77,14 @@ function teeProcessStreams(): () => void {
   return () => originals.forEach((undo) => undo());
 }
 
+/** Sets each variable, or removes it where its value is undefined. */
+function setEnvironment(pairs: Iterable<readonly [string, string | undefined]>): void {
+  for (const [name, value] of pairs) {
+    if (value === undefined) delete process.env[name];
+    else process.env[name] = value;
+  }
+}
+
 function useEnvironment(env: Record<string, string | undefined>): () => void {
   const wanted = environment(env);
   const asText = JSON.stringify(wanted);
@@ -84,17 +92,11 @@ function useEnvironment(env: Record<string, string | undefined>): () => void {
   if (running++ === 0) {
     runningEnv = asText;
     const saved = Object.keys(wanted).map((name) => [name, process.env[name]] as const);
-    for (const [name, value] of Object.entries(wanted)) {
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
+    setEnvironment(Object.entries(wanted));
     const untee = teeProcessStreams();
     restore = () => {
       untee();
-      for (const [name, value] of saved) {
-        if (value === undefined) delete process.env[name];
-        else process.env[name] = value;
-      }
+      setEnvironment(saved);
     };
   }
   return () => {
