@@ -1,7 +1,8 @@
 // A benchmark worker process: one client library (wxkit, a peer, or raw undici) sending to the mock
 // WeChat server, driven over IPC by the benchmark runner.
 //
-//   parent → { op: 'send' | 'getToken', count, concurrency }   → { ok, failed, errors, latencies?, ms }
+//   parent → { op: 'send' | 'getToken', count, concurrency }   → { ok, failed, errors, latencies?, ms, cpuUs }
+//            (cpuUs: the process's CPU time, user and system, per call of the run)
 //            with `deadlineMs`: calls still unanswered then count as failed ('no answer'), and the run ends
 //   parent → { op: 'send', durationMs, intervalMs, concurrency } → the same, for calls started during
 //            `durationMs`, each lane starting one every `intervalMs` (a service's steady traffic)
@@ -223,6 +224,7 @@ async function run({ op, count, concurrency, latencies: wantLatencies, deadlineM
   let started = 0;
   let expired = false;
   const begin = performance.now();
+  const cpu0 = process.cpuUsage();
   // A call that never settles (a hung store or endpoint) must not hold the run: past the deadline the
   // run ends, and what is unanswered counts as failed.
   const NO_ANSWER = Symbol('no answer');
@@ -261,7 +263,8 @@ async function run({ op, count, concurrency, latencies: wantLatencies, deadlineM
   const total = timed ? started : count;
   const answered = ok + Object.values(errors).reduce((sum, n) => sum + n, 0);
   if (answered < total) errors[`no answer within ${deadlineMs} ms`] = total - answered;
-  return { ok, failed: total - ok, sent: total, errors, ms: performance.now() - begin, latencies: latencies ? [...latencies] : undefined };
+  const cpu = process.cpuUsage(cpu0);
+  return { cpuUs: (cpu.user + cpu.system) / total, ok, failed: total - ok, sent: total, errors, ms: performance.now() - begin, latencies: latencies ? [...latencies] : undefined };
 }
 
 // The raw baseline's cold round: its sends wait for the token the runner fetched.

@@ -74,7 +74,7 @@ export class ApiClient {
     // A whole URL pasted as the path would be sent under the client's origin and come back a 404: say so
     // before anything is read or sent. The origin is the client's (baseUrl), the path WeChat's API's.
     if (typeof path !== 'string' || path.length === 0) throw new ConfigError(`The path must be an API path such as cgi-bin/user/info (got ${typeName(path)})`, 'path');
-    if (/^[a-z][a-z0-9+.-]*:/i.test(path) || path.startsWith('//')) {
+    if ((path.includes(':') && /^[a-z][a-z0-9+.-]*:/i.test(path)) || path.startsWith('//')) {
       throw new ConfigError('The path must be an API path such as cgi-bin/user/info, not a URL: the client sends it to its own origin (baseUrl)', 'path');
     }
     const signal = options?.signal;
@@ -83,7 +83,8 @@ export class ApiClient {
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);
     };
     let token = await this.#token.get(signal);
-    const recovery = { fetched: false };
+    // Made at the first rejection: a call WeChat answers (nearly every one) needs none.
+    let recovery: { fetched: boolean } | undefined;
     let firstRejection: number | undefined;
     let rejection: WeChatApiError;
     for (let resends = 0; ; resends += 1) {
@@ -96,7 +97,7 @@ export class ApiClient {
       }
       firstRejection ??= performance.now();
       if (resends === MAX_RESENDS || performance.now() - firstRejection > GRACE_MS) break;
-      const next = await this.#token.recover(token, rejection.errcode, recovery, signal);
+      const next = await this.#token.recover(token, rejection.errcode, (recovery ??= { fetched: false }), signal);
       if (next === undefined) break;
       token = next;
     }

@@ -165,14 +165,18 @@ const NO_REDIRECTS = Object.freeze({ maxRedirections: 0 });
 // without writing a byte and keeps the socket for the next request.
 const GIVEN_UP = new Error('given up while queued');
 
-type Settle = (value: ExchangeResult) => void;
+/**
+ * What an exchange's answer becomes: run as the answer completes, so that a call's result (the parsed
+ * JSON, say) settles its promise directly, without a promise of the raw answer in between.
+ */
+type Finish = (result: ExchangeResult, path: string) => unknown;
 
 interface ExchangeResult {
   status: number;
   contentType: string;
   bytes: Buffer;
   /** The answer's `Retry-After`, as sent (a token service that backs off says when to ask again). */
-  retryAfter?: string;
+  retryAfter: string | undefined;
 }
 
 /**
@@ -183,7 +187,8 @@ interface ExchangeResult {
  */
 class Exchange {
   readonly queueWindowMs: number;
-  readonly queueDeadline: number;
+  /** Set once the request is left waiting for a socket (see {@link QueueWatch}); a request sent at once never reads the clock for it. */
+  queueDeadline = Infinity;
   connected = false;
   #settled = false;
   get settled(): boolean {
@@ -205,18 +210,19 @@ class Exchange {
   /** The request, for the credentials a failure's cause must not quote. */
   readonly #request: HttpRequest;
   readonly #signal: AbortSignal | undefined;
-  readonly #resolve: Settle;
+  readonly #finish: Finish;
+  readonly #resolve: (value: unknown) => void;
   readonly #reject: (error: unknown) => void;
   #stopAbort: (() => void) | undefined;
 
-  constructor(client: HttpClient, request: HttpRequest, path: string, queueWindowMs: number, resolve: Settle, reject: (error: unknown) => void) {
+  constructor(client: HttpClient, request: HttpRequest, path: string, queueWindowMs: number, finish: Finish, resolve: (value: unknown) => void, reject: (error: unknown) => void) {
     const signal = request.signal;
     this.#client = client;
     this.#request = request;
     this.#path = path;
     this.queueWindowMs = queueWindowMs;
-    this.queueDeadline = performance.now() + queueWindowMs;
     this.#signal = signal;
+    this.#finish = finish;
     this.#resolve = resolve;
     this.#reject = reject;
     if (signal) {
@@ -243,8 +249,11 @@ class Exchange {
 
   onConnect(abort: (error?: Error) => void): void {
     if (!this.connected) {
-      queueWatch.delete(this);
-      if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
+      // Only a request that was left waiting is watched (and has a queue deadline to check).
+      if (this.queueDeadline !== Infinity) {
+        queueWatch.delete(this);
+        if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
+      }
       if (this.#settled) throw GIVEN_UP;
       this.connected = true;
       this.#deadline = performance.now() + this.#client.timeoutMs;
@@ -314,7 +323,7 @@ class Exchange {
     // bodyTimeout bounds the pause between two chunks; this bounds their sum. A chunk that completes the
     // body is never thrown away: by its length when the answer declares one, else by the end of the
     // message, which undici reports in the same parse as the last chunk when they arrived together.
-    if (!this.#lateCheck && performance.now() > this.#deadline && !(this.#expectedLength >= 0 && this.#size >= this.#expectedLength)) {
+    if (!this.#lateCheck && !(this.#expectedLength >= 0 && this.#size >= this.#expectedLength) && performance.now() > this.#deadline) {
       this.#lateCheck = true;
       queueMicrotask(() => {
         if (!this.#settled) this.#abort?.(this.#client.timeoutError(this.#path, true));
@@ -328,12 +337,20 @@ class Exchange {
     this.#settled = true;
     this.#cleanUp();
     const chunks = this.#chunks;
-    this.#resolve({
+    const result: ExchangeResult = {
       status: this.#status,
       contentType: this.#contentType,
       bytes: chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks, this.#size),
-      ...(this.#retryAfter === undefined ? {} : { retryAfter: this.#retryAfter }),
-    });
+      retryAfter: this.#retryAfter,
+    };
+    let value: unknown;
+    try {
+      value = this.#finish(result, this.#path);
+    } catch (error) {
+      this.#reject(error);
+      return;
+    }
+    this.#resolve(value);
   }
 
   onError(error: Error): void {
@@ -401,6 +418,9 @@ export class HttpClient {
   /** What a message of an answer over `maxResponseBytes` ends with: the option that raises it, if any. */
   readonly oversizeHint: string;
   readonly #queueTimeoutMs: number;
+  /** The access_token last sent, and its query-string form. */
+  #token: QueryValue;
+  #encodedToken = '';
 
   constructor(settings: HttpSettings) {
     this.#settings = settings;
@@ -451,24 +471,29 @@ export class HttpClient {
   }
 
   /** Sends the request and returns the parsed JSON body. Throws WeChatApiError when `errcode` is set and not 0. */
-  async json(req: HttpRequest): Promise<Record<string, unknown>> {
-    const { status, bytes, retryAfter } = await this.#exchange(req);
+  json(req: HttpRequest): Promise<Record<string, unknown>> {
+    return this.#exchange(req, this.#json) as Promise<Record<string, unknown>>;
+  }
+
+  readonly #json: Finish = ({ status, bytes, retryAfter }, path) => {
     try {
-      return this.#decode(cleanPath(req.path), status, bytes.toString('utf8'));
+      return this.#decode(path, status, bytes.toString('utf8'));
     } catch (error) {
       // A failure that said when to ask again (a token service backing off): see retryAtOf().
       const at = retryAfter === undefined ? undefined : retryAfterAt(retryAfter, Date.now());
       throw at === undefined ? error : withRetryAt(error, at);
     }
-  }
+  };
 
   /**
    * For APIs that answer with bytes on success (wxacode images) and JSON on failure: the bytes and their
    * content type, or the WeChatApiError the JSON carries.
    */
-  async binary(req: HttpRequest): Promise<BinaryResponse> {
-    const { status, contentType, bytes } = await this.#exchange(req);
-    const path = cleanPath(req.path);
+  binary(req: HttpRequest): Promise<BinaryResponse> {
+    return this.#exchange(req, this.#binary) as Promise<BinaryResponse>;
+  }
+
+  readonly #binary: Finish = ({ status, contentType, bytes }, path) => {
     // Text of any kind (JSON, an HTML page from a proxy or captive portal, plain text) is never the bytes
     // asked for: WeChat answers images as image/*, and errors as JSON, sometimes labelled text/plain.
     if (status >= 200 && status < 300 && !/json|^\s*text\//i.test(contentType) && bytes.length > 0 && bytes[0] !== 0x7b) {
@@ -479,7 +504,7 @@ export class HttpClient {
       path,
       status,
     });
-  }
+  };
 
   /**
    * Where a request answered 404 went, base path included: a base URL with a path too many (`…/cgi-bin`,
@@ -524,7 +549,7 @@ export class HttpClient {
     await Promise.all(held?.map(leave) ?? []);
   }
 
-  #exchange(req: HttpRequest): Promise<ExchangeResult> {
+  #exchange(req: HttpRequest, finish: Finish): Promise<unknown> {
     const path = cleanPath(req.path);
     const { timeoutMs } = this.#settings;
     // Checked before the exchange is made: one whose signal cannot be listened to would fail half set up.
@@ -548,7 +573,7 @@ export class HttpClient {
       }
     }
     return new Promise((resolve, reject) => {
-      const exchange = new Exchange(this, req, path, this.#queueTimeoutMs, resolve, reject);
+      const exchange = new Exchange(this, req, path, this.#queueTimeoutMs, finish, resolve, reject);
       try {
         this.#dispatcherFor(req).dispatch(
           {
@@ -572,7 +597,10 @@ export class HttpClient {
         exchange.onError(error as Error);
       }
       // A free socket takes the request at once, inside dispatch(): only a request left waiting is watched.
-      if (!exchange.connected && !exchange.settled) queueWatch.add(exchange);
+      if (!exchange.connected && !exchange.settled) {
+        exchange.queueDeadline = performance.now() + exchange.queueWindowMs;
+        queueWatch.add(exchange);
+      }
     });
   }
 
@@ -630,7 +658,18 @@ export class HttpClient {
     if (query) {
       for (const name in query) {
         const value = query[name];
-        if (value !== undefined) qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encodeURIComponent(String(value))}`;
+        if (value === undefined) continue;
+        // The token is the same on call after call: encoded once, not on every send.
+        if (name === 'access_token' && value === this.#token) {
+          qs += `${qs ? '&' : ''}access_token=${this.#encodedToken}`;
+          continue;
+        }
+        const encoded = encodeURIComponent(String(value));
+        if (name === 'access_token') {
+          this.#token = value;
+          this.#encodedToken = encoded;
+        }
+        qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encoded}`;
       }
     }
     const full = `${this.#basePath}/${path}`;
@@ -761,6 +800,8 @@ export function retryAfterAt(value: string, now: number): number | undefined {
 
 /** `/cgi-bin/token?x=1` → `cgi-bin/token`: the form used in URLs we build and in every message. */
 export function cleanPath(path: string): string {
+  // Nearly every path is clean already (no query, no fragment, no leading slash): no regex for those.
+  if (path.charCodeAt(0) !== 0x2f && !path.includes('?') && !path.includes('#')) return path;
   return path.replace(/[?#].*$/s, '').replace(/^\/+/, '');
 }
 

@@ -51,8 +51,14 @@ export class TemplateMessage {
    * Sends one template message. The token is injected and, if WeChat rejects it, refreshed once.
    * @throws {WeChatApiError} e.g. 40003 (openid), 40037 (template_id), 43004 (not subscribed).
    */
-  async send(message: TemplateMessageInput, options: RequestOptions = {}): Promise<TemplateMessageResult> {
-    validateMessage(message);
+  send(message: TemplateMessageInput, options: RequestOptions = {}): Promise<TemplateMessageResult> {
+    // Not an async method: handing on postJson's promise from one would cost every send two more turns
+    // of the microtask queue. A message that is no message still rejects, never throws.
+    try {
+      validateMessage(message);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     return this.#client.postJson<TemplateMessageResult>('cgi-bin/message/template/send', message, options);
   }
 }
