@@ -187,8 +187,10 @@ interface ExchangeResult {
  */
 class Exchange {
   readonly queueWindowMs: number;
-  /** Set once the request is left waiting for a socket (see {@link QueueWatch}); a request sent at once never reads the clock for it. */
-  queueDeadline = Infinity;
+  /** Whether the request was left waiting for a socket, and so is watched ({@link QueueWatch}). */
+  watched = false;
+  /** When the wait for a socket ends: set when it starts to be watched. */
+  queueDeadline = 0;
   connected = false;
   #settled = false;
   get settled(): boolean {
@@ -249,8 +251,7 @@ class Exchange {
 
   onConnect(abort: (error?: Error) => void): void {
     if (!this.connected) {
-      // Only a request that was left waiting is watched (and has a queue deadline to check).
-      if (this.queueDeadline !== Infinity) {
+      if (this.watched) {
         queueWatch.delete(this);
         if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
       }
@@ -596,8 +597,13 @@ export class HttpClient {
         // undici reports through onError; a caller's dispatcher might throw instead.
         exchange.onError(error as Error);
       }
-      // A free socket takes the request at once, inside dispatch(): only a request left waiting is watched.
+      // Only a request left waiting is watched: one a dispatcher put on a socket inside dispatch() (a
+      // caller's may) is not. undici's Pool hands even a request for a free socket over a moment later,
+      // so its requests are watched until then: an entry in a set, no timer of their own.
       if (!exchange.connected && !exchange.settled) {
+        // The window starts here, not when the exchange was made: a request handed to a socket inside
+        // dispatch() reads no clock for it.
+        exchange.watched = true;
         exchange.queueDeadline = performance.now() + exchange.queueWindowMs;
         queueWatch.add(exchange);
       }

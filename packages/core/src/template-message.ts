@@ -53,13 +53,14 @@ export class TemplateMessage {
    */
   send(message: TemplateMessageInput, options: RequestOptions = {}): Promise<TemplateMessageResult> {
     // Not an async method: handing on postJson's promise from one would cost every send two more turns
-    // of the microtask queue. A message that is no message still rejects, never throws.
+    // of the microtask queue. A message that is no message, or a call on something other than a
+    // TemplateMessage (the method taken off its object), still rejects, never throws, as it did then.
     try {
       validateMessage(message);
+      return this.#client.postJson<TemplateMessageResult>('cgi-bin/message/template/send', message, options);
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#client.postJson<TemplateMessageResult>('cgi-bin/message/template/send', message, options);
   }
 }
 
