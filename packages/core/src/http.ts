@@ -823,37 +823,51 @@ export function parseJson(text: string): unknown {
   return JSON.parse(quoteUnsafeIntegers(text));
 }
 
-const NUMBER_TOKEN = /-?\d+(\.\d+)?([eE][+-]?\d+)?/y;
+// A run of 16 digits or more: the only place an integer beyond Number.MAX_SAFE_INTEGER can be.
+const LONG_DIGITS = /\d{16,}/g;
 
 function quoteUnsafeIntegers(text: string): string {
-  // Fast path: no run of 16+ digits, nothing to do.
-  if (!/\d{16}/.test(text)) return text;
+  LONG_DIGITS.lastIndex = 0;
+  let run = LONG_DIGITS.exec(text);
+  // Nearly every answer has no such run: nothing to do.
+  if (run === null) return text;
   let out = '';
-  let i = 0;
   let last = 0;
-  while (i < text.length) {
-    const ch = text.charCodeAt(i);
-    if (ch === 0x22 /* " */) {
-      // Skip the string, honouring escapes.
-      i++;
-      while (i < text.length && text.charCodeAt(i) !== 0x22) i += text.charCodeAt(i) === 0x5c ? 2 : 1;
-      i++;
-      continue;
-    }
-    if ((ch >= 0x30 && ch <= 0x39) || ch === 0x2d /* - */) {
-      // A whole number token: -?digits(.digits)?([eE][+-]?digits)?
-      NUMBER_TOKEN.lastIndex = i;
-      const match = NUMBER_TOKEN.exec(text);
-      const literal = match ? match[0] : text[i]!;
-      const isInteger = match !== null && match[1] === undefined && match[2] === undefined;
-      if (isInteger && literal.length >= 16 && !Number.isSafeInteger(Number(literal))) {
-        out += `${text.slice(last, i)}"${literal}"`;
-        last = i + literal.length;
+  // How far the look for string boundaries has come, and whether that point is inside a string: found
+  // by the quotes before each run (indexOf, not a loop over every character), an escaped one skipped.
+  let scanned = 0;
+  let inString = false;
+  while (run !== null) {
+    const end = run.index + run[0].length;
+    for (;;) {
+      const quote = text.indexOf('"', scanned);
+      if (quote === -1 || quote >= run.index) break;
+      scanned = quote + 1;
+      if (inString) {
+        let backslashes = 0;
+        while (text.charCodeAt(quote - 1 - backslashes) === 0x5c /* \ */) backslashes += 1;
+        if (backslashes % 2 === 1) continue;
       }
-      i += literal.length;
-      continue;
+      inString = !inString;
     }
-    i++;
+    if (!inString) {
+      const start = text.charCodeAt(run.index - 1) === 0x2d /* - */ ? run.index - 1 : run.index;
+      const before = text.charCodeAt(start - 1);
+      const after = text.charCodeAt(end);
+      // A whole integer: not the fraction or the exponent of another number (., e, E, + or - before it;
+      // never a digit, the run being all of them), and without a fraction or an exponent of its own
+      // (., e or E after it).
+      const partOfAnother = before === 0x2e || before === 0x65 || before === 0x45 || before === 0x2b || before === 0x2d;
+      const notInteger = after === 0x2e || after === 0x65 || after === 0x45;
+      if (!partOfAnother && !notInteger) {
+        const literal = text.slice(start, end);
+        if (!Number.isSafeInteger(Number(literal))) {
+          out += `${text.slice(last, start)}"${literal}"`;
+          last = end;
+        }
+      }
+    }
+    run = LONG_DIGITS.exec(text);
   }
-  return out + text.slice(last);
+  return last === 0 ? text : out + text.slice(last);
 }

@@ -85,6 +85,81 @@ describe('parseJson', () => {
       x: ['1234567890123456789'],
     });
   });
+
+  it('quotes exactly the integer tokens beyond 2^53 outside strings, in any JSON (20,000 generated texts, those that are JSON, against a walk over every character)', () => {
+    // The reference: a walk over every character, skipping strings (escapes honoured) and reading
+    // whole number tokens, as the first version of parseJson did.
+    const reference = (text: string): unknown => {
+      let out = '';
+      let last = 0;
+      for (let i = 0; i < text.length; ) {
+        if (text[i] === '"') {
+          i += 1;
+          while (i < text.length && text[i] !== '"') i += text[i] === '\\' ? 2 : 1;
+          i += 1;
+          continue;
+        }
+        const token = /^-?\d+(\.\d+)?([eE][+-]?\d+)?/.exec(text.slice(i));
+        if (!token) {
+          i += 1;
+          continue;
+        }
+        if (token[1] === undefined && token[2] === undefined && token[0].replace('-', '').length >= 16 && !Number.isSafeInteger(Number(token[0]))) {
+          out += `${text.slice(last, i)}"${token[0]}"`;
+          last = i + token[0].length;
+        }
+        i += token[0].length;
+      }
+      return JSON.parse(out + text.slice(last));
+    };
+    let seed = 7;
+    const random = (n: number) => {
+      seed = (seed + 0x6d2b79f5) | 0;
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) % n;
+    };
+    const digits = (n: number) => `${1 + random(9)}${Array.from({ length: n - 1 }, () => random(10)).join('')}`;
+    const pieces = ['a', '1', ' ', '\\"', '\\\\', '\\u0022', '\\\\"', '-', 'e'];
+    const value = (depth: number): string => {
+      switch (random(depth > 2 ? 5 : 8)) {
+        case 0:
+          return `${random(2) ? '-' : ''}${digits(1 + random(22))}`;
+        case 1:
+          return `${digits(1 + random(20))}.${digits(1 + random(20))}`;
+        case 2:
+          return `${digits(1 + random(18))}${random(2) ? 'e' : 'E'}${random(2) ? '-' : '+'}${digits(1 + random(18))}`;
+        case 3:
+          return `"${Array.from({ length: random(6) }, () => (random(3) ? pieces[random(pieces.length)] : digits(17))).join('')}"`;
+        case 4:
+          return ['true', 'false', 'null'][random(3)]!;
+        case 5:
+        case 6:
+          return `[${Array.from({ length: random(4) }, () => value(depth + 1)).join(random(2) ? ',' : ' , ')}]`;
+        default:
+          return `{${Array.from({ length: random(4) }, (_, i) => `"k${i}${random(2) ? digits(17) : ''}":${value(depth + 1)}`).join(',')}}`;
+      }
+    };
+    let compared = 0;
+    let quoted = 0;
+    for (let i = 0; i < 20_000; i += 1) {
+      const text = value(0);
+      // Some pieces end a string early (an escaped backslash before a quote): such a text is no JSON.
+      let plain: unknown;
+      try {
+        plain = JSON.parse(text);
+      } catch {
+        continue;
+      }
+      const expected = reference(text);
+      expect(parseJson(text), text).toEqual(expected);
+      compared += 1;
+      if (JSON.stringify(expected) !== JSON.stringify(plain)) quoted += 1;
+    }
+    // Most texts are JSON, and thousands of them hold an integer beyond 2^53 somewhere.
+    expect(compared).toBeGreaterThan(15_000);
+    expect(quoted).toBeGreaterThan(1_000);
+  });
 });
 
 it('VERSION matches package.json', () => {
