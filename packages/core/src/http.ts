@@ -833,22 +833,22 @@ function quoteUnsafeIntegers(text: string): string {
   if (run === null) return text;
   let out = '';
   let last = 0;
-  // How far the look for string boundaries has come, and whether that point is inside a string: found
-  // by the quotes before each run (indexOf, not a loop over every character), an escaped one skipped.
-  let scanned = 0;
+  // The next quote not yet looked at, and whether the text before it is inside a string: found by the
+  // quotes before each run (indexOf, not a loop over every character), an escaped one skipped. A quote
+  // found past a run is kept for the next run, so that no stretch of the text is searched twice.
+  let quote = text.indexOf('"');
   let inString = false;
   while (run !== null) {
     const end = run.index + run[0].length;
-    for (;;) {
-      const quote = text.indexOf('"', scanned);
-      if (quote === -1 || quote >= run.index) break;
-      scanned = quote + 1;
+    while (quote !== -1 && quote < run.index) {
+      let escaped = false;
       if (inString) {
         let backslashes = 0;
         while (text.charCodeAt(quote - 1 - backslashes) === 0x5c /* \ */) backslashes += 1;
-        if (backslashes % 2 === 1) continue;
+        escaped = backslashes % 2 === 1;
       }
-      inString = !inString;
+      if (!escaped) inString = !inString;
+      quote = text.indexOf('"', quote + 1);
     }
     if (!inString) {
       const start = text.charCodeAt(run.index - 1) === 0x2d /* - */ ? run.index - 1 : run.index;

@@ -160,6 +160,31 @@ describe('parseJson', () => {
     expect(compared).toBeGreaterThan(15_000);
     expect(quoted).toBeGreaterThan(1_000);
   });
+
+  it('looks at each stretch of a body once, however many long integers come before the next quote', () => {
+    // 20,000 integers beyond 2^53 and no quote between them: a search for the next quote that started
+    // again from the last one found, at each integer, read the rest of the body 20,000 times over.
+    const ids = Array.from({ length: 20_000 }, (_, i) => `${9_007_199_254_740_993n + BigInt(i)}`);
+    const indexOf = String.prototype.indexOf;
+    for (const text of [`{"ids":[${ids.join(',')}]}`, `[${ids.join(',')}]`]) {
+      // Characters the searches for a quote read in the body: from where each starts to what it finds.
+      let read = 0;
+      const spy = vi.spyOn(String.prototype, 'indexOf').mockImplementation(function (this: string, search: string, from?: number) {
+        const at = indexOf.call(this, search, from);
+        if (this.length === text.length && search === '"') read += (at === -1 ? this.length : at + 1) - (from ?? 0);
+        return at;
+      });
+      let parsed: unknown;
+      try {
+        parsed = parseJson(text);
+      } finally {
+        spy.mockRestore();
+      }
+      expect(read).toBeLessThanOrEqual(text.length);
+      const list = (Array.isArray(parsed) ? parsed : (parsed as { ids: unknown[] }).ids) as unknown[];
+      expect([list.length, list[0], list.at(-1)]).toEqual([ids.length, '9007199254740993', ids.at(-1)]);
+    }
+  });
 });
 
 it('VERSION matches package.json', () => {
