@@ -54,7 +54,7 @@ export class TemplateMessage {
   send(message: TemplateMessageInput, options: RequestOptions = {}): Promise<TemplateMessageResult> {
     // Not an async method: handing on postJson's promise from one would cost every send two more turns
     // of the microtask queue. A message that is no message, or a call on something other than a
-    // TemplateMessage (the method taken off its object), still rejects, never throws, as it did then.
+    // TemplateMessage (the method taken off its object), rejects: the method never throws.
     try {
       validateMessage(message);
       return this.#client.postJson<TemplateMessageResult>('cgi-bin/message/template/send', message, options);
