@@ -161,7 +161,7 @@ export async function throughput(env, { sends = 5000, concurrency = 32, rounds =
         const median = [...samples].sort((a, b) => a.perSecond - b.perSecond)[Math.floor(samples.length / 2)];
         // CPU per send in the subject's process: steadier than the rate on a machine whose two cores also
         // run the mock (how the two happen to share them moves the rate, hardly the work per send).
-        const cpu = samples.map((sample) => sample.result.cpuUs).sort((a, b) => a - b)[Math.floor(samples.length / 2)];
+        const cpu = percentile(samples.map((sample) => sample.result.cpuUs), 50);
         return {
           subject: library === 'raw' ? 'raw undici Pool, fixed valid token (the limit)' : `${library} (${store})`,
           mockMs,

@@ -187,10 +187,7 @@ interface ExchangeResult {
  */
 class Exchange {
   readonly queueWindowMs: number;
-  /** Whether the request was left waiting for a socket, and so is watched ({@link QueueWatch}). */
-  watched = false;
-  /** When the wait for a socket ends: set when it starts to be watched. */
-  queueDeadline = 0;
+  readonly queueDeadline: number;
   connected = false;
   #settled = false;
   get settled(): boolean {
@@ -223,6 +220,7 @@ class Exchange {
     this.#request = request;
     this.#path = path;
     this.queueWindowMs = queueWindowMs;
+    this.queueDeadline = performance.now() + queueWindowMs;
     this.#signal = signal;
     this.#finish = finish;
     this.#resolve = resolve;
@@ -251,10 +249,8 @@ class Exchange {
 
   onConnect(abort: (error?: Error) => void): void {
     if (!this.connected) {
-      if (this.watched) {
-        queueWatch.delete(this);
-        if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
-      }
+      queueWatch.delete(this);
+      if (!this.#settled && performance.now() > this.queueDeadline) this.expire();
       if (this.#settled) throw GIVEN_UP;
       this.connected = true;
       this.#deadline = performance.now() + this.#client.timeoutMs;
@@ -600,13 +596,7 @@ export class HttpClient {
       // Only a request left waiting is watched: one a dispatcher put on a socket inside dispatch() (a
       // caller's may) is not. undici's Pool hands even a request for a free socket over a moment later,
       // so its requests are watched until then: an entry in a set, no timer of their own.
-      if (!exchange.connected && !exchange.settled) {
-        // The window starts here, not when the exchange was made: a request handed to a socket inside
-        // dispatch() reads no clock for it.
-        exchange.watched = true;
-        exchange.queueDeadline = performance.now() + exchange.queueWindowMs;
-        queueWatch.add(exchange);
-      }
+      if (!exchange.connected && !exchange.settled) queueWatch.add(exchange);
     });
   }
 
@@ -666,15 +656,11 @@ export class HttpClient {
         const value = query[name];
         if (value === undefined) continue;
         // The token is the same on call after call: encoded once, not on every send.
-        if (name === 'access_token' && value === this.#token) {
-          qs += `${qs ? '&' : ''}access_token=${this.#encodedToken}`;
-          continue;
-        }
-        const encoded = encodeURIComponent(String(value));
-        if (name === 'access_token') {
+        if (name === 'access_token' && value !== this.#token) {
           this.#token = value;
-          this.#encodedToken = encoded;
+          this.#encodedToken = encodeURIComponent(String(value));
         }
+        const encoded = name === 'access_token' ? this.#encodedToken : encodeURIComponent(String(value));
         qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encoded}`;
       }
     }
