@@ -24,7 +24,8 @@ function runWorker(config) {
       if (message.ready) child.send(config);
       else report = message;
     });
-    child.once('exit', (code) => (report ? resolve(report) : reject(new Error(`the ${config.subject} worker exited with ${code} and no report`))));
+    // 'close': the report, sent just before the worker exits, may still be in the channel at 'exit'.
+    child.once('close', (code) => (report ? resolve(report) : reject(new Error(`the ${config.subject} worker exited with ${code} and no report`))));
   });
 }
 

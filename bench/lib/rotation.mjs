@@ -194,7 +194,8 @@ async function runRound({ ids, workerConfig, holders, kills, killEveryMs, lostAn
         child.send({ ids: slice });
       } else answer(assigned, message);
     });
-    child.once('exit', () => {
+    // 'close': its last answers, sent just before it died, are read before its ids go back to the queue.
+    child.once('close', () => {
       live.delete(child);
       // What it was given and did not answer goes to the next holder, with what others failed.
       requeued.push(...[...assigned].filter((id) => pending.has(id)));

@@ -28,7 +28,8 @@ function runProgram(name: string, messages: number): Promise<ProgramReport> {
   child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (err += chunk.toString()));
   return new Promise((resolve, reject) =>
-    child.once('exit', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as ProgramReport) : reject(new Error(`${name} exited ${code}: ${err}`)))),
+    // 'close': the report line is read to its end (at 'exit' it may still be in the pipe).
+    child.once('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop()!) as ProgramReport) : reject(new Error(`${name} exited ${code}: ${err}`)))),
   );
 }
 

@@ -14,7 +14,8 @@ async function runDemo(args: string[], env: Record<string, string> = {}) {
   let output = '';
   child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
   child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  // 'close': the output is read to its end (at 'exit' the last lines may still be in the pipe).
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
   const figure = (label: string) => Number(new RegExp(`^\\s+${label}\\s+(\\d+)`, 'm').exec(output)?.[1]);
   return {
     code,

@@ -32,7 +32,8 @@ async function serve(name: string, config: Record<string, unknown>, extraEnv: Re
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   // Started after all: stopped, so the test fails on the exit code instead of waiting for one.
   child.stdout.once('data', () => child.kill('SIGTERM'));
-  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  // 'close': stderr is read to its end (at 'exit' the last lines may still be in the pipe).
+  const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
   return { code, stderr };
 }
 

@@ -46,7 +46,8 @@ describe('wxkit serve and signals', () => {
       for (const waiter of waiters) if (line.event === waiter.event) (waiters.delete(waiter), waiter.resolve());
     });
     const logged = (event: string) => new Promise<void>((resolve) => (lines.some((line) => line.event === event) ? resolve() : waiters.add({ event, resolve })));
-    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('exit', (code, signal) => resolve([code, signal])));
+    // 'close': every line is read before the exit counts (at 'exit' the last may still be in the pipe).
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('close', (code, signal) => resolve([code, signal])));
     try {
       await logged('serve.listening');
       // The fetch has reached WeChat (the mock counts it on arrival) and holds the refresh lock.

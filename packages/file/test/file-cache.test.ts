@@ -606,9 +606,10 @@ interface ChildResult {
 function nextMessage<T>(child: ChildProcess): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const onExit = (code: number | null) => reject(new Error(`cache child exited (${code}) before it answered`));
-    child.once('exit', onExit);
+    // 'close', not 'exit': an answer sent just before the child exits may still be in the channel at 'exit'.
+    child.once('close', onExit);
     child.once('message', (message: T) => {
-      child.off('exit', onExit);
+      child.off('close', onExit);
       resolve(message);
     });
   });

@@ -101,7 +101,8 @@ describe('a process that closed its MemcachedCache exits by itself, and close() 
       env: { ...process.env, WXKIT_MODULE: built, WXKIT_SERVERS: hung.url },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // 'close', not 'exit': the report, sent just before the child exits, may still be in the channel at 'exit'.
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     const before = hung.requests();
     const report = new Promise<{ settled: string[]; resources: string[] } | undefined>((resolve) => {
       child.on('message', (message: { started?: boolean; settled?: string[]; resources?: string[] }) => {

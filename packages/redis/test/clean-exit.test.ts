@@ -57,7 +57,8 @@ async function exitChild(options: object, steps: string[], onAnnounce?: () => Pr
     env: { ...process.env, WXKIT_EXIT_CHILD: JSON.stringify({ module: built, options, steps }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': the report, sent just before the child exits, may still be in the channel at 'exit'.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const report = await new Promise<{ outcomes: string[]; resources: string[] }>((resolve, reject) => {
     child.on('message', (message: { reached?: boolean; outcomes?: string[]; resources?: string[] }) => {
       if (message.reached) void onAnnounce?.();

@@ -600,7 +600,8 @@ export async function childThatExitsByItself(
     env: { ...process.env, WXKIT_CACHE_CHILD: JSON.stringify({ spec, ops, exitByItself: true }) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': a report sent just before the child exits may still be in the channel at 'exit'.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   const report = new Promise<{ results: CacheChildResult[]; resources: string[] }>((resolve, reject) => {
     child.on('message', (message: { ready?: boolean; results?: CacheChildResult[]; resources?: string[] }) => {
       if (message.ready) child.send('go');
@@ -635,7 +636,7 @@ export async function inChildren(
         (child) =>
           new Promise<void>((resolve, reject) => {
             child.once('message', () => resolve());
-            child.once('exit', (code) => reject(new Error(`cache child exited (${code}) before it was ready`)));
+            child.once('close', (code) => reject(new Error(`cache child exited (${code}) before it was ready`)));
           }),
       ),
     );
@@ -643,7 +644,8 @@ export async function inChildren(
       (child, index) =>
         new Promise<CacheChildResult & { index: number }>((resolve, reject) => {
           child.once('message', (message: CacheChildResult) => resolve({ ...message, index }));
-          child.once('exit', (code) => reject(new Error(`cache child exited (${code}) without a result`)));
+          // 'close': its result, sent just before it exits, may still be in the channel at 'exit'.
+          child.once('close', (code) => reject(new Error(`cache child exited (${code}) without a result`)));
         }),
     );
     for (const child of children) child.send('go');

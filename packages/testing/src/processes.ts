@@ -131,13 +131,14 @@ export class WorkerGroup {
           const onMessage = (message: WorkerResult) => {
             if (message.type !== 'result' || message.id !== id) return;
             child.off('message', onMessage);
-            child.off('exit', onExit);
+            child.off('close', onExit);
             resolve(message);
           };
           const onExit = (code: number | null, signal: string | null) =>
             reject(new Error(`worker ${index} exited (${signal ?? code}) during ${op}`));
           child.on('message', onMessage);
-          child.once('exit', onExit);
+          // 'close', not 'exit': a result sent just before the worker exits is still read first.
+          child.once('close', onExit);
           child.send({ type: 'run', id, op, count, concurrency } satisfies WorkerRun);
         });
       }),

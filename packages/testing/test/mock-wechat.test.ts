@@ -767,7 +767,8 @@ describe('the wxkit-mock-wechat command', () => {
     let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+    // 'close': the output is read to its end (at 'exit' the last lines may still be in the pipe).
+    const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
     return { child, exited, output: () => ({ stdout, stderr }) };
   };
   const firstLine = (child: ReturnType<typeof run>['child']) =>
