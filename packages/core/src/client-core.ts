@@ -85,9 +85,10 @@ export interface ClientOptions {
   /**
    * How long a process waits for another one's refresh, in ms. A waiter never fetches beside a holder:
    * it takes the holder's token or the holder's error, or the lock once the holder's lease ends (a
-   * holder that died). The lease itself is computed from the critical section it guards (`timeoutMs`
-   * twice, for the wait for a connection and the exchange, and `cacheTimeoutMs`; about 35 s by default),
-   * so the default outlasts it. A follower (`refresh: 'never'`) waits for the owner's access token 20000 by default.
+   * holder that died). Within a pause after rejected tokens, a call waits for another process's token
+   * at most this long too (and at most 2 s). The lease itself is computed from the critical section it
+   * guards (`timeoutMs` twice, for the wait for a connection and the exchange, and `cacheTimeoutMs`;
+   * about 35 s by default), so the default outlasts it. A follower (`refresh: 'never'`) waits for the owner's access token 20000 by default.
    * @default the lock's lease + 5000; a follower's wait for the access token: 20000
    */
   lockWaitMs?: number;

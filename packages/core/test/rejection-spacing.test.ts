@@ -33,11 +33,15 @@ function account(on: MockWeChat = mock) {
   return { appId, clock, now, client };
 }
 
+// Within a pause a call waits for another process's token up to lockWaitMs (2 s at most) of real time,
+// which the test's clock does not shorten: tests that count fetches, not that wait, keep it short.
+const QUICK: Partial<OfficialAccountOptions> = { lockWaitMs: 250 };
+
 /** `processes` clients (processes of a fleet) on one store, with a clock the test moves. */
-function fleet(processes: number) {
+function fleet(processes: number, extra: Partial<OfficialAccountOptions> = {}) {
   const { appId, clock, now, client } = account();
   const cache = new MemoryCache({ now });
-  const clients = Array.from({ length: processes }, () => client(cache));
+  const clients = Array.from({ length: processes }, () => client(cache, extra));
   const fetches = () => mock.counters(appId).tokenRequests;
   /** Ten sends at once, spread over the clients: what each ended with. */
   const burst = () =>
@@ -94,7 +98,7 @@ async function intoPause(on: MockWeChat, app: OfficialAccount): Promise<void> {
 
 describe('fetches after WeChat rejected a token no call went through with are spaced', () => {
   it('a token rejected moments after every fetch costs a process one fetch per step (at once, then 1 s, then 2 s), not one per round of resends', async () => {
-    const f = fleet(1);
+    const f = fleet(1, QUICK);
     await f.clients[0]!.accessToken.getToken();
     expect(f.fetches()).toBe(1);
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
@@ -133,7 +137,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('a fleet fetches once per step: the pause is in the store, and a process that took its token from another one keeps it too', async () => {
-    const f = fleet(3);
+    const f = fleet(3, QUICK);
     await f.clients[0]!.accessToken.getToken();
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
     for (let round = 0; round < 4; round += 1) await f.burst();
@@ -178,7 +182,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('the store is the fleet\'s word: once the pause is deleted (wxkit token clear), a process that knew it fetches at once', async () => {
-    const f = fleet(2);
+    const f = fleet(2, QUICK);
     await f.clients[0]!.accessToken.getToken();
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
     for (let round = 0; round < 3; round += 1) await f.burst();
@@ -243,7 +247,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
   });
 
   it('fetches that fail and succeed by turns (-1 on every other one) keep both ladders growing: a handful of requests a minute, not one per round', async () => {
-    const f = fleet(2);
+    const f = fleet(2, QUICK);
     await f.clients[0]!.accessToken.getToken();
     mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
     const before = f.fetches();
@@ -266,7 +270,7 @@ describe('fetches after WeChat rejected a token no call went through with are sp
         return key.endsWith(':refetch') ? Promise.reject(new Error('OOM command not allowed when used memory > maxmemory')) : super.set(key, value, ttlSeconds);
       }
     }
-    const app = client(new PauseRefused({ now }));
+    const app = client(new PauseRefused({ now }), QUICK);
     try {
       await app.accessToken.getToken();
       mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/message/template/send', times: Infinity });
@@ -417,6 +421,34 @@ describe('fetches after WeChat rejected a token no call went through with are sp
     } finally {
       await app.close();
       await strict.close();
+    }
+  });
+
+  it('within its pause a call waits for another process\'s token no longer than lockWaitMs', async () => {
+    const { appId, clock, now, client } = account();
+    /** A store where a peer's token shows at the 11th read of the entry once armed (0.2-0.4 s of looks). */
+    class PeerShowsLate extends MemoryCache {
+      reads = 0;
+      peer: string | undefined;
+      override async get(key: string): Promise<string | undefined> {
+        if (this.peer !== undefined && key.endsWith(appId) && ++this.reads === 11) {
+          await super.set(key, JSON.stringify({ access_token: this.peer, expires_at: Math.floor(clock.now / 1000) + 7200 }), 6900);
+        }
+        return super.get(key);
+      }
+    }
+    const cache = new PeerShowsLate({ now });
+    const app = client(cache, { lockWaitMs: 40 });
+    try {
+      await intoPause(mock, app);
+      cache.peer = mock.issueClassicToken(appId);
+      // The send's own reads, then looks about 10 ms apart and growing: within 40 ms at most 8 reads in
+      // all; the pause's own 1 s would reach the 11th.
+      await expect(app.templateMessage.send(TEMPLATE)).rejects.toBeInstanceOf(TokenUnavailableError);
+      expect(cache.reads).toBeLessThan(11);
+      expect(mock.counters(appId).tokenRequests).toBe(2);
+    } finally {
+      await app.close();
     }
   });
 

@@ -440,14 +440,15 @@ export class LockedFetchRefresher implements Refresher {
   /**
    * The lock was this process's, but its pause after a rejection is in force: it takes a token another
    * process writes meanwhile (a lockless peer, a store round trip after its fetch) for the rest of the
-   * pause or PAUSE_WAIT_MS, whichever ends first. A pause that ended meanwhile lets the refresh start
-   * over (and fetch); one still in force fails the callers with when it ends.
+   * pause, PAUSE_WAIT_MS or `lockWaitMs`, whichever ends first (a caller that waits less for another
+   * process's refresh waits less here too). A pause that ended meanwhile lets the refresh start over (and
+   * fetch); one still in force fails the callers with when it ends.
    */
   async #sitOutPause(request: RefreshRequest): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const pause = this.#pause.inForce(ctx.settings.now());
     if (pause !== undefined) {
-      const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS), request.current, true, POLL_PACE, endingOf(ctx, request));
+      const written = await awaitNewEntry(ctx, Math.min(pause - ctx.settings.now(), PAUSE_WAIT_MS, this.lockWaitMs), request.current, true, POLL_PACE, endingOf(ctx, request));
       if (written) return written;
       stopIfEnded(ctx, request);
       const still = this.#pause.inForce(ctx.settings.now());
