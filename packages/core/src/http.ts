@@ -623,7 +623,7 @@ export class HttpClient {
       }
       // Only a request left waiting is watched: one a dispatcher put on a socket inside dispatch() (a
       // caller's may) is not. undici's Pool hands even a request for a free socket over a moment later,
-      // so its requests are watched until then: an entry in a set, no timer of their own.
+      // so its requests are watched until then: a place in a list, no timer of their own.
       if (!exchange.connected && !exchange.settled) queueWatch.add(exchange);
     });
   }
