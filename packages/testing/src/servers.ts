@@ -189,6 +189,24 @@ function ownsPort(pid: number, port: number): boolean {
   }
 }
 
+/**
+ * The servers this process started and has not seen exit. A program that dies by an uncaught exception,
+ * or calls process.exit(), before it stopped them would leave them running, holding their ports: they
+ * are killed as it exits. (A process killed by a signal runs no exit handler; its servers stay.)
+ */
+const running = new Set<ChildProcess>();
+let exitHook = false;
+
+function owned(child: ChildProcess): void {
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  if (exitHook) return;
+  exitHook = true;
+  process.on('exit', () => {
+    for (const server of running) server.kill('SIGKILL');
+  });
+}
+
 /** Runs `command args` as a server process we own; restartable on the same port. */
 function managedServer(command: string, args: (port: number) => string[], port: number, url: string): StoreServer {
   let child: ChildProcess | undefined;
@@ -201,6 +219,7 @@ function managedServer(command: string, args: (port: number) => string[], port: 
       if (child && child.exitCode === null && child.signalCode === null) return;
       output = '';
       child = spawn(command, args(port), { stdio: ['ignore', 'pipe', 'pipe'] });
+      owned(child);
       child.stdout?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4000)));
       child.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-4000)));
       const exited = new Promise<never>((_, reject) =>

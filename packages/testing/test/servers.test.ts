@@ -1,4 +1,5 @@
-import { createServer } from 'node:net';
+import { spawn, spawnSync } from 'node:child_process';
+import { connect, createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, startRedis } from '../src/index.js';
 import { portBlocks } from '../src/servers.js';
@@ -89,4 +90,44 @@ describe('a server the kit starts', () => {
       await redis.stop();
     }
   });
+});
+
+describe('servers of a program that dies', () => {
+  it('a program that ends by an uncaught exception before stopping its servers takes them with it', async () => {
+    const kit = new URL('../dist/index.js', import.meta.url).href;
+    const script = `
+      const { startRedis, startMemcached } = await import(${JSON.stringify(kit)});
+      const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
+      console.log(JSON.stringify([redis.port, memcached.port]));
+      throw new Error('the program dies here');`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    // 'close': the output is read to its end.
+    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    const ports = JSON.parse(stdout.trim()) as number[];
+    // Were the servers left running, this test would leave them behind: they are found by their port.
+    const pids = () => {
+      const listing = spawnSync('ss', ['-Hltnp'], { encoding: 'utf8' }).stdout ?? '';
+      return ports.flatMap((port) => [...listing.matchAll(new RegExp(`127\\.0\\.0\\.1:${port}\\s.*?pid=(\\d+)`, 'g'))].map((match) => Number(match[1])));
+    };
+    // Killed as the program exited: each port stops answering (a bound, not a measurement).
+    const answers = (port: number) =>
+      new Promise<boolean>((resolve) => {
+        const socket = connect(port, '127.0.0.1');
+        socket.once('connect', () => (socket.destroy(), resolve(true)));
+        socket.once('error', () => resolve(false));
+      });
+    const closed = async (port: number) => {
+      for (const until = Date.now() + 5_000; Date.now() < until; ) {
+        if (!(await answers(port))) return true;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      return false;
+    };
+    const outcome = await Promise.all(ports.map(closed));
+    for (const pid of pids()) process.kill(pid, 'SIGKILL');
+    expect(outcome).toEqual([true, true]);
+  }, 30_000);
 });
