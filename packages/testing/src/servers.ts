@@ -194,16 +194,20 @@ function ownsPort(pid: number, port: number): boolean {
  * or calls process.exit(), before it stopped them would leave them running, holding their ports: they
  * are killed as it exits. (A process killed by a signal runs no exit handler; its servers stay.)
  */
-const running = new Set<ChildProcess>();
-let exitHook = false;
+// Kept on globalThis: a test runner that loads the kit afresh for each file adds no exit handler per load.
+interface Owned {
+  running: Set<ChildProcess>;
+  hooked: boolean;
+}
+const ours = ((globalThis as { [key: symbol]: Owned | undefined })[Symbol.for('@wxkit/testing/servers')] ??= { running: new Set(), hooked: false });
 
 function owned(child: ChildProcess): void {
-  running.add(child);
-  child.once('exit', () => running.delete(child));
-  if (exitHook) return;
-  exitHook = true;
+  ours.running.add(child);
+  child.once('exit', () => ours.running.delete(child));
+  if (ours.hooked) return;
+  ours.hooked = true;
   process.on('exit', () => {
-    for (const server of running) server.kill('SIGKILL');
+    for (const server of ours.running) server.kill('SIGKILL');
   });
 }
 

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { connect, createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, startRedis } from '../src/index.js';
@@ -100,34 +100,39 @@ describe('servers of a program that dies', () => {
       const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
       console.log(JSON.stringify([redis.port, memcached.port]));
       throw new Error('the program dies here');`;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // A process group of its own: whatever it leaves running is found, and ended, by the group.
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
     let stdout = '';
+    let stderr = '';
     child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    // 'close': the output is read to its end.
-    const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-    expect(code).toBe(1);
-    const ports = JSON.parse(stdout.trim()) as number[];
-    // Were the servers left running, this test would leave them behind: they are found by their port.
-    const pids = () => {
-      const listing = spawnSync('ss', ['-Hltnp'], { encoding: 'utf8' }).stdout ?? '';
-      return ports.flatMap((port) => [...listing.matchAll(new RegExp(`127\\.0\\.0\\.1:${port}\\s.*?pid=(\\d+)`, 'g'))].map((match) => Number(match[1])));
-    };
-    // Killed as the program exited: each port stops answering (a bound, not a measurement).
-    const answers = (port: number) =>
-      new Promise<boolean>((resolve) => {
-        const socket = connect(port, '127.0.0.1');
-        socket.once('connect', () => (socket.destroy(), resolve(true)));
-        socket.once('error', () => resolve(false));
-      });
-    const closed = async (port: number) => {
-      for (const until = Date.now() + 5_000; Date.now() < until; ) {
-        if (!(await answers(port))) return true;
-        await new Promise((resolve) => setTimeout(resolve, 50));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    try {
+      // 'close': the output is read to its end.
+      const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
+      expect(code, stderr).toBe(1);
+      expect(stderr).toContain('the program dies here');
+      const ports = JSON.parse(stdout.trim()) as number[];
+      // Killed as the program exited: each port stops answering (a bound, not a measurement).
+      const answers = (port: number) =>
+        new Promise<boolean>((resolve) => {
+          const socket = connect(port, '127.0.0.1');
+          socket.once('connect', () => (socket.destroy(), resolve(true)));
+          socket.once('error', () => resolve(false));
+        });
+      const closed = async (port: number) => {
+        for (const until = Date.now() + 5_000; Date.now() < until; ) {
+          if (!(await answers(port))) return true;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        return false;
+      };
+      expect(await Promise.all(ports.map(closed))).toEqual([true, true]);
+    } finally {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // The group is gone: nothing was left.
       }
-      return false;
-    };
-    const outcome = await Promise.all(ports.map(closed));
-    for (const pid of pids()) process.kill(pid, 'SIGKILL');
-    expect(outcome).toEqual([true, true]);
+    }
   }, 30_000);
 });
