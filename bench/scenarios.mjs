@@ -26,10 +26,9 @@ const STORES = ['file', 'redis', 'memcached'];
  *
  * Beside the subjects, the ideal: raw undici processes whose sends start the moment the one token fetch
  * (made by the runner, over a warm connection) returns, the token handed to them over IPC. No client can
- * do better on this machine: it is what the goal of ≤ 1.3× means here. `stores` and `peers` narrow a run
- * (a script of one's own calling it for one store, say).
+ * do better on this machine: it is what the goal of ≤ 1.3× means here.
  */
-export async function stampede(env, { processes = 4, bursts = [50, 200], rounds = 9, latencies = [LATENCY_MS, 0], stores = STORES, peers = PEERS } = {}) {
+export async function stampede(env, { processes = 4, bursts = [50, 200], rounds = 9, latencies = [LATENCY_MS, 0] } = {}) {
   const rows = [];
   const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
   const fetcher = new Pool(env.mock.url, { connections: 1 });
@@ -42,9 +41,9 @@ export async function stampede(env, { processes = 4, bursts = [50, 200], rounds 
       env.mock.setLatency(mockMs);
       const subjects = [
         { library: 'raw', store: 'memory', ideal: true },
-        ...stores.map((store) => ({ library: 'wxkit', store })),
+        ...STORES.map((store) => ({ library: 'wxkit', store })),
         // The peers fail the limit at the first size already, by hundreds of fetches; once is enough.
-        ...(concurrency === bursts[0] && mockMs === latencies[0] ? peers.map((library) => ({ library, store: 'redis' })) : []),
+        ...(concurrency === bursts[0] && mockMs === latencies[0] ? PEERS.map((library) => ({ library, store: 'redis' })) : []),
       ];
       for (const subject of subjects) {
         // The processes warm up on an app of their own first: a cold account, not a cold process, is measured
@@ -133,15 +132,14 @@ export async function stampede(env, { processes = 4, bursts = [50, 200], rounds 
 /**
  * 2. Throughput: one process, warm, N sends at concurrency C, against a raw undici Pool with a valid
  * token, at 0 ms mock latency (where the client's own CPU per send shows) and at 20 ms (a real network).
- * Subjects run in interleaved rounds, the median of each kept, so none pays for going first. `subjects`
- * ([library, store] pairs, the raw Pool first) narrows a run.
+ * Subjects run in interleaved rounds, the median of each kept, so none pays for going first.
  */
-export async function throughput(env, { sends = 5000, concurrency = 32, rounds = 5, latencies = [0, LATENCY_MS], subjects: chosen } = {}) {
+export async function throughput(env, { sends = 5000, concurrency = 32, rounds = 5, latencies = [0, LATENCY_MS] } = {}) {
   const rows = [];
   for (const mockMs of latencies) {
     env.mock.setLatency(mockMs);
     try {
-      const subjects = chosen ?? [['raw', 'memory'], ['wxkit', 'redis'], ['wxkit', 'memory'], ...PEERS.map((peer) => [peer, 'redis'])];
+      const subjects = [['raw', 'memory'], ['wxkit', 'redis'], ['wxkit', 'memory'], ...PEERS.map((peer) => [peer, 'redis'])];
       const running = [];
       for (const [library, store] of subjects) {
         // An app per subject: WeChat's daily quota of template sends is per app.

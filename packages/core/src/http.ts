@@ -683,12 +683,17 @@ export class HttpClient {
       for (const name in query) {
         const value = query[name];
         if (value === undefined) continue;
-        // The token is the same on call after call: encoded once, not on every send.
-        if (name === 'access_token' && value !== this.#token) {
-          this.#token = value;
-          this.#encodedToken = encodeURIComponent(String(value));
+        let encoded: string;
+        if (name === 'access_token') {
+          // The token is the same on call after call: encoded once, not on every send.
+          if (value !== this.#token) {
+            this.#token = value;
+            this.#encodedToken = encodeURIComponent(String(value));
+          }
+          encoded = this.#encodedToken;
+        } else {
+          encoded = encodeURIComponent(String(value));
         }
-        const encoded = name === 'access_token' ? this.#encodedToken : encodeURIComponent(String(value));
         qs += `${qs ? '&' : ''}${encodeURIComponent(name)}=${encoded}`;
       }
     }

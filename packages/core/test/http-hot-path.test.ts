@@ -1,6 +1,5 @@
 import { inspect } from 'node:util';
-import { getHeapSpaceStatistics, setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
+import { getHeapSpaceStatistics } from 'node:v8';
 import { PerformanceObserver, constants } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import { describe, expect, it } from 'vitest';
@@ -8,7 +7,7 @@ import { HttpClient, cleanPath, type QueryValue } from '../src/http.js';
 import { retryAtOf } from '../src/retry-at.js';
 import type { ApiClient } from '../src/api-client.js';
 import { TemplateMessage } from '../src/template-message.js';
-import { rejection } from './helpers.js';
+import { gc, rejection } from './helpers.js';
 
 // The per-send path of HttpClient, on a dispatcher of the test's own (undici's plain handler interface):
 // the query sent for each token, the wait for a socket, and an answer parsed as it completes.
@@ -174,8 +173,6 @@ describe('the queue watch', () => {
   }, 5_000);
 
   it('keeps nothing of a request once a socket took it: sends leave the young generation as garbage, not promoted', async () => {
-    setFlagsFromString('--expose-gc');
-    const gc = runInNewContext('gc') as (options?: { type: 'major' | 'minor' }) => void;
     const oldSpace = () => getHeapSpaceStatistics().find((space) => space.space_name === 'old_space')!.space_used_size;
     // As undici's Pool does: the request waits (so the watch holds it), a socket takes it a moment later.
     const body = JSON.stringify({ errcode: 0, padding: 'x'.repeat(2_000) });

@@ -144,7 +144,8 @@ function requireCommand(command: string, debianPackage: string): void {
   }
 }
 
-async function waitForPort(port: number, up: boolean, timeoutMs = 10_000): Promise<void> {
+/** Resolves once `port` on 127.0.0.1 accepts connections (`up`) or refuses them; rejects after `timeoutMs`. */
+export async function waitForPort(port: number, up: boolean, timeoutMs = 10_000): Promise<void> {
   const started = Date.now();
   for (;;) {
     const open = await new Promise<boolean>((resolve) => {
@@ -189,16 +190,17 @@ function ownsPort(pid: number, port: number): boolean {
   }
 }
 
-/**
- * The servers this process started and has not seen exit. A program that dies by an uncaught exception,
- * or calls process.exit(), before it stopped them would leave them running, holding their ports: they
- * are killed as it exits. (A process killed by a signal runs no exit handler; its servers stay.)
- */
-// Kept on globalThis: a test runner that loads the kit afresh for each file adds no exit handler per load.
 interface Owned {
   running: Set<ChildProcess>;
   hooked: boolean;
 }
+
+/**
+ * The servers this process started and has not seen exit. A program that dies by an uncaught exception,
+ * or calls process.exit(), before it stopped them would leave them running, holding their ports: they
+ * are killed as it exits. (A process killed by a signal runs no exit handler; its servers stay.) Kept on
+ * globalThis: a test runner that loads the kit afresh for each file adds no exit handler per load.
+ */
 const ours = ((globalThis as { [key: symbol]: Owned | undefined })[Symbol.for('@wxkit/testing/servers')] ??= { running: new Set(), hooked: false });
 
 function owned(child: ChildProcess): void {

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
-import { connect, createServer } from 'node:net';
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, startRedis } from '../src/index.js';
-import { portBlocks } from '../src/servers.js';
+import { portBlocks, waitForPort } from '../src/servers.js';
 
 // Test files run side by side, one per vitest worker: each worker's servers take ports from a block of
 // their own, below the kernel's range for listen(0) (32768 and up), with room for a Cluster bus port.
@@ -113,19 +113,7 @@ describe('servers of a program that dies', () => {
       expect(stderr).toContain('the program dies here');
       const ports = JSON.parse(stdout.trim()) as number[];
       // Killed as the program exited: each port stops answering (a bound, not a measurement).
-      const answers = (port: number) =>
-        new Promise<boolean>((resolve) => {
-          const socket = connect(port, '127.0.0.1');
-          socket.once('connect', () => (socket.destroy(), resolve(true)));
-          socket.once('error', () => resolve(false));
-        });
-      const closed = async (port: number) => {
-        for (const until = Date.now() + 5_000; Date.now() < until; ) {
-          if (!(await answers(port))) return true;
-          await new Promise((resolve) => setTimeout(resolve, 50));
-        }
-        return false;
-      };
+      const closed = (port: number) => waitForPort(port, false, 5_000).then(() => true, () => false);
       expect(await Promise.all(ports.map(closed))).toEqual([true, true]);
     } finally {
       try {
