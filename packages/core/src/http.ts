@@ -1,4 +1,5 @@
-import { Pool, type Dispatcher } from 'undici';
+import type { Dispatcher, Pool as UndiciPool } from 'undici';
+import { Pool } from './undici-pool.js';
 import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
 import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
@@ -75,7 +76,7 @@ const HEADERS = new Map<string, { plain: Readonly<Record<string, string>>; json:
 
 interface SharedPool {
   key: string;
-  pool: Pool;
+  pool: UndiciPool;
   users: number;
 }
 

@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import diagnostics from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
@@ -336,5 +338,36 @@ describe('a send without a signal makes no timer of its own', () => {
     controller.abort(reason);
     expect(await Promise.all(sends)).toEqual([reason, reason, reason]);
     await app.close();
+  });
+});
+
+describe("undici's Pool, loaded alone", () => {
+  // undici's index loads all of undici (fetch, WebSocket, the mock agents, caches): most of the CPU a
+  // process spends importing wxkit. Both builds load the Pool's module and not the index.
+  const undiciFiles = (format: 'esm' | 'cjs') => {
+    const built = fileURLToPath(new URL(`../dist/index.${format === 'esm' ? 'js' : 'cjs'}`, import.meta.url));
+    const load = format === 'esm' ? `await import(${JSON.stringify(pathToFileURL(built).href)})` : `require(${JSON.stringify(built)})`;
+    const script = `(async () => {
+        ${load};
+        const files = Object.keys(require.cache).filter((file) => file.includes('/undici/'));
+        process.stdout.write(JSON.stringify(files.map((file) => file.slice(file.lastIndexOf('/undici/') + 1))));
+      })();`;
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    expect(run.stderr).toBe('');
+    return JSON.parse(run.stdout) as string[];
+  };
+
+  it.each(['esm', 'cjs'] as const)('%s build: the Pool module, not the index', (format) => {
+    const files = undiciFiles(format);
+    expect(files).toContain('undici/lib/dispatcher/pool.js');
+    expect(files).not.toContain('undici/index.js');
+    expect(files).not.toContain('undici/lib/web/fetch/index.js');
+  });
+
+  it('is the Pool undici exports, with the dispatch() and close() wxkit calls', async () => {
+    const { Pool } = await import('../src/undici-pool.js');
+    expect(Pool).toBe((await import('undici')).Pool);
+    expect(typeof Pool.prototype.dispatch).toBe('function');
+    expect(typeof Pool.prototype.close).toBe('function');
   });
 });
