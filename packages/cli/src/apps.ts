@@ -59,7 +59,9 @@ const KINDS: Record<string, 'official_account' | 'mini_program' | 'work'> = {
 
 /** `official_account:wx…`, `mini_program:wx…` (or `oa:`/`mp:`), `work:ww…:1000002`. */
 export function parseApp(spec: string): AppRef {
-  const [kind = '', id = '', agent] = spec.split(':');
+  // Every segment counts: `work:ww1:1000002:x` or `oa:wx1:x` is a typo, not the app before the extra one
+  // (`token clear` would clear another app's token, a config file or serve's URL serve another app).
+  const [kind = '', id = '', agent, ...extra] = spec.split(':');
   // Own names only: `constructor` or `__proto__` is no kind.
   const resolved = Object.hasOwn(KINDS, kind) ? KINDS[kind] : undefined;
   // The clients' own rule for ids: `inspect` and `clear` build no client, and would otherwise look up a
@@ -70,7 +72,7 @@ export function parseApp(spec: string): AppRef {
       'app',
     );
   }
-  if (resolved === 'work' && id && agent && /^\d+$/.test(agent)) return { kind: 'work', corpId: id, agentId: agent };
+  if (resolved === 'work' && id && agent && /^\d+$/.test(agent) && extra.length === 0) return { kind: 'work', corpId: id, agentId: agent };
   if (resolved && resolved !== 'work' && id && agent === undefined) return { kind: resolved, appId: id };
   throw new ConfigError(
     `--app must be official_account:<appid> (or oa:<appid>), mini_program:<appid> (or mp:<appid>) or work:<corpid>:<agentid> (got ${JSON.stringify(spec)})`,

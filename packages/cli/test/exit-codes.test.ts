@@ -50,6 +50,9 @@ describe('wxkit exit codes and messages', () => {
       [['token', 'get', '--app', 'oa:wx1'], 'wxkit token get needs --store'],
       [['token', 'get', '--store', redis.url], 'needs --app KIND:ID'],
       [['token', 'get', '--store', redis.url, '--app', 'oa'], '--app must be official_account:<appid> (or oa:<appid>), mini_program:<appid> (or mp:<appid>)'],
+      // A segment too many is a typo, never the app before it (clear would clear another app's token).
+      [['token', 'clear', '--store', 'file:///tmp', '--app', 'work:ww1:1000002:1000003'], '--app must be official_account:<appid>'],
+      [['token', 'inspect', '--store', 'file:///tmp', '--app', 'oa:wx1:x'], '--app must be official_account:<appid>'],
       // The docs' placeholder pasted as it is, and ids no client takes: refused, not looked up as absent (exit 5).
       [['token', 'inspect', '--store', 'file:///tmp', '--app', 'oa:wx…'], '--app appid must be letters, digits'],
       [['token', 'clear', '--store', 'file:///tmp', '--app', 'mp:wx 1'], '--app appid must be letters, digits'],

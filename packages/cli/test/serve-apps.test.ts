@@ -51,6 +51,10 @@ describe('the apps of wxkit serve', () => {
       const extra = await fetch(`${toWork.url}/v1/token/work/${id}:anything`, { headers: { authorization: `Bearer ${KEY}` } });
       expect(extra.status).toBe(404);
       expect(((await extra.json()) as { error: { code: string } }).error.code).toBe('unknown_app');
+      // Nor in the one-segment form, where the spec is read as --app reads it.
+      const spec = await fetch(`${toWork.url}/v1/token/work:${id}:anything`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(spec.status).toBe(404);
+      await spec.arrayBuffer();
     } finally {
       await toWork.close();
     }
