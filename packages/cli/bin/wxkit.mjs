@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The wxkit command; see `wxkit --help`.
-import { main } from '../dist/index.js';
+import { main } from '../dist/main.js';
 
 // A reader that went away (`wxkit token inspect | head -1`) is no failure of the command's: what could
 // not be printed is dropped, and the exit code stays the command's (a token fetched is stored all the same).

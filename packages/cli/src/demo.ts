@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError } from '@wxkit/core';
-import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import type { MockWeChat } from '@wxkit/testing';
 import { maskPasswords } from './args.js';
 import { describeStore, openStore } from './stores.js';
 
@@ -34,7 +34,7 @@ interface Report {
   errors: string[];
 }
 
-function options(args: string[]) {
+async function options(args: string[]) {
   let values;
   try {
     ({ values } = parseArgs({
@@ -66,7 +66,7 @@ function options(args: string[]) {
   }
   if (values.store) {
     // Opened once here so a bad URL is a usage error before any process starts.
-    void openStore(values.store).close?.();
+    void (await openStore(values.store)).close?.();
   }
   const endpoint = (values.endpoint ?? (values.real ? 'stable' : 'classic')) as 'classic' | 'stable';
   return { processes, sends, store: values.store, endpoint, real: values.real, help: values.help };
@@ -100,7 +100,7 @@ const row = (label: string, value: number, note = '') => console.log(`  ${label.
 
 /** `wxkit demo`: resolves the exit code (0 when no message was lost). */
 export async function runDemo(args: string[]): Promise<number> {
-  const opts = options(args);
+  const opts = await options(args);
   if (opts.help) {
     console.log(HELP);
     return 0;
@@ -114,6 +114,7 @@ export async function runDemo(args: string[]): Promise<number> {
     app = { appId: process.env.WECHAT_APPID!, secret: process.env.WECHAT_SECRET! };
     baseUrl = process.env.WECHAT_BASE_URL || undefined;
   } else {
+    const { startMockWeChat } = await import('@wxkit/testing');
     mock = await startMockWeChat({ latencyMs: 20 });
     app = mock.createApp();
     baseUrl = mock.url;

@@ -1,12 +1,9 @@
 import { CacheError, nativeSchema, type KeySchema, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { Agent } from 'undici';
 import { NOT_IN_SECRET, besideKey, clampRetryAt, inLife, isPlausibleToken, decodeMarker, decodePause, failureKey, heldPause, refetchPauseKey, type FailureRecord } from '@wxkit/core/internal';
-import { mockServerCommand } from '@wxkit/testing';
 import { PROFILES, accessTokenKey, buildClient, parseApp, resolveSchema } from './apps.js';
 import { maskPasswords, parseCommand } from './args.js';
 import { runDemo } from './demo.js';
 import { CliError, EXIT, EXIT_HELP, listenFailure, type ExitKind } from './errors.js';
-import { serveCommand } from './serve-command.js';
 import { checkWritable, describeStore, missingDirectory, openStore } from './stores.js';
 
 export { EXIT } from './errors.js';
@@ -80,9 +77,10 @@ export async function main(argv: string[], io: { stdout?: NodeJS.WritableStream;
       case 'token':
         return await tokenCommand(rest, output);
       case 'serve':
-        return await serveCommand(rest, output);
+        return await (await import('./serve-command.js')).serveCommand(rest, output);
       case 'mock-server':
         try {
+          const { mockServerCommand } = await import('@wxkit/testing');
           return await mockServerCommand(rest, 'wxkit mock-server');
         } catch (error) {
           const flag = (name: string) => (rest.includes(name) ? rest[rest.indexOf(name) + 1] : undefined);
@@ -207,12 +205,15 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const envAppId = process.env.WECHAT_APPID;
   if (!values.app && !envAppId) throw usage(`wxkit token ${action} needs --app KIND:ID (e.g. --app oa:wx1234abcd5678ef90), or WECHAT_APPID in the environment`);
   // Flag values the library checks: its ConfigError becomes a usage error with the usage line.
+  const asUsage = (error: unknown): never => {
+    if ((error as { code?: string }).code === 'ERR_WXKIT_INVALID_OPTION') throw usage((error as Error).message);
+    throw error;
+  };
   const fromFlags = <T>(make: () => T): T => {
     try {
       return make();
     } catch (error) {
-      if ((error as { code?: string }).code === 'ERR_WXKIT_INVALID_OPTION') throw usage((error as Error).message);
-      throw error;
+      return asUsage(error);
     }
   };
   const schema = fromFlags(() => resolveSchema({ profile: values.profile, profileOptions: values['profile-options'], prefix: values.prefix }));
@@ -265,7 +266,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     throw error;
   }
   const shownKey = schema.redactKey?.(key) ?? key;
-  const cache = fromFlags(() => openStore(store));
+  const cache = await openStore(store).catch(asUsage);
   // Only a command that may fetch makes the directory, as a program would (refresh without the secret
   // fails for want of it, below).
   const missing = !mayFetch && action !== 'refresh' ? missingDirectory(store) : undefined;
@@ -338,6 +339,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     const current = servable(schema, key, sharedEntry(holds), await storeTtlOf(cache, key, holds));
     if (secret !== undefined && (action === 'refresh' || !current)) await checkWritable(cache, key, describeStore(store));
     // The command's own connections to WeChat: a signal cuts the request under way (see untilSignal).
+    const { Agent } = await import('undici');
     const dispatcher = new Agent();
     const client: WeChatClient = buildClient(app, {
       secret,

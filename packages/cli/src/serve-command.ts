@@ -203,7 +203,7 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   const config = loadServeConfig(values.config);
   let cache;
   try {
-    cache = openStore(store);
+    cache = await openStore(store);
   } catch (error) {
     throw usage((error as Error).message);
   }

@@ -3,19 +3,23 @@ import { hostname } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { ConfigError, type TokenCache } from '@wxkit/core';
 import { maskUrl } from '@wxkit/core/internal';
-import { FileCache } from '@wxkit/file';
-import { MemcachedCache, type MemcachedCacheOptions } from '@wxkit/memcached';
-import { RedisCache } from '@wxkit/redis';
+import type { MemcachedCacheOptions } from '@wxkit/memcached';
 import { CliError } from './errors.js';
 
 /**
  * Opens the store a URL names, the same way in every command:
  * `file:///var/lib/wechat`, `redis://[user:pass@]host:port[/db]`, `rediss://…`,
  * `memcached://[user:pass@]host:port[,host:port…]` (SASL credentials, percent-encoded like a URL's).
+ * Only the adapter the URL names is loaded (node-redis alone is 400 files); a URL wxkit cannot read is
+ * refused before any is.
  */
-export function openStore(url: string): TokenCache {
+export async function openStore(url: string): Promise<TokenCache> {
   // Several memcached servers are no URL's host (`h1:11211,h2:11211`): read before URL parsing.
-  if (/^memcached:\/\//i.test(url)) return new MemcachedCache(memcachedOptions(url));
+  if (/^memcached:\/\//i.test(url)) {
+    const options = memcachedOptions(url);
+    const { MemcachedCache } = await import('@wxkit/memcached');
+    return new MemcachedCache(options);
+  }
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -35,6 +39,7 @@ export function openStore(url: string): TokenCache {
         // Another host's name (file://server/dir), or an encoded / in the path: Node's words, no stack.
         throw new ConfigError(`--store file:// must name a directory of this host, such as file:///var/lib/wechat (${(error as Error).message})`, 'store');
       }
+      const { FileCache } = await import('@wxkit/file');
       return new FileCache({ dir });
     }
     case 'redis:':
@@ -47,6 +52,7 @@ export function openStore(url: string): TokenCache {
           throw new ConfigError(`--store ${parsed.protocol}// has credentials that are not percent-encoded (write %40 for @, %3A for :, %25 for %)`, 'store');
         }
       }
+      const { RedisCache } = await import('@wxkit/redis');
       return new RedisCache(url);
     default:
       throw new ConfigError(`--store ${parsed.protocol}// is not a store wxkit knows (file://, redis://, rediss://, memcached://)`, 'store');

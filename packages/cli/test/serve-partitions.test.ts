@@ -23,7 +23,7 @@ describe('wxkit serve on a store of several servers, one down', () => {
   });
 
   it('/healthz is 503 naming the apps on the server that does not answer, whichever app is listed first', async () => {
-    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const cache: TokenCache = await openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
     const schema = nativeSchema();
     const partOf = (appId: string) => cache.partition!(schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' }));
     // The first app listed on the server that stays, the second on the one that stops.
@@ -66,7 +66,7 @@ describe('wxkit serve on a store of several servers, one down', () => {
   });
 
   it("an app whose server answers keeps sharing its token through the store while another server is down: its replacement is written there, not to the host's directory", async () => {
-    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const cache: TokenCache = await openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
     const schema = nativeSchema();
     const keyOf = (appId: string) => schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' });
     // The first app on the server that stays, the second on the one that stops.
@@ -112,7 +112,7 @@ describe('wxkit serve on a store of several servers, one down', () => {
   });
 
   it("/healthz is 503 when the server that holds only an app's ticket entries does not answer", async () => {
-    const cache: TokenCache = openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
+    const cache: TokenCache = await openStore(`memcached://${servers.map((server) => server.url).join(',')}`);
     const schema = nativeSchema();
     const tokenPart = (appId: string) => cache.partition!(schema.accessTokenKey({ kind: 'official_account', appId, endpoint: 'stable' }));
     const ticketParts = (appId: string) => ['jsapi', 'wx_card'].map((type) => cache.partition!(schema.ticketKey({ kind: 'official_account', appId, endpoint: 'stable' }, type as never)));
