@@ -47,6 +47,25 @@ describe('storing a pushed component_verify_ticket', () => {
     expect(skipped).toHaveLength(1);
   });
 
+  it.each([
+    ['in milliseconds', NOW_S * 1000],
+    ['a day ahead', NOW_S + 86_400],
+    ['just past the minute clocks may disagree by', NOW_S + 61],
+  ])('a stored record dated ahead of the clock (%s) is replaced by a push; one within a minute ahead is not', async (_, ahead) => {
+    // WeChat's pushes are dated in its past: a record dated further ahead than clocks disagree (a
+    // program of another format, a clock far ahead) would refuse every push until it expired, 12 hours.
+    const durable = new MemoryCache();
+    const open = platform(durable);
+    const record = (ticket: string, createTime: number) => JSON.stringify({ component_verify_ticket: ticket, create_time: createTime, received_at: NOW_S });
+    await durable.set(TICKET_KEY, record('ticket-ahead', ahead), 43_200);
+    await open.handleCallback(push('ticket-now', NOW_S - 10));
+    expect(await storedTicket(durable)).toBe('ticket-now');
+    // Within a minute ahead it may be WeChat's own time, newer than the push: it stays.
+    await durable.set(TICKET_KEY, record('ticket-a-minute-ahead', NOW_S + 60), 43_200);
+    await open.handleCallback(push('ticket-now', NOW_S - 10));
+    expect(await storedTicket(durable)).toBe('ticket-a-minute-ahead');
+  });
+
   it('a newer ticket stored by another process between the read and the write survives', async () => {
     // The durable store: right after this push reads the record, another process stores a newer ticket.
     class RacedStore extends MemoryCache {

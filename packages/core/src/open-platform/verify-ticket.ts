@@ -7,6 +7,12 @@ import { decodeStoredTicket, encodeTicketRecord } from './records.js';
 
 /** A verify ticket is valid for 12 hours after its push (WeChat's component_verify_ticket doc). */
 const TICKET_TTL_SECONDS = 12 * 3600;
+/**
+ * How far ahead of this host's clock a stored ticket's `create_time` may lie and still outrank a push.
+ * A push's CreateTime is WeChat's time, past when it arrives; one dated further ahead (written in
+ * milliseconds, by a clock far ahead, or by a program of another format) would refuse every push for 12 hours.
+ */
+const TICKET_CLOCK_AHEAD_SECONDS = 60;
 /** What a read of a key holding another kind of value (a Redis hash, say) gives. */
 const OTHER_KIND: unique symbol = Symbol('another kind of value');
 
@@ -72,7 +78,7 @@ export class VerifyTicket {
         );
       }
       const stored = decodeStoredTicket(this.#core.schema, key, raw);
-      if (stored && stored.createTime > createTime) {
+      if (stored && stored.createTime > createTime && stored.createTime <= now + TICKET_CLOCK_AHEAD_SECONDS) {
         // A push delivered late (WeChat pushes again when an answer was slow) is no fault: said at info.
         this.#core.log.info(
           { event: 'component_verify_ticket.not_stored', appId: this.#appId, createTime, storedCreateTime: stored.createTime, reason: 'older' },
