@@ -31,7 +31,8 @@ Run 'wxkit token --help' for the options.`;
 const TOKEN_HELP = `usage: wxkit token <get|inspect|refresh|clear> --store <url> [options]
 
   --store URL         file:///dir, redis://[user:pass@]host:port[/db], rediss://…,
-                      memcached://[user:pass@]host:port[,host:port…]
+                      memcached://[user:pass@]host:port[,host:port…]; or WXKIT_STORE in the
+                      environment, which keeps a password out of the process list
   --app KIND:ID       official_account:<appid> (or oa:), mini_program:<appid> (or mp:),
                       work:<corpid>:<agentid>; default official_account:$WECHAT_APPID
   --endpoint E        stable or classic: the entry to use (official accounts, mini programs); default
@@ -200,8 +201,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const usage = (message: string) => new CliError('usage', message, { usage: TOKEN_USAGE });
   if (action === undefined) throw usage('wxkit token needs an action: get, inspect, refresh or clear');
   if (!['get', 'inspect', 'refresh', 'clear'].includes(action)) throw usage(`${JSON.stringify(action)} is not a token action: use get, inspect, refresh or clear`);
-  if (!values.store) throw usage(`wxkit token ${action} needs --store, the store the programs share (e.g. redis://127.0.0.1:6379)`);
-  const store = values.store;
+  // From the environment, a password in the URL stays out of the process list and the shell's history.
+  const store = values.store ?? (process.env.WXKIT_STORE || undefined);
+  if (!store) throw usage(`wxkit token ${action} needs --store (or WXKIT_STORE), the store the programs share (e.g. redis://127.0.0.1:6379)`);
   const envAppId = process.env.WECHAT_APPID;
   if (!values.app && !envAppId) throw usage(`wxkit token ${action} needs --app KIND:ID (e.g. --app oa:wx1234abcd5678ef90), or WECHAT_APPID in the environment`);
   // Flag values the library checks: its ConfigError becomes a usage error with the usage line.

@@ -381,6 +381,19 @@ describe('wxkit token', () => {
     expect(flag.stderr).not.toContain(secret);
   });
 
+  it('takes the store from WXKIT_STORE where --store is not given, so that its password stays out of the process list', async () => {
+    const { appId, secret } = mock.createApp();
+    const run = await wxkit(['token', 'get', '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret, WXKIT_STORE: redis.url });
+    expect(run.code, run.stderr).toBe(0);
+    expect(redisCli(redis.port, 'EXISTS', String(run.json.key))).toBe('1');
+    // The flag wins over the environment.
+    const flagged = await wxkit(['token', 'inspect', '--store', `file://${dir}`, '--app', `oa:${appId}`, '--json'], { WXKIT_STORE: redis.url });
+    expect(flagged.json.store).toBe(`file://${dir}`);
+    const neither = await wxkit(['token', 'inspect', '--app', `oa:${appId}`]);
+    expect(neither.code).toBe(2);
+    expect(neither.stderr).toContain('needs --store (or WXKIT_STORE)');
+  });
+
   it('on a file store and on memcached, and for a WeCom agent', async () => {
     const { appId, secret } = mock.createApp();
     const fileStore = pathToFileURL(join(dir, 'tokens')).href;

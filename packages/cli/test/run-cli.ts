@@ -14,8 +14,8 @@ export interface Run {
   json: Record<string, unknown> & { error?: Record<string, unknown> };
 }
 
-/** The environment of every run: no app or secret of the test machine's own, then the run's. */
-const environment = (env: Record<string, string | undefined>) => ({ WECHAT_APPID: '', WECHAT_SECRET: '', ...env });
+/** The environment of every run: no app, secret or store of the test machine's own, then the run's. */
+const environment = (env: Record<string, string | undefined>) => ({ WECHAT_APPID: '', WECHAT_SECRET: '', WXKIT_STORE: '', ...env });
 
 /**
  * Commands that print to the process's own streams (mock-server's lines and usage, demo's report through
