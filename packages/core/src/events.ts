@@ -40,8 +40,12 @@ export type TokenEvents = PerLabel<'fetched', TokenFetchedEvent> &
   'cache.process_local': TokenEventBase;
   /** A stored value is another program's encoding that this schema cannot read: a miss, never overwritten. */
   'cache.foreign_entry': CacheCorruptEntryEvent;
-  /** A peer's refresh lock (WxJava's jedis-lock) had passed its expiry and was taken over, as the peer does. */
-  'lock.taken_over': TokenEventBase;
+  /**
+   * A refresh lock was taken over: a peer's (WxJava's jedis-lock) whose expiry had passed, as the peer
+   * does (`expired`, info); or, once a wait for it ran out, one the store kept without expiry, which no
+   * holder writes and which would otherwise stop every refresh for good (`no_expiry`, a warning).
+   */
+  'lock.taken_over': LockTakenOverEvent;
   /**
    * A peer's refresh lock (jedis-lock) had passed its expiry, but the store has no atomic compareAndSet,
    * so it was not taken over (two takers could both win); delete the key, or use a store that has one.
@@ -249,6 +253,11 @@ export interface TokenInvalidatedExternallyEvent extends TokenEventBase {
 export interface RefreshAheadFailedEvent extends TokenEventBase {
   /** The error's message. */
   error?: string;
+}
+
+/** `lock.taken_over`. */
+export interface LockTakenOverEvent extends TokenEventBase {
+  reason: 'expired' | 'no_expiry';
 }
 
 /** `lock.wait_timeout`. */

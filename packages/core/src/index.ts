@@ -20,6 +20,7 @@ export type {
   TokenInvalidatedEvent,
   TokenInvalidatedExternallyEvent,
   RefreshAheadFailedEvent,
+  LockTakenOverEvent,
   LockWaitTimeoutEvent,
   CacheUnavailableEvent,
   CacheWatchRefusedEvent,

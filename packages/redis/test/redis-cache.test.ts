@@ -209,6 +209,27 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
+  it('a refresh lock left without expiry (SET by hand, or PERSIST) is taken over once a wait for it runs out: one fetch, then released', async () => {
+    const cache = new RedisCache(redis.url);
+    const events: { event?: string; reason?: string }[] = [];
+    const logger = { debug() {}, info() {}, warn: (fields: unknown) => void events.push(fields as { event?: string }), error() {} };
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    redisCli(redis.port, 'SET', `${key}:lock`, 'left-by-hand');
+    expect(redisCli(redis.port, 'PTTL', `${key}:lock`)).toBe('-1');
+    try {
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, lockWaitMs: 500 });
+      const token = await app.accessToken.getToken();
+      expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe(token);
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      expect(events.filter((fields) => fields.event === 'lock.taken_over')).toEqual([expect.objectContaining({ reason: 'no_expiry' })]);
+      expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+      await app.close();
+    } finally {
+      await cache.close();
+    }
+  });
+
   it('a failure marker key holding a hash reads as no marker: the token is fetched once, and that success deletes the key', async () => {
     const cache = new RedisCache(redis.url);
     const { appId, secret } = mock.createApp();

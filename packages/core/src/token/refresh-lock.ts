@@ -168,6 +168,41 @@ export class RefreshLock {
     }
   }
 
+  /**
+   * A lock that would never end: its key holds a value the store keeps without expiry, which no holder
+   * of the protocol writes (every lock is written with its lease; an operator's leftover, a PERSIST, a
+   * store that dropped the TTL). Waited for, it would fail every refresh of the fleet for good. Called
+   * once a wait for the lock has run out: the value is replaced by compare-and-set on what was read, as
+   * jedis-lock's expired lock is, and the lock is ours. Undefined where the store cannot tell (no
+   * `ttlMs`), where the lock has an expiry, and without the store's own atomic compareAndSet.
+   */
+  async takeOverEndless(store: GuardedStore, leaseMs: number): Promise<LockHandle | undefined> {
+    if (this.#value !== 'owner' || !store.atomicCompareAndSet) return undefined;
+    let current: string | undefined;
+    try {
+      current = await store.get(this.key);
+      // Read after the value: a holder of the protocol that took the lock meanwhile has a lease, and it stays.
+      if (current === undefined || (await store.ttlMs(this.key)) !== Number.POSITIVE_INFINITY) return undefined;
+    } catch {
+      return undefined;
+    }
+    const owner = textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
+    const started = performance.now();
+    try {
+      if (!(await store.compareAndSet(this.key, current, owner, leaseMs / 1000))) return undefined;
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+      if (!neverSent(error)) this.#remember(owner, store);
+      return undefined;
+    }
+    this.#log.warn(
+      { event: 'lock.taken_over', appId: this.#appId, key: this.#logKey, reason: 'no_expiry' },
+      'Took over a refresh lock that the store kept without expiry, which no wxkit process writes (a key left by hand, a PERSIST, a store that drops TTLs)',
+    );
+    const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
+    return { owner, leaseMs, remainingMs, maxRemainingMs: remainingMs, release: () => this.#release(owner, store) };
+  }
+
   /** Deletes the owners whose lock write went unanswered, where their store answers now. */
   async cleanUp(): Promise<void> {
     if (!this.#lost) return;
@@ -218,7 +253,7 @@ export class RefreshLock {
     const taken = await store.compareAndSet(this.key, current, owner, leaseMs / 1000);
     if (taken) {
       this.#log.info(
-        { event: 'lock.taken_over', appId: this.#appId, key: this.#logKey },
+        { event: 'lock.taken_over', appId: this.#appId, key: this.#logKey, reason: 'expired' },
         'Took over a refresh lock whose jedis-lock expiry had passed, as jedis-lock does',
       );
     }

@@ -479,6 +479,9 @@ export class LockedFetchRefresher implements Refresher {
     }, wakeup, endingOf(ctx, request));
     if (outcome) return outcome;
     stopIfEnded(ctx, request);
+    // A lock kept without expiry never ends: waited for by every call, no process would refresh again.
+    const endless = await this.#lock.takeOverEndless(tier.lock!, this.leaseMs);
+    if (endless) return { handle: endless };
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
