@@ -597,13 +597,17 @@ export class FileCache implements TokenCache {
   async #checkDir(op: string): Promise<void> {
     const uid = process.getuid?.();
     if (!this.#defaultDir || uid === undefined || process.platform === 'win32') return;
-    const stats = await stat(this.dir);
     const refuse = (why: string) => {
       throw new CacheError(
         `FileCache ${op}: refusing the default directory ${this.dir}: ${why}, so another local user could plant token entries there; pass a directory of your own as \`dir\``,
         { reason: 'permission' },
       );
     };
+    // A link another user made at the name would lead the entries wherever it points (into a directory
+    // of this user's, where the checks below pass), and could be pointed elsewhere later.
+    const link = await lstat(this.dir);
+    if (link.isSymbolicLink() && link.uid !== uid) refuse(`it is a symbolic link that belongs to uid ${link.uid}, not to this user (${uid})`);
+    const stats = link.isSymbolicLink() ? await stat(this.dir) : link;
     if (stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
     if ((stats.mode & 0o022) !== 0) refuse(`others may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);
   }

@@ -1,5 +1,5 @@
 import { execFile, execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { inspect, promisify } from 'node:util';
@@ -471,6 +471,20 @@ describe('FileCache on disk', () => {
         chownSync(defaultCache.dir, 65534, 65534);
         await expect(defaultCache.get('k')).rejects.toMatchObject({ message: expect.stringMatching(/it belongs to uid 65534, not to this user \(0\)/) });
         chownSync(defaultCache.dir, 0, 0);
+        // A link another user made at the name, to a directory of this user's that passes every check.
+        const mine = fresh('linked-to');
+        mkdirSync(mine, { mode: 0o700 });
+        renameSync(defaultCache.dir, `${defaultCache.dir}.away`);
+        symlinkSync(mine, defaultCache.dir);
+        lchownSync(defaultCache.dir, 65534, 65534);
+        await expect(defaultCache.set('k', 'v', 60)).rejects.toMatchObject({ message: expect.stringMatching(/it is a symbolic link that belongs to uid 65534, not to this user \(0\)/) });
+        expect(readdirSync(mine)).toEqual([]);
+        // This user's own link is this user's choice.
+        lchownSync(defaultCache.dir, 0, 0);
+        await defaultCache.set('k', 'v', 60);
+        expect(readdirSync(mine)).toHaveLength(1);
+        rmSync(defaultCache.dir);
+        renameSync(`${defaultCache.dir}.away`, defaultCache.dir);
       }
       // Fixed while running: the same cache serves, without a restart.
       await defaultCache.set('k', 'v', 60);
