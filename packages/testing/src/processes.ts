@@ -55,7 +55,7 @@ export interface WorkerResult {
   ok: number;
   /** `code:errcode` of each failure, e.g. `ERR_WXKIT_WECHAT_API:40001`. */
   errors: string[];
-  /** Unhandled promise rejections the worker saw since it started (it keeps running through them). */
+  /** Unhandled promise rejections the worker saw since it started, or was last configured (it keeps running through them). */
   unhandled: number;
   /** wxkit log events seen since the previous result (during this run, or between the two), by name (`cache.unavailable`…). */
   events: Record<string, number>;
@@ -78,9 +78,15 @@ export function settleWithin<T>(promise: Promise<T>, ms: number, fallback: T): P
   return Promise.race([promise, new Promise<T>((resolve) => (timer = setTimeout(() => resolve(fallback), ms)))]).finally(() => clearTimeout(timer));
 }
 
-/** Worker processes, each with its own OfficialAccount and store client, run in lockstep. */
+/**
+ * Worker processes, each with its own OfficialAccount and store client, run in lockstep. A group can be
+ * given new apps with {@link WorkerGroup.configure} (scenario after scenario): its processes and their
+ * store connections are made once.
+ */
 export class WorkerGroup {
   readonly #children: ChildProcess[] = [];
+  /** Runs, advance() and `all` reach the first #active workers (configure(config, count)). */
+  #active = 0;
   #nextId = 1;
 
   private constructor() {}
@@ -88,29 +94,71 @@ export class WorkerGroup {
   /** Forks `count` workers and resolves once every one has built its client. */
   static async start(count: number, config: WorkerConfig): Promise<WorkerGroup> {
     const group = new WorkerGroup();
-    const script = fileURLToPath(new URL('./worker.js', import.meta.url));
-    // One frozen clock for the whole group: workers started a few hundred ms apart share it.
-    if (config.clockControl === 'frozen') config = { ...config, clockBase: config.clockBase ?? Date.now() };
-    await Promise.all(
-      Array.from({ length: count }, () => {
-        const child = fork(script, [], {
-          env: { ...process.env, WXKIT_WORKER: JSON.stringify(config) },
-          stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-        });
-        group.#children.push(child);
-        return new Promise<void>((resolve, reject) => {
-          child.once('message', (message: { type?: string }) =>
-            message.type === 'ready' ? resolve() : reject(new Error(`worker sent ${JSON.stringify(message)}`)),
-          );
-          child.once('exit', (code) => reject(new Error(`worker exited with ${code} before it was ready`)));
-        });
-      }),
-    );
+    const frozen = withClockBase(config);
+    await Promise.all(Array.from({ length: count }, (_, index) => group.#fork(index, frozen)));
+    group.#active = count;
     return group;
   }
 
+  /** Forks the worker of slot `index` with `config`; resolves once it has built its client. */
+  #fork(index: number, config: WorkerConfig): Promise<void> {
+    const script = fileURLToPath(new URL('./worker.js', import.meta.url));
+    const child = fork(script, [], {
+      env: { ...process.env, WXKIT_WORKER: JSON.stringify(config) },
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    });
+    this.#children[index] = child;
+    return new Promise<void>((resolve, reject) => {
+      child.once('message', (message: { type?: string }) => (message.type === 'ready' ? resolve() : reject(new Error(`worker sent ${JSON.stringify(message)}`))));
+      child.once('exit', (code) => reject(new Error(`worker exited with ${code} before it was ready`)));
+    });
+  }
+
+  /** Sends `message` to a worker and resolves with its answer of type `answer` (same id). */
+  #ask(index: number, message: { type: string } & Record<string, unknown>, answer: string): Promise<void> {
+    const child = this.#children[index]!;
+    const id = this.#nextId++;
+    return new Promise<void>((resolve, reject) => {
+      const onMessage = (reply: { type?: string; id?: number }) => {
+        if (reply.type !== answer || reply.id !== id) return;
+        child.off('message', onMessage);
+        child.off('close', onClose);
+        resolve();
+      };
+      const onClose = (code: number | null, signal: string | null) => reject(new Error(`worker ${index} exited (${signal ?? code}) during ${message.type}`));
+      child.on('message', onMessage);
+      child.once('close', onClose);
+      child.send({ ...message, id });
+    });
+  }
+
+  /**
+   * Gives the first `count` workers (all of the group by default) a new app from `config`, closing the
+   * ones they had; each keeps its client of the store (a process's store client outlives its apps).
+   * A worker that exited (kill()) is replaced by a new process, as is one the group lacks; the apps of
+   * workers past `count` are closed. Runs then go to those `count` workers; events, rejections and the
+   * clock start afresh in each.
+   */
+  async configure(config: WorkerConfig, count = this.#children.length): Promise<void> {
+    const frozen = withClockBase(config);
+    await Promise.all(
+      Array.from({ length: Math.max(count, this.#children.length) }, (_, index) => {
+        const child = this.#children[index];
+        if (index >= count) return child && alive(child) ? this.#ask(index, { type: 'release' }, 'released') : undefined;
+        if (!child || !alive(child)) return this.#fork(index, frozen);
+        return this.#ask(index, { type: 'configure', config: frozen }, 'ready');
+      }),
+    );
+    this.#active = count;
+  }
+
+  /** Closes every worker's app; the processes and their store clients stay, for {@link configure}. */
+  async release(): Promise<void> {
+    await Promise.all(this.#children.map((child, index) => (alive(child) ? this.#ask(index, { type: 'release' }, 'released') : undefined)));
+  }
+
   get size(): number {
-    return this.#children.length;
+    return this.#active;
   }
 
   /**
@@ -120,7 +168,7 @@ export class WorkerGroup {
   run(
     op: WorkerRun['op'],
     count: number,
-    which: number[] = this.#children.map((_, i) => i),
+    which: number[] = this.all,
     concurrency?: number,
   ): Promise<WorkerResult[]> {
     const id = this.#nextId++;
@@ -149,7 +197,7 @@ export class WorkerGroup {
   async advance(ms: number): Promise<void> {
     const id = this.#nextId++;
     await Promise.all(
-      this.#children.map(
+      this.#children.slice(0, this.#active).map(
         (child) =>
           new Promise<void>((resolve) => {
             const onMessage = (message: { type?: string; id?: number }) => {
@@ -166,7 +214,7 @@ export class WorkerGroup {
 
   /** All worker indexes, for `run(op, count, group.all, concurrency)`. */
   get all(): number[] {
-    return this.#children.map((_, i) => i);
+    return Array.from({ length: this.#active }, (_, i) => i);
   }
 
   /** SIGKILLs one worker and waits for it to be gone. */
@@ -182,7 +230,7 @@ export class WorkerGroup {
   async stop(): Promise<void> {
     await Promise.all(
       this.#children.map(async (child) => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
+        if (!alive(child)) return;
         const gone = new Promise((resolve) => child.once('exit', resolve));
         child.send({ type: 'exit' });
         const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
@@ -191,4 +239,11 @@ export class WorkerGroup {
       }),
     );
   }
+}
+
+const alive = (child: ChildProcess) => child.exitCode === null && child.signalCode === null;
+
+/** One frozen clock for the whole group: workers started a few hundred ms apart share it. */
+function withClockBase(config: WorkerConfig): WorkerConfig {
+  return config.clockControl === 'frozen' ? { ...config, clockBase: config.clockBase ?? Date.now() } : config;
 }

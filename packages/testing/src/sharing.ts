@@ -32,23 +32,27 @@ export function describeTokenSharing(name: string, options: DescribeTokenSharing
   describe(`${name}: token sharing across ${processes} processes`, () => {
     let mock: MockWeChat;
     let store: StoreSpec;
-    let groups: WorkerGroup[] = [];
+    // One group for every scenario, each given its own app: the processes and their store connections
+    // are made once (a worker killed by a scenario is replaced at the next).
+    let group: WorkerGroup | undefined;
 
     beforeAll(async () => {
       mock = await startMockWeChat({ latencyMs: 20 });
       store = typeof options.store === 'function' ? await options.store() : options.store;
     });
     afterEach(async () => {
-      await Promise.all(groups.map((group) => group.stop()));
-      groups = [];
+      // Every app closed before the next scenario: none of its background work reaches the next one.
+      await group?.release();
     });
     afterAll(async () => {
+      await group?.stop();
       await mock?.close();
     });
 
     async function workers(config: Partial<WorkerConfig> & { appId: string; secret: string }, count = processes) {
-      const group = await WorkerGroup.start(count, { baseUrl: mock.url, store, ...config });
-      groups.push(group);
+      const full: WorkerConfig = { baseUrl: mock.url, store, ...config };
+      if (group) await group.configure(full, count);
+      else group = await WorkerGroup.start(count, full);
       return group;
     }
 
@@ -145,8 +149,7 @@ export function describeTokenSharing(name: string, options: DescribeTokenSharing
       const limited = await startMockWeChat({ latencyMs: 20, quotas: { token: 1 } });
       try {
         const app = limited.createApp();
-        const group = await WorkerGroup.start(processes, { baseUrl: limited.url, store, ...app, tokenEndpoint: 'classic' });
-        groups.push(group);
+        const group = await workers({ ...app, baseUrl: limited.url, tokenEndpoint: 'classic' });
         await group.run('getToken', 1);
         limited.invalidateTokens(app.appId);
         const results = await group.run('send', 20);

@@ -2,22 +2,19 @@
  * A worker process for multi-process tests: one OfficialAccount with its own client of the shared store,
  * driven over IPC by {@link describeTokenSharing} (or any test that forks it).
  *
- * Parent → worker: `{ type: 'run', id, op: 'getToken' | 'send', count }` runs `count` calls at once.
- * Worker → parent: `{ type: 'ready' }` once built, then `{ type: 'result', id, values, ok, errors }`.
+ * Parent → worker: `{ type: 'run', id, op: 'getToken' | 'send', count }` runs `count` calls at once;
+ * `{ type: 'configure', id, config }` closes the app and builds another (the store's client is kept);
+ * `{ type: 'release', id }` closes the app; `{ type: 'exit' }` closes everything and exits.
+ * Worker → parent: `{ type: 'ready' }` once built (with the `id` of a configure), then
+ * `{ type: 'result', id, values, ok, errors }` for each run.
  */
 import * as core from '@wxkit/core';
 import { MemoryCache, OfficialAccount, remoteTokenSource, type KeySchema, type TokenCache } from '@wxkit/core';
 import { createStore, settleWithin, type WorkerConfig, type WorkerResult, type WorkerRun } from './processes.js';
 
 async function main(): Promise<void> {
-  const config = JSON.parse(process.env.WXKIT_WORKER ?? 'null') as WorkerConfig | null;
-  if (!config || !process.send) throw new Error('worker.js is started by describeTokenSharing through fork()');
-  const created = config.store ? await createStore(config.store) : new MemoryCache();
-  // One read before the worker says it is ready, so that a test's first store call, bounded by a short
-  // cacheTimeoutMs, does not also pay for the connection (a cluster's slot discovery, a cold process).
-  // A store that is down or hangs on purpose is the test's business: two seconds at most, any outcome.
-  if (config.store) await settleWithin(created.get('wxkit:worker:connect').catch(() => undefined), 2000, undefined);
-  const cache = config.storeDelayMs ? delayed(created, config.storeDelayMs) : created;
+  const first = JSON.parse(process.env.WXKIT_WORKER ?? 'null') as WorkerConfig | null;
+  if (!first || !process.send) throw new Error('worker.js is started by describeTokenSharing through fork()');
   let unhandled = 0;
   // Counted, not fatal: a test asserts there were none.
   process.on('unhandledRejection', () => (unhandled += 1));
@@ -26,23 +23,62 @@ async function main(): Promise<void> {
     events[fields.event] = (events[fields.event] ?? 0) + 1;
   };
   let offset = 0;
-  const started = config.clockBase ?? Date.now();
-  const makeSchema = config.schema ? (core as unknown as Record<string, (options?: object) => KeySchema>)[config.schema.name] : undefined;
-  if (config.schema && typeof makeSchema !== 'function') throw new Error(`@wxkit/core has no schema ${config.schema.name}`);
-  const app = new OfficialAccount({
-    appId: config.appId,
-    ...(config.tokenSource ? { tokenSource: remoteTokenSource(config.tokenSource) } : { secret: config.secret }),
-    baseUrl: config.baseUrl,
-    tokenEndpoint: config.tokenEndpoint ?? 'stable',
-    cache,
-    logger: { debug: record, info: record, warn: record, error: record },
-    // JSON has no `false` among clientOptions' plain values: 'false' stands for it.
-    ...Object.fromEntries(Object.entries(config.clientOptions ?? {}).map(([name, value]) => [name, value === 'false' ? false : value])),
-    ...(config.clockControl === 'frozen' ? { now: () => started + offset } : config.clockControl ? { now: () => Date.now() + offset } : {}),
-    ...(makeSchema ? { schema: makeSchema(config.schema!.options) } : {}),
-  });
+  // The store clients this process made, by spec: a worker configured again for another app keeps its
+  // connection (a process's store client outlives its apps, as in a program).
+  const stores = new Map<string, TokenCache>();
+  let current: { app: OfficialAccount; own?: TokenCache } | undefined;
+
+  /** Closes the current app; a store of its own (no spec: memory) with it. */
+  const release = async () => {
+    const was = current;
+    current = undefined;
+    await was?.app.close();
+    await was?.own?.close?.();
+  };
+
+  /** Builds the app a config describes, after closing the one before: events, rejections and clock start afresh. */
+  const configure = async (config: WorkerConfig) => {
+    await release();
+    let created: TokenCache;
+    if (config.store) {
+      const spec = JSON.stringify(config.store);
+      created = stores.get(spec) ?? (await createStore(config.store));
+      if (!stores.has(spec)) {
+        stores.set(spec, created);
+        // One read before the worker says it is ready, so that a test's first store call, bounded by a
+        // short cacheTimeoutMs, does not also pay for the connection (a cluster's slot discovery, a cold
+        // process). A store that is down or hangs on purpose is the test's business: two seconds at most.
+        await settleWithin(created.get('wxkit:worker:connect').catch(() => undefined), 2000, undefined);
+      }
+    } else {
+      created = new MemoryCache();
+    }
+    const cache = config.storeDelayMs ? delayed(created, config.storeDelayMs) : created;
+    offset = 0;
+    const started = config.clockBase ?? Date.now();
+    const makeSchema = config.schema ? (core as unknown as Record<string, (options?: object) => KeySchema>)[config.schema.name] : undefined;
+    if (config.schema && typeof makeSchema !== 'function') throw new Error(`@wxkit/core has no schema ${config.schema.name}`);
+    const app = new OfficialAccount({
+      appId: config.appId,
+      ...(config.tokenSource ? { tokenSource: remoteTokenSource(config.tokenSource) } : { secret: config.secret }),
+      baseUrl: config.baseUrl,
+      tokenEndpoint: config.tokenEndpoint ?? 'stable',
+      cache,
+      logger: { debug: record, info: record, warn: record, error: record },
+      // JSON has no `false` among clientOptions' plain values: 'false' stands for it.
+      ...Object.fromEntries(Object.entries(config.clientOptions ?? {}).map(([name, value]) => [name, value === 'false' ? false : value])),
+      ...(config.clockControl === 'frozen' ? { now: () => started + offset } : config.clockControl ? { now: () => Date.now() + offset } : {}),
+      ...(makeSchema ? { schema: makeSchema(config.schema!.options) } : {}),
+    });
+    current = { app, ...(config.store ? {} : { own: created }) };
+    events = {};
+    unhandled = 0;
+  };
+
   let sent = 0;
   const one = async (op: WorkerRun['op']): Promise<string> => {
+    const app = current?.app;
+    if (!app) throw new Error('the worker has no app: configure it first');
     if (op === 'getToken') return app.accessToken.getToken();
     if (op === 'ticket') return app.jssdk.getTicket();
     const result = await app.templateMessage.send({
@@ -52,15 +88,31 @@ async function main(): Promise<void> {
     });
     return String(result.msgid);
   };
-  process.on('message', async (message: WorkerRun | { type: 'exit' } | { type: 'advance'; id: number; ms: number }) => {
+  type Message =
+    | WorkerRun
+    | { type: 'exit' }
+    | { type: 'advance'; id: number; ms: number }
+    | { type: 'configure'; id: number; config: WorkerConfig }
+    | { type: 'release'; id: number };
+  process.on('message', async (message: Message) => {
     if (message.type === 'advance') {
       offset += message.ms;
       process.send!({ type: 'advanced', id: message.id });
       return;
     }
+    if (message.type === 'configure') {
+      await configure(message.config);
+      process.send!({ type: 'ready', id: message.id });
+      return;
+    }
+    if (message.type === 'release') {
+      await release();
+      process.send!({ type: 'released', id: message.id });
+      return;
+    }
     if (message.type === 'exit') {
-      await app.close();
-      await cache.close?.();
+      await release();
+      for (const store of stores.values()) await store.close?.();
       process.exit(0);
     }
     if (message.type !== 'run') return;
@@ -88,6 +140,7 @@ async function main(): Promise<void> {
     }
     process.send!(result);
   });
+  await configure(first);
   process.send({ type: 'ready' });
 }
 
