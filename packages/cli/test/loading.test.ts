@@ -1,7 +1,8 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { bin } from './run-cli.js';
 
@@ -63,5 +64,38 @@ describe('what a command loads', () => {
     const { code, loaded } = loadedBy(['serve', '--store', `file://${dir}`, '--config', join(dir, 'none.json')]);
     expect(code).toBe(7);
     expect(loaded).toEqual(expect.arrayContaining(['prom-client', 'pino', 'undici/index.js']));
+  });
+});
+
+describe("the package's two builds", () => {
+  // The ESM build is split into chunks (the binary loads what it runs), the CommonJS one is not: both
+  // must start the service. A split CommonJS build failed here (the metrics' fields built out of order).
+  const config = join(dir, 'serve.json');
+  writeFileSync(config, JSON.stringify({ keysEnv: 'LOADING_KEYS', apps: [{ app: 'oa:wx0123456789abcdef', secretEnv: 'LOADING_SECRET' }], baseUrl: 'http://127.0.0.1:1' }));
+
+  /** Runs `main(['serve', …])` of a build in a process of its own; stopped by SIGTERM once it listens. */
+  function serve(format: 'esm' | 'cjs'): Promise<{ code: number | null; out: string }> {
+    const built = fileURLToPath(new URL(`../dist/index.${format === 'esm' ? 'js' : 'cjs'}`, import.meta.url));
+    const load = format === 'esm' ? `import(${JSON.stringify(built)})` : `Promise.resolve(require(${JSON.stringify(built)}))`;
+    const args = JSON.stringify(['serve', '--store', `file://${join(dir, 'store')}`, '--config', config, '--port', '0']);
+    const child = spawn(process.execPath, ['-e', `${load}.then(({ main }) => main(${args})).then((code) => (process.exitCode = code));`], {
+      env: { ...process.env, LOADING_KEYS: 'loading-test-key-0123456789', LOADING_SECRET: 'secret', WXKIT_STORE: '' },
+    });
+    let out = '';
+    // One signal: a second one ends the service at once, by design.
+    let signalled = false;
+    const seen = (chunk: Buffer) => {
+      out += chunk.toString();
+      if (!signalled && out.includes('serve.listening')) signalled = child.kill('SIGTERM');
+    };
+    child.stdout.on('data', seen);
+    child.stderr.on('data', seen);
+    return new Promise((resolve) => child.on('close', (code) => resolve({ code, out })));
+  }
+
+  it.each(['esm', 'cjs'] as const)("%s: main(['serve', …]) listens, and stops with exit 0 on SIGTERM", async (format) => {
+    const { code, out } = await serve(format);
+    expect(out).toContain('serve.listening');
+    expect(code, out).toBe(0);
   });
 });
