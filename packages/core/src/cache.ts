@@ -66,9 +66,11 @@ export interface TokenCache {
    */
   compareAndSet?(key: string, expected: string, value: string, ttlSeconds: number): Promise<boolean>;
   /**
-   * Milliseconds `key` has left before the store drops it, or undefined when it is absent. Optional:
-   * tools (`wxkit token inspect`) show it when the store can tell; the token protocol never needs it (an
-   * OpenPlatform on `easyWeChat6()` takes a token EasyWeChat fetched on its own only from a store that has it).
+   * Milliseconds `key` has left before the store drops it, `Infinity` when the store keeps it without
+   * expiry, or undefined when it is absent. Optional: tools (`wxkit token inspect`) show it when the store
+   * can tell; the token protocol works without it. Where it is given, a refresh lock kept without expiry
+   * (which no holder writes) that held one value a whole lease is taken over rather than waited for for
+   * ever, and an OpenPlatform on `easyWeChat6()` takes a token EasyWeChat fetched on its own.
    */
   ttlMs?(key: string): Promise<number | undefined>;
   /**

@@ -604,9 +604,10 @@ export class FileCache implements TokenCache {
       );
     };
     // A link another user made at the name would lead the entries wherever it points (into a directory
-    // of this user's, where the checks below pass), and could be pointed elsewhere later.
+    // of this user's, where the checks below pass), and could be pointed elsewhere later. Root's (an
+    // administrator's, systemd-tmpfiles') is followed: root may write anywhere already.
     const link = await lstat(this.dir);
-    if (link.isSymbolicLink() && link.uid !== uid) refuse(`it is a symbolic link that belongs to uid ${link.uid}, not to this user (${uid})`);
+    if (link.isSymbolicLink() && link.uid !== uid && link.uid !== 0) refuse(`it is a symbolic link that belongs to uid ${link.uid}, not to this user (${uid})`);
     const stats = link.isSymbolicLink() ? await stat(this.dir) : link;
     if (stats.uid !== uid) refuse(`it belongs to uid ${stats.uid}, not to this user (${uid})`);
     if ((stats.mode & 0o022) !== 0) refuse(`others may write to it (mode ${(stats.mode & 0o7777).toString(8)})`);

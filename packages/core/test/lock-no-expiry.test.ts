@@ -1,11 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount } from '../src/index.js';
 import { recordingLogger } from './helpers.js';
 
 // A refresh lock the store keeps without expiry (a key left by hand, a PERSIST, a store that drops TTLs)
 // was waited for by every call, each failing after lockWaitMs: the fleet never refreshed again. Once a
-// wait for it runs out, it is taken over by compare-and-set, and the token fetched once.
+// wait for it runs out, it is taken over by compare-and-set, and the token fetched once, if it held the
+// same value a whole lease before (no live holder's lock does). Short deadlines make a short lease:
+// 2 × 100 ms + 7 × 100 ms + 1 s; the waits last 4.5 s.
 let mock: MockWeChat;
 beforeAll(async () => {
   mock = await startMockWeChat();
@@ -15,6 +17,14 @@ afterAll(() => mock.close());
 /** A MemoryCache that can hold a key without expiry, as Redis does after PERSIST; any write gives it one again. */
 class Persisting extends MemoryCache {
   readonly #endless = new Set<string>();
+  /** Every key written by `add` (how locks are taken) is kept without expiry: a store that drops TTLs. */
+  dropsTtlOfAdd = false;
+
+  override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+    const added = await super.add(key, value, ttlSeconds);
+    if (added && this.dropsTtlOfAdd) this.#endless.add(key);
+    return added;
+  }
 
   async persist(key: string, value: string): Promise<void> {
     await super.set(key, value, 10 * 365 * 86_400);
@@ -49,11 +59,13 @@ class Persisting extends MemoryCache {
   }
 }
 
+const QUICK = { timeoutMs: 100, cacheTimeoutMs: 100, lockWaitMs: 4_500 };
+
 async function lockedApp(lock: (cache: Persisting, key: string) => Promise<void>) {
   const { appId, secret } = mock.createApp();
   const cache = new Persisting();
   const logger = recordingLogger();
-  const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, lockWaitMs: 300, logger });
+  const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, ...QUICK });
   const lockKey = `${app.accessToken.cacheKey}:lock`;
   await lock(cache, lockKey);
   return { appId, secret, app, cache, lockKey, logger };
@@ -71,7 +83,7 @@ describe('a refresh lock the store keeps without expiry', () => {
     ]);
     expect(await cache.get(lockKey)).toBeUndefined();
     await app.close();
-  });
+  }, 20_000);
 
   it('one with an expiry, however far, is waited for as before: the wait runs out, WeChat is not asked', async () => {
     const { appId, app, cache, lockKey, logger } = await lockedApp((cache, key) => cache.set(key, 'a-long-lease', 10 * 365 * 86_400));
@@ -80,11 +92,11 @@ describe('a refresh lock the store keeps without expiry', () => {
     expect(await cache.get(lockKey)).toBe('a-long-lease');
     expect(logger.lines.map((line) => (line.fields as { event: string }).event)).not.toContain('lock.taken_over');
     await app.close();
-  });
+  }, 20_000);
 
   it('two clients that wait for it: one takes it over, and WeChat is asked once', async () => {
     const { appId, secret, app, cache, lockKey } = await lockedApp((cache, key) => cache.persist(key, 'left-by-hand'));
-    const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, lockWaitMs: 300, logger: false });
+    const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, ...QUICK });
     const outcomes = await Promise.all([app, other].map((client) => client.accessToken.getToken().then((token) => token, (error: { code: string }) => error.code)));
     // The one whose compare-and-set lost fails as any wait that ran out does; its next call finds the token.
     const token = outcomes.find((outcome) => outcome !== 'ERR_WXKIT_NO_TOKEN');
@@ -96,5 +108,23 @@ describe('a refresh lock the store keeps without expiry', () => {
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(await cache.get(lockKey)).toBeUndefined();
     await Promise.all([app.close(), other.close()]);
+  }, 20_000);
+
+
+  it("a live holder's lock on a store that drops every lock's TTL is not taken over by a wait shorter than a lease: the waiter fails as any wait that ran out", async () => {
+    // The holder's fetch hangs until its timeout, twice (200 ms each try); the waiter gives up after 300 ms.
+    const { appId, secret } = mock.createApp();
+    const cache = new Persisting();
+    cache.dropsTtlOfAdd = true;
+    const logger = recordingLogger();
+    const holder = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, timeoutMs: 200 });
+    const waiter = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, timeoutMs: 200, lockWaitMs: 300 });
+    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token', times: 2 });
+    const first = holder.accessToken.getToken().then((token) => token, (error: { code: string }) => error.code);
+    await vi.waitFor(() => expect(mock.counters(appId).tokenRequests).toBe(1));
+    await expect(waiter.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
+    expect(logger.lines.map((line) => (line.fields as { event: string }).event)).not.toContain('lock.taken_over');
+    await first;
+    await Promise.all([holder.close(), waiter.close()]);
   });
 });

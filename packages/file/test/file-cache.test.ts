@@ -485,6 +485,19 @@ describe('FileCache on disk', () => {
         expect(readdirSync(mine)).toHaveLength(1);
         rmSync(defaultCache.dir);
         renameSync(`${defaultCache.dir}.away`, defaultCache.dir);
+        // Root's link (an administrator's, systemd-tmpfiles'), for another user's default directory: followed.
+        // Outside this test's TMPDIR, whose parents the other user may not enter.
+        const theirs = mkdtempSync(join(tmpdirBefore ?? '/tmp', 'wxkit-file-root-link-'));
+        chmodSync(theirs, 0o755);
+        const target = join(theirs, 'target');
+        mkdirSync(target, { mode: 0o700 });
+        chownSync(target, 65534, 65534);
+        symlinkSync(target, join(theirs, 'wxkit-65534'));
+        const script = `import(${JSON.stringify(builtModule)}).then((m) => new m.FileCache().set('k', 'v', 60)).then(() => console.log('{}'), (e) => console.log(JSON.stringify({ message: e.message })))`;
+        const output = execFileSync(process.execPath, ['-e', script], { uid: 65534, gid: 65534, env: { ...process.env, TMPDIR: theirs } });
+        expect(JSON.parse(String(output))).toEqual({});
+        expect(readdirSync(target)).toHaveLength(1);
+        rmSync(theirs, { recursive: true, force: true });
       }
       // Fixed while running: the same cache serves, without a restart.
       await defaultCache.set('k', 'v', 60);

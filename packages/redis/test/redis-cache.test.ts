@@ -218,7 +218,10 @@ describe('RedisCache on a real redis-server', () => {
     redisCli(redis.port, 'SET', `${key}:lock`, 'left-by-hand');
     expect(redisCli(redis.port, 'PTTL', `${key}:lock`)).toBe('-1');
     try {
-      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, lockWaitMs: 500 });
+      // Short deadlines, a short lease (2 × 300 ms + 7 × 300 ms + 1 s): taken over once it held one value
+      // that long. Connected first: a store call of 300 ms at most cannot also connect.
+      await cache.get(key);
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, timeoutMs: 300, cacheTimeoutMs: 300, lockWaitMs: 7_000 });
       const token = await app.accessToken.getToken();
       expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe(token);
       expect(mock.counters(appId).tokenRequests).toBe(1);
@@ -228,7 +231,7 @@ describe('RedisCache on a real redis-server', () => {
     } finally {
       await cache.close();
     }
-  });
+  }, 20_000);
 
   it('a failure marker key holding a hash reads as no marker: the token is fetched once, and that success deletes the key', async () => {
     const cache = new RedisCache(redis.url);

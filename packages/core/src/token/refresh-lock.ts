@@ -172,17 +172,20 @@ export class RefreshLock {
    * A lock that would never end: its key holds a value the store keeps without expiry, which no holder
    * of the protocol writes (every lock is written with its lease; an operator's leftover, a PERSIST, a
    * store that dropped the TTL). Waited for, it would fail every refresh of the fleet for good. Called
-   * once a wait for the lock has run out: the value is replaced by compare-and-set on what was read, as
-   * jedis-lock's expired lock is, and the lock is ours. Undefined where the store cannot tell (no
-   * `ttlMs`), where the lock has an expiry, and without the store's own atomic compareAndSet.
+   * once a wait for the lock has run out, with the value `seen` a whole lease before: if the lock still
+   * holds it, and the store keeps it without expiry, it is replaced by compare-and-set on that value, as
+   * jedis-lock's expired lock is, and the lock is ours (no live holder keeps one value a whole lease, so
+   * even a store that drops every lock's TTL hands over only a dead holder's). Undefined where the store
+   * cannot tell (no `ttlMs`), where the lock changed or has an expiry, and without the store's own
+   * atomic compareAndSet.
    */
-  async takeOverEndless(store: GuardedStore, leaseMs: number): Promise<LockHandle | undefined> {
+  async takeOverEndless(store: GuardedStore, leaseMs: number, seen: string): Promise<LockHandle | undefined> {
     if (this.#value !== 'owner' || !store.atomicCompareAndSet) return undefined;
     let current: string | undefined;
     try {
       current = await store.get(this.key);
       // Read after the value: a holder of the protocol that took the lock meanwhile has a lease, and it stays.
-      if (current === undefined || (await store.ttlMs(this.key)) !== Number.POSITIVE_INFINITY) return undefined;
+      if (current !== seen || (await store.ttlMs(this.key)) !== Number.POSITIVE_INFINITY) return undefined;
     } catch {
       return undefined;
     }
