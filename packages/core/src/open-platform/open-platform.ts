@@ -169,8 +169,9 @@ export class OpenPlatform {
       ended: this.#ended.signal,
       key: (entry: OpenPlatformEntry, authorizerAppId?: string) => schema.openPlatformKey!(entry, this.appId, authorizerAppId),
     };
-    this.#callbacks = new CallbackReader(new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId }), opts.pushMaxAgeMs ?? DEFAULTS.pushMaxAgeMs, this.#core.settings.now, this.#core.log, this.appId);
-    this.#ticket = new VerifyTicket(ctx);
+    const pushMaxAgeMs = opts.pushMaxAgeMs ?? DEFAULTS.pushMaxAgeMs;
+    this.#callbacks = new CallbackReader(new MessageCrypto({ token: opts.token, encodingAESKey: opts.encodingAESKey, appId: this.appId }), pushMaxAgeMs, this.#core.settings.now, this.#core.log, this.appId);
+    this.#ticket = new VerifyTicket(ctx, pushMaxAgeMs);
     this.#component = new Component(ctx, opts.secret, this.#ticket);
     const peers = new PeerCopies(ctx);
     this.#refresh = new AuthorizerRefresh(ctx, this.#component, peers);

@@ -8,9 +8,10 @@ import { decodeStoredTicket, encodeTicketRecord } from './records.js';
 /** A verify ticket is valid for 12 hours after its push (WeChat's component_verify_ticket doc). */
 const TICKET_TTL_SECONDS = 12 * 3600;
 /**
- * How far ahead of this host's clock a stored ticket's `create_time` may lie and still outrank a push.
- * A push's CreateTime is WeChat's time, past when it arrives; one dated further ahead (written in
- * milliseconds, by a clock far ahead, or by a program of another format) would refuse every push for 12 hours.
+ * How far ahead of this host's clock a stored ticket's `create_time` may lie and still outrank a push,
+ * at least: a push's CreateTime is WeChat's time, past when it arrives, and a host whose clock is behind
+ * by up to `pushMaxAgeMs` still takes pushes. One dated further ahead (written in milliseconds, by a
+ * clock far ahead, or by a program of another format) would refuse every push for 12 hours.
  */
 const TICKET_CLOCK_AHEAD_SECONDS = 60;
 /** What a read of a key holding another kind of value (a Redis hash, say) gives. */
@@ -28,7 +29,12 @@ export class VerifyTicket {
   /** The component token's entry, whose failure marker a new ticket may end. */
   readonly #componentKey: string;
 
-  constructor(ctx: PlatformContext) {
+  /** How far ahead of this host's clock a stored ticket may be dated and still outrank a push, in seconds. */
+  readonly #aheadSeconds: number;
+
+  /** `pushMaxAgeMs`: how far off this host's clock a push is still taken (handleCallback()). */
+  constructor(ctx: PlatformContext, pushMaxAgeMs: number) {
+    this.#aheadSeconds = Math.max(TICKET_CLOCK_AHEAD_SECONDS, Math.ceil(pushMaxAgeMs / 1000));
     this.#appId = ctx.appId;
     this.#core = ctx.core;
     this.#durable = ctx.durable;
@@ -78,7 +84,7 @@ export class VerifyTicket {
         );
       }
       const stored = decodeStoredTicket(this.#core.schema, key, raw);
-      if (stored && stored.createTime > createTime && stored.createTime <= now + TICKET_CLOCK_AHEAD_SECONDS) {
+      if (stored && stored.createTime > createTime && stored.createTime <= now + this.#aheadSeconds) {
         // A push delivered late (WeChat pushes again when an answer was slow) is no fault: said at info.
         this.#core.log.info(
           { event: 'component_verify_ticket.not_stored', appId: this.#appId, createTime, storedCreateTime: stored.createTime, reason: 'older' },
