@@ -200,6 +200,40 @@ describe('while the store is down', () => {
     await Promise.all([fetcher.close(), other.close()]);
   });
 
+  it('a token another host fetched in the same second, under the lock, and wrote between the read and the offer of one fetched during the outage is kept: the offer holds no lock', async () => {
+    // fetched_at cannot order two fetches of one second; a lock holder's write is the fleet's, and the
+    // offer of a token fetched while the store was away (which holds no lock) gives way to it.
+    const store = switchableStore();
+    let between: (() => Promise<unknown>) | undefined;
+    const cache: TokenCache = {
+      ...store.cache,
+      get: async (key) => {
+        const value = await store.cache.get(key);
+        const run = between;
+        between = undefined;
+        if (run) await run();
+        return value;
+      },
+    };
+    const { appId, secret } = mock.createApp();
+    // One clock for both hosts: the outage's fetch and the other host's come in one second, after the first.
+    let now = Date.now();
+    const host = () => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false, now: () => now });
+    const [fetcher, other] = [host(), host()];
+    const before = await fetcher.accessToken.getToken();
+    expect(await other.accessToken.getToken()).toBe(before);
+    now += 5_000;
+    const during = await refreshedDuringOutage(store, fetcher);
+    let newer: string | undefined;
+    between = async () => (newer = await other.accessToken.forceRefresh());
+    const taken = await fetcher.accessToken.getToken();
+    expect([before, during]).not.toContain(newer);
+    expect(taken).toBe(newer);
+    expect(JSON.parse((await store.inner.get(fetcher.accessToken.cacheKey))!).access_token).toBe(newer);
+    expect(mock.isTokenValid(appId, taken)).toBe(true);
+    await Promise.all([fetcher.close(), other.close()]);
+  });
+
   it('a token fetched during the outage replaces an unreadable entry the store holds once back, without a fetch more', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });

@@ -540,7 +540,10 @@ export class TokenManager {
     // and serves the token it holds.
     if (this.#ctx.closed.aborted) return memo.value;
     const ttlSeconds = Math.ceil((memo.staleAt! - now) / 1000);
-    const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: older, replacesUndated: false });
+    // Nor, holding no lock, an entry fetched in the same second as this one (fetched_at cannot order the
+    // two): a lock holder wrote it once the store came back, and on the classic endpoint its fetch may have
+    // ended this one.
+    const { entry, stored: written } = await this.#ctx.entries.write(this.#ctx.tiers.shared, { ...unshared, ttlSeconds }, { rejected: older, replacesUndated: false, holds: async () => false });
     // Not written: the store holds an entry it keeps, which may be another than the one read (a lock
     // holder wrote it between the read and the write). That one is taken, not the one read before it.
     if (!written) return entry.value !== unshared.entry.value && entry.value !== stored?.value ? entry : undefined;
