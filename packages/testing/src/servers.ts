@@ -193,19 +193,60 @@ function ownsPort(pid: number, port: number): boolean {
 interface Owned {
   running: Set<ChildProcess>;
   hooked: boolean;
+  /** The watchdog's stdin, where the servers' pids are told (`+pid`, `-pid`); undefined where there is none. */
+  watchdog?: NodeJS.WritableStream | null;
 }
 
 /**
  * The servers this process started and has not seen exit. A program that dies by an uncaught exception,
  * or calls process.exit(), before it stopped them would leave them running, holding their ports: they
- * are killed as it exits. (A process killed by a signal runs no exit handler; its servers stay.) Kept on
- * globalThis: a test runner that loads the kit afresh for each file adds no exit handler per load.
+ * are killed as it exits. One killed by a signal (SIGKILL, a runner's SIGTERM) runs no exit handler: a
+ * watchdog, a shell reading the servers' pids from a pipe of this process's, kills those still listed
+ * when the pipe closes, which it does when this process ends, however it ends. Kept on globalThis: a
+ * test runner that loads the kit afresh for each file adds no exit handler or watchdog per load.
  */
 const ours = ((globalThis as { [key: symbol]: Owned | undefined })[Symbol.for('@wxkit/testing/servers')] ??= { running: new Set(), hooked: false });
 
+// The watchdog: `+pid` lists a server, `-pid` takes it off (it exited); at the end of its input, it
+// kills what is still listed. No command but the shell's own, and in a session of its own, so that
+// neither a terminal's signals nor a kill of this process's group end it before its work.
+const WATCHDOG = `pids=''
+while IFS= read -r line; do
+  case "$line" in
+    +*) pids="$pids \${line#+}" ;;
+    -*) rest=''; for p in $pids; do [ "$p" = "\${line#-}" ] || rest="$rest $p"; done; pids=$rest ;;
+  esac
+done
+[ -n "$pids" ] && kill -9 $pids 2>/dev/null
+exit 0`;
+
+function tellWatchdog(line: string): void {
+  if (ours.watchdog === undefined) {
+    ours.watchdog = null;
+    if (process.platform === 'win32') return;
+    try {
+      const watchdog = spawn('sh', ['-c', WATCHDOG], { stdio: ['pipe', 'ignore', 'ignore'], detached: true });
+      watchdog.on('error', () => (ours.watchdog = null));
+      // Neither the watchdog nor its pipe keeps this process running.
+      watchdog.unref();
+      const stdin = watchdog.stdin!;
+      (stdin as unknown as { unref?: () => void }).unref?.();
+      stdin.on('error', () => (ours.watchdog = null));
+      ours.watchdog = stdin;
+    } catch {
+      return;
+    }
+  }
+  ours.watchdog?.write(`${line}\n`);
+}
+
 function owned(child: ChildProcess): void {
   ours.running.add(child);
-  child.once('exit', () => ours.running.delete(child));
+  if (child.pid !== undefined) tellWatchdog(`+${child.pid}`);
+  child.once('exit', () => {
+    ours.running.delete(child);
+    if (child.pid !== undefined) tellWatchdog(`-${child.pid}`);
+  });
   if (ours.hooked) return;
   ours.hooked = true;
   process.on('exit', () => {

@@ -123,4 +123,38 @@ describe('servers of a program that dies', () => {
       }
     }
   }, 30_000);
+
+  it('a program killed by a signal (SIGKILL: no exit handler runs) takes them with it: its watchdog kills them', async () => {
+    const kit = new URL('../dist/index.js', import.meta.url).href;
+    const script = `
+      const { startRedis, startMemcached } = await import(${JSON.stringify(kit)});
+      const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
+      console.log(JSON.stringify([redis.port, memcached.port]));
+      setInterval(() => {}, 1000);`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+    let stdout = '';
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    try {
+      // Its line says both servers answer.
+      const ports = await new Promise<number[]>((resolve, reject) => {
+        child.stdout.on('data', (chunk: Buffer) => {
+          stdout += chunk.toString();
+          if (stdout.includes('\n')) resolve(JSON.parse(stdout.trim()) as number[]);
+        });
+        child.once('close', (code) => reject(new Error(`the program ended (${code}) before its servers started: ${stderr}`)));
+      });
+      // The program alone, not its group: the servers stay unless something else ends them.
+      process.kill(child.pid!, 'SIGKILL');
+      await new Promise((resolve) => child.once('close', resolve));
+      const closed = (port: number) => waitForPort(port, false, 5_000).then(() => true, () => false);
+      expect(await Promise.all(ports.map(closed))).toEqual([true, true]);
+    } finally {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // The group is gone: nothing was left.
+      }
+    }
+  }, 30_000);
 });
