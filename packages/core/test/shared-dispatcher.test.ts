@@ -1,4 +1,8 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import diagnostics from 'node:diagnostics_channel';
 import { getEventListeners } from 'node:events';
@@ -362,6 +366,34 @@ describe("undici's Pool, loaded alone", () => {
     expect(files).toContain('undici/lib/dispatcher/pool.js');
     expect(files).not.toContain('undici/index.js');
     expect(files).not.toContain('undici/lib/web/fetch/index.js');
+  });
+
+  it('is taken into a bundle by a bundler (esbuild), which then runs where no node_modules is', async () => {
+    // A deploy or serverless bundle: undici must be found at build time (a require() at run time would not be).
+    const esbuild = createRequire(createRequire(import.meta.url).resolve('tsup'))('esbuild') as { build(options: object): Promise<unknown> };
+    const out = mkdtempSync(join(tmpdir(), 'wxkit-bundle-'));
+    try {
+      const app = join(out, 'app.cjs');
+      await esbuild.build({
+        stdin: {
+          contents: `const { OfficialAccount, MemoryCache } = require(${JSON.stringify(fileURLToPath(new URL('../dist/index.cjs', import.meta.url)))});
+            const app = new OfficialAccount({ appId: 'wx0000000000000000', secret: 's', cache: new MemoryCache() });
+            app.close().then(() => console.log('loaded'));`,
+          resolveDir: out,
+        },
+        bundle: true,
+        platform: 'node',
+        format: 'cjs',
+        outfile: app,
+        logLevel: 'silent',
+      });
+      // Without NODE_PATH, which a package manager's launcher sets to its own store of modules.
+      const run = spawnSync(process.execPath, [app], { cwd: out, encoding: 'utf8', env: { ...process.env, NODE_PATH: '' } });
+      expect(run.stderr).toBe('');
+      expect(run.stdout.trim()).toBe('loaded');
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 
   it('is the Pool undici exports, with the dispatch() and close() wxkit calls', async () => {
