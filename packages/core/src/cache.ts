@@ -69,7 +69,7 @@ export interface TokenCache {
    * Milliseconds `key` has left before the store drops it, `Infinity` when the store keeps it without
    * expiry, or undefined when it is absent. Optional: tools (`wxkit token inspect`) show it when the store
    * can tell; the token protocol works without it. Where it is given, a refresh lock kept without expiry
-   * (which no holder writes) that held one value a whole lease is taken over rather than waited for for
+   * (which no holder writes) that held one value for 10 minutes is taken over rather than waited for for
    * ever, and an OpenPlatform on `easyWeChat6()` takes a token EasyWeChat fetched on its own.
    */
   ttlMs?(key: string): Promise<number | undefined>;

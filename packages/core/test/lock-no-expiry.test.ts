@@ -1,13 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount } from '../src/index.js';
-import { recordingLogger } from './helpers.js';
+import { recordingLogger, rejection } from './helpers.js';
 
 // A refresh lock the store keeps without expiry (a key left by hand, a PERSIST, a store that drops TTLs)
-// was waited for by every call, each failing after lockWaitMs: the fleet never refreshed again. Once a
-// wait for it runs out, it is taken over by compare-and-set, and the token fetched once, if it held the
-// same value a whole lease before (no live holder's lock does). Short deadlines make a short lease:
-// 2 × 100 ms + 7 × 100 ms + 1 s; the waits last 4.5 s.
+// was waited for by every call, each failing after lockWaitMs: the fleet never refreshed again. A wait
+// that runs out on one notes its value; one that runs out on the same value 10 minutes later (the
+// client's clock), longer than any holder's lease, takes it over by compare-and-set and fetches once.
 let mock: MockWeChat;
 beforeAll(async () => {
   mock = await startMockWeChat();
@@ -59,21 +58,32 @@ class Persisting extends MemoryCache {
   }
 }
 
-const QUICK = { timeoutMs: 100, cacheTimeoutMs: 100, lockWaitMs: 4_500 };
+const TEN_MINUTES = 10 * 60_000;
 
 async function lockedApp(lock: (cache: Persisting, key: string) => Promise<void>) {
   const { appId, secret } = mock.createApp();
   const cache = new Persisting();
   const logger = recordingLogger();
-  const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, ...QUICK });
+  const clock = { now: Date.now() };
+  const client = (log: typeof logger | false) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: log, lockWaitMs: 300, now: () => clock.now });
+  const app = client(logger);
   const lockKey = `${app.accessToken.cacheKey}:lock`;
   await lock(cache, lockKey);
-  return { appId, secret, app, cache, lockKey, logger };
+  return { appId, secret, app, cache, lockKey, logger, clock, client };
 }
 
+const events = (logger: ReturnType<typeof recordingLogger>) => logger.lines.map((line) => (line.fields as { event: string }).event);
+
 describe('a refresh lock the store keeps without expiry', () => {
-  it('is taken over once a wait for it runs out: one fetch for every caller, a warning, the lock released', async () => {
-    const { appId, app, cache, lockKey, logger } = await lockedApp((cache, key) => cache.persist(key, 'left-by-hand'));
+  it('is noted at the end of a wait, and taken over by one that ends on it 10 minutes later: one fetch for every caller, a warning, the lock released', async () => {
+    const { appId, app, cache, lockKey, logger, clock } = await lockedApp((cache, key) => cache.persist(key, 'left-by-hand'));
+    const first = await rejection(app.accessToken.getToken());
+    expect(first).toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN', message: expect.stringContaining('which the store keeps without expiry (left-by-hand)') });
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    clock.now += TEN_MINUTES - 1_000;
+    await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
+    expect(mock.counters(appId).tokenRequests).toBe(0);
+    clock.now += 1_000;
     const tokens = await Promise.all(Array.from({ length: 5 }, () => app.accessToken.getToken()));
     expect(new Set(tokens).size).toBe(1);
     expect(mock.isTokenValid(appId, tokens[0]!)).toBe(true);
@@ -83,21 +93,25 @@ describe('a refresh lock the store keeps without expiry', () => {
     ]);
     expect(await cache.get(lockKey)).toBeUndefined();
     await app.close();
-  }, 20_000);
+  });
 
-  it('one with an expiry, however far, is waited for as before: the wait runs out, WeChat is not asked', async () => {
-    const { appId, app, cache, lockKey, logger } = await lockedApp((cache, key) => cache.set(key, 'a-long-lease', 10 * 365 * 86_400));
+  it('one with an expiry, however far, is waited for as before, 10 minutes apart or not: WeChat is not asked', async () => {
+    const { appId, app, cache, lockKey, logger, clock } = await lockedApp((cache, key) => cache.set(key, 'a-long-lease', 10 * 365 * 86_400));
+    await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN', message: expect.stringContaining('raise lockWaitMs') });
+    clock.now += TEN_MINUTES;
     await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
     expect(mock.counters(appId).tokenRequests).toBe(0);
     expect(await cache.get(lockKey)).toBe('a-long-lease');
-    expect(logger.lines.map((line) => (line.fields as { event: string }).event)).not.toContain('lock.taken_over');
+    expect(events(logger)).not.toContain('lock.taken_over');
     await app.close();
-  }, 20_000);
+  });
 
-  it('two clients that wait for it: one takes it over, and WeChat is asked once', async () => {
-    const { appId, secret, app, cache, lockKey } = await lockedApp((cache, key) => cache.persist(key, 'left-by-hand'));
-    const other = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, ...QUICK });
-    const outcomes = await Promise.all([app, other].map((client) => client.accessToken.getToken().then((token) => token, (error: { code: string }) => error.code)));
+  it('two clients that each noted it: one takes it over, and WeChat is asked once', async () => {
+    const { appId, app, cache, lockKey, clock, client } = await lockedApp((cache, key) => cache.persist(key, 'left-by-hand'));
+    const other = client(false);
+    for (const each of [app, other]) await expect(each.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
+    clock.now += TEN_MINUTES;
+    const outcomes = await Promise.all([app, other].map((each) => each.accessToken.getToken().then((token) => token, (error: { code: string }) => error.code)));
     // The one whose compare-and-set lost fails as any wait that ran out does; its next call finds the token.
     const token = outcomes.find((outcome) => outcome !== 'ERR_WXKIT_NO_TOKEN');
     expect(mock.isTokenValid(appId, token!)).toBe(true);
@@ -108,23 +122,27 @@ describe('a refresh lock the store keeps without expiry', () => {
     expect(mock.counters(appId).tokenRequests).toBe(1);
     expect(await cache.get(lockKey)).toBeUndefined();
     await Promise.all([app.close(), other.close()]);
-  }, 20_000);
+  });
 
-
-  it("a live holder's lock on a store that drops every lock's TTL is not taken over by a wait shorter than a lease: the waiter fails as any wait that ran out", async () => {
-    // The holder's fetch hangs until its timeout, twice (200 ms each try); the waiter gives up after 300 ms.
-    const { appId, secret } = mock.createApp();
-    const cache = new Persisting();
+  it("a live holder's lock on a store that drops every lock's TTL is not taken over by waits that run out on it within 10 minutes: WeChat is asked by the holder alone", async () => {
+    // The holder's first try hangs until its timeout (3 s), its lease longer than the waiter's; the
+    // waiter's waits of 300 ms run out on its lock again and again, on the waiter's clock 4 minutes apart:
+    // a live lock never holds one value 10 minutes (its lease is far shorter), and it is not taken before.
+    const { appId, secret, cache, clock, client } = await lockedApp(async () => undefined);
     cache.dropsTtlOfAdd = true;
-    const logger = recordingLogger();
-    const holder = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, timeoutMs: 200 });
-    const waiter = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, timeoutMs: 200, lockWaitMs: 300 });
-    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token', times: 2 });
+    const holder = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger: false, timeoutMs: 3_000 });
+    const waiter = client(false);
+    mock.injectFault({ kind: 'hang', path: 'cgi-bin/stable_token', times: 1 });
     const first = holder.accessToken.getToken().then((token) => token, (error: { code: string }) => error.code);
     await vi.waitFor(() => expect(mock.counters(appId).tokenRequests).toBe(1));
-    await expect(waiter.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
-    expect(logger.lines.map((line) => (line.fields as { event: string }).event)).not.toContain('lock.taken_over');
-    await first;
+    for (let i = 0; i < 3; i += 1) {
+      await expect(waiter.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN' });
+      clock.now += 4 * 60_000;
+    }
+    // The holder's one try, which timed out (it is not sent again: WeChat may have acted on it); the
+    // waiter asked nothing.
+    expect(await first).toBe('ERR_WXKIT_TIMEOUT');
+    expect(mock.counters(appId).tokenRequests).toBe(1);
     await Promise.all([holder.close(), waiter.close()]);
   });
 });

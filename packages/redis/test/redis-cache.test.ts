@@ -209,7 +209,7 @@ describe('RedisCache on a real redis-server', () => {
     }
   });
 
-  it('a refresh lock left without expiry (SET by hand, or PERSIST) is taken over once a wait for it runs out: one fetch, then released', async () => {
+  it('a refresh lock left without expiry (SET by hand, or PERSIST) is noted when a wait runs out on it, and taken over 10 minutes later: one fetch, then released', async () => {
     const cache = new RedisCache(redis.url);
     const events: { event?: string; reason?: string }[] = [];
     const logger = { debug() {}, info() {}, warn: (fields: unknown) => void events.push(fields as { event?: string }), error() {} };
@@ -217,11 +217,12 @@ describe('RedisCache on a real redis-server', () => {
     const key = `wechat:stable_access_token:${appId}`;
     redisCli(redis.port, 'SET', `${key}:lock`, 'left-by-hand');
     expect(redisCli(redis.port, 'PTTL', `${key}:lock`)).toBe('-1');
+    let now = Date.now();
     try {
-      // Short deadlines, a short lease (2 × 300 ms + 7 × 300 ms + 1 s): taken over once it held one value
-      // that long. Connected first: a store call of 300 ms at most cannot also connect.
-      await cache.get(key);
-      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, timeoutMs: 300, cacheTimeoutMs: 300, lockWaitMs: 7_000 });
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger, lockWaitMs: 500, now: () => now });
+      await expect(app.accessToken.getToken()).rejects.toMatchObject({ code: 'ERR_WXKIT_NO_TOKEN', message: expect.stringContaining('keeps without expiry') });
+      expect(mock.counters(appId).tokenRequests).toBe(0);
+      now += 10 * 60_000;
       const token = await app.accessToken.getToken();
       expect(JSON.parse(redisCli(redis.port, 'GET', key)).access_token).toBe(token);
       expect(mock.counters(appId).tokenRequests).toBe(1);
@@ -231,7 +232,7 @@ describe('RedisCache on a real redis-server', () => {
     } finally {
       await cache.close();
     }
-  }, 20_000);
+  });
 
   it('a failure marker key holding a hash reads as no marker: the token is fetched once, and that success deletes the key', async () => {
     const cache = new RedisCache(redis.url);

@@ -27,6 +27,11 @@ export type LockAttempt = LockHandle | 'held' | 'unavailable';
 
 /** A kept-alive lock is renewed this many times per short lease: two renewals may fail in a row. */
 const RENEWALS_PER_LEASE = 4;
+/**
+ * How long a lock value kept without expiry is seen before it is taken over: longer than any holder's
+ * lease (twice its timeoutMs, seven cacheTimeoutMs and a second: 35 s by default) with deadlines in reason.
+ */
+export const ENDLESS_AFTER_MS = 10 * 60_000;
 /** The longest delay a Node.js timer takes (a longer one fires after 1 ms). */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 // A refusal of the lock's `add` this late may answer a resent command whose first copy took the lock
@@ -168,27 +173,39 @@ export class RefreshLock {
     }
   }
 
+  /** A lock value seen kept without expiry at the end of a wait, and when (the client's clock, unix ms). */
+  #endless: { value: string; at: number } | undefined;
+
   /**
    * A lock that would never end: its key holds a value the store keeps without expiry, which no holder
    * of the protocol writes (every lock is written with its lease; an operator's leftover, a PERSIST, a
    * store that dropped the TTL). Waited for, it would fail every refresh of the fleet for good. Called
-   * once a wait for the lock has run out, with the value `seen` a whole lease before: if the lock still
-   * holds it, and the store keeps it without expiry, it is replaced by compare-and-set on that value, as
-   * jedis-lock's expired lock is, and the lock is ours (no live holder keeps one value a whole lease, so
-   * even a store that drops every lock's TTL hands over only a dead holder's). Undefined where the store
-   * cannot tell (no `ttlMs`), where the lock changed or has an expiry, and without the store's own
-   * atomic compareAndSet.
+   * at the end of each wait that ran out: the first time it sees such a value it notes it (`'endless'`);
+   * seen still there {@link ENDLESS_AFTER_MS} later, longer than any holder's lease lasts, it replaces it
+   * by compare-and-set on that value, as jedis-lock's expired lock is, and the lock is ours (a live
+   * holder's lock, even on a store that drops every lock's TTL, is never taken). Undefined where the
+   * store cannot tell (no `ttlMs`), where the lock has an expiry, and without the store's own atomic
+   * compareAndSet.
    */
-  async takeOverEndless(store: GuardedStore, leaseMs: number, seen: string): Promise<LockHandle | undefined> {
+  async takeOverEndless(store: GuardedStore, leaseMs: number, now: number): Promise<LockHandle | 'endless' | undefined> {
     if (this.#value !== 'owner' || !store.atomicCompareAndSet) return undefined;
     let current: string | undefined;
     try {
       current = await store.get(this.key);
       // Read after the value: a holder of the protocol that took the lock meanwhile has a lease, and it stays.
-      if (current !== seen || (await store.ttlMs(this.key)) !== Number.POSITIVE_INFINITY) return undefined;
+      if (current === undefined || (await store.ttlMs(this.key)) !== Number.POSITIVE_INFINITY) {
+        this.#endless = undefined;
+        return undefined;
+      }
     } catch {
       return undefined;
     }
+    const seen = this.#endless;
+    if (seen?.value !== current) {
+      this.#endless = { value: current, at: now };
+      return 'endless';
+    }
+    if (now - seen.at < ENDLESS_AFTER_MS) return 'endless';
     const owner = textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
     const started = performance.now();
     try {
@@ -198,9 +215,10 @@ export class RefreshLock {
       if (!neverSent(error)) this.#remember(owner, store);
       return undefined;
     }
+    this.#endless = undefined;
     this.#log.warn(
       { event: 'lock.taken_over', appId: this.#appId, key: this.#logKey, reason: 'no_expiry' },
-      'Took over a refresh lock that the store kept without expiry, which no wxkit process writes (a key left by hand, a PERSIST, a store that drops TTLs)',
+      'Took over a refresh lock that the store had kept without expiry for 10 minutes, which no wxkit process writes (a key left by hand, a PERSIST, a store that drops TTLs)',
     );
     const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
     return { owner, leaseMs, remainingMs, maxRemainingMs: remainingMs, release: () => this.#release(owner, store) };

@@ -28,8 +28,6 @@ const MAX_ROUNDS = 3;
 // Within its pause a process waits this long at most for a token another process writes (a lockless
 // peer's, a store round trip after its fetch) before its callers fail; it never fetches one itself.
 const PAUSE_WAIT_MS = 2_000;
-/** How long a wait for another holder lasts before the lock's value is read, for a takeover of one kept without expiry. */
-const ENDLESS_PROBE_AFTER_MS = 1_000;
 
 /** The input the holder prepared is gone from the store (rejected, and reported by a holder before it): it lets the lock go, and starts over. */
 class InputGone extends Error {}
@@ -467,10 +465,6 @@ export class LockedFetchRefresher implements Refresher {
   async #waitForHolder(tier: Tier, request: RefreshRequest, before: string | undefined, wakeup: Wakeup): Promise<WaitOutcome> {
     const ctx = this.#ctx;
     const started = performance.now();
-    // The lock's value, read once a wait has lasted ENDLESS_PROBE_AFTER_MS (rare: a refresh takes less):
-    // a lock kept without expiry is taken over at the wait's end only if it still holds that value a
-    // whole lease later, which no live holder's lock does.
-    let probe: { value: string; at: number } | undefined;
     const outcome = await pollWithBackoff<WaitOutcome>(this.lockWaitMs, async () => {
       const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && (!request.force || read.entry.value !== request.current)) {
@@ -479,28 +473,26 @@ export class LockedFetchRefresher implements Refresher {
       const failed = await this.#failures.failedSince(tier.entries, before, ctx.settings.now());
       if (failed) throw failed;
       const attempt = await this.#lock.tryAcquire(tier.lock!, this.leaseMs, this.keepAliveMs);
-      if (attempt === 'held') {
-        if (probe === undefined && performance.now() - started >= ENDLESS_PROBE_AFTER_MS) {
-          const value = await this.#lock.holder(tier.lock!);
-          if (value !== undefined) probe = { value, at: performance.now() };
-        }
-        return undefined;
-      }
+      if (attempt === 'held') return undefined;
       if (attempt === 'unavailable') throw new CacheError('The refresh lock became unavailable while waiting for it');
       return { handle: attempt };
     }, wakeup, endingOf(ctx, request));
     if (outcome) return outcome;
     stopIfEnded(ctx, request);
     // A lock kept without expiry never ends: waited for by every call, no process would refresh again.
-    if (probe && performance.now() - probe.at >= this.leaseMs) {
-      const endless = await this.#lock.takeOverEndless(tier.lock!, this.leaseMs, probe.value);
-      if (endless) return { handle: endless };
-    }
+    const endless = await this.#lock.takeOverEndless(tier.lock!, this.leaseMs, ctx.settings.now());
+    if (endless !== undefined && endless !== 'endless') return { handle: endless };
     const holder = await this.#lock.holder(tier.lock!);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
       `Waited ${this.lockWaitMs} ms for another process to refresh the ${ctx.label}`,
     );
+    if (endless === 'endless') {
+      throw new TokenUnavailableError(
+        `Waited ${this.lockWaitMs} ms for the refresh lock of the ${ctx.label} under ${ctx.logKey}, which the store keeps without expiry (${holder ?? 'unknown'}): ` +
+          'no wxkit process writes a lock without its lease. wxkit takes it over once it has held it for 10 minutes; delete the key to refresh sooner',
+      );
+    }
     throw new TokenUnavailableError(
       `Waited ${this.lockWaitMs} ms for another process (${holder ?? 'unknown'}) to refresh the ${ctx.label} under ${ctx.logKey}; ` +
         'it holds the refresh lock and wrote neither a token nor a failure. wxkit does not fetch beside it; raise lockWaitMs if refreshes are that slow',
