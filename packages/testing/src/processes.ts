@@ -119,11 +119,12 @@ export class WorkerGroup {
     const child = this.#children[index]!;
     const id = this.#nextId++;
     return new Promise<void>((resolve, reject) => {
-      const onMessage = (reply: { type?: string; id?: number }) => {
-        if (reply.type !== answer || reply.id !== id) return;
+      const onMessage = (reply: { type?: string; id?: number; error?: string }) => {
+        if ((reply.type !== answer && reply.type !== 'failed') || reply.id !== id) return;
         child.off('message', onMessage);
         child.off('close', onClose);
-        resolve();
+        if (reply.type === 'failed') reject(new Error(`worker ${index} could not ${message.type}: ${reply.error}`));
+        else resolve();
       };
       const onClose = (code: number | null, signal: string | null) => reject(new Error(`worker ${index} exited (${signal ?? code}) during ${message.type}`));
       child.on('message', onMessage);

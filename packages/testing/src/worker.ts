@@ -100,14 +100,16 @@ async function main(): Promise<void> {
       process.send!({ type: 'advanced', id: message.id });
       return;
     }
-    if (message.type === 'configure') {
-      await configure(message.config);
-      process.send!({ type: 'ready', id: message.id });
-      return;
-    }
-    if (message.type === 'release') {
-      await release();
-      process.send!({ type: 'released', id: message.id });
+    if (message.type === 'configure' || message.type === 'release') {
+      // A config the worker cannot build (an unknown schema, options the client refuses, a store that
+      // cannot be made) is the caller's error, answered: the group's configure() rejects with it.
+      try {
+        if (message.type === 'configure') await configure(message.config);
+        else await release();
+        process.send!({ type: message.type === 'configure' ? 'ready' : 'released', id: message.id });
+      } catch (error) {
+        process.send!({ type: 'failed', id: message.id, error: error instanceof Error ? error.message : String(error) });
+      }
       return;
     }
     if (message.type === 'exit') {

@@ -73,4 +73,20 @@ describe('WorkerGroup.configure()', () => {
       await group.stop();
     }
   });
+
+  it('configure() with a config a worker cannot build rejects with its reason, and the group can be configured again', async () => {
+    const group = await WorkerGroup.start(2, { baseUrl: mock.url, store: store(), ...mock.createApp(), tokenEndpoint: 'classic' });
+    try {
+      await expect(group.configure({ baseUrl: mock.url, store: store(), ...mock.createApp(), schema: { name: 'noSuchSchema' } })).rejects.toThrow(
+        /^worker \d could not configure: @wxkit\/core has no schema noSuchSchema$/,
+      );
+      const app = mock.createApp();
+      await group.configure({ baseUrl: mock.url, store: store(), ...app, tokenEndpoint: 'classic' });
+      const results = await group.run('getToken', 2);
+      expect(results.flatMap((result) => result.errors)).toEqual([]);
+      expect(mock.counters(app.appId).tokenRequests).toBe(1);
+    } finally {
+      await group.stop();
+    }
+  });
 });
