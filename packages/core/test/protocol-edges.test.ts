@@ -57,6 +57,26 @@ function undatedHosts(cache: TokenCache) {
   return { appId, fetcher: host(), other: host() };
 }
 
+/**
+ * `store`'s cache, whose next read hands out what the store held and then runs the work given to
+ * `between()` (once): another host writes its token under the lock before the offer of a token fetched
+ * during an outage looks at the entry again.
+ */
+function betweenReadAndOffer(store: ReturnType<typeof switchableStore>): { cache: TokenCache; between: (work: () => Promise<unknown>) => void } {
+  let next: (() => Promise<unknown>) | undefined;
+  const cache: TokenCache = {
+    ...store.cache,
+    get: async (key) => {
+      const value = await store.cache.get(key);
+      const run = next;
+      next = undefined;
+      if (run) await run();
+      return value;
+    },
+  };
+  return { cache, between: (work) => void (next = work) };
+}
+
 /** `app`'s token, forced while `store` is down; resolved once `app` has heard the store is back. */
 async function refreshedDuringOutage(store: ReturnType<typeof switchableStore>, app: OfficialAccount): Promise<string> {
   store.down();
@@ -171,25 +191,13 @@ describe('while the store is down', () => {
 
   it('on a profile whose entries record no fetch time (EasyWeChat 4), a token another host writes between the read and the offer of one fetched during the outage is the one taken, not the older one read', async () => {
     const store = switchableStore();
-    // The read of the entry hands out what the store held, and then (once) lets the other host write its
-    // token under the lock before the offer looks at the entry again.
-    let between: (() => Promise<unknown>) | undefined;
-    const cache: TokenCache = {
-      ...store.cache,
-      get: async (key) => {
-        const value = await store.cache.get(key);
-        const run = between;
-        between = undefined;
-        if (run) await run();
-        return value;
-      },
-    };
+    const { cache, between } = betweenReadAndOffer(store);
     const { appId, fetcher, other } = undatedHosts(cache);
     const before = await fetcher.accessToken.getToken();
     expect(await other.accessToken.getToken()).toBe(before);
     const during = await refreshedDuringOutage(store, fetcher);
     let newer: string | undefined;
-    between = async () => (newer = await other.accessToken.forceRefresh());
+    between(async () => (newer = await other.accessToken.forceRefresh()));
     const taken = await fetcher.accessToken.getToken();
     expect(newer).toBeDefined();
     expect([before, during]).not.toContain(newer);
@@ -204,17 +212,7 @@ describe('while the store is down', () => {
     // fetched_at cannot order two fetches of one second; a lock holder's write is the fleet's, and the
     // offer of a token fetched while the store was away (which holds no lock) gives way to it.
     const store = switchableStore();
-    let between: (() => Promise<unknown>) | undefined;
-    const cache: TokenCache = {
-      ...store.cache,
-      get: async (key) => {
-        const value = await store.cache.get(key);
-        const run = between;
-        between = undefined;
-        if (run) await run();
-        return value;
-      },
-    };
+    const { cache, between } = betweenReadAndOffer(store);
     const { appId, secret } = mock.createApp();
     // One clock for both hosts: the outage's fetch and the other host's come in one second, after the first.
     let now = Date.now();
@@ -225,7 +223,7 @@ describe('while the store is down', () => {
     now += 5_000;
     const during = await refreshedDuringOutage(store, fetcher);
     let newer: string | undefined;
-    between = async () => (newer = await other.accessToken.forceRefresh());
+    between(async () => (newer = await other.accessToken.forceRefresh()));
     const taken = await fetcher.accessToken.getToken();
     expect([before, during]).not.toContain(newer);
     expect(taken).toBe(newer);

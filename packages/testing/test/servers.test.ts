@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freePort, startRedis } from '../src/index.js';
@@ -92,69 +92,59 @@ describe('a server the kit starts', () => {
   });
 });
 
+/**
+ * Runs a program, in a process group of its own, that starts a redis-server and a memcached with the kit,
+ * prints their ports, then runs `then`; after `check`, both ports must stop answering. The group is
+ * killed afterwards whatever happens: a failing run leaves nothing either.
+ */
+async function programWithServers(then: string, check: (child: ChildProcess, ended: { closed: Promise<number | null>; stderr: () => string }) => Promise<void>): Promise<void> {
+  const kit = new URL('../dist/index.js', import.meta.url).href;
+  const script = `
+    const { startRedis, startMemcached } = await import(${JSON.stringify(kit)});
+    const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
+    console.log(JSON.stringify([redis.port, memcached.port]));
+    ${then}`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  // 'close': the output is read to its end.
+  const closed = new Promise<number | null>((resolve) => child.once('close', resolve));
+  let stdout = '';
+  let stderr = '';
+  child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  try {
+    // Its line says both servers answer.
+    const ports = await new Promise<number[]>((resolve, reject) => {
+      child.stdout.on('data', (chunk: Buffer) => {
+        stdout += chunk.toString();
+        if (stdout.includes('\n')) resolve(JSON.parse(stdout.trim()) as number[]);
+      });
+      child.once('close', (code) => reject(new Error(`the program ended (${code}) before its servers started: ${stderr}`)));
+    });
+    await check(child, { closed, stderr: () => stderr });
+    // Each port stops answering (a bound, not a measurement).
+    const stopped = (port: number) => waitForPort(port, false, 5_000).then(() => true, () => false);
+    expect(await Promise.all(ports.map(stopped))).toEqual([true, true]);
+  } finally {
+    try {
+      process.kill(-child.pid!, 'SIGKILL');
+    } catch {
+      // The group is gone: nothing was left.
+    }
+  }
+}
+
 describe('servers of a program that dies', () => {
   it('a program that ends by an uncaught exception before stopping its servers takes them with it', async () => {
-    const kit = new URL('../dist/index.js', import.meta.url).href;
-    const script = `
-      const { startRedis, startMemcached } = await import(${JSON.stringify(kit)});
-      const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
-      console.log(JSON.stringify([redis.port, memcached.port]));
-      throw new Error('the program dies here');`;
-    // A process group of its own: whatever it leaves running is found, and ended, by the group.
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    try {
-      // 'close': the output is read to its end.
-      const code = await new Promise<number | null>((resolve) => child.once('close', resolve));
-      expect(code, stderr).toBe(1);
-      expect(stderr).toContain('the program dies here');
-      const ports = JSON.parse(stdout.trim()) as number[];
-      // Killed as the program exited: each port stops answering (a bound, not a measurement).
-      const closed = (port: number) => waitForPort(port, false, 5_000).then(() => true, () => false);
-      expect(await Promise.all(ports.map(closed))).toEqual([true, true]);
-    } finally {
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // The group is gone: nothing was left.
-      }
-    }
+    await programWithServers("throw new Error('the program dies here');", async (_, { closed, stderr }) => {
+      expect(await closed, stderr()).toBe(1);
+      expect(stderr()).toContain('the program dies here');
+    });
   }, 30_000);
 
   it('a program killed by a signal (SIGKILL: no exit handler runs) takes them with it: its watchdog kills them', async () => {
-    const kit = new URL('../dist/index.js', import.meta.url).href;
-    const script = `
-      const { startRedis, startMemcached } = await import(${JSON.stringify(kit)});
-      const [redis, memcached] = await Promise.all([startRedis(), startMemcached()]);
-      console.log(JSON.stringify([redis.port, memcached.port]));
-      setInterval(() => {}, 1000);`;
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
-    let stdout = '';
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    try {
-      // Its line says both servers answer.
-      const ports = await new Promise<number[]>((resolve, reject) => {
-        child.stdout.on('data', (chunk: Buffer) => {
-          stdout += chunk.toString();
-          if (stdout.includes('\n')) resolve(JSON.parse(stdout.trim()) as number[]);
-        });
-        child.once('close', (code) => reject(new Error(`the program ended (${code}) before its servers started: ${stderr}`)));
-      });
+    await programWithServers('setInterval(() => {}, 1000);', async (child, { closed }) => {
       // The program alone, not its group: the servers stay unless something else ends them.
       process.kill(child.pid!, 'SIGKILL');
-      await new Promise((resolve) => child.once('close', resolve));
-      const closed = (port: number) => waitForPort(port, false, 5_000).then(() => true, () => false);
-      expect(await Promise.all(ports.map(closed))).toEqual([true, true]);
-    } finally {
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // The group is gone: nothing was left.
-      }
-    }
+      await closed;
+    });
   }, 30_000);
 });
