@@ -221,7 +221,7 @@ export class WorkerGroup {
   /** SIGKILLs one worker and waits for it to be gone. */
   async kill(index: number): Promise<void> {
     const child = this.#children[index]!;
-    if (child.exitCode !== null || child.signalCode !== null) return;
+    if (!alive(child)) return;
     const gone = new Promise((resolve) => child.once('exit', resolve));
     child.kill('SIGKILL');
     await gone;

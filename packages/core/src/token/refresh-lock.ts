@@ -118,7 +118,7 @@ export class RefreshLock {
       this.#value === 'expiry-ms'
         ? // jedis-lock's own value: System.currentTimeMillis() + expireMsecs + 1, compared with Java's clock.
           String(Date.now() + Math.ceil(leaseMs) + 1)
-        : textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
+        : ownerValue();
     // jedis-lock's value is its expiry: renewing it would mean a new value, which a Java peer's GETSET
     // may be racing; it keeps the whole lease.
     const kept =
@@ -159,9 +159,7 @@ export class RefreshLock {
       return 'held';
     }
     if (kept) return new KeptAlive(this.key, owner, store, started, leaseMs, keepAliveMs, () => this.#release(owner, store));
-    // Not renewed: what the store is known to keep is all the hold may last.
-    const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
-    return { owner, leaseMs, remainingMs, maxRemainingMs: remainingMs, release: () => this.#release(owner, store) };
+    return this.#leased(owner, store, leaseMs, started);
   }
 
   /** Who holds the lock now (the owner string), for messages; undefined when free or unreadable. */
@@ -180,14 +178,14 @@ export class RefreshLock {
    * A lock that would never end: its key holds a value the store keeps without expiry, which no holder
    * of the protocol writes (every lock is written with its lease; an operator's leftover, a PERSIST, a
    * store that dropped the TTL). Waited for, it would fail every refresh of the fleet for good. Called
-   * at the end of each wait that ran out: the first time it sees such a value it notes it (`'endless'`);
-   * seen still there {@link ENDLESS_AFTER_MS} later, longer than any holder's lease lasts, it replaces it
+   * at the end of each wait that ran out: the first time it sees such a value it notes it, and answers
+   * `{ endless: value }`; seen still there {@link ENDLESS_AFTER_MS} later, longer than any holder's lease lasts, it replaces it
    * by compare-and-set on that value, as jedis-lock's expired lock is, and the lock is ours (a live
    * holder's lock, even on a store that drops every lock's TTL, is never taken). Undefined where the
    * store cannot tell (no `ttlMs`), where the lock has an expiry, and without the store's own atomic
    * compareAndSet.
    */
-  async takeOverEndless(store: GuardedStore, leaseMs: number, now: number): Promise<LockHandle | 'endless' | undefined> {
+  async takeOverEndless(store: GuardedStore, leaseMs: number, now: number): Promise<LockHandle | { endless: string } | undefined> {
     if (this.#value !== 'owner' || !store.atomicCompareAndSet) return undefined;
     let current: string | undefined;
     try {
@@ -203,10 +201,10 @@ export class RefreshLock {
     const seen = this.#endless;
     if (seen?.value !== current) {
       this.#endless = { value: current, at: now };
-      return 'endless';
+      return { endless: current };
     }
-    if (now - seen.at < ENDLESS_AFTER_MS) return 'endless';
-    const owner = textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
+    if (now - seen.at < ENDLESS_AFTER_MS) return { endless: current };
+    const owner = ownerValue();
     const started = performance.now();
     try {
       if (!(await store.compareAndSet(this.key, current, owner, leaseMs / 1000))) return undefined;
@@ -220,6 +218,11 @@ export class RefreshLock {
       { event: 'lock.taken_over', appId: this.#appId, key: this.#logKey, reason: 'no_expiry' },
       'Took over a refresh lock that the store had kept without expiry for 10 minutes, which no wxkit process writes (a key left by hand, a PERSIST, a store that drops TTLs)',
     );
+    return this.#leased(owner, store, leaseMs, started);
+  }
+
+  /** A lock held for its whole lease from `started`, not renewed: what the store is known to keep is all the hold may last. */
+  #leased(owner: string, store: GuardedStore, leaseMs: number, started: number): LockHandle {
     const remainingMs = () => Math.max(0, leaseMs - (performance.now() - started));
     return { owner, leaseMs, remainingMs, maxRemainingMs: remainingMs, release: () => this.#release(owner, store) };
   }
@@ -369,4 +372,9 @@ class KeptAlive implements LockHandle {
       this.#missed = true;
     }
   }
+}
+
+/** An owner string unique to one attempt: this process's id and random bytes. */
+function ownerValue(): string {
+  return textToBinary(`${PROCESS_ID}:${randomBytes(6).toString('hex')}`);
 }

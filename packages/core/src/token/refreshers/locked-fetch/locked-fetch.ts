@@ -481,13 +481,14 @@ export class LockedFetchRefresher implements Refresher {
     stopIfEnded(ctx, request);
     // A lock kept without expiry never ends: waited for by every call, no process would refresh again.
     const endless = await this.#lock.takeOverEndless(tier.lock!, this.leaseMs, ctx.settings.now());
-    if (endless !== undefined && endless !== 'endless') return { handle: endless };
-    const holder = await this.#lock.holder(tier.lock!);
+    if (endless !== undefined && !('endless' in endless)) return { handle: endless };
+    // The lock's value: read already where it is kept without expiry.
+    const holder = endless ? endless.endless : await this.#lock.holder(tier.lock!);
     ctx.log.warn(
       { event: 'lock.wait_timeout', appId: ctx.appId, key: ctx.logKey, holder, waitedMs: Math.round(performance.now() - started) },
       `Waited ${this.lockWaitMs} ms for another process to refresh the ${ctx.label}`,
     );
-    if (endless === 'endless') {
+    if (endless) {
       throw new TokenUnavailableError(
         `Waited ${this.lockWaitMs} ms for the refresh lock of the ${ctx.label} under ${ctx.logKey}, which the store keeps without expiry (${holder ?? 'unknown'}): ` +
           'no wxkit process writes a lock without its lease. wxkit takes it over once it has held it for 10 minutes; delete the key to refresh sooner',
