@@ -62,6 +62,84 @@ async function startLossyProxy(targetPort: number, lose: 'request' | 'reply', op
   };
 }
 
+/** A TCP proxy to memcached that holds back the first request of an opcode until `release()`. */
+interface HoldingProxy {
+  readonly url: string;
+  /** Requests that reached the proxy, by opcode (the held one included). */
+  readonly requests: Map<number, number>;
+  /** Resolves memcached's status for the held request once it has answered it (after `release()`). */
+  readonly landed: Promise<number>;
+  release(): void;
+  close(): Promise<void>;
+}
+
+/**
+ * Forwards every connection to memcached on `targetPort`, packet by packet, but holds back the first
+ * request with opcode `opcode`, and what follows it on its connection, until `release()`: a request
+ * delayed on its way (retransmitted after a loss), which TCP still delivers after its sender gave up on
+ * it and closed the connection. The client closing its side ends the connection to memcached only after
+ * the held request has gone.
+ */
+async function startHoldingProxy(targetPort: number, opcode: number): Promise<HoldingProxy> {
+  const requests = new Map<number, number>();
+  const sockets = new Set<Socket>();
+  let onLanded!: (status: number) => void;
+  const landed = new Promise<number>((resolve) => (onLanded = resolve));
+  let release: (() => void) | undefined;
+  let holding = false;
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: '127.0.0.1', port: targetPort });
+    for (const socket of [client, upstream]) {
+      sockets.add(socket);
+      socket.on('close', () => sockets.delete(socket));
+      socket.on('error', () => undefined);
+    }
+    let held: Buffer[] | undefined;
+    let heldSeq: number | undefined;
+    let clientGone = false;
+    client.on('data', framer((packet) => {
+      const op = packet[1]!;
+      requests.set(op, (requests.get(op) ?? 0) + 1);
+      if (held) return void held.push(packet);
+      if (op !== opcode || holding) return void upstream.write(packet);
+      holding = true;
+      held = [packet];
+      heldSeq = packet.readUInt32BE(12);
+      release = () => {
+        for (const each of held!) upstream.write(each);
+        held = undefined;
+        if (clientGone) upstream.end();
+      };
+    }));
+    upstream.on('data', framer((packet) => {
+      // The status of the answer to the held request (matched by its opaque), whoever still listens.
+      if (packet[1] === opcode && packet.readUInt32BE(12) === heldSeq) onLanded(packet.readUInt16BE(6));
+      if (!client.destroyed) client.write(packet);
+    }));
+    client.on('close', () => {
+      clientGone = true;
+      if (!held) upstream.end();
+    });
+    upstream.on('close', () => client.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  return {
+    url: `127.0.0.1:${port}`,
+    requests,
+    landed,
+    release: () => {
+      if (!release) throw new Error('no request held');
+      release();
+    },
+    close: () =>
+      new Promise((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
 let memcached: StoreServer;
 beforeAll(async () => {
   memcached = await startMemcached();
@@ -145,6 +223,65 @@ describe('MemcachedCache compare-and-write when its answer is lost', () => {
       await expect(cache.compareAndSet(k, 'old-token', 'new-token', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE' });
       expect(await memcachedGet(memcached.port, k)).toBe('new-token');
       expect({ lost: proxy.lost(), sets: proxy.requests.get(OP_SET) }).toEqual({ lost: 1, sets: 1 });
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+});
+
+describe('MemcachedCache conditional writes delivered late', () => {
+  // memcached's statuses for the late request: stored or deleted (0), or refused (2, EXISTS / NOT_STORED).
+  const EXISTS = 2;
+
+  it('compareAndSet: a CAS SET that times out and reaches memcached after a newer write is refused; the newer value stays', async () => {
+    const proxy = await startHoldingProxy(memcached.port, OP_SET);
+    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
+    try {
+      const k = key('late-cas');
+      await memcachedSet(memcached.port, k, 'old-token', 60);
+      await expect(cache.compareAndSet(k, 'old-token', 'new-token', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+      // Another process writes a newer token; then the held write arrives.
+      await memcachedSet(memcached.port, k, 'newest-token', 60);
+      proxy.release();
+      expect(await proxy.landed).toBe(EXISTS);
+      expect(await memcachedGet(memcached.port, k)).toBe('newest-token');
+      expect(proxy.requests.get(OP_SET)).toBe(1);
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+
+  it("deleteIfEquals: a CAS DELETE that times out and reaches memcached after another process took the lock leaves that lock", async () => {
+    const proxy = await startHoldingProxy(memcached.port, OP_DELETE);
+    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
+    try {
+      const k = key('late-release');
+      await memcachedSet(memcached.port, k, 'owner-1', 60);
+      await expect(cache.deleteIfEquals(k, 'owner-1')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+      await memcachedSet(memcached.port, k, 'owner-2', 60);
+      proxy.release();
+      expect(await proxy.landed).toBe(EXISTS);
+      expect(await memcachedGet(memcached.port, k)).toBe('owner-2');
+      expect(proxy.requests.get(OP_DELETE)).toBe(1);
+    } finally {
+      await cache.close();
+      await proxy.close();
+    }
+  });
+
+  it('add: an ADD that times out and reaches memcached after another process took the lock leaves that lock', async () => {
+    const proxy = await startHoldingProxy(memcached.port, OP_ADD);
+    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
+    try {
+      const k = key('late-add');
+      await expect(cache.add(k, 'owner-1', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+      await memcachedSet(memcached.port, k, 'owner-2', 60);
+      proxy.release();
+      expect(await proxy.landed).toBe(EXISTS);
+      expect(await memcachedGet(memcached.port, k)).toBe('owner-2');
+      expect(proxy.requests.get(OP_ADD)).toBe(1);
     } finally {
       await cache.close();
       await proxy.close();
