@@ -19,7 +19,7 @@ Control it over HTTP (JSON answers):
   GET  /__mock/counters[?appid=]           POST /__mock/apps (JSON: appId, secret, jsapiTicket)
   POST /__mock/invalidate?appid=           POST /__mock/issue-classic-token?appid=
   POST /__mock/clock?advance=SECONDS       POST /__mock/latency?ms=
-  POST /__mock/fault (JSON: kind, path, times, errcode, sizeBytes, intervalMs, seed)
+  POST /__mock/fault (JSON: kind, path, times, errcode, sizeBytes, intervalMs, seed, field, value, from)
   POST /__mock/reset (counters, faults, latency)`;
 
 /** A mistake in the command line: reported with the help text and exit code 2, as usage errors are. */

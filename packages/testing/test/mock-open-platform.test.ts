@@ -201,6 +201,35 @@ describe('authorization and authorizer tokens', () => {
     expect(mock.counters(grant.authorizerAppId)).toMatchObject({ authorizerTokenRequests: 1, tokensIssued: 1 });
   });
 
+  it('a field fault: WeChat rotates the refresh token, and the answer carries the value given, or another field of its own', async () => {
+    const component = mock.createComponent();
+    const { token, grant } = await authorized(component);
+    const refresh = () =>
+      post(`cgi-bin/component/api_authorizer_token?component_access_token=${token}`, {
+        component_appid: component.appId,
+        authorizer_appid: grant.authorizerAppId,
+        authorizer_refresh_token: mock.authorizerRefreshToken(grant.authorizerAppId),
+      });
+    const old = mock.authorizerRefreshToken(grant.authorizerAppId)!;
+    mock.injectFault({ kind: 'field', path: 'cgi-bin/component/api_authorizer_token', field: 'authorizer_refresh_token', value: { garbled: true } });
+    const garbled = await refresh();
+    expect(garbled).toMatchObject({ authorizer_access_token: expect.stringMatching(/^\d{2}_/), authorizer_refresh_token: { garbled: true } });
+    expect(mock.authorizerRefreshToken(grant.authorizerAppId)).not.toBe(old);
+    mock.injectFault({ kind: 'field', path: 'cgi-bin/component/api_authorizer_token', field: 'authorizer_refresh_token', from: 'authorizer_access_token' });
+    const copied = await refresh();
+    expect(copied.authorizer_refresh_token).toBe(copied.authorizer_access_token);
+    // Inside an object, and only once: the next answer is whole.
+    mock.injectFault({ kind: 'field', path: 'cgi-bin/component/api_get_authorizer_info', field: 'authorization_info.authorizer_refresh_token', value: 'a b' });
+    const info = () => post(`cgi-bin/component/api_get_authorizer_info?component_access_token=${token}`, { component_appid: component.appId, authorizer_appid: grant.authorizerAppId });
+    expect((await info()).authorization_info.authorizer_refresh_token).toBe('a b');
+    expect((await info()).authorization_info.authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
+    // WeChat's refusal arrives as it is, and takes the fault.
+    mock.injectFault({ kind: 'field', path: 'cgi-bin/component/api_authorizer_token', field: 'authorizer_refresh_token', value: 'x' });
+    expect((await post(`cgi-bin/component/api_authorizer_token?component_access_token=${token}`, { component_appid: component.appId, authorizer_appid: grant.authorizerAppId, authorizer_refresh_token: old })).errcode).toBe(61023);
+    expect((await refresh()).authorizer_refresh_token).toBe(mock.authorizerRefreshToken(grant.authorizerAppId));
+    expect(() => mock.injectFault({ kind: 'field', path: 'cgi-bin/component/api_authorizer_token' })).toThrow(/must name its field/);
+  });
+
   it('61003 once revoked or for another component, 61007 without permissions', async () => {
     const component = mock.createComponent();
     const other = mock.createComponent();

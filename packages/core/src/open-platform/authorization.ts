@@ -6,7 +6,7 @@ import { decodeMarker, failureKey } from '../token/failure.js';
 import { keepAliveMs, RefreshLock } from '../token/refresh-lock.js';
 import { pollWithBackoff } from '../token/refresher.js';
 import { validateFetched, type Fetched } from '../token/upstream.js';
-import { DURABLE_WRITE_ATTEMPTS, REFRESH_PAUSES_MS, type AuthorizerRefresh } from './authorizer-refresh.js';
+import { DURABLE_WRITE_ATTEMPTS, REFRESH_PAUSES_MS, isRefreshToken, type AuthorizerRefresh } from './authorizer-refresh.js';
 import { BadAnswer, type Component } from './component.js';
 import type { PlatformContext } from './context.js';
 import type { PeerCopies } from './peer-copy.js';
@@ -180,14 +180,14 @@ export class Authorizations {
       ? info.func_info.map((item) => (item as { funcscope_category?: { id?: unknown } })?.funcscope_category?.id).filter((id): id is number => typeof id === 'number')
       : [];
     const authorization: Authorization = { authorizerAppId, funcInfo };
-    if (typeof refresh !== 'string' || refresh === '') {
-      // The account is authorized all the same (WeChat spent the code): the other callers of the code
+    if (!isRefreshToken(refresh, info.authorizer_access_token)) {
+      // None, or one that is no token (a garbled answer, never stored): the account is authorized all the same (WeChat spent the code): the other callers of the code
       // learn it from the record, and its first refresh, no longer held back by a revoked authorization's
       // pause, takes its refresh token from WeChat.
       await this.#endRevokedBackoff(this.#key('authorizer_access_token', authorizerAppId));
       await this.#recordAuthorization(key, authorization);
       throw new BadResponseError(
-        `WeChat answered ${path} without the authorizer's refresh token; the account ${authorizerAppId} is authorized, and its first refresh takes its refresh token from WeChat (api_get_authorizer_info)`,
+        `WeChat answered ${path} without a usable authorizer refresh token; the account ${authorizerAppId} is authorized, and its first refresh takes its refresh token from WeChat (api_get_authorizer_info)`,
         { path, authorizerAppId },
       );
     }

@@ -1,6 +1,7 @@
 import type { ClientCore } from '../client-core.js';
 import { BadResponseError, CacheError, TokenUnavailableError, WeChatApiError, isTokenRejection } from '../errors.js';
 import type { GuardedStore } from '../store.js';
+import { isPlausibleToken } from '../token/plausible.js';
 import { validateFetched, type Fetched, type Upstream } from '../token/upstream.js';
 import { BadAnswer, type Component } from './component.js';
 import type { PlatformContext } from './context.js';
@@ -41,6 +42,16 @@ export const REFRESH_PAUSES_MS = (DURABLE_WRITE_ATTEMPTS - 1) * DURABLE_RETRY_PA
 const REFRESH_COPY_CALLS = 4;
 /** How far behind ours (seconds) the clock of a host that wrote a record since api_query_auth may run. */
 const AUTHORIZATION_CLOCK_SKEW_S = 3600;
+
+/**
+ * Whether `value`, the refresh token in an answer of WeChat's, can be one: a plausible token (1–512
+ * printable ASCII characters, no spaces, as every token WeChat hands out), and not the access token
+ * beside it. Anything else is a garbled answer: stored, it would replace the account's only way back
+ * without its admin, and be sent to WeChat at every refresh.
+ */
+export function isRefreshToken(value: unknown, accessToken: unknown): value is string {
+  return isPlausibleToken(value) && value !== accessToken;
+}
 
 /** The durable record of one authorizer as this refresh last saw it: read, or written by this refresh. */
 interface HeldRecord {
@@ -181,7 +192,17 @@ export class AuthorizerRefresh {
       );
     }
     const body = await this.#component.post(path, componentToken, { component_appid: this.#appId, authorizer_appid: authorizerAppId, authorizer_refresh_token: token }, true);
-    const next = typeof body.authorizer_refresh_token === 'string' && body.authorizer_refresh_token !== '' ? body.authorizer_refresh_token : token;
+    // An answer without a refresh token leaves the one sent current. One whose refresh token is no token
+    // is refused whole: the record keeps the token sent, marked as a refresh under way with it, so that
+    // the next refresh takes the current one from WeChat if WeChat rotated it meanwhile.
+    const answered = body.authorizer_refresh_token;
+    if (answered !== undefined && answered !== '' && !isRefreshToken(answered, body.authorizer_access_token)) {
+      throw new BadResponseError(
+        `WeChat answered ${path} with an authorizer_refresh_token that is no refresh token; the stored one is kept (if WeChat rotated it meanwhile, the next refresh takes the current one from WeChat)`,
+        { path },
+      );
+    }
+    const next = typeof answered === 'string' && answered !== '' ? answered : token;
     let fetched: Fetched;
     try {
       fetched = validateFetched(body, 'authorizer_access_token', path);
@@ -300,7 +321,7 @@ export class AuthorizerRefresh {
     const path = 'cgi-bin/component/api_get_authorizer_info';
     const body = await this.#component.post(path, componentToken, { component_appid: this.#appId, authorizer_appid: authorizerAppId }, true);
     const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
-    if (typeof token !== 'string' || token === '') throw new BadAnswer(path);
+    if (!isPlausibleToken(token)) throw new BadAnswer(path);
     this.#core.log.warn(
       { event: 'authorizer_refresh_token.recovered', appId: this.#appId, authorizerAppId, reason: why },
       why === 'missing'
@@ -317,7 +338,7 @@ export class AuthorizerRefresh {
     try {
       const body = await this.#component.call('cgi-bin/component/api_get_authorizer_info', { component_appid: this.#appId, authorizer_appid: authorizerAppId });
       const token = (body.authorization_info as Record<string, unknown> | undefined)?.authorizer_refresh_token;
-      return typeof token === 'string' && token !== '' ? token : undefined;
+      return isPlausibleToken(token) ? token : undefined;
     } catch {
       return undefined;
     }

@@ -32,6 +32,12 @@ export type MockFaultKind =
    * WeChat acted. `close()` cuts it.
    */
   | 'lost-answer'
+  /**
+   * WeChat handles the request, and its JSON answer arrives with one field replaced by `value` (a
+   * refresh token of the wrong type, or a garbled or huge one). An answer WeChat refuses with an
+   * errcode arrives as it is.
+   */
+  | 'field'
   /** A seeded random mix of all of the above and of malformed answers, now and then a valid one. */
   | 'fuzz';
 
@@ -50,6 +56,12 @@ export interface MockFault {
   intervalMs?: number;
   /** For `fuzz`: seed of the answers' random sequence, so a failing run can be replayed. @default 1 */
   seed?: number;
+  /** For `field`: the field replaced, dot-separated inside objects (`authorization_info.authorizer_refresh_token`). */
+  field?: string;
+  /** For `field`: what the field holds instead, any JSON value. */
+  value?: unknown;
+  /** For `field`: another field of the answer (dot-separated) whose value it holds instead of `value`: the answer's access token, say. */
+  from?: string;
 }
 
 
@@ -67,6 +79,7 @@ const FAULT_KINDS = new Set<MockFaultKind>([
   'errcode',
   'fuzz',
   'lost-answer',
+  'field',
 ]);
 /** Paths whose answers are token-shaped: a fault there imitates a token answer. */
 const TOKEN_PATHS = new Set(['cgi-bin/token', 'cgi-bin/stable_token', 'cgi-bin/gettoken']);
@@ -132,6 +145,25 @@ function fuzzAnswer(random: () => number, tokenPath: boolean): FuzzAnswer {
   }
 }
 
+/** `json` (an answer of WeChat's) with the fault's field replaced by its value; an answer without the field's object is left as it is. */
+export function withField(json: string, fault: MockFault): string {
+  const answer = JSON.parse(json) as Record<string, unknown>;
+  const at = (path: string) => {
+    const names = path.split('.');
+    let holder: Record<string, unknown> | undefined = answer;
+    for (const name of names.slice(0, -1)) {
+      const next: unknown = holder?.[name];
+      holder = next && typeof next === 'object' && !Array.isArray(next) ? (next as Record<string, unknown>) : undefined;
+    }
+    return { holder, name: names[names.length - 1]! };
+  };
+  const { holder, name } = at(fault.field ?? '');
+  if (!holder) return json;
+  const source = fault.from === undefined ? undefined : at(fault.from);
+  holder[name] = source ? source.holder?.[source.name] : fault.value;
+  return JSON.stringify(answer);
+}
+
 /** The Content-Type of WeChat's JSON answers, errors included: `encoding=`, not `charset=`. */
 export const WECHAT_JSON = 'application/json; encoding=utf-8';
 
@@ -142,7 +174,7 @@ export function send(res: ServerResponse, status: number, body: string | Buffer,
 
 type QueuedFault = MockFault & { path: string | undefined; left: number; random?: () => number };
 
-const FAULT_FIELDS = ['kind', 'path', 'times', 'errcode', 'sizeBytes', 'intervalMs', 'seed'];
+const FAULT_FIELDS = ['kind', 'path', 'times', 'errcode', 'sizeBytes', 'intervalMs', 'seed', 'field', 'value', 'from'];
 
 /** `times` over HTTP: JSON has no Infinity, so null, "Infinity" and -1 mean "until cleared". */
 export function faultFromJson(input: Record<string, unknown>): MockFault {
@@ -172,6 +204,8 @@ export class FaultQueue {
     const times = fault.times ?? 1;
     if (typeof times !== 'number' || Number.isNaN(times) || times < 1) throw new TypeError('injectFault: times must be a number >= 1 or Infinity');
     if (fault.path !== undefined && typeof fault.path !== 'string') throw new TypeError('injectFault: path must be a string');
+    if (fault.kind === 'field' && (typeof fault.field !== 'string' || fault.field === '')) throw new TypeError('injectFault: a field fault must name its field');
+    if (fault.from !== undefined && (typeof fault.from !== 'string' || fault.from === '')) throw new TypeError('injectFault: from must name a field');
     const path = fault.path?.replace(/^\/+/, '');
     this.faults.push({ ...fault, path, left: times, random: fault.kind === 'fuzz' ? prng(fault.seed ?? 1) : undefined });
   }
@@ -235,6 +269,8 @@ export class FaultQueue {
       case 'hang':
       case 'lost-answer': // handled by the server before the answer is dropped
         return; // never answered; close() cuts the socket
+      case 'field': // handled by the server, which alters the answer with withField()
+        return;
       case 'slow-body': {
         res.writeHead(200, { 'content-type': 'application/json' });
         const interval = fault.intervalMs ?? 200;

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import { FaultQueue, WECHAT_JSON, faultFromJson, send, type MockFault } from './faults.js';
+import { FaultQueue, WECHAT_JSON, faultFromJson, send, withField, type MockFault } from './faults.js';
 import {
   WeChatError,
   WeChatModel,
@@ -328,11 +328,11 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     const fault = faults.take(path);
     const respond = () => {
       if (res.destroyed) return;
-      if (fault && fault.kind !== 'lost-answer') return faults.answer(fault, path, owner, res);
+      if (fault && fault.kind !== 'lost-answer' && fault.kind !== 'field') return faults.answer(fault, path, owner, res);
       const route = routes[path];
       if (!route) return send(res, 404, `404 Not Found: no API /${path}\n`, 'text/plain; charset=utf-8');
       const call: Call = { req, path, query: url.searchParams, body, json, t: now(), owner };
-      if (fault) {
+      if (fault?.kind === 'lost-answer') {
         // WeChat acts on the request; its answer is lost on the way back.
         try {
           route(call);
@@ -345,7 +345,8 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
       try {
         const answer = route(call);
         if ('image' in answer) send(res, 200, answer.image, 'image/png');
-        else send(res, 200, answer.json, WECHAT_JSON);
+        // A field fault alters what WeChat answered, not WeChat's refusal.
+        else send(res, 200, fault ? withField(answer.json, fault) : answer.json, WECHAT_JSON);
       } catch (error) {
         if (!(error instanceof WeChatError)) throw error;
         countErrcode(owner, error.errcode);
