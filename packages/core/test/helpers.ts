@@ -80,7 +80,8 @@ export function componentOptions(mock: MockWeChat, component: MockComponent) {
 /** Stores a verify ticket the mock issued for `component`, as if WeChat's push had arrived; returns it. */
 export async function storeVerifyTicket(mock: MockWeChat, component: MockComponent, durable: TokenCache): Promise<string> {
   const ticket = mock.issueVerifyTicket(component.appId);
-  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  // Pushed now, on the mock's clock: a ticket is refused unsent once its 12 hours are over.
+  await durable.set(`wechat:component_verify_ticket:${component.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: Math.floor(mock.now() / 1000) }), 3600);
   return ticket;
 }
 

@@ -170,7 +170,7 @@ describe('component_verify_ticket', () => {
     // The clock stands still: the back-off of the 61006 would hold for as long as the test runs.
     const now = Date.now();
     const receiver = s.make({ now: () => now });
-    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: 1 }), 3600);
+    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: Math.floor(Date.now() / 1000) }), 3600);
     expect(await rejection(receiver.componentAccessToken())).toMatchObject({ errcode: 61006 });
     handler = async (query, body) => (await receiver.handleCallback({ query, body }), 200);
     mock.setComponentCallback(s.component.appId, url);
@@ -219,7 +219,7 @@ describe('component_access_token', () => {
 
   it('61006 (a ticket WeChat does not know) is a WeChatApiError, shared by the fleet without a second call', async () => {
     const s = setup();
-    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: 1 }), 3600);
+    await s.durable.set(`wechat:component_verify_ticket:${s.component.appId}`, JSON.stringify({ component_verify_ticket: 'ticket@@@unknown', create_time: Math.floor(Date.now() / 1000) }), 3600);
     const [a, b] = [s.make(), s.make()];
     expect(await rejection(a.componentAccessToken())).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 61006 });
     expect(await rejection(b.componentAccessToken())).toMatchObject({ errcode: 61006 });

@@ -41,7 +41,7 @@ async function component(): Promise<MockComponent> {
   const made = mock.createComponent();
   const durable = new RedisCache(redis.url);
   const ticket = mock.issueVerifyTicket(made.appId);
-  await durable.set(`wechat:component_verify_ticket:${made.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: 1 }), 3600);
+  await durable.set(`wechat:component_verify_ticket:${made.appId}`, JSON.stringify({ component_verify_ticket: ticket, create_time: Math.floor(mock.now() / 1000) }), 3600);
   await durable.close();
   return made;
 }

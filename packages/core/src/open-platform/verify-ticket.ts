@@ -42,13 +42,19 @@ export class VerifyTicket {
     this.#componentKey = ctx.key('component_access_token');
   }
 
-  /** The stored verify ticket: every process reads the one the push handler wrote. */
+  /**
+   * The stored verify ticket: every process reads the one the push handler wrote. One whose 12 hours are
+   * over (a store that ignores TTLs kept it) is as good as none: WeChat would refuse it (61005), so it
+   * is not sent. A peer's format records no push time, and its ticket is taken as it is.
+   */
   async read(): Promise<string> {
     const key = this.#key('component_verify_ticket');
     const ticket = decodeStoredTicket(this.#core.schema, key, await this.#durable.get(key));
-    if (!ticket) {
+    const pushes = 'WeChat pushes one every 10 minutes to the callback URL, which must call handleCallback(); until then no component_access_token can be fetched';
+    if (!ticket) throw new TokenUnavailableError(`No component_verify_ticket is stored for ${this.#appId}: ${pushes}`);
+    if (ticket.createTime > 0 && ticket.createTime + TICKET_TTL_SECONDS <= Math.floor(this.#core.settings.now() / 1000)) {
       throw new TokenUnavailableError(
-        `No component_verify_ticket is stored for ${this.#appId}: WeChat pushes one every 10 minutes to the callback URL, which must call handleCallback(); until then no component_access_token can be fetched`,
+        `The component_verify_ticket stored for ${this.#appId} was pushed at ${new Date(ticket.createTime * 1000).toISOString()}, more than 12 hours ago, and WeChat no longer takes it (the durable store kept it past its TTL): ${pushes}`,
       );
     }
     return ticket.ticket;
