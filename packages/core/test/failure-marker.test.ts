@@ -1,3 +1,5 @@
+import { createServer as createHttpServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CacheError, HttpError, MemoryCache, OfficialAccount, WeChatApiError } from '../src/index.js';
@@ -269,5 +271,93 @@ describe('a secret rotated across a fleet', () => {
     } finally {
       await Promise.all(clients.map((client) => client.close()));
     }
+  });
+});
+
+/**
+ * A front for the mock whose first token request goes to WeChat at once (the token is issued then), but
+ * whose answer is held until `answer()`: a holder whose fetch is slow to come back. `asked` resolves
+ * once WeChat has answered that request.
+ */
+async function heldAnswerFront(target: string) {
+  let held = false;
+  let asked!: () => void;
+  let answer!: () => void;
+  const askedP = new Promise<void>((resolve) => (asked = resolve));
+  const answerP = new Promise<void>((resolve) => (answer = resolve));
+  const server = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (chunk: Buffer) => chunks.push(chunk));
+    req.on('end', async () => {
+      const body = Buffer.concat(chunks);
+      const upstream = await fetch(`${target}${req.url}`, { method: req.method, headers: { 'content-type': req.headers['content-type'] ?? 'application/json' }, ...(body.length > 0 ? { body } : {}) });
+      const text = await upstream.text();
+      if (!held && /token/.test(req.url ?? '')) {
+        held = true;
+        asked();
+        await answerP;
+      }
+      res.writeHead(upstream.status, { 'content-type': upstream.headers.get('content-type') ?? 'application/json' });
+      res.end(text);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return { url: `http://127.0.0.1:${port}`, asked: askedP, answer, close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
+describe('a success after the holder lost its lock', () => {
+  it("deletes the marker a later holder wrote meanwhile: the fleet's next fetch is not held back by a failure a success followed", async () => {
+    const shared = new MemoryCache();
+    const { appId, secret } = mock.createApp();
+    const front = await heldAnswerFront(mock.url);
+    let key = '';
+    let lockLost!: () => void;
+    const renewalRefused = new Promise<void>((resolve) => (lockLost = resolve));
+    // The first holder's view of the store: a renewal of its lock that finds the lock no longer its own is told of.
+    const firstStore = new Proxy(shared, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (name !== 'compareAndSet') return typeof value === 'function' ? value.bind(target) : value;
+        return async (at: string, expected: string, v: string, ttl: number) => {
+          const set = await target.compareAndSet(at, expected, v, ttl);
+          if (at === `${key}:lock` && expected === v && !set) lockLost();
+          return set;
+        };
+      },
+    });
+    const options = { appId, secret, logger: false as const, cacheTimeoutMs: 100 };
+    const first = new OfficialAccount({ ...options, baseUrl: front.url, cache: firstStore });
+    const second = new OfficialAccount({ ...options, baseUrl: mock.url, cache: shared });
+    const third = new OfficialAccount({ ...options, baseUrl: mock.url, cache: shared });
+    key = first.accessToken.cacheKey;
+
+    // The first holder has asked WeChat; before the answer comes back, its lock's lease runs out in the store.
+    const firstToken = first.accessToken.getToken();
+    await front.asked;
+    await shared.delete(`${key}:lock`);
+    // A second process takes the lock, and WeChat refuses its host (an IP off the whitelist): its marker
+    // holds the fleet back a minute.
+    mock.injectFault({ kind: 'errcode', errcode: 40164, path: 'cgi-bin/stable_token', times: Infinity });
+    expect((await rejection(second.accessToken.getToken())).errcode).toBe(40164);
+    mock.clearFaults();
+    expect(await shared.get(`${key}:failed`)).toBeDefined();
+    // The first holder learns that the lock is no longer its own, then WeChat's answer reaches it.
+    await renewalRefused;
+    front.answer();
+    const token = await firstToken;
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+
+    // Its token serves the fleet, marker or not: a reader takes it, asking WeChat nothing.
+    expect(await third.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(2);
+    // The success ended the failure: once that token is reported rejected, the fleet asks WeChat at
+    // once, rather than fail for the minute of a failure the success came after.
+    expect(await shared.get(`${key}:failed`)).toBeUndefined();
+    await third.accessToken.invalidate(token, 40001);
+    expect(await third.accessToken.getToken()).toMatch(/./);
+    expect(mock.counters(appId).tokenRequests).toBe(3);
+    await Promise.all([first.close(), second.close(), third.close()]);
+    await front.close();
   });
 });

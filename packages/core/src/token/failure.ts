@@ -468,7 +468,8 @@ export class FailureGate {
 
   /**
    * A fetch succeeded: the fleet may fetch at will again. `stored: false` when the lock's holder saw no
-   * marker under its lock: there is none to delete (only a holder writes one), so no store call is made.
+   * marker under its lock and holds it still: there is none to delete (only a holder writes one), so no
+   * store call is made.
    */
   async clear(store: GuardedStore, stored = true): Promise<void> {
     this.#unwritten = undefined;

@@ -572,7 +572,10 @@ export class LockedFetchRefresher implements Refresher {
     try {
       outcome = await ctx.entries.write(tier.entries, fresh, write);
       if (tier.name === 'shared' && outcome.stored) shared = outcome.entry;
-      await this.#failures.clear(tier.entries, seen.noMarker !== true);
+      // A holder that read no marker has none to delete while the lock is still its own; one whose lease
+      // ran out (or whose renewal found another owner) may have had the holder after it fail meanwhile,
+      // and that marker goes: this success came after it.
+      await this.#failures.clear(tier.entries, seen.noMarker !== true || handle === undefined || handle.remainingMs() === 0);
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
       unshared = fresh;
