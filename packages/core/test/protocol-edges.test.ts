@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { Agent } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
-import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, type TokenCache, type TokenEvents } from '../src/index.js';
+import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, wechatpy, type TokenCache, type TokenEvents } from '../src/index.js';
 import { componentOptions, deferred, endedByClose, holdingDispatcher, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
@@ -1382,5 +1382,43 @@ describe('forced refreshes and the memo', () => {
     // The memo answers the next calls: it holds the newer token, not the one the slow read brought back.
     expect(await app.accessToken.getToken()).toBe(forced);
     await app.close();
+  });
+});
+
+describe("a companion the store refuses (wechatpy's `…_expires_at`)", () => {
+  it('leaves the token written: its caller gets it, and the other processes take it from the store without asking WeChat', async () => {
+    const shared = new MemoryCache();
+    const { appId, secret } = mock.createApp();
+    let refused = 0;
+    // The store takes the entry, then refuses its companion once (a write-refusing ACL, a full store).
+    const refusing = new Proxy(shared, {
+      get(target, name) {
+        const value = Reflect.get(target, name, target);
+        if (name !== 'set') return typeof value === 'function' ? value.bind(target) : value;
+        return async (key: string, v: string, ttl: number) => {
+          if (key.endsWith('_access_token_expires_at') && refused++ === 0) throw new Error('OOM command not allowed when used memory > maxmemory');
+          return target.set(key, v, ttl);
+        };
+      },
+    });
+    const lines: { event?: string; stored?: boolean; key?: string }[] = [];
+    const logger = { debug: () => {}, info: (fields: object) => void lines.push(fields), warn: (fields: object) => void lines.push(fields), error: () => {} };
+    // wechatpy fetches on the classic endpoint: a second fetch would end the token the first handed out.
+    const first = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: refusing, schema: wechatpy(), logger });
+    const second = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: shared, schema: wechatpy(), logger: false });
+    const key = first.accessToken.cacheKey;
+
+    const token = await first.accessToken.getToken();
+    expect(refused).toBe(1);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(JSON.parse((await shared.get(key))!)).toBe(token);
+    // What failed is told as what it was: the store refused the companion's key; the token was stored.
+    expect(lines.find((line) => line.event === 'cache.unavailable')?.key).toBe(`${key}_expires_at`);
+    expect(lines.find((line) => line.event === 'access_token.fetched')?.stored).toBe(true);
+
+    expect(await second.accessToken.getToken()).toBe(token);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+    expect(mock.isTokenValid(appId, token)).toBe(true);
+    await Promise.all([first.close(), second.close()]);
   });
 });
