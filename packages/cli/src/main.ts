@@ -268,20 +268,30 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     throw error;
   }
   const shownKey = schema.redactKey?.(key) ?? key;
-  const cache = await openStore(store).catch(asUsage);
-  // Only a command that may fetch makes the directory, as a program would (refresh without the secret
-  // fails for want of it, below).
-  const missing = !mayFetch && action !== 'refresh' ? missingDirectory(store) : undefined;
-  if (missing !== undefined) {
-    await cache.close?.();
-    // Reason `database`, as a Redis URL's database the server does not have: the store's place is wrong.
-    throw new CacheError(`--store ${store} names a directory that does not exist (${missing}): no program shares a token there`, { reason: 'database' });
-  }
-  // Until the command waits for a token (untilSignal), a signal ends it at once, as a failure with its
-  // exit code and, under --json, its line: it holds no refresh lock then.
-  const early = exitOnSignal(output);
+  // Until the command waits for a token (untilSignal), and again once it has let go of its refresh lock
+  // until its store is closed, a signal ends it at once, as a failure with its exit code and, under
+  // --json, its line: it holds no refresh lock then.
+  let guard = exitOnSignal(output, 'before it waited for a token: it held no refresh lock');
+  // What the command answers, printed once its store is closed: a signal before then ends it as stopped,
+  // and it prints nothing else (no token after it was told to stop).
+  const answer: string[] = [];
+  const answerOutput: Output = { json: output.json, out: (line) => void answer.push(line) };
+  let cache: TokenCache;
   try {
-    if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, output);
+    cache = await openStore(store).catch(asUsage);
+  } catch (error) {
+    guard.release();
+    throw error;
+  }
+  try {
+    // Only a command that may fetch makes the directory, as a program would (refresh without the secret
+    // fails for want of it, below).
+    const missing = !mayFetch && action !== 'refresh' ? missingDirectory(store) : undefined;
+    if (missing !== undefined) {
+      // Reason `database`, as a Redis URL's database the server does not have: the store's place is wrong.
+      throw new CacheError(`--store ${store} names a directory that does not exist (${missing}): no program shares a token there`, { reason: 'database' });
+    }
+    if (action === 'inspect') return await inspect(cache, key, shownKey, schema, store, values['show-token'] === true, answerOutput);
     if (action === 'clear') {
       const [held, besideHad, failed, paused] = await Promise.all([
         readEntryKey(cache, key),
@@ -312,7 +322,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         (what): what is string => typeof what === 'string',
       );
       emit(
-        output,
+        answerOutput,
         { ok: true, key: shownKey, removed, shared_removed: besideRemoved, failure_removed: failureRemoved, pause_removed: pauseRemoved, lock_removed: lockRemoved, changed_meanwhile: changed.length > 0 },
         [
           foreignHeld
@@ -356,7 +366,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       ...(baseUrl ? { baseUrl } : {}),
       ...(secret === undefined ? { lockWaitMs: 2000 } : lockWaitMs === undefined ? {} : { lockWaitMs }),
     });
-    early.release();
+    guard.release();
     const signals = untilSignal(() => dispatcher.destroy());
     // Whether this command got a new token from WeChat (`fetched` in --json), not only read the store's.
     let fetched = false;
@@ -395,7 +405,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       // What the others read: a token this command holds and the store does not is no shared token.
       // A key that holds another program's value, which the client never replaces: the fleet's token
       // lives beside it, at {key}:wxkit in the native format (key-schema.md).
-      const shared = sharedEntry(await readKey(cache, key, schema));
+      const shared = sharedEntry(await signals.race(readKey(cache, key, schema)));
       // A newer entry another program wrote meanwhile is fine; an older one or none means ours is lost.
       // Where the format records no fetched_at (a peer's), a token other than ours and than the one the
       // store held before is another program's later write; the one it held before, still there, says ours
@@ -414,7 +424,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       const token = values['show-token'] ? entry.value : mask(entry.value);
       const remaining = entry.expiresAt === undefined ? undefined : entry.expiresAt - Math.floor(Date.now() / 1000);
       emit(
-        output,
+        answerOutput,
         { ok: true, key: shownKey, token, expires_at: entry.expiresAt, fetched_at: entry.fetchedAt, remaining_seconds: remaining, refreshed: action === 'refresh', fetched },
         [
           `key        ${shownKey}`,
@@ -429,12 +439,19 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       // meanwhile waits for it.
       await client.close();
       signals.release();
+      guard = exitOnSignal(output, 'as it closed the store, once it had let go of any refresh lock it held');
       // Destroyed by a signal, it refuses close(): that is no error of the command's.
       await dispatcher.close().catch(() => undefined);
+      // Told to stop while it closed its client: stopped, with no token printed.
+      signals.throwIfStopped();
     }
   } finally {
-    early.release();
-    await cache.close?.();
+    try {
+      await cache.close?.();
+    } finally {
+      guard.release();
+    }
+    for (const line of answer) output.out(line);
   }
 }
 
@@ -442,13 +459,14 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
  * While installed, SIGINT and SIGTERM end the command at once, with their exit code (130, 143) and
  * their failure printed as any other (a line under --json), rather than by the signal's default action,
  * which prints nothing and leaves a parent process no exit code. For the steps that hold no refresh lock
- * of the command's (reading and probing the store, inspect, clear): nothing is left to let go, and a
- * store that does not answer is not waited for.
+ * of the command's (opening, reading and probing the store, inspect, clear, and closing it once the
+ * client let its lock go): nothing is left to let go, and a store that does not answer is not waited
+ * for. `when` ends the failure's message.
  */
-function exitOnSignal(output: Output): { release(): void } {
+function exitOnSignal(output: Output, when: string): { release(): void } {
   const onSignal = (signal: NodeJS.Signals) => {
     const exit = signal === 'SIGINT' ? 'interrupted' : 'terminated';
-    process.exit(report(new CliError(exit, `stopped by ${signal} before it waited for a token: it held no refresh lock`), output, process.stderr));
+    process.exit(report(new CliError(exit, `stopped by ${signal} ${when}`), output, process.stderr));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -465,11 +483,13 @@ function exitOnSignal(output: Output): { release(): void } {
  * the wait of `race()` with a CliError (exit 130, 143), instead of ending the process where it stands:
  * the caller then closes its client, which lets the refresh lock go (left to its lease, it held every
  * other program back). A second signal ends the process at once (a store that does not answer the
- * release holds the close up to its timeout).
+ * release holds the close up to its timeout). `throwIfStopped()` throws that CliError where a signal
+ * came after the last `race()` (while the client closed).
  */
-function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T>; release(): void } {
+function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T>; throwIfStopped(): void; release(): void } {
   let onSignal!: (signal: NodeJS.Signals) => void;
   let fired = false;
+  let reason: CliError | undefined;
   const stopped = new Promise<never>((_, reject) => {
     onSignal = (signal) => {
       const exit = signal === 'SIGINT' ? 'interrupted' : 'terminated';
@@ -481,7 +501,8 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
       void Promise.resolve()
         .then(cut)
         .catch(() => undefined);
-      reject(new CliError(exit, `stopped by ${signal}: any request to WeChat under way was cut, and the command lets go of a refresh lock it held as it closes (another program's lock stays with that program)`));
+      reason = new CliError(exit, `stopped by ${signal}: any request to WeChat under way was cut, and the command lets go of a refresh lock it held as it closes (another program's lock stays with that program)`);
+      reject(reason);
     };
   });
   stopped.catch(() => undefined);
@@ -489,6 +510,9 @@ function untilSignal(cut: () => unknown): { race<T>(work: Promise<T>): Promise<T
   process.on('SIGTERM', onSignal);
   return {
     race: (work) => Promise.race([work, stopped]),
+    throwIfStopped() {
+      if (reason) throw reason;
+    },
     release() {
       process.removeListener('SIGINT', onSignal);
       process.removeListener('SIGTERM', onSignal);

@@ -3,6 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freePort, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { maskPasswords } from '../src/args.js';
@@ -317,6 +318,92 @@ describe('wxkit exit codes and messages', () => {
       mock.clearFaults();
       await store.resume();
       await store.stop();
+    }
+  });
+
+  it('stopped (130, 143) after the fetch, while the command reads back what the store holds: no token printed, no lock left', async () => {
+    for (const [signal, exit] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+      const { appId, secret } = mock.createApp();
+      const key = `wechat:stable_access_token:${appId}`;
+      const readBack = `*2\r\n$3\r\nGET\r\n$${key.length}\r\n${key}\r\n`;
+      // Hands Redis's protocol on, and holds the command's first GET of the token's key after it wrote
+      // the token (and what the command sends after it): the read that checks the others can read it.
+      let written = false;
+      let onHeld!: () => void;
+      const held = new Promise<void>((resolve) => (onHeld = resolve));
+      const holding: (() => void)[] = [];
+      const proxy = createServer((client) => {
+        const upstream = createConnection(redis.port, '127.0.0.1');
+        upstream.pipe(client);
+        client.on('data', (chunk: Buffer) => {
+          const text = chunk.toString('latin1');
+          if (holding.length === 0 && !(written && text === readBack)) {
+            written ||= text.includes(key) && text.includes('"access_token"');
+            upstream.write(chunk);
+            return;
+          }
+          holding.push(() => upstream.write(chunk));
+          onHeld();
+        });
+        client.on('close', () => upstream.destroy());
+        upstream.on('close', () => client.destroy());
+        client.on('error', () => undefined);
+        upstream.on('error', () => undefined);
+      });
+      await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+      try {
+        const { port } = proxy.address() as { port: number };
+        const child = spawn(process.execPath, [bin, 'token', 'get', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--show-token', '--json'], {
+          env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+        });
+        let stdout = '';
+        child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+        const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+        await held;
+        child.kill(signal);
+        // Stopped while the read is held. A command that went on waiting for it is let go after 5 s,
+        // and fails below with what it then printed.
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([exited, new Promise((resolve) => (timer = setTimeout(resolve, 5000)))]);
+        clearTimeout(timer);
+        holding.splice(0).forEach((send) => send());
+        expect(await exited, stdout).toEqual({ code: exit, signal: null });
+        const token = JSON.parse(redisCli(redis.port, 'GET', key)).access_token as string;
+        expect(stdout).not.toContain(token);
+        expect(stdout.trim().split('\n')).toHaveLength(1);
+        expect(JSON.parse(stdout)).toMatchObject({ ok: false, error: { exit, message: expect.stringContaining(`stopped by ${signal}`) } });
+        expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+        expect(mock.counters(appId).stableTokenRequests).toBe(1);
+      } finally {
+        proxy.close();
+      }
+    }
+  });
+
+  it('stopped as it closes the store (get, inspect, clear): its own exit code, never the bare signal, and a token printed only with exit 0', async () => {
+    const hook = fileURLToPath(new URL('./fixtures/signal-at-store-close.mjs', import.meta.url));
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    for (const [action, signal, exit] of [['get', 'SIGTERM', 143], ['inspect', 'SIGINT', 130], ['clear', 'SIGTERM', 143], ['get', 'SIGINT', 130]] as const) {
+      const child = spawn(process.execPath, ['--import', hook, bin, 'token', action, '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--show-token', '--json'], {
+        env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret, SIGNAL_AT_CLOSE_PORT: String(redis.port), SIGNAL_AT_CLOSE: signal },
+      });
+      let stdout = '';
+      child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+      const ended = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+      // The signal lands as the store closes: the command either ends as stopped (its line) or, where it
+      // had closed the store before the signal was handled, with its answer; never killed where it stood.
+      expect(ended.signal, `${action}: ${stdout}`).toBeNull();
+      const lines = stdout.trim().split('\n');
+      expect(lines, `${action}: ${stdout}`).toHaveLength(1);
+      const printed = JSON.parse(lines[0]!) as { ok: boolean; error?: { exit: number; message: string } };
+      if (ended.code === 0) expect(printed.ok).toBe(true);
+      else {
+        expect(ended.code, stdout).toBe(exit);
+        expect(printed).toMatchObject({ ok: false, error: { exit, message: expect.stringContaining(`stopped by ${signal}`) } });
+        expect(stdout).not.toContain('"token"');
+      }
+      expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
     }
   });
 
