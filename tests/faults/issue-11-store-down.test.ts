@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { OfficialAccount } from '@wxkit/core';
-import { startMockWeChat, startRedis, switchableStore, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { redisCli, startMockWeChat, startRedis, switchableStore, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { errorsOf, okOf, redisSpec, workerPool } from './helpers.js';
 
 // Issue 11, item 1: with the shared store down, a token killed upstream must not turn into a fetch per
@@ -56,6 +56,37 @@ describe('item 1: store down, classic endpoint, tokens killed upstream', () => {
 });
 
 describe('the store comes back', () => {
+  it('a Redis restarted empty while every process holds a good token: each serves it for its memo window, then one fetch for the fleet, 0 lost sends', async () => {
+    const app = mock.createApp();
+    const key = `wechat:access_token:${app.appId}`;
+    const group = await pool.start(6, { ...app, tokenEndpoint: 'classic', store: redisSpec(redis.url), clockControl: 'frozen' });
+    expect(errorsOf(await group.run('send', 2))).toEqual([]);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+
+    await redis.stop('SIGKILL');
+    await redis.start();
+    // Within the memo window each process serves the token it holds: nothing read, nothing fetched.
+    const within = await group.run('send', 10, group.all, 2);
+    expect(errorsOf(within)).toEqual([]);
+    expect(okOf(within)).toBe(60);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(1);
+    expect(redisCli(redis.port, 'EXISTS', key)).toBe('0');
+
+    // Past it, every process reads the empty store: one of them fetches under the lock, the others take
+    // its token (on the classic endpoint a fetch per process would end the tokens of the others).
+    await group.advance(31_000);
+    const after = await group.run('send', 10, group.all, 2);
+    expect(errorsOf(after)).toEqual([]);
+    expect(okOf(after)).toBe(60);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(2);
+    const stored = JSON.parse(redisCli(redis.port, 'GET', key)).access_token as string;
+    expect(new Set((await group.run('getToken', 1)).flatMap((result) => result.values))).toEqual(new Set([stored]));
+
+    await group.advance(31_000);
+    expect(errorsOf(await group.run('send', 10, group.all, 2))).toEqual([]);
+    expect(mock.counters(app.appId).classicTokenRequests).toBe(2);
+  });
+
   it('a token fetched while the store was down is offered to it (add) once it answers, instead of fetching again', async () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });
