@@ -445,6 +445,11 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       // Told to stop while it closed its client: stopped, with no token printed.
       signals.throwIfStopped();
     }
+  } catch (error) {
+    // A command that fails (stopped while its client closed, after it had its answer) prints its failure
+    // only: never the token it was told to stop before showing.
+    answer.length = 0;
+    throw error;
   } finally {
     try {
       await cache.close?.();

@@ -407,6 +407,24 @@ describe('wxkit exit codes and messages', () => {
     }
   });
 
+  it('stopped (143) as its client closes, after it had its answer: the stopped line only, no token', async () => {
+    const hook = fileURLToPath(new URL('./fixtures/signal-at-client-close.mjs', import.meta.url));
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    const child = spawn(process.execPath, ['--import', hook, bin, 'token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--show-token', '--json'], {
+      env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
+    });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const ended = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+    expect(ended, stdout).toEqual({ code: 143, signal: null });
+    const token = JSON.parse(redisCli(redis.port, 'GET', key)).access_token as string;
+    expect(stdout).not.toContain(token);
+    expect(stdout.trim().split('\n')).toHaveLength(1);
+    expect(JSON.parse(stdout)).toMatchObject({ ok: false, error: { exit: 143, message: expect.stringContaining('stopped by SIGTERM') } });
+    expect(mock.counters(appId).stableTokenRequests).toBe(1);
+  });
+
   it('no token (5): get with the secret while another program holds the refresh lock and writes nothing says what to do from the command line', async () => {
     const { appId, secret } = mock.createApp();
     const lock = `wechat:stable_access_token:${appId}:lock`;
