@@ -79,7 +79,7 @@ export class ApiClient {
     }
     const signal = options?.signal;
     const send = (token: string) => {
-      const req = { method, path, query: { ...query, access_token: token }, json, signal };
+      const req = { method, path, query: { ...query, access_token: token }, json, signal, client: this.#core };
       return binary ? this.#core.http.binary(req) : this.#core.http.json(req);
     };
     let token = await this.#token.get(signal);

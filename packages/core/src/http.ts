@@ -43,6 +43,11 @@ export interface HttpRequest {
    * main pool cannot hold back the fetch they wait for (a caller's dispatcher carries both).
    */
   tokenFetch?: boolean;
+  /**
+   * The client the request is sent for, where clients share this HTTP client (a ClientPool's, an
+   * OpenPlatform's): once that client is closed, the request is refused as one after close() is.
+   */
+  client?: { readonly closed: boolean };
 }
 
 /** A response body that is not JSON: an image from wxacode, say. */
@@ -582,8 +587,8 @@ export class HttpClient {
     const refused = signalRefusal(req.signal);
     if (refused) return refused;
     // Requests under way at close() finish; one made after it is refused here, by name, rather than by
-    // the closed pool's own error.
-    if (this.#closed) {
+    // the closed pool's own error. So is one of a client closed while others still share this one.
+    if (this.#closed || req.client?.closed === true) {
       return Promise.reject(
         new HttpError('ERR_WXKIT_HTTP', `The request to ${path} was not sent: the client was closed (close()); make a new one to send again`, { path, sent: false }),
       );

@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ClientPool, MemoryCache, MiniProgram, OfficialAccount, TokenUnavailableError, Work, type ClientPoolOptions } from '../src/index.js';
-import { endedByClose, errorText, rejection } from './helpers.js';
+import { deferred, endedByClose, errorText, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -392,6 +392,62 @@ describe('ClientPool', () => {
     await send(again);
     await again.accessToken.forceRefresh();
     expect(mock.counters(appId!)).toMatchObject({ tokenRequests: 2, templateSends: 2 });
+  });
+
+  it("a client its caller closed sends nothing more, as a plain client's close() ends its sends: a call after it is refused by name, never sent", async () => {
+    const apps = appsOnMock(1);
+    const [appId] = apps.keys() as IterableIterator<string>;
+    const { pool } = officialAccounts(apps);
+    const client = await pool.get(appId!);
+    // The token is in the client's memo: nothing but the send itself is left to refuse.
+    await send(client);
+    await client.close();
+    expect(await rejection(send(client))).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, message: expect.stringMatching(/not sent: the client was closed/) });
+    expect(mock.counters(appId!)).toMatchObject({ tokenRequests: 1, templateSends: 1 });
+
+    const mp = mock.createApp();
+    const miniPrograms = new ClientPool({ kind: 'miniProgram', credentials: () => ({ secret: mp.secret }), baseUrl: mock.url, cache: new MemoryCache(), logger: false });
+    pools.push(miniPrograms as ClientPool<never>);
+    const miniProgram = await miniPrograms.get(mp.appId);
+    await miniProgram.close();
+    expect(await rejection(miniProgram.auth.code2Session('code-1'))).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+    expect(mock.counters(mp.appId).requests).toBe(0);
+  });
+
+  it("close() while another client's refresh holds it: a send made meanwhile on a client it closed is refused, never sent", async () => {
+    const apps = appsOnMock(2);
+    const [a, b] = [...apps.keys()] as [string, string];
+    const arrived = deferred();
+    const released = deferred();
+    let lockKey = '';
+    // A store whose answer to a's lock attempt waits until the test lets it go: a's refresh is under way
+    // until then, and the pool's close() waits for it.
+    class HoldingLock extends MemoryCache {
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (key === lockKey) {
+          arrived.resolve();
+          await released.promise;
+        }
+        return super.add(key, value, ttlSeconds);
+      }
+    }
+    const { pool } = officialAccounts(apps, { cache: new HoldingLock() });
+    const ready = await pool.get(b);
+    await ready.accessToken.getToken();
+    const busy = await pool.get(a);
+    lockKey = `${busy.accessToken.cacheKey}:lock`;
+    const refreshing = rejection(busy.accessToken.getToken());
+    await arrived.promise;
+    let closed = false;
+    const closing = pool.close().then(() => (closed = true));
+    const refused = await rejection(send(ready));
+    expect(closed).toBe(false);
+    released.resolve();
+    await closing;
+    expect(refused).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, message: expect.stringMatching(/not sent: the client was closed/) });
+    expect(await refreshing).toBeInstanceOf(TokenUnavailableError);
+    expect(mock.counters(b)).toMatchObject({ tokenRequests: 1, templateSends: 0 });
+    expect(mock.counters(a).tokenRequests).toBe(0);
   });
 
   it('its clients share the pool\'s store: setCache() on one is a ConfigError, not a silent split', async () => {

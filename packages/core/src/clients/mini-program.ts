@@ -125,6 +125,7 @@ async function code2Session(
     path,
     query: { appid: appId, secret: key, js_code: jsCode, grant_type: 'authorization_code' },
     signal: options.signal,
+    client: core,
   });
   return sessionOf(body, path);
 }
