@@ -489,6 +489,19 @@ describe('authorizers', () => {
     await expect(mp.auth.code2Session('')).rejects.toBeInstanceOf(ConfigError);
   });
 
+  it("an authorized mini program closed by its caller exchanges no more codes: refused by name, never sent", async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const id = await authorized(s, open);
+    const mp = open.miniProgram(id);
+    expect((await mp.auth.code2Session('code-first')).openid).toMatch(/^o/);
+    const before = mock.counters(s.component.appId).requests;
+    await mp.close();
+    expect(await mp.auth.code2Session('code-second').catch((e: unknown) => e)).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, message: expect.stringMatching(/not sent: the client was closed/) });
+    expect(mock.counters(s.component.appId).requests).toBe(before);
+  });
+
   it("an authorized mini program's code2Session with an aborted signal asks WeChat for no component token", async () => {
     const s = setup();
     await withTicket(s);

@@ -98,7 +98,7 @@ export class MiniProgram extends WeChatClient {
         if (typeof jsCode !== 'string' || jsCode.length === 0) {
           throw new ConfigError(`auth.code2Session() jsCode must be the code from wx.login() (got ${typeName(jsCode)})`, 'jsCode');
         }
-        return exchange ? exchange(jsCode, requestOptions) : code2Session(core, subject.appId, secret, jsCode, requestOptions);
+        return exchange ? exchange(jsCode, requestOptions, core) : code2Session(core, subject.appId, secret, jsCode, requestOptions);
       },
     };
   }
@@ -109,7 +109,7 @@ export class MiniProgram extends WeChatClient {
  * (`sns/component/jscode2session`, with the component's token: the platform holds no AppSecret of it).
  */
 export const kCode2Session = Symbol.for('wxkit.internal.code2Session');
-export type SessionExchange = (jsCode: string, options: RequestOptions) => Promise<Code2SessionResult>;
+export type SessionExchange = (jsCode: string, options: RequestOptions, client: { readonly closed: boolean }) => Promise<Code2SessionResult>;
 
 async function code2Session(
   core: ClientCore,

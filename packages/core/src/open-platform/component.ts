@@ -70,13 +70,14 @@ export class Component {
 
   /**
    * An authorized mini program's `wx.login()` code for its user's session (`sns/component/jscode2session`):
-   * with the component's token, which recovers from 40001 as for every component call.
+   * with the component's token, which recovers from 40001 as for every component call. `client`, the
+   * authorizer's: once it is closed, the call is refused as any of its calls.
    */
-  async code2Session(authorizerAppId: string, jsCode: string, options: RequestOptions): Promise<Code2SessionResult> {
+  async code2Session(authorizerAppId: string, jsCode: string, options: RequestOptions, client: { readonly closed: boolean }): Promise<Code2SessionResult> {
     const path = 'sns/component/jscode2session';
     const query = { appid: authorizerAppId, js_code: jsCode, grant_type: 'authorization_code', component_appid: this.#appId };
     const body = await this.withToken(
-      (token) => this.send(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal }),
+      (token) => this.send(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal, client }),
       options.signal,
     );
     return sessionOf(body, path);

@@ -350,7 +350,7 @@ export class OpenPlatform {
       appId: id,
       [kTokenSource]: custom,
       // A mini program's wx.login() codes go to WeChat with the component's token: no AppSecret of it here.
-      ...(kind === 'mini_program' ? { [kCode2Session]: (jsCode: string, request: RequestOptions) => this.#component.code2Session(id, jsCode, request) } : {}),
+      ...(kind === 'mini_program' ? { [kCode2Session]: (jsCode: string, request: RequestOptions, client: { readonly closed: boolean }) => this.#component.code2Session(id, jsCode, request, client) } : {}),
     };
     const client =
       kind === 'official_account' ? new OfficialAccount(options as unknown as OfficialAccountOptions) : new MiniProgram(options as unknown as MiniProgramOptions);
