@@ -6,81 +6,8 @@ export type OptionSpec = Record<string, { type: 'string' | 'boolean' }>;
 
 type Values<T extends OptionSpec> = { [K in keyof T]?: T[K]['type'] extends 'string' ? string : boolean } & { json?: boolean; help?: boolean };
 
-/**
- * `text` as a message may quote it: the password of any URL in it masked (`redis://app:***@host`). A
- * store URL typed where no argument is taken (`wxkit token get redis://…`, --store forgotten) is quoted
- * back, and its password must not land on the terminal or in a CI log: every failure wxkit prints goes
- * through it (main's report), and runDemo's, which a program may call, too.
- */
-export function maskPasswords(text: string): string {
-  // Word by word, with indexOf only (a pattern tried at each start of a long word takes time quadratic
-  // in its length): in a word with `://`, what lies between the first `:` after it and the word's last
-  // `@` is the password (a URL parser reads a raw @ or a quote there as part of it).
-  return text
-    .split(/(\s+)/)
-    .map((word) =>
-      // The usage's own placeholder (`redis://[user:pass@]host:port`) is no password: it stands aside (as
-      // a mark with no `:` or `@`) while the word is masked as any word, then comes back as written.
-      word.includes(PLACEHOLDER) && !word.includes(ASIDE) ? maskWord(word.split(PLACEHOLDER).join(ASIDE)).split(ASIDE).join(PLACEHOLDER) : maskWord(word),
-    )
-    .join('');
-}
-
-const PLACEHOLDER = '[user:pass@]';
-const ASIDE = '\u0000';
-
-/** Each URL of `word` masked, and the word read as one URL: a word may hold several (`redis://a@h1,redis://b@h2`). */
-function maskWord(word: string): string {
-  // Where each URL after the first starts: its scheme's letters before its `://` (indexOf only, as above).
-  const starts: number[] = [];
-  const first = word.indexOf('://');
-  for (let at = first < 0 ? -1 : word.indexOf('://', first + 3); at > 0; at = word.indexOf('://', at + 3)) {
-    let start = at;
-    while (start > 0 && /[A-Za-z0-9+.-]/.test(word[start - 1]!)) start -= 1;
-    // Only after a separator (a list's comma, a quote, a bracket, a query's `&` or `=`): a `://` inside a
-    // password splits nothing.
-    if (start < at && start > first + 3 && /[,;"'()<>|&=]/.test(word[start - 1]!) && (starts.length === 0 || start > starts[starts.length - 1]! + 3)) starts.push(start);
-  }
-  // A split may lie inside a password (`redis://u:pa,ss://word@h`): what the word read as one URL masks is
-  // masked too, with what each part masks.
-  // So is what the rest of the word from each split reads as (`…&x=redis://u:p=q://r@h`: a split after the
-  // password's `=` would show `p=q`).
-  const hidden = [
-    passwordOf(word),
-    ...[0, ...starts].map((start, i) => shift(passwordOf(word.slice(start, starts[i])), start)),
-    ...starts.map((start) => shift(passwordOf(word.slice(start)), start)),
-  ];
-  const ranges = hidden.filter((range): range is [number, number] => range !== undefined).sort((a, b) => a[0] - b[0]);
-  let out = '';
-  let from = 0;
-  for (let i = 0; i < ranges.length; i += 1) {
-    // Overlapping ranges merged: the next one starts past this one's end.
-    const start = ranges[i]![0];
-    let end = ranges[i]![1];
-    while (i + 1 < ranges.length && ranges[i + 1]![0] <= end) end = Math.max(end, ranges[++i]![1]);
-    out += `${word.slice(from, start)}***`;
-    from = end;
-  }
-  return out + word.slice(from);
-}
-
-function shift(range: [number, number] | undefined, by: number): [number, number] | undefined {
-  return range && [range[0] + by, range[1] + by];
-}
-
-/** Where the password of the URL `word` lies, as [start, end). */
-function passwordOf(word: string): [number, number] | undefined {
-  const scheme = word.indexOf('://');
-  if (scheme < 1) return undefined;
-  const colon = word.indexOf(':', scheme + 3);
-  const at = word.lastIndexOf('@');
-  if (colon >= 0 && at > colon && !word.slice(scheme + 3, colon).includes('@')) return [colon + 1, at];
-  // A userinfo with no `:` (`redis://secret@host`) is the password in redis-cli's reading (and PHP's,
-  // Python's), as the library's messages take it: masked whole.
-  const slash = word.indexOf('/', scheme + 3);
-  const lone = word.lastIndexOf('@', slash < 0 ? word.length : slash);
-  return lone > scheme + 3 && !word.slice(scheme + 3, lone).includes(':') ? [scheme + 3, lone] : undefined;
-}
+// The masking of URL passwords in what is printed lives with the library's other redaction.
+export { maskPasswords } from '@wxkit/core/internal';
 
 /** Options that are not wxkit's, with what to do instead. */
 const INSTEAD: Record<string, string> = {

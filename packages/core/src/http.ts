@@ -3,6 +3,7 @@ import { Pool } from './undici-pool.js';
 import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
 import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
+import { scrubError } from './redact.js';
 import { withRetryAt } from './retry-at.js';
 import { signalRefusal } from './validate.js';
 
@@ -751,28 +752,7 @@ function withoutCredentials(error: unknown, req: HttpRequest): unknown {
   if (values.length === 0) return error;
   // As sent: raw in a JSON body or a message, percent-encoded in a query string, escaped inside JSON.
   const forms = [...new Set(values.flatMap((value) => [value, encodeURIComponent(value), JSON.stringify(value).slice(1, -1)]))];
-  const mask = (text: string) => forms.reduce((masked, form) => masked.split(form).join('***'), text);
-  const quotes = (value: unknown, depth: number): boolean => {
-    if (typeof value === 'string') return mask(value) !== value;
-    if (value === null || typeof value !== 'object' || depth > 4) return false;
-    const own = Object.getOwnPropertyNames(value).map((name) => (value as Record<string, unknown>)[name]);
-    return own.some((item) => quotes(item, depth + 1));
-  };
-  const scrub = (value: unknown, depth: number): unknown => {
-    if (!quotes(value, 0)) return value;
-    if (!(value instanceof Error) || depth > 4) return typeof value === 'string' ? mask(value) : undefined;
-    const copy = new Error(mask(value.message));
-    copy.name = value.name;
-    copy.stack = mask(value.stack ?? `${value.name}: ${value.message}`);
-    const code = (value as { code?: unknown }).code;
-    if (typeof code === 'string' || typeof code === 'number') Object.assign(copy, { code });
-    if (value.cause !== undefined) {
-      const cause = scrub(value.cause, depth + 1);
-      if (cause !== undefined) Object.defineProperty(copy, 'cause', { value: cause, writable: true, configurable: true });
-    }
-    return copy;
-  };
-  return scrub(error, 0);
+  return scrubError(error, (text) => forms.reduce((masked, form) => masked.split(form).join('***'), text));
 }
 
 /** A code or reason of the token service's error shape: a short snake_case word, never free text. */

@@ -7,7 +7,7 @@
  */
 export { assertTtl, storeTtlMs } from './ttl.js';
 export { socketReason } from './socket-reason.js';
-export { maskUrl } from './redact.js';
+export { maskPasswords, maskUrl, withoutPasswords } from './redact.js';
 export { retryAtOf } from './retry-at.js';
 export { inLife } from './token/lifetime.js';
 export { besideKey } from './token/entry-store.js';

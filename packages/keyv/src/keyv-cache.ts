@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
-import { socketReason, storeTtlMs } from '@wxkit/core/internal';
+import { socketReason, storeTtlMs, withoutPasswords } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -146,10 +146,13 @@ export class KeyvCache implements TokenCache {
       return await Promise.race([call, refused]);
     } catch (error) {
       if (error instanceof RangeError) throw error;
+      // The driver's error, without the password of any URL it quotes (@keyv/mysql keeps the whole
+      // connection URL as the `input` of the TypeError of a URL it cannot parse).
+      const cause = withoutPasswords(error);
       // Redis behind Keyv (@keyv/redis) answering for a key that holds a hash, list or set: another
       // program's data at that key, not an outage (CacheErrorReason `type`).
       if (/^WRONGTYPE\b/.test(String((error as { message?: unknown } | null)?.message))) {
-        throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause: error, reason: 'type' });
+        throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause, reason: 'type' });
       }
       const refusal = refusalOf(error);
       const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code);
@@ -157,10 +160,10 @@ export class KeyvCache implements TokenCache {
         throw new CacheError(
           `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +
             '(@keyv/mysql and @keyv/sqlite keep their first failure for good): make a new store once the database can be reached',
-          { cause: error, reason },
+          { cause, reason },
         );
       }
-      throw new CacheError(`KeyvCache ${op} failed in the Keyv store${refusal ? `: ${REFUSALS[refusal]}` : ''}`, { cause: error, reason });
+      throw new CacheError(`KeyvCache ${op} failed in the Keyv store${refusal ? `: ${REFUSALS[refusal]}` : ''}`, { cause, reason });
     } finally {
       this.#waiting.delete(fail);
     }

@@ -1,8 +1,10 @@
+import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
 import KeyvRedis from '@keyv/redis';
 import KeyvMemcache from '@keyv/memcache';
-import { memcachedSet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import KeyvMysql from '@keyv/mysql';
+import { freePort, memcachedSet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
 import { OfficialAccount } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
@@ -183,6 +185,38 @@ describe('KeyvCache on @keyv/redis down or refusing', () => {
     const calls = await Promise.allSettled([cache.get('wechat:k'), cache.set('wechat:k', 'v', 60), cache.delete('wechat:k')]);
     expect(calls).toEqual(Array(3).fill({ status: 'rejected', reason: expect.objectContaining({ code: 'ERR_WXKIT_CACHE', reason: 'auth', message: expect.stringMatching(/check the user and password/) }) }));
     expect(calls.map((call) => (call as PromiseRejectedResult).reason.message).join()).not.toContain('wrong@');
+  });
+
+  it("a password in a store's URL is in no part of the CacheError, cause chain included, however the driver quotes the URL", async () => {
+    const password = 'kv-pw-5d1e9a7c3b';
+    // A password written with an unencoded `/` (as base64 makes them): the URL does not parse, and
+    // @keyv/mysql fails every call with Node's TypeError, which carries the whole URL as its `input`.
+    const mysql = new KeyvMysql({ uri: `mysql://app:${password}/1@127.0.0.1:${await freePort()}/test` });
+    // A driver that names the server it could not reach by its URL, in its message and in a cause.
+    const url = `redis://app:${password}@127.0.0.1:${await freePort()}/0`;
+    const quoting = Object.assign(new Map<string, string>(), {
+      get: async () => Promise.reject(Object.assign(new Error(`cannot connect to ${url}`, { cause: new Error(`ECONNREFUSED ${url}`) }), { code: 'ECONNREFUSED', url })),
+    });
+    const logger = { lines: [] as unknown[], warn: (fields: unknown, message: string) => void logger.lines.push(fields, message) };
+    const shown: string[] = [];
+    for (const store of [mysql, quoting]) {
+      const cache = new KeyvCache(store as never);
+      const error = (await cache.get('wechat:k').catch((caught: unknown) => caught)) as Error;
+      expect(error).toMatchObject({ code: 'ERR_WXKIT_CACHE' });
+      shown.push(inspect(error, { depth: Infinity, showHidden: true }), JSON.stringify(error), String(error?.stack));
+      // Through a client, which logs the store's failure and fetches on its own.
+      const { appId, secret } = mock.createApp();
+      const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, logger });
+      await app.accessToken.getToken();
+      await app.close();
+    }
+    // The driver's words are still there, and its code, which the reason comes from.
+    expect(shown.join('\n')).toContain('Invalid URL');
+    expect(shown.join('\n')).toContain('cannot connect to redis://app:***@127.0.0.1');
+    expect(shown.join('\n')).toContain("code: 'ECONNREFUSED'");
+    expect(logger.lines.length).toBeGreaterThan(0);
+    expect([...shown, JSON.stringify(logger.lines)].join('\n')).not.toContain(password);
+    await mysql.disconnect().catch(() => undefined);
   });
 
   it('a server that takes no writes (memory full, a read-only replica) is a CacheError of reason readonly, as RedisCache says it', async () => {
