@@ -49,13 +49,32 @@ const redisCacher = () => ({
   },
 });
 
+/**
+ * A cacher that stores what node-easywechat's own FileCache writes (dist/Core/Cache/FileCache.js): the
+ * JSON `{"data":…,"lifeTime":<unix s>}`, here in Redis, with the TTL as well.
+ */
+const jsonCacher = () => ({
+  ...redisCacher(),
+  async get(id: string) {
+    const raw = await peerRedis.get(id);
+    if (raw === null) return null;
+    const item = JSON.parse(raw) as { data: unknown; lifeTime: number };
+    return item.lifeTime > 0 && item.lifeTime < Math.floor(Date.now() / 1000) ? null : item.data;
+  },
+  async set(id: string, data: unknown = null, lifeTime = 0) {
+    const item = JSON.stringify({ data, lifeTime: lifeTime > 0 ? lifeTime + Math.floor(Date.now() / 1000) : 0 });
+    await peerRedis.set(id, item, lifeTime > 0 ? { EX: lifeTime } : {});
+    return true;
+  },
+});
+
 const TEMPLATE = { touser: 'oPeerUser', template_id: 'TPL_PEER', data: { first: { value: 'from node-easywechat' } } };
 const message = { touser: 'oNodeUser', template_id: 'TPL_NODE', data: { first: { value: 'from wxkit' } } };
 
-function peer(app: MockApp) {
+function peer(app: MockApp, cacher: { get(id: string): Promise<unknown> } & Omit<ReturnType<typeof redisCacher>, 'get'> = redisCacher()) {
   // As its README configures it, pointed at the mock through axios's baseURL; no other option.
   const instance = new PeerApp({ app_id: app.appId, secret: app.secret, token: 'peer', aes_key: '', http: { baseURL: `${mock.url}/` } });
-  instance.setCache(redisCacher());
+  instance.setCache(cacher);
   // Its OfficialAccount/AccessToken class; the application's type names only its interface.
   const accessToken = instance.getAccessToken() as unknown as { getKey(): string; getToken(): Promise<string>; refresh(): Promise<string> };
   const client = instance.getClient();
@@ -131,5 +150,23 @@ describe('node-easywechat 3.6.2 and wxkit with nodeEasyWeChat()', () => {
     await Promise.all(Array.from({ length: 5 }, () => node.templateMessage.send(message)));
     expect(await node.accessToken.getToken()).toBe(last);
     expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 8, templateSends: 3 * 6 + 5 });
+  });
+
+  it("a cacher that stores node-easywechat's value as JSON (its FileCache's layout): wxkit takes none of it for a token, leaves it as it is, and sends with a token of its own", async () => {
+    const app = mock.createApp();
+    const other = peer(app, jsonCacher());
+    const token = await other.refresh();
+    const stored = await peerRedis.get(other.key);
+    expect(stored).toMatch(/^\{"data":"/);
+    const node = wxkit(app);
+    const own = await node.accessToken.getToken();
+    expect(own).not.toBe(stored);
+    expect(mock.isTokenValid(app.appId, own)).toBe(true);
+    await node.templateMessage.send(message);
+    // The peer's value is its own: not deleted after a refused send, not replaced.
+    expect(await peerRedis.get(other.key)).toBe(stored);
+    expect(await other.getToken()).toBe(token);
+    expect(await other.send()).toBe(0);
+    expect(mock.counters(app.appId)).toMatchObject({ tokenRequests: 2, templateSends: 2, rejectedCalls: 0 });
   });
 });

@@ -169,6 +169,17 @@ describe('PHP formats', () => {
     expect(profile.decode('access_token', 'not php at all')).toBeUndefined();
     expect(profile.decode('access_token', 'a:1:{s:10:"expires_in";i:7200;}')).toBeUndefined();
   });
+
+  it('a profile that stores the token bare takes no encoded value for one: a JSON string or object, a PHP-serialized string', () => {
+    const encoded = ['"TOKEN123"', 's:8:"TOKEN123";', '{"data":"TOKEN123","lifeTime":1764003600}', '{"value":"TOKEN123","expires":1764003600000}', '["TOKEN123"]'];
+    for (const schema of [nodeEasyWeChat(), silenceper(), wxJava()]) {
+      expect(schema.decode('access_token', 'TOKEN123'), schema.name).toEqual({ value: 'TOKEN123' });
+      for (const raw of encoded) expect(schema.decode('access_token', raw), `${schema.name}: ${raw}`).toBeUndefined();
+    }
+    // Inside the formats that unwrap one, the same: a token encoded twice is no token.
+    expect(wechatpy().decode('access_token', JSON.stringify('"TOKEN123"'))).toBeUndefined();
+    expect(easyWeChat6().decode('access_token', 's:15:"s:8:"TOKEN123";";')).toBeUndefined();
+  });
 });
 
 describe('profiles in the token protocol', () => {
