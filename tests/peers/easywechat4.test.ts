@@ -129,4 +129,33 @@ describe('EasyWeChat 4 on a ThinkPHP Redis store (PHP serialize)', () => {
       await group.stop();
     }
   });
+
+  it('the peer refreshes in a loop, without a lock, while wxkit sends: every send delivered, no fetch of wxkit after its first', async () => {
+    const app = mock.createApp();
+    const php = peerOptions(app);
+    const { client } = node(app);
+    await client.accessToken.getToken();
+    let stop = false;
+    let peerFetches = 0;
+    const loop = (async () => {
+      while (!stop) peerFetches += (await phpPeer(php, 'refresh')).unparseable === 0 ? 1 : Number.NaN;
+    })();
+    let lost = 0;
+    // Until the peer has refreshed 4 times: its tokens end each other (the mock keeps the one before the
+    // latest alive for its grace window, and kills the older ones), and wxkit's with them.
+    try {
+      while (peerFetches < 4) {
+        const sends = await Promise.allSettled(Array.from({ length: 3 }, () => client.templateMessage.send(nodeMessage)));
+        lost += sends.filter((send) => send.status === 'rejected').length;
+      }
+    } finally {
+      stop = true;
+      await loop;
+    }
+    expect(lost).toBe(0);
+    const counters = mock.counters(app.appId);
+    expect(counters.rejectedCalls).toBeGreaterThan(0);
+    expect(counters.tokenRequests).toBe(1 + peerFetches);
+  });
 });
+
