@@ -99,6 +99,13 @@ export class FileCache implements TokenCache {
    * On the monotonic clock, so that a step of the wall clock neither stops sweeps nor forces them.
    */
   readonly #swept = new Map<string, number>();
+  /**
+   * Each guard or claim this process found standing, by file: its content and when it was first seen, on
+   * the monotonic clock. A content never comes back once removed, so one seen unchanged has stood at least
+   * that long, whatever its mtime says: one dated ahead (written before the wall clock was stepped back,
+   * or by another host's clock) still goes stale.
+   */
+  readonly #standing = new Map<string, { content: string; since: number }>();
 
   constructor(options: FileCacheOptions | string = {}) {
     if (options === null || typeof options !== 'object' && typeof options !== 'string') {
@@ -456,7 +463,7 @@ export class FileCache implements TokenCache {
   async #breakIfStale(path: string, draft: string, op: string): Promise<boolean> {
     const guard = `${path}~guard`;
     const seen = await this.#inspect(guard, op);
-    if (!seen || !(await this.#abandoned(seen))) return false;
+    if (!seen || !(await this.#abandoned(guard, seen))) return false;
     const id = createHash('sha256').update(seen.content).digest('hex').slice(0, 16);
     const claims: string[] = [];
     for (let k = 0; ; k += 1) {
@@ -469,7 +476,7 @@ export class FileCache implements TokenCache {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
       }
       const other = await this.#inspect(claim, op);
-      if (other && !(await this.#abandoned(other))) return false; // someone is breaking it right now
+      if (other && !(await this.#abandoned(claim, other))) return false; // someone is breaking it right now
     }
     try {
       // Gone or replaced: someone broke it before we claimed it, and it never comes back.
@@ -486,6 +493,7 @@ export class FileCache implements TokenCache {
       // Read as the guard was, through #inspect: a FIFO taken would otherwise be opened waiting for a writer.
       const caught = (await this.#inspect(taken, op).catch(() => undefined))?.content === seen.content;
       if (!caught) await link(taken, guard).catch(() => undefined);
+      else this.#standing.delete(guard);
       await unlink(taken).catch(() => undefined);
       return caught;
     } finally {
@@ -522,9 +530,19 @@ export class FileCache implements TokenCache {
 
   /**
    * A guard or claim is abandoned when it is older than guardStaleMs, or when it names a process of our
-   * own namespace that is gone. Anything else (another namespace, an older format) is judged by age only.
+   * own namespace that is gone. Anything else (another namespace, an older format) is judged by age only:
+   * by its mtime, or by how long this process has seen it standing, whichever is longer.
    */
-  async #abandoned({ content, age }: { content: string; age: number }): Promise<boolean> {
+  async #abandoned(file: string, { content, age }: { content: string; age: number }): Promise<boolean> {
+    const now = performance.now();
+    const standing = this.#standing.get(file);
+    if (standing?.content !== content) {
+      // Bounded: forgetting costs only a guard dated ahead waited for a little longer.
+      if (this.#standing.size >= 4096) this.#standing.clear();
+      this.#standing.set(file, { content, since: now });
+    } else if (now - standing.since > age) {
+      age = now - standing.since;
+    }
     if (age >= this.#guardStaleMs) return true;
     const owner = GUARD.exec(content);
     return owner !== null && (await gone(Number(owner[1]), owner[2]!));

@@ -78,6 +78,30 @@ describe('FileCache guards carry a PID namespace id', () => {
     expect(leftovers(dir)).toEqual([]);
   });
 
+  it('a guard or a breaker\'s claim dated ahead (written before the wall clock stepped back) still goes stale: it is broken once seen standing for guardStaleMs', async () => {
+    const dir = fresh('guard-dated-ahead');
+    const cache = new FileCache({ dir, guardStaleMs: 300, guardTimeoutMs: 5000 });
+    await cache.set('k', 'before', 60);
+    await cache.set('j', 'before', 60);
+    const { namespace } = await ownGuard();
+    const ahead = (Date.now() + 3_600_000) / 1000;
+    // Another container's writer, killed holding k's guard; by its mtime it is an hour from being written.
+    writeFileSync(join(dir, 'k~guard'), `${deadPid()} ${otherThan(namespace)} 0123456789abcdef`, { mode: 0o600 });
+    utimesSync(join(dir, 'k~guard'), ahead, ahead);
+    await cache.set('k', 'after', 60);
+    expect(await cache.get('k')).toBe('after');
+    // j's guard is long stale, but another container's breaker was killed holding its claim, dated ahead.
+    const guard = `${deadPid()} ${otherThan(namespace)} 00112233445566778899`;
+    writeFileSync(join(dir, 'j~guard'), guard, { mode: 0o600 });
+    utimesSync(join(dir, 'j~guard'), 0, 0);
+    const claim = `j~break-${createHash('sha256').update(guard).digest('hex').slice(0, 16)}-0`;
+    writeFileSync(join(dir, claim), `${deadPid()} ${otherThan(namespace)} 8899aabbccddeeff`, { mode: 0o600 });
+    utimesSync(join(dir, claim), ahead, ahead);
+    await cache.set('j', 'after', 60);
+    expect(await cache.get('j')).toBe('after');
+    expect(leftovers(dir)).toEqual([]);
+  });
+
   it('a guard of our own namespace whose process is gone is broken at once', async () => {
     const dir = fresh('own-dead-guard');
     const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 2000 });
