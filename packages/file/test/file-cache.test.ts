@@ -31,6 +31,15 @@ describeTokenCache('FileCache', {
 });
 
 const fresh = (name: string) => join(root, name);
+// Root may mount a tmpfs of its own size: a file system that fills up.
+const canMountTmpfs = process.platform === 'linux' && process.getuid?.() === 0 && (() => {
+  const probe = mkdtempSync(join(tmpdir(), 'wxkit-file-mount-'));
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', probe]).status === 0;
+  if (mounted) spawnSync('umount', [probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return mounted;
+})();
+if (!canMountTmpfs) console.warn('skipped: the full file system test needs `mount -t tmpfs` (Linux, as root)');
 
 it('@wxkit/file hands out the very class @wxkit/core ships, in its built ESM and CJS forms', async () => {
   expect(FileCache).toBe(core.FileCache);
@@ -538,6 +547,71 @@ describe('FileCache on disk', () => {
       if (tmpdirBefore === undefined) delete process.env.TMPDIR;
       else process.env.TMPDIR = tmpdirBefore;
     }
+  });
+
+  it('an entry file that is empty, cut short in its header, binary garbage, or a symlink to a live entry elsewhere is no entry: a miss, and add() replaces it', async () => {
+    const dir = fresh('not-entries');
+    mkdirSync(dir);
+    const cache = new FileCache({ dir });
+    const live = `v1 ${Date.now() + 60_000}\nplanted`;
+    writeFileSync(join(dir, 'empty'), '', { mode: 0o600 });
+    writeFileSync(join(dir, 'cut'), live.slice(0, 8), { mode: 0o600 });
+    writeFileSync(join(dir, 'binary'), Buffer.from([0x00, 0xff, 0x76, 0x31, 0x20, 0x0a, 0xfe]), { mode: 0o600 });
+    // A live entry outside the directory, linked in at a key: followed, it would hand out whatever it says.
+    writeFileSync(fresh('not-entries-elsewhere'), live, { mode: 0o600 });
+    symlinkSync(fresh('not-entries-elsewhere'), join(dir, 'linked'));
+    for (const key of ['empty', 'cut', 'binary', 'linked']) {
+      expect(await cache.get(key), key).toBeUndefined();
+      expect(await cache.ttlMs(key), key).toBeUndefined();
+      expect(await cache.add(key, `mine-${key}`, 60), key).toBe(true);
+      expect(await cache.get(key), key).toBe(`mine-${key}`);
+    }
+    expect(readFileSync(fresh('not-entries-elsewhere'), 'utf8')).toBe(live);
+  });
+
+  it.skipIf(!canMountTmpfs)('a full file system (a 64 KiB tmpfs; Linux as root): writes fail with reason readonly, the entries before stay whole, no temp or guard file is left, and writes land once there is room', async () => {
+    const mount = fresh('full');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'tokens');
+      const cache = new FileCache({ dir });
+      await cache.set('token', 'good', 60);
+      expect(await cache.add('lock', 'holder', 60)).toBe(true);
+      const filler: string[] = [];
+      try {
+        for (;;) {
+          filler.push(join(mount, `filler-${filler.length}`));
+          writeFileSync(filler.at(-1)!, Buffer.alloc(4096));
+        }
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      const big = 'x'.repeat(5000);
+      const full = { code: 'ERR_WXKIT_CACHE', reason: 'readonly', message: expect.stringContaining('(ENOSPC)') };
+      await expect(cache.set('token', big, 60)).rejects.toMatchObject(full);
+      await expect(cache.compareAndSet('token', 'good', big, 60)).rejects.toMatchObject(full);
+      await expect(cache.add('other', big, 60)).rejects.toMatchObject(full);
+      await expect(cache.add('lock', big, 60)).resolves.toBe(false);
+      expect(await cache.get('token')).toBe('good');
+      expect(await cache.get('lock')).toBe('holder');
+      expect(readdirSync(dir).sort()).toEqual(['lock', 'token']);
+      for (const file of filler) rmSync(file, { force: true });
+      await cache.set('token', big, 60);
+      expect(await cache.get('token')).toBe(big);
+      expect(readdirSync(dir).sort()).toEqual(['lock', 'token']);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
+  });
+
+  it('files are 0600 and directories 0700 whatever the umask (a process run with umask 000)', () => {
+    const dir = join(fresh('umask'), 'a', 'b');
+    const script = `process.umask(0); import(${JSON.stringify(builtModule)}).then(async (m) => { const c = new m.FileCache({ dir: ${JSON.stringify(dir)} }); await c.set('k', 'v', 60); await c.add('lock', 'o', 60); await c.compareAndSet('k', 'v', 'w', 60); })`;
+    execFileSync(process.execPath, ['-e', script]);
+    for (const path of [fresh('umask'), join(fresh('umask'), 'a'), dir]) expect(statSync(path).mode & 0o777, path).toBe(0o700);
+    expect(readdirSync(dir).sort()).toEqual(['k', 'lock']);
+    for (const name of ['k', 'lock']) expect(statSync(join(dir, name)).mode & 0o777, name).toBe(0o600);
   });
 
   it.skipIf(process.platform !== 'linux')('a directory that cannot be made under /proc (where Node\'s recursive mkdir loops for ever) fails every call with ERR_WXKIT_CACHE', async () => {
