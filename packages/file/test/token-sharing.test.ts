@@ -1,4 +1,5 @@
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
@@ -41,6 +42,74 @@ it("a directory that cannot be used: the processes of the host share one fetch t
     expect(results.map((result) => result.events['cache.unavailable'] ?? 0)).toEqual([1, 1, 1, 1]);
     expect(mock.counters(app.appId).tokenRequests).toBe(1);
   } finally {
+    await group.stop();
+    await mock.close();
+    rmSync(base, { recursive: true, force: true });
+  }
+});
+
+const canBindMount = process.platform === 'linux' && process.getuid?.() === 0 && (() => {
+  const probe = mkdtempSync(join(tmpdir(), 'wxkit-file-bind-'));
+  const mounted = spawnSync('mount', ['--bind', probe, probe]).status === 0;
+  if (mounted) spawnSync('umount', [probe]);
+  rmSync(probe, { recursive: true, force: true });
+  return mounted;
+})();
+
+it.skipIf(!canBindMount)('the directory removed, then turned read-only, while 3 processes use it (Linux as root): no send lost, one fetch for the host each time its token is killed, and the directory serves again once writable', async () => {
+  const { startMockWeChat, WorkerGroup } = await import('@wxkit/testing');
+  const base = mkdtempSync(join(tmpdir(), 'wxkit-file-readonly-'));
+  const tokens = join(base, 'tokens');
+  const mock = await startMockWeChat({ latencyMs: 5 });
+  const app = mock.createApp();
+  const entry = join(tokens, `wechat%3Aaccess_token%3A${app.appId}`);
+  const group = await WorkerGroup.start(3, {
+    baseUrl: mock.url,
+    ...app,
+    tokenEndpoint: 'classic',
+    store: { module: new URL('../dist/index.js', import.meta.url).href, export: 'FileCache', args: [{ dir: tokens }] },
+    clientOptions: { fallbackDir: join(base, 'fallback') },
+    clockControl: 'frozen',
+  });
+  const fetches = () => mock.counters(app.appId).classicTokenRequests;
+  const round = async () => {
+    const results = await group.run('send', 5);
+    expect(results.flatMap((result) => result.errors)).toEqual([]);
+    return results;
+  };
+  let mounted = false;
+  try {
+    await round();
+    expect(fetches()).toBe(1);
+
+    // A cleaner of the temp directory removes it: the next write makes it again.
+    rmSync(tokens, { recursive: true });
+    mock.invalidateTokens(app.appId);
+    await round();
+    expect(fetches()).toBe(2);
+    expect(readFileSync(entry, 'latin1')).toMatch(/^v1 \d+\n/);
+
+    // The volume turns read-only (EROFS, even for root): the processes share one fetch through the fallback directory.
+    execFileSync('mount', ['--bind', tokens, tokens]);
+    mounted = true;
+    execFileSync('mount', ['-o', 'remount,ro,bind', tokens]);
+    mock.invalidateTokens(app.appId);
+    const readonly = await round();
+    expect(fetches()).toBe(3);
+    expect(readonly.map((result) => result.events['cache.unavailable'] ?? 0)).toEqual([1, 1, 1]);
+
+    // Writable again: the next token is fetched once and written to the directory.
+    execFileSync('umount', [tokens]);
+    mounted = false;
+    const before = readFileSync(entry, 'latin1');
+    mock.invalidateTokens(app.appId);
+    await group.advance(120_000);
+    const recovered = await round();
+    expect(fetches()).toBe(4);
+    expect(recovered.reduce((sum, result) => sum + (result.events['cache.recovered'] ?? 0), 0)).toBeGreaterThan(0);
+    expect(existsSync(entry) && readFileSync(entry, 'latin1')).not.toBe(before);
+  } finally {
+    if (mounted) execFileSync('umount', [tokens]);
     await group.stop();
     await mock.close();
     rmSync(base, { recursive: true, force: true });
