@@ -43,7 +43,7 @@ Any other key, at the top level or in an app entry, stops the service from start
 Callers send "Authorization: Bearer <key>":
   GET  /v1/token/{kind}/{id}               {"access_token","expires_at","fetched_at"}
   GET  /v1/ticket/{kind}/{id}/{type}       {"ticket","expires_at","fetched_at"}
-  POST /v1/token/{kind}/{id}/invalidate    {"token":"…"}: refreshes only if it is still current
+  POST /v1/token/{kind}/{id}/invalidate    {"token":"…"} (optional "errcode", "worked"): refreshes only if it is still current
 {kind} is official_account (oa), mini_program (mp) or work; {id} the AppID, or corpid:agentid for WeCom;
 {kind}/{id} may also be one app spec: /v1/token/oa:wx…
 No key:

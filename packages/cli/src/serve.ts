@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, inLife, partitionOf, retryAtOf } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, inLife, invalidateUnproven, partitionOf, retryAtOf } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -137,8 +137,9 @@ interface RequestInfo {
  *
  * - `GET /v1/token/{kind}/{id}` → `{"access_token","expires_at","fetched_at"}` (the key-schema value)
  * - `GET /v1/ticket/{kind}/{id}/{type}` → `{"ticket","expires_at","fetched_at"}`
- * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` (and WeChat's `"errcode"`, optional)
- *   → refreshes only if that token is still the current one, then answers the current value
+ * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` (and WeChat's `"errcode"`, and
+ *   `"worked"`, whether a call went through with it, optional) → refreshes only if that token is still
+ *   the current one, then answers the current value
  * - `GET /healthz` (the store answers), `GET /readyz` (every app has a token), `GET /metrics` (Prometheus); no key
  *
  * `{kind}` is official_account (or oa), mini_program (or mp) or work; `{kind}/{id}` may also be written
@@ -497,8 +498,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
             );
           }
         }
-        // Token-scoped: the entry is replaced only if it still holds this token.
-        await target.client.accessToken.invalidate(token, errcode);
+        // Token-scoped: the entry is replaced only if it still holds this token. One the client says no call
+        // went through with (`"worked": false`) is replaced as the clients that fetch for themselves replace
+        // theirs: at once, then 1 s, 2 s … 60 s apart while such rejections go on, fleet-wide, so that a
+        // token WeChat rejects moments after each fetch (another program fetching in a loop, an account
+        // WeChat refuses) costs one fetch per step, not one per round of reports.
+        await (body.worked === false ? invalidateUnproven(target.client.accessToken, token, errcode) : target.client.accessToken.invalidate(token, errcode));
         const after = await entryOf(target);
         if (after.value !== before.value) target.replacedAt = now;
         return sendEntry(res, 'access_token', after);

@@ -3,6 +3,13 @@ import type { ClientCore } from './client-core.js';
 import type { StoredEntry } from './token/entry.js';
 import type { TokenManager } from './token/manager.js';
 
+/**
+ * Where an AccessToken holds its report of a token WeChat rejected before any call is known to have gone
+ * through with it (see `invalidateUnproven` in `@wxkit/core/internal`): a property of the instance, out
+ * of the public type. `Symbol.for`, as the two entry points are bundled apart.
+ */
+export const kInvalidateUnproven = Symbol.for('wxkit.internal.invalidateUnproven');
+
 /** Per-call options of token methods. */
 export interface TokenCallOptions {
   /** Stops this caller's wait. Other callers sharing the same refresh are not affected. */
@@ -28,6 +35,7 @@ export class AccessToken {
     this.#core = core;
     this.#manager = manager;
     this.cacheKey = manager.key;
+    Object.defineProperty(this, kInvalidateUnproven, { value: (token: string, errcode?: number) => manager.invalidate(token, errcode, false) });
   }
 
   /**

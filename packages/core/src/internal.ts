@@ -39,6 +39,18 @@ export {
 } from './validate.js';
 
 import { decodeMarker as decodeFailureMarker, type FailureRecord } from './token/failure.js';
+import { kInvalidateUnproven } from './access-token.js';
+
+/**
+ * `accessToken.invalidate(token, errcode)` (`accessToken` an AccessToken) for a token no call went
+ * through with, as a token service reports it for a client that says so. The fetches that follow such
+ * rejections are spaced fleet-wide (`{key}:refetch`: at once, then 1 s, 2 s … 60 s apart while they go
+ * on), as the clients' own recoveries space them, rather than one per report.
+ */
+export function invalidateUnproven(accessToken: object, token: string, errcode?: number): Promise<void> {
+  const report = (accessToken as unknown as Record<symbol, (token: string, errcode?: number) => Promise<void>>)[kInvalidateUnproven]!;
+  return report(token, errcode);
+}
 
 /** The failure marker `{key}:failed` a failed fetch left, decoded as every process reads it; undefined if unreadable. */
 export const decodeMarker: (raw: string | undefined) => (FailureRecord & { code: string }) | undefined = decodeFailureMarker;

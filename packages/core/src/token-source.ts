@@ -37,9 +37,17 @@ export interface TokenSource {
    * cause one refresh. It may resolve the current value and its remaining life, as `fetch()` would
    * (`wxkit serve` answers them): the client then uses it without calling `fetch()`. Resolving nothing,
    * the client calls `fetch()` next. `options.signal` aborts when the client closes: the report is let go
-   * then (the source's own refresh, if it began one, goes on).
+   * then (the source's own refresh, if it began one, goes on). `options.worked`: whether a call of the
+   * client went through with `value` before WeChat rejected it; false when none did (a token WeChat
+   * rejects moments after each fetch), whose replacements a source that fetches spaces, as clients that
+   * fetch for themselves space theirs.
    */
-  invalidate(request: TokenSourceRequest, value: string, errcode?: number, options?: { signal?: AbortSignal }): Promise<{ value: string; expiresIn: number } | void>;
+  invalidate(
+    request: TokenSourceRequest,
+    value: string,
+    errcode?: number,
+    options?: { signal?: AbortSignal; worked?: boolean },
+  ): Promise<{ value: string; expiresIn: number } | void>;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
    * several clients share must still answer the others afterwards (remoteTokenSource opens new
@@ -269,8 +277,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     if (!said && current !== undefined && current.until > until) return;
     holds.set(path, { until, error, said, forced });
   };
-  // The service refused a report that carried WeChat's errcode, and took it without: a service of another make.
-  let errcodeRefused = false;
+  // The service refused a report that carried WeChat's errcode (or whether a call went through with the
+  // token), and took it without: a service of another make.
+  let extrasRefused = false;
   // Throws what a request of `path` held back under `key` (the path, or EVERY_PATH) fails with, if it is.
   const heldBack = (key: string, path: string, force: boolean) => {
     const held = holds.get(key);
@@ -336,6 +345,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     async invalidate(request, value, errcode, options) {
       const path = `v1/token/${segment(request)}/invalidate`;
       const signal = options?.signal;
+      const worked = options?.worked;
       // A service of another make may answer the report with no body (204) or no JSON: taken, with no
       // token in it (undefined), and the client asks fetch() for one.
       const report = async (json: Record<string, unknown>): Promise<Record<string, unknown> | undefined> => {
@@ -347,17 +357,22 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
         }
       };
       // WeChat's errcode goes with the token: the service tells a token superseded by a program outside
-      // the fleet (40001 on the token it holds) from one that merely expired.
-      const withErrcode = !errcodeRefused && Number.isSafeInteger(errcode);
+      // the fleet (40001 on the token it holds) from one that merely expired. So does whether a call went
+      // through with it: the service spaces the replacements of tokens none did.
+      const extras = {
+        ...(Number.isSafeInteger(errcode) ? { errcode } : {}),
+        ...(typeof worked === 'boolean' ? { worked } : {}),
+      };
+      const withExtras = !extrasRefused && Object.keys(extras).length > 0;
       let body: Record<string, unknown> | undefined;
       try {
-        body = await report(withErrcode ? { token: value, errcode } : { token: value });
+        body = await report(withExtras ? { token: value, ...extras } : { token: value });
       } catch (error) {
-        // A service of another make that takes {"token"} and nothing else refuses the errcode (400, 422):
-        // asked once more without it, and never with it again once that was taken.
-        if (!(withErrcode && error instanceof HttpError && (error.status === 400 || error.status === 422))) throw error;
+        // A service of another make that takes {"token"} and nothing else refuses the other fields (400,
+        // 422): asked once more without them, and never with them again once that was taken.
+        if (!(withExtras && error instanceof HttpError && (error.status === 400 || error.status === 422))) throw error;
         body = await report({ token: value });
-        errcodeRefused = true;
+        extrasRefused = true;
       }
       if (body === undefined) return undefined;
       // wxkit serve answers the current token: used as it is, which spares the client's next request.

@@ -230,6 +230,59 @@ describe("remoteTokenSource's report and WeChat's errcode", () => {
   });
 });
 
+describe("remoteTokenSource's report and whether a call went through with the token", () => {
+  beforeEach(() => {
+    asked = [];
+  });
+
+  it('says so in the report ("worked"); a service that refuses the field (422) is asked once more without it, and never sent it again', async () => {
+    const source = remoteTokenSource({ url, key: 'k'.repeat(32) });
+    const bodies: string[] = [];
+    const current = JSON.stringify({ access_token: 'ACCESS_TOKEN_2', expires_at: now() + 7200 });
+    try {
+      answer = (_path, body) => (bodies.push(body), { status: 200, body: current });
+      await source.invalidate(request, 'ACCESS_TOKEN_1', 40001, { worked: false });
+      await source.invalidate(request, 'ACCESS_TOKEN_1', undefined, { worked: true });
+      expect(bodies.map((body) => JSON.parse(body))).toEqual([
+        { token: 'ACCESS_TOKEN_1', errcode: 40001, worked: false },
+        { token: 'ACCESS_TOKEN_1', worked: true },
+      ]);
+      bodies.length = 0;
+      answer = (_path, body) => {
+        bodies.push(body);
+        return 'worked' in JSON.parse(body) ? { status: 422, body: JSON.stringify({ error: 'unknown field worked' }) } : { status: 200, body: current };
+      };
+      await expect(source.invalidate(request, 'ACCESS_TOKEN_1', undefined, { worked: false })).resolves.toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      await expect(source.invalidate(request, 'ACCESS_TOKEN_1', undefined, { worked: false })).resolves.toMatchObject({ value: 'ACCESS_TOKEN_2' });
+      expect(bodies.map((body) => JSON.parse(body))).toEqual([{ token: 'ACCESS_TOKEN_1', worked: false }, { token: 'ACCESS_TOKEN_1' }, { token: 'ACCESS_TOKEN_1' }]);
+    } finally {
+      await source.close?.();
+    }
+  });
+
+  it("a client's report of a token it sent no call through with says worked: false; one a call went through with, worked: true", async () => {
+    const mock = await startMockWeChat();
+    const bodies: Record<string, unknown>[] = [];
+    let issued = 0;
+    answer = (path, body) => {
+      if (path.endsWith('/invalidate')) bodies.push(JSON.parse(body) as Record<string, unknown>);
+      return { status: 200, body: JSON.stringify({ access_token: `SERVICE_TOKEN_${(issued += 1)}`, expires_at: now() + 7200 }) };
+    };
+    const client = new OfficialAccount({ appId: mock.createApp().appId, baseUrl: mock.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url, key: 'k'.repeat(32) }), logger: false });
+    try {
+      // WeChat knows none of the service's tokens: the call's reports are of tokens no call went through with.
+      await expect(client.templateMessage.send({ touser: 'o', template_id: 'T', data: {} })).rejects.toMatchObject({ errcode: 40014 });
+      expect(bodies.map((body) => body.worked)).toEqual([false, false]);
+      // The program's own report (accessToken.invalidate()) is of a token that worked.
+      await client.accessToken.invalidate(await client.accessToken.getToken(), 40001);
+      expect(bodies.map((body) => body.worked)).toEqual([false, false, true]);
+    } finally {
+      await client.close();
+      await mock.close();
+    }
+  });
+});
+
 describe('remoteTokenSource and a service it cannot reach, or that refuses its key', () => {
   beforeEach(() => {
     asked = [];

@@ -193,10 +193,12 @@ export class TokenManager {
    * A report made through this method (by the program, or by a token service for its clients, which
    * checks with WeChat first) is taken as the rejection of a token that worked: its replacement is
    * fetched at once. The client's own recoveries (recover()) know whether a call went through with it.
+   * `accepted` false: no call went through with it (a token service reporting for a client that says
+   * so), and the fetches that follow are spaced as recover()'s are.
    */
-  invalidate(value: string, errcode?: number): Promise<void> {
+  invalidate(value: string, errcode?: number, accepted = true): Promise<void> {
     // Marked handled as the report itself is: a caller that does not wait for it leaves no unhandled rejection.
-    return handled(this.#report(value, errcode, true).then(() => undefined));
+    return handled(this.#report(value, errcode, accepted).then(() => undefined));
   }
 
   /**

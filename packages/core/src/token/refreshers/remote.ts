@@ -1,6 +1,7 @@
 import { HttpError } from '../../errors.js';
 import { isPlausibleToken } from '../plausible.js';
 import { MAX_SOURCE_EXPIRES_IN_S, type TokenSource, type TokenSourceRequest } from '../../token-source.js';
+import type { StoredEntry } from '../entry.js';
 import { endingOf, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext } from '../refresher.js';
 
 /** How long a client holding a good token waits for its token service before it serves that token instead. */
@@ -46,12 +47,14 @@ export class RemoteRefresher implements Refresher {
   /**
    * Reports `value`; what the source answers with (wxkit serve: the current token, the one that replaced
    * `value`) is the refresh, so the client need not ask again. Undefined when it answered none.
+   * `accepted`: whether a call went through with `value` first, which the source is told (`worked`).
    */
-  async invalidate(value: string, errcode: number | undefined): Promise<Refreshed | undefined> {
+  async invalidate(value: string, errcode: number | undefined, _known?: StoredEntry, accepted?: boolean): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const started = performance.now();
+    const worked = accepted === undefined ? {} : { worked: accepted };
     // Let go when the client closes, as a fetch is: close() does not wait out the source's timeoutMs.
-    const answered = await whileWanted(ctx, { force: false }, ctx.closed, (signal) => this.#withDeadline(this.#source.invalidate(this.#request, value, errcode, { signal })));
+    const answered = await whileWanted(ctx, { force: false }, ctx.closed, (signal) => this.#withDeadline(this.#source.invalidate(this.#request, value, errcode, { signal, ...worked })));
     ctx.log.info({ event: `${ctx.label}.invalidated`, appId: ctx.appId, key: ctx.logKey, errcode, source: 'remote' }, `Reported a rejected ${ctx.label} to the token service`);
     // A source that answers nothing, or something else (a source in plain JavaScript that returns what
     // its HTTP call did): the client asks fetch() next, as before sources could answer.
