@@ -371,6 +371,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
     // Whether this command got a new token from WeChat (`fetched` in --json), not only read the store's.
     let fetched = false;
     client.on('access_token.fetched', () => void (fetched = true));
+    // Whether the command failed before it closed its client: that failure is its answer, whatever signal
+    // comes as the client closes.
+    let failed = false;
     try {
       let entry;
       try {
@@ -434,6 +437,9 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
         ],
       );
       return EXIT.ok;
+    } catch (error) {
+      failed = true;
+      throw error;
     } finally {
       // Lets the refresh lock go once a fetch under way has ended (after a signal, cut); a second signal
       // meanwhile waits for it.
@@ -442,8 +448,8 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
       guard = exitOnSignal(output, 'as it closed the store, once it had let go of any refresh lock it held');
       // Destroyed by a signal, it refuses close(): that is no error of the command's.
       await dispatcher.close().catch(() => undefined);
-      // Told to stop while it closed its client: stopped, with no token printed.
-      signals.throwIfStopped();
+      // Told to stop while it closed its client, after it had its answer: stopped, with no token printed.
+      if (!failed) signals.throwIfStopped();
     }
   } catch (error) {
     // A command that fails (stopped while its client closed, after it had its answer) prints its failure

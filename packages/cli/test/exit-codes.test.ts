@@ -425,6 +425,27 @@ describe('wxkit exit codes and messages', () => {
     expect(mock.counters(appId).stableTokenRequests).toBe(1);
   });
 
+  it('a failure the command had before a signal landed as its client closed is the one reported, with its exit code', async () => {
+    const hook = fileURLToPath(new URL('./fixtures/signal-at-client-close.mjs', import.meta.url));
+    const { appId } = mock.createApp();
+    const key = `wechat:stable_access_token:${appId}`;
+    // A secret WeChat refuses (40125): the command fails at WeChat, and the signal lands as it then closes its client.
+    const child = spawn(process.execPath, ['--import', hook, bin, 'token', 'get', '--store', redis.url, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], {
+      env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: '0123456789abcdef0123456789abcdef' },
+    });
+    let stdout = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    const ended = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('close', (code, signal) => resolve({ code, signal })));
+    expect(mock.counters(appId).stableTokenRequests).toBe(1);
+    expect(stdout.trim().split('\n')).toHaveLength(1);
+    const printed = JSON.parse(stdout) as { ok: boolean; error: { exit: number; message: string } };
+    expect(printed.ok).toBe(false);
+    expect(printed.error.message, stdout).not.toContain('stopped by SIGTERM');
+    expect(ended, stdout).toEqual({ code: printed.error.exit, signal: null });
+    expect([130, 143]).not.toContain(ended.code);
+    expect(redisCli(redis.port, 'EXISTS', `${key}:lock`)).toBe('0');
+  });
+
   it('no token (5): get with the secret while another program holds the refresh lock and writes nothing says what to do from the command line', async () => {
     const { appId, secret } = mock.createApp();
     const lock = `wechat:stable_access_token:${appId}:lock`;
