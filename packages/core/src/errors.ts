@@ -369,3 +369,8 @@ export function tookToken(error: unknown): boolean {
 export function toCacheError(error: unknown, message: string): CacheError {
   return error instanceof CacheError ? error : new CacheError(message, { cause: error });
 }
+
+/** What a request made after its client's close() is refused with: it was not sent. */
+export function closedRefusal(path: string): HttpError {
+  return new HttpError('ERR_WXKIT_HTTP', `The request to ${path} was not sent: the client was closed (close()); make a new one to send again`, { path, sent: false });
+}

@@ -2,7 +2,7 @@ import type { Dispatcher, Pool as UndiciPool } from 'undici';
 import { Pool } from './undici-pool.js';
 import { flattened } from './bytes.js';
 import { onAbort } from './abort.js';
-import { BadResponseError, ConfigError, HttpError, WeChatApiError } from './errors.js';
+import { BadResponseError, ConfigError, HttpError, WeChatApiError, closedRefusal } from './errors.js';
 import { scrubError } from './redact.js';
 import { withRetryAt } from './retry-at.js';
 import { signalRefusal } from './validate.js';
@@ -589,11 +589,7 @@ export class HttpClient {
     if (refused) return refused;
     // Requests under way at close() finish; one made after it is refused here, by name, rather than by
     // the closed pool's own error. So is one of a client closed while others still share this one.
-    if (this.#closed || req.client?.closed === true) {
-      return Promise.reject(
-        new HttpError('ERR_WXKIT_HTTP', `The request to ${path} was not sent: the client was closed (close()); make a new one to send again`, { path, sent: false }),
-      );
-    }
+    if (this.#closed || req.client?.closed === true) return Promise.reject(closedRefusal(path));
     // A body that is no JSON (a BigInt, a cycle) is the caller's error, found before anything is sent: not
     // a transport failure, which says the request is safe to send again as it is.
     let body: string | undefined;

@@ -502,6 +502,22 @@ describe('authorizers', () => {
     expect(mock.counters(s.component.appId).requests).toBe(before);
   });
 
+  it('an authorized mini program closed by its caller asks WeChat for no component token either, where none is stored', async () => {
+    const s = setup();
+    await withTicket(s);
+    const id = await authorized(s, s.make());
+    // Another process of the fleet, after the component token's entry went (its TTL, a store restarted empty).
+    await s.cache.delete(componentTokenKey(s));
+    const open = s.make();
+    const mp = open.miniProgram(id);
+    await mp.close();
+    const before = mock.counters(s.component.appId);
+    expect(await mp.auth.code2Session('code-after-close').catch((e: unknown) => e)).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false });
+    const after = mock.counters(s.component.appId);
+    expect(after.componentTokenRequests).toBe(before.componentTokenRequests);
+    expect(after.requests).toBe(before.requests);
+  });
+
   it("an authorized mini program's code2Session with an aborted signal asks WeChat for no component token", async () => {
     const s = setup();
     await withTicket(s);

@@ -1,7 +1,7 @@
 import type { RequestOptions } from '../api-client.js';
 import type { ClientCore } from '../client-core.js';
 import { sessionOf, type Code2SessionResult } from '../clients/mini-program.js';
-import { BadResponseError, isTokenRejection } from '../errors.js';
+import { BadResponseError, closedRefusal, isTokenRejection } from '../errors.js';
 import type { HttpRequest } from '../http.js';
 import type { TokenManager } from '../token/manager.js';
 import { credentialDigest, validateFetched, type Upstream } from '../token/upstream.js';
@@ -71,10 +71,13 @@ export class Component {
   /**
    * An authorized mini program's `wx.login()` code for its user's session (`sns/component/jscode2session`):
    * with the component's token, which recovers from 40001 as for every component call. `client`, the
-   * authorizer's: once it is closed, the call is refused as any of its calls.
+   * authorizer's: once it is closed, the call is refused as any of its calls, before the component's token is
+   * asked for.
    */
   async code2Session(authorizerAppId: string, jsCode: string, options: RequestOptions, client: { readonly closed: boolean }): Promise<Code2SessionResult> {
     const path = 'sns/component/jscode2session';
+    // Refused before the component's token is asked for: a closed client has WeChat fetch nothing for it.
+    if (client.closed) throw closedRefusal(path);
     const query = { appid: authorizerAppId, js_code: jsCode, grant_type: 'authorization_code', component_appid: this.#appId };
     const body = await this.withToken(
       (token) => this.send(token, { method: 'GET', path, query: { ...query, component_access_token: token }, signal: options.signal, client }),
