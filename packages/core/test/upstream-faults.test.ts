@@ -57,6 +57,18 @@ describe('a bad answer from the token endpoint is a typed error, nothing is cach
     await app.close();
   });
 
+  it.each(['"TOKEN-in-quotes"', 's:8:"TOKEN123";', '{"data":"TOKEN123"}', '[TOKEN123]'])(
+    'a token in another encoding (%s) is a bad answer: never stored, nor sent to WeChat',
+    async (value) => {
+      const { app, appId, cache } = newApp(mock);
+      mock.injectFault({ kind: 'field', path: 'cgi-bin/stable_token', field: 'access_token', value, times: 1 });
+      expect(await rejection(app.accessToken.getToken())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', path: 'cgi-bin/stable_token' });
+      expect(await cache.get(key(appId))).toBeUndefined();
+      expect(mock.counters(appId).tokenRequests).toBe(1);
+      await app.close();
+    },
+  );
+
   it('a token whose expires_in is too short to use (2 s) is a bad answer, backed off like one, not fetched again at every call', async () => {
     let now = Date.now();
     const shortLived = await startMockWeChat({ tokenTtlSeconds: 2 });

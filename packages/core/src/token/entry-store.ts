@@ -373,7 +373,7 @@ export class EntryStore {
       return { foreign, why: `cannot be read (${detail})` };
     }
     if (!entry) return { foreign, why: `is not a valid ${schema.name} entry` };
-    if (!isPlausibleToken(entry.value)) return { foreign, why: 'holds no plausible WeChat token (1–512 printable characters)' };
+    if (!isPlausibleToken(entry.value)) return { foreign, why: 'holds no plausible WeChat token (1–512 printable characters, no spaces, quotes, braces or brackets)' };
     return { entry, foreign: false, why: '' };
   }
 }

@@ -189,18 +189,13 @@ export function storeTtlSeconds(expiresIn: number, marginSeconds: number): numbe
 }
 
 /**
- * Quotes, braces and brackets: what JSON and PHP's serialize() wrap a value in, and never part of a token
- * WeChat hands out (letters, digits, `_` and `-`).
- */
-const ENCODING_MARKS = /["{}[\]]/;
-
-/**
  * The entry's field, when the value is a plausible token: what every bare-value format returns. A value
  * with the marks of an encoding (`"TOKEN"`, `s:5:"TOKEN";`, `{"data":"TOKEN",…}`) is another program's
- * encoded value, not a token: taken for one, it would be sent to WeChat, refused, and deleted.
+ * encoded value, not a token (see isPlausibleToken): taken for one, it would be sent to WeChat, refused,
+ * and deleted.
  */
 export function bareEntry(value: unknown): StoredEntry | undefined {
-  return isPlausibleToken(value) && !ENCODING_MARKS.test(value) ? { value } : undefined;
+  return isPlausibleToken(value) ? { value } : undefined;
 }
 
 const NATIVE_SCHEMA_OPTIONS = {

@@ -89,7 +89,7 @@ const MIN_EXPIRES_IN = 60;
 
 /**
  * Checks a token or ticket response before anything is stored: a plausible token (1–512 printable
- * ASCII characters) and an integer lifetime of at least a minute. A response that fails is a BadResponseError, and
+ * ASCII characters, no spaces, quotes, braces or brackets) and an integer lifetime of at least a minute. A response that fails is a BadResponseError, and
  * nothing is cached.
  */
 export function validateFetched(body: Record<string, unknown>, field: string, path: string): Fetched {
