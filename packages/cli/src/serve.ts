@@ -455,9 +455,18 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           }
           return pending;
         };
-        let before = await entryOf(target);
+        // A client that says a call went through with the token (`"worked": true`) reports it even where the
+        // service holds none to hand out (within the pause after rejections another client's report of it
+        // began): the store says which token is current, and WeChat took the fleet's tokens, which ends
+        // that pause, as it ends a client's that fetches for itself.
+        let before: StoredEntry | undefined;
+        try {
+          before = await entryOf(target);
+        } catch (error) {
+          if (body.worked !== true) throw error;
+        }
         // Whether the report is of the token the fleet holds now (else it is answered with that one).
-        let current = before.value === token;
+        let current = before !== undefined && before.value === token;
         if (!current) {
           // This instance's memory of the token (a second at most) may be older than the token reported:
           // another instance replaced it. The store says which is current; a report of an older token
@@ -482,11 +491,11 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         const now = Date.now();
         // When the token was fetched, by whichever instance: never later than now (a clock ahead, or a
         // store that lies), and no earlier than this instance's own last replacement (a clock behind).
-        const fetchedAt = before.fetchedAt === undefined ? undefined : Math.min(before.fetchedAt * 1000, now);
+        const fetchedAt = before?.fetchedAt === undefined ? undefined : Math.min(before.fetchedAt * 1000, now);
         const replacedAt = current ? Math.max(fetchedAt ?? -Infinity, target.replacedAt ?? -Infinity) : -Infinity;
         if (now - replacedAt < INVALIDATE_SPACING_MS) {
           const works = await check();
-          if (works === true) return sendEntry(res, 'access_token', before);
+          if (works === true && before !== undefined) return sendEntry(res, 'access_token', before);
           if (works === undefined) {
             const seconds = Math.max(1, Math.ceil((replacedAt + INVALIDATE_SPACING_MS - now) / 1000));
             throw new Problem(
@@ -505,7 +514,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         // WeChat refuses) costs one fetch per step, not one per round of reports.
         await (body.worked === false ? invalidateUnproven(target.client.accessToken, token, errcode) : target.client.accessToken.invalidate(token, errcode));
         const after = await entryOf(target);
-        if (after.value !== before.value) target.replacedAt = now;
+        if (after.value !== before?.value) target.replacedAt = now;
         return sendEntry(res, 'access_token', after);
       }
       if (rest.length !== 0) throw new Problem(404, 'not_found', 'no such endpoint under /v1/token/{app}: only /invalidate');

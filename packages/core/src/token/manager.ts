@@ -46,6 +46,8 @@ export class TokenManager {
   #waitedInVain: string | undefined;
   /** The last value WeChat accepted a call with (see accepted()). */
   #accepted: string | undefined;
+  /** The last value reported rejected before any call was known to have gone through with it (see #report). */
+  #unproven: string | undefined;
   /** The last value this process took from the shared store (not one it fetched): the store held it (see recheck()). */
   #shown: string | undefined;
   /** Set by end(), once the client's close() has let its work end: no report of a rejected value starts after it. */
@@ -256,10 +258,18 @@ export class TokenManager {
       return Promise.reject(closedError(this.#ctx, `reports no rejected ${this.#ctx.label} to its store or token service`));
     }
     let pending = this.#invalidations?.get(value);
+    // A later report of a value first reported as one no call went through with, by a caller that had a
+    // call go through with it (two clients of a token service that disagree): the refresher learns it, as
+    // if the first report had said so, whichever came first.
+    if (accepted && this.#unproven === value && (pending || this.isRejected(value))) {
+      this.#unproven = undefined;
+      this.#refresher.worked?.(value);
+    }
     // Already handled: late rejections of the same token (the calls that were in flight with it) must
     // not start another round, or N slow callers would cause N fetches.
     if (!pending && this.isRejected(value)) return Promise.resolve(false);
     if (!pending) {
+      this.#unproven = accepted ? undefined : value;
       const rejected = (this.#rejected ??= []);
       rejected.push(value);
       if (rejected.length > REJECTED_MEMORY) rejected.shift();

@@ -159,6 +159,12 @@ export interface Refresher {
    * made with `value` before it rejected it (the token worked, until something replaced it).
    */
   invalidate(value: string, errcode: number | undefined, known?: StoredEntry, accepted?: boolean): Promise<Refreshed | void>;
+  /**
+   * A call went through with `value` after all, which this process reported rejected before any call was
+   * known to have (a token service's clients disagree, the first report said none did): WeChat does take
+   * the fleet's tokens, as if that report had said so.
+   */
+  worked?(value: string): void;
 }
 
 /** How a waiter paces its looks at the store: the first pause, the growth of each next one, the longest. */

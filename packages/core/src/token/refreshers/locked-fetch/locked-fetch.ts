@@ -127,6 +127,11 @@ export class LockedFetchRefresher implements Refresher {
     this.#writes.stored();
   }
 
+  /** A call went through with a token reported as one none did: the pause after rejections ends, as for a report that said so. */
+  worked(): void {
+    this.#pause.report(performance.now(), true);
+  }
+
   /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
   reset(): void {
     this.#peers.reset();

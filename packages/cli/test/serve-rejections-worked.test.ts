@@ -1,0 +1,71 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { RedisCache } from '@wxkit/redis';
+import { startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
+import { startTokenService } from '../src/serve.js';
+
+// Two clients report the same rejected token within the fleet's pause after rejections ({key}:refetch):
+// one sent no call through with it ("worked": false), the other did ("worked": true). A token a call
+// went through with was replaced by a program outside the fleet, and WeChat does take the fleet's tokens:
+// its replacement is fetched at once, whichever report came first, as clients that fetch for themselves
+// fetch it (the process that had a call go through fetches at once, whatever the pause).
+const KEY = 'serve-rejections-worked-key-0123456789ab';
+
+let mock: MockWeChat;
+let redis: StoreServer;
+beforeAll(async () => {
+  [mock, redis] = await Promise.all([startMockWeChat(), startRedis()]);
+});
+afterAll(async () => {
+  await Promise.all([mock?.close(), redis?.stop()]);
+});
+afterEach(() => {
+  mock.clearFaults();
+  vi.useRealTimers();
+});
+
+describe('wxkit serve and reports of one token that disagree on whether it worked', () => {
+  it('a "worked": true report after a "worked": false one, within the pause: the replacement is fetched at once', async () => {
+    // A clock that only the test moves: the reports stay within the pause's step.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { appId, secret } = mock.createApp();
+    const cache = new RedisCache(redis.url);
+    const watcher = new RedisCache(redis.url);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const get = async () => ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+    const report = async (token: string, worked: boolean) => {
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token, errcode: 40001, worked }) });
+      return { status: res.status, body: (await res.json()) as { access_token?: string } };
+    };
+    const pauseKey = `wechat:access_token:${appId}:refetch`;
+    try {
+      const fetches = () => mock.counters(appId).classicTokenRequests;
+      const first = await get();
+      // WeChat refuses the tokens at the service's check from now on.
+      mock.injectFault({ kind: 'errcode', errcode: 40001, path: 'cgi-bin/get_api_domain_ip', times: Infinity });
+      // A token no call went through with: replaced at once, and the fleet's pause begins (1 s).
+      const second = (await report(first, false)).body.access_token;
+      expect(second).toBeDefined();
+      expect(second).not.toBe(first);
+      expect(fetches()).toBe(2);
+      // The store would let the pause go after two steps of real time: kept, as the clock stands still.
+      const raw = await watcher.get(pauseKey);
+      expect(raw).toBeDefined();
+      await watcher.set(pauseKey, raw!, 3600);
+      // The second token is rejected within the pause: a client that sent no call with it says so
+      // first, and waits for the pause.
+      expect((await report(second!, false)).status).toBe(503);
+      expect(fetches()).toBe(2);
+      // A client whose call did go through with it: WeChat took the fleet's token, then a program outside
+      // the fleet replaced it. Fetched at once.
+      mock.clearFaults();
+      const answer = await report(second!, true);
+      expect(answer.status).toBe(200);
+      expect(answer.body.access_token).not.toBe(second);
+      expect(fetches()).toBe(3);
+    } finally {
+      await service.close();
+      await Promise.all([cache.close(), watcher.close()]);
+    }
+  });
+});
