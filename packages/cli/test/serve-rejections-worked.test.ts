@@ -68,4 +68,35 @@ describe('wxkit serve and reports of one token that disagree on whether it worke
       await Promise.all([cache.close(), watcher.close()]);
     }
   });
+  it('a client that says "worked": false of tokens WeChat takes costs at most the one replacement of a token older than a minute, as before', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    const { appId, secret } = mock.createApp();
+    const cache = new RedisCache(redis.url);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId, secret, tokenEndpoint: 'classic' }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false });
+    const headers = { authorization: `Bearer ${KEY}`, 'content-type': 'application/json' };
+    const get = async () => ((await (await fetch(`${service.url}/v1/token/oa/${appId}`, { headers })).json()) as { access_token: string }).access_token;
+    const report = async (token: string) => {
+      const res = await fetch(`${service.url}/v1/token/oa/${appId}/invalidate`, { method: 'POST', headers, body: JSON.stringify({ token, errcode: 40001, worked: false }) });
+      return { status: res.status, body: (await res.json()) as { access_token?: string } };
+    };
+    try {
+      const fetches = () => mock.counters(appId).classicTokenRequests;
+      const first = await get();
+      // WeChat takes the token at the service's check: answered with it, nothing fetched.
+      for (let i = 0; i < 5; i += 1) expect((await report(first)).body.access_token).toBe(first);
+      expect(fetches()).toBe(1);
+      // A minute on, the report of the token is taken unchecked: replaced at once, the first step of a pause.
+      vi.setSystemTime(Date.now() + 61_000);
+      const second = (await report(first)).body.access_token;
+      expect(second).not.toBe(first);
+      expect(fetches()).toBe(2);
+      // Its replacement is checked again: the lies cost nothing more, and every answer is a token.
+      for (let i = 0; i < 5; i += 1) expect(await report(second!)).toEqual({ status: 200, body: expect.objectContaining({ access_token: second }) });
+      expect(await get()).toBe(second);
+      expect(fetches()).toBe(2);
+    } finally {
+      await service.close();
+      await cache.close();
+    }
+  });
 });
