@@ -104,6 +104,32 @@ describe('Work (WeCom)', () => {
     expect(await cache.get(`wechat:work:agent_jsapi_ticket:${app.corpId}:${app.agentId}`)).toContain(agentTicket);
   });
 
+  it('gettoken hands back the current token until it ends, with what is left of it: near its end the fleet asks once more just after it, not in growing steps past it', async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const wecom = await startMockWeChat({ now: () => now });
+    try {
+      const app = wecom.createWorkApp();
+      const work = new Work({ ...app, baseUrl: wecom.url, cache: new MemoryCache(), logger: false, now: () => now });
+      const first = await work.accessToken.getToken();
+      // Read every 5 s up to its end: gettoken answers the same token with less and less left, the last
+      // time (its final 30 s, when the entry is no longer served) with less than wxkit takes.
+      for (let second = 5; second < 7200; second += 5) {
+        now = start + second * 1000;
+        await work.accessToken.getToken().catch(() => undefined);
+      }
+      const asked = wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
+      // One second after its end: WeCom has a new token, and the fleet asks for it at once.
+      now = start + 7201 * 1000;
+      const next = await work.accessToken.getToken();
+      expect(next).not.toBe(first);
+      expect(wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests).toBe(asked + 1);
+      await work.close();
+    } finally {
+      await wecom.close();
+    }
+  });
+
   it('checks its options', () => {
     expect(() => new Work({ corpId: 'ww1', agentId: 'abc', secret: 's' })).toThrow(/Work options.agentId must be the agent id/);
     expect(() => new Work({ corpId: 'w w', agentId: 1, secret: 's' })).toThrow(/Work options.corpId/);

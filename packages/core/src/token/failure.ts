@@ -2,6 +2,7 @@ import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, des
 import { binaryToText, textToBinary } from '../bytes.js';
 import { withRetryAt } from '../retry-at.js';
 import type { GuardedStore } from '../store.js';
+import { shortLivedEndsInMs } from './upstream.js';
 
 /**
  * When may WeChat be asked again. A failed fetch leaves a marker beside the entry, `{key}:failed`, that
@@ -63,6 +64,8 @@ const MINUTE_MS = 60_000;
 // 4 … minutes, at most once an hour, rather than once a minute for as long as it calls.
 const REVOKED = 61003;
 const REVOKED_MAX_MS = 60 * MINUTE_MS;
+/** After the end of a value handed back with too little life left: its successor is asked for this long after. */
+const SHORT_LIFE_SLACK_MS = 1_000;
 /** Transient failures (-1, 5xx, timeouts, unreadable answers): 1 s, 2 s, 4 s … at most 60 s, ±20 %. */
 const TRANSIENT_BASE_MS = 1_000;
 const TRANSIENT_MAX_MS = 60_000;
@@ -172,6 +175,11 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
   else {
     const base = Math.min(TRANSIENT_BASE_MS * 2 ** Math.min(attempt - 1, 16), TRANSIENT_MAX_MS);
     pauseMs = Math.round(base * (1 - JITTER + 2 * JITTER * random()));
+    // A value handed back with too little life left (an endpoint that answers its current value until it
+    // ends) has its successor once it ends: asked again just after that, neither before (the same value
+    // again) nor in steps past it (the new one waiting unasked for); no sooner than the step of its attempt.
+    const endsInMs = shortLivedEndsInMs(error);
+    if (endsInMs !== undefined) pauseMs = Math.max(pauseMs, endsInMs + SHORT_LIFE_SLACK_MS);
   }
   const marker: FailureMarker = { code: (error as WeChatApiError).code, failedAt: now, retryAt: now + pauseMs, attempt, failedBy };
   if (error instanceof WeChatApiError) {

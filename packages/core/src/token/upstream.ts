@@ -102,9 +102,23 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
     throw new BadResponseError(`WeChat answered ${path} without a usable expires_in`, { path });
   }
   if (expiresIn < MIN_EXPIRES_IN) {
-    throw new BadResponseError(`WeChat answered ${path} with expires_in ${expiresIn}: under ${MIN_EXPIRES_IN} s, a token of no use`, { path });
+    const error = new BadResponseError(`WeChat answered ${path} with expires_in ${expiresIn}: under ${MIN_EXPIRES_IN} s, a token of no use`, { path });
+    ENDS_IN_MS.set(error, expiresIn * 1000);
+    throw error;
   }
   return { value, expiresIn, response: body };
+}
+
+/**
+ * An endpoint that hands back its current value until it ends (WeCom's gettoken, the ticket endpoints)
+ * answers near that end with what is left of it: too little to serve, and nothing newer is had before it
+ * ends. The life left of the value a refused answer carried, in ms, by error.
+ */
+const ENDS_IN_MS = new WeakMap<object, number>();
+
+/** For an answer refused for its short expires_in: how long the value it carried still lives, in ms. */
+export function shortLivedEndsInMs(error: unknown): number | undefined {
+  return typeof error === 'object' && error !== null ? ENDS_IN_MS.get(error) : undefined;
 }
 
 /**
