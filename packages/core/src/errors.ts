@@ -336,6 +336,8 @@ export function isSecretRejection(errcode: number, path: string | undefined): bo
 /** A short English description of a WeChat errcode (answered at `path`), or undefined when wxkit has none. */
 export function describeErrcode(errcode: number, path?: string): string | undefined {
   if (isSecretRejection(errcode, path)) return 'invalid credential: the secret is wrong';
+  // WeCom's gettoken takes a corp id, not an appid: its 40013 says that one is wrong.
+  if (errcode === 40013 && path === 'cgi-bin/gettoken') return 'invalid corpid';
   return ERRCODE_HINTS[errcode];
 }
 

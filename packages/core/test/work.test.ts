@@ -80,6 +80,22 @@ describe('Work (WeCom)', () => {
     expect(String(error.message)).not.toContain('wrong-secret');
   });
 
+  it('a wrong corp id is WeCom’s 40013 at gettoken, said to be the corp id, and held for the fleet a minute', async () => {
+    let now = Date.now();
+    const app = mock.createWorkApp();
+    const before = mock.counters().classicTokenRequests;
+    const work = new Work({ ...app, corpId: 'ww0000000000000000', baseUrl: mock.url, cache: new MemoryCache(), logger: false, now: () => now });
+    const error = await rejection(work.accessToken.getToken());
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_WECHAT_API', errcode: 40013, path: 'cgi-bin/gettoken' });
+    expect(error.message).toMatch(/invalid corpid/);
+    now += 5_000;
+    const shared = await rejection(work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'x' } }));
+    expect(shared).toMatchObject({ errcode: 40013 });
+    expect(shared.message).toMatch(/invalid corpid/);
+    expect(mock.counters().classicTokenRequests - before).toBe(1);
+    await work.close();
+  });
+
   it('signs wx.config with the corp ticket and wx.agentConfig with the agent ticket, each cached', async () => {
     const app = mock.createWorkApp();
     const cache = new MemoryCache();
