@@ -155,7 +155,16 @@ export class KeyvCache implements TokenCache {
         throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause, reason: 'type' });
       }
       const refusal = refusalOf(error);
-      const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code);
+      const code = (error as { code?: unknown } | null)?.code;
+      // Another connection holds the SQLite file's lock, and the adapter was given no busyTimeout to wait
+      // for it (or it ran out): the statement did nothing. Not a miss, not a lock held by another process.
+      if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
+        throw new CacheError(
+          `KeyvCache ${op} failed: another connection holds the SQLite database locked (${code}); give @keyv/sqlite a busyTimeout, so that a statement waits for the lock`,
+          { cause, reason: 'timeout' },
+        );
+      }
+      const reason = refusal ?? socketReason(code);
       if (this.#sql?.keeps(error)) {
         throw new CacheError(
           `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +

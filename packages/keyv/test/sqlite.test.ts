@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -110,5 +111,32 @@ describe('KeyvCache on @keyv/sqlite', () => {
     } finally {
       process.off('unhandledRejection', record);
     }
+  });
+
+  it('a file another connection holds locked (no busyTimeout: SQLITE_BUSY) fails every call with a CacheError of reason timeout: never a miss, never a lock held by another', async () => {
+    const file = join(dir, `busy-${randomBytes(4).toString('hex')}.sqlite`);
+    const adapter = new KeyvSqlite({ uri: `sqlite://${file}`, table: newTable() });
+    stores.push(adapter);
+    const cache = new KeyvCache(adapter);
+    await cache.set('k', 'v', 100);
+    // sqlite3's shell holds the file's write lock until it reads ROLLBACK.
+    const holder = spawn('sqlite3', [file], { stdio: ['pipe', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => {
+      holder.stdout.on('data', (data) => String(data).includes('locked') && resolve());
+      holder.stdin.write("BEGIN EXCLUSIVE; SELECT 'locked';\n");
+    });
+    try {
+      const calls: Promise<unknown>[] = [cache.get('k'), cache.add!('k:lock', 'me', 10), cache.set('k', 'w', 10), cache.compareAndSet!('k', 'v', 'w', 10), cache.deleteIfEquals!('k', 'v')];
+      const outcomes = await Promise.all(calls.map((call) => call.then((value) => ({ resolved: value }), (caught: unknown) => caught)));
+      for (const error of outcomes) {
+        expect(error).toBeInstanceOf(CacheError);
+        expect(error).toMatchObject({ reason: 'timeout', cause: { code: 'SQLITE_BUSY' } });
+        expect((error as Error).message).toMatch(/busyTimeout/);
+      }
+    } finally {
+      holder.stdin.end('ROLLBACK;\n');
+      await once(holder, 'exit');
+    }
+    expect(await cache.get('k')).toBe('v');
   });
 });
