@@ -17,16 +17,21 @@ afterAll(async () => {
   await Promise.all([memcached?.stop(), mock?.close()]);
 });
 
-/** Writes items as large as `key`'s (the same slab class, so the same LRU) until memcached has dropped `key`. */
+/**
+ * Writes items as large as `key`'s (the same slab class, so the same LRU) until memcached has dropped `key`.
+ * The key is looked at only after each 4 MB written (twice the memory): a `get` marks it active, and one
+ * looked at after every batch would be bumped back up its LRU before it ever reached the tail.
+ */
 async function evict(port: number, key: string): Promise<number> {
   const size = key.length + (await memcachedGetBytes(port, key))!.length;
+  const perLook = Math.ceil((4 << 20) / size);
   const socket = createConnection({ host: '127.0.0.1', port });
   await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
   let written = 0;
   try {
-    while ((await memcachedGetBytes(port, key)) !== undefined) {
+    do {
       let batch = '';
-      for (let i = 0; i < 500; i += 1, written += 1) {
+      for (let i = 0; i < perLook; i += 1, written += 1) {
         const name = `filler:${written}:`;
         const value = 'x'.repeat(Math.max(1, size - name.length));
         batch += `set ${name} 0 3600 ${value.length} noreply\r\n${value}\r\n`;
@@ -37,7 +42,7 @@ async function evict(port: number, key: string): Promise<number> {
         socket.once('data', () => resolve());
         socket.write('get filler:0:\r\n');
       });
-    }
+    } while ((await memcachedGetBytes(port, key)) !== undefined);
   } finally {
     socket.destroy();
   }
