@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, OfficialAccount } from '../src/index.js';
-import { deferred, rejection } from './helpers.js';
+import { holdingLock, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -10,23 +10,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await mock.close();
 });
-
-/** A store whose answer to the lock's `add` waits until `release()`: the refresh is then under the lock, before its fetch. */
-function holdingLock() {
-  const arrived = deferred();
-  const released = deferred();
-  let lockKey = '';
-  class HoldingLock extends MemoryCache {
-    override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-      if (key === lockKey) {
-        arrived.resolve();
-        await released.promise;
-      }
-      return super.add(key, value, ttlSeconds);
-    }
-  }
-  return { cache: new HoldingLock(), arrived: arrived.promise, release: released.resolve, lock: (key: string) => void (lockKey = key) };
-}
 
 const message = { touser: 'o1', template_id: 'T', data: {} };
 

@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ClientPool, MemoryCache, MiniProgram, OfficialAccount, TokenUnavailableError, Work, type ClientPoolOptions } from '../src/index.js';
-import { deferred, endedByClose, errorText, rejection } from './helpers.js';
+import { deferred, endedByClose, errorText, holdingLock, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -417,32 +417,21 @@ describe('ClientPool', () => {
   it("close() while another client's refresh holds it: a send made meanwhile on a client it closed is refused, never sent", async () => {
     const apps = appsOnMock(2);
     const [a, b] = [...apps.keys()] as [string, string];
-    const arrived = deferred();
-    const released = deferred();
-    let lockKey = '';
     // A store whose answer to a's lock attempt waits until the test lets it go: a's refresh is under way
     // until then, and the pool's close() waits for it.
-    class HoldingLock extends MemoryCache {
-      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
-        if (key === lockKey) {
-          arrived.resolve();
-          await released.promise;
-        }
-        return super.add(key, value, ttlSeconds);
-      }
-    }
-    const { pool } = officialAccounts(apps, { cache: new HoldingLock() });
+    const gate = holdingLock();
+    const { pool } = officialAccounts(apps, { cache: gate.cache });
     const ready = await pool.get(b);
     await ready.accessToken.getToken();
     const busy = await pool.get(a);
-    lockKey = `${busy.accessToken.cacheKey}:lock`;
+    gate.lock(`${busy.accessToken.cacheKey}:lock`);
     const refreshing = rejection(busy.accessToken.getToken());
-    await arrived.promise;
+    await gate.arrived;
     let closed = false;
     const closing = pool.close().then(() => (closed = true));
     const refused = await rejection(send(ready));
     expect(closed).toBe(false);
-    released.resolve();
+    gate.release();
     await closing;
     expect(refused).toMatchObject({ code: 'ERR_WXKIT_HTTP', sent: false, message: expect.stringMatching(/not sent: the client was closed/) });
     expect(await refreshing).toBeInstanceOf(TokenUnavailableError);

@@ -109,6 +109,26 @@ export function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
+/**
+ * A MemoryCache whose answer to the `add` of the key given to `lock()` waits until `release()`: the refresh
+ * that takes that lock is then under way, before its fetch.
+ */
+export function holdingLock(): { cache: MemoryCache; arrived: Promise<void>; release: () => void; lock: (key: string) => void } {
+  const arrived = deferred();
+  const released = deferred();
+  let lockKey = '';
+  class HoldingLock extends MemoryCache {
+    override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+      if (key === lockKey) {
+        arrived.resolve();
+        await released.promise;
+      }
+      return super.add(key, value, ttlSeconds);
+    }
+  }
+  return { cache: new HoldingLock(), arrived: arrived.promise, release: released.resolve, lock: (key: string) => void (lockKey = key) };
+}
+
 /** Captures the rejection of a promise that must reject. */
 export async function rejection(promise: Promise<unknown>): Promise<Error & Record<string, unknown>> {
   try {
