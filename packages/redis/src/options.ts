@@ -161,6 +161,12 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       ...(pass ? { password: pass } : {}),
     });
     const node = { ...opts.clientOptions, ...credentials(username, password), ...(database === undefined ? {} : { database }) };
+    // node-redis asks the Sentinels one after the other, and waits on one that takes connections and
+    // never answers (a hung host) as long as the kernel keeps the socket: the attempt would time out on
+    // the first Sentinel, every time, and close() would wait for it. Each Sentinel gets a share of the
+    // connect timeout, so that the next ones are asked within it; the connection that stays open to
+    // hear of failovers PINGs within that time, so that being idle does not end it.
+    const perSentinelMs = Math.max(2, Math.floor(connectTimeoutMs / sentinels.length));
     return {
       source: (ended) => {
         const nodeClientOptions = merge(ended, node);
@@ -173,7 +179,8 @@ export function resolveOptions(options: unknown): ResolvedOptions {
           passthroughClientErrorEvents: true,
           sentinelClientOptions: {
             ...credentials(decodeURIComponent(nodes[0]!.username), decodeURIComponent(nodes[0]!.password)),
-            socket: { connectTimeout: connectTimeoutMs },
+            socket: { connectTimeout: perSentinelMs, socketTimeout: perSentinelMs },
+            pingInterval: Math.ceil(perSentinelMs / 2),
           },
         }) as unknown as RedisClientLike;
         // Connected as the primary's clients are, and given up with them.
