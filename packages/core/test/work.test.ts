@@ -146,6 +146,36 @@ describe('Work (WeCom)', () => {
     }
   });
 
+  it("a value handed back near its end holds every process of the fleet until just after it ends: the marker's retry_at carries the pause", async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const wecom = await startMockWeChat({ now: () => now });
+    try {
+      const app = wecom.createWorkApp();
+      const cache = new MemoryCache();
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const token = await one.accessToken.getToken();
+      const asked = () => wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
+      // 25 s before its end the entry is no longer served: gettoken hands the same token back with 25 s left.
+      now = start + 7175_000;
+      expect((await rejection(one.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      const afterFirst = asked();
+      // The other process reads the marker from the store and asks nothing up to the value's end.
+      for (const second of [7178, 7190, 7199, 7200.5]) {
+        now = start + second * 1000;
+        expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      }
+      expect(asked()).toBe(afterFirst);
+      now = start + 7201_500;
+      expect(await other.accessToken.getToken()).not.toBe(token);
+      expect(asked()).toBe(afterFirst + 1);
+      await Promise.all([one.close(), other.close()]);
+    } finally {
+      await wecom.close();
+    }
+  });
+
   it('checks its options', () => {
     expect(() => new Work({ corpId: 'ww1', agentId: 'abc', secret: 's' })).toThrow(/Work options.agentId must be the agent id/);
     expect(() => new Work({ corpId: 'w w', agentId: 1, secret: 's' })).toThrow(/Work options.corpId/);
