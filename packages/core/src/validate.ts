@@ -195,14 +195,22 @@ export const NOT_IN_SECRET = /[\s\x00-\x1f\x7f-\x9f]/;
 /**
  * A secret (an AppSecret, a corpsecret): a non-empty string without whitespace or control characters.
  * None holds one; a value read from a file keeps its line break, and WeChat would refuse the secret
- * (40125) with nothing to say why. Its message shows the type only.
+ * (40125) with nothing to say why. Nor is one quoted: an env file read as it is keeps its quotes. Its
+ * message shows the type only.
  */
 export function secretString(): OptionRule {
   return {
     allowed: 'a non-empty string without spaces or control characters (a line break read from a file, say)',
-    accepts: (value) => typeof value === 'string' && value.length > 0 && !NOT_IN_SECRET.test(value),
+    accepts: (value) => typeof value === 'string' && value.length > 0 && !NOT_IN_SECRET.test(value) && !QUOTED.test(value),
+    nearMiss: (value) =>
+      typeof value === 'string' && QUOTED.test(value)
+        ? 'is still in quotes: no secret has them, and an env file read as it is (docker --env-file) keeps them; remove them'
+        : undefined,
   };
 }
+
+/** A value wrapped in one pair of quotes, as an env file written for a shell and read as it is keeps it. */
+const QUOTED = /^(["'`]).*\1$/s;
 
 /** A string the pattern matches in full; `allowed` says it in words. */
 export function matching(pattern: RegExp, allowed: string): OptionRule {

@@ -57,6 +57,15 @@ describe('OfficialAccount options are checked at construction, before any I/O', 
     expect(numeric.message).not.toContain('12345678');
   });
 
+  it('a secret still in the quotes of an env file (docker --env-file keeps them) is refused at construction, and the message says so without the secret', () => {
+    for (const secret of [`"${base.secret}"`, `'${base.secret}'`]) {
+      const error = configError({ ...base, secret });
+      expect(error.option).toBe('secret');
+      expect(error.message).toContain('quotes');
+      expect(error.message).not.toContain(base.secret);
+    }
+  });
+
   it('rejects an unknown option and suggests the right spelling', () => {
     const error = configError({ ...base, tokenEndPoint: 'classic' });
     expect(error.option).toBe('tokenEndPoint');
