@@ -212,13 +212,22 @@ export function secretString(): OptionRule {
 /** A value wrapped in one pair of quotes, as an env file written for a shell and read as it is keeps it. */
 const QUOTED = /^(["'`]).*\1$/s;
 
+/** Whitespace that only its ends hold: a value read from a file or an env file, with its line break. */
+const PADDED = /^\s+\S*$|^\S*\s+$/;
+
 /** A string the pattern matches in full; `allowed` says it in words. */
 export function matching(pattern: RegExp, allowed: string): OptionRule {
   return { allowed, accepts: (value) => typeof value === 'string' && pattern.test(value) };
 }
 
 /** A credential-like id (appId, corpId) that becomes part of a store key. */
-export const ID_RULE = matching(/^[A-Za-z0-9_.-]{1,64}$/, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)');
+export const ID_RULE: OptionRule = {
+  ...matching(/^[A-Za-z0-9_.-]{1,64}$/, 'a string of letters, digits, `_`, `.` or `-` (WeChat ids look like wx1234abcd5678ef90)'),
+  nearMiss: (value) =>
+    typeof value === 'string' && PADDED.test(value)
+      ? 'has a space or line break at its start or end (read from a file or an env file, say); trim it'
+      : undefined,
+};
 
 /** A function. */
 export function fn(): OptionRule {

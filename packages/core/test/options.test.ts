@@ -66,6 +66,14 @@ describe('OfficialAccount options are checked at construction, before any I/O', 
     }
   });
 
+  it('an appId with a space or a line break (read from a file) says so, as the id itself is shown nowhere', () => {
+    for (const appId of [`${base.appId}\n`, ` ${base.appId}`, `${base.appId}\r\n`]) {
+      const error = configError({ ...base, appId });
+      expect(error.option).toBe('appId');
+      expect(error.message).toContain('space or line break');
+    }
+  });
+
   it('rejects an unknown option and suggests the right spelling', () => {
     const error = configError({ ...base, tokenEndPoint: 'classic' });
     expect(error.option).toBe('tokenEndPoint');
