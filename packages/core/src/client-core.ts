@@ -159,7 +159,13 @@ export const CLIENT_DEFAULTS = Object.freeze({
  * does not compile.
  */
 export const CLIENT_OPTIONS = {
-  baseUrl: rule('an http:// or https:// URL without query, fragment or credentials', isPlainHttpUrl),
+  baseUrl: rule('an http:// or https:// URL without query, fragment or credentials', (value) => isPlainHttpUrl(value) && !API_PATH_END.test(value as string), {
+    // The API paths (cgi-bin/token, sns/…, wxa/…) are added to it: a base ending in one sends to /cgi-bin/cgi-bin/….
+    nearMiss: (value) =>
+      isPlainHttpUrl(value) && API_PATH_END.test(value as string)
+        ? 'must be the origin (or a proxy prefix) without /cgi-bin, such as https://api.weixin.qq.com: the API paths are added to it'
+        : undefined,
+  }),
   cache: TOKEN_CACHE_RULE,
   schema: rule('a KeySchema such as nativeSchema()', isKeySchema),
   timeoutMs: durationMs(),
@@ -615,6 +621,8 @@ export class ClientCore implements TierStores, EventSource {
     );
   }
 }
+
+const API_PATH_END = /\/cgi-bin\/*$/i;
 
 function isPlainHttpUrl(value: unknown): boolean {
   try {

@@ -74,6 +74,13 @@ describe('OfficialAccount options are checked at construction, before any I/O', 
     }
   });
 
+  it('a baseUrl that ends in the API path (/cgi-bin) is refused: the paths are added to it', () => {
+    const error = configError({ ...base, baseUrl: 'https://api.weixin.qq.com/cgi-bin/' });
+    expect(error.option).toBe('baseUrl');
+    expect(error.message).toContain('without /cgi-bin');
+    expect(() => new OfficialAccount({ ...base, baseUrl: 'https://gateway.example.com/wechat/' })).not.toThrow();
+  });
+
   it('rejects an unknown option and suggests the right spelling', () => {
     const error = configError({ ...base, tokenEndPoint: 'classic' });
     expect(error.option).toBe('tokenEndPoint');
