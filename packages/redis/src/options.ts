@@ -211,10 +211,12 @@ const REDIS_OPTIONS = {
   url: rule(URL_RULE, (value) => redisUrl(value) === 'ok', { nearMiss: (value) => badDatabase(value) ?? withQuery(value) ?? unparsable(value) }),
   // The nodes discovered are all connected with one user, password and scheme: the URLs must agree on them.
   cluster: rule(
-    `a non-empty array of ${URL_RULE.slice(2)}s`,
+    "a non-empty array of redis:// or rediss:// URLs, one or more of the cluster's nodes, such as ['redis://user:password@host:7000']",
     (value) => nonEmptyArray(value) && value.every((url) => redisUrl(url) === 'ok') && logins(value) === 1 && schemes(value) === 1,
     {
       nearMiss: (value) => {
+        // One URL where the nodes go: the cluster is found from any of them, but they are given as a list.
+        if (typeof value === 'string') return "must be an array of node URLs, even for one: cluster: ['redis://host:7000', 'redis://host2:7000'] (got string)";
         if (!nonEmptyArray(value)) return undefined;
         const database = value.map(badDatabase).find(Boolean);
         if (database || !value.every((url) => redisUrl(url) === 'ok')) return database;

@@ -83,3 +83,18 @@ it('a Sentinel URL refused for its form (a scheme left out or mistyped) is shown
     expect(message).not.toContain('topsecret');
   }
 });
+
+it('a cluster given as one URL is told to list its nodes, in words that read as a URL', () => {
+  const error = (() => {
+    try {
+      new RedisCache({ cluster: 'redis://:topsecret@a:7000' } as never);
+    } catch (caught) {
+      return caught as Error & { option?: string };
+    }
+    throw new Error('expected a ConfigError');
+  })();
+  expect(error.option).toBe('cluster');
+  expect(error.message).toContain("cluster: ['redis://host:7000', 'redis://host2:7000']");
+  expect(error.message).not.toContain('topsecret');
+  expect(error.message).not.toMatch(/6379\/0s\b/);
+});
