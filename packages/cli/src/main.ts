@@ -278,7 +278,7 @@ async function tokenCommand(args: string[], output: Output): Promise<number> {
   const answerOutput: Output = { json: output.json, out: (line) => void answer.push(line) };
   let cache: TokenCache;
   try {
-    cache = await openStore(store).catch(asUsage);
+    cache = await openStore(store, values.store === undefined ? 'WXKIT_STORE' : '--store').catch(asUsage);
   } catch (error) {
     guard.release();
     throw error;

@@ -203,7 +203,7 @@ export async function serveCommand(args: string[], output: { json: boolean; out:
   const config = loadServeConfig(values.config);
   let cache;
   try {
-    cache = await openStore(store);
+    cache = await openStore(store, values.store === undefined ? 'WXKIT_STORE' : '--store');
   } catch (error) {
     throw usage((error as Error).message);
   }

@@ -11,9 +11,21 @@ import { CliError } from './errors.js';
  * `file:///var/lib/wechat`, `redis://[user:pass@]host:port[/db]`, `rediss://…`,
  * `memcached://[user:pass@]host:port[,host:port…]` (SASL credentials, percent-encoded like a URL's).
  * Only the adapter the URL names is loaded (node-redis alone is 400 files); a URL wxkit cannot read is
- * refused before any is.
+ * refused before any is. `from` names where the URL came from in errors (`WXKIT_STORE`).
  */
-export async function openStore(url: string): Promise<TokenCache> {
+export async function openStore(url: string, from = '--store'): Promise<TokenCache> {
+  try {
+    return await open(url);
+  } catch (error) {
+    // A URL taken from the environment is named as the user set it: WXKIT_STORE, not a flag never given.
+    if (from !== '--store' && error instanceof ConfigError && error.message.startsWith('--store')) {
+      throw new ConfigError(`${from}${error.message.slice('--store'.length)}`, 'store');
+    }
+    throw error;
+  }
+}
+
+async function open(url: string): Promise<TokenCache> {
   // Several memcached servers are no URL's host (`h1:11211,h2:11211`): read before URL parsing.
   if (/^memcached:\/\//i.test(url)) {
     const options = memcachedOptions(url);

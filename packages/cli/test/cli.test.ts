@@ -392,6 +392,13 @@ describe('wxkit token', () => {
     const neither = await wxkit(['token', 'inspect', '--app', `oa:${appId}`]);
     expect(neither.code).toBe(2);
     expect(neither.stderr).toContain('needs --store (or WXKIT_STORE)');
+    // A URL it cannot read is named as it was set: WXKIT_STORE, not a flag never given.
+    const garbage = await wxkit(['token', 'inspect', '--app', `oa:${appId}`], { WXKIT_STORE: 'garbage' });
+    expect(garbage.code).toBe(2);
+    expect(garbage.stderr).toContain('WXKIT_STORE must be a URL');
+    expect(garbage.stderr).not.toContain('--store must');
+    const flaggedGarbage = await wxkit(['token', 'inspect', '--store', 'garbage', '--app', `oa:${appId}`]);
+    expect(flaggedGarbage.stderr).toContain('--store must be a URL');
   });
 
   it('on a file store and on memcached, and for a WeCom agent', async () => {
