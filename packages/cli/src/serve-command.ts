@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { WORK_BASE_URL, type Logger } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, NOT_IN_SECRET, closestName } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, NOT_IN_SECRET, QUOTED, closestName } from '@wxkit/core/internal';
 import { pino } from 'pino';
 import { appId, parseApp } from './apps.js';
 import { parseCommand } from './args.js';
@@ -124,6 +124,9 @@ export function loadServeConfig(file: string): Omit<TokenServiceOptions, 'cache'
     // names the variable rather than the client's option.
     if (NOT_IN_BEARER_KEY.test(secret) || NOT_IN_SECRET.test(secret)) {
       throw wrong(`the environment variable ${String(entry.secretEnv)} (apps[${i}].secretEnv) holds a space, a control character or a character past U+00FF (a line break at its end, say), which no secret has`);
+    }
+    if (QUOTED.test(secret)) {
+      throw wrong(`the environment variable ${String(entry.secretEnv)} (apps[${i}].secretEnv) is still in quotes, which no secret has (an env file read as it is, docker --env-file, keeps them): remove them`);
     }
     const endpoint = entry.tokenEndpoint ?? 'stable';
     if (endpoint !== 'stable' && endpoint !== 'classic') throw wrong(`apps[${i}].tokenEndpoint must be stable or classic`);

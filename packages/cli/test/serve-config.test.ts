@@ -76,6 +76,15 @@ describe('wxkit serve --config', () => {
     }
   });
 
+  it('refuses a secret still in quotes (exit 7), naming the variable, never quoting it', async () => {
+    for (const secret of ['"not-a-real-secret"', "'not-a-real-secret'"]) {
+      const wrong = await serve('secret-quoted', { keysEnv: 'TEST_SERVE_KEYS', apps: [app], baseUrl: mock.url }, { TEST_OA_SECRET: secret });
+      expect(wrong.code, wrong.stderr).toBe(7);
+      expect(wrong.stderr).toContain('the environment variable TEST_OA_SECRET (apps[0].secretEnv) is still in quotes');
+      expect(wrong.stderr).not.toContain('not-a-real');
+    }
+  });
+
   it('refuses a prefix that is not a string', async () => {
     for (const prefix of [1, null, { value: 'wechat:' }]) {
       const wrong = await serve('prefix', { keysEnv: 'TEST_SERVE_KEYS', apps: [app], baseUrl: mock.url, prefix });

@@ -21,6 +21,7 @@ export {
   MAX_TIMER_MS,
   NOT_IN_BEARER_KEY,
   NOT_IN_SECRET,
+  QUOTED,
   checkOptions,
   closestName,
   durationMs,

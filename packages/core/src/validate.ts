@@ -210,7 +210,7 @@ export function secretString(): OptionRule {
 }
 
 /** A value wrapped in one pair of quotes, as an env file written for a shell and read as it is keeps it. */
-const QUOTED = /^(["'`]).*\1$/s;
+export const QUOTED = /^(["'`]).*\1$/s;
 
 /** Whitespace that only its ends hold: a value read from a file or an env file, with its line break. */
 const PADDED = /^\s+\S*$|^\S*\s+$/;
