@@ -234,54 +234,27 @@ describe('MemcachedCache conditional writes delivered late', () => {
   // memcached's statuses for the late request: stored or deleted (0), or refused (2, EXISTS / NOT_STORED).
   const EXISTS = 2;
 
-  it('compareAndSet: a CAS SET that times out and reaches memcached after a newer write is refused; the newer value stays', async () => {
-    const proxy = await startHoldingProxy(memcached.port, OP_SET);
-    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
-    try {
-      const k = key('late-cas');
-      await memcachedSet(memcached.port, k, 'old-token', 60);
-      await expect(cache.compareAndSet(k, 'old-token', 'new-token', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
-      // Another process writes a newer token; then the held write arrives.
-      await memcachedSet(memcached.port, k, 'newest-token', 60);
-      proxy.release();
-      expect(await proxy.landed).toBe(EXISTS);
-      expect(await memcachedGet(memcached.port, k)).toBe('newest-token');
-      expect(proxy.requests.get(OP_SET)).toBe(1);
-    } finally {
-      await cache.close();
-      await proxy.close();
-    }
-  });
+  // Each: the write that times out (its first copy held by the proxy), what the key held before it, and
+  // the newer value another process writes before the held copy arrives.
+  const cases: [string, number, (cache: MemcachedCache, k: string) => Promise<unknown>, string | undefined, string][] = [
+    ['compareAndSet: a CAS SET that times out and reaches memcached after a newer write is refused; the newer value stays', OP_SET, (cache, k) => cache.compareAndSet(k, 'old-token', 'new-token', 60), 'old-token', 'newest-token'],
+    ['deleteIfEquals: a CAS DELETE that times out and reaches memcached after another process took the lock leaves that lock', OP_DELETE, (cache, k) => cache.deleteIfEquals(k, 'owner-1'), 'owner-1', 'owner-2'],
+    ['add: an ADD that times out and reaches memcached after another process took the lock leaves that lock', OP_ADD, (cache, k) => cache.add(k, 'owner-1', 60), undefined, 'owner-2'],
+  ];
 
-  it("deleteIfEquals: a CAS DELETE that times out and reaches memcached after another process took the lock leaves that lock", async () => {
-    const proxy = await startHoldingProxy(memcached.port, OP_DELETE);
+  it.each(cases)('%s', async (_, op, write, before, newer) => {
+    const proxy = await startHoldingProxy(memcached.port, op);
     const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
     try {
-      const k = key('late-release');
-      await memcachedSet(memcached.port, k, 'owner-1', 60);
-      await expect(cache.deleteIfEquals(k, 'owner-1')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
-      await memcachedSet(memcached.port, k, 'owner-2', 60);
+      const k = key(`late-${op}`);
+      if (before !== undefined) await memcachedSet(memcached.port, k, before, 60);
+      await expect(write(cache, k)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+      // Another process writes a newer value; then the held write arrives, and memcached refuses it.
+      await memcachedSet(memcached.port, k, newer, 60);
       proxy.release();
       expect(await proxy.landed).toBe(EXISTS);
-      expect(await memcachedGet(memcached.port, k)).toBe('owner-2');
-      expect(proxy.requests.get(OP_DELETE)).toBe(1);
-    } finally {
-      await cache.close();
-      await proxy.close();
-    }
-  });
-
-  it('add: an ADD that times out and reaches memcached after another process took the lock leaves that lock', async () => {
-    const proxy = await startHoldingProxy(memcached.port, OP_ADD);
-    const cache = new MemcachedCache({ servers: proxy.url, timeoutMs: 200 });
-    try {
-      const k = key('late-add');
-      await expect(cache.add(k, 'owner-1', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
-      await memcachedSet(memcached.port, k, 'owner-2', 60);
-      proxy.release();
-      expect(await proxy.landed).toBe(EXISTS);
-      expect(await memcachedGet(memcached.port, k)).toBe('owner-2');
-      expect(proxy.requests.get(OP_ADD)).toBe(1);
+      expect(await memcachedGet(memcached.port, k)).toBe(newer);
+      expect(proxy.requests.get(op)).toBe(1);
     } finally {
       await cache.close();
       await proxy.close();
