@@ -1,3 +1,4 @@
+import { createServer } from 'node:http';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { MockComponent, MockWeChat } from '@wxkit/testing';
@@ -127,6 +128,29 @@ export function holdingLock(): { cache: MemoryCache; arrived: Promise<void>; rel
     }
   }
   return { cache: new HoldingLock(), arrived: arrived.promise, release: released.resolve, lock: (key: string) => void (lockKey = key) };
+}
+
+/**
+ * A component's callback URL on 127.0.0.1 (path /open): each push WeChat (the mock) sends is handed to
+ * `handle`, whose status is the answer ('success' with 200).
+ */
+export async function startCallback(handle: (query: URLSearchParams, body: string) => Promise<number>): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = createServer((req, res) => {
+    let body = '';
+    req.on('data', (chunk) => (body += chunk));
+    req.on('end', () => {
+      void handle(new URL(req.url ?? '/', 'http://x').searchParams, body).then((status) => {
+        res.statusCode = status;
+        res.end(status === 200 ? 'success' : '');
+      });
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  return {
+    url: `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/open`,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
 }
 
 /** Captures the rejection of a promise that must reject. */

@@ -1,37 +1,25 @@
-import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, MessageCryptoError, OpenPlatform, type OpenPlatformOptions } from '../src/index.js';
-import { componentOptions } from './helpers.js';
+import { componentOptions, startCallback } from './helpers.js';
 
 // The mock's pushes are signed with the mock's time, as WeChat signs with its own: once a test moves the
 // mock's clock (advanceClock), a platform that receives them must read that clock too
 // (docs/open-platform.md, "Testing against the mock"), or it refuses them as sent too long ago.
 let mock: MockWeChat;
-let callback: Server;
+let callback: { url: string; close: () => Promise<void> };
 let url: string;
 let receive: (query: URLSearchParams, body: string) => Promise<number>;
 const opened: OpenPlatform[] = [];
 
 beforeAll(async () => {
   mock = await startMockWeChat();
-  callback = createServer((req, res) => {
-    let body = '';
-    req.on('data', (chunk) => (body += chunk));
-    req.on('end', () => {
-      void receive(new URL(req.url ?? '/', 'http://x').searchParams, body).then((status) => {
-        res.statusCode = status;
-        res.end(status === 200 ? 'success' : '');
-      });
-    });
-  });
-  await new Promise<void>((resolve) => callback.listen(0, '127.0.0.1', resolve));
-  const address = callback.address();
-  url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/open`;
+  callback = await startCallback((query, body) => receive(query, body));
+  url = callback.url;
 });
 afterAll(async () => {
   await Promise.all(opened.map((open) => open.close()));
-  await new Promise((resolve) => callback.close(resolve));
+  await callback.close();
   await mock.close();
 });
 

@@ -1,37 +1,25 @@
-import { createServer, type Server } from 'node:http';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MemoryCache, OpenPlatform } from '../src/index.js';
-import { componentOptions, rejection } from './helpers.js';
+import { componentOptions, rejection, startCallback } from './helpers.js';
 
 // A verify ticket lasts 12 hours from its push, and is stored for what is left of them. A durable store
 // that keeps it longer (one that ignores TTLs) must not make the fleet send WeChat a ticket it no longer
 // takes: once its 12 hours are over, the ticket is as good as none.
 let mock: MockWeChat;
-let callback: Server;
+let callback: { url: string; close: () => Promise<void> };
 let url: string;
 let receive: (query: URLSearchParams, body: string) => Promise<unknown>;
 const opened: OpenPlatform[] = [];
 
 beforeAll(async () => {
   mock = await startMockWeChat();
-  callback = createServer((req, res) => {
-    let body = '';
-    req.on('data', (chunk) => (body += chunk));
-    req.on('end', () => {
-      void receive(new URL(req.url ?? '/', 'http://x').searchParams, body).then(
-        () => res.end('success'),
-        () => ((res.statusCode = 500), res.end()),
-      );
-    });
-  });
-  await new Promise<void>((resolve) => callback.listen(0, '127.0.0.1', resolve));
-  const address = callback.address();
-  url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}/open`;
+  callback = await startCallback((query, body) => receive(query, body).then(() => 200, () => 500));
+  url = callback.url;
 });
 afterAll(async () => {
   await Promise.all(opened.map((open) => open.close()));
-  await new Promise((resolve) => callback.close(resolve));
+  await callback.close();
   await mock.close();
 });
 
