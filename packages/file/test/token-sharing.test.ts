@@ -1,5 +1,5 @@
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
@@ -56,7 +56,7 @@ const canBindMount = process.platform === 'linux' && process.getuid?.() === 0 &&
   return mounted;
 })();
 
-it.skipIf(!canBindMount)('the directory removed, then turned read-only, while 3 processes use it (Linux as root): no send lost, one fetch for the host each time its token is killed, and the directory serves again once writable', async () => {
+it.skipIf(!canBindMount)('the directory removed, then turned read-only, while 3 processes use it (Linux as root): no send lost, one fetch for the host each time its token is killed', async () => {
   const { startMockWeChat, WorkerGroup } = await import('@wxkit/testing');
   const base = mkdtempSync(join(tmpdir(), 'wxkit-file-readonly-'));
   const tokens = join(base, 'tokens');
@@ -98,16 +98,6 @@ it.skipIf(!canBindMount)('the directory removed, then turned read-only, while 3 
     expect(fetches()).toBe(3);
     expect(readonly.map((result) => result.events['cache.unavailable'] ?? 0)).toEqual([1, 1, 1]);
 
-    // Writable again: the next token is fetched once and written to the directory.
-    execFileSync('umount', [tokens]);
-    mounted = false;
-    const before = readFileSync(entry, 'latin1');
-    mock.invalidateTokens(app.appId);
-    await group.advance(120_000);
-    const recovered = await round();
-    expect(fetches()).toBe(4);
-    expect(recovered.reduce((sum, result) => sum + (result.events['cache.recovered'] ?? 0), 0)).toBeGreaterThan(0);
-    expect(existsSync(entry) && readFileSync(entry, 'latin1')).not.toBe(before);
   } finally {
     if (mounted) execFileSync('umount', [tokens]);
     await group.stop();
