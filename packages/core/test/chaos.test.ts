@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startMockWeChat, type MockFaultKind, type MockWeChat } from '@wxkit/testing';
+import { seededRandom, startMockWeChat, type MockFaultKind, type MockWeChat } from '@wxkit/testing';
 import { CacheError, MemoryCache, OfficialAccount, WxkitError, type TokenCache } from '../src/index.js';
 
 // Seeded chaos: three processes of one app share a store that, call by call, answers, fails, answers
@@ -21,18 +21,6 @@ const CACHE_TIMEOUT_MS = 50;
 const SETTLE_BOUND_MS = 4 * TIMEOUT_MS + (2 * TIMEOUT_MS + CACHE_TIMEOUT_MS + 5_000) + 20 * CACHE_TIMEOUT_MS + 5_000;
 /** The shortest pause after a failed fetch: 1 s, less its 20 % jitter. */
 const SHORTEST_STEP_MS = 800;
-
-/** mulberry32: a small seeded PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 type Mood = 'normal' | 'throw' | 'late' | 'stale' | 'lost' | 'hang';
 
@@ -150,10 +138,10 @@ describe('chaos: a store that fails, lies and hangs, and WeChat faults, under th
       const unhandled: unknown[] = [];
       const onUnhandled = (reason: unknown) => unhandled.push(reason);
       process.on('unhandledRejection', onUnhandled);
-      const random = prng(seed);
+      const random = seededRandom(seed);
       const { appId, secret } = mock.createApp();
       mock.clearFaults();
-      const chaos = chaosStore(new MemoryCache(), prng(seed * 7919));
+      const chaos = chaosStore(new MemoryCache(), seededRandom(seed * 7919));
       const apps = Array.from(
         { length: CLIENTS },
         () =>

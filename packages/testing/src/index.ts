@@ -15,6 +15,7 @@ export {
   type MockPushResult,
 } from './mock-wechat.js';
 export { mockServerCommand } from './cli.js';
+export { seededRandom } from './mock/faults.js';
 export { WorkerGroup, createStore, type StoreSpec, type WorkerConfig, type WorkerResult } from './processes.js';
 export {
   startRedis,

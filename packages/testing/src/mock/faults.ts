@@ -84,8 +84,11 @@ const FAULT_KINDS = new Set<MockFaultKind>([
 /** Paths whose answers are token-shaped: a fault there imitates a token answer. */
 const TOKEN_PATHS = new Set(['cgi-bin/token', 'cgi-bin/stable_token', 'cgi-bin/gettoken']);
 
-/** mulberry32: a small seeded PRNG, so fuzz runs replay exactly. */
-function prng(seed: number): () => number {
+/**
+ * mulberry32: a small seeded PRNG, numbers in [0, 1), so that fuzz faults (and a test's own chaos)
+ * replay exactly from their seed.
+ */
+export function seededRandom(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
@@ -207,7 +210,7 @@ export class FaultQueue {
     if (fault.kind === 'field' && (typeof fault.field !== 'string' || fault.field === '')) throw new TypeError('injectFault: a field fault must name its field');
     if (fault.from !== undefined && (typeof fault.from !== 'string' || fault.from === '')) throw new TypeError('injectFault: from must name a field');
     const path = fault.path?.replace(/^\/+/, '');
-    this.faults.push({ ...fault, path, left: times, random: fault.kind === 'fuzz' ? prng(fault.seed ?? 1) : undefined });
+    this.faults.push({ ...fault, path, left: times, random: fault.kind === 'fuzz' ? seededRandom(fault.seed ?? 1) : undefined });
   }
 
   clear(): void {
@@ -295,7 +298,7 @@ export class FaultQueue {
         return;
       }
       case 'fuzz': {
-        const answer = fuzzAnswer(fault.random ?? prng(fault.seed ?? 1), isToken);
+        const answer = fuzzAnswer(fault.random ?? seededRandom(fault.seed ?? 1), isToken);
         if ('fault' in answer) return this.answer({ kind: answer.fault, sizeBytes: 2 * 1024 * 1024, intervalMs: 50 }, path, owner, res);
         send(res, answer.status, answer.body, answer.type);
         return;
