@@ -35,6 +35,24 @@ afterAll(async () => {
   await Promise.all([mock?.close(), redis?.stop(), replica?.stop(), partialAcl?.stop(), withPassword?.stop()]);
 });
 
+/**
+ * A TCP proxy on 127.0.0.1 to the server on `port`: what a client sends goes through `forward`, which
+ * hands each chunk on (`send`), holds it or drops it; the server's answers pass as they are.
+ */
+async function startProxy(port: number, forward: (chunk: Buffer, send: (chunk: Buffer) => void) => void): Promise<{ port: number; close: () => void }> {
+  const proxy = createServer((client) => {
+    const upstream = createConnection(port, '127.0.0.1');
+    upstream.pipe(client);
+    client.on('data', (chunk: Buffer) => forward(chunk, (bytes) => upstream.write(bytes)));
+    client.on('close', () => upstream.destroy());
+    upstream.on('close', () => client.destroy());
+    client.on('error', () => undefined);
+    upstream.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return { port: (proxy.address() as { port: number }).port, close: () => void proxy.close() };
+}
+
 describe('wxkit exit codes and messages', () => {
   it('usage (2): wxkit’s own sentence and the usage line, never the parser’s text', async () => {
     const cases: [string[], string][] = [
@@ -189,22 +207,13 @@ describe('wxkit exit codes and messages', () => {
     const memcached = await startMemcached();
     // Hands memcached's binary protocol on until the first SET (opcode 0x01), which it swallows: the
     // store answered the read, and the write gets no answer (MemcachedCache waits 500 ms).
-    const proxy = createServer((client) => {
-      const upstream = createConnection(memcached.port, '127.0.0.1');
-      let swallowing = false;
-      upstream.pipe(client);
-      client.on('data', (chunk: Buffer) => {
-        swallowing ||= chunk[0] === 0x80 && chunk[1] === 0x01;
-        if (!swallowing) upstream.write(chunk);
-      });
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
-      client.on('error', () => undefined);
-      upstream.on('error', () => undefined);
+    let swallowing = false;
+    const proxy = await startProxy(memcached.port, (chunk, send) => {
+      swallowing ||= chunk[0] === 0x80 && chunk[1] === 0x01;
+      if (!swallowing) send(chunk);
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {
-      const { port } = proxy.address() as { port: number };
+      const { port } = proxy;
       const run = await wxkit(['token', 'get', '--store', `memcached://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
       expect(run.code, run.stdout + run.stderr).toBe(3);
       expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', exit: 3 });
@@ -219,20 +228,11 @@ describe('wxkit exit codes and messages', () => {
     const { appId, secret } = mock.createApp();
     // Hands Redis's protocol on until WeChat has been asked for the token, then swallows every command:
     // the token's write and the read-back after it get no answer.
-    const proxy = createServer((client) => {
-      const upstream = createConnection(redis.port, '127.0.0.1');
-      upstream.pipe(client);
-      client.on('data', (chunk: Buffer) => {
-        if (mock.counters(appId).stableTokenRequests === 0) upstream.write(chunk);
-      });
-      client.on('close', () => upstream.destroy());
-      upstream.on('close', () => client.destroy());
-      client.on('error', () => undefined);
-      upstream.on('error', () => undefined);
+    const proxy = await startProxy(redis.port, (chunk, send) => {
+      if (mock.counters(appId).stableTokenRequests === 0) send(chunk);
     });
-    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
     try {
-      const { port } = proxy.address() as { port: number };
+      const { port } = proxy;
       const run = await wxkit(['token', 'get', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--json'], { WECHAT_SECRET: secret });
       expect(run.code, run.stdout + run.stderr).toBe(3);
       expect(run.json.error).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', exit: 3 });
@@ -332,27 +332,18 @@ describe('wxkit exit codes and messages', () => {
       let onHeld!: () => void;
       const held = new Promise<void>((resolve) => (onHeld = resolve));
       const holding: (() => void)[] = [];
-      const proxy = createServer((client) => {
-        const upstream = createConnection(redis.port, '127.0.0.1');
-        upstream.pipe(client);
-        client.on('data', (chunk: Buffer) => {
-          const text = chunk.toString('latin1');
-          if (holding.length === 0 && !(written && text === readBack)) {
-            written ||= text.includes(key) && text.includes('"access_token"');
-            upstream.write(chunk);
-            return;
-          }
-          holding.push(() => upstream.write(chunk));
-          onHeld();
-        });
-        client.on('close', () => upstream.destroy());
-        upstream.on('close', () => client.destroy());
-        client.on('error', () => undefined);
-        upstream.on('error', () => undefined);
+      const proxy = await startProxy(redis.port, (chunk, send) => {
+        const text = chunk.toString('latin1');
+        if (holding.length === 0 && !(written && text === readBack)) {
+          written ||= text.includes(key) && text.includes('"access_token"');
+          send(chunk);
+          return;
+        }
+        holding.push(() => send(chunk));
+        onHeld();
       });
-      await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
       try {
-        const { port } = proxy.address() as { port: number };
+        const { port } = proxy;
         const child = spawn(process.execPath, [bin, 'token', 'get', '--store', `redis://127.0.0.1:${port}`, '--app', `oa:${appId}`, '--base-url', mock.url, '--show-token', '--json'], {
           env: { ...process.env, WECHAT_APPID: '', WECHAT_SECRET: secret },
         });
