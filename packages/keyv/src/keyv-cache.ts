@@ -155,16 +155,7 @@ export class KeyvCache implements TokenCache {
         throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause, reason: 'type' });
       }
       const refusal = refusalOf(error);
-      const code = (error as { code?: unknown } | null)?.code;
-      // Another connection holds the SQLite file's lock, and the adapter was given no busyTimeout to wait
-      // for it (or it ran out): the statement did nothing. Not a miss, not a lock held by another process.
-      if (code === 'SQLITE_BUSY' || code === 'SQLITE_LOCKED') {
-        throw new CacheError(
-          `KeyvCache ${op} failed: another connection holds the SQLite database locked (${code}); give @keyv/sqlite a busyTimeout, so that a statement waits for the lock`,
-          { cause, reason: 'timeout' },
-        );
-      }
-      const reason = refusal ?? socketReason(code);
+      const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code);
       if (this.#sql?.keeps(error)) {
         throw new CacheError(
           `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +
@@ -183,6 +174,8 @@ const REFUSALS = {
   auth: 'the server refused the credentials (NOAUTH or WRONGPASS, a failed database login): check the user and password in the URL',
   permission: 'the user may not run this command on this key or table (NOPERM, a missing privilege)',
   readonly: 'the store takes no writes (a read-only replica or standby, a read-only session, a full memory or disk)',
+  // The statement did nothing: not a miss, not a lock held by another process.
+  timeout: 'another connection holds the SQLite database locked (SQLITE_BUSY, SQLITE_LOCKED): give @keyv/sqlite a busyTimeout, so that a statement waits for the lock',
 } as const;
 
 // The database's refusals, by the code its driver gives: PostgreSQL's SQLSTATE, mysql2's and sqlite3's names.
@@ -204,6 +197,8 @@ const SQL_REFUSALS: Readonly<Record<string, keyof typeof REFUSALS>> = {
   SQLITE_FULL: 'readonly',
   SQLITE_PERM: 'permission',
   SQLITE_AUTH: 'permission',
+  SQLITE_BUSY: 'timeout', // another connection holds the file's lock past busyTimeout, or no busyTimeout was given
+  SQLITE_LOCKED: 'timeout',
 };
 
 /**
