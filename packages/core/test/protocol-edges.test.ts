@@ -298,6 +298,52 @@ describe('while the store is down', () => {
     await app.close();
   });
 
+  it("a process that still takes the store for down takes the token a neighbour wrote there once it found the store back, rather than fetch one that ends it (classic endpoint)", async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    // The second process's own connection to the store, which it takes for down a moment longer.
+    let secondUp = true;
+    const refused = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    const second: TokenCache = Object.fromEntries(
+      Object.entries(store.cache).map(([name, call]) => [name, (...args: unknown[]) => (secondUp ? (call as (...a: unknown[]) => Promise<unknown>)(...args) : refused())]),
+    ) as unknown as TokenCache;
+    const dir = fallbackDir();
+    const process = (cache: TokenCache) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false });
+    const a = process({ ...store.cache });
+    const b = process(second);
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    const first = await a.accessToken.getToken();
+    expect(await b.accessToken.getToken()).toBe(first);
+
+    // The store goes down and the token is killed: the host fetches once, through its fallback.
+    store.down();
+    mock.invalidateTokens(appId);
+    await a.accessToken.invalidate(first, 40001);
+    await b.accessToken.invalidate(first, 40001);
+    const during = await a.accessToken.getToken();
+    expect(await b.accessToken.getToken()).toBe(during);
+    expect(fetches()).toBe(2);
+
+    // The store is back. The first process finds out, and fetches the next token there once this one is killed.
+    secondUp = false;
+    const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
+    store.up();
+    await recovered;
+    mock.invalidateTokens(appId);
+    await a.accessToken.invalidate(during, 40001);
+    const after = await a.accessToken.getToken();
+    expect(fetches()).toBe(3);
+
+    // The second still takes the store for down when its call is rejected; the store answers it now.
+    await b.accessToken.invalidate(during, 40001);
+    secondUp = true;
+    expect(await b.accessToken.getToken()).toBe(after);
+    expect(fetches()).toBe(3);
+    expect(mock.isTokenValid(appId, after)).toBe(true);
+    await a.close();
+    await b.close();
+  });
+
   /**
    * A client that fetched its token while its store was down, the store back, and the next read of the
    * token held at `held` (the entry's read, or its writes: the token offered back) until release().

@@ -98,8 +98,23 @@ it.skipIf(!canBindMount)('the directory removed, then turned read-only, while 3 
     expect(fetches()).toBe(3);
     expect(readonly.map((result) => result.events['cache.unavailable'] ?? 0)).toEqual([1, 1, 1]);
 
+    // Writable again, and the token killed: the processes find the store back, each at its own moment, and
+    // share one fetch, written to the directory. None is refused, nor fetches again, while a neighbour
+    // still takes the store for down.
+    // Lazily: a call under way may still hold a file of the read-only mount open.
+    execFileSync('umount', ['-l', tokens]);
+    mounted = false;
+    const before = readFileSync(entry, 'latin1');
+    mock.invalidateTokens(app.appId);
+    await group.advance(120_000);
+    for (let rounds = 0; rounds < 20 && readFileSync(entry, 'latin1') === before; rounds += 1) {
+      await round();
+      await group.advance(31_000);
+    }
+    expect(readFileSync(entry, 'latin1')).not.toBe(before);
+    expect(fetches()).toBe(4);
   } finally {
-    if (mounted) execFileSync('umount', [tokens]);
+    if (mounted) execFileSync('umount', ['-l', tokens]);
     await group.stop();
     await mock.close();
     rmSync(base, { recursive: true, force: true });

@@ -1,4 +1,4 @@
-import { TokenUnavailableError } from '../../../errors.js';
+import { CacheError, TokenUnavailableError } from '../../../errors.js';
 import type { GuardedStore } from '../../../store.js';
 import { FetchSpacing } from '../../spacing.js';
 import { endingOf, stopIfEnded, Wakeup, type Refreshed, type RefreshRequest, type TokenContext } from '../../refresher.js';
@@ -8,6 +8,9 @@ import type { Tier } from '../../tiers.js';
 // the maximum while the store stays down: each one invalidates the token other hosts hold.
 const DOWN_SPACING_MS = 1_000;
 const DOWN_SPACING_MAX_MS = 16_000;
+// Before such a fetch the shared store is asked once more, for this long at most: a store that answers
+// answers sooner, and a hung one costs the fetch no more than this (the probe's own deadline still ends it).
+const BACK_PROBE_MS = 250;
 
 /** Another process of this host took the store-down slot first: start over, and take its token. */
 export class SlotTaken extends Error {}
@@ -36,6 +39,8 @@ export class StoreDownSpacing {
    */
   async await(tier: Tier, request: RefreshRequest, now: number, lockWaitMs: number): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
+    const back = await this.#fromStoreBack(request);
+    if (back) return back;
     const until = await this.#slots.busyUntil(tier.entries, now);
     if (until === undefined) return undefined;
     const read = await ctx.entries.read(tier.entries, (value) => ctx.rejected(value));
@@ -55,6 +60,33 @@ export class StoreDownSpacing {
       wakeup.stop();
     }
     stopIfEnded(ctx, request);
+    return undefined;
+  }
+
+  /**
+   * The shared store, asked once before this host fetches in its fallback: the processes of a host find
+   * it back each at its own moment (their probes are apart), and one that did may have written the token
+   * this fetch would end. Its answer takes the store back for up, as a background probe's would; a store
+   * that does not answer within BACK_PROBE_MS leaves the fetch to the fallback, as before.
+   */
+  async #fromStoreBack(request: RefreshRequest): Promise<Refreshed | undefined> {
+    const ctx = this.#ctx;
+    const shared = ctx.tiers.shared;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), BACK_PROBE_MS);
+      timer.unref?.();
+    });
+    try {
+      const answered = await Promise.race([shared.probe(ctx.key).then(() => true), late]);
+      if (!answered || ctx.tiers.current(ctx.key).name !== 'shared') return undefined;
+      const read = await ctx.entries.read(shared, (value) => ctx.rejected(value));
+      if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: 'shared', fetched: false, asked: false };
+    } catch (error) {
+      if (!(error instanceof CacheError)) throw error;
+    } finally {
+      clearTimeout(timer);
+    }
     return undefined;
   }
 
