@@ -134,7 +134,7 @@ describeOptions({
   cases: {
     ...clientCases,
     corpId: idCases,
-    agentId: { valid: [1000002, '1000002', 0], invalid: ['abc', -1, 1.5, '', null, 1e13, Number.NaN] },
+    agentId: { valid: [1000002, '1000002', 0, '0'], invalid: ['abc', -1, 1.5, '', null, 1e13, Number.NaN] },
     secret: secretCases,
   } satisfies Record<keyof WorkOptions, OptionCases>,
   secrets: ['secret'],

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, MemoryCache, OfficialAccount, nativeSchema } from '../src/index.js';
+import { ConfigError, MemoryCache, OfficialAccount, Work, nativeSchema } from '../src/index.js';
 
 const base = { appId: 'wx4202f388888ab123', secret: 'a-very-secret-secret', logger: false as const };
 
@@ -72,6 +72,18 @@ describe('OfficialAccount options are checked at construction, before any I/O', 
       expect(error.option).toBe('appId');
       expect(error.message).toContain('space or line break');
     }
+  });
+
+  it("a WeCom agentId with a leading zero is refused, naming the id as WeCom shows it: '01000002' and 1000002 would share two tokens under two keys", () => {
+    let error: unknown;
+    try {
+      new Work({ corpId: 'ww0123456789abcdef', agentId: '01000002', secret: base.secret, logger: false });
+    } catch (caught) {
+      error = caught;
+    }
+    expect(error).toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'agentId' });
+    expect((error as Error).message).toContain('leading zero');
+    expect((error as Error).message).toContain('(1000002)');
   });
 
   it('a baseUrl that ends in the API path (/cgi-bin) is refused: the paths are added to it', () => {

@@ -39,7 +39,15 @@ export interface WorkMessageResult {
 
 const WORK_SCHEMA = clientSchema<WorkOptions>({
   corpId: required(ID_RULE),
-  agentId: required(rule('the agent id, a number such as 1000002', (value) => /^\d{1,12}$/.test(typeof value === 'number' ? String(value) : typeof value === 'string' ? value : ''))),
+  agentId: required(
+    rule('the agent id, a number such as 1000002', (value) => /^(0|[1-9]\d{0,11})$/.test(typeof value === 'number' ? String(value) : typeof value === 'string' ? value : ''), {
+      // The id is part of the store key: '01000002' and 1000002 would keep one agent's token under two keys.
+      nearMiss: (value) =>
+        typeof value === 'string' && /^0\d{1,12}$/.test(value)
+          ? `has a leading zero: write it as WeCom shows it (${value.replace(/^0+(?=\d)/, '')}): clients that give it as a number keep the agent's token under another key`
+          : undefined,
+    }),
+  ),
   secret: secretString(),
 } satisfies OptionSchema<OwnKeys<WorkOptions>>);
 
