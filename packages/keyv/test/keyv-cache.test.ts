@@ -1,3 +1,4 @@
+import { connect, createServer, type AddressInfo } from 'node:net';
 import { inspect } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import Keyv from 'keyv';
@@ -6,7 +7,7 @@ import KeyvMemcache from '@keyv/memcache';
 import KeyvMysql from '@keyv/mysql';
 import { freePort, memcachedSet, redisCli, startMemcached, startMockWeChat, startRedis, type MockWeChat, type StoreServer } from '@wxkit/testing';
 import { describeTokenCache } from '@wxkit/testing/suite';
-import { OfficialAccount } from '@wxkit/core';
+import { OfficialAccount, type CacheError } from '@wxkit/core';
 import { KeyvCache } from '../src/index.js';
 
 // "Any Keyv store" shown on @keyv/redis, on a redis-server of our own: a store KeyvCache has no SQL
@@ -61,6 +62,13 @@ describe('KeyvCache', () => {
       // Any Keyv store whose driver fails with Node's socket error codes (as pg and mysql2 do).
       const failing = Object.assign(new Map<string, string>(), { get: async () => Promise.reject(Object.assign(new Error(`connect ${code}`), { code })) });
       await expect(new KeyvCache(failing as never).get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason, cause: { code } });
+    }
+  });
+
+  it("a store's TimeoutError (the DOMException of AbortSignal.timeout()) has reason timeout; an AbortError none", async () => {
+    for (const [name, reason] of [['TimeoutError', 'timeout'], ['AbortError', undefined]] as const) {
+      const failing = Object.assign(new Map<string, string>(), { get: async () => Promise.reject(new DOMException('aborted', name)) });
+      await expect(new KeyvCache(failing as never).get('wechat:k')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason, cause: { name } });
     }
   });
 
@@ -242,6 +250,55 @@ describe('KeyvCache on @keyv/redis down or refusing', () => {
     const [write, ...reads] = await Promise.allSettled([cache.set('wechat:k', 'v', 60), ...Array.from({ length: 5 }, (_, i) => cache.get(`wechat:r${i}`))]);
     expect(write).toMatchObject({ status: 'rejected', reason: { reason: 'readonly' } });
     expect(reads.map((read) => read.status)).toEqual(Array(5).fill('fulfilled'));
+  });
+
+  it("node-redis's own failures have RedisCache's reasons: a command timeout is timeout, a client offline or a connection dropped under a command disconnected", async () => {
+    const own = await startRedis();
+    servers.push(own);
+    // A proxy (a load balancer, say) that ends the connection, once, instead of passing a command on.
+    let cutNext = false;
+    const proxy = createServer((client) => {
+      const upstream = connect(own.port, '127.0.0.1');
+      for (const socket of [client, upstream]) socket.on('error', () => undefined);
+      client.on('close', () => upstream.destroy());
+      upstream.on('close', () => client.destroy());
+      upstream.pipe(client);
+      client.on('data', (chunk) => {
+        if (!cutNext) return void upstream.write(chunk);
+        cutNext = false;
+        client.end();
+      });
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const timed = new KeyvRedis<string>({ url: own.url, commandOptions: { timeout: 300 } });
+    const offline = new KeyvRedis<string>({ url: own.url, disableOfflineQueue: true });
+    const proxied = new KeyvRedis<string>(`redis://127.0.0.1:${(proxy.address() as AddressInfo).port}`);
+    stores.push(timed, offline, proxied);
+    const [timedCache, offlineCache, proxiedCache] = [new KeyvCache(timed), new KeyvCache(offline), new KeyvCache(proxied)];
+    try {
+      for (const cache of [timedCache, offlineCache, proxiedCache]) await cache.get('wechat:k');
+      // The connection ends under a command sent: SocketClosedUnexpectedlyError.
+      cutNext = true;
+      const dropped = (await proxiedCache.get('wechat:k').catch((error: unknown) => error)) as CacheError;
+      expect(dropped).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'disconnected' });
+      expect((dropped.cause as Error).message).toBe('Socket closed unexpectedly');
+      const reconnecting = [timed, offline].map((store) => new Promise((resolve) => (store.client as unknown as NodeJS.EventEmitter).once('reconnecting', resolve)));
+      await own.stop();
+      await Promise.all(reconnecting);
+      // While the client reconnects, a command waits to be sent until commandOptions.timeout: node-redis's
+      // TimeoutError, which has no message. (A command already sent has no timeout: node-redis bounds the
+      // wait to be sent only.)
+      const timedOut = (await timedCache.get('wechat:k').catch((error: unknown) => error)) as CacheError;
+      expect(timedOut).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+      expect([(timedOut.cause as Error).constructor.name, (timedOut.cause as Error).message]).toEqual(['TimeoutError', '']);
+      // With the offline queue disabled, it fails at once: ClientOfflineError.
+      const offlineError = (await offlineCache.set('wechat:k', 'v', 60).catch((error: unknown) => error)) as CacheError;
+      expect(offlineError).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'disconnected' });
+      expect((offlineError.cause as Error).message).toBe('The client is offline');
+    } finally {
+      await proxied.disconnect().catch(() => undefined);
+      await new Promise((resolve) => proxy.close(resolve));
+    }
   });
 
   it('with commandOptions.timeout, calls made while the first connection is made wait for it (disableOfflineQueue would fail them)', async () => {
