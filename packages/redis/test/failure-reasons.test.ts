@@ -1,5 +1,6 @@
 import { createServer } from 'node:http';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createClient } from '@keyv/redis';
 import { CacheError } from '@wxkit/core';
 import { freePort, redisCli, startRedis, type StoreServer } from '@wxkit/testing';
 import { childThatExitsByItself } from '@wxkit/testing/suite';
@@ -158,6 +159,33 @@ describe('RedisCache failures name their cause', () => {
     } finally {
       http.closeAllConnections();
       await new Promise((resolve) => http.close(resolve));
+    }
+  });
+
+  it("timeout and disconnected: on a caller's client that reconnects, a command past commandOptions.timeout (TimeoutError), and one with the offline queue disabled", async () => {
+    const own = await startRedis();
+    const timed = createClient({ url: own.url, commandOptions: { timeout: 300 } });
+    const offline = createClient({ url: own.url, disableOfflineQueue: true });
+    const clients = [timed, offline];
+    for (const client of clients) client.on('error', () => undefined);
+    await Promise.all(clients.map((client) => client.connect()));
+    const [timedCache, offlineCache] = clients.map((client) => new RedisCache({ client }));
+    try {
+      const reconnecting = clients.map((client) => new Promise((resolve) => (client as unknown as NodeJS.EventEmitter).once('reconnecting', resolve)));
+      await own.stop();
+      await Promise.all(reconnecting);
+      // node-redis holds the command while it reconnects, then fails it with its TimeoutError, which has
+      // no message (a command already sent has no timeout: node-redis bounds the wait to be sent only).
+      const timedOut = (await timedCache!.get('wechat:reason-test').catch((error: unknown) => error)) as CacheError;
+      expect(timedOut).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout', message: expect.stringMatching(/no answer in time/) });
+      expect([(timedOut.cause as Error).constructor.name, (timedOut.cause as Error).message]).toEqual(['TimeoutError', '']);
+      const offlineError = (await offlineCache!.get('wechat:reason-test').catch((error: unknown) => error)) as CacheError;
+      expect(offlineError).toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'disconnected' });
+      expect((offlineError.cause as Error).message).toBe('The client is offline');
+    } finally {
+      await Promise.all([timedCache!.close(), offlineCache!.close()]);
+      clients.forEach((client) => client.destroy());
+      await own.stop();
     }
   });
 
