@@ -740,7 +740,7 @@ function credentialsOf(req: HttpRequest): string[] {
  * The transport failure of `req` as a cause may keep it. A caller's dispatcher may name the request it
  * failed in its own words (undici's MockAgent quotes the path and query, or the body, it has no answer
  * for; a proxy or policy layer, what it blocked): where the failure quotes a credential the request
- * carried, it is replaced by a copy (name, code, message, stack, cause) with each one written `***`.
+ * carried, it is replaced by a copy (name, code, message, stack, cause, an AggregateError's errors) with each one written `***`.
  * Anything else, undici's own ECONNREFUSED and the like, is kept as it is.
  */
 function withoutCredentials(error: unknown, req: HttpRequest): unknown {

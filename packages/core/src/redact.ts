@@ -96,23 +96,61 @@ function passwordOf(word: string): [number, number] | undefined {
 }
 
 /**
+ * How far {@link scrubError} looks: the errors reached from the first (its cause chain, an
+ * AggregateError's `errors`, an error in any field), the levels of other values under each error (an
+ * error met at any level starts again at 0), and the values in all. More errors or values than that are
+ * taken to quote something (it may be in the last), so the error is copied, and a copy keeps no error
+ * past `errors` in its chain; values deeper than `levels` under an error are not looked at.
+ */
+const LOOK = { errors: 32, levels: 4, values: 5_000 } as const;
+
+/**
  * `error` as an error's `cause` may keep it, where `mask` changes some text of it (a credential it quotes):
- * a copy (name, message, stack, code, cause) with every text masked, its cause chain copied likewise;
- * whatever else it holds (a URL as `input`, a request, a socket) is left out of the copy. An error that
- * quotes nothing `mask` changes is kept as it is. A quoted value that is no error becomes its masked text,
- * or nothing.
+ * a copy (name, message, stack, code, cause, an AggregateError's errors) with every text masked, its cause
+ * chain and errors copied likewise; whatever else it holds (a URL as `input`, a request, a socket) is left
+ * out of the copy. An error that quotes nothing `mask` changes is kept as it is. A quoted value that is
+ * no error becomes its masked text, or nothing.
+ *
+ * It looks at own properties, under string and symbol keys, array items, the entries of Maps and Sets,
+ * and the text of URL and URLSearchParams objects (not into bytes, nor into other objects' private
+ * fields), each object once; see {@link LOOK} for how far.
  */
 export function scrubError(error: unknown, mask: (text: string) => string): unknown {
-  const quotes = (value: unknown, depth: number): boolean => {
-    if (typeof value === 'string') return mask(value) !== value;
-    if (value === null || typeof value !== 'object' || depth > 4) return false;
-    const own = Object.getOwnPropertyNames(value).map((name) => (value as Record<string, unknown>)[name]);
-    return own.some((item) => quotes(item, depth + 1));
+  const quotes = (root: unknown): boolean => {
+    const seen = new Set<object>();
+    let errors = 0;
+    let values = 0;
+    const look = (value: unknown, level: number): boolean => {
+      if ((values += 1) > LOOK.values) return true;
+      if (typeof value === 'string') return mask(value) !== value;
+      if (value === null || typeof value !== 'object' || seen.has(value) || ArrayBuffer.isView(value)) return false;
+      seen.add(value);
+      try {
+        if (value instanceof Error) {
+          if ((errors += 1) > LOOK.errors) return true;
+          level = 0;
+        } else if (level > LOOK.levels) return false;
+        // Their text lives in private fields, which util.inspect shows and own keys do not.
+        if (value instanceof URL || value instanceof URLSearchParams) return look(String(value), level);
+        if (value instanceof Map) {
+          for (const [key, item] of value) if (look(key, level + 1) || look(item, level + 1)) return true;
+        } else if (value instanceof Set) {
+          for (const item of value) if (look(item, level + 1)) return true;
+        }
+        for (const key of Reflect.ownKeys(value)) if (look((value as Record<PropertyKey, unknown>)[key], level + 1)) return true;
+        return false;
+      } catch {
+        // A getter that throws, a revoked Proxy: not looked through, so not kept.
+        return true;
+      }
+    };
+    return look(root, 0);
   };
   const scrub = (value: unknown, depth: number): unknown => {
-    if (!quotes(value, 0)) return value;
-    if (!(value instanceof Error) || depth > 4) return typeof value === 'string' ? mask(value) : undefined;
-    const copy = new Error(mask(value.message));
+    if (!quotes(value)) return value;
+    if (!(value instanceof Error) || depth >= LOOK.errors) return typeof value === 'string' ? mask(value) : undefined;
+    const errors = value instanceof AggregateError && Array.isArray(value.errors) ? value.errors.map((item: unknown) => scrub(item, depth + 1)).filter((item) => item !== undefined) : undefined;
+    const copy = errors ? new AggregateError(errors, mask(value.message)) : new Error(mask(value.message));
     copy.name = value.name;
     copy.stack = mask(value.stack ?? `${value.name}: ${value.message}`);
     const code = (value as { code?: unknown }).code;
