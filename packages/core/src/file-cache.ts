@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { constants, watch, type FSWatcher } from 'node:fs';
-import { access, link, lstat, open, readdir, readFile, readlink, rename, stat, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { constants, watch, type FSWatcher, type Stats } from 'node:fs';
+import { access, link, lstat, open, readdir, readFile, readlink, rename, stat, symlink, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import type { TokenCache } from './cache.js';
@@ -414,18 +414,17 @@ export class FileCache implements TokenCache {
     let broke = false;
     try {
       for (let attempt = 0; ; attempt += 1) {
+        // Where the file system has no room for the draft, the guard and this attempt's claims are symlinks.
+        let mark: ((file: string) => Promise<void>) | undefined;
         try {
-          // Removed and created anew (O_EXCL), never rewritten in place: opened without O_EXCL, a symlink
-          // another user of a shared directory swapped in for it would be followed, and whatever file it
-          // points to overwritten. (EEXIST, should one be planted in between, is one more attempt.)
-          await unlink(draft).catch(() => undefined);
-          await this.#writeNew(draft, mine, op);
-          await link(draft, guard);
+          mark = await this.#marker(draft, mine, op);
+          await mark(guard);
           break;
         } catch (error) {
           if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
         }
-        if (await this.#breakIfStale(path, draft, op)) broke = true;
+        // (No mark when a file was planted at the draft's name: this attempt claims nothing.)
+        if (mark && (await this.#breakIfStale(path, mark, op))) broke = true;
         if (performance.now() - started > this.#guardTimeoutMs) {
           throw new CacheError(`FileCache ${op} waited ${this.#guardTimeoutMs} ms for another writer in ${this.dir}`, { reason: 'timeout' });
         }
@@ -448,19 +447,55 @@ export class FileCache implements TokenCache {
   }
 
   /**
+   * How this attempt makes its guard or claims, each holding `mine`: the draft, written now, linked there
+   * (link() creates a name only where there is none, and a file written whole is never seen half written).
+   * Where the file system has no room for the draft (full, or over quota), a symlink whose target is
+   * `mine`: symlink() too creates a name only where there is none, its target is set whole with it, and a
+   * target this short is kept in the inode itself (ext4, XFS, tmpfs), so it needs no data block. That
+   * keeps delete() and deleteIfEquals() (and an add() over an expired lock, which removes it first) working
+   * on a full file system: they free room rather than take any, and a refresh lock's release must not wait
+   * for its lease. A symlink in GUARD's form is read as a guard (#inspect), never followed.
+   */
+  async #marker(draft: string, mine: string, op: string): Promise<(file: string) => Promise<void>> {
+    // Removed and created anew (O_EXCL), never rewritten in place: opened without O_EXCL, a symlink
+    // another user of a shared directory swapped in for it would be followed, and whatever file it
+    // points to overwritten. (EEXIST, should one be planted in between, is one more attempt.)
+    await unlink(draft).catch(() => undefined);
+    try {
+      await this.#writeNew(draft, mine, op);
+      return (file) => link(draft, file);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== 'ENOSPC' && code !== 'EDQUOT') throw error;
+      // Created before its write failed: an empty file no sweep would tell from a live writer's draft.
+      await unlink(draft).catch(() => undefined);
+      return async (file) => {
+        try {
+          await symlink(mine, file);
+        } catch (failure) {
+          // No room even for that (no inode left), or no symlinks here: the file system's own answer stands.
+          if ((failure as NodeJS.ErrnoException).code === 'EEXIST') throw failure;
+          throw error;
+        }
+      };
+    }
+  }
+
+  /**
    * Breaks the guard of `path` if it is abandoned: its process is gone (judged only for guards of our own
    * PID namespace) or it is older than guardStaleMs. Resolves whether this process broke it.
    *
    * Many waiters see the same abandoned guard at once, and a guard is only a name: a waiter that removed
    * it by name a moment late would remove the next holder's guard and let a third writer in beside it.
    * So a given guard is broken by one process only, the one that creates its claim file
-   * `<file>~break-<hash of the guard>-0` (linked from our draft, so never empty). The claimant reads the
-   * guard again: a guard's content is unique and never comes back once removed, so finding it unchanged
-   * means no one else has broken it, and no one else may until the claim is gone. Should a claimant die,
-   * its claim is abandoned like a guard, and the next claim (`-1`, `-2`, …) is taken instead; abandoned
-   * claims are never removed while their guard stands, so no claim is ever removed from under a live one.
+   * `<file>~break-<hash of the guard>-0` (made as our guard would be, by `mark`: never empty). The
+   * claimant reads the guard again: a guard's content is unique and never comes back once removed, so
+   * finding it unchanged means no one else has broken it, and no one else may until the claim is gone.
+   * Should a claimant die, its claim is abandoned like a guard, and the next claim (`-1`, `-2`, …) is
+   * taken instead; abandoned claims are never removed while their guard stands, so no claim is ever
+   * removed from under a live one.
    */
-  async #breakIfStale(path: string, draft: string, op: string): Promise<boolean> {
+  async #breakIfStale(path: string, mark: (file: string) => Promise<void>, op: string): Promise<boolean> {
     const guard = `${path}~guard`;
     const seen = await this.#inspect(guard, op);
     if (!seen || !(await this.#abandoned(guard, seen))) return false;
@@ -470,7 +505,7 @@ export class FileCache implements TokenCache {
       const claim = `${path}~break-${id}-${k}`;
       claims.push(claim);
       try {
-        await link(draft, claim);
+        await mark(claim);
         break;
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw this.#error(op, error);
@@ -491,8 +526,10 @@ export class FileCache implements TokenCache {
       // Only the guard's own holder, waking from a pause past guardStaleMs, can have removed it in the
       // meantime; if another writer's guard was caught instead, it is put back (link never overwrites).
       // Read as the guard was, through #inspect: a FIFO taken would otherwise be opened waiting for a writer.
-      const caught = (await this.#inspect(taken, op).catch(() => undefined))?.content === seen.content;
-      if (!caught) await link(taken, guard).catch(() => undefined);
+      const found = await this.#inspect(taken, op).catch(() => undefined);
+      const caught = found?.content === seen.content;
+      // A symlink is put back as a new one of the same target: link() of a symlink follows it on some systems.
+      if (!caught) await (found?.symlink ? symlink(found.content, guard) : link(taken, guard)).catch(() => undefined);
       else this.#standing.delete(guard);
       await unlink(taken).catch(() => undefined);
       return caught;
@@ -504,11 +541,26 @@ export class FileCache implements TokenCache {
 
   /**
    * A guard's or a claim's content and age, read through one handle; undefined when there is none.
-   * Writers only ever link regular files there, so anything else (a symlink, a FIFO, a socket) is no
-   * writer's guard: it is never followed nor read (a FIFO would wait for a writer), and is abandoned at
-   * once, known by its inode, so that it is broken as a dead writer's guard is.
+   * Writers link regular files there, or where the file system is full, make a symlink whose target is
+   * the content (#marker): such a symlink is read with readlink(), never followed. Anything else (a FIFO,
+   * a socket, a symlink to anything but a guard's content) is no writer's guard: it is never followed nor
+   * read (a FIFO would wait for a writer), and is abandoned at once, known by its inode, so that it is
+   * broken as a dead writer's guard is.
    */
-  async #inspect(file: string, op: string): Promise<{ content: string; age: number } | undefined> {
+  async #inspect(file: string, op: string): Promise<Inspected | undefined> {
+    // A name replaced between two looks of one inspection (a symlink guard by a file guard, or the other
+    // way round, as writers on a file system that is full one moment and not the next make them) is
+    // inspected again: judged from two looks at two guards, a live one could pass for no writer's and be
+    // broken. A name that keeps changing is taken for none this time.
+    for (let looks = 0; looks < 4; looks += 1) {
+      const seen = await this.#look(file, op);
+      if (seen !== CHANGED) return seen;
+    }
+    return undefined;
+  }
+
+  /** One look of #inspect: CHANGED when the name was seen to hold another file in between. */
+  async #look(file: string, op: string): Promise<Inspected | typeof CHANGED | undefined> {
     let handle: FileHandle | undefined;
     try {
       handle = await open(file, READ_FLAGS);
@@ -520,11 +572,41 @@ export class FileCache implements TokenCache {
       if (code === 'ENOENT') return undefined;
       if (code === 'ELOOP' || code === 'EMLINK' || code === 'ENXIO') {
         const stats = await lstat(file).catch(() => undefined);
-        return stats && { content: `${NOT_A_GUARD}${stats.dev}:${stats.ino}`, age: Infinity };
+        if (!stats) return undefined;
+        if (stats.isSymbolicLink()) return this.#lookAtSymlink(file, stats, op);
+        // A file open() would have opened: what it refused is gone.
+        if (stats.isFile() || stats.isDirectory()) return CHANGED;
+        return { content: `${NOT_A_GUARD}${stats.dev}:${stats.ino}`, age: Infinity };
       }
       throw this.#error(op, error);
     } finally {
       await handle?.close();
+    }
+  }
+
+  /**
+   * A symlink at a guard or claim (`first`, as lstat() saw it): a writer's, made where the file system was
+   * full (#marker), when its target has a guard's form, and as old as the symlink; else no writer's. The
+   * target is read before and after the age: a guard's content never comes back once removed, so the same
+   * target both times means the age is of that guard (or of the same guard put back by a breaker, younger:
+   * never broken sooner for it).
+   */
+  async #lookAtSymlink(file: string, first: Stats, op: string): Promise<Inspected | typeof CHANGED | undefined> {
+    try {
+      const content = await readlink(file);
+      const stats = await lstat(file);
+      if (!GUARD.test(content)) {
+        if (!stats.isSymbolicLink() || stats.ino !== first.ino || stats.dev !== first.dev) return CHANGED;
+        return { content: `${NOT_A_GUARD}${stats.dev}:${stats.ino}`, age: Infinity };
+      }
+      if ((await readlink(file)) !== content) return CHANGED;
+      return { content, age: Date.now() - stats.mtimeMs, symlink: true };
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return undefined;
+      // No longer a symlink: readlink() refuses anything else.
+      if (code === 'EINVAL') return CHANGED;
+      throw this.#error(op, error);
     }
   }
 
@@ -681,8 +763,18 @@ const ERRNO_REASONS: Readonly<Record<string, CacheErrorReason>> = {
   ENOENT: 'database',
 };
 
-/** The content #inspect gives a guard or claim that is no regular file (no writer's), with its inode: never a writer's content. */
+/** The content #inspect gives a guard or claim that is no writer's (no regular file, nor a symlink to a guard's content), with its inode: never a writer's content. */
 const NOT_A_GUARD = '\0not a guard ';
+
+/** What #inspect tells of a guard or claim: its content, its age in ms, and whether it is a symlink (#marker). */
+interface Inspected {
+  content: string;
+  age: number;
+  symlink?: true;
+}
+
+/** A look of #inspect that saw the name hold another file in between. */
+const CHANGED = Symbol('changed');
 
 /** readRegular()'s code for a file of another user than the one it was asked to require. */
 const FOREIGN = 'WXKIT_FOREIGN_OWNER';

@@ -1,4 +1,4 @@
-import { execFile, execFileSync, fork, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
@@ -6,6 +6,7 @@ import { inspect, promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import * as core from '@wxkit/core';
 import { startMockWeChat } from '@wxkit/testing';
@@ -605,6 +606,49 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it.skipIf(!canMountTmpfs)('a full file system (a 64 KiB tmpfs; Linux as root): the holder of a refresh lock releases it, and another process takes it at its first attempt, not once the lease has run out', async () => {
+    const mount = fresh('full-lock');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'tokens');
+      const lock = 'wechat:access_token:wxfull:lock';
+      // This process holds the lock (a 60 s lease) and has a token to drop, written while there was room.
+      const holder = new FileCache({ dir });
+      expect(await holder.add(lock, 'holder', 60)).toBe(true);
+      await holder.set('token', 'stale', 60);
+      // Filled up to the last page, before each call that could free one.
+      let fillers = 0;
+      const fill = () => {
+        try {
+          for (;;) writeFileSync(join(mount, `filler-${(fillers += 1)}`), Buffer.alloc(4096));
+        } catch (error) {
+          expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+        }
+      };
+      const outcome = (call: Promise<unknown>) => call.then((value) => value, (error: { code?: string; reason?: string }) => `${error.code} ${error.reason}`);
+      fill();
+      const token = await outcome(holder.delete('token'));
+      fill();
+      // A compare that fails leaves the lock; the holder's own release drops it.
+      const released = { token, otherOwner: await outcome(holder.deleteIfEquals(lock, 'not-the-holder')), holder: await outcome(holder.deleteIfEquals(lock, 'holder')) };
+      // The waiter's clock moves on by a quarter of the lease after each attempt that did not take the
+      // lock: a lock that stayed would be taken at attempt 5 at the earliest, once its lease ran out.
+      const { stdout } = await promisify(execFile)(process.execPath, [fileURLToPath(new URL('./fixtures/lock-taker.mjs', import.meta.url))], {
+        env: { ...process.env, TAKER_MODULE: builtModule, TAKER_DIR: dir, TAKER_KEY: lock, TAKER_LEASE_S: '60', TAKER_STEP_MS: '15000', TAKER_ATTEMPTS: '6' },
+      });
+      expect({ released, taker: JSON.parse(stdout) }).toEqual({
+        released: { token: undefined, otherOwner: false, holder: true },
+        taker: { attempts: 1, taken: true, errors: [] },
+      });
+      expect(await holder.get(lock)).toMatch(/^taker-\d+$/);
+      expect(await holder.get('token')).toBeUndefined();
+      expect(readdirSync(dir)).toEqual(['wechat%3Aaccess_token%3Awxfull%3Alock']);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
+  });
+
   it('files are 0600 and directories 0700 whatever the umask (a process run with umask 000)', () => {
     const dir = join(fresh('umask'), 'a', 'b');
     const script = `process.umask(0); import(${JSON.stringify(builtModule)}).then(async (m) => { const c = new m.FileCache({ dir: ${JSON.stringify(dir)} }); await c.set('k', 'v', 60); await c.add('lock', 'o', 60); await c.compareAndSet('k', 'v', 'w', 60); })`;
@@ -768,6 +812,50 @@ describe('FileCache across processes', () => {
       expect(readdirSync(dir).filter((name) => name.includes('~'))).toEqual([]);
     } finally {
       for (const child of children) if (child.exitCode === null) child.kill();
+    }
+  });
+});
+
+describe.skipIf(!canMountTmpfs)('FileCache across processes on a full file system (a 64 KiB tmpfs; Linux as root)', () => {
+  it('3 processes × 2 concurrent deleteIfEquals() of the value there, 30 rounds: exactly one deletes in each round, and none fails', async () => {
+    const mount = fresh('full-race');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', mount]);
+    const dir = join(mount, 'tokens');
+    const key = 'wechat:access_token:wxrace:lock';
+    const children: ChildProcess[] = [];
+    try {
+      const cache = new FileCache({ dir });
+      expect(await cache.add(key, 'v0', 600)).toBe(true);
+      try {
+        for (let n = 0; ; n += 1) writeFileSync(join(mount, `filler-${n}`), Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      const env = { ...process.env, DELETE_MODULE: builtModule, DELETE_DIR: dir, DELETE_KEY: key, DELETE_CALLS: '2' };
+      const script = fileURLToPath(new URL('./fixtures/full-deleter.mjs', import.meta.url));
+      const lines = Array.from({ length: 3 }, () => {
+        const child = spawn(process.execPath, [script], { env, stdio: ['pipe', 'pipe', 'inherit'] });
+        children.push(child);
+        return createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      });
+      const next = async (line: AsyncIterator<string>) => JSON.parse((await line.next()).value as string) as { round: number; deleted: number; errors: string[] };
+      await Promise.all(lines.map(next));
+      const rounds: string[] = [];
+      for (let round = 0; round < 30; round += 1) {
+        // The page the last round's delete freed holds this round's value: an add() needs no guard.
+        if (round > 0) expect(await cache.add(key, `v${round}`, 600)).toBe(true);
+        for (const child of children) child.stdin!.write(`${round}\n`);
+        const answers = await Promise.all(lines.map(next));
+        const deleted = answers.reduce((sum, answer) => sum + answer.deleted, 0);
+        const errors = answers.flatMap((answer) => answer.errors);
+        if (deleted !== 1 || errors.length > 0) rounds.push(`round ${round}: ${deleted} deleted, errors ${JSON.stringify(errors)}`);
+      }
+      expect(rounds).toEqual([]);
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      for (const child of children) child.kill();
+      execFileSync('umount', [mount]);
     }
   });
 });

@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -64,6 +64,40 @@ describe('FileCache breaks an abandoned guard once', () => {
     await cache.set('k', 'after', 60);
     expect(await cache.get('k')).toBe('after');
     expect(leftovers(dir)).toEqual([]);
+  });
+
+  // Where the file system has no room for a guard file, a writer's guard (and its claims) is a symlink
+  // whose target is what the file would hold: it excludes the others as a file does.
+  it('a guard made as a symlink is a writer\'s: of a live process it holds writers off, of a dead one it is broken once', async () => {
+    const dir = fresh('symlink-guard');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 300 });
+    await cache.set('k', 'before', 60);
+    const namespace = await ownNamespace();
+    const live = `${process.ppid} ${namespace} 0123456789abcdef`;
+    symlinkSync(live, join(dir, 'k~guard'));
+    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+    await expect(cache.deleteIfEquals('k', 'before')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+    expect(readlinkSync(join(dir, 'k~guard'))).toBe(live);
+    expect(await cache.get('k')).toBe('before');
+
+    rmSync(join(dir, 'k~guard'));
+    symlinkSync(`${deadPid()} ${namespace} 0123456789abcdef`, join(dir, 'k~guard'));
+    expect(await cache.deleteIfEquals('k', 'before')).toBe(true);
+    expect(await cache.get('k')).toBeUndefined();
+    expect(leftovers(dir)).toEqual([]);
+  });
+
+  it('a claim made as a symlink by a live process holds other breakers off', async () => {
+    const dir = fresh('symlink-claim');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 300 });
+    await cache.set('k', 'before', 60);
+    const namespace = await ownNamespace();
+    const guard = `${deadPid()} ${namespace} 0123456789abcdef`;
+    symlinkSync(guard, join(dir, 'k~guard'));
+    symlinkSync(`${process.ppid} ${namespace} fedcba9876543210`, join(dir, claimOf(guard, 0)));
+    await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+    expect(readlinkSync(join(dir, 'k~guard'))).toBe(guard);
+    expect(await cache.get('k')).toBe('before');
   });
 
   it('claims on a guard that is gone are swept by the next writer', async () => {
