@@ -872,8 +872,9 @@ async function hostNamespaceId(): Promise<string> {
   }
   const id = randomBytes(8).toString('hex');
   const temp = `${file}.${process.pid}-${randomBytes(6).toString('hex')}`;
-  await writeFile(temp, `${id}\n`, { mode: 0o644 });
   try {
+    // Inside the try: a write that fails (a full file system) may have created the file already.
+    await writeFile(temp, `${id}\n`, { mode: 0o644 });
     await link(temp, file);
     return id;
   } catch (error) {

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -245,6 +245,32 @@ describe('FileCache across PID namespaces', () => {
     // Not even that can be written: each process has an id of its own, so its PIDs are never believed.
     const nowhere = fresh('no-such-tmp');
     expect(probe(nowhere)).not.toBe(probe(nowhere));
+  });
+
+  it.skipIf(!canHideProc)('where /proc cannot tell and the temp directory is full (a 64 KiB tmpfs; Linux as root), each process has an id of its own and leaves no file there', () => {
+    const tmp = fresh('tmp-full');
+    mkdirSync(tmp);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', tmp]);
+    try {
+      try {
+        for (let n = 0; ; n += 1) writeFileSync(join(tmp, `filler-${n}`), Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      const before = readdirSync(tmp).sort();
+      const probe = () => {
+        const result = spawnSync('unshare', ['--mount', '--propagation', 'private', '/bin/sh', '-c', 'mount -t tmpfs none /proc && "$0" "$1"', process.execPath, fixture('guard-probe.mjs')], {
+          env: { ...process.env, TMPDIR: tmp, PROBE_MODULE: builtModule, PROBE_DIR: fresh('full-tmp-cache') },
+          encoding: 'utf8',
+        });
+        expect(result.status).toBe(0);
+        return (JSON.parse(result.stdout) as { guard: string }).guard.split(' ')[1]!;
+      };
+      expect(probe()).not.toBe(probe());
+      expect(readdirSync(tmp).sort()).toEqual(before);
+    } finally {
+      execFileSync('umount', [tmp]);
+    }
   });
 });
 
