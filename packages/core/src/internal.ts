@@ -6,7 +6,7 @@
  * @packageDocumentation
  */
 export { assertTtl, storeTtlMs } from './ttl.js';
-export { socketReason } from './socket-reason.js';
+export { nodeRedisReason, socketReason } from './socket-reason.js';
 export { maskPasswords, maskUrl, withoutPasswords } from './redact.js';
 export { retryAtOf } from './retry-at.js';
 export { inLife } from './token/lifetime.js';

@@ -1,6 +1,6 @@
 import { isUtf8 } from 'node:buffer';
 import { CacheError, ConfigError, type TokenCache } from '@wxkit/core';
-import { socketReason, storeTtlMs, withoutPasswords } from '@wxkit/core/internal';
+import { nodeRedisReason, socketReason, storeTtlMs, withoutPasswords } from '@wxkit/core/internal';
 import type { Keyv, KeyvStoreAdapter } from 'keyv';
 import { sqlTableOf, type SqlTable } from './sql-store.js';
 
@@ -155,7 +155,7 @@ export class KeyvCache implements TokenCache {
         throw new CacheError(`KeyvCache ${op} found another kind of value than a string at that key in the Keyv store (another program's data)`, { cause, reason: 'type' });
       }
       const refusal = refusalOf(error);
-      const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code) ?? clientFailureOf(error);
+      const reason = refusal ?? socketReason((error as { code?: unknown } | null)?.code) ?? (typeof error === 'object' && error !== null ? nodeRedisReason(error) : undefined);
       if (this.#sql?.keeps(error)) {
         throw new CacheError(
           `KeyvCache ${op} failed: the Keyv store could not connect or make its table when it was made, and it does not try again ` +
@@ -212,25 +212,6 @@ function refusalOf(error: unknown): keyof typeof REFUSALS | undefined {
   if (word === 'READONLY' || word === 'NOREPLICAS' || word === 'MISCONF' || word === 'OOM') return 'readonly';
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' && Object.hasOwn(SQL_REFUSALS, code) ? SQL_REFUSALS[code] : undefined;
-}
-
-/**
- * A failure of node-redis's own (@keyv/redis), with no reply of the server's, given RedisCache's reason
- * for it: its messages, as RedisCache reads them, and its TimeoutError (a command that waited longer than
- * `commandOptions.timeout` to be sent, while the client reconnects), which has no message and is known by
- * its class, or by its name (a DOMException of `AbortSignal.timeout()` in another store).
- */
-function clientFailureOf(error: unknown): 'timeout' | 'disconnected' | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const { name, message } = error as { name?: unknown; message?: unknown };
-  if (name === 'TimeoutError') return 'timeout';
-  for (let proto = Object.getPrototypeOf(error) as object | null; proto !== null && proto !== Error.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
-    if (Object.hasOwn(proto, 'constructor') && (proto as { constructor?: { name?: unknown } }).constructor?.name === 'TimeoutError') return 'timeout';
-  }
-  const text = typeof message === 'string' ? message : '';
-  if (/^(Connection timeout|Socket timeout|Command timeout)/.test(text)) return 'timeout';
-  if (/^(Socket closed unexpectedly|The client is offline|The client is closed)/.test(text)) return 'disconnected';
-  return undefined;
 }
 
 // TokenCache values are binary strings (one character per byte). Keyv stores keep text (a SQL TEXT

@@ -1,5 +1,5 @@
 import type { CacheErrorReason } from '@wxkit/core';
-import { socketReason } from '@wxkit/core/internal';
+import { nodeRedisReason, socketReason } from '@wxkit/core/internal';
 
 /** The message of a call on a caller's client that the caller ended (reason `closed`). */
 export const CALLER_CLOSED = 'the given client was closed by its owner';
@@ -46,21 +46,9 @@ export function reasonOf(error: unknown): CacheErrorReason | undefined {
   // that starts no RESP reply: the server answered in another protocol (`H` of an HTTP server's
   // `HTTP/1.1 400 Bad Request`).
   if (/^Unknown RESP type/.test(text)) return 'protocol';
-  if (/^(Connection timeout|Socket timeout|Command timeout|no connection within)/.test(text) || isTimeoutError(error)) return 'timeout';
+  if (/^no connection within/.test(text)) return 'timeout';
   if (text === CALLER_CLOSED) return 'closed';
-  if (/^(Socket closed unexpectedly|The client is offline|The client is closed)/.test(text)) return 'disconnected';
-  return undefined;
-}
-
-/**
- * node-redis's TimeoutError: a command on a client with `commandOptions.timeout` that waited longer to be
- * sent (a caller's client that queues commands while it reconnects). It has no message: known by its class.
- */
-function isTimeoutError(error: object): boolean {
-  for (let proto = Object.getPrototypeOf(error) as object | null; proto !== null && proto !== Error.prototype; proto = Object.getPrototypeOf(proto) as object | null) {
-    if (Object.hasOwn(proto, 'constructor') && (proto as { constructor?: { name?: unknown } }).constructor?.name === 'TimeoutError') return true;
-  }
-  return false;
+  return nodeRedisReason(error);
 }
 
 // The TLS codes of a certificate check that failed: the server's certificate is not one this client
