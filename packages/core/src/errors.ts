@@ -355,9 +355,10 @@ export function isTokenRejection(error: unknown): error is WeChatApiError {
 
 /**
  * Errcodes WeChat may answer before it reads the token, or that say nothing of it: system busy (-1), no
- * token (41001), IP whitelist (40164, 61004), quotas (45009, 45011), no permission for the API (48001).
+ * token (41001), IP whitelist (40164, 61004, WeCom's trusted IPs 60020), quotas (45009, 45011), no
+ * permission for the API (48001).
  */
-const SAYS_NOTHING_OF_TOKEN: ReadonlySet<number> = new Set([-1, 41001, 40164, 61004, 45009, 45011, 48001]);
+const SAYS_NOTHING_OF_TOKEN: ReadonlySet<number> = new Set([-1, 41001, 40164, 60020, 61004, 45009, 45011, 48001]);
 
 /**
  * Whether WeChat took the token a call carried and refused the call for another reason (40003 no such

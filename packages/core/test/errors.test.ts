@@ -1,6 +1,7 @@
 import { createRequire } from 'node:module';
 import { describe, expect, it } from 'vitest';
 import * as esm from '../src/index.js';
+import { tookToken } from '../src/errors.js';
 
 describe('errors', () => {
   it('each class has its code and its name', () => {
@@ -41,6 +42,12 @@ describe('errors', () => {
     expect(down).toBeInstanceOf(cjs.WxkitError);
     expect(down).not.toBeInstanceOf(cjs.ConfigError);
     expect(down).toMatchObject({ name: 'StoreDown', code: 'ERR_WXKIT_CACHE' });
+  });
+
+  it('an errcode WeChat answers before it reads the token (an IP off the whitelist, WeCom\'s untrusted IP, a quota) says nothing of it; one about the call itself says the token worked', () => {
+    const answer = (errcode: number) => new esm.WeChatApiError({ errcode, errmsg: 'refused' }, 'cgi-bin/message/send');
+    for (const errcode of [-1, 41001, 40164, 60020, 61004, 45009, 45011, 48001, 40001, 42001]) expect(tookToken(answer(errcode))).toBe(false);
+    for (const errcode of [40003, 43101, 60011]) expect(tookToken(answer(errcode))).toBe(true);
   });
 
   it('keeps the cause', () => {
