@@ -18,6 +18,7 @@ Runs until SIGINT or SIGTERM, then exits 0; a usage error exits 2.
 Control it over HTTP (JSON answers):
   GET  /__mock/counters[?appid=]           POST /__mock/apps (JSON: appId, secret, jsapiTicket)
   POST /__mock/invalidate?appid=           POST /__mock/issue-classic-token?appid=
+  POST /__mock/issue-ticket?appid=[&type=jsapi]
   POST /__mock/clock?advance=SECONDS       POST /__mock/latency?ms=
   POST /__mock/fault (JSON: kind, path, times, errcode, sizeBytes, intervalMs, seed, field, value, from)
   POST /__mock/reset (counters, faults, latency)`;

@@ -438,6 +438,32 @@ describe('GET cgi-bin/ticket/getticket', () => {
     expect(mock.counters(app.appId)).toMatchObject({ ticketRequests: 0, rejectedCalls: 1, errcodes: { '40097': 1, '40001': 1 } });
   });
 
+  it('issueTicket acts as another program whose fetch WeChat answered with a new ticket: getticket answers it, and ours lives out its grace window', async () => {
+    const app = mock.createApp();
+    const token = tokenOf(await stable(app));
+    const ours = (await get(`cgi-bin/ticket/getticket?access_token=${token}&type=jsapi`)).ticket as string;
+    const card = (await get(`cgi-bin/ticket/getticket?access_token=${token}&type=wx_card`)).ticket as string;
+    expect(mock.isTicketValid(app.appId, ours)).toBe(true);
+    const theirs = mock.issueTicket(app.appId);
+    expect(theirs).toMatch(/^[A-Za-z0-9_-]{80,}$/);
+    expect(theirs).not.toBe(ours);
+    expect((await get(`cgi-bin/ticket/getticket?access_token=${token}&type=jsapi`)).ticket).toBe(theirs);
+    expect(mock.counters(app.appId)).toMatchObject({ ticketRequests: 3, externalFetches: 1 });
+    mock.advanceClock(299);
+    expect(mock.isTicketValid(app.appId, ours)).toBe(true);
+    mock.advanceClock(1);
+    expect(mock.isTicketValid(app.appId, ours)).toBe(false);
+    expect(mock.isTicketValid(app.appId, theirs)).toBe(true);
+    // Each type its own: the card ticket was not replaced.
+    expect(mock.isTicketValid(app.appId, card)).toBe(true);
+    // A second replacement ends the first one's grace at once, as a third token ends the first.
+    const third = mock.issueTicket(app.appId);
+    const fourth = mock.issueTicket(app.appId);
+    expect([mock.isTicketValid(app.appId, theirs), mock.isTicketValid(app.appId, third), mock.isTicketValid(app.appId, fourth)]).toEqual([false, true, true]);
+    expect(mock.isTicketValid(app.appId, 'no-such-ticket')).toBe(false);
+    expect(() => mock.issueTicket(mock.createApp({ jsapiTicket: 'fixed-ticket' }).appId)).toThrow(/fixed jsapiTicket/);
+  });
+
   it('quotas.ticket → 45009', async () => {
     await withMock({ quotas: { ticket: 1 }, now: () => T0 }, async (local) => {
       const token = tokenOf(await stable(local.createApp(), {}, local.url));
@@ -702,7 +728,7 @@ describe('counters and direct controls', () => {
 });
 
 describe('control endpoints under /__mock/', () => {
-  it('apps, counters, invalidate, issue-classic-token and clock drive the mock over HTTP', async () => {
+  it('apps, counters, invalidate, issue-classic-token, issue-ticket and clock drive the mock over HTTP', async () => {
     const app = (await post('__mock/apps', { jsapiTicket: 'fixed-ticket' })) as unknown as MockApp;
     expect(app).toEqual({ appId: expect.stringMatching(/^wx[0-9a-f]{16}$/), secret: expect.any(String), jsapiTicket: 'fixed-ticket' });
     const token = tokenOf(await classic(app));
@@ -713,8 +739,10 @@ describe('control endpoints under /__mock/', () => {
 
     const theirs = (await post(`__mock/issue-classic-token?appid=${app.appId}`, '')).access_token as string;
     expect(mock.isTokenValid(app.appId, theirs)).toBe(true);
+    const card = (await post(`__mock/issue-ticket?appid=${app.appId}&type=wx_card`, '')).ticket as string;
+    expect(mock.isTicketValid(app.appId, card)).toBe(true);
 
-    expect(await get(`__mock/counters?appid=${app.appId}`)).toMatchObject({ classicTokenRequests: 1, externalFetches: 1, rejectedCalls: 1, ticketRequests: 1 });
+    expect(await get(`__mock/counters?appid=${app.appId}`)).toMatchObject({ classicTokenRequests: 1, externalFetches: 2, rejectedCalls: 1, ticketRequests: 1 });
     expect((await get('__mock/counters')).requests).toBe(mock.counters().requests);
 
     const before = mock.now();

@@ -56,7 +56,7 @@ export interface MockCounters {
   tokensIssued: number;
   /** cgi-bin/stable_token requests with `force_refresh: true`, whatever the answer. */
   forceRefreshes: number;
-  /** `issueClassicToken()` calls: another program's fetches. */
+  /** `issueClassicToken()` and `issueTicket()` calls: another program's fetches. */
   externalFetches: number;
   /** Ticket requests that reached the ticket logic (token accepted). */
   ticketRequests: number;
@@ -88,6 +88,15 @@ export interface IssuedToken {
   diesAt?: number;
 }
 
+/** A JS-SDK ticket as WeChat holds it. */
+export interface IssuedTicket {
+  value: string;
+  type: string;
+  expiresAt: number;
+  /** Set when another fetch superseded the ticket: from then on wx.config refuses it. */
+  diesAt?: number;
+}
+
 export interface AppState {
   app: MockApp;
   ipAllowed: boolean;
@@ -97,7 +106,10 @@ export interface AppState {
   classicCurrent?: IssuedToken;
   stableCurrent?: IssuedToken;
   lastForceRefreshAt?: number;
-  tickets: Map<string, { value: string; expiresAt: number }>;
+  /** The current ticket of each type. */
+  tickets: Map<string, IssuedTicket>;
+  /** Every ticket handed out, by value, while it may still be alive: what `isTicketValid()` reads. */
+  issuedTickets: Map<string, IssuedTicket>;
   /** Quota use by `name:period`. */
   usage: Map<string, number>;
   counters: MockCounters;
@@ -240,7 +252,7 @@ export function alive(token: IssuedToken | undefined, t: number): token is Issue
   return token !== undefined && t < token.expiresAt && (token.diesAt === undefined || t < token.diesAt);
 }
 
-export function liveUntil(token: IssuedToken): number {
+export function liveUntil(token: { expiresAt: number; diesAt?: number }): number {
   return Math.min(token.expiresAt, token.diesAt ?? Infinity);
 }
 
@@ -304,6 +316,7 @@ export class WeChatModel {
       tokens: new Map(),
       undead: new Set(),
       tickets: new Map(),
+      issuedTickets: new Map(),
       usage: new Map(),
       counters: emptyCounters(),
     });
@@ -484,12 +497,34 @@ export class WeChatModel {
     );
     let current = state.tickets.get(type);
     const fixed = type === 'jsapi' ? state.app.jsapiTicket : undefined;
-    if (!current || t >= current.expiresAt || (fixed !== undefined && current.value !== fixed)) {
-      current = { value: fixed ?? randomBytes(64).toString('base64url'), expiresAt: t + this.config.ticketTtlMs };
-      state.tickets.set(type, current);
-    }
+    if (!current || t >= liveUntil(current) || (fixed !== undefined && current.value !== fixed)) current = this.newTicket(state, type, t);
     const expiresIn = Math.floor((current.expiresAt - t) / 1000);
     return { json: JSON.stringify({ errcode: 0, errmsg: 'ok', ticket: current.value, expires_in: expiresIn }) };
+  }
+
+  /**
+   * A new ticket of `type`, current from now: the one it replaces lives min(its expiry, now + grace) more,
+   * as a superseded access token does; any older one dies now. What a fetch WeChat answers with a new
+   * ticket does, another program's (`issueTicket()`) or the first after the current one expired.
+   */
+  newTicket(state: AppState, type: string, t: number): IssuedTicket {
+    const fixed = type === 'jsapi' ? state.app.jsapiTicket : undefined;
+    const previous = state.tickets.get(type);
+    for (const [value, old] of state.issuedTickets) {
+      if (old.type !== type) continue;
+      old.diesAt = Math.min(old.diesAt ?? Infinity, old === previous ? t + this.config.graceMs : t);
+      if (liveUntil(old) <= t) state.issuedTickets.delete(value);
+    }
+    const ticket: IssuedTicket = { value: fixed ?? randomBytes(64).toString('base64url'), type, expiresAt: t + this.config.ticketTtlMs };
+    state.tickets.set(type, ticket);
+    state.issuedTickets.set(ticket.value, ticket);
+    return ticket;
+  }
+
+  /** Whether `wx.config` would take `value` now: a ticket of the app's, not expired nor superseded past its grace. */
+  ticketAlive(state: AppState, value: string, t: number): boolean {
+    const ticket = state.issuedTickets.get(value);
+    return ticket !== undefined && t < liveUntil(ticket);
   }
 
   /** msgid is a 64-bit integer: written by hand, since JSON.stringify cannot write a BigInt exactly. */

@@ -77,6 +77,15 @@ export interface MockWeChat {
   issueClassicToken(appId: string): string;
   /** Whether a business call with this token would be accepted now. */
   isTokenValid(appId: string, token: string): boolean;
+  /**
+   * What another program does whose ticket fetch WeChat answers with a new ticket: a new ticket of
+   * `type` (getticket's `jsapi` or `wx_card`, WeCom's `jsapi` or `agent_config`), which getticket answers
+   * from then on; the previous one enters its grace window (`graceSeconds`), as a superseded token does.
+   * Counted as `externalFetches`. Throws for an app with a fixed `jsapiTicket` and type `jsapi`.
+   */
+  issueTicket(appId: string, type?: string): string;
+  /** Whether `wx.config` (or `wx.agentConfig`) would take a signature made with this ticket now. */
+  isTicketValid(appId: string, ticket: string): boolean;
   setLatency(ms: number): void;
   /** Queues a fault; it applies to the next `times` requests whose path matches. */
   injectFault(fault: MockFault): void;
@@ -301,6 +310,7 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
       },
       'POST invalidate': () => (mock.invalidateTokens(need()), { ok: true }),
       'POST issue-classic-token': () => ({ access_token: mock.issueClassicToken(need()) }),
+      'POST issue-ticket': () => ({ ticket: mock.issueTicket(need(), url.searchParams.get('type') ?? 'jsapi') }),
       'POST clock': () => (mock.advanceClock(numberParam('advance', 0)), { now: now() }),
       'POST latency': () => (mock.setLatency(numberParam('ms', 0)), { ok: true }),
       'POST fault': () => (mock.injectFault(faultFromJson(parse())), { ok: true }),
@@ -430,6 +440,17 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     },
     isTokenValid(appId, token) {
       return alive(apps.get(appId)?.tokens.get(token), now());
+    },
+    issueTicket(appId, type = 'jsapi') {
+      const state = stateOf(appId);
+      if (typeof type !== 'string' || type === '') throw new TypeError(`issueTicket(appId, type) must be given a ticket type such as 'jsapi' (got ${typeof type})`);
+      if (type === 'jsapi' && state.app.jsapiTicket !== undefined) throw new Error(`the mock app ${appId} has a fixed jsapiTicket: it has no other jsapi ticket to issue`);
+      count(state, 'externalFetches');
+      return model.newTicket(state, type, now()).value;
+    },
+    isTicketValid(appId, ticket) {
+      const state = apps.get(appId);
+      return state !== undefined && model.ticketAlive(state, ticket, now());
     },
     setLatency(ms) {
       if (typeof ms !== 'number' || !Number.isFinite(ms) || ms < 0) throw new TypeError(`setLatency(ms) must be given a number >= 0 (got ${typeof ms})`);
