@@ -44,6 +44,9 @@ Callers send "Authorization: Bearer <key>":
   GET  /v1/token/{kind}/{id}               {"access_token","expires_at","fetched_at"}
   GET  /v1/ticket/{kind}/{id}/{type}       {"ticket","expires_at","fetched_at"}
   POST /v1/token/{kind}/{id}/invalidate    {"token":"…"} (optional "errcode", "worked"): refreshes only if it is still current
+  POST /v1/ticket/{kind}/{id}/{type}/invalidate
+                                           {"ticket":"…"} (wx.config refused it): refreshes only if it is still
+                                           current and was fetched 60 s ago or more (else 429)
 {kind} is official_account (oa), mini_program (mp) or work; {id} the AppID, or corpid:agentid for WeCom;
 {kind}/{id} may also be one app spec: /v1/token/oa:wx…
 No key:

@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, inLife, invalidateUnproven, partitionOf, retryAtOf } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, inLife, invalidateTicket, invalidateUnproven, partitionOf, retryAtOf, ticketEntry } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -83,6 +83,8 @@ interface Served {
   tokenExpiresAt: number | undefined;
   /** When (unix ms) a report last made this instance replace the token: the spacing's clock for an entry without fetched_at. */
   replacedAt?: number;
+  /** The last ticket of each type a report made this instance replace, and when (unix ms): see reportTicket. */
+  ticketsReplaced?: Map<string, { value: string; at: number }>;
   /** Asks WeChat whether it still takes `token`; see {@link tokenWorks}. */
   tokenWorks(token: string): Promise<boolean | undefined>;
   /** The check under way per token, so concurrent reports of one token make one call. */
@@ -102,7 +104,9 @@ const TICKET_TYPES: Record<AppRef['kind'], readonly string[]> = {
  * A report of a token fetched less than this long ago is checked with WeChat before it is acted on:
  * unchecked replacements stay at 1,440 a day per app at most, under the classic endpoint's daily quota of
  * 2,000 fetches, however many instances of the service share the store (the entry's fetched_at says when
- * the token was fetched; without one, per instance).
+ * the token was fetched; without one, per instance). A ticket, which WeChat has no call to check, is not
+ * replaced on a report so soon: a program that reports every ticket wx.config refuses, for a page URL it
+ * signed wrong as much as for a ticket another program ended, costs a fetch a minute at most.
  */
 const INVALIDATE_SPACING_MS = 60_000;
 
@@ -140,6 +144,9 @@ interface RequestInfo {
  * - `POST /v1/token/{kind}/{id}/invalidate` with `{"token":"…"}` (and WeChat's `"errcode"`, and
  *   `"worked"`, whether a call went through with it, optional) → refreshes only if that token is still
  *   the current one, then answers the current value
+ * - `POST /v1/ticket/{kind}/{id}/{type}/invalidate` with `{"ticket":"…"}` (wx.config refused it) →
+ *   refreshes only if that ticket is still the current one and was fetched a minute ago or more, then
+ *   answers the current ticket
  * - `GET /healthz` (the store answers), `GET /readyz` (every app has a token), `GET /metrics` (Prometheus); no key
  *
  * `{kind}` is official_account (or oa), mini_program (or mp) or work; `{kind}/{id}` may also be written
@@ -250,6 +257,55 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     const raw = await cache.get(key);
     const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
     return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), Date.now()) ? entry : undefined;
+  };
+  /** The app's ticket entry of `type` as the store holds it now, as storedEntry reads the token's. */
+  const storedTicket = async (target: Served, type: string): Promise<StoredEntry | undefined> => {
+    const key = schema.ticketKey(subjectOf(target.app), type as never);
+    const raw = await cache.get(key);
+    const entry = raw === undefined ? undefined : schema.decode('ticket', raw);
+    return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'ticket', key), Date.now()) ? entry : undefined;
+  };
+  /**
+   * `POST /v1/ticket/{app}/{type}/invalidate` with `{"ticket"}`: wx.config refused the ticket (another
+   * program got WeChat to hand out a new one, and a GET would answer the refused one until it expires).
+   * Replaced only if the fleet still holds it, through the client's own ticket protocol: the store's
+   * entry is deleted only if it holds that ticket, and the next one is fetched by one process of the fleet
+   * under the lock, the others reading it; so N clients reporting one ticket cost one fetch. Answered with
+   * the current ticket.
+   */
+  const reportTicket = async (req: IncomingMessage, res: ServerResponse, target: Served, type: string): Promise<void> => {
+    const body = await readBody(req, '{"ticket":"…"}');
+    const ticket = body.ticket;
+    if (typeof ticket !== 'string' || ticket.length === 0) throw new Problem(400, 'bad_request', 'the body must be {"ticket":"…"}, the ticket wx.config refused');
+    const jssdk = target.client.jssdk!;
+    // A ticket this instance replaced already (on a report under way beside this one): the current one,
+    // whatever its age.
+    const replaced = target.ticketsReplaced?.get(type);
+    if (replaced?.value === ticket) return sendEntry(res, 'ticket', withLife(await ticketEntry(jssdk, type)));
+    // The store says which ticket the fleet holds, and when it was fetched; where it does not answer, or
+    // holds none, this instance's own (a second old at most, or fetched now).
+    const read = await withinDeadline(storedTicket(target, type).then((entry) => ({ entry })), STORE_READ_TIMEOUT_MS);
+    const before = read?.entry ?? (await ticketEntry(jssdk, type));
+    if (before.value !== ticket) return sendEntry(res, 'ticket', withLife(before));
+    const now = Date.now();
+    // When the ticket was fetched, by whichever instance: never later than now, and no earlier than this
+    // instance's own last replacement (a clock behind), as for tokens.
+    const fetchedAt = before.fetchedAt === undefined ? -Infinity : Math.min(before.fetchedAt * 1000, now);
+    const since = Math.max(fetchedAt, replaced?.at ?? -Infinity);
+    if (now - since < INVALIDATE_SPACING_MS) {
+      const seconds = Math.max(1, Math.ceil((since + INVALIDATE_SPACING_MS - now) / 1000));
+      throw new Problem(
+        429,
+        'invalidate_spaced',
+        `the ticket was fetched less than ${INVALIDATE_SPACING_MS / 1000} s ago; the service replaces it in ${seconds} s at the earliest`,
+        { retryAfterSeconds: seconds },
+        { 'retry-after': String(seconds) },
+      );
+    }
+    await invalidateTicket(jssdk, type, ticket);
+    const after = await ticketEntry(jssdk, type);
+    if (after.value !== ticket) (target.ticketsReplaced ??= new Map()).set(type, { value: ticket, at: now });
+    return sendEntry(res, 'ticket', withLife(after));
   };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
@@ -420,7 +476,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     }
 
     if (parts[0] !== 'v1' || (parts[1] !== 'token' && parts[1] !== 'ticket')) {
-      throw new Problem(404, 'not_found', 'no such endpoint: /v1/token/{kind}/{id}, /v1/ticket/{kind}/{id}/{type}, /healthz, /readyz, /metrics');
+      throw new Problem(404, 'not_found', 'no such endpoint: /v1/token/{kind}/{id}, /v1/ticket/{kind}/{id}/{type}, their /invalidate, /healthz, /readyz, /metrics');
     }
     info.route = parts[1] === 'token' ? '/v1/token/{app}' : '/v1/ticket/{app}/{type}';
     authorize(req);
@@ -522,13 +578,16 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       return sendEntry(res, 'access_token', await entryOf(target));
     }
 
-    only('GET');
     const type = rest[0];
-    if (rest.length !== 1 || type === undefined) throw new Problem(404, 'not_found', 'a ticket is /v1/ticket/{app}/{type}');
+    const reporting = rest.length === 2 && rest[1] === 'invalidate';
+    if (reporting) info.route = '/v1/ticket/{app}/{type}/invalidate';
+    else if (rest.length !== 1 || type === undefined) throw new Problem(404, 'not_found', 'a ticket is /v1/ticket/{app}/{type}, and its report /v1/ticket/{app}/{type}/invalidate');
+    only(reporting ? 'POST' : 'GET');
     const types = TICKET_TYPES[target.app.kind];
-    if (!types.includes(type) || !target.client.jssdk) {
+    if (type === undefined || !types.includes(type) || !target.client.jssdk) {
       throw new Problem(404, 'unknown_ticket_type', types.length ? `${target.app.kind} apps have the tickets ${types.join(', ')}` : `${target.app.kind} apps have no tickets`);
     }
+    if (reporting) return reportTicket(req, res, target, type);
     const value = await target.client.jssdk.getTicket(type as never);
     // Tickets have their own entry; the value's expiry comes from the store's copy.
     // Read with the clients' store deadline: a store that does not answer costs the exact expiry, not the request.
@@ -766,6 +825,14 @@ function onceASecond(line: (count: number) => void): () => void {
 /** The longest a WeChat token or ticket lives, in seconds. */
 const WECHAT_LIFE_S = 7_200;
 
+/**
+ * A ticket entry as answered: one without an expiry (a peer's format that records none) lives 10 minutes,
+ * as a ticket the store's copy says nothing of is answered by GET.
+ */
+function withLife(entry: StoredEntry): StoredEntry {
+  return entry.expiresAt === undefined ? { ...entry, expiresAt: Math.floor(Date.now() / 1000) + 600 } : entry;
+}
+
 function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry: { value: string; expiresAt?: number; fetchedAt?: number }): void {
   closeIfUnread(res);
   res.writeHead(200, { 'content-type': 'application/json', 'cache-control': 'no-store' });
@@ -781,7 +848,7 @@ function sendEntry(res: ServerResponse, field: 'access_token' | 'ticket', entry:
 
 /**
  * Closes the connection after the answer when the request's body is not all in: a route that reads
- * none (any but a token report, which reads 16 KiB at most), or an answer given before reading it (a
+ * none (any but a report of a token or a ticket, which reads 16 KiB at most), or an answer given before reading it (a
  * 401). Kept alive, Node would read that body to its end first: a keyless GET or POST /healthz with a
  * 100 GB body was read until requestTimeoutMs.
  */
@@ -879,7 +946,8 @@ function errcodeOf(value: unknown): number | undefined {
   return typeof value === 'string' && /^-?\d{1,9}$/.test(value) ? Number(value) : undefined;
 }
 
-async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
+/** The body of a report, a JSON object of 16 KiB at most; `shape` is what its failures name. */
+async function readBody(req: IncomingMessage, shape = '{"token":"…"}'): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
@@ -892,8 +960,8 @@ async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> 
   try {
     parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch {
-    throw new Problem(400, 'bad_request', 'the body must be JSON: {"token":"…"}');
+    throw new Problem(400, 'bad_request', `the body must be JSON: ${shape}`);
   }
-  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Problem(400, 'bad_request', 'the body must be a JSON object: {"token":"…"}');
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Problem(400, 'bad_request', `the body must be a JSON object: ${shape}`);
   return parsed as Record<string, unknown>;
 }

@@ -41,6 +41,8 @@ export {
 
 import { decodeMarker as decodeFailureMarker, type FailureRecord } from './token/failure.js';
 import { kInvalidateUnproven } from './access-token.js';
+import { kTicketManager } from './jssdk.js';
+import type { TokenManager } from './token/manager.js';
 
 /**
  * `accessToken.invalidate(token, errcode)` (`accessToken` an AccessToken) for a token no call went
@@ -51,6 +53,29 @@ import { kInvalidateUnproven } from './access-token.js';
 export function invalidateUnproven(accessToken: object, token: string, errcode?: number): Promise<void> {
   const report = (accessToken as unknown as Record<symbol, (token: string, errcode?: number) => Promise<void>>)[kInvalidateUnproven]!;
   return report(token, errcode);
+}
+
+function ticketManager(jssdk: object, type: string): TokenManager {
+  return (jssdk as unknown as Record<symbol, (type: string) => TokenManager>)[kTicketManager]!(type);
+}
+
+/**
+ * `jssdk.getTicket(type)` (`jssdk` a client's Jssdk or WorkJssdk), with the expiry and fetch time (unix
+ * seconds) that came with the ticket, as `accessToken.getEntry()` gives the token's (a StoredEntry,
+ * written out here: a type shared with the main entry point would split the declaration files). A
+ * ticket type the helper has not is a ConfigError.
+ */
+export async function ticketEntry(jssdk: object, type: string, signal?: AbortSignal): Promise<{ value: string; expiresAt?: number; fetchedAt?: number; fetchedBy?: string }> {
+  return ticketManager(jssdk, type).getEntry(signal);
+}
+
+/**
+ * `wx.config` refused `ticket` (as a token service's client reports it): forgotten here, and the store's
+ * entry deleted only if it still holds that ticket, as `accessToken.invalidate()` does a token's; the
+ * next `ticketEntry()` or `getTicket()` fetches the next one, one process of the fleet at a time.
+ */
+export async function invalidateTicket(jssdk: object, type: string, ticket: string): Promise<void> {
+  return ticketManager(jssdk, type).invalidate(ticket);
 }
 
 /** The failure marker `{key}:failed` a failed fetch left, decoded as every process reads it; undefined if unreadable. */

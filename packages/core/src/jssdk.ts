@@ -7,6 +7,13 @@ import type { TokenManager } from './token/manager.js';
 import { validateFetched } from './token/upstream.js';
 import { listChoices, shownValue, typeName } from './validate.js';
 
+/**
+ * Where a JS-SDK helper holds its tickets' managers for a token service (see `ticketEntry` and
+ * `invalidateTicket` in `@wxkit/core/internal`): a property of the instance, out of the public type.
+ * `Symbol.for`, as the two entry points are bundled apart.
+ */
+export const kTicketManager = Symbol.for('wxkit.internal.ticketManager');
+
 /** Ticket types of cgi-bin/ticket/getticket. */
 export type TicketType = 'jsapi' | 'wx_card';
 
@@ -68,6 +75,7 @@ abstract class TicketKeeper<T extends string> {
     this.#token = token;
     this.#subject = subject;
     this.#paths = paths;
+    Object.defineProperty(this, kTicketManager, { value: (type: string) => this.#ticket(type) });
   }
 
   /** A valid ticket of `type`, shared through the cache. */
@@ -75,7 +83,11 @@ abstract class TicketKeeper<T extends string> {
     return this.#ticket(type).get(options.signal);
   }
 
-  /** Fetches a new ticket of `type` now and stores it. */
+  /**
+   * Fetches a new ticket of `type` now and stores it. With a `tokenSource`, the ticket this client holds
+   * is reported to it instead (wx.config refused it): `wxkit serve` replaces the ticket if it still holds
+   * it, and answers the current one.
+   */
   async refreshTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
     return this.#ticket(type).forceRefresh(options.signal);
   }
@@ -181,7 +193,13 @@ export class Jssdk extends TicketKeeper<TicketType> {
     return super.getTicket(type, options);
   }
 
-  /** Fetches a new ticket of `type` (default `jsapi`) now and stores it. */
+  /**
+   * Fetches a new ticket of `type` (default `jsapi`) now and stores it: when `wx.config` refuses the
+   * signature of a page whose URL is right ("invalid signature"), as when another program got WeChat to
+   * hand out a new ticket. With a `tokenSource`, the ticket this client holds is reported to it instead:
+   * `wxkit serve` replaces the ticket if it still holds it (not one it fetched less than a minute ago:
+   * 429), and answers the current one.
+   */
   override refreshTicket(type: TicketType = 'jsapi', options: TokenCallOptions = {}): Promise<string> {
     return super.refreshTicket(type, options);
   }

@@ -41,12 +41,18 @@ export interface TokenSource {
    * client went through with `value` before WeChat rejected it; false when none did (a token WeChat
    * rejects moments after each fetch), whose replacements a source that fetches spaces, as clients that
    * fetch for themselves space theirs.
+   *
+   * A ticket (`request.field` `'ticket'`) is reported by refreshTicket(), with no errcode: the program
+   * says `wx.config` refused it (another program got WeChat to hand out a new one). The client reports
+   * the ticket it holds (holding none, the one `fetch()` answers) with `options.force` (the program
+   * asked for it, as fetch()'s `force` says), then calls `fetch()` with `force` if the report resolved
+   * nothing. A source that cannot replace a ticket resolves nothing.
    */
   invalidate(
     request: TokenSourceRequest,
     value: string,
     errcode?: number,
-    options?: { signal?: AbortSignal; worked?: boolean },
+    options?: { signal?: AbortSignal; worked?: boolean; force?: boolean },
   ): Promise<{ value: string; expiresIn: number } | void>;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
@@ -204,9 +210,11 @@ function heldStatus(error: HttpError): boolean {
 
 /**
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
- * `GET /v1/ticket/{kind}/{id}/{type}` and `POST /v1/token/{kind}/{id}/invalidate`. One source may be
- * given to many clients: closing one of them releases the source's connections, and the others' next
- * requests open new ones.
+ * `GET /v1/ticket/{kind}/{id}/{type}`, `POST /v1/token/{kind}/{id}/invalidate` and
+ * `POST /v1/ticket/{kind}/{id}/{type}/invalidate`. A service that has no route for a ticket's report
+ * (404 or 405: another make, or an earlier wxkit serve) is not sent one again; the client
+ * fetches its ticket as before. One source may be given to many clients: closing one of them releases
+ * the source's connections, and the others' next requests open new ones.
  *
  * @example
  * ```ts
@@ -250,6 +258,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   };
   const headers = { authorization: `Bearer ${key}` };
   const segment = (request: TokenSourceRequest) => `${request.kind}/${encodeURIComponent(request.id)}`;
+  const ticketPath = (request: TokenSourceRequest) => `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`;
   // A failure answered with Retry-After holds the next requests of its path back until then (a minute at
   // most): each of the service's back-off steps costs one request per process, not one per call.
   // Its end is counted on the monotonic clock: a wall clock stepped back (NTP, a VM resumed) does not
@@ -280,6 +289,8 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // The service refused a report that carried WeChat's errcode (or whether a call went through with the
   // token), and took it without: a service of another make.
   let extrasRefused = false;
+  // The service has no route for a ticket's report (see ticketReport): not asked again.
+  let ticketReportsRefused = false;
   // Throws what a request of `path` held back under `key` (the path, or EVERY_PATH) fails with, if it is.
   const heldBack = (key: string, path: string, force: boolean) => {
     const held = holds.get(key);
@@ -325,6 +336,34 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
     }
   };
 
+  /**
+   * Reports a ticket `wx.config` refused: `POST …/{type}/invalidate` with `{"ticket"}`. wxkit serve
+   * replaces it if it still holds it and answers the current ticket, used as it is. A service without the
+   * route answers 404 (another make) or 405 (a wxkit serve that takes only GET there): the report is
+   * dropped, the client fetches as before, and this source sends no ticket report again. Not a 404 of
+   * wxkit serve's that names the app or the ticket type unknown: its fetch fails the same way.
+   */
+  const ticketReport = async (request: TokenSourceRequest, value: string, signal: AbortSignal | undefined, force: boolean) => {
+    if (ticketReportsRefused) return undefined;
+    const path = `${ticketPath(request)}/invalidate`;
+    let body: Record<string, unknown>;
+    try {
+      body = await send(path, () => counted((http) => http.json({ method: 'POST', path, json: { ticket: value }, headers, ...(signal ? { signal } : {}) })), force);
+    } catch (error) {
+      if (error instanceof BadResponseError && error.status !== undefined && error.status >= 200 && error.status < 300) return undefined;
+      // sent false: a request held back by an earlier failure, not the service's answer to this one.
+      const missing =
+        error instanceof HttpError &&
+        error.sent &&
+        (error.status === 405 || (error.status === 404 && !['unknown_app', 'unknown_ticket_type'].includes(problemCodeOf(error) ?? '')));
+      if (!missing) throw error;
+      ticketReportsRefused = true;
+      return undefined;
+    }
+    const entry = entryOf(body, 'ticket');
+    return typeof entry === 'string' ? undefined : entry;
+  };
+
   const source: TokenSource & { [SOURCE_BUDGET_MS]: number; readonly [SOURCE_HELD_PATHS]: number } = {
     // Its own deadlines end a call first, with the more precise error; a second spares a race with them.
     [SOURCE_BUDGET_MS]: 2 * timeoutMs + 1_000,
@@ -332,10 +371,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       return holds.size;
     },
     async fetch(request, options) {
-      const path =
-        request.field === 'ticket'
-          ? `v1/ticket/${segment(request)}/${encodeURIComponent(request.ticketType ?? 'jsapi')}`
-          : `v1/token/${segment(request)}`;
+      const path = request.field === 'ticket' ? ticketPath(request) : `v1/token/${segment(request)}`;
       const signal = options?.signal;
       const body = await send(path, () => counted((http) => http.json({ method: 'GET', path, headers, ...(signal ? { signal } : {}) })), options?.force === true);
       const entry = entryOf(body, request.field);
@@ -343,6 +379,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       return entry;
     },
     async invalidate(request, value, errcode, options) {
+      // A ticket goes to its own route: the access token's would compare it with the token, match
+      // nothing, and replace nothing.
+      if (request.field === 'ticket') return ticketReport(request, value, options?.signal, options?.force === true);
       const path = `v1/token/${segment(request)}/invalidate`;
       const signal = options?.signal;
       const worked = options?.worked;
@@ -376,9 +415,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
       }
       if (body === undefined) return undefined;
       // wxkit serve answers the current token: used as it is, which spares the client's next request.
-      // Without a usable one (a service that answers {"ok":true}), the client asks fetch(). The answer
-      // is an access token's: never taken for a ticket.
-      if (request.field !== 'access_token') return undefined;
+      // Without a usable one (a service that answers {"ok":true}), the client asks fetch().
       const entry = entryOf(body, 'access_token');
       return typeof entry === 'string' ? undefined : entry;
     },

@@ -35,6 +35,10 @@ export class RemoteRefresher implements Refresher {
     // The service refreshes ahead on its own; a client has nothing to do early.
     if (request.ahead) return undefined;
     const started = performance.now();
+    if (request.force && this.#request.field === 'ticket') {
+      const reported = await this.#reportTicket(request, started);
+      if (reported) return reported;
+    }
     // The service's answer is waited for only while someone wants it: once every caller gave up, or the
     // client closed, the request is let go (a program that never calls close() can exit, and close() does
     // not wait for a service that is itself waiting for its lock). The service's own refresh goes on.
@@ -61,6 +65,33 @@ export class RemoteRefresher implements Refresher {
     if (!answered) return undefined;
     const refreshed = this.#take(answered, started);
     return typeof refreshed === 'string' ? undefined : refreshed;
+  }
+
+  /**
+   * refreshTicket(): `wx.config` refused the ticket the program signs with (another program got WeChat to
+   * hand out a new one), and the service would answer a fetch with that very ticket until it expires. The
+   * ticket this process holds (holding none, the one the service answers) is reported: the service
+   * replaces it if it still holds it, and answers the current one, which is the refresh. When the source
+   * answered none (a service without the route), the ticket fetched to be reported, if one was; else
+   * undefined, and the client fetches as before.
+   */
+  async #reportTicket(request: RefreshRequest, started: number): Promise<Refreshed | undefined> {
+    let fetched: { value: string; expiresIn: number } | undefined;
+    const answered = await whileWanted(this.#ctx, request, endingOf(this.#ctx, request), async (signal) => {
+      let held = request.current;
+      if (held === undefined) {
+        fetched = await this.#withDeadline(this.#source.fetch(this.#request, { signal, force: true }));
+        held = fetched?.value;
+      }
+      if (!isPlausibleToken(held)) return undefined;
+      return this.#withDeadline(this.#source.invalidate(this.#request, held, undefined, { signal, force: true }));
+    });
+    for (const entry of [answered, fetched]) {
+      if (!entry) continue;
+      const refreshed = this.#take(entry, started);
+      if (typeof refreshed !== 'string') return refreshed;
+    }
+    return undefined;
   }
 
   /** The entry of a source's answer, or what is wrong with it. */
