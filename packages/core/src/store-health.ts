@@ -47,6 +47,8 @@ export class StoreHealth {
   #probeDelayMs = PROBE_MIN_MS;
   #probeTimer: NodeJS.Timeout | undefined;
   #probeKey = '';
+  /** The probe under way (see ask()): one at a time, whoever sent it. */
+  #asking: Promise<void> | undefined;
   /** The outage under way: its first failure, and the loggers that have its line. */
   // Its loggers held weakly: a client collected during the outage takes its logger with it.
   // Its failure kept as text: an error kept would hold its stack's frames, and the clients in them.
@@ -239,6 +241,24 @@ export class StoreHealth {
     if (this.#probeTimer === undefined) this.#scheduleProbe(user);
   }
 
+  /**
+   * Sends `probe`, unless a probe of this store (of this part of it) is under way already: that one is
+   * joined. A process whose clients all ask at once (10,000 accounts refreshing during an outage, each
+   * asking before it fetches in its fallback) sends one probe, not one per client, and a hung store holds
+   * one call of theirs at a time, not thousands.
+   */
+  ask(probe: () => Promise<unknown>): Promise<void> {
+    if (this.#asking) return this.#asking;
+    const asking = Promise.resolve()
+      .then(probe)
+      .then(() => undefined)
+      .finally(() => {
+        if (this.#asking === asking) this.#asking = undefined;
+      });
+    this.#asking = asking;
+    return asking;
+  }
+
   #scheduleProbe(user: StoreUser): void {
     if (this.#probeTimer || !this.has(user)) return;
     // The timer holds the client weakly too: one collected meanwhile hands the probe to another.
@@ -249,7 +269,7 @@ export class StoreHealth {
       const prober = own !== undefined && this.has(own) ? own : this.users()[0];
       if (!this.down || !prober) return;
       const key = this.#probeKey;
-      prober.probe(key).catch(() => undefined);
+      this.ask(() => prober.probe(key)).catch(() => undefined);
     }, this.#probeDelayMs);
     this.#probeTimer.unref?.();
   }

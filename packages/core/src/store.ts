@@ -196,6 +196,15 @@ export class GuardedStore implements StoreUser {
     return this.send('get', key, () => this.#read(key));
   }
 
+  /**
+   * @internal Whether the part of the store that holds `key` answers now: the breaker's probe, joined
+   * where one is under way already (by this client or another of this process on the store). Rejects
+   * with the probe's failure.
+   */
+  answers(key: string): Promise<void> {
+    return this.#healthOf(key).ask(() => this.probe(key));
+  }
+
   #read(key: string): Promise<string | undefined> {
     return Promise.resolve(this.cache.get(key)).then((value: unknown) => this.#got(key, value));
   }

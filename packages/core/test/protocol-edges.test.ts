@@ -344,6 +344,37 @@ describe('while the store is down', () => {
     await b.close();
   });
 
+  it('the clients of a process, each asking a hung store whether it is back before it fetches in the fallback, send it one probe between them, not one each', async () => {
+    const store = switchableStore();
+    let hung = false;
+    let sent = 0;
+    // Once hung, the store never answers: each call sent waits out cacheTimeoutMs.
+    const hang = <A extends unknown[], R>(call: (...args: A) => Promise<R>) => (...args: A): Promise<R> => {
+      if (!hung) return call(...args);
+      sent += 1;
+      return new Promise<R>(() => undefined);
+    };
+    const cache: TokenCache = Object.fromEntries(Object.entries(store.cache).map(([name, call]) => [name, hang(call as (...args: unknown[]) => Promise<unknown>)])) as unknown as TokenCache;
+    const dir = fallbackDir();
+    const accounts = Array.from({ length: 40 }, () => {
+      const { appId, secret } = mock.createApp();
+      return { appId, app: new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false, cacheTimeoutMs: 1_000 }) };
+    });
+    const tokens = await Promise.all(accounts.map(({ app }) => app.accessToken.getToken()));
+    hung = true;
+    // Every token is killed; the first report waits out its call, and takes the store for down for all.
+    for (const [i, { appId, app }] of accounts.entries()) {
+      mock.invalidateTokens(appId);
+      await app.accessToken.invalidate(tokens[i]!, 40001);
+    }
+    const before = sent;
+    const next = await Promise.all(accounts.map(({ app }) => app.accessToken.getToken()));
+    expect(next.every((token, i) => token !== tokens[i])).toBe(true);
+    // One probe under way at a time (the refreshes', and the one the breaker sends in the background).
+    expect(sent - before).toBeLessThanOrEqual(2);
+    await Promise.all(accounts.map(({ app }) => app.close()));
+  });
+
   /**
    * A client that fetched its token while its store was down, the store back, and the next read of the
    * token held at `held` (the entry's read, or its writes: the token offered back) until release().

@@ -78,7 +78,7 @@ export class StoreDownSpacing {
       timer.unref?.();
     });
     try {
-      const answered = await Promise.race([shared.probe(ctx.key).then(() => true), late]);
+      const answered = await Promise.race([shared.answers(ctx.key).then(() => true), late]);
       if (!answered || ctx.tiers.current(ctx.key).name !== 'shared') return undefined;
       const read = await ctx.entries.read(shared, (value) => ctx.rejected(value));
       if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: 'shared', fetched: false, asked: false };
