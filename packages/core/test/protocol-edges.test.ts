@@ -375,6 +375,52 @@ describe('while the store is down', () => {
     await Promise.all(accounts.map(({ app }) => app.close()));
   });
 
+  it('a process that asks the store once more before a fallback fetch does not take the token the store kept through the outage, which that outage\'s fetch ended (classic endpoint)', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const dir = fallbackDir();
+    let now = Date.now();
+    const process = (cache: TokenCache) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false, now: () => now });
+    const first = process({ ...store.cache });
+    const kept = await first.accessToken.getToken();
+    // The store goes down, keeping that token; the host fetches the next one through its fallback.
+    store.down();
+    now += 5_000;
+    mock.invalidateTokens(appId);
+    await first.accessToken.invalidate(kept, 40001);
+    const during = await first.accessToken.getToken();
+    await first.close();
+    // A process started during the outage takes the host's token: it never used the one the store kept.
+    const second = process({ ...store.cache });
+    expect(await second.accessToken.getToken()).toBe(during);
+    // The store is back (the second process has not noticed yet), and the host's token is killed in turn.
+    now += 1_500;
+    store.up();
+    mock.invalidateTokens(appId);
+    await second.accessToken.invalidate(during, 40001);
+    const next = await second.accessToken.getToken();
+    expect([kept, during]).not.toContain(next);
+    expect(mock.isTokenValid(appId, next)).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    await second.close();
+  });
+
+  it('forceRefresh() that asks the store once more before a fallback fetch fetches: it does not take the token the store kept through the outage', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const kept = await app.accessToken.getToken();
+    store.down();
+    const during = await app.accessToken.forceRefresh();
+    expect(during).not.toBe(kept);
+    // The store is back, holding the token the last fetch replaced; the process has not noticed yet.
+    store.up();
+    const next = await app.accessToken.forceRefresh();
+    expect([kept, during]).not.toContain(next);
+    expect(mock.counters(appId).classicTokenRequests).toBe(3);
+    await app.close();
+  });
+
   /**
    * A client that fetched its token while its store was down, the store back, and the next read of the
    * token held at `held` (the entry's read, or its writes: the token offered back) until release().

@@ -88,6 +88,8 @@ export class LockedFetchRefresher implements Refresher {
   #keptMade: KeptTokens | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
+  /** The fetch time (unix s) of the newest token WeChat rejected here, where its entry records one (see StoreDownSpacing). */
+  #rejectedFetchedAt: number | undefined;
 
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
@@ -216,6 +218,8 @@ export class LockedFetchRefresher implements Refresher {
     // fleet that could not see it, whose own token the store dropped too: refetched at once, each such
     // token would end the next one's, one fetch per round of calls. Its refetch is spaced instead.
     if (this.#writes.droppedOwn(value)) accepted = false;
+    const fetchedAt = known?.fetchedAt;
+    if (fetchedAt !== undefined && (this.#rejectedFetchedAt === undefined || fetchedAt > this.#rejectedFetchedAt)) this.#rejectedFetchedAt = fetchedAt;
     this.#pause.report(started, accepted);
     const tier = ctx.tiers.current(ctx.key);
     // Superseded (40001): a lockless writer's newer token may be on its way (see PeerWriters).
@@ -291,7 +295,7 @@ export class LockedFetchRefresher implements Refresher {
     const paused = followsRejection && this.#pause.inForce(now) !== undefined;
     const spacedWhileDown = !paused && tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
-      const spaced = await this.#down.await(tier, request, now, this.lockWaitMs);
+      const spaced = await this.#down.await(tier, request, now, this.lockWaitMs, this.#rejectedFetchedAt);
       if (spaced) return spaced;
     }
 

@@ -36,10 +36,12 @@ export class StoreDownSpacing {
    * This host fetched a classic token moments ago: another fetch now would invalidate the token the
    * hosts that cannot see this one hold. Takes a token this host fetched meanwhile, or waits for the slot
    * to end (no longer than a lock wait, `lockWaitMs`), then resolves undefined: the refresh fetches.
+   * `rejectedFetchedAt`: the fetch time of the newest token this process found WeChat rejected (see
+   * #fromStoreBack).
    */
-  async await(tier: Tier, request: RefreshRequest, now: number, lockWaitMs: number): Promise<Refreshed | undefined> {
+  async await(tier: Tier, request: RefreshRequest, now: number, lockWaitMs: number, rejectedFetchedAt?: number): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
-    const back = await this.#fromStoreBack(request);
+    const back = await this.#fromStoreBack(request, rejectedFetchedAt);
     if (back) return back;
     const until = await this.#slots.busyUntil(tier.entries, now);
     if (until === undefined) return undefined;
@@ -68,8 +70,14 @@ export class StoreDownSpacing {
    * it back each at its own moment (their probes are apart), and one that did may have written the token
    * this fetch would end. Its answer takes the store back for up, as a background probe's would; a store
    * that does not answer within BACK_PROBE_MS leaves the fetch to the fallback, as before.
+   *
+   * Not every token the store holds then is one a neighbour wrote: it may still hold the one it kept
+   * through the outage, which the outage's first fetch ended (classic endpoint), and which this process
+   * never saw rejected (it started during the outage, or took the host's token without using the other).
+   * A token fetched before one WeChat rejected here is that old, and is not taken (`rejectedFetchedAt`;
+   * an entry that records no fetch time is taken). Nor is any for a forced refresh: it asks for a new one.
    */
-  async #fromStoreBack(request: RefreshRequest): Promise<Refreshed | undefined> {
+  async #fromStoreBack(request: RefreshRequest, rejectedFetchedAt: number | undefined): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
     const shared = ctx.tiers.shared;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -79,9 +87,12 @@ export class StoreDownSpacing {
     });
     try {
       const answered = await Promise.race([shared.answers(ctx.key).then(() => true), late]);
-      if (!answered || ctx.tiers.current(ctx.key).name !== 'shared') return undefined;
+      if (!answered || request.force || ctx.tiers.current(ctx.key).name !== 'shared') return undefined;
       const read = await ctx.entries.read(shared, (value) => ctx.rejected(value));
-      if (read.kind === 'hit' && read.entry.value !== request.current) return { entry: read.entry, tier: 'shared', fetched: false, asked: false };
+      if (read.kind !== 'hit') return undefined;
+      const { fetchedAt } = read.entry;
+      if (fetchedAt !== undefined && rejectedFetchedAt !== undefined && fetchedAt < rejectedFetchedAt) return undefined;
+      return { entry: read.entry, tier: 'shared', fetched: false, asked: false };
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
     } finally {
