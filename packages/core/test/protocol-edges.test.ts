@@ -1,7 +1,7 @@
 import { chmodSync, existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Agent } from 'undici';
+import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, wechatpy, type TokenCache, type TokenEvents } from '../src/index.js';
@@ -298,18 +298,49 @@ describe('while the store is down', () => {
     await app.close();
   });
 
-  it("a process that still takes the store for down takes the token a neighbour wrote there once it found the store back, rather than fetch one that ends it (classic endpoint)", async () => {
+  /** A dispatcher whose token fetches, once armed, wait until released. */
+  function heldTokenFetches() {
+    const agent = new Agent();
+    const dispatch = agent.dispatch.bind(agent);
+    const arrived = deferred();
+    const released = deferred();
+    let armed = false;
+    agent.dispatch = (options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler) => {
+      if (!armed || !String(options.path).includes('cgi-bin/token')) return dispatch(options, handler);
+      arrived.resolve();
+      void released.promise.then(() => dispatch(options, handler));
+      return true;
+    };
+    return { agent, arrived: arrived.promise, release: released.resolve, arm: () => void (armed = true) };
+  }
+
+  /**
+   * Two processes of a host on one store (each its own connection): the store went down and the token
+   * was killed, the host fetched once through its fallback; then the store came back, and the first
+   * process found out while the second still takes it for down (its connection refused until `mend()`).
+   * The token fetched during the outage is killed, and both have found it rejected.
+   */
+  async function neighbourFoundStoreBack(options: { dispatcher?: Dispatcher } = {}) {
     const { appId, secret } = mock.createApp();
     const store = switchableStore();
     // The second process's own connection to the store, which it takes for down a moment longer.
     let secondUp = true;
     const refused = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+    // The calls it sent, by method.
+    const sent: Record<string, number> = {};
     const second: TokenCache = Object.fromEntries(
-      Object.entries(store.cache).map(([name, call]) => [name, (...args: unknown[]) => (secondUp ? (call as (...a: unknown[]) => Promise<unknown>)(...args) : refused())]),
+      Object.entries(store.cache).map(([name, call]) => [
+        name,
+        (...args: unknown[]) => {
+          sent[name] = (sent[name] ?? 0) + 1;
+          return secondUp ? (call as (...a: unknown[]) => Promise<unknown>)(...args) : refused();
+        },
+      ]),
     ) as unknown as TokenCache;
     const dir = fallbackDir();
-    const process = (cache: TokenCache) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false });
-    const a = process({ ...store.cache });
+    const process = (cache: TokenCache, dispatcher?: Dispatcher) =>
+      new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false, dispatcher });
+    const a = process({ ...store.cache }, options.dispatcher);
     const b = process(second);
     const fetches = () => mock.counters(appId).classicTokenRequests;
     const first = await a.accessToken.getToken();
@@ -324,24 +355,86 @@ describe('while the store is down', () => {
     expect(await b.accessToken.getToken()).toBe(during);
     expect(fetches()).toBe(2);
 
-    // The store is back. The first process finds out, and fetches the next token there once this one is killed.
+    // The store is back. The first process finds out; the second still takes it for down when its call is rejected.
     secondUp = false;
     const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
     store.up();
     await recovered;
     mock.invalidateTokens(appId);
     await a.accessToken.invalidate(during, 40001);
+    await b.accessToken.invalidate(during, 40001);
+    return { appId, a, b, fetches, sent, mend: () => void (secondUp = true) };
+  }
+
+  it("a process that still takes the store for down takes the token a neighbour wrote there once it found the store back, rather than fetch one that ends it (classic endpoint)", async () => {
+    const { appId, a, b, fetches, mend } = await neighbourFoundStoreBack();
+    // The first process fetches the next token in the store; the store answers the second now.
     const after = await a.accessToken.getToken();
     expect(fetches()).toBe(3);
-
-    // The second still takes the store for down when its call is rejected; the store answers it now.
-    await b.accessToken.invalidate(during, 40001);
-    secondUp = true;
+    mend();
     expect(await b.accessToken.getToken()).toBe(after);
     expect(fetches()).toBe(3);
     expect(mock.isTokenValid(appId, after)).toBe(true);
     await a.close();
     await b.close();
+  });
+
+  it('a process that still takes the store for down, asking it once more while a neighbour that found it back is fetching there, waits for that fetch rather than fetch beside it', async () => {
+    const held = heldTokenFetches();
+    const { a, b, fetches, sent, mend } = await neighbourFoundStoreBack({ dispatcher: held.agent });
+    // The first process takes the store's lock and fetches; WeChat's answer is held.
+    held.arm();
+    const fromFirst = a.accessToken.getToken();
+    await held.arrived;
+    mend();
+    const adds = sent.add ?? 0;
+    let settled = false;
+    const fromSecond = b.accessToken.getToken().finally(() => (settled = true));
+    // The second has fetched on its own, or tried the store's lock (and waits for its holder): the answer is let through.
+    await vi.waitFor(() => expect(settled || (sent.add ?? 0) > adds).toBe(true));
+    held.release();
+    const [first, second] = await Promise.all([fromFirst, fromSecond]);
+    expect(second).toBe(first);
+    expect(fetches()).toBe(3);
+    await a.close();
+    await b.close();
+  });
+
+  it("a process that still takes the store for down, asking it once more after a neighbour's fetch there failed, backs off with the fleet rather than ask WeChat again", async () => {
+    const { a, b, fetches, mend } = await neighbourFoundStoreBack();
+    mock.injectFault({ kind: 'errcode', errcode: -1, path: 'cgi-bin/token' });
+    await expect(a.accessToken.getToken()).rejects.toMatchObject({ errcode: -1 });
+    expect(fetches()).toBe(3);
+    mend();
+    await expect(b.accessToken.getToken()).rejects.toMatchObject({ errcode: -1 });
+    expect(fetches()).toBe(3);
+    await a.close();
+    await b.close();
+  });
+
+  it('asking a store whose reads answer while its writes fail (a read-only replica) whether it is back before a fallback fetch sends it no write: its outage is told once', async () => {
+    const { appId, secret } = mock.createApp();
+    const store = switchableStore();
+    let readOnly = false;
+    const refused = () => Promise.reject(Object.assign(new Error("READONLY You can't write against a read only replica."), { code: 'READONLY' }));
+    const writes = <A extends unknown[], R>(call: (...args: A) => Promise<R>) => (...args: A): Promise<R> => (readOnly ? refused() : call(...args));
+    const { get, set, delete: remove, add, deleteIfEquals, compareAndSet } = store.cache;
+    const cache: TokenCache = { get, set: writes(set), delete: writes(remove), add: writes(add!), deleteIfEquals: writes(deleteIfEquals!), compareAndSet: writes(compareAndSet!) };
+    const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
+    const told = { unavailable: 0, recovered: 0 };
+    app.on('cache.unavailable', () => (told.unavailable += 1));
+    app.on('cache.recovered', () => (told.recovered += 1));
+    const first = await app.accessToken.getToken();
+    readOnly = true;
+    mock.invalidateTokens(appId);
+    // The report's delete fails: the store is taken for down, and the next token is fetched in the fallback.
+    await app.accessToken.invalidate(first, 40001);
+    const next = await app.accessToken.getToken();
+    expect(mock.isTokenValid(appId, next)).toBe(true);
+    expect(mock.counters(appId).classicTokenRequests).toBe(2);
+    // The store answered the probe (a read): back for up, and not taken down again by a write of the refresh.
+    expect(told).toEqual({ unavailable: 1, recovered: 1 });
+    await app.close();
   });
 
   it('the clients of a process, each asking a hung store whether it is back before it fetches in the fallback, send it one probe between them, not one each', async () => {

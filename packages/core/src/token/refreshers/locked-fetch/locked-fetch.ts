@@ -13,7 +13,7 @@ import { ForcedRefreshes } from './forced.js';
 import { KeptTokens } from './kept.js';
 import { PeerWriters } from './peer-writers.js';
 import { InPause, RejectionPause, type FleetPause, type StartedPause } from './rejection-pause.js';
-import { SlotTaken, StoreDownSpacing } from './store-down.js';
+import { SlotTaken, StoreBack, StoreDownSpacing } from './store-down.js';
 
 // Store calls inside the lock, one after the other: the second read of the entry and the TTL query of
 // formats without an expiry (the second look at the failure marker runs beside them), the slot of a
@@ -53,6 +53,8 @@ interface Progress {
   input?: unknown;
   /** The refresh started over once already for an input gone from the store: it goes with the one it has now. */
   rechecked?: boolean;
+  /** The refresh asked the shared store whether it is back, before a fetch in the fallback: once per refresh. */
+  storeAsked?: boolean;
 }
 
 /** What the lock's holder read under the lock, in the entry's own store. */
@@ -147,23 +149,31 @@ export class LockedFetchRefresher implements Refresher {
   }
 
   async refresh(request: RefreshRequest): Promise<Refreshed | undefined> {
-    // A refresh whose input was gone once it took the lock starts over once, beside the rounds.
+    // A refresh whose input was gone once it took the lock starts over once, beside the rounds; so does
+    // one that found the store back before a fetch in the fallback.
     let inputGone = false;
+    let storeAsked = false;
     for (let round = 1; ; round += 1) {
       const prepared = await this.#prepare(request);
       const tier = this.#ctx.tiers.current(this.#ctx.key);
-      const progress: Progress = { asked: false, rechecked: inputGone };
+      const progress: Progress = { asked: false, rechecked: inputGone, storeAsked };
       try {
         const refreshed = await this.#refreshIn(tier, request, prepared, progress);
         if (refreshed?.fetched && refreshed.tier === 'shared' && !refreshed.unshared) await this.#writes.wrote(refreshed.entry.value, progress.pause !== undefined);
         return refreshed;
       } catch (error) {
+        storeAsked = progress.storeAsked === true;
         // A forced fetch that never reached WeChat gives the fleet's force slot back: it spent no
         // force_refresh, and the next forced refresh (this host's network back) must not be spaced by it.
         // So does one WeChat refused for its credentials (a wrong secret, an IP off the whitelist): no
         // token was refreshed, and the forced refresh after the fix must reach WeChat.
         if (progress.forceSlot && (!progress.asked || LocalBackoff.covers(error) || policyOf(error) === 'credential')) {
           await this.#forced.release(progress.forceSlot.store, progress.forceSlot.taken);
+        }
+        // The store answered again before a fetch in the fallback: once more, in it.
+        if (error instanceof StoreBack) {
+          round -= 1;
+          continue;
         }
         const last = round >= MAX_ROUNDS;
         // The store failed before anything was fetched: once more, in the fallback it fell back to.
@@ -295,7 +305,9 @@ export class LockedFetchRefresher implements Refresher {
     const paused = followsRejection && this.#pause.inForce(now) !== undefined;
     const spacedWhileDown = !paused && tier.name !== 'shared' && this.#upstream.invalidatesPrevious === true && !request.ahead;
     if (spacedWhileDown) {
-      const spaced = await this.#down.await(tier, request, now, this.lockWaitMs, this.#rejectedFetchedAt);
+      const ask = progress.storeAsked ? undefined : { rejectedFetchedAt: this.#rejectedFetchedAt, fleetBusy: (shared: Tier) => this.#fleetBusy(shared) };
+      progress.storeAsked = true;
+      const spaced = await this.#down.await(tier, request, now, this.lockWaitMs, ask);
       if (spaced) return spaced;
     }
 
@@ -422,6 +434,12 @@ export class LockedFetchRefresher implements Refresher {
       await handle?.release();
     }
     return this.#sitOutPause(request);
+  }
+
+  /** Whether, in `tier`, another process holds the refresh lock or a failure marker is in force: reads only. */
+  async #fleetBusy(tier: Tier): Promise<boolean> {
+    const [marker, holder] = await Promise.all([this.#failures.active(tier.entries, this.#ctx.settings.now()), tier.lock ? this.#lock.holder(tier.lock) : undefined]);
+    return marker !== undefined || holder !== undefined;
   }
 
   /**

@@ -16,6 +16,20 @@ const BACK_PROBE_MS = 250;
 export class SlotTaken extends Error {}
 
 /**
+ * The store answered again as a fetch in the fallback was about to go, and a neighbour is fetching there
+ * (it holds the lock) or failed there (its failure marker is in force): start over in the store.
+ */
+export class StoreBack extends Error {}
+
+/** What a refresh asks the shared store before a fetch in the fallback (see StoreDownSpacing.await). */
+export interface StoreBackAsk {
+  /** The fetch time (unix s) of the newest token WeChat rejected in this process, where its entry records one. */
+  rejectedFetchedAt: number | undefined;
+  /** Whether, in the store's tier, a neighbour holds the refresh lock or its failure marker is in force (reads only). */
+  fleetBusy(tier: Tier): Promise<boolean>;
+}
+
+/**
  * Classic fetches of one host while the shared store is down, spaced in the host's fallback: each one
  * invalidates the token the hosts that cannot see it hold.
  */
@@ -36,12 +50,13 @@ export class StoreDownSpacing {
    * This host fetched a classic token moments ago: another fetch now would invalidate the token the
    * hosts that cannot see this one hold. Takes a token this host fetched meanwhile, or waits for the slot
    * to end (no longer than a lock wait, `lockWaitMs`), then resolves undefined: the refresh fetches.
-   * `rejectedFetchedAt`: the fetch time of the newest token this process found WeChat rejected (see
-   * #fromStoreBack).
+   * With `ask`, the shared store is asked first (see #fromStoreBack): StoreBack where the refresh is to
+   * start over in it.
    */
-  async await(tier: Tier, request: RefreshRequest, now: number, lockWaitMs: number, rejectedFetchedAt?: number): Promise<Refreshed | undefined> {
+  async await(tier: Tier, request: RefreshRequest, now: number, lockWaitMs: number, ask?: StoreBackAsk): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
-    const back = await this.#fromStoreBack(request, rejectedFetchedAt);
+    const back = ask && (await this.#fromStoreBack(request, ask));
+    if (back === 'back') throw new StoreBack();
     if (back) return back;
     const until = await this.#slots.busyUntil(tier.entries, now);
     if (until === undefined) return undefined;
@@ -71,13 +86,21 @@ export class StoreDownSpacing {
    * this fetch would end. Its answer takes the store back for up, as a background probe's would; a store
    * that does not answer within BACK_PROBE_MS leaves the fetch to the fallback, as before.
    *
+   * A store that answers without a token to take, where a neighbour holds the refresh lock (it is
+   * fetching) or its failure marker is in force (WeChat failed it), has the refresh start over in the
+   * store ('back'): the neighbour's token is waited for rather than ended by a fetch beside it, and its
+   * failure holds this process back as it holds the fleet. Otherwise the fetch goes on in the fallback:
+   * only reads are sent, and a store whose reads answer while its writes fail (a read-only replica, a full
+   * store) is not taken back for up and down again by a write the refresh would make there.
+   *
    * Not every token the store holds then is one a neighbour wrote: it may still hold the one it kept
    * through the outage, which the outage's first fetch ended (classic endpoint), and which this process
    * never saw rejected (it started during the outage, or took the host's token without using the other).
-   * A token fetched before one WeChat rejected here is that old, and is not taken (`rejectedFetchedAt`;
-   * an entry that records no fetch time is taken). Nor is any for a forced refresh: it asks for a new one.
+   * A token fetched before one WeChat rejected here is that old: it is not taken, and the fetch goes on in
+   * the fallback (in the store, a waiter for its lock would take it). An entry that records no fetch time
+   * is taken. A forced refresh takes none: it asks for a new token.
    */
-  async #fromStoreBack(request: RefreshRequest, rejectedFetchedAt: number | undefined): Promise<Refreshed | undefined> {
+  async #fromStoreBack(request: RefreshRequest, ask: StoreBackAsk): Promise<Refreshed | 'back' | undefined> {
     const ctx = this.#ctx;
     const shared = ctx.tiers.shared;
     let timer: ReturnType<typeof setTimeout> | undefined;
@@ -87,11 +110,12 @@ export class StoreDownSpacing {
     });
     try {
       const answered = await Promise.race([shared.answers(ctx.key).then(() => true), late]);
-      if (!answered || request.force || ctx.tiers.current(ctx.key).name !== 'shared') return undefined;
-      const read = await ctx.entries.read(shared, (value) => ctx.rejected(value));
-      if (read.kind !== 'hit') return undefined;
+      const tier = ctx.tiers.current(ctx.key);
+      if (!answered || request.force || tier.name !== 'shared') return undefined;
+      const [read, busy] = await Promise.all([ctx.entries.read(shared, (value) => ctx.rejected(value)), ask.fleetBusy(tier)]);
+      if (read.kind !== 'hit') return busy ? 'back' : undefined;
       const { fetchedAt } = read.entry;
-      if (fetchedAt !== undefined && rejectedFetchedAt !== undefined && fetchedAt < rejectedFetchedAt) return undefined;
+      if (fetchedAt !== undefined && ask.rejectedFetchedAt !== undefined && fetchedAt < ask.rejectedFetchedAt) return undefined;
       return { entry: read.entry, tier: 'shared', fetched: false, asked: false };
     } catch (error) {
       if (!(error instanceof CacheError)) throw error;
