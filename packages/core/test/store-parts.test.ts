@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
 import { OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
@@ -127,6 +130,60 @@ describe('a store whose parts fail one at a time', () => {
     } finally {
       await Promise.all(clients.map((client) => client.close()));
       await mock.close();
+    }
+  });
+
+  it("a process that still takes the part holding an entry's lock for down asks that part once more before a fallback fetch, and takes the token a neighbour wrote once it found the part back", async () => {
+    const mock = await startMockWeChat();
+    const { appId, secret } = mock.createApp();
+    const { cache, up } = twoParts();
+    // The entry on part a, its lock (a peer's layout) on part b.
+    const schema = { ...nativeSchema(), lockKey: (key: string) => `b-lock:${key}` };
+    // The second process's own connections: the one to part b refused until it is mended.
+    let secondToB = true;
+    const refusing = <A extends [string, ...unknown[]], R>(call: (...args: A) => Promise<R>) => (...args: A): Promise<R> =>
+      secondToB || cache.partition!(args[0]) !== 'b' ? call(...args) : Promise.reject(new Error('part b refused the connection'));
+    const second: TokenCache = {
+      partition: cache.partition,
+      get: refusing(cache.get),
+      set: refusing(cache.set),
+      delete: refusing(cache.delete),
+      add: refusing(cache.add!),
+      deleteIfEquals: refusing(cache.deleteIfEquals!),
+    };
+    const dir = mkdtempSync(join(tmpdir(), 'wxkit-parts-'));
+    const process = (store: TokenCache) => new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store, schema, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: dir, logger: false });
+    const [a, b] = [process({ ...cache }), process(second)];
+    const fetches = () => mock.counters(appId).classicTokenRequests;
+    try {
+      const first = await a.accessToken.getToken();
+      expect(await b.accessToken.getToken()).toBe(first);
+      // Part b goes down and the token is killed: the host fetches once, through its fallback.
+      up.b = false;
+      mock.invalidateTokens(appId);
+      await a.accessToken.invalidate(first, 40001);
+      await b.accessToken.invalidate(first, 40001);
+      const during = await a.accessToken.getToken();
+      expect(await b.accessToken.getToken()).toBe(during);
+      expect(fetches()).toBe(2);
+      // Part b is back; the first process finds out, and fetches the next token in the store.
+      secondToB = false;
+      const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
+      up.b = true;
+      await recovered;
+      mock.invalidateTokens(appId);
+      await a.accessToken.invalidate(during, 40001);
+      const after = await a.accessToken.getToken();
+      expect(fetches()).toBe(3);
+      // The second still takes part b for down; it answers it now.
+      await b.accessToken.invalidate(during, 40001);
+      secondToB = true;
+      expect(await b.accessToken.getToken()).toBe(after);
+      expect(fetches()).toBe(3);
+    } finally {
+      await Promise.all([a.close(), b.close()]);
+      await mock.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 

@@ -92,19 +92,38 @@ export class StoreTiers {
   }
 
   /**
+   * Asks the shared store whether it answers again for the entry of `key`: the part that holds the entry,
+   * and the one that holds its refresh lock (see #lockDown), where each is taken for down. Resolves once
+   * they answered (a probe of each, joined where one is under way: GuardedStore.answers), or at once
+   * where neither is down; rejects with the first failure.
+   */
+  async answers(key: string): Promise<void> {
+    const shared = this.#stores.store;
+    const lockKey = this.#lockElsewhere(shared, key);
+    const down = [key, ...(lockKey === undefined ? [] : [lockKey])].filter((each) => shared.downFor(each));
+    await Promise.all(down.map((each) => shared.answers(each)));
+  }
+
+  /**
    * Whether the part of a partitioned store that holds the refresh lock of `key` is down, where the key
    * schema puts the lock elsewhere than `{key}:lock` (a peer's `…:lock:{appId}:accessTokenLock`): the
    * entry cannot be refreshed there, and falls back as if its own part were down.
    */
   #lockDown(shared: GuardedStore, key: string): boolean {
-    if (typeof shared.cache.partition !== 'function') return false;
+    const lockKey = this.#lockElsewhere(shared, key);
+    return lockKey !== undefined && shared.downFor(lockKey);
+  }
+
+  /** The refresh lock's key of `key` on a partitioned store, where the key schema puts it elsewhere than `{key}:lock` (which lives on the entry's part). */
+  #lockElsewhere(shared: GuardedStore, key: string): string | undefined {
+    if (typeof shared.cache.partition !== 'function') return undefined;
     let lockKey: string | undefined;
     try {
       lockKey = this.#stores.schema?.lockKey(key);
     } catch {
-      return false;
+      return undefined;
     }
-    return typeof lockKey === 'string' && lockKey !== `${key}:lock` && shared.downFor(lockKey);
+    return typeof lockKey === 'string' && lockKey !== `${key}:lock` ? lockKey : undefined;
   }
 }
 

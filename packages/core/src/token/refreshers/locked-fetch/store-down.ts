@@ -109,7 +109,7 @@ export class StoreDownSpacing {
       timer.unref?.();
     });
     try {
-      const answered = await Promise.race([shared.answers(ctx.key).then(() => true), late]);
+      const answered = await Promise.race([ctx.tiers.answers(ctx.key).then(() => true), late]);
       const tier = ctx.tiers.current(ctx.key);
       if (!answered || request.force || tier.name !== 'shared') return undefined;
       const [read, busy] = await Promise.all([ctx.entries.read(shared, (value) => ctx.rejected(value)), ask.fleetBusy(tier)]);
