@@ -649,6 +649,73 @@ describe('FileCache on disk', () => {
     }
   });
 
+  it.skipIf(!canMountTmpfs)('a file system with no inode left (a tmpfs of 16 inodes; Linux as root): delete() and deleteIfEquals() fail with reason readonly, as writes do, the entries stay, and nothing is left beside them', async () => {
+    const mount = fresh('no-inode');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,nr_inodes=16,mode=0700', 'tmpfs', mount]);
+    try {
+      const dir = join(mount, 'tokens');
+      const cache = new FileCache({ dir });
+      expect(await cache.add('lock', 'holder', 60)).toBe(true);
+      await cache.set('token', 'good', 60);
+      const fillers: string[] = [];
+      try {
+        for (;;) {
+          fillers.push(join(mount, `filler-${fillers.length}`));
+          writeFileSync(fillers.at(-1)!, '');
+        }
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      // No inode for a guard of either kind: the file system's own answer.
+      const full = { code: 'ERR_WXKIT_CACHE', reason: 'readonly', message: expect.stringContaining('(ENOSPC)') };
+      await expect(cache.delete('token')).rejects.toMatchObject(full);
+      await expect(cache.deleteIfEquals('lock', 'holder')).rejects.toMatchObject(full);
+      expect(await cache.get('token')).toBe('good');
+      expect(await cache.get('lock')).toBe('holder');
+      expect(readdirSync(dir).sort()).toEqual(['lock', 'token']);
+      // Room for a guard file: its draft, and its link (a tmpfs counts every name as an inode).
+      for (const filler of fillers.slice(0, 2)) rmSync(filler, { force: true });
+      expect(await cache.deleteIfEquals('lock', 'holder')).toBe(true);
+      expect(readdirSync(dir)).toEqual(['token']);
+    } finally {
+      execFileSync('umount', [mount]);
+    }
+  });
+
+  it.skipIf(!canMountTmpfs)('a full file system where symlinks are refused (EPERM, as on vfat or some FUSE file systems; Linux as root): delete() and deleteIfEquals() fail with the full file system\'s reason, readonly, and nothing is left', async () => {
+    const mount = fresh('full-no-symlinks');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0700', 'tmpfs', mount]);
+    const promises = createRequire(import.meta.url)('node:fs/promises') as typeof import('node:fs/promises');
+    const symlink = promises.symlink;
+    let refused = 0;
+    try {
+      const dir = join(mount, 'tokens');
+      const cache = new FileCache({ dir });
+      expect(await cache.add('lock', 'holder', 60)).toBe(true);
+      try {
+        for (let n = 0; ; n += 1) writeFileSync(join(mount, `filler-${n}`), Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      promises.symlink = (async () => {
+        refused += 1;
+        throw Object.assign(new Error('EPERM: operation not permitted, symlink'), { code: 'EPERM', syscall: 'symlink' });
+      }) as typeof symlink;
+      syncBuiltinESMExports();
+      await expect(cache.deleteIfEquals('lock', 'holder')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'readonly', message: expect.stringContaining('(ENOSPC)') });
+      await expect(cache.delete('lock')).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'readonly' });
+      expect(refused).toBe(2);
+      expect(await cache.get('lock')).toBe('holder');
+      expect(readdirSync(dir)).toEqual(['lock']);
+    } finally {
+      promises.symlink = symlink;
+      syncBuiltinESMExports();
+      execFileSync('umount', [mount]);
+    }
+  });
+
   it('files are 0600 and directories 0700 whatever the umask (a process run with umask 000)', () => {
     const dir = join(fresh('umask'), 'a', 'b');
     const script = `process.umask(0); import(${JSON.stringify(builtModule)}).then(async (m) => { const c = new m.FileCache({ dir: ${JSON.stringify(dir)} }); await c.set('k', 'v', 60); await c.add('lock', 'o', 60); await c.compareAndSet('k', 'v', 'w', 60); })`;

@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, unlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -38,6 +39,8 @@ function deadPid(): number {
 
 const claimOf = (guard: string, n: number) => `k~break-${createHash('sha256').update(guard).digest('hex').slice(0, 16)}-${n}`;
 const leftovers = (dir: string) => readdirSync(dir).filter((name) => name.includes('~'));
+// Preloaded into a child, it makes that process's guards and claims as on a full file system: symlinks.
+const fullGuards = fileURLToPath(new URL('./fixtures/full-guards.mjs', import.meta.url));
 
 describe('FileCache breaks an abandoned guard once', () => {
   it('a claim on the guard by a live process holds other breakers off', async () => {
@@ -98,6 +101,43 @@ describe('FileCache breaks an abandoned guard once', () => {
     await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
     expect(readlinkSync(join(dir, 'k~guard'))).toBe(guard);
     expect(await cache.get('k')).toBe('before');
+  });
+
+  // The guard seen abandoned can be removed by its own holder, waking, between the breaker's last read of
+  // it and its rename(): the breaker then takes aside the guard of the writer that came next.
+  it.each(['symlink', 'file'])('a breaker that catches the next writer\'s guard (a %s) instead of the abandoned one puts it back, and that writer keeps the key', async (kind) => {
+    const dir = fresh(`caught-${kind}`);
+    const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 300 });
+    await cache.set('k', 'before', 60);
+    const namespace = await ownNamespace();
+    const guard = join(dir, 'k~guard');
+    writeFileSync(guard, `${process.ppid} ${namespace} 0123456789abcdef`);
+    utimesSync(guard, 0, 0);
+    const next = `${process.ppid} ${namespace} fedcba9876543210`;
+    const promises = createRequire(import.meta.url)('node:fs/promises') as typeof import('node:fs/promises');
+    const rename = promises.rename;
+    let swaps = 0;
+    promises.rename = (async (from: string, to: string) => {
+      if (String(from).endsWith('~guard') && swaps === 0) {
+        swaps += 1;
+        unlinkSync(from);
+        if (kind === 'symlink') symlinkSync(next, from);
+        else writeFileSync(from, next);
+      }
+      return rename(from, to);
+    }) as typeof rename;
+    syncBuiltinESMExports();
+    try {
+      await expect(cache.set('k', 'blocked', 60)).rejects.toMatchObject({ code: 'ERR_WXKIT_CACHE', reason: 'timeout' });
+    } finally {
+      promises.rename = rename;
+      syncBuiltinESMExports();
+    }
+    expect(swaps).toBe(1);
+    expect(lstatSync(guard).isSymbolicLink()).toBe(kind === 'symlink');
+    expect(kind === 'symlink' ? readlinkSync(guard) : readFileSync(guard, 'utf8')).toBe(next);
+    expect(await cache.get('k')).toBe('before');
+    expect(leftovers(dir)).toEqual(['k~guard']);
   });
 
   it('claims on a guard that is gone are swept by the next writer', async () => {
@@ -179,8 +219,8 @@ describe('FileCache: a writer paused past guardStaleMs, whose guard another writ
   // guardStaleMs is how long a live writer may hold a guard: past it the next writer breaks the guard
   // (a stalled process is taken for a hung one). The stalled writer, waking, must not then act on what it
   // compared before its stall: the key may hold what the breaker wrote since, a newer token or lock.
-  const pausedWriter = (dir: string, call: unknown[], until: string) => {
-    const child = spawn(process.execPath, [fileURLToPath(new URL('./fixtures/paused-writer.mjs', import.meta.url))], {
+  const pausedWriter = (dir: string, call: unknown[], until: string, full = false) => {
+    const child = spawn(process.execPath, [...(full ? ['--import', fullGuards] : []), fileURLToPath(new URL('./fixtures/paused-writer.mjs', import.meta.url))], {
       env: { ...process.env, PAUSE_MODULE: builtModule, PAUSE_DIR: dir, PAUSE_STALE_MS: '300', PAUSE_UNTIL: until, PAUSE_CALL: JSON.stringify(call) },
       stdio: ['ignore', 'pipe', 'inherit'],
     });
@@ -234,6 +274,85 @@ describe('FileCache: a writer paused past guardStaleMs, whose guard another writ
     const outcome = await paused.outcome();
     expect(outcome.value).not.toBe(true);
     expect(await cache.get('k:lock')).toBe('owner-b');
+  });
+
+  // Its guard a symlink (made where the file system had no room for the guard file): held() reads it as
+  // it reads a file guard, so a waking writer acts on nothing it compared before its stall.
+  it.each([
+    ['deleteIfEquals', ['deleteIfEquals', 'k:lock', 'owner-a']],
+    ['compareAndSet', ['compareAndSet', 'k:lock', 'owner-a', 'older', 60]],
+  ])('its guard a symlink: %s never acts over what the breaker wrote', async (op, call) => {
+    const dir = fresh(`paused-symlink-${op}`);
+    const cache = new FileCache({ dir, guardStaleMs: 300 });
+    await cache.set('k:lock', 'owner-a', 60);
+    const until = join(dir, 'resume');
+    const paused = pausedWriter(dir, call, until, true);
+    await paused.holding();
+    expect(lstatSync(join(dir, 'k%3Alock~guard')).isSymbolicLink()).toBe(true);
+    expect(await cache.compareAndSet('k:lock', 'owner-a', 'owner-b', 60)).toBe(true);
+    writeFileSync(until, '');
+    const outcome = await paused.outcome();
+    expect(outcome.value).not.toBe(true);
+    expect(await cache.get('k:lock')).toBe('owner-b');
+  });
+
+  it('its guard a symlink: add over an expired lock never removes the lock the breaker took since', async () => {
+    const dir = fresh('paused-symlink-add');
+    const cache = new FileCache({ dir, guardStaleMs: 300 });
+    writeFileSync(join(dir, 'k%3Alock'), `v1 ${Date.now() - 1000}\ndead-owner`, { mode: 0o600 });
+    const until = join(dir, 'resume');
+    const paused = pausedWriter(dir, ['add', 'k:lock', 'owner-a', 60], until, true);
+    await paused.holding();
+    expect(lstatSync(join(dir, 'k%3Alock~guard')).isSymbolicLink()).toBe(true);
+    expect(await cache.add('k:lock', 'owner-b', 60)).toBe(true);
+    writeFileSync(until, '');
+    const outcome = await paused.outcome();
+    expect(outcome.value).not.toBe(true);
+    expect(await cache.get('k:lock')).toBe('owner-b');
+  });
+});
+
+// On a file system full one moment and not the next (or shared by users of whom some are over quota),
+// a key's guards and claims are files and symlinks by turns: the two kinds exclude each other.
+describe('FileCache across processes whose guards are files and symlinks by turns', () => {
+  it('3 processes × (2 deleteIfEquals() + 2 compareAndSet()) of the value there, half their guards symlinks, 24 rounds, every other one over a dead writer\'s guard (a file or a symlink): exactly one takes the value in each round', async () => {
+    const dir = fresh('mixed-guards');
+    const cache = new FileCache({ dir });
+    const namespace = await ownNamespace();
+    const dead = deadPid();
+    const key = 'wechat:access_token:wxmixed:lock';
+    const racers = Array.from({ length: 3 }, () => {
+      const child = spawn(process.execPath, ['--import', fullGuards, fileURLToPath(new URL('./fixtures/mixed-racer.mjs', import.meta.url))], {
+        env: { ...process.env, FULL_GUARDS_P: '0.5', RACE_MODULE: builtModule, RACE_DIR: dir, RACE_KEY: key, RACE_CALLS: '2' },
+        stdio: ['pipe', 'pipe', 'inherit'],
+      });
+      const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+      const next = async () => JSON.parse((await lines.next()).value as string) as { wins: number; errors: string[]; fullGuards: number };
+      return { child, next };
+    });
+    try {
+      await Promise.all(racers.map((racer) => racer.next()));
+      const wrong: string[] = [];
+      let fullGuardsMade = 0;
+      for (let round = 0; round < 24; round += 1) {
+        await cache.set(key, `v${round}`, 600);
+        const guard = join(dir, 'wechat%3Aaccess_token%3Awxmixed%3Alock~guard');
+        const content = `${dead} ${namespace} ${round.toString(16).padStart(16, '0')}`;
+        if (round % 4 === 1) writeFileSync(guard, content);
+        if (round % 4 === 3) symlinkSync(content, guard);
+        for (const racer of racers) racer.child.stdin!.write(`${round}\n`);
+        const results = await Promise.all(racers.map((racer) => racer.next()));
+        const wins = results.reduce((sum, result) => sum + result.wins, 0);
+        const errors = results.flatMap((result) => result.errors);
+        fullGuardsMade = results.reduce((sum, result) => sum + result.fullGuards, 0);
+        if (wins !== 1 || errors.length > 0) wrong.push(`round ${round}: ${wins} took it, errors ${JSON.stringify(errors)}`);
+      }
+      expect(wrong).toEqual([]);
+      expect(fullGuardsMade).toBeGreaterThan(0);
+      expect(leftovers(dir).filter((name) => !name.startsWith('probe-'))).toEqual([]);
+    } finally {
+      for (const racer of racers) racer.child.stdin!.end();
+    }
   });
 });
 
