@@ -649,7 +649,9 @@ export class FileCache implements TokenCache {
           if (!name.endsWith('.tmp')) return undefined;
           const temp = TEMP.exec(name.slice(prefix.length));
           if (temp && (await gone(Number(temp[2]), temp[1]!))) return name;
-          const age = await stat(join(this.dir, name)).then((s) => Date.now() - s.mtimeMs, () => 0);
+          // Its own age, never followed: a symlink guard a breaker took aside is a symlink at a temp name,
+          // whose target (the guard's content) names nothing, and would pass for young for ever.
+          const age = await lstat(join(this.dir, name)).then((s) => Date.now() - s.mtimeMs, () => 0);
           return age >= this.#guardStaleMs ? name : undefined;
         }),
     );

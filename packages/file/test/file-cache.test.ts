@@ -1,5 +1,6 @@
 import { execFile, execFileSync, fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, lchownSync, lstatSync, lutimesSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { inspect, promisify } from 'node:util';
@@ -712,6 +713,48 @@ describe('FileCache on disk', () => {
     } finally {
       promises.symlink = symlink;
       syncBuiltinESMExports();
+      execFileSync('umount', [mount]);
+    }
+  });
+
+  it.skipIf(!canMountTmpfs)('a full file system (Linux as root) in a directory others may write to: symlinks planted at guards, claims, temp names and entries, to a file of ours elsewhere, are never followed, written through nor chmod-ed, and the deletes go through', async () => {
+    const mount = fresh('full-planted');
+    mkdirSync(mount);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k,mode=0777', 'tmpfs', mount]);
+    const victim = fresh('full-planted-victim');
+    writeFileSync(victim, 'precious', { mode: 0o644 });
+    const before = statSync(victim);
+    try {
+      const dir = join(mount, 'tokens');
+      mkdirSync(dir, { mode: 0o777 });
+      chmodSync(dir, 0o777);
+      const cache = new FileCache({ dir, guardStaleMs: 60_000, guardTimeoutMs: 2000 });
+      await cache.set('k', 'v', 60);
+      await cache.set('j', 'v', 60);
+      // Another user's: at k's guard, at a claim any breaker of j's guard could make, at a temp name (as a
+      // breaker of another namespace killed would leave one), and at an entry.
+      symlinkSync(victim, join(dir, 'k~guard'));
+      symlinkSync(`1 ${'0'.repeat(16)} 0123456789abcdef`, join(dir, 'j~guard'));
+      lutimesSync(join(dir, 'j~guard'), new Date(0), new Date(0));
+      const claim = `j~break-${createHash('sha256').update(`1 ${'0'.repeat(16)} 0123456789abcdef`).digest('hex').slice(0, 16)}-0`;
+      symlinkSync(victim, join(dir, claim));
+      lutimesSync(join(dir, claim), new Date(0), new Date(0));
+      const temp = `k~${'0'.repeat(16)}-1-aaaaaaaaaaaa.tmp`;
+      symlinkSync(victim, join(dir, temp));
+      lutimesSync(join(dir, temp), new Date(0), new Date(0));
+      symlinkSync(victim, join(dir, 'e'));
+      try {
+        for (let n = 0; ; n += 1) writeFileSync(join(mount, `filler-${n}`), Buffer.alloc(4096));
+      } catch (error) {
+        expect((error as NodeJS.ErrnoException).code).toBe('ENOSPC');
+      }
+      await cache.delete('k');
+      expect(await cache.deleteIfEquals('j', 'v')).toBe(true);
+      await cache.delete('e');
+      expect(readdirSync(dir)).toEqual([]);
+      const after = statSync(victim);
+      expect({ content: readFileSync(victim, 'utf8'), mode: after.mode, mtimeMs: after.mtimeMs, uid: after.uid, nlink: after.nlink }).toEqual({ content: 'precious', mode: before.mode, mtimeMs: before.mtimeMs, uid: before.uid, nlink: 1 });
+    } finally {
       execFileSync('umount', [mount]);
     }
   });

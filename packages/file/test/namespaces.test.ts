@@ -1,6 +1,6 @@
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { lutimesSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -146,6 +146,28 @@ describe('FileCache guards carry a PID namespace id', () => {
     await next().set('k', 'v3', 60);
     expect(leftovers(dir)).toEqual([]);
     expect(await cache.get('k')).toBe('v3');
+  });
+
+  it('a symlink at a temp name (a symlink guard a breaker of another namespace took aside, then was killed) is swept past guardStaleMs, judged by its own age', async () => {
+    const dir = fresh('temp-symlinks');
+    const cache = new FileCache({ dir, guardStaleMs: 60_000 });
+    await cache.set('k', 'v1', 60);
+    const { namespace } = await ownGuard();
+    const other = otherThan(namespace);
+    // Its target is the guard's content, which names nothing; one to a young file is judged by its own age too.
+    const taken = `k~${other}-${deadPid()}-aaaaaaaaaaaa.tmp`;
+    symlinkSync(`${deadPid()} ${other} 0123456789abcdef`, join(dir, taken));
+    const young = join(root, 'young-target');
+    writeFileSync(young, 'v1 0\nyoung');
+    const planted = `k~${other}-${deadPid()}-bbbbbbbbbbbb.tmp`;
+    symlinkSync(young, join(dir, planted));
+    const old = (Date.now() - 61_000) / 1000;
+    for (const name of [taken, planted]) lutimesSync(join(dir, name), old, old);
+
+    await new FileCache({ dir, guardStaleMs: 60_000 }).set('k', 'v2', 60);
+    expect(leftovers(dir)).toEqual([]);
+    expect(readFileSync(young, 'utf8')).toBe('v1 0\nyoung');
+    expect(await cache.get('k')).toBe('v2');
   });
 });
 
