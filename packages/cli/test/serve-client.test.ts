@@ -1,21 +1,12 @@
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, remoteTokenSource, type LogFields } from '@wxkit/core';
 import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { CountingAgent } from './counting-agent.js';
 import { startTokenService } from '../src/serve.js';
 
 // remoteTokenSource against wxkit serve, counting the requests the client sends to the service.
 const KEY = 'serve-client-key-0123456789abcdef';
-
-/** An undici Agent that records each request it sends: `GET v1/token/…`, `POST …/invalidate`. */
-class CountingAgent extends Agent {
-  readonly sent: string[] = [];
-  override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    this.sent.push(`${options.method} ${String(options.path).replace(/^\//, '')}`);
-    return super.dispatch(options, handler);
-  }
-}
 
 let mock: MockWeChat;
 beforeAll(async () => {

@@ -1,9 +1,10 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Agent, type Dispatcher } from 'undici';
+import type { Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, Work, remoteTokenSource } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
+import { CountingAgent } from './counting-agent.js';
 import { startTokenService, type TokenService } from '../src/serve.js';
 
 // A JS-SDK ticket that wx.config refuses (another program outside the fleet got WeChat to hand out a new
@@ -11,15 +12,6 @@ import { startTokenService, type TokenService } from '../src/serve.js';
 // holds it, once however many clients report it.
 const KEY = 'serve-ticket-key-0123456789abcdef';
 const auth = { authorization: `Bearer ${KEY}` };
-
-/** An undici Agent that records each request it sends: `GET v1/ticket/…`, `POST …/invalidate`. */
-class CountingAgent extends Agent {
-  readonly sent: string[] = [];
-  override dispatch(options: Dispatcher.DispatchOptions, handler: Dispatcher.DispatchHandler): boolean {
-    this.sent.push(`${options.method} ${String(options.path).replace(/^\//, '')}`);
-    return super.dispatch(options, handler);
-  }
-}
 
 let mock: MockWeChat;
 beforeAll(async () => {

@@ -2,6 +2,7 @@ import { createServer } from 'node:http';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import type { MockComponent, MockWeChat } from '@wxkit/testing';
+import { expect } from 'vitest';
 import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
 
@@ -237,4 +238,37 @@ export async function collect(): Promise<void> {
     await new Promise((resolve) => setImmediate(resolve));
     gc();
   }
+}
+
+/**
+ * Two processes of one host on one store, `a` and `b`, each holding the first token: it is killed while
+ * the store is down (`outage.down()`: the host fetches once, through its fallback), then the store comes
+ * back (`outage.up()`), which `a` finds and `b` does not yet (`outage.holdSecond(true)` keeps b's own
+ * connection refused), and the token fetched during the outage is killed and reported by both.
+ */
+export async function killedAcrossOutage(
+  mock: MockWeChat,
+  appId: string,
+  a: OfficialAccount,
+  b: OfficialAccount,
+  outage: { down(): void; up(): void; holdSecond(held: boolean): void },
+): Promise<{ during: string }> {
+  const fetches = () => mock.counters(appId).classicTokenRequests;
+  const first = await a.accessToken.getToken();
+  expect(await b.accessToken.getToken()).toBe(first);
+  outage.down();
+  mock.invalidateTokens(appId);
+  await a.accessToken.invalidate(first, 40001);
+  await b.accessToken.invalidate(first, 40001);
+  const during = await a.accessToken.getToken();
+  expect(await b.accessToken.getToken()).toBe(during);
+  expect(fetches()).toBe(2);
+  outage.holdSecond(true);
+  const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
+  outage.up();
+  await recovered;
+  mock.invalidateTokens(appId);
+  await a.accessToken.invalidate(during, 40001);
+  await b.accessToken.invalidate(during, 40001);
+  return { during };
 }

@@ -5,7 +5,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, wechatpy, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions, deferred, endedByClose, holdingDispatcher, rejection } from './helpers.js';
+import { componentOptions, deferred, endedByClose, holdingDispatcher, killedAcrossOutage, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -343,26 +343,8 @@ describe('while the store is down', () => {
     const a = process({ ...store.cache }, options.dispatcher);
     const b = process(second);
     const fetches = () => mock.counters(appId).classicTokenRequests;
-    const first = await a.accessToken.getToken();
-    expect(await b.accessToken.getToken()).toBe(first);
-
-    // The store goes down and the token is killed: the host fetches once, through its fallback.
-    store.down();
-    mock.invalidateTokens(appId);
-    await a.accessToken.invalidate(first, 40001);
-    await b.accessToken.invalidate(first, 40001);
-    const during = await a.accessToken.getToken();
-    expect(await b.accessToken.getToken()).toBe(during);
-    expect(fetches()).toBe(2);
-
-    // The store is back. The first process finds out; the second still takes it for down when its call is rejected.
-    secondUp = false;
-    const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
-    store.up();
-    await recovered;
-    mock.invalidateTokens(appId);
-    await a.accessToken.invalidate(during, 40001);
-    await b.accessToken.invalidate(during, 40001);
+    // The store is back: the first process finds out; the second still takes it for down when its call is rejected.
+    await killedAcrossOutage(mock, appId, a, b, { down: store.down, up: store.up, holdSecond: (held) => void (secondUp = !held) });
     return { appId, a, b, fetches, sent, mend: () => void (secondUp = true) };
   }
 

@@ -5,6 +5,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
 import { OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
 import { Log } from '../src/logger.js';
+import { killedAcrossOutage } from './helpers.js';
 import { GuardedStore } from '../src/store.js';
 import { RefreshLock } from '../src/token/refresh-lock.js';
 
@@ -156,27 +157,11 @@ describe('a store whose parts fail one at a time', () => {
     const [a, b] = [process({ ...cache }), process(second)];
     const fetches = () => mock.counters(appId).classicTokenRequests;
     try {
-      const first = await a.accessToken.getToken();
-      expect(await b.accessToken.getToken()).toBe(first);
-      // Part b goes down and the token is killed: the host fetches once, through its fallback.
-      up.b = false;
-      mock.invalidateTokens(appId);
-      await a.accessToken.invalidate(first, 40001);
-      await b.accessToken.invalidate(first, 40001);
-      const during = await a.accessToken.getToken();
-      expect(await b.accessToken.getToken()).toBe(during);
-      expect(fetches()).toBe(2);
-      // Part b is back; the first process finds out, and fetches the next token in the store.
-      secondToB = false;
-      const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
-      up.b = true;
-      await recovered;
-      mock.invalidateTokens(appId);
-      await a.accessToken.invalidate(during, 40001);
+      // Part b goes down and comes back: the first process finds out, the second does not yet.
+      await killedAcrossOutage(mock, appId, a, b, { down: () => void (up.b = false), up: () => void (up.b = true), holdSecond: (held) => void (secondToB = !held) });
       const after = await a.accessToken.getToken();
       expect(fetches()).toBe(3);
       // The second still takes part b for down; it answers it now.
-      await b.accessToken.invalidate(during, 40001);
       secondToB = true;
       expect(await b.accessToken.getToken()).toBe(after);
       expect(fetches()).toBe(3);
