@@ -148,7 +148,7 @@ describe('refreshTicket() of a client of wxkit serve', () => {
     }
   });
 
-  it('on a service without the route (another make: 404; an older wxkit serve: 405) still gets its ticket, and the report is not sent again', async () => {
+  it('on a service without the route (another make: 404; an older wxkit serve: 405) still gets its ticket, and the report is not sent again within the minute', async () => {
     const ticket = 'ticket-of-a-service-of-another-make-0123456789';
     for (const refusal of [404, 405]) {
       const asked: string[] = [];

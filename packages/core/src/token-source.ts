@@ -147,6 +147,12 @@ const UNREACHED_HOLD_MS = 1_000;
 const EVERY_PATH = '*';
 
 /**
+ * How long a service that answered a ticket's report 404 or 405 (no route for it) is sent none, in ms:
+ * a minute of refreshTicket() fetching as before, then one report to see whether the route is there.
+ */
+const TICKET_REPORT_RETRY_MS = 60_000;
+
+/**
  * Whether `error` is a request that never reached the token service: a transport failure before any
  * socket was connected (ECONNREFUSED, ENOTFOUND, a connect timeout), not one cut by the caller's abort or
  * by the source's own close(), nor one that waited for a free connection of this process.
@@ -212,8 +218,8 @@ function heldStatus(error: HttpError): boolean {
  * A TokenSource backed by a `wxkit serve` service: `GET /v1/token/{kind}/{id}`,
  * `GET /v1/ticket/{kind}/{id}/{type}`, `POST /v1/token/{kind}/{id}/invalidate` and
  * `POST /v1/ticket/{kind}/{id}/{type}/invalidate`. A service that has no route for a ticket's report
- * (404 or 405: another make, or an earlier wxkit serve) is not sent one again; the client
- * fetches its ticket as before. One source may be given to many clients: closing one of them releases
+ * (404 or 405: another make, or an earlier wxkit serve) is sent none for a minute, then one again; the
+ * client fetches its ticket as before meanwhile. One source may be given to many clients: closing one of them releases
  * the source's connections, and the others' next requests open new ones.
  *
  * @example
@@ -289,8 +295,9 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   // The service refused a report that carried WeChat's errcode (or whether a call went through with the
   // token), and took it without: a service of another make.
   let extrasRefused = false;
-  // The service has no route for a ticket's report (see ticketReport): not asked again.
-  let ticketReportsRefused = false;
+  // Until when (monotonic clock) the service is sent no ticket report: it answered one 404 or 405, as an
+  // instance without the route does (see ticketReport).
+  let ticketReportsRefusedUntil = -Infinity;
   // Throws what a request of `path` held back under `key` (the path, or EVERY_PATH) fails with, if it is.
   const heldBack = (key: string, path: string, force: boolean) => {
     const held = holds.get(key);
@@ -340,11 +347,13 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
    * Reports a ticket `wx.config` refused: `POST …/{type}/invalidate` with `{"ticket"}`. wxkit serve
    * replaces it if it still holds it and answers the current ticket, used as it is. A service without the
    * route answers 404 (another make) or 405 (a wxkit serve that takes only GET there): the report is
-   * dropped, the client fetches as before, and this source sends no ticket report again. Not a 404 of
-   * wxkit serve's that names the app or the ticket type unknown: its fetch fails the same way.
+   * dropped, the client fetches as before, and this source sends no ticket report for a minute
+   * (TICKET_REPORT_RETRY_MS). Not for ever: in a rolling upgrade the instance that answered may be the
+   * last of the old release, and the route is there once it is replaced. Not a 404 of wxkit serve's that
+   * names the app or the ticket type unknown: its fetch fails the same way.
    */
   const ticketReport = async (request: TokenSourceRequest, value: string, signal: AbortSignal | undefined, force: boolean) => {
-    if (ticketReportsRefused) return undefined;
+    if (performance.now() < ticketReportsRefusedUntil) return undefined;
     const path = `${ticketPath(request)}/invalidate`;
     let body: Record<string, unknown>;
     try {
@@ -357,7 +366,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
         error.sent &&
         (error.status === 405 || (error.status === 404 && !['unknown_app', 'unknown_ticket_type'].includes(problemCodeOf(error) ?? '')));
       if (!missing) throw error;
-      ticketReportsRefused = true;
+      ticketReportsRefusedUntil = performance.now() + TICKET_REPORT_RETRY_MS;
       return undefined;
     }
     const entry = entryOf(body, 'ticket');
