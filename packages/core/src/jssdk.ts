@@ -84,9 +84,9 @@ abstract class TicketKeeper<T extends string> {
   }
 
   /**
-   * Fetches a new ticket of `type` now and stores it. With a `tokenSource`, the ticket this client holds
-   * is reported to it instead (wx.config refused it): `wxkit serve` replaces the ticket if it still holds
-   * it, and answers the current one.
+   * Fetches a new ticket of `type` now and stores it. With a `tokenSource` that takes ticket reports
+   * (`remoteTokenSource`), the ticket this client holds is reported to it instead (wx.config refused it):
+   * `wxkit serve` replaces the ticket if it still holds it, and answers the current one.
    */
   async refreshTicket(type: T, options: TokenCallOptions = {}): Promise<string> {
     return this.#ticket(type).forceRefresh(options.signal);
@@ -196,9 +196,9 @@ export class Jssdk extends TicketKeeper<TicketType> {
   /**
    * Fetches a new ticket of `type` (default `jsapi`) now and stores it: when `wx.config` refuses the
    * signature of a page whose URL is right ("invalid signature"), as when another program got WeChat to
-   * hand out a new ticket. With a `tokenSource`, the ticket this client holds is reported to it instead:
-   * `wxkit serve` replaces the ticket if it still holds it (not one it fetched less than a minute ago:
-   * 429), and answers the current one.
+   * hand out a new ticket. With a `tokenSource` that takes ticket reports (`remoteTokenSource`), the
+   * ticket this client holds is reported to it instead: `wxkit serve` replaces the ticket if it still
+   * holds it (not one it fetched less than a minute ago: 429), and answers the current one.
    */
   override refreshTicket(type: TicketType = 'jsapi', options: TokenCallOptions = {}): Promise<string> {
     return super.refreshTicket(type, options);

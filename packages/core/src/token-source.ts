@@ -42,11 +42,12 @@ export interface TokenSource {
    * rejects moments after each fetch), whose replacements a source that fetches spaces, as clients that
    * fetch for themselves space theirs.
    *
-   * A ticket (`request.field` `'ticket'`) is reported by refreshTicket(), with no errcode: the program
-   * says `wx.config` refused it (another program got WeChat to hand out a new one). The client reports
-   * the ticket it holds (holding none, the one `fetch()` answers) with `options.force` (the program
-   * asked for it, as fetch()'s `force` says), then calls `fetch()` with `force` if the report resolved
-   * nothing. A source that cannot replace a ticket resolves nothing.
+   * A ticket (`request.field` `'ticket'`) is reported by refreshTicket(), with no errcode, to a source
+   * that sets {@link TokenSource.takesTicketReports} only: the program says `wx.config` refused it
+   * (another program got WeChat to hand out a new one). The client reports the ticket it holds (holding
+   * none, the one `fetch()` answers) with `options.force` (the program asked for it, as fetch()'s
+   * `force` says), then calls `fetch()` with `force` if the report resolved nothing. A source that cannot
+   * replace a ticket resolves nothing; what such a report throws, refreshTicket() fails with.
    */
   invalidate(
     request: TokenSourceRequest,
@@ -54,6 +55,13 @@ export interface TokenSource {
     errcode?: number,
     options?: { signal?: AbortSignal; worked?: boolean; force?: boolean },
   ): Promise<{ value: string; expiresIn: number } | void>;
+  /**
+   * Whether `invalidate()` takes a ticket's report (`request.field` `'ticket'`) and resolves a ticket,
+   * or nothing: `remoteTokenSource` does. Without it refreshTicket() calls `fetch()` with `force`, as it
+   * did before tickets were reported: a source written for access tokens alone may answer a report with
+   * its access token, which the client would sign `wx.config` with, or throw.
+   */
+  readonly takesTicketReports?: boolean;
   /**
    * Releases connections the source opened. Each client closes its source with itself, so a source that
    * several clients share must still answer the others afterwards (remoteTokenSource opens new
@@ -376,6 +384,7 @@ export function remoteTokenSource(options: RemoteTokenSourceOptions): TokenSourc
   const source: TokenSource & { [SOURCE_BUDGET_MS]: number; readonly [SOURCE_HELD_PATHS]: number } = {
     // Its own deadlines end a call first, with the more precise error; a second spares a race with them.
     [SOURCE_BUDGET_MS]: 2 * timeoutMs + 1_000,
+    takesTicketReports: true,
     get [SOURCE_HELD_PATHS]() {
       return holds.size;
     },

@@ -1,8 +1,9 @@
 import { createServer, type Server } from 'node:http';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { remoteTokenSource, type TokenSourceRequest } from '../src/index.js';
+import { OfficialAccount, remoteTokenSource, type TokenSource, type TokenSourceRequest } from '../src/index.js';
 
-// refreshTicket() with a token source: the ticket wx.config refused is reported to the source.
+// refreshTicket() with a token source: the ticket wx.config refused is reported to a source that takes
+// such reports (remoteTokenSource); any other source is asked for a ticket with force, as before.
 let server: Server;
 let url: string;
 let answer: (method: string, path: string) => { status: number; body: string } = () => ({ status: 404, body: '' });
@@ -47,6 +48,62 @@ describe("remoteTokenSource and a service without the ticket report's route", ()
       expect(asked).toEqual([report, report]);
     } finally {
       await source.close?.();
+    }
+  });
+});
+
+describe('refreshTicket() with a token source of your own', () => {
+  /** A source written before tickets were reported: its invalidate() handles access tokens only. */
+  function tokenOnlySource(invalidate: TokenSource['invalidate']): TokenSource & { fetched: string[]; reported: string[] } {
+    let tickets = 0;
+    const fetched: string[] = [];
+    const reported: string[] = [];
+    return {
+      fetched,
+      reported,
+      async fetch(request, options) {
+        fetched.push(`${request.field}${options?.force ? ' force' : ''}`);
+        if (request.field === 'access_token') return { value: 'ACCESS_TOKEN_0123456789', expiresIn: 7000 };
+        tickets += 1;
+        return { value: `TICKET_${tickets}_0123456789`, expiresIn: 7000 };
+      },
+      async invalidate(request, value, errcode, options) {
+        reported.push(`${request.field} ${value}`);
+        return invalidate(request, value, errcode, options);
+      },
+    };
+  }
+
+  it('that reports access tokens only gets no ticket report: the ticket is fetched with force, as before, never taken from an answer about the access token', async () => {
+    // It answers a report with its current access token, whatever was reported: a report of a ticket would
+    // have the client sign wx.config with the access token.
+    const answersTheToken = tokenOnlySource(async () => ({ value: 'ACCESS_TOKEN_0123456789', expiresIn: 7000 }));
+    const throwsForTickets = tokenOnlySource(async (request) => {
+      if (request.field !== 'access_token') throw new Error('this source replaces access tokens only');
+    });
+    for (const source of [answersTheToken, throwsForTickets]) {
+      const client = new OfficialAccount({ appId: 'wx0123456789abcdef', tokenSource: source, logger: false });
+      try {
+        expect(await client.jssdk.getTicket()).toBe('TICKET_1_0123456789');
+        expect(await client.jssdk.refreshTicket()).toBe('TICKET_2_0123456789');
+        expect(source.reported).toEqual([]);
+        expect(source.fetched).toEqual(['ticket', 'ticket force']);
+      } finally {
+        await client.close();
+      }
+    }
+  });
+
+  it('that says it takes ticket reports (takesTicketReports) gets the ticket the client holds, and its answer is the new ticket', async () => {
+    const source = { ...tokenOnlySource(async () => ({ value: 'TICKET_REPLACED_0123456789', expiresIn: 7000 })), takesTicketReports: true };
+    const client = new OfficialAccount({ appId: 'wx0123456789abcdef', tokenSource: source, logger: false });
+    try {
+      expect(await client.jssdk.getTicket()).toBe('TICKET_1_0123456789');
+      expect(await client.jssdk.refreshTicket()).toBe('TICKET_REPLACED_0123456789');
+      expect(source.reported).toEqual(['ticket TICKET_1_0123456789']);
+      expect(source.fetched).toEqual(['ticket']);
+    } finally {
+      await client.close();
     }
   });
 });

@@ -35,7 +35,9 @@ export class RemoteRefresher implements Refresher {
     // The service refreshes ahead on its own; a client has nothing to do early.
     if (request.ahead) return undefined;
     const started = performance.now();
-    if (request.force && this.#request.field === 'ticket') {
+    // Only to a source that takes ticket reports: one written for access tokens alone may answer with its
+    // access token, which would be taken for the ticket.
+    if (request.force && this.#request.field === 'ticket' && this.#source.takesTicketReports === true) {
       const reported = await this.#reportTicket(request, started);
       if (reported) return reported;
     }
