@@ -3,7 +3,7 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { AddressInfo, Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { ConfigError, WORK_BASE_URL, nativeSchema, type KeySubject, type Logger, type StoredEntry, type TokenCache, type WeChatClient } from '@wxkit/core';
-import { NOT_IN_BEARER_KEY, inLife, invalidateTicket, invalidateUnproven, partitionOf, retryAtOf, ticketEntry } from '@wxkit/core/internal';
+import { NOT_IN_BEARER_KEY, forgetTicket, inLife, invalidateTicket, invalidateUnproven, partitionOf, retryAtOf, ticketEntry } from '@wxkit/core/internal';
 import { Agent, request, type Dispatcher } from 'undici';
 import { appId, buildClient, parseApp, type AppRef } from './apps.js';
 import { StoreProbe, type StoreState } from './serve-health.js';
@@ -258,20 +258,24 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     const entry = raw === undefined ? undefined : schema.decode('access_token', raw);
     return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'access_token', key), Date.now()) ? entry : undefined;
   };
-  /** The app's ticket entry of `type` as the store holds it now, as storedEntry reads the token's. */
-  const storedTicket = async (target: Served, type: string): Promise<StoredEntry | undefined> => {
+  /**
+   * The app's ticket entry of `type` as the store holds it now, as storedEntry reads the token's, with
+   * its key and the text the store holds (which a compare-and-delete names); `absent` where the key holds
+   * nothing at all (not an entry this instance cannot read, or one near its end).
+   */
+  const storedTicket = async (target: Served, type: string): Promise<StoredTicket> => {
     const key = schema.ticketKey(subjectOf(target.app), type as never);
     const raw = await cache.get(key);
     const entry = raw === undefined ? undefined : schema.decode('ticket', raw);
-    return entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'ticket', key), Date.now()) ? entry : undefined;
+    if (entry !== undefined && inLife(entry, (expiresIn) => schema.ttlSeconds(expiresIn, 'ticket', key), Date.now())) return { key, entry, raw, absent: false };
+    return { key, absent: raw === undefined };
   };
   /**
    * `POST /v1/ticket/{app}/{type}/invalidate` with `{"ticket"}`: wx.config refused the ticket (another
    * program got WeChat to hand out a new one, and a GET would answer the refused one until it expires).
-   * Replaced only if the fleet still holds it, through the client's own ticket protocol: the store's
-   * entry is deleted only if it holds that ticket, and the next one is fetched by one process of the fleet
-   * under the lock, the others reading it; so N clients reporting one ticket cost one fetch. Answered with
-   * the current ticket.
+   * Replaced only if the fleet still holds it (see replaceTicket): the store's entry is deleted only if
+   * it holds that ticket, and the next one is fetched by one process of the fleet under the lock, the
+   * others reading it; so N clients reporting one ticket cost one fetch. Answered with the current ticket.
    */
   const reportTicket = async (req: IncomingMessage, res: ServerResponse, target: Served, type: string): Promise<void> => {
     const body = await readBody(req, '{"ticket":"…"}');
@@ -284,7 +288,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     if (replaced?.value === ticket) return sendEntry(res, 'ticket', withLife(await ticketEntry(jssdk, type)));
     // The store says which ticket the fleet holds, and when it was fetched; where it does not answer, or
     // holds none, this instance's own (a second old at most, or fetched now).
-    const read = await withinDeadline(storedTicket(target, type).then((entry) => ({ entry })), STORE_READ_TIMEOUT_MS);
+    const read = await withinDeadline(storedTicket(target, type), STORE_READ_TIMEOUT_MS);
+    // The store holds no ticket (another instance's report deleted it, and its fetch is under way): what
+    // this instance remembers of the reported one is no answer.
+    if (read?.absent) forgetTicket(jssdk, type, ticket);
     const before = read?.entry ?? (await ticketEntry(jssdk, type));
     if (before.value !== ticket) return sendEntry(res, 'ticket', withLife(before));
     const now = Date.now();
@@ -302,10 +309,41 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         { 'retry-after': String(seconds) },
       );
     }
-    await invalidateTicket(jssdk, type, ticket);
-    const after = await ticketEntry(jssdk, type);
+    const after = await replaceTicket(target, type, before, read);
     if (after.value !== ticket) (target.ticketsReplaced ??= new Map()).set(type, { value: ticket, at: now });
     return sendEntry(res, 'ticket', withLife(after));
+  };
+  /**
+   * Replaces `ticket` (`before`, as the store or this instance held it), and resolves the current
+   * ticket. Where the store answered (`read`), the entry read is deleted only if the store still holds
+   * it, as it was: of the instances that took a report of it at once, one deletes it and fetches the next
+   * ticket under the lock; the others find it gone, or replaced, and read the next one, waiting for that
+   * fetch. None takes `ticket` for refused: WeChat may hand it out again (a ticket it still takes, which
+   * wx.config refused for the page URL), and an instance that refused it would fetch once more on reading
+   * it. Where the store did not answer, holds an entry this instance cannot read, or cannot
+   * compare-and-delete: through the client's own report, which refuses it.
+   */
+  const replaceTicket = async (target: Served, type: string, before: StoredEntry, read: StoredTicket | undefined): Promise<StoredEntry> => {
+    const jssdk = target.client.jssdk!;
+    const ticket = before.value;
+    const { deleteIfEquals } = cache;
+    let gone: boolean | undefined;
+    if (read?.absent) gone = false;
+    else if (read?.raw !== undefined && deleteIfEquals) {
+      gone = (await withinDeadline(deleteIfEquals.call(cache, read.key, read.raw).then((done) => ({ done })), STORE_READ_TIMEOUT_MS))?.done;
+    }
+    const refuse = async () => {
+      await invalidateTicket(jssdk, type, ticket);
+      return ticketEntry(jssdk, type);
+    };
+    if (gone === undefined) return refuse();
+    if (gone) log?.info?.({ event: 'serve.ticket_replaced', app: target.name, type }, `A client reported the ${type} ticket refused; the service deleted it, and fetches the next one`);
+    forgetTicket(jssdk, type, ticket);
+    const after = await ticketEntry(jssdk, type);
+    // Still the very entry deleted (a read of this instance's under way as it went, or the copy this host
+    // kept while the store was away): refused, through the client's own report.
+    if (after.value === ticket && before.fetchedAt !== undefined && after.fetchedAt === before.fetchedAt) return refuse();
+    return after;
   };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
@@ -820,6 +858,15 @@ function onceASecond(line: (count: number) => void): () => void {
     line(count);
     count = 0;
   };
+}
+
+/** A ticket entry as the store holds it, read by the token service (see storedTicket). */
+interface StoredTicket {
+  key: string;
+  entry?: StoredEntry;
+  raw?: string;
+  /** The key holds nothing at all. */
+  absent: boolean;
 }
 
 /** The longest a WeChat token or ticket lives, in seconds. */

@@ -2,7 +2,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Dispatcher } from 'undici';
-import { MemoryCache, OfficialAccount, Work, remoteTokenSource } from '@wxkit/core';
+import { MemoryCache, OfficialAccount, Work, remoteTokenSource, type TokenCache } from '@wxkit/core';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CountingAgent } from './counting-agent.js';
 import { startTokenService, type TokenService } from '../src/serve.js';
@@ -180,6 +180,91 @@ describe('refreshTicket() of a client of wxkit serve', () => {
 });
 
 describe('POST /v1/ticket/{app}/{type}/invalidate', () => {
+  it('reports of a ticket that reach two instances at once cost one fetch, when WeChat hands the same ticket out again (wx.config refused the page URL)', async () => {
+    const { appId, secret } = mock.createApp();
+    const key = `wechat:jsapi_ticket:${appId}`;
+    // One store, seen by each instance through a view of its own. Once armed, a delete of the ticket entry
+    // waits until both instances have read the entry: the two reports are checked against the same
+    // entry before either instance replaces it.
+    const store = new MemoryCache();
+    let armed = false;
+    const read = new Set<number>();
+    const waiting: (() => void)[] = [];
+    const view = (instance: number): TokenCache => ({
+      get: async (k) => {
+        const value = await store.get(k);
+        if (armed && k === key && !read.has(instance)) {
+          read.add(instance);
+          if (read.size === 2) for (const go of waiting.splice(0)) go();
+        }
+        return value;
+      },
+      set: (k, value, ttl) => store.set(k, value, ttl),
+      delete: (k) => store.delete(k),
+      add: (k, value, ttl) => store.add(k, value, ttl),
+      deleteIfEquals: async (k, expected) => {
+        if (armed && k === key && read.size < 2) await new Promise<void>((resolve) => waiting.push(resolve));
+        return store.deleteIfEquals(k, expected);
+      },
+      compareAndSet: (k, expected, value, ttl) => store.compareAndSet(k, expected, value, ttl),
+    });
+    const services = await Promise.all([0, 1].map((instance) => startTokenService({ cache: view(instance), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false })));
+    try {
+      const res = await fetch(`${services[0]!.url}/v1/ticket/oa/${appId}/jsapi`, { headers: auth });
+      const { ticket } = (await res.json()) as { ticket: string };
+      await age(store, appId);
+      const fetches = mock.counters(appId).ticketRequests;
+      armed = true;
+      const answers = await Promise.all(services.map((service) => report(service.url, appId, ticket)));
+      // getticket answers the ticket it still takes: the one reported, fetched anew.
+      expect(answers.map(({ status, body }) => ({ status, ticket: body.ticket }))).toEqual([
+        { status: 200, ticket },
+        { status: 200, ticket },
+      ]);
+      expect(mock.counters(appId).ticketRequests).toBe(fetches + 1);
+      // Neither instance refuses it since: a GET of each fetches nothing.
+      for (const service of services) {
+        const again = await fetch(`${service.url}/v1/ticket/oa/${appId}/jsapi`, { headers: auth });
+        expect(((await again.json()) as { ticket: string }).ticket).toBe(ticket);
+      }
+      expect(mock.counters(appId).ticketRequests).toBe(fetches + 1);
+    } finally {
+      await Promise.all(services.map((service) => service.close()));
+    }
+  });
+
+  it("a report that reaches an instance once another deleted the ticket waits for that one's fetch: one fetch, though this instance still remembered the ticket", async () => {
+    const { appId, secret } = mock.createApp();
+    const store = new MemoryCache();
+    const key = `wechat:jsapi_ticket:${appId}`;
+    const services = await Promise.all([0, 1].map(() => startTokenService({ cache: store, apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false })));
+    try {
+      const res = await fetch(`${services[0]!.url}/v1/ticket/oa/${appId}/jsapi`, { headers: auth });
+      const { ticket } = (await res.json()) as { ticket: string };
+      await age(store, appId);
+      // The second instance reads the entry now: it remembers the ticket for its memo window (a second).
+      await (await fetch(`${services[1]!.url}/v1/ticket/oa/${appId}/jsapi`, { headers: auth })).text();
+      const fetches = mock.counters(appId).ticketRequests;
+      mock.setLatency(300);
+      try {
+        const first = report(services[0]!.url, appId, ticket);
+        while ((await store.get(key)) !== undefined) await new Promise((resolve) => setTimeout(resolve, 5));
+        const second = await report(services[1]!.url, appId, ticket);
+        expect((await first).status).toBe(200);
+        // getticket handed out the same ticket again, fetched just now: not replaced once more.
+        expect(second.status).toBe(429);
+      } finally {
+        mock.setLatency(0);
+      }
+      expect(mock.counters(appId).ticketRequests).toBe(fetches + 1);
+      const again = await fetch(`${services[1]!.url}/v1/ticket/oa/${appId}/jsapi`, { headers: auth });
+      expect(((await again.json()) as { ticket: string }).ticket).toBe(ticket);
+      expect(mock.counters(appId).ticketRequests).toBe(fetches + 1);
+    } finally {
+      await Promise.all(services.map((service) => service.close()));
+    }
+  });
+
   it('a ticket fetched less than a minute ago is not replaced: 429 invalidate_spaced, with Retry-After', async () => {
     const { appId, service } = await serviceOf();
     try {

@@ -78,5 +78,14 @@ export async function invalidateTicket(jssdk: object, type: string, ticket: stri
   return ticketManager(jssdk, type).invalidate(ticket);
 }
 
+/**
+ * Forgets `ticket` if the client holds it, without taking it for refused: the next `ticketEntry()` reads
+ * the store (waiting for a fetch under way under the lock), and takes `ticket` again if the store holds
+ * it again. For a token service that deleted the store's entry itself, or found another instance had.
+ */
+export function forgetTicket(jssdk: object, type: string, ticket: string): void {
+  ticketManager(jssdk, type).forget(ticket);
+}
+
 /** The failure marker `{key}:failed` a failed fetch left, decoded as every process reads it; undefined if unreadable. */
 export const decodeMarker: (raw: string | undefined) => (FailureRecord & { code: string }) | undefined = decodeFailureMarker;

@@ -189,6 +189,15 @@ export class TokenManager {
   }
 
   /**
+   * Forgets `value` if this process holds it, without taking it for rejected: the next get() reads the
+   * store, and takes `value` again if the store holds it again (a ticket WeChat handed out once more).
+   * For a token service that deleted the store's entry itself, or saw another instance delete it.
+   */
+  forget(value: string): void {
+    this.#memo.forget(value);
+  }
+
+  /**
    * WeChat rejected `value` (40001, 40014, 42001). Forget it here, and let the refresher do what it owes
    * the fleet (delete the shared entry only if it still holds that value; tell the token service). A read
    * already under way is kept: if it brings back the rejected value, its callers read once more.
