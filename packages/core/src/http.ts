@@ -555,7 +555,7 @@ export class HttpClient {
       if (!ok) throw new HttpError('ERR_WXKIT_HTTP', `${this.peer} answered ${path} with HTTP ${status}${this.#notFoundAt(path, status)}`, { path, status });
       throw new BadResponseError(
         `${this.peer} answered ${path} with a body that is not JSON (HTTP ${status}, ${text.length} bytes${/^\s*</.test(text) ? ', HTML' : ''})`,
-        { path, status, cause: error },
+        { path, status, cause: syntaxCause(error) },
       );
     }
     const record = body !== null && typeof body === 'object' && !Array.isArray(body) ? (body as Record<string, unknown>) : undefined;
@@ -814,6 +814,22 @@ export function cleanPath(path: string): string {
 
 function stringOr(value: unknown): string {
   return typeof value === 'string' ? value : '';
+}
+
+/**
+ * JSON.parse's error, as the cause of a body that is not JSON, without the body's own characters: V8
+ * quotes the first ten or so (`Unexpected token 'A', "ACCESS_TOK"... is not valid JSON`), which on a
+ * token endpoint behind a proxy that answers the bare token are a token's. Its position, where it
+ * gives one, is kept.
+ */
+function syntaxCause(error: unknown): unknown {
+  if (!(error instanceof SyntaxError) || !/["']/.test(error.message)) return error;
+  // Messages that quote only JSON's own syntax (`Expected ',' or '}' after … at position 9`) give a
+  // position and no character of the body beyond one of those.
+  if (/ at position \d+/.test(error.message) && !error.message.includes('"')) return error;
+  const cause = new SyntaxError('Unexpected character: the body is not valid JSON');
+  cause.stack = `${cause.name}: ${cause.message}`;
+  return cause;
 }
 
 /**

@@ -230,6 +230,28 @@ describe('an answer parsed as it completes', () => {
   }, 5_000);
 });
 
+describe('a body that is not JSON, quoted nowhere', () => {
+  it("the error and its cause keep no character of the body (a proxy answering a bare token), only JSON.parse's position", async () => {
+    const TOKEN = 'ACCESSTOKENSECRETPART0123456789abcdefghij';
+    const bodies = [TOKEN, `x${TOKEN}`, `{"access_token":${TOKEN}}`, `{"access_token":"${TOKEN}" "expires_in":7200}`, `[${TOKEN}]`];
+    const client = http((options, handler) => {
+      answer(handler, 200, bodies[Number(new URLSearchParams(String(options.path).split('?')[1]).get('n'))]!, { 'content-type': 'text/plain' });
+      return true;
+    });
+    const failures = [];
+    for (const [n] of bodies.entries()) failures.push(await rejection(client.json({ method: 'GET', path: 'cgi-bin/token', query: { n } })));
+    await client.close();
+    for (const failure of failures) {
+      expect(failure).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', message: expect.stringMatching(/not JSON/) });
+      expect(failure.cause).toBeInstanceOf(SyntaxError);
+      const shown = `${inspect(failure, { depth: 10 })} ${JSON.stringify(failure)} ${String(failure.cause)} ${(failure.cause as Error).stack}`;
+      for (let at = 0; at + 4 <= TOKEN.length; at += 1) expect(shown).not.toContain(TOKEN.slice(at, at + 4));
+    }
+    // Where JSON.parse says where, without quoting the body, the position is kept.
+    expect(String(failures[3]!.cause)).toMatch(/at position \d+/);
+  });
+});
+
 describe('cleanPath', () => {
   // What it always was: the query string and fragment cut, then the leading slashes.
   const reference = (path: string) => path.replace(/[?#].*$/s, '').replace(/^\/+/, '');
