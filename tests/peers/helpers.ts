@@ -43,6 +43,8 @@ export interface PhpPeerOptions {
   sdk: '4' | '5' | '6';
   store: 'symfony' | 'thinkphp';
   marshaller?: 'stock' | 'serialize';
+  /** Store "symfony": a RedisTagAwareAdapter in place of the RedisAdapter. */
+  tags?: boolean;
   prefix?: string;
   appid: string;
   secret: string;

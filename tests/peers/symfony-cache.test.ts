@@ -169,6 +169,38 @@ describe.each(['stock', 'serialize'] as const)("an item Symfony's Contracts get(
   });
 });
 
+describe.each(['stock', 'serialize'] as const)('EasyWeChat 6 on a tag-aware Symfony pool (RedisTagAwareAdapter), %s marshaller', (marshaller) => {
+  it('wxkit says which pool wrote the entry it cannot share, and leaves it to the peer, whose token goes on working', async () => {
+    const app = mock.createApp();
+    const php = { ...peerOptions(app, '6', marshaller), tags: true };
+    const { token } = await phpPeer(php, 'refresh');
+    const schema = easyWeChat6({ prefix: wxkitPrefix('6') });
+    const key = schema.accessTokenKey({ kind: 'official_account', appId: app.appId, secret: app.secret, endpoint: 'classic' });
+    const before = await rawHex(address(), key);
+    // TagAwareMarshaller's compact form: 0x9D, 8 bytes of metadata, 0x5F over the tags' length.
+    expect(before.slice(0, 2)).toBe('9d');
+    expect(before.slice(18, 20)).toBe('5f');
+    const cache = new RedisCache(redis.url);
+    caches.push(cache);
+    const warnings: { event?: string; message: string }[] = [];
+    const warn = (fields: unknown, message: string) => void warnings.push({ event: (fields as { event?: string }).event, message });
+    const logger = { debug: () => undefined, info: () => undefined, warn, error: warn };
+    const client = new OfficialAccount({ appId: app.appId, secret: app.secret, baseUrl: mock.url, cache, logger, schema });
+    try {
+      await client.templateMessage.send(nodeMessage);
+      const foreign = warnings.filter((line) => line.event === 'cache.foreign_entry');
+      expect(foreign).toHaveLength(1);
+      expect(foreign[0]!.message).toMatch(/written by a tag-aware Symfony pool \(RedisTagAwareAdapter.*plain RedisAdapter/);
+      expect(foreign[0]!.message).not.toMatch(/msgpack/);
+      // Left as the peer wrote it: the peer reads its own token, with no fetch of its own.
+      expect(await rawHex(address(), key)).toBe(before);
+      expect(await phpPeer(php, 'read')).toEqual({ token, unparseable: 0 });
+    } finally {
+      await client.close();
+    }
+  });
+});
+
 // wxkit's marshaller: `auto` (the default) writes the copy with serialize(), which every PHP reads; the
 // two explicit ones write what they name.
 describe.each([

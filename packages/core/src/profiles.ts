@@ -112,6 +112,15 @@ function phpValue(profile: string, raw: string): PhpValue | undefined {
     if (looksPhp && /^[OC]:/.test(raw)) {
       throw new CacheError(`The ${profile} profile found a PHP object where it expects an array or a string; the PHP side stores something else under this key`);
     }
+    // Symfony's tag-aware pools (RedisTagAwareAdapter, TagAwareAdapter over Redis) write an item's
+    // value, tags and metadata in TagAwareMarshaller's compact form: 0x9D, 8 bytes of metadata (the
+    // fifth 0x00), then the tags' length with 0x5F over its first byte. The PHP side takes a plain value
+    // there for a miss and fetches its own token: no layout wxkit could share.
+    if (raw.length > 13 && raw.charCodeAt(0) === 0x9d && raw.charCodeAt(5) === 0 && raw.charCodeAt(9) === 0x5f) {
+      throw new CacheError(
+        `The ${profile} profile found a value written by a tag-aware Symfony pool (RedisTagAwareAdapter, or TagAwareAdapter over a Redis one), which takes any other value for a miss and fetches its own token. Give the PHP side a plain RedisAdapter (wrapped in Psr16Cache) for the access_token, or share through wxkit's native schema`,
+      );
+    }
     // msgpack starts with a map or array marker; igbinary of another format version with its header.
     if (/^\u0000\u0000\u0000[\u0001\u0003-\u00ff]/.test(raw) || /^[\u0080-\u009f\u00de\u00df]/.test(raw)) {
       throw new CacheError(

@@ -166,6 +166,13 @@ describe('PHP formats', () => {
     expect(() => profile.decode('access_token', '\u0000\u0000\u0000\u0002\u0014\u0002\u0011\u000caccess_token')).toThrow(/easyWeChat4 profile could not read this igbinary value \(truncated/);
     expect(() => profile.decode('access_token', '\u0082\u00acaccess_token\u00a8TOKEN123')).toThrow(/easyWeChat4 profile reads values written with PHP's serialize\(\) or igbinary/);
     expect(() => profile.decode('access_token', 'O:8:"stdClass":1:{s:12:"access_token";s:1:"x";}')).toThrow(/found a PHP object/);
+    // Symfony's TagAwareMarshaller, as Debian's symfony/cache 5.4 writes an item with its value and no
+    // tags: over igbinary (the stock marshaller with the extension loaded) and over serialize().
+    for (const hex of ['9de8030000000000055f000000000000021108544f4b454e313233', '9de8030000000000055f000000733a383a22544f4b454e313233223b']) {
+      for (const schema of [easyWeChat4(), easyWeChat6()]) {
+        expect(() => schema.decode('access_token', Buffer.from(hex, 'hex').toString('latin1'))).toThrow(/value written by a tag-aware Symfony pool \(RedisTagAwareAdapter/);
+      }
+    }
     expect(profile.decode('access_token', 'not php at all')).toBeUndefined();
     expect(profile.decode('access_token', 'a:1:{s:10:"expires_in";i:7200;}')).toBeUndefined();
   });
