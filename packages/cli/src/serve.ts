@@ -339,11 +339,33 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     if (gone === undefined) return refuse();
     if (gone) log?.info?.({ event: 'serve.ticket_replaced', app: target.name, type }, `A client reported the ${type} ticket refused; the service deleted it, and fetches the next one`);
     forgetTicket(jssdk, type, ticket);
-    const after = await ticketEntry(jssdk, type);
+    let after: StoredEntry;
+    try {
+      after = await ticketEntry(jssdk, type);
+    } catch (error) {
+      // The next ticket could not be had (getticket's 45009, WeChat down): the entry this instance
+      // deleted goes back, unless another instance wrote one meanwhile. A report may be wrong (a page URL
+      // signed wrong, not a ticket superseded), and the fleet keeps the ticket it had, as the clients
+      // that hold it do, rather than none until the back-off ends (for 45009, the next day).
+      if (gone) await restoreTicket(target, type, before, read!);
+      throw error;
+    }
     // Still the very entry deleted (a read of this instance's under way as it went, or the copy this host
     // kept while the store was away): refused, through the client's own report.
     if (after.value === ticket && before.fetchedAt !== undefined && after.fetchedAt === before.fetchedAt) return refuse();
     return after;
+  };
+  /**
+   * Puts back the ticket entry `read` this instance deleted, as it was, with what is left of its life:
+   * only where the key is still empty (add), so a ticket another instance fetched meanwhile stays.
+   * Best effort, within the store's deadline: a store that cannot add, or fails, leaves the key empty.
+   */
+  const restoreTicket = async (target: Served, type: string, before: StoredEntry, read: StoredTicket): Promise<void> => {
+    const { add } = cache;
+    const seconds = before.expiresAt === undefined ? 0 : Math.floor(before.expiresAt - Date.now() / 1000);
+    if (!add || read.raw === undefined || seconds <= 0) return;
+    const put = await withinDeadline(add.call(cache, read.key, read.raw, seconds), STORE_READ_TIMEOUT_MS);
+    if (put) log?.info?.({ event: 'serve.ticket_restored', app: target.name, type }, `The next ${type} ticket could not be fetched; the service put back the one it deleted`);
   };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {

@@ -75,16 +75,19 @@ describe("a ticket's report when getticket fails", () => {
       try {
         const first = await client.jssdk.getTicket();
         await age(store, appId);
+        const entry = await store.get(`wechat:jsapi_ticket:${appId}`);
         mock.issueTicket(appId);
         mock.injectFault({ kind: 'errcode', path: 'cgi-bin/ticket/getticket', errcode, times: 1 });
         const failure = await client.jssdk.refreshTicket().catch((error: unknown) => error);
         expect(failure).toBeInstanceOf(WeChatApiError);
         expect(failure).toMatchObject({ errcode });
         expect(retryAtOf(failure)).toBeGreaterThan(Date.now());
-        // The entry was deleted before the fetch failed: the fleet holds no ticket until the back-off
-        // ends, and the failure marker tells every instance so.
-        expect(await store.get(`wechat:jsapi_ticket:${appId}`)).toBeUndefined();
+        // The entry deleted before the fetch failed is back, as it was: the fleet keeps the ticket it had
+        // (a report may be wrong), not none until the back-off ends; the failure marker holds every
+        // instance back.
+        expect(await store.get(`wechat:jsapi_ticket:${appId}`)).toBe(entry);
         expect(await store.get(`wechat:jsapi_ticket:${appId}:failed`)).toContain(`"errcode":${errcode}`);
+        expect(await ticketOf(service.url, appId)).toBe(first);
         const requests = mock.counters(appId).ticketRequests;
         const again = await Promise.all([0, 1, 2].map(() => report(service.url, appId, first)));
         expect(again.map(({ status, body }) => ({ status, errcode: body.errcode }))).toEqual([0, 1, 2].map(() => ({ status: 502, errcode })));
