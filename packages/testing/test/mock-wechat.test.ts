@@ -462,6 +462,12 @@ describe('GET cgi-bin/ticket/getticket', () => {
     expect([mock.isTicketValid(app.appId, theirs), mock.isTicketValid(app.appId, third), mock.isTicketValid(app.appId, fourth)]).toEqual([false, true, true]);
     expect(mock.isTicketValid(app.appId, 'no-such-ticket')).toBe(false);
     expect(() => mock.issueTicket(mock.createApp({ jsapiTicket: 'fixed-ticket' }).appId)).toThrow(/fixed jsapiTicket/);
+    // Only a type getticket hands out for the app's kind: another would make a ticket no route answers.
+    expect(() => mock.issueTicket(app.appId, 'agent_config')).toThrow(/'jsapi' or 'wx_card' \(got 'agent_config'\)/);
+    const work = mock.createWorkApp();
+    expect(() => mock.issueTicket(`${work.corpId}:${work.agentId}`, 'agent_jsapi')).toThrow(/'jsapi' or 'agent_config' \(got 'agent_jsapi'\)/);
+    expect(mock.isTicketValid(`${work.corpId}:${work.agentId}`, mock.issueTicket(`${work.corpId}:${work.agentId}`, 'agent_config'))).toBe(true);
+    expect(mock.counters(app.appId).externalFetches).toBe(3);
   });
 
   it('quotas.ticket → 45009', async () => {

@@ -443,7 +443,11 @@ export async function startMockWeChat(options: MockWeChatOptions = {}): Promise<
     },
     issueTicket(appId, type = 'jsapi') {
       const state = stateOf(appId);
-      if (typeof type !== 'string' || type === '') throw new TypeError(`issueTicket(appId, type) must be given a ticket type such as 'jsapi' (got ${typeof type})`);
+      // The types getticket hands out for the app's kind: another name would make a ticket no route answers.
+      const types = state.corpId === undefined ? ['jsapi', 'wx_card'] : ['jsapi', 'agent_config'];
+      if (typeof type !== 'string' || !types.includes(type)) {
+        throw new TypeError(`issueTicket(appId, type): the type must be one the mock's getticket hands out for this app, ${types.map((name) => `'${name}'`).join(' or ')} (got ${typeof type === 'string' ? `'${type}'` : typeof type})`);
+      }
       if (type === 'jsapi' && state.app.jsapiTicket !== undefined) throw new Error(`the mock app ${appId} has a fixed jsapiTicket: it has no other jsapi ticket to issue`);
       count(state, 'externalFetches');
       return model.newTicket(state, type, now()).value;
