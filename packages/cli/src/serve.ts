@@ -68,8 +68,8 @@ export interface TokenService {
   /**
    * Stops taking requests, finishes those under way, and closes the clients. The store is yours to close.
    * Each answer from then on closes its connection, and a request that arrives on a kept-alive connection
-   * afterwards gets 503 `shutting_down`; connections still busy `requestTimeoutMs` after close() began are
-   * cut, so it always resolves. Calling it again resolves when the first call's work is done.
+   * afterwards gets 503 `shutting_down`; connections idle or that have sent nothing yet close at once,
+   * and those still busy `requestTimeoutMs` after close() began are cut, so it always resolves. Calling it again resolves when the first call's work is done.
    */
   close(): Promise<void>;
 }
@@ -735,7 +735,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   // The connections served: those in the band count apart, so that a band of silent ones (held up to
   // headersTimeout) never turns a served connection away once the served ones have closed.
   let serving = 0;
+  // Every connection, so that close() ends at once those that have sent no byte yet (a load balancer's
+  // pre-opened ones): Node's closeIdleConnections() takes them for busy, which held close() for
+  // requestTimeoutMs. No 'data' listener: one would take the socket from the HTTP parser's native path.
+  const sockets = new Set<Socket>();
   server.on('connection', (socket: Socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
     if (serving < maxConnections) {
       serving += 1;
       socket.once('close', () => (serving -= 1));
@@ -778,6 +784,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     for (const res of open) if (!res.headersSent) res.setHeader('connection', 'close');
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
+    for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy();
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
       for (const res of open) if (!res.writableFinished && !connectionOf(res)?.destroyed) cut.add(res);

@@ -144,6 +144,31 @@ describe('close() of the token service', () => {
     }
   });
 
+  it("connections that have sent no byte (a load balancer's pre-opened ones) are closed at once: close() does not wait requestTimeoutMs for them, and a request under way still gets its answer", async () => {
+    const { service, app } = await serve({ requestTimeoutMs: 600_000, headersTimeoutMs: 600_000 });
+    let closing: Promise<unknown> | undefined;
+    const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+    const silent = [rawConnection(service), rawConnection(service)];
+    try {
+      await Promise.all(silent.map(({ socket }) => new Promise((resolve) => socket.once('connect', resolve))));
+      mock.setLatency(1000);
+      const before = mock.counters(app.appId).requests;
+      const inFlight = get(service, `/v1/ticket/oa/${app.appId}/jsapi`, agent);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      // Past the silent ones' 'connect' and the request's arrival: the service has taken every connection.
+      closing = service.close();
+      // Closed by the service without a byte: the test's timeout (not 600 s) bounds both waits.
+      expect(await Promise.all(silent.map(({ received }) => received))).toEqual(['', '']);
+      expect(await inFlight).toEqual({ status: 200, connection: 'close' });
+      await closing;
+    } finally {
+      mock.setLatency(0);
+      agent.destroy();
+      for (const { socket } of silent) socket.destroy();
+      await (closing ?? service.close());
+    }
+  }, 10_000);
+
   it('a request finished on a kept-alive connection after close() began is answered 503 shutting_down, and the connection closed', async () => {
     const { service, app } = await serve();
     let closing: Promise<unknown> | undefined;
