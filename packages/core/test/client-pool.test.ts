@@ -93,6 +93,26 @@ describe('ClientPool', () => {
     expect(mock.counters(a).tokenRequests).toBe(1);
   });
 
+  it('a client idle past clientIdleMs is made anew when its own account is asked for next, its token taken from the store', async () => {
+    const apps = appsOnMock(1);
+    const [a] = [...apps.keys()] as [string];
+    let now = Date.now();
+    const { pool, calls } = officialAccounts(apps, { clientIdleMs: 60_000, now: () => now });
+    const first = await pool.get(a);
+    await send(first);
+    now += 60_001;
+    const again = await pool.get(a);
+    expect(again).not.toBe(first);
+    expect(calls).toEqual([a, a]);
+    expect(pool.size).toBe(1);
+    await send(again);
+    expect(mock.counters(a).tokenRequests).toBe(1);
+    // Within clientIdleMs the client held is handed out, and the resolver is not asked.
+    now += 60_000;
+    expect(await pool.get(a)).toBe(again);
+    expect(calls).toEqual([a, a]);
+  });
+
   it('a client dropped beyond maxClients while its caller still uses it finishes the calls: no send lost', async () => {
     const apps = appsOnMock(6);
     const { pool } = officialAccounts(apps, { maxClients: 2 });

@@ -27,16 +27,19 @@ export class ClientLru<T> {
     return this.#entries.size;
   }
 
-  /** The client held for `id`, marked as used now; idle ones are dropped first. */
+  /**
+   * The client held for `id`, marked as used now. Idle ones are dropped first, the one of `id` among
+   * them: a client unused past idleMs is not handed out again, and its caller makes a new one.
+   */
   get(id: string): T | undefined {
     const now = this.#now();
+    this.#sweep(now, 0);
     const held = this.#entries.get(id);
     if (held) {
       this.#entries.delete(id);
       held.usedAt = now;
       this.#entries.set(id, held);
     }
-    this.#sweep(now, 0);
     return held?.value;
   }
 
