@@ -242,6 +242,19 @@ async function threeAuthorizers() {
 }
 
 describe('authorizers', () => {
+  it("a 40001 on the authorizer token the store holds is logged as superseded from outside, without a client's refresh: 'never' advice", async () => {
+    const s = setup();
+    await withTicket(s);
+    const logger = recordingLogger();
+    const open = s.make({ logger });
+    const a = await authorized(s, open);
+    const client = open.officialAccount(a);
+    await client.accessToken.invalidate(await client.accessToken.getToken(), 40001);
+    const external = logger.lines.filter((line) => (line.fields as { event?: string }).event === 'authorizer_access_token.invalidated_externally');
+    expect(external).toHaveLength(1);
+    expect(external[0]!.message).toMatch(/Make that program share this store$/);
+  });
+
   it('a component token WeChat rejects on every authorizer refresh: refetched at once if it had worked, then spaced, not fetched in every round of every refresh', async () => {
     const { component, clock, open, appIds } = await threeAuthorizers();
     const componentTokens = () => mock.counters(component.appId).componentTokenRequests;

@@ -2,7 +2,7 @@ import { Agent } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, MiniProgram, OfficialAccount, easyWeChat6, wxJava, type TokenCache } from '../src/index.js';
-import { newApp, rejection } from './helpers.js';
+import { newApp, recordingLogger, rejection } from './helpers.js';
 
 // The token manager's own promises, each of which the protocol tests reach only by the way: what an
 // aborted signal gets, how long a rejected token stays rejected, and when refresh-ahead is considered.
@@ -201,12 +201,15 @@ describe('rejected tokens', () => {
   });
 
   it('passes WeChat\'s errcode on: a 40001 on the token the store still holds is reported as invalidated from outside the fleet', async () => {
-    const { app } = newApp(mock);
+    const logger = recordingLogger();
+    const { app } = newApp(mock, { logger });
     let external = 0;
     app.on('access_token.invalidated_externally', () => (external += 1));
     const token = await app.accessToken.getToken();
     await app.accessToken.invalidate(token, 40001);
     expect(external).toBe(1);
+    // A client's own access token can follow the program that fetched it.
+    expect(logger.lines.find((line) => (line.fields as { event?: string }).event === 'access_token.invalidated_externally')?.message).toMatch(/or follow it \(refresh: 'never'\)$/);
   });
 
   it('more than one rejected token stays rejected: a store that holds an earlier one again is not served from', async () => {

@@ -266,7 +266,8 @@ export class LockedFetchRefresher implements Refresher {
         // it sent operators after the wrong program.
         `WeChat says the ${ctx.label} the store holds was superseded, but no newer one was written: the rejected token was last written by ` +
           `${entry?.fetchedBy ?? 'a writer the entry does not name'}; whoever fetched its replacement does not write to this store. ` +
-          `Make that program share this store, or follow it (refresh: 'never')`,
+          // Only a client's own access token can follow another program's (an open platform's tokens cannot).
+          `Make that program share this store${ctx.label === 'access_token' ? ", or follow it (refresh: 'never')" : ''}`,
       );
     }
   }
