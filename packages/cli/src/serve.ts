@@ -784,7 +784,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     for (const res of open) if (!res.headersSent) res.setHeader('connection', 'close');
     const closed = new Promise<void>((resolve) => server.close(() => resolve()));
     server.closeIdleConnections();
-    for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy();
+    // Those that have sent no byte are closed once the event loop has been through its I/O poll: a
+    // request already in the host's buffer as close() began is read there, and answered 503
+    // shutting_down, rather than cut unanswered. An immediate set from an immediate runs after the next
+    // poll, wherever in the loop close() was called.
+    setImmediate(() => setImmediate(() => {
+      for (const socket of sockets) if (socket.bytesRead === 0) socket.destroy();
+    }));
     // What is still under way past the request timeout is cut, its calls to WeChat with it.
     const grace = setTimeout(() => {
       for (const res of open) if (!res.writableFinished && !connectionOf(res)?.destroyed) cut.add(res);

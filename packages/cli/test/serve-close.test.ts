@@ -169,6 +169,28 @@ describe('close() of the token service', () => {
     }
   }, 10_000);
 
+  it('a request whose bytes reached the host as close() began, on a connection that had sent nothing before, is answered 503 shutting_down, not cut unanswered', async () => {
+    const { service } = await serve({ requestTimeoutMs: 600_000, headersTimeoutMs: 600_000 });
+    const agent = new Agent({ keepAlive: false });
+    const late = rawConnection(service);
+    let closing: Promise<unknown> | undefined;
+    try {
+      await new Promise((resolve) => late.socket.once('connect', resolve));
+      // A request on a connection opened after it, answered: the service has taken the first one.
+      expect((await get(service, '/healthz', agent)).status).toBe(200);
+      // Written to the kernel at once (the socket is connected and its buffer empty), and close() called
+      // before the service's event loop reads it.
+      late.socket.write(`GET /healthz HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
+      closing = service.close();
+      expect(await late.received).toMatch(/^HTTP\/1\.1 503 [^]*shutting_down/);
+      await closing;
+    } finally {
+      agent.destroy();
+      late.socket.destroy();
+      await (closing ?? service.close());
+    }
+  }, 10_000);
+
   it('a request finished on a kept-alive connection after close() began is answered 503 shutting_down, and the connection closed', async () => {
     const { service, app } = await serve();
     let closing: Promise<unknown> | undefined;
