@@ -343,11 +343,14 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     try {
       after = await ticketEntry(jssdk, type);
     } catch (error) {
-      // The next ticket could not be had (getticket's 45009, WeChat down): the entry this instance
-      // deleted goes back, unless another instance wrote one meanwhile. A report may be wrong (a page URL
-      // signed wrong, not a ticket superseded), and the fleet keeps the ticket it had, as the clients
-      // that hold it do, rather than none until the back-off ends (for 45009, the next day).
-      if (gone) await restoreTicket(target, type, before, read!);
+      // WeChat handed out no ticket (getticket's 45009, or a fetch that never left the host): the entry
+      // this instance deleted goes back, unless another instance wrote one meanwhile. A report may be
+      // wrong (a page URL signed wrong, not a ticket superseded), and the fleet keeps the ticket it had, as
+      // the clients that hold it do, rather than none until the back-off ends (for 45009, the next day).
+      // Where WeChat may have handed one out (it answered with a ticket that could not be read, or the
+      // answer was lost), the key stays empty: its current ticket may be another, and the next fetch,
+      // after a pause of seconds, gets it.
+      if (gone && noTicketHandedOut(error)) await restoreTicket(target, type, before, read!);
       throw error;
     }
     // Still the very entry deleted (a read of this instance's under way as it went, or the copy this host
@@ -362,11 +365,21 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
    */
   const restoreTicket = async (target: Served, type: string, before: StoredEntry, read: StoredTicket): Promise<void> => {
     const { add } = cache;
-    const seconds = before.expiresAt === undefined ? 0 : Math.floor(before.expiresAt - Date.now() / 1000);
-    if (!add || read.raw === undefined || seconds <= 0) return;
-    const put = await withinDeadline(add.call(cache, read.key, read.raw, seconds), STORE_READ_TIMEOUT_MS);
+    const { expiresAt, fetchedAt } = before;
+    if (!add || read.raw === undefined || expiresAt === undefined) return;
+    // The TTL its writer gave it, where it records when it was fetched (docs/key-schema.md): a store with
+    // TTLs drops it then, as it would have.
+    const endsAt = fetchedAt !== undefined && expiresAt > fetchedAt ? Math.min(expiresAt, fetchedAt + schema.ttlSeconds(expiresAt - fetchedAt, 'ticket', read.key)) : expiresAt;
+    const seconds = Math.floor(endsAt - Date.now() / 1000);
+    if (seconds <= 0) return;
+    // close() waits for it: the store is its caller's to close once close() resolves.
+    const putting = withinDeadline(add.call(cache, read.key, read.raw, seconds), STORE_READ_TIMEOUT_MS);
+    restoring.add(putting);
+    const put = await putting.finally(() => restoring.delete(putting));
     if (put) log?.info?.({ event: 'serve.ticket_restored', app: target.name, type }, `The next ${type} ticket could not be fetched; the service put back the one it deleted`);
   };
+  /** The ticket entries being put back (restoreTicket). */
+  const restoring = new Set<Promise<unknown>>();
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
     for (const target of served.values()) entryOf(target).catch(() => undefined);
@@ -803,6 +816,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     try {
       await closed;
       await Promise.all([...served.values()].map(({ client }) => client.close()));
+      // A ticket's report cut past the grace may still be putting back the entry it deleted.
+      while (restoring.size > 0) await Promise.all(restoring);
       if (!agent.destroyed) await agent.close();
     } finally {
       clearTimeout(grace);
@@ -844,6 +859,16 @@ async function tokenWorks(baseUrl: string, token: string, dispatcher: Dispatcher
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether a failed ticket fetch says WeChat handed out no ticket: WeChat refused it (an errcode), or the
+ * request never left this host. A ticket that could not be read, or an answer lost on the way, may have
+ * been a new one.
+ */
+function noTicketHandedOut(error: unknown): boolean {
+  const { code, sent } = (error ?? {}) as { code?: unknown; sent?: unknown };
+  return code === 'ERR_WXKIT_WECHAT_API' || ((code === 'ERR_WXKIT_HTTP' || code === 'ERR_WXKIT_TIMEOUT') && sent === false);
 }
 
 /** `promise`'s value, or undefined when it fails or has not settled within `ms`. */

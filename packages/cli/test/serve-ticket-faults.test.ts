@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { HttpError, MemoryCache, OfficialAccount, TokenUnavailableError, WeChatApiError, remoteTokenSource, type Logger } from '@wxkit/core';
 import { retryAtOf } from '@wxkit/core/internal';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
@@ -119,6 +119,81 @@ describe("a ticket's report when getticket fails", () => {
       await teardown(setting);
     }
   });
+});
+
+describe("a ticket's report whose next fetch fails: the entry put back", () => {
+  it("with what was left of its TTL, not the rest of WeChat's expiry: the store drops it when its writer's TTL said", async () => {
+    const setting = await setup();
+    const { appId, store, client } = setting;
+    try {
+      await client.jssdk.getTicket();
+      await age(store, appId);
+      const key = `wechat:jsapi_ticket:${appId}`;
+      const entry = await store.get(key);
+      const { fetched_at: fetchedAt, expires_at: expiresAt } = JSON.parse(entry!) as { fetched_at: number; expires_at: number };
+      mock.injectFault({ kind: 'errcode', path: 'cgi-bin/ticket/getticket', errcode: 45009, times: 1 });
+      await client.jssdk.refreshTicket().catch(() => undefined);
+      expect(await store.get(key)).toBe(entry);
+      // The native schema's TTL rule: expires_in less a 300 s margin, from fetched_at.
+      expect(await store.ttlMs(key)).toBeLessThanOrEqual((fetchedAt + (expiresAt - fetchedAt - 300)) * 1000 - Date.now() + 1_000);
+    } finally {
+      await teardown(setting);
+    }
+  });
+
+  it('not where WeChat answered the fetch with a ticket the service could not read: the ticket WeChat holds is served once the pause ends, not the one reported', async () => {
+    const setting = await setup();
+    const { appId, store, service, client } = setting;
+    try {
+      const first = await client.jssdk.getTicket();
+      await age(store, appId);
+      // Another program's fetch replaced it, as the report says; getticket answers the new one, unread.
+      const theirs = mock.issueTicket(appId);
+      mock.injectFault({ kind: 'field', path: 'cgi-bin/ticket/getticket', field: 'ticket', value: 123, times: 1 });
+      expect(await report(service.url, appId, first)).toMatchObject({ status: 503, body: { error: { code: 'wechat_unreachable' } } });
+      expect(await store.get(`wechat:jsapi_ticket:${appId}`)).toBeUndefined();
+      await vi.waitFor(async () => expect(await ticketOf(service.url, appId)).toBe(theirs), { timeout: 8_000, interval: 250 });
+    } finally {
+      await teardown(setting);
+    }
+  }, 15_000);
+
+  it('by a report under way as close() cuts it: close() resolves once the entry is back in the store, which is the caller\'s to close then', async () => {
+    const { appId, secret } = mock.createApp();
+    class SlowAdd extends MemoryCache {
+      slow = false;
+      adding = 0;
+      added = 0;
+      override async add(key: string, value: string, ttlSeconds: number): Promise<boolean> {
+        if (!this.slow || key !== `wechat:jsapi_ticket:${appId}`) return super.add(key, value, ttlSeconds);
+        this.adding += 1;
+        // A store slow to answer, within the service's deadline for it.
+        await new Promise((resolve) => setTimeout(resolve, 1_000));
+        const done = await super.add(key, value, ttlSeconds);
+        this.added += 1;
+        return done;
+      }
+    }
+    const store = new SlowAdd();
+    const service = await startTokenService({ cache: store, apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, requestTimeoutMs: 200 });
+    let closing: Promise<void> | undefined;
+    try {
+      const first = await ticketOf(service.url, appId);
+      await age(store, appId);
+      const entry = await store.get(`wechat:jsapi_ticket:${appId}`);
+      mock.injectFault({ kind: 'errcode', path: 'cgi-bin/ticket/getticket', errcode: 45009, times: 1 });
+      store.slow = true;
+      const reported = report(service.url, appId, first).catch(() => undefined);
+      await vi.waitFor(() => expect(store.adding).toBe(1));
+      closing = service.close();
+      await closing;
+      expect(store.added).toBe(1);
+      expect(await store.get(`wechat:jsapi_ticket:${appId}`)).toBe(entry);
+      await reported;
+    } finally {
+      await (closing ?? service.close());
+    }
+  }, 15_000);
 });
 
 describe("a ticket's report that should replace nothing", () => {
