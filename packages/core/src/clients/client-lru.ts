@@ -28,19 +28,22 @@ export class ClientLru<T> {
   }
 
   /**
-   * The client held for `id`, marked as used now. Idle ones are dropped first, the one of `id` among
-   * them: a client unused past idleMs is not handed out again, and its caller makes a new one.
+   * The client held for `id`, marked as used now; the other idle ones are dropped first. One of `id` unused
+   * past idleMs is forgotten and handed back as `idle`, not dropped: its caller makes a new one, and may
+   * carry over what the old one learnt. Its own idleness is judged by its own last use, not by where a
+   * sweep stops (a clock set back leaves entries out of order).
    */
-  get(id: string): T | undefined {
+  get(id: string): { value: T; idle: boolean } | undefined {
     const now = this.#now();
-    this.#sweep(now, 0);
     const held = this.#entries.get(id);
-    if (held) {
-      this.#entries.delete(id);
-      held.usedAt = now;
-      this.#entries.set(id, held);
-    }
-    return held?.value;
+    // Out of the map during the sweep: the caller, not the sweep, lets go of it.
+    this.#entries.delete(id);
+    this.#sweep(now, 0);
+    if (held === undefined) return undefined;
+    if (now - held.usedAt > this.#idleMs) return { value: held.value, idle: true };
+    held.usedAt = now;
+    this.#entries.set(id, held);
+    return { value: held.value, idle: false };
   }
 
   /** Holds `value` for `id` (replacing nothing: call {@link delete} first), making room beyond maxClients. */

@@ -189,18 +189,21 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
 
   /** get() once `id` is checked; `deadline` (performance.now()) bounds a client made now (see #make). */
   #get(id: string, deadline: number): Promise<ClientOf<K>> {
-    const held = this.#clients.get(id);
-    if (held && !clientClosed(held) && !clientSecretRefused(held)) return Promise.resolve(held);
-    // The fleet's failure that refused the held client's secret: the client made anew does not take the
-    // same failure, when it reads it, as a reason to be made anew once more.
-    const refusal = held && clientSecretRefused(held) ? secretRefusalSeen(held) : undefined;
-    if (held) {
-      // Its caller closed it (it would start no refresh): a new one is made, as after delete(). So is
-      // one whose secret WeChat refused: the account's record may have been fixed since, and the resolver
-      // is asked again (a record still wrong costs one resolver call per failed fetch, which the fleet's
-      // back-off spaces: a minute).
-      this.#clients.delete(id);
+    const found = this.#clients.get(id);
+    let refusal: number | undefined;
+    if (found) {
+      const { value: held, idle } = found;
+      if (!idle && !clientClosed(held) && !clientSecretRefused(held)) return Promise.resolve(held);
+      // Unused past clientIdleMs (the map forgot it already): a new one is made, the resolver asked again.
+      // So is one its caller closed (it would start no refresh), as after delete(), and one whose secret
+      // WeChat refused: the account's record may have been fixed since, and the resolver is asked again (a
+      // record still wrong costs one resolver call per failed fetch, which the fleet's back-off spaces: a
+      // minute).
+      if (!idle) this.#clients.delete(id);
       if (!clientClosed(held)) this.#letGo.add(held);
+      // The fleet's failure that refused its secret, or that its predecessor was made anew for: the client
+      // made anew does not take the same failure, when it reads it, as a reason to be made anew once more.
+      refusal = secretRefusalSeen(held);
     }
     const joined = this.#pending.get(id);
     if (joined) {

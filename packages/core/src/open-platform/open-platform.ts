@@ -335,11 +335,15 @@ export class OpenPlatform {
     if (this.#closed) throw new ConfigError('OpenPlatform is closed', 'authorizerAppId');
     if (!ID_RULE.accepts(authorizerAppId)) throw invalidOption('OpenPlatform', 'authorizerAppId', ID_RULE.allowed, authorizerAppId);
     const id = authorizerAppId;
-    const held = this.#clients.get(id);
-    if (held?.kind === kind && !clientClosed(held.client)) return held.client;
-    // The account was last used as the other kind, or its caller closed the client (it would start no
-    // refresh): that client goes.
-    if (held) this.#letGo.add(this.#clients.delete(id)!.client);
+    const found = this.#clients.get(id);
+    if (found) {
+      const { value: held, idle } = found;
+      if (held.kind === kind && !idle && !clientClosed(held.client)) return held.client;
+      // Unused past clientIdleMs (the map forgot it already), the account was last used as the other
+      // kind, or its caller closed the client (it would start no refresh): that client goes.
+      if (!idle) this.#clients.delete(id);
+      this.#letGo.add(held.client);
+    }
     const custom: CustomToken = () => ({
       key: this.#core.schema.openPlatformKey!('authorizer_access_token', this.appId, id),
       label: 'authorizer_access_token',
