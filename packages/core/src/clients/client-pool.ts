@@ -62,7 +62,7 @@ export interface ClientPoolOptions<K extends ClientPoolKind> extends ClientOptio
    * asked again. @default 1000
    */
   maxClients?: number;
-  /** A client unused this long, in ms, is dropped at the next `get()` (no timers). @default 600000 */
+  /** A client unused longer than this, in ms, is dropped at the next `get()` (no timers). @default 600000 */
   clientIdleMs?: number;
   /** How long the resolver may take, in ms, before `get()` fails with reason `timeout`. @default 10000 */
   credentialsTimeoutMs?: number;

@@ -46,7 +46,7 @@ export interface OpenPlatformOptions extends ClientOptions {
    * @default 1000
    */
   maxClients?: number;
-  /** An authorizer client unused this long is dropped at the next lookup (no timers). @default 600000 */
+  /** An authorizer client unused longer than this, in ms, is dropped at the next lookup (no timers). @default 600000 */
   clientIdleMs?: number;
   /**
    * How far a push's signed `timestamp` may lie from this process's clock, in ms, either way. A signature
