@@ -459,6 +459,36 @@ describe('ClientPool', () => {
     expect(mock.counters(a).tokenRequests).toBe(0);
   });
 
+  it("pool.on() hears the token events of every account's client, one made anew after it was dropped too, and a client's own listener goes with it", async () => {
+    const apps = appsOnMock(2);
+    const [a, b] = [...apps.keys()] as [string, string];
+    let now = Date.now();
+    const { pool } = officialAccounts(apps, { clientIdleMs: 60_000, now: () => now });
+    const heard: (string | undefined)[] = [];
+    const listener = (event: { appId?: string }) => void heard.push(event.appId);
+    pool.on('access_token.fetched', listener);
+    const first = await pool.get(a);
+    let own = 0;
+    first.on('access_token.fetched', () => (own += 1));
+    await send(first);
+    await send(await pool.get(b));
+    expect(heard).toEqual([a, b]);
+    expect(own).toBe(1);
+    // a's client is dropped when idle and made anew; its next token is fetched by the new client.
+    now += 60_001;
+    const again = await pool.get(a);
+    expect(again).not.toBe(first);
+    mock.invalidateTokens(a);
+    await send(again);
+    expect(heard).toEqual([a, b, a]);
+    expect(own).toBe(1);
+    pool.off('access_token.fetched', listener);
+    mock.invalidateTokens(b);
+    await send(await pool.get(b));
+    expect(heard).toEqual([a, b, a]);
+    expect(mock.counters(b).tokenRequests).toBe(2);
+  });
+
   it('its clients share the pool\'s store: setCache() on one is a ConfigError, not a silent split', async () => {
     const apps = appsOnMock(1);
     const { pool } = officialAccounts(apps);

@@ -1,7 +1,7 @@
 import { onAbort } from '../abort.js';
 import type { TokenCallOptions } from '../access-token.js';
 import { abortable } from '../token/single-flight.js';
-import { ClientCore, checkClientOptions, clientSchema, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
+import { ClientCore, checkClientOptions, clientSchema, kForwardEvents, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
 import { ID_RULE, durationMs, integer, oneOf, required, rule, signalRefusal, typeName, type OptionSchema } from '../validate.js';
 import { ClientLru, LetGo } from './client-lru.js';
@@ -134,7 +134,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     // Without a dispatcher of the caller's, that HTTP client sends through the process's shared pools of
     // the origin, as a plain client does: sockets per origin and process, not per account nor per pool.
     this.#core = new ClientCore(owner, 'pool', clientOptions as ClientOptions, this.kind === 'work' ? WORK_BASE_URL : undefined);
-    this.#options = { ...clientOptions, [kPoolCore]: this.#core };
+    // pool.on('access_token.fetched', …) hears every account's client, however often it is made anew.
+    this.#options = { ...clientOptions, [kPoolCore]: this.#core, [kForwardEvents]: this.#core };
     const now = opts.now ?? (() => performance.now());
     this.#clients = new ClientLru({
       maxClients: opts.maxClients ?? DEFAULTS.maxClients,
@@ -148,9 +149,11 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   }
 
   /**
-   * Listens to the pool's own events: `cache.unavailable` / `cache.recovered` for the store every client
-   * shares (reported once for the pool, not once per account). Each client's token events are on the
-   * client (`(await pool.get(id)).on(…)`).
+   * Listens to the token events of every account's client (`access_token.fetched`, `.fetch_failed`,
+   * `jsapi_ticket.fetched`…, each with the account's `appId`), however often the clients are dropped and
+   * made again, and to the pool's own: `cache.unavailable` / `cache.recovered` for the store every client
+   * shares (reported once for the pool, not once per account). A listener added to a client
+   * (`(await pool.get(id)).on(…)`) goes with that client when it is dropped.
    */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.#core.events.on(event, listener);
