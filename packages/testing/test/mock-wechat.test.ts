@@ -399,21 +399,26 @@ describe('business APIs: the token checks', () => {
 });
 
 describe('GET cgi-bin/ticket/getticket', () => {
-  it('answers the same ticket with its remaining life while it lives, a new one after', async () => {
+  it('answers the same ticket while it lives, always with expires_in 7200 as WeChat does, and a new one after', async () => {
     const app = mock.createApp();
     const token = tokenOf(await stable(app));
     const first = await get(`cgi-bin/ticket/getticket?access_token=${token}&type=jsapi`);
     expect(first).toEqual({ errcode: 0, errmsg: 'ok', ticket: expect.stringMatching(/^[A-Za-z0-9_-]{80,}$/), expires_in: 7200 });
     mock.advanceClock(100);
-    expect(await get(`cgi-bin/ticket/getticket?access_token=${token}&type=jsapi`)).toEqual({ ...first, expires_in: 7100 });
+    expect(await get(`cgi-bin/ticket/getticket?access_token=${token}&type=jsapi`)).toEqual(first);
     const card = await get(`cgi-bin/ticket/getticket?access_token=${token}&type=wx_card`);
     expect(card.ticket).not.toBe(first.ticket);
-    mock.advanceClock(7100);
+    // 10 s before its end the same ticket comes back, still said to last 7200 s; it ends 10 s later all the same.
+    mock.advanceClock(7090);
+    expect(await get(`cgi-bin/ticket/getticket?access_token=${tokenOf(await stable(app))}&type=jsapi`)).toEqual(first);
+    expect(mock.isTicketValid(app.appId, first.ticket as string)).toBe(true);
+    mock.advanceClock(10);
+    expect(mock.isTicketValid(app.appId, first.ticket as string)).toBe(false);
     const fresh = tokenOf(await stable(app));
     const next = await get(`cgi-bin/ticket/getticket?access_token=${fresh}&type=jsapi`);
     expect(next.ticket).not.toBe(first.ticket);
     expect(next.expires_in).toBe(7200);
-    expect(mock.counters(app.appId).ticketRequests).toBe(4);
+    expect(mock.counters(app.appId).ticketRequests).toBe(5);
   });
 
   it('a fixed jsapiTicket is always the jsapi ticket, expired or not', async () => {

@@ -480,7 +480,8 @@ export class WeChatModel {
 
   /**
    * A ticket of `type`: the same while it lives, a new one after; an app's fixed jsapi ticket always.
-   * WeCom counts its tickets by the hour, for the agent and for the whole corp.
+   * An official account's answer says `expires_in` 7200 (the ticket TTL) every time, as WeChat's does;
+   * WeCom's says what is left. WeCom counts its tickets by the hour, for the agent and for the whole corp.
    */
   ticket(state: AppState, type: string, t: number): Answer {
     this.count(state, 'ticketRequests');
@@ -498,7 +499,10 @@ export class WeChatModel {
     let current = state.tickets.get(type);
     const fixed = type === 'jsapi' ? state.app.jsapiTicket : undefined;
     if (!current || t >= liveUntil(current) || (fixed !== undefined && current.value !== fixed)) current = this.newTicket(state, type, t);
-    const expiresIn = Math.floor((current.expiresAt - t) / 1000);
+    // getticket answers the full ticket life whenever it is asked, also for a ticket it handed out before
+    // and that ends sooner (developers.weixin.qq.com community: "有效期内重新获取到的ticket值不变，返回结果的
+    // expires_in字段，始终是7200"). A client that stores the answer's expires_in holds a ticket past its end.
+    const expiresIn = state.corpId === undefined ? this.config.ticketTtlMs / 1000 : Math.floor((current.expiresAt - t) / 1000);
     return { json: JSON.stringify({ errcode: 0, errmsg: 'ok', ticket: current.value, expires_in: expiresIn }) };
   }
 
