@@ -10,6 +10,8 @@ export interface Fetched {
   expiresIn: number;
   /** WeChat's whole answer, for formats that store it. */
   response?: Record<string, unknown>;
+  /** The endpoint that answered it, where known. */
+  path?: string;
 }
 
 /**
@@ -106,13 +108,38 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
     ENDS_IN_MS.set(error, expiresIn * 1000);
     throw error;
   }
-  return { value, expiresIn, response: body };
+  return { value, expiresIn, response: body, path };
+}
+
+/**
+ * `fetched`, its life cut to `knownEnd` (unix s) where that is the end this process knew for the same
+ * value: getticket hands back the ticket it issued until that ends, answering expires_in 7200 however
+ * little of it is left, and the ticket would be kept up to 2 h past its end (every wx.config refusing
+ * it). Where too little is left to serve, the short-life error of validateFetched: the fleet asks again
+ * just after that end, when WeChat has the next one. A known end already past, or later than WeChat's
+ * answer, says nothing: WeChat's answer stands.
+ */
+export function withKnownEnd(fetched: Fetched, knownEnd: number | undefined, nowS: number): Fetched {
+  if (knownEnd === undefined) return fetched;
+  const left = knownEnd - nowS;
+  if (left <= 0 || left >= fetched.expiresIn) return fetched;
+  if (left < MIN_EXPIRES_IN) {
+    const path = fetched.path ?? 'the token endpoint';
+    const error = new BadResponseError(
+      `WeChat answered ${path} with the value it handed out before, which ends in ${left} s (expires_in ${fetched.expiresIn} counts from its first hand-out): too little to serve; asked again once it ends`,
+      { path },
+    );
+    ENDS_IN_MS.set(error, left * 1000);
+    throw error;
+  }
+  return { ...fetched, expiresIn: left };
 }
 
 /**
  * An endpoint that hands back its current value until it ends (WeCom's gettoken, the ticket endpoints)
- * answers near that end with what is left of it: too little to serve, and nothing newer is had before it
- * ends. The life left of the value a refused answer carried, in ms, by error.
+ * has nothing newer before that end; near it, what is left (its answer's expires_in, or the end this
+ * process knew for the value: see withKnownEnd) is too little to serve. The life left of the value a
+ * refused answer carried, in ms, by error.
  */
 const ENDS_IN_MS = new WeakMap<object, number>();
 

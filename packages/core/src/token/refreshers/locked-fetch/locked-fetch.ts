@@ -7,7 +7,7 @@ import { withRetryAt } from '../../../retry-at.js';
 import { keepAliveMs, RefreshLock, type LockHandle } from '../../refresh-lock.js';
 import { awaitNewEntry, endingOf, logFetchFailed, POLL_PACE, pollWithBackoff, stopIfEnded, Wakeup, whileWanted, type Refreshed, type RefreshRequest, type Refresher, type TokenContext, type Watch } from '../../refresher.js';
 import type { Tier } from '../../tiers.js';
-import type { Fetched, Upstream } from '../../upstream.js';
+import { withKnownEnd, type Fetched, type Upstream } from '../../upstream.js';
 import { DroppedWrites } from './dropped-writes.js';
 import { ForcedRefreshes } from './forced.js';
 import { KeptTokens } from './kept.js';
@@ -566,6 +566,8 @@ export class LockedFetchRefresher implements Refresher {
       if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
       ctx.tiers.unsent.clear(ctx.key);
+      // The value this process knew already, handed back with a new expires_in (getticket): its end stays.
+      fetched = withKnownEnd(fetched, ctx.entries.knownEnd(fetched.value), Math.floor(startedAt / 1000));
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
