@@ -37,7 +37,11 @@ export class Log {
   /** Holds the client's emitter once anyone listened (most of a platform's 10,000 clients never do). */
   readonly #events: EventSource;
 
-  /** A second emitter for the token events (not `cache.*`): an OpenPlatform's, for its authorizers' clients. */
+  /**
+   * A second emitter for every event of this client: a ClientPool's or an OpenPlatform's, for the clients
+   * it makes. Their store is the pool's, whose outages the pool's own Log reports once; what this client
+   * emits is its own (its tokens, its entries' `cache.corrupt_entry`), heard once by each emitter.
+   */
   readonly #also: EventSource | undefined;
 
   constructor(target: Logger | false | undefined, events: EventSource = NO_EVENTS, also?: EventSource) {
@@ -82,8 +86,7 @@ export class Log {
 
   #emit(level: Level, fields: LogFields, message: string, line = true): void {
     deliver(this.#events.emitter, fields, level, message);
-    // The store's events are the platform's own already (reported once, not once per client).
-    if (this.#also && !fields.event.startsWith('cache.')) deliver(this.#also.emitter, fields, level, message);
+    if (this.#also) deliver(this.#also.emitter, fields, level, message);
     if (line) this.#write(level, fields, message);
   }
 

@@ -609,6 +609,18 @@ describe('authorizers', () => {
     expect(mock.counters(a).authorizerTokenRequests).toBe(2);
   });
 
+  it("the platform's listeners hear a stored authorizer token that is no valid entry (cache.corrupt_entry), with the authorizer's appId", async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const a = await authorized(s, open);
+    const corrupt: (string | undefined)[] = [];
+    open.on('cache.corrupt_entry', (event) => corrupt.push(event.appId));
+    await s.cache.set(open.officialAccount(a).accessToken.cacheKey, '{"not":"an entry"}', 7000);
+    await open.officialAccount(a).accessToken.getToken();
+    expect(corrupt).toEqual([a]);
+  });
+
   it('an authorizer client its caller closed is not handed out again: the next lookup makes a new one, which refreshes', async () => {
     const s = setup();
     await withTicket(s);

@@ -149,11 +149,12 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   }
 
   /**
-   * Listens to the token events of every account's client (`access_token.fetched`, `.fetch_failed`,
-   * `jsapi_ticket.fetched`…, each with the account's `appId`), however often the clients are dropped and
-   * made again, and to the pool's own: `cache.unavailable` / `cache.recovered` for the store every client
-   * shares (reported once for the pool, not once per account). A listener added to a client
-   * (`(await pool.get(id)).on(…)`) goes with that client when it is dropped.
+   * Listens to the events of every account's client (`access_token.fetched`, `.fetch_failed`,
+   * `jsapi_ticket.fetched`…, and `cache.corrupt_entry` / `cache.foreign_entry` for an entry of its own,
+   * each with the account's `appId`: a WeCom app's corpId, its `key` naming the agent), however often the
+   * clients are dropped and made again, and to the pool's own: `cache.unavailable` / `cache.recovered` for
+   * the store every client shares (reported once for the pool, not once per account). A listener added to
+   * a client (`(await pool.get(id)).on(…)`) goes with that client when it is dropped.
    */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.#core.events.on(event, listener);

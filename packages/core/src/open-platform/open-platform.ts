@@ -180,10 +180,11 @@ export class OpenPlatform {
 
   /**
    * Listens to an event (`component_access_token.fetched`, `component_verify_ticket.received`,
-   * `authorizer_refresh_token.recovered`…), and to the token events of every authorizer's client
-   * (`authorizer_access_token.fetched`, `.fetch_failed`, `jsapi_ticket.fetched`…, each with the account's
-   * `appId`), however often the clients are dropped and made again. The store's `cache.*` events are the
-   * platform's own, once per outage.
+   * `authorizer_refresh_token.recovered`…), and to the events of every authorizer's client
+   * (`authorizer_access_token.fetched`, `.fetch_failed`, `jsapi_ticket.fetched`…, and `cache.corrupt_entry`
+   * / `cache.foreign_entry` for an entry of its own, each with the account's `appId`), however often the
+   * clients are dropped and made again. The store's outages (`cache.unavailable`, `cache.recovered`) are
+   * the platform's own, once per outage.
    */
   on<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.#core.events.on(event, listener);
