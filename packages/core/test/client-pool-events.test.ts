@@ -123,6 +123,15 @@ describe('ClientPool.on(): events of every account', () => {
     expect(await rejection(pool.get(app.appId))).toMatchObject({ name: 'ConfigError' });
   });
 
+  it('once() hears the next event of any account only', async () => {
+    const apps = [mock.createApp(), mock.createApp()];
+    const pool = officialAccounts(apps);
+    const heard: (string | undefined)[] = [];
+    pool.once('access_token.fetched', (event) => heard.push(event.appId));
+    for (const app of apps) await (await pool.get(app.appId)).accessToken.getToken();
+    expect(heard).toEqual([apps[0]!.appId]);
+  });
+
   it('a dropped client is collected though the pool has a listener', async () => {
     const [a, b] = [mock.createApp(), mock.createApp()];
     const pool = officialAccounts([a, b], { maxClients: 1 });

@@ -621,6 +621,18 @@ describe('authorizers', () => {
     expect(corrupt).toEqual([a]);
   });
 
+  it("once() hears the next event of the platform's authorizers only", async () => {
+    const s = setup();
+    await withTicket(s);
+    const open = s.make();
+    const [a, b] = [await authorized(s, open), await authorized(s, open)];
+    const first: (string | undefined)[] = [];
+    open.once('authorizer_access_token.fetched', (event) => first.push(event.appId));
+    await open.officialAccount(a).accessToken.forceRefresh();
+    await open.officialAccount(b).accessToken.forceRefresh();
+    expect(first).toEqual([a]);
+  });
+
   it('an authorizer client its caller closed is not handed out again: the next lookup makes a new one, which refreshes', async () => {
     const s = setup();
     await withTicket(s);

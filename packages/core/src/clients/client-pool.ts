@@ -161,6 +161,13 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     return this;
   }
 
+  /** Listens to the next `event` only, of whichever account's client or of the store it comes. */
+  once<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
+    this.#core.events.once(event, listener);
+    return this;
+  }
+
+  /** Stops listening. */
   off<E extends keyof TokenEvents>(event: E, listener: (event: TokenEvents[E]) => void): this {
     this.#core.events.off(event, listener);
     return this;
