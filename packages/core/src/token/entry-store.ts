@@ -140,6 +140,10 @@ export class EntryStore {
     // undefined is: the entry went between the read and this question.
     const recorded = entry.expiresAt === undefined ? this.#expiryKey() : undefined;
     if (recorded !== undefined) entry.expiresAt = await this.#recordedExpiry(store, recorded);
+    // WeChat's expiry, as the entry or the peer's record beside it says: a life read from the store's TTL
+    // is the TTL's end (WxJava's tickets leave 200 s early, silenceper's tokens 300 s or 1500 s), and no
+    // end known for the value (see knownEnd).
+    const recordsEnd = entry.expiresAt !== undefined;
     if (entry.expiresAt === undefined && store.cache.ttlMs) {
       const left = await store.ttlMs(this.key);
       if (left === undefined || left === -2) return { kind: 'miss' };
@@ -148,7 +152,7 @@ export class EntryStore {
     // Where the peer keeps the life beside the value and it has none there nor a TTL, the peer itself
     // takes it for ended (wechatpy reads an absent expires_at as 0): served, it would be served for ever.
     if (recorded !== undefined && entry.expiresAt === undefined) return { kind: 'miss' };
-    this.#know(entry);
+    if (recordsEnd) this.#know(entry);
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
     if (!this.#servable(entry)) return { kind: 'miss' };
@@ -250,10 +254,10 @@ export class EntryStore {
   /** The schema's TTL of an entry of this key, from its `expires_in`. */
   readonly #ttlRule = (expiresIn: number): number => this.#init.schema.ttlSeconds(expiresIn, this.#init.field, this.key);
 
-  /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
   /**
-   * When `value` ends (WeChat's expiry, unix s), as this process last read or fetched it (beside another
-   * program's value too); undefined where it knows no end for that value. See withKnownEnd.
+   * When `value` ends (WeChat's expiry, unix s), as this process last fetched it or read it from an entry
+   * that records its expiry (beside another program's value too): never the end of a store's TTL, which
+   * a profile sets shorter. Undefined where it knows no end for that value. See withKnownEnd.
    */
   knownEnd(value: string): number | undefined {
     const side = this.#side;
@@ -265,6 +269,7 @@ export class EntryStore {
     if (entry.expiresAt !== undefined) this.#known = entry;
   }
 
+  /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
   encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {
     const { schema, field } = this.#init;
     const entry: StoredEntry = { value: fetched.value, expiresAt: fetchedAt + fetched.expiresIn, fetchedAt, fetchedBy };
