@@ -48,12 +48,17 @@ export interface JssdkConfig {
   openTagList?: string[];
 }
 
-/** Where a ticket type is fetched, for official accounts and WeCom. */
-const TICKET_PATHS: Record<string, { path: string; query?: Record<string, string> }> = {
-  jsapi: { path: 'cgi-bin/ticket/getticket', query: { type: 'jsapi' } },
-  wx_card: { path: 'cgi-bin/ticket/getticket', query: { type: 'wx_card' } },
+/**
+ * Where a ticket type is fetched, for official accounts and WeCom. `fullLife`: the endpoint answers a
+ * ticket it hands back again with expires_in 7200, however little of it is left (see Upstream.answersFullLife);
+ * WeCom's answer what is left.
+ */
+type TicketPath = { path: string; query?: Record<string, string>; fullLife?: boolean };
+const TICKET_PATHS: Record<string, TicketPath> = {
+  jsapi: { path: 'cgi-bin/ticket/getticket', query: { type: 'jsapi' }, fullLife: true },
+  wx_card: { path: 'cgi-bin/ticket/getticket', query: { type: 'wx_card' }, fullLife: true },
 };
-const WORK_TICKET_PATHS: Record<string, { path: string; query?: Record<string, string> }> = {
+const WORK_TICKET_PATHS: Record<string, TicketPath> = {
   // The corp ticket signs wx.config; the agent ticket signs wx.agentConfig.
   jsapi: { path: 'cgi-bin/get_jsapi_ticket' },
   agent_jsapi: { path: 'cgi-bin/ticket/get', query: { type: 'agent_config' } },
@@ -65,12 +70,12 @@ abstract class TicketKeeper<T extends string> {
   protected readonly core: ClientCore;
   readonly #token: TokenManager;
   readonly #subject: KeySubject;
-  readonly #paths: Record<string, { path: string; query?: Record<string, string> }>;
+  readonly #paths: Record<string, TicketPath>;
   // Made on the first ticket: most accounts of a platform never sign a JS-SDK page.
   #tickets: Map<string, TokenManager> | undefined;
 
   /** @internal */
-  protected constructor(core: ClientCore, token: TokenManager, subject: KeySubject, paths: Record<string, { path: string; query?: Record<string, string> }>) {
+  protected constructor(core: ClientCore, token: TokenManager, subject: KeySubject, paths: Record<string, TicketPath>) {
     this.core = core;
     this.#token = token;
     this.#subject = subject;
@@ -150,6 +155,7 @@ abstract class TicketKeeper<T extends string> {
         { kind: subject.kind, id, field: 'ticket', ticketType: type },
         {
           budgetMs: this.core.http.callBudgetMs,
+          answersFullLife: where.fullLife === true,
           // The access token is had before the ticket's lock is taken, so the lock guards one call.
           prepare: (signal) => this.#token.get(signal),
           // Whether WeChat took the access token is told to its manager, as an API call's answer is: a

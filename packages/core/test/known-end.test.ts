@@ -1,9 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
-import { MemoryCache, OfficialAccount, silenceper, wxJava } from '../src/index.js';
+import { MemoryCache, OfficialAccount, Work, nativeSchema, silenceper, wxJava } from '../src/index.js';
 
 // The end a process knows for a value a fetch hands back again: WeChat's expiry, never the store's TTL
-// of a format that records none.
+// of a format that records none, and kept only where the endpoint answers a value it hands back again
+// with its full life (an official account's getticket).
 describe('the end known for a value handed back again', () => {
   it('of a ticket read back from a format without an expiry is the end of its fetch, not the end of its TTL', async () => {
     const start = Date.UTC(2026, 10, 25, 4, 0, 0);
@@ -48,6 +49,28 @@ describe('the end known for a value handed back again', () => {
       expect(await app.accessToken.getToken()).toBe(first);
       expect(local.counters(appId).tokensIssued).toBe(1);
       await app.close();
+    } finally {
+      await local.close();
+    }
+  });
+
+  it("of a WeCom token another host wrote with its clock behind does not cut what gettoken says is left", async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const local = await startMockWeChat({ now: () => now });
+    try {
+      const corp = local.createWorkApp();
+      const cache = new MemoryCache({ now: () => now });
+      // The other host's clock is 60 s behind: the entry it writes ends 60 s before WeCom's token does.
+      const behind = new Work({ ...corp, baseUrl: local.url, cache, schema: nativeSchema(), logger: false, now: () => now - 60_000 });
+      const first = await behind.accessToken.getToken();
+      await behind.close();
+      const work = new Work({ ...corp, baseUrl: local.url, cache, schema: nativeSchema(), memoMs: 0, logger: false, now: () => now });
+      expect(await work.accessToken.getToken()).toBe(first);
+      // 20 s left by the entry; gettoken hands the same token back with 80 s left, and says so.
+      now = start + 7120_000;
+      expect(await work.accessToken.getToken()).toBe(first);
+      await work.close();
     } finally {
       await local.close();
     }

@@ -39,6 +39,14 @@ export interface Upstream<P = unknown> {
    */
   scarceForce?: boolean;
   /**
+   * The endpoint answers a value it hands back again with its full life, not with what is left of it (an
+   * official account's getticket: expires_in 7200 until the ticket ends): the end this process knew for
+   * the value stands (see withKnownEnd). An endpoint that answers what is left (the stable endpoint,
+   * WeCom's gettoken and tickets) is taken at its word: a known end that is early (another host's clock
+   * behind) would only refuse a value that still lives.
+   */
+  answersFullLife?: boolean;
+  /**
    * Runs before the refresh lock is taken, so the lock guards only `fetch()`: a ticket gets the access
    * token it is fetched with here.
    */

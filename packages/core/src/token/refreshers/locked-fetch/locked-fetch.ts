@@ -567,7 +567,7 @@ export class LockedFetchRefresher implements Refresher {
       fetched ??= await this.#upstream.fetch(request.force, prepared);
       ctx.tiers.unsent.clear(ctx.key);
       // The value this process knew already, handed back with a new expires_in (getticket): its end stays.
-      fetched = withKnownEnd(fetched, ctx.entries.knownEnd(fetched.value), Math.floor(startedAt / 1000));
+      if (this.#upstream.answersFullLife) fetched = withKnownEnd(fetched, ctx.entries.knownEnd(fetched.value), Math.floor(startedAt / 1000));
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
