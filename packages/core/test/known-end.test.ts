@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { startMockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, Work, nativeSchema, silenceper, wxJava } from '../src/index.js';
+import { rejection } from './helpers.js';
 
 // The end a process knows for a value a fetch hands back again: WeChat's expiry, never the store's TTL
 // of a format that records none, and kept only where the endpoint answers a value it hands back again
@@ -71,6 +72,43 @@ describe('the end known for a value handed back again', () => {
       now = start + 7120_000;
       expect(await work.accessToken.getToken()).toBe(first);
       await work.close();
+    } finally {
+      await local.close();
+    }
+  });
+
+  it('of a ticket WeChat ends a moment after the end known for it: the ticket handed back just after that end is not kept for 7200 s', async () => {
+    // The first ticket is asked for at .800 and issued 300 ms later: it ends at 7201.1 s, its entry says 7200.
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start + 800;
+    let lag = 300;
+    const local = await startMockWeChat({ now: () => now + lag });
+    try {
+      const { appId, secret } = local.createApp();
+      const cache = new MemoryCache();
+      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, logger: false, now: () => now });
+      // Another process of the fleet, on the same store.
+      const peer = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, logger: false, now: () => now });
+      const first = await app.jssdk.getTicket();
+      lag = 0;
+      now = start + 7180_000;
+      expect(await rejection(app.jssdk.getTicket())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
+      expect(await rejection(peer.jssdk.getTicket())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
+      expect(local.counters(appId).ticketRequests).toBe(2);
+      // The fleet asks again 1 s after the end it knew: WeChat still hands back the ticket, for 100 ms more.
+      // It ends any moment: refused, and asked for once more in the step of the next attempt, not per call.
+      now = start + 7201_000;
+      for (const client of [app, app, peer]) {
+        expect(await rejection(client.jssdk.getTicket())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', message: expect.stringMatching(/ends any moment/) });
+      }
+      expect(local.counters(appId).ticketRequests).toBe(3);
+      now = start + 7260_000;
+      expect(local.isTicketValid(appId, first)).toBe(false);
+      const served = await app.jssdk.getTicket();
+      expect(local.isTicketValid(appId, served)).toBe(true);
+      expect(await peer.jssdk.getTicket()).toBe(served);
+      expect(local.counters(appId).ticketRequests).toBe(4);
+      await Promise.all([app.close(), peer.close()]);
     } finally {
       await local.close();
     }

@@ -124,20 +124,23 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
  * value: getticket hands back the ticket it issued until that ends, answering expires_in 7200 however
  * little of it is left, and the ticket would be kept up to 2 h past its end (every wx.config refusing
  * it). Where too little is left to serve, the short-life error of validateFetched: the fleet asks again
- * just after that end, when WeChat has the next one. A known end already past, or later than WeChat's
- * answer, says nothing: WeChat's answer stands.
+ * just after that end, when WeChat has the next one. A known end up to a minute past is that end still:
+ * it counts from when the first fetch was sent, in whole seconds, and WeChat's from when it answered, so
+ * the value may be handed back a moment after it; the fleet asks again in the steps of its attempts. A
+ * known end further past, or later than WeChat's answer, says nothing: WeChat's answer stands.
  */
 export function withKnownEnd(fetched: Fetched, knownEnd: number | undefined, nowS: number): Fetched {
   if (knownEnd === undefined) return fetched;
   const left = knownEnd - nowS;
-  if (left <= 0 || left >= fetched.expiresIn) return fetched;
+  if (left <= -MIN_EXPIRES_IN || left >= fetched.expiresIn) return fetched;
   if (left < MIN_EXPIRES_IN) {
     const path = fetched.path ?? 'the token endpoint';
+    const when = left > 0 ? `which ends in ${left} s` : `which was to end ${-left} s ago and ends any moment`;
     const error = new BadResponseError(
-      `WeChat answered ${path} with the value it handed out before, which ends in ${left} s (expires_in ${fetched.expiresIn} counts from its first hand-out): too little to serve; asked again once it ends`,
+      `WeChat answered ${path} with the value it handed out before, ${when} (expires_in ${fetched.expiresIn} counts from its first hand-out): too little to serve; asked again once it ends`,
       { path },
     );
-    ENDS_IN_MS.set(error, left * 1000);
+    ENDS_IN_MS.set(error, Math.max(0, left) * 1000);
     throw error;
   }
   return { ...fetched, expiresIn: left };
