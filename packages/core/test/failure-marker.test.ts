@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CacheError, HttpError, MemoryCache, OfficialAccount, WeChatApiError } from '../src/index.js';
 import type { GuardedStore } from '../src/store.js';
-import { FailureGate, clampRetryAt, decodeMarker, encodeMarker, markerFor } from '../src/token/failure.js';
+import { FailureGate, clampRetryAt, decodeMarker, encodeMarker, markerError, markerFor } from '../src/token/failure.js';
+import { shortLivedEndsInMs, validateFetched } from '../src/token/upstream.js';
 import { FetchSpacing } from '../src/token/spacing.js';
 import { retryAtOf } from '../src/retry-at.js';
 import { newApp, rejection } from './helpers.js';
@@ -42,6 +43,29 @@ function gateStore() {
 const transient = () => new HttpError('ERR_WXKIT_HTTP', 'WeChat answered 502', { path: 'cgi-bin/token', status: 502 });
 
 describe('a marker as read', () => {
+  it("of a value handed back with too little life records when it ends (ends_at), and the error it stands for says so until then", () => {
+    const now = 1764000000000;
+    let short: unknown;
+    try {
+      validateFetched({ ticket: 'TICKET-0123456789', expires_in: 25 }, 'ticket', 'cgi-bin/ticket/getticket');
+    } catch (error) {
+      short = error;
+    }
+    const marker = markerFor(short, 1, now, 'web-1:4242')!;
+    expect(marker).toMatchObject({ endsAt: now + 25_000, retryAt: now + 26_000 });
+    const read = decodeMarker(encodeMarker(marker))!;
+    expect(JSON.parse(encodeMarker(marker))).toMatchObject({ ends_at: now + 25_000 });
+    expect(read.endsAt).toBe(now + 25_000);
+    expect(shortLivedEndsInMs(markerError(read, 'jsapi_ticket', now + 5_000))).toBe(20_000);
+    // Past that end, or a marker without it (another writer's, a failure of another kind): no value lives.
+    expect(shortLivedEndsInMs(markerError(read, 'jsapi_ticket', now + 25_000))).toBeUndefined();
+    const transient = markerFor(new WeChatApiError({ errcode: -1, errmsg: 'system error' }, 'cgi-bin/token'), 1, now, 'web-1:4242')!;
+    expect(transient.endsAt).toBeUndefined();
+    expect(encodeMarker(transient)).not.toContain('ends_at');
+    expect(shortLivedEndsInMs(markerError(transient, 'access_token', now))).toBeUndefined();
+    expect(decodeMarker(encodeMarker(transient).replace('"attempt"', '"ends_at":"soon","attempt"'))!.endsAt).toBeUndefined();
+  });
+
   it('dated ahead of this clock by less than a minute holds back no longer than its kind of failure would from now', () => {
     const now = Date.now();
     const marker = { code: 'ERR_WXKIT_WECHAT_API' as const, errcode: 45011, failedAt: now + 50_000, retryAt: now + 600_000, attempt: 1 };

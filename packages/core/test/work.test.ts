@@ -146,7 +146,7 @@ describe('Work (WeCom)', () => {
     }
   });
 
-  it("a value handed back near its end holds every process of the fleet until just after it ends: the marker's retry_at carries the pause", async () => {
+  it("a value handed back near its end holds every process of the fleet until just after it ends (the marker's retry_at carries the pause), each serving the value it holds until 5 s before that end", async () => {
     const start = Date.UTC(2026, 10, 25, 4, 0, 0);
     let now = start;
     const wecom = await startMockWeChat({ now: () => now });
@@ -156,21 +156,28 @@ describe('Work (WeCom)', () => {
       const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
       const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
       const token = await one.accessToken.getToken();
+      expect(await other.accessToken.getToken()).toBe(token);
+      const fresh = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
       const asked = () => wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
-      // 25 s before its end the entry is no longer served: gettoken hands the same token back with 25 s left.
+      // 25 s before its end the entry is no longer served from the store: gettoken hands the same token
+      // back with 25 s left, too little to keep; the process serves the one it holds, which still lives.
       now = start + 7175_000;
-      expect((await rejection(one.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      expect(await one.accessToken.getToken()).toBe(token);
       const afterFirst = asked();
-      // The other process reads the marker from the store and asks nothing up to the value's end.
-      for (const second of [7178, 7190, 7199, 7200.5]) {
+      // The other process reads the marker from the store and asks nothing up to the value's end. It serves
+      // the token it holds up to 5 s before that end; a process that holds none gets the marker's error.
+      for (const [second, served] of [[7178, true], [7190, true], [7196, false], [7199, false], [7200.5, false]] as const) {
         now = start + second * 1000;
-        expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+        if (served) expect(await other.accessToken.getToken()).toBe(token);
+        else expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       }
+      now = start + 7180_000;
+      expect((await rejection(fresh.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       expect(asked()).toBe(afterFirst);
       now = start + 7201_500;
       expect(await other.accessToken.getToken()).not.toBe(token);
       expect(asked()).toBe(afterFirst + 1);
-      await Promise.all([one.close(), other.close()]);
+      await Promise.all([one.close(), other.close(), fresh.close()]);
     } finally {
       await wecom.close();
     }

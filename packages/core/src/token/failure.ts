@@ -2,7 +2,7 @@ import { BadResponseError, HttpError, TokenUnavailableError, WeChatApiError, des
 import { binaryToText, textToBinary } from '../bytes.js';
 import { withRetryAt } from '../retry-at.js';
 import type { GuardedStore } from '../store.js';
-import { shortLivedEndsInMs } from './upstream.js';
+import { markShortLived, shortLivedEndsInMs } from './upstream.js';
 
 /**
  * When may WeChat be asked again. A failed fetch leaves a marker beside the entry, `{key}:failed`, that
@@ -32,6 +32,11 @@ export interface FailureRecord {
   /** Failures in a row, fleet-wide: the exponent of the next pause. */
   attempt: number;
   failedBy?: string;
+  /**
+   * For a value handed back with too little life left (an endpoint that hands back its value until it
+   * ends): when that value ends. Until then a process that holds it serves it (see TokenManager).
+   */
+  endsAt?: number;
   /**
    * For a failure WeChat blamed on the secret: the digests of the secrets WeChat refused while such
    * failures followed each other (credentialDigest()), the latest last. A process whose own secret is
@@ -168,6 +173,7 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
   const policy = policyOf(error);
   if (!policy) return undefined;
   let pauseMs: number;
+  let endsInMs: number | undefined;
   if (policy === 'quota') pauseMs = nextQuotaDay(now) - now;
   else if (policy === 'hour') pauseMs = HOUR_MS;
   else if (policy === 'revoked') pauseMs = Math.min(MINUTE_MS * 2 ** Math.min(attempt - 1, 16), REVOKED_MAX_MS);
@@ -178,10 +184,11 @@ export function markerFor(error: unknown, attempt: number, now: number, failedBy
     // A value handed back with too little life left (an endpoint that answers its current value until it
     // ends) has its successor once it ends: asked again just after that, neither before (the same value
     // again) nor in steps past it (the new one waiting unasked for); no sooner than the step of its attempt.
-    const endsInMs = shortLivedEndsInMs(error);
+    endsInMs = shortLivedEndsInMs(error);
     if (endsInMs !== undefined) pauseMs = Math.max(pauseMs, endsInMs + SHORT_LIFE_SLACK_MS);
   }
   const marker: FailureMarker = { code: (error as WeChatApiError).code, failedAt: now, retryAt: now + pauseMs, attempt, failedBy };
+  if (endsInMs !== undefined) marker.endsAt = now + endsInMs;
   if (error instanceof WeChatApiError) {
     marker.errcode = error.errcode;
     marker.errmsg = error.errmsg;
@@ -207,6 +214,7 @@ export function encodeMarker(marker: FailureMarker): string {
     retry_at: marker.retryAt,
     attempt: marker.attempt,
     ...(marker.failedBy === undefined ? {} : { failed_by: marker.failedBy }),
+    ...(marker.endsAt === undefined ? {} : { ends_at: marker.endsAt }),
     ...(marker.secretDigests === undefined ? {} : { secret_digests: marker.secretDigests }),
   }));
 }
@@ -236,6 +244,7 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
   if (typeof record.path === 'string') marker.path = record.path.slice(0, 256);
   if (typeof record.message === 'string') marker.message = record.message.slice(0, 512);
   if (typeof record.failed_by === 'string') marker.failedBy = record.failed_by.slice(0, 256);
+  if (typeof record.ends_at === 'number' && Number.isFinite(record.ends_at)) marker.endsAt = record.ends_at;
   const digests = record.secret_digests;
   if (Array.isArray(digests) && digests.length > 0 && digests.every((digest) => typeof digest === 'string')) {
     marker.secretDigests = (digests as string[]).slice(-MAX_SECRET_DIGESTS).map((digest) => digest.slice(0, 64));
@@ -247,9 +256,11 @@ export function decodeMarker(raw: string | undefined): FailureMarker | undefined
  * The error a marker stands for, as the process that failed threw it: callers that did not fetch get the
  * same class, code and errcode, and a message saying the failure is shared and when WeChat is asked again.
  */
-export function markerError(marker: FailureMarker, label: string): Error {
+export function markerError(marker: FailureMarker, label: string, now: number): Error {
   const error = withRetryAt(errorOfMarker(marker, label), marker.retryAt);
   MARKER_FAILED_AT.set(error, marker.failedAt);
+  // The value the failed fetch was handed back still lives until then: a process holding it serves it.
+  if (marker.endsAt !== undefined && marker.endsAt > now) markShortLived(error, marker.endsAt - now);
   return error;
 }
 
@@ -413,7 +424,7 @@ export class FailureGate {
     const { raw, active: marker } = await this.#read(store, now);
     if (!marker) return raw;
     if (force && marker.errcode !== 45009 && marker.errcode !== 45011) return raw;
-    throw markerError(marker, this.#label);
+    throw markerError(marker, this.#label, now);
   }
 
   /**
@@ -424,7 +435,7 @@ export class FailureGate {
   async failedSince(store: GuardedStore, before: string | undefined, now: number): Promise<Error | undefined> {
     const raw = await store.getOrOtherKind(this.key, OTHER_KIND);
     const marker = raw === before ? undefined : decodeMarker(raw);
-    return marker && !this.#othersSecret(marker) ? markerError({ ...marker, retryAt: clampRetryAt(marker, now) }, this.#label) : undefined;
+    return marker && !this.#othersSecret(marker) ? markerError({ ...marker, retryAt: clampRetryAt(marker, now) }, this.#label, now) : undefined;
   }
 
   /** Records a failed fetch; returns the marker when the error was WeChat's (and so backed off). */

@@ -7,6 +7,11 @@ import { RefreshAhead } from './refresh-ahead.js';
 import { awaitNewEntry, closedError, logFetchFailed, POLL_PACE, type RefreshRequest, type Refreshed, type Refresher, type TokenContext } from './refresher.js';
 import { SingleFlight, abortable, handled } from './single-flight.js';
 import { either, type Ending } from './closing.js';
+import { shortLivedEndsInMs } from './upstream.js';
+
+// A value WeChat hands back with too little life to keep is served until this close to its expiry: a
+// call sent with it then still reaches WeChat before it ends.
+const ALIVE_MARGIN_MS = 5_000;
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
 export interface RecoveryState {
@@ -450,8 +455,34 @@ export class TokenManager {
       if (held !== undefined) return held;
     }
     const graceMs = this.#refresher.servesHeldAfterMs;
-    if (graceMs === undefined) return this.#refresh({ force: false }, generation, unwanted);
+    if (graceMs === undefined) return this.#refreshOrAlive(generation, unwanted);
     return this.#refreshOrHeld(graceMs, generation, unwanted);
+  }
+
+  /**
+   * A refresh's value; where WeChat handed back the current value with too little life to keep (an
+   * endpoint that hands back its value until it ends: WeCom's gettoken, getticket), the value this
+   * process holds, while WeChat still takes it: there is nothing newer before its end, and its last 30 s
+   * are there to refresh early in, not to refuse it in. Served up to ALIVE_MARGIN_MS before its end; the
+   * fleet asks again just after it (the failure's marker). Not a value WeChat rejected, nor once the
+   * client closed or every caller gave up; any other failure is the callers'.
+   */
+  async #refreshOrAlive(generation: number, unwanted: Ending): Promise<string> {
+    try {
+      return await this.#refresh({ force: false }, generation, unwanted);
+    } catch (error) {
+      if (shortLivedEndsInMs(error) === undefined || this.#ctx.closed.aborted || unwanted.aborted || generation !== this.#generation) throw error;
+      const alive = this.#alive();
+      if (alive === undefined) throw error;
+      return alive;
+    }
+  }
+
+  /** The memo's value while WeChat still takes it (its expiry more than ALIVE_MARGIN_MS away), unless rejected. */
+  #alive(): string | undefined {
+    const entry = this.#memo.entry;
+    if (entry?.expiresAt === undefined || entry.expiresAt * 1000 - this.#ctx.settings.now() <= ALIVE_MARGIN_MS) return undefined;
+    return this.isRejected(entry.value) ? undefined : entry.value;
   }
 
   /** The memo's value while it is still good (not near its end) and WeChat has not rejected it. */

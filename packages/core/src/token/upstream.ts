@@ -154,6 +154,11 @@ export function withKnownEnd(fetched: Fetched, knownEnd: number | undefined, now
  */
 const ENDS_IN_MS = new WeakMap<object, number>();
 
+/** Marks `error` as the refusal of a value that still lives `endsInMs` (a failure marker's, for the fleet). */
+export function markShortLived(error: object, endsInMs: number): void {
+  ENDS_IN_MS.set(error, endsInMs);
+}
+
 /** For an answer refused for its short expires_in: how long the value it carried still lives, in ms. */
 export function shortLivedEndsInMs(error: unknown): number | undefined {
   return typeof error === 'object' && error !== null ? ENDS_IN_MS.get(error) : undefined;

@@ -378,7 +378,7 @@ export class LockedFetchRefresher implements Refresher {
         }
         if (marker.active) {
           if (request.ahead) return undefined;
-          throw markerError(marker.active, ctx.label);
+          throw markerError(marker.active, ctx.label, ctx.settings.now());
         }
         if (rechecks && recheck === undefined) throw new InputGone();
         if (recheck !== prepared) progress.input = input = recheck;
