@@ -183,6 +183,55 @@ describe('Work (WeCom)', () => {
     }
   });
 
+  it("a value held with a later end than WeChat's (its entry written by a host whose clock is ahead) is served no closer than 5 s to the end WeChat answered", async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const wecom = await startMockWeChat({ now: () => now });
+    try {
+      const app = wecom.createWorkApp();
+      const cache = new MemoryCache();
+      // The entry is written by a process whose clock runs 20 s ahead: it records an end 20 s past WeChat's.
+      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now + 20_000 });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const token = await ahead.accessToken.getToken();
+      expect(await one.accessToken.getToken()).toBe(token);
+      expect(await other.accessToken.getToken()).toBe(token);
+      const asked = () => wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
+      // 9 s before WeChat's end (29 s before the one recorded): gettoken hands it back with 9 s left.
+      now = start + 7191_000;
+      expect(await one.accessToken.getToken()).toBe(token);
+      const afterFirst = asked();
+      // 3 s before WeChat's end: the marker says so, and the token is no longer served, whatever the entry said.
+      now = start + 7197_000;
+      expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      expect(asked()).toBe(afterFirst);
+      await Promise.all([ahead.close(), one.close(), other.close()]);
+    } finally {
+      await wecom.close();
+    }
+  });
+
+  it("a value handed back with less than 5 s left is not served, whatever end the entry held for it recorded", async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const wecom = await startMockWeChat({ now: () => now });
+    try {
+      const app = wecom.createWorkApp();
+      const cache = new MemoryCache();
+      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now + 20_000 });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const token = await ahead.accessToken.getToken();
+      expect(await one.accessToken.getToken()).toBe(token);
+      // 3 s before WeChat's end (23 s before the one the entry recorded), no marker yet: gettoken hands it back with 3 s left.
+      now = start + 7197_000;
+      expect((await rejection(one.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      await Promise.all([ahead.close(), one.close()]);
+    } finally {
+      await wecom.close();
+    }
+  });
+
   it('checks its options', () => {
     expect(() => new Work({ corpId: 'ww1', agentId: 'abc', secret: 's' })).toThrow(/Work options.agentId must be the agent id/);
     expect(() => new Work({ corpId: 'w w', agentId: 1, secret: 's' })).toThrow(/Work options.corpId/);

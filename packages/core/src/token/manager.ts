@@ -471,17 +471,22 @@ export class TokenManager {
     try {
       return await this.#refresh({ force: false }, generation, unwanted);
     } catch (error) {
-      if (shortLivedEndsInMs(error) === undefined || this.#ctx.closed.aborted || unwanted.aborted || generation !== this.#generation) throw error;
-      const alive = this.#alive();
+      const endsInMs = shortLivedEndsInMs(error);
+      if (endsInMs === undefined || this.#ctx.closed.aborted || unwanted.aborted || generation !== this.#generation) throw error;
+      const alive = this.#alive(endsInMs);
       if (alive === undefined) throw error;
       return alive;
     }
   }
 
-  /** The memo's value while WeChat still takes it (its expiry more than ALIVE_MARGIN_MS away), unless rejected. */
-  #alive(): string | undefined {
+  /**
+   * The memo's value while WeChat still takes it, unless rejected: its end more than ALIVE_MARGIN_MS away,
+   * by its entry and by the refusal (`endsInMs`: WeChat's answer, or the fleet's marker), whichever is sooner.
+   * An entry written by a host whose clock is ahead records a later end than WeChat's.
+   */
+  #alive(endsInMs: number): string | undefined {
     const entry = this.#memo.entry;
-    if (entry?.expiresAt === undefined || entry.expiresAt * 1000 - this.#ctx.settings.now() <= ALIVE_MARGIN_MS) return undefined;
+    if (entry?.expiresAt === undefined || endsInMs <= ALIVE_MARGIN_MS || entry.expiresAt * 1000 - this.#ctx.settings.now() <= ALIVE_MARGIN_MS) return undefined;
     return this.isRejected(entry.value) ? undefined : entry.value;
   }
 
