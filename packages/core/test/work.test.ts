@@ -232,6 +232,38 @@ describe('Work (WeCom)', () => {
     }
   });
 
+  it('a value handed back near its end that WeCom ends early costs each process that holds it one refused call: its recovery gets the fleet\'s error, asks nothing, and the value is not served again', async () => {
+    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
+    let now = start;
+    const wecom = await startMockWeChat({ now: () => now });
+    try {
+      const app = wecom.createWorkApp();
+      const id = `${app.corpId}:${app.agentId}`;
+      const cache = new MemoryCache();
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const token = await one.accessToken.getToken();
+      expect(await other.accessToken.getToken()).toBe(token);
+      now = start + 7175_000;
+      expect(await one.accessToken.getToken()).toBe(token);
+      const asked = wecom.counters(id).classicTokenRequests;
+      wecom.invalidateTokens(id);
+      const send = (work: Work) => work.message.send({ touser: 'zhangsan', msgtype: 'text', text: { content: 'hello' } });
+      for (const work of [one, other]) {
+        expect((await rejection(send(work))).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+        expect((await rejection(work.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
+      }
+      expect(wecom.counters(id)).toMatchObject({ rejectedCalls: 2, messageSends: 0, classicTokenRequests: asked });
+      // Just after the end the marker named, the fleet asks again.
+      now = start + 7201_500;
+      expect((await send(other)).errcode).toBe(0);
+      expect(wecom.counters(id).classicTokenRequests).toBe(asked + 1);
+      await Promise.all([one.close(), other.close()]);
+    } finally {
+      await wecom.close();
+    }
+  });
+
   it('checks its options', () => {
     expect(() => new Work({ corpId: 'ww1', agentId: 'abc', secret: 's' })).toThrow(/Work options.agentId must be the agent id/);
     expect(() => new Work({ corpId: 'w w', agentId: 1, secret: 's' })).toThrow(/Work options.corpId/);
