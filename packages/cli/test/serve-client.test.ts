@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MemoryCache, OfficialAccount, remoteTokenSource, type LogFields } from '@wxkit/core';
+import { MemoryCache, OfficialAccount, Work, remoteTokenSource, type LogFields } from '@wxkit/core';
 import { freePort, startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { CountingAgent } from './counting-agent.js';
 import { startTokenService } from '../src/serve.js';
@@ -311,6 +311,37 @@ describe('wxkit serve under more connections than it holds', () => {
         startTokenService({ cache: new MemoryCache(), apps: [{ kind: 'official_account', appId, secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: false, maxConnections }),
         String(maxConnections),
       ).rejects.toMatchObject({ code: 'ERR_WXKIT_INVALID_OPTION', option: 'maxConnections' });
+    }
+  });
+});
+
+describe('remoteTokenSource with wxkit serve, a WeCom token in its last 30 s', () => {
+  it('the token the service still hands out (gettoken answers it with too little life to keep) is served from the client until 5 s before its end, not asked for on every call', async () => {
+    // Tokens that live 62 s, the first one handed out 30.5 s ago (WeChat's clock set back for it).
+    let offset = -30_500;
+    const wecom = await startMockWeChat({ tokenTtlSeconds: 62, now: () => Date.now() + offset });
+    const { corpId, agentId, secret } = wecom.createWorkApp();
+    const cache = new MemoryCache();
+    // Another process of the fleet fetched it, by WeChat's clock.
+    const seed = new Work({ corpId, agentId, secret, baseUrl: wecom.url, cache, logger: false, now: () => Date.now() + offset });
+    const entry = await seed.accessToken.getEntry();
+    offset = 0;
+    const service = await startTokenService({ cache, apps: [{ kind: 'work', corpId, agentId, secret }], keys: [KEY], port: 0, workBaseUrl: wecom.url, logger: false });
+    const agent = new CountingAgent();
+    const client = new Work({ corpId, agentId, baseUrl: wecom.url, cache: new MemoryCache(), tokenSource: remoteTokenSource({ url: service.url, key: KEY, dispatcher: agent }), logger: false });
+    try {
+      expect(await client.accessToken.getToken()).toBe(entry.value);
+      // Its last 30 s: the service's store no longer serves it, gettoken hands it back with under 30 s left.
+      while (Date.now() < (entry.expiresAt! - 29) * 1000) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(await client.accessToken.getToken()).toBe(entry.value);
+      const sent = agent.sent.length;
+      for (let i = 0; i < 5; i += 1) expect(await client.accessToken.getToken()).toBe(entry.value);
+      expect(agent.sent).toHaveLength(sent);
+    } finally {
+      await Promise.all([client.close(), seed.close()]);
+      await service.close();
+      await agent.close();
+      await wecom.close();
     }
   });
 });

@@ -7,6 +7,12 @@
 /** An entry is not served in its last 30 s: a request signed with it may arrive after it ends. */
 export const NEAR_EXPIRY_MS = 30_000;
 
+/**
+ * A value WeChat hands back with too little life to keep (an endpoint that hands back its value until it
+ * ends) is served until this close to its end: a call sent with it then still reaches WeChat before it ends.
+ */
+export const ALIVE_MARGIN_MS = 5_000;
+
 /** The times an entry records, unix seconds. */
 export interface EntryTimes {
   expiresAt?: number | undefined;

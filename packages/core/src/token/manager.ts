@@ -8,10 +8,7 @@ import { awaitNewEntry, closedError, logFetchFailed, POLL_PACE, type RefreshRequ
 import { SingleFlight, abortable, handled } from './single-flight.js';
 import { either, type Ending } from './closing.js';
 import { shortLivedEndsInMs } from './upstream.js';
-
-// A value WeChat hands back with too little life to keep is served until this close to its expiry: a
-// call sent with it then still reaches WeChat before it ends.
-const ALIVE_MARGIN_MS = 5_000;
+import { ALIVE_MARGIN_MS } from './lifetime.js';
 
 /** What a caller's resend loop carries between recoveries: one fetch per call, at most. */
 export interface RecoveryState {

@@ -1,5 +1,5 @@
 import type { EncodedEntry, EntryStore } from './entry-store.js';
-import { NEAR_EXPIRY_MS } from './lifetime.js';
+import { ALIVE_MARGIN_MS, NEAR_EXPIRY_MS } from './lifetime.js';
 import type { StoredEntry } from './entry.js';
 import type { ProtocolSettings, Refreshed } from './refresher.js';
 
@@ -100,11 +100,15 @@ export class Memo {
       this.#sharedAt = now;
       this.#sharedValue = entry.value;
     }
+    // A value that came with its last 30 s begun (a token service hands out the value WeChat hands back
+    // near its end, having nothing newer) is served until ALIVE_MARGIN_MS before it ends, as the fleet's
+    // processes serve theirs: asked for again at every call, its source would get one request per call.
+    const nearEnd = (expiresAtMs ?? Infinity) - NEAR_EXPIRY_MS;
     this.#held = {
       entry,
       staleAt: staleAtMs,
       // Never serve from memory past the point where the store itself would have dropped the entry.
-      recheckAt: Math.min(now + memoMs, staleAtMs ?? Infinity, (expiresAtMs ?? Infinity) - NEAR_EXPIRY_MS),
+      recheckAt: Math.min(now + memoMs, staleAtMs ?? Infinity, nearEnd > now ? nearEnd : expiresAtMs! - ALIVE_MARGIN_MS),
       // While the store is down, a value is usable until shortly before WeChat expires it; a format
       // without an expiry gets the memo window only.
       usableUntil: expiresAtMs === undefined ? now + memoMs : expiresAtMs - NEAR_EXPIRY_MS,
