@@ -464,16 +464,18 @@ export class TokenManager {
    * fleet asks again just after it (the failure's marker). Not a value WeChat rejected, nor once the
    * client closed or every caller gave up; any other failure is the callers'.
    */
-  async #refreshOrAlive(generation: number, unwanted: Ending): Promise<string> {
-    try {
-      return await this.#refresh({ force: false }, generation, unwanted);
-    } catch (error) {
+  #refreshOrAlive(generation: number, unwanted: Ending): Promise<string> {
+    const refresh = this.#refresh({ force: false }, generation, unwanted);
+    // Nothing held that could stand in (nearly every refresh): the refresh itself, its outcome reaching
+    // the callers in the same turns as before.
+    if (this.#alive(Infinity) === undefined) return refresh;
+    return refresh.catch((error: unknown) => {
       const endsInMs = shortLivedEndsInMs(error);
       if (endsInMs === undefined || this.#ctx.closed.aborted || unwanted.aborted || generation !== this.#generation) throw error;
       const alive = this.#alive(endsInMs);
       if (alive === undefined) throw error;
       return alive;
-    }
+    });
   }
 
   /**
