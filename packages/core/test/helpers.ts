@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import type { MockComponent, MockWeChat } from '@wxkit/testing';
+import { startMockWeChat, type MockComponent, type MockWeChat } from '@wxkit/testing';
 import { expect } from 'vitest';
 import { Agent, type Dispatcher } from 'undici';
 import { MemoryCache, OfficialAccount, type Logger, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
@@ -271,4 +271,28 @@ export async function killedAcrossOutage(
   await a.accessToken.invalidate(during, 40001);
   await b.accessToken.invalidate(during, 40001);
   return { during };
+}
+
+/** The clock of a test's mock WeChat (see onMockClock): `now` for the clients, `at()` to move it. */
+export class TestClock {
+  /** 2026-11-25 04:00 UTC, noon in Beijing: no quota day ends within a test's two hours. */
+  readonly start = Date.UTC(2026, 10, 25, 4, 0, 0);
+  #at = this.start;
+  /** The clock's time, unix ms: hand it to clients and stores as their `now`. */
+  readonly now = (): number => this.#at;
+  /** Sets the clock `sinceStartMs` after its start. */
+  at(sinceStartMs: number): void {
+    this.#at = this.start + sinceStartMs;
+  }
+}
+
+/** Runs `run` with a mock WeChat on a clock of the test's own, closed once `run` settles. */
+export async function onMockClock(run: (mock: MockWeChat, clock: TestClock) => Promise<void>): Promise<void> {
+  const clock = new TestClock();
+  const mock = await startMockWeChat({ now: clock.now });
+  try {
+    await run(mock, clock);
+  } finally {
+    await mock.close();
+  }
 }

@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rejection } from './helpers.js';
+import { onMockClock, rejection } from './helpers.js';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, signJsapi, wxJava } from '../src/index.js';
 
@@ -172,58 +172,48 @@ describe('a follower (refresh: never)', () => {
 describe('a ticket fetched again before its end', () => {
   // getticket answers the ticket it already issued with expires_in 7200, however little of it is left.
   it('is not served past the end of the ticket it is', async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const local = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (local, clock) => {
       const { appId, secret } = local.createApp();
-      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: new MemoryCache(), logger: false, now: () => now });
+      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: new MemoryCache(), logger: false, now: clock.now });
       const first = await app.jssdk.getTicket();
       // Its last 30 s: no longer served from the store, so it is asked for again, and getticket hands the
       // same one back, which ends in 20 s. Callers meanwhile are served the one held (it still lives) up to
       // 5 s before its end, then get a typed error; the fleet asks no more until the ticket ends.
-      now = start + 7180_000;
+      clock.at(7180_000);
       for (let i = 0; i < 3; i += 1) expect(await app.jssdk.getTicket()).toBe(first);
       expect(local.counters(appId).ticketRequests).toBe(2);
-      now = start + 7196_000;
+      clock.at(7196_000);
       expect(await rejection(app.jssdk.getTicket())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE', message: expect.stringMatching(/handed out before, which ends in 20 s/) });
       expect(local.counters(appId).ticketRequests).toBe(2);
       // A minute after its end WeChat refuses signatures made with it.
-      now = start + 7260_000;
+      clock.at(7260_000);
       expect(local.isTicketValid(appId, first)).toBe(false);
       const served = await app.jssdk.getTicket();
       expect(served).not.toBe(first);
       expect(local.isTicketValid(appId, served)).toBe(true);
       expect(local.counters(appId).ticketRequests).toBe(3);
       await app.close();
-    } finally {
-      await local.close();
-    }
+    });
   });
 
   it("whose entry left the store early (a profile's shorter TTL) keeps its end: served until then, asked for again after it", async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const local = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (local, clock) => {
       const { appId, secret } = local.createApp();
-      const cache = new MemoryCache({ now: () => now });
+      const cache = new MemoryCache({ now: clock.now });
       // WxJava's tickets live expires_in − 200 s in the store.
-      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, schema: wxJava(), memoMs: 0, logger: false, now: () => now });
+      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, schema: wxJava(), memoMs: 0, logger: false, now: clock.now });
       const first = await app.jssdk.getTicket();
-      now = start + 7050_000;
+      clock.at(7050_000);
       expect(await app.jssdk.getTicket()).toBe(first);
       expect(local.counters(appId).ticketRequests).toBe(2);
       // Kept with what is left of it (150 s), not 7200 s more: in its last 5 s no longer served.
-      now = start + 7196_000;
+      clock.at(7196_000);
       expect(await rejection(app.jssdk.getTicket())).toMatchObject({ code: 'ERR_WXKIT_BAD_RESPONSE' });
-      now = start + 7260_000;
+      clock.at(7260_000);
       const next = await app.jssdk.getTicket();
       expect(next).not.toBe(first);
       expect(local.isTicketValid(appId, next)).toBe(true);
       await app.close();
-    } finally {
-      await local.close();
-    }
+    });
   });
 });

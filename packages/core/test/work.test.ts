@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { Agent } from 'undici';
 import { MemoryCache, Work, nativeSchema, signJsapi } from '../src/index.js';
-import { rejection } from './helpers.js';
+import { onMockClock, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -121,130 +121,107 @@ describe('Work (WeCom)', () => {
   });
 
   it('gettoken hands back the current token until it ends, with what is left of it: near its end the fleet asks once more just after it, not in growing steps past it', async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const wecom = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (wecom, clock) => {
       const app = wecom.createWorkApp();
-      const work = new Work({ ...app, baseUrl: wecom.url, cache: new MemoryCache(), logger: false, now: () => now });
+      const work = new Work({ ...app, baseUrl: wecom.url, cache: new MemoryCache(), logger: false, now: clock.now });
       const first = await work.accessToken.getToken();
       // Read every 5 s up to its end: gettoken answers the same token with less and less left, the last
       // time (its final 30 s, when the entry is no longer served) with less than wxkit takes.
       for (let second = 5; second < 7200; second += 5) {
-        now = start + second * 1000;
+        clock.at(second * 1000);
         await work.accessToken.getToken().catch(() => undefined);
       }
       const asked = wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
       // One second after its end: WeCom has a new token, and the fleet asks for it at once.
-      now = start + 7201 * 1000;
+      clock.at(7201 * 1000);
       const next = await work.accessToken.getToken();
       expect(next).not.toBe(first);
       expect(wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests).toBe(asked + 1);
       await work.close();
-    } finally {
-      await wecom.close();
-    }
+    });
   });
 
   it("a value handed back near its end holds every process of the fleet until just after it ends (the marker's retry_at carries the pause), each serving the value it holds until 5 s before that end", async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const wecom = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (wecom, clock) => {
       const app = wecom.createWorkApp();
       const cache = new MemoryCache();
-      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
-      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
       const token = await one.accessToken.getToken();
       expect(await other.accessToken.getToken()).toBe(token);
-      const fresh = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const fresh = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
       const asked = () => wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
       // 25 s before its end the entry is no longer served from the store: gettoken hands the same token
       // back with 25 s left, too little to keep; the process serves the one it holds, which still lives.
-      now = start + 7175_000;
+      clock.at(7175_000);
       expect(await one.accessToken.getToken()).toBe(token);
       const afterFirst = asked();
       // The other process reads the marker from the store and asks nothing up to the value's end. It serves
       // the token it holds up to 5 s before that end; a process that holds none gets the marker's error.
       for (const [second, served] of [[7178, true], [7190, true], [7196, false], [7199, false], [7200.5, false]] as const) {
-        now = start + second * 1000;
+        clock.at(second * 1000);
         if (served) expect(await other.accessToken.getToken()).toBe(token);
         else expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       }
-      now = start + 7180_000;
+      clock.at(7180_000);
       expect((await rejection(fresh.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       expect(asked()).toBe(afterFirst);
-      now = start + 7201_500;
+      clock.at(7201_500);
       expect(await other.accessToken.getToken()).not.toBe(token);
       expect(asked()).toBe(afterFirst + 1);
       await Promise.all([one.close(), other.close(), fresh.close()]);
-    } finally {
-      await wecom.close();
-    }
+    });
   });
 
   it("a value held with a later end than WeChat's (its entry written by a host whose clock is ahead) is served no closer than 5 s to the end WeChat answered", async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const wecom = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (wecom, clock) => {
       const app = wecom.createWorkApp();
       const cache = new MemoryCache();
       // The entry is written by a process whose clock runs 20 s ahead: it records an end 20 s past WeChat's.
-      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now + 20_000 });
-      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
-      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => clock.now() + 20_000 });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
       const token = await ahead.accessToken.getToken();
       expect(await one.accessToken.getToken()).toBe(token);
       expect(await other.accessToken.getToken()).toBe(token);
       const asked = () => wecom.counters(`${app.corpId}:${app.agentId}`).classicTokenRequests;
       // 9 s before WeChat's end (29 s before the one recorded): gettoken hands it back with 9 s left.
-      now = start + 7191_000;
+      clock.at(7191_000);
       expect(await one.accessToken.getToken()).toBe(token);
       const afterFirst = asked();
       // 3 s before WeChat's end: the marker says so, and the token is no longer served, whatever the entry said.
-      now = start + 7197_000;
+      clock.at(7197_000);
       expect((await rejection(other.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       expect(asked()).toBe(afterFirst);
       await Promise.all([ahead.close(), one.close(), other.close()]);
-    } finally {
-      await wecom.close();
-    }
+    });
   });
 
   it("a value handed back with less than 5 s left is not served, whatever end the entry held for it recorded", async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const wecom = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (wecom, clock) => {
       const app = wecom.createWorkApp();
       const cache = new MemoryCache();
-      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now + 20_000 });
-      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const ahead = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => clock.now() + 20_000 });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
       const token = await ahead.accessToken.getToken();
       expect(await one.accessToken.getToken()).toBe(token);
       // 3 s before WeChat's end (23 s before the one the entry recorded), no marker yet: gettoken hands it back with 3 s left.
-      now = start + 7197_000;
+      clock.at(7197_000);
       expect((await rejection(one.accessToken.getToken())).code).toBe('ERR_WXKIT_BAD_RESPONSE');
       await Promise.all([ahead.close(), one.close()]);
-    } finally {
-      await wecom.close();
-    }
+    });
   });
 
   it('a value handed back near its end that WeCom ends early costs each process that holds it one refused call: its recovery gets the fleet\'s error, asks nothing, and the value is not served again', async () => {
-    const start = Date.UTC(2026, 10, 25, 4, 0, 0);
-    let now = start;
-    const wecom = await startMockWeChat({ now: () => now });
-    try {
+    await onMockClock(async (wecom, clock) => {
       const app = wecom.createWorkApp();
       const id = `${app.corpId}:${app.agentId}`;
       const cache = new MemoryCache();
-      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
-      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: () => now });
+      const one = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
+      const other = new Work({ ...app, baseUrl: wecom.url, cache, logger: false, now: clock.now });
       const token = await one.accessToken.getToken();
       expect(await other.accessToken.getToken()).toBe(token);
-      now = start + 7175_000;
+      clock.at(7175_000);
       expect(await one.accessToken.getToken()).toBe(token);
       const asked = wecom.counters(id).classicTokenRequests;
       wecom.invalidateTokens(id);
@@ -255,13 +232,11 @@ describe('Work (WeCom)', () => {
       }
       expect(wecom.counters(id)).toMatchObject({ rejectedCalls: 2, messageSends: 0, classicTokenRequests: asked });
       // Just after the end the marker named, the fleet asks again.
-      now = start + 7201_500;
+      clock.at(7201_500);
       expect((await send(other)).errcode).toBe(0);
       expect(wecom.counters(id).classicTokenRequests).toBe(asked + 1);
       await Promise.all([one.close(), other.close()]);
-    } finally {
-      await wecom.close();
-    }
+    });
   });
 
   it('checks its options', () => {
