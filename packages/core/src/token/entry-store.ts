@@ -152,7 +152,7 @@ export class EntryStore {
     // Where the peer keeps the life beside the value and it has none there nor a TTL, the peer itself
     // takes it for ended (wechatpy reads an absent expires_at as 0): served, it would be served for ever.
     if (recorded !== undefined && entry.expiresAt === undefined) return { kind: 'miss' };
-    if (recordsEnd) this.#know(entry);
+    if (recordsEnd) this.#known = entry;
     // Past the point where the store's TTL would have dropped it, or too close to WeChat's expiry: a
     // miss. The first check is what keeps stores without TTL (and their stale leftovers) honest.
     if (!this.#servable(entry)) return { kind: 'miss' };
@@ -261,19 +261,15 @@ export class EntryStore {
    */
   knownEnd(value: string): number | undefined {
     const side = this.#side;
-    for (const known of [this.#known, side === undefined ? undefined : side.#known]) if (known?.value === value && known.expiresAt !== undefined) return known.expiresAt;
+    for (const known of [this.#known, side === undefined ? undefined : side.#known]) if (known?.value === value) return known.expiresAt;
     return undefined;
-  }
-
-  #know(entry: StoredEntry): void {
-    if (entry.expiresAt !== undefined) this.#known = entry;
   }
 
   /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */
   encode(fetched: Fetched, fetchedAt: number, fetchedBy: string): EncodedEntry {
     const { schema, field } = this.#init;
     const entry: StoredEntry = { value: fetched.value, expiresAt: fetchedAt + fetched.expiresIn, fetchedAt, fetchedBy };
-    this.#know(entry);
+    this.#known = entry;
     return {
       // Stores take binary strings; a custom schema that returned text has it stored as its UTF-8 bytes.
       raw: encodedToBinary(schema.encode(field, fetched.value, fetched.expiresIn, fetchedAt, { response: fetched.response, fetchedBy, key: this.key })),

@@ -113,7 +113,7 @@ export function validateFetched(body: Record<string, unknown>, field: string, pa
   }
   if (expiresIn < MIN_EXPIRES_IN) {
     const error = new BadResponseError(`WeChat answered ${path} with expires_in ${expiresIn}: under ${MIN_EXPIRES_IN} s, a token of no use`, { path });
-    ENDS_IN_MS.set(error, expiresIn * 1000);
+    markShortLived(error, expiresIn * 1000);
     throw error;
   }
   return { value, expiresIn, response: body, path };
@@ -140,7 +140,7 @@ export function withKnownEnd(fetched: Fetched, knownEnd: number | undefined, now
       `WeChat answered ${path} with the value it handed out before, ${when} (expires_in ${fetched.expiresIn} counts from its first hand-out): too little to serve; asked again once it ends`,
       { path },
     );
-    ENDS_IN_MS.set(error, Math.max(0, left) * 1000);
+    markShortLived(error, Math.max(0, left) * 1000);
     throw error;
   }
   return { ...fetched, expiresIn: left };
