@@ -196,6 +196,56 @@ describe('a ticket fetched again before its end', () => {
     });
   });
 
+  it('by a process that never read its entry keeps its end, as the store records it', async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const cache = new MemoryCache({ now: clock.now });
+      const options = { appId, secret, baseUrl: local.url, cache, logger: false as const, now: clock.now };
+      const first = new OfficialAccount(options);
+      const ticket = await first.jssdk.getTicket();
+      await first.close();
+      // The entry leaves the store 300 s before the ticket ends (its TTL); a process started then asks
+      // for it, and getticket hands the same one back with expires_in 7200.
+      clock.at(7000_000);
+      const late = new OfficialAccount(options);
+      expect(await late.jssdk.getTicket()).toBe(ticket);
+      expect(local.counters(appId).ticketRequests).toBe(2);
+      // Kept for what is left of it, not 7200 s more: once it has ended, the next one is fetched and served.
+      clock.at(7260_000);
+      expect(local.isTicketValid(appId, ticket)).toBe(false);
+      const next = await late.jssdk.getTicket();
+      expect(next).not.toBe(ticket);
+      expect(local.isTicketValid(appId, next)).toBe(true);
+      expect(local.counters(appId).ticketRequests).toBe(3);
+      await late.close();
+    });
+  });
+
+  it('by a process that read it only from a format that records no end (WxJava) keeps its end, as the store records it', async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const cache = new MemoryCache({ now: clock.now });
+      // WxJava keeps a ticket bare, for expires_in − 200 s: a reader takes its life from the TTL.
+      const options = { appId, secret, baseUrl: local.url, cache, schema: wxJava(), memoMs: 0, logger: false as const, now: clock.now };
+      const writer = new OfficialAccount(options);
+      const ticket = await writer.jssdk.getTicket();
+      await writer.close();
+      const reader = new OfficialAccount(options);
+      clock.at(6900_000);
+      expect(await reader.jssdk.getTicket()).toBe(ticket);
+      expect(local.counters(appId).ticketRequests).toBe(1);
+      // Its entry has left the store; the same ticket is handed back with expires_in 7200.
+      clock.at(7050_000);
+      expect(await reader.jssdk.getTicket()).toBe(ticket);
+      expect(local.counters(appId).ticketRequests).toBe(2);
+      clock.at(7260_000);
+      const next = await reader.jssdk.getTicket();
+      expect(next).not.toBe(ticket);
+      expect(local.isTicketValid(appId, next)).toBe(true);
+      await reader.close();
+    });
+  });
+
   it("whose entry left the store early (a profile's shorter TTL) keeps its end: served until then, asked for again after it", async () => {
     await onMockClock(async (local, clock) => {
       const { appId, secret } = local.createApp();

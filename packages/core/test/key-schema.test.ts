@@ -4,6 +4,7 @@ import { HttpError, WeChatApiError, easyWeChat4, easyWeChat6, nativeSchema, sile
 import { isPlausibleToken } from '../src/token/plausible.js';
 import { encodeMarker, failureKey, markerFor } from '../src/token/failure.js';
 import { refetchPauseKey } from '../src/token/spacing.js';
+import { decodeEndRecord, encodeEndRecord, endKey } from '../src/token/entry-store.js';
 import {
   authorizationCodeDigest,
   decodeAuthorizationRecord,
@@ -56,7 +57,9 @@ describe('docs/key-schema.md test vectors', () => {
                       ? failureKey(schema.accessTokenKey(subject('classic')))
                       : entry === 'pause after rejected tokens, classic'
                         ? refetchPauseKey(schema.accessTokenKey(subject('classic')))
-                        : `unknown entry ${entry}`;
+                        : entry === 'end record, jsapi ticket'
+                          ? endKey(schema.ticketKey(subject('stable'), 'jsapi'))
+                          : `unknown entry ${entry}`;
       expect(key, entry).toBe(row.key);
     }
   });
@@ -162,6 +165,18 @@ describe('docs/key-schema.md test vectors', () => {
       });
       expect(value).toBe(row['stored value']);
       expect(Buffer.byteLength(value, 'utf8')).toBe(Number(row.bytes));
+    }
+  });
+
+  it('end records, byte for byte', () => {
+    const rows = table('End records');
+    expect(rows.length).toBeGreaterThanOrEqual(2);
+    for (const row of rows) {
+      const record = row['stored record']!;
+      expect(encodeEndRecord(row.value!, Number(row.expires_at))).toBe(record);
+      expect(decodeEndRecord(record, row.value!)).toBe(Number(row.expires_at));
+      // Another value's record says nothing of this one.
+      expect(decodeEndRecord(record, `${row.value!}x`)).toBeUndefined();
     }
   });
 

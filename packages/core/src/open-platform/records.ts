@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { binaryToText, textToBinary } from '../bytes.js';
+import { shortDigest } from '../digest.js';
 import { ID_RULE } from '../client-core.js';
 import type { KeySchema } from '../token/entry.js';
 
@@ -73,7 +74,7 @@ export function decodeTicket(raw: string | undefined): { ticket: string; createT
  * @internal
  */
 export function refreshOrigin(token: string): string {
-  return createHash('sha256').update(token, 'utf8').digest('hex').slice(0, 16);
+  return shortDigest(token);
 }
 
 /**

@@ -5,6 +5,7 @@ import { nativeSchema, type EntryField, type KeySchema, type StoredEntry } from 
 import type { Fetched } from './upstream.js';
 import { isPlausibleToken } from './plausible.js';
 import { inLife, lifetimeOf } from './lifetime.js';
+import { shortDigest } from '../digest.js';
 
 /**
  * A read: a usable entry, or a miss. `foreign` marks a value in an encoding the schema recognises as
@@ -85,6 +86,39 @@ const NATIVE = nativeSchema();
 export function besideKey(key: string): string {
   return `${key}:wxkit`;
 }
+
+/**
+ * Where the end of the value last written at `key` is kept past the entry: `{key}:end`
+ * (docs/key-schema.md, "The end record"). See EntryStore.recordEnd.
+ */
+export function endKey(key: string): string {
+  return `${key}:end`;
+}
+
+/** The end record of `value`, which ends at `expiresAt` (unix s): `{"value_digest":…,"expires_at":…}`. */
+export function encodeEndRecord(value: string, expiresAt: number): string {
+  return JSON.stringify({ value_digest: shortDigest(value), expires_at: expiresAt });
+}
+
+/** When `value` ends as the end record `raw` says (unix s); undefined where it is of another value or unreadable. */
+export function decodeEndRecord(raw: string, value: string): number | undefined {
+  if (raw.length > 256) return undefined;
+  let record: unknown;
+  try {
+    record = JSON.parse(raw);
+  } catch {
+    return undefined;
+  }
+  const { value_digest: digest, expires_at: expiresAt } = (record ?? {}) as { value_digest?: unknown; expires_at?: unknown };
+  if (typeof digest !== 'string' || digest !== shortDigest(value)) return undefined;
+  return typeof expiresAt === 'number' && Number.isSafeInteger(expiresAt) ? expiresAt : undefined;
+}
+
+/**
+ * How long the end record outlives the value's end, in s: a value handed back up to a minute past its
+ * known end is taken as ending any moment (withKnownEnd), and the record must still say so then.
+ */
+const END_RECORD_SLACK_S = 120;
 
 /**
  * One entry in the store: reading it (decode, validation of what comes out of the store, expiry), and
@@ -263,6 +297,39 @@ export class EntryStore {
     const side = this.#side;
     for (const known of [this.#known, side === undefined ? undefined : side.#known]) if (known?.value === value) return known.expiresAt;
     return undefined;
+  }
+
+  /**
+   * Keeps when `entry`'s value ends (WeChat's expiry) at `{key}:end`, the value itself only as its
+   * digest, for `END_RECORD_SLACK_S` past that end: the entry leaves the store up to five minutes before
+   * it (its TTL), and an endpoint that hands its value back until that end with a full `expires_in`
+   * (getticket) would have a process that never read the entry keep the value up to 2 h past it. See
+   * recordedEnd. Resolves whether the record was written; a store failure writes none.
+   */
+  async recordEnd(store: GuardedStore, entry: StoredEntry): Promise<boolean> {
+    const expiresAt = entry.expiresAt;
+    if (expiresAt === undefined) return false;
+    const ttlSeconds = expiresAt + END_RECORD_SLACK_S - Math.floor(this.#init.now() / 1000);
+    if (ttlSeconds <= 0) return false;
+    return store.set(endKey(this.key), encodeEndRecord(entry.value, expiresAt), ttlSeconds).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  /**
+   * When `value` ends as the end record of the key says (see recordEnd): undefined where the record is
+   * absent, of another value, unreadable, more than a day ahead, or the store fails to answer.
+   */
+  async recordedEnd(store: GuardedStore, value: string): Promise<number | undefined> {
+    let raw: string | undefined;
+    try {
+      raw = await store.get(endKey(this.key));
+    } catch {
+      return undefined;
+    }
+    const expiresAt = raw === undefined ? undefined : decodeEndRecord(raw, value);
+    return expiresAt === undefined || expiresAt * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : expiresAt;
   }
 
   /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */

@@ -1,4 +1,4 @@
-import { createHash } from 'node:crypto';
+import { shortDigest } from '../digest.js';
 import { BadResponseError } from '../errors.js';
 import type { StoredEntry } from './entry.js';
 import { isPlausibleToken } from './plausible.js';
@@ -169,5 +169,5 @@ export function shortLivedEndsInMs(error: unknown): number | undefined {
  * (docs/key-schema.md), without the secret; undefined for a client without one (it fetches nothing).
  */
 export function credentialDigest(id: string, secret: string | undefined): string | undefined {
-  return secret === undefined ? undefined : createHash('sha256').update(`${id}:${secret}`, 'utf8').digest('hex').slice(0, 16);
+  return secret === undefined ? undefined : shortDigest(`${id}:${secret}`);
 }

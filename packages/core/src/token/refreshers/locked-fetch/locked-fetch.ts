@@ -566,8 +566,9 @@ export class LockedFetchRefresher implements Refresher {
       if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
       ctx.tiers.unsent.clear(ctx.key);
-      // The value this process knew already, handed back with a new expires_in (getticket): its end stays.
-      if (this.#upstream.answersFullLife) fetched = withKnownEnd(fetched, ctx.entries.knownEnd(fetched.value), Math.floor(startedAt / 1000));
+      // The value this process knew already, or the fleet's end record names, handed back with a new
+      // expires_in (getticket): its end stays.
+      if (this.#upstream.answersFullLife) fetched = withKnownEnd(fetched, await this.#knownEnd(tier, fetched.value), Math.floor(startedAt / 1000));
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
@@ -623,7 +624,10 @@ export class LockedFetchRefresher implements Refresher {
       }
     }
     // Only while the lease holds: a holder past it may no longer know what the store holds.
-    if (shared && (handle === undefined || handle.remainingMs() > 0)) await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
+    if (shared && (handle === undefined || handle.remainingMs() > 0)) {
+      if (this.#upstream.answersFullLife) await ctx.entries.recordEnd(tier.entries, shared);
+      await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
+    }
     ctx.log.info(
       {
         event: `${ctx.label}.fetched`,
@@ -650,6 +654,18 @@ export class LockedFetchRefresher implements Refresher {
     // `fetched` only when the value served is the one WeChat just handed out: a newer one kept instead is
     // not vouched for by this fetch (the manager forgives a rejected value only when WeChat re-issued it).
     return { entry: outcome.entry, tier: tier.name, fetched: ours, ...(unshared && ours ? { unshared } : {}) };
+  }
+
+  /**
+   * When `value` ends, as this process knew it (see EntryStore.knownEnd) or, where it never saw the value,
+   * as the shared store's end record says (EntryStore.recordEnd): a process that starts in a ticket's last
+   * minutes, after its entry left the store, learns the end there.
+   */
+  async #knownEnd(tier: Tier, value: string): Promise<number | undefined> {
+    const entries = this.#ctx.entries;
+    const known = entries.knownEnd(value);
+    if (known !== undefined || tier.name !== 'shared') return known;
+    return entries.recordedEnd(tier.entries, value);
   }
 
   async #recordFailure(tier: Tier, request: RefreshRequest, error: unknown): Promise<void> {
