@@ -86,7 +86,7 @@ export interface TokenCache {
    * The name of the part of the store that holds `key`, for a store spread over servers that fail one at
    * a time (MemcachedCache with several servers): a failed call then takes only that part for down, and
    * the entries held by the others are shared as before. An entry's companions (`{key}:lock`, `:failed`,
-   * `:refetch`, `:forced`, `{key}:wxkit` and its own) must be in its entry's part. A store that fails as a
+   * `:refetch`, `:forced`, `:end`, `{key}:wxkit` and its own) must be in its entry's part. A store that fails as a
    * whole leaves it out.
    */
   partition?(key: string): string;

@@ -353,7 +353,7 @@ function wireKey(key: string): string {
 
 /**
  * The key whose server holds `key`: the entry's own for the protocol's companions (`{key}:lock`,
- * `:failed`, `:refetch`, `:forced`), so that an entry and its lock live on one server. Hashed apart (with
+ * `:failed`, `:refetch`, `:forced`, `:end`), so that an entry and its lock live on one server. Hashed apart (with
  * two servers they always were: the suffixes change the hash's parity), one server down of several would
  * break the lock or the entry of every app, and each host would fetch on its own. So does the entry the
  * fleet shares beside a key holding another program's value (`{key}:wxkit`, and its companions): every
@@ -361,7 +361,7 @@ function wireKey(key: string): string {
  * would refuse to fetch for a key whose server is up.
  */
 function placement(key: string): string {
-  return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced|probe))?$/, '');
+  return key.replace(/(?::wxkit)?(?::(?:lock|failed|refetch|forced|end|probe))?$/, '');
 }
 
 /** The extras of SET and ADD: the flags and the expiration. */

@@ -28,7 +28,7 @@ describe('MemcachedCache with one of two servers down', () => {
     const onDown = where[1]![0]!;
     expect(probe.partition(`wechat:access_token:${live.appId}`)).not.toBe(probe.partition(`wechat:access_token:${onDown.appId}`));
     // Its companions are on its server.
-    for (const companion of [':lock', ':failed', ':refetch', ':forced', ':wxkit', ':wxkit:lock']) {
+    for (const companion of [':lock', ':failed', ':refetch', ':forced', ':end', ':wxkit', ':wxkit:lock']) {
       expect(probe.partition(`wechat:access_token:${live.appId}${companion}`)).toBe(probe.partition(`wechat:access_token:${live.appId}`));
     }
     await servers[1]!.stop();

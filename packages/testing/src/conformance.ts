@@ -513,7 +513,7 @@ export function describeTokenCache(name: string, options: DescribeTokenCacheOpti
         for (const entry of [key('part'), `${key('part')}-other`, key('access_token:wx0123456789abcdef')]) {
           const part = cache.partition!(entry);
           expect(typeof part).toBe('string');
-          for (const companion of [':lock', ':failed', ':refetch', ':forced', ':wxkit', ':wxkit:lock', ':wxkit:failed']) {
+          for (const companion of [':lock', ':failed', ':refetch', ':forced', ':end', ':wxkit', ':wxkit:lock', ':wxkit:failed']) {
             expect(cache.partition!(`${entry}${companion}`), `${entry}${companion}`).toBe(part);
           }
         }
