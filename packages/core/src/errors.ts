@@ -237,7 +237,13 @@ export type MessageCryptoFailure =
   /** The app id at the end of the message is not this app's: a message meant for another app. */
   | 'appid'
   /** The signed timestamp lies too far from this process's clock (OpenPlatform's `pushMaxAgeMs`): a push sent again later, or a clock that is off. */
-  | 'expired';
+  | 'expired'
+  /**
+   * `handleCallback()` was handed no raw body (a string or Buffer) but what a body parser made of it (an
+   * object), or nothing (no parser ran): the callback route needs a parser that keeps the body raw, such
+   * as Express's `express.text()` for every content type. Every push fails so until the route is fixed.
+   */
+  | 'body';
 
 /**
  * An encrypted WeChat message (a callback push in "safe mode") could not be verified or decrypted.

@@ -49,6 +49,20 @@ describe('handleCallback on an unauthenticated body', () => {
     }
   });
 
+  it("a body a parser already read (an object, undefined, a number) is a 'body' error that says to hand over the raw body", async () => {
+    // express.json()/urlencoded() hand over an object; no parser (or express.text() without a type that
+    // matches WeChat's text/xml) leaves undefined, or {} under Express 4. Nothing of the body is quoted.
+    for (const parsed of [{ xml: { Encrypt: 'secret-looking-value' } }, {}, undefined, null, 42, [encrypted]]) {
+      const error = await rejection(open.handleCallback({ query, body: parsed as never }));
+      expect(error, String(parsed)).toBeInstanceOf(MessageCryptoError);
+      expect(error, String(parsed)).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'body' });
+      expect((error as Error).message).toMatch(/raw body.*string or Buffer/);
+      expect((error as Error).message).toContain("express.text({ type: '*/*' })");
+      expect((error as Error).message).not.toContain('secret-looking-value');
+      expect((error as Error).message).not.toContain(encrypted);
+    }
+  });
+
   it('finds no Encrypt in a body of unclosed tags', async () => {
     const error = await rejection(open.handleCallback({ query, body: `<xml>${'<a>'.repeat(20_000)}</xml>` }));
     expect(error).toMatchObject({ reason: 'format' });

@@ -13,7 +13,9 @@ export interface OpenPlatformPush {
 /**
  * The request WeChat sent to the callback URL: its query (a URLSearchParams, or the object a framework
  * parsed it into, such as Express's `req.query`) and raw body. Of a parsed query only text values count
- * (the first of a repeated one, a whole number as its digits); nested objects are ignored.
+ * (the first of a repeated one, a whole number as its digits); nested objects are ignored. The body is
+ * the bytes WeChat sent, as a string or Buffer (Express: `express.text()` or `express.raw()` for every
+ * content type); what a body parser made of it is refused (MessageCryptoError, reason `body`).
  */
 export interface CallbackRequest {
   query: URLSearchParams | Readonly<Record<string, unknown>>;
@@ -46,16 +48,28 @@ export class CallbackReader {
     this.#appId = appId;
   }
 
-  /** The push `request` carries, decrypted; a MessageCryptoError for one not from WeChat, or sent again later (`expired`). */
+  /**
+   * The push `request` carries, decrypted; a MessageCryptoError for one not from WeChat, sent again later
+   * (`expired`), or whose body a parser read before (`body`).
+   */
   open(request: CallbackRequest): OpenPlatformPush {
     if (typeof request !== 'object' || request === null) {
       throw new MessageCryptoError('format', `handleCallback() takes { query, body }: the callback's query string and its raw body (got ${typeName(request)})`);
     }
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
+    if (typeof request.body !== 'string' && !Buffer.isBuffer(request.body)) {
+      // A framework's body parser read the body first (an object), or none ran (undefined; {} under
+      // Express 4): the signature covers the bytes WeChat sent, so nothing else can be checked. The
+      // body's content is not quoted: it is what anyone on the internet sends.
+      throw new MessageCryptoError(
+        'body',
+        `the callback body is ${typeName(request.body)}, not the raw body: handleCallback() needs it as WeChat sent it, a string or Buffer. Give the callback route a parser that keeps it raw and no JSON or form parser before it: in Express, express.text({ type: '*/*' }) or express.raw({ type: '*/*' }); in Fastify, a content-type parser for text/xml with parseAs: 'string'`,
+      );
+    }
     // The body is read before its signature can be checked: one far larger than any push is refused unread.
-    const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : Buffer.isBuffer(request.body) ? request.body.length : undefined;
-    if (size === undefined || size > MAX_CALLBACK_BYTES) {
-      throw new MessageCryptoError('format', `the callback body is not a string or Buffer of at most ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
+    const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : request.body.length;
+    if (size > MAX_CALLBACK_BYTES) {
+      throw new MessageCryptoError('format', `the callback body is larger than ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
     }
     const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
     const timestamp = query.get('timestamp') ?? '';

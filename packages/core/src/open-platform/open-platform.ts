@@ -90,11 +90,13 @@ const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, pushMa
  * @example
  * ```ts
  * const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: redis, durableStore: postgres });
- * app.post('/wechat/open', async (req, res) => {
+ * // The raw body, as WeChat sent it (a string or Buffer): no JSON or form parser on this route.
+ * app.post('/wechat/open', express.text({ type: () => true }), async (req, res) => {
  *   try {
  *     await open.handleCallback({ query: req.query, body: req.body });
  *     res.send('success');
  *   } catch (error) {
+ *     console.warn('WeChat callback refused:', error); // its code, reason and message; never the body or a secret
  *     res.status(error instanceof MessageCryptoError ? 403 : 500).end(); // not from WeChat, or a store down: WeChat retries
  *   }
  * });
@@ -208,8 +210,9 @@ export class OpenPlatform {
    * and stores a component_verify_ticket for every process. Answer WeChat with `success` once it resolves.
    * Other pushes (`authorized`, `updateauthorized`, `unauthorized`) are returned for the caller to act on.
    * Rejects with a MessageCryptoError for a request that is not from WeChat, or whose signed timestamp
-   * lies further than `pushMaxAgeMs` from this process's clock (a push sent again later: `expired`), and
-   * with a ConfigError once the platform is closed.
+   * lies further than `pushMaxAgeMs` from this process's clock (a push sent again later: `expired`), or
+   * whose body is no string or Buffer (`body`: a body parser read it first, or none ran), and with a
+   * ConfigError once the platform is closed.
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
     // After close() the stores may be closed, and a ticket written now would go unwaited for.
