@@ -323,6 +323,9 @@ const ERRCODE_HINTS: Record<number, string> = {
   61005: 'component_verify_ticket is expired',
   61006: 'component_verify_ticket is invalid',
   61007: 'api is unauthorized to component',
+  // An authorization code is single use: the `authorized` push and the redirect carry the same one.
+  61009: 'authorization code is invalid: used already, or not issued to this component',
+  61010: 'authorization code is expired',
   61023: 'authorizer_refresh_token is invalid: the account must authorize again',
   89501: 'caller IP awaits the administrator\'s confirmation',
   89503: 'caller IP needs the administrator\'s confirmation',

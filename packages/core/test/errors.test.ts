@@ -50,6 +50,14 @@ describe('errors', () => {
     for (const errcode of [40003, 43101, 60011]) expect(tookToken(answer(errcode))).toBe(true);
   });
 
+  it("an authorization code WeChat refuses (61009 spent or invalid, 61010 expired) is described, as WeChat's errmsg says, without the code", () => {
+    const refused = (errcode: number, errmsg: string) => new esm.WeChatApiError({ errcode, errmsg }, 'cgi-bin/component/api_query_auth');
+    expect(refused(61009, 'code is invalid rid: 6929a1b2-2c3d4e5f-0a1b2c3d').message).toBe(
+      'WeChat rejected cgi-bin/component/api_query_auth: errcode 61009 (authorization code is invalid: used already, or not issued to this component)',
+    );
+    expect(refused(61010, 'code is expired').message).toBe('WeChat rejected cgi-bin/component/api_query_auth: errcode 61010 (authorization code is expired)');
+  });
+
   it('keeps the cause', () => {
     const cause = new Error('ECONNREFUSED');
     expect(new esm.CacheError('down', { cause }).cause).toBe(cause);

@@ -275,6 +275,8 @@ describe('one authorization code handed to two processes (the push and the redir
     const error = await rejection(process().handleAuthorization(grant.authorizationCode));
     expect(error).toBeInstanceOf(WeChatApiError);
     expect(error.errcode).toBe(61009);
+    expect(error.message).toBe('WeChat rejected cgi-bin/component/api_query_auth: errcode 61009 (authorization code is invalid: used already, or not issued to this component)');
+    expect(error.message).not.toContain(grant.authorizationCode);
     expect(mock.counters(component.appId).queryAuthRequests).toBe(2);
   });
 
