@@ -599,6 +599,12 @@ describe('ClientPool: a resolver that fails or answers garbage', () => {
     expect(make({ kind: 'openPlatform' })).toThrow(/options\.kind must be/);
     expect(make({ credentials: { [SECRET]: SECRET } })).toThrow(/options\.credentials must be a function/);
     expect(make({ maxClients: 0 })).toThrow(/options\.maxClients/);
+    // The bounds docs/open-platform.md's ClientPool table gives: an integer ≥ 1; whole ms, 1 to 2³¹ − 1.
+    expect(make({ maxClients: 1.5 })).toThrow(/options\.maxClients must be an integer from 1 /);
+    for (const name of ['clientIdleMs', 'credentialsTimeoutMs']) {
+      for (const bad of [0, 1.5, 2 ** 31]) expect(make({ [name]: bad }), `${name} ${bad}`).toThrow(new RegExp(`options\\.${name} must be an integer from 1 to ${2 ** 31 - 1} \\(ms\\)`));
+    }
+    for (const good of [{ maxClients: 1 }, { clientIdleMs: 1, credentialsTimeoutMs: 2 ** 31 - 1 }]) pools.push(make(good)() as ClientPool<never>);
     expect(make({ timeoutMs: -1 })).toThrow(/ClientPool options\.timeoutMs/);
     expect(make({ secret: SECRET })).toThrow(/options\.secret is not an option/);
     expect(make({ kind: 'work', tokenEndpoint: 'stable' })).toThrow(/tokenEndpoint/);
