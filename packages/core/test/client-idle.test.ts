@@ -1,6 +1,7 @@
 import { startMockWeChat, type MockAuthorizedAccount, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientPool, MemoryCache, OpenPlatform, type ClientPoolOptions, type OfficialAccount } from '../src/index.js';
+import { DroppedRefusals } from '../src/clients/client-lru.js';
 import { collect, componentOptions, deferred, holdingDispatcher, storeVerifyTicket } from './helpers.js';
 
 // A pooled client unused past clientIdleMs is dropped when its own account is asked for next, and a new
@@ -20,6 +21,8 @@ afterAll(async () => {
 });
 
 const send = (client: OfficialAccount) => client.templateMessage.send({ touser: 'o1', template_id: 'T', data: {} });
+/** What a send came to: `ok`, or the errcode it failed with. */
+const outcome = (sending: Promise<unknown>) => sending.then(() => 'ok', (error: { errcode?: number }) => error.errcode);
 
 /** A pool of one account on a clock the test moves, with room for many; `calls` counts the resolver's calls. */
 function poolOfOne(extra: Partial<ClientPoolOptions<'officialAccount'>> = {}, secret?: () => string) {
@@ -135,7 +138,6 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
 
   it('a secret WeChat refused, on a client idle past clientIdleMs: the client made anew costs one resolver call, not one more at the next get()', async () => {
     const { app, pool, calls, clock } = poolOfOne({ clientIdleMs: 1000 }, () => 'a-wrong-secret-0123456789abcdef');
-    const outcome = (sending: Promise<unknown>) => sending.then(() => 'ok', (error: { errcode?: number }) => error.errcode);
     expect(await outcome(send(await pool.get(app.appId)))).toBe(40125);
     clock.now += 1001;
     const results: unknown[] = [];
@@ -149,6 +151,71 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
     expect(results).toEqual([40125, 40125, 40125, 40125, 40125]);
     expect(calls).toHaveLength(3);
     expect(mock.counters(app.appId).tokenRequests).toBe(1);
+  });
+
+  /**
+   * A pool of two accounts on a clock the test moves: `refused`, whose record holds a secret WeChat
+   * refuses, and `other`, whose record is right. `calls` counts the resolver's calls per account.
+   */
+  function poolOfTwo(extra: Partial<ClientPoolOptions<'officialAccount'>> = {}) {
+    const [refused, other] = [mock.createApp(), mock.createApp()];
+    const calls = { refused: 0, other: 0 };
+    const clock = { now: Date.now() };
+    const pool = new ClientPool({
+      kind: 'officialAccount',
+      credentials: (id) => {
+        if (id === refused.appId) return (calls.refused += 1), { secret: 'a-wrong-secret-0123456789abcdef' };
+        return (calls.other += 1), { secret: other.secret };
+      },
+      baseUrl: mock.url,
+      cache: new MemoryCache(),
+      logger: false,
+      clientIdleMs: 1000,
+      tokenEndpoint: 'classic',
+      now: () => clock.now,
+      ...extra,
+    });
+    closers.push(pool);
+    return { refused, other, pool, calls, clock };
+  }
+
+  it("a refused secret's client swept as idle by another account's get(): the account's next client costs one resolver call, not one more at the get() after", async () => {
+    const { refused, other, pool, calls, clock } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    clock.now += 1001;
+    // The other account's get() drops the refused account's idle client, not that account's own get().
+    expect(await outcome(send(await pool.get(other.appId)))).toBe('ok');
+    expect(pool.size).toBe(1);
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
+    expect(results).toEqual([40125, 40125, 40125]);
+    // The first client's, then the one made anew; the fleet's back-off holds the refused secret.
+    expect(calls.refused).toBe(2);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+  });
+
+  it("a refused secret's client dropped beyond maxClients by another account's get(): the same, one resolver call for the client made anew", async () => {
+    const { refused, other, pool, calls } = poolOfTwo({ maxClients: 1 });
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    expect(await outcome(send(await pool.get(other.appId)))).toBe('ok');
+    expect(pool.size).toBe(1);
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
+    expect(results).toEqual([40125, 40125, 40125]);
+    expect(calls.refused).toBe(2);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+  });
+
+  it("delete(id) forgets the refusal a dropped client saw: the client made after it takes the fleet's refusal as news, and the next get() asks again", async () => {
+    const { refused, other, pool, calls, clock } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    clock.now += 1001;
+    await pool.get(other.appId);
+    await pool.delete(refused.appId);
+    for (let i = 0; i < 2; i += 1) expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    // As after delete() of a held client: the record was said to have changed, so nothing is carried over.
+    expect(calls.refused).toBe(3);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
   });
 
   it('an account asked for after each idle period, 300 times: the clients made anew are collected', async () => {
@@ -166,6 +233,37 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
     expect(calls).toHaveLength(300);
     // Only the one held.
     expect(refs.filter((ref) => ref.deref() !== undefined)).toHaveLength(1);
+  });
+});
+
+describe('the refusals a pool keeps for the clients its sweep dropped', () => {
+  it('stay at most max for 10,000 accounts, the latest kept; each is handed out once', () => {
+    const refusals = new DroppedRefusals({ max: 1000, lifeMs: 60_000, now: () => 0 });
+    for (let i = 0; i < 10_500; i += 1) refusals.keep(`wx${i}`, i);
+    expect(refusals.size).toBe(1000);
+    expect(refusals.take('wx0')).toBeUndefined();
+    expect(refusals.take('wx9499')).toBeUndefined();
+    expect(refusals.take('wx9500')).toBe(9500);
+    expect(refusals.take('wx9500')).toBeUndefined();
+    expect(refusals.take('wx10499')).toBe(10_499);
+    expect(refusals.size).toBe(998);
+  });
+
+  it('keep nothing for a client that saw no refusal, and expire lifeMs after they were kept', () => {
+    let now = 0;
+    const refusals = new DroppedRefusals({ max: 1000, lifeMs: 60_000, now: () => now });
+    refusals.keep('wxnone', undefined);
+    expect(refusals.size).toBe(0);
+    for (let i = 0; i < 10; i += 1) refusals.keep(`wx${i}`, i);
+    now = 59_999;
+    expect(refusals.take('wx0')).toBe(0);
+    now = 60_000;
+    expect(refusals.take('wx1')).toBeUndefined();
+    // Those expired are forgotten when another is kept, though nobody asks for them.
+    refusals.keep('wxlater', 7);
+    expect(refusals.size).toBe(1);
+    refusals.forget('wxlater');
+    expect(refusals.take('wxlater')).toBeUndefined();
   });
 });
 

@@ -14,9 +14,9 @@ export class ClientLru<T> {
   readonly #maxClients: number;
   readonly #idleMs: number;
   readonly #now: () => number;
-  readonly #drop: (value: T) => void;
+  readonly #drop: (value: T, id: string) => void;
 
-  constructor(options: { maxClients: number; idleMs: number; now: () => number; drop: (value: T) => void }) {
+  constructor(options: { maxClients: number; idleMs: number; now: () => number; drop: (value: T, id: string) => void }) {
     this.#maxClients = options.maxClients;
     this.#idleMs = options.idleMs;
     this.#now = options.now;
@@ -72,8 +72,63 @@ export class ClientLru<T> {
     for (const [id, held] of this.#entries) {
       if (this.#entries.size + room <= this.#maxClients && now - held.usedAt <= this.#idleMs) break;
       this.#entries.delete(id);
-      this.#drop(held.value);
+      this.#drop(held.value, id);
     }
+  }
+}
+
+/**
+ * The secret refusals seen by the clients a pool's sweep dropped (idle, or beyond maxClients, at another
+ * account's get()), kept for their account's next client as its own get() carries over an idle one's:
+ * that client does not take the fleet's same refusal, read again, as a reason to be made anew once more.
+ * Bounded for a pool of any number of accounts: at most `max` (the oldest forgotten first), each for
+ * `lifeMs` from when it was kept, past which no store holds the marker it names.
+ * @internal
+ */
+export class DroppedRefusals {
+  /** By id, in the order kept: the first entries are the oldest. */
+  readonly #byId = new Map<string, { failedAt: number; until: number }>();
+  readonly #max: number;
+  readonly #lifeMs: number;
+  readonly #now: () => number;
+
+  constructor(options: { max: number; lifeMs: number; now: () => number }) {
+    this.#max = options.max;
+    this.#lifeMs = options.lifeMs;
+    this.#now = options.now;
+  }
+
+  get size(): number {
+    return this.#byId.size;
+  }
+
+  /** Keeps the refusal (the fleet's failure's `failed_at`) the dropped client of `id` saw, if any. */
+  keep(id: string, failedAt: number | undefined): void {
+    if (failedAt === undefined) return;
+    const now = this.#now();
+    this.#byId.delete(id);
+    for (const [kept, { until }] of this.#byId) {
+      if (this.#byId.size < this.#max && now < until) break;
+      this.#byId.delete(kept);
+    }
+    this.#byId.set(id, { failedAt, until: now + this.#lifeMs });
+  }
+
+  /** The refusal kept for `id`, forgotten as it is handed out; undefined when none is, or it expired. */
+  take(id: string): number | undefined {
+    const kept = this.#byId.get(id);
+    this.#byId.delete(id);
+    return kept !== undefined && this.#now() < kept.until ? kept.failedAt : undefined;
+  }
+
+  /** Forgets `id`'s refusal (its credentials were said to have changed). */
+  forget(id: string): void {
+    this.#byId.delete(id);
+  }
+
+  /** Forgets every refusal. */
+  clear(): void {
+    this.#byId.clear();
   }
 }
 

@@ -3,8 +3,9 @@ import type { TokenCallOptions } from '../access-token.js';
 import { abortable } from '../token/single-flight.js';
 import { ClientCore, checkClientOptions, clientSchema, kForwardEvents, kPoolCore, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { ConfigError, CredentialsError } from '../errors.js';
+import { SECRET_MARKER_LIFE_MS } from '../token/failure.js';
 import { ID_RULE, durationMs, integer, oneOf, required, rule, signalRefusal, typeName, type OptionSchema } from '../validate.js';
-import { ClientLru, LetGo } from './client-lru.js';
+import { ClientLru, DroppedRefusals, LetGo } from './client-lru.js';
 import { MiniProgram } from './mini-program.js';
 import { OfficialAccount, type TokenEndpoint } from './official-account.js';
 import type { TokenEvents } from '../events.js';
@@ -40,7 +41,9 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
  * `get()` calls it again. A client whose secret WeChat refused (40125, 40091; 40001 from a token
  * endpoint), to its own fetch or to another process's with the same secret (the fleet's failure marker
  * names it), is made anew at the next `get()`, which calls it again: a record fixed meanwhile is taken
- * without `delete(id)`. It is called as a plain function (`this` is undefined): pass a method bound.
+ * without `delete(id)`. A record still wrong costs one call per refused fetch, however the refused client
+ * went (made anew, idle, beyond `maxClients`). It is called as a plain function (`this` is undefined):
+ * pass a method bound.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
   id: string,
@@ -111,6 +114,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #options: Record<string | symbol, unknown>;
   readonly #core: ClientCore;
   readonly #clients: ClientLru<ClientOf<K>>;
+  /** The refusals seen by the clients the sweep dropped, for their accounts' next clients. */
+  readonly #refusals: DroppedRefusals;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   readonly #letGo = new LetGo();
   /** Aborted by close(): a resolver call under way is no longer waited for. */
@@ -137,14 +142,20 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     // pool.on('access_token.fetched', …) hears every account's client, however often it is made anew.
     this.#options = { ...clientOptions, [kPoolCore]: this.#core, [kForwardEvents]: this.#core };
     const now = opts.now ?? (() => performance.now());
+    const maxClients = opts.maxClients ?? DEFAULTS.maxClients;
+    // As many as clients may be held: most dropped clients saw no refusal, and keep nothing here.
+    this.#refusals = new DroppedRefusals({ max: maxClients, lifeMs: SECRET_MARKER_LIFE_MS, now });
     this.#clients = new ClientLru({
-      maxClients: opts.maxClients ?? DEFAULTS.maxClients,
+      maxClients,
       idleMs: opts.clientIdleMs ?? DEFAULTS.clientIdleMs,
       now,
       // The clients share the pool's HTTP client and store, which stay open. A dropped client is only let
       // go of: a caller that still holds it finishes its calls (closing it would end their token waits);
-      // it is closed with the pool.
-      drop: (client) => this.#letGo.add(client),
+      // it is closed with the pool. The secret refusal it saw goes to its account's next client.
+      drop: (client, id) => {
+        this.#letGo.add(client);
+        this.#refusals.keep(id, secretRefusalSeen(client));
+      },
     });
   }
 
@@ -225,6 +236,9 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
         throw error;
       });
     }
+    // Or the refusal a client of `id` saw that another account's get() dropped (idle, or beyond
+    // maxClients): the one made now takes it over all the same.
+    refusal ??= this.#refusals.take(id);
     const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline, refusal).finally(() => {
       if (this.#pending.get(id) === made) this.#pending.delete(id);
     });
@@ -244,6 +258,8 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     this.#pending.delete(id);
     const held = this.#clients.delete(id);
     if (held) this.#letGo.add(held);
+    // Nor is the refusal a dropped client saw carried over: the credentials were said to have changed.
+    this.#refusals.forget(id);
     await pending?.catch(() => undefined);
   }
 
@@ -263,6 +279,7 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     this.#closed = true;
     this.#closeSignal.abort();
     await Promise.all([...this.#pending.values()].map((pending) => pending.catch(() => undefined)));
+    this.#refusals.clear();
     await Promise.all([...this.#clients.clear().map((client) => client.close()), this.#letGo.closeAll(), this.#core.closeBusy()]);
     await this.#core.close();
   }

@@ -77,6 +77,11 @@ const TRANSIENT_MAX_MS = 60_000;
 const JITTER = 0.2;
 /** A marker outlives its pause by this much, so the next failure in a row grows the pause further. */
 export const REMEMBER_MS = 10 * MINUTE_MS;
+/**
+ * The longest a marker of a refused secret stays in a store that honours TTLs once written: its pause (a
+ * credential error's minute, below) and REMEMBER_MS. Past it no process reads that refusal again.
+ */
+export const SECRET_MARKER_LIFE_MS = MINUTE_MS + REMEMBER_MS;
 // WeChat's daily quotas reset at midnight Beijing time (UTC+8).
 const BEIJING_OFFSET_MS = 8 * 3_600_000;
 const DAY_MS = 86_400_000;
