@@ -69,7 +69,10 @@ export interface TokenService {
    * Stops taking requests, finishes those under way, and closes the clients. The store is yours to close.
    * Each answer from then on closes its connection, and a request that arrives on a kept-alive connection
    * afterwards gets 503 `shutting_down`; connections idle or that have sent nothing yet close at once,
-   * and those still busy `requestTimeoutMs` after close() began are cut, so it always resolves. Calling it again resolves when the first call's work is done.
+   * and those still busy `requestTimeoutMs` after close() began are cut, so it always resolves. Every
+   * request taken is logged (`serve.request`, once) and counted before it resolves: one cut while its
+   * handler still waits (a store that does not answer) as `cut_at_shutdown` then, whatever the handler
+   * does later. Calling it again resolves when the first call's work is done.
    */
   close(): Promise<void>;
 }
@@ -437,6 +440,11 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   const cut = new WeakSet<ServerResponse>();
   /** The answers not finished yet: those under way when close() begins close their connection once sent. */
   const open = new Set<ServerResponse>();
+  /**
+   * The requests not logged yet, each with what logs it once its connection is closed: close() logs those
+   * left (see stop), so that no line comes after it resolves.
+   */
+  const unreported = new Map<ServerResponse, () => void>();
   /** Connections taken past maxConnections (see the band below): each gets one 503 busy, then is closed. */
   const busy = new WeakSet<Socket>();
   const noteBusy = onceASecond((answered) =>
@@ -700,8 +708,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         // An answer whose headers were out before close() began keeps its connection alive: closed here.
         if (closing) server.closeIdleConnections();
       });
-      /** Logs and counts the answer, as its client got it. */
+      /** Logs and counts the answer, as its client got it: once, by its handler's end or by close(). */
+      let reported = false;
       const report = () => {
+        if (reported) return;
+        reported = true;
+        unreported.delete(res);
         // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
         // still there then), whatever the handler did after: its client got no answer.
         if (cut.has(res)) {
@@ -727,6 +739,14 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
           'request',
         );
       };
+      // Once close() has closed every connection, what this request's client got is known whatever its
+      // handler still waits for (a store that does not answer, a fetch cut a few turns back). The socket's
+      // own 'close' may still be to come (Node counts a connection gone at once, and says so to the
+      // socket once its handle has closed), so it is taken as come.
+      unreported.set(res, () => {
+        lost();
+        report();
+      });
       handle(req, res, info)
         .catch((error: unknown) => fail(res, error, info, log))
         .finally(() => {
@@ -821,6 +841,10 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       if (!agent.destroyed) await agent.close();
     } finally {
       clearTimeout(grace);
+      // Every connection is closed: the requests whose handlers have not ended (one cut past the grace, one
+      // whose client went away) are logged and counted now, as their clients got them, so a caller that
+      // closes its log once close() resolves loses none; their handlers' own reports, later, add nothing.
+      for (const closeReport of [...unreported.values()]) closeReport();
     }
   };
   let stopping: Promise<void> | undefined;

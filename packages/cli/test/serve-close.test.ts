@@ -1,4 +1,5 @@
-import { Agent, request } from 'node:http';
+import { subscribe, unsubscribe } from 'node:diagnostics_channel';
+import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache } from '@wxkit/core';
@@ -273,7 +274,7 @@ describe('close() of the token service', () => {
       await hangUpOnceAsked(service, app, `GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
       await vi.waitFor(async () => expect((await fetch(`${service.url}/healthz`)).status).toBe(200));
       await service.close();
-      await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toHaveLength(1));
+      expect(lines.filter((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toHaveLength(1);
       expect(lines.find((line) => line.event === 'serve.request' && line.route === '/v1/ticket/{app}/{type}')).toMatchObject({ status: 499, reason: 'client_gone' });
     } finally {
       mock.setLatency(0);
@@ -354,9 +355,8 @@ describe('close() of the token service', () => {
       socket.write(`${tokenRequest(app)}GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
       await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
       await service.close();
-      expect(statusLines(await received)).toEqual([]);
-      await vi.waitFor(() => expect(requestsLogged(lines)).toHaveLength(2));
       expect(requestsLogged(lines).sort()).toEqual(['/healthz 503 cut_at_shutdown', '/v1/token/{app} 503 cut_at_shutdown']);
+      expect(statusLines(await received)).toEqual([]);
     } finally {
       mock.setLatency(0);
       await service.close();
@@ -391,10 +391,60 @@ describe('close() of the token service', () => {
       socket.write(`GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\n`);
       await vi.waitFor(() => expect(slowReads).toBeGreaterThan(0));
       await service.close();
+      expect(lines.filter((line) => line.event === 'serve.request')).toEqual([expect.objectContaining({ status: 503, reason: 'cut_at_shutdown' })]);
       expect(await received).toBe('');
-      await vi.waitFor(() => expect(lines.filter((line) => line.event === 'serve.request')).toHaveLength(1), { timeout: 5_000 });
-      expect(lines.find((line) => line.event === 'serve.request')).toMatchObject({ status: 503, reason: 'cut_at_shutdown' });
     } finally {
+      await service.close();
+    }
+  });
+
+  it('a request cut at shutdown whose handler still waits on the store when close() resolves is logged 503 cut_at_shutdown by then, and once only when the handler ends later', async () => {
+    const app = mock.createApp();
+    const ticketKey = `wechat:jsapi_ticket:${app.appId}`;
+    // Once `hold` is set, each read of the ticket entry waits until the test lets it go: a store that
+    // hangs, for as long as the test needs.
+    class HeldReads extends MemoryCache {
+      hold = false;
+      readonly held: (() => void)[] = [];
+      override get(key: string): Promise<string | undefined> {
+        if (!this.hold || key !== ticketKey) return super.get(key);
+        return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
+      }
+    }
+    const cache = new HeldReads();
+    // The service's answer to the report, as the handler writes it.
+    const answers: ServerResponse[] = [];
+    const taken = (message: unknown) => {
+      const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
+      if (req.method === 'POST' && req.url?.includes(app.appId)) answers.push(response);
+    };
+    subscribe('http.server.request.start', taken);
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
+    try {
+      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(warm.status).toBe(200);
+      await warm.arrayBuffer();
+      lines.length = 0;
+      cache.hold = true;
+      // A report of a ticket the fleet does not hold: the handler reads the store's entry, then answers it.
+      const body = JSON.stringify({ ticket: 'a-ticket-never-handed-out' });
+      const { socket, received } = rawConnection(service);
+      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      await service.close();
+      // The handler still waits on the store: close() made its report.
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+      expect(await received).toBe('');
+      expect(answers).toHaveLength(1);
+      expect(answers[0]!.headersSent).toBe(false);
+      for (const release of cache.held) release();
+      // The handler answers (to a connection cut), and ends in the same turn: its own report adds no line.
+      await vi.waitFor(() => expect(answers[0]!.headersSent).toBe(true));
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+    } finally {
+      unsubscribe('http.server.request.start', taken);
       await service.close();
     }
   });
