@@ -304,14 +304,17 @@ export class EntryStore {
    * digest, for `END_RECORD_SLACK_S` past that end: the entry leaves the store up to five minutes before
    * it (its TTL), and an endpoint that hands its value back until that end with a full `expires_in`
    * (getticket) would have a process that never read the entry keep the value up to 2 h past it. See
-   * recordedEnd. Resolves whether the record was written; a store failure writes none.
+   * recordedEnd. Resolves whether the record was written; a store failure writes none. Written beside the
+   * token protocol, as recordedEnd reads it: its failure is its own (a Redis Cluster may keep the key on
+   * another shard than the entry's), and does not take the store for down for every client of the process,
+   * nor send the ticket just fetched to this host's fallback instead of the fleet.
    */
   async recordEnd(store: GuardedStore, entry: StoredEntry): Promise<boolean> {
     const expiresAt = entry.expiresAt;
     if (expiresAt === undefined) return false;
     const ttlSeconds = expiresAt + END_RECORD_SLACK_S - Math.floor(this.#init.now() / 1000);
     if (ttlSeconds <= 0) return false;
-    return store.set(endKey(this.key), encodeEndRecord(entry.value, expiresAt), ttlSeconds).then(
+    return store.setBeside(endKey(this.key), encodeEndRecord(entry.value, expiresAt), ttlSeconds).then(
       () => true,
       () => false,
     );
@@ -319,12 +322,13 @@ export class EntryStore {
 
   /**
    * When `value` ends as the end record of the key says (see recordEnd): undefined where the record is
-   * absent, of another value, unreadable, more than a day ahead, or the store fails to answer.
+   * absent, of another value, unreadable, more than a day ahead, or the store fails to answer (read beside
+   * the token protocol, as recordEnd writes it).
    */
   async recordedEnd(store: GuardedStore, value: string): Promise<number | undefined> {
     let raw: string | undefined;
     try {
-      raw = await store.get(endKey(this.key));
+      raw = await store.getBeside(endKey(this.key));
     } catch {
       return undefined;
     }
