@@ -61,3 +61,46 @@ describe("a store that fails at a ticket's end record only", () => {
     }
   }
 });
+
+describe('a writer of a ticket that dies as it writes it', () => {
+  it("once the first of its entry and its end record reached the store: a process that never read the entry keeps the ticket's end", async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const shared = new MemoryCache({ now: clock.now });
+      const key = ticketKeyOf(appId);
+      // The writer's process is killed as soon as one of the two writes reached the store: nothing of it
+      // reaches the store after that.
+      let dead = false;
+      const dying = <A extends [string, ...unknown[]], R>(call: (...args: A) => Promise<R>, write = false) =>
+        async (...args: A): Promise<R> => {
+          if (dead) return new Promise<never>(() => undefined);
+          const result = await call(...args);
+          if (write && (args[0] === key || args[0] === endKey(key))) dead = true;
+          return result;
+        };
+      const cache = over(shared, {
+        get: dying((k: string) => shared.get(k)),
+        set: dying((k: string, value: string, ttl: number) => shared.set(k, value, ttl), true),
+        add: dying((k: string, value: string, ttl: number) => shared.add(k, value, ttl), true),
+        compareAndSet: dying((k: string, expected: string, value: string, ttl: number) => shared.compareAndSet(k, expected, value, ttl), true),
+        deleteIfEquals: dying((k: string, expected: string) => shared.deleteIfEquals(k, expected)),
+      });
+      const writer = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, logger: false, now: clock.now, cacheTimeoutMs: 50, fallbackDir: false });
+      await writer.jssdk.getTicket().catch(() => undefined);
+      expect(dead).toBe(true);
+      expect(local.counters(appId).ticketRequests).toBe(1);
+      // A process started in the ticket's last minutes (its entry, if it was written, has left the store)
+      // is handed the same ticket with expires_in 7200.
+      clock.at(7000_000);
+      const late = new OfficialAccount({ appId, secret, baseUrl: local.url, cache: shared, logger: false, now: clock.now });
+      const handed = await late.jssdk.getTicket();
+      expect(local.counters(appId).ticketRequests).toBe(2);
+      // Kept for what is left of it: once it ended, the next one is served.
+      clock.at(7260_000);
+      expect(local.isTicketValid(appId, handed)).toBe(false);
+      const next = await late.jssdk.getTicket();
+      expect(local.isTicketValid(appId, next)).toBe(true);
+      await Promise.all([late.close(), writer.close().catch(() => undefined)]);
+    });
+  });
+});

@@ -598,6 +598,11 @@ export class LockedFetchRefresher implements Refresher {
       // Seen absent under the lock: `add` first, without reading it again (a lost `add` reads and compares).
       absent: seen.entryAbsent === true,
     };
+    // A ticket's end record goes before its entry, while the lease holds: a holder killed between the two
+    // writes leaves a record without its entry (the next holder fetches the same ticket, and reads its
+    // end), never an entry without its record (a process that never read that entry would keep the ticket
+    // up to 2 h past its end). The record says only when that ticket ends: true whatever the write meets.
+    if (this.#upstream.answersFullLife && tier.name === 'shared' && leaseHeld) await ctx.entries.recordEnd(tier.entries, fresh.entry);
     // The entry this fetch put in the shared store, for what peers keep beside it (afterWrite).
     let shared: StoredEntry | undefined;
     try {
@@ -624,10 +629,7 @@ export class LockedFetchRefresher implements Refresher {
       }
     }
     // Only while the lease holds: a holder past it may no longer know what the store holds.
-    if (shared && (handle === undefined || handle.remainingMs() > 0)) {
-      if (this.#upstream.answersFullLife) await ctx.entries.recordEnd(tier.entries, shared);
-      await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
-    }
+    if (shared && (handle === undefined || handle.remainingMs() > 0)) await this.#upstream.afterWrite?.(fetched, shared).catch(() => undefined);
     ctx.log.info(
       {
         event: `${ctx.label}.fetched`,
