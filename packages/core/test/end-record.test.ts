@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { MemoryCache, OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
-import { endKey } from '../src/token/entry-store.js';
+import { CacheError, MemoryCache, OfficialAccount, Work, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wechatpy, wxJava, type KeySchema, type TokenCache } from '../src/index.js';
+import { besideKey, endKey } from '../src/token/entry-store.js';
 import { onMockClock, recordingLogger } from './helpers.js';
 
 // A JS-SDK ticket's end record, `{key}:end` (docs/key-schema.md, "The end record"): kept beside the
@@ -13,6 +13,21 @@ function over(shared: MemoryCache, methods: Partial<TokenCache>): TokenCache {
       if (name in methods) return (methods as Record<string | symbol, unknown>)[name];
       const value = Reflect.get(target, name, target);
       return typeof value === 'function' ? value.bind(target) : value;
+    },
+  }) as unknown as TokenCache;
+}
+
+/** `shared`, each call's name and key pushed to `calls`; a call `fail` names an error for rejects with it. */
+function counting(shared: MemoryCache, calls: string[], fail: (key: string) => Error | undefined = () => undefined): TokenCache {
+  return new Proxy(shared, {
+    get(target, name) {
+      const value = Reflect.get(target, name, target);
+      if (typeof value !== 'function' || name === 'watch') return typeof value === 'function' ? value.bind(target) : value;
+      return (key: string, ...rest: unknown[]) => {
+        calls.push(`${String(name)} ${key}`);
+        const error = fail(key);
+        return error ? Promise.reject(error) : value.call(target, key, ...rest);
+      };
     },
   }) as unknown as TokenCache;
 }
@@ -101,6 +116,112 @@ describe('a writer of a ticket that dies as it writes it', () => {
       const next = await late.jssdk.getTicket();
       expect(local.isTicketValid(appId, next)).toBe(true);
       await Promise.all([late.close(), writer.close().catch(() => undefined)]);
+    });
+  });
+});
+
+describe("a ticket's end record", () => {
+  it('costs a ticket fetch one read and one write at {key}:end, a refetch of a ticket this process knows one write; no access token or WeCom ticket fetch touches it', async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const calls: string[] = [];
+      const cache = counting(new MemoryCache({ now: clock.now }), calls);
+      const at = (key: string) => calls.filter((call) => call.endsWith(` ${key}`));
+      for (const tokenEndpoint of ['stable', 'classic'] as const) {
+        const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, logger: false, now: clock.now, tokenEndpoint });
+        await app.accessToken.getToken();
+        await app.close();
+      }
+      expect(calls.filter((call) => call.endsWith(':end'))).toEqual([]);
+      const app = new OfficialAccount({ appId, secret, baseUrl: local.url, cache, logger: false, now: clock.now, memoMs: 0 });
+      await app.jssdk.getTicket();
+      const end = endKey(ticketKeyOf(appId));
+      expect(at(end)).toEqual([`get ${end}`, `set ${end}`]);
+      // Its entry left the store (its TTL's margin): the same ticket is handed back, and its end is known here.
+      calls.length = 0;
+      clock.at(7000_000);
+      await app.jssdk.getTicket();
+      expect(local.counters(appId).ticketRequests).toBe(2);
+      expect(at(end)).toEqual([`set ${end}`]);
+      await app.close();
+      // WeCom's ticket endpoints answer what is left: no record.
+      calls.length = 0;
+      const corp = local.createWorkApp();
+      const work = new Work({ ...corp, baseUrl: local.url, cache, logger: false, now: clock.now });
+      await work.jssdk.getTicket('jsapi');
+      await work.jssdk.getTicket('agent_jsapi');
+      expect(calls.length).toBeGreaterThan(0);
+      expect(calls.filter((call) => call.endsWith(':end'))).toEqual([]);
+      await work.close();
+    });
+  });
+
+  const where: [string, () => KeySchema, ((key: string) => boolean)?][] = [
+    ['wxJava', () => wxJava()],
+    ['easyWeChat4', () => easyWeChat4()],
+    ['easyWeChat6', () => easyWeChat6()],
+    ['silenceper', () => silenceper()],
+    ['wechatpy', () => wechatpy()],
+    // A Redis hash of another program's at the key: the fleet shares its ticket beside it ({key}:wxkit).
+    ["the native schema, the key holding another program's value", () => nativeSchema(), (key) => /^wechat:jsapi_ticket:wx[0-9a-f]+$/.test(key)],
+  ];
+  for (const [name, schema, otherKind] of where) {
+    it(`is kept under the ticket's key (${name}): a process started in the ticket's last minutes keeps its end`, async () => {
+      await onMockClock(async (local, clock) => {
+        const { appId, secret } = local.createApp();
+        const calls: string[] = [];
+        const shared = new MemoryCache({ now: clock.now });
+        const cache = counting(shared, calls, (key) => (otherKind?.(key) ? new CacheError('WRONGTYPE Operation against a key holding the wrong kind of value', { reason: 'type' }) : undefined));
+        const options = { appId, secret, baseUrl: local.url, cache, schema: schema(), memoMs: 0, logger: false as const, now: clock.now };
+        const writer = new OfficialAccount(options);
+        const ticket = await writer.jssdk.getTicket();
+        await writer.close();
+        const key = options.schema.ticketKey({ kind: 'official_account', appId, endpoint: options.schema.defaultEndpoint ?? 'stable' }, 'jsapi');
+        expect(await shared.get(endKey(key))).toContain('"value_digest"');
+        if (otherKind) expect(await shared.get(besideKey(key))).toContain(ticket);
+        // 100 s before the ticket's end its entry has left the store (its TTL's margin, or an eviction).
+        clock.at(7100_000);
+        await shared.delete(key);
+        await shared.delete(besideKey(key));
+        const late = new OfficialAccount(options);
+        expect(await late.jssdk.getTicket()).toBe(ticket);
+        expect(local.counters(appId).ticketRequests).toBe(2);
+        clock.at(7260_000);
+        const next = await late.jssdk.getTicket();
+        expect(next).not.toBe(ticket);
+        expect(local.isTicketValid(appId, next)).toBe(true);
+        await late.close();
+      });
+    });
+  }
+});
+
+describe("a ticket's end record and a forced refresh", () => {
+  it('names its own ticket only: a new one another program got is served for its own life, and a refresh that gets the same one back keeps its end', async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const cache = new MemoryCache({ now: clock.now });
+      const options = { appId, secret, baseUrl: local.url, cache, memoMs: 0, logger: false as const, now: clock.now };
+      const first = new OfficialAccount(options);
+      const old = await first.jssdk.getTicket();
+      await first.close();
+      // Another program gets WeChat to hand out a new ticket; wx.config refuses the old one, and the page
+      // asks for a new one. The old ticket's record says nothing of it.
+      clock.at(1000_000);
+      const issued = local.issueTicket(appId);
+      const refreshing = new OfficialAccount(options);
+      expect(await refreshing.jssdk.refreshTicket()).toBe(issued);
+      await refreshing.close();
+      // In its last minutes (its entry gone), a process that never saw it refreshes it: WeChat hands the
+      // same one back with expires_in 7200, and its end stands.
+      clock.at(8100_000);
+      const late = new OfficialAccount(options);
+      expect(await late.jssdk.refreshTicket()).toBe(issued);
+      clock.at(8260_000);
+      const next = await late.jssdk.getTicket();
+      expect(next).not.toBe(issued);
+      expect(local.isTicketValid(appId, next)).toBe(true);
+      await late.close();
     });
   });
 });
