@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { CacheError, MemoryCache, OfficialAccount, Work, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wechatpy, wxJava, type KeySchema, type TokenCache } from '../src/index.js';
 import { besideKey, endKey } from '../src/token/entry-store.js';
+import { leaseMs } from '../src/token/refreshers/locked-fetch/locked-fetch.js';
 import { onMockClock, recordingLogger } from './helpers.js';
 
 // A JS-SDK ticket's end record, `{key}:end` (docs/key-schema.md, "The end record"): kept beside the
@@ -223,5 +224,13 @@ describe("a ticket's end record and a forced refresh", () => {
       expect(local.isTicketValid(appId, next)).toBe(true);
       await late.close();
     });
+  });
+});
+
+describe("a ticket's refresh lock", () => {
+  it("covers the end record's two store calls in its lease (docs/key-schema.md: 35 s, a ticket's 39 s)", () => {
+    // The HTTP call's wait for a connection and its exchange, 10 s each; store deadlines of 2 s.
+    expect(leaseMs(20_000, 2_000)).toBe(35_000);
+    expect(leaseMs(20_000, 2_000, true)).toBe(39_000);
   });
 });

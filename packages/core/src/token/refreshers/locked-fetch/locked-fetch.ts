@@ -20,6 +20,9 @@ import { SlotTaken, StoreBack, StoreDownSpacing } from './store-down.js';
 // store-down fetch (a read and an atomic write), the read and compare-and-set of the write, and the
 // clearing of the failure marker (companions, such as wechatpy's `_expires_at`, are written beside it).
 const STORE_CALLS_IN_SECTION = 7;
+// A ticket's end record, read after the fetch and written before the entry (an endpoint that answers a
+// value's full life: Upstream.answersFullLife).
+const END_RECORD_CALLS = 2;
 // Timers and scheduling between the calls, which their deadlines do not cover.
 const LEASE_SLACK_MS = 1_000;
 // A refresh starts over (a fresh input, the fallback tier, a slot taken by another process of the host)
@@ -37,8 +40,8 @@ class InputGone extends Error {}
  * call inside it with their deadlines, never a constant. A holder that outlives it has, by construction,
  * been stalled, and its write still cannot replace a newer token (EntryStore.write compares fetched_at).
  */
-export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number): number {
-  return upstreamBudgetMs + STORE_CALLS_IN_SECTION * cacheTimeoutMs + LEASE_SLACK_MS;
+export function leaseMs(upstreamBudgetMs: number, cacheTimeoutMs: number, endRecord = false): number {
+  return upstreamBudgetMs + (STORE_CALLS_IN_SECTION + (endRecord ? END_RECORD_CALLS : 0)) * cacheTimeoutMs + LEASE_SLACK_MS;
 }
 
 type WaitOutcome = { refreshed: Refreshed } | { handle: LockHandle };
@@ -96,7 +99,7 @@ export class LockedFetchRefresher implements Refresher {
   constructor(ctx: TokenContext, upstream: Upstream, lockKey: string) {
     this.#ctx = ctx;
     this.#upstream = upstream;
-    this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs);
+    this.leaseMs = leaseMs(upstream.budgetMs, ctx.settings.cacheTimeoutMs, upstream.answersFullLife === true);
     this.keepAliveMs = keepAliveMs(ctx.settings.cacheTimeoutMs, this.leaseMs);
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue, ctx.entries.schema.name);
     this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
