@@ -78,6 +78,39 @@ describe("a store that fails at a ticket's end record only", () => {
   }
 });
 
+describe("a ticket's end record that could not be read", () => {
+  it('is not replaced by the end WeChat answered, which nobody checked: the next process that fetches the ticket keeps its end', async () => {
+    await onMockClock(async (local, clock) => {
+      const { appId, secret } = local.createApp();
+      const shared = new MemoryCache({ now: clock.now });
+      let failReads = false;
+      const cache = over(shared, { get: (key) => (failReads && key.endsWith(':end') ? Promise.reject(new Error('connect ECONNREFUSED')) : shared.get(key)) });
+      const options = { appId, secret, baseUrl: local.url, cache, logger: false as const, now: clock.now, cacheTimeoutMs: 100 };
+      const first = new OfficialAccount(options);
+      const ticket = await first.jssdk.getTicket();
+      await first.close();
+      const record = await shared.get(endKey(ticketKeyOf(appId)));
+      // Its entry has left the store; a process new to it fetches it again, and cannot read the record.
+      clock.at(7000_000);
+      failReads = true;
+      const blind = new OfficialAccount(options);
+      expect(await blind.jssdk.getTicket()).toBe(ticket);
+      await blind.close();
+      expect(await shared.get(endKey(ticketKeyOf(appId)))).toBe(record);
+      // Its entry goes (an eviction); the next process reads the record, and keeps the ticket's end.
+      await shared.delete(ticketKeyOf(appId));
+      failReads = false;
+      const next = new OfficialAccount(options);
+      expect(await next.jssdk.getTicket()).toBe(ticket);
+      clock.at(7260_000);
+      const after = await next.jssdk.getTicket();
+      expect(after).not.toBe(ticket);
+      expect(local.isTicketValid(appId, after)).toBe(true);
+      await next.close();
+    });
+  });
+});
+
 describe('a writer of a ticket that dies as it writes it', () => {
   it("once the first of its entry and its end record reached the store: a process that never read the entry keeps the ticket's end", async () => {
     await onMockClock(async (local, clock) => {

@@ -322,18 +322,19 @@ export class EntryStore {
 
   /**
    * When `value` ends as the end record of the key says (see recordEnd): undefined where the record is
-   * absent, of another value, unreadable, more than a day ahead, or the store fails to answer (read beside
-   * the token protocol, as recordEnd writes it).
+   * absent, of another value, unreadable, or more than a day ahead; `unread` where the store failed to
+   * answer (read beside the token protocol, as recordEnd writes it), so that a record it may hold, and
+   * the next fetch may need, is not replaced by an end nobody checked.
    */
-  async recordedEnd(store: GuardedStore, value: string): Promise<number | undefined> {
+  async recordedEnd(store: GuardedStore, value: string): Promise<{ end?: number; unread?: true }> {
     let raw: string | undefined;
     try {
       raw = await store.getBeside(endKey(this.key));
     } catch {
-      return undefined;
+      return { unread: true };
     }
     const expiresAt = raw === undefined ? undefined : decodeEndRecord(raw, value);
-    return expiresAt === undefined || expiresAt * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? undefined : expiresAt;
+    return expiresAt === undefined || expiresAt * 1000 - this.#init.now() > MAX_RECORDED_LIFE_MS ? {} : { end: expiresAt };
   }
 
   /** The stored form of a fresh value asked for at `fetchedAt` (unix seconds) by `fetchedBy`. */

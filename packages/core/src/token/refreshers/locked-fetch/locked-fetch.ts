@@ -565,13 +565,19 @@ export class LockedFetchRefresher implements Refresher {
     // The look at the peer's copy takes store calls: a refresh closed, or given up on by every caller,
     // meanwhile stops here as it does before the look, rather than fetch for nobody.
     if (!fromPeer) stopIfEnded(ctx, request);
+    /** The value's end record could not be read: the one the store may hold is not replaced. */
+    let endUnread = false;
     try {
       if (fetched === undefined && progress) progress.asked = true;
       fetched ??= await this.#upstream.fetch(request.force, prepared);
       ctx.tiers.unsent.clear(ctx.key);
       // The value this process knew already, or the fleet's end record names, handed back with a new
       // expires_in (getticket): its end stays.
-      if (this.#upstream.answersFullLife) fetched = withKnownEnd(fetched, await this.#knownEnd(tier, fetched.value), Math.floor(startedAt / 1000));
+      if (this.#upstream.answersFullLife) {
+        const known = await this.#knownEnd(tier, fetched.value);
+        endUnread = known.unread === true;
+        fetched = withKnownEnd(fetched, known.end, Math.floor(startedAt / 1000));
+      }
     } catch (error) {
       if (prepared === undefined || !this.#upstream.rejectsInput?.(error)) await this.#recordFailure(tier, request, error);
       throw error;
@@ -605,7 +611,9 @@ export class LockedFetchRefresher implements Refresher {
     // writes leaves a record without its entry (the next holder fetches the same ticket, and reads its
     // end), never an entry without its record (a process that never read that entry would keep the ticket
     // up to 2 h past its end). The record says only when that ticket ends: true whatever the write meets.
-    if (this.#upstream.answersFullLife && tier.name === 'shared' && leaseHeld) await ctx.entries.recordEnd(tier.entries, fresh.entry);
+    // One whose record could not be read writes none: the store may hold the record that says the value
+    // ends sooner, which the next fetch of it needs.
+    if (this.#upstream.answersFullLife && tier.name === 'shared' && leaseHeld && !endUnread) await ctx.entries.recordEnd(tier.entries, fresh.entry);
     // The entry this fetch put in the shared store, for what peers keep beside it (afterWrite).
     let shared: StoredEntry | undefined;
     try {
@@ -666,10 +674,10 @@ export class LockedFetchRefresher implements Refresher {
    * as the shared store's end record says (EntryStore.recordEnd): a process that starts in a ticket's last
    * minutes, after its entry left the store, learns the end there.
    */
-  async #knownEnd(tier: Tier, value: string): Promise<number | undefined> {
+  async #knownEnd(tier: Tier, value: string): Promise<{ end?: number; unread?: true }> {
     const entries = this.#ctx.entries;
     const known = entries.knownEnd(value);
-    if (known !== undefined || tier.name !== 'shared') return known;
+    if (known !== undefined || tier.name !== 'shared') return { end: known };
     return entries.recordedEnd(tier.entries, value);
   }
 
