@@ -155,16 +155,18 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
 
   /**
    * A pool of two accounts on a clock the test moves: `refused`, whose record holds a secret WeChat
-   * refuses, and `other`, whose record is right. `calls` counts the resolver's calls per account.
+   * refuses (what `record.answer()` gives, which a test may change), and `other`, whose record is right.
+   * `calls` counts the resolver's calls per account.
    */
   function poolOfTwo(extra: Partial<ClientPoolOptions<'officialAccount'>> = {}) {
     const [refused, other] = [mock.createApp(), mock.createApp()];
     const calls = { refused: 0, other: 0 };
     const clock = { now: Date.now() };
+    const record = { answer: (): { secret: string } => ({ secret: 'a-wrong-secret-0123456789abcdef' }) };
     const pool = new ClientPool({
       kind: 'officialAccount',
       credentials: (id) => {
-        if (id === refused.appId) return (calls.refused += 1), { secret: 'a-wrong-secret-0123456789abcdef' };
+        if (id === refused.appId) return (calls.refused += 1), record.answer();
         return (calls.other += 1), { secret: other.secret };
       },
       baseUrl: mock.url,
@@ -176,7 +178,7 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
       ...extra,
     });
     closers.push(pool);
-    return { refused, other, pool, calls, clock };
+    return { refused, other, pool, calls, clock, record };
   }
 
   /**
@@ -208,6 +210,59 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
     expect(await outcome(send(await pool.get(other.appId)))).toBe('ok');
     expect(pool.size).toBe(1);
     await expectOneMoreCall(pool, refused.appId, calls);
+  });
+
+  it("a refused secret's client dropped, then a resolver call that fails: the client made after it takes the refusal over all the same", async () => {
+    const { refused, other, pool, calls, clock, record } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    clock.now += 1001;
+    await pool.get(other.appId);
+    const answer = record.answer;
+    record.answer = () => {
+      throw new Error('the database is down');
+    };
+    await expect(pool.get(refused.appId)).rejects.toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'failed' });
+    record.answer = answer;
+    // The first client's, the failed call, then the one made anew: none more for the fleet's same refusal.
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
+    expect(results).toEqual([40125, 40125, 40125]);
+    expect(calls.refused).toBe(3);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+  });
+
+  it("a held client whose secret WeChat refused, then a resolver call that fails: the same, the refusal is not lost with the call", async () => {
+    const { refused, pool, calls, record } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    const answer = record.answer;
+    record.answer = () => {
+      throw new Error('the database is down');
+    };
+    await expect(pool.get(refused.appId)).rejects.toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'failed' });
+    record.answer = answer;
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
+    expect(results).toEqual([40125, 40125, 40125]);
+    expect(calls.refused).toBe(3);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+  });
+
+  it('a refusal kept through a failed resolver call is forgotten by delete(id) made during that call', async () => {
+    const { refused, pool, calls, record } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    const answer = record.answer;
+    const failing = deferred();
+    // The resolver answers (with its failure) once delete() came.
+    record.answer = (() => failing.promise.then(() => Promise.reject(new Error('the database is down')))) as never;
+    const getting = pool.get(refused.appId);
+    const deleting = pool.delete(refused.appId);
+    failing.resolve();
+    await expect(getting).rejects.toBeDefined();
+    await deleting;
+    record.answer = answer;
+    // delete(): nothing carried over, as after delete() of a held client; the fleet's refusal read as news.
+    for (let i = 0; i < 2; i += 1) expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    expect(calls.refused).toBe(4);
   });
 
   it("delete(id) forgets the refusal a dropped client saw: the client made after it takes the fleet's refusal as news, and the next get() asks again", async () => {

@@ -81,6 +81,7 @@ export class ClientLru<T> {
  * The secret refusals seen by the clients a pool's sweep dropped (idle, or beyond maxClients, at another
  * account's get()), kept for their account's next client as its own get() carries over an idle one's:
  * that client does not take the fleet's same refusal, read again, as a reason to be made anew once more.
+ * A refusal taken for a client the resolver then failed to make is kept again, for the one made next.
  * Bounded for a pool of any number of accounts: at most `max` (the oldest forgotten first), each for
  * `lifeMs` from when it was kept, past which no store holds the marker it names.
  * @internal

@@ -42,8 +42,8 @@ export type ClientOf<K extends ClientPoolKind> = K extends 'officialAccount' ? O
  * endpoint), to its own fetch or to another process's with the same secret (the fleet's failure marker
  * names it), is made anew at the next `get()`, which calls it again: a record fixed meanwhile is taken
  * without `delete(id)`. A record still wrong costs one call per refused fetch, however the refused client
- * went (made anew, idle, beyond `maxClients`). It is called as a plain function (`this` is undefined):
- * pass a method bound.
+ * went (made anew, idle, beyond `maxClients`), and whatever calls failed in between. It is called as a
+ * plain function (`this` is undefined): pass a method bound.
  */
 export type CredentialsResolver<K extends ClientPoolKind> = (
   id: string,
@@ -114,7 +114,10 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
   readonly #options: Record<string | symbol, unknown>;
   readonly #core: ClientCore;
   readonly #clients: ClientLru<ClientOf<K>>;
-  /** The refusals seen by the clients the sweep dropped, for their accounts' next clients. */
+  /**
+   * The refusals seen by the clients the sweep dropped, and by those no new client replaced (the resolver
+   * failed), for their accounts' next clients.
+   */
   readonly #refusals: DroppedRefusals;
   readonly #pending = new Map<string, Promise<ClientOf<K>>>();
   readonly #letGo = new LetGo();
@@ -239,9 +242,17 @@ export class ClientPool<K extends ClientPoolKind = 'officialAccount'> {
     // Or the refusal a client of `id` saw that another account's get() dropped (idle, or beyond
     // maxClients): the one made now takes it over all the same.
     refusal ??= this.#refusals.take(id);
-    const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline, refusal).finally(() => {
-      if (this.#pending.get(id) === made) this.#pending.delete(id);
-    });
+    const made: Promise<ClientOf<K>> = this.#make(id, () => this.#pending.get(id) === made, deadline, refusal)
+      .catch((error: unknown) => {
+        // No client took the refusal over (the resolver failed, timed out, or answered nothing usable): the
+        // next one made does, or it would take the fleet's same refusal as news and cost one resolver call
+        // more. Not after delete(id): the credentials were said to have changed. (close() forgets them all.)
+        if (this.#pending.get(id) === made) this.#refusals.keep(id, refusal);
+        throw error;
+      })
+      .finally(() => {
+        if (this.#pending.get(id) === made) this.#pending.delete(id);
+      });
     this.#pending.set(id, made);
     return made;
   }
