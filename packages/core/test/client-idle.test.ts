@@ -212,6 +212,31 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
     await expectOneMoreCall(pool, refused.appId, calls);
   });
 
+  it("a refused secret's client dropped, then the account's record fixed: the next get() takes the new secret and sends, the kept refusal no hold on it", async () => {
+    const { refused, other, pool, calls, clock, record } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    clock.now += 1001;
+    await pool.get(other.appId);
+    record.answer = () => ({ secret: refused.secret });
+    for (let i = 0; i < 2; i += 1) expect(await outcome(send(await pool.get(refused.appId)))).toBe('ok');
+    // The fleet's back-off holds the refused secret only: the new one is fetched at once, once.
+    expect(calls.refused).toBe(2);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(2);
+  });
+
+  it("a refused secret's client dropped, then concurrent get() of the account: one client takes the refusal, one resolver call", async () => {
+    const { refused, other, pool, calls, clock } = poolOfTwo();
+    expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    clock.now += 1001;
+    await pool.get(other.appId);
+    const clients = await Promise.all(Array.from({ length: 5 }, () => pool.get(refused.appId)));
+    expect(new Set(clients).size).toBe(1);
+    expect(await Promise.all(clients.map((client) => outcome(send(client))))).toEqual(Array(5).fill(40125));
+    for (let i = 0; i < 2; i += 1) expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
+    expect(calls.refused).toBe(2);
+    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+  });
+
   it("a refused secret's client dropped, then a resolver call that fails: the client made after it takes the refusal over all the same", async () => {
     const { refused, other, pool, calls, clock, record } = poolOfTwo();
     expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
@@ -306,6 +331,16 @@ describe('the refusals a pool keeps for the clients its sweep dropped', () => {
     expect(refusals.take('wx9500')).toBeUndefined();
     expect(refusals.take('wx10499')).toBe(10_499);
     expect(refusals.size).toBe(998);
+  });
+
+  it('stay at most max on a clock that goes back and forth', () => {
+    let now = 1e9;
+    const refusals = new DroppedRefusals({ max: 100, lifeMs: 60_000, now: () => now });
+    for (let i = 0; i < 10_000; i += 1) {
+      refusals.keep(`wx${i}`, i);
+      now += i % 2 === 0 ? -70_000 : 50_000;
+      expect(refusals.size).toBeLessThanOrEqual(100);
+    }
   });
 
   it('keep nothing for a client that saw no refusal, and expire lifeMs after they were kept', () => {
