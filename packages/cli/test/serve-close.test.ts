@@ -1,10 +1,17 @@
 import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { Agent, request, type IncomingMessage, type ServerResponse } from 'node:http';
 import { connect, type Socket } from 'node:net';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache } from '@wxkit/core';
 import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { startTokenService, type TokenService, type TokenServiceOptions } from '../src/serve.js';
+import { ServiceMetrics } from '../src/serve-metrics.js';
+
+setFlagsFromString('--expose-gc');
+/** V8's garbage collector, for the test that checks what a request leaves reachable. */
+const gc = runInNewContext('gc') as () => void;
 
 // close() (SIGTERM) on connections a client keeps alive: the requests under way finish, and nothing
 // after them is served on those connections, so close() ends however busy its clients are.
@@ -511,6 +518,142 @@ describe('close() of the token service', () => {
       expect(metrics).toMatch(/wxkit_http_requests_total\{route="\/v1\/token\/\{app\}\/invalidate",status="499"\} 1/);
       expect(metrics).not.toMatch(/status="500"/);
     } finally {
+      await service.close();
+    }
+  });
+
+  it('each request, however it ends (answered, pipelined, 503 busy, 503 shutting_down, cut), is logged and counted once before close() resolves, and not again; close() twice alike', async () => {
+    const counted = vi.spyOn(ServiceMetrics.prototype, 'request');
+    const { service, app, lines } = await servedWithLog({ requestTimeoutMs: 300, maxConnections: 2, checkEverySeconds: 3600 });
+    /** The logged requests as `status reason`. */
+    const logged = () => lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.status)} ${String(line.reason ?? '')}`.trim());
+    try {
+      const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+      expect((await get(service, '/healthz', agent)).status).toBe(200);
+      expect((await get(service, '/no-such-endpoint', agent)).status).toBe(404);
+      expect((await get(service, `/v1/token/oa/${app.appId}`, agent)).status).toBe(200);
+      agent.destroy();
+      await vi.waitFor(() => expect(logged()).toHaveLength(3));
+      mock.setLatency(600_000);
+      // A ticket fetch WeChat does not answer, and a request pipelined behind it: both cut at shutdown.
+      const before = mock.counters(app.appId).requests;
+      const cutOnes = rawConnection(service);
+      cutOnes.socket.write(`GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      // A request answered, the next one's head begun on the same connection: finished after close() began.
+      const late = rawConnection(service);
+      const head = 'GET /healthz HTTP/1.1\r\nhost: x\r\n';
+      late.socket.write(`${head}\r\n${head}`);
+      await new Promise((resolve) => late.socket.once('data', resolve));
+      // A connection past maxConnections (2): 503 busy.
+      const past = rawConnection(service);
+      past.socket.write('GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n');
+      expect(statusLines(await past.received)).toEqual(['HTTP/1.1 503 Service Unavailable']);
+      await vi.waitFor(() => expect(logged()).toHaveLength(5));
+      const closing = service.close();
+      const again = service.close();
+      late.socket.write('\r\n');
+      expect(statusLines(await late.received)).toEqual(['HTTP/1.1 200 OK', 'HTTP/1.1 503 Service Unavailable']);
+      // The second call resolves with the first: every request is logged and counted by then, once. (A
+      // handler that ends after close() resolved adds nothing: see the tests of a store that hangs.)
+      await again;
+      expect(logged().sort()).toEqual(['200', '200', '200', '404', '503', '503 busy', '503 cut_at_shutdown', '503 cut_at_shutdown'].sort());
+      expect(counted).toHaveBeenCalledTimes(8);
+      await closing;
+      expect(statusLines(await cutOnes.received)).toEqual([]);
+    } finally {
+      counted.mockRestore();
+      mock.setLatency(0);
+      await service.close();
+    }
+  });
+
+  it('a request cut at shutdown whose handler fails after close() resolved (a report refused 429) adds no line, no count and no internal error', async () => {
+    const app = mock.createApp();
+    const ticketKey = `wechat:jsapi_ticket:${app.appId}`;
+    // Once `hold` is set, each read of the ticket entry waits until the test lets it go.
+    class HeldReads extends MemoryCache {
+      hold = false;
+      readonly held: (() => void)[] = [];
+      override get(key: string): Promise<string | undefined> {
+        if (!this.hold || key !== ticketKey) return super.get(key);
+        return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
+      }
+    }
+    const cache = new HeldReads();
+    const answers: ServerResponse[] = [];
+    const taken = (message: unknown) => {
+      const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
+      if (req.method === 'POST' && req.url?.includes(app.appId)) answers.push(response);
+    };
+    subscribe('http.server.request.start', taken);
+    const counted = vi.spyOn(ServiceMetrics.prototype, 'request');
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
+    try {
+      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(warm.status).toBe(200);
+      const { ticket } = (await warm.json()) as { ticket: string };
+      lines.length = 0;
+      counted.mockClear();
+      cache.hold = true;
+      // A report of the ticket just fetched: once the store's entry is read, the handler throws 429 invalidate_spaced.
+      const body = JSON.stringify({ ticket });
+      const { socket, received } = rawConnection(service);
+      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      await service.close();
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+      expect(await received).toBe('');
+      for (const release of cache.held) release();
+      // The handler's failure finds its connection gone (and says so on the answer, which nobody logs again).
+      await vi.waitFor(() => expect(answers[0]!.statusCode).toBe(499));
+      expect(answers[0]!.headersSent).toBe(false);
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+      expect(lines.filter((line) => line.event === 'serve.internal_error')).toEqual([]);
+      expect(counted).toHaveBeenCalledTimes(1);
+    } finally {
+      unsubscribe('http.server.request.start', taken);
+      counted.mockRestore();
+      await service.close();
+    }
+  });
+
+  it('a service that runs without close() keeps nothing of the requests it logged: their answers are collected, the pipelined ones and those whose client went away too', async () => {
+    const { service, app, lines } = await servedWithLog({ checkEverySeconds: 3600 });
+    const port = Number(new URL(service.url).port);
+    const refs: WeakRef<ServerResponse>[] = [];
+    const taken = (message: unknown) => {
+      const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
+      if (req.socket.localPort === port) refs.push(new WeakRef(response));
+    };
+    subscribe('http.server.request.start', taken);
+    try {
+      await (async () => {
+        const agent = new Agent({ keepAlive: true, maxSockets: 4 });
+        const paths = ['/healthz', '/readyz', '/no-such-endpoint', `/v1/token/oa/${app.appId}`, `/v1/token/oa/${app.appId}/invalidate`];
+        for (let i = 0; i < 40; i += 1) await Promise.all(paths.map((path) => get(service, path, agent)));
+        agent.destroy();
+        for (let i = 0; i < 10; i += 1) {
+          const { socket, received } = rawConnection(service);
+          socket.write(`${tokenRequest(app)}GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n`);
+          expect(statusLines(await received)).toHaveLength(2);
+        }
+        // A ticket's first fetch, slow, whose client hangs up, a finished one pipelined behind it.
+        mock.setLatency(1_000);
+        await hangUpOnceAsked(service, app, `GET /v1/ticket/oa/${app.appId}/jsapi HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\n\r\nGET /healthz HTTP/1.1\r\nhost: x\r\n\r\n`);
+      })();
+      await vi.waitFor(() => expect(requestsLogged(lines)).toHaveLength(222), { timeout: 10_000 });
+      expect(refs).toHaveLength(222);
+      for (let round = 0; round < 3; round += 1) {
+        await new Promise((resolve) => setImmediate(resolve));
+        gc();
+      }
+      expect(refs.filter((ref) => ref.deref() !== undefined)).toEqual([]);
+    } finally {
+      mock.setLatency(0);
+      unsubscribe('http.server.request.start', taken);
       await service.close();
     }
   });
