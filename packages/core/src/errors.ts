@@ -239,9 +239,10 @@ export type MessageCryptoFailure =
   /** The signed timestamp lies too far from this process's clock (OpenPlatform's `pushMaxAgeMs`): a push sent again later, or a clock that is off. */
   | 'expired'
   /**
-   * `handleCallback()` was handed no raw body (a string or Buffer) but what a body parser made of it (an
-   * object), or nothing (no parser ran): the callback route needs a parser that keeps the body raw, such
-   * as Express's `express.text()` for every content type. Every push fails so until the route is fixed.
+   * `handleCallback()` was handed no raw body (a string, or its bytes: a Buffer, Uint8Array or
+   * ArrayBuffer) but what a body parser made of it (an object), or nothing (no parser ran): the callback
+   * route needs a parser that keeps the body raw, such as Express's `express.text()` for every content
+   * type. Every push fails so until the route is fixed.
    */
   | 'body';
 

@@ -1,7 +1,10 @@
+import { createServer } from 'node:http';
+import { inspect } from 'node:util';
+import { runInNewContext } from 'node:vm';
 import { afterAll, describe, expect, it } from 'vitest';
 import { MemoryCache, MessageCrypto, MessageCryptoError, OpenPlatform } from '../src/index.js';
 import { cdata, parseFlatXml } from '../src/open-platform/xml.js';
-import { rejection } from './helpers.js';
+import { errorText, rejection } from './helpers.js';
 
 // handleCallback reads the request body before its signature can be checked, so the body is what anyone
 // on the internet sends: its size is capped and its parse is one linear pass (see src/open-platform/xml.ts).
@@ -56,16 +59,90 @@ describe('handleCallback on an unauthenticated body', () => {
       const error = await rejection(open.handleCallback({ query, body: parsed as never }));
       expect(error, String(parsed)).toBeInstanceOf(MessageCryptoError);
       expect(error, String(parsed)).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'body' });
-      expect((error as Error).message).toMatch(/raw body.*string or Buffer/);
+      expect((error as Error).message).toMatch(/raw body.*a string or its bytes \(a Buffer, Uint8Array or ArrayBuffer\)/);
       expect((error as Error).message).toContain("express.text({ type: '*/*' })");
-      expect((error as Error).message).not.toContain('secret-looking-value');
-      expect((error as Error).message).not.toContain(encrypted);
+      // Nowhere in the error: its message, stack, cause, JSON, or what a logger prints of it.
+      const text = `${errorText(error)}\n${inspect(error, { depth: 10 })}`;
+      expect(text).not.toContain('secret-looking-value');
+      expect(text).not.toContain(encrypted);
+    }
+  });
+
+  it("bytes that are not a push's own (a Uint16Array, a DataView) are a 'body' error too", async () => {
+    const bytes = Buffer.from(body(1000));
+    for (const view of [new Uint16Array(bytes.buffer, bytes.byteOffset, 500), new DataView(bytes.buffer, bytes.byteOffset, bytes.length)]) {
+      expect(await rejection(open.handleCallback({ query, body: view as never }))).toMatchObject({ reason: 'body' });
+    }
+  });
+
+  it('counts a string by its UTF-8 bytes: one of 30,000 CJK characters (90 KB) is over 64 KB, however many characters', async () => {
+    const payload = body(1000) + '中'.repeat(30_000);
+    expect(payload.length).toBeLessThan(64 * 1024);
+    expect(await rejection(open.handleCallback({ query, body: payload }))).toMatchObject({ reason: 'format' });
+  });
+
+  it('an empty body (a string or no bytes) holds no Encrypt: a format error, not a body one', async () => {
+    for (const payload of ['', Buffer.alloc(0), new Uint8Array(0)]) {
+      expect(await rejection(open.handleCallback({ query, body: payload }))).toMatchObject({ reason: 'format' });
     }
   });
 
   it('finds no Encrypt in a body of unclosed tags', async () => {
     const error = await rejection(open.handleCallback({ query, body: `<xml>${'<a>'.repeat(20_000)}</xml>` }));
     expect(error).toMatchObject({ reason: 'format' });
+  });
+});
+
+describe('handleCallback on the raw body as each kind of server hands it over', () => {
+  const APP_ID = 'wxcomponent0000001';
+  const signed = new OpenPlatform({ appId: APP_ID, secret: 'component-secret', token: 'callback-token', encodingAESKey: KEY, baseUrl: 'http://127.0.0.1:9', cache: new MemoryCache(), durableStore: new MemoryCache(), logger: false, now: () => 1_700_000_060_000 });
+  afterAll(() => signed.close());
+  const crypto = new MessageCrypto({ token: 'callback-token', encodingAESKey: KEY, appId: APP_ID });
+  const encrypt = crypto.encrypt(`<xml><AppId><![CDATA[${APP_ID}]]></AppId><InfoType><![CDATA[unauthorized]]></InfoType><AuthorizerAppid><![CDATA[wx0123456789abcdef]]></AuthorizerAppid></xml>`);
+  const push = `<xml><AppId><![CDATA[${APP_ID}]]></AppId><Encrypt><![CDATA[${encrypt}]]></Encrypt></xml>`;
+  const [timestamp, nonce] = ['1700000000', '123456789'];
+  const pushQuery = { msg_signature: crypto.signature(timestamp, nonce, encrypt), timestamp, nonce };
+
+  it("takes the push's bytes however they come: a Buffer, a subclass of it, a Uint8Array (a view into a larger buffer, another realm's), an ArrayBuffer (a web Request's)", async () => {
+    class Body extends Buffer {}
+    const own = Buffer.from(push);
+    const larger = new Uint8Array(own.length + 10);
+    larger.set(own, 5);
+    const bodies: [string, unknown][] = [
+      ['Buffer', own],
+      ['a subclass of Buffer', Object.setPrototypeOf(Buffer.from(push), Body.prototype)],
+      ['Uint8Array', new Uint8Array(own)],
+      ['a view into a larger buffer', larger.subarray(5, 5 + own.length)],
+      ["another realm's Uint8Array", runInNewContext('Uint8Array.from(bytes)', { bytes: [...own] })],
+      ['ArrayBuffer', new Uint8Array(own).buffer],
+      ["a web Request's arrayBuffer()", await new Request('http://x', { method: 'POST', body: push }).arrayBuffer()],
+    ];
+    for (const [name, payload] of bodies) {
+      await expect(signed.handleCallback({ query: pushQuery, body: payload as never }), name).resolves.toMatchObject({ infoType: 'unauthorized' });
+    }
+  });
+
+  it("Node's own server handing the body over as the Buffer it read: the push is taken and answered 'success'", async () => {
+    const refused: unknown[] = [];
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (chunk: Buffer) => chunks.push(chunk));
+      req.on('end', () => {
+        signed.handleCallback({ query: new URL(req.url ?? '/', 'http://x').searchParams, body: Buffer.concat(chunks) }).then(
+          () => res.end('success'),
+          (error: unknown) => (refused.push(error), (res.statusCode = 403), res.end()),
+        );
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as { port: number };
+      const res = await fetch(`http://127.0.0.1:${port}/wechat/open?${new URLSearchParams(pushQuery)}`, { method: 'POST', headers: { 'content-type': 'text/xml' }, body: push });
+      expect(refused).toEqual([]);
+      expect([res.status, await res.text()]).toEqual([200, 'success']);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
 

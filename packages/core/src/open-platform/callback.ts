@@ -1,3 +1,4 @@
+import { types } from 'node:util';
 import type { ClientCore } from '../client-core.js';
 import { MessageCryptoError } from '../errors.js';
 import { typeName } from '../validate.js';
@@ -14,12 +15,13 @@ export interface OpenPlatformPush {
  * The request WeChat sent to the callback URL: its query (a URLSearchParams, or the object a framework
  * parsed it into, such as Express's `req.query`) and raw body. Of a parsed query only text values count
  * (the first of a repeated one, a whole number as its digits); nested objects are ignored. The body is
- * the bytes WeChat sent, as a string or Buffer (Express: `express.text()` or `express.raw()` for every
- * content type); what a body parser made of it is refused (MessageCryptoError, reason `body`).
+ * what WeChat sent, as a string or its bytes: a Buffer, Uint8Array or ArrayBuffer (Express: `express.text()`
+ * or `express.raw()` for every content type; a web Request: `await request.text()` or `arrayBuffer()`);
+ * what a body parser made of it is refused (MessageCryptoError, reason `body`).
  */
 export interface CallbackRequest {
   query: URLSearchParams | Readonly<Record<string, unknown>>;
-  body: string | Buffer;
+  body: string | Uint8Array | ArrayBuffer;
 }
 
 /** A callback body larger than this is refused before it is parsed; WeChat's pushes are a few kilobytes. */
@@ -57,21 +59,25 @@ export class CallbackReader {
       throw new MessageCryptoError('format', `handleCallback() takes { query, body }: the callback's query string and its raw body (got ${typeName(request)})`);
     }
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
-    if (typeof request.body !== 'string' && !Buffer.isBuffer(request.body)) {
+    const raw: unknown = request.body;
+    // The bytes as they came: a Buffer, any other Uint8Array, or a web Request's arrayBuffer(), of this
+    // realm or another (util.types asks the engine, not the prototype chain).
+    const bytes = types.isUint8Array(raw) ? Buffer.from(raw.buffer, raw.byteOffset, raw.byteLength) : types.isArrayBuffer(raw) ? Buffer.from(raw) : undefined;
+    if (typeof raw !== 'string' && bytes === undefined) {
       // A framework's body parser read the body first (an object), or none ran (undefined; {} under
       // Express 4): the signature covers the bytes WeChat sent, so nothing else can be checked. The
       // body's content is not quoted: it is what anyone on the internet sends.
       throw new MessageCryptoError(
         'body',
-        `the callback body is ${typeName(request.body)}, not the raw body: handleCallback() needs it as WeChat sent it, a string or Buffer. Give the callback route a parser that keeps it raw and no JSON or form parser before it: in Express, express.text({ type: '*/*' }) or express.raw({ type: '*/*' }); in Fastify, a content-type parser for text/xml with parseAs: 'string'`,
+        `the callback body is ${typeName(raw)}, not the raw body: handleCallback() needs it as WeChat sent it, a string or its bytes (a Buffer, Uint8Array or ArrayBuffer). Give the callback route a parser that keeps it raw and no JSON or form parser before it: in Express, express.text({ type: '*/*' }) or express.raw({ type: '*/*' }); in Fastify, a content-type parser for text/xml with parseAs: 'string'; with a web Request, await request.text()`,
       );
     }
     // The body is read before its signature can be checked: one far larger than any push is refused unread.
-    const size = typeof request.body === 'string' ? Buffer.byteLength(request.body) : request.body.length;
+    const size = bytes === undefined ? Buffer.byteLength(raw as string) : bytes.length;
     if (size > MAX_CALLBACK_BYTES) {
       throw new MessageCryptoError('format', `the callback body is larger than ${MAX_CALLBACK_BYTES} bytes: WeChat's pushes are a few kilobytes`);
     }
-    const body = typeof request.body === 'string' ? request.body : request.body.toString('utf8');
+    const body = bytes === undefined ? (raw as string) : bytes.toString('utf8');
     const timestamp = query.get('timestamp') ?? '';
     const xml = this.#crypto.decrypt({ msgSignature: query.get('msg_signature') ?? '', timestamp, nonce: query.get('nonce') ?? '', encrypt: parseFlatXml(body).Encrypt ?? '' });
     // The timestamp is under the signature: checked once the signature holds, so a forged request is named so.

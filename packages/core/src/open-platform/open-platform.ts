@@ -90,7 +90,7 @@ const DEFAULTS = Object.freeze({ maxClients: 1000, clientIdleMs: 600_000, pushMa
  * @example
  * ```ts
  * const open = new OpenPlatform({ appId, secret, token, encodingAESKey, cache: redis, durableStore: postgres });
- * // The raw body, as WeChat sent it (a string or Buffer): no JSON or form parser on this route.
+ * // The raw body, as WeChat sent it (a string or its bytes): no JSON or form parser on this route.
  * app.post('/wechat/open', express.text({ type: () => true }), async (req, res) => {
  *   try {
  *     await open.handleCallback({ query: req.query, body: req.body });
@@ -211,7 +211,7 @@ export class OpenPlatform {
    * Other pushes (`authorized`, `updateauthorized`, `unauthorized`) are returned for the caller to act on.
    * Rejects with a MessageCryptoError for a request that is not from WeChat, or whose signed timestamp
    * lies further than `pushMaxAgeMs` from this process's clock (a push sent again later: `expired`), or
-   * whose body is no string or Buffer (`body`: a body parser read it first, or none ran), and with a
+   * whose body is no string or bytes (`body`: a body parser read it first, or none ran), and with a
    * ConfigError once the platform is closed.
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
