@@ -555,6 +555,32 @@ export class ClientCore implements TierStores, EventSource {
     return new LockedFetchRefresher(ctx, upstream, this.schema.lockKey(ctx.key));
   }
 
+  /**
+   * The fallback for one look while the store answers (StoreTiers.lookInFallback): the host's directory
+   * where it exists and is not down, else the process's own; the handle this client holds on it, or
+   * where it holds none yet, one made for the look (`made`), which the caller disposes of after it.
+   */
+  fallbackForLook(): { name: 'host' | 'process'; entries: GuardedStore; made: boolean } {
+    let host = this.#host;
+    let made = false;
+    const dir = this.#fallbackDir;
+    if (!host && dir !== false && this.#hostUsed() && !this.#fallbackRefused?.now && existsSync(dir)) {
+      const cache = hostFallback(dir);
+      if (typeof cache !== 'string') [host, made] = [this.#guard(cache), true];
+    }
+    if (host && !host.down) return { name: 'host', entries: host, made };
+    if (made) host!.dispose();
+    if (this.#local) return { name: 'process', entries: this.#local, made: false };
+    return { name: 'process', entries: this.#guard((processFallback ??= new MemoryCache())), made: true };
+  }
+
+  /** Whether this host's directory is a fallback of this client's store at all (see hostStore). */
+  #hostUsed(): boolean {
+    const locality = localityOf(this.#store.cache);
+    if (this.#fallbackDir === false || locality?.scope === 'process') return false;
+    return !(locality?.scope === 'host' && nested(locality.dir, this.#fallbackDir));
+  }
+
   /** The process's own fallback (StoreTiers asks for it only when neither the store nor the host's directory can serve). */
   processStore(): GuardedStore {
     return (this.#local ??= this.#guard((processFallback ??= new MemoryCache())));
@@ -569,15 +595,14 @@ export class ClientCore implements TierStores, EventSource {
    * kept there), which makes no directory, and says nothing of one that cannot be used.
    */
   hostStore(existing = false): GuardedStore | undefined {
-    const locality = localityOf(this.#store.cache);
-    if (this.#fallbackDir === false || locality?.scope === 'process') return undefined;
-    if (locality?.scope === 'host' && nested(locality.dir, this.#fallbackDir)) return undefined;
+    const dir = this.#fallbackDir;
+    if (dir === false || !this.#hostUsed()) return undefined;
     if (!this.#host) {
       // Not looked at again within the outage that found it unusable: a directory that became usable
       // midway would cost each host one more fetch, its processes having fetched on their own already.
       if (this.#fallbackRefused?.now) return undefined;
-      if (existing && !existsSync(this.#fallbackDir)) return undefined;
-      const cache = hostFallback(this.#fallbackDir);
+      if (existing && !existsSync(dir)) return undefined;
+      const cache = hostFallback(dir);
       if (typeof cache === 'string') {
         if (existing) return undefined;
         if (this.#fallbackRefused?.reason !== cache) {

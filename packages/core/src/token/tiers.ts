@@ -28,6 +28,11 @@ export interface TierStores {
   hostStore(existing?: boolean): GuardedStore | undefined;
   /** This process's own: asked for only when neither the store nor the host's directory can serve. */
   processStore(): GuardedStore;
+  /**
+   * fallback() for one look while the store answers: the handle the client holds, or where it holds none
+   * yet, one made for the look (`made`), for the caller to dispose of after it.
+   */
+  fallbackForLook(): { name: 'host' | 'process'; entries: GuardedStore; made: boolean };
   /** Where an entry's refresh lock lives (the key schema's), for a store whose parts fail one at a time. */
   readonly schema?: { lockKey(entryKey: string): string };
 }
@@ -77,6 +82,20 @@ export class StoreTiers {
    */
   fallback(): Tier {
     return this.#fallback(this.#hostUp(true));
+  }
+
+  /**
+   * `look` at fallback() while the shared store answers, through a handle made for the look and let go
+   * after it where this client holds none yet: every account's first fetch looks there once (KeptTokens),
+   * and 10,000 accounts would otherwise each keep a handle (about 0.2 KB) on a store they may never use.
+   */
+  async lookInFallback<T>(look: (fallback: Tier) => Promise<T>): Promise<T> {
+    const { name, entries, made } = this.#stores.fallbackForLook();
+    try {
+      return await look({ name, entries, lock: entries });
+    } finally {
+      if (made) entries.dispose();
+    }
   }
 
   /** This host's directory where it is used and not down (see TierStores.hostStore for `existing`). */

@@ -27,17 +27,18 @@ export class KeptTokens {
    */
   async find(request: RefreshRequest): Promise<Refreshed | undefined> {
     const ctx = this.#ctx;
-    const fallback = ctx.tiers.fallback();
-    try {
-      const kept = await fallback.entries.getBeside(this.#key);
-      if (kept === undefined || kept === request.current || ctx.rejected(kept)) return undefined;
-      const read = await ctx.entries.read(fallback.entries, (value) => ctx.rejected(value));
-      if (read.kind !== 'hit' || read.entry.value !== kept) return undefined;
-      return { entry: read.entry, tier: fallback.name, fetched: false, asked: false };
-    } catch (error) {
-      if (!(error instanceof CacheError)) throw error;
-      return undefined;
-    }
+    return ctx.tiers.lookInFallback(async (fallback) => {
+      try {
+        const kept = await fallback.entries.getBeside(this.#key);
+        if (kept === undefined || kept === request.current || ctx.rejected(kept)) return undefined;
+        const read = await ctx.entries.read(fallback.entries, (value) => ctx.rejected(value));
+        if (read.kind !== 'hit' || read.entry.value !== kept) return undefined;
+        return { entry: read.entry, tier: fallback.name, fetched: false, asked: false };
+      } catch (error) {
+        if (!(error instanceof CacheError)) throw error;
+        return undefined;
+      }
+    });
   }
 
   /**
