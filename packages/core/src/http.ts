@@ -200,7 +200,8 @@ const GIVEN_UP = new Error('given up while queued');
  * What an exchange's answer becomes: run as the answer completes, so that a call's result (the parsed
  * JSON, say) settles its promise directly, without a promise of the raw answer in between.
  */
-type Finish = (result: ExchangeResult, path: string) => unknown;
+/** What an answer becomes: one function per kind for every client (static), not a closure per client. */
+type Finish = (client: HttpClient, result: ExchangeResult, path: string) => unknown;
 
 interface ExchangeResult {
   status: number;
@@ -377,7 +378,7 @@ class Exchange {
     };
     let value: unknown;
     try {
-      value = this.#finish(result, this.#path);
+      value = this.#finish(this.#client, result, this.#path);
     } catch (error) {
       this.#reject(error);
       return;
@@ -504,12 +505,12 @@ export class HttpClient {
 
   /** Sends the request and returns the parsed JSON body. Throws WeChatApiError when `errcode` is set and not 0. */
   json(req: HttpRequest): Promise<Record<string, unknown>> {
-    return this.#exchange(req, this.#json) as Promise<Record<string, unknown>>;
+    return this.#exchange(req, HttpClient.#json) as Promise<Record<string, unknown>>;
   }
 
-  readonly #json: Finish = ({ status, bytes, retryAfter }, path) => {
+  static readonly #json: Finish = (client, { status, bytes, retryAfter }, path) => {
     try {
-      return this.#decode(path, status, bytes.toString('utf8'));
+      return client.#decode(path, status, bytes.toString('utf8'));
     } catch (error) {
       // A failure that said when to ask again (a token service backing off): see retryAtOf().
       const at = retryAfter === undefined ? undefined : retryAfterAt(retryAfter, Date.now());
@@ -522,17 +523,17 @@ export class HttpClient {
    * content type, or the WeChatApiError the JSON carries.
    */
   binary(req: HttpRequest): Promise<BinaryResponse> {
-    return this.#exchange(req, this.#binary) as Promise<BinaryResponse>;
+    return this.#exchange(req, HttpClient.#binary) as Promise<BinaryResponse>;
   }
 
-  readonly #binary: Finish = ({ status, contentType, bytes }, path) => {
+  static readonly #binary: Finish = (client, { status, contentType, bytes }, path) => {
     // Text of any kind (JSON, an HTML page from a proxy or captive portal, plain text) is never the bytes
     // asked for: WeChat answers images as image/*, and errors as JSON, sometimes labelled text/plain.
     if (status >= 200 && status < 300 && !/json|^\s*text\//i.test(contentType) && bytes.length > 0 && bytes[0] !== 0x7b) {
       return { contentType, body: bytes };
     }
-    const record = this.#decode(path, status, bytes.toString('utf8'));
-    throw new BadResponseError(`${this.peer} answered ${path} with JSON (${Object.keys(record).join(', ') || 'empty'}) where bytes were expected`, {
+    const record = client.#decode(path, status, bytes.toString('utf8'));
+    throw new BadResponseError(`${client.peer} answered ${path} with JSON (${Object.keys(record).join(', ') || 'empty'}) where bytes were expected`, {
       path,
       status,
     });

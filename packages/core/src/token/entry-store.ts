@@ -252,7 +252,7 @@ export class EntryStore {
 
   /** Whether `entry` is still in its life: before its TTL would have ended it, and not within 30 s of WeChat's expiry. */
   #servable(entry: StoredEntry): boolean {
-    return inLife(entry, this.#ttlRule, this.#init.now());
+    return inLife(entry, (expiresIn) => this.#ttlRule(expiresIn), this.#init.now());
   }
 
   /**
@@ -282,11 +282,13 @@ export class EntryStore {
 
   /** WeChat's expiry, and when the schema's TTL rule ends the entry (known when it records fetched_at). */
   lifetime(entry: StoredEntry): { expiresAtMs: number | undefined; staleAtMs: number | undefined } {
-    return lifetimeOf(entry, this.#ttlRule);
+    return lifetimeOf(entry, (expiresIn) => this.#ttlRule(expiresIn));
   }
 
   /** The schema's TTL of an entry of this key, from its `expires_in`. */
-  readonly #ttlRule = (expiresIn: number): number => this.#init.schema.ttlSeconds(expiresIn, this.#init.field, this.key);
+  #ttlRule(expiresIn: number): number {
+    return this.#init.schema.ttlSeconds(expiresIn, this.#init.field, this.key);
+  }
 
   /**
    * When `value` ends (WeChat's expiry, unix s), as this process last fetched it or read it from an entry
