@@ -2,6 +2,8 @@ import { WeChatClient } from './wechat-client.js';
 import type { ClientOptions } from '../client-core.js';
 import { Jssdk } from '../jssdk.js';
 import { TemplateMessage } from '../template-message.js';
+import type { KeySubject } from '../token/entry.js';
+import type { TokenManager } from '../token/manager.js';
 import { APP_SCHEMA, setUp } from './app-token.js';
 
 /** Which WeChat endpoint issues access tokens. */
@@ -41,13 +43,23 @@ export interface OfficialAccountOptions extends ClientOptions {
 export class OfficialAccount extends WeChatClient {
   readonly appId: string;
   readonly templateMessage: TemplateMessage;
-  readonly jssdk: Jssdk;
+  /** Made at first use: most of 10,000 accounts never sign a JS-SDK page. */
+  #jssdk: Jssdk | undefined;
+  /** What the JS-SDK tickets are made with, kept until then. */
+  readonly #token: TokenManager;
+  readonly #subject: KeySubject;
 
   constructor(options: OfficialAccountOptions) {
     const { core, subject, token } = setUp<OfficialAccountOptions>('OfficialAccount', 'official_account', options, APP_SCHEMA);
     super(core, token);
     this.appId = subject.appId;
     this.templateMessage = new TemplateMessage(this.client);
-    this.jssdk = new Jssdk(core, token, subject);
+    this.#token = token;
+    this.#subject = subject;
+  }
+
+  /** JS-SDK tickets and `wx.config` signatures, shared through the cache. */
+  get jssdk(): Jssdk {
+    return (this.#jssdk ??= new Jssdk(this.core, this.#token, this.#subject));
   }
 }

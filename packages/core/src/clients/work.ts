@@ -4,6 +4,7 @@ import { tokenOf } from './app-token.js';
 import { ClientCore, ID_RULE, checkClientOptions, clientSchema, requireSecret, type ClientOptions, type OwnKeys } from '../client-core.js';
 import { WorkJssdk } from '../jssdk.js';
 import type { KeySubject } from '../token/entry.js';
+import type { TokenManager } from '../token/manager.js';
 import { credentialDigest, validateFetched } from '../token/upstream.js';
 import { required, requireFields, rule, secretString, type OptionSchema } from '../validate.js';
 
@@ -71,7 +72,11 @@ export class Work extends WeChatClient {
     /** Sends an app message; `agentid` defaults to this client's agent. */
     send(message: WorkMessageInput, options?: RequestOptions): Promise<WorkMessageResult>;
   };
-  readonly jssdk: WorkJssdk;
+  /** Made at first use: most clients never sign a JS-SDK page. */
+  #jssdk: WorkJssdk | undefined;
+  /** What the JS-SDK tickets are made with, kept until then. */
+  readonly #token: TokenManager;
+  readonly #subject: Extract<KeySubject, { kind: 'work' }>;
 
   constructor(options: WorkOptions) {
     const owner = 'Work';
@@ -109,6 +114,12 @@ export class Work extends WeChatClient {
         return client.postJson('cgi-bin/message/send', { ...message, agentid: message.agentid ?? Number(agentId) }, requestOptions);
       },
     };
-    this.jssdk = new WorkJssdk(core, token, subject);
+    this.#token = token;
+    this.#subject = subject;
+  }
+
+  /** JS-SDK tickets (the corp's and the agent's) and `wx.config` / `wx.agentConfig` signatures, shared through the cache. */
+  get jssdk(): WorkJssdk {
+    return (this.#jssdk ??= new WorkJssdk(this.core, this.#token, this.#subject));
   }
 }
