@@ -97,6 +97,34 @@ const tokenRequest = (app: MockApp) => `GET /v1/token/oa/${app.appId} HTTP/1.1\r
 const requestsLogged = (lines: Record<string, unknown>[]) =>
   lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
 
+/**
+ * A store whose reads of the app's jsapi ticket entry, once `hold` is set, each wait until the test lets
+ * them go (`held`): a store that hangs, for as long as the test needs.
+ */
+function heldTicketReads(appId: string) {
+  const ticketKey = `wechat:jsapi_ticket:${appId}`;
+  class HeldReads extends MemoryCache {
+    hold = false;
+    readonly held: (() => void)[] = [];
+    override get(key: string): Promise<string | undefined> {
+      if (!this.hold || key !== ticketKey) return super.get(key);
+      return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
+    }
+  }
+  return new HeldReads();
+}
+
+/** The service's answers to the POSTs for `appId`, as its handlers write them; `taken` is to unsubscribe. */
+function postAnswers(appId: string) {
+  const answers: ServerResponse[] = [];
+  const taken = (message: unknown) => {
+    const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
+    if (req.method === 'POST' && req.url?.includes(appId)) answers.push(response);
+  };
+  subscribe('http.server.request.start', taken);
+  return { answers, taken };
+}
+
 /** The status lines of the HTTP answers in `text`. */
 const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
 
@@ -407,25 +435,9 @@ describe('close() of the token service', () => {
 
   it('a request cut at shutdown whose handler still waits on the store when close() resolves is logged 503 cut_at_shutdown by then, and once only when the handler ends later', async () => {
     const app = mock.createApp();
-    const ticketKey = `wechat:jsapi_ticket:${app.appId}`;
-    // Once `hold` is set, each read of the ticket entry waits until the test lets it go: a store that
-    // hangs, for as long as the test needs.
-    class HeldReads extends MemoryCache {
-      hold = false;
-      readonly held: (() => void)[] = [];
-      override get(key: string): Promise<string | undefined> {
-        if (!this.hold || key !== ticketKey) return super.get(key);
-        return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
-      }
-    }
-    const cache = new HeldReads();
+    const cache = heldTicketReads(app.appId);
     // The service's answer to the report, as the handler writes it.
-    const answers: ServerResponse[] = [];
-    const taken = (message: unknown) => {
-      const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
-      if (req.method === 'POST' && req.url?.includes(app.appId)) answers.push(response);
-    };
-    subscribe('http.server.request.start', taken);
+    const { answers, taken } = postAnswers(app.appId);
     const lines: Record<string, unknown>[] = [];
     const record = (fields: Record<string, unknown>) => void lines.push(fields);
     const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
@@ -570,23 +582,9 @@ describe('close() of the token service', () => {
 
   it('a request cut at shutdown whose handler fails after close() resolved (a report refused 429) adds no line, no count and no internal error', async () => {
     const app = mock.createApp();
-    const ticketKey = `wechat:jsapi_ticket:${app.appId}`;
-    // Once `hold` is set, each read of the ticket entry waits until the test lets it go.
-    class HeldReads extends MemoryCache {
-      hold = false;
-      readonly held: (() => void)[] = [];
-      override get(key: string): Promise<string | undefined> {
-        if (!this.hold || key !== ticketKey) return super.get(key);
-        return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
-      }
-    }
-    const cache = new HeldReads();
-    const answers: ServerResponse[] = [];
-    const taken = (message: unknown) => {
-      const { request: req, response } = message as { request: IncomingMessage; response: ServerResponse };
-      if (req.method === 'POST' && req.url?.includes(app.appId)) answers.push(response);
-    };
-    subscribe('http.server.request.start', taken);
+    const cache = heldTicketReads(app.appId);
+    // The service's answer to the report, as the handler writes it.
+    const { answers, taken } = postAnswers(app.appId);
     const counted = vi.spyOn(ServiceMetrics.prototype, 'request');
     const lines: Record<string, unknown>[] = [];
     const record = (fields: Record<string, unknown>) => void lines.push(fields);

@@ -237,39 +237,37 @@ describe('ClientPool: the client of an idle account, asked for again', () => {
     expect(mock.counters(refused.appId).tokenRequests).toBe(1);
   });
 
+  /**
+   * The resolver fails the refused account's next get(); then three get() and sends are refused, for 3
+   * resolver calls in all (the first client's, the failed one, the one made anew: none more for the
+   * fleet's same refusal) and one token request.
+   */
+  async function expectRefusalThroughFailedCall(pool: ClientPool<'officialAccount'>, appId: string, calls: { refused: number }, record: { answer: unknown }) {
+    const answer = record.answer;
+    record.answer = () => {
+      throw new Error('the database is down');
+    };
+    await expect(pool.get(appId)).rejects.toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'failed' });
+    record.answer = answer;
+    const results: unknown[] = [];
+    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(appId))));
+    expect(results).toEqual([40125, 40125, 40125]);
+    expect(calls.refused).toBe(3);
+    expect(mock.counters(appId).tokenRequests).toBe(1);
+  }
+
   it("a refused secret's client dropped, then a resolver call that fails: the client made after it takes the refusal over all the same", async () => {
     const { refused, other, pool, calls, clock, record } = poolOfTwo();
     expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
     clock.now += 1001;
     await pool.get(other.appId);
-    const answer = record.answer;
-    record.answer = () => {
-      throw new Error('the database is down');
-    };
-    await expect(pool.get(refused.appId)).rejects.toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'failed' });
-    record.answer = answer;
-    // The first client's, the failed call, then the one made anew: none more for the fleet's same refusal.
-    const results: unknown[] = [];
-    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
-    expect(results).toEqual([40125, 40125, 40125]);
-    expect(calls.refused).toBe(3);
-    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+    await expectRefusalThroughFailedCall(pool, refused.appId, calls, record);
   });
 
   it("a held client whose secret WeChat refused, then a resolver call that fails: the same, the refusal is not lost with the call", async () => {
     const { refused, pool, calls, record } = poolOfTwo();
     expect(await outcome(send(await pool.get(refused.appId)))).toBe(40125);
-    const answer = record.answer;
-    record.answer = () => {
-      throw new Error('the database is down');
-    };
-    await expect(pool.get(refused.appId)).rejects.toMatchObject({ code: 'ERR_WXKIT_CREDENTIALS', reason: 'failed' });
-    record.answer = answer;
-    const results: unknown[] = [];
-    for (let i = 0; i < 3; i += 1) results.push(await outcome(send(await pool.get(refused.appId))));
-    expect(results).toEqual([40125, 40125, 40125]);
-    expect(calls.refused).toBe(3);
-    expect(mock.counters(refused.appId).tokenRequests).toBe(1);
+    await expectRefusalThroughFailedCall(pool, refused.appId, calls, record);
   });
 
   it('a refusal kept through a failed resolver call is forgotten by delete(id) made during that call', async () => {

@@ -2,21 +2,11 @@ import { describe, expect, it } from 'vitest';
 import { CacheError, MemoryCache, OfficialAccount, Work, easyWeChat4, easyWeChat6, nativeSchema, silenceper, wechatpy, wxJava, type KeySchema, type TokenCache } from '../src/index.js';
 import { besideKey, endKey } from '../src/token/entry-store.js';
 import { leaseMs } from '../src/token/refreshers/locked-fetch/locked-fetch.js';
-import { onMockClock, recordingLogger } from './helpers.js';
+import { onMockClock, over, recordingLogger } from './helpers.js';
 
 // A JS-SDK ticket's end record, `{key}:end` (docs/key-schema.md, "The end record"): kept beside the
 // token protocol, best effort. What it must never do is cost the fleet its shared ticket.
 
-/** `shared` with `methods` in place of its own. */
-function over(shared: MemoryCache, methods: Partial<TokenCache>): TokenCache {
-  return new Proxy(shared, {
-    get(target, name) {
-      if (name in methods) return (methods as Record<string | symbol, unknown>)[name];
-      const value = Reflect.get(target, name, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  }) as unknown as TokenCache;
-}
 
 /** `shared`, each call's name and key pushed to `calls`; a call `fail` names an error for rejects with it. */
 function counting(shared: MemoryCache, calls: string[], fail: (key: string) => Error | undefined = () => undefined): TokenCache {

@@ -296,3 +296,14 @@ export async function onMockClock(run: (mock: MockWeChat, clock: TestClock) => P
     await mock.close();
   }
 }
+
+/** `shared` with the methods of `methods` in place of its own (a store that fails or lies at some calls). */
+export function over(shared: MemoryCache, methods: Partial<TokenCache>): TokenCache {
+  return new Proxy(shared, {
+    get(target, name) {
+      if (name in methods) return (methods as Record<string | symbol, unknown>)[name];
+      const value = Reflect.get(target, name, target);
+      return typeof value === 'function' ? value.bind(target) : value;
+    },
+  }) as unknown as TokenCache;
+}

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, TokenUnavailableError, type OfficialAccountOptions, type TokenCache } from '../src/index.js';
 import { retryAtOf } from '../src/retry-at.js';
+import { over } from './helpers.js';
 
 // Stores that lie rather than fail: they acknowledge what they do not do, or answer what is not so.
 // wxkit cannot share a token through them; what it must keep is a bound on what it asks WeChat.
@@ -17,16 +18,6 @@ afterAll(async () => {
   await mock.close();
 });
 
-/** `shared` with the methods of `methods` in place of its own. */
-function over(shared: MemoryCache, methods: Partial<TokenCache>): TokenCache {
-  return new Proxy(shared, {
-    get(target, name) {
-      if (name in methods) return (methods as Record<string | symbol, unknown>)[name];
-      const value = Reflect.get(target, name, target);
-      return typeof value === 'function' ? value.bind(target) : value;
-    },
-  }) as unknown as TokenCache;
-}
 
 /** A store that acknowledges every write of a key `evicted` picks, and drops it at once (maxmemory allkeys-lru). */
 function evicting(shared: MemoryCache, evicted: (key: string) => boolean): TokenCache {
