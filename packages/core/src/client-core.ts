@@ -569,9 +569,29 @@ export class ClientCore implements TierStores, EventSource {
       if (typeof cache !== 'string') [host, made] = [this.#guard(cache), true];
     }
     if (host && !host.down) return { name: 'host', entries: host, made };
-    if (made) host!.dispose();
+    if (made) this.lookedIn('host', host!);
     if (this.#local) return { name: 'process', entries: this.#local, made: false };
     return { name: 'process', entries: this.#guard((processFallback ??= new MemoryCache())), made: true };
+  }
+
+  /**
+   * A handle fallbackForLook() made, after its look (see TierStores.lookedIn): kept where the store is
+   * down and the client holds none on it yet, and is not closed (close() let go of its handles already).
+   * Were it let go, a handle that took the store for down would leave its health down with no client to probe it,
+   * and this process's later looks would find it down for good.
+   */
+  lookedIn(name: 'host' | 'process', entries: GuardedStore): void {
+    if (entries.down && this.#closed === undefined) {
+      if (name === 'host' && this.#host === undefined) {
+        this.#host = entries;
+        return;
+      }
+      if (name === 'process' && this.#local === undefined) {
+        this.#local = entries;
+        return;
+      }
+    }
+    entries.dispose();
   }
 
   /** Whether this host's directory is a fallback of this client's store at all (see hostStore). */

@@ -30,9 +30,15 @@ export interface TierStores {
   processStore(): GuardedStore;
   /**
    * fallback() for one look while the store answers: the handle the client holds, or where it holds none
-   * yet, one made for the look (`made`), for the caller to dispose of after it.
+   * yet, one made for the look (`made`), for the caller to hand to lookedIn() after it.
    */
   fallbackForLook(): { name: 'host' | 'process'; entries: GuardedStore; made: boolean };
+  /**
+   * A handle fallbackForLook() made, after its look: let go, unless the look found that store down or
+   * took it for down. The client keeps it then, as a handle made for use: it probes the store and hears
+   * of the outage's end, as it heard of its start.
+   */
+  lookedIn(name: 'host' | 'process', entries: GuardedStore): void;
   /** Where an entry's refresh lock lives (the key schema's), for a store whose parts fail one at a time. */
   readonly schema?: { lockKey(entryKey: string): string };
 }
@@ -94,7 +100,7 @@ export class StoreTiers {
     try {
       return await look({ name, entries, lock: entries });
     } finally {
-      if (made) entries.dispose();
+      if (made) this.#stores.lookedIn(name, entries);
     }
   }
 
