@@ -151,3 +151,14 @@ describe("a token a process of the host kept in the host's fallback", () => {
     }
   });
 });
+
+it("20 accounts' first fetches look in the host's fallback and keep no handle on it", async () => {
+  const fallbackDir = tempDir('fallback-handles');
+  const cache = new FileCache({ dir: tempDir('fallback-handles-store') });
+  const clients = Array.from({ length: 20 }, () => new OfficialAccount({ ...mock.createApp(), baseUrl: mock.url, cache, fallbackDir, logger: false }));
+  for (const client of clients) await client.accessToken.getToken();
+  const host = hostFallback(fallbackDir) as TokenCache;
+  expect(typeof host).toBe('object');
+  expect(storeHealth(host, '').users()).toHaveLength(0);
+  await Promise.all(clients.map((client) => client.close()));
+});
