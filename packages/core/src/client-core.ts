@@ -563,15 +563,14 @@ export class ClientCore implements TierStores, EventSource {
   fallbackForLook(): { name: 'host' | 'process'; entries: GuardedStore; made: boolean } {
     let host = this.#host;
     let made = false;
-    const dir = this.#fallbackDir;
-    if (!host && dir !== false && this.#hostUsed() && !this.#fallbackRefused?.now && existsSync(dir)) {
-      const cache = hostFallback(dir);
-      if (typeof cache !== 'string') [host, made] = [this.#guard(cache), true];
+    if (!host) {
+      const cache = this.#existingHostCache();
+      if (cache) [host, made] = [this.#guard(cache), true];
     }
     if (host && !host.down) return { name: 'host', entries: host, made };
     if (made) this.lookedIn('host', host!);
     if (this.#local) return { name: 'process', entries: this.#local, made: false };
-    return { name: 'process', entries: this.#guard((processFallback ??= new MemoryCache())), made: true };
+    return { name: 'process', entries: this.#processGuard(), made: true };
   }
 
   /**
@@ -594,6 +593,22 @@ export class ClientCore implements TierStores, EventSource {
     entries.dispose();
   }
 
+  /**
+   * This host's directory as hostStore(true) takes it: where it is this store's fallback, not found
+   * unusable within the outage, already made, and usable; undefined otherwise.
+   */
+  #existingHostCache(): TokenCache | undefined {
+    const dir = this.#fallbackDir;
+    if (dir === false || !this.#hostUsed() || this.#fallbackRefused?.now || !existsSync(dir)) return undefined;
+    const cache = hostFallback(dir);
+    return typeof cache === 'string' ? undefined : cache;
+  }
+
+  /** A new handle on the process's own fallback, shared by every client of the process. */
+  #processGuard(): GuardedStore {
+    return this.#guard((processFallback ??= new MemoryCache()));
+  }
+
   /** Whether this host's directory is a fallback of this client's store at all (see hostStore). */
   #hostUsed(): boolean {
     const locality = localityOf(this.#store.cache);
@@ -603,7 +618,7 @@ export class ClientCore implements TierStores, EventSource {
 
   /** The process's own fallback (StoreTiers asks for it only when neither the store nor the host's directory can serve). */
   processStore(): GuardedStore {
-    return (this.#local ??= this.#guard((processFallback ??= new MemoryCache())));
+    return (this.#local ??= this.#processGuard());
   }
 
   /**
@@ -617,14 +632,19 @@ export class ClientCore implements TierStores, EventSource {
   hostStore(existing = false): GuardedStore | undefined {
     const dir = this.#fallbackDir;
     if (dir === false || !this.#hostUsed()) return undefined;
-    if (!this.#host) {
+    if (!this.#host && existing) {
+      // Asked while the store answers: no directory made, nothing said of one that cannot be used.
+      const cache = this.#existingHostCache();
+      if (cache) {
+        this.#fallbackRefused = undefined;
+        this.#host = this.#guard(cache);
+      }
+    } else if (!this.#host) {
       // Not looked at again within the outage that found it unusable: a directory that became usable
       // midway would cost each host one more fetch, its processes having fetched on their own already.
       if (this.#fallbackRefused?.now) return undefined;
-      if (existing && !existsSync(dir)) return undefined;
       const cache = hostFallback(dir);
       if (typeof cache === 'string') {
-        if (existing) return undefined;
         if (this.#fallbackRefused?.reason !== cache) {
           this.log.warn(
             { event: 'cache.fallback_unusable', appId: this.appId, reason: cache },
