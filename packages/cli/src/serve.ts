@@ -709,11 +709,8 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
         if (closing) server.closeIdleConnections();
       });
       /** Logs and counts the answer, as its client got it: once, by its handler's end or by close(). */
-      let reported = false;
       const report = () => {
-        if (reported) return;
-        reported = true;
-        unreported.delete(res);
+        if (!unreported.delete(res)) return;
         // Cut by the service's own shutdown (under way past requestTimeoutMs after SIGTERM, its client
         // still there then), whatever the handler did after: its client got no answer.
         if (cut.has(res)) {
