@@ -1,7 +1,7 @@
 import { startMockWeChat, switchableStore, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClientPool, MemoryCache, type ClientPoolKind, type ClientPoolOptions, type OfficialAccount } from '../src/index.js';
-import { collect, rejection } from './helpers.js';
+import { collect, nextEvent, rejection } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -71,7 +71,7 @@ describe('ClientPool.on(): events of every account', () => {
     await Promise.all(clients.map((client) => client.accessToken.getToken()));
     let unavailable = 0;
     pool.on('cache.unavailable', () => (unavailable += 1));
-    const recovered = new Promise((resolve) => pool.on('cache.recovered', resolve));
+    const recovered = nextEvent(pool, 'cache.recovered');
     store.down();
     await Promise.all(clients.map((client) => client.accessToken.getToken()));
     store.up();

@@ -111,6 +111,26 @@ export function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
+// The clients a test waits on through their own events (see nextEvent).
+const awaited = new Set<object>();
+
+/**
+ * Resolves with `client`'s next `event`, holding the client until then. A test awaiting only an event
+ * of its client holds it through nothing the runtime counts: the stores' health holds clients weakly
+ * (a client made per request and never closed is collected), the client holds the listener, and the
+ * listener the test's own suspended frame. The collector may take all of it, the test with it, and the
+ * event never comes.
+ */
+export function nextEvent<T = unknown>(client: { once(event: never, listener: (payload: T) => void): unknown }, event: string): Promise<T> {
+  awaited.add(client);
+  return new Promise<T>((resolve) =>
+    (client.once as (event: string, listener: (payload: T) => void) => unknown)(event, (payload) => {
+      awaited.delete(client);
+      resolve(payload);
+    }),
+  );
+}
+
 /**
  * A MemoryCache whose answer to the `add` of the key given to `lock()` waits until `release()`: the refresh
  * that takes that lock is then under way, before its fetch.
@@ -264,7 +284,7 @@ export async function killedAcrossOutage(
   expect(await b.accessToken.getToken()).toBe(during);
   expect(fetches()).toBe(2);
   outage.holdSecond(true);
-  const recovered = new Promise((resolve) => a.once('cache.recovered', resolve));
+  const recovered = nextEvent(a, 'cache.recovered');
   outage.up();
   await recovered;
   mock.invalidateTokens(appId);

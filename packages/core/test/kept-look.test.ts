@@ -7,6 +7,7 @@ import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { FileCache, MemoryCache, OfficialAccount, type TokenCache } from '../src/index.js';
 import { storeHealth } from '../src/store-health.js';
 import { hostFallback } from '../src/token/tiers.js';
+import { nextEvent } from './helpers.js';
 
 // A client's first fetch looks in the host's fallback directory for a token a process of the host kept
 // there (KeptTokens), through a handle made for the look where the client holds none. A look that finds
@@ -94,7 +95,7 @@ describe("a token a process of the host kept in the host's fallback", () => {
     };
     const client = new OfficialAccount({ ...first.app, baseUrl: mock.url, tokenEndpoint: 'classic', cache: sharedStore(), fallbackDir, logger: false });
     const events = storeEvents(client);
-    const recovered = new Promise((resolve) => client.once('cache.recovered', resolve));
+    const recovered = nextEvent(client, 'cache.recovered');
     try {
       await client.accessToken.getToken();
       expect(events).toEqual(['unavailable']);
@@ -132,7 +133,7 @@ describe("a token a process of the host kept in the host's fallback", () => {
     // A client whose shared store is down takes the host's store for down too (it holds its handle, and probes it).
     let sharedDown = true;
     const broken = new OfficialAccount({ ...mock.createApp(), baseUrl: mock.url, tokenEndpoint: 'classic', cache: sharedStore(() => sharedDown), fallbackDir, logger: false });
-    const hostBack = new Promise((resolve) => broken.once('cache.recovered', resolve));
+    const hostBack = nextEvent(broken, 'cache.recovered');
     const client = new OfficialAccount({ ...app, baseUrl: mock.url, tokenEndpoint: 'classic', cache: sharedStore(), fallbackDir, logger: false });
     const events = storeEvents(client);
     try {

@@ -1,7 +1,7 @@
 import { startMockWeChat, type MockWeChat } from '@wxkit/testing';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { MemoryCache, OpenPlatform, type OpenPlatformOptions } from '../src/index.js';
-import { componentOptions, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
+import { componentOptions, nextEvent, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 // Once api_query_auth has answered, the account is authorized, whatever becomes of the authorization's
 // own writes. An account that had revoked the authorization (61003, backed off fleet-wide up to an hour)
@@ -83,7 +83,7 @@ describe('an account that authorizes again after a revocation', () => {
     // The durable store answers again: the account is authorized, and its first refresh (the access
     // token api_query_auth handed out gone from the cache) recovers its refresh token from WeChat rather
     // than failing with the revoked authorization's 61003.
-    const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
+    const recovered = nextEvent(open, 'cache.recovered');
     durable.failing = false;
     await recovered;
     await cache.delete(`wechat:authorizer_access_token:${component.appId}:${appId}`);

@@ -20,7 +20,7 @@ import {
   type OpenPlatformOptions,
   type TokenCache,
 } from '../src/index.js';
-import { componentOptions, deferred, endedByClose, errorText, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
+import { componentOptions, deferred, endedByClose, errorText, nextEvent, recordingLogger, rejection, rewritingDispatcher, storeVerifyTicket } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -995,7 +995,7 @@ describe('refresh tokens the durable store must take', () => {
     await expect(open.handleAuthorization(grant.authorizationCode)).resolves.toEqual({ authorizerAppId: grant.authorizerAppId, funcInfo: [1, 2, 3, 4] });
     expect(mock.counters(s.component.appId).queryAuthRequests).toBe(asked);
     // The store answers again: the account's first call takes its refresh token from WeChat.
-    const recovered = new Promise((resolve) => open.on('cache.recovered', resolve));
+    const recovered = nextEvent(open, 'cache.recovered');
     durable.outage = false;
     await recovered;
     // The access token api_query_auth handed out went to the cache all the same: it serves, unrefreshed.

@@ -7,7 +7,7 @@ import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testin
 import { CacheError, FileCache, MemoryCache, OfficialAccount, type CacheUnavailableEvent } from '../src/index.js';
 import { Log } from '../src/logger.js';
 import { GuardedStore } from '../src/store.js';
-import { recordingLogger } from './helpers.js';
+import { nextEvent, recordingLogger } from './helpers.js';
 
 // Issue 14: a platform runs thousands of clients on one store. An outage of that store is one event,
 // and it is written as one warning (and one recovery line) per store and outage, not one per client.
@@ -37,7 +37,7 @@ describe('a store outage is logged once per store, not once per client', () => {
     });
     const heard: CacheUnavailableEvent[] = [];
     for (const app of apps.slice(0, 3)) app.on('cache.unavailable', (event) => heard.push(event));
-    const recoveries = apps.slice(0, 3).map((app) => new Promise((resolve) => app.once('cache.recovered', resolve)));
+    const recoveries = apps.slice(0, 3).map((app) => nextEvent(app, 'cache.recovered'));
     await Promise.all(apps.map((app) => app.accessToken.getToken()));
 
     for (let outage = 1; outage <= 2; outage += 1) {
@@ -81,7 +81,7 @@ describe('a store whose reads answer while its writes fail (a read-only replica)
     // the probe, a read, finds it back; the next write (a call's, or the host's token offered back to the
     // store) takes it down again.
     while (heard.length < 5) {
-      const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+      const recovered = nextEvent(app, 'cache.recovered');
       await app.accessToken.getToken();
       await recovered;
     }
@@ -166,7 +166,7 @@ describe('a client made during an outage of a store that names no parts', () => 
     // Heard once: a later call does not tell it again.
     await other.accessToken.getToken();
     expect(heard).toHaveLength(1);
-    const recovered = new Promise((resolve) => other.once('cache.recovered', resolve));
+    const recovered = nextEvent(other, 'cache.recovered');
     store.up();
     await recovered;
     expect(linesOf(later, 'cache.recovered')).toHaveLength(1);

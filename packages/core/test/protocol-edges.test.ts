@@ -5,7 +5,7 @@ import { Agent, type Dispatcher } from 'undici';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { freePort, startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { ClientPool, MemoryCache, OfficialAccount, OpenPlatform, TokenUnavailableError, easyWeChat4, easyWeChat6, wechatpy, type TokenCache, type TokenEvents } from '../src/index.js';
-import { componentOptions, deferred, endedByClose, holdingDispatcher, killedAcrossOutage, rejection } from './helpers.js';
+import { componentOptions, deferred, endedByClose, holdingDispatcher, killedAcrossOutage, nextEvent, rejection } from './helpers.js';
 
 // Edges of the token protocol in one process: what a process does while the store is away, how long a
 // failure holds it back, background refreshes, forced refreshes, and what the memo may hold.
@@ -81,7 +81,7 @@ function betweenReadAndOffer(store: ReturnType<typeof switchableStore>): { cache
 async function refreshedDuringOutage(store: ReturnType<typeof switchableStore>, app: OfficialAccount): Promise<string> {
   store.down();
   const during = await app.accessToken.forceRefresh();
-  const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+  const recovered = nextEvent(app, 'cache.recovered');
   store.up();
   await recovered;
   return during;
@@ -100,7 +100,7 @@ describe('while the store is down', () => {
       expect(await app.accessToken.getToken()).toBe(token);
     }
     // Once the store is back (a probe noticed), nothing was fetched in the meantime.
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     store.up();
     await recovered;
     expect(mock.counters(appId).classicTokenRequests).toBe(1);
@@ -130,7 +130,7 @@ describe('while the store is down', () => {
     };
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, memoMs: 0, fallbackDir: false, logger: false });
     await app.accessToken.getToken();
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     blip = true;
     await app.accessToken.getToken();
     await recovered;
@@ -148,7 +148,7 @@ describe('while the store is down', () => {
     mock.invalidateTokens(appId);
     const during = await app.accessToken.getToken();
     expect(during).not.toBe(before);
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     store.up();
     await recovered;
     expect(await app.accessToken.getToken()).toBe(during);
@@ -159,7 +159,7 @@ describe('while the store is down', () => {
   it('on a profile whose entries record no fetch time (EasyWeChat 4), a token fetched during the outage never replaces one another host fetched once the store came back', async () => {
     const store = switchableStore({ up: false });
     const { appId, fetcher, other } = undatedHosts(store.cache);
-    const recovered = new Promise((resolve) => fetcher.on('cache.recovered', resolve));
+    const recovered = nextEvent(fetcher, 'cache.recovered');
     const during = await fetcher.accessToken.getToken();
     store.up();
     await recovered;
@@ -236,7 +236,7 @@ describe('while the store is down', () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     const during = await app.accessToken.getToken();
     await store.inner.set(app.accessToken.cacheKey, '{"access_tok', 600);
     store.up();
@@ -282,7 +282,7 @@ describe('while the store is down', () => {
     const { appId, secret } = mock.createApp();
     const store = switchableStore({ up: false });
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     const during = await app.accessToken.getToken();
     store.up();
     await recovered;
@@ -521,7 +521,7 @@ describe('while the store is down', () => {
     const cache = held === 'read' ? { ...store.cache, get: gate(get) } : { ...store.cache, add: gate(add!), set: gate(set), compareAndSet: gate(compareAndSet!) };
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache, tokenEndpoint: 'classic', memoMs: 0, fallbackDir: fallbackDir(), logger: false });
     entryKey = app.accessToken.cacheKey;
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     const during = await app.accessToken.getToken();
     store.up();
     await recovered;
@@ -569,7 +569,7 @@ describe('while the store is down', () => {
     const store = switchableStore({ up: false });
     let now = Date.now();
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: store.cache, tokenEndpoint: 'classic', now: () => now, fallbackDir: fallbackDir(), logger: false });
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     const during = await app.accessToken.getToken();
     // Past the entry's store life (7200 − 300 s) but not yet within 30 s of WeChat's expiry.
     now += 7_000_000;
@@ -615,7 +615,7 @@ describe('the host fallback directory', () => {
     await app.accessToken.forceRefresh();
     expect(readdirSync(open)).toEqual([]);
     expect(mock.counters(appId).classicTokenRequests).toBe(2);
-    const recovered = new Promise((resolve) => app.once('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     store.up();
     await recovered;
     store.down();

@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startMockWeChat, switchableStore, type MockWeChat } from '@wxkit/testing';
 import { MemoryCache, OfficialAccount, nativeSchema, type TokenCache } from '../src/index.js';
-import { newApp, rejection, slotWinnerLocksSecond } from './helpers.js';
+import { newApp, nextEvent, rejection, slotWinnerLocksSecond } from './helpers.js';
 
 let mock: MockWeChat;
 beforeAll(async () => {
@@ -375,7 +375,7 @@ describe('the store', () => {
     const logger = { warn: (f: { event: string }) => events.push(f.event), info: (f: { event: string }) => events.push(f.event) };
     const { app, appId } = newApp(mock, { cache: store.cache, logger, memoMs: 0 });
     const token = await app.accessToken.getToken();
-    const recovered = new Promise((resolve) => app.on('cache.recovered', resolve));
+    const recovered = nextEvent(app, 'cache.recovered');
     store.up();
     // A probe in the background notices the store is back; no caller waits on a store that is down.
     await recovered;
