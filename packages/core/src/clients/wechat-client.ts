@@ -89,7 +89,10 @@ export abstract class WeChatClient {
    * Listens to an event. {@link TokenEvents} lists every event and its payload: token and ticket
    * fetches, failures and invalidations (`access_token.fetched`, `jsapi_ticket.fetch_failed`…), lock
    * waits, and the store's health (`cache.unavailable`, `cache.recovered`…). Payloads carry the appId,
-   * the key and timings, never a token or secret.
+   * the key and timings, never a token or secret. A listener does not keep the client: one the program
+   * no longer holds is collected with its listeners, whatever it was waiting for (the store's probe
+   * during an outage holds its clients weakly, so that clients made per request and never closed are
+   * not kept). Hold the client whose events you wait on.
    *
    * @example
    * ```ts
