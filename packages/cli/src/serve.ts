@@ -499,8 +499,12 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   };
 
   async function handle(req: IncomingMessage, res: ServerResponse, info: RequestInfo): Promise<void> {
-    // A request that arrives on a kept-alive connection once close() began: refused, as /readyz says.
-    if (closing) throw new Problem(503, 'shutting_down', 'the service is shutting down');
+    // A request that arrives on a kept-alive connection once close() began: refused, as /readyz says. Its
+    // route is not read (as for busy): the log line and the metrics say why by its reason.
+    if (closing) {
+      info.reason = 'shutting_down';
+      throw new Problem(503, 'shutting_down', 'the service is shutting down');
+    }
     // A connection past maxConnections, within the band above it: told when to come back, then closed.
     if (busy.has(req.socket)) {
       info.reason = 'busy';

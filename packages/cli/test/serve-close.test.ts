@@ -227,8 +227,8 @@ describe('close() of the token service', () => {
     }
   }, 10_000);
 
-  it('a request finished on a kept-alive connection after close() began is answered 503 shutting_down, and the connection closed', async () => {
-    const { service, app } = await serve();
+  it('a request finished on a kept-alive connection after close() began is answered 503 shutting_down, and the connection closed; its log line says why', async () => {
+    const { service, app, lines } = await servedWithLog();
     let closing: Promise<unknown> | undefined;
     const { socket, received } = rawConnection(service);
     const head = `GET /v1/token/oa/${app.appId} HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer ${KEY}\r\n`;
@@ -245,6 +245,8 @@ describe('close() of the token service', () => {
       const last = text.slice(text.lastIndexOf('HTTP/1.1 '));
       expect(last.toLowerCase()).toContain('connection: close');
       expect(last).toContain('{"error":{"code":"shutting_down"');
+      // Refused before its route is read, as a busy connection's request is: the reason says why.
+      expect(requestsLogged(lines)).toEqual(['/v1/token/{app} 200 undefined', 'unmatched 503 shutting_down']);
     } finally {
       socket.destroy();
       await (closing ?? service.close());
@@ -569,7 +571,7 @@ describe('close() of the token service', () => {
       // The second call resolves with the first: every request is logged and counted by then, once. (A
       // handler that ends after close() resolved adds nothing: see the tests of a store that hangs.)
       await again;
-      expect(logged().sort()).toEqual(['200', '200', '200', '404', '503', '503 busy', '503 cut_at_shutdown', '503 cut_at_shutdown'].sort());
+      expect(logged().sort()).toEqual(['200', '200', '200', '404', '503 busy', '503 cut_at_shutdown', '503 cut_at_shutdown', '503 shutting_down'].sort());
       expect(counted).toHaveBeenCalledTimes(8);
       await closing;
       expect(statusLines(await cutOnes.received)).toEqual([]);
