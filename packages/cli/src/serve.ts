@@ -72,7 +72,9 @@ export interface TokenService {
    * and those still busy `requestTimeoutMs` after close() began are cut, so it always resolves. Every
    * request taken is logged (`serve.request`, once) and counted before it resolves: one cut while its
    * handler still waits (a store that does not answer) as `cut_at_shutdown` then, whatever the handler
-   * does later. Calling it again resolves when the first call's work is done.
+   * does later. A ticket's report under way may still be deleting the reported ticket's entry, or putting
+   * it back: close() waits for that write (the store's 2 s deadline at most) and its log line; a report
+   * that comes to one afterwards writes nothing. Calling it again resolves when the first call's work is done.
    */
   close(): Promise<void>;
 }
@@ -333,14 +335,19 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     let gone: boolean | undefined;
     if (read?.absent) gone = false;
     else if (read?.raw !== undefined && deleteIfEquals) {
-      gone = (await withinDeadline(deleteIfEquals.call(cache, read.key, read.raw).then((done) => ({ done })), STORE_READ_TIMEOUT_MS))?.done;
+      // Not once close() is done with the store (storeWrite): the client's own report then, which a closed
+      // client refuses without touching the store.
+      gone = await storeWrite(async () => {
+        const deleted = (await withinDeadline(deleteIfEquals.call(cache, read.key, read.raw!).then((done) => ({ done })), STORE_READ_TIMEOUT_MS))?.done;
+        if (deleted) log?.info?.({ event: 'serve.ticket_replaced', app: target.name, type }, `A client reported the ${type} ticket refused; the service deleted it, and fetches the next one`);
+        return deleted;
+      });
     }
     const refuse = async () => {
       await invalidateTicket(jssdk, type, ticket);
       return ticketEntry(jssdk, type);
     };
     if (gone === undefined) return refuse();
-    if (gone) log?.info?.({ event: 'serve.ticket_replaced', app: target.name, type }, `A client reported the ${type} ticket refused; the service deleted it, and fetches the next one`);
     forgetTicket(jssdk, type, ticket);
     let after: StoredEntry;
     try {
@@ -375,14 +382,29 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     const endsAt = fetchedAt !== undefined && expiresAt > fetchedAt ? Math.min(expiresAt, fetchedAt + schema.ttlSeconds(expiresAt - fetchedAt, 'ticket', read.key)) : expiresAt;
     const seconds = Math.floor(endsAt - Date.now() / 1000);
     if (seconds <= 0) return;
-    // close() waits for it: the store is its caller's to close once close() resolves.
-    const putting = withinDeadline(add.call(cache, read.key, read.raw, seconds), STORE_READ_TIMEOUT_MS);
-    restoring.add(putting);
-    const put = await putting.finally(() => restoring.delete(putting));
-    if (put) log?.info?.({ event: 'serve.ticket_restored', app: target.name, type }, `The next ${type} ticket could not be fetched; the service put back the one it deleted`);
+    await storeWrite(async () => {
+      const put = await withinDeadline(add.call(cache, read.key, read.raw!, seconds), STORE_READ_TIMEOUT_MS);
+      if (put) log?.info?.({ event: 'serve.ticket_restored', app: target.name, type }, `The next ${type} ticket could not be fetched; the service put back the one it deleted`);
+    });
   };
-  /** The ticket entries being put back (restoreTicket). */
-  const restoring = new Set<Promise<unknown>>();
+  /** The service's own writes to the store under way, each with its log line (see storeWrite). */
+  const writing = new Set<Promise<unknown>>();
+  /** Set once close() has waited for the writes under way: none starts from then on. */
+  let writesEnded = false;
+  /**
+   * Runs `write`, a write of the service's own to the store (a reported ticket's compare-and-delete, its
+   * putting back) and the line that logs it, each within the store's deadline: close() waits for it, so
+   * that the write lands and its line is written before close() resolves (the store and the log are its
+   * caller's to close then). Once close() is done with the store, none starts: undefined.
+   */
+  const storeWrite = <T>(write: () => Promise<T>): Promise<T> | undefined => {
+    if (writesEnded) return undefined;
+    const written = write();
+    writing.add(written);
+    const done = () => void writing.delete(written);
+    written.then(done, done);
+    return written;
+  };
   // Keep each token warm so refresh-ahead runs even when no caller asks; /readyz reports the result.
   const check = () => {
     for (const target of served.values()) entryOf(target).catch(() => undefined);
@@ -837,10 +859,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     try {
       await closed;
       await Promise.all([...served.values()].map(({ client }) => client.close()));
-      // A ticket's report cut past the grace may still be putting back the entry it deleted.
-      while (restoring.size > 0) await Promise.all(restoring);
+      // A ticket's report cut past the grace (or whose client went away) may still be deleting the
+      // reported entry, or putting it back: its write lands, and its line is written, first.
+      while (writing.size > 0) await Promise.allSettled(writing);
+      writesEnded = true;
       if (!agent.destroyed) await agent.close();
     } finally {
+      writesEnded = true;
       clearTimeout(grace);
       // Every connection is closed: the requests whose handlers have not ended (one cut past the grace, one
       // whose client went away) are logged and counted now, as their clients got them, so a caller that

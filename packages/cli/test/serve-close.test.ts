@@ -98,20 +98,32 @@ const requestsLogged = (lines: Record<string, unknown>[]) =>
   lines.filter((line) => line.event === 'serve.request').map((line) => `${String(line.route)} ${String(line.status)} ${String(line.reason)}`);
 
 /**
- * A store whose reads of the app's jsapi ticket entry, once `hold` is set, each wait until the test lets
- * them go (`held`): a store that hangs, for as long as the test needs.
+ * A store whose reads of the app's jsapi ticket entry, once `hold` is set, and whose compare-and-deletes
+ * of it, once `holdDeletes` is set, each wait until the test lets them go (`held`): a store that hangs,
+ * for as long as the test needs.
  */
-function heldTicketReads(appId: string) {
+function heldTicketCalls(appId: string) {
   const ticketKey = `wechat:jsapi_ticket:${appId}`;
-  class HeldReads extends MemoryCache {
+  class HeldCalls extends MemoryCache {
     hold = false;
+    holdDeletes = false;
     readonly held: (() => void)[] = [];
     override get(key: string): Promise<string | undefined> {
       if (!this.hold || key !== ticketKey) return super.get(key);
       return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
     }
+    override deleteIfEquals(key: string, expected: string): Promise<boolean> {
+      if (!this.holdDeletes || key !== ticketKey) return super.deleteIfEquals(key, expected);
+      return new Promise((resolve) => this.held.push(() => resolve(super.deleteIfEquals(key, expected))));
+    }
+    /** Moves the ticket entry's fetched_at two minutes back: a report of that ticket replaces it. */
+    async age(): Promise<void> {
+      const entry = JSON.parse((await super.get(ticketKey))!) as { fetched_at: number; expires_at: number };
+      entry.fetched_at -= 120;
+      await this.set(ticketKey, JSON.stringify(entry), entry.expires_at - Math.floor(Date.now() / 1000));
+    }
   }
-  return new HeldReads();
+  return new HeldCalls();
 }
 
 /** The service's answers to the POSTs for `appId`, as its handlers write them; `taken` is to unsubscribe. */
@@ -437,7 +449,7 @@ describe('close() of the token service', () => {
 
   it('a request cut at shutdown whose handler still waits on the store when close() resolves is logged 503 cut_at_shutdown by then, and once only when the handler ends later', async () => {
     const app = mock.createApp();
-    const cache = heldTicketReads(app.appId);
+    const cache = heldTicketCalls(app.appId);
     // The service's answer to the report, as the handler writes it.
     const { answers, taken } = postAnswers(app.appId);
     const lines: Record<string, unknown>[] = [];
@@ -464,6 +476,81 @@ describe('close() of the token service', () => {
       // The handler answers (to a connection cut), and ends in the same turn: its own report adds no line.
       await vi.waitFor(() => expect(answers[0]!.headersSent).toBe(true));
       expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+    } finally {
+      unsubscribe('http.server.request.start', taken);
+      await service.close();
+    }
+  });
+
+  it('a report cut at shutdown whose delete of the ticket is still under way: close() waits for the delete, and its serve.ticket_replaced line comes before close() resolves, none after', async () => {
+    const app = mock.createApp();
+    const cache = heldTicketCalls(app.appId);
+    // The service's answer to the report, as the handler writes it.
+    const { answers, taken } = postAnswers(app.appId);
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const events = () => lines.map((line) => String(line.event));
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
+    try {
+      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(warm.status).toBe(200);
+      const { ticket } = (await warm.json()) as { ticket: string };
+      await cache.age();
+      lines.length = 0;
+      cache.holdDeletes = true;
+      // A report of the ticket the store holds, fetched two minutes ago: the handler deletes its entry.
+      const body = JSON.stringify({ ticket });
+      const { socket, received } = rawConnection(service);
+      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      let atClose: string[] | undefined;
+      const closing = service.close().then(() => void (atClose = events()));
+      // The grace cuts the report's connection; the delete lands after that, while close() waits for it.
+      expect(await received).toBe('');
+      for (const release of cache.held) release();
+      await closing;
+      expect(atClose).toEqual(['serve.ticket_replaced', 'serve.request']);
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+      // The handler goes on to a closed client, which fetches nothing, and fails to a connection cut: no line.
+      await vi.waitFor(() => expect(answers[0]?.statusCode).toBe(499));
+      expect(events()).toEqual(atClose);
+    } finally {
+      unsubscribe('http.server.request.start', taken);
+      await service.close();
+    }
+  });
+
+  it('a report cut at shutdown whose read of the ticket comes back once close() resolved deletes nothing and writes no line: the store is its caller\'s by then', async () => {
+    const app = mock.createApp();
+    const cache = heldTicketCalls(app.appId);
+    const { answers, taken } = postAnswers(app.appId);
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const events = () => lines.map((line) => String(line.event));
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
+    try {
+      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+      expect(warm.status).toBe(200);
+      const { ticket } = (await warm.json()) as { ticket: string };
+      await cache.age();
+      const stored = await cache.get(`wechat:jsapi_ticket:${app.appId}`);
+      lines.length = 0;
+      cache.hold = true;
+      // A report the store's entry makes a replacement of, once the handler has read it.
+      const body = JSON.stringify({ ticket });
+      const { socket, received } = rawConnection(service);
+      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      await service.close();
+      expect(await received).toBe('');
+      const atClose = events();
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 503 cut_at_shutdown']);
+      cache.hold = false;
+      for (const release of cache.held) release();
+      // The handler reads the entry, finds the ticket old enough to replace, and fails to a connection cut.
+      await vi.waitFor(() => expect(answers[0]?.statusCode).toBe(499));
+      expect(events()).toEqual(atClose);
+      expect(await cache.get(`wechat:jsapi_ticket:${app.appId}`)).toBe(stored);
     } finally {
       unsubscribe('http.server.request.start', taken);
       await service.close();
@@ -584,7 +671,7 @@ describe('close() of the token service', () => {
 
   it('a request cut at shutdown whose handler fails after close() resolved (a report refused 429) adds no line, no count and no internal error', async () => {
     const app = mock.createApp();
-    const cache = heldTicketReads(app.appId);
+    const cache = heldTicketCalls(app.appId);
     // The service's answer to the report, as the handler writes it.
     const { answers, taken } = postAnswers(app.appId);
     const counted = vi.spyOn(ServiceMetrics.prototype, 'request');
