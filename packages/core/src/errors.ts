@@ -242,7 +242,8 @@ export type MessageCryptoFailure =
    * `handleCallback()` was handed no raw body (a string, or its bytes: a Buffer, Uint8Array or
    * ArrayBuffer) but what a body parser made of it (an object), or nothing (no parser ran): the callback
    * route needs a parser that keeps the body raw, such as Express's `express.text()` for every content
-   * type. Every push fails so until the route is fixed.
+   * type. Also when it was handed no `{ query, body }` at all (null, undefined, the body alone): the
+   * message says what it got. Every push fails so until the route is fixed.
    */
   | 'body';
 

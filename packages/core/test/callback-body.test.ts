@@ -45,10 +45,18 @@ describe('handleCallback on an unauthenticated body', () => {
     expect(error).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'signature' });
   });
 
-  it('a call without its { query, body } (null, a string) is a format error, not a TypeError', async () => {
-    for (const request of [null, undefined, 'body']) {
+  it("a call without its { query, body } (null, undefined, a number, the body alone) is a 'body' error that says what it got, not a TypeError or a format error", async () => {
+    for (const [request, got] of [
+      [null, 'null'],
+      [undefined, 'undefined'],
+      [42, 'number'],
+      ['<xml></xml>', 'string: the body alone?'],
+    ] as const) {
       const error = await rejection(open.handleCallback(request as never));
-      expect(error, String(request)).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'format', message: expect.stringMatching(/takes \{ query, body \}/) });
+      expect(error, String(request)).toBeInstanceOf(MessageCryptoError);
+      expect(error, String(request)).toMatchObject({ code: 'ERR_WXKIT_MESSAGE_CRYPTO', reason: 'body' });
+      expect((error as Error).message, String(request)).toMatch(/^handleCallback\(\) takes one argument, the request as \{ query, body \}/);
+      expect((error as Error).message, String(request)).toContain(`(got ${got}`);
     }
   });
 

@@ -17,7 +17,8 @@ export interface OpenPlatformPush {
  * (the first of a repeated one, a whole number as its digits); nested objects are ignored. The body is
  * what WeChat sent, as a string or its bytes: a Buffer, Uint8Array or ArrayBuffer (Express: `express.text()`
  * or `express.raw()` for every content type; a web Request: `await request.text()` or `arrayBuffer()`);
- * what a body parser made of it is refused (MessageCryptoError, reason `body`).
+ * what a body parser made of it is refused (MessageCryptoError, reason `body`), as is a call without this
+ * object (null, undefined, the body alone).
  */
 export interface CallbackRequest {
   query: URLSearchParams | Readonly<Record<string, unknown>>;
@@ -52,11 +53,17 @@ export class CallbackReader {
 
   /**
    * The push `request` carries, decrypted; a MessageCryptoError for one not from WeChat, sent again later
-   * (`expired`), or whose body a parser read before (`body`).
+   * (`expired`), or whose body a parser read before, or that is no `{ query, body }` at all (`body`).
    */
   open(request: CallbackRequest): OpenPlatformPush {
     if (typeof request !== 'object' || request === null) {
-      throw new MessageCryptoError('format', `handleCallback() takes { query, body }: the callback's query string and its raw body (got ${typeName(request)})`);
+      // No request at all (null, undefined: the route passed what it did not have), or the body alone:
+      // nothing WeChat sent can be checked, as for a body a parser made, and the route is what to fix.
+      const alone = typeof request === 'string' ? ': the body alone? Its query carries the signature, so pass both' : '';
+      throw new MessageCryptoError(
+        'body',
+        `handleCallback() takes one argument, the request as { query, body }: the callback's query string and its raw body as WeChat sent it (got ${typeName(request)}${alone})`,
+      );
     }
     const query = request.query instanceof URLSearchParams ? request.query : new URLSearchParams(flattenQuery(request.query));
     const raw: unknown = request.body;

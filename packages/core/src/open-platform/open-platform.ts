@@ -211,8 +211,8 @@ export class OpenPlatform {
    * Other pushes (`authorized`, `updateauthorized`, `unauthorized`) are returned for the caller to act on.
    * Rejects with a MessageCryptoError for a request that is not from WeChat, or whose signed timestamp
    * lies further than `pushMaxAgeMs` from this process's clock (a push sent again later: `expired`), or
-   * whose body is no string or bytes (`body`: a body parser read it first, or none ran), and with a
-   * ConfigError once the platform is closed.
+   * whose body is no string or bytes (`body`: a body parser read it first, or none ran; or no
+   * `{ query, body }` was passed at all), and with a ConfigError once the platform is closed.
    */
   async handleCallback(request: CallbackRequest): Promise<OpenPlatformPush> {
     // After close() the stores may be closed, and a ticket written now would go unwaited for.
