@@ -765,3 +765,63 @@ describe('close() of the token service', () => {
     }
   });
 });
+
+describe("close() and a ticket's report's own writes to the store", () => {
+  /** The rejections nobody handled while these tests ran. */
+  const unhandled: unknown[] = [];
+  const onUnhandled = (reason: unknown) => void unhandled.push(reason);
+  beforeAll(() => void process.on('unhandledRejection', onUnhandled));
+  afterAll(() => void process.off('unhandledRejection', onUnhandled));
+
+  /** A service for a fresh mock app on a store that holds its ticket calls, its jsapi ticket fetched two minutes ago. */
+  async function servedAged(options: Partial<TokenServiceOptions>) {
+    const app = mock.createApp();
+    const cache = heldTicketCalls(app.appId);
+    const lines: Record<string, unknown>[] = [];
+    const record = (fields: Record<string, unknown>) => void lines.push(fields);
+    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, ...options });
+    const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+    expect(warm.status).toBe(200);
+    const { ticket } = (await warm.json()) as { ticket: string };
+    await cache.age();
+    const stored = await cache.get(`wechat:jsapi_ticket:${app.appId}`);
+    lines.length = 0;
+    return { app, cache, lines, service, ticket, stored, events: () => lines.map((line) => String(line.event)) };
+  }
+
+  /** A report of `ticket` on a raw connection of its own. */
+  function reportOn(service: TokenService, appId: string, ticket: string): { socket: Socket; received: Promise<string> } {
+    const body = JSON.stringify({ ticket });
+    const connection = rawConnection(service);
+    connection.socket.write(`POST /v1/ticket/oa/${appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+    return connection;
+  }
+
+  it('a report whose client went away while its next fetch was under way, WeChat refusing that fetch (45009) once close() began: the entry it deleted is back, and logged, when close() resolves', async () => {
+    const { app, cache, lines, service, ticket, stored, events } = await servedAged({ requestTimeoutMs: 60_000 });
+    let closing: Promise<unknown> | undefined;
+    try {
+      mock.setLatency(1_000);
+      mock.injectFault({ kind: 'errcode', path: 'cgi-bin/ticket/getticket', errcode: 45009, times: 1 });
+      const before = mock.counters(app.appId).requests;
+      const { socket, received } = reportOn(service, app.appId, ticket);
+      // The entry is deleted, and the next ticket asked for.
+      await vi.waitFor(() => expect(mock.counters(app.appId).requests).toBe(before + 1));
+      expect(await cache.get(`wechat:jsapi_ticket:${app.appId}`)).toBeUndefined();
+      socket.destroy();
+      expect(await received).toBe('');
+      let atClose: { events: string[]; stored: string | undefined } | undefined;
+      closing = service.close().then(async () => void (atClose = { events: events(), stored: await cache.get(`wechat:jsapi_ticket:${app.appId}`) }));
+      await closing;
+      // The fetch the clients' close waited for failed with WeChat's refusal: the entry went back before
+      // the service was done with the store.
+      expect(atClose).toEqual({ events: ['serve.ticket_replaced', 'jsapi_ticket.fetch_failed', 'serve.ticket_restored', 'serve.request'], stored });
+      expect(requestsLogged(lines)).toEqual(['/v1/ticket/{app}/{type}/invalidate 499 client_gone']);
+      expect(unhandled).toEqual([]);
+    } finally {
+      mock.setLatency(0);
+      mock.clearFaults();
+      await (closing ?? service.close());
+    }
+  });
+});
