@@ -74,7 +74,7 @@ export interface TokenService {
    * handler still waits (a store that does not answer) as `cut_at_shutdown` then, whatever the handler
    * does later. A ticket's report under way may still be deleting the reported ticket's entry, or putting
    * it back: close() waits for that write (the store's 2 s deadline at most) and its log line; a report
-   * that comes to one afterwards writes nothing. Calling it again resolves when the first call's work is done.
+   * that comes to one once the clients are closed writes nothing. Calling it again resolves when the first call's work is done.
    */
   close(): Promise<void>;
 }
@@ -335,7 +335,7 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
     let gone: boolean | undefined;
     if (read?.absent) gone = false;
     else if (read?.raw !== undefined && deleteIfEquals) {
-      // Not once close() is done with the store (storeWrite): the client's own report then, which a closed
+      // Not once close() has closed the clients (storeWrite): the client's own report then, which a closed
       // client refuses without touching the store.
       gone = await storeWrite(async () => {
         const deleted = (await withinDeadline(deleteIfEquals.call(cache, read.key, read.raw!).then((done) => ({ done })), STORE_READ_TIMEOUT_MS))?.done;
@@ -389,13 +389,13 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
   };
   /** The service's own writes to the store under way, each with its log line (see storeWrite). */
   const writing = new Set<Promise<unknown>>();
-  /** Set once close() has waited for the writes under way: none starts from then on. */
+  /** Set once close() has closed the clients: no write starts from then on, and close() waits for those under way. */
   let writesEnded = false;
   /**
    * Runs `write`, a write of the service's own to the store (a reported ticket's compare-and-delete, its
    * putting back) and the line that logs it, each within the store's deadline: close() waits for it, so
    * that the write lands and its line is written before close() resolves (the store and the log are its
-   * caller's to close then). Once close() is done with the store, none starts: undefined.
+   * caller's to close then). Once close() has closed the clients, none starts: undefined.
    */
   const storeWrite = <T>(write: () => Promise<T>): Promise<T> | undefined => {
     if (writesEnded) return undefined;
@@ -860,9 +860,11 @@ export async function startTokenService(options: TokenServiceOptions): Promise<T
       await closed;
       await Promise.all([...served.values()].map(({ client }) => client.close()));
       // A ticket's report cut past the grace (or whose client went away) may still be deleting the
-      // reported entry, or putting it back: its write lands, and its line is written, first.
-      while (writing.size > 0) await Promise.allSettled(writing);
+      // reported entry, or putting it back: its write lands, and its line is written, first. None starts
+      // from now on (a report whose read of the store answers only now): the wait is for the writes under
+      // way, each within the store's deadline, not for those others come to meanwhile.
       writesEnded = true;
+      await Promise.allSettled(writing);
       if (!agent.destroyed) await agent.close();
     } finally {
       writesEnded = true;

@@ -4,7 +4,7 @@ import { connect, type Socket } from 'node:net';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { MemoryCache } from '@wxkit/core';
+import { MemoryCache, WeChatClient } from '@wxkit/core';
 import { startMockWeChat, type MockApp, type MockWeChat } from '@wxkit/testing';
 import { startTokenService, type TokenService, type TokenServiceOptions } from '../src/serve.js';
 import { ServiceMetrics } from '../src/serve-metrics.js';
@@ -107,12 +107,15 @@ function heldTicketCalls(appId: string) {
   class HeldCalls extends MemoryCache {
     hold = false;
     holdDeletes = false;
+    /** The compare-and-deletes of the ticket entry asked for, held or not. */
+    deletesAsked = 0;
     readonly held: (() => void)[] = [];
     override get(key: string): Promise<string | undefined> {
       if (!this.hold || key !== ticketKey) return super.get(key);
       return new Promise((resolve) => this.held.push(() => resolve(super.get(key))));
     }
     override deleteIfEquals(key: string, expected: string): Promise<boolean> {
+      if (key === ticketKey) this.deletesAsked += 1;
       if (!this.holdDeletes || key !== ticketKey) return super.deleteIfEquals(key, expected);
       return new Promise((resolve) => this.held.push(() => resolve(super.deleteIfEquals(key, expected))));
     }
@@ -821,6 +824,51 @@ describe("close() and a ticket's report's own writes to the store", () => {
     } finally {
       mock.setLatency(0);
       mock.clearFaults();
+      await (closing ?? service.close());
+    }
+  });
+  it("a report whose read of the ticket answers once close() has closed the clients, while close() waits for another report's delete, deletes nothing: close() waits only for the writes under way then", async () => {
+    const { app, cache, lines, service, ticket, events } = await servedAged({ requestTimeoutMs: 300 });
+    // The client's close, called by the grace's cut, then by close() once the connections are closed: once
+    // it is done, close() waits for the writes under way.
+    const clientsClosed: Promise<void>[] = [];
+    const original = WeChatClient.prototype.close;
+    const spied = vi.spyOn(WeChatClient.prototype, 'close').mockImplementation(function (this: WeChatClient) {
+      const closed = original.call(this);
+      clientsClosed.push(closed);
+      return closed;
+    });
+    let closing: Promise<unknown> | undefined;
+    try {
+      // One report's delete of the entry waits on the store...
+      cache.holdDeletes = true;
+      const first = reportOn(service, app.appId, ticket);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      const releaseDelete = cache.held.shift()!;
+      // ... and another report's read of it.
+      cache.hold = true;
+      const second = reportOn(service, app.appId, ticket);
+      await vi.waitFor(() => expect(cache.held).toHaveLength(1));
+      const releaseRead = cache.held.shift()!;
+      cache.hold = false;
+      closing = service.close();
+      // The grace cuts both; the clients close.
+      expect(await Promise.all([first.received, second.received])).toEqual(['', '']);
+      await vi.waitFor(() => expect(clientsClosed).toHaveLength(2));
+      await Promise.all(clientsClosed);
+      await new Promise((resolve) => setImmediate(resolve));
+      // The read answers now: its report goes no further than the client's own report, refused by the
+      // closed client, and ends (logged); it asks the store for no delete.
+      releaseRead();
+      await vi.waitFor(() => expect(requestsLogged(lines).length + cache.deletesAsked).toBeGreaterThan(1));
+      expect(cache.deletesAsked).toBe(1);
+      releaseDelete();
+      await closing;
+      expect(events()).toEqual(['serve.request', 'serve.ticket_replaced', 'serve.request']);
+      expect(unhandled).toEqual([]);
+    } finally {
+      spied.mockRestore();
+      for (const release of cache.held.splice(0)) release();
       await (closing ?? service.close());
     }
   });
