@@ -692,7 +692,12 @@ export class HttpClient {
           // The token is the same on call after call: encoded once, not on every send.
           if (value !== this.#token) {
             this.#token = value;
-            this.#encodedToken = encodeURIComponent(String(value));
+            const text = String(value);
+            const encoded = encodeURIComponent(text);
+            // WeChat's tokens are letters, digits, `_` and `-`, which need no escaping: the token itself
+            // is kept then, not an equal copy (encodeURIComponent always makes a new string), which would
+            // cost each of 10,000 accounts another 150 bytes.
+            this.#encodedToken = encoded === text ? text : encoded;
           }
           encoded = this.#encodedToken;
         } else {
