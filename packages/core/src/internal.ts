@@ -51,8 +51,7 @@ import type { TokenManager } from './token/manager.js';
  * on), as the clients' own recoveries space them, rather than one per report.
  */
 export function invalidateUnproven(accessToken: object, token: string, errcode?: number): Promise<void> {
-  const report = (accessToken as unknown as Record<symbol, (token: string, errcode?: number) => Promise<void>>)[kInvalidateUnproven]!;
-  return report(token, errcode);
+  return (accessToken as unknown as Record<symbol, (token: string, errcode?: number) => Promise<void>>)[kInvalidateUnproven]!(token, errcode);
 }
 
 function ticketManager(jssdk: object, type: string): TokenManager {
