@@ -31,7 +31,8 @@ export class TokenManager {
   readonly #ctx: TokenContext;
   readonly #refresher: Refresher;
   readonly #memo: Memo;
-  readonly #ahead: RefreshAhead;
+  /** Made only where refresh-ahead is on (refreshAheadSeconds, 0 by default): most clients never refresh ahead. */
+  readonly #ahead: RefreshAhead | undefined;
   readonly #onFirstUse: (() => void) | undefined;
   #read = new SingleFlight<string>();
   /** Made on first forceRefresh(): most clients never force one. */
@@ -80,7 +81,7 @@ export class TokenManager {
     this.#refresher = refresher;
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
-    this.#ahead = new RefreshAhead(ctx, this);
+    this.#ahead = ctx.settings.refreshAheadMs > 0 ? new RefreshAhead(ctx, this) : undefined;
   }
 
   /**
@@ -135,7 +136,7 @@ export class TokenManager {
 
   /** The client closed, or its pool let go of it: no background refresh starts any more. */
   close(): void {
-    this.#ahead.cancel();
+    this.#ahead?.cancel();
   }
 
   /**
@@ -689,9 +690,11 @@ export class TokenManager {
   }
 
   #considerAhead(now: number): void {
+    const ahead = this.#ahead;
+    if (ahead === undefined) return;
     const { value, entry, staleAt } = this.#memo;
     if (value === undefined || !this.#refresher.fetches) return;
-    this.#ahead.consider(value, staleAt, entry?.fetchedAt === undefined ? undefined : entry.fetchedAt * 1000, now);
+    ahead.consider(value, staleAt, entry?.fetchedAt === undefined ? undefined : entry.fetchedAt * 1000, now);
   }
 }
 
