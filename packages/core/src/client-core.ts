@@ -9,7 +9,7 @@ import { ConfigError } from './errors.js';
 import { HttpClient } from './http.js';
 import { Log, type EventSource, type Logger } from './logger.js';
 import { GuardedStore, TOKEN_CACHE_RULE, assertTokenCache } from './store.js';
-import { EntryStore } from './token/entry-store.js';
+import { EntryStore, type EntryStoreInit } from './token/entry-store.js';
 import { nativeSchema, type KeySchema } from './token/entry.js';
 import { writerId } from './token/identity.js';
 import { TokenManager } from './token/manager.js';
@@ -198,28 +198,61 @@ const DEFAULT_FALLBACK_DIR = join(tmpdir(), `wxkit-${process.getuid?.() ?? 'user
 let warnedDefaultStore = false;
 
 /**
- * A token manager's context: a class, so that `rejected` is one method of all, not a closure of each
- * (a platform's process holds 10,000 of them).
+ * A token manager's context, and its entry store's init: a class, so that `rejected` is one method of
+ * all, not a closure of each (a platform's process holds 10,000 of them). It holds what is the manager's
+ * own (its key and labels, its entry store, the manager) and reads what the client's managers share from
+ * the core (its settings, stores, log, close()), where it held a copy of each field, and the entry store
+ * an init object of its own with copies of them again.
  */
-class ManagerContext implements TokenContext {
-  declare readonly label: string;
-  declare readonly field: TokenContext['field'];
-  declare readonly key: string;
-  declare readonly logKey: string;
-  declare readonly appId: string;
-  declare readonly settings: TokenContext['settings'];
-  declare readonly entries: TokenContext['entries'];
-  declare readonly tiers: TokenContext['tiers'];
-  declare readonly log: Log;
-  declare readonly writer: string;
-  declare readonly closed: TokenContext['closed'];
-  /** The core told when WeChat refuses its secret: a pool's client's (see ClientCore.secretRefused). */
-  declare readonly refusals: ClientCore | undefined;
+class ManagerContext implements TokenContext, EntryStoreInit {
+  readonly label: string;
+  readonly field: TokenContext['field'];
+  readonly key: string;
+  readonly logKey: string;
+  readonly entries: TokenContext['entries'];
+  readonly #core: ClientCore;
   /** Set once the manager is made (it takes this context). */
-  manager: TokenManager | undefined;
+  manager: TokenManager | undefined = undefined;
 
-  constructor(fields: Omit<TokenContext, 'rejected' | 'secretRefused'> & { refusals: ClientCore | undefined }) {
-    Object.assign(this, fields);
+  constructor(core: ClientCore, label: string, field: TokenContext['field'], key: string, logKey: string) {
+    this.label = label;
+    this.field = field;
+    this.key = key;
+    this.logKey = logKey;
+    this.#core = core;
+    this.entries = new EntryStore(this);
+  }
+
+  get appId(): string {
+    return this.#core.appId;
+  }
+
+  get settings(): TokenContext['settings'] {
+    return this.#core.settings;
+  }
+
+  get tiers(): TokenContext['tiers'] {
+    return this.#core.tiers;
+  }
+
+  get log(): Log {
+    return this.#core.log;
+  }
+
+  get writer(): string {
+    return this.#core.writer;
+  }
+
+  get closed(): TokenContext['closed'] {
+    return this.#core.closing;
+  }
+
+  get schema(): KeySchema {
+    return this.#core.schema;
+  }
+
+  get now(): () => number {
+    return this.#core.settings.now;
   }
 
   rejected(value: string): boolean {
@@ -227,13 +260,7 @@ class ManagerContext implements TokenContext {
   }
 
   secretRefused(failedAt: number | undefined, own: boolean): void {
-    const core = this.refusals;
-    if (!core) return;
-    // The fleet's failure the client this one replaced was made anew for: it says nothing new of this
-    // client's secret, which the resolver answered since.
-    if (!own && failedAt === core.refusalSeen) return;
-    core.secretRefused = true;
-    if (failedAt !== undefined) core.refusalSeen = failedAt;
+    this.#core.noteSecretRefused(failedAt, own);
   }
 }
 
@@ -415,20 +442,7 @@ export class ClientCore implements TierStores, EventSource {
     // Held by every part of the manager for the client's life: one flat string, not the parts it was joined from.
     const key = flattened(entryKey);
     const logKey = flattened(this.schema.redactKey?.(key) ?? key);
-    const ctx = new ManagerContext({
-      label,
-      field: request.field,
-      key,
-      logKey,
-      appId: this.appId,
-      settings: this.settings,
-      entries: new EntryStore({ key, field: request.field, schema: this.schema, label, appId: this.appId, logKey, log: this.log, now: this.settings.now }),
-      tiers: this.#tiers,
-      log: this.log,
-      writer: this.writer,
-      closed: this.#closing,
-      refusals: this.#pool && this,
-    });
+    const ctx = new ManagerContext(this, label, request.field, key, logKey);
     // A pool's client: its refreshes and reports keep its core known to the pool's until they end (see #busy).
     // Only a client on the process's default store has anything to warn about at first use.
     const manager = new TokenManager(ctx, this.#refresher(ctx, request, upstream), this.#defaultStore ? this.#firstUseWarning() : undefined, this.#pool && this.#heldBy(this.#pool));
@@ -488,6 +502,29 @@ export class ClientCore implements TierStores, EventSource {
    * make the account's client anew once more.
    */
   refusalSeen: number | undefined;
+
+  /**
+   * WeChat refused the secret a fetch of one of this client's managers used (see TokenContext): noted
+   * on a pool's client only (see secretRefused).
+   */
+  noteSecretRefused(failedAt: number | undefined, own: boolean): void {
+    if (!this.#pool) return;
+    // The fleet's failure the client this one replaced was made anew for: it says nothing new of this
+    // client's secret, which the resolver answered since.
+    if (!own && failedAt === this.refusalSeen) return;
+    this.secretRefused = true;
+    if (failedAt !== undefined) this.refusalSeen = failedAt;
+  }
+
+  /** The stores of this client's entries, as its managers' contexts read them. */
+  get tiers(): StoreTiers {
+    return this.#tiers;
+  }
+
+  /** Aborted by close(), as its managers' contexts read it. */
+  get closing(): Closing {
+    return this.#closing;
+  }
 
   /** Whether close() was called: a ClientPool or OpenPlatform then makes a new client rather than hand this one out. */
   get closed(): boolean {

@@ -204,7 +204,9 @@ export class EntryStore {
     // the key, as silenceper's stable keys or EasyWeChat 4's WeCom keys do), as the TTL it is written with.
     const schema: KeySchema = { ...nativeSchema(), ttlSeconds: (expiresIn, field) => init.schema.ttlSeconds(expiresIn, field, init.key) };
     if (!this.#side) {
-      this.#side = new EntryStore({ ...init, key: besideKey(this.key), logKey: besideKey(init.logKey), schema });
+      // Written out, not spread: a manager's context, which is its entry store's init, reads most of
+      // these from its client's core.
+      this.#side = new EntryStore({ key: besideKey(this.key), field: init.field, schema, label: init.label, appId: init.appId, logKey: besideKey(init.logKey), log: init.log, now: init.now });
       this.#side.#isBeside = true;
     }
     return this.#side;
