@@ -437,8 +437,12 @@ export class HttpClient {
   readonly #dispatcher: Dispatcher;
   /** Token and ticket fetches: the origin's token pool (held from construction), or the caller's dispatcher. */
   readonly #tokenDispatcher: Dispatcher;
-  /** The shared pools this client holds a use of, until close(): none with a caller's dispatcher. */
-  #held: SharedPool[] | undefined;
+  /**
+   * The shared pools this client holds a use of (API calls, token fetches), until close(): none with a
+   * caller's dispatcher. Two fields, not an array of them: 10,000 clients need not hold 10,000 arrays.
+   */
+  #heldApi: SharedPool | undefined;
+  #heldTokens: SharedPool | undefined;
   #closed = false;
   readonly #origin: string;
   /** The base URL's path, without a trailing slash (`''` for https://api.weixin.qq.com). */
@@ -486,7 +490,8 @@ export class HttpClient {
       const tokens = sharedPool(this.#origin, settings.timeoutMs, 'token');
       this.#dispatcher = api.pool;
       this.#tokenDispatcher = tokens.pool;
-      this.#held = [api, tokens];
+      this.#heldApi = api;
+      this.#heldTokens = tokens;
     }
   }
 
@@ -577,9 +582,9 @@ export class HttpClient {
   /** Leaves the shared pools (each closed with its last client); a caller's dispatcher stays open. */
   async close(): Promise<void> {
     this.#closed = true;
-    const held = this.#held;
-    this.#held = undefined;
-    await Promise.all(held?.map(leave) ?? []);
+    const [api, tokens] = [this.#heldApi, this.#heldTokens];
+    this.#heldApi = this.#heldTokens = undefined;
+    await Promise.all([api && leave(api), tokens && leave(tokens)]);
   }
 
   #exchange(req: HttpRequest, finish: Finish): Promise<unknown> {
