@@ -67,8 +67,12 @@ export class TokenManager {
   #servedHeld = false;
   /** A refresh the held value stood in for, still waiting for its answer (see #refreshOrHeld). */
   #late: Promise<string> | undefined;
-  /** Requests to the token service (refreshes and reports), numbered as they start (see #outdated). */
-  readonly #order = new AnswerOrder();
+  /**
+   * Requests to the token service (refreshes and reports), numbered as they start (see #outdated). Made
+   * only for a refresher whose answers can come out of order, one that serves the held value while it
+   * waits (a token service's): not for the 10,000 accounts of a platform that fetch from WeChat.
+   */
+  readonly #order: AnswerOrder | undefined;
 
   /**
    * `onWork`: told of each refresh and each report of a rejected value as it starts, the work close()
@@ -79,6 +83,7 @@ export class TokenManager {
     this.key = ctx.key;
     this.#onWork = onWork;
     this.#refresher = refresher;
+    this.#order = refresher.servesHeldAfterMs !== undefined ? new AnswerOrder() : undefined;
     this.#onFirstUse = onFirstUse;
     this.#memo = new Memo(ctx.entries, ctx.settings);
     this.#ahead = ctx.settings.refreshAheadMs > 0 ? new RefreshAhead(ctx, this) : undefined;
@@ -290,14 +295,14 @@ export class TokenManager {
       this.#memo.forget(value);
       const invalidations = (this.#invalidations ??= new Map());
       const generation = this.#generation;
-      const ask = this.#order.reported();
+      const ask = this.#order?.reported() ?? 0;
       // The value the report brought back (a token service answers the current one) is kept as a
       // refresh's would be: the callers resend with it, and no one asks for it again.
       const reported = this.#track(this.#refresher.invalidate(value, errcode, known, accepted)).then((refreshed) => {
         if (!refreshed) return false;
         // A token service that answered the report has answered: its next failure is said again.
         this.#servedHeld = false;
-        if (generation === this.#generation) this.#order.kept(ask);
+        if (generation === this.#generation) this.#order?.kept(ask);
         this.#remember(refreshed, generation);
         return true;
       });
@@ -509,8 +514,10 @@ export class TokenManager {
     // A refresh the held value stood in for still waits for its answer: none starts beside it.
     const held = this.#usable();
     if (this.#late) return held !== undefined ? this.#serveHeld(held, generation) : this.#late;
-    // The number #refresh gives its request as it starts (see #outdated).
-    const ask = this.#order.next;
+    // The number #refresh gives its request as it starts (see #outdated). A refresher that serves the
+    // held value has its requests numbered (see #order).
+    const order = this.#order!;
+    const ask = order.next;
     const refresh = this.#refresh({ force: false }, generation, unwanted);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
@@ -535,7 +542,7 @@ export class TokenManager {
           // report): it is old news, and would keep the service's next failure unsaid.
           // Nor once the held value neared its end: no held token serves on, and the callers that joined
           // the refresh meanwhile got its error.
-          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || this.#order.overtaken(ask) || this.#usable() === undefined) return;
+          if (ctx.closed.aborted || unwanted.aborted || generation !== this.#generation || order.overtaken(ask) || this.#usable() === undefined) return;
           this.#sayHeld(error);
         },
       ).finally(() => {
@@ -611,7 +618,7 @@ export class TokenManager {
   /** `unwanted`: aborted once every caller stopped waiting for this refresh (its waits end then). */
   async #refresh(request: { force: boolean; current?: string }, generation: number, unwanted: Ending): Promise<string> {
     if (this.#ctx.closed.aborted) throw closedError(this.#ctx);
-    const ask = this.#order.asked();
+    const ask = this.#order?.asked() ?? 0;
     const refreshed = await this.#refreshing({ ...request, ended: either(this.#ctx.closed, unwanted) });
     // Only a background refresh may find nothing to do.
     if (!refreshed) throw new CacheError(`The ${this.#ctx.label} refresh ended without a value`);
@@ -621,7 +628,7 @@ export class TokenManager {
     const value = refreshed.entry.value;
     // Not kept: its callers take the value kept meanwhile, or (rejected) read once more (see #current).
     if (this.#outdated(ask, value)) return this.#heldInstead(value) ?? value;
-    if (generation === this.#generation) this.#order.kept(ask);
+    if (generation === this.#generation) this.#order?.kept(ask);
     return this.#remember(refreshed, generation);
   }
 
@@ -631,7 +638,7 @@ export class TokenManager {
    * service answering with a token no longer says WeChat handed it out just now).
    */
   #outdated(ask: number, value: string): boolean {
-    return this.#refresher.servesHeldAfterMs !== undefined && this.#order.outdated(ask, this.isRejected(value));
+    return this.#order !== undefined && this.#order.outdated(ask, this.isRejected(value));
   }
 
   /** Keeps `refreshed` in the memo, unless it comes from before the last reset() (`generation`). */
