@@ -84,13 +84,13 @@ export class LockedFetchRefresher implements Refresher {
   readonly #lock: RefreshLock;
   readonly #failures: FailureGate;
   readonly #pause: RejectionPause;
-  readonly #peers: PeerWriters;
   readonly #writes: DroppedWrites;
-  // Made when first used: forced refreshes, store outages and tokens kept in a fallback are rare, and
-  // 10,000 accounts need not hold them.
+  // Made when first used: forced refreshes, store outages and rejected tokens are rare, and 10,000
+  // accounts need not hold them. What PeerWriters learns comes with a rejection only: until one, a
+  // refresher without it knows no writer without the lock, and waits for none.
   #forcedMade: ForcedRefreshes | undefined;
   #downMade: StoreDownSpacing | undefined;
-  #keptMade: KeptTokens | undefined;
+  #peersMade: PeerWriters | undefined;
   /** Tokens found rejected while the store still held them: invalidated from outside the fleet. */
   #externalInvalidations = 0;
   /** The fetch time (unix s) of the newest token WeChat rejected here, where its entry records one (see StoreDownSpacing). */
@@ -104,7 +104,6 @@ export class LockedFetchRefresher implements Refresher {
     this.#lock = new RefreshLock(lockKey, ctx.logKey === ctx.key ? lockKey : `${ctx.logKey}:lock`, ctx.log, ctx.appId, ctx.entries.schema.lockValue, ctx.entries.schema.name);
     this.#failures = new FailureGate(ctx.key, ctx.label, upstream);
     this.#pause = new RejectionPause(ctx.key, ctx.label);
-    this.#peers = new PeerWriters(ctx, upstream);
     this.#writes = new DroppedWrites(ctx);
   }
 
@@ -116,13 +115,18 @@ export class LockedFetchRefresher implements Refresher {
     return (this.#downMade ??= new StoreDownSpacing(this.#ctx));
   }
 
+  /** Made for each use, not kept: it holds nothing but the context, and every account's first fetch uses it. */
   get #kept(): KeptTokens {
-    return (this.#keptMade ??= new KeptTokens(this.#ctx));
+    return new KeptTokens(this.#ctx);
+  }
+
+  get #peers(): PeerWriters {
+    return (this.#peersMade ??= new PeerWriters(this.#ctx, this.#upstream));
   }
 
   /** A writer without the lock shares the store (see PeerWriters). */
   get peerWrites(): boolean {
-    return this.#peers.shown;
+    return this.#peersMade?.shown ?? false;
   }
 
   /** The shared store showed no entry where this process holds `value`, still good: whether it drops the entry's writes (see DroppedWrites). */
@@ -141,7 +145,7 @@ export class LockedFetchRefresher implements Refresher {
 
   /** The store was swapped: what this process learnt of the old one's writers does not hold for the new one. */
   reset(): void {
-    this.#peers.reset();
+    this.#peersMade?.reset();
     this.#pause.reset();
     this.#writes.reset();
   }
@@ -386,7 +390,7 @@ export class LockedFetchRefresher implements Refresher {
         if (rechecks && recheck === undefined) throw new InputGone();
         if (recheck !== prepared) progress.input = input = recheck;
         if (handle !== undefined && !request.ahead && again.kind === 'miss' && !again.foreign) {
-          const written = await this.#peers.await(tier, request);
+          const written = await this.#peersMade?.await(tier, request);
           if (written) return written;
         }
         if (handle !== undefined && tier.name === 'shared' && again.kind === 'miss' && !again.foreign) {
