@@ -140,6 +140,30 @@ function postAnswers(appId: string) {
   return { answers, taken };
 }
 
+/** A service for a fresh mock app on a store that holds its ticket calls, its jsapi ticket fetched two minutes ago. */
+async function servedAged(options: Partial<TokenServiceOptions>) {
+  const app = mock.createApp();
+  const cache = heldTicketCalls(app.appId);
+  const lines: Record<string, unknown>[] = [];
+  const record = (fields: Record<string, unknown>) => void lines.push(fields);
+  const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, ...options });
+  const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
+  expect(warm.status).toBe(200);
+  const { ticket } = (await warm.json()) as { ticket: string };
+  await cache.age();
+  const stored = await cache.get(`wechat:jsapi_ticket:${app.appId}`);
+  lines.length = 0;
+  return { app, cache, lines, service, ticket, stored, events: () => lines.map((line) => String(line.event)) };
+}
+
+/** A report of `ticket` on a raw connection of its own. */
+function reportOn(service: TokenService, appId: string, ticket: string): { socket: Socket; received: Promise<string> } {
+  const body = JSON.stringify({ ticket });
+  const connection = rawConnection(service);
+  connection.socket.write(`POST /v1/ticket/oa/${appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+  return connection;
+}
+
 /** The status lines of the HTTP answers in `text`. */
 const statusLines = (text: string) => text.split('\r\n').filter((line) => line.startsWith('HTTP/1.1 '));
 
@@ -486,25 +510,13 @@ describe('close() of the token service', () => {
   });
 
   it('a report cut at shutdown whose delete of the ticket is still under way: close() waits for the delete, and its serve.ticket_replaced line comes before close() resolves, none after', async () => {
-    const app = mock.createApp();
-    const cache = heldTicketCalls(app.appId);
+    const { app, cache, lines, service, ticket, events } = await servedAged({ requestTimeoutMs: 300 });
     // The service's answer to the report, as the handler writes it.
     const { answers, taken } = postAnswers(app.appId);
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const events = () => lines.map((line) => String(line.event));
-    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
     try {
-      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
-      expect(warm.status).toBe(200);
-      const { ticket } = (await warm.json()) as { ticket: string };
-      await cache.age();
-      lines.length = 0;
       cache.holdDeletes = true;
       // A report of the ticket the store holds, fetched two minutes ago: the handler deletes its entry.
-      const body = JSON.stringify({ ticket });
-      const { socket, received } = rawConnection(service);
-      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      const { received } = reportOn(service, app.appId, ticket);
       await vi.waitFor(() => expect(cache.held).toHaveLength(1));
       let atClose: string[] | undefined;
       const closing = service.close().then(() => void (atClose = events()));
@@ -524,25 +536,12 @@ describe('close() of the token service', () => {
   });
 
   it('a report cut at shutdown whose read of the ticket comes back once close() resolved deletes nothing and writes no line: the store is its caller\'s by then', async () => {
-    const app = mock.createApp();
-    const cache = heldTicketCalls(app.appId);
+    const { app, cache, lines, service, ticket, stored, events } = await servedAged({ requestTimeoutMs: 300 });
     const { answers, taken } = postAnswers(app.appId);
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const events = () => lines.map((line) => String(line.event));
-    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, requestTimeoutMs: 300 });
     try {
-      const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
-      expect(warm.status).toBe(200);
-      const { ticket } = (await warm.json()) as { ticket: string };
-      await cache.age();
-      const stored = await cache.get(`wechat:jsapi_ticket:${app.appId}`);
-      lines.length = 0;
       cache.hold = true;
       // A report the store's entry makes a replacement of, once the handler has read it.
-      const body = JSON.stringify({ ticket });
-      const { socket, received } = rawConnection(service);
-      socket.write(`POST /v1/ticket/oa/${app.appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
+      const { received } = reportOn(service, app.appId, ticket);
       await vi.waitFor(() => expect(cache.held).toHaveLength(1));
       await service.close();
       expect(await received).toBe('');
@@ -775,30 +774,6 @@ describe("close() and a ticket's report's own writes to the store", () => {
   const onUnhandled = (reason: unknown) => void unhandled.push(reason);
   beforeAll(() => void process.on('unhandledRejection', onUnhandled));
   afterAll(() => void process.off('unhandledRejection', onUnhandled));
-
-  /** A service for a fresh mock app on a store that holds its ticket calls, its jsapi ticket fetched two minutes ago. */
-  async function servedAged(options: Partial<TokenServiceOptions>) {
-    const app = mock.createApp();
-    const cache = heldTicketCalls(app.appId);
-    const lines: Record<string, unknown>[] = [];
-    const record = (fields: Record<string, unknown>) => void lines.push(fields);
-    const service = await startTokenService({ cache, apps: [{ kind: 'official_account', appId: app.appId, secret: app.secret }], keys: [KEY], port: 0, baseUrl: mock.url, logger: { info: record, warn: record, error: record }, ...options });
-    const warm = await fetch(`${service.url}/v1/ticket/oa/${app.appId}/jsapi`, { headers: { authorization: `Bearer ${KEY}` } });
-    expect(warm.status).toBe(200);
-    const { ticket } = (await warm.json()) as { ticket: string };
-    await cache.age();
-    const stored = await cache.get(`wechat:jsapi_ticket:${app.appId}`);
-    lines.length = 0;
-    return { app, cache, lines, service, ticket, stored, events: () => lines.map((line) => String(line.event)) };
-  }
-
-  /** A report of `ticket` on a raw connection of its own. */
-  function reportOn(service: TokenService, appId: string, ticket: string): { socket: Socket; received: Promise<string> } {
-    const body = JSON.stringify({ ticket });
-    const connection = rawConnection(service);
-    connection.socket.write(`POST /v1/ticket/oa/${appId}/jsapi/invalidate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${KEY}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n\r\n${body}`);
-    return connection;
-  }
 
   it('a report whose client went away while its next fetch was under way, WeChat refusing that fetch (45009) once close() began: the entry it deleted is back, and logged, when close() resolves', async () => {
     const { app, cache, lines, service, ticket, stored, events } = await servedAged({ requestTimeoutMs: 60_000 });
