@@ -25,6 +25,20 @@ const entry = (token: string, ageSeconds = 0) => {
 /** One turn of timers: with no jitter, a background refresh a call started is on a 0 ms timer set before this one. */
 const turn = () => new Promise((resolve) => setTimeout(resolve, 0));
 
+/**
+ * Reads `app`'s token, moves the clock (`later`) to 700 s before its end, where the memo still serves it,
+ * and reads it three times more, a turn of timers after each: a refresh-ahead that is on has started by then.
+ */
+async function readsNearItsEnd(app: OfficialAccount, later: () => void): Promise<void> {
+  const first = await app.accessToken.getToken();
+  later();
+  expect(await app.accessToken.getToken()).toBe(first);
+  for (let i = 0; i < 3; i += 1) {
+    await app.accessToken.getToken();
+    await turn();
+  }
+}
+
 describe('refresh-ahead, made only where it is on', () => {
   it.each([
     ['omitted', {}, 1, 0],
@@ -36,13 +50,7 @@ describe('refresh-ahead, made only where it is on', () => {
     const app = new OfficialAccount({ appId, secret, baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, refreshAheadJitterMs: 0, logger: false, ...options });
     let aheadFetches = 0;
     app.on('access_token.fetched', (event) => (aheadFetches += event.ahead ? 1 : 0));
-    const first = await app.accessToken.getToken();
-    now += 6_500_000;
-    expect(await app.accessToken.getToken()).toBe(first);
-    for (let i = 0; i < 3; i += 1) {
-      await app.accessToken.getToken();
-      await turn();
-    }
+    await readsNearItsEnd(app, () => (now += 6_500_000));
     await app.close();
     expect(aheadFetches).toBe(ahead);
     expect(mock.counters(appId).classicTokenRequests).toBe(fetches);
@@ -56,13 +64,7 @@ describe('refresh-ahead, made only where it is on', () => {
     let now = Date.now();
     const pool = new ClientPool({ kind: 'officialAccount', credentials: async () => ({ secret }), baseUrl: mock.url, cache: new MemoryCache(), tokenEndpoint: 'classic', now: () => now, memoMs: 7_200_000, refreshAheadJitterMs: 0, logger: false, ...options });
     const app = await pool.get(appId);
-    const first = await app.accessToken.getToken();
-    now += 6_500_000;
-    expect(await app.accessToken.getToken()).toBe(first);
-    for (let i = 0; i < 3; i += 1) {
-      await app.accessToken.getToken();
-      await turn();
-    }
+    await readsNearItsEnd(app, () => (now += 6_500_000));
     await pool.close();
     expect(mock.counters(appId).classicTokenRequests).toBe(fetches);
   });
