@@ -198,9 +198,9 @@ const GIVEN_UP = new Error('given up while queued');
 
 /**
  * What an exchange's answer becomes: run as the answer completes, so that a call's result (the parsed
- * JSON, say) settles its promise directly, without a promise of the raw answer in between.
+ * JSON, say) settles its promise directly, without a promise of the raw answer in between. One function
+ * per kind of answer for every client (HttpClient's static ones), handed the client, not a closure per client.
  */
-/** What an answer becomes: one function per kind for every client (static), not a closure per client. */
 type Finish = (client: HttpClient, result: ExchangeResult, path: string) => unknown;
 
 interface ExchangeResult {
